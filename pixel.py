@@ -1,0 +1,1405 @@
+#!/usr/bin/env python3
+"""pixel: a Segment-compatible tracking-pixel server in one file, standard library only.
+
+It answers Segment's Pixel API and HTTP Tracking API and appends every accepted event to a
+JSON-lines log, on disk before the reply goes out:
+
+    GET  /v1/pixel/{identify,group,alias,page,screen,track}?data=<base64 JSON>
+    GET  /v1/pixel/track?writeKey=K&userId=u&event=Email%20Opened&properties.subject=Hi
+    POST /v1/{identify,group,alias,page,screen,track,batch,import}   (JSON, optionally gzip)
+    GET  /health
+
+Every pixel route answers 200 with a 1x1 transparent GIF, even on error; rejected requests are
+written, with a named reason, to a second JSON-lines file (the rejects log).
+
+Usage:
+    python3 pixel.py                       # http://127.0.0.1:8000/, ./events.jsonl
+    python3 pixel.py --help                # every flag, with its PIXEL_* variable and default
+
+    import pixel                           # starts nothing
+    event = pixel.pixel_event("track", "writeKey=K&userId=u&event=Opened", received_at=0.0)
+
+Log format: one JSON object per line, ASCII-only (non-ASCII is \\u-escaped, so the file is
+valid UTF-8 and no character inside a value can split a line). Each line is the client's
+payload plus "type", "messageId", "receivedAt", "timestamp" and "context.ip" /
+"context.userAgent". With --max-bytes the live file is renamed to <log>.<UTC stamp> when the
+next line would not fit, and a fresh file is opened; rotated files are never renamed again.
+
+Copyright (c) 2026 the pixel authors. MIT License, full text in LICENSE and below:
+Permission is hereby granted, free of charge, to any person obtaining a copy of this software
+and associated documentation files (the "Software"), to deal in the Software without
+restriction, including without limitation the rights to use, copy, modify, merge, publish,
+distribute, sublicense, and/or sell copies of the Software, and to permit persons to whom the
+Software is furnished to do so, subject to the following conditions: The above copyright
+notice and this permission notice shall be included in all copies or substantial portions of
+the Software. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND.
+
+SPDX-License-Identifier: MIT
+"""
+
+__version__ = "1.0.0"
+
+import argparse
+import base64
+import binascii
+import calendar
+import datetime
+import email.utils
+import errno
+import http.server
+import ipaddress
+import json
+import os
+import re
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+import zlib
+
+# --------------------------------------------------------------------------------------------
+# Constants
+
+# The 43-byte transparent GIF89a that nginx's empty_gif also serves: a 1x1 logical screen, a
+# two-colour global table, a graphic control extension marking colour 0 transparent, one
+# image of one pixel, and the trailer.
+GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
+       b"!\xf9\x04\x01\x00\x00\x00\x00"
+       b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+EVENT_TYPES = ("identify", "group", "alias", "page", "screen", "track")
+PIXEL_PREFIX = "/v1/pixel/"
+API_PREFIX = "/v1/"
+BATCH_ROUTES = ("batch", "import")
+
+# Segment's own limits: 32 KB per event, 500 KB per batch request.
+MAX_PAYLOAD_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_ITEMS = 10000
+# Our own caps. JSON nesting is capped well below the interpreter's recursion limit, so that
+# json's C scanner never recurses deep on a small thread stack.
+MAX_DEPTH = 32
+MAX_PARAMS = 256
+MAX_EVENT_LINE = 128 * 1024      # a 32 KB payload of astral characters escapes to ~96 KB
+MAX_USER_AGENT = 1024
+MAX_REJECT_RAW = 16 * 1024       # the raw query or body kept in a rejects-log line
+# HTTP head limits, the same ones http.client and http.server enforce (_MAXLINE,
+# _MAXHEADERS), plus a total so one connection can hold at most ~128 KiB of head.
+MAX_LINE = 65536
+MAX_HEADERS = 100
+MAX_HEAD_BYTES = 2 * MAX_LINE
+RECV_SIZE = 65536
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_LOG = "events.jsonl"
+DEFAULT_REJECTS_NAME = "rejects.jsonl"
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_REQUEST_TIMEOUT = 10.0   # seconds to deliver a whole request, head and body
+DEFAULT_IDLE_TIMEOUT = 15.0      # seconds a kept-alive connection may sit between requests
+LISTEN_BACKLOG = 1024            # socketserver's default of 5 drops bursts of connections
+THREAD_STACK_SIZE = 512 * 1024   # main() only; 1024 threads then reserve 512 MiB, not 8 GiB
+ERROR_INTERVAL = 10.0            # at most one stderr line per failing file per interval
+
+
+# --------------------------------------------------------------------------------------------
+# The pure core: query or body in, event or named rejection out. No I/O.
+
+class Rejected(ValueError):
+    """A request or event that breaks a rule; `reason` is a stable snake_case name."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(reason if not detail else "%s: %s" % (reason, detail))
+        self.reason = reason
+        self.detail = detail
+
+
+def decode_query(query):
+    """Turn a pixel query string into the payload object it carries.
+
+    `data=` holds base64 JSON (standard or URL-safe alphabet, padded or not, "+" arrived as
+    a space). Every other parameter is plain: a dot in its name nests ("properties.subject=Hi"
+    becomes {"properties": {"subject": "Hi"}}) and its value stays a string. When both forms
+    are present they are merged, and the fields inside `data` win.
+    """
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, encoding="utf-8",
+                                       errors="strict", max_num_fields=MAX_PARAMS)
+    except UnicodeDecodeError:
+        raise Rejected("invalid_utf8", "query") from None
+    except ValueError:   # parse_qsl's max_num_fields
+        raise Rejected("too_many_params") from None
+    data = None
+    plain = {}
+    size = 0
+    for key, value in pairs:
+        size += len(key) + len(value)
+        if key == "data":
+            if data is not None:
+                raise Rejected("duplicate_key", "data")
+            data = value
+        else:
+            _set_dotted(plain, key, value)
+    if size > MAX_PAYLOAD_BYTES:
+        raise Rejected("payload_too_large")
+    if data is None:
+        return plain
+    payload = decode_data(data)
+    return _overlay(plain, payload) if plain else payload
+
+
+def _set_dotted(target, key, value):
+    parts = key.split(".")
+    if "" in parts or len(parts) > MAX_DEPTH:
+        raise Rejected("invalid_key", key[:100])
+    node = target
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise Rejected("key_conflict", key[:100])
+        node = child
+    last = parts[-1]
+    if last in node:
+        raise Rejected("key_conflict" if isinstance(node[last], dict) else "duplicate_key",
+                       key[:100])
+    node[last] = value
+
+
+def _overlay(base, top):
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        merged[key] = _overlay(below, value) if (
+            isinstance(value, dict) and isinstance(below, dict)) else value
+    return merged
+
+
+# Base64 senders disagree about the alphabet and padding, and "+" often arrives as a space
+# because it was not percent-encoded. Normalise to the standard alphabet, then decode strictly.
+_TO_STANDARD_ALPHABET = str.maketrans("-_ ", "+/+")
+_MAX_DATA_CHARS = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
+
+
+def decode_data(data):
+    """Decode a pixel's `data=` value (base64 of a UTF-8 JSON object) into a dict."""
+    if len(data) > _MAX_DATA_CHARS + 2:
+        raise Rejected("payload_too_large")
+    text = data.translate(_TO_STANDARD_ALPHABET).rstrip("=")
+    text += "=" * (-len(text) % 4)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):   # bad characters, bad length, or non-ASCII
+        raise Rejected("invalid_base64") from None
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise Rejected("payload_too_large")
+    return parse_object(raw)
+
+
+def _refuse_constant(name):
+    raise Rejected("invalid_number", name)
+
+
+_JSON_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+
+
+def parse_object(raw, max_depth=MAX_DEPTH):
+    """Parse UTF-8 JSON text that must hold an object nested at most `max_depth` deep."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Rejected("invalid_utf8") from None
+    # Counting brackets is a cheap upper bound on depth; only a payload with many of them
+    # pays for the exact scan, which skips brackets inside strings.
+    if text.count("{") + text.count("[") > max_depth:
+        depth = 0
+        for token in _JSON_NESTING.finditer(text):
+            char = token.group()[0]
+            if char in "[{":
+                depth += 1
+                if depth > max_depth:
+                    raise Rejected("too_deep")
+            elif char in "]}":
+                depth -= 1
+    try:
+        payload = json.loads(text, parse_constant=_refuse_constant)
+    except Rejected:
+        raise
+    except ValueError:
+        raise Rejected("invalid_json") from None
+    if not isinstance(payload, dict):
+        raise Rejected("payload_not_object")
+    return payload
+
+
+_ISO_8601 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)(?:[Tt ](\d\d):(\d\d)(?::(\d\d)(?:[.,](\d{1,9}))?)?"
+    r"([Zz]|[+-]\d\d(?::?\d\d)?)?)?\Z")
+
+
+def parse_time(value):
+    """Seconds since the epoch for an ISO-8601 string; no zone means UTC. Raises ValueError."""
+    match = _ISO_8601.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError("not an ISO-8601 time: %r" % (value,))
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    moment = datetime.datetime(int(year), int(month), int(day), int(hour or 0),
+                               int(minute or 0), int(second or 0))
+    seconds = calendar.timegm(moment.timetuple()) + float("0." + (fraction or "0"))
+    if zone and zone not in "Zz":
+        sign = 1 if zone[0] == "+" else -1
+        digits = zone[1:].replace(":", "")
+        seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:] or 0) * 60)
+    return seconds
+
+
+_FIRST_SECOND, _LAST_SECOND = 0, 253402300800   # 1970-01-01 to the end of year 9999
+
+
+def format_time(seconds):
+    """UTC ISO-8601 with milliseconds and Z, the form Segment writes."""
+    millis = int(round(seconds * 1000))
+    whole, millis = divmod(millis, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + ".%03dZ" % millis
+
+
+_OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+_TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
+
+
+def _string_id(payload, field, reason="id_not_string"):
+    """The field as a non-empty string, None if absent or empty; numbers become strings."""
+    value = payload.get(field)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise Rejected(reason, field)
+
+
+def validate(kind, payload, write_keys=None):
+    """Check a payload against Segment's rules for `kind`; return a copy with ids as strings.
+
+    `write_keys`, when given, is the set of accepted keys; otherwise any non-empty key is.
+    Raises Rejected with Segment's code where it has one.
+    """
+    if kind not in EVENT_TYPES:
+        raise Rejected("invalid_type", str(kind)[:40])
+    write_key = payload.get("writeKey")
+    if write_key is None or write_key == "":
+        raise Rejected("no_write_key")
+    if not isinstance(write_key, str):
+        raise Rejected("write_key_not_string")
+    if write_keys and write_key not in write_keys:
+        raise Rejected("invalid_write_key")
+    event = dict(payload)
+    for field in ("userId", "anonymousId", "messageId"):
+        value = _string_id(payload, field)
+        if value is not None:
+            event[field] = value
+    if event.get("userId") in (None, "") and event.get("anonymousId") in (None, ""):
+        raise Rejected("no_user_anon_id")
+    if kind == "track":
+        name = payload.get("event")
+        if name is None or name == "":
+            raise Rejected("event_not_defined")
+        if not isinstance(name, str):
+            raise Rejected("event_not_string")
+    elif kind == "group":
+        group_id = _string_id(payload, "groupId")
+        if group_id is None:
+            raise Rejected("group_id_not_defined")
+        event["groupId"] = group_id
+    elif kind == "alias":
+        previous_id = _string_id(payload, "previousId")
+        if previous_id is None:
+            raise Rejected("previous_id_not_defined")
+        event["previousId"] = previous_id
+        if event.get("userId") in (None, ""):
+            raise Rejected("user_id_not_defined")
+    elif kind in ("page", "screen"):
+        for field in ("name", "category"):
+            if payload.get(field) is not None and not isinstance(payload[field], str):
+                raise Rejected(field + "_not_string")
+    for field in _OBJECT_FIELDS:
+        if payload.get(field) is not None and not isinstance(payload[field], dict):
+            raise Rejected(field + "_not_object")
+    for field in _TIME_FIELDS:
+        if payload.get(field) is not None:
+            try:
+                parse_time(payload[field])
+            except ValueError:   # also a day or hour out of range
+                raise Rejected("invalid_timestamp", field) from None
+    return event
+
+
+def new_message_id():
+    return str(uuid.uuid4())
+
+
+def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=None):
+    """Return the event to log: the payload plus type, messageId, receivedAt, timestamp and
+    context.ip / context.userAgent, as Segment's API adds them.
+
+    `received_at` is the server's clock (seconds since the epoch); `ip=None` drops any IP,
+    the client's included. A client-sent messageId, timestamp, context.ip or
+    context.userAgent is kept. Without a timestamp, one is derived as Segment does: with
+    both sentAt and originalTimestamp, receivedAt - (sentAt - originalTimestamp) corrects
+    the client's clock skew; else originalTimestamp; else receivedAt.
+    """
+    event = {"type": kind}
+    event.update(payload)
+    event["type"] = kind
+    if not event.get("messageId"):
+        event["messageId"] = message_id or new_message_id()
+    received = format_time(received_at)
+    event["receivedAt"] = received
+    if event.get("timestamp") is None:
+        original, sent = event.get("originalTimestamp"), event.get("sentAt")
+        corrected = None
+        if original is not None and sent is not None:
+            corrected = received_at - (parse_time(sent) - parse_time(original))
+        if corrected is not None and _FIRST_SECOND <= corrected < _LAST_SECOND:
+            event["timestamp"] = format_time(corrected)
+        else:
+            event["timestamp"] = original if original is not None else received
+    context = dict(event.get("context") or ())
+    if ip is None:
+        context.pop("ip", None)
+    else:
+        context.setdefault("ip", ip)
+    if user_agent and "userAgent" not in context:
+        context["userAgent"] = user_agent[:MAX_USER_AGENT]
+    event["context"] = context
+    return event
+
+
+def pixel_event(kind, query, *, received_at, write_keys=None, ip=None, user_agent=None):
+    """decode_query + validate + enrich: the event a pixel request records. Raises Rejected."""
+    return enrich(kind, validate(kind, decode_query(query), write_keys),
+                  received_at=received_at, ip=ip, user_agent=user_agent)
+
+
+_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+# For text that is only quoted in a rejects-log line, where an out-of-range float may appear.
+_encode_lenient = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def encode_line(event):
+    """The event as one log line: compact ASCII JSON and a newline."""
+    try:
+        line = _encode(event)
+    except ValueError:   # a float out of range, such as 1e400 parsed to inf
+        raise Rejected("invalid_number") from None
+    if len(line) >= MAX_EVENT_LINE:
+        raise Rejected("event_too_large")
+    return (line + "\n").encode("ascii")
+
+
+def decode_body(body, content_encoding=None):
+    """The JSON bytes of an API request body, gunzipped if it says so, capped in size."""
+    coding = (content_encoding or "identity").strip().lower()
+    if coding == "gzip":
+        # A bomb of a few KB can inflate to gigabytes; stop one byte past the cap.
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            body = inflater.decompress(body, MAX_BATCH_BYTES + 1)
+        except zlib.error:
+            raise Rejected("invalid_gzip") from None
+        if inflater.unconsumed_tail:
+            raise Rejected("body_too_large")
+    elif coding != "identity":
+        raise Rejected("unsupported_encoding")
+    if len(body) > MAX_BATCH_BYTES:
+        raise Rejected("body_too_large")
+    return body
+
+
+def _basic_auth_user(authorization):
+    """The user part of an HTTP Basic credential: Segment's SDKs send `writeKey:`."""
+    scheme, _, credential = (authorization or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user = base64.b64decode(credential.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    return user.partition(":")[0] or None
+
+
+def api_payloads(route, body, *, authorization=None):
+    """Split an HTTP Tracking API body into (kind, payload) pairs, one per event.
+
+    `route` is the last path segment: an event type, or "batch" / "import". A batch's
+    top-level context, integrations, writeKey and sentAt are given to each item that lacks
+    them. Raises Rejected for a body that is not a JSON object or breaks a size limit (the
+    caller answers 400); a single item that is not an object comes back as a Rejected in
+    place of its payload, so the rest of the batch still counts.
+    """
+    document = parse_object(body, MAX_DEPTH + 2)
+    fallback_key = _basic_auth_user(authorization)
+    if route not in BATCH_ROUTES:
+        if len(body) > MAX_PAYLOAD_BYTES:
+            raise Rejected("payload_too_large")
+        if fallback_key and not document.get("writeKey"):
+            document["writeKey"] = fallback_key
+        return [(route, document)]
+    items = document.get("batch")
+    if not isinstance(items, list):
+        raise Rejected("batch_not_array")
+    if len(items) > MAX_BATCH_ITEMS:
+        raise Rejected("too_many_items")
+    shared = {field: document[field] for field in ("context", "integrations", "sentAt",
+                                                   "writeKey") if document.get(field)}
+    if fallback_key and "writeKey" not in shared:
+        shared["writeKey"] = fallback_key
+    pairs = []
+    for item in items:
+        if not isinstance(item, dict):
+            pairs.append((None, Rejected("payload_not_object")))
+            continue
+        if len(_encode_lenient(item)) > MAX_PAYLOAD_BYTES:
+            pairs.append((item.get("type"), Rejected("payload_too_large")))
+            continue
+        payload = dict(item)
+        for field, value in shared.items():
+            if isinstance(value, dict) and isinstance(payload.get(field), dict):
+                payload[field] = _overlay(value, payload[field])
+            elif payload.get(field) in (None, ""):
+                payload[field] = value
+        kind = payload.get("type")
+        pairs.append((kind, payload if kind in EVENT_TYPES else Rejected("invalid_type")))
+    return pairs
+
+
+def client_ip(peer, forwarded_for, trusted_proxies):
+    """The client address: the peer, or with a trusted peer the right-most untrusted entry of
+    X-Forwarded-For. Entries are read right to left, since only the right end was written
+    by proxies we trust; the left end is whatever the client claimed."""
+    if not trusted_proxies or not forwarded_for:
+        return peer
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if not any(address in network for network in trusted_proxies):
+        return peer
+    candidate = peer
+    for entry in reversed(forwarded_for.split(",")):
+        try:
+            address = ipaddress.ip_address(entry.strip())
+        except ValueError:
+            break   # a malformed hop: trust nothing left of it
+        candidate = str(address)
+        if not any(address in network for network in trusted_proxies):
+            break
+    return candidate
+
+
+# --------------------------------------------------------------------------------------------
+# The log writer
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+_ROTATED_SUFFIX = re.compile(r"\.(\d{8}T\d{6}\.\d{3}Z)(?:-(\d+))?\Z")
+
+
+class LogWriter:
+    """Appends whole lines to a file, one os.write each, before the caller answers.
+
+    The file is opened with O_APPEND, so a kill -9 loses nothing that was written and no line
+    is torn. With `max_bytes`, the live file is renamed to `<path>.<UTC stamp>` when the next
+    write would cross the limit (as RotatingFileHandler does), a fresh file is opened, and
+    with `keep` the oldest rotated files beyond that many are deleted, each deletion said on
+    stderr. If something else renames or deletes the file, the next write reopens the path
+    (as WatchedFileHandler does). A failed or short write is cut back to the last whole line,
+    counted in `failed`, and reported on stderr at most once per `error_interval`; writing
+    resumes by itself when the disk has room again.
+
+    One process should own a log file: rotation and the torn-tail repair assume no other
+    writer.
+    """
+
+    def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, stderr=None,
+                 error_interval=ERROR_INTERVAL):
+        self.path = os.path.abspath(path)
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.written = 0        # lines on disk
+        self.failed = 0         # lines that could not be written
+        self._clock = clock
+        self._stderr = stderr
+        self._error_interval = error_interval
+        self._lock = threading.Lock()
+        self._fd = None
+        self._identity = None
+        self._size = 0          # where the file's last whole line ends
+        self._torn = False      # a short write left bytes past _size that are not yet cut
+        self._failing_since = None
+        self._failures_unreported = 0
+        self._last_report = None
+        self._open()            # at start-up an OSError here is the operator's to see
+
+    @property
+    def failing(self):
+        return self._failing_since is not None
+
+    def _open(self):
+        fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+        status = os.fstat(fd)
+        self._fd, self._identity, self._size = fd, (status.st_dev, status.st_ino), status.st_size
+
+    def _close(self):
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def close(self):
+        with self._lock:
+            self._close()
+
+    def write(self, lines):
+        """Append `lines` (a list of bytes, each ending in a newline). True once on disk."""
+        with self._lock:
+            try:
+                self._follow_path()
+                if self._torn:
+                    os.ftruncate(self._fd, self._size)
+                    self._torn = False
+                for chunk in self._chunks(lines):
+                    if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
+                        self._rotate()
+                    self._append(chunk)
+            except OSError as error:
+                self.failed += len(lines)
+                self._report_failure(error, len(lines))
+                return False
+            self.written += len(lines)
+            if self._failing_since is not None:
+                self._report("writing %s again after %d failed line(s)"
+                             % (self.path, self._failures_unreported), force=True)
+                self._failing_since = None
+                self._failures_unreported = 0
+            return True
+
+    def _chunks(self, lines):
+        if len(lines) == 1:
+            return lines
+        chunks, current, size = [], [], 0
+        for line in lines:
+            if current and self.max_bytes and size + len(line) > self.max_bytes:
+                chunks.append(b"".join(current))
+                current, size = [], 0
+            current.append(line)
+            size += len(line)
+        chunks.append(b"".join(current))
+        return chunks
+
+    def _follow_path(self):
+        """Reopen the configured path if the open file is no longer at it (logrotate's
+        `create` mode, an operator's mv or rm)."""
+        if self._fd is not None:
+            try:
+                status = os.stat(self.path)
+            except FileNotFoundError:
+                status = None
+            if status is not None and (status.st_dev, status.st_ino) == self._identity:
+                return
+            self._close()
+            self._torn = False
+        self._open()
+
+    def _append(self, chunk):
+        written = os.write(self._fd, chunk)
+        if written != len(chunk):
+            # A short write means the disk filled mid-line: cut the torn tail so the file
+            # still ends on a whole line, and report the chunk as not written.
+            self._torn = True
+            os.ftruncate(self._fd, self._size)
+            self._torn = False
+            raise OSError(errno.ENOSPC, "short write (%d of %d bytes)" % (written, len(chunk)))
+        self._size += written
+
+    def _rotate(self):
+        now = self._clock()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
+        target = "%s.%s" % (self.path, stamp)
+        serial = 0
+        while os.path.lexists(target):   # two rotations in one millisecond
+            serial += 1
+            target = "%s.%s-%d" % (self.path, stamp, serial)
+        try:
+            os.rename(self.path, target)
+        except OSError as error:
+            # Keep writing to the live file rather than lose lines; it grows past max_bytes
+            # until a rename succeeds.
+            self._report("cannot rotate %s: %s; still writing to it" % (self.path, error))
+            return
+        self._close()
+        self._open()
+        if self.keep:
+            self._prune()
+
+    def rotated_files(self):
+        """Rotated files of this log, oldest first."""
+        folder, base = os.path.split(self.path)
+        found = []
+        for name in os.listdir(folder):
+            if name.startswith(base + "."):
+                match = _ROTATED_SUFFIX.match(name, len(base))
+                if match:
+                    found.append((match.group(1), int(match.group(2) or 0), name))
+        return [os.path.join(folder, name) for _, _, name in sorted(found)]
+
+    def _prune(self):
+        for old in self.rotated_files()[:-self.keep]:
+            try:
+                os.remove(old)
+            except FileNotFoundError:
+                continue
+            self._report("deleted %s (--keep %d)" % (old, self.keep), force=True)
+
+    def _report_failure(self, error, lines):
+        if self._failing_since is None:
+            self._failing_since = self._clock()
+        self._failures_unreported += lines
+        self._report("cannot write %s: %s (%d line(s) lost so far; still answering, will retry)"
+                     % (self.path, error.strerror or error, self._failures_unreported))
+
+    def _report(self, message, force=False):
+        now = time.monotonic()
+        if not force and self._last_report is not None and \
+                now - self._last_report < self._error_interval:
+            return
+        self._last_report = now
+        stream = self._stderr or sys.stderr
+        print("pixel: " + message, file=stream, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP: a thin handler over the core, and a threading server with caps and a graceful stop
+
+_GIF_HEADERS = (b"Content-Type: image/gif\r\n"
+                b"Content-Length: %d\r\n"
+                b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
+                b"Pragma: no-cache\r\n"
+                b"Expires: 0\r\n") % len(GIF)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_HTTP_VERSION = re.compile(r"HTTP/(\d)\.(\d)\Z")
+_SAFE_TARGET = bytes(range(0x21, 0x7f))   # printable ASCII: kept as is when re-quoting
+
+
+class _HeadTooLarge(Exception):
+    def __init__(self, reason, status, head):
+        super().__init__(reason)
+        self.reason, self.status, self.head = reason, status, head
+
+
+class _Closed(Exception):
+    """The client closed, timed out, or the server is stopping: end the connection quietly."""
+
+
+class PixelHandler(http.server.BaseHTTPRequestHandler):
+    """One connection: reads requests with a strict, bounded head reader and answers each
+    with a single write. Keeps http.server's hooks (handle, handle_one_request, the class
+    attributes) and its limits: 65536 bytes a line, 100 headers."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "pixel/" + __version__
+    sys_version = ""
+
+    def setup(self):
+        # No rfile/wfile: requests are read into one buffer and answers go out in one
+        # sendall, which also avoids the header/body split write that costs ~40 ms with
+        # Nagle (CPython gh-108736). TCP_NODELAY for the same reason.
+        self.connection = self.request
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buffer = bytearray()
+        self._deadline = time.monotonic() + self.server.request_timeout
+        self._served = 0
+        self.close_connection = True
+        self.command = self.path = self.request_version = ""
+        self.headers = {}
+
+    def finish(self):
+        pass   # the server closes the socket in shutdown_request
+
+    def log_message(self, format, *args):
+        pass   # the event log is the record; stderr is kept for what operators must act on
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _recv(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Closed("request timeout")
+        self.connection.settimeout(remaining)
+        try:
+            chunk = self.connection.recv(RECV_SIZE)
+        except OSError as error:   # timeout, reset, or shut down by stop()
+            raise _Closed(str(error)) from None
+        if not chunk:
+            raise _Closed("client closed")
+        self._buffer += chunk
+
+    def _read_head(self):
+        """The next request head, without its blank line; bare LF line ends are accepted."""
+        buffer = self._buffer
+        server = self.server
+        if not buffer:
+            if self._served:   # a kept-alive connection waits idle, then gets a fresh deadline
+                server.idle[self.connection] = None
+                try:
+                    self._recv(time.monotonic() + server.idle_timeout)
+                finally:
+                    server.idle.pop(self.connection, None)
+                self._deadline = time.monotonic() + server.request_timeout
+            else:
+                self._recv(self._deadline)
+        elif self._served:
+            self._deadline = time.monotonic() + server.request_timeout
+        start = 0
+        while True:
+            # RFC 9112 section 2.2: ignore empty lines before a request line.
+            while buffer[:1] in (b"\r", b"\n") and buffer:
+                del buffer[:1]
+            end = buffer.find(b"\n\r\n", start)
+            end_lf = buffer.find(b"\n\n", start, end if end >= 0 else len(buffer))
+            if end_lf >= 0:
+                head, size = bytes(buffer[:end_lf]), end_lf + 2
+                break
+            if end >= 0:
+                head, size = bytes(buffer[:end]), end + 3
+                break
+            if len(buffer) > MAX_LINE and buffer.find(b"\n", 0, MAX_LINE + 1) < 0:
+                raise _HeadTooLarge("uri_too_long", 414, bytes(buffer[:MAX_LINE]))
+            if len(buffer) > MAX_HEAD_BYTES:
+                raise _HeadTooLarge("headers_too_large", 431, bytes(buffer[:MAX_LINE]))
+            start = max(0, len(buffer) - 2)
+            self._recv(self._deadline)
+        del buffer[:size]
+        return head
+
+    def _read_body(self, length):
+        while len(self._buffer) < length:
+            self._recv(self._deadline)
+        body = bytes(self._buffer[:length])
+        del self._buffer[:length]
+        return body
+
+    # -- the request loop ---------------------------------------------------------------------
+
+    def handle_one_request(self):
+        self.close_connection = True
+        try:
+            try:
+                head = self._read_head()
+            except _HeadTooLarge as error:
+                self._answer_oversized(error)
+                return
+            self._served += 1
+            self._dispatch(head)
+        except _Closed:
+            return
+        except OSError:   # the client went away while we answered
+            return
+        if self.server.stopping:
+            self.close_connection = True
+
+    def _dispatch(self, head):
+        lines = head.split(b"\n")
+        request_line = lines[0].rstrip(b"\r")
+        if len(request_line) > MAX_LINE:
+            return self._answer_oversized(_HeadTooLarge("uri_too_long", 414, request_line))
+        if len(lines) - 1 > MAX_HEADERS:
+            return self._answer_oversized(
+                _HeadTooLarge("too_many_headers", 431, request_line))
+        words = request_line.decode("latin-1").split(" ")
+        if len(words) != 3:
+            # Two words is an HTTP/0.9 request, which has no headers to carry a user agent
+            # or a Host; we answer it, like anything else malformed, with a 400 and close.
+            return self._plain(400, "Bad Request")
+        method, target, version = words
+        self.command, self.request_version = method, version
+        match = _HTTP_VERSION.match(version)
+        if not _TOKEN.match(method) or not match or match.group(1) == "0":
+            return self._plain(400, "Bad Request")
+        if match.group(1) != "1":
+            return self._plain(505, "HTTP Version Not Supported")
+        headers = {}
+        for raw in lines[1:]:
+            line = raw.rstrip(b"\r")
+            if len(line) > MAX_LINE:
+                return self._answer_oversized(
+                    _HeadTooLarge("header_too_long", 431, request_line))
+            name, colon, value = line.partition(b":")
+            # No whitespace before the colon and no obsolete line folding (RFC 9112 5.1,
+            # 5.2): both have been used to smuggle requests past proxies.
+            if not colon or not name or name != name.strip() or line[:1] in b" \t":
+                return self._plain(400, "Bad Request")
+            name = name.decode("latin-1").lower()
+            value = value.strip(b" \t").decode("latin-1")
+            headers[name] = headers[name] + ", " + value if name in headers else value
+        self.headers = headers
+        connection = headers.get("connection", "").lower()
+        if match.group(2) == "0":
+            self.close_connection = "keep-alive" not in connection
+        else:
+            self.close_connection = "close" in connection
+        if not target.isascii():
+            target = urllib.parse.quote_from_bytes(target.encode("latin-1"), _SAFE_TARGET)
+        if not target.startswith("/"):
+            scheme, _, rest = target.partition("://")   # absolute-form, RFC 9112 3.2.2
+            if scheme.lower() not in ("http", "https") or not rest:
+                return self._plain(400, "Bad Request")
+            target = "/" + rest.partition("/")[2]
+        self.path = target
+        path, _, query = target.partition("?")
+        body_length = self._body_length(headers)
+        if body_length is None:
+            return self._plain(400, "Bad Request")
+
+        if path.startswith(PIXEL_PREFIX) and path[len(PIXEL_PREFIX):] in EVENT_TYPES:
+            if method not in ("GET", "HEAD"):
+                return self._plain(405, "Method Not Allowed", b"Allow: GET, HEAD\r\n")
+            self._discard_body(body_length)
+            if method == "GET":
+                self.server.record_pixel(path[len(PIXEL_PREFIX):], path, query, self)
+            return self._send(200, _GIF_HEADERS, GIF, method == "HEAD")
+        if path == "/health":
+            if method not in ("GET", "HEAD"):
+                return self._plain(405, "Method Not Allowed", b"Allow: GET, HEAD\r\n")
+            self._discard_body(body_length)
+            return self._json(200, self.server.health(), method == "HEAD")
+        if path.startswith(API_PREFIX) and path[len(API_PREFIX):] in EVENT_TYPES + BATCH_ROUTES:
+            if method != "POST":
+                return self._plain(405, "Method Not Allowed", b"Allow: POST\r\n")
+            return self._api(path, body_length)
+        self._discard_body(body_length)
+        return self._plain(404, "Not Found")
+
+    def _body_length(self, headers):
+        """Content-Length as an int, -1 for a chunked body, None if the framing is invalid."""
+        if "transfer-encoding" in headers:
+            # Both framings at once is the classic smuggling vector (RFC 9112 6.3).
+            return None if "content-length" in headers else -1
+        lengths = set(value.strip() for value in headers.get("content-length", "0").split(","))
+        if len(lengths) != 1:
+            return None
+        length = lengths.pop()
+        return int(length) if length.isdigit() and len(length) < 12 else None
+
+    def _discard_body(self, length):
+        """Skip a body nobody asked for; a chunked or large one ends the connection."""
+        if length == -1 or length > MAX_PAYLOAD_BYTES:
+            self.close_connection = True
+        elif length:
+            self._read_body(length)
+
+    def _api(self, path, length):
+        if length == -1:
+            self.close_connection = True
+            return self._json(411, {"success": False, "error": "length_required",
+                                    "message": "send a Content-Length; chunked bodies are "
+                                               "not accepted"})
+        if length > MAX_BATCH_BYTES:
+            self.close_connection = True
+            return self._json(400, {"success": False, "error": "body_too_large"})
+        if "100-continue" in self.headers.get("expect", "").lower() and \
+                len(self._buffer) < length:
+            self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = self._read_body(length)
+        error = self.server.record_api(path[len(API_PREFIX):], path, body, self)
+        if error:
+            return self._json(400, {"success": False, "error": error})
+        return self._json(200, {"success": True})
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def _answer_oversized(self, error):
+        """A head over the limits: a pixel route still gets its GIF and a rejects-log line,
+        anything else the status http.server would send. The rest of the head is never
+        read, so the connection closes after a lingering read."""
+        self.close_connection = True
+        words = error.head.decode("latin-1").split(" ")
+        target = words[1] if len(words) > 1 else ""
+        path, _, query = target.partition("?")
+        if words[0] == "GET" and path.startswith(PIXEL_PREFIX):
+            self.path, self.headers = target, {}
+            self.server.reject(Rejected(error.reason), "GET", path, query, self)
+            self._send(200, _GIF_HEADERS, GIF)
+        else:
+            self._plain(error.status, http.server.BaseHTTPRequestHandler.responses.get(
+                error.status, ("Error",))[0])
+        self._linger()
+
+    def _linger(self):
+        """Half-close and read what the client still sends for a moment, so that closing
+        with unread data does not reset the connection before it reads our answer."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 1.0
+            drained = 0
+            while drained < MAX_HEAD_BYTES * 8:
+                self._buffer.clear()
+                self._recv(deadline)
+                drained += len(self._buffer)
+        except (_Closed, OSError):
+            return
+
+    def _send(self, status, headers, body, head_only=False):
+        parts = [b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n" % (
+                     status, self.responses[status][0].encode(), self.server_version.encode(),
+                     self.server.http_date()),
+                 headers]
+        if self.close_connection:
+            parts.append(b"Connection: close\r\n")
+        elif self.request_version == "HTTP/1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if not head_only:
+            parts.append(body)
+        self.connection.settimeout(self.server.request_timeout)
+        self.connection.sendall(b"".join(parts))
+
+    def _plain(self, status, text, extra=b""):
+        if status >= 400 and status != 404 and status != 405:
+            self.close_connection = True
+        body = text.encode() + b"\n"
+        self._send(status, b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s"
+                   % (len(body), extra), body, self.command == "HEAD")
+
+    def _json(self, status, document, head_only=False):
+        body = json.dumps(document).encode() + b"\n"
+        self._send(status, b"Content-Type: application/json\r\nContent-Length: %d\r\n"
+                   % len(body), body, head_only)
+
+    # -- what the server records about this request -------------------------------------------
+
+    @property
+    def user_agent(self):
+        return self.headers.get("user-agent") or None
+
+    @property
+    def ip(self):
+        if not self.server.record_ip:
+            return None
+        return client_ip(self.client_address[0], self.headers.get("x-forwarded-for"),
+                         self.server.trusted_proxies)
+
+
+class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    """A thread per connection, at most `max_connections` at once, with a graceful stop.
+
+    `events` and `rejects` are LogWriters. When all connection slots are taken, the server
+    closes an idle kept-alive connection to make room (as nginx reuses them) and otherwise
+    leaves new connections waiting in the listen backlog.
+    """
+
+    daemon_threads = True          # stop() waits for requests in flight itself
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, address, events, rejects, *, write_keys=(), trusted_proxies=(),
+                 record_ip=True, max_connections=DEFAULT_MAX_CONNECTIONS,
+                 request_timeout=DEFAULT_REQUEST_TIMEOUT, idle_timeout=DEFAULT_IDLE_TIMEOUT,
+                 clock=time.time, handler=PixelHandler, stderr=None):
+        host = address[0]
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.events = events
+        self.rejects = rejects
+        self.write_keys = frozenset(write_keys)
+        self.trusted_proxies = tuple(ipaddress.ip_network(proxy, strict=False)
+                                     for proxy in trusted_proxies)
+        self.record_ip = record_ip
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self.clock = clock
+        self.stderr = stderr
+        self.started = time.monotonic()
+        self.stopping = False
+        self.rejected = 0
+        self.idle = {}                 # kept-alive sockets waiting for their next request
+        self._connections = set()
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._count_lock = threading.Lock()
+        self._all_done = threading.Condition(self._count_lock)
+        self._date = (0, b"")
+        self._last_full_warning = None
+        super().__init__(address, handler)
+
+    def server_bind(self):
+        # HTTPServer.server_bind resolves the host's FQDN, a DNS round trip at start-up that
+        # we do not need.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def http_date(self):
+        now = int(self.clock())
+        if self._date[0] != now:
+            self._date = (now, email.utils.formatdate(now, usegmt=True).encode())
+        return self._date[1]
+
+    # -- connections --------------------------------------------------------------------------
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self._warn_full()
+            while not self._slots.acquire(timeout=0.05):
+                self._evict_idle()
+                if self.stopping:
+                    self.shutdown_request(request)
+                    return
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:   # can't start a new thread
+            self._slots.release()
+            self.shutdown_request(request)
+            self._say("cannot start a thread for a new connection; closed it")
+
+    def process_request_thread(self, request, client_address):
+        with self._count_lock:
+            self._connections.add(request)
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count_lock:
+                self._connections.discard(request)
+                if not self._connections:
+                    self._all_done.notify_all()
+            self._slots.release()
+
+    def _evict_idle(self):
+        for sock in list(self.idle)[:1]:
+            try:
+                sock.shutdown(socket.SHUT_RD)
+            except OSError:   # it closed meanwhile
+                continue
+
+    def _warn_full(self):
+        now = time.monotonic()
+        if self._last_full_warning is None or now - self._last_full_warning > ERROR_INTERVAL:
+            self._last_full_warning = now
+            self._say("all %d connection slots are busy; new connections wait"
+                      % self.max_connections)
+
+    def handle_error(self, request, client_address):
+        # An exception no handler expected. One line, not a traceback: stderr is for
+        # operators, and a traceback per hostile request would bury everything else.
+        error = sys.exc_info()[1]
+        trace = error.__traceback__
+        while trace.tb_next:
+            trace = trace.tb_next
+        self._say("internal error serving %s: %s: %s (line %d)" % (
+            client_address[0], type(error).__name__, error, trace.tb_lineno))
+
+    def _say(self, message):
+        print("pixel: " + message, file=self.stderr or sys.stderr, flush=True)
+
+    def stop(self, timeout=None):
+        """Stop accepting, finish requests already received, and close. Call it from a
+        thread other than the one in serve_forever()."""
+        self.stopping = True
+        self.shutdown()
+        self.finish_requests(timeout)
+        self.server_close()
+
+    def finish_requests(self, timeout=None):
+        """Let every connection answer what it has fully received, then close them all.
+        Half-closing the read side wakes idle connections at once and stops any request
+        that has not fully arrived, so nothing answered is left unwritten."""
+        self.stopping = True
+        with self._count_lock:
+            for sock in self._connections:
+                try:
+                    sock.shutdown(socket.SHUT_RD)
+                except OSError:   # it closed meanwhile
+                    continue
+            self._all_done.wait_for(lambda: not self._connections,
+                                    self.request_timeout if timeout is None else timeout)
+
+    # -- recording ----------------------------------------------------------------------------
+
+    def record_pixel(self, kind, path, query, request):
+        received_at = self.clock()
+        ip = request.ip
+        try:
+            event = pixel_event(kind, query, received_at=received_at,
+                                write_keys=self.write_keys, ip=ip,
+                                user_agent=request.user_agent)
+            line = encode_line(event)
+        except Rejected as rejection:
+            self.reject(rejection, "GET", path, query, request, received_at, ip)
+            return
+        self.events.write([line])
+
+    def record_api(self, route, path, body, request):
+        """Write the events of an API body; return an error name for a 400, else None."""
+        received_at = self.clock()
+        ip = request.ip
+        raw = body[:MAX_REJECT_RAW].decode("utf-8", "replace")
+        try:
+            pairs = api_payloads(route, decode_body(body, request.headers.get(
+                "content-encoding")), authorization=request.headers.get("authorization"))
+        except Rejected as rejection:
+            self.reject(rejection, "POST", path, None, request, received_at, ip, raw)
+            return rejection.reason
+        lines = []
+        for kind, payload in pairs:
+            try:
+                if isinstance(payload, Rejected):
+                    raise payload
+                event = enrich(kind, validate(kind, payload, self.write_keys),
+                               received_at=received_at, ip=ip, user_agent=request.user_agent)
+                lines.append(encode_line(event))
+            except Rejected as rejection:
+                item = payload if not isinstance(payload, Rejected) else None
+                self.reject(rejection, "POST", path, None, request, received_at, ip,
+                            _encode_lenient(item)[:MAX_REJECT_RAW] if item is not None else raw)
+        if lines:
+            self.events.write(lines)
+        return None
+
+    def reject(self, rejection, method, path, query, request, received_at=None, ip=None,
+               body=None):
+        """Write one rejects-log line: enough to find a broken campaign and replay it."""
+        if received_at is None:
+            received_at = self.clock()
+            ip = request.ip
+        record = {"reason": rejection.reason}
+        if rejection.detail:
+            record["detail"] = rejection.detail
+        record["method"] = method
+        record["path"] = path[:1024]
+        if query is not None:
+            record["query"] = query[:MAX_REJECT_RAW]
+            if len(query) > MAX_REJECT_RAW:
+                record["queryTruncated"] = True
+        if body is not None:
+            record["body"] = body
+        if ip is not None:
+            record["ip"] = ip
+        if request.user_agent:
+            record["userAgent"] = request.user_agent[:MAX_USER_AGENT]
+        record["receivedAt"] = format_time(received_at)
+        with self._count_lock:
+            self.rejected += 1
+        self.rejects.write([(_encode(record) + "\n").encode("ascii")])
+
+    def health(self):
+        failing = self.events.failing or self.rejects.failing
+        return {"status": "degraded" if failing else "ok", "version": __version__,
+                "uptime": round(time.monotonic() - self.started, 3),
+                "accepted": self.events.written, "rejected": self.rejected,
+                "write_errors": self.events.failed + self.rejects.failed,
+                "connections": len(self._connections)}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+def _size(text):
+    """A byte count, with an optional K, M or G suffix (powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)[iI]?[bB]?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError("not a size: %r (try 10485760 or 10M)" % text)
+    return int(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ")
+
+
+def _positive(kind):
+    def convert(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be greater than 0: %r" % text)
+        return value
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _port(text):
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be between 0 and 65535: %r" % text)
+    return port
+
+
+def _count(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more: %r" % text)
+    return value
+
+
+def _nonempty(text):
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _flag(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError("not a yes/no value: %r" % text)
+
+
+def _network(text):
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an IP address or network: %r" % text) from None
+    return text.strip()
+
+
+def build_parser(environ):
+    """The argument parser. Each flag's default comes from its PIXEL_* variable when that is
+    set; a flag given on the command line wins over the variable."""
+    parser = argparse.ArgumentParser(
+        prog="pixel.py", description="Segment-compatible tracking-pixel server.",
+        epilog="Each flag's environment variable is shown in brackets; lists in a variable "
+               "are comma-separated.")
+    from_env = {}
+
+    def option(flag, env, default, help, convert=str, many=False, **kwargs):
+        dest = flag[2:].replace("-", "_")
+        kwargs.setdefault("metavar", dest.upper())
+        if env in environ:
+            text = environ[env]
+            try:
+                default = ([convert(item.strip()) for item in text.split(",") if item.strip()]
+                           if many else convert(text))
+            except (argparse.ArgumentTypeError, ValueError) as error:
+                parser.error("%s=%r: %s" % (env, text, error))
+            from_env[dest] = default
+        parser.add_argument(flag, type=convert, action="append" if many else "store",
+                            default=None if many else default,
+                            help="%s [%s] (default: %s)" % (help, env, "%(default)s"
+                                                            if not many else default),
+                            **kwargs)
+
+    option("--host", "PIXEL_HOST", DEFAULT_HOST,
+           "address to listen on; 0.0.0.0 or :: for every interface")
+    option("--port", "PIXEL_PORT", DEFAULT_PORT, "port to listen on; 0 picks a free one",
+           _port)
+    option("--log", "PIXEL_LOG", DEFAULT_LOG, "the event log, one JSON object per line",
+           metavar="PATH")
+    option("--rejects", "PIXEL_REJECTS", None,
+           "the rejects log; unset means %s beside --log" % DEFAULT_REJECTS_NAME,
+           metavar="PATH")
+    option("--max-bytes", "PIXEL_MAX_BYTES", 0, "rotate a log before it would grow past "
+           "this size (K, M, G suffixes); 0 never rotates", _size, metavar="N")
+    option("--keep", "PIXEL_KEEP", 0, "rotated files to keep per log, the oldest deleted "
+           "first; 0 keeps them all", _count, metavar="N")
+    option("--write-key", "PIXEL_WRITE_KEYS", None, "accept only this writeKey; "
+           "repeatable. Unset, any non-empty key is accepted", _nonempty, many=True,
+           metavar="KEY")
+    option("--trusted-proxy", "PIXEL_TRUSTED_PROXIES", None, "an address or network whose "
+           "X-Forwarded-For is believed; repeatable. Unset, none is", _network, many=True,
+           metavar="CIDR")
+    no_ip = False
+    if "PIXEL_NO_IP" in environ:
+        try:
+            no_ip = _flag(environ["PIXEL_NO_IP"])
+        except argparse.ArgumentTypeError as error:
+            parser.error("PIXEL_NO_IP=%r: %s" % (environ["PIXEL_NO_IP"], error))
+    parser.add_argument("--no-ip", action="store_true", default=no_ip,
+                        help="record no IP address, not even a client-sent context.ip "
+                             "[PIXEL_NO_IP=1] (default: %(default)s)")
+    option("--max-connections", "PIXEL_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
+           "connections served at once; more wait in the listen backlog", _positive(int),
+           metavar="N")
+    option("--request-timeout", "PIXEL_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT,
+           "seconds a client has to send a whole request, head and body", _positive(float),
+           metavar="S")
+    option("--idle-timeout", "PIXEL_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT,
+           "seconds a kept-alive connection may wait for its next request", _positive(float),
+           metavar="S")
+    parser.add_argument("--version", action="version", version="pixel " + __version__)
+    parser.from_env = from_env
+    return parser
+
+
+def parse_args(argv=None, environ=None):
+    """Flags, then PIXEL_* variables, then defaults, as a Namespace; errors exit with usage."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
+    for dest in ("write_key", "trusted_proxy"):
+        if getattr(args, dest) is None:
+            setattr(args, dest, parser.from_env.get(dest) or [])
+    if args.rejects is None:
+        args.rejects = os.path.join(os.path.dirname(os.path.abspath(args.log)),
+                                    DEFAULT_REJECTS_NAME)
+    if os.path.abspath(args.rejects) == os.path.abspath(args.log):
+        parser.error("--log and --rejects must be different files")
+    return args
+
+
+def main(argv=None, environ=None):
+    """Run the server until SIGTERM or SIGINT; return the exit status."""
+    args = parse_args(argv, environ)
+    writers = []
+    try:
+        for path in (args.log, args.rejects):
+            writers.append(LogWriter(path, max_bytes=args.max_bytes, keep=args.keep))
+    except OSError as error:
+        print("pixel: cannot open %s: %s" % (error.filename or path, error.strerror or error),
+              file=sys.stderr)
+        for writer in writers:
+            writer.close()
+        return 1
+    events, rejects = writers
+    # Threads only need a small stack: the deepest path is json's C scanner on a payload
+    # whose nesting the core has already capped at MAX_DEPTH.
+    threading.stack_size(THREAD_STACK_SIZE)
+    try:
+        server = PixelServer((args.host, args.port), events, rejects,
+                             write_keys=args.write_key,
+                             trusted_proxies=args.trusted_proxy,
+                             record_ip=not args.no_ip, max_connections=args.max_connections,
+                             request_timeout=args.request_timeout,
+                             idle_timeout=args.idle_timeout)
+    except OSError as error:
+        print("pixel: cannot listen on %s port %d: %s" % (args.host, args.port,
+                                                          error.strerror or error),
+              file=sys.stderr)
+        events.close()
+        rejects.close()
+        return 1
+    host, port = server.server_address[:2]
+    shown = "[%s]" % host if ":" in host else host
+    print("pixel %s listening on http://%s:%d/ writing events to %s and rejects to %s"
+          % (__version__, shown, port, events.path, rejects.path), flush=True)
+
+    def stop(signum, frame):
+        # serve_forever() runs on this thread, and shutdown() waits for it to return, so
+        # the stop has to be asked from another thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, stop)
+    try:
+        server.serve_forever()
+    finally:
+        server.finish_requests()
+        server.server_close()
+        events.close()
+        rejects.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print("pixel stopped: %d events written, %d rejected, %d lines not written"
+          % (events.written, server.rejected, events.failed + rejects.failed), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1221 @@
+"""Tests for pixel.py: stdlib unittest only.  Run: python3 -m unittest -v
+
+Layer 1 is tables of named cases for the pure core. Layer 2 runs a real PixelServer on port 0
+in a thread, writing to a temp folder, driven over real sockets. Layer 3 runs pixel.py as a
+subprocess for what needs a process: kill -9, signals, start-up errors.
+"""
+
+import base64
+import errno
+import gzip
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import unittest.mock
+
+import pixel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PIXEL_PY = os.path.join(HERE, "pixel.py")
+
+# Segment's Pixel API docs' own example: unpadded URL-safe base64.
+DOCS_DATA = ("eyJ3cml0ZUtleSI6ICJZT1VSX1dSSVRFX0tFWSIsICJ1c2VySWQiOiAiMDI1cGlrYWNodTAyNSIsICJldmVudCI6"
+             "ICJFbWFpbCBPcGVuZWQiLCAicHJvcGVydGllcyI6IHsgICAic3ViamVjdCI6ICJUaGUgRWxlY3RyaWMgRGFpbHkiLCAg"
+             "ICJlbWFpbCI6ICJwZWVrQXRNZUBlbWFpbC5wb2tlIiB9fQ")
+DOCS_PAYLOAD = {"writeKey": "YOUR_WRITE_KEY", "userId": "025pikachu025", "event": "Email Opened",
+                "properties": {"subject": "The Electric Daily", "email": "peekAtMe@email.poke"}}
+ROTATED = re.compile(r"\.\d{8}T\d{6}\.\d{3}Z(-\d+)?\Z")
+T0 = 1795000000.25   # a fixed clock: 2026-11-18T11:06:40.250Z
+
+
+def b64(obj, alphabet="standard", pad=True):
+    raw = json.dumps(obj).encode() if not isinstance(obj, bytes) else obj
+    text = (base64.urlsafe_b64encode if alphabet == "urlsafe" else base64.b64encode)(raw).decode()
+    return text if pad else text.rstrip("=")
+
+
+def quote_all(text):
+    return "".join("%%%02X" % ord(char) if char in "+/=" else char for char in text)
+
+
+# A payload whose standard base64 holds "+", "/" and "=" (checked in test_table_is_honest).
+TRICKY = {"writeKey": "k", "userId": "u>>>?", "event": "??>"}
+
+# ---------------------------------------------------------------------------------------------
+# Layer 1: the pure core, as tables of named cases
+
+DECODE_CASES = [
+    # name, query, expected payload or the rejection reason
+    ("docs example, unpadded url-safe", "data=" + DOCS_DATA, DOCS_PAYLOAD),
+    ("standard alphabet, padded", "data=" + quote_all(b64(TRICKY)), TRICKY),
+    ("standard alphabet, unpadded", "data=" + quote_all(b64(TRICKY, pad=False)), TRICKY),
+    ("url-safe alphabet, padded", "data=" + b64(TRICKY, "urlsafe"), TRICKY),
+    ("url-safe alphabet, unpadded", "data=" + b64(TRICKY, "urlsafe", pad=False), TRICKY),
+    ("plus arrived as a space", "data=" + b64(TRICKY).replace("+", "%20"), TRICKY),
+    ("plus sent raw, read as a space", "data=" + b64(TRICKY), TRICKY),
+    ("percent-encoded + / =", "data=" + quote_all(b64(TRICKY)), TRICKY),
+    ("dot notation nests, values stay strings",
+     "userId=u&event=Email%20Opened&properties.subject=Hi&properties.n=3&writeKey=K"
+     "&context.campaign.name=x",
+     {"userId": "u", "event": "Email Opened", "properties": {"subject": "Hi", "n": "3"},
+      "writeKey": "K", "context": {"campaign": {"name": "x"}}}),
+    ("blank value kept", "userId=&anonymousId=a", {"userId": "", "anonymousId": "a"}),
+    ("data and plain merge, data wins",
+     "writeKey=plain&properties.a=1&properties.b=2&data=" +
+     b64({"userId": "u", "writeKey": "data", "properties": {"b": 3}}, "urlsafe"),
+     {"writeKey": "data", "userId": "u", "properties": {"a": "1", "b": 3}}),
+    ("utf-8 in a plain value", "event=%E2%9C%93", {"event": "\u2713"}),
+    ("invalid base64 character", "data=ab$d", "invalid_base64"),
+    ("impossible base64 length", "data=abcde", "invalid_base64"),
+    ("padding in the middle", "data=ab%3Dcd", "invalid_base64"),
+    ("base64 of non-UTF-8", "data=" + b64(b"\xff\xfe{}"), "invalid_utf8"),
+    ("base64 of broken JSON", "data=" + b64(b'{"userId": '), "invalid_json"),
+    ("base64 of a JSON array", "data=" + b64([1, 2]), "payload_not_object"),
+    ("base64 of a JSON string", "data=" + b64("hi"), "payload_not_object"),
+    ("NaN is not JSON", "data=" + b64(b'{"a": NaN}'), "invalid_number"),
+    ("nesting beyond the cap", "data=" + b64(b'{"a":' * 40 + b"1" + b"}" * 40), "too_deep"),
+    ("brackets inside strings are not nesting",
+     "data=" + b64({"a": "[[[[{{{{" * 20}), {"a": "[[[[{{{{" * 20}),
+    ("decoded payload over 32 KB", "data=" + b64({"a": "x" * 33000}), "payload_too_large"),
+    ("plain payload over 32 KB", "a=" + "x" * 33000, "payload_too_large"),
+    ("empty dot segment", "a..b=1", "invalid_key"),
+    ("trailing dot", "properties.=1", "invalid_key"),
+    ("a lone dot", ".=1", "invalid_key"),
+    ("empty key", "=1", "invalid_key"),
+    ("dot key deeper than the cap", ".".join("k" * 40) + "=1", "invalid_key"),
+    ("repeated key", "userId=a&userId=b", "duplicate_key"),
+    ("repeated data", "data=e30&data=e30", "duplicate_key"),
+    ("string then object", "properties=x&properties.a=1", "key_conflict"),
+    ("object then string", "properties.a=1&properties=x", "key_conflict"),
+    ("too many parameters", "&".join("k%d=1" % i for i in range(300)), "too_many_params"),
+    ("bad percent-escape of UTF-8", "event=%FF", "invalid_utf8"),
+    ("broken percent-escape kept as text", "event=%zz", {"event": "%zz"}),
+]
+
+VALID = {"writeKey": "k", "userId": "u"}
+VALIDATE_CASES = [
+    # name, kind, payload, allowed write keys, expected reason (None: accepted)
+    ("identify with a userId", "identify", VALID, None, None),
+    ("anonymousId alone", "page", {"writeKey": "k", "anonymousId": "a"}, None, None),
+    ("missing writeKey", "identify", {"userId": "u"}, None, "no_write_key"),
+    ("empty writeKey", "identify", {"writeKey": "", "userId": "u"}, None, "no_write_key"),
+    ("writeKey not a string", "identify", {"writeKey": 7, "userId": "u"}, None,
+     "write_key_not_string"),
+    ("writeKey not allowed", "identify", VALID, {"other"}, "invalid_write_key"),
+    ("writeKey allowed", "identify", VALID, {"k", "other"}, None),
+    ("no user or anonymous id", "identify", {"writeKey": "k"}, None, "no_user_anon_id"),
+    ("empty ids", "identify", {"writeKey": "k", "userId": "", "anonymousId": None}, None,
+     "no_user_anon_id"),
+    ("userId an object", "identify", {"writeKey": "k", "userId": {"a": 1}}, None,
+     "id_not_string"),
+    ("userId a boolean", "identify", {"writeKey": "k", "userId": True}, None, "id_not_string"),
+    ("anonymousId a list", "identify", {"writeKey": "k", "anonymousId": [1]}, None,
+     "id_not_string"),
+    ("messageId a list", "identify", dict(VALID, messageId=[1]), None, "id_not_string"),
+    ("track without event", "track", VALID, None, "event_not_defined"),
+    ("track with empty event", "track", dict(VALID, event=""), None, "event_not_defined"),
+    ("track with a numeric event", "track", dict(VALID, event=5), None, "event_not_string"),
+    ("track", "track", dict(VALID, event="Opened"), None, None),
+    ("group without groupId", "group", VALID, None, "group_id_not_defined"),
+    ("group", "group", dict(VALID, groupId="g"), None, None),
+    ("group with an object groupId", "group", dict(VALID, groupId={}), None, "id_not_string"),
+    ("alias without previousId", "alias", VALID, None, "previous_id_not_defined"),
+    ("alias without userId", "alias", {"writeKey": "k", "anonymousId": "a", "previousId": "p"},
+     None, "user_id_not_defined"),
+    ("alias", "alias", dict(VALID, previousId="p"), None, None),
+    ("page name not a string", "page", dict(VALID, name=["x"]), None, "name_not_string"),
+    ("screen category not a string", "screen", dict(VALID, category=1), None,
+     "category_not_string"),
+    ("page with name and category", "page", dict(VALID, name="Home", category="Docs"), None,
+     None),
+    ("properties not an object", "track", dict(VALID, event="e", properties="x"), None,
+     "properties_not_object"),
+    ("traits not an object", "identify", dict(VALID, traits=[1]), None, "traits_not_object"),
+    ("context not an object", "identify", dict(VALID, context="x"), None, "context_not_object"),
+    ("integrations not an object", "identify", dict(VALID, integrations=1), None,
+     "integrations_not_object"),
+    ("timestamp not ISO-8601", "identify", dict(VALID, timestamp="yesterday"), None,
+     "invalid_timestamp"),
+    ("timestamp a number", "identify", dict(VALID, timestamp=5), None, "invalid_timestamp"),
+    ("sentAt out of range", "identify", dict(VALID, sentAt="2026-13-01T00:00:00Z"), None,
+     "invalid_timestamp"),
+    ("ISO-8601 with offset", "identify", dict(VALID, timestamp="2026-11-26T10:00:00+01:00"),
+     None, None),
+    ("unknown type", "launch", VALID, None, "invalid_type"),
+]
+
+
+class CoreTables(unittest.TestCase):
+    def test_table_is_honest(self):
+        # The "tricky" payload really exercises both alphabets' special characters.
+        self.assertTrue(set("+/=") <= set(b64(TRICKY)), b64(TRICKY))
+        self.assertTrue(set("-_") <= set(b64(TRICKY, "urlsafe")))
+
+    def test_decode_cases(self):
+        for name, query, expected in DECODE_CASES:
+            with self.subTest(name):
+                if isinstance(expected, str):
+                    with self.assertRaises(pixel.Rejected) as caught:
+                        pixel.decode_query(query)
+                    self.assertEqual(caught.exception.reason, expected)
+                else:
+                    self.assertEqual(pixel.decode_query(query), expected)
+
+    def test_validate_cases(self):
+        for name, kind, payload, keys, expected in VALIDATE_CASES:
+            with self.subTest(name):
+                if expected:
+                    with self.assertRaises(pixel.Rejected) as caught:
+                        pixel.validate(kind, payload, keys)
+                    self.assertEqual(caught.exception.reason, expected)
+                else:
+                    self.assertIsInstance(pixel.validate(kind, payload, keys), dict)
+
+    def test_numbers_become_string_ids(self):
+        event = pixel.validate("group", {"writeKey": "k", "userId": 42, "groupId": 7,
+                                         "messageId": 9}, None)
+        self.assertEqual((event["userId"], event["groupId"], event["messageId"]),
+                         ("42", "7", "9"))
+
+    def test_validate_does_not_mutate_its_input(self):
+        payload = {"writeKey": "k", "userId": 42}
+        pixel.validate("identify", payload)
+        self.assertEqual(payload, {"writeKey": "k", "userId": 42})
+
+
+class Enrichment(unittest.TestCase):
+    def enrich(self, payload, kind="track", **kwargs):
+        kwargs.setdefault("received_at", T0)
+        return pixel.enrich(kind, pixel.validate(kind, payload), **kwargs)
+
+    def test_server_fields(self):
+        event = self.enrich(dict(VALID, event="e"), ip="10.0.0.1", user_agent="UA/1")
+        self.assertEqual(event["type"], "track")
+        self.assertEqual(event["receivedAt"], "2026-11-18T11:06:40.250Z")
+        self.assertEqual(event["timestamp"], event["receivedAt"])
+        self.assertEqual(event["context"], {"ip": "10.0.0.1", "userAgent": "UA/1"})
+        self.assertRegex(event["messageId"], r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-")
+
+    def test_client_fields_are_kept(self):
+        event = self.enrich(dict(VALID, event="e", messageId="m1", timestamp="2026-01-01T00:00:00Z",
+                                 type="identify", context={"ip": "1.2.3.4", "locale": "fr"}),
+                            ip="10.0.0.1", user_agent="UA/1")
+        self.assertEqual(event["messageId"], "m1")
+        self.assertEqual(event["timestamp"], "2026-01-01T00:00:00Z")
+        self.assertEqual(event["type"], "track", "the route decides the type")
+        self.assertEqual(event["context"], {"ip": "1.2.3.4", "locale": "fr", "userAgent": "UA/1"})
+
+    def test_clock_skew_is_corrected_from_sent_at(self):
+        # The client's clock runs 60 s fast; the call was made 5 s before it was sent.
+        event = self.enrich(dict(VALID, event="e", originalTimestamp="2026-11-18T11:07:35.250Z",
+                                 sentAt="2026-11-18T11:07:40.250Z"))
+        self.assertEqual(event["timestamp"], "2026-11-18T11:06:35.250Z")
+
+    def test_original_timestamp_without_sent_at(self):
+        event = self.enrich(dict(VALID, event="e", originalTimestamp="2026-11-18T09:00:00Z"))
+        self.assertEqual(event["timestamp"], "2026-11-18T09:00:00Z")
+
+    def test_absurd_skew_falls_back_to_original_timestamp(self):
+        event = self.enrich(dict(VALID, event="e", originalTimestamp="0001-01-01T00:00:00Z",
+                                 sentAt="9999-01-01T00:00:00Z"))
+        self.assertEqual(event["timestamp"], "0001-01-01T00:00:00Z")
+
+    def test_no_ip_drops_the_clients_ip_too(self):
+        event = self.enrich(dict(VALID, event="e", context={"ip": "1.2.3.4"}), ip=None)
+        self.assertNotIn("ip", event["context"])
+
+    def test_pixel_event_is_the_whole_pipeline(self):
+        event = pixel.pixel_event("track", "data=" + DOCS_DATA, received_at=T0, ip="127.0.0.1")
+        self.assertEqual({key: event[key] for key in DOCS_PAYLOAD}, DOCS_PAYLOAD)
+
+    def test_input_is_not_mutated(self):
+        payload = dict(VALID, event="e", context={"locale": "fr"})
+        self.enrich(payload, ip="10.0.0.1")
+        self.assertEqual(payload["context"], {"locale": "fr"})
+
+
+class LineEncoding(unittest.TestCase):
+    def test_one_ascii_line_that_parses_back(self):
+        event = {"a": "line\nbreak \u2028 separator \x00 nul \U0001F600", "b": [1, 2.5, None]}
+        line = pixel.encode_line(event)
+        self.assertTrue(line.endswith(b"\n"))
+        self.assertEqual(line.count(b"\n"), 1)
+        self.assertTrue(line.isascii())
+        self.assertEqual(json.loads(line), event)
+
+    def test_out_of_range_float(self):
+        with self.assertRaises(pixel.Rejected) as caught:
+            pixel.encode_line({"a": float("inf")})
+        self.assertEqual(caught.exception.reason, "invalid_number")
+
+    def test_huge_number_in_a_payload_is_rejected_not_logged(self):
+        with self.assertRaises(pixel.Rejected) as caught:
+            pixel.encode_line(pixel.pixel_event("identify", "data=" + b64(
+                b'{"writeKey":"k","userId":"u","traits":{"n":1e400}}'), received_at=T0))
+        self.assertEqual(caught.exception.reason, "invalid_number")
+
+    def test_format_and_parse_time_round_trip(self):
+        self.assertEqual(pixel.format_time(T0), "2026-11-18T11:06:40.250Z")
+        self.assertEqual(pixel.parse_time("2026-11-18T11:06:40.250Z"), T0)
+        self.assertEqual(pixel.parse_time("2026-11-18T12:06:40.25+01:00"), T0)
+        self.assertEqual(pixel.parse_time("2026-11-18"), T0 - 40000.25)
+
+
+class ApiBodies(unittest.TestCase):
+    def test_single_event_with_basic_auth(self):
+        auth = "Basic " + base64.b64encode(b"KEY:").decode()
+        pairs = pixel.api_payloads("track", b'{"userId":"u","event":"e"}', authorization=auth)
+        self.assertEqual(pairs, [("track", {"userId": "u", "event": "e", "writeKey": "KEY"})])
+
+    def test_batch_shares_context_integrations_key_and_sent_at(self):
+        body = json.dumps({"writeKey": "k", "sentAt": "2026-11-18T09:46:40Z",
+                           "context": {"library": "x", "locale": "fr"},
+                           "integrations": {"All": False},
+                           "batch": [{"type": "track", "event": "e", "userId": "u",
+                                      "context": {"locale": "de"}},
+                                     {"type": "nope", "userId": "u"}, 5]}).encode()
+        pairs = pixel.api_payloads("batch", body)
+        kind, payload = pairs[0]
+        self.assertEqual(kind, "track")
+        self.assertEqual(payload["context"], {"library": "x", "locale": "de"})
+        self.assertEqual(payload["integrations"], {"All": False})
+        self.assertEqual((payload["writeKey"], payload["sentAt"]), ("k", "2026-11-18T09:46:40Z"))
+        self.assertEqual(pairs[1][1].reason, "invalid_type")
+        self.assertEqual(pairs[2][1].reason, "payload_not_object")
+
+    def test_bad_bodies(self):
+        for name, route, body, reason in [
+                ("broken JSON", "track", b"{", "invalid_json"),
+                ("not an object", "batch", b"[]", "payload_not_object"),
+                ("batch not a list", "batch", b'{"batch": {}}', "batch_not_array"),
+                ("event over 32 KB", "track", json.dumps({"a": "x" * 33000}).encode(),
+                 "payload_too_large")]:
+            with self.subTest(name):
+                with self.assertRaises(pixel.Rejected) as caught:
+                    pixel.api_payloads(route, body)
+                self.assertEqual(caught.exception.reason, reason)
+
+    def test_gzip_and_its_bombs(self):
+        self.assertEqual(pixel.decode_body(gzip.compress(b'{"a":1}'), "gzip"), b'{"a":1}')
+        for name, body, coding, reason in [
+                ("bomb", gzip.compress(b" " * (10 * 1024 * 1024)), "gzip", "body_too_large"),
+                ("not gzip", b"plain", "gzip", "invalid_gzip"),
+                ("unknown coding", b"{}", "br", "unsupported_encoding")]:
+            with self.subTest(name):
+                with self.assertRaises(pixel.Rejected) as caught:
+                    pixel.decode_body(body, coding)
+                self.assertEqual(caught.exception.reason, reason)
+
+
+class ClientIp(unittest.TestCase):
+    def test_cases(self):
+        import ipaddress
+        trusted = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32"))
+        for name, peer, forwarded, proxies, expected in [
+                ("no proxies trusted", "127.0.0.1", "6.6.6.6", (), "127.0.0.1"),
+                ("untrusted peer", "8.8.8.8", "6.6.6.6", trusted, "8.8.8.8"),
+                ("trusted peer", "127.0.0.1", "6.6.6.6", trusted, "6.6.6.6"),
+                ("client spoofs the left end", "127.0.0.1", "1.1.1.1, 6.6.6.6", trusted,
+                 "6.6.6.6"),
+                ("proxy chain", "127.0.0.1", "6.6.6.6, 10.1.1.1", trusted, "6.6.6.6"),
+                ("malformed hop", "127.0.0.1", "6.6.6.6, junk, 10.1.1.1", trusted, "10.1.1.1"),
+                ("no header", "127.0.0.1", None, trusted, "127.0.0.1")]:
+            with self.subTest(name):
+                self.assertEqual(pixel.client_ip(peer, forwarded, proxies), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer 2: a real server on port 0 in a thread
+
+def read_response(stream):
+    """(status, headers, body) of one HTTP/1.1 response read from a binary file object."""
+    status_line = stream.readline()
+    if not status_line:
+        raise ConnectionError("closed before a response")
+    status = int(status_line.split()[1])
+    headers = {}
+    while True:
+        line = stream.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = stream.read(int(headers.get("content-length", 0)))
+    return status, headers, body, status_line
+
+
+class ServerCase(unittest.TestCase):
+    server_options = {}
+    writer_options = {}
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="pixel-test-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.stderr = io.StringIO()
+        self.start_server()
+
+    def start_server(self):
+        self.events = pixel.LogWriter(os.path.join(self.dir, "events.jsonl"),
+                                      stderr=self.stderr, **self.writer_options)
+        self.rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"),
+                                       stderr=self.stderr, **self.writer_options)
+        self.server = pixel.PixelServer(("127.0.0.1", 0), self.events, self.rejects,
+                                        stderr=self.stderr, **self.server_options)
+        self.port = self.server.server_address[1]
+        thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 10)
+        self.addCleanup(self.server.stop, 5)
+
+    def connect(self, timeout=10):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def get(self, target, headers=None, method="GET", body=None):
+        connection = self.connect()
+        try:
+            connection.request(method, target, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, dict((k.lower(), v) for k, v in response.getheaders()), \
+                response.read()
+        finally:
+            connection.close()
+
+    def raw(self, data, timeout=5):
+        """Send bytes on a fresh socket; return everything the server sends until it closes."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(data)
+            chunks = []
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def lines(self, name="events.jsonl"):
+        path = os.path.join(self.dir, name)
+        if not os.path.exists(path):
+            return []
+        with open(path, "rb") as handle:
+            data = handle.read()
+        self.assertTrue(data == b"" or data.endswith(b"\n"), "torn last line in " + name)
+        return [json.loads(line) for line in data.splitlines()]
+
+    def assertGif(self, status, headers, body):
+        self.assertEqual(status, 200)
+        self.assertEqual(body, pixel.GIF)
+        self.assertEqual(headers["content-type"], "image/gif")
+        self.assertEqual(headers["content-length"], "43")
+
+    def assertQuietStderr(self):
+        self.assertNotIn("Traceback", self.stderr.getvalue())
+        self.assertNotIn("internal error", self.stderr.getvalue())
+
+
+class PixelRoutes(ServerCase):
+    def test_gif_bytes_and_headers(self):
+        self.assertEqual(len(pixel.GIF), 43)
+        self.assertTrue(pixel.GIF.startswith(b"GIF89a\x01\x00\x01\x00") and
+                        pixel.GIF.endswith(b";"))
+        status, headers, body = self.get("/v1/pixel/track?data=" + DOCS_DATA)
+        self.assertGif(status, headers, body)
+        self.assertEqual(headers["cache-control"], "no-cache, no-store, must-revalidate")
+        self.assertEqual(headers["pragma"], "no-cache")
+        self.assertEqual(headers["expires"], "0")
+        self.assertIn("date", headers)
+
+    def test_wire_bytes_match_a_stock_http_server_response(self):
+        # What the fast path sends is byte for byte what BaseHTTPRequestHandler would build
+        # with send_response + send_header + end_headers + one write of the GIF.
+        reply = self.raw(b"GET /v1/pixel/track?data=" + DOCS_DATA.encode() +
+                         b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        date = re.search(rb"\r\nDate: ([^\r]+)\r\n", reply).group(1)
+        expected = (b"HTTP/1.1 200 OK\r\nServer: pixel/" + pixel.__version__.encode() +
+                    b"\r\nDate: " + date + b"\r\nContent-Type: image/gif\r\n"
+                    b"Content-Length: 43\r\nCache-Control: no-cache, no-store, must-revalidate"
+                    b"\r\nPragma: no-cache\r\nExpires: 0\r\nConnection: close\r\n\r\n" +
+                    pixel.GIF)
+        self.assertEqual(reply, expected)
+
+    def test_every_route_answers_a_gif_even_on_error(self):
+        for kind in pixel.EVENT_TYPES:
+            with self.subTest(kind):
+                self.assertGif(*self.get("/v1/pixel/%s?data=%%%%%%" % kind))
+                self.assertGif(*self.get("/v1/pixel/%s" % kind))
+        self.assertEqual(self.lines(), [])
+        self.assertEqual(len(self.lines("rejects.jsonl")), 12)
+
+    def test_event_is_on_disk_when_the_reply_arrives(self):
+        self.get("/v1/pixel/track?data=" + DOCS_DATA, {"User-Agent": "Mail/1"})
+        (event,) = self.lines()
+        self.assertEqual({key: event[key] for key in DOCS_PAYLOAD}, DOCS_PAYLOAD)
+        self.assertEqual(event["type"], "track")
+        self.assertEqual(event["context"], {"ip": "127.0.0.1", "userAgent": "Mail/1"})
+
+    def test_dot_notation_page(self):
+        self.get("/v1/pixel/page?anonymousId=a1&name=Home&properties.url=https%3A%2F%2Fx.io%2F"
+                 "&writeKey=k")
+        (event,) = self.lines()
+        self.assertEqual((event["type"], event["name"], event["properties"]),
+                         ("page", "Home", {"url": "https://x.io/"}))
+
+    def test_head_records_nothing(self):
+        status, headers, body = self.get("/v1/pixel/track?data=" + DOCS_DATA, method="HEAD")
+        self.assertEqual((status, headers["content-type"], headers["content-length"], body),
+                         (200, "image/gif", "43", b""))
+        self.assertEqual(self.lines(), [])
+        self.assertEqual(self.lines("rejects.jsonl"), [])
+
+    def test_other_methods_record_nothing(self):
+        for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
+            with self.subTest(method):
+                status, headers, _ = self.get("/v1/pixel/track?data=" + DOCS_DATA, method=method)
+                self.assertEqual(status, 405)
+                self.assertEqual(headers["allow"], "GET, HEAD")
+        self.assertEqual(self.lines(), [])
+
+    def test_other_paths_are_plain_404s(self):
+        for target in ("/", "/v1/pixel/", "/v1/pixel/trackx", "/v1/pixel/track/", "/favicon.ico",
+                       "//v1/pixel/track?data=" + DOCS_DATA):
+            with self.subTest(target):
+                status, headers, body = self.get(target)
+                self.assertEqual((status, headers["content-type"], body),
+                                 (404, "text/plain; charset=utf-8", b"Not Found\n"))
+        self.assertEqual(self.lines(), [])
+
+    def test_keep_alive(self):
+        connection = self.connect()
+        self.addCleanup(connection.close)
+        ports = set()
+        for number in range(5):
+            connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e%d" % number)
+            response = connection.getresponse()
+            self.assertEqual(response.read(), pixel.GIF)
+            self.assertIsNone(response.getheader("Connection"))
+            ports.add(connection.sock.getsockname()[1])
+        self.assertEqual(len(ports), 1, "all five requests went over one connection")
+        self.assertEqual([event["event"] for event in self.lines()],
+                         ["e%d" % number for number in range(5)])
+
+    def test_http_1_0_closes_unless_asked(self):
+        reply = self.raw(b"GET /health HTTP/1.0\r\n\r\n")
+        self.assertIn(b"Connection: close\r\n", reply)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" * 2)
+            stream = sock.makefile("rb")
+            for _ in range(2):
+                status, headers, _, _ = read_response(stream)
+                self.assertEqual((status, headers.get("connection")), (200, "keep-alive"))
+
+    def test_health(self):
+        self.get("/v1/pixel/track?data=" + DOCS_DATA)
+        self.get("/v1/pixel/track?userId=u")
+        status, headers, body = self.get("/health")
+        health = json.loads(body)
+        self.assertEqual((status, headers["content-type"]), (200, "application/json"))
+        self.assertEqual({key: health[key] for key in ("status", "version", "accepted",
+                                                       "rejected", "write_errors")},
+                         {"status": "ok", "version": pixel.__version__, "accepted": 1,
+                          "rejected": 1, "write_errors": 0})
+        self.assertGreaterEqual(health["uptime"], 0)
+
+    def test_rejects_log(self):
+        self.get("/v1/pixel/track?writeKey=k&userId=u&properties.subject=Hi",
+                 {"User-Agent": "Mail/2"})
+        (record,) = self.lines("rejects.jsonl")
+        self.assertEqual(record["reason"], "event_not_defined")
+        self.assertEqual((record["method"], record["path"], record["query"]),
+                         ("GET", "/v1/pixel/track", "writeKey=k&userId=u&properties.subject=Hi"))
+        self.assertEqual((record["ip"], record["userAgent"]), ("127.0.0.1", "Mail/2"))
+        self.assertRegex(record["receivedAt"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+    def test_rejects_log_caps_the_query(self):
+        self.get("/v1/pixel/track?writeKey=k&x=" + "y" * 40000)
+        (record,) = self.lines("rejects.jsonl")
+        self.assertEqual(record["reason"], "payload_too_large")
+        self.assertEqual(len(record["query"]), pixel.MAX_REJECT_RAW)
+        self.assertTrue(record["queryTruncated"])
+
+    def test_x_forwarded_for_is_ignored_by_default(self):
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=e", {"X-Forwarded-For": "6.6.6.6"})
+        self.assertEqual(self.lines()[0]["context"]["ip"], "127.0.0.1")
+
+    def test_no_log_injection(self):
+        self.get("/v1/pixel/track?writeKey=k&userId=u%0A%7B%22forged%22%3A1%7D&event=%E2%80%A8",
+                 {"User-Agent": "a\x0bb"})
+        self.get("/v1/pixel/track?writeKey=k&userId=%0A%7B%22forged%22%3A1%7D")
+        with open(os.path.join(self.dir, "events.jsonl"), "rb") as handle:
+            data = handle.read()
+        self.assertEqual(data.count(b"\n"), 1)
+        self.assertTrue(data.isascii())
+        self.assertEqual(self.lines()[0]["userId"], 'u\n{"forged":1}')
+        self.assertEqual(len(self.lines("rejects.jsonl")), 1)
+
+    def test_no_input_is_reflected(self):
+        marker = "REFLECTED"
+        for target in ("/%s" % marker, "/v1/pixel/track?%s=1" % marker,
+                       "/v1/pixel/%s" % marker):
+            status, headers, body = self.get(target, {"X-" + marker: marker})
+            self.assertNotIn(marker.encode(), body)
+            self.assertNotIn(marker, json.dumps(headers))
+        reply = self.raw(b"GET /" + marker.encode() + b" HTTP/9.9\r\n\r\n")
+        self.assertNotIn(marker.encode(), reply)
+
+
+class TrustedProxy(ServerCase):
+    server_options = {"trusted_proxies": ["127.0.0.0/8"]}
+
+    def test_forwarded_address_from_a_trusted_proxy(self):
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=e",
+                 {"X-Forwarded-For": "1.1.1.1, 6.6.6.6"})
+        self.assertEqual(self.lines()[0]["context"]["ip"], "6.6.6.6")
+
+
+class WriteKeyAllowList(ServerCase):
+    server_options = {"write_keys": ["good"]}
+
+    def test_only_listed_keys_are_logged(self):
+        self.assertGif(*self.get("/v1/pixel/track?writeKey=good&userId=u&event=e"))
+        self.assertGif(*self.get("/v1/pixel/track?writeKey=bad&userId=u&event=e"))
+        self.assertEqual([event["writeKey"] for event in self.lines()], ["good"])
+        self.assertEqual([r["reason"] for r in self.lines("rejects.jsonl")],
+                         ["invalid_write_key"])
+
+
+class NoIp(ServerCase):
+    server_options = {"record_ip": False}
+
+    def test_no_ip_anywhere(self):
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=e&context.ip=1.2.3.4")
+        self.get("/v1/pixel/track?writeKey=k&userId=u")
+        self.assertNotIn("ip", self.lines()[0]["context"])
+        self.assertNotIn("ip", self.lines("rejects.jsonl")[0])
+
+
+class OddHttp(ServerCase):
+    server_options = {"request_timeout": 2.0, "idle_timeout": 2.0}
+
+    def test_bare_lf_line_ends(self):
+        reply = self.raw(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\n"
+                         b"Connection: close\n\n")
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
+        self.assertEqual(len(self.lines()), 1)
+
+    def test_request_line_over_64_kib(self):
+        long_query = "writeKey=k&userId=u&event=e&pad=" + "x" * 66000
+        reply = self.raw(("GET /v1/pixel/track?%s HTTP/1.1\r\n\r\n" % long_query).encode())
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
+        self.assertEqual(self.lines(), [])
+        self.assertEqual(self.lines("rejects.jsonl")[0]["reason"], "uri_too_long")
+        reply = self.raw(("GET /elsewhere?%s HTTP/1.1\r\n\r\n" % long_query).encode())
+        self.assertTrue(reply.startswith(b"HTTP/1.1 414 "), reply[:40])
+        self.assertQuietStderr()
+
+    def test_more_than_100_headers(self):
+        headers = b"".join(b"X-%d: v\r\n" % number for number in range(101))
+        reply = self.raw(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\n" +
+                         headers + b"\r\n")
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
+        self.assertEqual(self.lines("rejects.jsonl")[0]["reason"], "too_many_headers")
+        reply = self.raw(b"GET /health HTTP/1.1\r\n" + headers + b"\r\n")
+        self.assertTrue(reply.startswith(b"HTTP/1.1 431 "), reply[:40])
+        # 100 headers is still fine.
+        headers = b"".join(b"X-%d: v\r\n" % number for number in range(99))
+        reply = self.raw(b"GET /health HTTP/1.1\r\nConnection: close\r\n" + headers + b"\r\n")
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:40])
+
+    def test_header_line_over_64_kib(self):
+        reply = self.raw(b"GET /health HTTP/1.1\r\nX-Big: " + b"v" * 66000 + b"\r\n\r\n")
+        self.assertTrue(reply.startswith(b"HTTP/1.1 431 "), reply[:40])
+
+    def test_http_0_9_and_junk(self):
+        for name, request, status in [
+                ("HTTP/0.9", b"GET /v1/pixel/track?writeKey=k&userId=u&event=e\r\n\r\n", 400),
+                ("junk", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400),
+                ("no version", b"GET / FOO\r\n\r\n", 400),
+                ("HTTP/2", b"GET / HTTP/2.0\r\n\r\n", 505),
+                ("space before colon", b"GET /health HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+                ("line folding", b"GET /health HTTP/1.1\r\nA: b\r\n c\r\n\r\n", 400),
+                ("two lengths", b"GET /health HTTP/1.1\r\nContent-Length: 1\r\n"
+                                b"Content-Length: 2\r\n\r\n", 400),
+                ("length and chunked", b"POST /v1/track HTTP/1.1\r\nContent-Length: 1\r\n"
+                                       b"Transfer-Encoding: chunked\r\n\r\n", 400),
+                ("bad length", b"GET /health HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400)]:
+            with self.subTest(name):
+                reply = self.raw(request)
+                self.assertTrue(reply.startswith(b"HTTP/1.1 %d " % status), reply[:60])
+        self.assertEqual(self.lines(), [])
+        self.assertQuietStderr()
+
+    def test_absolute_form_target(self):
+        reply = self.raw(b"GET http://pixel.example/v1/pixel/track?writeKey=k&userId=u&event=e "
+                         b"HTTP/1.1\r\nConnection: close\r\n\r\n")
+        self.assertTrue(reply.endswith(pixel.GIF))
+        self.assertEqual(self.lines()[0]["event"], "e")
+
+    def test_pipelined_requests_are_answered_in_order(self):
+        requests = b"".join(b"GET /v1/pixel/track?writeKey=k&userId=u&event=p%d HTTP/1.1\r\n"
+                            b"Host: x\r\n\r\n" % number for number in range(10))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(requests + b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+            stream = sock.makefile("rb")
+            for _ in range(10):
+                self.assertEqual(read_response(stream)[2], pixel.GIF)
+            self.assertEqual(json.loads(read_response(stream)[2])["accepted"], 10)
+        self.assertEqual([event["event"] for event in self.lines()],
+                         ["p%d" % number for number in range(10)])
+
+    def test_client_that_disconnects(self):
+        for data in (b"GET /v1/pixel/tr", b"GET /v1/pixel/track?userId=u HTTP/1.1\r\nHost:",
+                     b"POST /v1/track HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"a\""):
+            with socket.create_connection(("127.0.0.1", self.port)) as sock:
+                sock.sendall(data)
+        # A request that is fully sent but whose answer is never read is still recorded.
+        with socket.create_connection(("127.0.0.1", self.port)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=gone HTTP/1.1\r\n\r\n")
+            time.sleep(0.2)
+        self.assertEqual(self.get("/health")[0], 200)
+        self.assertEqual([event["event"] for event in self.lines()], ["gone"])
+        self.assertQuietStderr()
+
+    def test_slow_request_is_cut_at_the_deadline(self):
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            try:
+                for char in b"GET /v1/pixel/track?writeKey=k&userId=u&event=slow HTTP/1.1\r\n":
+                    sock.sendall(bytes([char]))
+                    time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                pass   # the server already closed: what we are testing
+            closed = sock.recv(1) == b""
+        self.assertTrue(closed)
+        self.assertLess(time.monotonic() - started, 6.5)
+        self.assertEqual(self.lines(), [])
+
+    def test_idle_keep_alive_connection_is_closed(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\n\r\n")
+            stream = sock.makefile("rb")
+            self.assertEqual(read_response(stream)[0], 200)
+            started = time.monotonic()
+            self.assertEqual(stream.read(1), b"")
+            self.assertGreater(time.monotonic() - started, 1.5)
+
+
+class Concurrency(ServerCase):
+    def test_1000_concurrent_events_none_lost_or_duplicated(self):
+        errors = []
+
+        def client(worker):
+            connection = self.connect()
+            try:
+                for number in range(50):
+                    connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e"
+                                              "&messageId=%d-%d" % (worker, number))
+                    response = connection.getresponse()
+                    if response.read() != pixel.GIF:
+                        errors.append(response.status)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=client, args=(worker,)) for worker in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(errors, [])
+        ids = [event["messageId"] for event in self.lines()]
+        self.assertEqual(len(ids), 1000)
+        self.assertEqual(set(ids), {"%d-%d" % (w, n) for w in range(20) for n in range(50)})
+
+
+def follow(path, stop, seen):
+    """An inode-following tailer, as Vector, Filebeat and Fluent Bit read: read the open file
+    to its end; when the path names another inode, drain the old one, then open the new."""
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    handle = open(path, "rb")
+    pending = b""
+    while True:
+        chunk = handle.read()
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        seen.extend(json.loads(line) for line in complete)
+        if chunk:
+            continue
+        try:
+            moved = os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            moved = False
+        if moved:
+            pending += handle.read()
+            handle.close()
+            handle = open(path, "rb")
+            continue
+        if stop.is_set():
+            handle.close()
+            return
+        time.sleep(0.005)
+
+
+class Rotation(ServerCase):
+    writer_options = {"max_bytes": 8192}
+
+    def test_rotation_under_load_loses_and_duplicates_nothing(self):
+        stop, seen = threading.Event(), []
+        tailer = threading.Thread(target=follow, args=(os.path.join(self.dir, "events.jsonl"),
+                                                       stop, seen))
+        tailer.start()
+
+        def client(worker):
+            connection = self.connect()
+            for number in range(150):
+                connection.request("GET", "/v1/pixel/page?writeKey=k&anonymousId=a&messageId="
+                                          "%d-%d&properties.pad=%s" % (worker, number, "p" * 40))
+                self.assertEqual(connection.getresponse().read(), pixel.GIF)
+            connection.close()
+
+        threads = [threading.Thread(target=client, args=(worker,)) for worker in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        time.sleep(0.1)
+        stop.set()
+        tailer.join()
+
+        expected = {"%d-%d" % (w, n) for w in range(8) for n in range(150)}
+        rotated = self.events.rotated_files()
+        self.assertGreater(len(rotated), 10)
+        ids = []
+        for path in rotated + [self.events.path]:
+            self.assertRegex(path, ROTATED if path != self.events.path else "events.jsonl$")
+            size = os.path.getsize(path)
+            self.assertLessEqual(size, 8192)
+            with open(path, "rb") as handle:
+                data = handle.read()
+            self.assertTrue(data.endswith(b"\n"))
+            ids += [json.loads(line)["messageId"] for line in data.splitlines()]
+        self.assertEqual(sorted(ids), sorted(expected))
+        tailed = [event["messageId"] for event in seen]
+        self.assertEqual(len(tailed), len(expected), "the tailer saw a duplicate or a loss")
+        self.assertEqual(set(tailed), expected)
+
+    def test_rotated_names_are_stable(self):
+        for number in range(200):
+            self.get("/v1/pixel/track?writeKey=k&userId=u&event=e%d&pad=%s" % (number, "x" * 60))
+        first = self.events.rotated_files()
+        with open(first[0], "rb") as handle:
+            before = handle.read()
+        for number in range(200):
+            self.get("/v1/pixel/track?writeKey=k&userId=u&event=f%d&pad=%s" % (number, "x" * 60))
+        self.assertEqual(self.events.rotated_files()[:len(first)], first)
+        with open(first[0], "rb") as handle:
+            self.assertEqual(handle.read(), before, "a rotated file was written to again")
+
+
+class Keep(ServerCase):
+    writer_options = {"max_bytes": 1024, "keep": 2}
+
+    def test_oldest_rotated_files_are_deleted_and_said(self):
+        for number in range(60):
+            self.get("/v1/pixel/track?writeKey=k&userId=u&event=e%d&pad=%s" % (number, "x" * 60))
+        self.assertEqual(len(self.events.rotated_files()), 2)
+        deleted = re.findall(r"deleted (\S+) \(--keep 2\)", self.stderr.getvalue())
+        self.assertGreater(len(deleted), 0)
+        self.assertFalse(any(os.path.exists(path) for path in deleted))
+
+
+class ExternalMoves(ServerCase):
+    def test_reopen_after_an_external_rename(self):
+        path = os.path.join(self.dir, "events.jsonl")
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=before")
+        os.rename(path, path + ".1")
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=after")
+        with open(path + ".1") as handle:
+            self.assertEqual([json.loads(line)["event"] for line in handle], ["before"])
+        self.assertEqual([event["event"] for event in self.lines()], ["after"])
+
+    def test_reopen_after_an_external_delete(self):
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=before")
+        os.remove(os.path.join(self.dir, "events.jsonl"))
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=after")
+        self.assertEqual([event["event"] for event in self.lines()], ["after"])
+
+
+class TrackingApi(ServerCase):
+    def post(self, route, document, headers=None, encoding=None):
+        body = json.dumps(document).encode() if not isinstance(document, bytes) else document
+        headers = dict(headers or {}, **{"Content-Type": "application/json"})
+        if encoding == "gzip":
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        status, _, answer = self.get("/v1/" + route, headers, "POST", body)
+        return status, json.loads(answer)
+
+    def test_single_events(self):
+        auth = {"Authorization": "Basic " + base64.b64encode(b"k:").decode()}
+        self.assertEqual(self.post("track", {"userId": "u", "event": "e"}, auth),
+                         (200, {"success": True}))
+        self.assertEqual(self.post("identify", {"writeKey": "k", "userId": "u"},
+                                   encoding="gzip"), (200, {"success": True}))
+        self.assertEqual([event["type"] for event in self.lines()], ["track", "identify"])
+
+    def test_batch(self):
+        status, answer = self.post("batch", {"writeKey": "k", "context": {"app": "a"}, "batch": [
+            {"type": "track", "userId": "u", "event": "e1"},
+            {"type": "track", "userId": "u"},
+            {"type": "alias", "userId": "u", "previousId": "p"}]})
+        self.assertEqual((status, answer), (200, {"success": True}))
+        self.assertEqual([(e["type"], e["context"]["app"]) for e in self.lines()],
+                         [("track", "a"), ("alias", "a")])
+        (record,) = self.lines("rejects.jsonl")
+        self.assertEqual((record["reason"], record["method"]), ("event_not_defined", "POST"))
+        self.assertEqual(json.loads(record["body"])["type"], "track")
+
+    def test_bad_bodies_get_400(self):
+        self.assertEqual(self.post("track", b"{nope"), (400, {"success": False,
+                                                              "error": "invalid_json"}))
+        self.assertEqual(self.post("batch", {"batch": [{"a": "x" * 1000}] * 600})[0], 400)
+        status, _, answer = self.get("/v1/track", {"Transfer-Encoding": "chunked"}, "POST",
+                                     iter([b'{"a": 1}']))
+        self.assertEqual((status, json.loads(answer)["error"]), (411, "length_required"))
+
+    def test_expect_100_continue(self):
+        body = b'{"writeKey":"k","userId":"u","event":"e"}'
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/track HTTP/1.1\r\nContent-Length: %d\r\n"
+                         b"Expect: 100-continue\r\n\r\n" % len(body))
+            self.assertEqual(sock.recv(100), b"HTTP/1.1 100 Continue\r\n\r\n")
+            sock.sendall(body)
+            self.assertEqual(read_response(sock.makefile("rb"))[2], b'{"success": true}\n')
+        self.assertEqual(len(self.lines()), 1)
+
+
+class FailingDisk(unittest.TestCase):
+    def test_dev_full_is_counted_reported_once_and_answered(self):
+        stderr = io.StringIO()
+        writer = pixel.LogWriter("/dev/full", stderr=stderr)
+        self.addCleanup(writer.close)
+        for _ in range(5):
+            self.assertFalse(writer.write([b"{}\n"]))
+        self.assertEqual((writer.failed, writer.written, writer.failing), (5, 0, True))
+        self.assertEqual(stderr.getvalue().count("cannot write /dev/full"), 1)
+        self.assertIn("No space left on device", stderr.getvalue())
+
+    def test_missing_folder_fails_at_start(self):
+        with self.assertRaises(FileNotFoundError):
+            pixel.LogWriter("/nonexistent-folder/events.jsonl")
+
+
+def mount_tmpfs(test, size):
+    folder = tempfile.mkdtemp(prefix="pixel-tmpfs-")
+    test.addCleanup(os.rmdir, folder)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d" % size, "tmpfs", folder],
+                            capture_output=True, text=True)
+    if result.returncode:
+        test.skipTest("cannot mount a tmpfs here (%s); FailingDisk uses /dev/full instead"
+                      % result.stderr.strip())
+    test.addCleanup(subprocess.run, ["umount", "-l", folder])
+    return folder
+
+
+class DiskFull(ServerCase):
+    """A real full disk: a 256 KiB tmpfs, filled up, then emptied."""
+
+    def setUp(self):
+        self.dir = mount_tmpfs(self, 256 * 1024)
+        self.stderr = io.StringIO()
+        self.start_server()
+
+    def fill(self):
+        filler = os.path.join(self.dir, "filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 512):
+                pass
+        except OSError as error:
+            self.assertEqual(error.errno, errno.ENOSPC)
+        finally:
+            os.close(fd)
+        return filler
+
+    def test_full_disk_keeps_answering_and_recovers(self):
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=first")
+        filler = self.fill()
+        for number in range(200):
+            self.assertGif(*self.get("/v1/pixel/track?writeKey=k&userId=u&event=full%d&pad=%s"
+                                     % (number, "x" * 300)))
+        health = json.loads(self.get("/health")[2])
+        self.assertEqual(health["status"], "degraded")
+        self.assertGreater(health["write_errors"], 0)
+        self.assertEqual(self.stderr.getvalue().count("cannot write " + self.events.path), 1)
+        events = self.lines()   # asserts the file ends on a whole line: no torn tail
+        written = len(events)
+        self.assertEqual(written + self.events.failed, 201)
+        os.remove(filler)
+        self.assertGif(*self.get("/v1/pixel/track?writeKey=k&userId=u&event=after"))
+        self.assertEqual(self.lines()[-1]["event"], "after")
+        self.assertEqual(len(self.lines()), written + 1)
+        self.assertIn("writing %s again" % self.events.path, self.stderr.getvalue())
+        self.assertEqual(json.loads(self.get("/health")[2])["status"], "ok")
+
+    def test_short_write_is_cut_back_to_a_whole_line(self):
+        writer = pixel.LogWriter(os.path.join(self.dir, "direct.jsonl"), stderr=self.stderr)
+        self.addCleanup(writer.close)
+        self.fill()
+        line = b'{"pad":"' + b"x" * 3000 + b'"}\n'
+        results = [writer.write([line]) for _ in range(100)]
+        self.assertIn(False, results)
+        with open(writer.path, "rb") as handle:
+            data = handle.read()
+        self.assertEqual(len(data), results.count(True) * len(line))
+        self.assertTrue(data == b"" or data.endswith(b"\n"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer 3: pixel.py as a process
+
+class Process(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="pixel-proc-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.log = os.path.join(self.dir, "events.jsonl")
+
+    def start(self, *extra):
+        process = subprocess.Popen(
+            [sys.executable, PIXEL_PY, "--host", "127.0.0.1", "--port", "0", "--log", self.log,
+             "--rejects", os.path.join(self.dir, "rejects.jsonl")] + list(extra),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        self.addCleanup(process.stderr.close)
+        self.addCleanup(process.stdout.close)
+        line = process.stdout.readline()
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/ writing events to (\S+)",
+                          line)
+        self.assertTrue(match, repr(line))
+        self.assertEqual(match.group(2), self.log)
+        return process, int(match.group(1))
+
+    def test_kill_9_under_load_loses_no_answered_event(self):
+        process, port = self.start()
+        answered, lock, stop = set(), threading.Lock(), threading.Event()
+
+        def client(worker):
+            number = 0
+            while not stop.is_set():
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                try:
+                    while not stop.is_set():
+                        message_id = "%d-%d" % (worker, number)
+                        number += 1
+                        connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e"
+                                                  "&messageId=" + message_id)
+                        if connection.getresponse().read() == pixel.GIF:
+                            with lock:
+                                answered.add(message_id)
+                except (OSError, http.client.HTTPException):
+                    return   # killed under us
+                finally:
+                    connection.close()
+
+        threads = [threading.Thread(target=client, args=(worker,)) for worker in range(8)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(answered) < 500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.kill()
+        process.wait()
+        stop.set()
+        for thread in threads:
+            thread.join()
+        with open(self.log, "rb") as handle:
+            data = handle.read()
+        self.assertTrue(data.endswith(b"\n"), "torn last line")
+        logged = [json.loads(line)["messageId"] for line in data.splitlines()]
+        self.assertGreaterEqual(len(answered), 500)
+        self.assertEqual(len(logged), len(set(logged)))
+        self.assertEqual(answered - set(logged), set(), "answered but not on disk")
+
+    def test_sigterm_finishes_and_exits_0(self):
+        process, port = self.start()
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        idle.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e")
+        self.assertEqual(idle.getresponse().read(), pixel.GIF)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(10), 0)
+        self.assertLess(time.monotonic() - started, 5, "an idle connection held up the stop")
+        self.assertIn("pixel stopped: 1 events written", process.stdout.read())
+        self.assertEqual(process.stderr.read(), "")
+        idle.close()
+
+    def test_sigint_exits_0(self):
+        process, _ = self.start()
+        process.send_signal(signal.SIGINT)
+        self.assertEqual(process.wait(10), 0)
+
+    def test_missing_log_folder_exits_before_listening(self):
+        result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--log",
+                                 os.path.join(self.dir, "missing", "events.jsonl")],
+                                capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stdout, "")
+        self.assertRegex(result.stderr, r"^pixel: cannot open .*missing/events\.jsonl: "
+                                        r"No such file or directory\n$")
+
+    @unittest.skipIf(os.geteuid() == 0, "root can write anywhere")
+    def test_unwritable_log_folder_exits_before_listening(self):
+        os.chmod(self.dir, 0o500)
+        self.addCleanup(os.chmod, self.dir, 0o700)
+        result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--log", self.log],
+                                capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("Permission denied", result.stderr)
+
+    def test_port_in_use(self):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            result = subprocess.run([sys.executable, PIXEL_PY, "--port",
+                                     str(taken.getsockname()[1]), "--log", self.log],
+                                    capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 1)
+        self.assertRegex(result.stderr, r"^pixel: cannot listen on 127\.0\.0\.1 port \d+: "
+                                        r"Address already in use\n$")
+
+
+class CommandLine(unittest.TestCase):
+    def parse(self, argv, environ=None):
+        return pixel.parse_args(argv, environ or {})
+
+    def test_defaults(self):
+        args = self.parse([])
+        self.assertEqual((args.host, args.port, args.log, args.max_bytes, args.keep,
+                          args.write_key, args.trusted_proxy, args.no_ip),
+                         ("127.0.0.1", 8000, "events.jsonl", 0, 0, [], [], False))
+        self.assertEqual(args.rejects, os.path.join(os.getcwd(), "rejects.jsonl"))
+
+    def test_flags(self):
+        args = self.parse(["--host", "0.0.0.0", "--port", "0", "--log", "/tmp/x/e.jsonl",
+                           "--max-bytes", "10M", "--keep", "3", "--write-key", "a",
+                           "--write-key", "b", "--trusted-proxy", "10.0.0.0/8", "--no-ip"])
+        self.assertEqual((args.port, args.max_bytes, args.keep, args.write_key,
+                          args.trusted_proxy, args.no_ip, args.rejects),
+                         (0, 10 * 1024 * 1024, 3, ["a", "b"], ["10.0.0.0/8"], True,
+                          "/tmp/x/rejects.jsonl"))
+
+    def test_environment(self):
+        environ = {"PIXEL_HOST": "::", "PIXEL_PORT": "9", "PIXEL_LOG": "a.jsonl",
+                   "PIXEL_REJECTS": "b.jsonl", "PIXEL_MAX_BYTES": "1K", "PIXEL_KEEP": "2",
+                   "PIXEL_WRITE_KEYS": "x, y", "PIXEL_TRUSTED_PROXIES": "127.0.0.1",
+                   "PIXEL_NO_IP": "1", "PIXEL_MAX_CONNECTIONS": "7",
+                   "PIXEL_REQUEST_TIMEOUT": "3", "PIXEL_IDLE_TIMEOUT": "4"}
+        args = self.parse([], environ)
+        self.assertEqual((args.host, args.port, args.log, args.rejects, args.max_bytes,
+                          args.keep, args.write_key, args.trusted_proxy, args.no_ip,
+                          args.max_connections, args.request_timeout, args.idle_timeout),
+                         ("::", 9, "a.jsonl", "b.jsonl", 1024, 2, ["x", "y"], ["127.0.0.1"],
+                          True, 7, 3.0, 4.0))
+        self.assertEqual(self.parse(["--write-key", "z", "--port", "1"], environ).write_key,
+                         ["z"], "a flag replaces its variable")
+
+    def test_bad_flags_and_variables_exit_with_usage(self):
+        for argv, environ, message in [
+                (["--port", "http"], {}, "--port: invalid _port value"),
+                (["--port", "70000"], {}, "between 0 and 65535"),
+                (["--max-bytes", "lots"], {}, "not a size"),
+                (["--keep", "-1"], {}, "0 or more"),
+                (["--trusted-proxy", "example.com"], {}, "not an IP address"),
+                (["--max-connections", "0"], {}, "greater than 0"),
+                (["--log", "same", "--rejects", "same"], {}, "different files"),
+                (["--bogus"], {}, "unrecognized arguments"),
+                ([], {"PIXEL_PORT": "x"}, "PIXEL_PORT='x'"),
+                ([], {"PIXEL_NO_IP": "maybe"}, "PIXEL_NO_IP")]:
+            with self.subTest(argv=argv, environ=environ):
+                stderr = io.StringIO()
+                with self.assertRaises(SystemExit) as caught, \
+                        unittest.mock.patch("sys.stderr", stderr):
+                    self.parse(argv, environ)
+                self.assertEqual(caught.exception.code, 2)
+                self.assertIn("usage: pixel.py", stderr.getvalue())
+                self.assertIn(message, stderr.getvalue())
+
+    def test_version(self):
+        stdout = io.StringIO()
+        with self.assertRaises(SystemExit) as caught, unittest.mock.patch("sys.stdout", stdout):
+            pixel.main(["--version"])
+        self.assertEqual((caught.exception.code, stdout.getvalue()),
+                         (0, "pixel %s\n" % pixel.__version__))
+
+    def test_help_shows_every_variable(self):
+        stdout = io.StringIO()
+        with self.assertRaises(SystemExit), unittest.mock.patch("sys.stdout", stdout):
+            pixel.main(["--help"])
+        for variable in ("PIXEL_HOST", "PIXEL_PORT", "PIXEL_LOG", "PIXEL_REJECTS",
+                         "PIXEL_MAX_BYTES", "PIXEL_KEEP", "PIXEL_WRITE_KEYS",
+                         "PIXEL_TRUSTED_PROXIES", "PIXEL_NO_IP", "PIXEL_MAX_CONNECTIONS"):
+            self.assertIn(variable, stdout.getvalue())
+
+    def test_main_serves_until_stopped(self):
+        folder = tempfile.mkdtemp(prefix="pixel-main-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        stdout = io.StringIO()
+        servers = []
+        real = pixel.PixelServer
+
+        def capture(*args, **kwargs):
+            servers.append(real(*args, **kwargs))
+            return servers[-1]
+
+        with unittest.mock.patch("sys.stdout", stdout), \
+                unittest.mock.patch.object(pixel, "PixelServer", capture):
+            runner = threading.Thread(target=lambda: servers.append(pixel.main(
+                ["--port", "0", "--log", os.path.join(folder, "e.jsonl")], {})))
+            runner.start()
+            while not servers:
+                time.sleep(0.01)
+            connection = http.client.HTTPConnection("127.0.0.1", servers[0].server_port)
+            connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e")
+            self.assertEqual(connection.getresponse().read(), pixel.GIF)
+            connection.close()
+            servers[0].shutdown()
+            runner.join(10)
+        self.assertEqual(servers[-1], 0)
+        self.assertRegex(stdout.getvalue(), r"listening on http://127\.0\.0\.1:\d+/ writing "
+                                            r"events to .*e\.jsonl and rejects to .*rejects\.jsonl")
+        with open(os.path.join(folder, "e.jsonl")) as handle:
+            self.assertEqual(len(handle.readlines()), 1)
+
+
+class ImportStartsNothing(unittest.TestCase):
+    def test_import_has_no_side_effects(self):
+        folder = tempfile.mkdtemp(prefix="pixel-import-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys, threading; sys.path.insert(0, %r); import pixel;"
+             " print(threading.active_count(), threading.stack_size())" % HERE],
+            cwd=folder, capture_output=True, text=True, timeout=30,
+            env=dict(os.environ, PIXEL_PORT="nonsense"))
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "1 0\n", ""))
+        self.assertEqual(os.listdir(folder), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
