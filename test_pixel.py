@@ -1204,6 +1204,85 @@ class CommandLine(unittest.TestCase):
             self.assertEqual(len(handle.readlines()), 1)
 
 
+class ReadmeIsTrue(unittest.TestCase):
+    """The README's examples, tables and commands, checked against the code."""
+
+    @classmethod
+    def setUpClass(cls):
+        with open(os.path.join(HERE, "README.md"), encoding="utf-8") as handle:
+            cls.readme = handle.read()
+
+    def blocks(self, language):
+        return re.findall(r"```%s\n(.*?)```" % language, self.readme, re.S)
+
+    def test_python_examples_run(self):
+        ran = 0
+        for block in self.blocks("python"):
+            if "import segment" in block:
+                continue   # needs a server and Segment's SDK: TrackingApi and .ci/run cover it
+            exec(compile(block, "README.md", "exec"), {})
+            ran += 1
+        self.assertGreater(ran, 0)
+
+    def test_img_snippet_and_docs_pixel_are_accepted(self):
+        import html
+        (img,) = self.blocks("html")
+        source = html.unescape(re.search(r'src="https://[^/]+([^"]+)"', img).group(1))
+        path, _, query = source.partition("?")
+        event = pixel.pixel_event(path.rsplit("/", 1)[1], query, received_at=T0)
+        self.assertEqual(event["properties"], {"subject": "The Electric Daily"})
+        docs = re.search(r"`(/v1/pixel/track\?data=[^`]+)`", self.readme).group(1)
+        self.assertEqual(docs, "/v1/pixel/track?data=" + DOCS_DATA)
+
+    def test_sample_lines_match_what_the_server_writes(self):
+        sample, reject = [json.loads(block) for block in self.blocks("json")]
+        event = pixel.pixel_event("track", "data=" + DOCS_DATA, received_at=T0,
+                                  ip="203.0.113.7", user_agent=sample["context"]["userAgent"])
+        self.assertEqual(list(event), list(sample))
+        self.assertEqual({k: v for k, v in event.items() if k != "messageId"},
+                         {k: v for k, v in sample.items() if k != "messageId"})
+        self.assertEqual(list(reject), ["reason", "method", "path", "query", "ip", "userAgent",
+                                        "receivedAt"])
+        with self.assertRaises(pixel.Rejected) as caught:
+            pixel.pixel_event("track", reject["query"], received_at=T0)
+        self.assertEqual(caught.exception.reason, reject["reason"])
+
+    def test_every_reason_is_documented_and_every_documented_reason_exists(self):
+        with open(PIXEL_PY, encoding="utf-8") as handle:
+            source = handle.read()
+        in_code = set(re.findall(r'(?:Rejected|_HeadTooLarge)\("([a-z0-9_]+)"', source))
+        in_code |= {"id_not_string", "invalid_base64", "invalid_utf8"}
+        in_code |= {field + "_not_string" for field in ("name", "category")}
+        in_code |= {field + "_not_object" for field in pixel._OBJECT_FIELDS}
+        section = self.readme.split("## The rejects log")[1].split("\n## ")[0]
+        documented = set(re.findall(r"`([a-z0-9_]+)`", "\n".join(
+            line.split("|")[1] for line in section.splitlines() if line.startswith("| `"))))
+        self.assertEqual(documented, in_code)
+
+    def test_options_table_matches_the_parser(self):
+        parser = pixel.build_parser({})
+        flags = {option for action in parser._actions for option in action.option_strings
+                 if option.startswith("--") and option != "--help"}
+        section = self.readme.split("## Options")[1].split("\n## ")[0]
+        rows = [line.split("|") for line in section.splitlines() if line.startswith("| `--")]
+        self.assertEqual({row[1].strip().strip("`") for row in rows}, flags)
+        for row in rows:
+            variable = re.search(r"PIXEL_[A-Z_]+", row[2])
+            if variable:
+                self.assertIn(variable.group(), parser.format_help())
+        args = pixel.parse_args([], {})
+        for flag, value in (("--host", args.host), ("--port", args.port), ("--log", args.log),
+                            ("--max-connections", args.max_connections)):
+            row = next(row for row in rows if row[1].strip() == "`%s`" % flag)
+            self.assertEqual(row[3].strip().strip("`"), str(value))
+
+    def test_the_two_commands(self):
+        self.assertIn("```sh\npython3 pixel.py\n```", self.readme)
+        self.assertIn("```sh\npython3 -m unittest -v\n```", self.readme)
+        with open(os.path.join(HERE, ".ci", "run"), encoding="utf-8") as handle:
+            self.assertIn("python3 -m unittest -v", handle.read())
+
+
 class ImportStartsNothing(unittest.TestCase):
     def test_import_has_no_side_effects(self):
         folder = tempfile.mkdtemp(prefix="pixel-import-")
