@@ -335,6 +335,93 @@ class ClientIp(unittest.TestCase):
                 self.assertEqual(pixel.client_ip(peer, forwarded, proxies), expected)
 
 
+try:
+    import hypothesis
+    from hypothesis import strategies
+except ImportError:   # a dev-only dependency; .ci/run installs it
+    hypothesis = None
+
+if hypothesis is not None:
+    json_values = strategies.recursive(
+        strategies.none() | strategies.booleans() | strategies.integers() |
+        strategies.floats(allow_nan=True, allow_infinity=True) | strategies.text(),
+        lambda children: strategies.lists(children, max_size=4) |
+        strategies.dictionaries(strategies.text(max_size=8), children, max_size=4),
+        max_leaves=20)
+    field_names = strategies.sampled_from(
+        ["writeKey", "userId", "anonymousId", "event", "groupId", "previousId", "name",
+         "category", "properties", "traits", "context", "integrations", "messageId",
+         "timestamp", "sentAt", "originalTimestamp", "type"]) | strategies.text(max_size=8)
+    payloads = strategies.dictionaries(field_names, json_values, max_size=8)
+    kinds = strategies.sampled_from(pixel.EVENT_TYPES)
+
+    class Properties(unittest.TestCase):
+        """Hypothesis over decode, validate and enrich: nothing but a Rejected escapes, every
+        accepted event keeps every rule, and every line parses back to its event."""
+
+        def check_event(self, kind, event):
+            self.assertEqual(pixel.validate(kind, event)["type"], kind)
+            self.assertTrue(event.get("userId") or event.get("anonymousId"))
+            self.assertIsInstance(event["writeKey"], str)
+            line = pixel.encode_line(event)
+            self.assertEqual(line.count(b"\n"), 1)
+            self.assertEqual(json.loads(line), event)
+
+        @hypothesis.settings(max_examples=400, deadline=None)
+        @hypothesis.given(kind=kinds, payload=payloads, base=payloads)
+        def test_payloads_through_data(self, kind, payload, base):
+            payload = dict(base, **payload)
+            raw = json.dumps(payload, allow_nan=True).encode("utf-8", "surrogatepass")
+            try:
+                event = pixel.pixel_event(kind, "data=" + base64.urlsafe_b64encode(raw).decode(),
+                                          received_at=T0, ip="127.0.0.1")
+                line_event = json.loads(pixel.encode_line(event))
+            except pixel.Rejected:
+                return
+            self.check_event(kind, line_event)
+
+        @hypothesis.settings(max_examples=400, deadline=None)
+        @hypothesis.given(kind=kinds, query=strategies.text(max_size=300))
+        def test_any_query(self, kind, query):
+            try:
+                event = pixel.pixel_event(kind, query, received_at=T0, user_agent="h")
+                line_event = json.loads(pixel.encode_line(event))
+            except pixel.Rejected:
+                return
+            self.check_event(kind, line_event)
+
+        @hypothesis.settings(max_examples=300, deadline=None)
+        @hypothesis.given(data=strategies.binary(max_size=300))
+        def test_any_bytes_as_data(self, data):
+            for text in (base64.b64encode(data).decode(), data.decode("latin-1")):
+                try:
+                    self.assertIsInstance(pixel.decode_data(text), dict)
+                except pixel.Rejected:
+                    pass   # the only exception allowed out
+
+        @hypothesis.settings(max_examples=300, deadline=None)
+        @hypothesis.given(body=strategies.binary(max_size=300) | payloads.map(
+            lambda p: json.dumps({"batch": [p, p]}).encode()))
+        def test_any_api_body(self, body):
+            try:
+                pairs = pixel.api_payloads("batch", body)
+            except pixel.Rejected:
+                return
+            for kind, payload in pairs:
+                if isinstance(payload, pixel.Rejected):
+                    continue
+                try:
+                    event = json.loads(pixel.encode_line(pixel.enrich(
+                        kind, pixel.validate(kind, payload), received_at=T0)))
+                except pixel.Rejected:
+                    continue
+                self.check_event(kind, event)
+else:
+    class Properties(unittest.TestCase):
+        def test_properties(self):
+            need(False, "hypothesis")
+
+
 # ---------------------------------------------------------------------------------------------
 # Layer 2: a real server on port 0 in a thread
 
@@ -907,6 +994,224 @@ class TrackingApi(ServerCase):
         self.assertEqual(len(self.lines()), 1)
 
 
+class MaxConnections(ServerCase):
+    server_options = {"max_connections": 2, "request_timeout": 1.0, "idle_timeout": 30.0}
+
+    def test_an_idle_connection_makes_room(self):
+        kept = []
+        for _ in range(2):
+            connection = self.connect()
+            connection.request("GET", "/health")
+            connection.getresponse().read()
+            kept.append(connection)
+        status, _, body = self.get("/v1/pixel/track?writeKey=k&userId=u&event=third")
+        self.assertEqual((status, body), (200, pixel.GIF))
+        closed = 0
+        for connection in kept:
+            connection.sock.settimeout(1)
+            try:
+                closed += connection.sock.recv(1) == b""
+            except socket.timeout:
+                pass   # still open: the one that was not evicted
+            connection.close()
+        self.assertEqual(closed, 1, "exactly one idle connection was closed to make room")
+        self.assertIn("all 2 connection slots are busy", self.stderr.getvalue())
+
+    def test_busy_slots_wait_for_the_request_deadline(self):
+        slow = [socket.create_connection(("127.0.0.1", self.port)) for _ in range(2)]
+        for sock in slow:
+            sock.sendall(b"GET /v1/pixel/track?writeKey=k")
+        time.sleep(0.1)
+        status, _, body = self.get("/v1/pixel/track?writeKey=k&userId=u&event=waited")
+        self.assertEqual((status, body), (200, pixel.GIF))
+        for sock in slow:
+            sock.settimeout(5)
+            self.assertEqual(sock.recv(1), b"", "the slow client was cut at its deadline")
+            sock.close()
+        self.assertEqual([event["event"] for event in self.lines()], ["waited"])
+
+
+def fuzz_targets(count, seed=20261126):
+    """Random and mutated pixel requests: broken base64 and escapes, odd dot-keys, wrong
+    types in every field, huge and deep values, NULs and U+2028."""
+    import random
+    import urllib.parse
+    rng = random.Random(seed)
+    odd_values = [None, True, 0, -1, 1.5, 1e308, "", "x", [], [1, "a"], {}, {"a": None},
+                  "\x00", "\u2028\u2029", "\ud800", "\U0001F600", "a" * 40000,
+                  "x" * 5000, {"deep": json.loads("[" * 30 + "]" * 30)}]
+    fields = ["writeKey", "userId", "anonymousId", "event", "groupId", "previousId", "name",
+              "category", "properties", "traits", "context", "integrations", "messageId",
+              "timestamp", "sentAt", "originalTimestamp", "type"]
+    odd_keys = ["a..b", "properties.", ".", "..", "properties..x", "context.ip.", "data",
+                "properties.a.b.c.d.e.f.g", "%00", "%E2%80%A8", "a%2Eb", "=", "&", "%zz",
+                ".".join("k" * 40)]
+    for number in range(count):
+        kind = rng.choice(pixel.EVENT_TYPES)
+        payload = {"writeKey": "k", "userId": "u", "event": "e", "groupId": "g",
+                   "previousId": "p"}
+        for _ in range(rng.randrange(4)):
+            payload[rng.choice(fields)] = rng.choice(odd_values)
+        style = number % 4
+        if style == 0:   # base64, then mutated
+            text = json.dumps(payload)
+            encoded = base64.b64encode(text.encode("utf-8", "surrogatepass")).decode()
+            if rng.random() < 0.5:
+                position = rng.randrange(len(encoded))
+                encoded = encoded[:position] + rng.choice("!*%$=-_ +/\x00") + \
+                    encoded[position + 1:]
+            if rng.random() < 0.2:
+                encoded = encoded[:rng.randrange(len(encoded))]
+            query = "data=" + rng.choice([encoded, urllib.parse.quote(encoded, safe="")])
+        elif style == 1:   # plain parameters with odd keys and escapes
+            parts = ["writeKey=k", "userId=u", "event=e"]
+            for _ in range(rng.randrange(1, 6)):
+                parts.append("%s=%s" % (rng.choice(odd_keys), rng.choice(
+                    ["1", "%", "%zz", "%FF%FE", "%00", "%E2%80%A8", "x" * rng.randrange(100)])))
+            rng.shuffle(parts)
+            query = "&".join(parts)
+        elif style == 2:   # random printable junk
+            query = "".join(rng.choice("abc=&.%+/_-09xyzAZ") for _ in range(rng.randrange(200)))
+        else:   # valid plain form with wrong-typed JSON smuggled into data
+            query = "writeKey=k&data=" + base64.urlsafe_b64encode(json.dumps(
+                rng.choice(odd_values)).encode("utf-8", "surrogatepass")).decode()
+        # Control characters and spaces cannot travel raw in a request line (http.client
+        # refuses them); they arrive percent-encoded, as a browser would send them.
+        yield "/v1/pixel/%s?%s" % (kind, re.sub(r"[\x00-\x20\x7f-\uffff]", lambda match: "".join(
+            "%%%02X" % byte for byte in match.group().encode("utf-8", "surrogatepass")), query))
+
+
+class Fuzz(ServerCase):
+    def test_5000_hostile_pixel_requests(self):
+        targets = list(fuzz_targets(5000))
+        problems = []
+
+        def client(share):
+            connection = self.connect()
+            for target in share:
+                try:
+                    connection.request("GET", target)
+                    response = connection.getresponse()
+                    body = response.read()
+                except (OSError, http.client.HTTPException) as error:
+                    problems.append((target[:80], repr(error)))
+                    connection.close()
+                    connection = self.connect()
+                    continue
+                if (response.status, body) != (200, pixel.GIF):
+                    problems.append((target[:80], response.status))
+            connection.close()
+
+        threads = [threading.Thread(target=client, args=(targets[n::4],)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(problems, [])
+        health = json.loads(self.get("/health")[2])
+        self.assertEqual(health["accepted"] + health["rejected"], 5000)
+        self.assertGreater(health["accepted"], 100)
+        self.assertGreater(health["rejected"], 1000)
+        events = self.lines()   # every line parses, the last one is whole
+        self.assertEqual(len(events), health["accepted"])
+        for event in events:
+            pixel.validate(event["type"], event)   # every rule still holds
+            self.assertEqual(json.loads(pixel.encode_line(event)), event)
+        self.assertEqual(len(self.lines("rejects.jsonl")), health["rejected"])
+        self.assertQuietStderr()
+
+
+# Tools that .ci/run installs. Outside CI a test that needs one is skipped; with
+# PIXEL_REQUIRE_TOOLS=1 (set by .ci/run) a missing tool is a failure instead.
+REQUIRE_TOOLS = os.environ.get("PIXEL_REQUIRE_TOOLS") == "1"
+
+
+def need(available, what):
+    if not available:
+        if REQUIRE_TOOLS:
+            raise AssertionError("%s is missing, and PIXEL_REQUIRE_TOOLS=1" % what)
+        raise unittest.SkipTest("%s is not installed (.ci/run installs it)" % what)
+
+
+class Browser(ServerCase):
+    """Headless Chromium opens examples/email.html, as a mail client renders it."""
+
+    def test_chromium_renders_the_email(self):
+        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        need(chromium, "chromium")
+        with open(os.path.join(HERE, "examples", "email.html"), encoding="utf-8") as handle:
+            email = handle.read().replace("127.0.0.1:8000", "127.0.0.1:%d" % self.port)
+        # Report what the browser made of each image; an email has no script, the test does.
+        probe = ("<script>window.addEventListener('load', function () {"
+                 "document.body.setAttribute('data-probe', JSON.stringify({ua: navigator.userAgent,"
+                 " images: Array.prototype.map.call(document.images, function (i) {"
+                 " return [i.complete, i.naturalWidth, i.naturalHeight]; })})); });</script>")
+        page = os.path.join(self.dir, "email.html")
+        with open(page, "w", encoding="utf-8") as handle:
+            handle.write(email.replace("</body>", probe + "</body>"))
+        result = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", "--user-data-dir=" + os.path.join(self.dir, "profile"),
+             "--virtual-time-budget=10000", "--dump-dom", "file://" + page],
+            capture_output=True, text=True, timeout=120)
+        match = re.search(r"data-probe=\"([^\"]*)\"", result.stdout)
+        self.assertTrue(match, result.stdout[-500:] + result.stderr[-2000:])
+        import html
+        probe = json.loads(html.unescape(match.group(1)))
+        self.assertEqual(probe["images"], [[True, 1, 1]] * 3, "an image did not decode as 1x1")
+        events = self.lines()
+        self.assertEqual(sorted(event["type"] for event in events), ["page", "track"])
+        for event in events:
+            self.assertEqual(event["context"]["userAgent"], probe["ua"])
+            self.assertIn("Chrome", probe["ua"])
+        page_event = next(event for event in events if event["type"] == "page")
+        self.assertEqual(page_event["properties"], {"url": "https://example.com/daily",
+                                                    "campaign": "2026-11-26"})
+        self.assertEqual(page_event["context"]["campaign"], {"source": "newsletter"})
+        track = next(event for event in events if event["type"] == "track")
+        self.assertEqual(track["event"], "Email Opened")
+        (reject,) = self.lines("rejects.jsonl")
+        self.assertEqual((reject["reason"], reject["userAgent"]), ("event_not_defined",
+                                                                   probe["ua"]))
+
+
+class SegmentSdk(ServerCase):
+    """Segment's own Python SDK, pointed at pixel.py, with gzip off and on."""
+
+    def test_segment_analytics_python(self):
+        try:
+            from segment.analytics.client import Client
+            from segment.analytics.version import VERSION
+        except ImportError:
+            Client = None
+        need(Client, "segment-analytics-python")
+        errors = []
+        for gzip_on in (False, True):
+            client = Client("SDK_KEY", host="http://127.0.0.1:%d" % self.port, gzip=gzip_on,
+                            sync_mode=True, max_retries=0,
+                            on_error=lambda error, batch: errors.append(repr(error)))
+            suffix = "-gzip" if gzip_on else ""
+            client.track("u1", "Order Completed" + suffix, {"revenue": 42})
+            client.identify("u1", {"email": "peek@email.poke"})
+            client.page("u1", "Docs", "Pricing" + suffix, {"url": "https://x.io/pricing"})
+            client.screen("u1", "App", "Home" + suffix)
+            client.group("u1", "g1", {"name": "Pokemon"})
+            client.alias("p1", "u1")
+            client.flush()
+        self.assertEqual(errors, [])
+        events = self.lines()
+        self.assertEqual(sorted(event["type"] for event in events),
+                         sorted(["track", "identify", "page", "screen", "group", "alias"] * 2))
+        for event in events:
+            pixel.validate(event["type"], event)
+            self.assertEqual(event["writeKey"], "SDK_KEY")
+            self.assertIn("library", event["context"])
+            self.assertIn("sentAt", event)
+        self.assertEqual(self.lines("rejects.jsonl"), [])
+        print("segment-analytics-python", VERSION, file=sys.stderr)
+
+
 class FailingDisk(unittest.TestCase):
     def test_dev_full_is_counted_reported_once_and_answered(self):
         stderr = io.StringIO()
@@ -1002,15 +1307,21 @@ class Process(unittest.TestCase):
             [sys.executable, PIXEL_PY, "--host", "127.0.0.1", "--port", "0", "--log", self.log,
              "--rejects", os.path.join(self.dir, "rejects.jsonl")] + list(extra),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.addCleanup(lambda: process.poll() is None and process.kill())
-        self.addCleanup(process.stderr.close)
-        self.addCleanup(process.stdout.close)
+        self.addCleanup(self.reap, process)
         line = process.stdout.readline()
         match = re.search(r"listening on http://127\.0\.0\.1:(\d+)/ writing events to (\S+)",
                           line)
         self.assertTrue(match, repr(line))
         self.assertEqual(match.group(2), self.log)
         return process, int(match.group(1))
+
+    @staticmethod
+    def reap(process):
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stdout.close()
+        process.stderr.close()
 
     def test_kill_9_under_load_loses_no_answered_event(self):
         process, port = self.start()
@@ -1052,6 +1363,82 @@ class Process(unittest.TestCase):
         self.assertGreaterEqual(len(answered), 500)
         self.assertEqual(len(logged), len(set(logged)))
         self.assertEqual(answered - set(logged), set(), "answered but not on disk")
+
+    def rss_mib(self, process):
+        with open("/proc/%d/status" % process.pid) as handle:
+            return int(re.search(r"VmRSS:\s+(\d+) kB", handle.read()).group(1)) / 1024
+
+    @unittest.skipUnless(os.path.exists("/proc/self/status"), "reads RSS from /proc")
+    def test_400_slowloris_connections_do_not_starve_real_clients(self):
+        process, port = self.start("--request-timeout", "3")
+        drippers = [socket.create_connection(("127.0.0.1", port)) for _ in range(400)]
+        stop = threading.Event()
+
+        def drip():
+            while not stop.wait(0.5):
+                for sock in drippers:
+                    try:
+                        sock.send(b"G")
+                    except OSError:
+                        continue   # cut off by the server, as it should be
+
+        dripping = threading.Thread(target=drip)
+        dripping.start()
+        try:
+            latencies, peak = [], 0.0
+            started = time.monotonic()
+            while time.monotonic() - started < 4.5:
+                begin = time.monotonic()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=real")
+                self.assertEqual(connection.getresponse().read(), pixel.GIF)
+                connection.close()
+                latencies.append(time.monotonic() - begin)
+                peak = max(peak, self.rss_mib(process))
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            dripping.join()
+        cut = 0
+        for sock in drippers:
+            sock.settimeout(2)
+            try:
+                cut += sock.recv(1) == b""
+            except OSError:
+                cut += 1
+            sock.close()
+        with open(self.log) as handle:
+            logged = sum(1 for line in handle if '"event":"real"' in line)
+        self.assertEqual(logged, len(latencies))
+        self.assertLess(max(latencies), 1.0, latencies)
+        self.assertLess(peak, 200)
+        self.assertEqual(cut, 400, "every dripping connection is cut after --request-timeout")
+
+    def test_rss_at_rest_and_with_1000_idle_connections(self):
+        process, port = self.start()
+        at_rest = self.rss_mib(process)
+        idle = []
+        for _ in range(1000):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/health")
+            connection.getresponse().read()
+            idle.append(connection)
+        loaded = self.rss_mib(process)
+        health = json.loads(http.client.HTTPConnection("127.0.0.1", port, timeout=10) and
+                            self.fetch(port, "/health"))
+        for connection in idle:
+            connection.close()
+        self.assertGreaterEqual(health["connections"], 1000)
+        self.assertLess(at_rest, 25)
+        self.assertLess(loaded, 100)
+
+    def fetch(self, port, target):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            connection.request("GET", target)
+            return connection.getresponse().read()
+        finally:
+            connection.close()
 
     def test_sigterm_finishes_and_exits_0(self):
         process, port = self.start()
