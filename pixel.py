@@ -418,7 +418,21 @@ def pixel_event(kind, query, *, received_at, write_keys=None, ip=None, user_agen
                   received_at=received_at, ip=ip, user_agent=user_agent)
 
 
-_encode = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+def _make_encoder():
+    """Compact ASCII JSON, refusing NaN and infinities. JSONEncoder.encode builds a new C
+    encoder on every call; building it once saves ~4 us an event. Objects here come from
+    JSON, so they cannot be cyclic and no circular-reference markers are kept."""
+    encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    try:   # the C accelerator's signature since CPython 3.11
+        scan = make(None, encoder.default, json.encoder.encode_basestring_ascii, None,
+                    ":", ",", False, False, False)
+    except TypeError:   # no accelerator, or an older signature: the documented way
+        return encoder.encode
+    return lambda document: "".join(scan(document, 0))
+
+
+_encode = _make_encoder()
 # For text that is only quoted in a rejects-log line, where an out-of-range float may appear.
 _encode_lenient = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
@@ -429,6 +443,8 @@ def encode_line(event):
         line = _encode(event)
     except ValueError:   # a float out of range, such as 1e400 parsed to inf
         raise Rejected("invalid_number") from None
+    except RecursionError:   # only an object built in Python can nest this deep
+        raise Rejected("too_deep") from None
     if len(line) >= MAX_EVENT_LINE:
         raise Rejected("event_too_large")
     return (line + "\n").encode("ascii")
@@ -731,6 +747,7 @@ _GIF_HEADERS = (b"Content-Type: image/gif\r\n"
                 b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
                 b"Pragma: no-cache\r\n"
                 b"Expires: 0\r\n") % len(GIF)
+_COMMON_METHODS = frozenset(("GET", "HEAD", "POST"))
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HTTP_VERSION = re.compile(r"HTTP/(\d)\.(\d)\Z")
 _SAFE_TARGET = bytes(range(0x21, 0x7f))   # printable ASCII: kept as is when re-quoting
@@ -744,6 +761,9 @@ _KERNEL_TIMEOUTS = sys.platform.startswith(("linux", "darwin", "freebsd", "openb
 def _timeval(seconds):
     whole = int(seconds)
     return struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+
+
+_STATUS_LINES = {}   # (status, server_version) -> the response's first bytes, built once
 
 
 class _HeadTooLarge(Exception):
@@ -896,11 +916,15 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             return self._plain(400, "Bad Request")
         method, target, version = words
         self.command, self.request_version = method, version
-        match = _HTTP_VERSION.match(version)
-        if not _TOKEN.match(method) or not match or match.group(1) == "0":
-            return self._plain(400, "Bad Request")
-        if match.group(1) != "1":
-            return self._plain(505, "HTTP Version Not Supported")
+        if version == "HTTP/1.1" and method in _COMMON_METHODS:
+            minor = "1"
+        else:
+            match = _HTTP_VERSION.match(version)
+            if not _TOKEN.match(method) or not match or match.group(1) == "0":
+                return self._plain(400, "Bad Request")
+            if match.group(1) != "1":
+                return self._plain(505, "HTTP Version Not Supported")
+            minor = match.group(2)
         headers = {}
         for raw in lines[1:]:
             line = raw.rstrip(b"\r")
@@ -917,7 +941,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             headers[name] = headers[name] + ", " + value if name in headers else value
         self.headers = headers
         connection = headers.get("connection", "").lower()
-        if match.group(2) == "0":
+        if minor == "0":
             self.close_connection = "keep-alive" not in connection
         else:
             self.close_connection = "close" in connection
@@ -955,6 +979,8 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
 
     def _body_length(self, headers):
         """Content-Length as an int, -1 for a chunked body, None if the framing is invalid."""
+        if "content-length" not in headers and "transfer-encoding" not in headers:
+            return 0
         if "transfer-encoding" in headers:
             # Both framings at once is the classic smuggling vector (RFC 9112 6.3).
             return None if "content-length" in headers else -1
@@ -1023,10 +1049,12 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             return
 
     def _send(self, status, headers, body, head_only=False):
-        parts = [b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n" % (
-                     status, self.responses[status][0].encode(), self.server_version.encode(),
-                     self.server.http_date()),
-                 headers]
+        status_line = _STATUS_LINES.get((status, self.server_version))
+        if status_line is None:
+            status_line = _STATUS_LINES[status, self.server_version] = \
+                b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: " % (
+                    status, self.responses[status][0].encode(), self.server_version.encode())
+        parts = [status_line, self.server.http_date(), b"\r\n", headers]
         if self.close_connection:
             parts.append(b"Connection: close\r\n")
         elif self.request_version == "HTTP/1.0":
