@@ -43,6 +43,7 @@ import argparse
 import base64
 import binascii
 import calendar
+import collections
 import datetime
 import email.utils
 import errno
@@ -104,6 +105,7 @@ DEFAULT_REQUEST_TIMEOUT = 10.0   # seconds to deliver a whole request, head and 
 DEFAULT_IDLE_TIMEOUT = 15.0      # seconds a kept-alive connection may sit between requests
 LISTEN_BACKLOG = 1024            # socketserver's default of 5 drops bursts of connections
 THREAD_STACK_SIZE = 512 * 1024   # main() only; 1024 threads then reserve 512 MiB, not 8 GiB
+WORKER_IDLE_SECONDS = 30.0       # a thread with no connection to serve exits after this
 ERROR_INTERVAL = 10.0            # at most one stderr line per failing file per interval
 
 
@@ -794,13 +796,25 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         # Python-level settimeout() would add a poll() before every recv and send, and an
         # ioctl() per change, each one a trip through the GIL. The socket option is only
         # changed on the slow path, when a head arrives in pieces.
+        #
+        # Linux copies these options from the listening socket to each accepted one, so
+        # PixelServer sets them there once; setup() only checks the first connection.
         self.connection = self.request
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         timeout = self.server.request_timeout
-        self._recv_timeout = None
-        self._set_recv_timeout(timeout)
-        if _KERNEL_TIMEOUTS:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+        if self.server.options_inherited is None:
+            self.server.options_inherited = _KERNEL_TIMEOUTS and (
+                self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) and
+                self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) ==
+                _timeval(timeout))
+        if self.server.options_inherited:
+            self._recv_timeout = timeout
+        else:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._recv_timeout = None
+            self._set_recv_timeout(timeout)
+            if _KERNEL_TIMEOUTS:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                           _timeval(timeout))
         self._buffer = bytearray()
         self._deadline = time.monotonic() + timeout
         self._served = 0
@@ -1093,6 +1107,9 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
 class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     """A thread per connection, at most `max_connections` at once, with a graceful stop.
 
+    As with ThreadingMixIn, each connection is served start to end by one thread; a thread
+    whose connection closed is reused for the next one instead of exiting.
+
     `events` and `rejects` are LogWriters. When all connection slots are taken, the server
     closes an idle kept-alive connection to make room (as nginx reuses them) and otherwise
     leaves new connections waiting in the listen backlog.
@@ -1125,9 +1142,13 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.rejected = 0
         self.idle = {}                 # kept-alive sockets waiting for their next request
         self._connections = set()
+        self.options_inherited = None    # set by the first connection's handler
+        self._handoff = collections.deque()
+        self._idle_workers = 0
         self._slots = threading.BoundedSemaphore(max_connections)
         self._count_lock = threading.Lock()
         self._all_done = threading.Condition(self._count_lock)
+        self._work = threading.Condition(self._count_lock)
         self._date = (0, b"")
         self._last_full_warning = None
         super().__init__(address, handler)
@@ -1137,6 +1158,12 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         # we do not need.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+        # Inherited by accepted sockets on Linux (see PixelHandler.setup).
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if _KERNEL_TIMEOUTS:
+            for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+                self.socket.setsockopt(socket.SOL_SOCKET, option,
+                                       _timeval(self.request_timeout))
 
     def http_date(self):
         now = int(self.clock())
@@ -1154,12 +1181,35 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
                 if self.stopping:
                     self.shutdown_request(request)
                     return
+        with self._count_lock:
+            if self._idle_workers:
+                # A thread that finished its last connection takes this one: starting a
+                # thread costs ~150 us here, about as much as serving a whole request.
+                self._idle_workers -= 1
+                self._handoff.append((request, client_address))
+                self._work.notify()
+                return
         try:
-            super().process_request(request, client_address)
+            threading.Thread(target=self._worker, args=(request, client_address),
+                             daemon=True).start()
         except RuntimeError:   # can't start a new thread
             self._slots.release()
             self.shutdown_request(request)
             self._say("cannot start a thread for a new connection; closed it")
+
+    def _worker(self, request, client_address):
+        """Serve one connection at a time, each one start to end, as ThreadingMixIn's
+        thread per connection does; then wait a while to be handed the next."""
+        while True:
+            self.process_request_thread(request, client_address)
+            with self._count_lock:
+                self._idle_workers += 1
+                while not self._handoff:
+                    if self.stopping or not self._work.wait(WORKER_IDLE_SECONDS):
+                        if not self._handoff:
+                            self._idle_workers -= 1
+                            return
+                request, client_address = self._handoff.popleft()
 
     def process_request_thread(self, request, client_address):
         with self._count_lock:
@@ -1219,6 +1269,7 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
                     sock.shutdown(socket.SHUT_RD)
                 except OSError:   # it closed meanwhile
                     continue
+            self._work.notify_all()   # idle worker threads exit
             self._all_done.wait_for(lambda: not self._connections,
                                     self.request_timeout if timeout is None else timeout)
 
