@@ -1223,6 +1223,12 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
                     self._all_done.notify_all()
             self._slots.release()
 
+    def shutdown_request(self, request):
+        # socketserver half-closes before closing, because a plain close() used to wait for
+        # the garbage collector; the handler holds no other reference, so close() alone
+        # sends the FIN now, one system call less per connection.
+        request.close()
+
     def _evict_idle(self):
         for sock in list(self.idle)[:1]:
             try:

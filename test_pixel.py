@@ -1613,11 +1613,17 @@ class ReadmeIsTrue(unittest.TestCase):
 
     def test_img_snippet_and_docs_pixel_are_accepted(self):
         import html
-        (img,) = self.blocks("html")
-        source = html.unescape(re.search(r'src="https://[^/]+([^"]+)"', img).group(1))
-        path, _, query = source.partition("?")
-        event = pixel.pixel_event(path.rsplit("/", 1)[1], query, received_at=T0)
-        self.assertEqual(event["properties"], {"subject": "The Electric Daily"})
+        snippets = self.blocks("html")
+        self.assertGreaterEqual(len(snippets), 4)
+        events = []
+        for snippet in snippets:
+            # Fill the ESP merge tags (*|UNIQID|*, {{user_id}}, {{ user_id }}) as a send would.
+            filled = re.sub(r"\*\|[A-Z_]+\|\*|\{\{ ?[a-z_]+ ?\}\}", "v123", snippet)
+            source = html.unescape(re.search(r'src="https://[^/]+([^"]+)"', filled).group(1))
+            path, _, query = source.partition("?")
+            events.append(pixel.pixel_event(path.rsplit("/", 1)[1], query, received_at=T0))
+        self.assertEqual(events[0]["properties"], {"subject": "The Electric Daily"})
+        self.assertTrue(all(event["userId"] == "v123" for event in events[1:]))
         docs = re.search(r"`(/v1/pixel/track\?data=[^`]+)`", self.readme).group(1)
         self.assertEqual(docs, "/v1/pixel/track?data=" + DOCS_DATA)
 
