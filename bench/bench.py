@@ -2,7 +2,7 @@
 """Reproduce the README's performance numbers.
 
     python3 bench/bench.py                 # everything below, ~6 minutes
-    python3 bench/bench.py --only core     # one part: throughput, memory, startup, core
+    python3 bench/bench.py --only core     # one part: throughput, scaling, memory, startup, core
 
 throughput  pixel.py side by side with its peers (uvicorn + httptools + uvloop, nginx
             empty_gif, a naive http.server), run by the workspace's shared compare.py
@@ -11,6 +11,8 @@ throughput  pixel.py side by side with its peers (uvicorn + httptools + uvloop, 
             pixel, and one request per connection.
 memory      RSS of a pixel.py process at rest and with 1,000 idle keep-alive connections.
 startup     milliseconds from starting `python3 pixel.py` to its first accepted connection.
+scaling     pixel.py and the uvicorn peer at 1, 4, 10 and 50 keep-alive connections (wrk),
+            to show where a thread per connection stops scaling.
 core        microseconds per event for decode + validate + enrich + serialise of the docs'
             example, in this process.
 
@@ -51,6 +53,38 @@ def throughput(rounds, duration):
                    "--duration", str(duration)] + extra
         print("\n## %s\n$ %s" % (title, " ".join(command[1:])), flush=True)
         subprocess.run(command, check=True)
+
+
+def scaling(duration=4):
+    venv_uvicorn = "/tmp/pixel-bench-venv/bin/uvicorn"   # made by compare.py's first run
+    if not (shutil.which("wrk") and os.path.exists(venv_uvicorn)):
+        sys.exit("scaling needs wrk and compare.py's uvicorn venv: run --only throughput first")
+    folder = tempfile.mkdtemp(prefix="pixel-bench-")
+    pixel, pixel_port = start_pixel(folder)
+    uvicorn_port = pixel_port + 1 if pixel_port < 65535 else pixel_port - 1
+    peer = subprocess.Popen([venv_uvicorn, "asgi_pixel:app", "--port", str(uvicorn_port),
+                             "--no-access-log", "--log-level", "warning", "--http", "httptools",
+                             "--loop", "uvloop", "--app-dir", os.path.dirname(COMPARE)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, PEER_LOG=os.path.join(folder, "peer.log")))
+    time.sleep(1.5)
+    target = "/v1/pixel/track?" + DOCS_QUERY
+    print("\n## scaling (keep-alive, docs' track pixel, wrk -t1 -d%ds)" % duration)
+    print("connections  pixel req/s  uvicorn req/s")
+    try:
+        for connections in (1, 4, 10, 50):
+            rates = []
+            for port in (pixel_port, uvicorn_port):
+                out = subprocess.run(["wrk", "-t1", "-c%d" % connections, "-d%ds" % duration,
+                                      "http://127.0.0.1:%d%s" % (port, target)],
+                                     capture_output=True, text=True).stdout
+                rates.append(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)))
+            print("%11d  %11.0f  %13.0f" % (connections, rates[0], rates[1]), flush=True)
+    finally:
+        for process in (pixel, peer):
+            process.terminate()
+            process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_pixel(folder):
@@ -136,7 +170,7 @@ def core(number=20000):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["throughput", "memory", "startup", "core"])
+    parser.add_argument("--only", choices=["throughput", "scaling", "memory", "startup", "core"])
     parser.add_argument("--rounds", type=int, default=4, help="compare.py rounds (default 4)")
     parser.add_argument("--duration", type=int, default=8, help="seconds a wrk run (default 8)")
     args = parser.parse_args()
@@ -150,6 +184,8 @@ def main():
         memory()
     if args.only in (None, "throughput"):
         throughput(args.rounds, args.duration)
+    if args.only in (None, "scaling"):
+        scaling()
 
 
 if __name__ == "__main__":
