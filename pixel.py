@@ -787,6 +787,10 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
     server_version = "pixel/" + __version__
     sys_version = ""
 
+    def version_string(self):
+        # Stock appends sys_version after a space; the Server header says only "pixel/x.y.z".
+        return self.server_version
+
     def setup(self):
         # No rfile/wfile: requests are read into one buffer and answers go out in one
         # sendall, which also avoids the header/body split write that costs ~40 ms with
@@ -1063,11 +1067,12 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             return
 
     def _send(self, status, headers, body, head_only=False):
-        status_line = _STATUS_LINES.get((status, self.server_version))
+        version = self.version_string()
+        status_line = _STATUS_LINES.get((status, version))
         if status_line is None:
-            status_line = _STATUS_LINES[status, self.server_version] = \
+            status_line = _STATUS_LINES[status, version] = \
                 b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: " % (
-                    status, self.responses[status][0].encode(), self.server_version.encode())
+                    status, self.responses[status][0].encode(), version.encode())
         parts = [status_line, self.server.http_date(), b"\r\n", headers]
         if self.close_connection:
             parts.append(b"Connection: close\r\n")

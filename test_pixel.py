@@ -9,6 +9,7 @@ import base64
 import errno
 import gzip
 import http.client
+import http.server
 import io
 import json
 import os
@@ -526,17 +527,42 @@ class PixelRoutes(ServerCase):
         self.assertIn("date", headers)
 
     def test_wire_bytes_match_a_stock_http_server_response(self):
-        # What the fast path sends is byte for byte what BaseHTTPRequestHandler would build
-        # with send_response + send_header + end_headers + one write of the GIF.
+        # The fast path's single prebuilt write must be byte for byte what the stock
+        # BaseHTTPRequestHandler builds with send_response, send_header and end_headers.
         reply = self.raw(b"GET /v1/pixel/track?data=" + DOCS_DATA.encode() +
                          b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        date = re.search(rb"\r\nDate: ([^\r]+)\r\n", reply).group(1)
-        expected = (b"HTTP/1.1 200 OK\r\nServer: pixel/" + pixel.__version__.encode() +
-                    b"\r\nDate: " + date + b"\r\nContent-Type: image/gif\r\n"
-                    b"Content-Length: 43\r\nCache-Control: no-cache, no-store, must-revalidate"
-                    b"\r\nPragma: no-cache\r\nExpires: 0\r\nConnection: close\r\n\r\n" +
-                    pixel.GIF)
-        self.assertEqual(reply, expected)
+        date = re.search(rb"\r\nDate: ([^\r]+)\r\n", reply).group(1).decode()
+
+        class Stock(http.server.BaseHTTPRequestHandler):
+            server_version = pixel.PixelHandler.server_version
+            version_string = pixel.PixelHandler.version_string
+            protocol_version = "HTTP/1.1"
+
+            def __init__(self):   # no socket: write into a buffer
+                self.wfile, self.request_version, self.requestline = io.BytesIO(), "HTTP/1.1", ""
+
+            def date_time_string(self, timestamp=None):
+                return date
+
+            def log_request(self, *args):
+                pass
+
+        stock = Stock()
+        stock.send_response(200)
+        for name, value in [("Content-Type", "image/gif"), ("Content-Length", "43"),
+                            ("Cache-Control", "no-cache, no-store, must-revalidate"),
+                            ("Pragma", "no-cache"), ("Expires", "0"), ("Connection", "close")]:
+            stock.send_header(name, value)
+        stock.end_headers()
+        stock.wfile.write(pixel.GIF)
+        self.assertEqual(reply, stock.wfile.getvalue())
+
+    def test_connection_threads_are_reused(self):
+        before = threading.active_count()
+        for _ in range(30):
+            self.get("/v1/pixel/track?writeKey=k&userId=u&event=e")
+        self.assertLessEqual(threading.active_count() - before, 2)
+        self.assertEqual(len(self.lines()), 30)
 
     def test_every_route_answers_a_gif_even_on_error(self):
         for kind in pixel.EVENT_TYPES:
