@@ -820,6 +820,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                                            _timeval(timeout))
         self._buffer = bytearray()
+        self._unread_body = False
         self._deadline = time.monotonic() + timeout
         self._served = 0
         self.close_connection = True
@@ -912,6 +913,8 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                 return
             self._served += 1
             self._dispatch(head)
+            if self._unread_body:
+                self._linger()   # let the client finish sending and read our answer
         except _Closed:
             return
         except OSError:   # the client went away while we answered
@@ -1011,18 +1014,18 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
     def _discard_body(self, length):
         """Skip a body nobody asked for; a chunked or large one ends the connection."""
         if length == -1 or length > MAX_PAYLOAD_BYTES:
-            self.close_connection = True
+            self.close_connection = self._unread_body = True
         elif length:
             self._read_body(length)
 
     def _api(self, path, length):
         if length == -1:
-            self.close_connection = True
+            self.close_connection = self._unread_body = True
             return self._json(411, {"success": False, "error": "length_required",
                                     "message": "send a Content-Length; chunked bodies are "
                                                "not accepted"})
         if length > MAX_BATCH_BYTES:
-            self.close_connection = True
+            self.close_connection = self._unread_body = True
             return self._json(400, {"success": False, "error": "body_too_large"})
         if "100-continue" in self.headers.get("expect", "").lower() and \
                 len(self._buffer) < length:
