@@ -1413,6 +1413,33 @@ def _flag(text):
     raise argparse.ArgumentTypeError("not a yes/no value: %r" % text)
 
 
+def _cpu(text):
+    if text in ("auto", "none"):
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError("not auto, none or a CPU number: %r" % text)
+    return int(text)
+
+
+def pin_cpu(choice):
+    """Pin this process (and every thread it starts later) to one CPU; return which, or None.
+
+    With the GIL only one thread runs Python at a time, so a second core mostly adds
+    cross-core wake-ups each time the GIL changes hands, at every recv, write and send.
+    Measured with wrk on a 2-core machine: +32% requests/s with keep-alive, +53% with a
+    connection per request. Must run before any thread starts, as threads inherit it.
+    """
+    if choice == "none" or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if choice == "auto":
+        if len(allowed) < 2:
+            return None
+        choice = allowed[-1]   # CPU 0 usually takes the most interrupts
+    os.sched_setaffinity(0, {choice})
+    return choice
+
+
 def _network(text):
     try:
         ipaddress.ip_network(text.strip(), strict=False)
@@ -1484,6 +1511,9 @@ def build_parser(environ):
     option("--idle-timeout", "PIXEL_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT,
            "seconds a kept-alive connection may wait for its next request", _positive(float),
            metavar="S")
+    option("--cpu", "PIXEL_CPU", "auto", "pin the process to one CPU: auto (the last one it may "
+           "use), none, or a CPU number. Python runs one thread at a time; keeping all of them "
+           "on one core makes handing over between them much cheaper", _cpu, metavar="CPU")
     parser.add_argument("--version", action="version", version="pixel " + __version__)
     parser.from_env = from_env
     return parser
@@ -1519,6 +1549,14 @@ def main(argv=None, environ=None):
             writer.close()
         return 1
     events, rejects = writers
+    try:
+        pinned = pin_cpu(args.cpu)
+    except OSError as error:   # a CPU this process may not use
+        print("pixel: cannot pin to CPU %s: %s" % (args.cpu, error.strerror or error),
+              file=sys.stderr)
+        events.close()
+        rejects.close()
+        return 1
     # Threads only need a small stack: the deepest path is json's C scanner on a payload
     # whose nesting the core has already capped at MAX_DEPTH.
     threading.stack_size(THREAD_STACK_SIZE)
@@ -1538,8 +1576,9 @@ def main(argv=None, environ=None):
         return 1
     host, port = server.server_address[:2]
     shown = "[%s]" % host if ":" in host else host
-    print("pixel %s listening on http://%s:%d/ writing events to %s and rejects to %s"
-          % (__version__, shown, port, events.path, rejects.path), flush=True)
+    print("pixel %s listening on http://%s:%d/ writing events to %s and rejects to %s%s"
+          % (__version__, shown, port, events.path, rejects.path,
+             "" if pinned is None else " (on CPU %d)" % pinned), flush=True)
 
     def stop(signum, frame):
         # serve_forever() runs on this thread, and shutdown() waits for it to return, so

@@ -1502,6 +1502,27 @@ class Process(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn("Permission denied", result.stderr)
 
+    @unittest.skipUnless(hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > 1,
+                         "needs a machine with two CPUs or more")
+    def test_pinned_to_one_cpu_unless_asked_not_to(self):
+        def allowed(process):
+            with open("/proc/%d/status" % process.pid) as handle:
+                return re.search(r"Cpus_allowed_list:\s+(\S+)", handle.read()).group(1)
+
+        process, _ = self.start()
+        last = str(sorted(os.sched_getaffinity(0))[-1])
+        self.assertEqual(allowed(process), last)
+        process.terminate()
+        process.wait()
+        process, _ = self.start("--cpu", "none")
+        self.assertNotEqual(allowed(process), last)
+
+    def test_cpu_that_is_not_allowed(self):
+        result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--log", self.log,
+                                 "--cpu", "4096"], capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 1)
+        self.assertRegex(result.stderr, r"^pixel: cannot pin to CPU 4096: ")
+
     def test_port_in_use(self):
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
@@ -1521,8 +1542,11 @@ class CommandLine(unittest.TestCase):
     def test_defaults(self):
         args = self.parse([])
         self.assertEqual((args.host, args.port, args.log, args.max_bytes, args.keep,
-                          args.write_key, args.trusted_proxy, args.no_ip),
-                         ("127.0.0.1", 8000, "events.jsonl", 0, 0, [], [], False))
+                          args.write_key, args.trusted_proxy, args.no_ip, args.cpu),
+                         ("127.0.0.1", 8000, "events.jsonl", 0, 0, [], [], False, "auto"))
+        self.assertEqual(self.parse(["--cpu", "none"]).cpu, "none")
+        self.assertEqual(self.parse(["--cpu", "3"]).cpu, 3)
+        self.assertEqual(self.parse([], {"PIXEL_CPU": "1"}).cpu, 1)
         self.assertEqual(args.rejects, os.path.join(os.getcwd(), "rejects.jsonl"))
 
     def test_flags(self):
@@ -1559,6 +1583,7 @@ class CommandLine(unittest.TestCase):
                 (["--max-connections", "0"], {}, "greater than 0"),
                 (["--log", "same", "--rejects", "same"], {}, "different files"),
                 (["--bogus"], {}, "unrecognized arguments"),
+                (["--cpu", "fast"], {}, "not auto, none or a CPU number"),
                 ([], {"PIXEL_PORT": "x"}, "PIXEL_PORT='x'"),
                 ([], {"PIXEL_NO_IP": "maybe"}, "PIXEL_NO_IP")]:
             with self.subTest(argv=argv, environ=environ):
@@ -1583,7 +1608,8 @@ class CommandLine(unittest.TestCase):
             pixel.main(["--help"])
         for variable in ("PIXEL_HOST", "PIXEL_PORT", "PIXEL_LOG", "PIXEL_REJECTS",
                          "PIXEL_MAX_BYTES", "PIXEL_KEEP", "PIXEL_WRITE_KEYS",
-                         "PIXEL_TRUSTED_PROXIES", "PIXEL_NO_IP", "PIXEL_MAX_CONNECTIONS"):
+                         "PIXEL_TRUSTED_PROXIES", "PIXEL_NO_IP", "PIXEL_MAX_CONNECTIONS",
+                         "PIXEL_CPU"):
             self.assertIn(variable, stdout.getvalue())
 
     def test_main_serves_until_stopped(self):
@@ -1600,7 +1626,8 @@ class CommandLine(unittest.TestCase):
         with unittest.mock.patch("sys.stdout", stdout), \
                 unittest.mock.patch.object(pixel, "PixelServer", capture):
             runner = threading.Thread(target=lambda: servers.append(pixel.main(
-                ["--port", "0", "--log", os.path.join(folder, "e.jsonl")], {})))
+                ["--port", "0", "--log", os.path.join(folder, "e.jsonl"), "--cpu", "none"],
+                {})))
             runner.start()
             while not servers:
                 time.sleep(0.01)
