@@ -61,13 +61,24 @@ def scaling(duration=4):
         sys.exit("scaling needs wrk and compare.py's uvicorn venv: run --only throughput first")
     folder = tempfile.mkdtemp(prefix="pixel-bench-")
     pixel, pixel_port = start_pixel(folder)
-    uvicorn_port = pixel_port + 1 if pixel_port < 65535 else pixel_port - 1
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        uvicorn_port = probe.getsockname()[1]
     peer = subprocess.Popen([venv_uvicorn, "asgi_pixel:app", "--port", str(uvicorn_port),
                              "--no-access-log", "--log-level", "warning", "--http", "httptools",
                              "--loop", "uvloop", "--app-dir", os.path.dirname(COMPARE)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, PEER_LOG=os.path.join(folder, "peer.log")))
-    time.sleep(1.5)
+    deadline = time.monotonic() + 20
+    while True:   # uvicorn takes a moment to listen
+        try:
+            socket.create_connection(("127.0.0.1", uvicorn_port), 0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or peer.poll() is not None:
+                sys.exit("the uvicorn peer did not start")
+            time.sleep(0.05)
     target = "/v1/pixel/track?" + DOCS_QUERY
     print("\n## scaling (keep-alive, docs' track pixel, wrk -t1 -d%ds)" % duration)
     print("connections  pixel req/s  uvicorn req/s")
