@@ -391,6 +391,20 @@ if hypothesis is not None:
                 return
             self.check_event(kind, line_event)
 
+        @hypothesis.settings(max_examples=500, deadline=None)
+        @hypothesis.given(query=strategies.text(alphabet=strategies.sampled_from(
+            "ab=&%+.2EFf0\u00e9 ;"), max_size=60) | strategies.text(max_size=60))
+        def test_parse_pairs_is_parse_qsl(self, query):
+            import urllib.parse
+            try:
+                expected = urllib.parse.parse_qsl(query, keep_blank_values=True,
+                                                  errors="strict")
+            except UnicodeDecodeError:
+                with self.assertRaises(UnicodeDecodeError):
+                    pixel.parse_pairs(query)
+                return
+            self.assertEqual(pixel.parse_pairs(query), expected)
+
         @hypothesis.settings(max_examples=300, deadline=None)
         @hypothesis.given(data=strategies.binary(max_size=300))
         def test_any_bytes_as_data(self, data):
