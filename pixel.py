@@ -1616,28 +1616,37 @@ def parse_args(argv=None, environ=None):
     return args
 
 
+class StartupError(Exception):
+    """What stops the server from starting, said in one line: a log, a CPU, a port."""
+
+
 def main(argv=None, environ=None):
     """Run the server until SIGTERM or SIGINT; return the exit status."""
     args = parse_args(argv, environ)
     writers = []
     try:
         for path in (args.log, args.rejects):
-            writers.append(LogWriter(path, max_bytes=args.max_bytes, keep=args.keep))
-    except OSError as error:
-        print("pixel: cannot open %s: %s" % (error.filename or path, error.strerror or error),
-              file=sys.stderr)
+            try:
+                writers.append(LogWriter(path, max_bytes=args.max_bytes, keep=args.keep))
+            except OSError as error:
+                raise StartupError("cannot open %s: %s" % (error.filename or path,
+                                                           error.strerror or error)) from None
+        return serve(args, *writers)
+    except StartupError as error:
+        print("pixel: %s" % error, file=sys.stderr)
+        return 1
+    finally:
         for writer in writers:
             writer.close()
-        return 1
-    events, rejects = writers
+
+
+def serve(args, events, rejects):
+    """Pin, listen, and serve until a signal; the caller owns (and closes) the writers."""
     try:
         pinned = pin_cpu(args.cpu)
     except OSError as error:   # a CPU this process may not use
-        print("pixel: cannot pin to CPU %s: %s" % (args.cpu, error.strerror or error),
-              file=sys.stderr)
-        events.close()
-        rejects.close()
-        return 1
+        raise StartupError("cannot pin to CPU %s: %s" % (args.cpu,
+                                                         error.strerror or error)) from None
     # Threads only need a small stack: the deepest path is json's C scanner on a payload
     # whose nesting the core has already capped at MAX_DEPTH.
     threading.stack_size(THREAD_STACK_SIZE)
@@ -1649,12 +1658,8 @@ def main(argv=None, environ=None):
                              request_timeout=args.request_timeout,
                              idle_timeout=args.idle_timeout)
     except OSError as error:
-        print("pixel: cannot listen on %s port %d: %s" % (args.host, args.port,
-                                                          error.strerror or error),
-              file=sys.stderr)
-        events.close()
-        rejects.close()
-        return 1
+        raise StartupError("cannot listen on %s port %d: %s" % (
+            args.host, args.port, error.strerror or error)) from None
     events.watch()
     rejects.watch()
     host, port = server.server_address[:2]
@@ -1677,8 +1682,6 @@ def main(argv=None, environ=None):
     finally:
         server.finish_requests()
         server.server_close()
-        events.close()
-        rejects.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     print("pixel stopped: %d events written, %d rejected, %d lines not written"
