@@ -618,6 +618,7 @@ class LogWriter:
         self._watched = False   # an inotify watch reports changes to the path...
         self._stale = False     # ...and sets this when there was one
         self._inotify = None
+        self._closed = False
         self._open()            # at start-up an OSError here is the operator's to see
 
     @property
@@ -635,19 +636,23 @@ class LogWriter:
             os.close(fd)
 
     def close(self):
-        if self._inotify is not None:
-            libc, fd, watch = self._inotify
-            self._inotify = None
-            libc.inotify_rm_watch(fd, watch)   # wakes the watcher with IN_IGNORED; it exits
+        self._closed = True
+        self._unwatch()
         with self._lock:
             self._close()
+
+    def _unwatch(self):
+        inotify, self._inotify = self._inotify, None
+        if inotify is not None:
+            libc, fd, watch = inotify
+            libc.inotify_rm_watch(fd, watch)   # wakes the watcher with IN_IGNORED; it exits
 
     def watch(self):
         """Notice renames and deletions of the path through inotify (Linux), so that writes
         need not stat the path each time: on this machine that stat cost a fifth of the
         server's throughput. Until the watch is in place, and where inotify is missing,
         every write stats the path as before. Starts a daemon thread; close() ends it."""
-        if sys.platform.startswith("linux") and self._inotify is None:
+        if sys.platform.startswith("linux") and self._inotify is None and not self._closed:
             threading.Thread(target=self._watch, name="pixel-watch", daemon=True).start()
 
     def _watch(self):
@@ -667,6 +672,8 @@ class LogWriter:
             os.close(fd)
             return
         self._inotify = (libc, fd, watch)
+        if self._closed:        # close() ran while this thread was starting
+            self._unwatch()
         self._stale = True      # a change before the watch began is caught by one stat
         self._watched = True
         name = os.fsencode(os.path.basename(self.path))

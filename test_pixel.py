@@ -1025,6 +1025,14 @@ class Watch(unittest.TestCase):
         self.writer.close()
         self.wait_for(lambda: not any(t.is_alive() for t in watchers))
 
+    @unittest.skipUnless(sys.platform.startswith("linux"), "inotify is Linux's")
+    def test_close_right_after_watch_leaves_no_thread(self):
+        before = {t for t in threading.enumerate() if t.name == "pixel-watch"}
+        self.writer.watch()
+        self.writer.close()
+        self.wait_for(lambda: not any(t.is_alive() for t in threading.enumerate()
+                                      if t.name == "pixel-watch" and t not in before))
+
     def test_without_a_watch_every_write_stats(self):
         self.writer.write([b"1\n"])
         os.rename(self.writer.path, self.writer.path + ".moved")
