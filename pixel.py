@@ -42,7 +42,6 @@ __version__ = "1.0.0"
 import argparse
 import base64
 import binascii
-import calendar
 import collections
 import datetime
 import email.utils
@@ -278,8 +277,8 @@ def parse_time(value):
         raise ValueError("not an ISO-8601 time: %r" % (value,))
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     moment = datetime.datetime(int(year), int(month), int(day), int(hour or 0),
-                               int(minute or 0), int(second or 0))
-    seconds = calendar.timegm(moment.timetuple()) + float("0." + (fraction or "0"))
+                               int(minute or 0), int(second or 0), tzinfo=datetime.timezone.utc)
+    seconds = moment.timestamp() + float("0." + (fraction or "0"))
     if zone and zone not in "Zz":
         sign = 1 if zone[0] == "+" else -1
         digits = zone[1:].replace(":", "")
