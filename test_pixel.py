@@ -1308,6 +1308,30 @@ class SegmentSdk(ServerCase):
         print("segment-analytics-python", VERSION, file=sys.stderr)
 
 
+class NodeSdk(ServerCase):
+    """Segment's Node SDK, @segment/analytics-node, through examples/node_sdk.js."""
+
+    def test_segment_analytics_node(self):
+        modules = os.environ.get("PIXEL_NODE_MODULES", "")
+        need(shutil.which("node") and os.path.isdir(os.path.join(
+            modules, "@segment", "analytics-node")), "node with @segment/analytics-node "
+             "(PIXEL_NODE_MODULES)")
+        result = subprocess.run(
+            ["node", os.path.join(HERE, "examples", "node_sdk.js"),
+             "http://127.0.0.1:%d" % self.port],
+            capture_output=True, text=True, timeout=60, env=dict(os.environ, NODE_PATH=modules))
+        self.assertEqual(result.returncode, 0, result.stderr)
+        events = self.lines()
+        self.assertEqual(sorted(event["type"] for event in events),
+                         sorted(["track", "identify", "page", "screen", "group", "alias"]))
+        for event in events:
+            pixel.validate(event["type"], event)
+            self.assertEqual(event["writeKey"], "NODE_KEY")
+            self.assertEqual(event["context"]["library"]["name"], "@segment/analytics-node")
+        self.assertEqual(self.lines("rejects.jsonl"), [])
+        print(result.stdout.strip(), file=sys.stderr)
+
+
 class FailingDisk(unittest.TestCase):
     def test_dev_full_is_counted_reported_once_and_answered(self):
         stderr = io.StringIO()
