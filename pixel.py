@@ -570,12 +570,6 @@ def client_ip(peer, forwarded_for, trusted_proxies):
 # --------------------------------------------------------------------------------------------
 # The log writer
 
-# inotify(7): entries moved out, moved in, created or deleted; the folder itself moved or
-# deleted; the event queue overflowed; the watch removed.
-_INOTIFY_MASK = 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
-_INOTIFY_ALARMS = 0x400 | 0x800 | 0x4000 | 0x8000
-_INOTIFY_GONE = 0x400 | 0x800 | 0x8000
-_UNCHANGED = object()    # write() did not stat: the watch saw no change to the path
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 _ROTATED_SUFFIX = re.compile(r"\.(\d{8}T\d{6}\.\d{3}Z)(?:-(\d+))?\Z")
 
@@ -614,10 +608,6 @@ class LogWriter:
         self._failing_since = None
         self._failures_unreported = 0
         self._last_report = None
-        self._watched = False   # an inotify watch reports changes to the path...
-        self._stale = False     # ...and sets this when there was one
-        self._inotify = None
-        self._closed = False
         self._open()            # at start-up an OSError here is the operator's to see
 
     @property
@@ -635,78 +625,20 @@ class LogWriter:
             os.close(fd)
 
     def close(self):
-        self._closed = True
-        self._unwatch()
         with self._lock:
             self._close()
 
-    def _unwatch(self):
-        inotify, self._inotify = self._inotify, None
-        if inotify is not None:
-            libc, fd, watch = inotify
-            libc.inotify_rm_watch(fd, watch)   # wakes the watcher with IN_IGNORED; it exits
-
-    def watch(self):
-        """Notice renames and deletions of the path through inotify (Linux), so that writes
-        need not stat the path each time: on this machine that stat cost a fifth of the
-        server's throughput. Until the watch is in place, and where inotify is missing,
-        every write stats the path as before. Starts a daemon thread; close() ends it."""
-        if sys.platform.startswith("linux") and self._inotify is None and not self._closed:
-            threading.Thread(target=self._watch, name="pixel-watch", daemon=True).start()
-
-    def _watch(self):
-        # ctypes is imported here, not at the top: only a running server needs it, and
-        # importing it costs ~6 ms of start-up that this thread spends after listening.
-        import ctypes
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = libc.inotify_init1(os.O_CLOEXEC)
-        except (OSError, AttributeError):   # no libc, or one without inotify
-            return
-        if fd < 0:
-            return
-        watch = libc.inotify_add_watch(fd, os.fsencode(os.path.dirname(self.path)),
-                                       _INOTIFY_MASK)
-        if watch < 0:
-            os.close(fd)
-            return
-        self._inotify = (libc, fd, watch)
-        if self._closed:        # close() ran while this thread was starting
-            self._unwatch()
-        self._stale = True      # a change before the watch began is caught by one stat
-        self._watched = True
-        name = os.fsencode(os.path.basename(self.path))
-        try:
-            while True:
-                data = os.read(fd, 65536)
-                offset = 0
-                while offset < len(data):
-                    _, mask, _, length = struct.unpack_from("iIII", data, offset)
-                    entry = data[offset + 16:offset + 16 + length].rstrip(b"\0")
-                    offset += 16 + length
-                    if entry == name or mask & _INOTIFY_ALARMS:
-                        self._stale = True
-                    if mask & _INOTIFY_GONE:   # the folder moved or went, or close()
-                        self._watched = False
-                        return
-        except OSError:
-            self._watched = False
-        finally:
-            self._inotify = None
-            os.close(fd)
-
     def write(self, lines):
         """Append `lines` (a list of bytes, each ending in a newline). True once on disk."""
-        status = _UNCHANGED
-        if self._stale or not self._watched:
-            # Stat before taking the lock, so that threads queue only behind the write
-            # itself; _follow_path compares it with the open file under the lock. Clear the
-            # flag first: a change after this stat sets it again.
-            self._stale = False
-            try:
-                status = os.stat(self.path)
-            except OSError:
-                status = None
+        # Stat before taking the lock, so that threads queue only behind the write itself;
+        # _follow_path compares it with the open file under the lock. Every write pays for
+        # this stat (a fifth of the throughput here), because it is what makes a write that
+        # starts after an external mv or rm go to the new file: an inotify watch was tried,
+        # and a write could beat its notice into a deleted file.
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            status = None
         with self._lock:
             try:
                 self._follow_path(status)
@@ -748,8 +680,7 @@ class LogWriter:
         before the lock; a mismatch is checked again, since our own rotation may have
         happened in between."""
         if self._fd is not None:
-            if status is _UNCHANGED or (status is not None and
-                                        (status.st_dev, status.st_ino) == self._identity):
+            if status is not None and (status.st_dev, status.st_ino) == self._identity:
                 return
             try:
                 status = os.stat(self.path)
@@ -1666,8 +1597,6 @@ def serve(args, events, rejects):
     except OSError as error:
         raise StartupError("cannot listen on %s port %d: %s" % (
             args.host, args.port, error.strerror or error)) from None
-    events.watch()
-    rejects.watch()
     host, port = server.server_address[:2]
     shown = "[%s]" % host if ":" in host else host
     print("pixel %s listening on http://%s:%d/ writing events to %s and rejects to %s%s"

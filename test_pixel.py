@@ -474,8 +474,6 @@ class ServerCase(unittest.TestCase):
                                        stderr=self.stderr, **self.writer_options)
         self.addCleanup(self.events.close)
         self.addCleanup(self.rejects.close)
-        self.events.watch()   # as main() does
-        self.rejects.watch()
         self.server = pixel.PixelServer(("127.0.0.1", 0), self.events, self.rejects,
                                         stderr=self.stderr, **self.server_options)
         self.port = self.server.server_address[1]
@@ -987,58 +985,6 @@ class ExternalMoves(ServerCase):
         os.remove(os.path.join(self.dir, "events.jsonl"))
         self.get("/v1/pixel/track?writeKey=k&userId=u&event=after")
         self.assertEqual([event["event"] for event in self.lines()], ["after"])
-
-
-class Watch(unittest.TestCase):
-    """The inotify watch that spares each write a stat of the path."""
-
-    def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="pixel-watch-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        self.writer = pixel.LogWriter(os.path.join(self.dir, "e.jsonl"))
-        self.addCleanup(self.writer.close)
-
-    def wait_for(self, predicate):
-        deadline = time.monotonic() + 5
-        while not predicate():
-            self.assertLess(time.monotonic(), deadline, "timed out")
-            time.sleep(0.001)
-
-    @unittest.skipUnless(sys.platform.startswith("linux"), "inotify is Linux's")
-    def test_writes_skip_the_stat_until_the_path_changes(self):
-        self.writer.watch()
-        self.wait_for(lambda: self.writer._watched)
-        self.writer.write([b"1\n"])   # the one stat that covers the time before the watch
-        with unittest.mock.patch("os.stat", side_effect=AssertionError("stat")):
-            self.writer.write([b"2\n"])
-        os.rename(self.writer.path, self.writer.path + ".moved")
-        self.wait_for(lambda: self.writer._stale)
-        self.writer.write([b"3\n"])
-        with open(self.writer.path + ".moved") as moved, open(self.writer.path) as live:
-            self.assertEqual((moved.read(), live.read()), ("1\n2\n", "3\n"))
-
-    @unittest.skipUnless(sys.platform.startswith("linux"), "inotify is Linux's")
-    def test_close_ends_the_watcher_thread(self):
-        self.writer.watch()
-        self.wait_for(lambda: self.writer._watched)
-        watchers = [t for t in threading.enumerate() if t.name == "pixel-watch"]
-        self.writer.close()
-        self.wait_for(lambda: not any(t.is_alive() for t in watchers))
-
-    @unittest.skipUnless(sys.platform.startswith("linux"), "inotify is Linux's")
-    def test_close_right_after_watch_leaves_no_thread(self):
-        before = {t for t in threading.enumerate() if t.name == "pixel-watch"}
-        self.writer.watch()
-        self.writer.close()
-        self.wait_for(lambda: not any(t.is_alive() for t in threading.enumerate()
-                                      if t.name == "pixel-watch" and t not in before))
-
-    def test_without_a_watch_every_write_stats(self):
-        self.writer.write([b"1\n"])
-        os.rename(self.writer.path, self.writer.path + ".moved")
-        self.writer.write([b"2\n"])
-        with open(self.writer.path) as live:
-            self.assertEqual(live.read(), "2\n")
 
 
 class TrackingApi(ServerCase):
