@@ -62,6 +62,11 @@ import time
 import urllib.parse
 import zlib
 
+try:
+    import resource   # Unix only; used to raise the open-file limit
+except ImportError:
+    resource = None
+
 # --------------------------------------------------------------------------------------------
 # Constants
 
@@ -1439,6 +1444,20 @@ def _cpu(text):
     return int(text)
 
 
+def raise_file_limit(needed):
+    """Raise the soft open-file limit to `needed` (as far as the hard limit allows), so that
+    --max-connections sockets fit; the usual soft limit of 1024 would not. Returns the limit
+    now in force, or None where there is no such limit."""
+    if resource is None:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
 def pin_cpu(choice):
     """Pin this process (and every thread it starts later) to one CPU; return which, or None.
 
@@ -1584,6 +1603,16 @@ def serve(args, events, rejects):
     except OSError as error:   # a CPU this process may not use
         raise StartupError("cannot pin to CPU %s: %s" % (args.cpu,
                                                          error.strerror or error)) from None
+    # Each connection holds a socket; keep room for the logs, the listener and stdio.
+    # If the hard limit is lower, serve fewer at once: the others wait in the listen
+    # backlog, where accept() failing with EMFILE would have spun the accept loop.
+    files = raise_file_limit(args.max_connections + 64)
+    if files is not None and files < args.max_connections + 64:
+        print("pixel: the open-file limit is %d, so at most %d connections are served at "
+              "once, not --max-connections %d" % (files, max(1, files - 64),
+                                                  args.max_connections),
+              file=sys.stderr, flush=True)
+        args.max_connections = max(1, files - 64)
     # Threads only need a small stack: the deepest path is json's C scanner on a payload
     # whose nesting the core has already capped at MAX_DEPTH.
     threading.stack_size(THREAD_STACK_SIZE)

@@ -1563,6 +1563,34 @@ class Process(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertRegex(result.stderr, r"^pixel: cannot pin to CPU 4096: ")
 
+    @unittest.skipUnless(os.path.exists("/proc/self/limits"), "reads /proc")
+    def test_open_file_limit_is_raised_for_max_connections(self):
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 2200:
+            self.skipTest("the hard open-file limit is %d" % hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))   # the child inherits this
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        process, _ = self.start("--max-connections", "2000")
+        with open("/proc/%d/limits" % process.pid) as handle:
+            limit = re.search(r"Max open files\s+(\d+)", handle.read()).group(1)
+        self.assertEqual(int(limit), 2064)
+
+    def test_a_low_hard_file_limit_lowers_the_connection_cap(self):
+        # A hard limit of 164 files leaves room for 100 connections, not the default 1024.
+        probe = subprocess.Popen(
+            [sys.executable, "-c", "import resource, runpy, sys; resource.setrlimit("
+             "resource.RLIMIT_NOFILE, (100, 164)); sys.argv = sys.argv[1:]; "
+             "runpy.run_path(sys.argv[0], run_name='__main__')", PIXEL_PY, "--port", "0",
+             "--log", self.log, "--cpu", "none"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(self.reap, probe)
+        self.assertIn("listening on", probe.stdout.readline())
+        probe.terminate()
+        probe.wait()
+        self.assertIn("the open-file limit is 164, so at most 100 connections are served at "
+                      "once, not --max-connections 1024", probe.stderr.read())
+
     def test_port_in_use(self):
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
