@@ -439,10 +439,17 @@ def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=N
     return event
 
 
+def build_event(kind, payload, *, received_at, write_keys=None, ip=None, user_agent=None):
+    """validate + enrich: the one path from a payload to the event to log, for pixels and
+    the HTTP API alike. Raises Rejected."""
+    return enrich(kind, validate(kind, payload, write_keys), received_at=received_at, ip=ip,
+                  user_agent=user_agent)
+
+
 def pixel_event(kind, query, *, received_at, write_keys=None, ip=None, user_agent=None):
-    """decode_query + validate + enrich: the event a pixel request records. Raises Rejected."""
-    return enrich(kind, validate(kind, decode_query(query), write_keys),
-                  received_at=received_at, ip=ip, user_agent=user_agent)
+    """decode_query + build_event: the event a pixel request records. Raises Rejected."""
+    return build_event(kind, decode_query(query), received_at=received_at,
+                       write_keys=write_keys, ip=ip, user_agent=user_agent)
 
 
 def _make_encoder():
@@ -1334,25 +1341,28 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         """Write the events of an API body; return an error name for a 400, else None."""
         received_at = self.clock()
         ip = request.ip
-        raw = body[:MAX_REJECT_RAW].decode("utf-8", "replace")
+
+        def reject(rejection, quoted):
+            self.reject(rejection, "POST", path, None, request, received_at, ip,
+                        quoted[:MAX_REJECT_RAW])
+
         try:
-            pairs = api_payloads(route, decode_body(body, request.headers.get(
-                "content-encoding")), authorization=request.headers.get("authorization"))
-        except Rejected as rejection:
-            self.reject(rejection, "POST", path, None, request, received_at, ip, raw)
+            body = decode_body(body, request.headers.get("content-encoding"))
+            pairs = api_payloads(route, body, authorization=request.headers.get("authorization"))
+        except Rejected as rejection:   # the body as received, or as gunzipped
+            reject(rejection, body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
             return rejection.reason
         lines = []
         for kind, payload in pairs:
+            if isinstance(payload, Rejected):   # an item that was not even an event
+                reject(payload, body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
+                continue
             try:
-                if isinstance(payload, Rejected):
-                    raise payload
-                event = enrich(kind, validate(kind, payload, self.write_keys),
-                               received_at=received_at, ip=ip, user_agent=request.user_agent)
-                lines.append(encode_line(event))
+                lines.append(encode_line(build_event(
+                    kind, payload, received_at=received_at, write_keys=self.write_keys, ip=ip,
+                    user_agent=request.user_agent)))
             except Rejected as rejection:
-                item = payload if not isinstance(payload, Rejected) else None
-                self.reject(rejection, "POST", path, None, request, received_at, ip,
-                            _encode_lenient(item)[:MAX_REJECT_RAW] if item is not None else raw)
+                reject(rejection, _encode_lenient(payload))
         if lines:
             self.events.write(lines)
         return None
