@@ -10,7 +10,9 @@ throughput  pixel.py side by side with its peers (uvicorn + httptools + uvloop, 
             keep-alive with the docs' track pixel, keep-alive with a dot-notation page
             pixel, and one request per connection.
 memory      RSS of a pixel.py process at rest and with 1,000 idle keep-alive connections.
-startup     milliseconds from starting `python3 pixel.py` to its first accepted connection.
+startup     milliseconds from starting `python3 pixel.py` to its first accepted connection,
+            with this interpreter and with /usr/bin/python3 if that is another one, each
+            next to the interpreter's own start-up (`python3 -c pass`).
 scaling     pixel.py and the uvicorn peer at 1, 4, 10 and 50 keep-alive connections (wrk),
             to show where a thread per connection stops scaling.
 core        microseconds per event for decode + validate + enrich + serialise of the docs'
@@ -135,33 +137,56 @@ def memory():
           "%.1f MiB" % (at_rest, loaded))
 
 
+def interpreters():
+    """This interpreter, plus the system's python3 when it is a different one: the start-up
+    target is for `python3 pixel.py`, and a VM's python3 is usually the distribution's."""
+    found = [sys.executable]
+    for candidate in ("/usr/bin/python3",):
+        if os.path.exists(candidate) and \
+                os.path.realpath(candidate) != os.path.realpath(sys.executable):
+            found.append(candidate)
+    return found
+
+
 def startup(rounds=15):
     import socket
     folder = tempfile.mkdtemp(prefix="pixel-bench-")
-    times = []
+    print("\n## startup")
     try:
-        for number in range(rounds):
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
-            started = time.monotonic()
-            process = subprocess.Popen([sys.executable, PIXEL_PY, "--port", str(port),
-                                        "--log", os.path.join(folder, "e%d.jsonl" % number)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.001)
-            times.append((time.monotonic() - started) * 1000)
-            process.terminate()
-            process.wait()
+        for python in interpreters():
+            version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
+                                     capture_output=True, text=True).stdout.strip()
+            bare, times = [], []
+            for number in range(rounds):
+                # The interpreter alone, to the end of `python3 -c pass`: what any script
+                # pays before its first line runs.
+                started = time.monotonic()
+                subprocess.run([python, "-c", "pass"], check=True)
+                bare.append((time.monotonic() - started) * 1000)
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", 0))
+                    port = probe.getsockname()[1]
+                started = time.monotonic()
+                process = subprocess.Popen([python, PIXEL_PY, "--port", str(port),
+                                            "--log", os.path.join(folder, "e%d.jsonl" % number)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                while True:
+                    try:
+                        socket.create_connection(("127.0.0.1", port), 0.5).close()
+                        break
+                    except OSError:
+                        if process.poll() is not None:
+                            sys.exit("%s pixel.py exited at start-up" % python)
+                        time.sleep(0.001)
+                times.append((time.monotonic() - started) * 1000)
+                process.terminate()
+                process.wait()
+            print("`%s pixel.py` (Python %s) accepts its first connection after %.0f ms "
+                  "(median of %d; min %.0f, max %.0f); `%s -c pass` alone takes %.0f ms"
+                  % (python, version, statistics.median(times), rounds, min(times), max(times),
+                     python, statistics.median(bare)))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print("\n## startup\n`python3 pixel.py` accepts its first connection after %.0f ms "
-          "(median of %d; min %.0f, max %.0f)" % (statistics.median(times), rounds, min(times),
-                                                  max(times)))
 
 
 def core(number=20000):
