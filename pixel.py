@@ -1641,21 +1641,24 @@ def serve(args, events, rejects):
     except OSError as error:
         raise StartupError("cannot listen on %s port %d: %s" % (
             args.host, args.port, error.strerror or error)) from None
-    host, port = server.server_address[:2]
-    shown = "[%s]" % host if ":" in host else host
-    print("pixel %s listening on http://%s:%d/ writing events to %s and rejects to %s%s"
-          % (__version__, shown, port, events.path, rejects.path,
-             "" if pinned is None else " (on CPU %d)" % pinned), flush=True)
 
     def stop(signum, frame):
         # serve_forever() runs on this thread, and shutdown() waits for it to return, so
         # the stop has to be asked from another thread.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    # Before the line that says we listen: whoever waits for it (a test, a supervisor) may
+    # signal at once, and a SIGINT or SIGTERM must then stop us cleanly, not kill us.
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, stop)
+
+    host, port = server.server_address[:2]
+    shown = "[%s]" % host if ":" in host else host
+    print("pixel %s listening on http://%s:%d/ writing events to %s and rejects to %s%s"
+          % (__version__, shown, port, events.path, rejects.path,
+             "" if pinned is None else " (on CPU %d)" % pinned), flush=True)
     try:
         server.serve_forever()
     finally:
