@@ -116,6 +116,7 @@ LISTEN_BACKLOG = 1024            # socketserver's default of 5 drops bursts of c
 THREAD_STACK_SIZE = 512 * 1024   # main() only; 1024 threads then reserve 512 MiB, not 8 GiB
 WORKER_IDLE_SECONDS = 30.0       # a thread with no connection to serve exits after this
 ERROR_INTERVAL = 10.0            # at most one stderr line per failing file per interval
+RELINK_ATTEMPTS = 3              # a log file deleted under a write is recreated this often
 
 
 # --------------------------------------------------------------------------------------------
@@ -599,7 +600,8 @@ class LogWriter:
     write would cross the limit (as RotatingFileHandler does), a fresh file is opened, and
     with `keep` the oldest rotated files beyond that many are deleted, each deletion said on
     stderr. If something else renames or deletes the file, the next write reopens the path
-    (as WatchedFileHandler does). A failed or short write is cut back to the last whole line,
+    (as WatchedFileHandler does), and a line written into a file deleted under it is written
+    again to a fresh one. A failed or short write is cut back to the last whole line,
     counted in `failed`, and reported on stderr at most once per `error_interval`; writing
     resumes by itself when the disk has room again.
 
@@ -648,10 +650,10 @@ class LogWriter:
     def write(self, lines):
         """Append `lines` (a list of bytes, each ending in a newline). True once on disk."""
         # Stat before taking the lock, so that threads queue only behind the write itself;
-        # _follow_path compares it with the open file under the lock. Every write pays for
-        # this stat (a fifth of the throughput here), because it is what makes a write that
-        # starts after an external mv or rm go to the new file: an inotify watch was tried,
-        # and a write could beat its notice into a deleted file.
+        # _follow_path compares it with the open file under the lock, so that a write that
+        # starts after an external mv or rm goes to the new file, as WatchedFileHandler
+        # does. (An inotify watch was tried instead: a write could beat its notice.) A delete
+        # can still land between this stat and the write; _append_linked catches that.
         try:
             status = os.stat(self.path)
         except OSError:
@@ -665,7 +667,7 @@ class LogWriter:
                 for chunk in self._chunks(lines):
                     if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
                         self._rotate()
-                    self._append(chunk)
+                    self._append_linked(chunk)
             except OSError as error:
                 self.failed += len(lines)
                 self._report_failure(error, len(lines))
@@ -708,6 +710,22 @@ class LogWriter:
             self._close()
             self._torn = False
         self._open()
+
+    def _append_linked(self, chunk):
+        """_append, then check that the file still has a name. Another process can delete
+        it between write()'s stat and the write itself, and a line written into a deleted
+        file vanishes with it; so a file left with no links is replaced by a fresh one at
+        the path and the chunk written again. If the delete came just after our write,
+        the copy that survives is the only one."""
+        for _ in range(RELINK_ATTEMPTS):
+            self._append(chunk)
+            if os.fstat(self._fd).st_nlink:
+                return
+            self._close()
+            self._torn = False
+            self._open()
+        raise OSError(errno.ENOENT, "deleted each time it was written, %d times"
+                      % RELINK_ATTEMPTS)
 
     def _append(self, chunk):
         written = os.write(self._fd, chunk)

@@ -1294,6 +1294,76 @@ class FailingDisk(unittest.TestCase):
             pixel.LogWriter("/nonexistent-folder/events.jsonl")
 
 
+class ChangedUnderWrite(unittest.TestCase):
+    """Another process deletes or renames the log in the moment between write()'s stat of
+    the path and the write itself, or just after the write. The hook runs that change at
+    exactly that point, on a real file."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="pixel-test-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = os.path.join(self.dir, "events.jsonl")
+        self.stderr = io.StringIO()
+
+    def writer(self, before=(), after=()):
+        """A LogWriter whose next writes run `before` / `after` actions around os.write."""
+        before, after = list(before), list(after)
+
+        class Writer(pixel.LogWriter):
+            def _append(self, chunk):
+                if before:
+                    before.pop(0)(self.path)
+                super()._append(chunk)
+                if after:
+                    after.pop(0)(self.path)
+
+        writer = Writer(self.path, stderr=self.stderr)
+        self.addCleanup(writer.close)
+        return writer
+
+    def read(self, path):
+        with open(path, "rb") as handle:
+            return handle.read().splitlines()
+
+    def test_deleted_before_the_write(self):
+        writer = self.writer(before=[os.remove])
+        self.assertTrue(writer.write([b"one\n"]))
+        self.assertEqual(self.read(self.path), [b"one"])
+        self.assertTrue(writer.write([b"two\n"]))
+        self.assertEqual(self.read(self.path), [b"one", b"two"])
+        self.assertEqual((writer.written, writer.failed), (2, 0))
+
+    def test_deleted_just_after_the_write(self):
+        writer = self.writer(after=[os.remove])
+        self.assertTrue(writer.write([b"one\n"]))
+        self.assertEqual(self.read(self.path), [b"one"])
+
+    def test_replaced_before_the_write(self):
+        def replace(path):   # logrotate's "create": remove, then a new empty file
+            os.remove(path)
+            open(path, "wb").close()
+        writer = self.writer(before=[replace])
+        self.assertTrue(writer.write([b"one\n"]))
+        self.assertEqual(self.read(self.path), [b"one"])
+
+    def test_renamed_before_the_write_keeps_the_line_once(self):
+        writer = self.writer(before=[lambda path: os.rename(path, path + ".1")])
+        self.assertTrue(writer.write([b"one\n"]))
+        self.assertTrue(writer.write([b"two\n"]))
+        # The moved file still has a name: the line stays there, once, for the shipper
+        # that follows it, and the next write goes to the path.
+        self.assertEqual(self.read(self.path + ".1"), [b"one"])
+        self.assertEqual(self.read(self.path), [b"two"])
+
+    def test_deleted_every_time_is_a_failed_write(self):
+        writer = self.writer(before=[os.remove] * pixel.RELINK_ATTEMPTS)
+        self.assertFalse(writer.write([b"one\n"]))
+        self.assertEqual((writer.written, writer.failed), (0, 1))
+        self.assertIn("deleted each time it was written", self.stderr.getvalue())
+        self.assertTrue(writer.write([b"two\n"]))
+        self.assertEqual(self.read(self.path), [b"two"])
+
+
 def mount_tmpfs(test, size):
     folder = tempfile.mkdtemp(prefix="pixel-tmpfs-")
     test.addCleanup(os.rmdir, folder)
