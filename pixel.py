@@ -638,6 +638,13 @@ class LogWriter:
         status = os.fstat(fd)
         self._fd, self._identity, self._size = fd, (status.st_dev, status.st_ino), status.st_size
 
+    def _reopen(self):
+        """Close the open file and open the path afresh; a torn tail still to cut was the
+        old file's."""
+        self._close()
+        self._torn = False
+        self._open()
+
     def _close(self):
         if self._fd is not None:
             fd, self._fd = self._fd, None
@@ -707,9 +714,7 @@ class LogWriter:
                 status = None
             if status is not None and (status.st_dev, status.st_ino) == self._identity:
                 return
-            self._close()
-            self._torn = False
-        self._open()
+        self._reopen()
 
     def _append_linked(self, chunk):
         """_append, then check that the file still has a name. Another process can delete
@@ -721,9 +726,7 @@ class LogWriter:
             self._append(chunk)
             if os.fstat(self._fd).st_nlink:
                 return
-            self._close()
-            self._torn = False
-            self._open()
+            self._reopen()
         raise OSError(errno.ENOENT, "deleted each time it was written, %d times"
                       % RELINK_ATTEMPTS)
 
@@ -753,8 +756,7 @@ class LogWriter:
             # until a rename succeeds.
             self._report("cannot rotate %s: %s; still writing to it" % (self.path, error))
             return
-        self._close()
-        self._open()
+        self._reopen()
         if self.keep:
             self._prune()
 

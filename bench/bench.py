@@ -26,6 +26,7 @@ import http.client
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -63,7 +64,6 @@ def scaling(duration=4):
         sys.exit("scaling needs wrk and compare.py's uvicorn venv: run --only throughput first")
     folder = tempfile.mkdtemp(prefix="pixel-bench-")
     pixel, pixel_port = start_pixel(folder)
-    import socket
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         uvicorn_port = probe.getsockname()[1]
@@ -149,7 +149,6 @@ def interpreters():
 
 
 def startup(rounds=15):
-    import socket
     folder = tempfile.mkdtemp(prefix="pixel-bench-")
     print("\n## startup")
     try:
