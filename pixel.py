@@ -119,16 +119,63 @@ ERROR_INTERVAL = 10.0            # at most one stderr line per failing file per 
 RELINK_ATTEMPTS = 3              # a log file deleted under a write is recreated this often
 
 
+# Every reason a rejects-log line can name, with what it means. The README's table and the
+# code's rejections are both checked against this one (test_pixel.ReadmeIsTrue).
+REASONS = {
+    "no_write_key": "no writeKey",
+    "write_key_not_string": "a writeKey that is not a string",
+    "invalid_write_key": "a writeKey that is not one of --write-key",
+    "no_user_anon_id": "neither userId nor anonymousId",
+    "id_not_string": "userId, anonymousId, messageId, groupId or previousId is not a string "
+                     "or number",
+    "event_not_defined": "a track without an event",
+    "event_not_string": "a track whose event is not a string",
+    "group_id_not_defined": "a group without a groupId",
+    "previous_id_not_defined": "an alias without a previousId",
+    "user_id_not_defined": "an alias without a userId",
+    "name_not_string": "a page or screen name that is not a string",
+    "category_not_string": "a page or screen category that is not a string",
+    "properties_not_object": "properties is not an object",
+    "traits_not_object": "traits is not an object",
+    "context_not_object": "context is not an object",
+    "integrations_not_object": "integrations is not an object",
+    "invalid_timestamp": "timestamp, originalTimestamp or sentAt is not ISO-8601",
+    "invalid_base64": "data= that is not base64",
+    "invalid_utf8": "data=, a query or a body that is not UTF-8",
+    "invalid_json": "data= or a body that is not JSON",
+    "payload_not_object": "a payload or batch item that is not a JSON object",
+    "invalid_number": "NaN, Infinity, or a number too large for JSON such as 1e400",
+    "too_deep": "JSON nested more than %d levels" % MAX_DEPTH,
+    "payload_too_large": "a payload over 32 KB",
+    "event_too_large": "an event line over 128 KiB",
+    "invalid_key": "a malformed plain parameter name, such as a..b or properties.",
+    "duplicate_key": "a plain parameter given twice",
+    "key_conflict": "a plain parameter that is both a value and an object",
+    "too_many_params": "more than %d plain parameters" % MAX_PARAMS,
+    "uri_too_long": "a request line over 64 KiB (the pixel still gets its GIF)",
+    "header_too_long": "a header line over 64 KiB (the pixel still gets its GIF)",
+    "too_many_headers": "more than %d headers (the pixel still gets its GIF)" % MAX_HEADERS,
+    "headers_too_large": "a request head over 128 KiB (the pixel still gets its GIF)",
+    "invalid_type": "HTTP API: a batch item without a valid type",
+    "batch_not_array": "HTTP API: a batch that is not a list",
+    "too_many_items": "HTTP API: more than %d batch items" % MAX_BATCH_ITEMS,
+    "body_too_large": "HTTP API: a body over 500 KB, after gunzip",
+    "invalid_gzip": "HTTP API: a gzip body that does not inflate",
+    "unsupported_encoding": "HTTP API: a Content-Encoding other than gzip",
+}
+
+
 # --------------------------------------------------------------------------------------------
 # The pure core: query or body in, event or named rejection out. No I/O.
 
 class Rejected(ValueError):
     """A request or event that breaks a rule; `reason` is a stable snake_case name."""
 
-    def __init__(self, reason, detail=""):
+    def __init__(self, reason, detail="", item=None):
         super().__init__(reason if not detail else "%s: %s" % (reason, detail))
         self.reason = reason
         self.detail = detail
+        self.item = item        # the batch item at fault, when there is one
 
 
 def decode_query(query):
@@ -197,8 +244,9 @@ def _set_dotted(target, key, value):
         node = child
     last = parts[-1]
     if last in node:
-        raise Rejected("key_conflict" if isinstance(node[last], dict) else "duplicate_key",
-                       key[:100])
+        if isinstance(node[last], dict):
+            raise Rejected("key_conflict", key[:100])
+        raise Rejected("duplicate_key", key[:100])
     node[last] = value
 
 
@@ -314,11 +362,14 @@ def format_time(seconds):
     return "%s.%03dZ" % (text, millis)
 
 
-_OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+# Optional fields with a type, and the reason for one of another type.
+_OBJECT_FIELDS = {"properties": "properties_not_object", "traits": "traits_not_object",
+                  "context": "context_not_object", "integrations": "integrations_not_object"}
+_STRING_FIELDS = {"name": "name_not_string", "category": "category_not_string"}
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
 
 
-def _string_id(payload, field, reason="id_not_string"):
+def _string_id(payload, field):
     """The field as a non-empty string, None if absent or empty; numbers become strings."""
     value = payload.get(field)
     if value is None or value == "":
@@ -327,7 +378,7 @@ def _string_id(payload, field, reason="id_not_string"):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    raise Rejected(reason, field)
+    raise Rejected("id_not_string", field)
 
 
 def validate(kind, payload, write_keys=None):
@@ -371,12 +422,12 @@ def validate(kind, payload, write_keys=None):
         if event.get("userId") in (None, ""):
             raise Rejected("user_id_not_defined")
     elif kind in ("page", "screen"):
-        for field in ("name", "category"):
+        for field, reason in _STRING_FIELDS.items():
             if payload.get(field) is not None and not isinstance(payload[field], str):
-                raise Rejected(field + "_not_string")
-    for field in _OBJECT_FIELDS:
+                raise Rejected(reason)
+    for field, reason in _OBJECT_FIELDS.items():
         if payload.get(field) is not None and not isinstance(payload[field], dict):
-            raise Rejected(field + "_not_object")
+            raise Rejected(reason)
     for field in _TIME_FIELDS:
         if payload.get(field) is not None:
             try:
@@ -545,10 +596,10 @@ def api_payloads(route, body, *, authorization=None):
     pairs = []
     for item in items:
         if not isinstance(item, dict):
-            pairs.append((None, Rejected("payload_not_object")))
+            pairs.append((None, Rejected("payload_not_object", item=item)))
             continue
         if len(_encode_lenient(item)) > MAX_PAYLOAD_BYTES:
-            pairs.append((item.get("type"), Rejected("payload_too_large")))
+            pairs.append((item.get("type"), Rejected("payload_too_large", item=item)))
             continue
         payload = dict(item)
         for field, value in shared.items():
@@ -557,7 +608,8 @@ def api_payloads(route, body, *, authorization=None):
             elif payload.get(field) in (None, ""):
                 payload[field] = value
         kind = payload.get("type")
-        pairs.append((kind, payload if kind in EVENT_TYPES else Rejected("invalid_type")))
+        pairs.append((kind, payload if kind in EVENT_TYPES else
+                      Rejected("invalid_type", item=item)))
     return pairs
 
 
@@ -586,6 +638,42 @@ def client_ip(peer, forwarded_for, trusted_proxies):
 
 
 # --------------------------------------------------------------------------------------------
+# Messages for operators
+
+class Reporter:
+    """One-line messages for operators on `stream` (stderr by default), each prefixed
+    "pixel: ". A message given a `key` is said at most once per `interval` seconds for that
+    key, so that a failing disk or a flood of bad requests cannot bury everything else. A
+    failed write to the stream itself (stderr on the same full disk) is counted in `lost`
+    and never raised: a message for the operator must not cost a client its answer."""
+
+    def __init__(self, stream=None, *, interval=ERROR_INTERVAL, clock=time.monotonic):
+        self.stream = stream
+        self.interval = interval
+        self.lost = 0
+        self._clock = clock
+        self._said = {}          # key -> when it was last said
+        self._lock = threading.Lock()
+
+    def say(self, message, key=None):
+        """Print `message`; with a `key`, only if that key was not said in the interval.
+        True if it was printed."""
+        if key is not None:
+            now = self._clock()
+            with self._lock:
+                last = self._said.get(key)
+                if last is not None and now - last < self.interval:
+                    return False
+                self._said[key] = now
+        try:
+            print("pixel: " + message, file=self.stream or sys.stderr, flush=True)
+        except (OSError, ValueError):   # a full disk, a closed pipe, a closed stream
+            self.lost += 1
+            return False
+        return True
+
+
+# --------------------------------------------------------------------------------------------
 # The log writer
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
@@ -602,23 +690,21 @@ class LogWriter:
     stderr. If something else renames or deletes the file, the next write reopens the path
     (as WatchedFileHandler does), and a line written into a file deleted under it is written
     again to a fresh one. A failed or short write is cut back to the last whole line,
-    counted in `failed`, and reported on stderr at most once per `error_interval`; writing
+    counted in `failed`, and reported through `reporter` at most once per interval; writing
     resumes by itself when the disk has room again.
 
     One process should own a log file: rotation and the torn-tail repair assume no other
     writer.
     """
 
-    def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, stderr=None,
-                 error_interval=ERROR_INTERVAL):
+    def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None):
         self.path = os.path.abspath(path)
         self.max_bytes = max_bytes
         self.keep = keep
         self.written = 0        # lines on disk
         self.failed = 0         # lines that could not be written
         self._clock = clock
-        self._stderr = stderr
-        self._error_interval = error_interval
+        self._reporter = reporter or Reporter()
         self._lock = threading.Lock()
         self._fd = None
         self._identity = None
@@ -626,7 +712,6 @@ class LogWriter:
         self._torn = False      # a short write left bytes past _size that are not yet cut
         self._failing_since = None
         self._failures_unreported = 0
-        self._last_report = None
         self._open()            # at start-up an OSError here is the operator's to see
 
     @property
@@ -681,8 +766,8 @@ class LogWriter:
                 return False
             self.written += len(lines)
             if self._failing_since is not None:
-                self._report("writing %s again after %d failed line(s)"
-                             % (self.path, self._failures_unreported), force=True)
+                self._reporter.say("writing %s again after %d failed line(s)"
+                                   % (self.path, self._failures_unreported))
                 self._failing_since = None
                 self._failures_unreported = 0
             return True
@@ -754,7 +839,8 @@ class LogWriter:
         except OSError as error:
             # Keep writing to the live file rather than lose lines; it grows past max_bytes
             # until a rename succeeds.
-            self._report("cannot rotate %s: %s; still writing to it" % (self.path, error))
+            self._reporter.say("cannot rotate %s: %s; still writing to it"
+                               % (self.path, error), key="write " + self.path)
             return
         self._reopen()
         if self.keep:
@@ -777,38 +863,306 @@ class LogWriter:
                 os.remove(old)
             except FileNotFoundError:
                 continue
-            self._report("deleted %s (--keep %d)" % (old, self.keep), force=True)
+            self._reporter.say("deleted %s (--keep %d)" % (old, self.keep))
 
     def _report_failure(self, error, lines):
         if self._failing_since is None:
             self._failing_since = self._clock()
         self._failures_unreported += lines
-        self._report("cannot write %s: %s (%d line(s) lost so far; still answering, will retry)"
-                     % (self.path, error.strerror or error, self._failures_unreported))
-
-    def _report(self, message, force=False):
-        now = time.monotonic()
-        if not force and self._last_report is not None and \
-                now - self._last_report < self._error_interval:
-            return
-        self._last_report = now
-        stream = self._stderr or sys.stderr
-        print("pixel: " + message, file=stream, flush=True)
+        self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still answering, will "
+                           "retry)" % (self.path, error.strerror or error,
+                                       self._failures_unreported), key="write " + self.path)
 
 
 # --------------------------------------------------------------------------------------------
-# HTTP: a thin handler over the core, and a threading server with caps and a graceful stop
+# Routes and the recorder: what a request is, and the log lines it becomes. No sockets here;
+# the built-in HTTP server and the WSGI app are two transports over one Recorder.
 
-_GIF_HEADERS = (b"Content-Type: image/gif\r\n"
-                b"Content-Length: %d\r\n"
-                b"Cache-Control: no-cache, no-store, must-revalidate\r\n"
-                b"Pragma: no-cache\r\n"
-                b"Expires: 0\r\n") % len(GIF)
+Route = collections.namedtuple("Route", "kind name methods max_body")
+Route.__doc__ = """What a path is. `kind` is "pixel", "api" or "health"; `name` the event type
+or API route; `methods` those it answers (anything else gets a 405); `max_body` the largest
+body it reads, 0 for a route whose body, if any, is discarded."""
+
+_GET_HEAD = ("GET", "HEAD")
+
+# The one route table: every transport, and every early answer, asks it what a path is.
+ROUTES = {"/health": Route("health", "health", _GET_HEAD, 0)}
+ROUTES.update((PIXEL_PREFIX + kind, Route("pixel", kind, _GET_HEAD, 0)) for kind in EVENT_TYPES)
+ROUTES.update((API_PREFIX + name, Route("api", name, ("POST",), MAX_BATCH_BYTES))
+              for name in EVENT_TYPES + BATCH_ROUTES)
+
+Request = collections.namedtuple("Request", "method path query headers peer body")
+Request.__doc__ = """A request as plain values: `headers` is a dict with lower-case names,
+`peer` the connection's IP address as text, `body` bytes (b"" when there is none)."""
+
+Answer = collections.namedtuple("Answer", "status headers body")
+Answer.__doc__ = """What a transport sends: a status, (name, value) header pairs that include
+Content-Length, and the body. The body goes out for every method but HEAD."""
+
+GIF_ANSWER = Answer(200, (("Content-Type", "image/gif"),
+                          ("Content-Length", str(len(GIF))),
+                          ("Cache-Control", "no-cache, no-store, must-revalidate"),
+                          ("Pragma", "no-cache"),
+                          ("Expires", "0")), GIF)
+
+
+def plain_answer(status, extra_headers=()):
+    """A fixed text answer, the status's own phrase: never anything from the request."""
+    body = http.server.BaseHTTPRequestHandler.responses[status][0].encode() + b"\n"
+    return Answer(status, (("Content-Type", "text/plain; charset=utf-8"),
+                           ("Content-Length", str(len(body)))) + tuple(extra_headers), body)
+
+
+def json_answer(status, document):
+    body = json.dumps(document).encode() + b"\n"
+    return Answer(status, (("Content-Type", "application/json"),
+                           ("Content-Length", str(len(body)))), body)
+
+
+NOT_FOUND = plain_answer(404)
+
+
+def not_allowed(route):
+    return plain_answer(405, (("Allow", ", ".join(route.methods)),))
+
+
+LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required",
+                                    "message": "send a Content-Length; chunked bodies are not "
+                                               "accepted"})
+BODY_TOO_LARGE = json_answer(400, {"success": False, "error": "body_too_large"})
+
+
+class Recorder:
+    """Turns requests into log lines. It owns what that takes: the write keys, the IP
+    policy, the two LogWriters, the clock, the counts and the health document.
+
+    Its methods take plain values (a Route and a Request) and return the Answer a transport
+    must send; every line is on disk, or counted as failed, before they return. `gauges`
+    maps extra /health fields to zero-argument callables a transport registers (the HTTP
+    server adds "connections").
+    """
+
+    def __init__(self, events, rejects, *, write_keys=(), trusted_proxies=(), record_ip=True,
+                 clock=time.time):
+        self.events = events
+        self.rejects = rejects
+        self.write_keys = frozenset(write_keys)
+        self.trusted_proxies = tuple(ipaddress.ip_network(proxy, strict=False)
+                                     for proxy in trusted_proxies)
+        self.record_ip = record_ip
+        self.clock = clock
+        self.started = time.monotonic()
+        self.rejected = 0       # rejects-log lines asked for, written or not
+        self.gauges = {}
+        self._count_lock = threading.Lock()
+
+    def answer(self, route, request):
+        """Record `request` as `route` says (None: no such path) and return the answer."""
+        if route is None:
+            return NOT_FOUND
+        if request.method not in route.methods:
+            return not_allowed(route)
+        if route.kind == "pixel":
+            if request.method == "GET":   # HEAD, which mail scanners send, records nothing
+                self.record_pixel(route.name, request)
+            return GIF_ANSWER
+        if route.kind == "api":
+            return self.record_api(route.name, request)
+        return json_answer(200, self.health())
+
+    def refuse(self, route, request, reason, status):
+        """A request refused before it could be read whole (a head over the limits): a pixel
+        GET still gets its GIF and a rejects-log line; anything else, `status`."""
+        if route is not None and route.kind == "pixel" and request.method == "GET":
+            self.reject(Rejected(reason), request)
+            return GIF_ANSWER
+        return plain_answer(status)
+
+    def client_ip(self, request):
+        if not self.record_ip:
+            return None
+        return client_ip(request.peer, request.headers.get("x-forwarded-for"),
+                         self.trusted_proxies)
+
+    def record_pixel(self, kind, request):
+        received_at = self.clock()
+        ip = self.client_ip(request)
+        try:
+            event = pixel_event(kind, request.query, received_at=received_at,
+                                write_keys=self.write_keys, ip=ip,
+                                user_agent=request.headers.get("user-agent"))
+            line = encode_line(event)
+        except Rejected as rejection:
+            self.reject(rejection, request, received_at=received_at, ip=ip)
+            return
+        self.events.write([line])
+
+    def record_api(self, route, request):
+        """Write the events of an HTTP API body: 200, or 400 for a body that is not one."""
+        received_at = self.clock()
+        ip = self.client_ip(request)
+        user_agent = request.headers.get("user-agent")
+        body = request.body
+        try:
+            body = decode_body(body, request.headers.get("content-encoding"))
+            pairs = api_payloads(route, body, authorization=request.headers.get("authorization"))
+        except Rejected as rejection:   # quote the body as received, or as gunzipped
+            self.reject(rejection, request, received_at=received_at, ip=ip,
+                        quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
+            return json_answer(400, {"success": False, "error": rejection.reason})
+        lines = []
+        for kind, payload in pairs:
+            try:
+                if isinstance(payload, Rejected):   # an item that is not even an event
+                    raise payload
+                lines.append(encode_line(build_event(
+                    kind, payload, received_at=received_at, write_keys=self.write_keys, ip=ip,
+                    user_agent=user_agent)))
+            except Rejected as rejection:
+                item = payload.item if isinstance(payload, Rejected) else payload
+                self.reject(rejection, request, received_at=received_at, ip=ip,
+                            quoted=_encode_lenient(item)[:MAX_REJECT_RAW])
+        if lines:
+            self.events.write(lines)
+        return json_answer(200, {"success": True})
+
+    def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None):
+        """Write one rejects-log line: enough to find a broken campaign and replay it. A
+        pixel's line quotes its query, an API request's the body or item at fault."""
+        if received_at is None:
+            received_at = self.clock()
+            ip = self.client_ip(request)
+        record = {"reason": rejection.reason}
+        if rejection.detail:
+            record["detail"] = rejection.detail
+        record["method"] = request.method
+        record["path"] = request.path[:1024]
+        if quoted is not None:
+            record["body"] = quoted
+        else:
+            record["query"] = request.query[:MAX_REJECT_RAW]
+            if len(request.query) > MAX_REJECT_RAW:
+                record["queryTruncated"] = True
+        if ip is not None:
+            record["ip"] = ip
+        user_agent = request.headers.get("user-agent")
+        if user_agent:
+            record["userAgent"] = user_agent[:MAX_USER_AGENT]
+        record["receivedAt"] = format_time(received_at)
+        with self._count_lock:
+            self.rejected += 1
+        self.rejects.write([(_encode(record) + "\n").encode("ascii")])
+
+    def health(self):
+        failing = self.events.failing or self.rejects.failing
+        document = {"status": "degraded" if failing else "ok", "version": __version__,
+                    "uptime": round(time.monotonic() - self.started, 3),
+                    "accepted": self.events.written, "rejected": self.rejected,
+                    "write_errors": self.events.failed + self.rejects.failed}
+        for name, gauge in self.gauges.items():
+            document[name] = gauge()
+        return document
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP, part 1: reading a request head. One bounded pass, no I/O.
+
 _COMMON_METHODS = frozenset(("GET", "HEAD", "POST"))
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HTTP_VERSION = re.compile(r"HTTP/(\d)\.(\d)\Z")
 _SAFE_TARGET = bytes(range(0x21, 0x7f))   # printable ASCII: kept as is when re-quoting
 
+
+class HeadError(Exception):
+    """A request head that cannot be served: the `status` to answer, a `reason` for the
+    rejects log, and the `request_line` as far as it was read (bytes)."""
+
+    def __init__(self, status, reason, request_line):
+        super().__init__(reason)
+        self.status, self.reason, self.request_line = status, reason, request_line
+
+
+Head = collections.namedtuple("Head", "method target path query version headers body_length "
+                                      "keep_alive")
+Head.__doc__ = """A parsed request head. `headers` has lower-case names (repeats joined with
+", "); `body_length` is the Content-Length, 0 without one, -1 for a chunked body."""
+
+
+def parse_head(head):
+    """Parse a request head (request line and header lines, without the blank line after
+    them; CRLF or bare LF line ends) into a Head, or raise HeadError.
+
+    Limits are http.server's: a line of at most MAX_LINE bytes, at most MAX_HEADERS
+    headers. Whitespace before a header's colon, obsolete line folding, two framings or
+    two different Content-Lengths are refused (RFC 9112 5.1, 5.2, 6.3): each has been used
+    to smuggle a second request past a proxy.
+    """
+    lines = head.split(b"\n")
+    request_line = lines[0].rstrip(b"\r")
+    if len(request_line) > MAX_LINE:
+        raise HeadError(414, "uri_too_long", request_line[:MAX_LINE])
+    if len(lines) - 1 > MAX_HEADERS:
+        raise HeadError(431, "too_many_headers", request_line)
+    words = request_line.decode("latin-1").split(" ")
+    if len(words) != 3:
+        # Two words is an HTTP/0.9 request, which has no headers to carry a user agent or a
+        # Host; it is answered, like anything else malformed, with a 400.
+        raise HeadError(400, "bad_request_line", request_line)
+    method, target, version = words
+    if version == "HTTP/1.1" and method in _COMMON_METHODS:
+        minor = "1"
+    else:
+        match = _HTTP_VERSION.match(version)
+        if not _TOKEN.match(method) or not match or match.group(1) == "0":
+            raise HeadError(400, "bad_request_line", request_line)
+        if match.group(1) != "1":
+            raise HeadError(505, "bad_version", request_line)
+        minor = match.group(2)
+    headers = {}
+    for raw in lines[1:]:
+        line = raw.rstrip(b"\r")
+        if len(line) > MAX_LINE:
+            raise HeadError(431, "header_too_long", request_line)
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or line[:1] in b" \t":
+            raise HeadError(400, "bad_header", request_line)
+        name = name.decode("latin-1").lower()
+        value = value.strip(b" \t").decode("latin-1")
+        headers[name] = headers[name] + ", " + value if name in headers else value
+    connection = headers.get("connection", "").lower()
+    keep_alive = "keep-alive" in connection if minor == "0" else "close" not in connection
+    if not target.isascii():
+        target = urllib.parse.quote_from_bytes(target.encode("latin-1"), _SAFE_TARGET)
+    if not target.startswith("/"):
+        scheme, _, rest = target.partition("://")   # absolute-form, RFC 9112 3.2.2
+        if scheme.lower() not in ("http", "https") or not rest:
+            raise HeadError(400, "bad_target", request_line)
+        target = "/" + rest.partition("/")[2]
+    body_length = _body_length(headers)
+    if body_length is None:
+        raise HeadError(400, "bad_framing", request_line)
+    path, _, query = target.partition("?")
+    return Head(method, target, path, query, "HTTP/1." + minor, headers, body_length,
+                keep_alive)
+
+
+def _body_length(headers):
+    """Content-Length as an int, -1 for a chunked body, None if the framing is invalid."""
+    if "content-length" not in headers:
+        if "transfer-encoding" not in headers:
+            return 0
+        return -1
+    if "transfer-encoding" in headers:
+        return None
+    lengths = set(value.strip() for value in headers["content-length"].split(","))
+    if len(lengths) != 1:
+        return None
+    length = lengths.pop()
+    return int(length) if length.isdigit() and len(length) < 12 else None
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP, part 2: the connection handler, its thread pool, and the server
 
 # Kernel socket timeouts take a struct timeval on Linux and the BSDs; elsewhere (Windows)
 # the handler falls back to settimeout().
@@ -820,31 +1174,27 @@ def _timeval(seconds):
     return struct.pack("@ll", whole, int((seconds - whole) * 1e6))
 
 
-_STATUS_LINES = {}   # (status, server_version) -> the response's first bytes, built once
-
-
-class _HeadTooLarge(Exception):
-    def __init__(self, reason, status, head):
-        super().__init__(reason)
-        self.reason, self.status, self.head = reason, status, head
-
-
 class _Closed(Exception):
     """The client closed, timed out, or the server is stopping: end the connection quietly."""
 
 
 class PixelHandler(http.server.BaseHTTPRequestHandler):
-    """One connection: reads requests with a strict, bounded head reader and answers each
-    with a single write. Keeps http.server's hooks (handle, handle_one_request, the class
-    attributes) and its limits: 65536 bytes a line, 100 headers."""
+    """One connection: reads each request head into one buffer with a strict, bounded reader
+    (parse_head), asks the server's Recorder for the answer, and sends it in one write.
+
+    Of http.server's hooks these work as documented: `protocol_version` ("HTTP/1.0" closes
+    after every answer), `server_version` and `sys_version` (through version_string()),
+    `responses`, `send_error()`, `log_message()` (quiet by default: the event log is the
+    record), and handle() / handle_one_request(). There is no `rfile` or `wfile`, and
+    `headers` is a dict with lower-case names, not an email.message.Message.
+    """
 
     protocol_version = "HTTP/1.1"
     server_version = "pixel/" + __version__
     sys_version = ""
 
     def version_string(self):
-        # Stock appends sys_version after a space; the Server header says only "pixel/x.y.z".
-        return self.server_version
+        return " ".join(part for part in (self.server_version, self.sys_version) if part)
 
     def setup(self):
         # No rfile/wfile: requests are read into one buffer and answers go out in one
@@ -859,13 +1209,14 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         # Linux copies these options from the listening socket to each accepted one, so
         # PixelServer sets them there once; setup() only checks the first connection.
         self.connection = self.request
-        timeout = self.server.request_timeout
-        if self.server.options_inherited is None:
-            self.server.options_inherited = _KERNEL_TIMEOUTS and (
+        server = self.server
+        timeout = server.request_timeout
+        if server.options_inherited is None:
+            server.options_inherited = _KERNEL_TIMEOUTS and (
                 self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) and
                 self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) ==
                 _timeval(timeout))
-        if self.server.options_inherited:
+        if server.options_inherited:
             self._recv_timeout = timeout
         else:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -879,7 +1230,8 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self._deadline = time.monotonic() + timeout
         self._served = 0
         self.close_connection = True
-        self.command = self.path = self.request_version = ""
+        self.command = self.path = self.requestline = ""
+        self.request_version = self.protocol_version
         self.headers = {}
 
     def finish(self):
@@ -905,7 +1257,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             self._set_recv_timeout(timeout)
         try:
             chunk = self.connection.recv(RECV_SIZE)
-        except OSError as error:   # timeout, reset, or shut down by stop()
+        except OSError as error:   # timeout, reset, or shut down by a stop
             raise _Closed(str(error)) from None
         if not chunk:
             raise _Closed("client closed")
@@ -917,11 +1269,11 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         server = self.server
         if not buffer:
             if self._served:   # a kept-alive connection waits idle, then gets a fresh deadline
-                server.idle[self.connection] = None
+                server.pool.mark_idle(self.connection)
                 try:
                     self._recv(server.idle_timeout)
                 finally:
-                    server.idle.pop(self.connection, None)
+                    server.pool.mark_busy(self.connection)
                 self._deadline = time.monotonic() + server.request_timeout
             else:
                 self._recv(self._deadline - time.monotonic())
@@ -941,9 +1293,9 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                 head, size = bytes(buffer[:end]), end + 3
                 break
             if len(buffer) > MAX_LINE and buffer.find(b"\n", 0, MAX_LINE + 1) < 0:
-                raise _HeadTooLarge("uri_too_long", 414, bytes(buffer[:MAX_LINE]))
+                raise HeadError(414, "uri_too_long", bytes(buffer[:MAX_LINE]))
             if len(buffer) > MAX_HEAD_BYTES:
-                raise _HeadTooLarge("headers_too_large", 431, bytes(buffer[:MAX_LINE]))
+                raise HeadError(431, "headers_too_large", bytes(buffer[:MAX_LINE]))
             start = max(0, len(buffer) - 2)
             self._recv(self._deadline - time.monotonic())
         del buffer[:size]
@@ -956,159 +1308,86 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         del self._buffer[:length]
         return body
 
+    def _settle_body(self, length):
+        """Read and drop a body nobody asked for, so that it cannot be taken for the next
+        request; a chunked or large one ends the connection instead."""
+        if length == -1 or length > MAX_PAYLOAD_BYTES:
+            self.close_connection = self._unread_body = True
+        elif length:
+            self._read_body(length)
+
     # -- the request loop ---------------------------------------------------------------------
 
     def handle_one_request(self):
         self.close_connection = True
         try:
             try:
-                head = self._read_head()
-            except _HeadTooLarge as error:
-                self._answer_oversized(error)
+                head = parse_head(self._read_head())
+            except HeadError as error:
+                self._refuse(error)
                 return
             self._served += 1
-            self._dispatch(head)
+            self._serve(head)
             if self._unread_body:
                 self._linger()   # let the client finish sending and read our answer
         except _Closed:
             return
         except OSError:   # the client went away while we answered
             return
-        if self.server.stopping:
+        if self.server.stopping or self.protocol_version == "HTTP/1.0":
             self.close_connection = True
 
-    def _dispatch(self, head):
-        lines = head.split(b"\n")
-        request_line = lines[0].rstrip(b"\r")
-        if len(request_line) > MAX_LINE:
-            return self._answer_oversized(_HeadTooLarge("uri_too_long", 414, request_line))
-        if len(lines) - 1 > MAX_HEADERS:
-            return self._answer_oversized(
-                _HeadTooLarge("too_many_headers", 431, request_line))
-        words = request_line.decode("latin-1").split(" ")
-        if len(words) != 3:
-            # Two words is an HTTP/0.9 request, which has no headers to carry a user agent
-            # or a Host; we answer it, like anything else malformed, with a 400 and close.
-            return self._plain(400, "Bad Request")
-        method, target, version = words
-        self.command, self.request_version = method, version
-        if version == "HTTP/1.1" and method in _COMMON_METHODS:
-            minor = "1"
+    def _serve(self, head):
+        self.command, self.path, self.request_version = head.method, head.target, head.version
+        self.headers = head.headers
+        self.close_connection = not head.keep_alive
+        route = ROUTES.get(head.path)
+        body = b""
+        if route is not None and route.max_body and head.method in route.methods:
+            if head.body_length == -1:
+                self.close_connection = self._unread_body = True
+                return self._send(LENGTH_REQUIRED)
+            if head.body_length > route.max_body:
+                self.close_connection = self._unread_body = True
+                return self._send(BODY_TOO_LARGE)
+            if head.version == "HTTP/1.1" and len(self._buffer) < head.body_length and \
+                    "100-continue" in head.headers.get("expect", "").lower():
+                self.connection.sendall(b"%s 100 Continue\r\n\r\n"
+                                        % self.protocol_version.encode())
+            body = self._read_body(head.body_length)
         else:
-            match = _HTTP_VERSION.match(version)
-            if not _TOKEN.match(method) or not match or match.group(1) == "0":
-                return self._plain(400, "Bad Request")
-            if match.group(1) != "1":
-                return self._plain(505, "HTTP Version Not Supported")
-            minor = match.group(2)
-        headers = {}
-        for raw in lines[1:]:
-            line = raw.rstrip(b"\r")
-            if len(line) > MAX_LINE:
-                return self._answer_oversized(
-                    _HeadTooLarge("header_too_long", 431, request_line))
-            name, colon, value = line.partition(b":")
-            # No whitespace before the colon and no obsolete line folding (RFC 9112 5.1,
-            # 5.2): both have been used to smuggle requests past proxies.
-            if not colon or not name or name != name.strip() or line[:1] in b" \t":
-                return self._plain(400, "Bad Request")
-            name = name.decode("latin-1").lower()
-            value = value.strip(b" \t").decode("latin-1")
-            headers[name] = headers[name] + ", " + value if name in headers else value
-        self.headers = headers
-        connection = headers.get("connection", "").lower()
-        if minor == "0":
-            self.close_connection = "keep-alive" not in connection
-        else:
-            self.close_connection = "close" in connection
-        if not target.isascii():
-            target = urllib.parse.quote_from_bytes(target.encode("latin-1"), _SAFE_TARGET)
-        if not target.startswith("/"):
-            scheme, _, rest = target.partition("://")   # absolute-form, RFC 9112 3.2.2
-            if scheme.lower() not in ("http", "https") or not rest:
-                return self._plain(400, "Bad Request")
-            target = "/" + rest.partition("/")[2]
-        self.path = target
-        path, _, query = target.partition("?")
-        body_length = self._body_length(headers)
-        if body_length is None:
-            return self._plain(400, "Bad Request")
+            self._settle_body(head.body_length)
+        request = Request(head.method, head.path, head.query, head.headers,
+                          self.client_address[0], body)
+        self._send(self.server.recorder.answer(route, request))
 
-        if path.startswith(PIXEL_PREFIX) and path[len(PIXEL_PREFIX):] in EVENT_TYPES:
-            if method not in ("GET", "HEAD"):
-                return self._plain(405, "Method Not Allowed", b"Allow: GET, HEAD\r\n")
-            self._discard_body(body_length)
-            if method == "GET":
-                self.server.record_pixel(path[len(PIXEL_PREFIX):], path, query, self)
-            return self._send(200, _GIF_HEADERS, GIF, method == "HEAD")
-        if path == "/health":
-            if method not in ("GET", "HEAD"):
-                return self._plain(405, "Method Not Allowed", b"Allow: GET, HEAD\r\n")
-            self._discard_body(body_length)
-            return self._json(200, self.server.health(), method == "HEAD")
-        if path.startswith(API_PREFIX) and path[len(API_PREFIX):] in EVENT_TYPES + BATCH_ROUTES:
-            if method != "POST":
-                return self._plain(405, "Method Not Allowed", b"Allow: POST\r\n")
-            return self._api(path, body_length)
-        self._discard_body(body_length)
-        return self._plain(404, "Not Found")
-
-    def _body_length(self, headers):
-        """Content-Length as an int, -1 for a chunked body, None if the framing is invalid."""
-        if "content-length" not in headers and "transfer-encoding" not in headers:
-            return 0
-        if "transfer-encoding" in headers:
-            # Both framings at once is the classic smuggling vector (RFC 9112 6.3).
-            return None if "content-length" in headers else -1
-        lengths = set(value.strip() for value in headers.get("content-length", "0").split(","))
-        if len(lengths) != 1:
-            return None
-        length = lengths.pop()
-        return int(length) if length.isdigit() and len(length) < 12 else None
-
-    def _discard_body(self, length):
-        """Skip a body nobody asked for; a chunked or large one ends the connection."""
-        if length == -1 or length > MAX_PAYLOAD_BYTES:
-            self.close_connection = self._unread_body = True
-        elif length:
-            self._read_body(length)
-
-    def _api(self, path, length):
-        if length == -1:
-            self.close_connection = self._unread_body = True
-            return self._json(411, {"success": False, "error": "length_required",
-                                    "message": "send a Content-Length; chunked bodies are "
-                                               "not accepted"})
-        if length > MAX_BATCH_BYTES:
-            self.close_connection = self._unread_body = True
-            return self._json(400, {"success": False, "error": "body_too_large"})
-        if "100-continue" in self.headers.get("expect", "").lower() and \
-                len(self._buffer) < length:
-            self.connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = self._read_body(length)
-        error = self.server.record_api(path[len(API_PREFIX):], path, body, self)
-        if error:
-            return self._json(400, {"success": False, "error": error})
-        return self._json(200, {"success": True})
-
-    # -- answering ----------------------------------------------------------------------------
-
-    def _answer_oversized(self, error):
-        """A head over the limits: a pixel route still gets its GIF and a rejects-log line,
-        anything else the status http.server would send. The rest of the head is never
-        read, so the connection closes after a lingering read."""
+    def _refuse(self, error):
+        """Answer a head that parse_head or the reader refused, then close: what follows it
+        on the connection was never read as a request."""
         self.close_connection = True
-        words = error.head.decode("latin-1").split(" ")
+        words = error.request_line.decode("latin-1").split(" ")
         target = words[1] if len(words) > 1 else ""
         path, _, query = target.partition("?")
-        if words[0] == "GET" and path.startswith(PIXEL_PREFIX):
-            self.path, self.headers = target, {}
-            self.server.reject(Rejected(error.reason), "GET", path, query, self)
-            self._send(200, _GIF_HEADERS, GIF)
-        else:
-            self._plain(error.status, http.server.BaseHTTPRequestHandler.responses.get(
-                error.status, ("Error",))[0])
-        self._linger()
+        self.command, self.path, self.headers = words[0], target, {}
+        answer = plain_answer(error.status)
+        if error.status in (414, 431):   # over a size limit: a pixel still gets its GIF
+            request = Request(words[0], path, query, {}, self.client_address[0], b"")
+            answer = self.server.recorder.refuse(ROUTES.get(path), request, error.reason,
+                                                 error.status)
+        self._send(answer)
+        if error.status in (414, 431) or self._buffer:
+            self._linger()   # the rest of the head, or a body, may still be on its way
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's hook: a plain-text answer (`message` or the status's phrase, never
+        HTML) that closes the connection. `explain` is ignored."""
+        self.close_connection = True
+        answer = plain_answer(code)
+        if message is not None:
+            text = message.encode("latin-1", "replace") + b"\n"
+            answer = answer._replace(body=text, headers=(
+                answer.headers[0], ("Content-Length", str(len(text)))))
+        self._send(answer)
 
     def _linger(self):
         """Half-close and read what the client still sends for a moment, so that closing
@@ -1124,97 +1403,184 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         except (_Closed, OSError):
             return
 
-    def _send(self, status, headers, body, head_only=False):
-        version = self.version_string()
-        status_line = _STATUS_LINES.get((status, version))
+    # -- answering ----------------------------------------------------------------------------
+
+    def _send(self, answer):
+        """Send `answer` in one write, with Server, Date and Connection added."""
+        server = self.server
+        key = (answer.status, self.protocol_version, self.version_string())
+        status_line = _STATUS_LINES.get(key)
         if status_line is None:
-            status_line = _STATUS_LINES[status, version] = \
-                b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: " % (
-                    status, self.responses[status][0].encode(), version.encode())
-        parts = [status_line, self.server.http_date(), b"\r\n", headers]
-        if self.close_connection:
+            status_line = _STATUS_LINES[key] = b"%s %d %s\r\nServer: %s\r\nDate: " % (
+                self.protocol_version.encode(), answer.status,
+                self.responses[answer.status][0].encode(), key[2].encode())
+        headers = _HEADER_LINES.get(answer.headers)
+        if headers is None:
+            headers = "".join("%s: %s\r\n" % pair for pair in answer.headers).encode("latin-1")
+            if len(_HEADER_LINES) < 64:   # fixed answers only; JSON lengths vary
+                _HEADER_LINES[answer.headers] = headers
+        parts = [status_line, server.http_date(), b"\r\n", headers]
+        if self.close_connection or self.protocol_version == "HTTP/1.0":
             parts.append(b"Connection: close\r\n")
         elif self.request_version == "HTTP/1.0":
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(b"\r\n")
-        if not head_only:
-            parts.append(body)
+        if self.command != "HEAD":
+            parts.append(answer.body)
         self.connection.sendall(b"".join(parts))
 
-    def _plain(self, status, text, extra=b""):
-        if status >= 400 and status != 404 and status != 405:
-            self.close_connection = True
-        body = text.encode() + b"\n"
-        self._send(status, b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s"
-                   % (len(body), extra), body, self.command == "HEAD")
 
-    def _json(self, status, document, head_only=False):
-        body = json.dumps(document).encode() + b"\n"
-        self._send(status, b"Content-Type: application/json\r\nContent-Length: %d\r\n"
-                   % len(body), body, head_only)
+_STATUS_LINES = {}   # (status, protocol, Server) -> the response's first bytes, built once
+_HEADER_LINES = {}   # an Answer's header pairs -> their bytes, for the fixed answers
 
-    # -- what the server records about this request -------------------------------------------
 
-    @property
-    def user_agent(self):
-        return self.headers.get("user-agent") or None
+class ConnectionPool:
+    """Serves at most `size` connections at once, each one start to end on one thread, as
+    ThreadingMixIn's thread per connection does. A thread whose connection has ended waits
+    up to `linger` seconds to be handed the next one rather than exiting: starting a thread
+    costs ~150 us here, about as much as serving a whole request.
 
-    @property
-    def ip(self):
-        if not self.server.record_ip:
-            return None
-        return client_ip(self.client_address[0], self.headers.get("x-forwarded-for"),
-                         self.server.trusted_proxies)
+    When every slot is taken, submit() closes the kept-alive connection that has waited
+    longest for its next request (as nginx reuses idle connections), and otherwise waits
+    for a slot to free; new connections wait meanwhile in the listen backlog.
+    """
+
+    def __init__(self, size, serve, *, reporter, linger=WORKER_IDLE_SECONDS):
+        self.size = size
+        self.closing = False
+        self._serve = serve      # serve(sock, client_address): one connection's whole life
+        self._reporter = reporter
+        self._linger = linger
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)   # a slot freed, or one went idle
+        self._handed = threading.Condition(self._lock)    # a connection for a waiting thread
+        self._live = set()       # connections given a slot, served or about to be
+        self._idle = {}          # kept-alive connections between requests, oldest first
+        self._handoff = collections.deque()
+        self._waiting_threads = 0
+        self._full = False       # submit() waits for a slot
+
+    def __len__(self):
+        return len(self._live)
+
+    def submit(self, sock, client_address):
+        """Serve `sock` once a slot is free. False if the pool is closing: the caller closes
+        the socket."""
+        with self._lock:
+            if len(self._live) >= self.size:
+                self._reporter.say("all %d connection slots are busy; new connections wait"
+                                   % self.size, key="slots")
+                self._full = True
+                while len(self._live) >= self.size and not self.closing:
+                    self._evict_one()
+                    self._changed.wait()
+                self._full = False
+            if self.closing:
+                return False
+            self._live.add(sock)
+            if self._waiting_threads:
+                self._waiting_threads -= 1
+                self._handoff.append((sock, client_address))
+                self._handed.notify()
+                return True
+        try:
+            threading.Thread(target=self._run, args=(sock, client_address),
+                             daemon=True).start()
+        except RuntimeError:   # can't start a new thread
+            self._release(sock)
+            self._reporter.say("cannot start a thread for a new connection; closed it",
+                               key="threads")
+            return False
+        return True
+
+    def mark_idle(self, sock):
+        """`sock` waits for its next request; when slots run out it may be closed."""
+        self._idle[sock] = None
+        if self._full:   # set before submit() looks for an idle connection: no lost wake-up
+            with self._lock:
+                self._changed.notify_all()
+
+    def mark_busy(self, sock):
+        self._idle.pop(sock, None)
+
+    def _evict_one(self):
+        while self._idle:
+            sock = next(iter(self._idle))
+            del self._idle[sock]
+            try:
+                sock.shutdown(socket.SHUT_RD)   # its thread wakes, finds EOF, and ends
+                return
+            except OSError:   # it closed meanwhile
+                continue
+
+    def _release(self, sock):
+        with self._lock:
+            self._live.discard(sock)
+            self._idle.pop(sock, None)
+            self._changed.notify_all()
+
+    def _run(self, sock, client_address):
+        while True:
+            try:
+                self._serve(sock, client_address)
+            finally:
+                self._release(sock)
+            with self._lock:
+                self._waiting_threads += 1
+                while not self._handoff:
+                    if self.closing or not self._handed.wait(self._linger):
+                        if not self._handoff:
+                            self._waiting_threads -= 1
+                            return
+                sock, client_address = self._handoff.popleft()
+
+    def close(self, timeout):
+        """Take no more connections. Half-close the read side of every live one: an idle one
+        wakes at once, a request not yet fully received is cut, and what was received is
+        answered. Then wait up to `timeout` seconds for them all to end."""
+        with self._lock:
+            self.closing = True
+            for sock in self._live:
+                try:
+                    sock.shutdown(socket.SHUT_RD)
+                except OSError:   # it closed meanwhile
+                    continue
+            self._handed.notify_all()
+            self._changed.notify_all()
+            return self._changed.wait_for(lambda: not self._live, timeout)
 
 
 class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    """A thread per connection, at most `max_connections` at once, with a graceful stop.
+    """The built-in HTTP transport: the listening socket, a ConnectionPool, the deadlines
+    and a graceful stop. What a request becomes is the `recorder`'s business.
 
-    As with ThreadingMixIn, each connection is served start to end by one thread; a thread
-    whose connection closed is reused for the next one instead of exiting.
-
-    `events` and `rejects` are LogWriters. When all connection slots are taken, the server
-    closes an idle kept-alive connection to make room (as nginx reuses them) and otherwise
-    leaves new connections waiting in the listen backlog.
+    ThreadingMixIn's process_request, which starts a thread per connection, is replaced by
+    the pool, whose threads each run ThreadingMixIn.process_request_thread for one
+    connection at a time (so handle_error and shutdown_request work as documented).
     """
 
-    daemon_threads = True          # stop() waits for requests in flight itself
-    block_on_close = False
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, address, events, rejects, *, write_keys=(), trusted_proxies=(),
-                 record_ip=True, max_connections=DEFAULT_MAX_CONNECTIONS,
+    def __init__(self, address, recorder, *, max_connections=DEFAULT_MAX_CONNECTIONS,
                  request_timeout=DEFAULT_REQUEST_TIMEOUT, idle_timeout=DEFAULT_IDLE_TIMEOUT,
-                 clock=time.time, handler=PixelHandler, stderr=None):
-        host = address[0]
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.events = events
-        self.rejects = rejects
-        self.write_keys = frozenset(write_keys)
-        self.trusted_proxies = tuple(ipaddress.ip_network(proxy, strict=False)
-                                     for proxy in trusted_proxies)
-        self.record_ip = record_ip
-        self.max_connections = max_connections
+                 handler=PixelHandler, reporter=None):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.recorder = recorder
+        self.reporter = reporter or Reporter()
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
-        self.clock = clock
-        self.stderr = stderr
-        self.started = time.monotonic()
-        self.stopping = False
-        self.rejected = 0
-        self.idle = {}                 # kept-alive sockets waiting for their next request
-        self._connections = set()
+        self.pool = ConnectionPool(max_connections, self.process_request_thread,
+                                   reporter=self.reporter)
+        recorder.gauges["connections"] = self.pool.__len__
         self.options_inherited = None    # set by the first connection's handler
-        self._handoff = collections.deque()
-        self._idle_workers = 0
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._count_lock = threading.Lock()
-        self._all_done = threading.Condition(self._count_lock)
-        self._work = threading.Condition(self._count_lock)
         self._date = (0, b"")
-        self._last_full_warning = None
+        self._drained = threading.Lock()
         super().__init__(address, handler)
+
+    @property
+    def stopping(self):
+        return self.pool.closing
 
     def server_bind(self):
         # HTTPServer.server_bind resolves the host's FQDN, a DNS round trip at start-up that
@@ -1229,62 +1595,14 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
                                        _timeval(self.request_timeout))
 
     def http_date(self):
-        now = int(self.clock())
+        now = int(self.recorder.clock())
         if self._date[0] != now:
             self._date = (now, email.utils.formatdate(now, usegmt=True).encode())
         return self._date[1]
 
-    # -- connections --------------------------------------------------------------------------
-
     def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):
-            self._warn_full()
-            while not self._slots.acquire(timeout=0.05):
-                self._evict_idle()
-                if self.stopping:
-                    self.shutdown_request(request)
-                    return
-        with self._count_lock:
-            if self._idle_workers:
-                # A thread that finished its last connection takes this one: starting a
-                # thread costs ~150 us here, about as much as serving a whole request.
-                self._idle_workers -= 1
-                self._handoff.append((request, client_address))
-                self._work.notify()
-                return
-        try:
-            threading.Thread(target=self._worker, args=(request, client_address),
-                             daemon=True).start()
-        except RuntimeError:   # can't start a new thread
-            self._slots.release()
+        if not self.pool.submit(request, client_address):
             self.shutdown_request(request)
-            self._say("cannot start a thread for a new connection; closed it")
-
-    def _worker(self, request, client_address):
-        """Serve one connection at a time, each one start to end, as ThreadingMixIn's
-        thread per connection does; then wait a while to be handed the next."""
-        while True:
-            self.process_request_thread(request, client_address)
-            with self._count_lock:
-                self._idle_workers += 1
-                while not self._handoff:
-                    if self.stopping or not self._work.wait(WORKER_IDLE_SECONDS):
-                        if not self._handoff:
-                            self._idle_workers -= 1
-                            return
-                request, client_address = self._handoff.popleft()
-
-    def process_request_thread(self, request, client_address):
-        with self._count_lock:
-            self._connections.add(request)
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._count_lock:
-                self._connections.discard(request)
-                if not self._connections:
-                    self._all_done.notify_all()
-            self._slots.release()
 
     def shutdown_request(self, request):
         # socketserver half-closes before closing, because a plain close() used to wait for
@@ -1292,134 +1610,99 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         # sends the FIN now, one system call less per connection.
         request.close()
 
-    def _evict_idle(self):
-        for sock in list(self.idle)[:1]:
-            try:
-                sock.shutdown(socket.SHUT_RD)
-            except OSError:   # it closed meanwhile
-                continue
-
-    def _warn_full(self):
-        now = time.monotonic()
-        if self._last_full_warning is None or now - self._last_full_warning > ERROR_INTERVAL:
-            self._last_full_warning = now
-            self._say("all %d connection slots are busy; new connections wait"
-                      % self.max_connections)
-
     def handle_error(self, request, client_address):
-        # An exception no handler expected. One line, not a traceback: stderr is for
-        # operators, and a traceback per hostile request would bury everything else.
+        # An exception no handler expected. One line, not a traceback, and at most one per
+        # interval: stderr is for operators, and a line per hostile request would bury
+        # everything else.
         error = sys.exc_info()[1]
         trace = error.__traceback__
         while trace.tb_next:
             trace = trace.tb_next
-        self._say("internal error serving %s: %s: %s (line %d)" % (
-            client_address[0], type(error).__name__, error, trace.tb_lineno))
-
-    def _say(self, message):
-        print("pixel: " + message, file=self.stderr or sys.stderr, flush=True)
+        self.reporter.say("internal error serving %s: %s: %s (line %d)" % (
+            client_address[0], type(error).__name__, error, trace.tb_lineno),
+            key="internal error")
 
     def stop(self, timeout=None):
-        """Stop accepting, finish requests already received, and close. Call it from a
-        thread other than the one in serve_forever()."""
-        self.stopping = True
+        """Stop serve_forever() and drain(); call it from another thread than serve_forever's."""
         self.shutdown()
-        self.finish_requests(timeout)
-        self.server_close()
+        self.drain(timeout)
 
-    def finish_requests(self, timeout=None):
-        """Let every connection answer what it has fully received, then close them all.
-        Half-closing the read side wakes idle connections at once and stops any request
-        that has not fully arrived, so nothing answered is left unwritten."""
-        self.stopping = True
-        with self._count_lock:
-            for sock in self._connections:
-                try:
-                    sock.shutdown(socket.SHUT_RD)
-                except OSError:   # it closed meanwhile
-                    continue
-            self._work.notify_all()   # idle worker threads exit
-            self._all_done.wait_for(lambda: not self._connections,
-                                    self.request_timeout if timeout is None else timeout)
+    def drain(self, timeout=None):
+        """The one stop sequence, for after serve_forever() has returned: take no more
+        connections, answer what has been received (waiting at most `timeout` seconds,
+        by default the request timeout), and close the listening socket. Idempotent."""
+        with self._drained:
+            if self.socket.fileno() < 0:
+                return
+            self.pool.close(self.request_timeout if timeout is None else timeout)
+            self.server_close()
 
-    # -- recording ----------------------------------------------------------------------------
 
-    def record_pixel(self, kind, path, query, request):
-        received_at = self.clock()
-        ip = request.ip
-        try:
-            event = pixel_event(kind, query, received_at=received_at,
-                                write_keys=self.write_keys, ip=ip,
-                                user_agent=request.user_agent)
-            line = encode_line(event)
-        except Rejected as rejection:
-            self.reject(rejection, "GET", path, query, request, received_at, ip)
-            return
-        self.events.write([line])
+# --------------------------------------------------------------------------------------------
+# WSGI: the same recorder behind any WSGI server, or mounted in an existing application
 
-    def record_api(self, route, path, body, request):
-        """Write the events of an API body; return an error name for a 400, else None."""
-        received_at = self.clock()
-        ip = request.ip
+class WsgiApp:
+    """A WSGI application over a Recorder: the pixel routes, /health and the HTTP API, with
+    the same answers, GIF and rejects lines as the built-in server, and every event on disk
+    before the answer. Any other path is a 404, so it can be mounted under a prefix with a
+    dispatcher. The client address is REMOTE_ADDR, and X-Forwarded-For is believed under
+    the recorder's trusted proxies. HTTP framing, keep-alive and head limits are the WSGI
+    server's."""
 
-        def reject(rejection, quoted):
-            self.reject(rejection, "POST", path, None, request, received_at, ip,
-                        quoted[:MAX_REJECT_RAW])
+    def __init__(self, recorder):
+        self.recorder = recorder
 
-        try:
-            body = decode_body(body, request.headers.get("content-encoding"))
-            pairs = api_payloads(route, body, authorization=request.headers.get("authorization"))
-        except Rejected as rejection:   # the body as received, or as gunzipped
-            reject(rejection, body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
-            return rejection.reason
-        lines = []
-        for kind, payload in pairs:
-            if isinstance(payload, Rejected):   # an item that was not even an event
-                reject(payload, body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
-                continue
-            try:
-                lines.append(encode_line(build_event(
-                    kind, payload, received_at=received_at, write_keys=self.write_keys, ip=ip,
-                    user_agent=request.user_agent)))
-            except Rejected as rejection:
-                reject(rejection, _encode_lenient(payload))
-        if lines:
-            self.events.write(lines)
-        return None
+    def __call__(self, environ, start_response):
+        method = environ["REQUEST_METHOD"].upper()
+        path = environ.get("PATH_INFO") or "/"
+        headers = {name[5:].replace("_", "-").lower(): value
+                   for name, value in environ.items() if name.startswith("HTTP_")}
+        for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            if environ.get(name):
+                headers[name.replace("_", "-").lower()] = environ[name]
+        route = ROUTES.get(path)
+        body = b""
+        answer = None
+        if route is not None and route.max_body and method in route.methods:
+            length = environ.get("CONTENT_LENGTH", "")
+            if not (length.isascii() and length.isdigit()):
+                answer = LENGTH_REQUIRED   # WSGI gives no safe way to read an unsized body
+            elif int(length) > route.max_body:
+                answer = BODY_TOO_LARGE
+            else:
+                body = _read_exactly(environ["wsgi.input"], int(length))
+        if answer is None:
+            request = Request(method, path, environ.get("QUERY_STRING", ""), headers,
+                              environ.get("REMOTE_ADDR", ""), body)
+            answer = self.recorder.answer(route, request)
+        start_response("%d %s" % (answer.status, http.server.BaseHTTPRequestHandler.responses[
+            answer.status][0]), list(answer.headers))
+        return [b""] if method == "HEAD" else [answer.body]
 
-    def reject(self, rejection, method, path, query, request, received_at=None, ip=None,
-               body=None):
-        """Write one rejects-log line: enough to find a broken campaign and replay it."""
-        if received_at is None:
-            received_at = self.clock()
-            ip = request.ip
-        record = {"reason": rejection.reason}
-        if rejection.detail:
-            record["detail"] = rejection.detail
-        record["method"] = method
-        record["path"] = path[:1024]
-        if query is not None:
-            record["query"] = query[:MAX_REJECT_RAW]
-            if len(query) > MAX_REJECT_RAW:
-                record["queryTruncated"] = True
-        if body is not None:
-            record["body"] = body
-        if ip is not None:
-            record["ip"] = ip
-        if request.user_agent:
-            record["userAgent"] = request.user_agent[:MAX_USER_AGENT]
-        record["receivedAt"] = format_time(received_at)
-        with self._count_lock:
-            self.rejected += 1
-        self.rejects.write([(_encode(record) + "\n").encode("ascii")])
 
-    def health(self):
-        failing = self.events.failing or self.rejects.failing
-        return {"status": "degraded" if failing else "ok", "version": __version__,
-                "uptime": round(time.monotonic() - self.started, 3),
-                "accepted": self.events.written, "rejected": self.rejected,
-                "write_errors": self.events.failed + self.rejects.failed,
-                "connections": len(self._connections)}
+def _read_exactly(stream, length):
+    """`length` bytes of a WSGI input, fewer only if the client stopped sending."""
+    chunks, remaining = [], length
+    while remaining > 0:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=(),
+                  record_ip=True, max_bytes=0, keep=0):
+    """A WSGI callable that records into `log` (and `rejects`, by default rejects.jsonl
+    beside it), with the command line's meaning for each option. It opens both files now;
+    one process should own them, so serve it from one process (threads are fine)."""
+    if rejects is None:
+        rejects = os.path.join(os.path.dirname(os.path.abspath(log)), DEFAULT_REJECTS_NAME)
+    events_log = LogWriter(log, max_bytes=max_bytes, keep=keep)
+    rejects_log = LogWriter(rejects, max_bytes=max_bytes, keep=keep)
+    return WsgiApp(Recorder(events_log, rejects_log, write_keys=write_keys,
+                            trusted_proxies=trusted_proxies, record_ip=record_ip))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1614,24 +1897,28 @@ class StartupError(Exception):
 def main(argv=None, environ=None):
     """Run the server until SIGTERM or SIGINT; return the exit status."""
     args = parse_args(argv, environ)
+    reporter = Reporter()
     writers = []
     try:
         for path in (args.log, args.rejects):
             try:
-                writers.append(LogWriter(path, max_bytes=args.max_bytes, keep=args.keep))
+                writers.append(LogWriter(path, max_bytes=args.max_bytes, keep=args.keep,
+                                         reporter=reporter))
             except OSError as error:
                 raise StartupError("cannot open %s: %s" % (error.filename or path,
                                                            error.strerror or error)) from None
-        return serve(args, *writers)
+        recorder = Recorder(*writers, write_keys=args.write_key,
+                            trusted_proxies=args.trusted_proxy, record_ip=not args.no_ip)
+        return serve(args, recorder, reporter)
     except StartupError as error:
-        print("pixel: %s" % error, file=sys.stderr)
+        reporter.say(str(error))
         return 1
     finally:
         for writer in writers:
             writer.close()
 
 
-def serve(args, events, rejects):
+def serve(args, recorder, reporter):
     """Pin, listen, and serve until a signal; the caller owns (and closes) the writers."""
     try:
         pinned = pin_cpu(args.cpu)
@@ -1643,21 +1930,18 @@ def serve(args, events, rejects):
     # backlog, where accept() failing with EMFILE would have spun the accept loop.
     files = raise_file_limit(args.max_connections + 64)
     if files is not None and files < args.max_connections + 64:
-        print("pixel: the open-file limit is %d, so at most %d connections are served at "
-              "once, not --max-connections %d" % (files, max(1, files - 64),
-                                                  args.max_connections),
-              file=sys.stderr, flush=True)
+        reporter.say("the open-file limit is %d, so at most %d connections are served at "
+                     "once, not --max-connections %d" % (files, max(1, files - 64),
+                                                         args.max_connections))
         args.max_connections = max(1, files - 64)
     # Threads only need a small stack: the deepest path is json's C scanner on a payload
     # whose nesting the core has already capped at MAX_DEPTH.
     threading.stack_size(THREAD_STACK_SIZE)
     try:
-        server = PixelServer((args.host, args.port), events, rejects,
-                             write_keys=args.write_key,
-                             trusted_proxies=args.trusted_proxy,
-                             record_ip=not args.no_ip, max_connections=args.max_connections,
+        server = PixelServer((args.host, args.port), recorder,
+                             max_connections=args.max_connections,
                              request_timeout=args.request_timeout,
-                             idle_timeout=args.idle_timeout)
+                             idle_timeout=args.idle_timeout, reporter=reporter)
     except OSError as error:
         raise StartupError("cannot listen on %s port %d: %s" % (
             args.host, args.port, error.strerror or error)) from None
@@ -1677,17 +1961,17 @@ def serve(args, events, rejects):
     host, port = server.server_address[:2]
     shown = "[%s]" % host if ":" in host else host
     print("pixel %s listening on http://%s:%d/ writing events to %s and rejects to %s%s"
-          % (__version__, shown, port, events.path, rejects.path,
+          % (__version__, shown, port, recorder.events.path, recorder.rejects.path,
              "" if pinned is None else " (on CPU %d)" % pinned), flush=True)
     try:
         server.serve_forever()
     finally:
-        server.finish_requests()
-        server.server_close()
+        server.drain()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     print("pixel stopped: %d events written, %d rejected, %d lines not written"
-          % (events.written, server.rejected, events.failed + rejects.failed), flush=True)
+          % (recorder.events.written, recorder.rejected,
+             recorder.events.failed + recorder.rejects.failed), flush=True)
     return 0
 
 

@@ -5,6 +5,7 @@ in a thread, writing to a temp folder, driven over real sockets. Layer 3 runs pi
 subprocess for what needs a process: kill -9, signals, start-up errors.
 """
 
+import ast
 import base64
 import errno
 import gzip
@@ -38,6 +39,23 @@ DOCS_PAYLOAD = {"writeKey": "YOUR_WRITE_KEY", "userId": "025pikachu025", "event"
                 "properties": {"subject": "The Electric Daily", "email": "peekAtMe@email.poke"}}
 ROTATED = re.compile(r"\.\d{8}T\d{6}\.\d{3}Z(-\d+)?\Z")
 T0 = 1795000000.25   # a fixed clock: 2026-11-18T11:06:40.250Z
+
+
+def temp_dir(test, prefix="pixel-test-"):
+    """A fresh folder, removed with everything in it when `test` ends."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    test.addCleanup(shutil.rmtree, folder, True)
+    return folder
+
+
+def wait_until(condition, timeout=10.0):
+    """Poll `condition` until it is true or `timeout` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.005)
 
 
 def b64(obj, alphabet="standard", pad=True):
@@ -458,24 +476,26 @@ def read_response(stream):
 
 
 class ServerCase(unittest.TestCase):
+    recorder_options = {}
     server_options = {}
     writer_options = {}
 
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="pixel-test-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dir = temp_dir(self, "pixel-test-")
         self.stderr = io.StringIO()
         self.start_server()
 
     def start_server(self):
+        reporter = pixel.Reporter(self.stderr)
         self.events = pixel.LogWriter(os.path.join(self.dir, "events.jsonl"),
-                                      stderr=self.stderr, **self.writer_options)
+                                      reporter=reporter, **self.writer_options)
         self.rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"),
-                                       stderr=self.stderr, **self.writer_options)
+                                       reporter=reporter, **self.writer_options)
         self.addCleanup(self.events.close)
         self.addCleanup(self.rejects.close)
-        self.server = pixel.PixelServer(("127.0.0.1", 0), self.events, self.rejects,
-                                        stderr=self.stderr, **self.server_options)
+        self.recorder = pixel.Recorder(self.events, self.rejects, **self.recorder_options)
+        self.server = pixel.PixelServer(("127.0.0.1", 0), self.recorder, reporter=reporter,
+                                        **self.server_options)
         self.port = self.server.server_address[1]
         thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
@@ -551,6 +571,7 @@ class PixelRoutes(ServerCase):
 
         class Stock(http.server.BaseHTTPRequestHandler):
             server_version = pixel.PixelHandler.server_version
+            sys_version = pixel.PixelHandler.sys_version
             version_string = pixel.PixelHandler.version_string
             protocol_version = "HTTP/1.1"
 
@@ -706,7 +727,7 @@ class PixelRoutes(ServerCase):
 
 
 class TrustedProxy(ServerCase):
-    server_options = {"trusted_proxies": ["127.0.0.0/8"]}
+    recorder_options = {"trusted_proxies": ["127.0.0.0/8"]}
 
     def test_forwarded_address_from_a_trusted_proxy(self):
         self.get("/v1/pixel/track?writeKey=k&userId=u&event=e",
@@ -715,7 +736,7 @@ class TrustedProxy(ServerCase):
 
 
 class WriteKeyAllowList(ServerCase):
-    server_options = {"write_keys": ["good"]}
+    recorder_options = {"write_keys": ["good"]}
 
     def test_only_listed_keys_are_logged(self):
         self.assertGif(*self.get("/v1/pixel/track?writeKey=good&userId=u&event=e"))
@@ -726,7 +747,7 @@ class WriteKeyAllowList(ServerCase):
 
 
 class NoIp(ServerCase):
-    server_options = {"record_ip": False}
+    recorder_options = {"record_ip": False}
 
     def test_no_ip_anywhere(self):
         self.get("/v1/pixel/track?writeKey=k&userId=u&event=e&context.ip=1.2.3.4")
@@ -817,7 +838,7 @@ class OddHttp(ServerCase):
         with socket.create_connection(("127.0.0.1", self.port)) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             sock.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=gone HTTP/1.1\r\n\r\n")
-            time.sleep(0.2)
+            self.assertTrue(wait_until(lambda: self.events.written == 1))
         self.assertEqual(self.get("/health")[0], 200)
         self.assertEqual([event["event"] for event in self.lines()], ["gone"])
         self.assertQuietStderr()
@@ -875,9 +896,10 @@ class Concurrency(ServerCase):
 
 def follow(path, stop, seen):
     """An inode-following tailer, as Vector, Filebeat and Fluent Bit read: read the open file
-    to its end; when the path names another inode, drain the old one, then open the new."""
-    while not os.path.exists(path):
-        time.sleep(0.01)
+    to its end; when the path names another inode, drain the old one, then go on with the
+    file that came after it in rotation order (the next rotated file, or the live one), so
+    that no rotated file is skipped however many rotations happened in between."""
+    assert wait_until(lambda: os.path.exists(path)), "the log never appeared"
     handle = open(path, "rb")
     pending = b""
     while True:
@@ -887,19 +909,40 @@ def follow(path, stop, seen):
         seen.extend(json.loads(line) for line in complete)
         if chunk:
             continue
+        inode = os.fstat(handle.fileno()).st_ino
         try:
-            moved = os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
+            moved = os.stat(path).st_ino != inode
         except FileNotFoundError:
             moved = False
         if moved:
             pending += handle.read()
+            *complete, pending = pending.split(b"\n")
+            seen.extend(json.loads(line) for line in complete)
+            assert pending == b"", "a line was split across files"
             handle.close()
-            handle = open(path, "rb")
+            handle = open_next(path, inode)
             continue
         if stop.is_set():
             handle.close()
             return
-        time.sleep(0.005)
+        time.sleep(0.005)   # a tailer's poll interval
+
+
+def open_next(path, inode):
+    """Open the file that follows the one with `inode` in rotation order: rotated files by
+    name, then the live path. What is opened is checked by inode, since the live file can be
+    rotated between listing and opening; then the listing is taken again."""
+    while True:
+        folder, base = os.path.split(path)
+        order = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                       if ROTATED.match(name[len(base):]) and name.startswith(base))
+        order.append(path)
+        inodes = [os.stat(name).st_ino for name in order]
+        target = order[inodes.index(inode) + 1]
+        handle = open(target, "rb")
+        if os.fstat(handle.fileno()).st_ino == inodes[inodes.index(inode) + 1]:
+            return handle
+        handle.close()
 
 
 class Rotation(ServerCase):
@@ -924,11 +967,11 @@ class Rotation(ServerCase):
             thread.start()
         for thread in threads:
             thread.join()
-        time.sleep(0.1)
+        expected = {"%d-%d" % (w, n) for w in range(8) for n in range(150)}
+        wait_until(lambda: len(seen) >= len(expected))
         stop.set()
         tailer.join()
 
-        expected = {"%d-%d" % (w, n) for w in range(8) for n in range(150)}
         rotated = self.events.rotated_files()
         self.assertGreater(len(rotated), 10)
         ids = []
@@ -1063,7 +1106,7 @@ class MaxConnections(ServerCase):
         slow = [socket.create_connection(("127.0.0.1", self.port)) for _ in range(2)]
         for sock in slow:
             sock.sendall(b"GET /v1/pixel/track?writeKey=k")
-        time.sleep(0.1)
+        self.assertTrue(wait_until(lambda: len(self.server.pool) == 2))
         status, _, body = self.get("/v1/pixel/track?writeKey=k&userId=u&event=waited")
         self.assertEqual((status, body), (200, pixel.GIF))
         for sock in slow:
@@ -1281,7 +1324,7 @@ class NodeSdk(ServerCase):
 class FailingDisk(unittest.TestCase):
     def test_dev_full_is_counted_reported_once_and_answered(self):
         stderr = io.StringIO()
-        writer = pixel.LogWriter("/dev/full", stderr=stderr)
+        writer = pixel.LogWriter("/dev/full", reporter=pixel.Reporter(stderr))
         self.addCleanup(writer.close)
         for _ in range(5):
             self.assertFalse(writer.write([b"{}\n"]))
@@ -1300,8 +1343,7 @@ class ChangedUnderWrite(unittest.TestCase):
     exactly that point, on a real file."""
 
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="pixel-test-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dir = temp_dir(self, "pixel-test-")
         self.path = os.path.join(self.dir, "events.jsonl")
         self.stderr = io.StringIO()
 
@@ -1317,7 +1359,7 @@ class ChangedUnderWrite(unittest.TestCase):
                 if after:
                     after.pop(0)(self.path)
 
-        writer = Writer(self.path, stderr=self.stderr)
+        writer = Writer(self.path, reporter=pixel.Reporter(self.stderr))
         self.addCleanup(writer.close)
         return writer
 
@@ -1365,8 +1407,7 @@ class ChangedUnderWrite(unittest.TestCase):
 
 
 def mount_tmpfs(test, size):
-    folder = tempfile.mkdtemp(prefix="pixel-tmpfs-")
-    test.addCleanup(os.rmdir, folder)
+    folder = temp_dir(test, "pixel-tmpfs-")
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d" % size, "tmpfs", folder],
                             capture_output=True, text=True)
     if result.returncode:
@@ -1417,7 +1458,8 @@ class DiskFull(ServerCase):
         self.assertEqual(json.loads(self.get("/health")[2])["status"], "ok")
 
     def test_short_write_is_cut_back_to_a_whole_line(self):
-        writer = pixel.LogWriter(os.path.join(self.dir, "direct.jsonl"), stderr=self.stderr)
+        writer = pixel.LogWriter(os.path.join(self.dir, "direct.jsonl"),
+                                 reporter=pixel.Reporter(self.stderr))
         self.addCleanup(writer.close)
         self.fill()
         line = b'{"pad":"' + b"x" * 3000 + b'"}\n'
@@ -1434,8 +1476,7 @@ class DiskFull(ServerCase):
 
 class Process(unittest.TestCase):
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="pixel-proc-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.dir = temp_dir(self, "pixel-proc-")
         self.log = os.path.join(self.dir, "events.jsonl")
 
     def start(self, *extra):
@@ -1484,9 +1525,7 @@ class Process(unittest.TestCase):
         threads = [threading.Thread(target=client, args=(worker,)) for worker in range(8)]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 30
-        while len(answered) < 500 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(answered) >= 500, timeout=30)
         process.kill()
         process.wait()
         stop.set()
@@ -1750,8 +1789,7 @@ class CommandLine(unittest.TestCase):
             self.assertIn(variable, stdout.getvalue())
 
     def test_main_serves_until_stopped(self):
-        folder = tempfile.mkdtemp(prefix="pixel-main-")
-        self.addCleanup(shutil.rmtree, folder, True)
+        folder = temp_dir(self, "pixel-main-")
         stdout = io.StringIO()
         servers = []
         real = pixel.PixelServer
@@ -1766,8 +1804,7 @@ class CommandLine(unittest.TestCase):
                 ["--port", "0", "--log", os.path.join(folder, "e.jsonl"), "--cpu", "none"],
                 {})))
             runner.start()
-            while not servers:
-                time.sleep(0.01)
+            self.assertTrue(wait_until(lambda: servers), "main() never built its server")
             connection = http.client.HTTPConnection("127.0.0.1", servers[0].server_port)
             connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e")
             self.assertEqual(connection.getresponse().read(), pixel.GIF)
@@ -1831,16 +1868,39 @@ class ReadmeIsTrue(unittest.TestCase):
         self.assertEqual(caught.exception.reason, reject["reason"])
 
     def test_every_reason_is_documented_and_every_documented_reason_exists(self):
-        with open(PIXEL_PY, encoding="utf-8") as handle:
-            source = handle.read()
-        in_code = set(re.findall(r'(?:Rejected|_HeadTooLarge)\("([a-z0-9_]+)"', source))
-        in_code |= {"id_not_string", "invalid_base64", "invalid_utf8"}
-        in_code |= {field + "_not_string" for field in ("name", "category")}
-        in_code |= {field + "_not_object" for field in pixel._OBJECT_FIELDS}
         section = self.readme.split("## The rejects log")[1].split("\n## ")[0]
         documented = set(re.findall(r"`([a-z0-9_]+)`", "\n".join(
             line.split("|")[1] for line in section.splitlines() if line.startswith("| `"))))
-        self.assertEqual(documented, in_code)
+        self.assertEqual(documented, set(pixel.REASONS))
+
+    def test_every_reason_the_code_names_is_in_the_table(self):
+        # Read from pixel.py's syntax tree: the literal reason of every Rejected(...), the
+        # values of the module's field -> reason tables that validate() raises from, and
+        # the reason of every HeadError whose status (414, 431) writes a rejects line.
+        with open(PIXEL_PY, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        tables = {node.targets[0].id: [value.value for value in node.value.values]
+                  for node in tree.body if isinstance(node, ast.Assign) and
+                  isinstance(node.targets[0], ast.Name) and
+                  node.targets[0].id in ("_OBJECT_FIELDS", "_STRING_FIELDS")}
+        named, forwarded = set(), []
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            if node.func.id == "Rejected":
+                reason = node.args[0]
+                if isinstance(reason, ast.Constant):
+                    named.add(reason.value)
+                else:
+                    forwarded.append(ast.unparse(reason) if hasattr(ast, "unparse") else "")
+            elif node.func.id == "HeadError" and node.args[0].value in (414, 431):
+                named.add(node.args[1].value)
+            elif node.func.id == "HeadError":
+                self.assertIn(node.args[0].value, (400, 505))
+        named.update(tables["_OBJECT_FIELDS"] + tables["_STRING_FIELDS"])
+        self.assertEqual(named, set(pixel.REASONS))
+        # The only reasons not written out are the ones passed along from those above.
+        self.assertLessEqual(set(forwarded), {"reason", "error.reason", ""})
 
     def test_options_table_matches_the_parser(self):
         parser = pixel.build_parser({})
@@ -1868,8 +1928,7 @@ class ReadmeIsTrue(unittest.TestCase):
 
 class ImportStartsNothing(unittest.TestCase):
     def test_import_has_no_side_effects(self):
-        folder = tempfile.mkdtemp(prefix="pixel-import-")
-        self.addCleanup(shutil.rmtree, folder, True)
+        folder = temp_dir(self, "pixel-import-")
         result = subprocess.run(
             [sys.executable, "-c", "import sys, threading; sys.path.insert(0, %r); import pixel;"
              " print(threading.active_count(), threading.stack_size())" % HERE],
