@@ -1,8 +1,13 @@
 """Tests for pixel.py: stdlib unittest only.  Run: python3 -m unittest -v
 
-Layer 1 is tables of named cases for the pure core. Layer 2 runs a real PixelServer on port 0
-in a thread, writing to a temp folder, driven over real sockets. Layer 3 runs pixel.py as a
-subprocess for what needs a process: kill -9, signals, start-up errors.
+Layer 1 is tables of named cases for the pure core, the head parser and the command line: no
+files, no sockets. Layer 2 drives the Recorder and the LogWriter on real files, with no
+socket. Layer 3 runs a real PixelServer on port 0 in a thread, driven over real sockets, and
+runs one table of contract cases against the built-in server and the WSGI app under wsgiref
+and gunicorn. Layer 4 runs pixel.py as a process for what needs one: kill -9, signals,
+start-up errors. Last, the README is checked against the code. Tests wait on a condition
+with a deadline (wait_until), never a bare sleep, and share one temp-folder helper
+(temp_dir).
 """
 
 import ast
@@ -15,6 +20,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -25,6 +31,7 @@ import threading
 import time
 import unittest
 import unittest.mock
+import wsgiref.simple_server
 
 import pixel
 
@@ -71,8 +78,11 @@ def quote_all(text):
 # A payload whose standard base64 holds "+", "/" and "=" (checked in test_table_is_honest).
 TRICKY = {"writeKey": "k", "userId": "u>>>?", "event": "??>"}
 
+
 # ---------------------------------------------------------------------------------------------
-# Layer 1: the pure core, as tables of named cases
+# Layer 1: the pure core, the HTTP head parser and the command line, as tables of
+# named cases. No files, no sockets.
+
 
 DECODE_CASES = [
     # name, query, expected payload or the rejection reason
@@ -455,8 +465,435 @@ else:
             need(False, "hypothesis")
 
 
+PARSE_HEAD_CASES = [
+    # name, head (without its blank line), (method, path, query, version, body length,
+    # keep-alive) or (status, reason) of the HeadError
+    ("plain GET", b"GET /v1/pixel/track?a=1 HTTP/1.1\r\nHost: x",
+     ("GET", "/v1/pixel/track", "a=1", "HTTP/1.1", 0, True)),
+    ("bare LF", b"GET /health HTTP/1.1\nHost: x", ("GET", "/health", "", "HTTP/1.1", 0, True)),
+    ("close", b"GET / HTTP/1.1\r\nConnection: close", ("GET", "/", "", "HTTP/1.1", 0, False)),
+    ("HTTP/1.0 closes", b"GET / HTTP/1.0", ("GET", "/", "", "HTTP/1.0", 0, False)),
+    ("HTTP/1.0 keep-alive", b"GET / HTTP/1.0\r\nConnection: Keep-Alive",
+     ("GET", "/", "", "HTTP/1.0", 0, True)),
+    ("absolute form", b"GET http://h.example/v1/pixel/page?x=1 HTTP/1.1",
+     ("GET", "/v1/pixel/page", "x=1", "HTTP/1.1", 0, True)),
+    ("content length", b"POST /v1/track HTTP/1.1\r\nContent-Length: 12",
+     ("POST", "/v1/track", "", "HTTP/1.1", 12, True)),
+    ("same length twice", b"POST /v1/track HTTP/1.1\r\nContent-Length: 3, 3",
+     ("POST", "/v1/track", "", "HTTP/1.1", 3, True)),
+    ("chunked", b"POST /v1/track HTTP/1.1\r\nTransfer-Encoding: chunked",
+     ("POST", "/v1/track", "", "HTTP/1.1", -1, True)),
+    ("non-ASCII target is quoted", "GET /v1/pixel/track?u=\u00e9 HTTP/1.1".encode("latin-1"),
+     ("GET", "/v1/pixel/track", "u=%E9", "HTTP/1.1", 0, True)),
+    ("HTTP/0.9", b"GET /v1/pixel/track", (400, "bad_request_line")),
+    ("bad method", b"G(T / HTTP/1.1", (400, "bad_request_line")),
+    ("HTTP/2", b"GET / HTTP/2.0", (505, "bad_version")),
+    ("space before colon", b"GET / HTTP/1.1\r\nHost : x", (400, "bad_header")),
+    ("line folding", b"GET / HTTP/1.1\r\nA: b\r\n c", (400, "bad_header")),
+    ("no colon", b"GET / HTTP/1.1\r\nHost", (400, "bad_header")),
+    ("bad scheme", b"GET ftp://x/ HTTP/1.1", (400, "bad_target")),
+    ("two lengths", b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2",
+     (400, "bad_framing")),
+    ("length and chunked", b"POST / HTTP/1.1\r\nContent-Length: 1\r\n"
+                           b"Transfer-Encoding: chunked", (400, "bad_framing")),
+    ("negative length", b"GET / HTTP/1.1\r\nContent-Length: -1", (400, "bad_framing")),
+    ("request line over 64 KiB", b"GET /" + b"x" * pixel.MAX_LINE + b" HTTP/1.1",
+     (414, "uri_too_long")),
+    ("header over 64 KiB", b"GET / HTTP/1.1\r\nX: " + b"v" * pixel.MAX_LINE,
+     (431, "header_too_long")),
+    ("101 headers", b"GET / HTTP/1.1" + b"\r\nX: v" * 101, (431, "too_many_headers")),
+]
+
+
+class ParseHead(unittest.TestCase):
+    def test_cases(self):
+        for name, head, expected in PARSE_HEAD_CASES:
+            with self.subTest(name):
+                if len(expected) == 2:
+                    with self.assertRaises(pixel.HeadError) as caught:
+                        pixel.parse_head(head)
+                    self.assertEqual((caught.exception.status, caught.exception.reason),
+                                     expected)
+                else:
+                    parsed = pixel.parse_head(head)
+                    self.assertEqual((parsed.method, parsed.path, parsed.query, parsed.version,
+                                      parsed.body_length, parsed.keep_alive), expected)
+
+    def test_repeated_headers_are_joined_and_names_lowered(self):
+        parsed = pixel.parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\n"
+                                  b"x-forwarded-for: 2.2.2.2\r\nUser-Agent:  Mail/1 ")
+        self.assertEqual(parsed.headers, {"x-forwarded-for": "1.1.1.1, 2.2.2.2",
+                                          "user-agent": "Mail/1"})
+
+
+class Routes(unittest.TestCase):
+    def test_the_table(self):
+        self.assertEqual({path for path, route in pixel.ROUTES.items() if route.kind == "pixel"},
+                         {"/v1/pixel/" + kind for kind in pixel.EVENT_TYPES})
+        self.assertEqual({route.name for route in pixel.ROUTES.values() if route.kind == "api"},
+                         set(pixel.EVENT_TYPES + pixel.BATCH_ROUTES))
+        self.assertEqual(pixel.ROUTES["/health"].methods, ("GET", "HEAD"))
+        for path in ("/v1/pixel/bogus", "/v1/pixel/", "/v1/pixel/track/", "/v1/"):
+            self.assertNotIn(path, pixel.ROUTES)
+
+
+class Reporting(unittest.TestCase):
+    def test_a_key_is_said_once_per_interval(self):
+        now = [0.0]
+        stream = io.StringIO()
+        reporter = pixel.Reporter(stream, interval=10, clock=lambda: now[0])
+        self.assertTrue(reporter.say("one", key="k"))
+        self.assertFalse(reporter.say("two", key="k"))
+        self.assertTrue(reporter.say("other", key="j"))
+        self.assertTrue(reporter.say("unkeyed"))
+        now[0] = 10.5
+        self.assertTrue(reporter.say("three", key="k"))
+        self.assertEqual(stream.getvalue(), "pixel: one\npixel: other\npixel: unkeyed\n"
+                                            "pixel: three\n")
+
+    def test_a_failing_stream_is_counted_not_raised(self):
+        # write_through: nothing is buffered, so each say() meets the full disk itself.
+        with io.TextIOWrapper(open("/dev/full", "wb", buffering=0), write_through=True) as full:
+            reporter = pixel.Reporter(full)
+            self.assertFalse(reporter.say("cannot write"))
+            self.assertFalse(reporter.say("again"))
+        self.assertEqual(reporter.lost, 2)
+
+
+class CommandLine(unittest.TestCase):
+    def parse(self, argv, environ=None):
+        return pixel.parse_args(argv, environ or {})
+
+    def test_defaults(self):
+        args = self.parse([])
+        self.assertEqual((args.host, args.port, args.log, args.max_bytes, args.keep,
+                          args.write_key, args.trusted_proxy, args.no_ip, args.cpu),
+                         ("127.0.0.1", 8000, "events.jsonl", 0, 0, [], [], False, "auto"))
+        self.assertEqual(self.parse(["--cpu", "none"]).cpu, "none")
+        self.assertEqual(self.parse(["--cpu", "3"]).cpu, 3)
+        self.assertEqual(self.parse([], {"PIXEL_CPU": "1"}).cpu, 1)
+        self.assertEqual(args.rejects, os.path.join(os.getcwd(), "rejects.jsonl"))
+
+    def test_flags(self):
+        args = self.parse(["--host", "0.0.0.0", "--port", "0", "--log", "/tmp/x/e.jsonl",
+                           "--max-bytes", "10M", "--keep", "3", "--write-key", "a",
+                           "--write-key", "b", "--trusted-proxy", "10.0.0.0/8", "--no-ip"])
+        self.assertEqual((args.port, args.max_bytes, args.keep, args.write_key,
+                          args.trusted_proxy, args.no_ip, args.rejects),
+                         (0, 10 * 1024 * 1024, 3, ["a", "b"], ["10.0.0.0/8"], True,
+                          "/tmp/x/rejects.jsonl"))
+
+    def test_environment(self):
+        environ = {"PIXEL_HOST": "::", "PIXEL_PORT": "9", "PIXEL_LOG": "a.jsonl",
+                   "PIXEL_REJECTS": "b.jsonl", "PIXEL_MAX_BYTES": "1K", "PIXEL_KEEP": "2",
+                   "PIXEL_WRITE_KEYS": "x, y", "PIXEL_TRUSTED_PROXIES": "127.0.0.1",
+                   "PIXEL_NO_IP": "1", "PIXEL_MAX_CONNECTIONS": "7",
+                   "PIXEL_REQUEST_TIMEOUT": "3", "PIXEL_IDLE_TIMEOUT": "4"}
+        args = self.parse([], environ)
+        self.assertEqual((args.host, args.port, args.log, args.rejects, args.max_bytes,
+                          args.keep, args.write_key, args.trusted_proxy, args.no_ip,
+                          args.max_connections, args.request_timeout, args.idle_timeout),
+                         ("::", 9, "a.jsonl", "b.jsonl", 1024, 2, ["x", "y"], ["127.0.0.1"],
+                          True, 7, 3.0, 4.0))
+        self.assertEqual(self.parse(["--write-key", "z", "--port", "1"], environ).write_key,
+                         ["z"], "a flag replaces its variable")
+
+    def test_bad_flags_and_variables_exit_with_usage(self):
+        for argv, environ, message in [
+                (["--port", "http"], {}, "--port: invalid _port value"),
+                (["--port", "70000"], {}, "between 0 and 65535"),
+                (["--max-bytes", "lots"], {}, "not a size"),
+                (["--keep", "-1"], {}, "0 or more"),
+                (["--trusted-proxy", "example.com"], {}, "not an IP address"),
+                (["--max-connections", "0"], {}, "greater than 0"),
+                (["--log", "same", "--rejects", "same"], {}, "different files"),
+                (["--bogus"], {}, "unrecognized arguments"),
+                (["--cpu", "fast"], {}, "not auto, none or a CPU number"),
+                ([], {"PIXEL_PORT": "x"}, "PIXEL_PORT='x'"),
+                ([], {"PIXEL_NO_IP": "maybe"}, "PIXEL_NO_IP")]:
+            with self.subTest(argv=argv, environ=environ):
+                stderr = io.StringIO()
+                with self.assertRaises(SystemExit) as caught, \
+                        unittest.mock.patch("sys.stderr", stderr):
+                    self.parse(argv, environ)
+                self.assertEqual(caught.exception.code, 2)
+                self.assertIn("usage: pixel.py", stderr.getvalue())
+                self.assertIn(message, stderr.getvalue())
+
+    def test_version(self):
+        stdout = io.StringIO()
+        with self.assertRaises(SystemExit) as caught, unittest.mock.patch("sys.stdout", stdout):
+            pixel.main(["--version"])
+        self.assertEqual((caught.exception.code, stdout.getvalue()),
+                         (0, "pixel %s\n" % pixel.__version__))
+
+    def test_help_shows_every_variable(self):
+        stdout = io.StringIO()
+        with self.assertRaises(SystemExit), unittest.mock.patch("sys.stdout", stdout):
+            pixel.main(["--help"])
+        for variable in ("PIXEL_HOST", "PIXEL_PORT", "PIXEL_LOG", "PIXEL_REJECTS",
+                         "PIXEL_MAX_BYTES", "PIXEL_KEEP", "PIXEL_WRITE_KEYS",
+                         "PIXEL_TRUSTED_PROXIES", "PIXEL_NO_IP", "PIXEL_MAX_CONNECTIONS",
+                         "PIXEL_CPU"):
+            self.assertIn(variable, stdout.getvalue())
+
+
 # ---------------------------------------------------------------------------------------------
-# Layer 2: a real server on port 0 in a thread
+# Layer 2: the Recorder and the LogWriter on real files, with no socket
+
+
+def request(method="GET", path="/v1/pixel/track", query="", headers=None, peer="192.0.2.1",
+            body=b""):
+    return pixel.Request(method, path, query, headers or {}, peer, body)
+
+
+class RecorderCase(unittest.TestCase):
+    recorder_options = {}
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.stderr = io.StringIO()
+        reporter = pixel.Reporter(self.stderr)
+        events = pixel.LogWriter(os.path.join(self.dir, "events.jsonl"), reporter=reporter)
+        rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"), reporter=reporter)
+        self.addCleanup(events.close)
+        self.addCleanup(rejects.close)
+        self.recorder = pixel.Recorder(events, rejects, clock=lambda: T0,
+                                       **self.recorder_options)
+
+    def answer(self, **fields):
+        return self.recorder.answer(pixel.ROUTES.get(fields.get("path", "/v1/pixel/track")),
+                                    request(**fields))
+
+    def lines(self, name="events.jsonl"):
+        path = os.path.join(self.dir, name)
+        with open(path, "rb") as handle:
+            return [json.loads(line) for line in handle]
+
+
+class RecorderWithoutSockets(RecorderCase):
+    def test_a_pixel_is_on_disk_when_answer_returns(self):
+        answer = self.answer(query="writeKey=k&userId=u&event=Opened",
+                             headers={"user-agent": "Mail/1"})
+        self.assertIs(answer, pixel.GIF_ANSWER)
+        (event,) = self.lines()
+        self.assertEqual((event["event"], event["receivedAt"], event["context"]),
+                         ("Opened", "2026-11-18T11:06:40.250Z",
+                          {"ip": "192.0.2.1", "userAgent": "Mail/1"}))
+
+    def test_head_and_bad_pixels(self):
+        self.assertIs(self.answer(method="HEAD", query="writeKey=k&userId=u&event=e"),
+                      pixel.GIF_ANSWER)
+        self.assertIs(self.answer(query="writeKey=k&userId=u"), pixel.GIF_ANSWER)
+        self.assertEqual(self.lines(), [])
+        (record,) = self.lines("rejects.jsonl")
+        self.assertEqual((record["reason"], record["query"], record["ip"]),
+                         ("event_not_defined", "writeKey=k&userId=u", "192.0.2.1"))
+
+    def test_routes_the_table_does_not_have_and_methods_it_does_not_allow(self):
+        self.assertEqual(self.answer(path="/v1/pixel/bogus").status, 404)
+        answer = self.answer(method="POST")
+        self.assertEqual((answer.status, dict(answer.headers)["Allow"]), (405, "GET, HEAD"))
+        answer = self.answer(path="/v1/batch")
+        self.assertEqual((answer.status, dict(answer.headers)["Allow"]), (405, "POST"))
+
+    def test_api_answers_and_quotes_the_item_at_fault(self):
+        body = json.dumps({"writeKey": "k", "padding": "p" * 500, "batch": [
+            0, {"type": "nope", "userId": "u"}, {"type": "track", "userId": "u"},
+            {"type": "track", "userId": "u", "event": "ok"}]}).encode()
+        answer = self.answer(method="POST", path="/v1/batch", body=body)
+        self.assertEqual((answer.status, json.loads(answer.body)), (200, {"success": True}))
+        self.assertEqual([event["event"] for event in self.lines()], ["ok"])
+        records = self.lines("rejects.jsonl")
+        self.assertEqual([record["reason"] for record in records],
+                         ["payload_not_object", "invalid_type", "event_not_defined"])
+        self.assertEqual(records[0]["body"], "0")
+        self.assertEqual(json.loads(records[1]["body"])["type"], "nope")
+        self.assertNotIn("padding", records[2]["body"])
+        answer = self.answer(method="POST", path="/v1/track", body=b"[1]")
+        self.assertEqual((answer.status, json.loads(answer.body)["error"]),
+                         (400, "payload_not_object"))
+
+    def test_refuse_gives_a_pixel_its_gif_and_anything_else_the_status(self):
+        answer = self.recorder.refuse(pixel.ROUTES["/v1/pixel/page"],
+                                      request(path="/v1/pixel/page", query="q"),
+                                      "uri_too_long", 414)
+        self.assertIs(answer, pixel.GIF_ANSWER)
+        self.assertEqual(self.lines("rejects.jsonl")[0]["reason"], "uri_too_long")
+        for route, path in ((None, "/v1/pixel/bogus"), (pixel.ROUTES["/health"], "/health")):
+            answer = self.recorder.refuse(route, request(path=path), "uri_too_long", 414)
+            self.assertEqual(answer.status, 414)
+        self.assertEqual(len(self.lines("rejects.jsonl")), 1)
+
+    def test_health_counts_and_gauges(self):
+        self.recorder.gauges["connections"] = lambda: 7
+        self.answer(query="writeKey=k&userId=u&event=e")
+        self.answer(query="writeKey=k")
+        answer = self.answer(path="/health")
+        self.assertEqual(answer.headers[0], ("Content-Type", "application/json"))
+        health = json.loads(answer.body)
+        self.assertEqual({key: health[key] for key in ("status", "accepted", "rejected",
+                                                       "write_errors", "connections")},
+                         {"status": "ok", "accepted": 1, "rejected": 1, "write_errors": 0,
+                          "connections": 7})
+
+
+class RecorderBehindAProxy(RecorderCase):
+    recorder_options = {"trusted_proxies": ["192.0.2.0/24"]}
+
+    def test_forwarded_for_from_a_trusted_peer(self):
+        self.answer(query="writeKey=k&userId=u&event=e",
+                    headers={"x-forwarded-for": "198.51.100.9, 192.0.2.7"})
+        self.assertEqual(self.lines()[0]["context"]["ip"], "198.51.100.9")
+
+
+class RecorderWithoutIp(RecorderCase):
+    recorder_options = {"record_ip": False}
+
+    def test_no_ip_in_either_log(self):
+        self.answer(query="writeKey=k&userId=u&event=e&context.ip=1.2.3.4")
+        self.answer(query="writeKey=k")
+        self.assertNotIn("ip", self.lines()[0]["context"])
+        self.assertNotIn("ip", self.lines("rejects.jsonl")[0])
+
+
+class FailingDisk(unittest.TestCase):
+    def test_dev_full_is_counted_reported_once_and_answered(self):
+        stderr = io.StringIO()
+        writer = pixel.LogWriter("/dev/full", reporter=pixel.Reporter(stderr))
+        self.addCleanup(writer.close)
+        for _ in range(5):
+            self.assertFalse(writer.write([b"{}\n"]))
+        self.assertEqual((writer.failed, writer.written, writer.failing), (5, 0, True))
+        self.assertEqual(stderr.getvalue().count("cannot write /dev/full"), 1)
+        self.assertIn("No space left on device", stderr.getvalue())
+
+    def test_missing_folder_fails_at_start(self):
+        with self.assertRaises(FileNotFoundError):
+            pixel.LogWriter("/nonexistent-folder/events.jsonl")
+
+
+class ChangedUnderWrite(unittest.TestCase):
+    """Another process deletes or renames the log in the moment between write()'s stat of
+    the path and the write itself, or just after the write. The hook runs that change at
+    exactly that point, on a real file."""
+
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-test-")
+        self.path = os.path.join(self.dir, "events.jsonl")
+        self.stderr = io.StringIO()
+
+    def writer(self, before=(), after=()):
+        """A LogWriter whose next writes run `before` / `after` actions around os.write."""
+        before, after = list(before), list(after)
+
+        class Writer(pixel.LogWriter):
+            def _append(self, chunk):
+                if before:
+                    before.pop(0)(self.path)
+                super()._append(chunk)
+                if after:
+                    after.pop(0)(self.path)
+
+        writer = Writer(self.path, reporter=pixel.Reporter(self.stderr))
+        self.addCleanup(writer.close)
+        return writer
+
+    def read(self, path):
+        with open(path, "rb") as handle:
+            return handle.read().splitlines()
+
+    def test_deleted_before_the_write(self):
+        writer = self.writer(before=[os.remove])
+        self.assertTrue(writer.write([b"one\n"]))
+        self.assertEqual(self.read(self.path), [b"one"])
+        self.assertTrue(writer.write([b"two\n"]))
+        self.assertEqual(self.read(self.path), [b"one", b"two"])
+        self.assertEqual((writer.written, writer.failed), (2, 0))
+
+    def test_deleted_just_after_the_write(self):
+        writer = self.writer(after=[os.remove])
+        self.assertTrue(writer.write([b"one\n"]))
+        self.assertEqual(self.read(self.path), [b"one"])
+
+    def test_replaced_before_the_write(self):
+        def replace(path):   # logrotate's "create": remove, then a new empty file
+            os.remove(path)
+            open(path, "wb").close()
+        writer = self.writer(before=[replace])
+        self.assertTrue(writer.write([b"one\n"]))
+        self.assertEqual(self.read(self.path), [b"one"])
+
+    def test_renamed_before_the_write_keeps_the_line_once(self):
+        writer = self.writer(before=[lambda path: os.rename(path, path + ".1")])
+        self.assertTrue(writer.write([b"one\n"]))
+        self.assertTrue(writer.write([b"two\n"]))
+        # The moved file still has a name: the line stays there, once, for the shipper
+        # that follows it, and the next write goes to the path.
+        self.assertEqual(self.read(self.path + ".1"), [b"one"])
+        self.assertEqual(self.read(self.path), [b"two"])
+
+    def test_deleted_every_time_is_a_failed_write(self):
+        writer = self.writer(before=[os.remove] * pixel.RELINK_ATTEMPTS)
+        self.assertFalse(writer.write([b"one\n"]))
+        self.assertEqual((writer.written, writer.failed), (0, 1))
+        self.assertIn("deleted each time it was written", self.stderr.getvalue())
+        self.assertTrue(writer.write([b"two\n"]))
+        self.assertEqual(self.read(self.path), [b"two"])
+
+
+def fill_disk(test, folder):
+    """Write zeros to a file in `folder` until the disk is full; return the file's path."""
+    filler = os.path.join(folder, "filler")
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 512):
+            pass
+    except OSError as error:
+        test.assertEqual(error.errno, errno.ENOSPC)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def mount_tmpfs(test, size):
+    folder = temp_dir(test, "pixel-tmpfs-")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d" % size, "tmpfs", folder],
+                            capture_output=True, text=True)
+    if result.returncode:
+        test.skipTest("cannot mount a tmpfs here (%s); FailingDisk uses /dev/full instead"
+                      % result.stderr.strip())
+    test.addCleanup(subprocess.run, ["umount", "-l", folder])
+    return folder
+
+
+class DiskFullWriter(unittest.TestCase):
+    """The LogWriter alone on a real, full 256 KiB tmpfs."""
+
+    def setUp(self):
+        self.dir = mount_tmpfs(self, 256 * 1024)
+        self.stderr = io.StringIO()
+
+    def fill(self):
+        return fill_disk(self, self.dir)
+
+    def test_short_write_is_cut_back_to_a_whole_line(self):
+        writer = pixel.LogWriter(os.path.join(self.dir, "direct.jsonl"),
+                                 reporter=pixel.Reporter(self.stderr))
+        self.addCleanup(writer.close)
+        self.fill()
+        line = b'{"pad":"' + b"x" * 3000 + b'"}\n'
+        results = [writer.write([line]) for _ in range(100)]
+        self.assertIn(False, results)
+        with open(writer.path, "rb") as handle:
+            data = handle.read()
+        self.assertEqual(len(data), results.count(True) * len(line))
+        self.assertTrue(data == b"" or data.endswith(b"\n"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer 3: a real server on port 0 in a thread, driven over real sockets
+
 
 def read_response(stream):
     """(status, headers, body) of one HTTP/1.1 response read from a binary file object."""
@@ -930,17 +1367,22 @@ def follow(path, stop, seen):
 
 def open_next(path, inode):
     """Open the file that follows the one with `inode` in rotation order: rotated files by
-    name, then the live path. What is opened is checked by inode, since the live file can be
-    rotated between listing and opening; then the listing is taken again."""
+    name, then the live path. The live path can be missing for a moment (between a rotation's
+    rename and its new file) or rotated again between listing and opening, so what was
+    opened is checked by inode, and the listing taken again until it holds."""
+    folder, base = os.path.split(path)
     while True:
-        folder, base = os.path.split(path)
         order = sorted(os.path.join(folder, name) for name in os.listdir(folder)
-                       if ROTATED.match(name[len(base):]) and name.startswith(base))
+                       if name.startswith(base) and ROTATED.match(name[len(base):]))
         order.append(path)
-        inodes = [os.stat(name).st_ino for name in order]
-        target = order[inodes.index(inode) + 1]
-        handle = open(target, "rb")
-        if os.fstat(handle.fileno()).st_ino == inodes[inodes.index(inode) + 1]:
+        try:
+            inodes = [os.stat(name).st_ino for name in order]
+            following = inodes.index(inode) + 1
+            handle = open(order[following], "rb")
+        except FileNotFoundError:
+            time.sleep(0.001)
+            continue
+        if os.fstat(handle.fileno()).st_ino == inodes[following]:
             return handle
         handle.close()
 
@@ -1206,6 +1648,280 @@ class Fuzz(ServerCase):
         self.assertQuietStderr()
 
 
+class DiskFull(ServerCase):
+    """A real full disk: a 256 KiB tmpfs, filled up, then emptied."""
+
+    def setUp(self):
+        self.dir = mount_tmpfs(self, 256 * 1024)
+        self.stderr = io.StringIO()
+        self.start_server()
+
+    def fill(self):
+        return fill_disk(self, self.dir)
+
+    def test_full_disk_keeps_answering_and_recovers(self):
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=first")
+        filler = self.fill()
+        for number in range(200):
+            self.assertGif(*self.get("/v1/pixel/track?writeKey=k&userId=u&event=full%d&pad=%s"
+                                     % (number, "x" * 300)))
+        health = json.loads(self.get("/health")[2])
+        self.assertEqual(health["status"], "degraded")
+        self.assertGreater(health["write_errors"], 0)
+        self.assertEqual(self.stderr.getvalue().count("cannot write " + self.events.path), 1)
+        events = self.lines()   # asserts the file ends on a whole line: no torn tail
+        written = len(events)
+        self.assertEqual(written + self.events.failed, 201)
+        os.remove(filler)
+        self.assertGif(*self.get("/v1/pixel/track?writeKey=k&userId=u&event=after"))
+        self.assertEqual(self.lines()[-1]["event"], "after")
+        self.assertEqual(len(self.lines()), written + 1)
+        self.assertIn("writing %s again" % self.events.path, self.stderr.getvalue())
+        self.assertEqual(json.loads(self.get("/health")[2])["status"], "ok")
+
+
+class MainInAThread(unittest.TestCase):
+    """main() itself, run in a thread with its signal handlers left alone."""
+
+    def test_main_serves_until_stopped(self):
+        folder = temp_dir(self, "pixel-main-")
+        stdout = io.StringIO()
+        servers = []
+        real = pixel.PixelServer
+
+        def capture(*args, **kwargs):
+            servers.append(real(*args, **kwargs))
+            return servers[-1]
+
+        with unittest.mock.patch("sys.stdout", stdout), \
+                unittest.mock.patch.object(pixel, "PixelServer", capture):
+            runner = threading.Thread(target=lambda: servers.append(pixel.main(
+                ["--port", "0", "--log", os.path.join(folder, "e.jsonl"), "--cpu", "none"],
+                {})))
+            runner.start()
+            self.assertTrue(wait_until(lambda: servers), "main() never built its server")
+            connection = http.client.HTTPConnection("127.0.0.1", servers[0].server_port)
+            connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e")
+            self.assertEqual(connection.getresponse().read(), pixel.GIF)
+            connection.close()
+            servers[0].shutdown()
+            runner.join(10)
+        self.assertEqual(servers[-1], 0)
+        self.assertRegex(stdout.getvalue(), r"listening on http://127\.0\.0\.1:\d+/ writing "
+                                            r"events to .*e\.jsonl and rejects to .*rejects\.jsonl")
+        with open(os.path.join(folder, "e.jsonl")) as handle:
+            self.assertEqual(len(handle.readlines()), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# One contract, three transports: the built-in server, make_wsgi_app under wsgiref (stdlib)
+# and under gunicorn.
+
+
+# and under gunicorn. Each case is sent over a real socket and its answer and log lines
+# compared; a transport passes when every case holds.
+
+def _gzip_json(document):
+    return gzip.compress(json.dumps(document).encode())
+
+
+BASIC_K = "Basic " + base64.b64encode(b"k:").decode()
+CONTRACT_CASES = [
+    # name, method, target, headers, body, status, content type, lines written to the
+    # events and rejects logs, what the answer's body must be (None: not checked)
+    ("docs pixel", "GET", "/v1/pixel/track?data=" + DOCS_DATA, {}, None,
+     200, "image/gif", 1, 0, pixel.GIF),
+    ("dot-notation page", "GET", "/v1/pixel/page?anonymousId=a&properties.url=u&writeKey=k",
+     {}, None, 200, "image/gif", 1, 0, pixel.GIF),
+    ("broken pixel still gets its GIF", "GET", "/v1/pixel/identify?data=%%%", {}, None,
+     200, "image/gif", 0, 1, pixel.GIF),
+    ("pixel without a user", "GET", "/v1/pixel/track?writeKey=k&event=e", {}, None,
+     200, "image/gif", 0, 1, pixel.GIF),
+    ("HEAD records nothing", "HEAD", "/v1/pixel/track?data=" + DOCS_DATA, {}, None,
+     200, "image/gif", 0, 0, b""),
+    ("POST to a pixel", "POST", "/v1/pixel/track", {"Content-Type": "text/plain"}, b"x",
+     405, "text/plain; charset=utf-8", 0, 0, b"Method Not Allowed\n"),
+    ("no such pixel", "GET", "/v1/pixel/bogus?writeKey=k&userId=u", {}, None,
+     404, "text/plain; charset=utf-8", 0, 0, b"Not Found\n"),
+    ("no such path", "GET", "/favicon.ico", {}, None,
+     404, "text/plain; charset=utf-8", 0, 0, b"Not Found\n"),
+    ("health", "GET", "/health", {}, None, 200, "application/json", 0, 0, None),
+    ("API track with Basic auth", "POST", "/v1/track",
+     {"Authorization": BASIC_K, "Content-Type": "application/json"},
+     b'{"userId":"u","event":"Order Completed"}', 200, "application/json", 1, 0,
+     b'{"success": true}\n'),
+    ("API gzip identify", "POST", "/v1/identify",
+     {"Content-Encoding": "gzip", "Content-Type": "application/json"},
+     _gzip_json({"writeKey": "k", "userId": "u", "traits": {"a": 1}}),
+     200, "application/json", 1, 0, b'{"success": true}\n'),
+    ("API batch with one bad item", "POST", "/v1/batch", {"Content-Type": "application/json"},
+     json.dumps({"writeKey": "k", "batch": [{"type": "track", "userId": "u", "event": "a"},
+                                            {"type": "track", "userId": "u"},
+                                            {"type": "page", "anonymousId": "x"}]}).encode(),
+     200, "application/json", 2, 1, b'{"success": true}\n'),
+    ("API body that is not JSON", "POST", "/v1/track", {"Content-Type": "application/json"},
+     b"{nope", 400, "application/json", 0, 1,
+     b'{"success": false, "error": "invalid_json"}\n'),
+    ("API body over 500 KB", "POST", "/v1/batch", {"Content-Type": "application/json"},
+     b" " * (pixel.MAX_BATCH_BYTES + 1), 400, "application/json", 0, 0,
+     b'{"success": false, "error": "body_too_large"}\n'),
+    ("GET to the API", "GET", "/v1/track", {}, None,
+     405, "text/plain; charset=utf-8", 0, 0, b"Method Not Allowed\n"),
+]
+
+
+class Contract:
+    """The contract cases against one transport; subclasses say how to start it."""
+
+    def start_transport(self):   # -> (port, events path, rejects path)
+        raise NotImplementedError
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.port, self.events_path, self.rejects_path = self.start_transport()
+
+    def count(self, path):
+        if not os.path.exists(path):
+            return 0
+        with open(path, "rb") as handle:
+            data = handle.read()
+        self.assertTrue(data == b"" or data.endswith(b"\n"))
+        return len(data.splitlines())
+
+    def test_contract_cases(self):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        self.addCleanup(connection.close)
+        for name, method, target, headers, body, status, content_type, events, rejects, \
+                answer in CONTRACT_CASES:
+            with self.subTest(name):
+                before = self.count(self.events_path), self.count(self.rejects_path)
+                connection.close()   # a fresh connection: some answers end theirs
+                connection.request(method, target, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+                # Written before the answer: counted right after it, with no wait.
+                after = self.count(self.events_path), self.count(self.rejects_path)
+                self.assertEqual(response.status, status)
+                self.assertEqual(response.getheader("Content-Type"), content_type)
+                self.assertEqual((after[0] - before[0], after[1] - before[1]),
+                                 (events, rejects))
+                if answer is not None:
+                    self.assertEqual(data, answer)
+                if status == 405:
+                    self.assertEqual(response.getheader("Allow"),
+                                     "GET, HEAD" if "pixel" in target else "POST")
+                if content_type == "image/gif":
+                    self.assertEqual(response.getheader("Content-Length"), "43")
+                    self.assertEqual(response.getheader("Cache-Control"),
+                                     "no-cache, no-store, must-revalidate")
+        with open(self.events_path, "rb") as handle:
+            logged = [json.loads(line) for line in handle]
+        self.assertEqual([event["type"] for event in logged],
+                         ["track", "page", "track", "identify", "track", "page"])
+        for event in logged:
+            pixel.validate(event["type"], event)
+            self.assertEqual(event["context"]["ip"], "127.0.0.1")
+        self.assertEqual(logged[0]["properties"], DOCS_PAYLOAD["properties"])
+        self.assertEqual(logged[2]["writeKey"], "k")   # from Basic auth
+        with open(self.rejects_path, "rb") as handle:
+            reasons = [json.loads(line)["reason"] for line in handle]
+        self.assertEqual(reasons, ["invalid_base64", "no_user_anon_id", "event_not_defined",
+                                   "invalid_json"])
+        health = json.loads(self.fetch("/health"))
+        self.assertEqual((health["status"], health["accepted"], health["rejected"]),
+                         ("ok", 6, 4))
+
+    def fetch(self, target):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        try:
+            connection.request("GET", target)
+            return connection.getresponse().read()
+        finally:
+            connection.close()
+
+
+class ContractBuiltIn(Contract, unittest.TestCase):
+    def start_transport(self):
+        events = pixel.LogWriter(os.path.join(self.dir, "events.jsonl"))
+        rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"))
+        self.addCleanup(events.close)
+        self.addCleanup(rejects.close)
+        server = pixel.PixelServer(("127.0.0.1", 0), pixel.Recorder(events, rejects))
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        self.addCleanup(thread.join, 10)
+        self.addCleanup(server.stop, 5)
+        return server.server_address[1], events.path, rejects.path
+
+
+class _QuietWsgiHandler(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+class ContractWsgiref(Contract, unittest.TestCase):
+    def start_transport(self):
+        events = os.path.join(self.dir, "events.jsonl")
+        app = pixel.make_wsgi_app(log=events)
+        self.addCleanup(app.recorder.events.close)
+        self.addCleanup(app.recorder.rejects.close)
+        server = wsgiref.simple_server.make_server("127.0.0.1", 0, app,
+                                                   handler_class=_QuietWsgiHandler)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(thread.join, 10)
+        self.addCleanup(server.shutdown)
+        return server.server_address[1], events, os.path.join(self.dir, "rejects.jsonl")
+
+
+def gunicorn_command():
+    """gunicorn from the interpreter's own folder (.ci/run's venv) or the PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    return beside if os.access(beside, os.X_OK) else shutil.which("gunicorn")
+
+
+class ContractGunicorn(Contract, unittest.TestCase):
+    """The app under gunicorn, one worker with threads, listening on a socket this test
+    made (gunicorn's fd:// bind), so there is no port to guess."""
+
+    def start_transport(self):
+        gunicorn = gunicorn_command()
+        need(gunicorn, "gunicorn")
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        self.addCleanup(listener.close)
+        events = os.path.join(self.dir, "events.jsonl")
+        log = open(os.path.join(self.dir, "gunicorn.log"), "w+")
+        self.addCleanup(log.close)
+        process = subprocess.Popen(
+            [gunicorn, "--bind", "fd://%d" % listener.fileno(), "--workers", "1",
+             "--threads", "4", "--chdir", HERE, "pixel:make_wsgi_app(log=%r)" % events],
+            pass_fds=[listener.fileno()], stdout=log, stderr=log)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+        port = listener.getsockname()[1]
+        # Requests queue in the backlog until the worker has booted; wait for one answer.
+        if not wait_until(lambda: self._answers(port), timeout=30):
+            log.seek(0)
+            self.fail("gunicorn never answered:\n" + log.read())
+        return port, events, os.path.join(self.dir, "rejects.jsonl")
+
+    @staticmethod
+    def _answers(port):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /favicon.ico HTTP/1.0\r\n\r\n")
+                return sock.recv(12).startswith(b"HTTP/1")
+        except OSError:
+            return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Real clients that .ci/run installs: Chromium, Segment's Python and Node SDKs
+
+
 # Tools that .ci/run installs. Outside CI a test that needs one is skipped; with
 # PIXEL_REQUIRE_TOOLS=1 (set by .ci/run) a missing tool is a failure instead.
 REQUIRE_TOOLS = os.environ.get("PIXEL_REQUIRE_TOOLS") == "1"
@@ -1321,158 +2037,9 @@ class NodeSdk(ServerCase):
         print(result.stdout.strip(), file=sys.stderr)
 
 
-class FailingDisk(unittest.TestCase):
-    def test_dev_full_is_counted_reported_once_and_answered(self):
-        stderr = io.StringIO()
-        writer = pixel.LogWriter("/dev/full", reporter=pixel.Reporter(stderr))
-        self.addCleanup(writer.close)
-        for _ in range(5):
-            self.assertFalse(writer.write([b"{}\n"]))
-        self.assertEqual((writer.failed, writer.written, writer.failing), (5, 0, True))
-        self.assertEqual(stderr.getvalue().count("cannot write /dev/full"), 1)
-        self.assertIn("No space left on device", stderr.getvalue())
-
-    def test_missing_folder_fails_at_start(self):
-        with self.assertRaises(FileNotFoundError):
-            pixel.LogWriter("/nonexistent-folder/events.jsonl")
-
-
-class ChangedUnderWrite(unittest.TestCase):
-    """Another process deletes or renames the log in the moment between write()'s stat of
-    the path and the write itself, or just after the write. The hook runs that change at
-    exactly that point, on a real file."""
-
-    def setUp(self):
-        self.dir = temp_dir(self, "pixel-test-")
-        self.path = os.path.join(self.dir, "events.jsonl")
-        self.stderr = io.StringIO()
-
-    def writer(self, before=(), after=()):
-        """A LogWriter whose next writes run `before` / `after` actions around os.write."""
-        before, after = list(before), list(after)
-
-        class Writer(pixel.LogWriter):
-            def _append(self, chunk):
-                if before:
-                    before.pop(0)(self.path)
-                super()._append(chunk)
-                if after:
-                    after.pop(0)(self.path)
-
-        writer = Writer(self.path, reporter=pixel.Reporter(self.stderr))
-        self.addCleanup(writer.close)
-        return writer
-
-    def read(self, path):
-        with open(path, "rb") as handle:
-            return handle.read().splitlines()
-
-    def test_deleted_before_the_write(self):
-        writer = self.writer(before=[os.remove])
-        self.assertTrue(writer.write([b"one\n"]))
-        self.assertEqual(self.read(self.path), [b"one"])
-        self.assertTrue(writer.write([b"two\n"]))
-        self.assertEqual(self.read(self.path), [b"one", b"two"])
-        self.assertEqual((writer.written, writer.failed), (2, 0))
-
-    def test_deleted_just_after_the_write(self):
-        writer = self.writer(after=[os.remove])
-        self.assertTrue(writer.write([b"one\n"]))
-        self.assertEqual(self.read(self.path), [b"one"])
-
-    def test_replaced_before_the_write(self):
-        def replace(path):   # logrotate's "create": remove, then a new empty file
-            os.remove(path)
-            open(path, "wb").close()
-        writer = self.writer(before=[replace])
-        self.assertTrue(writer.write([b"one\n"]))
-        self.assertEqual(self.read(self.path), [b"one"])
-
-    def test_renamed_before_the_write_keeps_the_line_once(self):
-        writer = self.writer(before=[lambda path: os.rename(path, path + ".1")])
-        self.assertTrue(writer.write([b"one\n"]))
-        self.assertTrue(writer.write([b"two\n"]))
-        # The moved file still has a name: the line stays there, once, for the shipper
-        # that follows it, and the next write goes to the path.
-        self.assertEqual(self.read(self.path + ".1"), [b"one"])
-        self.assertEqual(self.read(self.path), [b"two"])
-
-    def test_deleted_every_time_is_a_failed_write(self):
-        writer = self.writer(before=[os.remove] * pixel.RELINK_ATTEMPTS)
-        self.assertFalse(writer.write([b"one\n"]))
-        self.assertEqual((writer.written, writer.failed), (0, 1))
-        self.assertIn("deleted each time it was written", self.stderr.getvalue())
-        self.assertTrue(writer.write([b"two\n"]))
-        self.assertEqual(self.read(self.path), [b"two"])
-
-
-def mount_tmpfs(test, size):
-    folder = temp_dir(test, "pixel-tmpfs-")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d" % size, "tmpfs", folder],
-                            capture_output=True, text=True)
-    if result.returncode:
-        test.skipTest("cannot mount a tmpfs here (%s); FailingDisk uses /dev/full instead"
-                      % result.stderr.strip())
-    test.addCleanup(subprocess.run, ["umount", "-l", folder])
-    return folder
-
-
-class DiskFull(ServerCase):
-    """A real full disk: a 256 KiB tmpfs, filled up, then emptied."""
-
-    def setUp(self):
-        self.dir = mount_tmpfs(self, 256 * 1024)
-        self.stderr = io.StringIO()
-        self.start_server()
-
-    def fill(self):
-        filler = os.path.join(self.dir, "filler")
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"\0" * 512):
-                pass
-        except OSError as error:
-            self.assertEqual(error.errno, errno.ENOSPC)
-        finally:
-            os.close(fd)
-        return filler
-
-    def test_full_disk_keeps_answering_and_recovers(self):
-        self.get("/v1/pixel/track?writeKey=k&userId=u&event=first")
-        filler = self.fill()
-        for number in range(200):
-            self.assertGif(*self.get("/v1/pixel/track?writeKey=k&userId=u&event=full%d&pad=%s"
-                                     % (number, "x" * 300)))
-        health = json.loads(self.get("/health")[2])
-        self.assertEqual(health["status"], "degraded")
-        self.assertGreater(health["write_errors"], 0)
-        self.assertEqual(self.stderr.getvalue().count("cannot write " + self.events.path), 1)
-        events = self.lines()   # asserts the file ends on a whole line: no torn tail
-        written = len(events)
-        self.assertEqual(written + self.events.failed, 201)
-        os.remove(filler)
-        self.assertGif(*self.get("/v1/pixel/track?writeKey=k&userId=u&event=after"))
-        self.assertEqual(self.lines()[-1]["event"], "after")
-        self.assertEqual(len(self.lines()), written + 1)
-        self.assertIn("writing %s again" % self.events.path, self.stderr.getvalue())
-        self.assertEqual(json.loads(self.get("/health")[2])["status"], "ok")
-
-    def test_short_write_is_cut_back_to_a_whole_line(self):
-        writer = pixel.LogWriter(os.path.join(self.dir, "direct.jsonl"),
-                                 reporter=pixel.Reporter(self.stderr))
-        self.addCleanup(writer.close)
-        self.fill()
-        line = b'{"pad":"' + b"x" * 3000 + b'"}\n'
-        results = [writer.write([line]) for _ in range(100)]
-        self.assertIn(False, results)
-        with open(writer.path, "rb") as handle:
-            data = handle.read()
-        self.assertEqual(len(data), results.count(True) * len(line))
-        self.assertTrue(data == b"" or data.endswith(b"\n"))
-
-
 # ---------------------------------------------------------------------------------------------
-# Layer 3: pixel.py as a process
+# Layer 4: pixel.py as a process: kill -9, signals, limits, start-up errors
+
 
 class Process(unittest.TestCase):
     def setUp(self):
@@ -1711,111 +2278,20 @@ class Process(unittest.TestCase):
                                         r"Address already in use\n$")
 
 
-class CommandLine(unittest.TestCase):
-    def parse(self, argv, environ=None):
-        return pixel.parse_args(argv, environ or {})
+class ImportStartsNothing(unittest.TestCase):
+    def test_import_has_no_side_effects(self):
+        folder = temp_dir(self, "pixel-import-")
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys, threading; sys.path.insert(0, %r); import pixel;"
+             " print(threading.active_count(), threading.stack_size())" % HERE],
+            cwd=folder, capture_output=True, text=True, timeout=30,
+            env=dict(os.environ, PIXEL_PORT="nonsense"))
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "1 0\n", ""))
+        self.assertEqual(os.listdir(folder), [])
 
-    def test_defaults(self):
-        args = self.parse([])
-        self.assertEqual((args.host, args.port, args.log, args.max_bytes, args.keep,
-                          args.write_key, args.trusted_proxy, args.no_ip, args.cpu),
-                         ("127.0.0.1", 8000, "events.jsonl", 0, 0, [], [], False, "auto"))
-        self.assertEqual(self.parse(["--cpu", "none"]).cpu, "none")
-        self.assertEqual(self.parse(["--cpu", "3"]).cpu, 3)
-        self.assertEqual(self.parse([], {"PIXEL_CPU": "1"}).cpu, 1)
-        self.assertEqual(args.rejects, os.path.join(os.getcwd(), "rejects.jsonl"))
 
-    def test_flags(self):
-        args = self.parse(["--host", "0.0.0.0", "--port", "0", "--log", "/tmp/x/e.jsonl",
-                           "--max-bytes", "10M", "--keep", "3", "--write-key", "a",
-                           "--write-key", "b", "--trusted-proxy", "10.0.0.0/8", "--no-ip"])
-        self.assertEqual((args.port, args.max_bytes, args.keep, args.write_key,
-                          args.trusted_proxy, args.no_ip, args.rejects),
-                         (0, 10 * 1024 * 1024, 3, ["a", "b"], ["10.0.0.0/8"], True,
-                          "/tmp/x/rejects.jsonl"))
-
-    def test_environment(self):
-        environ = {"PIXEL_HOST": "::", "PIXEL_PORT": "9", "PIXEL_LOG": "a.jsonl",
-                   "PIXEL_REJECTS": "b.jsonl", "PIXEL_MAX_BYTES": "1K", "PIXEL_KEEP": "2",
-                   "PIXEL_WRITE_KEYS": "x, y", "PIXEL_TRUSTED_PROXIES": "127.0.0.1",
-                   "PIXEL_NO_IP": "1", "PIXEL_MAX_CONNECTIONS": "7",
-                   "PIXEL_REQUEST_TIMEOUT": "3", "PIXEL_IDLE_TIMEOUT": "4"}
-        args = self.parse([], environ)
-        self.assertEqual((args.host, args.port, args.log, args.rejects, args.max_bytes,
-                          args.keep, args.write_key, args.trusted_proxy, args.no_ip,
-                          args.max_connections, args.request_timeout, args.idle_timeout),
-                         ("::", 9, "a.jsonl", "b.jsonl", 1024, 2, ["x", "y"], ["127.0.0.1"],
-                          True, 7, 3.0, 4.0))
-        self.assertEqual(self.parse(["--write-key", "z", "--port", "1"], environ).write_key,
-                         ["z"], "a flag replaces its variable")
-
-    def test_bad_flags_and_variables_exit_with_usage(self):
-        for argv, environ, message in [
-                (["--port", "http"], {}, "--port: invalid _port value"),
-                (["--port", "70000"], {}, "between 0 and 65535"),
-                (["--max-bytes", "lots"], {}, "not a size"),
-                (["--keep", "-1"], {}, "0 or more"),
-                (["--trusted-proxy", "example.com"], {}, "not an IP address"),
-                (["--max-connections", "0"], {}, "greater than 0"),
-                (["--log", "same", "--rejects", "same"], {}, "different files"),
-                (["--bogus"], {}, "unrecognized arguments"),
-                (["--cpu", "fast"], {}, "not auto, none or a CPU number"),
-                ([], {"PIXEL_PORT": "x"}, "PIXEL_PORT='x'"),
-                ([], {"PIXEL_NO_IP": "maybe"}, "PIXEL_NO_IP")]:
-            with self.subTest(argv=argv, environ=environ):
-                stderr = io.StringIO()
-                with self.assertRaises(SystemExit) as caught, \
-                        unittest.mock.patch("sys.stderr", stderr):
-                    self.parse(argv, environ)
-                self.assertEqual(caught.exception.code, 2)
-                self.assertIn("usage: pixel.py", stderr.getvalue())
-                self.assertIn(message, stderr.getvalue())
-
-    def test_version(self):
-        stdout = io.StringIO()
-        with self.assertRaises(SystemExit) as caught, unittest.mock.patch("sys.stdout", stdout):
-            pixel.main(["--version"])
-        self.assertEqual((caught.exception.code, stdout.getvalue()),
-                         (0, "pixel %s\n" % pixel.__version__))
-
-    def test_help_shows_every_variable(self):
-        stdout = io.StringIO()
-        with self.assertRaises(SystemExit), unittest.mock.patch("sys.stdout", stdout):
-            pixel.main(["--help"])
-        for variable in ("PIXEL_HOST", "PIXEL_PORT", "PIXEL_LOG", "PIXEL_REJECTS",
-                         "PIXEL_MAX_BYTES", "PIXEL_KEEP", "PIXEL_WRITE_KEYS",
-                         "PIXEL_TRUSTED_PROXIES", "PIXEL_NO_IP", "PIXEL_MAX_CONNECTIONS",
-                         "PIXEL_CPU"):
-            self.assertIn(variable, stdout.getvalue())
-
-    def test_main_serves_until_stopped(self):
-        folder = temp_dir(self, "pixel-main-")
-        stdout = io.StringIO()
-        servers = []
-        real = pixel.PixelServer
-
-        def capture(*args, **kwargs):
-            servers.append(real(*args, **kwargs))
-            return servers[-1]
-
-        with unittest.mock.patch("sys.stdout", stdout), \
-                unittest.mock.patch.object(pixel, "PixelServer", capture):
-            runner = threading.Thread(target=lambda: servers.append(pixel.main(
-                ["--port", "0", "--log", os.path.join(folder, "e.jsonl"), "--cpu", "none"],
-                {})))
-            runner.start()
-            self.assertTrue(wait_until(lambda: servers), "main() never built its server")
-            connection = http.client.HTTPConnection("127.0.0.1", servers[0].server_port)
-            connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e")
-            self.assertEqual(connection.getresponse().read(), pixel.GIF)
-            connection.close()
-            servers[0].shutdown()
-            runner.join(10)
-        self.assertEqual(servers[-1], 0)
-        self.assertRegex(stdout.getvalue(), r"listening on http://127\.0\.0\.1:\d+/ writing "
-                                            r"events to .*e\.jsonl and rejects to .*rejects\.jsonl")
-        with open(os.path.join(folder, "e.jsonl")) as handle:
-            self.assertEqual(len(handle.readlines()), 1)
+# ---------------------------------------------------------------------------------------------
+# The README, checked against the code
 
 
 class ReadmeIsTrue(unittest.TestCase):
@@ -1832,8 +2308,8 @@ class ReadmeIsTrue(unittest.TestCase):
     def test_python_examples_run(self):
         ran = 0
         for block in self.blocks("python"):
-            if "import segment" in block:
-                continue   # needs a server and Segment's SDK: TrackingApi and .ci/run cover it
+            if "import segment" in block or "from flask" in block:
+                continue   # need a server, Segment's SDK or Flask: ReadmeWsgi and .ci/run
             exec(compile(block, "README.md", "exec"), {})
             ran += 1
         self.assertGreater(ran, 0)
@@ -1926,17 +2402,89 @@ class ReadmeIsTrue(unittest.TestCase):
             self.assertIn("python3 -m unittest -v", handle.read())
 
 
-class ImportStartsNothing(unittest.TestCase):
-    def test_import_has_no_side_effects(self):
-        folder = temp_dir(self, "pixel-import-")
-        result = subprocess.run(
-            [sys.executable, "-c", "import sys, threading; sys.path.insert(0, %r); import pixel;"
-             " print(threading.active_count(), threading.stack_size())" % HERE],
-            cwd=folder, capture_output=True, text=True, timeout=30,
-            env=dict(os.environ, PIXEL_PORT="nonsense"))
-        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "1 0\n", ""))
-        self.assertEqual(os.listdir(folder), [])
+class ReadmeWsgi(unittest.TestCase):
+    """The README's WSGI section, run as written: the Flask mount and both commands."""
+
+    @classmethod
+    def setUpClass(cls):
+        with open(os.path.join(HERE, "README.md"), encoding="utf-8") as handle:
+            cls.section = handle.read().split("## Inside an existing web application")[1] \
+                .split("\n## ")[0]
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+
+    def logged(self):
+        with open(os.path.join(self.dir, "events.jsonl"), "rb") as handle:
+            return [json.loads(line) for line in handle]
+
+    def test_flask_mount(self):
+        try:
+            import flask
+        except ImportError:
+            flask = None
+        need(flask, "flask")
+        (block,) = re.findall(r"```python\n(.*?)```", self.section, re.S)
+        namespace = {"__name__": "readme_flask"}
+        cwd = os.getcwd()
+        os.chdir(self.dir)   # the example's log is relative
+        try:
+            exec(compile(block, "README.md", "exec"), namespace)
+        finally:
+            os.chdir(cwd)
+        client = namespace["app"].test_client()
+        self.assertEqual(client.get("/").data, b"the rest of your site")
+        answer = client.get("/collect/v1/pixel/track?writeKey=YOUR_WRITE_KEY&userId=u"
+                            "&event=Opened", environ_base={"REMOTE_ADDR": "198.51.100.4"})
+        self.assertEqual((answer.status_code, answer.data), (200, pixel.GIF))
+        self.assertEqual(client.get("/collect/v1/pixel/track?writeKey=other&userId=u"
+                                    "&event=Opened").data, pixel.GIF)
+        self.assertEqual(client.get("/collect/elsewhere").status_code, 404)
+        (event,) = self.logged()
+        self.assertEqual((event["event"], event["context"]["ip"]), ("Opened", "198.51.100.4"))
+        with open(os.path.join(self.dir, "rejects.jsonl"), "rb") as handle:
+            self.assertEqual(json.loads(handle.read())["reason"], "invalid_write_key")
+
+    def command(self, starts_with):
+        (block,) = re.findall(r"```sh\n(.*?)```", self.section, re.S)
+        (line,) = [line for line in block.splitlines() if line.startswith(starts_with)]
+        with socket.socket() as probe:   # a free port; the commands name a fixed one
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return shlex.split(line.replace("8000", str(port))), port
+
+    def run_command(self, argv, port):
+        environment = dict(os.environ, PYTHONPATH=HERE)
+        process = subprocess.Popen(argv, cwd=self.dir, env=environment,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+
+        def pixel_answers():
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=cmd")
+                return connection.getresponse().read() == pixel.GIF
+            except OSError:   # not listening yet
+                return False
+            finally:
+                connection.close()
+        self.assertTrue(wait_until(pixel_answers, timeout=30), " ".join(argv))
+        self.assertEqual(self.logged()[0]["event"], "cmd")
+
+    def test_wsgiref_command(self):
+        argv, port = self.command("python3 -c")
+        argv[0] = sys.executable
+        self.run_command(argv, port)
+
+    def test_gunicorn_command(self):
+        gunicorn = gunicorn_command()
+        need(gunicorn, "gunicorn")
+        argv, port = self.command("gunicorn ")
+        argv[0] = gunicorn
+        self.run_command(argv, port)
 
 
 if __name__ == "__main__":
     unittest.main()
+
