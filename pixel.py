@@ -53,7 +53,9 @@ import email.utils
 import errno
 import http.server
 import ipaddress
+import itertools
 import json
+import math
 import os
 import random
 import re
@@ -98,6 +100,9 @@ MAX_PARAMS = 256
 MAX_EVENT_LINE = 128 * 1024      # a 32 KB payload of astral characters escapes to ~96 KB
 MAX_USER_AGENT = 1024
 MAX_REJECT_RAW = 16 * 1024       # the raw query or body kept in a rejects-log line
+MAX_REQUEST_LOG_BYTES = 16 * MAX_BATCH_BYTES   # what one request's events may add to the log
+MAX_REJECTS_PER_REQUEST = 100    # item lines one request may add to the rejects log
+MAX_WRITE_BYTES = 1024 * 1024    # the most one write() hands the kernel at once
 # HTTP head limits, the same ones http.client and http.server enforce (_MAXLINE,
 # _MAXHEADERS), plus a total so one connection can hold at most ~128 KiB of head.
 MAX_LINE = 65536
@@ -112,6 +117,8 @@ DEFAULT_REJECTS_NAME = "rejects.jsonl"
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_REQUEST_TIMEOUT = 10.0   # seconds to deliver a whole request, head and body
 DEFAULT_IDLE_TIMEOUT = 15.0      # seconds a kept-alive connection may sit between requests
+MIN_TIMEOUT = 0.001              # what --request-timeout and --idle-timeout accept
+MAX_TIMEOUT = 86400.0
 LISTEN_BACKLOG = 1024            # socketserver's default of 5 drops bursts of connections
 THREAD_STACK_SIZE = 512 * 1024   # main() only; 1024 threads then reserve 512 MiB, not 8 GiB
 WORKER_IDLE_SECONDS = 30.0       # a thread with no connection to serve exits after this
@@ -160,6 +167,12 @@ REASONS = {
     "batch_not_array": "HTTP API: a batch that is not a list",
     "too_many_items": "HTTP API: more than %d batch items" % MAX_BATCH_ITEMS,
     "body_too_large": "HTTP API: a body over 500 KB, after gunzip",
+    "batch_too_large": "HTTP API: a batch whose events, each with the shared fields it "
+                       "inherits, come to more than 16 times the body cap",
+    "too_many_rejects": "HTTP API: more than %d rejected items in one request; one line "
+                        "counts the rest" % MAX_REJECTS_PER_REQUEST,
+    "torn_tail": "a log's last line was cut short (kill -9 or power loss mid-write); the "
+                 "fragment, cut from that log at start-up",
     "invalid_gzip": "HTTP API: a gzip body that does not inflate",
     "unsupported_encoding": "HTTP API: a Content-Encoding other than gzip",
 }
@@ -292,7 +305,42 @@ def _refuse_constant(name):
 _decode_json = json.JSONDecoder(parse_constant=_refuse_constant).decode
 
 
-_JSON_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+_NOT_BRACKET = re.compile(r'[^\[\]{}]+')
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def json_depth(text):
+    """How deep JSON text nests: the most brackets open at once outside strings.
+
+    Linear in the text, and all of it in C but one accumulate() over the brackets. Inside a
+    JSON string a backslash escapes exactly the next character, so dropping escaped
+    backslashes, then escaped quotes, leaves only quotes that open or close strings: every
+    other piece between them is outside. (A regular expression that skipped strings was
+    tried again at each quote inside an unterminated string: quadratic, with the GIL held.)
+    Text that is not JSON may be miscounted after its first error, where json stops too.
+    """
+    unescaped = text.replace("\\\\", "").replace('\\"', "")
+    outside = "".join(unescaped.split('"')[::2])
+    brackets = _NOT_BRACKET.sub("", outside)
+    return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+
+
+# A \uD800-\uDFFF escape, which json turns into a lone surrogate unless it pairs with the next.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_surrogates(value):
+    """`value` with every lone surrogate replaced by U+FFFD. Strict JSON readers (serde_json,
+    which Vector uses) refuse a line holding one; json joins the valid pairs itself."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_replace_surrogates(key): _replace_surrogates(item)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_replace_surrogates(item) for item in value]
+    return value
 
 
 def parse_object(raw, max_depth=MAX_DEPTH):
@@ -303,16 +351,8 @@ def parse_object(raw, max_depth=MAX_DEPTH):
         raise Rejected("invalid_utf8") from None
     # Counting brackets is a cheap upper bound on depth; only a payload with many of them
     # pays for the exact scan, which skips brackets inside strings.
-    if text.count("{") + text.count("[") > max_depth:
-        depth = 0
-        for token in _JSON_NESTING.finditer(text):
-            char = token.group()[0]
-            if char in "[{":
-                depth += 1
-                if depth > max_depth:
-                    raise Rejected("too_deep")
-            elif char in "]}":
-                depth -= 1
+    if text.count("{") + text.count("[") > max_depth and json_depth(text) > max_depth:
+        raise Rejected("too_deep")
     try:
         payload = _decode_json(text)
     except Rejected:
@@ -321,12 +361,15 @@ def parse_object(raw, max_depth=MAX_DEPTH):
         raise Rejected("invalid_json") from None
     if not isinstance(payload, dict):
         raise Rejected("payload_not_object")
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        payload = _replace_surrogates(payload)
     return payload
 
 
+# re.ASCII: \d would otherwise match Arabic-Indic or fullwidth digits, which int() reads.
 _ISO_8601 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)(?:[Tt ](\d\d):(\d\d)(?::(\d\d)(?:[.,](\d{1,9}))?)?"
-    r"([Zz]|[+-]\d\d(?::?\d\d)?)?)?\Z")
+    r"([Zz]|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)?)?\Z", re.ASCII)
 
 
 def parse_time(value):
@@ -366,6 +409,7 @@ def format_time(seconds):
 _OBJECT_FIELDS = {"properties": "properties_not_object", "traits": "traits_not_object",
                   "context": "context_not_object", "integrations": "integrations_not_object"}
 _STRING_FIELDS = {"name": "name_not_string", "category": "category_not_string"}
+_NULL_MEANS_ABSENT = tuple(_OBJECT_FIELDS) + tuple(_STRING_FIELDS)
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
 
 
@@ -376,7 +420,11 @@ def _string_id(payload, field):
         return None
     if isinstance(value, str):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):   # 1e400 parses as inf; it must not be logged as "inf"
+            raise Rejected("invalid_number", field)
         return str(value)
     raise Rejected("id_not_string", field)
 
@@ -428,6 +476,11 @@ def validate(kind, payload, write_keys=None):
     for field, reason in _OBJECT_FIELDS.items():
         if payload.get(field) is not None and not isinstance(payload[field], dict):
             raise Rejected(reason)
+    for field in _NULL_MEANS_ABSENT:
+        # Accepted as absent, so written as absent: a reader of event["properties"]["x"]
+        # must not meet a null.
+        if field in event and event[field] is None:
+            del event[field]
     for field in _TIME_FIELDS:
         if payload.get(field) is not None:
             try:
@@ -540,19 +593,34 @@ def decode_body(body, content_encoding=None):
     """The JSON bytes of an API request body, gunzipped if it says so, capped in size."""
     coding = (content_encoding or "identity").strip().lower()
     if coding == "gzip":
-        # A bomb of a few KB can inflate to gigabytes; stop one byte past the cap.
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            body = inflater.decompress(body, MAX_BATCH_BYTES + 1)
-        except zlib.error:
-            raise Rejected("invalid_gzip") from None
-        if inflater.unconsumed_tail:
-            raise Rejected("body_too_large")
+        body = _gunzip(body)
     elif coding != "identity":
         raise Rejected("unsupported_encoding")
     if len(body) > MAX_BATCH_BYTES:
         raise Rejected("body_too_large")
     return body
+
+
+def _gunzip(body):
+    """Inflate every gzip member in `body` (RFC 1952 allows several, and gzip -c a b > c
+    makes them), each checked against its CRC and length trailer. A bomb of a few KB can
+    inflate to gigabytes, so inflating stops one byte past the cap."""
+    parts, size = [], 0
+    while True:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = inflater.decompress(body, MAX_BATCH_BYTES + 1 - size)
+        except zlib.error:   # not gzip, corrupt, or a CRC or length that does not match
+            raise Rejected("invalid_gzip") from None
+        size += len(part)
+        if inflater.unconsumed_tail or size > MAX_BATCH_BYTES:
+            raise Rejected("body_too_large")
+        if not inflater.eof:   # cut short: no trailer, so no CRC was checked
+            raise Rejected("invalid_gzip")
+        parts.append(part)
+        body = inflater.unused_data
+        if not body:
+            return b"".join(parts)
 
 
 def _basic_auth_user(authorization):
@@ -572,13 +640,16 @@ def api_payloads(route, body, *, authorization=None):
 
     `route` is the last path segment: an event type, or "batch" / "import". A batch's
     top-level context, integrations, writeKey and sentAt are given to each item that lacks
-    them. Raises Rejected for a body that is not a JSON object or breaks a size limit (the
-    caller answers 400); a single item that is not an object comes back as a Rejected in
-    place of its payload, so the rest of the batch still counts.
+    them (and merged into an item's own context or integrations). Raises Rejected for a body
+    that is not a JSON object or breaks a size limit (the caller answers 400); an item that
+    is not an event, or is over 32 KB with the shared fields counted in, comes back as a
+    Rejected (holding the item) in place of its payload, so the rest of the batch counts.
     """
-    document = parse_object(body, MAX_DEPTH + 2)
+    batch = route in BATCH_ROUTES
+    # A batch nests its events two levels down, in {"batch": [...]}.
+    document = parse_object(body, MAX_DEPTH + 2 if batch else MAX_DEPTH)
     fallback_key = _basic_auth_user(authorization)
-    if route not in BATCH_ROUTES:
+    if not batch:
         if len(body) > MAX_PAYLOAD_BYTES:
             raise Rejected("payload_too_large")
         if fallback_key and not document.get("writeKey"):
@@ -593,12 +664,21 @@ def api_payloads(route, body, *, authorization=None):
                                                    "writeKey") if document.get(field)}
     if fallback_key and "writeKey" not in shared:
         shared["writeKey"] = fallback_key
+    # An item's size is counted with the shared fields it may inherit, so a large shared
+    # context cannot be copied into thousands of small items; and all items together are
+    # bounded, so one request cannot write more than a small multiple of its body.
+    inherited = sum(len(_encode_lenient(value)) for value in shared.values())
+    total = 0
     pairs = []
     for item in items:
         if not isinstance(item, dict):
             pairs.append((None, Rejected("payload_not_object", item=item)))
             continue
-        if len(_encode_lenient(item)) > MAX_PAYLOAD_BYTES:
+        size = len(_encode_lenient(item)) + inherited
+        total += size
+        if total > MAX_REQUEST_LOG_BYTES:
+            raise Rejected("batch_too_large")
+        if size > MAX_PAYLOAD_BYTES:
             pairs.append((item.get("type"), Rejected("payload_too_large", item=item)))
             continue
         payload = dict(item)
@@ -616,25 +696,42 @@ def api_payloads(route, body, *, authorization=None):
 def client_ip(peer, forwarded_for, trusted_proxies):
     """The client address: the peer, or with a trusted peer the right-most untrusted entry of
     X-Forwarded-For. Entries are read right to left, since only the right end was written
-    by proxies we trust; the left end is whatever the client claimed."""
+    by proxies we trust; the left end is whatever the client claimed. An IPv4-mapped IPv6
+    address (an IPv4 client of a dual-stack `--host ::` socket) is read as the IPv4 one."""
+    if peer.startswith("::ffff:"):
+        peer = str(_address(peer) or peer)
     if not trusted_proxies or not forwarded_for:
         return peer
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return peer
-    if not any(address in network for network in trusted_proxies):
+    address = _address(peer)
+    if address is None or not any(address in network for network in trusted_proxies):
         return peer
     candidate = peer
     for entry in reversed(forwarded_for.split(",")):
-        try:
-            address = ipaddress.ip_address(entry.strip())
-        except ValueError:
+        address = _address(entry.strip())
+        if address is None:
             break   # a malformed hop: trust nothing left of it
         candidate = str(address)
         if not any(address in network for network in trusted_proxies):
             break
     return candidate
+
+
+def _address(text):
+    """An ip_address, IPv4-mapped IPv6 read as IPv4; None if `text` is not an address."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def user_agent(headers):
+    """The User-Agent header as text. HTTP transports hand over header bytes read as
+    Latin-1 (WSGI's rule too); a UTF-8 agent is read as UTF-8 again, not logged as mojibake."""
+    agent = headers.get("user-agent")
+    if agent and not agent.isascii():
+        agent = agent.encode("latin-1", "replace").decode("utf-8", "replace")
+    return agent or None
 
 
 # --------------------------------------------------------------------------------------------
@@ -698,7 +795,8 @@ class LogWriter:
     """
 
     def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None):
-        self.path = os.path.abspath(path)
+        # The real path: rotating a symlink would rename the link, not the file it names.
+        self.path = os.path.realpath(path)
         self.max_bytes = max_bytes
         self.keep = keep
         self.written = 0        # lines on disk
@@ -712,7 +810,10 @@ class LogWriter:
         self._torn = False      # a short write left bytes past _size that are not yet cut
         self._failing_since = None
         self._failures_unreported = 0
+        self.torn_tail = None   # the start of a torn last line cut at start-up, if any
+        self.torn_tail_bytes = 0
         self._open()            # at start-up an OSError here is the operator's to see
+        self._cut_torn_tail()
 
     @property
     def failing(self):
@@ -724,11 +825,51 @@ class LogWriter:
         self._fd, self._identity, self._size = fd, (status.st_dev, status.st_ino), status.st_size
 
     def _reopen(self):
-        """Close the open file and open the path afresh; a torn tail still to cut was the
-        old file's."""
-        self._close()
-        self._torn = False
+        """Open the path afresh, then close the file open until now (so that if the path
+        cannot be opened, the old file stays open); a torn tail still to cut was the old
+        file's."""
+        old = self._fd
         self._open()
+        self._torn = False
+        if old is not None:
+            os.close(old)
+
+    def reopen(self):
+        """Open the path afresh (SIGHUP, logrotate's convention), even if it names the
+        same file; what is written from now on goes to the file at the path. If the path
+        cannot be opened, raises OSError and keeps the file it had."""
+        with self._lock:
+            self._reopen()
+
+    def _cut_torn_tail(self):
+        """A kill -9 or a power cut during a write can leave a last line with no newline;
+        the next line appended to it would be glued on, and neither would parse. Cut the
+        fragment back to the last whole line, keeping its first MAX_REJECT_RAW bytes in
+        `torn_tail` (for the rejects log), and say so."""
+        if not self._size:
+            return
+        end = self._size
+        reader = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if os.pread(reader, 1, end - 1) == b"\n":
+                return
+            start = end
+            while start > 0:   # back to the last newline, a block at a time
+                block_start = max(0, start - RECV_SIZE)
+                block = os.pread(reader, start - block_start, block_start)
+                newline = block.rfind(b"\n")
+                if newline >= 0:
+                    start = block_start + newline + 1
+                    break
+                start = block_start
+            self.torn_tail = os.pread(reader, min(end - start, MAX_REJECT_RAW), start)
+        finally:
+            os.close(reader)
+        self.torn_tail_bytes = end - start
+        os.ftruncate(self._fd, start)
+        self._size = start
+        self._reporter.say("%s ended in a torn line (%d bytes, no newline): cut it"
+                           % (self.path, end - start))
 
     def _close(self):
         if self._fd is not None:
@@ -740,7 +881,9 @@ class LogWriter:
             self._close()
 
     def write(self, lines):
-        """Append `lines` (a list of bytes, each ending in a newline). True once on disk."""
+        """Append `lines` (a list of bytes, each ending in a newline). True once all are on
+        disk. Lines go out in as few write() calls as rotation and MAX_WRITE_BYTES allow;
+        if one fails, the lines before it stay written and counted, the rest are failed."""
         # Stat before taking the lock, so that threads queue only behind the write itself;
         # _follow_path compares it with the open file under the lock, so that a write that
         # starts after an external mv or rm goes to the new file, as WatchedFileHandler
@@ -751,20 +894,23 @@ class LogWriter:
         except OSError:
             status = None
         with self._lock:
+            done = 0
             try:
                 self._follow_path(status)
                 if self._torn:
                     os.ftruncate(self._fd, self._size)
                     self._torn = False
-                for chunk in self._chunks(lines):
+                for chunk, count in self._chunks(lines):
                     if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
                         self._rotate()
                     self._append_linked(chunk)
+                    done += count
             except OSError as error:
-                self.failed += len(lines)
-                self._report_failure(error, len(lines))
+                self.written += done
+                self.failed += len(lines) - done
+                self._report_failure(error, len(lines) - done)
                 return False
-            self.written += len(lines)
+            self.written += done
             if self._failing_since is not None:
                 self._reporter.say("writing %s again after %d failed line(s)"
                                    % (self.path, self._failures_unreported))
@@ -773,23 +919,27 @@ class LogWriter:
             return True
 
     def _chunks(self, lines):
+        """(bytes, line count) pieces of `lines` for one write() each: whole lines, at most
+        MAX_WRITE_BYTES (or max_bytes) each, unless one line is larger on its own."""
         if len(lines) == 1:
-            return lines
+            return [(lines[0], 1)]
+        limit = min(self.max_bytes or MAX_WRITE_BYTES, MAX_WRITE_BYTES)
         chunks, current, size = [], [], 0
         for line in lines:
-            if current and self.max_bytes and size + len(line) > self.max_bytes:
-                chunks.append(b"".join(current))
+            if current and size + len(line) > limit:
+                chunks.append((b"".join(current), len(current)))
                 current, size = [], 0
             current.append(line)
             size += len(line)
-        chunks.append(b"".join(current))
+        chunks.append((b"".join(current), len(current)))
         return chunks
 
     def _follow_path(self, status):
         """Reopen the configured path if the open file is no longer at it (logrotate's
         `create` mode, an operator's mv or rm). `status` is a stat of the path taken just
         before the lock; a mismatch is checked again, since our own rotation may have
-        happened in between."""
+        happened in between. If the path cannot be opened (its folder was renamed or
+        removed) but the open file still has a name somewhere, writing goes on there."""
         if self._fd is not None:
             if status is not None and (status.st_dev, status.st_ino) == self._identity:
                 return
@@ -799,6 +949,15 @@ class LogWriter:
                 status = None
             if status is not None and (status.st_dev, status.st_ino) == self._identity:
                 return
+            try:
+                self._reopen()
+            except OSError as error:
+                if not os.fstat(self._fd).st_nlink:
+                    raise
+                self._reporter.say("cannot reopen %s: %s; still writing to the file it "
+                                   "named" % (self.path, error.strerror or error),
+                                   key="reopen " + self.path)
+            return
         self._reopen()
 
     def _append_linked(self, chunk):
@@ -929,7 +1088,6 @@ def not_allowed(route):
 LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required",
                                     "message": "send a Content-Length; chunked bodies are not "
                                                "accepted"})
-BODY_TOO_LARGE = json_answer(400, {"success": False, "error": "body_too_large"})
 
 
 class Recorder:
@@ -943,9 +1101,10 @@ class Recorder:
     """
 
     def __init__(self, events, rejects, *, write_keys=(), trusted_proxies=(), record_ip=True,
-                 clock=time.time):
+                 clock=time.time, reporter=None):
         self.events = events
         self.rejects = rejects
+        self.reporter = reporter or Reporter()
         self.write_keys = frozenset(write_keys)
         self.trusted_proxies = tuple(ipaddress.ip_network(proxy, strict=False)
                                      for proxy in trusted_proxies)
@@ -971,15 +1130,21 @@ class Recorder:
         return json_answer(200, self.health())
 
     def refuse(self, route, request, reason, status):
-        """A request refused before it could be read whole (a head over the limits): a pixel
-        GET still gets its GIF and a rejects-log line; anything else, `status`."""
-        if route is not None and route.kind == "pixel" and request.method == "GET":
-            self.reject(Rejected(reason), request)
-            return GIF_ANSWER
+        """A request refused before it could be read whole (a head over the limits, a body
+        over the cap). A pixel GET still gets its GIF and a rejects-log line; a request to
+        the API a rejects-log line and `status` with its reason in JSON; anything else, the
+        plain `status`."""
+        if route is not None and request.method in route.methods:
+            if route.kind == "pixel" and request.method == "GET":
+                self.reject(Rejected(reason), request)
+                return GIF_ANSWER
+            if route.kind == "api":
+                self.reject(Rejected(reason), request, quoted="")
+                return json_answer(status, {"success": False, "error": reason})
         return plain_answer(status)
 
     def client_ip(self, request):
-        if not self.record_ip:
+        if not self.record_ip or not request.peer:   # no address known: none is written
             return None
         return client_ip(request.peer, request.headers.get("x-forwarded-for"),
                          self.trusted_proxies)
@@ -990,7 +1155,7 @@ class Recorder:
         try:
             event = pixel_event(kind, request.query, received_at=received_at,
                                 write_keys=self.write_keys, ip=ip,
-                                user_agent=request.headers.get("user-agent"))
+                                user_agent=user_agent(request.headers))
             line = encode_line(event)
         except Rejected as rejection:
             self.reject(rejection, request, received_at=received_at, ip=ip)
@@ -998,10 +1163,13 @@ class Recorder:
         self.events.write([line])
 
     def record_api(self, route, request):
-        """Write the events of an HTTP API body: 200, or 400 for a body that is not one."""
+        """Write the events of an HTTP API body. 200 once they are on disk; 400 for a body
+        that is not one; 503 if the log could not be written, so that SDKs send it again
+        (they retry 5xx). Items that break a rule go to the rejects log, at most
+        MAX_REJECTS_PER_REQUEST lines of them and then one line counting the rest."""
         received_at = self.clock()
         ip = self.client_ip(request)
-        user_agent = request.headers.get("user-agent")
+        agent = user_agent(request.headers)
         body = request.body
         try:
             body = decode_body(body, request.headers.get("content-encoding"))
@@ -1010,20 +1178,36 @@ class Recorder:
             self.reject(rejection, request, received_at=received_at, ip=ip,
                         quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
             return json_answer(400, {"success": False, "error": rejection.reason})
-        lines = []
+        lines, size, refused = [], 0, []
         for kind, payload in pairs:
             try:
                 if isinstance(payload, Rejected):   # an item that is not even an event
                     raise payload
-                lines.append(encode_line(build_event(
-                    kind, payload, received_at=received_at, write_keys=self.write_keys, ip=ip,
-                    user_agent=user_agent)))
+                line = encode_line(build_event(kind, payload, received_at=received_at,
+                                               write_keys=self.write_keys, ip=ip,
+                                               user_agent=agent))
             except Rejected as rejection:
-                item = payload.item if isinstance(payload, Rejected) else payload
+                refused.append((rejection, payload.item if payload is rejection else payload))
+                continue
+            size += len(line)
+            if size > MAX_REQUEST_LOG_BYTES:   # the user agent and ip, once per event
+                rejection = Rejected("batch_too_large")
                 self.reject(rejection, request, received_at=received_at, ip=ip,
-                            quoted=_encode_lenient(item)[:MAX_REJECT_RAW])
-        if lines:
-            self.events.write(lines)
+                            quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
+                return json_answer(400, {"success": False, "error": rejection.reason})
+            lines.append(line)
+        written = self.events.write(lines) if lines else True
+        if refused:
+            records = [self._reject_line(rejection, request, received_at, ip,
+                                         _encode_lenient(item)[:MAX_REJECT_RAW])
+                       for rejection, item in refused[:MAX_REJECTS_PER_REQUEST]]
+            if len(refused) > MAX_REJECTS_PER_REQUEST:
+                rest = Rejected("too_many_rejects", "%d more item(s) not quoted"
+                                % (len(refused) - MAX_REJECTS_PER_REQUEST))
+                records.append(self._reject_line(rest, request, received_at, ip, ""))
+            self._write_rejects(records, len(refused))
+        if not written:
+            return json_answer(503, {"success": False, "error": "write_failed"})
         return json_answer(200, {"success": True})
 
     def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None):
@@ -1032,6 +1216,9 @@ class Recorder:
         if received_at is None:
             received_at = self.clock()
             ip = self.client_ip(request)
+        self._write_rejects([self._reject_line(rejection, request, received_at, ip, quoted)])
+
+    def _reject_line(self, rejection, request, received_at, ip, quoted):
         record = {"reason": rejection.reason}
         if rejection.detail:
             record["detail"] = rejection.detail
@@ -1045,13 +1232,38 @@ class Recorder:
                 record["queryTruncated"] = True
         if ip is not None:
             record["ip"] = ip
-        user_agent = request.headers.get("user-agent")
-        if user_agent:
-            record["userAgent"] = user_agent[:MAX_USER_AGENT]
+        agent = user_agent(request.headers)
+        if agent:
+            record["userAgent"] = agent[:MAX_USER_AGENT]
         record["receivedAt"] = format_time(received_at)
+        return (_encode(record) + "\n").encode("ascii")
+
+    def _write_rejects(self, lines, count=None):
         with self._count_lock:
-            self.rejected += 1
-        self.rejects.write([(_encode(record) + "\n").encode("ascii")])
+            self.rejected += len(lines) if count is None else count
+        self.rejects.write(lines)
+
+    def record_torn_tails(self):
+        """A rejects line for each log whose torn last line its LogWriter cut at start-up."""
+        for writer in (self.events, self.rejects):
+            if writer.torn_tail is not None:
+                rejection = Rejected("torn_tail", "%d byte(s) cut from %s"
+                                     % (writer.torn_tail_bytes, writer.path))
+                request = Request("", "", "", {}, "", b"")
+                self.reject(rejection, request, ip=None, received_at=self.clock(),
+                            quoted=writer.torn_tail.decode("utf-8", "replace"))
+
+    def reopen(self):
+        """Open both logs afresh at their paths (SIGHUP)."""
+        for writer in (self.events, self.rejects):
+            try:
+                writer.reopen()
+            except OSError as error:   # the next write tries again, and reports it
+                self.reporter.say("cannot reopen %s: %s" % (
+                    writer.path, error.strerror or error), key="reopen " + writer.path)
+                continue
+        self.reporter.say("reopened %s and %s (SIGHUP)" % (self.events.path,
+                                                           self.rejects.path))
 
     def health(self):
         failing = self.events.failing or self.rejects.failing
@@ -1099,6 +1311,10 @@ def parse_head(head):
     """
     lines = head.split(b"\n")
     request_line = lines[0].rstrip(b"\r")
+    # A bare CR or a NUL is read differently by different parsers (RFC 9112 2.2): refuse.
+    # (The head comes without its last line end, so a CR may end it.)
+    if (b"\r" in head and b"\r" in head[:-1].replace(b"\r\n", b"")) or b"\0" in head:
+        raise HeadError(400, "bad_header", request_line[:MAX_LINE])
     if len(request_line) > MAX_LINE:
         raise HeadError(414, "uri_too_long", request_line[:MAX_LINE])
     if len(lines) - 1 > MAX_HEADERS:
@@ -1131,6 +1347,10 @@ def parse_head(head):
         headers[name] = headers[name] + ", " + value if name in headers else value
     connection = headers.get("connection", "").lower()
     keep_alive = "keep-alive" in connection if minor == "0" else "close" not in connection
+    # HTTP/1.1 requires exactly one Host (RFC 9112 3.2); two could route differently at a
+    # proxy and here.
+    if minor != "0" and (not headers.get("host") or "," in headers["host"]):
+        raise HeadError(400, "bad_host", request_line)
     if not target.isascii():
         target = urllib.parse.quote_from_bytes(target.encode("latin-1"), _SAFE_TARGET)
     if not target.startswith("/"):
@@ -1158,7 +1378,8 @@ def _body_length(headers):
     if len(lengths) != 1:
         return None
     length = lengths.pop()
-    return int(length) if length.isdigit() and len(length) < 12 else None
+    # ASCII digits only: "\u00b2" passes str.isdigit() but not int().
+    return int(length) if length.isascii() and length.isdigit() and len(length) < 12 else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -1170,8 +1391,11 @@ _KERNEL_TIMEOUTS = sys.platform.startswith(("linux", "darwin", "freebsd", "openb
 
 
 def _timeval(seconds):
+    # At least 1 us: the kernel reads a zero timeval as "no timeout", so a deadline that
+    # is a few ns away must not become one.
     whole = int(seconds)
-    return struct.pack("@ll", whole, int((seconds - whole) * 1e6))
+    micro = int((seconds - whole) * 1e6)
+    return struct.pack("@ll", whole, micro if whole or micro else 1)
 
 
 class _Closed(Exception):
@@ -1264,26 +1488,40 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self._buffer += chunk
 
     def _read_head(self):
-        """The next request head, without its blank line; bare LF line ends are accepted."""
+        """The next request head, without its blank line; bare LF line ends are accepted.
+
+        Until the head is complete the connection may be closed to make room when every
+        slot is taken (ConnectionPool.submit): a kept-alive one waiting for its next
+        request, or a new one that has not sent a whole head yet."""
+        pool = self.server.pool
+        pool.mark_idle(self.connection)
+        try:
+            return self._read_head_bytes()
+        finally:
+            pool.mark_busy(self.connection)
+
+    def _read_head_bytes(self):
         buffer = self._buffer
         server = self.server
         if not buffer:
             if self._served:   # a kept-alive connection waits idle, then gets a fresh deadline
-                server.pool.mark_idle(self.connection)
-                try:
-                    self._recv(server.idle_timeout)
-                finally:
-                    server.pool.mark_busy(self.connection)
+                self._recv(server.idle_timeout)
                 self._deadline = time.monotonic() + server.request_timeout
             else:
                 self._recv(self._deadline - time.monotonic())
         elif self._served:
             self._deadline = time.monotonic() + server.request_timeout
         start = 0
+        skipped = 0
         while True:
-            # RFC 9112 section 2.2: ignore empty lines before a request line.
-            while buffer[:1] in (b"\r", b"\n") and buffer:
-                del buffer[:1]
+            # RFC 9112 section 2.2: ignore empty lines before a request line. They count
+            # toward the head's limit, and go in one step, not a byte at a time.
+            if buffer[:1] in (b"\r", b"\n") and buffer:
+                blank = len(buffer) - len(buffer.lstrip(b"\r\n"))
+                del buffer[:blank]
+                skipped += blank
+                if skipped > MAX_HEAD_BYTES:
+                    raise _Closed("only empty lines")
             end = buffer.find(b"\n\r\n", start)
             end_lf = buffer.find(b"\n\n", start, end if end >= 0 else len(buffer))
             if end_lf >= 0:
@@ -1294,7 +1532,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                 break
             if len(buffer) > MAX_LINE and buffer.find(b"\n", 0, MAX_LINE + 1) < 0:
                 raise HeadError(414, "uri_too_long", bytes(buffer[:MAX_LINE]))
-            if len(buffer) > MAX_HEAD_BYTES:
+            if len(buffer) + skipped > MAX_HEAD_BYTES:
                 raise HeadError(431, "headers_too_large", bytes(buffer[:MAX_LINE]))
             start = max(0, len(buffer) - 2)
             self._recv(self._deadline - time.monotonic())
@@ -1330,9 +1568,10 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             self._serve(head)
             if self._unread_body:
                 self._linger()   # let the client finish sending and read our answer
-        except _Closed:
-            return
-        except OSError:   # the client went away while we answered
+        except (_Closed, OSError):
+            # A timeout, a reset, or a stop, perhaps in the middle of a body: whatever the
+            # client sends after this must never be read as a request of its own.
+            self.close_connection = True
             return
         if self.server.stopping or self.protocol_version == "HTTP/1.0":
             self.close_connection = True
@@ -1349,7 +1588,10 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                 return self._send(LENGTH_REQUIRED)
             if head.body_length > route.max_body:
                 self.close_connection = self._unread_body = True
-                return self._send(BODY_TOO_LARGE)
+                request = Request(head.method, head.path, head.query, head.headers,
+                                  self.client_address[0], b"")
+                return self._send(self.server.recorder.refuse(route, request,
+                                                              "body_too_large", 400))
             if head.version == "HTTP/1.1" and len(self._buffer) < head.body_length and \
                     "100-continue" in head.headers.get("expect", "").lower():
                 self.connection.sendall(b"%s 100 Continue\r\n\r\n"
@@ -1534,6 +1776,14 @@ class ConnectionPool:
                             return
                 sock, client_address = self._handoff.popleft()
 
+    def stop_admitting(self):
+        """Take no more connections, and wake a submit() waiting for a slot, so that the
+        accept loop can return."""
+        with self._lock:
+            self.closing = True
+            self._changed.notify_all()
+            self._handed.notify_all()
+
     def close(self, timeout):
         """Take no more connections. Half-close the read side of every live one: an idle one
         wakes at once, a request not yet fully received is cut, and what was received is
@@ -1622,6 +1872,12 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             client_address[0], type(error).__name__, error, trace.tb_lineno),
             key="internal error")
 
+    def shutdown(self):
+        """Stop serve_forever(), even while its accept loop waits for a free slot; call it
+        from another thread. Connections already taken are served until drain()."""
+        self.pool.stop_admitting()
+        super().shutdown()
+
     def stop(self, timeout=None):
         """Stop serve_forever() and drain(); call it from another thread than serve_forever's."""
         self.shutdown()
@@ -1647,33 +1903,38 @@ class WsgiApp:
     before the answer. Any other path is a 404, so it can be mounted under a prefix with a
     dispatcher. The client address is REMOTE_ADDR, and X-Forwarded-For is believed under
     the recorder's trusted proxies. HTTP framing, keep-alive and head limits are the WSGI
-    server's."""
+    server's, and so is decoding the path: a route is matched on PATH_INFO, which WSGI
+    servers percent-decode (the built-in server matches the path as sent)."""
 
     def __init__(self, recorder):
         self.recorder = recorder
 
     def __call__(self, environ, start_response):
-        method = environ["REQUEST_METHOD"].upper()
+        method = environ["REQUEST_METHOD"]
         path = environ.get("PATH_INFO") or "/"
+        query = environ.get("QUERY_STRING", "")
+        if not query.isascii():   # raw UTF-8 bytes, which WSGI hands over read as Latin-1
+            query = urllib.parse.quote_from_bytes(query.encode("latin-1"), _SAFE_TARGET)
         headers = {name[5:].replace("_", "-").lower(): value
                    for name, value in environ.items() if name.startswith("HTTP_")}
         for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             if environ.get(name):
                 headers[name.replace("_", "-").lower()] = environ[name]
         route = ROUTES.get(path)
-        body = b""
+        request = Request(method, path, query, headers, environ.get("REMOTE_ADDR") or "", b"")
         answer = None
         if route is not None and route.max_body and method in route.methods:
-            length = environ.get("CONTENT_LENGTH", "")
-            if not (length.isascii() and length.isdigit()):
+            length = environ.get("CONTENT_LENGTH") or "0"
+            if "transfer-encoding" in headers or not (length.isascii() and length.isdigit()):
                 answer = LENGTH_REQUIRED   # WSGI gives no safe way to read an unsized body
             elif int(length) > route.max_body:
-                answer = BODY_TOO_LARGE
+                answer = self.recorder.refuse(route, request, "body_too_large", 400)
             else:
                 body = _read_exactly(environ["wsgi.input"], int(length))
+                if len(body) < int(length):   # the client stopped sending: record nothing
+                    answer = plain_answer(400)
+                request = request._replace(body=body)
         if answer is None:
-            request = Request(method, path, environ.get("QUERY_STRING", ""), headers,
-                              environ.get("REMOTE_ADDR", ""), body)
             answer = self.recorder.answer(route, request)
         start_response("%d %s" % (answer.status, http.server.BaseHTTPRequestHandler.responses[
             answer.status][0]), list(answer.headers))
@@ -1724,6 +1985,14 @@ def _positive(kind):
         return value
     convert.__name__ = kind.__name__
     return convert
+
+
+def _seconds(text):
+    value = float(text)
+    if not MIN_TIMEOUT <= value <= MAX_TIMEOUT:   # NaN fails both comparisons
+        raise argparse.ArgumentTypeError("must be between %g and %g seconds: %r"
+                                         % (MIN_TIMEOUT, MAX_TIMEOUT, text))
+    return value
 
 
 def _port(text):
@@ -1817,11 +2086,17 @@ def build_parser(environ):
         kwargs.setdefault("metavar", dest.upper())
         if env in environ:
             text = environ[env]
+            if not text.strip():
+                # PIXEL_WRITE_KEYS= must not switch the allowlist off, nor PIXEL_HOST=
+                # listen everywhere: an empty value is a mistake, not a setting.
+                parser.error("%s is set but empty; unset it to use the default" % env)
             try:
                 default = ([convert(item.strip()) for item in text.split(",") if item.strip()]
                            if many else convert(text))
             except (argparse.ArgumentTypeError, ValueError) as error:
                 parser.error("%s=%r: %s" % (env, text, error))
+            if many and not default:
+                parser.error("%s=%r names nothing; unset it to use the default" % (env, text))
             from_env[dest] = default
         parser.add_argument(flag, type=convert, action="append" if many else "store",
                             default=None if many else default,
@@ -1861,10 +2136,10 @@ def build_parser(environ):
            "connections served at once; more wait in the listen backlog", _positive(int),
            metavar="N")
     option("--request-timeout", "PIXEL_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT,
-           "seconds a client has to send a whole request, head and body", _positive(float),
+           "seconds a client has to send a whole request, head and body", _seconds,
            metavar="S")
     option("--idle-timeout", "PIXEL_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT,
-           "seconds a kept-alive connection may wait for its next request", _positive(float),
+           "seconds a kept-alive connection may wait for its next request", _seconds,
            metavar="S")
     option("--cpu", "PIXEL_CPU", "auto", "pin the process to one CPU: auto (the last one it may "
            "use), none, or a CPU number. Python runs one thread at a time; keeping all of them "
@@ -1908,7 +2183,9 @@ def main(argv=None, environ=None):
                 raise StartupError("cannot open %s: %s" % (error.filename or path,
                                                            error.strerror or error)) from None
         recorder = Recorder(*writers, write_keys=args.write_key,
-                            trusted_proxies=args.trusted_proxy, record_ip=not args.no_ip)
+                            trusted_proxies=args.trusted_proxy, record_ip=not args.no_ip,
+                            reporter=reporter)
+        recorder.record_torn_tails()
         return serve(args, recorder, reporter)
     except StartupError as error:
         reporter.say(str(error))
@@ -1951,12 +2228,23 @@ def serve(args, recorder, reporter):
         # the stop has to be asked from another thread.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    def reopen(signum, frame):
+        # logrotate's convention (postrotate kill -HUP). A thread, since the handler runs
+        # between two bytecodes of the accept loop and must not wait for a writer's lock.
+        threading.Thread(target=recorder.reopen, daemon=True).start()
+
     # Before the line that says we listen: whoever waits for it (a test, a supervisor) may
-    # signal at once, and a SIGINT or SIGTERM must then stop us cleanly, not kill us.
+    # signal at once, and a SIGINT or SIGTERM must then stop us cleanly, not kill us. The
+    # other signals a supervisor or an operator may send must not kill it either: SIGHUP
+    # reopens the logs; SIGUSR1, SIGUSR2 and SIGQUIT are ignored.
+    handlers = {"SIGTERM": stop, "SIGINT": stop, "SIGHUP": reopen, "SIGUSR1": signal.SIG_IGN,
+                "SIGUSR2": signal.SIG_IGN, "SIGQUIT": signal.SIG_IGN}
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, stop)
+        for name, handler in handlers.items():
+            signum = getattr(signal, name, None)   # Windows has only some of them
+            if signum is not None:
+                previous[signum] = signal.signal(signum, handler)
 
     host, port = server.server_address[:2]
     shown = "[%s]" % host if ":" in host else host

@@ -24,6 +24,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -177,6 +178,20 @@ VALIDATE_CASES = [
     ("timestamp not ISO-8601", "identify", dict(VALID, timestamp="yesterday"), None,
      "invalid_timestamp"),
     ("timestamp a number", "identify", dict(VALID, timestamp=5), None, "invalid_timestamp"),
+    ("Arabic-Indic digits", "identify",
+     dict(VALID, timestamp="\u0662\u0660\u0662\u0666-01-01T00:00:00Z"), None,
+     "invalid_timestamp"),
+    ("fullwidth digits", "identify", dict(VALID, sentAt="\uff12\uff10\uff12\uff16-01-01"),
+     None, "invalid_timestamp"),
+    ("offset +99:99", "identify", dict(VALID, timestamp="2026-01-01T00:00:00+99:99"), None,
+     "invalid_timestamp"),
+    ("offset +24:00", "identify", dict(VALID, timestamp="2026-01-01T00:00:00+24:00"), None,
+     "invalid_timestamp"),
+    ("offset +14:00", "identify", dict(VALID, timestamp="2026-01-01T00:00:00+14:00"), None,
+     None),
+    ("userId 1e400 (infinite)", "identify", {"writeKey": "k", "userId": float("inf")}, None,
+     "invalid_number"),
+    ("groupId -1e400", "group", dict(VALID, groupId=float("-inf")), None, "invalid_number"),
     ("sentAt out of range", "identify", dict(VALID, sentAt="2026-13-01T00:00:00Z"), None,
      "invalid_timestamp"),
     ("ISO-8601 with offset", "identify", dict(VALID, timestamp="2026-11-26T10:00:00+01:00"),
@@ -364,6 +379,162 @@ class ClientIp(unittest.TestCase):
                 self.assertEqual(pixel.client_ip(peer, forwarded, proxies), expected)
 
 
+class ClientIpDualStack(unittest.TestCase):
+    def test_ipv4_mapped_addresses_are_read_as_ipv4(self):
+        import ipaddress
+        trusted = (ipaddress.ip_network("127.0.0.1/32"),)
+        self.assertEqual(pixel.client_ip("::ffff:127.0.0.1", None, ()), "127.0.0.1")
+        self.assertEqual(pixel.client_ip("::ffff:127.0.0.1", "6.6.6.6", trusted), "6.6.6.6")
+        self.assertEqual(pixel.client_ip("127.0.0.1", "::ffff:6.6.6.6", trusted), "6.6.6.6")
+        self.assertEqual(pixel.client_ip("::1", None, trusted), "::1")
+        self.assertEqual(pixel.client_ip("::ffff:junk", None, ()), "::ffff:junk")
+
+
+def nested(depth):
+    return "[" * depth + "]" * depth
+
+
+class JsonDepth(unittest.TestCase):
+    def test_brackets_in_strings_and_escapes(self):
+        for name, text, depth in [
+                ("flat", '{"a": 1}', 1),
+                ("brackets in a string", '{"a": "[[[[{{{{", "b": [[1]]}', 3),
+                ("escaped quote", '["\\"[[[[", 1]', 1),
+                ("escaped backslash before the quote", '["\\\\", [[1]]]', 3),
+                ("three backslashes", '["\\\\\\"[[[", []]', 2),
+                ("empty", "", 0),
+                ("unterminated string", '[[["' + "[" * 50, 3),
+                ("33 deep", nested(33), 33)]:
+            with self.subTest(name):
+                self.assertEqual(pixel.json_depth(text), depth)
+
+    def test_against_json_on_random_documents(self):
+        import random
+        rng = random.Random(20261127)
+        alphabet = ['"', "\\", "[", "]", "{", "}", "a", " ", "\n", "\u2028"]
+
+        def document(level):
+            roll = rng.random()
+            if level > 6 or roll < 0.3:
+                return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+            if roll < 0.65:
+                return [document(level + 1) for _ in range(rng.randint(0, 3))]
+            return {"".join(rng.choice(alphabet) for _ in range(3)): document(level + 1)
+                    for _ in range(rng.randint(0, 3))}
+
+        def depth(value):
+            if isinstance(value, (dict, list)):
+                children = value.values() if isinstance(value, dict) else value
+                return 1 + max([depth(child) for child in children] or [0])
+            return 0
+
+        for _ in range(3000):
+            value = document(0)
+            text = json.dumps(value, ensure_ascii=rng.random() < 0.5)
+            self.assertEqual(pixel.json_depth(text), depth(value), text)
+
+    def test_worst_inputs_take_time_linear_in_their_size(self):
+        # Inputs that made the earlier regular expression quadratic, and others with many
+        # tokens. Time per byte must not grow with size: a quadratic scan would take 16
+        # times longer per byte at 512 KiB than at 32 KiB; allowing 4 leaves room for noise.
+        worst = [lambda size: "[]" * 33 + '"' + '\\"' * (size // 2),
+                 lambda size: "[" * 33 + '"' + "\\" * size,
+                 lambda size: "[" * 33 + '"[",' * (size // 4) + "1]}",
+                 lambda size: "[]" * (size // 4) + '"' * (size // 2)]
+        for number, make in enumerate(worst):
+            per_byte = []
+            for size in (32 * 1024, 512 * 1024):
+                text = make(size).encode()
+                started = time.perf_counter()
+                for _ in range(3):
+                    with self.assertRaises(pixel.Rejected):
+                        pixel.parse_object(text)
+                elapsed = time.perf_counter() - started
+                # Seconds, not milliseconds, is what the quadratic scan took: fail now
+                # rather than wait minutes for the larger size.
+                self.assertLess(elapsed, 3.0, (number, size))
+                per_byte.append(elapsed / len(text))
+            with self.subTest(number):
+                self.assertLess(per_byte[1], 4 * per_byte[0] + 2e-8, per_byte)
+
+    def test_api_caps_depth_at_32_as_the_readme_says(self):
+        deep = {"writeKey": "k", "userId": "u", "event": "e", "properties": {}}
+        node = deep["properties"]
+        for _ in range(30):   # the event is level 1, properties 2, ... 32 in all
+            node["x"] = {}
+            node = node["x"]
+        self.assertEqual(pixel.api_payloads("track", json.dumps(deep).encode())[0][0], "track")
+        batch = json.dumps({"batch": [dict(deep, type="track")]}).encode()
+        self.assertEqual(pixel.api_payloads("batch", batch)[0][0], "track")
+        node["x"] = {}
+        for route, body in (("track", deep), ("batch", {"batch": [dict(deep, type="track")]})):
+            with self.assertRaises(pixel.Rejected) as caught:
+                pixel.api_payloads(route, json.dumps(body).encode())
+            self.assertEqual(caught.exception.reason, "too_deep")
+
+
+class WrittenAsAccepted(unittest.TestCase):
+    def test_lone_surrogates_become_replacement_characters(self):
+        data = base64.b64encode(b'{"writeKey":"k","userId":"u\\ud800","event":"\\udfff x",'
+                                b'"properties":{"\\ud83d\\ude00":"\\ud83d\\ude00 ok"}}')
+        event = pixel.pixel_event("track", "data=" + data.decode(), received_at=T0)
+        self.assertEqual((event["userId"], event["event"]), ("u\ufffd", "\ufffd x"))
+        self.assertEqual(event["properties"], {"\U0001f600": "\U0001f600 ok"})
+        line = pixel.encode_line(event)
+        self.assertNotRegex(line.decode(), r"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])")
+        self.assertIn(b"\\ud83d\\ude00", line)   # a valid pair stays a pair
+        line.decode("ascii").encode("utf-8")
+
+    def test_null_fields_are_not_written(self):
+        payload = dict(VALID, event="e", properties=None, traits=None, context=None,
+                       integrations=None, name=None, category=None)
+        event = pixel.build_event("page", payload, received_at=T0)
+        for field in ("properties", "traits", "integrations", "name", "category"):
+            self.assertNotIn(field, event)
+        self.assertEqual(event["context"], {})
+
+    def test_gzip_must_be_whole_and_every_member_is_read(self):
+        whole = gzip.compress(b'{"batch":[1,')
+        self.assertEqual(pixel.decode_body(whole + gzip.compress(b"2]}"), "gzip"),
+                         b'{"batch":[1,2]}')
+        for name, body in [("no trailer", whole[:-8]), ("bad CRC", whole[:-8] + b"\0" * 8),
+                           ("half a second member", whole + gzip.compress(b"2]}")[:15])]:
+            with self.subTest(name):
+                with self.assertRaises(pixel.Rejected) as caught:
+                    pixel.decode_body(body, "gzip")
+                self.assertEqual(caught.exception.reason, "invalid_gzip")
+        bombs = gzip.compress(b" " * (300 * 1024)) * 2   # each member fits, both do not
+        with self.assertRaises(pixel.Rejected) as caught:
+            pixel.decode_body(bombs, "gzip")
+        self.assertEqual(caught.exception.reason, "body_too_large")
+
+
+class BatchBounds(unittest.TestCase):
+    def test_a_shared_context_counts_toward_each_items_32_kb(self):
+        body = json.dumps({"writeKey": "k", "context": {"pad": "x" * 20000}, "batch": [
+            {"type": "track", "userId": "u", "event": "small"},
+            {"type": "track", "userId": "u", "event": "e", "properties": {"p": "y" * 13000}}]})
+        (small, small_payload), (large, large_payload) = pixel.api_payloads("batch",
+                                                                            body.encode())
+        self.assertEqual(small_payload["context"]["pad"], "x" * 20000)
+        self.assertEqual(large_payload.reason, "payload_too_large")
+        self.assertEqual(large_payload.item["properties"]["p"], "y" * 13000)
+
+    def test_a_context_bomb_is_refused_whole(self):
+        started = time.monotonic()
+        body = json.dumps({"writeKey": "k", "context": {"pad": "x" * 120000},
+                           "batch": [{"type": "track", "userId": "u", "event": "e"}] * 10000})
+        with self.assertRaises(pixel.Rejected) as caught:
+            pixel.api_payloads("batch", body.encode())
+        self.assertEqual(caught.exception.reason, "batch_too_large")
+        body = json.dumps({"writeKey": "k", "context": {"pad": "x" * 30000},
+                           "batch": [{"type": "track", "userId": "u", "event": "e"}] * 10000})
+        with self.assertRaises(pixel.Rejected) as caught:
+            pixel.api_payloads("batch", body.encode())
+        self.assertEqual(caught.exception.reason, "batch_too_large")
+        self.assertLess(time.monotonic() - started, 5)
+
+
 try:
     import hypothesis
     from hypothesis import strategies
@@ -471,35 +642,35 @@ PARSE_HEAD_CASES = [
     ("plain GET", b"GET /v1/pixel/track?a=1 HTTP/1.1\r\nHost: x",
      ("GET", "/v1/pixel/track", "a=1", "HTTP/1.1", 0, True)),
     ("bare LF", b"GET /health HTTP/1.1\nHost: x", ("GET", "/health", "", "HTTP/1.1", 0, True)),
-    ("close", b"GET / HTTP/1.1\r\nConnection: close", ("GET", "/", "", "HTTP/1.1", 0, False)),
+    ("close", b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close", ("GET", "/", "", "HTTP/1.1", 0, False)),
     ("HTTP/1.0 closes", b"GET / HTTP/1.0", ("GET", "/", "", "HTTP/1.0", 0, False)),
     ("HTTP/1.0 keep-alive", b"GET / HTTP/1.0\r\nConnection: Keep-Alive",
      ("GET", "/", "", "HTTP/1.0", 0, True)),
-    ("absolute form", b"GET http://h.example/v1/pixel/page?x=1 HTTP/1.1",
+    ("absolute form", b"GET http://h.example/v1/pixel/page?x=1 HTTP/1.1\r\nHost: x",
      ("GET", "/v1/pixel/page", "x=1", "HTTP/1.1", 0, True)),
-    ("content length", b"POST /v1/track HTTP/1.1\r\nContent-Length: 12",
+    ("content length", b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: 12",
      ("POST", "/v1/track", "", "HTTP/1.1", 12, True)),
-    ("same length twice", b"POST /v1/track HTTP/1.1\r\nContent-Length: 3, 3",
+    ("same length twice", b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3",
      ("POST", "/v1/track", "", "HTTP/1.1", 3, True)),
-    ("chunked", b"POST /v1/track HTTP/1.1\r\nTransfer-Encoding: chunked",
+    ("chunked", b"POST /v1/track HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked",
      ("POST", "/v1/track", "", "HTTP/1.1", -1, True)),
-    ("non-ASCII target is quoted", "GET /v1/pixel/track?u=\u00e9 HTTP/1.1".encode("latin-1"),
+    ("non-ASCII target is quoted", "GET /v1/pixel/track?u=\u00e9 HTTP/1.1\r\nHost: x".encode("latin-1"),
      ("GET", "/v1/pixel/track", "u=%E9", "HTTP/1.1", 0, True)),
     ("HTTP/0.9", b"GET /v1/pixel/track", (400, "bad_request_line")),
     ("bad method", b"G(T / HTTP/1.1", (400, "bad_request_line")),
     ("HTTP/2", b"GET / HTTP/2.0", (505, "bad_version")),
     ("space before colon", b"GET / HTTP/1.1\r\nHost : x", (400, "bad_header")),
-    ("line folding", b"GET / HTTP/1.1\r\nA: b\r\n c", (400, "bad_header")),
+    ("line folding", b"GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n c", (400, "bad_header")),
     ("no colon", b"GET / HTTP/1.1\r\nHost", (400, "bad_header")),
-    ("bad scheme", b"GET ftp://x/ HTTP/1.1", (400, "bad_target")),
-    ("two lengths", b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2",
+    ("bad scheme", b"GET ftp://x/ HTTP/1.1\r\nHost: x", (400, "bad_target")),
+    ("two lengths", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2",
      (400, "bad_framing")),
-    ("length and chunked", b"POST / HTTP/1.1\r\nContent-Length: 1\r\n"
+    ("length and chunked", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
                            b"Transfer-Encoding: chunked", (400, "bad_framing")),
-    ("negative length", b"GET / HTTP/1.1\r\nContent-Length: -1", (400, "bad_framing")),
+    ("negative length", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1", (400, "bad_framing")),
     ("request line over 64 KiB", b"GET /" + b"x" * pixel.MAX_LINE + b" HTTP/1.1",
      (414, "uri_too_long")),
-    ("header over 64 KiB", b"GET / HTTP/1.1\r\nX: " + b"v" * pixel.MAX_LINE,
+    ("header over 64 KiB", b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"v" * pixel.MAX_LINE,
      (431, "header_too_long")),
     ("101 headers", b"GET / HTTP/1.1" + b"\r\nX: v" * 101, (431, "too_many_headers")),
 ]
@@ -520,9 +691,9 @@ class ParseHead(unittest.TestCase):
                                       parsed.body_length, parsed.keep_alive), expected)
 
     def test_repeated_headers_are_joined_and_names_lowered(self):
-        parsed = pixel.parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\n"
+        parsed = pixel.parse_head(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1\r\n"
                                   b"x-forwarded-for: 2.2.2.2\r\nUser-Agent:  Mail/1 ")
-        self.assertEqual(parsed.headers, {"x-forwarded-for": "1.1.1.1, 2.2.2.2",
+        self.assertEqual(parsed.headers, {"host": "x", "x-forwarded-for": "1.1.1.1, 2.2.2.2",
                                           "user-agent": "Mail/1"})
 
 
@@ -610,7 +781,13 @@ class CommandLine(unittest.TestCase):
                 (["--bogus"], {}, "unrecognized arguments"),
                 (["--cpu", "fast"], {}, "not auto, none or a CPU number"),
                 ([], {"PIXEL_PORT": "x"}, "PIXEL_PORT='x'"),
-                ([], {"PIXEL_NO_IP": "maybe"}, "PIXEL_NO_IP")]:
+                ([], {"PIXEL_NO_IP": "maybe"}, "PIXEL_NO_IP"),
+                # Empty variables must not mean wider access than unset ones.
+                ([], {"PIXEL_WRITE_KEYS": ""}, "PIXEL_WRITE_KEYS is set but empty"),
+                ([], {"PIXEL_WRITE_KEYS": " , "}, "PIXEL_WRITE_KEYS"),
+                ([], {"PIXEL_HOST": ""}, "PIXEL_HOST is set but empty"),
+                ([], {"PIXEL_TRUSTED_PROXIES": ""}, "PIXEL_TRUSTED_PROXIES is set but empty"),
+                ([], {"PIXEL_LOG": " "}, "PIXEL_LOG is set but empty")]:
             with self.subTest(argv=argv, environ=environ):
                 stderr = io.StringIO()
                 with self.assertRaises(SystemExit) as caught, \
@@ -634,8 +811,12 @@ class CommandLine(unittest.TestCase):
         for variable in ("PIXEL_HOST", "PIXEL_PORT", "PIXEL_LOG", "PIXEL_REJECTS",
                          "PIXEL_MAX_BYTES", "PIXEL_KEEP", "PIXEL_WRITE_KEYS",
                          "PIXEL_TRUSTED_PROXIES", "PIXEL_NO_IP", "PIXEL_MAX_CONNECTIONS",
-                         "PIXEL_CPU"):
+                         "PIXEL_REQUEST_TIMEOUT", "PIXEL_IDLE_TIMEOUT", "PIXEL_CPU"):
             self.assertIn(variable, stdout.getvalue())
+        # ... and every flag the parser has names its variable.
+        flags = [action for action in pixel.build_parser({})._actions
+                 if action.option_strings[0] not in ("-h", "--version")]
+        self.assertEqual(len(re.findall(r"\[PIXEL_[A-Z_]+", stdout.getvalue())), len(flags))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -755,6 +936,117 @@ class RecorderWithoutIp(RecorderCase):
         self.answer(query="writeKey=k")
         self.assertNotIn("ip", self.lines()[0]["context"])
         self.assertNotIn("ip", self.lines("rejects.jsonl")[0])
+
+
+class TornTail(unittest.TestCase):
+    """A kill -9 in the middle of a write leaves a last line with no newline."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.path = os.path.join(self.dir, "events.jsonl")
+        self.stderr = io.StringIO()
+
+    def writer(self):
+        writer = pixel.LogWriter(self.path, reporter=pixel.Reporter(self.stderr))
+        self.addCleanup(writer.close)
+        return writer
+
+    def test_the_fragment_is_cut_at_start_and_kept_for_the_rejects_log(self):
+        fragment = b'{"type":"track","pad":"' + b"x" * 200000   # longer than one read block
+        with open(self.path, "wb") as handle:
+            handle.write(b'{"a":1}\n{"b":2}\n' + fragment)
+        writer = self.writer()
+        self.assertEqual((writer.torn_tail, writer.torn_tail_bytes),
+                         (fragment[:pixel.MAX_REJECT_RAW], len(fragment)))
+        self.assertTrue(writer.write([b'{"c":3}\n']))
+        with open(self.path, "rb") as handle:
+            self.assertEqual(handle.read(), b'{"a":1}\n{"b":2}\n{"c":3}\n')
+        self.assertIn("ended in a torn line (%d bytes" % len(fragment), self.stderr.getvalue())
+
+    def test_a_whole_file_is_left_alone(self):
+        for content in (b"", b'{"a":1}\n', b"no newline at all"):
+            with self.subTest(content):
+                with open(self.path, "wb") as handle:
+                    handle.write(content)
+                writer = self.writer()
+                with open(self.path, "rb") as handle:
+                    self.assertEqual(handle.read(), b"" if content == b"no newline at all"
+                                     else content)
+                self.assertEqual(writer.torn_tail, content if content.endswith(b"l") else None)
+
+    def test_the_recorder_writes_a_torn_tail_line(self):
+        with open(self.path, "wb") as handle:
+            handle.write(b'{"a":1}\n{"torn')
+        rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"))
+        self.addCleanup(rejects.close)
+        recorder = pixel.Recorder(self.writer(), rejects, clock=lambda: T0)
+        recorder.record_torn_tails()
+        with open(rejects.path, "rb") as handle:
+            (record,) = [json.loads(line) for line in handle]
+        self.assertEqual((record["reason"], record["body"]), ("torn_tail", '{"torn'))
+        self.assertEqual(record["detail"], "6 byte(s) cut from " + self.path)
+
+    def test_one_write_hands_the_kernel_at_most_a_megabyte(self):
+        sizes = []
+
+        class Counting(pixel.LogWriter):
+            def _append(self, chunk):
+                sizes.append(len(chunk))
+                super()._append(chunk)
+
+        writer = Counting(self.path)
+        self.addCleanup(writer.close)
+        line = b'{"pad":"' + b"x" * 2000 + b'"}\n'
+        self.assertTrue(writer.write([line] * 3000))
+        self.assertLessEqual(max(sizes), pixel.MAX_WRITE_BYTES)
+        self.assertEqual(sum(sizes), 3000 * len(line))
+        self.assertEqual(writer.written, 3000)
+
+
+class PathsThatMove(unittest.TestCase):
+    def setUp(self):
+        self.dir = temp_dir(self)
+
+    def test_a_symlinked_log_rotates_its_target_and_keeps_writing_there(self):
+        target_dir = os.path.join(self.dir, "data")
+        os.mkdir(target_dir)
+        link = os.path.join(self.dir, "events.jsonl")
+        os.symlink(os.path.join(target_dir, "events.jsonl"), link)
+        writer = pixel.LogWriter(link, max_bytes=100)
+        self.addCleanup(writer.close)
+        for number in range(10):
+            self.assertTrue(writer.write([b'{"n":%d,"pad":"xxxxxxxxxxxxxxxxxxxx"}\n' % number]))
+        self.assertTrue(os.path.islink(link))
+        with open(link, "rb") as handle:   # through the link: the newest lines
+            self.assertIn(b'"n":9', handle.read())
+        self.assertGreater(len(os.listdir(target_dir)), 3)
+
+    def test_a_renamed_folder_keeps_the_open_file(self):
+        folder = os.path.join(self.dir, "logs")
+        os.mkdir(folder)
+        stderr = io.StringIO()
+        writer = pixel.LogWriter(os.path.join(folder, "events.jsonl"),
+                                 reporter=pixel.Reporter(stderr))
+        self.addCleanup(writer.close)
+        self.assertTrue(writer.write([b"one\n"]))
+        os.rename(folder, folder + ".old")
+        self.assertTrue(writer.write([b"two\n"]))
+        self.assertTrue(writer.write([b"three\n"]))
+        with open(os.path.join(folder + ".old", "events.jsonl"), "rb") as handle:
+            self.assertEqual(handle.read(), b"one\ntwo\nthree\n")
+        self.assertEqual(stderr.getvalue().count("still writing to the file it named"), 1)
+
+    def test_reopen_keeps_the_old_file_if_the_path_cannot_be_opened(self):
+        folder = os.path.join(self.dir, "logs")
+        os.mkdir(folder)
+        writer = pixel.LogWriter(os.path.join(folder, "events.jsonl"))
+        self.addCleanup(writer.close)
+        os.rename(folder, folder + ".old")
+        with self.assertRaises(FileNotFoundError):
+            writer.reopen()
+        self.assertTrue(writer.write([b"kept\n"]))
+        with open(os.path.join(folder + ".old", "events.jsonl"), "rb") as handle:
+            self.assertEqual(handle.read(), b"kept\n")
 
 
 class FailingDisk(unittest.TestCase):
@@ -912,6 +1204,15 @@ def read_response(stream):
     return status, headers, body, status_line
 
 
+def serve_in_thread(test, server):
+    """Run `server` (a PixelServer) on a thread until `test` ends; return its port."""
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    test.addCleanup(thread.join, 10)
+    test.addCleanup(server.stop, 5)
+    return server.server_address[1]
+
+
 class ServerCase(unittest.TestCase):
     recorder_options = {}
     server_options = {}
@@ -933,11 +1234,7 @@ class ServerCase(unittest.TestCase):
         self.recorder = pixel.Recorder(self.events, self.rejects, **self.recorder_options)
         self.server = pixel.PixelServer(("127.0.0.1", 0), self.recorder, reporter=reporter,
                                         **self.server_options)
-        self.port = self.server.server_address[1]
-        thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        self.addCleanup(thread.join, 10)
-        self.addCleanup(self.server.stop, 5)
+        self.port = serve_in_thread(self, self.server)
 
     def connect(self, timeout=10):
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -1197,36 +1494,36 @@ class OddHttp(ServerCase):
     server_options = {"request_timeout": 2.0, "idle_timeout": 2.0}
 
     def test_bare_lf_line_ends(self):
-        reply = self.raw(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\n"
+        reply = self.raw(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\nHost: x\n"
                          b"Connection: close\n\n")
         self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
         self.assertEqual(len(self.lines()), 1)
 
     def test_request_line_over_64_kib(self):
         long_query = "writeKey=k&userId=u&event=e&pad=" + "x" * 66000
-        reply = self.raw(("GET /v1/pixel/track?%s HTTP/1.1\r\n\r\n" % long_query).encode())
+        reply = self.raw(("GET /v1/pixel/track?%s HTTP/1.1\r\nHost: x\r\n\r\n" % long_query).encode())
         self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
         self.assertEqual(self.lines(), [])
         self.assertEqual(self.lines("rejects.jsonl")[0]["reason"], "uri_too_long")
-        reply = self.raw(("GET /elsewhere?%s HTTP/1.1\r\n\r\n" % long_query).encode())
+        reply = self.raw(("GET /elsewhere?%s HTTP/1.1\r\nHost: x\r\n\r\n" % long_query).encode())
         self.assertTrue(reply.startswith(b"HTTP/1.1 414 "), reply[:40])
         self.assertQuietStderr()
 
     def test_more_than_100_headers(self):
         headers = b"".join(b"X-%d: v\r\n" % number for number in range(101))
-        reply = self.raw(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\n" +
+        reply = self.raw(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\nHost: x\r\n" +
                          headers + b"\r\n")
         self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
         self.assertEqual(self.lines("rejects.jsonl")[0]["reason"], "too_many_headers")
-        reply = self.raw(b"GET /health HTTP/1.1\r\n" + headers + b"\r\n")
+        reply = self.raw(b"GET /health HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
         self.assertTrue(reply.startswith(b"HTTP/1.1 431 "), reply[:40])
         # 100 headers is still fine.
-        headers = b"".join(b"X-%d: v\r\n" % number for number in range(99))
-        reply = self.raw(b"GET /health HTTP/1.1\r\nConnection: close\r\n" + headers + b"\r\n")
+        headers = b"".join(b"X-%d: v\r\n" % number for number in range(98))
+        reply = self.raw(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n")
         self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:40])
 
     def test_header_line_over_64_kib(self):
-        reply = self.raw(b"GET /health HTTP/1.1\r\nX-Big: " + b"v" * 66000 + b"\r\n\r\n")
+        reply = self.raw(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 66000 + b"\r\n\r\n")
         self.assertTrue(reply.startswith(b"HTTP/1.1 431 "), reply[:40])
 
     def test_http_0_9_and_junk(self):
@@ -1236,12 +1533,12 @@ class OddHttp(ServerCase):
                 ("no version", b"GET / FOO\r\n\r\n", 400),
                 ("HTTP/2", b"GET / HTTP/2.0\r\n\r\n", 505),
                 ("space before colon", b"GET /health HTTP/1.1\r\nHost : x\r\n\r\n", 400),
-                ("line folding", b"GET /health HTTP/1.1\r\nA: b\r\n c\r\n\r\n", 400),
-                ("two lengths", b"GET /health HTTP/1.1\r\nContent-Length: 1\r\n"
+                ("line folding", b"GET /health HTTP/1.1\r\nHost: x\r\nA: b\r\n c\r\n\r\n", 400),
+                ("two lengths", b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
                                 b"Content-Length: 2\r\n\r\n", 400),
-                ("length and chunked", b"POST /v1/track HTTP/1.1\r\nContent-Length: 1\r\n"
+                ("length and chunked", b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
                                        b"Transfer-Encoding: chunked\r\n\r\n", 400),
-                ("bad length", b"GET /health HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400)]:
+                ("bad length", b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400)]:
             with self.subTest(name):
                 reply = self.raw(request)
                 self.assertTrue(reply.startswith(b"HTTP/1.1 %d " % status), reply[:60])
@@ -1250,7 +1547,7 @@ class OddHttp(ServerCase):
 
     def test_absolute_form_target(self):
         reply = self.raw(b"GET http://pixel.example/v1/pixel/track?writeKey=k&userId=u&event=e "
-                         b"HTTP/1.1\r\nConnection: close\r\n\r\n")
+                         b"HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         self.assertTrue(reply.endswith(pixel.GIF))
         self.assertEqual(self.lines()[0]["event"], "e")
 
@@ -1258,7 +1555,7 @@ class OddHttp(ServerCase):
         requests = b"".join(b"GET /v1/pixel/track?writeKey=k&userId=u&event=p%d HTTP/1.1\r\n"
                             b"Host: x\r\n\r\n" % number for number in range(10))
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(requests + b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+            sock.sendall(requests + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             stream = sock.makefile("rb")
             for _ in range(10):
                 self.assertEqual(read_response(stream)[2], pixel.GIF)
@@ -1268,13 +1565,13 @@ class OddHttp(ServerCase):
 
     def test_client_that_disconnects(self):
         for data in (b"GET /v1/pixel/tr", b"GET /v1/pixel/track?userId=u HTTP/1.1\r\nHost:",
-                     b"POST /v1/track HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"a\""):
+                     b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\""):
             with socket.create_connection(("127.0.0.1", self.port)) as sock:
                 sock.sendall(data)
         # A request that is fully sent but whose answer is never read is still recorded.
         with socket.create_connection(("127.0.0.1", self.port)) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            sock.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=gone HTTP/1.1\r\n\r\n")
+            sock.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=gone HTTP/1.1\r\nHost: x\r\n\r\n")
             self.assertTrue(wait_until(lambda: self.events.written == 1))
         self.assertEqual(self.get("/health")[0], 200)
         self.assertEqual([event["event"] for event in self.lines()], ["gone"])
@@ -1284,7 +1581,7 @@ class OddHttp(ServerCase):
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
             try:
-                for char in b"GET /v1/pixel/track?writeKey=k&userId=u&event=slow HTTP/1.1\r\n":
+                for char in b"GET /v1/pixel/track?writeKey=k&userId=u&event=slow HTTP/1.1\r\nHost: x\r\n":
                     sock.sendall(bytes([char]))
                     time.sleep(0.1)
             except (BrokenPipeError, ConnectionResetError):
@@ -1296,7 +1593,7 @@ class OddHttp(ServerCase):
 
     def test_idle_keep_alive_connection_is_closed(self):
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            sock.sendall(b"GET /health HTTP/1.1\r\n\r\n")
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             stream = sock.makefile("rb")
             self.assertEqual(read_response(stream)[0], 200)
             started = time.monotonic()
@@ -1331,13 +1628,13 @@ class Concurrency(ServerCase):
         self.assertEqual(set(ids), {"%d-%d" % (w, n) for w in range(20) for n in range(50)})
 
 
-def follow(path, stop, seen):
+def follow(handle, path, stop, seen):
     """An inode-following tailer, as Vector, Filebeat and Fluent Bit read: read the open file
-    to its end; when the path names another inode, drain the old one, then go on with the
-    file that came after it in rotation order (the next rotated file, or the live one), so
-    that no rotated file is skipped however many rotations happened in between."""
-    assert wait_until(lambda: os.path.exists(path)), "the log never appeared"
-    handle = open(path, "rb")
+    (`handle`, opened on `path` by the caller before any write, so that it starts at the
+    first line) to its end; when the path names another inode, drain the old one, then go
+    on with the file that came after it in rotation order (the next rotated file, or the
+    live one), so that no rotated file is skipped however many rotations happened in
+    between."""
     pending = b""
     while True:
         chunk = handle.read()
@@ -1366,23 +1663,29 @@ def follow(path, stop, seen):
 
 
 def open_next(path, inode):
-    """Open the file that follows the one with `inode` in rotation order: rotated files by
-    name, then the live path. The live path can be missing for a moment (between a rotation's
-    rename and its new file) or rotated again between listing and opening, so what was
-    opened is checked by inode, and the listing taken again until it holds."""
+    """Open the file that follows the one with `inode` in rotation order. Rotated names
+    are stable, so a rotated file after ours is the next one. With none, the next is the
+    live file, unless it was itself rotated while we opened it: so after opening the live
+    path, look again, and if a rotated file after ours has appeared since, that one comes
+    first."""
     folder, base = os.path.split(path)
-    while True:
-        order = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+
+    def rotated_after_ours():
+        names = sorted(name for name in os.listdir(folder)
                        if name.startswith(base) and ROTATED.match(name[len(base):]))
-        order.append(path)
+        ours = [name for name in names if os.stat(os.path.join(folder, name)).st_ino == inode]
+        assert ours, "the file being read was not rotated"
+        return names[names.index(ours[0]) + 1:]
+
+    while True:
+        later = rotated_after_ours()
+        if later:
+            return open(os.path.join(folder, later[0]), "rb")
         try:
-            inodes = [os.stat(name).st_ino for name in order]
-            following = inodes.index(inode) + 1
-            handle = open(order[following], "rb")
-        except FileNotFoundError:
-            time.sleep(0.001)
+            handle = open(path, "rb")
+        except FileNotFoundError:   # between a rotation's rename and its new file
             continue
-        if os.fstat(handle.fileno()).st_ino == inodes[following]:
+        if not rotated_after_ours():
             return handle
         handle.close()
 
@@ -1392,8 +1695,8 @@ class Rotation(ServerCase):
 
     def test_rotation_under_load_loses_and_duplicates_nothing(self):
         stop, seen = threading.Event(), []
-        tailer = threading.Thread(target=follow, args=(os.path.join(self.dir, "events.jsonl"),
-                                                       stop, seen))
+        path = os.path.join(self.dir, "events.jsonl")
+        tailer = threading.Thread(target=follow, args=(open(path, "rb"), path, stop, seen))
         tailer.start()
 
         def client(worker):
@@ -1513,7 +1816,7 @@ class TrackingApi(ServerCase):
     def test_expect_100_continue(self):
         body = b'{"writeKey":"k","userId":"u","event":"e"}'
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(b"POST /v1/track HTTP/1.1\r\nContent-Length: %d\r\n"
+            sock.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
                          b"Expect: 100-continue\r\n\r\n" % len(body))
             self.assertEqual(sock.recv(100), b"HTTP/1.1 100 Continue\r\n\r\n")
             sock.sendall(body)
@@ -1648,6 +1951,298 @@ class Fuzz(ServerCase):
         self.assertQuietStderr()
 
 
+class Smuggling(ServerCase):
+    """Every answer given before a declared body is read must read and drop that body, or
+    close: otherwise the body is parsed as the next request."""
+
+    server_options = {"request_timeout": 1.0}
+    SMUGGLED = (b"GET /v1/pixel/track?writeKey=k&userId=u&event=smuggled HTTP/1.1\r\n"
+                b"Host: x\r\n\r\n")
+
+    def exchange(self, head, body):
+        """Send a request head with `body`; read every answer until the server closes or
+        goes quiet. Return the status codes seen."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            sock.settimeout(1.5)
+            data = b""
+            try:
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            except (socket.timeout, ConnectionResetError):
+                pass   # quiet: the connection waits for a next request
+        return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", data)]
+
+    def test_early_answers_never_serve_the_body(self):
+        for name, head, status in [
+                ("POST to a pixel", b"POST /v1/pixel/track HTTP/1.1\r\nHost: x\r\n", 405),
+                ("POST to /health", b"POST /health HTTP/1.1\r\nHost: x\r\n", 405),
+                ("GET to the API", b"GET /v1/track HTTP/1.1\r\nHost: x\r\n", 405),
+                ("HEAD to the API", b"HEAD /v1/batch HTTP/1.1\r\nHost: x\r\n", 405),
+                ("GET to no such path", b"GET /nope HTTP/1.1\r\nHost: x\r\n", 404),
+                ("GET a pixel with a body", b"GET /v1/pixel/page?writeKey=k&anonymousId=a "
+                                            b"HTTP/1.1\r\nHost: x\r\n", 200),
+                ("GET /health with a body", b"GET /health HTTP/1.1\r\nHost: x\r\n", 200)]:
+            with self.subTest(name):
+                self.assertEqual(self.exchange(head, self.SMUGGLED), [status])
+        self.assertNotIn("smuggled", [event.get("event") for event in self.lines()])
+
+    def test_a_body_that_misses_the_deadline_closes_the_connection(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+                         b'{"writeKey":"k",')
+            time.sleep(1.5)   # past --request-timeout: what is being tested is the wait
+            try:
+                sock.sendall(b" " * 84 + self.SMUGGLED)
+                sock.settimeout(3)
+                answer = sock.recv(65536)
+            except (BrokenPipeError, ConnectionResetError):
+                answer = b""
+        self.assertEqual(answer, b"")
+        self.assertEqual(self.lines(), [])
+
+
+class HeadLimits(ServerCase):
+    server_options = {"request_timeout": 5.0}
+
+    def test_blank_lines_before_a_request_go_in_one_step(self):
+        # 120 KiB of CRLF, under the head cap: answered, and fast. The old reader stripped
+        # them a byte at a time, a memmove each: seconds of GIL for every other thread.
+        started = time.monotonic()
+        reply = self.raw(b"\r\n" * 60000 + b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                                          b"Connection: close\r\n\r\n")
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 "), reply[:40])
+        self.assertLess(time.monotonic() - started, 2.0)
+
+    def test_endless_blank_lines_are_cut_off(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sent = 0
+            try:
+                while sent < 8 * 1024 * 1024:
+                    sent += sock.send(b"\r\n" * 32768)
+            except (BrokenPipeError, ConnectionResetError):
+                pass   # cut off: what is being tested
+        self.assertLess(sent, 8 * 1024 * 1024)
+        self.assertQuietStderr()
+
+    def test_numbers_in_headers_are_ascii_digits(self):
+        for length in ("\u00b2", "1\u00b3", "\u0661"):
+            with self.subTest(length):
+                reply = self.raw(("GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\n"
+                                  "Host: x\r\nContent-Length: %s\r\n\r\n" % length)
+                                 .encode("utf-8" if length == "\u0661" else "latin-1"))
+                self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), reply[:40])
+        self.assertQuietStderr()
+
+    def test_bare_cr_nul_and_host_rules(self):
+        for name, head in [
+                ("bare CR in a value", b"GET /health HTTP/1.1\r\nHost: x\rContent-Length: 5\r\n"),
+                ("NUL in a value", b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n"),
+                ("no Host", b"GET /health HTTP/1.1\r\n"),
+                ("two Hosts", b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n"),
+                ("empty Host", b"GET /health HTTP/1.1\r\nHost:\r\n")]:
+            with self.subTest(name):
+                reply = self.raw(head + b"\r\n")
+                self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), reply[:40])
+        reply = self.raw(b"GET /health HTTP/1.0\r\n\r\n")   # HTTP/1.0 needs no Host
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 "), reply[:40])
+
+    def test_no_100_continue_for_http_1_0(self):
+        body = b'{"writeKey":"k","userId":"u","event":"e"}'
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/track HTTP/1.0\r\nContent-Length: %d\r\n"
+                         b"Expect: 100-continue\r\n\r\n" % len(body))
+            sock.settimeout(0.5)
+            with self.assertRaises(socket.timeout):
+                sock.recv(100)
+            sock.settimeout(5)
+            sock.sendall(body)
+            self.assertTrue(read_response(sock.makefile("rb"))[3].startswith(b"HTTP/1.1 200"))
+
+    def test_a_utf8_user_agent_is_logged_as_utf8(self):
+        self.raw("GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\nHost: x\r\n"
+                 "User-Agent: Mail/1 (\u00e9t\u00e9 \u2603)\r\nConnection: close\r\n\r\n"
+                 .encode("utf-8"))
+        self.assertEqual(self.lines()[0]["context"]["userAgent"], "Mail/1 (\u00e9t\u00e9 \u2603)")
+
+
+class ApiAmplification(ServerCase):
+    def post(self, route, body, gzipped=True):
+        headers = {"Content-Type": "application/json"}
+        if gzipped:
+            body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+        status, _, answer = self.get("/v1/" + route, headers, "POST", body)
+        return status, json.loads(answer)
+
+    def log_size(self, name):
+        return os.path.getsize(os.path.join(self.dir, name))
+
+    def test_a_context_bomb_writes_nothing(self):
+        body = json.dumps({"writeKey": "k", "context": {"pad": "x" * 120000},
+                           "batch": [{"type": "page", "anonymousId": "a"}] * 10000},
+                          separators=(",", ":"))
+        started = time.monotonic()
+        self.assertEqual(self.post("batch", body.encode()),
+                         (400, {"success": False, "error": "batch_too_large"}))
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(self.lines(), [])
+        (record,) = self.lines("rejects.jsonl")
+        self.assertEqual(record["reason"], "batch_too_large")
+        self.assertLessEqual(self.log_size("rejects.jsonl"), pixel.MAX_REJECT_RAW + 1024)
+
+    def test_what_one_request_adds_to_the_log_is_bounded(self):
+        # 10,000 items, each inheriting a 700-byte context: about 8 MB as written, which
+        # is over 16 x the body cap, from a body of a few KB.
+        body = json.dumps({"writeKey": "k", "context": {"pad": "x" * 700},
+                           "batch": [{"type": "track", "userId": "u", "event": "e"}] * 10000})
+        status, answer = self.post("batch", body.encode())
+        self.assertEqual((status, answer["error"]), (400, "batch_too_large"))
+        self.assertEqual(self.lines(), [])
+        body = json.dumps({"writeKey": "k", "context": {"pad": "x" * 300},
+                           "batch": [{"type": "track", "userId": "u", "event": "e"}] * 10000})
+        self.assertEqual(self.post("batch", body.encode()), (200, {"success": True}))
+        self.assertEqual(len(self.lines()), 10000)
+        self.assertLessEqual(self.log_size("events.jsonl"), pixel.MAX_REQUEST_LOG_BYTES)
+
+    def test_rejects_lines_quote_the_item_and_are_bounded(self):
+        body = json.dumps({"writeKey": "k", "pad": "p" * 5000, "batch": [0] * 10000})
+        self.assertEqual(self.post("batch", body.encode()), (200, {"success": True}))
+        records = self.lines("rejects.jsonl")
+        self.assertEqual(len(records), pixel.MAX_REJECTS_PER_REQUEST + 1)
+        self.assertEqual({record["body"] for record in records[:-1]}, {"0"})
+        self.assertEqual((records[-1]["reason"], records[-1]["detail"]),
+                         ("too_many_rejects", "9900 more item(s) not quoted"))
+        self.assertLess(self.log_size("rejects.jsonl"), 64 * 1024)
+        self.assertEqual(json.loads(self.get("/health")[2])["rejected"], 10000)
+
+
+class SilentSockets(ServerCase):
+    """Connections that never send a whole request must not keep real ones waiting."""
+
+    server_options = {"max_connections": 50, "request_timeout": 10.0}
+
+    def test_a_real_pixel_is_served_within_a_second(self):
+        stop = threading.Event()
+        silent = []
+
+        def hog():
+            # Hold more connections than there are slots, reconnecting whatever is closed.
+            while not stop.is_set():
+                for sock in list(silent):
+                    try:
+                        sock.setblocking(False)
+                        if sock.recv(1) == b"":
+                            silent.remove(sock)
+                            sock.close()
+                    except BlockingIOError:
+                        continue   # still open
+                    except OSError:
+                        silent.remove(sock)
+                        sock.close()
+                while len(silent) < 70 and not stop.is_set():
+                    silent.append(socket.create_connection(("127.0.0.1", self.port)))
+                    if len(silent) % 10 == 0:
+                        silent[-1].sendall(b"GET /v1/pixel/track?writeKey=k")   # half a head
+                stop.wait(0.02)
+
+        hogging = threading.Thread(target=hog)
+        hogging.start()
+        try:
+            self.assertTrue(wait_until(lambda: len(self.server.pool) == 50))
+            latencies = []
+            for number in range(10):
+                started = time.monotonic()
+                status, _, body = self.get("/v1/pixel/track?writeKey=k&userId=u&event=r%d"
+                                           % number)
+                latencies.append(time.monotonic() - started)
+                self.assertEqual((status, body), (200, pixel.GIF))
+        finally:
+            stop.set()
+            hogging.join()
+            for sock in silent:
+                sock.close()
+        self.assertLess(max(latencies), 1.0, latencies)
+        self.assertEqual(len(self.lines()), 10)
+
+
+class DualStack(unittest.TestCase):
+    """--host :: serves IPv4 clients too, as IPv4-mapped addresses; they are logged, and
+    matched against --trusted-proxy, as plain IPv4."""
+
+    def test_ipv4_clients_of_an_ipv6_socket(self):
+        if not socket.has_ipv6:
+            self.skipTest("no IPv6 here")
+        folder = temp_dir(self)
+        events = pixel.LogWriter(os.path.join(folder, "events.jsonl"))
+        rejects = pixel.LogWriter(os.path.join(folder, "rejects.jsonl"))
+        self.addCleanup(events.close)
+        self.addCleanup(rejects.close)
+        recorder = pixel.Recorder(events, rejects, trusted_proxies=["127.0.0.1"])
+        try:
+            server = pixel.PixelServer(("::", 0), recorder)
+        except OSError as error:
+            self.skipTest("cannot listen on :: here: %s" % error)
+        port = serve_in_thread(self, server)
+        for headers in ({}, {"X-Forwarded-For": "198.51.100.7"}):
+            connection = http.client.HTTPConnection("127.0.0.1", port)
+            connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e",
+                               headers=headers)
+            self.assertEqual(connection.getresponse().read(), pixel.GIF)
+            connection.close()
+        with open(events.path) as handle:
+            self.assertEqual([json.loads(line)["context"]["ip"] for line in handle],
+                             ["127.0.0.1", "198.51.100.7"])
+
+
+class StopWhileFull(ServerCase):
+    server_options = {"max_connections": 1, "request_timeout": 30.0, "idle_timeout": 30.0}
+
+    def test_stop_returns_while_a_connection_waits_for_a_slot(self):
+        # One client keeps the only slot busy with a request that never completes (not
+        # idle, so it cannot be evicted); a second waits for a slot in the accept loop.
+        busy = socket.create_connection(("127.0.0.1", self.port))
+        self.addCleanup(busy.close)
+        busy.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+        self.assertTrue(wait_until(lambda: len(self.server.pool) == 1))
+        waiting = socket.create_connection(("127.0.0.1", self.port))
+        self.addCleanup(waiting.close)
+        self.assertTrue(wait_until(lambda: self.server.pool._full))
+        stopping = threading.Thread(target=self.server.stop, args=(2,), daemon=True)
+        stopping.start()
+        stopping.join(5)
+        self.assertFalse(stopping.is_alive(), "stop() waited for a slot that never came")
+
+
+class InternalErrors(ServerCase):
+    def test_one_line_per_interval_not_one_per_request(self):
+        def broken(route, request):
+            raise RuntimeError("boom")
+        self.recorder.answer = broken
+        for _ in range(20):
+            with self.assertRaises((ConnectionError, http.client.HTTPException)):
+                self.get("/v1/pixel/track?writeKey=k&userId=u&event=e")
+        self.assertEqual(self.stderr.getvalue().count("internal error"), 1)
+        self.assertIn("RuntimeError: boom", self.stderr.getvalue())
+
+
+class Timeouts(unittest.TestCase):
+    def test_no_timeout_is_ever_zero_for_the_kernel(self):
+        for seconds in (1e-9, 1e-7, 0.0000009):
+            self.assertNotEqual(pixel._timeval(seconds), struct.pack("@ll", 0, 0))
+        self.assertEqual(pixel._timeval(1.5), struct.pack("@ll", 1, 500000))
+
+    def test_tiny_flag_values_are_refused(self):
+        for flag in ("--request-timeout", "--idle-timeout"):
+            for value in ("1e-7", "0", "-1", "nan", "inf"):
+                with self.subTest((flag, value)):
+                    with self.assertRaises(SystemExit), \
+                            unittest.mock.patch("sys.stderr", io.StringIO()):
+                        pixel.parse_args([flag, value], {})
+
+
 class DiskFull(ServerCase):
     """A real full disk: a 256 KiB tmpfs, filled up, then emptied."""
 
@@ -1678,6 +2273,23 @@ class DiskFull(ServerCase):
         self.assertEqual(len(self.lines()), written + 1)
         self.assertIn("writing %s again" % self.events.path, self.stderr.getvalue())
         self.assertEqual(json.loads(self.get("/health")[2])["status"], "ok")
+
+    def test_the_api_answers_503_when_nothing_was_written(self):
+        # Each event over a 4 KiB page, so none fits in what is left of the log's last page.
+        event = {"type": "track", "userId": "u", "event": "e", "pad": "x" * 5000}
+        body = json.dumps({"writeKey": "k", "batch": [event] * 10}).encode()
+        self.assertEqual(self.get("/v1/batch", {}, "POST", body)[0], 200)
+        self.fill()
+        accepted = json.loads(self.get("/health")[2])["accepted"]
+        for route, document in (("batch", {"writeKey": "k", "batch": [event] * 20}),
+                                ("track", dict(event, writeKey="k"))):
+            with self.subTest(route):
+                status, _, answer = self.get("/v1/" + route, {}, "POST",
+                                             json.dumps(document).encode())
+                self.assertEqual((status, json.loads(answer)),
+                                 (503, {"success": False, "error": "write_failed"}))
+        self.assertEqual(json.loads(self.get("/health")[2])["accepted"], accepted)
+        self.assertGif(*self.get("/v1/pixel/track?writeKey=k&userId=u&event=e"))
 
 
 class MainInAThread(unittest.TestCase):
@@ -1763,7 +2375,7 @@ CONTRACT_CASES = [
      b"{nope", 400, "application/json", 0, 1,
      b'{"success": false, "error": "invalid_json"}\n'),
     ("API body over 500 KB", "POST", "/v1/batch", {"Content-Type": "application/json"},
-     b" " * (pixel.MAX_BATCH_BYTES + 1), 400, "application/json", 0, 0,
+     b" " * (pixel.MAX_BATCH_BYTES + 1), 400, "application/json", 0, 1,
      b'{"success": false, "error": "body_too_large"}\n'),
     ("GET to the API", "GET", "/v1/track", {}, None,
      405, "text/plain; charset=utf-8", 0, 0, b"Method Not Allowed\n"),
@@ -1826,10 +2438,10 @@ class Contract:
         with open(self.rejects_path, "rb") as handle:
             reasons = [json.loads(line)["reason"] for line in handle]
         self.assertEqual(reasons, ["invalid_base64", "no_user_anon_id", "event_not_defined",
-                                   "invalid_json"])
+                                   "invalid_json", "body_too_large"])
         health = json.loads(self.fetch("/health"))
         self.assertEqual((health["status"], health["accepted"], health["rejected"]),
-                         ("ok", 6, 4))
+                         ("ok", 6, 5))
 
     def fetch(self, target):
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
@@ -1847,11 +2459,7 @@ class ContractBuiltIn(Contract, unittest.TestCase):
         self.addCleanup(events.close)
         self.addCleanup(rejects.close)
         server = pixel.PixelServer(("127.0.0.1", 0), pixel.Recorder(events, rejects))
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        self.addCleanup(thread.join, 10)
-        self.addCleanup(server.stop, 5)
-        return server.server_address[1], events.path, rejects.path
+        return serve_in_thread(self, server), events.path, rejects.path
 
 
 class _QuietWsgiHandler(wsgiref.simple_server.WSGIRequestHandler):
@@ -2046,9 +2654,10 @@ class Process(unittest.TestCase):
         self.dir = temp_dir(self, "pixel-proc-")
         self.log = os.path.join(self.dir, "events.jsonl")
 
-    def start(self, *extra):
+    def start(self, *extra, interpreter_flags=()):
         process = subprocess.Popen(
-            [sys.executable, PIXEL_PY, "--host", "127.0.0.1", "--port", "0", "--log", self.log,
+            [sys.executable] + list(interpreter_flags) +
+            [PIXEL_PY, "--host", "127.0.0.1", "--port", "0", "--log", self.log,
              "--rejects", os.path.join(self.dir, "rejects.jsonl")] + list(extra),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(self.reap, process)
@@ -2157,7 +2766,9 @@ class Process(unittest.TestCase):
         self.assertEqual(cut, 400, "every dripping connection is cut after --request-timeout")
 
     def test_rss_at_rest_and_with_1000_idle_connections(self):
-        process, port = self.start()
+        # -S: pixel.py's own footprint, without what this machine's site-packages load at
+        # every start (a .pth file here imports certifi: about 2 MiB in every process).
+        process, port = self.start(interpreter_flags=["-S"])
         at_rest = self.rss_mib(process)
         idle = []
         for _ in range(1000):
@@ -2193,6 +2804,114 @@ class Process(unittest.TestCase):
         self.assertIn("pixel stopped: 1 events written", process.stdout.read())
         self.assertEqual(process.stderr.read(), "")
         idle.close()
+
+    def test_other_signals_do_not_stop_it_and_sighup_reopens(self):
+        process, port = self.start()
+        for name in ("SIGUSR1", "SIGUSR2", "SIGQUIT"):
+            process.send_signal(getattr(signal, name))
+        self.assertEqual(self.fetch(port, "/v1/pixel/track?writeKey=k&userId=u&event=one"),
+                         pixel.GIF)
+        self.assertIsNone(process.poll())
+        os.rename(self.log, self.log + ".moved")
+        process.send_signal(signal.SIGHUP)
+        # The reopen makes the file before any write does.
+        self.assertTrue(wait_until(lambda: os.path.exists(self.log)), "SIGHUP reopened nothing")
+        self.fetch(port, "/v1/pixel/track?writeKey=k&userId=u&event=two")
+        with open(self.log + ".moved") as moved, open(self.log) as live:
+            self.assertEqual([json.loads(line)["event"] for line in moved], ["one"])
+            self.assertEqual([json.loads(line)["event"] for line in live], ["two"])
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(10), 0)
+        self.assertIn("reopened %s" % self.log, process.stderr.read())
+
+    def test_a_torn_tail_is_cut_at_start_up_and_kept_in_the_rejects_log(self):
+        with open(self.log, "wb") as handle:
+            handle.write(b'{"type":"track","event":"whole"}\n{"type":"track","ev')
+        process, port = self.start()
+        self.fetch(port, "/v1/pixel/track?writeKey=k&userId=u&event=after")
+        with open(self.log) as handle:
+            self.assertEqual([json.loads(line)["event"] for line in handle],
+                             ["whole", "after"])
+        with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+            (record,) = [json.loads(line) for line in handle]
+        self.assertEqual((record["reason"], record["body"]),
+                         ("torn_tail", '{"type":"track","ev'))
+        process.kill()
+        process.wait()
+        self.assertIn("ended in a torn line (19 bytes", process.stderr.read())
+
+    def test_stderr_on_a_full_disk_costs_no_answer(self):
+        folder = mount_tmpfs(self, 256 * 1024)
+        log = os.path.join(folder, "events.jsonl")
+        with open(os.path.join(folder, "stderr.log"), "w") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, PIXEL_PY, "--port", "0", "--log", log, "--cpu", "none"],
+                stdout=subprocess.PIPE, stderr=stderr, text=True)
+        self.addCleanup(self.reap_quiet, process)
+        port = int(re.search(r":(\d+)/", process.stdout.readline()).group(1))
+        fill_disk(self, folder)
+        for number in range(20):
+            self.assertEqual(self.fetch(port, "/v1/pixel/track?writeKey=k&userId=u&event=e%d"
+                                        "&pad=%s" % (number, "x" * 5000)), pixel.GIF)
+        health = json.loads(self.fetch(port, "/health"))
+        self.assertEqual((health["status"], health["write_errors"] > 0), ("degraded", True))
+
+    @staticmethod
+    def reap_quiet(process):
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stdout.close()
+
+    def test_logrotate_create_with_a_hup_under_load_loses_nothing(self):
+        logrotate = shutil.which("logrotate") or (
+            "/usr/sbin/logrotate" if os.path.exists("/usr/sbin/logrotate") else None)
+        need(logrotate, "logrotate")
+        process, port = self.start()
+        config = os.path.join(self.dir, "logrotate.conf")
+        with open(config, "w") as handle:
+            handle.write("%s {\n    create\n    rotate 1000\n    missingok\n    postrotate\n"
+                         "        kill -HUP %d\n    endscript\n}\n" % (self.log, process.pid))
+        answered, lock, stop = set(), threading.Lock(), threading.Event()
+
+        def client(worker):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            number = 0
+            while not stop.is_set():
+                message_id = "%d-%d" % (worker, number)
+                number += 1
+                connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e"
+                                          "&messageId=" + message_id)
+                if connection.getresponse().read() == pixel.GIF:
+                    with lock:
+                        answered.add(message_id)
+            connection.close()
+
+        threads = [threading.Thread(target=client, args=(worker,)) for worker in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            for rotation in range(5):
+                wait_until(lambda: len(answered) >= 300 * (rotation + 1))
+                result = subprocess.run([logrotate, "-f", "-s", os.path.join(self.dir, "state"),
+                                         config], capture_output=True, text=True, timeout=60)
+                self.assertEqual(result.returncode, 0, result.stderr)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        logged = []
+        for name in os.listdir(self.dir):
+            if name.startswith("events.jsonl"):
+                with open(os.path.join(self.dir, name), "rb") as handle:
+                    data = handle.read()
+                self.assertTrue(data == b"" or data.endswith(b"\n"), name)
+                logged += [json.loads(line)["messageId"] for line in data.splitlines()]
+        self.assertGreaterEqual(len([name for name in os.listdir(self.dir)
+                                     if name.startswith("events.jsonl.")]), 5)
+        self.assertEqual(len(logged), len(set(logged)), "a line was written twice")
+        self.assertEqual(answered - set(logged), set(), "answered but not on disk")
+        self.assertIsNone(process.poll())
 
     def test_sigint_exits_0(self):
         process, _ = self.start()
