@@ -409,7 +409,6 @@ def format_time(seconds):
 _OBJECT_FIELDS = {"properties": "properties_not_object", "traits": "traits_not_object",
                   "context": "context_not_object", "integrations": "integrations_not_object"}
 _STRING_FIELDS = {"name": "name_not_string", "category": "category_not_string"}
-_NULL_MEANS_ABSENT = tuple(_OBJECT_FIELDS) + tuple(_STRING_FIELDS)
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
 
 
@@ -473,13 +472,17 @@ def validate(kind, payload, write_keys=None):
         for field, reason in _STRING_FIELDS.items():
             if payload.get(field) is not None and not isinstance(payload[field], str):
                 raise Rejected(reason)
+    # A null in one of these is accepted as absent, so it is written as absent: a reader of
+    # event["properties"]["x"] must not meet a null.
     for field, reason in _OBJECT_FIELDS.items():
-        if payload.get(field) is not None and not isinstance(payload[field], dict):
+        value = payload.get(field)
+        if value is None:
+            if field in payload:
+                del event[field]
+        elif not isinstance(value, dict):
             raise Rejected(reason)
-    for field in _NULL_MEANS_ABSENT:
-        # Accepted as absent, so written as absent: a reader of event["properties"]["x"]
-        # must not meet a null.
-        if field in event and event[field] is None:
+    for field in _STRING_FIELDS:
+        if field in payload and payload[field] is None:
             del event[field]
     for field in _TIME_FIELDS:
         if payload.get(field) is not None:
@@ -1146,6 +1149,8 @@ class Recorder:
     def client_ip(self, request):
         if not self.record_ip or not request.peer:   # no address known: none is written
             return None
+        if not self.trusted_proxies and not request.peer.startswith("::ffff:"):
+            return request.peer   # the common case, without the call
         return client_ip(request.peer, request.headers.get("x-forwarded-for"),
                          self.trusted_proxies)
 
@@ -1313,7 +1318,7 @@ def parse_head(head):
     request_line = lines[0].rstrip(b"\r")
     # A bare CR or a NUL is read differently by different parsers (RFC 9112 2.2): refuse.
     # (The head comes without its last line end, so a CR may end it.)
-    if (b"\r" in head and b"\r" in head[:-1].replace(b"\r\n", b"")) or b"\0" in head:
+    if head.count(b"\r") != head.count(b"\r\n") + head.endswith(b"\r") or b"\0" in head:
         raise HeadError(400, "bad_header", request_line[:MAX_LINE])
     if len(request_line) > MAX_LINE:
         raise HeadError(414, "uri_too_long", request_line[:MAX_LINE])
@@ -1358,7 +1363,8 @@ def parse_head(head):
         if scheme.lower() not in ("http", "https") or not rest:
             raise HeadError(400, "bad_target", request_line)
         target = "/" + rest.partition("/")[2]
-    body_length = _body_length(headers)
+    body_length = _body_length(headers) if (
+        "content-length" in headers or "transfer-encoding" in headers) else 0
     if body_length is None:
         raise HeadError(400, "bad_framing", request_line)
     path, _, query = target.partition("?")
@@ -1493,16 +1499,15 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         Until the head is complete the connection may be closed to make room when every
         slot is taken (ConnectionPool.submit): a kept-alive one waiting for its next
         request, or a new one that has not sent a whole head yet."""
-        pool = self.server.pool
-        pool.mark_idle(self.connection)
-        try:
-            return self._read_head_bytes()
-        finally:
-            pool.mark_busy(self.connection)
-
-    def _read_head_bytes(self):
         buffer = self._buffer
         server = self.server
+        server.pool.mark_idle(self.connection)
+        try:
+            return self._read_head_bytes(buffer, server)
+        finally:
+            server.pool.mark_busy(self.connection)
+
+    def _read_head_bytes(self, buffer, server):
         if not buffer:
             if self._served:   # a kept-alive connection waits idle, then gets a fresh deadline
                 self._recv(server.idle_timeout)
@@ -1650,17 +1655,16 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
     def _send(self, answer):
         """Send `answer` in one write, with Server, Date and Connection added."""
         server = self.server
-        key = (answer.status, self.protocol_version, self.version_string())
-        status_line = _STATUS_LINES.get(key)
-        if status_line is None:
-            status_line = _STATUS_LINES[key] = b"%s %d %s\r\nServer: %s\r\nDate: " % (
-                self.protocol_version.encode(), answer.status,
-                self.responses[answer.status][0].encode(), key[2].encode())
-        headers = _HEADER_LINES.get(answer.headers)
-        if headers is None:
+        status_line = server.status_lines.get(answer.status)
+        if status_line is None:   # once per status: Server is the handler class's
+            status_line = server.status_lines[answer.status] = \
+                b"%s %d %s\r\nServer: %s\r\nDate: " % (
+                    self.protocol_version.encode(), answer.status,
+                    self.responses[answer.status][0].encode(), self.version_string().encode())
+        if answer is GIF_ANSWER:   # the one answer most requests get: its bytes, built once
+            headers = _GIF_HEADER_LINES
+        else:
             headers = "".join("%s: %s\r\n" % pair for pair in answer.headers).encode("latin-1")
-            if len(_HEADER_LINES) < 64:   # fixed answers only; JSON lengths vary
-                _HEADER_LINES[answer.headers] = headers
         parts = [status_line, server.http_date(), b"\r\n", headers]
         if self.close_connection or self.protocol_version == "HTTP/1.0":
             parts.append(b"Connection: close\r\n")
@@ -1672,8 +1676,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self.connection.sendall(b"".join(parts))
 
 
-_STATUS_LINES = {}   # (status, protocol, Server) -> the response's first bytes, built once
-_HEADER_LINES = {}   # an Answer's header pairs -> their bytes, for the fixed answers
+_GIF_HEADER_LINES = "".join("%s: %s\r\n" % pair for pair in GIF_ANSWER.headers).encode()
 
 
 class ConnectionPool:
@@ -1824,6 +1827,7 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
                                    reporter=self.reporter)
         recorder.gauges["connections"] = self.pool.__len__
         self.options_inherited = None    # set by the first connection's handler
+        self.status_lines = {}           # status -> the answer's first bytes, up to the Date
         self._date = (0, b"")
         self._drained = threading.Lock()
         super().__init__(address, handler)

@@ -3097,6 +3097,20 @@ class ReadmeIsTrue(unittest.TestCase):
         # The only reasons not written out are the ones passed along from those above.
         self.assertLessEqual(set(forwarded), {"reason", "error.reason", ""})
 
+    def test_every_test_the_security_table_names_exists(self):
+        section = self.readme.split("## Security and privacy")[1].split("\n## ")[0]
+        rows = [line.split("|") for line in section.splitlines() if line.startswith("| ")]
+        named = [name for row in rows[2:] for name in re.findall(r"`([A-Za-z_.0-9]+)`", row[3])]
+        self.assertGreater(len(named), 20)
+        module = sys.modules[__name__]
+        for name in named:
+            if name == "Properties" and hypothesis is None:
+                continue   # defined only where hypothesis is installed (.ci/run's venv)
+            with self.subTest(name):
+                target = module
+                for part in name.split("."):
+                    target = getattr(target, part)   # AttributeError: no such test
+
     def test_options_table_matches_the_parser(self):
         parser = pixel.build_parser({})
         flags = {option for action in parser._actions for option in action.option_strings

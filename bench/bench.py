@@ -1,31 +1,59 @@
 #!/usr/bin/env python3
-"""Reproduce the README's performance numbers.
+"""Measure pixel.py and reproduce the README's performance numbers, from a clone of this repo.
 
-    python3 bench/bench.py                 # everything below, ~6 minutes
-    python3 bench/bench.py --only core     # one part: throughput, scaling, memory, startup, core
+    python3 bench/bench.py                       # every section, about 11 minutes
+    python3 bench/bench.py --quick               # every section in about 10 s, to check that
+                                                 # the bench still runs (numbers meaningless)
+    python3 bench/bench.py --only throughput --rounds 3 --duration 8
 
-throughput  pixel.py side by side with its peers (uvicorn + httptools + uvloop, nginx
-            empty_gif, a naive http.server), run by the workspace's shared compare.py
-            (../shared/bench/compare.py; it installs wrk, nginx and uvicorn for itself):
-            keep-alive with the docs' track pixel, keep-alive with a dot-notation page
-            pixel, and one request per connection.
-memory      RSS of a pixel.py process at rest and with 1,000 idle keep-alive connections.
-startup     milliseconds from starting `python3 pixel.py` to its first accepted connection,
-            with this interpreter and with /usr/bin/python3 if that is another one, each
-            next to the interpreter's own start-up (`python3 -c pass`).
-scaling     pixel.py and the uvicorn peer at 1, 4, 10 and 50 keep-alive connections (wrk),
-            to show where a thread per connection stops scaling.
+Sections (--only picks one; repeat it for several):
+
 core        microseconds per event for decode + validate + enrich + serialise of the docs'
-            example, in this process.
+            example, in this process (best of several timeit runs).
+startup     milliseconds from starting `python3 pixel.py` to its first accepted connection,
+            with this interpreter and with /usr/bin/python3 if that is another one, each next
+            to the interpreter's own start-up (`python3 -c pass`).
+memory      RSS of a pixel.py process at rest and with 1,000 idle keep-alive connections.
+throughput  pixel.py next to three peer servers on the same machine, load and request:
+              uvicorn + httptools + uvloop   bench/peers/asgi_pixel.py, what a Python
+                                             developer would write
+              nginx empty_gif                bench/peers/nginx.conf, the classic pixel server
+                                             (decodes nothing: a ceiling, not a rival)
+              naive http.server              bench/peers/naive_pixel.py, the tutorial version
+            wrk (one thread, --latency) against each server in turn, the server order
+            reversed every other round; each table gives the medians over the rounds of req/s
+            and p99 latency, and pixel.py's req/s divided by each peer's. Three tables:
+            keep-alive with 50 connections on the docs' track pixel (?data=...), keep-alive
+            with 50 connections on a dot-notation page pixel, and one request per connection
+            (wrk -H "Connection: close", 20 connections).
+scaling     pixel.py and the uvicorn peer at 1, 4, 10 and 50 keep-alive connections, to show
+            where a thread per connection stops scaling.
 
-Only the standard library is needed here; pixel.py itself never needs more.
+Every server is started fresh for each round, listens on 127.0.0.1 only, and is stopped
+when the round ends, when the bench fails, on Ctrl-C or SIGTERM; servers also get SIGTERM
+from the kernel if this process is killed outright.
+
+What it needs it installs, each time it is missing: wrk and nginx with apt-get (Debian
+packages; needs root), and uvicorn, httptools and uvloop with pip into a venv at
+$TMPDIR/pixel-bench-uvicorn-venv (/tmp/... without TMPDIR), which later runs reuse.
+pixel.py itself needs only Python 3.
+
+Exit status: 0 when every section ran; 1 when a tool could not be installed, a server did
+not start, wrk reported socket errors or non-2xx answers, or pixel.py logged fewer events
+than it answered. --quick only shortens the runs and checks the same things; it asserts
+nothing about speed.
 """
 
 import argparse
+import collections
+import ctypes
 import http.client
+import math
 import os
 import re
+import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -37,191 +65,653 @@ import timeit
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROJECT = os.path.dirname(HERE)
 PIXEL_PY = os.path.join(PROJECT, "pixel.py")
-COMPARE = os.path.join(PROJECT, "..", "shared", "bench", "compare.py")
-DOCS_QUERY = ("data=eyJ3cml0ZUtleSI6ICJZT1VSX1dSSVRFX0tFWSIsICJ1c2VySWQiOiAiMDI1cGlrYWNodTAyNSIs"
-              "ICJldmVudCI6ICJFbWFpbCBPcGVuZWQiLCAicHJvcGVydGllcyI6IHsgICAic3ViamVjdCI6ICJUaGUg"
-              "RWxlY3RyaWMgRGFpbHkiLCAgICJlbWFpbCI6ICJwZWVrQXRNZUBlbWFpbC5wb2tlIiB9fQ")
+PEERS = os.path.join(HERE, "peers")
+
+LOOPBACK = "127.0.0.1"
+
+# Segment's Pixel API docs' own example (as in README.md and test_pixel.py): unpadded
+# URL-safe base64 of a track call.
+DOCS_DATA = ("eyJ3cml0ZUtleSI6ICJZT1VSX1dSSVRFX0tFWSIsICJ1c2VySWQiOiAiMDI1cGlrYWNodTAyNSIs"
+             "ICJldmVudCI6ICJFbWFpbCBPcGVuZWQiLCAicHJvcGVydGllcyI6IHsgICAic3ViamVjdCI6ICJUaGUg"
+             "RWxlY3RyaWMgRGFpbHkiLCAgICJlbWFpbCI6ICJwZWVrQXRNZUBlbWFpbC5wb2tlIiB9fQ")
+DOCS_QUERY = "data=" + DOCS_DATA
+TRACK_TARGET = "/v1/pixel/track?" + DOCS_QUERY
 PAGE_TARGET = ("/v1/pixel/page?anonymousId=a7f3c2&name=Pricing&properties.url=https%3A%2F%2F"
                "example.com%2Fpricing&properties.referrer=newsletter&writeKey=k")
 
+SERVER_LABELS = collections.OrderedDict([
+    ("pixel", "pixel.py"),
+    ("uvicorn", "uvicorn + httptools + uvloop"),
+    ("nginx", "nginx `empty_gif`"),
+    ("naive", "naive `http.server`"),
+])
 
-def throughput(rounds, duration):
-    if not os.path.exists(COMPARE):
-        sys.exit("throughput needs the workspace's shared compare.py at " + COMPARE)
-    runs = [("keep-alive, docs' track pixel", []),
-            ("keep-alive, dot-notation page pixel", ["--target", PAGE_TARGET]),
-            ("one request per connection", ["--mode", "close", "--connections", "20"])]
-    for title, extra in runs:
-        command = [sys.executable, COMPARE, "--project", PROJECT, "--rounds", str(rounds),
-                   "--duration", str(duration)] + extra
-        print("\n## %s\n$ %s" % (title, " ".join(command[1:])), flush=True)
-        subprocess.run(command, check=True)
+# One kind of wrk run: `label` names it in progress lines, `title` heads its table.
+Mode = collections.namedtuple("Mode", "label title target connections close")
+THROUGHPUT_MODES = [
+    Mode("track pixel, keep-alive, 50 connections",
+         "Keep-alive, 50 connections, the docs' track pixel (`?data=…`)",
+         TRACK_TARGET, 50, False),
+    Mode("page pixel, keep-alive, 50 connections",
+         "Keep-alive, 50 connections, a dot-notation page pixel "
+         "(`/v1/pixel/page?anonymousId=…&properties.url=…&writeKey=k`)",
+         PAGE_TARGET, 50, False),
+    Mode("track pixel, close, 20 connections",
+         "One request per connection (`Connection: close`), 20 connections",
+         TRACK_TARGET, 20, True),
+]
+SCALING_CONNECTIONS = (1, 4, 10, 50)
+SECTIONS = ("core", "startup", "memory", "throughput", "scaling")
+# What each section needs beyond Python: Debian packages (by command) and the uvicorn venv.
+SECTION_COMMANDS = {"throughput": ("wrk", "nginx"), "scaling": ("wrk",)}
+SECTION_NEEDS_VENV = ("throughput", "scaling")
+
+VENV = os.path.join(tempfile.gettempdir(), "pixel-bench-uvicorn-venv")
+VENV_PACKAGES = ("uvicorn", "httptools", "uvloop")
+
+START_TIMEOUT = 20      # seconds a server may take to listen (uvicorn's first start compiles)
+STOP_TIMEOUT = 5        # seconds a server may take to exit after SIGTERM, then SIGKILL
+WRK_TIMEOUT = "10s"     # wrk's own default (2 s) counts the naive peer's slow answers as errors
+PR_SET_PDEATHSIG = 1    # from <linux/prctl.h>
 
 
-def scaling(duration=4):
-    venv_uvicorn = "/tmp/pixel-bench-venv/bin/uvicorn"   # made by compare.py's first run
-    if not (shutil.which("wrk") and os.path.exists(venv_uvicorn)):
-        sys.exit("scaling needs wrk and compare.py's uvicorn venv: run --only throughput first")
-    folder = tempfile.mkdtemp(prefix="pixel-bench-")
-    pixel, pixel_port = start_pixel(folder)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        uvicorn_port = probe.getsockname()[1]
-    peer = subprocess.Popen([venv_uvicorn, "asgi_pixel:app", "--port", str(uvicorn_port),
-                             "--no-access-log", "--log-level", "warning", "--http", "httptools",
-                             "--loop", "uvloop", "--app-dir", os.path.dirname(COMPARE)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, PEER_LOG=os.path.join(folder, "peer.log")))
-    deadline = time.monotonic() + 20
-    while True:   # uvicorn takes a moment to listen
+class BenchError(Exception):
+    """Something that stops the run: a tool that did not install, a server that did not start."""
+
+
+Settings = collections.namedtuple(
+    "Settings", "rounds duration startup_rounds core_number core_repeat memory_connections "
+                "settle_seconds")
+
+
+def settings_for(args):
+    if args.quick:
+        settings = Settings(rounds=1, duration=0.3, startup_rounds=3, core_number=2000,
+                            core_repeat=3, memory_connections=1000, settle_seconds=0.2)
+    else:
+        settings = Settings(rounds=4, duration=8, startup_rounds=15, core_number=20000,
+                            core_repeat=5, memory_connections=1000, settle_seconds=0.5)
+    if args.rounds is not None:
+        settings = settings._replace(rounds=args.rounds)
+    if args.duration is not None:
+        settings = settings._replace(duration=args.duration)
+    return settings
+
+
+# --------------------------------------------------------------------------------------------
+# Installing the tools
+
+def find_command(name):
+    """The path of a command, looking in the sbin folders too (nginx lives in /usr/sbin)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
+def run_install_step(command, timeout):
+    """Run one install command quietly; on failure, raise with the end of its output."""
+    print("bench: $ " + " ".join(command), flush=True)
+    try:
+        finished = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                                  env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    except subprocess.TimeoutExpired:
+        raise BenchError("%s took more than %d s" % (command[0], timeout)) from None
+    if finished.returncode != 0:
+        raise BenchError("%s failed (exit %d):\n%s" % (" ".join(command), finished.returncode,
+                                                       finished.stdout[-2000:]))
+
+
+def ensure_commands(commands):
+    """apt-get install the Debian packages of the commands that are not on this machine."""
+    missing = [command for command in commands if not find_command(command)]
+    if not missing:
+        return
+    print("bench: installing %s with apt-get (Debian packages)" % ", ".join(missing), flush=True)
+    if os.geteuid() != 0:
+        raise BenchError("apt-get needs root; install %s yourself" % " ".join(missing))
+    run_install_step(["apt-get", "update", "-q"], timeout=600)
+    run_install_step(["apt-get", "install", "-y", "-q", "--no-install-recommends"] + missing,
+                     timeout=900)
+    still_missing = [command for command in missing if not find_command(command)]
+    if still_missing:
+        raise BenchError("apt-get ran, but %s is still not found" % ", ".join(still_missing))
+
+
+def venv_versions():
+    """'uvicorn 0.x, httptools 0.y, uvloop 0.z' from the venv, or None if any is missing."""
+    python = os.path.join(VENV, "bin", "python")
+    if not os.path.exists(python):
+        return None
+    script = ("import importlib.metadata, sys\n"
+              "import uvicorn, httptools, uvloop\n"
+              "print(', '.join(name + ' ' + importlib.metadata.version(name)"
+              " for name in sys.argv[1:]))")
+    finished = subprocess.run([python, "-c", script] + list(VENV_PACKAGES),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60)
+    return finished.stdout.strip() if finished.returncode == 0 else None
+
+
+def ensure_venv():
+    versions = venv_versions()
+    if versions is None:
+        print("bench: installing %s with pip into a venv at %s"
+              % (", ".join(VENV_PACKAGES), VENV), flush=True)
+        run_install_step([sys.executable, "-m", "venv", "--clear", VENV], timeout=300)
+        run_install_step([os.path.join(VENV, "bin", "python"), "-m", "pip", "install", "-q",
+                          "--disable-pip-version-check"] + list(VENV_PACKAGES), timeout=900)
+        versions = venv_versions()
+        if versions is None:
+            raise BenchError("pip ran, but the venv at %s cannot import %s"
+                             % (VENV, ", ".join(VENV_PACKAGES)))
+    return versions
+
+
+def tool_versions(commands):
+    """One line naming the versions of wrk and nginx, for the header of the output."""
+    found = []
+    if "wrk" in commands:   # `wrk -v` prints "wrk 4.1.0 [epoll] Copyright ..." and exits 1
+        banner = subprocess.run([find_command("wrk"), "-v"], capture_output=True, text=True,
+                                timeout=10).stdout
+        found.append(" ".join(banner.split()[:2]) or "wrk")
+    if "nginx" in commands:   # `nginx -v` prints "nginx version: nginx/1.22.1" on stderr
+        banner = subprocess.run([find_command("nginx"), "-v"], capture_output=True, text=True,
+                                timeout=10).stderr
+        found.append(banner.strip().rsplit(" ", 1)[-1].replace("/", " "))
+    return ", ".join(found)
+
+
+# --------------------------------------------------------------------------------------------
+# Starting and stopping servers
+
+running_servers = []   # every process started by start_process and not yet stopped
+
+
+def _end_with_bench():
+    """Runs in each server and wrk between fork and exec: if the bench dies without cleaning
+    up (kill -9), the kernel sends the child SIGTERM. Linux only; elsewhere the bench's
+    try/finally blocks are all there is."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):   # not Linux: no prctl
+        return
+
+
+def start_process(command, output_path, env=None):
+    """Start a server in a session of its own, its stdout and stderr going to output_path."""
+    with open(output_path, "ab") as output:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output,
+                                   stderr=subprocess.STDOUT, env=env,
+                                   cwd=os.path.dirname(output_path), start_new_session=True,
+                                   preexec_fn=_end_with_bench)
+    running_servers.append(process)
+    return process
+
+
+def stop_process(process):
+    """SIGTERM to the server's whole process group (nginx has workers), SIGKILL if slow."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
         try:
-            socket.create_connection(("127.0.0.1", uvicorn_port), 0.5).close()
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:   # the group has exited already
             break
+        try:
+            process.wait(STOP_TIMEOUT)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if process in running_servers:
+        running_servers.remove(process)
+
+
+def stop_all_servers():
+    for process in list(running_servers):
+        stop_process(process)
+
+
+def output_tail(path, characters=1500):
+    with open(path, errors="replace") as output:
+        return output.read()[-characters:].strip() or "(no output)"
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_listening(name, process, port, output_path, timeout=START_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=1).close()
+            return
         except OSError:
-            if time.monotonic() > deadline or peer.poll() is not None:
-                sys.exit("the uvicorn peer did not start")
-            time.sleep(0.05)
-    target = "/v1/pixel/track?" + DOCS_QUERY
-    print("\n## scaling (keep-alive, docs' track pixel, wrk -t1 -d%ds)" % duration)
-    print("connections  pixel req/s  uvicorn req/s")
+            if process.poll() is not None:
+                raise BenchError("%s exited with %d before listening:\n%s" % (
+                    name, process.returncode, output_tail(output_path))) from None
+            if time.monotonic() > deadline:
+                raise BenchError("%s did not listen on port %d within %d s:\n%s" % (
+                    name, port, timeout, output_tail(output_path))) from None
+            time.sleep(0.02)
+
+
+LISTENING = re.compile(r"listening on http://\S+:(\d+)/")
+
+
+def start_pixel(folder, events_path):
+    """Start pixel.py on a port of its choosing; return the process and the port it printed
+    in its 'pixel ... listening on http://127.0.0.1:PORT/ ...' line."""
+    output_path = os.path.join(folder, "pixel.out")
+    process = start_process([sys.executable, PIXEL_PY, "--host", LOOPBACK, "--port", "0",
+                             "--log", events_path], output_path)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        with open(output_path, errors="replace") as output:
+            said = LISTENING.search(output.read())
+        if said:
+            port = int(said.group(1))
+            wait_until_listening("pixel.py", process, port, output_path)
+            return process, port
+        if process.poll() is not None:
+            raise BenchError("pixel.py exited with %d before listening:\n%s"
+                             % (process.returncode, output_tail(output_path)))
+        if time.monotonic() > deadline:
+            raise BenchError("pixel.py printed no 'listening on' line within %d s:\n%s"
+                             % (START_TIMEOUT, output_tail(output_path)))
+        time.sleep(0.02)
+
+
+def start_server(name, folder):
+    """Start one of SERVER_LABELS in a fresh folder inside `folder`; return (process, port,
+    path of the events log it writes)."""
+    server_folder = tempfile.mkdtemp(prefix=name + "-", dir=folder)
+    events_path = os.path.join(server_folder, "events.jsonl")
+    if name == "pixel":
+        process, port = start_pixel(server_folder, events_path)
+        return process, port, events_path
+    port = free_port()
+    peer_env = dict(os.environ, PIXEL_BENCH_PEER_LOG=events_path)
+    if name == "uvicorn":
+        command = [os.path.join(VENV, "bin", "python"), "-m", "uvicorn", "asgi_pixel:app",
+                   "--app-dir", PEERS, "--host", LOOPBACK, "--port", str(port),
+                   "--http", "httptools", "--loop", "uvloop", "--lifespan", "off",
+                   "--no-access-log", "--log-level", "warning"]
+    elif name == "naive":
+        command = [sys.executable, os.path.join(PEERS, "naive_pixel.py"), str(port)]
+    elif name == "nginx":
+        with open(os.path.join(PEERS, "nginx.conf")) as template:
+            config = template.read().replace("@PORT@", str(port))
+        config = config.replace("@RUN_DIR@", server_folder)
+        config_path = os.path.join(server_folder, "nginx.conf")
+        with open(config_path, "w") as config_file:
+            config_file.write(config)
+        command = [find_command("nginx"), "-p", server_folder + "/", "-c", config_path,
+                   "-e", os.path.join(server_folder, "error.log")]
+    else:
+        raise ValueError("no server called %r" % name)
+    output_path = os.path.join(server_folder, name + ".out")
+    process = start_process(command, output_path, env=peer_env)
+    wait_until_listening(SERVER_LABELS[name], process, port, output_path)
+    return process, port, events_path
+
+
+def count_lines(path):
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as log:
+        return sum(block.count(b"\n") for block in iter(lambda: log.read(1 << 20), b""))
+
+
+# --------------------------------------------------------------------------------------------
+# wrk
+
+WrkResult = collections.namedtuple("WrkResult", "requests_per_second p99_ms requests problems")
+LATENCY_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def parse_wrk(output):
+    """req/s, p99 in ms, requests completed and a list of problems, from wrk's report."""
+    problems = []
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if not rate:
+        problems.append("no Requests/sec in wrk's output")
+    p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE)
+    completed = re.search(r"(\d+) requests in ", output)
+    socket_errors = re.search(r"Socket errors: (.+)", output)
+    if socket_errors:
+        problems.append("socket errors: " + socket_errors.group(1).strip())
+    not_ok = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if not_ok:
+        problems.append(not_ok.group(1) + " non-2xx answers")
+    return WrkResult(requests_per_second=float(rate.group(1)) if rate else 0.0,
+                     p99_ms=float(p99.group(1)) * LATENCY_UNITS_MS[p99.group(2)] if p99
+                     else float("nan"),
+                     requests=int(completed.group(1)) if completed else 0,
+                     problems=problems)
+
+
+def run_wrk(port, target, connections, duration, close=False):
+    """One wrk run with one thread. wrk takes whole seconds; for a shorter run (--quick) it
+    gets SIGINT at `duration`, on which it stops and reports what it measured so far."""
+    wrk_seconds = math.ceil(duration)
+    command = [find_command("wrk"), "-t1", "-c%d" % connections, "-d%ds" % wrk_seconds,
+               "--latency", "--timeout", WRK_TIMEOUT]
+    if close:
+        command += ["-H", "Connection: close"]
+    command.append("http://%s:%d%s" % (LOOPBACK, port, target))
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=_end_with_bench)
     try:
-        for connections in (1, 4, 10, 50):
-            rates = []
-            for port in (pixel_port, uvicorn_port):
-                out = subprocess.run(["wrk", "-t1", "-c%d" % connections, "-d%ds" % duration,
-                                      "http://127.0.0.1:%d%s" % (port, target)],
-                                     capture_output=True, text=True).stdout
-                rates.append(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)))
-            print("%11d  %11.0f  %13.0f" % (connections, rates[0], rates[1]), flush=True)
+        if duration < wrk_seconds:
+            try:
+                process.communicate(timeout=duration)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGINT)
+        output, errors = process.communicate(timeout=wrk_seconds + 30)
     finally:
-        for process in (pixel, peer):
-            process.terminate()
+        if process.poll() is None:   # an exception above (Ctrl-C, a timeout): wrk goes too
+            process.kill()
             process.wait()
-        shutil.rmtree(folder, ignore_errors=True)
+    result = parse_wrk(output)
+    if process.returncode != 0:
+        result.problems.append("wrk exited with %d" % process.returncode)
+    if errors.strip():
+        result.problems.append("wrk said: " + errors.strip()[-500:])
+    return result
 
 
-def start_pixel(folder):
-    process = subprocess.Popen([sys.executable, PIXEL_PY, "--port", "0", "--log",
-                                os.path.join(folder, "events.jsonl")],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    port = int(re.search(r":(\d+)/", process.stdout.readline()).group(1))
-    return process, port
+def measure_rounds(names, runs, settings, folder):
+    """For each round, start each server (order reversed every other round), do every Mode
+    in `runs` against it, and stop it. Returns
+    {(server, run index): [WrkResult per round]}; a pixel.py run whose event log grew by
+    fewer lines than wrk counted answers gets a problem added."""
+    results = collections.defaultdict(list)
+    for round_number in range(settings.rounds):
+        order = names if round_number % 2 == 0 else names[::-1]
+        for name in order:
+            process, port, events_path = start_server(name, folder)
+            try:
+                for index, run in enumerate(runs):
+                    lines_before = count_lines(events_path)
+                    result = run_wrk(port, run.target, run.connections, settings.duration,
+                                     close=run.close)
+                    if name == "pixel":
+                        logged = count_lines(events_path) - lines_before
+                        if logged < result.requests:
+                            result.problems.append("pixel.py logged %d events for %d answers"
+                                                   % (logged, result.requests))
+                    results[name, index].append(result)
+                    print("  round %d/%d  %-28s %-40s %7.0f req/s  p99 %7.2f ms%s"
+                          % (round_number + 1, settings.rounds, SERVER_LABELS[name],
+                             run.label, result.requests_per_second, result.p99_ms,
+                             "  PROBLEM: " + "; ".join(result.problems)
+                             if result.problems else ""), file=sys.stderr, flush=True)
+            finally:
+                stop_process(process)
+    return results
 
 
-def rss_mib(pid):
-    with open("/proc/%d/status" % pid) as handle:
-        return int(re.search(r"VmRSS:\s+(\d+) kB", handle.read()).group(1)) / 1024
+def medians(results):
+    return (statistics.median(result.requests_per_second for result in results),
+            statistics.median(result.p99_ms for result in results))
 
 
-def memory():
-    folder = tempfile.mkdtemp(prefix="pixel-bench-")
-    process, port = start_pixel(folder)
-    try:
-        time.sleep(0.5)
-        at_rest = rss_mib(process.pid)
-        connections = []
-        for _ in range(1000):
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            connection.request("GET", "/v1/pixel/track?" + DOCS_QUERY)
-            connection.getresponse().read()
-            connections.append(connection)
-        time.sleep(0.5)
-        loaded = rss_mib(process.pid)
-        for connection in connections:
-            connection.close()
-    finally:
-        process.terminate()
-        process.wait()
-        shutil.rmtree(folder, ignore_errors=True)
-    print("\n## memory\nRSS at rest: %.1f MiB\nRSS with 1,000 idle keep-alive connections: "
-          "%.1f MiB" % (at_rest, loaded))
+def report_problems(results, problems):
+    """Append every run's problems to `problems`, each labelled with its server, run and
+    round; return the labelled lines."""
+    lines = []
+    for (name, index), runs in sorted(results.items()):
+        for round_number, result in enumerate(runs, 1):
+            for problem in result.problems:
+                lines.append("%s, run %d, round %d: %s"
+                             % (SERVER_LABELS[name], index + 1, round_number, problem))
+    problems.extend(lines)
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+def core(settings, problems):
+    sys.path.insert(0, PROJECT)
+    import pixel
+    missing = [name for name in ("pixel_event", "encode_line") if not hasattr(pixel, name)]
+    if missing:
+        problems.append("core: pixel.py has no %s any more; update bench/bench.py's core()"
+                        % " or ".join(missing))
+        print("\n## core\nskipped: " + problems[-1])
+        return
+    received_at = time.time()
+
+    def one_event():
+        pixel.encode_line(pixel.pixel_event("track", DOCS_QUERY, received_at=received_at,
+                                            ip="127.0.0.1", user_agent="Mail/1"))
+
+    best = min(timeit.repeat(one_event, number=settings.core_number,
+                             repeat=settings.core_repeat)) / settings.core_number * 1e6
+    print("\n## core\n\ndecode + validate + enrich + serialise, docs' example: %.1f µs per event "
+          "(best of %d × %d)" % (best, settings.core_repeat, settings.core_number), flush=True)
 
 
 def interpreters():
     """This interpreter, plus the system's python3 when it is a different one: the start-up
     target is for `python3 pixel.py`, and a VM's python3 is usually the distribution's."""
     found = [sys.executable]
-    for candidate in ("/usr/bin/python3",):
-        if os.path.exists(candidate) and \
-                os.path.realpath(candidate) != os.path.realpath(sys.executable):
-            found.append(candidate)
+    system_python = "/usr/bin/python3"
+    if os.path.exists(system_python) and \
+            os.path.realpath(system_python) != os.path.realpath(sys.executable):
+        found.append(system_python)
     return found
 
 
-def startup(rounds=15):
-    folder = tempfile.mkdtemp(prefix="pixel-bench-")
-    print("\n## startup")
+def startup(settings, folder):
+    print("\n## startup\n\n| interpreter | `python3 pixel.py` to first accepted connection | "
+          "`python3 -c pass` alone |\n| --- | ---: | ---: |", flush=True)
+    for python in interpreters():
+        version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
+                                 capture_output=True, text=True, check=True,
+                                 timeout=30).stdout.strip()
+        bare_ms, pixel_ms = [], []
+        for attempt in range(settings.startup_rounds):
+            # The interpreter alone, to the end of `python3 -c pass`: what any script pays
+            # before its first line runs.
+            started = time.monotonic()
+            subprocess.run([python, "-c", "pass"], check=True, timeout=30)
+            bare_ms.append((time.monotonic() - started) * 1000)
+
+            port = free_port()
+            output_path = os.path.join(folder, "startup-%d.out" % attempt)
+            started = time.monotonic()
+            process = start_process([python, PIXEL_PY, "--host", LOOPBACK, "--port", str(port),
+                                     "--log", os.path.join(folder, "startup-%d.jsonl" % attempt)],
+                                    output_path)
+            try:
+                wait_until_listening("%s pixel.py" % python, process, port, output_path)
+                pixel_ms.append((time.monotonic() - started) * 1000)
+            finally:
+                stop_process(process)
+        print("| %s (%s) | %.0f ms (%.0f–%.0f) | %.0f ms |"
+              % (python, version, statistics.median(pixel_ms), min(pixel_ms), max(pixel_ms),
+                 statistics.median(bare_ms)), flush=True)
+    print("\nmedians of %d starts; min–max in brackets" % settings.startup_rounds)
+
+
+def rss_mib(pid):
+    with open("/proc/%d/status" % pid) as status:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status.read()).group(1)) / 1024
+
+
+def raise_open_file_limit(wanted):
+    """Holding `wanted` sockets needs that many descriptors here and in pixel.py (which
+    inherits this limit); raise the soft limit toward the hard one if it is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new_soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+
+
+def memory(settings, folder):
+    count = settings.memory_connections
+    raise_open_file_limit(count + 200)
+    process, port = start_pixel(folder, os.path.join(folder, "memory.jsonl"))
+    connections = []
     try:
-        for python in interpreters():
-            version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
-                                     capture_output=True, text=True).stdout.strip()
-            bare, times = [], []
-            for number in range(rounds):
-                # The interpreter alone, to the end of `python3 -c pass`: what any script
-                # pays before its first line runs.
-                started = time.monotonic()
-                subprocess.run([python, "-c", "pass"], check=True)
-                bare.append((time.monotonic() - started) * 1000)
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", 0))
-                    port = probe.getsockname()[1]
-                started = time.monotonic()
-                process = subprocess.Popen([python, PIXEL_PY, "--port", str(port),
-                                            "--log", os.path.join(folder, "e%d.jsonl" % number)],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                while True:
-                    try:
-                        socket.create_connection(("127.0.0.1", port), 0.5).close()
-                        break
-                    except OSError:
-                        if process.poll() is not None:
-                            sys.exit("%s pixel.py exited at start-up" % python)
-                        time.sleep(0.001)
-                times.append((time.monotonic() - started) * 1000)
-                process.terminate()
-                process.wait()
-            print("`%s pixel.py` (Python %s) accepts its first connection after %.0f ms "
-                  "(median of %d; min %.0f, max %.0f); `%s -c pass` alone takes %.0f ms"
-                  % (python, version, statistics.median(times), rounds, min(times), max(times),
-                     python, statistics.median(bare)))
+        time.sleep(settings.settle_seconds)
+        at_rest = rss_mib(process.pid)
+        deadline = time.monotonic() + 120
+        for _ in range(count):
+            if time.monotonic() > deadline:
+                raise BenchError("memory: opening %d connections took over 120 s" % count)
+            connection = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+            connections.append(connection)
+            try:
+                connection.request("GET", TRACK_TARGET)
+                answer = connection.getresponse()
+                answer.read()
+            except (OSError, http.client.HTTPException) as error:
+                raise BenchError("memory: request %d of %d to pixel.py failed: %r\n%s" % (
+                    len(connections), count, error,
+                    output_tail(os.path.join(folder, "pixel.out")))) from None
+            if answer.status != 200:
+                raise BenchError("memory: pixel.py answered %d" % answer.status)
+        time.sleep(settings.settle_seconds)
+        loaded = rss_mib(process.pid)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        for connection in connections:
+            connection.close()
+        stop_process(process)
+    print("\n## memory\n\nRSS at rest: %.1f MiB\nRSS with %s idle keep-alive connections: "
+          "%.1f MiB" % (at_rest, format(count, ","), loaded), flush=True)
 
 
-def core(number=20000):
-    sys.path.insert(0, PROJECT)
-    import pixel
-    received_at = time.time()
+def throughput(settings, folder, problems):
+    names = list(SERVER_LABELS)
+    print("\n## throughput\n\nwrk -t1 --latency, %g s a run, %d round(s), server order "
+          "reversed every other round; medians" % (settings.duration, settings.rounds),
+          flush=True)
+    results = measure_rounds(names, THROUGHPUT_MODES, settings, folder)
+    for index, mode in enumerate(THROUGHPUT_MODES):
+        pixel_rate, _ = medians(results["pixel", index])
+        print("\n%s:\n\n| server | req/s | p99 ms | pixel.py ratio |\n| --- | ---: | ---: | ---: |"
+              % mode.title)
+        for name in names:
+            rate, p99 = medians(results[name, index])
+            if name == "pixel":
+                ratio = ""
+            else:
+                ratio = "%.2f" % (pixel_rate / rate) if rate else "n/a"
+            print("| %s | %.0f | %.2f | %s |" % (SERVER_LABELS[name], rate, p99, ratio))
+        pixel_runs = results["pixel", index]
+        if not any(result.problems for result in pixel_runs):
+            print("\npixel.py answered %d requests, and its event log grew by at least as "
+                  "many lines" % sum(result.requests for result in pixel_runs))
+    for line in report_problems(results, problems):
+        print("PROBLEM: " + line)
+    sys.stdout.flush()
 
-    def one():
-        pixel.encode_line(pixel.pixel_event("track", DOCS_QUERY, received_at=received_at,
-                                            ip="127.0.0.1", user_agent="Mail/1"))
 
-    best = min(timeit.repeat(one, number=number, repeat=5)) / number * 1e6
-    print("\n## core\ndecode + validate + enrich + serialise, docs' example: %.1f us per event "
-          "(best of 5 x %d)" % (best, number))
+def scaling(settings, folder, problems):
+    names = ["pixel", "uvicorn"]
+    runs = [Mode("track pixel, keep-alive, %d connection%s"
+                 % (connections, "" if connections == 1 else "s"), "", TRACK_TARGET,
+                 connections, False) for connections in SCALING_CONNECTIONS]
+    print("\n## scaling\n\nkeep-alive, the docs' track pixel; wrk -t1 --latency, %g s a run, "
+          "%d round(s), medians" % (settings.duration, settings.rounds), flush=True)
+    results = measure_rounds(names, runs, settings, folder)
+    print("\n| connections | pixel.py req/s | p99 ms | uvicorn req/s | p99 ms | pixel.py ratio |"
+          "\n| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for index, connections in enumerate(SCALING_CONNECTIONS):
+        pixel_rate, pixel_p99 = medians(results["pixel", index])
+        uvicorn_rate, uvicorn_p99 = medians(results["uvicorn", index])
+        print("| %d | %.0f | %.2f | %.0f | %.2f | %s |"
+              % (connections, pixel_rate, pixel_p99, uvicorn_rate, uvicorn_p99,
+                 "%.2f" % (pixel_rate / uvicorn_rate) if uvicorn_rate else "n/a"))
+    for line in report_problems(results, problems):
+        print("PROBLEM: " + line)
+    sys.stdout.flush()
 
 
-def main():
+# --------------------------------------------------------------------------------------------
+# main
+
+def _exit_on_signal(signum, frame):
+    print("\nbench: stopped by %s" % signal.Signals(signum).name, file=sys.stderr)
+    raise SystemExit(128 + signum)   # unwinds through the finally blocks that stop servers
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["throughput", "scaling", "memory", "startup", "core"])
-    parser.add_argument("--rounds", type=int, default=4, help="compare.py rounds (default 4)")
-    parser.add_argument("--duration", type=int, default=8, help="seconds a wrk run (default 8)")
-    args = parser.parse_args()
-    print("# pixel benchmark: %d cores, Python %s, %s" % (
-        os.cpu_count(), sys.version.split()[0], time.strftime("%Y-%m-%d")))
-    if args.only in (None, "core"):
-        core()
-    if args.only in (None, "startup"):
-        startup()
-    if args.only in (None, "memory"):
-        memory()
-    if args.only in (None, "throughput"):
-        throughput(args.rounds, args.duration)
-    if args.only in (None, "scaling"):
-        scaling()
+    parser.add_argument("--quick", action="store_true",
+                        help="every section with tiny runs (about 10 s): checks that the bench "
+                             "works, not how fast anything is")
+    parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
+                        help="run only this section (%s); repeatable" % ", ".join(SECTIONS))
+    parser.add_argument("--rounds", type=int,
+                        help="rounds of throughput and scaling runs (default 4; 1 with --quick)")
+    parser.add_argument("--duration", type=float,
+                        help="seconds of each wrk run (default 8; 0.3 with --quick)")
+    args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.duration is not None and not 0 < args.duration <= 600:
+        parser.error("--duration must be more than 0 and at most 600 seconds")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    settings = settings_for(args)
+    sections = [section for section in SECTIONS if not args.only or section in args.only]
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+    problems = []
+    started = time.monotonic()
+    folder = tempfile.mkdtemp(prefix="pixel-bench-")
+    try:
+        commands = sorted({command for section in sections
+                           for command in SECTION_COMMANDS.get(section, ())})
+        ensure_commands(commands)
+        venv = ensure_venv() if set(sections) & set(SECTION_NEEDS_VENV) else None
+        print("# pixel benchmark: %d cores, Python %s, %s%s"
+              % (os.cpu_count(), sys.version.split()[0], time.strftime("%Y-%m-%d"),
+                 " (--quick: numbers are meaningless)" if args.quick else ""))
+        tools = ", ".join(filter(None, [tool_versions(commands), venv]))
+        if tools:
+            print("# tools: " + tools)
+        sys.stdout.flush()
+        if "core" in sections:
+            core(settings, problems)
+        if "startup" in sections:
+            startup(settings, folder)
+        if "memory" in sections:
+            memory(settings, folder)
+        if "throughput" in sections:
+            throughput(settings, folder, problems)
+        if "scaling" in sections:
+            scaling(settings, folder, problems)
+    except BenchError as error:
+        problems.append(str(error))
+    except KeyboardInterrupt:
+        print("\nbench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short; it is bounded anyway
+        # (STOP_TIMEOUT per server, then SIGKILL).
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        stop_all_servers()
+        shutil.rmtree(folder, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    if problems:
+        print("\nbench: %d problem(s), in %.1f s:" % (len(problems), elapsed), file=sys.stderr)
+        for problem in problems:
+            print("  " + problem.replace("\n", "\n    "), file=sys.stderr)
+        return 1
+    print("\nbench: every section ran, in %.1f s" % elapsed, file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
