@@ -1760,17 +1760,24 @@ class ConnectionPool:
 
     def _release(self, sock):
         with self._lock:
-            self._live.discard(sock)
-            self._idle.pop(sock, None)
-            self._changed.notify_all()
+            self._forget(sock)
+
+    def _forget(self, sock):
+        self._live.discard(sock)
+        self._idle.pop(sock, None)
+        self._changed.notify_all()
 
     def _run(self, sock, client_address):
         while True:
             try:
                 self._serve(sock, client_address)
-            finally:
+            except BaseException:
                 self._release(sock)
+                raise
+            # Free the slot and wait for the next connection in one step, so that a
+            # connection that arrives once the slot is free finds this thread waiting.
             with self._lock:
+                self._forget(sock)
                 self._waiting_threads += 1
                 while not self._handoff:
                     if self.closing or not self._handed.wait(self._linger):
