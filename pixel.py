@@ -102,6 +102,7 @@ MAX_USER_AGENT = 1024
 MAX_REJECT_RAW = 16 * 1024       # the raw query or body kept in a rejects-log line
 MAX_REQUEST_LOG_BYTES = 16 * MAX_BATCH_BYTES   # what one request's events may add to the log
 MAX_REJECTS_PER_REQUEST = 100    # item lines one request may add to the rejects log
+MAX_REJECTS_BYTES_PER_REQUEST = 64 * 1024   # ... and bytes, after which lines stop
 MAX_WRITE_BYTES = 1024 * 1024    # the most one write() hands the kernel at once
 # HTTP head limits, the same ones http.client and http.server enforce (_MAXLINE,
 # _MAXHEADERS), plus a total so one connection can hold at most ~128 KiB of head.
@@ -124,6 +125,8 @@ THREAD_STACK_SIZE = 512 * 1024   # main() only; 1024 threads then reserve 512 Mi
 WORKER_IDLE_SECONDS = 30.0       # a thread with no connection to serve exits after this
 ERROR_INTERVAL = 10.0            # at most one stderr line per failing file per interval
 RELINK_ATTEMPTS = 3              # a log file deleted under a write is recreated this often
+MOVED_GRACE = 1.0                # seconds a log renamed away is still written, awaiting its
+                                 # successor (see LogWriter._follow_path)
 
 
 # Every reason a rejects-log line can name, with what it means. The README's table and the
@@ -168,9 +171,9 @@ REASONS = {
     "too_many_items": "HTTP API: more than %d batch items" % MAX_BATCH_ITEMS,
     "body_too_large": "HTTP API: a body over 500 KB, after gunzip",
     "batch_too_large": "HTTP API: a batch whose events, each with the shared fields it "
-                       "inherits, come to more than 16 times the body cap",
-    "too_many_rejects": "HTTP API: more than %d rejected items in one request; one line "
-                        "counts the rest" % MAX_REJECTS_PER_REQUEST,
+                       "inherits, would write more than 16 times its body (at least 500 KB)",
+    "too_many_rejects": "HTTP API: more rejected items in one request than %d lines or "
+                        "64 KiB quote; one line counts the rest" % MAX_REJECTS_PER_REQUEST,
     "torn_tail": "a log's last line was cut short (kill -9 or power loss mid-write); the "
                  "fragment, cut from that log at start-up",
     "invalid_gzip": "HTTP API: a gzip body that does not inflate",
@@ -604,6 +607,14 @@ def decode_body(body, content_encoding=None):
     return body
 
 
+def request_log_limit(body_size):
+    """The most one API request of `body_size` bytes (after gunzip) may add to the event log:
+    16 times its body, or 500 KB for a small one, and never more than MAX_REQUEST_LOG_BYTES.
+    A batch of ten thousand two-field items would otherwise write 40 times its body once
+    each item carries the request's user agent and the server's fields."""
+    return min(MAX_REQUEST_LOG_BYTES, max(MAX_BATCH_BYTES, 16 * body_size))
+
+
 def _gunzip(body):
     """Inflate every gzip member in `body` (RFC 1952 allows several, and gzip -c a b > c
     makes them), each checked against its CRC and length trailer. A bomb of a few KB can
@@ -670,7 +681,13 @@ def api_payloads(route, body, *, authorization=None):
     # An item's size is counted with the shared fields it may inherit, so a large shared
     # context cannot be copied into thousands of small items; and all items together are
     # bounded, so one request cannot write more than a small multiple of its body.
-    inherited = sum(len(_encode_lenient(value)) for value in shared.values())
+    inherited = 0
+    for value in shared.values():
+        text = _encode_lenient(value)
+        inherited += len(text)
+        if json_depth(text) > MAX_DEPTH - 1:   # level 2 of every event that inherits it
+            raise Rejected("too_deep")
+    limit = request_log_limit(len(body))
     total = 0
     pairs = []
     for item in items:
@@ -679,7 +696,7 @@ def api_payloads(route, body, *, authorization=None):
             continue
         size = len(_encode_lenient(item)) + inherited
         total += size
-        if total > MAX_REQUEST_LOG_BYTES:
+        if total > limit:
             raise Rejected("batch_too_large")
         if size > MAX_PAYLOAD_BYTES:
             pairs.append((item.get("type"), Rejected("payload_too_large", item=item)))
@@ -813,10 +830,15 @@ class LogWriter:
         self._torn = False      # a short write left bytes past _size that are not yet cut
         self._failing_since = None
         self._failures_unreported = 0
+        self._moved_at = None   # when the open file was first seen renamed away
         self.torn_tail = None   # the start of a torn last line cut at start-up, if any
         self.torn_tail_bytes = 0
         self._open()            # at start-up an OSError here is the operator's to see
-        self._cut_torn_tail()
+        try:
+            self._cut_torn_tail()
+        except OSError:
+            self._close()
+            raise
 
     @property
     def failing(self):
@@ -834,6 +856,7 @@ class LogWriter:
         old = self._fd
         self._open()
         self._torn = False
+        self._moved_at = None
         if old is not None:
             os.close(old)
 
@@ -865,6 +888,12 @@ class LogWriter:
                     start = block_start + newline + 1
                     break
                 start = block_start
+            if end - start > MAX_WRITE_BYTES:
+                # pixel never writes that much at once: this is not a torn write but a file
+                # that is not a pixel log, and cutting it would destroy it.
+                raise OSError(errno.EINVAL, "its last %d bytes have no newline, more than "
+                                            "one write leaves; is it a pixel log?"
+                              % (end - start))
             self.torn_tail = os.pread(reader, min(end - start, MAX_REJECT_RAW), start)
         finally:
             os.close(reader)
@@ -900,8 +929,9 @@ class LogWriter:
             done = 0
             try:
                 self._follow_path(status)
-                if self._torn:
-                    os.ftruncate(self._fd, self._size)
+                if self._torn:   # an earlier cut failed; never extend the file with it
+                    if os.fstat(self._fd).st_size > self._size:
+                        os.ftruncate(self._fd, self._size)
                     self._torn = False
                 for chunk, count in self._chunks(lines):
                     if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
@@ -941,8 +971,14 @@ class LogWriter:
         """Reopen the configured path if the open file is no longer at it (logrotate's
         `create` mode, an operator's mv or rm). `status` is a stat of the path taken just
         before the lock; a mismatch is checked again, since our own rotation may have
-        happened in between. If the path cannot be opened (its folder was renamed or
-        removed) but the open file still has a name somewhere, writing goes on there."""
+        happened in between.
+
+        A file renamed away with nothing at its path yet is written to for MOVED_GRACE
+        seconds more: logrotate's `create` renames, then creates the new file with O_EXCL,
+        and fails if we created it first. Lines written there are not lost: the renamed
+        file is the rotated one, which shippers that follow inodes read to its end. If the
+        path cannot be opened even then (its folder was renamed or removed) but the open
+        file still has a name somewhere, writing goes on there."""
         if self._fd is not None:
             if status is not None and (status.st_dev, status.st_ino) == self._identity:
                 return
@@ -952,6 +988,12 @@ class LogWriter:
                 status = None
             if status is not None and (status.st_dev, status.st_ino) == self._identity:
                 return
+            if status is None and os.fstat(self._fd).st_nlink:
+                now = self._clock()
+                if self._moved_at is None or now < self._moved_at:
+                    self._moved_at = now
+                if now - self._moved_at < MOVED_GRACE:
+                    return
             try:
                 self._reopen()
             except OSError as error:
@@ -981,7 +1023,11 @@ class LogWriter:
         written = os.write(self._fd, chunk)
         if written != len(chunk):
             # A short write means the disk filled mid-line: cut the torn tail so the file
-            # still ends on a whole line, and report the chunk as not written.
+            # still ends on a whole line, and report the chunk as not written. The cut is
+            # measured from the file's real end, never _size: something else (logrotate's
+            # copytruncate) may have truncated the file, and cutting to a stale _size would
+            # extend it with zeros.
+            self._size = os.fstat(self._fd).st_size - written
             self._torn = True
             os.ftruncate(self._fd, self._size)
             self._torn = False
@@ -1184,6 +1230,7 @@ class Recorder:
                         quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
             return json_answer(400, {"success": False, "error": rejection.reason})
         lines, size, refused = [], 0, []
+        limit = request_log_limit(len(body))
         for kind, payload in pairs:
             try:
                 if isinstance(payload, Rejected):   # an item that is not even an event
@@ -1195,7 +1242,7 @@ class Recorder:
                 refused.append((rejection, payload.item if payload is rejection else payload))
                 continue
             size += len(line)
-            if size > MAX_REQUEST_LOG_BYTES:   # the user agent and ip, once per event
+            if size > limit:   # with the user agent, ip and server fields, once per event
                 rejection = Rejected("batch_too_large")
                 self.reject(rejection, request, received_at=received_at, ip=ip,
                             quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
@@ -1203,12 +1250,19 @@ class Recorder:
             lines.append(line)
         written = self.events.write(lines) if lines else True
         if refused:
-            records = [self._reject_line(rejection, request, received_at, ip,
-                                         _encode_lenient(item)[:MAX_REJECT_RAW])
-                       for rejection, item in refused[:MAX_REJECTS_PER_REQUEST]]
-            if len(refused) > MAX_REJECTS_PER_REQUEST:
+            # At most MAX_REJECTS_PER_REQUEST lines and MAX_REJECTS_BYTES_PER_REQUEST bytes,
+            # then one line that counts the rest.
+            records, size = [], 0
+            for rejection, item in refused:
+                if len(records) == MAX_REJECTS_PER_REQUEST or \
+                        size > MAX_REJECTS_BYTES_PER_REQUEST:
+                    break
+                records.append(self._reject_line(rejection, request, received_at, ip,
+                                                 _encode_lenient(item)[:MAX_REJECT_RAW]))
+                size += len(records[-1])
+            if len(records) < len(refused):
                 rest = Rejected("too_many_rejects", "%d more item(s) not quoted"
-                                % (len(refused) - MAX_REJECTS_PER_REQUEST))
+                                % (len(refused) - len(records)))
                 records.append(self._reject_line(rest, request, received_at, ip, ""))
             self._write_rejects(records, len(refused))
         if not written:
@@ -1601,7 +1655,12 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                     "100-continue" in head.headers.get("expect", "").lower():
                 self.connection.sendall(b"%s 100 Continue\r\n\r\n"
                                         % self.protocol_version.encode())
-            body = self._read_body(head.body_length)
+            # A body that is still arriving can be closed to make room, like a head.
+            self.server.pool.mark_idle(self.connection)
+            try:
+                body = self._read_body(head.body_length)
+            finally:
+                self.server.pool.mark_busy(self.connection)
         else:
             self._settle_body(head.body_length)
         request = Request(head.method, head.path, head.query, head.headers,
@@ -1739,8 +1798,8 @@ class ConnectionPool:
         return True
 
     def mark_idle(self, sock):
-        """`sock` waits for its next request; when slots run out it may be closed."""
-        self._idle[sock] = None
+        """`sock` waits for (the rest of) a request; when slots run out it may be closed."""
+        self._idle[sock] = True
         if self._full:   # set before submit() looks for an idle connection: no lost wake-up
             with self._lock:
                 self._changed.notify_all()
@@ -1749,9 +1808,12 @@ class ConnectionPool:
         self._idle.pop(sock, None)
 
     def _evict_one(self):
-        while self._idle:
-            sock = next(iter(self._idle))
-            del self._idle[sock]
+        # mark_idle and mark_busy change _idle without the lock (they run once a request),
+        # so iterate over a copy (list() of a dict is one step under the GIL) and take
+        # each socket out with pop(), which says whether it was still there.
+        for sock in list(self._idle):
+            if not self._idle.pop(sock, False):
+                continue   # busy again meanwhile
             try:
                 sock.shutdown(socket.SHUT_RD)   # its thread wakes, finds EOF, and ends
                 return
@@ -2171,7 +2233,7 @@ def parse_args(argv=None, environ=None):
     if args.rejects is None:
         args.rejects = os.path.join(os.path.dirname(os.path.abspath(args.log)),
                                     DEFAULT_REJECTS_NAME)
-    if os.path.abspath(args.rejects) == os.path.abspath(args.log):
+    if os.path.realpath(args.rejects) == os.path.realpath(args.log):
         parser.error("--log and --rejects must be different files")
     return args
 
@@ -2193,6 +2255,9 @@ def main(argv=None, environ=None):
             except OSError as error:
                 raise StartupError("cannot open %s: %s" % (error.filename or path,
                                                            error.strerror or error)) from None
+        if os.path.samefile(writers[0].path, writers[1].path):   # a hard link, say
+            raise StartupError("--log and --rejects are the same file: %s"
+                               % writers[0].path)
         recorder = Recorder(*writers, write_keys=args.write_key,
                             trusted_proxies=args.trusted_proxy, record_ip=not args.no_ip,
                             reporter=reporter)

@@ -466,6 +466,19 @@ class JsonDepth(unittest.TestCase):
         self.assertEqual(pixel.api_payloads("track", json.dumps(deep).encode())[0][0], "track")
         batch = json.dumps({"batch": [dict(deep, type="track")]}).encode()
         self.assertEqual(pixel.api_payloads("batch", batch)[0][0], "track")
+        context = {}
+        node = context
+        for _ in range(31):   # a shared context 32 deep, at level 2 of each event: 33
+            node["x"] = {}
+            node = node["x"]
+        shared = {"context": context, "batch": [{"type": "track", "userId": "u", "event": "e",
+                                                  "writeKey": "k"}]}
+        with self.assertRaises(pixel.Rejected) as caught:
+            pixel.api_payloads("batch", json.dumps(shared).encode())
+        self.assertEqual(caught.exception.reason, "too_deep")
+        node = deep["properties"]
+        while node:
+            node = node["x"]
         node["x"] = {}
         for route, body in (("track", deep), ("batch", {"batch": [dict(deep, type="track")]})):
             with self.assertRaises(pixel.Rejected) as caught:
@@ -787,7 +800,8 @@ class CommandLine(unittest.TestCase):
                 ([], {"PIXEL_WRITE_KEYS": " , "}, "PIXEL_WRITE_KEYS"),
                 ([], {"PIXEL_HOST": ""}, "PIXEL_HOST is set but empty"),
                 ([], {"PIXEL_TRUSTED_PROXIES": ""}, "PIXEL_TRUSTED_PROXIES is set but empty"),
-                ([], {"PIXEL_LOG": " "}, "PIXEL_LOG is set but empty")]:
+                ([], {"PIXEL_LOG": " "}, "PIXEL_LOG is set but empty"),
+                (["--log", "/tmp", "--rejects", "/tmp/../tmp"], {}, "different files")]:
             with self.subTest(argv=argv, environ=environ):
                 stderr = io.StringIO()
                 with self.assertRaises(SystemExit) as caught, \
@@ -986,6 +1000,33 @@ class TornTail(unittest.TestCase):
         self.assertEqual((record["reason"], record["body"]), ("torn_tail", '{"torn'))
         self.assertEqual(record["detail"], "6 byte(s) cut from " + self.path)
 
+    def test_a_file_that_is_not_a_pixel_log_is_not_cut(self):
+        content = b"x" * (pixel.MAX_WRITE_BYTES + 1)   # no newline, more than one write
+        with open(self.path, "wb") as handle:
+            handle.write(content)
+        with self.assertRaises(OSError) as caught:
+            pixel.LogWriter(self.path)
+        self.assertIn("is it a pixel log?", str(caught.exception))
+        with open(self.path, "rb") as handle:
+            self.assertEqual(handle.read(), content)
+
+    def test_a_short_write_after_an_outside_truncate_adds_no_zeros(self):
+        # logrotate's copytruncate empties the file under pixel; then the disk fills
+        # mid-line (here: RLIMIT_FSIZE, in a child, with SIGXFSZ ignored).
+        script = (
+            "import os, resource, signal, sys; sys.path.insert(0, %r); import pixel\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "w = pixel.LogWriter(%r)\n"
+            "assert w.write([b'{\"a\":\"' + b'x' * 3000 + b'\"}\\n'])\n"
+            "os.truncate(w.path, 0)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))\n"
+            "print(w.write([b'{\"b\":\"' + b'y' * 500 + b'\"}\\n']))\n" % (HERE, self.path))
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                text=True, timeout=30)
+        self.assertEqual(result.stdout.strip(), "False", result.stderr)
+        with open(self.path, "rb") as handle:
+            self.assertEqual(handle.read(), b"")
+
     def test_one_write_hands_the_kernel_at_most_a_megabyte(self):
         sizes = []
 
@@ -1025,12 +1066,14 @@ class PathsThatMove(unittest.TestCase):
         folder = os.path.join(self.dir, "logs")
         os.mkdir(folder)
         stderr = io.StringIO()
+        now = [T0]
         writer = pixel.LogWriter(os.path.join(folder, "events.jsonl"),
-                                 reporter=pixel.Reporter(stderr))
+                                 reporter=pixel.Reporter(stderr), clock=lambda: now[0])
         self.addCleanup(writer.close)
         self.assertTrue(writer.write([b"one\n"]))
         os.rename(folder, folder + ".old")
         self.assertTrue(writer.write([b"two\n"]))
+        now[0] += pixel.MOVED_GRACE   # past the grace, the path is tried, and cannot be opened
         self.assertTrue(writer.write([b"three\n"]))
         with open(os.path.join(folder + ".old", "events.jsonl"), "rb") as handle:
             self.assertEqual(handle.read(), b"one\ntwo\nthree\n")
@@ -1075,7 +1118,7 @@ class ChangedUnderWrite(unittest.TestCase):
         self.path = os.path.join(self.dir, "events.jsonl")
         self.stderr = io.StringIO()
 
-    def writer(self, before=(), after=()):
+    def writer(self, before=(), after=(), clock=time.time):
         """A LogWriter whose next writes run `before` / `after` actions around os.write."""
         before, after = list(before), list(after)
 
@@ -1087,7 +1130,7 @@ class ChangedUnderWrite(unittest.TestCase):
                 if after:
                     after.pop(0)(self.path)
 
-        writer = Writer(self.path, reporter=pixel.Reporter(self.stderr))
+        writer = Writer(self.path, reporter=pixel.Reporter(self.stderr), clock=clock)
         self.addCleanup(writer.close)
         return writer
 
@@ -1117,13 +1160,17 @@ class ChangedUnderWrite(unittest.TestCase):
         self.assertEqual(self.read(self.path), [b"one"])
 
     def test_renamed_before_the_write_keeps_the_line_once(self):
-        writer = self.writer(before=[lambda path: os.rename(path, path + ".1")])
+        now = [T0]
+        writer = self.writer(before=[lambda path: os.rename(path, path + ".1")],
+                             clock=lambda: now[0])
         self.assertTrue(writer.write([b"one\n"]))
         self.assertTrue(writer.write([b"two\n"]))
+        now[0] += pixel.MOVED_GRACE
+        self.assertTrue(writer.write([b"three\n"]))
         # The moved file still has a name: the line stays there, once, for the shipper
-        # that follows it, and the next write goes to the path.
-        self.assertEqual(self.read(self.path + ".1"), [b"one"])
-        self.assertEqual(self.read(self.path), [b"two"])
+        # that follows it; so does the next, within MOVED_GRACE; then the path is opened.
+        self.assertEqual(self.read(self.path + ".1"), [b"one", b"two"])
+        self.assertEqual(self.read(self.path), [b"three"])
 
     def test_deleted_every_time_is_a_failed_write(self):
         writer = self.writer(before=[os.remove] * pixel.RELINK_ATTEMPTS)
@@ -1762,13 +1809,31 @@ class Keep(ServerCase):
 
 
 class ExternalMoves(ServerCase):
+    def setUp(self):
+        self.now = [T0]
+        self.writer_options = {"clock": lambda: self.now[0]}
+        super().setUp()
+
     def test_reopen_after_an_external_rename(self):
         path = os.path.join(self.dir, "events.jsonl")
         self.get("/v1/pixel/track?writeKey=k&userId=u&event=before")
         os.rename(path, path + ".1")
+        # Within MOVED_GRACE the renamed file is still written (logrotate's create is
+        # about to put a new one at the path); after it, the path is opened afresh.
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=during")
+        self.now[0] += pixel.MOVED_GRACE
         self.get("/v1/pixel/track?writeKey=k&userId=u&event=after")
         with open(path + ".1") as handle:
-            self.assertEqual([json.loads(line)["event"] for line in handle], ["before"])
+            self.assertEqual([json.loads(line)["event"] for line in handle],
+                             ["before", "during"])
+        self.assertEqual([event["event"] for event in self.lines()], ["after"])
+
+    def test_a_file_put_at_the_path_is_taken_at_once(self):
+        path = os.path.join(self.dir, "events.jsonl")
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=before")
+        os.rename(path, path + ".1")
+        open(path, "wb").close()   # logrotate's create
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=after")
         self.assertEqual([event["event"] for event in self.lines()], ["after"])
 
     def test_reopen_after_an_external_delete(self):
@@ -2110,6 +2175,26 @@ class ApiAmplification(ServerCase):
         self.assertEqual(len(self.lines()), 10000)
         self.assertLessEqual(self.log_size("events.jsonl"), pixel.MAX_REQUEST_LOG_BYTES)
 
+    def test_a_batch_of_tiny_items_cannot_write_many_times_its_body(self):
+        # 162 KB of items that, each with a 1 KiB user agent and the server's fields, would
+        # write 7.8 MB: over 16 times the body.
+        body = json.dumps({"writeKey": "k", "batch": [{"type": "page", "userId": 1}] * 6000},
+                          separators=(",", ":")).encode()
+        status, _, answer = self.get("/v1/batch", {"User-Agent": "u" * 1024,
+                                                   "Content-Encoding": "gzip"},
+                                     "POST", gzip.compress(body))
+        self.assertEqual((status, json.loads(answer)["error"]), (400, "batch_too_large"))
+        self.assertEqual(self.lines(), [])
+
+    def test_rejects_lines_are_bounded_in_bytes_too(self):
+        body = json.dumps({"writeKey": "k", "batch": [1] * 101}).encode()
+        status, _, _ = self.get("/v1/batch", {"User-Agent": "u" * 1024}, "POST", body)
+        self.assertEqual(status, 200)
+        records = self.lines("rejects.jsonl")
+        self.assertEqual(records[-1]["reason"], "too_many_rejects")
+        self.assertLess(self.log_size("rejects.jsonl"),
+                        pixel.MAX_REJECTS_BYTES_PER_REQUEST + 2 * 2048)
+
     def test_rejects_lines_quote_the_item_and_are_bounded(self):
         body = json.dumps({"writeKey": "k", "pad": "p" * 5000, "batch": [0] * 10000})
         self.assertEqual(self.post("batch", body.encode()), (200, {"success": True}))
@@ -2123,7 +2208,8 @@ class ApiAmplification(ServerCase):
 
 
 class SilentSockets(ServerCase):
-    """Connections that never send a whole request must not keep real ones waiting."""
+    """Connections that never send a whole request (silent, half a head, a head and part
+    of a body) must not keep real ones waiting."""
 
     server_options = {"max_connections": 50, "request_timeout": 10.0}
 
@@ -2149,6 +2235,9 @@ class SilentSockets(ServerCase):
                     silent.append(socket.create_connection(("127.0.0.1", self.port)))
                     if len(silent) % 10 == 0:
                         silent[-1].sendall(b"GET /v1/pixel/track?writeKey=k")   # half a head
+                    elif len(silent) % 10 == 5:   # a whole head, and a body that never ends
+                        silent[-1].sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\n"
+                                           b"Content-Length: 1000\r\n\r\n{")
                 stop.wait(0.02)
 
         hogging = threading.Thread(target=hog)
@@ -2204,11 +2293,18 @@ class StopWhileFull(ServerCase):
     server_options = {"max_connections": 1, "request_timeout": 30.0, "idle_timeout": 30.0}
 
     def test_stop_returns_while_a_connection_waits_for_a_slot(self):
-        # One client keeps the only slot busy with a request that never completes (not
-        # idle, so it cannot be evicted); a second waits for a slot in the accept loop.
+        # The only slot is held by a client that pipelines requests and never reads the
+        # answers, so its thread blocks in sendall (not evictable: it is answering); a
+        # second client then waits for a slot in the accept loop.
         busy = socket.create_connection(("127.0.0.1", self.port))
         self.addCleanup(busy.close)
-        busy.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+        busy.setblocking(False)
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        try:
+            for _ in range(100000):
+                busy.send(request * 100)
+        except BlockingIOError:
+            pass   # both directions' buffers are full: the server is stuck answering
         self.assertTrue(wait_until(lambda: len(self.server.pool) == 1))
         waiting = socket.create_connection(("127.0.0.1", self.port))
         self.addCleanup(waiting.close)
@@ -2217,6 +2313,40 @@ class StopWhileFull(ServerCase):
         stopping.start()
         stopping.join(5)
         self.assertFalse(stopping.is_alive(), "stop() waited for a slot that never came")
+
+
+class EvictionRace(unittest.TestCase):
+    def test_eviction_while_connections_come_and_go(self):
+        # mark_idle and mark_busy run without the pool's lock; _evict_one must not trip
+        # over them. Switch threads as often as the interpreter allows, for a second.
+        pool = pixel.ConnectionPool(4, serve=None, reporter=pixel.Reporter(io.StringIO()))
+        pairs = [socket.socketpair() for _ in range(8)]
+        self.addCleanup(lambda: [sock.close() for pair in pairs for sock in pair])
+        stop, errors = threading.Event(), []
+
+        def churn():
+            while not stop.is_set():
+                for sock, _ in pairs:
+                    pool.mark_idle(sock)
+                    pool.mark_busy(sock)
+                    pool.mark_idle(sock)
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        self.addCleanup(sys.setswitchinterval, interval)
+        churning = threading.Thread(target=churn)
+        churning.start()
+        deadline = time.monotonic() + 1.0
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    pool._evict_one()
+                except (RuntimeError, KeyError) as error:
+                    errors.append(repr(error))
+        finally:
+            stop.set()
+            churning.join()
+        self.assertEqual(errors, [])
 
 
 class InternalErrors(ServerCase):
@@ -2920,6 +3050,21 @@ class Process(unittest.TestCase):
         process, _ = self.start()
         process.send_signal(signal.SIGINT)
         self.assertEqual(process.wait(10), 0)
+
+    def test_log_and_rejects_that_are_one_file_exit_before_listening(self):
+        os.symlink(self.log, os.path.join(self.dir, "link.jsonl"))
+        os.link(self.log, os.path.join(self.dir, "hard.jsonl")) if os.path.exists(
+            self.log) else open(self.log, "w").close()
+        if not os.path.exists(os.path.join(self.dir, "hard.jsonl")):
+            os.link(self.log, os.path.join(self.dir, "hard.jsonl"))
+        for rejects, status, message in (("link.jsonl", 2, "different files"),
+                                         ("hard.jsonl", 1, "are the same file")):
+            result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--log", self.log,
+                                     "--rejects", os.path.join(self.dir, rejects)],
+                                    capture_output=True, text=True, timeout=30)
+            self.assertEqual(result.returncode, status, result.stderr)
+            self.assertIn(message, result.stderr)
+            self.assertEqual(result.stdout, "")
 
     def test_missing_log_folder_exits_before_listening(self):
         result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--log",
