@@ -104,6 +104,8 @@ MAX_REQUEST_LOG_BYTES = 16 * MAX_BATCH_BYTES   # what one request's events may a
 MAX_REJECTS_PER_REQUEST = 100    # item lines one request may add to the rejects log
 MAX_REJECTS_BYTES_PER_REQUEST = 64 * 1024   # ... and bytes, after which lines stop
 MAX_WRITE_BYTES = 1024 * 1024    # the most one write() hands the kernel at once
+DEFAULT_DEDUPE_WINDOW = 65536    # messageIds remembered: about 16 MB at MAX_DEDUPE_ID each
+MAX_DEDUPE_ID = 128              # longer client messageIds are written without the check
 # HTTP head limits, the same ones http.client and http.server enforce (_MAXLINE,
 # _MAXHEADERS), plus a total so one connection can hold at most ~128 KiB of head.
 MAX_LINE = 65536
@@ -174,6 +176,8 @@ REASONS = {
                        "inherits, would write more than 16 times its body (at least 500 KB)",
     "too_many_rejects": "HTTP API: more rejected items in one request than %d lines or "
                         "64 KiB quote; one line counts the rest" % MAX_REJECTS_PER_REQUEST,
+    "origin_not_allowed": "HTTP API: a browser request from an origin --allow-origin does "
+                          "not allow, or not a well-formed one; nothing of it is written",
     "torn_tail": "a log's last line was cut short (kill -9 or power loss mid-write); the "
                  "fragment, cut from that log at start-up",
     "invalid_gzip": "HTTP API: a gzip body that does not inflate",
@@ -1086,18 +1090,43 @@ class LogWriter:
 # Routes and the recorder: what a request is, and the log lines it becomes. No sockets here;
 # the built-in HTTP server and the WSGI app are two transports over one Recorder.
 
-Route = collections.namedtuple("Route", "kind name methods max_body")
-Route.__doc__ = """What a path is. `kind` is "pixel", "api" or "health"; `name` the event type
-or API route; `methods` those it answers (anything else gets a 405); `max_body` the largest
-body it reads, 0 for a route whose body, if any, is discarded."""
+Route = collections.namedtuple("Route", "kind name methods max_body browser",
+                               defaults=(False,))
+Route.__doc__ = """What a path is. `kind` is "pixel", "api", "metrics" or "health"; `name` the
+event type or API route; `methods` those it answers (anything else gets a 405); `max_body`
+the largest body it reads, 0 for a route whose body, if any, is discarded; `browser` whether
+it is one of analytics.js's short routes, whose clock is the browser's."""
 
 _GET_HEAD = ("GET", "HEAD")
+_POST_OPTIONS = ("POST", "OPTIONS")   # OPTIONS: the browser's CORS preflight
+
+# analytics.js (analytics-next) posts each event to the first letter of its type, a batch
+# to /b, and its own metrics to /m.
+BROWSER_ROUTES = {"t": "track", "p": "page", "i": "identify", "g": "group", "a": "alias",
+                  "s": "screen", "b": "batch"}
 
 # The one route table: every transport, and every early answer, asks it what a path is.
 ROUTES = {"/health": Route("health", "health", _GET_HEAD, 0)}
 ROUTES.update((PIXEL_PREFIX + kind, Route("pixel", kind, _GET_HEAD, 0)) for kind in EVENT_TYPES)
-ROUTES.update((API_PREFIX + name, Route("api", name, ("POST",), MAX_BATCH_BYTES))
+ROUTES.update((API_PREFIX + name, Route("api", name, _POST_OPTIONS, MAX_BATCH_BYTES))
               for name in EVENT_TYPES + BATCH_ROUTES)
+ROUTES.update((API_PREFIX + letter, Route("api", name, _POST_OPTIONS, MAX_BATCH_BYTES, True))
+              for letter, name in BROWSER_ROUTES.items())
+ROUTES[API_PREFIX + "m"] = Route("metrics", "m", _POST_OPTIONS, MAX_PAYLOAD_BYTES, True)
+
+# GET /v1/projects/<writeKey>/settings: what analytics.js fetches from its CDN.
+SETTINGS_PREFIX, SETTINGS_SUFFIX = "/v1/projects/", "/settings"
+SETTINGS_ROUTE = Route("settings", "settings", ("GET", "HEAD", "OPTIONS"), 0)
+_WRITE_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}\Z", re.ASCII)
+
+
+def route_for(path):
+    """The Route for `path`, from ROUTES or the one route with a parameter; None if none."""
+    route = ROUTES.get(path)
+    if route is None and path.startswith(SETTINGS_PREFIX) and path.endswith(SETTINGS_SUFFIX) \
+            and _WRITE_KEY.match(path[len(SETTINGS_PREFIX):-len(SETTINGS_SUFFIX)]):
+        return SETTINGS_ROUTE
+    return route
 
 Request = collections.namedtuple("Request", "method path query headers peer body")
 Request.__doc__ = """A request as plain values: `headers` is a dict with lower-case names,
@@ -1112,6 +1141,27 @@ GIF_ANSWER = Answer(200, (("Content-Type", "image/gif"),
                           ("Cache-Control", "no-cache, no-store, must-revalidate"),
                           ("Pragma", "no-cache"),
                           ("Expires", "0")), GIF)
+
+
+# An origin as browsers send it: scheme, host (a name, or an IPv6 address in brackets), port.
+# Only such a value is ever echoed back; "null" (file:, sandboxed frames) is not allowed.
+_ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])"
+                     r"(?::\d{1,5})?\Z", re.ASCII)
+MAX_PREFLIGHT_HEADERS = 32
+
+
+def origin_allowed(origin, allowed):
+    """Whether a well-formed `origin` is allowed by --allow-origin entries: none allows
+    any; "https://shop.example.com" allows that origin; "*.example.com" any origin whose
+    host is a subdomain of example.com, on any scheme and port."""
+    if not allowed:
+        return True
+    origin = origin.lower()
+    host = origin.partition("://")[2].rpartition(":")[0] or origin.partition("://")[2]
+    if host.startswith("[") or not host.endswith(tuple(
+            pattern[1:] for pattern in allowed if pattern.startswith("*."))):
+        return origin in allowed
+    return True
 
 
 def plain_answer(status, extra_headers=()):
@@ -1139,6 +1189,33 @@ LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required"
                                                "accepted"})
 
 
+def _client_id(payload, event):
+    """The event's messageId if the client sent it (and it is short enough to remember),
+    else None: an id pixel made up can never repeat."""
+    if payload.get("messageId") in (None, "") or len(event["messageId"]) > MAX_DEDUPE_ID:
+        return None
+    return event["messageId"]
+
+
+class RecentIds:
+    """The last `size` ids added, the oldest forgotten first; not thread-safe."""
+
+    def __init__(self, size):
+        self.size = size
+        self._ids = {}          # insertion-ordered: the first key is the oldest
+
+    def __contains__(self, client_id):
+        return client_id in self._ids
+
+    def __len__(self):
+        return len(self._ids)
+
+    def add(self, client_id):
+        self._ids[client_id] = None
+        if len(self._ids) > self.size:
+            del self._ids[next(iter(self._ids))]
+
+
 class Recorder:
     """Turns requests into log lines. It owns what that takes: the write keys, the IP
     policy, the two LogWriters, the clock, the counts and the health document.
@@ -1150,6 +1227,7 @@ class Recorder:
     """
 
     def __init__(self, events, rejects, *, write_keys=(), trusted_proxies=(), record_ip=True,
+                 allow_origins=(), dedupe_window=DEFAULT_DEDUPE_WINDOW, public_url=None,
                  clock=time.time, reporter=None):
         self.events = events
         self.rejects = rejects
@@ -1161,6 +1239,12 @@ class Recorder:
         self.clock = clock
         self.started = time.monotonic()
         self.rejected = 0       # rejects-log lines asked for, written or not
+        self.browser_metrics = 0   # analytics.js metrics posts, counted and dropped
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.deduped = 0           # events not written: their messageId was, recently
+        self.recent = RecentIds(dedupe_window) if dedupe_window else None
+        self._dedupe_lock = threading.Lock()
+        self.allow_origins = tuple(origin.lower() for origin in allow_origins)
         self.gauges = {}
         self._count_lock = threading.Lock()
 
@@ -1174,9 +1258,78 @@ class Recorder:
             if request.method == "GET":   # HEAD, which mail scanners send, records nothing
                 self.record_pixel(route.name, request)
             return GIF_ANSWER
-        if route.kind == "api":
-            return self.record_api(route.name, request)
+        if route.kind in ("api", "metrics", "settings"):
+            cors = self.cors_headers(request)
+            if request.method == "OPTIONS":
+                return self.preflight(request, cors)
+            if cors is None:   # a browser on a site that is not allowed: nothing is written
+                self.reject(Rejected("origin_not_allowed"), request, quoted="")
+                return json_answer(403, {"success": False, "error": "origin_not_allowed"})
+            if route.kind == "settings":
+                answer = self.settings(request)
+            elif route.kind == "metrics":   # analytics.js's own delivery metrics: counted only
+                with self._count_lock:
+                    self.browser_metrics += 1
+                answer = json_answer(200, {"success": True})
+            else:
+                answer = self.record_api(route.name, request, browser=route.browser)
+            return answer._replace(headers=answer.headers + cors) if cors else answer
         return json_answer(200, self.health())
+
+    def cors_headers(self, request):
+        """The CORS headers for an HTTP API answer: () for a request with no Origin (a
+        server, not a browser), None for an origin that --allow-origin does not allow or
+        that is not a well-formed http(s) origin, else the origin echoed, with credentials
+        allowed, as analytics.js's `credentials: 'include'` needs."""
+        origin = request.headers.get("origin")
+        if not origin:
+            return ()
+        if not _ORIGIN.match(origin) or not origin_allowed(origin, self.allow_origins):
+            return None
+        return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                ("Access-Control-Allow-Credentials", "true"))
+
+    def settings(self, request):
+        """The settings document analytics.js loads from its CDN (`cdnURL`), pointing its
+        Segment.io destination back here: at --public-url if set, else at the Host the
+        request came to. An unknown writeKey (with --write-key) is a 404."""
+        write_key = request.path[len(SETTINGS_PREFIX):-len(SETTINGS_SUFFIX)]
+        if self.write_keys and write_key not in self.write_keys:
+            return NOT_FOUND
+        if self.public_url:
+            protocol, _, host = self.public_url.partition("://")
+        else:
+            protocol, host = "http", request.headers.get("host", "")
+            if not _ORIGIN.match("http://" + host):
+                return plain_answer(400)
+        api_host = host.rstrip("/") + "/v1"
+        return json_answer(200, {
+            "integrations": {"Segment.io": {"apiKey": write_key, "apiHost": api_host,
+                                            "protocol": protocol,
+                                            "unbundledIntegrations": [],
+                                            "addBundledMetadata": True,
+                                            "maybeBundledConfigIds": {}}},
+            "plan": {"track": {"__default": {"enabled": True, "integrations": {}}},
+                     "identify": {"__default": {"enabled": True}},
+                     "group": {"__default": {"enabled": True}}},
+            "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {},
+            "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "remotePlugins": []})
+
+    def preflight(self, request, cors):
+        """The answer to a CORS preflight (OPTIONS): 204 allowing POST with the headers the
+        browser asks for (Authorization and X-Retry-Count among them), cached for two
+        hours, Chromium's cap; 403 with no CORS headers for an origin that is not allowed."""
+        if not cors:
+            return plain_answer(403)
+        asked = request.headers.get("access-control-request-headers", "")
+        allowed = [name.strip() for name in asked.split(",")[:MAX_PREFLIGHT_HEADERS]
+                   if _TOKEN.match(name.strip())]
+        methods = "GET, OPTIONS" if request.path.endswith(SETTINGS_SUFFIX) else "POST, OPTIONS"
+        headers = cors + (("Access-Control-Allow-Methods", methods),
+                          ("Access-Control-Max-Age", "7200"), ("Content-Length", "0"))
+        if allowed:
+            headers += (("Access-Control-Allow-Headers", ", ".join(allowed)),)
+        return Answer(204, headers, b"")
 
     def refuse(self, route, request, reason, status):
         """A request refused before it could be read whole (a head over the limits, a body
@@ -1204,20 +1357,46 @@ class Recorder:
         received_at = self.clock()
         ip = self.client_ip(request)
         try:
-            event = pixel_event(kind, request.query, received_at=received_at,
+            payload = decode_query(request.query)
+            event = build_event(kind, payload, received_at=received_at,
                                 write_keys=self.write_keys, ip=ip,
                                 user_agent=user_agent(request.headers))
             line = encode_line(event)
         except Rejected as rejection:
             self.reject(rejection, request, received_at=received_at, ip=ip)
             return
-        self.events.write([line])
+        self.write_events([line], [_client_id(payload, event)])
 
-    def record_api(self, route, request):
+    def write_events(self, lines, client_ids):
+        """Write `lines`, but none whose client-sent messageId (in `client_ids`, None where
+        pixel made the id) was written within the dedupe window: retries by SDKs, browsers
+        and networks repeat an event's messageId. True once all that was kept is on disk."""
+        if self.recent is None or not any(client_ids):
+            return self.events.write(lines)
+        with self._dedupe_lock:   # so that two copies arriving at once are one write
+            kept, ids = [], []
+            for line, client_id in zip(lines, client_ids):
+                if client_id is not None and (client_id in self.recent or client_id in ids):
+                    self.deduped += 1
+                    continue
+                kept.append(line)
+                ids.append(client_id)
+            written = self.events.write(kept) if kept else True
+            if written:
+                for client_id in ids:
+                    if client_id is not None:
+                        self.recent.add(client_id)
+            return written
+
+    def record_api(self, route, request, browser=False):
         """Write the events of an HTTP API body. 200 once they are on disk; 400 for a body
         that is not one; 503 if the log could not be written, so that SDKs send it again
         (they retry 5xx). Items that break a rule go to the rejects log, at most
-        MAX_REJECTS_PER_REQUEST lines of them and then one line counting the rest."""
+        MAX_REJECTS_PER_REQUEST lines of them and then one line counting the rest.
+
+        From the `browser` routes, an event's `timestamp` is the browser's clock: it is
+        kept as originalTimestamp, and timestamp becomes receivedAt - (sentAt -
+        originalTimestamp), as Segment does for client sources."""
         received_at = self.clock()
         ip = self.client_ip(request)
         agent = user_agent(request.headers)
@@ -1229,15 +1408,19 @@ class Recorder:
             self.reject(rejection, request, received_at=received_at, ip=ip,
                         quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
             return json_answer(400, {"success": False, "error": rejection.reason})
-        lines, size, refused = [], 0, []
+        lines, client_ids, size, refused = [], [], 0, []
         limit = request_log_limit(len(body))
         for kind, payload in pairs:
             try:
                 if isinstance(payload, Rejected):   # an item that is not even an event
                     raise payload
-                line = encode_line(build_event(kind, payload, received_at=received_at,
-                                               write_keys=self.write_keys, ip=ip,
-                                               user_agent=agent))
+                if browser and payload.get("timestamp") is not None and \
+                        payload.get("originalTimestamp") is None:
+                    payload = dict(payload, originalTimestamp=payload["timestamp"])
+                    del payload["timestamp"]
+                event = build_event(kind, payload, received_at=received_at,
+                                    write_keys=self.write_keys, ip=ip, user_agent=agent)
+                line = encode_line(event)
             except Rejected as rejection:
                 refused.append((rejection, payload.item if payload is rejection else payload))
                 continue
@@ -1248,7 +1431,8 @@ class Recorder:
                             quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
                 return json_answer(400, {"success": False, "error": rejection.reason})
             lines.append(line)
-        written = self.events.write(lines) if lines else True
+            client_ids.append(_client_id(payload, event))
+        written = self.write_events(lines, client_ids) if lines else True
         if refused:
             # At most MAX_REJECTS_PER_REQUEST lines and MAX_REJECTS_BYTES_PER_REQUEST bytes,
             # then one line that counts the rest.
@@ -1329,7 +1513,8 @@ class Recorder:
         document = {"status": "degraded" if failing else "ok", "version": __version__,
                     "uptime": round(time.monotonic() - self.started, 3),
                     "accepted": self.events.written, "rejected": self.rejected,
-                    "write_errors": self.events.failed + self.rejects.failed}
+                    "write_errors": self.events.failed + self.rejects.failed,
+                    "browser_metrics": self.browser_metrics, "deduped": self.deduped}
         for name, gauge in self.gauges.items():
             document[name] = gauge()
         return document
@@ -1639,7 +1824,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self.command, self.path, self.request_version = head.method, head.target, head.version
         self.headers = head.headers
         self.close_connection = not head.keep_alive
-        route = ROUTES.get(head.path)
+        route = route_for(head.path)
         body = b""
         if route is not None and route.max_body and head.method in route.methods:
             if head.body_length == -1:
@@ -1678,7 +1863,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         answer = plain_answer(error.status)
         if error.status in (414, 431):   # over a size limit: a pixel still gets its GIF
             request = Request(words[0], path, query, {}, self.client_address[0], b"")
-            answer = self.server.recorder.refuse(ROUTES.get(path), request, error.reason,
+            answer = self.server.recorder.refuse(route_for(path), request, error.reason,
                                                  error.status)
         self._send(answer)
         if error.status in (414, 431) or self._buffer:
@@ -1993,7 +2178,7 @@ class WsgiApp:
         for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             if environ.get(name):
                 headers[name.replace("_", "-").lower()] = environ[name]
-        route = ROUTES.get(path)
+        route = route_for(path)
         request = Request(method, path, query, headers, environ.get("REMOTE_ADDR") or "", b"")
         answer = None
         if route is not None and route.max_body and method in route.methods:
@@ -2027,7 +2212,7 @@ def _read_exactly(stream, length):
 
 
 def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=(),
-                  record_ip=True, max_bytes=0, keep=0):
+                  record_ip=True, max_bytes=0, keep=0, allow_origins=()):
     """A WSGI callable that records into `log` (and `rejects`, by default rejects.jsonl
     beside it), with the command line's meaning for each option. It opens both files now;
     one process should own them, so serve it from one process (threads are fine)."""
@@ -2036,7 +2221,8 @@ def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=
     events_log = LogWriter(log, max_bytes=max_bytes, keep=keep)
     rejects_log = LogWriter(rejects, max_bytes=max_bytes, keep=keep)
     return WsgiApp(Recorder(events_log, rejects_log, write_keys=write_keys,
-                            trusted_proxies=trusted_proxies, record_ip=record_ip))
+                            trusted_proxies=trusted_proxies, record_ip=record_ip,
+                            allow_origins=[_origin_pattern(origin) for origin in allow_origins]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -2137,6 +2323,25 @@ def pin_cpu(choice):
     return choice
 
 
+def _public_url(text):
+    text = text.strip().rstrip("/")
+    if not _ORIGIN.match(text):
+        raise argparse.ArgumentTypeError("not an http(s) URL of a host: %r (try "
+                                         "https://pixel.example.com)" % text)
+    return text
+
+
+def _origin_pattern(text):
+    text = text.strip()
+    pattern = text[2:] if text.startswith("*.") else None
+    if pattern is not None and _ORIGIN.match("https://" + pattern) and "." in pattern:
+        return text.lower()
+    if pattern is None and _ORIGIN.match(text):
+        return text.lower()
+    raise argparse.ArgumentTypeError("not an origin (https://shop.example.com) or a pattern "
+                                     "(*.example.com): %r" % text)
+
+
 def _network(text):
     try:
         ipaddress.ip_network(text.strip(), strict=False)
@@ -2196,6 +2401,17 @@ def build_parser(environ):
     option("--trusted-proxy", "PIXEL_TRUSTED_PROXIES", None, "an address or network whose "
            "X-Forwarded-For is believed; repeatable. Unset, none is", _network, many=True,
            metavar="CIDR")
+    option("--allow-origin", "PIXEL_ALLOW_ORIGINS", None, "a website origin whose browsers may "
+           "send to the HTTP API (https://shop.example.com, or *.example.com for its "
+           "subdomains); repeatable. Unset, any origin may", _origin_pattern, many=True,
+           metavar="ORIGIN")
+    option("--public-url", "PIXEL_PUBLIC_URL", None, "the URL browsers reach this server at, "
+           "such as https://pixel.example.com behind a proxy; the settings document "
+           "points analytics.js there. Unset, the request's Host (over http) is used",
+           _public_url, metavar="URL")
+    option("--dedupe-window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, "client-sent "
+           "messageIds to remember; an event whose messageId was written among the last N "
+           "is dropped as a retry. 0 turns it off", _count, metavar="N")
     no_ip = False
     if "PIXEL_NO_IP" in environ:
         try:
@@ -2227,7 +2443,7 @@ def parse_args(argv=None, environ=None):
     environ = os.environ if environ is None else environ
     parser = build_parser(environ)
     args = parser.parse_args(argv)
-    for dest in ("write_key", "trusted_proxy"):
+    for dest in ("write_key", "trusted_proxy", "allow_origin"):
         if getattr(args, dest) is None:
             setattr(args, dest, parser.from_env.get(dest) or [])
     if args.rejects is None:
@@ -2260,7 +2476,8 @@ def main(argv=None, environ=None):
                                % writers[0].path)
         recorder = Recorder(*writers, write_keys=args.write_key,
                             trusted_proxies=args.trusted_proxy, record_ip=not args.no_ip,
-                            reporter=reporter)
+                            allow_origins=args.allow_origin, dedupe_window=args.dedupe_window,
+                            public_url=args.public_url, reporter=reporter)
         recorder.record_torn_tails()
         return serve(args, recorder, reporter)
     except StartupError as error:

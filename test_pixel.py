@@ -890,7 +890,7 @@ class RecorderWithoutSockets(RecorderCase):
         answer = self.answer(method="POST")
         self.assertEqual((answer.status, dict(answer.headers)["Allow"]), (405, "GET, HEAD"))
         answer = self.answer(path="/v1/batch")
-        self.assertEqual((answer.status, dict(answer.headers)["Allow"]), (405, "POST"))
+        self.assertEqual((answer.status, dict(answer.headers)["Allow"]), (405, "POST, OPTIONS"))
 
     def test_api_answers_and_quotes_the_item_at_fault(self):
         body = json.dumps({"writeKey": "k", "padding": "p" * 500, "batch": [
@@ -931,6 +931,59 @@ class RecorderWithoutSockets(RecorderCase):
                                                        "write_errors", "connections")},
                          {"status": "ok", "accepted": 1, "rejected": 1, "write_errors": 0,
                           "connections": 7})
+
+
+class Dedupe(RecorderCase):
+    recorder_options = {"dedupe_window": 3}
+
+    def test_a_repeated_client_message_id_is_written_once(self):
+        for _ in range(3):
+            self.assertIs(self.answer(query="writeKey=k&userId=u&event=e&messageId=m1"),
+                          pixel.GIF_ANSWER)
+        self.answer(query="writeKey=k&userId=u&event=no-id")
+        self.answer(query="writeKey=k&userId=u&event=no-id")   # pixel's own ids never repeat
+        self.assertEqual([event["event"] for event in self.lines()], ["e", "no-id", "no-id"])
+        self.assertEqual(self.recorder.deduped, 2)
+
+    def test_the_window_forgets_the_oldest(self):
+        for message_id in ("a", "b", "c", "d", "a"):   # window 3: "a" is forgotten by then
+            self.answer(query="writeKey=k&userId=u&event=e&messageId=" + message_id)
+        self.assertEqual([event["messageId"] for event in self.lines()],
+                         ["a", "b", "c", "d", "a"])
+
+    def test_within_a_batch_and_across_the_api(self):
+        body = json.dumps({"writeKey": "k", "batch": [
+            {"type": "track", "userId": "u", "event": "e", "messageId": "x"},
+            {"type": "track", "userId": "u", "event": "e", "messageId": "x"},
+            {"type": "track", "userId": "u", "event": "e", "messageId": 7}]}).encode()
+        for _ in range(2):
+            answer = self.answer(method="POST", path="/v1/batch", body=body)
+            self.assertEqual(answer.status, 200)
+        self.assertEqual([event["messageId"] for event in self.lines()], ["x", "7"])
+        self.assertEqual(self.recorder.deduped, 4)
+
+    def test_copies_arriving_at_once_are_one_write(self):
+        def send():
+            self.answer(method="POST", path="/v1/track", body=json.dumps(
+                {"writeKey": "k", "userId": "u", "event": "e", "messageId": "same"}).encode())
+        threads = [threading.Thread(target=send) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(len(self.lines()), 1)
+        self.assertEqual(self.recorder.deduped, 19)
+
+    def test_an_id_that_was_not_written_is_not_remembered(self):
+        events = pixel.LogWriter("/dev/full", reporter=pixel.Reporter(io.StringIO()))
+        self.addCleanup(events.close)
+        recorder = pixel.Recorder(events, self.recorder.rejects, dedupe_window=3)
+        body = json.dumps({"writeKey": "k", "userId": "u", "event": "e",
+                           "messageId": "retry-me"}).encode()
+        answer = recorder.answer(pixel.ROUTES["/v1/track"],
+                                 request(method="POST", path="/v1/track", body=body))
+        self.assertEqual(answer.status, 503)
+        self.assertNotIn("retry-me", recorder.recent)
 
 
 class RecorderBehindAProxy(RecorderCase):
@@ -2007,7 +2060,8 @@ class Fuzz(ServerCase):
             thread.join()
         self.assertEqual(problems, [])
         health = json.loads(self.get("/health")[2])
-        self.assertEqual(health["accepted"] + health["rejected"], 5000)
+        # A repeated random messageId is dropped as a retry (the dedupe window).
+        self.assertEqual(health["accepted"] + health["rejected"] + health["deduped"], 5000)
         self.assertGreater(health["accepted"], 100)
         self.assertGreater(health["rejected"], 1000)
         events = self.lines()   # every line parses, the last one is whole
@@ -2361,6 +2415,166 @@ class InternalErrors(ServerCase):
         self.assertIn("RuntimeError: boom", self.stderr.getvalue())
 
 
+class BrowserRoutes(ServerCase):
+    """What analytics.js (analytics-next) sends: a preflight, then a text/plain POST to the
+    first letter of the event's type, with Basic auth and the browser's own clock."""
+
+    ORIGIN = "https://shop.example.com"
+    recorder_options = {"allow_origins": ["https://shop.example.com", "*.example.org"]}
+
+    def event(self, **fields):
+        return dict({"type": "track", "event": "Clicked", "anonymousId": "a1",
+                     "messageId": "ajs-next-1-x", "timestamp": "2026-11-27T10:00:00.000Z",
+                     "sentAt": "2026-11-27T10:00:05.000Z", "writeKey": "K",
+                     "context": {"library": {"name": "analytics.js"}}}, **fields)
+
+    def post(self, route, document, origin=ORIGIN):
+        headers = {"Content-Type": "text/plain", "Origin": origin,
+                   "Authorization": "Basic " + base64.b64encode(b"K:").decode()}
+        return self.get("/v1/" + route, headers, "POST", json.dumps(document).encode())
+
+    def test_preflight(self):
+        status, headers, body = self.get("/v1/t", {
+            "Origin": self.ORIGIN, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,x-retry-count"}, "OPTIONS")
+        self.assertEqual((status, body), (204, b""))
+        self.assertEqual((headers["access-control-allow-origin"], headers["vary"],
+                          headers["access-control-allow-credentials"],
+                          headers["access-control-allow-methods"],
+                          headers["access-control-allow-headers"],
+                          headers["access-control-max-age"]),
+                         (self.ORIGIN, "Origin", "true", "POST, OPTIONS",
+                          "authorization, x-retry-count", "7200"))
+        status, headers, _ = self.get("/v1/batch", {"Origin": "https://a.b.example.org:8443",
+                                                    "Access-Control-Request-Method": "POST"},
+                                      "OPTIONS")
+        self.assertEqual((status, headers["access-control-allow-origin"]),
+                         (204, "https://a.b.example.org:8443"))
+
+    def test_every_short_route_and_cors_on_the_answer(self):
+        for letter, kind, extra in [("t", "track", {}), ("p", "page", {"name": "Home"}),
+                                    ("i", "identify", {"userId": "u"}),
+                                    ("g", "group", {"groupId": "g"}),
+                                    ("a", "alias", {"userId": "u", "previousId": "p"}),
+                                    ("s", "screen", {"name": "Home"})]:
+            with self.subTest(letter):
+                status, headers, body = self.post(letter, self.event(
+                    type=kind, messageId="ajs-next-" + letter, **extra))
+                self.assertEqual((status, json.loads(body)), (200, {"success": True}))
+                self.assertEqual(headers["access-control-allow-origin"], self.ORIGIN)
+        status, _, _ = self.post("b", {"writeKey": "K", "sentAt": "2026-11-27T10:00:05.000Z",
+                                       "batch": [self.event(messageId="ajs-next-b1"),
+                                                 self.event(messageId="ajs-next-b2")]})
+        self.assertEqual(status, 200)
+        logged = self.lines()
+        self.assertEqual([event["type"] for event in logged],
+                         ["track", "page", "identify", "group", "alias", "screen", "track",
+                          "track"])
+        self.assertEqual(self.lines("rejects.jsonl"), [])
+
+    def test_the_browser_clock_is_corrected_by_sent_at(self):
+        self.post("t", self.event())
+        (event,) = self.lines()
+        self.assertEqual(event["originalTimestamp"], "2026-11-27T10:00:00.000Z")
+        received = pixel.parse_time(event["receivedAt"])
+        self.assertAlmostEqual(pixel.parse_time(event["timestamp"]), received - 5, places=2)
+
+    def test_the_long_routes_keep_the_clients_timestamp(self):
+        self.post("track", self.event())
+        self.assertEqual(self.lines()[0]["timestamp"], "2026-11-27T10:00:00.000Z")
+
+    def test_an_origin_that_is_not_allowed_gets_nothing(self):
+        for origin in ("https://evil.example", "https://example.org", "null",
+                       "https://shop.example.com/", "https://shop.example.com <x>",
+                       "javascript:alert(1)"):
+            with self.subTest(origin):
+                status, headers, _ = self.get("/v1/t", {
+                    "Origin": origin, "Access-Control-Request-Method": "POST"}, "OPTIONS")
+                self.assertEqual(status, 403)
+                self.assertNotIn("access-control-allow-origin", headers)
+                status, headers, body = self.post("t", self.event(), origin=origin)
+                self.assertEqual((status, json.loads(body)["error"]),
+                                 (403, "origin_not_allowed"))
+                self.assertNotIn("access-control-allow-origin", headers)
+        self.assertEqual(self.lines(), [])
+        self.assertEqual({record["reason"] for record in self.lines("rejects.jsonl")},
+                         {"origin_not_allowed"})
+
+    def test_metrics_are_counted_not_written(self):
+        status, headers, body = self.get("/v1/m", {"Origin": self.ORIGIN}, "POST",
+                                         b'{"series":[]}')
+        self.assertEqual((status, headers["access-control-allow-origin"]), (200, self.ORIGIN))
+        self.assertEqual(self.lines(), [])
+        self.assertEqual(json.loads(self.get("/health")[2])["browser_metrics"], 1)
+
+    def test_servers_without_an_origin_get_no_cors_headers(self):
+        status, headers, _ = self.get("/v1/track", {}, "POST", json.dumps(self.event()).encode())
+        self.assertEqual(status, 200)
+        self.assertNotIn("access-control-allow-origin", headers)
+
+
+class SettingsDocument(ServerCase):
+    recorder_options = {"write_keys": ["K"], "public_url": "https://pixel.example.com/"}
+
+    def test_points_analytics_js_back_here(self):
+        status, headers, body = self.get("/v1/projects/K/settings",
+                                         {"Origin": "https://shop.example.com"})
+        self.assertEqual((status, headers["access-control-allow-origin"]),
+                         (200, "https://shop.example.com"))
+        destination = json.loads(body)["integrations"]["Segment.io"]
+        self.assertEqual((destination["apiKey"], destination["apiHost"],
+                          destination["protocol"]),
+                         ("K", "pixel.example.com/v1", "https"))
+        status, headers, _ = self.get("/v1/projects/K/settings", {
+            "Origin": "https://shop.example.com", "Access-Control-Request-Method": "GET"},
+            "OPTIONS")
+        self.assertEqual((status, headers["access-control-allow-methods"]),
+                         (204, "GET, OPTIONS"))
+
+    def test_unknown_and_malformed_keys(self):
+        for path in ("/v1/projects/other/settings", "/v1/projects//settings",
+                     "/v1/projects/K%3Cb%3E/settings", "/v1/projects/a/b/settings"):
+            with self.subTest(path):
+                self.assertEqual(self.get(path)[0], 404)
+
+    def test_from_the_host_header_without_a_public_url(self):
+        recorder = pixel.Recorder(self.events, self.rejects)
+        answer = recorder.answer(pixel.route_for("/v1/projects/K/settings"), request(
+            path="/v1/projects/K/settings", headers={"host": "127.0.0.1:8000"}))
+        destination = json.loads(answer.body)["integrations"]["Segment.io"]
+        self.assertEqual((destination["apiHost"], destination["protocol"]),
+                         ("127.0.0.1:8000/v1", "http"))
+        answer = recorder.answer(pixel.route_for("/v1/projects/K/settings"), request(
+            path="/v1/projects/K/settings", headers={"host": "x\"><script>"}))
+        self.assertEqual(answer.status, 400)
+
+
+class OriginPatterns(unittest.TestCase):
+    def test_cases(self):
+        allowed = ("https://shop.example.com", "*.example.org")
+        for origin, expected in [("https://shop.example.com", True),
+                                 ("http://shop.example.com", False),
+                                 ("https://SHOP.example.com", True),
+                                 ("https://a.example.org", True),
+                                 ("http://a.b.example.org:8080", True),
+                                 ("https://example.org", False),
+                                 ("https://evilexample.org", False),
+                                 ("https://[::1]:8080", False)]:
+            with self.subTest(origin):
+                self.assertEqual(pixel.origin_allowed(origin, allowed), expected)
+        self.assertTrue(pixel.origin_allowed("https://anything.test", ()))
+
+    def test_flag_values(self):
+        args = pixel.parse_args(["--allow-origin", "https://Shop.example.com",
+                                 "--allow-origin", "*.example.org"], {})
+        self.assertEqual(args.allow_origin, ["https://shop.example.com", "*.example.org"])
+        for bad in ("shop.example.com", "*", "*.com.", "https://x/path", "null"):
+            with self.subTest(bad):
+                with self.assertRaises(SystemExit), \
+                        unittest.mock.patch("sys.stderr", io.StringIO()):
+                    pixel.parse_args(["--allow-origin", bad], {})
+
+
 class Timeouts(unittest.TestCase):
     def test_no_timeout_is_ever_zero_for_the_kernel(self):
         for seconds in (1e-9, 1e-7, 0.0000009):
@@ -2554,7 +2768,7 @@ class Contract:
                     self.assertEqual(data, answer)
                 if status == 405:
                     self.assertEqual(response.getheader("Allow"),
-                                     "GET, HEAD" if "pixel" in target else "POST")
+                                     "GET, HEAD" if "pixel" in target else "POST, OPTIONS")
                 if content_type == "image/gif":
                     self.assertEqual(response.getheader("Content-Length"), "43")
                     self.assertEqual(response.getheader("Cache-Control"),
