@@ -2889,6 +2889,73 @@ def need(available, what):
         raise unittest.SkipTest("%s is not installed (.ci/run installs it)" % what)
 
 
+class BrowserSdk(unittest.TestCase):
+    """Segment's browser SDK, @segment/analytics-next from npm, in headless Chromium on a
+    page from a second origin (examples/analytics_next.js drives it over the DevTools
+    protocol): identify, track, page, screen, group and alias, each on disk exactly once,
+    in standard and batching delivery; and nothing from an origin that is not allowed."""
+
+    TYPES = ["alias", "group", "identify", "page", "screen", "track"]
+
+    def run_sdk(self, mode, allowed=True):
+        modules = os.environ.get("PIXEL_NODE_MODULES", "")
+        need(os.path.isdir(os.path.join(modules, "@segment", "analytics-next")) and
+             os.path.isdir(os.path.join(modules, "ws")), "@segment/analytics-next and ws")
+        need(shutil.which("node"), "node")
+        need(shutil.which("chromium"), "chromium")
+        self.dir = temp_dir(self)
+        with socket.socket() as probe:   # the page's port, which --allow-origin must name
+            probe.bind(("127.0.0.1", 0))
+            page_port = probe.getsockname()[1]
+        origin = "http://127.0.0.1:%d" % (page_port if allowed else 1)
+        process = subprocess.Popen(
+            [sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none", "--log",
+             os.path.join(self.dir, "events.jsonl"), "--allow-origin", origin],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.addCleanup(Process.reap_quiet, process)
+        port = int(re.search(r":(\d+)/", process.stdout.readline()).group(1))
+        result = subprocess.run(
+            ["node", os.path.join(HERE, "examples", "analytics_next.js"),
+             "http://127.0.0.1:%d" % port, mode, str(page_port)],
+            capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        report = json.loads(result.stdout)
+        print("analytics-next", report["sdkVersion"], mode, file=sys.stderr)
+        logs = []
+        for name in ("events.jsonl", "rejects.jsonl"):
+            path = os.path.join(self.dir, name)
+            with open(path, "rb") if os.path.exists(path) else io.BytesIO() as handle:
+                logs.append([json.loads(line) for line in handle])
+        return report, logs[0], logs[1]
+
+    def assertEachCallOnce(self, report, events, rejects):
+        self.assertEqual(sorted(event["type"] for event in events), self.TYPES)
+        self.assertEqual(len({event["messageId"] for event in events}), 6)
+        for event in events:
+            pixel.validate(event["type"], event)
+            self.assertTrue(event["messageId"].startswith("ajs-next-"))
+            self.assertEqual(event["context"]["library"]["name"], "analytics.js")
+            self.assertIn("originalTimestamp", event)
+        self.assertEqual(rejects, [])
+        self.assertEqual(report["failedRequests"], [])
+        self.assertEqual([error for error in report["consoleErrors"] if "CORS" in str(error)],
+                         [])
+
+    def test_standard_delivery(self):
+        self.assertEachCallOnce(*self.run_sdk("standard"))
+
+    def test_batching_delivery_flushed_on_pagehide(self):
+        self.assertEachCallOnce(*self.run_sdk("batching"))
+
+    def test_an_origin_that_is_not_allowed_writes_nothing(self):
+        report, events, rejects = self.run_sdk("disallowed", allowed=False)
+        self.assertEqual(events, [])
+        self.assertTrue(report["failedRequests"], "the browser saw no CORS failure")
+        # Only the metrics post, which needs no preflight, reaches pixel: refused too.
+        self.assertEqual({(record["reason"], record["path"]) for record in rejects},
+                         {("origin_not_allowed", "/v1/m")} if rejects else set())
+
+
 class Browser(ServerCase):
     """Headless Chromium opens examples/email.html, as a mail client renders it."""
 
