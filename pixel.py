@@ -105,7 +105,7 @@ MAX_REJECTS_PER_REQUEST = 100    # item lines one request may add to the rejects
 MAX_REJECTS_BYTES_PER_REQUEST = 64 * 1024   # ... and bytes, after which lines stop
 MAX_WRITE_BYTES = 1024 * 1024    # the most one write() hands the kernel at once
 DEFAULT_DEDUPE_WINDOW = 65536    # messageIds remembered: about 16 MB at MAX_DEDUPE_ID each
-MAX_DEDUPE_ID = 128              # longer client messageIds are written without the check
+MAX_DEDUPE_ID = 128              # bytes: longer client messageIds are written unchecked
 # HTTP head limits, the same ones http.client and http.server enforce (_MAXLINE,
 # _MAXHEADERS), plus a total so one connection can hold at most ~128 KiB of head.
 MAX_LINE = 65536
@@ -539,7 +539,8 @@ def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=N
         corrected = None
         if original is not None and sent is not None:
             corrected = received_at - (parse_time(sent) - parse_time(original))
-        if corrected is not None and _FIRST_SECOND <= corrected < _LAST_SECOND:
+        # format_time rounds to the millisecond: check what it will write, not less.
+        if corrected is not None and _FIRST_SECOND <= round(corrected, 3) < _LAST_SECOND:
             event["timestamp"] = format_time(corrected)
         else:
             event["timestamp"] = original if original is not None else received
@@ -1128,9 +1129,11 @@ def route_for(path):
         return SETTINGS_ROUTE
     return route
 
-Request = collections.namedtuple("Request", "method path query headers peer body")
+Request = collections.namedtuple("Request", "method path query headers peer body prefix",
+                                 defaults=("",))
 Request.__doc__ = """A request as plain values: `headers` is a dict with lower-case names,
-`peer` the connection's IP address as text, `body` bytes (b"" when there is none)."""
+`peer` the connection's IP address as text, `body` bytes (b"" when there is none), `prefix`
+the path an app is mounted under (WSGI's SCRIPT_NAME; "" for the built-in server)."""
 
 Answer = collections.namedtuple("Answer", "status headers body")
 Answer.__doc__ = """What a transport sends: a status, (name, value) header pairs that include
@@ -1192,17 +1195,22 @@ LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required"
 def _client_id(payload, event):
     """The event's messageId if the client sent it (and it is short enough to remember),
     else None: an id pixel made up can never repeat."""
-    if payload.get("messageId") in (None, "") or len(event["messageId"]) > MAX_DEDUPE_ID:
+    message_id = event["messageId"]
+    if payload.get("messageId") in (None, "") or len(message_id) > MAX_DEDUPE_ID or (
+            not message_id.isascii() and
+            len(message_id.encode("utf-8", "replace")) > MAX_DEDUPE_ID):
         return None
-    return event["messageId"]
+    return message_id
 
 
 class RecentIds:
-    """The last `size` ids added, the oldest forgotten first; not thread-safe."""
+    """The last `size` ids added, the oldest forgotten first; not thread-safe. An
+    OrderedDict, since finding a plain dict's first key walks the slots its deletions
+    left behind: 11 us an add once the window is full, against 0.3."""
 
     def __init__(self, size):
         self.size = size
-        self._ids = {}          # insertion-ordered: the first key is the oldest
+        self._ids = collections.OrderedDict()
 
     def __contains__(self, client_id):
         return client_id in self._ids
@@ -1213,7 +1221,7 @@ class RecentIds:
     def add(self, client_id):
         self._ids[client_id] = None
         if len(self._ids) > self.size:
-            del self._ids[next(iter(self._ids))]
+            self._ids.popitem(last=False)
 
 
 class Recorder:
@@ -1302,7 +1310,7 @@ class Recorder:
             protocol, host = "http", request.headers.get("host", "")
             if not _ORIGIN.match("http://" + host):
                 return plain_answer(400)
-        api_host = host.rstrip("/") + "/v1"
+        api_host = host.rstrip("/") + request.prefix.rstrip("/") + "/v1"
         return json_answer(200, {
             "integrations": {"Segment.io": {"apiKey": write_key, "apiHost": api_host,
                                             "protocol": protocol,
@@ -1340,10 +1348,20 @@ class Recorder:
             if route.kind == "pixel" and request.method == "GET":
                 self.reject(Rejected(reason), request)
                 return GIF_ANSWER
-            if route.kind == "api":
+            if route.kind in ("api", "metrics"):
+                cors = self.cors_headers(request)
+                if cors is None:
+                    reason, status = "origin_not_allowed", 403
                 self.reject(Rejected(reason), request, quoted="")
-                return json_answer(status, {"success": False, "error": reason})
+                return self.with_cors(request, json_answer(
+                    status, {"success": False, "error": reason}))
         return plain_answer(status)
+
+    def with_cors(self, request, answer):
+        """`answer` with the request's CORS headers, if its origin is allowed: so that a
+        browser can read an early refusal (411, 400) instead of seeing a network error."""
+        cors = self.cors_headers(request)
+        return answer._replace(headers=answer.headers + cors) if cors else answer
 
     def client_ip(self, request):
         if not self.record_ip or not request.peer:   # no address known: none is written
@@ -1374,18 +1392,18 @@ class Recorder:
         if self.recent is None or not any(client_ids):
             return self.events.write(lines)
         with self._dedupe_lock:   # so that two copies arriving at once are one write
-            kept, ids = [], []
+            kept, ids = [], set()
             for line, client_id in zip(lines, client_ids):
                 if client_id is not None and (client_id in self.recent or client_id in ids):
                     self.deduped += 1
                     continue
                 kept.append(line)
-                ids.append(client_id)
+                if client_id is not None:
+                    ids.add(client_id)
             written = self.events.write(kept) if kept else True
             if written:
                 for client_id in ids:
-                    if client_id is not None:
-                        self.recent.add(client_id)
+                    self.recent.add(client_id)
             return written
 
     def record_api(self, route, request, browser=False):
@@ -1829,7 +1847,9 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         if route is not None and route.max_body and head.method in route.methods:
             if head.body_length == -1:
                 self.close_connection = self._unread_body = True
-                return self._send(LENGTH_REQUIRED)
+                request = Request(head.method, head.path, head.query, head.headers,
+                                  self.client_address[0], b"")
+                return self._send(self.server.recorder.with_cors(request, LENGTH_REQUIRED))
             if head.body_length > route.max_body:
                 self.close_connection = self._unread_body = True
                 request = Request(head.method, head.path, head.query, head.headers,
@@ -2179,12 +2199,14 @@ class WsgiApp:
             if environ.get(name):
                 headers[name.replace("_", "-").lower()] = environ[name]
         route = route_for(path)
-        request = Request(method, path, query, headers, environ.get("REMOTE_ADDR") or "", b"")
+        request = Request(method, path, query, headers, environ.get("REMOTE_ADDR") or "", b"",
+                          environ.get("SCRIPT_NAME", ""))
         answer = None
         if route is not None and route.max_body and method in route.methods:
             length = environ.get("CONTENT_LENGTH") or "0"
             if "transfer-encoding" in headers or not (length.isascii() and length.isdigit()):
-                answer = LENGTH_REQUIRED   # WSGI gives no safe way to read an unsized body
+                # WSGI gives no safe way to read an unsized body
+                answer = self.recorder.with_cors(request, LENGTH_REQUIRED)
             elif int(length) > route.max_body:
                 answer = self.recorder.refuse(route, request, "body_too_large", 400)
             else:
@@ -2212,7 +2234,8 @@ def _read_exactly(stream, length):
 
 
 def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=(),
-                  record_ip=True, max_bytes=0, keep=0, allow_origins=()):
+                  record_ip=True, max_bytes=0, keep=0, allow_origins=(),
+                  dedupe_window=DEFAULT_DEDUPE_WINDOW, public_url=None):
     """A WSGI callable that records into `log` (and `rejects`, by default rejects.jsonl
     beside it), with the command line's meaning for each option. It opens both files now;
     one process should own them, so serve it from one process (threads are fine)."""
@@ -2222,7 +2245,9 @@ def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=
     rejects_log = LogWriter(rejects, max_bytes=max_bytes, keep=keep)
     return WsgiApp(Recorder(events_log, rejects_log, write_keys=write_keys,
                             trusted_proxies=trusted_proxies, record_ip=record_ip,
-                            allow_origins=[_origin_pattern(origin) for origin in allow_origins]))
+                            allow_origins=[_origin_pattern(origin) for origin in allow_origins],
+                            dedupe_window=dedupe_window,
+                            public_url=_public_url(public_url) if public_url else None))
 
 
 # --------------------------------------------------------------------------------------------
