@@ -1129,6 +1129,7 @@ def route_for(path):
         return SETTINGS_ROUTE
     return route
 
+
 Request = collections.namedtuple("Request", "method path query headers peer body prefix",
                                  defaults=("",))
 Request.__doc__ = """A request as plain values: `headers` is a dict with lower-case names,
@@ -1160,11 +1161,13 @@ def origin_allowed(origin, allowed):
     if not allowed:
         return True
     origin = origin.lower()
-    host = origin.partition("://")[2].rpartition(":")[0] or origin.partition("://")[2]
-    if host.startswith("[") or not host.endswith(tuple(
-            pattern[1:] for pattern in allowed if pattern.startswith("*."))):
-        return origin in allowed
-    return True
+    if origin in allowed:
+        return True
+    host = origin.partition("://")[2]
+    if host.startswith("["):   # an IPv6 address: exact entries only
+        return False
+    host = host.partition(":")[0]
+    return any(pattern.startswith("*.") and host.endswith(pattern[1:]) for pattern in allowed)
 
 
 def plain_answer(status, extra_headers=()):
@@ -1178,6 +1181,11 @@ def json_answer(status, document):
     body = json.dumps(document).encode() + b"\n"
     return Answer(status, (("Content-Type", "application/json"),
                            ("Content-Length", str(len(body)))), body)
+
+
+def add_headers(answer, headers):
+    """`answer` with `headers` (pairs) appended, or `answer` itself if there are none."""
+    return answer._replace(headers=answer.headers + headers) if headers else answer
 
 
 NOT_FOUND = plain_answer(404)
@@ -1269,10 +1277,9 @@ class Recorder:
         if route.kind in ("api", "metrics", "settings"):
             cors = self.cors_headers(request)
             if request.method == "OPTIONS":
-                return self.preflight(request, cors)
+                return self.preflight(route, request, cors)
             if cors is None:   # a browser on a site that is not allowed: nothing is written
-                self.reject(Rejected("origin_not_allowed"), request, quoted="")
-                return json_answer(403, {"success": False, "error": "origin_not_allowed"})
+                return self._origin_refused(request)
             if route.kind == "settings":
                 answer = self.settings(request)
             elif route.kind == "metrics":   # analytics.js's own delivery metrics: counted only
@@ -1281,8 +1288,22 @@ class Recorder:
                 answer = json_answer(200, {"success": True})
             else:
                 answer = self.record_api(route.name, request, browser=route.browser)
-            return answer._replace(headers=answer.headers + cors) if cors else answer
+            return add_headers(answer, cors)
         return json_answer(200, self.health())
+
+    def early_answer(self, route, request, length):
+        """What a transport answers, before reading it, to a body `route` would read:
+        `length` is its Content-Length, -1 for none that can be trusted (chunked). None
+        means: read the body and ask answer()."""
+        if length == -1:
+            return self.with_cors(request, LENGTH_REQUIRED)
+        if length > route.max_body:
+            return self.refuse(route, request, "body_too_large", 400)
+        return None
+
+    def _origin_refused(self, request):
+        self.reject(Rejected("origin_not_allowed"), request, quoted="")
+        return json_answer(403, {"success": False, "error": "origin_not_allowed"})
 
     def cors_headers(self, request):
         """The CORS headers for an HTTP API answer: () for a request with no Origin (a
@@ -1323,7 +1344,7 @@ class Recorder:
             "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {},
             "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "remotePlugins": []})
 
-    def preflight(self, request, cors):
+    def preflight(self, route, request, cors):
         """The answer to a CORS preflight (OPTIONS): 204 allowing POST with the headers the
         browser asks for (Authorization and X-Retry-Count among them), cached for two
         hours, Chromium's cap; 403 with no CORS headers for an origin that is not allowed."""
@@ -1332,7 +1353,7 @@ class Recorder:
         asked = request.headers.get("access-control-request-headers", "")
         allowed = [name.strip() for name in asked.split(",")[:MAX_PREFLIGHT_HEADERS]
                    if _TOKEN.match(name.strip())]
-        methods = "GET, OPTIONS" if request.path.endswith(SETTINGS_SUFFIX) else "POST, OPTIONS"
+        methods = ", ".join(method for method in route.methods if method != "HEAD")
         headers = cors + (("Access-Control-Allow-Methods", methods),
                           ("Access-Control-Max-Age", "7200"), ("Content-Length", "0"))
         if allowed:
@@ -1351,17 +1372,16 @@ class Recorder:
             if route.kind in ("api", "metrics"):
                 cors = self.cors_headers(request)
                 if cors is None:
-                    reason, status = "origin_not_allowed", 403
+                    return self._origin_refused(request)
                 self.reject(Rejected(reason), request, quoted="")
-                return self.with_cors(request, json_answer(
-                    status, {"success": False, "error": reason}))
+                return add_headers(json_answer(status, {"success": False, "error": reason}),
+                                   cors)
         return plain_answer(status)
 
     def with_cors(self, request, answer):
         """`answer` with the request's CORS headers, if its origin is allowed: so that a
         browser can read an early refusal (411, 400) instead of seeing a network error."""
-        cors = self.cors_headers(request)
-        return answer._replace(headers=answer.headers + cors) if cors else answer
+        return add_headers(answer, self.cors_headers(request))
 
     def client_ip(self, request):
         if not self.record_ip or not request.peer:   # no address known: none is written
@@ -1423,9 +1443,7 @@ class Recorder:
             body = decode_body(body, request.headers.get("content-encoding"))
             pairs = api_payloads(route, body, authorization=request.headers.get("authorization"))
         except Rejected as rejection:   # quote the body as received, or as gunzipped
-            self.reject(rejection, request, received_at=received_at, ip=ip,
-                        quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
-            return json_answer(400, {"success": False, "error": rejection.reason})
+            return self._body_refused(rejection, request, received_at, ip, body)
         lines, client_ids, size, refused = [], [], 0, []
         limit = request_log_limit(len(body))
         for kind, payload in pairs:
@@ -1444,10 +1462,8 @@ class Recorder:
                 continue
             size += len(line)
             if size > limit:   # with the user agent, ip and server fields, once per event
-                rejection = Rejected("batch_too_large")
-                self.reject(rejection, request, received_at=received_at, ip=ip,
-                            quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
-                return json_answer(400, {"success": False, "error": rejection.reason})
+                return self._body_refused(Rejected("batch_too_large"), request, received_at,
+                                          ip, body)
             lines.append(line)
             client_ids.append(_client_id(payload, event))
         written = self.write_events(lines, client_ids) if lines else True
@@ -1470,6 +1486,12 @@ class Recorder:
         if not written:
             return json_answer(503, {"success": False, "error": "write_failed"})
         return json_answer(200, {"success": True})
+
+    def _body_refused(self, rejection, request, received_at, ip, body):
+        """A 400 for an API body as a whole, and its rejects line quoting the body."""
+        self.reject(rejection, request, received_at=received_at, ip=ip,
+                    quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
+        return json_answer(400, {"success": False, "error": rejection.reason})
 
     def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None):
         """Write one rejects-log line: enough to find a broken campaign and replay it. A
@@ -1516,15 +1538,17 @@ class Recorder:
 
     def reopen(self):
         """Open both logs afresh at their paths (SIGHUP)."""
+        reopened = []
         for writer in (self.events, self.rejects):
             try:
                 writer.reopen()
             except OSError as error:   # the next write tries again, and reports it
                 self.reporter.say("cannot reopen %s: %s" % (
                     writer.path, error.strerror or error), key="reopen " + writer.path)
-                continue
-        self.reporter.say("reopened %s and %s (SIGHUP)" % (self.events.path,
-                                                           self.rejects.path))
+            else:
+                reopened.append(writer.path)
+        if reopened:
+            self.reporter.say("reopened %s (SIGHUP)" % " and ".join(reopened))
 
     def health(self):
         failing = self.events.failing or self.rejects.failing
@@ -1697,6 +1721,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         # PixelServer sets them there once; setup() only checks the first connection.
         self.connection = self.request
         server = self.server
+        self._pool = server.pool
         timeout = server.request_timeout
         if server.options_inherited is None:
             server.options_inherited = _KERNEL_TIMEOUTS and (
@@ -1739,32 +1764,29 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self._recv_timeout = timeout
 
     def _recv(self, timeout):
-        """Append what the client sends next to the buffer, waiting at most `timeout` s."""
+        """Append what the client sends next to the buffer, waiting at most `timeout` s.
+
+        While it waits for the client (for a first request, a next one, the rest of a
+        head or of a body), the connection may be closed to make room when every slot is
+        taken (ConnectionPool.submit); while pixel works on a request, it may not."""
         if timeout != self._recv_timeout:
             self._set_recv_timeout(timeout)
+        pool = self._pool
+        pool.mark_idle(self.connection)
         try:
             chunk = self.connection.recv(RECV_SIZE)
-        except OSError as error:   # timeout, reset, or shut down by a stop
+        except OSError as error:   # timeout, reset, or shut down by a stop or an eviction
             raise _Closed(str(error)) from None
+        finally:
+            pool.mark_busy(self.connection)
         if not chunk:
             raise _Closed("client closed")
         self._buffer += chunk
 
     def _read_head(self):
-        """The next request head, without its blank line; bare LF line ends are accepted.
-
-        Until the head is complete the connection may be closed to make room when every
-        slot is taken (ConnectionPool.submit): a kept-alive one waiting for its next
-        request, or a new one that has not sent a whole head yet."""
+        """The next request head, without its blank line; bare LF line ends are accepted."""
         buffer = self._buffer
         server = self.server
-        server.pool.mark_idle(self.connection)
-        try:
-            return self._read_head_bytes(buffer, server)
-        finally:
-            server.pool.mark_busy(self.connection)
-
-    def _read_head_bytes(self, buffer, server):
         if not buffer:
             if self._served:   # a kept-alive connection waits idle, then gets a fresh deadline
                 self._recv(server.idle_timeout)
@@ -1843,34 +1865,22 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self.headers = head.headers
         self.close_connection = not head.keep_alive
         route = route_for(head.path)
-        body = b""
+        recorder = self.server.recorder
+        request = Request(head.method, head.path, head.query, head.headers,
+                          self.client_address[0], b"")
         if route is not None and route.max_body and head.method in route.methods:
-            if head.body_length == -1:
+            early = recorder.early_answer(route, request, head.body_length)
+            if early is not None:   # the body is not read: the connection ends after this
                 self.close_connection = self._unread_body = True
-                request = Request(head.method, head.path, head.query, head.headers,
-                                  self.client_address[0], b"")
-                return self._send(self.server.recorder.with_cors(request, LENGTH_REQUIRED))
-            if head.body_length > route.max_body:
-                self.close_connection = self._unread_body = True
-                request = Request(head.method, head.path, head.query, head.headers,
-                                  self.client_address[0], b"")
-                return self._send(self.server.recorder.refuse(route, request,
-                                                              "body_too_large", 400))
+                return self._send(early)
             if head.version == "HTTP/1.1" and len(self._buffer) < head.body_length and \
                     "100-continue" in head.headers.get("expect", "").lower():
                 self.connection.sendall(b"%s 100 Continue\r\n\r\n"
                                         % self.protocol_version.encode())
-            # A body that is still arriving can be closed to make room, like a head.
-            self.server.pool.mark_idle(self.connection)
-            try:
-                body = self._read_body(head.body_length)
-            finally:
-                self.server.pool.mark_busy(self.connection)
+            request = request._replace(body=self._read_body(head.body_length))
         else:
             self._settle_body(head.body_length)
-        request = Request(head.method, head.path, head.query, head.headers,
-                          self.client_address[0], body)
-        self._send(self.server.recorder.answer(route, request))
+        self._send(recorder.answer(route, request))
 
     def _refuse(self, error):
         """Answer a head that parse_head or the reader refused, then close: what follows it
@@ -1949,9 +1959,10 @@ class ConnectionPool:
     up to `linger` seconds to be handed the next one rather than exiting: starting a thread
     costs ~150 us here, about as much as serving a whole request.
 
-    When every slot is taken, submit() closes the kept-alive connection that has waited
-    longest for its next request (as nginx reuses idle connections), and otherwise waits
-    for a slot to free; new connections wait meanwhile in the listen backlog.
+    When every slot is taken, submit() closes the connection that has waited longest for
+    its client (for a next request, as nginx reuses idle keep-alive connections, or for
+    the rest of one: see PixelHandler._recv), and otherwise waits for a slot to free; new
+    connections wait meanwhile in the listen backlog.
     """
 
     def __init__(self, size, serve, *, reporter, linger=WORKER_IDLE_SECONDS):
@@ -1964,7 +1975,7 @@ class ConnectionPool:
         self._changed = threading.Condition(self._lock)   # a slot freed, or one went idle
         self._handed = threading.Condition(self._lock)    # a connection for a waiting thread
         self._live = set()       # connections given a slot, served or about to be
-        self._idle = {}          # kept-alive connections between requests, oldest first
+        self._idle = {}          # connections waiting for their client, oldest first
         self._handoff = collections.deque()
         self._waiting_threads = 0
         self._full = False       # submit() waits for a slot
@@ -2003,9 +2014,9 @@ class ConnectionPool:
         return True
 
     def mark_idle(self, sock):
-        """`sock` waits for (the rest of) a request; when slots run out it may be closed."""
+        """`sock` waits for its client; when slots run out it may be closed."""
         self._idle[sock] = True
-        if self._full:   # set before submit() looks for an idle connection: no lost wake-up
+        if self._full:   # set before submit() looks for one to close: no lost wake-up
             with self._lock:
                 self._changed.notify_all()
 
@@ -2204,14 +2215,13 @@ class WsgiApp:
         answer = None
         if route is not None and route.max_body and method in route.methods:
             length = environ.get("CONTENT_LENGTH") or "0"
-            if "transfer-encoding" in headers or not (length.isascii() and length.isdigit()):
-                # WSGI gives no safe way to read an unsized body
-                answer = self.recorder.with_cors(request, LENGTH_REQUIRED)
-            elif int(length) > route.max_body:
-                answer = self.recorder.refuse(route, request, "body_too_large", 400)
-            else:
-                body = _read_exactly(environ["wsgi.input"], int(length))
-                if len(body) < int(length):   # the client stopped sending: record nothing
+            # WSGI gives no safe way to read a body of unknown size: that is a 411.
+            length = int(length) if length.isascii() and length.isdigit() and \
+                "transfer-encoding" not in headers else -1
+            answer = self.recorder.early_answer(route, request, length)
+            if answer is None:
+                body = _read_exactly(environ["wsgi.input"], length)
+                if len(body) < length:   # the client stopped sending: record nothing
                     answer = plain_answer(400)
                 request = request._replace(body=body)
         if answer is None:

@@ -1336,6 +1336,22 @@ def read_response(stream):
     return status, headers, body, status_line
 
 
+def start_pixel(test, *argv, stderr=subprocess.DEVNULL):
+    """pixel.py as a process on a free port with `argv`, killed when `test` ends; returns
+    the process and its port (read from the line that says where it listens)."""
+    process = subprocess.Popen([sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none"] +
+                               list(argv), stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+    def stop():
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stdout.close()
+
+    test.addCleanup(stop)
+    return process, int(re.search(r":(\d+)/", process.stdout.readline()).group(1))
+
+
 def serve_in_thread(test, server):
     """Run `server` (a PixelServer) on a thread until `test` ends; return its port."""
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
@@ -2969,12 +2985,8 @@ class BrowserSdk(unittest.TestCase):
             probe.bind(("127.0.0.1", 0))
             page_port = probe.getsockname()[1]
         origin = "http://127.0.0.1:%d" % (page_port if allowed else 1)
-        process = subprocess.Popen(
-            [sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none", "--log",
-             os.path.join(self.dir, "events.jsonl"), "--allow-origin", origin],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.addCleanup(Process.reap_quiet, process)
-        port = int(re.search(r":(\d+)/", process.stdout.readline()).group(1))
+        _, port = start_pixel(self, "--log", os.path.join(self.dir, "events.jsonl"),
+                              "--allow-origin", origin)
         result = subprocess.run(
             ["node", os.path.join(HERE, "examples", "analytics_next.js"),
              "http://127.0.0.1:%d" % port, mode, str(page_port)],
@@ -3319,24 +3331,13 @@ class Process(unittest.TestCase):
         folder = mount_tmpfs(self, 256 * 1024)
         log = os.path.join(folder, "events.jsonl")
         with open(os.path.join(folder, "stderr.log"), "w") as stderr:
-            process = subprocess.Popen(
-                [sys.executable, PIXEL_PY, "--port", "0", "--log", log, "--cpu", "none"],
-                stdout=subprocess.PIPE, stderr=stderr, text=True)
-        self.addCleanup(self.reap_quiet, process)
-        port = int(re.search(r":(\d+)/", process.stdout.readline()).group(1))
+            _, port = start_pixel(self, "--log", log, stderr=stderr)
         fill_disk(self, folder)
         for number in range(20):
             self.assertEqual(self.fetch(port, "/v1/pixel/track?writeKey=k&userId=u&event=e%d"
                                         "&pad=%s" % (number, "x" * 5000)), pixel.GIF)
         health = json.loads(self.fetch(port, "/health"))
         self.assertEqual((health["status"], health["write_errors"] > 0), ("degraded", True))
-
-    @staticmethod
-    def reap_quiet(process):
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        process.stdout.close()
 
     def test_logrotate_create_with_a_hup_under_load_loses_nothing(self):
         logrotate = shutil.which("logrotate") or (
