@@ -129,6 +129,19 @@ ERROR_INTERVAL = 10.0            # at most one stderr line per failing file per 
 RELINK_ATTEMPTS = 3              # a log file deleted under a write is recreated this often
 MOVED_GRACE = 1.0                # seconds a log renamed away is still written, awaiting its
                                  # successor (see LogWriter._follow_path)
+MAX_WARM_BYTES = 64 * 1024 * 1024   # log tail read at start-up to refill the dedupe window
+
+# The forwarder (--forward and `pixel.py forward`).
+DEFAULT_FORWARD_BATCH = 100      # events per batch; a batch is also at most MAX_BATCH_BYTES
+DEFAULT_FORWARD_TIMEOUT = 10.0   # seconds a receiver has to answer, per connect and read
+DEFAULT_FORWARD_ALERT = 300.0    # seconds of backlog after which /health says degraded
+FORWARD_POLL = 0.2               # seconds between looks at a log with nothing new in it
+BACKOFF_FIRST = 1.0              # retry delays double from this ...
+BACKOFF_MAX = 60.0               # ... to this, with up to half again of random jitter
+MAX_RETRY_AFTER = 600.0          # a receiver's Retry-After is honoured up to this
+MAX_ANSWER_BYTES = 64 * 1024     # of a receiver's answer, read and quoted
+FORWARD_READ = MAX_BATCH_BYTES + MAX_EVENT_LINE   # log bytes read to build one batch
+CHECKPOINT_SUFFIX = ".forward"
 
 
 # Every reason a rejects-log line can name, with what it means. The README's table and the
@@ -182,6 +195,10 @@ REASONS = {
                  "fragment, cut from that log at start-up",
     "invalid_gzip": "HTTP API: a gzip body that does not inflate",
     "unsupported_encoding": "HTTP API: a Content-Encoding other than gzip",
+    "forward_rejected": "forwarding: the receiver answered 400, 413 or 422 to this one "
+                        "event; the line has the event and the receiver's answer",
+    "forward_unreadable": "forwarding: a log line that is not an event pixel can send (not "
+                          "JSON, no writeKey, no newline, or over 500 KB)",
 }
 
 
@@ -817,9 +834,14 @@ class LogWriter:
 
     One process should own a log file: rotation and the torn-tail repair assume no other
     writer.
+
+    A `follower` (the Forwarder) may be attached with follow(): it is handed a readable
+    descriptor of each file the writer opens, in the order they are written, and
+    rotated files it still holds are not deleted by `keep`. That needs `readable=True`.
     """
 
-    def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None):
+    def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None,
+                 readable=False):
         # The real path: rotating a symlink would rename the link, not the file it names.
         self.path = os.path.realpath(path)
         self.max_bytes = max_bytes
@@ -836,6 +858,9 @@ class LogWriter:
         self._failing_since = None
         self._failures_unreported = 0
         self._moved_at = None   # when the open file was first seen renamed away
+        self._flags = _OPEN_FLAGS if not readable else \
+            _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR
+        self.follower = None
         self.torn_tail = None   # the start of a torn last line cut at start-up, if any
         self.torn_tail_bytes = 0
         self._open()            # at start-up an OSError here is the operator's to see
@@ -850,9 +875,26 @@ class LogWriter:
         return self._failing_since is not None
 
     def _open(self):
-        fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+        fd = os.open(self.path, self._flags, 0o644)
         status = os.fstat(fd)
         self._fd, self._identity, self._size = fd, (status.st_dev, status.st_ino), status.st_size
+        if self.follower is not None:   # under the lock: files reach it in write order
+            self.follower.opened(os.dup(fd), self._identity, self.path)
+
+    def follow(self, follower):
+        """Attach `follower` and hand it the open file; return (descriptor, identity,
+        committed end, lines written so far), all taken at the same instant."""
+        if not self._flags & os.O_RDWR:
+            raise ValueError("a LogWriter needs readable=True to be followed")
+        with self._lock:
+            self.follower = follower
+            return os.dup(self._fd), self._identity, self._size, self.written
+
+    def committed_end(self, identity):
+        """Where the last whole line written to file `identity` ends, if it is the open
+        file; None otherwise. A follower reads no further: past it, a short write may be
+        about to be cut."""
+        return self._size if self._identity == identity else None
 
     def _reopen(self):
         """Open the path afresh, then close the file open until now (so that if the path
@@ -1072,6 +1114,10 @@ class LogWriter:
 
     def _prune(self):
         for old in self.rotated_files()[:-self.keep]:
+            if self.follower is not None and self.follower.retains(old):
+                self._reporter.say("keeping %s past --keep %d: the forwarder has not sent "
+                                   "all of it yet" % (old, self.keep), key="keep " + self.path)
+                continue
             try:
                 os.remove(old)
             except FileNotFoundError:
@@ -1262,7 +1308,24 @@ class Recorder:
         self._dedupe_lock = threading.Lock()
         self.allow_origins = tuple(origin.lower() for origin in allow_origins)
         self.gauges = {}
+        self.forwarder = None      # a Forwarder relaying the events log, if any
         self._count_lock = threading.Lock()
+
+    def remember_logged(self, max_bytes=MAX_WARM_BYTES):
+        """Refill the dedupe window from the messageIds at the end of the events log (the
+        live file, then rotated ones), so that a restart does not forget what the window
+        held: a forwarder re-sending its last batch after a crash on either side must not
+        write it twice. Returns how many ids it read."""
+        if self.recent is None:
+            return 0
+        paths = [self.events.path] + self.events.rotated_files()[::-1]
+        ids = logged_message_ids(paths, self.recent.size, max_bytes)
+        with self._dedupe_lock:
+            for message_id in ids:
+                if len(message_id) <= MAX_DEDUPE_ID and (message_id.isascii() or len(
+                        message_id.encode("utf-8", "replace")) <= MAX_DEDUPE_ID):
+                    self.recent.add(message_id)
+        return len(ids)
 
     def answer(self, route, request):
         """Record `request` as `route` says (None: no such path) and return the answer."""
@@ -1552,6 +1615,9 @@ class Recorder:
 
     def health(self):
         failing = self.events.failing or self.rejects.failing
+        forward = self.forwarder.status() if self.forwarder is not None else None
+        if forward is not None and forward["degraded"]:
+            failing = True
         document = {"status": "degraded" if failing else "ok", "version": __version__,
                     "uptime": round(time.monotonic() - self.started, 3),
                     "accepted": self.events.written, "rejected": self.rejected,
@@ -1559,6 +1625,8 @@ class Recorder:
                     "browser_metrics": self.browser_metrics, "deduped": self.deduped}
         for name, gauge in self.gauges.items():
             document[name] = gauge()
+        if forward is not None:
+            document["forward"] = forward
         return document
 
 
@@ -2253,11 +2321,775 @@ def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=
         rejects = os.path.join(os.path.dirname(os.path.abspath(log)), DEFAULT_REJECTS_NAME)
     events_log = LogWriter(log, max_bytes=max_bytes, keep=keep)
     rejects_log = LogWriter(rejects, max_bytes=max_bytes, keep=keep)
-    return WsgiApp(Recorder(events_log, rejects_log, write_keys=write_keys,
-                            trusted_proxies=trusted_proxies, record_ip=record_ip,
-                            allow_origins=[_origin_pattern(origin) for origin in allow_origins],
-                            dedupe_window=dedupe_window,
-                            public_url=_public_url(public_url) if public_url else None))
+    recorder = Recorder(events_log, rejects_log, write_keys=write_keys,
+                        trusted_proxies=trusted_proxies, record_ip=record_ip,
+                        allow_origins=[_origin_pattern(origin) for origin in allow_origins],
+                        dedupe_window=dedupe_window,
+                        public_url=_public_url(public_url) if public_url else None)
+    recorder.remember_logged()
+    return WsgiApp(recorder)
+
+
+# --------------------------------------------------------------------------------------------
+# The forwarder: the event log relayed, in order and at least once, to a Segment-compatible
+# HTTP Tracking API (Segment, RudderStack, Jitsu, or another pixel), from a checkpoint.
+
+class Receiver:
+    """A Segment-compatible HTTP Tracking API at `url`. A batch goes to <url>/v1/batch as
+    gzipped JSON with HTTP Basic auth `<writeKey>:`, as Segment's SDKs send it, over one
+    kept-alive connection. Over https the certificate is verified against the system's
+    CAs, and `cafile`'s too if given."""
+
+    def __init__(self, url, *, cafile=None, timeout=DEFAULT_FORWARD_TIMEOUT):
+        parts = urllib.parse.urlsplit(url)
+        self.url = url
+        self.host, self.port = parts.hostname, parts.port
+        self.path = parts.path.rstrip("/") + "/v1/batch"
+        self.timeout = timeout
+        self.context = None
+        if parts.scheme == "https":
+            import ssl   # here, not at the top: only a forwarder over https pays its cost
+            self.context = ssl.create_default_context()
+            if cafile:
+                self.context.load_verify_locations(cafile)
+        self._connection = None
+
+    def _connect(self):
+        if self.context is not None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                               context=self.context)
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def post(self, write_key, body):
+        """POST one gzipped batch; return (status, headers with lower-case names, the first
+        MAX_ANSWER_BYTES of the answer as text). Raises OSError or HTTPException when no
+        answer came."""
+        credential = base64.b64encode((write_key + ":").encode("utf-8")).decode("ascii")
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip",
+                   "Authorization": "Basic " + credential, "User-Agent": "pixel/" + __version__}
+        for second_try in (False, True):
+            reused = self._connection is not None
+            if not reused:
+                self._connection = self._connect()
+            try:
+                self._connection.request("POST", self.path, body, headers)
+                response = self._connection.getresponse()
+                answer = response.read(MAX_ANSWER_BYTES)
+            except ConnectionError:
+                self.close()
+                if reused and not second_try:
+                    continue   # it had closed the kept-alive connection: once more, afresh
+                raise
+            except (OSError, http.client.HTTPException):
+                self.close()
+                raise
+            if not response.isclosed():   # an answer longer than we read: drop the rest
+                self.close()
+            return (response.status, {name.lower(): value for name, value in response.getheaders()},
+                    answer.decode("utf-8", "replace"))
+
+    def close(self):
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            connection.close()
+
+
+# The raw bytes "writeKey":" can only be a key: a quote inside a JSON string is escaped.
+_WRITE_KEY_FIELD = re.compile(rb'"writeKey":"((?:[^"\\]|\\.)*)"')
+_MESSAGE_ID_FIELD = re.compile(rb'"messageId":"((?:[^"\\]|\\.)*)"')
+
+
+def forward_item(line):
+    """A log line (without its newline) as a batch item: (its writeKey, or None; the event
+    without writeKey, as JSON bytes), since the key travels as the batch's Basic auth.
+    Raises Rejected("forward_unreadable") for a line that is not a JSON object."""
+    matches = list(_WRITE_KEY_FIELD.finditer(line))
+    if len(matches) == 1 and line[:1] == b"{" and line[-1:] == b"}":
+        # Every event pixel logs has a writeKey at its top level, so the only one is that
+        # one (checked: at depth 1): cut it out without parsing the line, which would cost
+        # more than all the rest.
+        match = matches[0]
+        value = match.group(1)
+        if b"\\" not in value and value.isascii() and \
+                _depth_at(line[:match.start()]) == 1:
+            start, end = match.span()
+            if line[end:end + 1] == b",":
+                return value.decode("ascii"), line[:start] + line[end + 1:]
+            if line[start - 1:start] == b",":
+                return value.decode("ascii"), line[:start - 1] + line[end:]
+            return value.decode("ascii"), line[:start] + line[end:]
+    try:
+        event = json.loads(line)
+    except ValueError:   # not JSON, or not UTF-8
+        raise Rejected("forward_unreadable", "not JSON") from None
+    if not isinstance(event, dict):
+        raise Rejected("forward_unreadable", "not a JSON object")
+    key = event.pop("writeKey", None)
+    try:
+        item = _encode(event).encode("ascii")
+    except ValueError:   # 1e400, read back as infinity
+        raise Rejected("forward_unreadable", "a number out of range") from None
+    return (key if isinstance(key, str) and key else None), item
+
+
+def _depth_at(prefix):
+    """How many brackets are open at the end of `prefix`, the start of a JSON text."""
+    text = prefix.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(text.split(b'"')[::2])   # what lies between strings
+    return outside.count(b"{") + outside.count(b"[") - outside.count(b"}") - \
+        outside.count(b"]")
+
+
+def logged_message_id(line):
+    """The messageId of a log line (bytes), or None."""
+    matches = list(_MESSAGE_ID_FIELD.finditer(line))
+    if len(matches) == 1 and b"\\" not in matches[0].group(1) and \
+            _depth_at(line[:matches[0].start()]) == 1:   # as in forward_item
+        return matches[0].group(1).decode("ascii", "replace")
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    message_id = event.get("messageId") if isinstance(event, dict) else None
+    return message_id if isinstance(message_id, str) else None
+
+
+def logged_message_ids(paths, count, max_bytes=MAX_WARM_BYTES):
+    """The messageIds of the last `count` events in the log files `paths` (the newest file
+    first), oldest first, reading at most `max_bytes` from their ends."""
+    found = []   # newest first
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:   # rotated away or deleted since it was listed
+            continue
+        try:
+            end, partial = os.fstat(fd).st_size, b""
+            while end > 0 and len(found) < count and max_bytes > 0:
+                size = min(MAX_WRITE_BYTES, end, max_bytes)
+                end, max_bytes = end - size, max_bytes - size
+                lines = (os.pread(fd, size, end) + partial).split(b"\n")
+                partial = lines.pop(0) if end > 0 else b""   # may go on in the block before
+                for line in reversed(lines):
+                    message_id = logged_message_id(line) if line else None
+                    if message_id is not None:
+                        found.append(message_id)
+                        if len(found) == count:
+                            break
+        finally:
+            os.close(fd)
+        if len(found) >= count or max_bytes <= 0:
+            break
+    found.reverse()
+    return found
+
+
+def read_checkpoint(path):
+    """The checkpoint document at `path`, or None if there is none. Raises OSError, or
+    ValueError for a file that is not a checkpoint."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_ANSWER_BYTES)
+    except FileNotFoundError:
+        return None
+    document = json.loads(data)
+    if not isinstance(document, dict) or not all(
+            isinstance(document.get(field), int) and not isinstance(document[field], bool)
+            for field in ("device", "inode", "offset", "mtime_ns", "head_bytes")):
+        raise ValueError("not a pixel checkpoint")
+    return document
+
+
+def write_checkpoint(path, document):
+    """Replace `path` with `document` atomically: written to <path>.tmp, fsynced, renamed
+    over `path`, and the folder fsynced, so that a kill -9 or a power cut leaves the old
+    checkpoint or the new one, never a mix or nothing."""
+    temporary = path + ".tmp"
+    data = (json.dumps(document, sort_keys=True) + "\n").encode("ascii")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+                 getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, "short write")
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        os.remove(temporary)
+        raise
+    os.close(fd)
+    os.replace(temporary, path)
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+class LogFile:
+    """One file of a log being forwarded, read through its own descriptor, so that a rename
+    or a delete of its name does not matter; `offset` is where its unsent lines start. A
+    gzipped file (backfill only) is read through GzipFile, `offset` counting inflated
+    bytes."""
+
+    def __init__(self, fd, identity, name, offset=0):
+        self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
+        self.archive = None
+        if name.endswith(".gz"):
+            import gzip   # here, not at the top: only a backfill of an archive needs it
+            self.archive = gzip.GzipFile(fileobj=open(fd, "rb", closefd=False))
+
+    @classmethod
+    def open(cls, path):
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        status = os.fstat(fd)
+        return cls(fd, (status.st_dev, status.st_ino), path)
+
+    def read(self, offset, size):
+        if self.archive is None:
+            return os.pread(self.fd, size, offset)
+        if offset != self.archive.tell():
+            self.archive.seek(offset)
+        return self.archive.read(size)
+
+    def size(self):
+        return os.fstat(self.fd).st_size if self.archive is None else None
+
+    def mtime_ns(self):
+        return os.fstat(self.fd).st_mtime_ns
+
+    def head(self, length):
+        """A fingerprint of the file's first `length` bytes: an inode number can be reused
+        by a new file once the old one is deleted, its first line cannot."""
+        return "%08x" % zlib.crc32(self.read(0, length))
+
+    def close(self):
+        if self.archive is not None:
+            self.archive.close()
+        os.close(self.fd)
+
+
+# A rotated file of a log: pixel's <log>.<UTC stamp>, logrotate's <log>.N and <log>-DATE.
+_ROTATED_NAME = re.compile(r"(?:\.\d{8}T\d{6}\.\d{3}Z(?:-\d+)?|\.\d{1,6}|-\d{8,14})\Z")
+_REFUSED_STATUSES = (400, 413, 422)   # the receiver will never take this batch as it is
+_KEY_STATUSES = (401, 403)            # ... nor anything with this writeKey, until fixed
+
+Item = collections.namedtuple("Item", "data end line")
+Item.__doc__ = """One event of a batch: its JSON, where its line ends in the log, the line."""
+
+
+class Forwarder:
+    """Relays a log to a Receiver: in order, at least once, across crashes and outages.
+
+    It reads each file of the log through a descriptor of its own, from a checkpoint,
+    and POSTs the events as batches of at most `batch_events` events and MAX_BATCH_BYTES,
+    one writeKey per batch (all under `write_key` if given). After each batch the
+    receiver took, the checkpoint (the file's identity and the offset of the last line
+    taken) is replaced atomically; after a kill -9 at most the batch in flight is sent
+    again. A 2xx moves on; 429 waits its Retry-After; 5xx, a timeout or no connection is
+    retried with exponential backoff and jitter, forever; 400, 413 or 422 splits the batch
+    until the event the receiver refuses is alone, and writes that event to the rejects
+    log; 401 or 403 pauses forwarding and retries every BACKOFF_MAX seconds. Nothing is
+    dropped.
+
+    follow(writer) relays a live log as its LogWriter writes it, through pixel's own
+    rotations and anyone else's renames; add_files() relays a list of files once
+    (`pixel.py forward`). run() is the loop; start() runs it on a thread.
+    """
+
+    def __init__(self, receiver, rejects, *, write_key=None,
+                 batch_events=DEFAULT_FORWARD_BATCH, alert=DEFAULT_FORWARD_ALERT,
+                 backoff=(BACKOFF_FIRST, BACKOFF_MAX), reporter=None, clock=time.time):
+        self.receiver = receiver
+        self.rejects = rejects       # a LogWriter, for events that are never sent
+        self.write_key = write_key
+        self.batch_events = batch_events
+        self.alert = alert
+        self.first_delay, self.max_delay = backoff   # tests shorten them
+        self.reporter = reporter or Reporter()
+        self.clock = clock
+        self.writer = None           # the LogWriter followed, in live mode
+        self.checkpoint = None       # the checkpoint file's path
+        self.done = []               # backfill: "device:inode" of the files sent whole
+        self.files = collections.deque()
+        self._files_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.thread = None
+        self.sent = 0                # events the receiver took
+        self.refused = 0             # events written to the rejects log instead
+        self.failed_attempts = 0     # posts that got no answer, or one to retry
+        self.last_success = None     # clock time of the last 2xx
+        self.last_error = None
+        self.backoff = 0.0           # the wait now under way, while retrying
+        self.paused_key = None       # the writeKey a 401 or 403 stopped
+        self.key_refused = None      # backfill: why it stopped for good (401, 403)
+        self._failing = 0            # attempts failed in a row
+        self._lines_done = 0         # lines sent or refused since the start
+        self._backlog_start = None   # (lines unsent at the start, writer.written then)
+        self._counting = None        # what _count_backlog() counts: files, live end
+        self._caught_up_at = clock()   # all lines written before this were sent
+
+    # -- what to read ---------------------------------------------------------------------
+
+    def follow(self, writer):
+        """Relay `writer`'s log from its checkpoint, <log>.forward. With none, start at the
+        live file's first line (older rotated files are for `pixel.py forward`). If the
+        file the checkpoint names is gone, start at the oldest file written since."""
+        self.writer = writer
+        self.checkpoint = writer.path + CHECKPOINT_SUFFIX
+        try:
+            checkpoint = read_checkpoint(self.checkpoint)
+        except (OSError, ValueError) as error:
+            self.reporter.say("cannot read the checkpoint %s (%s): forwarding every log "
+                              "file from its start; the receiver may get events twice"
+                              % (self.checkpoint, getattr(error, "strerror", None) or error))
+            checkpoint = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0,
+                          "head_bytes": 0, "head": ""}
+        folder, base = os.path.split(writer.path)
+        older = []
+        for name in os.listdir(folder):
+            if name.startswith(base) and _ROTATED_NAME.match(name[len(base):]):
+                try:
+                    older.append(LogFile.open(os.path.join(folder, name)))
+                except OSError:   # gone since listdir, or not readable: not ours to send
+                    continue
+        fd, identity, end, written = writer.follow(self)
+        live = LogFile(fd, identity, writer.path)
+        # Oldest first: by last write, then by name (a coarse clock can give two rotated
+        # files one mtime, and pixel's stamps sort in time order).
+        older = sorted((log for log in older if log.identity != identity),
+                       key=lambda log: (log.mtime_ns(), log.name))
+        files = older + [live]
+        start = self._resume(checkpoint, files, end)
+        for log in files[:start]:
+            log.close()
+        with self._files_lock:   # files the writer opened since follow() come after these
+            self.files.extendleft(reversed(files[start:]))
+        self._counting = (files[start:], end, written)
+
+    def _resume(self, checkpoint, files, live_end):
+        """The index in `files` to start at, with that file's offset set."""
+        if checkpoint is None:
+            return len(files) - 1
+        for index, log in enumerate(files):
+            if log.identity == (checkpoint["device"], checkpoint["inode"]) and \
+                    log.head(checkpoint["head_bytes"]) == checkpoint.get("head"):
+                end = live_end if log is files[-1] else log.size()
+                log.offset = checkpoint["offset"]
+                if log.offset > end:   # lost in a power cut after it was sent, or cut
+                    self.reporter.say("%s is shorter than the checkpoint says (%d < %d "
+                                      "bytes): forwarding from its end" % (log.name, end,
+                                                                           log.offset))
+                    log.offset = end
+                return index
+        start = next(index for index, log in enumerate(files)
+                     if log is files[-1] or log.mtime_ns() >= checkpoint["mtime_ns"])
+        if checkpoint["device"] != -1:
+            self.reporter.say("the file the checkpoint names (%s, inode %d) is gone: "
+                              "forwarding from %s, the oldest file written since; the "
+                              "receiver may get events twice" % (
+                                  checkpoint.get("path"), checkpoint["inode"],
+                                  files[start].name))
+        return start
+
+    def add_files(self, paths, checkpoint):
+        """Relay the files at `paths`, in that order, once (backfill), resuming from the
+        checkpoint file `checkpoint`: files it lists as done are skipped."""
+        self.checkpoint = checkpoint
+        document = read_checkpoint(checkpoint) or {"device": -1, "inode": -1, "offset": 0,
+                                                   "head_bytes": 0}
+        self.done = [entry for entry in document.get("done", ()) if isinstance(entry, str)]
+        seen = set()
+        for path in paths:
+            log = LogFile.open(path)
+            key = "%d:%d" % log.identity
+            if key in self.done or log.identity in seen:
+                self.reporter.say("%s: already sent, skipped" % path)
+                log.close()
+                continue
+            seen.add(log.identity)
+            if log.identity == (document["device"], document["inode"]) and \
+                    log.head(document["head_bytes"]) == document.get("head"):
+                log.offset = document["offset"]
+            self.files.append(log)
+        self._counting = (list(self.files), None, 0)
+
+    def opened(self, fd, identity, path):
+        """Called by the followed LogWriter, under its lock, for each file it opens."""
+        with self._files_lock:
+            if any(log.identity == identity for log in self.files):
+                os.close(fd)   # reopened the file it had (SIGHUP): nothing new
+                return
+            self.files.append(LogFile(fd, identity, path))
+
+    def retains(self, path):
+        """Whether the file at `path` has lines not yet sent (LogWriter's --keep asks)."""
+        try:
+            status = os.stat(path)
+        except OSError:
+            return False
+        with self._files_lock:
+            return any(log.identity == (status.st_dev, status.st_ino) for log in self.files)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def start(self):
+        self.thread = threading.Thread(target=self._run_on_thread, name="pixel-forwarder",
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout=None):
+        """Ask the loop to stop, and wait up to `timeout` for it. A batch in flight is not
+        awaited: it is sent again after the restart, and the receiver dedupes it."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def close(self):
+        with self._files_lock:
+            while self.files:
+                self.files.popleft().close()
+        self.receiver.close()
+
+    def _run_on_thread(self):
+        while not self.stopping.is_set():
+            try:
+                self.run()
+            except Exception as error:   # a bug: say it, and start the loop again
+                trace = error.__traceback__
+                while trace.tb_next:
+                    trace = trace.tb_next
+                self.reporter.say("forwarder error: %s: %s (line %d); retrying in %d s" % (
+                    type(error).__name__, error, trace.tb_lineno, self.max_delay),
+                    key="forwarder error")
+                self.stopping.wait(self.max_delay)
+
+    def run(self):
+        """Forward until stop() (or, for a backfill, until every file is sent). True if it
+        ended with everything sent."""
+        self._count_backlog()
+        while not self.stopping.is_set():
+            batch = self._next_batch()
+            if batch is None:
+                if self.writer is None and not self.files:
+                    return True
+                self.stopping.wait(FORWARD_POLL)
+            elif batch:
+                log, key, items, read_at = batch
+                if not self._deliver(log, key, items):
+                    break
+                if read_at is not None and log.offset == items[-1].end:
+                    self._caught_up_at = read_at
+        return False
+
+    def _count_backlog(self):
+        """Count the lines not yet sent, once: those after the checkpoint when the loop
+        starts, then the writer's count of lines written keeps the figure current."""
+        if self._counting is None:
+            return
+        files, live_end, written = self._counting
+        lines = 0
+        for log in files:
+            offset = log.offset
+            end = live_end if log.archive is None and live_end is not None and \
+                log is files[-1] else None
+            while end is None or offset < end:
+                block = log.read(offset, MAX_WRITE_BYTES if end is None
+                                 else min(MAX_WRITE_BYTES, end - offset))
+                if not block:
+                    break
+                lines += block.count(b"\n")
+                offset += len(block)
+        self._backlog_start = (lines, written)
+        self._counting = None
+
+    def _next_batch(self):
+        """The next batch to send, as (file, writeKey, items, read_at): `read_at` is the
+        time of a read that the batch takes everything of. None if there is nothing to send
+        now; () if something was done without sending (a line refused here, a file
+        finished), so the caller looks again at once."""
+        with self._files_lock:
+            if not self.files:
+                return None
+            log, later = self.files[0], len(self.files) > 1
+        end = None if later or self.writer is None else self.writer.committed_end(log.identity)
+        size = log.size()
+        if size is not None and log.offset > size:
+            self.reporter.say("%s was cut shorter under the forwarder (copytruncate?): "
+                              "forwarding it from its start" % log.name)
+            log.offset = 0
+        if end is not None:   # after a truncate from outside, the writer's count is stale
+            end = min(end, size)
+        read_at = self.clock()
+        limit = FORWARD_READ if end is None else min(FORWARD_READ, end - log.offset)
+        data = log.read(log.offset, limit) if limit > 0 else b""
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            if len(data) == FORWARD_READ:   # a line longer than any batch: not an event
+                return self._refuse_oversized(log)
+            if end is None and (later or self.writer is None):   # this file is complete
+                if data:   # a last line with no newline: a torn write from long ago
+                    return self._refused(log, Item(b"", log.offset + len(data), data),
+                                         Rejected("forward_unreadable", "no newline"))
+                self._finished(log)
+                return ()
+            if not data:
+                self._caught_up_at = read_at
+            return None
+        items, key, size, offset = [], None, len(_BATCH_OPEN) + len(_BATCH_CLOSE) + 40, \
+            log.offset
+        for line in data[:cut - 1].split(b"\n"):
+            line_end = offset + len(line) + 1
+            try:
+                line_key, item = forward_item(line)
+                line_key = self.write_key or line_key
+                if line_key is None:
+                    raise Rejected("forward_unreadable", "no writeKey")
+                if len(item) + 64 > MAX_BATCH_BYTES:
+                    raise Rejected("forward_unreadable", "over 500 KB")
+            except Rejected as rejection:
+                if items:   # send what came before it first: the log's order is kept
+                    break
+                return self._refused(log, Item(b"", line_end, line), rejection)
+            if items and (line_key != key or len(items) == self.batch_events or
+                          size + len(item) + 1 > MAX_BATCH_BYTES):
+                break
+            key = line_key
+            items.append(Item(item, line_end, line))
+            size += len(item) + 1
+            offset = line_end
+        everything = end is not None and offset == end
+        return log, key, items, read_at if everything else None
+
+    def _finished(self, log):
+        """`log` is sent to its end: on to the next file. The checkpoint names that one
+        at once, so that it never names a file --keep may now delete."""
+        with self._files_lock:
+            self.files.popleft()
+            following = self.files[0] if self.files else None
+        if self.writer is None:
+            self.done.append("%d:%d" % log.identity)
+            self._save(log)
+        elif following is not None:
+            self._save(following)
+        log.close()
+
+    def _refuse_oversized(self, log):
+        """Skip a line longer than FORWARD_READ: read on to its newline, refuse its start."""
+        offset = log.offset + FORWARD_READ
+        while True:
+            block = log.read(offset, MAX_WRITE_BYTES)
+            newline = block.find(b"\n")
+            if newline >= 0 or not block:
+                end = offset + (newline + 1 if newline >= 0 else len(block))
+                break
+            offset += len(block)
+        return self._refused(log, Item(b"", end, log.read(log.offset, MAX_REJECT_RAW)),
+                             Rejected("forward_unreadable", "a line of %d bytes"
+                                      % (end - log.offset)))
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _deliver(self, log, key, items):
+        """Send `items` until the receiver takes them, splitting the batch on a 400 to find
+        the events it refuses. False if stop() came first."""
+        status, answer = self._post(key, items)
+        if status is None:
+            return False
+        if 200 <= status < 300:
+            self._acknowledge(log, items, sent=True)
+            return True
+        if len(items) == 1:
+            return self._refuse(log, items[0], Rejected(
+                "forward_rejected", "%d from %s: %s" % (status, self.receiver.url,
+                                                         answer[:1024])))
+        middle = len(items) // 2
+        return self._deliver(log, key, items[:middle]) and \
+            self._deliver(log, key, items[middle:])
+
+    def _post(self, key, items):
+        """(status, answer) once the receiver answers 2xx, 400, 413 or 422; (None, None) if
+        stop() came first. Anything else is retried after a wait."""
+        body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
+            format_time(self.clock()).encode("ascii")
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        body = compressor.compress(body) + compressor.flush()
+        while not self.stopping.is_set():
+            delay = None
+            try:
+                status, headers, answer = self.receiver.post(key, body)
+            except (OSError, http.client.HTTPException) as error:
+                problem = "%s: %s" % (type(error).__name__, error)
+            else:
+                if 200 <= status < 300 or status in _REFUSED_STATUSES:
+                    self._answered()
+                    return status, answer
+                problem = "%d %s" % (status, " ".join(answer[:200].split()))
+                if status in _KEY_STATUSES:
+                    if self.writer is None:   # a backfill stops: the key is wrong
+                        self.key_refused = "%s refused writeKey %s: %s" % (
+                            self.receiver.url, key, problem)
+                        self.stopping.set()
+                        break
+                    delay = self.max_delay
+                    if self.paused_key != key:
+                        self.paused_key = key
+                        self.reporter.say(
+                            "forwarding to %s is PAUSED: it refused writeKey %s (%s). Check "
+                            "--forward-write-key or the receiver's keys; nothing is dropped, "
+                            "retrying every %d s" % (self.receiver.url, key, problem,
+                                                     self.max_delay))
+                elif status == 429:
+                    delay = retry_after(headers.get("retry-after"), self.clock())
+            self._failing += 1
+            self.failed_attempts += 1
+            if delay is None:
+                delay = backoff_delay(self._failing, self.first_delay, self.max_delay)
+            self.last_error, self.backoff = problem, delay
+            self.reporter.say("forwarding to %s: %s; %d failed attempt(s) in a row, next in "
+                              "%.1f s" % (self.receiver.url, problem, self._failing, delay),
+                              key="forward")
+            self.stopping.wait(delay)
+        return None, None
+
+    def _answered(self):
+        if self._failing:
+            self.reporter.say("forwarding to %s again, after %d failed attempt(s)"
+                              % (self.receiver.url, self._failing))
+        self._failing, self.backoff, self.paused_key = 0, 0.0, None
+
+    def _acknowledge(self, log, items, sent):
+        log.offset = items[-1].end
+        self._lines_done += len(items)
+        if sent:
+            self.sent += len(items)
+            self.last_success = self.clock()
+        self._save(log)
+
+    def _refused(self, log, item, rejection):
+        """_refuse, as _next_batch answers: () to look again at once, None to stop."""
+        return () if self._refuse(log, item, rejection) else None
+
+    def _refuse(self, log, item, rejection):
+        """Write `item` to the rejects log with `rejection`, then move past it. False if
+        stop() came while the rejects log could not be written: a line is tried again
+        until it is written, never skipped."""
+        record = {"reason": rejection.reason, "detail": rejection.detail}
+        try:
+            record["event"] = json.loads(item.line)
+        except ValueError:
+            record["line"] = item.line[:MAX_REJECT_RAW].decode("utf-8", "replace")
+        record["receivedAt"] = format_time(self.clock())
+        try:
+            line = (_encode(record) + "\n").encode("ascii")
+        except ValueError:   # a number out of range in the event: quote the line instead
+            del record["event"]
+            record["line"] = item.line[:MAX_REJECT_RAW].decode("utf-8", "replace")
+            line = (_encode(record) + "\n").encode("ascii")
+        failures = 0
+        while not self.rejects.write([line]):
+            failures += 1
+            if self.stopping.wait(backoff_delay(failures, self.first_delay, self.max_delay)):
+                return False
+        self.refused += 1
+        self._acknowledge(log, [item], sent=False)
+        return True
+
+    def _save(self, log):
+        """Write the checkpoint: `log` and the offset its unsent lines start at."""
+        head_bytes = min(log.offset, 4096)
+        document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
+                    "offset": log.offset, "head_bytes": head_bytes,
+                    "head": log.head(head_bytes), "updated": format_time(self.clock()),
+                    "target": self.receiver.url}
+        try:
+            document["mtime_ns"] = log.mtime_ns()
+            if self.writer is None:
+                document["done"] = self.done
+            write_checkpoint(self.checkpoint, document)
+        except OSError as error:
+            self.reporter.say("cannot write the checkpoint %s: %s; forwarding goes on, and "
+                              "after a restart the receiver may get events twice" % (
+                                  self.checkpoint, error.strerror or error),
+                              key="checkpoint")
+
+    # -- what /health shows ---------------------------------------------------------------
+
+    def backlog(self):
+        """(lines, bytes, files) not yet sent."""
+        size = 0
+        with self._files_lock:
+            files = list(self.files)
+        for log in files:
+            end = self.writer.committed_end(log.identity) if self.writer else None
+            if end is None:
+                end = log.size() or 0
+            size += max(0, end - log.offset)
+        files = len(files) - 1 if self.writer is not None else len(files)   # not the live one
+        if self._backlog_start is None:
+            return None, size, files
+        unsent, written = self._backlog_start
+        lines = unsent - self._lines_done + (self.writer.written - written if self.writer else 0)
+        return max(0, lines), size, files
+
+    def oldest_unsent(self):
+        """The receivedAt of the first line not yet sent, as a clock time; None if there is
+        none, or it has none."""
+        with self._files_lock:
+            log = self.files[0] if self.files else None
+        if log is None:
+            return None
+        line = log.read(log.offset, MAX_EVENT_LINE).partition(b"\n")[0]
+        try:
+            received = json.loads(line).get("receivedAt")
+            return parse_time(received)
+        except (ValueError, AttributeError, TypeError):
+            return None
+
+    def status(self):
+        """The forwarder's part of /health."""
+        lines, size, files = self.backlog()
+        now = self.clock()
+        age = 0.0
+        if lines or size:
+            oldest = self.oldest_unsent()
+            age = max(0.0, now - (oldest if oldest is not None else self._caught_up_at))
+        return {"target": self.receiver.url, "sent": self.sent, "refused": self.refused,
+                "lines_behind": lines, "bytes_behind": size, "files_behind": files,
+                "backlog_seconds": round(age, 3),
+                "last_success": None if self.last_success is None
+                else format_time(self.last_success),
+                "failed_attempts": self.failed_attempts, "backoff": round(self.backoff, 3),
+                "last_error": self.last_error, "paused_write_key": self.paused_key,
+                "degraded": self.paused_key is not None or age > self.alert}
+
+
+_BATCH_OPEN = b'{"batch":['
+_BATCH_CLOSE = b'],"sentAt":"%s"}'
+
+
+def backoff_delay(failures, first=BACKOFF_FIRST, maximum=BACKOFF_MAX):
+    """Seconds to wait after `failures` failed attempts in a row: 1, 2, 4 ... up to 60,
+    each with up to half again of random jitter, so that forwarders that failed together
+    do not all retry together."""
+    base = min(maximum, first * 2 ** min(failures - 1, 16))
+    return min(maximum, base * (1 + random.random() / 2))
+
+
+def retry_after(value, now):
+    """Seconds to wait for a Retry-After header (seconds, or an HTTP date), at most
+    MAX_RETRY_AFTER; None if it is missing or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
 
 
 # --------------------------------------------------------------------------------------------
@@ -2339,6 +3171,18 @@ def raise_file_limit(needed):
     return soft
 
 
+def release_free_memory():
+    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim). Compiling
+    this file leaves the compiler's scratch memory freed but held by malloc, about 4 MiB of
+    RSS when there is no __pycache__ to load instead. Without glibc, nothing is done."""
+    try:
+        import ctypes   # here, not at the top: only serve() needs it, once
+        trim = ctypes.CDLL(None).malloc_trim
+    except (ImportError, OSError, AttributeError):
+        return
+    trim(0)
+
+
 def pin_cpu(choice):
     """Pin this process (and every thread it starts later) to one CPU; return which, or None.
 
@@ -2375,6 +3219,35 @@ def _origin_pattern(text):
         return text.lower()
     raise argparse.ArgumentTypeError("not an origin (https://shop.example.com) or a pattern "
                                      "(*.example.com): %r" % text)
+
+
+def _forward_url(text):
+    text = text.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(text)
+    try:
+        parts.port   # a port that is not a number raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
+            parts.query or parts.fragment or parts.username or parts.password or \
+            not text.isascii():
+        raise argparse.ArgumentTypeError("not an http(s) URL with no query or credentials: "
+                                         "%r (try https://api.segment.io)" % text)
+    return text
+
+
+def _batch_size(text):
+    value = int(text)
+    if not 1 <= value <= MAX_BATCH_ITEMS:
+        raise argparse.ArgumentTypeError("must be between 1 and %d: %r"
+                                         % (MAX_BATCH_ITEMS, text))
+    return value
+
+
+def _readable_file(text):
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError("not a readable file: %r" % text)
+    return text
 
 
 def _network(text):
@@ -2465,6 +3338,22 @@ def build_parser(environ):
     option("--idle-timeout", "PIXEL_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT,
            "seconds a kept-alive connection may wait for its next request", _seconds,
            metavar="S")
+    option("--forward", "PIXEL_FORWARD", None, "relay the events log, at least once and in "
+           "order, to this Segment-compatible API (https://api.segment.io, a RudderStack or "
+           "Jitsu URL, another pixel); batches go to URL/v1/batch", _forward_url,
+           metavar="URL")
+    option("--forward-write-key", "PIXEL_FORWARD_WRITE_KEY", None, "forward every event "
+           "under this writeKey, instead of each under its own", _nonempty, metavar="KEY")
+    option("--forward-batch", "PIXEL_FORWARD_BATCH", DEFAULT_FORWARD_BATCH, "events per "
+           "forwarded batch; a batch is also at most 500 KB", _batch_size, metavar="N")
+    option("--forward-ca", "PIXEL_FORWARD_CA", None, "a CA bundle (PEM) to trust for "
+           "--forward, besides the system's: for a receiver with a private CA",
+           _readable_file, metavar="FILE")
+    option("--forward-timeout", "PIXEL_FORWARD_TIMEOUT", DEFAULT_FORWARD_TIMEOUT, "seconds "
+           "the receiver has to connect and to answer; then the batch is retried", _seconds,
+           metavar="S")
+    option("--forward-alert", "PIXEL_FORWARD_ALERT", DEFAULT_FORWARD_ALERT, "seconds of "
+           "unsent backlog after which /health says degraded", _seconds, metavar="S")
     option("--cpu", "PIXEL_CPU", "auto", "pin the process to one CPU: auto (the last one it may "
            "use), none, or a CPU number. Python runs one thread at a time; keeping all of them "
            "on one core makes handing over between them much cheaper", _cpu, metavar="CPU")
@@ -2494,15 +3383,21 @@ class StartupError(Exception):
 
 
 def main(argv=None, environ=None):
-    """Run the server until SIGTERM or SIGINT; return the exit status."""
+    """Run the server until SIGTERM or SIGINT, or `pixel.py forward ...` (forward_files)
+    to its end; return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["forward"]:
+        return forward_files(argv[1:])
     args = parse_args(argv, environ)
     reporter = Reporter()
     writers = []
+    forwarder = None
     try:
         for path in (args.log, args.rejects):
             try:
                 writers.append(LogWriter(path, max_bytes=args.max_bytes, keep=args.keep,
-                                         reporter=reporter))
+                                         reporter=reporter,
+                                         readable=bool(args.forward) and not writers))
             except OSError as error:
                 raise StartupError("cannot open %s: %s" % (error.filename or path,
                                                            error.strerror or error)) from None
@@ -2514,13 +3409,111 @@ def main(argv=None, environ=None):
                             allow_origins=args.allow_origin, dedupe_window=args.dedupe_window,
                             public_url=args.public_url, reporter=reporter)
         recorder.record_torn_tails()
+        recorder.remember_logged()
+        if args.forward:
+            forwarder = recorder.forwarder = start_forwarder(args, *writers, reporter)
         return serve(args, recorder, reporter)
     except StartupError as error:
         reporter.say(str(error))
         return 1
     finally:
+        if forwarder is not None:
+            forwarder.stop(1.0)
+            forwarder.close()
         for writer in writers:
             writer.close()
+
+
+def start_forwarder(args, events, rejects, reporter):
+    """The Forwarder of --forward, following the events log from its checkpoint."""
+    try:
+        receiver = Receiver(args.forward, cafile=args.forward_ca,
+                            timeout=args.forward_timeout)
+    except OSError as error:   # ssl.SSLError: a CA file that is not PEM certificates
+        raise StartupError("cannot use --forward-ca %s: %s" % (args.forward_ca,
+                                                               error)) from None
+    forwarder = Forwarder(receiver, rejects, write_key=args.forward_write_key,
+                          batch_events=args.forward_batch, alert=args.forward_alert,
+                          reporter=reporter)
+    try:
+        forwarder.follow(events)
+    except OSError as error:
+        forwarder.close()
+        raise StartupError("cannot forward %s: %s" % (error.filename or events.path,
+                                                      error.strerror or error)) from None
+    return forwarder
+
+
+def build_forward_parser():
+    parser = argparse.ArgumentParser(
+        prog="pixel.py forward",
+        description="Send pixel log files (rotated ones, or gzipped archives) to a "
+                    "Segment-compatible API once, in order, and exit. A checkpoint records "
+                    "what the receiver took: run the same command again after an "
+                    "interruption and it goes on from there, skipping files already sent.")
+    parser.add_argument("--to", required=True, type=_forward_url, metavar="URL",
+                        help="the API's base URL; batches go to URL/v1/batch")
+    parser.add_argument("--write-key", type=_nonempty, metavar="KEY",
+                        help="send every event under this writeKey, not its own")
+    parser.add_argument("--batch", type=_batch_size, default=DEFAULT_FORWARD_BATCH,
+                        metavar="N", help="events per batch (default: %(default)s)")
+    parser.add_argument("--ca", type=_readable_file, metavar="FILE",
+                        help="a CA bundle to trust besides the system's")
+    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_FORWARD_TIMEOUT,
+                        metavar="S", help="seconds the receiver has to answer "
+                                          "(default: %(default)s)")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="the checkpoint file (default: <first FILE>.backfill)")
+    parser.add_argument("--rejects", metavar="PATH", help="where refused events go "
+                        "(default: %s beside the first FILE)" % DEFAULT_REJECTS_NAME)
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    return parser
+
+
+def forward_files(argv=None):
+    """`pixel.py forward`: send log files once; 0 once all is sent, 1 if it stopped first
+    (a signal, a refused writeKey, a file it cannot read)."""
+    args = build_forward_parser().parse_args(argv)
+    reporter = Reporter()
+    checkpoint = args.checkpoint or args.files[0] + ".backfill"
+    rejects_path = args.rejects or os.path.join(
+        os.path.dirname(os.path.abspath(args.files[0])), DEFAULT_REJECTS_NAME)
+    try:
+        receiver = Receiver(args.to, cafile=args.ca, timeout=args.timeout)
+        rejects = LogWriter(rejects_path, reporter=reporter)
+    except OSError as error:
+        reporter.say("cannot start: %s" % error)
+        return 1
+    forwarder = Forwarder(receiver, rejects, write_key=args.write_key,
+                          batch_events=args.batch, reporter=reporter)
+    try:
+        try:
+            forwarder.add_files(args.files, checkpoint)
+        except (OSError, ValueError) as error:
+            reporter.say("cannot read %s: %s" % (getattr(error, "filename", None) or
+                                                 checkpoint, error))
+            return 1
+
+        def stop(signum, frame):
+            forwarder.stopping.set()
+
+        previous = {signum: signal.signal(signum, stop)
+                    for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            complete = forwarder.run()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    finally:
+        forwarder.close()
+        rejects.close()
+    print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s" % (
+        forwarder.sent, args.to, forwarder.refused, rejects_path,
+        "" if complete else "; stopped before the end: run the same command again to go on"),
+        flush=True)
+    if forwarder.key_refused:
+        reporter.say(forwarder.key_refused)
+    return 0 if complete else 1
 
 
 def serve(args, recorder, reporter):
@@ -2574,11 +3567,14 @@ def serve(args, recorder, reporter):
             if signum is not None:
                 previous[signum] = signal.signal(signum, handler)
 
+    release_free_memory()
     host, port = server.server_address[:2]
     shown = "[%s]" % host if ":" in host else host
     print("pixel %s listening on http://%s:%d/ writing events to %s and rejects to %s%s"
           % (__version__, shown, port, recorder.events.path, recorder.rejects.path,
              "" if pinned is None else " (on CPU %d)" % pinned), flush=True)
+    if recorder.forwarder is not None:
+        recorder.forwarder.start()
     try:
         server.serve_forever()
     finally:
@@ -2591,5 +3587,30 @@ def serve(args, recorder, reporter):
     return 0
 
 
+def run_imported(path):
+    """Run main() from this file imported as the module `pixel`, in this same process (its
+    image replaced by a fresh interpreter; the pid, arguments and interpreter flags kept).
+
+    Run as a script, a file's whole syntax tree stays in memory until the script's code
+    returns (CPython's pyrun_file frees its arena only after run_mod), and for a server
+    that is never: about 2.4 KB a line, 8 MiB of RSS for this file. Imported, it is
+    compiled (or read from __pycache__) and the tree freed at once. Costs one interpreter
+    start-up, about 20 ms. Where exec is not POSIX's, main() runs here instead."""
+    import subprocess   # only for the interpreter's flags (-S, -I, -X ...) to pass on
+    code = ("import importlib.util, sys\n"
+            "spec = importlib.util.spec_from_file_location('pixel', %r)\n"
+            "module = sys.modules['pixel'] = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(module)\n"
+            "raise SystemExit(module.main())" % path)
+    if os.name == "posix" and sys.executable:
+        flags = getattr(subprocess, "_args_from_interpreter_flags", list)()
+        try:
+            os.execv(sys.executable, [sys.executable] + flags + ["-c", code] + sys.argv[1:])
+        except OSError as error:   # an interpreter that cannot be found again: run here
+            print("pixel: cannot exec %s (%s); running in place" % (
+                sys.executable, error.strerror or error), file=sys.stderr)
+    return main()
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_imported(os.path.abspath(__file__)))

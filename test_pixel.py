@@ -842,6 +842,100 @@ class CommandLine(unittest.TestCase):
         self.assertEqual(len(re.findall(r"\[PIXEL_[A-Z_]+", stdout.getvalue())), len(flags))
 
 
+FORWARD_ITEM_CASES = [
+    # name, log line, (writeKey, the event the receiver gets)
+    ("key in the middle", b'{"type":"track","writeKey":"K","event":"e"}',
+     ("K", {"type": "track", "event": "e"})),
+    ("key first", b'{"writeKey":"K","type":"track"}', ("K", {"type": "track"})),
+    ("key last", b'{"type":"track","writeKey":"K"}', ("K", {"type": "track"})),
+    ("key alone", b'{"writeKey":"K"}', ("K", {})),
+    ("a nested writeKey too", b'{"writeKey":"K","properties":{"writeKey":"P"}}',
+     ("K", {"properties": {"writeKey": "P"}})),
+    ("only a nested one", b'{"type":"t","properties":{"writeKey":"P"}}',
+     (None, {"type": "t", "properties": {"writeKey": "P"}})),
+    ("an escaped key", b'{"writeKey":"a\\"b","x":1}', ('a"b', {"x": 1})),
+    ("a non-ASCII key", b'{"writeKey":"\\u00e9","x":1}', ("\u00e9", {"x": 1})),
+    ("the text in a value", b'{"writeKey":"K","p":"\\"writeKey\\":\\"X\\""}',
+     ("K", {"p": '"writeKey":"X"'})),
+    ("a key that is not a string", b'{"writeKey":5,"x":1}', (None, {"x": 1})),
+    ("spaced JSON", b'{"writeKey": "K", "x": 1}', ("K", {"x": 1})),
+    ("not JSON", b'{"writeKey":"K"', "forward_unreadable"),
+    ("garbage", b"\xff\xfe", "forward_unreadable"),
+    ("an array", b'[{"writeKey":"K"}]', "forward_unreadable"),
+    ("a number out of range", b'{"x":1e400}', "forward_unreadable"),
+]
+
+
+class ForwardItems(unittest.TestCase):
+    """A log line becomes a batch item: its writeKey cut out (it travels as Basic auth),
+    by a fast path for pixel's own lines and json for anything else."""
+
+    def test_cases(self):
+        for name, line, expected in FORWARD_ITEM_CASES:
+            with self.subTest(name):
+                if isinstance(expected, str):
+                    with self.assertRaises(pixel.Rejected) as caught:
+                        pixel.forward_item(line)
+                    self.assertEqual(caught.exception.reason, expected)
+                    continue
+                key, item = pixel.forward_item(line)
+                self.assertEqual((key, json.loads(item)), expected)
+
+    def test_every_line_pixel_writes_round_trips(self):
+        for case, payload in enumerate([DOCS_PAYLOAD, {"writeKey": "k", "userId": 7,
+                                                       "event": "\u00e9\U0001f600",
+                                                       "properties": {"writeKey": "x"}},
+                                        {"userId": "u", "event": "e", "writeKey": "k2"}]):
+            with self.subTest(case):
+                event = pixel.build_event("track", payload, received_at=T0, ip="192.0.2.1")
+                key, item = pixel.forward_item(pixel.encode_line(event)[:-1])
+                expected = dict(event)
+                self.assertEqual(key, expected.pop("writeKey"))
+                self.assertEqual(json.loads(item), expected)
+
+    def test_logged_message_ids(self):
+        cases = [(b'{"messageId":"m1","x":1}', "m1"),
+                 (b'{"properties":{"messageId":"p"},"messageId":"m2"}', "m2"),
+                 (b'{"messageId":"a\\"b"}', 'a"b'), (b"not json", None), (b"[1]", None),
+                 (b'{"messageId":5}', None), (b'{"properties":{"messageId":"p"}}', None)]
+        for line, expected in cases:
+            with self.subTest(line):
+                self.assertEqual(pixel.logged_message_id(line), expected)
+
+
+class ForwardPolicy(unittest.TestCase):
+    def test_backoff_doubles_to_its_cap_with_jitter(self):
+        for failures, low, high in ((1, 1, 1.5), (2, 2, 3), (3, 4, 6), (6, 32, 48),
+                                    (7, 60, 60), (500, 60, 60)):
+            for _ in range(50):
+                self.assertTrue(low <= pixel.backoff_delay(failures) <= high, failures)
+
+    def test_retry_after(self):
+        now = 1795000000.0
+        for value, expected in (("3", 3.0), (" 0 ", 0.0), ("86400", pixel.MAX_RETRY_AFTER),
+                                ("Wed, 18 Nov 2026 11:06:50 GMT", 10.0),
+                                ("Wed, 18 Nov 2026 11:06:30 GMT", 0.0),
+                                ("-1", None), ("soon", None), ("", None), (None, None),
+                                ("\u0663", None), ("Wed, 18 Nov 2026 11:06:50", None)):
+            with self.subTest(value):
+                self.assertEqual(pixel.retry_after(value, now), expected)
+
+    def test_a_checkpoint_is_replaced_whole_and_garbage_is_refused(self):
+        folder = temp_dir(self)
+        path = os.path.join(folder, "events.jsonl.forward")
+        self.assertIsNone(pixel.read_checkpoint(path))
+        document = {"device": 1, "inode": 2, "offset": 3, "mtime_ns": 4, "head_bytes": 3,
+                    "head": "0", "path": "x"}
+        pixel.write_checkpoint(path, document)
+        self.assertEqual(pixel.read_checkpoint(path), document)
+        self.assertEqual(os.listdir(folder), ["events.jsonl.forward"])
+        for garbage in (b"", b"{", b"[]", b'{"device": "1"}', b'{"device": true}'):
+            with open(path, "wb") as handle:
+                handle.write(garbage)
+            with self.assertRaises(ValueError):
+                pixel.read_checkpoint(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Layer 2: the Recorder and the LogWriter on real files, with no socket
 
@@ -1016,6 +1110,42 @@ class Dedupe(RecorderCase):
                                  request(method="POST", path="/v1/track", body=body))
         self.assertEqual(answer.status, 503)
         self.assertNotIn("retry-me", recorder.recent)
+
+
+class DedupeAfterRestart(RecorderCase):
+    """A new Recorder over an old log refills its dedupe window from the log's end."""
+
+    def test_the_window_is_filled_from_the_log_tail(self):
+        self.recorder.events.write([log_event(number) for number in range(100)])
+        self.recorder.rejects.write([b"{}\n"])
+        restarted = pixel.Recorder(self.recorder.events, self.recorder.rejects,
+                                   dedupe_window=10, clock=lambda: T0)
+        self.assertEqual(restarted.remember_logged(), 10)
+        self.assertEqual(list(restarted.recent._ids),
+                         ["m%d" % number for number in range(90, 100)])
+        body = json.dumps({"batch": [{"type": "track", "writeKey": "K", "userId": "u",
+                                      "event": "e", "messageId": "m%d" % number}
+                                     for number in (89, 99)]}).encode()
+        answer = restarted.answer(pixel.ROUTES["/v1/batch"], request(
+            "POST", "/v1/batch", body=body, headers={"content-type": "application/json"}))
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(restarted.deduped, 1)
+        self.assertEqual(self.lines()[-1]["messageId"], "m89")
+
+    def test_reading_is_bounded_and_spans_rotated_files(self):
+        writer = pixel.LogWriter(os.path.join(self.dir, "r.jsonl"), max_bytes=1000)
+        self.addCleanup(writer.close)
+        writer.write([log_event(number) for number in range(30)])
+        self.assertGreater(len(writer.rotated_files()), 3)
+        paths = [writer.path] + writer.rotated_files()[::-1]
+        self.assertEqual(pixel.logged_message_ids(paths, 25),
+                         ["m%d" % number for number in range(5, 30)])
+        line = len(log_event(0))
+        # A line the budget cuts is not read: it could be any line's end.
+        self.assertEqual(pixel.logged_message_ids(paths, 25, max_bytes=line * 3),
+                         ["m28", "m29"])
+        self.assertEqual(pixel.logged_message_ids(paths, 25, max_bytes=line * 3 + 1),
+                         ["m27", "m28", "m29"])
 
 
 class RecorderBehindAProxy(RecorderCase):
@@ -2750,6 +2880,443 @@ class MainInAThread(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------------------------------
+# The forwarder, in this process, against receivers on real sockets
+
+
+class FakeReceiver:
+    """A Segment-compatible receiver on a thread: it records every batch posted to it, and
+    answers as `respond(receiver, user, events)` says: (status, headers, body); a status of
+    None hangs up without answering. `taken` holds the events of the batches it answered
+    2xx, in order."""
+
+    def __init__(self, test, respond=None, context=None):
+        self.respond = respond or (lambda receiver, user, events: (200, {}, b'{"success":true}'))
+        self.posts = []       # (path, user, events, headers) of every request, answered or not
+        self.taken = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                document = json.loads(body)
+                scheme, _, credential = self.headers.get("Authorization", "").partition(" ")
+                user = base64.b64decode(credential).decode().partition(":")[0] \
+                    if scheme == "Basic" else None
+                with receiver.lock:
+                    receiver.posts.append((self.path, user, document, dict(self.headers)))
+                status, headers, answer = receiver.respond(receiver, user, document["batch"])
+                if status is None:
+                    self.close_connection = True
+                    return
+                self.send_response(status)
+                for name, value in headers.items():
+                    if name == "then-close":   # close after answering, without saying so
+                        self.close_connection = True
+                    else:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+                if 200 <= status < 300:
+                    with receiver.lock:
+                        receiver.taken.extend(document["batch"])
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass   # a forwarder that gave up on an answer: BrokenPipeError here
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if context is not None:
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        test.addCleanup(self.server.server_close)
+        test.addCleanup(self.server.shutdown)
+        self.port = self.server.server_address[1]
+        self.url = "%s://127.0.0.1:%d" % ("https" if context else "http", self.port)
+
+    def ids(self):
+        with self.lock:
+            return [event["messageId"] for event in self.taken]
+
+
+def log_event(number, key="K", **fields):
+    """A log line as pixel writes it, with messageId m<number>."""
+    payload = dict({"writeKey": key, "userId": "u", "event": "e", "messageId": "m%d" % number},
+                   **fields)
+    return pixel.encode_line(pixel.build_event("track", payload, received_at=T0 + number))
+
+
+class ForwardingCase(unittest.TestCase):
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-forward-")
+        self.stderr = io.StringIO()
+        self.reporter = pixel.Reporter(self.stderr)
+
+    def writer(self, **options):
+        writer = pixel.LogWriter(os.path.join(self.dir, "events.jsonl"), readable=True,
+                                 reporter=self.reporter, **options)
+        self.addCleanup(writer.close)
+        return writer
+
+    def forwarder(self, url, writer, start=True, timeout=2, **options):
+        options.setdefault("backoff", (0.05, 0.4))
+        rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"))
+        self.addCleanup(rejects.close)
+        forwarder = pixel.Forwarder(pixel.Receiver(url, timeout=timeout), rejects,
+                                    reporter=self.reporter, **options)
+        forwarder.follow(writer)
+        self.addCleanup(forwarder.close)
+        self.addCleanup(forwarder.stop, 5)
+        if start:
+            forwarder.start()
+        return forwarder
+
+    def rejects(self):
+        with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+            return [json.loads(line) for line in handle]
+
+    def write(self, writer, numbers, **fields):
+        self.assertTrue(writer.write([log_event(number, **fields) for number in numbers]))
+
+
+class Forwarding(ForwardingCase):
+    def test_batches_in_order_one_key_each_gzipped_with_basic_auth(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        self.write(writer, range(0, 5), key="A")
+        self.write(writer, range(5, 8), key="B")
+        self.write(writer, range(8, 260), key="A")
+        forwarder = self.forwarder(receiver.url + "/prefix", writer, batch_events=100)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 260))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(260)])
+        sizes = [(path, user, len(document["batch"])) for path, user, document, _ in
+                 receiver.posts]
+        self.assertEqual(sizes, [("/prefix/v1/batch", "A", 5), ("/prefix/v1/batch", "B", 3)] +
+                         [("/prefix/v1/batch", "A", size) for size in (100, 100, 52)])
+        for _, _, document, headers in receiver.posts:
+            self.assertEqual(headers["Content-Encoding"], "gzip")
+            self.assertTrue(pixel.parse_time(document["sentAt"]))
+            self.assertTrue(all("writeKey" not in event for event in document["batch"]))
+        wait_until(lambda: forwarder.status()["lines_behind"] == 0)
+        status = forwarder.status()
+        self.assertEqual((status["sent"], status["lines_behind"], status["bytes_behind"],
+                          status["degraded"]), (260, 0, 0, False))
+        self.assertTrue(wait_until(lambda: pixel.read_checkpoint(
+            writer.path + ".forward")["offset"] == os.path.getsize(writer.path)))
+
+    def test_one_write_key_for_all_and_500_kb_batches(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        self.write(writer, range(40), key="A", properties={"pad": "x" * 30000})
+        self.forwarder(receiver.url, writer, write_key="ALL", batch_events=100)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 40))
+        for _, user, document, headers in receiver.posts:
+            self.assertEqual(user, "ALL")
+            self.assertLessEqual(len(json.dumps(document, separators=(",", ":"))),
+                                 pixel.MAX_BATCH_BYTES)
+        self.assertGreater(len(receiver.posts), 2)
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(40)])
+
+    def test_a_400_is_split_until_the_poisoned_events_are_alone(self):
+        def respond(receiver, user, events):
+            if any(event["properties"].get("poison") for event in events):
+                return 400, {}, b'{"error":"poison inside"}'
+            return 200, {}, b"{}"
+
+        receiver = FakeReceiver(self, respond)
+        writer = self.writer()
+        poisoned = {17, 64}
+        forwarder = self.forwarder(receiver.url, writer, start=False)
+        for number in range(100):
+            self.write(writer, [number], properties={"poison": number in poisoned})
+        forwarder.start()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(100)
+                                          if number not in poisoned])
+        rejects = self.rejects()
+        self.assertEqual([(line["reason"], line["event"]["messageId"]) for line in rejects],
+                         [("forward_rejected", "m17"), ("forward_rejected", "m64")])
+        self.assertIn("400 from %s: " % receiver.url, rejects[0]["detail"])
+        self.assertIn("poison inside", rejects[0]["detail"])
+        self.assertEqual(rejects[0]["event"]["writeKey"], "K")   # the line, whole
+        self.assertEqual((forwarder.sent, forwarder.refused), (98, 2))
+        # One batch, then two halves per level down to each poisoned event: 2 x 2 x 7.
+        self.assertLessEqual(len(receiver.posts), 1 + 2 * 2 * 7)
+
+    def test_5xx_refused_connections_and_timeouts_are_retried_with_backoff(self):
+        answers = iter([(500, {}, b"down"), ("hang", {}, b""), (503, {}, b"x" * 1000000),
+                        (None, {}, b"")])
+
+        def respond(receiver, user, events):
+            status, headers, body = next(answers, (200, {}, b"{}"))
+            if status == "hang":
+                time.sleep(1.5)
+                return 200, {}, b"{}"   # too late: the forwarder gave up at 0.5 s
+            return status, headers, body
+
+        receiver = FakeReceiver(self, respond)
+        writer = self.writer()
+        self.write(writer, range(10))
+        forwarder = self.forwarder(receiver.url, writer, timeout=0.5)
+        self.assertTrue(wait_until(lambda: forwarder.sent == 10, timeout=20))
+        # The batch the hung answer took is in the receiver twice: at least once.
+        self.assertEqual(set(receiver.ids()), {"m%d" % number for number in range(10)})
+        self.assertEqual(forwarder.failed_attempts, 4)
+        self.assertEqual(len(receiver.posts), 5)
+        self.assertEqual(forwarder.status()["backoff"], 0)
+        self.assertRegex(self.stderr.getvalue(), r"forwarding to http://127.0.0.1:\d+: 500 down; "
+                                                 r"1 failed attempt\(s\) in a row")
+        self.assertIn("again, after 4 failed attempt(s)", self.stderr.getvalue())
+
+    def test_429_waits_for_retry_after(self):
+        times = []
+
+        def respond(receiver, user, events):
+            times.append(time.monotonic())
+            if len(times) == 1:
+                return 429, {"Retry-After": "1"}, b"slow down"
+            return 200, {}, b"{}"
+
+        receiver = FakeReceiver(self, respond)
+        writer = self.writer()
+        self.write(writer, range(3))
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forwarder.sent == 3))
+        self.assertGreaterEqual(times[1] - times[0], 0.95)   # not the 0.05 s backoff
+
+    def test_401_pauses_says_so_loudly_and_resumes_when_the_key_works(self):
+        allowed = set()
+
+        def respond(receiver, user, events):
+            return (200, {}, b"{}") if user in allowed else (401, {}, b"bad key")
+
+        receiver = FakeReceiver(self, respond)
+        writer = self.writer()
+        self.write(writer, range(5))
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forwarder.paused_key == "K"))
+        status = forwarder.status()
+        self.assertTrue(status["degraded"])
+        self.assertEqual((status["paused_write_key"], status["lines_behind"]), ("K", 5))
+        self.assertIn("is PAUSED: it refused writeKey K (401 bad key)", self.stderr.getvalue())
+        allowed.add("K")
+        self.assertTrue(wait_until(lambda: forwarder.sent == 5))
+        self.assertIsNone(forwarder.status()["paused_write_key"])
+        self.assertEqual(self.rejects(), [])
+
+    def test_kept_alive_connections_closed_by_the_receiver_cost_no_retry(self):
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            200, {"then-close": "1"} if len(receiver.posts) % 2 else {}, b"{}"))
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer)
+        for number in range(6):
+            self.write(writer, [number])
+            self.assertTrue(wait_until(lambda: forwarder.sent == number + 1))
+        self.assertEqual(forwarder.failed_attempts, 0)
+        self.assertEqual(len(receiver.posts), 6)
+
+    def test_redirects_and_garbage_are_retried_never_followed(self):
+        answers = iter([(302, {"Location": "http://elsewhere.invalid/"}, b""),
+                        (404, {}, b"no such path")])
+        receiver = FakeReceiver(self, lambda receiver, user, events: next(
+            answers, (200, {}, b"{}")))
+        writer = self.writer()
+        self.write(writer, range(2))
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forwarder.sent == 2))
+        self.assertEqual(forwarder.failed_attempts, 2)
+        self.assertEqual(len(receiver.taken), 2)
+
+    def test_lines_it_cannot_send_go_to_the_rejects_log(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        self.write(writer, [0])
+        big = b'{"writeKey":"K","big":"' + b"x" * (pixel.FORWARD_READ + 10) + b'"}\n'
+        writer.write([b"not json\n", b'{"no":"key"}\n', big])
+        self.write(writer, [1])
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m0", "m1"])
+        self.assertEqual([(line["reason"], line["detail"]) for line in self.rejects()],
+                         [("forward_unreadable", "not JSON"),
+                          ("forward_unreadable", "no writeKey"),
+                          ("forward_unreadable", "a line of %d bytes" % len(big))])
+
+    def test_a_file_ending_in_a_torn_line(self):
+        receiver = FakeReceiver(self)
+        path = os.path.join(self.dir, "old.jsonl")
+        with open(path, "wb") as handle:   # what a crash before version 1 could leave
+            handle.write(log_event(0) + log_event(1) + b'{"writeKey":"K","tor')
+        rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"))
+        self.addCleanup(rejects.close)
+        forwarder = pixel.Forwarder(pixel.Receiver(receiver.url), rejects,
+                                    reporter=self.reporter)
+        forwarder.add_files([path], path + ".backfill")
+        self.addCleanup(forwarder.close)
+        self.assertTrue(forwarder.run())
+        self.assertEqual(receiver.ids(), ["m0", "m1"])
+        self.assertEqual([(line["reason"], line["detail"], line["line"])
+                          for line in self.rejects()],
+                         [("forward_unreadable", "no newline", '{"writeKey":"K","tor')])
+
+
+class ForwardingThroughRotation(ForwardingCase):
+    """Everything written reaches the receiver once and in order, through pixel's own
+    rotation with --keep, an outside mv and an outside rm of the live log."""
+
+    def test_rotation_with_keep_waits_for_the_forwarder(self):
+        down = threading.Event()
+        down.set()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        writer = self.writer(max_bytes=1000, keep=1)
+        forwarder = self.forwarder(receiver.url, writer)
+        for number in range(60):
+            self.write(writer, [number])
+        rotated = writer.rotated_files()
+        self.assertGreater(len(rotated), 5, "every unsent file is kept, past --keep 1")
+        status = forwarder.status()
+        self.assertEqual(status["lines_behind"], 60)
+        self.assertEqual(status["files_behind"], len(rotated))
+        self.assertEqual(status["bytes_behind"], sum(map(os.path.getsize, rotated)) +
+                         os.path.getsize(writer.path))
+        self.assertIn("past --keep 1: the forwarder has not sent all of it yet",
+                      self.stderr.getvalue())
+        down.clear()
+        self.assertTrue(wait_until(lambda: forwarder.sent == 60, timeout=15))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(60)])
+        self.write(writer, range(60, 70))   # the next rotations delete what was sent
+        self.assertTrue(wait_until(lambda: forwarder.sent == 70))
+        self.assertLessEqual(len(writer.rotated_files()), 3)
+        self.assertEqual(forwarder.status()["files_behind"], 0)
+
+    def test_an_outside_mv_and_rm_of_the_live_log(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer, start=False)
+        self.write(writer, range(0, 10))
+        os.rename(writer.path, writer.path + ".1")        # logrotate's create, no HUP
+        self.write(writer, range(10, 20))                 # still the renamed file: grace
+        writer.reopen()
+        self.write(writer, range(20, 30))
+        os.remove(writer.path)                            # an operator's rm
+        self.write(writer, range(30, 40))
+        forwarder.start()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        # The rm'd file's lines are read through the forwarder's own descriptor.
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(40)])
+
+    def test_copytruncate_starts_the_file_again_and_says_so(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(5))
+        self.assertTrue(wait_until(lambda: forwarder.sent == 5))
+        os.truncate(writer.path, 0)   # logrotate's copytruncate, after its copy
+        self.write(writer, [5])
+        self.assertTrue(wait_until(lambda: forwarder.sent == 6))
+        self.assertIn("was cut shorter under the forwarder (copytruncate?)",
+                      self.stderr.getvalue())
+
+
+class ForwardingRestarts(ForwardingCase):
+    """A new Forwarder over the same log resumes from the checkpoint."""
+
+    def test_resumes_where_the_checkpoint_says(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer(max_bytes=2000)
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(10))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        forwarder.stop(5)
+        forwarder.close()
+        writer.follower = None
+        self.write(writer, range(10, 40))   # while no forwarder runs: several rotations
+        second = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(40)])
+
+    def test_no_checkpoint_starts_at_the_live_files_first_line(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer(max_bytes=2000)
+        self.write(writer, range(20))
+        with open(writer.path, "rb") as handle:
+            live = [json.loads(line)["messageId"] for line in handle]
+        self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == len(live)))
+        self.assertEqual(receiver.ids(), live)
+
+    def test_a_checkpoint_naming_a_deleted_file_starts_at_the_next_one(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer(max_bytes=2000)
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(3))
+        self.assertTrue(wait_until(lambda: forwarder.sent == 3))
+        forwarder.stop(5)
+        forwarder.close()
+        writer.follower = None
+        self.write(writer, range(3, 30))
+        os.remove(writer.rotated_files()[0])   # the file the checkpoint names, rotated
+        second = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
+        self.assertIn("the file the checkpoint names", self.stderr.getvalue())
+        remaining = []
+        for path in writer.rotated_files() + [writer.path]:
+            with open(path, "rb") as handle:
+                remaining += [json.loads(line)["messageId"] for line in handle]
+        self.assertEqual(receiver.ids()[3:], remaining)
+
+    def test_a_garbled_checkpoint_sends_every_file_from_its_start(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer(max_bytes=2000)
+        self.write(writer, range(20))
+        with open(writer.path + ".forward", "w") as handle:
+            handle.write("{garbage")
+        self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 20))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(20)])
+        self.assertIn("cannot read the checkpoint", self.stderr.getvalue())
+
+    def test_a_full_disk_for_the_checkpoint_does_not_stop_forwarding(self):
+        folder = mount_tmpfs(self, 256 * 1024)
+        hold, held = threading.Event(), threading.Event()
+
+        def respond(receiver, user, events):
+            if events[0]["messageId"] == "m5":
+                held.set()
+                hold.wait(10)
+            return 200, {}, b"{}"
+
+        receiver = FakeReceiver(self, respond)
+        writer = pixel.LogWriter(os.path.join(folder, "events.jsonl"), readable=True,
+                                 reporter=self.reporter)
+        self.addCleanup(writer.close)
+        self.write(writer, range(5))
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forwarder.sent == 5))
+        self.write(writer, [5])
+        self.assertTrue(held.wait(10))
+        fill_disk(self, folder)   # the line is on disk, the checkpoint for it will not fit
+        hold.set()
+        self.assertTrue(wait_until(lambda: forwarder.sent == 6))
+        self.assertTrue(wait_until(lambda: "cannot write the checkpoint" in
+                                   self.stderr.getvalue()))
+        self.assertEqual(pixel.read_checkpoint(writer.path + ".forward")["offset"],
+                         len(b"".join(log_event(number) for number in range(5))))
+        self.assertNotIn("events.jsonl.forward.tmp", os.listdir(folder))
+
+
+# ---------------------------------------------------------------------------------------------
 # One contract, three transports: the built-in server, make_wsgi_app under wsgiref (stdlib)
 # and under gunicorn.
 
@@ -3486,6 +4053,387 @@ class Process(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertRegex(result.stderr, r"^pixel: cannot listen on 127\.0\.0\.1 port \d+: "
                                         r"Address already in use\n$")
+
+
+def fetch_json(port, target):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", target)
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
+class FaultProxy:
+    """Stands between pixel A's forwarder and pixel B: passes batches on to B (at
+    `self.target`, a port), answers 400 to any batch holding an event with
+    properties.poison, and injects faults by request number: a 500, a 429 with
+    Retry-After, a hang past the forwarder's timeout. hold() makes the next passed-on batch
+    wait, after B has answered it, until release(); release(drop=True) then answers 502, as
+    if B had died before answering."""
+
+    def __init__(self, test, faults):
+        self.faults = dict(faults)   # request number -> "500", "429", "hang"
+        self.target = None
+        self.requests = 0
+        self.lock = threading.Lock()
+        self.holding = None          # (held, release, drop) events while armed
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                batch = json.loads(gzip.decompress(body))["batch"]
+                if any(event.get("properties", {}).get("poison") for event in batch):
+                    return self.answer(400, b'{"error":"poisoned"}')
+                with proxy.lock:   # faults are numbered among batches without poison
+                    proxy.requests += 1
+                    fault = proxy.faults.pop(proxy.requests, None)
+                if fault == "500":
+                    return self.answer(500, b"injected")
+                if fault == "429":
+                    return self.answer(429, b"injected", ("Retry-After", "1"))
+                if fault == "hang":
+                    time.sleep(2.5)   # A's --forward-timeout is 1 s
+                    self.close_connection = True
+                    return None
+                try:
+                    connection = http.client.HTTPConnection("127.0.0.1", proxy.target,
+                                                            timeout=10)
+                    connection.request("POST", self.path, body, {
+                        name: self.headers[name] for name in
+                        ("Content-Type", "Content-Encoding", "Authorization")})
+                    response = connection.getresponse()
+                    status, answer = response.status, response.read()
+                    connection.close()
+                except OSError:
+                    return self.answer(502, b"B is down")
+                holding, proxy.holding = proxy.holding, None
+                if holding is not None:
+                    held, release, drop = holding
+                    held.set()
+                    release.wait(30)
+                    if drop.is_set():
+                        return self.answer(502, b"B died before answering")
+                return self.answer(status, answer)
+
+            def answer(self, status, body, *headers):
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass   # answering a forwarder that was killed: BrokenPipeError
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        test.addCleanup(self.server.server_close)
+        test.addCleanup(self.server.shutdown)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def hold(self):
+        self.holding = (threading.Event(), threading.Event(), threading.Event())
+        return self.holding
+
+
+class ForwardingUnderFaults(unittest.TestCase):
+    """The issue's fault test, with real processes: pixel A forwards to pixel B through a
+    FaultProxy while clients send to A; A is killed with kill -9 mid-batch and restarted;
+    B is killed with kill -9 after writing a batch it never answered and stays down 10 s;
+    the proxy answers 500, 429, 400 for one poisoned event, and hangs; A rotates at 4 KB
+    with --keep 2 throughout. Afterwards every event A answered is in B's log exactly once,
+    the poisoned one in A's rejects log instead, and /health's backlog matched the log."""
+
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-faults-")
+        for side in ("a", "b"):
+            os.mkdir(os.path.join(self.dir, side))
+
+    def start(self, side, *extra):
+        folder = os.path.join(self.dir, side)
+        stderr = open(os.path.join(folder, "stderr"), "a")
+        self.addCleanup(stderr.close)
+        return start_pixel(self, "--log", os.path.join(folder, "events.jsonl"), *extra,
+                           stderr=stderr)
+
+    def health(self, port):
+        return fetch_json(port, "/health")
+
+    def unsent_by_the_log(self):
+        """(lines, bytes) after A's checkpoint, counted from A's files themselves."""
+        folder = os.path.join(self.dir, "a")
+        checkpoint = pixel.read_checkpoint(os.path.join(folder, "events.jsonl.forward"))
+        files = []
+        for name in os.listdir(folder):
+            if name == "events.jsonl" or ROTATED.search(name):
+                status = os.stat(os.path.join(folder, name))
+                files.append((name != "events.jsonl", status.st_mtime_ns, name, status))
+        files.sort(key=lambda entry: (not entry[0], entry[1], entry[2]))
+        lines = size = 0
+        started = False
+        self.assertTrue(any(status.st_ino == checkpoint["inode"] for *_, status in files),
+                        "the checkpoint names a file that is gone")
+        for _, _, name, status in files:
+            offset = 0
+            if (status.st_dev, status.st_ino) == (checkpoint["device"], checkpoint["inode"]):
+                log = pixel.LogFile.open(os.path.join(folder, name))
+                if log.head(checkpoint["head_bytes"]) == checkpoint["head"]:   # not a reuse
+                    started, offset = True, checkpoint["offset"]
+                log.close()
+            if started:
+                with open(os.path.join(folder, name), "rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read()
+                lines += data.count(b"\n")
+                size += len(data)
+        return lines, size
+
+    def test_nothing_lost_nothing_twice(self):
+        b, b_port = self.start("b", "--write-key", "K")
+        proxy = FaultProxy(self, {3: "500", 5: "429", 7: "hang"})
+        proxy.target = b_port
+        a_args = ("--forward", proxy.url, "--forward-timeout", "1", "--max-bytes", "4K",
+                  "--keep", "2")
+        a, a_port = self.start("a", *a_args)
+        ports = [a_port]
+        sent, answered, lock = set(), set(), threading.Lock()
+        paused, stop = threading.Event(), threading.Event()
+
+        def client(worker):
+            number = 0
+            while not stop.is_set():
+                if paused.is_set():
+                    time.sleep(0.01)
+                    continue
+                message_id = "w%d-%d" % (worker, number)
+                number += 1
+                with lock:
+                    sent.add(message_id)
+                try:
+                    connection = http.client.HTTPConnection("127.0.0.1", ports[-1], timeout=5)
+                    if number % 2:
+                        connection.request("GET", "/v1/pixel/track?writeKey=K&userId=u&event=e"
+                                                  "&messageId=" + message_id)
+                        ok = connection.getresponse().read() == pixel.GIF
+                    else:
+                        connection.request("POST", "/v1/track", json.dumps(
+                            {"writeKey": "K", "userId": "u", "event": "e",
+                             "messageId": message_id}), {"Content-Type": "application/json"})
+                        ok = connection.getresponse().status == 200
+                    connection.close()
+                except (OSError, http.client.HTTPException):
+                    ok = False   # A is down: not answered
+                if ok:
+                    with lock:
+                        answered.add(message_id)
+                time.sleep(0.01)
+
+        clients = [threading.Thread(target=client, args=(worker,)) for worker in range(3)]
+        for thread in clients:
+            thread.start()
+        self.addCleanup(stop.set)
+        connection = http.client.HTTPConnection("127.0.0.1", a_port, timeout=5)
+        connection.request("POST", "/v1/track", json.dumps(
+            {"writeKey": "K", "userId": "u", "event": "e", "messageId": "poison",
+             "properties": {"poison": True}}), {"Content-Type": "application/json"})
+        self.assertEqual(connection.getresponse().status, 200)
+        connection.close()
+        # 500, 429, 400 and the hang come first; then kill -9 A holding a batch B took.
+        self.assertTrue(wait_until(lambda: proxy.requests >= 12, timeout=40))
+        held, release, drop = proxy.hold()
+        self.assertTrue(held.wait(20))
+        a.kill()
+        a.wait()
+        release.set()
+        a, a_port = self.start("a", *a_args)
+        ports.append(a_port)
+        # Now kill -9 B with a batch written but never answered, and keep it down 10 s.
+        self.assertTrue(wait_until(lambda: self.health(a_port)["forward"]["sent"] > 20,
+                                   timeout=40))
+        held, release, drop = proxy.hold()
+        self.assertTrue(held.wait(20))
+        b.kill()
+        b.wait()
+        drop.set()
+        release.set()
+        down_at = time.monotonic()
+        time.sleep(3)
+        paused.set()   # a still moment: /health's backlog against A's own files
+        time.sleep(0.3)
+        forward = self.health(a_port)["forward"]
+        self.assertEqual((forward["lines_behind"], forward["bytes_behind"]),
+                         self.unsent_by_the_log())
+        self.assertGreater(forward["lines_behind"], 0)
+        self.assertIsNotNone(forward["last_error"])
+        paused.clear()
+        time.sleep(max(0, 10 - (time.monotonic() - down_at)))
+        b, b_port = self.start("b", "--write-key", "K")
+        proxy.target = b_port
+        time.sleep(2)
+        stop.set()
+        for thread in clients:
+            thread.join()
+        self.assertTrue(wait_until(lambda: self.health(a_port)["forward"]["lines_behind"] == 0,
+                                   timeout=90), self.health(a_port))
+        with open(os.path.join(self.dir, "b", "events.jsonl")) as handle:
+            received = [json.loads(line) for line in handle]
+        ids = [event["messageId"] for event in received]
+        self.assertEqual(len(ids), len(set(ids)), "a duplicate in B's log")
+        self.assertTrue(all(event["writeKey"] == "K" for event in received))
+        self.assertEqual(answered - set(ids), set(), "answered by A, missing in B")
+        self.assertEqual(set(ids) - sent, set())
+        self.assertNotIn("poison", ids)
+        with open(os.path.join(self.dir, "a", "rejects.jsonl")) as handle:
+            refused = [json.loads(line) for line in handle]
+        self.assertEqual([(line["reason"], line["event"]["messageId"]) for line in refused],
+                         [("forward_rejected", "poison")])
+        self.assertGreater(len(answered), 500)
+        self.assertEqual(proxy.faults, {}, "every fault was injected")
+        # The batch B wrote before its kill -9 came again, and the restarted B knew it.
+        self.assertGreater(self.health(b_port)["deduped"], 0)
+        # B took each batch only through Basic auth: A's lines carry no other key.
+        with open(os.path.join(self.dir, "b", "rejects.jsonl")) as handle:
+            self.assertEqual(handle.read(), "")
+        print("\nforwarded %d events through 500, 429, 400, a hang, kill -9 of A and of B"
+              % len(ids), file=sys.stderr)
+
+
+def make_certificates(folder):
+    """A throwaway CA and a certificate it signed for 127.0.0.1, made with openssl."""
+    def run(*argv):
+        subprocess.run(["openssl"] + list(argv), cwd=folder, check=True,
+                       capture_output=True, timeout=60)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=pixel test CA")
+    run("req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    with open(os.path.join(folder, "san.txt"), "w") as handle:
+        handle.write("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.txt")
+    return [os.path.join(folder, name) for name in ("ca.pem", "server.pem", "server.key")]
+
+
+class ForwardOverTls(unittest.TestCase):
+    def test_a_receiver_with_a_private_ca(self):
+        import ssl
+        need(shutil.which("openssl"), "openssl")
+        folder = temp_dir(self, "pixel-tls-")
+        ca, certificate, key = make_certificates(folder)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate, key)
+        receiver = FakeReceiver(self, context=context)
+        untrusting, port = start_pixel(self, "--log", os.path.join(folder, "u.jsonl"),
+                                       "--forward", receiver.url)
+        trusting, trusting_port = start_pixel(self, "--log", os.path.join(folder, "t.jsonl"),
+                                              "--forward", receiver.url, "--forward-ca", ca)
+        for target in (port, trusting_port):
+            connection = http.client.HTTPConnection("127.0.0.1", target, timeout=10)
+            connection.request("GET", "/v1/pixel/track?writeKey=K&userId=u&event=e&"
+                                      "messageId=tls-%d" % target)
+            self.assertEqual(connection.getresponse().read(), pixel.GIF)
+            connection.close()
+        self.assertTrue(wait_until(lambda: receiver.ids() == ["tls-%d" % trusting_port]))
+        self.assertEqual(receiver.posts[0][1], "K")
+
+        def forward_state():
+            return fetch_json(port, "/health")["forward"]
+
+        self.assertTrue(wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in
+                                   (forward_state()["last_error"] or "")))
+        self.assertEqual(forward_state()["lines_behind"], 1)
+        self.assertEqual(receiver.ids(), ["tls-%d" % trusting_port])
+
+
+class Backfill(unittest.TestCase):
+    """`pixel.py forward --to URL FILE...`: sends files once, in order, and exits."""
+
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-backfill-")
+        self.files = []
+        for part, numbers in enumerate((range(0, 150), range(150, 300))):
+            path = os.path.join(self.dir, "events.jsonl.%d" % part)
+            data = b"".join(log_event(number) for number in numbers)
+            if part:
+                path += ".gz"
+                data = gzip.compress(data)
+            with open(path, "wb") as handle:
+                handle.write(data)
+            self.files.append(path)
+
+    def forward(self, url, *extra, **options):
+        return subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", url] +
+                              list(extra) + self.files, capture_output=True, text=True,
+                              timeout=60, **options)
+
+    def test_sends_once_and_a_second_run_sends_nothing(self):
+        receiver = FakeReceiver(self)
+        result = self.forward(receiver.url, "--batch", "40")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("pixel forward: 300 event(s) sent to %s, 0 refused" % receiver.url,
+                      result.stdout)
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(300)])
+        self.assertEqual(max(len(document["batch"]) for _, _, document, _ in receiver.posts),
+                         40)
+        again = self.forward(receiver.url)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("0 event(s) sent", again.stdout)
+        self.assertEqual(again.stderr.count("already sent, skipped"), 2)
+        self.assertEqual(len(receiver.taken), 300)
+
+    def test_interrupted_it_goes_on_where_it_stopped(self):
+        hold = threading.Event()
+
+        def respond(receiver, user, events):
+            if len(receiver.posts) == 3:
+                hold.wait(20)
+            return 200, {}, b"{}"
+
+        receiver = FakeReceiver(self, respond)
+        process = subprocess.Popen([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+                                    "--batch", "50"] + self.files, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        self.addCleanup(process.kill)
+        self.assertTrue(wait_until(lambda: len(receiver.posts) == 3))
+        process.kill()   # kill -9 with a batch in flight
+        process.communicate()
+        hold.set()
+        result = self.forward(receiver.url, "--batch", "50")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        ids = receiver.ids()
+        self.assertEqual(sorted(set(ids), key=lambda m: int(m[1:])),
+                         ["m%d" % number for number in range(300)])
+        self.assertLessEqual(len(ids), 300 + 50, "at most the batch in flight twice")
+
+    def test_a_refused_write_key_stops_it_with_status_1(self):
+        receiver = FakeReceiver(self, lambda receiver, user, events: (403, {}, b"forbidden"))
+        result = self.forward(receiver.url)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("refused writeKey K: 403 forbidden", result.stderr)
+        self.assertIn("run the same command again", result.stdout)
+
+    def test_bad_arguments(self):
+        for extra in (["--batch", "0"], ["--ca", "/nonexistent"], ["--timeout", "nan"]):
+            with self.subTest(extra):
+                result = self.forward("http://127.0.0.1:9", *extra)
+                self.assertEqual(result.returncode, 2)
+        result = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to",
+                                 "http://127.0.0.1:9", os.path.join(self.dir, "missing")],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("No such file", result.stderr)
 
 
 class ImportStartsNothing(unittest.TestCase):
