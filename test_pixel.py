@@ -1140,11 +1140,14 @@ class DedupeAfterRestart(RecorderCase):
         paths = [writer.path] + writer.rotated_files()[::-1]
         self.assertEqual(pixel.logged_message_ids(paths, 25),
                          ["m%d" % number for number in range(5, 30)])
-        line = len(log_event(0))
+        single = os.path.join(self.dir, "single.jsonl")
+        with open(single, "wb") as handle:
+            handle.write(b"".join(log_event(number) for number in range(30)))
+        line = len(log_event(29))   # m27 to m29 are the same length
         # A line the budget cuts is not read: it could be any line's end.
-        self.assertEqual(pixel.logged_message_ids(paths, 25, max_bytes=line * 3),
+        self.assertEqual(pixel.logged_message_ids([single], 25, max_bytes=line * 3),
                          ["m28", "m29"])
-        self.assertEqual(pixel.logged_message_ids(paths, 25, max_bytes=line * 3 + 1),
+        self.assertEqual(pixel.logged_message_ids([single], 25, max_bytes=line * 3 + 1),
                          ["m27", "m28", "m29"])
 
 
