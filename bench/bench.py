@@ -28,6 +28,10 @@ throughput  pixel.py next to three peer servers on the same machine, load and re
             (wrk -H "Connection: close", 20 connections).
 scaling     pixel.py and the uvicorn peer at 1, 4, 10 and 50 keep-alive connections, to show
             where a thread per connection stops scaling.
+forward     pixel.py alone and pixel.py --forward to a second pixel.py (pinned to the other
+            CPU), keep-alive with 50 connections on the docs' track pixel, alternating each
+            round: req/s, p99, the forwarder's backlog when wrk stops, and how long it then
+            takes to send it all; the receiver's log must gain every line the sender wrote.
 
 Every server is started fresh for each round, listens on 127.0.0.1 only, and is stopped
 when the round ends, when the bench fails, on Ctrl-C or SIGTERM; servers also get SIGTERM
@@ -48,6 +52,7 @@ import argparse
 import collections
 import ctypes
 import http.client
+import json
 import math
 import os
 import re
@@ -101,9 +106,9 @@ THROUGHPUT_MODES = [
          TRACK_TARGET, 20, True),
 ]
 SCALING_CONNECTIONS = (1, 4, 10, 50)
-SECTIONS = ("core", "startup", "memory", "throughput", "scaling")
+SECTIONS = ("core", "startup", "memory", "throughput", "scaling", "forward")
 # What each section needs beyond Python: Debian packages (by command) and the uvicorn venv.
-SECTION_COMMANDS = {"throughput": ("wrk", "nginx"), "scaling": ("wrk",)}
+SECTION_COMMANDS = {"throughput": ("wrk", "nginx"), "scaling": ("wrk",), "forward": ("wrk",)}
 SECTION_NEEDS_VENV = ("throughput", "scaling")
 
 VENV = os.path.join(tempfile.gettempdir(), "pixel-bench-uvicorn-venv")
@@ -299,12 +304,12 @@ def wait_until_listening(name, process, port, output_path, timeout=START_TIMEOUT
 LISTENING = re.compile(r"listening on http://\S+:(\d+)/")
 
 
-def start_pixel(folder, events_path):
+def start_pixel(folder, events_path, extra=()):
     """Start pixel.py on a port of its choosing; return the process and the port it printed
     in its 'pixel ... listening on http://127.0.0.1:PORT/ ...' line."""
     output_path = os.path.join(folder, "pixel.out")
     process = start_process([sys.executable, PIXEL_PY, "--host", LOOPBACK, "--port", "0",
-                             "--log", events_path], output_path)
+                             "--log", events_path] + list(extra), output_path)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         with open(output_path, errors="replace") as output:
@@ -632,6 +637,78 @@ def scaling(settings, folder, problems):
     sys.stdout.flush()
 
 
+def forward_backlog(port):
+    """The forwarder's lines_behind, from pixel.py's /health."""
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    try:
+        connection.request("GET", "/health")
+        return json.loads(connection.getresponse().read())["forward"]["lines_behind"]
+    finally:
+        connection.close()
+
+
+def forward(settings, folder, problems):
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    receiver_cpu = ["--cpu", str(cpus[0])] if len(cpus) > 1 else []
+    print("\n## forward\n\nkeep-alive, 50 connections, the docs' track pixel; pixel.py alone "
+          "and with --forward to a second pixel.py%s; wrk -t1 --latency, %g s a run, %d "
+          "round(s), medians" % (" on CPU %s" % receiver_cpu[1] if receiver_cpu else "",
+                                 settings.duration, settings.rounds), flush=True)
+    receiver_folder = tempfile.mkdtemp(prefix="receiver-", dir=folder)
+    receiver_log = os.path.join(receiver_folder, "events.jsonl")
+    receiver, receiver_port = start_pixel(receiver_folder, receiver_log, receiver_cpu)
+    results, backlogs, drains = collections.defaultdict(list), [], []
+    variants = {"alone": [], "forwarding": ["--forward", "http://%s:%d" % (LOOPBACK,
+                                                                             receiver_port)]}
+    try:
+        for round_number in range(settings.rounds):
+            order = list(variants) if round_number % 2 == 0 else list(variants)[::-1]
+            for name in order:
+                server_folder = tempfile.mkdtemp(prefix=name + "-", dir=folder)
+                events_path = os.path.join(server_folder, "events.jsonl")
+                received_before = count_lines(receiver_log)
+                process, port = start_pixel(server_folder, events_path, variants[name])
+                try:
+                    result = run_wrk(port, TRACK_TARGET, 50, settings.duration)
+                    note = ""
+                    if name == "forwarding":
+                        backlog, started = forward_backlog(port), time.monotonic()
+                        while forward_backlog(port) and time.monotonic() - started < 300:
+                            time.sleep(0.05)
+                        backlogs.append(backlog)
+                        drains.append(time.monotonic() - started)
+                        sent = count_lines(events_path)
+                        received = count_lines(receiver_log) - received_before
+                        if received != sent:
+                            result.problems.append("the receiver logged %d of %d lines"
+                                                   % (received, sent))
+                        note = "  backlog %d lines, sent in %.1f s" % (backlog, drains[-1])
+                    results[name].append(result)
+                    print("  round %d/%d  pixel.py %-12s %7.0f req/s  p99 %7.2f ms%s%s"
+                          % (round_number + 1, settings.rounds, name,
+                             result.requests_per_second, result.p99_ms, note,
+                             "  PROBLEM: " + "; ".join(result.problems)
+                             if result.problems else ""), file=sys.stderr, flush=True)
+                finally:
+                    stop_process(process)
+    finally:
+        stop_process(receiver)
+    alone, _ = medians(results["alone"])
+    print("\n| pixel.py | req/s | p99 ms | ratio to alone |\n| --- | ---: | ---: | ---: |")
+    for name in variants:
+        rate, p99 = medians(results[name])
+        print("| %s | %.0f | %.2f | %s |" % (name, rate, p99,
+                                              "%.2f" % (rate / alone) if alone else "n/a"))
+    print("\nbacklog when wrk stopped: median %d lines; then sent in a median %.1f s"
+          % (statistics.median(backlogs), statistics.median(drains)))
+    for name, runs in results.items():
+        for round_number, result in enumerate(runs, 1):
+            for problem in result.problems:
+                problems.append("pixel.py %s, round %d: %s" % (name, round_number, problem))
+                print("PROBLEM: " + problems[-1])
+    sys.stdout.flush()
+
+
 # --------------------------------------------------------------------------------------------
 # main
 
@@ -691,6 +768,8 @@ def main(argv=None):
             throughput(settings, folder, problems)
         if "scaling" in sections:
             scaling(settings, folder, problems)
+        if "forward" in sections:
+            forward(settings, folder, problems)
     except BenchError as error:
         problems.append(str(error))
     except KeyboardInterrupt:
