@@ -2644,27 +2644,54 @@ class Forwarder:
                               % (self.checkpoint, getattr(error, "strerror", None) or error))
             checkpoint = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0,
                           "head_bytes": 0, "head": ""}
-        folder, base = os.path.split(writer.path)
-        older = []
-        for name in os.listdir(folder):
-            if name.startswith(base) and _ROTATED_NAME.match(name[len(base):]):
-                try:
-                    older.append(LogFile.open(os.path.join(folder, name)))
-                except OSError:   # gone since listdir, or not readable: not ours to send
-                    continue
         fd, identity, end, written = writer.follow(self)
         live = LogFile(fd, identity, writer.path)
-        # Oldest first: by last write, then by name (a coarse clock can give two rotated
-        # files one mtime, and pixel's stamps sort in time order).
-        older = sorted((log for log in older if log.identity != identity),
-                       key=lambda log: (log.mtime_ns(), log.name))
-        files = older + [live]
-        start = self._resume(checkpoint, files, end)
+        files = [live]
+        try:
+            files[:0] = self._rotated(writer.path, identity, checkpoint)
+            start = self._resume(checkpoint, files, end)
+        except BaseException:
+            for log in files:
+                log.close()
+            raise
         for log in files[:start]:
             log.close()
         with self._files_lock:   # files the writer opened since follow() come after these
             self.files.extendleft(reversed(files[start:]))
         self._counting = (files[start:], end, written)
+
+    @staticmethod
+    def _rotated(path, live, checkpoint):
+        """The rotated files of the log at `path` that may hold unsent lines, oldest first,
+        each opened: by last write, then by name (a coarse clock can give two files one
+        mtime, and pixel's stamps sort in time order). Only files written to since the
+        checkpoint was (its file among them, whose mtime can only have grown) are opened,
+        so that a folder of ten thousand old files costs no more; none without one."""
+        folder, base = os.path.split(path)
+        found = []
+        for name in os.listdir(folder):
+            if name.startswith(base) and _ROTATED_NAME.match(name[len(base):]):
+                try:
+                    status = os.stat(os.path.join(folder, name))
+                except OSError:   # gone since listdir
+                    continue
+                if (status.st_dev, status.st_ino) != live:
+                    found.append((status.st_mtime_ns, name, (status.st_dev, status.st_ino)))
+        if checkpoint is None:
+            return []
+        opened = []
+        for mtime, name, identity in sorted(found):
+            if mtime < checkpoint["mtime_ns"]:
+                continue
+            try:
+                log = LogFile.open(os.path.join(folder, name))
+            except OSError:   # deleted since, or not readable: nothing of it can be sent
+                continue
+            if log.identity != identity:   # replaced since the stat: not the same file
+                log.close()
+                continue
+            opened.append(log)
+        return opened
 
     def _resume(self, checkpoint, files, live_end):
         """The index in `files` to start at, with that file's offset set."""
@@ -2745,6 +2772,10 @@ class Forwarder:
             self.thread.join(timeout)
 
     def close(self):
+        """Close the files and the connection; not while the loop still runs (a stop that
+        timed out mid-post): then the process is exiting, and its end closes them."""
+        if self.thread is not None and self.thread.is_alive():
+            return
         with self._files_lock:
             while self.files:
                 self.files.popleft().close()

@@ -4313,17 +4313,21 @@ class ForwardingUnderFaults(unittest.TestCase):
 
 
 def make_certificates(folder):
-    """A throwaway CA and a certificate it signed for 127.0.0.1, made with openssl."""
+    """A throwaway CA and a certificate it signed for 127.0.0.1, made with openssl, with the
+    extensions Python 3.13's default context demands (VERIFY_X509_STRICT)."""
     def run(*argv):
         subprocess.run(["openssl"] + list(argv), cwd=folder, check=True,
                        capture_output=True, timeout=60)
 
     key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=pixel test CA")
+        "-subj", "/CN=pixel test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
     run("req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
     with open(os.path.join(folder, "san.txt"), "w") as handle:
-        handle.write("subjectAltName=IP:127.0.0.1\n")
+        handle.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                     "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                     "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.txt")
     return [os.path.join(folder, name) for name in ("ca.pem", "server.pem", "server.key")]
