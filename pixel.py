@@ -534,12 +534,14 @@ def new_message_id():
     return "%s-%s-%s-%s-%s" % (text[:8], text[8:12], text[12:16], text[16:20], text[20:])
 
 
-def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=None):
+def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=None,
+           anonymize=False):
     """Return the event to log: the payload plus type, messageId, receivedAt, timestamp and
     context.ip / context.userAgent, as Segment's API adds them.
 
     `received_at` is the server's clock (seconds since the epoch); `ip=None` drops any IP,
-    the client's included. A client-sent messageId, timestamp, context.ip or
+    the client's included; `anonymize` truncates a client-sent context.ip as anonymize_ip
+    does (the caller truncates `ip`), and drops one that is not an address. A client-sent messageId, timestamp, context.ip or
     context.userAgent is kept. Without a timestamp, one is derived as Segment does: with
     both sentAt and originalTimestamp, receivedAt - (sentAt - originalTimestamp) corrects
     the client's clock skew; else originalTimestamp; else receivedAt.
@@ -564,6 +566,12 @@ def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=N
     context = dict(event.get("context") or ())
     if ip is None:
         context.pop("ip", None)
+    elif anonymize and "ip" in context:
+        client_ip = anonymize_ip(context["ip"]) if isinstance(context["ip"], str) else None
+        if client_ip is None:
+            del context["ip"]
+        else:
+            context["ip"] = client_ip
     else:
         context.setdefault("ip", ip)
     if user_agent and "userAgent" not in context:
@@ -572,11 +580,12 @@ def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=N
     return event
 
 
-def build_event(kind, payload, *, received_at, write_keys=None, ip=None, user_agent=None):
+def build_event(kind, payload, *, received_at, write_keys=None, ip=None, user_agent=None,
+                anonymize=False):
     """validate + enrich: the one path from a payload to the event to log, for pixels and
     the HTTP API alike. Raises Rejected."""
     return enrich(kind, validate(kind, payload, write_keys), received_at=received_at, ip=ip,
-                  user_agent=user_agent)
+                  user_agent=user_agent, anonymize=anonymize)
 
 
 def pixel_event(kind, query, *, received_at, write_keys=None, ip=None, user_agent=None):
@@ -756,6 +765,18 @@ def client_ip(peer, forwarded_for, trusted_proxies):
         if not any(address in network for network in trusted_proxies):
             break
     return candidate
+
+
+def anonymize_ip(text):
+    """`text`, an IP address, truncated as Matomo and Google Analytics do: an IPv4 address
+    to its /24 (203.0.113.7 -> 203.0.113.0), an IPv6 one to its /48; None if `text` is not
+    an address (it could be one in a form this does not know, so it is not kept)."""
+    address = _address(text.strip()) if text.isascii() else None
+    if address is None:
+        return None
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network("%s/%d" % (address, prefix), strict=False)
+               .network_address)
 
 
 def _address(text):
@@ -1289,8 +1310,8 @@ class Recorder:
     """
 
     def __init__(self, events, rejects, *, write_keys=(), trusted_proxies=(), record_ip=True,
-                 allow_origins=(), dedupe_window=DEFAULT_DEDUPE_WINDOW, public_url=None,
-                 clock=time.time, reporter=None):
+                 anonymize_ip=False, allow_origins=(), dedupe_window=DEFAULT_DEDUPE_WINDOW,
+                 public_url=None, clock=time.time, reporter=None):
         self.events = events
         self.rejects = rejects
         self.reporter = reporter or Reporter()
@@ -1298,6 +1319,7 @@ class Recorder:
         self.trusted_proxies = tuple(ipaddress.ip_network(proxy, strict=False)
                                      for proxy in trusted_proxies)
         self.record_ip = record_ip
+        self.anonymize_ip = anonymize_ip and record_ip
         self.clock = clock
         self.started = time.monotonic()
         self.rejected = 0       # rejects-log lines asked for, written or not
@@ -1450,9 +1472,11 @@ class Recorder:
         if not self.record_ip or not request.peer:   # no address known: none is written
             return None
         if not self.trusted_proxies and not request.peer.startswith("::ffff:"):
-            return request.peer   # the common case, without the call
-        return client_ip(request.peer, request.headers.get("x-forwarded-for"),
-                         self.trusted_proxies)
+            ip = request.peer   # the common case, without the call
+        else:
+            ip = client_ip(request.peer, request.headers.get("x-forwarded-for"),
+                           self.trusted_proxies)
+        return anonymize_ip(ip) if self.anonymize_ip else ip
 
     def record_pixel(self, kind, request):
         received_at = self.clock()
@@ -1461,7 +1485,8 @@ class Recorder:
             payload = decode_query(request.query)
             event = build_event(kind, payload, received_at=received_at,
                                 write_keys=self.write_keys, ip=ip,
-                                user_agent=user_agent(request.headers))
+                                user_agent=user_agent(request.headers),
+                                anonymize=self.anonymize_ip)
             line = encode_line(event)
         except Rejected as rejection:
             self.reject(rejection, request, received_at=received_at, ip=ip)
@@ -1518,7 +1543,8 @@ class Recorder:
                     payload = dict(payload, originalTimestamp=payload["timestamp"])
                     del payload["timestamp"]
                 event = build_event(kind, payload, received_at=received_at,
-                                    write_keys=self.write_keys, ip=ip, user_agent=agent)
+                                    write_keys=self.write_keys, ip=ip, user_agent=agent,
+                                    anonymize=self.anonymize_ip)
                 line = encode_line(event)
             except Rejected as rejection:
                 refused.append((rejection, payload.item if payload is rejection else payload))
@@ -2313,7 +2339,7 @@ def _read_exactly(stream, length):
 
 def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=(),
                   record_ip=True, max_bytes=0, keep=0, allow_origins=(),
-                  dedupe_window=DEFAULT_DEDUPE_WINDOW, public_url=None):
+                  dedupe_window=DEFAULT_DEDUPE_WINDOW, public_url=None, anonymize_ip=False):
     """A WSGI callable that records into `log` (and `rejects`, by default rejects.jsonl
     beside it), with the command line's meaning for each option. It opens both files now;
     one process should own them, so serve it from one process (threads are fine)."""
@@ -2323,6 +2349,7 @@ def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=
     rejects_log = LogWriter(rejects, max_bytes=max_bytes, keep=keep)
     recorder = Recorder(events_log, rejects_log, write_keys=write_keys,
                         trusted_proxies=trusted_proxies, record_ip=record_ip,
+                        anonymize_ip=anonymize_ip,
                         allow_origins=[_origin_pattern(origin) for origin in allow_origins],
                         dedupe_window=dedupe_window,
                         public_url=_public_url(public_url) if public_url else None)
@@ -3351,15 +3378,20 @@ def build_parser(environ):
     option("--dedupe-window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, "client-sent "
            "messageIds to remember; an event whose messageId was written among the last N "
            "is dropped as a retry. 0 turns it off", _count, metavar="N")
-    no_ip = False
-    if "PIXEL_NO_IP" in environ:
-        try:
-            no_ip = _flag(environ["PIXEL_NO_IP"])
-        except argparse.ArgumentTypeError as error:
-            parser.error("PIXEL_NO_IP=%r: %s" % (environ["PIXEL_NO_IP"], error))
-    parser.add_argument("--no-ip", action="store_true", default=no_ip,
-                        help="record no IP address, not even a client-sent context.ip "
-                             "[PIXEL_NO_IP=1] (default: %(default)s)")
+    def switch(flag, env, help):
+        default = False
+        if env in environ:
+            try:
+                default = _flag(environ[env])
+            except argparse.ArgumentTypeError as error:
+                parser.error("%s=%r: %s" % (env, environ[env], error))
+        parser.add_argument(flag, action="store_true", default=default,
+                            help="%s [%s=1] (default: %%(default)s)" % (help, env))
+
+    switch("--no-ip", "PIXEL_NO_IP", "record no IP address, not even a client-sent context.ip")
+    switch("--anonymize-ip", "PIXEL_ANONYMIZE_IP", "record IP addresses truncated to their "
+           "/24 (IPv4) or /48 (IPv6): the peer's, X-Forwarded-For's, a client-sent "
+           "context.ip, and in the rejects log")
     option("--max-connections", "PIXEL_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
            "connections served at once; more wait in the listen backlog", _positive(int),
            metavar="N")
@@ -3437,6 +3469,7 @@ def main(argv=None, environ=None):
                                % writers[0].path)
         recorder = Recorder(*writers, write_keys=args.write_key,
                             trusted_proxies=args.trusted_proxy, record_ip=not args.no_ip,
+                            anonymize_ip=args.anonymize_ip,
                             allow_origins=args.allow_origin, dedupe_window=args.dedupe_window,
                             public_url=args.public_url, reporter=reporter)
         recorder.record_torn_tails()

@@ -1170,6 +1170,35 @@ class RecorderWithoutIp(RecorderCase):
         self.assertNotIn("ip", self.lines("rejects.jsonl")[0])
 
 
+class RecorderAnonymizingIp(RecorderCase):
+    recorder_options = {"anonymize_ip": True, "trusted_proxies": ["10.0.0.0/8"]}
+
+    def test_the_table(self):
+        for text, expected in (("203.0.113.7", "203.0.113.0"), ("10.1.2.255", "10.1.2.0"),
+                               ("2001:db8:abcd:12:34::1", "2001:db8:abcd::"),
+                               ("::ffff:198.51.100.9", "198.51.100.0"),
+                               (" 192.0.2.1 ", "192.0.2.0"), ("::1", "::"),
+                               ("203.0.113.07", None), ("example.com", None), ("", None),
+                               ("\u0661.1.1.1", None), ("1.2.3.4/8", None)):
+            with self.subTest(text):
+                self.assertEqual(pixel.anonymize_ip(text), expected)
+
+    def test_peer_forwarded_for_client_ip_and_the_rejects_log(self):
+        self.answer(query="writeKey=k&userId=u&event=e", peer="203.0.113.7")
+        self.answer(query="writeKey=k&userId=u&event=e", peer="10.0.0.1",
+                    headers={"x-forwarded-for": "2001:db8:abcd:12::5"})
+        self.answer(query="writeKey=k&userId=u&event=e&context.ip=198.51.100.23")
+        self.answer(query="writeKey=k&userId=u&event=e&context.ip=not-an-address")
+        self.answer(path="/v1/track", method="POST", peer="203.0.113.8", body=json.dumps(
+            {"writeKey": "k", "userId": "u", "event": "e",
+             "context": {"ip": "2001:db8:1:2::3"}}).encode())
+        self.answer(query="writeKey=k", peer="192.0.2.77")
+        self.assertEqual([line["context"].get("ip") for line in self.lines()],
+                         ["203.0.113.0", "2001:db8:abcd::", "198.51.100.0", None,
+                          "2001:db8:1::"])
+        self.assertEqual(self.lines("rejects.jsonl")[0]["ip"], "192.0.2.0")
+
+
 class TornTail(unittest.TestCase):
     """A kill -9 in the middle of a write leaves a last line with no newline."""
 
