@@ -47,11 +47,13 @@ __version__ = "1.0.0"
 import argparse
 import base64
 import binascii
+import bisect
 import collections
 import datetime
 import email.utils
 import errno
 import http.server
+import hmac
 import ipaddress
 import itertools
 import json
@@ -868,7 +870,9 @@ class LogWriter:
         self.max_bytes = max_bytes
         self.keep = keep
         self.written = 0        # lines on disk
+        self.written_bytes = 0  # ... and their bytes
         self.failed = 0         # lines that could not be written
+        self.rotations = 0
         self._clock = clock
         self._reporter = reporter or Reporter()
         self._lock = threading.Lock()
@@ -1101,6 +1105,7 @@ class LogWriter:
             self._torn = False
             raise OSError(errno.ENOSPC, "short write (%d of %d bytes)" % (written, len(chunk)))
         self._size += written
+        self.written_bytes += written
 
     def _rotate(self):
         now = self._clock()
@@ -1118,6 +1123,7 @@ class LogWriter:
             self._reporter.say("cannot rotate %s: %s; still writing to it"
                                % (self.path, error), key="write " + self.path)
             return
+        self.rotations += 1
         self._reopen()
         if self.keep:
             self._prune()
@@ -1160,7 +1166,8 @@ class LogWriter:
 
 Route = collections.namedtuple("Route", "kind name methods max_body browser",
                                defaults=(False,))
-Route.__doc__ = """What a path is. `kind` is "pixel", "api", "metrics" or "health"; `name` the
+Route.__doc__ = """What a path is. `kind` is "pixel", "api", "metrics" (analytics.js's own),
+"settings", "prometheus" (/metrics) or "health"; `name` the
 event type or API route; `methods` those it answers (anything else gets a 405); `max_body`
 the largest body it reads, 0 for a route whose body, if any, is discarded; `browser` whether
 it is one of analytics.js's short routes, whose clock is the browser's."""
@@ -1174,7 +1181,8 @@ BROWSER_ROUTES = {"t": "track", "p": "page", "i": "identify", "g": "group", "a":
                   "s": "screen", "b": "batch"}
 
 # The one route table: every transport, and every early answer, asks it what a path is.
-ROUTES = {"/health": Route("health", "health", _GET_HEAD, 0)}
+ROUTES = {"/health": Route("health", "health", _GET_HEAD, 0),
+          "/metrics": Route("prometheus", "metrics", _GET_HEAD, 0)}
 ROUTES.update((PIXEL_PREFIX + kind, Route("pixel", kind, _GET_HEAD, 0)) for kind in EVENT_TYPES)
 ROUTES.update((API_PREFIX + name, Route("api", name, _POST_OPTIONS, MAX_BATCH_BYTES))
               for name in EVENT_TYPES + BATCH_ROUTES)
@@ -1278,6 +1286,51 @@ def _client_id(payload, event):
     return message_id
 
 
+class Histogram:
+    """Durations counted into Prometheus's cumulative buckets (seconds)."""
+
+    BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+    def __init__(self):
+        self.counts = [0] * (len(self.BOUNDS) + 1)   # the last: over the last bound
+        self.sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds):
+        index = bisect.bisect_left(self.BOUNDS, seconds)
+        with self._lock:
+            self.counts[index] += 1
+            self.sum += seconds
+
+    def samples(self):
+        """(suffix, labels, value) samples: the buckets, _sum and _count."""
+        with self._lock:
+            counts, total = list(self.counts), self.sum
+        samples, running = [], 0
+        for bound, count in zip(self.BOUNDS + (None,), counts):
+            running += count
+            samples.append(("_bucket", (("le", "+Inf" if bound is None else repr(bound)),),
+                            running))
+        return samples + [("_sum", (), total), ("_count", (), running)]
+
+
+def render_metrics(families):
+    """Prometheus's text exposition format 0.0.4: for each (name, type, help, samples),
+    samples being (suffix, labels, value), a HELP and a TYPE line and a line a sample."""
+    lines = []
+    for name, kind, help, samples in families:
+        lines.append("# HELP %s %s" % (name, help.replace("\\", "\\\\").replace("\n", "\\n")))
+        lines.append("# TYPE %s %s" % (name, kind))
+        for suffix, labels, value in samples:
+            text = ",".join('%s="%s"' % (label, str(content).replace("\\", "\\\\")
+                                         .replace('"', '\\"').replace("\n", "\\n"))
+                            for label, content in labels)
+            lines.append("%s%s%s %s" % (name, suffix, "{%s}" % text if text else "",
+                                        repr(float(value)) if isinstance(value, float)
+                                        else int(value)))
+    return "\n".join(lines) + "\n"
+
+
 class RecentIds:
     """The last `size` ids added, the oldest forgotten first; not thread-safe. An
     OrderedDict, since finding a plain dict's first key walks the slots its deletions
@@ -1311,7 +1364,7 @@ class Recorder:
 
     def __init__(self, events, rejects, *, write_keys=(), trusted_proxies=(), record_ip=True,
                  anonymize_ip=False, allow_origins=(), dedupe_window=DEFAULT_DEDUPE_WINDOW,
-                 public_url=None, clock=time.time, reporter=None):
+                 public_url=None, metrics_token=None, clock=time.time, reporter=None):
         self.events = events
         self.rejects = rejects
         self.reporter = reporter or Reporter()
@@ -1322,7 +1375,11 @@ class Recorder:
         self.anonymize_ip = anonymize_ip and record_ip
         self.clock = clock
         self.started = time.monotonic()
-        self.rejected = 0       # rejects-log lines asked for, written or not
+        self.rejected = 0       # rejections, written or not (one line may count several)
+        self.written_by_type = collections.Counter()   # events on disk, by type
+        self.rejected_by_reason = collections.Counter()
+        self.metrics_token = metrics_token
+        self.started_at = clock()
         self.browser_metrics = 0   # analytics.js metrics posts, counted and dropped
         self.public_url = public_url.rstrip("/") if public_url else None
         self.deduped = 0           # events not written: their messageId was, recently
@@ -1330,6 +1387,7 @@ class Recorder:
         self._dedupe_lock = threading.Lock()
         self.allow_origins = tuple(origin.lower() for origin in allow_origins)
         self.gauges = {}
+        self.metric_sources = []   # callables a transport adds: metric families for /metrics
         self.forwarder = None      # a Forwarder relaying the events log, if any
         self._count_lock = threading.Lock()
 
@@ -1359,6 +1417,8 @@ class Recorder:
             if request.method == "GET":   # HEAD, which mail scanners send, records nothing
                 self.record_pixel(route.name, request)
             return GIF_ANSWER
+        if route.kind == "prometheus":
+            return self.metrics(request)
         if route.kind in ("api", "metrics", "settings"):
             cors = self.cors_headers(request)
             if request.method == "OPTIONS":
@@ -1491,28 +1551,39 @@ class Recorder:
         except Rejected as rejection:
             self.reject(rejection, request, received_at=received_at, ip=ip)
             return
-        self.write_events([line], [_client_id(payload, event)])
+        self.write_events([line], [_client_id(payload, event)], [kind])
 
-    def write_events(self, lines, client_ids):
-        """Write `lines`, but none whose client-sent messageId (in `client_ids`, None where
-        pixel made the id) was written within the dedupe window: retries by SDKs, browsers
-        and networks repeat an event's messageId. True once all that was kept is on disk."""
+    def write_events(self, lines, client_ids, kinds):
+        """Write `lines` (of events of `kinds`), but none whose client-sent messageId (in
+        `client_ids`, None where pixel made the id) was written within the dedupe window:
+        retries by SDKs, browsers and networks repeat an event's messageId. True once all
+        that was kept is on disk."""
         if self.recent is None or not any(client_ids):
-            return self.events.write(lines)
-        with self._dedupe_lock:   # so that two copies arriving at once are one write
-            kept, ids = [], set()
-            for line, client_id in zip(lines, client_ids):
-                if client_id is not None and (client_id in self.recent or client_id in ids):
-                    self.deduped += 1
-                    continue
-                kept.append(line)
-                if client_id is not None:
-                    ids.add(client_id)
-            written = self.events.write(kept) if kept else True
-            if written:
-                for client_id in ids:
-                    self.recent.add(client_id)
-            return written
+            written = self.events.write(lines)
+        else:
+            with self._dedupe_lock:   # so that two copies arriving at once are one write
+                kept, kept_kinds, ids = [], [], set()
+                for line, client_id, kind in zip(lines, client_ids, kinds):
+                    if client_id is not None and (client_id in self.recent or
+                                                  client_id in ids):
+                        self.deduped += 1
+                        continue
+                    kept.append(line)
+                    kept_kinds.append(kind)
+                    if client_id is not None:
+                        ids.add(client_id)
+                written = self.events.write(kept) if kept else True
+                if written:
+                    for client_id in ids:
+                        self.recent.add(client_id)
+            kinds = kept_kinds
+        if written:
+            with self._count_lock:
+                if len(kinds) == 1:
+                    self.written_by_type[kinds[0]] += 1
+                else:
+                    self.written_by_type.update(kinds)
+        return written
 
     def record_api(self, route, request, browser=False):
         """Write the events of an HTTP API body. 200 once they are on disk; 400 for a body
@@ -1532,7 +1603,7 @@ class Recorder:
             pairs = api_payloads(route, body, authorization=request.headers.get("authorization"))
         except Rejected as rejection:   # quote the body as received, or as gunzipped
             return self._body_refused(rejection, request, received_at, ip, body)
-        lines, client_ids, size, refused = [], [], 0, []
+        lines, client_ids, kinds, size, refused = [], [], [], 0, []
         limit = request_log_limit(len(body))
         for kind, payload in pairs:
             try:
@@ -1555,7 +1626,8 @@ class Recorder:
                                           ip, body)
             lines.append(line)
             client_ids.append(_client_id(payload, event))
-        written = self.write_events(lines, client_ids) if lines else True
+            kinds.append(kind)
+        written = self.write_events(lines, client_ids, kinds) if lines else True
         if refused:
             # At most MAX_REJECTS_PER_REQUEST lines and MAX_REJECTS_BYTES_PER_REQUEST bytes,
             # then one line that counts the rest.
@@ -1571,7 +1643,7 @@ class Recorder:
                 rest = Rejected("too_many_rejects", "%d more item(s) not quoted"
                                 % (len(refused) - len(records)))
                 records.append(self._reject_line(rest, request, received_at, ip, ""))
-            self._write_rejects(records, len(refused))
+            self._write_rejects(records, [rejection.reason for rejection, _ in refused])
         if not written:
             return json_answer(503, {"success": False, "error": "write_failed"})
         return json_answer(200, {"success": True})
@@ -1588,7 +1660,8 @@ class Recorder:
         if received_at is None:
             received_at = self.clock()
             ip = self.client_ip(request)
-        self._write_rejects([self._reject_line(rejection, request, received_at, ip, quoted)])
+        self._write_rejects([self._reject_line(rejection, request, received_at, ip, quoted)],
+                            [rejection.reason])
 
     def _reject_line(self, rejection, request, received_at, ip, quoted):
         record = {"reason": rejection.reason}
@@ -1610,9 +1683,12 @@ class Recorder:
         record["receivedAt"] = format_time(received_at)
         return (_encode(record) + "\n").encode("ascii")
 
-    def _write_rejects(self, lines, count=None):
+    def _write_rejects(self, lines, reasons):
+        """Write rejects-log `lines` for rejections of `reasons` (one line may stand for
+        several: too_many_rejects)."""
         with self._count_lock:
-            self.rejected += len(lines) if count is None else count
+            self.rejected += len(reasons)
+            self.rejected_by_reason.update(reasons)
         self.rejects.write(lines)
 
     def record_torn_tails(self):
@@ -1638,6 +1714,83 @@ class Recorder:
                 reopened.append(writer.path)
         if reopened:
             self.reporter.say("reopened %s (SIGHUP)" % " and ".join(reopened))
+
+    def metrics(self, request):
+        """GET /metrics, in Prometheus's text format; with a metrics token, only for a
+        request that sends it as `Authorization: Bearer <token>`."""
+        if self.metrics_token is not None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    token.strip().encode("latin-1", "replace"), self.metrics_token.encode()):
+                return plain_answer(401, (("WWW-Authenticate", 'Bearer realm="pixel"'),))
+        body = render_metrics(self.metric_families()).encode("utf-8")
+        return Answer(200, (("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                            ("Content-Length", str(len(body)))), body)
+
+    def metric_families(self):
+        """What /metrics shows, as render_metrics takes it."""
+        with self._count_lock:
+            by_type = sorted(self.written_by_type.items())
+            by_reason = collections.Counter(self.rejected_by_reason)
+        forwarder = self.forwarder
+        if forwarder is not None:
+            by_reason.update(forwarder.refused_by_reason)
+        logs = (("events", self.events), ("rejects", self.rejects))
+
+        def per_log(attribute):
+            return [("", (("log", name),), getattr(writer, attribute)) for name, writer in logs]
+
+        families = [
+            ("pixel_events_total", "counter", "Events written to the events log, by type.",
+             [("", (("type", kind),), count) for kind, count in by_type]),
+            ("pixel_rejections_total", "counter", "Requests, items and forwarded events "
+             "refused, by the reason in the rejects log.",
+             [("", (("reason", reason),), count) for reason, count in sorted(by_reason.items())]),
+            ("pixel_written_lines_total", "counter", "Lines written, by log.",
+             per_log("written")),
+            ("pixel_written_bytes_total", "counter", "Bytes written, by log.",
+             per_log("written_bytes")),
+            ("pixel_write_errors_total", "counter", "Lines that could not be written, by log.",
+             per_log("failed")),
+            ("pixel_rotations_total", "counter", "Rotations, by log.", per_log("rotations")),
+            ("pixel_deduped_events_total", "counter", "Events not written: their messageId "
+             "was written within the dedupe window.", [("", (), self.deduped)]),
+            ("pixel_browser_metrics_total", "counter", "analytics.js metrics posts (/v1/m), "
+             "counted and dropped.", [("", (), self.browser_metrics)]),
+        ]
+        if forwarder is not None:
+            lines, size, files = forwarder.backlog()
+            status = forwarder.status()
+            families += [
+                ("pixel_forward_sent_events_total", "counter", "Events the forwarder's "
+                 "receiver took.", [("", (), forwarder.sent)]),
+                ("pixel_forward_refused_events_total", "counter", "Events the forwarder wrote "
+                 "to the rejects log instead.", [("", (), forwarder.refused)]),
+                ("pixel_forward_failed_attempts_total", "counter", "Forwarding attempts that "
+                 "got no answer or one to retry.", [("", (), forwarder.failed_attempts)]),
+                ("pixel_forward_backlog_events", "gauge", "Events written and not yet "
+                 "forwarded.", [("", (), lines or 0)]),
+                ("pixel_forward_backlog_bytes", "gauge", "Bytes written and not yet "
+                 "forwarded.", [("", (), size)]),
+                ("pixel_forward_backlog_files", "gauge", "Rotated files not yet forwarded "
+                 "whole.", [("", (), files)]),
+                ("pixel_forward_backlog_seconds", "gauge", "Age of the oldest event not yet "
+                 "forwarded.", [("", (), float(status["backlog_seconds"]))]),
+                ("pixel_forward_paused", "gauge", "1 while a 401 or 403 pauses forwarding.",
+                 [("", (), int(status["paused_write_key"] is not None))]),
+                ("pixel_forward_last_success_timestamp_seconds", "gauge", "When the receiver "
+                 "last took a batch (Unix time; 0: never).",
+                 [("", (), float(forwarder.last_success or 0))]),
+            ]
+        for source in self.metric_sources:
+            families += source()
+        families += [
+            ("pixel_build_info", "gauge", "pixel's version and the Python it runs on.",
+             [("", (("version", __version__), ("python", sys.version.split()[0])), 1)]),
+            ("process_start_time_seconds", "gauge", "When the process started (Unix time).",
+             [("", (), float(self.started_at))]),
+        ]
+        return families
 
     def health(self):
         failing = self.events.failing or self.rejects.failing
@@ -1943,7 +2096,9 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                 self._refuse(error)
                 return
             self._served += 1
+            started = time.monotonic()
             self._serve(head)
+            self.server.durations.observe(time.monotonic() - started)
             if self._unread_body:
                 self._linger()   # let the client finish sending and read our answer
         except (_Closed, OSError):
@@ -2073,15 +2228,21 @@ class ConnectionPool:
         self._handoff = collections.deque()
         self._waiting_threads = 0
         self._full = False       # submit() waits for a slot
+        self.exhausted = 0       # times a connection found every slot taken
 
     def __len__(self):
         return len(self._live)
+
+    def idle(self):
+        """Connections waiting for their client."""
+        return len(self._idle)
 
     def submit(self, sock, client_address):
         """Serve `sock` once a slot is free. False if the pool is closing: the caller closes
         the socket."""
         with self._lock:
             if len(self._live) >= self.size:
+                self.exhausted += 1
                 self._reporter.say("all %d connection slots are busy; new connections wait"
                                    % self.size, key="slots")
                 self._full = True
@@ -2205,6 +2366,8 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.pool = ConnectionPool(max_connections, self.process_request_thread,
                                    reporter=self.reporter)
         recorder.gauges["connections"] = self.pool.__len__
+        self.durations = Histogram()
+        recorder.metric_sources.append(self.metric_families)
         self.options_inherited = None    # set by the first connection's handler
         self.status_lines = {}           # status -> the answer's first bytes, up to the Date
         self._date = (0, b"")
@@ -2214,6 +2377,21 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     @property
     def stopping(self):
         return self.pool.closing
+
+    def metric_families(self):
+        """The transport's part of /metrics."""
+        return [
+            ("pixel_open_connections", "gauge", "Connections being served.",
+             [("", (), len(self.pool))]),
+            ("pixel_idle_connections", "gauge", "Connections waiting for their client.",
+             [("", (), self.pool.idle())]),
+            ("pixel_connection_slots", "gauge", "Connections served at once at most "
+             "(--max-connections).", [("", (), self.pool.size)]),
+            ("pixel_connection_slots_exhausted_total", "counter", "Times a new connection "
+             "found every slot taken.", [("", (), self.pool.exhausted)]),
+            ("pixel_request_duration_seconds", "histogram", "From a request's whole head to "
+             "its answer sent.", self.durations.samples()),
+        ]
 
     def server_bind(self):
         # HTTPServer.server_bind resolves the host's FQDN, a DNS round trip at start-up that
@@ -2643,6 +2821,7 @@ class Forwarder:
         self.thread = None
         self.sent = 0                # events the receiver took
         self.refused = 0             # events written to the rejects log instead
+        self.refused_by_reason = collections.Counter()
         self.failed_attempts = 0     # posts that got no answer, or one to retry
         self.last_success = None     # clock time of the last 2xx
         self.last_error = None
@@ -3049,6 +3228,7 @@ class Forwarder:
             if self.stopping.wait(backoff_delay(failures, self.first_delay, self.max_delay)):
                 return False
         self.refused += 1
+        self.refused_by_reason[rejection.reason] += 1
         self._acknowledge(log, [item], sent=False)
         return True
 
@@ -3294,6 +3474,14 @@ def _forward_url(text):
     return text
 
 
+def _token(text):
+    # RFC 6750's b64token: what an Authorization: Bearer header can carry as is.
+    if not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", text, re.ASCII):
+        raise argparse.ArgumentTypeError("not a bearer token (letters, digits and -._~+/, "
+                                         "then = padding): %r" % text)
+    return text
+
+
 def _batch_size(text):
     value = int(text)
     if not 1 <= value <= MAX_BATCH_ITEMS:
@@ -3401,6 +3589,9 @@ def build_parser(environ):
     option("--idle-timeout", "PIXEL_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT,
            "seconds a kept-alive connection may wait for its next request", _seconds,
            metavar="S")
+    option("--metrics-token", "PIXEL_METRICS_TOKEN", None, "require `Authorization: Bearer "
+           "TOKEN` for /metrics. Unset, /metrics answers anyone who can reach it", _token,
+           metavar="TOKEN")
     option("--forward", "PIXEL_FORWARD", None, "relay the events log, at least once and in "
            "order, to this Segment-compatible API (https://api.segment.io, a RudderStack or "
            "Jitsu URL, another pixel); batches go to URL/v1/batch", _forward_url,
@@ -3469,7 +3660,7 @@ def main(argv=None, environ=None):
                                % writers[0].path)
         recorder = Recorder(*writers, write_keys=args.write_key,
                             trusted_proxies=args.trusted_proxy, record_ip=not args.no_ip,
-                            anonymize_ip=args.anonymize_ip,
+                            anonymize_ip=args.anonymize_ip, metrics_token=args.metrics_token,
                             allow_origins=args.allow_origin, dedupe_window=args.dedupe_window,
                             public_url=args.public_url, reporter=reporter)
         recorder.record_torn_tails()

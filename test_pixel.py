@@ -12,6 +12,7 @@ with a deadline (wait_until), never a bare sleep, and share one temp-folder help
 
 import ast
 import base64
+import collections
 import errno
 import gzip
 import http.client
@@ -1084,7 +1085,7 @@ class Dedupe(RecorderCase):
         lines = [b'{"n":%d}\n' % number for number in range(10000)]
         ids = ["ajs-next-%d" % number for number in range(10000)]
         started = time.perf_counter()
-        self.assertTrue(recorder.write_events(lines, ids))
+        self.assertTrue(recorder.write_events(lines, ids, ["track"] * len(lines)))
         self.assertLess(time.perf_counter() - started, 0.2)
         window = pixel.RecentIds(1000)
         for client_id in ids:
@@ -1110,6 +1111,53 @@ class Dedupe(RecorderCase):
                                  request(method="POST", path="/v1/track", body=body))
         self.assertEqual(answer.status, 503)
         self.assertNotIn("retry-me", recorder.recent)
+
+
+class MetricsDocument(RecorderCase):
+    recorder_options = {"metrics_token": "s3cret-token"}
+
+    def scrape(self, authorization="Bearer s3cret-token"):
+        headers = {"authorization": authorization} if authorization else {}
+        return self.answer(path="/metrics", headers=headers)
+
+    def test_counts_by_type_and_reason_and_the_token(self):
+        self.answer(query="writeKey=k&userId=u&event=e")
+        self.answer(path="/v1/pixel/page", query="writeKey=k&userId=u")
+        self.answer(query="writeKey=k&userId=u")
+        self.answer(path="/v1/batch", method="POST", body=json.dumps({"batch": [
+            {"type": "track", "writeKey": "k", "userId": "u", "event": "e"},
+            {"type": "track", "writeKey": "k", "userId": "u"},
+            {"type": "bogus", "writeKey": "k", "userId": "u"}]}).encode())
+        for authorization in (None, "Bearer wrong", "Basic s3cret-token", "Bearer"):
+            with self.subTest(authorization):
+                answer = self.scrape(authorization)
+                self.assertEqual(answer.status, 401)
+                self.assertIn(("WWW-Authenticate", 'Bearer realm="pixel"'), answer.headers)
+        answer = self.scrape("bearer  s3cret-token ")
+        self.assertEqual(answer.status, 200)
+        self.assertIn(("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                      answer.headers)
+        text = answer.body.decode()
+        for sample in ('pixel_events_total{type="page"} 1',
+                       'pixel_events_total{type="track"} 2',
+                       'pixel_rejections_total{reason="event_not_defined"} 2',
+                       'pixel_rejections_total{reason="invalid_type"} 1',
+                       'pixel_written_lines_total{log="events"} 3',
+                       'pixel_written_lines_total{log="rejects"} 3',
+                       'pixel_write_errors_total{log="events"} 0',
+                       'pixel_build_info{version="%s",python="%s"} 1'
+                       % (pixel.__version__, sys.version.split()[0])):
+            self.assertIn(sample + "\n", text)
+        self.assertNotIn("pixel_forward_", text)
+        self.assertEqual(len(re.findall(r"^# TYPE ", text, re.M)),
+                         len(re.findall(r"^# HELP ", text, re.M)))
+
+    def test_bad_tokens_are_refused_at_start(self):
+        for token in ("", "has space", "tok\u00e9n", "a=b"):
+            with self.subTest(token):
+                with self.assertRaises(SystemExit):
+                    with unittest.mock.patch("sys.stderr", io.StringIO()):
+                        pixel.parse_args(["--metrics-token", token], {})
 
 
 class DedupeAfterRestart(RecorderCase):
@@ -4087,6 +4135,17 @@ class Process(unittest.TestCase):
                                         r"Address already in use\n$")
 
 
+def fetch_gif(port, target):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", target)
+        body = connection.getresponse().read()
+    finally:
+        connection.close()
+    assert body == pixel.GIF, body
+    return body
+
+
 def fetch_json(port, target):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -4339,6 +4398,95 @@ class ForwardingUnderFaults(unittest.TestCase):
             self.assertEqual(handle.read(), "")
         print("\nforwarded %d events through 500, 429, 400, a hang, kill -9 of A and of B"
               % len(ids), file=sys.stderr)
+
+
+class Metrics(unittest.TestCase):
+    """A pixel.py process that took traffic, rotated and forwarded, scraped; the answer
+    checked by Prometheus's own promtool, and its counters against the logs."""
+
+    def test_promtool_accepts_it_and_the_counters_match_the_logs(self):
+        need(shutil.which("promtool"), "promtool (Debian's prometheus package)")
+        folder = temp_dir(self, "pixel-metrics-")
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (400, {}, b"no") if any(event.get("event") == "poison" for event in events)
+            else (200, {}, b"{}")))
+        process, port = start_pixel(self, "--log", os.path.join(folder, "events.jsonl"),
+                                    "--max-bytes", "2K", "--forward", receiver.url,
+                                    "--metrics-token", "t0k3n")
+        for number in range(40):
+            kind = ("track", "page", "identify")[number % 3]
+            fetch_gif(port, "/v1/pixel/%s?writeKey=k&userId=u&event=%s&messageId=m%d"
+                      % (kind, "poison" if number == 7 else "e", number))
+        for query in ("writeKey=k", "userId=u&event=e", "data=%%%"):
+            fetch_gif(port, "/v1/pixel/track?" + query)
+        polls = []
+
+        def sent():
+            polls.append(port)
+            return fetch_json(port, "/health")["forward"]["lines_behind"] == 0
+
+        self.assertTrue(wait_until(sent))
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/metrics", headers={"Authorization": "Bearer t0k3n"})
+        response = connection.getresponse()
+        text = response.read().decode()
+        connection.close()
+        self.assertEqual(response.status, 200)
+        check = subprocess.run(["promtool", "check", "metrics"], input=text,
+                               capture_output=True, text=True, timeout=60)
+        self.assertEqual((check.returncode, check.stdout + check.stderr), (0, ""))
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        lines = {"events": [], "rejects": []}
+        for name in os.listdir(folder):
+            log = "events" if name.startswith("events.jsonl") else "rejects"
+            if name.endswith(".forward") or not (name.startswith(log + ".jsonl")):
+                continue
+            with open(os.path.join(folder, name)) as handle:
+                lines[log] += [json.loads(line) for line in handle]
+        for log in lines:
+            self.assertEqual(samples['pixel_written_lines_total{log="%s"}' % log],
+                             len(lines[log]))
+        for kind in ("track", "page", "identify"):
+            self.assertEqual(samples['pixel_events_total{type="%s"}' % kind],
+                             sum(event["type"] == kind for event in lines["events"]))
+        reasons = collections.Counter(line["reason"] for line in lines["rejects"])
+        self.assertEqual({name: value for name, value in samples.items()
+                          if name.startswith("pixel_rejections_total")},
+                         {'pixel_rejections_total{reason="%s"}' % reason: count
+                          for reason, count in reasons.items()})
+        self.assertEqual(reasons["forward_rejected"], 1)
+        rotated = [name for name in os.listdir(folder)
+                   if name.startswith("events.jsonl.") and ROTATED.search(name)]
+        self.assertGreater(len(rotated), 1)
+        self.assertEqual(samples['pixel_rotations_total{log="events"}'], len(rotated))
+        self.assertEqual(samples["pixel_forward_sent_events_total"], 39)
+        self.assertEqual(samples["pixel_forward_backlog_events"], 0)
+        requests = 43 + len(polls)   # the scrape itself is counted once it is answered
+        self.assertEqual(samples["pixel_request_duration_seconds_count"], requests)
+        self.assertEqual(samples['pixel_request_duration_seconds_bucket{le="+Inf"}'], requests)
+
+    def test_the_readme_rules_and_scrape_config(self):
+        need(shutil.which("promtool"), "promtool (Debian's prometheus package)")
+        with open(os.path.join(HERE, "README.md"), encoding="utf-8") as handle:
+            section = handle.read().split("## Metrics")[1].split("\n## ")[0]
+        config, rules = re.findall(r"```yaml\n(.*?)```", section, re.S)
+        folder = temp_dir(self, "pixel-promtool-")
+        paths = {}
+        for name, text in (("prometheus.yml", config), ("pixel.rules.yml", rules),
+                           ("pixel-metrics-token", "t0k3n\n")):
+            paths[name] = os.path.join(folder, name)
+            with open(paths[name], "w") as handle:
+                handle.write(text.replace("/etc/prometheus/", folder + "/"))
+        for command in (["check", "rules", paths["pixel.rules.yml"]],
+                        ["check", "config", paths["prometheus.yml"]]):
+            result = subprocess.run(["promtool"] + command, capture_output=True, text=True,
+                                    timeout=60)
+            self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertEqual(len(re.findall(r"^\s+- alert: ", rules, re.M)), 3)
 
 
 def make_certificates(folder):
