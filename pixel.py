@@ -2019,7 +2019,13 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         if timeout != self._recv_timeout:
             self._set_recv_timeout(timeout)
         pool = self._pool
-        pool.mark_idle(self.connection)
+        kept_alive = self._served > 0 and not self._buffer
+        pool.mark_idle(self.connection, kept_alive)
+        # After marking: a stop either sees this connection idle and closes it, or is seen
+        # here. A client that has not sent its first request is waited for, stop or not.
+        if kept_alive and pool.stopping:
+            pool.mark_busy(self.connection)
+            raise _Closed("stopping")
         try:
             chunk = self.connection.recv(RECV_SIZE)
         except OSError as error:   # timeout, reset, or shut down by a stop or an eviction
@@ -2112,7 +2118,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
     def _serve(self, head):
         self.command, self.path, self.request_version = head.method, head.target, head.version
         self.headers = head.headers
-        self.close_connection = not head.keep_alive
+        self.close_connection = not head.keep_alive or self._pool.stopping
         route = route_for(head.path)
         recorder = self.server.recorder
         request = Request(head.method, head.path, head.query, head.headers,
@@ -2216,7 +2222,8 @@ class ConnectionPool:
 
     def __init__(self, size, serve, *, reporter, linger=WORKER_IDLE_SECONDS):
         self.size = size
-        self.closing = False
+        self.stopping = False    # finish what was received, keep no connection alive
+        self.closing = False     # ... and take no more connections
         self._serve = serve      # serve(sock, client_address): one connection's whole life
         self._reporter = reporter
         self._linger = linger
@@ -2224,7 +2231,8 @@ class ConnectionPool:
         self._changed = threading.Condition(self._lock)   # a slot freed, or one went idle
         self._handed = threading.Condition(self._lock)    # a connection for a waiting thread
         self._live = set()       # connections given a slot, served or about to be
-        self._idle = {}          # connections waiting for their client, oldest first
+        self._idle = {}          # connections waiting for their client, oldest first:
+                                 # True for a kept-alive one between requests
         self._handoff = collections.deque()
         self._waiting_threads = 0
         self._full = False       # submit() waits for a slot
@@ -2268,9 +2276,10 @@ class ConnectionPool:
             return False
         return True
 
-    def mark_idle(self, sock):
-        """`sock` waits for its client; when slots run out it may be closed."""
-        self._idle[sock] = True
+    def mark_idle(self, sock, kept_alive=True):
+        """`sock` waits for its client (for a next request if `kept_alive`); when slots run
+        out it may be closed, and a kept-alive one is closed by a stop."""
+        self._idle[sock] = kept_alive
         if self._full:   # set before submit() looks for one to close: no lost wake-up
             with self._lock:
                 self._changed.notify_all()
@@ -2283,7 +2292,7 @@ class ConnectionPool:
         # so iterate over a copy (list() of a dict is one step under the GIL) and take
         # each socket out with pop(), which says whether it was still there.
         for sock in list(self._idle):
-            if not self._idle.pop(sock, False):
+            if self._idle.pop(sock, None) is None:
                 continue   # busy again meanwhile
             try:
                 sock.shutdown(socket.SHUT_RD)   # its thread wakes, finds EOF, and ends
@@ -2319,28 +2328,40 @@ class ConnectionPool:
                             return
                 sock, client_address = self._handoff.popleft()
 
-    def stop_admitting(self):
-        """Take no more connections, and wake a submit() waiting for a slot, so that the
-        accept loop can return."""
-        with self._lock:
-            self.closing = True
-            self._changed.notify_all()
-            self._handed.notify_all()
+    def stop(self):
+        """Keep no connection alive: close those waiting between requests (HTTP lets a
+        client send again what it sent on a kept-alive connection closed under it); every
+        other one ends after its next answer. A connection still waiting for its first
+        request is waited for: it is somebody's request."""
+        self.stopping = True
+        self._close_kept_alive()
+
+    def _close_kept_alive(self):
+        for sock, kept_alive in list(self._idle.items()):
+            if kept_alive and self._idle.pop(sock, None) is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RD)   # its thread wakes, finds EOF, and ends
+                except OSError:   # it closed meanwhile
+                    continue
 
     def close(self, timeout):
-        """Take no more connections. Half-close the read side of every live one: an idle one
-        wakes at once, a request not yet fully received is cut, and what was received is
-        answered. Then wait up to `timeout` seconds for them all to end."""
+        """Take no more connections, and wait up to `timeout` seconds for the live ones to
+        end; those still open then are half-closed, cut, and waited for a moment more."""
+        self.stopping = True
         with self._lock:
             self.closing = True
+            self._handed.notify_all()
+            self._changed.notify_all()
+        self._close_kept_alive()
+        with self._lock:
+            if self._changed.wait_for(lambda: not self._live, timeout):
+                return True
             for sock in self._live:
                 try:
                     sock.shutdown(socket.SHUT_RD)
                 except OSError:   # it closed meanwhile
                     continue
-            self._handed.notify_all()
-            self._changed.notify_all()
-            return self._changed.wait_for(lambda: not self._live, timeout)
+            return self._changed.wait_for(lambda: not self._live, 1.0)
 
 
 class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
@@ -2357,12 +2378,13 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     def __init__(self, address, recorder, *, max_connections=DEFAULT_MAX_CONNECTIONS,
                  request_timeout=DEFAULT_REQUEST_TIMEOUT, idle_timeout=DEFAULT_IDLE_TIMEOUT,
-                 handler=PixelHandler, reporter=None):
+                 handler=PixelHandler, reporter=None, reuse_port=False):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.recorder = recorder
         self.reporter = reporter or Reporter()
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
+        self.reuse_port = reuse_port
         self.pool = ConnectionPool(max_connections, self.process_request_thread,
                                    reporter=self.reporter)
         recorder.gauges["connections"] = self.pool.__len__
@@ -2376,7 +2398,7 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     @property
     def stopping(self):
-        return self.pool.closing
+        return self.pool.stopping
 
     def metric_families(self):
         """The transport's part of /metrics."""
@@ -2396,6 +2418,8 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def server_bind(self):
         # HTTPServer.server_bind resolves the host's FQDN, a DNS round trip at start-up that
         # we do not need.
+        if self.reuse_port:   # several processes on one port: the kernel spreads connections
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
         # Inherited by accepted sockets on Linux (see PixelHandler.setup).
@@ -2434,9 +2458,9 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             key="internal error")
 
     def shutdown(self):
-        """Stop serve_forever(), even while its accept loop waits for a free slot; call it
-        from another thread. Connections already taken are served until drain()."""
-        self.pool.stop_admitting()
+        """Stop serve_forever(); call it from another thread. Connections already taken,
+        and those in the listen queue, are served by drain()."""
+        self.pool.stop()
         super().shutdown()
 
     def stop(self, timeout=None):
@@ -2445,14 +2469,32 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.drain(timeout)
 
     def drain(self, timeout=None):
-        """The one stop sequence, for after serve_forever() has returned: take no more
-        connections, answer what has been received (waiting at most `timeout` seconds,
-        by default the request timeout), and close the listening socket. Idempotent."""
+        """The one stop sequence, for after serve_forever() has returned: take the
+        connections already in the listen queue, close the listening socket, and answer
+        every connection taken (waiting at most `timeout` seconds, by default the request
+        timeout). Idempotent."""
         with self._drained:
             if self.socket.fileno() < 0:
                 return
-            self.pool.close(self.request_timeout if timeout is None else timeout)
+            self.pool.stop()
+            self._accept_queued()
             self.server_close()
+            self.pool.close(self.request_timeout if timeout is None else timeout)
+
+    def _accept_queued(self):
+        """Accept what the kernel has already accepted for us, so that closing the listening
+        socket does not reset it: each connection is served like any other (with
+        Connection: close). A connection that arrives between the last accept() and the
+        close is still reset, unless Linux's net.ipv4.tcp_migrate_req hands it to another
+        --reuse-port process; that window is one system call long."""
+        self.socket.setblocking(False)
+        while True:
+            try:
+                request, client_address = self.socket.accept()
+            except OSError:   # BlockingIOError: the queue is empty; or EMFILE, ECONNABORTED
+                return
+            request.setblocking(True)
+            self.process_request(request, client_address)
 
 
 # --------------------------------------------------------------------------------------------
@@ -3577,6 +3619,9 @@ def build_parser(environ):
                             help="%s [%s=1] (default: %%(default)s)" % (help, env))
 
     switch("--no-ip", "PIXEL_NO_IP", "record no IP address, not even a client-sent context.ip")
+    switch("--reuse-port", "PIXEL_REUSE_PORT", "share the port with other pixel processes "
+           "(SO_REUSEPORT), each with its own --log: the kernel spreads connections among "
+           "them, one CPU each")
     switch("--anonymize-ip", "PIXEL_ANONYMIZE_IP", "record IP addresses truncated to their "
            "/24 (IPv4) or /48 (IPv6): the peer's, X-Forwarded-For's, a client-sent "
            "context.ip, and in the rejects log")
@@ -3794,7 +3839,10 @@ def serve(args, recorder, reporter):
         server = PixelServer((args.host, args.port), recorder,
                              max_connections=args.max_connections,
                              request_timeout=args.request_timeout,
-                             idle_timeout=args.idle_timeout, reporter=reporter)
+                             idle_timeout=args.idle_timeout, reporter=reporter,
+                             reuse_port=args.reuse_port)
+    except AttributeError:   # no socket.SO_REUSEPORT on this platform
+        raise StartupError("--reuse-port: this system has no SO_REUSEPORT") from None
     except OSError as error:
         raise StartupError("cannot listen on %s port %d: %s" % (
             args.host, args.port, error.strerror or error)) from None

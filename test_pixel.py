@@ -2993,6 +2993,9 @@ class FakeReceiver:
                 if status is None:
                     self.close_connection = True
                     return
+                if 200 <= status < 300:   # taken before the answer can reach the forwarder
+                    with receiver.lock:
+                        receiver.taken.extend(document["batch"])
                 self.send_response(status)
                 for name, value in headers.items():
                     if name == "then-close":   # close after answering, without saying so
@@ -3002,9 +3005,6 @@ class FakeReceiver:
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
-                if 200 <= status < 300:
-                    with receiver.lock:
-                        receiver.taken.extend(document["batch"])
 
             def log_message(self, *args):
                 pass
@@ -4618,6 +4618,118 @@ class Backfill(unittest.TestCase):
                                 capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 1)
         self.assertIn("No such file", result.stderr)
+
+
+class GracefulStop(unittest.TestCase):
+    """SIGTERM answers every request the process has taken: those in the kernel's listen
+    queue, and a connection that has not sent its request yet; only connections kept alive
+    between requests are closed."""
+
+    def test_the_listen_queue_and_a_silent_client_are_served(self):
+        folder = temp_dir(self, "pixel-stop-")
+        log = os.path.join(folder, "events.jsonl")
+        process, port = start_pixel(self, "--log", log, "--request-timeout", "8")
+        silent = socket.create_connection(("127.0.0.1", port))
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        kept.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=kept")
+        self.assertEqual(kept.getresponse().read(), pixel.GIF)
+        # The silent one, the kept-alive one, and the one asking.
+        self.assertTrue(wait_until(lambda: fetch_json(port, "/health")["connections"] == 3))
+        process.send_signal(signal.SIGSTOP)
+        queued = []
+        for number in range(30):   # accepted by the kernel, not by pixel: the listen queue
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=queued&messageId=q%d "
+                         b"HTTP/1.1\r\nHost: x\r\n\r\n" % number)
+            queued.append(sock)
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.5)   # the stop is under way: the silent client now sends its request
+        silent.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=silent HTTP/1.1\r\n"
+                       b"Host: x\r\n\r\n")
+        status, headers, body, _ = read_response(silent.makefile("rb"))
+        self.assertEqual((status, body, headers["connection"]), (200, pixel.GIF, "close"))
+        for sock in queued:
+            sock.settimeout(10)
+            status, headers, body, _ = read_response(sock.makefile("rb"))
+            self.assertEqual((status, body, headers["connection"]), (200, pixel.GIF, "close"))
+            sock.close()
+        silent.close()
+        with self.assertRaises((http.client.HTTPException, OSError)):
+            kept.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=late")
+            kept.getresponse().read()   # closed between requests: a client sends it again
+        kept.close()
+        self.assertEqual(process.wait(20), 0)
+        with open(log) as handle:
+            events = [json.loads(line)["event"] for line in handle]
+        self.assertEqual(sorted(events), ["kept"] + ["queued"] * 30 + ["silent"])
+
+
+class ReusePort(unittest.TestCase):
+    """Two processes on one port (--reuse-port), each with its own log."""
+
+    def test_two_processes_share_a_port_and_one_stops_under_traffic(self):
+        folder = temp_dir(self, "pixel-reuse-")
+        logs = [os.path.join(folder, "events-%d.jsonl" % number) for number in (1, 2)]
+        first, port = start_pixel(self, "--reuse-port", "--log", logs[0])
+        second, second_port = start_pixel(self, "--reuse-port", "--port", str(port),
+                                          "--log", logs[1])
+        self.assertEqual(second_port, port)
+        answered, failed, lock, stop = [], [], threading.Lock(), threading.Event()
+
+        def client(worker, count=None):
+            number = 0
+            while not stop.is_set() and (count is None or number < count):
+                message_id = "w%d-%d" % (worker, number)
+                number += 1
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                try:   # one connection a request: the kernel picks a process for each
+                    connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e&"
+                                              "messageId=" + message_id)
+                    ok = connection.getresponse().read() == pixel.GIF
+                except (OSError, http.client.HTTPException) as error:
+                    ok = False
+                    with lock:
+                        failed.append((message_id, repr(error)))
+                finally:
+                    connection.close()
+                if ok:
+                    with lock:
+                        answered.append(message_id)
+
+        threads = [threading.Thread(target=client, args=(worker, 500)) for worker in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual((len(answered), failed), (2000, []))
+        shares = []
+        for log in logs:
+            with open(log) as handle:
+                shares.append([json.loads(line)["messageId"] for line in handle])
+        self.assertTrue(all(len(share) > 200 for share in shares), [len(s) for s in shares])
+        self.assertEqual(sorted(shares[0] + shares[1]), sorted(answered))
+        # Now one stops while four clients keep sending: no request may fail.
+        answered.clear()
+        threads = [threading.Thread(target=client, args=(worker,)) for worker in range(4, 8)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        first.send_signal(signal.SIGTERM)
+        self.assertEqual(first.wait(20), 0)
+        time.sleep(1)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(failed, [])
+        logged = []
+        for log in logs:
+            with open(log) as handle:
+                logged += [json.loads(line)["messageId"] for line in handle]
+        self.assertEqual(len(logged), len(set(logged)))
+        self.assertLessEqual(set(answered), set(logged))
+        print("\n--reuse-port: %d then %d pixels, none failed, through a SIGTERM of one "
+              "process" % (2000, len(answered)), file=sys.stderr)
 
 
 class ImportStartsNothing(unittest.TestCase):
