@@ -143,6 +143,10 @@ BACKOFF_MAX = 60.0               # ... to this, with up to half again of random 
 MAX_RETRY_AFTER = 600.0          # a receiver's Retry-After is honoured up to this
 MAX_ANSWER_BYTES = 64 * 1024     # of a receiver's answer, read and quoted
 FORWARD_READ = MAX_BATCH_BYTES + MAX_EVENT_LINE   # log bytes read to build one batch
+MAX_FORWARD_ITEM = MAX_PAYLOAD_BYTES - 64   # an event a Segment-compatible receiver takes,
+                                            # with the batch's sentAt added to it
+MAX_OPEN_LOG_FILES = 32          # rotated files the forwarder holds open; later ones wait
+                                 # closed, by name
 CHECKPOINT_SUFFIX = ".forward"
 
 
@@ -901,10 +905,15 @@ class LogWriter:
 
     def _open(self):
         fd = os.open(self.path, self._flags, 0o644)
-        status = os.fstat(fd)
+        try:
+            status = os.fstat(fd)
+            handed = os.dup(fd) if self.follower is not None else None
+        except OSError:   # out of descriptors, say: keep the file open until now
+            os.close(fd)
+            raise
         self._fd, self._identity, self._size = fd, (status.st_dev, status.st_ino), status.st_size
-        if self.follower is not None:   # under the lock: files reach it in write order
-            self.follower.opened(os.dup(fd), self._identity, self.path)
+        if handed is not None:   # under the lock: files reach the follower in write order
+            self.follower.opened(handed, self._identity, self.path)
 
     def follow(self, follower):
         """Attach `follower` and hand it the open file; return (descriptor, identity,
@@ -1123,6 +1132,8 @@ class LogWriter:
             self._reporter.say("cannot rotate %s: %s; still writing to it"
                                % (self.path, error), key="write " + self.path)
             return
+        if self.follower is not None:
+            self.follower.renamed(self._identity, target)
         self.rotations += 1
         self._reopen()
         if self.keep:
@@ -1140,8 +1151,13 @@ class LogWriter:
         return [os.path.join(folder, name) for _, _, name in sorted(found)]
 
     def _prune(self):
+        held = self.follower.held() if self.follower is not None else ()
         for old in self.rotated_files()[:-self.keep]:
-            if self.follower is not None and self.follower.retains(old):
+            try:
+                status = os.stat(old)
+            except FileNotFoundError:
+                continue
+            if (status.st_dev, status.st_ino) in held:
                 self._reporter.say("keeping %s past --keep %d: the forwarder has not sent "
                                    "all of it yet" % (old, self.keep), key="keep " + self.path)
                 continue
@@ -2593,6 +2609,7 @@ class Receiver:
         self.host, self.port = parts.hostname, parts.port
         self.path = parts.path.rstrip("/") + "/v1/batch"
         self.timeout = timeout
+        self._aborted = False
         self.context = None
         if parts.scheme == "https":
             import ssl   # here, not at the top: only a forwarder over https pays its cost
@@ -2610,10 +2627,36 @@ class Receiver:
     def post(self, write_key, body):
         """POST one gzipped batch; return (status, headers with lower-case names, the first
         MAX_ANSWER_BYTES of the answer as text). Raises OSError or HTTPException when no
-        answer came."""
+        whole answer came within `timeout` seconds, all told: a receiver that drips its
+        answer a byte at a time, or sends 100 Continue forever, is cut off then."""
         credential = base64.b64encode((write_key + ":").encode("utf-8")).decode("ascii")
         headers = {"Content-Type": "application/json", "Content-Encoding": "gzip",
                    "Authorization": "Basic " + credential, "User-Agent": "pixel/" + __version__}
+        self._aborted = False
+        watchdog = threading.Timer(self.timeout, self.abort)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return self._post(body, headers)
+        except (OSError, http.client.HTTPException):
+            if self._aborted:
+                raise socket.timeout("no whole answer within %g s" % self.timeout) from None
+            raise
+        finally:
+            watchdog.cancel()
+
+    def abort(self):
+        """Cut the post under way, from another thread (its deadline, or a stop)."""
+        self._aborted = True
+        connection = self._connection
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)   # wakes a recv or send blocked on it
+            except OSError:   # closed meanwhile: the post is over anyway
+                return
+
+    def _post(self, body, headers):
         for second_try in (False, True):
             reused = self._connection is not None
             if not reused:
@@ -2624,7 +2667,7 @@ class Receiver:
                 answer = response.read(MAX_ANSWER_BYTES)
             except ConnectionError:
                 self.close()
-                if reused and not second_try:
+                if reused and not second_try and not self._aborted:
                     continue   # it had closed the kept-alive connection: once more, afresh
                 raise
             except (OSError, http.client.HTTPException):
@@ -2646,19 +2689,23 @@ _WRITE_KEY_FIELD = re.compile(rb'"writeKey":"((?:[^"\\]|\\.)*)"')
 _MESSAGE_ID_FIELD = re.compile(rb'"messageId":"((?:[^"\\]|\\.)*)"')
 
 
-def forward_item(line):
+def forward_item(line, strip=False):
     """A log line (without its newline) as a batch item: (its writeKey, or None; the event
-    without writeKey, as JSON bytes), since the key travels as the batch's Basic auth.
-    Raises Rejected("forward_unreadable") for a line that is not a JSON object."""
+    as JSON bytes). With `strip`, the event's writeKey is taken out, so that the batch's
+    (its Basic auth: --forward-write-key) applies; else it is kept, since Basic auth cannot
+    carry a key with a colon in it. Raises Rejected("forward_unreadable") for a line that
+    is not a JSON object."""
     matches = list(_WRITE_KEY_FIELD.finditer(line))
     if len(matches) == 1 and line[:1] == b"{" and line[-1:] == b"}":
         # Every event pixel logs has a writeKey at its top level, so the only one is that
-        # one (checked: at depth 1): cut it out without parsing the line, which would cost
-        # more than all the rest.
+        # one (checked: at depth 1): read, or cut, without parsing the line, which would
+        # cost more than all the rest.
         match = matches[0]
         value = match.group(1)
         if b"\\" not in value and value.isascii() and \
                 _depth_at(line[:match.start()]) == 1:
+            if not strip:
+                return value.decode("ascii"), line
             start, end = match.span()
             if line[end:end + 1] == b",":
                 return value.decode("ascii"), line[:start] + line[end + 1:]
@@ -2669,11 +2716,13 @@ def forward_item(line):
         event = json.loads(line)
     except ValueError:   # not JSON, or not UTF-8
         raise Rejected("forward_unreadable", "not JSON") from None
+    except RecursionError:
+        raise Rejected("forward_unreadable", "nested too deep") from None
     if not isinstance(event, dict):
         raise Rejected("forward_unreadable", "not a JSON object")
-    key = event.pop("writeKey", None)
+    key = event.pop("writeKey", None) if strip else event.get("writeKey")
     try:
-        item = _encode(event).encode("ascii")
+        item = _encode(event).encode("ascii") if strip else line
     except ValueError:   # 1e400, read back as infinity
         raise Rejected("forward_unreadable", "a number out of range") from None
     return (key if isinstance(key, str) and key else None), item
@@ -2693,9 +2742,11 @@ def logged_message_id(line):
     if len(matches) == 1 and b"\\" not in matches[0].group(1) and \
             _depth_at(line[:matches[0].start()]) == 1:   # as in forward_item
         return matches[0].group(1).decode("ascii", "replace")
+    if not matches and b'"messageId"' not in line:
+        return None
     try:
         event = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     message_id = event.get("messageId") if isinstance(event, dict) else None
     return message_id if isinstance(message_id, str) else None
@@ -2705,6 +2756,7 @@ def logged_message_ids(paths, count, max_bytes=MAX_WARM_BYTES):
     """The messageIds of the last `count` events in the log files `paths` (the newest file
     first), oldest first, reading at most `max_bytes` from their ends."""
     found = []   # newest first
+    lines_left = 2 * count + 1024   # a log of pixel's has an id a line: garbage stops this
     for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -2719,13 +2771,16 @@ def logged_message_ids(paths, count, max_bytes=MAX_WARM_BYTES):
                 partial = lines.pop(0) if end > 0 else b""   # may go on in the block before
                 for line in reversed(lines):
                     message_id = logged_message_id(line) if line else None
+                    lines_left -= 1
                     if message_id is not None:
                         found.append(message_id)
-                        if len(found) == count:
-                            break
+                    if len(found) == count or lines_left <= 0:
+                        break
+                if lines_left <= 0:
+                    break
         finally:
             os.close(fd)
-        if len(found) >= count or max_bytes <= 0:
+        if len(found) >= count or max_bytes <= 0 or lines_left <= 0:
             break
     found.reverse()
     return found
@@ -2739,10 +2794,15 @@ def read_checkpoint(path):
             data = handle.read(MAX_ANSWER_BYTES)
     except FileNotFoundError:
         return None
-    document = json.loads(data)
+    try:
+        document = json.loads(data)
+    except RecursionError:
+        raise ValueError("not a pixel checkpoint: nested too deep") from None
     if not isinstance(document, dict) or not all(
             isinstance(document.get(field), int) and not isinstance(document[field], bool)
-            for field in ("device", "inode", "offset", "mtime_ns", "head_bytes")):
+            and document[field] >= -1 for field in ("device", "inode", "offset", "mtime_ns",
+                                                    "head_bytes")) or \
+            not 0 <= document["head_bytes"] <= 4096 or document["offset"] < 0:
         raise ValueError("not a pixel checkpoint")
     return document
 
@@ -2773,46 +2833,123 @@ def write_checkpoint(path, document):
 
 
 class LogFile:
-    """One file of a log being forwarded, read through its own descriptor, so that a rename
-    or a delete of its name does not matter; `offset` is where its unsent lines start. A
-    gzipped file (backfill only) is read through GzipFile, `offset` counting inflated
-    bytes."""
+    """One file of a log being forwarded, read through a descriptor of its own, so that a
+    rename or a delete of its name does not matter; `offset` is where its unsent lines
+    start. A file whose name is known for good (pixel's own rotated names) may be parked:
+    its descriptor closed, to be opened again by name (or found again by identity) when
+    its turn comes, so that a long backlog of small files holds few descriptors. A gzipped
+    file (`archive`, backfill only) is read through GzipFile, `offset` counting inflated
+    bytes; `broken` says why an archive could not be read to its end."""
 
-    def __init__(self, fd, identity, name, offset=0):
+    def __init__(self, fd, identity, name, offset=0, archive=False):
         self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
-        self.archive = None
-        if name.endswith(".gz"):
+        self.named = False      # `name` is pixel's own rotated name: it may be parked
+        self.broken = None
+        self._archive = None
+        self._cache, self._cache_start = b"", 0
+        self._first = b""       # the first bytes, for head()
+        if archive:
             import gzip   # here, not at the top: only a backfill of an archive needs it
-            self.archive = gzip.GzipFile(fileobj=open(fd, "rb", closefd=False))
+            self._archive = gzip.GzipFile(fileobj=open(fd, "rb", closefd=False))
 
     @classmethod
-    def open(cls, path):
+    def open(cls, path, archive=False):
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        status = os.fstat(fd)
-        return cls(fd, (status.st_dev, status.st_ino), path)
+        try:
+            status = os.fstat(fd)
+            return cls(fd, (status.st_dev, status.st_ino), path, archive=archive)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @property
+    def archive(self):
+        return self._archive is not None
+
+    def park(self):
+        if self.fd is not None and self.named and self._archive is None:
+            os.close(self.fd)
+            self.fd = None
+
+    def unpark(self):
+        """Open a parked file again: by its name, or else by its identity among the rotated
+        files beside it (an outside rename). False if it is gone."""
+        if self.fd is None:
+            self.fd = self._find()
+        return self.fd is not None
+
+    def duplicate(self):
+        """A descriptor of this file for the caller to read by and close, parked or not; None
+        if it is gone. Not for an archive."""
+        return os.dup(self.fd) if self.fd is not None else self._find()
+
+    def _find(self):
+        folder, base = os.path.split(self.name)
+        stem = base[:_ROTATED_NAME.search(base).start()] if _ROTATED_NAME.search(base) \
+            else base
+        names = [base] + [name for name in os.listdir(folder) if name.startswith(stem)]
+        for name in names:
+            try:
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY |
+                             getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                continue
+            status = os.fstat(fd)
+            if (status.st_dev, status.st_ino) == self.identity:
+                self.name = os.path.join(folder, name)
+                return fd
+            os.close(fd)
+        return None
 
     def read(self, offset, size):
-        if self.archive is None:
+        if self._archive is None:
             return os.pread(self.fd, size, offset)
-        if offset != self.archive.tell():
-            self.archive.seek(offset)
-        return self.archive.read(size)
+        # The forwarder reads on from where its last batch ended, a little before where its
+        # last read ended: keep what was read, since GzipFile can only go back by starting
+        # over from the top.
+        if not self._cache_start <= offset <= self._cache_start + len(self._cache):
+            self._cache, self._cache_start = b"", offset
+            try:
+                self._archive.seek(offset)
+            except (OSError, EOFError, zlib.error) as error:
+                self.broken = "%s: %s" % (type(error).__name__, error)
+                return b""
+        self._cache = self._cache[offset - self._cache_start:]
+        self._cache_start = offset
+        while len(self._cache) < size and self.broken is None:
+            try:
+                block = self._archive.read(size - len(self._cache))
+            except (OSError, EOFError, zlib.error) as error:   # cut short, corrupt
+                self.broken = "%s: %s" % (type(error).__name__, error)
+                break
+            if not block:
+                break
+            self._cache += block
+        return self._cache[:size]
 
     def size(self):
-        return os.fstat(self.fd).st_size if self.archive is None else None
+        return os.fstat(self.fd).st_size if self._archive is None and self.fd is not None \
+            else None
 
     def mtime_ns(self):
         return os.fstat(self.fd).st_mtime_ns
 
     def head(self, length):
-        """A fingerprint of the file's first `length` bytes: an inode number can be reused
-        by a new file once the old one is deleted, its first line cannot."""
-        return "%08x" % zlib.crc32(self.read(0, length))
+        """A fingerprint of the file's first `length` (at most 4096) bytes: an inode number
+        can be reused by a new file once the old one is deleted, its first line cannot."""
+        if len(self._first) < length:   # read once for an archive, where it costs most
+            offset = self.offset
+            self._first = self.read(0, 4096)
+            if self._archive is not None:
+                self.read(offset, 1)   # back where the forwarder reads
+        return "%08x" % zlib.crc32(self._first[:length])
 
     def close(self):
-        if self.archive is not None:
-            self.archive.close()
-        os.close(self.fd)
+        if self._archive is not None:
+            self._archive.close()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 # A rotated file of a log: pixel's <log>.<UTC stamp>, logrotate's <log>.N and <log>-DATE.
@@ -2906,7 +3043,12 @@ class Forwarder:
             log.close()
         with self._files_lock:   # files the writer opened since follow() come after these
             self.files.extendleft(reversed(files[start:]))
+            self._park()
         self._counting = (files[start:], end, written)
+        # At once: a restart before the first batch is taken must find where to start, or
+        # the files rotated meanwhile would be taken for history. No checkpoint can be
+        # written, no forwarding: the caller refuses to start.
+        self._save(self.files[0], quiet=False)
 
     @staticmethod
     def _rotated(path, live, checkpoint):
@@ -2931,6 +3073,11 @@ class Forwarder:
         for mtime, name, identity in sorted(found):
             if mtime < checkpoint["mtime_ns"]:
                 continue
+            if len(opened) >= MAX_OPEN_LOG_FILES:   # opened when its turn comes
+                log = LogFile(None, identity, os.path.join(folder, name))
+                log.named = True
+                opened.append(log)
+                continue
             try:
                 log = LogFile.open(os.path.join(folder, name))
             except OSError:   # deleted since, or not readable: nothing of it can be sent
@@ -2938,6 +3085,7 @@ class Forwarder:
             if log.identity != identity:   # replaced since the stat: not the same file
                 log.close()
                 continue
+            log.named = _ROTATED_SUFFIX.search(name) is not None
             opened.append(log)
         return opened
 
@@ -2947,6 +3095,7 @@ class Forwarder:
             return len(files) - 1
         for index, log in enumerate(files):
             if log.identity == (checkpoint["device"], checkpoint["inode"]) and \
+                    log.unpark() and \
                     log.head(checkpoint["head_bytes"]) == checkpoint.get("head"):
                 end = live_end if log is files[-1] else log.size()
                 log.offset = checkpoint["offset"]
@@ -2957,7 +3106,8 @@ class Forwarder:
                     log.offset = end
                 return index
         start = next(index for index, log in enumerate(files)
-                     if log is files[-1] or log.mtime_ns() >= checkpoint["mtime_ns"])
+                     if log is files[-1] or log.fd is None or
+                     log.mtime_ns() >= checkpoint["mtime_ns"])
         if checkpoint["device"] != -1:
             self.reporter.say("the file the checkpoint names (%s, inode %d) is gone: "
                               "forwarding from %s, the oldest file written since; the "
@@ -2972,10 +3122,12 @@ class Forwarder:
         self.checkpoint = checkpoint
         document = read_checkpoint(checkpoint) or {"device": -1, "inode": -1, "offset": 0,
                                                    "head_bytes": 0}
-        self.done = [entry for entry in document.get("done", ()) if isinstance(entry, str)]
+        done = document.get("done")
+        self.done = [entry for entry in done if isinstance(entry, str)] \
+            if isinstance(done, list) else []
         seen = set()
         for path in paths:
-            log = LogFile.open(path)
+            log = LogFile.open(path, archive=path.endswith(".gz"))
             key = "%d:%d" % log.identity
             if key in self.done or log.identity in seen:
                 self.reporter.say("%s: already sent, skipped" % path)
@@ -2995,15 +3147,33 @@ class Forwarder:
                 os.close(fd)   # reopened the file it had (SIGHUP): nothing new
                 return
             self.files.append(LogFile(fd, identity, path))
+            self._park()
 
-    def retains(self, path):
-        """Whether the file at `path` has lines not yet sent (LogWriter's --keep asks)."""
-        try:
-            status = os.stat(path)
-        except OSError:
-            return False
+    def renamed(self, identity, path):
+        """Called by the followed LogWriter when its rotation renames file `identity` to
+        `path`, a name it keeps for good: the file may now be parked."""
         with self._files_lock:
-            return any(log.identity == (status.st_dev, status.st_ino) for log in self.files)
+            for log in self.files:
+                if log.identity == identity:
+                    log.name, log.named = path, True
+            self._park()
+
+    def _park(self):
+        """Hold at most MAX_OPEN_LOG_FILES descriptors: close those of files waiting in the
+        middle of the queue whose names are known (never the one being read, nor the live
+        one). Under the files lock."""
+        open_files = [log for log in self.files if log.fd is not None]
+        for log in open_files[1:-1]:
+            if len(open_files) <= MAX_OPEN_LOG_FILES:
+                break
+            if log.named:
+                log.park()
+                open_files.remove(log)
+
+    def held(self):
+        """The identities of the files with lines not yet sent (LogWriter's --keep asks)."""
+        with self._files_lock:
+            return {log.identity for log in self.files}
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -3013,9 +3183,10 @@ class Forwarder:
         self.thread.start()
 
     def stop(self, timeout=None):
-        """Ask the loop to stop, and wait up to `timeout` for it. A batch in flight is not
-        awaited: it is sent again after the restart, and the receiver dedupes it."""
+        """Ask the loop to stop, and wait up to `timeout` for it. A batch in flight is cut:
+        it is sent again after the restart, and a receiving pixel dedupes it."""
         self.stopping.set()
+        self.receiver.abort()
         if self.thread is not None:
             self.thread.join(timeout)
 
@@ -3069,15 +3240,28 @@ class Forwarder:
         lines = 0
         for log in files:
             offset = log.offset
-            end = live_end if log.archive is None and live_end is not None and \
+            end = live_end if not log.archive and live_end is not None and \
                 log is files[-1] else None
-            while end is None or offset < end:
-                block = log.read(offset, MAX_WRITE_BYTES if end is None
-                                 else min(MAX_WRITE_BYTES, end - offset))
-                if not block:
-                    break
-                lines += block.count(b"\n")
-                offset += len(block)
+            if log.archive:
+                fd = None
+            else:   # a descriptor of its own: a parked file is not opened meanwhile
+                with self._files_lock:
+                    fd = log.duplicate()
+                if fd is None:
+                    continue
+            try:
+                while end is None or offset < end:
+                    size = MAX_WRITE_BYTES if end is None else min(MAX_WRITE_BYTES,
+                                                                   end - offset)
+                    block = log.read(offset, size) if fd is None else \
+                        os.pread(fd, size, offset)
+                    if not block:
+                        break
+                    lines += block.count(b"\n")
+                    offset += len(block)
+            finally:
+                if fd is not None:
+                    os.close(fd)
         self._backlog_start = (lines, written)
         self._counting = None
 
@@ -3090,6 +3274,13 @@ class Forwarder:
             if not self.files:
                 return None
             log, later = self.files[0], len(self.files) > 1
+            found = log.unpark()
+        if not found:
+            self.reporter.say("%s (inode %d) is gone before the forwarder could send it: "
+                              "its unsent events are lost to the receiver" % (
+                                  log.name, log.identity[1]))
+            self._finished(log)
+            return ()
         end = None if later or self.writer is None else self.writer.committed_end(log.identity)
         size = log.size()
         if size is not None and log.offset > size:
@@ -3109,6 +3300,11 @@ class Forwarder:
                 if data:   # a last line with no newline: a torn write from long ago
                     return self._refused(log, Item(b"", log.offset + len(data), data),
                                          Rejected("forward_unreadable", "no newline"))
+                if log.broken is not None:   # an archive that does not inflate to its end
+                    broken, log.broken = log.broken, None
+                    self._refused(log, Item(b"", log.offset, b""), Rejected(
+                        "forward_unreadable", "%s cannot be read past byte %d: %s"
+                        % (log.name, log.offset, broken)))
                 self._finished(log)
                 return ()
             if not data:
@@ -3119,12 +3315,13 @@ class Forwarder:
         for line in data[:cut - 1].split(b"\n"):
             line_end = offset + len(line) + 1
             try:
-                line_key, item = forward_item(line)
+                line_key, item = forward_item(line, strip=self.write_key is not None)
                 line_key = self.write_key or line_key
                 if line_key is None:
                     raise Rejected("forward_unreadable", "no writeKey")
-                if len(item) + 64 > MAX_BATCH_BYTES:
-                    raise Rejected("forward_unreadable", "over 500 KB")
+                if len(item) > MAX_FORWARD_ITEM:
+                    raise Rejected("forward_unreadable", "an event of %d bytes: Segment-"
+                                   "compatible receivers take at most 32 KB" % len(item))
             except Rejected as rejection:
                 if items:   # send what came before it first: the log's order is kept
                     break
@@ -3145,12 +3342,15 @@ class Forwarder:
         with self._files_lock:
             self.files.popleft()
             following = self.files[0] if self.files else None
+            if following is not None:
+                following.unpark()
         if self.writer is None:
             self.done.append("%d:%d" % log.identity)
             self._save(log)
-        elif following is not None:
+        elif following is not None and following.fd is not None:
             self._save(following)
-        log.close()
+        with self._files_lock:   # not while /health reads it
+            log.close()
 
     def _refuse_oversized(self, log):
         """Skip a line longer than FORWARD_READ: read on to its newline, refuse its start."""
@@ -3217,8 +3417,10 @@ class Forwarder:
                             "--forward-write-key or the receiver's keys; nothing is dropped, "
                             "retrying every %d s" % (self.receiver.url, key, problem,
                                                      self.max_delay))
-                elif status == 429:
+                elif status == 429:   # as it says, but never at once: Retry-After: 0 is a loop
                     delay = retry_after(headers.get("retry-after"), self.clock())
+                    if delay is not None:
+                        delay = max(delay, self.first_delay)
             self._failing += 1
             self.failed_attempts += 1
             if delay is None:
@@ -3255,12 +3457,12 @@ class Forwarder:
         record = {"reason": rejection.reason, "detail": rejection.detail}
         try:
             record["event"] = json.loads(item.line)
-        except ValueError:
+        except (ValueError, RecursionError):
             record["line"] = item.line[:MAX_REJECT_RAW].decode("utf-8", "replace")
         record["receivedAt"] = format_time(self.clock())
         try:
             line = (_encode(record) + "\n").encode("ascii")
-        except ValueError:   # a number out of range in the event: quote the line instead
+        except (ValueError, RecursionError):   # 1e400, or too deep: quote the line instead
             del record["event"]
             record["line"] = item.line[:MAX_REJECT_RAW].decode("utf-8", "replace")
             line = (_encode(record) + "\n").encode("ascii")
@@ -3274,8 +3476,9 @@ class Forwarder:
         self._acknowledge(log, [item], sent=False)
         return True
 
-    def _save(self, log):
-        """Write the checkpoint: `log` and the offset its unsent lines start at."""
+    def _save(self, log, quiet=True):
+        """Write the checkpoint: `log` and the offset its unsent lines start at. Failing,
+        say so (once an interval), or with quiet=False raise the OSError."""
         head_bytes = min(log.offset, 4096)
         document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
                     "offset": log.offset, "head_bytes": head_bytes,
@@ -3287,6 +3490,8 @@ class Forwarder:
                 document["done"] = self.done
             write_checkpoint(self.checkpoint, document)
         except OSError as error:
+            if not quiet:
+                raise
             self.reporter.say("cannot write the checkpoint %s: %s; forwarding goes on, and "
                               "after a restart the receiver may get events twice" % (
                                   self.checkpoint, error.strerror or error),
@@ -3297,13 +3502,18 @@ class Forwarder:
     def backlog(self):
         """(lines, bytes, files) not yet sent."""
         size = 0
-        with self._files_lock:
+        with self._files_lock:   # so that the forwarder closes none of them meanwhile
             files = list(self.files)
-        for log in files:
-            end = self.writer.committed_end(log.identity) if self.writer else None
-            if end is None:
-                end = log.size() or 0
-            size += max(0, end - log.offset)
+            for log in files:
+                end = self.writer.committed_end(log.identity) if self.writer else None
+                if end is None and log.fd is not None:
+                    end = log.size() or 0
+                elif end is None:   # parked: by its name
+                    try:
+                        end = os.stat(log.name).st_size
+                    except OSError:
+                        end = log.offset
+                size += max(0, end - log.offset)
         files = len(files) - 1 if self.writer is not None else len(files)   # not the live one
         if self._backlog_start is None:
             return None, size, files
@@ -3314,15 +3524,15 @@ class Forwarder:
     def oldest_unsent(self):
         """The receivedAt of the first line not yet sent, as a clock time; None if there is
         none, or it has none."""
-        with self._files_lock:
+        with self._files_lock:   # so that the forwarder closes it not meanwhile
             log = self.files[0] if self.files else None
-        if log is None:
-            return None
-        line = log.read(log.offset, MAX_EVENT_LINE).partition(b"\n")[0]
+            if log is None or log.fd is None or log.archive:
+                return None
+            line = log.read(log.offset, MAX_EVENT_LINE).partition(b"\n")[0]
         try:
             received = json.loads(line).get("receivedAt")
             return parse_time(received)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             return None
 
     def status(self):
@@ -3501,6 +3711,10 @@ def _origin_pattern(text):
                                      "(*.example.com): %r" % text)
 
 
+_URL_HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?\Z",
+                       re.ASCII)
+
+
 def _forward_url(text):
     text = text.strip().rstrip("/")
     parts = urllib.parse.urlsplit(text)
@@ -3510,7 +3724,8 @@ def _forward_url(text):
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
             parts.query or parts.fragment or parts.username or parts.password or \
-            not text.isascii():
+            not _URL_HOST.match(parts.netloc) or \
+            not re.fullmatch(r"[!-~]*", parts.path, re.ASCII):
         raise argparse.ArgumentTypeError("not an http(s) URL with no query or credentials: "
                                          "%r (try https://api.segment.io)" % text)
     return text
@@ -3532,9 +3747,14 @@ def _batch_size(text):
     return value
 
 
-def _readable_file(text):
-    if not os.path.isfile(text) or not os.access(text, os.R_OK):
-        raise argparse.ArgumentTypeError("not a readable file: %r" % text)
+def _ca_file(text):
+    """A PEM file of CA certificates, checked by loading it."""
+    import ssl   # here, not at the top: only --forward-ca needs it
+    try:
+        ssl.create_default_context().load_verify_locations(text)
+    except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
+        raise argparse.ArgumentTypeError("not a readable PEM file of CA certificates: %r "
+                                         "(%s)" % (text, error)) from None
     return text
 
 
@@ -3647,7 +3867,7 @@ def build_parser(environ):
            "forwarded batch; a batch is also at most 500 KB", _batch_size, metavar="N")
     option("--forward-ca", "PIXEL_FORWARD_CA", None, "a CA bundle (PEM) to trust for "
            "--forward, besides the system's: for a receiver with a private CA",
-           _readable_file, metavar="FILE")
+           _ca_file, metavar="FILE")
     option("--forward-timeout", "PIXEL_FORWARD_TIMEOUT", DEFAULT_FORWARD_TIMEOUT, "seconds "
            "the receiver has to connect and to answer; then the batch is retried", _seconds,
            metavar="S")
@@ -3674,6 +3894,10 @@ def parse_args(argv=None, environ=None):
                                     DEFAULT_REJECTS_NAME)
     if os.path.realpath(args.rejects) == os.path.realpath(args.log):
         parser.error("--log and --rejects must be different files")
+    if args.forward_write_key and not args.forward:
+        parser.error("--forward-write-key needs --forward")
+    if args.forward_ca and not (args.forward or "").startswith("https://"):
+        parser.error("--forward-ca needs an https:// --forward URL")
     return args
 
 
@@ -3757,7 +3981,7 @@ def build_forward_parser():
                         help="send every event under this writeKey, not its own")
     parser.add_argument("--batch", type=_batch_size, default=DEFAULT_FORWARD_BATCH,
                         metavar="N", help="events per batch (default: %(default)s)")
-    parser.add_argument("--ca", type=_readable_file, metavar="FILE",
+    parser.add_argument("--ca", type=_ca_file, metavar="FILE",
                         help="a CA bundle to trust besides the system's")
     parser.add_argument("--timeout", type=_seconds, default=DEFAULT_FORWARD_TIMEOUT,
                         metavar="S", help="seconds the receiver has to answer "
@@ -3900,11 +4124,18 @@ def run_imported(path):
     compiled (or read from __pycache__) and the tree freed at once. Costs one interpreter
     start-up, about 20 ms. Where exec is not POSIX's, main() runs here instead."""
     import subprocess   # only for the interpreter's flags (-S, -I, -X ...) to pass on
-    code = ("import importlib.util, sys\n"
-            "spec = importlib.util.spec_from_file_location('pixel', %r)\n"
+    # -c puts the working folder first on sys.path, where a json.py of someone else's
+    # would be imported instead of the standard library's: put this file's folder there
+    # first, as running the script does. The loader is named, since a copy of this file
+    # may be called anything, not only *.py.
+    code = ("import sys\n"
+            "sys.path[0] = %r\n"
+            "import importlib.machinery, importlib.util\n"
+            "loader = importlib.machinery.SourceFileLoader('pixel', %r)\n"
+            "spec = importlib.util.spec_from_loader('pixel', loader)\n"
             "module = sys.modules['pixel'] = importlib.util.module_from_spec(spec)\n"
-            "spec.loader.exec_module(module)\n"
-            "raise SystemExit(module.main())" % path)
+            "loader.exec_module(module)\n"
+            "raise SystemExit(module.main())" % (os.path.dirname(path), path))
     if os.name == "posix" and sys.executable:
         flags = getattr(subprocess, "_args_from_interpreter_flags", list)()
         try:

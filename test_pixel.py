@@ -754,6 +754,12 @@ class Reporting(unittest.TestCase):
         self.assertEqual(reporter.lost, 2)
 
 
+# Any PEM file of CA certificates this machine has, for flags that check theirs.
+CA_BUNDLE = next((path for path in ("/etc/ssl/certs/ca-certificates.crt",
+                                    "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
+                  if os.path.exists(path)), None)
+
+
 class CommandLine(unittest.TestCase):
     def parse(self, argv, environ=None):
         return pixel.parse_args(argv, environ or {})
@@ -811,7 +817,24 @@ class CommandLine(unittest.TestCase):
                 ([], {"PIXEL_HOST": ""}, "PIXEL_HOST is set but empty"),
                 ([], {"PIXEL_TRUSTED_PROXIES": ""}, "PIXEL_TRUSTED_PROXIES is set but empty"),
                 ([], {"PIXEL_LOG": " "}, "PIXEL_LOG is set but empty"),
-                (["--log", "/tmp", "--rejects", "/tmp/../tmp"], {}, "different files")]:
+                (["--log", "/tmp", "--rejects", "/tmp/../tmp"], {}, "different files"),
+                (["--forward", "ftp://host"], {}, "not an http(s) URL"),
+                (["--forward", "http://127.0.0.1:9/a b"], {}, "not an http(s) URL"),
+                (["--forward", "http://exa mple.com"], {}, "not an http(s) URL"),
+                (["--forward", "https://user:pw@host"], {}, "not an http(s) URL"),
+                (["--forward", "https://host/?q=1"], {}, "not an http(s) URL"),
+                (["--forward", "https://host:99999"], {}, "not an http(s) URL"),
+                (["--forward", "https://host", "--forward-batch", "0"], {}, "between 1"),
+                (["--forward", "https://host", "--forward-ca", "/etc/hostname"], {},
+                 "not a readable PEM file"),
+                (["--forward-write-key", "K"], {}, "--forward-write-key needs --forward"),
+                (["--forward", "https://host", "--forward-timeout", "nan"], {}, "between"),
+                (["--metrics-token", "a b"], {}, "not a bearer token"),
+                ([], {"PIXEL_FORWARD": ""}, "PIXEL_FORWARD is set but empty"),
+                ([], {"PIXEL_ANONYMIZE_IP": "perhaps"}, "PIXEL_ANONYMIZE_IP"),
+                ([], {"PIXEL_REUSE_PORT": "2"}, "PIXEL_REUSE_PORT")] + [
+                (["--forward", "http://host", "--forward-ca", CA_BUNDLE], {},
+                 "--forward-ca needs an https:// --forward URL")] * bool(CA_BUNDLE):
             with self.subTest(argv=argv, environ=environ):
                 stderr = io.StringIO()
                 with self.assertRaises(SystemExit) as caught, \
@@ -876,11 +899,14 @@ class ForwardItems(unittest.TestCase):
             with self.subTest(name):
                 if isinstance(expected, str):
                     with self.assertRaises(pixel.Rejected) as caught:
-                        pixel.forward_item(line)
+                        pixel.forward_item(line, strip=True)
                     self.assertEqual(caught.exception.reason, expected)
                     continue
-                key, item = pixel.forward_item(line)
+                key, item = pixel.forward_item(line, strip=True)
                 self.assertEqual((key, json.loads(item)), expected)
+                kept_key, kept = pixel.forward_item(line)
+                self.assertEqual(kept_key, key)
+                self.assertEqual(kept, line)   # as logged: the receiver reads its writeKey
 
     def test_every_line_pixel_writes_round_trips(self):
         for case, payload in enumerate([DOCS_PAYLOAD, {"writeKey": "k", "userId": 7,
@@ -889,7 +915,7 @@ class ForwardItems(unittest.TestCase):
                                         {"userId": "u", "event": "e", "writeKey": "k2"}]):
             with self.subTest(case):
                 event = pixel.build_event("track", payload, received_at=T0, ip="192.0.2.1")
-                key, item = pixel.forward_item(pixel.encode_line(event)[:-1])
+                key, item = pixel.forward_item(pixel.encode_line(event)[:-1], strip=True)
                 expected = dict(event)
                 self.assertEqual(key, expected.pop("writeKey"))
                 self.assertEqual(json.loads(item), expected)
@@ -3083,10 +3109,10 @@ class Forwarding(ForwardingCase):
                  receiver.posts]
         self.assertEqual(sizes, [("/prefix/v1/batch", "A", 5), ("/prefix/v1/batch", "B", 3)] +
                          [("/prefix/v1/batch", "A", size) for size in (100, 100, 52)])
-        for _, _, document, headers in receiver.posts:
+        for _, user, document, headers in receiver.posts:
             self.assertEqual(headers["Content-Encoding"], "gzip")
             self.assertTrue(pixel.parse_time(document["sentAt"]))
-            self.assertTrue(all("writeKey" not in event for event in document["batch"]))
+            self.assertTrue(all(event["writeKey"] == user for event in document["batch"]))
         wait_until(lambda: forwarder.status()["lines_behind"] == 0)
         status = forwarder.status()
         self.assertEqual((status["sent"], status["lines_behind"], status["bytes_behind"],
@@ -3097,15 +3123,23 @@ class Forwarding(ForwardingCase):
     def test_one_write_key_for_all_and_500_kb_batches(self):
         receiver = FakeReceiver(self)
         writer = self.writer()
-        self.write(writer, range(40), key="A", properties={"pad": "x" * 30000})
-        self.forwarder(receiver.url, writer, write_key="ALL", batch_events=100)
-        self.assertTrue(wait_until(lambda: len(receiver.taken) == 40))
+        forwarder = self.forwarder(receiver.url, writer, write_key="ALL", batch_events=100,
+                                   start=False)
+        self.write(writer, range(100), key="A", properties={"pad": "x" * 14000})
+        self.write(writer, [100], key="A", properties={"pad": "x" * 40000})
+        forwarder.start()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         for _, user, document, headers in receiver.posts:
             self.assertEqual(user, "ALL")
+            self.assertTrue(all("writeKey" not in event for event in document["batch"]))
             self.assertLessEqual(len(json.dumps(document, separators=(",", ":"))),
                                  pixel.MAX_BATCH_BYTES)
         self.assertGreater(len(receiver.posts), 2)
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(40)])
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(100)])
+        # Over 32 KB as logged: Segment-compatible receivers refuse it, so it is not sent.
+        self.assertEqual([(line["reason"], line["event"]["messageId"])
+                          for line in self.rejects()], [("forward_unreadable", "m100")])
+        self.assertIn("at most 32 KB", self.rejects()[0]["detail"])
 
     def test_a_400_is_split_until_the_poisoned_events_are_alone(self):
         def respond(receiver, user, events):
@@ -3394,6 +3428,220 @@ class ForwardingRestarts(ForwardingCase):
         self.assertEqual(pixel.read_checkpoint(writer.path + ".forward")["offset"],
                          len(b"".join(log_event(number) for number in range(5))))
         self.assertNotIn("events.jsonl.forward.tmp", os.listdir(folder))
+
+
+class ForwardingAttacked(ForwardingCase):
+    """What an attacker pass against the forwarder found, each held by a test."""
+
+    def test_a_restart_before_the_first_batch_loses_nothing(self):
+        down = threading.Event()
+        down.set()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        writer = self.writer(max_bytes=1000)
+        first = self.forwarder(receiver.url, writer)
+        self.write(writer, range(20))   # several rotations, none of it sent
+        first.stop(5)
+        first.close()
+        writer.follower = None
+        down.clear()
+        second = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(20)])
+
+    def test_no_checkpoint_can_be_written_no_forwarding(self):
+        writer = self.writer()
+        os.mkdir(writer.path + ".forward")   # where the checkpoint must go
+        with self.assertRaises(OSError):
+            self.forwarder("http://127.0.0.1:9", writer, start=False)
+
+    def test_a_long_backlog_of_small_files_holds_few_descriptors(self):
+        down = threading.Event()
+        down.set()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        writer = self.writer(max_bytes=200, keep=2)
+        forwarder = self.forwarder(receiver.url, writer)
+        for number in range(150):   # a rotated file each, none of them sent
+            self.write(writer, [number])
+        self.assertGreater(len(writer.rotated_files()), 100)
+        held = sum(log.fd is not None for log in forwarder.files)
+        self.assertLessEqual(held, pixel.MAX_OPEN_LOG_FILES)
+        # One is renamed by someone else while it waits closed: found by its identity.
+        parked = next(log for log in list(forwarder.files)[1:-1] if log.fd is None)
+        os.rename(parked.name, writer.path + ".1")
+        down.clear()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0,
+                                   timeout=30))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(150)])
+
+    def test_a_restart_with_a_long_backlog_parks_what_it_cannot_hold(self):
+        down = threading.Event()
+        down.set()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        writer = self.writer(max_bytes=200)
+        first = self.forwarder(receiver.url, writer)
+        for number in range(100):
+            self.write(writer, [number])
+        first.stop(5)
+        first.close()
+        writer.follower = None
+        second = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 100))
+        self.assertLessEqual(sum(log.fd is not None for log in second.files),
+                             pixel.MAX_OPEN_LOG_FILES + 1)
+        down.clear()
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0, timeout=30))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(100)])
+
+    def test_a_file_that_cannot_be_duplicated_stays_open_for_writing(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, [0])
+        os.rename(writer.path, writer.path + ".1")
+        with unittest.mock.patch("os.dup", side_effect=OSError(errno.EMFILE, "Too many")):
+            with self.assertRaises(OSError):
+                writer.reopen()
+            self.write(writer, [1])   # still to the file it had: the forwarder reads it
+        writer.reopen()
+        self.write(writer, [2])
+        self.assertTrue(wait_until(lambda: forwarder.sent == 3))
+        self.assertEqual(receiver.ids(), ["m0", "m1", "m2"])
+
+    def test_json_nested_past_the_recursion_limit(self):
+        deep = b'{"writeKey":"K","a":' + b"[" * 100000 + b"]" * 100000 + b"}"
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        self.write(writer, [0])
+        writer.write([b"[" * 100000 + b"]" * 100000 + b"\n"])
+        self.write(writer, [1])
+        with open(writer.path + ".forward", "wb") as handle:
+            handle.write(b"[" * 100000 + b"]" * 100000)
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m0", "m1"])
+        self.assertEqual([(line["reason"], line["detail"]) for line in self.rejects()],
+                         [("forward_unreadable", "nested too deep")])
+        self.assertIn("cannot read the checkpoint", self.stderr.getvalue())
+        self.assertIsNone(pixel.logged_message_id(deep))
+        self.assertEqual(pixel.logged_message_ids([writer.path], 10), ["m0", "m1"])
+
+    def test_a_garbage_log_does_not_hold_up_the_start(self):
+        path = os.path.join(self.dir, "garbage.jsonl")
+        with open(path, "wb") as handle:
+            handle.write(b"x\n" * 4000000 + log_event(1))
+        started = time.monotonic()
+        self.assertEqual(pixel.logged_message_ids([path], 100), ["m1"])
+        self.assertLess(time.monotonic() - started, 2.0)   # about 2,200 lines looked at
+
+    def test_gzipped_archives_read_once_and_broken_ones_refused_by_name(self):
+        receiver = FakeReceiver(self)
+        whole = os.path.join(self.dir, "whole.jsonl.gz")
+        data = b"".join(log_event(number, properties={"pad": "%06d" % number * 50})
+                        for number in range(4000))
+        with open(whole, "wb") as handle:
+            handle.write(gzip.compress(data))
+        cut = os.path.join(self.dir, "cut.jsonl.gz")
+        with open(cut, "wb") as handle:
+            handle.write(gzip.compress(b"".join(log_event(number)
+                                                for number in range(4000, 4010)))[:-20])
+        rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"))
+        self.addCleanup(rejects.close)
+        forwarder = pixel.Forwarder(pixel.Receiver(receiver.url), rejects,
+                                    reporter=self.reporter)
+        checkpoint = os.path.join(self.dir, "backfill")
+        with open(checkpoint, "w") as handle:   # a "done" that is not a list
+            handle.write('{"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, '
+                         '"head_bytes": 0, "done": 5}')
+        forwarder.add_files([whole, cut], checkpoint)
+        self.addCleanup(forwarder.close)
+        seeks = []
+        real_seek = forwarder.files[0]._archive.seek
+        forwarder.files[0]._archive.seek = lambda offset: seeks.append(offset) or \
+            real_seek(offset)
+        self.assertTrue(forwarder.run())
+        self.assertLessEqual(len(seeks), 2, "read once, not from the top for each batch")
+        ids = receiver.ids()
+        self.assertEqual(ids[:4000], ["m%d" % number for number in range(4000)])
+        self.assertEqual(ids[4000:], ["m%d" % number for number in range(4000, 4000 +
+                                                                         len(ids) - 4000)])
+        self.assertEqual([line["reason"] for line in self.rejects()], ["forward_unreadable"])
+        self.assertIn("cut.jsonl.gz cannot be read past byte", self.rejects()[0]["detail"])
+
+    def test_a_write_key_with_a_colon_arrives_whole(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        self.write(writer, [0], key="key:with:colons")
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forwarder.sent == 1))
+        self.assertEqual(receiver.taken[0]["writeKey"], "key:with:colons")
+
+    def test_a_dripping_answer_is_cut_at_the_timeout_and_a_stop_is_at_once(self):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        self.addCleanup(listener.close)
+        done = threading.Event()
+        self.addCleanup(done.set)
+
+        def drip():
+            while not done.is_set():
+                try:
+                    sock, _ = listener.accept()
+                except OSError:
+                    return
+                sock.recv(65536)
+                try:
+                    for byte in b"HTTP/1.1 100 Continue\r\n\r\n" * 1000:
+                        if done.wait(0.05):
+                            break
+                        sock.sendall(bytes([byte]))
+                except OSError:
+                    pass
+                sock.close()
+
+        threading.Thread(target=drip, daemon=True).start()
+        writer = self.writer()
+        self.write(writer, [0])
+        forwarder = self.forwarder("http://127.0.0.1:%d" % listener.getsockname()[1], writer,
+                                   timeout=0.5)
+        self.assertTrue(wait_until(lambda: forwarder.failed_attempts >= 2))
+        self.assertIn("no whole answer within 0.5 s", forwarder.last_error)
+        started = time.monotonic()
+        forwarder.stop(5)
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertFalse(forwarder.thread.is_alive())
+
+    def test_retry_after_0_is_not_a_loop(self):
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            429, {"Retry-After": "0"}, b""))
+        writer = self.writer()
+        self.write(writer, [0])
+        forwarder = self.forwarder(receiver.url, writer)
+        time.sleep(1)
+        self.assertLessEqual(len(receiver.posts), 1 / 0.05 + 1)
+        self.assertGreater(forwarder.failed_attempts, 1)
+
+    def test_a_live_log_named_gz_is_read_as_it_is(self):
+        receiver = FakeReceiver(self)
+        writer = pixel.LogWriter(os.path.join(self.dir, "events.gz"), readable=True)
+        self.addCleanup(writer.close)
+        self.write(writer, [0])
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forwarder.sent == 1))
+
+    def test_checkpoint_numbers_out_of_range(self):
+        path = os.path.join(self.dir, "checkpoint")
+        base = {"device": 1, "inode": 2, "offset": 3, "mtime_ns": 4, "head_bytes": 3}
+        for field, value in (("head_bytes", 10 ** 30), ("head_bytes", -5), ("offset", -1),
+                             ("head_bytes", 4097)):
+            with self.subTest(field=field, value=value):
+                with open(path, "w") as handle:
+                    json.dump(dict(base, **{field: value}), handle)
+                with self.assertRaises(ValueError):
+                    pixel.read_checkpoint(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4291,11 +4539,11 @@ class ForwardingUnderFaults(unittest.TestCase):
         return lines, size
 
     def test_nothing_lost_nothing_twice(self):
-        b, b_port = self.start("b", "--write-key", "K")
+        b, b_port = self.start("b", "--write-key", "FWD")
         proxy = FaultProxy(self, {3: "500", 5: "429", 7: "hang"})
         proxy.target = b_port
-        a_args = ("--forward", proxy.url, "--forward-timeout", "1", "--max-bytes", "4K",
-                  "--keep", "2")
+        a_args = ("--forward", proxy.url, "--forward-write-key", "FWD", "--forward-timeout",
+                  "1", "--max-bytes", "4K", "--keep", "2")
         a, a_port = self.start("a", *a_args)
         ports = [a_port]
         sent, answered, lock = set(), set(), threading.Lock()
@@ -4369,7 +4617,7 @@ class ForwardingUnderFaults(unittest.TestCase):
         self.assertIsNotNone(forward["last_error"])
         paused.clear()
         time.sleep(max(0, 10 - (time.monotonic() - down_at)))
-        b, b_port = self.start("b", "--write-key", "K")
+        b, b_port = self.start("b", "--write-key", "FWD")
         proxy.target = b_port
         time.sleep(2)
         stop.set()
@@ -4381,7 +4629,8 @@ class ForwardingUnderFaults(unittest.TestCase):
             received = [json.loads(line) for line in handle]
         ids = [event["messageId"] for event in received]
         self.assertEqual(len(ids), len(set(ids)), "a duplicate in B's log")
-        self.assertTrue(all(event["writeKey"] == "K" for event in received))
+        # The events carried K; B, which takes only FWD, had it from Basic auth alone.
+        self.assertTrue(all(event["writeKey"] == "FWD" for event in received))
         self.assertEqual(answered - set(ids), set(), "answered by A, missing in B")
         self.assertEqual(set(ids) - sent, set())
         self.assertNotIn("poison", ids)
@@ -4730,6 +4979,41 @@ class ReusePort(unittest.TestCase):
         self.assertLessEqual(set(answered), set(logged))
         print("\n--reuse-port: %d then %d pixels, none failed, through a SIGTERM of one "
               "process" % (2000, len(answered)), file=sys.stderr)
+
+
+class Reexec(unittest.TestCase):
+    """python3 pixel.py replaces itself with an interpreter that imports it (run_imported)."""
+
+    def test_any_file_name_and_no_shadowing_from_the_working_folder(self):
+        folder = temp_dir(self, "pixel-reexec-")
+        copy = os.path.join(folder, "collector")   # a copy need not end in .py
+        shutil.copy(PIXEL_PY, copy)
+        elsewhere = temp_dir(self, "pixel-cwd-")
+        with open(os.path.join(elsewhere, "json.py"), "w") as handle:
+            handle.write("raise SystemExit(7)\n")
+        for script in (copy, PIXEL_PY):
+            with self.subTest(script):
+                result = subprocess.run([sys.executable, script, "--version"], cwd=elsewhere,
+                                        capture_output=True, text=True, timeout=30)
+                self.assertEqual((result.returncode, result.stdout.strip()),
+                                 (0, "pixel " + pixel.__version__), result.stderr)
+
+    def test_the_pid_and_the_interpreter_flags_are_kept(self):
+        folder = temp_dir(self, "pixel-reexec-")
+        process = subprocess.Popen(
+            [sys.executable, "-S", PIXEL_PY, "--port", "0", "--cpu", "none", "--log",
+             os.path.join(folder, "events.jsonl")], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+        process.stdout.readline()
+        with open("/proc/%d/cmdline" % process.pid, "rb") as handle:
+            argv = handle.read().split(b"\0")
+        self.assertIn(b"-S", argv)
+        self.assertIn(b"-c", argv)   # the same pid, now running the imported module
+        with open("/proc/%d/status" % process.pid) as handle:
+            rss = int(re.search(r"VmRSS:\s+(\d+)", handle.read()).group(1))
+        self.assertLess(rss, 25 * 1024)
+        process.stdout.close()
 
 
 class ImportStartsNothing(unittest.TestCase):

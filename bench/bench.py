@@ -32,6 +32,9 @@ forward     pixel.py alone and pixel.py --forward to a second pixel.py (pinned t
             CPU), keep-alive with 50 connections on the docs' track pixel, alternating each
             round: req/s, p99, the forwarder's backlog when wrk stops, and how long it then
             takes to send it all; the receiver's log must gain every line the sender wrote.
+processes   one pixel.py, and two sharing one port with --reuse-port (each pinned to its
+            own CPU, each with its own log), keep-alive with 50 connections and one request
+            per connection with 20, alternating each round; every answer must be in a log.
 
 Every server is started fresh for each round, listens on 127.0.0.1 only, and is stopped
 when the round ends, when the bench fails, on Ctrl-C or SIGTERM; servers also get SIGTERM
@@ -106,9 +109,10 @@ THROUGHPUT_MODES = [
          TRACK_TARGET, 20, True),
 ]
 SCALING_CONNECTIONS = (1, 4, 10, 50)
-SECTIONS = ("core", "startup", "memory", "throughput", "scaling", "forward")
+SECTIONS = ("core", "startup", "memory", "throughput", "scaling", "forward", "processes")
 # What each section needs beyond Python: Debian packages (by command) and the uvicorn venv.
-SECTION_COMMANDS = {"throughput": ("wrk", "nginx"), "scaling": ("wrk",), "forward": ("wrk",)}
+SECTION_COMMANDS = {"throughput": ("wrk", "nginx"), "scaling": ("wrk",), "forward": ("wrk",),
+                    "processes": ("wrk",)}
 SECTION_NEEDS_VENV = ("throughput", "scaling")
 
 VENV = os.path.join(tempfile.gettempdir(), "pixel-bench-uvicorn-venv")
@@ -709,6 +713,65 @@ def forward(settings, folder, problems):
     sys.stdout.flush()
 
 
+def processes(settings, folder, problems):
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        print("\n## processes\n\nskipped: this machine lets us use %d CPU" % len(cpus))
+        return
+    modes = [("keep-alive, 50 connections", 50, False),
+             ("one request per connection, 20 connections", 20, True)]
+    print("\n## processes\n\nthe docs' track pixel; one pixel.py (--cpu auto), and two with "
+          "--reuse-port on CPUs %d and %d; wrk -t1 --latency, %g s a run, %d round(s), "
+          "medians" % (cpus[0], cpus[1], settings.duration, settings.rounds), flush=True)
+    results = collections.defaultdict(list)
+    for round_number in range(settings.rounds):
+        order = (1, 2) if round_number % 2 == 0 else (2, 1)
+        for count in order:
+            started, logs = [], []
+            try:
+                port = None
+                for number in range(count):
+                    server_folder = tempfile.mkdtemp(prefix="processes-", dir=folder)
+                    logs.append(os.path.join(server_folder, "events.jsonl"))
+                    extra = ["--reuse-port", "--cpu", str(cpus[number])] if count > 1 else []
+                    if port is not None:
+                        extra += ["--port", str(port)]
+                    process, listening = start_pixel(server_folder, logs[-1], extra)
+                    started.append(process)
+                    port = listening if port is None else port
+                for index, (label, connections, close) in enumerate(modes):
+                    before = sum(count_lines(log) for log in logs)
+                    result = run_wrk(port, TRACK_TARGET, connections, settings.duration,
+                                     close=close)
+                    logged = sum(count_lines(log) for log in logs) - before
+                    if logged < result.requests:
+                        result.problems.append("%d events logged for %d answers"
+                                               % (logged, result.requests))
+                    results[count, index].append(result)
+                    print("  round %d/%d  %d process(es)  %-44s %7.0f req/s  p99 %7.2f ms%s"
+                          % (round_number + 1, settings.rounds, count, label,
+                             result.requests_per_second, result.p99_ms,
+                             "  PROBLEM: " + "; ".join(result.problems)
+                             if result.problems else ""), file=sys.stderr, flush=True)
+            finally:
+                for process in started:
+                    stop_process(process)
+    print("\n| mode | 1 process req/s | p99 ms | 2 processes req/s | p99 ms | ratio |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: |")
+    for index, (label, _, _) in enumerate(modes):
+        one, one_p99 = medians(results[1, index])
+        two, two_p99 = medians(results[2, index])
+        print("| %s | %.0f | %.2f | %.0f | %.2f | %s |" % (label, one, one_p99, two, two_p99,
+                                                         "%.2f" % (two / one) if one else "n/a"))
+    for (count, index), runs in sorted(results.items()):
+        for round_number, result in enumerate(runs, 1):
+            for problem in result.problems:
+                problems.append("%d process(es), %s, round %d: %s"
+                                % (count, modes[index][0], round_number, problem))
+                print("PROBLEM: " + problems[-1])
+    sys.stdout.flush()
+
+
 # --------------------------------------------------------------------------------------------
 # main
 
@@ -770,6 +833,8 @@ def main(argv=None):
             scaling(settings, folder, problems)
         if "forward" in sections:
             forward(settings, folder, problems)
+        if "processes" in sections:
+            processes(settings, folder, problems)
     except BenchError as error:
         problems.append(str(error))
     except KeyboardInterrupt:
