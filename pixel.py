@@ -1940,6 +1940,18 @@ def _body_length(headers):
 _KERNEL_TIMEOUTS = sys.platform.startswith(("linux", "darwin", "freebsd", "openbsd", "netbsd"))
 
 
+def load_tls(certfile, keyfile):
+    """A server-side TLS context: TLS 1.2 and up, the default ciphers, ALPN http/1.1, no
+    renegotiation. Raises OSError (ssl.SSLError) for files that do not make a pair."""
+    import ssl   # here, not at the top: only --certfile needs it
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    context.set_alpn_protocols(["http/1.1"])
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
 def _timeval(seconds):
     # At least 1 us: the kernel reads a zero timeval as "no timeout", so a deadline that
     # is a few ns away must not become one.
@@ -1986,28 +1998,84 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         server = self.server
         self._pool = server.pool
         timeout = server.request_timeout
+        self._deadline = time.monotonic() + timeout
+        self._buffer = bytearray()
+        self._served = 0
+        self._kernel_timeouts = _KERNEL_TIMEOUTS
+        tls = server.tls_context
+        if tls is not None:
+            # A blocking TLS socket retries a read that SO_RCVTIMEO ends, for ever: TLS
+            # connections keep Python's own timeouts, a poll() before each recv and send.
+            self._kernel_timeouts = False
+            self.connection = self._handshake(tls)
+            if self.connection is None:
+                return
         if server.options_inherited is None:
             server.options_inherited = _KERNEL_TIMEOUTS and (
                 self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) and
                 self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) ==
                 _timeval(timeout))
-        if server.options_inherited:
+        if server.options_inherited and self._kernel_timeouts:
             self._recv_timeout = timeout
         else:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._recv_timeout = None
-            self._set_recv_timeout(timeout)
-            if _KERNEL_TIMEOUTS:
+            self._set_recv_timeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
+            if self._kernel_timeouts:
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                                            _timeval(timeout))
-        self._buffer = bytearray()
         self._unread_body = False
-        self._deadline = time.monotonic() + timeout
-        self._served = 0
         self.close_connection = True
         self.command = self.path = self.requestline = ""
         self.request_version = self.protocol_version
         self.headers = {}
+
+    def _handshake(self, tls):
+        """The TLS handshake, within the request deadline (a Python-level one: SO_RCVTIMEO
+        does not bound it), while the connection may be evicted like any other that waits
+        for its client. A plain HTTP request gets a plain 400 saying so. The TLS socket,
+        or None if there is none (the failure counted, never printed)."""
+        raw = self.request
+        pool = self._pool
+        pool.mark_idle(raw, False)
+        try:
+            raw.settimeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
+            first = raw.recv(1, socket.MSG_PEEK)
+            if first.isalpha():   # "GET ...": not a TLS ClientHello, which starts with 0x16
+                pool.mark_busy(raw)
+                self.server.count_tls_failure()
+                self._refuse_plain(raw)
+                return None
+            connection = tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            connection.settimeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
+            connection.do_handshake()
+        except (OSError, ValueError):   # ssl.SSLError, a timeout, a reset, an eviction
+            self.server.count_tls_failure()
+            return None
+        finally:
+            pool.mark_busy(raw)
+        return connection
+
+    def _refuse_plain(self, raw):
+        """Answer plain HTTP on a TLS port with a plain 400, then read what the client sent
+        for a moment before closing, or the close resets the connection before the client
+        reads the answer."""
+        try:
+            raw.sendall(_PLAIN_TO_TLS)
+            raw.shutdown(socket.SHUT_WR)
+            deadline, drained = time.monotonic() + 1.0, 0
+            while drained < MAX_HEAD_BYTES * 8 and time.monotonic() < deadline:
+                raw.settimeout(max(MIN_TIMEOUT, deadline - time.monotonic()))
+                chunk = raw.recv(RECV_SIZE)
+                if not chunk:
+                    return
+                drained += len(chunk)
+        except OSError:   # gone, or silent to the end: the answer went out, or could not
+            return
+
+    def handle(self):
+        if self.connection is not None:   # None: a TLS handshake that failed
+            super().handle()
 
     def finish(self):
         pass   # the server closes the socket in shutdown_request
@@ -2020,7 +2088,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
     def _set_recv_timeout(self, timeout):
         if timeout <= 0:
             raise _Closed("request timeout")
-        if _KERNEL_TIMEOUTS:
+        if self._kernel_timeouts:
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
         else:
             self.connection.settimeout(timeout)
@@ -2036,18 +2104,18 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             self._set_recv_timeout(timeout)
         pool = self._pool
         kept_alive = self._served > 0 and not self._buffer
-        pool.mark_idle(self.connection, kept_alive)
+        pool.mark_idle(self.request, kept_alive)   # the TCP socket, under TLS too
         # After marking: a stop either sees this connection idle and closes it, or is seen
         # here. A client that has not sent its first request is waited for, stop or not.
         if kept_alive and pool.stopping:
-            pool.mark_busy(self.connection)
+            pool.mark_busy(self.request)
             raise _Closed("stopping")
         try:
             chunk = self.connection.recv(RECV_SIZE)
         except OSError as error:   # timeout, reset, or shut down by a stop or an eviction
             raise _Closed(str(error)) from None
         finally:
-            pool.mark_busy(self.connection)
+            pool.mark_busy(self.request)
         if not chunk:
             raise _Closed("client closed")
         self._buffer += chunk
@@ -2222,6 +2290,9 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
 
 
 _GIF_HEADER_LINES = "".join("%s: %s\r\n" % pair for pair in GIF_ANSWER.headers).encode()
+_PLAIN_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                 b"Content-Length: 39\r\nConnection: close\r\n\r\n"
+                 b"This port speaks HTTPS: use https://.\n")
 
 
 class ConnectionPool:
@@ -2394,13 +2465,19 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     def __init__(self, address, recorder, *, max_connections=DEFAULT_MAX_CONNECTIONS,
                  request_timeout=DEFAULT_REQUEST_TIMEOUT, idle_timeout=DEFAULT_IDLE_TIMEOUT,
-                 handler=PixelHandler, reporter=None, reuse_port=False):
+                 handler=PixelHandler, reporter=None, reuse_port=False, tls=None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.recorder = recorder
         self.reporter = reporter or Reporter()
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
         self.reuse_port = reuse_port
+        self.tls_files = tls              # (certfile, keyfile), or None for plain HTTP
+        self.tls_context = load_tls(*tls) if tls else None
+        self.tls_failures = 0             # handshakes that did not end in TLS
+        self._tls_lock = threading.Lock()
+        if tls:
+            recorder.gauges["tls_handshake_failures"] = lambda: self.tls_failures
         self.pool = ConnectionPool(max_connections, self.process_request_thread,
                                    reporter=self.reporter)
         recorder.gauges["connections"] = self.pool.__len__
@@ -2416,9 +2493,30 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def stopping(self):
         return self.pool.stopping
 
+    def count_tls_failure(self):
+        with self._tls_lock:
+            self.tls_failures += 1
+
+    def reload_tls(self):
+        """Load the certificate and key files again (SIGHUP: certbot's renew hook): new
+        connections get the new pair, and a pair that does not load keeps the old one."""
+        if self.tls_files is None:
+            return
+        try:
+            context = load_tls(*self.tls_files)
+        except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
+            self.reporter.say("cannot load the TLS certificate %s and key %s: %s; still "
+                              "using the ones loaded before" % (self.tls_files + (error,)))
+            return
+        self.tls_context = context
+        self.reporter.say("reloaded the TLS certificate %s and key %s" % self.tls_files)
+
     def metric_families(self):
         """The transport's part of /metrics."""
         return [
+            ("pixel_tls_handshake_failures_total", "counter", "Connections to a TLS port "
+             "that did not end in TLS: a failed or stalled handshake, plain HTTP.",
+             [("", (), self.tls_failures)]),
             ("pixel_open_connections", "gauge", "Connections being served.",
              [("", (), len(self.pool))]),
             ("pixel_idle_connections", "gauge", "Connections waiting for their client.",
@@ -3854,6 +3952,11 @@ def build_parser(environ):
     option("--idle-timeout", "PIXEL_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT,
            "seconds a kept-alive connection may wait for its next request", _seconds,
            metavar="S")
+    option("--certfile", "PIXEL_CERTFILE", None, "serve HTTPS with this certificate chain "
+           "(PEM, the leaf first: certbot's fullchain.pem); needs --keyfile", _nonempty,
+           metavar="PATH")
+    option("--keyfile", "PIXEL_KEYFILE", None, "the private key of --certfile (PEM)",
+           _nonempty, metavar="PATH")
     option("--metrics-token", "PIXEL_METRICS_TOKEN", None, "require `Authorization: Bearer "
            "TOKEN` for /metrics. Unset, /metrics answers anyone who can reach it", _token,
            metavar="TOKEN")
@@ -3894,6 +3997,8 @@ def parse_args(argv=None, environ=None):
                                     DEFAULT_REJECTS_NAME)
     if os.path.realpath(args.rejects) == os.path.realpath(args.log):
         parser.error("--log and --rejects must be different files")
+    if bool(args.certfile) != bool(args.keyfile):
+        parser.error("--certfile and --keyfile go together")
     if args.forward_write_key and not args.forward:
         parser.error("--forward-write-key needs --forward")
     if args.forward_ca and not (args.forward or "").startswith("https://"):
@@ -4059,12 +4164,19 @@ def serve(args, recorder, reporter):
     # Threads only need a small stack: the deepest path is json's C scanner on a payload
     # whose nesting the core has already capped at MAX_DEPTH.
     threading.stack_size(THREAD_STACK_SIZE)
+    if args.certfile:
+        try:   # here, for a clear error; the server loads the pair itself
+            load_tls(args.certfile, args.keyfile)
+        except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
+            raise StartupError("cannot load --certfile %s and --keyfile %s: %s" % (
+                args.certfile, args.keyfile, error)) from None
     try:
         server = PixelServer((args.host, args.port), recorder,
                              max_connections=args.max_connections,
                              request_timeout=args.request_timeout,
                              idle_timeout=args.idle_timeout, reporter=reporter,
-                             reuse_port=args.reuse_port)
+                             reuse_port=args.reuse_port,
+                             tls=(args.certfile, args.keyfile) if args.certfile else None)
     except AttributeError:   # no socket.SO_REUSEPORT on this platform
         raise StartupError("--reuse-port: this system has no SO_REUSEPORT") from None
     except OSError as error:
@@ -4077,9 +4189,13 @@ def serve(args, recorder, reporter):
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     def reopen(signum, frame):
-        # logrotate's convention (postrotate kill -HUP). A thread, since the handler runs
-        # between two bytecodes of the accept loop and must not wait for a writer's lock.
-        threading.Thread(target=recorder.reopen, daemon=True).start()
+        # logrotate's convention (postrotate kill -HUP), and certbot's renew hook's. A
+        # thread, since the handler runs between two bytecodes of the accept loop and must
+        # not wait for a writer's lock.
+        def work():
+            recorder.reopen()
+            server.reload_tls()
+        threading.Thread(target=work, daemon=True).start()
 
     # Before the line that says we listen: whoever waits for it (a test, a supervisor) may
     # signal at once, and a SIGINT or SIGTERM must then stop us cleanly, not kill us. The
@@ -4097,8 +4213,8 @@ def serve(args, recorder, reporter):
     release_free_memory()
     host, port = server.server_address[:2]
     shown = "[%s]" % host if ":" in host else host
-    print("pixel %s listening on http://%s:%d/ writing events to %s and rejects to %s%s"
-          % (__version__, shown, port, recorder.events.path, recorder.rejects.path,
+    print("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s"
+          % (__version__, "https" if args.certfile else "http", shown, port, recorder.events.path, recorder.rejects.path,
              "" if pinned is None else " (on CPU %d)" % pinned), flush=True)
     if recorder.forwarder is not None:
         recorder.forwarder.start()

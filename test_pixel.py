@@ -4790,6 +4790,176 @@ class ForwardOverTls(unittest.TestCase):
         self.assertEqual(receiver.ids(), ["tls-%d" % trusting_port])
 
 
+class Tls(unittest.TestCase):
+    """--certfile and --keyfile: HTTPS from pixel.py itself, with a throwaway CA."""
+
+    def setUp(self):
+        import ssl
+        need(shutil.which("openssl"), "openssl")
+        self.dir = temp_dir(self, "pixel-https-")
+        self.ca, certificate, key = make_certificates(self.dir)
+        self.certfile = os.path.join(self.dir, "live.pem")
+        self.keyfile = os.path.join(self.dir, "live.key")
+        shutil.copy(certificate, self.certfile)
+        shutil.copy(key, self.keyfile)
+        self.ssl = ssl
+
+    def start(self, *extra):
+        self.stderr = open(os.path.join(self.dir, "stderr"), "w+")
+        self.addCleanup(self.stderr.close)
+        return start_pixel(self, "--log", os.path.join(self.dir, "events.jsonl"),
+                           "--certfile", self.certfile, "--keyfile", self.keyfile,
+                           *extra, stderr=self.stderr)
+
+    def https(self, port, target, ca=None):
+        context = self.ssl.create_default_context(cafile=ca or self.ca)
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10,
+                                                 context=context)
+        try:
+            connection.request("GET", target)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def test_a_pixel_over_https_and_plain_http_refused_cleanly(self):
+        process, port = self.start()
+        self.assertEqual(self.https(port, "/v1/pixel/track?writeKey=k&userId=u&event=e"),
+                         (200, pixel.GIF))
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\n"
+                     b"Host: x\r\n\r\n")
+        status, headers, body, _ = read_response(sock.makefile("rb"))
+        self.assertEqual((status, body), (400, b"This port speaks HTTPS: use https://.\n"))
+        self.assertEqual(sock.recv(1), b"")   # and closed
+        sock.close()
+        context = self.ssl.create_default_context(cafile=self.ca)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                self.assertEqual(tls.selected_alpn_protocol(), None)
+                self.assertIn(tls.version(), ("TLSv1.2", "TLSv1.3"))
+        health = json.loads(self.https(port, "/health")[1])
+        self.assertEqual((health["accepted"], health["tls_handshake_failures"]), (1, 1))
+        with open(os.path.join(self.dir, "events.jsonl")) as handle:
+            self.assertEqual(len(handle.readlines()), 1)
+
+    def test_a_stalled_handshake_holds_its_slot_no_longer_than_the_request_timeout(self):
+        process, port = self.start("--request-timeout", "1")
+        silent = socket.create_connection(("127.0.0.1", port))
+        partial = socket.create_connection(("127.0.0.1", port))
+        partial.sendall(b"\x16\x03\x01\x02\x00\x01")   # the start of a ClientHello
+        started = time.monotonic()
+        for sock in (silent, partial):
+            sock.settimeout(5)
+            try:
+                self.assertEqual(sock.recv(100), b"")
+            except ConnectionResetError:
+                pass   # cut off, as it should be
+            sock.close()
+        self.assertLess(time.monotonic() - started, 2.5)
+        self.assertEqual(json.loads(self.https(port, "/health")[1])["tls_handshake_failures"],
+                         2)
+        self.assertEqual(self.stderr.tell(), 0, "a failed handshake is counted, not printed")
+
+    def test_sighup_loads_a_new_pair_and_a_bad_one_keeps_the_old(self):
+        process, port = self.start()
+        renewed = temp_dir(self, "pixel-renewed-")
+        new_ca, new_certificate, new_key = make_certificates(renewed)
+        shutil.copy(new_certificate, self.certfile)
+        shutil.copy(new_key, self.keyfile)
+        process.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: self.reloaded(port, new_ca)))
+        with self.assertRaises(self.ssl.SSLError):
+            self.https(port, "/health")   # the old CA no longer vouches for what it serves
+        with open(self.certfile, "w") as handle:
+            handle.write("not a certificate\n")
+        process.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "still using the ones loaded before" in
+                                   open(self.stderr.name).read()))
+        self.assertEqual(self.https(port, "/health", ca=new_ca)[0], 200)
+
+    def reloaded(self, port, ca):
+        try:
+            return self.https(port, "/health", ca=ca)[0] == 200
+        except self.ssl.SSLError:
+            return False
+
+    def test_slowloris_over_tls_does_not_starve_real_clients(self):
+        process, port = self.start("--request-timeout", "3")
+        context = self.ssl.create_default_context(cafile=self.ca)
+        drippers = []
+        for _ in range(150):   # a whole handshake, then a request a byte at a time
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            drippers.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+        stallers = [socket.create_connection(("127.0.0.1", port)) for _ in range(150)]
+        stop = threading.Event()
+
+        def drip():
+            while not stop.wait(0.5):
+                for sock in drippers:
+                    try:
+                        sock.send(b"G")
+                    except (OSError, ValueError):
+                        continue   # cut off by the server, as it should be
+
+        dripping = threading.Thread(target=drip)
+        dripping.start()
+        latencies = []
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < 4.5:
+                begin = time.monotonic()
+                self.assertEqual(self.https(port, "/v1/pixel/track?writeKey=k&userId=u&"
+                                                  "event=real"), (200, pixel.GIF))
+                latencies.append(time.monotonic() - begin)
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            dripping.join()
+        cut = 0
+        for sock in drippers + stallers:
+            sock.settimeout(2)
+            try:
+                cut += sock.recv(1) == b""
+            except OSError:
+                cut += 1
+            sock.close()
+        self.assertLess(max(latencies), 1.0, latencies)
+        self.assertEqual(cut, 300, "every slow connection is cut after --request-timeout")
+        with open(os.path.join(self.dir, "events.jsonl")) as handle:
+            self.assertEqual(sum('"event":"real"' in line for line in handle), len(latencies))
+
+
+class SystemdUnits(unittest.TestCase):
+    """The README's units pass systemd-analyze verify, with nothing to say."""
+
+    def test_the_readme_units_verify(self):
+        need(shutil.which("systemd-analyze"), "systemd-analyze (Debian's systemd package)")
+        with open(os.path.join(HERE, "README.md"), encoding="utf-8") as handle:
+            units = re.findall(r"```ini\n(.*?)```", handle.read(), re.S)
+        self.assertEqual(len(units), 2)
+        folder = temp_dir(self, "pixel-units-")
+        for name, unit in zip(("pixel.service", "pixel@.service"), units):
+            self.assertIn("ExecReload=/bin/kill -HUP $MAINPID", unit)
+            for option in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
+                           "PrivateTmp=yes", "RestrictAddressFamilies=",
+                           "SystemCallFilter=@system-service", "StateDirectory=pixel"):
+                self.assertIn(option, unit)
+            path = os.path.join(folder, name)
+            with open(path, "w") as handle:
+                handle.write(unit)
+            target = path if "@" not in name else os.path.join(folder, "pixel@0.service")
+            if target != path:
+                os.symlink(path, target)
+            result = subprocess.run(["systemd-analyze", "verify", target],
+                                    capture_output=True, text=True, timeout=60)
+            self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
+            command = shlex.split(re.search(r"^ExecStart=(.*)$", unit, re.M).group(1)
+                                  .replace("%i", "0"))
+            args = pixel.parse_args(command[2:], {})   # the flags pixel.py would be given
+            self.assertTrue(args.log.startswith("/var/lib/pixel/"))
+
+
 class Backfill(unittest.TestCase):
     """`pixel.py forward --to URL FILE...`: sends files once, in order, and exits."""
 
