@@ -64,6 +64,7 @@ import re
 import signal
 import socket
 import socketserver
+import stat
 import struct
 import sys
 import threading
@@ -75,6 +76,10 @@ try:
     import resource   # Unix only; used to raise the open-file limit
 except ImportError:
     resource = None
+try:
+    import fcntl      # Unix only; used to keep a second process off a log
+except ImportError:
+    fcntl = None
 
 # --------------------------------------------------------------------------------------------
 # Constants
@@ -781,8 +786,26 @@ def anonymize_ip(text):
     if address is None:
         return None
     prefix = 24 if address.version == 4 else 48
+    if address.version == 6 and address.sixtofour is not None:
+        prefix = 40   # 2002:AABB:CCDD::/48 is the whole IPv4 address AA.BB.CC.DD: keep /24
     return str(ipaddress.ip_network("%s/%d" % (address, prefix), strict=False)
                .network_address)
+
+
+_IPV6_LIKE = re.compile(r"(?<![0-9A-Fa-f:%.])(?:[0-9A-Fa-f]{0,4}(?::|%3[Aa])){2,7}"
+                        r"(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![0-9A-Fa-f:.])",
+                        re.ASCII)
+_IPV4_LIKE = re.compile(r"(?<![0-9.])\d{1,3}(?:\.\d{1,3}){3}(?![0-9])", re.ASCII)
+
+
+def anonymize_addresses(text):
+    """`text` (a request quoted in the rejects log) with each IP address in it, IPv6 ones
+    with their colons percent-encoded too, truncated as anonymize_ip does."""
+    def truncate(match):
+        found = match.group()
+        address = anonymize_ip(found.replace("%3A", ":").replace("%3a", ":"))
+        return found if address is None else address
+    return _IPV4_LIKE.sub(truncate, _IPV6_LIKE.sub(truncate, text))
 
 
 def _address(text):
@@ -820,6 +843,7 @@ class Reporter:
         self._clock = clock
         self._said = {}          # key -> when it was last said
         self._lock = threading.Lock()
+        self._printing = threading.Lock()   # one whole line at a time
 
     def say(self, message, key=None):
         """Print `message`; with a `key`, only if that key was not said in the interval.
@@ -832,7 +856,8 @@ class Reporter:
                     return False
                 self._said[key] = now
         try:
-            print("pixel: " + message, file=self.stream or sys.stderr, flush=True)
+            with self._printing:
+                print("pixel: " + message, file=self.stream or sys.stderr, flush=True)
         except (OSError, ValueError):   # a full disk, a closed pipe, a closed stream
             self.lost += 1
             return False
@@ -844,6 +869,22 @@ class Reporter:
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 _ROTATED_SUFFIX = re.compile(r"\.(\d{8}T\d{6}\.\d{3}Z)(?:-(\d+))?\Z")
+
+
+def _lock(fd, path):
+    """Take an exclusive flock on a log: a second pixel process writing the same file would
+    rotate it under the first, and lines would be lost. Where the file system has no flock
+    (some network ones), nothing is locked, as before."""
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(errno.EBUSY, "another process writes it (it holds its flock): give "
+                      "each pixel process its own --log and --rejects", path) from None
+    except OSError as error:
+        if error.errno not in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
 
 
 class LogWriter:
@@ -859,8 +900,9 @@ class LogWriter:
     counted in `failed`, and reported through `reporter` at most once per interval; writing
     resumes by itself when the disk has room again.
 
-    One process should own a log file: rotation and the torn-tail repair assume no other
-    writer.
+    One process owns a log file: rotation and the torn-tail repair assume no other writer,
+    so the open file is held with an exclusive flock, and a second process's LogWriter on
+    it fails to open with EBUSY.
 
     A `follower` (the Forwarder) may be attached with follow(): it is handed a readable
     descriptor of each file the writer opens, in the order they are written, and
@@ -907,8 +949,12 @@ class LogWriter:
         fd = os.open(self.path, self._flags, 0o644)
         try:
             status = os.fstat(fd)
+            if (status.st_dev, status.st_ino) == self._identity and self._fd is not None:
+                os.close(fd)   # the file it has open (a SIGHUP with nothing renamed)
+                return
+            _lock(fd, self.path)
             handed = os.dup(fd) if self.follower is not None else None
-        except OSError:   # out of descriptors, say: keep the file open until now
+        except OSError:   # in use, out of descriptors: keep the file open until now
             os.close(fd)
             raise
         self._fd, self._identity, self._size = fd, (status.st_dev, status.st_ino), status.st_size
@@ -936,6 +982,8 @@ class LogWriter:
         file's."""
         old = self._fd
         self._open()
+        if self._fd == old:   # the path names the file it has open: nothing to do
+            return
         self._torn = False
         self._moved_at = None
         if old is not None:
@@ -1680,6 +1728,9 @@ class Recorder:
                             [rejection.reason])
 
     def _reject_line(self, rejection, request, received_at, ip, quoted):
+        if self.anonymize_ip:   # a client-sent context.ip in the request quoted
+            quoted = anonymize_addresses(quoted) if quoted else quoted
+            request = request._replace(query=anonymize_addresses(request.query))
         record = {"reason": rejection.reason}
         if rejection.detail:
             record["detail"] = rejection.detail
@@ -1944,11 +1995,16 @@ def load_tls(certfile, keyfile):
     """A server-side TLS context: TLS 1.2 and up, the default ciphers, ALPN http/1.1, no
     renegotiation. Raises OSError (ssl.SSLError) for files that do not make a pair."""
     import ssl   # here, not at the top: only --certfile needs it
+    for path in (certfile, keyfile):   # a FIFO would block the open for ever
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     context.set_alpn_protocols(["http/1.1"])
-    context.load_cert_chain(certfile, keyfile)
+    # An encrypted key fails to load rather than make OpenSSL ask for its password on a
+    # terminal nobody watches.
+    context.load_cert_chain(certfile, keyfile, password=lambda: b"")
     return context
 
 
@@ -2041,14 +2097,21 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         try:
             raw.settimeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
             first = raw.recv(1, socket.MSG_PEEK)
-            if first.isalpha():   # "GET ...": not a TLS ClientHello, which starts with 0x16
+            if first and first != b"\x16":   # not a TLS handshake record: plain HTTP, say
                 pool.mark_busy(raw)
                 self.server.count_tls_failure()
                 self._refuse_plain(raw)
                 return None
-            connection = tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-            connection.settimeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
-            connection.do_handshake()
+            # Wrap a duplicate: wrap_socket detaches the socket it wraps, and the pool must
+            # keep a working one to close on an eviction or a stop.
+            connection = tls.wrap_socket(raw.dup(), server_side=True,
+                                         do_handshake_on_connect=False)
+            try:
+                connection.settimeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
+                connection.do_handshake()
+            except BaseException:
+                connection.close()
+                raise
         except (OSError, ValueError):   # ssl.SSLError, a timeout, a reset, an eviction
             self.server.count_tls_failure()
             return None
@@ -2063,7 +2126,8 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         try:
             raw.sendall(_PLAIN_TO_TLS)
             raw.shutdown(socket.SHUT_WR)
-            deadline, drained = time.monotonic() + 1.0, 0
+            deadline = min(time.monotonic() + 1.0, self._deadline)
+            drained = 0
             while drained < MAX_HEAD_BYTES * 8 and time.monotonic() < deadline:
                 raw.settimeout(max(MIN_TIMEOUT, deadline - time.monotonic()))
                 chunk = raw.recv(RECV_SIZE)
@@ -2078,7 +2142,9 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             super().handle()
 
     def finish(self):
-        pass   # the server closes the socket in shutdown_request
+        # The server closes the TCP socket in shutdown_request; a TLS one is a duplicate.
+        if self.connection is not None and self.connection is not self.request:
+            self.connection.close()
 
     def log_message(self, format, *args):
         pass   # the event log is the record; stderr is kept for what operators must act on
@@ -2476,6 +2542,7 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.tls_context = load_tls(*tls) if tls else None
         self.tls_failures = 0             # handshakes that did not end in TLS
         self._tls_lock = threading.Lock()
+        self._reloading = threading.Lock()
         if tls:
             recorder.gauges["tls_handshake_failures"] = lambda: self.tls_failures
         self.pool = ConnectionPool(max_connections, self.process_request_thread,
@@ -2500,14 +2567,16 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def reload_tls(self):
         """Load the certificate and key files again (SIGHUP: certbot's renew hook): new
         connections get the new pair, and a pair that does not load keeps the old one."""
-        if self.tls_files is None:
-            return
+        if self.tls_files is None or not self._reloading.acquire(blocking=False):
+            return   # a SIGHUP storm: one reload at a time
         try:
             context = load_tls(*self.tls_files)
         except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
             self.reporter.say("cannot load the TLS certificate %s and key %s: %s; still "
                               "using the ones loaded before" % (self.tls_files + (error,)))
             return
+        finally:
+            self._reloading.release()
         self.tls_context = context
         self.reporter.say("reloaded the TLS certificate %s and key %s" % self.tls_files)
 
@@ -4021,6 +4090,10 @@ def main(argv=None, environ=None):
     writers = []
     forwarder = None
     try:
+        if os.path.exists(args.log) and os.path.exists(args.rejects) and \
+                os.path.samefile(args.log, args.rejects):   # a hard link, say
+            raise StartupError("--log and --rejects are the same file: %s"
+                               % os.path.realpath(args.log))
         for path in (args.log, args.rejects):
             try:
                 writers.append(LogWriter(path, max_bytes=args.max_bytes, keep=args.keep,

@@ -1253,7 +1253,9 @@ class RecorderAnonymizingIp(RecorderCase):
                                ("::ffff:198.51.100.9", "198.51.100.0"),
                                (" 192.0.2.1 ", "192.0.2.0"), ("::1", "::"),
                                ("203.0.113.07", None), ("example.com", None), ("", None),
-                               ("\u0661.1.1.1", None), ("1.2.3.4/8", None)):
+                               ("\u0661.1.1.1", None), ("1.2.3.4/8", None),
+                               # 6to4: the /48 would be the whole IPv4 address inside
+                               ("2002:c633:644d::1", "2002:c633:6400::")):
             with self.subTest(text):
                 self.assertEqual(pixel.anonymize_ip(text), expected)
 
@@ -1271,6 +1273,19 @@ class RecorderAnonymizingIp(RecorderCase):
                          ["203.0.113.0", "2001:db8:abcd::", "198.51.100.0", None,
                           "2001:db8:1::"])
         self.assertEqual(self.lines("rejects.jsonl")[0]["ip"], "192.0.2.0")
+
+    def test_addresses_in_the_request_a_rejects_line_quotes(self):
+        self.answer(query="userId=u&event=e&context.ip=198.51.100.77&v=12:30:45")
+        self.answer(path="/v1/batch", method="POST", body=json.dumps({"batch": [
+            {"type": "bogus", "context": {"ip": "2001:db8:abcd:12::1"}},
+            {"type": "bogus", "context": {"ip": "::ffff:10.1.2.3"}}]}).encode())
+        self.answer(query="userId=u&context.ip=2001%3Adb8%3Aabcd%3A12%3A%3A1")
+        quotes = [line.get("query") or line.get("body") for line in self.lines("rejects.jsonl")]
+        self.assertEqual(quotes[0], "userId=u&event=e&context.ip=198.51.100.0&v=12:30:45")
+        self.assertIn('"2001:db8:abcd::"', quotes[1])
+        self.assertIn('"10.1.2.0"', quotes[2])
+        self.assertEqual(quotes[3], "userId=u&context.ip=2001:db8:abcd::")
+        self.assertFalse(re.search(r"198\.51\.100\.77|abcd:12|10\.1\.2\.3", json.dumps(quotes)))
 
 
 class TornTail(unittest.TestCase):
@@ -1304,6 +1319,7 @@ class TornTail(unittest.TestCase):
                 with open(self.path, "wb") as handle:
                     handle.write(content)
                 writer = self.writer()
+                writer.close()   # the next case opens the file again
                 with open(self.path, "rb") as handle:
                     self.assertEqual(handle.read(), b"" if content == b"no newline at all"
                                      else content)
@@ -2837,8 +2853,9 @@ class SettingsDocument(ServerCase):
                 self.assertEqual(self.get(path)[0], 404)
 
     def test_under_a_wsgi_prefix(self):
-        app = pixel.make_wsgi_app(log=os.path.join(self.dir, "w.jsonl"), dedupe_window=10,
-                                  public_url="https://site.example")
+        app = pixel.make_wsgi_app(log=os.path.join(self.dir, "w.jsonl"),
+                                  rejects=os.path.join(self.dir, "w-rejects.jsonl"),
+                                  dedupe_window=10, public_url="https://site.example")
         self.addCleanup(app.recorder.events.close)
         self.addCleanup(app.recorder.rejects.close)
         answers = []
@@ -2989,6 +3006,45 @@ class MainInAThread(unittest.TestCase):
 # The forwarder, in this process, against receivers on real sockets
 
 
+class QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass   # a forwarder that gave up on an answer, or was killed: BrokenPipeError
+
+
+class AnswerHandler(http.server.BaseHTTPRequestHandler):
+    """A test server's handler: answer() sends a whole answer; a "then-close" header is not
+    sent but closes the connection after the answer, without saying so."""
+
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, status, body, headers=()):
+        self.send_response(status)
+        for name, value in headers:
+            if name == "then-close":
+                self.close_connection = True
+            else:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def serve_quietly(test, handler, context=None):
+    """A QuietServer of `handler` on a free port, on a thread until `test` ends."""
+    server = QuietServer(("127.0.0.1", 0), handler)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    test.addCleanup(server.server_close)
+    test.addCleanup(server.shutdown)
+    return server
+
+
 class FakeReceiver:
     """A Segment-compatible receiver on a thread: it records every batch posted to it, and
     answers as `respond(receiver, user, events)` says: (status, headers, body); a status of
@@ -3002,9 +3058,7 @@ class FakeReceiver:
         self.lock = threading.Lock()
         receiver = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(AnswerHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if self.headers.get("Content-Encoding") == "gzip":
@@ -3022,31 +3076,9 @@ class FakeReceiver:
                 if 200 <= status < 300:   # taken before the answer can reach the forwarder
                     with receiver.lock:
                         receiver.taken.extend(document["batch"])
-                self.send_response(status)
-                for name, value in headers.items():
-                    if name == "then-close":   # close after answering, without saying so
-                        self.close_connection = True
-                    else:
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
+                self.answer(status, answer, headers.items())
 
-            def log_message(self, *args):
-                pass
-
-        class Server(http.server.ThreadingHTTPServer):
-            def handle_error(self, request, client_address):
-                pass   # a forwarder that gave up on an answer: BrokenPipeError here
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        if context is not None:
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        test.addCleanup(self.server.server_close)
-        test.addCleanup(self.server.shutdown)
+        self.server = serve_quietly(test, Handler, context)
         self.port = self.server.server_address[1]
         self.url = "%s://127.0.0.1:%d" % ("https" if context else "http", self.port)
 
@@ -3076,8 +3108,11 @@ class ForwardingCase(unittest.TestCase):
 
     def forwarder(self, url, writer, start=True, timeout=2, **options):
         options.setdefault("backoff", (0.05, 0.4))
-        rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"))
-        self.addCleanup(rejects.close)
+        rejects = getattr(self, "rejects_writer", None)
+        if rejects is None:   # one for the test: a restarted forwarder writes it on
+            rejects = self.rejects_writer = pixel.LogWriter(
+                os.path.join(self.dir, "rejects.jsonl"))
+            self.addCleanup(rejects.close)
         forwarder = pixel.Forwarder(pixel.Receiver(url, timeout=timeout), rejects,
                                     reporter=self.reporter, **options)
         forwarder.follow(writer)
@@ -4105,41 +4140,14 @@ class Process(unittest.TestCase):
     def test_400_slowloris_connections_do_not_starve_real_clients(self):
         process, port = self.start("--request-timeout", "3")
         drippers = [socket.create_connection(("127.0.0.1", port)) for _ in range(400)]
-        stop = threading.Event()
+        peaks = []
 
-        def drip():
-            while not stop.wait(0.5):
-                for sock in drippers:
-                    try:
-                        sock.send(b"G")
-                    except OSError:
-                        continue   # cut off by the server, as it should be
+        def real_client():
+            fetch_gif(port, "/v1/pixel/track?writeKey=k&userId=u&event=real")
+            peaks.append(self.rss_mib(process))
 
-        dripping = threading.Thread(target=drip)
-        dripping.start()
-        try:
-            latencies, peak = [], 0.0
-            started = time.monotonic()
-            while time.monotonic() - started < 4.5:
-                begin = time.monotonic()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=real")
-                self.assertEqual(connection.getresponse().read(), pixel.GIF)
-                connection.close()
-                latencies.append(time.monotonic() - begin)
-                peak = max(peak, self.rss_mib(process))
-                time.sleep(0.1)
-        finally:
-            stop.set()
-            dripping.join()
-        cut = 0
-        for sock in drippers:
-            sock.settimeout(2)
-            try:
-                cut += sock.recv(1) == b""
-            except OSError:
-                cut += 1
-            sock.close()
+        latencies, cut = slowloris(drippers, [], real_client)
+        peak = max(peaks)
         with open(self.log) as handle:
             logged = sum(1 for line in handle if '"event":"real"' in line)
         self.assertEqual(logged, len(latencies))
@@ -4383,6 +4391,49 @@ class Process(unittest.TestCase):
                                         r"Address already in use\n$")
 
 
+def slowloris(drippers, silent, real_client, seconds=4.5):
+    """Send a byte every 0.5 s on each of `drippers` while `real_client()` runs every 0.1 s
+    for `seconds`; then see which slow connections (drippers and `silent` ones) the server
+    cut. Returns (the real client's latencies, how many were cut)."""
+    stop = threading.Event()
+
+    def drip():
+        while not stop.wait(0.5):
+            for sock in drippers:
+                try:
+                    sock.send(b"G")
+                except (OSError, ValueError):
+                    continue   # cut off by the server, as it should be
+
+    dripping = threading.Thread(target=drip)
+    dripping.start()
+    latencies = []
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            begin = time.monotonic()
+            real_client()
+            latencies.append(time.monotonic() - begin)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        dripping.join()
+    cut = 0
+    for sock in drippers + silent:
+        sock.settimeout(2)
+        try:
+            cut += sock.recv(1) == b""
+        except OSError:
+            cut += 1
+        sock.close()
+    return latencies, cut
+
+
+def read_text(path):
+    with open(path) as handle:
+        return handle.read()
+
+
 def fetch_gif(port, target):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -4419,9 +4470,7 @@ class FaultProxy:
         self.holding = None          # (held, release, drop) events while armed
         proxy = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(AnswerHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 batch = json.loads(gzip.decompress(body))["batch"]
@@ -4433,7 +4482,7 @@ class FaultProxy:
                 if fault == "500":
                     return self.answer(500, b"injected")
                 if fault == "429":
-                    return self.answer(429, b"injected", ("Retry-After", "1"))
+                    return self.answer(429, b"injected", [("Retry-After", "1")])
                 if fault == "hang":
                     time.sleep(2.5)   # A's --forward-timeout is 1 s
                     self.close_connection = True
@@ -4458,27 +4507,7 @@ class FaultProxy:
                         return self.answer(502, b"B died before answering")
                 return self.answer(status, answer)
 
-            def answer(self, status, body, *headers):
-                self.send_response(status)
-                for name, value in headers:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                pass   # answering a forwarder that was killed: BrokenPipeError
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        test.addCleanup(self.server.server_close)
-        test.addCleanup(self.server.shutdown)
+        self.server = serve_quietly(test, Handler)
         self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
 
     def hold(self):
@@ -4769,8 +4798,10 @@ class ForwardOverTls(unittest.TestCase):
         context.load_cert_chain(certificate, key)
         receiver = FakeReceiver(self, context=context)
         untrusting, port = start_pixel(self, "--log", os.path.join(folder, "u.jsonl"),
+                                       "--rejects", os.path.join(folder, "u-rejects.jsonl"),
                                        "--forward", receiver.url)
         trusting, trusting_port = start_pixel(self, "--log", os.path.join(folder, "t.jsonl"),
+                                              "--rejects", os.path.join(folder, "t-rej.jsonl"),
                                               "--forward", receiver.url, "--forward-ca", ca)
         for target in (port, trusting_port):
             connection = http.client.HTTPConnection("127.0.0.1", target, timeout=10)
@@ -4843,6 +4874,56 @@ class Tls(unittest.TestCase):
         with open(os.path.join(self.dir, "events.jsonl")) as handle:
             self.assertEqual(len(handle.readlines()), 1)
 
+    def test_plain_http_that_does_not_start_with_a_letter(self):
+        process, port = self.start()
+        for start in (b"\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n", b"1234\r\n\r\n"):
+            with self.subTest(start):
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(start)
+                    status, _, body, _ = read_response(sock.makefile("rb"))
+                    self.assertEqual(status, 400)
+
+    def test_tls_connections_are_evicted_and_stopped_like_plain_ones(self):
+        process, port = self.start("--max-connections", "2", "--idle-timeout", "8",
+                                   "--request-timeout", "3")
+        context = self.ssl.create_default_context(cafile=self.ca)
+        kept = []
+        for _ in range(2):   # two idle kept-alive connections take both slots
+            connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10,
+                                                     context=context)
+            connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=kept")
+            self.assertEqual(connection.getresponse().read(), pixel.GIF)
+            kept.append(connection)
+        started = time.monotonic()
+        self.assertEqual(self.https(port, "/health")[0], 200)
+        self.assertLess(time.monotonic() - started, 1.0, "an idle one was closed to make room")
+        stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+        for sock in stalled:
+            sock.sendall(b"\x16\x03\x01")   # a handshake that goes no further
+        started = time.monotonic()
+        self.assertEqual(self.https(port, "/health")[0], 200)
+        self.assertLess(time.monotonic() - started, 1.0, "a stalled handshake was closed")
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(10), 0)
+        self.assertLess(time.monotonic() - started, 4.5, "a stop waits one timeout at most")
+        for connection in kept:
+            connection.close()
+        for sock in stalled:
+            sock.close()
+
+    def test_a_certificate_path_that_is_not_a_file_is_refused_on_reload(self):
+        process, port = self.start()
+        os.remove(self.certfile)
+        os.mkfifo(self.certfile)   # an open() of it would wait for a writer for ever
+        for _ in range(3):
+            process.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "not a regular file" in
+                                   read_text(self.stderr.name)))
+        self.assertEqual(self.https(port, "/health")[0], 200)
+        with open("/proc/%d/status" % process.pid) as handle:
+            threads = int(re.search(r"Threads:\s+(\d+)", handle.read()).group(1))
+        self.assertLess(threads, 8, "no reload left waiting")
+
     def test_a_stalled_handshake_holds_its_slot_no_longer_than_the_request_timeout(self):
         process, port = self.start("--request-timeout", "1")
         silent = socket.create_connection(("127.0.0.1", port))
@@ -4875,7 +4956,7 @@ class Tls(unittest.TestCase):
             handle.write("not a certificate\n")
         process.send_signal(signal.SIGHUP)
         self.assertTrue(wait_until(lambda: "still using the ones loaded before" in
-                                   open(self.stderr.name).read()))
+                                   read_text(self.stderr.name)))
         self.assertEqual(self.https(port, "/health", ca=new_ca)[0], 200)
 
     def reloaded(self, port, ca):
@@ -4892,38 +4973,12 @@ class Tls(unittest.TestCase):
             raw = socket.create_connection(("127.0.0.1", port), timeout=10)
             drippers.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
         stallers = [socket.create_connection(("127.0.0.1", port)) for _ in range(150)]
-        stop = threading.Event()
 
-        def drip():
-            while not stop.wait(0.5):
-                for sock in drippers:
-                    try:
-                        sock.send(b"G")
-                    except (OSError, ValueError):
-                        continue   # cut off by the server, as it should be
+        def real_client():
+            self.assertEqual(self.https(port, "/v1/pixel/track?writeKey=k&userId=u&"
+                                              "event=real"), (200, pixel.GIF))
 
-        dripping = threading.Thread(target=drip)
-        dripping.start()
-        latencies = []
-        try:
-            started = time.monotonic()
-            while time.monotonic() - started < 4.5:
-                begin = time.monotonic()
-                self.assertEqual(self.https(port, "/v1/pixel/track?writeKey=k&userId=u&"
-                                                  "event=real"), (200, pixel.GIF))
-                latencies.append(time.monotonic() - begin)
-                time.sleep(0.1)
-        finally:
-            stop.set()
-            dripping.join()
-        cut = 0
-        for sock in drippers + stallers:
-            sock.settimeout(2)
-            try:
-                cut += sock.recv(1) == b""
-            except OSError:
-                cut += 1
-            sock.close()
+        latencies, cut = slowloris(drippers, stallers, real_client)
         self.assertLess(max(latencies), 1.0, latencies)
         self.assertEqual(cut, 300, "every slow connection is cut after --request-timeout")
         with open(os.path.join(self.dir, "events.jsonl")) as handle:
@@ -5150,12 +5205,29 @@ class GracefulStop(unittest.TestCase):
 class ReusePort(unittest.TestCase):
     """Two processes on one port (--reuse-port), each with its own log."""
 
+    def test_a_second_process_on_the_same_log_is_refused(self):
+        folder = temp_dir(self, "pixel-reuse-")
+        log = os.path.join(folder, "events.jsonl")
+        first, port = start_pixel(self, "--reuse-port", "--log", log)
+        second = subprocess.run([sys.executable, PIXEL_PY, "--reuse-port", "--port", str(port),
+                                 "--cpu", "none", "--log", log], capture_output=True,
+                                text=True, timeout=30)
+        self.assertEqual(second.returncode, 1)
+        self.assertIn("cannot open %s: another process writes it" % log, second.stderr)
+        third = subprocess.run([sys.executable, PIXEL_PY, "--reuse-port", "--port", str(port),
+                                "--cpu", "none", "--log", log + "-2"], capture_output=True,
+                               text=True, timeout=30)   # its default rejects log: the same
+        self.assertEqual(third.returncode, 1)
+        self.assertIn("rejects.jsonl: another process writes it", third.stderr)
+        fetch_gif(port, "/v1/pixel/track?writeKey=k&userId=u&event=e")
+
     def test_two_processes_share_a_port_and_one_stops_under_traffic(self):
         folder = temp_dir(self, "pixel-reuse-")
         logs = [os.path.join(folder, "events-%d.jsonl" % number) for number in (1, 2)]
-        first, port = start_pixel(self, "--reuse-port", "--log", logs[0])
+        first, port = start_pixel(self, "--reuse-port", "--log", logs[0],
+                                  "--rejects", logs[0] + ".rejects")
         second, second_port = start_pixel(self, "--reuse-port", "--port", str(port),
-                                          "--log", logs[1])
+                                          "--log", logs[1], "--rejects", logs[1] + ".rejects")
         self.assertEqual(second_port, port)
         answered, failed, lock, stop = [], [], threading.Lock(), threading.Event()
 
