@@ -136,6 +136,7 @@ ERROR_INTERVAL = 10.0            # at most one stderr line per failing file per 
 RELINK_ATTEMPTS = 3              # a log file deleted under a write is recreated this often
 MOVED_GRACE = 1.0                # seconds a log renamed away is still written, awaiting its
                                  # successor (see LogWriter._follow_path)
+PATH_CHECK_INTERVAL = 0.1        # seconds between looks at whether a log is still at its path
 MAX_WARM_BYTES = 64 * 1024 * 1024   # log tail read at start-up to refill the dedupe window
 
 # The forwarder (--forward and `pixel.py forward`).
@@ -894,11 +895,12 @@ class LogWriter:
     is torn. With `max_bytes`, the live file is renamed to `<path>.<UTC stamp>` when the next
     write would cross the limit (as RotatingFileHandler does), a fresh file is opened, and
     with `keep` the oldest rotated files beyond that many are deleted, each deletion said on
-    stderr. If something else renames or deletes the file, the next write reopens the path
-    (as WatchedFileHandler does), and a line written into a file deleted under it is written
-    again to a fresh one. A failed or short write is cut back to the last whole line,
-    counted in `failed`, and reported through `reporter` at most once per interval; writing
-    resumes by itself when the disk has room again.
+    stderr. If something else renames the file, a write at most PATH_CHECK_INTERVAL later
+    reopens the path (as WatchedFileHandler does, though it looks at every write), and a
+    line written into a file deleted under it is written again to a fresh one. A failed or
+    short write is cut back to the last whole line, counted in `failed`, and reported
+    through `reporter` at most once per interval; writing resumes by itself when the disk
+    has room again.
 
     One process owns a log file: rotation and the torn-tail repair assume no other writer,
     so the open file is held with an exclusive flock, and a second process's LogWriter on
@@ -929,6 +931,7 @@ class LogWriter:
         self._failing_since = None
         self._failures_unreported = 0
         self._moved_at = None   # when the open file was first seen renamed away
+        self._path_checked = float("-inf")   # when write() last looked at the path
         self._flags = _OPEN_FLAGS if not readable else \
             _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR
         self.follower = None
@@ -1045,19 +1048,27 @@ class LogWriter:
         """Append `lines` (a list of bytes, each ending in a newline). True once all are on
         disk. Lines go out in as few write() calls as rotation and MAX_WRITE_BYTES allow;
         if one fails, the lines before it stay written and counted, the rest are failed."""
-        # Stat before taking the lock, so that threads queue only behind the write itself;
-        # _follow_path compares it with the open file under the lock, so that a write that
-        # starts after an external mv or rm goes to the new file, as WatchedFileHandler
-        # does. (An inotify watch was tried instead: a write could beat its notice.) A delete
-        # can still land between this stat and the write; _append_linked catches that.
-        try:
-            status = os.stat(self.path)
-        except OSError:
-            status = None
+        # Whether the path still names the open file (an outside mv, or a new file put
+        # there) is looked at once every PATH_CHECK_INTERVAL, by the first write after it:
+        # a stat a write would cost a system call, and a hand-over of the GIL, per event.
+        # Meanwhile a line goes on into a renamed file, where it is not lost: shippers that
+        # follow inodes, and the forwarder, read that file to its end. A delete is caught
+        # after every write (_append_linked), and the line written again. The stat is taken
+        # before the lock, so that threads queue only behind the write itself. (An inotify
+        # watch was tried instead: a write could beat its notice.)
+        now = self._clock()
+        check = not 0 <= now - self._path_checked < PATH_CHECK_INTERVAL or self._fd is None
+        if check:
+            self._path_checked = now
+            try:
+                status = os.stat(self.path)
+            except OSError:
+                status = None
         with self._lock:
             done = 0
             try:
-                self._follow_path(status)
+                if check:
+                    self._follow_path(status)
                 if self._torn:   # an earlier cut failed; never extend the file with it
                     if os.fstat(self._fd).st_size > self._size:
                         os.ftruncate(self._fd, self._size)
@@ -1141,9 +1152,14 @@ class LogWriter:
         the path and the chunk written again. If the delete came just after our write,
         the copy that survives is the only one."""
         for _ in range(RELINK_ATTEMPTS):
+            before = self._size
             self._append(chunk)
             if os.fstat(self._fd).st_nlink:
                 return
+            # Take this copy back out of the nameless file first: whoever still reads it
+            # (the forwarder, a shipper holding it open) would have the line twice.
+            os.ftruncate(self._fd, before)
+            self._size = before
             self._reopen()
         raise OSError(errno.ENOENT, "deleted each time it was written, %d times"
                       % RELINK_ATTEMPTS)
@@ -2081,6 +2097,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                                            _timeval(timeout))
         self._unread_body = False
+        self._started = None
         self.close_connection = True
         self.command = self.path = self.requestline = ""
         self.request_version = self.protocol_version
@@ -2252,9 +2269,8 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                 self._refuse(error)
                 return
             self._served += 1
-            started = time.monotonic()
+            self._started = time.monotonic()   # _send observes the duration
             self._serve(head)
-            self.server.durations.observe(time.monotonic() - started)
             if self._unread_body:
                 self._linger()   # let the client finish sending and read our answer
         except (_Closed, OSError):
@@ -2352,6 +2368,11 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         parts.append(b"\r\n")
         if self.command != "HEAD":
             parts.append(answer.body)
+        if self._started is not None:
+            # Counted before the answer goes, so that a client that has its answer and
+            # then asks /metrics finds it counted.
+            server.durations.observe(time.monotonic() - self._started)
+            self._started = None
         self.connection.sendall(b"".join(parts))
 
 
@@ -2595,7 +2616,7 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             ("pixel_connection_slots_exhausted_total", "counter", "Times a new connection "
              "found every slot taken.", [("", (), self.pool.exhausted)]),
             ("pixel_request_duration_seconds", "histogram", "From a request's whole head to "
-             "its answer sent.", self.durations.samples()),
+             "its answer, ready to send.", self.durations.samples()),
         ]
 
     def server_bind(self):

@@ -1409,7 +1409,8 @@ class PathsThatMove(unittest.TestCase):
         self.addCleanup(writer.close)
         self.assertTrue(writer.write([b"one\n"]))
         os.rename(folder, folder + ".old")
-        self.assertTrue(writer.write([b"two\n"]))
+        now[0] += 2 * pixel.PATH_CHECK_INTERVAL
+        self.assertTrue(writer.write([b"two\n"]))   # the path is gone: the grace begins
         now[0] += pixel.MOVED_GRACE   # past the grace, the path is tried, and cannot be opened
         self.assertTrue(writer.write([b"three\n"]))
         with open(os.path.join(folder + ".old", "events.jsonl"), "rb") as handle:
@@ -1483,6 +1484,14 @@ class ChangedUnderWrite(unittest.TestCase):
         self.assertEqual(self.read(self.path), [b"one", b"two"])
         self.assertEqual((writer.written, writer.failed), (2, 0))
 
+    def test_a_line_written_into_a_deleted_file_is_taken_back_out(self):
+        writer = self.writer(before=[os.remove])
+        held = os.open(self.path, os.O_RDONLY)   # as the forwarder or a shipper holds it
+        self.addCleanup(os.close, held)
+        self.assertTrue(writer.write([b"one\n"]))
+        self.assertEqual(self.read(self.path), [b"one"])
+        self.assertEqual(os.pread(held, 100, 0), b"", "the deleted file keeps no copy")
+
     def test_deleted_just_after_the_write(self):
         writer = self.writer(after=[os.remove])
         self.assertTrue(writer.write([b"one\n"]))
@@ -1501,11 +1510,24 @@ class ChangedUnderWrite(unittest.TestCase):
         writer = self.writer(before=[lambda path: os.rename(path, path + ".1")],
                              clock=lambda: now[0])
         self.assertTrue(writer.write([b"one\n"]))
-        self.assertTrue(writer.write([b"two\n"]))
+        now[0] += 2 * pixel.PATH_CHECK_INTERVAL
+        self.assertTrue(writer.write([b"two\n"]))   # the path is gone: the grace begins
         now[0] += pixel.MOVED_GRACE
         self.assertTrue(writer.write([b"three\n"]))
         # The moved file still has a name: the line stays there, once, for the shipper
         # that follows it; so does the next, within MOVED_GRACE; then the path is opened.
+        self.assertEqual(self.read(self.path + ".1"), [b"one", b"two"])
+        self.assertEqual(self.read(self.path), [b"three"])
+
+    def test_the_path_is_looked_at_once_an_interval(self):
+        now = [T0]
+        writer = self.writer(clock=lambda: now[0])
+        writer.write([b"one\n"])
+        os.rename(self.path, self.path + ".1")
+        open(self.path, "wb").close()   # a new file at the path, as logrotate's create
+        writer.write([b"two\n"])      # within the interval: still the renamed file
+        now[0] += 2 * pixel.PATH_CHECK_INTERVAL
+        writer.write([b"three\n"])
         self.assertEqual(self.read(self.path + ".1"), [b"one", b"two"])
         self.assertEqual(self.read(self.path), [b"three"])
 
@@ -2173,6 +2195,7 @@ class ExternalMoves(ServerCase):
         os.rename(path, path + ".1")
         # Within MOVED_GRACE the renamed file is still written (logrotate's create is
         # about to put a new one at the path); after it, the path is opened afresh.
+        self.now[0] += 2 * pixel.PATH_CHECK_INTERVAL
         self.get("/v1/pixel/track?writeKey=k&userId=u&event=during")
         self.now[0] += pixel.MOVED_GRACE
         self.get("/v1/pixel/track?writeKey=k&userId=u&event=after")
@@ -2181,12 +2204,17 @@ class ExternalMoves(ServerCase):
                              ["before", "during"])
         self.assertEqual([event["event"] for event in self.lines()], ["after"])
 
-    def test_a_file_put_at_the_path_is_taken_at_once(self):
+    def test_a_file_put_at_the_path_is_taken_at_the_next_look(self):
         path = os.path.join(self.dir, "events.jsonl")
         self.get("/v1/pixel/track?writeKey=k&userId=u&event=before")
         os.rename(path, path + ".1")
         open(path, "wb").close()   # logrotate's create
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=within")
+        self.now[0] += 2 * pixel.PATH_CHECK_INTERVAL
         self.get("/v1/pixel/track?writeKey=k&userId=u&event=after")
+        with open(path + ".1") as handle:   # not lost: in the renamed file, for its shipper
+            self.assertEqual([json.loads(line)["event"] for line in handle],
+                             ["before", "within"])
         self.assertEqual([event["event"] for event in self.lines()], ["after"])
 
     def test_reopen_after_an_external_delete(self):
