@@ -154,6 +154,9 @@ MAX_FORWARD_ITEM = MAX_PAYLOAD_BYTES - 64   # an event a Segment-compatible rece
 MAX_OPEN_LOG_FILES = 32          # rotated files the forwarder holds open; later ones wait
                                  # closed, by name
 CHECKPOINT_SUFFIX = ".forward"
+# A checkpoint that names no file: forwarding starts at the oldest file it may send.
+_NO_CHECKPOINT = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, "head_bytes": 0,
+                  "head": ""}
 
 
 # Every reason a rejects-log line can name, with what it means. The README's table and the
@@ -553,10 +556,11 @@ def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=N
 
     `received_at` is the server's clock (seconds since the epoch); `ip=None` drops any IP,
     the client's included; `anonymize` truncates a client-sent context.ip as anonymize_ip
-    does (the caller truncates `ip`), and drops one that is not an address. A client-sent messageId, timestamp, context.ip or
-    context.userAgent is kept. Without a timestamp, one is derived as Segment does: with
-    both sentAt and originalTimestamp, receivedAt - (sentAt - originalTimestamp) corrects
-    the client's clock skew; else originalTimestamp; else receivedAt.
+    does (the caller truncates `ip`), and drops one that is not an address. A client-sent
+    messageId, timestamp, context.ip or context.userAgent is kept. Without a timestamp,
+    one is derived as Segment does: with both sentAt and originalTimestamp, receivedAt -
+    (sentAt - originalTimestamp) corrects the client's clock skew; else originalTimestamp;
+    else receivedAt.
     """
     event = {"type": kind}
     event.update(payload)
@@ -869,6 +873,7 @@ class Reporter:
 # The log writer
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _ROTATED_SUFFIX = re.compile(r"\.(\d{8}T\d{6}\.\d{3}Z)(?:-(\d+))?\Z")
 
 
@@ -1007,7 +1012,7 @@ class LogWriter:
         if not self._size:
             return
         end = self._size
-        reader = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        reader = os.open(self.path, _READ_FLAGS)
         try:
             if os.pread(reader, 1, end - 1) == b"\n":
                 return
@@ -1247,10 +1252,10 @@ class LogWriter:
 Route = collections.namedtuple("Route", "kind name methods max_body browser",
                                defaults=(False,))
 Route.__doc__ = """What a path is. `kind` is "pixel", "api", "metrics" (analytics.js's own),
-"settings", "prometheus" (/metrics) or "health"; `name` the
-event type or API route; `methods` those it answers (anything else gets a 405); `max_body`
-the largest body it reads, 0 for a route whose body, if any, is discarded; `browser` whether
-it is one of analytics.js's short routes, whose clock is the browser's."""
+"settings", "prometheus" (/metrics) or "health"; `name` the event type or API route;
+`methods` those it answers (anything else gets a 405); `max_body` the largest body it
+reads, 0 for a route whose body, if any, is discarded; `browser` whether it is one of
+analytics.js's short routes, whose clock is the browser's."""
 
 _GET_HEAD = ("GET", "HEAD")
 _POST_OPTIONS = ("POST", "OPTIONS")   # OPTIONS: the browser's CORS preflight
@@ -1828,7 +1833,8 @@ class Recorder:
              [("", (("type", kind),), count) for kind, count in by_type]),
             ("pixel_rejections_total", "counter", "Requests, items and forwarded events "
              "refused, by the reason in the rejects log.",
-             [("", (("reason", reason),), count) for reason, count in sorted(by_reason.items())]),
+             [("", (("reason", reason),), count)
+              for reason, count in sorted(by_reason.items())]),
             ("pixel_written_lines_total", "counter", "Lines written, by log.",
              per_log("written")),
             ("pixel_written_bytes_total", "counter", "Bytes written, by log.",
@@ -1842,7 +1848,6 @@ class Recorder:
              "counted and dropped.", [("", (), self.browser_metrics)]),
         ]
         if forwarder is not None:
-            lines, size, files = forwarder.backlog()
             status = forwarder.status()
             families += [
                 ("pixel_forward_sent_events_total", "counter", "Events the forwarder's "
@@ -1852,11 +1857,11 @@ class Recorder:
                 ("pixel_forward_failed_attempts_total", "counter", "Forwarding attempts that "
                  "got no answer or one to retry.", [("", (), forwarder.failed_attempts)]),
                 ("pixel_forward_backlog_events", "gauge", "Events written and not yet "
-                 "forwarded.", [("", (), lines or 0)]),
+                 "forwarded.", [("", (), status["lines_behind"] or 0)]),
                 ("pixel_forward_backlog_bytes", "gauge", "Bytes written and not yet "
-                 "forwarded.", [("", (), size)]),
+                 "forwarded.", [("", (), status["bytes_behind"])]),
                 ("pixel_forward_backlog_files", "gauge", "Rotated files not yet forwarded "
-                 "whole.", [("", (), files)]),
+                 "whole.", [("", (), status["files_behind"])]),
                 ("pixel_forward_backlog_seconds", "gauge", "Age of the oldest event not yet "
                  "forwarded.", [("", (), float(status["backlog_seconds"]))]),
                 ("pixel_forward_paused", "gauge", "1 while a 401 or 403 pauses forwarding.",
@@ -2073,6 +2078,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self._deadline = time.monotonic() + timeout
         self._buffer = bytearray()
         self._served = 0
+        self._recv_timeout = None
         self._kernel_timeouts = _KERNEL_TIMEOUTS
         tls = server.tls_context
         if tls is not None:
@@ -2137,22 +2143,14 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         return connection
 
     def _refuse_plain(self, raw):
-        """Answer plain HTTP on a TLS port with a plain 400, then read what the client sent
-        for a moment before closing, or the close resets the connection before the client
-        reads the answer."""
+        """Answer plain HTTP on a TLS port with a plain 400, then linger (within the request
+        deadline): closing with its request unread would reset the connection before the
+        client reads the answer."""
         try:
             raw.sendall(_PLAIN_TO_TLS)
-            raw.shutdown(socket.SHUT_WR)
-            deadline = min(time.monotonic() + 1.0, self._deadline)
-            drained = 0
-            while drained < MAX_HEAD_BYTES * 8 and time.monotonic() < deadline:
-                raw.settimeout(max(MIN_TIMEOUT, deadline - time.monotonic()))
-                chunk = raw.recv(RECV_SIZE)
-                if not chunk:
-                    return
-                drained += len(chunk)
-        except OSError:   # gone, or silent to the end: the answer went out, or could not
+        except OSError:   # gone already
             return
+        self._linger(min(time.monotonic() + 1.0, self._deadline))
 
     def handle(self):
         if self.connection is not None:   # None: a TLS handshake that failed
@@ -2331,12 +2329,13 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                 answer.headers[0], ("Content-Length", str(len(text)))))
         self._send(answer)
 
-    def _linger(self):
-        """Half-close and read what the client still sends for a moment, so that closing
-        with unread data does not reset the connection before it reads our answer."""
+    def _linger(self, until=None):
+        """Half-close and read what the client still sends for a moment (until `until`, by
+        default a second), so that closing with unread data does not reset the connection
+        before it reads our answer."""
         try:
             self.connection.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + 1.0
+            deadline = time.monotonic() + 1.0 if until is None else until
             drained = 0
             while drained < MAX_HEAD_BYTES * 8:
                 self._buffer.clear()
@@ -2380,6 +2379,16 @@ _GIF_HEADER_LINES = "".join("%s: %s\r\n" % pair for pair in GIF_ANSWER.headers).
 _PLAIN_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
                  b"Content-Length: 39\r\nConnection: close\r\n\r\n"
                  b"This port speaks HTTPS: use https://.\n")
+
+
+def _wake(sock):
+    """Half-close `sock` for reading: the thread waiting on it wakes, finds EOF, and ends.
+    False if it was closed already."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        return False
+    return True
 
 
 class ConnectionPool:
@@ -2466,13 +2475,8 @@ class ConnectionPool:
         # so iterate over a copy (list() of a dict is one step under the GIL) and take
         # each socket out with pop(), which says whether it was still there.
         for sock in list(self._idle):
-            if self._idle.pop(sock, None) is None:
-                continue   # busy again meanwhile
-            try:
-                sock.shutdown(socket.SHUT_RD)   # its thread wakes, finds EOF, and ends
-                return
-            except OSError:   # it closed meanwhile
-                continue
+            if self._idle.pop(sock, None) is not None and _wake(sock):
+                return   # else busy again, or closed, meanwhile
 
     def _release(self, sock):
         with self._lock:
@@ -2513,28 +2517,21 @@ class ConnectionPool:
     def _close_kept_alive(self):
         for sock, kept_alive in list(self._idle.items()):
             if kept_alive and self._idle.pop(sock, None) is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RD)   # its thread wakes, finds EOF, and ends
-                except OSError:   # it closed meanwhile
-                    continue
+                _wake(sock)
 
     def close(self, timeout):
         """Take no more connections, and wait up to `timeout` seconds for the live ones to
         end; those still open then are half-closed, cut, and waited for a moment more."""
-        self.stopping = True
         with self._lock:
             self.closing = True
             self._handed.notify_all()
             self._changed.notify_all()
-        self._close_kept_alive()
+        self.stop()   # again: kept-alive connections gone idle since the first stop()
         with self._lock:
             if self._changed.wait_for(lambda: not self._live, timeout):
                 return True
             for sock in self._live:
-                try:
-                    sock.shutdown(socket.SHUT_RD)
-                except OSError:   # it closed meanwhile
-                    continue
+                _wake(sock)
             return self._changed.wait_for(lambda: not self._live, 1.0)
 
 
@@ -2863,8 +2860,8 @@ class Receiver:
                 raise
             if not response.isclosed():   # an answer longer than we read: drop the rest
                 self.close()
-            return (response.status, {name.lower(): value for name, value in response.getheaders()},
-                    answer.decode("utf-8", "replace"))
+            headers = {name.lower(): value for name, value in response.getheaders()}
+            return response.status, headers, answer.decode("utf-8", "replace")
 
     def close(self):
         if self._connection is not None:
@@ -2877,29 +2874,39 @@ _WRITE_KEY_FIELD = re.compile(rb'"writeKey":"((?:[^"\\]|\\.)*)"')
 _MESSAGE_ID_FIELD = re.compile(rb'"messageId":"((?:[^"\\]|\\.)*)"')
 
 
+def _top_level_string(line, field):
+    """The match of `field` (a compiled "<name>":"<value>" pattern) in a log line, if the
+    line has exactly one, at its top level, with no escape in the value: then it can be
+    read without parsing the line, which would cost more than all the rest. Every event
+    pixel logs has its writeKey and messageId at its top level, so a line with only one
+    has it there (checked anyway: at depth 1). None: parse the line instead."""
+    matches = list(field.finditer(line))
+    if len(matches) != 1 or line[:1] != b"{" or line[-1:] != b"}":
+        return None
+    match = matches[0]
+    if b"\\" in match.group(1) or not match.group(1).isascii() or \
+            _depth_at(line[:match.start()]) != 1:
+        return None
+    return match
+
+
 def forward_item(line, strip=False):
     """A log line (without its newline) as a batch item: (its writeKey, or None; the event
     as JSON bytes). With `strip`, the event's writeKey is taken out, so that the batch's
     (its Basic auth: --forward-write-key) applies; else it is kept, since Basic auth cannot
     carry a key with a colon in it. Raises Rejected("forward_unreadable") for a line that
     is not a JSON object."""
-    matches = list(_WRITE_KEY_FIELD.finditer(line))
-    if len(matches) == 1 and line[:1] == b"{" and line[-1:] == b"}":
-        # Every event pixel logs has a writeKey at its top level, so the only one is that
-        # one (checked: at depth 1): read, or cut, without parsing the line, which would
-        # cost more than all the rest.
-        match = matches[0]
-        value = match.group(1)
-        if b"\\" not in value and value.isascii() and \
-                _depth_at(line[:match.start()]) == 1:
-            if not strip:
-                return value.decode("ascii"), line
-            start, end = match.span()
-            if line[end:end + 1] == b",":
-                return value.decode("ascii"), line[:start] + line[end + 1:]
-            if line[start - 1:start] == b",":
-                return value.decode("ascii"), line[:start - 1] + line[end:]
-            return value.decode("ascii"), line[:start] + line[end:]
+    match = _top_level_string(line, _WRITE_KEY_FIELD)
+    if match is not None:
+        key = match.group(1).decode("ascii")
+        if not strip:
+            return key, line
+        start, end = match.span()   # cut it out, with one of the commas beside it
+        if line[end:end + 1] == b",":
+            return key, line[:start] + line[end + 1:]
+        if line[start - 1:start] == b",":
+            return key, line[:start - 1] + line[end:]
+        return key, line[:start] + line[end:]
     try:
         event = json.loads(line)
     except ValueError:   # not JSON, or not UTF-8
@@ -2926,11 +2933,10 @@ def _depth_at(prefix):
 
 def logged_message_id(line):
     """The messageId of a log line (bytes), or None."""
-    matches = list(_MESSAGE_ID_FIELD.finditer(line))
-    if len(matches) == 1 and b"\\" not in matches[0].group(1) and \
-            _depth_at(line[:matches[0].start()]) == 1:   # as in forward_item
-        return matches[0].group(1).decode("ascii", "replace")
-    if not matches and b'"messageId"' not in line:
+    match = _top_level_string(line, _MESSAGE_ID_FIELD)
+    if match is not None:
+        return match.group(1).decode("ascii")
+    if b'"messageId"' not in line:   # garbage, fast: the warm-up may read a lot of it
         return None
     try:
         event = json.loads(line)
@@ -2947,7 +2953,7 @@ def logged_message_ids(paths, count, max_bytes=MAX_WARM_BYTES):
     lines_left = 2 * count + 1024   # a log of pixel's has an id a line: garbage stops this
     for path in paths:
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, _READ_FLAGS)
         except OSError:   # rotated away or deleted since it was listed
             continue
         try:
@@ -3042,7 +3048,7 @@ class LogFile:
 
     @classmethod
     def open(cls, path, archive=False):
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, _READ_FLAGS)
         try:
             status = os.fstat(fd)
             return cls(fd, (status.st_dev, status.st_ino), path, archive=archive)
@@ -3073,13 +3079,12 @@ class LogFile:
 
     def _find(self):
         folder, base = os.path.split(self.name)
-        stem = base[:_ROTATED_NAME.search(base).start()] if _ROTATED_NAME.search(base) \
-            else base
+        suffix = _ROTATED_NAME.search(base)
+        stem = base[:suffix.start()] if suffix else base
         names = [base] + [name for name in os.listdir(folder) if name.startswith(stem)]
         for name in names:
             try:
-                fd = os.open(os.path.join(folder, name), os.O_RDONLY |
-                             getattr(os, "O_CLOEXEC", 0))
+                fd = os.open(os.path.join(folder, name), _READ_FLAGS)
             except OSError:
                 continue
             status = os.fstat(fd)
@@ -3095,24 +3100,19 @@ class LogFile:
         # The forwarder reads on from where its last batch ended, a little before where its
         # last read ended: keep what was read, since GzipFile can only go back by starting
         # over from the top.
-        if not self._cache_start <= offset <= self._cache_start + len(self._cache):
-            self._cache, self._cache_start = b"", offset
-            try:
+        try:
+            if not self._cache_start <= offset <= self._cache_start + len(self._cache):
+                self._cache, self._cache_start = b"", offset
                 self._archive.seek(offset)
-            except (OSError, EOFError, zlib.error) as error:
-                self.broken = "%s: %s" % (type(error).__name__, error)
-                return b""
-        self._cache = self._cache[offset - self._cache_start:]
-        self._cache_start = offset
-        while len(self._cache) < size and self.broken is None:
-            try:
+            self._cache = self._cache[offset - self._cache_start:]
+            self._cache_start = offset
+            while len(self._cache) < size:
                 block = self._archive.read(size - len(self._cache))
-            except (OSError, EOFError, zlib.error) as error:   # cut short, corrupt
-                self.broken = "%s: %s" % (type(error).__name__, error)
-                break
-            if not block:
-                break
-            self._cache += block
+                if not block:
+                    break
+                self._cache += block
+        except (OSError, EOFError, zlib.error) as error:   # cut short, corrupt, not gzip
+            self.broken = "%s: %s" % (type(error).__name__, error)
         return self._cache[:size]
 
     def size(self):
@@ -3215,8 +3215,7 @@ class Forwarder:
             self.reporter.say("cannot read the checkpoint %s (%s): forwarding every log "
                               "file from its start; the receiver may get events twice"
                               % (self.checkpoint, getattr(error, "strerror", None) or error))
-            checkpoint = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0,
-                          "head_bytes": 0, "head": ""}
+            checkpoint = _NO_CHECKPOINT
         fd, identity, end, written = writer.follow(self)
         live = LogFile(fd, identity, writer.path)
         files = [live]
@@ -3308,8 +3307,7 @@ class Forwarder:
         """Relay the files at `paths`, in that order, once (backfill), resuming from the
         checkpoint file `checkpoint`: files it lists as done are skipped."""
         self.checkpoint = checkpoint
-        document = read_checkpoint(checkpoint) or {"device": -1, "inode": -1, "offset": 0,
-                                                   "head_bytes": 0}
+        document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
         done = document.get("done")
         self.done = [entry for entry in done if isinstance(entry, str)] \
             if isinstance(done, list) else []
@@ -3498,8 +3496,8 @@ class Forwarder:
             if not data:
                 self._caught_up_at = read_at
             return None
-        items, key, size, offset = [], None, len(_BATCH_OPEN) + len(_BATCH_CLOSE) + 40, \
-            log.offset
+        items, key, offset = [], None, log.offset
+        batch_size = len(_BATCH_OPEN) + len(_BATCH_CLOSE) + 40   # 40: the sentAt
         for line in data[:cut - 1].split(b"\n"):
             line_end = offset + len(line) + 1
             try:
@@ -3515,11 +3513,11 @@ class Forwarder:
                     break
                 return self._refused(log, Item(b"", line_end, line), rejection)
             if items and (line_key != key or len(items) == self.batch_events or
-                          size + len(item) + 1 > MAX_BATCH_BYTES):
+                          batch_size + len(item) + 1 > MAX_BATCH_BYTES):
                 break
             key = line_key
             items.append(Item(item, line_end, line))
-            size += len(item) + 1
+            batch_size += len(item) + 1
             offset = line_end
         everything = end is not None and offset == end
         return log, key, items, read_at if everything else None
@@ -3691,8 +3689,8 @@ class Forwarder:
         """(lines, bytes, files) not yet sent."""
         size = 0
         with self._files_lock:   # so that the forwarder closes none of them meanwhile
-            files = list(self.files)
-            for log in files:
+            queued = list(self.files)
+            for log in queued:
                 end = self.writer.committed_end(log.identity) if self.writer else None
                 if end is None and log.fd is not None:
                     end = log.size() or 0
@@ -3702,11 +3700,13 @@ class Forwarder:
                     except OSError:
                         end = log.offset
                 size += max(0, end - log.offset)
-        files = len(files) - 1 if self.writer is not None else len(files)   # not the live one
+        files = len(queued) - (self.writer is not None)   # the live file is not behind
         if self._backlog_start is None:
             return None, size, files
         unsent, written = self._backlog_start
-        lines = unsent - self._lines_done + (self.writer.written - written if self.writer else 0)
+        if self.writer is not None:
+            unsent += self.writer.written - written
+        lines = unsent - self._lines_done
         return max(0, lines), size, files
 
     def oldest_unsent(self):
@@ -3899,8 +3899,8 @@ def _origin_pattern(text):
                                      "(*.example.com): %r" % text)
 
 
-_URL_HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?\Z",
-                       re.ASCII)
+_URL_HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])"
+                       r"(?::\d{1,5})?\Z", re.ASCII)
 
 
 def _forward_url(text):
@@ -4016,6 +4016,7 @@ def build_parser(environ):
     option("--dedupe-window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, "client-sent "
            "messageIds to remember; an event whose messageId was written among the last N "
            "is dropped as a retry. 0 turns it off", _count, metavar="N")
+
     def switch(flag, env, help):
         default = False
         if env in environ:
@@ -4308,7 +4309,8 @@ def serve(args, recorder, reporter):
     host, port = server.server_address[:2]
     shown = "[%s]" % host if ":" in host else host
     print("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s"
-          % (__version__, "https" if args.certfile else "http", shown, port, recorder.events.path, recorder.rejects.path,
+          % (__version__, "https" if args.certfile else "http", shown, port,
+             recorder.events.path, recorder.rejects.path,
              "" if pinned is None else " (on CPU %d)" % pinned), flush=True)
     if recorder.forwarder is not None:
         recorder.forwarder.start()
