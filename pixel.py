@@ -2416,6 +2416,7 @@ class ConnectionPool:
         self._live = set()       # connections given a slot, served or about to be
         self._idle = {}          # connections waiting for their client, oldest first:
                                  # True for a kept-alive one between requests
+        self._evicted = set()    # closed to make room, their slots not yet free
         self._handoff = collections.deque()
         self._waiting_threads = 0
         self._full = False       # submit() waits for a slot
@@ -2438,7 +2439,10 @@ class ConnectionPool:
                                    % self.size, key="slots")
                 self._full = True
                 while len(self._live) >= self.size and not self.closing:
-                    self._evict_one()
+                    # One at a time: a connection going idle while the one closed to make
+                    # room still holds its slot must not be closed as well.
+                    if not self._evicted:
+                        self._evict_one()
                     self._changed.wait()
                 self._full = False
             if self.closing:
@@ -2476,6 +2480,7 @@ class ConnectionPool:
         # each socket out with pop(), which says whether it was still there.
         for sock in list(self._idle):
             if self._idle.pop(sock, None) is not None and _wake(sock):
+                self._evicted.add(sock)
                 return   # else busy again, or closed, meanwhile
 
     def _release(self, sock):
@@ -2484,6 +2489,7 @@ class ConnectionPool:
 
     def _forget(self, sock):
         self._live.discard(sock)
+        self._evicted.discard(sock)
         self._idle.pop(sock, None)
         self._changed.notify_all()
 
