@@ -2349,17 +2349,37 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
     def _send(self, answer):
         """Send `answer` in one write, with Server, Date and Connection added."""
         server = self.server
+        date = server.http_date()
+        if answer is GIF_ANSWER and self.command == "GET" and not self.close_connection \
+                and self.request_version == "HTTP/1.1":
+            # What most requests get, a kept-alive pixel's GIF: whole, built once a second.
+            cached_date, data = server.gif_reply
+            if cached_date is not date:
+                data = self._reply(answer, date)
+                server.gif_reply = (date, data)
+        else:
+            data = self._reply(answer, date)
+        if self._started is not None:
+            # Counted before the answer goes, so that a client that has its answer and
+            # then asks /metrics finds it counted.
+            server.durations.observe(time.monotonic() - self._started)
+            self._started = None
+        self.connection.sendall(data)
+
+    def _reply(self, answer, date):
+        """`answer`'s bytes, with Server, Date and Connection added."""
+        server = self.server
         status_line = server.status_lines.get(answer.status)
         if status_line is None:   # once per status: Server is the handler class's
             status_line = server.status_lines[answer.status] = \
                 b"%s %d %s\r\nServer: %s\r\nDate: " % (
                     self.protocol_version.encode(), answer.status,
                     self.responses[answer.status][0].encode(), self.version_string().encode())
-        if answer is GIF_ANSWER:   # the one answer most requests get: its bytes, built once
+        if answer is GIF_ANSWER:
             headers = _GIF_HEADER_LINES
         else:
             headers = "".join("%s: %s\r\n" % pair for pair in answer.headers).encode("latin-1")
-        parts = [status_line, server.http_date(), b"\r\n", headers]
+        parts = [status_line, date, b"\r\n", headers]
         if self.close_connection or self.protocol_version == "HTTP/1.0":
             parts.append(b"Connection: close\r\n")
         elif self.request_version == "HTTP/1.0":
@@ -2367,12 +2387,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         parts.append(b"\r\n")
         if self.command != "HEAD":
             parts.append(answer.body)
-        if self._started is not None:
-            # Counted before the answer goes, so that a client that has its answer and
-            # then asks /metrics finds it counted.
-            server.durations.observe(time.monotonic() - self._started)
-            self._started = None
-        self.connection.sendall(b"".join(parts))
+        return b"".join(parts)
 
 
 _GIF_HEADER_LINES = "".join("%s: %s\r\n" % pair for pair in GIF_ANSWER.headers).encode()
@@ -2576,6 +2591,7 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         recorder.metric_sources.append(self.metric_families)
         self.options_inherited = None    # set by the first connection's handler
         self.status_lines = {}           # status -> the answer's first bytes, up to the Date
+        self.gif_reply = (None, b"")     # (Date, a kept-alive GET's whole GIF answer)
         self._date = (0, b"")
         self._drained = threading.Lock()
         super().__init__(address, handler)

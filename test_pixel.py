@@ -1885,6 +1885,51 @@ class PixelRoutes(ServerCase):
         self.assertNotIn(marker.encode(), reply)
 
 
+class KeptAliveGifAnswer(ServerCase):
+    """The GIF a kept-alive GET gets is built once a second and reused: each answer must
+    still carry its own second's Date, and others (HEAD, HTTP/1.0, close) their own."""
+    now = [1764201600.0]   # 2025-11-27T00:00:00Z
+    recorder_options = {"clock": lambda: KeptAliveGifAnswer.now[0]}
+
+    def test_each_answer_is_its_own(self):
+        target = b"/v1/pixel/track?writeKey=k&userId=u&event=e"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            stream = sock.makefile("rb")
+
+            def ask(head, body=True):
+                sock.sendall(head + b"\r\nHost: x\r\n\r\n")
+                if body:
+                    return read_response(stream)
+                status_line, headers = stream.readline(), {}
+                for line in iter(stream.readline, b"\r\n"):
+                    name, _, value = line.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                return int(status_line.split()[1]), headers, b"", status_line
+
+            replies = []
+            for now in (1764201600.0, 1764201600.9, 1764288000.0):
+                self.now[0] = now
+                replies.append(ask(b"GET " + target + b" HTTP/1.1"))
+            head = ask(b"HEAD " + target + b" HTTP/1.1", body=False)
+            old = ask(b"GET " + target + b" HTTP/1.0\r\nConnection: keep-alive")
+            last = ask(b"GET " + target + b" HTTP/1.1\r\nConnection: close")
+            self.assertEqual(stream.read(), b"")   # and then closed
+        dates = [headers["date"] for _, headers, _, _ in replies]
+        self.assertEqual(dates, ["Thu, 27 Nov 2025 00:00:00 GMT"] * 2 +
+                         ["Fri, 28 Nov 2025 00:00:00 GMT"])
+        for status, headers, body, status_line in replies:
+            self.assertGif(status, headers, body)
+            self.assertNotIn("connection", headers)
+            self.assertTrue(status_line.startswith(b"HTTP/1.1 200 "))
+        self.assertEqual((head[0], head[1]["content-length"]), (200, "43"))
+        self.assertEqual(old[1]["connection"], "keep-alive")
+        self.assertTrue(old[3].startswith(b"HTTP/1.1 200 "))
+        self.assertEqual(last[1]["connection"], "close")
+        for reply in (head, old, last):
+            self.assertEqual(reply[1]["date"], "Fri, 28 Nov 2025 00:00:00 GMT")
+        self.assertEqual(len(self.lines()), 5)   # HEAD records nothing
+
+
 class TrustedProxy(ServerCase):
     recorder_options = {"trusted_proxies": ["127.0.0.0/8"]}
 
