@@ -2351,8 +2351,9 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         server = self.server
         date = server.http_date()
         if answer is GIF_ANSWER and self.command == "GET" and not self.close_connection \
-                and self.request_version == "HTTP/1.1":
+                and self.request_version == self.protocol_version == "HTTP/1.1":
             # What most requests get, a kept-alive pixel's GIF: whole, built once a second.
+            # (Server is the handler class's, as status_lines assumes too.)
             cached_date, data = server.gif_reply
             if cached_date is not date:
                 data = self._reply(answer, date)

@@ -18,6 +18,7 @@ import gzip
 import http.client
 import http.server
 import io
+import itertools
 import json
 import os
 import re
@@ -1928,6 +1929,33 @@ class KeptAliveGifAnswer(ServerCase):
         for reply in (head, old, last):
             self.assertEqual(reply[1]["date"], "Fri, 28 Nov 2025 00:00:00 GMT")
         self.assertEqual(len(self.lines()), 5)   # HEAD records nothing
+
+
+class OldProtocolPerConnection(ServerCase):
+    """A handler that speaks HTTP/1.0 on some connections only (protocol_version set on
+    the instance) must not be sent the HTTP/1.1 GIF answer cached for the others."""
+
+    class Handler(pixel.PixelHandler):
+        connections = itertools.count()
+
+        def setup(self):
+            super().setup()
+            if next(self.connections) % 2:   # every second connection, in the order made
+                self.protocol_version = "HTTP/1.0"
+
+    server_options = {"handler": Handler}
+
+    def test_each_connection_gets_its_own_protocol(self):
+        seen = set()
+        for number in range(4):
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\n"
+                             b"Host: x\r\n\r\n")
+                headers = read_response(sock.makefile("rb"))[1]
+            old = number % 2 == 1
+            self.assertEqual(headers.get("connection"), "close" if old else None)
+            seen.add(old)
+        self.assertEqual(seen, {True, False})
 
 
 class TrustedProxy(ServerCase):
