@@ -2353,7 +2353,9 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         if answer is GIF_ANSWER and self.command == "GET" and not self.close_connection \
                 and self.request_version == self.protocol_version == "HTTP/1.1":
             # What most requests get, a kept-alive pixel's GIF: whole, built once a second.
-            # (Server is the handler class's, as status_lines assumes too.)
+            # http_date() hands out one bytes object all second, so identity says whether
+            # the cached answer is this second's. (Server is the handler class's, as
+            # status_lines assumes too.)
             cached_date, data = server.gif_reply
             if cached_date is not date:
                 data = self._reply(answer, date)
