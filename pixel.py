@@ -696,20 +696,49 @@ def _basic_auth_user(authorization):
     return user.partition(":")[0] or None
 
 
-def api_payloads(route, body, *, authorization=None):
+def query_write_key(query):
+    """The writeKey parameter of a request's query string, None without one; no other
+    parameter is read. Raises Rejected for a writeKey given twice or not UTF-8."""
+    write_key = None
+    for field in query.split("&"):
+        name, _, value = field.partition("=")
+        if "%" in name:
+            name = urllib.parse.unquote(name, errors="replace")
+        if name != "writeKey":
+            continue
+        if write_key is not None:
+            raise Rejected("duplicate_key", "writeKey")
+        try:
+            write_key = urllib.parse.unquote(value.replace("+", " "), errors="strict")
+        except UnicodeDecodeError:
+            raise Rejected("invalid_utf8", "writeKey") from None
+    return write_key or None
+
+
+def request_write_key(authorization, query):
+    """The writeKey a request names outside its body: the user of its HTTP Basic auth (what
+    Segment's and RudderStack's SDKs send), else its query's writeKey (for a client that
+    cannot send Authorization: navigator.sendBeacon, RudderStack's beacon transport). None
+    if it names neither; Rejected as query_write_key raises it."""
+    return _basic_auth_user(authorization) or (query_write_key(query) if query else None)
+
+
+def api_payloads(route, body, *, authorization=None, query=""):
     """Split an HTTP Tracking API body into (kind, payload) pairs, one per event.
 
     `route` is the last path segment: an event type, or "batch" / "import". A batch's
     top-level context, integrations, writeKey and sentAt are given to each item that lacks
-    them (and merged into an item's own context or integrations). Raises Rejected for a body
-    that is not a JSON object or breaks a size limit (the caller answers 400); an item that
-    is not an event, or is over 32 KB with the shared fields counted in, comes back as a
-    Rejected (holding the item) in place of its payload, so the rest of the batch counts.
+    them (and merged into an item's own context or integrations). An event without a
+    writeKey of its own (or its batch's) gets the request's: its Basic auth user, else the
+    `query`'s writeKey (request_write_key). Raises Rejected for a body that is not a JSON
+    object or breaks a size limit (the caller answers 400); an item that is not an event,
+    or is over 32 KB with the shared fields counted in, comes back as a Rejected (holding
+    the item) in place of its payload, so the rest of the batch counts.
     """
     batch = route in BATCH_ROUTES
     # A batch nests its events two levels down, in {"batch": [...]}.
     document = parse_object(body, MAX_DEPTH + 2 if batch else MAX_DEPTH)
-    fallback_key = _basic_auth_user(authorization)
+    fallback_key = request_write_key(authorization, query)
     if not batch:
         if len(body) > MAX_PAYLOAD_BYTES:
             raise Rejected("payload_too_large")
@@ -1685,7 +1714,8 @@ class Recorder:
         body = request.body
         try:
             body = decode_body(body, request.headers.get("content-encoding"))
-            pairs = api_payloads(route, body, authorization=request.headers.get("authorization"))
+            pairs = api_payloads(route, body, authorization=request.headers.get("authorization"),
+                                 query=request.query)
         except Rejected as rejection:   # quote the body as received, or as gunzipped
             return self._body_refused(rejection, request, received_at, ip, body)
         lines, client_ids, kinds, size, refused = [], [], [], 0, []

@@ -361,6 +361,35 @@ class ApiBodies(unittest.TestCase):
                     pixel.api_payloads(route, body)
                 self.assertEqual(caught.exception.reason, reason)
 
+    def test_write_key_from_the_query_when_no_item_and_no_basic_auth_names_one(self):
+        # Precedence: the item's own key (or its batch's) > Basic auth > the query's writeKey.
+        auth = "Basic " + base64.b64encode(b"BASIC:").decode()
+        body = json.dumps({"batch": [{"type": "track", "writeKey": "ITEM"},
+                                     {"type": "track"}]}).encode()
+        with_batch_key = json.dumps({"writeKey": "BATCH", "batch": [{"type": "track"}]}).encode()
+        for name, route, body, authorization, query, keys in [
+                ("query only", "batch", body, None, "writeKey=QUERY", ["ITEM", "QUERY"]),
+                ("basic auth wins", "batch", body, auth, "writeKey=QUERY", ["ITEM", "BASIC"]),
+                ("the batch's key wins", "batch", with_batch_key, auth, "writeKey=QUERY",
+                 ["BATCH"]),
+                ("single event", "track", b'{"userId":"u"}', None, "writeKey=QUERY", ["QUERY"]),
+                ("escaped, among others", "track", b'{"userId":"u"}', None,
+                 "p=npm&write%4Bey=Q%20K&v=3", ["Q K"]),
+                ("empty is none", "batch", body, None, "writeKey=", ["ITEM", None]),
+                ("no query", "batch", body, None, "", ["ITEM", None])]:
+            with self.subTest(name):
+                pairs = pixel.api_payloads(route, body, authorization=authorization,
+                                           query=query)
+                self.assertEqual([payload.get("writeKey") for _, payload in pairs], keys)
+        for name, query, reason in [("given twice", "writeKey=a&writeKey=b", "duplicate_key"),
+                                    ("not UTF-8", "writeKey=%FF", "invalid_utf8")]:
+            with self.subTest(name):
+                with self.assertRaises(pixel.Rejected) as caught:
+                    pixel.api_payloads("batch", body, query=query)
+                self.assertEqual(caught.exception.reason, reason)
+        # With Basic auth the query is not read at all.
+        self.assertEqual(pixel.request_write_key(auth, "writeKey=%FF"), "BASIC")
+
     def test_gzip_and_its_bombs(self):
         self.assertEqual(pixel.decode_body(gzip.compress(b'{"a":1}'), "gzip"), b'{"a":1}')
         for name, body, coding, reason in [
