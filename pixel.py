@@ -1280,11 +1280,12 @@ class LogWriter:
 
 Route = collections.namedtuple("Route", "kind name methods max_body browser",
                                defaults=(False,))
-Route.__doc__ = """What a path is. `kind` is "pixel", "api", "metrics" (analytics.js's own),
-"settings", "prometheus" (/metrics) or "health"; `name` the event type or API route;
-`methods` those it answers (anything else gets a 405); `max_body` the largest body it
-reads, 0 for a route whose body, if any, is discarded; `browser` whether it is one of
-analytics.js's short routes, whose clock is the browser's."""
+Route.__doc__ = """What a path is. `kind` is "pixel", "api", "metrics" (a browser SDK's
+own), "settings" (a configuration document an SDK loads), "prometheus" (/metrics) or
+"health"; `name` the event type, API route or document; `methods` those it answers
+(anything else gets a 405); `max_body` the largest body it reads, 0 for a route whose body,
+if any, is discarded; `browser` whether only browsers post to it, so that an event's clock
+is the browser's."""
 
 _GET_HEAD = ("GET", "HEAD")
 _POST_OPTIONS = ("POST", "OPTIONS")   # OPTIONS: the browser's CORS preflight
@@ -1303,6 +1304,18 @@ ROUTES.update((API_PREFIX + name, Route("api", name, _POST_OPTIONS, MAX_BATCH_BY
 ROUTES.update((API_PREFIX + letter, Route("api", name, _POST_OPTIONS, MAX_BATCH_BYTES, True))
               for letter, name in BROWSER_ROUTES.items())
 ROUTES[API_PREFIX + "m"] = Route("metrics", "m", _POST_OPTIONS, MAX_PAYLOAD_BYTES, True)
+
+# RudderStack's browser SDK (@rudderstack/analytics-js) with pixel as its data plane: with
+# useBeacon it posts a batch here, text/plain, with the writeKey in the query, since
+# navigator.sendBeacon cannot send Authorization; it posts its own error reports (Bugsnag's
+# format, with breadcrumbs and the SDK's state) to /rsaMetrics when a source configuration
+# turns them on. With configUrl pointing here it loads its source configuration from
+# /sourceConfig/ (and, with sendAdblockPage, asks HEAD /sourceConfig/?view=ad whether
+# that is blocked).
+ROUTES["/beacon/v1/batch"] = Route("api", "batch", _POST_OPTIONS, MAX_BATCH_BYTES, True)
+ROUTES["/rsaMetrics"] = Route("metrics", "rsaMetrics", _POST_OPTIONS, MAX_BATCH_BYTES, True)
+ROUTES.update((path, Route("settings", "sourceConfig", ("GET", "HEAD", "OPTIONS"), 0))
+              for path in ("/sourceConfig", "/sourceConfig/"))
 
 # GET /v1/projects/<writeKey>/settings: what analytics.js fetches from its CDN.
 SETTINGS_PREFIX, SETTINGS_SUFFIX = "/v1/projects/", "/settings"
@@ -1494,7 +1507,7 @@ class Recorder:
         self.rejected_by_reason = collections.Counter()
         self.metrics_token = metrics_token
         self.started_at = clock()
-        self.browser_metrics = 0   # analytics.js metrics posts, counted and dropped
+        self.browser_metrics = 0   # browser SDKs' own metrics posts, counted and dropped
         self.public_url = public_url.rstrip("/") if public_url else None
         self.deduped = 0           # events not written: their messageId was, recently
         self.recent = RecentIds(dedupe_window) if dedupe_window else None
@@ -1540,8 +1553,9 @@ class Recorder:
             if cors is None:   # a browser on a site that is not allowed: nothing is written
                 return self._origin_refused(request)
             if route.kind == "settings":
-                answer = self.settings(request)
-            elif route.kind == "metrics":   # analytics.js's own delivery metrics: counted only
+                answer = self.settings(request) if route.name == "settings" else \
+                    self.source_config(request)
+            elif route.kind == "metrics":   # a browser SDK's own metrics: counted only
                 with self._count_lock:
                     self.browser_metrics += 1
                 answer = json_answer(200, {"success": True})
@@ -1602,6 +1616,29 @@ class Recorder:
                      "group": {"__default": {"enabled": True}}},
             "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {},
             "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "remotePlugins": []})
+
+    def source_config(self, request):
+        """The source configuration RudderStack's browser SDK loads from its control plane
+        (`configUrl`): the source, enabled, under the writeKey the request names (Basic
+        auth, else the query's: request_write_key), with no destinations, and the SDK's own
+        error and metrics reports off, so that it sends events to its data plane (its
+        `dataPlaneUrl`, which names pixel) and nothing else. A request naming no writeKey
+        is a 400; an unknown one (with --write-key), or one the settings document's path
+        could not hold, a 404, as for the settings document."""
+        try:
+            write_key = request_write_key(request.headers.get("authorization"), request.query)
+        except Rejected:
+            write_key = None
+        if write_key is None:
+            return plain_answer(400)
+        if not _WRITE_KEY.match(write_key) or (self.write_keys and
+                                               write_key not in self.write_keys):
+            return NOT_FOUND
+        off = {"enabled": False}
+        return json_answer(200, {"source": {
+            "id": write_key, "name": "pixel", "writeKey": write_key, "enabled": True,
+            "config": {"statsCollection": {"errors": off, "metrics": off}},
+            "destinations": []}})
 
     def preflight(self, route, request, cors):
         """The answer to a CORS preflight (OPTIONS): 204 allowing POST with the headers the
@@ -1874,8 +1911,9 @@ class Recorder:
             ("pixel_rotations_total", "counter", "Rotations, by log.", per_log("rotations")),
             ("pixel_deduped_events_total", "counter", "Events not written: their messageId "
              "was written within the dedupe window.", [("", (), self.deduped)]),
-            ("pixel_browser_metrics_total", "counter", "analytics.js metrics posts (/v1/m), "
-             "counted and dropped.", [("", (), self.browser_metrics)]),
+            ("pixel_browser_metrics_total", "counter", "Browser SDKs' own metrics and error "
+             "reports (/v1/m, /rsaMetrics), counted and dropped.",
+             [("", (), self.browser_metrics)]),
         ]
         if forwarder is not None:
             status = forwarder.status()

@@ -1264,6 +1264,141 @@ class RecorderBehindAProxy(RecorderCase):
         self.assertEqual(self.lines()[0]["context"]["ip"], "198.51.100.9")
 
 
+class RecorderForRudderStack(RecorderCase):
+    """What RudderStack's browser SDK asks of its control and data plane: a preflight and
+    GET /sourceConfig/ with Basic auth (and the key in the query), HEAD /sourceConfig/?view=ad
+    for its ad-block check, its beacon's text/plain POST /beacon/v1/batch?writeKey=K with no
+    Authorization, and its own error reports to /rsaMetrics."""
+
+    ORIGIN = "https://shop.example.com"
+    recorder_options = {"write_keys": ["K", "K2"], "allow_origins": [ORIGIN]}
+    CONFIG_QUERY = "p=npm&v=3.34.1&build=modern&writeKey=K&lockIntegrationsVersion=true"
+
+    def event(self, **fields):
+        return dict({"type": "track", "event": "Clicked", "anonymousId": "a1",
+                     "channel": "web", "originalTimestamp": "2026-11-27T10:00:00.000Z",
+                     "context": {"library": {"name": "RudderLabs JavaScript SDK"}}}, **fields)
+
+    def basic(self, key):
+        return "Basic " + base64.b64encode(key.encode() + b":").decode()
+
+    def test_preflight_of_the_source_config(self):
+        answer = self.answer(method="OPTIONS", path="/sourceConfig/", query=self.CONFIG_QUERY,
+                             headers={"origin": self.ORIGIN,
+                                      "access-control-request-method": "GET",
+                                      "access-control-request-headers": "authorization"})
+        headers = dict(answer.headers)
+        self.assertEqual((answer.status, headers["Access-Control-Allow-Origin"],
+                          headers["Access-Control-Allow-Methods"],
+                          headers["Access-Control-Allow-Headers"]),
+                         (204, self.ORIGIN, "GET, OPTIONS", "authorization"))
+        answer = self.answer(method="OPTIONS", path="/sourceConfig/",
+                             headers={"origin": "https://evil.example",
+                                      "access-control-request-method": "GET"})
+        self.assertEqual(answer.status, 403)
+        self.assertNotIn("Access-Control-Allow-Origin", dict(answer.headers))
+
+    def test_the_source_config_document(self):
+        for path in ("/sourceConfig/", "/sourceConfig"):
+            with self.subTest(path):
+                answer = self.answer(path=path, query=self.CONFIG_QUERY,
+                                     headers={"origin": self.ORIGIN,
+                                              "authorization": self.basic("K")})
+                self.assertEqual((answer.status, dict(answer.headers)["Content-Type"],
+                                  dict(answer.headers)["Access-Control-Allow-Origin"]),
+                                 (200, "application/json", self.ORIGIN))
+                source = json.loads(answer.body)["source"]
+                # What the SDK checks (isValidSourceConfig, then source.enabled) and reads.
+                self.assertEqual((source["writeKey"], source["enabled"], source["destinations"]),
+                                 ("K", True, []))
+                self.assertIsNotNone(source["id"])
+                self.assertEqual(source["config"]["statsCollection"],
+                                 {"errors": {"enabled": False}, "metrics": {"enabled": False}})
+        self.assertEqual(self.lines(), [])
+
+    def test_which_key_the_source_config_is_for(self):
+        for name, method, query, authorization, status, key in [
+                ("the query's alone", "GET", self.CONFIG_QUERY, None, 200, "K"),
+                ("Basic auth wins", "GET", self.CONFIG_QUERY, "K2", 200, "K2"),
+                ("the ad-block check: HEAD, Basic auth only", "HEAD", "view=ad", "K", 200, None),
+                ("an unknown key", "GET", "writeKey=other", None, 404, None),
+                ("an unknown key in Basic auth", "HEAD", "view=ad", "other", 404, None),
+                ("no key", "GET", "p=npm", None, 400, None),
+                ("a key that is not UTF-8", "GET", "writeKey=%FF", None, 400, None),
+                ("not GET", "POST", self.CONFIG_QUERY, None, 405, None)]:
+            with self.subTest(name):
+                headers = {"authorization": self.basic(authorization)} if authorization else {}
+                answer = self.answer(method=method, path="/sourceConfig/", query=query,
+                                     headers=headers)
+                self.assertEqual(answer.status, status)
+                if key:
+                    self.assertEqual(json.loads(answer.body)["source"]["writeKey"], key)
+        # Without an allowlist any key is a source, but only one that a settings document's
+        # path could hold: what is echoed back is never markup.
+        without_allowlist = pixel.Recorder(self.recorder.events, self.recorder.rejects)
+        for query, status in (("writeKey=any-Key_1", 200), ("writeKey=%3Cb%3E", 404),
+                              ("writeKey=" + "k" * 129, 404)):
+            with self.subTest(query):
+                answer = without_allowlist.answer(pixel.ROUTES["/sourceConfig/"],
+                                                  request(path="/sourceConfig/", query=query))
+                self.assertEqual(answer.status, status)
+
+    def test_a_beacon_batch_with_the_key_in_the_query(self):
+        body = json.dumps({"batch": [self.event(messageId="rs-1"),
+                                     self.event(messageId="rs-2", type="page", name="Home")],
+                           "sentAt": "2026-11-27T10:00:05.000Z"}).encode()
+        answer = self.answer(method="POST", path="/beacon/v1/batch", query="writeKey=K",
+                             headers={"content-type": "text/plain;charset=UTF-8",
+                                      "origin": self.ORIGIN}, body=body)
+        self.assertEqual((answer.status, json.loads(answer.body)), (200, {"success": True}))
+        self.assertEqual(dict(answer.headers)["Access-Control-Allow-Origin"], self.ORIGIN)
+        events = self.lines()
+        self.assertEqual([(event["messageId"], event["type"], event["writeKey"])
+                          for event in events], [("rs-1", "track", "K"), ("rs-2", "page", "K")])
+        # The browser's clock, corrected by sentAt, as on analytics.js's routes.
+        self.assertEqual(events[0]["timestamp"], "2026-11-18T11:06:35.250Z")
+        # A key the allowlist does not hold, and no key at all, are refused per item.
+        for query in ("writeKey=other", ""):
+            answer = self.answer(method="POST", path="/beacon/v1/batch", query=query,
+                                 body=body)
+            self.assertEqual(answer.status, 200)
+        self.assertEqual([record["reason"] for record in self.lines("rejects.jsonl")],
+                         ["invalid_write_key"] * 2 + ["no_write_key"] * 2)
+        self.assertEqual(len(self.lines()), 2)
+
+    def test_the_query_key_on_every_http_api_route(self):
+        for path, document in [("/v1/track", self.event(messageId="q-track")),
+                               ("/v1/t", self.event(messageId="q-t")),
+                               ("/v1/batch", {"batch": [self.event(messageId="q-batch")]}),
+                               ("/v1/b", {"batch": [self.event(messageId="q-b")]}),
+                               ("/v1/import", {"batch": [self.event(messageId="q-import")]})]:
+            with self.subTest(path):
+                answer = self.answer(method="POST", path=path, query="writeKey=K2",
+                                     body=json.dumps(document).encode())
+                self.assertEqual(answer.status, 200)
+        self.assertEqual([event["writeKey"] for event in self.lines()], ["K2"] * 5)
+        # ... and Basic auth before it, and the item's own key before both.
+        self.answer(method="POST", path="/v1/batch", query="writeKey=K2",
+                    headers={"authorization": self.basic("K")},
+                    body=json.dumps({"batch": [self.event(messageId="p-1"),
+                                               self.event(messageId="p-2", writeKey="K2")]
+                                     }).encode())
+        self.assertEqual([event["writeKey"] for event in self.lines()[5:]], ["K", "K2"])
+        answer = self.answer(method="POST", path="/v1/track", query="writeKey=K&writeKey=K2",
+                             body=json.dumps(self.event()).encode())
+        self.assertEqual((answer.status, json.loads(answer.body)["error"]),
+                         (400, "duplicate_key"))
+
+    def test_error_reports_are_counted_not_written(self):
+        answer = self.answer(method="POST", path="/rsaMetrics",
+                             headers={"origin": self.ORIGIN, "authorization": self.basic("K")},
+                             body=b'{"version":"1","message_id":"x","source":{},"errors":[]}')
+        self.assertEqual((answer.status, dict(answer.headers)["Access-Control-Allow-Origin"]),
+                         (200, self.ORIGIN))
+        self.assertEqual(self.recorder.health()["browser_metrics"], 1)
+        self.assertFalse(os.path.getsize(os.path.join(self.dir, "events.jsonl")))
+
+
 class RecorderWithoutIp(RecorderCase):
     recorder_options = {"record_ip": False}
 
@@ -3926,6 +4061,49 @@ class Contract:
         health = json.loads(self.fetch("/health"))
         self.assertEqual((health["status"], health["accepted"], health["rejected"]),
                          ("ok", 6, 5))
+
+    def test_rudderstack_routes_and_the_query_key(self):
+        # The same on every transport: what RudderStack's browser SDK sends, and a writeKey
+        # taken from the query when neither the body nor Basic auth names one.
+        origin = {"Origin": "https://shop.example.com"}
+        event = {"type": "track", "event": "e", "anonymousId": "a", "messageId": "rs-beacon"}
+        cases = [
+            ("beacon", "POST", "/beacon/v1/batch?writeKey=qk",
+             dict(origin, **{"Content-Type": "text/plain;charset=UTF-8"}),
+             json.dumps({"batch": [event], "sentAt": "2026-11-27T10:00:05.000Z"}).encode(),
+             200, 1),
+            ("API with the key in the query", "POST", "/v1/track?writeKey=qk", {},
+             json.dumps(dict(event, messageId="rs-query")).encode(), 200, 1),
+            ("source config preflight", "OPTIONS", "/sourceConfig/?writeKey=qk",
+             dict(origin, **{"Access-Control-Request-Method": "GET",
+                             "Access-Control-Request-Headers": "authorization"}), None, 204, 0),
+            ("source config", "GET", "/sourceConfig/?p=npm&writeKey=qk", origin, None, 200, 0),
+            ("ad-block check", "HEAD", "/sourceConfig/?view=ad",
+             dict(origin, Authorization=BASIC_K), None, 200, 0),
+            ("error report", "POST", "/rsaMetrics", origin, b'{"errors":[]}', 200, 0)]
+        answers = {}
+        for name, method, target, headers, body, status, written in cases:
+            with self.subTest(name):
+                before = self.count(self.events_path)
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+                try:
+                    connection.request(method, target, body=body, headers=headers)
+                    response = connection.getresponse()
+                    answers[name] = response.read()
+                finally:
+                    connection.close()
+                self.assertEqual(response.status, status)
+                self.assertEqual(response.getheader("Access-Control-Allow-Origin"),
+                                 origin["Origin"] if "Origin" in headers else None)
+                self.assertEqual(self.count(self.events_path) - before, written)
+        source = json.loads(answers["source config"])["source"]
+        self.assertEqual((source["writeKey"], source["enabled"]), ("qk", True))
+        self.assertEqual(answers["ad-block check"], b"")
+        with open(self.events_path, "rb") as handle:
+            logged = [json.loads(line) for line in handle]
+        self.assertEqual([(event["messageId"], event["writeKey"]) for event in logged],
+                         [("rs-beacon", "qk"), ("rs-query", "qk")])
+        self.assertEqual(self.count(self.rejects_path), 0)
 
     def fetch(self, target):
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
