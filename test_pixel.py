@@ -4267,6 +4267,85 @@ class BrowserSdk(unittest.TestCase):
                          {("origin_not_allowed", "/v1/m")} if rejects else set())
 
 
+class RudderStackBrowserSdk(unittest.TestCase):
+    """RudderStack's browser SDK, @rudderstack/analytics-js 3.x from npm (its bundled UMD
+    build), in headless Chromium on a page from a second origin with pixel as its data plane
+    (examples/rudderstack.js drives it over the DevTools protocol): identify, track, page,
+    group and alias, each on disk exactly once, with its source configuration loaded from
+    pixel (configUrl) and with beacon delivery; and nothing from an origin not allowed."""
+
+    TYPES = ["alias", "group", "identify", "page", "track"]
+    WRITE_KEY = "RS_BROWSER_KEY"
+
+    def run_sdk(self, mode, allowed=True):
+        modules = os.environ.get("PIXEL_NODE_MODULES", "")
+        need(os.path.isdir(os.path.join(modules, "@rudderstack", "analytics-js")) and
+             os.path.isdir(os.path.join(modules, "ws")), "@rudderstack/analytics-js and ws")
+        need(shutil.which("node"), "node")
+        need(shutil.which("chromium"), "chromium")
+        self.dir = temp_dir(self)
+        with socket.socket() as probe:   # the page's port, which --allow-origin must name
+            probe.bind(("127.0.0.1", 0))
+            page_port = probe.getsockname()[1]
+        origin = "http://127.0.0.1:%d" % (page_port if allowed else 1)
+        # With an allowlist, so that the source configuration must find the SDK's key.
+        _, port = start_pixel(self, "--log", os.path.join(self.dir, "events.jsonl"),
+                              "--allow-origin", origin, "--write-key", self.WRITE_KEY)
+        result = subprocess.run(
+            ["node", os.path.join(HERE, "examples", "rudderstack.js"),
+             "http://127.0.0.1:%d" % port, mode, str(page_port)],
+            capture_output=True, text=True, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        report = json.loads(result.stdout)
+        print("@rudderstack/analytics-js", report["sdkVersion"], mode, file=sys.stderr)
+        logs = []
+        for name in ("events.jsonl", "rejects.jsonl"):
+            path = os.path.join(self.dir, name)
+            with open(path, "rb") if os.path.exists(path) else io.BytesIO() as handle:
+                logs.append([json.loads(line) for line in handle])
+        return report, logs[0], logs[1]
+
+    def assertEachCallOnce(self, report, events, rejects):
+        self.assertTrue(report["ready"], report)
+        self.assertEqual(report["calls"], ["identify", "track", "page", "group", "alias"])
+        self.assertEqual(sorted(event["type"] for event in events), self.TYPES, events)
+        self.assertEqual(len({event["messageId"] for event in events}), 5)
+        for event in events:
+            pixel.validate(event["type"], event)
+            self.assertEqual(event["writeKey"], self.WRITE_KEY)
+            self.assertEqual(event["context"]["library"]["name"], "RudderLabs JavaScript SDK")
+            self.assertIn("originalTimestamp", event)
+        self.assertEqual(rejects, [])
+        self.assertEqual(report["failedRequests"], [])
+        self.assertEqual(report["consoleErrors"], [])
+        self.assertEqual(report["offOriginRequests"], [])
+
+    def test_source_config_from_pixel(self):
+        report, events, rejects = self.run_sdk("config")
+        self.assertEachCallOnce(report, events, rejects)
+        # The HEAD is sendAdblockPage's check: an answer that fails it would have the SDK
+        # think itself blocked, and add an "ad-block page request" page to later calls.
+        answered = {(request["method"], request["path"].partition("?")[0], request["status"])
+                    for request in report["requests"]}
+        self.assertLessEqual({("OPTIONS", "/sourceConfig/", 204), ("GET", "/sourceConfig/", 200),
+                              ("HEAD", "/sourceConfig/", 200), ("POST", "/v1/track", 200)},
+                             answered)
+
+    def test_beacon_delivery_flushed_on_page_leave(self):
+        report, events, rejects = self.run_sdk("beacon")
+        self.assertEachCallOnce(report, events, rejects)
+        # Nothing went by XHR: the events came in the beacon, keyed by its query alone.
+        self.assertEqual([request for request in report["requests"]
+                          if request["method"] == "POST"], [])
+
+    def test_an_origin_that_is_not_allowed_writes_nothing(self):
+        report, events, rejects = self.run_sdk("disallowed", allowed=False)
+        self.assertEqual((events, rejects), ([], []))
+        self.assertFalse(report["ready"])
+        self.assertIn("PreflightMissingAllowOriginHeader",
+                      {request.get("corsError") for request in report["failedRequests"]})
+
+
 class Browser(ServerCase):
     """Headless Chromium opens examples/email.html, as a mail client renders it."""
 
