@@ -886,8 +886,8 @@ def _lock(fd, path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise OSError(errno.EBUSY, "another process writes it (it holds its flock): give "
-                      "each pixel process its own --log and --rejects", path) from None
+        raise OSError(errno.EBUSY, "another process writes it (it holds its flock)",
+                      path) from None
     except OSError as error:
         if error.errno not in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
             raise
@@ -942,6 +942,7 @@ class LogWriter:
         self.follower = None
         self.torn_tail = None   # the start of a torn last line cut at start-up, if any
         self.torn_tail_bytes = 0
+        self.created = not os.path.lexists(self.path)   # by this start: see discard()
         self._open()            # at start-up an OSError here is the operator's to see
         try:
             self._cut_torn_tail()
@@ -1047,6 +1048,25 @@ class LogWriter:
 
     def close(self):
         with self._lock:
+            self._close()
+
+    def discard(self):
+        """Close, and remove the file if this writer created it and it is still empty and
+        still at the path: a start that fails after opening its logs leaves the folder as
+        it found it (a file that was there before, or that holds a line, is kept)."""
+        with self._lock:
+            if self._fd is not None and self.created:
+                opened = os.fstat(self._fd)
+                try:
+                    named = os.stat(self.path)
+                    if opened.st_size == 0 and \
+                            (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
+                        os.unlink(self.path)
+                except FileNotFoundError:   # removed already, by someone else
+                    pass
+                except OSError as error:
+                    self._reporter.say("cannot remove %s, created by a start that failed: %s"
+                                       % (self.path, error.strerror or error))
             self._close()
 
     def write(self, lines):
@@ -1243,6 +1263,39 @@ class LogWriter:
         self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still answering, will "
                            "retry)" % (self.path, error.strerror or error,
                                        self._failures_unreported), key="write " + self.path)
+
+
+class StartupError(Exception):
+    """What stops pixel from starting, said in one line: a log, an option, a CPU, a port."""
+
+
+def open_logs(log, rejects, *, busy, **options):
+    """The events and the rejects LogWriter (`options` are LogWriter's), for main() and
+    make_wsgi_app(). A file that cannot be opened, or two paths that name one file, raise
+    StartupError, with `busy` (what to do instead) when another process holds a file; a
+    file created here is removed again then (LogWriter.discard)."""
+    if os.path.realpath(log) == os.path.realpath(rejects) or os.path.exists(log) and \
+            os.path.exists(rejects) and os.path.samefile(log, rejects):   # a hard link, say
+        raise StartupError("the events log and the rejects log are the same file: %s"
+                           % os.path.realpath(log))
+    writers = []
+    try:
+        for path in (log, rejects):
+            try:
+                writers.append(LogWriter(path, **options))
+            except OSError as error:
+                raise StartupError("cannot open %s: %s%s" % (
+                    error.filename or path, error.strerror or error,
+                    "; " + busy if error.errno == errno.EBUSY else "")) from None
+            options["readable"] = False   # only the events log is ever followed
+        if os.path.samefile(writers[0].path, writers[1].path):   # linked since the check
+            raise StartupError("the events log and the rejects log are the same file: %s"
+                               % writers[0].path)
+    except StartupError:
+        for writer in writers:
+            writer.discard()
+        raise
+    return writers
 
 
 # --------------------------------------------------------------------------------------------
@@ -3043,7 +3096,11 @@ def write_checkpoint(path, document):
         os.remove(temporary)
         raise
     os.close(fd)
-    os.replace(temporary, path)
+    try:
+        os.replace(temporary, path)
+    except OSError:   # `path` is a folder, say: no .tmp left behind to pass for state
+        os.remove(temporary)
+        raise
     folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(folder)
@@ -4122,10 +4179,6 @@ def parse_args(argv=None, environ=None):
     return args
 
 
-class StartupError(Exception):
-    """What stops the server from starting, said in one line: a log, a CPU, a port."""
-
-
 def main(argv=None, environ=None):
     """Run the server until SIGTERM or SIGINT, or `pixel.py forward ...` (forward_files)
     to its end; return the exit status."""
@@ -4135,23 +4188,12 @@ def main(argv=None, environ=None):
     args = parse_args(argv, environ)
     reporter = Reporter()
     writers = []
-    forwarder = None
+    server = forwarder = None
+    serving = False   # until then, a failure removes the logs this start created
     try:
-        if os.path.exists(args.log) and os.path.exists(args.rejects) and \
-                os.path.samefile(args.log, args.rejects):   # a hard link, say
-            raise StartupError("--log and --rejects are the same file: %s"
-                               % os.path.realpath(args.log))
-        for path in (args.log, args.rejects):
-            try:
-                writers.append(LogWriter(path, max_bytes=args.max_bytes, keep=args.keep,
-                                         reporter=reporter,
-                                         readable=bool(args.forward) and not writers))
-            except OSError as error:
-                raise StartupError("cannot open %s: %s" % (error.filename or path,
-                                                           error.strerror or error)) from None
-        if os.path.samefile(writers[0].path, writers[1].path):   # a hard link, say
-            raise StartupError("--log and --rejects are the same file: %s"
-                               % writers[0].path)
+        writers = open_logs(args.log, args.rejects, max_bytes=args.max_bytes, keep=args.keep,
+                            reporter=reporter, readable=bool(args.forward),
+                            busy="give each pixel process its own --log and --rejects")
         recorder = Recorder(*writers, write_keys=args.write_key,
                             trusted_proxies=args.trusted_proxy, record_ip=not args.no_ip,
                             anonymize_ip=args.anonymize_ip, metrics_token=args.metrics_token,
@@ -4159,9 +4201,12 @@ def main(argv=None, environ=None):
                             public_url=args.public_url, reporter=reporter)
         recorder.record_torn_tails()
         recorder.remember_logged()
+        server, pinned = listen(args, recorder, reporter)
+        # After the port is ours: the forwarder writes its checkpoint as it starts.
         if args.forward:
             forwarder = recorder.forwarder = start_forwarder(args, *writers, reporter)
-        return serve(args, recorder, reporter)
+        serving = True
+        return serve(args, server, pinned, reporter)
     except StartupError as error:
         reporter.say(str(error))
         return 1
@@ -4169,8 +4214,13 @@ def main(argv=None, environ=None):
         if forwarder is not None:
             forwarder.stop(1.0)
             forwarder.close()
+        if server is not None and not serving:
+            server.server_close()
         for writer in writers:
-            writer.close()
+            if serving:
+                writer.close()
+            else:
+                writer.discard()
 
 
 def start_forwarder(args, events, rejects, reporter):
@@ -4241,6 +4291,7 @@ def forward_files(argv=None):
         except (OSError, ValueError) as error:
             reporter.say("cannot read %s: %s" % (getattr(error, "filename", None) or
                                                  checkpoint, error))
+            rejects.discard()   # nothing was sent: leave no empty rejects log behind
             return 1
 
         def stop(signum, frame):
@@ -4265,8 +4316,8 @@ def forward_files(argv=None):
     return 0 if complete else 1
 
 
-def serve(args, recorder, reporter):
-    """Pin, listen, and serve until a signal; the caller owns (and closes) the writers."""
+def listen(args, recorder, reporter):
+    """Pin to a CPU and bind the port, for serve(); returns the PixelServer and the CPU."""
     try:
         pinned = pin_cpu(args.cpu)
     except OSError as error:   # a CPU this process may not use
@@ -4302,6 +4353,12 @@ def serve(args, recorder, reporter):
     except OSError as error:
         raise StartupError("cannot listen on %s port %d: %s" % (
             args.host, args.port, error.strerror or error)) from None
+    return server, pinned
+
+
+def serve(args, server, pinned, reporter):
+    """Serve until a signal; the caller owns (and closes) the writers."""
+    recorder = server.recorder
 
     def stop(signum, frame):
         # serve_forever() runs on this thread, and shutdown() waits for it to return, so

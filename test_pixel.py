@@ -963,6 +963,14 @@ class ForwardPolicy(unittest.TestCase):
             with self.assertRaises(ValueError):
                 pixel.read_checkpoint(path)
 
+    def test_a_checkpoint_that_cannot_be_put_in_place_leaves_no_tmp(self):
+        folder = temp_dir(self)
+        path = os.path.join(folder, "events.jsonl.forward")
+        os.mkdir(path)   # what a rename cannot replace
+        with self.assertRaises(OSError):
+            pixel.write_checkpoint(path, {"device": 1})
+        self.assertEqual(os.listdir(folder), ["events.jsonl.forward"])
+
 
 # ---------------------------------------------------------------------------------------------
 # Layer 2: the Recorder and the LogWriter on real files, with no socket
@@ -4490,6 +4498,90 @@ class Process(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertRegex(result.stderr, r"^pixel: cannot listen on 127\.0\.0\.1 port \d+: "
                                         r"Address already in use\n$")
+
+
+class FailedStart(unittest.TestCase):
+    """pixel.py that cannot start says so in one line and leaves its folder as it found it:
+    no log, rejects log or checkpoint created, and logs that were there left untouched."""
+
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-start-")
+        self.log = os.path.join(self.dir, "events.jsonl")
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        self.taken = str(taken.getsockname()[1])
+
+    def run_pixel(self, *argv):
+        return subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none",
+                               "--log", self.log] + list(argv),
+                              capture_output=True, text=True, timeout=30)
+
+    def test_each_failure_creates_no_file(self):
+        elsewhere = temp_dir(self)
+        not_pem = os.path.join(elsewhere, "cert.pem")
+        with open(not_pem, "w") as handle:
+            handle.write("not a certificate\n")
+        # A folder where the forwarder's checkpoint is first written: it cannot start.
+        checkpoint_tmp = os.path.basename(self.log) + pixel.CHECKPOINT_SUFFIX + ".tmp"
+        for name, argv, status, message, made in (
+                ("port in use", ["--port", self.taken], 1, "cannot listen on 127.0.0.1 port "
+                 + self.taken + ": Address already in use", None),
+                ("port in use, forwarding", ["--port", self.taken, "--forward",
+                                             "http://127.0.0.1:9"], 1, "cannot listen", None),
+                ("a CPU it may not use", ["--cpu", "4096"], 1, "cannot pin to CPU 4096", None),
+                ("a certificate that does not load", ["--certfile", not_pem, "--keyfile",
+                                                      not_pem], 1, not_pem, None),
+                ("a forwarder that cannot start", ["--forward", "http://127.0.0.1:9"], 1,
+                 "cannot forward", checkpoint_tmp),
+                ("a rejects log it cannot open", ["--rejects", os.path.join(
+                    self.dir, "missing", "rejects.jsonl")], 1, "cannot open", None),
+                ("a bad flag combination", ["--certfile", not_pem], 2, "go together", None)):
+            with self.subTest(name):
+                if made:
+                    os.mkdir(os.path.join(self.dir, made))
+                result = self.run_pixel(*argv)
+                self.assertEqual(result.returncode, status, result.stderr)
+                self.assertEqual(result.stdout, "")
+                self.assertIn(message, result.stderr.splitlines()[-1])
+                if status == 1:
+                    self.assertRegex(result.stderr, r"\Apixel: [^\n]*\n\Z")
+                self.assertEqual(os.listdir(self.dir), [made] if made else [])
+                if made:
+                    os.rmdir(os.path.join(self.dir, made))
+
+    def test_logs_that_were_there_are_left_as_they_were(self):
+        rejects = os.path.join(self.dir, "rejects.jsonl")
+        for path, data in ((self.log, b'{"type":"track"}\n'), (rejects, b'{"reason":"x"}\n')):
+            with open(path, "wb") as handle:
+                handle.write(data)
+        before = {name: (os.stat(os.path.join(self.dir, name)).st_ino,
+                         read_bytes(os.path.join(self.dir, name)))
+                  for name in os.listdir(self.dir)}
+        result = self.run_pixel("--port", self.taken, "--forward", "http://127.0.0.1:9")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual({name: (os.stat(os.path.join(self.dir, name)).st_ino,
+                                 read_bytes(os.path.join(self.dir, name)))
+                          for name in os.listdir(self.dir)}, before)
+        os.remove(rejects)   # one log there, the other not: only what was there stays
+        result = self.run_pixel("--port", self.taken)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(os.listdir(self.dir), ["events.jsonl"])
+        self.assertEqual(read_bytes(self.log), b'{"type":"track"}\n')
+
+    def test_a_backfill_that_cannot_read_its_file_creates_no_rejects_log(self):
+        result = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to",
+                                 "http://127.0.0.1:9", os.path.join(self.dir, "gone.jsonl")],
+                                capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("gone.jsonl", result.stderr)
+        self.assertEqual(os.listdir(self.dir), [])
+
+
+def read_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def slowloris(drippers, silent, real_client, seconds=4.5):
