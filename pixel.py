@@ -1269,24 +1269,31 @@ class StartupError(Exception):
     """What stops pixel from starting, said in one line: a log, an option, a CPU, a port."""
 
 
-def open_logs(log, rejects, *, busy, **options):
+def open_logs(log, rejects, *, busy, wait=0.0, **options):
     """The events and the rejects LogWriter (`options` are LogWriter's), for main() and
     make_wsgi_app(). A file that cannot be opened, or two paths that name one file, raise
-    StartupError, with `busy` (what to do instead) when another process holds a file; a
-    file created here is removed again then (LogWriter.discard)."""
+    StartupError; when another process holds a file, after waiting up to `wait` seconds
+    for it to let go, with `busy` (what to do instead). A file created here is removed
+    again then (LogWriter.discard)."""
     if os.path.realpath(log) == os.path.realpath(rejects) or os.path.exists(log) and \
             os.path.exists(rejects) and os.path.samefile(log, rejects):   # a hard link, say
         raise StartupError("the events log and the rejects log are the same file: %s"
                            % os.path.realpath(log))
     writers = []
+    deadline = time.monotonic() + wait
     try:
         for path in (log, rejects):
-            try:
-                writers.append(LogWriter(path, **options))
-            except OSError as error:
-                raise StartupError("cannot open %s: %s%s" % (
-                    error.filename or path, error.strerror or error,
-                    "; " + busy if error.errno == errno.EBUSY else "")) from None
+            while True:
+                try:
+                    writers.append(LogWriter(path, **options))
+                    break
+                except OSError as error:
+                    if error.errno == errno.EBUSY and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                        continue
+                    raise StartupError("cannot open %s: %s%s" % (
+                        error.filename or path, error.strerror or error,
+                        "; " + busy if error.errno == errno.EBUSY else "")) from None
             options["readable"] = False   # only the events log is ever followed
         if os.path.samefile(writers[0].path, writers[1].path):   # linked since the check
             raise StartupError("the events log and the rejects log are the same file: %s"
@@ -2836,22 +2843,46 @@ def _read_exactly(stream, length):
     return b"".join(chunks)
 
 
+# What a WSGI server with several worker processes is told when the second one finds the
+# logs held by the first, after waiting this long for it to let go.
+WSGI_LOCK_WAIT = 5.0
+WSGI_BUSY = ("one process owns pixel's files, so serve it from one worker process with "
+             "threads (gunicorn --workers 1 --threads 8), or give each worker process its "
+             "own make_wsgi_app(log=..., rejects=...)")
+
+
 def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=(),
                   record_ip=True, max_bytes=0, keep=0, allow_origins=(),
                   dedupe_window=DEFAULT_DEDUPE_WINDOW, public_url=None, anonymize_ip=False):
     """A WSGI callable that records into `log` (and `rejects`, by default rejects.jsonl
     beside it), with the command line's meaning for each option. It opens both files now;
-    one process should own them, so serve it from one process (threads are fine)."""
+    one process should own them, so serve it from one process (threads are fine).
+
+    An option it cannot use, or a file it cannot open, ends the process as a bad command
+    line does: one line on stderr, then SystemExit(3), which gunicorn takes for a worker
+    that cannot boot, so that it stops rather than starting the worker again and again."""
+    reporter = Reporter()
     if rejects is None:
         rejects = os.path.join(os.path.dirname(os.path.abspath(log)), DEFAULT_REJECTS_NAME)
-    events_log = LogWriter(log, max_bytes=max_bytes, keep=keep)
-    rejects_log = LogWriter(rejects, max_bytes=max_bytes, keep=keep)
-    recorder = Recorder(events_log, rejects_log, write_keys=write_keys,
-                        trusted_proxies=trusted_proxies, record_ip=record_ip,
-                        anonymize_ip=anonymize_ip,
-                        allow_origins=[_origin_pattern(origin) for origin in allow_origins],
-                        dedupe_window=dedupe_window,
-                        public_url=_public_url(public_url) if public_url else None)
+    try:
+        try:   # the command line's checks, on the same values
+            trusted_proxies = [_network(proxy) for proxy in trusted_proxies]
+            allow_origins = [_origin_pattern(origin) for origin in allow_origins]
+            public_url = _public_url(public_url) if public_url else None
+        except argparse.ArgumentTypeError as error:
+            raise StartupError(str(error)) from None
+        # A gunicorn reload (SIGHUP) boots the new worker while the old one still holds
+        # the files, on its way out: wait for it a little.
+        writers = open_logs(log, rejects, max_bytes=max_bytes, keep=keep, reporter=reporter,
+                            busy=WSGI_BUSY, wait=WSGI_LOCK_WAIT)
+    except StartupError as error:
+        reporter.say("make_wsgi_app: %s" % error)
+        raise SystemExit(3) from None
+    recorder = Recorder(*writers, write_keys=write_keys, trusted_proxies=trusted_proxies,
+                        record_ip=record_ip, anonymize_ip=anonymize_ip,
+                        allow_origins=allow_origins, dedupe_window=dedupe_window,
+                        public_url=public_url, reporter=reporter)
+    recorder.record_torn_tails()
     recorder.remember_logged()
     return WsgiApp(recorder)
 
