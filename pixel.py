@@ -2787,16 +2787,18 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 # WSGI: the same recorder behind any WSGI server, or mounted in an existing application
 
 class WsgiApp:
-    """A WSGI application over a Recorder: the pixel routes, /health and the HTTP API, with
-    the same answers, GIF and rejects lines as the built-in server, and every event on disk
-    before the answer. Any other path is a 404, so it can be mounted under a prefix with a
-    dispatcher. The client address is REMOTE_ADDR, and X-Forwarded-For is believed under
-    the recorder's trusted proxies. HTTP framing, keep-alive and head limits are the WSGI
-    server's, and so is decoding the path: a route is matched on PATH_INFO, which WSGI
-    servers percent-decode (the built-in server matches the path as sent)."""
+    """A WSGI application over a Recorder: the pixel routes, /health and the HTTP API (and
+    /metrics, if `serve_metrics`), with the same answers, GIF and rejects lines as the
+    built-in server, and every event on disk before the answer. Any other path is a 404,
+    so it can be mounted under a prefix with a dispatcher. The client address is
+    REMOTE_ADDR, and X-Forwarded-For is believed under the recorder's trusted proxies. HTTP
+    framing, keep-alive and head limits are the WSGI server's, and so is decoding the path:
+    a route is matched on PATH_INFO, which WSGI servers percent-decode (the built-in server
+    matches the path as sent)."""
 
-    def __init__(self, recorder):
+    def __init__(self, recorder, serve_metrics=False):
         self.recorder = recorder
+        self.serve_metrics = serve_metrics   # /metrics; otherwise it is a 404
 
     def __call__(self, environ, start_response):
         method = environ["REQUEST_METHOD"]
@@ -2810,6 +2812,8 @@ class WsgiApp:
             if environ.get(name):
                 headers[name.replace("_", "-").lower()] = environ[name]
         route = route_for(path)
+        if route is not None and route.kind == "prometheus" and not self.serve_metrics:
+            route = None
         request = Request(method, path, query, headers, environ.get("REMOTE_ADDR") or "", b"",
                           environ.get("SCRIPT_NAME", ""))
         answer = None
@@ -2853,10 +2857,15 @@ WSGI_BUSY = ("one process owns pixel's files, so serve it from one worker proces
 
 def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=(),
                   record_ip=True, max_bytes=0, keep=0, allow_origins=(),
-                  dedupe_window=DEFAULT_DEDUPE_WINDOW, public_url=None, anonymize_ip=False):
+                  dedupe_window=DEFAULT_DEDUPE_WINDOW, public_url=None, anonymize_ip=False,
+                  metrics_token=None, public_metrics=False):
     """A WSGI callable that records into `log` (and `rejects`, by default rejects.jsonl
     beside it), with the command line's meaning for each option. It opens both files now;
     one process should own them, so serve it from one process (threads are fine).
+
+    /metrics is served with a `metrics_token` (only to requests that send it as a Bearer
+    token, public_metrics or not) or with public_metrics=True (to anyone); otherwise it is
+    a 404 like any other path, as a WSGI app usually shares its port with a public site.
 
     An option it cannot use, or a file it cannot open, ends the process as a bad command
     line does: one line on stderr, then SystemExit(3), which gunicorn takes for a worker
@@ -2869,6 +2878,7 @@ def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=
             trusted_proxies = [_network(proxy) for proxy in trusted_proxies]
             allow_origins = [_origin_pattern(origin) for origin in allow_origins]
             public_url = _public_url(public_url) if public_url else None
+            metrics_token = _token(metrics_token) if metrics_token is not None else None
         except argparse.ArgumentTypeError as error:
             raise StartupError(str(error)) from None
         # A gunicorn reload (SIGHUP) boots the new worker while the old one still holds
@@ -2881,10 +2891,11 @@ def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=
     recorder = Recorder(*writers, write_keys=write_keys, trusted_proxies=trusted_proxies,
                         record_ip=record_ip, anonymize_ip=anonymize_ip,
                         allow_origins=allow_origins, dedupe_window=dedupe_window,
-                        public_url=public_url, reporter=reporter)
+                        public_url=public_url, metrics_token=metrics_token,
+                        reporter=reporter)
     recorder.record_torn_tails()
     recorder.remember_logged()
-    return WsgiApp(recorder)
+    return WsgiApp(recorder, serve_metrics=metrics_token is not None or public_metrics)
 
 
 # --------------------------------------------------------------------------------------------

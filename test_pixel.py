@@ -3999,11 +3999,24 @@ class ContractGunicorn(Contract, unittest.TestCase):
 
 
 class WsgiUnderGunicorn(unittest.TestCase):
-    """What make_wsgi_app promises about worker processes, under gunicorn."""
+    """What make_wsgi_app promises about /metrics and worker processes, under gunicorn."""
 
     def setUp(self):
         self.dir = temp_dir(self)
         self.log = os.path.join(self.dir, "events.jsonl")
+
+    def test_metrics_only_with_a_token(self):
+        for options, statuses in (("", (404, 404)), (", metrics_token='t0ken'", (401, 200))):
+            with self.subTest(options):
+                folder = temp_dir(self)
+                _, port, output = start_gunicorn(
+                    self, folder, "pixel:make_wsgi_app(log=%r%s)" % (
+                        os.path.join(folder, "events.jsonl"), options),
+                    "--workers", "1", "--threads", "2")
+                wait_for_gunicorn(self, port, output)
+                self.assertEqual((get_status(port, "/metrics")[0],
+                                  get_status(port, "/metrics",
+                                             {"Authorization": "Bearer t0ken"})[0]), statuses)
 
     def test_two_workers_on_one_log_stop_gunicorn_with_one_line(self):
         process, _, output = start_gunicorn(self, self.dir,
@@ -4095,6 +4108,66 @@ def wsgi_start_error(test, **options):
             app.recorder.events.close()
             app.recorder.rejects.close()
     return caught.exception.code, stderr.getvalue()
+
+
+class WsgiMetrics(unittest.TestCase):
+    """/metrics under make_wsgi_app, served by wsgiref on a real socket: a 404 unless a
+    metrics_token or public_metrics=True asks for it."""
+
+    def serve(self, **options):
+        folder = temp_dir(self)
+        app = pixel.make_wsgi_app(log=os.path.join(folder, "events.jsonl"), **options)
+        self.addCleanup(app.recorder.events.close)
+        self.addCleanup(app.recorder.rejects.close)
+        server = wsgiref.simple_server.make_server("127.0.0.1", 0, app,
+                                                   handler_class=_QuietWsgiHandler)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(thread.join, 10)
+        self.addCleanup(server.shutdown)
+        return server.server_address[1]
+
+    def test_not_served_unless_asked_for(self):
+        port = self.serve()
+        self.assertEqual(get_status(port, "/metrics"), (404, b"Not Found\n"))
+        self.assertEqual(get_status(port, "/health")[0], 200)
+
+    def test_with_a_token(self):
+        for public in (False, True):   # a token given is a token required
+            with self.subTest(public_metrics=public):
+                port = self.serve(metrics_token="s3cret-token", public_metrics=public)
+                self.assertEqual(get_status(port, "/metrics")[0], 401)
+                self.assertEqual(get_status(port, "/metrics",
+                                            {"Authorization": "Bearer wrong"})[0], 401)
+                status, body = get_status(port, "/metrics",
+                                          {"Authorization": "Bearer s3cret-token"})
+                self.assertEqual(status, 200)
+                self.assertIn(b"pixel_events_total", body)
+
+    def test_public_when_asked(self):
+        status, body = get_status(self.serve(public_metrics=True), "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn(b"pixel_build_info", body)
+
+    def test_a_token_that_cannot_be_sent_is_refused_in_one_line(self):
+        folder = temp_dir(self)
+        status, stderr = wsgi_start_error(self, log=os.path.join(folder, "events.jsonl"),
+                                          metrics_token="two words")
+        self.assertEqual(status, 3)
+        self.assertRegex(stderr, r"\Apixel: make_wsgi_app: not a bearer token .*\n\Z")
+        self.assertEqual(os.listdir(folder), [])
+
+
+def get_status(port, target, headers=None):
+    """(status, body) of a GET on a fresh connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        connection.request("GET", target, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 class WsgiStart(unittest.TestCase):
@@ -5854,6 +5927,16 @@ class ReadmeWsgi(unittest.TestCase):
     def logged(self):
         with open(os.path.join(self.dir, "events.jsonl"), "rb") as handle:
             return [json.loads(line) for line in handle]
+
+    def test_the_signature_is_make_wsgi_apps(self):
+        import inspect
+        (text,) = re.findall(r"`make_wsgi_app(\(.*?\))`", self.section, re.S)
+        (written,) = ast.parse("def make_wsgi_app%s: pass" % text).body
+        names = [argument.arg for argument in written.args.args]
+        defaults = [ast.literal_eval(default) for default in written.args.defaults]
+        real = inspect.signature(pixel.make_wsgi_app).parameters.values()
+        self.assertEqual(list(zip(names, defaults)),
+                         [(parameter.name, parameter.default) for parameter in real])
 
     def test_the_reload_wait(self):
         self.assertIn("waits up to %g s" % pixel.WSGI_LOCK_WAIT, self.section)
