@@ -915,8 +915,8 @@ def _lock(fd, path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise OSError(errno.EBUSY, "another process writes it (it holds its flock): give "
-                      "each pixel process its own --log and --rejects", path) from None
+        raise OSError(errno.EBUSY, "another process writes it (it holds its flock)",
+                      path) from None
     except OSError as error:
         if error.errno not in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
             raise
@@ -971,6 +971,7 @@ class LogWriter:
         self.follower = None
         self.torn_tail = None   # the start of a torn last line cut at start-up, if any
         self.torn_tail_bytes = 0
+        self.created = not os.path.lexists(self.path)   # by this start: see discard()
         self._open()            # at start-up an OSError here is the operator's to see
         try:
             self._cut_torn_tail()
@@ -1076,6 +1077,25 @@ class LogWriter:
 
     def close(self):
         with self._lock:
+            self._close()
+
+    def discard(self):
+        """Close, and remove the file if this writer created it and it is still empty and
+        still at the path: a start that fails after opening its logs leaves the folder as
+        it found it (a file that was there before, or that holds a line, is kept)."""
+        with self._lock:
+            if self._fd is not None and self.created:
+                opened = os.fstat(self._fd)
+                try:
+                    named = os.stat(self.path)
+                    if opened.st_size == 0 and \
+                            (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
+                        os.unlink(self.path)
+                except FileNotFoundError:   # removed already, by someone else
+                    pass
+                except OSError as error:
+                    self._reporter.say("cannot remove %s, created by a start that failed: %s"
+                                       % (self.path, error.strerror or error))
             self._close()
 
     def write(self, lines):
@@ -1272,6 +1292,46 @@ class LogWriter:
         self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still answering, will "
                            "retry)" % (self.path, error.strerror or error,
                                        self._failures_unreported), key="write " + self.path)
+
+
+class StartupError(Exception):
+    """What stops pixel from starting, said in one line: a log, an option, a CPU, a port."""
+
+
+def open_logs(log, rejects, *, busy, wait=0.0, **options):
+    """The events and the rejects LogWriter (`options` are LogWriter's), for main() and
+    make_wsgi_app(). A file that cannot be opened, or two paths that name one file, raise
+    StartupError; when another process holds a file, after waiting up to `wait` seconds
+    for it to let go, with `busy` (what to do instead). A file created here is removed
+    again then (LogWriter.discard)."""
+    if os.path.realpath(log) == os.path.realpath(rejects) or os.path.exists(log) and \
+            os.path.exists(rejects) and os.path.samefile(log, rejects):   # a hard link, say
+        raise StartupError("the events log and the rejects log are the same file: %s"
+                           % os.path.realpath(log))
+    writers = []
+    deadline = time.monotonic() + wait
+    try:
+        for path in (log, rejects):
+            while True:
+                try:
+                    writers.append(LogWriter(path, **options))
+                    break
+                except OSError as error:
+                    if error.errno == errno.EBUSY and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                        continue
+                    raise StartupError("cannot open %s: %s%s" % (
+                        error.filename or path, error.strerror or error,
+                        "; " + busy if error.errno == errno.EBUSY else "")) from None
+            options["readable"] = False   # only the events log is ever followed
+        if os.path.samefile(writers[0].path, writers[1].path):   # linked since the check
+            raise StartupError("the events log and the rejects log are the same file: %s"
+                               % writers[0].path)
+    except StartupError:
+        for writer in writers:
+            writer.discard()
+        raise
+    return writers
 
 
 # --------------------------------------------------------------------------------------------
@@ -2795,16 +2855,18 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 # WSGI: the same recorder behind any WSGI server, or mounted in an existing application
 
 class WsgiApp:
-    """A WSGI application over a Recorder: the pixel routes, /health and the HTTP API, with
-    the same answers, GIF and rejects lines as the built-in server, and every event on disk
-    before the answer. Any other path is a 404, so it can be mounted under a prefix with a
-    dispatcher. The client address is REMOTE_ADDR, and X-Forwarded-For is believed under
-    the recorder's trusted proxies. HTTP framing, keep-alive and head limits are the WSGI
-    server's, and so is decoding the path: a route is matched on PATH_INFO, which WSGI
-    servers percent-decode (the built-in server matches the path as sent)."""
+    """A WSGI application over a Recorder: the pixel routes, /health and the HTTP API (and
+    /metrics, if `serve_metrics`), with the same answers, GIF and rejects lines as the
+    built-in server, and every event on disk before the answer. Any other path is a 404,
+    so it can be mounted under a prefix with a dispatcher. The client address is
+    REMOTE_ADDR, and X-Forwarded-For is believed under the recorder's trusted proxies. HTTP
+    framing, keep-alive and head limits are the WSGI server's, and so is decoding the path:
+    a route is matched on PATH_INFO, which WSGI servers percent-decode (the built-in server
+    matches the path as sent)."""
 
-    def __init__(self, recorder):
+    def __init__(self, recorder, serve_metrics=False):
         self.recorder = recorder
+        self.serve_metrics = serve_metrics   # /metrics; otherwise it is a 404
 
     def __call__(self, environ, start_response):
         method = environ["REQUEST_METHOD"]
@@ -2818,6 +2880,8 @@ class WsgiApp:
             if environ.get(name):
                 headers[name.replace("_", "-").lower()] = environ[name]
         route = route_for(path)
+        if route is not None and route.kind == "prometheus" and not self.serve_metrics:
+            route = None
         request = Request(method, path, query, headers, environ.get("REMOTE_ADDR") or "", b"",
                           environ.get("SCRIPT_NAME", ""))
         answer = None
@@ -2851,24 +2915,55 @@ def _read_exactly(stream, length):
     return b"".join(chunks)
 
 
+# What a WSGI server with several worker processes is told when the second one finds the
+# logs held by the first, after waiting this long for it to let go.
+WSGI_LOCK_WAIT = 5.0
+WSGI_BUSY = ("one process owns pixel's files, so serve it from one worker process with "
+             "threads (gunicorn --workers 1 --threads 8), or give each worker process its "
+             "own make_wsgi_app(log=..., rejects=...)")
+
+
 def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=(),
                   record_ip=True, max_bytes=0, keep=0, allow_origins=(),
-                  dedupe_window=DEFAULT_DEDUPE_WINDOW, public_url=None, anonymize_ip=False):
+                  dedupe_window=DEFAULT_DEDUPE_WINDOW, public_url=None, anonymize_ip=False,
+                  metrics_token=None, public_metrics=False):
     """A WSGI callable that records into `log` (and `rejects`, by default rejects.jsonl
     beside it), with the command line's meaning for each option. It opens both files now;
-    one process should own them, so serve it from one process (threads are fine)."""
+    one process should own them, so serve it from one process (threads are fine).
+
+    /metrics is served with a `metrics_token` (only to requests that send it as a Bearer
+    token, public_metrics or not) or with public_metrics=True (to anyone); otherwise it is
+    a 404 like any other path, as a WSGI app usually shares its port with a public site.
+
+    An option it cannot use, or a file it cannot open, ends the process as a bad command
+    line does: one line on stderr, then SystemExit(3), which gunicorn takes for a worker
+    that cannot boot, so that it stops rather than starting the worker again and again."""
+    reporter = Reporter()
     if rejects is None:
         rejects = os.path.join(os.path.dirname(os.path.abspath(log)), DEFAULT_REJECTS_NAME)
-    events_log = LogWriter(log, max_bytes=max_bytes, keep=keep)
-    rejects_log = LogWriter(rejects, max_bytes=max_bytes, keep=keep)
-    recorder = Recorder(events_log, rejects_log, write_keys=write_keys,
-                        trusted_proxies=trusted_proxies, record_ip=record_ip,
-                        anonymize_ip=anonymize_ip,
-                        allow_origins=[_origin_pattern(origin) for origin in allow_origins],
-                        dedupe_window=dedupe_window,
-                        public_url=_public_url(public_url) if public_url else None)
+    try:
+        try:   # the command line's checks, on the same values
+            trusted_proxies = [_network(proxy) for proxy in trusted_proxies]
+            allow_origins = [_origin_pattern(origin) for origin in allow_origins]
+            public_url = _public_url(public_url) if public_url else None
+            metrics_token = _token(metrics_token) if metrics_token is not None else None
+        except argparse.ArgumentTypeError as error:
+            raise StartupError(str(error)) from None
+        # A gunicorn reload (SIGHUP) boots the new worker while the old one still holds
+        # the files, on its way out: wait for it a little.
+        writers = open_logs(log, rejects, max_bytes=max_bytes, keep=keep, reporter=reporter,
+                            busy=WSGI_BUSY, wait=WSGI_LOCK_WAIT)
+    except StartupError as error:
+        reporter.say("make_wsgi_app: %s" % error)
+        raise SystemExit(3) from None
+    recorder = Recorder(*writers, write_keys=write_keys, trusted_proxies=trusted_proxies,
+                        record_ip=record_ip, anonymize_ip=anonymize_ip,
+                        allow_origins=allow_origins, dedupe_window=dedupe_window,
+                        public_url=public_url, metrics_token=metrics_token,
+                        reporter=reporter)
+    recorder.record_torn_tails()
     recorder.remember_logged()
-    return WsgiApp(recorder)
+    return WsgiApp(recorder, serve_metrics=metrics_token is not None or public_metrics)
 
 
 # --------------------------------------------------------------------------------------------
@@ -3111,7 +3206,11 @@ def write_checkpoint(path, document):
         os.remove(temporary)
         raise
     os.close(fd)
-    os.replace(temporary, path)
+    try:
+        os.replace(temporary, path)
+    except OSError:   # `path` is a folder, say: no .tmp left behind to pass for state
+        os.remove(temporary)
+        raise
     folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(folder)
@@ -4190,10 +4289,6 @@ def parse_args(argv=None, environ=None):
     return args
 
 
-class StartupError(Exception):
-    """What stops the server from starting, said in one line: a log, a CPU, a port."""
-
-
 def main(argv=None, environ=None):
     """Run the server until SIGTERM or SIGINT, or `pixel.py forward ...` (forward_files)
     to its end; return the exit status."""
@@ -4203,23 +4298,12 @@ def main(argv=None, environ=None):
     args = parse_args(argv, environ)
     reporter = Reporter()
     writers = []
-    forwarder = None
+    server = forwarder = None
+    serving = False   # until then, a failure removes the logs this start created
     try:
-        if os.path.exists(args.log) and os.path.exists(args.rejects) and \
-                os.path.samefile(args.log, args.rejects):   # a hard link, say
-            raise StartupError("--log and --rejects are the same file: %s"
-                               % os.path.realpath(args.log))
-        for path in (args.log, args.rejects):
-            try:
-                writers.append(LogWriter(path, max_bytes=args.max_bytes, keep=args.keep,
-                                         reporter=reporter,
-                                         readable=bool(args.forward) and not writers))
-            except OSError as error:
-                raise StartupError("cannot open %s: %s" % (error.filename or path,
-                                                           error.strerror or error)) from None
-        if os.path.samefile(writers[0].path, writers[1].path):   # a hard link, say
-            raise StartupError("--log and --rejects are the same file: %s"
-                               % writers[0].path)
+        writers = open_logs(args.log, args.rejects, max_bytes=args.max_bytes, keep=args.keep,
+                            reporter=reporter, readable=bool(args.forward),
+                            busy="give each pixel process its own --log and --rejects")
         recorder = Recorder(*writers, write_keys=args.write_key,
                             trusted_proxies=args.trusted_proxy, record_ip=not args.no_ip,
                             anonymize_ip=args.anonymize_ip, metrics_token=args.metrics_token,
@@ -4227,9 +4311,12 @@ def main(argv=None, environ=None):
                             public_url=args.public_url, reporter=reporter)
         recorder.record_torn_tails()
         recorder.remember_logged()
+        server, pinned = listen(args, recorder, reporter)
+        # After the port is ours: the forwarder writes its checkpoint as it starts.
         if args.forward:
             forwarder = recorder.forwarder = start_forwarder(args, *writers, reporter)
-        return serve(args, recorder, reporter)
+        serving = True
+        return serve(args, server, pinned, reporter)
     except StartupError as error:
         reporter.say(str(error))
         return 1
@@ -4237,8 +4324,13 @@ def main(argv=None, environ=None):
         if forwarder is not None:
             forwarder.stop(1.0)
             forwarder.close()
+        if server is not None and not serving:
+            server.server_close()
         for writer in writers:
-            writer.close()
+            if serving:
+                writer.close()
+            else:
+                writer.discard()
 
 
 def start_forwarder(args, events, rejects, reporter):
@@ -4309,6 +4401,7 @@ def forward_files(argv=None):
         except (OSError, ValueError) as error:
             reporter.say("cannot read %s: %s" % (getattr(error, "filename", None) or
                                                  checkpoint, error))
+            rejects.discard()   # nothing was sent: leave no empty rejects log behind
             return 1
 
         def stop(signum, frame):
@@ -4333,8 +4426,8 @@ def forward_files(argv=None):
     return 0 if complete else 1
 
 
-def serve(args, recorder, reporter):
-    """Pin, listen, and serve until a signal; the caller owns (and closes) the writers."""
+def listen(args, recorder, reporter):
+    """Pin to a CPU and bind the port, for serve(); returns the PixelServer and the CPU."""
     try:
         pinned = pin_cpu(args.cpu)
     except OSError as error:   # a CPU this process may not use
@@ -4370,6 +4463,12 @@ def serve(args, recorder, reporter):
     except OSError as error:
         raise StartupError("cannot listen on %s port %d: %s" % (
             args.host, args.port, error.strerror or error)) from None
+    return server, pinned
+
+
+def serve(args, server, pinned, reporter):
+    """Serve until a signal; the caller owns (and closes) the writers."""
+    recorder = server.recorder
 
     def stop(signum, frame):
         # serve_forever() runs on this thread, and shutdown() waits for it to return, so

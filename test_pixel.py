@@ -992,6 +992,14 @@ class ForwardPolicy(unittest.TestCase):
             with self.assertRaises(ValueError):
                 pixel.read_checkpoint(path)
 
+    def test_a_checkpoint_that_cannot_be_put_in_place_leaves_no_tmp(self):
+        folder = temp_dir(self)
+        path = os.path.join(folder, "events.jsonl.forward")
+        os.mkdir(path)   # what a rename cannot replace
+        with self.assertRaises(OSError):
+            pixel.write_checkpoint(path, {"device": 1})
+        self.assertEqual(os.listdir(folder), ["events.jsonl.forward"])
+
 
 # ---------------------------------------------------------------------------------------------
 # Layer 2: the Recorder and the LogWriter on real files, with no socket
@@ -4151,41 +4159,285 @@ def gunicorn_command():
     return beside if os.access(beside, os.X_OK) else shutil.which("gunicorn")
 
 
-class ContractGunicorn(Contract, unittest.TestCase):
-    """The app under gunicorn, one worker with threads, listening on a socket this test
-    made (gunicorn's fd:// bind), so there is no port to guess."""
+def start_gunicorn(test, folder, app, *flags):
+    """gunicorn serving `app` (its APP_MODULE argument) with `flags`, on a socket this test
+    made (gunicorn's fd:// bind), so there is no port to guess; killed when `test` ends.
+    Returns the process, its port, and the file (in `folder`) that holds its output."""
+    gunicorn = gunicorn_command()
+    need(gunicorn, "gunicorn")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    test.addCleanup(listener.close)
+    output = open(os.path.join(folder, "gunicorn.log"), "w+")
+    test.addCleanup(output.close)
+    process = subprocess.Popen(
+        [gunicorn, "--bind", "fd://%d" % listener.fileno()] + list(flags) +
+        ["--chdir", HERE, app], pass_fds=[listener.fileno()], stdout=output, stderr=output)
+    test.addCleanup(process.wait)
+    test.addCleanup(process.kill)
+    return process, listener.getsockname()[1], output
 
-    def start_transport(self):
-        gunicorn = gunicorn_command()
-        need(gunicorn, "gunicorn")
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        self.addCleanup(listener.close)
-        events = os.path.join(self.dir, "events.jsonl")
-        log = open(os.path.join(self.dir, "gunicorn.log"), "w+")
-        self.addCleanup(log.close)
-        process = subprocess.Popen(
-            [gunicorn, "--bind", "fd://%d" % listener.fileno(), "--workers", "1",
-             "--threads", "4", "--chdir", HERE, "pixel:make_wsgi_app(log=%r)" % events],
-            pass_fds=[listener.fileno()], stdout=log, stderr=log)
-        self.addCleanup(process.wait)
-        self.addCleanup(process.kill)
-        port = listener.getsockname()[1]
-        # Requests queue in the backlog until the worker has booted; wait for one answer.
-        if not wait_until(lambda: self._answers(port), timeout=30):
-            log.seek(0)
-            self.fail("gunicorn never answered:\n" + log.read())
-        return port, events, os.path.join(self.dir, "rejects.jsonl")
 
-    @staticmethod
-    def _answers(port):
+def wait_for_gunicorn(test, port, output):
+    """Requests queue in the backlog until a worker has booted; wait for one answer."""
+    def answers():
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                 sock.sendall(b"GET /favicon.ico HTTP/1.0\r\n\r\n")
                 return sock.recv(12).startswith(b"HTTP/1")
         except OSError:
             return False
+
+    if not wait_until(answers, timeout=30):
+        output.seek(0)
+        test.fail("gunicorn never answered:\n" + output.read())
+
+
+class ContractGunicorn(Contract, unittest.TestCase):
+    """The app under gunicorn, one worker with threads."""
+
+    def start_transport(self):
+        events = os.path.join(self.dir, "events.jsonl")
+        _, port, output = start_gunicorn(self, self.dir, "pixel:make_wsgi_app(log=%r)" % events,
+                                         "--workers", "1", "--threads", "4")
+        wait_for_gunicorn(self, port, output)
+        return port, events, os.path.join(self.dir, "rejects.jsonl")
+
+
+class WsgiUnderGunicorn(unittest.TestCase):
+    """What make_wsgi_app promises about /metrics and worker processes, under gunicorn."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.log = os.path.join(self.dir, "events.jsonl")
+
+    def test_metrics_only_with_a_token(self):
+        for options, statuses in (("", (404, 404)), (", metrics_token='t0ken'", (401, 200))):
+            with self.subTest(options):
+                folder = temp_dir(self)
+                _, port, output = start_gunicorn(
+                    self, folder, "pixel:make_wsgi_app(log=%r%s)" % (
+                        os.path.join(folder, "events.jsonl"), options),
+                    "--workers", "1", "--threads", "2")
+                wait_for_gunicorn(self, port, output)
+                self.assertEqual((get_status(port, "/metrics")[0],
+                                  get_status(port, "/metrics",
+                                             {"Authorization": "Bearer t0ken"})[0]), statuses)
+
+    def test_two_workers_on_one_log_stop_gunicorn_with_one_line(self):
+        process, _, output = start_gunicorn(self, self.dir,
+                                            "pixel:make_wsgi_app(log=%r)" % self.log,
+                                            "--workers", "2")
+        self.assertEqual(process.wait(60), 3)   # gunicorn's status: a worker failed to boot
+        output.seek(0)
+        text = output.read()
+        self.assertNotIn("Traceback", text)
+        self.assertEqual([line for line in text.splitlines() if "pixel" in line],
+                         ["pixel: make_wsgi_app: cannot open %s: another process writes it (it "
+                          "holds its flock); %s" % (self.log, pixel.WSGI_BUSY)], text)
+
+    def test_a_reload_keeps_serving(self):
+        # gunicorn's SIGHUP boots the new worker before the old one has let go of the files;
+        # a request the old one is still reading keeps it from letting go at once.
+        process, port, output = start_gunicorn(self, self.dir,
+                                               "pixel:make_wsgi_app(log=%r)" % self.log,
+                                               "--workers", "1", "--threads", "2")
+        wait_for_gunicorn(self, port, output)
+
+        def booted():
+            output.seek(0)
+            return re.findall(r"Booting worker with pid: (\d+)", output.read())
+
+        fetch_gif(port, "/v1/pixel/track?writeKey=k&userId=u&event=before")
+        body = b'{"writeKey":"k","userId":"u","event":"during"}'
+        slow = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.addCleanup(slow.close)
+        slow.sendall(b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+        process.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: len(booted()) == 2, timeout=30))
+        # The new worker now waits for the files; the old code's died of it at once.
+        self.assertFalse(wait_until(lambda: process.poll() is not None, timeout=1.0))
+        slow.sendall(body[10:])
+        self.assertTrue(slow.recv(12).startswith(b"HTTP/1.1 200"))
+        slow.close()
+        wait_for_gunicorn(self, port, output)
+        fetch_gif(port, "/v1/pixel/track?writeKey=k&userId=u&event=after")
+        output.seek(0)
+        self.assertIsNone(process.poll(), output.read())
+        with open(self.log) as handle:
+            self.assertEqual([json.loads(line)["event"] for line in handle],
+                             ["before", "during", "after"])
+
+    def test_two_workers_with_their_own_files_as_the_line_says(self):
+        with open(os.path.join(self.dir, "per_worker.py"), "w") as handle:
+            handle.write("import os\nimport pixel\napplication = pixel.make_wsgi_app("
+                         "log=os.path.join(%r, 'events-%%d.jsonl' %% os.getpid()), "
+                         "rejects=os.path.join(%r, 'rejects-%%d.jsonl' %% os.getpid()))\n"
+                         % (self.dir, self.dir))
+        _, port, output = start_gunicorn(self, self.dir, "per_worker:application",
+                                         "--workers", "2", "--pythonpath",
+                                         "%s,%s" % (self.dir, HERE))
+
+        def logs():
+            return sorted(name for name in os.listdir(self.dir) if name.startswith("events-"))
+
+        self.assertTrue(wait_until(lambda: len(logs()) == 2, timeout=30), logs())
+        wait_for_gunicorn(self, port, output)
+        sent, answered = ["w-%d" % number for number in range(200)], []
+
+        def client(ids):
+            for message_id in ids:
+                answered.append(fetch_gif(port, "/v1/pixel/track?writeKey=k&userId=u&event=e"
+                                                "&messageId=" + message_id) == pixel.GIF)
+
+        threads = [threading.Thread(target=client, args=(sent[start::8],))
+                   for start in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        logged = []
+        for name in logs():
+            with open(os.path.join(self.dir, name)) as handle:
+                logged += [json.loads(line)["messageId"] for line in handle]
+        self.assertEqual(answered, [True] * len(sent))
+        self.assertEqual(sorted(logged), sorted(sent))
+
+
+def wsgi_start_error(test, **options):
+    """What make_wsgi_app(**options) says when it refuses to start: (exit status, stderr)."""
+    stderr = io.StringIO()
+    with unittest.mock.patch("sys.stderr", stderr):
+        with test.assertRaises(SystemExit) as caught:
+            app = pixel.make_wsgi_app(**options)
+            app.recorder.events.close()
+            app.recorder.rejects.close()
+    return caught.exception.code, stderr.getvalue()
+
+
+class WsgiMetrics(unittest.TestCase):
+    """/metrics under make_wsgi_app, served by wsgiref on a real socket: a 404 unless a
+    metrics_token or public_metrics=True asks for it."""
+
+    def serve(self, **options):
+        folder = temp_dir(self)
+        app = pixel.make_wsgi_app(log=os.path.join(folder, "events.jsonl"), **options)
+        self.addCleanup(app.recorder.events.close)
+        self.addCleanup(app.recorder.rejects.close)
+        server = wsgiref.simple_server.make_server("127.0.0.1", 0, app,
+                                                   handler_class=_QuietWsgiHandler)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(thread.join, 10)
+        self.addCleanup(server.shutdown)
+        return server.server_address[1]
+
+    def test_not_served_unless_asked_for(self):
+        port = self.serve()
+        self.assertEqual(get_status(port, "/metrics"), (404, b"Not Found\n"))
+        self.assertEqual(get_status(port, "/health")[0], 200)
+
+    def test_with_a_token(self):
+        for public in (False, True):   # a token given is a token required
+            with self.subTest(public_metrics=public):
+                port = self.serve(metrics_token="s3cret-token", public_metrics=public)
+                self.assertEqual(get_status(port, "/metrics")[0], 401)
+                self.assertEqual(get_status(port, "/metrics",
+                                            {"Authorization": "Bearer wrong"})[0], 401)
+                status, body = get_status(port, "/metrics",
+                                          {"Authorization": "Bearer s3cret-token"})
+                self.assertEqual(status, 200)
+                self.assertIn(b"pixel_events_total", body)
+
+    def test_public_when_asked(self):
+        status, body = get_status(self.serve(public_metrics=True), "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn(b"pixel_build_info", body)
+
+    def test_a_token_that_cannot_be_sent_is_refused_in_one_line(self):
+        folder = temp_dir(self)
+        status, stderr = wsgi_start_error(self, log=os.path.join(folder, "events.jsonl"),
+                                          metrics_token="two words")
+        self.assertEqual(status, 3)
+        self.assertRegex(stderr, r"\Apixel: make_wsgi_app: not a bearer token .*\n\Z")
+        self.assertEqual(os.listdir(folder), [])
+
+
+def get_status(port, target, headers=None):
+    """(status, body) of a GET on a fresh connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        connection.request("GET", target, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+class WsgiStart(unittest.TestCase):
+    """make_wsgi_app's start, on files: one line and SystemExit(3) for what it cannot use,
+    nothing left behind, and the command line's start-up repairs."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.log = os.path.join(self.dir, "events.jsonl")
+
+    def test_a_rejects_log_it_cannot_open_leaves_no_events_log(self):
+        status, stderr = wsgi_start_error(
+            self, log=self.log, rejects=os.path.join(self.dir, "missing", "rejects.jsonl"))
+        self.assertEqual(status, 3)
+        self.assertRegex(stderr, r"\Apixel: make_wsgi_app: cannot open .*missing/rejects\.jsonl:"
+                                 r" No such file or directory\n\Z")
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_files_another_worker_holds(self):
+        first = pixel.make_wsgi_app(log=self.log)
+        self.addCleanup(first.recorder.events.close)
+        self.addCleanup(first.recorder.rejects.close)
+        status, stderr = wsgi_start_error(self, log=self.log)
+        self.assertEqual(status, 3)
+        self.assertEqual(stderr.count("\n"), 1, stderr)
+        self.assertIn("pixel: make_wsgi_app: cannot open %s: another process writes it" %
+                      self.log, stderr)
+        self.assertIn("gunicorn --workers 1 --threads 8", stderr)
+        self.assertIn("make_wsgi_app(log=..., rejects=...)", stderr)
+        self.assertNotIn("--log", stderr)
+
+    def test_one_file_for_both_logs(self):
+        status, stderr = wsgi_start_error(self, log=self.log, rejects=self.log)
+        self.assertEqual(status, 3)
+        self.assertRegex(stderr, r"\Apixel: make_wsgi_app: the events log and the rejects log "
+                                 r"are the same file: .*events\.jsonl\n\Z")
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_options_the_command_line_would_refuse(self):
+        for options, message in (({"public_url": "ftp://x"}, "not an http(s) URL"),
+                                 ({"allow_origins": ["shop"]}, "not an origin"),
+                                 ({"trusted_proxies": ["10.0.0.300"]},
+                                  "not an IP address or network")):
+            with self.subTest(options):
+                status, stderr = wsgi_start_error(self, log=self.log, **options)
+                self.assertEqual(status, 3)
+                self.assertRegex(stderr, r"\Apixel: make_wsgi_app: %s.*\n\Z" % re.escape(message))
+                self.assertEqual(os.listdir(self.dir), [])
+
+    def test_a_torn_tail_is_kept_in_the_rejects_log(self):
+        with open(self.log, "wb") as handle:
+            handle.write(b'{"type":"track"}\n{"type":"tr')
+        stderr = io.StringIO()
+        with unittest.mock.patch("sys.stderr", stderr):
+            app = pixel.make_wsgi_app(log=self.log)
+        app.recorder.events.close()
+        app.recorder.rejects.close()
+        with open(self.log, "rb") as handle:
+            self.assertEqual(handle.read(), b'{"type":"track"}\n')
+        with open(os.path.join(self.dir, "rejects.jsonl"), "rb") as handle:
+            (line,) = [json.loads(line) for line in handle]
+        self.assertEqual((line["reason"], line["body"]), ("torn_tail", '{"type":"tr'))
+        self.assertIn("ended in a torn line", stderr.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4776,6 +5028,90 @@ class Process(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertRegex(result.stderr, r"^pixel: cannot listen on 127\.0\.0\.1 port \d+: "
                                         r"Address already in use\n$")
+
+
+class FailedStart(unittest.TestCase):
+    """pixel.py that cannot start says so in one line and leaves its folder as it found it:
+    no log, rejects log or checkpoint created, and logs that were there left untouched."""
+
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-start-")
+        self.log = os.path.join(self.dir, "events.jsonl")
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        self.taken = str(taken.getsockname()[1])
+
+    def run_pixel(self, *argv):
+        return subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none",
+                               "--log", self.log] + list(argv),
+                              capture_output=True, text=True, timeout=30)
+
+    def test_each_failure_creates_no_file(self):
+        elsewhere = temp_dir(self)
+        not_pem = os.path.join(elsewhere, "cert.pem")
+        with open(not_pem, "w") as handle:
+            handle.write("not a certificate\n")
+        # A folder where the forwarder's checkpoint is first written: it cannot start.
+        checkpoint_tmp = os.path.basename(self.log) + pixel.CHECKPOINT_SUFFIX + ".tmp"
+        for name, argv, status, message, made in (
+                ("port in use", ["--port", self.taken], 1, "cannot listen on 127.0.0.1 port "
+                 + self.taken + ": Address already in use", None),
+                ("port in use, forwarding", ["--port", self.taken, "--forward",
+                                             "http://127.0.0.1:9"], 1, "cannot listen", None),
+                ("a CPU it may not use", ["--cpu", "4096"], 1, "cannot pin to CPU 4096", None),
+                ("a certificate that does not load", ["--certfile", not_pem, "--keyfile",
+                                                      not_pem], 1, not_pem, None),
+                ("a forwarder that cannot start", ["--forward", "http://127.0.0.1:9"], 1,
+                 "cannot forward", checkpoint_tmp),
+                ("a rejects log it cannot open", ["--rejects", os.path.join(
+                    self.dir, "missing", "rejects.jsonl")], 1, "cannot open", None),
+                ("a bad flag combination", ["--certfile", not_pem], 2, "go together", None)):
+            with self.subTest(name):
+                if made:
+                    os.mkdir(os.path.join(self.dir, made))
+                result = self.run_pixel(*argv)
+                self.assertEqual(result.returncode, status, result.stderr)
+                self.assertEqual(result.stdout, "")
+                self.assertIn(message, result.stderr.splitlines()[-1])
+                if status == 1:
+                    self.assertRegex(result.stderr, r"\Apixel: [^\n]*\n\Z")
+                self.assertEqual(os.listdir(self.dir), [made] if made else [])
+                if made:
+                    os.rmdir(os.path.join(self.dir, made))
+
+    def test_logs_that_were_there_are_left_as_they_were(self):
+        rejects = os.path.join(self.dir, "rejects.jsonl")
+        for path, data in ((self.log, b'{"type":"track"}\n'), (rejects, b'{"reason":"x"}\n')):
+            with open(path, "wb") as handle:
+                handle.write(data)
+        before = {name: (os.stat(os.path.join(self.dir, name)).st_ino,
+                         read_bytes(os.path.join(self.dir, name)))
+                  for name in os.listdir(self.dir)}
+        result = self.run_pixel("--port", self.taken, "--forward", "http://127.0.0.1:9")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual({name: (os.stat(os.path.join(self.dir, name)).st_ino,
+                                 read_bytes(os.path.join(self.dir, name)))
+                          for name in os.listdir(self.dir)}, before)
+        os.remove(rejects)   # one log there, the other not: only what was there stays
+        result = self.run_pixel("--port", self.taken)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(os.listdir(self.dir), ["events.jsonl"])
+        self.assertEqual(read_bytes(self.log), b'{"type":"track"}\n')
+
+    def test_a_backfill_that_cannot_read_its_file_creates_no_rejects_log(self):
+        result = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to",
+                                 "http://127.0.0.1:9", os.path.join(self.dir, "gone.jsonl")],
+                                capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("gone.jsonl", result.stderr)
+        self.assertEqual(os.listdir(self.dir), [])
+
+
+def read_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def slowloris(drippers, silent, real_client, seconds=4.5):
@@ -5877,6 +6213,19 @@ class ReadmeWsgi(unittest.TestCase):
     def logged(self):
         with open(os.path.join(self.dir, "events.jsonl"), "rb") as handle:
             return [json.loads(line) for line in handle]
+
+    def test_the_signature_is_make_wsgi_apps(self):
+        import inspect
+        (text,) = re.findall(r"`make_wsgi_app(\(.*?\))`", self.section, re.S)
+        (written,) = ast.parse("def make_wsgi_app%s: pass" % text).body
+        names = [argument.arg for argument in written.args.args]
+        defaults = [ast.literal_eval(default) for default in written.args.defaults]
+        real = inspect.signature(pixel.make_wsgi_app).parameters.values()
+        self.assertEqual(list(zip(names, defaults)),
+                         [(parameter.name, parameter.default) for parameter in real])
+
+    def test_the_reload_wait(self):
+        self.assertIn("waits up to %g s" % pixel.WSGI_LOCK_WAIT, self.section)
 
     def test_flask_mount(self):
         try:
