@@ -4975,6 +4975,21 @@ class Tls(unittest.TestCase):
         with open(os.path.join(self.dir, "events.jsonl")) as handle:
             self.assertEqual(len(handle.readlines()), 1)
 
+    def test_plain_http_gets_a_content_length_that_counts_its_body(self):
+        process, port = self.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while True:   # everything until the server closes, not what the header promises
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head + b"\r\n").group(1)
+        self.assertEqual(int(length), len(body))
+        self.assertEqual(body, b"This port speaks HTTPS: use https://.\n")
+
     def test_plain_http_that_does_not_start_with_a_letter(self):
         process, port = self.start()
         for start in (b"\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n", b"1234\r\n\r\n"):
