@@ -138,6 +138,7 @@ MOVED_GRACE = 1.0                # seconds a log renamed away is still written, 
                                  # successor (see LogWriter._follow_path)
 PATH_CHECK_INTERVAL = 0.1        # seconds between looks at whether a log is still at its path
 MAX_WARM_BYTES = 64 * 1024 * 1024   # log tail read at start-up to refill the dedupe window
+MAX_PEM_BYTES = 1024 * 1024      # of --certfile or --keyfile (a few KB), read to check it
 
 # The forwarder (--forward and `pixel.py forward`).
 DEFAULT_FORWARD_BATCH = 100      # events per batch; a batch is also at most MAX_BATCH_BYTES
@@ -2012,20 +2013,69 @@ def _body_length(headers):
 _KERNEL_TIMEOUTS = sys.platform.startswith(("linux", "darwin", "freebsd", "openbsd", "netbsd"))
 
 
+# The line that starts each in PEM: -----BEGIN PRIVATE KEY----- (or RSA, EC ... PRIVATE KEY).
+_PEM_MARKS = {"certificate": b"-----BEGIN CERTIFICATE-----", "private key": b"PRIVATE KEY-----"}
+_PEM_ENCRYPTED = (b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"Proc-Type: 4,ENCRYPTED")
+
+
+def _check_pem(path, kind):
+    """Raise ValueError, naming `path`, unless it is a readable regular file holding a PEM
+    `kind` ("certificate" or "private key") that pixel can load: not a FIFO, whose open
+    would block for ever; not DER; not encrypted; not the other file of the pair."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError("%s is not a regular file" % path)
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PEM_BYTES)
+    except OSError as error:
+        raise ValueError("cannot read %s: %s" % (path, error.strerror or error)) from None
+    other = "private key" if kind == "certificate" else "certificate"
+    if not data.strip():
+        raise ValueError("%s is empty" % path)
+    if kind == "private key" and any(marker in data for marker in _PEM_ENCRYPTED):
+        raise ValueError("%s is encrypted with a passphrase, which pixel has no way to ask "
+                         "for: write it out unencrypted (openssl pkey -in %s -out NEW.key) "
+                         "and keep that file private" % (path, path))
+    if _PEM_MARKS[kind] in data:
+        return
+    if _PEM_MARKS[other] in data:
+        raise ValueError("%s holds a %s, not a %s: are --certfile and --keyfile swapped?"
+                         % (path, other, kind))
+    if data[:1] == b"\x30":   # an ASN.1 SEQUENCE: the binary form
+        raise ValueError("%s is DER, not PEM: convert it (openssl %s -inform DER -in %s "
+                         "-out NEW.pem)" % (path, "x509" if kind == "certificate" else
+                                            "pkey", path))
+    raise ValueError("%s is not a PEM %s: it has no -----BEGIN %s----- line"
+                     % (path, kind, kind.upper()))
+
+
 def load_tls(certfile, keyfile):
     """A server-side TLS context: TLS 1.2 and up, the default ciphers, ALPN http/1.1, no
-    renegotiation. Raises OSError (ssl.SSLError) for files that do not make a pair."""
+    renegotiation. Raises ValueError saying which file is wrong and how, in words: OpenSSL
+    says "[SSL] PEM lib" for nearly every mistake."""
     import ssl   # here, not at the top: only --certfile needs it
-    for path in (certfile, keyfile):   # a FIFO would block the open for ever
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
+    _check_pem(certfile, "certificate")
+    _check_pem(keyfile, "private key")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     context.set_alpn_protocols(["http/1.1"])
-    # An encrypted key fails to load rather than make OpenSSL ask for its password on a
-    # terminal nobody watches.
-    context.load_cert_chain(certfile, keyfile, password=lambda: b"")
+    try:
+        # An encrypted key fails to load rather than make OpenSSL ask for its password on a
+        # terminal nobody watches (_check_pem has said so already).
+        context.load_cert_chain(certfile, keyfile, password=lambda: b"")
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError("the key %s does not match the certificate %s (its first "
+                             "certificate must be this server's own, as in certbot's "
+                             "fullchain.pem)" % (keyfile, certfile)) from None
+        try:   # which of the two does not parse?
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(certfile)
+        except ssl.SSLError:
+            raise ValueError("%s holds a damaged PEM certificate (OpenSSL: %s)"
+                             % (certfile, error)) from None
+        raise ValueError("%s holds a damaged or unsupported private key (OpenSSL: %s)"
+                         % (keyfile, error)) from None
     return context
 
 
@@ -2617,9 +2667,9 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             return   # a SIGHUP storm: one reload at a time
         try:
             context = load_tls(*self.tls_files)
-        except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
-            self.reporter.say("cannot load the TLS certificate %s and key %s: %s; still "
-                              "using the ones loaded before" % (self.tls_files + (error,)))
+        except ValueError as error:
+            self.reporter.say("cannot reload TLS: %s; still using the certificate and key "
+                              "loaded before" % error)
             return
         finally:
             self._reloading.release()
@@ -4290,9 +4340,8 @@ def serve(args, recorder, reporter):
     if args.certfile:
         try:   # here, for a clear error; the server loads the pair itself
             load_tls(args.certfile, args.keyfile)
-        except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
-            raise StartupError("cannot load --certfile %s and --keyfile %s: %s" % (
-                args.certfile, args.keyfile, error)) from None
+        except ValueError as error:
+            raise StartupError("cannot serve HTTPS: %s" % error) from None
     try:
         server = PixelServer((args.host, args.port), recorder,
                              max_connections=args.max_connections,

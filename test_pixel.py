@@ -5071,9 +5071,95 @@ class Tls(unittest.TestCase):
         with open(self.certfile, "w") as handle:
             handle.write("not a certificate\n")
         process.send_signal(signal.SIGHUP)
-        self.assertTrue(wait_until(lambda: "still using the ones loaded before" in
+        self.assertTrue(wait_until(lambda: "still using the certificate and key loaded before" in
                                    read_text(self.stderr.name)))
         self.assertEqual(self.https(port, "/health", ca=new_ca)[0], 200)
+
+    def bad_pairs(self):
+        """(case, certfile, keyfile, what pixel must say) for pairs that cannot load, each
+        made by openssl: a certificate that is not PEM (text, DER), a key that does not match,
+        an encrypted key, the two swapped, a file that cannot be read."""
+        folder = temp_dir(self, "pixel-bad-tls-")
+
+        def made(name, *argv):
+            path = os.path.join(folder, name)
+            subprocess.run(["openssl"] + list(argv) + ["-out", path], check=True,
+                           capture_output=True, timeout=60)
+            return path
+
+        other_key = made("other.key", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                         "ec_paramgen_curve:prime256v1")
+        encrypted = made("encrypted.key", "pkey", "-in", self.keyfile, "-aes256",
+                         "-passout", "pass:secret")
+        der = made("server.der", "x509", "-in", self.certfile, "-outform", "DER")
+        text = os.path.join(folder, "text.pem")
+        with open(text, "w") as handle:
+            handle.write("not a certificate\n")
+        missing = os.path.join(folder, "missing.key")
+        cases = [("not PEM", text, self.keyfile, text + " is not a PEM certificate"),
+                 ("DER", der, self.keyfile, der + " is DER, not PEM"),
+                 ("mismatch", self.certfile, other_key, "the key %s does not match the "
+                  "certificate %s" % (other_key, self.certfile)),
+                 ("encrypted", self.certfile, encrypted, encrypted + " is encrypted with a "
+                  "passphrase"),
+                 ("swapped", self.keyfile, self.certfile, self.keyfile + " holds a private "
+                  "key, not a certificate"),
+                 ("missing", self.certfile, missing, "cannot read %s: No such file" % missing)]
+        if os.geteuid() != 0:   # root reads a file whatever its mode
+            unreadable = shutil.copy(self.keyfile, os.path.join(folder, "unreadable.key"))
+            os.chmod(unreadable, 0)
+            cases.append(("unreadable", self.certfile, unreadable,
+                          "cannot read %s: Permission denied" % unreadable))
+        return cases
+
+    def test_a_pair_that_cannot_load_says_which_file_and_why(self):
+        for case, certfile, keyfile, said in self.bad_pairs():
+            with self.subTest(case):
+                with self.assertRaises(ValueError) as caught:
+                    pixel.load_tls(certfile, keyfile)
+                self.assertIn(said, str(caught.exception))
+                result = subprocess.run(
+                    [sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none",
+                     "--log", os.path.join(self.dir, "events.jsonl"),
+                     "--certfile", certfile, "--keyfile", keyfile],
+                    capture_output=True, text=True, timeout=30)
+                self.assertEqual(result.returncode, 1)
+                self.assertEqual(result.stderr.splitlines(),
+                                 ["pixel: cannot serve HTTPS: " + str(caught.exception)])
+                self.assertNotIn("PEM lib", result.stderr)
+
+    def test_a_pair_that_cannot_load_on_sighup_says_which_file_and_why(self):
+        process, port = self.start()
+        good = {path: read_text(path) for path in (self.certfile, self.keyfile)}
+        for case, certfile, keyfile, said in self.bad_pairs():
+            with self.subTest(case):
+                sources = {}
+                for source, live in ((certfile, self.certfile), (keyfile, self.keyfile)):
+                    if os.path.exists(source):
+                        with open(source, "rb") as handle:
+                            sources[live] = handle.read()
+                for live in (self.certfile, self.keyfile):
+                    os.remove(live)
+                    if live in sources:
+                        with open(live, "wb") as handle:
+                            handle.write(sources[live])
+                with self.assertRaises(ValueError) as caught:   # the same words, live paths
+                    pixel.load_tls(self.certfile, self.keyfile)
+                self.assertIn(said.replace(certfile, "").replace(keyfile, ""),
+                              str(caught.exception).replace(self.certfile, "")
+                              .replace(self.keyfile, ""))
+                before = len(read_text(self.stderr.name))
+                process.send_signal(signal.SIGHUP)
+                self.assertTrue(wait_until(lambda: "still using" in
+                                           read_text(self.stderr.name)[before:]))
+                self.assertIn("pixel: cannot reload TLS: %s; still using the certificate and "
+                              "key loaded before\n" % caught.exception,
+                              read_text(self.stderr.name)[before:])
+                self.assertEqual(self.https(port, "/health")[0], 200)
+                for path, text in good.items():
+                    with open(path, "w") as handle:
+                        handle.write(text)
+        self.assertNotIn("PEM lib", read_text(self.stderr.name))
 
     def reloaded(self, port, ca):
         try:
