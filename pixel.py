@@ -1291,11 +1291,12 @@ def route_for(path):
     return route
 
 
-Request = collections.namedtuple("Request", "method path query headers peer body prefix",
-                                 defaults=("",))
+Request = collections.namedtuple("Request", "method path query headers peer body prefix "
+                                            "scheme", defaults=("", "http"))
 Request.__doc__ = """A request as plain values: `headers` is a dict with lower-case names,
 `peer` the connection's IP address as text, `body` bytes (b"" when there is none), `prefix`
-the path an app is mounted under (WSGI's SCRIPT_NAME; "" for the built-in server)."""
+the path an app is mounted under (WSGI's SCRIPT_NAME; "" for the built-in server), `scheme`
+"https" if it came over TLS (the built-in server's --certfile, WSGI's wsgi.url_scheme)."""
 
 Answer = collections.namedtuple("Answer", "status headers body")
 Answer.__doc__ = """What a transport sends: a status, (name, value) header pairs that include
@@ -1552,18 +1553,23 @@ class Recorder:
     def settings(self, request):
         """The settings document analytics.js loads from its CDN (`cdnURL`), pointing its
         Segment.io destination back here: at --public-url if set, else at the Host the
-        request came to. An unknown writeKey (with --write-key) is a 404."""
+        request came to, over the scheme it came by. An unknown writeKey (with --write-key)
+        is a 404."""
         write_key = request.path[len(SETTINGS_PREFIX):-len(SETTINGS_SUFFIX)]
         if self.write_keys and write_key not in self.write_keys:
             return NOT_FOUND
         if self.public_url:
             protocol, _, host = self.public_url.partition("://")
+            no_store = ()
         else:
-            protocol, host = "http", request.headers.get("host", "")
+            protocol, host = self.scheme(request), request.headers.get("host", "")
             if not _ORIGIN.match("http://" + host):
                 return plain_answer(400)
+            # Built from this request's Host and scheme: a shared cache must not hand it to
+            # a visitor who came by another.
+            no_store = (("Cache-Control", "no-store"),)
         api_host = host.rstrip("/") + request.prefix.rstrip("/") + "/v1"
-        return json_answer(200, {
+        return add_headers(json_answer(200, {
             "integrations": {"Segment.io": {"apiKey": write_key, "apiHost": api_host,
                                             "protocol": protocol,
                                             "unbundledIntegrations": [],
@@ -1573,7 +1579,8 @@ class Recorder:
                      "identify": {"__default": {"enabled": True}},
                      "group": {"__default": {"enabled": True}}},
             "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {},
-            "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "remotePlugins": []})
+            "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "remotePlugins": []}),
+            no_store)
 
     def preflight(self, route, request, cors):
         """The answer to a CORS preflight (OPTIONS): 204 allowing POST with the headers the
@@ -1613,6 +1620,17 @@ class Recorder:
         """`answer` with the request's CORS headers, if its origin is allowed: so that a
         browser can read an early refusal (411, 400) instead of seeing a network error."""
         return add_headers(answer, self.cors_headers(request))
+
+    def scheme(self, request):
+        """"https" or "http": how the client reached us. A --trusted-proxy's
+        X-Forwarded-Proto says it for a proxy that ends TLS in front of pixel."""
+        forwarded = request.headers.get("x-forwarded-proto", "").strip().lower()
+        if forwarded in ("http", "https") and self.trusted_proxies:
+            address = _address(request.peer)
+            if address is not None and any(address in network
+                                           for network in self.trusted_proxies):
+                return forwarded
+        return request.scheme
 
     def client_ip(self, request):
         if not self.record_ip or not request.peer:   # no address known: none is written
@@ -2336,7 +2354,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         route = route_for(head.path)
         recorder = self.server.recorder
         request = Request(head.method, head.path, head.query, head.headers,
-                          self.client_address[0], b"")
+                          self.client_address[0], b"", scheme=self.server.scheme)
         if route is not None and route.max_body and head.method in route.methods:
             early = recorder.early_answer(route, request, head.body_length)
             if early is not None:   # the body is not read: the connection ends after this
@@ -2361,7 +2379,8 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self.command, self.path, self.headers = words[0], target, {}
         answer = plain_answer(error.status)
         if error.status in (414, 431):   # over a size limit: a pixel still gets its GIF
-            request = Request(words[0], path, query, {}, self.client_address[0], b"")
+            request = Request(words[0], path, query, {}, self.client_address[0], b"",
+                              scheme=self.server.scheme)
             answer = self.server.recorder.refuse(route_for(path), request, error.reason,
                                                  error.status)
         self._send(answer)
@@ -2634,6 +2653,7 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.idle_timeout = idle_timeout
         self.reuse_port = reuse_port
         self.tls_files = tls              # (certfile, keyfile), or None for plain HTTP
+        self.scheme = "https" if tls else "http"   # what each Request says it came by
         self.tls_context = load_tls(*tls) if tls else None
         self.tls_failures = 0             # handshakes that did not end in TLS
         self._tls_lock = threading.Lock()
@@ -2804,7 +2824,8 @@ class WsgiApp:
                 headers[name.replace("_", "-").lower()] = environ[name]
         route = route_for(path)
         request = Request(method, path, query, headers, environ.get("REMOTE_ADDR") or "", b"",
-                          environ.get("SCRIPT_NAME", ""))
+                          environ.get("SCRIPT_NAME", ""),
+                          "https" if environ.get("wsgi.url_scheme") == "https" else "http")
         answer = None
         if route is not None and route.max_body and method in route.methods:
             length = environ.get("CONTENT_LENGTH") or "0"
@@ -4089,7 +4110,7 @@ def build_parser(environ):
            metavar="ORIGIN")
     option("--public-url", "PIXEL_PUBLIC_URL", None, "the URL browsers reach this server at, "
            "such as https://pixel.example.com behind a proxy; the settings document "
-           "points analytics.js there. Unset, the request's Host (over http) is used",
+           "points analytics.js there. Unset, the request's Host and scheme are used",
            _public_url, metavar="URL")
     option("--dedupe-window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, "client-sent "
            "messageIds to remember; an event whose messageId was written among the last N "

@@ -2979,6 +2979,46 @@ class SettingsDocument(ServerCase):
             path="/v1/projects/K/settings", headers={"host": "x\"><script>"}))
         self.assertEqual(answer.status, 400)
 
+    def test_the_scheme_it_came_by_and_no_shared_cache_of_a_host_built_document(self):
+        recorder = pixel.Recorder(self.events, self.rejects, trusted_proxies=["10.0.0.0/8"])
+        route = pixel.route_for("/v1/projects/K/settings")
+        for name, peer, scheme, forwarded, expected in [
+                ("plain", "192.0.2.1", "http", None, "http"),
+                ("TLS", "192.0.2.1", "https", None, "https"),
+                ("a trusted proxy that ended TLS", "10.0.0.2", "http", "https", "https"),
+                ("a trusted proxy over plain HTTP", "10.0.0.2", "https", "http", "http"),
+                ("anyone else's header", "192.0.2.1", "http", "https", "http")]:
+            with self.subTest(name):
+                headers = {"host": "pixel.test"}
+                if forwarded:
+                    headers["x-forwarded-proto"] = forwarded
+                answer = recorder.answer(route, pixel.Request(
+                    "GET", "/v1/projects/K/settings", "", headers, peer, b"", "", scheme))
+                destination = json.loads(answer.body)["integrations"]["Segment.io"]
+                self.assertEqual(destination["protocol"], expected)
+                self.assertIn(("Cache-Control", "no-store"), answer.headers)
+        # With --public-url the document is the same for every visitor: cacheable.
+        status, headers, _ = self.get("/v1/projects/K/settings")
+        self.assertEqual(status, 200)
+        self.assertNotIn("cache-control", headers)
+
+    def test_wsgi_url_scheme(self):
+        app = pixel.make_wsgi_app(log=os.path.join(self.dir, "w.jsonl"),
+                                  rejects=os.path.join(self.dir, "w-rejects.jsonl"))
+        self.addCleanup(app.recorder.events.close)
+        self.addCleanup(app.recorder.rejects.close)
+        for scheme in ("https", "http"):
+            with self.subTest(scheme):
+                answers = []
+                body = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/projects/K/settings",
+                            "HTTP_HOST": "site.example", "wsgi.url_scheme": scheme,
+                            "wsgi.input": io.BytesIO()},
+                           lambda status, headers: answers.append((status, headers)))
+                self.assertEqual(answers[0][0], "200 OK")
+                self.assertIn(("Cache-Control", "no-store"), answers[0][1])
+                destination = json.loads(b"".join(body))["integrations"]["Segment.io"]
+                self.assertEqual(destination["protocol"], scheme)
+
 
 class OriginPatterns(unittest.TestCase):
     def test_cases(self):
@@ -4974,6 +5014,19 @@ class Tls(unittest.TestCase):
         self.assertEqual((health["accepted"], health["tls_handshake_failures"]), (1, 1))
         with open(os.path.join(self.dir, "events.jsonl")) as handle:
             self.assertEqual(len(handle.readlines()), 1)
+
+    def test_the_settings_document_over_https_says_https(self):
+        process, port = self.start()
+        context = self.ssl.create_default_context(cafile=self.ca)
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10,
+                                                 context=context)
+        self.addCleanup(connection.close)
+        connection.request("GET", "/v1/projects/K/settings")
+        response = connection.getresponse()
+        destination = json.loads(response.read())["integrations"]["Segment.io"]
+        self.assertEqual((response.status, destination["protocol"], destination["apiHost"]),
+                         (200, "https", "127.0.0.1:%d/v1" % port))
+        self.assertEqual(response.getheader("Cache-Control"), "no-store")
 
     def test_plain_http_gets_a_content_length_that_counts_its_body(self):
         process, port = self.start()
