@@ -111,8 +111,10 @@ MAX_REQUEST_LOG_BYTES = 16 * MAX_BATCH_BYTES   # what one request's events may a
 MAX_REJECTS_PER_REQUEST = 100    # item lines one request may add to the rejects log
 MAX_REJECTS_BYTES_PER_REQUEST = 64 * 1024   # ... and bytes, after which lines stop
 MAX_WRITE_BYTES = 1024 * 1024    # the most one write() hands the kernel at once
-DEFAULT_DEDUPE_WINDOW = 65536    # messageIds remembered: about 16 MB at MAX_DEDUPE_ID each
-MAX_DEDUPE_ID = 128              # bytes: longer client messageIds are written unchecked
+DEFAULT_DEDUPE_WINDOW = 65536    # (writeKey, messageId) pairs remembered: about 25 MB at
+                                 # MAX_DEDUPE_ID bytes each
+MAX_DEDUPE_ID = 128              # bytes: an event with a longer client messageId or writeKey
+                                 # is written unchecked
 # HTTP head limits, the same ones http.client and http.server enforce (_MAXLINE,
 # _MAXHEADERS), plus a total so one connection can hold at most ~128 KiB of head.
 MAX_LINE = 65536
@@ -1362,15 +1364,28 @@ LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required"
                                                "accepted"})
 
 
-def _client_id(payload, event):
-    """The event's messageId if the client sent it (and it is short enough to remember),
-    else None: an id pixel made up can never repeat."""
-    message_id = event["messageId"]
-    if payload.get("messageId") in (None, "") or len(message_id) > MAX_DEDUPE_ID or (
-            not message_id.isascii() and
-            len(message_id.encode("utf-8", "replace")) > MAX_DEDUPE_ID):
+def _short(text):
+    """Whether `text` is at most MAX_DEDUPE_ID bytes of UTF-8."""
+    return len(text) <= MAX_DEDUPE_ID and (
+        text.isascii() or len(text.encode("utf-8", "replace")) <= MAX_DEDUPE_ID)
+
+
+def dedupe_key(write_key, message_id):
+    """What the dedupe window remembers an event by: its writeKey and its messageId, as
+    Segment de-duplicates per source, so that one key's event never suppresses another's.
+    One string, the key's length first so that no two pairs can make the same one; None
+    if either is over MAX_DEDUPE_ID bytes, too long to remember."""
+    if not (_short(write_key) and _short(message_id)):
         return None
-    return message_id
+    return "%d:%s:%s" % (len(write_key), write_key, message_id)
+
+
+def _client_id(payload, event):
+    """The event's dedupe_key if the client sent its messageId, else None: an id pixel
+    made up can never repeat."""
+    if payload.get("messageId") in (None, ""):
+        return None
+    return dedupe_key(event["writeKey"], event["messageId"])
 
 
 class Histogram:
@@ -1469,7 +1484,7 @@ class Recorder:
         self.started_at = clock()
         self.browser_metrics = 0   # analytics.js metrics posts, counted and dropped
         self.public_url = public_url.rstrip("/") if public_url else None
-        self.deduped = 0           # events not written: their messageId was, recently
+        self.deduped = 0           # events not written: their key and messageId were, recently
         self.recent = RecentIds(dedupe_window) if dedupe_window else None
         self._dedupe_lock = threading.Lock()
         self.allow_origins = tuple(origin.lower() for origin in allow_origins)
@@ -1479,20 +1494,18 @@ class Recorder:
         self._count_lock = threading.Lock()
 
     def remember_logged(self, max_bytes=MAX_WARM_BYTES):
-        """Refill the dedupe window from the messageIds at the end of the events log (the
-        live file, then rotated ones), so that a restart does not forget what the window
-        held: a forwarder re-sending its last batch after a crash on either side must not
-        write it twice. Returns how many ids it read."""
+        """Refill the dedupe window from the writeKeys and messageIds at the end of the
+        events log (the live file, then rotated ones), so that a restart does not forget
+        what the window held: a forwarder re-sending its last batch after a crash on either
+        side must not write it twice. Returns how many it read."""
         if self.recent is None:
             return 0
         paths = [self.events.path] + self.events.rotated_files()[::-1]
-        ids = logged_message_ids(paths, self.recent.size, max_bytes)
+        client_ids = logged_client_ids(paths, self.recent.size, max_bytes)
         with self._dedupe_lock:
-            for message_id in ids:
-                if len(message_id) <= MAX_DEDUPE_ID and (message_id.isascii() or len(
-                        message_id.encode("utf-8", "replace")) <= MAX_DEDUPE_ID):
-                    self.recent.add(message_id)
-        return len(ids)
+            for client_id in client_ids:
+                self.recent.add(client_id)
+        return len(client_ids)
 
     def answer(self, route, request):
         """Record `request` as `route` says (None: no such path) and return the answer."""
@@ -1658,10 +1671,10 @@ class Recorder:
         self.write_events([line], [_client_id(payload, event)], [kind])
 
     def write_events(self, lines, client_ids, kinds):
-        """Write `lines` (of events of `kinds`), but none whose client-sent messageId (in
-        `client_ids`, None where pixel made the id) was written within the dedupe window:
-        retries by SDKs, browsers and networks repeat an event's messageId. True once all
-        that was kept is on disk."""
+        """Write `lines` (of events of `kinds`), but none whose writeKey and client-sent
+        messageId (`client_ids`, each a dedupe_key, or None where pixel made the id) were
+        written within the dedupe window: retries by SDKs, browsers and networks repeat an
+        event's messageId. True once all that was kept is on disk."""
         if self.recent is None or not any(client_ids):
             written = self.events.write(lines)
         else:
@@ -1861,8 +1874,8 @@ class Recorder:
             ("pixel_write_errors_total", "counter", "Lines that could not be written, by log.",
              per_log("failed")),
             ("pixel_rotations_total", "counter", "Rotations, by log.", per_log("rotations")),
-            ("pixel_deduped_events_total", "counter", "Events not written: their messageId "
-             "was written within the dedupe window.", [("", (), self.deduped)]),
+            ("pixel_deduped_events_total", "counter", "Events not written: their writeKey and "
+             "messageId were written within the dedupe window.", [("", (), self.deduped)]),
             ("pixel_browser_metrics_total", "counter", "analytics.js metrics posts (/v1/m), "
              "counted and dropped.", [("", (), self.browser_metrics)]),
         ]
@@ -3030,24 +3043,30 @@ def _depth_at(prefix):
         outside.count(b"]")
 
 
-def logged_message_id(line):
-    """The messageId of a log line (bytes), or None."""
-    match = _top_level_string(line, _MESSAGE_ID_FIELD)
-    if match is not None:
-        return match.group(1).decode("ascii")
+def logged_client_id(line):
+    """The dedupe_key of a log line (bytes), from its writeKey and messageId, or None."""
+    key_match = _top_level_string(line, _WRITE_KEY_FIELD)
+    id_match = _top_level_string(line, _MESSAGE_ID_FIELD) if key_match is not None else None
+    if id_match is not None:
+        return dedupe_key(key_match.group(1).decode("ascii"), id_match.group(1).decode("ascii"))
     if b'"messageId"' not in line:   # garbage, fast: the warm-up may read a lot of it
         return None
     try:
         event = json.loads(line)
     except (ValueError, RecursionError):
         return None
-    message_id = event.get("messageId") if isinstance(event, dict) else None
-    return message_id if isinstance(message_id, str) else None
+    if not isinstance(event, dict):
+        return None
+    write_key, message_id = event.get("writeKey"), event.get("messageId")
+    if isinstance(write_key, str) and write_key and isinstance(message_id, str) and \
+            message_id:
+        return dedupe_key(write_key, message_id)
+    return None
 
 
-def logged_message_ids(paths, count, max_bytes=MAX_WARM_BYTES):
-    """The messageIds of the last `count` events in the log files `paths` (the newest file
-    first), oldest first, reading at most `max_bytes` from their ends."""
+def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
+    """The dedupe_keys of the last `count` events in the log files `paths` (the newest
+    file first), oldest first, reading at most `max_bytes` from their ends."""
     found = []   # newest first
     lines_left = 2 * count + 1024   # a log of pixel's has an id a line: garbage stops this
     for path in paths:
@@ -3063,10 +3082,10 @@ def logged_message_ids(paths, count, max_bytes=MAX_WARM_BYTES):
                 lines = (os.pread(fd, size, end) + partial).split(b"\n")
                 partial = lines.pop(0) if end > 0 else b""   # may go on in the block before
                 for line in reversed(lines):
-                    message_id = logged_message_id(line) if line else None
+                    client_id = logged_client_id(line) if line else None
                     lines_left -= 1
-                    if message_id is not None:
-                        found.append(message_id)
+                    if client_id is not None:
+                        found.append(client_id)
                     if len(found) == count or lines_left <= 0:
                         break
                 if lines_left <= 0:
@@ -4112,9 +4131,9 @@ def build_parser(environ):
            "such as https://pixel.example.com behind a proxy; the settings document "
            "points analytics.js there. Unset, the request's Host and scheme are used",
            _public_url, metavar="URL")
-    option("--dedupe-window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, "client-sent "
-           "messageIds to remember; an event whose messageId was written among the last N "
-           "is dropped as a retry. 0 turns it off", _count, metavar="N")
+    option("--dedupe-window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, "writeKey and "
+           "client-sent messageId pairs to remember; an event whose pair was written among "
+           "the last N is dropped as a retry. 0 turns it off", _count, metavar="N")
 
     def switch(flag, env, help):
         default = False

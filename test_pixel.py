@@ -921,14 +921,19 @@ class ForwardItems(unittest.TestCase):
                 self.assertEqual(key, expected.pop("writeKey"))
                 self.assertEqual(json.loads(item), expected)
 
-    def test_logged_message_ids(self):
-        cases = [(b'{"messageId":"m1","x":1}', "m1"),
-                 (b'{"properties":{"messageId":"p"},"messageId":"m2"}', "m2"),
-                 (b'{"messageId":"a\\"b"}', 'a"b'), (b"not json", None), (b"[1]", None),
-                 (b'{"messageId":5}', None), (b'{"properties":{"messageId":"p"}}', None)]
+    def test_logged_client_ids(self):
+        cases = [(b'{"writeKey":"K","messageId":"m1","x":1}', ("K", "m1")),
+                 (b'{"properties":{"messageId":"p","writeKey":"P"},"messageId":"m2",'
+                  b'"writeKey":"K"}', ("K", "m2")),
+                 (b'{"writeKey":"K\\u00e9","messageId":"a\\"b"}', ("K\u00e9", 'a"b')),
+                 (b'{"messageId":"m1","x":1}', None), (b'{"writeKey":"K"}', None),
+                 (b"not json", None), (b"[1]", None), (b'{"writeKey":"K","messageId":5}', None),
+                 (b'{"writeKey":"K","properties":{"messageId":"p"}}', None),
+                 (b'{"writeKey":"%s","messageId":"m"}' % (b"k" * 129), None)]
         for line, expected in cases:
             with self.subTest(line):
-                self.assertEqual(pixel.logged_message_id(line), expected)
+                self.assertEqual(pixel.logged_client_id(line),
+                                 expected and pixel.dedupe_key(*expected))
 
 
 class ForwardPolicy(unittest.TestCase):
@@ -1120,13 +1125,33 @@ class Dedupe(RecorderCase):
         self.assertEqual((len(window), "ajs-next-8999" in window, "ajs-next-9000" in window),
                          (1000, False, True))
 
+    def test_the_window_is_per_write_key(self):
+        # Segment de-duplicates per source: one key's messageId must not suppress another's.
+        for key in ("k1", "k2", "k1", "k2"):
+            self.answer(query="writeKey=%s&userId=u&event=e&messageId=same" % key)
+        body = json.dumps({"batch": [
+            {"type": "track", "writeKey": "k3", "userId": "u", "event": "e", "messageId": "same"},
+            {"type": "track", "writeKey": "k3", "userId": "u", "event": "e", "messageId": "same"},
+            {"type": "track", "writeKey": "k1", "userId": "u", "event": "e",
+             "messageId": "same"}]}).encode()
+        self.answer(method="POST", path="/v1/batch", body=body)
+        # A key and an id that run together the same way are still two pairs.
+        for key, message_id in (("ab", "c"), ("a", "bc"), ("a:1", "x"), ("a", "1:x")):
+            self.answer(query="writeKey=%s&userId=u&event=e&messageId=%s" % (key, message_id))
+        self.assertEqual([(event["writeKey"], event["messageId"]) for event in self.lines()],
+                         [("k1", "same"), ("k2", "same"), ("k3", "same"), ("ab", "c"),
+                          ("a", "bc"), ("a:1", "x"), ("a", "1:x")])
+        self.assertEqual(self.recorder.deduped, 4)
+
     def test_long_ids_in_bytes_are_not_remembered(self):
         astral = "\U0001f600" * 40   # 40 characters, 160 bytes of UTF-8
         self.answer(method="POST", path="/v1/track", body=json.dumps(
             {"writeKey": "k", "userId": "u", "event": "e", "messageId": astral}).encode())
         self.assertEqual(len(self.recorder.recent), 0)
-        self.assertEqual(pixel._client_id({"messageId": "x" * 128}, {"messageId": "x" * 128}),
-                         "x" * 128)
+        event = {"writeKey": "k", "messageId": "x" * 128}
+        self.assertEqual(pixel._client_id(event, event), pixel.dedupe_key("k", "x" * 128))
+        event = {"writeKey": "k" * 129, "messageId": "x"}   # nor long keys
+        self.assertIsNone(pixel._client_id(event, event))
 
     def test_an_id_that_was_not_written_is_not_remembered(self):
         events = pixel.LogWriter("/dev/full", reporter=pixel.Reporter(io.StringIO()))
@@ -1137,7 +1162,7 @@ class Dedupe(RecorderCase):
         answer = recorder.answer(pixel.ROUTES["/v1/track"],
                                  request(method="POST", path="/v1/track", body=body))
         self.assertEqual(answer.status, 503)
-        self.assertNotIn("retry-me", recorder.recent)
+        self.assertNotIn(pixel.dedupe_key("k", "retry-me"), recorder.recent)
 
 
 class MetricsDocument(RecorderCase):
@@ -1197,7 +1222,7 @@ class DedupeAfterRestart(RecorderCase):
                                    dedupe_window=10, clock=lambda: T0)
         self.assertEqual(restarted.remember_logged(), 10)
         self.assertEqual(list(restarted.recent._ids),
-                         ["m%d" % number for number in range(90, 100)])
+                         [pixel.dedupe_key("K", "m%d" % number) for number in range(90, 100)])
         body = json.dumps({"batch": [{"type": "track", "writeKey": "K", "userId": "u",
                                       "event": "e", "messageId": "m%d" % number}
                                      for number in (89, 99)]}).encode()
@@ -1207,23 +1232,38 @@ class DedupeAfterRestart(RecorderCase):
         self.assertEqual(restarted.deduped, 1)
         self.assertEqual(self.lines()[-1]["messageId"], "m89")
 
+    def test_the_window_refilled_from_the_log_is_per_write_key(self):
+        self.recorder.events.write([log_event(1, key="K1"), log_event(2, key="K2")])
+        restarted = pixel.Recorder(self.recorder.events, self.recorder.rejects,
+                                   dedupe_window=10, clock=lambda: T0)
+        self.assertEqual(restarted.remember_logged(), 2)
+        body = json.dumps({"batch": [
+            {"type": "track", "writeKey": key, "userId": "u", "event": "e",
+             "messageId": message_id} for key, message_id in (("K1", "m1"), ("K2", "m1"), ("K1", "m2"), ("K2", "m2"))]})
+        answer = restarted.answer(pixel.ROUTES["/v1/batch"], request(
+            "POST", "/v1/batch", body=body.encode()))
+        self.assertEqual(answer.status, 200)
+        self.assertEqual([(event["writeKey"], event["messageId"]) for event in self.lines()],
+                         [("K1", "m1"), ("K2", "m2"), ("K2", "m1"), ("K1", "m2")])
+        self.assertEqual(restarted.deduped, 2)
+
     def test_reading_is_bounded_and_spans_rotated_files(self):
         writer = pixel.LogWriter(os.path.join(self.dir, "r.jsonl"), max_bytes=1000)
         self.addCleanup(writer.close)
         writer.write([log_event(number) for number in range(30)])
         self.assertGreater(len(writer.rotated_files()), 3)
         paths = [writer.path] + writer.rotated_files()[::-1]
-        self.assertEqual(pixel.logged_message_ids(paths, 25),
-                         ["m%d" % number for number in range(5, 30)])
+        self.assertEqual(pixel.logged_client_ids(paths, 25),
+                         [pixel.dedupe_key("K", "m%d" % number) for number in range(5, 30)])
         single = os.path.join(self.dir, "single.jsonl")
         with open(single, "wb") as handle:
             handle.write(b"".join(log_event(number) for number in range(30)))
         line = len(log_event(29))   # m27 to m29 are the same length
         # A line the budget cuts is not read: it could be any line's end.
-        self.assertEqual(pixel.logged_message_ids([single], 25, max_bytes=line * 3),
-                         ["m28", "m29"])
-        self.assertEqual(pixel.logged_message_ids([single], 25, max_bytes=line * 3 + 1),
-                         ["m27", "m28", "m29"])
+        self.assertEqual(pixel.logged_client_ids([single], 25, max_bytes=line * 3),
+                         [pixel.dedupe_key("K", "m28"), pixel.dedupe_key("K", "m29")])
+        self.assertEqual(pixel.logged_client_ids([single], 25, max_bytes=line * 3 + 1),
+                         [pixel.dedupe_key("K", "m%d" % number) for number in (27, 28, 29)])
 
 
 class RecorderBehindAProxy(RecorderCase):
@@ -3701,15 +3741,16 @@ class ForwardingAttacked(ForwardingCase):
         self.assertEqual([(line["reason"], line["detail"]) for line in self.rejects()],
                          [("forward_unreadable", "nested too deep")])
         self.assertIn("cannot read the checkpoint", self.stderr.getvalue())
-        self.assertIsNone(pixel.logged_message_id(deep))
-        self.assertEqual(pixel.logged_message_ids([writer.path], 10), ["m0", "m1"])
+        self.assertIsNone(pixel.logged_client_id(deep))
+        self.assertEqual(pixel.logged_client_ids([writer.path], 10),
+                         [pixel.dedupe_key("K", "m0"), pixel.dedupe_key("K", "m1")])
 
     def test_a_garbage_log_does_not_hold_up_the_start(self):
         path = os.path.join(self.dir, "garbage.jsonl")
         with open(path, "wb") as handle:
             handle.write(b"x\n" * 4000000 + log_event(1))
         started = time.monotonic()
-        self.assertEqual(pixel.logged_message_ids([path], 100), ["m1"])
+        self.assertEqual(pixel.logged_client_ids([path], 100), [pixel.dedupe_key("K", "m1")])
         self.assertLess(time.monotonic() - started, 2.0)   # about 2,200 lines looked at
 
     def test_gzipped_archives_read_once_and_broken_ones_refused_by_name(self):
