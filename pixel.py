@@ -1359,6 +1359,10 @@ def not_allowed(route):
     return plain_answer(405, (("Allow", ", ".join(route.methods)),))
 
 
+# What validate() refuses a writeKey for: with --write-key, a request refused only for these
+# gets a 401.
+_KEY_REASONS = ("no_write_key", "write_key_not_string", "invalid_write_key")
+
 LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required",
                                     "message": "send a Content-Length; chunked bodies are not "
                                                "accepted"})
@@ -1705,8 +1709,9 @@ class Recorder:
     def record_api(self, route, request, browser=False):
         """Write the events of an HTTP API body. 200 once they are on disk; 400 for a body
         that is not one; 503 if the log could not be written, so that SDKs send it again
-        (they retry 5xx). Items that break a rule go to the rejects log, at most
-        MAX_REJECTS_PER_REQUEST lines of them and then one line counting the rest.
+        (they retry 5xx); with --write-key, 401 when every event was refused for its key.
+        Items that break a rule go to the rejects log, at most MAX_REJECTS_PER_REQUEST
+        lines of them and then one line counting the rest.
 
         From the `browser` routes, an event's `timestamp` is the browser's clock: it is
         kept as originalTimestamp, and timestamp becomes receivedAt - (sentAt -
@@ -1721,6 +1726,7 @@ class Recorder:
         except Rejected as rejection:   # quote the body as received, or as gunzipped
             return self._body_refused(rejection, request, received_at, ip, body)
         lines, client_ids, kinds, size, refused = [], [], [], 0, []
+        key_refused = key_taken = False   # was some event's writeKey refused? one's taken?
         limit = request_log_limit(len(body))
         for kind, payload in pairs:
             try:
@@ -1736,7 +1742,12 @@ class Recorder:
                 line = encode_line(event)
             except Rejected as rejection:
                 refused.append((rejection, payload.item if payload is rejection else payload))
+                if rejection.reason in _KEY_REASONS:
+                    key_refused = True
+                elif payload is not rejection:   # validate checks the key first: it passed
+                    key_taken = True
                 continue
+            key_taken = True
             size += len(line)
             if size > limit:   # with the user agent, ip and server fields, once per event
                 return self._body_refused(Rejected("batch_too_large"), request, received_at,
@@ -1761,9 +1772,23 @@ class Recorder:
                                 % (len(refused) - len(records)))
                 records.append(self._reject_line(rest, request, received_at, ip, ""))
             self._write_rejects(records, [rejection.reason for rejection, _ in refused])
+        if self.write_keys and key_refused and not key_taken:
+            return self._key_refused(request, next(rejection.reason for rejection, _ in refused
+                                                   if rejection.reason in _KEY_REASONS))
         if not written:
             return json_answer(503, {"success": False, "error": "write_failed"})
         return json_answer(200, {"success": True})
+
+    def _key_refused(self, request, reason):
+        """The 401 for an API request none of whose events carries a key of --write-key.
+        Segment's API answers 200 to anything, and its users cannot tell a wrong key from a
+        right one; pixel knows its keys, so a sender (another pixel's forwarder, an SDK)
+        learns at once. A browser gets no WWW-Authenticate challenge: it would ask its user
+        for a password."""
+        answer = json_answer(401, {"success": False, "error": reason})
+        if request.headers.get("origin"):
+            return answer
+        return add_headers(answer, (("WWW-Authenticate", 'Basic realm="pixel"'),))
 
     def _body_refused(self, rejection, request, received_at, ip, body):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""

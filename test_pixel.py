@@ -1266,6 +1266,78 @@ class DedupeAfterRestart(RecorderCase):
                          [pixel.dedupe_key("K", "m%d" % number) for number in (27, 28, 29)])
 
 
+class RecorderWithAnAllowList(RecorderCase):
+    """With --write-key, the HTTP API answers 401 when no event carries an allowed key."""
+
+    recorder_options = {"write_keys": ["good"]}
+
+    def post(self, document, path="/v1/batch", headers=None):
+        answer = self.answer(method="POST", path=path, body=json.dumps(document).encode(),
+                             headers=headers)
+        return answer.status, json.loads(answer.body), dict(answer.headers)
+
+    def test_401_when_no_event_carries_an_allowed_key(self):
+        def track(**fields):
+            return dict({"type": "track", "userId": "u", "event": "e"}, **fields)
+
+        for name, path, document, expected in [
+                ("one event", "/v1/track", track(writeKey="bad"), "invalid_write_key"),
+                ("a batch", "/v1/batch", {"batch": [track(writeKey="bad"),
+                                                     track(writeKey="worse")]},
+                 "invalid_write_key"),
+                ("the batch's key", "/v1/batch", {"writeKey": "bad", "batch": [track()]},
+                 "invalid_write_key"),
+                ("no key at all", "/v1/batch", {"batch": [track(), track()]}, "no_write_key"),
+                ("a bad key and an item that is no event", "/v1/batch",
+                 {"batch": [track(writeKey="bad"), 0]}, "invalid_write_key")]:
+            with self.subTest(name):
+                status, body, headers = self.post(document, path)
+                self.assertEqual((status, body), (401, {"success": False, "error": expected}))
+                self.assertEqual(headers["WWW-Authenticate"], 'Basic realm="pixel"')
+        self.assertEqual(self.lines(), [])
+        self.assertEqual([record["reason"] for record in self.lines("rejects.jsonl")],
+                         ["invalid_write_key"] * 4 + ["no_write_key"] * 2 +
+                         ["invalid_write_key", "payload_not_object"])
+
+    def test_200_when_some_event_carries_one(self):
+        for name, document in [
+                ("a mixed batch", {"batch": [
+                    {"type": "track", "writeKey": "good", "userId": "u", "event": "e"},
+                    {"type": "track", "writeKey": "bad", "userId": "u", "event": "e"}]}),
+                ("an allowed key on a broken event", {"writeKey": "good", "batch": [
+                    {"type": "track", "userId": "u"}]}),
+                ("items that are not events", {"writeKey": "good", "batch": [
+                    {"type": "bogus", "userId": "u"}, 7]})]:
+            with self.subTest(name):
+                self.assertEqual(self.post(document)[:2], (200, {"success": True}))
+        self.assertEqual([(event["writeKey"], event["event"]) for event in self.lines()],
+                         [("good", "e")])
+        self.assertEqual([record["reason"] for record in self.lines("rejects.jsonl")],
+                         ["invalid_write_key", "event_not_defined", "invalid_type",
+                          "payload_not_object"])
+
+    def test_browser_routes_the_same_with_cors_and_no_challenge_and_pixels_their_gif(self):
+        origin = {"origin": "https://shop.example.com"}
+        status, body, headers = self.post({"writeKey": "bad", "userId": "u", "event": "e"},
+                                          "/v1/t", origin)
+        self.assertEqual((status, body["error"]), (401, "invalid_write_key"))
+        self.assertEqual(headers["Access-Control-Allow-Origin"], "https://shop.example.com")
+        self.assertNotIn("WWW-Authenticate", headers)   # a browser would ask for a password
+        status, _, _ = self.post({"writeKey": "good", "userId": "u", "event": "e"}, "/v1/t",
+                                 origin)
+        self.assertEqual(status, 200)
+        self.assertIs(self.answer(query="writeKey=bad&userId=u&event=e"), pixel.GIF_ANSWER)
+        self.assertEqual(len(self.lines()), 1)
+        self.assertEqual(len(self.lines("rejects.jsonl")), 2)
+
+    def test_without_an_allowlist_nothing_changes(self):
+        recorder = pixel.Recorder(self.recorder.events, self.recorder.rejects)
+        answer = recorder.answer(pixel.ROUTES["/v1/batch"], request(
+            "POST", "/v1/batch", body=b'{"batch": [{"type": "track", "userId": "u"}]}'))
+        self.assertEqual((answer.status, json.loads(answer.body)), (200, {"success": True}))
+        self.assertEqual(self.lines("rejects.jsonl")[0]["reason"], "no_write_key")
+
+
 class RecorderBehindAProxy(RecorderCase):
     recorder_options = {"trusted_proxies": ["192.0.2.0/24"]}
 
@@ -2016,6 +2088,45 @@ class WriteKeyAllowList(ServerCase):
         self.assertEqual([event["writeKey"] for event in self.lines()], ["good"])
         self.assertEqual([r["reason"] for r in self.lines("rejects.jsonl")],
                          ["invalid_write_key"])
+
+    def test_the_api_answers_401_to_a_request_with_no_allowed_key(self):
+        def batch(*keys):
+            return json.dumps({"batch": [{"type": "track", "writeKey": key, "userId": "u",
+                                          "event": "e"} for key in keys]})
+
+        status, headers, body = self.get("/v1/batch", method="POST", body=batch("bad", "bad"),
+                                         headers={"Content-Type": "application/json"})
+        self.assertEqual((status, json.loads(body)),
+                         (401, {"success": False, "error": "invalid_write_key"}))
+        self.assertEqual(headers["www-authenticate"], 'Basic realm="pixel"')
+        status, headers, body = self.get("/v1/b", method="POST", body=batch("bad"), headers={
+            "Origin": "https://shop.example.com", "Content-Type": "text/plain"})
+        self.assertEqual((status, headers["access-control-allow-origin"],
+                          headers["access-control-allow-credentials"]),
+                         (401, "https://shop.example.com", "true"))
+        self.assertEqual(self.get("/v1/batch", method="POST", body=batch("good", "bad"))[0],
+                         200)
+        self.assertEqual([event["writeKey"] for event in self.lines()], ["good"])
+        self.assertEqual([r["reason"] for r in self.lines("rejects.jsonl")],
+                         ["invalid_write_key"] * 4)
+
+    def test_a_forwarding_pixel_sees_the_401_and_pauses(self):
+        sender = pixel.LogWriter(os.path.join(self.dir, "sender.jsonl"), readable=True)
+        self.addCleanup(sender.close)
+        sender.write([log_event(number) for number in range(3)])
+        sender_rejects = pixel.LogWriter(os.path.join(self.dir, "sender-rejects.jsonl"))
+        self.addCleanup(sender_rejects.close)
+        forwarder = pixel.Forwarder(
+            pixel.Receiver("http://127.0.0.1:%d" % self.port, timeout=5), sender_rejects,
+            write_key="wrong", backoff=(0.05, 0.4),
+            reporter=pixel.Reporter(io.StringIO()))
+        forwarder.follow(sender)
+        self.addCleanup(forwarder.close)
+        self.addCleanup(forwarder.stop, 5)
+        forwarder.start()
+        self.assertTrue(wait_until(lambda: forwarder.status()["paused_write_key"] == "wrong"))
+        self.assertIn("401", forwarder.status()["last_error"])
+        self.assertEqual((forwarder.sent, self.lines()), (0, []))
 
 
 class NoIp(ServerCase):
