@@ -69,6 +69,7 @@ import struct
 import sys
 import threading
 import time
+import unicodedata
 import urllib.parse
 import zlib
 
@@ -107,6 +108,9 @@ MAX_PARAMS = 256
 MAX_EVENT_LINE = 128 * 1024      # a 32 KB payload of astral characters escapes to ~96 KB
 MAX_USER_AGENT = 1024
 MAX_REJECT_RAW = 16 * 1024       # the raw query or body kept in a rejects-log line
+MAX_DECODE_ROUNDS = 4            # percent and \u escapes undone this often, looking for an
+                                 # address to truncate (--anonymize-ip); text still encoded
+                                 # after that is not quoted
 MAX_REQUEST_LOG_BYTES = 16 * MAX_BATCH_BYTES   # what one request's events may add to the log
 MAX_REJECTS_PER_REQUEST = 100    # item lines one request may add to the rejects log
 MAX_REJECTS_BYTES_PER_REQUEST = 64 * 1024   # ... and bytes, after which lines stop
@@ -808,12 +812,181 @@ _IPV4_LIKE = re.compile(r"(?<![0-9.])\d{1,3}(?:\.\d{1,3}){3}(?![0-9])", re.ASCII
 
 def anonymize_addresses(text):
     """`text` (a request quoted in the rejects log) with each IP address in it, IPv6 ones
-    with their colons percent-encoded too, truncated as anonymize_ip does."""
+    with their colons percent-encoded too, truncated as anonymize_ip does. Dotted text
+    that ipaddress refuses as IPv4 loses its last number all the same: inet_aton reads
+    203.0.113.077 as an address (077 in octal)."""
     def truncate(match):
         found = match.group()
         address = anonymize_ip(found.replace("%3A", ":").replace("%3a", ":"))
+        if address is None and match.re is _IPV4_LIKE:
+            return found.rpartition(".")[0] + ".0"
         return found if address is None else address
     return _IPV4_LIKE.sub(truncate, _IPV6_LIKE.sub(truncate, text))
+
+
+_JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
+_OTHER_DIGIT = re.compile(r"(?![0-9])\d")   # a decimal digit of another script, as int() reads
+
+
+def _reveal(text):
+    """`text` as a reader could decode it: percent-escapes and JSON's \\u escapes undone,
+    as often as they nest, fullwidth forms (NFKC) and other scripts' digits made ASCII.
+    None if it still changes after MAX_DECODE_ROUNDS rounds, or holds a percent-escape that
+    is not UTF-8 (a lenient decoder reads the overlong %C0%AE as a dot)."""
+    for _ in range(MAX_DECODE_ROUNDS + 1):
+        try:
+            decoded = urllib.parse.unquote(text, errors="strict") if "%" in text else text
+        except UnicodeDecodeError:
+            return None
+        if "\\u" in decoded:
+            decoded = _JSON_ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), decoded)
+        if not decoded.isascii():
+            decoded = unicodedata.normalize("NFKC", decoded)
+            decoded = _OTHER_DIGIT.sub(lambda match: str(unicodedata.decimal(match.group())),
+                                       decoded)
+        if decoded == text:
+            return text
+        text = decoded
+    return None
+
+
+# What may end a text cut short in the middle of an address: taken off the cut end, since
+# part of an IPv6 address is no address and would be quoted as it is.
+_ADDRESS_CHARACTERS = "0123456789ABCDEFabcdef:.%"
+
+
+def anonymize_text(text, limit=None):
+    """Client text a line quotes, under --anonymize-ip: `text` itself if no address can be
+    read out of it (_reveal), else its decoded form with every address truncated; None if
+    it cannot be decoded far enough to tell, and so must not be quoted at all. With a
+    `limit`, only the first `limit` characters are looked at and quoted."""
+    cut = limit is not None and len(text) > limit
+    revealed = _reveal(text[:limit] if cut else text)
+    if revealed is None:
+        return None
+    if cut:
+        revealed = revealed.rstrip(_ADDRESS_CHARACTERS)
+    anonymized = anonymize_addresses(revealed)
+    return text if anonymized == revealed and not cut else anonymized
+
+
+def anonymize_json(value, budget=MAX_REJECT_RAW):
+    """A copy of `value` (parsed JSON) fit to quote under --anonymize-ip: every string in
+    it, keys too, through anonymize_text, and a context.ip kept only as anonymize_ip
+    truncates it, as enrich keeps it. Returns (the copy, whether anything was left out).
+
+    Truncating an address costs ipaddress some microseconds, and a 500 KB body can hold a
+    hundred thousand: only the first `budget` characters of its strings, as many as a
+    quote can show, are looked at; the strings after them become ""."""
+    left_out = []
+
+    def quote(text):
+        nonlocal budget
+        if budget <= 0:
+            return ""
+        safe = anonymize_text(text, budget)
+        budget -= len(text)
+        if safe is None:
+            left_out.append(text)
+        return safe
+
+    def walk(value):
+        if isinstance(value, str):
+            text = quote(value)
+            return "" if text is None else text
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        copy = {}
+        for key, item in value.items():
+            name = quote(key)
+            if name is not None:
+                copy[name] = walk(item)
+        context = copy.get("context")
+        if isinstance(context, dict) and "ip" in context:
+            address = context["ip"]
+            address = anonymize_ip(address) if isinstance(address, str) else None
+            if address is None:   # not an address: nothing to truncate, so not kept
+                del context["ip"]
+                left_out.append(True)
+            else:
+                context["ip"] = address
+        return copy
+
+    copy = walk(value)   # nested at most MAX_DEPTH + 2: parse_object saw to that
+    return copy, bool(left_out)
+
+
+# Printable ASCII but what delimits or escapes a query: kept as is when rebuilding one.
+_QUERY_SAFE = "".join(chr(code) for code in range(0x21, 0x7f) if chr(code) not in "%&=+#")
+
+
+def anonymize_query(query):
+    """A pixel's query as a rejects line may quote it under --anonymize-ip. A parameter
+    is kept as sent if no address can be read out of it (data= decoded from base64 and
+    JSON, any parameter's percent-escapes undone), else rebuilt from what it decodes to,
+    every address truncated (data= as URL-safe base64 again); one that does not decode is
+    left out, and so is what lies past the first MAX_REJECT_RAW characters (as when not
+    anonymizing, the line says queryTruncated). Returns (the query, whether anything
+    before that was left out)."""
+    fields, left_out, budget = [], False, MAX_REJECT_RAW
+    for field in query.split("&"):
+        if budget <= 0:
+            break
+        budget -= len(field) + 1
+        name, _, value = field.partition("=")
+        try:
+            name = urllib.parse.unquote_plus(name, errors="strict")
+            value = urllib.parse.unquote_plus(value, errors="strict")
+        except UnicodeDecodeError:
+            left_out = True
+            continue
+        if name == "data":
+            try:
+                payload = decode_data(value)
+            except Rejected:   # no telling what it holds
+                left_out = True
+                continue
+            safe, cut = anonymize_json(payload)
+            left_out = left_out or cut
+            if safe != payload:
+                data = _encode_lenient(safe).encode("ascii")
+                field = "data=" + base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+            fields.append(field)
+            continue
+        safe_name = anonymize_text(name, MAX_REJECT_RAW)
+        safe_value = anonymize_text(value, MAX_REJECT_RAW)
+        if name == "context.ip" and safe_value is not None:   # as enrich keeps it
+            safe_value = anonymize_ip(safe_value)
+        if safe_name is None or safe_value is None:
+            left_out = True
+            continue
+        if (safe_name, safe_value) != (name, value):
+            # A \\u escape can make a lone surrogate, which UTF-8 cannot hold: "?".
+            field = "%s=%s" % (urllib.parse.quote(safe_name, _QUERY_SAFE, errors="replace"),
+                               urllib.parse.quote(safe_value, _QUERY_SAFE, errors="replace"))
+        fields.append(field)
+    return "&".join(fields), left_out
+
+
+def anonymize_body(body):
+    """An HTTP API body (bytes, gunzipped) as a rejects line may quote it under
+    --anonymize-ip: its JSON through anonymize_json, encoded again. A body that is not
+    JSON, nor UTF-8, could hold an address in any encoding: it is left out whole.
+    Returns (the text, whether anything was left out)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "", True
+    if json_depth(text) > MAX_DEPTH + 2:   # json's C scanner must not recurse that deep
+        return "", True
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return "", True
+    safe, left_out = anonymize_json(document)
+    return _encode_lenient(safe), left_out
 
 
 def _address(text):
@@ -1765,7 +1938,7 @@ class Recorder:
                         size > MAX_REJECTS_BYTES_PER_REQUEST:
                     break
                 records.append(self._reject_line(rejection, request, received_at, ip,
-                                                 _encode_lenient(item)[:MAX_REJECT_RAW]))
+                                                 *self._quote_item(item)))
                 size += len(records[-1])
             if len(records) < len(refused):
                 rest = Rejected("too_many_rejects", "%d more item(s) not quoted"
@@ -1792,39 +1965,70 @@ class Recorder:
 
     def _body_refused(self, rejection, request, received_at, ip, body):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""
-        self.reject(rejection, request, received_at=received_at, ip=ip,
-                    quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
+        quoted, redacted = self._quote_body(body)
+        self.reject(rejection, request, received_at=received_at, ip=ip, quoted=quoted,
+                    redacted=redacted)
         return json_answer(400, {"success": False, "error": rejection.reason})
 
-    def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None):
+    # What a rejects line quotes of the client's input, and whether part of it was left
+    # out. With --anonymize-ip, never raw text, which could hold an address in an encoding
+    # (base64, percent-escapes, \u escapes, gzip): what pixel decoded, addresses truncated.
+
+    def _quote_body(self, body):
+        if not self.anonymize_ip:
+            return body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False
+        quoted, redacted = anonymize_body(body)
+        return quoted[:MAX_REJECT_RAW], redacted
+
+    def _quote_item(self, item):
+        redacted = False
+        if self.anonymize_ip:
+            item, redacted = anonymize_json(item)
+        return _encode_lenient(item)[:MAX_REJECT_RAW], redacted
+
+    def _quote_text(self, text, limit=None):
+        if not self.anonymize_ip:
+            return text[:limit], False
+        quoted = anonymize_text(text, limit)
+        return ("", True) if quoted is None else (quoted, False)
+
+    def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
+               redacted=False):
         """Write one rejects-log line: enough to find a broken campaign and replay it. A
-        pixel's line quotes its query, an API request's the body or item at fault."""
+        pixel's line quotes its query, an API request's the body or item at fault, as
+        _quote_body or _quote_item made them (`redacted`: part of it was left out)."""
         if received_at is None:
             received_at = self.clock()
             ip = self.client_ip(request)
-        self._write_rejects([self._reject_line(rejection, request, received_at, ip, quoted)],
-                            [rejection.reason])
+        self._write_rejects([self._reject_line(rejection, request, received_at, ip, quoted,
+                                               redacted)], [rejection.reason])
 
-    def _reject_line(self, rejection, request, received_at, ip, quoted):
-        if self.anonymize_ip:   # a client-sent context.ip in the request quoted
-            quoted = anonymize_addresses(quoted) if quoted else quoted
-            request = request._replace(query=anonymize_addresses(request.query))
+    def _reject_line(self, rejection, request, received_at, ip, quoted, redacted=False):
+        # The detail can quote a parameter's name, and the user agent is the client's too.
+        detail, cut = self._quote_text(rejection.detail)
+        agent, cut_agent = self._quote_text(user_agent(request.headers) or "", MAX_USER_AGENT)
+        redacted = redacted or cut or cut_agent
+        query = request.query
+        if self.anonymize_ip and quoted is None:
+            query, cut = anonymize_query(query)
+            redacted = redacted or cut
         record = {"reason": rejection.reason}
-        if rejection.detail:
-            record["detail"] = rejection.detail
+        if detail:
+            record["detail"] = detail
         record["method"] = request.method
         record["path"] = request.path[:1024]
         if quoted is not None:
             record["body"] = quoted
         else:
-            record["query"] = request.query[:MAX_REJECT_RAW]
-            if len(request.query) > MAX_REJECT_RAW:
+            record["query"] = query[:MAX_REJECT_RAW]
+            if len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW:
                 record["queryTruncated"] = True
+        if redacted:
+            record["redacted"] = True
         if ip is not None:
             record["ip"] = ip
-        agent = user_agent(request.headers)
         if agent:
-            record["userAgent"] = agent[:MAX_USER_AGENT]
+            record["userAgent"] = agent
         record["receivedAt"] = format_time(received_at)
         return (_encode(record) + "\n").encode("ascii")
 
@@ -1843,8 +2047,10 @@ class Recorder:
                 rejection = Rejected("torn_tail", "%d byte(s) cut from %s"
                                      % (writer.torn_tail_bytes, writer.path))
                 request = Request("", "", "", {}, "", b"")
+                quoted, redacted = self._quote_text(writer.torn_tail.decode("utf-8",
+                                                                            "replace"))
                 self.reject(rejection, request, ip=None, received_at=self.clock(),
-                            quoted=writer.torn_tail.decode("utf-8", "replace"))
+                            quoted=quoted, redacted=redacted)
 
     def reopen(self):
         """Open both logs afresh at their paths (SIGHUP)."""
@@ -2790,8 +2996,11 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         trace = error.__traceback__
         while trace.tb_next:
             trace = trace.tb_next
+        # The address as the logs would have it: none with --no-ip, truncated with
+        # --anonymize-ip (stderr ends up in a journal too).
+        client = self.recorder.client_ip(Request("", "", "", {}, client_address[0], b""))
         self.reporter.say("internal error serving %s: %s: %s (line %d)" % (
-            client_address[0], type(error).__name__, error, trace.tb_lineno),
+            client or "a client", type(error).__name__, error, trace.tb_lineno),
             key="internal error")
 
     def shutdown(self):

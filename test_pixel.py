@@ -18,6 +18,7 @@ import gzip
 import http.client
 import http.server
 import io
+import ipaddress
 import itertools
 import json
 import os
@@ -34,7 +35,10 @@ import threading
 import time
 import unittest
 import unittest.mock
+import unicodedata
+import urllib.parse
 import wsgiref.simple_server
+import zlib
 
 import pixel
 
@@ -1400,6 +1404,223 @@ class RecorderAnonymizingIp(RecorderCase):
         self.assertEqual(quotes[3], "userId=u&context.ip=2001:db8:abcd::")
         self.assertFalse(re.search(r"198\.51\.100\.77|abcd:12|10\.1\.2\.3", json.dumps(quotes)))
 
+    def test_no_address_can_be_read_out_of_the_rejects_log_however_it_was_encoded(self):
+        for case, send in hidden_address_cases():
+            with self.subTest(case):
+                before = len(self.lines("rejects.jsonl"))
+                sent = send(self.recorder)
+                self.assertTrue(hidden_addresses(sent), "the case hides no address: " + case)
+                with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+                    written = handle.read().splitlines()[before:]
+                self.assertTrue(written, "nothing was rejected")
+                for line in written:
+                    self.assertEqual(hidden_addresses(line), set(), line)
+        self.assertEqual(self.lines(), [])
+
+    def test_what_is_quoted_is_what_was_decoded(self):
+        payload = {"writeKey": "k", "userId": "u", "context": {"ip": "203.0.113.77"},
+                   "properties": {"note": "\u00e9 seen at 2001:db8:abcd:12::77"}}
+        self.answer(query="data=" + b64(payload))
+        self.answer(query="writeKey=k&userId=u&properties.x=1%2E2&context.ip=" + "%FF")
+        self.answer(query="data=" + b64(b"not json"))
+        first, second, third = self.lines("rejects.jsonl")
+        data = urllib.parse.parse_qs(first["query"])["data"][0]
+        self.assertEqual(json.loads(base64.urlsafe_b64decode(data + "==")), dict(
+            payload, context={"ip": "203.0.113.0"},
+            properties={"note": "\u00e9 seen at 2001:db8:abcd::"}))
+        self.assertNotIn("redacted", first)
+        self.assertEqual((second["query"], second["redacted"]),
+                         ("writeKey=k&userId=u&properties.x=1%2E2", True))
+        self.assertEqual((third["query"], third["redacted"]), ("", True))
+
+
+    def test_the_worst_inputs_take_bounded_time(self):
+        # Each address costs ipaddress microseconds; a body can hold a hundred thousand.
+        many = " ".join("2001:db8:%x::1" % number for number in range(60000))
+        for name, send in [
+                ("a body", lambda: self.answer(method="POST", path="/v1/batch", body=json.dumps(
+                    {"batch": many[:pixel.MAX_BATCH_BYTES - 100]}).encode())),
+                ("items", lambda: self.answer(method="POST", path="/v1/batch", body=json.dumps(
+                    {"batch": [{"type": "bogus", "a": many[:30000]}] * 15}).encode())),
+                ("a query", lambda: self.answer(query="a=" + urllib.parse.quote(
+                    many[:pixel.MAX_LINE - 100]))),
+                ("a user agent", lambda: self.answer(query="a=1", headers={
+                    "user-agent": many[:pixel.MAX_LINE - 100]}))]:
+            with self.subTest(name):
+                started = time.perf_counter()
+                send()
+                self.assertLess(time.perf_counter() - started, 0.5)
+        for record in self.lines("rejects.jsonl"):
+            self.assertNotIn(":1 ", json.dumps(record))
+
+
+TEST_ADDRESSES = (ipaddress.ip_address("203.0.113.77"),
+                  ipaddress.ip_address("2001:db8:abcd:12::77"))
+
+
+def hidden_address_cases():
+    """(case, send) pairs: each send(recorder) makes one request to be rejected that hides
+    a TEST_ADDRESSES address in an encoding a client can choose, and returns the request
+    as sent (text), for hidden_addresses to read the address out of."""
+    v4, v6 = (str(address) for address in TEST_ADDRESSES)
+    escaped_v4 = "".join("\\u%04x" % ord(char) for char in v4[:3]) + v4[3:]
+
+    def get(query, headers=None):
+        def send(recorder):
+            recorder.answer(pixel.ROUTES["/v1/pixel/track"], request(query=query,
+                                                                     headers=headers))
+            return query + " " + json.dumps(headers or {})
+        return send
+
+    def api(body, path="/v1/batch", encoding=None):
+        def send(recorder):
+            headers = {"content-encoding": encoding} if encoding else {}
+            recorder.answer(pixel.ROUTES[path], request("POST", path, body=body,
+                                                        headers=headers))
+            return body.decode("latin-1")
+        return send
+
+    def too_long(query):
+        def send(recorder):
+            recorder.refuse(pixel.ROUTES["/v1/pixel/track"], request(query=query),
+                            "uri_too_long", 414)
+            return query
+        return send
+
+    no_event = {"writeKey": "k", "userId": "u", "context": {"ip": v4}}
+    in_v6 = {"writeKey": "k", "userId": "u", "context": {"ip": v6}}
+    fullwidth = unicodedata.normalize("NFKC", v4).translate(
+        {ord(char): ord(char) + 0xFEE0 for char in "0123456789."})
+    gzipped = gzip.compress(json.dumps({"batch": {"note": v4}}).encode())
+    stored = gzip.compress(('{"batch": [{"type": "bogus", "ip": "%s", "pad": "%s"}]}'
+                            % (escaped_v4, "x" * 20)).encode(), compresslevel=0)
+    return [
+        ("data=, standard base64", get("data=" + b64(no_event))),
+        ("data=, URL-safe and unpadded", get("data=" + b64(no_event, "urlsafe", False))),
+        ("data=, percent-escaped", get("data=" + quote_all(b64(in_v6)))),
+        ("data= that is not base64", get("data=" + b64(no_event) + "!!")),
+        ("data= that is not JSON", get("data=" + b64(("ip " + v4).encode()))),
+        ("data= and plain parameters", get("userId=u&data=" + b64({"context": {"ip": v4}}))),
+        ("data= with \\u escapes", get("data=" + b64(
+            ('{"writeKey": "k", "userId": "u", "x": "%s"}' % escaped_v4).encode()))),
+        ("percent-escaped dots", get("writeKey=k&userId=u&context.ip=" +
+                                       v4.replace(".", "%2E"))),
+        ("double percent-escaping", get("writeKey=k&userId=u&context.ip=" +
+                                          v4.replace(".", "%252E"))),
+        ("triple percent-escaping", get("writeKey=k&userId=u&properties.a=" +
+                                          v4.replace(".", "%25252E"))),
+        ("every character escaped", get("writeKey=k&userId=u&properties.a=" +
+                                          "".join("%%%02X" % ord(char) for char in v4))),
+        ("an overlong UTF-8 dot", get("writeKey=k&userId=u&properties.a=" +
+                                        v4.replace(".", "%C0%AE"))),
+        ("escaped colons", get("writeKey=k&userId=u&context.ip=" +
+                                 v6.replace(":", "%3A"))),
+        ("IPv6 written out whole", get("writeKey=k&userId=u&properties.a=" +
+                                         ipaddress.ip_address(v6).exploded)),
+        ("IPv4-mapped IPv6", get("writeKey=k&userId=u&context.ip=::ffff:" + v4)),
+        ("IPv4-mapped IPv6 in hex", get("writeKey=k&userId=u&properties.a=::ffff:cb00:714d")),
+        ("6to4", get("writeKey=k&userId=u&properties.a=2002:cb00:714d::1")),
+        ("leading zeros", get("writeKey=k&userId=u&properties.a=203.000.113.077")),
+        ("fullwidth digits", get("writeKey=k&userId=u&properties.a=" +
+                                   urllib.parse.quote(fullwidth))),
+        ("a parameter's name", get("writeKey=k&userId=u&%s.=1" % v4.replace(".", "%2E"))),
+        ("the user agent", get("writeKey=k", {"user-agent": "Bot/1 (%s)" % v4})),
+        ("the user agent, escaped", get("writeKey=k", {"user-agent": "Bot/1 (%s)" %
+                                                          v4.replace(".", "%2E")})),
+        ("a query over the limit", too_long("data=" + b64(no_event) + "&x=" + "y" * 70000)),
+        ("\\u escapes in a JSON body", api(('{"batch": {"ip": "%s"}}' % escaped_v4).encode())),
+        ("\\u escapes in a body that is not JSON", api(
+            ('{"batch": [{"ip": "%s"' % escaped_v4).encode())),
+        ("\\u escapes in a batch item", api(
+            ('{"batch": [{"type": "bogus", "context": {"ip": "%s"}}]}' % escaped_v4).encode())),
+        ("fullwidth digits in an event", api(json.dumps(
+            {"writeKey": "k", "userId": "u", "properties": {"a": fullwidth}}).encode(),
+            "/v1/track")),
+        ("a base64 body", api(base64.b64encode(json.dumps(no_event).encode()))),
+        ("a gzip body", api(gzipped, encoding="gzip")),
+        ("a gzip body cut short", api(stored[:-8], encoding="gzip")),
+        ("an encoding pixel does not read", api(
+            json.dumps({"batch": [{"ip": escaped_v4}]}).encode(), encoding="br")),
+        ("a body that is not UTF-8", api(('{"batch": "%s"}' % v4).encode("utf-16"))),
+    ]
+
+
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
+_DIGITS = re.compile(r"(?<![0-9A-Za-z])\d+(?:\.\d+){3}(?![0-9])")
+_V6ISH = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
+
+
+def readings(text, rounds=4):
+    """Every text a reader could make of `text` by undoing percent-escapes (strictly, or
+    reading an overlong UTF-8 dot as a dot), JSON and its \\u escapes, base64 of either
+    alphabet, gzip, fullwidth forms and other scripts' digits, up to `rounds` deep."""
+    seen, frontier = {text}, [text]
+    for _ in range(rounds):
+        found = []
+        for item in frontier:
+            found.append(urllib.parse.unquote(item, errors="replace"))
+            found.append(urllib.parse.unquote_plus(item, errors="replace"))
+            found.append(urllib.parse.unquote_to_bytes(item).replace(b"\xc0\xae", b".")
+                         .decode("utf-8", "replace"))
+            found.append(re.sub(r"\\u([0-9A-Fa-f]{4})",
+                                lambda match: chr(int(match.group(1), 16)), item))
+            found.append(unicodedata.normalize("NFKC", item))
+            found.append(re.sub(r"\d", lambda match: str(unicodedata.decimal(match.group())),
+                                item))
+            try:
+                found.extend(json_strings(json.loads(item)))
+            except (ValueError, RecursionError):
+                pass
+            for raw in (item.encode("latin-1", "replace"), item.encode("utf-8")):
+                found.append(raw.decode("utf-16", "replace"))
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                try:
+                    found.append(inflater.decompress(raw).decode("utf-8", "replace"))
+                except zlib.error:
+                    pass
+            for run in _BASE64_RUN.findall(item):
+                for decode in (base64.b64decode, base64.urlsafe_b64decode):
+                    try:
+                        found.append(decode(run.rstrip("=") + "=" * (-len(run.rstrip("="))
+                                                                       % 4)).decode("latin-1"))
+                    except ValueError:   # binascii.Error: not base64 after all
+                        pass
+        frontier = [item for item in found if item not in seen][:2000]
+        seen.update(frontier)
+    return seen
+
+
+def json_strings(value):
+    """Every string in parsed JSON, keys too."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return list(value) + [text for item in value.values() for text in json_strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in json_strings(item)]
+    return []
+
+
+def hidden_addresses(text):
+    """The TEST_ADDRESSES that some reading of `text` holds in full, in any notation."""
+    found = set()
+    for reading in readings(text):
+        for dotted in _DIGITS.findall(reading):   # leading zeros read as decimal, too
+            if tuple(int(part) for part in dotted.split(".")) == \
+                    tuple(TEST_ADDRESSES[0].packed):
+                found.add(TEST_ADDRESSES[0])
+        for candidate in _V6ISH.findall(reading):
+            try:
+                address = ipaddress.ip_address(candidate.strip(":.") if "::" not in candidate
+                                               else candidate)
+            except ValueError:
+                continue
+            for seen in (address, getattr(address, "ipv4_mapped", None),
+                         getattr(address, "sixtofour", None)):
+                if seen in TEST_ADDRESSES:
+                    found.add(seen)
+    return found
+
 
 class TornTail(unittest.TestCase):
     """A kill -9 in the middle of a write leaves a last line with no newline."""
@@ -1449,6 +1670,17 @@ class TornTail(unittest.TestCase):
             (record,) = [json.loads(line) for line in handle]
         self.assertEqual((record["reason"], record["body"]), ("torn_tail", '{"torn'))
         self.assertEqual(record["detail"], "6 byte(s) cut from " + self.path)
+
+    def test_an_anonymizing_recorder_quotes_no_address_out_of_a_torn_tail(self):
+        with open(self.path, "wb") as handle:   # written before --anonymize-ip was set
+            handle.write(b'{"a":1}\n{"context":{"ip":"\\u0032\\u0030\\u0033.0.113.77"')
+        rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"))
+        self.addCleanup(rejects.close)
+        recorder = pixel.Recorder(self.writer(), rejects, clock=lambda: T0, anonymize_ip=True)
+        recorder.record_torn_tails()
+        (line,) = read_text(rejects.path).splitlines()
+        self.assertEqual(json.loads(line)["body"], '{"context":{"ip":"203.0.113.0"')
+        self.assertEqual(hidden_addresses(line), set())
 
     def test_a_file_that_is_not_a_pixel_log_is_not_cut(self):
         content = b"x" * (pixel.MAX_WRITE_BYTES + 1)   # no newline, more than one write
@@ -2965,6 +3197,21 @@ class InternalErrors(ServerCase):
                 self.get("/v1/pixel/track?writeKey=k&userId=u&event=e")
         self.assertEqual(self.stderr.getvalue().count("internal error"), 1)
         self.assertIn("RuntimeError: boom", self.stderr.getvalue())
+
+    def test_the_address_in_the_line_is_as_the_logs_have_it(self):
+        def broken(route, request):
+            raise RuntimeError("boom")
+        for options, shown in (({}, "127.0.0.1"), ({"anonymize_ip": True}, "127.0.0.0"),
+                               ({"record_ip": False}, "a client")):
+            with self.subTest(options):
+                self.recorder_options = options
+                self.dir, self.stderr = temp_dir(self), io.StringIO()
+                self.start_server()
+                self.recorder.answer = broken
+                with self.assertRaises((ConnectionError, http.client.HTTPException)):
+                    self.get("/v1/pixel/track?writeKey=k&userId=u&event=e")
+                self.assertIn("internal error serving %s: RuntimeError" % shown,
+                              self.stderr.getvalue())
 
 
 class BrowserRoutes(ServerCase):
