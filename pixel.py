@@ -52,6 +52,7 @@ import collections
 import datetime
 import email.utils
 import errno
+import html
 import http.server
 import hmac
 import ipaddress
@@ -807,7 +808,8 @@ def anonymize_ip(text):
 _IPV6_LIKE = re.compile(r"(?<![0-9A-Fa-f:%.])(?:[0-9A-Fa-f]{0,4}(?::|%3[Aa])){2,7}"
                         r"(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![0-9A-Fa-f:.])",
                         re.ASCII)
-_IPV4_LIKE = re.compile(r"(?<![0-9.])\d{1,3}(?:\.\d{1,3}){3}(?![0-9])", re.ASCII)
+# Numbers of any length: inet_aton reads 203.0000.113.77 as 203.0.113.77.
+_IPV4_LIKE = re.compile(r"(?<![0-9.])\d+(?:\.\d+){3}(?![0-9])", re.ASCII)
 
 
 def anonymize_addresses(text):
@@ -824,22 +826,25 @@ def anonymize_addresses(text):
     return _IPV4_LIKE.sub(truncate, _IPV6_LIKE.sub(truncate, text))
 
 
-_JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
+_UNICODE_ESCAPE = re.compile(r"[\\%]u([0-9A-Fa-f]{4})")   # JSON's \u002E, and IIS's %u002E
 _OTHER_DIGIT = re.compile(r"(?![0-9])\d")   # a decimal digit of another script, as int() reads
 
 
 def _reveal(text):
-    """`text` as a reader could decode it: percent-escapes and JSON's \\u escapes undone,
-    as often as they nest, fullwidth forms (NFKC) and other scripts' digits made ASCII.
-    None if it still changes after MAX_DECODE_ROUNDS rounds, or holds a percent-escape that
-    is not UTF-8 (a lenient decoder reads the overlong %C0%AE as a dot)."""
+    """`text` as a reader could decode it: percent-escapes, \\u and %u escapes and HTML's
+    character references undone, as often as they nest, fullwidth forms (NFKC) and other
+    scripts' digits made ASCII. None if it still changes after MAX_DECODE_ROUNDS rounds, or
+    holds a percent-escape that is not UTF-8 (a lenient decoder reads the overlong %C0%AE
+    as a dot)."""
     for _ in range(MAX_DECODE_ROUNDS + 1):
         try:
             decoded = urllib.parse.unquote(text, errors="strict") if "%" in text else text
         except UnicodeDecodeError:
             return None
-        if "\\u" in decoded:
-            decoded = _JSON_ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), decoded)
+        if "u" in decoded:
+            decoded = _UNICODE_ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), decoded)
+        if "&" in decoded:
+            decoded = html.unescape(decoded)
         if not decoded.isascii():
             decoded = unicodedata.normalize("NFKC", decoded)
             decoded = _OTHER_DIGIT.sub(lambda match: str(unicodedata.decimal(match.group())),

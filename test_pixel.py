@@ -15,6 +15,7 @@ import base64
 import collections
 import errno
 import gzip
+import html
 import http.client
 import http.server
 import io
@@ -1521,6 +1522,11 @@ def hidden_address_cases():
         ("IPv4-mapped IPv6 in hex", get("writeKey=k&userId=u&properties.a=::ffff:cb00:714d")),
         ("6to4", get("writeKey=k&userId=u&properties.a=2002:cb00:714d::1")),
         ("leading zeros", get("writeKey=k&userId=u&properties.a=203.000.113.077")),
+        ("more leading zeros", get("writeKey=k&userId=u&properties.a=203.0000.113.77")),
+        ("IIS's %u escapes", get("writeKey=k&userId=u&properties.a=" +
+                                 v4.replace(".", "%u002E"))),
+        ("HTML character references", get("writeKey=k&userId=u&properties.a=" +
+                                           urllib.parse.quote(v4.replace(".", "&#46;")))),
         ("fullwidth digits", get("writeKey=k&userId=u&properties.a=" +
                                    urllib.parse.quote(fullwidth))),
         ("a parameter's name", get("writeKey=k&userId=u&%s.=1" % v4.replace(".", "%2E"))),
@@ -1533,6 +1539,8 @@ def hidden_address_cases():
             ('{"batch": [{"ip": "%s"' % escaped_v4).encode())),
         ("\\u escapes in a batch item", api(
             ('{"batch": [{"type": "bogus", "context": {"ip": "%s"}}]}' % escaped_v4).encode())),
+        ("HTML character references in a body", api(json.dumps(
+            {"batch": {"a": v6.replace(":", "&colon;")}}).encode())),
         ("fullwidth digits in an event", api(json.dumps(
             {"writeKey": "k", "userId": "u", "properties": {"a": fullwidth}}).encode(),
             "/v1/track")),
@@ -1552,8 +1560,9 @@ _V6ISH = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 
 def readings(text, rounds=4):
     """Every text a reader could make of `text` by undoing percent-escapes (strictly, or
-    reading an overlong UTF-8 dot as a dot), JSON and its \\u escapes, base64 of either
-    alphabet, gzip, fullwidth forms and other scripts' digits, up to `rounds` deep."""
+    reading an overlong UTF-8 dot as a dot), JSON and its \\u escapes (and IIS's %u), HTML
+    character references, base64 of either alphabet, gzip, UTF-16, fullwidth forms and
+    other scripts' digits, up to `rounds` deep."""
     seen, frontier = {text}, [text]
     for _ in range(rounds):
         found = []
@@ -1562,8 +1571,9 @@ def readings(text, rounds=4):
             found.append(urllib.parse.unquote_plus(item, errors="replace"))
             found.append(urllib.parse.unquote_to_bytes(item).replace(b"\xc0\xae", b".")
                          .decode("utf-8", "replace"))
-            found.append(re.sub(r"\\u([0-9A-Fa-f]{4})",
+            found.append(re.sub(r"[\\%]u([0-9A-Fa-f]{4})",
                                 lambda match: chr(int(match.group(1), 16)), item))
+            found.append(html.unescape(item))
             found.append(unicodedata.normalize("NFKC", item))
             found.append(re.sub(r"\d", lambda match: str(unicodedata.decimal(match.group())),
                                 item))
