@@ -109,9 +109,9 @@ MAX_PARAMS = 256
 MAX_EVENT_LINE = 128 * 1024      # a 32 KB payload of astral characters escapes to ~96 KB
 MAX_USER_AGENT = 1024
 MAX_REJECT_RAW = 16 * 1024       # the raw query or body kept in a rejects-log line
-MAX_DECODE_ROUNDS = 4            # percent and \u escapes undone this often, looking for an
-                                 # address to truncate (--anonymize-ip); text still encoded
-                                 # after that is not quoted
+MAX_DECODE_ROUNDS = 4            # nested escapes undone this often, looking for an address
+                                 # to truncate (--anonymize-ip); text still encoded after
+                                 # that is not quoted
 MAX_REQUEST_LOG_BYTES = 16 * MAX_BATCH_BYTES   # what one request's events may add to the log
 MAX_REJECTS_PER_REQUEST = 100    # item lines one request may add to the rejects log
 MAX_REJECTS_BYTES_PER_REQUEST = 64 * 1024   # ... and bytes, after which lines stop
