@@ -1244,7 +1244,8 @@ class DedupeAfterRestart(RecorderCase):
         self.assertEqual(restarted.remember_logged(), 2)
         body = json.dumps({"batch": [
             {"type": "track", "writeKey": key, "userId": "u", "event": "e",
-             "messageId": message_id} for key, message_id in (("K1", "m1"), ("K2", "m1"), ("K1", "m2"), ("K2", "m2"))]})
+             "messageId": message_id}
+            for key, message_id in (("K1", "m1"), ("K2", "m1"), ("K1", "m2"), ("K2", "m2"))]})
         answer = restarted.answer(pixel.ROUTES["/v1/batch"], request(
             "POST", "/v1/batch", body=body.encode()))
         self.assertEqual(answer.status, 200)
