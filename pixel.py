@@ -52,6 +52,7 @@ import collections
 import datetime
 import email.utils
 import errno
+import html
 import http.server
 import hmac
 import ipaddress
@@ -69,6 +70,7 @@ import struct
 import sys
 import threading
 import time
+import unicodedata
 import urllib.parse
 import zlib
 
@@ -107,12 +109,17 @@ MAX_PARAMS = 256
 MAX_EVENT_LINE = 128 * 1024      # a 32 KB payload of astral characters escapes to ~96 KB
 MAX_USER_AGENT = 1024
 MAX_REJECT_RAW = 16 * 1024       # the raw query or body kept in a rejects-log line
+MAX_DECODE_ROUNDS = 4            # nested escapes undone this often, looking for an address
+                                 # to truncate (--anonymize-ip); text still encoded after
+                                 # that is not quoted
 MAX_REQUEST_LOG_BYTES = 16 * MAX_BATCH_BYTES   # what one request's events may add to the log
 MAX_REJECTS_PER_REQUEST = 100    # item lines one request may add to the rejects log
 MAX_REJECTS_BYTES_PER_REQUEST = 64 * 1024   # ... and bytes, after which lines stop
 MAX_WRITE_BYTES = 1024 * 1024    # the most one write() hands the kernel at once
-DEFAULT_DEDUPE_WINDOW = 65536    # messageIds remembered: about 16 MB at MAX_DEDUPE_ID each
-MAX_DEDUPE_ID = 128              # bytes: longer client messageIds are written unchecked
+DEFAULT_DEDUPE_WINDOW = 65536    # (writeKey, messageId) pairs remembered: about 25 MB at
+                                 # MAX_DEDUPE_ID bytes each
+MAX_DEDUPE_ID = 128              # bytes: an event with a longer client messageId or writeKey
+                                 # is written unchecked
 # HTTP head limits, the same ones http.client and http.server enforce (_MAXLINE,
 # _MAXHEADERS), plus a total so one connection can hold at most ~128 KiB of head.
 MAX_LINE = 65536
@@ -138,6 +145,7 @@ MOVED_GRACE = 1.0                # seconds a log renamed away is still written, 
                                  # successor (see LogWriter._follow_path)
 PATH_CHECK_INTERVAL = 0.1        # seconds between looks at whether a log is still at its path
 MAX_WARM_BYTES = 64 * 1024 * 1024   # log tail read at start-up to refill the dedupe window
+MAX_PEM_BYTES = 1024 * 1024      # of --certfile or --keyfile (a few KB), read to check it
 
 # The forwarder (--forward and `pixel.py forward`).
 DEFAULT_FORWARD_BATCH = 100      # events per batch; a batch is also at most MAX_BATCH_BYTES
@@ -829,17 +837,190 @@ def anonymize_ip(text):
 _IPV6_LIKE = re.compile(r"(?<![0-9A-Fa-f:%.])(?:[0-9A-Fa-f]{0,4}(?::|%3[Aa])){2,7}"
                         r"(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![0-9A-Fa-f:.])",
                         re.ASCII)
-_IPV4_LIKE = re.compile(r"(?<![0-9.])\d{1,3}(?:\.\d{1,3}){3}(?![0-9])", re.ASCII)
+# Numbers of any length: inet_aton reads 203.0000.113.77 as 203.0.113.77.
+_IPV4_LIKE = re.compile(r"(?<![0-9.])\d+(?:\.\d+){3}(?![0-9])", re.ASCII)
 
 
 def anonymize_addresses(text):
     """`text` (a request quoted in the rejects log) with each IP address in it, IPv6 ones
-    with their colons percent-encoded too, truncated as anonymize_ip does."""
+    with their colons percent-encoded too, truncated as anonymize_ip does. Dotted text
+    that ipaddress refuses as IPv4 loses its last number all the same: inet_aton reads
+    203.0.113.077 as an address (077 in octal)."""
     def truncate(match):
         found = match.group()
         address = anonymize_ip(found.replace("%3A", ":").replace("%3a", ":"))
+        if address is None and match.re is _IPV4_LIKE:
+            return found.rpartition(".")[0] + ".0"
         return found if address is None else address
     return _IPV4_LIKE.sub(truncate, _IPV6_LIKE.sub(truncate, text))
+
+
+_UNICODE_ESCAPE = re.compile(r"[\\%]u([0-9A-Fa-f]{4})")   # JSON's \u002E, and IIS's %u002E
+_OTHER_DIGIT = re.compile(r"(?![0-9])\d")   # a decimal digit of another script, as int() reads
+
+
+def _reveal(text):
+    """`text` as a reader could decode it: percent-escapes, \\u and %u escapes and HTML's
+    character references undone, as often as they nest, fullwidth forms (NFKC) and other
+    scripts' digits made ASCII. None if it still changes after MAX_DECODE_ROUNDS rounds, or
+    holds a percent-escape that is not UTF-8 (a lenient decoder reads the overlong %C0%AE
+    as a dot)."""
+    for _ in range(MAX_DECODE_ROUNDS + 1):
+        try:
+            decoded = urllib.parse.unquote(text, errors="strict") if "%" in text else text
+        except UnicodeDecodeError:
+            return None
+        if "u" in decoded:
+            decoded = _UNICODE_ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), decoded)
+        if "&" in decoded:
+            decoded = html.unescape(decoded)
+        if not decoded.isascii():
+            decoded = unicodedata.normalize("NFKC", decoded)
+            decoded = _OTHER_DIGIT.sub(lambda match: str(unicodedata.decimal(match.group())),
+                                       decoded)
+        if decoded == text:
+            return text
+        text = decoded
+    return None
+
+
+# What may end a text cut short in the middle of an address: taken off the cut end, since
+# part of an IPv6 address is no address and would be quoted as it is.
+_ADDRESS_CHARACTERS = "0123456789ABCDEFabcdef:.%"
+
+
+def anonymize_text(text, limit=None):
+    """Client text a line quotes, under --anonymize-ip: `text` itself if no address can be
+    read out of it (_reveal), else its decoded form with every address truncated; None if
+    it cannot be decoded far enough to tell, and so must not be quoted at all. With a
+    `limit`, only the first `limit` characters are looked at and quoted."""
+    cut = limit is not None and len(text) > limit
+    revealed = _reveal(text[:limit] if cut else text)
+    if revealed is None:
+        return None
+    if cut:
+        revealed = revealed.rstrip(_ADDRESS_CHARACTERS)
+    anonymized = anonymize_addresses(revealed)
+    return text if anonymized == revealed and not cut else anonymized
+
+
+def anonymize_json(value, budget=MAX_REJECT_RAW):
+    """A copy of `value` (parsed JSON) fit to quote under --anonymize-ip: every string in
+    it, keys too, through anonymize_text, and a context.ip kept only as anonymize_ip
+    truncates it, as enrich keeps it. Returns (the copy, whether anything was left out).
+
+    Truncating an address costs ipaddress some microseconds, and a 500 KB body can hold a
+    hundred thousand: only the first `budget` characters of its strings, as many as a
+    quote can show, are looked at; the strings after them become ""."""
+    left_out = []
+
+    def quote(text):
+        nonlocal budget
+        if budget <= 0:
+            return ""
+        safe = anonymize_text(text, budget)
+        budget -= len(text)
+        if safe is None:
+            left_out.append(text)
+        return safe
+
+    def walk(value):
+        if isinstance(value, str):
+            text = quote(value)
+            return "" if text is None else text
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        copy = {}
+        for key, item in value.items():
+            name = quote(key)
+            if name is not None:
+                copy[name] = walk(item)
+        context = copy.get("context")
+        if isinstance(context, dict) and "ip" in context:
+            address = context["ip"]
+            address = anonymize_ip(address) if isinstance(address, str) else None
+            if address is None:   # not an address: nothing to truncate, so not kept
+                del context["ip"]
+                left_out.append(True)
+            else:
+                context["ip"] = address
+        return copy
+
+    copy = walk(value)   # nested at most MAX_DEPTH + 2: parse_object saw to that
+    return copy, bool(left_out)
+
+
+# Printable ASCII but what delimits or escapes a query: kept as is when rebuilding one.
+_QUERY_SAFE = "".join(chr(code) for code in range(0x21, 0x7f) if chr(code) not in "%&=+#")
+
+
+def anonymize_query(query):
+    """A pixel's query as a rejects line may quote it under --anonymize-ip. A parameter
+    is kept as sent if no address can be read out of it (data= decoded from base64 and
+    JSON, any parameter's percent-escapes undone), else rebuilt from what it decodes to,
+    every address truncated (data= as URL-safe base64 again); one that does not decode is
+    left out, and so is what lies past the first MAX_REJECT_RAW characters (as when not
+    anonymizing, the line says queryTruncated). Returns (the query, whether anything
+    before that was left out)."""
+    fields, left_out, budget = [], False, MAX_REJECT_RAW
+    for field in query.split("&"):
+        if budget <= 0:
+            break
+        budget -= len(field) + 1
+        name, _, value = field.partition("=")
+        try:
+            name = urllib.parse.unquote_plus(name, errors="strict")
+            value = urllib.parse.unquote_plus(value, errors="strict")
+        except UnicodeDecodeError:
+            left_out = True
+            continue
+        if name == "data":
+            try:
+                payload = decode_data(value)
+            except Rejected:   # no telling what it holds
+                left_out = True
+                continue
+            safe, cut = anonymize_json(payload)
+            left_out = left_out or cut
+            if safe != payload:
+                data = _encode_lenient(safe).encode("ascii")
+                field = "data=" + base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+            fields.append(field)
+            continue
+        safe_name = anonymize_text(name, MAX_REJECT_RAW)
+        safe_value = anonymize_text(value, MAX_REJECT_RAW)
+        if name == "context.ip" and safe_value is not None:   # as enrich keeps it
+            safe_value = anonymize_ip(safe_value)
+        if safe_name is None or safe_value is None:
+            left_out = True
+            continue
+        if (safe_name, safe_value) != (name, value):
+            # A \\u escape can make a lone surrogate, which UTF-8 cannot hold: "?".
+            field = "%s=%s" % (urllib.parse.quote(safe_name, _QUERY_SAFE, errors="replace"),
+                               urllib.parse.quote(safe_value, _QUERY_SAFE, errors="replace"))
+        fields.append(field)
+    return "&".join(fields), left_out
+
+
+def anonymize_body(body):
+    """An HTTP API body (bytes, gunzipped) as a rejects line may quote it under
+    --anonymize-ip: its JSON through anonymize_json, encoded again. A body that is not
+    JSON, nor UTF-8, could hold an address in any encoding: it is left out whole.
+    Returns (the text, whether anything was left out)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "", True
+    if json_depth(text) > MAX_DEPTH + 2:   # json's C scanner must not recurse that deep
+        return "", True
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return "", True
+    safe, left_out = anonymize_json(document)
+    return _encode_lenient(safe), left_out
 
 
 def _address(text):
@@ -1392,11 +1573,12 @@ def route_for(path):
     return route
 
 
-Request = collections.namedtuple("Request", "method path query headers peer body prefix",
-                                 defaults=("",))
+Request = collections.namedtuple("Request", "method path query headers peer body prefix "
+                                            "scheme", defaults=("", "http"))
 Request.__doc__ = """A request as plain values: `headers` is a dict with lower-case names,
 `peer` the connection's IP address as text, `body` bytes (b"" when there is none), `prefix`
-the path an app is mounted under (WSGI's SCRIPT_NAME; "" for the built-in server)."""
+the path an app is mounted under (WSGI's SCRIPT_NAME; "" for the built-in server), `scheme`
+"https" if it came over TLS (the built-in server's --certfile, WSGI's wsgi.url_scheme)."""
 
 Answer = collections.namedtuple("Answer", "status headers body")
 Answer.__doc__ = """What a transport sends: a status, (name, value) header pairs that include
@@ -1457,20 +1639,37 @@ def not_allowed(route):
     return plain_answer(405, (("Allow", ", ".join(route.methods)),))
 
 
+# What validate() refuses a writeKey for: with --write-key, a request refused only for these
+# gets a 401.
+_KEY_REASONS = ("no_write_key", "write_key_not_string", "invalid_write_key")
+
 LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required",
                                     "message": "send a Content-Length; chunked bodies are not "
                                                "accepted"})
 
 
-def _client_id(payload, event):
-    """The event's messageId if the client sent it (and it is short enough to remember),
-    else None: an id pixel made up can never repeat."""
-    message_id = event["messageId"]
-    if payload.get("messageId") in (None, "") or len(message_id) > MAX_DEDUPE_ID or (
-            not message_id.isascii() and
-            len(message_id.encode("utf-8", "replace")) > MAX_DEDUPE_ID):
+def _short(text):
+    """Whether `text` is at most MAX_DEDUPE_ID bytes of UTF-8."""
+    return len(text) <= MAX_DEDUPE_ID and (
+        text.isascii() or len(text.encode("utf-8", "replace")) <= MAX_DEDUPE_ID)
+
+
+def dedupe_key(write_key, message_id):
+    """What the dedupe window remembers an event by: its writeKey and its messageId, as
+    Segment de-duplicates per source, so that one key's event never suppresses another's.
+    One string, the key's length first so that no two pairs can make the same one; None
+    if either is over MAX_DEDUPE_ID bytes, too long to remember."""
+    if not (_short(write_key) and _short(message_id)):
         return None
-    return message_id
+    return "%d:%s:%s" % (len(write_key), write_key, message_id)
+
+
+def _client_id(payload, event):
+    """The event's dedupe_key if the client sent its messageId, else None: an id pixel
+    made up can never repeat."""
+    if payload.get("messageId") in (None, ""):
+        return None
+    return dedupe_key(event["writeKey"], event["messageId"])
 
 
 class Histogram:
@@ -1569,7 +1768,7 @@ class Recorder:
         self.started_at = clock()
         self.browser_metrics = 0   # browser SDKs' own metrics posts, counted and dropped
         self.public_url = public_url.rstrip("/") if public_url else None
-        self.deduped = 0           # events not written: their messageId was, recently
+        self.deduped = 0           # events not written: their key and messageId were, recently
         self.recent = RecentIds(dedupe_window) if dedupe_window else None
         self._dedupe_lock = threading.Lock()
         self.allow_origins = tuple(origin.lower() for origin in allow_origins)
@@ -1579,20 +1778,18 @@ class Recorder:
         self._count_lock = threading.Lock()
 
     def remember_logged(self, max_bytes=MAX_WARM_BYTES):
-        """Refill the dedupe window from the messageIds at the end of the events log (the
-        live file, then rotated ones), so that a restart does not forget what the window
-        held: a forwarder re-sending its last batch after a crash on either side must not
-        write it twice. Returns how many ids it read."""
+        """Refill the dedupe window from the writeKeys and messageIds at the end of the
+        events log (the live file, then rotated ones), so that a restart does not forget
+        what the window held: a forwarder re-sending its last batch after a crash on either
+        side must not write it twice. Returns how many it read."""
         if self.recent is None:
             return 0
         paths = [self.events.path] + self.events.rotated_files()[::-1]
-        ids = logged_message_ids(paths, self.recent.size, max_bytes)
+        client_ids = logged_client_ids(paths, self.recent.size, max_bytes)
         with self._dedupe_lock:
-            for message_id in ids:
-                if len(message_id) <= MAX_DEDUPE_ID and (message_id.isascii() or len(
-                        message_id.encode("utf-8", "replace")) <= MAX_DEDUPE_ID):
-                    self.recent.add(message_id)
-        return len(ids)
+            for client_id in client_ids:
+                self.recent.add(client_id)
+        return len(client_ids)
 
     def answer(self, route, request):
         """Record `request` as `route` says (None: no such path) and return the answer."""
@@ -1654,18 +1851,23 @@ class Recorder:
     def settings(self, request):
         """The settings document analytics.js loads from its CDN (`cdnURL`), pointing its
         Segment.io destination back here: at --public-url if set, else at the Host the
-        request came to. An unknown writeKey (with --write-key) is a 404."""
+        request came to, over the scheme it came by. An unknown writeKey (with --write-key)
+        is a 404."""
         write_key = request.path[len(SETTINGS_PREFIX):-len(SETTINGS_SUFFIX)]
         if self.write_keys and write_key not in self.write_keys:
             return NOT_FOUND
         if self.public_url:
             protocol, _, host = self.public_url.partition("://")
+            no_store = ()
         else:
-            protocol, host = "http", request.headers.get("host", "")
+            protocol, host = self.scheme(request), request.headers.get("host", "")
             if not _ORIGIN.match("http://" + host):
                 return plain_answer(400)
+            # Built from this request's Host and scheme: a shared cache must not hand it to
+            # a visitor who came by another.
+            no_store = (("Cache-Control", "no-store"),)
         api_host = host.rstrip("/") + request.prefix.rstrip("/") + "/v1"
-        return json_answer(200, {
+        return add_headers(json_answer(200, {
             "integrations": {"Segment.io": {"apiKey": write_key, "apiHost": api_host,
                                             "protocol": protocol,
                                             "unbundledIntegrations": [],
@@ -1675,7 +1877,8 @@ class Recorder:
                      "identify": {"__default": {"enabled": True}},
                      "group": {"__default": {"enabled": True}}},
             "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {},
-            "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "remotePlugins": []})
+            "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "remotePlugins": []}),
+            no_store)
 
     def source_config(self, request):
         """The source configuration RudderStack's browser SDK loads from its control plane
@@ -1739,6 +1942,17 @@ class Recorder:
         browser can read an early refusal (411, 400) instead of seeing a network error."""
         return add_headers(answer, self.cors_headers(request))
 
+    def scheme(self, request):
+        """"https" or "http": how the client reached us. A --trusted-proxy's
+        X-Forwarded-Proto says it for a proxy that ends TLS in front of pixel."""
+        forwarded = request.headers.get("x-forwarded-proto", "").strip().lower()
+        if forwarded in ("http", "https") and self.trusted_proxies:
+            address = _address(request.peer)
+            if address is not None and any(address in network
+                                           for network in self.trusted_proxies):
+                return forwarded
+        return request.scheme
+
     def client_ip(self, request):
         if not self.record_ip or not request.peer:   # no address known: none is written
             return None
@@ -1765,10 +1979,10 @@ class Recorder:
         self.write_events([line], [_client_id(payload, event)], [kind])
 
     def write_events(self, lines, client_ids, kinds):
-        """Write `lines` (of events of `kinds`), but none whose client-sent messageId (in
-        `client_ids`, None where pixel made the id) was written within the dedupe window:
-        retries by SDKs, browsers and networks repeat an event's messageId. True once all
-        that was kept is on disk."""
+        """Write `lines` (of events of `kinds`), but none whose writeKey and client-sent
+        messageId (`client_ids`, each a dedupe_key, or None where pixel made the id) were
+        written within the dedupe window: retries by SDKs, browsers and networks repeat an
+        event's messageId. True once all that was kept is on disk."""
         if self.recent is None or not any(client_ids):
             written = self.events.write(lines)
         else:
@@ -1799,8 +2013,9 @@ class Recorder:
     def record_api(self, route, request, browser=False):
         """Write the events of an HTTP API body. 200 once they are on disk; 400 for a body
         that is not one; 503 if the log could not be written, so that SDKs send it again
-        (they retry 5xx). Items that break a rule go to the rejects log, at most
-        MAX_REJECTS_PER_REQUEST lines of them and then one line counting the rest.
+        (they retry 5xx); with --write-key, 401 when every event was refused for its key.
+        Items that break a rule go to the rejects log, at most MAX_REJECTS_PER_REQUEST
+        lines of them and then one line counting the rest.
 
         From the `browser` routes, an event's `timestamp` is the browser's clock: it is
         kept as originalTimestamp, and timestamp becomes receivedAt - (sentAt -
@@ -1816,6 +2031,7 @@ class Recorder:
         except Rejected as rejection:   # quote the body as received, or as gunzipped
             return self._body_refused(rejection, request, received_at, ip, body)
         lines, client_ids, kinds, size, refused = [], [], [], 0, []
+        key_refused = key_taken = False   # was some event's writeKey refused? one's taken?
         limit = request_log_limit(len(body))
         for kind, payload in pairs:
             try:
@@ -1831,7 +2047,12 @@ class Recorder:
                 line = encode_line(event)
             except Rejected as rejection:
                 refused.append((rejection, payload.item if payload is rejection else payload))
+                if rejection.reason in _KEY_REASONS:
+                    key_refused = True
+                elif payload is not rejection:   # validate checks the key first: it passed
+                    key_taken = True
                 continue
+            key_taken = True
             size += len(line)
             if size > limit:   # with the user agent, ip and server fields, once per event
                 return self._body_refused(Rejected("batch_too_large"), request, received_at,
@@ -1849,52 +2070,97 @@ class Recorder:
                         size > MAX_REJECTS_BYTES_PER_REQUEST:
                     break
                 records.append(self._reject_line(rejection, request, received_at, ip,
-                                                 _encode_lenient(item)[:MAX_REJECT_RAW]))
+                                                 *self._quote_item(item)))
                 size += len(records[-1])
             if len(records) < len(refused):
                 rest = Rejected("too_many_rejects", "%d more item(s) not quoted"
                                 % (len(refused) - len(records)))
                 records.append(self._reject_line(rest, request, received_at, ip, ""))
             self._write_rejects(records, [rejection.reason for rejection, _ in refused])
+        if self.write_keys and key_refused and not key_taken:
+            return self._key_refused(request, next(rejection.reason for rejection, _ in refused
+                                                   if rejection.reason in _KEY_REASONS))
         if not written:
             return json_answer(503, {"success": False, "error": "write_failed"})
         return json_answer(200, {"success": True})
 
+    def _key_refused(self, request, reason):
+        """The 401 for an API request none of whose events carries a key of --write-key.
+        Segment's API answers 200 to anything, and its users cannot tell a wrong key from a
+        right one; pixel knows its keys, so a sender (another pixel's forwarder, an SDK)
+        learns at once. A browser gets no WWW-Authenticate challenge: it would ask its user
+        for a password."""
+        answer = json_answer(401, {"success": False, "error": reason})
+        if request.headers.get("origin"):
+            return answer
+        return add_headers(answer, (("WWW-Authenticate", 'Basic realm="pixel"'),))
+
     def _body_refused(self, rejection, request, received_at, ip, body):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""
-        self.reject(rejection, request, received_at=received_at, ip=ip,
-                    quoted=body[:MAX_REJECT_RAW].decode("utf-8", "replace"))
+        quoted, redacted = self._quote_body(body)
+        self.reject(rejection, request, received_at=received_at, ip=ip, quoted=quoted,
+                    redacted=redacted)
         return json_answer(400, {"success": False, "error": rejection.reason})
 
-    def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None):
+    # What a rejects line quotes of the client's input, and whether part of it was left
+    # out. With --anonymize-ip, never raw text, which could hold an address in an encoding
+    # (base64, percent-escapes, \u escapes, gzip): what pixel decoded, addresses truncated.
+
+    def _quote_body(self, body):
+        if not self.anonymize_ip:
+            return body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False
+        quoted, redacted = anonymize_body(body)
+        return quoted[:MAX_REJECT_RAW], redacted
+
+    def _quote_item(self, item):
+        redacted = False
+        if self.anonymize_ip:
+            item, redacted = anonymize_json(item)
+        return _encode_lenient(item)[:MAX_REJECT_RAW], redacted
+
+    def _quote_text(self, text, limit=None):
+        if not self.anonymize_ip:
+            return text[:limit], False
+        quoted = anonymize_text(text, limit)
+        return ("", True) if quoted is None else (quoted, False)
+
+    def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
+               redacted=False):
         """Write one rejects-log line: enough to find a broken campaign and replay it. A
-        pixel's line quotes its query, an API request's the body or item at fault."""
+        pixel's line quotes its query, an API request's the body or item at fault, as
+        _quote_body or _quote_item made them (`redacted`: part of it was left out)."""
         if received_at is None:
             received_at = self.clock()
             ip = self.client_ip(request)
-        self._write_rejects([self._reject_line(rejection, request, received_at, ip, quoted)],
-                            [rejection.reason])
+        self._write_rejects([self._reject_line(rejection, request, received_at, ip, quoted,
+                                               redacted)], [rejection.reason])
 
-    def _reject_line(self, rejection, request, received_at, ip, quoted):
-        if self.anonymize_ip:   # a client-sent context.ip in the request quoted
-            quoted = anonymize_addresses(quoted) if quoted else quoted
-            request = request._replace(query=anonymize_addresses(request.query))
+    def _reject_line(self, rejection, request, received_at, ip, quoted, redacted=False):
+        # The detail can quote a parameter's name, and the user agent is the client's too.
+        detail, cut = self._quote_text(rejection.detail)
+        agent, cut_agent = self._quote_text(user_agent(request.headers) or "", MAX_USER_AGENT)
+        redacted = redacted or cut or cut_agent
+        query = request.query
+        if self.anonymize_ip and quoted is None:
+            query, cut = anonymize_query(query)
+            redacted = redacted or cut
         record = {"reason": rejection.reason}
-        if rejection.detail:
-            record["detail"] = rejection.detail
+        if detail:
+            record["detail"] = detail
         record["method"] = request.method
         record["path"] = request.path[:1024]
         if quoted is not None:
             record["body"] = quoted
         else:
-            record["query"] = request.query[:MAX_REJECT_RAW]
-            if len(request.query) > MAX_REJECT_RAW:
+            record["query"] = query[:MAX_REJECT_RAW]
+            if len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW:
                 record["queryTruncated"] = True
+        if redacted:
+            record["redacted"] = True
         if ip is not None:
             record["ip"] = ip
-        agent = user_agent(request.headers)
         if agent:
-            record["userAgent"] = agent[:MAX_USER_AGENT]
+            record["userAgent"] = agent
         record["receivedAt"] = format_time(received_at)
         return (_encode(record) + "\n").encode("ascii")
 
@@ -1913,8 +2179,10 @@ class Recorder:
                 rejection = Rejected("torn_tail", "%d byte(s) cut from %s"
                                      % (writer.torn_tail_bytes, writer.path))
                 request = Request("", "", "", {}, "", b"")
+                quoted, redacted = self._quote_text(writer.torn_tail.decode("utf-8",
+                                                                            "replace"))
                 self.reject(rejection, request, ip=None, received_at=self.clock(),
-                            quoted=writer.torn_tail.decode("utf-8", "replace"))
+                            quoted=quoted, redacted=redacted)
 
     def reopen(self):
         """Open both logs afresh at their paths (SIGHUP)."""
@@ -1969,8 +2237,8 @@ class Recorder:
             ("pixel_write_errors_total", "counter", "Lines that could not be written, by log.",
              per_log("failed")),
             ("pixel_rotations_total", "counter", "Rotations, by log.", per_log("rotations")),
-            ("pixel_deduped_events_total", "counter", "Events not written: their messageId "
-             "was written within the dedupe window.", [("", (), self.deduped)]),
+            ("pixel_deduped_events_total", "counter", "Events not written: their writeKey and "
+             "messageId were written within the dedupe window.", [("", (), self.deduped)]),
             ("pixel_browser_metrics_total", "counter", "Browser SDKs' own metrics and error "
              "reports (/v1/m, /rsaMetrics), counted and dropped.",
              [("", (), self.browser_metrics)]),
@@ -2140,20 +2408,69 @@ def _body_length(headers):
 _KERNEL_TIMEOUTS = sys.platform.startswith(("linux", "darwin", "freebsd", "openbsd", "netbsd"))
 
 
+# The line that starts each in PEM: -----BEGIN PRIVATE KEY----- (or RSA, EC ... PRIVATE KEY).
+_PEM_MARKS = {"certificate": b"-----BEGIN CERTIFICATE-----", "private key": b"PRIVATE KEY-----"}
+_PEM_ENCRYPTED = (b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"Proc-Type: 4,ENCRYPTED")
+
+
+def _check_pem(path, kind):
+    """Raise ValueError, naming `path`, unless it is a readable regular file holding a PEM
+    `kind` ("certificate" or "private key") that pixel can load: not a FIFO, whose open
+    would block for ever; not DER; not encrypted; not the other file of the pair."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError("%s is not a regular file" % path)
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PEM_BYTES)
+    except OSError as error:
+        raise ValueError("cannot read %s: %s" % (path, error.strerror or error)) from None
+    other = "private key" if kind == "certificate" else "certificate"
+    if not data.strip():
+        raise ValueError("%s is empty" % path)
+    if kind == "private key" and any(marker in data for marker in _PEM_ENCRYPTED):
+        raise ValueError("%s is encrypted with a passphrase, which pixel has no way to ask "
+                         "for: write it out unencrypted (openssl pkey -in %s -out NEW.key) "
+                         "and keep that file private" % (path, path))
+    if _PEM_MARKS[kind] in data:
+        return
+    if _PEM_MARKS[other] in data:
+        raise ValueError("%s holds a %s, not a %s: are --certfile and --keyfile swapped?"
+                         % (path, other, kind))
+    if data[:1] == b"\x30":   # an ASN.1 SEQUENCE: the binary form
+        raise ValueError("%s is DER, not PEM: convert it (openssl %s -inform DER -in %s "
+                         "-out NEW.pem)" % (path, "x509" if kind == "certificate" else
+                                            "pkey", path))
+    raise ValueError("%s is not a PEM %s: it has no -----BEGIN %s----- line"
+                     % (path, kind, kind.upper()))
+
+
 def load_tls(certfile, keyfile):
     """A server-side TLS context: TLS 1.2 and up, the default ciphers, ALPN http/1.1, no
-    renegotiation. Raises OSError (ssl.SSLError) for files that do not make a pair."""
+    renegotiation. Raises ValueError saying which file is wrong and how, in words: OpenSSL
+    says "[SSL] PEM lib" for nearly every mistake."""
     import ssl   # here, not at the top: only --certfile needs it
-    for path in (certfile, keyfile):   # a FIFO would block the open for ever
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
+    _check_pem(certfile, "certificate")
+    _check_pem(keyfile, "private key")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     context.set_alpn_protocols(["http/1.1"])
-    # An encrypted key fails to load rather than make OpenSSL ask for its password on a
-    # terminal nobody watches.
-    context.load_cert_chain(certfile, keyfile, password=lambda: b"")
+    try:
+        # An encrypted key fails to load rather than make OpenSSL ask for its password on a
+        # terminal nobody watches (_check_pem has said so already).
+        context.load_cert_chain(certfile, keyfile, password=lambda: b"")
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError("the key %s does not match the certificate %s (its first "
+                             "certificate must be this server's own, as in certbot's "
+                             "fullchain.pem)" % (keyfile, certfile)) from None
+        try:   # which of the two does not parse?
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(certfile)
+        except ssl.SSLError:
+            raise ValueError("%s holds a damaged PEM certificate (OpenSSL: %s)"
+                             % (certfile, error)) from None
+        raise ValueError("%s holds a damaged or unsupported private key (OpenSSL: %s)"
+                         % (keyfile, error)) from None
     return context
 
 
@@ -2414,7 +2731,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         route = route_for(head.path)
         recorder = self.server.recorder
         request = Request(head.method, head.path, head.query, head.headers,
-                          self.client_address[0], b"")
+                          self.client_address[0], b"", scheme=self.server.scheme)
         if route is not None and route.max_body and head.method in route.methods:
             early = recorder.early_answer(route, request, head.body_length)
             if early is not None:   # the body is not read: the connection ends after this
@@ -2439,7 +2756,8 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self.command, self.path, self.headers = words[0], target, {}
         answer = plain_answer(error.status)
         if error.status in (414, 431):   # over a size limit: a pixel still gets its GIF
-            request = Request(words[0], path, query, {}, self.client_address[0], b"")
+            request = Request(words[0], path, query, {}, self.client_address[0], b"",
+                              scheme=self.server.scheme)
             answer = self.server.recorder.refuse(route_for(path), request, error.reason,
                                                  error.status)
         self._send(answer)
@@ -2522,9 +2840,12 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
 
 
 _GIF_HEADER_LINES = "".join("%s: %s\r\n" % pair for pair in GIF_ANSWER.headers).encode()
+# Plain HTTP to a TLS port, answered before a handler reads anything. Its length is counted,
+# not typed: a typed 39 for this 38-byte body made curl wait for a byte that never came.
+_PLAIN_TO_TLS_BODY = b"This port speaks HTTPS: use https://.\n"
 _PLAIN_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                 b"Content-Length: 39\r\nConnection: close\r\n\r\n"
-                 b"This port speaks HTTPS: use https://.\n")
+                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                 % (len(_PLAIN_TO_TLS_BODY), _PLAIN_TO_TLS_BODY))
 
 
 def _wake(sock):
@@ -2709,6 +3030,7 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.idle_timeout = idle_timeout
         self.reuse_port = reuse_port
         self.tls_files = tls              # (certfile, keyfile), or None for plain HTTP
+        self.scheme = "https" if tls else "http"   # what each Request says it came by
         self.tls_context = load_tls(*tls) if tls else None
         self.tls_failures = 0             # handshakes that did not end in TLS
         self._tls_lock = threading.Lock()
@@ -2742,9 +3064,9 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             return   # a SIGHUP storm: one reload at a time
         try:
             context = load_tls(*self.tls_files)
-        except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
-            self.reporter.say("cannot load the TLS certificate %s and key %s: %s; still "
-                              "using the ones loaded before" % (self.tls_files + (error,)))
+        except ValueError as error:
+            self.reporter.say("cannot reload TLS: %s; still using the certificate and key "
+                              "loaded before" % error)
             return
         finally:
             self._reloading.release()
@@ -2807,8 +3129,11 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         trace = error.__traceback__
         while trace.tb_next:
             trace = trace.tb_next
+        # The address as the logs would have it: none with --no-ip, truncated with
+        # --anonymize-ip (stderr ends up in a journal too).
+        client = self.recorder.client_ip(Request("", "", "", {}, client_address[0], b""))
         self.reporter.say("internal error serving %s: %s: %s (line %d)" % (
-            client_address[0], type(error).__name__, error, trace.tb_lineno),
+            client or "a client", type(error).__name__, error, trace.tb_lineno),
             key="internal error")
 
     def shutdown(self):
@@ -2883,7 +3208,8 @@ class WsgiApp:
         if route is not None and route.kind == "prometheus" and not self.serve_metrics:
             route = None
         request = Request(method, path, query, headers, environ.get("REMOTE_ADDR") or "", b"",
-                          environ.get("SCRIPT_NAME", ""))
+                          environ.get("SCRIPT_NAME", ""),
+                          "https" if environ.get("wsgi.url_scheme") == "https" else "http")
         answer = None
         if route is not None and route.max_body and method in route.methods:
             length = environ.get("CONTENT_LENGTH") or "0"
@@ -3119,24 +3445,30 @@ def _depth_at(prefix):
         outside.count(b"]")
 
 
-def logged_message_id(line):
-    """The messageId of a log line (bytes), or None."""
-    match = _top_level_string(line, _MESSAGE_ID_FIELD)
-    if match is not None:
-        return match.group(1).decode("ascii")
+def logged_client_id(line):
+    """The dedupe_key of a log line (bytes), from its writeKey and messageId, or None."""
+    key_match = _top_level_string(line, _WRITE_KEY_FIELD)
+    id_match = _top_level_string(line, _MESSAGE_ID_FIELD) if key_match is not None else None
+    if id_match is not None:
+        return dedupe_key(key_match.group(1).decode("ascii"), id_match.group(1).decode("ascii"))
     if b'"messageId"' not in line:   # garbage, fast: the warm-up may read a lot of it
         return None
     try:
         event = json.loads(line)
     except (ValueError, RecursionError):
         return None
-    message_id = event.get("messageId") if isinstance(event, dict) else None
-    return message_id if isinstance(message_id, str) else None
+    if not isinstance(event, dict):
+        return None
+    write_key, message_id = event.get("writeKey"), event.get("messageId")
+    if isinstance(write_key, str) and write_key and isinstance(message_id, str) and \
+            message_id:
+        return dedupe_key(write_key, message_id)
+    return None
 
 
-def logged_message_ids(paths, count, max_bytes=MAX_WARM_BYTES):
-    """The messageIds of the last `count` events in the log files `paths` (the newest file
-    first), oldest first, reading at most `max_bytes` from their ends."""
+def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
+    """The dedupe_keys of the last `count` events in the log files `paths` (the newest
+    file first), oldest first, reading at most `max_bytes` from their ends."""
     found = []   # newest first
     lines_left = 2 * count + 1024   # a log of pixel's has an id a line: garbage stops this
     for path in paths:
@@ -3152,10 +3484,10 @@ def logged_message_ids(paths, count, max_bytes=MAX_WARM_BYTES):
                 lines = (os.pread(fd, size, end) + partial).split(b"\n")
                 partial = lines.pop(0) if end > 0 else b""   # may go on in the block before
                 for line in reversed(lines):
-                    message_id = logged_message_id(line) if line else None
+                    client_id = logged_client_id(line) if line else None
                     lines_left -= 1
-                    if message_id is not None:
-                        found.append(message_id)
+                    if client_id is not None:
+                        found.append(client_id)
                     if len(found) == count or lines_left <= 0:
                         break
                 if lines_left <= 0:
@@ -4203,11 +4535,11 @@ def build_parser(environ):
            metavar="ORIGIN")
     option("--public-url", "PIXEL_PUBLIC_URL", None, "the URL browsers reach this server at, "
            "such as https://pixel.example.com behind a proxy; the settings document "
-           "points analytics.js there. Unset, the request's Host (over http) is used",
+           "points analytics.js there. Unset, the request's Host and scheme are used",
            _public_url, metavar="URL")
-    option("--dedupe-window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, "client-sent "
-           "messageIds to remember; an event whose messageId was written among the last N "
-           "is dropped as a retry. 0 turns it off", _count, metavar="N")
+    option("--dedupe-window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, "writeKey and "
+           "client-sent messageId pairs to remember; an event whose pair was written among "
+           "the last N is dropped as a retry. 0 turns it off", _count, metavar="N")
 
     def switch(flag, env, help):
         default = False
@@ -4448,9 +4780,8 @@ def listen(args, recorder, reporter):
     if args.certfile:
         try:   # here, for a clear error; the server loads the pair itself
             load_tls(args.certfile, args.keyfile)
-        except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
-            raise StartupError("cannot load --certfile %s and --keyfile %s: %s" % (
-                args.certfile, args.keyfile, error)) from None
+        except ValueError as error:
+            raise StartupError("cannot serve HTTPS: %s" % error) from None
     try:
         server = PixelServer((args.host, args.port), recorder,
                              max_connections=args.max_connections,

@@ -15,9 +15,11 @@ import base64
 import collections
 import errno
 import gzip
+import html
 import http.client
 import http.server
 import io
+import ipaddress
 import itertools
 import json
 import os
@@ -34,7 +36,10 @@ import threading
 import time
 import unittest
 import unittest.mock
+import unicodedata
+import urllib.parse
 import wsgiref.simple_server
+import zlib
 
 import pixel
 
@@ -950,14 +955,19 @@ class ForwardItems(unittest.TestCase):
                 self.assertEqual(key, expected.pop("writeKey"))
                 self.assertEqual(json.loads(item), expected)
 
-    def test_logged_message_ids(self):
-        cases = [(b'{"messageId":"m1","x":1}', "m1"),
-                 (b'{"properties":{"messageId":"p"},"messageId":"m2"}', "m2"),
-                 (b'{"messageId":"a\\"b"}', 'a"b'), (b"not json", None), (b"[1]", None),
-                 (b'{"messageId":5}', None), (b'{"properties":{"messageId":"p"}}', None)]
+    def test_logged_client_ids(self):
+        cases = [(b'{"writeKey":"K","messageId":"m1","x":1}', ("K", "m1")),
+                 (b'{"properties":{"messageId":"p","writeKey":"P"},"messageId":"m2",'
+                  b'"writeKey":"K"}', ("K", "m2")),
+                 (b'{"writeKey":"K\\u00e9","messageId":"a\\"b"}', ("K\u00e9", 'a"b')),
+                 (b'{"messageId":"m1","x":1}', None), (b'{"writeKey":"K"}', None),
+                 (b"not json", None), (b"[1]", None), (b'{"writeKey":"K","messageId":5}', None),
+                 (b'{"writeKey":"K","properties":{"messageId":"p"}}', None),
+                 (b'{"writeKey":"%s","messageId":"m"}' % (b"k" * 129), None)]
         for line, expected in cases:
             with self.subTest(line):
-                self.assertEqual(pixel.logged_message_id(line), expected)
+                self.assertEqual(pixel.logged_client_id(line),
+                                 expected and pixel.dedupe_key(*expected))
 
 
 class ForwardPolicy(unittest.TestCase):
@@ -1157,13 +1167,33 @@ class Dedupe(RecorderCase):
         self.assertEqual((len(window), "ajs-next-8999" in window, "ajs-next-9000" in window),
                          (1000, False, True))
 
+    def test_the_window_is_per_write_key(self):
+        # Segment de-duplicates per source: one key's messageId must not suppress another's.
+        for key in ("k1", "k2", "k1", "k2"):
+            self.answer(query="writeKey=%s&userId=u&event=e&messageId=same" % key)
+        body = json.dumps({"batch": [
+            {"type": "track", "writeKey": "k3", "userId": "u", "event": "e", "messageId": "same"},
+            {"type": "track", "writeKey": "k3", "userId": "u", "event": "e", "messageId": "same"},
+            {"type": "track", "writeKey": "k1", "userId": "u", "event": "e",
+             "messageId": "same"}]}).encode()
+        self.answer(method="POST", path="/v1/batch", body=body)
+        # A key and an id that run together the same way are still two pairs.
+        for key, message_id in (("ab", "c"), ("a", "bc"), ("a:1", "x"), ("a", "1:x")):
+            self.answer(query="writeKey=%s&userId=u&event=e&messageId=%s" % (key, message_id))
+        self.assertEqual([(event["writeKey"], event["messageId"]) for event in self.lines()],
+                         [("k1", "same"), ("k2", "same"), ("k3", "same"), ("ab", "c"),
+                          ("a", "bc"), ("a:1", "x"), ("a", "1:x")])
+        self.assertEqual(self.recorder.deduped, 4)
+
     def test_long_ids_in_bytes_are_not_remembered(self):
         astral = "\U0001f600" * 40   # 40 characters, 160 bytes of UTF-8
         self.answer(method="POST", path="/v1/track", body=json.dumps(
             {"writeKey": "k", "userId": "u", "event": "e", "messageId": astral}).encode())
         self.assertEqual(len(self.recorder.recent), 0)
-        self.assertEqual(pixel._client_id({"messageId": "x" * 128}, {"messageId": "x" * 128}),
-                         "x" * 128)
+        event = {"writeKey": "k", "messageId": "x" * 128}
+        self.assertEqual(pixel._client_id(event, event), pixel.dedupe_key("k", "x" * 128))
+        event = {"writeKey": "k" * 129, "messageId": "x"}   # nor long keys
+        self.assertIsNone(pixel._client_id(event, event))
 
     def test_an_id_that_was_not_written_is_not_remembered(self):
         events = pixel.LogWriter("/dev/full", reporter=pixel.Reporter(io.StringIO()))
@@ -1174,7 +1204,7 @@ class Dedupe(RecorderCase):
         answer = recorder.answer(pixel.ROUTES["/v1/track"],
                                  request(method="POST", path="/v1/track", body=body))
         self.assertEqual(answer.status, 503)
-        self.assertNotIn("retry-me", recorder.recent)
+        self.assertNotIn(pixel.dedupe_key("k", "retry-me"), recorder.recent)
 
 
 class MetricsDocument(RecorderCase):
@@ -1234,7 +1264,7 @@ class DedupeAfterRestart(RecorderCase):
                                    dedupe_window=10, clock=lambda: T0)
         self.assertEqual(restarted.remember_logged(), 10)
         self.assertEqual(list(restarted.recent._ids),
-                         ["m%d" % number for number in range(90, 100)])
+                         [pixel.dedupe_key("K", "m%d" % number) for number in range(90, 100)])
         body = json.dumps({"batch": [{"type": "track", "writeKey": "K", "userId": "u",
                                       "event": "e", "messageId": "m%d" % number}
                                      for number in (89, 99)]}).encode()
@@ -1244,23 +1274,111 @@ class DedupeAfterRestart(RecorderCase):
         self.assertEqual(restarted.deduped, 1)
         self.assertEqual(self.lines()[-1]["messageId"], "m89")
 
+    def test_the_window_refilled_from_the_log_is_per_write_key(self):
+        self.recorder.events.write([log_event(1, key="K1"), log_event(2, key="K2")])
+        restarted = pixel.Recorder(self.recorder.events, self.recorder.rejects,
+                                   dedupe_window=10, clock=lambda: T0)
+        self.assertEqual(restarted.remember_logged(), 2)
+        body = json.dumps({"batch": [
+            {"type": "track", "writeKey": key, "userId": "u", "event": "e",
+             "messageId": message_id}
+            for key, message_id in (("K1", "m1"), ("K2", "m1"), ("K1", "m2"), ("K2", "m2"))]})
+        answer = restarted.answer(pixel.ROUTES["/v1/batch"], request(
+            "POST", "/v1/batch", body=body.encode()))
+        self.assertEqual(answer.status, 200)
+        self.assertEqual([(event["writeKey"], event["messageId"]) for event in self.lines()],
+                         [("K1", "m1"), ("K2", "m2"), ("K2", "m1"), ("K1", "m2")])
+        self.assertEqual(restarted.deduped, 2)
+
     def test_reading_is_bounded_and_spans_rotated_files(self):
         writer = pixel.LogWriter(os.path.join(self.dir, "r.jsonl"), max_bytes=1000)
         self.addCleanup(writer.close)
         writer.write([log_event(number) for number in range(30)])
         self.assertGreater(len(writer.rotated_files()), 3)
         paths = [writer.path] + writer.rotated_files()[::-1]
-        self.assertEqual(pixel.logged_message_ids(paths, 25),
-                         ["m%d" % number for number in range(5, 30)])
+        self.assertEqual(pixel.logged_client_ids(paths, 25),
+                         [pixel.dedupe_key("K", "m%d" % number) for number in range(5, 30)])
         single = os.path.join(self.dir, "single.jsonl")
         with open(single, "wb") as handle:
             handle.write(b"".join(log_event(number) for number in range(30)))
         line = len(log_event(29))   # m27 to m29 are the same length
         # A line the budget cuts is not read: it could be any line's end.
-        self.assertEqual(pixel.logged_message_ids([single], 25, max_bytes=line * 3),
-                         ["m28", "m29"])
-        self.assertEqual(pixel.logged_message_ids([single], 25, max_bytes=line * 3 + 1),
-                         ["m27", "m28", "m29"])
+        self.assertEqual(pixel.logged_client_ids([single], 25, max_bytes=line * 3),
+                         [pixel.dedupe_key("K", "m28"), pixel.dedupe_key("K", "m29")])
+        self.assertEqual(pixel.logged_client_ids([single], 25, max_bytes=line * 3 + 1),
+                         [pixel.dedupe_key("K", "m%d" % number) for number in (27, 28, 29)])
+
+
+class RecorderWithAnAllowList(RecorderCase):
+    """With --write-key, the HTTP API answers 401 when no event carries an allowed key."""
+
+    recorder_options = {"write_keys": ["good"]}
+
+    def post(self, document, path="/v1/batch", headers=None):
+        answer = self.answer(method="POST", path=path, body=json.dumps(document).encode(),
+                             headers=headers)
+        return answer.status, json.loads(answer.body), dict(answer.headers)
+
+    def test_401_when_no_event_carries_an_allowed_key(self):
+        def track(**fields):
+            return dict({"type": "track", "userId": "u", "event": "e"}, **fields)
+
+        for name, path, document, expected in [
+                ("one event", "/v1/track", track(writeKey="bad"), "invalid_write_key"),
+                ("a batch", "/v1/batch", {"batch": [track(writeKey="bad"),
+                                                     track(writeKey="worse")]},
+                 "invalid_write_key"),
+                ("the batch's key", "/v1/batch", {"writeKey": "bad", "batch": [track()]},
+                 "invalid_write_key"),
+                ("no key at all", "/v1/batch", {"batch": [track(), track()]}, "no_write_key"),
+                ("a bad key and an item that is no event", "/v1/batch",
+                 {"batch": [track(writeKey="bad"), 0]}, "invalid_write_key")]:
+            with self.subTest(name):
+                status, body, headers = self.post(document, path)
+                self.assertEqual((status, body), (401, {"success": False, "error": expected}))
+                self.assertEqual(headers["WWW-Authenticate"], 'Basic realm="pixel"')
+        self.assertEqual(self.lines(), [])
+        self.assertEqual([record["reason"] for record in self.lines("rejects.jsonl")],
+                         ["invalid_write_key"] * 4 + ["no_write_key"] * 2 +
+                         ["invalid_write_key", "payload_not_object"])
+
+    def test_200_when_some_event_carries_one(self):
+        for name, document in [
+                ("a mixed batch", {"batch": [
+                    {"type": "track", "writeKey": "good", "userId": "u", "event": "e"},
+                    {"type": "track", "writeKey": "bad", "userId": "u", "event": "e"}]}),
+                ("an allowed key on a broken event", {"writeKey": "good", "batch": [
+                    {"type": "track", "userId": "u"}]}),
+                ("items that are not events", {"writeKey": "good", "batch": [
+                    {"type": "bogus", "userId": "u"}, 7]})]:
+            with self.subTest(name):
+                self.assertEqual(self.post(document)[:2], (200, {"success": True}))
+        self.assertEqual([(event["writeKey"], event["event"]) for event in self.lines()],
+                         [("good", "e")])
+        self.assertEqual([record["reason"] for record in self.lines("rejects.jsonl")],
+                         ["invalid_write_key", "event_not_defined", "invalid_type",
+                          "payload_not_object"])
+
+    def test_browser_routes_the_same_with_cors_and_no_challenge_and_pixels_their_gif(self):
+        origin = {"origin": "https://shop.example.com"}
+        status, body, headers = self.post({"writeKey": "bad", "userId": "u", "event": "e"},
+                                          "/v1/t", origin)
+        self.assertEqual((status, body["error"]), (401, "invalid_write_key"))
+        self.assertEqual(headers["Access-Control-Allow-Origin"], "https://shop.example.com")
+        self.assertNotIn("WWW-Authenticate", headers)   # a browser would ask for a password
+        status, _, _ = self.post({"writeKey": "good", "userId": "u", "event": "e"}, "/v1/t",
+                                 origin)
+        self.assertEqual(status, 200)
+        self.assertIs(self.answer(query="writeKey=bad&userId=u&event=e"), pixel.GIF_ANSWER)
+        self.assertEqual(len(self.lines()), 1)
+        self.assertEqual(len(self.lines("rejects.jsonl")), 2)
+
+    def test_without_an_allowlist_nothing_changes(self):
+        recorder = pixel.Recorder(self.recorder.events, self.recorder.rejects)
+        answer = recorder.answer(pixel.ROUTES["/v1/batch"], request(
+            "POST", "/v1/batch", body=b'{"batch": [{"type": "track", "userId": "u"}]}'))
+        self.assertEqual((answer.status, json.loads(answer.body)), (200, {"success": True}))
+        self.assertEqual(self.lines("rejects.jsonl")[0]["reason"], "no_write_key")
 
 
 class RecorderBehindAProxy(RecorderCase):
@@ -1365,11 +1483,12 @@ class RecorderForRudderStack(RecorderCase):
                           for event in events], [("rs-1", "track", "K"), ("rs-2", "page", "K")])
         # The browser's clock, corrected by sentAt, as on analytics.js's routes.
         self.assertEqual(events[0]["timestamp"], "2026-11-18T11:06:35.250Z")
-        # A key the allowlist does not hold, and no key at all, are refused per item.
-        for query in ("writeKey=other", ""):
+        # A key the allowlist does not hold, and no key at all, are refused per item, and
+        # with no allowed key in the request the answer is a 401 (issue 19, item 10).
+        for query, error in (("writeKey=other", "invalid_write_key"), ("", "no_write_key")):
             answer = self.answer(method="POST", path="/beacon/v1/batch", query=query,
                                  body=body)
-            self.assertEqual(answer.status, 200)
+            self.assertEqual((answer.status, json.loads(answer.body)["error"]), (401, error))
         self.assertEqual([record["reason"] for record in self.lines("rejects.jsonl")],
                          ["invalid_write_key"] * 2 + ["no_write_key"] * 2)
         self.assertEqual(len(self.lines()), 2)
@@ -1460,6 +1579,232 @@ class RecorderAnonymizingIp(RecorderCase):
         self.assertEqual(quotes[3], "userId=u&context.ip=2001:db8:abcd::")
         self.assertFalse(re.search(r"198\.51\.100\.77|abcd:12|10\.1\.2\.3", json.dumps(quotes)))
 
+    def test_no_address_can_be_read_out_of_the_rejects_log_however_it_was_encoded(self):
+        for case, send in hidden_address_cases():
+            with self.subTest(case):
+                before = len(self.lines("rejects.jsonl"))
+                sent = send(self.recorder)
+                self.assertTrue(hidden_addresses(sent), "the case hides no address: " + case)
+                with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+                    written = handle.read().splitlines()[before:]
+                self.assertTrue(written, "nothing was rejected")
+                for line in written:
+                    self.assertEqual(hidden_addresses(line), set(), line)
+        self.assertEqual(self.lines(), [])
+
+    def test_what_is_quoted_is_what_was_decoded(self):
+        payload = {"writeKey": "k", "userId": "u", "context": {"ip": "203.0.113.77"},
+                   "properties": {"note": "\u00e9 seen at 2001:db8:abcd:12::77"}}
+        self.answer(query="data=" + b64(payload))
+        self.answer(query="writeKey=k&userId=u&properties.x=1%2E2&context.ip=" + "%FF")
+        self.answer(query="data=" + b64(b"not json"))
+        first, second, third = self.lines("rejects.jsonl")
+        data = urllib.parse.parse_qs(first["query"])["data"][0]
+        self.assertEqual(json.loads(base64.urlsafe_b64decode(data + "==")), dict(
+            payload, context={"ip": "203.0.113.0"},
+            properties={"note": "\u00e9 seen at 2001:db8:abcd::"}))
+        self.assertNotIn("redacted", first)
+        self.assertEqual((second["query"], second["redacted"]),
+                         ("writeKey=k&userId=u&properties.x=1%2E2", True))
+        self.assertEqual((third["query"], third["redacted"]), ("", True))
+
+
+    def test_the_worst_inputs_take_bounded_time(self):
+        # Each address costs ipaddress microseconds; a body can hold a hundred thousand.
+        many = " ".join("2001:db8:%x::1" % number for number in range(60000))
+        for name, send in [
+                ("a body", lambda: self.answer(method="POST", path="/v1/batch", body=json.dumps(
+                    {"batch": many[:pixel.MAX_BATCH_BYTES - 100]}).encode())),
+                ("items", lambda: self.answer(method="POST", path="/v1/batch", body=json.dumps(
+                    {"batch": [{"type": "bogus", "a": many[:30000]}] * 15}).encode())),
+                ("a query", lambda: self.answer(query="a=" + urllib.parse.quote(
+                    many[:pixel.MAX_LINE - 100]))),
+                ("a user agent", lambda: self.answer(query="a=1", headers={
+                    "user-agent": many[:pixel.MAX_LINE - 100]}))]:
+            with self.subTest(name):
+                started = time.perf_counter()
+                send()
+                self.assertLess(time.perf_counter() - started, 0.5)
+        for record in self.lines("rejects.jsonl"):
+            self.assertNotIn(":1 ", json.dumps(record))
+
+
+TEST_ADDRESSES = (ipaddress.ip_address("203.0.113.77"),
+                  ipaddress.ip_address("2001:db8:abcd:12::77"))
+
+
+def hidden_address_cases():
+    """(case, send) pairs: each send(recorder) makes one request to be rejected that hides
+    a TEST_ADDRESSES address in an encoding a client can choose, and returns the request
+    as sent (text), for hidden_addresses to read the address out of."""
+    v4, v6 = (str(address) for address in TEST_ADDRESSES)
+    escaped_v4 = "".join("\\u%04x" % ord(char) for char in v4[:3]) + v4[3:]
+
+    def get(query, headers=None):
+        def send(recorder):
+            recorder.answer(pixel.ROUTES["/v1/pixel/track"], request(query=query,
+                                                                     headers=headers))
+            return query + " " + json.dumps(headers or {})
+        return send
+
+    def api(body, path="/v1/batch", encoding=None):
+        def send(recorder):
+            headers = {"content-encoding": encoding} if encoding else {}
+            recorder.answer(pixel.ROUTES[path], request("POST", path, body=body,
+                                                        headers=headers))
+            return body.decode("latin-1")
+        return send
+
+    def too_long(query):
+        def send(recorder):
+            recorder.refuse(pixel.ROUTES["/v1/pixel/track"], request(query=query),
+                            "uri_too_long", 414)
+            return query
+        return send
+
+    no_event = {"writeKey": "k", "userId": "u", "context": {"ip": v4}}
+    in_v6 = {"writeKey": "k", "userId": "u", "context": {"ip": v6}}
+    fullwidth = unicodedata.normalize("NFKC", v4).translate(
+        {ord(char): ord(char) + 0xFEE0 for char in "0123456789."})
+    gzipped = gzip.compress(json.dumps({"batch": {"note": v4}}).encode())
+    stored = gzip.compress(('{"batch": [{"type": "bogus", "ip": "%s", "pad": "%s"}]}'
+                            % (escaped_v4, "x" * 20)).encode(), compresslevel=0)
+    return [
+        ("data=, standard base64", get("data=" + b64(no_event))),
+        ("data=, URL-safe and unpadded", get("data=" + b64(no_event, "urlsafe", False))),
+        ("data=, percent-escaped", get("data=" + quote_all(b64(in_v6)))),
+        ("data= that is not base64", get("data=" + b64(no_event) + "!!")),
+        ("data= that is not JSON", get("data=" + b64(("ip " + v4).encode()))),
+        ("data= and plain parameters", get("userId=u&data=" + b64({"context": {"ip": v4}}))),
+        ("data= with \\u escapes", get("data=" + b64(
+            ('{"writeKey": "k", "userId": "u", "x": "%s"}' % escaped_v4).encode()))),
+        ("percent-escaped dots", get("writeKey=k&userId=u&context.ip=" +
+                                       v4.replace(".", "%2E"))),
+        ("double percent-escaping", get("writeKey=k&userId=u&context.ip=" +
+                                          v4.replace(".", "%252E"))),
+        ("triple percent-escaping", get("writeKey=k&userId=u&properties.a=" +
+                                          v4.replace(".", "%25252E"))),
+        ("every character escaped", get("writeKey=k&userId=u&properties.a=" +
+                                          "".join("%%%02X" % ord(char) for char in v4))),
+        ("an overlong UTF-8 dot", get("writeKey=k&userId=u&properties.a=" +
+                                        v4.replace(".", "%C0%AE"))),
+        ("escaped colons", get("writeKey=k&userId=u&context.ip=" +
+                                 v6.replace(":", "%3A"))),
+        ("IPv6 written out whole", get("writeKey=k&userId=u&properties.a=" +
+                                         ipaddress.ip_address(v6).exploded)),
+        ("IPv4-mapped IPv6", get("writeKey=k&userId=u&context.ip=::ffff:" + v4)),
+        ("IPv4-mapped IPv6 in hex", get("writeKey=k&userId=u&properties.a=::ffff:cb00:714d")),
+        ("6to4", get("writeKey=k&userId=u&properties.a=2002:cb00:714d::1")),
+        ("leading zeros", get("writeKey=k&userId=u&properties.a=203.000.113.077")),
+        ("more leading zeros", get("writeKey=k&userId=u&properties.a=203.0000.113.77")),
+        ("IIS's %u escapes", get("writeKey=k&userId=u&properties.a=" +
+                                 v4.replace(".", "%u002E"))),
+        ("HTML character references", get("writeKey=k&userId=u&properties.a=" +
+                                           urllib.parse.quote(v4.replace(".", "&#46;")))),
+        ("fullwidth digits", get("writeKey=k&userId=u&properties.a=" +
+                                   urllib.parse.quote(fullwidth))),
+        ("a parameter's name", get("writeKey=k&userId=u&%s.=1" % v4.replace(".", "%2E"))),
+        ("the user agent", get("writeKey=k", {"user-agent": "Bot/1 (%s)" % v4})),
+        ("the user agent, escaped", get("writeKey=k", {"user-agent": "Bot/1 (%s)" %
+                                                          v4.replace(".", "%2E")})),
+        ("a query over the limit", too_long("data=" + b64(no_event) + "&x=" + "y" * 70000)),
+        ("\\u escapes in a JSON body", api(('{"batch": {"ip": "%s"}}' % escaped_v4).encode())),
+        ("\\u escapes in a body that is not JSON", api(
+            ('{"batch": [{"ip": "%s"' % escaped_v4).encode())),
+        ("\\u escapes in a batch item", api(
+            ('{"batch": [{"type": "bogus", "context": {"ip": "%s"}}]}' % escaped_v4).encode())),
+        ("HTML character references in a body", api(json.dumps(
+            {"batch": {"a": v6.replace(":", "&colon;")}}).encode())),
+        ("fullwidth digits in an event", api(json.dumps(
+            {"writeKey": "k", "userId": "u", "properties": {"a": fullwidth}}).encode(),
+            "/v1/track")),
+        ("a base64 body", api(base64.b64encode(json.dumps(no_event).encode()))),
+        ("a gzip body", api(gzipped, encoding="gzip")),
+        ("a gzip body cut short", api(stored[:-8], encoding="gzip")),
+        ("an encoding pixel does not read", api(
+            json.dumps({"batch": [{"ip": escaped_v4}]}).encode(), encoding="br")),
+        ("a body that is not UTF-8", api(('{"batch": "%s"}' % v4).encode("utf-16"))),
+    ]
+
+
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
+_DIGITS = re.compile(r"(?<![0-9A-Za-z])\d+(?:\.\d+){3}(?![0-9])")
+_V6ISH = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
+
+
+def readings(text, rounds=4):
+    """Every text a reader could make of `text` by undoing percent-escapes (strictly, or
+    reading an overlong UTF-8 dot as a dot), JSON and its \\u escapes (and IIS's %u), HTML
+    character references, base64 of either alphabet, gzip, UTF-16, fullwidth forms and
+    other scripts' digits, up to `rounds` deep."""
+    seen, frontier = {text}, [text]
+    for _ in range(rounds):
+        found = []
+        for item in frontier:
+            found.append(urllib.parse.unquote(item, errors="replace"))
+            found.append(urllib.parse.unquote_plus(item, errors="replace"))
+            found.append(urllib.parse.unquote_to_bytes(item).replace(b"\xc0\xae", b".")
+                         .decode("utf-8", "replace"))
+            found.append(re.sub(r"[\\%]u([0-9A-Fa-f]{4})",
+                                lambda match: chr(int(match.group(1), 16)), item))
+            found.append(html.unescape(item))
+            found.append(unicodedata.normalize("NFKC", item))
+            found.append(re.sub(r"\d", lambda match: str(unicodedata.decimal(match.group())),
+                                item))
+            try:
+                found.extend(json_strings(json.loads(item)))
+            except (ValueError, RecursionError):
+                pass
+            for raw in (item.encode("latin-1", "replace"), item.encode("utf-8")):
+                found.append(raw.decode("utf-16", "replace"))
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                try:
+                    found.append(inflater.decompress(raw).decode("utf-8", "replace"))
+                except zlib.error:
+                    pass
+            for run in _BASE64_RUN.findall(item):
+                for decode in (base64.b64decode, base64.urlsafe_b64decode):
+                    try:
+                        found.append(decode(run.rstrip("=") + "=" * (-len(run.rstrip("="))
+                                                                       % 4)).decode("latin-1"))
+                    except ValueError:   # binascii.Error: not base64 after all
+                        pass
+        frontier = [item for item in found if item not in seen][:2000]
+        seen.update(frontier)
+    return seen
+
+
+def json_strings(value):
+    """Every string in parsed JSON, keys too."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return list(value) + [text for item in value.values() for text in json_strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in json_strings(item)]
+    return []
+
+
+def hidden_addresses(text):
+    """The TEST_ADDRESSES that some reading of `text` holds in full, in any notation."""
+    found = set()
+    for reading in readings(text):
+        for dotted in _DIGITS.findall(reading):   # leading zeros read as decimal, too
+            if tuple(int(part) for part in dotted.split(".")) == \
+                    tuple(TEST_ADDRESSES[0].packed):
+                found.add(TEST_ADDRESSES[0])
+        for candidate in _V6ISH.findall(reading):
+            try:
+                address = ipaddress.ip_address(candidate.strip(":.") if "::" not in candidate
+                                               else candidate)
+            except ValueError:
+                continue
+            for seen in (address, getattr(address, "ipv4_mapped", None),
+                         getattr(address, "sixtofour", None)):
+                if seen in TEST_ADDRESSES:
+                    found.add(seen)
+    return found
+
 
 class TornTail(unittest.TestCase):
     """A kill -9 in the middle of a write leaves a last line with no newline."""
@@ -1509,6 +1854,17 @@ class TornTail(unittest.TestCase):
             (record,) = [json.loads(line) for line in handle]
         self.assertEqual((record["reason"], record["body"]), ("torn_tail", '{"torn'))
         self.assertEqual(record["detail"], "6 byte(s) cut from " + self.path)
+
+    def test_an_anonymizing_recorder_quotes_no_address_out_of_a_torn_tail(self):
+        with open(self.path, "wb") as handle:   # written before --anonymize-ip was set
+            handle.write(b'{"a":1}\n{"context":{"ip":"\\u0032\\u0030\\u0033.0.113.77"')
+        rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"))
+        self.addCleanup(rejects.close)
+        recorder = pixel.Recorder(self.writer(), rejects, clock=lambda: T0, anonymize_ip=True)
+        recorder.record_torn_tails()
+        (line,) = read_text(rejects.path).splitlines()
+        self.assertEqual(json.loads(line)["body"], '{"context":{"ip":"203.0.113.0"')
+        self.assertEqual(hidden_addresses(line), set())
 
     def test_a_file_that_is_not_a_pixel_log_is_not_cut(self):
         content = b"x" * (pixel.MAX_WRITE_BYTES + 1)   # no newline, more than one write
@@ -2148,6 +2504,45 @@ class WriteKeyAllowList(ServerCase):
         self.assertEqual([event["writeKey"] for event in self.lines()], ["good"])
         self.assertEqual([r["reason"] for r in self.lines("rejects.jsonl")],
                          ["invalid_write_key"])
+
+    def test_the_api_answers_401_to_a_request_with_no_allowed_key(self):
+        def batch(*keys):
+            return json.dumps({"batch": [{"type": "track", "writeKey": key, "userId": "u",
+                                          "event": "e"} for key in keys]})
+
+        status, headers, body = self.get("/v1/batch", method="POST", body=batch("bad", "bad"),
+                                         headers={"Content-Type": "application/json"})
+        self.assertEqual((status, json.loads(body)),
+                         (401, {"success": False, "error": "invalid_write_key"}))
+        self.assertEqual(headers["www-authenticate"], 'Basic realm="pixel"')
+        status, headers, body = self.get("/v1/b", method="POST", body=batch("bad"), headers={
+            "Origin": "https://shop.example.com", "Content-Type": "text/plain"})
+        self.assertEqual((status, headers["access-control-allow-origin"],
+                          headers["access-control-allow-credentials"]),
+                         (401, "https://shop.example.com", "true"))
+        self.assertEqual(self.get("/v1/batch", method="POST", body=batch("good", "bad"))[0],
+                         200)
+        self.assertEqual([event["writeKey"] for event in self.lines()], ["good"])
+        self.assertEqual([r["reason"] for r in self.lines("rejects.jsonl")],
+                         ["invalid_write_key"] * 4)
+
+    def test_a_forwarding_pixel_sees_the_401_and_pauses(self):
+        sender = pixel.LogWriter(os.path.join(self.dir, "sender.jsonl"), readable=True)
+        self.addCleanup(sender.close)
+        sender.write([log_event(number) for number in range(3)])
+        sender_rejects = pixel.LogWriter(os.path.join(self.dir, "sender-rejects.jsonl"))
+        self.addCleanup(sender_rejects.close)
+        forwarder = pixel.Forwarder(
+            pixel.Receiver("http://127.0.0.1:%d" % self.port, timeout=5), sender_rejects,
+            write_key="wrong", backoff=(0.05, 0.4),
+            reporter=pixel.Reporter(io.StringIO()))
+        forwarder.follow(sender)
+        self.addCleanup(forwarder.close)
+        self.addCleanup(forwarder.stop, 5)
+        forwarder.start()
+        self.assertTrue(wait_until(lambda: forwarder.status()["paused_write_key"] == "wrong"))
+        self.assertIn("401", forwarder.status()["last_error"])
+        self.assertEqual((forwarder.sent, self.lines()), (0, []))
 
 
 class NoIp(ServerCase):
@@ -2987,6 +3382,21 @@ class InternalErrors(ServerCase):
         self.assertEqual(self.stderr.getvalue().count("internal error"), 1)
         self.assertIn("RuntimeError: boom", self.stderr.getvalue())
 
+    def test_the_address_in_the_line_is_as_the_logs_have_it(self):
+        def broken(route, request):
+            raise RuntimeError("boom")
+        for options, shown in (({}, "127.0.0.1"), ({"anonymize_ip": True}, "127.0.0.0"),
+                               ({"record_ip": False}, "a client")):
+            with self.subTest(options):
+                self.recorder_options = options
+                self.dir, self.stderr = temp_dir(self), io.StringIO()
+                self.start_server()
+                self.recorder.answer = broken
+                with self.assertRaises((ConnectionError, http.client.HTTPException)):
+                    self.get("/v1/pixel/track?writeKey=k&userId=u&event=e")
+                self.assertIn("internal error serving %s: RuntimeError" % shown,
+                              self.stderr.getvalue())
+
 
 class BrowserRoutes(ServerCase):
     """What analytics.js (analytics-next) sends: a preflight, then a text/plain POST to the
@@ -3150,6 +3560,46 @@ class SettingsDocument(ServerCase):
         answer = recorder.answer(pixel.route_for("/v1/projects/K/settings"), request(
             path="/v1/projects/K/settings", headers={"host": "x\"><script>"}))
         self.assertEqual(answer.status, 400)
+
+    def test_the_scheme_it_came_by_and_no_shared_cache_of_a_host_built_document(self):
+        recorder = pixel.Recorder(self.events, self.rejects, trusted_proxies=["10.0.0.0/8"])
+        route = pixel.route_for("/v1/projects/K/settings")
+        for name, peer, scheme, forwarded, expected in [
+                ("plain", "192.0.2.1", "http", None, "http"),
+                ("TLS", "192.0.2.1", "https", None, "https"),
+                ("a trusted proxy that ended TLS", "10.0.0.2", "http", "https", "https"),
+                ("a trusted proxy over plain HTTP", "10.0.0.2", "https", "http", "http"),
+                ("anyone else's header", "192.0.2.1", "http", "https", "http")]:
+            with self.subTest(name):
+                headers = {"host": "pixel.test"}
+                if forwarded:
+                    headers["x-forwarded-proto"] = forwarded
+                answer = recorder.answer(route, pixel.Request(
+                    "GET", "/v1/projects/K/settings", "", headers, peer, b"", "", scheme))
+                destination = json.loads(answer.body)["integrations"]["Segment.io"]
+                self.assertEqual(destination["protocol"], expected)
+                self.assertIn(("Cache-Control", "no-store"), answer.headers)
+        # With --public-url the document is the same for every visitor: cacheable.
+        status, headers, _ = self.get("/v1/projects/K/settings")
+        self.assertEqual(status, 200)
+        self.assertNotIn("cache-control", headers)
+
+    def test_wsgi_url_scheme(self):
+        app = pixel.make_wsgi_app(log=os.path.join(self.dir, "w.jsonl"),
+                                  rejects=os.path.join(self.dir, "w-rejects.jsonl"))
+        self.addCleanup(app.recorder.events.close)
+        self.addCleanup(app.recorder.rejects.close)
+        for scheme in ("https", "http"):
+            with self.subTest(scheme):
+                answers = []
+                body = app({"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/projects/K/settings",
+                            "HTTP_HOST": "site.example", "wsgi.url_scheme": scheme,
+                            "wsgi.input": io.BytesIO()},
+                           lambda status, headers: answers.append((status, headers)))
+                self.assertEqual(answers[0][0], "200 OK")
+                self.assertIn(("Cache-Control", "no-store"), answers[0][1])
+                destination = json.loads(b"".join(body))["integrations"]["Segment.io"]
+                self.assertEqual(destination["protocol"], scheme)
 
 
 class OriginPatterns(unittest.TestCase):
@@ -3833,15 +4283,16 @@ class ForwardingAttacked(ForwardingCase):
         self.assertEqual([(line["reason"], line["detail"]) for line in self.rejects()],
                          [("forward_unreadable", "nested too deep")])
         self.assertIn("cannot read the checkpoint", self.stderr.getvalue())
-        self.assertIsNone(pixel.logged_message_id(deep))
-        self.assertEqual(pixel.logged_message_ids([writer.path], 10), ["m0", "m1"])
+        self.assertIsNone(pixel.logged_client_id(deep))
+        self.assertEqual(pixel.logged_client_ids([writer.path], 10),
+                         [pixel.dedupe_key("K", "m0"), pixel.dedupe_key("K", "m1")])
 
     def test_a_garbage_log_does_not_hold_up_the_start(self):
         path = os.path.join(self.dir, "garbage.jsonl")
         with open(path, "wb") as handle:
             handle.write(b"x\n" * 4000000 + log_event(1))
         started = time.monotonic()
-        self.assertEqual(pixel.logged_message_ids([path], 100), ["m1"])
+        self.assertEqual(pixel.logged_client_ids([path], 100), [pixel.dedupe_key("K", "m1")])
         self.assertLess(time.monotonic() - started, 2.0)   # about 2,200 lines looked at
 
     def test_gzipped_archives_read_once_and_broken_ones_refused_by_name(self):
@@ -5597,6 +6048,34 @@ class Tls(unittest.TestCase):
         with open(os.path.join(self.dir, "events.jsonl")) as handle:
             self.assertEqual(len(handle.readlines()), 1)
 
+    def test_the_settings_document_over_https_says_https(self):
+        process, port = self.start()
+        context = self.ssl.create_default_context(cafile=self.ca)
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10,
+                                                 context=context)
+        self.addCleanup(connection.close)
+        connection.request("GET", "/v1/projects/K/settings")
+        response = connection.getresponse()
+        destination = json.loads(response.read())["integrations"]["Segment.io"]
+        self.assertEqual((response.status, destination["protocol"], destination["apiHost"]),
+                         (200, "https", "127.0.0.1:%d/v1" % port))
+        self.assertEqual(response.getheader("Cache-Control"), "no-store")
+
+    def test_plain_http_gets_a_content_length_that_counts_its_body(self):
+        process, port = self.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            while True:   # everything until the server closes, not what the header promises
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = re.search(rb"\r\nContent-Length: (\d+)\r\n", head + b"\r\n").group(1)
+        self.assertEqual(int(length), len(body))
+        self.assertEqual(body, b"This port speaks HTTPS: use https://.\n")
+
     def test_plain_http_that_does_not_start_with_a_letter(self):
         process, port = self.start()
         for start in (b"\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n", b"1234\r\n\r\n"):
@@ -5678,9 +6157,95 @@ class Tls(unittest.TestCase):
         with open(self.certfile, "w") as handle:
             handle.write("not a certificate\n")
         process.send_signal(signal.SIGHUP)
-        self.assertTrue(wait_until(lambda: "still using the ones loaded before" in
+        self.assertTrue(wait_until(lambda: "still using the certificate and key loaded before" in
                                    read_text(self.stderr.name)))
         self.assertEqual(self.https(port, "/health", ca=new_ca)[0], 200)
+
+    def bad_pairs(self):
+        """(case, certfile, keyfile, what pixel must say) for pairs that cannot load, each
+        made by openssl: a certificate that is not PEM (text, DER), a key that does not match,
+        an encrypted key, the two swapped, a file that cannot be read."""
+        folder = temp_dir(self, "pixel-bad-tls-")
+
+        def made(name, *argv):
+            path = os.path.join(folder, name)
+            subprocess.run(["openssl"] + list(argv) + ["-out", path], check=True,
+                           capture_output=True, timeout=60)
+            return path
+
+        other_key = made("other.key", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                         "ec_paramgen_curve:prime256v1")
+        encrypted = made("encrypted.key", "pkey", "-in", self.keyfile, "-aes256",
+                         "-passout", "pass:secret")
+        der = made("server.der", "x509", "-in", self.certfile, "-outform", "DER")
+        text = os.path.join(folder, "text.pem")
+        with open(text, "w") as handle:
+            handle.write("not a certificate\n")
+        missing = os.path.join(folder, "missing.key")
+        cases = [("not PEM", text, self.keyfile, text + " is not a PEM certificate"),
+                 ("DER", der, self.keyfile, der + " is DER, not PEM"),
+                 ("mismatch", self.certfile, other_key, "the key %s does not match the "
+                  "certificate %s" % (other_key, self.certfile)),
+                 ("encrypted", self.certfile, encrypted, encrypted + " is encrypted with a "
+                  "passphrase"),
+                 ("swapped", self.keyfile, self.certfile, self.keyfile + " holds a private "
+                  "key, not a certificate"),
+                 ("missing", self.certfile, missing, "cannot read %s: No such file" % missing)]
+        if os.geteuid() != 0:   # root reads a file whatever its mode
+            unreadable = shutil.copy(self.keyfile, os.path.join(folder, "unreadable.key"))
+            os.chmod(unreadable, 0)
+            cases.append(("unreadable", self.certfile, unreadable,
+                          "cannot read %s: Permission denied" % unreadable))
+        return cases
+
+    def test_a_pair_that_cannot_load_says_which_file_and_why(self):
+        for case, certfile, keyfile, said in self.bad_pairs():
+            with self.subTest(case):
+                with self.assertRaises(ValueError) as caught:
+                    pixel.load_tls(certfile, keyfile)
+                self.assertIn(said, str(caught.exception))
+                result = subprocess.run(
+                    [sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none",
+                     "--log", os.path.join(self.dir, "events.jsonl"),
+                     "--certfile", certfile, "--keyfile", keyfile],
+                    capture_output=True, text=True, timeout=30)
+                self.assertEqual(result.returncode, 1)
+                self.assertEqual(result.stderr.splitlines(),
+                                 ["pixel: cannot serve HTTPS: " + str(caught.exception)])
+                self.assertNotIn("PEM lib", result.stderr)
+
+    def test_a_pair_that_cannot_load_on_sighup_says_which_file_and_why(self):
+        process, port = self.start()
+        good = {path: read_text(path) for path in (self.certfile, self.keyfile)}
+        for case, certfile, keyfile, said in self.bad_pairs():
+            with self.subTest(case):
+                sources = {}
+                for source, live in ((certfile, self.certfile), (keyfile, self.keyfile)):
+                    if os.path.exists(source):
+                        with open(source, "rb") as handle:
+                            sources[live] = handle.read()
+                for live in (self.certfile, self.keyfile):
+                    os.remove(live)
+                    if live in sources:
+                        with open(live, "wb") as handle:
+                            handle.write(sources[live])
+                with self.assertRaises(ValueError) as caught:   # the same words, live paths
+                    pixel.load_tls(self.certfile, self.keyfile)
+                self.assertIn(said.replace(certfile, "").replace(keyfile, ""),
+                              str(caught.exception).replace(self.certfile, "")
+                              .replace(self.keyfile, ""))
+                before = len(read_text(self.stderr.name))
+                process.send_signal(signal.SIGHUP)
+                self.assertTrue(wait_until(lambda: "still using" in
+                                           read_text(self.stderr.name)[before:]))
+                self.assertIn("pixel: cannot reload TLS: %s; still using the certificate and "
+                              "key loaded before\n" % caught.exception,
+                              read_text(self.stderr.name)[before:])
+                self.assertEqual(self.https(port, "/health")[0], 200)
+                for path, text in good.items():
+                    with open(path, "w") as handle:
+                        handle.write(text)
+        self.assertNotIn("PEM lib", read_text(self.stderr.name))
 
     def reloaded(self, port, ca):
         try:
