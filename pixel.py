@@ -3608,6 +3608,8 @@ class Forwarder:
             try:
                 status, headers, answer = self.receiver.post(key, body)
             except (OSError, http.client.HTTPException) as error:
+                if self.stopping.is_set():   # stop()'s own cut of the post: not a fault
+                    break
                 problem = "%s: %s" % (type(error).__name__, error)
             else:
                 if 200 <= status < 300 or status in _REFUSED_STATUSES:
@@ -4244,7 +4246,7 @@ def forward_files(argv=None):
             return 1
 
         def stop(signum, frame):
-            forwarder.stopping.set()
+            forwarder.stop()   # cuts the post in flight too, or it waits for its answer
 
         previous = {signum: signal.signal(signum, stop)
                     for signum in (signal.SIGTERM, signal.SIGINT)}

@@ -3421,6 +3421,25 @@ class Forwarding(ForwardingCase):
                          [("forward_unreadable", "no newline", '{"writeKey":"K","tor')])
 
 
+class ForwardingSeams(ForwardingCase):
+    """Issue 19: one tenant's key or one receiver's fault is not everyone's problem; every
+    message names the URL posted to."""
+
+    def test_a_stop_is_not_a_fault(self):
+        release = threading.Event()
+        self.addCleanup(release.set)
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            release.wait(20), (200, {}, b"{}"))[1])
+        writer = self.writer()
+        self.write(writer, [0])
+        forwarder = self.forwarder(receiver.url, writer, timeout=10)
+        self.assertTrue(wait_until(lambda: len(receiver.posts) == 1))
+        forwarder.stop(5)
+        self.assertFalse(forwarder.thread.is_alive())
+        self.assertEqual((self.stderr.getvalue(), forwarder.failed_attempts,
+                          forwarder.last_error), ("", 0, None))
+
+
 class ForwardingThroughRotation(ForwardingCase):
     """Everything written reaches the receiver once and in order, through pixel's own
     rotation with --keep, an outside mv and an outside rm of the live log."""
@@ -4921,6 +4940,61 @@ class ForwardOverTls(unittest.TestCase):
                                    (forward_state()["last_error"] or "")))
         self.assertEqual(forward_state()["lines_behind"], 1)
         self.assertEqual(receiver.ids(), ["tls-%d" % trusting_port])
+
+
+class ForwardingSeamsProcess(unittest.TestCase):
+    """Issue 19's forwarding items through pixel.py itself: the keys main() hands the
+    forwarder, the URL as given, a stop, and `pixel.py forward`'s share of each."""
+
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-seams-")
+
+    def hanging_receiver(self):
+        release = threading.Event()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            release.wait(30), (200, {}, b"{}"))[1])
+        self.addCleanup(release.set)   # before the receiver's own cleanups: LIFO
+        return receiver
+
+    def backfill(self, url, *argv):
+        return subprocess.Popen([sys.executable, PIXEL_PY, "forward", "--to", url] +
+                                list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    def log_file(self, name, lines):
+        path = os.path.join(self.dir, name)
+        with open(path, "wb") as handle:
+            handle.write(b"".join(lines))
+        return path
+
+    def test_a_sigterm_is_not_reported_as_a_receiver_fault(self):
+        receiver = self.hanging_receiver()
+        process, port = start_pixel(self, "--log", os.path.join(self.dir, "events.jsonl"),
+                                    "--forward", receiver.url, stderr=subprocess.PIPE)
+        self.addCleanup(process.stderr.close)
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e")
+        self.assertTrue(wait_until(lambda: len(receiver.posts) == 1))   # in flight
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(10), 0)
+        self.assertLess(time.monotonic() - started, 3)
+        stderr = process.stderr.read()
+        self.assertNotIn("no whole answer", stderr)
+        self.assertNotIn("forwarding to", stderr)
+
+    def test_a_sigterm_stops_a_backfill_at_once_and_quietly(self):
+        receiver = self.hanging_receiver()
+        path = self.log_file("events.jsonl.1", [log_event(0)])
+        process = self.backfill(receiver.url, path)
+        self.addCleanup(process.kill)
+        self.assertTrue(wait_until(lambda: len(receiver.posts) == 1))
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=15)
+        self.assertEqual(process.returncode, 1)
+        self.assertLess(time.monotonic() - started, 3, "waited for the post's timeout")
+        self.assertNotIn("no whole answer", stderr)
+        self.assertIn("run the same command again", stdout)
 
 
 class Tls(unittest.TestCase):
