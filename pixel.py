@@ -1864,8 +1864,10 @@ class Recorder:
                  "whole.", [("", (), status["files_behind"])]),
                 ("pixel_forward_backlog_seconds", "gauge", "Age of the oldest event not yet "
                  "forwarded.", [("", (), float(status["backlog_seconds"]))]),
-                ("pixel_forward_paused", "gauge", "1 while a 401 or 403 pauses forwarding.",
-                 [("", (), int(status["paused_write_key"] is not None))]),
+                ("pixel_forward_paused", "gauge", "1 while forwarding is held up: a 401 or "
+                 "403 for a configured writeKey, or a receiver at fault.",
+                 [("", (), int(status["paused_write_key"] is not None or
+                               status["receiver_fault"] is not None))]),
                 ("pixel_forward_last_success_timestamp_seconds", "gauge", "When the receiver "
                  "last took a batch (Unix time; 0: never).",
                  [("", (), float(forwarder.last_success or 0))]),
@@ -2818,6 +2820,9 @@ class Receiver:
         self.url = url
         self.host, self.port = parts.hostname, parts.port
         self.path = parts.path.rstrip("/") + "/v1/batch"
+        # What every message names: the URL posted to, not the base URL it was given.
+        self.endpoint = urllib.parse.urlunsplit((parts.scheme, parts.netloc, self.path, "",
+                                                 ""))
         self.timeout = timeout
         self._aborted = False
         self.context = None
@@ -3169,6 +3174,7 @@ class LogFile:
 _ROTATED_NAME = re.compile(r"(?:\.\d{8}T\d{6}\.\d{3}Z(?:-\d+)?|\.\d{1,6}|-\d{8,14})\Z")
 _REFUSED_STATUSES = (400, 413, 422)   # the receiver will never take this batch as it is
 _KEY_STATUSES = (401, 403)            # ... nor anything with this writeKey, until fixed
+_NOTHING_THERE_STATUSES = (404, 405)  # ... nor anything at this URL (a 3xx neither)
 
 Item = collections.namedtuple("Item", "data end line")
 Item.__doc__ = """One event of a batch: its JSON, where its line ends in the log, the line."""
@@ -3219,7 +3225,9 @@ class Forwarder:
         self.last_error = None
         self.backoff = 0.0           # the wait now under way, while retrying
         self.paused_key = None       # the writeKey a 401 or 403 stopped
-        self.key_refused = None      # backfill: why it stopped for good (401, 403)
+        self.wrong_url = None        # its last answer saying nothing is at the URL
+        self.gave_up = None          # backfill: why it stopped for good (a configured key
+                                     # refused, nothing at the URL)
         self._failing = 0            # attempts failed in a row
         self._lines_done = 0         # lines sent or refused since the start
         self._backlog_start = None   # (lines unsent at the start, writer.written then)
@@ -3598,11 +3606,12 @@ class Forwarder:
 
     def _post(self, key, items):
         """(status, answer) once the receiver answers 2xx, 400, 413 or 422; (None, None) if
-        stop() came first. Anything else is retried after a wait."""
+        stop() came first, or a backfill gave up. Anything else is retried after a wait."""
         body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
             format_time(self.clock()).encode("ascii")
         compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         body = compressor.compress(body) + compressor.flush()
+        endpoint = self.receiver.endpoint
         while not self.stopping.is_set():
             delay = None
             try:
@@ -3618,8 +3627,7 @@ class Forwarder:
                 problem = "%d %s" % (status, " ".join(answer[:200].split()))
                 if status in _KEY_STATUSES:
                     if self.writer is None:   # a backfill stops: the key is wrong
-                        self.key_refused = "%s refused writeKey %s: %s" % (
-                            self.receiver.url, key, problem)
+                        self.gave_up = "%s refused writeKey %s: %s" % (endpoint, key, problem)
                         self.stopping.set()
                         break
                     delay = self.max_delay
@@ -3628,8 +3636,17 @@ class Forwarder:
                         self.reporter.say(
                             "forwarding to %s is PAUSED: it refused writeKey %s (%s). Check "
                             "--forward-write-key or the receiver's keys; nothing is dropped, "
-                            "retrying every %d s" % (self.receiver.url, key, problem,
-                                                     self.max_delay))
+                            "retrying every %d s" % (endpoint, key, problem, self.max_delay))
+                elif status in _NOTHING_THERE_STATUSES or 300 <= status < 400:
+                    # No API there (a redirect is never followed): waiting will not fix it.
+                    location = headers.get("location")
+                    problem += "%s: nothing at this URL takes batches; check the URL" % (
+                        " (to %s)" % location[:200] if location else "")
+                    if self.writer is None:
+                        self.gave_up = "%s answered %s" % (endpoint, problem)
+                        self.stopping.set()
+                        break
+                    self.wrong_url = problem
                 elif status == 429:   # as it says, but never at once: Retry-After: 0 is a loop
                     delay = retry_after(headers.get("retry-after"), self.clock())
                     if delay is not None:
@@ -3640,7 +3657,7 @@ class Forwarder:
                 delay = backoff_delay(self._failing, self.first_delay, self.max_delay)
             self.last_error, self.backoff = problem, delay
             self.reporter.say("forwarding to %s: %s; %d failed attempt(s) in a row, next in "
-                              "%.1f s" % (self.receiver.url, problem, self._failing, delay),
+                              "%.1f s" % (endpoint, problem, self._failing, delay),
                               key="forward")
             self.stopping.wait(delay)
         return None, None
@@ -3648,8 +3665,8 @@ class Forwarder:
     def _answered(self):
         if self._failing:
             self.reporter.say("forwarding to %s again, after %d failed attempt(s)"
-                              % (self.receiver.url, self._failing))
-        self._failing, self.backoff, self.paused_key = 0, 0.0, None
+                              % (self.receiver.endpoint, self._failing))
+        self._failing, self.backoff, self.paused_key, self.wrong_url = 0, 0.0, None, None
 
     def _acknowledge(self, log, items, sent):
         log.offset = items[-1].end
@@ -3765,7 +3782,9 @@ class Forwarder:
                 else format_time(self.last_success),
                 "failed_attempts": self.failed_attempts, "backoff": round(self.backoff, 3),
                 "last_error": self.last_error, "paused_write_key": self.paused_key,
-                "degraded": self.paused_key is not None or age > self.alert}
+                "receiver_fault": self.wrong_url,
+                "degraded": self.paused_key is not None or self.wrong_url is not None or
+                age > self.alert}
 
 
 _BATCH_OPEN = b'{"batch":['
@@ -3943,6 +3962,12 @@ def _forward_url(text):
             not re.fullmatch(r"[!-~]*", parts.path, re.ASCII):
         raise argparse.ArgumentTypeError("not an http(s) URL with no query or credentials: "
                                          "%r (try https://api.segment.io)" % text)
+    # The API's base URL, under which batches go to /v1/batch. Given as Segment's docs
+    # write the endpoint (https://api.segment.io/v1/batch), or its /v1, it is meant as that
+    # base: posting to /v1/batch/v1/batch would be answered 404, forever.
+    for endpoint in ("/v1/batch", "/v1"):
+        if parts.path.endswith(endpoint):
+            return text[:-len(endpoint)]
     return text
 
 
@@ -4080,7 +4105,8 @@ def build_parser(environ):
            metavar="TOKEN")
     option("--forward", "PIXEL_FORWARD", None, "relay the events log, at least once and in "
            "order, to this Segment-compatible API (https://api.segment.io, a RudderStack or "
-           "Jitsu URL, another pixel); batches go to URL/v1/batch", _forward_url,
+           "Jitsu URL, another pixel); batches go to URL/v1/batch (a URL given with "
+           "/v1/batch or /v1 at its end is taken without it)", _forward_url,
            metavar="URL")
     option("--forward-write-key", "PIXEL_FORWARD_WRITE_KEY", None, "forward every event "
            "under this writeKey, instead of each under its own", _nonempty, metavar="KEY")
@@ -4203,7 +4229,8 @@ def build_forward_parser():
                     "what the receiver took: run the same command again after an "
                     "interruption and it goes on from there, skipping files already sent.")
     parser.add_argument("--to", required=True, type=_forward_url, metavar="URL",
-                        help="the API's base URL; batches go to URL/v1/batch")
+                        help="the API's base URL; batches go to URL/v1/batch (a URL given "
+                             "with /v1/batch or /v1 at its end is taken without it)")
     parser.add_argument("--write-key", type=_nonempty, metavar="KEY",
                         help="send every event under this writeKey, not its own")
     parser.add_argument("--batch", type=_batch_size, default=DEFAULT_FORWARD_BATCH,
@@ -4262,8 +4289,8 @@ def forward_files(argv=None):
         forwarder.sent, args.to, forwarder.refused, rejects_path,
         "" if complete else "; stopped before the end: run the same command again to go on"),
         flush=True)
-    if forwarder.key_refused:
-        reporter.say(forwarder.key_refused)
+    if forwarder.gave_up:
+        reporter.say(forwarder.gave_up)
     return 0 if complete else 1
 
 

@@ -845,6 +845,19 @@ class CommandLine(unittest.TestCase):
                 self.assertIn("usage: pixel.py", stderr.getvalue())
                 self.assertIn(message, stderr.getvalue())
 
+    def test_a_forward_url_given_with_its_endpoint_is_its_base(self):
+        for given, base in (("https://host/v1/batch", "https://host"),
+                            ("https://host/v1/batch/", "https://host"),
+                            ("https://host:8443/v1", "https://host:8443"),
+                            ("http://host/rudder/v1/batch", "http://host/rudder"),
+                            ("https://host/v1batch", "https://host/v1batch"),
+                            ("https://host", "https://host")):
+            with self.subTest(given):
+                self.assertEqual(pixel.parse_args(["--forward", given], {}).forward, base)
+                self.assertEqual(pixel.build_forward_parser().parse_args(
+                    ["--to", given, "file"]).to, base)
+                self.assertEqual(pixel.Receiver(base).endpoint, base + "/v1/batch")
+
     def test_version(self):
         stdout = io.StringIO()
         with self.assertRaises(SystemExit) as caught, unittest.mock.patch("sys.stdout", stdout):
@@ -3325,8 +3338,8 @@ class Forwarding(ForwardingCase):
         self.assertEqual(forwarder.failed_attempts, 4)
         self.assertEqual(len(receiver.posts), 5)
         self.assertEqual(forwarder.status()["backoff"], 0)
-        self.assertRegex(self.stderr.getvalue(), r"forwarding to http://127.0.0.1:\d+: 500 down; "
-                                                 r"1 failed attempt\(s\) in a row")
+        self.assertRegex(self.stderr.getvalue(), r"forwarding to http://127.0.0.1:\d+/v1/batch: "
+                                                 r"500 down; 1 failed attempt\(s\) in a row")
         self.assertIn("again, after 4 failed attempt(s)", self.stderr.getvalue())
 
     def test_429_waits_for_retry_after(self):
@@ -3424,6 +3437,24 @@ class Forwarding(ForwardingCase):
 class ForwardingSeams(ForwardingCase):
     """Issue 19: one tenant's key or one receiver's fault is not everyone's problem; every
     message names the URL posted to."""
+
+    def test_nothing_at_the_url_is_said_with_the_url_posted_to(self):
+        answers = iter([(404, {}, b"Not Found"), (405, {}, b"Method Not Allowed")])
+        receiver = FakeReceiver(self, lambda receiver, user, events: next(
+            answers, (200, {}, b"{}")))
+        writer = self.writer()
+        self.write(writer, range(2))
+        forwarder = self.forwarder(receiver.url + "/wrong", writer, backoff=(0.3, 0.4))
+        self.assertTrue(wait_until(lambda: "forwarding to %s/wrong/v1/batch: 404 Not Found: "
+                                   "nothing at this URL takes batches" % receiver.url
+                                   in self.stderr.getvalue()))
+        status = forwarder.status()
+        self.assertTrue(status["degraded"])
+        self.assertIn("nothing at this URL takes batches", status["receiver_fault"])
+        self.assertTrue(wait_until(lambda: forwarder.sent == 2))
+        self.assertEqual((forwarder.failed_attempts, forwarder.status()["degraded"]), (2, False))
+        self.assertIn("forwarding to %s/wrong/v1/batch again" % receiver.url,
+                      self.stderr.getvalue())
 
     def test_a_stop_is_not_a_fault(self):
         release = threading.Event()
@@ -4995,6 +5026,25 @@ class ForwardingSeamsProcess(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 3, "waited for the post's timeout")
         self.assertNotIn("no whole answer", stderr)
         self.assertIn("run the same command again", stdout)
+
+    def test_a_url_given_with_v1_batch_is_posted_to_once(self):
+        receiver = FakeReceiver(self)
+        process, port = start_pixel(self, "--log", os.path.join(self.dir, "events.jsonl"),
+                                    "--forward", receiver.url + "/v1/batch/")
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e&messageId=m0")
+        self.assertTrue(wait_until(lambda: receiver.ids() == ["m0"]))
+        self.assertEqual(receiver.posts[0][0], "/v1/batch")
+        self.assertEqual(fetch_json(port, "/health")["forward"]["target"], receiver.url)
+
+    def test_a_backfill_to_a_url_with_nothing_there_stops_and_names_it(self):
+        receiver = FakeReceiver(self, lambda receiver, user, events: (404, {}, b"Not Found"))
+        path = self.log_file("events.jsonl.1", [log_event(0)])
+        process = self.backfill(receiver.url + "/api", "--write-key", "K", path)
+        stdout, stderr = process.communicate(timeout=30)
+        self.assertEqual(process.returncode, 1)
+        self.assertEqual(len(receiver.posts), 1, "retried a 404")
+        self.assertIn("%s/api/v1/batch answered 404 Not Found: nothing at this URL takes "
+                      "batches" % receiver.url, stderr)
 
 
 class Tls(unittest.TestCase):
