@@ -212,6 +212,9 @@ REASONS = {
     "unsupported_encoding": "HTTP API: a Content-Encoding other than gzip",
     "forward_rejected": "forwarding: the receiver answered 400, 413 or 422 to this one "
                         "event; the line has the event and the receiver's answer",
+    "forward_unauthorized": "forwarding: the receiver answered 401 or 403 to this event's "
+                            "writeKey, which is not one of --write-key or --forward-write-key; "
+                            "the line has the event, for `pixel.py forward` to send again",
     "forward_unreadable": "forwarding: a log line that is not an event pixel can send (not "
                           "JSON, no writeKey, no newline, or over 500 KB)",
 }
@@ -2953,6 +2956,33 @@ def forward_item(line, strip=False):
     return (key if isinstance(key, str) and key else None), item
 
 
+# The rejects-log reasons whose lines hold a whole event the receiver did not take, which
+# `pixel.py forward` sends again when given the rejects log.
+_SENT_AGAIN = ("forward_unauthorized", "forward_rejected")
+
+
+def rejected_event(line):
+    """For a line of pixel's rejects log (a JSON object with a reason and no type, which
+    every event has), the event it holds as a log line, if its reason is one of
+    _SENT_AGAIN, else b"": nothing to send. None for any other line."""
+    if b'"reason"' not in line:   # an event's line, fast
+        return None
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or "type" in record or \
+            not isinstance(record.get("reason"), str):
+        return None
+    event = record.get("event")
+    if record["reason"] not in _SENT_AGAIN or not isinstance(event, dict):
+        return b""
+    try:
+        return _encode(event).encode("ascii")   # the line as it was logged, byte for byte
+    except (ValueError, RecursionError):   # 1e400: not from pixel, which quotes it as text
+        return b""
+
+
 def _depth_at(prefix):
     """How many brackets are open at the end of `prefix`, the start of a JSON text."""
     text = prefix.replace(b"\\\\", b"").replace(b'\\"', b"")
@@ -3191,7 +3221,10 @@ class Forwarder:
     again. A 2xx moves on; 429 waits its Retry-After; 5xx, a timeout or no connection is
     retried with exponential backoff and jitter, forever; 400, 413 or 422 splits the batch
     until the event the receiver refuses is alone, and writes that event to the rejects
-    log; 401 or 403 pauses forwarding and retries every BACKOFF_MAX seconds. Nothing is
+    log; 401 or 403 for a
+    key of `configured_keys` (or `write_key`) pauses forwarding and retries every
+    BACKOFF_MAX seconds, and for any other key, which anyone can send, writes that
+    batch's events to the rejects log, for `pixel.py forward` to send again. Nothing is
     dropped.
 
     follow(writer) relays a live log as its LogWriter writes it, through pixel's own
@@ -3199,12 +3232,16 @@ class Forwarder:
     (`pixel.py forward`). run() is the loop; start() runs it on a thread.
     """
 
-    def __init__(self, receiver, rejects, *, write_key=None,
+    def __init__(self, receiver, rejects, *, write_key=None, configured_keys=(),
                  batch_events=DEFAULT_FORWARD_BATCH, alert=DEFAULT_FORWARD_ALERT,
                  backoff=(BACKOFF_FIRST, BACKOFF_MAX), reporter=None, clock=time.time):
         self.receiver = receiver
         self.rejects = rejects       # a LogWriter, for events that are never sent
         self.write_key = write_key
+        # The keys the operator named (--write-key, --forward-write-key): a receiver that
+        # refuses one of them is set up wrong, which only the operator can fix.
+        self.configured_keys = frozenset(configured_keys) | (
+            {write_key} if write_key is not None else set())
         self.batch_events = batch_events
         self.alert = alert
         self.first_delay, self.max_delay = backoff   # tests shorten them
@@ -3220,6 +3257,7 @@ class Forwarder:
         self.sent = 0                # events the receiver took
         self.refused = 0             # events written to the rejects log instead
         self.refused_by_reason = collections.Counter()
+        self.skipped = 0             # rejects-log lines with no event to send again
         self.failed_attempts = 0     # posts that got no answer, or one to retry
         self.last_success = None     # clock time of the last 2xx
         self.last_error = None
@@ -3535,6 +3573,18 @@ class Forwarder:
             line_end = offset + len(line) + 1
             try:
                 line_key, item = forward_item(line, strip=self.write_key is not None)
+                if line_key is None:   # a line of a rejects log? Then the event it holds.
+                    held = rejected_event(line)
+                    if held == b"":   # a rejection with no event to send again: skipped
+                        if items:
+                            break
+                        self.skipped += 1
+                        self._lines_done += 1
+                        log.offset = offset = line_end
+                        continue
+                    if held is not None:
+                        line = held
+                        line_key, item = forward_item(line, strip=self.write_key is not None)
                 line_key = self.write_key or line_key
                 if line_key is None:
                     raise Rejected("forward_unreadable", "no writeKey")
@@ -3552,6 +3602,9 @@ class Forwarder:
             items.append(Item(item, line_end, line))
             batch_size += len(item) + 1
             offset = line_end
+        if not items:   # only rejects-log lines skipped: where the next batch starts
+            self._save(log)
+            return ()
         everything = end is not None and offset == end
         return log, key, items, read_at if everything else None
 
@@ -3596,6 +3649,8 @@ class Forwarder:
         if 200 <= status < 300:
             self._acknowledge(log, items, sent=True)
             return True
+        if status in _KEY_STATUSES:   # _post returns it only for a key no one configured
+            return self._set_aside(log, key, items, "%d %s" % (status, answer[:1024]))
         if len(items) == 1:
             return self._refuse(log, items[0], Rejected(
                 "forward_rejected", "%d from %s: %s" % (status, self.receiver.url,
@@ -3604,9 +3659,25 @@ class Forwarder:
         return self._deliver(log, key, items[:middle]) and \
             self._deliver(log, key, items[middle:])
 
+    def _set_aside(self, log, key, items, problem):
+        """The receiver refused writeKey `key`, which the operator did not configure: anyone
+        can send a pixel with any key, so the events of that batch go to the rejects log,
+        for `pixel.py forward` to send again, and forwarding goes on with the rest. False
+        if stop() came first."""
+        rejection = Rejected("forward_unauthorized", "%s refused writeKey %s: %s" % (
+            self.receiver.endpoint, key, problem))
+        self.reporter.say("forwarding to %s: it refused writeKey %s (%s), which is not one "
+                          "of --write-key or --forward-write-key: its events go to the "
+                          "rejects log as forward_unauthorized, for `pixel.py forward` to send "
+                          "again once the key works; forwarding goes on" % (
+                              self.receiver.endpoint, key, " ".join(problem[:200].split())),
+                          key="forward_unauthorized")
+        return all(self._refuse(log, item, rejection) for item in items)
+
     def _post(self, key, items):
-        """(status, answer) once the receiver answers 2xx, 400, 413 or 422; (None, None) if
-        stop() came first, or a backfill gave up. Anything else is retried after a wait."""
+        """(status, answer) once the receiver answers 2xx, 400, 413 or 422, or 401 or 403
+        for a key not configured; (None, None) if stop() came first, or a backfill gave up.
+        Anything else is retried after a wait."""
         body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
             format_time(self.clock()).encode("ascii")
         compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
@@ -3621,7 +3692,8 @@ class Forwarder:
                     break
                 problem = "%s: %s" % (type(error).__name__, error)
             else:
-                if 200 <= status < 300 or status in _REFUSED_STATUSES:
+                if 200 <= status < 300 or status in _REFUSED_STATUSES or \
+                        status in _KEY_STATUSES and key not in self.configured_keys:
                     self._answered()
                     return status, answer
                 problem = "%d %s" % (status, " ".join(answer[:200].split()))
@@ -4210,8 +4282,8 @@ def start_forwarder(args, events, rejects, reporter):
         raise StartupError("cannot use --forward-ca %s: %s" % (args.forward_ca,
                                                                error)) from None
     forwarder = Forwarder(receiver, rejects, write_key=args.forward_write_key,
-                          batch_events=args.forward_batch, alert=args.forward_alert,
-                          reporter=reporter)
+                          configured_keys=args.write_key, batch_events=args.forward_batch,
+                          alert=args.forward_alert, reporter=reporter)
     try:
         forwarder.follow(events)
     except OSError as error:
@@ -4232,7 +4304,9 @@ def build_forward_parser():
                         help="the API's base URL; batches go to URL/v1/batch (a URL given "
                              "with /v1/batch or /v1 at its end is taken without it)")
     parser.add_argument("--write-key", type=_nonempty, metavar="KEY",
-                        help="send every event under this writeKey, not its own")
+                        help="send every event under this writeKey, not its own; refused, "
+                             "it stops the run. Each event's own key refused, its events go "
+                             "to the rejects log and the run goes on")
     parser.add_argument("--batch", type=_batch_size, default=DEFAULT_FORWARD_BATCH,
                         metavar="N", help="events per batch (default: %(default)s)")
     parser.add_argument("--ca", type=_ca_file, metavar="FILE",
@@ -4250,12 +4324,18 @@ def build_forward_parser():
 
 def forward_files(argv=None):
     """`pixel.py forward`: send log files once; 0 once all is sent, 1 if it stopped first
-    (a signal, a refused writeKey, a file it cannot read)."""
-    args = build_forward_parser().parse_args(argv)
+    (a signal, a refused writeKey, a file it cannot read). A rejects log may be among the
+    files: the events it holds that a receiver refused are sent again."""
+    parser = build_forward_parser()
+    args = parser.parse_args(argv)
     reporter = Reporter()
     checkpoint = args.checkpoint or args.files[0] + ".backfill"
     rejects_path = args.rejects or os.path.join(
         os.path.dirname(os.path.abspath(args.files[0])), DEFAULT_REJECTS_NAME)
+    for path in args.files:   # its own refusals appended to it would be read, again and again
+        if os.path.realpath(path) == os.path.realpath(rejects_path):
+            parser.error("%s is one of the files to send: give --rejects another file for "
+                         "what is refused this time" % rejects_path)
     try:
         receiver = Receiver(args.to, cafile=args.ca, timeout=args.timeout)
         rejects = LogWriter(rejects_path, reporter=reporter)
@@ -4285,8 +4365,10 @@ def forward_files(argv=None):
     finally:
         forwarder.close()
         rejects.close()
-    print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s" % (
+    print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s%s" % (
         forwarder.sent, args.to, forwarder.refused, rejects_path,
+        ", %d rejects-log line(s) with no event to send skipped" % forwarder.skipped
+        if forwarder.skipped else "",
         "" if complete else "; stopped before the end: run the same command again to go on"),
         flush=True)
     if forwarder.gave_up:

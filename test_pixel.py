@@ -3367,7 +3367,7 @@ class Forwarding(ForwardingCase):
         receiver = FakeReceiver(self, respond)
         writer = self.writer()
         self.write(writer, range(5))
-        forwarder = self.forwarder(receiver.url, writer)
+        forwarder = self.forwarder(receiver.url, writer, configured_keys=("K",))
         self.assertTrue(wait_until(lambda: forwarder.paused_key == "K"))
         status = forwarder.status()
         self.assertTrue(status["degraded"])
@@ -3437,6 +3437,67 @@ class Forwarding(ForwardingCase):
 class ForwardingSeams(ForwardingCase):
     """Issue 19: one tenant's key or one receiver's fault is not everyone's problem; every
     message names the URL posted to."""
+
+    def test_an_unconfigured_key_refused_is_set_aside_and_sent_again_later(self):
+        accepted = {"K"}
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (200, {}, b"{}") if user in accepted else (401, {}, b"invalid write key")))
+        writer = self.writer()
+        self.write(writer, range(20))
+        self.write(writer, [20], key="junk")   # anyone can send a pixel with any key
+        self.write(writer, range(21, 121))
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 120, timeout=5))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(121)
+                                          if number != 20])
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        status = forwarder.status()
+        self.assertEqual((status["paused_write_key"], status["degraded"], status["refused"]),
+                         (None, False, 1))
+        (line,) = self.rejects()
+        self.assertEqual((line["reason"], line["event"]["messageId"], line["event"]["writeKey"]),
+                         ("forward_unauthorized", "m20", "junk"))
+        self.assertIn("%s/v1/batch refused writeKey junk: 401 invalid write key" % receiver.url,
+                      line["detail"])
+        self.assertIn("refused writeKey junk", self.stderr.getvalue())
+        # Once the key works, `pixel.py forward` sends what the rejects log holds again;
+        # lines of other reasons hold no event to send, and are skipped.
+        rejects = os.path.join(self.dir, "rejects.jsonl")
+        with open(rejects, "a") as handle:
+            handle.write('{"reason":"invalid_json","method":"GET","path":"/v1/pixel/track",'
+                         '"query":"data=%%%","receivedAt":"2026-11-26T12:40:13.178Z"}\n'
+                         '{"reason":"forward_unreadable","detail":"not JSON","line":"x",'
+                         '"receivedAt":"2026-11-26T12:40:13.178Z"}\n')
+        accepted.add("junk")
+        same = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+                               rejects], capture_output=True, text=True, timeout=60)
+        self.assertEqual(same.returncode, 2)   # its own refusals would be read back
+        self.assertIn("give --rejects another file", same.stderr)
+        again = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+                                "--rejects", os.path.join(self.dir, "again.jsonl"), rejects],
+                               capture_output=True, text=True, timeout=60)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("1 event(s) sent", again.stdout)
+        self.assertIn("2 rejects-log line(s) with no event to send skipped", again.stdout)
+        self.assertEqual(receiver.ids()[120:], ["m20"])
+        self.assertEqual(receiver.taken[120], json.loads(log_event(20, key="junk")))
+        self.assertEqual(receiver.posts[-1][1], "junk")
+
+    def test_a_configured_key_refused_still_pauses_and_loses_nothing(self):
+        allowed = set()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (200, {}, b"{}") if user in allowed else (403, {}, b"forbidden")))
+        writer = self.writer()
+        self.write(writer, range(3), key="J")
+        forwarder = self.forwarder(receiver.url, writer, write_key="ALL")   # --forward-write-key
+        self.assertTrue(wait_until(lambda: forwarder.paused_key == "ALL"))
+        self.assertTrue(forwarder.status()["degraded"])
+        self.assertIn("forwarding to %s/v1/batch is PAUSED: it refused writeKey ALL"
+                      % receiver.url, self.stderr.getvalue())
+        allowed.add("ALL")
+        self.assertTrue(wait_until(lambda: forwarder.sent == 3))
+        self.assertEqual(receiver.ids(), ["m0", "m1", "m2"])
+        self.assertEqual(self.rejects(), [])
 
     def test_nothing_at_the_url_is_said_with_the_url_posted_to(self):
         answers = iter([(404, {}, b"Not Found"), (405, {}, b"Method Not Allowed")])
@@ -5027,6 +5088,34 @@ class ForwardingSeamsProcess(unittest.TestCase):
         self.assertNotIn("no whole answer", stderr)
         self.assertIn("run the same command again", stdout)
 
+    def test_the_write_keys_configured_pause_and_others_are_set_aside(self):
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (401, {}, b"unknown key") if user in ("J", "junk") else (200, {}, b"{}")))
+        log = os.path.join(self.dir, "events.jsonl")
+        process, port = start_pixel(self, "--log", log, "--write-key", "K", "--write-key", "J",
+                                    "--forward", receiver.url)
+        for number, key in enumerate(("K", "J", "K")):
+            fetch_gif(port, "/v1/pixel/track?writeKey=%s&userId=u&event=e&messageId=m%d"
+                      % (key, number))
+        self.assertTrue(wait_until(lambda: fetch_json(port, "/health")["forward"][
+            "paused_write_key"] == "J"))
+        self.assertEqual(receiver.ids(), ["m0"])   # m2 waits behind J's: the order is kept
+        self.assertEqual(fetch_json(port, "/health")["status"], "degraded")
+        with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+            self.assertEqual(handle.read(), "")
+        # `pixel.py forward` sets aside a key it was not given, and goes on.
+        path = self.log_file("old.jsonl", [log_event(10), log_event(11, key="junk"),
+                                           log_event(12)])
+        backfill = self.backfill(receiver.url, "--rejects", os.path.join(self.dir, "r.jsonl"),
+                                 path)
+        stdout, stderr = backfill.communicate(timeout=60)
+        self.assertEqual(backfill.returncode, 0, stderr)
+        self.assertIn("2 event(s) sent to %s, 1 refused" % receiver.url, stdout)
+        self.assertEqual(receiver.ids()[-2:], ["m10", "m12"])
+        with open(os.path.join(self.dir, "r.jsonl")) as handle:
+            self.assertEqual([(line["reason"], line["event"]["messageId"]) for line in
+                              map(json.loads, handle)], [("forward_unauthorized", "m11")])
+
     def test_a_url_given_with_v1_batch_is_posted_to_once(self):
         receiver = FakeReceiver(self)
         process, port = start_pixel(self, "--log", os.path.join(self.dir, "events.jsonl"),
@@ -5366,7 +5455,7 @@ class Backfill(unittest.TestCase):
 
     def test_a_refused_write_key_stops_it_with_status_1(self):
         receiver = FakeReceiver(self, lambda receiver, user, events: (403, {}, b"forbidden"))
-        result = self.forward(receiver.url)
+        result = self.forward(receiver.url, "--write-key", "K")   # configured: the run stops
         self.assertEqual(result.returncode, 1)
         self.assertIn("refused writeKey K: 403 forbidden", result.stderr)
         self.assertIn("run the same command again", result.stdout)
