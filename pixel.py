@@ -153,6 +153,9 @@ MAX_FORWARD_ITEM = MAX_PAYLOAD_BYTES - 64   # an event a Segment-compatible rece
                                             # with the batch's sentAt added to it
 MAX_OPEN_LOG_FILES = 32          # rotated files the forwarder holds open; later ones wait
                                  # closed, by name
+MAX_REFUSED_IN_A_ROW = 3         # events a receiver refuses alone in a row, taking none
+                                 # between, written off before it is doubted (see _deliver)
+PROBES_A_ROUND = 100             # events then sent one at a time, at most, between waits
 CHECKPOINT_SUFFIX = ".forward"
 # A checkpoint that names no file: forwarding starts at the oldest file it may send.
 _NO_CHECKPOINT = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, "head_bytes": 0,
@@ -3206,8 +3209,9 @@ _REFUSED_STATUSES = (400, 413, 422)   # the receiver will never take this batch 
 _KEY_STATUSES = (401, 403)            # ... nor anything with this writeKey, until fixed
 _NOTHING_THERE_STATUSES = (404, 405)  # ... nor anything at this URL (a 3xx neither)
 
-Item = collections.namedtuple("Item", "data end line")
-Item.__doc__ = """One event of a batch: its JSON, where its line ends in the log, the line."""
+Item = collections.namedtuple("Item", "data end line key", defaults=(None,))
+Item.__doc__ = """One event of a batch: its JSON, where its line ends in the log, the line,
+the writeKey it goes under."""
 
 
 class Forwarder:
@@ -3221,7 +3225,7 @@ class Forwarder:
     again. A 2xx moves on; 429 waits its Retry-After; 5xx, a timeout or no connection is
     retried with exponential backoff and jitter, forever; 400, 413 or 422 splits the batch
     until the event the receiver refuses is alone, and writes that event to the rejects
-    log; 401 or 403 for a
+    log, unless the receiver seems to refuse every event (see _deliver); 401 or 403 for a
     key of `configured_keys` (or `write_key`) pauses forwarding and retries every
     BACKOFF_MAX seconds, and for any other key, which anyone can send, writes that
     batch's events to the rejects log, for `pixel.py forward` to send again. Nothing is
@@ -3263,10 +3267,15 @@ class Forwarder:
         self.last_error = None
         self.backoff = 0.0           # the wait now under way, while retrying
         self.paused_key = None       # the writeKey a 401 or 403 stopped
+        self.refusing_all = None     # why the receiver, not the events, seems at fault
         self.wrong_url = None        # its last answer saying nothing is at the URL
         self.gave_up = None          # backfill: why it stopped for good (a configured key
                                      # refused, nothing at the URL)
         self._failing = 0            # attempts failed in a row
+        self._refused_in_a_row = 0   # events refused alone since the receiver last took one
+        self._held = []              # (item, rejection, answer): refused alone, not yet
+                                     # written off
+        self._doubted = 0            # rounds in a row it refused every event sent (_doubt)
         self._lines_done = 0         # lines sent or refused since the start
         self._backlog_start = None   # (lines unsent at the start, writer.written then)
         self._counting = None        # what _count_backlog() counts: files, live end
@@ -3482,7 +3491,14 @@ class Forwarder:
                 self.stopping.wait(FORWARD_POLL)
             elif batch:
                 log, key, items, read_at = batch
-                if not self._deliver(log, key, items):
+                if self.refusing_all is None:
+                    delivered = self._deliver(log, key, items)
+                else:
+                    delivered = self._probe(log, items)
+                if delivered and self._held:   # it refused each event from the first held on
+                    delivered = self._doubt()
+                self._held = []   # not written off: sent again, from the first of them
+                if not delivered:
                     break
                 if read_at is not None and log.offset == items[-1].end:
                     self._caught_up_at = read_at
@@ -3595,11 +3611,15 @@ class Forwarder:
                 if items:   # send what came before it first: the log's order is kept
                     break
                 return self._refused(log, Item(b"", line_end, line), rejection)
-            if items and (line_key != key or len(items) == self.batch_events or
-                          batch_size + len(item) + 1 > MAX_BATCH_BYTES):
+            if self.refusing_all is None:   # one key a batch, as Basic auth carries one
+                full = line_key != key or len(items) == self.batch_events or \
+                    batch_size + len(item) + 1 > MAX_BATCH_BYTES
+            else:   # a receiver in doubt is sent each event alone, under its own (_probe)
+                full = len(items) == PROBES_A_ROUND
+            if items and full:
                 break
             key = line_key
-            items.append(Item(item, line_end, line))
+            items.append(Item(item, line_end, line, line_key))
             batch_size += len(item) + 1
             offset = line_end
         if not items:   # only rejects-log lines skipped: where the next batch starts
@@ -3642,28 +3662,108 @@ class Forwarder:
 
     def _deliver(self, log, key, items):
         """Send `items` until the receiver takes them, splitting the batch on a 400 to find
-        the events it refuses. False if stop() came first."""
+        the events it refuses. False if stop() came first.
+
+        Some receivers refuse every event, for reasons of their own: nginx answering plain
+        HTTP sent to its HTTPS port, a WAF, a load balancer mid-deploy. So the receiver may
+        refuse MAX_REFUSED_IN_A_ROW events alone in a row, taking none between, and they
+        are written off; the next one it refuses is held, not written off, and the rest of
+        the batch waits: run() then doubts the receiver (_doubt, _probe)."""
+        if self._held:   # the receiver is doubted: this part waits for the next round
+            return True
         status, answer = self._post(key, items)
         if status is None:
             return False
         if 200 <= status < 300:
+            if not self._trust(log):
+                return False
             self._acknowledge(log, items, sent=True)
             return True
         if status in _KEY_STATUSES:   # _post returns it only for a key no one configured
             return self._set_aside(log, key, items, "%d %s" % (status, answer[:1024]))
         if len(items) == 1:
-            return self._refuse(log, items[0], Rejected(
-                "forward_rejected", "%d from %s: %s" % (status, self.receiver.url,
-                                                         answer[:1024])))
+            return self._refused_alone(log, items[0], status, answer)
         middle = len(items) // 2
         return self._deliver(log, key, items[:middle]) and \
             self._deliver(log, key, items[middle:])
 
+    def _refused_alone(self, log, item, status, answer):
+        """The receiver refused `item` alone: write it off, or hold it (see _deliver)."""
+        rejection = Rejected("forward_rejected", "%d from %s: %s" % (
+            status, self.receiver.url, answer[:1024]))
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row <= MAX_REFUSED_IN_A_ROW:
+            return self._refuse(log, item, rejection)
+        self._held.append((item, rejection, "%d %s" % (status, " ".join(
+            answer[:200].split()))))
+        return True
+
+    def _probe(self, log, items):
+        """A round with the receiver in doubt: send `items` (from the first event held on,
+        of any keys) one at a time, until it takes one. Then those it refused meanwhile
+        were refused for themselves: they are written off, and forwarding goes on as
+        before. None taken, run() waits and tries again (_doubt). Costs a post an event,
+        at most PROBES_A_ROUND a round, with the rounds spaced as for a 5xx; so a run of
+        more than that many events the receiver refuses, each alone, is taken for its
+        fault until it takes the event after them."""
+        for item in items:
+            status, answer = self._post(item.key, [item])
+            if status is None:
+                return False
+            if 200 <= status < 300:
+                if not self._trust(log):
+                    return False
+                self._acknowledge(log, [item], sent=True)
+                return True   # the rest as usual, in batches
+            if status in _KEY_STATUSES:
+                done = self._set_aside(log, item.key, [item], "%d %s" % (status,
+                                                                          answer[:1024]))
+            else:
+                done = self._refused_alone(log, item, status, answer)
+            if not done:
+                return False
+        return True
+
+    def _trust(self, log):
+        """The receiver took an event: those held before it were refused for themselves,
+        and it is not (or no longer) doubted. False if stop() came first."""
+        held, self._held = self._held, []
+        if not all(self._refuse(log, item, rejection) for item, rejection, _ in held):
+            return False
+        self._refused_in_a_row = self._doubted = 0
+        if self.refusing_all is not None:
+            self.refusing_all = None
+            self.reporter.say("forwarding to %s: it takes events again; %d event(s) it "
+                              "refused alone written to the rejects log" % (
+                                  self.receiver.endpoint, len(held)))
+        return True
+
+    def _doubt(self):
+        """The receiver refused alone every event it was sent from the first one held on:
+        it, not they, is taken to be at fault. Say so once, show it in /health, and wait
+        as for a 5xx before they are sent again (_probe). False if stop() came first."""
+        answer = self._held[-1][2]
+        self._doubted += 1
+        delay = backoff_delay(self._doubted, self.first_delay, self.max_delay)
+        if self.refusing_all is None:
+            self.reporter.say(
+                "forwarding to %s: it refused %d events in a row, each alone, taking none "
+                "between (%s): the receiver, not the events, is taken to be at fault. The "
+                "first %d are in the rejects log; the rest are kept, and sent one at a time "
+                "with backoff until it takes one (next in %.1f s)" % (
+                    self.receiver.endpoint, self._refused_in_a_row, answer,
+                    MAX_REFUSED_IN_A_ROW, delay))
+        self.refusing_all = "it refuses every event, each alone: %s" % answer
+        self.failed_attempts += 1
+        self.last_error, self.backoff = self.refusing_all, delay
+        return not self.stopping.wait(delay)
+
     def _set_aside(self, log, key, items, problem):
         """The receiver refused writeKey `key`, which the operator did not configure: anyone
         can send a pixel with any key, so the events of that batch go to the rejects log,
-        for `pixel.py forward` to send again, and forwarding goes on with the rest. False
-        if stop() came first."""
+        for `pixel.py forward` to send again, and forwarding goes on with the rest. Events
+        held before them are written off first: it answered about a key, so it was not
+        refusing everything. False if stop() came first."""
         rejection = Rejected("forward_unauthorized", "%s refused writeKey %s: %s" % (
             self.receiver.endpoint, key, problem))
         self.reporter.say("forwarding to %s: it refused writeKey %s (%s), which is not one "
@@ -3672,7 +3772,9 @@ class Forwarder:
                           "again once the key works; forwarding goes on" % (
                               self.receiver.endpoint, key, " ".join(problem[:200].split())),
                           key="forward_unauthorized")
-        return all(self._refuse(log, item, rejection) for item in items)
+        held, self._held = self._held, []
+        return all(self._refuse(log, item, refused) for item, refused, _ in held) and \
+            all(self._refuse(log, item, rejection) for item in items)
 
     def _post(self, key, items):
         """(status, answer) once the receiver answers 2xx, 400, 413 or 422, or 401 or 403
@@ -3854,9 +3956,9 @@ class Forwarder:
                 else format_time(self.last_success),
                 "failed_attempts": self.failed_attempts, "backoff": round(self.backoff, 3),
                 "last_error": self.last_error, "paused_write_key": self.paused_key,
-                "receiver_fault": self.wrong_url,
-                "degraded": self.paused_key is not None or self.wrong_url is not None or
-                age > self.alert}
+                "receiver_fault": self.refusing_all or self.wrong_url,
+                "degraded": self.paused_key is not None or self.refusing_all is not None or
+                self.wrong_url is not None or age > self.alert}
 
 
 _BATCH_OPEN = b'{"batch":['

@@ -3499,6 +3499,72 @@ class ForwardingSeams(ForwardingCase):
         self.assertEqual(receiver.ids(), ["m0", "m1", "m2"])
         self.assertEqual(self.rejects(), [])
 
+    def test_a_receiver_refusing_everything_is_doubted_not_believed(self):
+        down = threading.Event()
+        down.set()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (400, {}, b"<html>400 The plain HTTP request was sent to HTTPS port</html>")
+            if down.is_set() else (200, {}, b"{}")))
+        writer = self.writer()
+        self.write(writer, range(120))
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forwarder.failed_attempts >= 3))
+        status = forwarder.status()
+        self.assertTrue(status["degraded"])
+        self.assertIn("400 <html>400 The plain HTTP request", status["receiver_fault"])
+        self.assertEqual([line["event"]["messageId"] for line in self.rejects()],
+                         ["m0", "m1", "m2"])
+        self.assertEqual(self.stderr.getvalue().count("is taken to be at fault"), 1)
+        down.clear()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(3, 120)])
+        self.assertEqual(len(self.rejects()), 3)
+        status = forwarder.status()
+        self.assertEqual((status["degraded"], status["receiver_fault"], status["sent"]),
+                         (False, None, 117))
+        self.assertIn("it takes events again", self.stderr.getvalue())
+
+    def test_runs_of_poisoned_events_among_good_ones_are_still_set_aside(self):
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (400, {}, b"poison") if any(event["properties"].get("poison") for event in events)
+            else (200, {}, b"{}")))
+        writer = self.writer()
+        poisoned = {10, 11, 40, 41, 42, 43, 44, 99}   # two, five in a row, the last one
+        forwarder = self.forwarder(receiver.url, writer, start=False)
+        for number in range(100):
+            self.write(writer, [number], properties={"poison": number in poisoned})
+        forwarder.start()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(100)
+                                          if number not in poisoned])
+        self.assertEqual([(line["reason"], line["event"]["messageId"])
+                          for line in self.rejects()],
+                         [("forward_rejected", "m%d" % number) for number in sorted(poisoned)])
+        # Five in a row looked for a moment like a receiver refusing everything, until it
+        # took the event after them.
+        self.assertEqual((forwarder.failed_attempts, forwarder.status()["degraded"]), (1, False))
+        self.assertIn("it takes events again; 2 event(s) it refused alone written to the "
+                      "rejects log", self.stderr.getvalue())
+
+    def test_a_run_refused_up_to_a_change_of_key_does_not_stall_small_batches(self):
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (400, {}, b"poison") if any(event["properties"].get("poison") for event in events)
+            else (200, {}, b"{}")))
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer, batch_events=2, start=False)
+        for number in range(13):   # A's 4 to 9 refused, then B's: batches of 2, one key each
+            self.write(writer, [number], key="A" if number < 10 else "B",
+                       properties={"poison": 4 <= number <= 9})
+        forwarder.start()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m0", "m1", "m2", "m3", "m10", "m11", "m12"])
+        self.assertEqual([line["event"]["messageId"] for line in self.rejects()],
+                         ["m%d" % number for number in range(4, 10)])
+        self.assertEqual([(user, [event["messageId"] for event in document["batch"]])
+                          for _, user, document, _ in receiver.posts
+                          if document["batch"][0]["messageId"] == "m10"], [("B", ["m10"])])
+        self.assertFalse(forwarder.status()["degraded"])
+
     def test_nothing_at_the_url_is_said_with_the_url_posted_to(self):
         answers = iter([(404, {}, b"Not Found"), (405, {}, b"Method Not Allowed")])
         receiver = FakeReceiver(self, lambda receiver, user, events: next(
