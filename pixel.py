@@ -161,6 +161,9 @@ MAX_FORWARD_ITEM = MAX_PAYLOAD_BYTES - 64   # an event a Segment-compatible rece
                                             # with the batch's sentAt added to it
 MAX_OPEN_LOG_FILES = 32          # rotated files the forwarder holds open; later ones wait
                                  # closed, by name
+MAX_REFUSED_IN_A_ROW = 3         # events a receiver refuses alone in a row, taking none
+                                 # between, written off before it is doubted (see _deliver)
+PROBES_A_ROUND = 100             # events then sent one at a time, at most, between waits
 CHECKPOINT_SUFFIX = ".forward"
 # A checkpoint that names no file: forwarding starts at the oldest file it may send.
 _NO_CHECKPOINT = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, "head_bytes": 0,
@@ -220,6 +223,9 @@ REASONS = {
     "unsupported_encoding": "HTTP API: a Content-Encoding other than gzip",
     "forward_rejected": "forwarding: the receiver answered 400, 413 or 422 to this one "
                         "event; the line has the event and the receiver's answer",
+    "forward_unauthorized": "forwarding: the receiver answered 401 or 403 to this event's "
+                            "writeKey, which is not one of --write-key or --forward-write-key; "
+                            "the line has the event, for `pixel.py forward` to send again",
     "forward_unreadable": "forwarding: a log line that is not an event pixel can send (not "
                           "JSON, no writeKey, no newline, or over 500 KB)",
 }
@@ -2260,8 +2266,10 @@ class Recorder:
                  "whole.", [("", (), status["files_behind"])]),
                 ("pixel_forward_backlog_seconds", "gauge", "Age of the oldest event not yet "
                  "forwarded.", [("", (), float(status["backlog_seconds"]))]),
-                ("pixel_forward_paused", "gauge", "1 while a 401 or 403 pauses forwarding.",
-                 [("", (), int(status["paused_write_key"] is not None))]),
+                ("pixel_forward_paused", "gauge", "1 while forwarding is held up: a 401 or "
+                 "403 for a configured writeKey, or a receiver at fault.",
+                 [("", (), int(status["paused_write_key"] is not None or
+                               status["receiver_fault"] is not None))]),
                 ("pixel_forward_last_success_timestamp_seconds", "gauge", "When the receiver "
                  "last took a batch (Unix time; 0: never).",
                  [("", (), float(forwarder.last_success or 0))]),
@@ -3307,6 +3315,9 @@ class Receiver:
         self.url = url
         self.host, self.port = parts.hostname, parts.port
         self.path = parts.path.rstrip("/") + "/v1/batch"
+        # What every message names: the URL posted to, not the base URL it was given.
+        self.endpoint = urllib.parse.urlunsplit((parts.scheme, parts.netloc, self.path, "",
+                                                 ""))
         self.timeout = timeout
         self._aborted = False
         self.context = None
@@ -3435,6 +3446,33 @@ def forward_item(line, strip=False):
     except ValueError:   # 1e400, read back as infinity
         raise Rejected("forward_unreadable", "a number out of range") from None
     return (key if isinstance(key, str) and key else None), item
+
+
+# The rejects-log reasons whose lines hold a whole event the receiver did not take, which
+# `pixel.py forward` sends again when given the rejects log.
+_SENT_AGAIN = ("forward_unauthorized", "forward_rejected")
+
+
+def rejected_event(line):
+    """For a line of pixel's rejects log (a JSON object with a reason and no type, which
+    every event has), the event it holds as a log line, if its reason is one of
+    _SENT_AGAIN, else b"": nothing to send. None for any other line."""
+    if b'"reason"' not in line:   # an event's line, fast
+        return None
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or "type" in record or \
+            not isinstance(record.get("reason"), str):
+        return None
+    event = record.get("event")
+    if record["reason"] not in _SENT_AGAIN or not isinstance(event, dict):
+        return b""
+    try:
+        return _encode(event).encode("ascii")   # the line as it was logged, byte for byte
+    except (ValueError, RecursionError):   # 1e400: not from pixel, which quotes it as text
+        return b""
 
 
 def _depth_at(prefix):
@@ -3668,9 +3706,11 @@ class LogFile:
 _ROTATED_NAME = re.compile(r"(?:\.\d{8}T\d{6}\.\d{3}Z(?:-\d+)?|\.\d{1,6}|-\d{8,14})\Z")
 _REFUSED_STATUSES = (400, 413, 422)   # the receiver will never take this batch as it is
 _KEY_STATUSES = (401, 403)            # ... nor anything with this writeKey, until fixed
+_NOTHING_THERE_STATUSES = (404, 405)  # ... nor anything at this URL (a 3xx neither)
 
-Item = collections.namedtuple("Item", "data end line")
-Item.__doc__ = """One event of a batch: its JSON, where its line ends in the log, the line."""
+Item = collections.namedtuple("Item", "data end line key", defaults=(None,))
+Item.__doc__ = """One event of a batch: its JSON, where its line ends in the log, the line,
+the writeKey it goes under."""
 
 
 class Forwarder:
@@ -3684,7 +3724,10 @@ class Forwarder:
     again. A 2xx moves on; 429 waits its Retry-After; 5xx, a timeout or no connection is
     retried with exponential backoff and jitter, forever; 400, 413 or 422 splits the batch
     until the event the receiver refuses is alone, and writes that event to the rejects
-    log; 401 or 403 pauses forwarding and retries every BACKOFF_MAX seconds. Nothing is
+    log, unless the receiver seems to refuse every event (see _deliver); 401 or 403 for a
+    key of `configured_keys` (or `write_key`) pauses forwarding and retries every
+    BACKOFF_MAX seconds, and for any other key, which anyone can send, writes that
+    batch's events to the rejects log, for `pixel.py forward` to send again. Nothing is
     dropped.
 
     follow(writer) relays a live log as its LogWriter writes it, through pixel's own
@@ -3692,12 +3735,16 @@ class Forwarder:
     (`pixel.py forward`). run() is the loop; start() runs it on a thread.
     """
 
-    def __init__(self, receiver, rejects, *, write_key=None,
+    def __init__(self, receiver, rejects, *, write_key=None, configured_keys=(),
                  batch_events=DEFAULT_FORWARD_BATCH, alert=DEFAULT_FORWARD_ALERT,
                  backoff=(BACKOFF_FIRST, BACKOFF_MAX), reporter=None, clock=time.time):
         self.receiver = receiver
         self.rejects = rejects       # a LogWriter, for events that are never sent
         self.write_key = write_key
+        # The keys the operator named (--write-key, --forward-write-key): a receiver that
+        # refuses one of them is set up wrong, which only the operator can fix.
+        self.configured_keys = frozenset(configured_keys) | (
+            {write_key} if write_key is not None else set())
         self.batch_events = batch_events
         self.alert = alert
         self.first_delay, self.max_delay = backoff   # tests shorten them
@@ -3713,13 +3760,21 @@ class Forwarder:
         self.sent = 0                # events the receiver took
         self.refused = 0             # events written to the rejects log instead
         self.refused_by_reason = collections.Counter()
+        self.skipped = 0             # rejects-log lines with no event to send again
         self.failed_attempts = 0     # posts that got no answer, or one to retry
         self.last_success = None     # clock time of the last 2xx
         self.last_error = None
         self.backoff = 0.0           # the wait now under way, while retrying
         self.paused_key = None       # the writeKey a 401 or 403 stopped
-        self.key_refused = None      # backfill: why it stopped for good (401, 403)
+        self.refusing_all = None     # why the receiver, not the events, seems at fault
+        self.wrong_url = None        # its last answer saying nothing is at the URL
+        self.gave_up = None          # backfill: why it stopped for good (a configured key
+                                     # refused, nothing at the URL)
         self._failing = 0            # attempts failed in a row
+        self._refused_in_a_row = 0   # events refused alone since the receiver last took one
+        self._held = []              # (item, rejection, answer): refused alone, not yet
+                                     # written off
+        self._doubted = 0            # rounds in a row it refused every event sent (_doubt)
         self._lines_done = 0         # lines sent or refused since the start
         self._backlog_start = None   # (lines unsent at the start, writer.written then)
         self._counting = None        # what _count_backlog() counts: files, live end
@@ -3935,7 +3990,14 @@ class Forwarder:
                 self.stopping.wait(FORWARD_POLL)
             elif batch:
                 log, key, items, read_at = batch
-                if not self._deliver(log, key, items):
+                if self.refusing_all is None:
+                    delivered = self._deliver(log, key, items)
+                else:
+                    delivered = self._probe(log, items)
+                if delivered and self._held:   # it refused each event from the first held on
+                    delivered = self._doubt()
+                self._held = []   # not written off: sent again, from the first of them
+                if not delivered:
                     break
                 if read_at is not None and log.offset == items[-1].end:
                     self._caught_up_at = read_at
@@ -4026,6 +4088,18 @@ class Forwarder:
             line_end = offset + len(line) + 1
             try:
                 line_key, item = forward_item(line, strip=self.write_key is not None)
+                if line_key is None:   # a line of a rejects log? Then the event it holds.
+                    held = rejected_event(line)
+                    if held == b"":   # a rejection with no event to send again: skipped
+                        if items:
+                            break
+                        self.skipped += 1
+                        self._lines_done += 1
+                        log.offset = offset = line_end
+                        continue
+                    if held is not None:
+                        line = held
+                        line_key, item = forward_item(line, strip=self.write_key is not None)
                 line_key = self.write_key or line_key
                 if line_key is None:
                     raise Rejected("forward_unreadable", "no writeKey")
@@ -4036,13 +4110,20 @@ class Forwarder:
                 if items:   # send what came before it first: the log's order is kept
                     break
                 return self._refused(log, Item(b"", line_end, line), rejection)
-            if items and (line_key != key or len(items) == self.batch_events or
-                          batch_size + len(item) + 1 > MAX_BATCH_BYTES):
+            if self.refusing_all is None:   # one key a batch, as Basic auth carries one
+                full = line_key != key or len(items) == self.batch_events or \
+                    batch_size + len(item) + 1 > MAX_BATCH_BYTES
+            else:   # a receiver in doubt is sent each event alone, under its own (_probe)
+                full = len(items) == PROBES_A_ROUND
+            if items and full:
                 break
             key = line_key
-            items.append(Item(item, line_end, line))
+            items.append(Item(item, line_end, line, line_key))
             batch_size += len(item) + 1
             offset = line_end
+        if not items:   # only rejects-log lines skipped: where the next batch starts
+            self._save(log)
+            return ()
         everything = end is not None and offset == end
         return log, key, items, read_at if everything else None
 
@@ -4080,43 +4161,146 @@ class Forwarder:
 
     def _deliver(self, log, key, items):
         """Send `items` until the receiver takes them, splitting the batch on a 400 to find
-        the events it refuses. False if stop() came first."""
+        the events it refuses. False if stop() came first.
+
+        Some receivers refuse every event, for reasons of their own: nginx answering plain
+        HTTP sent to its HTTPS port, a WAF, a load balancer mid-deploy. So the receiver may
+        refuse MAX_REFUSED_IN_A_ROW events alone in a row, taking none between, and they
+        are written off; the next one it refuses is held, not written off, and the rest of
+        the batch waits: run() then doubts the receiver (_doubt, _probe)."""
+        if self._held:   # the receiver is doubted: this part waits for the next round
+            return True
         status, answer = self._post(key, items)
         if status is None:
             return False
         if 200 <= status < 300:
+            if not self._trust(log):
+                return False
             self._acknowledge(log, items, sent=True)
             return True
+        if status in _KEY_STATUSES:   # _post returns it only for a key no one configured
+            return self._set_aside(log, key, items, "%d %s" % (status, answer[:1024]))
         if len(items) == 1:
-            return self._refuse(log, items[0], Rejected(
-                "forward_rejected", "%d from %s: %s" % (status, self.receiver.url,
-                                                         answer[:1024])))
+            return self._refused_alone(log, items[0], status, answer)
         middle = len(items) // 2
         return self._deliver(log, key, items[:middle]) and \
             self._deliver(log, key, items[middle:])
 
+    def _refused_alone(self, log, item, status, answer):
+        """The receiver refused `item` alone: write it off, or hold it (see _deliver)."""
+        rejection = Rejected("forward_rejected", "%d from %s: %s" % (
+            status, self.receiver.url, answer[:1024]))
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row <= MAX_REFUSED_IN_A_ROW:
+            return self._refuse(log, item, rejection)
+        self._held.append((item, rejection, "%d %s" % (status, " ".join(
+            answer[:200].split()))))
+        return True
+
+    def _probe(self, log, items):
+        """A round with the receiver in doubt: send `items` (from the first event held on,
+        of any keys) one at a time, until it takes one. Then those it refused meanwhile
+        were refused for themselves: they are written off, and forwarding goes on as
+        before. None taken, run() waits and tries again (_doubt). Costs a post an event,
+        at most PROBES_A_ROUND a round, with the rounds spaced as for a 5xx; so a run of
+        more than that many events the receiver refuses, each alone, is taken for its
+        fault until it takes the event after them."""
+        for item in items:
+            status, answer = self._post(item.key, [item])
+            if status is None:
+                return False
+            if 200 <= status < 300:
+                if not self._trust(log):
+                    return False
+                self._acknowledge(log, [item], sent=True)
+                return True   # the rest as usual, in batches
+            if status in _KEY_STATUSES:
+                done = self._set_aside(log, item.key, [item], "%d %s" % (status,
+                                                                          answer[:1024]))
+            else:
+                done = self._refused_alone(log, item, status, answer)
+            if not done:
+                return False
+        return True
+
+    def _trust(self, log):
+        """The receiver took an event: those held before it were refused for themselves,
+        and it is not (or no longer) doubted. False if stop() came first."""
+        held, self._held = self._held, []
+        if not all(self._refuse(log, item, rejection) for item, rejection, _ in held):
+            return False
+        self._refused_in_a_row = self._doubted = 0
+        if self.refusing_all is not None:
+            self.refusing_all = None
+            self.reporter.say("forwarding to %s: it takes events again; %d event(s) it "
+                              "refused alone written to the rejects log" % (
+                                  self.receiver.endpoint, len(held)))
+        return True
+
+    def _doubt(self):
+        """The receiver refused alone every event it was sent from the first one held on:
+        it, not they, is taken to be at fault. Say so once, show it in /health, and wait
+        as for a 5xx before they are sent again (_probe). False if stop() came first."""
+        answer = self._held[-1][2]
+        self._doubted += 1
+        delay = backoff_delay(self._doubted, self.first_delay, self.max_delay)
+        if self.refusing_all is None:
+            self.reporter.say(
+                "forwarding to %s: it refused %d events in a row, each alone, taking none "
+                "between (%s): the receiver, not the events, is taken to be at fault. The "
+                "first %d are in the rejects log; the rest are kept, and sent one at a time "
+                "with backoff until it takes one (next in %.1f s)" % (
+                    self.receiver.endpoint, self._refused_in_a_row, answer,
+                    MAX_REFUSED_IN_A_ROW, delay))
+        self.refusing_all = "it refuses every event, each alone: %s" % answer
+        self.failed_attempts += 1
+        self.last_error, self.backoff = self.refusing_all, delay
+        return not self.stopping.wait(delay)
+
+    def _set_aside(self, log, key, items, problem):
+        """The receiver refused writeKey `key`, which the operator did not configure: anyone
+        can send a pixel with any key, so the events of that batch go to the rejects log,
+        for `pixel.py forward` to send again, and forwarding goes on with the rest. Events
+        held before them are written off first: it answered about a key, so it was not
+        refusing everything. False if stop() came first."""
+        rejection = Rejected("forward_unauthorized", "%s refused writeKey %s: %s" % (
+            self.receiver.endpoint, key, problem))
+        self.reporter.say("forwarding to %s: it refused writeKey %s (%s), which is not one "
+                          "of --write-key or --forward-write-key: its events go to the "
+                          "rejects log as forward_unauthorized, for `pixel.py forward` to send "
+                          "again once the key works; forwarding goes on" % (
+                              self.receiver.endpoint, key, " ".join(problem[:200].split())),
+                          key="forward_unauthorized")
+        held, self._held = self._held, []
+        return all(self._refuse(log, item, refused) for item, refused, _ in held) and \
+            all(self._refuse(log, item, rejection) for item in items)
+
     def _post(self, key, items):
-        """(status, answer) once the receiver answers 2xx, 400, 413 or 422; (None, None) if
-        stop() came first. Anything else is retried after a wait."""
+        """(status, answer) once the receiver answers 2xx, 400, 413 or 422, or 401 or 403
+        for a key not configured; (None, None) if stop() came first, or a backfill gave up.
+        Anything else is retried after a wait."""
         body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
             format_time(self.clock()).encode("ascii")
         compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         body = compressor.compress(body) + compressor.flush()
+        endpoint = self.receiver.endpoint
         while not self.stopping.is_set():
             delay = None
             try:
                 status, headers, answer = self.receiver.post(key, body)
             except (OSError, http.client.HTTPException) as error:
+                if self.stopping.is_set():   # stop()'s own cut of the post: not a fault
+                    break
                 problem = "%s: %s" % (type(error).__name__, error)
             else:
-                if 200 <= status < 300 or status in _REFUSED_STATUSES:
+                if 200 <= status < 300 or status in _REFUSED_STATUSES or \
+                        status in _KEY_STATUSES and key not in self.configured_keys:
                     self._answered()
                     return status, answer
                 problem = "%d %s" % (status, " ".join(answer[:200].split()))
                 if status in _KEY_STATUSES:
                     if self.writer is None:   # a backfill stops: the key is wrong
-                        self.key_refused = "%s refused writeKey %s: %s" % (
-                            self.receiver.url, key, problem)
+                        self.gave_up = "%s refused writeKey %s: %s" % (endpoint, key, problem)
                         self.stopping.set()
                         break
                     delay = self.max_delay
@@ -4125,8 +4309,17 @@ class Forwarder:
                         self.reporter.say(
                             "forwarding to %s is PAUSED: it refused writeKey %s (%s). Check "
                             "--forward-write-key or the receiver's keys; nothing is dropped, "
-                            "retrying every %d s" % (self.receiver.url, key, problem,
-                                                     self.max_delay))
+                            "retrying every %d s" % (endpoint, key, problem, self.max_delay))
+                elif status in _NOTHING_THERE_STATUSES or 300 <= status < 400:
+                    # No API there (a redirect is never followed): waiting will not fix it.
+                    location = headers.get("location")
+                    problem += "%s: nothing at this URL takes batches; check the URL" % (
+                        " (to %s)" % location[:200] if location else "")
+                    if self.writer is None:
+                        self.gave_up = "%s answered %s" % (endpoint, problem)
+                        self.stopping.set()
+                        break
+                    self.wrong_url = problem
                 elif status == 429:   # as it says, but never at once: Retry-After: 0 is a loop
                     delay = retry_after(headers.get("retry-after"), self.clock())
                     if delay is not None:
@@ -4137,7 +4330,7 @@ class Forwarder:
                 delay = backoff_delay(self._failing, self.first_delay, self.max_delay)
             self.last_error, self.backoff = problem, delay
             self.reporter.say("forwarding to %s: %s; %d failed attempt(s) in a row, next in "
-                              "%.1f s" % (self.receiver.url, problem, self._failing, delay),
+                              "%.1f s" % (endpoint, problem, self._failing, delay),
                               key="forward")
             self.stopping.wait(delay)
         return None, None
@@ -4145,8 +4338,8 @@ class Forwarder:
     def _answered(self):
         if self._failing:
             self.reporter.say("forwarding to %s again, after %d failed attempt(s)"
-                              % (self.receiver.url, self._failing))
-        self._failing, self.backoff, self.paused_key = 0, 0.0, None
+                              % (self.receiver.endpoint, self._failing))
+        self._failing, self.backoff, self.paused_key, self.wrong_url = 0, 0.0, None, None
 
     def _acknowledge(self, log, items, sent):
         log.offset = items[-1].end
@@ -4262,7 +4455,9 @@ class Forwarder:
                 else format_time(self.last_success),
                 "failed_attempts": self.failed_attempts, "backoff": round(self.backoff, 3),
                 "last_error": self.last_error, "paused_write_key": self.paused_key,
-                "degraded": self.paused_key is not None or age > self.alert}
+                "receiver_fault": self.refusing_all or self.wrong_url,
+                "degraded": self.paused_key is not None or self.refusing_all is not None or
+                self.wrong_url is not None or age > self.alert}
 
 
 _BATCH_OPEN = b'{"batch":['
@@ -4440,6 +4635,12 @@ def _forward_url(text):
             not re.fullmatch(r"[!-~]*", parts.path, re.ASCII):
         raise argparse.ArgumentTypeError("not an http(s) URL with no query or credentials: "
                                          "%r (try https://api.segment.io)" % text)
+    # The API's base URL, under which batches go to /v1/batch. Given as Segment's docs
+    # write the endpoint (https://api.segment.io/v1/batch), or its /v1, it is meant as that
+    # base: posting to /v1/batch/v1/batch would be answered 404, forever.
+    for endpoint in ("/v1/batch", "/v1"):
+        if parts.path.endswith(endpoint):
+            return text[:-len(endpoint)]
     return text
 
 
@@ -4577,7 +4778,8 @@ def build_parser(environ):
            metavar="TOKEN")
     option("--forward", "PIXEL_FORWARD", None, "relay the events log, at least once and in "
            "order, to this Segment-compatible API (https://api.segment.io, a RudderStack or "
-           "Jitsu URL, another pixel); batches go to URL/v1/batch", _forward_url,
+           "Jitsu URL, another pixel); batches go to URL/v1/batch (a URL given with "
+           "/v1/batch or /v1 at its end is taken without it)", _forward_url,
            metavar="URL")
     option("--forward-write-key", "PIXEL_FORWARD_WRITE_KEY", None, "forward every event "
            "under this writeKey, instead of each under its own", _nonempty, metavar="KEY")
@@ -4674,8 +4876,8 @@ def start_forwarder(args, events, rejects, reporter):
         raise StartupError("cannot use --forward-ca %s: %s" % (args.forward_ca,
                                                                error)) from None
     forwarder = Forwarder(receiver, rejects, write_key=args.forward_write_key,
-                          batch_events=args.forward_batch, alert=args.forward_alert,
-                          reporter=reporter)
+                          configured_keys=args.write_key, batch_events=args.forward_batch,
+                          alert=args.forward_alert, reporter=reporter)
     try:
         forwarder.follow(events)
     except OSError as error:
@@ -4693,9 +4895,12 @@ def build_forward_parser():
                     "what the receiver took: run the same command again after an "
                     "interruption and it goes on from there, skipping files already sent.")
     parser.add_argument("--to", required=True, type=_forward_url, metavar="URL",
-                        help="the API's base URL; batches go to URL/v1/batch")
+                        help="the API's base URL; batches go to URL/v1/batch (a URL given "
+                             "with /v1/batch or /v1 at its end is taken without it)")
     parser.add_argument("--write-key", type=_nonempty, metavar="KEY",
-                        help="send every event under this writeKey, not its own")
+                        help="send every event under this writeKey, not its own; refused, "
+                             "it stops the run. Each event's own key refused, its events go "
+                             "to the rejects log and the run goes on")
     parser.add_argument("--batch", type=_batch_size, default=DEFAULT_FORWARD_BATCH,
                         metavar="N", help="events per batch (default: %(default)s)")
     parser.add_argument("--ca", type=_ca_file, metavar="FILE",
@@ -4713,12 +4918,18 @@ def build_forward_parser():
 
 def forward_files(argv=None):
     """`pixel.py forward`: send log files once; 0 once all is sent, 1 if it stopped first
-    (a signal, a refused writeKey, a file it cannot read)."""
-    args = build_forward_parser().parse_args(argv)
+    (a signal, a refused writeKey, a file it cannot read). A rejects log may be among the
+    files: the events it holds that a receiver refused are sent again."""
+    parser = build_forward_parser()
+    args = parser.parse_args(argv)
     reporter = Reporter()
     checkpoint = args.checkpoint or args.files[0] + ".backfill"
     rejects_path = args.rejects or os.path.join(
         os.path.dirname(os.path.abspath(args.files[0])), DEFAULT_REJECTS_NAME)
+    for path in args.files:   # its own refusals appended to it would be read, again and again
+        if os.path.realpath(path) == os.path.realpath(rejects_path):
+            parser.error("%s is one of the files to send: give --rejects another file for "
+                         "what is refused this time" % rejects_path)
     try:
         receiver = Receiver(args.to, cafile=args.ca, timeout=args.timeout)
         rejects = LogWriter(rejects_path, reporter=reporter)
@@ -4737,7 +4948,7 @@ def forward_files(argv=None):
             return 1
 
         def stop(signum, frame):
-            forwarder.stopping.set()
+            forwarder.stop()   # cuts the post in flight too, or it waits for its answer
 
         previous = {signum: signal.signal(signum, stop)
                     for signum in (signal.SIGTERM, signal.SIGINT)}
@@ -4749,12 +4960,14 @@ def forward_files(argv=None):
     finally:
         forwarder.close()
         rejects.close()
-    print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s" % (
+    print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s%s" % (
         forwarder.sent, args.to, forwarder.refused, rejects_path,
+        ", %d rejects-log line(s) with no event to send skipped" % forwarder.skipped
+        if forwarder.skipped else "",
         "" if complete else "; stopped before the end: run the same command again to go on"),
         flush=True)
-    if forwarder.key_refused:
-        reporter.say(forwarder.key_refused)
+    if forwarder.gave_up:
+        reporter.say(forwarder.gave_up)
     return 0 if complete else 1
 
 

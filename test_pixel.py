@@ -879,6 +879,19 @@ class CommandLine(unittest.TestCase):
                 self.assertIn("usage: pixel.py", stderr.getvalue())
                 self.assertIn(message, stderr.getvalue())
 
+    def test_a_forward_url_given_with_its_endpoint_is_its_base(self):
+        for given, base in (("https://host/v1/batch", "https://host"),
+                            ("https://host/v1/batch/", "https://host"),
+                            ("https://host:8443/v1", "https://host:8443"),
+                            ("http://host/rudder/v1/batch", "http://host/rudder"),
+                            ("https://host/v1batch", "https://host/v1batch"),
+                            ("https://host", "https://host")):
+            with self.subTest(given):
+                self.assertEqual(pixel.parse_args(["--forward", given], {}).forward, base)
+                self.assertEqual(pixel.build_forward_parser().parse_args(
+                    ["--to", given, "file"]).to, base)
+                self.assertEqual(pixel.Receiver(base).endpoint, base + "/v1/batch")
+
     def test_version(self):
         stdout = io.StringIO()
         with self.assertRaises(SystemExit) as caught, unittest.mock.patch("sys.stdout", stdout):
@@ -3741,6 +3754,7 @@ class AnswerHandler(http.server.BaseHTTPRequestHandler):
     sent but closes the connection after the answer, without saying so."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True   # headers and body are two writes: 40 ms each, else
 
     def answer(self, status, body, headers=()):
         self.send_response(status)
@@ -3946,8 +3960,8 @@ class Forwarding(ForwardingCase):
         self.assertEqual(forwarder.failed_attempts, 4)
         self.assertEqual(len(receiver.posts), 5)
         self.assertEqual(forwarder.status()["backoff"], 0)
-        self.assertRegex(self.stderr.getvalue(), r"forwarding to http://127.0.0.1:\d+: 500 down; "
-                                                 r"1 failed attempt\(s\) in a row")
+        self.assertRegex(self.stderr.getvalue(), r"forwarding to http://127.0.0.1:\d+/v1/batch: "
+                                                 r"500 down; 1 failed attempt\(s\) in a row")
         self.assertIn("again, after 4 failed attempt(s)", self.stderr.getvalue())
 
     def test_429_waits_for_retry_after(self):
@@ -3975,7 +3989,7 @@ class Forwarding(ForwardingCase):
         receiver = FakeReceiver(self, respond)
         writer = self.writer()
         self.write(writer, range(5))
-        forwarder = self.forwarder(receiver.url, writer)
+        forwarder = self.forwarder(receiver.url, writer, configured_keys=("K",))
         self.assertTrue(wait_until(lambda: forwarder.paused_key == "K"))
         status = forwarder.status()
         self.assertTrue(status["degraded"])
@@ -4040,6 +4054,170 @@ class Forwarding(ForwardingCase):
         self.assertEqual([(line["reason"], line["detail"], line["line"])
                           for line in self.rejects()],
                          [("forward_unreadable", "no newline", '{"writeKey":"K","tor')])
+
+
+class ForwardingSeams(ForwardingCase):
+    """Issue 19: one tenant's key or one receiver's fault is not everyone's problem; every
+    message names the URL posted to."""
+
+    def test_an_unconfigured_key_refused_is_set_aside_and_sent_again_later(self):
+        accepted = {"K"}
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (200, {}, b"{}") if user in accepted else (401, {}, b"invalid write key")))
+        writer = self.writer()
+        self.write(writer, range(20))
+        self.write(writer, [20], key="junk")   # anyone can send a pixel with any key
+        self.write(writer, range(21, 121))
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 120, timeout=5))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(121)
+                                          if number != 20])
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        status = forwarder.status()
+        self.assertEqual((status["paused_write_key"], status["degraded"], status["refused"]),
+                         (None, False, 1))
+        (line,) = self.rejects()
+        self.assertEqual((line["reason"], line["event"]["messageId"], line["event"]["writeKey"]),
+                         ("forward_unauthorized", "m20", "junk"))
+        self.assertIn("%s/v1/batch refused writeKey junk: 401 invalid write key" % receiver.url,
+                      line["detail"])
+        self.assertIn("refused writeKey junk", self.stderr.getvalue())
+        # Once the key works, `pixel.py forward` sends what the rejects log holds again;
+        # lines of other reasons hold no event to send, and are skipped.
+        rejects = os.path.join(self.dir, "rejects.jsonl")
+        with open(rejects, "a") as handle:
+            handle.write('{"reason":"invalid_json","method":"GET","path":"/v1/pixel/track",'
+                         '"query":"data=%%%","receivedAt":"2026-11-26T12:40:13.178Z"}\n'
+                         '{"reason":"forward_unreadable","detail":"not JSON","line":"x",'
+                         '"receivedAt":"2026-11-26T12:40:13.178Z"}\n')
+        accepted.add("junk")
+        same = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+                               rejects], capture_output=True, text=True, timeout=60)
+        self.assertEqual(same.returncode, 2)   # its own refusals would be read back
+        self.assertIn("give --rejects another file", same.stderr)
+        again = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+                                "--rejects", os.path.join(self.dir, "again.jsonl"), rejects],
+                               capture_output=True, text=True, timeout=60)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("1 event(s) sent", again.stdout)
+        self.assertIn("2 rejects-log line(s) with no event to send skipped", again.stdout)
+        self.assertEqual(receiver.ids()[120:], ["m20"])
+        self.assertEqual(receiver.taken[120], json.loads(log_event(20, key="junk")))
+        self.assertEqual(receiver.posts[-1][1], "junk")
+
+    def test_a_configured_key_refused_still_pauses_and_loses_nothing(self):
+        allowed = set()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (200, {}, b"{}") if user in allowed else (403, {}, b"forbidden")))
+        writer = self.writer()
+        self.write(writer, range(3), key="J")
+        forwarder = self.forwarder(receiver.url, writer, write_key="ALL")   # --forward-write-key
+        self.assertTrue(wait_until(lambda: forwarder.paused_key == "ALL"))
+        self.assertTrue(forwarder.status()["degraded"])
+        self.assertIn("forwarding to %s/v1/batch is PAUSED: it refused writeKey ALL"
+                      % receiver.url, self.stderr.getvalue())
+        allowed.add("ALL")
+        self.assertTrue(wait_until(lambda: forwarder.sent == 3))
+        self.assertEqual(receiver.ids(), ["m0", "m1", "m2"])
+        self.assertEqual(self.rejects(), [])
+
+    def test_a_receiver_refusing_everything_is_doubted_not_believed(self):
+        down = threading.Event()
+        down.set()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (400, {}, b"<html>400 The plain HTTP request was sent to HTTPS port</html>")
+            if down.is_set() else (200, {}, b"{}")))
+        writer = self.writer()
+        self.write(writer, range(120))
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forwarder.failed_attempts >= 3))
+        status = forwarder.status()
+        self.assertTrue(status["degraded"])
+        self.assertIn("400 <html>400 The plain HTTP request", status["receiver_fault"])
+        self.assertEqual([line["event"]["messageId"] for line in self.rejects()],
+                         ["m0", "m1", "m2"])
+        self.assertEqual(self.stderr.getvalue().count("is taken to be at fault"), 1)
+        down.clear()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(3, 120)])
+        self.assertEqual(len(self.rejects()), 3)
+        status = forwarder.status()
+        self.assertEqual((status["degraded"], status["receiver_fault"], status["sent"]),
+                         (False, None, 117))
+        self.assertIn("it takes events again", self.stderr.getvalue())
+
+    def test_runs_of_poisoned_events_among_good_ones_are_still_set_aside(self):
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (400, {}, b"poison") if any(event["properties"].get("poison") for event in events)
+            else (200, {}, b"{}")))
+        writer = self.writer()
+        poisoned = {10, 11, 40, 41, 42, 43, 44, 99}   # two, five in a row, the last one
+        forwarder = self.forwarder(receiver.url, writer, start=False)
+        for number in range(100):
+            self.write(writer, [number], properties={"poison": number in poisoned})
+        forwarder.start()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(100)
+                                          if number not in poisoned])
+        self.assertEqual([(line["reason"], line["event"]["messageId"])
+                          for line in self.rejects()],
+                         [("forward_rejected", "m%d" % number) for number in sorted(poisoned)])
+        # Five in a row looked for a moment like a receiver refusing everything, until it
+        # took the event after them.
+        self.assertEqual((forwarder.failed_attempts, forwarder.status()["degraded"]), (1, False))
+        self.assertIn("it takes events again; 2 event(s) it refused alone written to the "
+                      "rejects log", self.stderr.getvalue())
+
+    def test_a_run_refused_up_to_a_change_of_key_does_not_stall_small_batches(self):
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (400, {}, b"poison") if any(event["properties"].get("poison") for event in events)
+            else (200, {}, b"{}")))
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer, batch_events=2, start=False)
+        for number in range(13):   # A's 4 to 9 refused, then B's: batches of 2, one key each
+            self.write(writer, [number], key="A" if number < 10 else "B",
+                       properties={"poison": 4 <= number <= 9})
+        forwarder.start()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m0", "m1", "m2", "m3", "m10", "m11", "m12"])
+        self.assertEqual([line["event"]["messageId"] for line in self.rejects()],
+                         ["m%d" % number for number in range(4, 10)])
+        self.assertEqual([(user, [event["messageId"] for event in document["batch"]])
+                          for _, user, document, _ in receiver.posts
+                          if document["batch"][0]["messageId"] == "m10"], [("B", ["m10"])])
+        self.assertFalse(forwarder.status()["degraded"])
+
+    def test_nothing_at_the_url_is_said_with_the_url_posted_to(self):
+        answers = iter([(404, {}, b"Not Found"), (405, {}, b"Method Not Allowed")])
+        receiver = FakeReceiver(self, lambda receiver, user, events: next(
+            answers, (200, {}, b"{}")))
+        writer = self.writer()
+        self.write(writer, range(2))
+        forwarder = self.forwarder(receiver.url + "/wrong", writer, backoff=(0.3, 0.4))
+        self.assertTrue(wait_until(lambda: "forwarding to %s/wrong/v1/batch: 404 Not Found: "
+                                   "nothing at this URL takes batches" % receiver.url
+                                   in self.stderr.getvalue()))
+        status = forwarder.status()
+        self.assertTrue(status["degraded"])
+        self.assertIn("nothing at this URL takes batches", status["receiver_fault"])
+        self.assertTrue(wait_until(lambda: forwarder.sent == 2))
+        self.assertEqual((forwarder.failed_attempts, forwarder.status()["degraded"]), (2, False))
+        self.assertIn("forwarding to %s/wrong/v1/batch again" % receiver.url,
+                      self.stderr.getvalue())
+
+    def test_a_stop_is_not_a_fault(self):
+        release = threading.Event()
+        self.addCleanup(release.set)
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            release.wait(20), (200, {}, b"{}"))[1])
+        writer = self.writer()
+        self.write(writer, [0])
+        forwarder = self.forwarder(receiver.url, writer, timeout=10)
+        self.assertTrue(wait_until(lambda: len(receiver.posts) == 1))
+        forwarder.stop(5)
+        self.assertFalse(forwarder.thread.is_alive())
+        self.assertEqual((self.stderr.getvalue(), forwarder.failed_attempts,
+                          forwarder.last_error), ("", 0, None))
 
 
 class ForwardingThroughRotation(ForwardingCase):
@@ -5995,6 +6173,108 @@ class ForwardOverTls(unittest.TestCase):
         self.assertEqual(receiver.ids(), ["tls-%d" % trusting_port])
 
 
+class ForwardingSeamsProcess(unittest.TestCase):
+    """Issue 19's forwarding items through pixel.py itself: the keys main() hands the
+    forwarder, the URL as given, a stop, and `pixel.py forward`'s share of each."""
+
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-seams-")
+
+    def hanging_receiver(self):
+        release = threading.Event()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            release.wait(30), (200, {}, b"{}"))[1])
+        self.addCleanup(release.set)   # before the receiver's own cleanups: LIFO
+        return receiver
+
+    def backfill(self, url, *argv):
+        return subprocess.Popen([sys.executable, PIXEL_PY, "forward", "--to", url] +
+                                list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    def log_file(self, name, lines):
+        path = os.path.join(self.dir, name)
+        with open(path, "wb") as handle:
+            handle.write(b"".join(lines))
+        return path
+
+    def test_a_sigterm_is_not_reported_as_a_receiver_fault(self):
+        receiver = self.hanging_receiver()
+        process, port = start_pixel(self, "--log", os.path.join(self.dir, "events.jsonl"),
+                                    "--forward", receiver.url, stderr=subprocess.PIPE)
+        self.addCleanup(process.stderr.close)
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e")
+        self.assertTrue(wait_until(lambda: len(receiver.posts) == 1))   # in flight
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(10), 0)
+        self.assertLess(time.monotonic() - started, 3)
+        stderr = process.stderr.read()
+        self.assertNotIn("no whole answer", stderr)
+        self.assertNotIn("forwarding to", stderr)
+
+    def test_a_sigterm_stops_a_backfill_at_once_and_quietly(self):
+        receiver = self.hanging_receiver()
+        path = self.log_file("events.jsonl.1", [log_event(0)])
+        process = self.backfill(receiver.url, path)
+        self.addCleanup(process.kill)
+        self.assertTrue(wait_until(lambda: len(receiver.posts) == 1))
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=15)
+        self.assertEqual(process.returncode, 1)
+        self.assertLess(time.monotonic() - started, 3, "waited for the post's timeout")
+        self.assertNotIn("no whole answer", stderr)
+        self.assertIn("run the same command again", stdout)
+
+    def test_the_write_keys_configured_pause_and_others_are_set_aside(self):
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (401, {}, b"unknown key") if user in ("J", "junk") else (200, {}, b"{}")))
+        log = os.path.join(self.dir, "events.jsonl")
+        process, port = start_pixel(self, "--log", log, "--write-key", "K", "--write-key", "J",
+                                    "--forward", receiver.url)
+        for number, key in enumerate(("K", "J", "K")):
+            fetch_gif(port, "/v1/pixel/track?writeKey=%s&userId=u&event=e&messageId=m%d"
+                      % (key, number))
+        self.assertTrue(wait_until(lambda: fetch_json(port, "/health")["forward"][
+            "paused_write_key"] == "J"))
+        self.assertEqual(receiver.ids(), ["m0"])   # m2 waits behind J's: the order is kept
+        self.assertEqual(fetch_json(port, "/health")["status"], "degraded")
+        with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+            self.assertEqual(handle.read(), "")
+        # `pixel.py forward` sets aside a key it was not given, and goes on.
+        path = self.log_file("old.jsonl", [log_event(10), log_event(11, key="junk"),
+                                           log_event(12)])
+        backfill = self.backfill(receiver.url, "--rejects", os.path.join(self.dir, "r.jsonl"),
+                                 path)
+        stdout, stderr = backfill.communicate(timeout=60)
+        self.assertEqual(backfill.returncode, 0, stderr)
+        self.assertIn("2 event(s) sent to %s, 1 refused" % receiver.url, stdout)
+        self.assertEqual(receiver.ids()[-2:], ["m10", "m12"])
+        with open(os.path.join(self.dir, "r.jsonl")) as handle:
+            self.assertEqual([(line["reason"], line["event"]["messageId"]) for line in
+                              map(json.loads, handle)], [("forward_unauthorized", "m11")])
+
+    def test_a_url_given_with_v1_batch_is_posted_to_once(self):
+        receiver = FakeReceiver(self)
+        process, port = start_pixel(self, "--log", os.path.join(self.dir, "events.jsonl"),
+                                    "--forward", receiver.url + "/v1/batch/")
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e&messageId=m0")
+        self.assertTrue(wait_until(lambda: receiver.ids() == ["m0"]))
+        self.assertEqual(receiver.posts[0][0], "/v1/batch")
+        self.assertEqual(fetch_json(port, "/health")["forward"]["target"], receiver.url)
+
+    def test_a_backfill_to_a_url_with_nothing_there_stops_and_names_it(self):
+        receiver = FakeReceiver(self, lambda receiver, user, events: (404, {}, b"Not Found"))
+        path = self.log_file("events.jsonl.1", [log_event(0)])
+        process = self.backfill(receiver.url + "/api", "--write-key", "K", path)
+        stdout, stderr = process.communicate(timeout=30)
+        self.assertEqual(process.returncode, 1)
+        self.assertEqual(len(receiver.posts), 1, "retried a 404")
+        self.assertIn("%s/api/v1/batch answered 404 Not Found: nothing at this URL takes "
+                      "batches" % receiver.url, stderr)
+
+
 class Tls(unittest.TestCase):
     """--certfile and --keyfile: HTTPS from pixel.py itself, with a throwaway CA."""
 
@@ -6428,7 +6708,7 @@ class Backfill(unittest.TestCase):
 
     def test_a_refused_write_key_stops_it_with_status_1(self):
         receiver = FakeReceiver(self, lambda receiver, user, events: (403, {}, b"forbidden"))
-        result = self.forward(receiver.url)
+        result = self.forward(receiver.url, "--write-key", "K")   # configured: the run stops
         self.assertEqual(result.returncode, 1)
         self.assertIn("refused writeKey K: 403 forbidden", result.stderr)
         self.assertIn("run the same command again", result.stdout)
