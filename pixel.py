@@ -875,6 +875,45 @@ class Reporter:
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _ROTATED_SUFFIX = re.compile(r"\.(\d{8}T\d{6}\.\d{3}Z)(?:-(\d+))?\Z")
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode):
+    """What a file of st_mode `mode` is, in words: "a directory", "a FIFO" ..."""
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def open_file(path, flags=_READ_FLAGS, devices=False):
+    """os.open() for a regular file (and, with `devices`, a character device such as
+    /dev/full); anything else raises OSError(EINVAL, "not a regular file (a FIFO)"). The
+    open itself cannot block: a FIFO would wait there for a writer (or a reader) before any
+    signal handler could stop it, so it is opened O_NONBLOCK, checked with fstat, and set
+    back to blocking. A directory or /dev/zero would be read for ever."""
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | nonblocking, 0o644)
+    except OSError as error:
+        # A FIFO with no reader, or a socket, opened to write: ENXIO; a directory: EISDIR.
+        if error.errno not in (errno.ENXIO, errno.EISDIR):
+            raise
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            raise error from None
+        raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode),
+                      path) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or devices and stat.S_ISCHR(mode)):
+            raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode), path)
+        if nonblocking:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _lock(fd, path):
@@ -954,7 +993,7 @@ class LogWriter:
         return self._failing_since is not None
 
     def _open(self):
-        fd = os.open(self.path, self._flags, 0o644)
+        fd = open_file(self.path, self._flags, devices=True)   # /dev/null, /dev/full too
         try:
             status = os.fstat(fd)
             if (status.st_dev, status.st_ino) == self._identity and self._fd is not None:
@@ -1017,7 +1056,9 @@ class LogWriter:
             if os.pread(reader, 1, end - 1) == b"\n":
                 return
             start = end
-            while start > 0:   # back to the last newline, a block at a time
+            # Back to the last newline, a block at a time; no further than one write can
+            # leave, since a file of gigabytes with no newline is not worth reading through.
+            while start > 0 and end - start <= MAX_WRITE_BYTES:
                 block_start = max(0, start - RECV_SIZE)
                 block = os.pread(reader, start - block_start, block_start)
                 newline = block.rfind(b"\n")
@@ -2978,8 +3019,8 @@ def logged_message_ids(paths, count, max_bytes=MAX_WARM_BYTES):
     lines_left = 2 * count + 1024   # a log of pixel's has an id a line: garbage stops this
     for path in paths:
         try:
-            fd = os.open(path, _READ_FLAGS)
-        except OSError:   # rotated away or deleted since it was listed
+            fd = open_file(path)
+        except OSError:   # rotated away or deleted since it was listed, or not a file
             continue
         try:
             end, partial = os.fstat(fd).st_size, b""
@@ -3009,10 +3050,13 @@ def read_checkpoint(path):
     """The checkpoint document at `path`, or None if there is none. Raises OSError, or
     ValueError for a file that is not a checkpoint."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_ANSWER_BYTES)
+        fd = open_file(path)
     except FileNotFoundError:
         return None
+    try:
+        data = os.read(fd, MAX_ANSWER_BYTES)
+    finally:
+        os.close(fd)
     try:
         document = json.loads(data)
     except RecursionError:
@@ -3032,8 +3076,8 @@ def write_checkpoint(path, document):
     checkpoint or the new one, never a mix or nothing."""
     temporary = path + ".tmp"
     data = (json.dumps(document, sort_keys=True) + "\n").encode("ascii")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
-                 getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd = open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+                   getattr(os, "O_CLOEXEC", 0))   # a FIFO put there would block
     try:
         if os.write(fd, data) != len(data):
             raise OSError(errno.ENOSPC, "short write")
@@ -3073,7 +3117,8 @@ class LogFile:
 
     @classmethod
     def open(cls, path, archive=False):
-        fd = os.open(path, _READ_FLAGS)
+        """The regular file at `path` (OSError for anything else: see open_file)."""
+        fd = open_file(path)
         try:
             status = os.fstat(fd)
             return cls(fd, (status.st_dev, status.st_ino), path, archive=archive)
@@ -3109,8 +3154,8 @@ class LogFile:
         names = [base] + [name for name in os.listdir(folder) if name.startswith(stem)]
         for name in names:
             try:
-                fd = os.open(os.path.join(folder, name), _READ_FLAGS)
-            except OSError:
+                fd = open_file(os.path.join(folder, name))
+            except OSError:   # gone, unreadable, or not a file (a FIFO would block)
                 continue
             status = os.fstat(fd)
             if (status.st_dev, status.st_ino) == self.identity:
@@ -3462,6 +3507,8 @@ class Forwarder:
                     continue
             try:
                 while end is None or offset < end:
+                    if self.stopping.is_set():   # a backlog of terabytes takes a while
+                        return
                     size = MAX_WRITE_BYTES if end is None else min(MAX_WRITE_BYTES,
                                                                    end - offset)
                     block = log.read(offset, size) if fd is None else \
@@ -3567,6 +3614,8 @@ class Forwarder:
         """Skip a line longer than FORWARD_READ: read on to its newline, refuse its start."""
         offset = log.offset + FORWARD_READ
         while True:
+            if self.stopping.is_set():   # a "line" may be gigabytes long
+                return None
             block = log.read(offset, MAX_WRITE_BYTES)
             newline = block.find(b"\n")
             if newline >= 0 or not block:
@@ -3964,6 +4013,9 @@ def _ca_file(text):
     """A PEM file of CA certificates, checked by loading it."""
     import ssl   # here, not at the top: only --forward-ca needs it
     try:
+        mode = os.stat(text).st_mode
+        if not stat.S_ISREG(mode):   # a FIFO would block the load for ever
+            raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode))
         ssl.create_default_context().load_verify_locations(text)
     except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
         raise argparse.ArgumentTypeError("not a readable PEM file of CA certificates: %r "
@@ -4224,6 +4276,16 @@ def forward_files(argv=None):
     (a signal, a refused writeKey, a file it cannot read)."""
     args = build_forward_parser().parse_args(argv)
     reporter = Reporter()
+    for path in args.files:   # before anything is made beside them, or opened
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as error:
+            reporter.say("cannot forward %s: %s" % (path, error.strerror or error))
+            return 1
+        if not stat.S_ISREG(mode):   # /dev/zero would be read for ever, a FIFO block
+            reporter.say("cannot forward %s: not a regular file (%s)" % (path,
+                                                                         file_kind(mode)))
+            return 1
     checkpoint = args.checkpoint or args.files[0] + ".backfill"
     rejects_path = args.rejects or os.path.join(
         os.path.dirname(os.path.abspath(args.files[0])), DEFAULT_REJECTS_NAME)
@@ -4235,25 +4297,27 @@ def forward_files(argv=None):
         return 1
     forwarder = Forwarder(receiver, rejects, write_key=args.write_key,
                           batch_events=args.batch, reporter=reporter)
+
+    def stop(signum, frame):
+        forwarder.stopping.set()
+
+    previous = {signum: signal.signal(signum, stop)
+                for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
             forwarder.add_files(args.files, checkpoint)
-        except (OSError, ValueError) as error:
-            reporter.say("cannot read %s: %s" % (getattr(error, "filename", None) or
-                                                 checkpoint, error))
+        except OSError as error:
+            reporter.say("%s %s: %s" % (
+                "cannot read the checkpoint" if error.filename in (None, checkpoint)
+                else "cannot forward", error.filename or checkpoint, error.strerror or error))
             return 1
-
-        def stop(signum, frame):
-            forwarder.stopping.set()
-
-        previous = {signum: signal.signal(signum, stop)
-                    for signum in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            complete = forwarder.run()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        except ValueError as error:   # a garbled checkpoint
+            reporter.say("cannot read the checkpoint %s: %s" % (checkpoint, error))
+            return 1
+        complete = forwarder.run()
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         forwarder.close()
         rejects.close()
     print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s" % (

@@ -1326,6 +1326,18 @@ class TornTail(unittest.TestCase):
                                      else content)
                 self.assertEqual(writer.torn_tail, content if content.endswith(b"l") else None)
 
+    def test_a_huge_file_with_no_newline_is_refused_without_reading_it_through(self):
+        with open(self.path, "wb") as handle:
+            try:
+                handle.truncate(64 * 1024 ** 3)   # sparse: 64 GiB of zeros, no newline
+            except OSError as error:
+                self.skipTest("no sparse 64 GiB file here: %s" % error)
+        started = time.monotonic()
+        with self.assertRaises(OSError) as caught:
+            self.writer()
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertIn("is it a pixel log?", str(caught.exception))
+
     def test_the_recorder_writes_a_torn_tail_line(self):
         with open(self.path, "wb") as handle:
             handle.write(b'{"a":1}\n{"torn')
@@ -5256,6 +5268,124 @@ class Backfill(unittest.TestCase):
                                 capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 1)
         self.assertIn("No such file", result.stderr)
+
+    def forward_these(self, url, *argv, timeout=60):
+        return subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", url] + list(argv),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def write_log(self, path, numbers, mode="wb"):
+        with open(path, mode) as handle:
+            handle.write(b"".join(log_event(number) for number in numbers))
+
+    def test_what_is_not_a_regular_file_is_refused_at_once(self):
+        fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(fifo)
+        for argv, line in (
+                (["/dev/zero"], "cannot forward /dev/zero: not a regular file "
+                                "(a character device)"),
+                ([self.dir], "cannot forward %s: not a regular file (a directory)"
+                             % self.dir),
+                ([fifo], "cannot forward %s: not a regular file (a FIFO)" % fifo),
+                ([self.files[0], fifo], "cannot forward %s: not a regular file (a FIFO)"
+                                        % fifo),
+                (["--checkpoint", fifo, self.files[0]],
+                 "cannot read the checkpoint %s: not a regular file (a FIFO)" % fifo)):
+            with self.subTest(argv):
+                started = time.monotonic()
+                result = self.forward_these("http://127.0.0.1:9", *argv, timeout=20)
+                self.assertLess(time.monotonic() - started, 10)
+                self.assertEqual((result.returncode, result.stderr),
+                                 (1, "pixel: %s\n" % line))
+
+    def test_a_sigterm_while_it_counts_a_huge_backlog_stops_it_at_once(self):
+        if not os.path.exists("/proc/self/io"):
+            self.skipTest("no /proc/<pid>/io here to see the count under way")
+        receiver = FakeReceiver(self)
+        path = os.path.join(self.dir, "events.jsonl.9")
+        self.write_log(path, [0])
+        try:
+            os.truncate(path, 1024 ** 4)   # sparse: a TiB of zeros to count lines in
+        except OSError as error:
+            self.skipTest("no sparse 1 TiB file here: %s" % error)
+        process = subprocess.Popen([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+                                    path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+
+        def counting():
+            try:
+                with open("/proc/%d/io" % process.pid) as handle:
+                    read = int(re.search(r"rchar: (\d+)", handle.read()).group(1))
+            except (OSError, AttributeError):   # gone, or not readable
+                return False
+            return read > 256 * 1024 ** 2
+
+        self.assertTrue(wait_until(counting, 20))
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        stdout, stderr = process.communicate(timeout=10)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(process.returncode, 1)
+        self.assertIn("stopped before the end", stdout)
+        self.assertNotIn("Traceback", stderr)
+        self.assertEqual(receiver.posts, [])
+
+
+class NotRegularFiles(unittest.TestCase):
+    """A FIFO where pixel expects a file would block its open for ever, before any signal
+    handler is installed; a directory ends in a traceback. Each is refused at once."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(self.fifo)
+
+    def test_the_servers_log_rejects_and_forward_ca(self):
+        log = os.path.join(self.dir, "events.jsonl")
+        for argv, status, line in (
+                (["--log", self.fifo], 1, "cannot open %s: not a regular file (a FIFO)"
+                                          % self.fifo),
+                (["--log", log, "--rejects", self.fifo], 1,
+                 "cannot open %s: not a regular file (a FIFO)" % self.fifo),
+                (["--log", log, "--forward", "https://127.0.0.1:9", "--forward-ca",
+                  self.fifo], 2, "not a regular file (a FIFO)")):
+            with self.subTest(argv):
+                result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--cpu",
+                                         "none"] + argv, capture_output=True, text=True,
+                                        timeout=20)
+                self.assertEqual(result.returncode, status)
+                self.assertIn(line, result.stderr)
+                self.assertNotIn("Traceback", result.stderr)
+
+    def test_a_fifo_named_like_a_rotated_file_is_passed_over(self):
+        log = os.path.join(self.dir, "events.jsonl")
+        with open(log, "wb") as handle:
+            handle.write(log_event(1))
+        rotated = log + ".20261120T000000.000Z"
+        os.mkfifo(rotated)
+        found = []
+        thread = threading.Thread(target=lambda: found.append(
+            pixel.logged_message_ids([log, rotated], 10)), daemon=True)
+        thread.start()
+        thread.join(10)
+        self.assertEqual(found, [["m1"]])
+
+    def test_a_fifo_where_a_checkpoint_is_written_is_refused(self):
+        checkpoint = os.path.join(self.dir, "checkpoint")
+        os.rename(self.fifo, checkpoint + ".tmp")
+        raised = []
+
+        def write():
+            try:
+                pixel.write_checkpoint(checkpoint, {"device": 1})
+            except OSError as error:
+                raised.append(error.strerror)
+
+        thread = threading.Thread(target=write, daemon=True)
+        thread.start()
+        thread.join(10)
+        self.assertEqual(raised, ["not a regular file (a FIFO)"])
 
 
 class GracefulStop(unittest.TestCase):
