@@ -151,9 +151,11 @@ MAX_ANSWER_BYTES = 64 * 1024     # of a receiver's answer, read and quoted
 FORWARD_READ = MAX_BATCH_BYTES + MAX_EVENT_LINE   # log bytes read to build one batch
 MAX_FORWARD_ITEM = MAX_PAYLOAD_BYTES - 64   # an event a Segment-compatible receiver takes,
                                             # with the batch's sentAt added to it
+SNIFF_LINES = 8                  # `pixel.py forward` takes a file for an event log if one
+SNIFF_BYTES = 2 * MAX_EVENT_LINE # of its first 8 lines, in its first 256 KiB, is an event
 MAX_OPEN_LOG_FILES = 32          # rotated files the forwarder holds open; later ones wait
                                  # closed, by name
-CHECKPOINT_SUFFIX = ".forward"
+STATE_FOLDER = ".pixel"           # beside the log: checkpoints (see state_path)
 # A checkpoint that names no file: forwarding starts at the oldest file it may send.
 _NO_CHECKPOINT = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, "head_bytes": 0,
                   "head": ""}
@@ -2989,6 +2991,45 @@ def forward_item(line, strip=False):
     return (key if isinstance(key, str) and key else None), item
 
 
+def not_an_event_log(first, whole):
+    """Why a file whose first bytes are `first` (`whole`: all of it) is not a log
+    `pixel.py forward` may send, in words; None if it is one. It is if one of its first SNIFF_LINES lines is an event
+    (a JSON object with a "type") or a rejects-log line (one with a "reason", whose event
+    may be sent again), or if it is empty. Anything else (a checkpoint, JSON of another
+    kind, a binary or a compressed file) is refused before anything of it is sent: under
+    --write-key, each of its lines would have been posted as an event."""
+    lines = first.split(b"\n")
+    if not whole:   # the last piece may be cut short by the read
+        lines.pop()
+    lines = [line for line in lines[:SNIFF_LINES] if line.strip()]
+    if not lines:
+        return "no newline in its first %d bytes" % len(first) if first.strip() else None
+    kinds = set()
+    for line in lines:
+        try:
+            document = json.loads(line)
+        except UnicodeDecodeError:
+            kinds.add("binary")
+            continue
+        except (ValueError, RecursionError):
+            kinds.add("binary" if b"\0" in line else "text")
+            continue
+        if not isinstance(document, dict):
+            kinds.add("json")
+        elif isinstance(document.get("type"), str) or isinstance(document.get("reason"), str):
+            return None
+        else:
+            kinds.add("checkpoint" if {"device", "inode", "offset"} <= set(document)
+                      else "json")
+    if "checkpoint" in kinds:
+        return "it is a pixel checkpoint"
+    if "json" in kinds:
+        return 'JSON, but none of its first lines is an event, an object with a "type"'
+    if "binary" in kinds:
+        return "binary data, not lines of JSON"
+    return "its first lines are not JSON"
+
+
 def _depth_at(prefix):
     """How many brackets are open at the end of `prefix`, the start of a JSON text."""
     text = prefix.replace(b"\\\\", b"").replace(b'\\"', b"")
@@ -3044,6 +3085,49 @@ def logged_message_ids(paths, count, max_bytes=MAX_WARM_BYTES):
             break
     found.reverse()
     return found
+
+
+def state_path(log_path, role):
+    """Where pixel keeps its `role` state for the log at `log_path`: "forward" (the live
+    forwarder's checkpoint) or "backfill" (pixel.py forward's, named after its first file).
+
+    Version 1.0 wrote <log>.forward and <first FILE>.backfill beside the log, where the
+    globs users write for the log's files (events.jsonl* for a shipper, events.jsonl.2* for
+    a backfill) matched them, and a checkpoint was shipped, and even posted, as an event.
+    Now every state file lives in a folder of its own beside the log, .pixel/: a glob of
+    the log's name matches no folder of another name, in a shell or in Go or Rust (whose
+    `*` also matches a leading dot), since `*` never crosses a slash. Inside it a name
+    starts with the role and ends in .json, so that a recursive glob (**/events.jsonl*,
+    **/*.jsonl) passes it by too."""
+    folder, name = os.path.split(os.path.abspath(log_path))
+    return os.path.join(folder, STATE_FOLDER, "%s.%s.json" % (role, name))
+
+
+def adopt_legacy_state(log_path, role, reporter):
+    """state_path(log_path, role), with its folder made and version 1.0's state file there
+    (<log>.<role>, beside the log) moved into it, so that an upgrade goes on where the old
+    version stopped. Returns (the state path, the old path if a file was moved from it).
+    Raises OSError if the folder cannot be made or the old file not moved."""
+    path = state_path(log_path, role)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    legacy = os.path.abspath(log_path) + "." + role
+    moved = None
+    for old in (legacy, legacy + ".tmp"):   # .tmp: what a kill -9 mid-write could leave
+        try:
+            if not stat.S_ISREG(os.lstat(old).st_mode):
+                continue   # not one of ours: leave it be
+        except FileNotFoundError:
+            continue
+        if old == legacy:
+            # Over one already in the folder, if any: the old file can only be the newer
+            # (version 1.0 run again after an upgrade), since moving it is a rename.
+            os.replace(old, path)
+            moved = old
+            reporter.say("moved the checkpoint %s to %s, where no glob of the log's files "
+                         "matches it" % (old, path))
+        else:
+            os.remove(old)
+    return path, moved
 
 
 def read_checkpoint(path):
@@ -3274,11 +3358,11 @@ class Forwarder:
     # -- what to read ---------------------------------------------------------------------
 
     def follow(self, writer):
-        """Relay `writer`'s log from its checkpoint, <log>.forward. With none, start at the
+        """Relay `writer`'s log from its checkpoint (see state_path). With none, start at the
         live file's first line (older rotated files are for `pixel.py forward`). If the
         file the checkpoint names is gone, start at the oldest file written since."""
         self.writer = writer
-        self.checkpoint = writer.path + CHECKPOINT_SUFFIX
+        self.checkpoint = adopt_legacy_state(writer.path, "forward", self.reporter)[0]
         try:
             checkpoint = read_checkpoint(self.checkpoint)
         except (OSError, ValueError) as error:
@@ -3375,25 +3459,42 @@ class Forwarder:
 
     def add_files(self, paths, checkpoint):
         """Relay the files at `paths`, in that order, once (backfill), resuming from the
-        checkpoint file `checkpoint`: files it lists as done are skipped."""
+        checkpoint file `checkpoint`: files it lists as done are skipped. Each file is
+        opened and its first lines looked at before anything is sent: OSError for one that
+        is not a regular file (see open_file), ValueError for one that is not an event log
+        (see not_an_event_log)."""
         self.checkpoint = checkpoint
-        document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
+        try:
+            document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
+        except ValueError as error:
+            raise ValueError("cannot read the checkpoint %s: %s" % (checkpoint,
+                                                                     error)) from None
         done = document.get("done")
         self.done = [entry for entry in done if isinstance(entry, str)] \
             if isinstance(done, list) else []
         seen = set()
         for path in paths:
+            if self.stopping.is_set():   # thousands of archives take a while to look at
+                break
             log = LogFile.open(path, archive=path.endswith(".gz"))
+            self.files.append(log)   # closed by close(), whatever happens next
+            for size in (8192, SNIFF_BYTES):   # most logs show an event in 8 KiB
+                first = log.read(0, size)
+                problem = not_an_event_log(first, whole=len(first) < size)
+                if problem is None or len(first) < size:
+                    break
+            if problem is not None:
+                raise ValueError("cannot forward %s: not a pixel event log (%s)"
+                                 % (path, problem))
             key = "%d:%d" % log.identity
             if key in self.done or log.identity in seen:
                 self.reporter.say("%s: already sent, skipped" % path)
-                log.close()
+                self.files.pop().close()
                 continue
             seen.add(log.identity)
             if log.identity == (document["device"], document["inode"]) and \
                     log.head(document["head_bytes"]) == document.get("head"):
                 log.offset = document["offset"]
-            self.files.append(log)
         self._counting = (list(self.files), None, 0)
 
     def opened(self, fd, identity, path):
@@ -4264,7 +4365,8 @@ def build_forward_parser():
                         metavar="S", help="seconds the receiver has to answer "
                                           "(default: %(default)s)")
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help="the checkpoint file (default: <first FILE>.backfill)")
+                        help="the checkpoint file (default: .pixel/backfill.<first "
+                             "FILE>.json beside the first FILE)")
     parser.add_argument("--rejects", metavar="PATH", help="where refused events go "
                         "(default: %s beside the first FILE)" % DEFAULT_REJECTS_NAME)
     parser.add_argument("files", nargs="+", metavar="FILE")
@@ -4273,10 +4375,15 @@ def build_forward_parser():
 
 def forward_files(argv=None):
     """`pixel.py forward`: send log files once; 0 once all is sent, 1 if it stopped first
-    (a signal, a refused writeKey, a file it cannot read)."""
+    (a signal, a refused writeKey), or was given a file that is not an event log."""
     args = build_forward_parser().parse_args(argv)
     reporter = Reporter()
-    for path in args.files:   # before anything is made beside them, or opened
+    files = args.files
+    if args.checkpoint is None:   # version 1.0's checkpoint, which a glob may have passed
+        legacy = os.path.abspath(files[0]) + ".backfill"
+        files = [path for path in files if not (
+            os.path.abspath(path) in (legacy, legacy + ".tmp") and os.path.isfile(path))]
+    for path in files:   # before anything is made beside them, or opened
         try:
             mode = os.stat(path).st_mode
         except OSError as error:
@@ -4286,10 +4393,11 @@ def forward_files(argv=None):
             reporter.say("cannot forward %s: not a regular file (%s)" % (path,
                                                                          file_kind(mode)))
             return 1
-    checkpoint = args.checkpoint or args.files[0] + ".backfill"
     rejects_path = args.rejects or os.path.join(
-        os.path.dirname(os.path.abspath(args.files[0])), DEFAULT_REJECTS_NAME)
+        os.path.dirname(os.path.abspath(files[0])), DEFAULT_REJECTS_NAME)
     try:
+        checkpoint = args.checkpoint or \
+            adopt_legacy_state(files[0], "backfill", reporter)[0]
         receiver = Receiver(args.to, cafile=args.ca, timeout=args.timeout)
         rejects = LogWriter(rejects_path, reporter=reporter)
     except OSError as error:
@@ -4305,14 +4413,14 @@ def forward_files(argv=None):
                 for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            forwarder.add_files(args.files, checkpoint)
+            forwarder.add_files(files, checkpoint)
         except OSError as error:
             reporter.say("%s %s: %s" % (
                 "cannot read the checkpoint" if error.filename in (None, checkpoint)
                 else "cannot forward", error.filename or checkpoint, error.strerror or error))
             return 1
-        except ValueError as error:   # a garbled checkpoint
-            reporter.say("cannot read the checkpoint %s: %s" % (checkpoint, error))
+        except ValueError as error:   # a file that is not a log, or a garbled checkpoint
+            reporter.say(str(error))
             return 1
         complete = forwarder.run()
     finally:

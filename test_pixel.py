@@ -14,6 +14,7 @@ import ast
 import base64
 import collections
 import errno
+import fnmatch
 import gzip
 import http.client
 import http.server
@@ -920,6 +921,39 @@ class ForwardItems(unittest.TestCase):
                 expected = dict(event)
                 self.assertEqual(key, expected.pop("writeKey"))
                 self.assertEqual(json.loads(item), expected)
+
+    def test_what_pixel_py_forward_takes_for_an_event_log(self):
+        event = log_event(1)
+        reject = b'{"reason":"forward_unauthorized","detail":"401","event":{"type":"track"}}\n'
+        checkpoint = b'{"device": 2049, "done": [], "head": "0", "head_bytes": 0, ' \
+                     b'"inode": 7, "mtime_ns": 1, "offset": 0, "path": "x"}\n'
+        cases = [
+            # name, first bytes, all of the file?, why it is refused (None: taken)
+            ("an event log", event * 3, True, None),
+            ("an empty file", b"", True, None),
+            ("a rejects log", reject, True, None),
+            ("a torn first line, then events", b'{"type":"tr\n' + event, True, None),
+            ("an event after garbage", b"x\n" * 7 + event, True, None),
+            ("an event only after 8 lines", b"x\n" * 8 + event, True,
+             "its first lines are not JSON"),
+            ("a checkpoint", checkpoint, True, "it is a pixel checkpoint"),
+            ("a checkpoint with no newline", checkpoint[:-1], True,
+             "it is a pixel checkpoint"),
+            ("JSON of another kind", b'{"name":"x"}\n[1,2]\n', True,
+             'JSON, but none of its first lines is an event, an object with a "type"'),
+            ("an object whose type is not a string", b'{"type":5}\n', True,
+             'JSON, but none of its first lines is an event, an object with a "type"'),
+            ("binary", b"\x00\x01\x02\n\xff\xfe", True, "binary data, not lines of JSON"),
+            ("zstd", b"\x28\xb5\x2f\xfd\x00\x58\x61\x00", True,
+             "binary data, not lines of JSON"),
+            ("text", b"hello\nworld\n", True, "its first lines are not JSON"),
+            ("the start of a long first line", b"x" * 100, False, "no newline in its first "
+                                                                     "100 bytes"),
+            ("an event cut by the read", event + event[:20], False, None),
+        ]
+        for name, first, whole, expected in cases:
+            with self.subTest(name):
+                self.assertEqual(pixel.not_an_event_log(first, whole), expected)
 
     def test_logged_message_ids(self):
         cases = [(b'{"messageId":"m1","x":1}', "m1"),
@@ -3207,6 +3241,13 @@ def log_event(number, key="K", **fields):
     return pixel.encode_line(pixel.build_event("track", payload, received_at=T0 + number))
 
 
+def state_file(log_path, role="forward"):
+    """pixel's state file for the log at `log_path`, its folder made, for a test to write."""
+    path = pixel.state_path(log_path, role)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
 class ForwardingCase(unittest.TestCase):
     def setUp(self):
         self.dir = temp_dir(self, "pixel-forward-")
@@ -3266,7 +3307,8 @@ class Forwarding(ForwardingCase):
         self.assertEqual((status["sent"], status["lines_behind"], status["bytes_behind"],
                           status["degraded"]), (260, 0, 0, False))
         self.assertTrue(wait_until(lambda: pixel.read_checkpoint(
-            writer.path + ".forward")["offset"] == os.path.getsize(writer.path)))
+            pixel.state_path(writer.path, "forward"))["offset"] ==
+            os.path.getsize(writer.path)))
 
     def test_one_write_key_for_all_and_500_kb_batches(self):
         receiver = FakeReceiver(self)
@@ -3542,7 +3584,7 @@ class ForwardingRestarts(ForwardingCase):
         receiver = FakeReceiver(self)
         writer = self.writer(max_bytes=2000)
         self.write(writer, range(20))
-        with open(writer.path + ".forward", "w") as handle:
+        with open(state_file(writer.path), "w") as handle:
             handle.write("{garbage")
         self.forwarder(receiver.url, writer)
         self.assertTrue(wait_until(lambda: len(receiver.taken) == 20))
@@ -3573,9 +3615,11 @@ class ForwardingRestarts(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.sent == 6))
         self.assertTrue(wait_until(lambda: "cannot write the checkpoint" in
                                    self.stderr.getvalue()))
-        self.assertEqual(pixel.read_checkpoint(writer.path + ".forward")["offset"],
+        checkpoint = pixel.state_path(writer.path, "forward")
+        self.assertEqual(pixel.read_checkpoint(checkpoint)["offset"],
                          len(b"".join(log_event(number) for number in range(5))))
-        self.assertNotIn("events.jsonl.forward.tmp", os.listdir(folder))
+        self.assertNotIn(os.path.basename(checkpoint) + ".tmp",
+                         os.listdir(os.path.dirname(checkpoint)))
 
 
 class ForwardingAttacked(ForwardingCase):
@@ -3599,7 +3643,7 @@ class ForwardingAttacked(ForwardingCase):
 
     def test_no_checkpoint_can_be_written_no_forwarding(self):
         writer = self.writer()
-        os.mkdir(writer.path + ".forward")   # where the checkpoint must go
+        os.makedirs(pixel.state_path(writer.path, "forward"))   # where the checkpoint goes
         with self.assertRaises(OSError):
             self.forwarder("http://127.0.0.1:9", writer, start=False)
 
@@ -3665,7 +3709,7 @@ class ForwardingAttacked(ForwardingCase):
         self.write(writer, [0])
         writer.write([b"[" * 100000 + b"]" * 100000 + b"\n"])
         self.write(writer, [1])
-        with open(writer.path + ".forward", "wb") as handle:
+        with open(state_file(writer.path), "wb") as handle:
             handle.write(b"[" * 100000 + b"]" * 100000)
         forwarder = self.forwarder(receiver.url, writer)
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
@@ -3790,6 +3834,66 @@ class ForwardingAttacked(ForwardingCase):
                     json.dump(dict(base, **{field: value}), handle)
                 with self.assertRaises(ValueError):
                     pixel.read_checkpoint(path)
+
+
+# The globs users write for a log's files (a shipper's, the README's backfill), and a
+# recursive one. fnmatch's `*` matches a leading dot, as Go's and Rust's globs do.
+LOG_GLOBS = ("events.jsonl*", "events.jsonl.2*", "*.jsonl", "*.jsonl.gz")
+
+
+def files_a_glob_finds(folder, pattern):
+    """The regular files in `folder` or below it whose names match `pattern`, relative to
+    `folder`: what <folder>/<pattern> and <folder>/**/<pattern> find between them."""
+    found = set()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if fnmatch.fnmatchcase(name, pattern):
+                found.add(os.path.relpath(os.path.join(root, name), folder))
+    return found
+
+
+class StateFiles(ForwardingCase):
+    """The forwarder's checkpoint lives where no glob of the log's files finds it, and an
+    upgrade picks up the one version 1.0 left beside the log."""
+
+    def test_no_glob_of_the_logs_files_finds_the_checkpoint(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer(max_bytes=2000)
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(30))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertTrue(os.path.isfile(pixel.state_path(writer.path, "forward")))
+        logs = {os.path.basename(path) for path in writer.rotated_files() + [writer.path]}
+        for pattern in LOG_GLOBS:
+            with self.subTest(pattern):
+                self.assertLessEqual(files_a_glob_finds(self.dir, pattern),
+                                     logs | {"rejects.jsonl"})
+
+    def test_an_old_checkpoint_beside_the_log_is_moved_and_goes_on_from_there(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        first = self.forwarder(receiver.url, writer)
+        self.write(writer, range(10))
+        self.assertTrue(wait_until(lambda: first.sent == 10))
+        first.stop(5)
+        first.close()
+        writer.follower = None
+        checkpoint = pixel.state_path(writer.path, "forward")
+        legacy = writer.path + ".forward"   # where version 1.0 kept it
+        os.replace(checkpoint, legacy)
+        with open(legacy + ".tmp", "w") as handle:   # and what a kill -9 mid-write left
+            handle.write('{"device": ')
+        shutil.rmtree(os.path.dirname(checkpoint))
+        self.write(writer, range(10, 20))
+        second = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: second.sent == 10))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(20)])
+        self.assertEqual(sorted(os.listdir(self.dir)), [".pixel", "events.jsonl",
+                                                        "rejects.jsonl"])
+        self.assertEqual(pixel.read_checkpoint(checkpoint)["offset"],
+                         os.path.getsize(writer.path))
+        self.assertIn("moved the checkpoint %s to %s" % (legacy, checkpoint),
+                      self.stderr.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -4654,7 +4758,8 @@ class ForwardingUnderFaults(unittest.TestCase):
     def unsent_by_the_log(self):
         """(lines, bytes) after A's checkpoint, counted from A's files themselves."""
         folder = os.path.join(self.dir, "a")
-        checkpoint = pixel.read_checkpoint(os.path.join(folder, "events.jsonl.forward"))
+        checkpoint = pixel.read_checkpoint(pixel.state_path(os.path.join(
+            folder, "events.jsonl"), "forward"))
         files = []
         for name in os.listdir(folder):
             if name == "events.jsonl" or ROTATED.search(name):
@@ -4834,7 +4939,7 @@ class Metrics(unittest.TestCase):
         lines = {"events": [], "rejects": []}
         for name in os.listdir(folder):
             log = "events" if name.startswith("events.jsonl") else "rejects"
-            if name.endswith(".forward") or not (name.startswith(log + ".jsonl")):
+            if not name.startswith(log + ".jsonl"):
                 continue
             with open(os.path.join(folder, name)) as handle:
                 lines[log] += [json.loads(line) for line in handle]
@@ -5276,6 +5381,78 @@ class Backfill(unittest.TestCase):
     def write_log(self, path, numbers, mode="wb"):
         with open(path, mode) as handle:
             handle.write(b"".join(log_event(number) for number in numbers))
+
+    def test_the_readme_command_run_twice_sends_no_state_of_its_own(self):
+        receiver = FakeReceiver(self)
+        folder = os.path.join(self.dir, "logs")
+        os.mkdir(folder)
+        logs = {"events.jsonl.20261120T000000.000Z": range(0, 5),
+                "events.jsonl.20261121T000000.000Z": range(5, 10)}
+        for name, numbers in logs.items():
+            self.write_log(os.path.join(folder, name), numbers)
+        readme = re.search(r"python3 pixel.py forward .*\\\n\s+(/var/lib/pixel/\S+)",
+                           read_text(os.path.join(HERE, "README.md")))
+        self.assertEqual(readme.group(1), "/var/lib/pixel/events.jsonl.2026112*")
+        command = "%s %s forward --to %s --write-key K %s/events.jsonl.2026112*" % (
+            shlex.quote(sys.executable), shlex.quote(PIXEL_PY), receiver.url,
+            shlex.quote(folder))
+        for run in range(2):
+            result = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                                    timeout=60)
+            self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stderr.count("already sent, skipped"), 2)
+        self.assertEqual([event.get("messageId") for event in receiver.taken],
+                         ["m%d" % number for number in range(10)])
+        for pattern in LOG_GLOBS:
+            with self.subTest(pattern):
+                self.assertLessEqual(files_a_glob_finds(folder, pattern),
+                                     set(logs) | {"rejects.jsonl"})
+
+    def test_an_old_checkpoint_beside_the_first_file_is_moved_not_sent(self):
+        receiver = FakeReceiver(self)
+        self.assertEqual(self.forward(receiver.url).returncode, 0)
+        checkpoint = pixel.state_path(self.files[0], "backfill")
+        legacy = self.files[0] + ".backfill"   # where version 1.0 kept it
+        os.replace(checkpoint, legacy)
+        # As a glob passes them: events.jsonl.0, events.jsonl.0.backfill, events.jsonl.1.gz
+        result = self.forward_these(receiver.url, "--write-key", "K", self.files[0], legacy,
+                                    self.files[1])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("moved the checkpoint %s to %s" % (legacy, checkpoint), result.stderr)
+        self.assertEqual(result.stderr.count("already sent, skipped"), 2)
+        self.assertEqual(len(receiver.taken), 300)
+        self.assertFalse(os.path.exists(legacy))
+
+    def test_files_that_are_not_event_logs_are_refused_before_anything_is_sent(self):
+        receiver = FakeReceiver(self)
+        checkpoint = os.path.join(self.dir, "checkpoint")
+        pixel.write_checkpoint(checkpoint, {"device": 1, "inode": 2, "offset": 0,
+                                            "mtime_ns": 0, "head_bytes": 0, "head": "0",
+                                            "done": ["1:2"]})
+        other = os.path.join(self.dir, "package.json")
+        with open(other, "w") as handle:
+            json.dump({"name": "x", "version": "1"}, handle)
+        binary = os.path.join(self.dir, "events.jsonl.5.zst")
+        with open(binary, "wb") as handle:
+            handle.write(b"\x28\xb5\x2f\xfd\x00\x58\x61\x00\x00" + bytes(range(256)))
+        for path, why in ((checkpoint, "it is a pixel checkpoint"),
+                          (other, 'JSON, but none of its first lines is an event'),
+                          (binary, "binary data, not lines of JSON")):
+            with self.subTest(path):
+                for argv in ([path], ["--write-key", "K", self.files[0], path]):
+                    result = self.forward_these(receiver.url, *argv)
+                    self.assertEqual(result.returncode, 1)
+                    self.assertRegex(result.stderr, r"^pixel: cannot forward %s: not a pixel "
+                                                    r"event log \(%s.*\)\n\Z"
+                                     % (re.escape(path), re.escape(why)))
+                    self.assertEqual(receiver.posts, [])
+        rejects = os.path.join(self.dir, "old-rejects.jsonl")   # to send again: taken
+        with open(rejects, "w") as handle:
+            handle.write('{"reason":"no_write_key","method":"GET","path":"/v1/pixel/track",'
+                         '"query":"","receivedAt":"2026-11-20T00:00:00.000Z"}\n')
+        result = self.forward_these(receiver.url, rejects)
+        self.assertNotIn("not a pixel event log", result.stderr)
+        self.assertEqual(result.returncode, 0, result.stderr)
 
     def test_what_is_not_a_regular_file_is_refused_at_once(self):
         fifo = os.path.join(self.dir, "fifo")
