@@ -156,6 +156,7 @@ SNIFF_BYTES = 2 * MAX_EVENT_LINE # of its first 8 lines, in its first 256 KiB, i
 MAX_OPEN_LOG_FILES = 32          # rotated files the forwarder holds open; later ones wait
                                  # closed, by name
 STATE_FOLDER = ".pixel"           # beside the log: checkpoints (see state_path)
+MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024   # a backfill's checkpoint lists every file sent
 # A checkpoint that names no file: forwarding starts at the oldest file it may send.
 _NO_CHECKPOINT = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, "head_bytes": 0,
                   "head": ""}
@@ -3138,7 +3139,12 @@ def read_checkpoint(path):
     except FileNotFoundError:
         return None
     try:
-        data = os.read(fd, MAX_ANSWER_BYTES)
+        data = b""
+        while len(data) < MAX_CHECKPOINT_BYTES:   # a backfill's list of files sent grows
+            block = os.read(fd, MAX_CHECKPOINT_BYTES - len(data))
+            if not block:
+                break
+            data += block
     finally:
         os.close(fd)
     try:
@@ -3273,6 +3279,37 @@ class LogFile:
         return os.fstat(self.fd).st_size if self._archive is None and self.fd is not None \
             else None
 
+    def disk_size(self):
+        """The file's size on disk (an archive's, gzipped)."""
+        return os.fstat(self.fd).st_size
+
+    def fingerprint(self):
+        """"device:inode:bytes:head" for a backfill's list of files sent: how many of its
+        bytes on disk were sent (an archive's: all of them), and a checksum of the first
+        of those (at most 4096), as the live checkpoint has. An inode number is reused by
+        a new file once the old one is deleted; its size and first bytes are not."""
+        length = self.disk_size() if self.archive else self.offset
+        return "%d:%d:%d:%s" % (self.identity + (length, self._disk_head(length)))
+
+    def sent_before(self, entries):
+        """How many of this file's bytes on disk an earlier backfill sent, by the
+        fingerprints in its list with this file's identity: (bytes, head) pairs, or None
+        for version 1.0's, which named the inode alone (taken at its word). None if none is
+        this file: a different size (an archive's), fewer bytes (a log's, which may only
+        grow), or different first bytes."""
+        size = self.disk_size()
+        for entry in entries:
+            if entry is None:
+                return size
+            length, head = entry
+            if (length == size or length < size and not self.archive) and \
+                    self._disk_head(length) == head:
+                return length
+        return None
+
+    def _disk_head(self, length):
+        return "%08x" % zlib.crc32(os.pread(self.fd, min(length, 4096), 0))
+
     def mtime_ns(self):
         return os.fstat(self.fd).st_mtime_ns
 
@@ -3335,7 +3372,7 @@ class Forwarder:
         self.clock = clock
         self.writer = None           # the LogWriter followed, in live mode
         self.checkpoint = None       # the checkpoint file's path
-        self.done = []               # backfill: "device:inode" of the files sent whole
+        self.done = []               # backfill: LogFile.fingerprint() of the files sent
         self.files = collections.deque()
         self._files_lock = threading.Lock()
         self.stopping = threading.Event()
@@ -3459,7 +3496,7 @@ class Forwarder:
 
     def add_files(self, paths, checkpoint):
         """Relay the files at `paths`, in that order, once (backfill), resuming from the
-        checkpoint file `checkpoint`: files it lists as done are skipped. Each file is
+        checkpoint file `checkpoint`: files it lists as sent are skipped. Each file is
         opened and its first lines looked at before anything is sent: OSError for one that
         is not a regular file (see open_file), ValueError for one that is not an event log
         (see not_an_event_log)."""
@@ -3472,6 +3509,13 @@ class Forwarder:
         done = document.get("done")
         self.done = [entry for entry in done if isinstance(entry, str)] \
             if isinstance(done, list) else []
+        sent = collections.defaultdict(list)   # "device:inode" -> [(bytes, head) or None]
+        for entry in self.done:
+            parts = entry.split(":")
+            if len(parts) == 4 and parts[2].isdigit():
+                sent[":".join(parts[:2])].append((int(parts[2]), parts[3]))
+            elif len(parts) == 2:   # version 1.0's: the inode alone
+                sent[entry].append(None)
         seen = set()
         for path in paths:
             if self.stopping.is_set():   # thousands of archives take a while to look at
@@ -3486,13 +3530,17 @@ class Forwarder:
             if problem is not None:
                 raise ValueError("cannot forward %s: not a pixel event log (%s)"
                                  % (path, problem))
-            key = "%d:%d" % log.identity
-            if key in self.done or log.identity in seen:
+            before = log.sent_before(sent["%d:%d" % log.identity])
+            if log.identity in seen or before is not None and before >= log.disk_size():
                 self.reporter.say("%s: already sent, skipped" % path)
                 self.files.pop().close()
                 continue
             seen.add(log.identity)
-            if log.identity == (document["device"], document["inode"]) and \
+            if before is not None:   # an append-only log that has grown since
+                self.reporter.say("%s: sent up to byte %d before; sending what was "
+                                  "written since" % (path, before))
+                log.offset = before
+            elif log.identity == (document["device"], document["inode"]) and \
                     log.head(document["head_bytes"]) == document.get("head"):
                 log.offset = document["offset"]
         self._counting = (list(self.files), None, 0)
@@ -3704,7 +3752,10 @@ class Forwarder:
             if following is not None:
                 following.unpark()
         if self.writer is None:
-            self.done.append("%d:%d" % log.identity)
+            if log.fd is not None:   # one fingerprint a file: this one's replaces any other
+                same = "%d:%d" % log.identity
+                self.done = [entry for entry in self.done if entry != same and
+                             not entry.startswith(same + ":")] + [log.fingerprint()]
             self._save(log)
         elif following is not None and following.fd is not None:
             self._save(following)

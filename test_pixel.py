@@ -997,6 +997,15 @@ class ForwardPolicy(unittest.TestCase):
             with self.assertRaises(ValueError):
                 pixel.read_checkpoint(path)
 
+    def test_a_backfill_of_thousands_of_files_can_read_its_checkpoint_back(self):
+        path = os.path.join(temp_dir(self), "backfill.json")
+        done = ["2049:%d:104857600:%08x" % (inode, inode) for inode in range(20000)]
+        document = {"device": 1, "inode": 2, "offset": 3, "mtime_ns": 4, "head_bytes": 3,
+                    "head": "0", "path": "x", "done": done}
+        pixel.write_checkpoint(path, document)
+        self.assertGreater(os.path.getsize(path), 64 * 1024)
+        self.assertEqual(pixel.read_checkpoint(path)["done"], done)
+
 
 # ---------------------------------------------------------------------------------------------
 # Layer 2: the Recorder and the LogWriter on real files, with no socket
@@ -5381,6 +5390,46 @@ class Backfill(unittest.TestCase):
     def write_log(self, path, numbers, mode="wb"):
         with open(path, mode) as handle:
             handle.write(b"".join(log_event(number) for number in numbers))
+
+    def test_a_new_file_on_the_inode_of_one_sent_before_is_sent(self):
+        receiver = FakeReceiver(self)
+        path = os.path.join(self.dir, "events.jsonl.1")   # logrotate's: a new file each day
+        self.write_log(path, range(10))
+        inode = os.stat(path).st_ino
+        result = self.forward_these(receiver.url, path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        os.remove(path)
+        # A file system hands a freed inode to a new file soon: make files until one has it.
+        candidates = []
+        for number in range(200):
+            candidate = os.path.join(self.dir, "new.%d" % number)
+            self.write_log(candidate, range(100, 110))
+            if os.stat(candidate).st_ino == inode:
+                os.rename(candidate, path)
+                break
+            candidates.append(candidate)
+        for candidate in candidates:
+            os.remove(candidate)
+        if not os.path.exists(path):
+            self.skipTest("this file system gave none of 200 new files the freed inode")
+        self.assertEqual(os.stat(path).st_ino, inode)
+        result = self.forward_these(receiver.url, path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("already sent", result.stderr)
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(10)] +
+                         ["m%d" % number for number in range(100, 110)])
+
+    def test_a_log_that_grew_since_it_was_sent_sends_only_what_is_new(self):
+        receiver = FakeReceiver(self)
+        path = os.path.join(self.dir, "events.jsonl")
+        self.write_log(path, range(10))
+        self.assertEqual(self.forward_these(receiver.url, path).returncode, 0)
+        self.write_log(path, range(10, 15), mode="ab")
+        result = self.forward_these(receiver.url, path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("sent up to byte %d before" % len(b"".join(
+            log_event(number) for number in range(10))), result.stderr)
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(15)])
 
     def test_the_readme_command_run_twice_sends_no_state_of_its_own(self):
         receiver = FakeReceiver(self)
