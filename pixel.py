@@ -155,6 +155,7 @@ SNIFF_LINES = 8                  # `pixel.py forward` takes a file for an event 
 SNIFF_BYTES = 2 * MAX_EVENT_LINE # of its first 8 lines, in its first 256 KiB, is an event
 MAX_OPEN_LOG_FILES = 32          # rotated files the forwarder holds open; later ones wait
                                  # closed, by name
+GZIP_MAGIC = b"\x1f\x8b"
 STATE_FOLDER = ".pixel"           # beside the log: checkpoints (see state_path)
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024   # a backfill's checkpoint lists every file sent
 # A checkpoint that names no file: forwarding starts at the oldest file it may send.
@@ -217,6 +218,8 @@ REASONS = {
                         "event; the line has the event and the receiver's answer",
     "forward_unreadable": "forwarding: a log line that is not an event pixel can send (not "
                           "JSON, no writeKey, no newline, or over 500 KB)",
+    "forward_truncated": "backfill: a file that cannot be read to its end (a .gz cut short "
+                         "or corrupt); every whole line before the damage was sent",
 }
 
 
@@ -3185,33 +3188,132 @@ def write_checkpoint(path, document):
         os.close(folder)
 
 
+class GzipReader:
+    """A gzip file read forward from a descriptor, as GzipFile reads one (several members,
+    as `cat a.gz b.gz` makes, and zero padding after them), but for damage: GzipFile drops
+    what a read() had inflated when it meets the end of a file cut short or a corrupt byte,
+    and a backfill of an archive cut in half sent none of it. Here all that inflates before
+    the damage is handed out, as zcat does; then `damage` says what stopped it, in words,
+    and read() returns b"" from there on. A seek() forward inflates all that lies between,
+    which for a large archive takes a while: `stopping` (an Event) cuts it short."""
+
+    CHUNK = 16 * 1024   # compressed bytes read at once; at damage, inflated again a byte
+                        # at a time to find its exact place
+
+    def __init__(self, fd, stopping=None):
+        self.fd = fd
+        self.stopping = stopping
+        self._rewind()
+
+    def _rewind(self):
+        self.position = 0      # inflated bytes handed out
+        self.damage = None
+        self._read = 0         # compressed bytes read from the file
+        self._input = b""      # ... of which not yet inflated
+        self._member = None    # the member being inflated; None before one, or between
+        self._members = 0
+        self._ready = b""      # inflated, not yet handed out
+
+    def seek(self, offset):
+        """Go to inflated byte `offset`: from the top if it lies behind, as GzipFile does.
+        Raises InterruptedError if `stopping` is set before it gets there."""
+        if offset < self.position:
+            self._rewind()
+        while self.position < offset:
+            if self.stopping is not None and self.stopping.is_set():
+                raise InterruptedError(errno.EINTR, "stopped while inflating up to byte %d"
+                                       % offset)
+            if not self.read(min(offset - self.position, MAX_WRITE_BYTES)):
+                break
+
+    def read(self, size):
+        """Up to `size` inflated bytes; b"" at the end, or at damage."""
+        if not self._ready:
+            self._inflate(size)
+        block, self._ready = self._ready[:size], self._ready[size:]
+        self.position += len(block)
+        return block
+
+    def close(self):
+        self._ready = self._input = b""
+        self._member = None
+
+    def _inflate(self, size):
+        """Inflate up to `size` more bytes into _ready, unless the end or damage comes
+        first."""
+        while not self._ready and self.damage is None:
+            if not self._input:
+                self._input = os.pread(self.fd, self.CHUNK, self._read)
+                self._read += len(self._input)
+                if not self._input:
+                    if self._member is not None:
+                        self.damage = ("cut short: the file ends at byte %d, inside the "
+                                       "gzip data" % self._read)
+                    return
+            if self._member is None:   # a member next, or the zeros that may pad the end
+                if self._members:
+                    self._input = self._input.lstrip(b"\0")
+                    if not self._input:
+                        continue
+                self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._members += 1
+            data, start = self._input, self._read - len(self._input)
+            before = self._member.copy()
+            try:
+                self._ready = self._member.decompress(data, size)
+            except zlib.error as error:
+                self._ready, self._member = self._salvage(before, data, start, error), None
+                return
+            if self._member.eof:
+                self._input, self._member = self._member.unused_data, None
+            else:
+                self._input = self._member.unconsumed_tail
+
+    def _salvage(self, member, data, start, error):
+        """What `data` inflates to, fed to `member` a byte at a time, before the byte that
+        `error` was about; `damage` names that byte."""
+        kept, index = [], 0
+        while index < len(data):
+            try:
+                kept.append(member.decompress(data[index:index + 1]))
+            except zlib.error:
+                break
+            index += 1
+        message = str(error).rpartition(": ")[2] or str(error)
+        self.damage = "corrupt gzip data, found at byte %d of the file (%s)" % (
+            start + index, message)
+        return b"".join(kept)
+
+
 class LogFile:
     """One file of a log being forwarded, read through a descriptor of its own, so that a
     rename or a delete of its name does not matter; `offset` is where its unsent lines
     start. A file whose name is known for good (pixel's own rotated names) may be parked:
     its descriptor closed, to be opened again by name (or found again by identity) when
     its turn comes, so that a long backlog of small files holds few descriptors. A gzipped
-    file (`archive`, backfill only) is read through GzipFile, `offset` counting inflated
-    bytes; `broken` says why an archive could not be read to its end."""
+    file (`archive`, backfill only) is read through a GzipReader, `offset` counting
+    inflated bytes; `broken` says why an archive could not be read to its end."""
 
-    def __init__(self, fd, identity, name, offset=0, archive=False):
+    def __init__(self, fd, identity, name, offset=0, archive=False, stopping=None):
         self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
         self.named = False      # `name` is pixel's own rotated name: it may be parked
         self.broken = None
-        self._archive = None
+        self._archive = GzipReader(fd, stopping) if archive else None
         self._cache, self._cache_start = b"", 0
         self._first = b""       # the first bytes, for head()
-        if archive:
-            import gzip   # here, not at the top: only a backfill of an archive needs it
-            self._archive = gzip.GzipFile(fileobj=open(fd, "rb", closefd=False))
 
     @classmethod
-    def open(cls, path, archive=False):
-        """The regular file at `path` (OSError for anything else: see open_file)."""
+    def open(cls, path, archive=False, stopping=None):
+        """The regular file at `path` (OSError for anything else: see open_file). With
+        `archive` None, it is read as gzip if its first bytes say it is gzip, whatever its
+        name: a pixel log starts with "{". `stopping`: see GzipReader."""
         fd = open_file(path)
         try:
             status = os.fstat(fd)
-            return cls(fd, (status.st_dev, status.st_ino), path, archive=archive)
+            if archive is None:
+                archive = os.pread(fd, len(GZIP_MAGIC), 0) == GZIP_MAGIC
+            return cls(fd, (status.st_dev, status.st_ino), path, archive=archive,
+                       stopping=stopping)
         except BaseException:
             os.close(fd)
             raise
@@ -3258,21 +3360,20 @@ class LogFile:
         if self._archive is None:
             return os.pread(self.fd, size, offset)
         # The forwarder reads on from where its last batch ended, a little before where its
-        # last read ended: keep what was read, since GzipFile can only go back by starting
+        # last read ended: keep what was read, since gzip can only go back by starting
         # over from the top.
-        try:
-            if not self._cache_start <= offset <= self._cache_start + len(self._cache):
-                self._cache, self._cache_start = b"", offset
-                self._archive.seek(offset)
-            self._cache = self._cache[offset - self._cache_start:]
+        if not self._cache_start <= offset <= self._cache_start + len(self._cache):
+            self._cache, self._cache_start = b"", -1   # until the seek gets there
+            self._archive.seek(offset)   # InterruptedError: a stop came first
             self._cache_start = offset
-            while len(self._cache) < size:
-                block = self._archive.read(size - len(self._cache))
-                if not block:
-                    break
-                self._cache += block
-        except (OSError, EOFError, zlib.error) as error:   # cut short, corrupt, not gzip
-            self.broken = "%s: %s" % (type(error).__name__, error)
+        self._cache = self._cache[offset - self._cache_start:]
+        self._cache_start = offset
+        while len(self._cache) < size:
+            block = self._archive.read(size - len(self._cache))
+            if not block:
+                self.broken = self._archive.damage
+                break
+            self._cache += block
         return self._cache[:size]
 
     def size(self):
@@ -3386,6 +3487,7 @@ class Forwarder:
         self.backoff = 0.0           # the wait now under way, while retrying
         self.paused_key = None       # the writeKey a 401 or 403 stopped
         self.key_refused = None      # backfill: why it stopped for good (401, 403)
+        self.truncated = []          # backfill: the files it could not read to their end
         self._failing = 0            # attempts failed in a row
         self._lines_done = 0         # lines sent or refused since the start
         self._backlog_start = None   # (lines unsent at the start, writer.written then)
@@ -3520,7 +3622,7 @@ class Forwarder:
         for path in paths:
             if self.stopping.is_set():   # thousands of archives take a while to look at
                 break
-            log = LogFile.open(path, archive=path.endswith(".gz"))
+            log = LogFile.open(path, archive=None, stopping=self.stopping)
             self.files.append(log)   # closed by close(), whatever happens next
             for size in (8192, SNIFF_BYTES):   # most logs show an event in 8 KiB
                 first = log.read(0, size)
@@ -3530,6 +3632,8 @@ class Forwarder:
             if problem is not None:
                 raise ValueError("cannot forward %s: not a pixel event log (%s)"
                                  % (path, problem))
+            if path.endswith(".gz") and not log.archive:
+                self.reporter.say("%s is not gzipped: sending it as it is" % path)
             before = log.sent_before(sent["%d:%d" % log.identity])
             if log.identity in seen or before is not None and before >= log.disk_size():
                 self.reporter.say("%s: already sent, skipped" % path)
@@ -3621,19 +3725,22 @@ class Forwarder:
     def run(self):
         """Forward until stop() (or, for a backfill, until every file is sent). True if it
         ended with everything sent."""
-        self._count_backlog()
-        while not self.stopping.is_set():
-            batch = self._next_batch()
-            if batch is None:
-                if self.writer is None and not self.files:
-                    return True
-                self.stopping.wait(FORWARD_POLL)
-            elif batch:
-                log, key, items, read_at = batch
-                if not self._deliver(log, key, items):
-                    break
-                if read_at is not None and log.offset == items[-1].end:
-                    self._caught_up_at = read_at
+        try:
+            self._count_backlog()
+            while not self.stopping.is_set():
+                batch = self._next_batch()
+                if batch is None:
+                    if self.writer is None and not self.files:
+                        return True
+                    self.stopping.wait(FORWARD_POLL)
+                elif batch:
+                    log, key, items, read_at = batch
+                    if not self._deliver(log, key, items):
+                        break
+                    if read_at is not None and log.offset == items[-1].end:
+                        self._caught_up_at = read_at
+        except InterruptedError:   # a stop, in the middle of inflating an archive
+            pass
         return False
 
     def _count_backlog(self):
@@ -3709,9 +3816,12 @@ class Forwarder:
                                          Rejected("forward_unreadable", "no newline"))
                 if log.broken is not None:   # an archive that does not inflate to its end
                     broken, log.broken = log.broken, None
-                    self._refused(log, Item(b"", log.offset, b""), Rejected(
-                        "forward_unreadable", "%s cannot be read past byte %d: %s"
-                        % (log.name, log.offset, broken)))
+                    problem = "%s cannot be read past byte %d (inflated): %s" % (
+                        log.name, log.offset, broken)
+                    if not self._refuse(log, Item(b"", log.offset, b""),
+                                        Rejected("forward_truncated", problem)):
+                        return None
+                    self.truncated.append(problem)
                 self._finished(log)
                 return ()
             if not data:
@@ -4426,7 +4536,8 @@ def build_forward_parser():
 
 def forward_files(argv=None):
     """`pixel.py forward`: send log files once; 0 once all is sent, 1 if it stopped first
-    (a signal, a refused writeKey), or was given a file that is not an event log."""
+    (a signal, a refused writeKey), could not read a file to its end, or was given one
+    that is not an event log."""
     args = build_forward_parser().parse_args(argv)
     reporter = Reporter()
     files = args.files
@@ -4479,13 +4590,17 @@ def forward_files(argv=None):
             signal.signal(signum, handler)
         forwarder.close()
         rejects.close()
-    print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s" % (
+    print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s%s" % (
         forwarder.sent, args.to, forwarder.refused, rejects_path,
+        "; %d file(s) could not be read to their end" % len(forwarder.truncated)
+        if forwarder.truncated else "",
         "" if complete else "; stopped before the end: run the same command again to go on"),
         flush=True)
     if forwarder.key_refused:
         reporter.say(forwarder.key_refused)
-    return 0 if complete else 1
+    for problem in forwarder.truncated:
+        reporter.say("%s; every whole line before that was sent" % problem)
+    return 0 if complete and not forwarder.truncated else 1
 
 
 def serve(args, recorder, reporter):

@@ -36,6 +36,7 @@ import time
 import unittest
 import unittest.mock
 import wsgiref.simple_server
+import zlib
 
 import pixel
 
@@ -3768,8 +3769,10 @@ class ForwardingAttacked(ForwardingCase):
         self.assertEqual(ids[:4000], ["m%d" % number for number in range(4000)])
         self.assertEqual(ids[4000:], ["m%d" % number for number in range(4000, 4000 +
                                                                          len(ids) - 4000)])
-        self.assertEqual([line["reason"] for line in self.rejects()], ["forward_unreadable"])
-        self.assertIn("cut.jsonl.gz cannot be read past byte", self.rejects()[0]["detail"])
+        rejects = [(line["reason"], line["detail"]) for line in self.rejects()]
+        self.assertEqual(rejects[:-1], [("forward_unreadable", "no newline")])   # cut through
+        self.assertEqual(rejects[-1][0], "forward_truncated")
+        self.assertIn("cut.jsonl.gz cannot be read past byte", rejects[-1][1])
 
     def test_a_write_key_with_a_colon_arrives_whole(self):
         receiver = FakeReceiver(self)
@@ -3903,6 +3906,82 @@ class StateFiles(ForwardingCase):
                          os.path.getsize(writer.path))
         self.assertIn("moved the checkpoint %s to %s" % (legacy, checkpoint),
                       self.stderr.getvalue())
+
+
+class GzipArchives(unittest.TestCase):
+    """pixel.GzipReader on real files: whatever zcat recovers of a damaged archive."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+
+    def read_all(self, data):
+        path = os.path.join(self.dir, "archive.gz")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        fd = os.open(path, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        reader = pixel.GzipReader(fd)
+        blocks = []
+        while True:
+            block = reader.read(7000)
+            if not block:
+                return b"".join(blocks), reader.damage
+            blocks.append(block)
+
+    def test_members_one_after_another_and_zero_padding(self):
+        first, second = b"first\n" * 10000, b"second\n" * 10000
+        self.assertEqual(self.read_all(gzip.compress(first) + gzip.compress(second) +
+                                       b"\0" * 1000), (first + second, None))
+        self.assertEqual(self.read_all(gzip.compress(b"")), (b"", None))
+
+    def test_what_inflates_before_the_damage_is_kept(self):
+        data = b"".join(log_event(number) for number in range(2000))
+        compressed = gzip.compress(data)
+        half = len(compressed) // 2
+        before_half = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(compressed[:half])
+        self.assertGreater(len(before_half), len(data) // 3)
+        flipped = compressed[:half] + bytes([compressed[half] ^ 0xff]) + \
+            compressed[half + 1:]
+        bad_check = compressed[:-8] + bytes(4) + compressed[-4:]
+        corrupt = r"^corrupt gzip data, found at byte (\d+) of the file \((.+)\)$"
+        for name, damaged, whole, found in (
+                ("cut in half", compressed[:half], False, None),
+                ("a corrupt byte", flipped, False, (half, len(flipped), None)),
+                ("a wrong checksum", bad_check, True,   # its last byte says so
+                 (len(compressed) - 8, len(compressed) - 4, "incorrect data check")),
+                ("junk after the end", compressed + b"junk", True,   # its second byte
+                 (len(compressed), len(compressed) + 2, "incorrect header check"))):
+            with self.subTest(name):
+                inflated, said = self.read_all(damaged)
+                self.assertTrue(inflated.startswith(before_half))
+                if whole:
+                    self.assertEqual(inflated, data)
+                if found is None:
+                    self.assertEqual(said, "cut short: the file ends at byte %d, inside the "
+                                           "gzip data" % half)
+                    self.assertTrue(data.startswith(inflated))
+                    continue
+                byte, reason = re.match(corrupt, said).groups()
+                self.assertTrue(found[0] <= int(byte) < found[1], said)
+                if found[2]:
+                    self.assertEqual(reason, found[2])
+
+    def test_seeking_back_starts_over_and_forward_reads_on(self):
+        data = b"".join(log_event(number) for number in range(500))
+        path = os.path.join(self.dir, "archive.gz")
+        with open(path, "wb") as handle:
+            handle.write(gzip.compress(data))
+        fd = os.open(path, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        reader = pixel.GzipReader(fd)
+        for offset in (5000, 100, 0, len(data) - 10, 7):
+            with self.subTest(offset):
+                reader.seek(offset)
+                self.assertEqual(reader.read(50), data[offset:offset + 50])
+        stopping = threading.Event()
+        stopping.set()   # a SIGTERM while a backfill inflates its way to its checkpoint
+        with self.assertRaises(InterruptedError):
+            pixel.GzipReader(fd, stopping).seek(5000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -5502,6 +5581,45 @@ class Backfill(unittest.TestCase):
         result = self.forward_these(receiver.url, rejects)
         self.assertNotIn("not a pixel event log", result.stderr)
         self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_a_gzip_cut_in_half_sends_every_whole_line_before_the_cut(self):
+        receiver = FakeReceiver(self)
+        data = b"".join(log_event(number, properties={"pad": "%04d" % number * 20})
+                        for number in range(2000))
+        compressed = gzip.compress(data)
+        path = os.path.join(self.dir, "events.jsonl.2.gz")
+        with open(path, "wb") as handle:
+            handle.write(compressed[:len(compressed) // 2])
+        if shutil.which("zcat"):
+            recovered = subprocess.run(["zcat", path], capture_output=True).stdout
+        else:
+            recovered = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(
+                compressed[:len(compressed) // 2])
+        whole = recovered[:recovered.rfind(b"\n") + 1]
+        self.assertGreater(whole.count(b"\n"), 900)
+        result = self.forward_these(receiver.url, path)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(receiver.ids(), [json.loads(line)["messageId"]
+                                          for line in whole.splitlines()])
+        self.assertIn("1 file(s) could not be read to their end", result.stdout)
+        self.assertIn("pixel: %s cannot be read past byte %d (inflated): cut short" % (
+            path, len(recovered)), result.stderr)
+        with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+            rejects = [json.loads(line) for line in handle]
+        self.assertEqual([line["reason"] for line in rejects],
+                         ["forward_unreadable", "forward_truncated"])
+        self.assertEqual(rejects[0]["line"], recovered[len(whole):].decode())
+        self.assertIn("%s cannot be read past byte %d" % (path, len(recovered)),
+                      rejects[1]["detail"])
+
+    def test_a_text_file_named_gz_is_sent_as_it_is(self):
+        receiver = FakeReceiver(self)
+        path = os.path.join(self.dir, "events.jsonl.3.gz")
+        self.write_log(path, range(20))
+        result = self.forward_these(receiver.url, path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("%s is not gzipped: sending it as it is" % path, result.stderr)
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(20)])
 
     def test_what_is_not_a_regular_file_is_refused_at_once(self):
         fifo = os.path.join(self.dir, "fifo")
