@@ -3006,8 +3006,11 @@ def not_an_event_log(first, whole):
     if not whole:   # the last piece may be cut short by the read
         lines.pop()
     lines = [line for line in lines[:SNIFF_LINES] if line.strip()]
+    if not first:
+        return None   # nothing to send
     if not lines:
-        return "no newline in its first %d bytes" % len(first) if first.strip() else None
+        return "no newline in its first %d bytes" % len(first) if first.strip() else \
+            "blank lines only"
     kinds = set()
     for line in lines:
         try:

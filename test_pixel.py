@@ -932,6 +932,7 @@ class ForwardItems(unittest.TestCase):
             # name, first bytes, all of the file?, why it is refused (None: taken)
             ("an event log", event * 3, True, None),
             ("an empty file", b"", True, None),
+            ("blank lines", b"\n \n" * 1000, True, "blank lines only"),
             ("a rejects log", reject, True, None),
             ("a torn first line, then events", b'{"type":"tr\n' + event, True, None),
             ("an event after garbage", b"x\n" * 7 + event, True, None),
