@@ -159,12 +159,16 @@ MAX_ANSWER_BYTES = 64 * 1024     # of a receiver's answer, read and quoted
 FORWARD_READ = MAX_BATCH_BYTES + MAX_EVENT_LINE   # log bytes read to build one batch
 MAX_FORWARD_ITEM = MAX_PAYLOAD_BYTES - 64   # an event a Segment-compatible receiver takes,
                                             # with the batch's sentAt added to it
+SNIFF_LINES = 8                  # `pixel.py forward` takes a file for an event log if one
+SNIFF_BYTES = 2 * MAX_EVENT_LINE # of its first 8 lines, in its first 256 KiB, is an event
 MAX_OPEN_LOG_FILES = 32          # rotated files the forwarder holds open; later ones wait
                                  # closed, by name
 MAX_REFUSED_IN_A_ROW = 3         # events a receiver refuses alone in a row, taking none
                                  # between, written off before it is doubted (see _deliver)
 PROBES_A_ROUND = 100             # events then sent one at a time, at most, between waits
-CHECKPOINT_SUFFIX = ".forward"
+GZIP_MAGIC = b"\x1f\x8b"
+STATE_FOLDER = ".pixel"           # beside the log: checkpoints (see state_path)
+MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024   # a backfill's checkpoint lists every file sent
 # A checkpoint that names no file: forwarding starts at the oldest file it may send.
 _NO_CHECKPOINT = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, "head_bytes": 0,
                   "head": ""}
@@ -228,6 +232,8 @@ REASONS = {
                             "the line has the event, for `pixel.py forward` to send again",
     "forward_unreadable": "forwarding: a log line that is not an event pixel can send (not "
                           "JSON, no writeKey, no newline, or over 500 KB)",
+    "forward_truncated": "backfill: a file that cannot be read to its end (a .gz cut short "
+                         "or corrupt); every whole line before the damage was sent",
 }
 
 
@@ -1091,6 +1097,45 @@ class Reporter:
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _ROTATED_SUFFIX = re.compile(r"\.(\d{8}T\d{6}\.\d{3}Z)(?:-(\d+))?\Z")
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode):
+    """What a file of st_mode `mode` is, in words: "a directory", "a FIFO" ..."""
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def open_file(path, flags=_READ_FLAGS, devices=False):
+    """os.open() for a regular file (and, with `devices`, a character device such as
+    /dev/full); anything else raises OSError(EINVAL, "not a regular file (a FIFO)"). The
+    open itself cannot block: a FIFO would wait there for a writer (or a reader) before any
+    signal handler could stop it, so it is opened O_NONBLOCK, checked with fstat, and set
+    back to blocking. A directory or /dev/zero would be read for ever."""
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | nonblocking, 0o644)
+    except OSError as error:
+        # A FIFO with no reader, or a socket, opened to write: ENXIO; a directory: EISDIR.
+        if error.errno not in (errno.ENXIO, errno.EISDIR):
+            raise
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            raise error from None
+        raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode),
+                      path) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or devices and stat.S_ISCHR(mode)):
+            raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode), path)
+        if nonblocking:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _lock(fd, path):
@@ -1171,7 +1216,7 @@ class LogWriter:
         return self._failing_since is not None
 
     def _open(self):
-        fd = os.open(self.path, self._flags, 0o644)
+        fd = open_file(self.path, self._flags, devices=True)   # /dev/null, /dev/full too
         try:
             status = os.fstat(fd)
             if (status.st_dev, status.st_ino) == self._identity and self._fd is not None:
@@ -1234,7 +1279,9 @@ class LogWriter:
             if os.pread(reader, 1, end - 1) == b"\n":
                 return
             start = end
-            while start > 0:   # back to the last newline, a block at a time
+            # Back to the last newline, a block at a time; no further than one write can
+            # leave, since a file of gigabytes with no newline is not worth reading through.
+            while start > 0 and end - start <= MAX_WRITE_BYTES:
                 block_start = max(0, start - RECV_SIZE)
                 block = os.pread(reader, start - block_start, block_start)
                 newline = block.rfind(b"\n")
@@ -3475,6 +3522,48 @@ def rejected_event(line):
         return b""
 
 
+def not_an_event_log(first, whole):
+    """Why a file whose first bytes are `first` (`whole`: all of it) is not a log
+    `pixel.py forward` may send, in words; None if it is one. It is if one of its first SNIFF_LINES lines is an event
+    (a JSON object with a "type") or a rejects-log line (one with a "reason", whose event
+    may be sent again), or if it is empty. Anything else (a checkpoint, JSON of another
+    kind, a binary or a compressed file) is refused before anything of it is sent: under
+    --write-key, each of its lines would have been posted as an event."""
+    lines = first.split(b"\n")
+    if not whole:   # the last piece may be cut short by the read
+        lines.pop()
+    lines = [line for line in lines[:SNIFF_LINES] if line.strip()]
+    if not first:
+        return None   # nothing to send
+    if not lines:
+        return "no newline in its first %d bytes" % len(first) if first.strip() else \
+            "blank lines only"
+    kinds = set()
+    for line in lines:
+        try:
+            document = json.loads(line)
+        except UnicodeDecodeError:
+            kinds.add("binary")
+            continue
+        except (ValueError, RecursionError):
+            kinds.add("binary" if b"\0" in line else "text")
+            continue
+        if not isinstance(document, dict):
+            kinds.add("json")
+        elif isinstance(document.get("type"), str) or isinstance(document.get("reason"), str):
+            return None
+        else:
+            kinds.add("checkpoint" if {"device", "inode", "offset"} <= set(document)
+                      else "json")
+    if "checkpoint" in kinds:
+        return "it is a pixel checkpoint"
+    if "json" in kinds:
+        return 'JSON, but none of its first lines is an event, an object with a "type"'
+    if "binary" in kinds:
+        return "binary data, not lines of JSON"
+    return "its first lines are not JSON"
+
+
 def _depth_at(prefix):
     """How many brackets are open at the end of `prefix`, the start of a JSON text."""
     text = prefix.replace(b"\\\\", b"").replace(b'\\"', b"")
@@ -3511,8 +3600,8 @@ def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
     lines_left = 2 * count + 1024   # a log of pixel's has an id a line: garbage stops this
     for path in paths:
         try:
-            fd = os.open(path, _READ_FLAGS)
-        except OSError:   # rotated away or deleted since it was listed
+            fd = open_file(path)
+        except OSError:   # rotated away or deleted since it was listed, or not a file
             continue
         try:
             end, partial = os.fstat(fd).st_size, b""
@@ -3538,14 +3627,65 @@ def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
     return found
 
 
+def state_path(log_path, role):
+    """Where pixel keeps its `role` state for the log at `log_path`: "forward" (the live
+    forwarder's checkpoint) or "backfill" (pixel.py forward's, named after its first file).
+
+    Version 1.0 wrote <log>.forward and <first FILE>.backfill beside the log, where the
+    globs users write for the log's files (events.jsonl* for a shipper, events.jsonl.2* for
+    a backfill) matched them, and a checkpoint was shipped, and even posted, as an event.
+    Now every state file lives in a folder of its own beside the log, .pixel/: a glob of
+    the log's name matches no folder of another name, in a shell or in Go or Rust (whose
+    `*` also matches a leading dot), since `*` never crosses a slash. Inside it a name
+    starts with the role and ends in .json, so that a recursive glob (**/events.jsonl*,
+    **/*.jsonl) passes it by too."""
+    folder, name = os.path.split(os.path.abspath(log_path))
+    return os.path.join(folder, STATE_FOLDER, "%s.%s.json" % (role, name))
+
+
+def adopt_legacy_state(log_path, role, reporter):
+    """state_path(log_path, role), with its folder made and version 1.0's state file there
+    (<log>.<role>, beside the log) moved into it, so that an upgrade goes on where the old
+    version stopped. Returns (the state path, the old path if a file was moved from it).
+    Raises OSError if the folder cannot be made or the old file not moved."""
+    path = state_path(log_path, role)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    legacy = os.path.abspath(log_path) + "." + role
+    moved = None
+    for old in (legacy, legacy + ".tmp"):   # .tmp: what a kill -9 mid-write could leave
+        try:
+            if not stat.S_ISREG(os.lstat(old).st_mode):
+                continue   # not one of ours: leave it be
+        except FileNotFoundError:
+            continue
+        if old == legacy:
+            # Over one already in the folder, if any: the old file can only be the newer
+            # (version 1.0 run again after an upgrade), since moving it is a rename.
+            os.replace(old, path)
+            moved = old
+            reporter.say("moved the checkpoint %s to %s, where no glob of the log's files "
+                         "matches it" % (old, path))
+        else:
+            os.remove(old)
+    return path, moved
+
+
 def read_checkpoint(path):
     """The checkpoint document at `path`, or None if there is none. Raises OSError, or
     ValueError for a file that is not a checkpoint."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_ANSWER_BYTES)
+        fd = open_file(path)
     except FileNotFoundError:
         return None
+    try:
+        data = b""
+        while len(data) < MAX_CHECKPOINT_BYTES:   # a backfill's list of files sent grows
+            block = os.read(fd, MAX_CHECKPOINT_BYTES - len(data))
+            if not block:
+                break
+            data += block
+    finally:
+        os.close(fd)
     try:
         document = json.loads(data)
     except RecursionError:
@@ -3565,8 +3705,8 @@ def write_checkpoint(path, document):
     checkpoint or the new one, never a mix or nothing."""
     temporary = path + ".tmp"
     data = (json.dumps(document, sort_keys=True) + "\n").encode("ascii")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
-                 getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd = open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+                   getattr(os, "O_CLOEXEC", 0))   # a FIFO put there would block
     try:
         if os.write(fd, data) != len(data):
             raise OSError(errno.ENOSPC, "short write")
@@ -3588,32 +3728,132 @@ def write_checkpoint(path, document):
         os.close(folder)
 
 
+class GzipReader:
+    """A gzip file read forward from a descriptor, as GzipFile reads one (several members,
+    as `cat a.gz b.gz` makes, and zero padding after them), but for damage: GzipFile drops
+    what a read() had inflated when it meets the end of a file cut short or a corrupt byte,
+    and a backfill of an archive cut in half sent none of it. Here all that inflates before
+    the damage is handed out, as zcat does; then `damage` says what stopped it, in words,
+    and read() returns b"" from there on. A seek() forward inflates all that lies between,
+    which for a large archive takes a while: `stopping` (an Event) cuts it short."""
+
+    CHUNK = 16 * 1024   # compressed bytes read at once; at damage, inflated again a byte
+                        # at a time to find its exact place
+
+    def __init__(self, fd, stopping=None):
+        self.fd = fd
+        self.stopping = stopping
+        self._rewind()
+
+    def _rewind(self):
+        self.position = 0      # inflated bytes handed out
+        self.damage = None
+        self._read = 0         # compressed bytes read from the file
+        self._input = b""      # ... of which not yet inflated
+        self._member = None    # the member being inflated; None before one, or between
+        self._members = 0
+        self._ready = b""      # inflated, not yet handed out
+
+    def seek(self, offset):
+        """Go to inflated byte `offset`: from the top if it lies behind, as GzipFile does.
+        Raises InterruptedError if `stopping` is set before it gets there."""
+        if offset < self.position:
+            self._rewind()
+        while self.position < offset:
+            if self.stopping is not None and self.stopping.is_set():
+                raise InterruptedError(errno.EINTR, "stopped while inflating up to byte %d"
+                                       % offset)
+            if not self.read(min(offset - self.position, MAX_WRITE_BYTES)):
+                break
+
+    def read(self, size):
+        """Up to `size` inflated bytes; b"" at the end, or at damage."""
+        if not self._ready:
+            self._inflate(size)
+        block, self._ready = self._ready[:size], self._ready[size:]
+        self.position += len(block)
+        return block
+
+    def close(self):
+        self._ready = self._input = b""
+        self._member = None
+
+    def _inflate(self, size):
+        """Inflate up to `size` more bytes into _ready, unless the end or damage comes
+        first."""
+        while not self._ready and self.damage is None:
+            if not self._input:
+                self._input = os.pread(self.fd, self.CHUNK, self._read)
+                self._read += len(self._input)
+                if not self._input:
+                    if self._member is not None:
+                        self.damage = ("cut short: the file ends at byte %d, inside the "
+                                       "gzip data" % self._read)
+                    return
+            if self._member is None:   # a member next, or the zeros that may pad the end
+                if self._members:
+                    self._input = self._input.lstrip(b"\0")
+                    if not self._input:
+                        continue
+                self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._members += 1
+            data, start = self._input, self._read - len(self._input)
+            before = self._member.copy()
+            try:
+                self._ready = self._member.decompress(data, size)
+            except zlib.error as error:
+                self._ready, self._member = self._salvage(before, data, start, error), None
+                return
+            if self._member.eof:
+                self._input, self._member = self._member.unused_data, None
+            else:
+                self._input = self._member.unconsumed_tail
+
+    def _salvage(self, member, data, start, error):
+        """What `data` inflates to, fed to `member` a byte at a time, before the byte that
+        `error` was about; `damage` names that byte."""
+        kept, index = [], 0
+        while index < len(data):
+            try:
+                kept.append(member.decompress(data[index:index + 1]))
+            except zlib.error:
+                break
+            index += 1
+        message = str(error).rpartition(": ")[2] or str(error)
+        self.damage = "corrupt gzip data, found at byte %d of the file (%s)" % (
+            start + index, message)
+        return b"".join(kept)
+
+
 class LogFile:
     """One file of a log being forwarded, read through a descriptor of its own, so that a
     rename or a delete of its name does not matter; `offset` is where its unsent lines
     start. A file whose name is known for good (pixel's own rotated names) may be parked:
     its descriptor closed, to be opened again by name (or found again by identity) when
     its turn comes, so that a long backlog of small files holds few descriptors. A gzipped
-    file (`archive`, backfill only) is read through GzipFile, `offset` counting inflated
-    bytes; `broken` says why an archive could not be read to its end."""
+    file (`archive`, backfill only) is read through a GzipReader, `offset` counting
+    inflated bytes; `broken` says why an archive could not be read to its end."""
 
-    def __init__(self, fd, identity, name, offset=0, archive=False):
+    def __init__(self, fd, identity, name, offset=0, archive=False, stopping=None):
         self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
         self.named = False      # `name` is pixel's own rotated name: it may be parked
         self.broken = None
-        self._archive = None
+        self._archive = GzipReader(fd, stopping) if archive else None
         self._cache, self._cache_start = b"", 0
         self._first = b""       # the first bytes, for head()
-        if archive:
-            import gzip   # here, not at the top: only a backfill of an archive needs it
-            self._archive = gzip.GzipFile(fileobj=open(fd, "rb", closefd=False))
 
     @classmethod
-    def open(cls, path, archive=False):
-        fd = os.open(path, _READ_FLAGS)
+    def open(cls, path, archive=False, stopping=None):
+        """The regular file at `path` (OSError for anything else: see open_file). With
+        `archive` None, it is read as gzip if its first bytes say it is gzip, whatever its
+        name: a pixel log starts with "{". `stopping`: see GzipReader."""
+        fd = open_file(path)
         try:
             status = os.fstat(fd)
-            return cls(fd, (status.st_dev, status.st_ino), path, archive=archive)
+            if archive is None:
+                archive = os.pread(fd, len(GZIP_MAGIC), 0) == GZIP_MAGIC
+            return cls(fd, (status.st_dev, status.st_ino), path, archive=archive,
+                       stopping=stopping)
         except BaseException:
             os.close(fd)
             raise
@@ -3646,8 +3886,8 @@ class LogFile:
         names = [base] + [name for name in os.listdir(folder) if name.startswith(stem)]
         for name in names:
             try:
-                fd = os.open(os.path.join(folder, name), _READ_FLAGS)
-            except OSError:
+                fd = open_file(os.path.join(folder, name))
+            except OSError:   # gone, unreadable, or not a file (a FIFO would block)
                 continue
             status = os.fstat(fd)
             if (status.st_dev, status.st_ino) == self.identity:
@@ -3660,26 +3900,56 @@ class LogFile:
         if self._archive is None:
             return os.pread(self.fd, size, offset)
         # The forwarder reads on from where its last batch ended, a little before where its
-        # last read ended: keep what was read, since GzipFile can only go back by starting
+        # last read ended: keep what was read, since gzip can only go back by starting
         # over from the top.
-        try:
-            if not self._cache_start <= offset <= self._cache_start + len(self._cache):
-                self._cache, self._cache_start = b"", offset
-                self._archive.seek(offset)
-            self._cache = self._cache[offset - self._cache_start:]
+        if not self._cache_start <= offset <= self._cache_start + len(self._cache):
+            self._cache, self._cache_start = b"", -1   # until the seek gets there
+            self._archive.seek(offset)   # InterruptedError: a stop came first
             self._cache_start = offset
-            while len(self._cache) < size:
-                block = self._archive.read(size - len(self._cache))
-                if not block:
-                    break
-                self._cache += block
-        except (OSError, EOFError, zlib.error) as error:   # cut short, corrupt, not gzip
-            self.broken = "%s: %s" % (type(error).__name__, error)
+        self._cache = self._cache[offset - self._cache_start:]
+        self._cache_start = offset
+        while len(self._cache) < size:
+            block = self._archive.read(size - len(self._cache))
+            if not block:
+                self.broken = self._archive.damage
+                break
+            self._cache += block
         return self._cache[:size]
 
     def size(self):
         return os.fstat(self.fd).st_size if self._archive is None and self.fd is not None \
             else None
+
+    def disk_size(self):
+        """The file's size on disk (an archive's, gzipped)."""
+        return os.fstat(self.fd).st_size
+
+    def fingerprint(self):
+        """"device:inode:bytes:head" for a backfill's list of files sent: how many of its
+        bytes on disk were sent (an archive's: all of them), and a checksum of the first
+        of those (at most 4096), as the live checkpoint has. An inode number is reused by
+        a new file once the old one is deleted; its size and first bytes are not."""
+        length = self.disk_size() if self.archive else self.offset
+        return "%d:%d:%d:%s" % (self.identity + (length, self._disk_head(length)))
+
+    def sent_before(self, entries):
+        """How many of this file's bytes on disk an earlier backfill sent, by the
+        fingerprints in its list with this file's identity: (bytes, head) pairs, or None
+        for version 1.0's, which named the inode alone (taken at its word). None if none is
+        this file: a different size (an archive's), fewer bytes (a log's, which may only
+        grow), or different first bytes."""
+        size = self.disk_size()
+        for entry in entries:
+            if entry is None:
+                return size
+            length, head = entry
+            if (length == size or length < size and not self.archive) and \
+                    self._disk_head(length) == head:
+                return length
+        return None
+
+    def _disk_head(self, length):
+        return "%08x" % zlib.crc32(os.pread(self.fd, min(length, 4096), 0))
 
     def mtime_ns(self):
         return os.fstat(self.fd).st_mtime_ns
@@ -3752,7 +4022,7 @@ class Forwarder:
         self.clock = clock
         self.writer = None           # the LogWriter followed, in live mode
         self.checkpoint = None       # the checkpoint file's path
-        self.done = []               # backfill: "device:inode" of the files sent whole
+        self.done = []               # backfill: LogFile.fingerprint() of the files sent
         self.files = collections.deque()
         self._files_lock = threading.Lock()
         self.stopping = threading.Event()
@@ -3770,6 +4040,7 @@ class Forwarder:
         self.wrong_url = None        # its last answer saying nothing is at the URL
         self.gave_up = None          # backfill: why it stopped for good (a configured key
                                      # refused, nothing at the URL)
+        self.truncated = []          # backfill: the files it could not read to their end
         self._failing = 0            # attempts failed in a row
         self._refused_in_a_row = 0   # events refused alone since the receiver last took one
         self._held = []              # (item, rejection, answer): refused alone, not yet
@@ -3783,11 +4054,11 @@ class Forwarder:
     # -- what to read ---------------------------------------------------------------------
 
     def follow(self, writer):
-        """Relay `writer`'s log from its checkpoint, <log>.forward. With none, start at the
+        """Relay `writer`'s log from its checkpoint (see state_path). With none, start at the
         live file's first line (older rotated files are for `pixel.py forward`). If the
         file the checkpoint names is gone, start at the oldest file written since."""
         self.writer = writer
-        self.checkpoint = writer.path + CHECKPOINT_SUFFIX
+        self.checkpoint = adopt_legacy_state(writer.path, "forward", self.reporter)[0]
         try:
             checkpoint = read_checkpoint(self.checkpoint)
         except (OSError, ValueError) as error:
@@ -3884,25 +4155,55 @@ class Forwarder:
 
     def add_files(self, paths, checkpoint):
         """Relay the files at `paths`, in that order, once (backfill), resuming from the
-        checkpoint file `checkpoint`: files it lists as done are skipped."""
+        checkpoint file `checkpoint`: files it lists as sent are skipped. Each file is
+        opened and its first lines looked at before anything is sent: OSError for one that
+        is not a regular file (see open_file), ValueError for one that is not an event log
+        (see not_an_event_log)."""
         self.checkpoint = checkpoint
-        document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
+        try:
+            document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
+        except ValueError as error:
+            raise ValueError("cannot read the checkpoint %s: %s" % (checkpoint,
+                                                                     error)) from None
         done = document.get("done")
         self.done = [entry for entry in done if isinstance(entry, str)] \
             if isinstance(done, list) else []
+        sent = collections.defaultdict(list)   # "device:inode" -> [(bytes, head) or None]
+        for entry in self.done:
+            parts = entry.split(":")
+            if len(parts) == 4 and parts[2].isdigit():
+                sent[":".join(parts[:2])].append((int(parts[2]), parts[3]))
+            elif len(parts) == 2:   # version 1.0's: the inode alone
+                sent[entry].append(None)
         seen = set()
         for path in paths:
-            log = LogFile.open(path, archive=path.endswith(".gz"))
-            key = "%d:%d" % log.identity
-            if key in self.done or log.identity in seen:
+            if self.stopping.is_set():   # thousands of archives take a while to look at
+                break
+            log = LogFile.open(path, archive=None, stopping=self.stopping)
+            self.files.append(log)   # closed by close(), whatever happens next
+            for size in (8192, SNIFF_BYTES):   # most logs show an event in 8 KiB
+                first = log.read(0, size)
+                problem = not_an_event_log(first, whole=len(first) < size)
+                if problem is None or len(first) < size:
+                    break
+            if problem is not None:
+                raise ValueError("cannot forward %s: not a pixel event log (%s)"
+                                 % (path, problem))
+            if path.endswith(".gz") and not log.archive:
+                self.reporter.say("%s is not gzipped: sending it as it is" % path)
+            before = log.sent_before(sent["%d:%d" % log.identity])
+            if log.identity in seen or before is not None and before >= log.disk_size():
                 self.reporter.say("%s: already sent, skipped" % path)
-                log.close()
+                self.files.pop().close()
                 continue
             seen.add(log.identity)
-            if log.identity == (document["device"], document["inode"]) and \
+            if before is not None:   # an append-only log that has grown since
+                self.reporter.say("%s: sent up to byte %d before; sending what was "
+                                  "written since" % (path, before))
+                log.offset = before
+            elif log.identity == (document["device"], document["inode"]) and \
                     log.head(document["head_bytes"]) == document.get("head"):
                 log.offset = document["offset"]
-            self.files.append(log)
         self._counting = (list(self.files), None, 0)
 
     def opened(self, fd, identity, path):
@@ -3981,26 +4282,29 @@ class Forwarder:
     def run(self):
         """Forward until stop() (or, for a backfill, until every file is sent). True if it
         ended with everything sent."""
-        self._count_backlog()
-        while not self.stopping.is_set():
-            batch = self._next_batch()
-            if batch is None:
-                if self.writer is None and not self.files:
-                    return True
-                self.stopping.wait(FORWARD_POLL)
-            elif batch:
-                log, key, items, read_at = batch
-                if self.refusing_all is None:
-                    delivered = self._deliver(log, key, items)
-                else:
-                    delivered = self._probe(log, items)
-                if delivered and self._held:   # it refused each event from the first held on
-                    delivered = self._doubt()
-                self._held = []   # not written off: sent again, from the first of them
-                if not delivered:
-                    break
-                if read_at is not None and log.offset == items[-1].end:
-                    self._caught_up_at = read_at
+        try:
+            self._count_backlog()
+            while not self.stopping.is_set():
+                batch = self._next_batch()
+                if batch is None:
+                    if self.writer is None and not self.files:
+                        return True
+                    self.stopping.wait(FORWARD_POLL)
+                elif batch:
+                    log, key, items, read_at = batch
+                    if self.refusing_all is None:
+                        delivered = self._deliver(log, key, items)
+                    else:
+                        delivered = self._probe(log, items)
+                    if delivered and self._held:   # it refused each event from the first held on
+                        delivered = self._doubt()
+                    self._held = []   # not written off: sent again, from the first of them
+                    if not delivered:
+                        break
+                    if read_at is not None and log.offset == items[-1].end:
+                        self._caught_up_at = read_at
+        except InterruptedError:   # a stop, in the middle of inflating an archive
+            pass
         return False
 
     def _count_backlog(self):
@@ -4023,6 +4327,8 @@ class Forwarder:
                     continue
             try:
                 while end is None or offset < end:
+                    if self.stopping.is_set():   # a backlog of terabytes takes a while
+                        return
                     size = MAX_WRITE_BYTES if end is None else min(MAX_WRITE_BYTES,
                                                                    end - offset)
                     block = log.read(offset, size) if fd is None else \
@@ -4074,9 +4380,12 @@ class Forwarder:
                                          Rejected("forward_unreadable", "no newline"))
                 if log.broken is not None:   # an archive that does not inflate to its end
                     broken, log.broken = log.broken, None
-                    self._refused(log, Item(b"", log.offset, b""), Rejected(
-                        "forward_unreadable", "%s cannot be read past byte %d: %s"
-                        % (log.name, log.offset, broken)))
+                    problem = "%s cannot be read past byte %d (inflated): %s" % (
+                        log.name, log.offset, broken)
+                    if not self._refuse(log, Item(b"", log.offset, b""),
+                                        Rejected("forward_truncated", problem)):
+                        return None
+                    self.truncated.append(problem)
                 self._finished(log)
                 return ()
             if not data:
@@ -4136,7 +4445,10 @@ class Forwarder:
             if following is not None:
                 following.unpark()
         if self.writer is None:
-            self.done.append("%d:%d" % log.identity)
+            if log.fd is not None:   # one fingerprint a file: this one's replaces any other
+                same = "%d:%d" % log.identity
+                self.done = [entry for entry in self.done if entry != same and
+                             not entry.startswith(same + ":")] + [log.fingerprint()]
             self._save(log)
         elif following is not None and following.fd is not None:
             self._save(following)
@@ -4147,6 +4459,8 @@ class Forwarder:
         """Skip a line longer than FORWARD_READ: read on to its newline, refuse its start."""
         offset = log.offset + FORWARD_READ
         while True:
+            if self.stopping.is_set():   # a "line" may be gigabytes long
+                return None
             block = log.read(offset, MAX_WRITE_BYTES)
             newline = block.find(b"\n")
             if newline >= 0 or not block:
@@ -4664,6 +4978,9 @@ def _ca_file(text):
     """A PEM file of CA certificates, checked by loading it."""
     import ssl   # here, not at the top: only --forward-ca needs it
     try:
+        mode = os.stat(text).st_mode
+        if not stat.S_ISREG(mode):   # a FIFO would block the load for ever
+            raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode))
         ssl.create_default_context().load_verify_locations(text)
     except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
         raise argparse.ArgumentTypeError("not a readable PEM file of CA certificates: %r "
@@ -4909,7 +5226,8 @@ def build_forward_parser():
                         metavar="S", help="seconds the receiver has to answer "
                                           "(default: %(default)s)")
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help="the checkpoint file (default: <first FILE>.backfill)")
+                        help="the checkpoint file (default: .pixel/backfill.<first "
+                             "FILE>.json beside the first FILE)")
     parser.add_argument("--rejects", metavar="PATH", help="where refused events go "
                         "(default: %s beside the first FILE)" % DEFAULT_REJECTS_NAME)
     parser.add_argument("files", nargs="+", metavar="FILE")
@@ -4918,19 +5236,36 @@ def build_forward_parser():
 
 def forward_files(argv=None):
     """`pixel.py forward`: send log files once; 0 once all is sent, 1 if it stopped first
-    (a signal, a refused writeKey, a file it cannot read). A rejects log may be among the
-    files: the events it holds that a receiver refused are sent again."""
+    (a signal, a refused writeKey), could not read a file to its end, or was given one
+    that is not an event log. A rejects log may be among the files: the events it holds
+    that a receiver refused are sent again."""
     parser = build_forward_parser()
     args = parser.parse_args(argv)
     reporter = Reporter()
-    checkpoint = args.checkpoint or args.files[0] + ".backfill"
+    files = args.files
+    if args.checkpoint is None:   # version 1.0's checkpoint, which a glob may have passed
+        legacy = os.path.abspath(files[0]) + ".backfill"
+        files = [path for path in files if not (
+            os.path.abspath(path) in (legacy, legacy + ".tmp") and os.path.isfile(path))]
+    for path in files:   # before anything is made beside them, or opened
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as error:
+            reporter.say("cannot forward %s: %s" % (path, error.strerror or error))
+            return 1
+        if not stat.S_ISREG(mode):   # /dev/zero would be read for ever, a FIFO block
+            reporter.say("cannot forward %s: not a regular file (%s)" % (path,
+                                                                         file_kind(mode)))
+            return 1
     rejects_path = args.rejects or os.path.join(
-        os.path.dirname(os.path.abspath(args.files[0])), DEFAULT_REJECTS_NAME)
-    for path in args.files:   # its own refusals appended to it would be read, again and again
+        os.path.dirname(os.path.abspath(files[0])), DEFAULT_REJECTS_NAME)
+    for path in files:   # its own refusals appended to it would be read, again and again
         if os.path.realpath(path) == os.path.realpath(rejects_path):
             parser.error("%s is one of the files to send: give --rejects another file for "
                          "what is refused this time" % rejects_path)
     try:
+        checkpoint = args.checkpoint or \
+            adopt_legacy_state(files[0], "backfill", reporter)[0]
         receiver = Receiver(args.to, cafile=args.ca, timeout=args.timeout)
         rejects = LogWriter(rejects_path, reporter=reporter)
     except OSError as error:
@@ -4938,37 +5273,44 @@ def forward_files(argv=None):
         return 1
     forwarder = Forwarder(receiver, rejects, write_key=args.write_key,
                           batch_events=args.batch, reporter=reporter)
+
+    def stop(signum, frame):
+        forwarder.stop()   # cuts the post in flight too, or it waits for its answer
+
+    previous = {signum: signal.signal(signum, stop)
+                for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            forwarder.add_files(args.files, checkpoint)
-        except (OSError, ValueError) as error:
-            reporter.say("cannot read %s: %s" % (getattr(error, "filename", None) or
-                                                 checkpoint, error))
+            forwarder.add_files(files, checkpoint)
+        except OSError as error:
+            reporter.say("%s %s: %s" % (
+                "cannot read the checkpoint" if error.filename in (None, checkpoint)
+                else "cannot forward", error.filename or checkpoint, error.strerror or error))
             rejects.discard()   # nothing was sent: leave no empty rejects log behind
             return 1
-
-        def stop(signum, frame):
-            forwarder.stop()   # cuts the post in flight too, or it waits for its answer
-
-        previous = {signum: signal.signal(signum, stop)
-                    for signum in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            complete = forwarder.run()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        except ValueError as error:   # a file that is not a log, or a garbled checkpoint
+            reporter.say(str(error))
+            rejects.discard()
+            return 1
+        complete = forwarder.run()
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         forwarder.close()
         rejects.close()
-    print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s%s" % (
+    print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s%s%s" % (
         forwarder.sent, args.to, forwarder.refused, rejects_path,
         ", %d rejects-log line(s) with no event to send skipped" % forwarder.skipped
         if forwarder.skipped else "",
+        "; %d file(s) could not be read to their end" % len(forwarder.truncated)
+        if forwarder.truncated else "",
         "" if complete else "; stopped before the end: run the same command again to go on"),
         flush=True)
     if forwarder.gave_up:
         reporter.say(forwarder.gave_up)
-    return 0 if complete else 1
+    for problem in forwarder.truncated:
+        reporter.say("%s; every whole line before that was sent" % problem)
+    return 0 if complete and not forwarder.truncated else 1
 
 
 def listen(args, recorder, reporter):

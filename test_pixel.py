@@ -14,6 +14,7 @@ import ast
 import base64
 import collections
 import errno
+import fnmatch
 import gzip
 import html
 import http.client
@@ -968,6 +969,40 @@ class ForwardItems(unittest.TestCase):
                 self.assertEqual(key, expected.pop("writeKey"))
                 self.assertEqual(json.loads(item), expected)
 
+    def test_what_pixel_py_forward_takes_for_an_event_log(self):
+        event = log_event(1)
+        reject = b'{"reason":"forward_unauthorized","detail":"401","event":{"type":"track"}}\n'
+        checkpoint = b'{"device": 2049, "done": [], "head": "0", "head_bytes": 0, ' \
+                     b'"inode": 7, "mtime_ns": 1, "offset": 0, "path": "x"}\n'
+        cases = [
+            # name, first bytes, all of the file?, why it is refused (None: taken)
+            ("an event log", event * 3, True, None),
+            ("an empty file", b"", True, None),
+            ("blank lines", b"\n \n" * 1000, True, "blank lines only"),
+            ("a rejects log", reject, True, None),
+            ("a torn first line, then events", b'{"type":"tr\n' + event, True, None),
+            ("an event after garbage", b"x\n" * 7 + event, True, None),
+            ("an event only after 8 lines", b"x\n" * 8 + event, True,
+             "its first lines are not JSON"),
+            ("a checkpoint", checkpoint, True, "it is a pixel checkpoint"),
+            ("a checkpoint with no newline", checkpoint[:-1], True,
+             "it is a pixel checkpoint"),
+            ("JSON of another kind", b'{"name":"x"}\n[1,2]\n', True,
+             'JSON, but none of its first lines is an event, an object with a "type"'),
+            ("an object whose type is not a string", b'{"type":5}\n', True,
+             'JSON, but none of its first lines is an event, an object with a "type"'),
+            ("binary", b"\x00\x01\x02\n\xff\xfe", True, "binary data, not lines of JSON"),
+            ("zstd", b"\x28\xb5\x2f\xfd\x00\x58\x61\x00", True,
+             "binary data, not lines of JSON"),
+            ("text", b"hello\nworld\n", True, "its first lines are not JSON"),
+            ("the start of a long first line", b"x" * 100, False, "no newline in its first "
+                                                                     "100 bytes"),
+            ("an event cut by the read", event + event[:20], False, None),
+        ]
+        for name, first, whole, expected in cases:
+            with self.subTest(name):
+                self.assertEqual(pixel.not_an_event_log(first, whole), expected)
+
     def test_logged_client_ids(self):
         cases = [(b'{"writeKey":"K","messageId":"m1","x":1}', ("K", "m1")),
                  (b'{"properties":{"messageId":"p","writeKey":"P"},"messageId":"m2",'
@@ -1022,6 +1057,15 @@ class ForwardPolicy(unittest.TestCase):
         with self.assertRaises(OSError):
             pixel.write_checkpoint(path, {"device": 1})
         self.assertEqual(os.listdir(folder), ["events.jsonl.forward"])
+
+    def test_a_backfill_of_thousands_of_files_can_read_its_checkpoint_back(self):
+        path = os.path.join(temp_dir(self), "backfill.json")
+        done = ["2049:%d:104857600:%08x" % (inode, inode) for inode in range(20000)]
+        document = {"device": 1, "inode": 2, "offset": 3, "mtime_ns": 4, "head_bytes": 3,
+                    "head": "0", "path": "x", "done": done}
+        pixel.write_checkpoint(path, document)
+        self.assertGreater(os.path.getsize(path), 64 * 1024)
+        self.assertEqual(pixel.read_checkpoint(path)["done"], done)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1855,6 +1899,18 @@ class TornTail(unittest.TestCase):
                     self.assertEqual(handle.read(), b"" if content == b"no newline at all"
                                      else content)
                 self.assertEqual(writer.torn_tail, content if content.endswith(b"l") else None)
+
+    def test_a_huge_file_with_no_newline_is_refused_without_reading_it_through(self):
+        with open(self.path, "wb") as handle:
+            try:
+                handle.truncate(64 * 1024 ** 3)   # sparse: 64 GiB of zeros, no newline
+            except OSError as error:
+                self.skipTest("no sparse 64 GiB file here: %s" % error)
+        started = time.monotonic()
+        with self.assertRaises(OSError) as caught:
+            self.writer()
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertIn("is it a pixel log?", str(caught.exception))
 
     def test_the_recorder_writes_a_torn_tail_line(self):
         with open(self.path, "wb") as handle:
@@ -3831,6 +3887,13 @@ def log_event(number, key="K", **fields):
     return pixel.encode_line(pixel.build_event("track", payload, received_at=T0 + number))
 
 
+def state_file(log_path, role="forward"):
+    """pixel's state file for the log at `log_path`, its folder made, for a test to write."""
+    path = pixel.state_path(log_path, role)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
 class ForwardingCase(unittest.TestCase):
     def setUp(self):
         self.dir = temp_dir(self, "pixel-forward-")
@@ -3890,7 +3953,8 @@ class Forwarding(ForwardingCase):
         self.assertEqual((status["sent"], status["lines_behind"], status["bytes_behind"],
                           status["degraded"]), (260, 0, 0, False))
         self.assertTrue(wait_until(lambda: pixel.read_checkpoint(
-            writer.path + ".forward")["offset"] == os.path.getsize(writer.path)))
+            pixel.state_path(writer.path, "forward"))["offset"] ==
+            os.path.getsize(writer.path)))
 
     def test_one_write_key_for_all_and_500_kb_batches(self):
         receiver = FakeReceiver(self)
@@ -4330,7 +4394,7 @@ class ForwardingRestarts(ForwardingCase):
         receiver = FakeReceiver(self)
         writer = self.writer(max_bytes=2000)
         self.write(writer, range(20))
-        with open(writer.path + ".forward", "w") as handle:
+        with open(state_file(writer.path), "w") as handle:
             handle.write("{garbage")
         self.forwarder(receiver.url, writer)
         self.assertTrue(wait_until(lambda: len(receiver.taken) == 20))
@@ -4361,9 +4425,11 @@ class ForwardingRestarts(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.sent == 6))
         self.assertTrue(wait_until(lambda: "cannot write the checkpoint" in
                                    self.stderr.getvalue()))
-        self.assertEqual(pixel.read_checkpoint(writer.path + ".forward")["offset"],
+        checkpoint = pixel.state_path(writer.path, "forward")
+        self.assertEqual(pixel.read_checkpoint(checkpoint)["offset"],
                          len(b"".join(log_event(number) for number in range(5))))
-        self.assertNotIn("events.jsonl.forward.tmp", os.listdir(folder))
+        self.assertNotIn(os.path.basename(checkpoint) + ".tmp",
+                         os.listdir(os.path.dirname(checkpoint)))
 
 
 class ForwardingAttacked(ForwardingCase):
@@ -4387,7 +4453,7 @@ class ForwardingAttacked(ForwardingCase):
 
     def test_no_checkpoint_can_be_written_no_forwarding(self):
         writer = self.writer()
-        os.mkdir(writer.path + ".forward")   # where the checkpoint must go
+        os.makedirs(pixel.state_path(writer.path, "forward"))   # where the checkpoint goes
         with self.assertRaises(OSError):
             self.forwarder("http://127.0.0.1:9", writer, start=False)
 
@@ -4453,7 +4519,7 @@ class ForwardingAttacked(ForwardingCase):
         self.write(writer, [0])
         writer.write([b"[" * 100000 + b"]" * 100000 + b"\n"])
         self.write(writer, [1])
-        with open(writer.path + ".forward", "wb") as handle:
+        with open(state_file(writer.path), "wb") as handle:
             handle.write(b"[" * 100000 + b"]" * 100000)
         forwarder = self.forwarder(receiver.url, writer)
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
@@ -4504,8 +4570,10 @@ class ForwardingAttacked(ForwardingCase):
         self.assertEqual(ids[:4000], ["m%d" % number for number in range(4000)])
         self.assertEqual(ids[4000:], ["m%d" % number for number in range(4000, 4000 +
                                                                          len(ids) - 4000)])
-        self.assertEqual([line["reason"] for line in self.rejects()], ["forward_unreadable"])
-        self.assertIn("cut.jsonl.gz cannot be read past byte", self.rejects()[0]["detail"])
+        rejects = [(line["reason"], line["detail"]) for line in self.rejects()]
+        self.assertEqual(rejects[:-1], [("forward_unreadable", "no newline")])   # cut through
+        self.assertEqual(rejects[-1][0], "forward_truncated")
+        self.assertIn("cut.jsonl.gz cannot be read past byte", rejects[-1][1])
 
     def test_a_write_key_with_a_colon_arrives_whole(self):
         receiver = FakeReceiver(self)
@@ -4579,6 +4647,142 @@ class ForwardingAttacked(ForwardingCase):
                     json.dump(dict(base, **{field: value}), handle)
                 with self.assertRaises(ValueError):
                     pixel.read_checkpoint(path)
+
+
+# The globs users write for a log's files (a shipper's, the README's backfill), and a
+# recursive one. fnmatch's `*` matches a leading dot, as Go's and Rust's globs do.
+LOG_GLOBS = ("events.jsonl*", "events.jsonl.2*", "*.jsonl", "*.jsonl.gz")
+
+
+def files_a_glob_finds(folder, pattern):
+    """The regular files in `folder` or below it whose names match `pattern`, relative to
+    `folder`: what <folder>/<pattern> and <folder>/**/<pattern> find between them."""
+    found = set()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if fnmatch.fnmatchcase(name, pattern):
+                found.add(os.path.relpath(os.path.join(root, name), folder))
+    return found
+
+
+class StateFiles(ForwardingCase):
+    """The forwarder's checkpoint lives where no glob of the log's files finds it, and an
+    upgrade picks up the one version 1.0 left beside the log."""
+
+    def test_no_glob_of_the_logs_files_finds_the_checkpoint(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer(max_bytes=2000)
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(30))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertTrue(os.path.isfile(pixel.state_path(writer.path, "forward")))
+        logs = {os.path.basename(path) for path in writer.rotated_files() + [writer.path]}
+        for pattern in LOG_GLOBS:
+            with self.subTest(pattern):
+                self.assertLessEqual(files_a_glob_finds(self.dir, pattern),
+                                     logs | {"rejects.jsonl"})
+
+    def test_an_old_checkpoint_beside_the_log_is_moved_and_goes_on_from_there(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        first = self.forwarder(receiver.url, writer)
+        self.write(writer, range(10))
+        self.assertTrue(wait_until(lambda: first.sent == 10))
+        first.stop(5)
+        first.close()
+        writer.follower = None
+        checkpoint = pixel.state_path(writer.path, "forward")
+        legacy = writer.path + ".forward"   # where version 1.0 kept it
+        os.replace(checkpoint, legacy)
+        with open(legacy + ".tmp", "w") as handle:   # and what a kill -9 mid-write left
+            handle.write('{"device": ')
+        shutil.rmtree(os.path.dirname(checkpoint))
+        self.write(writer, range(10, 20))
+        second = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: second.sent == 10))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(20)])
+        self.assertEqual(sorted(os.listdir(self.dir)), [".pixel", "events.jsonl",
+                                                        "rejects.jsonl"])
+        self.assertEqual(pixel.read_checkpoint(checkpoint)["offset"],
+                         os.path.getsize(writer.path))
+        self.assertIn("moved the checkpoint %s to %s" % (legacy, checkpoint),
+                      self.stderr.getvalue())
+
+
+class GzipArchives(unittest.TestCase):
+    """pixel.GzipReader on real files: whatever zcat recovers of a damaged archive."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+
+    def read_all(self, data):
+        path = os.path.join(self.dir, "archive.gz")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        fd = os.open(path, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        reader = pixel.GzipReader(fd)
+        blocks = []
+        while True:
+            block = reader.read(7000)
+            if not block:
+                return b"".join(blocks), reader.damage
+            blocks.append(block)
+
+    def test_members_one_after_another_and_zero_padding(self):
+        first, second = b"first\n" * 10000, b"second\n" * 10000
+        self.assertEqual(self.read_all(gzip.compress(first) + gzip.compress(second) +
+                                       b"\0" * 1000), (first + second, None))
+        self.assertEqual(self.read_all(gzip.compress(b"")), (b"", None))
+
+    def test_what_inflates_before_the_damage_is_kept(self):
+        data = b"".join(log_event(number) for number in range(2000))
+        compressed = gzip.compress(data)
+        half = len(compressed) // 2
+        before_half = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(compressed[:half])
+        self.assertGreater(len(before_half), len(data) // 3)
+        flipped = compressed[:half] + bytes([compressed[half] ^ 0xff]) + \
+            compressed[half + 1:]
+        bad_check = compressed[:-8] + bytes(4) + compressed[-4:]
+        corrupt = r"^corrupt gzip data, found at byte (\d+) of the file \((.+)\)$"
+        for name, damaged, whole, found in (
+                ("cut in half", compressed[:half], False, None),
+                ("a corrupt byte", flipped, False, (half, len(flipped), None)),
+                ("a wrong checksum", bad_check, True,   # its last byte says so
+                 (len(compressed) - 8, len(compressed) - 4, "incorrect data check")),
+                ("junk after the end", compressed + b"junk", True,   # its second byte
+                 (len(compressed), len(compressed) + 2, "incorrect header check"))):
+            with self.subTest(name):
+                inflated, said = self.read_all(damaged)
+                self.assertTrue(inflated.startswith(before_half))
+                if whole:
+                    self.assertEqual(inflated, data)
+                if found is None:
+                    self.assertEqual(said, "cut short: the file ends at byte %d, inside the "
+                                           "gzip data" % half)
+                    self.assertTrue(data.startswith(inflated))
+                    continue
+                byte, reason = re.match(corrupt, said).groups()
+                self.assertTrue(found[0] <= int(byte) < found[1], said)
+                if found[2]:
+                    self.assertEqual(reason, found[2])
+
+    def test_seeking_back_starts_over_and_forward_reads_on(self):
+        data = b"".join(log_event(number) for number in range(500))
+        path = os.path.join(self.dir, "archive.gz")
+        with open(path, "wb") as handle:
+            handle.write(gzip.compress(data))
+        fd = os.open(path, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        reader = pixel.GzipReader(fd)
+        for offset in (5000, 100, 0, len(data) - 10, 7):
+            with self.subTest(offset):
+                reader.seek(offset)
+                self.assertEqual(reader.read(50), data[offset:offset + 50])
+        stopping = threading.Event()
+        stopping.set()   # a SIGTERM while a backfill inflates its way to its checkpoint
+        with self.assertRaises(InterruptedError):
+            pixel.GzipReader(fd, stopping).seek(5000)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -5683,7 +5887,8 @@ class FailedStart(unittest.TestCase):
         with open(not_pem, "w") as handle:
             handle.write("not a certificate\n")
         # A folder where the forwarder's checkpoint is first written: it cannot start.
-        checkpoint_tmp = os.path.basename(self.log) + pixel.CHECKPOINT_SUFFIX + ".tmp"
+        checkpoint_tmp = os.path.relpath(pixel.state_path(self.log, "forward") + ".tmp",
+                                         self.dir)
         for name, argv, status, message, made in (
                 ("port in use", ["--port", self.taken], 1, "cannot listen on 127.0.0.1 port "
                  + self.taken + ": Address already in use", None),
@@ -5699,16 +5904,19 @@ class FailedStart(unittest.TestCase):
                 ("a bad flag combination", ["--certfile", not_pem], 2, "go together", None)):
             with self.subTest(name):
                 if made:
-                    os.mkdir(os.path.join(self.dir, made))
+                    os.makedirs(os.path.join(self.dir, made))
                 result = self.run_pixel(*argv)
                 self.assertEqual(result.returncode, status, result.stderr)
                 self.assertEqual(result.stdout, "")
                 self.assertIn(message, result.stderr.splitlines()[-1])
                 if status == 1:
                     self.assertRegex(result.stderr, r"\Apixel: [^\n]*\n\Z")
-                self.assertEqual(os.listdir(self.dir), [made] if made else [])
-                if made:
-                    os.rmdir(os.path.join(self.dir, made))
+                top = made.split(os.sep)[0] if made else None
+                self.assertEqual(os.listdir(self.dir), [top] if made else [])
+                if made:   # and nothing was left beside what the test made in it
+                    self.assertEqual(os.listdir(os.path.dirname(os.path.join(self.dir, made))),
+                                     [os.path.basename(made)])
+                    shutil.rmtree(os.path.join(self.dir, top))
 
     def test_logs_that_were_there_are_left_as_they_were(self):
         rejects = os.path.join(self.dir, "rejects.jsonl")
@@ -5893,7 +6101,8 @@ class ForwardingUnderFaults(unittest.TestCase):
     def unsent_by_the_log(self):
         """(lines, bytes) after A's checkpoint, counted from A's files themselves."""
         folder = os.path.join(self.dir, "a")
-        checkpoint = pixel.read_checkpoint(os.path.join(folder, "events.jsonl.forward"))
+        checkpoint = pixel.read_checkpoint(pixel.state_path(os.path.join(
+            folder, "events.jsonl"), "forward"))
         files = []
         for name in os.listdir(folder):
             if name == "events.jsonl" or ROTATED.search(name):
@@ -6073,7 +6282,7 @@ class Metrics(unittest.TestCase):
         lines = {"events": [], "rejects": []}
         for name in os.listdir(folder):
             log = "events" if name.startswith("events.jsonl") else "rejects"
-            if name.endswith(".forward") or not (name.startswith(log + ".jsonl")):
+            if not name.startswith(log + ".jsonl"):
                 continue
             with open(os.path.join(folder, name)) as handle:
                 lines[log] += [json.loads(line) for line in handle]
@@ -6723,6 +6932,275 @@ class Backfill(unittest.TestCase):
                                 capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 1)
         self.assertIn("No such file", result.stderr)
+
+    def forward_these(self, url, *argv, timeout=60):
+        return subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", url] + list(argv),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def write_log(self, path, numbers, mode="wb"):
+        with open(path, mode) as handle:
+            handle.write(b"".join(log_event(number) for number in numbers))
+
+    def test_a_new_file_on_the_inode_of_one_sent_before_is_sent(self):
+        receiver = FakeReceiver(self)
+        path = os.path.join(self.dir, "events.jsonl.1")   # logrotate's: a new file each day
+        self.write_log(path, range(10))
+        inode = os.stat(path).st_ino
+        result = self.forward_these(receiver.url, path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        os.remove(path)
+        # A file system hands a freed inode to a new file soon: make files until one has it.
+        candidates = []
+        for number in range(200):
+            candidate = os.path.join(self.dir, "new.%d" % number)
+            self.write_log(candidate, range(100, 110))
+            if os.stat(candidate).st_ino == inode:
+                os.rename(candidate, path)
+                break
+            candidates.append(candidate)
+        for candidate in candidates:
+            os.remove(candidate)
+        if not os.path.exists(path):
+            self.skipTest("this file system gave none of 200 new files the freed inode")
+        self.assertEqual(os.stat(path).st_ino, inode)
+        result = self.forward_these(receiver.url, path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertNotIn("already sent", result.stderr)
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(10)] +
+                         ["m%d" % number for number in range(100, 110)])
+
+    def test_a_log_that_grew_since_it_was_sent_sends_only_what_is_new(self):
+        receiver = FakeReceiver(self)
+        path = os.path.join(self.dir, "events.jsonl")
+        self.write_log(path, range(10))
+        self.assertEqual(self.forward_these(receiver.url, path).returncode, 0)
+        self.write_log(path, range(10, 15), mode="ab")
+        result = self.forward_these(receiver.url, path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("sent up to byte %d before" % len(b"".join(
+            log_event(number) for number in range(10))), result.stderr)
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(15)])
+
+    def test_the_readme_command_run_twice_sends_no_state_of_its_own(self):
+        receiver = FakeReceiver(self)
+        folder = os.path.join(self.dir, "logs")
+        os.mkdir(folder)
+        logs = {"events.jsonl.20261120T000000.000Z": range(0, 5),
+                "events.jsonl.20261121T000000.000Z": range(5, 10)}
+        for name, numbers in logs.items():
+            self.write_log(os.path.join(folder, name), numbers)
+        readme = re.search(r"python3 pixel.py forward .*\\\n\s+(/var/lib/pixel/\S+)",
+                           read_text(os.path.join(HERE, "README.md")))
+        self.assertEqual(readme.group(1), "/var/lib/pixel/events.jsonl.2026112*")
+        command = "%s %s forward --to %s --write-key K %s/events.jsonl.2026112*" % (
+            shlex.quote(sys.executable), shlex.quote(PIXEL_PY), receiver.url,
+            shlex.quote(folder))
+        for run in range(2):
+            result = subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                                    timeout=60)
+            self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stderr.count("already sent, skipped"), 2)
+        self.assertEqual([event.get("messageId") for event in receiver.taken],
+                         ["m%d" % number for number in range(10)])
+        for pattern in LOG_GLOBS:
+            with self.subTest(pattern):
+                self.assertLessEqual(files_a_glob_finds(folder, pattern),
+                                     set(logs) | {"rejects.jsonl"})
+
+    def test_an_old_checkpoint_beside_the_first_file_is_moved_not_sent(self):
+        receiver = FakeReceiver(self)
+        self.assertEqual(self.forward(receiver.url).returncode, 0)
+        checkpoint = pixel.state_path(self.files[0], "backfill")
+        legacy = self.files[0] + ".backfill"   # where version 1.0 kept it
+        os.replace(checkpoint, legacy)
+        # As a glob passes them: events.jsonl.0, events.jsonl.0.backfill, events.jsonl.1.gz
+        result = self.forward_these(receiver.url, "--write-key", "K", self.files[0], legacy,
+                                    self.files[1])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("moved the checkpoint %s to %s" % (legacy, checkpoint), result.stderr)
+        self.assertEqual(result.stderr.count("already sent, skipped"), 2)
+        self.assertEqual(len(receiver.taken), 300)
+        self.assertFalse(os.path.exists(legacy))
+
+    def test_files_that_are_not_event_logs_are_refused_before_anything_is_sent(self):
+        receiver = FakeReceiver(self)
+        checkpoint = os.path.join(self.dir, "checkpoint")
+        pixel.write_checkpoint(checkpoint, {"device": 1, "inode": 2, "offset": 0,
+                                            "mtime_ns": 0, "head_bytes": 0, "head": "0",
+                                            "done": ["1:2"]})
+        other = os.path.join(self.dir, "package.json")
+        with open(other, "w") as handle:
+            json.dump({"name": "x", "version": "1"}, handle)
+        binary = os.path.join(self.dir, "events.jsonl.5.zst")
+        with open(binary, "wb") as handle:
+            handle.write(b"\x28\xb5\x2f\xfd\x00\x58\x61\x00\x00" + bytes(range(256)))
+        for path, why in ((checkpoint, "it is a pixel checkpoint"),
+                          (other, 'JSON, but none of its first lines is an event'),
+                          (binary, "binary data, not lines of JSON")):
+            with self.subTest(path):
+                for argv in ([path], ["--write-key", "K", self.files[0], path]):
+                    result = self.forward_these(receiver.url, *argv)
+                    self.assertEqual(result.returncode, 1)
+                    self.assertRegex(result.stderr, r"^pixel: cannot forward %s: not a pixel "
+                                                    r"event log \(%s.*\)\n\Z"
+                                     % (re.escape(path), re.escape(why)))
+                    self.assertEqual(receiver.posts, [])
+        rejects = os.path.join(self.dir, "old-rejects.jsonl")   # to send again: taken
+        with open(rejects, "w") as handle:
+            handle.write('{"reason":"no_write_key","method":"GET","path":"/v1/pixel/track",'
+                         '"query":"","receivedAt":"2026-11-20T00:00:00.000Z"}\n')
+        result = self.forward_these(receiver.url, rejects)
+        self.assertNotIn("not a pixel event log", result.stderr)
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_a_gzip_cut_in_half_sends_every_whole_line_before_the_cut(self):
+        receiver = FakeReceiver(self)
+        data = b"".join(log_event(number, properties={"pad": "%04d" % number * 20})
+                        for number in range(2000))
+        compressed = gzip.compress(data)
+        path = os.path.join(self.dir, "events.jsonl.2.gz")
+        with open(path, "wb") as handle:
+            handle.write(compressed[:len(compressed) // 2])
+        if shutil.which("zcat"):
+            recovered = subprocess.run(["zcat", path], capture_output=True).stdout
+        else:
+            recovered = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(
+                compressed[:len(compressed) // 2])
+        whole = recovered[:recovered.rfind(b"\n") + 1]
+        self.assertGreater(whole.count(b"\n"), 900)
+        result = self.forward_these(receiver.url, path)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(receiver.ids(), [json.loads(line)["messageId"]
+                                          for line in whole.splitlines()])
+        self.assertIn("1 file(s) could not be read to their end", result.stdout)
+        self.assertIn("pixel: %s cannot be read past byte %d (inflated): cut short" % (
+            path, len(recovered)), result.stderr)
+        with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+            rejects = [json.loads(line) for line in handle]
+        self.assertEqual([line["reason"] for line in rejects],
+                         ["forward_unreadable", "forward_truncated"])
+        self.assertEqual(rejects[0]["line"], recovered[len(whole):].decode())
+        self.assertIn("%s cannot be read past byte %d" % (path, len(recovered)),
+                      rejects[1]["detail"])
+
+    def test_a_text_file_named_gz_is_sent_as_it_is(self):
+        receiver = FakeReceiver(self)
+        path = os.path.join(self.dir, "events.jsonl.3.gz")
+        self.write_log(path, range(20))
+        result = self.forward_these(receiver.url, path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("%s is not gzipped: sending it as it is" % path, result.stderr)
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(20)])
+
+    def test_what_is_not_a_regular_file_is_refused_at_once(self):
+        fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(fifo)
+        for argv, line in (
+                (["/dev/zero"], "cannot forward /dev/zero: not a regular file "
+                                "(a character device)"),
+                ([self.dir], "cannot forward %s: not a regular file (a directory)"
+                             % self.dir),
+                ([fifo], "cannot forward %s: not a regular file (a FIFO)" % fifo),
+                ([self.files[0], fifo], "cannot forward %s: not a regular file (a FIFO)"
+                                        % fifo),
+                (["--checkpoint", fifo, self.files[0]],
+                 "cannot read the checkpoint %s: not a regular file (a FIFO)" % fifo)):
+            with self.subTest(argv):
+                started = time.monotonic()
+                result = self.forward_these("http://127.0.0.1:9", *argv, timeout=20)
+                self.assertLess(time.monotonic() - started, 10)
+                self.assertEqual((result.returncode, result.stderr),
+                                 (1, "pixel: %s\n" % line))
+
+    def test_a_sigterm_while_it_counts_a_huge_backlog_stops_it_at_once(self):
+        if not os.path.exists("/proc/self/io"):
+            self.skipTest("no /proc/<pid>/io here to see the count under way")
+        receiver = FakeReceiver(self)
+        path = os.path.join(self.dir, "events.jsonl.9")
+        self.write_log(path, [0])
+        try:
+            os.truncate(path, 1024 ** 4)   # sparse: a TiB of zeros to count lines in
+        except OSError as error:
+            self.skipTest("no sparse 1 TiB file here: %s" % error)
+        process = subprocess.Popen([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+                                    path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        self.addCleanup(process.wait)
+        self.addCleanup(process.kill)
+
+        def counting():
+            try:
+                with open("/proc/%d/io" % process.pid) as handle:
+                    read = int(re.search(r"rchar: (\d+)", handle.read()).group(1))
+            except (OSError, AttributeError):   # gone, or not readable
+                return False
+            return read > 256 * 1024 ** 2
+
+        self.assertTrue(wait_until(counting, 20))
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        stdout, stderr = process.communicate(timeout=10)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(process.returncode, 1)
+        self.assertIn("stopped before the end", stdout)
+        self.assertNotIn("Traceback", stderr)
+        self.assertEqual(receiver.posts, [])
+
+
+class NotRegularFiles(unittest.TestCase):
+    """A FIFO where pixel expects a file would block its open for ever, before any signal
+    handler is installed; a directory ends in a traceback. Each is refused at once."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(self.fifo)
+
+    def test_the_servers_log_rejects_and_forward_ca(self):
+        log = os.path.join(self.dir, "events.jsonl")
+        for argv, status, line in (
+                (["--log", self.fifo], 1, "cannot open %s: not a regular file (a FIFO)"
+                                          % self.fifo),
+                (["--log", log, "--rejects", self.fifo], 1,
+                 "cannot open %s: not a regular file (a FIFO)" % self.fifo),
+                (["--log", log, "--forward", "https://127.0.0.1:9", "--forward-ca",
+                  self.fifo], 2, "not a regular file (a FIFO)")):
+            with self.subTest(argv):
+                result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--cpu",
+                                         "none"] + argv, capture_output=True, text=True,
+                                        timeout=20)
+                self.assertEqual(result.returncode, status)
+                self.assertIn(line, result.stderr)
+                self.assertNotIn("Traceback", result.stderr)
+
+    def test_a_fifo_named_like_a_rotated_file_is_passed_over(self):
+        log = os.path.join(self.dir, "events.jsonl")
+        with open(log, "wb") as handle:
+            handle.write(log_event(1))
+        rotated = log + ".20261120T000000.000Z"
+        os.mkfifo(rotated)
+        found = []
+        thread = threading.Thread(target=lambda: found.append(
+            pixel.logged_client_ids([log, rotated], 10)), daemon=True)
+        thread.start()
+        thread.join(10)
+        self.assertEqual(found, [[pixel.dedupe_key("K", "m1")]])
+
+    def test_a_fifo_where_a_checkpoint_is_written_is_refused(self):
+        checkpoint = os.path.join(self.dir, "checkpoint")
+        os.rename(self.fifo, checkpoint + ".tmp")
+        raised = []
+
+        def write():
+            try:
+                pixel.write_checkpoint(checkpoint, {"device": 1})
+            except OSError as error:
+                raised.append(error.strerror)
+
+        thread = threading.Thread(target=write, daemon=True)
+        thread.start()
+        thread.join(10)
+        self.assertEqual(raised, ["not a regular file (a FIFO)"])
 
 
 class GracefulStop(unittest.TestCase):
