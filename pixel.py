@@ -1,50 +1,44 @@
 #!/usr/bin/env python3
 """pixel: a Segment-compatible tracking-pixel server in one file, standard library only.
 
-It answers Segment's Pixel API and HTTP Tracking API and appends every accepted event to a
+It answers Segment's Pixel API and HTTP Tracking API, and appends every accepted event to a
 JSON-lines log, on disk before the reply goes out:
 
     GET  /v1/pixel/{identify,group,alias,page,screen,track}?data=<base64 JSON>
     GET  /v1/pixel/track?writeKey=K&userId=u&event=Email%20Opened&properties.subject=Hi
     POST /v1/{identify,group,alias,page,screen,track,batch,import}   (JSON, optionally gzip)
-    GET  /health
+    GET  /health, /metrics
 
-Every pixel route answers 200 with a 1x1 transparent GIF, even on error; rejected requests are
-written, with a named reason, to a second JSON-lines file (the rejects log).
+Every pixel route answers 200 with a 1x1 transparent GIF, even on error; a rejected request
+is written, with a named reason, to a second JSON-lines file, the rejects log.
 
 Usage:
-    python3 pixel.py                       # http://127.0.0.1:8000/, ./events.jsonl
-    python3 pixel.py --help                # every flag, with its PIXEL_* variable and default
+    python3 pixel.py                        # http://127.0.0.1:8000/, ./events.jsonl
+    python3 pixel.py --help                 # every flag, its PIXEL_* variable and default
+    python3 pixel.py forward --to URL FILE  # send log files to a Segment-compatible API
 
-    import pixel                           # starts nothing
+    import pixel                            # starts nothing
     event = pixel.pixel_event("track", "writeKey=K&userId=u&event=Opened", received_at=0.0)
+    application = pixel.make_wsgi_app(log="events.jsonl")   # behind any WSGI server
 
-Log format: one JSON object per line, ASCII-only (non-ASCII is \\u-escaped, so the file is
-valid UTF-8 and no character inside a value can split a line). Each line is the client's
-payload plus "type", "messageId", "receivedAt", "timestamp" and "context.ip" /
-"context.userAgent". With --max-bytes the live file is renamed to <log>.<UTC stamp> when the
-next line would not fit, and a fresh file is opened; rotated files are never renamed again.
+Log format: one JSON object per line, ASCII only (non-ASCII is \\u-escaped, so no character
+inside a value can split a line): the client's payload plus "type", "messageId",
+"receivedAt", "timestamp", "context.ip" and "context.userAgent". With --max-bytes the live
+file is renamed to <log>.<UTC stamp> before a line would take it past the size; rotated
+files are never renamed again.
 
-Copyright (c) 2026 the pixel authors. MIT License, full text in LICENSE and below:
-Permission is hereby granted, free of charge, to any person obtaining a copy of this software
-and associated documentation files (the "Software"), to deal in the Software without
-restriction, including without limitation the rights to use, copy, modify, merge, publish,
-distribute, sublicense, and/or sell copies of the Software, and to permit persons to whom the
-Software is furnished to do so, subject to the following conditions: The above copyright
-notice and this permission notice shall be included in all copies or substantial portions of
-the Software. THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
-IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A
-PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE
-LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR
-OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS
-IN THE SOFTWARE.
-
+Copyright (c) 2026 the pixel authors. The MIT License; its text is in LICENSE.
 SPDX-License-Identifier: MIT
 """
 
-__version__ = "1.0.0"
+__version__ = "2.0.0"
+
+__all__ = ["GIF", "REASONS", "Rejected", "decode_query", "validate", "enrich", "build_event",
+           "pixel_event", "encode_line", "api_payloads", "LogWriter", "Recorder", "App",
+           "PixelServer", "configure", "Pixel", "make_wsgi_app", "main"]
 
 import argparse
+import array
 import base64
 import binascii
 import bisect
@@ -52,9 +46,10 @@ import collections
 import datetime
 import email.utils
 import errno
-import html
-import http.server
 import hmac
+import html
+import http.client
+import http.server
 import ipaddress
 import itertools
 import json
@@ -75,170 +70,100 @@ import urllib.parse
 import zlib
 
 try:
-    import resource   # Unix only; used to raise the open-file limit
-except ImportError:
-    resource = None
-try:
-    import fcntl      # Unix only; used to keep a second process off a log
+    import fcntl      # Unix only: keeps a second process off a log
 except ImportError:
     fcntl = None
+try:
+    import resource   # Unix only: raises the open-file limit
+except ImportError:
+    resource = None
 
 # --------------------------------------------------------------------------------------------
 # Constants
 
-# The 43-byte transparent GIF89a that nginx's empty_gif also serves: a 1x1 logical screen, a
-# two-colour global table, a graphic control extension marking colour 0 transparent, one
-# image of one pixel, and the trailer.
+# The 43-byte transparent GIF89a that nginx's empty_gif serves too: a 1x1 screen, a two-colour
+# table, a graphic control extension marking colour 0 transparent, one pixel, the trailer.
 GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
        b"!\xf9\x04\x01\x00\x00\x00\x00"
        b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
 
 EVENT_TYPES = ("identify", "group", "alias", "page", "screen", "track")
-PIXEL_PREFIX = "/v1/pixel/"
-API_PREFIX = "/v1/"
 BATCH_ROUTES = ("batch", "import")
 
-# Segment's own limits: 32 KB per event, 500 KB per batch request.
+# Segment's own limits: 32 KB an event, 500 KB a batch request.
 MAX_PAYLOAD_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_ITEMS = 10000
-# Our own caps. JSON nesting is capped well below the interpreter's recursion limit, so that
-# json's C scanner never recurses deep on a small thread stack.
+# Our own caps. JSON nesting stays far below the recursion limit, so that json's C scanner
+# never recurses deep on a small thread stack.
 MAX_DEPTH = 32
 MAX_PARAMS = 256
 MAX_EVENT_LINE = 128 * 1024      # a 32 KB payload of astral characters escapes to ~96 KB
 MAX_USER_AGENT = 1024
-MAX_REJECT_RAW = 16 * 1024       # the raw query or body kept in a rejects-log line
-MAX_DECODE_ROUNDS = 4            # nested escapes undone this often, looking for an address
-                                 # to truncate (--anonymize-ip); text still encoded after
-                                 # that is not quoted
+MAX_REJECT_RAW = 16 * 1024       # of a query or body, quoted in a rejects-log line
+MAX_DECODE_ROUNDS = 4            # nested escapes undone looking for an address to truncate
 MAX_REQUEST_LOG_BYTES = 16 * MAX_BATCH_BYTES   # what one request's events may add to the log
-MAX_REJECTS_PER_REQUEST = 100    # item lines one request may add to the rejects log
-MAX_REJECTS_BYTES_PER_REQUEST = 64 * 1024   # ... and bytes, after which lines stop
-MAX_WRITE_BYTES = 1024 * 1024    # the most one write() hands the kernel at once
-DEFAULT_DEDUPE_WINDOW = 65536    # (writeKey, messageId) pairs remembered: about 25 MB at
-                                 # MAX_DEDUPE_ID bytes each
-MAX_DEDUPE_ID = 128              # bytes: an event with a longer client messageId or writeKey
-                                 # is written unchecked
-# HTTP head limits, the same ones http.client and http.server enforce (_MAXLINE,
-# _MAXHEADERS), plus a total so one connection can hold at most ~128 KiB of head.
+MAX_REJECTS_PER_REQUEST = 100    # item lines one request may add to the rejects log,
+MAX_REJECTS_BYTES_PER_REQUEST = 64 * 1024   # ... and their bytes
+MAX_WRITE_BYTES = 1024 * 1024    # the most one write() hands the kernel
+MAX_DEDUPE_ID = 128              # bytes: a longer messageId or writeKey is not remembered
+MAX_PEM_BYTES = 1024 * 1024
+# HTTP heads: http.client's and http.server's limits (_MAXLINE, _MAXHEADERS), and a total.
 MAX_LINE = 65536
 MAX_HEADERS = 100
 MAX_HEAD_BYTES = 2 * MAX_LINE
+MAX_PREFLIGHT_HEADERS = 32
 RECV_SIZE = 65536
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 DEFAULT_LOG = "events.jsonl"
 DEFAULT_REJECTS_NAME = "rejects.jsonl"
+DEFAULT_DEDUPE_WINDOW = 65536
 DEFAULT_MAX_CONNECTIONS = 1024
-DEFAULT_REQUEST_TIMEOUT = 10.0   # seconds to deliver a whole request, head and body
-DEFAULT_IDLE_TIMEOUT = 15.0      # seconds a kept-alive connection may sit between requests
-MIN_TIMEOUT = 0.001              # what --request-timeout and --idle-timeout accept
-MAX_TIMEOUT = 86400.0
-LISTEN_BACKLOG = 1024            # socketserver's default of 5 drops bursts of connections
-THREAD_STACK_SIZE = 512 * 1024   # main() only; 1024 threads then reserve 512 MiB, not 8 GiB
+MIN_TIMEOUT, MAX_TIMEOUT = 0.001, 86400.0
+LISTEN_BACKLOG = 1024            # socketserver's 5 drops bursts of connections
+THREAD_STACK_SIZE = 512 * 1024   # 1024 threads reserve 512 MiB, not 8 GiB
 WORKER_IDLE_SECONDS = 30.0       # a thread with no connection to serve exits after this
-ERROR_INTERVAL = 10.0            # at most one stderr line per failing file per interval
-RELINK_ATTEMPTS = 3              # a log file deleted under a write is recreated this often
-MOVED_GRACE = 1.0                # seconds a log renamed away is still written, awaiting its
-                                 # successor (see LogWriter._follow_path)
-PATH_CHECK_INTERVAL = 0.1        # seconds between looks at whether a log is still at its path
-MAX_WARM_BYTES = 64 * 1024 * 1024   # log tail read at start-up to refill the dedupe window
-MAX_PEM_BYTES = 1024 * 1024      # of --certfile or --keyfile (a few KB), read to check it
+ERROR_INTERVAL = 10.0            # at most one stderr line per kind of trouble per interval
+RELINK_ATTEMPTS = 3              # a log deleted under a write is made again this often
+MOVED_GRACE = 1.0                # seconds a log renamed away is still written to
+PATH_CHECK_INTERVAL = 0.1        # seconds between looks at whether a log is at its path
+MAX_WARM_BYTES = 64 * 1024 * 1024   # of the log's end, read at start to refill the window
+STATE_FOLDER = ".pixel"          # beside the log: checkpoints (see state_path)
 
-# The forwarder (--forward and `pixel.py forward`).
-DEFAULT_FORWARD_BATCH = 100      # events per batch; a batch is also at most MAX_BATCH_BYTES
-DEFAULT_FORWARD_TIMEOUT = 10.0   # seconds a receiver has to answer, per connect and read
-DEFAULT_FORWARD_ALERT = 300.0    # seconds of backlog after which /health says degraded
+# The forwarder (--forward, `pixel.py forward`).
+DEFAULT_FORWARD_BATCH = 100
+DEFAULT_FORWARD_TIMEOUT = 10.0
+DEFAULT_FORWARD_ALERT = 300.0
 FORWARD_POLL = 0.2               # seconds between looks at a log with nothing new in it
-BACKOFF_FIRST = 1.0              # retry delays double from this ...
-BACKOFF_MAX = 60.0               # ... to this, with up to half again of random jitter
-MAX_RETRY_AFTER = 600.0          # a receiver's Retry-After is honoured up to this
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
+MAX_RETRY_AFTER = 600.0
 MAX_ANSWER_BYTES = 64 * 1024     # of a receiver's answer, read and quoted
 FORWARD_READ = MAX_BATCH_BYTES + MAX_EVENT_LINE   # log bytes read to build one batch
-MAX_FORWARD_ITEM = MAX_PAYLOAD_BYTES - 64   # an event a Segment-compatible receiver takes,
-                                            # with the batch's sentAt added to it
-SNIFF_LINES = 8                  # `pixel.py forward` takes a file for an event log if one
-SNIFF_BYTES = 2 * MAX_EVENT_LINE # of its first 8 lines, in its first 256 KiB, is an event
-MAX_OPEN_LOG_FILES = 32          # rotated files the forwarder holds open; later ones wait
-                                 # closed, by name
-MAX_REFUSED_IN_A_ROW = 3         # events a receiver refuses alone in a row, taking none
-                                 # between, written off before it is doubted (see _deliver)
+MAX_FORWARD_ITEM = MAX_PAYLOAD_BYTES - 64   # what a receiver takes, with the batch's sentAt
+MAX_OPEN_LOG_FILES = 32          # files the forwarder holds open; later ones wait by name
+MAX_REFUSED_IN_A_ROW = 3         # events refused alone in a row before the receiver is doubted
 PROBES_A_ROUND = 100             # events then sent one at a time, at most, between waits
-GZIP_MAGIC = b"\x1f\x8b"
-STATE_FOLDER = ".pixel"           # beside the log: checkpoints (see state_path)
+SNIFF_LINES, SNIFF_BYTES = 8, 2 * MAX_EVENT_LINE   # looked at to tell an event log
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024   # a backfill's checkpoint lists every file sent
-# A checkpoint that names no file: forwarding starts at the oldest file it may send.
-_NO_CHECKPOINT = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, "head_bytes": 0,
-                  "head": ""}
 
-
-# Every reason a rejects-log line can name, with what it means. The README's table and the
-# code's rejections are both checked against this one (test_pixel.ReadmeIsTrue).
-REASONS = {
-    "no_write_key": "no writeKey",
-    "write_key_not_string": "a writeKey that is not a string",
-    "invalid_write_key": "a writeKey that is not one of --write-key",
-    "no_user_anon_id": "neither userId nor anonymousId",
-    "id_not_string": "userId, anonymousId, messageId, groupId or previousId is not a string "
-                     "or number",
-    "event_not_defined": "a track without an event",
-    "event_not_string": "a track whose event is not a string",
-    "group_id_not_defined": "a group without a groupId",
-    "previous_id_not_defined": "an alias without a previousId",
-    "user_id_not_defined": "an alias without a userId",
-    "name_not_string": "a page or screen name that is not a string",
-    "category_not_string": "a page or screen category that is not a string",
-    "properties_not_object": "properties is not an object",
-    "traits_not_object": "traits is not an object",
-    "context_not_object": "context is not an object",
-    "integrations_not_object": "integrations is not an object",
-    "invalid_timestamp": "timestamp, originalTimestamp or sentAt is not ISO-8601",
-    "invalid_base64": "data= that is not base64",
-    "invalid_utf8": "data=, a query or a body that is not UTF-8",
-    "invalid_json": "data= or a body that is not JSON",
-    "payload_not_object": "a payload or batch item that is not a JSON object",
-    "invalid_number": "NaN, Infinity, or a number too large for JSON such as 1e400",
-    "too_deep": "JSON nested more than %d levels" % MAX_DEPTH,
-    "payload_too_large": "a payload over 32 KB",
-    "event_too_large": "an event line over 128 KiB",
-    "invalid_key": "a malformed plain parameter name, such as a..b or properties.",
-    "duplicate_key": "a plain parameter given twice",
-    "key_conflict": "a plain parameter that is both a value and an object",
-    "too_many_params": "more than %d plain parameters" % MAX_PARAMS,
-    "uri_too_long": "a request line over 64 KiB (the pixel still gets its GIF)",
-    "header_too_long": "a header line over 64 KiB (the pixel still gets its GIF)",
-    "too_many_headers": "more than %d headers (the pixel still gets its GIF)" % MAX_HEADERS,
-    "headers_too_large": "a request head over 128 KiB (the pixel still gets its GIF)",
-    "invalid_type": "HTTP API: a batch item without a valid type",
-    "batch_not_array": "HTTP API: a batch that is not a list",
-    "too_many_items": "HTTP API: more than %d batch items" % MAX_BATCH_ITEMS,
-    "body_too_large": "HTTP API: a body over 500 KB, after gunzip",
-    "batch_too_large": "HTTP API: a batch whose events, each with the shared fields it "
-                       "inherits, would write more than 16 times its body (at least 500 KB)",
-    "too_many_rejects": "HTTP API: more rejected items in one request than %d lines or "
-                        "64 KiB quote; one line counts the rest" % MAX_REJECTS_PER_REQUEST,
-    "origin_not_allowed": "HTTP API: a browser request from an origin --allow-origin does "
-                          "not allow, or not a well-formed one; nothing of it is written",
-    "torn_tail": "a log's last line was cut short (kill -9 or power loss mid-write); the "
-                 "fragment, cut from that log at start-up",
-    "invalid_gzip": "HTTP API: a gzip body that does not inflate",
-    "unsupported_encoding": "HTTP API: a Content-Encoding other than gzip",
-    "forward_rejected": "forwarding: the receiver answered 400, 413 or 422 to this one "
-                        "event; the line has the event and the receiver's answer",
-    "forward_unauthorized": "forwarding: the receiver answered 401 or 403 to this event's "
-                            "writeKey, which is not one of --write-key or --forward-write-key; "
-                            "the line has the event, for `pixel.py forward` to send again",
-    "forward_unreadable": "forwarding: a log line that is not an event pixel can send (not "
-                          "JSON, no writeKey, no newline, or over 500 KB)",
-    "forward_truncated": "backfill: a file that cannot be read to its end (a .gz cut short "
-                         "or corrupt); every whole line before the damage was sent",
-}
-
+# Every reason a rejects-log line can name. The README's table explains each, and a test
+# checks that table, this list and the code's rejections against one another.
+REASONS = (
+    "no_write_key", "write_key_not_string", "invalid_write_key", "no_user_anon_id",
+    "id_not_string", "event_not_defined", "event_not_string", "group_id_not_defined",
+    "previous_id_not_defined", "user_id_not_defined", "name_not_string",
+    "category_not_string", "properties_not_object", "traits_not_object",
+    "context_not_object", "integrations_not_object", "invalid_timestamp", "invalid_base64",
+    "invalid_utf8", "invalid_json", "payload_not_object", "invalid_number", "too_deep",
+    "payload_too_large", "event_too_large", "invalid_key", "duplicate_key", "key_conflict",
+    "too_many_params", "uri_too_long", "header_too_long", "too_many_headers",
+    "headers_too_large", "invalid_type", "batch_not_array", "too_many_items",
+    "body_too_large", "batch_too_large", "too_many_rejects", "origin_not_allowed",
+    "torn_tail", "invalid_gzip", "unsupported_encoding", "forward_rejected",
+    "forward_unauthorized", "forward_unreadable", "forward_truncated")
 
 # --------------------------------------------------------------------------------------------
-# The pure core: query or body in, event or named rejection out. No I/O.
+# The pure core: a query or a body in, events or a named rejection out. No I/O.
 
 class Rejected(ValueError):
     """A request or event that breaks a rule; `reason` is a stable snake_case name."""
@@ -251,32 +176,25 @@ class Rejected(ValueError):
 
 
 def decode_query(query):
-    """Turn a pixel query string into the payload object it carries.
-
-    `data=` holds base64 JSON (standard or URL-safe alphabet, padded or not, "+" arrived as
-    a space). Every other parameter is plain: a dot in its name nests ("properties.subject=Hi"
-    becomes {"properties": {"subject": "Hi"}}) and its value stays a string. When both forms
-    are present they are merged, and the fields inside `data` win.
-    """
-    if query.startswith("data=") and "&" not in query:
-        # The common pixel: one base64 parameter, percent-escaped at most. Spaces and "+"
-        # need no unquoting, since decode_data reads both as "+".
+    """The payload a pixel's query carries. `data=` holds base64 JSON (either alphabet,
+    padded or not, a "+" arrived as a space); any other parameter is plain, a dot in its
+    name nesting ("properties.subject=Hi"), its value a string. Both forms merge, and the
+    fields inside `data` win."""
+    if query.startswith("data=") and "&" not in query:   # the common pixel, fast
         return decode_data(urllib.parse.unquote(query[5:]) if "%" in query else query[5:])
     try:
         pairs = parse_pairs(query)
     except UnicodeDecodeError:
         raise Rejected("invalid_utf8", "query") from None
-    data = None
-    plain = {}
-    size = 0
+    data, plain, size = None, {}, 0
     for key, value in pairs:
         size += len(key) + len(value)
-        if key == "data":
-            if data is not None:
-                raise Rejected("duplicate_key", "data")
-            data = value
-        else:
+        if key != "data":
             _set_dotted(plain, key, value)
+        elif data is not None:
+            raise Rejected("duplicate_key", "data")
+        else:
+            data = value
     if size > MAX_PAYLOAD_BYTES:
         raise Rejected("payload_too_large")
     if data is None:
@@ -285,22 +203,38 @@ def decode_query(query):
     return _overlay(plain, payload) if plain else payload
 
 
+# "%XX" to its character, for the ASCII escapes that make up nearly every query.
+_ASCII_ESCAPES = {form % code: chr(code) for code in range(128) for form in ("%02X", "%02x")}
+
+
+def _unquote(text):
+    """urllib.parse.unquote(text.replace("+", " "), errors="strict"), as parse_qsl reads a
+    field, in half the time when every escape is ASCII. Raises UnicodeDecodeError."""
+    if "+" in text:
+        text = text.replace("+", " ")
+    if "%" not in text:
+        return text
+    pieces = text.split("%")
+    decoded = [pieces[0]]
+    for piece in itertools.islice(pieces, 1, None):
+        character = _ASCII_ESCAPES.get(piece[:2])
+        if character is None:   # UTF-8, or not an escape at all: the general way
+            return urllib.parse.unquote(text, errors="strict")
+        decoded.append(character)
+        decoded.append(piece[2:])
+    return "".join(decoded)
+
+
 def parse_pairs(query):
     """urllib.parse.parse_qsl(query, keep_blank_values=True, errors="strict"), capped at
-    MAX_PARAMS fields, in a third of the time: only a field holding "%" or "+" is unquoted.
-    Raises UnicodeDecodeError for escapes that are not UTF-8."""
+    MAX_PARAMS fields, several times faster. Raises UnicodeDecodeError."""
     if query.count("&") >= MAX_PARAMS:
         raise Rejected("too_many_params")
     pairs = []
     for field in query.split("&"):
-        if not field:
-            continue
-        key, _, value = field.partition("=")
-        if "%" in key or "+" in key:
-            key = urllib.parse.unquote(key.replace("+", " "), errors="strict")
-        if "%" in value or "+" in value:
-            value = urllib.parse.unquote(value.replace("+", " "), errors="strict")
-        pairs.append((key, value))
+        if field:
+            key, _, value = field.partition("=")
+            pairs.append((_unquote(key), _unquote(value)))
     return pairs
 
 
@@ -310,16 +244,14 @@ def _set_dotted(target, key, value):
         raise Rejected("invalid_key", key[:100])
     node = target
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
             raise Rejected("key_conflict", key[:100])
-        node = child
-    last = parts[-1]
-    if last in node:
-        if isinstance(node[last], dict):
-            raise Rejected("key_conflict", key[:100])
+    if isinstance(node.get(parts[-1]), dict):
+        raise Rejected("key_conflict", key[:100])
+    if parts[-1] in node:
         raise Rejected("duplicate_key", key[:100])
-    node[last] = value
+    node[parts[-1]] = value
 
 
 def _overlay(base, top):
@@ -335,21 +267,19 @@ _MAX_DATA_CHARS = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
 
 
 def decode_data(data):
-    """Decode a pixel's `data=` value (base64 of a UTF-8 JSON object) into a dict."""
+    """A pixel's `data=` value, base64 of a UTF-8 JSON object, as a dict."""
     if len(data) > _MAX_DATA_CHARS + 2:
         raise Rejected("payload_too_large")
-    # Senders disagree about the alphabet and the padding, and "+" often arrives as a space
-    # because nobody percent-encoded it. Normalise to the standard alphabet, then decode
-    # strictly. (str.replace is several times faster than str.translate here.)
+    # Senders disagree about the alphabet and the padding, and "+" often arrives as a space:
+    # normalise to the standard alphabet, then decode strictly.
     text = data.rstrip("=")
     if "-" in text or "_" in text:
         text = text.replace("-", "+").replace("_", "/")
     if " " in text:
         text = text.replace(" ", "+")
-    text += "=" * (-len(text) % 4)
     try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):   # bad characters, bad length, or non-ASCII
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):   # bad characters, bad length, or not ASCII
         raise Rejected("invalid_base64") from None
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise Rejected("payload_too_large")
@@ -360,38 +290,31 @@ def _refuse_constant(name):
     raise Rejected("invalid_number", name)
 
 
-# Built once: json.loads with any keyword argument builds a new decoder on every call.
+# Built once: json.loads with a keyword argument builds a decoder on every call.
 _decode_json = json.JSONDecoder(parse_constant=_refuse_constant).decode
-
 
 _NOT_BRACKET = re.compile(r'[^\[\]{}]+')
 _BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 def json_depth(text):
-    """How deep JSON text nests: the most brackets open at once outside strings.
-
-    Linear in the text, and all of it in C but one accumulate() over the brackets. Inside a
-    JSON string a backslash escapes exactly the next character, so dropping escaped
-    backslashes, then escaped quotes, leaves only quotes that open or close strings: every
-    other piece between them is outside. (A regular expression that skipped strings was
-    tried again at each quote inside an unterminated string: quadratic, with the GIL held.)
-    Text that is not JSON may be miscounted after its first error, where json stops too.
-    """
+    """How deep JSON text nests, in one linear pass, all but the final sum in C. Inside a
+    string a backslash escapes the next character, so dropping escaped backslashes, then
+    escaped quotes, leaves only quotes that open or close strings. (A regular expression
+    that skipped strings went quadratic on an unterminated one, with the GIL held.)"""
     unescaped = text.replace("\\\\", "").replace('\\"', "")
-    outside = "".join(unescaped.split('"')[::2])
-    brackets = _NOT_BRACKET.sub("", outside)
+    brackets = _NOT_BRACKET.sub("", "".join(unescaped.split('"')[::2]))
     return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
 
 
-# A \uD800-\uDFFF escape, which json turns into a lone surrogate unless it pairs with the next.
+# A \uD800-\uDFFF escape, which json turns into a lone surrogate unless it pairs up.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _replace_surrogates(value):
-    """`value` with every lone surrogate replaced by U+FFFD. Strict JSON readers (serde_json,
-    which Vector uses) refuse a line holding one; json joins the valid pairs itself."""
+    """`value` with each lone surrogate made U+FFFD: strict readers (serde_json, so
+    Vector) refuse a line holding one."""
     if isinstance(value, str):
         return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
@@ -403,13 +326,12 @@ def _replace_surrogates(value):
 
 
 def parse_object(raw, max_depth=MAX_DEPTH):
-    """Parse UTF-8 JSON text that must hold an object nested at most `max_depth` deep."""
+    """UTF-8 JSON text that must hold an object nested at most `max_depth` deep."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise Rejected("invalid_utf8") from None
-    # Counting brackets is a cheap upper bound on depth; only a payload with many of them
-    # pays for the exact scan, which skips brackets inside strings.
+    # Counting brackets bounds the depth cheaply; only a payload with many pays the scan.
     if text.count("{") + text.count("[") > max_depth and json_depth(text) > max_depth:
         raise Rejected("too_deep")
     try:
@@ -425,7 +347,7 @@ def parse_object(raw, max_depth=MAX_DEPTH):
     return payload
 
 
-# re.ASCII: \d would otherwise match Arabic-Indic or fullwidth digits, which int() reads.
+# re.ASCII: \d would match Arabic-Indic or fullwidth digits, which int() reads.
 _ISO_8601 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)(?:[Tt ](\d\d):(\d\d)(?::(\d\d)(?:[.,](\d{1,9}))?)?"
     r"([Zz]|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)?)?\Z", re.ASCII)
@@ -441,20 +363,18 @@ def parse_time(value):
                                int(minute or 0), int(second or 0), tzinfo=datetime.timezone.utc)
     seconds = moment.timestamp() + float("0." + (fraction or "0"))
     if zone and zone not in "Zz":
-        sign = 1 if zone[0] == "+" else -1
         digits = zone[1:].replace(":", "")
-        seconds -= sign * (int(digits[:2]) * 3600 + int(digits[2:] or 0) * 60)
+        offset = int(digits[:2]) * 3600 + int(digits[2:] or 0) * 60
+        seconds += -offset if zone[0] == "+" else offset
     return seconds
 
 
-_FIRST_SECOND, _LAST_SECOND = 0, 253402300800   # 1970-01-01 to the end of year 9999
-
-
+_LAST_SECOND = 253402300800   # the end of year 9999
 _second_cache = (None, "")
 
 
 def format_time(seconds):
-    """UTC ISO-8601 with milliseconds and Z, the form Segment writes."""
+    """UTC ISO-8601 with milliseconds and Z, as Segment writes it."""
     global _second_cache
     whole, millis = divmod(int(round(seconds * 1000)), 1000)
     cached_second, text = _second_cache
@@ -481,18 +401,16 @@ def _string_id(payload, field):
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
-        if not math.isfinite(value):   # 1e400 parses as inf; it must not be logged as "inf"
+        if not math.isfinite(value):   # 1e400 parses as inf, which must not be logged
             raise Rejected("invalid_number", field)
         return str(value)
     raise Rejected("id_not_string", field)
 
 
 def validate(kind, payload, write_keys=None):
-    """Check a payload against Segment's rules for `kind`; return a copy with ids as strings.
-
-    `write_keys`, when given, is the set of accepted keys; otherwise any non-empty key is.
-    Raises Rejected with Segment's code where it has one.
-    """
+    """A copy of `payload` with its ids made strings, if it keeps Segment's rules for
+    `kind`; else Rejected, with Segment's code where it has one. `write_keys`, when given,
+    are the accepted keys; otherwise any non-empty one is."""
     if kind not in EVENT_TYPES:
         raise Rejected("invalid_type", str(kind)[:40])
     write_key = payload.get("writeKey")
@@ -510,34 +428,30 @@ def validate(kind, payload, write_keys=None):
     if event.get("userId") in (None, "") and event.get("anonymousId") in (None, ""):
         raise Rejected("no_user_anon_id")
     if kind == "track":
-        name = payload.get("event")
-        if name is None or name == "":
+        if payload.get("event") in (None, ""):
             raise Rejected("event_not_defined")
-        if not isinstance(name, str):
+        if not isinstance(payload["event"], str):
             raise Rejected("event_not_string")
     elif kind == "group":
-        group_id = _string_id(payload, "groupId")
-        if group_id is None:
+        event["groupId"] = _string_id(payload, "groupId")
+        if event["groupId"] is None:
             raise Rejected("group_id_not_defined")
-        event["groupId"] = group_id
     elif kind == "alias":
-        previous_id = _string_id(payload, "previousId")
-        if previous_id is None:
+        event["previousId"] = _string_id(payload, "previousId")
+        if event["previousId"] is None:
             raise Rejected("previous_id_not_defined")
-        event["previousId"] = previous_id
         if event.get("userId") in (None, ""):
             raise Rejected("user_id_not_defined")
     elif kind in ("page", "screen"):
         for field, reason in _STRING_FIELDS.items():
             if payload.get(field) is not None and not isinstance(payload[field], str):
                 raise Rejected(reason)
-    # A null in one of these is accepted as absent, so it is written as absent: a reader of
+    # A null in one of these is taken as absent, and written as absent: a reader of
     # event["properties"]["x"] must not meet a null.
     for field, reason in _OBJECT_FIELDS.items():
         value = payload.get(field)
         if value is None:
-            if field in payload:
-                del event[field]
+            event.pop(field, None)
         elif not isinstance(value, dict):
             raise Rejected(reason)
     for field in _STRING_FIELDS:
@@ -547,22 +461,19 @@ def validate(kind, payload, write_keys=None):
         if payload.get(field) is not None:
             try:
                 parse_time(payload[field])
-            except ValueError:   # also a day or hour out of range
+            except ValueError:   # a day or an hour out of range too
                 raise Rejected("invalid_timestamp", field) from None
     return event
 
 
-_message_ids = random.Random(os.urandom(32))   # seeded when the module loads; see below
+_message_ids = random.Random(os.urandom(32))
 if hasattr(os, "register_at_fork"):   # a forked child must not repeat its parent's ids
     os.register_at_fork(after_in_child=lambda: _message_ids.seed(os.urandom(32)))
 
 
 def new_message_id():
-    """A random (version 4) UUID string.
-
-    uuid.uuid4() asks the kernel for 16 bytes on every call; an id only needs to be unique,
-    not secret, so the bits come from a Mersenne Twister seeded once from os.urandom.
-    """
+    """A random (version 4) UUID. An id needs to be unique, not secret, so its bits come
+    from a Mersenne Twister seeded from os.urandom, not a system call an event as uuid4's."""
     bits = _message_ids.getrandbits(128) & ~(0xF000 << 64 | 0xC000 << 48) | \
         (0x4000 << 64 | 0x8000 << 48)
     text = "%032x" % bits
@@ -571,31 +482,25 @@ def new_message_id():
 
 def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=None,
            anonymize=False):
-    """Return the event to log: the payload plus type, messageId, receivedAt, timestamp and
-    context.ip / context.userAgent, as Segment's API adds them.
-
-    `received_at` is the server's clock (seconds since the epoch); `ip=None` drops any IP,
-    the client's included; `anonymize` truncates a client-sent context.ip as anonymize_ip
-    does (the caller truncates `ip`), and drops one that is not an address. A client-sent
-    messageId, timestamp, context.ip or context.userAgent is kept. Without a timestamp,
-    one is derived as Segment does: with both sentAt and originalTimestamp, receivedAt -
-    (sentAt - originalTimestamp) corrects the client's clock skew; else originalTimestamp;
-    else receivedAt.
-    """
+    """The event to log: the payload plus type, messageId, receivedAt, timestamp and
+    context.ip and context.userAgent, as Segment's API adds them. `ip=None` drops any
+    address, the client's too; `anonymize` truncates a client-sent context.ip (the caller
+    truncates `ip`) and drops one that is not an address. Without a timestamp it is
+    derived as Segment does: receivedAt - (sentAt - originalTimestamp) with both, which
+    corrects the client's clock; else originalTimestamp; else receivedAt."""
     event = {"type": kind}
     event.update(payload)
     event["type"] = kind
     if not event.get("messageId"):
         event["messageId"] = message_id or new_message_id()
-    received = format_time(received_at)
-    event["receivedAt"] = received
+    received = event["receivedAt"] = format_time(received_at)
     if event.get("timestamp") is None:
         original, sent = event.get("originalTimestamp"), event.get("sentAt")
         corrected = None
         if original is not None and sent is not None:
             corrected = received_at - (parse_time(sent) - parse_time(original))
-        # format_time rounds to the millisecond: check what it will write, not less.
-        if corrected is not None and _FIRST_SECOND <= round(corrected, 3) < _LAST_SECOND:
+        # format_time rounds to the millisecond: check what it will write.
+        if corrected is not None and 0 <= round(corrected, 3) < _LAST_SECOND:
             event["timestamp"] = format_time(corrected)
         else:
             event["timestamp"] = original if original is not None else received
@@ -618,34 +523,35 @@ def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=N
 
 def build_event(kind, payload, *, received_at, write_keys=None, ip=None, user_agent=None,
                 anonymize=False):
-    """validate + enrich: the one path from a payload to the event to log, for pixels and
-    the HTTP API alike. Raises Rejected."""
+    """validate + enrich: the one path from a payload to an event, for every route."""
     return enrich(kind, validate(kind, payload, write_keys), received_at=received_at, ip=ip,
                   user_agent=user_agent, anonymize=anonymize)
 
 
 def pixel_event(kind, query, *, received_at, write_keys=None, ip=None, user_agent=None):
-    """decode_query + build_event: the event a pixel request records. Raises Rejected."""
+    """decode_query + build_event: the event a pixel request records."""
     return build_event(kind, decode_query(query), received_at=received_at,
                        write_keys=write_keys, ip=ip, user_agent=user_agent)
 
 
 def _make_encoder():
-    """Compact ASCII JSON, refusing NaN and infinities. JSONEncoder.encode builds a new C
-    encoder on every call; building it once saves ~4 us an event. Objects here come from
-    JSON, so they cannot be cyclic and no circular-reference markers are kept."""
+    """Compact ASCII JSON that refuses NaN and infinities. JSONEncoder.encode builds a C
+    encoder on every call; this builds one once, through json.encoder.c_make_encoder, a
+    private API: it saves ~3 us an event, and test_pixel.LineEncoding checks its output
+    against the documented encoder's. Where it is missing or its signature differs, the
+    documented encoder is used."""
     encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    make = getattr(json.encoder, "c_make_encoder", None)
-    try:   # the C accelerator's signature since CPython 3.11
-        scan = make(None, encoder.default, json.encoder.encode_basestring_ascii, None,
-                    ":", ",", False, False, False)
-    except TypeError:   # no accelerator, or an older signature: the documented way
+    try:   # the signature since CPython 3.11; objects from JSON cannot be cyclic
+        scan = json.encoder.c_make_encoder(None, encoder.default,
+                                           json.encoder.encode_basestring_ascii, None,
+                                           ":", ",", False, False, False)
+    except (AttributeError, TypeError):
         return encoder.encode
     return lambda document: "".join(scan(document, 0))
 
 
 _encode = _make_encoder()
-# For text that is only quoted in a rejects-log line, where an out-of-range float may appear.
+# For what a rejects line only quotes, where 1e400 may appear.
 _encode_lenient = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
 
@@ -675,17 +581,16 @@ def decode_body(body, content_encoding=None):
 
 
 def request_log_limit(body_size):
-    """The most one API request of `body_size` bytes (after gunzip) may add to the event log:
-    16 times its body, or 500 KB for a small one, and never more than MAX_REQUEST_LOG_BYTES.
-    A batch of ten thousand two-field items would otherwise write 40 times its body once
-    each item carries the request's user agent and the server's fields."""
+    """The most one API request of `body_size` bytes may add to the log: 16 times its body,
+    at least 500 KB, at most MAX_REQUEST_LOG_BYTES. Ten thousand two-field items would
+    otherwise write 40 times their body once each has a user agent and pixel's fields."""
     return min(MAX_REQUEST_LOG_BYTES, max(MAX_BATCH_BYTES, 16 * body_size))
 
 
 def _gunzip(body):
-    """Inflate every gzip member in `body` (RFC 1952 allows several, and gzip -c a b > c
-    makes them), each checked against its CRC and length trailer. A bomb of a few KB can
-    inflate to gigabytes, so inflating stops one byte past the cap."""
+    """Every gzip member of `body` (gzip -c a b > c makes several), each checked against
+    its trailer, inflating no further than one byte past the cap: a bomb of a few KB can
+    inflate to gigabytes."""
     parts, size = [], 0
     while True:
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -696,7 +601,7 @@ def _gunzip(body):
         size += len(part)
         if inflater.unconsumed_tail or size > MAX_BATCH_BYTES:
             raise Rejected("body_too_large")
-        if not inflater.eof:   # cut short: no trailer, so no CRC was checked
+        if not inflater.eof:   # cut short: no trailer, so nothing was checked
             raise Rejected("invalid_gzip")
         parts.append(part)
         body = inflater.unused_data
@@ -705,7 +610,7 @@ def _gunzip(body):
 
 
 def _basic_auth_user(authorization):
-    """The user part of an HTTP Basic credential: Segment's SDKs send `writeKey:`."""
+    """The user of an HTTP Basic credential: Segment's SDKs send `writeKey:`."""
     scheme, _, credential = (authorization or "").partition(" ")
     if scheme.lower() != "basic":
         return None
@@ -717,47 +622,38 @@ def _basic_auth_user(authorization):
 
 
 def query_write_key(query):
-    """The writeKey parameter of a request's query string, None without one; no other
-    parameter is read. Raises Rejected for a writeKey given twice or not UTF-8."""
+    """A query's writeKey parameter, None without one. Raises Rejected for two, or one
+    that is not UTF-8."""
     write_key = None
     for field in query.split("&"):
         name, _, value = field.partition("=")
-        if "%" in name:
-            name = urllib.parse.unquote(name, errors="replace")
-        if name != "writeKey":
+        if ("%" in name and urllib.parse.unquote(name, errors="replace") or name) != "writeKey":
             continue
         if write_key is not None:
             raise Rejected("duplicate_key", "writeKey")
         try:
-            write_key = urllib.parse.unquote(value.replace("+", " "), errors="strict")
+            write_key = _unquote(value)
         except UnicodeDecodeError:
             raise Rejected("invalid_utf8", "writeKey") from None
     return write_key or None
 
 
 def request_write_key(authorization, query):
-    """The writeKey a request names outside its body: the user of its HTTP Basic auth (what
-    Segment's and RudderStack's SDKs send), else its query's writeKey (for a client that
-    cannot send Authorization: navigator.sendBeacon, RudderStack's beacon transport). None
-    if it names neither; Rejected as query_write_key raises it."""
+    """The writeKey a request names outside its body: its Basic auth user (Segment's and
+    RudderStack's SDKs), else its query's (navigator.sendBeacon cannot send Authorization)."""
     return _basic_auth_user(authorization) or (query_write_key(query) if query else None)
 
 
 def api_payloads(route, body, *, authorization=None, query=""):
-    """Split an HTTP Tracking API body into (kind, payload) pairs, one per event.
-
-    `route` is the last path segment: an event type, or "batch" / "import". A batch's
-    top-level context, integrations, writeKey and sentAt are given to each item that lacks
-    them (and merged into an item's own context or integrations). An event without a
-    writeKey of its own (or its batch's) gets the request's: its Basic auth user, else the
-    `query`'s writeKey (request_write_key). Raises Rejected for a body that is not a JSON
-    object or breaks a size limit (the caller answers 400); an item that is not an event,
-    or is over 32 KB with the shared fields counted in, comes back as a Rejected (holding
-    the item) in place of its payload, so the rest of the batch counts.
-    """
+    """An HTTP Tracking API body as (kind, payload) pairs, one an event. `route` is the last
+    path segment: an event type, "batch" or "import". A batch gives its context,
+    integrations, writeKey and sentAt to each item lacking them (merged into an item's own
+    context or integrations); an event with no writeKey of its own or its batch's takes
+    request_write_key's. Raises Rejected for a body that is not one (a 400); an item that
+    is not an event, or is over 32 KB with what it inherits, comes back as a Rejected
+    holding it, in place of its payload, so that the rest of the batch counts."""
     batch = route in BATCH_ROUTES
-    # A batch nests its events two levels down, in {"batch": [...]}.
-    document = parse_object(body, MAX_DEPTH + 2 if batch else MAX_DEPTH)
+    document = parse_object(body, MAX_DEPTH + 2 if batch else MAX_DEPTH)   # {"batch": [{
     fallback_key = request_write_key(authorization, query)
     if not batch:
         if len(body) > MAX_PAYLOAD_BYTES:
@@ -774,18 +670,16 @@ def api_payloads(route, body, *, authorization=None, query=""):
                                                    "writeKey") if document.get(field)}
     if fallback_key and "writeKey" not in shared:
         shared["writeKey"] = fallback_key
-    # An item's size is counted with the shared fields it may inherit, so a large shared
-    # context cannot be copied into thousands of small items; and all items together are
-    # bounded, so one request cannot write more than a small multiple of its body.
+    # An item counts what it may inherit toward its 32 KB and its depth, so that a large
+    # shared context is not copied into thousands of small items; and all the items
+    # together may write only a small multiple of the body.
     inherited = 0
     for value in shared.values():
         text = _encode_lenient(value)
         inherited += len(text)
         if json_depth(text) > MAX_DEPTH - 1:   # level 2 of every event that inherits it
             raise Rejected("too_deep")
-    limit = request_log_limit(len(body))
-    total = 0
-    pairs = []
+    limit, total, pairs = request_log_limit(len(body)), 0, []
     for item in items:
         if not isinstance(item, dict):
             pairs.append((None, Rejected("payload_not_object", item=item)))
@@ -809,17 +703,40 @@ def api_payloads(route, body, *, authorization=None, query=""):
     return pairs
 
 
+def dedupe_key(write_key, message_id):
+    """What the dedupe window knows an event by: its writeKey and messageId, since Segment
+    de-duplicates per source. None if either is over MAX_DEDUPE_ID bytes."""
+    for text in (write_key, message_id):
+        if len(text) > MAX_DEDUPE_ID or not text.isascii() and \
+                len(text.encode("utf-8", "replace")) > MAX_DEDUPE_ID:
+            return None
+    return "%d:%s:%s" % (len(write_key), write_key, message_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Addresses: which one a request came from, and how --anonymize-ip truncates it
+
+def _address(text):
+    """An ip_address, IPv4-mapped IPv6 read as IPv4; None if `text` is not an address."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def _trusted(peer, trusted_proxies):
+    address = _address(peer) if trusted_proxies else None
+    return address is not None and any(address in network for network in trusted_proxies)
+
+
 def client_ip(peer, forwarded_for, trusted_proxies):
-    """The client address: the peer, or with a trusted peer the right-most untrusted entry of
-    X-Forwarded-For. Entries are read right to left, since only the right end was written
-    by proxies we trust; the left end is whatever the client claimed. An IPv4-mapped IPv6
-    address (an IPv4 client of a dual-stack `--host ::` socket) is read as the IPv4 one."""
+    """The client's address: the peer, or with a trusted peer the right-most untrusted
+    entry of X-Forwarded-For, read right to left since only the right end was written by
+    proxies we trust. An IPv4-mapped IPv6 peer (a `--host ::` socket) is read as IPv4."""
     if peer.startswith("::ffff:"):
         peer = str(_address(peer) or peer)
-    if not trusted_proxies or not forwarded_for:
-        return peer
-    address = _address(peer)
-    if address is None or not any(address in network for network in trusted_proxies):
+    if not forwarded_for or not _trusted(peer, trusted_proxies):
         return peer
     candidate = peer
     for entry in reversed(forwarded_for.split(",")):
@@ -832,16 +749,22 @@ def client_ip(peer, forwarded_for, trusted_proxies):
     return candidate
 
 
+def request_scheme(request, trusted_proxies):
+    """"https" or "http": how the client reached us; a trusted proxy that ends TLS in
+    front of pixel says so in X-Forwarded-Proto."""
+    forwarded = request.headers.get("x-forwarded-proto", "").strip().lower()
+    if forwarded in ("http", "https") and _trusted(request.peer, trusted_proxies):
+        return forwarded
+    return request.scheme
+
+
 def anonymize_ip(text):
-    """`text`, an IP address, truncated as Matomo and Google Analytics do: an IPv4 address
-    to its /24 (203.0.113.7 -> 203.0.113.0), an IPv6 one to its /48; None if `text` is not
-    an address (it could be one in a form this does not know, so it is not kept)."""
+    """An address truncated as Matomo and Google Analytics do: IPv4 to its /24, IPv6 to its
+    /48 (a 6to4 one to /40, which is the IPv4 /24); None for what is not an address."""
     address = _address(text.strip()) if text.isascii() else None
     if address is None:
         return None
-    prefix = 24 if address.version == 4 else 48
-    if address.version == 6 and address.sixtofour is not None:
-        prefix = 40   # 2002:AABB:CCDD::/48 is the whole IPv4 address AA.BB.CC.DD: keep /24
+    prefix = 24 if address.version == 4 else 40 if address.sixtofour is not None else 48
     return str(ipaddress.ip_network("%s/%d" % (address, prefix), strict=False)
                .network_address)
 
@@ -854,10 +777,9 @@ _IPV4_LIKE = re.compile(r"(?<![0-9.])\d+(?:\.\d+){3}(?![0-9])", re.ASCII)
 
 
 def anonymize_addresses(text):
-    """`text` (a request quoted in the rejects log) with each IP address in it, IPv6 ones
-    with their colons percent-encoded too, truncated as anonymize_ip does. Dotted text
-    that ipaddress refuses as IPv4 loses its last number all the same: inet_aton reads
-    203.0.113.077 as an address (077 in octal)."""
+    """`text` with each address in it, IPv6 colons percent-encoded or not, truncated as
+    anonymize_ip does; dotted text ipaddress refuses loses its last number all the same
+    (inet_aton reads 203.0.113.077 as an address)."""
     def truncate(match):
         found = match.group()
         address = anonymize_ip(found.replace("%3A", ":").replace("%3a", ":"))
@@ -867,16 +789,15 @@ def anonymize_addresses(text):
     return _IPV4_LIKE.sub(truncate, _IPV6_LIKE.sub(truncate, text))
 
 
-_UNICODE_ESCAPE = re.compile(r"[\\%]u([0-9A-Fa-f]{4})")   # JSON's \u002E, and IIS's %u002E
-_OTHER_DIGIT = re.compile(r"(?![0-9])\d")   # a decimal digit of another script, as int() reads
+_UNICODE_ESCAPE = re.compile(r"[\\%]u([0-9A-Fa-f]{4})")   # JSON's \u002E, IIS's %u002E
+_OTHER_DIGIT = re.compile(r"(?![0-9])\d")   # a digit of another script, which int() reads
 
 
 def _reveal(text):
-    """`text` as a reader could decode it: percent-escapes, \\u and %u escapes and HTML's
-    character references undone, as often as they nest, fullwidth forms (NFKC) and other
-    scripts' digits made ASCII. None if it still changes after MAX_DECODE_ROUNDS rounds, or
-    holds a percent-escape that is not UTF-8 (a lenient decoder reads the overlong %C0%AE
-    as a dot)."""
+    """`text` as a reader could decode it: percent-escapes, \\u and %u escapes and HTML
+    character references undone as often as they nest, fullwidth forms and other scripts'
+    digits made ASCII. None if it still changes after MAX_DECODE_ROUNDS rounds, or holds a
+    percent-escape that is not UTF-8 (a lenient decoder reads the overlong %C0%AE as ".")."""
     for _ in range(MAX_DECODE_ROUNDS + 1):
         try:
             decoded = urllib.parse.unquote(text, errors="strict") if "%" in text else text
@@ -887,43 +808,34 @@ def _reveal(text):
         if "&" in decoded:
             decoded = html.unescape(decoded)
         if not decoded.isascii():
-            decoded = unicodedata.normalize("NFKC", decoded)
             decoded = _OTHER_DIGIT.sub(lambda match: str(unicodedata.decimal(match.group())),
-                                       decoded)
+                                       unicodedata.normalize("NFKC", decoded))
         if decoded == text:
             return text
         text = decoded
     return None
 
 
-# What may end a text cut short in the middle of an address: taken off the cut end, since
-# part of an IPv6 address is no address and would be quoted as it is.
-_ADDRESS_CHARACTERS = "0123456789ABCDEFabcdef:.%"
-
-
 def anonymize_text(text, limit=None):
-    """Client text a line quotes, under --anonymize-ip: `text` itself if no address can be
-    read out of it (_reveal), else its decoded form with every address truncated; None if
-    it cannot be decoded far enough to tell, and so must not be quoted at all. With a
-    `limit`, only the first `limit` characters are looked at and quoted."""
+    """Client text a line may quote under --anonymize-ip: `text` itself if no address can
+    be read out of it, else its decoded form with every address truncated; None if it
+    cannot be decoded far enough to tell. With a `limit`, only so many characters."""
     cut = limit is not None and len(text) > limit
     revealed = _reveal(text[:limit] if cut else text)
     if revealed is None:
         return None
-    if cut:
-        revealed = revealed.rstrip(_ADDRESS_CHARACTERS)
+    if cut:   # part of an address is no address, and would be quoted as it is
+        revealed = revealed.rstrip("0123456789ABCDEFabcdef:.%")
     anonymized = anonymize_addresses(revealed)
     return text if anonymized == revealed and not cut else anonymized
 
 
 def anonymize_json(value, budget=MAX_REJECT_RAW):
-    """A copy of `value` (parsed JSON) fit to quote under --anonymize-ip: every string in
-    it, keys too, through anonymize_text, and a context.ip kept only as anonymize_ip
-    truncates it, as enrich keeps it. Returns (the copy, whether anything was left out).
-
-    Truncating an address costs ipaddress some microseconds, and a 500 KB body can hold a
-    hundred thousand: only the first `budget` characters of its strings, as many as a
-    quote can show, are looked at; the strings after them become ""."""
+    """(A copy of parsed JSON fit to quote under --anonymize-ip, whether anything was left
+    out): each string, keys too, through anonymize_text, and a context.ip kept only as
+    enrich keeps it. Truncating an address costs microseconds and a body can hold a
+    hundred thousand, so only the first `budget` characters of its strings are looked at;
+    the strings after them become ""."""
     left_out = []
 
     def quote(text):
@@ -938,8 +850,7 @@ def anonymize_json(value, budget=MAX_REJECT_RAW):
 
     def walk(value):
         if isinstance(value, str):
-            text = quote(value)
-            return "" if text is None else text
+            return quote(value) or ""
         if isinstance(value, list):
             return [walk(item) for item in value]
         if not isinstance(value, dict):
@@ -960,22 +871,19 @@ def anonymize_json(value, budget=MAX_REJECT_RAW):
                 context["ip"] = address
         return copy
 
-    copy = walk(value)   # nested at most MAX_DEPTH + 2: parse_object saw to that
-    return copy, bool(left_out)
+    return walk(value), bool(left_out)   # nested at most MAX_DEPTH + 2: see parse_object
 
 
-# Printable ASCII but what delimits or escapes a query: kept as is when rebuilding one.
+# Printable ASCII but what delimits or escapes a query: kept as is in a rebuilt one.
 _QUERY_SAFE = "".join(chr(code) for code in range(0x21, 0x7f) if chr(code) not in "%&=+#")
 
 
 def anonymize_query(query):
-    """A pixel's query as a rejects line may quote it under --anonymize-ip. A parameter
-    is kept as sent if no address can be read out of it (data= decoded from base64 and
-    JSON, any parameter's percent-escapes undone), else rebuilt from what it decodes to,
-    every address truncated (data= as URL-safe base64 again); one that does not decode is
-    left out, and so is what lies past the first MAX_REJECT_RAW characters (as when not
-    anonymizing, the line says queryTruncated). Returns (the query, whether anything
-    before that was left out)."""
+    """(A pixel's query as a rejects line may quote it under --anonymize-ip, whether
+    anything was left out). A parameter stays as sent if no address can be read out of it
+    (data= decoded from base64 and JSON, any escapes undone), else it is rebuilt from what
+    it decodes to with every address truncated; one that does not decode is left out, and
+    so is what lies past the first MAX_REJECT_RAW characters."""
     fields, left_out, budget = [], False, MAX_REJECT_RAW
     for field in query.split("&"):
         if budget <= 0:
@@ -983,8 +891,7 @@ def anonymize_query(query):
         budget -= len(field) + 1
         name, _, value = field.partition("=")
         try:
-            name = urllib.parse.unquote_plus(name, errors="strict")
-            value = urllib.parse.unquote_plus(value, errors="strict")
+            name, value = _unquote(name), _unquote(value)
         except UnicodeDecodeError:
             left_out = True
             continue
@@ -997,8 +904,8 @@ def anonymize_query(query):
             safe, cut = anonymize_json(payload)
             left_out = left_out or cut
             if safe != payload:
-                data = _encode_lenient(safe).encode("ascii")
-                field = "data=" + base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+                data = base64.urlsafe_b64encode(_encode_lenient(safe).encode("ascii"))
+                field = "data=" + data.decode("ascii").rstrip("=")
             fields.append(field)
             continue
         safe_name = anonymize_text(name, MAX_REJECT_RAW)
@@ -1009,7 +916,7 @@ def anonymize_query(query):
             left_out = True
             continue
         if (safe_name, safe_value) != (name, value):
-            # A \\u escape can make a lone surrogate, which UTF-8 cannot hold: "?".
+            # A \u escape can make a lone surrogate, which UTF-8 cannot hold: "?".
             field = "%s=%s" % (urllib.parse.quote(safe_name, _QUERY_SAFE, errors="replace"),
                                urllib.parse.quote(safe_value, _QUERY_SAFE, errors="replace"))
         fields.append(field)
@@ -1017,36 +924,23 @@ def anonymize_query(query):
 
 
 def anonymize_body(body):
-    """An HTTP API body (bytes, gunzipped) as a rejects line may quote it under
-    --anonymize-ip: its JSON through anonymize_json, encoded again. A body that is not
-    JSON, nor UTF-8, could hold an address in any encoding: it is left out whole.
-    Returns (the text, whether anything was left out)."""
+    """(An API body, gunzipped, as a rejects line may quote it under --anonymize-ip,
+    whether anything was left out): its JSON through anonymize_json. A body that is not
+    JSON could hold an address in any encoding: it is left out whole."""
     try:
         text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        return "", True
-    if json_depth(text) > MAX_DEPTH + 2:   # json's C scanner must not recurse that deep
-        return "", True
-    try:
+        if json_depth(text) > MAX_DEPTH + 2:   # json's C scanner must not recurse that deep
+            return "", True
         document = json.loads(text)
-    except ValueError:
+    except ValueError:   # UnicodeDecodeError too
         return "", True
     safe, left_out = anonymize_json(document)
     return _encode_lenient(safe), left_out
 
 
-def _address(text):
-    """An ip_address, IPv4-mapped IPv6 read as IPv4; None if `text` is not an address."""
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    return getattr(address, "ipv4_mapped", None) or address
-
-
 def user_agent(headers):
-    """The User-Agent header as text. HTTP transports hand over header bytes read as
-    Latin-1 (WSGI's rule too); a UTF-8 agent is read as UTF-8 again, not logged as mojibake."""
+    """The User-Agent header as text. Transports hand over header bytes read as Latin-1
+    (WSGI's rule too): a UTF-8 agent is read as UTF-8 again, not logged as mojibake."""
     agent = headers.get("user-agent")
     if agent and not agent.isascii():
         agent = agent.encode("latin-1", "replace").decode("utf-8", "replace")
@@ -1054,571 +948,47 @@ def user_agent(headers):
 
 
 # --------------------------------------------------------------------------------------------
-# Messages for operators
-
-class Reporter:
-    """One-line messages for operators on `stream` (stderr by default), each prefixed
-    "pixel: ". A message given a `key` is said at most once per `interval` seconds for that
-    key, so that a failing disk or a flood of bad requests cannot bury everything else. A
-    failed write to the stream itself (stderr on the same full disk) is counted in `lost`
-    and never raised: a message for the operator must not cost a client its answer."""
-
-    def __init__(self, stream=None, *, interval=ERROR_INTERVAL, clock=time.monotonic):
-        self.stream = stream
-        self.interval = interval
-        self.lost = 0
-        self._clock = clock
-        self._said = {}          # key -> when it was last said
-        self._lock = threading.Lock()
-        self._printing = threading.Lock()   # one whole line at a time
-
-    def say(self, message, key=None):
-        """Print `message`; with a `key`, only if that key was not said in the interval.
-        True if it was printed."""
-        if key is not None:
-            now = self._clock()
-            with self._lock:
-                last = self._said.get(key)
-                if last is not None and now - last < self.interval:
-                    return False
-                self._said[key] = now
-        try:
-            with self._printing:
-                print("pixel: " + message, file=self.stream or sys.stderr, flush=True)
-        except (OSError, ValueError):   # a full disk, a closed pipe, a closed stream
-            self.lost += 1
-            return False
-        return True
-
-
-# --------------------------------------------------------------------------------------------
-# The log writer
-
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
-_ROTATED_SUFFIX = re.compile(r"\.(\d{8}T\d{6}\.\d{3}Z)(?:-(\d+))?\Z")
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
-               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"))
-
-
-def file_kind(mode):
-    """What a file of st_mode `mode` is, in words: "a directory", "a FIFO" ..."""
-    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
-
-
-def open_file(path, flags=_READ_FLAGS, devices=False):
-    """os.open() for a regular file (and, with `devices`, a character device such as
-    /dev/full); anything else raises OSError(EINVAL, "not a regular file (a FIFO)"). The
-    open itself cannot block: a FIFO would wait there for a writer (or a reader) before any
-    signal handler could stop it, so it is opened O_NONBLOCK, checked with fstat, and set
-    back to blocking. A directory or /dev/zero would be read for ever."""
-    nonblocking = getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags | nonblocking, 0o644)
-    except OSError as error:
-        # A FIFO with no reader, or a socket, opened to write: ENXIO; a directory: EISDIR.
-        if error.errno not in (errno.ENXIO, errno.EISDIR):
-            raise
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            raise error from None
-        raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode),
-                      path) from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(mode) or devices and stat.S_ISCHR(mode)):
-            raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode), path)
-        if nonblocking:
-            os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _lock(fd, path):
-    """Take an exclusive flock on a log: a second pixel process writing the same file would
-    rotate it under the first, and lines would be lost. Where the file system has no flock
-    (some network ones), nothing is locked, as before."""
-    if fcntl is None:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise OSError(errno.EBUSY, "another process writes it (it holds its flock)",
-                      path) from None
-    except OSError as error:
-        if error.errno not in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
-            raise
-
-
-class LogWriter:
-    """Appends whole lines to a file, one os.write each, before the caller answers.
-
-    The file is opened with O_APPEND, so a kill -9 loses nothing that was written and no line
-    is torn. With `max_bytes`, the live file is renamed to `<path>.<UTC stamp>` when the next
-    write would cross the limit (as RotatingFileHandler does), a fresh file is opened, and
-    with `keep` the oldest rotated files beyond that many are deleted, each deletion said on
-    stderr. If something else renames the file, a write at most PATH_CHECK_INTERVAL later
-    reopens the path (as WatchedFileHandler does, though it looks at every write), and a
-    line written into a file deleted under it is written again to a fresh one. A failed or
-    short write is cut back to the last whole line, counted in `failed`, and reported
-    through `reporter` at most once per interval; writing resumes by itself when the disk
-    has room again.
-
-    One process owns a log file: rotation and the torn-tail repair assume no other writer,
-    so the open file is held with an exclusive flock, and a second process's LogWriter on
-    it fails to open with EBUSY.
-
-    A `follower` (the Forwarder) may be attached with follow(): it is handed a readable
-    descriptor of each file the writer opens, in the order they are written, and
-    rotated files it still holds are not deleted by `keep`. That needs `readable=True`.
-    """
-
-    def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None,
-                 readable=False):
-        # The real path: rotating a symlink would rename the link, not the file it names.
-        self.path = os.path.realpath(path)
-        self.max_bytes = max_bytes
-        self.keep = keep
-        self.written = 0        # lines on disk
-        self.written_bytes = 0  # ... and their bytes
-        self.failed = 0         # lines that could not be written
-        self.rotations = 0
-        self._clock = clock
-        self._reporter = reporter or Reporter()
-        self._lock = threading.Lock()
-        self._fd = None
-        self._identity = None
-        self._size = 0          # where the file's last whole line ends
-        self._torn = False      # a short write left bytes past _size that are not yet cut
-        self._failing_since = None
-        self._failures_unreported = 0
-        self._moved_at = None   # when the open file was first seen renamed away
-        self._path_checked = float("-inf")   # when write() last looked at the path
-        self._flags = _OPEN_FLAGS if not readable else \
-            _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR
-        self.follower = None
-        self.torn_tail = None   # the start of a torn last line cut at start-up, if any
-        self.torn_tail_bytes = 0
-        self.created = not os.path.lexists(self.path)   # by this start: see discard()
-        self._open()            # at start-up an OSError here is the operator's to see
-        try:
-            self._cut_torn_tail()
-        except OSError:
-            self._close()
-            raise
-
-    @property
-    def failing(self):
-        return self._failing_since is not None
-
-    def _open(self):
-        fd = open_file(self.path, self._flags, devices=True)   # /dev/null, /dev/full too
-        try:
-            status = os.fstat(fd)
-            if (status.st_dev, status.st_ino) == self._identity and self._fd is not None:
-                os.close(fd)   # the file it has open (a SIGHUP with nothing renamed)
-                return
-            _lock(fd, self.path)
-            handed = os.dup(fd) if self.follower is not None else None
-        except OSError:   # in use, out of descriptors: keep the file open until now
-            os.close(fd)
-            raise
-        self._fd, self._identity, self._size = fd, (status.st_dev, status.st_ino), status.st_size
-        if handed is not None:   # under the lock: files reach the follower in write order
-            self.follower.opened(handed, self._identity, self.path)
-
-    def follow(self, follower):
-        """Attach `follower` and hand it the open file; return (descriptor, identity,
-        committed end, lines written so far), all taken at the same instant."""
-        if not self._flags & os.O_RDWR:
-            raise ValueError("a LogWriter needs readable=True to be followed")
-        with self._lock:
-            self.follower = follower
-            return os.dup(self._fd), self._identity, self._size, self.written
-
-    def committed_end(self, identity):
-        """Where the last whole line written to file `identity` ends, if it is the open
-        file; None otherwise. A follower reads no further: past it, a short write may be
-        about to be cut."""
-        return self._size if self._identity == identity else None
-
-    def _reopen(self):
-        """Open the path afresh, then close the file open until now (so that if the path
-        cannot be opened, the old file stays open); a torn tail still to cut was the old
-        file's."""
-        old = self._fd
-        self._open()
-        if self._fd == old:   # the path names the file it has open: nothing to do
-            return
-        self._torn = False
-        self._moved_at = None
-        if old is not None:
-            os.close(old)
-
-    def reopen(self):
-        """Open the path afresh (SIGHUP, logrotate's convention), even if it names the
-        same file; what is written from now on goes to the file at the path. If the path
-        cannot be opened, raises OSError and keeps the file it had."""
-        with self._lock:
-            self._reopen()
-
-    def _cut_torn_tail(self):
-        """A kill -9 or a power cut during a write can leave a last line with no newline;
-        the next line appended to it would be glued on, and neither would parse. Cut the
-        fragment back to the last whole line, keeping its first MAX_REJECT_RAW bytes in
-        `torn_tail` (for the rejects log), and say so."""
-        if not self._size:
-            return
-        end = self._size
-        reader = os.open(self.path, _READ_FLAGS)
-        try:
-            if os.pread(reader, 1, end - 1) == b"\n":
-                return
-            start = end
-            # Back to the last newline, a block at a time; no further than one write can
-            # leave, since a file of gigabytes with no newline is not worth reading through.
-            while start > 0 and end - start <= MAX_WRITE_BYTES:
-                block_start = max(0, start - RECV_SIZE)
-                block = os.pread(reader, start - block_start, block_start)
-                newline = block.rfind(b"\n")
-                if newline >= 0:
-                    start = block_start + newline + 1
-                    break
-                start = block_start
-            if end - start > MAX_WRITE_BYTES:
-                # pixel never writes that much at once: this is not a torn write but a file
-                # that is not a pixel log, and cutting it would destroy it.
-                raise OSError(errno.EINVAL, "its last %d bytes have no newline, more than "
-                                            "one write leaves; is it a pixel log?"
-                              % (end - start))
-            self.torn_tail = os.pread(reader, min(end - start, MAX_REJECT_RAW), start)
-        finally:
-            os.close(reader)
-        self.torn_tail_bytes = end - start
-        os.ftruncate(self._fd, start)
-        self._size = start
-        self._reporter.say("%s ended in a torn line (%d bytes, no newline): cut it"
-                           % (self.path, end - start))
-
-    def _close(self):
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
-    def close(self):
-        with self._lock:
-            self._close()
-
-    def discard(self):
-        """Close, and remove the file if this writer created it and it is still empty and
-        still at the path: a start that fails after opening its logs leaves the folder as
-        it found it (a file that was there before, or that holds a line, is kept)."""
-        with self._lock:
-            if self._fd is not None and self.created:
-                opened = os.fstat(self._fd)
-                try:
-                    named = os.stat(self.path)
-                    if opened.st_size == 0 and \
-                            (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
-                        os.unlink(self.path)
-                except FileNotFoundError:   # removed already, by someone else
-                    pass
-                except OSError as error:
-                    self._reporter.say("cannot remove %s, created by a start that failed: %s"
-                                       % (self.path, error.strerror or error))
-            self._close()
-
-    def write(self, lines):
-        """Append `lines` (a list of bytes, each ending in a newline). True once all are on
-        disk. Lines go out in as few write() calls as rotation and MAX_WRITE_BYTES allow;
-        if one fails, the lines before it stay written and counted, the rest are failed."""
-        # Whether the path still names the open file (an outside mv, or a new file put
-        # there) is looked at once every PATH_CHECK_INTERVAL, by the first write after it:
-        # a stat a write would cost a system call, and a hand-over of the GIL, per event.
-        # Meanwhile a line goes on into a renamed file, where it is not lost: shippers that
-        # follow inodes, and the forwarder, read that file to its end. A delete is caught
-        # after every write (_append_linked), and the line written again. The stat is taken
-        # before the lock, so that threads queue only behind the write itself. (An inotify
-        # watch was tried instead: a write could beat its notice.)
-        now = self._clock()
-        check = not 0 <= now - self._path_checked < PATH_CHECK_INTERVAL or self._fd is None
-        if check:
-            self._path_checked = now
-            try:
-                status = os.stat(self.path)
-            except OSError:
-                status = None
-        with self._lock:
-            done = 0
-            try:
-                if check:
-                    self._follow_path(status)
-                if self._torn:   # an earlier cut failed; never extend the file with it
-                    if os.fstat(self._fd).st_size > self._size:
-                        os.ftruncate(self._fd, self._size)
-                    self._torn = False
-                for chunk, count in self._chunks(lines):
-                    if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
-                        self._rotate()
-                    self._append_linked(chunk)
-                    done += count
-            except OSError as error:
-                self.written += done
-                self.failed += len(lines) - done
-                self._report_failure(error, len(lines) - done)
-                return False
-            self.written += done
-            if self._failing_since is not None:
-                self._reporter.say("writing %s again after %d failed line(s)"
-                                   % (self.path, self._failures_unreported))
-                self._failing_since = None
-                self._failures_unreported = 0
-            return True
-
-    def _chunks(self, lines):
-        """(bytes, line count) pieces of `lines` for one write() each: whole lines, at most
-        MAX_WRITE_BYTES (or max_bytes) each, unless one line is larger on its own."""
-        if len(lines) == 1:
-            return [(lines[0], 1)]
-        limit = min(self.max_bytes or MAX_WRITE_BYTES, MAX_WRITE_BYTES)
-        chunks, current, size = [], [], 0
-        for line in lines:
-            if current and size + len(line) > limit:
-                chunks.append((b"".join(current), len(current)))
-                current, size = [], 0
-            current.append(line)
-            size += len(line)
-        chunks.append((b"".join(current), len(current)))
-        return chunks
-
-    def _follow_path(self, status):
-        """Reopen the configured path if the open file is no longer at it (logrotate's
-        `create` mode, an operator's mv or rm). `status` is a stat of the path taken just
-        before the lock; a mismatch is checked again, since our own rotation may have
-        happened in between.
-
-        A file renamed away with nothing at its path yet is written to for MOVED_GRACE
-        seconds more: logrotate's `create` renames, then creates the new file with O_EXCL,
-        and fails if we created it first. Lines written there are not lost: the renamed
-        file is the rotated one, which shippers that follow inodes read to its end. If the
-        path cannot be opened even then (its folder was renamed or removed) but the open
-        file still has a name somewhere, writing goes on there."""
-        if self._fd is not None:
-            if status is not None and (status.st_dev, status.st_ino) == self._identity:
-                return
-            try:
-                status = os.stat(self.path)
-            except FileNotFoundError:
-                status = None
-            if status is not None and (status.st_dev, status.st_ino) == self._identity:
-                return
-            if status is None and os.fstat(self._fd).st_nlink:
-                now = self._clock()
-                if self._moved_at is None or now < self._moved_at:
-                    self._moved_at = now
-                if now - self._moved_at < MOVED_GRACE:
-                    return
-            try:
-                self._reopen()
-            except OSError as error:
-                if not os.fstat(self._fd).st_nlink:
-                    raise
-                self._reporter.say("cannot reopen %s: %s; still writing to the file it "
-                                   "named" % (self.path, error.strerror or error),
-                                   key="reopen " + self.path)
-            return
-        self._reopen()
-
-    def _append_linked(self, chunk):
-        """_append, then check that the file still has a name. Another process can delete
-        it between write()'s stat and the write itself, and a line written into a deleted
-        file vanishes with it; so a file left with no links is replaced by a fresh one at
-        the path and the chunk written again. If the delete came just after our write,
-        the copy that survives is the only one."""
-        for _ in range(RELINK_ATTEMPTS):
-            before = self._size
-            self._append(chunk)
-            if os.fstat(self._fd).st_nlink:
-                return
-            # Take this copy back out of the nameless file first: whoever still reads it
-            # (the forwarder, a shipper holding it open) would have the line twice.
-            os.ftruncate(self._fd, before)
-            self._size = before
-            self._reopen()
-        raise OSError(errno.ENOENT, "deleted each time it was written, %d times"
-                      % RELINK_ATTEMPTS)
-
-    def _append(self, chunk):
-        written = os.write(self._fd, chunk)
-        if written != len(chunk):
-            # A short write means the disk filled mid-line: cut the torn tail so the file
-            # still ends on a whole line, and report the chunk as not written. The cut is
-            # measured from the file's real end, never _size: something else (logrotate's
-            # copytruncate) may have truncated the file, and cutting to a stale _size would
-            # extend it with zeros.
-            self._size = os.fstat(self._fd).st_size - written
-            self._torn = True
-            os.ftruncate(self._fd, self._size)
-            self._torn = False
-            raise OSError(errno.ENOSPC, "short write (%d of %d bytes)" % (written, len(chunk)))
-        self._size += written
-        self.written_bytes += written
-
-    def _rotate(self):
-        now = self._clock()
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
-        target = "%s.%s" % (self.path, stamp)
-        serial = 0
-        while os.path.lexists(target):   # two rotations in one millisecond
-            serial += 1
-            target = "%s.%s-%d" % (self.path, stamp, serial)
-        try:
-            os.rename(self.path, target)
-        except OSError as error:
-            # Keep writing to the live file rather than lose lines; it grows past max_bytes
-            # until a rename succeeds.
-            self._reporter.say("cannot rotate %s: %s; still writing to it"
-                               % (self.path, error), key="write " + self.path)
-            return
-        if self.follower is not None:
-            self.follower.renamed(self._identity, target)
-        self.rotations += 1
-        self._reopen()
-        if self.keep:
-            self._prune()
-
-    def rotated_files(self):
-        """Rotated files of this log, oldest first."""
-        folder, base = os.path.split(self.path)
-        found = []
-        for name in os.listdir(folder):
-            if name.startswith(base + "."):
-                match = _ROTATED_SUFFIX.match(name, len(base))
-                if match:
-                    found.append((match.group(1), int(match.group(2) or 0), name))
-        return [os.path.join(folder, name) for _, _, name in sorted(found)]
-
-    def _prune(self):
-        held = self.follower.held() if self.follower is not None else ()
-        for old in self.rotated_files()[:-self.keep]:
-            try:
-                status = os.stat(old)
-            except FileNotFoundError:
-                continue
-            if (status.st_dev, status.st_ino) in held:
-                self._reporter.say("keeping %s past --keep %d: the forwarder has not sent "
-                                   "all of it yet" % (old, self.keep), key="keep " + self.path)
-                continue
-            try:
-                os.remove(old)
-            except FileNotFoundError:
-                continue
-            self._reporter.say("deleted %s (--keep %d)" % (old, self.keep))
-
-    def _report_failure(self, error, lines):
-        if self._failing_since is None:
-            self._failing_since = self._clock()
-        self._failures_unreported += lines
-        self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still answering, will "
-                           "retry)" % (self.path, error.strerror or error,
-                                       self._failures_unreported), key="write " + self.path)
-
-
-class StartupError(Exception):
-    """What stops pixel from starting, said in one line: a log, an option, a CPU, a port."""
-
-
-def open_logs(log, rejects, *, busy, wait=0.0, **options):
-    """The events and the rejects LogWriter (`options` are LogWriter's), for main() and
-    make_wsgi_app(). A file that cannot be opened, or two paths that name one file, raise
-    StartupError; when another process holds a file, after waiting up to `wait` seconds
-    for it to let go, with `busy` (what to do instead). A file created here is removed
-    again then (LogWriter.discard)."""
-    if os.path.realpath(log) == os.path.realpath(rejects) or os.path.exists(log) and \
-            os.path.exists(rejects) and os.path.samefile(log, rejects):   # a hard link, say
-        raise StartupError("the events log and the rejects log are the same file: %s"
-                           % os.path.realpath(log))
-    writers = []
-    deadline = time.monotonic() + wait
-    try:
-        for path in (log, rejects):
-            while True:
-                try:
-                    writers.append(LogWriter(path, **options))
-                    break
-                except OSError as error:
-                    if error.errno == errno.EBUSY and time.monotonic() < deadline:
-                        time.sleep(0.05)
-                        continue
-                    raise StartupError("cannot open %s: %s%s" % (
-                        error.filename or path, error.strerror or error,
-                        "; " + busy if error.errno == errno.EBUSY else "")) from None
-            options["readable"] = False   # only the events log is ever followed
-        if os.path.samefile(writers[0].path, writers[1].path):   # linked since the check
-            raise StartupError("the events log and the rejects log are the same file: %s"
-                               % writers[0].path)
-    except StartupError:
-        for writer in writers:
-            writer.discard()
-        raise
-    return writers
-
-
-# --------------------------------------------------------------------------------------------
-# Routes and the recorder: what a request is, and the log lines it becomes. No sockets here;
-# the built-in HTTP server and the WSGI app are two transports over one Recorder.
+# HTTP as plain values: what a path is, what a request and an answer are, CORS, the settings
+# documents SDKs load, and reading a request head. No I/O.
 
 Route = collections.namedtuple("Route", "kind name methods max_body browser",
                                defaults=(False,))
-Route.__doc__ = """What a path is. `kind` is "pixel", "api", "metrics" (a browser SDK's
-own), "settings" (a configuration document an SDK loads), "prometheus" (/metrics) or
-"health"; `name` the event type, API route or document; `methods` those it answers
-(anything else gets a 405); `max_body` the largest body it reads, 0 for a route whose body,
-if any, is discarded; `browser` whether only browsers post to it, so that an event's clock
-is the browser's."""
+Route.__doc__ = """What a path is. `kind` is "pixel", "api", "metrics" (a browser SDK's own),
+"settings" (a document an SDK loads), "prometheus" (/metrics) or "health"; `name` the event
+type, API route or document; `methods` those it answers (others get a 405); `max_body` the
+largest body it reads (0: one is dropped); `browser` whether only browsers post there, so
+that an event's clock is the browser's."""
 
 _GET_HEAD = ("GET", "HEAD")
-_POST_OPTIONS = ("POST", "OPTIONS")   # OPTIONS: the browser's CORS preflight
+_POST_OPTIONS = ("POST", "OPTIONS")   # OPTIONS: a browser's CORS preflight
+_DOCUMENT = ("GET", "HEAD", "OPTIONS")
 
-# analytics.js (analytics-next) posts each event to the first letter of its type, a batch
-# to /b, and its own metrics to /m.
-BROWSER_ROUTES = {"t": "track", "p": "page", "i": "identify", "g": "group", "a": "alias",
-                  "s": "screen", "b": "batch"}
-
-# The one route table: every transport, and every early answer, asks it what a path is.
+# The one route table, which every transport and every early answer asks. analytics.js posts
+# an event to the first letter of its type, a batch to /b and its own metrics to /m.
+# RudderStack's browser SDK posts a beacon's batch to /beacon/v1/batch (the writeKey in the
+# query: sendBeacon cannot send Authorization), its error reports to /rsaMetrics, and loads
+# its source configuration from /sourceConfig/ (HEAD ...?view=ad: is it ad-blocked?).
 ROUTES = {"/health": Route("health", "health", _GET_HEAD, 0),
-          "/metrics": Route("prometheus", "metrics", _GET_HEAD, 0)}
-ROUTES.update((PIXEL_PREFIX + kind, Route("pixel", kind, _GET_HEAD, 0)) for kind in EVENT_TYPES)
-ROUTES.update((API_PREFIX + name, Route("api", name, _POST_OPTIONS, MAX_BATCH_BYTES))
+          "/metrics": Route("prometheus", "metrics", _GET_HEAD, 0),
+          "/v1/m": Route("metrics", "m", _POST_OPTIONS, MAX_PAYLOAD_BYTES, True),
+          "/rsaMetrics": Route("metrics", "rsaMetrics", _POST_OPTIONS, MAX_BATCH_BYTES, True),
+          "/beacon/v1/batch": Route("api", "batch", _POST_OPTIONS, MAX_BATCH_BYTES, True),
+          "/sourceConfig": Route("settings", "sourceConfig", _DOCUMENT, 0),
+          "/sourceConfig/": Route("settings", "sourceConfig", _DOCUMENT, 0)}
+ROUTES.update(("/v1/pixel/" + kind, Route("pixel", kind, _GET_HEAD, 0)) for kind in EVENT_TYPES)
+ROUTES.update(("/v1/" + name, Route("api", name, _POST_OPTIONS, MAX_BATCH_BYTES))
               for name in EVENT_TYPES + BATCH_ROUTES)
-ROUTES.update((API_PREFIX + letter, Route("api", name, _POST_OPTIONS, MAX_BATCH_BYTES, True))
-              for letter, name in BROWSER_ROUTES.items())
-ROUTES[API_PREFIX + "m"] = Route("metrics", "m", _POST_OPTIONS, MAX_PAYLOAD_BYTES, True)
-
-# RudderStack's browser SDK (@rudderstack/analytics-js) with pixel as its data plane: with
-# useBeacon it posts a batch here, text/plain, with the writeKey in the query, since
-# navigator.sendBeacon cannot send Authorization; it posts its own error reports (Bugsnag's
-# format, with breadcrumbs and the SDK's state) to /rsaMetrics when a source configuration
-# turns them on. With configUrl pointing here it loads its source configuration from
-# /sourceConfig/ (and, with sendAdblockPage, asks HEAD /sourceConfig/?view=ad whether
-# that is blocked).
-ROUTES["/beacon/v1/batch"] = Route("api", "batch", _POST_OPTIONS, MAX_BATCH_BYTES, True)
-ROUTES["/rsaMetrics"] = Route("metrics", "rsaMetrics", _POST_OPTIONS, MAX_BATCH_BYTES, True)
-ROUTES.update((path, Route("settings", "sourceConfig", ("GET", "HEAD", "OPTIONS"), 0))
-              for path in ("/sourceConfig", "/sourceConfig/"))
+ROUTES.update(("/v1/" + name[0], Route("api", name, _POST_OPTIONS, MAX_BATCH_BYTES, True))
+              for name in EVENT_TYPES + ("batch",))
 
 # GET /v1/projects/<writeKey>/settings: what analytics.js fetches from its CDN.
 SETTINGS_PREFIX, SETTINGS_SUFFIX = "/v1/projects/", "/settings"
-SETTINGS_ROUTE = Route("settings", "settings", ("GET", "HEAD", "OPTIONS"), 0)
+SETTINGS_ROUTE = Route("settings", "settings", _DOCUMENT, 0)
 _WRITE_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}\Z", re.ASCII)
 
 
 def route_for(path):
-    """The Route for `path`, from ROUTES or the one route with a parameter; None if none."""
+    """The Route for `path`: ROUTES', or the settings route's; None for any other path."""
     route = ROUTES.get(path)
     if route is None and path.startswith(SETTINGS_PREFIX) and path.endswith(SETTINGS_SUFFIX) \
             and _WRITE_KEY.match(path[len(SETTINGS_PREFIX):-len(SETTINGS_SUFFIX)]):
@@ -1628,33 +998,60 @@ def route_for(path):
 
 Request = collections.namedtuple("Request", "method path query headers peer body prefix "
                                             "scheme", defaults=("", "http"))
-Request.__doc__ = """A request as plain values: `headers` is a dict with lower-case names,
-`peer` the connection's IP address as text, `body` bytes (b"" when there is none), `prefix`
-the path an app is mounted under (WSGI's SCRIPT_NAME; "" for the built-in server), `scheme`
-"https" if it came over TLS (the built-in server's --certfile, WSGI's wsgi.url_scheme)."""
+Request.__doc__ = """A request as plain values: `headers` a dict with lower-case names, `peer`
+the connection's address, `body` bytes, `prefix` the path an app is mounted under (WSGI's
+SCRIPT_NAME), `scheme` "https" when it came over TLS."""
 
 Answer = collections.namedtuple("Answer", "status headers body")
-Answer.__doc__ = """What a transport sends: a status, (name, value) header pairs that include
-Content-Length, and the body. The body goes out for every method but HEAD."""
+Answer.__doc__ = """What a transport sends: a status, (name, value) header pairs, Content-Length
+among them, and the body, which goes out for every method but HEAD."""
 
-GIF_ANSWER = Answer(200, (("Content-Type", "image/gif"),
-                          ("Content-Length", str(len(GIF))),
+GIF_ANSWER = Answer(200, (("Content-Type", "image/gif"), ("Content-Length", str(len(GIF))),
                           ("Cache-Control", "no-cache, no-store, must-revalidate"),
-                          ("Pragma", "no-cache"),
-                          ("Expires", "0")), GIF)
+                          ("Pragma", "no-cache"), ("Expires", "0")), GIF)
+
+
+def plain_answer(status, extra_headers=()):
+    """A fixed text answer, the status's own phrase: never anything from the request."""
+    body = http.server.BaseHTTPRequestHandler.responses[status][0].encode() + b"\n"
+    return Answer(status, (("Content-Type", "text/plain; charset=utf-8"),
+                           ("Content-Length", str(len(body)))) + tuple(extra_headers), body)
+
+
+def json_answer(status, document, extra_headers=()):
+    body = json.dumps(document).encode() + b"\n"
+    return Answer(status, (("Content-Type", "application/json"),
+                           ("Content-Length", str(len(body)))) + tuple(extra_headers), body)
+
+
+def error_answer(status, error, extra_headers=()):
+    return json_answer(status, {"success": False, "error": error}, extra_headers)
+
+
+def add_headers(answer, headers):
+    """`answer` with `headers` (pairs) added, or `answer` itself for none."""
+    return answer._replace(headers=answer.headers + tuple(headers)) if headers else answer
+
+
+NOT_FOUND = plain_answer(404)
+SUCCESS = json_answer(200, {"success": True})
+LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required", "message":
+                                    "send a Content-Length; chunked bodies are not accepted"})
+
+
+def not_allowed(route):
+    return plain_answer(405, (("Allow", ", ".join(route.methods)),))
 
 
 # An origin as browsers send it: scheme, host (a name, or an IPv6 address in brackets), port.
-# Only such a value is ever echoed back; "null" (file:, sandboxed frames) is not allowed.
+# Only such a value is ever echoed back; "null" (file:, sandboxed frames) is not one.
 _ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])"
                      r"(?::\d{1,5})?\Z", re.ASCII)
-MAX_PREFLIGHT_HEADERS = 32
 
 
 def origin_allowed(origin, allowed):
-    """Whether a well-formed `origin` is allowed by --allow-origin entries: none allows
-    any; "https://shop.example.com" allows that origin; "*.example.com" any origin whose
-    host is a subdomain of example.com, on any scheme and port."""
+    """Whether --allow-origin entries `allowed` allow `origin`: none allow any; an origin
+    allows itself; "*.example.com" any subdomain of example.com, on any scheme and port."""
     if not allowed:
         return True
     origin = origin.lower()
@@ -1667,694 +1064,61 @@ def origin_allowed(origin, allowed):
     return any(pattern.startswith("*.") and host.endswith(pattern[1:]) for pattern in allowed)
 
 
-def plain_answer(status, extra_headers=()):
-    """A fixed text answer, the status's own phrase: never anything from the request."""
-    body = http.server.BaseHTTPRequestHandler.responses[status][0].encode() + b"\n"
-    return Answer(status, (("Content-Type", "text/plain; charset=utf-8"),
-                           ("Content-Length", str(len(body)))) + tuple(extra_headers), body)
-
-
-def json_answer(status, document):
-    body = json.dumps(document).encode() + b"\n"
-    return Answer(status, (("Content-Type", "application/json"),
-                           ("Content-Length", str(len(body)))), body)
-
-
-def add_headers(answer, headers):
-    """`answer` with `headers` (pairs) appended, or `answer` itself if there are none."""
-    return answer._replace(headers=answer.headers + headers) if headers else answer
-
-
-NOT_FOUND = plain_answer(404)
-
-
-def not_allowed(route):
-    return plain_answer(405, (("Allow", ", ".join(route.methods)),))
-
-
-# What validate() refuses a writeKey for: with --write-key, a request refused only for these
-# gets a 401.
-_KEY_REASONS = ("no_write_key", "write_key_not_string", "invalid_write_key")
-
-LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required",
-                                    "message": "send a Content-Length; chunked bodies are not "
-                                               "accepted"})
-
-
-def _short(text):
-    """Whether `text` is at most MAX_DEDUPE_ID bytes of UTF-8."""
-    return len(text) <= MAX_DEDUPE_ID and (
-        text.isascii() or len(text.encode("utf-8", "replace")) <= MAX_DEDUPE_ID)
-
-
-def dedupe_key(write_key, message_id):
-    """What the dedupe window remembers an event by: its writeKey and its messageId, as
-    Segment de-duplicates per source, so that one key's event never suppresses another's.
-    One string, the key's length first so that no two pairs can make the same one; None
-    if either is over MAX_DEDUPE_ID bytes, too long to remember."""
-    if not (_short(write_key) and _short(message_id)):
+def cors_headers(request, allowed):
+    """A browser's CORS headers: () for a request with no Origin (a server, not a browser),
+    None for an origin not allowed or not well-formed, else the origin echoed with
+    credentials allowed, as analytics.js's `credentials: 'include'` needs."""
+    origin = request.headers.get("origin")
+    if not origin:
+        return ()
+    if not _ORIGIN.match(origin) or not origin_allowed(origin, allowed):
         return None
-    return "%d:%s:%s" % (len(write_key), write_key, message_id)
+    return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+            ("Access-Control-Allow-Credentials", "true"))
 
 
-def _client_id(payload, event):
-    """The event's dedupe_key if the client sent its messageId, else None: an id pixel
-    made up can never repeat."""
-    if payload.get("messageId") in (None, ""):
-        return None
-    return dedupe_key(event["writeKey"], event["messageId"])
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 
-class Histogram:
-    """Durations counted into Prometheus's cumulative buckets (seconds)."""
-
-    BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-
-    def __init__(self):
-        self.counts = [0] * (len(self.BOUNDS) + 1)   # the last: over the last bound
-        self.sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, seconds):
-        index = bisect.bisect_left(self.BOUNDS, seconds)
-        with self._lock:
-            self.counts[index] += 1
-            self.sum += seconds
-
-    def samples(self):
-        """(suffix, labels, value) samples: the buckets, _sum and _count."""
-        with self._lock:
-            counts, total = list(self.counts), self.sum
-        samples, running = [], 0
-        for bound, count in zip(self.BOUNDS + (None,), counts):
-            running += count
-            samples.append(("_bucket", (("le", "+Inf" if bound is None else repr(bound)),),
-                            running))
-        return samples + [("_sum", (), total), ("_count", (), running)]
+def preflight(route, request, cors):
+    """A CORS preflight's answer: 204 allowing the route's methods and the headers asked
+    for (Authorization, X-Retry-Count), cached for two hours, Chromium's cap; a 403 with no
+    CORS headers for an origin not allowed. A 204 has no Content-Length (RFC 9110 8.6)."""
+    if not cors:
+        return plain_answer(403)
+    asked = request.headers.get("access-control-request-headers", "")
+    names = [name.strip() for name in asked.split(",")[:MAX_PREFLIGHT_HEADERS]]
+    allowed = ", ".join(name for name in names if _TOKEN.match(name))
+    methods = ", ".join(method for method in route.methods if method != "HEAD")
+    headers = cors + (("Access-Control-Allow-Methods", methods),
+                      ("Access-Control-Max-Age", "7200"))
+    return Answer(204, headers + ((("Access-Control-Allow-Headers", allowed),)
+                                  if allowed else ()), b"")
 
 
-def render_metrics(families):
-    """Prometheus's text exposition format 0.0.4: for each (name, type, help, samples),
-    samples being (suffix, labels, value), a HELP and a TYPE line and a line a sample."""
-    lines = []
-    for name, kind, help, samples in families:
-        lines.append("# HELP %s %s" % (name, help.replace("\\", "\\\\").replace("\n", "\\n")))
-        lines.append("# TYPE %s %s" % (name, kind))
-        for suffix, labels, value in samples:
-            text = ",".join('%s="%s"' % (label, str(content).replace("\\", "\\\\")
-                                         .replace('"', '\\"').replace("\n", "\\n"))
-                            for label, content in labels)
-            lines.append("%s%s%s %s" % (name, suffix, "{%s}" % text if text else "",
-                                        repr(float(value)) if isinstance(value, float)
-                                        else int(value)))
-    return "\n".join(lines) + "\n"
-
-
-class RecentIds:
-    """The last `size` ids added, the oldest forgotten first; not thread-safe. An
-    OrderedDict, since finding a plain dict's first key walks the slots its deletions
-    left behind: 11 us an add once the window is full, against 0.3."""
-
-    def __init__(self, size):
-        self.size = size
-        self._ids = collections.OrderedDict()
-
-    def __contains__(self, client_id):
-        return client_id in self._ids
-
-    def __len__(self):
-        return len(self._ids)
-
-    def add(self, client_id):
-        self._ids[client_id] = None
-        if len(self._ids) > self.size:
-            self._ids.popitem(last=False)
-
-
-class Recorder:
-    """Turns requests into log lines. It owns what that takes: the write keys, the IP
-    policy, the two LogWriters, the clock, the counts and the health document.
-
-    Its methods take plain values (a Route and a Request) and return the Answer a transport
-    must send; every line is on disk, or counted as failed, before they return. `gauges`
-    maps extra /health fields to zero-argument callables a transport registers (the HTTP
-    server adds "connections").
-    """
-
-    def __init__(self, events, rejects, *, write_keys=(), trusted_proxies=(), record_ip=True,
-                 anonymize_ip=False, allow_origins=(), dedupe_window=DEFAULT_DEDUPE_WINDOW,
-                 public_url=None, metrics_token=None, clock=time.time, reporter=None):
-        self.events = events
-        self.rejects = rejects
-        self.reporter = reporter or Reporter()
-        self.write_keys = frozenset(write_keys)
-        self.trusted_proxies = tuple(ipaddress.ip_network(proxy, strict=False)
-                                     for proxy in trusted_proxies)
-        self.record_ip = record_ip
-        self.anonymize_ip = anonymize_ip and record_ip
-        self.clock = clock
-        self.started = time.monotonic()
-        self.rejected = 0       # rejections, written or not (one line may count several)
-        self.written_by_type = collections.Counter()   # events on disk, by type
-        self.rejected_by_reason = collections.Counter()
-        self.metrics_token = metrics_token
-        self.started_at = clock()
-        self.browser_metrics = 0   # browser SDKs' own metrics posts, counted and dropped
-        self.public_url = public_url.rstrip("/") if public_url else None
-        self.deduped = 0           # events not written: their key and messageId were, recently
-        self.recent = RecentIds(dedupe_window) if dedupe_window else None
-        self._dedupe_lock = threading.Lock()
-        self.allow_origins = tuple(origin.lower() for origin in allow_origins)
-        self.gauges = {}
-        self.metric_sources = []   # callables a transport adds: metric families for /metrics
-        self.forwarder = None      # a Forwarder relaying the events log, if any
-        self._count_lock = threading.Lock()
-
-    def remember_logged(self, max_bytes=MAX_WARM_BYTES):
-        """Refill the dedupe window from the writeKeys and messageIds at the end of the
-        events log (the live file, then rotated ones), so that a restart does not forget
-        what the window held: a forwarder re-sending its last batch after a crash on either
-        side must not write it twice. Returns how many it read."""
-        if self.recent is None:
-            return 0
-        paths = [self.events.path] + self.events.rotated_files()[::-1]
-        client_ids = logged_client_ids(paths, self.recent.size, max_bytes)
-        with self._dedupe_lock:
-            for client_id in client_ids:
-                self.recent.add(client_id)
-        return len(client_ids)
-
-    def answer(self, route, request):
-        """Record `request` as `route` says (None: no such path) and return the answer."""
-        if route is None:
-            return NOT_FOUND
-        if request.method not in route.methods:
-            return not_allowed(route)
-        if route.kind == "pixel":
-            if request.method == "GET":   # HEAD, which mail scanners send, records nothing
-                self.record_pixel(route.name, request)
-            return GIF_ANSWER
-        if route.kind == "prometheus":
-            return self.metrics(request)
-        if route.kind in ("api", "metrics", "settings"):
-            cors = self.cors_headers(request)
-            if request.method == "OPTIONS":
-                return self.preflight(route, request, cors)
-            if cors is None:   # a browser on a site that is not allowed: nothing is written
-                return self._origin_refused(request)
-            if route.kind == "settings":
-                answer = self.settings(request) if route.name == "settings" else \
-                    self.source_config(request)
-            elif route.kind == "metrics":   # a browser SDK's own metrics: counted only
-                with self._count_lock:
-                    self.browser_metrics += 1
-                answer = json_answer(200, {"success": True})
-            else:
-                answer = self.record_api(route.name, request, browser=route.browser)
-            return add_headers(answer, cors)
-        return json_answer(200, self.health())
-
-    def early_answer(self, route, request, length):
-        """What a transport answers, before reading it, to a body `route` would read:
-        `length` is its Content-Length, -1 for none that can be trusted (chunked). None
-        means: read the body and ask answer()."""
-        if length == -1:
-            return self.with_cors(request, LENGTH_REQUIRED)
-        if length > route.max_body:
-            return self.refuse(route, request, "body_too_large", 400)
-        return None
-
-    def _origin_refused(self, request):
-        self.reject(Rejected("origin_not_allowed"), request, quoted="")
-        return json_answer(403, {"success": False, "error": "origin_not_allowed"})
-
-    def cors_headers(self, request):
-        """The CORS headers for an HTTP API answer: () for a request with no Origin (a
-        server, not a browser), None for an origin that --allow-origin does not allow or
-        that is not a well-formed http(s) origin, else the origin echoed, with credentials
-        allowed, as analytics.js's `credentials: 'include'` needs."""
-        origin = request.headers.get("origin")
-        if not origin:
-            return ()
-        if not _ORIGIN.match(origin) or not origin_allowed(origin, self.allow_origins):
-            return None
-        return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
-                ("Access-Control-Allow-Credentials", "true"))
-
-    def settings(self, request):
-        """The settings document analytics.js loads from its CDN (`cdnURL`), pointing its
-        Segment.io destination back here: at --public-url if set, else at the Host the
-        request came to, over the scheme it came by. An unknown writeKey (with --write-key)
-        is a 404."""
-        write_key = request.path[len(SETTINGS_PREFIX):-len(SETTINGS_SUFFIX)]
-        if self.write_keys and write_key not in self.write_keys:
-            return NOT_FOUND
-        if self.public_url:
-            protocol, _, host = self.public_url.partition("://")
-            no_store = ()
-        else:
-            protocol, host = self.scheme(request), request.headers.get("host", "")
-            if not _ORIGIN.match("http://" + host):
-                return plain_answer(400)
-            # Built from this request's Host and scheme: a shared cache must not hand it to
-            # a visitor who came by another.
-            no_store = (("Cache-Control", "no-store"),)
-        api_host = host.rstrip("/") + request.prefix.rstrip("/") + "/v1"
-        return add_headers(json_answer(200, {
-            "integrations": {"Segment.io": {"apiKey": write_key, "apiHost": api_host,
-                                            "protocol": protocol,
-                                            "unbundledIntegrations": [],
-                                            "addBundledMetadata": True,
-                                            "maybeBundledConfigIds": {}}},
+def settings_document(write_key, protocol, host, prefix):
+    """The settings document analytics.js loads from its CDN (`cdnURL`), its Segment.io
+    destination pointing at pixel: `host` and the `prefix` it is mounted under."""
+    api_host = host.rstrip("/") + prefix.rstrip("/") + "/v1"
+    return {"integrations": {"Segment.io": {
+                "apiKey": write_key, "apiHost": api_host, "protocol": protocol,
+                "unbundledIntegrations": [], "addBundledMetadata": True,
+                "maybeBundledConfigIds": {}}},
             "plan": {"track": {"__default": {"enabled": True, "integrations": {}}},
                      "identify": {"__default": {"enabled": True}},
                      "group": {"__default": {"enabled": True}}},
             "edgeFunction": {}, "analyticsNextEnabled": True, "middlewareSettings": {},
-            "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "remotePlugins": []}),
-            no_store)
-
-    def source_config(self, request):
-        """The source configuration RudderStack's browser SDK loads from its control plane
-        (`configUrl`): the source, enabled, under the writeKey the request names (Basic
-        auth, else the query's: request_write_key), with no destinations, and the SDK's own
-        error and metrics reports off, so that it sends events to its data plane (its
-        `dataPlaneUrl`, which names pixel) and nothing else. A request naming no writeKey
-        is a 400; an unknown one (with --write-key), or one the settings document's path
-        could not hold, a 404, as for the settings document."""
-        try:
-            write_key = request_write_key(request.headers.get("authorization"), request.query)
-        except Rejected:
-            write_key = None
-        if write_key is None:
-            return plain_answer(400)
-        if not _WRITE_KEY.match(write_key) or (self.write_keys and
-                                               write_key not in self.write_keys):
-            return NOT_FOUND
-        off = {"enabled": False}
-        return json_answer(200, {"source": {
-            "id": write_key, "name": "pixel", "writeKey": write_key, "enabled": True,
-            "config": {"statsCollection": {"errors": off, "metrics": off}},
-            "destinations": []}})
-
-    def preflight(self, route, request, cors):
-        """The answer to a CORS preflight (OPTIONS): 204 allowing POST with the headers the
-        browser asks for (Authorization and X-Retry-Count among them), cached for two
-        hours, Chromium's cap; 403 with no CORS headers for an origin that is not allowed."""
-        if not cors:
-            return plain_answer(403)
-        asked = request.headers.get("access-control-request-headers", "")
-        allowed = [name.strip() for name in asked.split(",")[:MAX_PREFLIGHT_HEADERS]
-                   if _TOKEN.match(name.strip())]
-        methods = ", ".join(method for method in route.methods if method != "HEAD")
-        headers = cors + (("Access-Control-Allow-Methods", methods),
-                          ("Access-Control-Max-Age", "7200"), ("Content-Length", "0"))
-        if allowed:
-            headers += (("Access-Control-Allow-Headers", ", ".join(allowed)),)
-        return Answer(204, headers, b"")
-
-    def refuse(self, route, request, reason, status):
-        """A request refused before it could be read whole (a head over the limits, a body
-        over the cap). A pixel GET still gets its GIF and a rejects-log line; a request to
-        the API a rejects-log line and `status` with its reason in JSON; anything else, the
-        plain `status`."""
-        if route is not None and request.method in route.methods:
-            if route.kind == "pixel" and request.method == "GET":
-                self.reject(Rejected(reason), request)
-                return GIF_ANSWER
-            if route.kind in ("api", "metrics"):
-                cors = self.cors_headers(request)
-                if cors is None:
-                    return self._origin_refused(request)
-                self.reject(Rejected(reason), request, quoted="")
-                return add_headers(json_answer(status, {"success": False, "error": reason}),
-                                   cors)
-        return plain_answer(status)
-
-    def with_cors(self, request, answer):
-        """`answer` with the request's CORS headers, if its origin is allowed: so that a
-        browser can read an early refusal (411, 400) instead of seeing a network error."""
-        return add_headers(answer, self.cors_headers(request))
-
-    def scheme(self, request):
-        """"https" or "http": how the client reached us. A --trusted-proxy's
-        X-Forwarded-Proto says it for a proxy that ends TLS in front of pixel."""
-        forwarded = request.headers.get("x-forwarded-proto", "").strip().lower()
-        if forwarded in ("http", "https") and self.trusted_proxies:
-            address = _address(request.peer)
-            if address is not None and any(address in network
-                                           for network in self.trusted_proxies):
-                return forwarded
-        return request.scheme
-
-    def client_ip(self, request):
-        if not self.record_ip or not request.peer:   # no address known: none is written
-            return None
-        if not self.trusted_proxies and not request.peer.startswith("::ffff:"):
-            ip = request.peer   # the common case, without the call
-        else:
-            ip = client_ip(request.peer, request.headers.get("x-forwarded-for"),
-                           self.trusted_proxies)
-        return anonymize_ip(ip) if self.anonymize_ip else ip
-
-    def record_pixel(self, kind, request):
-        received_at = self.clock()
-        ip = self.client_ip(request)
-        try:
-            payload = decode_query(request.query)
-            event = build_event(kind, payload, received_at=received_at,
-                                write_keys=self.write_keys, ip=ip,
-                                user_agent=user_agent(request.headers),
-                                anonymize=self.anonymize_ip)
-            line = encode_line(event)
-        except Rejected as rejection:
-            self.reject(rejection, request, received_at=received_at, ip=ip)
-            return
-        self.write_events([line], [_client_id(payload, event)], [kind])
-
-    def write_events(self, lines, client_ids, kinds):
-        """Write `lines` (of events of `kinds`), but none whose writeKey and client-sent
-        messageId (`client_ids`, each a dedupe_key, or None where pixel made the id) were
-        written within the dedupe window: retries by SDKs, browsers and networks repeat an
-        event's messageId. True once all that was kept is on disk."""
-        if self.recent is None or not any(client_ids):
-            written = self.events.write(lines)
-        else:
-            with self._dedupe_lock:   # so that two copies arriving at once are one write
-                kept, kept_kinds, ids = [], [], set()
-                for line, client_id, kind in zip(lines, client_ids, kinds):
-                    if client_id is not None and (client_id in self.recent or
-                                                  client_id in ids):
-                        self.deduped += 1
-                        continue
-                    kept.append(line)
-                    kept_kinds.append(kind)
-                    if client_id is not None:
-                        ids.add(client_id)
-                written = self.events.write(kept) if kept else True
-                if written:
-                    for client_id in ids:
-                        self.recent.add(client_id)
-            kinds = kept_kinds
-        if written:
-            with self._count_lock:
-                if len(kinds) == 1:
-                    self.written_by_type[kinds[0]] += 1
-                else:
-                    self.written_by_type.update(kinds)
-        return written
-
-    def record_api(self, route, request, browser=False):
-        """Write the events of an HTTP API body. 200 once they are on disk; 400 for a body
-        that is not one; 503 if the log could not be written, so that SDKs send it again
-        (they retry 5xx); with --write-key, 401 when every event was refused for its key.
-        Items that break a rule go to the rejects log, at most MAX_REJECTS_PER_REQUEST
-        lines of them and then one line counting the rest.
-
-        From the `browser` routes, an event's `timestamp` is the browser's clock: it is
-        kept as originalTimestamp, and timestamp becomes receivedAt - (sentAt -
-        originalTimestamp), as Segment does for client sources."""
-        received_at = self.clock()
-        ip = self.client_ip(request)
-        agent = user_agent(request.headers)
-        body = request.body
-        try:
-            body = decode_body(body, request.headers.get("content-encoding"))
-            pairs = api_payloads(route, body, authorization=request.headers.get("authorization"),
-                                 query=request.query)
-        except Rejected as rejection:   # quote the body as received, or as gunzipped
-            return self._body_refused(rejection, request, received_at, ip, body)
-        lines, client_ids, kinds, size, refused = [], [], [], 0, []
-        key_refused = key_taken = False   # was some event's writeKey refused? one's taken?
-        limit = request_log_limit(len(body))
-        for kind, payload in pairs:
-            try:
-                if isinstance(payload, Rejected):   # an item that is not even an event
-                    raise payload
-                if browser and payload.get("timestamp") is not None and \
-                        payload.get("originalTimestamp") is None:
-                    payload = dict(payload, originalTimestamp=payload["timestamp"])
-                    del payload["timestamp"]
-                event = build_event(kind, payload, received_at=received_at,
-                                    write_keys=self.write_keys, ip=ip, user_agent=agent,
-                                    anonymize=self.anonymize_ip)
-                line = encode_line(event)
-            except Rejected as rejection:
-                refused.append((rejection, payload.item if payload is rejection else payload))
-                if rejection.reason in _KEY_REASONS:
-                    key_refused = True
-                elif payload is not rejection:   # validate checks the key first: it passed
-                    key_taken = True
-                continue
-            key_taken = True
-            size += len(line)
-            if size > limit:   # with the user agent, ip and server fields, once per event
-                return self._body_refused(Rejected("batch_too_large"), request, received_at,
-                                          ip, body)
-            lines.append(line)
-            client_ids.append(_client_id(payload, event))
-            kinds.append(kind)
-        written = self.write_events(lines, client_ids, kinds) if lines else True
-        if refused:
-            # At most MAX_REJECTS_PER_REQUEST lines and MAX_REJECTS_BYTES_PER_REQUEST bytes,
-            # then one line that counts the rest.
-            records, size = [], 0
-            for rejection, item in refused:
-                if len(records) == MAX_REJECTS_PER_REQUEST or \
-                        size > MAX_REJECTS_BYTES_PER_REQUEST:
-                    break
-                records.append(self._reject_line(rejection, request, received_at, ip,
-                                                 *self._quote_item(item)))
-                size += len(records[-1])
-            if len(records) < len(refused):
-                rest = Rejected("too_many_rejects", "%d more item(s) not quoted"
-                                % (len(refused) - len(records)))
-                records.append(self._reject_line(rest, request, received_at, ip, ""))
-            self._write_rejects(records, [rejection.reason for rejection, _ in refused])
-        if self.write_keys and key_refused and not key_taken:
-            return self._key_refused(request, next(rejection.reason for rejection, _ in refused
-                                                   if rejection.reason in _KEY_REASONS))
-        if not written:
-            return json_answer(503, {"success": False, "error": "write_failed"})
-        return json_answer(200, {"success": True})
-
-    def _key_refused(self, request, reason):
-        """The 401 for an API request none of whose events carries a key of --write-key.
-        Segment's API answers 200 to anything, and its users cannot tell a wrong key from a
-        right one; pixel knows its keys, so a sender (another pixel's forwarder, an SDK)
-        learns at once. A browser gets no WWW-Authenticate challenge: it would ask its user
-        for a password."""
-        answer = json_answer(401, {"success": False, "error": reason})
-        if request.headers.get("origin"):
-            return answer
-        return add_headers(answer, (("WWW-Authenticate", 'Basic realm="pixel"'),))
-
-    def _body_refused(self, rejection, request, received_at, ip, body):
-        """A 400 for an API body as a whole, and its rejects line quoting the body."""
-        quoted, redacted = self._quote_body(body)
-        self.reject(rejection, request, received_at=received_at, ip=ip, quoted=quoted,
-                    redacted=redacted)
-        return json_answer(400, {"success": False, "error": rejection.reason})
-
-    # What a rejects line quotes of the client's input, and whether part of it was left
-    # out. With --anonymize-ip, never raw text, which could hold an address in an encoding
-    # (base64, percent-escapes, \u escapes, gzip): what pixel decoded, addresses truncated.
-
-    def _quote_body(self, body):
-        if not self.anonymize_ip:
-            return body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False
-        quoted, redacted = anonymize_body(body)
-        return quoted[:MAX_REJECT_RAW], redacted
-
-    def _quote_item(self, item):
-        redacted = False
-        if self.anonymize_ip:
-            item, redacted = anonymize_json(item)
-        return _encode_lenient(item)[:MAX_REJECT_RAW], redacted
-
-    def _quote_text(self, text, limit=None):
-        if not self.anonymize_ip:
-            return text[:limit], False
-        quoted = anonymize_text(text, limit)
-        return ("", True) if quoted is None else (quoted, False)
-
-    def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
-               redacted=False):
-        """Write one rejects-log line: enough to find a broken campaign and replay it. A
-        pixel's line quotes its query, an API request's the body or item at fault, as
-        _quote_body or _quote_item made them (`redacted`: part of it was left out)."""
-        if received_at is None:
-            received_at = self.clock()
-            ip = self.client_ip(request)
-        self._write_rejects([self._reject_line(rejection, request, received_at, ip, quoted,
-                                               redacted)], [rejection.reason])
-
-    def _reject_line(self, rejection, request, received_at, ip, quoted, redacted=False):
-        # The detail can quote a parameter's name, and the user agent is the client's too.
-        detail, cut = self._quote_text(rejection.detail)
-        agent, cut_agent = self._quote_text(user_agent(request.headers) or "", MAX_USER_AGENT)
-        redacted = redacted or cut or cut_agent
-        query = request.query
-        if self.anonymize_ip and quoted is None:
-            query, cut = anonymize_query(query)
-            redacted = redacted or cut
-        record = {"reason": rejection.reason}
-        if detail:
-            record["detail"] = detail
-        record["method"] = request.method
-        record["path"] = request.path[:1024]
-        if quoted is not None:
-            record["body"] = quoted
-        else:
-            record["query"] = query[:MAX_REJECT_RAW]
-            if len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW:
-                record["queryTruncated"] = True
-        if redacted:
-            record["redacted"] = True
-        if ip is not None:
-            record["ip"] = ip
-        if agent:
-            record["userAgent"] = agent
-        record["receivedAt"] = format_time(received_at)
-        return (_encode(record) + "\n").encode("ascii")
-
-    def _write_rejects(self, lines, reasons):
-        """Write rejects-log `lines` for rejections of `reasons` (one line may stand for
-        several: too_many_rejects)."""
-        with self._count_lock:
-            self.rejected += len(reasons)
-            self.rejected_by_reason.update(reasons)
-        self.rejects.write(lines)
-
-    def record_torn_tails(self):
-        """A rejects line for each log whose torn last line its LogWriter cut at start-up."""
-        for writer in (self.events, self.rejects):
-            if writer.torn_tail is not None:
-                rejection = Rejected("torn_tail", "%d byte(s) cut from %s"
-                                     % (writer.torn_tail_bytes, writer.path))
-                request = Request("", "", "", {}, "", b"")
-                quoted, redacted = self._quote_text(writer.torn_tail.decode("utf-8",
-                                                                            "replace"))
-                self.reject(rejection, request, ip=None, received_at=self.clock(),
-                            quoted=quoted, redacted=redacted)
-
-    def reopen(self):
-        """Open both logs afresh at their paths (SIGHUP)."""
-        reopened = []
-        for writer in (self.events, self.rejects):
-            try:
-                writer.reopen()
-            except OSError as error:   # the next write tries again, and reports it
-                self.reporter.say("cannot reopen %s: %s" % (
-                    writer.path, error.strerror or error), key="reopen " + writer.path)
-            else:
-                reopened.append(writer.path)
-        if reopened:
-            self.reporter.say("reopened %s (SIGHUP)" % " and ".join(reopened))
-
-    def metrics(self, request):
-        """GET /metrics, in Prometheus's text format; with a metrics token, only for a
-        request that sends it as `Authorization: Bearer <token>`."""
-        if self.metrics_token is not None:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    token.strip().encode("latin-1", "replace"), self.metrics_token.encode()):
-                return plain_answer(401, (("WWW-Authenticate", 'Bearer realm="pixel"'),))
-        body = render_metrics(self.metric_families()).encode("utf-8")
-        return Answer(200, (("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
-                            ("Content-Length", str(len(body)))), body)
-
-    def metric_families(self):
-        """What /metrics shows, as render_metrics takes it."""
-        with self._count_lock:
-            by_type = sorted(self.written_by_type.items())
-            by_reason = collections.Counter(self.rejected_by_reason)
-        forwarder = self.forwarder
-        if forwarder is not None:
-            by_reason.update(forwarder.refused_by_reason)
-        logs = (("events", self.events), ("rejects", self.rejects))
-
-        def per_log(attribute):
-            return [("", (("log", name),), getattr(writer, attribute)) for name, writer in logs]
-
-        families = [
-            ("pixel_events_total", "counter", "Events written to the events log, by type.",
-             [("", (("type", kind),), count) for kind, count in by_type]),
-            ("pixel_rejections_total", "counter", "Requests, items and forwarded events "
-             "refused, by the reason in the rejects log.",
-             [("", (("reason", reason),), count)
-              for reason, count in sorted(by_reason.items())]),
-            ("pixel_written_lines_total", "counter", "Lines written, by log.",
-             per_log("written")),
-            ("pixel_written_bytes_total", "counter", "Bytes written, by log.",
-             per_log("written_bytes")),
-            ("pixel_write_errors_total", "counter", "Lines that could not be written, by log.",
-             per_log("failed")),
-            ("pixel_rotations_total", "counter", "Rotations, by log.", per_log("rotations")),
-            ("pixel_deduped_events_total", "counter", "Events not written: their writeKey and "
-             "messageId were written within the dedupe window.", [("", (), self.deduped)]),
-            ("pixel_browser_metrics_total", "counter", "Browser SDKs' own metrics and error "
-             "reports (/v1/m, /rsaMetrics), counted and dropped.",
-             [("", (), self.browser_metrics)]),
-        ]
-        if forwarder is not None:
-            status = forwarder.status()
-            families += [
-                ("pixel_forward_sent_events_total", "counter", "Events the forwarder's "
-                 "receiver took.", [("", (), forwarder.sent)]),
-                ("pixel_forward_refused_events_total", "counter", "Events the forwarder wrote "
-                 "to the rejects log instead.", [("", (), forwarder.refused)]),
-                ("pixel_forward_failed_attempts_total", "counter", "Forwarding attempts that "
-                 "got no answer or one to retry.", [("", (), forwarder.failed_attempts)]),
-                ("pixel_forward_backlog_events", "gauge", "Events written and not yet "
-                 "forwarded.", [("", (), status["lines_behind"] or 0)]),
-                ("pixel_forward_backlog_bytes", "gauge", "Bytes written and not yet "
-                 "forwarded.", [("", (), status["bytes_behind"])]),
-                ("pixel_forward_backlog_files", "gauge", "Rotated files not yet forwarded "
-                 "whole.", [("", (), status["files_behind"])]),
-                ("pixel_forward_backlog_seconds", "gauge", "Age of the oldest event not yet "
-                 "forwarded.", [("", (), float(status["backlog_seconds"]))]),
-                ("pixel_forward_paused", "gauge", "1 while forwarding is held up: a 401 or "
-                 "403 for a configured writeKey, or a receiver at fault.",
-                 [("", (), int(status["paused_write_key"] is not None or
-                               status["receiver_fault"] is not None))]),
-                ("pixel_forward_last_success_timestamp_seconds", "gauge", "When the receiver "
-                 "last took a batch (Unix time; 0: never).",
-                 [("", (), float(forwarder.last_success or 0))]),
-            ]
-        for source in self.metric_sources:
-            families += source()
-        families += [
-            ("pixel_build_info", "gauge", "pixel's version and the Python it runs on.",
-             [("", (("version", __version__), ("python", sys.version.split()[0])), 1)]),
-            ("process_start_time_seconds", "gauge", "When the process started (Unix time).",
-             [("", (), float(self.started_at))]),
-        ]
-        return families
-
-    def health(self):
-        failing = self.events.failing or self.rejects.failing
-        forward = self.forwarder.status() if self.forwarder is not None else None
-        if forward is not None and forward["degraded"]:
-            failing = True
-        document = {"status": "degraded" if failing else "ok", "version": __version__,
-                    "uptime": round(time.monotonic() - self.started, 3),
-                    "accepted": self.events.written, "rejected": self.rejected,
-                    "write_errors": self.events.failed + self.rejects.failed,
-                    "browser_metrics": self.browser_metrics, "deduped": self.deduped}
-        for name, gauge in self.gauges.items():
-            document[name] = gauge()
-        if forward is not None:
-            document["forward"] = forward
-        return document
+            "enabledMiddleware": {}, "metrics": {"sampleRate": 0}, "remotePlugins": []}
 
 
-# --------------------------------------------------------------------------------------------
-# HTTP, part 1: reading a request head. One bounded pass, no I/O.
-
-_COMMON_METHODS = frozenset(("GET", "HEAD", "POST"))
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_HTTP_VERSION = re.compile(r"HTTP/(\d)\.(\d)\Z")
-_SAFE_TARGET = bytes(range(0x21, 0x7f))   # printable ASCII: kept as is when re-quoting
+def source_config(write_key):
+    """The source configuration RudderStack's browser SDK loads (`configUrl`): the source,
+    enabled, with no destinations and the SDK's own error and metrics reports off, so that
+    it sends events to its data plane (pixel) and nothing else."""
+    off = {"enabled": False}
+    return {"source": {"id": write_key, "name": "pixel", "writeKey": write_key,
+                       "enabled": True, "destinations": [],
+                       "config": {"statsCollection": {"errors": off, "metrics": off}}}}
 
 
 class HeadError(Exception):
@@ -2371,20 +1135,20 @@ Head = collections.namedtuple("Head", "method target path query version headers 
 Head.__doc__ = """A parsed request head. `headers` has lower-case names (repeats joined with
 ", "); `body_length` is the Content-Length, 0 without one, -1 for a chunked body."""
 
+_COMMON_METHODS = frozenset(("GET", "HEAD", "POST"))
+_HTTP_VERSION = re.compile(r"HTTP/(\d)\.(\d)\Z")
+_SAFE_TARGET = bytes(range(0x21, 0x7f))   # printable ASCII: kept as is when re-quoting
+
 
 def parse_head(head):
-    """Parse a request head (request line and header lines, without the blank line after
-    them; CRLF or bare LF line ends) into a Head, or raise HeadError.
-
-    Limits are http.server's: a line of at most MAX_LINE bytes, at most MAX_HEADERS
-    headers. Whitespace before a header's colon, obsolete line folding, two framings or
-    two different Content-Lengths are refused (RFC 9112 5.1, 5.2, 6.3): each has been used
-    to smuggle a second request past a proxy.
-    """
+    """A request head (its lines without the blank one after them; CRLF or bare LF) as a
+    Head, or HeadError. Limits are http.server's: lines of MAX_LINE bytes, MAX_HEADERS
+    headers. Whitespace before a colon, line folding, two framings or two Content-Lengths
+    are refused (RFC 9112 5.1, 5.2, 6.3): each has smuggled a request past a proxy."""
     lines = head.split(b"\n")
     request_line = lines[0].rstrip(b"\r")
-    # A bare CR or a NUL is read differently by different parsers (RFC 9112 2.2): refuse.
-    # (The head comes without its last line end, so a CR may end it.)
+    # A bare CR or a NUL is read differently by different parsers (RFC 9112 2.2). (The head
+    # comes without its last line end, so a CR may end it.)
     if head.count(b"\r") != head.count(b"\r\n") + head.endswith(b"\r") or b"\0" in head:
         raise HeadError(400, "bad_header", request_line[:MAX_LINE])
     if len(request_line) > MAX_LINE:
@@ -2392,9 +1156,7 @@ def parse_head(head):
     if len(lines) - 1 > MAX_HEADERS:
         raise HeadError(431, "too_many_headers", request_line)
     words = request_line.decode("latin-1").split(" ")
-    if len(words) != 3:
-        # Two words is an HTTP/0.9 request, which has no headers to carry a user agent or a
-        # Host; it is answered, like anything else malformed, with a 400.
+    if len(words) != 3:   # two words is HTTP/0.9, which has no Host and no user agent
         raise HeadError(400, "bad_request_line", request_line)
     method, target, version = words
     if version == "HTTP/1.1" and method in _COMMON_METHODS:
@@ -2419,14 +1181,13 @@ def parse_head(head):
         headers[name] = headers[name] + ", " + value if name in headers else value
     connection = headers.get("connection", "").lower()
     keep_alive = "keep-alive" in connection if minor == "0" else "close" not in connection
-    # HTTP/1.1 requires exactly one Host (RFC 9112 3.2); two could route differently at a
-    # proxy and here.
+    # HTTP/1.1 needs exactly one Host (RFC 9112 3.2): two could route differently at a proxy.
     if minor != "0" and (not headers.get("host") or "," in headers["host"]):
         raise HeadError(400, "bad_host", request_line)
     if not target.isascii():
         target = urllib.parse.quote_from_bytes(target.encode("latin-1"), _SAFE_TARGET)
     if not target.startswith("/"):
-        scheme, _, rest = target.partition("://")   # absolute-form, RFC 9112 3.2.2
+        scheme, _, rest = target.partition("://")   # the absolute form, RFC 9112 3.2.2
         if scheme.lower() not in ("http", "https") or not rest:
             raise HeadError(400, "bad_target", request_line)
         target = "/" + rest.partition("/")[2]
@@ -2440,15 +1201,11 @@ def parse_head(head):
 
 
 def _body_length(headers):
-    """Content-Length as an int, -1 for a chunked body, None if the framing is invalid."""
+    """Content-Length as an int, -1 for a chunked body, None for invalid framing."""
     if "content-length" not in headers:
-        if "transfer-encoding" not in headers:
-            return 0
-        return -1
-    if "transfer-encoding" in headers:
-        return None
+        return -1 if "transfer-encoding" in headers else 0
     lengths = set(value.strip() for value in headers["content-length"].split(","))
-    if len(lengths) != 1:
+    if "transfer-encoding" in headers or len(lengths) != 1:
         return None
     length = lengths.pop()
     # ASCII digits only: "\u00b2" passes str.isdigit() but not int().
@@ -2456,12 +1213,1180 @@ def _body_length(headers):
 
 
 # --------------------------------------------------------------------------------------------
-# HTTP, part 2: the connection handler, its thread pool, and the server
+# What operators see: one-line messages on stderr, and the counts /health and /metrics show
 
-# Kernel socket timeouts take a struct timeval on Linux and the BSDs; elsewhere (Windows)
-# the handler falls back to settimeout().
-_KERNEL_TIMEOUTS = sys.platform.startswith(("linux", "darwin", "freebsd", "openbsd", "netbsd"))
+class Reporter:
+    """One-line messages for operators on `stream` (stderr by default), each "pixel: ...".
+    A message given a `key` is said at most once per `interval` for that key, so that a
+    failing disk or a flood of bad requests cannot bury the rest. A failed write to the
+    stream itself (stderr on that full disk) is counted in `lost`, never raised: a message
+    for the operator must not cost a client its answer."""
 
+    def __init__(self, stream=None, *, interval=ERROR_INTERVAL, clock=time.monotonic):
+        self.stream = stream
+        self.interval = interval
+        self.lost = 0
+        self._clock = clock
+        self._said = {}          # key -> when it was last said
+        self._lock = threading.Lock()
+
+    def say(self, message, key=None):
+        """Print `message`, unless its `key` was said within the interval; True if printed."""
+        with self._lock:
+            if key is not None:
+                now = self._clock()
+                last = self._said.get(key)
+                if last is not None and now - last < self.interval:
+                    return False
+                self._said[key] = now
+            try:
+                print("pixel: " + message, file=self.stream or sys.stderr, flush=True)
+            except (OSError, ValueError):   # a full disk, a closed pipe, a closed stream
+                self.lost += 1
+                return False
+        return True
+
+
+class Counter:
+    """A thread-safe count, by label value (None when it has no label)."""
+
+    def __init__(self):
+        self.counts = collections.Counter()
+        self._lock = threading.Lock()
+
+    def add(self, key=None, amount=1):
+        with self._lock:
+            self.counts[key] += amount
+
+    def update(self, keys):
+        with self._lock:
+            self.counts.update(keys)
+
+    def total(self):
+        with self._lock:
+            return sum(self.counts.values())
+
+    def samples(self, label):
+        """(suffix, labels, value) samples for Metrics.family, one a label value."""
+        with self._lock:
+            counts = sorted(self.counts.items(), key=lambda item: str(item[0]))
+        return [("", ((label, key),) if label else (), value) for key, value in counts]
+
+
+class Histogram:
+    """Durations (seconds) in Prometheus's cumulative buckets."""
+
+    BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+    def __init__(self):
+        self.counts = [0] * (len(self.BOUNDS) + 1)   # the last: over the last bound
+        self.sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds):
+        index = bisect.bisect_left(self.BOUNDS, seconds)
+        with self._lock:
+            self.counts[index] += 1
+            self.sum += seconds
+
+    def samples(self):
+        with self._lock:
+            counts, total = list(self.counts), self.sum
+        samples, running = [], 0
+        for bound, count in zip(self.BOUNDS + (None,), counts):
+            running += count
+            samples.append(("_bucket", (("le", "+Inf" if bound is None else repr(bound)),),
+                            running))
+        return samples + [("_sum", (), total), ("_count", (), running)]
+
+
+class Metrics:
+    """The registry each part of one pixel (the recorder, the HTTP server, the forwarder)
+    registers its counts into, and that /health and /metrics render: so no part reads
+    another's fields. A family's `samples` and a health field's `read` are called at
+    each render."""
+
+    def __init__(self, clock=time.time):
+        self.started = time.monotonic()
+        self.started_at = clock()
+        self._families = {}      # name -> (type, help, [samples, ...])
+        self._health = []        # (field, read)
+        self._problems = []      # calls that say why /health is degraded, or None
+
+    def family(self, name, kind, help, samples):
+        """A metric family: `samples()` gives (suffix, labels, value) triples. Parts that
+        register one name (pixel_rejections_total: the recorder and the forwarder) are
+        summed, sample by sample."""
+        self._families.setdefault(name, (kind, help, []))[2].append(samples)
+
+    def value(self, name, kind, help, read):
+        """A family of one unlabelled sample, `read()`."""
+        self.family(name, kind, help, lambda: [("", (), read())])
+
+    def health(self, field, read):
+        """A field of /health's document, `read()`."""
+        self._health.append((field, read))
+
+    def problem(self, read):
+        """`read()` is truthy while /health should say degraded."""
+        self._problems.append(read)
+
+    def health_document(self):
+        document = {"status": "degraded" if any(read() for read in self._problems) else "ok",
+                    "version": __version__,
+                    "uptime": round(time.monotonic() - self.started, 3)}
+        document.update((field, read()) for field, read in self._health)
+        return document
+
+    def render(self):
+        """Prometheus's text exposition format 0.0.4."""
+        lines = []
+        families = dict(self._families, pixel_build_info=(
+            "gauge", "pixel's version and the Python it runs on.",
+            [lambda: [("", (("version", __version__), ("python", sys.version.split()[0])), 1)]]),
+            process_start_time_seconds=("gauge", "When the process started (Unix time).",
+                                        [lambda: [("", (), float(self.started_at))]]))
+        for name, (kind, help, sources) in families.items():
+            lines.append("# HELP %s %s" % (name, help.replace("\\", "\\\\")
+                                           .replace("\n", "\\n")))
+            lines.append("# TYPE %s %s" % (name, kind))
+            samples = {}
+            for source in sources:
+                for suffix, labels, value in source():
+                    samples[suffix, labels] = samples.get((suffix, labels), 0) + value
+            for (suffix, labels), value in samples.items():
+                text = ",".join('%s="%s"' % (label, str(content).replace("\\", "\\\\")
+                                             .replace('"', '\\"').replace("\n", "\\n"))
+                                for label, content in labels)
+                lines.append("%s%s%s %s" % (name, suffix, "{%s}" % text if text else "",
+                                            repr(float(value)) if isinstance(value, float)
+                                            else int(value)))
+        return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Log files: appending whole lines before the answer, rotating, and reading them back
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+# A rotated file's suffix: pixel's own .<UTC stamp>[-N] (group 1 and 2), or logrotate's
+# .N and -DATE, which the forwarder follows too.
+_ROTATED = re.compile(r"(?:\.(\d{8}T\d{6}\.\d{3}Z)(?:-(\d+))?|\.\d{1,6}|-\d{8,14})\Z")
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode):
+    """What a file of st_mode `mode` is, in words."""
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def open_file(path, flags=_READ_FLAGS, devices=False):
+    """os.open() for a regular file (with `devices`, a character device such as /dev/full
+    too); anything else is OSError(EINVAL, "not a regular file (a FIFO)"). The open cannot
+    block: a FIFO would wait there for a peer before any signal could stop it, so it is
+    opened O_NONBLOCK, checked, and set back. A directory or /dev/zero reads for ever."""
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | nonblocking, 0o644)
+    except OSError as error:   # a FIFO with no reader opened to write: ENXIO
+        if error.errno not in (errno.ENXIO, errno.EISDIR):
+            raise
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            raise error from None
+        raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode),
+                      path) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or devices and stat.S_ISCHR(mode)):
+            raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode), path)
+        if nonblocking:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _flock(fd, path):
+    """An exclusive flock on a log: a second pixel process writing it would rotate it under
+    the first and lose lines. Where the file system has none, nothing is locked."""
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(errno.EBUSY, "another process writes it (it holds its flock)",
+                      path) from None
+    except OSError as error:
+        if error.errno not in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+
+
+def state_path(log_path, role):
+    """Where pixel keeps its `role` state for the log at `log_path` ("forward": the live
+    forwarder's checkpoint; "backfill": pixel.py forward's, after its first file). Version
+    1.0 wrote <log>.forward beside the log, where the globs users write for its files
+    (events.jsonl* for a shipper) took it for a log. In a folder of its own, .pixel/, no
+    glob of the log's name reaches it, in a shell, Go or Rust (whose `*` matches a leading
+    dot); a name that starts with the role and ends in .json passes recursive globs by."""
+    folder, name = os.path.split(os.path.abspath(log_path))
+    return os.path.join(folder, STATE_FOLDER, "%s.%s.json" % (role, name))
+
+
+def adopt_legacy_state(log_path, role, reporter):
+    """state_path(), its folder made, and version 1.0's <log>.<role> moved there, so that an
+    upgrade goes on where the old version stopped. Raises OSError."""
+    path = state_path(log_path, role)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    legacy = os.path.abspath(log_path) + "." + role
+    for old in (legacy, legacy + ".tmp"):   # .tmp: what a kill -9 mid-write leaves
+        try:
+            if not stat.S_ISREG(os.lstat(old).st_mode):
+                continue   # not one of ours
+        except FileNotFoundError:
+            continue
+        if old == legacy:   # over one already there: the old file can only be the newer
+            os.replace(old, path)
+            reporter.say("moved the checkpoint %s to %s, where no glob of the log's files "
+                         "matches it" % (old, path))
+        else:
+            os.remove(old)
+    return path
+
+
+class LogWriter:
+    """Appends whole lines to a file, one os.write each, before the caller answers.
+
+    The file is opened O_APPEND, so a kill -9 loses nothing written and tears no line. With
+    `max_bytes` the live file is renamed to <path>.<UTC stamp> before a write would cross
+    the limit (as RotatingFileHandler does) and a fresh one opened; with `keep`, rotated
+    files past that many are deleted, each said on stderr. A file renamed by someone else
+    is noticed at most PATH_CHECK_INTERVAL later and the path reopened (as
+    WatchedFileHandler does), and a line written into a file deleted under it is written
+    again to a fresh one. A failed or short write is cut back to the last whole line,
+    counted in `failed` and reported once an interval; writing resumes by itself.
+
+    One process owns a log, holding it with an exclusive flock. A reader that must see
+    every line (the forwarder) calls follow(), then takes the files opened since from
+    changes(), each with a descriptor of its own; `pinned` names the files it has not
+    finished, which `keep` must not delete. It needs `readable=True`.
+    """
+
+    def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None,
+                 readable=False):
+        self.path = os.path.realpath(path)   # rotating a symlink would rename the link
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.written = self.written_bytes = self.failed = self.rotations = 0
+        self.pinned = frozenset()   # identities the follower has not finished
+        self.torn_tail = None       # the start of a torn last line cut at start-up
+        self.torn_tail_bytes = 0
+        self.created = not os.path.lexists(self.path)   # by this start: see discard()
+        self._clock = clock
+        self._reporter = reporter or Reporter()
+        self._lock = threading.Lock()
+        self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
+        self._fd = self._identity = None
+        self._size = 0              # where the last whole line ends
+        self._torn = False          # a short write left bytes past _size not yet cut
+        self._failing_since = None
+        self._unreported = 0        # lines failed since writing last worked
+        self._moved_at = None       # when the open file was first seen renamed away
+        self._path_checked = float("-inf")
+        self._changes = None        # for the follower: ("opened", fd, ...), ("renamed", ...)
+        self._open()                # at start-up an OSError is the operator's to see
+        try:
+            self._cut_torn_tail()
+        except OSError:
+            self._close()
+            raise
+
+    @property
+    def failing(self):
+        return self._failing_since is not None
+
+    def follow(self):
+        """Keep, from now on, a descriptor of each file opened, for changes(); return the
+        open file's (descriptor, identity, committed end, lines written), of one instant."""
+        if not self._flags & os.O_RDWR:
+            raise ValueError("a LogWriter needs readable=True to be followed")
+        with self._lock:
+            self._drop_changes()   # a follower before this one's
+            self._changes = []
+            return os.dup(self._fd), self._identity, self._size, self.written
+
+    def _drop_changes(self):
+        for change in self._changes or ():
+            if change[1] is not None:
+                os.close(change[1])
+        self._changes = None
+
+    def changes(self):
+        """What happened to the files since the last call, in order: ("opened", fd,
+        identity, path), the descriptor now the caller's, or ("renamed", None, identity,
+        path) for a rotation, whose name is then kept for good."""
+        with self._lock:
+            changes = self._changes or []
+            if self._changes is not None:
+                self._changes = []
+            return changes
+
+    def _park(self, identity, name):
+        """Hold few descriptors for a follower that has not taken them (in an outage it may
+        not for hours, a file a rotation): one whose name is now kept for good is closed,
+        to be opened by `name` when its turn comes."""
+        held = [index for index, change in enumerate(self._changes) if change[1] is not None]
+        if len(held) > MAX_OPEN_LOG_FILES:
+            for index in held:
+                change, fd, known, _ = self._changes[index]
+                if known == identity:
+                    os.close(fd)
+                    self._changes[index] = (change, None, identity, name)
+
+    def committed_end(self, identity):
+        """Where the last whole line of file `identity` ends, if it is the open file, else
+        None. A reader goes no further: past it, a short write may be about to be cut."""
+        return self._size if self._identity == identity else None
+
+    def _open(self):
+        fd = open_file(self.path, self._flags, devices=True)   # /dev/null, /dev/full too
+        try:
+            status = os.fstat(fd)
+            if (status.st_dev, status.st_ino) == self._identity and self._fd is not None:
+                os.close(fd)   # the file it has open (a SIGHUP with nothing renamed)
+                return
+            _flock(fd, self.path)
+            if self._changes is not None:   # under the lock: in the order written
+                self._changes.append(("opened", os.dup(fd), (status.st_dev, status.st_ino),
+                                      self.path))
+        except OSError:   # in use, out of descriptors: the file open until now stays
+            os.close(fd)
+            raise
+        self._fd, self._identity, self._size = fd, (status.st_dev, status.st_ino), status.st_size
+
+    def _reopen(self):
+        """Open the path afresh, then close the file open until now (so that it stays open
+        if the path cannot be opened)."""
+        old = self._fd
+        self._open()
+        if self._fd != old:
+            self._torn, self._moved_at = False, None
+            if old is not None:
+                os.close(old)
+
+    def reopen(self):
+        """Open the path afresh (SIGHUP, logrotate's convention); raises OSError, and keeps
+        the file it had, if the path cannot be opened."""
+        with self._lock:
+            self._reopen()
+
+    def _cut_torn_tail(self):
+        """A kill -9 or a power cut mid-write can leave a last line with no newline, which
+        the next line would be glued to. Cut it back to the last whole line, keep its first
+        MAX_REJECT_RAW bytes in `torn_tail` for the rejects log, and say so."""
+        end = start = self._size
+        if not end:
+            return
+        reader = os.open(self.path, _READ_FLAGS)   # the writer's own may be write-only
+        try:
+            if os.pread(reader, 1, end - 1) == b"\n":
+                return
+            # Back to the last newline a block at a time, no further than one write leaves.
+            while start > 0 and end - start <= MAX_WRITE_BYTES:
+                block_start = max(0, start - RECV_SIZE)
+                newline = os.pread(reader, start - block_start, block_start).rfind(b"\n")
+                start = block_start + newline + 1 if newline >= 0 else block_start
+                if newline >= 0:
+                    break
+            if end - start > MAX_WRITE_BYTES:   # no torn write: a file that is not a log
+                raise OSError(errno.EINVAL, "its last %d bytes have no newline, more than "
+                                            "one write leaves; is it a pixel log?"
+                              % (end - start))
+            self.torn_tail = os.pread(reader, min(end - start, MAX_REJECT_RAW), start)
+        finally:
+            os.close(reader)
+        self.torn_tail_bytes = end - start
+        os.ftruncate(self._fd, start)
+        self._size = start
+        self._reporter.say("%s ended in a torn line (%d bytes, no newline): cut it"
+                           % (self.path, end - start))
+
+    def _close(self):
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def close(self):
+        with self._lock:
+            self._close()
+            self._drop_changes()
+
+    def discard(self):
+        """Close, and remove the file if this writer made it and it is still empty and at
+        the path: a start that fails leaves the folder as it found it."""
+        with self._lock:
+            if self._fd is not None and self.created:
+                opened = os.fstat(self._fd)
+                try:
+                    named = os.stat(self.path)
+                    if opened.st_size == 0 and \
+                            (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
+                        os.unlink(self.path)
+                except FileNotFoundError:   # removed already, by someone else
+                    pass
+                except OSError as error:
+                    self._reporter.say("cannot remove %s, made by a start that failed: %s"
+                                       % (self.path, error.strerror or error))
+        self.close()
+
+    def write(self, lines):
+        """Append `lines` (bytes, each ending in a newline); True once all are on disk. If a
+        write fails, the lines before it stay written and counted, the rest failed."""
+        # Whether the path still names the open file is looked at once every
+        # PATH_CHECK_INTERVAL (a stat a write cost a system call and a turn of the GIL each):
+        # meanwhile lines go on into a renamed file, where shippers that follow inodes, and
+        # the forwarder, read them. A delete is caught after every write (_append_linked).
+        # The stat is taken before the lock, so that threads queue only behind the write.
+        now = self._clock()
+        check = not 0 <= now - self._path_checked < PATH_CHECK_INTERVAL or self._fd is None
+        status = None
+        if check:
+            self._path_checked = now
+            try:
+                status = os.stat(self.path)
+            except OSError:
+                pass
+        with self._lock:
+            done = 0
+            try:
+                if check:
+                    self._follow_path(status)
+                if self._torn:   # an earlier cut failed: never extend the file with it
+                    if os.fstat(self._fd).st_size > self._size:
+                        os.ftruncate(self._fd, self._size)
+                    self._torn = False
+                for chunk, count in self._chunks(lines):
+                    if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
+                        self._rotate()
+                    self._append_linked(chunk)
+                    done += count
+            except OSError as error:
+                self.written += done
+                self.failed += len(lines) - done
+                if self._failing_since is None:
+                    self._failing_since = self._clock()
+                self._unreported += len(lines) - done
+                self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still "
+                                   "answering, will retry)" % (self.path, error.strerror or
+                                                               error, self._unreported),
+                                   key="write " + self.path)
+                return False
+            self.written += done
+            if self._failing_since is not None:
+                self._reporter.say("writing %s again after %d failed line(s)"
+                                   % (self.path, self._unreported))
+                self._failing_since, self._unreported = None, 0
+            return True
+
+    def _chunks(self, lines):
+        """(bytes, line count) pieces of `lines` for a write() each: whole lines, at most
+        MAX_WRITE_BYTES (or max_bytes), unless one line is larger alone."""
+        if len(lines) == 1:
+            return [(lines[0], 1)]
+        limit = min(self.max_bytes or MAX_WRITE_BYTES, MAX_WRITE_BYTES)
+        chunks, current, size = [], [], 0
+        for line in lines:
+            if current and size + len(line) > limit:
+                chunks.append((b"".join(current), len(current)))
+                current, size = [], 0
+            current.append(line)
+            size += len(line)
+        chunks.append((b"".join(current), len(current)))
+        return chunks
+
+    def _follow_path(self, status):
+        """Reopen the path if the open file is no longer at it (logrotate's create, an mv
+        or rm), `status` being a stat of the path from before the lock (looked at again:
+        our own rotation may have come between). A file renamed away with nothing at its
+        path yet is written for MOVED_GRACE more: logrotate's create renames, then makes
+        the new file with O_EXCL, and fails if we made it first. If the path cannot be
+        opened (its folder was renamed) but the file still has a name, writing goes on."""
+        if self._fd is None:
+            return self._reopen()
+        if status is not None and (status.st_dev, status.st_ino) == self._identity:
+            return
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            status = None
+        if status is not None and (status.st_dev, status.st_ino) == self._identity:
+            return
+        if status is None and os.fstat(self._fd).st_nlink:
+            now = self._clock()
+            if self._moved_at is None or now < self._moved_at:
+                self._moved_at = now
+            if now - self._moved_at < MOVED_GRACE:
+                return
+        try:
+            self._reopen()
+        except OSError as error:
+            if not os.fstat(self._fd).st_nlink:
+                raise
+            self._reporter.say("cannot reopen %s: %s; still writing to the file it named"
+                               % (self.path, error.strerror or error), key="reopen " + self.path)
+
+    def _append_linked(self, chunk):
+        """_append, then check that the file still has a name: a line written into a file
+        deleted since write()'s stat vanishes with it. Such a file is replaced by a fresh
+        one at the path and the chunk written again (first taken out of the nameless one,
+        which the forwarder or a shipper may still read)."""
+        for _ in range(RELINK_ATTEMPTS):
+            before = self._size
+            self._append(chunk)
+            if os.fstat(self._fd).st_nlink:
+                return
+            os.ftruncate(self._fd, before)
+            self._size = before
+            self._reopen()
+        raise OSError(errno.ENOENT, "deleted each time it was written, %d times"
+                      % RELINK_ATTEMPTS)
+
+    def _append(self, chunk):
+        written = os.write(self._fd, chunk)
+        if written != len(chunk):
+            # The disk filled mid-line: cut back to the last whole line, measured from the
+            # real end, since a copytruncate may have made _size stale, and a cut to it
+            # would extend the file with zeros.
+            self._size = os.fstat(self._fd).st_size - written
+            self._torn = True
+            os.ftruncate(self._fd, self._size)
+            self._torn = False
+            raise OSError(errno.ENOSPC, "short write (%d of %d bytes)" % (written, len(chunk)))
+        self._size += written
+        self.written_bytes += written
+
+    def _rotate(self):
+        now = self._clock()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
+        target, serial = "%s.%s" % (self.path, stamp), 0
+        while os.path.lexists(target):   # two rotations in one millisecond
+            serial += 1
+            target = "%s.%s-%d" % (self.path, stamp, serial)
+        try:
+            os.rename(self.path, target)
+        except OSError as error:   # keep writing to the live file rather than lose lines
+            self._reporter.say("cannot rotate %s: %s; still writing to it"
+                               % (self.path, error), key="write " + self.path)
+            return
+        if self._changes is not None:
+            self._changes.append(("renamed", None, self._identity, target))
+            self._park(self._identity, target)
+        self.rotations += 1
+        self._reopen()
+        if self.keep:
+            self._prune()
+
+    def rotated_files(self):
+        """This log's files that pixel rotated, oldest first."""
+        folder, base = os.path.split(self.path)
+        found = []
+        for name in os.listdir(folder):
+            match = _ROTATED.match(name, len(base)) if name.startswith(base) else None
+            if match and match.group(1):
+                found.append((match.group(1), int(match.group(2) or 0), name))
+        return [os.path.join(folder, name) for _, _, name in sorted(found)]
+
+    def _prune(self):
+        """Delete rotated files past `keep`, but none the follower has not finished: those
+        it holds, and those it has not yet taken from changes()."""
+        held = self.pinned.union(change[2] for change in self._changes or ())
+        for old in self.rotated_files()[:-self.keep]:
+            try:
+                status = os.stat(old)
+                if (status.st_dev, status.st_ino) in held:
+                    self._reporter.say("keeping %s past --keep %d: the forwarder has not "
+                                       "sent all of it yet" % (old, self.keep),
+                                       key="keep " + self.path)
+                    continue
+                os.remove(old)
+            except FileNotFoundError:
+                continue
+            self._reporter.say("deleted %s (--keep %d)" % (old, self.keep))
+
+
+# Reading log lines back: the dedupe window's warm-up, and the forwarder. The raw bytes
+# "writeKey":" can only be a key, since a quote inside a JSON string is escaped.
+_WRITE_KEY_FIELD = re.compile(rb'"writeKey":"((?:[^"\\]|\\.)*)"')
+_MESSAGE_ID_FIELD = re.compile(rb'"messageId":"((?:[^"\\]|\\.)*)"')
+
+
+def _depth_at(prefix):
+    """How many brackets are open at the end of `prefix`, the start of a JSON text."""
+    text = prefix.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(text.split(b'"')[::2])
+    return outside.count(b"{") + outside.count(b"[") - outside.count(b"}") - \
+        outside.count(b"]")
+
+
+def _top_level_string(line, field):
+    """The match of `field` (a "<name>":"<value>" pattern) in a log line if it has exactly
+    one, at its top level, with no escape in it: then the line need not be parsed, which
+    would cost more than all the rest. None: parse the line."""
+    matches = list(field.finditer(line))
+    if len(matches) != 1 or line[:1] != b"{" or line[-1:] != b"}":
+        return None
+    match = matches[0]
+    if b"\\" in match.group(1) or not match.group(1).isascii() or \
+            _depth_at(line[:match.start()]) != 1:
+        return None
+    return match
+
+
+def logged_client_id(line):
+    """The dedupe_key of a log line (bytes), from its writeKey and messageId, or None."""
+    key_match = _top_level_string(line, _WRITE_KEY_FIELD)
+    id_match = _top_level_string(line, _MESSAGE_ID_FIELD) if key_match is not None else None
+    if id_match is not None:
+        return dedupe_key(key_match.group(1).decode("ascii"), id_match.group(1).decode("ascii"))
+    if b'"messageId"' not in line:   # garbage, fast: the warm-up may read a lot of it
+        return None
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(event, dict):
+        return None
+    write_key, message_id = event.get("writeKey"), event.get("messageId")
+    if isinstance(write_key, str) and write_key and isinstance(message_id, str) and \
+            message_id:
+        return dedupe_key(write_key, message_id)
+    return None
+
+
+def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
+    """The dedupe_keys of the last `count` events in the log files `paths` (the newest
+    first), oldest first, reading at most `max_bytes` from their ends."""
+    found = []   # newest first
+    lines_left = 2 * count + 1024   # a log of pixel's has an id a line: garbage stops this
+    for path in paths:
+        try:
+            fd = open_file(path)
+        except OSError:   # rotated away or deleted since it was listed, or not a file
+            continue
+        try:
+            end, partial = os.fstat(fd).st_size, b""
+            while end > 0 and len(found) < count and max_bytes > 0 and lines_left > 0:
+                size = min(MAX_WRITE_BYTES, end, max_bytes)
+                end, max_bytes = end - size, max_bytes - size
+                lines = (os.pread(fd, size, end) + partial).split(b"\n")
+                partial = lines.pop(0) if end > 0 else b""   # may go on in the block before
+                for line in reversed(lines):
+                    client_id = logged_client_id(line) if line else None
+                    lines_left -= 1
+                    if client_id is not None:
+                        found.append(client_id)
+                    if len(found) == count or lines_left <= 0:
+                        break
+        finally:
+            os.close(fd)
+        if len(found) >= count or max_bytes <= 0 or lines_left <= 0:
+            break
+    found.reverse()
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# The recorder, what requests become in the logs, and the app, what a transport answers
+
+class DedupeWindow:
+    """The dedupe_keys of the last `size` distinct events written, oldest forgotten first,
+    kept as 64-bit digests (hash(), keyed per process) in two arrays made once: a ring in
+    the order written, and an open-addressing table for lookups. A dict here, resized now
+    by one thread and now by another, left glibc's per-thread arenas holding some 80 MiB of
+    freed tables under SDK traffic (a new messageId each, 12k events a second, measured
+    RSS); these never move. Two keys with one digest (one chance in 2**64 / size) would be
+    taken for one. Not thread-safe."""
+
+    def __init__(self, size):
+        slots = 2
+        while slots < 2 * size:   # at most half full: short probes
+            slots *= 2
+        self.size = size
+        self._mask = slots - 1
+        self._table = array.array("q", bytes(8 * slots))   # 0: an empty slot
+        self._ring = array.array("q", bytes(8 * size))
+        self._next = self._count = 0
+
+    @staticmethod
+    def _digest(key):
+        return hash(key) or 1
+
+    def _find(self, digest):
+        """The slot holding `digest`, or the empty one where it would go."""
+        table, mask = self._table, self._mask
+        slot = digest & mask
+        while table[slot] and table[slot] != digest:
+            slot = (slot + 1) & mask
+        return slot
+
+    def __contains__(self, key):
+        return self._table[self._find(self._digest(key))] != 0
+
+    def __len__(self):
+        return self._count
+
+    def add(self, key):
+        digest = self._digest(key)
+        slot = self._find(digest)
+        if self._table[slot]:
+            return   # remembered already (a warm-up from a log that repeats one)
+        if self._count == self.size:
+            self._forget(self._ring[self._next])
+            slot = self._find(digest)   # forgetting may have moved the empty slot
+        else:
+            self._count += 1
+        self._table[slot] = digest
+        self._ring[self._next] = digest
+        self._next = (self._next + 1) % self.size
+
+    def _forget(self, digest):
+        """Empty `digest`'s slot, moving later entries of its probe run back into the hole,
+        so that no lookup stops short at it (deletion without tombstones)."""
+        table, mask = self._table, self._mask
+        hole = self._find(digest)
+        slot = hole
+        while True:
+            slot = (slot + 1) & mask
+            entry = table[slot]
+            if not entry:
+                break
+            home = entry & mask   # where its probe run starts: it may move back to the hole
+            if (hole < slot and not hole < home <= slot) or \
+                    (hole > slot and slot < home <= hole):
+                table[hole] = entry
+                hole = slot
+        table[hole] = 0
+
+
+def _client_id(payload, event):
+    """The event's dedupe_key if the client sent its messageId: pixel's own never repeat."""
+    if payload.get("messageId") in (None, ""):
+        return None
+    return dedupe_key(event["writeKey"], event["messageId"])
+
+
+# What validate() refuses a writeKey for: with --write-key, an API request refused only for
+# these is answered 401.
+_KEY_REASONS = ("no_write_key", "write_key_not_string", "invalid_write_key")
+
+
+class Recorder:
+    """Turns requests into log lines: events into the events log, refusals into the
+    rejects log, each on disk, or counted as failed, before a method returns. It holds the
+    policy that takes: the write keys, the address rules, the dedupe window, the clock."""
+
+    def __init__(self, events, rejects, *, write_keys=(), trusted_proxies=(), record_ip=True,
+                 anonymize_ip=False, dedupe_window=DEFAULT_DEDUPE_WINDOW, metrics=None,
+                 clock=time.time, reporter=None):
+        self.events, self.rejects = events, rejects
+        self.write_keys = frozenset(write_keys)
+        self.trusted_proxies = tuple(ipaddress.ip_network(proxy, strict=False)
+                                     for proxy in trusted_proxies)
+        self.record_ip = record_ip
+        self.anonymize_ip = anonymize_ip and record_ip
+        self.recent = DedupeWindow(dedupe_window) if dedupe_window else None
+        self.clock = clock
+        self.reporter = reporter or Reporter()
+        self.written_by_type = Counter()
+        self.rejected_by_reason = Counter()   # a line may count several (too_many_rejects)
+        self.browser_metrics = Counter()      # browser SDKs' own posts, counted and dropped
+        self.deduped = 0
+        self._dedupe_lock = threading.Lock()
+        self.metrics = metrics or Metrics(clock)
+        self._register(self.metrics)
+
+    def _register(self, metrics):
+        logs = (("events", self.events), ("rejects", self.rejects))
+        metrics.family("pixel_events_total", "counter", "Events written to the events log, "
+                       "by type.", lambda: self.written_by_type.samples("type"))
+        metrics.family("pixel_rejections_total", "counter", "Requests, items and forwarded "
+                       "events refused, by the reason in the rejects log.",
+                       lambda: self.rejected_by_reason.samples("reason"))
+        for name, attribute, help in (
+                ("pixel_written_lines_total", "written", "Lines written, by log."),
+                ("pixel_written_bytes_total", "written_bytes", "Bytes written, by log."),
+                ("pixel_write_errors_total", "failed", "Lines that could not be written."),
+                ("pixel_rotations_total", "rotations", "Rotations, by log.")):
+            metrics.family(name, "counter", help, lambda attribute=attribute: [
+                ("", (("log", log),), getattr(writer, attribute)) for log, writer in logs])
+        metrics.value("pixel_deduped_events_total", "counter", "Events not written: their "
+                      "writeKey and messageId were written within the dedupe window.",
+                      lambda: self.deduped)
+        metrics.value("pixel_browser_metrics_total", "counter", "Browser SDKs' own metrics "
+                      "and error reports (/v1/m, /rsaMetrics), counted and dropped.",
+                      self.browser_metrics.total)
+        for field, read in (("accepted", lambda: self.events.written),
+                            ("rejected", self.rejected_by_reason.total),
+                            ("write_errors", lambda: self.events.failed + self.rejects.failed),
+                            ("browser_metrics", self.browser_metrics.total),
+                            ("deduped", lambda: self.deduped)):
+            metrics.health(field, read)
+        metrics.problem(lambda: self.events.failing or self.rejects.failing)
+
+    def remember_logged(self, max_bytes=MAX_WARM_BYTES):
+        """Refill the dedupe window from the end of the events log (the live file, then
+        rotated ones), so that a forwarder sending its last batch again after a crash on
+        either side is not written twice. Returns how many ids it read."""
+        if self.recent is None:
+            return 0
+        paths = [self.events.path] + self.events.rotated_files()[::-1]
+        client_ids = logged_client_ids(paths, self.recent.size, max_bytes)
+        with self._dedupe_lock:
+            for client_id in client_ids:
+                self.recent.add(client_id)
+        return len(client_ids)
+
+    def client_ip(self, request):
+        """The address to record for `request`: None with --no-ip or none known."""
+        if not self.record_ip or not request.peer:
+            return None
+        ip = request.peer
+        if self.trusted_proxies or ip.startswith("::ffff:"):
+            ip = client_ip(ip, request.headers.get("x-forwarded-for"), self.trusted_proxies)
+        return anonymize_ip(ip) if self.anonymize_ip else ip
+
+    def record_pixel(self, kind, request):
+        received_at = self.clock()
+        ip = self.client_ip(request)
+        try:
+            payload = decode_query(request.query)
+            event = build_event(kind, payload, received_at=received_at,
+                                write_keys=self.write_keys, ip=ip,
+                                user_agent=user_agent(request.headers),
+                                anonymize=self.anonymize_ip)
+            line = encode_line(event)
+        except Rejected as rejection:
+            self.reject(rejection, request, received_at=received_at, ip=ip)
+            return
+        self.write_events([line], [_client_id(payload, event)], [kind])
+
+    def write_events(self, lines, client_ids, kinds):
+        """Write `lines` (events of `kinds`), but none whose writeKey and client-sent
+        messageId (`client_ids`, each a dedupe_key, or None for an id pixel made) were
+        written within the dedupe window: SDKs, browsers and networks repeat an event with
+        its messageId. True once all that was kept is on disk."""
+        if self.recent is None or not any(client_ids):
+            written = self.events.write(lines)
+        else:
+            with self._dedupe_lock:   # two copies arriving at once are one write
+                kept, kept_kinds, ids = [], [], set()
+                for line, client_id, kind in zip(lines, client_ids, kinds):
+                    if client_id is not None and (client_id in self.recent or
+                                                  client_id in ids):
+                        self.deduped += 1
+                        continue
+                    kept.append(line)
+                    kept_kinds.append(kind)
+                    if client_id is not None:
+                        ids.add(client_id)
+                written = self.events.write(kept) if kept else True
+                if written:
+                    for client_id in ids:
+                        self.recent.add(client_id)
+            kinds = kept_kinds
+        if written:
+            self.written_by_type.update(kinds)
+        return written
+
+    def record_api(self, route, request, browser=False):
+        """Write the events of an HTTP API body; return the answer. 200 once they are on
+        disk; 400 for a body that is not one; 503 if the log could not be written, so that
+        SDKs (which retry a 5xx) send it again; with --write-key, 401 when every event was
+        refused for its key. Items that break a rule go to the rejects log, at most
+        MAX_REJECTS_PER_REQUEST lines of them, then a line that counts the rest. On the
+        `browser` routes an event's `timestamp` is the browser's clock: it becomes
+        originalTimestamp, and timestamp receivedAt - (sentAt - originalTimestamp), as
+        Segment does for client sources."""
+        received_at = self.clock()
+        ip = self.client_ip(request)
+        agent = user_agent(request.headers)
+        body = request.body
+        try:
+            body = decode_body(body, request.headers.get("content-encoding"))
+            pairs = api_payloads(route, body, authorization=request.headers.get("authorization"),
+                                 query=request.query)
+        except Rejected as rejection:   # quote the body as received, or as gunzipped
+            return self._body_refused(rejection, request, received_at, ip, body)
+        lines, client_ids, kinds, refused = [], [], [], []
+        size, limit = 0, request_log_limit(len(body))
+        key_refused = key_taken = False   # was some event's writeKey refused? one's taken?
+        for kind, payload in pairs:
+            try:
+                if isinstance(payload, Rejected):   # an item that is not even an event
+                    raise payload
+                if browser and payload.get("timestamp") is not None and \
+                        payload.get("originalTimestamp") is None:
+                    payload = dict(payload, originalTimestamp=payload.pop("timestamp"))
+                event = build_event(kind, payload, received_at=received_at,
+                                    write_keys=self.write_keys, ip=ip, user_agent=agent,
+                                    anonymize=self.anonymize_ip)
+                line = encode_line(event)
+            except Rejected as rejection:
+                refused.append((rejection, payload.item if payload is rejection else payload))
+                key_refused = key_refused or rejection.reason in _KEY_REASONS
+                # validate() checks the key first: a later reason means the key was taken.
+                key_taken = key_taken or payload is not rejection and \
+                    rejection.reason not in _KEY_REASONS
+                continue
+            key_taken = True
+            size += len(line)
+            if size > limit:   # with the user agent, ip and pixel's fields, once an event
+                return self._body_refused(Rejected("batch_too_large"), request, received_at,
+                                          ip, body)
+            lines.append(line)
+            client_ids.append(_client_id(payload, event))
+            kinds.append(kind)
+        written = self.write_events(lines, client_ids, kinds) if lines else True
+        if refused:
+            self._refuse_items(refused, request, received_at, ip)
+        if self.write_keys and key_refused and not key_taken:
+            # Segment answers 200 to anything, and its users cannot tell a wrong key from a
+            # right one; pixel knows its keys. A browser gets no challenge, which would make
+            # it ask its user for a password.
+            reason = next(rejection.reason for rejection, _ in refused
+                          if rejection.reason in _KEY_REASONS)
+            return error_answer(401, reason, () if request.headers.get("origin") else
+                                (("WWW-Authenticate", 'Basic realm="pixel"'),))
+        return SUCCESS if written else error_answer(503, "write_failed")
+
+    def _refuse_items(self, refused, request, received_at, ip):
+        records, size = [], 0
+        for rejection, item in refused:
+            if len(records) == MAX_REJECTS_PER_REQUEST or size > MAX_REJECTS_BYTES_PER_REQUEST:
+                break
+            redacted = False
+            if self.anonymize_ip:
+                item, redacted = anonymize_json(item)
+            records.append(self._reject_line(rejection, request, received_at, ip,
+                                             _encode_lenient(item)[:MAX_REJECT_RAW], redacted))
+            size += len(records[-1])
+        if len(records) < len(refused):
+            rest = Rejected("too_many_rejects", "%d more item(s) not quoted"
+                            % (len(refused) - len(records)))
+            records.append(self._reject_line(rest, request, received_at, ip, ""))
+        self._write_rejects(records, [rejection.reason for rejection, _ in refused])
+
+    def _body_refused(self, rejection, request, received_at, ip, body):
+        """A 400 for an API body as a whole, and its rejects line quoting the body."""
+        if self.anonymize_ip:
+            quoted, redacted = anonymize_body(body)
+        else:
+            quoted, redacted = body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False
+        self.reject(rejection, request, received_at=received_at, ip=ip,
+                    quoted=quoted[:MAX_REJECT_RAW], redacted=redacted)
+        return error_answer(400, rejection.reason)
+
+    def _quote_text(self, text, limit=None):
+        """(Client text as a line may quote it, whether part was left out): under
+        --anonymize-ip never raw text, which could hide an address in an encoding."""
+        if not self.anonymize_ip:
+            return text[:limit], False
+        quoted = anonymize_text(text, limit)
+        return ("", True) if quoted is None else (quoted, False)
+
+    def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
+               redacted=False):
+        """Write one rejects-log line, enough to find a broken campaign and replay it: a
+        pixel's quotes its query, an API request's its body or the item at fault."""
+        if received_at is None:
+            received_at = self.clock()
+            ip = self.client_ip(request)
+        self._write_rejects([self._reject_line(rejection, request, received_at, ip, quoted,
+                                               redacted)], [rejection.reason])
+
+    def _reject_line(self, rejection, request, received_at, ip, quoted, redacted=False):
+        # The detail can quote a parameter's name, and the user agent is the client's too.
+        detail, cut = self._quote_text(rejection.detail)
+        agent, cut_agent = self._quote_text(user_agent(request.headers) or "", MAX_USER_AGENT)
+        redacted = redacted or cut or cut_agent
+        record = {"reason": rejection.reason}
+        if detail:
+            record["detail"] = detail
+        record["method"] = request.method
+        record["path"] = request.path[:1024]
+        if quoted is not None:
+            record["body"] = quoted
+        else:
+            query, cut = anonymize_query(request.query) if self.anonymize_ip else \
+                (request.query, False)
+            redacted = redacted or cut
+            record["query"] = query[:MAX_REJECT_RAW]
+            if len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW:
+                record["queryTruncated"] = True
+        if redacted:
+            record["redacted"] = True
+        if ip is not None:
+            record["ip"] = ip
+        if agent:
+            record["userAgent"] = agent
+        record["receivedAt"] = format_time(received_at)
+        return (_encode(record) + "\n").encode("ascii")
+
+    def _write_rejects(self, lines, reasons):
+        self.rejected_by_reason.update(reasons)
+        self.rejects.write(lines)
+
+    def record_torn_tails(self):
+        """A rejects line for each log whose torn last line its writer cut at start-up."""
+        for writer in (self.events, self.rejects):
+            if writer.torn_tail is not None:
+                quoted, redacted = self._quote_text(writer.torn_tail.decode("utf-8",
+                                                                            "replace"))
+                self.reject(Rejected("torn_tail", "%d byte(s) cut from %s" % (
+                    writer.torn_tail_bytes, writer.path)), Request("", "", "", {}, "", b""),
+                    received_at=self.clock(), quoted=quoted, redacted=redacted)
+
+    def reopen(self):
+        """Open both logs afresh at their paths (SIGHUP)."""
+        reopened = []
+        for writer in (self.events, self.rejects):
+            try:
+                writer.reopen()
+            except OSError as error:   # the next write tries again, and reports it
+                self.reporter.say("cannot reopen %s: %s" % (
+                    writer.path, error.strerror or error), key="reopen " + writer.path)
+            else:
+                reopened.append(writer.path)
+        if reopened:
+            self.reporter.say("reopened %s (SIGHUP)" % " and ".join(reopened))
+
+
+class App:
+    """What a transport asks: the Answer to a Request at a Route (route_for's). It records
+    through the Recorder, and answers /health, /metrics, the SDKs' settings documents and
+    CORS itself; the built-in server and WSGI are two transports over one App."""
+
+    def __init__(self, recorder, metrics, *, allow_origins=(), public_url=None,
+                 metrics_token=None, serve_metrics=True):
+        self.recorder = recorder
+        self.metrics = metrics
+        self.clock = recorder.clock
+        self.allow_origins = tuple(origin.lower() for origin in allow_origins)
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.metrics_token = metrics_token
+        self.serve_metrics = serve_metrics   # False: /metrics is a 404 (WSGI, unless asked)
+
+    def answer(self, route, request):
+        """Record `request` as `route` says (None: no such path); return the answer."""
+        if route is None or route.kind == "prometheus" and not self.serve_metrics:
+            return NOT_FOUND
+        if request.method not in route.methods:
+            return not_allowed(route)
+        if route.kind == "pixel":
+            if request.method == "GET":   # HEAD, which mail scanners send, records nothing
+                self.recorder.record_pixel(route.name, request)
+            return GIF_ANSWER
+        if route.kind == "health":
+            return json_answer(200, self.metrics.health_document())
+        if route.kind == "prometheus":
+            return self.prometheus(request)
+        cors = cors_headers(request, self.allow_origins)
+        if request.method == "OPTIONS":
+            return preflight(route, request, cors)
+        if cors is None:   # a browser on a site that is not allowed: nothing is written
+            return self._origin_refused(request)
+        if route.kind == "settings":
+            answer = self.settings(request) if route.name == "settings" else \
+                self.source_config(request)
+        elif route.kind == "metrics":   # a browser SDK's own metrics: counted only
+            self.recorder.browser_metrics.add()
+            answer = SUCCESS
+        else:
+            answer = self.recorder.record_api(route.name, request, browser=route.browser)
+        return add_headers(answer, cors)
+
+    def early_answer(self, route, request, length):
+        """The answer, before reading it, to a body `route` would read, of Content-Length
+        `length` (-1: none to trust, chunked); None: read it and ask answer()."""
+        if length == -1:
+            return add_headers(LENGTH_REQUIRED, cors_headers(request, self.allow_origins))
+        if length > route.max_body:
+            return self.refuse(route, request, "body_too_large", 400)
+        return None
+
+    def refuse(self, route, request, reason, status):
+        """A request refused before it could be read whole (a head over the limits, a body
+        over the cap): a pixel still gets its GIF and a rejects line; the API a rejects line
+        and `status` with its reason; anything else the plain `status`."""
+        if route is not None and request.method in route.methods:
+            if route.kind == "pixel" and request.method == "GET":
+                self.recorder.reject(Rejected(reason), request)
+                return GIF_ANSWER
+            if route.kind in ("api", "metrics"):
+                cors = cors_headers(request, self.allow_origins)
+                if cors is None:
+                    return self._origin_refused(request)
+                self.recorder.reject(Rejected(reason), request, quoted="")
+                return error_answer(status, reason, cors)
+        return plain_answer(status)
+
+    def _origin_refused(self, request):
+        self.recorder.reject(Rejected("origin_not_allowed"), request, quoted="")
+        return error_answer(403, "origin_not_allowed")
+
+    def _known(self, write_key):
+        return not self.recorder.write_keys or write_key in self.recorder.write_keys
+
+    def settings(self, request):
+        """analytics.js's settings document, pointing at --public-url if set, else at the
+        Host and scheme the request came by (then never cached: a shared cache must not
+        hand one visitor's Host to everyone). An unknown writeKey is a 404."""
+        write_key = request.path[len(SETTINGS_PREFIX):-len(SETTINGS_SUFFIX)]
+        if not self._known(write_key):
+            return NOT_FOUND
+        if self.public_url:
+            protocol, _, host = self.public_url.partition("://")
+            return json_answer(200, settings_document(write_key, protocol, host,
+                                                      request.prefix))
+        host = request.headers.get("host", "")
+        if not _ORIGIN.match("http://" + host):
+            return plain_answer(400)
+        protocol = request_scheme(request, self.recorder.trusted_proxies)
+        return json_answer(200, settings_document(write_key, protocol, host, request.prefix),
+                           (("Cache-Control", "no-store"),))
+
+    def source_config(self, request):
+        """RudderStack's source configuration, for the writeKey the request names (Basic
+        auth, else the query): a 400 for none, a 404 for an unknown one, or one the
+        settings path could not hold, so that what is echoed back is never markup."""
+        try:
+            write_key = request_write_key(request.headers.get("authorization"), request.query)
+        except Rejected:
+            write_key = None
+        if write_key is None:
+            return plain_answer(400)
+        if not _WRITE_KEY.match(write_key) or not self._known(write_key):
+            return NOT_FOUND
+        return json_answer(200, source_config(write_key))
+
+    def prometheus(self, request):
+        """GET /metrics; with a metrics token, only for `Authorization: Bearer <token>`."""
+        if self.metrics_token is not None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    token.strip().encode("latin-1", "replace"), self.metrics_token.encode()):
+                return plain_answer(401, (("WWW-Authenticate", 'Bearer realm="pixel"'),))
+        body = self.metrics.render().encode("utf-8")
+        return Answer(200, (("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                            ("Content-Length", str(len(body)))), body)
+
+
+# --------------------------------------------------------------------------------------------
+# The built-in HTTP transport: TLS, a connection's handler, its thread pool, the server
 
 # The line that starts each in PEM: -----BEGIN PRIVATE KEY----- (or RSA, EC ... PRIVATE KEY).
 _PEM_MARKS = {"certificate": b"-----BEGIN CERTIFICATE-----", "private key": b"PRIVATE KEY-----"}
@@ -2469,9 +2394,9 @@ _PEM_ENCRYPTED = (b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"Proc-Type: 4,ENCRY
 
 
 def _check_pem(path, kind):
-    """Raise ValueError, naming `path`, unless it is a readable regular file holding a PEM
-    `kind` ("certificate" or "private key") that pixel can load: not a FIFO, whose open
-    would block for ever; not DER; not encrypted; not the other file of the pair."""
+    """ValueError, naming `path`, unless it is a readable regular file (a FIFO would block
+    the open for ever) with a PEM `kind` ("certificate", "private key") pixel can load:
+    not DER, not encrypted, not the other file of the pair."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise ValueError("%s is not a regular file" % path)
@@ -2482,7 +2407,7 @@ def _check_pem(path, kind):
     other = "private key" if kind == "certificate" else "certificate"
     if not data.strip():
         raise ValueError("%s is empty" % path)
-    if kind == "private key" and any(marker in data for marker in _PEM_ENCRYPTED):
+    if kind == "private key" and any(mark in data for mark in _PEM_ENCRYPTED):
         raise ValueError("%s is encrypted with a passphrase, which pixel has no way to ask "
                          "for: write it out unencrypted (openssl pkey -in %s -out NEW.key) "
                          "and keep that file private" % (path, path))
@@ -2501,18 +2426,16 @@ def _check_pem(path, kind):
 
 def load_tls(certfile, keyfile):
     """A server-side TLS context: TLS 1.2 and up, the default ciphers, ALPN http/1.1, no
-    renegotiation. Raises ValueError saying which file is wrong and how, in words: OpenSSL
-    says "[SSL] PEM lib" for nearly every mistake."""
-    import ssl   # here, not at the top: only --certfile needs it
+    renegotiation. ValueError says which file is wrong and how, in words: OpenSSL says
+    "[SSL] PEM lib" for nearly every mistake."""
+    import ssl   # here: only --certfile pays for it
     _check_pem(certfile, "certificate")
     _check_pem(keyfile, "private key")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     context.set_alpn_protocols(["http/1.1"])
-    try:
-        # An encrypted key fails to load rather than make OpenSSL ask for its password on a
-        # terminal nobody watches (_check_pem has said so already).
+    try:   # a password callback: an encrypted key fails rather than prompt a terminal
         context.load_cert_chain(certfile, keyfile, password=lambda: b"")
     except ssl.SSLError as error:
         if error.reason == "KEY_VALUES_MISMATCH":
@@ -2529,9 +2452,13 @@ def load_tls(certfile, keyfile):
     return context
 
 
+# Kernel socket timeouts take a struct timeval on Linux and the BSDs; elsewhere (Windows)
+# the handler falls back to settimeout().
+_KERNEL_TIMEOUTS = sys.platform.startswith(("linux", "darwin", "freebsd", "openbsd", "netbsd"))
+
+
 def _timeval(seconds):
-    # At least 1 us: the kernel reads a zero timeval as "no timeout", so a deadline that
-    # is a few ns away must not become one.
+    # At least 1 us: the kernel reads a zero timeval as "no timeout".
     whole = int(seconds)
     micro = int((seconds - whole) * 1e6)
     return struct.pack("@ll", whole, micro if whole or micro else 1)
@@ -2542,14 +2469,14 @@ class _Closed(Exception):
 
 
 class PixelHandler(http.server.BaseHTTPRequestHandler):
-    """One connection: reads each request head into one buffer with a strict, bounded reader
-    (parse_head), asks the server's Recorder for the answer, and sends it in one write.
+    """One connection: each request head is read into one buffer with a strict, bounded
+    reader (parse_head), the server's App answers, and the answer goes out in one write.
 
     Of http.server's hooks these work as documented: `protocol_version` ("HTTP/1.0" closes
     after every answer), `server_version` and `sys_version` (through version_string()),
-    `responses`, `send_error()`, `log_message()` (quiet by default: the event log is the
-    record), and handle() / handle_one_request(). There is no `rfile` or `wfile`, and
-    `headers` is a dict with lower-case names, not an email.message.Message.
+    `responses`, `send_error()`, `log_message()` (quiet: the event log is the record), and
+    handle() / handle_one_request(). There is no `rfile` or `wfile`, and `headers` is a
+    dict with lower-case names, not an email.message.Message.
     """
 
     protocol_version = "HTTP/1.1"
@@ -2560,68 +2487,53 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         return " ".join(part for part in (self.server_version, self.sys_version) if part)
 
     def setup(self):
-        # No rfile/wfile: requests are read into one buffer and answers go out in one
+        # No rfile or wfile: a request is read into one buffer and an answer goes out in one
         # sendall, which also avoids the header/body split write that costs ~40 ms with
-        # Nagle (CPython gh-108736). TCP_NODELAY for the same reason.
-        #
-        # Timeouts are the kernel's (SO_RCVTIMEO, SO_SNDTIMEO) on a blocking socket: a
-        # Python-level settimeout() would add a poll() before every recv and send, and an
-        # ioctl() per change, each one a trip through the GIL. The socket option is only
-        # changed on the slow path, when a head arrives in pieces.
-        #
-        # Linux copies these options from the listening socket to each accepted one, so
-        # PixelServer sets them there once; setup() only checks the first connection.
-        self.connection = self.request
+        # Nagle (CPython gh-108736). Timeouts are the kernel's (SO_RCVTIMEO, SO_SNDTIMEO):
+        # settimeout() would add a poll() before every recv and send, each a turn of the
+        # GIL. Linux copies them, and TCP_NODELAY, from the listening socket.
         server = self.server
+        self.connection = self.request
         self._pool = server.pool
-        timeout = server.request_timeout
-        self._deadline = time.monotonic() + timeout
+        self._deadline = time.monotonic() + server.request_timeout
         self._buffer = bytearray()
         self._served = 0
         self._recv_timeout = None
         self._kernel_timeouts = _KERNEL_TIMEOUTS
-        tls = server.tls_context
-        if tls is not None:
-            # A blocking TLS socket retries a read that SO_RCVTIMEO ends, for ever: TLS
-            # connections keep Python's own timeouts, a poll() before each recv and send.
-            self._kernel_timeouts = False
-            self.connection = self._handshake(tls)
-            if self.connection is None:
-                return
-        if server.options_inherited is None:
-            server.options_inherited = _KERNEL_TIMEOUTS and (
-                self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) and
-                self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) ==
-                _timeval(timeout))
-        if server.options_inherited and self._kernel_timeouts:
-            self._recv_timeout = timeout
-        else:
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._recv_timeout = None
-            self._set_recv_timeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
-            if self._kernel_timeouts:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                                           _timeval(timeout))
         self._unread_body = False
         self._started = None
         self.close_connection = True
         self.command = self.path = self.requestline = ""
         self.request_version = self.protocol_version
         self.headers = {}
+        if server.tls_context is not None:
+            # A blocking TLS socket retries a read SO_RCVTIMEO ends, for ever: TLS keeps
+            # Python's timeouts.
+            self._kernel_timeouts = False
+            self.connection = self._handshake(server.tls_context)
+            if self.connection is None:
+                return
+        if server.options_inherited(self.connection) and self._kernel_timeouts:
+            self._recv_timeout = server.request_timeout
+        else:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._set_recv_timeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
+            if self._kernel_timeouts:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                           _timeval(server.request_timeout))
 
     def _handshake(self, tls):
-        """The TLS handshake, within the request deadline (a Python-level one: SO_RCVTIMEO
-        does not bound it), while the connection may be evicted like any other that waits
-        for its client. A plain HTTP request gets a plain 400 saying so. The TLS socket,
-        or None if there is none (the failure counted, never printed)."""
+        """The TLS socket, its handshake done within the request deadline (a Python one:
+        SO_RCVTIMEO does not bound a handshake), evictable meanwhile like any connection
+        that waits for its client; or None (counted, never printed). Plain HTTP gets a 400
+        saying so."""
         raw = self.request
-        pool = self._pool
-        pool.mark_idle(raw, False)
+        self._pool.mark_idle(raw, False)
         try:
             raw.settimeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
             first = raw.recv(1, socket.MSG_PEEK)
-            if first and first != b"\x16":   # not a TLS handshake record: plain HTTP, say
-                pool.mark_busy(raw)
+            if first and first != b"\x16":   # not a TLS handshake record
+                self._pool.mark_busy(raw)
                 self.server.count_tls_failure()
                 self._refuse_plain(raw)
                 return None
@@ -2639,13 +2551,12 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             self.server.count_tls_failure()
             return None
         finally:
-            pool.mark_busy(raw)
+            self._pool.mark_busy(raw)
         return connection
 
     def _refuse_plain(self, raw):
-        """Answer plain HTTP on a TLS port with a plain 400, then linger (within the request
-        deadline): closing with its request unread would reset the connection before the
-        client reads the answer."""
+        """Answer plain HTTP on a TLS port, then linger: closing with its request unread
+        would reset the connection before the client reads the answer."""
         try:
             raw.sendall(_PLAIN_TO_TLS)
         except OSError:   # gone already
@@ -2662,7 +2573,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             self.connection.close()
 
     def log_message(self, format, *args):
-        pass   # the event log is the record; stderr is kept for what operators must act on
+        pass   # the event log is the record; stderr is for what operators must act on
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -2677,10 +2588,9 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
 
     def _recv(self, timeout):
         """Append what the client sends next to the buffer, waiting at most `timeout` s.
-
-        While it waits for the client (for a first request, a next one, the rest of a
-        head or of a body), the connection may be closed to make room when every slot is
-        taken (ConnectionPool.submit); while pixel works on a request, it may not."""
+        While it waits for its client (a first request, a next one, the rest of a head or a
+        body) the connection may be closed to make room (ConnectionPool.submit); while
+        pixel works on a request, it may not."""
         if timeout != self._recv_timeout:
             self._set_recv_timeout(timeout)
         pool = self._pool
@@ -2693,7 +2603,7 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             raise _Closed("stopping")
         try:
             chunk = self.connection.recv(RECV_SIZE)
-        except OSError as error:   # timeout, reset, or shut down by a stop or an eviction
+        except OSError as error:   # a timeout, a reset, or shut by a stop or an eviction
             raise _Closed(str(error)) from None
         finally:
             pool.mark_busy(self.request)
@@ -2703,21 +2613,19 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
 
     def _read_head(self):
         """The next request head, without its blank line; bare LF line ends are accepted."""
-        buffer = self._buffer
-        server = self.server
+        buffer, server = self._buffer, self.server
         if not buffer:
-            if self._served:   # a kept-alive connection waits idle, then gets a fresh deadline
+            if self._served:   # kept alive: waits idle, then gets a fresh deadline
                 self._recv(server.idle_timeout)
                 self._deadline = time.monotonic() + server.request_timeout
             else:
                 self._recv(self._deadline - time.monotonic())
         elif self._served:
             self._deadline = time.monotonic() + server.request_timeout
-        start = 0
-        skipped = 0
+        start = skipped = 0
         while True:
-            # RFC 9112 section 2.2: ignore empty lines before a request line. They count
-            # toward the head's limit, and go in one step, not a byte at a time.
+            # RFC 9112 2.2: empty lines before a request line are ignored. They count toward
+            # the head's limit, and go in one step, not a byte at a time.
             if buffer[:1] in (b"\r", b"\n") and buffer:
                 blank = len(buffer) - len(buffer.lstrip(b"\r\n"))
                 del buffer[:blank]
@@ -2748,14 +2656,6 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         del self._buffer[:length]
         return body
 
-    def _settle_body(self, length):
-        """Read and drop a body nobody asked for, so that it cannot be taken for the next
-        request; a chunked or large one ends the connection instead."""
-        if length == -1 or length > MAX_PAYLOAD_BYTES:
-            self.close_connection = self._unread_body = True
-        elif length:
-            self._read_body(length)
-
     # -- the request loop ---------------------------------------------------------------------
 
     def handle_one_request(self):
@@ -2764,19 +2664,18 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             try:
                 head = parse_head(self._read_head())
             except HeadError as error:
-                self._refuse(error)
-                return
+                return self._refuse(error)
             self._served += 1
             self._started = time.monotonic()   # _send observes the duration
             self._serve(head)
             if self._unread_body:
                 self._linger()   # let the client finish sending and read our answer
         except (_Closed, OSError):
-            # A timeout, a reset, or a stop, perhaps in the middle of a body: whatever the
-            # client sends after this must never be read as a request of its own.
+            # A timeout, a reset or a stop, perhaps mid-body: whatever the client sends
+            # after this must never be read as a request of its own.
             self.close_connection = True
             return
-        if self.server.stopping or self.protocol_version == "HTTP/1.0":
+        if self._pool.stopping or self.protocol_version == "HTTP/1.0":
             self.close_connection = True
 
     def _serve(self, head):
@@ -2784,11 +2683,11 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self.headers = head.headers
         self.close_connection = not head.keep_alive or self._pool.stopping
         route = route_for(head.path)
-        recorder = self.server.recorder
+        app = self.server.app
         request = Request(head.method, head.path, head.query, head.headers,
-                          self.client_address[0], b"", scheme=self.server.scheme)
+                          self.client_address[0], b"", "", self.server.scheme)
         if route is not None and route.max_body and head.method in route.methods:
-            early = recorder.early_answer(route, request, head.body_length)
+            early = app.early_answer(route, request, head.body_length)
             if early is not None:   # the body is not read: the connection ends after this
                 self.close_connection = self._unread_body = True
                 return self._send(early)
@@ -2797,31 +2696,34 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                 self.connection.sendall(b"%s 100 Continue\r\n\r\n"
                                         % self.protocol_version.encode())
             request = request._replace(body=self._read_body(head.body_length))
-        else:
-            self._settle_body(head.body_length)
-        self._send(recorder.answer(route, request))
+        elif head.body_length == -1 or head.body_length > MAX_PAYLOAD_BYTES:
+            # A body nobody asked for must not be taken for the next request: a small one is
+            # read and dropped, a chunked or large one ends the connection.
+            self.close_connection = self._unread_body = True
+        elif head.body_length:
+            self._read_body(head.body_length)
+        self._send(app.answer(route, request))
 
     def _refuse(self, error):
-        """Answer a head that parse_head or the reader refused, then close: what follows it
-        on the connection was never read as a request."""
+        """Answer a head the reader refused, then close: what follows it was never read
+        as a request. Over a size limit, a pixel still gets its GIF."""
         self.close_connection = True
         words = error.request_line.decode("latin-1").split(" ")
         target = words[1] if len(words) > 1 else ""
         path, _, query = target.partition("?")
         self.command, self.path, self.headers = words[0], target, {}
         answer = plain_answer(error.status)
-        if error.status in (414, 431):   # over a size limit: a pixel still gets its GIF
-            request = Request(words[0], path, query, {}, self.client_address[0], b"",
-                              scheme=self.server.scheme)
-            answer = self.server.recorder.refuse(route_for(path), request, error.reason,
-                                                 error.status)
+        if error.status in (414, 431):
+            request = Request(words[0], path, query, {}, self.client_address[0], b"")
+            answer = self.server.app.refuse(route_for(path), request, error.reason,
+                                            error.status)
         self._send(answer)
         if error.status in (414, 431) or self._buffer:
             self._linger()   # the rest of the head, or a body, may still be on its way
 
     def send_error(self, code, message=None, explain=None):
         """http.server's hook: a plain-text answer (`message` or the status's phrase, never
-        HTML) that closes the connection. `explain` is ignored."""
+        HTML) that closes the connection; `explain` is ignored."""
         self.close_connection = True
         answer = plain_answer(code)
         if message is not None:
@@ -2831,9 +2733,9 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self._send(answer)
 
     def _linger(self, until=None):
-        """Half-close and read what the client still sends for a moment (until `until`, by
-        default a second), so that closing with unread data does not reset the connection
-        before it reads our answer."""
+        """Half-close, and read what the client still sends for a moment (until `until`, by
+        default a second): closing with unread data would reset the connection before the
+        client reads our answer."""
         try:
             self.connection.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + 1.0 if until is None else until
@@ -2853,37 +2755,23 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         date = server.http_date()
         if answer is GIF_ANSWER and self.command == "GET" and not self.close_connection \
                 and self.request_version == self.protocol_version == "HTTP/1.1":
-            # What most requests get, a kept-alive pixel's GIF: whole, built once a second.
-            # http_date() hands out one bytes object all second, so identity says whether
-            # the cached answer is this second's. (Server is the handler class's, as
-            # status_lines assumes too.)
-            cached_date, data = server.gif_reply
-            if cached_date is not date:
-                data = self._reply(answer, date)
-                server.gif_reply = (date, data)
-        else:
+            data = server.kept_alive_gif(date, self)   # what most requests get, built once
+        else:                                          # a second
             data = self._reply(answer, date)
         if self._started is not None:
-            # Counted before the answer goes, so that a client that has its answer and
-            # then asks /metrics finds it counted.
+            # Counted before the answer goes: a client that has it, then asks /metrics,
+            # finds it counted.
             server.durations.observe(time.monotonic() - self._started)
             self._started = None
         self.connection.sendall(data)
 
     def _reply(self, answer, date):
         """`answer`'s bytes, with Server, Date and Connection added."""
-        server = self.server
-        status_line = server.status_lines.get(answer.status)
-        if status_line is None:   # once per status: Server is the handler class's
-            status_line = server.status_lines[answer.status] = \
-                b"%s %d %s\r\nServer: %s\r\nDate: " % (
-                    self.protocol_version.encode(), answer.status,
-                    self.responses[answer.status][0].encode(), self.version_string().encode())
-        if answer is GIF_ANSWER:
-            headers = _GIF_HEADER_LINES
-        else:
-            headers = "".join("%s: %s\r\n" % pair for pair in answer.headers).encode("latin-1")
-        parts = [status_line, date, b"\r\n", headers]
+        parts = [b"%s %d %s\r\nServer: %s\r\nDate: %s\r\n" % (
+            self.protocol_version.encode(), answer.status,
+            self.responses[answer.status][0].encode(), self.version_string().encode(), date)]
+        parts.append(_GIF_HEADER_LINES if answer is GIF_ANSWER else
+                     "".join("%s: %s\r\n" % pair for pair in answer.headers).encode("latin-1"))
         if self.close_connection or self.protocol_version == "HTTP/1.0":
             parts.append(b"Connection: close\r\n")
         elif self.request_version == "HTTP/1.0":
@@ -2895,8 +2783,6 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
 
 
 _GIF_HEADER_LINES = "".join("%s: %s\r\n" % pair for pair in GIF_ANSWER.headers).encode()
-# Plain HTTP to a TLS port, answered before a handler reads anything. Its length is counted,
-# not typed: a typed 39 for this 38-byte body made curl wait for a byte that never came.
 _PLAIN_TO_TLS_BODY = b"This port speaks HTTPS: use https://.\n"
 _PLAIN_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
                  b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
@@ -2914,46 +2800,44 @@ def _wake(sock):
 
 
 class ConnectionPool:
-    """Serves at most `size` connections at once, each one start to end on one thread, as
+    """Serves at most `size` connections at once, each start to end on one thread, as
     ThreadingMixIn's thread per connection does. A thread whose connection has ended waits
-    up to `linger` seconds to be handed the next one rather than exiting: starting a thread
-    costs ~150 us here, about as much as serving a whole request.
+    up to `linger` seconds to be handed the next rather than exit: starting one costs
+    ~150 us, about as much as serving a whole request.
 
-    When every slot is taken, submit() closes the connection that has waited longest for
-    its client (for a next request, as nginx reuses idle keep-alive connections, or for
-    the rest of one: see PixelHandler._recv), and otherwise waits for a slot to free; new
-    connections wait meanwhile in the listen backlog.
+    With every slot taken, submit() closes the connection that has waited longest for its
+    client (for a next request, as nginx reuses idle keep-alive connections, or the rest of
+    one: PixelHandler._recv), else waits for a slot; new connections wait in the backlog.
     """
 
     def __init__(self, size, serve, *, reporter, linger=WORKER_IDLE_SECONDS):
         self.size = size
         self.stopping = False    # finish what was received, keep no connection alive
         self.closing = False     # ... and take no more connections
+        self.exhausted = 0       # times a connection found every slot taken
         self._serve = serve      # serve(sock, client_address): one connection's whole life
         self._reporter = reporter
         self._linger = linger
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)   # a slot freed, or one went idle
         self._handed = threading.Condition(self._lock)    # a connection for a waiting thread
-        self._live = set()       # connections given a slot, served or about to be
-        self._idle = {}          # connections waiting for their client, oldest first:
-                                 # True for a kept-alive one between requests
+        self._live = set()       # connections given a slot
+        self._idle = {}          # those waiting for their client, oldest first: True for a
+                                 # kept-alive one between requests
         self._evicted = set()    # closed to make room, their slots not yet free
         self._handoff = collections.deque()
         self._waiting_threads = 0
         self._full = False       # submit() waits for a slot
-        self.exhausted = 0       # times a connection found every slot taken
 
     def __len__(self):
         return len(self._live)
 
     def idle(self):
-        """Connections waiting for their client."""
         return len(self._idle)
 
     def submit(self, sock, client_address):
-        """Serve `sock` once a slot is free. False if the pool is closing: the caller closes
-        the socket."""
+        """Serve `sock` once a slot is free; False if the pool is closing (the caller
+        closes the socket)."""
         with self._lock:
             if len(self._live) >= self.size:
                 self.exhausted += 1
@@ -2986,8 +2870,8 @@ class ConnectionPool:
         return True
 
     def mark_idle(self, sock, kept_alive=True):
-        """`sock` waits for its client (for a next request if `kept_alive`); when slots run
-        out it may be closed, and a kept-alive one is closed by a stop."""
+        """`sock` waits for its client (for a next request if `kept_alive`): it may be
+        closed to make room, and a kept-alive one by a stop."""
         self._idle[sock] = kept_alive
         if self._full:   # set before submit() looks for one to close: no lost wake-up
             with self._lock:
@@ -2997,9 +2881,8 @@ class ConnectionPool:
         self._idle.pop(sock, None)
 
     def _evict_one(self):
-        # mark_idle and mark_busy change _idle without the lock (they run once a request),
-        # so iterate over a copy (list() of a dict is one step under the GIL) and take
-        # each socket out with pop(), which says whether it was still there.
+        # mark_idle and mark_busy change _idle without the lock (once a request): iterate
+        # over a copy, and take each socket out with pop(), which says if it was still in.
         for sock in list(self._idle):
             if self._idle.pop(sock, None) is not None and _wake(sock):
                 self._evicted.add(sock)
@@ -3022,8 +2905,8 @@ class ConnectionPool:
             except BaseException:
                 self._release(sock)
                 raise
-            # Free the slot and wait for the next connection in one step, so that a
-            # connection that arrives once the slot is free finds this thread waiting.
+            # Free the slot and wait for the next connection in one step, so that one that
+            # arrives once the slot is free finds this thread waiting.
             with self._lock:
                 self._forget(sock)
                 self._waiting_threads += 1
@@ -3037,19 +2920,16 @@ class ConnectionPool:
     def stop(self):
         """Keep no connection alive: close those waiting between requests (HTTP lets a
         client send again what it sent on a kept-alive connection closed under it); every
-        other one ends after its next answer. A connection still waiting for its first
-        request is waited for: it is somebody's request."""
+        other ends after its next answer. One still waiting for its first request is
+        waited for: it is somebody's request."""
         self.stopping = True
-        self._close_kept_alive()
-
-    def _close_kept_alive(self):
         for sock, kept_alive in list(self._idle.items()):
             if kept_alive and self._idle.pop(sock, None) is not None:
                 _wake(sock)
 
     def close(self, timeout):
-        """Take no more connections, and wait up to `timeout` seconds for the live ones to
-        end; those still open then are half-closed, cut, and waited for a moment more."""
+        """Take no more connections, and wait up to `timeout` for the live ones to end;
+        those still open then are half-closed, cut, and waited for a moment more."""
         with self._lock:
             self.closing = True
             self._handed.notify_all()
@@ -3064,8 +2944,10 @@ class ConnectionPool:
 
 
 class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    """The built-in HTTP transport: the listening socket, a ConnectionPool, the deadlines
-    and a graceful stop. What a request becomes is the `recorder`'s business.
+    """The built-in HTTP transport: the listening socket, a ConnectionPool, the deadlines,
+    TLS and a graceful stop. What a request becomes is its App's business; the server may
+    be made (bound) before its App is given (serve_app), so that a start that cannot have
+    the port makes no file.
 
     ThreadingMixIn's process_request, which starts a thread per connection, is replaced by
     the pool, whose threads each run ThreadingMixIn.process_request_thread for one
@@ -3075,138 +2957,149 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, address, recorder, *, max_connections=DEFAULT_MAX_CONNECTIONS,
-                 request_timeout=DEFAULT_REQUEST_TIMEOUT, idle_timeout=DEFAULT_IDLE_TIMEOUT,
-                 handler=PixelHandler, reporter=None, reuse_port=False, tls=None):
+    def __init__(self, address, app=None, *, max_connections=DEFAULT_MAX_CONNECTIONS,
+                 request_timeout=10.0, idle_timeout=15.0, handler=PixelHandler, reporter=None,
+                 reuse_port=False, tls=None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.recorder = recorder
+        self.app = None
         self.reporter = reporter or Reporter()
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
         self.reuse_port = reuse_port
         self.tls_files = tls              # (certfile, keyfile), or None for plain HTTP
-        self.scheme = "https" if tls else "http"   # what each Request says it came by
+        self.scheme = "https" if tls else "http"
         self.tls_context = load_tls(*tls) if tls else None
-        self.tls_failures = 0             # handshakes that did not end in TLS
-        self._tls_lock = threading.Lock()
-        self._reloading = threading.Lock()
-        if tls:
-            recorder.gauges["tls_handshake_failures"] = lambda: self.tls_failures
+        self.tls_failures = 0
+        self.durations = Histogram()
         self.pool = ConnectionPool(max_connections, self.process_request_thread,
                                    reporter=self.reporter)
-        recorder.gauges["connections"] = self.pool.__len__
-        self.durations = Histogram()
-        recorder.metric_sources.append(self.metric_families)
-        self.options_inherited = None    # set by the first connection's handler
-        self.status_lines = {}           # status -> the answer's first bytes, up to the Date
-        self.gif_reply = (None, b"")     # (Date, a kept-alive GET's whole GIF answer)
+        self._inherited = None            # whether accepted sockets inherit our options
+        self._gif_reply = (None, b"")     # (Date, a kept-alive GET's whole GIF answer)
         self._date = (0, b"")
+        self._lock = threading.Lock()
+        self._reloading = threading.Lock()
         self._drained = threading.Lock()
         super().__init__(address, handler)
+        if app is not None:
+            self.serve_app(app)
+
+    def serve_app(self, app):
+        """Answer with `app`, and count this transport's part of its /health and /metrics."""
+        self.app = app
+        pool, metrics = self.pool, app.metrics
+        metrics.health("connections", pool.__len__)
+        if self.tls_context is not None:
+            metrics.health("tls_handshake_failures", lambda: self.tls_failures)
+        for name, kind, help, read in (
+                ("pixel_tls_handshake_failures_total", "counter", "Connections to a TLS port "
+                 "that did not end in TLS: a failed or stalled handshake, plain HTTP.",
+                 lambda: self.tls_failures),
+                ("pixel_open_connections", "gauge", "Connections being served.", pool.__len__),
+                ("pixel_idle_connections", "gauge", "Connections waiting for their client.",
+                 pool.idle),
+                ("pixel_connection_slots", "gauge", "Connections served at once at most "
+                 "(--max-connections).", lambda: pool.size),
+                ("pixel_connection_slots_exhausted_total", "counter", "Times a new "
+                 "connection found every slot taken.", lambda: pool.exhausted)):
+            metrics.value(name, kind, help, read)
+        metrics.family("pixel_request_duration_seconds", "histogram", "From a request's "
+                       "whole head to its answer, ready to send.", self.durations.samples)
 
     @property
     def stopping(self):
         return self.pool.stopping
 
     def count_tls_failure(self):
-        with self._tls_lock:
+        with self._lock:
             self.tls_failures += 1
 
     def reload_tls(self):
-        """Load the certificate and key files again (SIGHUP: certbot's renew hook): new
-        connections get the new pair, and a pair that does not load keeps the old one."""
+        """Load the certificate and key again (SIGHUP: certbot's renew hook) for new
+        connections; a pair that does not load keeps the old one."""
         if self.tls_files is None or not self._reloading.acquire(blocking=False):
             return   # a SIGHUP storm: one reload at a time
         try:
-            context = load_tls(*self.tls_files)
+            self.tls_context = load_tls(*self.tls_files)
         except ValueError as error:
             self.reporter.say("cannot reload TLS: %s; still using the certificate and key "
                               "loaded before" % error)
             return
         finally:
             self._reloading.release()
-        self.tls_context = context
         self.reporter.say("reloaded the TLS certificate %s and key %s" % self.tls_files)
 
-    def metric_families(self):
-        """The transport's part of /metrics."""
-        return [
-            ("pixel_tls_handshake_failures_total", "counter", "Connections to a TLS port "
-             "that did not end in TLS: a failed or stalled handshake, plain HTTP.",
-             [("", (), self.tls_failures)]),
-            ("pixel_open_connections", "gauge", "Connections being served.",
-             [("", (), len(self.pool))]),
-            ("pixel_idle_connections", "gauge", "Connections waiting for their client.",
-             [("", (), self.pool.idle())]),
-            ("pixel_connection_slots", "gauge", "Connections served at once at most "
-             "(--max-connections).", [("", (), self.pool.size)]),
-            ("pixel_connection_slots_exhausted_total", "counter", "Times a new connection "
-             "found every slot taken.", [("", (), self.pool.exhausted)]),
-            ("pixel_request_duration_seconds", "histogram", "From a request's whole head to "
-             "its answer, ready to send.", self.durations.samples()),
-        ]
-
     def server_bind(self):
-        # HTTPServer.server_bind resolves the host's FQDN, a DNS round trip at start-up that
-        # we do not need.
+        # Not HTTPServer's: it resolves the host's FQDN, a DNS round trip we do not need.
         if self.reuse_port:   # several processes on one port: the kernel spreads connections
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
-        # Inherited by accepted sockets on Linux (see PixelHandler.setup).
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if _KERNEL_TIMEOUTS:
             for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
                 self.socket.setsockopt(socket.SOL_SOCKET, option,
                                        _timeval(self.request_timeout))
 
+    def options_inherited(self, sock):
+        """Whether accepted sockets come with the listening one's TCP_NODELAY and timeouts
+        (Linux's do), looked at once, on the first."""
+        if self._inherited is None:
+            self._inherited = bool(_KERNEL_TIMEOUTS and sock.getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY) and sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == _timeval(self.request_timeout))
+        return self._inherited
+
     def http_date(self):
-        now = int(self.recorder.clock())
+        """The Date header's value: one bytes object all second, which kept_alive_gif's
+        cache is checked against by identity."""
+        now = int(self.app.clock())
         if self._date[0] != now:
             self._date = (now, email.utils.formatdate(now, usegmt=True).encode())
         return self._date[1]
+
+    def kept_alive_gif(self, date, handler):
+        """A kept-alive GET's whole GIF answer, as `handler` builds it, once a second."""
+        cached_date, data = self._gif_reply
+        if cached_date is not date:
+            data = handler._reply(GIF_ANSWER, date)
+            self._gif_reply = (date, data)
+        return data
 
     def process_request(self, request, client_address):
         if not self.pool.submit(request, client_address):
             self.shutdown_request(request)
 
     def shutdown_request(self, request):
-        # socketserver half-closes before closing, because a plain close() used to wait for
-        # the garbage collector; the handler holds no other reference, so close() alone
-        # sends the FIN now, one system call less per connection.
+        # socketserver half-closes first, since a plain close() used to wait for the garbage
+        # collector; no other reference is held, so close() alone sends the FIN now.
         request.close()
 
     def handle_error(self, request, client_address):
-        # An exception no handler expected. One line, not a traceback, and at most one per
-        # interval: stderr is for operators, and a line per hostile request would bury
-        # everything else.
+        # What no handler expected: one line, at most one an interval, naming the client as
+        # the logs would (none with --no-ip, truncated with --anonymize-ip).
         error = sys.exc_info()[1]
         trace = error.__traceback__
         while trace.tb_next:
             trace = trace.tb_next
-        # The address as the logs would have it: none with --no-ip, truncated with
-        # --anonymize-ip (stderr ends up in a journal too).
-        client = self.recorder.client_ip(Request("", "", "", {}, client_address[0], b""))
+        client = self.app.recorder.client_ip(Request("", "", "", {}, client_address[0], b""))
         self.reporter.say("internal error serving %s: %s: %s (line %d)" % (
             client or "a client", type(error).__name__, error, trace.tb_lineno),
             key="internal error")
 
     def shutdown(self):
-        """Stop serve_forever(); call it from another thread. Connections already taken,
-        and those in the listen queue, are served by drain()."""
+        """Stop serve_forever(), from another thread; drain() serves what it had taken."""
         self.pool.stop()
         super().shutdown()
 
     def stop(self, timeout=None):
-        """Stop serve_forever() and drain(); call it from another thread than serve_forever's."""
+        """shutdown() and drain(), from another thread than serve_forever's."""
         self.shutdown()
         self.drain(timeout)
 
     def drain(self, timeout=None):
-        """The one stop sequence, for after serve_forever() has returned: take the
-        connections already in the listen queue, close the listening socket, and answer
-        every connection taken (waiting at most `timeout` seconds, by default the request
-        timeout). Idempotent."""
+        """The one stop sequence, after serve_forever() has returned: take the connections
+        already in the listen queue, close the listening socket, and answer every connection
+        taken, waiting at most `timeout` (by default the request timeout). Idempotent."""
         with self._drained:
             if self.socket.fileno() < 0:
                 return
@@ -3216,11 +3109,10 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             self.pool.close(self.request_timeout if timeout is None else timeout)
 
     def _accept_queued(self):
-        """Accept what the kernel has already accepted for us, so that closing the listening
-        socket does not reset it: each connection is served like any other (with
-        Connection: close). A connection that arrives between the last accept() and the
-        close is still reset, unless Linux's net.ipv4.tcp_migrate_req hands it to another
-        --reuse-port process; that window is one system call long."""
+        """Accept what the kernel has accepted for us, so that closing the listening socket
+        does not reset it. One that arrives between the last accept() and the close is
+        still reset, unless Linux's net.ipv4.tcp_migrate_req hands it to another
+        --reuse-port process."""
         self.socket.setblocking(False)
         while True:
             try:
@@ -3232,21 +3124,19 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 # --------------------------------------------------------------------------------------------
-# WSGI: the same recorder behind any WSGI server, or mounted in an existing application
+# WSGI: the same App behind any WSGI server, or mounted in an existing application
 
 class WsgiApp:
-    """A WSGI application over a Recorder: the pixel routes, /health and the HTTP API (and
-    /metrics, if `serve_metrics`), with the same answers, GIF and rejects lines as the
-    built-in server, and every event on disk before the answer. Any other path is a 404,
-    so it can be mounted under a prefix with a dispatcher. The client address is
-    REMOTE_ADDR, and X-Forwarded-For is believed under the recorder's trusted proxies. HTTP
-    framing, keep-alive and head limits are the WSGI server's, and so is decoding the path:
-    a route is matched on PATH_INFO, which WSGI servers percent-decode (the built-in server
-    matches the path as sent)."""
+    """A WSGI application over an App, with the built-in server's answers, GIF and
+    rejects lines, and every event on disk before the answer. Any other path is a 404, so
+    it can be mounted under a prefix. The client address is REMOTE_ADDR. HTTP framing,
+    keep-alive and head limits are the WSGI server's, and so is decoding the path: a route
+    is matched on PATH_INFO, which WSGI servers percent-decode."""
 
-    def __init__(self, recorder, serve_metrics=False):
-        self.recorder = recorder
-        self.serve_metrics = serve_metrics   # /metrics; otherwise it is a 404
+    def __init__(self, app, close=None, config=None):
+        self.app = app
+        self.close = close or (lambda: None)   # what closes the files and the forwarder
+        self.config = config                   # what it was made with, if it is known
 
     def __call__(self, environ, start_response):
         method = environ["REQUEST_METHOD"]
@@ -3260,8 +3150,6 @@ class WsgiApp:
             if environ.get(name):
                 headers[name.replace("_", "-").lower()] = environ[name]
         route = route_for(path)
-        if route is not None and route.kind == "prometheus" and not self.serve_metrics:
-            route = None
         request = Request(method, path, query, headers, environ.get("REMOTE_ADDR") or "", b"",
                           environ.get("SCRIPT_NAME", ""),
                           "https" if environ.get("wsgi.url_scheme") == "https" else "http")
@@ -3271,14 +3159,14 @@ class WsgiApp:
             # WSGI gives no safe way to read a body of unknown size: that is a 411.
             length = int(length) if length.isascii() and length.isdigit() and \
                 "transfer-encoding" not in headers else -1
-            answer = self.recorder.early_answer(route, request, length)
+            answer = self.app.early_answer(route, request, length)
             if answer is None:
                 body = _read_exactly(environ["wsgi.input"], length)
                 if len(body) < length:   # the client stopped sending: record nothing
                     answer = plain_answer(400)
                 request = request._replace(body=body)
         if answer is None:
-            answer = self.recorder.answer(route, request)
+            answer = self.app.answer(route, request)
         start_response("%d %s" % (answer.status, http.server.BaseHTTPRequestHandler.responses[
             answer.status][0]), list(answer.headers))
         return [b""] if method == "HEAD" else [answer.body]
@@ -3296,96 +3184,147 @@ def _read_exactly(stream, length):
     return b"".join(chunks)
 
 
-# What a WSGI server with several worker processes is told when the second one finds the
-# logs held by the first, after waiting this long for it to let go.
-WSGI_LOCK_WAIT = 5.0
-WSGI_BUSY = ("one process owns pixel's files, so serve it from one worker process with "
-             "threads (gunicorn --workers 1 --threads 8), or give each worker process its "
-             "own make_wsgi_app(log=..., rejects=...)")
-
-
-def make_wsgi_app(log=DEFAULT_LOG, rejects=None, write_keys=(), trusted_proxies=(),
-                  record_ip=True, max_bytes=0, keep=0, allow_origins=(),
-                  dedupe_window=DEFAULT_DEDUPE_WINDOW, public_url=None, anonymize_ip=False,
-                  metrics_token=None, public_metrics=False):
-    """A WSGI callable that records into `log` (and `rejects`, by default rejects.jsonl
-    beside it), with the command line's meaning for each option. It opens both files now;
-    one process should own them, so serve it from one process (threads are fine).
-
-    /metrics is served with a `metrics_token` (only to requests that send it as a Bearer
-    token, public_metrics or not) or with public_metrics=True (to anyone); otherwise it is
-    a 404 like any other path, as a WSGI app usually shares its port with a public site.
-
-    An option it cannot use, or a file it cannot open, ends the process as a bad command
-    line does: one line on stderr, then SystemExit(3), which gunicorn takes for a worker
-    that cannot boot, so that it stops rather than starting the worker again and again."""
-    reporter = Reporter()
-    if rejects is None:
-        rejects = os.path.join(os.path.dirname(os.path.abspath(log)), DEFAULT_REJECTS_NAME)
-    try:
-        try:   # the command line's checks, on the same values
-            trusted_proxies = [_network(proxy) for proxy in trusted_proxies]
-            allow_origins = [_origin_pattern(origin) for origin in allow_origins]
-            public_url = _public_url(public_url) if public_url else None
-            metrics_token = _token(metrics_token) if metrics_token is not None else None
-        except argparse.ArgumentTypeError as error:
-            raise StartupError(str(error)) from None
-        # A gunicorn reload (SIGHUP) boots the new worker while the old one still holds
-        # the files, on its way out: wait for it a little.
-        writers = open_logs(log, rejects, max_bytes=max_bytes, keep=keep, reporter=reporter,
-                            busy=WSGI_BUSY, wait=WSGI_LOCK_WAIT)
-    except StartupError as error:
-        reporter.say("make_wsgi_app: %s" % error)
-        raise SystemExit(3) from None
-    recorder = Recorder(*writers, write_keys=write_keys, trusted_proxies=trusted_proxies,
-                        record_ip=record_ip, anonymize_ip=anonymize_ip,
-                        allow_origins=allow_origins, dedupe_window=dedupe_window,
-                        public_url=public_url, metrics_token=metrics_token,
-                        reporter=reporter)
-    recorder.record_torn_tails()
-    recorder.remember_logged()
-    return WsgiApp(recorder, serve_metrics=metrics_token is not None or public_metrics)
-
-
 # --------------------------------------------------------------------------------------------
-# The forwarder: the event log relayed, in order and at least once, to a Segment-compatible
-# HTTP Tracking API (Segment, RudderStack, Jitsu, or another pixel), from a checkpoint.
+# The forwarder: the events log relayed in order, at least once, from a checkpoint, to a
+# Segment-compatible HTTP Tracking API (Segment, RudderStack, Jitsu, another pixel)
+
+_REFUSED_STATUSES = (400, 413, 422)   # the receiver will never take this batch as it is
+_KEY_STATUSES = (401, 403)            # ... nor anything under this writeKey, until fixed
+_NOTHING_THERE_STATUSES = (404, 405)  # ... nor anything at this URL (nor after a 3xx)
+
+
+def backoff_delay(failures, first=BACKOFF_FIRST, maximum=BACKOFF_MAX):
+    """Seconds to wait after `failures` failed attempts in a row: 1, 2, 4 ... up to 60,
+    each with up to half again of jitter, so that forwarders that failed together do not
+    all retry together."""
+    base = min(maximum, first * 2 ** min(failures - 1, 16))
+    return min(maximum, base * (1 + random.random() / 2))
+
+
+def retry_after(value, now):
+    """Seconds a Retry-After header (seconds, or an HTTP date) asks for, at most
+    MAX_RETRY_AFTER; None if it is missing or unreadable."""
+    value = (value or "").strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
+
 
 class Receiver:
-    """A Segment-compatible HTTP Tracking API at `url`. A batch goes to <url>/v1/batch as
-    gzipped JSON with HTTP Basic auth `<writeKey>:`, as Segment's SDKs send it, over one
-    kept-alive connection. Over https the certificate is verified against the system's
-    CAs, and `cafile`'s too if given."""
+    """A Segment-compatible HTTP Tracking API at `url`, and how to post to it: a batch goes
+    to <url>/v1/batch as gzipped JSON with Basic auth `<writeKey>:`, as Segment's SDKs send
+    it, over one kept-alive connection (over https verified against the system's CAs and
+    `cafile`'s), and is posted again until the answer is one that retrying cannot change
+    (deliver()). `configured_keys` are the operator's: a receiver that refuses one is set
+    up wrong, and forwarding pauses (or a backfill, which `gives_up`, stops)."""
 
-    def __init__(self, url, *, cafile=None, timeout=DEFAULT_FORWARD_TIMEOUT):
+    def __init__(self, url, *, cafile=None, timeout=DEFAULT_FORWARD_TIMEOUT,
+                 configured_keys=(), backoff=(BACKOFF_FIRST, BACKOFF_MAX), gives_up=False,
+                 reporter=None, clock=time.time):
         parts = urllib.parse.urlsplit(url)
         self.url = url
         self.host, self.port = parts.hostname, parts.port
         self.path = parts.path.rstrip("/") + "/v1/batch"
-        # What every message names: the URL posted to, not the base URL it was given.
-        self.endpoint = urllib.parse.urlunsplit((parts.scheme, parts.netloc, self.path, "",
-                                                 ""))
+        self.endpoint = urllib.parse.urlunsplit((parts.scheme, parts.netloc, self.path, "", ""))
         self.timeout = timeout
-        self._aborted = False
+        self.configured_keys = frozenset(configured_keys)
+        self.first_delay, self.max_delay = backoff   # tests shorten them
+        self.gives_up = gives_up
+        self.reporter = reporter or Reporter()
+        self.clock = clock
+        self.stopping = threading.Event()
         self.context = None
         if parts.scheme == "https":
-            import ssl   # here, not at the top: only a forwarder over https pays its cost
+            import ssl   # here: only a forwarder over https pays for it
             self.context = ssl.create_default_context()
             if cafile:
                 self.context.load_verify_locations(cafile)
+        self.failed_attempts = 0     # posts that got no answer, or one to retry
+        self.last_error = None
+        self.backoff = 0.0           # the wait under way
+        self.paused_key = None       # the configured writeKey a 401 or 403 stopped
+        self.wrong_url = None        # its last answer saying nothing is at the URL
+        self.gave_up = None          # why a backfill stopped for good
+        self._failing = 0            # attempts failed in a row
+        self._aborted = False
         self._connection = None
 
-    def _connect(self):
-        if self.context is not None:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
-                                               context=self.context)
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+    def deliver(self, key, body):
+        """(status, answer) once the receiver answers 2xx, 400, 413 or 422, or 401 or 403
+        for a key not configured; (None, None) if stop() came first, or a backfill gave up.
+        Anything else is posted again after a wait: 429 as its Retry-After says, the rest
+        with backoff."""
+        while not self.stopping.is_set():
+            delay = None
+            try:
+                status, headers, answer = self.post(key, body)
+            except (OSError, http.client.HTTPException) as error:
+                if self.stopping.is_set():   # stop()'s own cut of the post: not a fault
+                    break
+                problem = "%s: %s" % (type(error).__name__, error)
+            else:
+                if 200 <= status < 300 or status in _REFUSED_STATUSES or \
+                        status in _KEY_STATUSES and key not in self.configured_keys:
+                    if self._failing:
+                        self.reporter.say("forwarding to %s again, after %d failed "
+                                          "attempt(s)" % (self.endpoint, self._failing))
+                    self._failing, self.backoff, self.paused_key, self.wrong_url = \
+                        0, 0.0, None, None
+                    return status, answer
+                problem = "%d %s" % (status, " ".join(answer[:200].split()))
+                if status in _KEY_STATUSES:
+                    if self._give_up("%s refused writeKey %s: %s" % (self.endpoint, key,
+                                                                      problem)):
+                        break
+                    delay = self.max_delay
+                    if self.paused_key != key:
+                        self.paused_key = key
+                        self.reporter.say(
+                            "forwarding to %s is PAUSED: it refused writeKey %s (%s). Check "
+                            "--forward-write-key or the receiver's keys; nothing is dropped, "
+                            "retrying every %d s" % (self.endpoint, key, problem,
+                                                     self.max_delay))
+                elif status in _NOTHING_THERE_STATUSES or 300 <= status < 400:
+                    location = headers.get("location")   # a redirect is never followed
+                    problem += "%s: nothing at this URL takes batches; check the URL" % (
+                        " (to %s)" % location[:200] if location else "")
+                    if self._give_up("%s answered %s" % (self.endpoint, problem)):
+                        break
+                    self.wrong_url = problem
+                elif status == 429:   # never at once: Retry-After: 0 would be a loop
+                    delay = retry_after(headers.get("retry-after"), self.clock())
+                    delay = None if delay is None else max(delay, self.first_delay)
+            if self.stopping.is_set():
+                break
+            self._failing += 1
+            self.failed_attempts += 1
+            if delay is None:
+                delay = backoff_delay(self._failing, self.first_delay, self.max_delay)
+            self.last_error, self.backoff = problem, delay
+            self.reporter.say("forwarding to %s: %s; %d failed attempt(s) in a row, next in "
+                              "%.1f s" % (self.endpoint, problem, self._failing, delay),
+                              key="forward")
+            self.stopping.wait(delay)
+        return None, None
+
+    def _give_up(self, why):
+        """A backfill stops, saying `why`: waiting will not fix it. True if it did."""
+        if self.gives_up:
+            self.gave_up = why
+            self.stopping.set()
+        return self.gives_up
 
     def post(self, write_key, body):
-        """POST one gzipped batch; return (status, headers with lower-case names, the first
-        MAX_ANSWER_BYTES of the answer as text). Raises OSError or HTTPException when no
-        whole answer came within `timeout` seconds, all told: a receiver that drips its
-        answer a byte at a time, or sends 100 Continue forever, is cut off then."""
+        """POST one gzipped batch; (status, headers with lower-case names, the first
+        MAX_ANSWER_BYTES of the answer as text). OSError or HTTPException when no whole
+        answer came within `timeout`, all told: a receiver that drips its answer, or sends
+        100 Continue for ever, is cut off then."""
         credential = base64.b64encode((write_key + ":").encode("utf-8")).decode("ascii")
         headers = {"Content-Type": "application/json", "Content-Encoding": "gzip",
                    "Authorization": "Basic " + credential, "User-Agent": "pixel/" + __version__}
@@ -3396,7 +3335,7 @@ class Receiver:
         try:
             return self._post(body, headers)
         except (OSError, http.client.HTTPException):
-            if self._aborted:
+            if self._aborted and not self.stopping.is_set():
                 raise socket.timeout("no whole answer within %g s" % self.timeout) from None
             raise
         finally:
@@ -3405,19 +3344,25 @@ class Receiver:
     def abort(self):
         """Cut the post under way, from another thread (its deadline, or a stop)."""
         self._aborted = True
-        connection = self._connection
-        sock = getattr(connection, "sock", None)
+        sock = getattr(self._connection, "sock", None)
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)   # wakes a recv or send blocked on it
             except OSError:   # closed meanwhile: the post is over anyway
-                return
+                pass
+
+    def stop(self):
+        self.stopping.set()
+        self.abort()
 
     def _post(self, body, headers):
         for second_try in (False, True):
             reused = self._connection is not None
             if not reused:
-                self._connection = self._connect()
+                self._connection = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout, context=self.context) \
+                    if self.context is not None else \
+                    http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             try:
                 self._connection.request("POST", self.path, body, headers)
                 response = self._connection.getresponse()
@@ -3441,33 +3386,11 @@ class Receiver:
             connection.close()
 
 
-# The raw bytes "writeKey":" can only be a key: a quote inside a JSON string is escaped.
-_WRITE_KEY_FIELD = re.compile(rb'"writeKey":"((?:[^"\\]|\\.)*)"')
-_MESSAGE_ID_FIELD = re.compile(rb'"messageId":"((?:[^"\\]|\\.)*)"')
-
-
-def _top_level_string(line, field):
-    """The match of `field` (a compiled "<name>":"<value>" pattern) in a log line, if the
-    line has exactly one, at its top level, with no escape in the value: then it can be
-    read without parsing the line, which would cost more than all the rest. Every event
-    pixel logs has its writeKey and messageId at its top level, so a line with only one
-    has it there (checked anyway: at depth 1). None: parse the line instead."""
-    matches = list(field.finditer(line))
-    if len(matches) != 1 or line[:1] != b"{" or line[-1:] != b"}":
-        return None
-    match = matches[0]
-    if b"\\" in match.group(1) or not match.group(1).isascii() or \
-            _depth_at(line[:match.start()]) != 1:
-        return None
-    return match
-
-
 def forward_item(line, strip=False):
-    """A log line (without its newline) as a batch item: (its writeKey, or None; the event
-    as JSON bytes). With `strip`, the event's writeKey is taken out, so that the batch's
-    (its Basic auth: --forward-write-key) applies; else it is kept, since Basic auth cannot
-    carry a key with a colon in it. Raises Rejected("forward_unreadable") for a line that
-    is not a JSON object."""
+    """A log line (without its newline) as a batch item: (its writeKey or None, the event
+    as JSON bytes). With `strip` the event's writeKey is taken out, so that the batch's
+    (--forward-write-key) applies; else it stays, since Basic auth cannot carry a key with
+    a colon. Rejected("forward_unreadable") for a line that is not a JSON object."""
     match = _top_level_string(line, _WRITE_KEY_FIELD)
     if match is not None:
         key = match.group(1).decode("ascii")
@@ -3496,14 +3419,14 @@ def forward_item(line, strip=False):
 
 
 # The rejects-log reasons whose lines hold a whole event the receiver did not take, which
-# `pixel.py forward` sends again when given the rejects log.
+# `pixel.py forward` sends again when it is given the rejects log.
 _SENT_AGAIN = ("forward_unauthorized", "forward_rejected")
 
 
 def rejected_event(line):
-    """For a line of pixel's rejects log (a JSON object with a reason and no type, which
-    every event has), the event it holds as a log line, if its reason is one of
-    _SENT_AGAIN, else b"": nothing to send. None for any other line."""
+    """For a rejects-log line (an object with a reason and no type), the event it holds as
+    a log line if its reason is in _SENT_AGAIN, else b"": nothing to send. None for any
+    other line."""
     if b'"reason"' not in line:   # an event's line, fast
         return None
     try:
@@ -3523,18 +3446,17 @@ def rejected_event(line):
 
 
 def not_an_event_log(first, whole):
-    """Why a file whose first bytes are `first` (`whole`: all of it) is not a log
-    `pixel.py forward` may send, in words; None if it is one. It is if one of its first SNIFF_LINES lines is an event
-    (a JSON object with a "type") or a rejects-log line (one with a "reason", whose event
-    may be sent again), or if it is empty. Anything else (a checkpoint, JSON of another
-    kind, a binary or a compressed file) is refused before anything of it is sent: under
-    --write-key, each of its lines would have been posted as an event."""
+    """Why a file that starts with `first` (all of it, if `whole`) is not a log `pixel.py
+    forward` may send, in words; None if it is: one of its first SNIFF_LINES lines is an
+    event (an object with a "type") or a rejects-log line (with a "reason"), or it is
+    empty. A checkpoint, JSON of another kind, binary or compressed data is refused before
+    anything is sent: under --write-key each of its lines would be posted as an event."""
     lines = first.split(b"\n")
     if not whole:   # the last piece may be cut short by the read
         lines.pop()
     lines = [line for line in lines[:SNIFF_LINES] if line.strip()]
     if not first:
-        return None   # nothing to send
+        return None
     if not lines:
         return "no newline in its first %d bytes" % len(first) if first.strip() else \
             "blank lines only"
@@ -3555,119 +3477,16 @@ def not_an_event_log(first, whole):
         else:
             kinds.add("checkpoint" if {"device", "inode", "offset"} <= set(document)
                       else "json")
-    if "checkpoint" in kinds:
-        return "it is a pixel checkpoint"
-    if "json" in kinds:
-        return 'JSON, but none of its first lines is an event, an object with a "type"'
-    if "binary" in kinds:
-        return "binary data, not lines of JSON"
-    return "its first lines are not JSON"
+    return next(why for kind, why in (
+        ("checkpoint", "it is a pixel checkpoint"),
+        ("json", 'JSON, but none of its first lines is an event, an object with a "type"'),
+        ("binary", "binary data, not lines of JSON"),
+        ("text", "its first lines are not JSON")) if kind in kinds)
 
 
-def _depth_at(prefix):
-    """How many brackets are open at the end of `prefix`, the start of a JSON text."""
-    text = prefix.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside = b"".join(text.split(b'"')[::2])   # what lies between strings
-    return outside.count(b"{") + outside.count(b"[") - outside.count(b"}") - \
-        outside.count(b"]")
-
-
-def logged_client_id(line):
-    """The dedupe_key of a log line (bytes), from its writeKey and messageId, or None."""
-    key_match = _top_level_string(line, _WRITE_KEY_FIELD)
-    id_match = _top_level_string(line, _MESSAGE_ID_FIELD) if key_match is not None else None
-    if id_match is not None:
-        return dedupe_key(key_match.group(1).decode("ascii"), id_match.group(1).decode("ascii"))
-    if b'"messageId"' not in line:   # garbage, fast: the warm-up may read a lot of it
-        return None
-    try:
-        event = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(event, dict):
-        return None
-    write_key, message_id = event.get("writeKey"), event.get("messageId")
-    if isinstance(write_key, str) and write_key and isinstance(message_id, str) and \
-            message_id:
-        return dedupe_key(write_key, message_id)
-    return None
-
-
-def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
-    """The dedupe_keys of the last `count` events in the log files `paths` (the newest
-    file first), oldest first, reading at most `max_bytes` from their ends."""
-    found = []   # newest first
-    lines_left = 2 * count + 1024   # a log of pixel's has an id a line: garbage stops this
-    for path in paths:
-        try:
-            fd = open_file(path)
-        except OSError:   # rotated away or deleted since it was listed, or not a file
-            continue
-        try:
-            end, partial = os.fstat(fd).st_size, b""
-            while end > 0 and len(found) < count and max_bytes > 0:
-                size = min(MAX_WRITE_BYTES, end, max_bytes)
-                end, max_bytes = end - size, max_bytes - size
-                lines = (os.pread(fd, size, end) + partial).split(b"\n")
-                partial = lines.pop(0) if end > 0 else b""   # may go on in the block before
-                for line in reversed(lines):
-                    client_id = logged_client_id(line) if line else None
-                    lines_left -= 1
-                    if client_id is not None:
-                        found.append(client_id)
-                    if len(found) == count or lines_left <= 0:
-                        break
-                if lines_left <= 0:
-                    break
-        finally:
-            os.close(fd)
-        if len(found) >= count or max_bytes <= 0 or lines_left <= 0:
-            break
-    found.reverse()
-    return found
-
-
-def state_path(log_path, role):
-    """Where pixel keeps its `role` state for the log at `log_path`: "forward" (the live
-    forwarder's checkpoint) or "backfill" (pixel.py forward's, named after its first file).
-
-    Version 1.0 wrote <log>.forward and <first FILE>.backfill beside the log, where the
-    globs users write for the log's files (events.jsonl* for a shipper, events.jsonl.2* for
-    a backfill) matched them, and a checkpoint was shipped, and even posted, as an event.
-    Now every state file lives in a folder of its own beside the log, .pixel/: a glob of
-    the log's name matches no folder of another name, in a shell or in Go or Rust (whose
-    `*` also matches a leading dot), since `*` never crosses a slash. Inside it a name
-    starts with the role and ends in .json, so that a recursive glob (**/events.jsonl*,
-    **/*.jsonl) passes it by too."""
-    folder, name = os.path.split(os.path.abspath(log_path))
-    return os.path.join(folder, STATE_FOLDER, "%s.%s.json" % (role, name))
-
-
-def adopt_legacy_state(log_path, role, reporter):
-    """state_path(log_path, role), with its folder made and version 1.0's state file there
-    (<log>.<role>, beside the log) moved into it, so that an upgrade goes on where the old
-    version stopped. Returns (the state path, the old path if a file was moved from it).
-    Raises OSError if the folder cannot be made or the old file not moved."""
-    path = state_path(log_path, role)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    legacy = os.path.abspath(log_path) + "." + role
-    moved = None
-    for old in (legacy, legacy + ".tmp"):   # .tmp: what a kill -9 mid-write could leave
-        try:
-            if not stat.S_ISREG(os.lstat(old).st_mode):
-                continue   # not one of ours: leave it be
-        except FileNotFoundError:
-            continue
-        if old == legacy:
-            # Over one already in the folder, if any: the old file can only be the newer
-            # (version 1.0 run again after an upgrade), since moving it is a rename.
-            os.replace(old, path)
-            moved = old
-            reporter.say("moved the checkpoint %s to %s, where no glob of the log's files "
-                         "matches it" % (old, path))
-        else:
-            os.remove(old)
-    return path, moved
+# A checkpoint that names no file: forwarding starts at the oldest file it may send.
+_NO_CHECKPOINT = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, "head_bytes": 0,
+                  "head": ""}
 
 
 def read_checkpoint(path):
@@ -3700,25 +3519,21 @@ def read_checkpoint(path):
 
 
 def write_checkpoint(path, document):
-    """Replace `path` with `document` atomically: written to <path>.tmp, fsynced, renamed
-    over `path`, and the folder fsynced, so that a kill -9 or a power cut leaves the old
-    checkpoint or the new one, never a mix or nothing."""
+    """Replace `path` with `document` atomically (<path>.tmp written, fsynced, renamed over
+    it, the folder fsynced): a kill -9 or a power cut leaves the old one or the new one."""
     temporary = path + ".tmp"
     data = (json.dumps(document, sort_keys=True) + "\n").encode("ascii")
     fd = open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
                    getattr(os, "O_CLOEXEC", 0))   # a FIFO put there would block
     try:
-        if os.write(fd, data) != len(data):
-            raise OSError(errno.ENOSPC, "short write")
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        os.remove(temporary)
-        raise
-    os.close(fd)
-    try:
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temporary, path)
-    except OSError:   # `path` is a folder, say: no .tmp left behind to pass for state
+    except OSError:   # no .tmp left behind to pass for state
         os.remove(temporary)
         raise
     folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
@@ -3730,15 +3545,13 @@ def write_checkpoint(path, document):
 
 class GzipReader:
     """A gzip file read forward from a descriptor, as GzipFile reads one (several members,
-    as `cat a.gz b.gz` makes, and zero padding after them), but for damage: GzipFile drops
-    what a read() had inflated when it meets the end of a file cut short or a corrupt byte,
-    and a backfill of an archive cut in half sent none of it. Here all that inflates before
-    the damage is handed out, as zcat does; then `damage` says what stopped it, in words,
-    and read() returns b"" from there on. A seek() forward inflates all that lies between,
-    which for a large archive takes a while: `stopping` (an Event) cuts it short."""
+    zero padding after them), but for damage: GzipFile drops what it had inflated when it
+    meets the end of a file cut short or a corrupt byte. Here all that inflates before the
+    damage is handed out, as zcat does; then `damage` says what stopped it, in words, and
+    read() gives b"". A seek() forward inflates all that lies between: `stopping` (an
+    Event) cuts it short, with InterruptedError."""
 
-    CHUNK = 16 * 1024   # compressed bytes read at once; at damage, inflated again a byte
-                        # at a time to find its exact place
+    CHUNK = 16 * 1024   # compressed bytes read at once
 
     def __init__(self, fd, stopping=None):
         self.fd = fd
@@ -3749,14 +3562,13 @@ class GzipReader:
         self.position = 0      # inflated bytes handed out
         self.damage = None
         self._read = 0         # compressed bytes read from the file
-        self._input = b""      # ... of which not yet inflated
+        self._input = b""      # ... and not yet inflated
         self._member = None    # the member being inflated; None before one, or between
         self._members = 0
         self._ready = b""      # inflated, not yet handed out
 
     def seek(self, offset):
-        """Go to inflated byte `offset`: from the top if it lies behind, as GzipFile does.
-        Raises InterruptedError if `stopping` is set before it gets there."""
+        """Go to inflated byte `offset`: from the top if it lies behind, as GzipFile does."""
         if offset < self.position:
             self._rewind()
         while self.position < offset:
@@ -3768,19 +3580,6 @@ class GzipReader:
 
     def read(self, size):
         """Up to `size` inflated bytes; b"" at the end, or at damage."""
-        if not self._ready:
-            self._inflate(size)
-        block, self._ready = self._ready[:size], self._ready[size:]
-        self.position += len(block)
-        return block
-
-    def close(self):
-        self._ready = self._input = b""
-        self._member = None
-
-    def _inflate(self, size):
-        """Inflate up to `size` more bytes into _ready, unless the end or damage comes
-        first."""
         while not self._ready and self.damage is None:
             if not self._input:
                 self._input = os.pread(self.fd, self.CHUNK, self._read)
@@ -3789,7 +3588,7 @@ class GzipReader:
                     if self._member is not None:
                         self.damage = ("cut short: the file ends at byte %d, inside the "
                                        "gzip data" % self._read)
-                    return
+                    break
             if self._member is None:   # a member next, or the zeros that may pad the end
                 if self._members:
                     self._input = self._input.lstrip(b"\0")
@@ -3797,94 +3596,90 @@ class GzipReader:
                         continue
                 self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 self._members += 1
-            data, start = self._input, self._read - len(self._input)
             before = self._member.copy()
             try:
-                self._ready = self._member.decompress(data, size)
+                self._ready = self._member.decompress(self._input, size)
             except zlib.error as error:
-                self._ready, self._member = self._salvage(before, data, start, error), None
-                return
+                self._ready = self._salvage(before, self._read - len(self._input), error)
+                self._member = None
+                break
             if self._member.eof:
                 self._input, self._member = self._member.unused_data, None
             else:
                 self._input = self._member.unconsumed_tail
+        block, self._ready = self._ready[:size], self._ready[size:]
+        self.position += len(block)
+        return block
 
-    def _salvage(self, member, data, start, error):
-        """What `data` inflates to, fed to `member` a byte at a time, before the byte that
+    def _salvage(self, member, start, error):
+        """What _input inflates to, fed to `member` a byte at a time, before the byte
         `error` was about; `damage` names that byte."""
         kept, index = [], 0
-        while index < len(data):
+        while index < len(self._input):
             try:
-                kept.append(member.decompress(data[index:index + 1]))
+                kept.append(member.decompress(self._input[index:index + 1]))
             except zlib.error:
                 break
             index += 1
-        message = str(error).rpartition(": ")[2] or str(error)
         self.damage = "corrupt gzip data, found at byte %d of the file (%s)" % (
-            start + index, message)
+            start + index, str(error).rpartition(": ")[2] or error)
         return b"".join(kept)
 
 
 class LogFile:
-    """One file of a log being forwarded, read through a descriptor of its own, so that a
-    rename or a delete of its name does not matter; `offset` is where its unsent lines
-    start. A file whose name is known for good (pixel's own rotated names) may be parked:
-    its descriptor closed, to be opened again by name (or found again by identity) when
-    its turn comes, so that a long backlog of small files holds few descriptors. A gzipped
-    file (`archive`, backfill only) is read through a GzipReader, `offset` counting
-    inflated bytes; `broken` says why an archive could not be read to its end."""
+    """One file of a log being forwarded, read through a descriptor of its own (a rename or
+    a delete of its name does not matter), `offset` where its unsent lines start. A file
+    whose name is kept for good (pixel's rotated names: `named`) may be parked, its
+    descriptor closed, and opened again by name, or found by identity, when its turn comes.
+    A gzipped one (a backfill's `archive`) is read through a GzipReader, `offset` counting
+    inflated bytes; `broken` says why it could not be read to its end."""
 
     def __init__(self, fd, identity, name, offset=0, archive=False, stopping=None):
         self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
-        self.named = False      # `name` is pixel's own rotated name: it may be parked
+        self.named = False
         self.broken = None
-        self._archive = GzipReader(fd, stopping) if archive else None
+        self.archive = GzipReader(fd, stopping) if archive else None
         self._cache, self._cache_start = b"", 0
-        self._first = b""       # the first bytes, for head()
+        self._first = b""   # its first bytes, for head()
 
     @classmethod
     def open(cls, path, archive=False, stopping=None):
-        """The regular file at `path` (OSError for anything else: see open_file). With
-        `archive` None, it is read as gzip if its first bytes say it is gzip, whatever its
-        name: a pixel log starts with "{". `stopping`: see GzipReader."""
+        """The regular file at `path` (open_file's OSError for anything else). With `archive`
+        None, it is gzip if its first bytes say so, whatever its name."""
         fd = open_file(path)
         try:
             status = os.fstat(fd)
             if archive is None:
-                archive = os.pread(fd, len(GZIP_MAGIC), 0) == GZIP_MAGIC
+                archive = os.pread(fd, 2, 0) == b"\x1f\x8b"
             return cls(fd, (status.st_dev, status.st_ino), path, archive=archive,
                        stopping=stopping)
         except BaseException:
             os.close(fd)
             raise
 
-    @property
-    def archive(self):
-        return self._archive is not None
-
     def park(self):
-        if self.fd is not None and self.named and self._archive is None:
+        if self.fd is not None and self.named and self.archive is None:
             os.close(self.fd)
             self.fd = None
 
     def unpark(self):
-        """Open a parked file again: by its name, or else by its identity among the rotated
-        files beside it (an outside rename). False if it is gone."""
+        """Open a parked file again; False if it is gone."""
         if self.fd is None:
             self.fd = self._find()
         return self.fd is not None
 
     def duplicate(self):
-        """A descriptor of this file for the caller to read by and close, parked or not; None
-        if it is gone. Not for an archive."""
+        """A descriptor of this file for the caller to read and close, parked or not; None if
+        it is gone. Not for an archive."""
         return os.dup(self.fd) if self.fd is not None else self._find()
 
     def _find(self):
+        """A descriptor of this file, by its name, or else by its identity among the files
+        beside it of its log (an outside rename); None if there is none."""
         folder, base = os.path.split(self.name)
-        suffix = _ROTATED_NAME.search(base)
+        suffix = _ROTATED.search(base)
         stem = base[:suffix.start()] if suffix else base
-        names = [base] + [name for name in os.listdir(folder) if name.startswith(stem)]
-        for name in names:
+        for name in [base] + [name for name in os.listdir(folder) if name.startswith(stem)]:
             try:
                 fd = open_file(os.path.join(folder, name))
             except OSError:   # gone, unreadable, or not a file (a FIFO would block)
@@ -3897,48 +3692,57 @@ class LogFile:
         return None
 
     def read(self, offset, size):
-        if self._archive is None:
+        if self.archive is None:
             return os.pread(self.fd, size, offset)
-        # The forwarder reads on from where its last batch ended, a little before where its
-        # last read ended: keep what was read, since gzip can only go back by starting
-        # over from the top.
+        # The forwarder reads on from where its last batch ended, a little before its last
+        # read ended: keep what was read, since gzip can only go back from the top.
         if not self._cache_start <= offset <= self._cache_start + len(self._cache):
             self._cache, self._cache_start = b"", -1   # until the seek gets there
-            self._archive.seek(offset)   # InterruptedError: a stop came first
+            self.archive.seek(offset)   # InterruptedError: a stop came first
             self._cache_start = offset
         self._cache = self._cache[offset - self._cache_start:]
         self._cache_start = offset
         while len(self._cache) < size:
-            block = self._archive.read(size - len(self._cache))
+            block = self.archive.read(size - len(self._cache))
             if not block:
-                self.broken = self._archive.damage
+                self.broken = self.archive.damage
                 break
             self._cache += block
         return self._cache[:size]
 
     def size(self):
-        return os.fstat(self.fd).st_size if self._archive is None and self.fd is not None \
+        """How far it can be read: None for an archive (or a parked file)."""
+        return os.fstat(self.fd).st_size if self.archive is None and self.fd is not None \
             else None
 
-    def disk_size(self):
-        """The file's size on disk (an archive's, gzipped)."""
-        return os.fstat(self.fd).st_size
+    def mtime_ns(self):
+        return os.fstat(self.fd).st_mtime_ns
+
+    def head(self, length):
+        """A checksum of the first `length` (at most 4096) bytes: an inode number is reused
+        by a new file once the old one is deleted, its first line is not."""
+        if len(self._first) < length:   # read once for an archive, where it costs most
+            offset = self.offset
+            self._first = self.read(0, 4096)
+            if self.archive is not None:
+                self.read(offset, 1)   # back where the forwarder reads
+        return "%08x" % zlib.crc32(self._first[:length])
+
+    def _disk_head(self, length):
+        return "%08x" % zlib.crc32(os.pread(self.fd, min(length, 4096), 0))
 
     def fingerprint(self):
         """"device:inode:bytes:head" for a backfill's list of files sent: how many of its
-        bytes on disk were sent (an archive's: all of them), and a checksum of the first
-        of those (at most 4096), as the live checkpoint has. An inode number is reused by
-        a new file once the old one is deleted; its size and first bytes are not."""
-        length = self.disk_size() if self.archive else self.offset
+        bytes on disk were sent (an archive's: all), and a checksum of their first 4096."""
+        length = os.fstat(self.fd).st_size if self.archive else self.offset
         return "%d:%d:%d:%s" % (self.identity + (length, self._disk_head(length)))
 
     def sent_before(self, entries):
-        """How many of this file's bytes on disk an earlier backfill sent, by the
-        fingerprints in its list with this file's identity: (bytes, head) pairs, or None
-        for version 1.0's, which named the inode alone (taken at its word). None if none is
-        this file: a different size (an archive's), fewer bytes (a log's, which may only
-        grow), or different first bytes."""
-        size = self.disk_size()
+        """How many of its bytes on disk an earlier backfill sent, by `entries`, (bytes,
+        head) pairs of its list with this file's identity, or None for version 1.0's,
+        which named the inode alone. None if none is this file: another size (an
+        archive's), fewer bytes (a log's, which only grows), other first bytes."""
+        size = os.fstat(self.fd).st_size
         for entry in entries:
             if entry is None:
                 return size
@@ -3948,129 +3752,39 @@ class LogFile:
                 return length
         return None
 
-    def _disk_head(self, length):
-        return "%08x" % zlib.crc32(os.pread(self.fd, min(length, 4096), 0))
-
-    def mtime_ns(self):
-        return os.fstat(self.fd).st_mtime_ns
-
-    def head(self, length):
-        """A fingerprint of the file's first `length` (at most 4096) bytes: an inode number
-        can be reused by a new file once the old one is deleted, its first line cannot."""
-        if len(self._first) < length:   # read once for an archive, where it costs most
-            offset = self.offset
-            self._first = self.read(0, 4096)
-            if self._archive is not None:
-                self.read(offset, 1)   # back where the forwarder reads
-        return "%08x" % zlib.crc32(self._first[:length])
-
     def close(self):
-        if self._archive is not None:
-            self._archive.close()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
 
 
-# A rotated file of a log: pixel's <log>.<UTC stamp>, logrotate's <log>.N and <log>-DATE.
-_ROTATED_NAME = re.compile(r"(?:\.\d{8}T\d{6}\.\d{3}Z(?:-\d+)?|\.\d{1,6}|-\d{8,14})\Z")
-_REFUSED_STATUSES = (400, 413, 422)   # the receiver will never take this batch as it is
-_KEY_STATUSES = (401, 403)            # ... nor anything with this writeKey, until fixed
-_NOTHING_THERE_STATUSES = (404, 405)  # ... nor anything at this URL (a 3xx neither)
+class LogQueue:
+    """The files a Forwarder sends, oldest first, the first being sent, at most
+    MAX_OPEN_LOG_FILES of them open (the rest parked): those of a live log, following its
+    LogWriter (follow), or a list of files to send once (add_files, a backfill)."""
 
-Item = collections.namedtuple("Item", "data end line key", defaults=(None,))
-Item.__doc__ = """One event of a batch: its JSON, where its line ends in the log, the line,
-the writeKey it goes under."""
-
-
-class Forwarder:
-    """Relays a log to a Receiver: in order, at least once, across crashes and outages.
-
-    It reads each file of the log through a descriptor of its own, from a checkpoint,
-    and POSTs the events as batches of at most `batch_events` events and MAX_BATCH_BYTES,
-    one writeKey per batch (all under `write_key` if given). After each batch the
-    receiver took, the checkpoint (the file's identity and the offset of the last line
-    taken) is replaced atomically; after a kill -9 at most the batch in flight is sent
-    again. A 2xx moves on; 429 waits its Retry-After; 5xx, a timeout or no connection is
-    retried with exponential backoff and jitter, forever; 400, 413 or 422 splits the batch
-    until the event the receiver refuses is alone, and writes that event to the rejects
-    log, unless the receiver seems to refuse every event (see _deliver); 401 or 403 for a
-    key of `configured_keys` (or `write_key`) pauses forwarding and retries every
-    BACKOFF_MAX seconds, and for any other key, which anyone can send, writes that
-    batch's events to the rejects log, for `pixel.py forward` to send again. Nothing is
-    dropped.
-
-    follow(writer) relays a live log as its LogWriter writes it, through pixel's own
-    rotations and anyone else's renames; add_files() relays a list of files once
-    (`pixel.py forward`). run() is the loop; start() runs it on a thread.
-    """
-
-    def __init__(self, receiver, rejects, *, write_key=None, configured_keys=(),
-                 batch_events=DEFAULT_FORWARD_BATCH, alert=DEFAULT_FORWARD_ALERT,
-                 backoff=(BACKOFF_FIRST, BACKOFF_MAX), reporter=None, clock=time.time):
-        self.receiver = receiver
-        self.rejects = rejects       # a LogWriter, for events that are never sent
-        self.write_key = write_key
-        # The keys the operator named (--write-key, --forward-write-key): a receiver that
-        # refuses one of them is set up wrong, which only the operator can fix.
-        self.configured_keys = frozenset(configured_keys) | (
-            {write_key} if write_key is not None else set())
-        self.batch_events = batch_events
-        self.alert = alert
-        self.first_delay, self.max_delay = backoff   # tests shorten them
-        self.reporter = reporter or Reporter()
-        self.clock = clock
-        self.writer = None           # the LogWriter followed, in live mode
-        self.checkpoint = None       # the checkpoint file's path
-        self.done = []               # backfill: LogFile.fingerprint() of the files sent
+    def __init__(self, reporter, stopping):
         self.files = collections.deque()
-        self._files_lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.thread = None
-        self.sent = 0                # events the receiver took
-        self.refused = 0             # events written to the rejects log instead
-        self.refused_by_reason = collections.Counter()
-        self.skipped = 0             # rejects-log lines with no event to send again
-        self.failed_attempts = 0     # posts that got no answer, or one to retry
-        self.last_success = None     # clock time of the last 2xx
-        self.last_error = None
-        self.backoff = 0.0           # the wait now under way, while retrying
-        self.paused_key = None       # the writeKey a 401 or 403 stopped
-        self.refusing_all = None     # why the receiver, not the events, seems at fault
-        self.wrong_url = None        # its last answer saying nothing is at the URL
-        self.gave_up = None          # backfill: why it stopped for good (a configured key
-                                     # refused, nothing at the URL)
-        self.truncated = []          # backfill: the files it could not read to their end
-        self._failing = 0            # attempts failed in a row
-        self._refused_in_a_row = 0   # events refused alone since the receiver last took one
-        self._held = []              # (item, rejection, answer): refused alone, not yet
-                                     # written off
-        self._doubted = 0            # rounds in a row it refused every event sent (_doubt)
-        self._lines_done = 0         # lines sent or refused since the start
-        self._backlog_start = None   # (lines unsent at the start, writer.written then)
-        self._counting = None        # what _count_backlog() counts: files, live end
-        self._caught_up_at = clock()   # all lines written before this were sent
+        self.writer = None     # the live log's LogWriter
+        self.done = []         # a backfill's: LogFile.fingerprint() of each file sent
+        self.lines_done = 0    # lines sent or refused since the start
+        self._reporter = reporter
+        self._stopping = stopping
+        self._lock = threading.Lock()
+        self._counting = None  # what count_lines() counts: (files, live end, written)
+        self._start = None     # (lines unsent at the start, writer.written then)
 
-    # -- what to read ---------------------------------------------------------------------
-
-    def follow(self, writer):
-        """Relay `writer`'s log from its checkpoint (see state_path). With none, start at the
-        live file's first line (older rotated files are for `pixel.py forward`). If the
-        file the checkpoint names is gone, start at the oldest file written since."""
+    def follow(self, writer, checkpoint):
+        """The live log of `writer`, from `checkpoint` (a document; None: none), with the
+        files rotated since it was written. With none, from the live file's first line
+        (older rotated files are for `pixel.py forward`). If the file it names is gone,
+        from the oldest written since."""
         self.writer = writer
-        self.checkpoint = adopt_legacy_state(writer.path, "forward", self.reporter)[0]
+        fd, identity, end, written = writer.follow()
+        files = [LogFile(fd, identity, writer.path)]
         try:
-            checkpoint = read_checkpoint(self.checkpoint)
-        except (OSError, ValueError) as error:
-            self.reporter.say("cannot read the checkpoint %s (%s): forwarding every log "
-                              "file from its start; the receiver may get events twice"
-                              % (self.checkpoint, getattr(error, "strerror", None) or error))
-            checkpoint = _NO_CHECKPOINT
-        fd, identity, end, written = writer.follow(self)
-        live = LogFile(fd, identity, writer.path)
-        files = [live]
-        try:
-            files[:0] = self._rotated(writer.path, identity, checkpoint)
+            if checkpoint is not None:
+                files[:0] = self._rotated(writer.path, identity, checkpoint["mtime_ns"])
             start = self._resume(checkpoint, files, end)
         except BaseException:
             for log in files:
@@ -4078,94 +3792,76 @@ class Forwarder:
             raise
         for log in files[:start]:
             log.close()
-        with self._files_lock:   # files the writer opened since follow() come after these
-            self.files.extendleft(reversed(files[start:]))
-            self._park()
+        with self._lock:
+            self.files.extend(files[start:])
+            self._pull()
         self._counting = (files[start:], end, written)
-        # At once: a restart before the first batch is taken must find where to start, or
-        # the files rotated meanwhile would be taken for history. No checkpoint can be
-        # written, no forwarding: the caller refuses to start.
-        self._save(self.files[0], quiet=False)
 
     @staticmethod
-    def _rotated(path, live, checkpoint):
-        """The rotated files of the log at `path` that may hold unsent lines, oldest first,
-        each opened: by last write, then by name (a coarse clock can give two files one
-        mtime, and pixel's stamps sort in time order). Only files written to since the
-        checkpoint was (its file among them, whose mtime can only have grown) are opened,
-        so that a folder of ten thousand old files costs no more; none without one."""
+    def _rotated(path, live, since):
+        """The rotated files of the log at `path` written to since `since` (mtime_ns; the
+        checkpoint's file among them), oldest first, each opened: by last write, then by
+        name (pixel's stamps sort in time order). A folder of ten thousand old ones costs
+        no more."""
         folder, base = os.path.split(path)
         found = []
         for name in os.listdir(folder):
-            if name.startswith(base) and _ROTATED_NAME.match(name[len(base):]):
+            if name.startswith(base) and _ROTATED.match(name, len(base)):
                 try:
                     status = os.stat(os.path.join(folder, name))
                 except OSError:   # gone since listdir
                     continue
-                if (status.st_dev, status.st_ino) != live:
+                if (status.st_dev, status.st_ino) != live and status.st_mtime_ns >= since:
                     found.append((status.st_mtime_ns, name, (status.st_dev, status.st_ino)))
-        if checkpoint is None:
-            return []
         opened = []
-        for mtime, name, identity in sorted(found):
-            if mtime < checkpoint["mtime_ns"]:
-                continue
+        for _, name, identity in sorted(found):
+            path = os.path.join(folder, name)
             if len(opened) >= MAX_OPEN_LOG_FILES:   # opened when its turn comes
-                log = LogFile(None, identity, os.path.join(folder, name))
-                log.named = True
-                opened.append(log)
-                continue
-            try:
-                log = LogFile.open(os.path.join(folder, name))
-            except OSError:   # deleted since, or not readable: nothing of it can be sent
-                continue
-            if log.identity != identity:   # replaced since the stat: not the same file
-                log.close()
-                continue
-            log.named = _ROTATED_SUFFIX.search(name) is not None
+                log = LogFile(None, identity, path)
+            else:
+                try:
+                    log = LogFile.open(path)
+                except OSError:   # deleted since, or not readable: none of it can be sent
+                    continue
+                if log.identity != identity:   # replaced since the stat
+                    log.close()
+                    continue
+            log.named = _ROTATED.match(name, len(base)).group(1) is not None
             opened.append(log)
         return opened
 
     def _resume(self, checkpoint, files, live_end):
-        """The index in `files` to start at, with that file's offset set."""
+        """The index in `files` to start at, that file's offset set."""
         if checkpoint is None:
             return len(files) - 1
         for index, log in enumerate(files):
             if log.identity == (checkpoint["device"], checkpoint["inode"]) and \
-                    log.unpark() and \
-                    log.head(checkpoint["head_bytes"]) == checkpoint.get("head"):
+                    log.unpark() and log.head(checkpoint["head_bytes"]) == checkpoint["head"]:
                 end = live_end if log is files[-1] else log.size()
                 log.offset = checkpoint["offset"]
                 if log.offset > end:   # lost in a power cut after it was sent, or cut
-                    self.reporter.say("%s is shorter than the checkpoint says (%d < %d "
-                                      "bytes): forwarding from its end" % (log.name, end,
-                                                                           log.offset))
+                    self._reporter.say("%s is shorter than the checkpoint says (%d < %d "
+                                       "bytes): forwarding from its end" % (log.name, end,
+                                                                            log.offset))
                     log.offset = end
                 return index
         start = next(index for index, log in enumerate(files)
                      if log is files[-1] or log.fd is None or
                      log.mtime_ns() >= checkpoint["mtime_ns"])
         if checkpoint["device"] != -1:
-            self.reporter.say("the file the checkpoint names (%s, inode %d) is gone: "
-                              "forwarding from %s, the oldest file written since; the "
-                              "receiver may get events twice" % (
-                                  checkpoint.get("path"), checkpoint["inode"],
-                                  files[start].name))
+            self._reporter.say("the file the checkpoint names (%s, inode %d) is gone: "
+                               "forwarding from %s, the oldest file written since; the "
+                               "receiver may get events twice" % (
+                                   checkpoint.get("path"), checkpoint["inode"],
+                                   files[start].name))
         return start
 
     def add_files(self, paths, checkpoint):
-        """Relay the files at `paths`, in that order, once (backfill), resuming from the
-        checkpoint file `checkpoint`: files it lists as sent are skipped. Each file is
-        opened and its first lines looked at before anything is sent: OSError for one that
-        is not a regular file (see open_file), ValueError for one that is not an event log
-        (see not_an_event_log)."""
-        self.checkpoint = checkpoint
-        try:
-            document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
-        except ValueError as error:
-            raise ValueError("cannot read the checkpoint %s: %s" % (checkpoint,
-                                                                     error)) from None
-        done = document.get("done")
+        """The files at `paths`, in that order, to send once, from `checkpoint` (a
+        document): files it lists as sent are skipped. Each is opened and its first lines
+        looked at first: OSError for one that is not a regular file, ValueError for one
+        that is not an event log (not_an_event_log)."""
+        done = checkpoint.get("done")
         self.done = [entry for entry in done if isinstance(entry, str)] \
             if isinstance(done, list) else []
         sent = collections.defaultdict(list)   # "device:inode" -> [(bytes, head) or None]
@@ -4177,9 +3873,9 @@ class Forwarder:
                 sent[entry].append(None)
         seen = set()
         for path in paths:
-            if self.stopping.is_set():   # thousands of archives take a while to look at
+            if self._stopping.is_set():   # thousands of archives take a while to look at
                 break
-            log = LogFile.open(path, archive=None, stopping=self.stopping)
+            log = LogFile.open(path, archive=None, stopping=self._stopping)
             self.files.append(log)   # closed by close(), whatever happens next
             for size in (8192, SNIFF_BYTES):   # most logs show an event in 8 KiB
                 first = log.read(0, size)
@@ -4189,145 +3885,103 @@ class Forwarder:
             if problem is not None:
                 raise ValueError("cannot forward %s: not a pixel event log (%s)"
                                  % (path, problem))
-            if path.endswith(".gz") and not log.archive:
-                self.reporter.say("%s is not gzipped: sending it as it is" % path)
+            if path.endswith(".gz") and log.archive is None:
+                self._reporter.say("%s is not gzipped: sending it as it is" % path)
             before = log.sent_before(sent["%d:%d" % log.identity])
-            if log.identity in seen or before is not None and before >= log.disk_size():
-                self.reporter.say("%s: already sent, skipped" % path)
+            if log.identity in seen or before is not None and \
+                    before >= os.fstat(log.fd).st_size:
+                self._reporter.say("%s: already sent, skipped" % path)
                 self.files.pop().close()
                 continue
             seen.add(log.identity)
             if before is not None:   # an append-only log that has grown since
-                self.reporter.say("%s: sent up to byte %d before; sending what was "
-                                  "written since" % (path, before))
+                self._reporter.say("%s: sent up to byte %d before; sending what was "
+                                   "written since" % (path, before))
                 log.offset = before
-            elif log.identity == (document["device"], document["inode"]) and \
-                    log.head(document["head_bytes"]) == document.get("head"):
-                log.offset = document["offset"]
+            elif log.identity == (checkpoint["device"], checkpoint["inode"]) and \
+                    log.head(checkpoint["head_bytes"]) == checkpoint.get("head"):
+                log.offset = checkpoint["offset"]
         self._counting = (list(self.files), None, 0)
 
-    def opened(self, fd, identity, path):
-        """Called by the followed LogWriter, under its lock, for each file it opens."""
-        with self._files_lock:
-            if any(log.identity == identity for log in self.files):
-                os.close(fd)   # reopened the file it had (SIGHUP): nothing new
-                return
-            self.files.append(LogFile(fd, identity, path))
-            self._park()
-
-    def renamed(self, identity, path):
-        """Called by the followed LogWriter when its rotation renames file `identity` to
-        `path`, a name it keeps for good: the file may now be parked."""
-        with self._files_lock:
-            for log in self.files:
-                if log.identity == identity:
+    def _pull(self):
+        """Take the files the followed writer opened or renamed since, and tell it which
+        it must keep. Under the lock."""
+        if self.writer is None:
+            return
+        for change, fd, identity, path in self.writer.changes():
+            known = [log for log in self.files if log.identity == identity]
+            if change == "renamed":
+                for log in known:
                     log.name, log.named = path, True
-            self._park()
-
-    def _park(self):
-        """Hold at most MAX_OPEN_LOG_FILES descriptors: close those of files waiting in the
-        middle of the queue whose names are known (never the one being read, nor the live
-        one). Under the files lock."""
+            elif known:
+                if fd is not None:
+                    os.close(fd)   # it reopened the file it had (a SIGHUP): nothing new
+            else:
+                self.files.append(LogFile(fd, identity, path))
+                self.files[-1].named = fd is None   # parked by the writer, by its name
         open_files = [log for log in self.files if log.fd is not None]
-        for log in open_files[1:-1]:
+        for log in open_files[1:-1]:   # never the one being read, nor the live one
             if len(open_files) <= MAX_OPEN_LOG_FILES:
                 break
             if log.named:
                 log.park()
                 open_files.remove(log)
+        self.writer.pinned = frozenset(log.identity for log in self.files)
 
-    def held(self):
-        """The identities of the files with lines not yet sent (LogWriter's --keep asks)."""
-        with self._files_lock:
-            return {log.identity for log in self.files}
+    def first(self):
+        """(the file to send from, its committed end or None to read to its end, whether
+        it is complete), or None if there is none. A file gone before its turn has no fd."""
+        with self._lock:
+            self._pull()
+            if not self.files:
+                return None
+            log, later = self.files[0], len(self.files) > 1
+            log.unpark()
+        live = not later and self.writer is not None and log.fd is not None
+        return log, self.writer.committed_end(log.identity) if live else None, not live
 
-    # -- the loop -------------------------------------------------------------------------
+    def finish(self, log):
+        """`log` is sent to its end: on to the next. The file the checkpoint should now name
+        (a backfill's: this one, its fingerprint in `done`), or None."""
+        with self._lock:
+            self.files.popleft()
+            following = self.files[0] if self.files else None
+            if following is not None:
+                following.unpark()
+            if self.writer is not None:
+                self.writer.pinned = frozenset(log.identity for log in self.files)
+        if self.writer is None and log.fd is not None:
+            same = "%d:%d" % log.identity   # one fingerprint a file: this one's is the last
+            self.done = [entry for entry in self.done if entry != same and
+                         not entry.startswith(same + ":")] + [log.fingerprint()]
+            return log
+        return following if following is not None and following.fd is not None else None
 
-    def start(self):
-        self.thread = threading.Thread(target=self._run_on_thread, name="pixel-forwarder",
-                                       daemon=True)
-        self.thread.start()
+    def close_finished(self, log):
+        with self._lock:   # not while backlog() reads it
+            log.close()
 
-    def stop(self, timeout=None):
-        """Ask the loop to stop, and wait up to `timeout` for it. A batch in flight is cut:
-        it is sent again after the restart, and a receiving pixel dedupes it."""
-        self.stopping.set()
-        self.receiver.abort()
-        if self.thread is not None:
-            self.thread.join(timeout)
-
-    def close(self):
-        """Close the files and the connection; not while the loop still runs (a stop that
-        timed out mid-post): then the process is exiting, and its end closes them."""
-        if self.thread is not None and self.thread.is_alive():
-            return
-        with self._files_lock:
-            while self.files:
-                self.files.popleft().close()
-        self.receiver.close()
-
-    def _run_on_thread(self):
-        while not self.stopping.is_set():
-            try:
-                self.run()
-            except Exception as error:   # a bug: say it, and start the loop again
-                trace = error.__traceback__
-                while trace.tb_next:
-                    trace = trace.tb_next
-                self.reporter.say("forwarder error: %s: %s (line %d); retrying in %d s" % (
-                    type(error).__name__, error, trace.tb_lineno, self.max_delay),
-                    key="forwarder error")
-                self.stopping.wait(self.max_delay)
-
-    def run(self):
-        """Forward until stop() (or, for a backfill, until every file is sent). True if it
-        ended with everything sent."""
-        try:
-            self._count_backlog()
-            while not self.stopping.is_set():
-                batch = self._next_batch()
-                if batch is None:
-                    if self.writer is None and not self.files:
-                        return True
-                    self.stopping.wait(FORWARD_POLL)
-                elif batch:
-                    log, key, items, read_at = batch
-                    if self.refusing_all is None:
-                        delivered = self._deliver(log, key, items)
-                    else:
-                        delivered = self._probe(log, items)
-                    if delivered and self._held:   # it refused each event from the first held on
-                        delivered = self._doubt()
-                    self._held = []   # not written off: sent again, from the first of them
-                    if not delivered:
-                        break
-                    if read_at is not None and log.offset == items[-1].end:
-                        self._caught_up_at = read_at
-        except InterruptedError:   # a stop, in the middle of inflating an archive
-            pass
-        return False
-
-    def _count_backlog(self):
-        """Count the lines not yet sent, once: those after the checkpoint when the loop
-        starts, then the writer's count of lines written keeps the figure current."""
+    def count_lines(self):
+        """Count the lines not yet sent, once, as the loop starts; the writer's count of
+        lines written keeps the figure current after."""
         if self._counting is None:
             return
         files, live_end, written = self._counting
         lines = 0
         for log in files:
             offset = log.offset
-            end = live_end if not log.archive and live_end is not None and \
+            end = live_end if log.archive is None and live_end is not None and \
                 log is files[-1] else None
-            if log.archive:
+            if log.archive is not None:
                 fd = None
             else:   # a descriptor of its own: a parked file is not opened meanwhile
-                with self._files_lock:
+                with self._lock:
                     fd = log.duplicate()
                 if fd is None:
                     continue
             try:
                 while end is None or offset < end:
-                    if self.stopping.is_set():   # a backlog of terabytes takes a while
+                    if self._stopping.is_set():   # a backlog of terabytes takes a while
                         return
                     size = MAX_WRITE_BYTES if end is None else min(MAX_WRITE_BYTES,
                                                                    end - offset)
@@ -4340,26 +3994,233 @@ class Forwarder:
             finally:
                 if fd is not None:
                     os.close(fd)
-        self._backlog_start = (lines, written)
+        self._start = (lines, written)
         self._counting = None
 
-    def _next_batch(self):
-        """The next batch to send, as (file, writeKey, items, read_at): `read_at` is the
-        time of a read that the batch takes everything of. None if there is nothing to send
-        now; () if something was done without sending (a line refused here, a file
-        finished), so the caller looks again at once."""
-        with self._files_lock:
-            if not self.files:
+    def backlog(self):
+        """(lines, bytes, files) not yet sent."""
+        size = 0
+        with self._lock:   # so that none of them is closed meanwhile
+            self._pull()
+            queued = list(self.files)
+            for log in queued:
+                end = self.writer.committed_end(log.identity) if self.writer else None
+                if end is None and log.fd is not None:
+                    end = log.size() or 0
+                elif end is None:   # parked: by its name
+                    try:
+                        end = os.stat(log.name).st_size
+                    except OSError:
+                        end = log.offset
+                size += max(0, end - log.offset)
+        files = len(queued) - (self.writer is not None)   # the live file is not behind
+        if self._start is None:
+            return None, size, files
+        unsent, written = self._start
+        if self.writer is not None:
+            unsent += self.writer.written - written
+        return max(0, unsent - self.lines_done), size, files
+
+    def oldest_unsent(self):
+        """The receivedAt of the first line not yet sent, as a clock time, or None."""
+        with self._lock:
+            log = self.files[0] if self.files else None
+            if log is None or log.fd is None or log.archive is not None:
                 return None
-            log, later = self.files[0], len(self.files) > 1
-            found = log.unpark()
-        if not found:
-            self.reporter.say("%s (inode %d) is gone before the forwarder could send it: "
-                              "its unsent events are lost to the receiver" % (
-                                  log.name, log.identity[1]))
-            self._finished(log)
-            return ()
-        end = None if later or self.writer is None else self.writer.committed_end(log.identity)
+            line = log.read(log.offset, MAX_EVENT_LINE).partition(b"\n")[0]
+        try:
+            return parse_time(json.loads(line).get("receivedAt"))
+        except (ValueError, AttributeError, TypeError, RecursionError):
+            return None
+
+    def close(self):
+        with self._lock:
+            while self.files:
+                self.files.popleft().close()
+            if self.writer is not None:
+                self._pull()   # descriptors handed over since
+                while self.files:
+                    self.files.popleft().close()
+
+
+Item = collections.namedtuple("Item", "data end line key", defaults=(None,))
+Item.__doc__ = """One event of a batch: its JSON, where its line ends in the log, the line,
+the writeKey it goes under."""
+
+_BATCH_OPEN = b'{"batch":['
+_BATCH_CLOSE = b'],"sentAt":"%s"}'
+
+
+class Forwarder:
+    """Relays a log to a Receiver, in order and at least once, across crashes and outages.
+
+    It reads the files of a LogQueue (follow: a live log; add_files: a backfill) and sends
+    batches of at most `batch_events` events and MAX_BATCH_BYTES, one writeKey a batch (all
+    under `write_key` if given). After each batch taken the checkpoint (the file's identity
+    and the offset of the first line not taken) is replaced atomically, so a kill -9 sends
+    at most the batch in flight again. The Receiver retries what may succeed later; a 400,
+    413 or 422 splits the batch until the event refused is alone, which goes to the rejects
+    log (unless the receiver seems to refuse every event: _deliver); a 401 or 403 for a key
+    nobody configured, which anyone can send, sets that batch aside in the rejects log, for
+    `pixel.py forward` to send again. Nothing is dropped.
+    """
+
+    def __init__(self, receiver, rejects, *, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
+                 alert=DEFAULT_FORWARD_ALERT, reporter=None, clock=time.time):
+        self.receiver = receiver
+        self.stopping = receiver.stopping
+        self.rejects = rejects       # a LogWriter, for events that are never sent
+        self.write_key = write_key
+        self.batch_events = batch_events
+        self.alert = alert
+        self.reporter = reporter or Reporter()
+        self.clock = clock
+        self.queue = LogQueue(self.reporter, self.stopping)
+        self.checkpoint = None       # the checkpoint file's path
+        self.thread = None
+        self.sent = 0                # events the receiver took
+        self.refused = Counter()     # events written to the rejects log instead, by reason
+        self.skipped = 0             # rejects-log lines with no event to send again
+        self.truncated = []          # a backfill's files it could not read to their end
+        self.last_success = None     # clock time of the last 2xx
+        self.refusing_all = None     # why the receiver, not the events, seems at fault
+        self._refused_in_a_row = 0   # events refused alone since the receiver took one
+        self._held = []              # (item, rejection, answer): refused alone, not yet
+        self._doubted = 0            # written off; rounds in a row it refused all (_doubt)
+        self._caught_up_at = clock()   # all lines written before this were sent
+
+    def follow(self, writer):
+        """Relay `writer`'s live log, from its checkpoint (state_path). Writes the
+        checkpoint at once (OSError if it cannot): a restart before the first batch is
+        taken must know where to start, or files rotated meanwhile pass for history."""
+        self.checkpoint = adopt_legacy_state(writer.path, "forward", self.reporter)
+        try:
+            checkpoint = read_checkpoint(self.checkpoint)
+        except (OSError, ValueError) as error:
+            self.reporter.say("cannot read the checkpoint %s (%s): forwarding every log "
+                              "file from its start; the receiver may get events twice"
+                              % (self.checkpoint, getattr(error, "strerror", None) or error))
+            checkpoint = _NO_CHECKPOINT
+        self.queue.follow(writer, checkpoint)
+        self._save(self.queue.files[0], quiet=False)
+
+    def add_files(self, paths, checkpoint):
+        """Relay the files at `paths` once (a backfill) from the checkpoint file
+        `checkpoint`; OSError or ValueError as LogQueue.add_files raises them."""
+        self.checkpoint = checkpoint
+        try:
+            document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
+        except ValueError as error:
+            raise ValueError("cannot read the checkpoint %s: %s" % (checkpoint,
+                                                                     error)) from None
+        self.queue.add_files(paths, document)
+
+    def register(self, metrics):
+        """Count the forwarder into `metrics`: /health's forward object, its problems, and
+        pixel_forward_* (the rejections into pixel_rejections_total)."""
+        metrics.health("forward", self.status)
+        metrics.problem(lambda: self.status()["degraded"])
+        metrics.family("pixel_rejections_total", "counter", "", lambda: self.refused.samples(
+            "reason"))
+        receiver = self.receiver
+        for name, kind, help, read in (
+                ("sent_events_total", "counter", "Events the forwarder's receiver took.",
+                 lambda: self.sent),
+                ("refused_events_total", "counter", "Events the forwarder wrote to the "
+                 "rejects log instead.", self.refused.total),
+                ("failed_attempts_total", "counter", "Forwarding attempts that got no answer "
+                 "or one to retry.", lambda: receiver.failed_attempts),
+                ("backlog_events", "gauge", "Events written and not yet forwarded.",
+                 lambda: self.queue.backlog()[0] or 0),
+                ("backlog_bytes", "gauge", "Bytes written and not yet forwarded.",
+                 lambda: self.queue.backlog()[1]),
+                ("backlog_files", "gauge", "Rotated files not yet forwarded whole.",
+                 lambda: self.queue.backlog()[2]),
+                ("backlog_seconds", "gauge", "Age of the oldest event not yet forwarded.",
+                 lambda: float(self.status()["backlog_seconds"])),
+                ("paused", "gauge", "1 while a 401 or 403 for a configured key pauses "
+                 "forwarding, or the receiver is at fault.",
+                 lambda: int(receiver.paused_key is not None or
+                             self.status()["receiver_fault"] is not None)),
+                ("last_success_timestamp_seconds", "gauge", "When the receiver last took "
+                 "a batch (Unix time; 0: never).", lambda: float(self.last_success or 0))):
+            metrics.value("pixel_forward_" + name, kind, help, read)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def start(self):
+        self.thread = threading.Thread(target=self._run_on_thread, name="pixel-forwarder",
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout=None):
+        """Stop the loop, waiting up to `timeout` for it. A batch in flight is cut: it is
+        sent again after the restart, and a receiving pixel dedupes it."""
+        self.receiver.stop()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def close(self):
+        """Close the files and the connection; not while the loop still runs (a stop that
+        timed out mid-post): then the process is exiting, and its end closes them."""
+        if self.thread is None or not self.thread.is_alive():
+            self.queue.close()
+            self.receiver.close()
+
+    def _run_on_thread(self):
+        while not self.stopping.is_set():
+            try:
+                self.run()
+            except Exception as error:   # a bug: say it, and start the loop again
+                trace = error.__traceback__
+                while trace.tb_next:
+                    trace = trace.tb_next
+                self.reporter.say("forwarder error: %s: %s (line %d); retrying in %d s" % (
+                    type(error).__name__, error, trace.tb_lineno, self.receiver.max_delay),
+                    key="forwarder error")
+                self.stopping.wait(self.receiver.max_delay)
+
+    def run(self):
+        """Forward until stop(), or for a backfill until every file is sent; True if it
+        ended with everything sent."""
+        try:
+            self.queue.count_lines()
+            while not self.stopping.is_set():
+                batch = self._next_batch()
+                if batch is None:
+                    if self.queue.writer is None and not self.queue.files:
+                        return True
+                    self.stopping.wait(FORWARD_POLL)
+                elif batch:
+                    log, key, items, read_at = batch
+                    if self.refusing_all is None:
+                        delivered = self._deliver(log, key, items)
+                    else:
+                        delivered = self._probe(log, items)
+                    if delivered and self._held:   # it refused each from the first held on
+                        delivered = self._doubt()
+                    self._held = []   # not written off: sent again, from the first of them
+                    if not delivered:
+                        break
+                    if read_at is not None and log.offset == items[-1].end:
+                        self._caught_up_at = read_at
+        except InterruptedError:   # a stop, in the middle of inflating an archive
+            pass
+        return False
+
+    def _next_batch(self):
+        """(file, writeKey, items, read_at) to send, `read_at` the time of a read the batch
+        takes all of; None when there is nothing to send now; () after something done
+        without sending (a line refused, a file finished): look again at once."""
+        head = self.queue.first()
+        if head is None:
+            return None
+        log, end, complete = head
+        if log.fd is None:
+            self.reporter.say("%s (inode %d) is gone before the forwarder could send it: its "
+                              "unsent events are lost to the receiver" % (log.name,
+                                                                          log.identity[1]))
+            return self._finished(log)
         size = log.size()
         if size is not None and log.offset > size:
             self.reporter.say("%s was cut shorter under the forwarder (copytruncate?): "
@@ -4374,41 +4235,41 @@ class Forwarder:
         if not cut:
             if len(data) == FORWARD_READ:   # a line longer than any batch: not an event
                 return self._refuse_oversized(log)
-            if end is None and (later or self.writer is None):   # this file is complete
-                if data:   # a last line with no newline: a torn write from long ago
-                    return self._refused(log, Item(b"", log.offset + len(data), data),
-                                         Rejected("forward_unreadable", "no newline"))
-                if log.broken is not None:   # an archive that does not inflate to its end
-                    broken, log.broken = log.broken, None
-                    problem = "%s cannot be read past byte %d (inflated): %s" % (
-                        log.name, log.offset, broken)
-                    if not self._refuse(log, Item(b"", log.offset, b""),
-                                        Rejected("forward_truncated", problem)):
-                        return None
-                    self.truncated.append(problem)
-                self._finished(log)
-                return ()
-            if not data:
-                self._caught_up_at = read_at
-            return None
+            if not complete:
+                if not data:
+                    self._caught_up_at = read_at
+                return None
+            if data:   # a last line with no newline: a torn write from long ago
+                return self._refused(log, Item(b"", log.offset + len(data), data),
+                                     Rejected("forward_unreadable", "no newline"))
+            if log.broken is not None:   # an archive that does not inflate to its end
+                problem = "%s cannot be read past byte %d (inflated): %s" % (
+                    log.name, log.offset, log.broken)
+                log.broken = None
+                if not self._refuse(log, Item(b"", log.offset, b""),
+                                    Rejected("forward_truncated", problem)):
+                    return None
+                self.truncated.append(problem)
+            return self._finished(log)
         items, key, offset = [], None, log.offset
         batch_size = len(_BATCH_OPEN) + len(_BATCH_CLOSE) + 40   # 40: the sentAt
+        strip = self.write_key is not None
         for line in data[:cut - 1].split(b"\n"):
             line_end = offset + len(line) + 1
             try:
-                line_key, item = forward_item(line, strip=self.write_key is not None)
-                if line_key is None:   # a line of a rejects log? Then the event it holds.
+                line_key, item = forward_item(line, strip)
+                if line_key is None:   # a rejects-log line? Then the event it holds.
                     held = rejected_event(line)
                     if held == b"":   # a rejection with no event to send again: skipped
                         if items:
                             break
                         self.skipped += 1
-                        self._lines_done += 1
+                        self.queue.lines_done += 1
                         log.offset = offset = line_end
                         continue
                     if held is not None:
                         line = held
-                        line_key, item = forward_item(line, strip=self.write_key is not None)
+                        line_key, item = forward_item(line, strip)
                 line_key = self.write_key or line_key
                 if line_key is None:
                     raise Rejected("forward_unreadable", "no writeKey")
@@ -4416,7 +4277,7 @@ class Forwarder:
                     raise Rejected("forward_unreadable", "an event of %d bytes: Segment-"
                                    "compatible receivers take at most 32 KB" % len(item))
             except Rejected as rejection:
-                if items:   # send what came before it first: the log's order is kept
+                if items:   # what came before it first: the log's order is kept
                     break
                 return self._refused(log, Item(b"", line_end, line), rejection)
             if self.refusing_all is None:   # one key a batch, as Basic auth carries one
@@ -4433,27 +4294,16 @@ class Forwarder:
         if not items:   # only rejects-log lines skipped: where the next batch starts
             self._save(log)
             return ()
-        everything = end is not None and offset == end
-        return log, key, items, read_at if everything else None
+        return log, key, items, read_at if end is not None and offset == end else None
 
     def _finished(self, log):
-        """`log` is sent to its end: on to the next file. The checkpoint names that one
-        at once, so that it never names a file --keep may now delete."""
-        with self._files_lock:
-            self.files.popleft()
-            following = self.files[0] if self.files else None
-            if following is not None:
-                following.unpark()
-        if self.writer is None:
-            if log.fd is not None:   # one fingerprint a file: this one's replaces any other
-                same = "%d:%d" % log.identity
-                self.done = [entry for entry in self.done if entry != same and
-                             not entry.startswith(same + ":")] + [log.fingerprint()]
-            self._save(log)
-        elif following is not None and following.fd is not None:
+        """`log` is sent to its end: on to the next file. The checkpoint names that one at
+        once, so that it never names a file --keep may now delete. Returns ()."""
+        following = self.queue.finish(log)
+        if following is not None:
             self._save(following)
-        with self._files_lock:   # not while /health reads it
-            log.close()
+        self.queue.close_finished(log)
+        return ()
 
     def _refuse_oversized(self, log):
         """Skip a line longer than FORWARD_READ: read on to its newline, refuse its start."""
@@ -4473,26 +4323,27 @@ class Forwarder:
 
     # -- sending --------------------------------------------------------------------------
 
+    def _post(self, key, items):
+        body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
+            format_time(self.clock()).encode("ascii")
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        return self.receiver.deliver(key, compressor.compress(body) + compressor.flush())
+
     def _deliver(self, log, key, items):
         """Send `items` until the receiver takes them, splitting the batch on a 400 to find
-        the events it refuses. False if stop() came first.
-
-        Some receivers refuse every event, for reasons of their own: nginx answering plain
-        HTTP sent to its HTTPS port, a WAF, a load balancer mid-deploy. So the receiver may
-        refuse MAX_REFUSED_IN_A_ROW events alone in a row, taking none between, and they
-        are written off; the next one it refuses is held, not written off, and the rest of
-        the batch waits: run() then doubts the receiver (_doubt, _probe)."""
+        the events it refuses; False if stop() came first. Some receivers refuse every
+        event, for reasons of their own (nginx answering plain HTTP sent to its HTTPS port,
+        a WAF, a load balancer mid-deploy): so after MAX_REFUSED_IN_A_ROW events refused
+        alone in a row, taking none between, the next one refused is held, not written off,
+        and the rest of the batch waits while run() doubts the receiver (_doubt, _probe)."""
         if self._held:   # the receiver is doubted: this part waits for the next round
             return True
         status, answer = self._post(key, items)
         if status is None:
             return False
         if 200 <= status < 300:
-            if not self._trust(log):
-                return False
-            self._acknowledge(log, items, sent=True)
-            return True
-        if status in _KEY_STATUSES:   # _post returns it only for a key no one configured
+            return self._trust(log) and self._acknowledge(log, items, sent=True)
+        if status in _KEY_STATUSES:   # only for a key nobody configured
             return self._set_aside(log, key, items, "%d %s" % (status, answer[:1024]))
         if len(items) == 1:
             return self._refused_alone(log, items[0], status, answer)
@@ -4501,33 +4352,26 @@ class Forwarder:
             self._deliver(log, key, items[middle:])
 
     def _refused_alone(self, log, item, status, answer):
-        """The receiver refused `item` alone: write it off, or hold it (see _deliver)."""
         rejection = Rejected("forward_rejected", "%d from %s: %s" % (
             status, self.receiver.url, answer[:1024]))
         self._refused_in_a_row += 1
         if self._refused_in_a_row <= MAX_REFUSED_IN_A_ROW:
             return self._refuse(log, item, rejection)
-        self._held.append((item, rejection, "%d %s" % (status, " ".join(
-            answer[:200].split()))))
+        self._held.append((item, rejection, "%d %s" % (status, " ".join(answer[:200].split()))))
         return True
 
     def _probe(self, log, items):
         """A round with the receiver in doubt: send `items` (from the first event held on,
-        of any keys) one at a time, until it takes one. Then those it refused meanwhile
-        were refused for themselves: they are written off, and forwarding goes on as
-        before. None taken, run() waits and tries again (_doubt). Costs a post an event,
-        at most PROBES_A_ROUND a round, with the rounds spaced as for a 5xx; so a run of
-        more than that many events the receiver refuses, each alone, is taken for its
+        of any key) one at a time until it takes one; those it refused before were refused
+        for themselves, and batching goes on. None taken, run() waits and tries again. So a
+        run of more than PROBES_A_ROUND events refused alone is taken for the receiver's
         fault until it takes the event after them."""
         for item in items:
             status, answer = self._post(item.key, [item])
             if status is None:
                 return False
             if 200 <= status < 300:
-                if not self._trust(log):
-                    return False
-                self._acknowledge(log, [item], sent=True)
-                return True   # the rest as usual, in batches
+                return self._trust(log) and self._acknowledge(log, [item], sent=True)
             if status in _KEY_STATUSES:
                 done = self._set_aside(log, item.key, [item], "%d %s" % (status,
                                                                           answer[:1024]))
@@ -4539,7 +4383,7 @@ class Forwarder:
 
     def _trust(self, log):
         """The receiver took an event: those held before it were refused for themselves,
-        and it is not (or no longer) doubted. False if stop() came first."""
+        and it is not doubted. False if stop() came first."""
         held, self._held = self._held, []
         if not all(self._refuse(log, item, rejection) for item, rejection, _ in held):
             return False
@@ -4552,12 +4396,12 @@ class Forwarder:
         return True
 
     def _doubt(self):
-        """The receiver refused alone every event it was sent from the first one held on:
-        it, not they, is taken to be at fault. Say so once, show it in /health, and wait
-        as for a 5xx before they are sent again (_probe). False if stop() came first."""
+        """The receiver refused alone every event from the first held on: it, not they, is
+        taken to be at fault. Say so once, show it in /health, and wait as for a 5xx before
+        they are sent again (_probe). False if stop() came first."""
         answer = self._held[-1][2]
         self._doubted += 1
-        delay = backoff_delay(self._doubted, self.first_delay, self.max_delay)
+        delay = backoff_delay(self._doubted, self.receiver.first_delay, self.receiver.max_delay)
         if self.refusing_all is None:
             self.reporter.say(
                 "forwarding to %s: it refused %d events in a row, each alone, taking none "
@@ -4567,16 +4411,14 @@ class Forwarder:
                     self.receiver.endpoint, self._refused_in_a_row, answer,
                     MAX_REFUSED_IN_A_ROW, delay))
         self.refusing_all = "it refuses every event, each alone: %s" % answer
-        self.failed_attempts += 1
-        self.last_error, self.backoff = self.refusing_all, delay
+        self.receiver.failed_attempts += 1
+        self.receiver.last_error, self.receiver.backoff = self.refusing_all, delay
         return not self.stopping.wait(delay)
 
     def _set_aside(self, log, key, items, problem):
-        """The receiver refused writeKey `key`, which the operator did not configure: anyone
-        can send a pixel with any key, so the events of that batch go to the rejects log,
-        for `pixel.py forward` to send again, and forwarding goes on with the rest. Events
-        held before them are written off first: it answered about a key, so it was not
-        refusing everything. False if stop() came first."""
+        """The receiver refused writeKey `key`, which the operator did not configure: the
+        batch goes to the rejects log, and forwarding goes on. Events held before it are
+        written off first: it answered about a key, so it was not refusing everything."""
         rejection = Rejected("forward_unauthorized", "%s refused writeKey %s: %s" % (
             self.receiver.endpoint, key, problem))
         self.reporter.say("forwarding to %s: it refused writeKey %s (%s), which is not one "
@@ -4589,79 +4431,14 @@ class Forwarder:
         return all(self._refuse(log, item, refused) for item, refused, _ in held) and \
             all(self._refuse(log, item, rejection) for item in items)
 
-    def _post(self, key, items):
-        """(status, answer) once the receiver answers 2xx, 400, 413 or 422, or 401 or 403
-        for a key not configured; (None, None) if stop() came first, or a backfill gave up.
-        Anything else is retried after a wait."""
-        body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
-            format_time(self.clock()).encode("ascii")
-        compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        body = compressor.compress(body) + compressor.flush()
-        endpoint = self.receiver.endpoint
-        while not self.stopping.is_set():
-            delay = None
-            try:
-                status, headers, answer = self.receiver.post(key, body)
-            except (OSError, http.client.HTTPException) as error:
-                if self.stopping.is_set():   # stop()'s own cut of the post: not a fault
-                    break
-                problem = "%s: %s" % (type(error).__name__, error)
-            else:
-                if 200 <= status < 300 or status in _REFUSED_STATUSES or \
-                        status in _KEY_STATUSES and key not in self.configured_keys:
-                    self._answered()
-                    return status, answer
-                problem = "%d %s" % (status, " ".join(answer[:200].split()))
-                if status in _KEY_STATUSES:
-                    if self.writer is None:   # a backfill stops: the key is wrong
-                        self.gave_up = "%s refused writeKey %s: %s" % (endpoint, key, problem)
-                        self.stopping.set()
-                        break
-                    delay = self.max_delay
-                    if self.paused_key != key:
-                        self.paused_key = key
-                        self.reporter.say(
-                            "forwarding to %s is PAUSED: it refused writeKey %s (%s). Check "
-                            "--forward-write-key or the receiver's keys; nothing is dropped, "
-                            "retrying every %d s" % (endpoint, key, problem, self.max_delay))
-                elif status in _NOTHING_THERE_STATUSES or 300 <= status < 400:
-                    # No API there (a redirect is never followed): waiting will not fix it.
-                    location = headers.get("location")
-                    problem += "%s: nothing at this URL takes batches; check the URL" % (
-                        " (to %s)" % location[:200] if location else "")
-                    if self.writer is None:
-                        self.gave_up = "%s answered %s" % (endpoint, problem)
-                        self.stopping.set()
-                        break
-                    self.wrong_url = problem
-                elif status == 429:   # as it says, but never at once: Retry-After: 0 is a loop
-                    delay = retry_after(headers.get("retry-after"), self.clock())
-                    if delay is not None:
-                        delay = max(delay, self.first_delay)
-            self._failing += 1
-            self.failed_attempts += 1
-            if delay is None:
-                delay = backoff_delay(self._failing, self.first_delay, self.max_delay)
-            self.last_error, self.backoff = problem, delay
-            self.reporter.say("forwarding to %s: %s; %d failed attempt(s) in a row, next in "
-                              "%.1f s" % (endpoint, problem, self._failing, delay),
-                              key="forward")
-            self.stopping.wait(delay)
-        return None, None
-
-    def _answered(self):
-        if self._failing:
-            self.reporter.say("forwarding to %s again, after %d failed attempt(s)"
-                              % (self.receiver.endpoint, self._failing))
-        self._failing, self.backoff, self.paused_key, self.wrong_url = 0, 0.0, None, None
-
     def _acknowledge(self, log, items, sent):
         log.offset = items[-1].end
-        self._lines_done += len(items)
+        self.queue.lines_done += len(items)
         if sent:
             self.sent += len(items)
             self.last_success = self.clock()
         self._save(log)
+        return True
 
     def _refused(self, log, item, rejection):
         """_refuse, as _next_batch answers: () to look again at once, None to stop."""
@@ -4669,42 +4446,38 @@ class Forwarder:
 
     def _refuse(self, log, item, rejection):
         """Write `item` to the rejects log with `rejection`, then move past it. False if
-        stop() came while the rejects log could not be written: a line is tried again
-        until it is written, never skipped."""
-        record = {"reason": rejection.reason, "detail": rejection.detail}
+        stop() came while the rejects log could not be written: a line is tried again until
+        it is written, never skipped."""
+        received_at = format_time(self.clock())
         try:
-            record["event"] = json.loads(item.line)
-        except (ValueError, RecursionError):
-            record["line"] = item.line[:MAX_REJECT_RAW].decode("utf-8", "replace")
-        record["receivedAt"] = format_time(self.clock())
-        try:
-            line = (_encode(record) + "\n").encode("ascii")
-        except (ValueError, RecursionError):   # 1e400, or too deep: quote the line instead
-            del record["event"]
-            record["line"] = item.line[:MAX_REJECT_RAW].decode("utf-8", "replace")
-            line = (_encode(record) + "\n").encode("ascii")
+            line = _encode({"reason": rejection.reason, "detail": rejection.detail,
+                            "event": json.loads(item.line), "receivedAt": received_at})
+        except (ValueError, RecursionError):   # not JSON, 1e400, too deep: quote the line
+            line = _encode({"reason": rejection.reason, "detail": rejection.detail,
+                            "line": item.line[:MAX_REJECT_RAW].decode("utf-8", "replace"),
+                            "receivedAt": received_at})
+        line = (line + "\n").encode("ascii")
         failures = 0
         while not self.rejects.write([line]):
             failures += 1
-            if self.stopping.wait(backoff_delay(failures, self.first_delay, self.max_delay)):
+            if self.stopping.wait(backoff_delay(failures, self.receiver.first_delay,
+                                                self.receiver.max_delay)):
                 return False
-        self.refused += 1
-        self.refused_by_reason[rejection.reason] += 1
-        self._acknowledge(log, [item], sent=False)
-        return True
+        self.refused.add(rejection.reason)
+        return self._acknowledge(log, [item], sent=False)
 
     def _save(self, log, quiet=True):
-        """Write the checkpoint: `log` and the offset its unsent lines start at. Failing,
-        say so (once an interval), or with quiet=False raise the OSError."""
+        """Write the checkpoint: `log`, and the offset its unsent lines start at. Failing,
+        say so once an interval, or with quiet=False raise the OSError."""
         head_bytes = min(log.offset, 4096)
         document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
                     "offset": log.offset, "head_bytes": head_bytes,
                     "head": log.head(head_bytes), "updated": format_time(self.clock()),
                     "target": self.receiver.url}
+        if self.queue.writer is None:
+            document["done"] = self.queue.done
         try:
             document["mtime_ns"] = log.mtime_ns()
-            if self.writer is None:
-                document["done"] = self.done
             write_checkpoint(self.checkpoint, document)
         except OSError as error:
             if not quiet:
@@ -4714,194 +4487,498 @@ class Forwarder:
                                   self.checkpoint, error.strerror or error),
                               key="checkpoint")
 
-    # -- what /health shows ---------------------------------------------------------------
-
-    def backlog(self):
-        """(lines, bytes, files) not yet sent."""
-        size = 0
-        with self._files_lock:   # so that the forwarder closes none of them meanwhile
-            queued = list(self.files)
-            for log in queued:
-                end = self.writer.committed_end(log.identity) if self.writer else None
-                if end is None and log.fd is not None:
-                    end = log.size() or 0
-                elif end is None:   # parked: by its name
-                    try:
-                        end = os.stat(log.name).st_size
-                    except OSError:
-                        end = log.offset
-                size += max(0, end - log.offset)
-        files = len(queued) - (self.writer is not None)   # the live file is not behind
-        if self._backlog_start is None:
-            return None, size, files
-        unsent, written = self._backlog_start
-        if self.writer is not None:
-            unsent += self.writer.written - written
-        lines = unsent - self._lines_done
-        return max(0, lines), size, files
-
-    def oldest_unsent(self):
-        """The receivedAt of the first line not yet sent, as a clock time; None if there is
-        none, or it has none."""
-        with self._files_lock:   # so that the forwarder closes it not meanwhile
-            log = self.files[0] if self.files else None
-            if log is None or log.fd is None or log.archive:
-                return None
-            line = log.read(log.offset, MAX_EVENT_LINE).partition(b"\n")[0]
-        try:
-            received = json.loads(line).get("receivedAt")
-            return parse_time(received)
-        except (ValueError, AttributeError, TypeError, RecursionError):
-            return None
-
     def status(self):
         """The forwarder's part of /health."""
-        lines, size, files = self.backlog()
-        now = self.clock()
+        lines, size, files = self.queue.backlog()
         age = 0.0
         if lines or size:
-            oldest = self.oldest_unsent()
-            age = max(0.0, now - (oldest if oldest is not None else self._caught_up_at))
-        return {"target": self.receiver.url, "sent": self.sent, "refused": self.refused,
+            oldest = self.queue.oldest_unsent()
+            age = max(0.0, self.clock() - (oldest if oldest is not None else
+                                           self._caught_up_at))
+        receiver = self.receiver
+        fault = self.refusing_all or receiver.wrong_url
+        return {"target": receiver.url, "sent": self.sent, "refused": self.refused.total(),
                 "lines_behind": lines, "bytes_behind": size, "files_behind": files,
                 "backlog_seconds": round(age, 3),
                 "last_success": None if self.last_success is None
                 else format_time(self.last_success),
-                "failed_attempts": self.failed_attempts, "backoff": round(self.backoff, 3),
-                "last_error": self.last_error, "paused_write_key": self.paused_key,
-                "receiver_fault": self.refusing_all or self.wrong_url,
-                "degraded": self.paused_key is not None or self.refusing_all is not None or
-                self.wrong_url is not None or age > self.alert}
-
-
-_BATCH_OPEN = b'{"batch":['
-_BATCH_CLOSE = b'],"sentAt":"%s"}'
-
-
-def backoff_delay(failures, first=BACKOFF_FIRST, maximum=BACKOFF_MAX):
-    """Seconds to wait after `failures` failed attempts in a row: 1, 2, 4 ... up to 60,
-    each with up to half again of random jitter, so that forwarders that failed together
-    do not all retry together."""
-    base = min(maximum, first * 2 ** min(failures - 1, 16))
-    return min(maximum, base * (1 + random.random() / 2))
-
-
-def retry_after(value, now):
-    """Seconds to wait for a Retry-After header (seconds, or an HTTP date), at most
-    MAX_RETRY_AFTER; None if it is missing or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
+                "failed_attempts": receiver.failed_attempts,
+                "backoff": round(receiver.backoff, 3), "last_error": receiver.last_error,
+                "paused_write_key": receiver.paused_key, "receiver_fault": fault,
+                "degraded": receiver.paused_key is not None or fault is not None or
+                age > self.alert}
 
 
 # --------------------------------------------------------------------------------------------
-# Command line
+# Configuration: every option once, with its flag, variable, default, check and help. The
+# command line, make_wsgi_app(**options) and the tests all make a Config with configure().
 
-def _size(text):
+class StartupError(Exception):
+    """What stops pixel from starting, in one line: an option, a log, a CPU, a port."""
+
+
+def _check(value, kind, convert, ok, problem):
+    """`value` as `kind`: as given, or converted from text (as a flag or variable gives it)."""
+    if isinstance(value, str):
+        value = convert(value.strip())
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool or \
+            not ok(value):
+        raise argparse.ArgumentTypeError("%s: %r" % (problem, value))
+    return value
+
+
+def _size(value):
     """A byte count, with an optional K, M or G suffix (powers of 1024)."""
-    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)[iI]?[bB]?\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError("not a size: %r (try 10485760 or 10M)" % text)
-    return int(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ")
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)[iI]?[bB]?\s*", value)
+        if not match:
+            raise argparse.ArgumentTypeError("not a size: %r (try 10485760 or 10M)" % value)
+        value = int(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ")
+    return _count(value)
 
 
-def _positive(kind):
-    def convert(text):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError("must be greater than 0: %r" % text)
+def _count(value):
+    return _check(value, int, int, lambda number: number >= 0, "must be 0 or more")
+
+
+def _connections(value):
+    return _check(value, int, int, lambda number: number > 0, "must be greater than 0")
+
+
+def _port(value):
+    return _check(value, int, int, lambda number: 0 <= number <= 65535,
+                  "must be between 0 and 65535")
+
+
+def _seconds(value):
+    return _check(value, (int, float), float,   # NaN fails both comparisons
+                  lambda number: MIN_TIMEOUT <= number <= MAX_TIMEOUT,
+                  "must be between %g and %g seconds" % (MIN_TIMEOUT, MAX_TIMEOUT))
+
+
+def _batch_size(value):
+    return _check(value, int, int, lambda number: 1 <= number <= MAX_BATCH_ITEMS,
+                  "must be between 1 and %d" % MAX_BATCH_ITEMS)
+
+
+def _flag(value):
+    words = {"1": True, "true": True, "yes": True, "on": True, "": False, "0": False,
+             "false": False, "no": False, "off": False}
+    return _check(value, bool, lambda text: words.get(text.lower(), text), lambda _: True,
+                  "not a yes/no value")
+
+
+def _nonempty(value):
+    return _check(value, str, str, bool, "must not be empty")
+
+
+def _cpu(value):
+    if value in ("auto", "none"):
         return value
-    convert.__name__ = kind.__name__
-    return convert
+    return _check(value, int, lambda text: int(text) if text.isdigit() else text,
+                  lambda number: number >= 0, "not auto, none or a CPU number")
 
 
-def _seconds(text):
-    value = float(text)
-    if not MIN_TIMEOUT <= value <= MAX_TIMEOUT:   # NaN fails both comparisons
-        raise argparse.ArgumentTypeError("must be between %g and %g seconds: %r"
-                                         % (MIN_TIMEOUT, MAX_TIMEOUT, text))
-    return value
-
-
-def _port(text):
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError("must be between 0 and 65535: %r" % text)
-    return port
-
-
-def _count(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more: %r" % text)
-    return value
-
-
-def _nonempty(text):
-    if not text:
-        raise argparse.ArgumentTypeError("must not be empty")
+def _public_url(value):
+    text = _nonempty(value).rstrip("/")
+    if not _ORIGIN.match(text):
+        raise argparse.ArgumentTypeError("not an http(s) URL of a host: %r (try "
+                                         "https://pixel.example.com)" % text)
     return text
 
 
-def _flag(text):
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("", "0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError("not a yes/no value: %r" % text)
+def _origin_pattern(value):
+    text = _nonempty(value)
+    if text.startswith("*.") and "." in text[2:] and _ORIGIN.match("https://" + text[2:]) \
+            or _ORIGIN.match(text):
+        return text.lower()
+    raise argparse.ArgumentTypeError("not an origin (https://shop.example.com) or a pattern "
+                                     "(*.example.com): %r" % text)
 
 
-def _cpu(text):
-    if text in ("auto", "none"):
-        return text
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError("not auto, none or a CPU number: %r" % text)
-    return int(text)
-
-
-def raise_file_limit(needed):
-    """Raise the soft open-file limit to `needed` (as far as the hard limit allows), so that
-    --max-connections sockets fit; the usual soft limit of 1024 would not. Returns the limit
-    now in force, or None where there is no such limit."""
-    if resource is None:
-        return None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
-
-
-def release_free_memory():
-    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim). Compiling
-    this file leaves the compiler's scratch memory freed but held by malloc, about 4 MiB of
-    RSS when there is no __pycache__ to load instead. Without glibc, nothing is done."""
+def _network(value):
+    text = _nonempty(value)
     try:
-        import ctypes   # here, not at the top: only serve() needs it, once
-        trim = ctypes.CDLL(None).malloc_trim
-    except (ImportError, OSError, AttributeError):
-        return
-    trim(0)
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an IP address or network: %r" % text) from None
+    return text
 
+
+_URL_HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])"
+                       r"(?::\d{1,5})?\Z", re.ASCII)
+
+
+def _forward_url(value):
+    """An http(s) base URL, to which /v1/batch is added: one given with /v1/batch or /v1
+    already is taken as meant, not posted to at /v1/batch/v1/batch."""
+    text = _nonempty(value).rstrip("/")
+    parts = urllib.parse.urlsplit(text)
+    try:
+        parts.port   # a port that is not a number raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
+            parts.query or parts.fragment or parts.username or parts.password or \
+            not _URL_HOST.match(parts.netloc) or not re.fullmatch(r"[!-~]*", parts.path):
+        raise argparse.ArgumentTypeError("not an http(s) URL with no query or credentials: "
+                                         "%r (try https://api.segment.io)" % text)
+    for endpoint in ("/v1/batch", "/v1"):
+        if text.endswith(endpoint):
+            return text[:-len(endpoint)].rstrip("/")
+    return text
+
+
+def _token(value):
+    # RFC 6750's b64token: what an Authorization: Bearer header can carry as it is.
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", value):
+        raise argparse.ArgumentTypeError("not a bearer token (letters, digits and -._~+/, "
+                                         "then = padding): %r" % (value,))
+    return value
+
+
+def _ca_file(value):
+    """A PEM file of CA certificates, checked by loading it."""
+    import ssl   # here: only --forward-ca pays for it
+    text = _nonempty(value)
+    try:
+        if not stat.S_ISREG(os.stat(text).st_mode):   # a FIFO would block the load
+            raise OSError(errno.EINVAL, "not a regular file (%s)"
+                          % file_kind(os.stat(text).st_mode))
+        ssl.create_default_context().load_verify_locations(text)
+    except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
+        raise argparse.ArgumentTypeError("not a readable PEM file of CA certificates: %r "
+                                         "(%s)" % (text, error)) from None
+    return text
+
+
+Option = collections.namedtuple("Option", "name env default check help scope many")
+Option.__doc__ = """One option: `name` is its keyword (the flag is --name with dashes); `env`
+its PIXEL_* variable; `check` converts and checks a value; `scope` where it means something:
+"all", "server" (the built-in server's listening and process only), "wsgi"; `many` a list."""
+
+
+def _option(name, env, default, check, help, scope="all", many=False):
+    return Option(name, env, default, check, help, scope, many)
+
+
+OPTIONS = (
+    _option("host", "PIXEL_HOST", "127.0.0.1", _nonempty,
+            "address to listen on; 0.0.0.0 or :: for every interface", "server"),
+    _option("port", "PIXEL_PORT", 8000, _port, "port to listen on; 0 picks a free one",
+            "server"),
+    _option("log", "PIXEL_LOG", DEFAULT_LOG, _nonempty,
+            "the event log, one JSON object per line"),
+    _option("rejects", "PIXEL_REJECTS", None, _nonempty,
+            "the rejects log; unset means %s beside --log" % DEFAULT_REJECTS_NAME),
+    _option("max_bytes", "PIXEL_MAX_BYTES", 0, _size, "rotate a log before it would grow "
+            "past this size (K, M, G suffixes); 0 never rotates"),
+    _option("keep", "PIXEL_KEEP", 0, _count, "rotated files to keep per log, the oldest "
+            "deleted first; 0 keeps them all"),
+    _option("write_key", "PIXEL_WRITE_KEYS", (), _nonempty, "accept only this writeKey; "
+            "repeatable. Unset, any non-empty key is accepted", many=True),
+    _option("trusted_proxy", "PIXEL_TRUSTED_PROXIES", (), _network, "an address or network "
+            "whose X-Forwarded-For is believed; repeatable. Unset, none is", many=True),
+    _option("allow_origin", "PIXEL_ALLOW_ORIGINS", (), _origin_pattern, "a website origin "
+            "whose browsers may send to the HTTP API (https://shop.example.com, or "
+            "*.example.com for its subdomains); repeatable. Unset, any origin may", many=True),
+    _option("public_url", "PIXEL_PUBLIC_URL", None, _public_url, "the URL browsers reach "
+            "this server at, such as https://pixel.example.com behind a proxy; the settings "
+            "document points analytics.js there. Unset, the request's Host and scheme"),
+    _option("dedupe_window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, _count,
+            "client-sent messageIds to remember, per writeKey; an event whose key and "
+            "messageId were written among the last N is dropped as a retry. 0 turns it off"),
+    _option("no_ip", "PIXEL_NO_IP", False, _flag,
+            "record no IP address, not even a client-sent context.ip"),
+    _option("anonymize_ip", "PIXEL_ANONYMIZE_IP", False, _flag, "record IP addresses "
+            "truncated to their /24 (IPv4) or /48 (IPv6): the peer's, X-Forwarded-For's, a "
+            "client-sent context.ip, and in the rejects log"),
+    _option("metrics_token", "PIXEL_METRICS_TOKEN", None, _token, "require `Authorization: "
+            "Bearer TOKEN` for /metrics. Unset, /metrics answers anyone who can reach it"),
+    _option("forward", "PIXEL_FORWARD", None, _forward_url, "relay the events log, at least "
+            "once and in order, to this Segment-compatible API (https://api.segment.io, a "
+            "RudderStack or Jitsu URL, another pixel); batches go to URL/v1/batch"),
+    _option("forward_write_key", "PIXEL_FORWARD_WRITE_KEY", None, _nonempty, "forward every "
+            "event under this writeKey, instead of each under its own"),
+    _option("forward_batch", "PIXEL_FORWARD_BATCH", DEFAULT_FORWARD_BATCH, _batch_size,
+            "events per forwarded batch; a batch is also at most 500 KB"),
+    _option("forward_ca", "PIXEL_FORWARD_CA", None, _ca_file, "a CA bundle (PEM) to trust "
+            "for --forward, besides the system's: for a receiver with a private CA"),
+    _option("forward_timeout", "PIXEL_FORWARD_TIMEOUT", DEFAULT_FORWARD_TIMEOUT, _seconds,
+            "seconds the receiver has to connect and to answer; then the batch is retried"),
+    _option("forward_alert", "PIXEL_FORWARD_ALERT", DEFAULT_FORWARD_ALERT, _seconds,
+            "seconds of unsent backlog after which /health says degraded"),
+    _option("reuse_port", "PIXEL_REUSE_PORT", False, _flag, "share the port with other "
+            "pixel processes (SO_REUSEPORT), each with its own --log: the kernel spreads "
+            "connections among them, one CPU each", "server"),
+    _option("max_connections", "PIXEL_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
+            _connections, "connections served at once; more wait in the listen backlog",
+            "server"),
+    _option("request_timeout", "PIXEL_REQUEST_TIMEOUT", 10.0, _seconds, "seconds a client "
+            "has to send a whole request, head and body", "server"),
+    _option("idle_timeout", "PIXEL_IDLE_TIMEOUT", 15.0, _seconds, "seconds a kept-alive "
+            "connection may wait for its next request", "server"),
+    _option("certfile", "PIXEL_CERTFILE", None, _nonempty, "serve HTTPS with this "
+            "certificate chain (PEM, the leaf first: certbot's fullchain.pem); needs "
+            "--keyfile", "server"),
+    _option("keyfile", "PIXEL_KEYFILE", None, _nonempty,
+            "the private key of --certfile (PEM)", "server"),
+    _option("cpu", "PIXEL_CPU", "auto", _cpu, "pin the process to one CPU: auto (the last "
+            "one it may use), none, or a CPU number. Python runs one thread at a time; "
+            "keeping all of them on one core makes handing over between them much cheaper",
+            "server"),
+    _option("public_metrics", None, False, _flag, "serve /metrics under WSGI with no "
+            "metrics_token", "wsgi"),
+)
+OPTION_NAMES = tuple(option.name for option in OPTIONS)
+
+Config = collections.namedtuple("Config", OPTION_NAMES)
+Config.__doc__ = """Every option of one pixel, checked: configure() makes one."""
+
+
+def configure(**options):
+    """A Config of `options` (keywords named as the flags are), each checked as its flag
+    is, the rest at their defaults. Raises argparse.ArgumentTypeError or ValueError, in
+    words, for a value or a combination that cannot be used."""
+    unknown = set(options) - set(OPTION_NAMES)
+    if unknown:
+        raise ValueError("no such option: %s" % ", ".join(sorted(unknown)))
+    values = {}
+    for option in OPTIONS:
+        value = options.get(option.name, option.default)
+        if value is None or value is option.default:
+            values[option.name] = value
+        elif option.many:
+            if isinstance(value, str):
+                raise ValueError("%s takes a list, not a string: %r" % (option.name, value))
+            values[option.name] = [option.check(item) for item in value]
+        else:
+            values[option.name] = option.check(value)
+    values["write_key"], values["trusted_proxy"], values["allow_origin"] = (
+        list(values[name]) for name in ("write_key", "trusted_proxy", "allow_origin"))
+    if values["rejects"] is None:
+        values["rejects"] = os.path.join(os.path.dirname(os.path.abspath(values["log"])),
+                                         DEFAULT_REJECTS_NAME)
+    if os.path.realpath(values["rejects"]) == os.path.realpath(values["log"]):
+        raise ValueError("the events log and the rejects log must be different files "
+                         "(--log, --rejects): both are %s" % os.path.realpath(values["log"]))
+    if bool(values["certfile"]) != bool(values["keyfile"]):
+        raise ValueError("--certfile and --keyfile go together")
+    if values["forward_write_key"] and not values["forward"]:
+        raise ValueError("--forward-write-key needs --forward")
+    if values["forward_ca"] and not (values["forward"] or "").startswith("https://"):
+        raise ValueError("--forward-ca needs an https:// --forward URL")
+    return Config(**values)
+
+
+def build_parser(environ):
+    """The command line's parser: a flag for each option but WSGI's, its default taken from
+    its PIXEL_* variable when that is set (lists comma-separated). A flag wins over it."""
+    parser = argparse.ArgumentParser(
+        prog="pixel.py", description="Segment-compatible tracking-pixel server.",
+        epilog="Each flag's environment variable is shown in brackets; lists in a variable "
+               "are comma-separated. `pixel.py forward --help`: sending log files.")
+    parser.from_env = {}
+    for option in OPTIONS:
+        if option.scope == "wsgi":
+            continue
+        flag = "--" + option.name.replace("_", "-")
+        default = [] if option.many else option.default
+        if option.env in environ:
+            text = environ[option.env]
+            try:
+                if not text.strip():
+                    # PIXEL_WRITE_KEYS= must not switch the allowlist off, nor PIXEL_HOST=
+                    # listen everywhere: an empty value is a mistake, not a setting.
+                    raise ValueError("is set but empty; unset it to use the default")
+                default = [option.check(item) for item in text.split(",") if item.strip()] \
+                    if option.many else option.check(text)
+                if option.many and not default:
+                    raise ValueError("names nothing; unset it to use the default")
+            except (argparse.ArgumentTypeError, ValueError) as error:
+                parser.error("%s%s %s" % (option.env, "" if not text.strip() else
+                                          "=%r:" % text, error))
+            parser.from_env[option.name] = default
+        help = "%s [%s%s] (default: %s)" % (option.help, option.env, "=1" if
+                                             option.check is _flag else "",
+                                             "%(default)s" if not option.many else "none")
+        if option.check is _flag:
+            parser.add_argument(flag, action="store_true", default=default, help=help)
+        else:
+            parser.add_argument(flag, type=option.check, default=None if option.many else
+                                default, action="append" if option.many else "store",
+                                metavar=option.name.upper(), help=help)
+    parser.add_argument("--version", action="version", version="pixel " + __version__)
+    return parser
+
+
+def parse_args(argv=None, environ=None):
+    """The command line's Config: flags, then PIXEL_* variables, then defaults. A bad one
+    exits with usage, status 2."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser(environ)
+    args = vars(parser.parse_args(argv))
+    for option in OPTIONS:
+        if option.many and args.get(option.name) is None:
+            args[option.name] = parser.from_env.get(option.name, [])
+    try:
+        return configure(**args)
+    except (argparse.ArgumentTypeError, ValueError) as error:
+        parser.error(str(error))
+
+
+# --------------------------------------------------------------------------------------------
+# Wiring: the one place a Config becomes working parts, for the command line, WSGI and tests
+
+def open_logs(log, rejects, *, busy, wait=0.0, **options):
+    """The events and the rejects LogWriter (`options` are LogWriter's). A file that cannot
+    be opened, or two paths that name one file, raise StartupError; a file another process
+    holds, after waiting up to `wait` seconds for it to let go, with `busy` (what to do
+    instead). A file made here is removed again then (LogWriter.discard)."""
+    if os.path.realpath(log) == os.path.realpath(rejects) or os.path.exists(log) and \
+            os.path.exists(rejects) and os.path.samefile(log, rejects):   # a hard link, say
+        raise StartupError("the events log and the rejects log are the same file: %s"
+                           % os.path.realpath(log))
+    writers = []
+    deadline = time.monotonic() + wait
+    try:
+        for path in (log, rejects):
+            while True:
+                try:
+                    writers.append(LogWriter(path, **options))
+                    break
+                except OSError as error:
+                    if error.errno == errno.EBUSY and time.monotonic() < deadline:
+                        time.sleep(0.05)   # a gunicorn reload: the old worker lets go soon
+                        continue
+                    raise StartupError("cannot open %s: %s%s" % (
+                        error.filename or path, error.strerror or error,
+                        "; " + busy if error.errno == errno.EBUSY else "")) from None
+            options["readable"] = False   # only the events log is followed
+    except StartupError:
+        for writer in writers:
+            writer.discard()
+        raise
+    return writers
+
+
+class Pixel:
+    """One pixel made from a Config: its log files, Recorder, App, metrics and, with
+    `forward`, its Forwarder. The command line, make_wsgi_app and the tests make it here,
+    the one wiring there is. Raises StartupError for what cannot be opened or started,
+    having removed the files it made."""
+
+    def __init__(self, config, *, reporter=None, clock=time.time, serve_metrics=True,
+                 busy="give each pixel process its own --log and --rejects", wait=0.0):
+        self.config = config
+        self.reporter = reporter or Reporter()
+        self.metrics = Metrics(clock)
+        self.events, self.rejects = open_logs(
+            config.log, config.rejects, max_bytes=config.max_bytes, keep=config.keep,
+            clock=clock, reporter=self.reporter, readable=bool(config.forward), busy=busy,
+            wait=wait)
+        self.recorder = Recorder(self.events, self.rejects, write_keys=config.write_key,
+                                 trusted_proxies=config.trusted_proxy,
+                                 record_ip=not config.no_ip, anonymize_ip=config.anonymize_ip,
+                                 dedupe_window=config.dedupe_window, metrics=self.metrics,
+                                 clock=clock, reporter=self.reporter)
+        self.app = App(self.recorder, self.metrics, allow_origins=config.allow_origin,
+                       public_url=config.public_url, metrics_token=config.metrics_token,
+                       serve_metrics=serve_metrics)
+        self.forwarder = None
+        try:
+            if config.forward:
+                receiver = Receiver(
+                    config.forward, cafile=config.forward_ca, timeout=config.forward_timeout,
+                    configured_keys=set(config.write_key) | {config.forward_write_key} - {None},
+                    reporter=self.reporter, clock=clock)
+                self.forwarder = Forwarder(receiver, self.rejects,
+                                           write_key=config.forward_write_key,
+                                           batch_events=config.forward_batch,
+                                           alert=config.forward_alert,
+                                           reporter=self.reporter, clock=clock)
+                self.forwarder.follow(self.events)
+                self.forwarder.register(self.metrics)
+        except OSError as error:
+            if self.forwarder is not None:
+                self.forwarder.close()
+            self.events.discard()
+            self.rejects.discard()
+            raise StartupError("cannot forward %s: %s" % (error.filename or config.log,
+                                                          error.strerror or error)) from None
+        self.recorder.record_torn_tails()
+        self.recorder.remember_logged()
+
+    def start(self):
+        """Start what runs beside the requests: the forwarder's thread."""
+        if self.forwarder is not None:
+            self.forwarder.start()
+
+    def reopen(self):
+        """SIGHUP: both logs reopened at their paths."""
+        self.recorder.reopen()
+
+    def close(self):
+        if self.forwarder is not None:
+            self.forwarder.stop(1.0)
+            self.forwarder.close()
+        self.events.close()
+        self.rejects.close()
+
+
+# What several WSGI worker processes are told when the second finds the logs held by the
+# first, after waiting this long for it to let go (a gunicorn reload starts the new worker
+# while the old one still holds them).
+WSGI_LOCK_WAIT = 5.0
+WSGI_BUSY = ("one process owns pixel's files, so serve it from one worker process with "
+             "threads (gunicorn --workers 1 --threads 8), or give each worker process its "
+             "own make_wsgi_app(log=..., rejects=...)")
+# make_wsgi_app's keywords of version 1.0, and the options they are now.
+_OLD_KEYWORDS = {"write_keys": "write_key", "trusted_proxies": "trusted_proxy",
+                 "allow_origins": "allow_origin"}
+
+
+def make_wsgi_app(**options):
+    """A WSGI application recording into `log` (and `rejects`, by default rejects.jsonl
+    beside it), forwarding with `forward`: every option of the command line that means
+    something behind a WSGI server, named as its flag is (OPTIONS: scope "all" and "wsgi").
+    It opens both files now; one process owns them, so serve it from one process (threads
+    are fine). /metrics is served with a `metrics_token` (then only to requests that send
+    it) or with public_metrics=True; otherwise it is a 404, as a WSGI app usually shares its
+    port with a public site.
+
+    An option it cannot use, or a file it cannot open, ends the process as a bad command
+    line does: one line on stderr, then SystemExit(3), which gunicorn takes for a worker
+    that cannot boot, and stops rather than start it again and again."""
+    reporter = Reporter()
+    for old, new in _OLD_KEYWORDS.items():
+        if old in options:
+            options[new] = options.pop(old)
+    if "record_ip" in options:
+        options["no_ip"] = not options.pop("record_ip")
+    try:
+        server_only = [name for name in options if name in OPTION_NAMES and
+                       OPTIONS[OPTION_NAMES.index(name)].scope == "server"]
+        if server_only:
+            raise ValueError("%s: the WSGI server's to set, not pixel's" % ", ".join(server_only))
+        config = configure(**options)
+        pixel = Pixel(config, reporter=reporter, busy=WSGI_BUSY, wait=WSGI_LOCK_WAIT,
+                      serve_metrics=config.metrics_token is not None or config.public_metrics)
+    except (StartupError, ValueError, argparse.ArgumentTypeError) as error:
+        reporter.say("make_wsgi_app: %s" % error)
+        raise SystemExit(3) from None
+    pixel.start()
+    return WsgiApp(pixel.app, pixel.close, config)
+
+
+# --------------------------------------------------------------------------------------------
+# The command line
 
 def pin_cpu(choice):
-    """Pin this process (and every thread it starts later) to one CPU; return which, or None.
-
-    With the GIL only one thread runs Python at a time, so a second core mostly adds
-    cross-core wake-ups each time the GIL changes hands, at every recv, write and send.
-    Measured with wrk on a 2-core machine: +32% requests/s with keep-alive, +53% with a
-    connection per request. Must run before any thread starts, as threads inherit it.
-    """
+    """Pin this process, and the threads it starts later, to one CPU; return which, or
+    None. With the GIL one thread runs Python at a time, so a second core mostly adds
+    cross-core wake-ups each time the GIL changes hands (measured with wrk on 2 cores: +32%
+    requests/s kept alive, +53% with a connection per request). Before any thread starts."""
     if choice == "none" or not hasattr(os, "sched_setaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0))
@@ -4913,304 +4990,127 @@ def pin_cpu(choice):
     return choice
 
 
-def _public_url(text):
-    text = text.strip().rstrip("/")
-    if not _ORIGIN.match(text):
-        raise argparse.ArgumentTypeError("not an http(s) URL of a host: %r (try "
-                                         "https://pixel.example.com)" % text)
-    return text
+def raise_file_limit(needed):
+    """Raise the soft open-file limit toward `needed`, as far as the hard one allows (the
+    usual 1024 would not fit --max-connections sockets); the limit now, or None."""
+    if resource is None:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
 
 
-def _origin_pattern(text):
-    text = text.strip()
-    pattern = text[2:] if text.startswith("*.") else None
-    if pattern is not None and _ORIGIN.match("https://" + pattern) and "." in pattern:
-        return text.lower()
-    if pattern is None and _ORIGIN.match(text):
-        return text.lower()
-    raise argparse.ArgumentTypeError("not an origin (https://shop.example.com) or a pattern "
-                                     "(*.example.com): %r" % text)
-
-
-_URL_HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])"
-                       r"(?::\d{1,5})?\Z", re.ASCII)
-
-
-def _forward_url(text):
-    text = text.strip().rstrip("/")
-    parts = urllib.parse.urlsplit(text)
+def listen(config, reporter):
+    """Pin to a CPU and bind the port, before any file is made: (PixelServer, CPU)."""
     try:
-        parts.port   # a port that is not a number raises here
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
-            parts.query or parts.fragment or parts.username or parts.password or \
-            not _URL_HOST.match(parts.netloc) or \
-            not re.fullmatch(r"[!-~]*", parts.path, re.ASCII):
-        raise argparse.ArgumentTypeError("not an http(s) URL with no query or credentials: "
-                                         "%r (try https://api.segment.io)" % text)
-    # The API's base URL, under which batches go to /v1/batch. Given as Segment's docs
-    # write the endpoint (https://api.segment.io/v1/batch), or its /v1, it is meant as that
-    # base: posting to /v1/batch/v1/batch would be answered 404, forever.
-    for endpoint in ("/v1/batch", "/v1"):
-        if parts.path.endswith(endpoint):
-            return text[:-len(endpoint)]
-    return text
-
-
-def _token(text):
-    # RFC 6750's b64token: what an Authorization: Bearer header can carry as is.
-    if not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", text, re.ASCII):
-        raise argparse.ArgumentTypeError("not a bearer token (letters, digits and -._~+/, "
-                                         "then = padding): %r" % text)
-    return text
-
-
-def _batch_size(text):
-    value = int(text)
-    if not 1 <= value <= MAX_BATCH_ITEMS:
-        raise argparse.ArgumentTypeError("must be between 1 and %d: %r"
-                                         % (MAX_BATCH_ITEMS, text))
-    return value
-
-
-def _ca_file(text):
-    """A PEM file of CA certificates, checked by loading it."""
-    import ssl   # here, not at the top: only --forward-ca needs it
+        pinned = pin_cpu(config.cpu)
+    except OSError as error:   # a CPU this process may not use
+        raise StartupError("cannot pin to CPU %s: %s" % (config.cpu,
+                                                         error.strerror or error)) from None
+    # A connection holds a socket; room is kept for the logs, the listener and stdio. With
+    # a lower hard limit fewer are served at once, and the others wait in the backlog,
+    # where accept() failing with EMFILE would have spun the accept loop.
+    connections = config.max_connections
+    files = raise_file_limit(connections + 64)
+    if files is not None and files < connections + 64:
+        connections = max(1, files - 64)
+        reporter.say("the open-file limit is %d, so at most %d connections are served at "
+                     "once, not --max-connections %d" % (files, connections,
+                                                         config.max_connections))
+    # A small stack is enough: the deepest path is json's C scanner on a payload whose
+    # depth the core has capped at MAX_DEPTH.
+    threading.stack_size(THREAD_STACK_SIZE)
+    tls = (config.certfile, config.keyfile) if config.certfile else None
     try:
-        mode = os.stat(text).st_mode
-        if not stat.S_ISREG(mode):   # a FIFO would block the load for ever
-            raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode))
-        ssl.create_default_context().load_verify_locations(text)
-    except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
-        raise argparse.ArgumentTypeError("not a readable PEM file of CA certificates: %r "
-                                         "(%s)" % (text, error)) from None
-    return text
+        server = PixelServer((config.host, config.port), max_connections=connections,
+                             request_timeout=config.request_timeout,
+                             idle_timeout=config.idle_timeout, reporter=reporter,
+                             reuse_port=config.reuse_port, tls=tls)
+    except ValueError as error:   # load_tls, in words
+        raise StartupError("cannot serve HTTPS: %s" % error) from None
+    except AttributeError:   # no socket.SO_REUSEPORT on this system
+        raise StartupError("--reuse-port: this system has no SO_REUSEPORT") from None
+    except OSError as error:
+        raise StartupError("cannot listen on %s port %d: %s" % (
+            config.host, config.port, error.strerror or error)) from None
+    return server, pinned
 
 
-def _network(text):
+def serve(server, pixel, pinned):
+    """Serve `pixel` until SIGTERM or SIGINT; SIGHUP reopens the logs and reloads TLS."""
+    def stop(signum, frame):
+        # serve_forever() runs on this thread, and shutdown() waits for it to return.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    def reopen(signum, frame):
+        # A thread: the handler runs between two bytecodes of the accept loop, and must not
+        # wait for a writer's lock.
+        def work():
+            pixel.reopen()
+            server.reload_tls()
+        threading.Thread(target=work, daemon=True).start()
+
+    # Before the line that says we listen: whoever waits for it may signal at once. SIGUSR1,
+    # SIGUSR2 and SIGQUIT from a supervisor or an operator must not take the service down.
+    handlers = {"SIGTERM": stop, "SIGINT": stop, "SIGHUP": reopen, "SIGUSR1": signal.SIG_IGN,
+                "SIGUSR2": signal.SIG_IGN, "SIGQUIT": signal.SIG_IGN}
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name, handler in handlers.items():
+            signum = getattr(signal, name, None)   # Windows has only some of them
+            if signum is not None:
+                previous[signum] = signal.signal(signum, handler)
+    server.serve_app(pixel.app)
+    host, port = server.server_address[:2]
+    print("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s" % (
+        __version__, server.scheme, "[%s]" % host if ":" in host else host, port,
+        pixel.events.path, pixel.rejects.path,
+        "" if pinned is None else " (on CPU %d)" % pinned), flush=True)
+    pixel.start()
     try:
-        ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not an IP address or network: %r" % text) from None
-    return text.strip()
-
-
-def build_parser(environ):
-    """The argument parser. Each flag's default comes from its PIXEL_* variable when that is
-    set; a flag given on the command line wins over the variable."""
-    parser = argparse.ArgumentParser(
-        prog="pixel.py", description="Segment-compatible tracking-pixel server.",
-        epilog="Each flag's environment variable is shown in brackets; lists in a variable "
-               "are comma-separated.")
-    from_env = {}
-
-    def option(flag, env, default, help, convert=str, many=False, **kwargs):
-        dest = flag[2:].replace("-", "_")
-        kwargs.setdefault("metavar", dest.upper())
-        if env in environ:
-            text = environ[env]
-            if not text.strip():
-                # PIXEL_WRITE_KEYS= must not switch the allowlist off, nor PIXEL_HOST=
-                # listen everywhere: an empty value is a mistake, not a setting.
-                parser.error("%s is set but empty; unset it to use the default" % env)
-            try:
-                default = ([convert(item.strip()) for item in text.split(",") if item.strip()]
-                           if many else convert(text))
-            except (argparse.ArgumentTypeError, ValueError) as error:
-                parser.error("%s=%r: %s" % (env, text, error))
-            if many and not default:
-                parser.error("%s=%r names nothing; unset it to use the default" % (env, text))
-            from_env[dest] = default
-        parser.add_argument(flag, type=convert, action="append" if many else "store",
-                            default=None if many else default,
-                            help="%s [%s] (default: %s)" % (help, env, "%(default)s"
-                                                            if not many else default),
-                            **kwargs)
-
-    option("--host", "PIXEL_HOST", DEFAULT_HOST,
-           "address to listen on; 0.0.0.0 or :: for every interface")
-    option("--port", "PIXEL_PORT", DEFAULT_PORT, "port to listen on; 0 picks a free one",
-           _port)
-    option("--log", "PIXEL_LOG", DEFAULT_LOG, "the event log, one JSON object per line",
-           metavar="PATH")
-    option("--rejects", "PIXEL_REJECTS", None,
-           "the rejects log; unset means %s beside --log" % DEFAULT_REJECTS_NAME,
-           metavar="PATH")
-    option("--max-bytes", "PIXEL_MAX_BYTES", 0, "rotate a log before it would grow past "
-           "this size (K, M, G suffixes); 0 never rotates", _size, metavar="N")
-    option("--keep", "PIXEL_KEEP", 0, "rotated files to keep per log, the oldest deleted "
-           "first; 0 keeps them all", _count, metavar="N")
-    option("--write-key", "PIXEL_WRITE_KEYS", None, "accept only this writeKey; "
-           "repeatable. Unset, any non-empty key is accepted", _nonempty, many=True,
-           metavar="KEY")
-    option("--trusted-proxy", "PIXEL_TRUSTED_PROXIES", None, "an address or network whose "
-           "X-Forwarded-For is believed; repeatable. Unset, none is", _network, many=True,
-           metavar="CIDR")
-    option("--allow-origin", "PIXEL_ALLOW_ORIGINS", None, "a website origin whose browsers may "
-           "send to the HTTP API (https://shop.example.com, or *.example.com for its "
-           "subdomains); repeatable. Unset, any origin may", _origin_pattern, many=True,
-           metavar="ORIGIN")
-    option("--public-url", "PIXEL_PUBLIC_URL", None, "the URL browsers reach this server at, "
-           "such as https://pixel.example.com behind a proxy; the settings document "
-           "points analytics.js there. Unset, the request's Host and scheme are used",
-           _public_url, metavar="URL")
-    option("--dedupe-window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, "writeKey and "
-           "client-sent messageId pairs to remember; an event whose pair was written among "
-           "the last N is dropped as a retry. 0 turns it off", _count, metavar="N")
-
-    def switch(flag, env, help):
-        default = False
-        if env in environ:
-            try:
-                default = _flag(environ[env])
-            except argparse.ArgumentTypeError as error:
-                parser.error("%s=%r: %s" % (env, environ[env], error))
-        parser.add_argument(flag, action="store_true", default=default,
-                            help="%s [%s=1] (default: %%(default)s)" % (help, env))
-
-    switch("--no-ip", "PIXEL_NO_IP", "record no IP address, not even a client-sent context.ip")
-    switch("--reuse-port", "PIXEL_REUSE_PORT", "share the port with other pixel processes "
-           "(SO_REUSEPORT), each with its own --log: the kernel spreads connections among "
-           "them, one CPU each")
-    switch("--anonymize-ip", "PIXEL_ANONYMIZE_IP", "record IP addresses truncated to their "
-           "/24 (IPv4) or /48 (IPv6): the peer's, X-Forwarded-For's, a client-sent "
-           "context.ip, and in the rejects log")
-    option("--max-connections", "PIXEL_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
-           "connections served at once; more wait in the listen backlog", _positive(int),
-           metavar="N")
-    option("--request-timeout", "PIXEL_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT,
-           "seconds a client has to send a whole request, head and body", _seconds,
-           metavar="S")
-    option("--idle-timeout", "PIXEL_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT,
-           "seconds a kept-alive connection may wait for its next request", _seconds,
-           metavar="S")
-    option("--certfile", "PIXEL_CERTFILE", None, "serve HTTPS with this certificate chain "
-           "(PEM, the leaf first: certbot's fullchain.pem); needs --keyfile", _nonempty,
-           metavar="PATH")
-    option("--keyfile", "PIXEL_KEYFILE", None, "the private key of --certfile (PEM)",
-           _nonempty, metavar="PATH")
-    option("--metrics-token", "PIXEL_METRICS_TOKEN", None, "require `Authorization: Bearer "
-           "TOKEN` for /metrics. Unset, /metrics answers anyone who can reach it", _token,
-           metavar="TOKEN")
-    option("--forward", "PIXEL_FORWARD", None, "relay the events log, at least once and in "
-           "order, to this Segment-compatible API (https://api.segment.io, a RudderStack or "
-           "Jitsu URL, another pixel); batches go to URL/v1/batch (a URL given with "
-           "/v1/batch or /v1 at its end is taken without it)", _forward_url,
-           metavar="URL")
-    option("--forward-write-key", "PIXEL_FORWARD_WRITE_KEY", None, "forward every event "
-           "under this writeKey, instead of each under its own", _nonempty, metavar="KEY")
-    option("--forward-batch", "PIXEL_FORWARD_BATCH", DEFAULT_FORWARD_BATCH, "events per "
-           "forwarded batch; a batch is also at most 500 KB", _batch_size, metavar="N")
-    option("--forward-ca", "PIXEL_FORWARD_CA", None, "a CA bundle (PEM) to trust for "
-           "--forward, besides the system's: for a receiver with a private CA",
-           _ca_file, metavar="FILE")
-    option("--forward-timeout", "PIXEL_FORWARD_TIMEOUT", DEFAULT_FORWARD_TIMEOUT, "seconds "
-           "the receiver has to connect and to answer; then the batch is retried", _seconds,
-           metavar="S")
-    option("--forward-alert", "PIXEL_FORWARD_ALERT", DEFAULT_FORWARD_ALERT, "seconds of "
-           "unsent backlog after which /health says degraded", _seconds, metavar="S")
-    option("--cpu", "PIXEL_CPU", "auto", "pin the process to one CPU: auto (the last one it may "
-           "use), none, or a CPU number. Python runs one thread at a time; keeping all of them "
-           "on one core makes handing over between them much cheaper", _cpu, metavar="CPU")
-    parser.add_argument("--version", action="version", version="pixel " + __version__)
-    parser.from_env = from_env
-    return parser
-
-
-def parse_args(argv=None, environ=None):
-    """Flags, then PIXEL_* variables, then defaults, as a Namespace; errors exit with usage."""
-    environ = os.environ if environ is None else environ
-    parser = build_parser(environ)
-    args = parser.parse_args(argv)
-    for dest in ("write_key", "trusted_proxy", "allow_origin"):
-        if getattr(args, dest) is None:
-            setattr(args, dest, parser.from_env.get(dest) or [])
-    if args.rejects is None:
-        args.rejects = os.path.join(os.path.dirname(os.path.abspath(args.log)),
-                                    DEFAULT_REJECTS_NAME)
-    if os.path.realpath(args.rejects) == os.path.realpath(args.log):
-        parser.error("--log and --rejects must be different files")
-    if bool(args.certfile) != bool(args.keyfile):
-        parser.error("--certfile and --keyfile go together")
-    if args.forward_write_key and not args.forward:
-        parser.error("--forward-write-key needs --forward")
-    if args.forward_ca and not (args.forward or "").startswith("https://"):
-        parser.error("--forward-ca needs an https:// --forward URL")
-    return args
+        server.serve_forever()
+    finally:
+        server.drain()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print("pixel stopped: %d events written, %d rejected, %d lines not written" % (
+        pixel.events.written, pixel.recorder.rejected_by_reason.total(),
+        pixel.events.failed + pixel.rejects.failed), flush=True)
+    return 0
 
 
 def main(argv=None, environ=None):
-    """Run the server until SIGTERM or SIGINT, or `pixel.py forward ...` (forward_files)
-    to its end; return the exit status."""
+    """Run the server until SIGTERM or SIGINT, or a subcommand (forward) to its end;
+    return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["forward"]:
         return forward_files(argv[1:])
-    args = parse_args(argv, environ)
+    config = parse_args(argv, environ)
     reporter = Reporter()
-    writers = []
-    server = forwarder = None
-    serving = False   # until then, a failure removes the logs this start created
+    server = pixel = None
     try:
-        writers = open_logs(args.log, args.rejects, max_bytes=args.max_bytes, keep=args.keep,
-                            reporter=reporter, readable=bool(args.forward),
-                            busy="give each pixel process its own --log and --rejects")
-        recorder = Recorder(*writers, write_keys=args.write_key,
-                            trusted_proxies=args.trusted_proxy, record_ip=not args.no_ip,
-                            anonymize_ip=args.anonymize_ip, metrics_token=args.metrics_token,
-                            allow_origins=args.allow_origin, dedupe_window=args.dedupe_window,
-                            public_url=args.public_url, reporter=reporter)
-        recorder.record_torn_tails()
-        recorder.remember_logged()
-        server, pinned = listen(args, recorder, reporter)
-        # After the port is ours: the forwarder writes its checkpoint as it starts.
-        if args.forward:
-            forwarder = recorder.forwarder = start_forwarder(args, *writers, reporter)
-        serving = True
-        return serve(args, server, pinned, reporter)
+        server, pinned = listen(config, reporter)   # the port first: a start that cannot
+        pixel = Pixel(config, reporter=reporter)    # have it makes no file
+        return serve(server, pixel, pinned)
     except StartupError as error:
         reporter.say(str(error))
         return 1
     finally:
-        if forwarder is not None:
-            forwarder.stop(1.0)
-            forwarder.close()
-        if server is not None and not serving:
+        if pixel is not None:
+            pixel.close()
+        if server is not None:
             server.server_close()
-        for writer in writers:
-            if serving:
-                writer.close()
-            else:
-                writer.discard()
-
-
-def start_forwarder(args, events, rejects, reporter):
-    """The Forwarder of --forward, following the events log from its checkpoint."""
-    try:
-        receiver = Receiver(args.forward, cafile=args.forward_ca,
-                            timeout=args.forward_timeout)
-    except OSError as error:   # ssl.SSLError: a CA file that is not PEM certificates
-        raise StartupError("cannot use --forward-ca %s: %s" % (args.forward_ca,
-                                                               error)) from None
-    forwarder = Forwarder(receiver, rejects, write_key=args.forward_write_key,
-                          configured_keys=args.write_key, batch_events=args.forward_batch,
-                          alert=args.forward_alert, reporter=reporter)
-    try:
-        forwarder.follow(events)
-    except OSError as error:
-        forwarder.close()
-        raise StartupError("cannot forward %s: %s" % (error.filename or events.path,
-                                                      error.strerror or error)) from None
-    return forwarder
 
 
 def build_forward_parser():
     parser = argparse.ArgumentParser(
         prog="pixel.py forward",
-        description="Send pixel log files (rotated ones, or gzipped archives) to a "
-                    "Segment-compatible API once, in order, and exit. A checkpoint records "
-                    "what the receiver took: run the same command again after an "
-                    "interruption and it goes on from there, skipping files already sent.")
+        description="Send pixel log files (rotated ones, gzipped archives, a rejects log's "
+                    "refused events) to a Segment-compatible API once, in order, and exit. A "
+                    "checkpoint records what the receiver took: the same command run again "
+                    "goes on from there, skipping files already sent.")
     parser.add_argument("--to", required=True, type=_forward_url, metavar="URL",
                         help="the API's base URL; batches go to URL/v1/batch (a URL given "
                              "with /v1/batch or /v1 at its end is taken without it)")
@@ -5225,9 +5125,8 @@ def build_forward_parser():
     parser.add_argument("--timeout", type=_seconds, default=DEFAULT_FORWARD_TIMEOUT,
                         metavar="S", help="seconds the receiver has to answer "
                                           "(default: %(default)s)")
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="the checkpoint file (default: .pixel/backfill.<first "
-                             "FILE>.json beside the first FILE)")
+    parser.add_argument("--checkpoint", metavar="PATH", help="the checkpoint file "
+                        "(default: .pixel/backfill.<first FILE>.json beside the first FILE)")
     parser.add_argument("--rejects", metavar="PATH", help="where refused events go "
                         "(default: %s beside the first FILE)" % DEFAULT_REJECTS_NAME)
     parser.add_argument("files", nargs="+", metavar="FILE")
@@ -5235,10 +5134,9 @@ def build_forward_parser():
 
 
 def forward_files(argv=None):
-    """`pixel.py forward`: send log files once; 0 once all is sent, 1 if it stopped first
-    (a signal, a refused writeKey), could not read a file to its end, or was given one
-    that is not an event log. A rejects log may be among the files: the events it holds
-    that a receiver refused are sent again."""
+    """`pixel.py forward`: send log files once. 0 once all is sent; 1 if it stopped first
+    (a signal, a refused --write-key, nothing at the URL), could not read a file to its end,
+    or was given one that is not an event log."""
     parser = build_forward_parser()
     args = parser.parse_args(argv)
     reporter = Reporter()
@@ -5257,40 +5155,34 @@ def forward_files(argv=None):
             reporter.say("cannot forward %s: not a regular file (%s)" % (path,
                                                                          file_kind(mode)))
             return 1
-    rejects_path = args.rejects or os.path.join(
-        os.path.dirname(os.path.abspath(files[0])), DEFAULT_REJECTS_NAME)
+    rejects_path = args.rejects or os.path.join(os.path.dirname(os.path.abspath(files[0])),
+                                                DEFAULT_REJECTS_NAME)
     for path in files:   # its own refusals appended to it would be read, again and again
         if os.path.realpath(path) == os.path.realpath(rejects_path):
             parser.error("%s is one of the files to send: give --rejects another file for "
                          "what is refused this time" % rejects_path)
     try:
-        checkpoint = args.checkpoint or \
-            adopt_legacy_state(files[0], "backfill", reporter)[0]
-        receiver = Receiver(args.to, cafile=args.ca, timeout=args.timeout)
+        checkpoint = args.checkpoint or adopt_legacy_state(files[0], "backfill", reporter)
+        receiver = Receiver(args.to, cafile=args.ca, timeout=args.timeout,
+                            configured_keys=[args.write_key] if args.write_key else (),
+                            gives_up=True, reporter=reporter)
         rejects = LogWriter(rejects_path, reporter=reporter)
     except OSError as error:
         reporter.say("cannot start: %s" % error)
         return 1
     forwarder = Forwarder(receiver, rejects, write_key=args.write_key,
                           batch_events=args.batch, reporter=reporter)
-
-    def stop(signum, frame):
-        forwarder.stop()   # cuts the post in flight too, or it waits for its answer
-
-    previous = {signum: signal.signal(signum, stop)
+    # Before any file is opened: a stop must be heard while a FIFO or a huge backlog waits.
+    previous = {signum: signal.signal(signum, lambda signum, frame: forwarder.stop())
                 for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
             forwarder.add_files(files, checkpoint)
-        except OSError as error:
-            reporter.say("%s %s: %s" % (
+        except (OSError, ValueError) as error:   # not a file, not a log, a bad checkpoint
+            reporter.say(str(error) if isinstance(error, ValueError) else "%s %s: %s" % (
                 "cannot read the checkpoint" if error.filename in (None, checkpoint)
                 else "cannot forward", error.filename or checkpoint, error.strerror or error))
             rejects.discard()   # nothing was sent: leave no empty rejects log behind
-            return 1
-        except ValueError as error:   # a file that is not a log, or a garbled checkpoint
-            reporter.say(str(error))
-            rejects.discard()
             return 1
         complete = forwarder.run()
     finally:
@@ -5299,142 +5191,19 @@ def forward_files(argv=None):
         forwarder.close()
         rejects.close()
     print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s%s%s" % (
-        forwarder.sent, args.to, forwarder.refused, rejects_path,
+        forwarder.sent, args.to, forwarder.refused.total(), rejects_path,
         ", %d rejects-log line(s) with no event to send skipped" % forwarder.skipped
         if forwarder.skipped else "",
         "; %d file(s) could not be read to their end" % len(forwarder.truncated)
         if forwarder.truncated else "",
         "" if complete else "; stopped before the end: run the same command again to go on"),
         flush=True)
-    if forwarder.gave_up:
-        reporter.say(forwarder.gave_up)
+    if receiver.gave_up:
+        reporter.say(receiver.gave_up)
     for problem in forwarder.truncated:
         reporter.say("%s; every whole line before that was sent" % problem)
     return 0 if complete and not forwarder.truncated else 1
 
 
-def listen(args, recorder, reporter):
-    """Pin to a CPU and bind the port, for serve(); returns the PixelServer and the CPU."""
-    try:
-        pinned = pin_cpu(args.cpu)
-    except OSError as error:   # a CPU this process may not use
-        raise StartupError("cannot pin to CPU %s: %s" % (args.cpu,
-                                                         error.strerror or error)) from None
-    # Each connection holds a socket; keep room for the logs, the listener and stdio.
-    # If the hard limit is lower, serve fewer at once: the others wait in the listen
-    # backlog, where accept() failing with EMFILE would have spun the accept loop.
-    files = raise_file_limit(args.max_connections + 64)
-    if files is not None and files < args.max_connections + 64:
-        reporter.say("the open-file limit is %d, so at most %d connections are served at "
-                     "once, not --max-connections %d" % (files, max(1, files - 64),
-                                                         args.max_connections))
-        args.max_connections = max(1, files - 64)
-    # Threads only need a small stack: the deepest path is json's C scanner on a payload
-    # whose nesting the core has already capped at MAX_DEPTH.
-    threading.stack_size(THREAD_STACK_SIZE)
-    if args.certfile:
-        try:   # here, for a clear error; the server loads the pair itself
-            load_tls(args.certfile, args.keyfile)
-        except ValueError as error:
-            raise StartupError("cannot serve HTTPS: %s" % error) from None
-    try:
-        server = PixelServer((args.host, args.port), recorder,
-                             max_connections=args.max_connections,
-                             request_timeout=args.request_timeout,
-                             idle_timeout=args.idle_timeout, reporter=reporter,
-                             reuse_port=args.reuse_port,
-                             tls=(args.certfile, args.keyfile) if args.certfile else None)
-    except AttributeError:   # no socket.SO_REUSEPORT on this platform
-        raise StartupError("--reuse-port: this system has no SO_REUSEPORT") from None
-    except OSError as error:
-        raise StartupError("cannot listen on %s port %d: %s" % (
-            args.host, args.port, error.strerror or error)) from None
-    return server, pinned
-
-
-def serve(args, server, pinned, reporter):
-    """Serve until a signal; the caller owns (and closes) the writers."""
-    recorder = server.recorder
-
-    def stop(signum, frame):
-        # serve_forever() runs on this thread, and shutdown() waits for it to return, so
-        # the stop has to be asked from another thread.
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    def reopen(signum, frame):
-        # logrotate's convention (postrotate kill -HUP), and certbot's renew hook's. A
-        # thread, since the handler runs between two bytecodes of the accept loop and must
-        # not wait for a writer's lock.
-        def work():
-            recorder.reopen()
-            server.reload_tls()
-        threading.Thread(target=work, daemon=True).start()
-
-    # Before the line that says we listen: whoever waits for it (a test, a supervisor) may
-    # signal at once, and a SIGINT or SIGTERM must then stop us cleanly, not kill us. The
-    # other signals a supervisor or an operator may send must not kill it either: SIGHUP
-    # reopens the logs; SIGUSR1, SIGUSR2 and SIGQUIT are ignored.
-    handlers = {"SIGTERM": stop, "SIGINT": stop, "SIGHUP": reopen, "SIGUSR1": signal.SIG_IGN,
-                "SIGUSR2": signal.SIG_IGN, "SIGQUIT": signal.SIG_IGN}
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for name, handler in handlers.items():
-            signum = getattr(signal, name, None)   # Windows has only some of them
-            if signum is not None:
-                previous[signum] = signal.signal(signum, handler)
-
-    release_free_memory()
-    host, port = server.server_address[:2]
-    shown = "[%s]" % host if ":" in host else host
-    print("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s"
-          % (__version__, "https" if args.certfile else "http", shown, port,
-             recorder.events.path, recorder.rejects.path,
-             "" if pinned is None else " (on CPU %d)" % pinned), flush=True)
-    if recorder.forwarder is not None:
-        recorder.forwarder.start()
-    try:
-        server.serve_forever()
-    finally:
-        server.drain()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    print("pixel stopped: %d events written, %d rejected, %d lines not written"
-          % (recorder.events.written, recorder.rejected,
-             recorder.events.failed + recorder.rejects.failed), flush=True)
-    return 0
-
-
-def run_imported(path):
-    """Run main() from this file imported as the module `pixel`, in this same process (its
-    image replaced by a fresh interpreter; the pid, arguments and interpreter flags kept).
-
-    Run as a script, a file's whole syntax tree stays in memory until the script's code
-    returns (CPython's pyrun_file frees its arena only after run_mod), and for a server
-    that is never: about 2.4 KB a line, 8 MiB of RSS for this file. Imported, it is
-    compiled (or read from __pycache__) and the tree freed at once. Costs one interpreter
-    start-up, about 20 ms. Where exec is not POSIX's, main() runs here instead."""
-    import subprocess   # only for the interpreter's flags (-S, -I, -X ...) to pass on
-    # -c puts the working folder first on sys.path, where a json.py of someone else's
-    # would be imported instead of the standard library's: put this file's folder there
-    # first, as running the script does. The loader is named, since a copy of this file
-    # may be called anything, not only *.py.
-    code = ("import sys\n"
-            "sys.path[0] = %r\n"
-            "import importlib.machinery, importlib.util\n"
-            "loader = importlib.machinery.SourceFileLoader('pixel', %r)\n"
-            "spec = importlib.util.spec_from_loader('pixel', loader)\n"
-            "module = sys.modules['pixel'] = importlib.util.module_from_spec(spec)\n"
-            "loader.exec_module(module)\n"
-            "raise SystemExit(module.main())" % (os.path.dirname(path), path))
-    if os.name == "posix" and sys.executable:
-        flags = getattr(subprocess, "_args_from_interpreter_flags", list)()
-        try:
-            os.execv(sys.executable, [sys.executable] + flags + ["-c", code] + sys.argv[1:])
-        except OSError as error:   # an interpreter that cannot be found again: run here
-            print("pixel: cannot exec %s (%s); running in place" % (
-                sys.executable, error.strerror or error), file=sys.stderr)
-    return main()
-
-
 if __name__ == "__main__":
-    raise SystemExit(run_imported(os.path.abspath(__file__)))
+    raise SystemExit(main())
