@@ -1247,6 +1247,14 @@ class Reporter:
         return True
 
 
+def _bug(error):
+    """An unexpected exception in one line, no traceback: its type, text and line."""
+    trace = error.__traceback__
+    while trace.tb_next:
+        trace = trace.tb_next
+    return "%s: %s (line %d)" % (type(error).__name__, error, trace.tb_lineno)
+
+
 class Counter:
     """A thread-safe count, by label value (None when it has no label)."""
 
@@ -1458,62 +1466,127 @@ def adopt_legacy_state(log_path, role, reporter):
     return path
 
 
+def cut_torn_tail(fd, path, size, reporter):
+    """(The first bytes of the last line, its length) if a log of `size` bytes open as
+    `fd` ends in a line with no newline (a kill -9 or a power cut mid-write), that line cut
+    off, since the next would be glued to it; (None, 0) if not. OSError for a last "line"
+    longer than one write leaves: no torn write, but a file that is not a pixel log."""
+    reader = os.open(path, _READ_FLAGS)   # the writer's own descriptor may be write-only
+    try:
+        if not size or os.pread(reader, 1, size - 1) == b"\n":
+            return None, 0
+        start = size
+        while start > 0 and size - start <= MAX_WRITE_BYTES:   # a block at a time
+            block_start = max(0, start - RECV_SIZE)
+            newline = os.pread(reader, start - block_start, block_start).rfind(b"\n")
+            start = block_start + newline + 1 if newline >= 0 else block_start
+            if newline >= 0:
+                break
+        if size - start > MAX_WRITE_BYTES:
+            raise OSError(errno.EINVAL, "its last %d bytes have no newline, more than one "
+                                        "write leaves; is it a pixel log?" % (size - start))
+        kept = os.pread(reader, MAX_REJECT_RAW, start)
+    finally:
+        os.close(reader)
+    os.ftruncate(fd, start)
+    reporter.say("%s ended in a torn line (%d bytes, no newline): cut it"
+                 % (path, size - start))
+    return kept, size - start
+
+
+def pixel_rotations(path):
+    """The files pixel's rotation made of the log at `path`, oldest first."""
+    folder, base = os.path.split(path)
+    found = []
+    for name in os.listdir(folder):
+        match = _ROTATED.match(name, len(base)) if name.startswith(base) else None
+        if match and match.group(1):
+            found.append((match.group(1), int(match.group(2) or 0), name))
+    return [os.path.join(folder, name) for _, _, name in sorted(found)]
+
+
+def rotation_target(path, now):
+    """The name pixel's rotation gives the live file at `path`: <path>.<UTC stamp>, with
+    -1, -2 ... for two rotations in one millisecond."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
+    target, serial = "%s.%s" % (path, stamp), 0
+    while os.path.lexists(target):
+        serial += 1
+        target = "%s.%s-%d" % (path, stamp, serial)
+    return target
+
+
+def prune_rotations(path, keep, held, reporter):
+    """Delete the oldest files pixel rotated of the log at `path` past `keep`, but none
+    whose identity is `held` (a forwarder has not sent it all), each said on stderr."""
+    for old in pixel_rotations(path)[:-keep]:
+        try:
+            status = os.stat(old)
+            if (status.st_dev, status.st_ino) in held:
+                reporter.say("keeping %s past --keep %d: the forwarder has not sent all of "
+                             "it yet" % (old, keep), key="keep " + path)
+                continue
+            os.remove(old)
+        except FileNotFoundError:
+            continue
+        reporter.say("deleted %s (--keep %d)" % (old, keep))
+
+
+def _chunks(lines, limit):
+    """(bytes, line count) pieces of `lines` for a write() each: whole lines, at most
+    `limit` bytes, unless one line is larger alone."""
+    if len(lines) == 1:
+        return [(lines[0], 1)]
+    chunks, current, size = [], [], 0
+    for line in lines:
+        if current and size + len(line) > limit:
+            chunks.append((b"".join(current), len(current)))
+            current, size = [], 0
+        current.append(line)
+        size += len(line)
+    chunks.append((b"".join(current), len(current)))
+    return chunks
+
+
 class LogWriter:
-    """Appends whole lines to a file, one os.write each, before the caller answers.
-
-    The file is opened O_APPEND, so a kill -9 loses nothing written and tears no line. With
-    `max_bytes` the live file is renamed to <path>.<UTC stamp> before a write would cross
-    the limit (as RotatingFileHandler does) and a fresh one opened; with `keep`, rotated
-    files past that many are deleted, each said on stderr. A file renamed by someone else
-    is noticed at most PATH_CHECK_INTERVAL later and the path reopened (as
-    WatchedFileHandler does), and a line written into a file deleted under it is written
-    again to a fresh one. A failed or short write is cut back to the last whole line,
-    counted in `failed` and reported once an interval; writing resumes by itself.
-
-    One process owns a log, holding it with an exclusive flock. A reader that must see
-    every line (the forwarder) calls follow(), then takes the files opened since from
-    changes(), each with a descriptor of its own; `pinned` names the files it has not
-    finished, which `keep` must not delete. It needs `readable=True`.
-    """
+    """Appends whole lines to a file (O_APPEND), one os.write each, before the caller
+    answers; rotates it past `max_bytes`, as RotatingFileHandler does, keeping `keep`;
+    follows a rename of it by someone else, as WatchedFileHandler does, and a delete; cuts a
+    failed or short write back to the last whole line, counted in `failed`. One process owns
+    a log: an exclusive flock. A reader that must see every line (the forwarder, with
+    `readable=True`) calls follow(), then takes the files opened since from changes();
+    `pinned` holds the files it has not finished, which `keep` must not delete."""
 
     def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None,
                  readable=False):
         self.path = os.path.realpath(path)   # rotating a symlink would rename the link
-        self.max_bytes = max_bytes
-        self.keep = keep
+        self.max_bytes, self.keep = max_bytes, keep
         self.written = self.written_bytes = self.failed = self.rotations = 0
-        self.pinned = frozenset()   # identities the follower has not finished
-        self.torn_tail = None       # the start of a torn last line cut at start-up
-        self.torn_tail_bytes = 0
+        self.pinned = frozenset()
         self.created = not os.path.lexists(self.path)   # by this start: see discard()
-        self._clock = clock
-        self._reporter = reporter or Reporter()
-        self._lock = threading.Lock()
+        self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.Lock()
         self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
-        self._fd = self._identity = None
-        self._size = 0              # where the last whole line ends
+        self._fd = self._identity = self._moved_at = None   # _moved_at: first seen renamed
+        self._size = self._unreported = 0   # where the last whole line ends; lines failed
         self._torn = False          # a short write left bytes past _size not yet cut
-        self._failing_since = None
-        self._unreported = 0        # lines failed since writing last worked
-        self._moved_at = None       # when the open file was first seen renamed away
         self._path_checked = float("-inf")
-        self._changes = None        # for the follower: ("opened", fd, ...), ("renamed", ...)
-        self._open()                # at start-up an OSError is the operator's to see
+        self._changes = None        # the follower's: ("opened", fd, ...), ("renamed", ...)
+        self._open()                # at start an OSError is the operator's to see
         try:
-            self._cut_torn_tail()
+            self.torn_tail, self.torn_tail_bytes = cut_torn_tail(
+                self._fd, self.path, self._size, self._reporter)
         except OSError:
-            self._close()
+            self.close()
             raise
+        self._size -= self.torn_tail_bytes
 
     @property
     def failing(self):
-        return self._failing_since is not None
+        return self._unreported > 0
 
     def follow(self):
-        """Keep, from now on, a descriptor of each file opened, for changes(); return the
-        open file's (descriptor, identity, committed end, lines written), of one instant."""
-        if not self._flags & os.O_RDWR:
-            raise ValueError("a LogWriter needs readable=True to be followed")
+        """The open file's (descriptor, identity, committed end, lines written), of one
+        instant; descriptors of the files opened from now on go to changes()."""
         with self._lock:
             self._drop_changes()   # a follower before this one's
             self._changes = []
@@ -1526,9 +1599,8 @@ class LogWriter:
         self._changes = None
 
     def changes(self):
-        """What happened to the files since the last call, in order: ("opened", fd,
-        identity, path), the descriptor now the caller's, or ("renamed", None, identity,
-        path) for a rotation, whose name is then kept for good."""
+        """Since the last call, in order: ("opened", fd, identity, path), the descriptor
+        now the caller's (None: parked), and ("renamed", None, identity, path), for good."""
         with self._lock:
             changes = self._changes or []
             if self._changes is not None:
@@ -1536,20 +1608,18 @@ class LogWriter:
             return changes
 
     def _park(self, identity, name):
-        """Hold few descriptors for a follower that has not taken them (in an outage it may
-        not for hours, a file a rotation): one whose name is now kept for good is closed,
-        to be opened by `name` when its turn comes."""
+        """Few descriptors for a follower that has not taken them (it may not, for hours of
+        an outage): one renamed for good is closed, to be opened by `name` in its turn."""
         held = [index for index, change in enumerate(self._changes) if change[1] is not None]
-        if len(held) > MAX_OPEN_LOG_FILES:
-            for index in held:
-                change, fd, known, _ = self._changes[index]
-                if known == identity:
-                    os.close(fd)
-                    self._changes[index] = (change, None, identity, name)
+        for index in held if len(held) > MAX_OPEN_LOG_FILES else ():
+            change, fd, known, _ = self._changes[index]
+            if known == identity:
+                os.close(fd)
+                self._changes[index] = (change, None, identity, name)
 
     def committed_end(self, identity):
-        """Where the last whole line of file `identity` ends, if it is the open file, else
-        None. A reader goes no further: past it, a short write may be about to be cut."""
+        """Where the last whole line of file `identity` ends if it is the open file, else
+        None: past it, a short write may be about to be cut."""
         return self._size if self._identity == identity else None
 
     def _open(self):
@@ -1568,9 +1638,7 @@ class LogWriter:
             raise
         self._fd, self._identity, self._size = fd, (status.st_dev, status.st_ino), status.st_size
 
-    def _reopen(self):
-        """Open the path afresh, then close the file open until now (so that it stays open
-        if the path cannot be opened)."""
+    def _reopen(self):   # the file open until now stays open if the path cannot be opened
         old = self._fd
         self._open()
         if self._fd != old:
@@ -1579,78 +1647,38 @@ class LogWriter:
                 os.close(old)
 
     def reopen(self):
-        """Open the path afresh (SIGHUP, logrotate's convention); raises OSError, and keeps
-        the file it had, if the path cannot be opened."""
+        """Open the path afresh (SIGHUP, logrotate's convention), or OSError."""
         with self._lock:
             self._reopen()
 
-    def _cut_torn_tail(self):
-        """A kill -9 or a power cut mid-write can leave a last line with no newline, which
-        the next line would be glued to. Cut it back to the last whole line, keep its first
-        MAX_REJECT_RAW bytes in `torn_tail` for the rejects log, and say so."""
-        end = start = self._size
-        if not end:
-            return
-        reader = os.open(self.path, _READ_FLAGS)   # the writer's own may be write-only
-        try:
-            if os.pread(reader, 1, end - 1) == b"\n":
-                return
-            # Back to the last newline a block at a time, no further than one write leaves.
-            while start > 0 and end - start <= MAX_WRITE_BYTES:
-                block_start = max(0, start - RECV_SIZE)
-                newline = os.pread(reader, start - block_start, block_start).rfind(b"\n")
-                start = block_start + newline + 1 if newline >= 0 else block_start
-                if newline >= 0:
-                    break
-            if end - start > MAX_WRITE_BYTES:   # no torn write: a file that is not a log
-                raise OSError(errno.EINVAL, "its last %d bytes have no newline, more than "
-                                            "one write leaves; is it a pixel log?"
-                              % (end - start))
-            self.torn_tail = os.pread(reader, min(end - start, MAX_REJECT_RAW), start)
-        finally:
-            os.close(reader)
-        self.torn_tail_bytes = end - start
-        os.ftruncate(self._fd, start)
-        self._size = start
-        self._reporter.say("%s ended in a torn line (%d bytes, no newline): cut it"
-                           % (self.path, end - start))
-
-    def _close(self):
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
-
     def close(self):
         with self._lock:
-            self._close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
             self._drop_changes()
 
     def discard(self):
-        """Close, and remove the file if this writer made it and it is still empty and at
-        the path: a start that fails leaves the folder as it found it."""
+        """Close, and remove the file if this writer made it, empty, at the path: a start
+        that fails leaves the folder as it found it."""
         with self._lock:
-            if self._fd is not None and self.created:
-                opened = os.fstat(self._fd)
-                try:
-                    named = os.stat(self.path)
-                    if opened.st_size == 0 and \
-                            (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
-                        os.unlink(self.path)
-                except FileNotFoundError:   # removed already, by someone else
-                    pass
-                except OSError as error:
+            opened = os.fstat(self._fd) if self._fd is not None and self.created else None
+            try:
+                named = os.stat(self.path) if opened and not opened.st_size else None
+                if named and (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
+                    os.unlink(self.path)
+            except OSError as error:   # FileNotFoundError: removed already, by someone else
+                if not isinstance(error, FileNotFoundError):
                     self._reporter.say("cannot remove %s, made by a start that failed: %s"
                                        % (self.path, error.strerror or error))
         self.close()
 
     def write(self, lines):
-        """Append `lines` (bytes, each ending in a newline); True once all are on disk. If a
-        write fails, the lines before it stay written and counted, the rest failed."""
-        # Whether the path still names the open file is looked at once every
-        # PATH_CHECK_INTERVAL (a stat a write cost a system call and a turn of the GIL each):
-        # meanwhile lines go on into a renamed file, where shippers that follow inodes, and
-        # the forwarder, read them. A delete is caught after every write (_append_linked).
-        # The stat is taken before the lock, so that threads queue only behind the write.
+        """Append `lines` (bytes, each ending in a newline); True once all are on disk."""
+        # Whether the path still names the open file is looked at once a PATH_CHECK_INTERVAL,
+        # before the lock (a stat a write cost a system call and a turn of the GIL): lines
+        # go on meanwhile into a renamed file, which shippers and the forwarder read to its
+        # end. A delete is caught after every write (_append_linked).
         now = self._clock()
         check = not 0 <= now - self._path_checked < PATH_CHECK_INTERVAL or self._fd is None
         status = None
@@ -1669,7 +1697,8 @@ class LogWriter:
                     if os.fstat(self._fd).st_size > self._size:
                         os.ftruncate(self._fd, self._size)
                     self._torn = False
-                for chunk, count in self._chunks(lines):
+                for chunk, count in _chunks(lines, min(self.max_bytes or MAX_WRITE_BYTES,
+                                                       MAX_WRITE_BYTES)):
                     if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
                         self._rotate()
                     self._append_linked(chunk)
@@ -1677,8 +1706,6 @@ class LogWriter:
             except OSError as error:
                 self.written += done
                 self.failed += len(lines) - done
-                if self._failing_since is None:
-                    self._failing_since = self._clock()
                 self._unreported += len(lines) - done
                 self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still "
                                    "answering, will retry)" % (self.path, error.strerror or
@@ -1686,35 +1713,18 @@ class LogWriter:
                                    key="write " + self.path)
                 return False
             self.written += done
-            if self._failing_since is not None:
+            if self._unreported:
                 self._reporter.say("writing %s again after %d failed line(s)"
                                    % (self.path, self._unreported))
-                self._failing_since, self._unreported = None, 0
+                self._unreported = 0
             return True
 
-    def _chunks(self, lines):
-        """(bytes, line count) pieces of `lines` for a write() each: whole lines, at most
-        MAX_WRITE_BYTES (or max_bytes), unless one line is larger alone."""
-        if len(lines) == 1:
-            return [(lines[0], 1)]
-        limit = min(self.max_bytes or MAX_WRITE_BYTES, MAX_WRITE_BYTES)
-        chunks, current, size = [], [], 0
-        for line in lines:
-            if current and size + len(line) > limit:
-                chunks.append((b"".join(current), len(current)))
-                current, size = [], 0
-            current.append(line)
-            size += len(line)
-        chunks.append((b"".join(current), len(current)))
-        return chunks
-
     def _follow_path(self, status):
-        """Reopen the path if the open file is no longer at it (logrotate's create, an mv
-        or rm), `status` being a stat of the path from before the lock (looked at again:
-        our own rotation may have come between). A file renamed away with nothing at its
-        path yet is written for MOVED_GRACE more: logrotate's create renames, then makes
-        the new file with O_EXCL, and fails if we made it first. If the path cannot be
-        opened (its folder was renamed) but the file still has a name, writing goes on."""
+        """Reopen the path if the open file is no longer at it (logrotate's create, an mv,
+        an rm); `status` is a stat from before the lock. A file renamed with nothing at its
+        path yet is written MOVED_GRACE more: logrotate's create renames, then makes the new
+        file with O_EXCL, which fails if we made it first. A path that cannot be opened (its
+        folder renamed) leaves writing on the file it named."""
         if self._fd is None:
             return self._reopen()
         if status is not None and (status.st_dev, status.st_ino) == self._identity:
@@ -1740,10 +1750,9 @@ class LogWriter:
                                % (self.path, error.strerror or error), key="reopen " + self.path)
 
     def _append_linked(self, chunk):
-        """_append, then check that the file still has a name: a line written into a file
-        deleted since write()'s stat vanishes with it. Such a file is replaced by a fresh
-        one at the path and the chunk written again (first taken out of the nameless one,
-        which the forwarder or a shipper may still read)."""
+        """_append, then check that the file still has a name: a line written into a deleted
+        file vanishes with it, so it is taken out again (a shipper may still read that file)
+        and written to a fresh one at the path."""
         for _ in range(RELINK_ATTEMPTS):
             before = self._size
             self._append(chunk)
@@ -1759,8 +1768,7 @@ class LogWriter:
         written = os.write(self._fd, chunk)
         if written != len(chunk):
             # The disk filled mid-line: cut back to the last whole line, measured from the
-            # real end, since a copytruncate may have made _size stale, and a cut to it
-            # would extend the file with zeros.
+            # real end (after a copytruncate, a cut to _size would add zeros).
             self._size = os.fstat(self._fd).st_size - written
             self._torn = True
             os.ftruncate(self._fd, self._size)
@@ -1770,12 +1778,7 @@ class LogWriter:
         self.written_bytes += written
 
     def _rotate(self):
-        now = self._clock()
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
-        target, serial = "%s.%s" % (self.path, stamp), 0
-        while os.path.lexists(target):   # two rotations in one millisecond
-            serial += 1
-            target = "%s.%s-%d" % (self.path, stamp, serial)
+        target = rotation_target(self.path, self._clock())
         try:
             os.rename(self.path, target)
         except OSError as error:   # keep writing to the live file rather than lose lines
@@ -1787,35 +1790,12 @@ class LogWriter:
             self._park(self._identity, target)
         self.rotations += 1
         self._reopen()
-        if self.keep:
-            self._prune()
+        if self.keep:   # none the follower has not finished, or not yet taken
+            held = self.pinned.union(change[2] for change in self._changes or ())
+            prune_rotations(self.path, self.keep, held, self._reporter)
 
     def rotated_files(self):
-        """This log's files that pixel rotated, oldest first."""
-        folder, base = os.path.split(self.path)
-        found = []
-        for name in os.listdir(folder):
-            match = _ROTATED.match(name, len(base)) if name.startswith(base) else None
-            if match and match.group(1):
-                found.append((match.group(1), int(match.group(2) or 0), name))
-        return [os.path.join(folder, name) for _, _, name in sorted(found)]
-
-    def _prune(self):
-        """Delete rotated files past `keep`, but none the follower has not finished: those
-        it holds, and those it has not yet taken from changes()."""
-        held = self.pinned.union(change[2] for change in self._changes or ())
-        for old in self.rotated_files()[:-self.keep]:
-            try:
-                status = os.stat(old)
-                if (status.st_dev, status.st_ino) in held:
-                    self._reporter.say("keeping %s past --keep %d: the forwarder has not "
-                                       "sent all of it yet" % (old, self.keep),
-                                       key="keep " + self.path)
-                    continue
-                os.remove(old)
-            except FileNotFoundError:
-                continue
-            self._reporter.say("deleted %s (--keep %d)" % (old, self.keep))
+        return pixel_rotations(self.path)
 
 
 # Reading log lines back: the dedupe window's warm-up, and the forwarder. The raw bytes
@@ -1977,6 +1957,61 @@ def _client_id(payload, event):
     if payload.get("messageId") in (None, ""):
         return None
     return dedupe_key(event["writeKey"], event["messageId"])
+
+
+# What a rejects-log line quotes of the client's input, and whether part was left out: with
+# --anonymize-ip never raw text, which could hide an address in an encoding (base64,
+# percent-escapes, \u escapes, gzip), but what pixel decoded, with addresses truncated.
+
+def quote_text(text, anonymize, limit=None):
+    if not anonymize:
+        return text[:limit], False
+    quoted = anonymize_text(text, limit)
+    return ("", True) if quoted is None else (quoted, False)
+
+
+def quote_body(body, anonymize):
+    if not anonymize:
+        return body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False
+    quoted, left_out = anonymize_body(body)
+    return quoted[:MAX_REJECT_RAW], left_out
+
+
+def quote_item(item, anonymize):
+    left_out = False
+    if anonymize:
+        item, left_out = anonymize_json(item)
+    return _encode_lenient(item)[:MAX_REJECT_RAW], left_out
+
+
+def reject_line(rejection, request, received_at, ip, anonymize, quoted=None, redacted=False):
+    """A rejects-log line, enough to find a broken campaign and replay it: a pixel's quotes
+    its query, an API request's its body (`quoted`) or the item at fault."""
+    # The detail can quote a parameter's name, and the user agent is the client's too.
+    detail, cut = quote_text(rejection.detail, anonymize)
+    agent, cut_agent = quote_text(user_agent(request.headers) or "", anonymize, MAX_USER_AGENT)
+    record = {"reason": rejection.reason}
+    if detail:
+        record["detail"] = detail
+    record["method"] = request.method
+    record["path"] = request.path[:1024]
+    if quoted is not None:
+        record["body"] = quoted
+    else:
+        query, cut_query = anonymize_query(request.query) if anonymize else \
+            (request.query, False)
+        cut = cut or cut_query
+        record["query"] = query[:MAX_REJECT_RAW]
+        if len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW:
+            record["queryTruncated"] = True
+    if redacted or cut or cut_agent:
+        record["redacted"] = True
+    if ip is not None:
+        record["ip"] = ip
+    if agent:
+        record["userAgent"] = agent
+    record["receivedAt"] = format_time(received_at)
+    return (_encode(record) + "\n").encode("ascii")
 
 
 # What validate() refuses a writeKey for: with --write-key, an API request refused only for
@@ -2168,35 +2203,22 @@ class Recorder:
         for rejection, item in refused:
             if len(records) == MAX_REJECTS_PER_REQUEST or size > MAX_REJECTS_BYTES_PER_REQUEST:
                 break
-            redacted = False
-            if self.anonymize_ip:
-                item, redacted = anonymize_json(item)
-            records.append(self._reject_line(rejection, request, received_at, ip,
-                                             _encode_lenient(item)[:MAX_REJECT_RAW], redacted))
+            quoted, redacted = quote_item(item, self.anonymize_ip)
+            records.append(reject_line(rejection, request, received_at, ip, self.anonymize_ip,
+                                       quoted, redacted))
             size += len(records[-1])
         if len(records) < len(refused):
             rest = Rejected("too_many_rejects", "%d more item(s) not quoted"
                             % (len(refused) - len(records)))
-            records.append(self._reject_line(rest, request, received_at, ip, ""))
+            records.append(reject_line(rest, request, received_at, ip, self.anonymize_ip, ""))
         self._write_rejects(records, [rejection.reason for rejection, _ in refused])
 
     def _body_refused(self, rejection, request, received_at, ip, body):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""
-        if self.anonymize_ip:
-            quoted, redacted = anonymize_body(body)
-        else:
-            quoted, redacted = body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False
-        self.reject(rejection, request, received_at=received_at, ip=ip,
-                    quoted=quoted[:MAX_REJECT_RAW], redacted=redacted)
+        quoted, redacted = quote_body(body, self.anonymize_ip)
+        self.reject(rejection, request, received_at=received_at, ip=ip, quoted=quoted,
+                    redacted=redacted)
         return error_answer(400, rejection.reason)
-
-    def _quote_text(self, text, limit=None):
-        """(Client text as a line may quote it, whether part was left out): under
-        --anonymize-ip never raw text, which could hide an address in an encoding."""
-        if not self.anonymize_ip:
-            return text[:limit], False
-        quoted = anonymize_text(text, limit)
-        return ("", True) if quoted is None else (quoted, False)
 
     def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
                redacted=False):
@@ -2205,36 +2227,8 @@ class Recorder:
         if received_at is None:
             received_at = self.clock()
             ip = self.client_ip(request)
-        self._write_rejects([self._reject_line(rejection, request, received_at, ip, quoted,
-                                               redacted)], [rejection.reason])
-
-    def _reject_line(self, rejection, request, received_at, ip, quoted, redacted=False):
-        # The detail can quote a parameter's name, and the user agent is the client's too.
-        detail, cut = self._quote_text(rejection.detail)
-        agent, cut_agent = self._quote_text(user_agent(request.headers) or "", MAX_USER_AGENT)
-        redacted = redacted or cut or cut_agent
-        record = {"reason": rejection.reason}
-        if detail:
-            record["detail"] = detail
-        record["method"] = request.method
-        record["path"] = request.path[:1024]
-        if quoted is not None:
-            record["body"] = quoted
-        else:
-            query, cut = anonymize_query(request.query) if self.anonymize_ip else \
-                (request.query, False)
-            redacted = redacted or cut
-            record["query"] = query[:MAX_REJECT_RAW]
-            if len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW:
-                record["queryTruncated"] = True
-        if redacted:
-            record["redacted"] = True
-        if ip is not None:
-            record["ip"] = ip
-        if agent:
-            record["userAgent"] = agent
-        record["receivedAt"] = format_time(received_at)
-        return (_encode(record) + "\n").encode("ascii")
+        self._write_rejects([reject_line(rejection, request, received_at, ip, self.anonymize_ip,
+                                         quoted, redacted)], [rejection.reason])
 
     def _write_rejects(self, lines, reasons):
         self.rejected_by_reason.update(reasons)
@@ -2244,8 +2238,8 @@ class Recorder:
         """A rejects line for each log whose torn last line its writer cut at start-up."""
         for writer in (self.events, self.rejects):
             if writer.torn_tail is not None:
-                quoted, redacted = self._quote_text(writer.torn_tail.decode("utf-8",
-                                                                            "replace"))
+                quoted, redacted = quote_text(writer.torn_tail.decode("utf-8", "replace"),
+                                              self.anonymize_ip)
                 self.reject(Rejected("torn_tail", "%d byte(s) cut from %s" % (
                     writer.torn_tail_bytes, writer.path)), Request("", "", "", {}, "", b""),
                     received_at=self.clock(), quoted=quoted, redacted=redacted)
@@ -2468,23 +2462,10 @@ class _Closed(Exception):
     """The client closed, timed out, or the server is stopping: end the connection quietly."""
 
 
-class PixelHandler(http.server.BaseHTTPRequestHandler):
-    """One connection: each request head is read into one buffer with a strict, bounded
-    reader (parse_head), the server's App answers, and the answer goes out in one write.
-
-    Of http.server's hooks these work as documented: `protocol_version` ("HTTP/1.0" closes
-    after every answer), `server_version` and `sys_version` (through version_string()),
-    `responses`, `send_error()`, `log_message()` (quiet: the event log is the record), and
-    handle() / handle_one_request(). There is no `rfile` or `wfile`, and `headers` is a
-    dict with lower-case names, not an email.message.Message.
-    """
-
-    protocol_version = "HTTP/1.1"
-    server_version = "pixel/" + __version__
-    sys_version = ""
-
-    def version_string(self):
-        return " ".join(part for part in (self.server_version, self.sys_version) if part)
+class BufferedConnection(http.server.BaseHTTPRequestHandler):
+    """A client connection read into one buffer: a deadline for each whole request, the
+    idle timeout between requests, evictable (ConnectionPool) while it waits for its
+    client, TLS if the server has it. PixelHandler serves the requests read."""
 
     def setup(self):
         # No rfile or wfile: a request is read into one buffer and an answer goes out in one
@@ -2575,8 +2556,6 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         pass   # the event log is the record; stderr is for what operators must act on
 
-    # -- reading ------------------------------------------------------------------------------
-
     def _set_recv_timeout(self, timeout):
         if timeout <= 0:
             raise _Closed("request timeout")
@@ -2656,7 +2635,39 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         del self._buffer[:length]
         return body
 
-    # -- the request loop ---------------------------------------------------------------------
+    def _linger(self, until=None):
+        """Half-close, and read what the client still sends for a moment (until `until`, by
+        default a second): closing with unread data would reset the connection before the
+        client reads our answer."""
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 1.0 if until is None else until
+            drained = 0
+            while drained < MAX_HEAD_BYTES * 8:
+                self._buffer.clear()
+                self._recv(deadline - time.monotonic())
+                drained += len(self._buffer)
+        except (_Closed, OSError):
+            return
+
+
+class PixelHandler(BufferedConnection):
+    """One connection's requests: each head read with a strict, bounded reader
+    (parse_head), the server's App answers, and the answer goes out in one write.
+
+    Of http.server's hooks these work as documented: `protocol_version` ("HTTP/1.0" closes
+    after every answer), `server_version` and `sys_version` (through version_string()),
+    `responses`, `send_error()`, `log_message()` (quiet: the event log is the record), and
+    handle() / handle_one_request(). There is no `rfile` or `wfile`, and `headers` is a
+    dict with lower-case names, not an email.message.Message.
+    """
+
+    protocol_version = "HTTP/1.1"
+    server_version = "pixel/" + __version__
+    sys_version = ""
+
+    def version_string(self):
+        return " ".join(part for part in (self.server_version, self.sys_version) if part)
 
     def handle_one_request(self):
         self.close_connection = True
@@ -2731,23 +2742,6 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
             answer = answer._replace(body=text, headers=(
                 answer.headers[0], ("Content-Length", str(len(text)))))
         self._send(answer)
-
-    def _linger(self, until=None):
-        """Half-close, and read what the client still sends for a moment (until `until`, by
-        default a second): closing with unread data would reset the connection before the
-        client reads our answer."""
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + 1.0 if until is None else until
-            drained = 0
-            while drained < MAX_HEAD_BYTES * 8:
-                self._buffer.clear()
-                self._recv(deadline - time.monotonic())
-                drained += len(self._buffer)
-        except (_Closed, OSError):
-            return
-
-    # -- answering ----------------------------------------------------------------------------
 
     def _send(self, answer):
         """Send `answer` in one write, with Server, Date and Connection added."""
@@ -3077,14 +3071,9 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     def handle_error(self, request, client_address):
         # What no handler expected: one line, at most one an interval, naming the client as
         # the logs would (none with --no-ip, truncated with --anonymize-ip).
-        error = sys.exc_info()[1]
-        trace = error.__traceback__
-        while trace.tb_next:
-            trace = trace.tb_next
         client = self.app.recorder.client_ip(Request("", "", "", {}, client_address[0], b""))
-        self.reporter.say("internal error serving %s: %s: %s (line %d)" % (
-            client or "a client", type(error).__name__, error, trace.tb_lineno),
-            key="internal error")
+        self.reporter.say("internal error serving %s: %s" % (
+            client or "a client", _bug(sys.exc_info()[1])), key="internal error")
 
     def shutdown(self):
         """Stop serve_forever(), from another thread; drain() serves what it had taken."""
@@ -3710,6 +3699,17 @@ class LogFile:
             self._cache += block
         return self._cache[:size]
 
+    def line_end(self, offset, stopping):
+        """Where the line going on at `offset` ends: past its newline, or the file's end;
+        None if `stopping` came first (a "line" may be gigabytes long)."""
+        while not stopping.is_set():
+            block = self.read(offset, MAX_WRITE_BYTES)
+            newline = block.find(b"\n")
+            if newline >= 0 or not block:
+                return offset + (newline + 1 if newline >= 0 else len(block))
+            offset += len(block)
+        return None
+
     def size(self):
         """How far it can be read: None for an archive (or a parked file)."""
         return os.fstat(self.fd).st_size if self.archive is None and self.fd is not None \
@@ -3758,6 +3758,64 @@ class LogFile:
             self.fd = None
 
 
+def rotated_since(path, live, since):
+    """The rotated files of the log at `path` written to since `since` (mtime_ns; the
+    checkpoint's file among them), oldest first, each opened: by last write, then by
+    name (pixel's stamps sort in time order). A folder of ten thousand old ones costs
+    no more."""
+    folder, base = os.path.split(path)
+    found = []
+    for name in os.listdir(folder):
+        if name.startswith(base) and _ROTATED.match(name, len(base)):
+            try:
+                status = os.stat(os.path.join(folder, name))
+            except OSError:   # gone since listdir
+                continue
+            if (status.st_dev, status.st_ino) != live and status.st_mtime_ns >= since:
+                found.append((status.st_mtime_ns, name, (status.st_dev, status.st_ino)))
+    opened = []
+    for _, name, identity in sorted(found):
+        path = os.path.join(folder, name)
+        if len(opened) >= MAX_OPEN_LOG_FILES:   # opened when its turn comes
+            log = LogFile(None, identity, path)
+        else:
+            try:
+                log = LogFile.open(path)
+            except OSError:   # deleted since, or not readable: none of it can be sent
+                continue
+            if log.identity != identity:   # replaced since the stat
+                log.close()
+                continue
+        log.named = _ROTATED.match(name, len(base)).group(1) is not None
+        opened.append(log)
+    return opened
+
+
+def resume_at(checkpoint, files, live_end, reporter):
+    """The index in `files` (those of a live log, the live one last, its committed end
+    `live_end`) to start at from `checkpoint`, that file's offset set."""
+    if checkpoint is None:
+        return len(files) - 1
+    for index, log in enumerate(files):
+        if log.identity == (checkpoint["device"], checkpoint["inode"]) and \
+                log.unpark() and log.head(checkpoint["head_bytes"]) == checkpoint["head"]:
+            end = live_end if log is files[-1] else log.size()
+            log.offset = checkpoint["offset"]
+            if log.offset > end:   # lost in a power cut after it was sent, or cut
+                reporter.say("%s is shorter than the checkpoint says (%d < %d bytes): "
+                             "forwarding from its end" % (log.name, end, log.offset))
+                log.offset = end
+            return index
+    start = next(index for index, log in enumerate(files)
+                 if log is files[-1] or log.fd is None or
+                 log.mtime_ns() >= checkpoint["mtime_ns"])
+    if checkpoint["device"] != -1:
+        reporter.say("the file the checkpoint names (%s, inode %d) is gone: forwarding "
+                     "from %s, the oldest file written since; the receiver may get events "
+                     "twice" % (checkpoint.get("path"), checkpoint["inode"], files[start].name))
+    return start
+
+
 class LogQueue:
     """The files a Forwarder sends, oldest first, the first being sent, at most
     MAX_OPEN_LOG_FILES of them open (the rest parked): those of a live log, following its
@@ -3784,8 +3842,8 @@ class LogQueue:
         files = [LogFile(fd, identity, writer.path)]
         try:
             if checkpoint is not None:
-                files[:0] = self._rotated(writer.path, identity, checkpoint["mtime_ns"])
-            start = self._resume(checkpoint, files, end)
+                files[:0] = rotated_since(writer.path, identity, checkpoint["mtime_ns"])
+            start = resume_at(checkpoint, files, end, self._reporter)
         except BaseException:
             for log in files:
                 log.close()
@@ -3796,65 +3854,6 @@ class LogQueue:
             self.files.extend(files[start:])
             self._pull()
         self._counting = (files[start:], end, written)
-
-    @staticmethod
-    def _rotated(path, live, since):
-        """The rotated files of the log at `path` written to since `since` (mtime_ns; the
-        checkpoint's file among them), oldest first, each opened: by last write, then by
-        name (pixel's stamps sort in time order). A folder of ten thousand old ones costs
-        no more."""
-        folder, base = os.path.split(path)
-        found = []
-        for name in os.listdir(folder):
-            if name.startswith(base) and _ROTATED.match(name, len(base)):
-                try:
-                    status = os.stat(os.path.join(folder, name))
-                except OSError:   # gone since listdir
-                    continue
-                if (status.st_dev, status.st_ino) != live and status.st_mtime_ns >= since:
-                    found.append((status.st_mtime_ns, name, (status.st_dev, status.st_ino)))
-        opened = []
-        for _, name, identity in sorted(found):
-            path = os.path.join(folder, name)
-            if len(opened) >= MAX_OPEN_LOG_FILES:   # opened when its turn comes
-                log = LogFile(None, identity, path)
-            else:
-                try:
-                    log = LogFile.open(path)
-                except OSError:   # deleted since, or not readable: none of it can be sent
-                    continue
-                if log.identity != identity:   # replaced since the stat
-                    log.close()
-                    continue
-            log.named = _ROTATED.match(name, len(base)).group(1) is not None
-            opened.append(log)
-        return opened
-
-    def _resume(self, checkpoint, files, live_end):
-        """The index in `files` to start at, that file's offset set."""
-        if checkpoint is None:
-            return len(files) - 1
-        for index, log in enumerate(files):
-            if log.identity == (checkpoint["device"], checkpoint["inode"]) and \
-                    log.unpark() and log.head(checkpoint["head_bytes"]) == checkpoint["head"]:
-                end = live_end if log is files[-1] else log.size()
-                log.offset = checkpoint["offset"]
-                if log.offset > end:   # lost in a power cut after it was sent, or cut
-                    self._reporter.say("%s is shorter than the checkpoint says (%d < %d "
-                                       "bytes): forwarding from its end" % (log.name, end,
-                                                                            log.offset))
-                    log.offset = end
-                return index
-        start = next(index for index, log in enumerate(files)
-                     if log is files[-1] or log.fd is None or
-                     log.mtime_ns() >= checkpoint["mtime_ns"])
-        if checkpoint["device"] != -1:
-            self._reporter.say("the file the checkpoint names (%s, inode %d) is gone: "
-                               "forwarding from %s, the oldest file written since; the "
-                               "receiver may get events twice" % (
-                                   checkpoint.get("path"), checkpoint["inode"],
-                                   files[start].name))
-        return start
 
     def add_files(self, paths, checkpoint):
         """The files at `paths`, in that order, to send once, from `checkpoint` (a
@@ -4051,55 +4050,270 @@ _BATCH_OPEN = b'{"batch":['
 _BATCH_CLOSE = b'],"sentAt":"%s"}'
 
 
-class Forwarder:
-    """Relays a log to a Receiver, in order and at least once, across crashes and outages.
+def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
+               alone=False):
+    """A batch from `data`, whole log lines from byte `offset`: (rejects-log lines with no
+    event to send, skipped before it; the offset it starts at; its writeKey; its items; the
+    offset after them; the first line refused, as (item, rejection), or None). One key a batch, as Basic auth takes
+    one, all of them `write_key` if given; at most `batch_events` and MAX_BATCH_BYTES; with
+    `alone` (a receiver in doubt, probed event by event), of any keys, up to PROBES_A_ROUND.
+    A line refused comes alone, after what came before it: the log's order is kept."""
+    skipped, start, items, key = 0, offset, [], None
+    batch_size = len(_BATCH_OPEN) + len(_BATCH_CLOSE) + 40   # 40: the sentAt
+    for line in data.split(b"\n"):
+        line_end = offset + len(line) + 1
+        try:
+            line_key, item = forward_item(line, write_key is not None)
+            if line_key is None:   # a rejects-log line? Then the event it holds.
+                held = rejected_event(line)
+                if held == b"":   # a rejection with no event to send again
+                    if items:
+                        break
+                    skipped, offset = skipped + 1, line_end
+                    start = offset
+                    continue
+                if held is not None:
+                    line = held
+                    line_key, item = forward_item(line, write_key is not None)
+            line_key = write_key or line_key
+            if line_key is None:
+                raise Rejected("forward_unreadable", "no writeKey")
+            if len(item) > MAX_FORWARD_ITEM:
+                raise Rejected("forward_unreadable", "an event of %d bytes: Segment-"
+                               "compatible receivers take at most 32 KB" % len(item))
+        except Rejected as rejection:
+            return skipped, start, key, items, offset, None if items else (
+                Item(b"", line_end, line), rejection)
+        full = len(items) == PROBES_A_ROUND if alone else line_key != key or \
+            len(items) == batch_events or batch_size + len(item) + 1 > MAX_BATCH_BYTES
+        if items and full:
+            break
+        key = line_key
+        items.append(Item(item, line_end, line, line_key))
+        batch_size += len(item) + 1
+        offset = line_end
+    return skipped, start, key, items, offset, None
 
-    It reads the files of a LogQueue (follow: a live log; add_files: a backfill) and sends
-    batches of at most `batch_events` events and MAX_BATCH_BYTES, one writeKey a batch (all
-    under `write_key` if given). After each batch taken the checkpoint (the file's identity
-    and the offset of the first line not taken) is replaced atomically, so a kill -9 sends
-    at most the batch in flight again. The Receiver retries what may succeed later; a 400,
-    413 or 422 splits the batch until the event refused is alone, which goes to the rejects
-    log (unless the receiver seems to refuse every event: _deliver); a 401 or 403 for a key
-    nobody configured, which anyone can send, sets that batch aside in the rejects log, for
-    `pixel.py forward` to send again. Nothing is dropped.
-    """
+
+def forward_reject_line(rejection, line, received_at):
+    """The rejects-log line for a log `line` the forwarder could not send: the event whole,
+    for `pixel.py forward` to send again, or the line's start if it is not one."""
+    record = {"reason": rejection.reason, "detail": rejection.detail}
+    try:
+        record["event"] = json.loads(line)
+        record["receivedAt"] = format_time(received_at)
+        return (_encode(record) + "\n").encode("ascii")
+    except (ValueError, RecursionError):   # not JSON, 1e400, too deep: quote the line
+        record.pop("event", None)
+        record["line"] = line[:MAX_REJECT_RAW].decode("utf-8", "replace")
+        record["receivedAt"] = format_time(received_at)
+        return (_encode(record) + "\n").encode("ascii")
+
+
+class Sender:
+    """How a Forwarder sends one batch: split on a 400, 413 or 422 until the event refused
+    is alone, set aside for a 401 or 403 for a key nobody configured, and held when the
+    receiver seems to refuse every event (_deliver). `refuse(log, item, rejection)` writes
+    an event to the rejects log and moves past it, `acknowledge(log, items, sent)` moves
+    past events taken: each True, or False if a stop came first."""
+
+    def __init__(self, receiver, refuse, acknowledge, reporter, clock):
+        self.receiver = receiver
+        self.refuse, self.acknowledge = refuse, acknowledge
+        self.reporter, self.clock = reporter, clock
+        self.refusing_all = None     # why the receiver, not the events, seems at fault
+        self._refused_in_a_row = 0   # events refused alone since the receiver took one
+        self._held = []              # (item, rejection, answer): refused alone, not yet
+        self._doubted = 0            # written off; rounds in a row it refused all (_doubt)
+
+    def send(self, log, key, items):
+        """Send `items` of `log`, under `key`; False if a stop came first."""
+        if self.refusing_all is None:
+            delivered = self._deliver(log, key, items)
+        else:
+            delivered = self._probe(log, items)
+        if delivered and self._held:   # it refused each one from the first held on
+            delivered = self._doubt()
+        self._held = []   # not written off: sent again, from the first of them
+        return delivered
+
+    def _post(self, key, items):
+        body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
+            format_time(self.clock()).encode("ascii")
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        return self.receiver.deliver(key, compressor.compress(body) + compressor.flush())
+
+    def _deliver(self, log, key, items):
+        """Send `items` until the receiver takes them, splitting the batch on a 400 to find
+        the events it refuses; False if stop() came first. Some receivers refuse every
+        event, for reasons of their own (nginx answering plain HTTP sent to its HTTPS port,
+        a WAF, a load balancer mid-deploy): so after MAX_REFUSED_IN_A_ROW events refused
+        alone in a row, taking none between, the next one refused is held, not written off,
+        and the rest of the batch waits while run() doubts the receiver (_doubt, _probe)."""
+        if self._held:   # the receiver is doubted: this part waits for the next round
+            return True
+        status, answer = self._post(key, items)
+        if status is None:
+            return False
+        if 200 <= status < 300:
+            return self._trust(log) and self.acknowledge(log, items, sent=True)
+        if status in _KEY_STATUSES:   # only for a key nobody configured
+            return self._set_aside(log, key, items, "%d %s" % (status, answer[:1024]))
+        if len(items) == 1:
+            return self._refused_alone(log, items[0], status, answer)
+        middle = len(items) // 2
+        return self._deliver(log, key, items[:middle]) and \
+            self._deliver(log, key, items[middle:])
+
+    def _refused_alone(self, log, item, status, answer):
+        rejection = Rejected("forward_rejected", "%d from %s: %s" % (
+            status, self.receiver.url, answer[:1024]))
+        self._refused_in_a_row += 1
+        if self._refused_in_a_row <= MAX_REFUSED_IN_A_ROW:
+            return self.refuse(log, item, rejection)
+        self._held.append((item, rejection, "%d %s" % (status, " ".join(answer[:200].split()))))
+        return True
+
+    def _probe(self, log, items):
+        """A round with the receiver in doubt: send `items` (from the first event held on,
+        of any key) one at a time until it takes one; those it refused before were refused
+        for themselves, and batching goes on. None taken, run() waits and tries again. So a
+        run of more than PROBES_A_ROUND events refused alone is taken for the receiver's
+        fault until it takes the event after them."""
+        for item in items:
+            status, answer = self._post(item.key, [item])
+            if status is None:
+                return False
+            if 200 <= status < 300:
+                return self._trust(log) and self.acknowledge(log, [item], sent=True)
+            if status in _KEY_STATUSES:
+                done = self._set_aside(log, item.key, [item], "%d %s" % (status,
+                                                                          answer[:1024]))
+            else:
+                done = self._refused_alone(log, item, status, answer)
+            if not done:
+                return False
+        return True
+
+    def _trust(self, log):
+        """The receiver took an event: those held before it were refused for themselves,
+        and it is not doubted. False if stop() came first."""
+        held, self._held = self._held, []
+        if not all(self.refuse(log, item, rejection) for item, rejection, _ in held):
+            return False
+        self._refused_in_a_row = self._doubted = 0
+        if self.refusing_all is not None:
+            self.refusing_all = None
+            self.reporter.say("forwarding to %s: it takes events again; %d event(s) it "
+                              "refused alone written to the rejects log" % (
+                                  self.receiver.endpoint, len(held)))
+        return True
+
+    def _doubt(self):
+        """The receiver refused alone every event from the first held on: it, not they, is
+        taken to be at fault. Say so once, show it in /health, and wait as for a 5xx before
+        they are sent again (_probe). False if stop() came first."""
+        answer = self._held[-1][2]
+        self._doubted += 1
+        delay = backoff_delay(self._doubted, self.receiver.first_delay, self.receiver.max_delay)
+        if self.refusing_all is None:
+            self.reporter.say(
+                "forwarding to %s: it refused %d events in a row, each alone, taking none "
+                "between (%s): the receiver, not the events, is taken to be at fault. The "
+                "first %d are in the rejects log; the rest are kept, and sent one at a time "
+                "with backoff until it takes one (next in %.1f s)" % (
+                    self.receiver.endpoint, self._refused_in_a_row, answer,
+                    MAX_REFUSED_IN_A_ROW, delay))
+        self.refusing_all = "it refuses every event, each alone: %s" % answer
+        self.receiver.failed_attempts += 1
+        self.receiver.last_error, self.receiver.backoff = self.refusing_all, delay
+        return not self.receiver.stopping.wait(delay)
+
+    def _set_aside(self, log, key, items, problem):
+        """The receiver refused writeKey `key`, which the operator did not configure: the
+        batch goes to the rejects log, and forwarding goes on. Events held before it are
+        written off first: it answered about a key, so it was not refusing everything."""
+        rejection = Rejected("forward_unauthorized", "%s refused writeKey %s: %s" % (
+            self.receiver.endpoint, key, problem))
+        self.reporter.say("forwarding to %s: it refused writeKey %s (%s), which is not one "
+                          "of --write-key or --forward-write-key: its events go to the "
+                          "rejects log as forward_unauthorized, for `pixel.py forward` to send "
+                          "again once the key works; forwarding goes on" % (
+                              self.receiver.endpoint, key, " ".join(problem[:200].split())),
+                          key="forward_unauthorized")
+        held, self._held = self._held, []
+        return all(self.refuse(log, item, refused) for item, refused, _ in held) and \
+            all(self.refuse(log, item, rejection) for item in items)
+
+
+class Checkpoint:
+    """Where forwarding stands, in the state file at `path`: the file being sent (its
+    identity, and a checksum of its first bytes, since an inode is reused), the offset of
+    its first line not taken, and a backfill's list of the files it sent. Replaced
+    atomically after each batch taken: after a kill -9 at most that batch is sent again."""
+
+    def __init__(self, path, forwarder):
+        self.path = path
+        self._target = forwarder.receiver.url
+        self._reporter, self._clock = forwarder.reporter, forwarder.clock
+
+    def save(self, log, done=None, quiet=True):
+        """Name `log` and its offset; failing, say so once an interval, or with quiet=False
+        raise the OSError."""
+        head_bytes = min(log.offset, 4096)
+        document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
+                    "offset": log.offset, "head_bytes": head_bytes,
+                    "head": log.head(head_bytes), "updated": format_time(self._clock()),
+                    "target": self._target}
+        if done is not None:
+            document["done"] = done
+        try:
+            document["mtime_ns"] = log.mtime_ns()
+            write_checkpoint(self.path, document)
+        except OSError as error:
+            if not quiet:
+                raise
+            self._reporter.say("cannot write the checkpoint %s: %s; forwarding goes on, and "
+                               "after a restart the receiver may get events twice" % (
+                                   self.path, error.strerror or error), key="checkpoint")
+
+
+class Forwarder:
+    """Relays a log to a Receiver, in order and at least once, across crashes and outages:
+    the files of a LogQueue (follow: a live log; add_files: a backfill), in batches
+    (take_batch) that a Sender sends, a Checkpoint saved after each. What cannot be sent
+    goes to the rejects log, from which `pixel.py forward` can send it again."""
 
     def __init__(self, receiver, rejects, *, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
                  alert=DEFAULT_FORWARD_ALERT, reporter=None, clock=time.time):
-        self.receiver = receiver
-        self.stopping = receiver.stopping
+        self.receiver, self.stopping = receiver, receiver.stopping
         self.rejects = rejects       # a LogWriter, for events that are never sent
-        self.write_key = write_key
-        self.batch_events = batch_events
-        self.alert = alert
-        self.reporter = reporter or Reporter()
-        self.clock = clock
+        self.write_key, self.batch_events, self.alert = write_key, batch_events, alert
+        self.reporter, self.clock = reporter or Reporter(), clock
         self.queue = LogQueue(self.reporter, self.stopping)
-        self.checkpoint = None       # the checkpoint file's path
+        self.checkpoint = None       # a Checkpoint
         self.thread = None
         self.sent = 0                # events the receiver took
         self.refused = Counter()     # events written to the rejects log instead, by reason
         self.skipped = 0             # rejects-log lines with no event to send again
         self.truncated = []          # a backfill's files it could not read to their end
         self.last_success = None     # clock time of the last 2xx
-        self.refusing_all = None     # why the receiver, not the events, seems at fault
-        self._refused_in_a_row = 0   # events refused alone since the receiver took one
-        self._held = []              # (item, rejection, answer): refused alone, not yet
-        self._doubted = 0            # written off; rounds in a row it refused all (_doubt)
+        self.sender = Sender(receiver, self._refuse, self._acknowledge, self.reporter, clock)
         self._caught_up_at = clock()   # all lines written before this were sent
 
     def follow(self, writer):
         """Relay `writer`'s live log, from its checkpoint (state_path). Writes the
         checkpoint at once (OSError if it cannot): a restart before the first batch is
         taken must know where to start, or files rotated meanwhile pass for history."""
-        self.checkpoint = adopt_legacy_state(writer.path, "forward", self.reporter)
+        self.checkpoint = Checkpoint(adopt_legacy_state(writer.path, "forward",
+                                                        self.reporter), self)
         try:
-            checkpoint = read_checkpoint(self.checkpoint)
+            checkpoint = read_checkpoint(self.checkpoint.path)
         except (OSError, ValueError) as error:
             self.reporter.say("cannot read the checkpoint %s (%s): forwarding every log "
                               "file from its start; the receiver may get events twice"
-                              % (self.checkpoint, getattr(error, "strerror", None) or error))
+                              % (self.checkpoint.path, getattr(error, "strerror", None) or
+                                 error))
             checkpoint = _NO_CHECKPOINT
         self.queue.follow(writer, checkpoint)
         self._save(self.queue.files[0], quiet=False)
@@ -4107,7 +4321,7 @@ class Forwarder:
     def add_files(self, paths, checkpoint):
         """Relay the files at `paths` once (a backfill) from the checkpoint file
         `checkpoint`; OSError or ValueError as LogQueue.add_files raises them."""
-        self.checkpoint = checkpoint
+        self.checkpoint = Checkpoint(checkpoint, self)
         try:
             document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
         except ValueError as error:
@@ -4116,35 +4330,30 @@ class Forwarder:
         self.queue.add_files(paths, document)
 
     def register(self, metrics):
-        """Count the forwarder into `metrics`: /health's forward object, its problems, and
-        pixel_forward_* (the rejections into pixel_rejections_total)."""
+        """Count the forwarder into `metrics`: /health's forward object, its problems,
+        pixel_forward_*, and its rejections into pixel_rejections_total."""
         metrics.health("forward", self.status)
         metrics.problem(lambda: self.status()["degraded"])
-        metrics.family("pixel_rejections_total", "counter", "", lambda: self.refused.samples(
-            "reason"))
-        receiver = self.receiver
-        for name, kind, help, read in (
-                ("sent_events_total", "counter", "Events the forwarder's receiver took.",
-                 lambda: self.sent),
-                ("refused_events_total", "counter", "Events the forwarder wrote to the "
-                 "rejects log instead.", self.refused.total),
-                ("failed_attempts_total", "counter", "Forwarding attempts that got no answer "
-                 "or one to retry.", lambda: receiver.failed_attempts),
-                ("backlog_events", "gauge", "Events written and not yet forwarded.",
-                 lambda: self.queue.backlog()[0] or 0),
-                ("backlog_bytes", "gauge", "Bytes written and not yet forwarded.",
-                 lambda: self.queue.backlog()[1]),
-                ("backlog_files", "gauge", "Rotated files not yet forwarded whole.",
-                 lambda: self.queue.backlog()[2]),
-                ("backlog_seconds", "gauge", "Age of the oldest event not yet forwarded.",
-                 lambda: float(self.status()["backlog_seconds"])),
-                ("paused", "gauge", "1 while a 401 or 403 for a configured key pauses "
-                 "forwarding, or the receiver is at fault.",
-                 lambda: int(receiver.paused_key is not None or
-                             self.status()["receiver_fault"] is not None)),
-                ("last_success_timestamp_seconds", "gauge", "When the receiver last took "
-                 "a batch (Unix time; 0: never).", lambda: float(self.last_success or 0))):
-            metrics.value("pixel_forward_" + name, kind, help, read)
+        metrics.family("pixel_rejections_total", "counter", "",
+                       lambda: self.refused.samples("reason"))
+        for name, kind, field, help in (
+                ("sent_events_total", "counter", "sent", "Events the receiver took."),
+                ("refused_events_total", "counter", "refused", "Events written to the "
+                 "rejects log instead."),
+                ("failed_attempts_total", "counter", "failed_attempts", "Forwarding attempts "
+                 "that got no answer, or one to retry."),
+                ("backlog_events", "gauge", "lines_behind", "Events not yet forwarded."),
+                ("backlog_bytes", "gauge", "bytes_behind", "Bytes not yet forwarded."),
+                ("backlog_files", "gauge", "files_behind", "Rotated files not yet forwarded "
+                 "whole."),
+                ("backlog_seconds", "gauge", "backlog_seconds", "Age of the oldest event not "
+                 "yet forwarded."),
+                ("paused", "gauge", "paused", "1 while a 401 or 403 for a configured key "
+                 "pauses forwarding, or the receiver is at fault."),
+                ("last_success_timestamp_seconds", "gauge", "last_success_time", "When the "
+                 "receiver last took a batch (Unix time; 0: never).")):
+            metrics.value("pixel_forward_" + name, kind, help,
+                          lambda field=field: self.status(True)[field] or 0)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -4172,12 +4381,8 @@ class Forwarder:
             try:
                 self.run()
             except Exception as error:   # a bug: say it, and start the loop again
-                trace = error.__traceback__
-                while trace.tb_next:
-                    trace = trace.tb_next
-                self.reporter.say("forwarder error: %s: %s (line %d); retrying in %d s" % (
-                    type(error).__name__, error, trace.tb_lineno, self.receiver.max_delay),
-                    key="forwarder error")
+                self.reporter.say("forwarder error: %s; retrying in %d s" % (
+                    _bug(error), self.receiver.max_delay), key="forwarder error")
                 self.stopping.wait(self.receiver.max_delay)
 
     def run(self):
@@ -4193,14 +4398,7 @@ class Forwarder:
                     self.stopping.wait(FORWARD_POLL)
                 elif batch:
                     log, key, items, read_at = batch
-                    if self.refusing_all is None:
-                        delivered = self._deliver(log, key, items)
-                    else:
-                        delivered = self._probe(log, items)
-                    if delivered and self._held:   # it refused each from the first held on
-                        delivered = self._doubt()
-                    self._held = []   # not written off: sent again, from the first of them
-                    if not delivered:
+                    if not self.sender.send(log, key, items):
                         break
                     if read_at is not None and log.offset == items[-1].end:
                         self._caught_up_at = read_at
@@ -4234,7 +4432,10 @@ class Forwarder:
         cut = data.rfind(b"\n") + 1
         if not cut:
             if len(data) == FORWARD_READ:   # a line longer than any batch: not an event
-                return self._refuse_oversized(log)
+                end = log.line_end(log.offset + FORWARD_READ, self.stopping)
+                return None if end is None else self._refused(
+                    log, Item(b"", end, log.read(log.offset, MAX_REJECT_RAW)),
+                    Rejected("forward_unreadable", "a line of %d bytes" % (end - log.offset)))
             if not complete:
                 if not data:
                     self._caught_up_at = read_at
@@ -4251,47 +4452,16 @@ class Forwarder:
                     return None
                 self.truncated.append(problem)
             return self._finished(log)
-        items, key, offset = [], None, log.offset
-        batch_size = len(_BATCH_OPEN) + len(_BATCH_CLOSE) + 40   # 40: the sentAt
-        strip = self.write_key is not None
-        for line in data[:cut - 1].split(b"\n"):
-            line_end = offset + len(line) + 1
-            try:
-                line_key, item = forward_item(line, strip)
-                if line_key is None:   # a rejects-log line? Then the event it holds.
-                    held = rejected_event(line)
-                    if held == b"":   # a rejection with no event to send again: skipped
-                        if items:
-                            break
-                        self.skipped += 1
-                        self.queue.lines_done += 1
-                        log.offset = offset = line_end
-                        continue
-                    if held is not None:
-                        line = held
-                        line_key, item = forward_item(line, strip)
-                line_key = self.write_key or line_key
-                if line_key is None:
-                    raise Rejected("forward_unreadable", "no writeKey")
-                if len(item) > MAX_FORWARD_ITEM:
-                    raise Rejected("forward_unreadable", "an event of %d bytes: Segment-"
-                                   "compatible receivers take at most 32 KB" % len(item))
-            except Rejected as rejection:
-                if items:   # what came before it first: the log's order is kept
-                    break
-                return self._refused(log, Item(b"", line_end, line), rejection)
-            if self.refusing_all is None:   # one key a batch, as Basic auth carries one
-                full = line_key != key or len(items) == self.batch_events or \
-                    batch_size + len(item) + 1 > MAX_BATCH_BYTES
-            else:   # a receiver in doubt is sent each event alone, under its own (_probe)
-                full = len(items) == PROBES_A_ROUND
-            if items and full:
-                break
-            key = line_key
-            items.append(Item(item, line_end, line, line_key))
-            batch_size += len(item) + 1
-            offset = line_end
-        if not items:   # only rejects-log lines skipped: where the next batch starts
+        skipped, start, key, items, offset, refused = take_batch(
+            data[:cut - 1], log.offset, self.write_key, self.batch_events,
+            alone=self.sender.refusing_all is not None)
+        if skipped:   # rejects-log lines with no event to send again
+            self.skipped += skipped
+            self.queue.lines_done += skipped
+            log.offset = start
+        if refused is not None:
+            return self._refused(log, *refused)
+        if not items:
             self._save(log)
             return ()
         return log, key, items, read_at if end is not None and offset == end else None
@@ -4304,132 +4474,6 @@ class Forwarder:
             self._save(following)
         self.queue.close_finished(log)
         return ()
-
-    def _refuse_oversized(self, log):
-        """Skip a line longer than FORWARD_READ: read on to its newline, refuse its start."""
-        offset = log.offset + FORWARD_READ
-        while True:
-            if self.stopping.is_set():   # a "line" may be gigabytes long
-                return None
-            block = log.read(offset, MAX_WRITE_BYTES)
-            newline = block.find(b"\n")
-            if newline >= 0 or not block:
-                end = offset + (newline + 1 if newline >= 0 else len(block))
-                break
-            offset += len(block)
-        return self._refused(log, Item(b"", end, log.read(log.offset, MAX_REJECT_RAW)),
-                             Rejected("forward_unreadable", "a line of %d bytes"
-                                      % (end - log.offset)))
-
-    # -- sending --------------------------------------------------------------------------
-
-    def _post(self, key, items):
-        body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
-            format_time(self.clock()).encode("ascii")
-        compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        return self.receiver.deliver(key, compressor.compress(body) + compressor.flush())
-
-    def _deliver(self, log, key, items):
-        """Send `items` until the receiver takes them, splitting the batch on a 400 to find
-        the events it refuses; False if stop() came first. Some receivers refuse every
-        event, for reasons of their own (nginx answering plain HTTP sent to its HTTPS port,
-        a WAF, a load balancer mid-deploy): so after MAX_REFUSED_IN_A_ROW events refused
-        alone in a row, taking none between, the next one refused is held, not written off,
-        and the rest of the batch waits while run() doubts the receiver (_doubt, _probe)."""
-        if self._held:   # the receiver is doubted: this part waits for the next round
-            return True
-        status, answer = self._post(key, items)
-        if status is None:
-            return False
-        if 200 <= status < 300:
-            return self._trust(log) and self._acknowledge(log, items, sent=True)
-        if status in _KEY_STATUSES:   # only for a key nobody configured
-            return self._set_aside(log, key, items, "%d %s" % (status, answer[:1024]))
-        if len(items) == 1:
-            return self._refused_alone(log, items[0], status, answer)
-        middle = len(items) // 2
-        return self._deliver(log, key, items[:middle]) and \
-            self._deliver(log, key, items[middle:])
-
-    def _refused_alone(self, log, item, status, answer):
-        rejection = Rejected("forward_rejected", "%d from %s: %s" % (
-            status, self.receiver.url, answer[:1024]))
-        self._refused_in_a_row += 1
-        if self._refused_in_a_row <= MAX_REFUSED_IN_A_ROW:
-            return self._refuse(log, item, rejection)
-        self._held.append((item, rejection, "%d %s" % (status, " ".join(answer[:200].split()))))
-        return True
-
-    def _probe(self, log, items):
-        """A round with the receiver in doubt: send `items` (from the first event held on,
-        of any key) one at a time until it takes one; those it refused before were refused
-        for themselves, and batching goes on. None taken, run() waits and tries again. So a
-        run of more than PROBES_A_ROUND events refused alone is taken for the receiver's
-        fault until it takes the event after them."""
-        for item in items:
-            status, answer = self._post(item.key, [item])
-            if status is None:
-                return False
-            if 200 <= status < 300:
-                return self._trust(log) and self._acknowledge(log, [item], sent=True)
-            if status in _KEY_STATUSES:
-                done = self._set_aside(log, item.key, [item], "%d %s" % (status,
-                                                                          answer[:1024]))
-            else:
-                done = self._refused_alone(log, item, status, answer)
-            if not done:
-                return False
-        return True
-
-    def _trust(self, log):
-        """The receiver took an event: those held before it were refused for themselves,
-        and it is not doubted. False if stop() came first."""
-        held, self._held = self._held, []
-        if not all(self._refuse(log, item, rejection) for item, rejection, _ in held):
-            return False
-        self._refused_in_a_row = self._doubted = 0
-        if self.refusing_all is not None:
-            self.refusing_all = None
-            self.reporter.say("forwarding to %s: it takes events again; %d event(s) it "
-                              "refused alone written to the rejects log" % (
-                                  self.receiver.endpoint, len(held)))
-        return True
-
-    def _doubt(self):
-        """The receiver refused alone every event from the first held on: it, not they, is
-        taken to be at fault. Say so once, show it in /health, and wait as for a 5xx before
-        they are sent again (_probe). False if stop() came first."""
-        answer = self._held[-1][2]
-        self._doubted += 1
-        delay = backoff_delay(self._doubted, self.receiver.first_delay, self.receiver.max_delay)
-        if self.refusing_all is None:
-            self.reporter.say(
-                "forwarding to %s: it refused %d events in a row, each alone, taking none "
-                "between (%s): the receiver, not the events, is taken to be at fault. The "
-                "first %d are in the rejects log; the rest are kept, and sent one at a time "
-                "with backoff until it takes one (next in %.1f s)" % (
-                    self.receiver.endpoint, self._refused_in_a_row, answer,
-                    MAX_REFUSED_IN_A_ROW, delay))
-        self.refusing_all = "it refuses every event, each alone: %s" % answer
-        self.receiver.failed_attempts += 1
-        self.receiver.last_error, self.receiver.backoff = self.refusing_all, delay
-        return not self.stopping.wait(delay)
-
-    def _set_aside(self, log, key, items, problem):
-        """The receiver refused writeKey `key`, which the operator did not configure: the
-        batch goes to the rejects log, and forwarding goes on. Events held before it are
-        written off first: it answered about a key, so it was not refusing everything."""
-        rejection = Rejected("forward_unauthorized", "%s refused writeKey %s: %s" % (
-            self.receiver.endpoint, key, problem))
-        self.reporter.say("forwarding to %s: it refused writeKey %s (%s), which is not one "
-                          "of --write-key or --forward-write-key: its events go to the "
-                          "rejects log as forward_unauthorized, for `pixel.py forward` to send "
-                          "again once the key works; forwarding goes on" % (
-                              self.receiver.endpoint, key, " ".join(problem[:200].split())),
-                          key="forward_unauthorized")
-        held, self._held = self._held, []
-        return all(self._refuse(log, item, refused) for item, refused, _ in held) and \
-            all(self._refuse(log, item, rejection) for item in items)
 
     def _acknowledge(self, log, items, sent):
         log.offset = items[-1].end
@@ -4448,16 +4492,7 @@ class Forwarder:
         """Write `item` to the rejects log with `rejection`, then move past it. False if
         stop() came while the rejects log could not be written: a line is tried again until
         it is written, never skipped."""
-        received_at = format_time(self.clock())
-        try:
-            line = _encode({"reason": rejection.reason, "detail": rejection.detail,
-                            "event": json.loads(item.line), "receivedAt": received_at})
-        except (ValueError, RecursionError):   # not JSON, 1e400, too deep: quote the line
-            line = _encode({"reason": rejection.reason, "detail": rejection.detail,
-                            "line": item.line[:MAX_REJECT_RAW].decode("utf-8", "replace"),
-                            "receivedAt": received_at})
-        line = (line + "\n").encode("ascii")
-        failures = 0
+        line, failures = forward_reject_line(rejection, item.line, self.clock()), 0
         while not self.rejects.write([line]):
             failures += 1
             if self.stopping.wait(backoff_delay(failures, self.receiver.first_delay,
@@ -4467,46 +4502,30 @@ class Forwarder:
         return self._acknowledge(log, [item], sent=False)
 
     def _save(self, log, quiet=True):
-        """Write the checkpoint: `log`, and the offset its unsent lines start at. Failing,
-        say so once an interval, or with quiet=False raise the OSError."""
-        head_bytes = min(log.offset, 4096)
-        document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
-                    "offset": log.offset, "head_bytes": head_bytes,
-                    "head": log.head(head_bytes), "updated": format_time(self.clock()),
-                    "target": self.receiver.url}
-        if self.queue.writer is None:
-            document["done"] = self.queue.done
-        try:
-            document["mtime_ns"] = log.mtime_ns()
-            write_checkpoint(self.checkpoint, document)
-        except OSError as error:
-            if not quiet:
-                raise
-            self.reporter.say("cannot write the checkpoint %s: %s; forwarding goes on, and "
-                              "after a restart the receiver may get events twice" % (
-                                  self.checkpoint, error.strerror or error),
-                              key="checkpoint")
+        self.checkpoint.save(log, self.queue.done if self.queue.writer is None else None,
+                             quiet)
 
-    def status(self):
-        """The forwarder's part of /health."""
+    def status(self, for_metrics=False):
+        """The forwarder's part of /health, and with `for_metrics` what /metrics adds."""
         lines, size, files = self.queue.backlog()
-        age = 0.0
-        if lines or size:
-            oldest = self.queue.oldest_unsent()
-            age = max(0.0, self.clock() - (oldest if oldest is not None else
-                                           self._caught_up_at))
+        oldest = self.queue.oldest_unsent() if lines or size else None
+        age = max(0.0, self.clock() - (oldest or self._caught_up_at)) if lines or size else 0.0
         receiver = self.receiver
-        fault = self.refusing_all or receiver.wrong_url
-        return {"target": receiver.url, "sent": self.sent, "refused": self.refused.total(),
-                "lines_behind": lines, "bytes_behind": size, "files_behind": files,
-                "backlog_seconds": round(age, 3),
-                "last_success": None if self.last_success is None
-                else format_time(self.last_success),
-                "failed_attempts": receiver.failed_attempts,
-                "backoff": round(receiver.backoff, 3), "last_error": receiver.last_error,
-                "paused_write_key": receiver.paused_key, "receiver_fault": fault,
-                "degraded": receiver.paused_key is not None or fault is not None or
-                age > self.alert}
+        fault = self.sender.refusing_all or receiver.wrong_url
+        status = {"target": receiver.url, "sent": self.sent, "refused": self.refused.total(),
+                  "lines_behind": lines, "bytes_behind": size, "files_behind": files,
+                  "backlog_seconds": round(age, 3),
+                  "last_success": None if self.last_success is None
+                  else format_time(self.last_success),
+                  "failed_attempts": receiver.failed_attempts,
+                  "backoff": round(receiver.backoff, 3), "last_error": receiver.last_error,
+                  "paused_write_key": receiver.paused_key, "receiver_fault": fault,
+                  "degraded": receiver.paused_key is not None or fault is not None or
+                  age > self.alert}
+        if for_metrics:
+            status.update(paused=int(receiver.paused_key is not None or fault is not None),
+                          last_success_time=float(self.last_success or 0))
+        return status
 
 
 # --------------------------------------------------------------------------------------------
