@@ -117,6 +117,7 @@ RECV_SIZE = 65536
 
 DEFAULT_LOG = "events.jsonl"
 DEFAULT_REJECTS_NAME = "rejects.jsonl"
+FORWARD_REJECTS_NAME = "forward-rejects.jsonl"   # pixel.py forward's
 DEFAULT_DEDUPE_WINDOW = 65536
 DEFAULT_MAX_CONNECTIONS = 1024
 MIN_TIMEOUT, MAX_TIMEOUT = 0.001, 86400.0
@@ -769,28 +770,70 @@ def anonymize_ip(text):
                .network_address)
 
 
-_IPV6_LIKE = re.compile(r"(?<![0-9A-Fa-f:%.])(?:[0-9A-Fa-f]{0,4}(?::|%3[Aa])){2,7}"
-                        r"(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![0-9A-Fa-f:.])",
-                        re.ASCII)
-# Numbers of any length: inet_aton reads 203.0000.113.77 as 203.0.113.77.
-_IPV4_LIKE = re.compile(r"(?<![0-9.])\d+(?:\.\d+){3}(?![0-9])", re.ASCII)
+# A run of the characters addresses are written with: found in one linear pass, whatever
+# stands beside it ("host.203.0.113.77", "ip:2001:db8::77").
+_ADDRESS_RUN = re.compile(r"[0-9A-Fa-fxX.:]+", re.ASCII)
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _dotted(group):
+    """`group` with each number past the third of every four or more dotted ones (decimal,
+    or inet_aton's 0x...: 0xcb.0.113.77 is 203.0.113.77) made 0."""
+    parts, count = group.split("."), 0
+    for index, part in enumerate(parts):
+        number = part.isdigit() or part[:2] in ("0x", "0X") and part[2:] and \
+            _HEX.issuperset(part[2:])
+        count = count + 1 if number else 0
+        if count > 3:
+            parts[index] = "0"
+    return ".".join(parts)
+
+
+def _truncate_run(run):
+    core = run.strip(".")
+    if core.startswith(":") and not core.startswith("::"):
+        core = core[1:]
+    if core.endswith(":") and not core.endswith("::"):
+        core = core[:-1]
+    address = anonymize_ip(core) if ":" in core else None
+    if address is not None:
+        return run.replace(core, address, 1)
+    groups = run.split(":")[:3]   # not an address: what could be one keeps its first 48 bits
+    return ":".join(_dotted(group) for group in groups)
 
 
 def anonymize_addresses(text):
-    """`text` with each address in it, IPv6 colons percent-encoded or not, truncated as
-    anonymize_ip does; dotted text ipaddress refuses loses its last number all the same
-    (inet_aton reads 203.0.113.077 as an address)."""
-    def truncate(match):
-        found = match.group()
-        address = anonymize_ip(found.replace("%3A", ":").replace("%3a", ":"))
-        if address is None and match.re is _IPV4_LIKE:
-            return found.rpartition(".")[0] + ".0"
-        return found if address is None else address
-    return _IPV4_LIKE.sub(truncate, _IPV6_LIKE.sub(truncate, text))
+    """`text` with each address in it truncated as anonymize_ip does, whatever stands
+    beside it; and what could be read as one, though ipaddress refuses it, cut as far:
+    dotted numbers past the third, IPv6-like groups past the third."""
+    return _ADDRESS_RUN.sub(lambda match: _truncate_run(match.group())
+                            if ":" in match.group() or "." in match.group()
+                            else match.group(), text)
 
 
 _UNICODE_ESCAPE = re.compile(r"[\\%]u([0-9A-Fa-f]{4})")   # JSON's \u002E, IIS's %u002E
 _OTHER_DIGIT = re.compile(r"(?![0-9])\d")   # a digit of another script, which int() reads
+# What IDNA (the idna codec, browsers' URL parsers) reads as a dot, or drops (RFC 3454 B.1).
+_IDNA_MAPPED = dict.fromkeys((0xAD, 0x34F, 0x1806, 0x180B, 0x180C, 0x180D, 0x200B, 0x200C,
+                              0x200D, 0x2060, 0xFEFF) + tuple(range(0xFE00, 0xFE10)))
+_IDNA_MAPPED[0x3002] = "."   # the ideographic full stop (NFKC makes U+FF61 one)
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}")
+
+
+def _base64_hides_address(text):
+    """Whether a run of base64 in `text`, either alphabet, decodes to an address: a client
+    can encode any string so, not only data=."""
+    for match in _BASE64_RUN.finditer(text):
+        run = match.group().replace("-", "+").replace("_", "/")
+        for start in range(4):   # the run may begin anywhere in a group of four
+            piece = run[start:len(run) - (len(run) - start) % 4]
+            try:
+                decoded = base64.b64decode(piece, validate=True).decode("latin-1")
+            except binascii.Error:
+                continue
+            if anonymize_addresses(decoded) != decoded:
+                return True
+    return False
 
 
 def _reveal(text):
@@ -810,6 +853,7 @@ def _reveal(text):
         if not decoded.isascii():
             decoded = _OTHER_DIGIT.sub(lambda match: str(unicodedata.decimal(match.group())),
                                        unicodedata.normalize("NFKC", decoded))
+            decoded = decoded.translate(_IDNA_MAPPED)
         if decoded == text:
             return text
         text = decoded
@@ -820,12 +864,16 @@ def anonymize_text(text, limit=None):
     """Client text a line may quote under --anonymize-ip: `text` itself if no address can
     be read out of it, else its decoded form with every address truncated; None if it
     cannot be decoded far enough to tell. With a `limit`, only so many characters."""
+    if len(text) < 8 and (not text or text.isalnum()):   # no address, escape, base64
+        return text
     cut = limit is not None and len(text) > limit
     revealed = _reveal(text[:limit] if cut else text)
     if revealed is None:
         return None
     if cut:   # part of an address is no address, and would be quoted as it is
-        revealed = revealed.rstrip("0123456789ABCDEFabcdef:.%")
+        revealed = revealed.rstrip("0123456789ABCDEFabcdefxX:.")
+    if _base64_hides_address(revealed):
+        return None
     anonymized = anonymize_addresses(revealed)
     return text if anonymized == revealed and not cut else anonymized
 
@@ -849,14 +897,18 @@ def anonymize_json(value, budget=MAX_REJECT_RAW):
         return safe
 
     def walk(value):
+        nonlocal budget
+        budget -= 2 if isinstance(value, (str, list, dict)) else 1   # quotes, brackets
         if isinstance(value, str):
             return quote(value) or ""
         if isinstance(value, list):
-            return [walk(item) for item in value]
+            return [walk(item) for item in itertools.takewhile(lambda _: budget > 0, value)]
         if not isinstance(value, dict):
             return value
         copy = {}
         for key, item in value.items():
+            if budget <= 0:   # a body of empty lists, which has no strings, too
+                break
             name = quote(key)
             if name is not None:
                 copy[name] = walk(item)
@@ -929,7 +981,8 @@ def anonymize_body(body):
     JSON could hold an address in any encoding: it is left out whole."""
     try:
         text = body.decode("utf-8")
-        if json_depth(text) > MAX_DEPTH + 2:   # json's C scanner must not recurse that deep
+        if text.count("{") + text.count("[") > MAX_DEPTH + 2 and \
+                json_depth(text) > MAX_DEPTH + 2:   # json's C scanner must not go that deep
             return "", True
         document = json.loads(text)
     except ValueError:   # UnicodeDecodeError too
@@ -1528,6 +1581,11 @@ def prune_rotations(path, keep, held, reporter):
                 continue
             os.remove(old)
         except FileNotFoundError:
+            continue
+        except OSError as error:   # a folder of that name: not the write's failure
+            reporter.say("cannot delete %s (--keep %d): %s" % (old, keep,
+                                                               error.strerror or error),
+                         key="keep " + old)
             continue
         reporter.say("deleted %s (--keep %d)" % (old, keep))
 
@@ -2411,6 +2469,13 @@ def _check_pem(path, kind):
         raise ValueError("%s holds a %s, not a %s: are --certfile and --keyfile swapped?"
                          % (path, other, kind))
     if data[:1] == b"\x30":   # an ASN.1 SEQUENCE: the binary form
+        # PKCS#12 (.p12, .pfx, what Windows exports) starts with its version, INTEGER 3.
+        header = 2 + (data[1] & 0x7F if data[1:2] >= b"\x80" else 0)
+        if data[header:header + 3] == b"\x02\x01\x03":
+            raise ValueError("%s is a PKCS#12 bundle (.p12, .pfx), not PEM: take the chain "
+                             "and the key out of it (openssl pkcs12 -in %s -nokeys -out "
+                             "CHAIN.pem; openssl pkcs12 -in %s -nocerts -nodes -out KEY.pem)"
+                             % (path, path, path))
         raise ValueError("%s is DER, not PEM: convert it (openssl %s -inform DER -in %s "
                          "-out NEW.pem)" % (path, "x509" if kind == "certificate" else
                                             "pkey", path))
@@ -2432,7 +2497,8 @@ def load_tls(certfile, keyfile):
     try:   # a password callback: an encrypted key fails rather than prompt a terminal
         context.load_cert_chain(certfile, keyfile, password=lambda: b"")
     except ssl.SSLError as error:
-        if error.reason == "KEY_VALUES_MISMATCH":
+        # NO_CERTIFICATE_ASSIGNED: a key of another type (RSA for an ECDSA certificate).
+        if error.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
             raise ValueError("the key %s does not match the certificate %s (its first "
                              "certificate must be this server's own, as in certbot's "
                              "fullchain.pem)" % (keyfile, certfile)) from None
@@ -3825,6 +3891,7 @@ class LogQueue:
         self.files = collections.deque()
         self.writer = None     # the live log's LogWriter
         self.done = []         # a backfill's: LogFile.fingerprint() of each file sent
+        self.legacy_until = None   # ... and when version 1.0's entries among them were made
         self.lines_done = 0    # lines sent or refused since the start
         self._reporter = reporter
         self._stopping = stopping
@@ -3870,6 +3937,14 @@ class LogQueue:
                 sent[":".join(parts[:2])].append((int(parts[2]), parts[3]))
             elif len(parts) == 2:   # version 1.0's: the inode alone
                 sent[entry].append(None)
+        # Version 1.0's entries name files it sent by its last save (kept apart, as later
+        # saves move "updated" on): a file written since is a new one on a reused inode.
+        self.legacy_until = checkpoint.get("legacy_until", checkpoint.get("updated")) \
+            if any(None in entries for entries in sent.values()) else None
+        try:
+            legacy_until = parse_time(self.legacy_until)
+        except ValueError:
+            legacy_until = self.legacy_until = None
         seen = set()
         for path in paths:
             if self._stopping.is_set():   # thousands of archives take a while to look at
@@ -3886,7 +3961,11 @@ class LogQueue:
                                  % (path, problem))
             if path.endswith(".gz") and log.archive is None:
                 self._reporter.say("%s is not gzipped: sending it as it is" % path)
-            before = log.sent_before(sent["%d:%d" % log.identity])
+            entries = sent["%d:%d" % log.identity]
+            if None in entries and legacy_until is not None and \
+                    log.mtime_ns() > (legacy_until + 1) * 1e9:
+                entries = [entry for entry in entries if entry is not None]
+            before = log.sent_before(entries)
             if log.identity in seen or before is not None and \
                     before >= os.fstat(log.fd).st_size:
                 self._reporter.say("%s: already sent, skipped" % path)
@@ -4111,31 +4190,40 @@ def forward_reject_line(rejection, line, received_at):
 
 
 class Sender:
-    """How a Forwarder sends one batch: split on a 400, 413 or 422 until the event refused
-    is alone, set aside for a 401 or 403 for a key nobody configured, and held when the
-    receiver seems to refuse every event (_deliver). `refuse(log, item, rejection)` writes
-    an event to the rejects log and moves past it, `acknowledge(log, items, sent)` moves
-    past events taken: each True, or False if a stop came first."""
+    """How a Forwarder sends a batch: split on a 400, 413 or 422 until the event refused is
+    alone, which goes to the rejects log; a batch under a key nobody configured refused
+    with a 401 or 403, set aside there. Some receivers refuse every event, for reasons of
+    their own (a WAF, nginx answering plain HTTP sent to its HTTPS port, a load balancer
+    mid-deploy): after MAX_REFUSED_IN_A_ROW refusals in a row, taking nothing between, the
+    receiver is doubted. Nothing more is written off; each round, after a wait as for a
+    5xx, the first event held is sent again, alone, and so are events after the held ones
+    (1, 2, 4 ... up to PROBES_A_ROUND a round). The first held taken, the receiver is
+    trusted again and all goes on in order; one after them taken, those before it were
+    refused for themselves, and are written off. `refuse(log, item, rejection)`,
+    `write_off(log, end, rejection)` and `acknowledge(log, items, sent)` are the
+    Forwarder's: each True, or False if a stop came first."""
 
-    def __init__(self, receiver, refuse, acknowledge, reporter, clock):
+    def __init__(self, receiver, refuse, write_off, acknowledge, reporter, clock):
         self.receiver = receiver
-        self.refuse, self.acknowledge = refuse, acknowledge
+        self.refuse, self.write_off, self.acknowledge = refuse, write_off, acknowledge
         self.reporter, self.clock = reporter, clock
-        self.refusing_all = None     # why the receiver, not the events, seems at fault
-        self._refused_in_a_row = 0   # events refused alone since the receiver took one
-        self._held = []              # (item, rejection, answer): refused alone, not yet
-        self._doubted = 0            # written off; rounds in a row it refused all (_doubt)
+        self.doubt = None        # while the receiver is doubted: [where the events not yet
+                                 # sent alone start, rounds, its last refusal: status, answer]
+        self._in_a_row = 0       # refusals in a row, taking nothing between
 
-    def send(self, log, key, items):
-        """Send `items` of `log`, under `key`; False if a stop came first."""
-        if self.refusing_all is None:
-            delivered = self._deliver(log, key, items)
-        else:
-            delivered = self._probe(log, items)
-        if delivered and self._held:   # it refused each one from the first held on
-            delivered = self._doubt()
-        self._held = []   # not written off: sent again, from the first of them
-        return delivered
+    @property
+    def refusing_all(self):
+        """Why the receiver, not the events, seems at fault; None while it is trusted."""
+        return None if self.doubt is None else "it refuses every event, each alone: %d %s" % (
+            self.doubt[2], " ".join(self.doubt[3][:200].split()))
+
+    def send(self, log, key, items, ahead=(), exhausted=False):
+        """Send `items` of `log` under `key`; or while the receiver is doubted, the first
+        held one, then those `ahead` (each under its own key), `exhausted` if there are no
+        more. False if a stop came first."""
+        if self.doubt is None:
+            return self._deliver(log, key, items)
+        return self._probe(log, items[0], ahead, exhausted)
 
     def _post(self, key, items):
         body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
@@ -4143,107 +4231,87 @@ class Sender:
         compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         return self.receiver.deliver(key, compressor.compress(body) + compressor.flush())
 
+    def _rejection(self, status, answer, key):
+        if status in _KEY_STATUSES:   # deliver() returns these only for a key not configured
+            return Rejected("forward_unauthorized", "%s refused writeKey %s: %d %s" % (
+                self.receiver.endpoint, key, status, answer[:1024]))
+        return Rejected("forward_rejected", "%d from %s: %s" % (
+            status, self.receiver.endpoint, answer[:1024]))
+
     def _deliver(self, log, key, items):
-        """Send `items` until the receiver takes them, splitting the batch on a 400 to find
-        the events it refuses; False if stop() came first. Some receivers refuse every
-        event, for reasons of their own (nginx answering plain HTTP sent to its HTTPS port,
-        a WAF, a load balancer mid-deploy): so after MAX_REFUSED_IN_A_ROW events refused
-        alone in a row, taking none between, the next one refused is held, not written off,
-        and the rest of the batch waits while run() doubts the receiver (_doubt, _probe)."""
-        if self._held:   # the receiver is doubted: this part waits for the next round
+        if self.doubt is not None:   # doubted in this batch: the rest waits for a round
             return True
         status, answer = self._post(key, items)
         if status is None:
             return False
         if 200 <= status < 300:
-            return self._trust(log) and self.acknowledge(log, items, sent=True)
-        if status in _KEY_STATUSES:   # only for a key nobody configured
-            return self._set_aside(log, key, items, "%d %s" % (status, answer[:1024]))
-        if len(items) == 1:
-            return self._refused_alone(log, items[0], status, answer)
+            self._in_a_row = 0
+            return self.acknowledge(log, items, sent=True)
+        if len(items) == 1 or status in _KEY_STATUSES:
+            return self._refused(log, items, status, answer)
         middle = len(items) // 2
         return self._deliver(log, key, items[:middle]) and \
             self._deliver(log, key, items[middle:])
 
-    def _refused_alone(self, log, item, status, answer):
-        rejection = Rejected("forward_rejected", "%d from %s: %s" % (
-            status, self.receiver.url, answer[:1024]))
-        self._refused_in_a_row += 1
-        if self._refused_in_a_row <= MAX_REFUSED_IN_A_ROW:
-            return self.refuse(log, item, rejection)
-        self._held.append((item, rejection, "%d %s" % (status, " ".join(answer[:200].split()))))
-        return True
+    def _refused(self, log, items, status, answer):
+        rejection = self._rejection(status, answer, items[0].key)
+        if status in _KEY_STATUSES:
+            self.reporter.say("forwarding to %s: it refused writeKey %s (%d %s), which is not "
+                              "one of --write-key or --forward-write-key: its events go to "
+                              "the rejects log as forward_unauthorized, for `pixel.py forward` "
+                              "to send again once the key works" % (
+                                  self.receiver.endpoint, items[0].key, status,
+                                  " ".join(answer[:200].split())),
+                              key="forward_unauthorized " + items[0].key)
+        self._in_a_row += 1
+        if self._in_a_row <= MAX_REFUSED_IN_A_ROW:
+            return all(self.refuse(log, item, rejection) for item in items)
+        self.doubt = [items[-1].end, 0, status, answer]
+        self.reporter.say("forwarding to %s: it refused %d times in a row, taking nothing "
+                          "between (%d %s): the receiver, not the events, is taken to be at "
+                          "fault. Nothing more is written off; events are sent alone, with "
+                          "backoff, until it takes one" % (
+                              self.receiver.endpoint, self._in_a_row, status,
+                              " ".join(answer[:200].split())))
+        return self._wait()
 
-    def _probe(self, log, items):
-        """A round with the receiver in doubt: send `items` (from the first event held on,
-        of any key) one at a time until it takes one; those it refused before were refused
-        for themselves, and batching goes on. None taken, run() waits and tries again. So a
-        run of more than PROBES_A_ROUND events refused alone is taken for the receiver's
-        fault until it takes the event after them."""
-        for item in items:
+    def _probe(self, log, first, ahead, exhausted):
+        status, answer = self._post(first.key, [first])
+        if status is None:
+            return False
+        if 200 <= status < 300:   # it takes events again: all goes on, in order
+            self.reporter.say("forwarding to %s: it takes events again" % self.receiver.endpoint)
+            self.doubt, self._in_a_row = None, 0
+            return self.acknowledge(log, [first], sent=True)
+        self.doubt[2:] = status, answer
+        for item in ahead:
             status, answer = self._post(item.key, [item])
             if status is None:
                 return False
-            if 200 <= status < 300:
-                return self._trust(log) and self.acknowledge(log, [item], sent=True)
-            if status in _KEY_STATUSES:
-                done = self._set_aside(log, item.key, [item], "%d %s" % (status,
-                                                                          answer[:1024]))
-            else:
-                done = self._refused_alone(log, item, status, answer)
-            if not done:
-                return False
-        return True
+            if 200 <= status < 300:   # those before it were refused for themselves
+                rejection = self._rejection(*self.doubt[2:], key=first.key)
+                self.doubt, self._in_a_row = None, 0
+                self.reporter.say("forwarding to %s: it took an event after refusing those "
+                                  "before it, each alone: they go to the rejects log"
+                                  % self.receiver.endpoint)
+                return self.write_off(log, item.end - len(item.line) - 1, rejection) and \
+                    self.acknowledge(log, [item], sent=True)
+            self.doubt[0], self.doubt[2:] = item.end, (status, answer)
+        self.doubt[1] += 1
+        if exhausted and self.doubt[1] > MAX_REFUSED_IN_A_ROW:
+            # Nothing after them to tell the receiver's fault from theirs (the end of a
+            # backfill): written off, so that the file is done.
+            rejection, end = self._rejection(*self.doubt[2:], key=first.key), self.doubt[0]
+            self.doubt, self._in_a_row = None, 0
+            return self.write_off(log, end, rejection)
+        return self._wait()
 
-    def _trust(self, log):
-        """The receiver took an event: those held before it were refused for themselves,
-        and it is not doubted. False if stop() came first."""
-        held, self._held = self._held, []
-        if not all(self.refuse(log, item, rejection) for item, rejection, _ in held):
-            return False
-        self._refused_in_a_row = self._doubted = 0
-        if self.refusing_all is not None:
-            self.refusing_all = None
-            self.reporter.say("forwarding to %s: it takes events again; %d event(s) it "
-                              "refused alone written to the rejects log" % (
-                                  self.receiver.endpoint, len(held)))
-        return True
-
-    def _doubt(self):
-        """The receiver refused alone every event from the first held on: it, not they, is
-        taken to be at fault. Say so once, show it in /health, and wait as for a 5xx before
-        they are sent again (_probe). False if stop() came first."""
-        answer = self._held[-1][2]
-        self._doubted += 1
-        delay = backoff_delay(self._doubted, self.receiver.first_delay, self.receiver.max_delay)
-        if self.refusing_all is None:
-            self.reporter.say(
-                "forwarding to %s: it refused %d events in a row, each alone, taking none "
-                "between (%s): the receiver, not the events, is taken to be at fault. The "
-                "first %d are in the rejects log; the rest are kept, and sent one at a time "
-                "with backoff until it takes one (next in %.1f s)" % (
-                    self.receiver.endpoint, self._refused_in_a_row, answer,
-                    MAX_REFUSED_IN_A_ROW, delay))
-        self.refusing_all = "it refuses every event, each alone: %s" % answer
+    def _wait(self):
+        delay = backoff_delay(self.doubt[1] + 1, self.receiver.first_delay,
+                              self.receiver.max_delay)
         self.receiver.failed_attempts += 1
         self.receiver.last_error, self.receiver.backoff = self.refusing_all, delay
         return not self.receiver.stopping.wait(delay)
-
-    def _set_aside(self, log, key, items, problem):
-        """The receiver refused writeKey `key`, which the operator did not configure: the
-        batch goes to the rejects log, and forwarding goes on. Events held before it are
-        written off first: it answered about a key, so it was not refusing everything."""
-        rejection = Rejected("forward_unauthorized", "%s refused writeKey %s: %s" % (
-            self.receiver.endpoint, key, problem))
-        self.reporter.say("forwarding to %s: it refused writeKey %s (%s), which is not one "
-                          "of --write-key or --forward-write-key: its events go to the "
-                          "rejects log as forward_unauthorized, for `pixel.py forward` to send "
-                          "again once the key works; forwarding goes on" % (
-                              self.receiver.endpoint, key, " ".join(problem[:200].split())),
-                          key="forward_unauthorized")
-        held, self._held = self._held, []
-        return all(self.refuse(log, item, refused) for item, refused, _ in held) and \
-            all(self.refuse(log, item, rejection) for item in items)
 
 
 class Checkpoint:
@@ -4257,16 +4325,15 @@ class Checkpoint:
         self._target = forwarder.receiver.url
         self._reporter, self._clock = forwarder.reporter, forwarder.clock
 
-    def save(self, log, done=None, quiet=True):
-        """Name `log` and its offset; failing, say so once an interval, or with quiet=False
-        raise the OSError."""
+    def save(self, log, extra=(), quiet=True):
+        """Name `log` and its offset (and `extra` fields); failing, say so once an interval,
+        or with quiet=False raise the OSError."""
         head_bytes = min(log.offset, 4096)
         document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
                     "offset": log.offset, "head_bytes": head_bytes,
                     "head": log.head(head_bytes), "updated": format_time(self._clock()),
                     "target": self._target}
-        if done is not None:
-            document["done"] = done
+        document.update(extra)
         try:
             document["mtime_ns"] = log.mtime_ns()
             write_checkpoint(self.path, document)
@@ -4298,7 +4365,8 @@ class Forwarder:
         self.skipped = 0             # rejects-log lines with no event to send again
         self.truncated = []          # a backfill's files it could not read to their end
         self.last_success = None     # clock time of the last 2xx
-        self.sender = Sender(receiver, self._refuse, self._acknowledge, self.reporter, clock)
+        self.sender = Sender(receiver, self._refuse, self._write_off, self._acknowledge,
+                             self.reporter, clock)
         self._caught_up_at = clock()   # all lines written before this were sent
 
     def follow(self, writer):
@@ -4327,6 +4395,10 @@ class Forwarder:
         except ValueError as error:
             raise ValueError("cannot read the checkpoint %s: %s" % (checkpoint,
                                                                      error)) from None
+        if document.get("target", self.receiver.url) != self.receiver.url:
+            raise ValueError("the checkpoint %s is of files sent to %s: to send them to %s "
+                             "too, give another --checkpoint" % (
+                                 checkpoint, document["target"], self.receiver.url))
         self.queue.add_files(paths, document)
 
     def register(self, metrics):
@@ -4397,8 +4469,8 @@ class Forwarder:
                         return True
                     self.stopping.wait(FORWARD_POLL)
                 elif batch:
-                    log, key, items, read_at = batch
-                    if not self.sender.send(log, key, items):
+                    log, key, items, read_at, ahead = batch
+                    if not self.sender.send(log, key, items, *ahead):
                         break
                     if read_at is not None and log.offset == items[-1].end:
                         self._caught_up_at = read_at
@@ -4454,7 +4526,7 @@ class Forwarder:
             return self._finished(log)
         skipped, start, key, items, offset, refused = take_batch(
             data[:cut - 1], log.offset, self.write_key, self.batch_events,
-            alone=self.sender.refusing_all is not None)
+            alone=self.sender.doubt is not None)
         if skipped:   # rejects-log lines with no event to send again
             self.skipped += skipped
             self.queue.lines_done += skipped
@@ -4464,7 +4536,25 @@ class Forwarder:
         if not items:
             self._save(log)
             return ()
-        return log, key, items, read_at if end is not None and offset == end else None
+        ahead = self._ahead(log, end, complete) if self.sender.doubt is not None else ()
+        return log, key, items, read_at if end is not None and offset == end else None, ahead
+
+    def _ahead(self, log, end, complete):
+        """While the receiver is doubted: (the events of `log` after those held, to send
+        alone this round, whether there are none more: `log` is `complete` to `end`)."""
+        start = self.sender.doubt[0]
+        limit = FORWARD_READ if end is None else min(FORWARD_READ, end - start)
+        data = log.read(start, limit) if limit > 0 else b""
+        cut = data.rfind(b"\n") + 1
+        items = take_batch(data[:cut - 1], start, self.write_key, alone=True)[3] if cut else []
+        return items[:min(2 ** (self.sender.doubt[1] + 1), PROBES_A_ROUND)], \
+            not items and complete
+
+    def _write_off(self, log, end, rejection):
+        """Write the lines of `log` from its offset to `end` to the rejects log, refused
+        with `rejection`, and move past them."""
+        lines = log.read(log.offset, end - log.offset).split(b"\n")[:-1]
+        return self._refuse(log, Item(b"", end, b""), rejection, lines)
 
     def _finished(self, log):
         """`log` is sent to its end: on to the next file. The checkpoint names that one at
@@ -4488,22 +4578,27 @@ class Forwarder:
         """_refuse, as _next_batch answers: () to look again at once, None to stop."""
         return () if self._refuse(log, item, rejection) else None
 
-    def _refuse(self, log, item, rejection):
-        """Write `item` to the rejects log with `rejection`, then move past it. False if
-        stop() came while the rejects log could not be written: a line is tried again until
-        it is written, never skipped."""
-        line, failures = forward_reject_line(rejection, item.line, self.clock()), 0
-        while not self.rejects.write([line]):
-            failures += 1
-            if self.stopping.wait(backoff_delay(failures, self.receiver.first_delay,
-                                                self.receiver.max_delay)):
-                return False
-        self.refused.add(rejection.reason)
+    def _refuse(self, log, item, rejection, lines=None):
+        """Write `item` (or log `lines` ending at its end) to the rejects log with
+        `rejection`, then move past it. False if stop() came while the rejects log could not
+        be written: a line is tried again until it is written, never skipped."""
+        lines = [item.line] if lines is None else lines
+        for line in lines:   # one a write: a failed one is written again, alone
+            record, failures = forward_reject_line(rejection, line, self.clock()), 0
+            while not self.rejects.write([record]):
+                failures += 1
+                if self.stopping.wait(backoff_delay(failures, self.receiver.first_delay,
+                                                    self.receiver.max_delay)):
+                    return False
+        self.refused.add(rejection.reason, len(lines))
+        self.queue.lines_done += len(lines) - 1
         return self._acknowledge(log, [item], sent=False)
 
     def _save(self, log, quiet=True):
-        self.checkpoint.save(log, self.queue.done if self.queue.writer is None else None,
-                             quiet)
+        extra = {} if self.queue.writer is not None else {"done": self.queue.done}
+        if self.queue.legacy_until is not None:
+            extra["legacy_until"] = self.queue.legacy_until
+        self.checkpoint.save(log, extra, quiet)
 
     def status(self, for_metrics=False):
         """The forwarder's part of /health, and with `for_metrics` what /metrics adds."""
@@ -4765,14 +4860,17 @@ def configure(**options):
     values = {}
     for option in OPTIONS:
         value = options.get(option.name, option.default)
-        if value is None or value is option.default:
-            values[option.name] = value
-        elif option.many:
-            if isinstance(value, str):
-                raise ValueError("%s takes a list, not a string: %r" % (option.name, value))
-            values[option.name] = [option.check(item) for item in value]
-        else:
-            values[option.name] = option.check(value)
+        try:
+            if value is None or value is option.default:
+                values[option.name] = value
+            elif option.many:
+                if isinstance(value, (str, bytes)):   # would be read a letter at a time
+                    raise ValueError("takes a list, not a string: %r" % (value,))
+                values[option.name] = [option.check(item) for item in value]
+            else:
+                values[option.name] = option.check(value)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as error:
+            raise ValueError("%s: %s" % (option.name, error)) from None
     values["write_key"], values["trusted_proxy"], values["allow_origin"] = (
         list(values[name]) for name in ("write_key", "trusted_proxy", "allow_origin"))
     if values["rejects"] is None:
@@ -4946,9 +5044,10 @@ class Pixel:
 
 
 # What several WSGI worker processes are told when the second finds the logs held by the
-# first, after waiting this long for it to let go (a gunicorn reload starts the new worker
-# while the old one still holds them).
-WSGI_LOCK_WAIT = 5.0
+# first, after waiting this long for it to let go: a gunicorn reload starts the new worker
+# while the old one still finishes its requests, up to --graceful-timeout (30 s); and a
+# worker that takes longer than --timeout (30 s) to boot is killed.
+WSGI_LOCK_WAIT = 25.0
 WSGI_BUSY = ("one process owns pixel's files, so serve it from one worker process with "
              "threads (gunicorn --workers 1 --threads 8), or give each worker process its "
              "own make_wsgi_app(log=..., rejects=...)")
@@ -5147,9 +5246,18 @@ def build_forward_parser():
     parser.add_argument("--checkpoint", metavar="PATH", help="the checkpoint file "
                         "(default: .pixel/backfill.<first FILE>.json beside the first FILE)")
     parser.add_argument("--rejects", metavar="PATH", help="where refused events go "
-                        "(default: %s beside the first FILE)" % DEFAULT_REJECTS_NAME)
+                        "(default: %s beside the first FILE; not the server's rejects "
+                        "log, which it holds)" % FORWARD_REJECTS_NAME)
     parser.add_argument("files", nargs="+", metavar="FILE")
     return parser
+
+
+def _remove_empty(folder, made):
+    if made:
+        try:
+            os.rmdir(folder)
+        except OSError:   # not empty (a checkpoint moved in), or gone
+            pass
 
 
 def forward_files(argv=None):
@@ -5175,11 +5283,13 @@ def forward_files(argv=None):
                                                                          file_kind(mode)))
             return 1
     rejects_path = args.rejects or os.path.join(os.path.dirname(os.path.abspath(files[0])),
-                                                DEFAULT_REJECTS_NAME)
+                                                FORWARD_REJECTS_NAME)
     for path in files:   # its own refusals appended to it would be read, again and again
         if os.path.realpath(path) == os.path.realpath(rejects_path):
             parser.error("%s is one of the files to send: give --rejects another file for "
                          "what is refused this time" % rejects_path)
+    folder = os.path.dirname(state_path(files[0], "backfill"))
+    made = args.checkpoint is None and not os.path.lexists(folder)   # removed on a failure
     try:
         checkpoint = args.checkpoint or adopt_legacy_state(files[0], "backfill", reporter)
         receiver = Receiver(args.to, cafile=args.ca, timeout=args.timeout,
@@ -5188,6 +5298,7 @@ def forward_files(argv=None):
         rejects = LogWriter(rejects_path, reporter=reporter)
     except OSError as error:
         reporter.say("cannot start: %s" % error)
+        _remove_empty(folder, made)
         return 1
     forwarder = Forwarder(receiver, rejects, write_key=args.write_key,
                           batch_events=args.batch, reporter=reporter)
@@ -5202,6 +5313,7 @@ def forward_files(argv=None):
                 "cannot read the checkpoint" if error.filename in (None, checkpoint)
                 else "cannot forward", error.filename or checkpoint, error.strerror or error))
             rejects.discard()   # nothing was sent: leave no empty rejects log behind
+            _remove_empty(folder, made)
             return 1
         complete = forwarder.run()
     finally:
