@@ -4345,11 +4345,37 @@ class Checkpoint:
                                    self.path, error.strerror or error), key="checkpoint")
 
 
+def read_ahead(log, end, complete, write_key, start, doubts):
+    """While a receiver is doubted (`doubts` times): (the events of `log` from `start`, after
+    those held, to send alone this round; whether there are none more: `log` is `complete`
+    to `end`)."""
+    limit = FORWARD_READ if end is None else min(FORWARD_READ, end - start)
+    data = log.read(start, limit) if limit > 0 else b""
+    cut = data.rfind(b"\n") + 1
+    items = take_batch(data[:cut - 1], start, write_key, alone=True)[3] if cut else []
+    return items[:min(2 ** (doubts + 1), PROBES_A_ROUND)], not items and complete
+
+
+# The forwarder's /metrics: (name after pixel_forward_, type, its status() field, help).
+FORWARD_METRICS = (
+    ("sent_events_total", "counter", "sent", "Events the receiver took."),
+    ("refused_events_total", "counter", "refused", "Events written to the rejects log instead."),
+    ("failed_attempts_total", "counter", "failed_attempts", "Forwarding attempts that got no "
+     "answer, or one to retry."),
+    ("backlog_events", "gauge", "lines_behind", "Events not yet forwarded."),
+    ("backlog_bytes", "gauge", "bytes_behind", "Bytes not yet forwarded."),
+    ("backlog_files", "gauge", "files_behind", "Rotated files not yet forwarded whole."),
+    ("backlog_seconds", "gauge", "backlog_seconds", "Age of the oldest event not yet forwarded."),
+    ("paused", "gauge", "paused", "1 while a 401 or 403 for a configured key pauses "
+     "forwarding, or the receiver is at fault."),
+    ("last_success_timestamp_seconds", "gauge", "last_success_time", "When the receiver last "
+     "took a batch (Unix time; 0: never)."))
+
+
 class Forwarder:
     """Relays a log to a Receiver, in order and at least once, across crashes and outages:
-    the files of a LogQueue (follow: a live log; add_files: a backfill), in batches
-    (take_batch) that a Sender sends, a Checkpoint saved after each. What cannot be sent
-    goes to the rejects log, from which `pixel.py forward` can send it again."""
+    a LogQueue's files (follow: a live log; add_files: a backfill) in batches a Sender sends,
+    a Checkpoint saved after each. What cannot be sent goes to the rejects log."""
 
     def __init__(self, receiver, rejects, *, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
                  alert=DEFAULT_FORWARD_ALERT, reporter=None, clock=time.time):
@@ -4408,22 +4434,7 @@ class Forwarder:
         metrics.problem(lambda: self.status()["degraded"])
         metrics.family("pixel_rejections_total", "counter", "",
                        lambda: self.refused.samples("reason"))
-        for name, kind, field, help in (
-                ("sent_events_total", "counter", "sent", "Events the receiver took."),
-                ("refused_events_total", "counter", "refused", "Events written to the "
-                 "rejects log instead."),
-                ("failed_attempts_total", "counter", "failed_attempts", "Forwarding attempts "
-                 "that got no answer, or one to retry."),
-                ("backlog_events", "gauge", "lines_behind", "Events not yet forwarded."),
-                ("backlog_bytes", "gauge", "bytes_behind", "Bytes not yet forwarded."),
-                ("backlog_files", "gauge", "files_behind", "Rotated files not yet forwarded "
-                 "whole."),
-                ("backlog_seconds", "gauge", "backlog_seconds", "Age of the oldest event not "
-                 "yet forwarded."),
-                ("paused", "gauge", "paused", "1 while a 401 or 403 for a configured key "
-                 "pauses forwarding, or the receiver is at fault."),
-                ("last_success_timestamp_seconds", "gauge", "last_success_time", "When the "
-                 "receiver last took a batch (Unix time; 0: never).")):
+        for name, kind, field, help in FORWARD_METRICS:
             metrics.value("pixel_forward_" + name, kind, help,
                           lambda field=field: self.status(True)[field] or 0)
 
@@ -4536,19 +4547,9 @@ class Forwarder:
         if not items:
             self._save(log)
             return ()
-        ahead = self._ahead(log, end, complete) if self.sender.doubt is not None else ()
+        ahead = () if self.sender.doubt is None else read_ahead(
+            log, end, complete, self.write_key, *self.sender.doubt[:2])
         return log, key, items, read_at if end is not None and offset == end else None, ahead
-
-    def _ahead(self, log, end, complete):
-        """While the receiver is doubted: (the events of `log` after those held, to send
-        alone this round, whether there are none more: `log` is `complete` to `end`)."""
-        start = self.sender.doubt[0]
-        limit = FORWARD_READ if end is None else min(FORWARD_READ, end - start)
-        data = log.read(start, limit) if limit > 0 else b""
-        cut = data.rfind(b"\n") + 1
-        items = take_batch(data[:cut - 1], start, self.write_key, alone=True)[3] if cut else []
-        return items[:min(2 ** (self.sender.doubt[1] + 1), PROBES_A_ROUND)], \
-            not items and complete
 
     def _write_off(self, log, end, rejection):
         """Write the lines of `log` from its offset to `end` to the rejects log, refused

@@ -3352,9 +3352,10 @@ class Fuzz(ServerCase):
         self.assertEqual(problems, [])
         health = json.loads(self.get("/health")[2])
         # A repeated random messageId is dropped as a retry (the dedupe window).
-        self.assertEqual(health["accepted"] + health["rejected"] + health["deduped"], 5000)
-        self.assertGreater(health["accepted"], 100)
-        self.assertGreater(health["rejected"], 1000)
+        self.assertEqual(health["accepted"] + health["rejected"] + health["deduped"],
+                         len(targets))
+        self.assertGreater(health["accepted"], len(targets) // 50)
+        self.assertGreater(health["rejected"], len(targets) // 5)
         events = self.lines()   # every line parses, the last one is whole
         self.assertEqual(len(events), health["accepted"])
         for event in events:
