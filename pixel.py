@@ -1156,6 +1156,8 @@ def parse_head(head):
     if len(lines) - 1 > MAX_HEADERS:
         raise HeadError(431, "too_many_headers", request_line)
     words = request_line.decode("latin-1").split(" ")
+    if len(words) > 3:
+        words = spaced_pixel_target(words)
     if len(words) != 3:   # two words is HTTP/0.9, which has no Host and no user agent
         raise HeadError(400, "bad_request_line", request_line)
     method, target, version = words
@@ -1198,6 +1200,24 @@ def parse_head(head):
     path, _, query = target.partition("?")
     return Head(method, target, path, query, "HTTP/1." + minor, headers, body_length,
                 keep_alive)
+
+
+def spaced_pixel_target(words):
+    """A request line split at its spaces (`words`, more than three) as [method, target,
+    version] when it is a pixel URL with literal spaces in its query, as Segment's docs
+    show one (.../track?userId=user_123&event=Email Opened&...): a pixel route's method,
+    then the target, its path whole in the first word, then HTTP/1.x. The words between are
+    joined by single spaces. Anything else is given back as it came, to be refused."""
+    method, version = words[0], words[-1]
+    middle = [word for word in words[1:-1] if word]
+    if method not in _GET_HEAD or not version.startswith("HTTP/1.") or \
+            not _HTTP_VERSION.match(version) or not middle or middle[0][:1] != "/" or \
+            "?" not in middle[0]:
+        return words
+    route = route_for(middle[0].partition("?")[0])
+    if route is None or route.kind != "pixel":
+        return words
+    return [method, " ".join(middle), version]
 
 
 def _body_length(headers):

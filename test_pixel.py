@@ -790,6 +790,74 @@ class Reporting(unittest.TestCase):
         self.assertEqual(reporter.lost, 2)
 
 
+SPACED_TARGET_CASES = [
+    # name, request line, (path, query) or the (status, reason) of the HeadError
+    ("the seed's raw example", b"GET /v1/pixel/track?userId=user_123&event=Email Opened"
+     b"&properties.subject=The Electric Daily HTTP/1.1",
+     ("/v1/pixel/track", "userId=user_123&event=Email Opened&properties.subject=The Electric "
+                         "Daily")),
+    ("many spaces are one", b"GET  /v1/pixel/page?name=A    B   HTTP/1.1",
+     ("/v1/pixel/page", "name=A B")),
+    ("HEAD", b"HEAD /v1/pixel/track?event=A B HTTP/1.1", ("/v1/pixel/track", "event=A B")),
+    ("HTTP/1.0", b"GET /v1/pixel/track?event=A B HTTP/1.0", ("/v1/pixel/track", "event=A B")),
+    ("HTTP/1.1 inside the target", b"GET /v1/pixel/track?event=A HTTP/1.1 B HTTP/1.1",
+     ("/v1/pixel/track", "event=A HTTP/1.1 B")),
+    ("a tab inside a word stays", b"GET /v1/pixel/track?event=A\tB C HTTP/1.1",
+     ("/v1/pixel/track", "event=A\tB C")),
+    ("non-ASCII is quoted", "GET /v1/pixel/track?event=\u00e9 t\u00e9 HTTP/1.1".encode("latin-1"),
+     ("/v1/pixel/track", "event=%E9%20t%E9")),
+    ("a space in the path", b"GET /v1/pixel/ track?event=A B HTTP/1.1", (400, "bad_request_line")),
+    ("a space before the query", b"GET /v1/pixel/track ?event=A B HTTP/1.1",
+     (400, "bad_request_line")),
+    ("no query", b"GET /v1/pixel/track HTTP/1.1 HTTP/1.1", (400, "bad_request_line")),
+    ("not a pixel route", b"GET /health?a=b c HTTP/1.1", (400, "bad_request_line")),
+    ("the API", b"GET /v1/track?a=b c HTTP/1.1", (400, "bad_request_line")),
+    ("POST", b"POST /v1/pixel/track?a=b c HTTP/1.1", (400, "bad_request_line")),
+    ("an unknown method", b"PUT /v1/pixel/track?a=b c HTTP/1.1", (400, "bad_request_line")),
+    ("a space after the version", b"GET /v1/pixel/track?a=b c HTTP/1.1 ",
+     (400, "bad_request_line")),
+    ("HTTP/2", b"GET /v1/pixel/track?a=b c HTTP/2.0", (400, "bad_request_line")),
+    ("tabs between the words", b"GET\t/v1/pixel/track?a=b c\tHTTP/1.1",
+     (400, "bad_request_line")),
+    ("the absolute form", b"GET http://h/v1/pixel/track?a=b c HTTP/1.1",
+     (400, "bad_request_line")),
+    ("spaces only", b"GET " + b" " * 60000 + b" HTTP/1.1", (400, "bad_request_line")),
+    ("a bare CR is still refused", b"GET /v1/pixel/track?a=b\rc d HTTP/1.1", (400, "bad_header")),
+    ("a NUL is still refused", b"GET /v1/pixel/track?a=b\0c d HTTP/1.1", (400, "bad_header")),
+    ("over 64 KiB", b"GET /v1/pixel/track?a=" + b"b " * 33000 + b"HTTP/1.1",
+     (414, "uri_too_long")),
+]
+
+
+class SpacedTarget(unittest.TestCase):
+    def test_cases(self):
+        for name, line, expected in SPACED_TARGET_CASES:
+            with self.subTest(name):
+                head = line + b"\r\nHost: x"
+                if isinstance(expected[0], int):
+                    with self.assertRaises(pixel.HeadError) as caught:
+                        pixel.parse_head(head)
+                    self.assertEqual((caught.exception.status, caught.exception.reason),
+                                     expected)
+                else:
+                    parsed = pixel.parse_head(head)
+                    self.assertEqual((parsed.path, parsed.query), expected)
+
+    def test_the_seeds_example_is_an_email_opened(self):
+        parsed = pixel.parse_head(SPACED_TARGET_CASES[0][1] + b"\r\nHost: x")
+        self.assertEqual(pixel.decode_query(parsed.query), {
+            "userId": "user_123", "event": "Email Opened",
+            "properties": {"subject": "The Electric Daily"}})
+
+    def test_a_line_of_64_kib_of_spaces_is_linear(self):
+        line = b"GET /v1/pixel/track?a=b" + b" " * (pixel.MAX_LINE - 40) + b"c HTTP/1.1"
+        started = time.perf_counter()
+        for _ in range(20):
+            parsed = pixel.parse_head(line + b"\r\nHost: x")
+        self.assertEqual(parsed.query, "a=b c")
+        self.assertLess(time.perf_counter() - started, 2.0)   # ~1 ms each, measured
+
+
 # Any PEM file of CA certificates this machine has, for flags that check theirs.
 CA_BUNDLE = next((path for path in ("/etc/ssl/certs/ca-certificates.crt",
                                     "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
@@ -5616,6 +5684,150 @@ class NodeSdk(ServerCase):
         print(result.stdout.strip(), file=sys.stderr)
 
 
+SEED_LINE = (b"GET /v1/pixel/track?userId=user_123&event=Email Opened&properties.subject=The "
+             b"Electric Daily&writeKey=YOUR_WRITE_KEY HTTP/1.1")
+
+
+class RawSpaces(ServerCase):
+    """Segment's raw example with literal spaces, and the rule that takes it, under the
+    attacker's treatment: only pixel routes, strict everything else."""
+
+    server_options = {"request_timeout": 5.0, "idle_timeout": 5.0}
+
+    def test_the_seeds_example_gets_its_gif_and_is_logged(self):
+        reply = self.raw(SEED_LINE + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
+        (event,) = self.lines()
+        self.assertEqual((event["event"], event["userId"], event["properties"]),
+                         ("Email Opened", "user_123", {"subject": "The Electric Daily"}))
+        self.assertEqual(self.lines("rejects.jsonl"), [])
+
+    def test_head_answers_and_records_nothing(self):
+        reply = self.raw(b"HEAD" + SEED_LINE[3:] + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, headers, body, _ = read_response(io.BytesIO(reply))
+        self.assertEqual((status, headers["content-length"]), (200, "43"))
+        self.assertTrue(reply.endswith(b"\r\n\r\n"), reply[-60:])
+        self.assertEqual(self.lines(), [])
+
+    def test_pipelined_and_kept_alive(self):
+        spaced = b"GET /v1/pixel/track?writeKey=k&userId=u&event=Open %d HTTP/1.1\r\nHost: x\r\n\r\n"
+        plain = b"GET /v1/pixel/track?writeKey=k&userId=u&event=Open%%20%d HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(spaced % 1 + plain % 2 + spaced % 3)   # one write: pipelined
+            stream = sock.makefile("rb")
+            for _ in range(3):
+                status, headers, body, _ = read_response(stream)
+                self.assertEqual((status, body), (200, pixel.GIF))
+            for number in (4, 5):   # and then kept alive, a request at a time
+                sock.sendall(spaced % number)
+                status, headers, body, _ = read_response(stream)
+                self.assertEqual((status, body), (200, pixel.GIF))
+        self.assertEqual([event["event"] for event in self.lines()],
+                         ["Open %d" % number for number in range(1, 6)])
+
+    def test_anything_else_with_spaces_stays_a_400(self):
+        for line in (b"GET /v1/pixel/ track?event=A B HTTP/1.1",
+                     b"GET /v1/pixel/track ?event=A B HTTP/1.1",
+                     b"GET /health?a=b c HTTP/1.1", b"POST /v1/track?a=b c HTTP/1.1",
+                     b"GET /v1/pixel/track?event=A B HTTP/1.1 ",
+                     b"GET\t/v1/pixel/track?event=A B\tHTTP/1.1",
+                     b"GET " + b" " * 65000 + b"HTTP/1.1"):
+            with self.subTest(line[:40]):
+                reply = self.raw(line + b"\r\nHost: x\r\n\r\n" +
+                                 b"GET /v1/pixel/track?writeKey=k&userId=u&event=smuggled "
+                                 b"HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), reply[:60])
+                self.assertEqual(reply.count(b"HTTP/1.1 "), 1)   # the rest is never read
+        self.assertEqual(self.lines(), [])
+        self.assertQuietStderr()
+
+    def test_64_kib_of_spaces(self):
+        start = b"GET /v1/pixel/track?writeKey=k&userId=u&event=Email"
+        end = b"Opened HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        reply = self.raw(start + b" " * (pixel.MAX_LINE - len(start) - 20) + end)
+        self.assertTrue(reply.endswith(pixel.GIF), reply[:60])
+        self.assertEqual([event["event"] for event in self.lines()], ["Email Opened"])
+        # Past the limit: a pixel still gets its GIF, and the rejects log says why.
+        reply = self.raw(start + b" " * pixel.MAX_LINE + end)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
+        self.assertEqual(len(self.lines()), 1)
+        self.assertEqual(self.lines("rejects.jsonl")[-1]["reason"], "uri_too_long")
+
+    def test_the_smuggling_rules_still_hold(self):
+        for name, head, status in (
+                ("two framings", b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", 400),
+                ("two lengths", b"Content-Length: 5\r\nContent-Length: 6\r\n", 400),
+                ("obs-fold", b"X-A: b\r\n c\r\n", 400),
+                ("a space before a colon", b"X-A : b\r\n", 400)):
+            with self.subTest(name):
+                reply = self.raw(SEED_LINE + b"\r\nHost: x\r\n" + head + b"\r\nGET /health "
+                                 b"HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertTrue(reply.startswith(b"HTTP/1.1 %d " % status), reply[:60])
+                self.assertEqual(reply.count(b"HTTP/1.1 "), 1)
+        # A small body nobody asked for is read and dropped, never taken for a request.
+        body = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        reply = self.raw(SEED_LINE + b"\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) +
+                         body + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertEqual(reply.count(b"HTTP/1.1 200 OK"), 2)
+        self.assertEqual(reply.count(b'"status"'), 1)
+        self.assertEqual(len(self.lines()), 1)
+
+    def test_many_clients_at_once(self):
+        def client(number):
+            connection = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            with connection, connection.makefile("rb") as stream:
+                for round in range(20):
+                    connection.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u%d&event=A B "
+                                       b"C HTTP/1.1\r\nHost: x\r\n\r\n" % number)
+                    self.assertEqual(read_response(stream)[2], pixel.GIF)
+
+        threads = [threading.Thread(target=client, args=(number,)) for number in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        events = self.lines()
+        self.assertEqual(len(events), 160)
+        self.assertEqual({event["event"] for event in events}, {"A B C"})
+
+
+class RawSpacesUnderWsgi(unittest.TestCase):
+    """Behind a WSGI server the server reads the request line, and refuses a target with
+    spaces before pixel sees it (the README says so): nothing is logged."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.log = os.path.join(self.dir, "events.jsonl")
+
+    def send(self, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(SEED_LINE + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return sock.makefile("rb").read()
+
+    def test_wsgiref(self):
+        app = pixel.make_wsgi_app(log=self.log)
+        self.addCleanup(app.close)
+        server = wsgiref.simple_server.make_server("127.0.0.1", 0, app,
+                                                   handler_class=_QuietWsgiHandler)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(thread.join, 10)
+        self.addCleanup(server.shutdown)
+        reply = self.send(server.server_address[1])
+        self.assertTrue(reply.startswith(b"HTTP/1.0 400 Bad request syntax"), reply[:60])
+        self.assertEqual(read_bytes(self.log), b"")
+
+    def test_gunicorn(self):
+        _, port, output = start_gunicorn(self, self.dir, "pixel:make_wsgi_app(log=%r)" % self.log,
+                                         "--workers", "1", "--threads", "2")
+        wait_for_gunicorn(self, port, output)
+        reply = self.send(port)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 400 Bad Request"), reply[:60])
+        self.assertIn(b"Invalid HTTP Version", reply)
+        self.assertEqual(read_bytes(self.log), b"")
+
+
 # ---------------------------------------------------------------------------------------------
 # Layer 4: pixel.py as a process: kill -9, signals, limits, start-up errors
 
@@ -7461,6 +7673,7 @@ class ImportStartsNothing(unittest.TestCase):
         self.assertEqual(os.listdir(folder), [])
 
 
+
 # ---------------------------------------------------------------------------------------------
 # The README, checked against the code
 
@@ -7676,6 +7889,7 @@ class ReadmeWsgi(unittest.TestCase):
         argv, port = self.command("gunicorn ")
         argv[0] = gunicorn
         self.run_command(argv, port)
+
 
 
 if __name__ == "__main__":
