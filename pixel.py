@@ -46,6 +46,7 @@ import collections
 import datetime
 import email.utils
 import errno
+import functools
 import hmac
 import html
 import http.client
@@ -1920,6 +1921,333 @@ def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
 
 
 # --------------------------------------------------------------------------------------------
+# Machine opens: what fetched a pixel, from its request alone and from the address ranges an
+# operator names (--machine-ranges). A label never changes the answer or drops the event.
+
+MAIL_CLIENTS = ("gmail", "yahoo", "outlook", "apple_mail")       # context.mailClient
+MACHINES = ("apple_mpp", "gmail_prefetch", "scanner", "prefetch")   # context.machine
+RANGE_LABELS = ("apple_mpp", "scanner")   # what a --machine-ranges file may be
+MAX_RANGES = 1000000             # in all files together; Apple's list has about 290,000
+MAX_RANGES_LINE = 4096           # bytes of a line of a ranges file
+
+# What a User-Agent alone says, the first marker found winning: (marker, mailClient).
+# Gmail's image proxy is a person opening the mail in Gmail: generic bot lists call it a
+# bot, and that broke Gmail opens in Mautic (mautic#16069).
+_MAIL_AGENTS = (("GoogleImageProxy", "gmail"),    # "... (via ggpht.com GoogleImageProxy)"
+                ("YahooMailProxy", "yahoo"),      # "YahooMailProxy; https://..." (two URLs)
+                ("Microsoft Outlook", "outlook"), ("MSOffice", "outlook"),
+                ("ms-office", "outlook"), ("Outlook-iOS/", "outlook"),
+                ("Outlook-Android/", "outlook"), ("MacOutlook/", "outlook"))
+# Gmail's prefetch, seconds after a send, is Edge 12's agent with a second "Mozilla/5.0"
+# after it, which no browser sends (GMass and Bird on Gmail's false opens; Keila matches it).
+_GMAIL_PREFETCH = "Edge/12.246 Mozilla/5.0"
+# Mail scanners and scripts, lower case (warmbly's markers): "bot/" and "bot;", since a bare
+# "bot" is in the agents of Cubot's phones.
+_SCANNER_AGENTS = ("barracuda", "mimecast", "proofpoint", "urldefense", "safelinks", "curl/",
+                   "bot/", "bot;")
+# Apple Mail fetching for itself (Privacy Protection off) sends WebKit's agent without the
+# "Safari/" a browser adds (jenssegers/agent#144).
+_APPLE_DEVICES = ("Macintosh", "iPhone", "iPad")
+# A browser's prefetch or prerender says so (Mautic's isRequestTrackable, warmbly).
+_PREFETCH_HEADERS = ("sec-purpose", "purpose", "x-purpose", "x-moz")
+_PREFETCH_WORDS = ("prefetch", "prerender", "preview")
+_NO_LABELS = (None, None)
+
+
+@functools.lru_cache(maxsize=4096)
+def agent_labels(agent):
+    """(mailClient, machine) that a User-Agent says alone, None for what it does not say.
+    Cached: nearly every open comes from a few dozen agents; the caller passes at most
+    MAX_USER_AGENT characters, so the cache holds at most 4 MiB."""
+    if agent.endswith(_GMAIL_PREFETCH):
+        return "gmail", "gmail_prefetch"
+    for marker, mail_client in _MAIL_AGENTS:
+        if marker in agent:
+            return mail_client, None
+    lowered = agent.lower()
+    if any(marker in lowered for marker in _SCANNER_AGENTS):
+        return None, "scanner"
+    if "AppleWebKit/" in agent and "Safari/" not in agent and \
+            any(device in agent for device in _APPLE_DEVICES):
+        return "apple_mail", None
+    return _NO_LABELS
+
+
+def fetch_labels(agent, headers, address=None, ranges=None):
+    """(mailClient, machine) for one pixel fetch, each a name or None: from its User-Agent
+    `agent`, its `headers` (lower-case names), the client `address` pixel trusts (text) and
+    the operator's `ranges` (an AddressRanges, or None). apple_mpp needs both Apple's agent,
+    exactly "Mozilla/5.0", and an address in Apple's list: the list alone is iCloud Private
+    Relay, people browsing; the agent alone is any script."""
+    labels = agent_labels(agent[:MAX_USER_AGENT]) if agent else _NO_LABELS
+    if ranges and address:
+        wanted = RANGE_LABELS if agent == "Mozilla/5.0" else () if labels[1] else ("scanner",)
+        found = ranges.find(address, wanted) if wanted else None
+        if found == "apple_mpp":
+            return "apple_mail", "apple_mpp"
+        if found == "scanner":
+            labels = labels[0], "scanner"
+    if labels[1] is None and ("sec-purpose" in headers or "purpose" in headers or
+                              "x-purpose" in headers or "x-moz" in headers):   # _PREFETCH_HEADERS
+        for name in _PREFETCH_HEADERS:
+            value = headers.get(name, "").lower()
+            if any(word in value for word in _PREFETCH_WORDS):
+                return labels[0], "prefetch"
+    return labels
+
+
+def address_number(text):
+    """(4 or 6, an address as an int) for address text, IPv4-mapped IPv6 as IPv4; None for
+    text that is not an address. inet_pton: ipaddress takes ten times as long."""
+    try:
+        if ":" not in text:
+            return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+        number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except (OSError, ValueError):   # not an address; ValueError: a NUL or non-ASCII
+        return None
+    if number >> 32 == 0xFFFF:   # ::ffff:a.b.c.d
+        return 4, number & 0xFFFFFFFF
+    return 6, number
+
+
+_U32 = "I" if array.array("I").itemsize == 4 else "L"   # array typecodes of 32 and 64 bits
+_U64 = "Q"
+_LOW64 = (1 << 64) - 1
+
+
+class AddressRanges:
+    """The operator's address ranges by label, immutable: for each label and family, the
+    ranges merged into disjoint ones, their first and last addresses in sorted arrays
+    searched with bisect (IPv6 as a high and a low 64-bit half). Apple's ~290,000 rows take
+    about 6 MB; a lookup a few bisects."""
+
+    def __init__(self, tables=None, counts=None):
+        self._tables = tables or {}   # label -> (v4 firsts, v4 lasts, v6 first highs,
+                                      #           v6 first lows, v6 last highs, v6 last lows)
+        self.counts = counts or {}    # label -> lines loaded
+
+    def __bool__(self):
+        return bool(self._tables)
+
+    def find(self, address, labels=RANGE_LABELS):
+        """The first of `labels` with a range holding `address` (text), or None."""
+        parsed = address_number(address)
+        if parsed is None:
+            return None
+        family, number = parsed
+        for label in labels:
+            table = self._tables.get(label)
+            if table is not None and (_holds_v4(table, number) if family == 4 else
+                                      _holds_v6(table, number)):
+                return label
+        return None
+
+
+def _holds_v4(table, number):
+    firsts, lasts = table[0], table[1]
+    index = bisect.bisect_right(firsts, number) - 1
+    return index >= 0 and lasts[index] >= number
+
+
+def _holds_v6(table, number):
+    first_highs, first_lows, last_highs, last_lows = table[2:]
+    high, low = number >> 64, number & _LOW64
+    index = bisect.bisect_right(first_highs, high) - 1
+    if index >= 0 and first_highs[index] == high:   # among the ranges starting in this /64
+        start = bisect.bisect_left(first_highs, high, 0, index)
+        index = bisect.bisect_right(first_lows, low, start, index + 1) - 1
+    return index >= 0 and (last_highs[index] > high or
+                           last_highs[index] == high and last_lows[index] >= low)
+
+
+def _range_key(field):
+    """(4 or 6, first address << 8 | host bits) for a CIDR (bytes; host bits set are masked
+    off, as --trusted-proxy reads them; a bare address is a /32 or /128). ValueError. Run
+    once a line of Apple's list, so it parses as address_number does, without its calls."""
+    text, slash, length = field.decode("ascii").partition("/")
+    try:
+        if ":" in text:
+            family, width = 6, 128
+            number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+        else:
+            family, width = 4, 32
+            number = int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except OSError:
+        raise ValueError("not an address") from None   # a NUL raises ValueError itself
+    if slash:
+        if not (length.isdigit() and length.isascii() and len(length) <= 3):
+            raise ValueError("not a prefix length")
+        prefix = int(length)
+    else:
+        prefix = width
+    if family == 6 and number >> 32 == 0xFFFF:   # IPv4-mapped: the prefix counts 96 bits
+        if prefix < 96:
+            raise ValueError("an IPv4-mapped prefix shorter than /96")
+        family, width, prefix, number = 4, 32, prefix - 96, number & 0xFFFFFFFF
+    if prefix > width:
+        raise ValueError("a prefix longer than /%d" % width)
+    host = width - prefix
+    return family, (number >> host << host) << 8 | host
+
+
+def read_ranges(path, into_v4, into_v6, limit=MAX_RANGES):
+    """Append the range keys (_range_key) of the ranges file `path` to the two lists, at
+    most `limit` of them. Each line's first field, up to a comma or a space, is a CIDR:
+    Apple's egress-ip-ranges.csv (172.224.226.0/27,GB,GB-EN,London,) and lists such as
+    warmbly's (CIDR scope label) load as they are. Blank lines and # comments are skipped.
+    ValueError names the file and the line of the first one that is not a range; OSError
+    for a file that cannot be read. Read a block at a time: a line is at most
+    MAX_RANGES_LINE bytes, and the file is never held whole."""
+    fd = open_file(path)
+    try:
+        number, rest, first = 0, b"", True
+        while True:
+            block = os.read(fd, 1 << 20)
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop() if block else b""
+            if first and lines and lines[0].startswith(b"\xef\xbb\xbf"):   # a UTF-8 BOM
+                lines[0] = lines[0][3:]
+            first = False
+            if lines and max(map(len, lines)) > MAX_RANGES_LINE:   # a block at a time: fast
+                long = next(index for index, line in enumerate(lines)
+                            if len(line) > MAX_RANGES_LINE)
+                lines[long:] = [None]
+            for line in lines:
+                number += 1
+                if line is None:
+                    raise ValueError("%s line %d: longer than %d bytes"
+                                     % (path, number, MAX_RANGES_LINE))
+                field = line.split(b",", 1)[0].split(None, 1)
+                if not field or field[0][:1] == b"#":
+                    continue
+                try:
+                    family, key = _range_key(field[0])
+                except ValueError as error:   # UnicodeDecodeError too
+                    raise ValueError("%s line %d: %r is not a CIDR (%s): each line starts "
+                                     "with one, such as 172.224.226.0/27 or 2a02:26f7::/48"
+                                     % (path, number, field[0].decode("ascii", "replace")[:80],
+                                        error if not isinstance(error, UnicodeError) else
+                                        "not ASCII")) from None
+                (into_v4 if family == 4 else into_v6).append(key)
+                limit -= 1
+                if limit < 0:
+                    raise ValueError("%s line %d: more than %d ranges in all the files"
+                                     % (path, number, MAX_RANGES))
+            if len(rest) > MAX_RANGES_LINE:
+                raise ValueError("%s line %d: longer than %d bytes"
+                                 % (path, number + 1, MAX_RANGES_LINE))
+            if not block:
+                return
+    finally:
+        os.close(fd)
+
+
+def _merged(keys):
+    """The disjoint (first, last) ranges of range keys (sorted here, in place), in order,
+    overlapping and adjacent ones joined."""
+    keys.sort()
+    current = None
+    for key in keys:
+        host = key & 0xFF
+        first = key >> 8
+        last = first + (1 << host) - 1
+        if current is not None and first <= current[1] + 1:
+            if last > current[1]:
+                current = (current[0], last)
+            continue
+        if current is not None:
+            yield current
+        current = (first, last)
+    if current is not None:
+        yield current
+
+
+def load_ranges(sources):
+    """An AddressRanges of (label, path) `sources`; several files of one label are one set.
+    ValueError (a file, a line, what is wrong) or OSError. While it loads it holds one int a
+    line (Apple's list: about 16 MiB at the peak), then only the merged ranges' arrays."""
+    keys, counts = {}, {}
+    for label, path in sources:
+        v4, v6 = keys.setdefault(label, ([], []))
+        others = sum(len(a) + len(b) for name, (a, b) in keys.items() if name != label)
+        before = len(v4) + len(v6)
+        read_ranges(path, v4, v6, MAX_RANGES - others)
+        counts[label] = counts.get(label, 0) + len(v4) + len(v6) - before
+    tables = {}
+    for label, (v4, v6) in keys.items():
+        table = tuple(array.array(code) for code in (_U32, _U32, _U64, _U64, _U64, _U64))
+        v4_firsts, v4_lasts, first_highs, first_lows, last_highs, last_lows = table
+        for first, last in _merged(v4):
+            v4_firsts.append(first)
+            v4_lasts.append(last)
+        del v4[:]
+        for first, last in _merged(v6):
+            first_highs.append(first >> 64)
+            first_lows.append(first & _LOW64)
+            last_highs.append(last >> 64)
+            last_lows.append(last & _LOW64)
+        del v6[:]
+        tables[label] = table
+    return AddressRanges(tables, counts)
+
+
+class Labeller:
+    """Labels the events of pixel fetches (context.mailClient, context.machine) through
+    fetch_labels, with the ranges of `sources` ((label, path) pairs), loaded now (ValueError
+    or OSError, in words) and again by reload() (SIGHUP)."""
+
+    def __init__(self, sources=(), reporter=None):
+        self.sources = tuple(sources)
+        self.reporter = reporter or Reporter()
+        self.ranges = load_ranges(self.sources) if self.sources else None
+        self._reload_lock = threading.Lock()
+
+    def label(self, context, request, address_of):
+        """Set the labels of the fetch `request` in an event's `context`, `address_of(request)`
+        giving the client's address, which is read only when there are ranges to look in.
+        The two fields are pixel's own observation of the fetch: one sent in the URL is
+        removed, seen or not, since a URL is written once per send and copied everywhere,
+        and cannot know what fetched it (nor should it make opens machines, or not)."""
+        ranges, headers = self.ranges, request.headers
+        agent = headers.get("user-agent")
+        if agent and not agent.isascii():
+            agent = user_agent(headers)
+        mail_client, machine = fetch_labels(agent, headers,
+                                            address_of(request) if ranges else None, ranges)
+        if "mailClient" in context or "machine" in context:
+            context.pop("mailClient", None)
+            context.pop("machine", None)
+        if mail_client is not None:
+            context["mailClient"] = mail_client
+        if machine is not None:
+            context["machine"] = machine
+
+    def reload(self):
+        """Load the files again, as one set; one that fails keeps the set loaded before, and
+        stderr says why. True if the new set is in use."""
+        if not self.sources:
+            return False
+        with self._reload_lock:   # two SIGHUPs in a row load once, then again
+            try:
+                ranges = load_ranges(self.sources)
+            except (OSError, ValueError) as error:
+                self.reporter.say("cannot reload the machine ranges, so the ranges loaded "
+                                  "before stay in use: %s" % _ranges_error(error))
+                return False
+            self.ranges = ranges
+        self.reporter.say("reloaded the machine ranges (SIGHUP): %s" % ", ".join(
+            "%s %d" % item for item in sorted(ranges.counts.items())))
+        return True
+
+
+def _ranges_error(error):
+    if isinstance(error, OSError):
+        return "cannot read %s: %s" % (error.filename or "a ranges file",
+                                        error.strerror or error)
+    return str(error)
+
+
+# --------------------------------------------------------------------------------------------
 # The recorder, what requests become in the logs, and the app, what a transport answers
 
 class DedupeWindow:
@@ -2011,8 +2339,9 @@ class Recorder:
 
     def __init__(self, events, rejects, *, write_keys=(), trusted_proxies=(), record_ip=True,
                  anonymize_ip=False, dedupe_window=DEFAULT_DEDUPE_WINDOW, metrics=None,
-                 clock=time.time, reporter=None):
+                 clock=time.time, reporter=None, labeller=None):
         self.events, self.rejects = events, rejects
+        self.labeller = labeller or Labeller()
         self.write_keys = frozenset(write_keys)
         self.trusted_proxies = tuple(ipaddress.ip_network(proxy, strict=False)
                                      for proxy in trusted_proxies)
@@ -2074,10 +2403,16 @@ class Recorder:
         """The address to record for `request`: None with --no-ip or none known."""
         if not self.record_ip or not request.peer:
             return None
-        ip = request.peer
-        if self.trusted_proxies or ip.startswith("::ffff:"):
-            ip = client_ip(ip, request.headers.get("x-forwarded-for"), self.trusted_proxies)
+        ip = self.true_client_ip(request)
         return anonymize_ip(ip) if self.anonymize_ip else ip
+
+    def true_client_ip(self, request):
+        """The client's address by the rules above, before --no-ip or --anonymize-ip: what
+        the machine ranges are matched against. None if none is known."""
+        ip = request.peer
+        if ip and (self.trusted_proxies or ip.startswith("::ffff:")):
+            ip = client_ip(ip, request.headers.get("x-forwarded-for"), self.trusted_proxies)
+        return ip or None
 
     def record_pixel(self, kind, request):
         received_at = self.clock()
@@ -2088,6 +2423,7 @@ class Recorder:
                                 write_keys=self.write_keys, ip=ip,
                                 user_agent=user_agent(request.headers),
                                 anonymize=self.anonymize_ip)
+            self.labeller.label(event["context"], request, self.true_client_ip)
             line = encode_line(event)
         except Rejected as rejection:
             self.reject(rejection, request, received_at=received_at, ip=ip)
@@ -4649,6 +4985,22 @@ def _forward_url(value):
     return text
 
 
+def _ranges_source(value):
+    """LABEL=FILE (or a (label, file) pair) as a (label, file) pair; LABEL one of
+    RANGE_LABELS. The file is read when pixel starts (Pixel), not here."""
+    if isinstance(value, str):
+        label, equals, path = value.partition("=")
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and \
+            all(isinstance(part, str) for part in value):
+        (label, path), equals = value, "="
+    else:
+        label = equals = path = ""
+    if not equals or label.strip() not in RANGE_LABELS or not path.strip():
+        raise argparse.ArgumentTypeError("not LABEL=FILE with LABEL %s: %r"
+                                         % (" or ".join(RANGE_LABELS), value))
+    return label.strip(), path.strip()
+
+
 def _token(value):
     # RFC 6750's b64token: what an Authorization: Bearer header can carry as it is.
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", value):
@@ -4713,6 +5065,10 @@ OPTIONS = (
     _option("anonymize_ip", "PIXEL_ANONYMIZE_IP", False, _flag, "record IP addresses "
             "truncated to their /24 (IPv4) or /48 (IPv6): the peer's, X-Forwarded-For's, a "
             "client-sent context.ip, and in the rejects log"),
+    _option("machine_ranges", "PIXEL_MACHINE_RANGES", (), _ranges_source, "LABEL=FILE: "
+            "label pixel fetches from addresses in FILE as LABEL, apple_mpp (Apple's "
+            "egress-ip-ranges.csv) or scanner; each line starts with a CIDR. Repeatable; "
+            "reloaded on SIGHUP", many=True),
     _option("metrics_token", "PIXEL_METRICS_TOKEN", None, _token, "require `Authorization: "
             "Bearer TOKEN` for /metrics. Unset, /metrics answers anyone who can reach it"),
     _option("forward", "PIXEL_FORWARD", None, _forward_url, "relay the events log, at least "
@@ -4893,6 +5249,11 @@ class Pixel:
         self.config = config
         self.reporter = reporter or Reporter()
         self.metrics = Metrics(clock)
+        try:   # before any file is made: a start that fails here leaves none
+            self.labeller = Labeller(config.machine_ranges, self.reporter)
+        except (OSError, ValueError) as error:
+            raise StartupError("cannot load the machine ranges: %s"
+                               % _ranges_error(error)) from None
         self.events, self.rejects = open_logs(
             config.log, config.rejects, max_bytes=config.max_bytes, keep=config.keep,
             clock=clock, reporter=self.reporter, readable=bool(config.forward), busy=busy,
@@ -4901,7 +5262,7 @@ class Pixel:
                                  trusted_proxies=config.trusted_proxy,
                                  record_ip=not config.no_ip, anonymize_ip=config.anonymize_ip,
                                  dedupe_window=config.dedupe_window, metrics=self.metrics,
-                                 clock=clock, reporter=self.reporter)
+                                 clock=clock, reporter=self.reporter, labeller=self.labeller)
         self.app = App(self.recorder, self.metrics, allow_origins=config.allow_origin,
                        public_url=config.public_url, metrics_token=config.metrics_token,
                        serve_metrics=serve_metrics)
@@ -4935,8 +5296,9 @@ class Pixel:
             self.forwarder.start()
 
     def reopen(self):
-        """SIGHUP: both logs reopened at their paths."""
+        """SIGHUP: both logs reopened at their paths, the machine ranges loaded again."""
         self.recorder.reopen()
+        self.labeller.reload()
 
     def close(self):
         if self.forwarder is not None:

@@ -10,6 +10,7 @@ with a deadline (wait_until), never a bare sleep, and share one temp-folder help
 (temp_dir).
 """
 
+import argparse
 import ast
 import base64
 import collections
@@ -24,6 +25,8 @@ import ipaddress
 import itertools
 import json
 import os
+import queue
+import random
 import re
 import shlex
 import shutil
@@ -790,6 +793,168 @@ class Reporting(unittest.TestCase):
         self.assertEqual(reporter.lost, 2)
 
 
+# Issue 21: what fetched a pixel. User agents as the research found them (sources in
+# ../shared/research/machine-opens.md), and the ranges the label table loads.
+GMAIL_PROXY = ("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com "
+               "GoogleImageProxy)")
+GMAIL_PREFETCH = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
+                  "Gecko) Chrome/42.0.2311.135 Safari/537.36 Edge/12.246 Mozilla/5.0")
+EDGE_12 = GMAIL_PREFETCH[:-len(" Mozilla/5.0")]
+APPLE_MAIL = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_4) AppleWebKit/605.1.15 (KHTML, "
+              "like Gecko)")
+IPHONE_MAIL = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+               "(KHTML, like Gecko) Mobile/15E148")
+SAFARI = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like "
+          "Gecko) Version/17.1 Safari/605.1.15")
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/120.0.0.0 Safari/537.36")
+CUBOT = ("Mozilla/5.0 (Linux; Android 10; CUBOT_X30) AppleWebKit/537.36 (KHTML, like Gecko) "
+         "Chrome/120.0.0.0 Mobile Safari/537.36")
+# Apple's egress-ip-ranges.csv, as it is, and Microsoft's Exchange Online Protection ranges
+# in warmbly's format (CIDR, scope, label).
+APPLE_RANGES = ("172.224.226.0/27,GB,GB-EN,London,\n"
+                "172.224.226.32/27,GB,GB-EN,London,\n"
+                "2a02:26f7:b3c0:4000::/64,GB,GB-EN,London,\n"
+                "104.28.0.24/31,US,US-CA,Los Angeles,\n")
+SCANNER_RANGES = ("# Microsoft 365 Defender / Exchange Online Protection\n"
+                  "40.92.0.0/15        all     microsoft-365-protection\n"
+                  "2a01:111:f400::/48  all     microsoft-365-protection\n")
+
+LABEL_CASES = [
+    # name, user agent, headers, client address, with the ranges, (mailClient, machine)
+    ("gmail's image proxy is a person", GMAIL_PROXY, {}, "66.249.84.1", True, ("gmail", None)),
+    ("gmail's prefetch", GMAIL_PREFETCH, {}, "66.249.84.1", True, ("gmail", "gmail_prefetch")),
+    ("edge 12 itself is a browser", EDGE_12, {}, "198.51.100.1", True, (None, None)),
+    ("yahoo, help page", "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html",
+     {}, None, False, ("yahoo", None)),
+    ("yahoo, senders page", "YahooMailProxy; https://senders.yahooinc.com/mail-proxy-servers",
+     {}, None, False, ("yahoo", None)),
+    ("outlook desktop", "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.14931; "
+     "Pro)", {}, None, False, ("outlook", None)),
+    ("outlook ms-office", "Mozilla/4.0 (compatible; ms-office; MSOffice 16)", {}, None, False,
+     ("outlook", None)),
+    ("outlook iOS", "Outlook-iOS/709.2189947.prod.iphone (3.24.0)", {}, None, False,
+     ("outlook", None)),
+    ("outlook from a scanner range", "Microsoft Office/16.0 (Windows NT 10.0; Microsoft "
+     "Outlook 16.0.14931; Pro)", {}, "40.93.1.2", True, ("outlook", "scanner")),
+    ("apple mail, privacy protection off", APPLE_MAIL, {}, "198.51.100.1", True,
+     ("apple_mail", None)),
+    ("iphone mail", IPHONE_MAIL, {}, None, False, ("apple_mail", None)),
+    ("safari is a browser", SAFARI, {}, None, False, (None, None)),
+    ("apple privacy protection", "Mozilla/5.0", {}, "172.224.226.7", True,
+     ("apple_mail", "apple_mpp")),
+    ("apple privacy protection, the range's last address", "Mozilla/5.0", {}, "172.224.226.63",
+     True, ("apple_mail", "apple_mpp")),
+    ("apple privacy protection, the next address is not", "Mozilla/5.0", {}, "172.224.226.64",
+     True, (None, None)),
+    ("apple privacy protection over IPv6", "Mozilla/5.0", {}, "2a02:26f7:b3c0:4000:1:2:3:4",
+     True, ("apple_mail", "apple_mpp")),
+    ("apple privacy protection, IPv4-mapped", "Mozilla/5.0", {}, "::ffff:104.28.0.25", True,
+     ("apple_mail", "apple_mpp")),
+    ("Mozilla/5.0 elsewhere is any script", "Mozilla/5.0", {}, "198.51.100.1", True,
+     (None, None)),
+    ("Mozilla/5.0 with no ranges loaded", "Mozilla/5.0", {}, "172.224.226.7", False,
+     (None, None)),
+    ("apple's list with a browser's agent is private relay", SAFARI, {}, "172.224.226.7", True,
+     (None, None)),
+    ("barracuda", "Barracuda Sentinel (EE)", {}, None, False, (None, "scanner")),
+    ("a crawler", "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+     {}, None, False, (None, "scanner")),
+    ("curl", "curl/8.5.0", {}, None, False, (None, "scanner")),
+    ("a cubot phone is no bot", CUBOT, {}, None, False, (None, None)),
+    ("a browser from a scanner range", CHROME, {}, "40.92.0.1", True, (None, "scanner")),
+    ("a scanner range over IPv6", CHROME, {}, "2a01:111:f400:7::1", True, (None, "scanner")),
+    ("next to a scanner range", CHROME, {}, "40.94.0.0", True, (None, None)),
+    ("sec-purpose prefetch", CHROME, {"sec-purpose": "prefetch"}, None, False,
+     (None, "prefetch")),
+    ("sec-purpose prerender", CHROME, {"sec-purpose": "prefetch;prerender"}, None, False,
+     (None, "prefetch")),
+    ("purpose prefetch", CHROME, {"purpose": "Prefetch"}, None, False, (None, "prefetch")),
+    ("x-moz prefetch", CHROME, {"x-moz": "prefetch"}, None, False, (None, "prefetch")),
+    ("x-purpose preview", SAFARI, {"x-purpose": "preview"}, None, False, (None, "prefetch")),
+    ("another purpose", CHROME, {"sec-purpose": "anything"}, None, False, (None, None)),
+    ("a mail client's prefetch keeps its client", APPLE_MAIL, {"purpose": "prefetch"}, None,
+     False, ("apple_mail", "prefetch")),
+    ("a scanner agent wins over a prefetch header", "Barracuda Sentinel (EE)",
+     {"purpose": "prefetch"}, None, False, (None, "scanner")),
+    ("no agent", None, {}, "172.224.226.7", True, (None, None)),
+    ("an empty agent", "", {}, "172.224.226.7", True, (None, None)),
+    ("not an address", "Mozilla/5.0", {}, "unknown", True, (None, None)),
+    ("an address with a zone", "Mozilla/5.0", {}, "fe80::1%eth0", True, (None, None)),
+    ("a NUL in the address", "Mozilla/5.0", {}, "172.224.226.7\0", True, (None, None)),
+    ("a marker past the first 1024 characters", "Mozilla/5.0 " + "x" * 65000 +
+     " GoogleImageProxy", {}, None, False, (None, None)),
+]
+
+
+class MachineLabels(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        folder = tempfile.mkdtemp(prefix="pixel-test-")
+        cls.addClassCleanup(shutil.rmtree, folder, True)
+        paths = []
+        for label, text in (("apple_mpp", APPLE_RANGES), ("scanner", SCANNER_RANGES)):
+            paths.append((label, os.path.join(folder, label + ".csv")))
+            with open(paths[-1][1], "w") as handle:
+                handle.write(text)
+        cls.ranges = pixel.load_ranges(paths)
+
+    def test_cases(self):
+        self.assertEqual(self.ranges.counts, {"apple_mpp": 4, "scanner": 2})
+        for name, agent, headers, address, with_ranges, expected in LABEL_CASES:
+            with self.subTest(name):
+                self.assertEqual(pixel.fetch_labels(agent, headers, address,
+                                                    self.ranges if with_ranges else None),
+                                 expected)
+        self.assertTrue(set(pixel.MAIL_CLIENTS) <= {case[-1][0] for case in LABEL_CASES})
+        self.assertTrue(set(pixel.MACHINES) <= {case[-1][1] for case in LABEL_CASES})
+
+    def test_the_agent_cache_is_bounded(self):
+        pixel.agent_labels.cache_clear()
+        for number in range(10000):
+            pixel.fetch_labels("Mail/%d" % number + "x" * 2000, {})
+        self.assertEqual(pixel.agent_labels.cache_info().currsize, 4096)
+        self.assertEqual(pixel.fetch_labels(GMAIL_PROXY, {}), ("gmail", None))
+
+
+class MachineRangesOption(unittest.TestCase):
+    def test_flags_variable_and_keyword(self):
+        expected = [("apple_mpp", "/a.csv"), ("scanner", "/b.txt")]
+        self.assertEqual(pixel.parse_args(["--machine-ranges", "apple_mpp=/a.csv",
+                                           "--machine-ranges", "scanner = /b.txt"], {})
+                         .machine_ranges, expected)
+        self.assertEqual(pixel.parse_args([], {"PIXEL_MACHINE_RANGES":
+                                               "apple_mpp=/a.csv, scanner=/b.txt"})
+                         .machine_ranges, expected)
+        self.assertEqual(pixel.configure(machine_ranges=[("apple_mpp", "/a.csv"),
+                                                         "scanner=/b.txt"]).machine_ranges,
+                         expected)
+        self.assertFalse(pixel.parse_args([], {}).machine_ranges)
+        self.assertFalse(pixel.configure().machine_ranges)
+
+    def test_bad_values(self):
+        for argv, environ, message in [
+                (["--machine-ranges", "/a.csv"], {}, "not LABEL=FILE"),
+                (["--machine-ranges", "apple=/a.csv"], {}, "not LABEL=FILE"),
+                (["--machine-ranges", "scanner="], {}, "not LABEL=FILE"),
+                (["--machine-ranges", "=/a.csv"], {}, "not LABEL=FILE"),
+                ([], {"PIXEL_MACHINE_RANGES": ""}, "PIXEL_MACHINE_RANGES is set but empty"),
+                ([], {"PIXEL_MACHINE_RANGES": " , "}, "names nothing"),
+                ([], {"PIXEL_MACHINE_RANGES": "apple_mpp"}, "not LABEL=FILE")]:
+            with self.subTest(argv=argv, environ=environ):
+                stderr = io.StringIO()
+                with self.assertRaises(SystemExit) as caught, \
+                        unittest.mock.patch("sys.stderr", stderr):
+                    pixel.parse_args(argv, environ)
+                self.assertEqual(caught.exception.code, 2)
+                self.assertIn(message, stderr.getvalue())
+        with self.assertRaisesRegex(ValueError, "takes a list"):
+            pixel.configure(machine_ranges="apple_mpp=/a.csv")
+        for value in ([42], [("apple_mpp",)], [("apple_mpp", 3)], [{"apple_mpp": "/a"}]):
+            with self.subTest(value), self.assertRaises(argparse.ArgumentTypeError):
+                pixel.configure(machine_ranges=value)
+
+
 SPACED_TARGET_CASES = [
     # name, request line, (path, query) or the (status, reason) of the HeadError
     ("the seed's raw example", b"GET /v1/pixel/track?userId=user_123&event=Email Opened"
@@ -894,6 +1059,8 @@ class OneWiring(unittest.TestCase):
                        CA_BUNDLE),
         "forward_timeout": (["--forward-timeout", "2.5"], 2.5, 2.5),
         "forward_alert": (["--forward-alert", "30"], 30, 30.0),
+        "machine_ranges": (["--machine-ranges", "scanner=r.txt"], ["scanner=r.txt"],
+                           [("scanner", "r.txt")]),
     }
 
     def test_every_option_but_the_servers_is_make_wsgi_apps_too(self):
@@ -919,6 +1086,9 @@ class OneWiring(unittest.TestCase):
                     os.makedirs(os.path.join(folder, "x"))
                     options = {name: os.path.join(folder, value)}
                     held = os.path.join(folder, held)
+                if name == "machine_ranges":   # a file it loads at start
+                    ranges = write_file(folder, "r.txt", "10.0.0.0/8\n")
+                    options[name], held = ["scanner=" + ranges], [("scanner", ranges)]
                 with unittest.mock.patch("sys.stderr", io.StringIO()):
                     app = pixel.make_wsgi_app(**dict(extra, **options))
                 app.close()
@@ -2342,6 +2512,370 @@ class DiskFullWriter(unittest.TestCase):
             data = handle.read()
         self.assertEqual(len(data), results.count(True) * len(line))
         self.assertTrue(data == b"" or data.endswith(b"\n"))
+
+
+def write_file(folder, name, text):
+    path = os.path.join(folder, name)
+    with open(path, "wb") as handle:
+        handle.write(text.encode("utf-8") if isinstance(text, str) else text)
+    return path
+
+
+def load_bench(name):
+    """A module of bench/ (the generators the bench and these tests share)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, "bench", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BAD_RANGE_LINES = [
+    # name, line 3 of a ranges file, what the error says
+    ("an ASN", "asn:22843           all     probable  proofpoint", "'asn:22843' is not a CIDR"),
+    ("a name", "mask-api.icloud.com,GB", "is not a CIDR"),
+    ("an octet over 255", "172.224.256.0/27,GB", "is not a CIDR"),
+    ("a leading zero", "172.224.026.0/27,GB", "is not a CIDR"),
+    ("three octets", "172.224.226/24,GB", "is not a CIDR"),
+    ("a prefix over 32", "172.224.226.0/33,GB", "a prefix longer than /32"),
+    ("a prefix over 128", "2a02:26f7::/129,GB", "a prefix longer than /128"),
+    ("a negative prefix", "172.224.226.0/-1,GB", "not a prefix length"),
+    ("an empty prefix", "172.224.226.0/,GB", "not a prefix length"),
+    ("a fullwidth digit", "172.224.226.0/\uff12\uff17,GB", "not ASCII"),
+    ("a mapped prefix under 96", "::ffff:172.224.226.0/95", "shorter than /96"),
+    ("a zone", "fe80::1%eth0/64", "is not a CIDR"),
+    ("a NUL", "172.224.226.0\0/27", "is not a CIDR"),
+    ("a quoted CIDR", '"172.224.226.0/27",GB', "is not a CIDR"),
+]
+
+
+class RangeFiles(unittest.TestCase):
+    """--machine-ranges files: Apple's list as it is, lists in other shapes, and lines that
+    are not ranges, each refused with its file and line."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+
+    def load(self, text, label="apple_mpp"):
+        return pixel.load_ranges([(label, write_file(self.dir, "ranges.csv", text))])
+
+    def test_apples_format_and_others_load_as_they_are(self):
+        ranges = self.load("\ufeff172.224.226.0/27,GB,GB-EN,London,\r\n"
+                           "\n"
+                           "# a comment\n"
+                           "   # an indented one\n"
+                           "2a02:26f7:b3c0:4000::/64,GB,GB-EN,London,\n"
+                           "104.28.0.24/31,BR,BR-SP,S\u00e3o Paulo,\n"
+                           "40.92.0.0/15        all     microsoft-365-protection\n"
+                           "203.0.113.7\n"
+                           "2001:DB8::1\n"
+                           "198.51.100.77/24,host bits set\n"
+                           "::ffff:192.0.2.0/120,mapped\n"
+                           "  10.1.2.0/24  \t,leading space")
+        self.assertEqual(ranges.counts, {"apple_mpp": 9})
+        for address, found in (("172.224.226.0", True), ("172.224.226.31", True),
+                               ("172.224.226.32", False), ("172.224.225.255", False),
+                               ("2a02:26f7:b3c0:4000::", True),
+                               ("2a02:26f7:b3c0:4000:ffff:ffff:ffff:ffff", True),
+                               ("2a02:26f7:b3c0:4001::", False),
+                               ("2a02:26f7:b3c0:3fff:ffff:ffff:ffff:ffff", False),
+                               ("104.28.0.25", True), ("104.28.0.26", False),
+                               ("40.93.255.255", True), ("203.0.113.7", True),
+                               ("203.0.113.8", False), ("2001:db8::1", True),
+                               ("2001:db8::2", False), ("198.51.100.1", True),
+                               ("192.0.2.9", True), ("::ffff:192.0.2.9", True),
+                               ("10.1.2.3", True), ("::ffff:172.224.226.1", True)):
+            with self.subTest(address):
+                self.assertEqual(ranges.find(address), "apple_mpp" if found else None)
+        self.assertIsNone(ranges.find("172.224.226.1", ("scanner",)))
+
+    def test_a_bad_line_names_its_file_and_line(self):
+        for name, line, message in BAD_RANGE_LINES:
+            with self.subTest(name):
+                path = write_file(self.dir, "list.csv", "172.224.226.0/27,GB\n# fine\n%s\n"
+                                  "10.0.0.0/8\n" % line)
+                with self.assertRaises(ValueError) as caught:
+                    pixel.load_ranges([("scanner", path)])
+                self.assertIn("%s line 3: " % path, str(caught.exception))
+                self.assertIn(message, str(caught.exception))
+
+    def test_a_download_cut_short_is_refused(self):
+        path = write_file(self.dir, "egress.csv", "172.224.226.0/27,GB,GB-EN,London,\n"
+                                                  "2a02:26f7:b3c0:40")
+        with self.assertRaisesRegex(ValueError, re.escape(path) + " line 2: "):
+            pixel.load_ranges([("apple_mpp", path)])
+
+    def test_a_long_line_is_refused_unread(self):
+        for name, text, line in (("a long line", "10.0.0.0/8\n" + "1" * 5000 + "\n", 2),
+                                 ("no newline", "7" * (3 << 20), 1),
+                                 ("a long last line", "10.0.0.0/8\n" + "1" * 5000, 2)):
+            with self.subTest(name):
+                path = write_file(self.dir, "long.csv", text)
+                with self.assertRaisesRegex(ValueError, "%s line %d: longer than 4096 bytes"
+                                            % (re.escape(path), line)):
+                    pixel.load_ranges([("scanner", path)])
+        # 4096 bytes is not too long: a CIDR and a long tail.
+        ranges = self.load("10.0.0.0/8," + "x" * 4085 + "\n")
+        self.assertEqual(ranges.find("10.9.9.9"), "apple_mpp")
+
+    def test_too_many_ranges(self):
+        paths = [("scanner", write_file(self.dir, "a.txt", "10.0.0.0/24\n" * 6)),
+                 ("apple_mpp", write_file(self.dir, "b.csv", "10.0.1.0/24\n" * 6))]
+        with unittest.mock.patch("pixel.MAX_RANGES", 11):
+            with self.assertRaisesRegex(ValueError, "b.csv line 6: more than 11 ranges"):
+                pixel.load_ranges(paths)
+        with unittest.mock.patch("pixel.MAX_RANGES", 12):
+            self.assertEqual(pixel.load_ranges(paths).counts, {"scanner": 6, "apple_mpp": 6})
+
+    def test_what_is_not_a_file(self):
+        fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(fifo)
+        for path, message in ((fifo, "a FIFO"), (self.dir, "a directory"),
+                              (os.path.join(self.dir, "missing.csv"), "No such file")):
+            with self.subTest(path):
+                started = time.monotonic()
+                with self.assertRaisesRegex(OSError, message):
+                    pixel.load_ranges([("scanner", path)])
+                self.assertLess(time.monotonic() - started, 5)   # a FIFO never blocks
+
+    def test_lookups_agree_with_ipaddress(self):
+        # Nested, overlapping, adjacent and duplicate networks of both families, in one
+        # label, against addresses near their edges.
+        generator = random.Random(21)
+        networks, lines = [], []
+        for _ in range(300):
+            if generator.random() < 0.5:
+                base = ipaddress.ip_address("10.0.0.0") + generator.randrange(1 << 16)
+                prefix = generator.randrange(16, 33)
+            else:
+                base = ipaddress.ip_address("2001:db8::") + (generator.randrange(1 << 16) << 56)
+                prefix = generator.randrange(40, 129)
+            network = ipaddress.ip_network("%s/%d" % (base, prefix), strict=False)
+            networks.append(network)
+            lines.append("%s,XX\n" % network)
+        ranges = self.load("".join(lines), "scanner")
+        probes = []
+        for network in networks:
+            for offset in (-1, 0, 1):
+                for edge in (network.network_address, network.broadcast_address):
+                    try:
+                        probes.append(edge + offset)
+                    except ValueError:   # past the end of the family's space
+                        pass
+        probes += [ipaddress.ip_address("10.0.0.0") + generator.randrange(1 << 17)
+                   for _ in range(2000)]
+        for address in probes:
+            inside = any(address in network for network in networks)
+            self.assertEqual(ranges.find(str(address)), "scanner" if inside else None,
+                             str(address))
+        self.assertGreater(sum(ranges.find(str(address)) is None for address in probes), 100)
+
+    def test_an_apple_sized_list(self):
+        rows = load_bench("opens").apple_like_rows(290000)
+        path = write_file(self.dir, "egress-ip-ranges.csv", "\n".join(rows) + "\n")
+        started = time.perf_counter()
+        ranges = pixel.load_ranges([("apple_mpp", path)])
+        self.assertLess(time.perf_counter() - started, 10)   # about 0.7 s: see the README
+        self.assertEqual(ranges.counts, {"apple_mpp": 290000})
+        for row in rows[::97]:
+            network = ipaddress.ip_network(row.split(",")[0])
+            with self.subTest(row):
+                self.assertEqual(ranges.find(str(network.network_address)), "apple_mpp")
+                self.assertEqual(ranges.find(str(network.broadcast_address)), "apple_mpp")
+        self.assertIsNone(ranges.find("8.8.8.8"))
+        self.assertIsNone(ranges.find("2001:db8::1"))
+
+
+class LabelsCase(RecorderCase):
+    """A Recorder with the label table's ranges loaded."""
+
+    def setUp(self):
+        self.ranges_dir = temp_dir(self)
+        self.recorder_options = dict(self.recorder_options, machine_ranges=[
+            ("apple_mpp", write_file(self.ranges_dir, "apple.csv", APPLE_RANGES)),
+            ("scanner", write_file(self.ranges_dir, "scanner.txt", SCANNER_RANGES))])
+        super().setUp()
+
+    def pixel_event(self, query="writeKey=k&userId=u&event=Email%20Opened", **fields):
+        self.assertIs(self.answer(query=query, **fields), pixel.GIF_ANSWER)
+        return self.lines()[-1]
+
+
+class LabelsInTheLog(LabelsCase):
+    """Labels through the Recorder: written on pixel events only, pixel's own observation,
+    and never costing an event its line."""
+
+    def test_labels_are_written(self):
+        for agent, peer, context in (
+                (GMAIL_PROXY, "66.249.84.1", {"mailClient": "gmail"}),
+                ("Mozilla/5.0", "172.224.226.40", {"mailClient": "apple_mail",
+                                                   "machine": "apple_mpp"}),
+                ("Barracuda Sentinel (EE)", "192.0.2.1", {"machine": "scanner"}),
+                (CHROME, "40.92.3.4", {"machine": "scanner"}),
+                (CHROME, "192.0.2.1", {})):
+            with self.subTest(agent):
+                event = self.pixel_event(headers={"user-agent": agent}, peer=peer)
+                self.assertEqual(event["context"], dict(ip=peer, userAgent=agent, **context))
+
+    def test_a_client_sent_label_is_replaced(self):
+        query = "writeKey=k&userId=u&event=E&context.machine=none&context.mailClient=gmail"
+        event = self.pixel_event(query, headers={"user-agent": CHROME})
+        self.assertEqual(event["context"], {"ip": "192.0.2.1", "userAgent": CHROME})
+        event = self.pixel_event(query, headers={"user-agent": "Outlook-iOS/709.2189947"})
+        self.assertEqual((event["context"]["mailClient"], "machine" in event["context"]),
+                         ("outlook", False))
+        data = b64({"writeKey": "k", "userId": "u", "event": "E",
+                    "context": {"machine": "scanner", "campaign": {"name": "x"}}})
+        event = self.pixel_event("data=" + data, headers={"user-agent": CHROME})
+        self.assertEqual(event["context"], {"ip": "192.0.2.1", "userAgent": CHROME,
+                                            "campaign": {"name": "x"}})
+
+    def test_api_events_are_not_labelled(self):
+        body = json.dumps({"writeKey": "k", "userId": "u", "event": "E",
+                           "context": {"machine": "mine"}}).encode()
+        answer = self.answer(method="POST", path="/v1/track", body=body,
+                             headers={"user-agent": "Mozilla/5.0"}, peer="172.224.226.40")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(self.lines()[-1]["context"], {"machine": "mine", "ip": "172.224.226.40",
+                                                       "userAgent": "Mozilla/5.0"})
+
+    def test_head_records_nothing(self):
+        self.assertIs(self.answer(method="HEAD", query="writeKey=k&userId=u&event=E",
+                                  headers={"user-agent": "Barracuda Sentinel (EE)"}),
+                      pixel.GIF_ANSWER)
+        self.assertEqual(self.lines(), [])
+
+    def test_a_label_never_costs_the_event(self):
+        for headers, peer in (({"user-agent": "\x00\xff" * 40000}, ""),
+                              ({"user-agent": "Mozilla/5.0", "sec-purpose": "\xff" * 9000},
+                               "not-an-address"),
+                              ({"user-agent": "Mozilla/5.0"}, "::ffff:"),
+                              ({"purpose": ""}, "fe80::1%lo")):
+            with self.subTest(peer=peer):
+                before = len(self.lines())
+                self.assertIs(self.answer(query="writeKey=k&userId=u&event=E", headers=headers,
+                                          peer=peer), pixel.GIF_ANSWER)
+                self.assertEqual(len(self.lines()), before + 1)
+
+
+class LabelsBehindAProxy(LabelsCase):
+    recorder_options = {"trusted_proxy": ["10.0.0.0/8"]}
+
+    def test_the_forwarded_address_is_matched(self):
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0",
+                                          "x-forwarded-for": "172.224.226.40"}, peer="10.0.0.1")
+        self.assertEqual(event["context"]["machine"], "apple_mpp")
+        # From a peer that is not trusted, X-Forwarded-For is anyone's to write.
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0",
+                                          "x-forwarded-for": "172.224.226.40"},
+                                 peer="192.0.2.1")
+        self.assertNotIn("machine", event["context"])
+        # A peer inside Apple's list with a trusted proxy's header is the header's client.
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0",
+                                          "x-forwarded-for": "198.51.100.1, 10.9.9.9"},
+                                 peer="10.0.0.1")
+        self.assertNotIn("machine", event["context"])
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0"},
+                                 peer="::ffff:172.224.226.40")
+        self.assertEqual((event["context"]["ip"], event["context"]["machine"]),
+                         ("172.224.226.40", "apple_mpp"))
+
+
+class LabelsWithoutIp(LabelsCase):
+    recorder_options = {"no_ip": True}
+
+    def test_the_real_address_is_matched(self):
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0"}, peer="172.224.226.40")
+        self.assertEqual(event["context"], {"userAgent": "Mozilla/5.0", "mailClient": "apple_mail",
+                                            "machine": "apple_mpp"})
+
+
+class LabelsAnonymizingIp(LabelsCase):
+    recorder_options = {"anonymize_ip": True}
+
+    def test_the_real_address_is_matched(self):
+        # 2a02:26f7:b3c0:4000::/64 holds the address, not its /48, which is what is written.
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0"},
+                                 peer="2a02:26f7:b3c0:4000::9")
+        self.assertEqual(event["context"], {"ip": "2a02:26f7:b3c0::", "userAgent": "Mozilla/5.0",
+                                            "mailClient": "apple_mail", "machine": "apple_mpp"})
+        self.assertIsNone(self.pixel.labeller.ranges.find("2a02:26f7:b3c0::"))
+
+
+class RangesReload(RecorderCase):
+    """SIGHUP's reload of the machine ranges, through Pixel.reopen: a file that fails to load
+    keeps the set loaded before, and stderr says why."""
+
+    def setUp(self):
+        self.ranges_dir = temp_dir(self)
+        self.path = write_file(self.ranges_dir, "apple.csv", "10.0.0.0/8\n")
+        self.recorder_options = {"machine_ranges": [("apple_mpp", self.path)]}
+        super().setUp()
+
+    def machine(self, peer="172.224.226.40"):
+        self.answer(query="writeKey=k&userId=u&event=E", headers={"user-agent": "Mozilla/5.0"},
+                    peer=peer)
+        return self.lines()[-1]["context"].get("machine")
+
+    def replace(self, text):
+        temporary = write_file(self.ranges_dir, "next.csv", text)
+        os.replace(temporary, self.path)
+
+    def test_a_reload_takes_the_new_set_and_a_failed_one_keeps_it(self):
+        self.assertIsNone(self.machine())
+        self.replace(APPLE_RANGES)
+        self.pixel.reopen()
+        self.assertEqual(self.machine(), "apple_mpp")
+        self.assertIn("reloaded the machine ranges (SIGHUP): apple_mpp 4", self.stderr.getvalue())
+        for text, why in (("172.224.226.0/27\nnonsense\n", "apple.csv line 2: 'nonsense' is "
+                                                            "not a CIDR"),
+                          (None, "cannot read %s: No such file" % self.path)):
+            with self.subTest(why):
+                if text is None:
+                    os.remove(self.path)
+                else:
+                    self.replace(text)
+                self.pixel.reopen()
+                self.assertEqual(self.machine(), "apple_mpp")
+                self.assertIn("cannot reload the machine ranges, so the ranges loaded before "
+                              "stay in use: ", self.stderr.getvalue().splitlines()[-1])
+                self.assertIn(why, self.stderr.getvalue().splitlines()[-1])
+
+    def test_lookups_while_reloading(self):
+        texts = ("172.224.226.0/24\n", "10.0.0.0/8\n")
+        stop, seen, failures = threading.Event(), collections.Counter(), []
+        labeller = self.pixel.labeller
+
+        def look():
+            request = pixel.Request("GET", "/v1/pixel/track", "", {"user-agent": "Mozilla/5.0"},
+                                    "172.224.226.40", b"")
+            while not stop.is_set():
+                context = {}
+                try:
+                    labeller.label(context, request, lambda request: request.peer)
+                except Exception as error:   # any at all is a failure of this test
+                    failures.append(error)
+                    return
+                seen[context.get("machine")] += 1
+
+        threads = [threading.Thread(target=look) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            for round in range(40):
+                self.replace(texts[round % 2])
+                self.assertTrue(labeller.reload())
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+        self.assertEqual(failures, [])
+        self.assertEqual(set(seen), {None, "apple_mpp"})
+
+    def test_without_ranges_a_reload_does_nothing(self):
+        made = make_pixel(self, temp_dir(self), reporter=pixel.Reporter(self.stderr))
+        self.assertIsNone(made.labeller.ranges)
+        self.assertFalse(made.labeller.reload())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -7672,6 +8206,87 @@ class ImportStartsNothing(unittest.TestCase):
         self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "1 0\n", ""))
         self.assertEqual(os.listdir(folder), [])
 
+
+class MachineRangesProcess(unittest.TestCase):
+    """--machine-ranges in a running pixel.py: a file that does not load stops the start in
+    one line naming it and its line, leaving no file; SIGHUP loads the files again."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.log = os.path.join(self.dir, "logs", "events.jsonl")
+        os.makedirs(os.path.dirname(self.log))
+
+    def test_a_start_that_cannot_load_them(self):
+        bad = write_file(self.dir, "egress.csv", "172.224.226.0/27,GB,GB-EN,London,\n"
+                                                 "172.224.226.999/27,GB,GB-EN,London,\n")
+        missing = os.path.join(self.dir, "missing.csv")
+        for argv, environ, message in (
+                (["--machine-ranges", "apple_mpp=" + bad], {}, "%s line 2: " % bad),
+                (["--machine-ranges", "scanner=" + missing], {}, "cannot read %s" % missing),
+                ([], {"PIXEL_MACHINE_RANGES": "scanner=" + missing}, "cannot read %s" % missing),
+                (["--machine-ranges", "scanner=" + self.dir], {}, "a directory")):
+            with self.subTest(argv=argv, environ=environ):
+                result = subprocess.run(
+                    [sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none", "--log",
+                     self.log] + argv, capture_output=True, text=True, timeout=30,
+                    env=dict(os.environ, **environ))
+                self.assertEqual(result.returncode, 1, result.stderr)
+                self.assertRegex(result.stderr, r"\Apixel: cannot load the machine ranges: "
+                                                r"[^\n]*\n\Z")
+                self.assertIn(message, result.stderr)
+                self.assertEqual(os.listdir(os.path.dirname(self.log)), [])
+        status, stderr = wsgi_start_error(self, log=self.log,
+                                          machine_ranges=["apple_mpp=" + bad])
+        self.assertEqual(status, 3)
+        self.assertEqual(stderr, "pixel: make_wsgi_app: cannot load the machine ranges: %s "
+                                 "line 2: '172.224.226.999/27' is not a CIDR (not an address): "
+                                 "each line starts with one, such as 172.224.226.0/27 or "
+                                 "2a02:26f7::/48\n" % bad)
+        self.assertEqual(os.listdir(os.path.dirname(self.log)), [])
+
+    def test_sighup_reloads_them(self):
+        ranges = write_file(self.dir, "ranges.csv", "10.0.0.0/8,elsewhere\n")
+        process, port = start_pixel(self, "--log", self.log, "--machine-ranges",
+                                    "apple_mpp=" + ranges, stderr=subprocess.PIPE)
+        said = queue.Queue()
+        listener = threading.Thread(target=lambda: [said.put(line) for line in process.stderr],
+                                    daemon=True)
+        listener.start()
+
+        def machine(number):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=%d" % number,
+                               headers={"User-Agent": "Mozilla/5.0"})
+            self.assertEqual(connection.getresponse().read(), pixel.GIF)
+            connection.close()
+            with open(self.log, "rb") as handle:
+                return json.loads(handle.read().splitlines()[-1])["context"].get("machine")
+
+        def hup(text, expected):
+            os.replace(write_file(self.dir, "next.csv", text), ranges)
+            process.send_signal(signal.SIGHUP)
+            line = said.get(timeout=10)   # the logs' reopen, then the ranges'
+            while "machine ranges" not in line:
+                line = said.get(timeout=10)
+            self.assertIn(expected, line)
+
+        self.assertIsNone(machine(1))
+        hup("127.0.0.0/8,loopback\n", "reloaded the machine ranges (SIGHUP): apple_mpp 1")
+        self.assertEqual(machine(2), "apple_mpp")
+        hup("127.0.0.0/8\n127.0.0.0/33\n", "cannot reload the machine ranges, so the ranges "
+                                           "loaded before stay in use: %s line 2: " % ranges)
+        self.assertEqual(machine(3), "apple_mpp")
+        os.remove(ranges)
+        process.send_signal(signal.SIGHUP)
+        line = said.get(timeout=10)
+        while "machine ranges" not in line:
+            line = said.get(timeout=10)
+        self.assertIn("cannot read %s" % ranges, line)
+        self.assertEqual(machine(4), "apple_mpp")
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(30), 0)
+        listener.join(10)
+        process.stderr.close()
 
 
 # ---------------------------------------------------------------------------------------------
