@@ -5354,6 +5354,277 @@ def make_wsgi_app(**options):
 
 
 # --------------------------------------------------------------------------------------------
+# Reports: what `pixel.py report` counts in an events log, a line at a time. No I/O.
+
+REPORT_COLUMNS = ("events", "users", "machine", "events_no_machine", "users_no_machine")
+REPORT_BAR = 40   # characters of the longest --daily bar
+_REPORT_KEY_CHARS = 60   # of a group's key, shown in a table
+
+
+class _Counts:
+    """One row's counts: events, those labelled machine, distinct users, and the distinct
+    users with an event not labelled machine."""
+
+    __slots__ = ("events", "machine", "users", "people", "days")
+
+    def __init__(self):
+        self.events = self.machine = 0
+        self.users, self.people = set(), set()
+        self.days = None   # a group's, with --daily: day -> _Counts
+
+    def add(self, user, machine):
+        self.events += 1
+        if machine:
+            self.machine += 1
+        if user is not None:
+            self.users.add(user)
+            if not machine:
+                self.people.add(user)
+
+    def values(self):
+        return (self.events, len(self.users), self.machine, self.events - self.machine,
+                len(self.people))
+
+
+def _received_text(value):
+    """receivedAt as format_time writes it, for comparing as text; None if it is no time."""
+    if isinstance(value, str) and len(value) == 24 and value[10] == "T" and value[23] == "Z":
+        return value   # pixel's own form, nearly always: no parsing
+    try:
+        seconds = parse_time(value)
+    except (ValueError, OverflowError):
+        return None
+    return format_time(seconds) if 0 <= seconds < _LAST_SECOND else None
+
+
+def report_time(text, end=False):
+    """A --since or --until value (a date or an ISO-8601 time) as format_time text; a date
+    alone is its first millisecond, or with `end` its last. ValueError."""
+    seconds = parse_time(text.strip())
+    if not 0 <= seconds < _LAST_SECOND:
+        raise ValueError("out of range: %r" % text)
+    if end and len(text.strip()) == 10:   # YYYY-MM-DD: the whole day
+        seconds += 86400 - 0.001
+    return format_time(seconds)
+
+
+class Tally:
+    """Counts of an events log's events grouped by a field (`by`, a dotted path such as
+    properties.campaign), those of type `kind` and named `event` only, received within
+    [since, until] (format_time text, inclusive), and with `daily`, by day too (UTC, by
+    receivedAt, pixel's own clock). A user is the userId, else the anonymousId (never the
+    same user as a userId of the same text); a machine event one with a context.machine.
+    Memory grows with the groups, days and users, never with the lines: each is dropped
+    once counted."""
+
+    def __init__(self, by="event", event=None, kind=None, since=None, until=None,
+                 daily=False):
+        self.by = by
+        self.path = tuple(by.split("."))
+        self.event, self.kind, self.since, self.until = event, kind, since, until
+        self.daily = daily
+        self.groups = {}    # key -> _Counts, with its days' _Counts in its `days`
+        self.skipped = 0    # lines that are not events
+        self._timed = since is not None or until is not None or daily
+
+    def add_lines(self, lines):
+        """Count each line (bytes or str) that is an event; count the others in `skipped`.
+        None stands for a line too long to have been read (see log_lines)."""
+        scan, add, kinds = _scan_json, self.add, EVENT_TYPES
+        for line in lines:
+            if not line:
+                if line is None:
+                    self.skipped += 1
+                continue   # a blank line
+            try:
+                # Half json.loads's time: UTF-8 decoded here, json's C scanner called
+                # directly. What it does not take whole, json.loads reads as it would.
+                text = line.decode() if type(line) is bytes else line
+                event, end = scan(text, 0)
+                if end != len(text):
+                    event = json.loads(text)
+            except StopIteration:   # the scanner finds no value where the line starts
+                try:
+                    event = json.loads(line)
+                except (ValueError, RecursionError):
+                    self.skipped += 1
+                    continue
+            except (ValueError, RecursionError):   # torn, not JSON, not UTF-8, too deep
+                self.skipped += 1
+                continue
+            if type(event) is not dict or event.get("type") not in kinds:
+                self.skipped += 1   # a checkpoint, a settings document, another log's line
+                continue
+            add(event)
+
+    def add(self, event):
+        """Count one event (a dict with a type)."""
+        if self.event is not None and event.get("event") != self.event or \
+                self.kind is not None and event["type"] != self.kind:
+            return
+        received = None
+        if self._timed:
+            received = _received_text(event.get("receivedAt"))
+            if (self.since is not None or self.until is not None) and received is None or \
+                    self.since is not None and received < self.since or \
+                    self.until is not None and received > self.until:
+                return
+        value = event
+        for part in self.path:
+            value = value.get(part) if type(value) is dict else None
+        if value is not None and type(value) is not str:   # 1 and "1" are two groups
+            value = (_encode_lenient(value),)
+        user = event.get("userId")
+        if type(user) is not str or not user:
+            user = _other_user(user, event.get("anonymousId"))
+        context = event.get("context")
+        machine = type(context) is dict and bool(context.get("machine"))
+        counts = self.groups.get(value)
+        if counts is None:
+            counts = self.groups[value] = _Counts()
+        counts.add(user, machine)
+        if self.daily:
+            days = counts.days
+            if days is None:
+                days = counts.days = {}
+            day = received[:10] if received is not None else "(no date)"
+            counts = days.get(day)
+            if counts is None:
+                counts = days[day] = _Counts()
+            counts.add(user, machine)
+
+    @property
+    def total(self):
+        """The counts of all groups, each user once."""
+        total = _Counts()
+        for counts in self.groups.values():
+            total.events += counts.events
+            total.machine += counts.machine
+            total.users |= counts.users
+            total.people |= counts.people
+        return total
+
+    @property
+    def peak_day(self):
+        """The most events of any one row of a day."""
+        return max((day.events for counts in self.groups.values()
+                    for day in (counts.days or {}).values()), default=0)
+
+    def rows(self):
+        """(key, day, counts) rows: each group, the most events first, with daily its days
+        after it, oldest first (day None on a group's row; "(no date)" for events with no
+        receivedAt to read)."""
+        def order(item):   # ties by key, with the events that have none last
+            return (-item[1].events, item[0] is None, _key_text(item[0]))
+        rows = []
+        for key, counts in sorted(self.groups.items(), key=order):
+            rows.append((key, None, counts))
+            rows.extend((key, day, day_counts) for day, day_counts in
+                        sorted((counts.days or {}).items()))
+        return rows
+
+
+def _other_user(user_id, anonymous_id):
+    """The user of an event whose userId is not a non-empty string: the userId as text (a
+    number, from another writer), else the anonymousId, kept apart from userIds, else
+    None."""
+    if user_id is not None and user_id != "":
+        return str(user_id)
+    if anonymous_id is None or anonymous_id == "":
+        return None
+    return ("anonymousId", str(anonymous_id))
+
+
+# json's C scanner, which json.loads calls after checks a log line does not need.
+_scan_json = json.JSONDecoder().scan_once
+
+
+def _key_text(key):
+    """A group's key as text: a string as it is, another value as JSON, none as (none)."""
+    return "(none)" if key is None else key[0] if type(key) is tuple else key
+
+
+def _key_value(key):
+    return None if key is None else json.loads(key[0]) if type(key) is tuple else key
+
+
+def _printable(text, limit):
+    """`text` fit for a terminal: control and other unprintable characters escaped (a key
+    comes from a URL, and an escape sequence in it must not reach the operator's terminal),
+    at most `limit` characters."""
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _bar(counts, peak):
+    """A day's bar: its length its events against the busiest day's, "#" for events not
+    labelled machine, "." for machine ones."""
+    if not counts.events or not peak:
+        return ""
+    width = max(1, round(REPORT_BAR * counts.events / peak))
+    dots = round(width * counts.machine / counts.events)
+    return "#" * (width - dots) + "." * dots
+
+
+def report_table(tally):
+    """The report as aligned text: a header, a row a group (with --daily, a row a day under
+    it with its bar), and a total row, whose users are distinct over all groups."""
+    peak = tally.peak_day
+    rows = [[_printable(_key_text(key), _REPORT_KEY_CHARS) if day is None else
+             "  " + day] + [str(value) for value in counts.values()] +
+            [_bar(counts, peak) if day is not None else ""]
+            for key, day, counts in tally.rows()]
+    header = [_printable(tally.by, _REPORT_KEY_CHARS)] + list(REPORT_COLUMNS) + [""]
+    total = ["total"] + [str(value) for value in tally.total.values()] + [""]
+    table = [header] + rows + [total]
+    widths = [max(len(row[column]) for row in table) for column in range(len(header) - 1)]
+    lines = []
+    for row in table:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
+                                             zip(row[1:-1], widths[1:])]
+        lines.append(("  ".join(cells) + ("  " + row[-1] if row[-1] else "")).rstrip())
+    if tally.daily:
+        lines.append("(bars: # events not labelled machine, . machine events)")
+    return "\n".join(lines) + "\n"
+
+
+def report_records(tally):
+    """The report as dicts, one a group (with --daily, one a day of a group too): key (the
+    field's value; null where events have none), day (with --daily), and REPORT_COLUMNS."""
+    for key, day, counts in tally.rows():
+        record = {"key": _key_value(key)}
+        if tally.daily:
+            record["day"] = day
+        record.update(zip(REPORT_COLUMNS, counts.values()))
+        yield record
+
+
+def log_lines(read, limit=MAX_EVENT_LINE, size=1 << 20):
+    """The lines (bytes, without their newline) of what `read(size)` gives until b"", one
+    at a time, the last one even without a newline. A line over `limit` bytes comes as one
+    None, and is never held whole: a file with no newline (/dev/zero) costs one block."""
+    rest, skipping = b"", False
+    while True:
+        block = read(size)
+        if not block:
+            if skipping:
+                yield None
+            elif rest:
+                yield rest
+            return
+        lines = (rest + block).split(b"\n") if rest else block.split(b"\n")
+        rest = lines.pop()
+        if skipping and lines:   # the long line ends in this block
+            lines[0] = None
+            skipping = False
+        for line in lines:
+            yield line if line is None or len(line) <= limit else None
+        if len(rest) > limit:
+            rest, skipping = b"", True
+
+
+# --------------------------------------------------------------------------------------------
 # The command line
 
 def pin_cpu(choice):
@@ -5464,11 +5735,13 @@ def serve(server, pixel, pinned):
 
 
 def main(argv=None, environ=None):
-    """Run the server until SIGTERM or SIGINT, or a subcommand (forward) to its end;
+    """Run the server until SIGTERM or SIGINT, or a subcommand (forward, report) to its end;
     return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["forward"]:
         return forward_files(argv[1:])
+    if argv[:1] == ["report"]:
+        return report_files(argv[1:])
     config = parse_args(argv, environ)
     reporter = Reporter()
     server = pixel = None
@@ -5585,6 +5858,136 @@ def forward_files(argv=None):
     for problem in forwarder.truncated:
         reporter.say("%s; every whole line before that was sent" % problem)
     return 0 if complete and not forwarder.truncated else 1
+
+
+def build_report_parser():
+    parser = argparse.ArgumentParser(
+        prog="pixel.py report",
+        description="Count the events of pixel's events logs by a field: events, distinct "
+                    "users (userId, else anonymousId), those labelled machine "
+                    "(context.machine), and both again without machines. Reads plain and "
+                    "gzipped files and - (stdin), a line at a time.")
+    parser.add_argument("--by", type=_field_path, default="event", metavar="FIELD",
+                        help="the field to group by, a dotted path such as "
+                             "properties.campaign (default: %(default)s)")
+    parser.add_argument("--event", metavar="NAME", help="count only events of this name")
+    parser.add_argument("--type", choices=EVENT_TYPES, help="count only events of this type")
+    parser.add_argument("--since", type=_report_since, metavar="DATE",
+                        help="count only events received at or after DATE (YYYY-MM-DD, UTC, "
+                             "or an ISO-8601 time)")
+    parser.add_argument("--until", type=_report_until, metavar="DATE",
+                        help="count only events received up to DATE, a date's whole day")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                        help="aligned text with a total row, CSV, or one JSON object a "
+                             "row (default: %(default)s)")
+    parser.add_argument("--daily", action="store_true",
+                        help="add a row a day (UTC, by receivedAt) under each group, with "
+                             "a bar")
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    return parser
+
+
+def _field_path(text):
+    if not text or "" in text.split("."):
+        raise argparse.ArgumentTypeError("not a dotted field path such as "
+                                         "properties.campaign: %r" % text)
+    return text
+
+
+def _report_since(text):
+    try:
+        return report_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a date (YYYY-MM-DD) or an ISO-8601 time: %r"
+                                         % text) from None
+
+
+def _report_until(text):
+    try:
+        return report_time(text, end=True)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a date (YYYY-MM-DD) or an ISO-8601 time: %r"
+                                         % text) from None
+
+
+def _report_stream(path):
+    """(A binary stream of `path`, gzip inflated if it starts as gzip does; the file
+    under it, to close). "-" is stdin. Any file that can be read is taken, a pipe too
+    (<(zcat ...)). OSError."""
+    raw = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        start = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+    except OSError:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+        raise
+    if start == b"\x1f\x8b":
+        import gzip   # here: only a report of a gzipped file pays for it
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    return raw, raw
+
+
+def report_files(argv=None, stdout=None):
+    """`pixel.py report`: the counts of the events in FILEs, on stdout. 0; 1 if a file
+    could not be read to its end (what was read is counted, and stderr says where it
+    stopped); 2 for a bad command line; 130 if SIGINT stopped it."""
+    args = build_report_parser().parse_args(argv)
+    stdout = stdout or sys.stdout
+    reporter = Reporter()
+    tally = Tally(args.by, event=args.event, kind=args.type, since=args.since,
+                  until=args.until, daily=args.daily)
+    status = 0
+    for path in args.files:
+        name = "stdin" if path == "-" else path
+        try:
+            stream, raw = _report_stream(path)
+        except OSError as error:
+            reporter.say("report: cannot read %s: %s" % (name, error.strerror or error))
+            status = 1
+            continue
+        try:
+            # read1: what one read of the file gives. A GzipFile's read() gathers, and drops
+            # all it gathered when it meets damage.
+            tally.add_lines(log_lines(stream.read1))
+        except (OSError, EOFError, zlib.error) as error:   # gzip's damage is one of these
+            reporter.say("report: cannot read %s to its end: %s; what was read before is "
+                         "counted" % (name, getattr(error, "strerror", None) or error))
+            status = 1
+        except KeyboardInterrupt:   # Ctrl-C on a long log, or on /dev/zero: no traceback
+            reporter.say("report: stopped while reading %s; nothing is reported" % name)
+            return 130
+        finally:
+            if stream is not raw:
+                stream.close()   # a GzipFile, which leaves the file under it open
+            if raw is not sys.stdin.buffer:
+                raw.close()
+    if tally.skipped:
+        reporter.say("report: skipped %d line(s) that are not events (torn, not JSON, or "
+                     "not an event: a checkpoint, say)" % tally.skipped)
+    try:
+        if args.format == "table":
+            stdout.write(report_table(tally))
+        elif args.format == "json":
+            for record in report_records(tally):
+                stdout.write(json.dumps(record, ensure_ascii=True) + "\n")
+        else:
+            import csv   # here: only --format csv pays for it
+            writer = csv.writer(stdout, lineterminator="\n")
+            writer.writerow(["key"] + ["day"] * tally.daily + list(REPORT_COLUMNS))
+            for record in report_records(tally):
+                writer.writerow([_csv_cell(value) for value in record.values()])
+        stdout.flush()
+    except BrokenPipeError:   # | head: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
+        return status
+    return status
+
+
+def _csv_cell(value):
+    """A CSV cell: text and counts as they are, no value as nothing, any other as JSON."""
+    if value is None:
+        return ""
+    return value if type(value) in (str, int) else json.dumps(value, ensure_ascii=True)
 
 
 if __name__ == "__main__":

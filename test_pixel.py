@@ -1023,6 +1023,161 @@ class SpacedTarget(unittest.TestCase):
         self.assertLess(time.perf_counter() - started, 2.0)   # ~1 ms each, measured
 
 
+# receivedAt of a fixed day, and events as the log holds them, for the report's table.
+def logged(user=None, event="Email Opened", machine=None, day="2026-11-18", kind="track",
+           anonymous=None, **fields):
+    line = {"type": kind, "event": event, "receivedAt": day + "T11:06:40.250Z",
+            "context": {"ip": "192.0.2.1"}}
+    if user is not None:
+        line["userId"] = user
+    if anonymous is not None:
+        line["anonymousId"] = anonymous
+    if machine:
+        line["context"]["machine"] = machine
+    line.update(fields)
+    return json.dumps(line).encode()
+
+
+REPORT_CASES = [
+    # name, Tally keywords, lines, [(key as shown, day, (events, users, machine,
+    # events_no_machine, users_no_machine))], lines skipped
+    ("by event", {}, [logged("a"), logged("b"), logged("a", event="Clicked")],
+     [("Email Opened", None, (2, 2, 0, 2, 2)), ("Clicked", None, (1, 1, 0, 1, 1))], 0),
+    ("a user is the userId, else the anonymousId", {},
+     [logged("a"), logged(anonymous="a"), logged(anonymous="x"), logged("a", anonymous="y"),
+      logged()], [("Email Opened", None, (5, 3, 0, 5, 3))], 0),
+    ("machines, and the counts without them", {},
+     [logged("a", machine="apple_mpp"), logged("a"), logged("b", machine="scanner"),
+      logged("c", machine="")],
+     [("Email Opened", None, (4, 3, 2, 2, 2))], 0),
+    ("by a dotted path, missing as (none)", {"by": "properties.campaign"},
+     [logged("a", properties={"campaign": "spring"}), logged("b", properties={}),
+      logged("c", properties="x"), logged("d", properties={"campaign": "spring"})],
+     [("spring", None, (2, 2, 0, 2, 2)), ("(none)", None, (2, 2, 0, 2, 2))], 0),
+    ("a number and its string are two groups", {"by": "properties.n"},
+     [logged("a", properties={"n": 1}), logged("a", properties={"n": "1"}),
+      logged("a", properties={"n": 1}), logged("a", properties={"n": None}),
+      logged("a", properties={"n": {"x": [1]}})],
+     [("1", None, (2, 1, 0, 2, 1)), ("1", None, (1, 1, 0, 1, 1)),
+      ('{"x":[1]}', None, (1, 1, 0, 1, 1)), ("(none)", None, (1, 1, 0, 1, 1))], 0),
+    ("one event name", {"event": "Clicked"}, [logged("a"), logged("b", event="Clicked")],
+     [("Clicked", None, (1, 1, 0, 1, 1))], 0),
+    ("one type", {"kind": "page", "by": "name"},
+     [logged("a"), logged("a", kind="page", name="Home")], [("Home", None, (1, 1, 0, 1, 1))], 0),
+    ("since and until take both ends", {"since": "2026-11-18T00:00:00.000Z",
+                                        "until": "2026-11-19T23:59:59.999Z"},
+     [logged("a", day="2026-11-17"), logged("b", day="2026-11-18"),
+      logged("c", day="2026-11-19"), logged("d", day="2026-11-20")],
+     [("Email Opened", None, (2, 2, 0, 2, 2))], 0),
+    ("another zone's receivedAt is read as the time it is",
+     {"since": "2026-11-18T00:00:00.000Z"},
+     [logged("a", receivedAt="2026-11-18T01:00:00+02:00"),
+      logged("b", receivedAt="2026-11-18T03:00:00+02:00"), logged("c", receivedAt="soon")],
+     [("Email Opened", None, (1, 1, 0, 1, 1))], 0),
+    ("daily rows under their group", {"daily": True},
+     [logged("a", day="2026-11-19"), logged("a", day="2026-11-18", machine="apple_mpp"),
+      logged("b", day="2026-11-18"), logged("c", receivedAt=None)],
+     [("Email Opened", None, (4, 3, 1, 3, 3)), ("Email Opened", "(no date)", (1, 1, 0, 1, 1)),
+      ("Email Opened", "2026-11-18", (2, 2, 1, 1, 1)),
+      ("Email Opened", "2026-11-19", (1, 1, 0, 1, 1))], 0),
+    ("what is not an event is skipped", {},
+     [logged("a"), b'{"device": 2049, "inode": 7, "offset": 0}', b'{"type":"track","userI',
+      b"[1, 2]", b'"track"', b'{"type": "nope"}', b"\xff\xfe{}", b"[" * 100000, None,
+      b"", b"null", b'{"type": ["track"]}'],
+     [("Email Opened", None, (1, 1, 0, 1, 1))], 10),
+]
+
+
+class ReportTally(unittest.TestCase):
+    def test_cases(self):
+        for name, options, lines, expected, skipped in REPORT_CASES:
+            with self.subTest(name):
+                tally = pixel.Tally(**options)
+                tally.add_lines(lines)
+                rows = [(pixel._key_text(key), day, counts.values())
+                        for key, day, counts in tally.rows()]
+                self.assertEqual(rows, expected)
+                self.assertEqual(tally.skipped, skipped)
+
+    def test_the_total_counts_each_user_once(self):
+        tally = pixel.Tally()
+        tally.add_lines([logged("a"), logged("a", event="Clicked"), logged("b", machine="x")])
+        self.assertEqual(tally.total.values(), (3, 2, 1, 2, 1))
+
+    def test_the_table(self):
+        tally = pixel.Tally(by="properties.campaign", daily=True)
+        tally.add_lines([logged("a", day="2026-11-18", properties={"campaign": "s\x1b[2Jpring"}),
+                         logged("b", day="2026-11-18", machine="scanner",
+                                properties={"campaign": "s\x1b[2Jpring"}),
+                         logged("c", day="2026-11-19", properties={"campaign": "x" * 500})])
+        table = pixel.report_table(tally)
+        self.assertNotIn("\x1b", table)   # an escape sequence never reaches a terminal
+        lines = table.splitlines()
+        self.assertEqual(lines[0].split(), ["properties.campaign"] + list(pixel.REPORT_COLUMNS))
+        self.assertEqual(lines[1].split()[0], "s\\x1b[2Jpring")
+        self.assertEqual(lines[2].split(), ["2026-11-18", "2", "2", "1", "1", "1",
+                                            "#" * 20 + "." * 20])
+        self.assertTrue(lines[3].startswith("x" * 57 + "..."))
+        self.assertEqual(lines[4].split()[1:], ["1", "1", "0", "1", "1", "#" * 20])
+        self.assertEqual(lines[5].split(), ["total", "3", "3", "1", "2", "2"])
+        self.assertEqual(len({len(lines[index]) for index in (0, 1, 3, 5)}), 1, table)
+
+    def test_records(self):
+        tally = pixel.Tally(by="properties.n")
+        tally.add_lines([logged("a", properties={"n": 2}), logged("b")])
+        self.assertEqual(list(pixel.report_records(tally)), [
+            {"key": 2, "events": 1, "users": 1, "machine": 0, "events_no_machine": 1,
+             "users_no_machine": 1},
+            {"key": None, "events": 1, "users": 1, "machine": 0, "events_no_machine": 1,
+             "users_no_machine": 1}])
+
+    def test_times(self):
+        self.assertEqual(pixel.report_time("2026-11-18"), "2026-11-18T00:00:00.000Z")
+        self.assertEqual(pixel.report_time("2026-11-18", end=True), "2026-11-18T23:59:59.999Z")
+        self.assertEqual(pixel.report_time("2026-11-18T10:00:00+01:00", end=True),
+                         "2026-11-18T09:00:00.000Z")
+        for bad in ("yesterday", "2026-13-01", "2026-11-18T25:00"):
+            with self.subTest(bad), self.assertRaises(ValueError):
+                pixel.report_time(bad)
+
+
+def reader(data, chunk):
+    """A read(size) over `data` that never gives more than `chunk` bytes at once."""
+    stream = io.BytesIO(data)
+    return lambda size: stream.read(min(size, chunk))
+
+
+LOG_LINES_CASES = [
+    # name, data, read at most this many bytes at once, limit, lines
+    ("lines", b"a\nbb\n", 1 << 20, 10, [b"a", b"bb"]),
+    ("a last line with no newline", b"a\nbb", 1 << 20, 10, [b"a", b"bb"]),
+    ("blank lines stay", b"a\n\nb\n", 1 << 20, 10, [b"a", b"", b"b"]),
+    ("a byte at a time", b"ab\ncd\n", 1, 10, [b"ab", b"cd"]),
+    ("a long line is one None", b"a\n" + b"x" * 50 + b"\nb\n", 1 << 20, 10, [b"a", None, b"b"]),
+    ("a long line read in pieces", b"a\n" + b"x" * 50 + b"\nb\n", 7, 10, [b"a", None, b"b"]),
+    ("a long last line", b"a\n" + b"x" * 50, 7, 10, [b"a", None]),
+    ("exactly the limit", b"x" * 10 + b"\n", 3, 10, [b"x" * 10]),
+    ("nothing", b"", 5, 10, []),
+]
+
+
+class LogLines(unittest.TestCase):
+    def test_cases(self):
+        for name, data, chunk, limit, expected in LOG_LINES_CASES:
+            with self.subTest(name):
+                self.assertEqual(list(pixel.log_lines(reader(data, chunk), limit, size=8)),
+                                 expected)
+
+    def test_a_file_with_no_newline_is_never_held_whole(self):
+        blocks = []
+
+        def endless(size):
+            blocks.append(size)
+            return b"x" * size if len(blocks) < 200 else b""
+        self.assertEqual(list(pixel.log_lines(endless, limit=100, size=1 << 20)), [None])
+        self.assertEqual(len(blocks), 200)
+
+
 # Any PEM file of CA certificates this machine has, for flags that check theirs.
 CA_BUNDLE = next((path for path in ("/etc/ssl/certs/ca-certificates.crt",
                                     "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
@@ -8287,6 +8442,147 @@ class MachineRangesProcess(unittest.TestCase):
         self.assertEqual(process.wait(30), 0)
         listener.join(10)
         process.stderr.close()
+
+
+def write_log(folder, name, lines, compress=False):
+    data = b"".join(line + b"\n" for line in lines)
+    return write_file(folder, name, gzip.compress(data) if compress else data)
+
+
+class ReportCommand(unittest.TestCase):
+    """`pixel.py report` as a process, on real files: plain, gzipped, stdin, a torn last
+    line, a checkpoint among them, a damaged archive."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.opens = [logged("u%d" % (number % 5), machine="apple_mpp" if number % 3 == 0
+                             else None, day="2026-11-%02d" % (18 + number % 2),
+                             properties={"campaign": "spring" if number < 6 else "summer"})
+                      for number in range(10)]
+
+    def report(self, *argv, stdin=None):
+        result = subprocess.run([sys.executable, PIXEL_PY, "report"] + list(argv),
+                                input=stdin, capture_output=True, timeout=60, cwd=self.dir)
+        return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+    def test_plain_gzipped_stdin_torn_and_a_checkpoint(self):
+        live = write_log(self.dir, "events.jsonl", self.opens[:4] + [b'{"type":"track","us'])
+        archive = write_log(self.dir, "events.jsonl.20261118T000000.000Z.gz", self.opens[4:8],
+                            compress=True)
+        checkpoint = pixel.state_path(live, "forward")
+        os.makedirs(os.path.dirname(checkpoint))
+        pixel.write_checkpoint(checkpoint, {"device": 1, "inode": 2, "offset": 3,
+                                            "mtime_ns": 4, "head_bytes": 0, "head": ""})
+        stdin = gzip.compress(b"".join(line + b"\n" for line in self.opens[8:9]))
+        status, out, err = self.report("--format", "json", "--by", "properties.campaign",
+                                       live, archive, checkpoint, "-", stdin=stdin)
+        self.assertEqual(status, 0, err)
+        self.assertEqual([json.loads(line) for line in out.splitlines()], [
+            {"key": "spring", "events": 6, "users": 5, "machine": 2, "events_no_machine": 4,
+             "users_no_machine": 4},
+            {"key": "summer", "events": 3, "users": 3, "machine": 1, "events_no_machine": 2,
+             "users_no_machine": 2}])
+        self.assertEqual(err, "pixel: report: skipped 2 line(s) that are not events (torn, not "
+                              "JSON, or not an event: a checkpoint, say)\n")
+        status, out, err = self.report("-", stdin=b"".join(line + b"\n" for line in self.opens))
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out.splitlines()[1].split(), ["Email", "Opened", "10", "5", "4", "6",
+                                                       "5"])
+
+    def test_formats_and_filters(self):
+        log = write_log(self.dir, "events.jsonl", self.opens + [
+            logged("x", event="Clicked"), logged("y", kind="page", event=None, day="2026-11-30")])
+        status, out, err = self.report("--format", "csv", "--daily", "--event", "Email Opened",
+                                       "--since", "2026-11-19", "--by", "properties.campaign",
+                                       log)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, "key,day,events,users,machine,events_no_machine,users_no_machine\n"
+                              "spring,,3,3,1,2,2\nspring,2026-11-19,3,3,1,2,2\n"
+                              "summer,,2,2,1,1,1\nsummer,2026-11-19,2,2,1,1,1\n")
+        status, out, err = self.report("--type", "page", "--until", "2026-11-29", log)
+        self.assertEqual([line.split() for line in out.splitlines()[1:]],
+                         [["total", "0", "0", "0", "0", "0"]])
+        status, out, err = self.report("--daily", log)
+        lines = out.splitlines()
+        self.assertEqual(lines[2].split()[-1], "#" * 24 + "." * 16, out)
+        self.assertEqual(lines[-1], "(bars: # events not labelled machine, . machine events)")
+
+    def test_a_damaged_archive_and_files_that_cannot_be_read(self):
+        whole = gzip.compress(b"".join(logged("u%d" % number) + b"\n" for number in range(2000)))
+        cut = write_file(self.dir, "cut.gz", whole[:len(whole) // 2])
+        status, out, err = self.report("--format", "json", cut)
+        self.assertEqual(status, 1)
+        self.assertIn("pixel: report: cannot read %s to its end: " % cut, err)
+        self.assertGreater(json.loads(out)["events"], 500)   # what came before is counted
+        for path, message in ((os.path.join(self.dir, "missing"), "No such file"),
+                              (self.dir, "Is a directory")):
+            with self.subTest(path):
+                status, out, err = self.report(path)
+                self.assertEqual(status, 1)
+                self.assertIn(message, err)
+                self.assertTrue(out.startswith("event "), out)
+
+    def test_bad_command_lines(self):
+        for argv, message in ((["--since", "yesterday", "x"], "not a date"),
+                              (["--by", "properties..campaign", "x"], "not a dotted field"),
+                              (["--type", "click", "x"], "invalid choice"),
+                              (["--format", "xml", "x"], "invalid choice"),
+                              ([], "the following arguments are required: FILE")):
+            with self.subTest(argv):
+                status, out, err = self.report(*argv)
+                self.assertEqual((status, out), (2, ""))
+                self.assertIn("usage: pixel.py report", err)
+                self.assertIn(message, err)
+
+    def test_a_reader_that_stops_early(self):
+        lines = [logged("u", event="e%d" % number) for number in range(20000)]
+        process = subprocess.Popen([sys.executable, PIXEL_PY, "report",
+                                    write_log(self.dir, "e.jsonl", lines)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process.stdout.readline()
+        process.stdout.close()   # `| head -1`
+        stderr = process.stderr.read()
+        process.stderr.close()
+        self.assertEqual((process.wait(30), stderr), (0, b""))
+
+    def test_sigint_stops_it_quietly(self):
+        process = subprocess.Popen([sys.executable, PIXEL_PY, "report", "/dev/zero"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(process.kill)
+
+        def reading():   # /dev/zero among its open files: past start-up, in the read loop
+            folder = "/proc/%d/fd" % process.pid
+            try:
+                return any(os.readlink(os.path.join(folder, fd)) == "/dev/zero"
+                           for fd in os.listdir(folder))
+            except OSError:   # an fd closed between the listing and the readlink
+                return False
+        self.assertTrue(wait_until(reading))
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+        self.assertEqual((process.returncode, stdout), (130, b""))
+        self.assertEqual(stderr, b"pixel: report: stopped while reading /dev/zero; nothing "
+                                 b"is reported\n")
+
+    def test_memory_grows_with_users_not_lines(self):
+        # The same 2,000 users in a 10 MB log and in a 60 MB one, and a 30 MB line with
+        # no newline: the peak RSS of each run, in KiB.
+        lines = [logged("user-%d" % (number % 2000), properties={"pad": "p" * 400})
+                 for number in range(20000)]
+        small = write_log(self.dir, "small.jsonl", lines)
+        large = write_log(self.dir, "large.jsonl", lines * 6)
+        line = write_file(self.dir, "line.jsonl", b"x" * (30 << 20))
+        script = ("import resource, sys; sys.path.insert(0, %r); import pixel; "
+                  "status = pixel.report_files(sys.argv[1:]); "
+                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+                  % HERE)
+        peaks = []
+        for path in (small, large, line):
+            result = subprocess.run([sys.executable, "-c", script, path], capture_output=True,
+                                    text=True, timeout=120)
+            peaks.append(int(result.stderr.splitlines()[-1]))
+        self.assertLess(peaks[1] - peaks[0], 8 * 1024, peaks)
+        self.assertLess(peaks[2] - peaks[0], 8 * 1024, peaks)
 
 
 # ---------------------------------------------------------------------------------------------

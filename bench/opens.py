@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Measure what issue 21 added to pixel.py: labelling machine opens.
+"""Measure what issue 21 added to pixel.py: labelling machine opens and `pixel.py report`.
 
     python3 bench/opens.py                   # every section, about three minutes
-    python3 bench/opens.py --only ranges     # one section: ranges, labels, keepalive
+    python3 bench/opens.py --only ranges     # one section: ranges, labels, keepalive, report
 
 ranges     a synthetic list shaped like Apple's egress-ip-ranges.csv (290,000 rows, one in
            four IPv4, prefixes /24-/32 and /45-/64 carved from a few blocks with gaps,
@@ -17,15 +17,23 @@ labels     microseconds Labeller.label() adds to one pixel request with no range
 keepalive  wrk (one thread, 50 keep-alive connections, Apple Mail's agent) against pixel.py
            before issue 21 (--before, by default where this branch left lean) and now,
            alternating the order each round: req/s, and the median of the rounds' ratios.
+report     `pixel.py report --by properties.campaign` over a synthetic events log of
+           --report-mb MB (200 by default: ~490-byte lines written by pixel's own encoder,
+           40 campaigns, 200,000 users, one line in five from a machine), plain, with
+           --daily, and gzipped; `wc -l` on the same file as the floor of reading it. Wall
+           time and CPU time (user + system), each the median of the rounds: on a busy
+           machine the second says what the report costs, the first what a user waited.
 
 The machine has other users (two shared cores): every number printed is a median or a best
 of --rounds runs, and the README quotes those, or ratios.
 """
 
 import argparse
+import gzip
 import ipaddress
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -96,6 +104,39 @@ AGENTS = [("Mozilla/5.0", "apple_mail", "apple_mpp"),
           ("Barracuda Sentinel (EE)", None, "scanner")]
 MACHINE_AGENTS = [agent for agent in AGENTS if agent[2]]
 PEOPLE_AGENTS = [agent for agent in AGENTS if not agent[2]]
+
+
+def write_event_log(path, megabytes, seed=21, users=200000, campaigns=40, days=30):
+    """An events log of about `megabytes` MB, written by pixel's own encoder: opens and
+    clicks of `campaigns` campaigns by `users` users over `days` days, one line in five from
+    a machine."""
+    import pixel
+    generator = random.Random(seed)
+    start = pixel.parse_time("2026-11-01T00:00:00Z")
+    written, target = 0, megabytes * 1000 * 1000
+    with open(path, "wb") as handle:
+        while written < target:
+            block = []
+            for _ in range(1000):
+                agent, client, machine = generator.choice(
+                    MACHINE_AGENTS if generator.random() < 0.2 else PEOPLE_AGENTS)
+                event = pixel.enrich("track", {
+                    "writeKey": "YOUR_WRITE_KEY", "userId": "user-%06d" % generator.randrange(users),
+                    "event": generator.choice(("Email Opened", "Email Opened", "Link Clicked")),
+                    "properties": {"campaign": "campaign-%02d" % generator.randrange(campaigns),
+                                   "subject": "The Electric Daily, issue %d" % generator.randrange(999),
+                                   "sendId": "%016x" % generator.getrandbits(64)}},
+                    received_at=start + generator.random() * days * 86400,
+                    ip="203.0.113.%d" % generator.randrange(256), user_agent=agent)
+                if client:
+                    event["context"]["mailClient"] = client
+                if machine:
+                    event["context"]["machine"] = machine
+                block.append(pixel.encode_line(event))
+            data = b"".join(block)
+            handle.write(data)
+            written += len(data)
+    return written
 
 
 def median(values):
@@ -214,16 +255,47 @@ def bench_keepalive(folder, rounds, seconds, base):
                                                      median(ratios)))
 
 
+def bench_report(folder, megabytes, rounds):
+    """`pixel.py report` over a synthetic log, plain and gzipped, next to wc -l."""
+    path = os.path.join(folder, "events.jsonl")
+    size = write_event_log(path, megabytes)
+    with open(path, "rb") as source, gzip.open(path + ".gz", "wb", compresslevel=1) as target:
+        while True:
+            block = source.read(1 << 20)
+            if not block:
+                break
+            target.write(block)
+    for name, command in (("wc -l", ["wc", "-l", path]),
+                          ("report", [sys.executable, PIXEL_PY, "report", "--by",
+                                      "properties.campaign", path]),
+                          ("report --daily", [sys.executable, PIXEL_PY, "report", "--by",
+                                              "properties.campaign", "--daily", path]),
+                          ("report of .gz", [sys.executable, PIXEL_PY, "report", "--by",
+                                             "properties.campaign", path + ".gz"])):
+        times, cpu = [], []
+        for _ in range(rounds):
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
+            times.append(time.perf_counter() - started)
+            now = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append(now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime)
+        print("report: %-15s %.0f MB of log in %.2f s: %.0f MB/s; %.2f s of CPU: %.0f MB/s "
+              "(medians of %d)" % (name, size / 1e6, median(times), size / 1e6 / median(times),
+                                   median(cpu), size / 1e6 / median(cpu), rounds))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", action="append",
-                        choices=("ranges", "labels", "keepalive"))
+                        choices=("ranges", "labels", "keepalive", "report"))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--report-mb", type=int, default=200)
     parser.add_argument("--seconds", type=int, default=5, help="of each wrk run")
     parser.add_argument("--before", metavar="REV", help="the pixel.py keepalive compares "
                         "with (default: where this branch left lean, git merge-base HEAD lean)")
     args = parser.parse_args()
-    sections = args.only or ["ranges", "labels", "keepalive"]
+    sections = args.only or ["ranges", "labels", "keepalive", "report"]
     with tempfile.TemporaryDirectory(prefix="pixel-bench-opens-") as folder:
         if "ranges" in sections:
             bench_ranges(folder, args.rounds)
@@ -234,6 +306,8 @@ def main():
                 ["git", "-C", PROJECT, "merge-base", "HEAD", "lean"], capture_output=True,
                 text=True, check=True).stdout.strip()
             bench_keepalive(folder, args.rounds, args.seconds, base)
+        if "report" in sections:
+            bench_report(folder, args.report_mb, args.rounds)
     return 0
 
 
