@@ -8803,6 +8803,64 @@ class ReadmeWsgi(unittest.TestCase):
 
 
 
+class ReadmeOpens(unittest.TestCase):
+    """The README's email section and report section (issue 21), run as written."""
+
+    @classmethod
+    def setUpClass(cls):
+        with open(os.path.join(HERE, "README.md"), encoding="utf-8") as handle:
+            readme = handle.read()
+        cls.email = readme.split("## Embedding the pixel in an email template")[1] \
+            .split("\n## ")[0]
+        cls.report = readme.split("## Counting opens: `pixel.py report`")[1].split("\n## ")[0]
+
+    def test_unique_opens_and_every_open(self):
+        sources = [html.unescape(re.search(r'src="https://[^/]+([^"]+)"', block).group(1))
+                   for block in re.findall(r"```html\n(.*?)```", self.email, re.S)]
+        unique, every = [source for source in sources if "{{message_id}}" in source]
+        self.assertNotIn("messageId", every)
+        folder = temp_dir(self)
+        made = make_pixel(self, folder)
+        for source in (unique, every):
+            filled = source.replace("{{user_id}}", "u1").replace("{{message_id}}", "send-7")
+            path, _, query = filled.partition("?")
+            for agent in ("Mozilla/5.0", APPLE_MAIL):   # Apple's fetch, then the person's
+                answer = made.app.answer(pixel.route_for(path), request(
+                    path=path, query=query, headers={"user-agent": agent}))
+                self.assertIs(answer, pixel.GIF_ANSWER)
+        with open(os.path.join(folder, "events.jsonl"), "rb") as handle:
+            events = [json.loads(line) for line in handle]
+        self.assertEqual([(event.get("messageId") == "send-7",
+                           event.get("properties", {}).get("sendId")) for event in events],
+                         [(True, None), (False, "send-7"), (False, "send-7")])
+
+    def test_the_report_example(self):
+        (command,) = re.findall(r"```sh\n(.*?)\n```", self.report, re.S)
+        (expected,) = re.findall(r"```text\n(.*?)```", self.report, re.S)
+        argv = shlex.split(command)
+        self.assertEqual(argv[:3], ["python3", "pixel.py", "report"])
+        folder = temp_dir(self)
+        log = os.path.join(folder, "events.jsonl")
+        load_bench("opens").write_event_log(log, 0.1, users=400, campaigns=3, days=7)
+        stdout = io.StringIO()
+        self.assertEqual(pixel.report_files([log if word == "events.jsonl*" else word
+                                             for word in argv[3:]], stdout=stdout), 0)
+        self.assertEqual(stdout.getvalue(), expected)
+
+    def test_the_costs_are_measured_numbers(self):
+        table = self.email.split("| | |\n| --- | --- |\n")[1].split("\n\n")[0]
+        costs = [line.split("|")[2].strip() for line in table.splitlines()]
+        self.assertEqual(len(costs), 4)
+        for cost, unit in zip(costs, ("s", "µs", "µs", "")):
+            self.assertRegex(cost, r"\A\d[\d.-]*\d %s" % unit if unit else r"\A\d\.\d\d ")
+        self.assertRegex(self.report, r"at [\d-]+\s+MB/s")
+        self.assertIn("python3 bench/opens.py", self.email)
+        with open(os.path.join(HERE, "bench", "opens.py"), encoding="utf-8") as handle:
+            sections = re.search(r"choices=\(([^)]*)\)", handle.read()).group(1)
+        self.assertEqual(re.findall(r'"(\w+)"', sections),
+                         ["ranges", "labels", "keepalive", "report"])
+
+
 if __name__ == "__main__":
     unittest.main()
 
