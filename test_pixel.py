@@ -951,7 +951,8 @@ class MachineRangesOption(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "takes a list"):
             pixel.configure(machine_ranges="apple_mpp=/a.csv")
         for value in ([42], [("apple_mpp",)], [("apple_mpp", 3)], [{"apple_mpp": "/a"}]):
-            with self.subTest(value), self.assertRaises(argparse.ArgumentTypeError):
+            with self.subTest(value), self.assertRaisesRegex(
+                    (argparse.ArgumentTypeError, ValueError), "not LABEL=FILE"):
                 pixel.configure(machine_ranges=value)
 
 
