@@ -5977,9 +5977,11 @@ def report_files(argv=None, stdout=None):
             for record in report_records(tally):
                 writer.writerow([_csv_cell(value) for value in record.values()])
         stdout.flush()
-    except BrokenPipeError:   # | head: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
-        return status
+    except OSError as error:   # | head (EPIPE): the reader has what it wanted; or a full disk
+        if error.errno != errno.EPIPE:
+            reporter.say("report: cannot write the report: %s" % (error.strerror or error))
+            status = 1
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())   # for the flush at exit
     return status
 
 

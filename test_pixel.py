@@ -2774,6 +2774,18 @@ class RangeFiles(unittest.TestCase):
         ranges = self.load("10.0.0.0/8," + "x" * 4085 + "\n")
         self.assertEqual(ranges.find("10.9.9.9"), "apple_mpp")
 
+    def test_several_files_of_one_label_are_one_set(self):
+        ranges = pixel.load_ranges([
+            ("scanner", write_file(self.dir, "eop.txt", "40.92.0.0/15 all eop\n")),
+            ("scanner", write_file(self.dir, "barracuda.txt", "209.222.82.0/24 all egd\n"
+                                                              "40.92.0.0/16 again\n")),
+            ("apple_mpp", write_file(self.dir, "apple.csv", "209.222.82.0/25,US\n"))])
+        self.assertEqual(ranges.counts, {"scanner": 3, "apple_mpp": 1})
+        self.assertEqual([ranges.find(address) for address in
+                          ("40.93.0.1", "209.222.82.200", "209.222.82.1")],
+                         ["scanner", "scanner", "apple_mpp"])
+        self.assertEqual(ranges.find("209.222.82.1", ("scanner",)), "scanner")
+
     def test_too_many_ranges(self):
         paths = [("scanner", write_file(self.dir, "a.txt", "10.0.0.0/24\n" * 6)),
                  ("apple_mpp", write_file(self.dir, "b.csv", "10.0.1.0/24\n" * 6))]
@@ -3027,6 +3039,22 @@ class RangesReload(RecorderCase):
                 thread.join(10)
         self.assertEqual(failures, [])
         self.assertEqual(set(seen), {None, "apple_mpp"})
+
+    def test_reloads_at_once(self):
+        # SIGHUPs in a row each start a thread (serve()); they load one at a time, and the
+        # set in use is always a whole one.
+        self.replace(APPLE_RANGES)
+        labeller, results = self.pixel.labeller, []
+        threads = [threading.Thread(target=lambda: results.append(labeller.reload()))
+                   for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        self.assertEqual(results, [True] * 8)
+        self.assertEqual(labeller.ranges.counts, {"apple_mpp": 4})
+        self.assertEqual(self.machine(), "apple_mpp")
+        self.assertEqual(self.stderr.getvalue().count("reloaded the machine ranges"), 8)
 
     def test_without_ranges_a_reload_does_nothing(self):
         made = make_pixel(self, temp_dir(self), reporter=pixel.Reporter(self.stderr))
@@ -6415,6 +6443,19 @@ class RawSpaces(ServerCase):
         self.assertEqual([event["event"] for event in self.lines()],
                          ["Open %d" % number for number in range(1, 6)])
 
+    def test_a_slow_client(self):
+        # The line dripped in pieces, one split inside a run of spaces: the head reader
+        # waits for the whole head, whatever it holds.
+        request = SEED_LINE.replace(b"Email Opened", b"Email   Opened") + \
+            b"\r\nHost: x\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            for start in range(0, len(request), 17):
+                sock.sendall(request[start:start + 17])
+                time.sleep(0.01)   # a slow client is one that takes time
+            reply = sock.makefile("rb").read()
+        self.assertTrue(reply.endswith(pixel.GIF), reply[:60])
+        self.assertEqual(self.lines()[0]["event"], "Email Opened")
+
     def test_anything_else_with_spaces_stays_a_400(self):
         for line in (b"GET /v1/pixel/ track?event=A B HTTP/1.1",
                      b"GET /v1/pixel/track ?event=A B HTTP/1.1",
@@ -8545,6 +8586,16 @@ class ReportCommand(unittest.TestCase):
         stderr = process.stderr.read()
         process.stderr.close()
         self.assertEqual((process.wait(30), stderr), (0, b""))
+
+    def test_a_full_disk_under_stdout(self):
+        log = write_log(self.dir, "e.jsonl", [logged("u", event="e%d" % number)
+                                              for number in range(2000)])
+        with open("/dev/full", "wb") as full:
+            result = subprocess.run([sys.executable, PIXEL_PY, "report", log], stdout=full,
+                                    stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual((result.returncode, result.stderr),
+                         (1, b"pixel: report: cannot write the report: No space left on "
+                             b"device\n"))
 
     def test_sigint_stops_it_quietly(self):
         process = subprocess.Popen([sys.executable, PIXEL_PY, "report", "/dev/zero"],
