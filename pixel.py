@@ -46,6 +46,7 @@ import collections
 import datetime
 import email.utils
 import errno
+import functools
 import hmac
 import html
 import http.client
@@ -1209,6 +1210,8 @@ def parse_head(head):
     if len(lines) - 1 > MAX_HEADERS:
         raise HeadError(431, "too_many_headers", request_line)
     words = request_line.decode("latin-1").split(" ")
+    if len(words) > 3:
+        words = spaced_pixel_target(words)
     if len(words) != 3:   # two words is HTTP/0.9, which has no Host and no user agent
         raise HeadError(400, "bad_request_line", request_line)
     method, target, version = words
@@ -1251,6 +1254,24 @@ def parse_head(head):
     path, _, query = target.partition("?")
     return Head(method, target, path, query, "HTTP/1." + minor, headers, body_length,
                 keep_alive)
+
+
+def spaced_pixel_target(words):
+    """A request line split at its spaces (`words`, more than three) as [method, target,
+    version] when it is a pixel URL with literal spaces in its query, as Segment's docs
+    show one (.../track?userId=user_123&event=Email Opened&...): a pixel route's method,
+    then the target, its path whole in the first word, then HTTP/1.x. The words between are
+    joined by single spaces. Anything else is given back as it came, to be refused."""
+    method, version = words[0], words[-1]
+    middle = [word for word in words[1:-1] if word]
+    if method not in _GET_HEAD or not version.startswith("HTTP/1.") or \
+            not _HTTP_VERSION.match(version) or not middle or middle[0][:1] != "/" or \
+            "?" not in middle[0]:
+        return words
+    route = route_for(middle[0].partition("?")[0])
+    if route is None or route.kind != "pixel":
+        return words
+    return [method, " ".join(middle), version]
 
 
 def _body_length(headers):
@@ -1938,6 +1959,333 @@ def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
 
 
 # --------------------------------------------------------------------------------------------
+# Machine opens: what fetched a pixel, from its request alone and from the address ranges an
+# operator names (--machine-ranges). A label never changes the answer or drops the event.
+
+MAIL_CLIENTS = ("gmail", "yahoo", "outlook", "apple_mail")       # context.mailClient
+MACHINES = ("apple_mpp", "gmail_prefetch", "scanner", "prefetch")   # context.machine
+RANGE_LABELS = ("apple_mpp", "scanner")   # what a --machine-ranges file may be
+MAX_RANGES = 1000000             # in all files together; Apple's list has about 290,000
+MAX_RANGES_LINE = 4096           # bytes of a line of a ranges file
+
+# What a User-Agent alone says, the first marker found winning: (marker, mailClient).
+# Gmail's image proxy is a person opening the mail in Gmail: generic bot lists call it a
+# bot, and that broke Gmail opens in Mautic (mautic#16069).
+_MAIL_AGENTS = (("GoogleImageProxy", "gmail"),    # "... (via ggpht.com GoogleImageProxy)"
+                ("YahooMailProxy", "yahoo"),      # "YahooMailProxy; https://..." (two URLs)
+                ("Microsoft Outlook", "outlook"), ("MSOffice", "outlook"),
+                ("ms-office", "outlook"), ("Outlook-iOS/", "outlook"),
+                ("Outlook-Android/", "outlook"), ("MacOutlook/", "outlook"))
+# Gmail's prefetch, seconds after a send, is Edge 12's agent with a second "Mozilla/5.0"
+# after it, which no browser sends (GMass and Bird on Gmail's false opens; Keila matches it).
+_GMAIL_PREFETCH = "Edge/12.246 Mozilla/5.0"
+# Mail scanners and scripts, lower case (warmbly's markers): "bot/" and "bot;", since a bare
+# "bot" is in the agents of Cubot's phones.
+_SCANNER_AGENTS = ("barracuda", "mimecast", "proofpoint", "urldefense", "safelinks", "curl/",
+                   "bot/", "bot;")
+# Apple Mail fetching for itself (Privacy Protection off) sends WebKit's agent without the
+# "Safari/" a browser adds (jenssegers/agent#144).
+_APPLE_DEVICES = ("Macintosh", "iPhone", "iPad")
+# A browser's prefetch or prerender says so (Mautic's isRequestTrackable, warmbly).
+_PREFETCH_HEADERS = ("sec-purpose", "purpose", "x-purpose", "x-moz")
+_PREFETCH_WORDS = ("prefetch", "prerender", "preview")
+_NO_LABELS = (None, None)
+
+
+@functools.lru_cache(maxsize=4096)
+def agent_labels(agent):
+    """(mailClient, machine) that a User-Agent says alone, None for what it does not say.
+    Cached: nearly every open comes from a few dozen agents; the caller passes at most
+    MAX_USER_AGENT characters, so the cache holds at most 4 MiB."""
+    if agent.endswith(_GMAIL_PREFETCH):
+        return "gmail", "gmail_prefetch"
+    for marker, mail_client in _MAIL_AGENTS:
+        if marker in agent:
+            return mail_client, None
+    lowered = agent.lower()
+    if any(marker in lowered for marker in _SCANNER_AGENTS):
+        return None, "scanner"
+    if "AppleWebKit/" in agent and "Safari/" not in agent and \
+            any(device in agent for device in _APPLE_DEVICES):
+        return "apple_mail", None
+    return _NO_LABELS
+
+
+def fetch_labels(agent, headers, address=None, ranges=None):
+    """(mailClient, machine) for one pixel fetch, each a name or None: from its User-Agent
+    `agent`, its `headers` (lower-case names), the client `address` pixel trusts (text) and
+    the operator's `ranges` (an AddressRanges, or None). apple_mpp needs both Apple's agent,
+    exactly "Mozilla/5.0", and an address in Apple's list: the list alone is iCloud Private
+    Relay, people browsing; the agent alone is any script."""
+    labels = agent_labels(agent[:MAX_USER_AGENT]) if agent else _NO_LABELS
+    if ranges and address:
+        wanted = RANGE_LABELS if agent == "Mozilla/5.0" else () if labels[1] else ("scanner",)
+        found = ranges.find(address, wanted) if wanted else None
+        if found == "apple_mpp":
+            return "apple_mail", "apple_mpp"
+        if found == "scanner":
+            labels = labels[0], "scanner"
+    if labels[1] is None and ("sec-purpose" in headers or "purpose" in headers or
+                              "x-purpose" in headers or "x-moz" in headers):   # _PREFETCH_HEADERS
+        for name in _PREFETCH_HEADERS:
+            value = headers.get(name, "").lower()
+            if any(word in value for word in _PREFETCH_WORDS):
+                return labels[0], "prefetch"
+    return labels
+
+
+def address_number(text):
+    """(4 or 6, an address as an int) for address text, IPv4-mapped IPv6 as IPv4; None for
+    text that is not an address. inet_pton: ipaddress takes ten times as long."""
+    try:
+        if ":" not in text:
+            return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+        number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    except (OSError, ValueError):   # not an address; ValueError: a NUL or non-ASCII
+        return None
+    if number >> 32 == 0xFFFF:   # ::ffff:a.b.c.d
+        return 4, number & 0xFFFFFFFF
+    return 6, number
+
+
+_U32 = "I" if array.array("I").itemsize == 4 else "L"   # array typecodes of 32 and 64 bits
+_U64 = "Q"
+_LOW64 = (1 << 64) - 1
+
+
+class AddressRanges:
+    """The operator's address ranges by label, immutable: for each label and family, the
+    ranges merged into disjoint ones, their first and last addresses in sorted arrays
+    searched with bisect (IPv6 as a high and a low 64-bit half). Apple's ~290,000 rows take
+    about 6 MB; a lookup a few bisects."""
+
+    def __init__(self, tables=None, counts=None):
+        self._tables = tables or {}   # label -> (v4 firsts, v4 lasts, v6 first highs,
+                                      #           v6 first lows, v6 last highs, v6 last lows)
+        self.counts = counts or {}    # label -> lines loaded
+
+    def __bool__(self):
+        return bool(self._tables)
+
+    def find(self, address, labels=RANGE_LABELS):
+        """The first of `labels` with a range holding `address` (text), or None."""
+        parsed = address_number(address)
+        if parsed is None:
+            return None
+        family, number = parsed
+        for label in labels:
+            table = self._tables.get(label)
+            if table is not None and (_holds_v4(table, number) if family == 4 else
+                                      _holds_v6(table, number)):
+                return label
+        return None
+
+
+def _holds_v4(table, number):
+    firsts, lasts = table[0], table[1]
+    index = bisect.bisect_right(firsts, number) - 1
+    return index >= 0 and lasts[index] >= number
+
+
+def _holds_v6(table, number):
+    first_highs, first_lows, last_highs, last_lows = table[2:]
+    high, low = number >> 64, number & _LOW64
+    index = bisect.bisect_right(first_highs, high) - 1
+    if index >= 0 and first_highs[index] == high:   # among the ranges starting in this /64
+        start = bisect.bisect_left(first_highs, high, 0, index)
+        index = bisect.bisect_right(first_lows, low, start, index + 1) - 1
+    return index >= 0 and (last_highs[index] > high or
+                           last_highs[index] == high and last_lows[index] >= low)
+
+
+def _range_key(field):
+    """(4 or 6, first address << 8 | host bits) for a CIDR (bytes; host bits set are masked
+    off, as --trusted-proxy reads them; a bare address is a /32 or /128). ValueError. Run
+    once a line of Apple's list, so it parses as address_number does, without its calls."""
+    text, slash, length = field.decode("ascii").partition("/")
+    try:
+        if ":" in text:
+            family, width = 6, 128
+            number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+        else:
+            family, width = 4, 32
+            number = int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except OSError:
+        raise ValueError("not an address") from None   # a NUL raises ValueError itself
+    if slash:
+        if not (length.isdigit() and length.isascii() and len(length) <= 3):
+            raise ValueError("not a prefix length")
+        prefix = int(length)
+    else:
+        prefix = width
+    if family == 6 and number >> 32 == 0xFFFF:   # IPv4-mapped: the prefix counts 96 bits
+        if prefix < 96:
+            raise ValueError("an IPv4-mapped prefix shorter than /96")
+        family, width, prefix, number = 4, 32, prefix - 96, number & 0xFFFFFFFF
+    if prefix > width:
+        raise ValueError("a prefix longer than /%d" % width)
+    host = width - prefix
+    return family, (number >> host << host) << 8 | host
+
+
+def read_ranges(path, into_v4, into_v6, limit=MAX_RANGES):
+    """Append the range keys (_range_key) of the ranges file `path` to the two lists, at
+    most `limit` of them. Each line's first field, up to a comma or a space, is a CIDR:
+    Apple's egress-ip-ranges.csv (172.224.226.0/27,GB,GB-EN,London,) and lists such as
+    warmbly's (CIDR scope label) load as they are. Blank lines and # comments are skipped.
+    ValueError names the file and the line of the first one that is not a range; OSError
+    for a file that cannot be read. Read a block at a time: a line is at most
+    MAX_RANGES_LINE bytes, and the file is never held whole."""
+    fd = open_file(path)
+    try:
+        number, rest, first = 0, b"", True
+        while True:
+            block = os.read(fd, 1 << 20)
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop() if block else b""
+            if first and lines and lines[0].startswith(b"\xef\xbb\xbf"):   # a UTF-8 BOM
+                lines[0] = lines[0][3:]
+            first = False
+            if lines and max(map(len, lines)) > MAX_RANGES_LINE:   # a block at a time: fast
+                long = next(index for index, line in enumerate(lines)
+                            if len(line) > MAX_RANGES_LINE)
+                lines[long:] = [None]
+            for line in lines:
+                number += 1
+                if line is None:
+                    raise ValueError("%s line %d: longer than %d bytes"
+                                     % (path, number, MAX_RANGES_LINE))
+                field = line.split(b",", 1)[0].split(None, 1)
+                if not field or field[0][:1] == b"#":
+                    continue
+                try:
+                    family, key = _range_key(field[0])
+                except ValueError as error:   # UnicodeDecodeError too
+                    raise ValueError("%s line %d: %r is not a CIDR (%s): each line starts "
+                                     "with one, such as 172.224.226.0/27 or 2a02:26f7::/48"
+                                     % (path, number, field[0].decode("ascii", "replace")[:80],
+                                        error if not isinstance(error, UnicodeError) else
+                                        "not ASCII")) from None
+                (into_v4 if family == 4 else into_v6).append(key)
+                limit -= 1
+                if limit < 0:
+                    raise ValueError("%s line %d: more than %d ranges in all the files"
+                                     % (path, number, MAX_RANGES))
+            if len(rest) > MAX_RANGES_LINE:
+                raise ValueError("%s line %d: longer than %d bytes"
+                                 % (path, number + 1, MAX_RANGES_LINE))
+            if not block:
+                return
+    finally:
+        os.close(fd)
+
+
+def _merged(keys):
+    """The disjoint (first, last) ranges of range keys (sorted here, in place), in order,
+    overlapping and adjacent ones joined."""
+    keys.sort()
+    current = None
+    for key in keys:
+        host = key & 0xFF
+        first = key >> 8
+        last = first + (1 << host) - 1
+        if current is not None and first <= current[1] + 1:
+            if last > current[1]:
+                current = (current[0], last)
+            continue
+        if current is not None:
+            yield current
+        current = (first, last)
+    if current is not None:
+        yield current
+
+
+def load_ranges(sources):
+    """An AddressRanges of (label, path) `sources`; several files of one label are one set.
+    ValueError (a file, a line, what is wrong) or OSError. While it loads it holds one int a
+    line (Apple's list: about 16 MiB at the peak), then only the merged ranges' arrays."""
+    keys, counts = {}, {}
+    for label, path in sources:
+        v4, v6 = keys.setdefault(label, ([], []))
+        others = sum(len(a) + len(b) for name, (a, b) in keys.items() if name != label)
+        before = len(v4) + len(v6)
+        read_ranges(path, v4, v6, MAX_RANGES - others)
+        counts[label] = counts.get(label, 0) + len(v4) + len(v6) - before
+    tables = {}
+    for label, (v4, v6) in keys.items():
+        table = tuple(array.array(code) for code in (_U32, _U32, _U64, _U64, _U64, _U64))
+        v4_firsts, v4_lasts, first_highs, first_lows, last_highs, last_lows = table
+        for first, last in _merged(v4):
+            v4_firsts.append(first)
+            v4_lasts.append(last)
+        del v4[:]
+        for first, last in _merged(v6):
+            first_highs.append(first >> 64)
+            first_lows.append(first & _LOW64)
+            last_highs.append(last >> 64)
+            last_lows.append(last & _LOW64)
+        del v6[:]
+        tables[label] = table
+    return AddressRanges(tables, counts)
+
+
+class Labeller:
+    """Labels the events of pixel fetches (context.mailClient, context.machine) through
+    fetch_labels, with the ranges of `sources` ((label, path) pairs), loaded now (ValueError
+    or OSError, in words) and again by reload() (SIGHUP)."""
+
+    def __init__(self, sources=(), reporter=None):
+        self.sources = tuple(sources)
+        self.reporter = reporter or Reporter()
+        self.ranges = load_ranges(self.sources) if self.sources else None
+        self._reload_lock = threading.Lock()
+
+    def label(self, context, request, address_of):
+        """Set the labels of the fetch `request` in an event's `context`, `address_of(request)`
+        giving the client's address, which is read only when there are ranges to look in.
+        The two fields are pixel's own observation of the fetch: one sent in the URL is
+        removed, seen or not, since a URL is written once per send and copied everywhere,
+        and cannot know what fetched it (nor should it make opens machines, or not)."""
+        ranges, headers = self.ranges, request.headers
+        agent = headers.get("user-agent")
+        if agent and not agent.isascii():
+            agent = user_agent(headers)
+        mail_client, machine = fetch_labels(agent, headers,
+                                            address_of(request) if ranges else None, ranges)
+        if "mailClient" in context or "machine" in context:
+            context.pop("mailClient", None)
+            context.pop("machine", None)
+        if mail_client is not None:
+            context["mailClient"] = mail_client
+        if machine is not None:
+            context["machine"] = machine
+
+    def reload(self):
+        """Load the files again, as one set; one that fails keeps the set loaded before, and
+        stderr says why. True if the new set is in use."""
+        if not self.sources:
+            return False
+        with self._reload_lock:   # two SIGHUPs in a row load once, then again
+            try:
+                ranges = load_ranges(self.sources)
+            except (OSError, ValueError) as error:
+                self.reporter.say("cannot reload the machine ranges, so the ranges loaded "
+                                  "before stay in use: %s" % _ranges_error(error))
+                return False
+            self.ranges = ranges
+        self.reporter.say("reloaded the machine ranges (SIGHUP): %s" % ", ".join(
+            "%s %d" % item for item in sorted(ranges.counts.items())))
+        return True
+
+
+def _ranges_error(error):
+    if isinstance(error, OSError):
+        return "cannot read %s: %s" % (error.filename or "a ranges file",
+                                        error.strerror or error)
+    return str(error)
+
+
+# --------------------------------------------------------------------------------------------
 # The recorder, what requests become in the logs, and the app, what a transport answers
 
 class DedupeWindow:
@@ -2084,8 +2432,9 @@ class Recorder:
 
     def __init__(self, events, rejects, *, write_keys=(), trusted_proxies=(), record_ip=True,
                  anonymize_ip=False, dedupe_window=DEFAULT_DEDUPE_WINDOW, metrics=None,
-                 clock=time.time, reporter=None):
+                 clock=time.time, reporter=None, labeller=None):
         self.events, self.rejects = events, rejects
+        self.labeller = labeller or Labeller()
         self.write_keys = frozenset(write_keys)
         self.trusted_proxies = tuple(ipaddress.ip_network(proxy, strict=False)
                                      for proxy in trusted_proxies)
@@ -2147,10 +2496,16 @@ class Recorder:
         """The address to record for `request`: None with --no-ip or none known."""
         if not self.record_ip or not request.peer:
             return None
-        ip = request.peer
-        if self.trusted_proxies or ip.startswith("::ffff:"):
-            ip = client_ip(ip, request.headers.get("x-forwarded-for"), self.trusted_proxies)
+        ip = self.true_client_ip(request)
         return anonymize_ip(ip) if self.anonymize_ip else ip
+
+    def true_client_ip(self, request):
+        """The client's address by the rules above, before --no-ip or --anonymize-ip: what
+        the machine ranges are matched against. None if none is known."""
+        ip = request.peer
+        if ip and (self.trusted_proxies or ip.startswith("::ffff:")):
+            ip = client_ip(ip, request.headers.get("x-forwarded-for"), self.trusted_proxies)
+        return ip or None
 
     def record_pixel(self, kind, request):
         received_at = self.clock()
@@ -2161,6 +2516,7 @@ class Recorder:
                                 write_keys=self.write_keys, ip=ip,
                                 user_agent=user_agent(request.headers),
                                 anonymize=self.anonymize_ip)
+            self.labeller.label(event["context"], request, self.true_client_ip)
             line = encode_line(event)
         except Rejected as rejection:
             self.reject(rejection, request, received_at=received_at, ip=ip)
@@ -4744,6 +5100,22 @@ def _forward_url(value):
     return text
 
 
+def _ranges_source(value):
+    """LABEL=FILE (or a (label, file) pair) as a (label, file) pair; LABEL one of
+    RANGE_LABELS. The file is read when pixel starts (Pixel), not here."""
+    if isinstance(value, str):
+        label, equals, path = value.partition("=")
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and \
+            all(isinstance(part, str) for part in value):
+        (label, path), equals = value, "="
+    else:
+        label = equals = path = ""
+    if not equals or label.strip() not in RANGE_LABELS or not path.strip():
+        raise argparse.ArgumentTypeError("not LABEL=FILE with LABEL %s: %r"
+                                         % (" or ".join(RANGE_LABELS), value))
+    return label.strip(), path.strip()
+
+
 def _token(value):
     # RFC 6750's b64token: what an Authorization: Bearer header can carry as it is.
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9\-._~+/]+=*", value):
@@ -4808,6 +5180,10 @@ OPTIONS = (
     _option("anonymize_ip", "PIXEL_ANONYMIZE_IP", False, _flag, "record IP addresses "
             "truncated to their /24 (IPv4) or /48 (IPv6): the peer's, X-Forwarded-For's, a "
             "client-sent context.ip, and in the rejects log"),
+    _option("machine_ranges", "PIXEL_MACHINE_RANGES", (), _ranges_source, "LABEL=FILE: "
+            "label pixel fetches from addresses in FILE as LABEL, apple_mpp (Apple's "
+            "egress-ip-ranges.csv) or scanner; each line starts with a CIDR. Repeatable; "
+            "reloaded on SIGHUP", many=True),
     _option("metrics_token", "PIXEL_METRICS_TOKEN", None, _token, "require `Authorization: "
             "Bearer TOKEN` for /metrics. Unset, /metrics answers anyone who can reach it"),
     _option("forward", "PIXEL_FORWARD", None, _forward_url, "relay the events log, at least "
@@ -4991,6 +5367,11 @@ class Pixel:
         self.config = config
         self.reporter = reporter or Reporter()
         self.metrics = Metrics(clock)
+        try:   # before any file is made: a start that fails here leaves none
+            self.labeller = Labeller(config.machine_ranges, self.reporter)
+        except (OSError, ValueError) as error:
+            raise StartupError("cannot load the machine ranges: %s"
+                               % _ranges_error(error)) from None
         self.events, self.rejects = open_logs(
             config.log, config.rejects, max_bytes=config.max_bytes, keep=config.keep,
             clock=clock, reporter=self.reporter, readable=bool(config.forward), busy=busy,
@@ -4999,7 +5380,7 @@ class Pixel:
                                  trusted_proxies=config.trusted_proxy,
                                  record_ip=not config.no_ip, anonymize_ip=config.anonymize_ip,
                                  dedupe_window=config.dedupe_window, metrics=self.metrics,
-                                 clock=clock, reporter=self.reporter)
+                                 clock=clock, reporter=self.reporter, labeller=self.labeller)
         self.app = App(self.recorder, self.metrics, allow_origins=config.allow_origin,
                        public_url=config.public_url, metrics_token=config.metrics_token,
                        serve_metrics=serve_metrics)
@@ -5033,8 +5414,9 @@ class Pixel:
             self.forwarder.start()
 
     def reopen(self):
-        """SIGHUP: both logs reopened at their paths."""
+        """SIGHUP: both logs reopened at their paths, the machine ranges loaded again."""
         self.recorder.reopen()
+        self.labeller.reload()
 
     def close(self):
         if self.forwarder is not None:
@@ -5088,6 +5470,277 @@ def make_wsgi_app(**options):
         raise SystemExit(3) from None
     pixel.start()
     return WsgiApp(pixel.app, pixel.close, config)
+
+
+# --------------------------------------------------------------------------------------------
+# Reports: what `pixel.py report` counts in an events log, a line at a time. No I/O.
+
+REPORT_COLUMNS = ("events", "users", "machine", "events_no_machine", "users_no_machine")
+REPORT_BAR = 40   # characters of the longest --daily bar
+_REPORT_KEY_CHARS = 60   # of a group's key, shown in a table
+
+
+class _Counts:
+    """One row's counts: events, those labelled machine, distinct users, and the distinct
+    users with an event not labelled machine."""
+
+    __slots__ = ("events", "machine", "users", "people", "days")
+
+    def __init__(self):
+        self.events = self.machine = 0
+        self.users, self.people = set(), set()
+        self.days = None   # a group's, with --daily: day -> _Counts
+
+    def add(self, user, machine):
+        self.events += 1
+        if machine:
+            self.machine += 1
+        if user is not None:
+            self.users.add(user)
+            if not machine:
+                self.people.add(user)
+
+    def values(self):
+        return (self.events, len(self.users), self.machine, self.events - self.machine,
+                len(self.people))
+
+
+def _received_text(value):
+    """receivedAt as format_time writes it, for comparing as text; None if it is no time."""
+    if isinstance(value, str) and len(value) == 24 and value[10] == "T" and value[23] == "Z":
+        return value   # pixel's own form, nearly always: no parsing
+    try:
+        seconds = parse_time(value)
+    except (ValueError, OverflowError):
+        return None
+    return format_time(seconds) if 0 <= seconds < _LAST_SECOND else None
+
+
+def report_time(text, end=False):
+    """A --since or --until value (a date or an ISO-8601 time) as format_time text; a date
+    alone is its first millisecond, or with `end` its last. ValueError."""
+    seconds = parse_time(text.strip())
+    if not 0 <= seconds < _LAST_SECOND:
+        raise ValueError("out of range: %r" % text)
+    if end and len(text.strip()) == 10:   # YYYY-MM-DD: the whole day
+        seconds += 86400 - 0.001
+    return format_time(seconds)
+
+
+class Tally:
+    """Counts of an events log's events grouped by a field (`by`, a dotted path such as
+    properties.campaign), those of type `kind` and named `event` only, received within
+    [since, until] (format_time text, inclusive), and with `daily`, by day too (UTC, by
+    receivedAt, pixel's own clock). A user is the userId, else the anonymousId (never the
+    same user as a userId of the same text); a machine event one with a context.machine.
+    Memory grows with the groups, days and users, never with the lines: each is dropped
+    once counted."""
+
+    def __init__(self, by="event", event=None, kind=None, since=None, until=None,
+                 daily=False):
+        self.by = by
+        self.path = tuple(by.split("."))
+        self.event, self.kind, self.since, self.until = event, kind, since, until
+        self.daily = daily
+        self.groups = {}    # key -> _Counts, with its days' _Counts in its `days`
+        self.skipped = 0    # lines that are not events
+        self._timed = since is not None or until is not None or daily
+
+    def add_lines(self, lines):
+        """Count each line (bytes or str) that is an event; count the others in `skipped`.
+        None stands for a line too long to have been read (see log_lines)."""
+        scan, add, kinds = _scan_json, self.add, EVENT_TYPES
+        for line in lines:
+            if not line:
+                if line is None:
+                    self.skipped += 1
+                continue   # a blank line
+            try:
+                # Half json.loads's time: UTF-8 decoded here, json's C scanner called
+                # directly. What it does not take whole, json.loads reads as it would.
+                text = line.decode() if type(line) is bytes else line
+                event, end = scan(text, 0)
+                if end != len(text):
+                    event = json.loads(text)
+            except StopIteration:   # the scanner finds no value where the line starts
+                try:
+                    event = json.loads(line)
+                except (ValueError, RecursionError):
+                    self.skipped += 1
+                    continue
+            except (ValueError, RecursionError):   # torn, not JSON, not UTF-8, too deep
+                self.skipped += 1
+                continue
+            if type(event) is not dict or event.get("type") not in kinds:
+                self.skipped += 1   # a checkpoint, a settings document, another log's line
+                continue
+            add(event)
+
+    def add(self, event):
+        """Count one event (a dict with a type)."""
+        if self.event is not None and event.get("event") != self.event or \
+                self.kind is not None and event["type"] != self.kind:
+            return
+        received = None
+        if self._timed:
+            received = _received_text(event.get("receivedAt"))
+            if (self.since is not None or self.until is not None) and received is None or \
+                    self.since is not None and received < self.since or \
+                    self.until is not None and received > self.until:
+                return
+        value = event
+        for part in self.path:
+            value = value.get(part) if type(value) is dict else None
+        if value is not None and type(value) is not str:   # 1 and "1" are two groups
+            value = (_encode_lenient(value),)
+        user = event.get("userId")
+        if type(user) is not str or not user:
+            user = _other_user(user, event.get("anonymousId"))
+        context = event.get("context")
+        machine = type(context) is dict and bool(context.get("machine"))
+        counts = self.groups.get(value)
+        if counts is None:
+            counts = self.groups[value] = _Counts()
+        counts.add(user, machine)
+        if self.daily:
+            days = counts.days
+            if days is None:
+                days = counts.days = {}
+            day = received[:10] if received is not None else "(no date)"
+            counts = days.get(day)
+            if counts is None:
+                counts = days[day] = _Counts()
+            counts.add(user, machine)
+
+    @property
+    def total(self):
+        """The counts of all groups, each user once."""
+        total = _Counts()
+        for counts in self.groups.values():
+            total.events += counts.events
+            total.machine += counts.machine
+            total.users |= counts.users
+            total.people |= counts.people
+        return total
+
+    @property
+    def peak_day(self):
+        """The most events of any one row of a day."""
+        return max((day.events for counts in self.groups.values()
+                    for day in (counts.days or {}).values()), default=0)
+
+    def rows(self):
+        """(key, day, counts) rows: each group, the most events first, with daily its days
+        after it, oldest first (day None on a group's row; "(no date)" for events with no
+        receivedAt to read)."""
+        def order(item):   # ties by key, with the events that have none last
+            return (-item[1].events, item[0] is None, _key_text(item[0]))
+        rows = []
+        for key, counts in sorted(self.groups.items(), key=order):
+            rows.append((key, None, counts))
+            rows.extend((key, day, day_counts) for day, day_counts in
+                        sorted((counts.days or {}).items()))
+        return rows
+
+
+def _other_user(user_id, anonymous_id):
+    """The user of an event whose userId is not a non-empty string: the userId as text (a
+    number, from another writer), else the anonymousId, kept apart from userIds, else
+    None."""
+    if user_id is not None and user_id != "":
+        return str(user_id)
+    if anonymous_id is None or anonymous_id == "":
+        return None
+    return ("anonymousId", str(anonymous_id))
+
+
+# json's C scanner, which json.loads calls after checks a log line does not need.
+_scan_json = json.JSONDecoder().scan_once
+
+
+def _key_text(key):
+    """A group's key as text: a string as it is, another value as JSON, none as (none)."""
+    return "(none)" if key is None else key[0] if type(key) is tuple else key
+
+
+def _key_value(key):
+    return None if key is None else json.loads(key[0]) if type(key) is tuple else key
+
+
+def _printable(text, limit):
+    """`text` fit for a terminal: control and other unprintable characters escaped (a key
+    comes from a URL, and an escape sequence in it must not reach the operator's terminal),
+    at most `limit` characters."""
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _bar(counts, peak):
+    """A day's bar: its length its events against the busiest day's, "#" for events not
+    labelled machine, "." for machine ones."""
+    if not counts.events or not peak:
+        return ""
+    width = max(1, round(REPORT_BAR * counts.events / peak))
+    dots = round(width * counts.machine / counts.events)
+    return "#" * (width - dots) + "." * dots
+
+
+def report_table(tally):
+    """The report as aligned text: a header, a row a group (with --daily, a row a day under
+    it with its bar), and a total row, whose users are distinct over all groups."""
+    peak = tally.peak_day
+    rows = [[_printable(_key_text(key), _REPORT_KEY_CHARS) if day is None else
+             "  " + day] + [str(value) for value in counts.values()] +
+            [_bar(counts, peak) if day is not None else ""]
+            for key, day, counts in tally.rows()]
+    header = [_printable(tally.by, _REPORT_KEY_CHARS)] + list(REPORT_COLUMNS) + [""]
+    total = ["total"] + [str(value) for value in tally.total.values()] + [""]
+    table = [header] + rows + [total]
+    widths = [max(len(row[column]) for row in table) for column in range(len(header) - 1)]
+    lines = []
+    for row in table:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
+                                             zip(row[1:-1], widths[1:])]
+        lines.append(("  ".join(cells) + ("  " + row[-1] if row[-1] else "")).rstrip())
+    if tally.daily:
+        lines.append("(bars: # events not labelled machine, . machine events)")
+    return "\n".join(lines) + "\n"
+
+
+def report_records(tally):
+    """The report as dicts, one a group (with --daily, one a day of a group too): key (the
+    field's value; null where events have none), day (with --daily), and REPORT_COLUMNS."""
+    for key, day, counts in tally.rows():
+        record = {"key": _key_value(key)}
+        if tally.daily:
+            record["day"] = day
+        record.update(zip(REPORT_COLUMNS, counts.values()))
+        yield record
+
+
+def log_lines(read, limit=MAX_EVENT_LINE, size=1 << 20):
+    """The lines (bytes, without their newline) of what `read(size)` gives until b"", one
+    at a time, the last one even without a newline. A line over `limit` bytes comes as one
+    None, and is never held whole: a file with no newline (/dev/zero) costs one block."""
+    rest, skipping = b"", False
+    while True:
+        block = read(size)
+        if not block:
+            if skipping:
+                yield None
+            elif rest:
+                yield rest
+            return
+        lines = (rest + block).split(b"\n") if rest else block.split(b"\n")
+        rest = lines.pop()
+        if skipping and lines:   # the long line ends in this block
+            lines[0] = None
+            skipping = False
+        for line in lines:
+            yield line if line is None or len(line) <= limit else None
+        if len(rest) > limit:
+            rest, skipping = b"", True
 
 
 # --------------------------------------------------------------------------------------------
@@ -5201,11 +5854,13 @@ def serve(server, pixel, pinned):
 
 
 def main(argv=None, environ=None):
-    """Run the server until SIGTERM or SIGINT, or a subcommand (forward) to its end;
+    """Run the server until SIGTERM or SIGINT, or a subcommand (forward, report) to its end;
     return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["forward"]:
         return forward_files(argv[1:])
+    if argv[:1] == ["report"]:
+        return report_files(argv[1:])
     config = parse_args(argv, environ)
     reporter = Reporter()
     server = pixel = None
@@ -5335,6 +5990,144 @@ def forward_files(argv=None):
     for problem in forwarder.truncated:
         reporter.say("%s; every whole line before that was sent" % problem)
     return 0 if complete and not forwarder.truncated else 1
+
+
+def build_report_parser():
+    parser = argparse.ArgumentParser(
+        prog="pixel.py report",
+        description="Count the events of pixel's events logs by a field: events, distinct "
+                    "users (userId, else anonymousId), those labelled machine "
+                    "(context.machine), and both again without machines. Reads plain and "
+                    "gzipped files and - (stdin), a line at a time.")
+    parser.add_argument("--by", type=_field_path, default="event", metavar="FIELD",
+                        help="the field to group by, a dotted path such as "
+                             "properties.campaign (default: %(default)s)")
+    parser.add_argument("--event", metavar="NAME", help="count only events of this name")
+    parser.add_argument("--type", choices=EVENT_TYPES, help="count only events of this type")
+    parser.add_argument("--since", type=_report_since, metavar="DATE",
+                        help="count only events received at or after DATE (YYYY-MM-DD, UTC, "
+                             "or an ISO-8601 time)")
+    parser.add_argument("--until", type=_report_until, metavar="DATE",
+                        help="count only events received up to DATE, a date's whole day")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                        help="aligned text with a total row, CSV, or one JSON object a "
+                             "row (default: %(default)s)")
+    parser.add_argument("--daily", action="store_true",
+                        help="add a row a day (UTC, by receivedAt) under each group, with "
+                             "a bar")
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    return parser
+
+
+def _field_path(text):
+    if not text or "" in text.split("."):
+        raise argparse.ArgumentTypeError("not a dotted field path such as "
+                                         "properties.campaign: %r" % text)
+    return text
+
+
+def _report_since(text):
+    try:
+        return report_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a date (YYYY-MM-DD) or an ISO-8601 time: %r"
+                                         % text) from None
+
+
+def _report_until(text):
+    try:
+        return report_time(text, end=True)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a date (YYYY-MM-DD) or an ISO-8601 time: %r"
+                                         % text) from None
+
+
+def _report_stream(path):
+    """(A binary stream of `path`, gzip inflated if it starts as gzip does; the file
+    under it, to close). "-" is stdin. Any file that can be read is taken, a pipe too
+    (<(zcat ...)). OSError."""
+    raw = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        start = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+    except OSError:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+        raise
+    if start == b"\x1f\x8b":
+        import gzip   # here: only a report of a gzipped file pays for it
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    return raw, raw
+
+
+def report_files(argv=None, stdout=None):
+    """`pixel.py report`: the counts of the events in FILEs, on stdout. 0; 1 if a file
+    could not be read to its end (what was read is counted, and stderr says where it
+    stopped); 2 for a bad command line; 130 if SIGINT stopped it."""
+    args = build_report_parser().parse_args(argv)
+    stdout = stdout or sys.stdout
+    reporter = Reporter()
+    tally = Tally(args.by, event=args.event, kind=args.type, since=args.since,
+                  until=args.until, daily=args.daily)
+    status = 0
+    for path in args.files:
+        name = "stdin" if path == "-" else path
+        try:
+            stream, raw = _report_stream(path)
+        except OSError as error:
+            reporter.say("report: cannot read %s: %s" % (name, error.strerror or error))
+            status = 1
+            continue
+        try:
+            # read1: what one read of the file gives. A GzipFile's read() gathers, and drops
+            # all it gathered when it meets damage.
+            tally.add_lines(log_lines(stream.read1))
+        except (OSError, EOFError, zlib.error) as error:   # gzip's damage is one of these
+            reporter.say("report: cannot read %s to its end: %s; what was read before is "
+                         "counted" % (name, getattr(error, "strerror", None) or error))
+            status = 1
+        except KeyboardInterrupt:   # Ctrl-C on a long log, or on /dev/zero: no traceback
+            reporter.say("report: stopped while reading %s; nothing is reported" % name)
+            return 130
+        finally:
+            if stream is not raw:
+                stream.close()   # a GzipFile, which leaves the file under it open
+            if raw is not sys.stdin.buffer:
+                raw.close()
+    if tally.skipped:
+        reporter.say("report: skipped %d line(s) that are not events (torn, not JSON, or "
+                     "not an event: a checkpoint, say)" % tally.skipped)
+    try:
+        if args.format == "table":
+            stdout.write(report_table(tally))
+        elif args.format == "json":
+            for record in report_records(tally):
+                stdout.write(json.dumps(record, ensure_ascii=True) + "\n")
+        else:
+            import csv   # here: only --format csv pays for it
+            writer = csv.writer(stdout, lineterminator="\n")
+            writer.writerow(["key"] + ["day"] * tally.daily + list(REPORT_COLUMNS))
+            for record in report_records(tally):
+                writer.writerow([_csv_cell(value) for value in record.values()])
+        stdout.flush()
+    except OSError as error:   # | head (EPIPE): the reader has what it wanted; or a full disk
+        if error.errno != errno.EPIPE:
+            reporter.say("report: cannot write the report: %s" % (error.strerror or error))
+            status = 1
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())   # for the flush at exit
+    return status
+
+
+def _csv_cell(value):
+    """A CSV cell: counts as they are, no value as nothing, any other as JSON; text that a
+    spreadsheet would run as a formula (=, +, -, @, a tab or CR first: a key is whatever
+    a pixel URL said) starts with a quote, as OWASP advises."""
+    if value is None:
+        return ""
+    text = value if type(value) in (str, int) else json.dumps(value, ensure_ascii=True)
+    return "'" + text if type(text) is str and text[:1] in _FORMULA_STARTS else text
+
+
+_FORMULA_STARTS = frozenset("=+-@\t\r")
 
 
 if __name__ == "__main__":

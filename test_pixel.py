@@ -10,6 +10,7 @@ with a deadline (wait_until), never a bare sleep, and share one temp-folder help
 (temp_dir).
 """
 
+import argparse
 import ast
 import base64
 import collections
@@ -24,6 +25,8 @@ import ipaddress
 import itertools
 import json
 import os
+import queue
+import random
 import re
 import shlex
 import shutil
@@ -795,6 +798,392 @@ class Reporting(unittest.TestCase):
         self.assertEqual(reporter.lost, 2)
 
 
+# Issue 21: what fetched a pixel. User agents as the research found them (sources in
+# ../shared/research/machine-opens.md), and the ranges the label table loads.
+GMAIL_PROXY = ("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com "
+               "GoogleImageProxy)")
+GMAIL_PREFETCH = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
+                  "Gecko) Chrome/42.0.2311.135 Safari/537.36 Edge/12.246 Mozilla/5.0")
+EDGE_12 = GMAIL_PREFETCH[:-len(" Mozilla/5.0")]
+APPLE_MAIL = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_4) AppleWebKit/605.1.15 (KHTML, "
+              "like Gecko)")
+IPHONE_MAIL = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 "
+               "(KHTML, like Gecko) Mobile/15E148")
+SAFARI = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like "
+          "Gecko) Version/17.1 Safari/605.1.15")
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/120.0.0.0 Safari/537.36")
+CUBOT = ("Mozilla/5.0 (Linux; Android 10; CUBOT_X30) AppleWebKit/537.36 (KHTML, like Gecko) "
+         "Chrome/120.0.0.0 Mobile Safari/537.36")
+# Apple's egress-ip-ranges.csv, as it is, and Microsoft's Exchange Online Protection ranges
+# in warmbly's format (CIDR, scope, label).
+APPLE_RANGES = ("172.224.226.0/27,GB,GB-EN,London,\n"
+                "172.224.226.32/27,GB,GB-EN,London,\n"
+                "2a02:26f7:b3c0:4000::/64,GB,GB-EN,London,\n"
+                "104.28.0.24/31,US,US-CA,Los Angeles,\n")
+SCANNER_RANGES = ("# Microsoft 365 Defender / Exchange Online Protection\n"
+                  "40.92.0.0/15        all     microsoft-365-protection\n"
+                  "2a01:111:f400::/48  all     microsoft-365-protection\n")
+
+LABEL_CASES = [
+    # name, user agent, headers, client address, with the ranges, (mailClient, machine)
+    ("gmail's image proxy is a person", GMAIL_PROXY, {}, "66.249.84.1", True, ("gmail", None)),
+    ("gmail's prefetch", GMAIL_PREFETCH, {}, "66.249.84.1", True, ("gmail", "gmail_prefetch")),
+    ("edge 12 itself is a browser", EDGE_12, {}, "198.51.100.1", True, (None, None)),
+    ("yahoo, help page", "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html",
+     {}, None, False, ("yahoo", None)),
+    ("yahoo, senders page", "YahooMailProxy; https://senders.yahooinc.com/mail-proxy-servers",
+     {}, None, False, ("yahoo", None)),
+    ("outlook desktop", "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.14931; "
+     "Pro)", {}, None, False, ("outlook", None)),
+    ("outlook ms-office", "Mozilla/4.0 (compatible; ms-office; MSOffice 16)", {}, None, False,
+     ("outlook", None)),
+    ("outlook iOS", "Outlook-iOS/709.2189947.prod.iphone (3.24.0)", {}, None, False,
+     ("outlook", None)),
+    ("outlook from a scanner range", "Microsoft Office/16.0 (Windows NT 10.0; Microsoft "
+     "Outlook 16.0.14931; Pro)", {}, "40.93.1.2", True, ("outlook", "scanner")),
+    ("apple mail, privacy protection off", APPLE_MAIL, {}, "198.51.100.1", True,
+     ("apple_mail", None)),
+    ("iphone mail", IPHONE_MAIL, {}, None, False, ("apple_mail", None)),
+    ("safari is a browser", SAFARI, {}, None, False, (None, None)),
+    ("apple privacy protection", "Mozilla/5.0", {}, "172.224.226.7", True,
+     ("apple_mail", "apple_mpp")),
+    ("apple privacy protection, the range's last address", "Mozilla/5.0", {}, "172.224.226.63",
+     True, ("apple_mail", "apple_mpp")),
+    ("apple privacy protection, the next address is not", "Mozilla/5.0", {}, "172.224.226.64",
+     True, (None, None)),
+    ("apple privacy protection over IPv6", "Mozilla/5.0", {}, "2a02:26f7:b3c0:4000:1:2:3:4",
+     True, ("apple_mail", "apple_mpp")),
+    ("apple privacy protection, IPv4-mapped", "Mozilla/5.0", {}, "::ffff:104.28.0.25", True,
+     ("apple_mail", "apple_mpp")),
+    ("Mozilla/5.0 elsewhere is any script", "Mozilla/5.0", {}, "198.51.100.1", True,
+     (None, None)),
+    ("Mozilla/5.0 with no ranges loaded", "Mozilla/5.0", {}, "172.224.226.7", False,
+     (None, None)),
+    ("apple's list with a browser's agent is private relay", SAFARI, {}, "172.224.226.7", True,
+     (None, None)),
+    ("barracuda", "Barracuda Sentinel (EE)", {}, None, False, (None, "scanner")),
+    ("a crawler", "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+     {}, None, False, (None, "scanner")),
+    ("curl", "curl/8.5.0", {}, None, False, (None, "scanner")),
+    ("a cubot phone is no bot", CUBOT, {}, None, False, (None, None)),
+    ("a browser from a scanner range", CHROME, {}, "40.92.0.1", True, (None, "scanner")),
+    ("a scanner range over IPv6", CHROME, {}, "2a01:111:f400:7::1", True, (None, "scanner")),
+    ("next to a scanner range", CHROME, {}, "40.94.0.0", True, (None, None)),
+    ("sec-purpose prefetch", CHROME, {"sec-purpose": "prefetch"}, None, False,
+     (None, "prefetch")),
+    ("sec-purpose prerender", CHROME, {"sec-purpose": "prefetch;prerender"}, None, False,
+     (None, "prefetch")),
+    ("purpose prefetch", CHROME, {"purpose": "Prefetch"}, None, False, (None, "prefetch")),
+    ("x-moz prefetch", CHROME, {"x-moz": "prefetch"}, None, False, (None, "prefetch")),
+    ("x-purpose preview", SAFARI, {"x-purpose": "preview"}, None, False, (None, "prefetch")),
+    ("another purpose", CHROME, {"sec-purpose": "anything"}, None, False, (None, None)),
+    ("a mail client's prefetch keeps its client", APPLE_MAIL, {"purpose": "prefetch"}, None,
+     False, ("apple_mail", "prefetch")),
+    ("a scanner agent wins over a prefetch header", "Barracuda Sentinel (EE)",
+     {"purpose": "prefetch"}, None, False, (None, "scanner")),
+    ("no agent", None, {}, "172.224.226.7", True, (None, None)),
+    ("an empty agent", "", {}, "172.224.226.7", True, (None, None)),
+    ("not an address", "Mozilla/5.0", {}, "unknown", True, (None, None)),
+    ("an address with a zone", "Mozilla/5.0", {}, "fe80::1%eth0", True, (None, None)),
+    ("a NUL in the address", "Mozilla/5.0", {}, "172.224.226.7\0", True, (None, None)),
+    ("a marker past the first 1024 characters", "Mozilla/5.0 " + "x" * 65000 +
+     " GoogleImageProxy", {}, None, False, (None, None)),
+]
+
+
+class MachineLabels(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        folder = tempfile.mkdtemp(prefix="pixel-test-")
+        cls.addClassCleanup(shutil.rmtree, folder, True)
+        paths = []
+        for label, text in (("apple_mpp", APPLE_RANGES), ("scanner", SCANNER_RANGES)):
+            paths.append((label, os.path.join(folder, label + ".csv")))
+            with open(paths[-1][1], "w") as handle:
+                handle.write(text)
+        cls.ranges = pixel.load_ranges(paths)
+
+    def test_cases(self):
+        self.assertEqual(self.ranges.counts, {"apple_mpp": 4, "scanner": 2})
+        for name, agent, headers, address, with_ranges, expected in LABEL_CASES:
+            with self.subTest(name):
+                self.assertEqual(pixel.fetch_labels(agent, headers, address,
+                                                    self.ranges if with_ranges else None),
+                                 expected)
+        self.assertTrue(set(pixel.MAIL_CLIENTS) <= {case[-1][0] for case in LABEL_CASES})
+        self.assertTrue(set(pixel.MACHINES) <= {case[-1][1] for case in LABEL_CASES})
+
+    def test_the_agent_cache_is_bounded(self):
+        pixel.agent_labels.cache_clear()
+        for number in range(10000):
+            pixel.fetch_labels("Mail/%d" % number + "x" * 2000, {})
+        self.assertEqual(pixel.agent_labels.cache_info().currsize, 4096)
+        self.assertEqual(pixel.fetch_labels(GMAIL_PROXY, {}), ("gmail", None))
+
+
+class MachineRangesOption(unittest.TestCase):
+    def test_flags_variable_and_keyword(self):
+        expected = [("apple_mpp", "/a.csv"), ("scanner", "/b.txt")]
+        self.assertEqual(pixel.parse_args(["--machine-ranges", "apple_mpp=/a.csv",
+                                           "--machine-ranges", "scanner = /b.txt"], {})
+                         .machine_ranges, expected)
+        self.assertEqual(pixel.parse_args([], {"PIXEL_MACHINE_RANGES":
+                                               "apple_mpp=/a.csv, scanner=/b.txt"})
+                         .machine_ranges, expected)
+        self.assertEqual(pixel.configure(machine_ranges=[("apple_mpp", "/a.csv"),
+                                                         "scanner=/b.txt"]).machine_ranges,
+                         expected)
+        self.assertFalse(pixel.parse_args([], {}).machine_ranges)
+        self.assertFalse(pixel.configure().machine_ranges)
+
+    def test_bad_values(self):
+        for argv, environ, message in [
+                (["--machine-ranges", "/a.csv"], {}, "not LABEL=FILE"),
+                (["--machine-ranges", "apple=/a.csv"], {}, "not LABEL=FILE"),
+                (["--machine-ranges", "scanner="], {}, "not LABEL=FILE"),
+                (["--machine-ranges", "=/a.csv"], {}, "not LABEL=FILE"),
+                ([], {"PIXEL_MACHINE_RANGES": ""}, "PIXEL_MACHINE_RANGES is set but empty"),
+                ([], {"PIXEL_MACHINE_RANGES": " , "}, "names nothing"),
+                ([], {"PIXEL_MACHINE_RANGES": "apple_mpp"}, "not LABEL=FILE")]:
+            with self.subTest(argv=argv, environ=environ):
+                stderr = io.StringIO()
+                with self.assertRaises(SystemExit) as caught, \
+                        unittest.mock.patch("sys.stderr", stderr):
+                    pixel.parse_args(argv, environ)
+                self.assertEqual(caught.exception.code, 2)
+                self.assertIn(message, stderr.getvalue())
+        with self.assertRaisesRegex(ValueError, "takes a list"):
+            pixel.configure(machine_ranges="apple_mpp=/a.csv")
+        for value in ([42], [("apple_mpp",)], [("apple_mpp", 3)], [{"apple_mpp": "/a"}]):
+            with self.subTest(value), self.assertRaisesRegex(
+                    (argparse.ArgumentTypeError, ValueError), "not LABEL=FILE"):
+                pixel.configure(machine_ranges=value)
+
+
+SPACED_TARGET_CASES = [
+    # name, request line, (path, query) or the (status, reason) of the HeadError
+    ("the seed's raw example", b"GET /v1/pixel/track?userId=user_123&event=Email Opened"
+     b"&properties.subject=The Electric Daily HTTP/1.1",
+     ("/v1/pixel/track", "userId=user_123&event=Email Opened&properties.subject=The Electric "
+                         "Daily")),
+    ("many spaces are one", b"GET  /v1/pixel/page?name=A    B   HTTP/1.1",
+     ("/v1/pixel/page", "name=A B")),
+    ("HEAD", b"HEAD /v1/pixel/track?event=A B HTTP/1.1", ("/v1/pixel/track", "event=A B")),
+    ("HTTP/1.0", b"GET /v1/pixel/track?event=A B HTTP/1.0", ("/v1/pixel/track", "event=A B")),
+    ("HTTP/1.1 inside the target", b"GET /v1/pixel/track?event=A HTTP/1.1 B HTTP/1.1",
+     ("/v1/pixel/track", "event=A HTTP/1.1 B")),
+    ("a tab inside a word stays", b"GET /v1/pixel/track?event=A\tB C HTTP/1.1",
+     ("/v1/pixel/track", "event=A\tB C")),
+    ("non-ASCII is quoted", "GET /v1/pixel/track?event=\u00e9 t\u00e9 HTTP/1.1".encode("latin-1"),
+     ("/v1/pixel/track", "event=%E9%20t%E9")),
+    ("a space in the path", b"GET /v1/pixel/ track?event=A B HTTP/1.1", (400, "bad_request_line")),
+    ("a space before the query", b"GET /v1/pixel/track ?event=A B HTTP/1.1",
+     (400, "bad_request_line")),
+    ("no query", b"GET /v1/pixel/track HTTP/1.1 HTTP/1.1", (400, "bad_request_line")),
+    ("not a pixel route", b"GET /health?a=b c HTTP/1.1", (400, "bad_request_line")),
+    ("the API", b"GET /v1/track?a=b c HTTP/1.1", (400, "bad_request_line")),
+    ("POST", b"POST /v1/pixel/track?a=b c HTTP/1.1", (400, "bad_request_line")),
+    ("an unknown method", b"PUT /v1/pixel/track?a=b c HTTP/1.1", (400, "bad_request_line")),
+    ("a space after the version", b"GET /v1/pixel/track?a=b c HTTP/1.1 ",
+     (400, "bad_request_line")),
+    ("HTTP/2", b"GET /v1/pixel/track?a=b c HTTP/2.0", (400, "bad_request_line")),
+    ("tabs between the words", b"GET\t/v1/pixel/track?a=b c\tHTTP/1.1",
+     (400, "bad_request_line")),
+    ("the absolute form", b"GET http://h/v1/pixel/track?a=b c HTTP/1.1",
+     (400, "bad_request_line")),
+    ("spaces only", b"GET " + b" " * 60000 + b" HTTP/1.1", (400, "bad_request_line")),
+    ("a bare CR is still refused", b"GET /v1/pixel/track?a=b\rc d HTTP/1.1", (400, "bad_header")),
+    ("a NUL is still refused", b"GET /v1/pixel/track?a=b\0c d HTTP/1.1", (400, "bad_header")),
+    ("over 64 KiB", b"GET /v1/pixel/track?a=" + b"b " * 33000 + b"HTTP/1.1",
+     (414, "uri_too_long")),
+]
+
+
+class SpacedTarget(unittest.TestCase):
+    def test_cases(self):
+        for name, line, expected in SPACED_TARGET_CASES:
+            with self.subTest(name):
+                head = line + b"\r\nHost: x"
+                if isinstance(expected[0], int):
+                    with self.assertRaises(pixel.HeadError) as caught:
+                        pixel.parse_head(head)
+                    self.assertEqual((caught.exception.status, caught.exception.reason),
+                                     expected)
+                else:
+                    parsed = pixel.parse_head(head)
+                    self.assertEqual((parsed.path, parsed.query), expected)
+
+    def test_the_seeds_example_is_an_email_opened(self):
+        parsed = pixel.parse_head(SPACED_TARGET_CASES[0][1] + b"\r\nHost: x")
+        self.assertEqual(pixel.decode_query(parsed.query), {
+            "userId": "user_123", "event": "Email Opened",
+            "properties": {"subject": "The Electric Daily"}})
+
+    def test_a_line_of_64_kib_of_spaces_is_linear(self):
+        line = b"GET /v1/pixel/track?a=b" + b" " * (pixel.MAX_LINE - 40) + b"c HTTP/1.1"
+        started = time.perf_counter()
+        for _ in range(20):
+            parsed = pixel.parse_head(line + b"\r\nHost: x")
+        self.assertEqual(parsed.query, "a=b c")
+        self.assertLess(time.perf_counter() - started, 2.0)   # ~1 ms each, measured
+
+
+# receivedAt of a fixed day, and events as the log holds them, for the report's table.
+def logged(user=None, event="Email Opened", machine=None, day="2026-11-18", kind="track",
+           anonymous=None, **fields):
+    line = {"type": kind, "event": event, "receivedAt": day + "T11:06:40.250Z",
+            "context": {"ip": "192.0.2.1"}}
+    if user is not None:
+        line["userId"] = user
+    if anonymous is not None:
+        line["anonymousId"] = anonymous
+    if machine:
+        line["context"]["machine"] = machine
+    line.update(fields)
+    return json.dumps(line).encode()
+
+
+REPORT_CASES = [
+    # name, Tally keywords, lines, [(key as shown, day, (events, users, machine,
+    # events_no_machine, users_no_machine))], lines skipped
+    ("by event", {}, [logged("a"), logged("b"), logged("a", event="Clicked")],
+     [("Email Opened", None, (2, 2, 0, 2, 2)), ("Clicked", None, (1, 1, 0, 1, 1))], 0),
+    ("a user is the userId, else the anonymousId", {},
+     [logged("a"), logged(anonymous="a"), logged(anonymous="x"), logged("a", anonymous="y"),
+      logged()], [("Email Opened", None, (5, 3, 0, 5, 3))], 0),
+    ("machines, and the counts without them", {},
+     [logged("a", machine="apple_mpp"), logged("a"), logged("b", machine="scanner"),
+      logged("c", machine="")],
+     [("Email Opened", None, (4, 3, 2, 2, 2))], 0),
+    ("by a dotted path, missing as (none)", {"by": "properties.campaign"},
+     [logged("a", properties={"campaign": "spring"}), logged("b", properties={}),
+      logged("c", properties="x"), logged("d", properties={"campaign": "spring"})],
+     [("spring", None, (2, 2, 0, 2, 2)), ("(none)", None, (2, 2, 0, 2, 2))], 0),
+    ("a number and its string are two groups", {"by": "properties.n"},
+     [logged("a", properties={"n": 1}), logged("a", properties={"n": "1"}),
+      logged("a", properties={"n": 1}), logged("a", properties={"n": None}),
+      logged("a", properties={"n": {"x": [1]}})],
+     [("1", None, (2, 1, 0, 2, 1)), ("1", None, (1, 1, 0, 1, 1)),
+      ('{"x":[1]}', None, (1, 1, 0, 1, 1)), ("(none)", None, (1, 1, 0, 1, 1))], 0),
+    ("one event name", {"event": "Clicked"}, [logged("a"), logged("b", event="Clicked")],
+     [("Clicked", None, (1, 1, 0, 1, 1))], 0),
+    ("one type", {"kind": "page", "by": "name"},
+     [logged("a"), logged("a", kind="page", name="Home")], [("Home", None, (1, 1, 0, 1, 1))], 0),
+    ("since and until take both ends", {"since": "2026-11-18T00:00:00.000Z",
+                                        "until": "2026-11-19T23:59:59.999Z"},
+     [logged("a", day="2026-11-17"), logged("b", day="2026-11-18"),
+      logged("c", day="2026-11-19"), logged("d", day="2026-11-20")],
+     [("Email Opened", None, (2, 2, 0, 2, 2))], 0),
+    ("another zone's receivedAt is read as the time it is",
+     {"since": "2026-11-18T00:00:00.000Z"},
+     [logged("a", receivedAt="2026-11-18T01:00:00+02:00"),
+      logged("b", receivedAt="2026-11-18T03:00:00+02:00"), logged("c", receivedAt="soon")],
+     [("Email Opened", None, (1, 1, 0, 1, 1))], 0),
+    ("daily rows under their group", {"daily": True},
+     [logged("a", day="2026-11-19"), logged("a", day="2026-11-18", machine="apple_mpp"),
+      logged("b", day="2026-11-18"), logged("c", receivedAt=None)],
+     [("Email Opened", None, (4, 3, 1, 3, 3)), ("Email Opened", "(no date)", (1, 1, 0, 1, 1)),
+      ("Email Opened", "2026-11-18", (2, 2, 1, 1, 1)),
+      ("Email Opened", "2026-11-19", (1, 1, 0, 1, 1))], 0),
+    ("what is not an event is skipped", {},
+     [logged("a"), b'{"device": 2049, "inode": 7, "offset": 0}', b'{"type":"track","userI',
+      b"[1, 2]", b'"track"', b'{"type": "nope"}', b"\xff\xfe{}", b"[" * 100000, None,
+      b"", b"null", b'{"type": ["track"]}'],
+     [("Email Opened", None, (1, 1, 0, 1, 1))], 10),
+]
+
+
+class ReportTally(unittest.TestCase):
+    def test_cases(self):
+        for name, options, lines, expected, skipped in REPORT_CASES:
+            with self.subTest(name):
+                tally = pixel.Tally(**options)
+                tally.add_lines(lines)
+                rows = [(pixel._key_text(key), day, counts.values())
+                        for key, day, counts in tally.rows()]
+                self.assertEqual(rows, expected)
+                self.assertEqual(tally.skipped, skipped)
+
+    def test_the_total_counts_each_user_once(self):
+        tally = pixel.Tally()
+        tally.add_lines([logged("a"), logged("a", event="Clicked"), logged("b", machine="x")])
+        self.assertEqual(tally.total.values(), (3, 2, 1, 2, 1))
+
+    def test_the_table(self):
+        tally = pixel.Tally(by="properties.campaign", daily=True)
+        tally.add_lines([logged("a", day="2026-11-18", properties={"campaign": "s\x1b[2Jpring"}),
+                         logged("b", day="2026-11-18", machine="scanner",
+                                properties={"campaign": "s\x1b[2Jpring"}),
+                         logged("c", day="2026-11-19", properties={"campaign": "x" * 500})])
+        table = pixel.report_table(tally)
+        self.assertNotIn("\x1b", table)   # an escape sequence never reaches a terminal
+        lines = table.splitlines()
+        self.assertEqual(lines[0].split(), ["properties.campaign"] + list(pixel.REPORT_COLUMNS))
+        self.assertEqual(lines[1].split()[0], "s\\x1b[2Jpring")
+        self.assertEqual(lines[2].split(), ["2026-11-18", "2", "2", "1", "1", "1",
+                                            "#" * 20 + "." * 20])
+        self.assertTrue(lines[3].startswith("x" * 57 + "..."))
+        self.assertEqual(lines[4].split()[1:], ["1", "1", "0", "1", "1", "#" * 20])
+        self.assertEqual(lines[5].split(), ["total", "3", "3", "1", "2", "2"])
+        self.assertEqual(len({len(lines[index]) for index in (0, 1, 3, 5)}), 1, table)
+
+    def test_records(self):
+        tally = pixel.Tally(by="properties.n")
+        tally.add_lines([logged("a", properties={"n": 2}), logged("b")])
+        self.assertEqual(list(pixel.report_records(tally)), [
+            {"key": 2, "events": 1, "users": 1, "machine": 0, "events_no_machine": 1,
+             "users_no_machine": 1},
+            {"key": None, "events": 1, "users": 1, "machine": 0, "events_no_machine": 1,
+             "users_no_machine": 1}])
+
+    def test_times(self):
+        self.assertEqual(pixel.report_time("2026-11-18"), "2026-11-18T00:00:00.000Z")
+        self.assertEqual(pixel.report_time("2026-11-18", end=True), "2026-11-18T23:59:59.999Z")
+        self.assertEqual(pixel.report_time("2026-11-18T10:00:00+01:00", end=True),
+                         "2026-11-18T09:00:00.000Z")
+        for bad in ("yesterday", "2026-13-01", "2026-11-18T25:00"):
+            with self.subTest(bad), self.assertRaises(ValueError):
+                pixel.report_time(bad)
+
+
+def reader(data, chunk):
+    """A read(size) over `data` that never gives more than `chunk` bytes at once."""
+    stream = io.BytesIO(data)
+    return lambda size: stream.read(min(size, chunk))
+
+
+LOG_LINES_CASES = [
+    # name, data, read at most this many bytes at once, limit, lines
+    ("lines", b"a\nbb\n", 1 << 20, 10, [b"a", b"bb"]),
+    ("a last line with no newline", b"a\nbb", 1 << 20, 10, [b"a", b"bb"]),
+    ("blank lines stay", b"a\n\nb\n", 1 << 20, 10, [b"a", b"", b"b"]),
+    ("a byte at a time", b"ab\ncd\n", 1, 10, [b"ab", b"cd"]),
+    ("a long line is one None", b"a\n" + b"x" * 50 + b"\nb\n", 1 << 20, 10, [b"a", None, b"b"]),
+    ("a long line read in pieces", b"a\n" + b"x" * 50 + b"\nb\n", 7, 10, [b"a", None, b"b"]),
+    ("a long last line", b"a\n" + b"x" * 50, 7, 10, [b"a", None]),
+    ("exactly the limit", b"x" * 10 + b"\n", 3, 10, [b"x" * 10]),
+    ("nothing", b"", 5, 10, []),
+]
+
+
+class LogLines(unittest.TestCase):
+    def test_cases(self):
+        for name, data, chunk, limit, expected in LOG_LINES_CASES:
+            with self.subTest(name):
+                self.assertEqual(list(pixel.log_lines(reader(data, chunk), limit, size=8)),
+                                 expected)
+
+    def test_a_file_with_no_newline_is_never_held_whole(self):
+        blocks = []
+
+        def endless(size):
+            blocks.append(size)
+            return b"x" * size if len(blocks) < 200 else b""
+        self.assertEqual(list(pixel.log_lines(endless, limit=100, size=1 << 20)), [None])
+        self.assertEqual(len(blocks), 200)
+
+
 # Any PEM file of CA certificates this machine has, for flags that check theirs.
 CA_BUNDLE = next((path for path in ("/etc/ssl/certs/ca-certificates.crt",
                                     "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
@@ -831,6 +1220,8 @@ class OneWiring(unittest.TestCase):
                        CA_BUNDLE),
         "forward_timeout": (["--forward-timeout", "2.5"], 2.5, 2.5),
         "forward_alert": (["--forward-alert", "30"], 30, 30.0),
+        "machine_ranges": (["--machine-ranges", "scanner=r.txt"], ["scanner=r.txt"],
+                           [("scanner", "r.txt")]),
     }
 
     def test_every_option_but_the_servers_is_make_wsgi_apps_too(self):
@@ -856,6 +1247,9 @@ class OneWiring(unittest.TestCase):
                     os.makedirs(os.path.join(folder, "x"))
                     options = {name: os.path.join(folder, value)}
                     held = os.path.join(folder, held)
+                if name == "machine_ranges":   # a file it loads at start
+                    ranges = write_file(folder, "r.txt", "10.0.0.0/8\n")
+                    options[name], held = ["scanner=" + ranges], [("scanner", ranges)]
                 with unittest.mock.patch("sys.stderr", io.StringIO()):
                     app = pixel.make_wsgi_app(**dict(extra, **options))
                 app.close()
@@ -2425,6 +2819,398 @@ class DiskFullWriter(unittest.TestCase):
             data = handle.read()
         self.assertEqual(len(data), results.count(True) * len(line))
         self.assertTrue(data == b"" or data.endswith(b"\n"))
+
+
+def write_file(folder, name, text):
+    path = os.path.join(folder, name)
+    with open(path, "wb") as handle:
+        handle.write(text.encode("utf-8") if isinstance(text, str) else text)
+    return path
+
+
+def load_bench(name):
+    """A module of bench/ (the generators the bench and these tests share)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, "bench", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BAD_RANGE_LINES = [
+    # name, line 3 of a ranges file, what the error says
+    ("an ASN", "asn:22843           all     probable  proofpoint", "'asn:22843' is not a CIDR"),
+    ("a name", "mask-api.icloud.com,GB", "is not a CIDR"),
+    ("an octet over 255", "172.224.256.0/27,GB", "is not a CIDR"),
+    ("a leading zero", "172.224.026.0/27,GB", "is not a CIDR"),
+    ("three octets", "172.224.226/24,GB", "is not a CIDR"),
+    ("a prefix over 32", "172.224.226.0/33,GB", "a prefix longer than /32"),
+    ("a prefix over 128", "2a02:26f7::/129,GB", "a prefix longer than /128"),
+    ("a negative prefix", "172.224.226.0/-1,GB", "not a prefix length"),
+    ("an empty prefix", "172.224.226.0/,GB", "not a prefix length"),
+    ("a fullwidth digit", "172.224.226.0/\uff12\uff17,GB", "not ASCII"),
+    ("a mapped prefix under 96", "::ffff:172.224.226.0/95", "shorter than /96"),
+    ("a zone", "fe80::1%eth0/64", "is not a CIDR"),
+    ("a NUL", "172.224.226.0\0/27", "is not a CIDR"),
+    ("a quoted CIDR", '"172.224.226.0/27",GB', "is not a CIDR"),
+]
+
+
+class RangeFiles(unittest.TestCase):
+    """--machine-ranges files: Apple's list as it is, lists in other shapes, and lines that
+    are not ranges, each refused with its file and line."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+
+    def load(self, text, label="apple_mpp"):
+        return pixel.load_ranges([(label, write_file(self.dir, "ranges.csv", text))])
+
+    def test_apples_format_and_others_load_as_they_are(self):
+        ranges = self.load("\ufeff172.224.226.0/27,GB,GB-EN,London,\r\n"
+                           "\n"
+                           "# a comment\n"
+                           "   # an indented one\n"
+                           "2a02:26f7:b3c0:4000::/64,GB,GB-EN,London,\n"
+                           "104.28.0.24/31,BR,BR-SP,S\u00e3o Paulo,\n"
+                           "40.92.0.0/15        all     microsoft-365-protection\n"
+                           "203.0.113.7\n"
+                           "2001:DB8::1\n"
+                           "198.51.100.77/24,host bits set\n"
+                           "::ffff:192.0.2.0/120,mapped\n"
+                           "  10.1.2.0/24  \t,leading space")
+        self.assertEqual(ranges.counts, {"apple_mpp": 9})
+        for address, found in (("172.224.226.0", True), ("172.224.226.31", True),
+                               ("172.224.226.32", False), ("172.224.225.255", False),
+                               ("2a02:26f7:b3c0:4000::", True),
+                               ("2a02:26f7:b3c0:4000:ffff:ffff:ffff:ffff", True),
+                               ("2a02:26f7:b3c0:4001::", False),
+                               ("2a02:26f7:b3c0:3fff:ffff:ffff:ffff:ffff", False),
+                               ("104.28.0.25", True), ("104.28.0.26", False),
+                               ("40.93.255.255", True), ("203.0.113.7", True),
+                               ("203.0.113.8", False), ("2001:db8::1", True),
+                               ("2001:db8::2", False), ("198.51.100.1", True),
+                               ("192.0.2.9", True), ("::ffff:192.0.2.9", True),
+                               ("10.1.2.3", True), ("::ffff:172.224.226.1", True)):
+            with self.subTest(address):
+                self.assertEqual(ranges.find(address), "apple_mpp" if found else None)
+        self.assertIsNone(ranges.find("172.224.226.1", ("scanner",)))
+
+    def test_a_bad_line_names_its_file_and_line(self):
+        for name, line, message in BAD_RANGE_LINES:
+            with self.subTest(name):
+                path = write_file(self.dir, "list.csv", "172.224.226.0/27,GB\n# fine\n%s\n"
+                                  "10.0.0.0/8\n" % line)
+                with self.assertRaises(ValueError) as caught:
+                    pixel.load_ranges([("scanner", path)])
+                self.assertIn("%s line 3: " % path, str(caught.exception))
+                self.assertIn(message, str(caught.exception))
+
+    def test_a_download_cut_short_is_refused(self):
+        path = write_file(self.dir, "egress.csv", "172.224.226.0/27,GB,GB-EN,London,\n"
+                                                  "2a02:26f7:b3c0:40")
+        with self.assertRaisesRegex(ValueError, re.escape(path) + " line 2: "):
+            pixel.load_ranges([("apple_mpp", path)])
+
+    def test_a_long_line_is_refused_unread(self):
+        for name, text, line in (("a long line", "10.0.0.0/8\n" + "1" * 5000 + "\n", 2),
+                                 ("no newline", "7" * (3 << 20), 1),
+                                 ("a long last line", "10.0.0.0/8\n" + "1" * 5000, 2)):
+            with self.subTest(name):
+                path = write_file(self.dir, "long.csv", text)
+                with self.assertRaisesRegex(ValueError, "%s line %d: longer than 4096 bytes"
+                                            % (re.escape(path), line)):
+                    pixel.load_ranges([("scanner", path)])
+        # 4096 bytes is not too long: a CIDR and a long tail.
+        ranges = self.load("10.0.0.0/8," + "x" * 4085 + "\n")
+        self.assertEqual(ranges.find("10.9.9.9"), "apple_mpp")
+
+    def test_several_files_of_one_label_are_one_set(self):
+        ranges = pixel.load_ranges([
+            ("scanner", write_file(self.dir, "eop.txt", "40.92.0.0/15 all eop\n")),
+            ("scanner", write_file(self.dir, "barracuda.txt", "209.222.82.0/24 all egd\n"
+                                                              "40.92.0.0/16 again\n")),
+            ("apple_mpp", write_file(self.dir, "apple.csv", "209.222.82.0/25,US\n"))])
+        self.assertEqual(ranges.counts, {"scanner": 3, "apple_mpp": 1})
+        self.assertEqual([ranges.find(address) for address in
+                          ("40.93.0.1", "209.222.82.200", "209.222.82.1")],
+                         ["scanner", "scanner", "apple_mpp"])
+        self.assertEqual(ranges.find("209.222.82.1", ("scanner",)), "scanner")
+
+    def test_too_many_ranges(self):
+        paths = [("scanner", write_file(self.dir, "a.txt", "10.0.0.0/24\n" * 6)),
+                 ("apple_mpp", write_file(self.dir, "b.csv", "10.0.1.0/24\n" * 6))]
+        with unittest.mock.patch("pixel.MAX_RANGES", 11):
+            with self.assertRaisesRegex(ValueError, "b.csv line 6: more than 11 ranges"):
+                pixel.load_ranges(paths)
+        with unittest.mock.patch("pixel.MAX_RANGES", 12):
+            self.assertEqual(pixel.load_ranges(paths).counts, {"scanner": 6, "apple_mpp": 6})
+
+    def test_what_is_not_a_file(self):
+        fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(fifo)
+        for path, message in ((fifo, "a FIFO"), (self.dir, "a directory"),
+                              (os.path.join(self.dir, "missing.csv"), "No such file")):
+            with self.subTest(path):
+                started = time.monotonic()
+                with self.assertRaisesRegex(OSError, message):
+                    pixel.load_ranges([("scanner", path)])
+                self.assertLess(time.monotonic() - started, 5)   # a FIFO never blocks
+
+    def test_lookups_agree_with_ipaddress(self):
+        # Nested, overlapping, adjacent and duplicate networks of both families, in one
+        # label, against addresses near their edges.
+        generator = random.Random(21)
+        networks, lines = [], []
+        for _ in range(300):
+            if generator.random() < 0.5:
+                base = ipaddress.ip_address("10.0.0.0") + generator.randrange(1 << 16)
+                prefix = generator.randrange(16, 33)
+            else:
+                base = ipaddress.ip_address("2001:db8::") + (generator.randrange(1 << 16) << 56)
+                prefix = generator.randrange(40, 129)
+            network = ipaddress.ip_network("%s/%d" % (base, prefix), strict=False)
+            networks.append(network)
+            lines.append("%s,XX\n" % network)
+        ranges = self.load("".join(lines), "scanner")
+        probes = []
+        for network in networks:
+            for offset in (-1, 0, 1):
+                for edge in (network.network_address, network.broadcast_address):
+                    try:
+                        probes.append(edge + offset)
+                    except ValueError:   # past the end of the family's space
+                        pass
+        probes += [ipaddress.ip_address("10.0.0.0") + generator.randrange(1 << 17)
+                   for _ in range(2000)]
+        for address in probes:
+            inside = any(address in network for network in networks)
+            self.assertEqual(ranges.find(str(address)), "scanner" if inside else None,
+                             str(address))
+        self.assertGreater(sum(ranges.find(str(address)) is None for address in probes), 100)
+
+    def test_an_apple_sized_list(self):
+        rows = load_bench("opens").apple_like_rows(290000)
+        path = write_file(self.dir, "egress-ip-ranges.csv", "\n".join(rows) + "\n")
+        started = time.perf_counter()
+        ranges = pixel.load_ranges([("apple_mpp", path)])
+        self.assertLess(time.perf_counter() - started, 10)   # about 0.7 s: see the README
+        self.assertEqual(ranges.counts, {"apple_mpp": 290000})
+        for row in rows[::97]:
+            network = ipaddress.ip_network(row.split(",")[0])
+            with self.subTest(row):
+                self.assertEqual(ranges.find(str(network.network_address)), "apple_mpp")
+                self.assertEqual(ranges.find(str(network.broadcast_address)), "apple_mpp")
+        self.assertIsNone(ranges.find("8.8.8.8"))
+        self.assertIsNone(ranges.find("2001:db8::1"))
+
+
+class LabelsCase(RecorderCase):
+    """A Recorder with the label table's ranges loaded."""
+
+    def setUp(self):
+        self.ranges_dir = temp_dir(self)
+        self.recorder_options = dict(self.recorder_options, machine_ranges=[
+            ("apple_mpp", write_file(self.ranges_dir, "apple.csv", APPLE_RANGES)),
+            ("scanner", write_file(self.ranges_dir, "scanner.txt", SCANNER_RANGES))])
+        super().setUp()
+
+    def pixel_event(self, query="writeKey=k&userId=u&event=Email%20Opened", **fields):
+        self.assertIs(self.answer(query=query, **fields), pixel.GIF_ANSWER)
+        return self.lines()[-1]
+
+
+class LabelsInTheLog(LabelsCase):
+    """Labels through the Recorder: written on pixel events only, pixel's own observation,
+    and never costing an event its line."""
+
+    def test_labels_are_written(self):
+        for agent, peer, context in (
+                (GMAIL_PROXY, "66.249.84.1", {"mailClient": "gmail"}),
+                ("Mozilla/5.0", "172.224.226.40", {"mailClient": "apple_mail",
+                                                   "machine": "apple_mpp"}),
+                ("Barracuda Sentinel (EE)", "192.0.2.1", {"machine": "scanner"}),
+                (CHROME, "40.92.3.4", {"machine": "scanner"}),
+                (CHROME, "192.0.2.1", {})):
+            with self.subTest(agent):
+                event = self.pixel_event(headers={"user-agent": agent}, peer=peer)
+                self.assertEqual(event["context"], dict(ip=peer, userAgent=agent, **context))
+
+    def test_a_client_sent_label_is_replaced(self):
+        query = "writeKey=k&userId=u&event=E&context.machine=none&context.mailClient=gmail"
+        event = self.pixel_event(query, headers={"user-agent": CHROME})
+        self.assertEqual(event["context"], {"ip": "192.0.2.1", "userAgent": CHROME})
+        event = self.pixel_event(query, headers={"user-agent": "Outlook-iOS/709.2189947"})
+        self.assertEqual((event["context"]["mailClient"], "machine" in event["context"]),
+                         ("outlook", False))
+        data = b64({"writeKey": "k", "userId": "u", "event": "E",
+                    "context": {"machine": "scanner", "campaign": {"name": "x"}}})
+        event = self.pixel_event("data=" + data, headers={"user-agent": CHROME})
+        self.assertEqual(event["context"], {"ip": "192.0.2.1", "userAgent": CHROME,
+                                            "campaign": {"name": "x"}})
+
+    def test_api_events_are_not_labelled(self):
+        body = json.dumps({"writeKey": "k", "userId": "u", "event": "E",
+                           "context": {"machine": "mine"}}).encode()
+        answer = self.answer(method="POST", path="/v1/track", body=body,
+                             headers={"user-agent": "Mozilla/5.0"}, peer="172.224.226.40")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(self.lines()[-1]["context"], {"machine": "mine", "ip": "172.224.226.40",
+                                                       "userAgent": "Mozilla/5.0"})
+
+    def test_head_records_nothing(self):
+        self.assertIs(self.answer(method="HEAD", query="writeKey=k&userId=u&event=E",
+                                  headers={"user-agent": "Barracuda Sentinel (EE)"}),
+                      pixel.GIF_ANSWER)
+        self.assertEqual(self.lines(), [])
+
+    def test_a_label_never_costs_the_event(self):
+        for headers, peer in (({"user-agent": "\x00\xff" * 40000}, ""),
+                              ({"user-agent": "Mozilla/5.0", "sec-purpose": "\xff" * 9000},
+                               "not-an-address"),
+                              ({"user-agent": "Mozilla/5.0"}, "::ffff:"),
+                              ({"purpose": ""}, "fe80::1%lo")):
+            with self.subTest(peer=peer):
+                before = len(self.lines())
+                self.assertIs(self.answer(query="writeKey=k&userId=u&event=E", headers=headers,
+                                          peer=peer), pixel.GIF_ANSWER)
+                self.assertEqual(len(self.lines()), before + 1)
+
+
+class LabelsBehindAProxy(LabelsCase):
+    recorder_options = {"trusted_proxy": ["10.0.0.0/8"]}
+
+    def test_the_forwarded_address_is_matched(self):
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0",
+                                          "x-forwarded-for": "172.224.226.40"}, peer="10.0.0.1")
+        self.assertEqual(event["context"]["machine"], "apple_mpp")
+        # From a peer that is not trusted, X-Forwarded-For is anyone's to write.
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0",
+                                          "x-forwarded-for": "172.224.226.40"},
+                                 peer="192.0.2.1")
+        self.assertNotIn("machine", event["context"])
+        # A peer inside Apple's list with a trusted proxy's header is the header's client.
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0",
+                                          "x-forwarded-for": "198.51.100.1, 10.9.9.9"},
+                                 peer="10.0.0.1")
+        self.assertNotIn("machine", event["context"])
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0"},
+                                 peer="::ffff:172.224.226.40")
+        self.assertEqual((event["context"]["ip"], event["context"]["machine"]),
+                         ("172.224.226.40", "apple_mpp"))
+
+
+class LabelsWithoutIp(LabelsCase):
+    recorder_options = {"no_ip": True}
+
+    def test_the_real_address_is_matched(self):
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0"}, peer="172.224.226.40")
+        self.assertEqual(event["context"], {"userAgent": "Mozilla/5.0", "mailClient": "apple_mail",
+                                            "machine": "apple_mpp"})
+
+
+class LabelsAnonymizingIp(LabelsCase):
+    recorder_options = {"anonymize_ip": True}
+
+    def test_the_real_address_is_matched(self):
+        # 2a02:26f7:b3c0:4000::/64 holds the address, not its /48, which is what is written.
+        event = self.pixel_event(headers={"user-agent": "Mozilla/5.0"},
+                                 peer="2a02:26f7:b3c0:4000::9")
+        self.assertEqual(event["context"], {"ip": "2a02:26f7:b3c0::", "userAgent": "Mozilla/5.0",
+                                            "mailClient": "apple_mail", "machine": "apple_mpp"})
+        self.assertIsNone(self.pixel.labeller.ranges.find("2a02:26f7:b3c0::"))
+
+
+class RangesReload(RecorderCase):
+    """SIGHUP's reload of the machine ranges, through Pixel.reopen: a file that fails to load
+    keeps the set loaded before, and stderr says why."""
+
+    def setUp(self):
+        self.ranges_dir = temp_dir(self)
+        self.path = write_file(self.ranges_dir, "apple.csv", "10.0.0.0/8\n")
+        self.recorder_options = {"machine_ranges": [("apple_mpp", self.path)]}
+        super().setUp()
+
+    def machine(self, peer="172.224.226.40"):
+        self.answer(query="writeKey=k&userId=u&event=E", headers={"user-agent": "Mozilla/5.0"},
+                    peer=peer)
+        return self.lines()[-1]["context"].get("machine")
+
+    def replace(self, text):
+        temporary = write_file(self.ranges_dir, "next.csv", text)
+        os.replace(temporary, self.path)
+
+    def test_a_reload_takes_the_new_set_and_a_failed_one_keeps_it(self):
+        self.assertIsNone(self.machine())
+        self.replace(APPLE_RANGES)
+        self.pixel.reopen()
+        self.assertEqual(self.machine(), "apple_mpp")
+        self.assertIn("reloaded the machine ranges (SIGHUP): apple_mpp 4", self.stderr.getvalue())
+        for text, why in (("172.224.226.0/27\nnonsense\n", "apple.csv line 2: 'nonsense' is "
+                                                            "not a CIDR"),
+                          (None, "cannot read %s: No such file" % self.path)):
+            with self.subTest(why):
+                if text is None:
+                    os.remove(self.path)
+                else:
+                    self.replace(text)
+                self.pixel.reopen()
+                self.assertEqual(self.machine(), "apple_mpp")
+                self.assertIn("cannot reload the machine ranges, so the ranges loaded before "
+                              "stay in use: ", self.stderr.getvalue().splitlines()[-1])
+                self.assertIn(why, self.stderr.getvalue().splitlines()[-1])
+
+    def test_lookups_while_reloading(self):
+        texts = ("172.224.226.0/24\n", "10.0.0.0/8\n")
+        stop, seen, failures = threading.Event(), collections.Counter(), []
+        labeller = self.pixel.labeller
+
+        def look():
+            request = pixel.Request("GET", "/v1/pixel/track", "", {"user-agent": "Mozilla/5.0"},
+                                    "172.224.226.40", b"")
+            while not stop.is_set():
+                context = {}
+                try:
+                    labeller.label(context, request, lambda request: request.peer)
+                except Exception as error:   # any at all is a failure of this test
+                    failures.append(error)
+                    return
+                seen[context.get("machine")] += 1
+
+        threads = [threading.Thread(target=look) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            for round in range(40):
+                self.replace(texts[round % 2])
+                self.assertTrue(labeller.reload())
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+        self.assertEqual(failures, [])
+        self.assertEqual(set(seen), {None, "apple_mpp"})
+
+    def test_reloads_at_once(self):
+        # SIGHUPs in a row each start a thread (serve()); they load one at a time, and the
+        # set in use is always a whole one.
+        self.replace(APPLE_RANGES)
+        labeller, results = self.pixel.labeller, []
+        threads = [threading.Thread(target=lambda: results.append(labeller.reload()))
+                   for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        self.assertEqual(results, [True] * 8)
+        self.assertEqual(labeller.ranges.counts, {"apple_mpp": 4})
+        self.assertEqual(self.machine(), "apple_mpp")
+        self.assertEqual(self.stderr.getvalue().count("reloaded the machine ranges"), 8)
+
+    def test_without_ranges_a_reload_does_nothing(self):
+        made = make_pixel(self, temp_dir(self), reporter=pixel.Reporter(self.stderr))
+        self.assertIsNone(made.labeller.ranges)
+        self.assertFalse(made.labeller.reload())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -5937,6 +6723,163 @@ class NodeSdk(ServerCase):
         print(result.stdout.strip(), file=sys.stderr)
 
 
+SEED_LINE = (b"GET /v1/pixel/track?userId=user_123&event=Email Opened&properties.subject=The "
+             b"Electric Daily&writeKey=YOUR_WRITE_KEY HTTP/1.1")
+
+
+class RawSpaces(ServerCase):
+    """Segment's raw example with literal spaces, and the rule that takes it, under the
+    attacker's treatment: only pixel routes, strict everything else."""
+
+    server_options = {"request_timeout": 5.0, "idle_timeout": 5.0}
+
+    def test_the_seeds_example_gets_its_gif_and_is_logged(self):
+        reply = self.raw(SEED_LINE + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
+        (event,) = self.lines()
+        self.assertEqual((event["event"], event["userId"], event["properties"]),
+                         ("Email Opened", "user_123", {"subject": "The Electric Daily"}))
+        self.assertEqual(self.lines("rejects.jsonl"), [])
+
+    def test_head_answers_and_records_nothing(self):
+        reply = self.raw(b"HEAD" + SEED_LINE[3:] + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, headers, body, _ = read_response(io.BytesIO(reply))
+        self.assertEqual((status, headers["content-length"]), (200, "43"))
+        self.assertTrue(reply.endswith(b"\r\n\r\n"), reply[-60:])
+        self.assertEqual(self.lines(), [])
+
+    def test_pipelined_and_kept_alive(self):
+        spaced = b"GET /v1/pixel/track?writeKey=k&userId=u&event=Open %d HTTP/1.1\r\nHost: x\r\n\r\n"
+        plain = b"GET /v1/pixel/track?writeKey=k&userId=u&event=Open%%20%d HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(spaced % 1 + plain % 2 + spaced % 3)   # one write: pipelined
+            stream = sock.makefile("rb")
+            for _ in range(3):
+                status, headers, body, _ = read_response(stream)
+                self.assertEqual((status, body), (200, pixel.GIF))
+            for number in (4, 5):   # and then kept alive, a request at a time
+                sock.sendall(spaced % number)
+                status, headers, body, _ = read_response(stream)
+                self.assertEqual((status, body), (200, pixel.GIF))
+        self.assertEqual([event["event"] for event in self.lines()],
+                         ["Open %d" % number for number in range(1, 6)])
+
+    def test_a_slow_client(self):
+        # The line dripped in pieces, one split inside a run of spaces: the head reader
+        # waits for the whole head, whatever it holds.
+        request = SEED_LINE.replace(b"Email Opened", b"Email   Opened") + \
+            b"\r\nHost: x\r\nConnection: close\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            for start in range(0, len(request), 17):
+                sock.sendall(request[start:start + 17])
+                time.sleep(0.01)   # a slow client is one that takes time
+            reply = sock.makefile("rb").read()
+        self.assertTrue(reply.endswith(pixel.GIF), reply[:60])
+        self.assertEqual(self.lines()[0]["event"], "Email Opened")
+
+    def test_anything_else_with_spaces_stays_a_400(self):
+        for line in (b"GET /v1/pixel/ track?event=A B HTTP/1.1",
+                     b"GET /v1/pixel/track ?event=A B HTTP/1.1",
+                     b"GET /health?a=b c HTTP/1.1", b"POST /v1/track?a=b c HTTP/1.1",
+                     b"GET /v1/pixel/track?event=A B HTTP/1.1 ",
+                     b"GET\t/v1/pixel/track?event=A B\tHTTP/1.1",
+                     b"GET " + b" " * 65000 + b"HTTP/1.1"):
+            with self.subTest(line[:40]):
+                reply = self.raw(line + b"\r\nHost: x\r\n\r\n" +
+                                 b"GET /v1/pixel/track?writeKey=k&userId=u&event=smuggled "
+                                 b"HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), reply[:60])
+                self.assertEqual(reply.count(b"HTTP/1.1 "), 1)   # the rest is never read
+        self.assertEqual(self.lines(), [])
+        self.assertQuietStderr()
+
+    def test_64_kib_of_spaces(self):
+        start = b"GET /v1/pixel/track?writeKey=k&userId=u&event=Email"
+        end = b"Opened HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        reply = self.raw(start + b" " * (pixel.MAX_LINE - len(start) - 20) + end)
+        self.assertTrue(reply.endswith(pixel.GIF), reply[:60])
+        self.assertEqual([event["event"] for event in self.lines()], ["Email Opened"])
+        # Past the limit: a pixel still gets its GIF, and the rejects log says why.
+        reply = self.raw(start + b" " * pixel.MAX_LINE + end)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
+        self.assertEqual(len(self.lines()), 1)
+        self.assertEqual(self.lines("rejects.jsonl")[-1]["reason"], "uri_too_long")
+
+    def test_the_smuggling_rules_still_hold(self):
+        for name, head, status in (
+                ("two framings", b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", 400),
+                ("two lengths", b"Content-Length: 5\r\nContent-Length: 6\r\n", 400),
+                ("obs-fold", b"X-A: b\r\n c\r\n", 400),
+                ("a space before a colon", b"X-A : b\r\n", 400)):
+            with self.subTest(name):
+                reply = self.raw(SEED_LINE + b"\r\nHost: x\r\n" + head + b"\r\nGET /health "
+                                 b"HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertTrue(reply.startswith(b"HTTP/1.1 %d " % status), reply[:60])
+                self.assertEqual(reply.count(b"HTTP/1.1 "), 1)
+        # A small body nobody asked for is read and dropped, never taken for a request.
+        body = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        reply = self.raw(SEED_LINE + b"\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) +
+                         body + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertEqual(reply.count(b"HTTP/1.1 200 OK"), 2)
+        self.assertEqual(reply.count(b'"status"'), 1)
+        self.assertEqual(len(self.lines()), 1)
+
+    def test_many_clients_at_once(self):
+        def client(number):
+            connection = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            with connection, connection.makefile("rb") as stream:
+                for round in range(20):
+                    connection.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u%d&event=A B "
+                                       b"C HTTP/1.1\r\nHost: x\r\n\r\n" % number)
+                    self.assertEqual(read_response(stream)[2], pixel.GIF)
+
+        threads = [threading.Thread(target=client, args=(number,)) for number in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        events = self.lines()
+        self.assertEqual(len(events), 160)
+        self.assertEqual({event["event"] for event in events}, {"A B C"})
+
+
+class RawSpacesUnderWsgi(unittest.TestCase):
+    """Behind a WSGI server the server reads the request line, and refuses a target with
+    spaces before pixel sees it (the README says so): nothing is logged."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.log = os.path.join(self.dir, "events.jsonl")
+
+    def send(self, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(SEED_LINE + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return sock.makefile("rb").read()
+
+    def test_wsgiref(self):
+        app = pixel.make_wsgi_app(log=self.log)
+        self.addCleanup(app.close)
+        server = wsgiref.simple_server.make_server("127.0.0.1", 0, app,
+                                                   handler_class=_QuietWsgiHandler)
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(thread.join, 10)
+        self.addCleanup(server.shutdown)
+        reply = self.send(server.server_address[1])
+        self.assertTrue(reply.startswith(b"HTTP/1.0 400 Bad request syntax"), reply[:60])
+        self.assertEqual(read_bytes(self.log), b"")
+
+    def test_gunicorn(self):
+        _, port, output = start_gunicorn(self, self.dir, "pixel:make_wsgi_app(log=%r)" % self.log,
+                                         "--workers", "1", "--threads", "2")
+        wait_for_gunicorn(self, port, output)
+        reply = self.send(port)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 400 Bad Request"), reply[:60])
+        self.assertIn(b"Invalid HTTP Version", reply)
+        self.assertEqual(read_bytes(self.log), b"")
+
+
 # ---------------------------------------------------------------------------------------------
 # Layer 4: pixel.py as a process: kill -9, signals, limits, start-up errors
 
@@ -7876,6 +8819,248 @@ class ImportStartsNothing(unittest.TestCase):
         self.assertEqual(os.listdir(folder), [])
 
 
+class MachineRangesProcess(unittest.TestCase):
+    """--machine-ranges in a running pixel.py: a file that does not load stops the start in
+    one line naming it and its line, leaving no file; SIGHUP loads the files again."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.log = os.path.join(self.dir, "logs", "events.jsonl")
+        os.makedirs(os.path.dirname(self.log))
+
+    def test_a_start_that_cannot_load_them(self):
+        bad = write_file(self.dir, "egress.csv", "172.224.226.0/27,GB,GB-EN,London,\n"
+                                                 "172.224.226.999/27,GB,GB-EN,London,\n")
+        missing = os.path.join(self.dir, "missing.csv")
+        for argv, environ, message in (
+                (["--machine-ranges", "apple_mpp=" + bad], {}, "%s line 2: " % bad),
+                (["--machine-ranges", "scanner=" + missing], {}, "cannot read %s" % missing),
+                ([], {"PIXEL_MACHINE_RANGES": "scanner=" + missing}, "cannot read %s" % missing),
+                (["--machine-ranges", "scanner=" + self.dir], {}, "a directory")):
+            with self.subTest(argv=argv, environ=environ):
+                result = subprocess.run(
+                    [sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none", "--log",
+                     self.log] + argv, capture_output=True, text=True, timeout=30,
+                    env=dict(os.environ, **environ))
+                self.assertEqual(result.returncode, 1, result.stderr)
+                self.assertRegex(result.stderr, r"\Apixel: cannot load the machine ranges: "
+                                                r"[^\n]*\n\Z")
+                self.assertIn(message, result.stderr)
+                self.assertEqual(os.listdir(os.path.dirname(self.log)), [])
+        status, stderr = wsgi_start_error(self, log=self.log,
+                                          machine_ranges=["apple_mpp=" + bad])
+        self.assertEqual(status, 3)
+        self.assertEqual(stderr, "pixel: make_wsgi_app: cannot load the machine ranges: %s "
+                                 "line 2: '172.224.226.999/27' is not a CIDR (not an address): "
+                                 "each line starts with one, such as 172.224.226.0/27 or "
+                                 "2a02:26f7::/48\n" % bad)
+        self.assertEqual(os.listdir(os.path.dirname(self.log)), [])
+
+    def test_sighup_reloads_them(self):
+        ranges = write_file(self.dir, "ranges.csv", "10.0.0.0/8,elsewhere\n")
+        process, port = start_pixel(self, "--log", self.log, "--machine-ranges",
+                                    "apple_mpp=" + ranges, stderr=subprocess.PIPE)
+        said = queue.Queue()
+        listener = threading.Thread(target=lambda: [said.put(line) for line in process.stderr],
+                                    daemon=True)
+        listener.start()
+
+        def machine(number):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=%d" % number,
+                               headers={"User-Agent": "Mozilla/5.0"})
+            self.assertEqual(connection.getresponse().read(), pixel.GIF)
+            connection.close()
+            with open(self.log, "rb") as handle:
+                return json.loads(handle.read().splitlines()[-1])["context"].get("machine")
+
+        def hup(text, expected):
+            os.replace(write_file(self.dir, "next.csv", text), ranges)
+            process.send_signal(signal.SIGHUP)
+            line = said.get(timeout=10)   # the logs' reopen, then the ranges'
+            while "machine ranges" not in line:
+                line = said.get(timeout=10)
+            self.assertIn(expected, line)
+
+        self.assertIsNone(machine(1))
+        hup("127.0.0.0/8,loopback\n", "reloaded the machine ranges (SIGHUP): apple_mpp 1")
+        self.assertEqual(machine(2), "apple_mpp")
+        hup("127.0.0.0/8\n127.0.0.0/33\n", "cannot reload the machine ranges, so the ranges "
+                                           "loaded before stay in use: %s line 2: " % ranges)
+        self.assertEqual(machine(3), "apple_mpp")
+        os.remove(ranges)
+        process.send_signal(signal.SIGHUP)
+        line = said.get(timeout=10)
+        while "machine ranges" not in line:
+            line = said.get(timeout=10)
+        self.assertIn("cannot read %s" % ranges, line)
+        self.assertEqual(machine(4), "apple_mpp")
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(30), 0)
+        listener.join(10)
+        process.stderr.close()
+
+
+def write_log(folder, name, lines, compress=False):
+    data = b"".join(line + b"\n" for line in lines)
+    return write_file(folder, name, gzip.compress(data) if compress else data)
+
+
+class ReportCommand(unittest.TestCase):
+    """`pixel.py report` as a process, on real files: plain, gzipped, stdin, a torn last
+    line, a checkpoint among them, a damaged archive."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.opens = [logged("u%d" % (number % 5), machine="apple_mpp" if number % 3 == 0
+                             else None, day="2026-11-%02d" % (18 + number % 2),
+                             properties={"campaign": "spring" if number < 6 else "summer"})
+                      for number in range(10)]
+
+    def report(self, *argv, stdin=None):
+        result = subprocess.run([sys.executable, PIXEL_PY, "report"] + list(argv),
+                                input=stdin, capture_output=True, timeout=60, cwd=self.dir)
+        return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+    def test_plain_gzipped_stdin_torn_and_a_checkpoint(self):
+        live = write_log(self.dir, "events.jsonl", self.opens[:4] + [b'{"type":"track","us'])
+        archive = write_log(self.dir, "events.jsonl.20261118T000000.000Z.gz", self.opens[4:8],
+                            compress=True)
+        checkpoint = pixel.state_path(live, "forward")
+        os.makedirs(os.path.dirname(checkpoint))
+        pixel.write_checkpoint(checkpoint, {"device": 1, "inode": 2, "offset": 3,
+                                            "mtime_ns": 4, "head_bytes": 0, "head": ""})
+        stdin = gzip.compress(b"".join(line + b"\n" for line in self.opens[8:9]))
+        status, out, err = self.report("--format", "json", "--by", "properties.campaign",
+                                       live, archive, checkpoint, "-", stdin=stdin)
+        self.assertEqual(status, 0, err)
+        self.assertEqual([json.loads(line) for line in out.splitlines()], [
+            {"key": "spring", "events": 6, "users": 5, "machine": 2, "events_no_machine": 4,
+             "users_no_machine": 4},
+            {"key": "summer", "events": 3, "users": 3, "machine": 1, "events_no_machine": 2,
+             "users_no_machine": 2}])
+        self.assertEqual(err, "pixel: report: skipped 2 line(s) that are not events (torn, not "
+                              "JSON, or not an event: a checkpoint, say)\n")
+        status, out, err = self.report("-", stdin=b"".join(line + b"\n" for line in self.opens))
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out.splitlines()[1].split(), ["Email", "Opened", "10", "5", "4", "6",
+                                                       "5"])
+
+    def test_formats_and_filters(self):
+        log = write_log(self.dir, "events.jsonl", self.opens + [
+            logged("x", event="Clicked"), logged("y", kind="page", event=None, day="2026-11-30")])
+        status, out, err = self.report("--format", "csv", "--daily", "--event", "Email Opened",
+                                       "--since", "2026-11-19", "--by", "properties.campaign",
+                                       log)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, "key,day,events,users,machine,events_no_machine,users_no_machine\n"
+                              "spring,,3,3,1,2,2\nspring,2026-11-19,3,3,1,2,2\n"
+                              "summer,,2,2,1,1,1\nsummer,2026-11-19,2,2,1,1,1\n")
+        # A campaign name a pixel URL made up is not a formula in a spreadsheet.
+        hostile = write_log(self.dir, "hostile.jsonl", [
+            logged("u", properties={"campaign": name}) for name in
+            ("=HYPERLINK(\"http://x\")", "+1", "-1", "@SUM(A1)", "\tx", "plain")])
+        status, out, err = self.report("--format", "csv", "--by", "properties.campaign", hostile)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(sorted(line.split(",")[0] for line in out.splitlines()[1:]),
+                         ['"\'=HYPERLINK(""http://x"")"', "'\tx", "'+1", "'-1", "'@SUM(A1)",
+                          "plain"])
+        status, out, err = self.report("--type", "page", "--until", "2026-11-29", log)
+        self.assertEqual([line.split() for line in out.splitlines()[1:]],
+                         [["total", "0", "0", "0", "0", "0"]])
+        status, out, err = self.report("--daily", log)
+        lines = out.splitlines()
+        self.assertEqual(lines[2].split()[-1], "#" * 24 + "." * 16, out)
+        self.assertEqual(lines[-1], "(bars: # events not labelled machine, . machine events)")
+
+    def test_a_damaged_archive_and_files_that_cannot_be_read(self):
+        whole = gzip.compress(b"".join(logged("u%d" % number) + b"\n" for number in range(2000)))
+        cut = write_file(self.dir, "cut.gz", whole[:len(whole) // 2])
+        status, out, err = self.report("--format", "json", cut)
+        self.assertEqual(status, 1)
+        self.assertIn("pixel: report: cannot read %s to its end: " % cut, err)
+        self.assertGreater(json.loads(out)["events"], 500)   # what came before is counted
+        for path, message in ((os.path.join(self.dir, "missing"), "No such file"),
+                              (self.dir, "Is a directory")):
+            with self.subTest(path):
+                status, out, err = self.report(path)
+                self.assertEqual(status, 1)
+                self.assertIn(message, err)
+                self.assertTrue(out.startswith("event "), out)
+
+    def test_bad_command_lines(self):
+        for argv, message in ((["--since", "yesterday", "x"], "not a date"),
+                              (["--by", "properties..campaign", "x"], "not a dotted field"),
+                              (["--type", "click", "x"], "invalid choice"),
+                              (["--format", "xml", "x"], "invalid choice"),
+                              ([], "the following arguments are required: FILE")):
+            with self.subTest(argv):
+                status, out, err = self.report(*argv)
+                self.assertEqual((status, out), (2, ""))
+                self.assertIn("usage: pixel.py report", err)
+                self.assertIn(message, err)
+
+    def test_a_reader_that_stops_early(self):
+        lines = [logged("u", event="e%d" % number) for number in range(20000)]
+        process = subprocess.Popen([sys.executable, PIXEL_PY, "report",
+                                    write_log(self.dir, "e.jsonl", lines)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process.stdout.readline()
+        process.stdout.close()   # `| head -1`
+        stderr = process.stderr.read()
+        process.stderr.close()
+        self.assertEqual((process.wait(30), stderr), (0, b""))
+
+    def test_a_full_disk_under_stdout(self):
+        log = write_log(self.dir, "e.jsonl", [logged("u", event="e%d" % number)
+                                              for number in range(2000)])
+        with open("/dev/full", "wb") as full:
+            result = subprocess.run([sys.executable, PIXEL_PY, "report", log], stdout=full,
+                                    stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual((result.returncode, result.stderr),
+                         (1, b"pixel: report: cannot write the report: No space left on "
+                             b"device\n"))
+
+    def test_sigint_stops_it_quietly(self):
+        process = subprocess.Popen([sys.executable, PIXEL_PY, "report", "/dev/zero"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(process.kill)
+
+        def reading():   # /dev/zero among its open files: past start-up, in the read loop
+            folder = "/proc/%d/fd" % process.pid
+            try:
+                return any(os.readlink(os.path.join(folder, fd)) == "/dev/zero"
+                           for fd in os.listdir(folder))
+            except OSError:   # an fd closed between the listing and the readlink
+                return False
+        self.assertTrue(wait_until(reading))
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+        self.assertEqual((process.returncode, stdout), (130, b""))
+        self.assertEqual(stderr, b"pixel: report: stopped while reading /dev/zero; nothing "
+                                 b"is reported\n")
+
+    def test_memory_grows_with_users_not_lines(self):
+        # The same 2,000 users in a 10 MB log and in a 60 MB one, and a 30 MB line with
+        # no newline: the peak RSS of each run, in KiB.
+        lines = [logged("user-%d" % (number % 2000), properties={"pad": "p" * 400})
+                 for number in range(20000)]
+        small = write_log(self.dir, "small.jsonl", lines)
+        large = write_log(self.dir, "large.jsonl", lines * 6)
+        line = write_file(self.dir, "line.jsonl", b"x" * (30 << 20))
+        script = ("import resource, sys; sys.path.insert(0, %r); import pixel; "
+                  "status = pixel.report_files(sys.argv[1:]); "
+                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+                  % HERE)
+        peaks = []
+        for path in (small, large, line):
+            result = subprocess.run([sys.executable, "-c", script, path], capture_output=True,
+                                    text=True, timeout=120)
+            peaks.append(int(result.stderr.splitlines()[-1]))
+        self.assertLess(peaks[1] - peaks[0], 8 * 1024, peaks)
+        self.assertLess(peaks[2] - peaks[0], 8 * 1024, peaks)
+
+
 # ---------------------------------------------------------------------------------------------
 # The README, checked against the code
 
@@ -7920,6 +9105,10 @@ class ReadmeIsTrue(unittest.TestCase):
         sample, reject = [json.loads(block) for block in self.blocks("json")]
         event = pixel.pixel_event("track", "data=" + DOCS_DATA, received_at=T0,
                                   ip="203.0.113.7", user_agent=sample["context"]["userAgent"])
+        # "Opened in Outlook": the recorder adds the label a pixel fetch gets.
+        self.assertEqual(pixel.fetch_labels(sample["context"]["userAgent"], {}),
+                         ("outlook", None))
+        event["context"]["mailClient"] = "outlook"
         self.assertEqual(list(event), list(sample))
         self.assertEqual({k: v for k, v in event.items() if k != "messageId"},
                          {k: v for k, v in sample.items() if k != "messageId"})
@@ -8091,6 +9280,67 @@ class ReadmeWsgi(unittest.TestCase):
         argv, port = self.command("gunicorn ")
         argv[0] = gunicorn
         self.run_command(argv, port)
+
+
+
+class ReadmeOpens(unittest.TestCase):
+    """The README's email section and report section (issue 21), run as written."""
+
+    @classmethod
+    def setUpClass(cls):
+        with open(os.path.join(HERE, "README.md"), encoding="utf-8") as handle:
+            readme = handle.read()
+        cls.email = readme.split("**In an email template**")[1].split("\n## ")[0]
+        cls.report = readme.split("## Counting opens: `pixel.py report`")[1].split("\n## ")[0]
+
+    def test_unique_opens_and_every_open(self):
+        sources = [html.unescape(re.search(r'src="https://[^/]+([^"]+)"', block).group(1))
+                   for block in re.findall(r"```html\n(.*?)```", self.email, re.S)]
+        unique, every = [source for source in sources if "{{message_id}}" in source]
+        self.assertNotIn("messageId", every)
+        folder = temp_dir(self)
+        made = make_pixel(self, folder)
+        for source in (unique, every):
+            filled = source.replace("{{user_id}}", "u1").replace("{{message_id}}", "send-7")
+            path, _, query = filled.partition("?")
+            for agent in ("Mozilla/5.0", APPLE_MAIL):   # Apple's fetch, then the person's
+                answer = made.app.answer(pixel.route_for(path), request(
+                    path=path, query=query, headers={"user-agent": agent}))
+                self.assertIs(answer, pixel.GIF_ANSWER)
+        with open(os.path.join(folder, "events.jsonl"), "rb") as handle:
+            events = [json.loads(line) for line in handle]
+        self.assertEqual([(event.get("messageId") == "send-7",
+                           event.get("properties", {}).get("sendId")) for event in events],
+                         [(True, None), (False, "send-7"), (False, "send-7")])
+
+    def test_the_report_example(self):
+        (command,) = re.findall(r"```sh\n(.*?)\n```", self.report, re.S)
+        (expected,) = re.findall(r"```text\n(.*?)```", self.report, re.S)
+        argv = shlex.split(command)
+        self.assertEqual(argv[:3], ["python3", "pixel.py", "report"])
+        folder = temp_dir(self)
+        log = os.path.join(folder, "events.jsonl")
+        load_bench("opens").write_event_log(log, 0.1, users=400, campaigns=3, days=7)
+        stdout = io.StringIO()
+        self.assertEqual(pixel.report_files([log if word == "events.jsonl*" else word
+                                             for word in argv[3:]], stdout=stdout), 0)
+        self.assertEqual(stdout.getvalue(), expected)
+
+    def test_the_costs_are_measured_numbers(self):
+        with open(os.path.join(HERE, "bench", "README.md"), encoding="utf-8") as handle:
+            bench = handle.read().split("## Machine opens")[1]
+        self.assertIn("bench/README.md", self.email)
+        table = bench.split("| | |\n| --- | --- |\n")[1].split("\n\n")[0]
+        costs = [line.split("|")[2].strip() for line in table.splitlines()]
+        self.assertEqual(len(costs), 4)
+        for cost, unit in zip(costs, (" s", " µs", " µs", " over")):
+            self.assertRegex(cost, r"\A\d[\d.-]*\d" + unit)
+        self.assertRegex(self.report, r"at [\d-]+\s+MB/s")
+        self.assertIn("python3 bench/opens.py", bench)
+        with open(os.path.join(HERE, "bench", "opens.py"), encoding="utf-8") as handle:
+            sections = re.search(r"choices=\(([^)]*)\)", handle.read()).group(1)
+        self.assertEqual(re.findall(r'"(\w+)"', sections),
+                         ["ranges", "labels", "keepalive", "report"])
 
 
 if __name__ == "__main__":
