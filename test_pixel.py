@@ -5830,8 +5830,9 @@ class StateFiles(ForwardingCase):
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(20)])
         self.assertEqual(sorted(os.listdir(self.dir)), [".pixel", "events.jsonl",
                                                         "rejects.jsonl"])
-        self.assertEqual(pixel.read_checkpoint(checkpoint)["offset"],
-                         os.path.getsize(writer.path))
+        # Saved just after the count goes up: wait for it, not for the count.
+        self.assertTrue(wait_until(lambda: pixel.read_checkpoint(checkpoint)["offset"] ==
+                                   os.path.getsize(writer.path)))
         self.assertIn("moved the checkpoint %s to %s" % (legacy, checkpoint),
                       self.stderr.getvalue())
 
