@@ -3605,9 +3605,8 @@ _NOTHING_THERE_STATUSES = (404, 405)  # ... nor anything at this URL (nor after 
 
 
 def backoff_delay(failures, first=BACKOFF_FIRST, maximum=BACKOFF_MAX):
-    """Seconds to wait after `failures` failed attempts in a row: 1, 2, 4 ... up to 60,
-    each with up to half again of jitter, so that forwarders that failed together do not
-    all retry together."""
+    """Seconds to wait after `failures` failed attempts in a row: 1, 2, 4 ... up to 60, with
+    up to half again of jitter, so that forwarders that failed together retry apart."""
     base = min(maximum, first * 2 ** min(failures - 1, 16))
     return min(maximum, base * (1 + random.random() / 2))
 
@@ -3622,40 +3621,37 @@ def retry_after(value, now):
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    if when is None or when.tzinfo is None:
+    if when.tzinfo is None:   # "-0000": no time zone known
         return None
     return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
 
 
 class Receiver:
-    """A Segment-compatible HTTP Tracking API at `url`, and how to post to it: a batch goes
-    to <url>/v1/batch as gzipped JSON with Basic auth `<writeKey>:`, as Segment's SDKs send
-    it, over one kept-alive connection (over https verified against the system's CAs and
-    `cafile`'s), and is posted again until the answer is one that retrying cannot change
-    (deliver()). `configured_keys` are the operator's: a receiver that refuses one is set
-    up wrong, and forwarding pauses (or a backfill, which `gives_up`, stops)."""
+    """A Segment-compatible HTTP Tracking API at `url`: batches go to <url>/v1/batch as
+    gzipped JSON with Basic auth `<writeKey>:`, as Segment's SDKs send them, over one
+    kept-alive connection (https verified against the system's CAs and `cafile`'s). A
+    refusal of one of `configured_keys`, the operator's, means a receiver set up wrong:
+    forwarding pauses (a backfill, which `gives_up`, stops)."""
 
     def __init__(self, url, *, cafile=None, timeout=DEFAULT_FORWARD_TIMEOUT,
                  configured_keys=(), backoff=(BACKOFF_FIRST, BACKOFF_MAX), gives_up=False,
                  reporter=None, clock=time.time):
         parts = urllib.parse.urlsplit(url)
-        self.url = url
-        self.host, self.port = parts.hostname, parts.port
-        self.path = parts.path.rstrip("/") + "/v1/batch"
+        self.url, self.path = url, parts.path.rstrip("/") + "/v1/batch"
         self.endpoint = urllib.parse.urlunsplit((parts.scheme, parts.netloc, self.path, "", ""))
-        self.timeout = timeout
-        self.configured_keys = frozenset(configured_keys)
+        self.timeout, self.configured_keys = timeout, frozenset(configured_keys)
         self.first_delay, self.max_delay = backoff   # tests shorten them
-        self.gives_up = gives_up
-        self.reporter = reporter or Reporter()
-        self.clock = clock
+        self.gives_up, self.reporter, self.clock = gives_up, reporter or Reporter(), clock
         self.stopping = threading.Event()
-        self.context = None
+        self._connect = functools.partial(http.client.HTTPConnection, parts.hostname,
+                                          parts.port, timeout=timeout)
         if parts.scheme == "https":
             import ssl   # here: only a forwarder over https pays for it
-            self.context = ssl.create_default_context()
+            context = ssl.create_default_context()
             if cafile:
-                self.context.load_verify_locations(cafile)
+                context.load_verify_locations(cafile)
+            self._connect = functools.partial(http.client.HTTPSConnection, parts.hostname,
+                                              parts.port, timeout=timeout, context=context)
         self.failed_attempts = 0     # posts that got no answer, or one to retry
         self.last_error = None
         self.backoff = 0.0           # the wait under way
@@ -3663,8 +3659,7 @@ class Receiver:
         self.wrong_url = None        # its last answer saying nothing is at the URL
         self.gave_up = None          # why a backfill stopped for good
         self._failing = 0            # attempts failed in a row
-        self._aborted = False
-        self._connection = None
+        self._aborted, self._connection = False, None
 
     def deliver(self, key, body):
         """(status, answer) once the receiver answers 2xx, 400, 413 or 422, or 401 or 403
@@ -3672,12 +3667,10 @@ class Receiver:
         Anything else is posted again after a wait: 429 as its Retry-After says, the rest
         with backoff."""
         while not self.stopping.is_set():
-            delay = None
+            delay = fatal = None
             try:
                 status, headers, answer = self.post(key, body)
             except (OSError, http.client.HTTPException) as error:
-                if self.stopping.is_set():   # stop()'s own cut of the post: not a fault
-                    break
                 problem = "%s: %s" % (type(error).__name__, error)
             else:
                 if 200 <= status < 300 or status in _REFUSED_STATUSES or \
@@ -3690,11 +3683,9 @@ class Receiver:
                     return status, answer
                 problem = "%d %s" % (status, " ".join(answer[:200].split()))
                 if status in _KEY_STATUSES:
-                    if self._give_up("%s refused writeKey %s: %s" % (self.endpoint, key,
-                                                                      problem)):
-                        break
                     delay = self.max_delay
-                    if self.paused_key != key:
+                    fatal = "%s refused writeKey %s: %s" % (self.endpoint, key, problem)
+                    if not self.gives_up and self.paused_key != key:
                         self.paused_key = key
                         self.reporter.say(
                             "forwarding to %s is PAUSED: it refused writeKey %s (%s). Check "
@@ -3705,13 +3696,15 @@ class Receiver:
                     location = headers.get("location")   # a redirect is never followed
                     problem += "%s: nothing at this URL takes batches; check the URL" % (
                         " (to %s)" % location[:200] if location else "")
-                    if self._give_up("%s answered %s" % (self.endpoint, problem)):
-                        break
                     self.wrong_url = problem
+                    fatal = "%s answered %s" % (self.endpoint, problem)
                 elif status == 429:   # never at once: Retry-After: 0 would be a loop
                     delay = retry_after(headers.get("retry-after"), self.clock())
                     delay = None if delay is None else max(delay, self.first_delay)
-            if self.stopping.is_set():
+            if fatal is not None and self.gives_up:   # a backfill: waiting will not fix it
+                self.gave_up = fatal
+                self.stopping.set()
+            if self.stopping.is_set():   # stop()'s own cut of the post, or a backfill gave up
                 break
             self._failing += 1
             self.failed_attempts += 1
@@ -3724,18 +3717,10 @@ class Receiver:
             self.stopping.wait(delay)
         return None, None
 
-    def _give_up(self, why):
-        """A backfill stops, saying `why`: waiting will not fix it. True if it did."""
-        if self.gives_up:
-            self.gave_up = why
-            self.stopping.set()
-        return self.gives_up
-
     def post(self, write_key, body):
-        """POST one gzipped batch; (status, headers with lower-case names, the first
-        MAX_ANSWER_BYTES of the answer as text). OSError or HTTPException when no whole
-        answer came within `timeout`, all told: a receiver that drips its answer, or sends
-        100 Continue for ever, is cut off then."""
+        """POST one gzipped batch: (status, headers with lower-case names, the first
+        MAX_ANSWER_BYTES of the answer as text). OSError or HTTPException if no whole answer
+        came within `timeout`, all told (an answer dripped, or 100 Continue for ever)."""
         credential = base64.b64encode((write_key + ":").encode("utf-8")).decode("ascii")
         headers = {"Content-Type": "application/json", "Content-Encoding": "gzip",
                    "Authorization": "Basic " + credential, "User-Agent": "pixel/" + __version__}
@@ -3744,13 +3729,34 @@ class Receiver:
         watchdog.daemon = True
         watchdog.start()
         try:
-            return self._post(body, headers)
+            reused = self._connection is not None
+            try:
+                return self._post(body, headers)
+            except ConnectionError:
+                if not reused or self._aborted:
+                    raise
+            return self._post(body, headers)   # it had closed the kept-alive one: afresh
         except (OSError, http.client.HTTPException):
             if self._aborted and not self.stopping.is_set():
                 raise socket.timeout("no whole answer within %g s" % self.timeout) from None
             raise
         finally:
             watchdog.cancel()
+
+    def _post(self, body, headers):
+        if self._connection is None:
+            self._connection = self._connect()
+        try:
+            self._connection.request("POST", self.path, body, headers)
+            response = self._connection.getresponse()
+            answer = response.read(MAX_ANSWER_BYTES)
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        if not response.isclosed():   # an answer longer than we read: drop the rest
+            self.close()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, headers, answer.decode("utf-8", "replace")
 
     def abort(self):
         """Cut the post under way, from another thread (its deadline, or a stop)."""
@@ -3765,31 +3771,6 @@ class Receiver:
     def stop(self):
         self.stopping.set()
         self.abort()
-
-    def _post(self, body, headers):
-        for second_try in (False, True):
-            reused = self._connection is not None
-            if not reused:
-                self._connection = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout, context=self.context) \
-                    if self.context is not None else \
-                    http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            try:
-                self._connection.request("POST", self.path, body, headers)
-                response = self._connection.getresponse()
-                answer = response.read(MAX_ANSWER_BYTES)
-            except ConnectionError:
-                self.close()
-                if reused and not second_try and not self._aborted:
-                    continue   # it had closed the kept-alive connection: once more, afresh
-                raise
-            except (OSError, http.client.HTTPException):
-                self.close()
-                raise
-            if not response.isclosed():   # an answer longer than we read: drop the rest
-                self.close()
-            headers = {name.lower(): value for name, value in response.getheaders()}
-            return response.status, headers, answer.decode("utf-8", "replace")
 
     def close(self):
         if self._connection is not None:
