@@ -3779,10 +3779,10 @@ class Receiver:
 
 
 def forward_item(line, strip=False):
-    """A log line (without its newline) as a batch item: (its writeKey or None, the event
-    as JSON bytes). With `strip` the event's writeKey is taken out, so that the batch's
-    (--forward-write-key) applies; else it stays, since Basic auth cannot carry a key with
-    a colon. Rejected("forward_unreadable") for a line that is not a JSON object."""
+    """A log line (without its newline) as a batch item: (its writeKey or None, the event as
+    JSON bytes). With `strip` its writeKey is taken out, for the batch's to apply; else it
+    stays, as Basic auth cannot carry a key with a colon. Rejected("forward_unreadable")
+    for a line that is not a JSON object."""
     match = _top_level_string(line, _WRITE_KEY_FIELD)
     if match is not None:
         key = match.group(1).decode("ascii")
@@ -3790,9 +3790,9 @@ def forward_item(line, strip=False):
             return key, line
         start, end = match.span()   # cut it out, with one of the commas beside it
         if line[end:end + 1] == b",":
-            return key, line[:start] + line[end + 1:]
-        if line[start - 1:start] == b",":
-            return key, line[:start - 1] + line[end:]
+            end += 1
+        elif line[start - 1:start] == b",":
+            start -= 1
         return key, line[:start] + line[end:]
     try:
         event = json.loads(line)
@@ -3816,9 +3816,8 @@ _SENT_AGAIN = ("forward_unauthorized", "forward_rejected")
 
 
 def rejected_event(line):
-    """For a rejects-log line (an object with a reason and no type), the event it holds as
-    a log line if its reason is in _SENT_AGAIN, else b"": nothing to send. None for any
-    other line."""
+    """For a rejects-log line (an object with a reason and no type): the event it holds,
+    as its log line, if its reason is in _SENT_AGAIN, else b"". None for any other line."""
     if b'"reason"' not in line:   # an event's line, fast
         return None
     try:
@@ -3839,16 +3838,15 @@ def rejected_event(line):
 
 def not_an_event_log(first, whole):
     """Why a file that starts with `first` (all of it, if `whole`) is not a log `pixel.py
-    forward` may send, in words; None if it is: one of its first SNIFF_LINES lines is an
-    event (an object with a "type") or a rejects-log line (with a "reason"), or it is
-    empty. A checkpoint, JSON of another kind, binary or compressed data is refused before
-    anything is sent: under --write-key each of its lines would be posted as an event."""
+    forward` may send, in words. None if it is empty or one of its first SNIFF_LINES lines
+    is an event (with a "type") or a rejects-log line (with a "reason"): each line of
+    anything else would be posted as an event under --write-key."""
+    if not first:
+        return None
     lines = first.split(b"\n")
     if not whole:   # the last piece may be cut short by the read
         lines.pop()
     lines = [line for line in lines[:SNIFF_LINES] if line.strip()]
-    if not first:
-        return None
     if not lines:
         return "no newline in its first %d bytes" % len(first) if first.strip() else \
             "blank lines only"
@@ -3856,19 +3854,15 @@ def not_an_event_log(first, whole):
     for line in lines:
         try:
             document = json.loads(line)
-        except UnicodeDecodeError:
-            kinds.add("binary")
+        except (ValueError, RecursionError) as error:
+            kinds.add("binary" if isinstance(error, UnicodeDecodeError) or b"\0" in line
+                      else "text")
             continue
-        except (ValueError, RecursionError):
-            kinds.add("binary" if b"\0" in line else "text")
-            continue
-        if not isinstance(document, dict):
-            kinds.add("json")
-        elif isinstance(document.get("type"), str) or isinstance(document.get("reason"), str):
+        if isinstance(document, dict) and (isinstance(document.get("type"), str) or
+                                           isinstance(document.get("reason"), str)):
             return None
-        else:
-            kinds.add("checkpoint" if {"device", "inode", "offset"} <= set(document)
-                      else "json")
+        kinds.add("checkpoint" if isinstance(document, dict) and
+                  {"device", "inode", "offset"} <= set(document) else "json")
     return next(why for kind, why in (
         ("checkpoint", "it is a pixel checkpoint"),
         ("json", 'JSON, but none of its first lines is an event, an object with a "type"'),
@@ -3888,24 +3882,16 @@ def read_checkpoint(path):
         fd = open_file(path)
     except FileNotFoundError:
         return None
-    try:
-        data = b""
-        while len(data) < MAX_CHECKPOINT_BYTES:   # a backfill's list of files sent grows
-            block = os.read(fd, MAX_CHECKPOINT_BYTES - len(data))
-            if not block:
-                break
-            data += block
-    finally:
-        os.close(fd)
+    with open(fd, "rb") as handle:   # capped, though a backfill's list of files sent grows
+        data = handle.read(MAX_CHECKPOINT_BYTES)
     try:
         document = json.loads(data)
     except RecursionError:
         raise ValueError("not a pixel checkpoint: nested too deep") from None
+    fields = ("device", "inode", "offset", "mtime_ns", "head_bytes")
     if not isinstance(document, dict) or not all(
-            isinstance(document.get(field), int) and not isinstance(document[field], bool)
-            and document[field] >= -1 for field in ("device", "inode", "offset", "mtime_ns",
-                                                    "head_bytes")) or \
-            not 0 <= document["head_bytes"] <= 4096 or document["offset"] < 0:
+            type(document.get(field)) is int and document[field] >= -1 for field in fields) \
+            or not 0 <= document["head_bytes"] <= 4096 or document["offset"] < 0:
         raise ValueError("not a pixel checkpoint")
     return document
 
@@ -3918,12 +3904,10 @@ def write_checkpoint(path, document):
     fd = open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
                    getattr(os, "O_CLOEXEC", 0))   # a FIFO put there would block
     try:
-        try:
-            if os.write(fd, data) != len(data):
+        with open(fd, "wb", buffering=0) as handle:
+            if handle.write(data) != len(data):
                 raise OSError(errno.ENOSPC, "short write")
             os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(temporary, path)
     except OSError:   # no .tmp left behind to pass for state
         os.remove(temporary)
