@@ -3920,12 +3920,11 @@ def write_checkpoint(path, document):
 
 
 class GzipReader:
-    """A gzip file read forward from a descriptor, as GzipFile reads one (several members,
-    zero padding after them), but for damage: GzipFile drops what it had inflated when it
-    meets the end of a file cut short or a corrupt byte. Here all that inflates before the
-    damage is handed out, as zcat does; then `damage` says what stopped it, in words, and
-    read() gives b"". A seek() forward inflates all that lies between: `stopping` (an
-    Event) cuts it short, with InterruptedError."""
+    """A gzip file read forward from a descriptor as GzipFile reads one (members one after
+    another, zero padding after them), but for damage: where GzipFile drops what it had
+    inflated before a corrupt byte or the end of a file cut short, this hands it out, as
+    zcat does; then `damage` says what stopped it, and read() gives b"". A seek() forward
+    inflates all that lies between: `stopping` (an Event) cuts it with InterruptedError."""
 
     CHUNK = 16 * 1024   # compressed bytes read at once
 
@@ -3935,13 +3934,10 @@ class GzipReader:
         self._rewind()
 
     def _rewind(self):
-        self.position = 0      # inflated bytes handed out
+        self.position = 0   # inflated bytes handed out
         self.damage = None
-        self._read = 0         # compressed bytes read from the file
-        self._input = b""      # ... and not yet inflated
-        self._member = None    # the member being inflated; None before one, or between
-        self._members = 0
-        self._ready = b""      # inflated, not yet handed out
+        self._blocks = self._inflate()
+        self._ready = b""   # inflated, not yet handed out
 
     def seek(self, offset):
         """Go to inflated byte `offset`: from the top if it lies behind, as GzipFile does."""
@@ -3956,44 +3952,47 @@ class GzipReader:
 
     def read(self, size):
         """Up to `size` inflated bytes; b"" at the end, or at damage."""
-        while not self._ready and self.damage is None:
-            if not self._input:
-                self._input = os.pread(self.fd, self.CHUNK, self._read)
-                self._read += len(self._input)
-                if not self._input:
-                    if self._member is not None:
-                        self.damage = ("cut short: the file ends at byte %d, inside the "
-                                       "gzip data" % self._read)
-                    break
-            if self._member is None:   # a member next, or the zeros that may pad the end
-                if self._members:
-                    self._input = self._input.lstrip(b"\0")
-                    if not self._input:
-                        continue
-                self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                self._members += 1
-            before = self._member.copy()
-            try:
-                self._ready = self._member.decompress(self._input, size)
-            except zlib.error as error:
-                self._ready = self._salvage(before, self._read - len(self._input), error)
-                self._member = None
-                break
-            if self._member.eof:
-                self._input, self._member = self._member.unused_data, None
-            else:
-                self._input = self._member.unconsumed_tail
+        if not self._ready:
+            self._ready = next(self._blocks, b"")
         block, self._ready = self._ready[:size], self._ready[size:]
         self.position += len(block)
         return block
 
-    def _salvage(self, member, start, error):
-        """What _input inflates to, fed to `member` a byte at a time, before the byte
-        `error` was about; `damage` names that byte."""
-        kept, index = [], 0
-        while index < len(self._input):
+    def _inflate(self):
+        """The file inflated, in blocks none of them empty, to its end or its damage."""
+        done, data, member, members = 0, b"", None, 0   # done: bytes read from the file
+        while True:
+            if not data:
+                data = os.pread(self.fd, self.CHUNK, done)
+                done += len(data)
+            if not data:
+                if member is not None:
+                    self.damage = "cut short: the file ends at byte %d, inside the gzip " \
+                                  "data" % done
+                return
+            if member is None:   # a member next, or the zeros that may pad the end
+                data = data.lstrip(b"\0") if members else data
+                if not data:
+                    continue
+                member, members = zlib.decompressobj(16 + zlib.MAX_WBITS), members + 1
+            before = member.copy()
             try:
-                kept.append(member.decompress(self._input[index:index + 1]))
+                block = member.decompress(data, MAX_WRITE_BYTES)
+            except zlib.error as error:
+                yield self._salvage(before, data, done - len(data), error)
+                return
+            data, member = (member.unused_data, None) if member.eof else \
+                (member.unconsumed_tail, member)
+            if block:
+                yield block
+
+    def _salvage(self, member, data, start, error):
+        """What `data` (from byte `start` of the file) inflates to, fed to `member` a byte
+        at a time, before the byte `error` was about; `damage` names that byte."""
+        kept, index = [], 0
+        while index < len(data):
+            try:
+                kept.append(member.decompress(data[index:index + 1]))
             except zlib.error:
                 break
             index += 1
