@@ -4002,25 +4002,24 @@ class GzipReader:
 
 
 class LogFile:
-    """One file of a log being forwarded, read through a descriptor of its own (a rename or
-    a delete of its name does not matter), `offset` where its unsent lines start. A file
-    whose name is kept for good (pixel's rotated names: `named`) may be parked, its
-    descriptor closed, and opened again by name, or found by identity, when its turn comes.
-    A gzipped one (a backfill's `archive`) is read through a GzipReader, `offset` counting
-    inflated bytes; `broken` says why it could not be read to its end."""
+    """One file of a log being forwarded, read through a descriptor of its own (its name may
+    be renamed or deleted meanwhile); `offset` is where its unsent lines start. One whose
+    name is kept for good (`named`: pixel's rotated names) may be parked, its descriptor
+    closed, to be found again by name or identity. An `archive` (gzip) is read through a
+    GzipReader, `offset` counting inflated bytes; `broken` says why it ended early."""
 
     def __init__(self, fd, identity, name, offset=0, archive=False, stopping=None):
         self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
         self.named = False
         self.broken = None
         self.archive = GzipReader(fd, stopping) if archive else None
-        self._cache, self._cache_start = b"", 0
-        self._first = b""   # its first bytes, for head()
+        self._inflated = b""   # an archive's bytes last read, up to its position
+        self._first = b""      # its first bytes, for head()
 
     @classmethod
     def open(cls, path, archive=False, stopping=None):
-        """The regular file at `path` (open_file's OSError for anything else). With `archive`
-        None, it is gzip if its first bytes say so, whatever its name."""
+        """The regular file at `path` (else open_file's OSError); with `archive` None, an
+        archive if its first bytes say so, whatever its name."""
         fd = open_file(path)
         try:
             status = os.fstat(fd)
@@ -4033,9 +4032,8 @@ class LogFile:
             raise
 
     def park(self):
-        if self.fd is not None and self.named and self.archive is None:
-            os.close(self.fd)
-            self.fd = None
+        if self.named and self.archive is None:
+            self.close()
 
     def unpark(self):
         """Open a parked file again; False if it is gone."""
@@ -4044,16 +4042,15 @@ class LogFile:
         return self.fd is not None
 
     def duplicate(self):
-        """A descriptor of this file for the caller to read and close, parked or not; None if
-        it is gone. Not for an archive."""
+        """A descriptor of this file (not an archive), parked or not, for the caller to
+        close; None if it is gone."""
         return os.dup(self.fd) if self.fd is not None else self._find()
 
     def _find(self):
-        """A descriptor of this file, by its name, or else by its identity among the files
-        beside it of its log (an outside rename); None if there is none."""
+        """A descriptor of this file, by its name, or else by its identity among its log's
+        files (an outside rename); None if it is gone."""
         folder, base = os.path.split(self.name)
-        suffix = _ROTATED.search(base)
-        stem = base[:suffix.start()] if suffix else base
+        stem = _ROTATED.sub("", base, count=1)
         for name in [base] + [name for name in os.listdir(folder) if name.startswith(stem)]:
             try:
                 fd = open_file(os.path.join(folder, name))
@@ -4071,22 +4068,22 @@ class LogFile:
             return os.pread(self.fd, size, offset)
         # The forwarder reads on from where its last batch ended, a little before its last
         # read ended: keep what was read, since gzip can only go back from the top.
-        if not self._cache_start <= offset <= self._cache_start + len(self._cache):
-            self._cache, self._cache_start = b"", -1   # until the seek gets there
+        kept = offset - (self.archive.position - len(self._inflated))
+        if 0 <= kept <= len(self._inflated):
+            self._inflated = self._inflated[kept:]
+        else:
+            self._inflated = b""
             self.archive.seek(offset)   # InterruptedError: a stop came first
-            self._cache_start = offset
-        self._cache = self._cache[offset - self._cache_start:]
-        self._cache_start = offset
-        while len(self._cache) < size:
-            block = self.archive.read(size - len(self._cache))
+        while len(self._inflated) < size:
+            block = self.archive.read(size - len(self._inflated))
             if not block:
                 self.broken = self.archive.damage
                 break
-            self._cache += block
-        return self._cache[:size]
+            self._inflated += block
+        return self._inflated[:size]
 
     def line_end(self, offset, stopping):
-        """Where the line going on at `offset` ends: past its newline, or the file's end;
+        """Where the line going on at `offset` ends: past its newline, or at the file's end;
         None if `stopping` came first (a "line" may be gigabytes long)."""
         while not stopping.is_set():
             block = self.read(offset, MAX_WRITE_BYTES)
@@ -4108,26 +4105,23 @@ class LogFile:
         """A checksum of the first `length` (at most 4096) bytes: an inode number is reused
         by a new file once the old one is deleted, its first line is not."""
         if len(self._first) < length:   # read once for an archive, where it costs most
-            offset = self.offset
             self._first = self.read(0, 4096)
-            if self.archive is not None:
-                self.read(offset, 1)   # back where the forwarder reads
         return "%08x" % zlib.crc32(self._first[:length])
 
     def _disk_head(self, length):
         return "%08x" % zlib.crc32(os.pread(self.fd, min(length, 4096), 0))
 
     def fingerprint(self):
-        """"device:inode:bytes:head" for a backfill's list of files sent: how many of its
-        bytes on disk were sent (an archive's: all), and a checksum of their first 4096."""
+        """"device:inode:bytes:head", for a backfill's list of files sent: its bytes on disk
+        sent (an archive's: all), and a checksum of their first 4096."""
         length = os.fstat(self.fd).st_size if self.archive else self.offset
         return "%d:%d:%d:%s" % (self.identity + (length, self._disk_head(length)))
 
     def sent_before(self, entries):
-        """How many of its bytes on disk an earlier backfill sent, by `entries`, (bytes,
-        head) pairs of its list with this file's identity, or None for version 1.0's,
-        which named the inode alone. None if none is this file: another size (an
-        archive's), fewer bytes (a log's, which only grows), other first bytes."""
+        """How many of its bytes on disk an earlier backfill sent, by the (bytes, head) pairs
+        `entries` of its list with this file's identity (None: version 1.0's, which named
+        the inode alone); None if none matches its size (a log's may have grown since) and
+        its first bytes."""
         size = os.fstat(self.fd).st_size
         for entry in entries:
             if entry is None:
@@ -4146,9 +4140,8 @@ class LogFile:
 
 def rotated_since(path, live, since):
     """The rotated files of the log at `path` written to since `since` (mtime_ns; the
-    checkpoint's file among them), oldest first, each opened: by last write, then by
-    name (pixel's stamps sort in time order). A folder of ten thousand old ones costs
-    no more."""
+    checkpoint's file among them), oldest first: by last write, then by name (pixel's stamps
+    sort in time order). Each is opened, or past MAX_OPEN_LOG_FILES parked."""
     folder, base = os.path.split(path)
     found = []
     for name in os.listdir(folder):
