@@ -3605,9 +3605,8 @@ _NOTHING_THERE_STATUSES = (404, 405)  # ... nor anything at this URL (nor after 
 
 
 def backoff_delay(failures, first=BACKOFF_FIRST, maximum=BACKOFF_MAX):
-    """Seconds to wait after `failures` failed attempts in a row: 1, 2, 4 ... up to 60,
-    each with up to half again of jitter, so that forwarders that failed together do not
-    all retry together."""
+    """Seconds to wait after `failures` failed attempts in a row: 1, 2, 4 ... up to 60, with
+    up to half again of jitter, so that forwarders that failed together retry apart."""
     base = min(maximum, first * 2 ** min(failures - 1, 16))
     return min(maximum, base * (1 + random.random() / 2))
 
@@ -3622,40 +3621,37 @@ def retry_after(value, now):
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
-    if when is None or when.tzinfo is None:
+    if when.tzinfo is None:   # "-0000": no time zone known
         return None
     return min(max(0.0, when.timestamp() - now), MAX_RETRY_AFTER)
 
 
 class Receiver:
-    """A Segment-compatible HTTP Tracking API at `url`, and how to post to it: a batch goes
-    to <url>/v1/batch as gzipped JSON with Basic auth `<writeKey>:`, as Segment's SDKs send
-    it, over one kept-alive connection (over https verified against the system's CAs and
-    `cafile`'s), and is posted again until the answer is one that retrying cannot change
-    (deliver()). `configured_keys` are the operator's: a receiver that refuses one is set
-    up wrong, and forwarding pauses (or a backfill, which `gives_up`, stops)."""
+    """A Segment-compatible HTTP Tracking API at `url`: batches go to <url>/v1/batch as
+    gzipped JSON with Basic auth `<writeKey>:`, as Segment's SDKs send them, over one
+    kept-alive connection (https verified against the system's CAs and `cafile`'s). A
+    refusal of one of `configured_keys`, the operator's, means a receiver set up wrong:
+    forwarding pauses (a backfill, which `gives_up`, stops)."""
 
     def __init__(self, url, *, cafile=None, timeout=DEFAULT_FORWARD_TIMEOUT,
                  configured_keys=(), backoff=(BACKOFF_FIRST, BACKOFF_MAX), gives_up=False,
                  reporter=None, clock=time.time):
         parts = urllib.parse.urlsplit(url)
-        self.url = url
-        self.host, self.port = parts.hostname, parts.port
-        self.path = parts.path.rstrip("/") + "/v1/batch"
+        self.url, self.path = url, parts.path.rstrip("/") + "/v1/batch"
         self.endpoint = urllib.parse.urlunsplit((parts.scheme, parts.netloc, self.path, "", ""))
-        self.timeout = timeout
-        self.configured_keys = frozenset(configured_keys)
+        self.timeout, self.configured_keys = timeout, frozenset(configured_keys)
         self.first_delay, self.max_delay = backoff   # tests shorten them
-        self.gives_up = gives_up
-        self.reporter = reporter or Reporter()
-        self.clock = clock
+        self.gives_up, self.reporter, self.clock = gives_up, reporter or Reporter(), clock
         self.stopping = threading.Event()
-        self.context = None
+        self._connect = functools.partial(http.client.HTTPConnection, parts.hostname,
+                                          parts.port, timeout=timeout)
         if parts.scheme == "https":
             import ssl   # here: only a forwarder over https pays for it
-            self.context = ssl.create_default_context()
+            context = ssl.create_default_context()
             if cafile:
-                self.context.load_verify_locations(cafile)
+                context.load_verify_locations(cafile)
+            self._connect = functools.partial(http.client.HTTPSConnection, parts.hostname,
+                                              parts.port, timeout=timeout, context=context)
         self.failed_attempts = 0     # posts that got no answer, or one to retry
         self.last_error = None
         self.backoff = 0.0           # the wait under way
@@ -3663,8 +3659,7 @@ class Receiver:
         self.wrong_url = None        # its last answer saying nothing is at the URL
         self.gave_up = None          # why a backfill stopped for good
         self._failing = 0            # attempts failed in a row
-        self._aborted = False
-        self._connection = None
+        self._aborted, self._connection = False, None
 
     def deliver(self, key, body):
         """(status, answer) once the receiver answers 2xx, 400, 413 or 422, or 401 or 403
@@ -3672,12 +3667,10 @@ class Receiver:
         Anything else is posted again after a wait: 429 as its Retry-After says, the rest
         with backoff."""
         while not self.stopping.is_set():
-            delay = None
+            delay = fatal = None
             try:
                 status, headers, answer = self.post(key, body)
             except (OSError, http.client.HTTPException) as error:
-                if self.stopping.is_set():   # stop()'s own cut of the post: not a fault
-                    break
                 problem = "%s: %s" % (type(error).__name__, error)
             else:
                 if 200 <= status < 300 or status in _REFUSED_STATUSES or \
@@ -3690,11 +3683,9 @@ class Receiver:
                     return status, answer
                 problem = "%d %s" % (status, " ".join(answer[:200].split()))
                 if status in _KEY_STATUSES:
-                    if self._give_up("%s refused writeKey %s: %s" % (self.endpoint, key,
-                                                                      problem)):
-                        break
                     delay = self.max_delay
-                    if self.paused_key != key:
+                    fatal = "%s refused writeKey %s: %s" % (self.endpoint, key, problem)
+                    if not self.gives_up and self.paused_key != key:
                         self.paused_key = key
                         self.reporter.say(
                             "forwarding to %s is PAUSED: it refused writeKey %s (%s). Check "
@@ -3705,13 +3696,15 @@ class Receiver:
                     location = headers.get("location")   # a redirect is never followed
                     problem += "%s: nothing at this URL takes batches; check the URL" % (
                         " (to %s)" % location[:200] if location else "")
-                    if self._give_up("%s answered %s" % (self.endpoint, problem)):
-                        break
                     self.wrong_url = problem
+                    fatal = "%s answered %s" % (self.endpoint, problem)
                 elif status == 429:   # never at once: Retry-After: 0 would be a loop
                     delay = retry_after(headers.get("retry-after"), self.clock())
                     delay = None if delay is None else max(delay, self.first_delay)
-            if self.stopping.is_set():
+            if fatal is not None and self.gives_up:   # a backfill: waiting will not fix it
+                self.gave_up = fatal
+                self.stopping.set()
+            if self.stopping.is_set():   # stop()'s own cut of the post, or a backfill gave up
                 break
             self._failing += 1
             self.failed_attempts += 1
@@ -3724,18 +3717,10 @@ class Receiver:
             self.stopping.wait(delay)
         return None, None
 
-    def _give_up(self, why):
-        """A backfill stops, saying `why`: waiting will not fix it. True if it did."""
-        if self.gives_up:
-            self.gave_up = why
-            self.stopping.set()
-        return self.gives_up
-
     def post(self, write_key, body):
-        """POST one gzipped batch; (status, headers with lower-case names, the first
-        MAX_ANSWER_BYTES of the answer as text). OSError or HTTPException when no whole
-        answer came within `timeout`, all told: a receiver that drips its answer, or sends
-        100 Continue for ever, is cut off then."""
+        """POST one gzipped batch: (status, headers with lower-case names, the first
+        MAX_ANSWER_BYTES of the answer as text). OSError or HTTPException if no whole answer
+        came within `timeout`, all told (an answer dripped, or 100 Continue for ever)."""
         credential = base64.b64encode((write_key + ":").encode("utf-8")).decode("ascii")
         headers = {"Content-Type": "application/json", "Content-Encoding": "gzip",
                    "Authorization": "Basic " + credential, "User-Agent": "pixel/" + __version__}
@@ -3744,13 +3729,34 @@ class Receiver:
         watchdog.daemon = True
         watchdog.start()
         try:
-            return self._post(body, headers)
+            reused = self._connection is not None
+            try:
+                return self._post(body, headers)
+            except ConnectionError:
+                if not reused or self._aborted:
+                    raise
+            return self._post(body, headers)   # it had closed the kept-alive one: afresh
         except (OSError, http.client.HTTPException):
             if self._aborted and not self.stopping.is_set():
                 raise socket.timeout("no whole answer within %g s" % self.timeout) from None
             raise
         finally:
             watchdog.cancel()
+
+    def _post(self, body, headers):
+        if self._connection is None:
+            self._connection = self._connect()
+        try:
+            self._connection.request("POST", self.path, body, headers)
+            response = self._connection.getresponse()
+            answer = response.read(MAX_ANSWER_BYTES)
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        if not response.isclosed():   # an answer longer than we read: drop the rest
+            self.close()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, headers, answer.decode("utf-8", "replace")
 
     def abort(self):
         """Cut the post under way, from another thread (its deadline, or a stop)."""
@@ -3766,31 +3772,6 @@ class Receiver:
         self.stopping.set()
         self.abort()
 
-    def _post(self, body, headers):
-        for second_try in (False, True):
-            reused = self._connection is not None
-            if not reused:
-                self._connection = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout, context=self.context) \
-                    if self.context is not None else \
-                    http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            try:
-                self._connection.request("POST", self.path, body, headers)
-                response = self._connection.getresponse()
-                answer = response.read(MAX_ANSWER_BYTES)
-            except ConnectionError:
-                self.close()
-                if reused and not second_try and not self._aborted:
-                    continue   # it had closed the kept-alive connection: once more, afresh
-                raise
-            except (OSError, http.client.HTTPException):
-                self.close()
-                raise
-            if not response.isclosed():   # an answer longer than we read: drop the rest
-                self.close()
-            headers = {name.lower(): value for name, value in response.getheaders()}
-            return response.status, headers, answer.decode("utf-8", "replace")
-
     def close(self):
         if self._connection is not None:
             connection, self._connection = self._connection, None
@@ -3798,10 +3779,10 @@ class Receiver:
 
 
 def forward_item(line, strip=False):
-    """A log line (without its newline) as a batch item: (its writeKey or None, the event
-    as JSON bytes). With `strip` the event's writeKey is taken out, so that the batch's
-    (--forward-write-key) applies; else it stays, since Basic auth cannot carry a key with
-    a colon. Rejected("forward_unreadable") for a line that is not a JSON object."""
+    """A log line (without its newline) as a batch item: (its writeKey or None, the event as
+    JSON bytes). With `strip` its writeKey is taken out, for the batch's to apply; else it
+    stays, as Basic auth cannot carry a key with a colon. Rejected("forward_unreadable")
+    for a line that is not a JSON object."""
     match = _top_level_string(line, _WRITE_KEY_FIELD)
     if match is not None:
         key = match.group(1).decode("ascii")
@@ -3809,9 +3790,9 @@ def forward_item(line, strip=False):
             return key, line
         start, end = match.span()   # cut it out, with one of the commas beside it
         if line[end:end + 1] == b",":
-            return key, line[:start] + line[end + 1:]
-        if line[start - 1:start] == b",":
-            return key, line[:start - 1] + line[end:]
+            end += 1
+        elif line[start - 1:start] == b",":
+            start -= 1
         return key, line[:start] + line[end:]
     try:
         event = json.loads(line)
@@ -3835,9 +3816,8 @@ _SENT_AGAIN = ("forward_unauthorized", "forward_rejected")
 
 
 def rejected_event(line):
-    """For a rejects-log line (an object with a reason and no type), the event it holds as
-    a log line if its reason is in _SENT_AGAIN, else b"": nothing to send. None for any
-    other line."""
+    """For a rejects-log line (an object with a reason and no type): the event it holds,
+    as its log line, if its reason is in _SENT_AGAIN, else b"". None for any other line."""
     if b'"reason"' not in line:   # an event's line, fast
         return None
     try:
@@ -3858,16 +3838,15 @@ def rejected_event(line):
 
 def not_an_event_log(first, whole):
     """Why a file that starts with `first` (all of it, if `whole`) is not a log `pixel.py
-    forward` may send, in words; None if it is: one of its first SNIFF_LINES lines is an
-    event (an object with a "type") or a rejects-log line (with a "reason"), or it is
-    empty. A checkpoint, JSON of another kind, binary or compressed data is refused before
-    anything is sent: under --write-key each of its lines would be posted as an event."""
+    forward` may send, in words. None if it is empty or one of its first SNIFF_LINES lines
+    is an event (with a "type") or a rejects-log line (with a "reason"): each line of
+    anything else would be posted as an event under --write-key."""
+    if not first:
+        return None
     lines = first.split(b"\n")
     if not whole:   # the last piece may be cut short by the read
         lines.pop()
     lines = [line for line in lines[:SNIFF_LINES] if line.strip()]
-    if not first:
-        return None
     if not lines:
         return "no newline in its first %d bytes" % len(first) if first.strip() else \
             "blank lines only"
@@ -3875,19 +3854,15 @@ def not_an_event_log(first, whole):
     for line in lines:
         try:
             document = json.loads(line)
-        except UnicodeDecodeError:
-            kinds.add("binary")
+        except (ValueError, RecursionError) as error:
+            kinds.add("binary" if isinstance(error, UnicodeDecodeError) or b"\0" in line
+                      else "text")
             continue
-        except (ValueError, RecursionError):
-            kinds.add("binary" if b"\0" in line else "text")
-            continue
-        if not isinstance(document, dict):
-            kinds.add("json")
-        elif isinstance(document.get("type"), str) or isinstance(document.get("reason"), str):
+        if isinstance(document, dict) and (isinstance(document.get("type"), str) or
+                                           isinstance(document.get("reason"), str)):
             return None
-        else:
-            kinds.add("checkpoint" if {"device", "inode", "offset"} <= set(document)
-                      else "json")
+        kinds.add("checkpoint" if isinstance(document, dict) and
+                  {"device", "inode", "offset"} <= set(document) else "json")
     return next(why for kind, why in (
         ("checkpoint", "it is a pixel checkpoint"),
         ("json", 'JSON, but none of its first lines is an event, an object with a "type"'),
@@ -3907,24 +3882,16 @@ def read_checkpoint(path):
         fd = open_file(path)
     except FileNotFoundError:
         return None
-    try:
-        data = b""
-        while len(data) < MAX_CHECKPOINT_BYTES:   # a backfill's list of files sent grows
-            block = os.read(fd, MAX_CHECKPOINT_BYTES - len(data))
-            if not block:
-                break
-            data += block
-    finally:
-        os.close(fd)
+    with open(fd, "rb") as handle:   # capped, though a backfill's list of files sent grows
+        data = handle.read(MAX_CHECKPOINT_BYTES)
     try:
         document = json.loads(data)
     except RecursionError:
         raise ValueError("not a pixel checkpoint: nested too deep") from None
+    fields = ("device", "inode", "offset", "mtime_ns", "head_bytes")
     if not isinstance(document, dict) or not all(
-            isinstance(document.get(field), int) and not isinstance(document[field], bool)
-            and document[field] >= -1 for field in ("device", "inode", "offset", "mtime_ns",
-                                                    "head_bytes")) or \
-            not 0 <= document["head_bytes"] <= 4096 or document["offset"] < 0:
+            type(document.get(field)) is int and document[field] >= -1 for field in fields) \
+            or not 0 <= document["head_bytes"] <= 4096 or document["offset"] < 0:
         raise ValueError("not a pixel checkpoint")
     return document
 
@@ -3937,12 +3904,10 @@ def write_checkpoint(path, document):
     fd = open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
                    getattr(os, "O_CLOEXEC", 0))   # a FIFO put there would block
     try:
-        try:
-            if os.write(fd, data) != len(data):
+        with open(fd, "wb", buffering=0) as handle:
+            if handle.write(data) != len(data):
                 raise OSError(errno.ENOSPC, "short write")
             os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(temporary, path)
     except OSError:   # no .tmp left behind to pass for state
         os.remove(temporary)
@@ -3955,12 +3920,11 @@ def write_checkpoint(path, document):
 
 
 class GzipReader:
-    """A gzip file read forward from a descriptor, as GzipFile reads one (several members,
-    zero padding after them), but for damage: GzipFile drops what it had inflated when it
-    meets the end of a file cut short or a corrupt byte. Here all that inflates before the
-    damage is handed out, as zcat does; then `damage` says what stopped it, in words, and
-    read() gives b"". A seek() forward inflates all that lies between: `stopping` (an
-    Event) cuts it short, with InterruptedError."""
+    """A gzip file read forward from a descriptor as GzipFile reads one (members one after
+    another, zero padding after them), but for damage: where GzipFile drops what it had
+    inflated before a corrupt byte or the end of a file cut short, this hands it out, as
+    zcat does; then `damage` says what stopped it, and read() gives b"". A seek() forward
+    inflates all that lies between: `stopping` (an Event) cuts it with InterruptedError."""
 
     CHUNK = 16 * 1024   # compressed bytes read at once
 
@@ -3970,13 +3934,10 @@ class GzipReader:
         self._rewind()
 
     def _rewind(self):
-        self.position = 0      # inflated bytes handed out
+        self.position = 0   # inflated bytes handed out
         self.damage = None
-        self._read = 0         # compressed bytes read from the file
-        self._input = b""      # ... and not yet inflated
-        self._member = None    # the member being inflated; None before one, or between
-        self._members = 0
-        self._ready = b""      # inflated, not yet handed out
+        self._blocks = self._inflate()
+        self._ready = b""   # inflated, not yet handed out
 
     def seek(self, offset):
         """Go to inflated byte `offset`: from the top if it lies behind, as GzipFile does."""
@@ -3991,44 +3952,47 @@ class GzipReader:
 
     def read(self, size):
         """Up to `size` inflated bytes; b"" at the end, or at damage."""
-        while not self._ready and self.damage is None:
-            if not self._input:
-                self._input = os.pread(self.fd, self.CHUNK, self._read)
-                self._read += len(self._input)
-                if not self._input:
-                    if self._member is not None:
-                        self.damage = ("cut short: the file ends at byte %d, inside the "
-                                       "gzip data" % self._read)
-                    break
-            if self._member is None:   # a member next, or the zeros that may pad the end
-                if self._members:
-                    self._input = self._input.lstrip(b"\0")
-                    if not self._input:
-                        continue
-                self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                self._members += 1
-            before = self._member.copy()
-            try:
-                self._ready = self._member.decompress(self._input, size)
-            except zlib.error as error:
-                self._ready = self._salvage(before, self._read - len(self._input), error)
-                self._member = None
-                break
-            if self._member.eof:
-                self._input, self._member = self._member.unused_data, None
-            else:
-                self._input = self._member.unconsumed_tail
+        if not self._ready:
+            self._ready = next(self._blocks, b"")
         block, self._ready = self._ready[:size], self._ready[size:]
         self.position += len(block)
         return block
 
-    def _salvage(self, member, start, error):
-        """What _input inflates to, fed to `member` a byte at a time, before the byte
-        `error` was about; `damage` names that byte."""
-        kept, index = [], 0
-        while index < len(self._input):
+    def _inflate(self):
+        """The file inflated, in blocks none of them empty, to its end or its damage."""
+        done, data, member, members = 0, b"", None, 0   # done: bytes read from the file
+        while True:
+            if not data:
+                data = os.pread(self.fd, self.CHUNK, done)
+                done += len(data)
+            if not data:
+                if member is not None:
+                    self.damage = "cut short: the file ends at byte %d, inside the gzip " \
+                                  "data" % done
+                return
+            if member is None:   # a member next, or the zeros that may pad the end
+                data = data.lstrip(b"\0") if members else data
+                if not data:
+                    continue
+                member, members = zlib.decompressobj(16 + zlib.MAX_WBITS), members + 1
+            before = member.copy()
             try:
-                kept.append(member.decompress(self._input[index:index + 1]))
+                block = member.decompress(data, MAX_WRITE_BYTES)
+            except zlib.error as error:
+                yield self._salvage(before, data, done - len(data), error)
+                return
+            data, member = (member.unused_data, None) if member.eof else \
+                (member.unconsumed_tail, member)
+            if block:
+                yield block
+
+    def _salvage(self, member, data, start, error):
+        """What `data` (from byte `start` of the file) inflates to, fed to `member` a byte
+        at a time, before the byte `error` was about; `damage` names that byte."""
+        kept, index = [], 0
+        while index < len(data):
+            try:
+                kept.append(member.decompress(data[index:index + 1]))
             except zlib.error:
                 break
             index += 1
@@ -4038,25 +4002,24 @@ class GzipReader:
 
 
 class LogFile:
-    """One file of a log being forwarded, read through a descriptor of its own (a rename or
-    a delete of its name does not matter), `offset` where its unsent lines start. A file
-    whose name is kept for good (pixel's rotated names: `named`) may be parked, its
-    descriptor closed, and opened again by name, or found by identity, when its turn comes.
-    A gzipped one (a backfill's `archive`) is read through a GzipReader, `offset` counting
-    inflated bytes; `broken` says why it could not be read to its end."""
+    """One file of a log being forwarded, read through a descriptor of its own (its name may
+    be renamed or deleted meanwhile); `offset` is where its unsent lines start. One whose
+    name is kept for good (`named`: pixel's rotated names) may be parked, its descriptor
+    closed, to be found again by name or identity. An `archive` (gzip) is read through a
+    GzipReader, `offset` counting inflated bytes; `broken` says why it ended early."""
 
     def __init__(self, fd, identity, name, offset=0, archive=False, stopping=None):
         self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
         self.named = False
         self.broken = None
         self.archive = GzipReader(fd, stopping) if archive else None
-        self._cache, self._cache_start = b"", 0
-        self._first = b""   # its first bytes, for head()
+        self._inflated = b""   # an archive's bytes last read, up to its position
+        self._first = b""      # its first bytes, for head()
 
     @classmethod
     def open(cls, path, archive=False, stopping=None):
-        """The regular file at `path` (open_file's OSError for anything else). With `archive`
-        None, it is gzip if its first bytes say so, whatever its name."""
+        """The regular file at `path` (else open_file's OSError); with `archive` None, an
+        archive if its first bytes say so, whatever its name."""
         fd = open_file(path)
         try:
             status = os.fstat(fd)
@@ -4069,9 +4032,8 @@ class LogFile:
             raise
 
     def park(self):
-        if self.fd is not None and self.named and self.archive is None:
-            os.close(self.fd)
-            self.fd = None
+        if self.named and self.archive is None:
+            self.close()
 
     def unpark(self):
         """Open a parked file again; False if it is gone."""
@@ -4080,16 +4042,15 @@ class LogFile:
         return self.fd is not None
 
     def duplicate(self):
-        """A descriptor of this file for the caller to read and close, parked or not; None if
-        it is gone. Not for an archive."""
+        """A descriptor of this file (not an archive), parked or not, for the caller to
+        close; None if it is gone."""
         return os.dup(self.fd) if self.fd is not None else self._find()
 
     def _find(self):
-        """A descriptor of this file, by its name, or else by its identity among the files
-        beside it of its log (an outside rename); None if there is none."""
+        """A descriptor of this file, by its name, or else by its identity among its log's
+        files (an outside rename); None if it is gone."""
         folder, base = os.path.split(self.name)
-        suffix = _ROTATED.search(base)
-        stem = base[:suffix.start()] if suffix else base
+        stem = _ROTATED.sub("", base, count=1)
         for name in [base] + [name for name in os.listdir(folder) if name.startswith(stem)]:
             try:
                 fd = open_file(os.path.join(folder, name))
@@ -4107,22 +4068,22 @@ class LogFile:
             return os.pread(self.fd, size, offset)
         # The forwarder reads on from where its last batch ended, a little before its last
         # read ended: keep what was read, since gzip can only go back from the top.
-        if not self._cache_start <= offset <= self._cache_start + len(self._cache):
-            self._cache, self._cache_start = b"", -1   # until the seek gets there
+        kept = offset - (self.archive.position - len(self._inflated))
+        if 0 <= kept <= len(self._inflated):
+            self._inflated = self._inflated[kept:]
+        else:
+            self._inflated = b""
             self.archive.seek(offset)   # InterruptedError: a stop came first
-            self._cache_start = offset
-        self._cache = self._cache[offset - self._cache_start:]
-        self._cache_start = offset
-        while len(self._cache) < size:
-            block = self.archive.read(size - len(self._cache))
+        while len(self._inflated) < size:
+            block = self.archive.read(size - len(self._inflated))
             if not block:
                 self.broken = self.archive.damage
                 break
-            self._cache += block
-        return self._cache[:size]
+            self._inflated += block
+        return self._inflated[:size]
 
     def line_end(self, offset, stopping):
-        """Where the line going on at `offset` ends: past its newline, or the file's end;
+        """Where the line going on at `offset` ends: past its newline, or at the file's end;
         None if `stopping` came first (a "line" may be gigabytes long)."""
         while not stopping.is_set():
             block = self.read(offset, MAX_WRITE_BYTES)
@@ -4144,26 +4105,23 @@ class LogFile:
         """A checksum of the first `length` (at most 4096) bytes: an inode number is reused
         by a new file once the old one is deleted, its first line is not."""
         if len(self._first) < length:   # read once for an archive, where it costs most
-            offset = self.offset
             self._first = self.read(0, 4096)
-            if self.archive is not None:
-                self.read(offset, 1)   # back where the forwarder reads
         return "%08x" % zlib.crc32(self._first[:length])
 
     def _disk_head(self, length):
         return "%08x" % zlib.crc32(os.pread(self.fd, min(length, 4096), 0))
 
     def fingerprint(self):
-        """"device:inode:bytes:head" for a backfill's list of files sent: how many of its
-        bytes on disk were sent (an archive's: all), and a checksum of their first 4096."""
+        """"device:inode:bytes:head", for a backfill's list of files sent: its bytes on disk
+        sent (an archive's: all), and a checksum of their first 4096."""
         length = os.fstat(self.fd).st_size if self.archive else self.offset
         return "%d:%d:%d:%s" % (self.identity + (length, self._disk_head(length)))
 
     def sent_before(self, entries):
-        """How many of its bytes on disk an earlier backfill sent, by `entries`, (bytes,
-        head) pairs of its list with this file's identity, or None for version 1.0's,
-        which named the inode alone. None if none is this file: another size (an
-        archive's), fewer bytes (a log's, which only grows), other first bytes."""
+        """How many of its bytes on disk an earlier backfill sent, by the (bytes, head) pairs
+        `entries` of its list with this file's identity (None: version 1.0's, which named
+        the inode alone); None if none matches its size (a log's may have grown since) and
+        its first bytes."""
         size = os.fstat(self.fd).st_size
         for entry in entries:
             if entry is None:
@@ -4182,9 +4140,8 @@ class LogFile:
 
 def rotated_since(path, live, since):
     """The rotated files of the log at `path` written to since `since` (mtime_ns; the
-    checkpoint's file among them), oldest first, each opened: by last write, then by
-    name (pixel's stamps sort in time order). A folder of ten thousand old ones costs
-    no more."""
+    checkpoint's file among them), oldest first: by last write, then by name (pixel's stamps
+    sort in time order). Each is opened, or past MAX_OPEN_LOG_FILES parked."""
     folder, base = os.path.split(path)
     found = []
     for name in os.listdir(folder):
