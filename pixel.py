@@ -4988,14 +4988,42 @@ class StartupError(Exception):
     """What stops pixel from starting, in one line: an option, a log, a CPU, a port."""
 
 
-def _check(value, kind, convert, ok, problem):
-    """`value` as `kind`: as given, or converted from text (as a flag or variable gives it)."""
-    if isinstance(value, str):
-        value = convert(value.strip())
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool or \
-            not ok(value):
-        raise argparse.ArgumentTypeError("%s: %r" % (problem, value))
-    return value
+def _checker(name, kind, convert, ok, problem):
+    """A check of a value as `kind`: as given, or converted from text (as a flag or variable
+    gives it), then `ok`. `name` is its __name__, which argparse shows for text `convert`
+    refuses: "invalid _port value: 'http'"."""
+    def check(value):
+        if isinstance(value, str):
+            value = convert(value.strip())
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool or \
+                not ok(value):
+            raise argparse.ArgumentTypeError("%s: %r" % (problem, value))
+        return value
+    check.__name__ = name
+    return check
+
+
+_FLAG_WORDS = {"1": True, "true": True, "yes": True, "on": True, "": False, "0": False,
+               "false": False, "no": False, "off": False}
+_count = _checker("_count", int, int, lambda number: number >= 0, "must be 0 or more")
+_connections = _checker("_connections", int, int, lambda number: number > 0,
+                        "must be greater than 0")
+_port = _checker("_port", int, int, lambda number: 0 <= number <= 65535,
+                 "must be between 0 and 65535")
+_seconds = _checker("_seconds", (int, float), float,   # NaN fails both comparisons
+                    lambda number: MIN_TIMEOUT <= number <= MAX_TIMEOUT,
+                    "must be between %g and %g seconds" % (MIN_TIMEOUT, MAX_TIMEOUT))
+_batch_size = _checker("_batch_size", int, int, lambda number: 1 <= number <= MAX_BATCH_ITEMS,
+                       "must be between 1 and %d" % MAX_BATCH_ITEMS)
+_cpu_number = _checker("_cpu_number", int, lambda text: int(text) if text.isdigit() else text,
+                       lambda number: number >= 0, "not auto, none or a CPU number")
+_flag = _checker("_flag", bool, lambda text: _FLAG_WORDS.get(text.lower(), text),
+                 lambda _: True, "not a yes/no value")
+_nonempty = _checker("_nonempty", str, str, bool, "must not be empty")
+
+
+def _cpu(value):
+    return value if value in ("auto", "none") else _cpu_number(value)
 
 
 def _size(value):
@@ -5006,48 +5034,6 @@ def _size(value):
             raise argparse.ArgumentTypeError("not a size: %r (try 10485760 or 10M)" % value)
         value = int(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ")
     return _count(value)
-
-
-def _count(value):
-    return _check(value, int, int, lambda number: number >= 0, "must be 0 or more")
-
-
-def _connections(value):
-    return _check(value, int, int, lambda number: number > 0, "must be greater than 0")
-
-
-def _port(value):
-    return _check(value, int, int, lambda number: 0 <= number <= 65535,
-                  "must be between 0 and 65535")
-
-
-def _seconds(value):
-    return _check(value, (int, float), float,   # NaN fails both comparisons
-                  lambda number: MIN_TIMEOUT <= number <= MAX_TIMEOUT,
-                  "must be between %g and %g seconds" % (MIN_TIMEOUT, MAX_TIMEOUT))
-
-
-def _batch_size(value):
-    return _check(value, int, int, lambda number: 1 <= number <= MAX_BATCH_ITEMS,
-                  "must be between 1 and %d" % MAX_BATCH_ITEMS)
-
-
-def _flag(value):
-    words = {"1": True, "true": True, "yes": True, "on": True, "": False, "0": False,
-             "false": False, "no": False, "off": False}
-    return _check(value, bool, lambda text: words.get(text.lower(), text), lambda _: True,
-                  "not a yes/no value")
-
-
-def _nonempty(value):
-    return _check(value, str, str, bool, "must not be empty")
-
-
-def _cpu(value):
-    if value in ("auto", "none"):
-        return value
-    return _check(value, int, lambda text: int(text) if text.isdigit() else text,
-                  lambda number: number >= 0, "not auto, none or a CPU number")
 
 
 def _public_url(value):
@@ -5101,19 +5087,15 @@ def _forward_url(value):
 
 
 def _ranges_source(value):
-    """LABEL=FILE (or a (label, file) pair) as a (label, file) pair; LABEL one of
+    """LABEL=FILE, or a (label, file) pair, as a (label, file) pair; LABEL one of
     RANGE_LABELS. The file is read when pixel starts (Pixel), not here."""
-    if isinstance(value, str):
-        label, equals, path = value.partition("=")
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and \
-            all(isinstance(part, str) for part in value):
-        (label, path), equals = value, "="
-    else:
-        label = equals = path = ""
-    if not equals or label.strip() not in RANGE_LABELS or not path.strip():
+    pair = value.partition("=")[::2] if isinstance(value, str) and "=" in value else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or \
+            not all(isinstance(part, str) and part.strip() for part in pair) or \
+            pair[0].strip() not in RANGE_LABELS:
         raise argparse.ArgumentTypeError("not LABEL=FILE with LABEL %s: %r"
                                          % (" or ".join(RANGE_LABELS), value))
-    return label.strip(), path.strip()
+    return pair[0].strip(), pair[1].strip()
 
 
 def _token(value):
@@ -5129,9 +5111,9 @@ def _ca_file(value):
     import ssl   # here: only --forward-ca pays for it
     text = _nonempty(value)
     try:
-        if not stat.S_ISREG(os.stat(text).st_mode):   # a FIFO would block the load
-            raise OSError(errno.EINVAL, "not a regular file (%s)"
-                          % file_kind(os.stat(text).st_mode))
+        mode = os.stat(text).st_mode
+        if not stat.S_ISREG(mode):   # a FIFO would block the load
+            raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode))
         ssl.create_default_context().load_verify_locations(text)
     except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
         raise argparse.ArgumentTypeError("not a readable PEM file of CA certificates: %r "
@@ -5139,87 +5121,78 @@ def _ca_file(value):
     return text
 
 
-Option = collections.namedtuple("Option", "name env default check help scope many")
+Option = collections.namedtuple("Option", "name env default check help scope many",
+                                defaults=("all", False))
 Option.__doc__ = """One option: `name` is its keyword (the flag is --name with dashes); `env`
 its PIXEL_* variable; `check` converts and checks a value; `scope` where it means something:
 "all", "server" (the built-in server's listening and process only), "wsgi"; `many` a list."""
 
-
-def _option(name, env, default, check, help, scope="all", many=False):
-    return Option(name, env, default, check, help, scope, many)
-
-
 OPTIONS = (
-    _option("host", "PIXEL_HOST", "127.0.0.1", _nonempty,
-            "address to listen on; 0.0.0.0 or :: for every interface", "server"),
-    _option("port", "PIXEL_PORT", 8000, _port, "port to listen on; 0 picks a free one",
-            "server"),
-    _option("log", "PIXEL_LOG", DEFAULT_LOG, _nonempty,
-            "the event log, one JSON object per line"),
-    _option("rejects", "PIXEL_REJECTS", None, _nonempty,
-            "the rejects log; unset means %s beside --log" % DEFAULT_REJECTS_NAME),
-    _option("max_bytes", "PIXEL_MAX_BYTES", 0, _size, "rotate a log before it would grow "
-            "past this size (K, M, G suffixes); 0 never rotates"),
-    _option("keep", "PIXEL_KEEP", 0, _count, "rotated files to keep per log, the oldest "
-            "deleted first; 0 keeps them all"),
-    _option("write_key", "PIXEL_WRITE_KEYS", (), _nonempty, "accept only this writeKey; "
-            "repeatable. Unset, any non-empty key is accepted", many=True),
-    _option("trusted_proxy", "PIXEL_TRUSTED_PROXIES", (), _network, "an address or network "
-            "whose X-Forwarded-For is believed; repeatable. Unset, none is", many=True),
-    _option("allow_origin", "PIXEL_ALLOW_ORIGINS", (), _origin_pattern, "a website origin "
-            "whose browsers may send to the HTTP API (https://shop.example.com, or "
-            "*.example.com for its subdomains); repeatable. Unset, any origin may", many=True),
-    _option("public_url", "PIXEL_PUBLIC_URL", None, _public_url, "the URL browsers reach "
-            "this server at, such as https://pixel.example.com behind a proxy; the settings "
-            "document points analytics.js there. Unset, the request's Host and scheme"),
-    _option("dedupe_window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, _count,
-            "client-sent messageIds to remember, per writeKey; an event whose key and "
-            "messageId were written among the last N is dropped as a retry. 0 turns it off"),
-    _option("no_ip", "PIXEL_NO_IP", False, _flag,
-            "record no IP address, not even a client-sent context.ip"),
-    _option("anonymize_ip", "PIXEL_ANONYMIZE_IP", False, _flag, "record IP addresses "
-            "truncated to their /24 (IPv4) or /48 (IPv6): the peer's, X-Forwarded-For's, a "
-            "client-sent context.ip, and in the rejects log"),
-    _option("machine_ranges", "PIXEL_MACHINE_RANGES", (), _ranges_source, "LABEL=FILE: "
-            "label pixel fetches from addresses in FILE as LABEL, apple_mpp (Apple's "
-            "egress-ip-ranges.csv) or scanner; each line starts with a CIDR. Repeatable; "
-            "reloaded on SIGHUP", many=True),
-    _option("metrics_token", "PIXEL_METRICS_TOKEN", None, _token, "require `Authorization: "
-            "Bearer TOKEN` for /metrics. Unset, /metrics answers anyone who can reach it"),
-    _option("forward", "PIXEL_FORWARD", None, _forward_url, "relay the events log, at least "
-            "once and in order, to this Segment-compatible API (https://api.segment.io, a "
-            "RudderStack or Jitsu URL, another pixel); batches go to URL/v1/batch"),
-    _option("forward_write_key", "PIXEL_FORWARD_WRITE_KEY", None, _nonempty, "forward every "
-            "event under this writeKey, instead of each under its own"),
-    _option("forward_batch", "PIXEL_FORWARD_BATCH", DEFAULT_FORWARD_BATCH, _batch_size,
-            "events per forwarded batch; a batch is also at most 500 KB"),
-    _option("forward_ca", "PIXEL_FORWARD_CA", None, _ca_file, "a CA bundle (PEM) to trust "
-            "for --forward, besides the system's: for a receiver with a private CA"),
-    _option("forward_timeout", "PIXEL_FORWARD_TIMEOUT", DEFAULT_FORWARD_TIMEOUT, _seconds,
-            "seconds the receiver has to connect and to answer; then the batch is retried"),
-    _option("forward_alert", "PIXEL_FORWARD_ALERT", DEFAULT_FORWARD_ALERT, _seconds,
-            "seconds of unsent backlog after which /health says degraded"),
-    _option("reuse_port", "PIXEL_REUSE_PORT", False, _flag, "share the port with other "
-            "pixel processes (SO_REUSEPORT), each with its own --log: the kernel spreads "
-            "connections among them, one CPU each", "server"),
-    _option("max_connections", "PIXEL_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
-            _connections, "connections served at once; more wait in the listen backlog",
-            "server"),
-    _option("request_timeout", "PIXEL_REQUEST_TIMEOUT", 10.0, _seconds, "seconds a client "
-            "has to send a whole request, head and body", "server"),
-    _option("idle_timeout", "PIXEL_IDLE_TIMEOUT", 15.0, _seconds, "seconds a kept-alive "
-            "connection may wait for its next request", "server"),
-    _option("certfile", "PIXEL_CERTFILE", None, _nonempty, "serve HTTPS with this "
-            "certificate chain (PEM, the leaf first: certbot's fullchain.pem); needs "
-            "--keyfile", "server"),
-    _option("keyfile", "PIXEL_KEYFILE", None, _nonempty,
-            "the private key of --certfile (PEM)", "server"),
-    _option("cpu", "PIXEL_CPU", "auto", _cpu, "pin the process to one CPU: auto (the last "
-            "one it may use), none, or a CPU number. Python runs one thread at a time; "
-            "keeping all of them on one core makes handing over between them much cheaper",
-            "server"),
-    _option("public_metrics", None, False, _flag, "serve /metrics under WSGI with no "
-            "metrics_token", "wsgi"),
+    Option("host", "PIXEL_HOST", "127.0.0.1", _nonempty, "address to listen on; 0.0.0.0 or :: "
+           "for every interface", "server"),
+    Option("port", "PIXEL_PORT", 8000, _port, "port to listen on; 0 picks a free one", "server"),
+    Option("log", "PIXEL_LOG", DEFAULT_LOG, _nonempty, "the event log, one JSON object per line"),
+    Option("rejects", "PIXEL_REJECTS", None, _nonempty, "the rejects log; unset means %s beside "
+           "--log" % DEFAULT_REJECTS_NAME),
+    Option("max_bytes", "PIXEL_MAX_BYTES", 0, _size, "rotate a log before it would grow past "
+           "this size (K, M, G suffixes); 0 never rotates"),
+    Option("keep", "PIXEL_KEEP", 0, _count, "rotated files to keep per log, the oldest deleted "
+           "first; 0 keeps them all"),
+    Option("write_key", "PIXEL_WRITE_KEYS", (), _nonempty, "accept only this writeKey; "
+           "repeatable. Unset, any non-empty key is accepted", many=True),
+    Option("trusted_proxy", "PIXEL_TRUSTED_PROXIES", (), _network, "an address or network whose "
+           "X-Forwarded-For is believed; repeatable. Unset, none is", many=True),
+    Option("allow_origin", "PIXEL_ALLOW_ORIGINS", (), _origin_pattern, "a website origin whose "
+           "browsers may send to the HTTP API (https://shop.example.com, or *.example.com for "
+           "its subdomains); repeatable. Unset, any origin may", many=True),
+    Option("public_url", "PIXEL_PUBLIC_URL", None, _public_url, "the URL browsers reach this "
+           "server at, such as https://pixel.example.com behind a proxy; the settings document "
+           "points analytics.js there. Unset, the request's Host and scheme"),
+    Option("dedupe_window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, _count, "client-sent "
+           "messageIds to remember, per writeKey; an event whose key and messageId were "
+           "written among the last N is dropped as a retry. 0 turns it off"),
+    Option("no_ip", "PIXEL_NO_IP", False, _flag, "record no IP address, not even a client-sent "
+           "context.ip"),
+    Option("anonymize_ip", "PIXEL_ANONYMIZE_IP", False, _flag, "record IP addresses truncated "
+           "to their /24 (IPv4) or /48 (IPv6): the peer's, X-Forwarded-For's, a client-sent "
+           "context.ip, and in the rejects log"),
+    Option("machine_ranges", "PIXEL_MACHINE_RANGES", (), _ranges_source, "LABEL=FILE: label "
+           "pixel fetches from addresses in FILE as LABEL, apple_mpp (Apple's "
+           "egress-ip-ranges.csv) or scanner; each line starts with a CIDR. Repeatable; "
+           "reloaded on SIGHUP", many=True),
+    Option("metrics_token", "PIXEL_METRICS_TOKEN", None, _token, "require `Authorization: "
+           "Bearer TOKEN` for /metrics. Unset, /metrics answers anyone who can reach it"),
+    Option("forward", "PIXEL_FORWARD", None, _forward_url, "relay the events log, at least once "
+           "and in order, to this Segment-compatible API (https://api.segment.io, a "
+           "RudderStack or Jitsu URL, another pixel); batches go to URL/v1/batch"),
+    Option("forward_write_key", "PIXEL_FORWARD_WRITE_KEY", None, _nonempty, "forward every "
+           "event under this writeKey, instead of each under its own"),
+    Option("forward_batch", "PIXEL_FORWARD_BATCH", DEFAULT_FORWARD_BATCH, _batch_size, "events "
+           "per forwarded batch; a batch is also at most 500 KB"),
+    Option("forward_ca", "PIXEL_FORWARD_CA", None, _ca_file, "a CA bundle (PEM) to trust for "
+           "--forward, besides the system's: for a receiver with a private CA"),
+    Option("forward_timeout", "PIXEL_FORWARD_TIMEOUT", DEFAULT_FORWARD_TIMEOUT, _seconds,
+           "seconds the receiver has to connect and to answer; then the batch is retried"),
+    Option("forward_alert", "PIXEL_FORWARD_ALERT", DEFAULT_FORWARD_ALERT, _seconds, "seconds "
+           "of unsent backlog after which /health says degraded"),
+    Option("reuse_port", "PIXEL_REUSE_PORT", False, _flag, "share the port with other pixel "
+           "processes (SO_REUSEPORT), each with its own --log: the kernel spreads connections "
+           "among them, one CPU each", "server"),
+    Option("max_connections", "PIXEL_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, _connections,
+           "connections served at once; more wait in the listen backlog", "server"),
+    Option("request_timeout", "PIXEL_REQUEST_TIMEOUT", 10.0, _seconds, "seconds a client has "
+           "to send a whole request, head and body", "server"),
+    Option("idle_timeout", "PIXEL_IDLE_TIMEOUT", 15.0, _seconds, "seconds a kept-alive "
+           "connection may wait for its next request", "server"),
+    Option("certfile", "PIXEL_CERTFILE", None, _nonempty, "serve HTTPS with this certificate "
+           "chain (PEM, the leaf first: certbot's fullchain.pem); needs --keyfile", "server"),
+    Option("keyfile", "PIXEL_KEYFILE", None, _nonempty, "the private key of --certfile (PEM)",
+           "server"),
+    Option("cpu", "PIXEL_CPU", "auto", _cpu, "pin the process to one CPU: auto (the last one "
+           "it may use), none, or a CPU number. Python runs one thread at a time; keeping all "
+           "of them on one core makes handing over between them much cheaper", "server"),
+    Option("public_metrics", None, False, _flag, "serve /metrics under WSGI with no "
+           "metrics_token", "wsgi"),
 )
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
 
@@ -5229,8 +5202,8 @@ Config.__doc__ = """Every option of one pixel, checked: configure() makes one.""
 
 def configure(**options):
     """A Config of `options` (keywords named as the flags are), each checked as its flag
-    is, the rest at their defaults. Raises argparse.ArgumentTypeError or ValueError, in
-    words, for a value or a combination that cannot be used."""
+    is, the rest at their defaults. ValueError, in words, for a value or a combination that
+    cannot be used."""
     unknown = set(options) - set(OPTION_NAMES)
     if unknown:
         raise ValueError("no such option: %s" % ", ".join(sorted(unknown)))
@@ -5238,18 +5211,15 @@ def configure(**options):
     for option in OPTIONS:
         value = options.get(option.name, option.default)
         try:
-            if value is None or value is option.default:
-                values[option.name] = value
-            elif option.many:
+            if option.many:
                 if isinstance(value, (str, bytes)):   # would be read a letter at a time
                     raise ValueError("takes a list, not a string: %r" % (value,))
-                values[option.name] = [option.check(item) for item in value]
-            else:
-                values[option.name] = option.check(value)
+                value = [option.check(item) for item in value or ()]
+            elif value is not None and value is not option.default:
+                value = option.check(value)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as error:
             raise ValueError("%s: %s" % (option.name, error)) from None
-    values["write_key"], values["trusted_proxy"], values["allow_origin"] = (
-        list(values[name]) for name in ("write_key", "trusted_proxy", "allow_origin"))
+        values[option.name] = value
     if values["rejects"] is None:
         values["rejects"] = os.path.join(os.path.dirname(os.path.abspath(values["log"])),
                                          DEFAULT_REJECTS_NAME)
@@ -5272,12 +5242,12 @@ def build_parser(environ):
         prog="pixel.py", description="Segment-compatible tracking-pixel server.",
         epilog="Each flag's environment variable is shown in brackets; lists in a variable "
                "are comma-separated. `pixel.py forward --help`: sending log files.")
-    parser.from_env = {}
+    parser.from_env = {}   # "append" would add a list's flags to its variable's list
     for option in OPTIONS:
         if option.scope == "wsgi":
             continue
         flag = "--" + option.name.replace("_", "-")
-        default = [] if option.many else option.default
+        default = option.default
         if option.env in environ:
             text = environ[option.env]
             try:
@@ -5290,12 +5260,12 @@ def build_parser(environ):
                 if option.many and not default:
                     raise ValueError("names nothing; unset it to use the default")
             except (argparse.ArgumentTypeError, ValueError) as error:
-                parser.error("%s%s %s" % (option.env, "" if not text.strip() else
-                                          "=%r:" % text, error))
+                parser.error("%s%s %s" % (option.env, "=%r:" % text if text.strip() else "",
+                                          error))
             parser.from_env[option.name] = default
-        help = "%s [%s%s] (default: %s)" % (option.help, option.env, "=1" if
-                                             option.check is _flag else "",
-                                             "%(default)s" if not option.many else "none")
+        help = "%s [%s%s] (default: %s)" % (option.help, option.env,
+                                             "=1" if option.check is _flag else "",
+                                             "none" if option.many else "%(default)s")
         if option.check is _flag:
             parser.add_argument(flag, action="store_true", default=default, help=help)
         else:
@@ -5309,15 +5279,12 @@ def build_parser(environ):
 def parse_args(argv=None, environ=None):
     """The command line's Config: flags, then PIXEL_* variables, then defaults. A bad one
     exits with usage, status 2."""
-    environ = os.environ if environ is None else environ
-    parser = build_parser(environ)
-    args = vars(parser.parse_args(argv))
-    for option in OPTIONS:
-        if option.many and args.get(option.name) is None:
-            args[option.name] = parser.from_env.get(option.name, [])
+    parser = build_parser(os.environ if environ is None else environ)
+    flags = {name: value for name, value in vars(parser.parse_args(argv)).items()
+             if value is not None}   # a list's flags not given, or an option unset
     try:
-        return configure(**args)
-    except (argparse.ArgumentTypeError, ValueError) as error:
+        return configure(**dict(parser.from_env, **flags))
+    except ValueError as error:
         parser.error(str(error))
 
 
