@@ -5062,22 +5062,18 @@ def _network(value):
     return text
 
 
-_URL_HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])"
-                       r"(?::\d{1,5})?\Z", re.ASCII)
-
-
 def _forward_url(value):
     """An http(s) base URL, to which /v1/batch is added: one given with /v1/batch or /v1
     already is taken as meant, not posted to at /v1/batch/v1/batch."""
     text = _nonempty(value).rstrip("/")
     parts = urllib.parse.urlsplit(text)
     try:
-        parts.port   # a port that is not a number raises here
+        parts.port   # a port that is not a number, or over 65535, raises here
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
-            parts.query or parts.fragment or parts.username or parts.password or \
-            not _URL_HOST.match(parts.netloc) or not re.fullmatch(r"[!-~]*", parts.path):
+    # _ORIGIN: a scheme and a host, with no user or password before it.
+    if parts is None or not _ORIGIN.match("%s://%s" % (parts.scheme, parts.netloc)) or \
+            parts.query or parts.fragment or not re.fullmatch(r"[!-~]*", parts.path):
         raise argparse.ArgumentTypeError("not an http(s) URL with no query or credentials: "
                                          "%r (try https://api.segment.io)" % text)
     for endpoint in ("/v1/batch", "/v1"):
@@ -5292,42 +5288,36 @@ def parse_args(argv=None, environ=None):
 # Wiring: the one place a Config becomes working parts, for the command line, WSGI and tests
 
 def open_logs(log, rejects, *, busy, wait=0.0, **options):
-    """The events and the rejects LogWriter (`options` are LogWriter's). A file that cannot
-    be opened, or two paths that name one file, raise StartupError; a file another process
-    holds, after waiting up to `wait` seconds for it to let go, with `busy` (what to do
-    instead). A file made here is removed again then (LogWriter.discard)."""
-    if os.path.realpath(log) == os.path.realpath(rejects) or os.path.exists(log) and \
-            os.path.exists(rejects) and os.path.samefile(log, rejects):   # a hard link, say
+    """The events and the rejects LogWriter (`options` are LogWriter's). StartupError for a
+    file that cannot be opened, for two hard links to one file (configure() refuses two
+    paths to it), and for a file another process still holds after `wait` seconds, saying
+    `busy` (what to do instead); a file made here is removed again then."""
+    if os.path.exists(log) and os.path.exists(rejects) and os.path.samefile(log, rejects):
         raise StartupError("the events log and the rejects log are the same file: %s"
                            % os.path.realpath(log))
     writers = []
     deadline = time.monotonic() + wait
-    try:
-        for path in (log, rejects):
-            while True:
-                try:
-                    writers.append(LogWriter(path, **options))
-                    break
-                except OSError as error:
-                    if error.errno == errno.EBUSY and time.monotonic() < deadline:
-                        time.sleep(0.05)   # a gunicorn reload: the old worker lets go soon
-                        continue
+    for path in (log, rejects):
+        while True:
+            try:
+                writers.append(LogWriter(path, **options))
+                break
+            except OSError as error:
+                if error.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    for writer in writers:
+                        writer.discard()
                     raise StartupError("cannot open %s: %s%s" % (
                         error.filename or path, error.strerror or error,
                         "; " + busy if error.errno == errno.EBUSY else "")) from None
-            options["readable"] = False   # only the events log is followed
-    except StartupError:
-        for writer in writers:
-            writer.discard()
-        raise
+            time.sleep(0.05)   # a gunicorn reload: the old worker lets go soon
+        options["readable"] = False   # only the events log is followed
     return writers
 
 
 class Pixel:
     """One pixel made from a Config: its log files, Recorder, App, metrics and, with
-    `forward`, its Forwarder. The command line, make_wsgi_app and the tests make it here,
-    the one wiring there is. Raises StartupError for what cannot be opened or started,
-    having removed the files it made."""
+    `forward`, its Forwarder; the one wiring there is. StartupError for what cannot be
+    opened or started, having removed the files it made."""
 
     def __init__(self, config, *, reporter=None, clock=time.time, serve_metrics=True,
                  busy="give each pixel process its own --log and --rejects", wait=0.0):
@@ -5407,17 +5397,13 @@ _OLD_KEYWORDS = {"write_keys": "write_key", "trusted_proxies": "trusted_proxy",
 
 
 def make_wsgi_app(**options):
-    """A WSGI application recording into `log` (and `rejects`, by default rejects.jsonl
-    beside it), forwarding with `forward`: every option of the command line that means
-    something behind a WSGI server, named as its flag is (OPTIONS: scope "all" and "wsgi").
-    It opens both files now; one process owns them, so serve it from one process (threads
-    are fine). /metrics is served with a `metrics_token` (then only to requests that send
-    it) or with public_metrics=True; otherwise it is a 404, as a WSGI app usually shares its
-    port with a public site.
-
-    An option it cannot use, or a file it cannot open, ends the process as a bad command
-    line does: one line on stderr, then SystemExit(3), which gunicorn takes for a worker
-    that cannot boot, and stops rather than start it again and again."""
+    """A WSGI application taking every option that means something behind a WSGI server
+    (OPTIONS of scope "all" and "wsgi"), named as the flags are. It opens the logs now; one
+    process owns them, so serve it from one process (threads are fine). /metrics is served
+    with a `metrics_token`, to requests that send it, or with public_metrics=True; otherwise
+    it is a 404, as a WSGI app usually shares its port with a public site. An option it
+    cannot use or a file it cannot open: one line on stderr, then SystemExit(3), which
+    gunicorn takes for a worker that cannot boot, and does not start again and again."""
     reporter = Reporter()
     for old, new in _OLD_KEYWORDS.items():
         if old in options:
@@ -5432,7 +5418,7 @@ def make_wsgi_app(**options):
         config = configure(**options)
         pixel = Pixel(config, reporter=reporter, busy=WSGI_BUSY, wait=WSGI_LOCK_WAIT,
                       serve_metrics=config.metrics_token is not None or config.public_metrics)
-    except (StartupError, ValueError, argparse.ArgumentTypeError) as error:
+    except (StartupError, ValueError) as error:
         reporter.say("make_wsgi_app: %s" % error)
         raise SystemExit(3) from None
     pixel.start()
