@@ -5715,35 +5715,29 @@ def pin_cpu(choice):
     return choice
 
 
-def raise_file_limit(needed):
-    """Raise the soft open-file limit toward `needed`, as far as the hard one allows (the
-    usual 1024 would not fit --max-connections sockets); the limit now, or None."""
-    if resource is None:
-        return None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    return soft
-
-
 def listen(config, reporter):
-    """Pin to a CPU and bind the port, before any file is made: (PixelServer, CPU)."""
+    """Pin to a CPU, raise the open-file limit and bind the port, before any file is made:
+    (PixelServer, the CPU or None)."""
     try:
         pinned = pin_cpu(config.cpu)
     except OSError as error:   # a CPU this process may not use
         raise StartupError("cannot pin to CPU %s: %s" % (config.cpu,
                                                          error.strerror or error)) from None
-    # A connection holds a socket; room is kept for the logs, the listener and stdio. With
-    # a lower hard limit fewer are served at once, and the others wait in the backlog,
-    # where accept() failing with EMFILE would have spun the accept loop.
-    connections = config.max_connections
-    files = raise_file_limit(connections + 64)
-    if files is not None and files < connections + 64:
-        connections = max(1, files - 64)
-        reporter.say("the open-file limit is %d, so at most %d connections are served at "
-                     "once, not --max-connections %d" % (files, connections,
-                                                         config.max_connections))
+    # A connection holds a socket, and 64 more files are kept for the logs, the listener and
+    # stdio: the usual soft limit of 1024 would not fit --max-connections. Under a lower hard
+    # limit fewer are served at once, and the others wait in the listen backlog, where
+    # accept() failing with EMFILE would have spun the accept loop.
+    connections, needed = config.max_connections, config.max_connections + 64
+    if resource is not None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            if soft < needed:
+                connections = max(1, soft - 64)
+                reporter.say("the open-file limit is %d, so at most %d connections are "
+                             "served at once, not --max-connections %d"
+                             % (soft, connections, config.max_connections))
     # A small stack is enough: the deepest path is json's C scanner on a payload whose
     # depth the core has capped at MAX_DEPTH.
     threading.stack_size(THREAD_STACK_SIZE)
@@ -5765,22 +5759,20 @@ def listen(config, reporter):
 
 def serve(server, pixel, pinned):
     """Serve `pixel` until SIGTERM or SIGINT; SIGHUP reopens the logs and reloads TLS."""
-    def stop(signum, frame):
-        # serve_forever() runs on this thread, and shutdown() waits for it to return.
-        threading.Thread(target=server.shutdown, daemon=True).start()
+    def reopen():
+        pixel.reopen()
+        server.reload_tls()
 
-    def reopen(signum, frame):
-        # A thread: the handler runs between two bytecodes of the accept loop, and must not
-        # wait for a writer's lock.
-        def work():
-            pixel.reopen()
-            server.reload_tls()
-        threading.Thread(target=work, daemon=True).start()
+    def in_a_thread(work):
+        # A handler runs on this thread, between two bytecodes of serve_forever(), and must
+        # not wait there: shutdown() waits for serve_forever() to return, reopen for a lock.
+        return lambda signum, frame: threading.Thread(target=work, daemon=True).start()
 
     # Before the line that says we listen: whoever waits for it may signal at once. SIGUSR1,
     # SIGUSR2 and SIGQUIT from a supervisor or an operator must not take the service down.
-    handlers = {"SIGTERM": stop, "SIGINT": stop, "SIGHUP": reopen, "SIGUSR1": signal.SIG_IGN,
-                "SIGUSR2": signal.SIG_IGN, "SIGQUIT": signal.SIG_IGN}
+    stop = in_a_thread(server.shutdown)
+    handlers = {"SIGTERM": stop, "SIGINT": stop, "SIGHUP": in_a_thread(reopen),
+                "SIGUSR1": signal.SIG_IGN, "SIGUSR2": signal.SIG_IGN, "SIGQUIT": signal.SIG_IGN}
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for name, handler in handlers.items():
@@ -5861,14 +5853,6 @@ def build_forward_parser():
     return parser
 
 
-def _remove_empty(folder, made):
-    if made:
-        try:
-            os.rmdir(folder)
-        except OSError:   # not empty (a checkpoint moved in), or gone
-            pass
-
-
 def forward_files(argv=None):
     """`pixel.py forward`: send log files once. 0 once all is sent; 1 if it stopped first
     (a signal, a refused --write-key, nothing at the URL), could not read a file to its end,
@@ -5884,19 +5868,17 @@ def forward_files(argv=None):
     for path in files:   # before anything is made beside them, or opened
         try:
             mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):   # /dev/zero would be read for ever, a FIFO block
+                raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode))
         except OSError as error:
             reporter.say("cannot forward %s: %s" % (path, error.strerror or error))
             return 1
-        if not stat.S_ISREG(mode):   # /dev/zero would be read for ever, a FIFO block
-            reporter.say("cannot forward %s: not a regular file (%s)" % (path,
-                                                                         file_kind(mode)))
-            return 1
     rejects_path = args.rejects or os.path.join(os.path.dirname(os.path.abspath(files[0])),
                                                 FORWARD_REJECTS_NAME)
-    for path in files:   # its own refusals appended to it would be read, again and again
-        if os.path.realpath(path) == os.path.realpath(rejects_path):
-            parser.error("%s is one of the files to send: give --rejects another file for "
-                         "what is refused this time" % rejects_path)
+    # Its own refusals appended to one of the files would be read again, and again.
+    if os.path.realpath(rejects_path) in map(os.path.realpath, files):
+        parser.error("%s is one of the files to send: give --rejects another file for "
+                     "what is refused this time" % rejects_path)
     folder = os.path.dirname(state_path(files[0], "backfill"))
     made = args.checkpoint is None and not os.path.lexists(folder)   # removed on a failure
     try:
@@ -5945,6 +5927,14 @@ def forward_files(argv=None):
     return 0 if complete and not forwarder.truncated else 1
 
 
+def _remove_empty(folder, made):
+    if made:
+        try:
+            os.rmdir(folder)
+        except OSError:   # not empty (a checkpoint moved in), or gone
+            pass
+
+
 def build_report_parser():
     parser = argparse.ArgumentParser(
         prog="pixel.py report",
@@ -5957,11 +5947,12 @@ def build_report_parser():
                              "properties.campaign (default: %(default)s)")
     parser.add_argument("--event", metavar="NAME", help="count only events of this name")
     parser.add_argument("--type", choices=EVENT_TYPES, help="count only events of this type")
-    parser.add_argument("--since", type=_report_since, metavar="DATE",
+    parser.add_argument("--since", type=_report_time, metavar="DATE",
                         help="count only events received at or after DATE (YYYY-MM-DD, UTC, "
                              "or an ISO-8601 time)")
-    parser.add_argument("--until", type=_report_until, metavar="DATE",
-                        help="count only events received up to DATE, a date's whole day")
+    parser.add_argument("--until", type=lambda text: _report_time(text, end=True),
+                        metavar="DATE", help="count only events received up to DATE, a "
+                                             "date's whole day")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="aligned text with a total row, CSV, or one JSON object a "
                              "row (default: %(default)s)")
@@ -5979,17 +5970,9 @@ def _field_path(text):
     return text
 
 
-def _report_since(text):
+def _report_time(text, end=False):
     try:
-        return report_time(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a date (YYYY-MM-DD) or an ISO-8601 time: %r"
-                                         % text) from None
-
-
-def _report_until(text):
-    try:
-        return report_time(text, end=True)
+        return report_time(text, end)
     except ValueError:
         raise argparse.ArgumentTypeError("not a date (YYYY-MM-DD) or an ISO-8601 time: %r"
                                          % text) from None
@@ -6077,10 +6060,9 @@ def _csv_cell(value):
     if value is None:
         return ""
     text = value if type(value) in (str, int) else json.dumps(value, ensure_ascii=True)
-    return "'" + text if type(text) is str and text[:1] in _FORMULA_STARTS else text
-
-
-_FORMULA_STARTS = frozenset("=+-@\t\r")
+    if type(text) is str and text.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return "'" + text
+    return text
 
 
 if __name__ == "__main__":
