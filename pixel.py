@@ -5197,9 +5197,8 @@ Config.__doc__ = """Every option of one pixel, checked: configure() makes one.""
 
 
 def configure(**options):
-    """A Config of `options` (keywords named as the flags are), each checked as its flag
-    is, the rest at their defaults. ValueError, in words, for a value or a combination that
-    cannot be used."""
+    """A Config of `options` (named as the flags are), each checked as its flag is, the rest
+    at their defaults. ValueError, in words, for a value or a combination that cannot be used."""
     unknown = set(options) - set(OPTION_NAMES)
     if unknown:
         raise ValueError("no such option: %s" % ", ".join(sorted(unknown)))
@@ -5723,10 +5722,9 @@ def listen(config, reporter):
     except OSError as error:   # a CPU this process may not use
         raise StartupError("cannot pin to CPU %s: %s" % (config.cpu,
                                                          error.strerror or error)) from None
-    # A connection holds a socket, and 64 more files are kept for the logs, the listener and
-    # stdio: the usual soft limit of 1024 would not fit --max-connections. Under a lower hard
-    # limit fewer are served at once, and the others wait in the listen backlog, where
-    # accept() failing with EMFILE would have spun the accept loop.
+    # A connection holds a socket, and 64 files are kept for the logs, the listener and stdio
+    # (a soft limit of 1024 would not fit --max-connections). Under a lower hard limit fewer
+    # are served at once, the others waiting in the backlog: accept()'s EMFILE would spin.
     connections, needed = config.max_connections, config.max_connections + 64
     if resource is not None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
