@@ -5763,7 +5763,7 @@ def serve(server, pixel, pinned):
 
     def in_a_thread(work):
         # A handler runs on this thread, between two bytecodes of serve_forever(), and must
-        # not wait there: shutdown() waits for serve_forever() to return, reopen for a lock.
+        # not wait there: shutdown() waits for serve_forever(), a reopen for a writer's lock.
         return lambda signum, frame: threading.Thread(target=work, daemon=True).start()
 
     # Before the line that says we listen: whoever waits for it may signal at once. SIGUSR1,
@@ -5851,6 +5851,14 @@ def build_forward_parser():
     return parser
 
 
+def _remove_empty(folder, made):
+    if made:
+        try:
+            os.rmdir(folder)
+        except OSError:   # not empty (a checkpoint moved in), or gone
+            pass
+
+
 def forward_files(argv=None):
     """`pixel.py forward`: send log files once. 0 once all is sent; 1 if it stopped first
     (a signal, a refused --write-key, nothing at the URL), could not read a file to its end,
@@ -5923,14 +5931,6 @@ def forward_files(argv=None):
     for problem in forwarder.truncated:
         reporter.say("%s; every whole line before that was sent" % problem)
     return 0 if complete and not forwarder.truncated else 1
-
-
-def _remove_empty(folder, made):
-    if made:
-        try:
-            os.rmdir(folder)
-        except OSError:   # not empty (a checkpoint moved in), or gone
-            pass
 
 
 def build_report_parser():
