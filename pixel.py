@@ -4945,14 +4945,42 @@ class StartupError(Exception):
     """What stops pixel from starting, in one line: an option, a log, a CPU, a port."""
 
 
-def _check(value, kind, convert, ok, problem):
-    """`value` as `kind`: as given, or converted from text (as a flag or variable gives it)."""
-    if isinstance(value, str):
-        value = convert(value.strip())
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool or \
-            not ok(value):
-        raise argparse.ArgumentTypeError("%s: %r" % (problem, value))
-    return value
+def _checker(name, kind, convert, ok, problem):
+    """A check of a value as `kind`: as given, or converted from text (as a flag or variable
+    gives it), then `ok`. `name` is its __name__, which argparse shows for text `convert`
+    refuses: "invalid _port value: 'http'"."""
+    def check(value):
+        if isinstance(value, str):
+            value = convert(value.strip())
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool or \
+                not ok(value):
+            raise argparse.ArgumentTypeError("%s: %r" % (problem, value))
+        return value
+    check.__name__ = name
+    return check
+
+
+_FLAG_WORDS = {"1": True, "true": True, "yes": True, "on": True, "": False, "0": False,
+               "false": False, "no": False, "off": False}
+_count = _checker("_count", int, int, lambda number: number >= 0, "must be 0 or more")
+_connections = _checker("_connections", int, int, lambda number: number > 0,
+                        "must be greater than 0")
+_port = _checker("_port", int, int, lambda number: 0 <= number <= 65535,
+                 "must be between 0 and 65535")
+_seconds = _checker("_seconds", (int, float), float,   # NaN fails both comparisons
+                    lambda number: MIN_TIMEOUT <= number <= MAX_TIMEOUT,
+                    "must be between %g and %g seconds" % (MIN_TIMEOUT, MAX_TIMEOUT))
+_batch_size = _checker("_batch_size", int, int, lambda number: 1 <= number <= MAX_BATCH_ITEMS,
+                       "must be between 1 and %d" % MAX_BATCH_ITEMS)
+_cpu_number = _checker("_cpu_number", int, lambda text: int(text) if text.isdigit() else text,
+                       lambda number: number >= 0, "not auto, none or a CPU number")
+_flag = _checker("_flag", bool, lambda text: _FLAG_WORDS.get(text.lower(), text),
+                 lambda _: True, "not a yes/no value")
+_nonempty = _checker("_nonempty", str, str, bool, "must not be empty")
+
+
+def _cpu(value):
+    return value if value in ("auto", "none") else _cpu_number(value)
 
 
 def _size(value):
@@ -4963,48 +4991,6 @@ def _size(value):
             raise argparse.ArgumentTypeError("not a size: %r (try 10485760 or 10M)" % value)
         value = int(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ")
     return _count(value)
-
-
-def _count(value):
-    return _check(value, int, int, lambda number: number >= 0, "must be 0 or more")
-
-
-def _connections(value):
-    return _check(value, int, int, lambda number: number > 0, "must be greater than 0")
-
-
-def _port(value):
-    return _check(value, int, int, lambda number: 0 <= number <= 65535,
-                  "must be between 0 and 65535")
-
-
-def _seconds(value):
-    return _check(value, (int, float), float,   # NaN fails both comparisons
-                  lambda number: MIN_TIMEOUT <= number <= MAX_TIMEOUT,
-                  "must be between %g and %g seconds" % (MIN_TIMEOUT, MAX_TIMEOUT))
-
-
-def _batch_size(value):
-    return _check(value, int, int, lambda number: 1 <= number <= MAX_BATCH_ITEMS,
-                  "must be between 1 and %d" % MAX_BATCH_ITEMS)
-
-
-def _flag(value):
-    words = {"1": True, "true": True, "yes": True, "on": True, "": False, "0": False,
-             "false": False, "no": False, "off": False}
-    return _check(value, bool, lambda text: words.get(text.lower(), text), lambda _: True,
-                  "not a yes/no value")
-
-
-def _nonempty(value):
-    return _check(value, str, str, bool, "must not be empty")
-
-
-def _cpu(value):
-    if value in ("auto", "none"):
-        return value
-    return _check(value, int, lambda text: int(text) if text.isdigit() else text,
-                  lambda number: number >= 0, "not auto, none or a CPU number")
 
 
 def _public_url(value):
@@ -5033,22 +5019,18 @@ def _network(value):
     return text
 
 
-_URL_HOST = re.compile(r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])"
-                       r"(?::\d{1,5})?\Z", re.ASCII)
-
-
 def _forward_url(value):
     """An http(s) base URL, to which /v1/batch is added: one given with /v1/batch or /v1
     already is taken as meant, not posted to at /v1/batch/v1/batch."""
     text = _nonempty(value).rstrip("/")
     parts = urllib.parse.urlsplit(text)
     try:
-        parts.port   # a port that is not a number raises here
+        parts.port   # a port that is not a number, or over 65535, raises here
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or \
-            parts.query or parts.fragment or parts.username or parts.password or \
-            not _URL_HOST.match(parts.netloc) or not re.fullmatch(r"[!-~]*", parts.path):
+    # _ORIGIN: a scheme and a host, with no user or password before it.
+    if parts is None or not _ORIGIN.match("%s://%s" % (parts.scheme, parts.netloc)) or \
+            parts.query or parts.fragment or not re.fullmatch(r"[!-~]*", parts.path):
         raise argparse.ArgumentTypeError("not an http(s) URL with no query or credentials: "
                                          "%r (try https://api.segment.io)" % text)
     for endpoint in ("/v1/batch", "/v1"):
@@ -5058,19 +5040,15 @@ def _forward_url(value):
 
 
 def _ranges_source(value):
-    """LABEL=FILE (or a (label, file) pair) as a (label, file) pair; LABEL one of
+    """LABEL=FILE, or a (label, file) pair, as a (label, file) pair; LABEL one of
     RANGE_LABELS. The file is read when pixel starts (Pixel), not here."""
-    if isinstance(value, str):
-        label, equals, path = value.partition("=")
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and \
-            all(isinstance(part, str) for part in value):
-        (label, path), equals = value, "="
-    else:
-        label = equals = path = ""
-    if not equals or label.strip() not in RANGE_LABELS or not path.strip():
+    pair = value.partition("=")[::2] if isinstance(value, str) and "=" in value else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 or \
+            not all(isinstance(part, str) and part.strip() for part in pair) or \
+            pair[0].strip() not in RANGE_LABELS:
         raise argparse.ArgumentTypeError("not LABEL=FILE with LABEL %s: %r"
                                          % (" or ".join(RANGE_LABELS), value))
-    return label.strip(), path.strip()
+    return pair[0].strip(), pair[1].strip()
 
 
 def _token(value):
@@ -5086,9 +5064,9 @@ def _ca_file(value):
     import ssl   # here: only --forward-ca pays for it
     text = _nonempty(value)
     try:
-        if not stat.S_ISREG(os.stat(text).st_mode):   # a FIFO would block the load
-            raise OSError(errno.EINVAL, "not a regular file (%s)"
-                          % file_kind(os.stat(text).st_mode))
+        mode = os.stat(text).st_mode
+        if not stat.S_ISREG(mode):   # a FIFO would block the load
+            raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode))
         ssl.create_default_context().load_verify_locations(text)
     except (OSError, ValueError) as error:   # ssl.SSLError is an OSError
         raise argparse.ArgumentTypeError("not a readable PEM file of CA certificates: %r "
@@ -5096,87 +5074,78 @@ def _ca_file(value):
     return text
 
 
-Option = collections.namedtuple("Option", "name env default check help scope many")
+Option = collections.namedtuple("Option", "name env default check help scope many",
+                                defaults=("all", False))
 Option.__doc__ = """One option: `name` is its keyword (the flag is --name with dashes); `env`
 its PIXEL_* variable; `check` converts and checks a value; `scope` where it means something:
 "all", "server" (the built-in server's listening and process only), "wsgi"; `many` a list."""
 
-
-def _option(name, env, default, check, help, scope="all", many=False):
-    return Option(name, env, default, check, help, scope, many)
-
-
 OPTIONS = (
-    _option("host", "PIXEL_HOST", "127.0.0.1", _nonempty,
-            "address to listen on; 0.0.0.0 or :: for every interface", "server"),
-    _option("port", "PIXEL_PORT", 8000, _port, "port to listen on; 0 picks a free one",
-            "server"),
-    _option("log", "PIXEL_LOG", DEFAULT_LOG, _nonempty,
-            "the event log, one JSON object per line"),
-    _option("rejects", "PIXEL_REJECTS", None, _nonempty,
-            "the rejects log; unset means %s beside --log" % DEFAULT_REJECTS_NAME),
-    _option("max_bytes", "PIXEL_MAX_BYTES", 0, _size, "rotate a log before it would grow "
-            "past this size (K, M, G suffixes); 0 never rotates"),
-    _option("keep", "PIXEL_KEEP", 0, _count, "rotated files to keep per log, the oldest "
-            "deleted first; 0 keeps them all"),
-    _option("write_key", "PIXEL_WRITE_KEYS", (), _nonempty, "accept only this writeKey; "
-            "repeatable. Unset, any non-empty key is accepted", many=True),
-    _option("trusted_proxy", "PIXEL_TRUSTED_PROXIES", (), _network, "an address or network "
-            "whose X-Forwarded-For is believed; repeatable. Unset, none is", many=True),
-    _option("allow_origin", "PIXEL_ALLOW_ORIGINS", (), _origin_pattern, "a website origin "
-            "whose browsers may send to the HTTP API (https://shop.example.com, or "
-            "*.example.com for its subdomains); repeatable. Unset, any origin may", many=True),
-    _option("public_url", "PIXEL_PUBLIC_URL", None, _public_url, "the URL browsers reach "
-            "this server at, such as https://pixel.example.com behind a proxy; the settings "
-            "document points analytics.js there. Unset, the request's Host and scheme"),
-    _option("dedupe_window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, _count,
-            "client-sent messageIds to remember, per writeKey; an event whose key and "
-            "messageId were written among the last N is dropped as a retry. 0 turns it off"),
-    _option("no_ip", "PIXEL_NO_IP", False, _flag,
-            "record no IP address, not even a client-sent context.ip"),
-    _option("anonymize_ip", "PIXEL_ANONYMIZE_IP", False, _flag, "record IP addresses "
-            "truncated to their /24 (IPv4) or /48 (IPv6): the peer's, X-Forwarded-For's, a "
-            "client-sent context.ip, and in the rejects log"),
-    _option("machine_ranges", "PIXEL_MACHINE_RANGES", (), _ranges_source, "LABEL=FILE: "
-            "label pixel fetches from addresses in FILE as LABEL, apple_mpp (Apple's "
-            "egress-ip-ranges.csv) or scanner; each line starts with a CIDR. Repeatable; "
-            "reloaded on SIGHUP", many=True),
-    _option("metrics_token", "PIXEL_METRICS_TOKEN", None, _token, "require `Authorization: "
-            "Bearer TOKEN` for /metrics. Unset, /metrics answers anyone who can reach it"),
-    _option("forward", "PIXEL_FORWARD", None, _forward_url, "relay the events log, at least "
-            "once and in order, to this Segment-compatible API (https://api.segment.io, a "
-            "RudderStack or Jitsu URL, another pixel); batches go to URL/v1/batch"),
-    _option("forward_write_key", "PIXEL_FORWARD_WRITE_KEY", None, _nonempty, "forward every "
-            "event under this writeKey, instead of each under its own"),
-    _option("forward_batch", "PIXEL_FORWARD_BATCH", DEFAULT_FORWARD_BATCH, _batch_size,
-            "events per forwarded batch; a batch is also at most 500 KB"),
-    _option("forward_ca", "PIXEL_FORWARD_CA", None, _ca_file, "a CA bundle (PEM) to trust "
-            "for --forward, besides the system's: for a receiver with a private CA"),
-    _option("forward_timeout", "PIXEL_FORWARD_TIMEOUT", DEFAULT_FORWARD_TIMEOUT, _seconds,
-            "seconds the receiver has to connect and to answer; then the batch is retried"),
-    _option("forward_alert", "PIXEL_FORWARD_ALERT", DEFAULT_FORWARD_ALERT, _seconds,
-            "seconds of unsent backlog after which /health says degraded"),
-    _option("reuse_port", "PIXEL_REUSE_PORT", False, _flag, "share the port with other "
-            "pixel processes (SO_REUSEPORT), each with its own --log: the kernel spreads "
-            "connections among them, one CPU each", "server"),
-    _option("max_connections", "PIXEL_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS,
-            _connections, "connections served at once; more wait in the listen backlog",
-            "server"),
-    _option("request_timeout", "PIXEL_REQUEST_TIMEOUT", 10.0, _seconds, "seconds a client "
-            "has to send a whole request, head and body", "server"),
-    _option("idle_timeout", "PIXEL_IDLE_TIMEOUT", 15.0, _seconds, "seconds a kept-alive "
-            "connection may wait for its next request", "server"),
-    _option("certfile", "PIXEL_CERTFILE", None, _nonempty, "serve HTTPS with this "
-            "certificate chain (PEM, the leaf first: certbot's fullchain.pem); needs "
-            "--keyfile", "server"),
-    _option("keyfile", "PIXEL_KEYFILE", None, _nonempty,
-            "the private key of --certfile (PEM)", "server"),
-    _option("cpu", "PIXEL_CPU", "auto", _cpu, "pin the process to one CPU: auto (the last "
-            "one it may use), none, or a CPU number. Python runs one thread at a time; "
-            "keeping all of them on one core makes handing over between them much cheaper",
-            "server"),
-    _option("public_metrics", None, False, _flag, "serve /metrics under WSGI with no "
-            "metrics_token", "wsgi"),
+    Option("host", "PIXEL_HOST", "127.0.0.1", _nonempty, "address to listen on; 0.0.0.0 or :: "
+           "for every interface", "server"),
+    Option("port", "PIXEL_PORT", 8000, _port, "port to listen on; 0 picks a free one", "server"),
+    Option("log", "PIXEL_LOG", DEFAULT_LOG, _nonempty, "the event log, one JSON object per line"),
+    Option("rejects", "PIXEL_REJECTS", None, _nonempty, "the rejects log; unset means %s beside "
+           "--log" % DEFAULT_REJECTS_NAME),
+    Option("max_bytes", "PIXEL_MAX_BYTES", 0, _size, "rotate a log before it would grow past "
+           "this size (K, M, G suffixes); 0 never rotates"),
+    Option("keep", "PIXEL_KEEP", 0, _count, "rotated files to keep per log, the oldest deleted "
+           "first; 0 keeps them all"),
+    Option("write_key", "PIXEL_WRITE_KEYS", (), _nonempty, "accept only this writeKey; "
+           "repeatable. Unset, any non-empty key is accepted", many=True),
+    Option("trusted_proxy", "PIXEL_TRUSTED_PROXIES", (), _network, "an address or network whose "
+           "X-Forwarded-For is believed; repeatable. Unset, none is", many=True),
+    Option("allow_origin", "PIXEL_ALLOW_ORIGINS", (), _origin_pattern, "a website origin whose "
+           "browsers may send to the HTTP API (https://shop.example.com, or *.example.com for "
+           "its subdomains); repeatable. Unset, any origin may", many=True),
+    Option("public_url", "PIXEL_PUBLIC_URL", None, _public_url, "the URL browsers reach this "
+           "server at, such as https://pixel.example.com behind a proxy; the settings document "
+           "points analytics.js there. Unset, the request's Host and scheme"),
+    Option("dedupe_window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, _count, "client-sent "
+           "messageIds to remember, per writeKey; an event whose key and messageId were "
+           "written among the last N is dropped as a retry. 0 turns it off"),
+    Option("no_ip", "PIXEL_NO_IP", False, _flag, "record no IP address, not even a client-sent "
+           "context.ip"),
+    Option("anonymize_ip", "PIXEL_ANONYMIZE_IP", False, _flag, "record IP addresses truncated "
+           "to their /24 (IPv4) or /48 (IPv6): the peer's, X-Forwarded-For's, a client-sent "
+           "context.ip, and in the rejects log"),
+    Option("machine_ranges", "PIXEL_MACHINE_RANGES", (), _ranges_source, "LABEL=FILE: label "
+           "pixel fetches from addresses in FILE as LABEL, apple_mpp (Apple's "
+           "egress-ip-ranges.csv) or scanner; each line starts with a CIDR. Repeatable; "
+           "reloaded on SIGHUP", many=True),
+    Option("metrics_token", "PIXEL_METRICS_TOKEN", None, _token, "require `Authorization: "
+           "Bearer TOKEN` for /metrics. Unset, /metrics answers anyone who can reach it"),
+    Option("forward", "PIXEL_FORWARD", None, _forward_url, "relay the events log, at least once "
+           "and in order, to this Segment-compatible API (https://api.segment.io, a "
+           "RudderStack or Jitsu URL, another pixel); batches go to URL/v1/batch"),
+    Option("forward_write_key", "PIXEL_FORWARD_WRITE_KEY", None, _nonempty, "forward every "
+           "event under this writeKey, instead of each under its own"),
+    Option("forward_batch", "PIXEL_FORWARD_BATCH", DEFAULT_FORWARD_BATCH, _batch_size, "events "
+           "per forwarded batch; a batch is also at most 500 KB"),
+    Option("forward_ca", "PIXEL_FORWARD_CA", None, _ca_file, "a CA bundle (PEM) to trust for "
+           "--forward, besides the system's: for a receiver with a private CA"),
+    Option("forward_timeout", "PIXEL_FORWARD_TIMEOUT", DEFAULT_FORWARD_TIMEOUT, _seconds,
+           "seconds the receiver has to connect and to answer; then the batch is retried"),
+    Option("forward_alert", "PIXEL_FORWARD_ALERT", DEFAULT_FORWARD_ALERT, _seconds, "seconds "
+           "of unsent backlog after which /health says degraded"),
+    Option("reuse_port", "PIXEL_REUSE_PORT", False, _flag, "share the port with other pixel "
+           "processes (SO_REUSEPORT), each with its own --log: the kernel spreads connections "
+           "among them, one CPU each", "server"),
+    Option("max_connections", "PIXEL_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, _connections,
+           "connections served at once; more wait in the listen backlog", "server"),
+    Option("request_timeout", "PIXEL_REQUEST_TIMEOUT", 10.0, _seconds, "seconds a client has "
+           "to send a whole request, head and body", "server"),
+    Option("idle_timeout", "PIXEL_IDLE_TIMEOUT", 15.0, _seconds, "seconds a kept-alive "
+           "connection may wait for its next request", "server"),
+    Option("certfile", "PIXEL_CERTFILE", None, _nonempty, "serve HTTPS with this certificate "
+           "chain (PEM, the leaf first: certbot's fullchain.pem); needs --keyfile", "server"),
+    Option("keyfile", "PIXEL_KEYFILE", None, _nonempty, "the private key of --certfile (PEM)",
+           "server"),
+    Option("cpu", "PIXEL_CPU", "auto", _cpu, "pin the process to one CPU: auto (the last one "
+           "it may use), none, or a CPU number. Python runs one thread at a time; keeping all "
+           "of them on one core makes handing over between them much cheaper", "server"),
+    Option("public_metrics", None, False, _flag, "serve /metrics under WSGI with no "
+           "metrics_token", "wsgi"),
 )
 OPTION_NAMES = tuple(option.name for option in OPTIONS)
 
@@ -5185,9 +5154,8 @@ Config.__doc__ = """Every option of one pixel, checked: configure() makes one.""
 
 
 def configure(**options):
-    """A Config of `options` (keywords named as the flags are), each checked as its flag
-    is, the rest at their defaults. Raises argparse.ArgumentTypeError or ValueError, in
-    words, for a value or a combination that cannot be used."""
+    """A Config of `options` (named as the flags are), each checked as its flag is, the rest
+    at their defaults. ValueError, in words, for a value or a combination that cannot be used."""
     unknown = set(options) - set(OPTION_NAMES)
     if unknown:
         raise ValueError("no such option: %s" % ", ".join(sorted(unknown)))
@@ -5195,18 +5163,15 @@ def configure(**options):
     for option in OPTIONS:
         value = options.get(option.name, option.default)
         try:
-            if value is None or value is option.default:
-                values[option.name] = value
-            elif option.many:
+            if option.many:
                 if isinstance(value, (str, bytes)):   # would be read a letter at a time
                     raise ValueError("takes a list, not a string: %r" % (value,))
-                values[option.name] = [option.check(item) for item in value]
-            else:
-                values[option.name] = option.check(value)
+                value = [option.check(item) for item in value or ()]
+            elif value is not None and value is not option.default:
+                value = option.check(value)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as error:
             raise ValueError("%s: %s" % (option.name, error)) from None
-    values["write_key"], values["trusted_proxy"], values["allow_origin"] = (
-        list(values[name]) for name in ("write_key", "trusted_proxy", "allow_origin"))
+        values[option.name] = value
     if values["rejects"] is None:
         values["rejects"] = os.path.join(os.path.dirname(os.path.abspath(values["log"])),
                                          DEFAULT_REJECTS_NAME)
@@ -5229,12 +5194,12 @@ def build_parser(environ):
         prog="pixel.py", description="Segment-compatible tracking-pixel server.",
         epilog="Each flag's environment variable is shown in brackets; lists in a variable "
                "are comma-separated. `pixel.py forward --help`: sending log files.")
-    parser.from_env = {}
+    parser.from_env = {}   # "append" would add a list's flags to its variable's list
     for option in OPTIONS:
         if option.scope == "wsgi":
             continue
         flag = "--" + option.name.replace("_", "-")
-        default = [] if option.many else option.default
+        default = option.default
         if option.env in environ:
             text = environ[option.env]
             try:
@@ -5247,12 +5212,12 @@ def build_parser(environ):
                 if option.many and not default:
                     raise ValueError("names nothing; unset it to use the default")
             except (argparse.ArgumentTypeError, ValueError) as error:
-                parser.error("%s%s %s" % (option.env, "" if not text.strip() else
-                                          "=%r:" % text, error))
+                parser.error("%s%s %s" % (option.env, "=%r:" % text if text.strip() else "",
+                                          error))
             parser.from_env[option.name] = default
-        help = "%s [%s%s] (default: %s)" % (option.help, option.env, "=1" if
-                                             option.check is _flag else "",
-                                             "%(default)s" if not option.many else "none")
+        help = "%s [%s%s] (default: %s)" % (option.help, option.env,
+                                             "=1" if option.check is _flag else "",
+                                             "none" if option.many else "%(default)s")
         if option.check is _flag:
             parser.add_argument(flag, action="store_true", default=default, help=help)
         else:
@@ -5266,15 +5231,12 @@ def build_parser(environ):
 def parse_args(argv=None, environ=None):
     """The command line's Config: flags, then PIXEL_* variables, then defaults. A bad one
     exits with usage, status 2."""
-    environ = os.environ if environ is None else environ
-    parser = build_parser(environ)
-    args = vars(parser.parse_args(argv))
-    for option in OPTIONS:
-        if option.many and args.get(option.name) is None:
-            args[option.name] = parser.from_env.get(option.name, [])
+    parser = build_parser(os.environ if environ is None else environ)
+    flags = {name: value for name, value in vars(parser.parse_args(argv)).items()
+             if value is not None}   # a list's flags not given, or an option unset
     try:
-        return configure(**args)
-    except (argparse.ArgumentTypeError, ValueError) as error:
+        return configure(**dict(parser.from_env, **flags))
+    except ValueError as error:
         parser.error(str(error))
 
 
@@ -5282,42 +5244,36 @@ def parse_args(argv=None, environ=None):
 # Wiring: the one place a Config becomes working parts, for the command line, WSGI and tests
 
 def open_logs(log, rejects, *, busy, wait=0.0, **options):
-    """The events and the rejects LogWriter (`options` are LogWriter's). A file that cannot
-    be opened, or two paths that name one file, raise StartupError; a file another process
-    holds, after waiting up to `wait` seconds for it to let go, with `busy` (what to do
-    instead). A file made here is removed again then (LogWriter.discard)."""
-    if os.path.realpath(log) == os.path.realpath(rejects) or os.path.exists(log) and \
-            os.path.exists(rejects) and os.path.samefile(log, rejects):   # a hard link, say
+    """The events and the rejects LogWriter (`options` are LogWriter's). StartupError for a
+    file that cannot be opened, for two hard links to one file (configure() refuses two
+    paths to it), and for a file another process still holds after `wait` seconds, saying
+    `busy` (what to do instead); a file made here is removed again then."""
+    if os.path.exists(log) and os.path.exists(rejects) and os.path.samefile(log, rejects):
         raise StartupError("the events log and the rejects log are the same file: %s"
                            % os.path.realpath(log))
     writers = []
     deadline = time.monotonic() + wait
-    try:
-        for path in (log, rejects):
-            while True:
-                try:
-                    writers.append(LogWriter(path, **options))
-                    break
-                except OSError as error:
-                    if error.errno == errno.EBUSY and time.monotonic() < deadline:
-                        time.sleep(0.05)   # a gunicorn reload: the old worker lets go soon
-                        continue
+    for path in (log, rejects):
+        while True:
+            try:
+                writers.append(LogWriter(path, **options))
+                break
+            except OSError as error:
+                if error.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    for writer in writers:
+                        writer.discard()
                     raise StartupError("cannot open %s: %s%s" % (
                         error.filename or path, error.strerror or error,
                         "; " + busy if error.errno == errno.EBUSY else "")) from None
-            options["readable"] = False   # only the events log is followed
-    except StartupError:
-        for writer in writers:
-            writer.discard()
-        raise
+            time.sleep(0.05)   # a gunicorn reload: the old worker lets go soon
+        options["readable"] = False   # only the events log is followed
     return writers
 
 
 class Pixel:
     """One pixel made from a Config: its log files, Recorder, App, metrics and, with
-    `forward`, its Forwarder. The command line, make_wsgi_app and the tests make it here,
-    the one wiring there is. Raises StartupError for what cannot be opened or started,
-    having removed the files it made."""
+    `forward`, its Forwarder; the one wiring there is. StartupError for what cannot be
+    opened or started, having removed the files it made."""
 
     def __init__(self, config, *, reporter=None, clock=time.time, serve_metrics=True,
                  busy="give each pixel process its own --log and --rejects", wait=0.0):
@@ -5397,17 +5353,13 @@ _OLD_KEYWORDS = {"write_keys": "write_key", "trusted_proxies": "trusted_proxy",
 
 
 def make_wsgi_app(**options):
-    """A WSGI application recording into `log` (and `rejects`, by default rejects.jsonl
-    beside it), forwarding with `forward`: every option of the command line that means
-    something behind a WSGI server, named as its flag is (OPTIONS: scope "all" and "wsgi").
-    It opens both files now; one process owns them, so serve it from one process (threads
-    are fine). /metrics is served with a `metrics_token` (then only to requests that send
-    it) or with public_metrics=True; otherwise it is a 404, as a WSGI app usually shares its
-    port with a public site.
-
-    An option it cannot use, or a file it cannot open, ends the process as a bad command
-    line does: one line on stderr, then SystemExit(3), which gunicorn takes for a worker
-    that cannot boot, and stops rather than start it again and again."""
+    """A WSGI application taking every option that means something behind a WSGI server
+    (OPTIONS of scope "all" and "wsgi"), named as the flags are. It opens the logs now; one
+    process owns them, so serve it from one process (threads are fine). /metrics is served
+    with a `metrics_token`, to requests that send it, or with public_metrics=True; otherwise
+    it is a 404, as a WSGI app usually shares its port with a public site. An option it
+    cannot use or a file it cannot open: one line on stderr, then SystemExit(3), which
+    gunicorn takes for a worker that cannot boot, and does not start again and again."""
     reporter = Reporter()
     for old, new in _OLD_KEYWORDS.items():
         if old in options:
@@ -5422,7 +5374,7 @@ def make_wsgi_app(**options):
         config = configure(**options)
         pixel = Pixel(config, reporter=reporter, busy=WSGI_BUSY, wait=WSGI_LOCK_WAIT,
                       serve_metrics=config.metrics_token is not None or config.public_metrics)
-    except (StartupError, ValueError, argparse.ArgumentTypeError) as error:
+    except (StartupError, ValueError) as error:
         reporter.say("make_wsgi_app: %s" % error)
         raise SystemExit(3) from None
     pixel.start()
@@ -5719,35 +5671,28 @@ def pin_cpu(choice):
     return choice
 
 
-def raise_file_limit(needed):
-    """Raise the soft open-file limit toward `needed`, as far as the hard one allows (the
-    usual 1024 would not fit --max-connections sockets); the limit now, or None."""
-    if resource is None:
-        return None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    return soft
-
-
 def listen(config, reporter):
-    """Pin to a CPU and bind the port, before any file is made: (PixelServer, CPU)."""
+    """Pin to a CPU, raise the open-file limit and bind the port, before any file is made:
+    (PixelServer, the CPU or None)."""
     try:
         pinned = pin_cpu(config.cpu)
     except OSError as error:   # a CPU this process may not use
         raise StartupError("cannot pin to CPU %s: %s" % (config.cpu,
                                                          error.strerror or error)) from None
-    # A connection holds a socket; room is kept for the logs, the listener and stdio. With
-    # a lower hard limit fewer are served at once, and the others wait in the backlog,
-    # where accept() failing with EMFILE would have spun the accept loop.
-    connections = config.max_connections
-    files = raise_file_limit(connections + 64)
-    if files is not None and files < connections + 64:
-        connections = max(1, files - 64)
-        reporter.say("the open-file limit is %d, so at most %d connections are served at "
-                     "once, not --max-connections %d" % (files, connections,
-                                                         config.max_connections))
+    # A connection holds a socket, and 64 files are kept for the logs, the listener and stdio
+    # (a soft limit of 1024 would not fit --max-connections). Under a lower hard limit fewer
+    # are served at once, the others waiting in the backlog: accept()'s EMFILE would spin.
+    connections, needed = config.max_connections, config.max_connections + 64
+    if resource is not None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            if soft < needed:
+                connections = max(1, soft - 64)
+                reporter.say("the open-file limit is %d, so at most %d connections are "
+                             "served at once, not --max-connections %d"
+                             % (soft, connections, config.max_connections))
     # A small stack is enough: the deepest path is json's C scanner on a payload whose
     # depth the core has capped at MAX_DEPTH.
     threading.stack_size(THREAD_STACK_SIZE)
@@ -5769,22 +5714,20 @@ def listen(config, reporter):
 
 def serve(server, pixel, pinned):
     """Serve `pixel` until SIGTERM or SIGINT; SIGHUP reopens the logs and reloads TLS."""
-    def stop(signum, frame):
-        # serve_forever() runs on this thread, and shutdown() waits for it to return.
-        threading.Thread(target=server.shutdown, daemon=True).start()
+    def reopen():
+        pixel.reopen()
+        server.reload_tls()
 
-    def reopen(signum, frame):
-        # A thread: the handler runs between two bytecodes of the accept loop, and must not
-        # wait for a writer's lock.
-        def work():
-            pixel.reopen()
-            server.reload_tls()
-        threading.Thread(target=work, daemon=True).start()
+    def in_a_thread(work):
+        # A handler runs on this thread, between two bytecodes of serve_forever(), and must
+        # not wait there: shutdown() waits for serve_forever(), a reopen for a writer's lock.
+        return lambda signum, frame: threading.Thread(target=work, daemon=True).start()
 
     # Before the line that says we listen: whoever waits for it may signal at once. SIGUSR1,
     # SIGUSR2 and SIGQUIT from a supervisor or an operator must not take the service down.
-    handlers = {"SIGTERM": stop, "SIGINT": stop, "SIGHUP": reopen, "SIGUSR1": signal.SIG_IGN,
-                "SIGUSR2": signal.SIG_IGN, "SIGQUIT": signal.SIG_IGN}
+    stop = in_a_thread(server.shutdown)
+    handlers = {"SIGTERM": stop, "SIGINT": stop, "SIGHUP": in_a_thread(reopen),
+                "SIGUSR1": signal.SIG_IGN, "SIGUSR2": signal.SIG_IGN, "SIGQUIT": signal.SIG_IGN}
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for name, handler in handlers.items():
@@ -5888,19 +5831,17 @@ def forward_files(argv=None):
     for path in files:   # before anything is made beside them, or opened
         try:
             mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):   # /dev/zero would be read for ever, a FIFO block
+                raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode))
         except OSError as error:
             reporter.say("cannot forward %s: %s" % (path, error.strerror or error))
             return 1
-        if not stat.S_ISREG(mode):   # /dev/zero would be read for ever, a FIFO block
-            reporter.say("cannot forward %s: not a regular file (%s)" % (path,
-                                                                         file_kind(mode)))
-            return 1
     rejects_path = args.rejects or os.path.join(os.path.dirname(os.path.abspath(files[0])),
                                                 FORWARD_REJECTS_NAME)
-    for path in files:   # its own refusals appended to it would be read, again and again
-        if os.path.realpath(path) == os.path.realpath(rejects_path):
-            parser.error("%s is one of the files to send: give --rejects another file for "
-                         "what is refused this time" % rejects_path)
+    # Its own refusals appended to one of the files would be read again, and again.
+    if os.path.realpath(rejects_path) in map(os.path.realpath, files):
+        parser.error("%s is one of the files to send: give --rejects another file for "
+                     "what is refused this time" % rejects_path)
     folder = os.path.dirname(state_path(files[0], "backfill"))
     made = args.checkpoint is None and not os.path.lexists(folder)   # removed on a failure
     try:
@@ -5961,11 +5902,12 @@ def build_report_parser():
                              "properties.campaign (default: %(default)s)")
     parser.add_argument("--event", metavar="NAME", help="count only events of this name")
     parser.add_argument("--type", choices=EVENT_TYPES, help="count only events of this type")
-    parser.add_argument("--since", type=_report_since, metavar="DATE",
+    parser.add_argument("--since", type=_report_time, metavar="DATE",
                         help="count only events received at or after DATE (YYYY-MM-DD, UTC, "
                              "or an ISO-8601 time)")
-    parser.add_argument("--until", type=_report_until, metavar="DATE",
-                        help="count only events received up to DATE, a date's whole day")
+    parser.add_argument("--until", type=lambda text: _report_time(text, end=True),
+                        metavar="DATE", help="count only events received up to DATE, a "
+                                             "date's whole day")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="aligned text with a total row, CSV, or one JSON object a "
                              "row (default: %(default)s)")
@@ -5983,17 +5925,9 @@ def _field_path(text):
     return text
 
 
-def _report_since(text):
+def _report_time(text, end=False):
     try:
-        return report_time(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a date (YYYY-MM-DD) or an ISO-8601 time: %r"
-                                         % text) from None
-
-
-def _report_until(text):
-    try:
-        return report_time(text, end=True)
+        return report_time(text, end)
     except ValueError:
         raise argparse.ArgumentTypeError("not a date (YYYY-MM-DD) or an ISO-8601 time: %r"
                                          % text) from None
@@ -6081,10 +6015,9 @@ def _csv_cell(value):
     if value is None:
         return ""
     text = value if type(value) in (str, int) else json.dumps(value, ensure_ascii=True)
-    return "'" + text if type(text) is str and text[:1] in _FORMULA_STARTS else text
-
-
-_FORMULA_STARTS = frozenset("=+-@\t\r")
+    if type(text) is str and text.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return "'" + text
+    return text
 
 
 if __name__ == "__main__":
