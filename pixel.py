@@ -4239,12 +4239,12 @@ def resume_at(checkpoint, files, live_end, reporter):
 
 
 class LogQueue:
-    """The files a Forwarder sends, oldest first, the first being sent, at most
-    MAX_OPEN_LOG_FILES of them open (the rest parked): a live log's, following its LogWriter
-    (follow), or files to send once (add_files, a backfill)."""
+    """The files a Forwarder sends, oldest first: a live log's, following its LogWriter
+    (follow), or files to send once (add_files, a backfill). At most MAX_OPEN_LOG_FILES of
+    them are open, the rest parked."""
 
     def __init__(self, reporter, stopping):
-        self.files = collections.deque()
+        self.files = collections.deque()   # the first is the one being sent
         self.writer = None         # the live log's LogWriter
         self.done = []             # a backfill's: LogFile.fingerprint() of each file sent
         self.legacy_until = None   # ... and when version 1.0's entries among them were made
@@ -4256,8 +4256,7 @@ class LogQueue:
 
     def follow(self, writer, checkpoint):
         """The live log of `writer` from `checkpoint` (a document; None: from the live
-        file's first line), with the files rotated since it was written; if the file it
-        names is gone, from the oldest written since."""
+        file's first line), with the files rotated since it was written."""
         self.writer = writer
         fd, identity, end, written = writer.follow()
         files, start = [LogFile(fd, identity, writer.path)], None
@@ -4274,9 +4273,9 @@ class LogQueue:
         self._counting = (files[start:], end, written)
 
     def add_files(self, paths, checkpoint):
-        """The files at `paths`, in that order, to send once, from `checkpoint` (a
-        document), skipping those it lists as sent. OSError for a file that is not a
-        regular one, ValueError for one that is not an event log (not_an_event_log)."""
+        """The files at `paths`, in that order, to send once from `checkpoint` (a document),
+        but for those it lists as sent. OSError for a file that is not a regular one,
+        ValueError for one that is not an event log (not_an_event_log)."""
         done = checkpoint.get("done")
         self.done = [entry for entry in done if isinstance(entry, str)] \
             if isinstance(done, list) else []
@@ -4367,29 +4366,28 @@ class LogQueue:
         live = not later and self.writer is not None and log.fd is not None
         return log, self.writer.committed_end(log.identity) if live else None, not live
 
-    def finish(self, log):
-        """`log` is sent to its end: on to the next. The file the checkpoint should now name
-        (a backfill's: this one, its fingerprint in `done`), or None."""
+    def finish(self, log, save):
+        """`log`, the first, is sent to its end: on to the next, which `save` (a LogFile's
+        checkpoint) names at once, so that it never names a file --keep may now delete. A
+        backfill's names `log`, its fingerprint now in `done`."""
         with self._lock:
             self.files.popleft()
-            following = self.files[0] if self.files else None
-            if following is not None:
-                following.unpark()
+            if self.files:
+                self.files[0].unpark()
             self._pull()
-        if self.writer is None and log.fd is not None:
+        if self.writer is None:
             same = "%d:%d" % log.identity   # one fingerprint a file: this one's is the last
             self.done = [entry for entry in self.done if entry != same and
                          not entry.startswith(same + ":")] + [log.fingerprint()]
-            return log
-        return following if following is not None and following.fd is not None else None
-
-    def close_finished(self, log):
+            save(log)
+        elif self.files and self.files[0].fd is not None:
+            save(self.files[0])
         with self._lock:   # not while backlog() reads it
             log.close()
 
     def count_lines(self):
-        """Count the lines not yet sent, once, as the loop starts; the writer's count of
-        lines written keeps the figure current after."""
+        """Count the lines not yet sent, once, as the loop starts; after that, the writer's
+        count of lines written keeps the figure current."""
         if self._counting is None:
             return
         files, live_end, written = self._counting
@@ -4415,16 +4413,14 @@ class LogQueue:
             finally:
                 if fd is not None:
                     os.close(fd)
-        self._unsent = lines - written
-        self._counting = None
+        self._unsent, self._counting = lines - written, None
 
     def backlog(self):
-        """(lines, bytes, files) not yet sent; lines None until count_lines() is done."""
+        """(lines, bytes, files) not yet sent; lines None until count_lines() has run."""
         size = 0
         with self._lock:   # so that none of them is closed meanwhile
             self._pull()
-            queued = list(self.files)
-            for log in queued:
+            for log in self.files:
                 end = self.writer.committed_end(log.identity) if self.writer else None
                 if end is None and log.fd is not None:
                     end = log.size() or 0
@@ -4434,7 +4430,7 @@ class LogQueue:
                     except OSError:
                         end = log.offset
                 size += max(0, end - log.offset)
-        files = len(queued) - (self.writer is not None)   # the live file is not behind
+            files = len(self.files) - (self.writer is not None)   # the live one is not behind
         if self._unsent is None:
             return None, size, files
         unsent = self._unsent + (self.writer.written if self.writer else 0) - self.lines_done
@@ -4459,7 +4455,7 @@ class LogQueue:
                 self.files.popleft().close()
 
 
-Item = collections.namedtuple("Item", "data end line key", defaults=(None,))
+Item = collections.namedtuple("Item", "data end line key")
 Item.__doc__ = """One event of a batch: its JSON, where its line ends in the log, the line,
 the writeKey it goes under."""
 
@@ -4477,13 +4473,13 @@ def read_lines(log, start, end):
 
 def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
                alone=False):
-    """A batch from `data`, whole log lines from byte `offset` without the last newline:
-    (rejects-log lines with no event to send, skipped before it; the offset it starts at;
-    its items; the first line refused, as (item, rejection), or None). One writeKey a batch,
-    as Basic auth takes one, `write_key` if given; at most `batch_events` items and
-    MAX_BATCH_BYTES; with `alone` (a receiver in doubt, probed event by event), of any keys,
-    up to PROBES_A_ROUND. A line refused comes alone, after what came before it: the log's
-    order is kept."""
+    """A batch from `data`, log lines from byte `offset` without the last newline: (how
+    many rejects-log lines with no event to send come first, the offset after them, the
+    batch's items, and None; or no items and the first line, refused: (where it ends, [it],
+    the Rejected)). One writeKey a batch, as Basic auth takes one (`write_key` if given), at
+    most `batch_events` items and MAX_BATCH_BYTES; with `alone` (a doubted receiver, probed
+    event by event), any keys, up to PROBES_A_ROUND. A line refused comes after the batch
+    before it, alone: the log's order is kept."""
     skipped, start, items = 0, offset, []
     batch_size = len(_BATCH_OPEN) + len(_BATCH_CLOSE) + 40   # 40: the sentAt
     strip = write_key is not None
@@ -4507,8 +4503,7 @@ def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
                 raise Rejected("forward_unreadable", "an event of %d bytes: Segment-"
                                "compatible receivers take at most 32 KB" % len(item))
         except Rejected as rejection:
-            return skipped, start, items, None if items else (
-                Item(b"", line_end, line), rejection)
+            return skipped, start, items, None if items else (line_end, [line], rejection)
         if items and (len(items) == PROBES_A_ROUND if alone else key != items[-1].key or
                       len(items) == batch_events or
                       batch_size + len(item) + 1 > MAX_BATCH_BYTES):
@@ -4534,31 +4529,29 @@ def forward_reject_line(rejection, line, received_at):
 
 
 def _gist(answer):
-    """A receiver's answer, shortened to a line for stderr."""
+    """A receiver's answer in one short line, for stderr."""
     return " ".join(answer[:200].split())
 
 
 class Sender:
-    """How a Forwarder sends a batch: split on a 400, 413 or 422 until the event refused is
-    alone, which goes to the rejects log; a batch under a key nobody configured refused
-    with a 401 or 403, set aside there. Some receivers refuse every event, for reasons of
-    their own (a WAF, nginx answering plain HTTP sent to its HTTPS port, a load balancer
+    """Sends a Forwarder's batches. One refused with a 400, 413 or 422 is split until the
+    events refused are alone, and those go to the rejects log; one under a key nobody
+    configured, refused with a 401 or 403, goes there whole. Some receivers refuse every
+    event (a WAF, nginx answering plain HTTP sent to its HTTPS port, a load balancer
     mid-deploy): after MAX_REFUSED_IN_A_ROW refusals in a row, taking nothing between, the
-    receiver is doubted. Nothing more is written off; each round, after a wait as for a
-    5xx, the first event held is sent again, alone, and so are events after the held ones
-    (1, 2, 4 ... up to PROBES_A_ROUND a round). The first held taken, the receiver is
-    trusted again and all goes on in order; one after them taken, those before it were
-    refused for themselves, and are written off. `refuse(log, item, rejection)`,
-    `write_off(log, end, rejection)` and `acknowledge(log, items)` are the Forwarder's:
-    each True, or False if a stop came first."""
+    receiver is doubted and nothing more is written off. Each round, after a backoff, the
+    first event held is sent alone again, and so are 1, 2, 4 ... up to PROBES_A_ROUND events
+    after those held. The first taken, all goes on in order; one after it taken, those
+    before it were refused for themselves, and are written off. `refuse(log, end, lines,
+    rejection)` and `acknowledge(log, items)` are the Forwarder's: True, or False if a stop
+    came first."""
 
-    def __init__(self, receiver, refuse, write_off, acknowledge, reporter, clock):
-        self.receiver = receiver
-        self.refuse, self.write_off, self.acknowledge = refuse, write_off, acknowledge
+    def __init__(self, receiver, refuse, acknowledge, reporter, clock):
+        self.receiver, self.refuse, self.acknowledge = receiver, refuse, acknowledge
         self.reporter, self.clock = reporter, clock
-        self.doubt = None        # while the receiver is doubted: [where the events not yet
-                                 # sent alone start, rounds, its last refusal: status, answer]
-        self._in_a_row = 0       # refusals in a row, taking nothing between
+        self.doubt = None     # while the receiver is doubted: [where the events not yet sent
+                              # alone start, rounds, its last refusal's status and answer]
+        self._in_a_row = 0    # refusals in a row, taking nothing between
 
     @property
     def refusing_all(self):
@@ -4567,9 +4560,9 @@ class Sender:
             self.doubt[2], _gist(self.doubt[3]))
 
     def send(self, log, items, ahead=(), exhausted=False):
-        """Send `items` of `log`, under the first one's key; or while the receiver is
-        doubted, the first alone, then those `ahead` (each under its own key), `exhausted`
-        if there are no more. False if a stop came first."""
+        """Send `items` of `log`, under the first one's key; while the receiver is doubted,
+        the first alone, then those `ahead` (`exhausted`: the file has no more). False if a
+        stop came first."""
         if self.doubt is None:
             return self._deliver(log, items)
         return self._probe(log, items[0], ahead, exhausted)
@@ -4614,7 +4607,7 @@ class Sender:
         self._in_a_row += 1
         if self._in_a_row <= MAX_REFUSED_IN_A_ROW:
             rejection = self._rejection(status, answer, key)
-            return all(self.refuse(log, item, rejection) for item in items)
+            return all(self.refuse(log, item.end, [item.line], rejection) for item in items)
         self.doubt = [items[-1].end, 0, status, answer]
         self.reporter.say("forwarding to %s: it refused %d times in a row, taking nothing "
                           "between (%d %s): the receiver, not the events, is taken to be at "
@@ -4640,21 +4633,22 @@ class Sender:
                 self.reporter.say("forwarding to %s: it took an event after refusing those "
                                   "before it, each alone: they go to the rejects log"
                                   % self.receiver.endpoint)
-                return self._write_off_held(log, item.end - len(item.line) - 1, first.key) and \
+                return self._write_off(log, item.end - len(item.line) - 1, first.key) and \
                     self.acknowledge(log, [item])
             self.doubt[0], self.doubt[2:] = item.end, (status, answer)
         self.doubt[1] += 1
         if exhausted and self.doubt[1] > MAX_REFUSED_IN_A_ROW:
             # Nothing after them to tell the receiver's fault from theirs (the end of a
             # backfill): written off, so that the file is done.
-            return self._write_off_held(log, self.doubt[0], first.key)
+            return self._write_off(log, self.doubt[0], first.key)
         return self._wait()
 
-    def _write_off_held(self, log, end, key):
-        """Trust the receiver again, and write off the events held up to `end`."""
+    def _write_off(self, log, end, key):
+        """Trust the receiver again, and write off the events held, up to `end`."""
         rejection = self._rejection(*self.doubt[2:], key=key)
         self.doubt, self._in_a_row = None, 0
-        return self.write_off(log, end, rejection)
+        lines = log.read(log.offset, end - log.offset).split(b"\n")[:-1]
+        return self.refuse(log, end, lines, rejection)
 
     def _wait(self):
         delay = backoff_delay(self.doubt[1] + 1, self.receiver.first_delay,
@@ -4690,12 +4684,12 @@ FORWARD_METRICS = (
 
 
 class Forwarder:
-    """Relays a log to a Receiver, in order and at least once, across crashes and outages:
-    a LogQueue's files (follow: a live log; add_files: a backfill) in batches a Sender sends.
-    After each batch taken the checkpoint file is replaced atomically, naming the file being
-    sent (its identity, and a checksum of its first bytes, since an inode is reused), the
-    offset of its first line not taken, and a backfill's list of the files it sent: after a
-    kill -9 at most that batch is sent again. What cannot be sent goes to the rejects log."""
+    """Relays a log to a Receiver, in order and at least once: a LogQueue's files (follow: a
+    live log; add_files: a backfill) in batches a Sender sends. After each batch taken, the
+    checkpoint file is replaced atomically, naming the file being sent (its identity, and a
+    checksum of its first bytes, since an inode is reused), the offset of its first line not
+    taken, and a backfill's list of the files it sent: after a kill -9 at most that batch is
+    sent again. What cannot be sent goes to the rejects log."""
 
     def __init__(self, receiver, rejects, *, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
                  alert=DEFAULT_FORWARD_ALERT, reporter=None, clock=time.time):
@@ -4711,8 +4705,7 @@ class Forwarder:
         self.skipped = 0             # rejects-log lines with no event to send again
         self.truncated = []          # a backfill's files it could not read to their end
         self.last_success = None     # clock time of the last 2xx
-        self.sender = Sender(receiver, self._refuse, self._write_off, self._acknowledge,
-                             self.reporter, clock)
+        self.sender = Sender(receiver, self._refuse, self._acknowledge, self.reporter, clock)
         self._caught_up_at = clock()   # all lines written before this were sent
 
     def follow(self, writer):
@@ -4810,8 +4803,7 @@ class Forwarder:
     def _next_batch(self):
         """(file, items, read_at, ahead) to send, `read_at` the time of a read the batch
         takes all of; None when there is nothing to send now; () after something done
-        without sending (a line refused, a file finished): look again at once. A refusal
-        that a stop cut short ends the loop, which sees the stop."""
+        without sending (a line refused, a file finished): look again at once."""
         head = self.queue.first()
         if head is None:
             return None
@@ -4820,7 +4812,8 @@ class Forwarder:
             self.reporter.say("%s (inode %d) is gone before the forwarder could send it: its "
                               "unsent events are lost to the receiver" % (log.name,
                                                                           log.identity[1]))
-            return self._finished(log)
+            self.queue.finish(log, self._save)
+            return ()
         size = log.size()
         if size is not None and log.offset > size:
             self.reporter.say("%s was cut shorter under the forwarder (copytruncate?): "
@@ -4840,27 +4833,28 @@ class Forwarder:
             end = log.line_end(log.offset + FORWARD_READ, self.stopping)
             if end is None:
                 return None
-            refused = (Item(b"", end, log.read(log.offset, MAX_REJECT_RAW)),
-                       Rejected("forward_unreadable", "a line of %d bytes" % (end - log.offset)))
+            refused = end, [log.read(log.offset, MAX_REJECT_RAW)], Rejected(
+                "forward_unreadable", "a line of %d bytes" % (end - log.offset))
         elif not complete:
             if not data:
                 self._caught_up_at = read_at
             return None
         elif data:   # a last line with no newline: a torn write from long ago
-            refused = (Item(b"", log.offset + len(data), data),
-                       Rejected("forward_unreadable", "no newline"))
+            refused = log.offset + len(data), [data], Rejected("forward_unreadable",
+                                                                "no newline")
         else:
             if log.broken is not None:   # an archive that does not inflate to its end
                 problem = "%s cannot be read past byte %d (inflated): %s" % (
                     log.name, log.offset, log.broken)
                 log.broken = None
-                if not self._refuse(log, Item(b"", log.offset, b""),
+                if not self._refuse(log, log.offset, [b""],
                                     Rejected("forward_truncated", problem)):
                     return None
                 self.truncated.append(problem)
-            return self._finished(log)
+            self.queue.finish(log, self._save)
+            return ()
         if refused is not None:
-            self._refuse(log, *refused)
+            self._refuse(log, *refused)   # False: stop() came, which ends the loop
             return ()
         if not items:
             self._save(log)
@@ -4869,49 +4863,35 @@ class Forwarder:
             log, end, complete, self.write_key, *self.sender.doubt[:2])
         return log, items, read_at if items[-1].end == end else None, ahead
 
-    def _write_off(self, log, end, rejection):
-        """Write the lines of `log` from its offset to `end` to the rejects log, refused
-        with `rejection`, and move past them."""
-        lines = log.read(log.offset, end - log.offset).split(b"\n")[:-1]
-        return self._refuse(log, Item(b"", end, b""), rejection, lines)
-
-    def _finished(self, log):
-        """`log` is sent to its end: on to the next file. The checkpoint names that one at
-        once, so that it never names a file --keep may now delete. Returns ()."""
-        following = self.queue.finish(log)
-        if following is not None:
-            self._save(following)
-        self.queue.close_finished(log)
-        return ()
-
-    def _acknowledge(self, log, items, sent=True):
+    def _acknowledge(self, log, items):
+        """`items` of `log` were taken: past them."""
         log.offset = items[-1].end
         self._save(log)   # then the counts: who sees them sees the checkpoint saved
-        if sent:
-            self.sent += len(items)
-            self.last_success = self.clock()
+        self.sent += len(items)
+        self.last_success = self.clock()
         self.queue.lines_done += len(items)
         return True
 
-    def _refuse(self, log, item, rejection, lines=None):
-        """Write `item` (or log `lines` ending at its end) to the rejects log with
-        `rejection`, then move past it. False if stop() came while the rejects log could not
-        be written: a line is tried again until it is written, never skipped."""
-        lines = [item.line] if lines is None else lines
-        for line in lines:   # one a write: a failed one is written again, alone
+    def _refuse(self, log, end, lines, rejection):
+        """Write log `lines`, ending at `end`, to the rejects log with `rejection`, then
+        move past them. False if stop() came while the rejects log could not be written: a
+        line is written again until it is, alone, never skipped."""
+        for line in lines:
             record, failures = forward_reject_line(rejection, line, self.clock()), 0
             while not self.rejects.write([record]):
                 failures += 1
                 if self.stopping.wait(backoff_delay(failures, self.receiver.first_delay,
                                                     self.receiver.max_delay)):
                     return False
+        log.offset = end
+        self._save(log)
         self.refused.add(rejection.reason, len(lines))
-        self.queue.lines_done += len(lines) - 1
-        return self._acknowledge(log, [item], sent=False)
+        self.queue.lines_done += len(lines)
+        return True
 
     def _save(self, log, quiet=True):
-        """Point the checkpoint at `log`'s offset; failing, say so once an interval, or with
-        quiet=False raise the OSError."""
+        """Name `log` and its offset in the checkpoint; failing, say so once an interval,
+        or with quiet=False raise the OSError."""
         head_bytes = min(log.offset, 4096)
         document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
                     "offset": log.offset, "head_bytes": head_bytes,
