@@ -4239,9 +4239,8 @@ def resume_at(checkpoint, files, live_end, reporter):
 
 
 class LogQueue:
-    """The files a Forwarder sends, oldest first: a live log's, following its LogWriter
-    (follow), or files to send once (add_files, a backfill). At most MAX_OPEN_LOG_FILES of
-    them are open, the rest parked."""
+    """The files a Forwarder sends, oldest first: a live log's (follow) or a backfill's
+    (add_files). At most MAX_OPEN_LOG_FILES of them are open; the rest are parked."""
 
     def __init__(self, reporter, stopping):
         self.files = collections.deque()   # the first is the one being sent
@@ -4273,9 +4272,9 @@ class LogQueue:
         self._counting = (files[start:], end, written)
 
     def add_files(self, paths, checkpoint):
-        """The files at `paths`, in that order, to send once from `checkpoint` (a document),
-        but for those it lists as sent. OSError for a file that is not a regular one,
-        ValueError for one that is not an event log (not_an_event_log)."""
+        """The files at `paths`, in order, to send once from `checkpoint` (a document), but
+        those it lists as sent. OSError for one not a regular file, ValueError for one not
+        an event log."""
         done = checkpoint.get("done")
         self.done = [entry for entry in done if isinstance(entry, str)] \
             if isinstance(done, list) else []
@@ -4367,9 +4366,8 @@ class LogQueue:
         return log, self.writer.committed_end(log.identity) if live else None, not live
 
     def finish(self, log, save):
-        """`log`, the first, is sent to its end: on to the next, which `save` (a LogFile's
-        checkpoint) names at once, so that it never names a file --keep may now delete. A
-        backfill's names `log`, its fingerprint now in `done`."""
+        """`log` is sent to its end: `save` (the checkpoint) names the next file at once, never
+        one --keep may now delete; a backfill's names `log`, its fingerprint now in `done`."""
         with self._lock:
             self.files.popleft()
             if self.files:
@@ -4386,8 +4384,7 @@ class LogQueue:
             log.close()
 
     def count_lines(self):
-        """Count the lines not yet sent, once, as the loop starts; after that, the writer's
-        count of lines written keeps the figure current."""
+        """Count the lines not yet sent, once; writer.written keeps the count current after."""
         if self._counting is None:
             return
         files, live_end, written = self._counting
@@ -4416,31 +4413,30 @@ class LogQueue:
         self._unsent, self._counting = lines - written, None
 
     def backlog(self):
-        """(lines, bytes, files) not yet sent; lines None until count_lines() has run."""
+        """(lines, bytes, files) of a live log not yet sent; lines None until counted."""
         size = 0
         with self._lock:   # so that none of them is closed meanwhile
             self._pull()
             for log in self.files:
-                end = self.writer.committed_end(log.identity) if self.writer else None
+                end = self.writer.committed_end(log.identity)
                 if end is None and log.fd is not None:
-                    end = log.size() or 0
+                    end = log.size()
                 elif end is None:   # parked: by its name
                     try:
                         end = os.stat(log.name).st_size
                     except OSError:
                         end = log.offset
                 size += max(0, end - log.offset)
-            files = len(self.files) - (self.writer is not None)   # the live one is not behind
+            files = len(self.files) - 1   # the live one is not behind
         if self._unsent is None:
             return None, size, files
-        unsent = self._unsent + (self.writer.written if self.writer else 0) - self.lines_done
-        return max(0, unsent), size, files
+        return max(0, self._unsent + self.writer.written - self.lines_done), size, files
 
     def oldest_unsent(self):
-        """The receivedAt of the first line not yet sent, as a clock time, or None."""
+        """The receivedAt of the first line of a live log not yet sent, or None."""
         with self._lock:
             log = self.files[0] if self.files else None
-            if log is None or log.fd is None or log.archive is not None:
+            if log is None or log.fd is None:
                 return None
             line = log.read(log.offset, MAX_EVENT_LINE).partition(b"\n")[0]
         try:
@@ -4473,13 +4469,11 @@ def read_lines(log, start, end):
 
 def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
                alone=False):
-    """A batch from `data`, log lines from byte `offset` without the last newline: (how
-    many rejects-log lines with no event to send come first, the offset after them, the
-    batch's items, and None; or no items and the first line, refused: (where it ends, [it],
-    the Rejected)). One writeKey a batch, as Basic auth takes one (`write_key` if given), at
-    most `batch_events` items and MAX_BATCH_BYTES; with `alone` (a doubted receiver, probed
-    event by event), any keys, up to PROBES_A_ROUND. A line refused comes after the batch
-    before it, alone: the log's order is kept."""
+    """A batch from `data`, log lines from byte `offset` without the last newline: (rejects-
+    log lines with no event to send, skipped; the offset after them; the items; None, or if
+    there are none, the first line, refused: (its end, [it], the Rejected)). One writeKey a
+    batch, as Basic auth takes one, at most `batch_events` and MAX_BATCH_BYTES; with `alone`
+    (a doubted receiver, probed), any keys, up to PROBES_A_ROUND. The log's order is kept."""
     skipped, start, items = 0, offset, []
     batch_size = len(_BATCH_OPEN) + len(_BATCH_CLOSE) + 40   # 40: the sentAt
     strip = write_key is not None
@@ -4537,17 +4531,17 @@ class Sender:
     """Sends a Forwarder's batches. One refused with a 400, 413 or 422 is split until the
     events refused are alone, and those go to the rejects log; one under a key nobody
     configured, refused with a 401 or 403, goes there whole. Some receivers refuse every
-    event (a WAF, nginx answering plain HTTP sent to its HTTPS port, a load balancer
-    mid-deploy): after MAX_REFUSED_IN_A_ROW refusals in a row, taking nothing between, the
-    receiver is doubted and nothing more is written off. Each round, after a backoff, the
-    first event held is sent alone again, and so are 1, 2, 4 ... up to PROBES_A_ROUND events
-    after those held. The first taken, all goes on in order; one after it taken, those
-    before it were refused for themselves, and are written off. `refuse(log, end, lines,
-    rejection)` and `acknowledge(log, items)` are the Forwarder's: True, or False if a stop
-    came first."""
+    event (a WAF, nginx answering plain HTTP sent to its HTTPS port): after
+    MAX_REFUSED_IN_A_ROW refusals in a row, taking nothing between, the receiver is doubted
+    and nothing more is written off. Each round, after a backoff, the first event held is
+    sent alone again, then 1, 2, 4 ... up to PROBES_A_ROUND after those held. The first
+    taken, all goes on; one after it taken, those before it were refused for themselves,
+    and are written off. `refuse(log, end, lines, rejection)` and `acknowledge(log, items)`
+    are the Forwarder's: True, or False if a stop came first."""
 
-    def __init__(self, receiver, refuse, acknowledge, reporter, clock):
-        self.receiver, self.refuse, self.acknowledge = receiver, refuse, acknowledge
+    def __init__(self, receiver, write_key, refuse, acknowledge, reporter, clock):
+        self.receiver, self.write_key = receiver, write_key
+        self.refuse, self.acknowledge = refuse, acknowledge
         self.reporter, self.clock = reporter, clock
         self.doubt = None     # while the receiver is doubted: [where the events not yet sent
                               # alone start, rounds, its last refusal's status and answer]
@@ -4559,13 +4553,13 @@ class Sender:
         return None if self.doubt is None else "it refuses every event, each alone: %d %s" % (
             self.doubt[2], _gist(self.doubt[3]))
 
-    def send(self, log, items, ahead=(), exhausted=False):
+    def send(self, log, items, end=None, complete=False):
         """Send `items` of `log`, under the first one's key; while the receiver is doubted,
-        the first alone, then those `ahead` (`exhausted`: the file has no more). False if a
-        stop came first."""
+        the first alone, then some after those held (up to `end`; `complete`: the file ends
+        there). False if a stop came first."""
         if self.doubt is None:
             return self._deliver(log, items)
-        return self._probe(log, items[0], ahead, exhausted)
+        return self._probe(log, items[0], end, complete)
 
     def _post(self, items):
         body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
@@ -4616,7 +4610,12 @@ class Sender:
                               self.receiver.endpoint, self._in_a_row, status, _gist(answer)))
         return self._wait()
 
-    def _probe(self, log, first, ahead, exhausted):
+    def _probe(self, log, first, end, complete):
+        start, rounds = self.doubt[:2]
+        data, whole = read_lines(log, start, end)
+        ahead = take_batch(data[:whole - 1], start, self.write_key, alone=True)[2] \
+            if whole else []
+        exhausted = not ahead and complete
         status, answer = self._post([first])
         if status is None:
             return False
@@ -4625,7 +4624,7 @@ class Sender:
             self.doubt, self._in_a_row = None, 0
             return self.acknowledge(log, [first])
         self.doubt[2:] = status, answer
-        for item in ahead:
+        for item in ahead[:min(2 ** (rounds + 1), PROBES_A_ROUND)]:
             status, answer = self._post([item])
             if status is None:
                 return False
@@ -4656,15 +4655,6 @@ class Sender:
         self.receiver.failed_attempts += 1
         self.receiver.last_error, self.receiver.backoff = self.refusing_all, delay
         return not self.receiver.stopping.wait(delay)
-
-
-def read_ahead(log, end, complete, write_key, start, doubts):
-    """While a receiver is doubted (`doubts` rounds): (the events of `log` from `start`,
-    after those held, to send alone this round; whether there are no more, `log` being
-    `complete` to `end`)."""
-    data, whole = read_lines(log, start, end)
-    items = take_batch(data[:whole - 1], start, write_key, alone=True)[2] if whole else []
-    return items[:min(2 ** (doubts + 1), PROBES_A_ROUND)], not items and complete
 
 
 # The forwarder's /metrics: (name after pixel_forward_, type, its status() field, help).
@@ -4705,7 +4695,8 @@ class Forwarder:
         self.skipped = 0             # rejects-log lines with no event to send again
         self.truncated = []          # a backfill's files it could not read to their end
         self.last_success = None     # clock time of the last 2xx
-        self.sender = Sender(receiver, self._refuse, self._acknowledge, self.reporter, clock)
+        self.sender = Sender(receiver, write_key, self._refuse, self._acknowledge,
+                             self.reporter, clock)
         self._caught_up_at = clock()   # all lines written before this were sent
 
     def follow(self, writer):
@@ -4791,19 +4782,19 @@ class Forwarder:
                         return True
                     self.stopping.wait(FORWARD_POLL)
                 elif batch:
-                    log, items, read_at, ahead = batch
-                    if not self.sender.send(log, items, *ahead):
+                    log, items, end, complete, read_at = batch
+                    if not self.sender.send(log, items, end, complete):
                         break
-                    if read_at is not None and log.offset == items[-1].end:
+                    if log.offset == items[-1].end == end:   # all there was, taken
                         self._caught_up_at = read_at
         except InterruptedError:   # a stop, in the middle of inflating an archive
             pass
         return False
 
     def _next_batch(self):
-        """(file, items, read_at, ahead) to send, `read_at` the time of a read the batch
-        takes all of; None when there is nothing to send now; () after something done
-        without sending (a line refused, a file finished): look again at once."""
+        """(file, items, its end, whether complete, the time of the read) to send; None when
+        there is nothing to send now; () after something done without sending (a line
+        refused, a file finished): look again at once."""
         head = self.queue.first()
         if head is None:
             return None
@@ -4859,9 +4850,7 @@ class Forwarder:
         if not items:
             self._save(log)
             return ()
-        ahead = () if self.sender.doubt is None else read_ahead(
-            log, end, complete, self.write_key, *self.sender.doubt[:2])
-        return log, items, read_at if items[-1].end == end else None, ahead
+        return log, items, end, complete, read_at
 
     def _acknowledge(self, log, items):
         """`items` of `log` were taken: past them."""
