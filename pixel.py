@@ -4247,7 +4247,6 @@ class LogQueue:
         self.writer = None         # the live log's LogWriter
         self.done = []             # a backfill's: LogFile.fingerprint() of each file sent
         self.legacy_until = None   # ... and when version 1.0's entries among them were made
-        self.lines_done = 0        # lines sent or refused since the start
         self._reporter, self._stopping = reporter, stopping
         self._lock = threading.Lock()
         self._counting = None      # what count_lines() counts: (files, live end, written)
@@ -4412,8 +4411,9 @@ class LogQueue:
                     os.close(fd)
         self._unsent, self._counting = lines - written, None
 
-    def backlog(self):
-        """(lines, bytes, files) of a live log not yet sent; lines None until counted."""
+    def backlog(self, lines_done):
+        """(lines, bytes, files) of a live log not yet sent, `lines_done` (sent, refused or
+        skipped) since the start; lines None until counted."""
         size = 0
         with self._lock:   # so that none of them is closed meanwhile
             self._pull()
@@ -4430,7 +4430,7 @@ class LogQueue:
             files = len(self.files) - 1   # the live one is not behind
         if self._unsent is None:
             return None, size, files
-        return max(0, self._unsent + self.writer.written - self.lines_done), size, files
+        return max(0, self._unsent + self.writer.written - lines_done), size, files
 
     def oldest_unsent(self):
         """The receivedAt of the first line of a live log not yet sent, or None."""
@@ -4616,25 +4616,24 @@ class Sender:
         ahead = take_batch(data[:whole - 1], start, self.write_key, alone=True)[2] \
             if whole else []
         exhausted = not ahead and complete
-        status, answer = self._post([first])
-        if status is None:
-            return False
-        if 200 <= status < 300:   # it takes events again: all goes on, in order
-            self.reporter.say("forwarding to %s: it takes events again" % self.receiver.endpoint)
-            self.doubt, self._in_a_row = None, 0
-            return self.acknowledge(log, [first])
-        self.doubt[2:] = status, answer
-        for item in ahead[:min(2 ** (rounds + 1), PROBES_A_ROUND)]:
+        for item in [first] + ahead[:min(2 ** (rounds + 1), PROBES_A_ROUND)]:
             status, answer = self._post([item])
             if status is None:
                 return False
+            if 200 <= status < 300 and item is first:   # it takes events again, in order
+                self.reporter.say("forwarding to %s: it takes events again"
+                                  % self.receiver.endpoint)
+                self.doubt, self._in_a_row = None, 0
+                return self.acknowledge(log, [first])
             if 200 <= status < 300:   # those before it were refused for themselves
                 self.reporter.say("forwarding to %s: it took an event after refusing those "
                                   "before it, each alone: they go to the rejects log"
                                   % self.receiver.endpoint)
                 return self._write_off(log, item.end - len(item.line) - 1, first.key) and \
                     self.acknowledge(log, [item])
-            self.doubt[0], self.doubt[2:] = item.end, (status, answer)
+            self.doubt[2:] = status, answer
+            if item is not first:
+                self.doubt[0] = item.end
         self.doubt[1] += 1
         if exhausted and self.doubt[1] > MAX_REFUSED_IN_A_ROW:
             # Nothing after them to tell the receiver's fault from theirs (the end of a
@@ -4819,7 +4818,6 @@ class Forwarder:
                 data[:whole - 1], log.offset, self.write_key, self.batch_events,
                 alone=self.sender.doubt is not None)
             self.skipped += skipped   # rejects-log lines with no event to send again
-            self.queue.lines_done += skipped
         elif len(data) == FORWARD_READ:   # a line longer than any batch: not an event
             end = log.line_end(log.offset + FORWARD_READ, self.stopping)
             if end is None:
@@ -4858,7 +4856,6 @@ class Forwarder:
         self._save(log)   # then the counts: who sees them sees the checkpoint saved
         self.sent += len(items)
         self.last_success = self.clock()
-        self.queue.lines_done += len(items)
         return True
 
     def _refuse(self, log, end, lines, rejection):
@@ -4875,7 +4872,6 @@ class Forwarder:
         log.offset = end
         self._save(log)
         self.refused.add(rejection.reason, len(lines))
-        self.queue.lines_done += len(lines)
         return True
 
     def _save(self, log, quiet=True):
@@ -4902,11 +4898,12 @@ class Forwarder:
 
     def status(self, for_metrics=False):
         """The forwarder's part of /health, and with `for_metrics` what /metrics adds."""
-        lines, size, files = self.queue.backlog()
+        lines, size, files = self.queue.backlog(self.sent + self.refused.total() + self.skipped)
         oldest = self.queue.oldest_unsent() if lines or size else None
         age = max(0.0, self.clock() - (oldest or self._caught_up_at)) if lines or size else 0.0
         receiver = self.receiver
         fault = self.sender.refusing_all or receiver.wrong_url
+        paused = receiver.paused_key is not None or fault is not None
         status = {"target": receiver.url, "sent": self.sent, "refused": self.refused.total(),
                   "lines_behind": lines, "bytes_behind": size, "files_behind": files,
                   "backlog_seconds": round(age, 3),
@@ -4915,11 +4912,9 @@ class Forwarder:
                   "failed_attempts": receiver.failed_attempts,
                   "backoff": round(receiver.backoff, 3), "last_error": receiver.last_error,
                   "paused_write_key": receiver.paused_key, "receiver_fault": fault,
-                  "degraded": receiver.paused_key is not None or fault is not None or
-                  age > self.alert}
+                  "degraded": paused or age > self.alert}
         if for_metrics:
-            status.update(paused=int(receiver.paused_key is not None or fault is not None),
-                          last_success_time=float(self.last_success or 0))
+            status.update(paused=int(paused), last_success_time=float(self.last_success or 0))
         return status
 
 
