@@ -4554,9 +4554,8 @@ class Sender:
             self.doubt[2], _gist(self.doubt[3]))
 
     def send(self, log, items, end=None, complete=False):
-        """Send `items` of `log`, under the first one's key; while the receiver is doubted,
-        the first alone, then some after those held (up to `end`; `complete`: the file ends
-        there). False if a stop came first."""
+        """Send `items` of `log` under the first one's key, or while the receiver is doubted
+        probe (`complete`: `log` ends at `end`). False if a stop came first."""
         if self.doubt is None:
             return self._deliver(log, items)
         return self._probe(log, items[0], end, complete)
@@ -4674,11 +4673,11 @@ FORWARD_METRICS = (
 
 class Forwarder:
     """Relays a log to a Receiver, in order and at least once: a LogQueue's files (follow: a
-    live log; add_files: a backfill) in batches a Sender sends. After each batch taken, the
-    checkpoint file is replaced atomically, naming the file being sent (its identity, and a
-    checksum of its first bytes, since an inode is reused), the offset of its first line not
-    taken, and a backfill's list of the files it sent: after a kill -9 at most that batch is
-    sent again. What cannot be sent goes to the rejects log."""
+    live log; add_files: a backfill) in batches a Sender sends, and what cannot be sent to
+    the rejects log. After each batch taken the checkpoint file is replaced atomically (the
+    file being sent, by identity and a checksum of its first bytes, as inodes are reused; the
+    offset of its first line not taken; a backfill's files sent): after a kill -9 at most
+    that batch is sent again."""
 
     def __init__(self, receiver, rejects, *, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
                  alert=DEFAULT_FORWARD_ALERT, reporter=None, clock=time.time):
@@ -4699,9 +4698,8 @@ class Forwarder:
         self._caught_up_at = clock()   # all lines written before this were sent
 
     def follow(self, writer):
-        """Relay `writer`'s live log from its checkpoint, written at once (OSError if it
-        cannot be): a restart before the first batch is taken must know where to start, or
-        files rotated meanwhile pass for history."""
+        """Relay `writer`'s live log from its checkpoint, written at once (or OSError): a
+        restart before the first batch must know where to start, or rotations pass for history."""
         self.checkpoint = adopt_legacy_state(writer.path, "forward", self.reporter)
         try:
             checkpoint = read_checkpoint(self.checkpoint)
@@ -4859,9 +4857,8 @@ class Forwarder:
         return True
 
     def _refuse(self, log, end, lines, rejection):
-        """Write log `lines`, ending at `end`, to the rejects log with `rejection`, then
-        move past them. False if stop() came while the rejects log could not be written: a
-        line is written again until it is, alone, never skipped."""
+        """Write log `lines`, ending at `end`, to the rejects log with `rejection`, each until
+        it is written, then move past them; False if stop() came first."""
         for line in lines:
             record, failures = forward_reject_line(rejection, line, self.clock()), 0
             while not self.rejects.write([record]):
