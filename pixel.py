@@ -4196,50 +4196,41 @@ def resume_at(checkpoint, files, live_end, reporter):
 
 
 class LogQueue:
-    """The files a Forwarder sends, oldest first, the first being sent, at most
-    MAX_OPEN_LOG_FILES of them open (the rest parked): those of a live log, following its
-    LogWriter (follow), or a list of files to send once (add_files, a backfill)."""
+    """The files a Forwarder sends, oldest first: a live log's (follow) or a backfill's
+    (add_files). At most MAX_OPEN_LOG_FILES of them are open; the rest are parked."""
 
     def __init__(self, reporter, stopping):
-        self.files = collections.deque()
-        self.writer = None     # the live log's LogWriter
-        self.done = []         # a backfill's: LogFile.fingerprint() of each file sent
+        self.files = collections.deque()   # the first is the one being sent
+        self.writer = None         # the live log's LogWriter
+        self.done = []             # a backfill's: LogFile.fingerprint() of each file sent
         self.legacy_until = None   # ... and when version 1.0's entries among them were made
-        self.lines_done = 0    # lines sent or refused since the start
-        self._reporter = reporter
-        self._stopping = stopping
+        self._reporter, self._stopping = reporter, stopping
         self._lock = threading.Lock()
-        self._counting = None  # what count_lines() counts: (files, live end, written)
-        self._start = None     # (lines unsent at the start, writer.written then)
+        self._counting = None      # what count_lines() counts: (files, live end, written)
+        self._unsent = None        # lines unsent at the start, less writer.written then
 
     def follow(self, writer, checkpoint):
-        """The live log of `writer`, from `checkpoint` (a document; None: none), with the
-        files rotated since it was written. With none, from the live file's first line
-        (older rotated files are for `pixel.py forward`). If the file it names is gone,
-        from the oldest written since."""
+        """The live log of `writer` from `checkpoint` (a document; None: from the live
+        file's first line), with the files rotated since it was written."""
         self.writer = writer
         fd, identity, end, written = writer.follow()
-        files = [LogFile(fd, identity, writer.path)]
+        files, start = [LogFile(fd, identity, writer.path)], None
         try:
             if checkpoint is not None:
                 files[:0] = rotated_since(writer.path, identity, checkpoint["mtime_ns"])
             start = resume_at(checkpoint, files, end, self._reporter)
-        except BaseException:
-            for log in files:
+        finally:
+            for log in files[:start]:   # all of them if anything raised
                 log.close()
-            raise
-        for log in files[:start]:
-            log.close()
         with self._lock:
             self.files.extend(files[start:])
             self._pull()
         self._counting = (files[start:], end, written)
 
     def add_files(self, paths, checkpoint):
-        """The files at `paths`, in that order, to send once, from `checkpoint` (a
-        document): files it lists as sent are skipped. Each is opened and its first lines
-        looked at first: OSError for one that is not a regular file, ValueError for one
-        that is not an event log (not_an_event_log)."""
+        """The files at `paths`, in order, to send once from `checkpoint` (a document), but
+        those it lists as sent. OSError for one not a regular file, ValueError for one not
+        an event log."""
         done = checkpoint.get("done")
         self.done = [entry for entry in done if isinstance(entry, str)] \
             if isinstance(done, list) else []
@@ -4275,8 +4266,7 @@ class LogQueue:
             if path.endswith(".gz") and log.archive is None:
                 self._reporter.say("%s is not gzipped: sending it as it is" % path)
             entries = sent["%d:%d" % log.identity]
-            if None in entries and legacy_until is not None and \
-                    log.mtime_ns() > (legacy_until + 1) * 1e9:
+            if legacy_until is not None and log.mtime_ns() > (legacy_until + 1) * 1e9:
                 entries = [entry for entry in entries if entry is not None]
             before = log.sent_before(entries)
             if log.identity in seen or before is not None and \
@@ -4295,8 +4285,8 @@ class LogQueue:
         self._counting = (list(self.files), None, 0)
 
     def _pull(self):
-        """Take the files the followed writer opened or renamed since, and tell it which
-        it must keep. Under the lock."""
+        """Take the files the writer opened or renamed since, park those past
+        MAX_OPEN_LOG_FILES, and pin them all against --keep. Under the lock."""
         if self.writer is None:
             return
         for change, fd, identity, path in self.writer.changes():
@@ -4331,45 +4321,36 @@ class LogQueue:
         live = not later and self.writer is not None and log.fd is not None
         return log, self.writer.committed_end(log.identity) if live else None, not live
 
-    def finish(self, log):
-        """`log` is sent to its end: on to the next. The file the checkpoint should now name
-        (a backfill's: this one, its fingerprint in `done`), or None."""
+    def finish(self, log, save):
+        """`log` is sent to its end: `save` (the checkpoint) names the next file at once, never
+        one --keep may now delete; a backfill's names `log`, its fingerprint now in `done`."""
         with self._lock:
             self.files.popleft()
-            following = self.files[0] if self.files else None
-            if following is not None:
-                following.unpark()
-            if self.writer is not None:
-                self.writer.pinned = frozenset(log.identity for log in self.files)
-        if self.writer is None and log.fd is not None:
+            if self.files:
+                self.files[0].unpark()
+            self._pull()
+        if self.writer is None:
             same = "%d:%d" % log.identity   # one fingerprint a file: this one's is the last
             self.done = [entry for entry in self.done if entry != same and
                          not entry.startswith(same + ":")] + [log.fingerprint()]
-            return log
-        return following if following is not None and following.fd is not None else None
-
-    def close_finished(self, log):
+            save(log)
+        elif self.files and self.files[0].fd is not None:
+            save(self.files[0])
         with self._lock:   # not while backlog() reads it
             log.close()
 
     def count_lines(self):
-        """Count the lines not yet sent, once, as the loop starts; the writer's count of
-        lines written keeps the figure current after."""
+        """Count the lines not yet sent, once; writer.written keeps the count current after."""
         if self._counting is None:
             return
         files, live_end, written = self._counting
         lines = 0
         for log in files:
-            offset = log.offset
-            end = live_end if log.archive is None and live_end is not None and \
-                log is files[-1] else None
-            if log.archive is not None:
-                fd = None
-            else:   # a descriptor of its own: a parked file is not opened meanwhile
-                with self._lock:
-                    fd = log.duplicate()
-                if fd is None:
-                    continue
+            offset, end = log.offset, live_end if log is files[-1] else None
+            with self._lock:   # a descriptor of its own: a parked file is not opened meanwhile
+                fd = log.duplicate() if log.archive is None else None
+            if fd is None and log.archive is None:   # gone
+                continue
             try:
                 while end is None or offset < end:
                     if self._stopping.is_set():   # a backlog of terabytes takes a while
@@ -4385,38 +4366,34 @@ class LogQueue:
             finally:
                 if fd is not None:
                     os.close(fd)
-        self._start = (lines, written)
-        self._counting = None
+        self._unsent, self._counting = lines - written, None
 
-    def backlog(self):
-        """(lines, bytes, files) not yet sent."""
+    def backlog(self, lines_done):
+        """(lines, bytes, files) of a live log not yet sent, `lines_done` (sent, refused or
+        skipped) since the start; lines None until counted."""
         size = 0
         with self._lock:   # so that none of them is closed meanwhile
             self._pull()
-            queued = list(self.files)
-            for log in queued:
-                end = self.writer.committed_end(log.identity) if self.writer else None
+            for log in self.files:
+                end = self.writer.committed_end(log.identity)
                 if end is None and log.fd is not None:
-                    end = log.size() or 0
+                    end = log.size()
                 elif end is None:   # parked: by its name
                     try:
                         end = os.stat(log.name).st_size
                     except OSError:
                         end = log.offset
                 size += max(0, end - log.offset)
-        files = len(queued) - (self.writer is not None)   # the live file is not behind
-        if self._start is None:
+            files = len(self.files) - 1   # the live one is not behind
+        if self._unsent is None:
             return None, size, files
-        unsent, written = self._start
-        if self.writer is not None:
-            unsent += self.writer.written - written
-        return max(0, unsent - self.lines_done), size, files
+        return max(0, self._unsent + self.writer.written - lines_done), size, files
 
     def oldest_unsent(self):
-        """The receivedAt of the first line not yet sent, as a clock time, or None."""
+        """The receivedAt of the first line of a live log not yet sent, or None."""
         with self._lock:
             log = self.files[0] if self.files else None
-            if log is None or log.fd is None or log.archive is not None:
+            if log is None or log.fd is None:
                 return None
             line = log.read(log.offset, MAX_EVENT_LINE).partition(b"\n")[0]
         try:
@@ -4426,15 +4403,12 @@ class LogQueue:
 
     def close(self):
         with self._lock:
+            self._pull()   # the descriptors handed over since, too
             while self.files:
                 self.files.popleft().close()
-            if self.writer is not None:
-                self._pull()   # descriptors handed over since
-                while self.files:
-                    self.files.popleft().close()
 
 
-Item = collections.namedtuple("Item", "data end line key", defaults=(None,))
+Item = collections.namedtuple("Item", "data end line key")
 Item.__doc__ = """One event of a batch: its JSON, where its line ends in the log, the line,
 the writeKey it goes under."""
 
@@ -4442,107 +4416,113 @@ _BATCH_OPEN = b'{"batch":['
 _BATCH_CLOSE = b'],"sentAt":"%s"}'
 
 
+def read_lines(log, start, end):
+    """Up to FORWARD_READ bytes of `log` from `start`, not past `end` (None: its end), and
+    how many of them are whole lines (0: no newline)."""
+    limit = FORWARD_READ if end is None else min(FORWARD_READ, end - start)
+    data = log.read(start, limit) if limit > 0 else b""
+    return data, data.rfind(b"\n") + 1
+
+
 def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
                alone=False):
-    """A batch from `data`, whole log lines from byte `offset`: (rejects-log lines with no
-    event to send, skipped before it; the offset it starts at; its writeKey; its items; the
-    offset after them; the first line refused, as (item, rejection), or None). One key a batch, as Basic auth takes
-    one, all of them `write_key` if given; at most `batch_events` and MAX_BATCH_BYTES; with
-    `alone` (a receiver in doubt, probed event by event), of any keys, up to PROBES_A_ROUND.
-    A line refused comes alone, after what came before it: the log's order is kept."""
-    skipped, start, items, key = 0, offset, [], None
+    """A batch from `data`, log lines from byte `offset` without the last newline: (rejects-
+    log lines with no event to send, skipped; the offset after them; the items; None, or if
+    there are none, the first line, refused: (its end, [it], the Rejected)). One writeKey a
+    batch, as Basic auth takes one, at most `batch_events` and MAX_BATCH_BYTES; with `alone`
+    (a doubted receiver, probed), any keys, up to PROBES_A_ROUND. The log's order is kept."""
+    skipped, start, items = 0, offset, []
     batch_size = len(_BATCH_OPEN) + len(_BATCH_CLOSE) + 40   # 40: the sentAt
+    strip = write_key is not None
     for line in data.split(b"\n"):
         line_end = offset + len(line) + 1
         try:
-            line_key, item = forward_item(line, write_key is not None)
-            if line_key is None:   # a rejects-log line? Then the event it holds.
-                held = rejected_event(line)
-                if held == b"":   # a rejection with no event to send again
-                    if items:
-                        break
-                    skipped, offset = skipped + 1, line_end
-                    start = offset
-                    continue
-                if held is not None:
-                    line = held
-                    line_key, item = forward_item(line, write_key is not None)
-            line_key = write_key or line_key
-            if line_key is None:
+            key, item = forward_item(line, strip)
+            held = rejected_event(line) if key is None else None
+            if held == b"":   # a rejects-log line with no event to send again
+                if items:
+                    break
+                skipped, offset, start = skipped + 1, line_end, line_end
+                continue
+            if held is not None:   # one with an event: that event
+                line = held
+                key, item = forward_item(line, strip)
+            key = write_key or key
+            if key is None:
                 raise Rejected("forward_unreadable", "no writeKey")
             if len(item) > MAX_FORWARD_ITEM:
                 raise Rejected("forward_unreadable", "an event of %d bytes: Segment-"
                                "compatible receivers take at most 32 KB" % len(item))
         except Rejected as rejection:
-            return skipped, start, key, items, offset, None if items else (
-                Item(b"", line_end, line), rejection)
-        full = len(items) == PROBES_A_ROUND if alone else line_key != key or \
-            len(items) == batch_events or batch_size + len(item) + 1 > MAX_BATCH_BYTES
-        if items and full:
+            return skipped, start, items, None if items else (line_end, [line], rejection)
+        if items and (len(items) == PROBES_A_ROUND if alone else key != items[-1].key or
+                      len(items) == batch_events or
+                      batch_size + len(item) + 1 > MAX_BATCH_BYTES):
             break
-        key = line_key
-        items.append(Item(item, line_end, line, line_key))
+        items.append(Item(item, line_end, line, key))
         batch_size += len(item) + 1
         offset = line_end
-    return skipped, start, key, items, offset, None
+    return skipped, start, items, None
 
 
 def forward_reject_line(rejection, line, received_at):
     """The rejects-log line for a log `line` the forwarder could not send: the event whole,
     for `pixel.py forward` to send again, or the line's start if it is not one."""
-    record = {"reason": rejection.reason, "detail": rejection.detail}
+    received = format_time(received_at)
     try:
-        record["event"] = json.loads(line)
-        record["receivedAt"] = format_time(received_at)
-        return (_encode(record) + "\n").encode("ascii")
+        text = _encode({"reason": rejection.reason, "detail": rejection.detail,
+                        "event": json.loads(line), "receivedAt": received})
     except (ValueError, RecursionError):   # not JSON, 1e400, too deep: quote the line
-        record.pop("event", None)
-        record["line"] = line[:MAX_REJECT_RAW].decode("utf-8", "replace")
-        record["receivedAt"] = format_time(received_at)
-        return (_encode(record) + "\n").encode("ascii")
+        text = _encode({"reason": rejection.reason, "detail": rejection.detail,
+                        "line": line[:MAX_REJECT_RAW].decode("utf-8", "replace"),
+                        "receivedAt": received})
+    return (text + "\n").encode("ascii")
+
+
+def _gist(answer):
+    """A receiver's answer in one short line, for stderr."""
+    return " ".join(answer[:200].split())
 
 
 class Sender:
-    """How a Forwarder sends a batch: split on a 400, 413 or 422 until the event refused is
-    alone, which goes to the rejects log; a batch under a key nobody configured refused
-    with a 401 or 403, set aside there. Some receivers refuse every event, for reasons of
-    their own (a WAF, nginx answering plain HTTP sent to its HTTPS port, a load balancer
-    mid-deploy): after MAX_REFUSED_IN_A_ROW refusals in a row, taking nothing between, the
-    receiver is doubted. Nothing more is written off; each round, after a wait as for a
-    5xx, the first event held is sent again, alone, and so are events after the held ones
-    (1, 2, 4 ... up to PROBES_A_ROUND a round). The first held taken, the receiver is
-    trusted again and all goes on in order; one after them taken, those before it were
-    refused for themselves, and are written off. `refuse(log, item, rejection)`,
-    `write_off(log, end, rejection)` and `acknowledge(log, items, sent)` are the
-    Forwarder's: each True, or False if a stop came first."""
+    """Sends a Forwarder's batches. One refused with a 400, 413 or 422 is split until the
+    events refused are alone, and those go to the rejects log; one under a key nobody
+    configured, refused with a 401 or 403, goes there whole. Some receivers refuse every
+    event (a WAF, nginx answering plain HTTP sent to its HTTPS port): after
+    MAX_REFUSED_IN_A_ROW refusals in a row, taking nothing between, the receiver is doubted
+    and nothing more is written off. Each round, after a backoff, the first event held is
+    sent alone again, then 1, 2, 4 ... up to PROBES_A_ROUND after those held. The first
+    taken, all goes on; one after it taken, those before it were refused for themselves,
+    and are written off. `refuse(log, end, lines, rejection)` and `acknowledge(log, items)`
+    are the Forwarder's: True, or False if a stop came first."""
 
-    def __init__(self, receiver, refuse, write_off, acknowledge, reporter, clock):
-        self.receiver = receiver
-        self.refuse, self.write_off, self.acknowledge = refuse, write_off, acknowledge
+    def __init__(self, receiver, write_key, refuse, acknowledge, reporter, clock):
+        self.receiver, self.write_key = receiver, write_key
+        self.refuse, self.acknowledge = refuse, acknowledge
         self.reporter, self.clock = reporter, clock
-        self.doubt = None        # while the receiver is doubted: [where the events not yet
-                                 # sent alone start, rounds, its last refusal: status, answer]
-        self._in_a_row = 0       # refusals in a row, taking nothing between
+        self.doubt = None     # while the receiver is doubted: [where the events not yet sent
+                              # alone start, rounds, its last refusal's status and answer]
+        self._in_a_row = 0    # refusals in a row, taking nothing between
 
     @property
     def refusing_all(self):
         """Why the receiver, not the events, seems at fault; None while it is trusted."""
         return None if self.doubt is None else "it refuses every event, each alone: %d %s" % (
-            self.doubt[2], " ".join(self.doubt[3][:200].split()))
+            self.doubt[2], _gist(self.doubt[3]))
 
-    def send(self, log, key, items, ahead=(), exhausted=False):
-        """Send `items` of `log` under `key`; or while the receiver is doubted, the first
-        held one, then those `ahead` (each under its own key), `exhausted` if there are no
-        more. False if a stop came first."""
+    def send(self, log, items, end=None, complete=False):
+        """Send `items` of `log` under the first one's key, or while the receiver is doubted
+        probe (`complete`: `log` ends at `end`). False if a stop came first."""
         if self.doubt is None:
-            return self._deliver(log, key, items)
-        return self._probe(log, items[0], ahead, exhausted)
+            return self._deliver(log, items)
+        return self._probe(log, items[0], end, complete)
 
-    def _post(self, key, items):
+    def _post(self, items):
         body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
             format_time(self.clock()).encode("ascii")
         compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        return self.receiver.deliver(key, compressor.compress(body) + compressor.flush())
+        return self.receiver.deliver(items[0].key,
+                                     compressor.compress(body) + compressor.flush())
 
     def _rejection(self, status, answer, key):
         if status in _KEY_STATUSES:   # deliver() returns these only for a key not configured
@@ -4551,73 +4531,78 @@ class Sender:
         return Rejected("forward_rejected", "%d from %s: %s" % (
             status, self.receiver.endpoint, answer[:1024]))
 
-    def _deliver(self, log, key, items):
+    def _deliver(self, log, items):
         if self.doubt is not None:   # doubted in this batch: the rest waits for a round
             return True
-        status, answer = self._post(key, items)
+        status, answer = self._post(items)
         if status is None:
             return False
         if 200 <= status < 300:
             self._in_a_row = 0
-            return self.acknowledge(log, items, sent=True)
+            return self.acknowledge(log, items)
         if len(items) == 1 or status in _KEY_STATUSES:
             return self._refused(log, items, status, answer)
         middle = len(items) // 2
-        return self._deliver(log, key, items[:middle]) and \
-            self._deliver(log, key, items[middle:])
+        return self._deliver(log, items[:middle]) and self._deliver(log, items[middle:])
 
     def _refused(self, log, items, status, answer):
-        rejection = self._rejection(status, answer, items[0].key)
+        key = items[0].key
         if status in _KEY_STATUSES:
             self.reporter.say("forwarding to %s: it refused writeKey %s (%d %s), which is not "
                               "one of --write-key or --forward-write-key: its events go to "
                               "the rejects log as forward_unauthorized, for `pixel.py forward` "
                               "to send again once the key works" % (
-                                  self.receiver.endpoint, items[0].key, status,
-                                  " ".join(answer[:200].split())),
-                              key="forward_unauthorized " + items[0].key)
+                                  self.receiver.endpoint, key, status, _gist(answer)),
+                              key="forward_unauthorized " + key)
         self._in_a_row += 1
         if self._in_a_row <= MAX_REFUSED_IN_A_ROW:
-            return all(self.refuse(log, item, rejection) for item in items)
+            rejection = self._rejection(status, answer, key)
+            return all(self.refuse(log, item.end, [item.line], rejection) for item in items)
         self.doubt = [items[-1].end, 0, status, answer]
         self.reporter.say("forwarding to %s: it refused %d times in a row, taking nothing "
                           "between (%d %s): the receiver, not the events, is taken to be at "
                           "fault. Nothing more is written off; events are sent alone, with "
                           "backoff, until it takes one" % (
-                              self.receiver.endpoint, self._in_a_row, status,
-                              " ".join(answer[:200].split())))
+                              self.receiver.endpoint, self._in_a_row, status, _gist(answer)))
         return self._wait()
 
-    def _probe(self, log, first, ahead, exhausted):
-        status, answer = self._post(first.key, [first])
-        if status is None:
-            return False
-        if 200 <= status < 300:   # it takes events again: all goes on, in order
-            self.reporter.say("forwarding to %s: it takes events again" % self.receiver.endpoint)
-            self.doubt, self._in_a_row = None, 0
-            return self.acknowledge(log, [first], sent=True)
-        self.doubt[2:] = status, answer
-        for item in ahead:
-            status, answer = self._post(item.key, [item])
+    def _probe(self, log, first, end, complete):
+        start, rounds = self.doubt[:2]
+        data, whole = read_lines(log, start, end)
+        ahead = take_batch(data[:whole - 1], start, self.write_key, alone=True)[2] \
+            if whole else []
+        exhausted = not ahead and complete
+        for item in [first] + ahead[:min(2 ** (rounds + 1), PROBES_A_ROUND)]:
+            status, answer = self._post([item])
             if status is None:
                 return False
-            if 200 <= status < 300:   # those before it were refused for themselves
-                rejection = self._rejection(*self.doubt[2:], key=first.key)
+            if 200 <= status < 300 and item is first:   # it takes events again, in order
+                self.reporter.say("forwarding to %s: it takes events again"
+                                  % self.receiver.endpoint)
                 self.doubt, self._in_a_row = None, 0
+                return self.acknowledge(log, [first])
+            if 200 <= status < 300:   # those before it were refused for themselves
                 self.reporter.say("forwarding to %s: it took an event after refusing those "
                                   "before it, each alone: they go to the rejects log"
                                   % self.receiver.endpoint)
-                return self.write_off(log, item.end - len(item.line) - 1, rejection) and \
-                    self.acknowledge(log, [item], sent=True)
-            self.doubt[0], self.doubt[2:] = item.end, (status, answer)
+                return self._write_off(log, item.end - len(item.line) - 1, first.key) and \
+                    self.acknowledge(log, [item])
+            self.doubt[2:] = status, answer
+            if item is not first:
+                self.doubt[0] = item.end
         self.doubt[1] += 1
         if exhausted and self.doubt[1] > MAX_REFUSED_IN_A_ROW:
             # Nothing after them to tell the receiver's fault from theirs (the end of a
             # backfill): written off, so that the file is done.
-            rejection, end = self._rejection(*self.doubt[2:], key=first.key), self.doubt[0]
-            self.doubt, self._in_a_row = None, 0
-            return self.write_off(log, end, rejection)
+            return self._write_off(log, self.doubt[0], first.key)
         return self._wait()
+
+    def _write_off(self, log, end, key):
+        """Trust the receiver again, and write off the events held, up to `end`."""
+        rejection = self._rejection(*self.doubt[2:], key=key)
+        self.doubt, self._in_a_row = None, 0
+        lines = log.read(log.offset, end - log.offset).split(b"\n")[:-1]
+        return self.refuse(log, end, lines, rejection)
 
     def _wait(self):
         delay = backoff_delay(self.doubt[1] + 1, self.receiver.first_delay,
@@ -4625,48 +4610,6 @@ class Sender:
         self.receiver.failed_attempts += 1
         self.receiver.last_error, self.receiver.backoff = self.refusing_all, delay
         return not self.receiver.stopping.wait(delay)
-
-
-class Checkpoint:
-    """Where forwarding stands, in the state file at `path`: the file being sent (its
-    identity, and a checksum of its first bytes, since an inode is reused), the offset of
-    its first line not taken, and a backfill's list of the files it sent. Replaced
-    atomically after each batch taken: after a kill -9 at most that batch is sent again."""
-
-    def __init__(self, path, forwarder):
-        self.path = path
-        self._target = forwarder.receiver.url
-        self._reporter, self._clock = forwarder.reporter, forwarder.clock
-
-    def save(self, log, extra=(), quiet=True):
-        """Name `log` and its offset (and `extra` fields); failing, say so once an interval,
-        or with quiet=False raise the OSError."""
-        head_bytes = min(log.offset, 4096)
-        document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
-                    "offset": log.offset, "head_bytes": head_bytes,
-                    "head": log.head(head_bytes), "updated": format_time(self._clock()),
-                    "target": self._target}
-        document.update(extra)
-        try:
-            document["mtime_ns"] = log.mtime_ns()
-            write_checkpoint(self.path, document)
-        except OSError as error:
-            if not quiet:
-                raise
-            self._reporter.say("cannot write the checkpoint %s: %s; forwarding goes on, and "
-                               "after a restart the receiver may get events twice" % (
-                                   self.path, error.strerror or error), key="checkpoint")
-
-
-def read_ahead(log, end, complete, write_key, start, doubts):
-    """While a receiver is doubted (`doubts` times): (the events of `log` from `start`, after
-    those held, to send alone this round; whether there are none more: `log` is `complete`
-    to `end`)."""
-    limit = FORWARD_READ if end is None else min(FORWARD_READ, end - start)
-    data = log.read(start, limit) if limit > 0 else b""
-    cut = data.rfind(b"\n") + 1
-    items = take_batch(data[:cut - 1], start, write_key, alone=True)[3] if cut else []
-    return items[:min(2 ** (doubts + 1), PROBES_A_ROUND)], not items and complete
 
 
 # The forwarder's /metrics: (name after pixel_forward_, type, its status() field, help).
@@ -4686,9 +4629,12 @@ FORWARD_METRICS = (
 
 
 class Forwarder:
-    """Relays a log to a Receiver, in order and at least once, across crashes and outages:
-    a LogQueue's files (follow: a live log; add_files: a backfill) in batches a Sender sends,
-    a Checkpoint saved after each. What cannot be sent goes to the rejects log."""
+    """Relays a log to a Receiver, in order and at least once: a LogQueue's files (follow: a
+    live log; add_files: a backfill) in batches a Sender sends, and what cannot be sent to
+    the rejects log. After each batch taken the checkpoint file is replaced atomically (the
+    file being sent, by identity and a checksum of its first bytes, as inodes are reused; the
+    offset of its first line not taken; a backfill's files sent): after a kill -9 at most
+    that batch is sent again."""
 
     def __init__(self, receiver, rejects, *, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
                  alert=DEFAULT_FORWARD_ALERT, reporter=None, clock=time.time):
@@ -4697,38 +4643,35 @@ class Forwarder:
         self.write_key, self.batch_events, self.alert = write_key, batch_events, alert
         self.reporter, self.clock = reporter or Reporter(), clock
         self.queue = LogQueue(self.reporter, self.stopping)
-        self.checkpoint = None       # a Checkpoint
+        self.checkpoint = None       # its path
         self.thread = None
         self.sent = 0                # events the receiver took
         self.refused = Counter()     # events written to the rejects log instead, by reason
         self.skipped = 0             # rejects-log lines with no event to send again
         self.truncated = []          # a backfill's files it could not read to their end
         self.last_success = None     # clock time of the last 2xx
-        self.sender = Sender(receiver, self._refuse, self._write_off, self._acknowledge,
+        self.sender = Sender(receiver, write_key, self._refuse, self._acknowledge,
                              self.reporter, clock)
         self._caught_up_at = clock()   # all lines written before this were sent
 
     def follow(self, writer):
-        """Relay `writer`'s live log, from its checkpoint (state_path). Writes the
-        checkpoint at once (OSError if it cannot): a restart before the first batch is
-        taken must know where to start, or files rotated meanwhile pass for history."""
-        self.checkpoint = Checkpoint(adopt_legacy_state(writer.path, "forward",
-                                                        self.reporter), self)
+        """Relay `writer`'s live log from its checkpoint, written at once (or OSError): a
+        restart before the first batch must know where to start, or rotations pass for history."""
+        self.checkpoint = adopt_legacy_state(writer.path, "forward", self.reporter)
         try:
-            checkpoint = read_checkpoint(self.checkpoint.path)
+            checkpoint = read_checkpoint(self.checkpoint)
         except (OSError, ValueError) as error:
             self.reporter.say("cannot read the checkpoint %s (%s): forwarding every log "
                               "file from its start; the receiver may get events twice"
-                              % (self.checkpoint.path, getattr(error, "strerror", None) or
-                                 error))
+                              % (self.checkpoint, getattr(error, "strerror", None) or error))
             checkpoint = _NO_CHECKPOINT
         self.queue.follow(writer, checkpoint)
         self._save(self.queue.files[0], quiet=False)
 
     def add_files(self, paths, checkpoint):
-        """Relay the files at `paths` once (a backfill) from the checkpoint file
+        """Relay the files at `paths` once (a backfill), from the checkpoint file
         `checkpoint`; OSError or ValueError as LogQueue.add_files raises them."""
-        self.checkpoint = Checkpoint(checkpoint, self)
+        self.checkpoint = checkpoint
         try:
             document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
         except ValueError as error:
@@ -4793,19 +4736,19 @@ class Forwarder:
                         return True
                     self.stopping.wait(FORWARD_POLL)
                 elif batch:
-                    log, key, items, read_at, ahead = batch
-                    if not self.sender.send(log, key, items, *ahead):
+                    log, items, end, complete, read_at = batch
+                    if not self.sender.send(log, items, end, complete):
                         break
-                    if read_at is not None and log.offset == items[-1].end:
+                    if log.offset == items[-1].end == end:   # all there was, taken
                         self._caught_up_at = read_at
         except InterruptedError:   # a stop, in the middle of inflating an archive
             pass
         return False
 
     def _next_batch(self):
-        """(file, writeKey, items, read_at) to send, `read_at` the time of a read the batch
-        takes all of; None when there is nothing to send now; () after something done
-        without sending (a line refused, a file finished): look again at once."""
+        """(file, items, its end, whether complete, the time of the read) to send; None when
+        there is nothing to send now; () after something done without sending (a line
+        refused, a file finished): look again at once."""
         head = self.queue.first()
         if head is None:
             return None
@@ -4814,7 +4757,8 @@ class Forwarder:
             self.reporter.say("%s (inode %d) is gone before the forwarder could send it: its "
                               "unsent events are lost to the receiver" % (log.name,
                                                                           log.identity[1]))
-            return self._finished(log)
+            self.queue.finish(log, self._save)
+            return ()
         size = log.size()
         if size is not None and log.offset > size:
             self.reporter.say("%s was cut shorter under the forwarder (copytruncate?): "
@@ -4823,104 +4767,97 @@ class Forwarder:
         if end is not None:   # after a truncate from outside, the writer's count is stale
             end = min(end, size)
         read_at = self.clock()
-        limit = FORWARD_READ if end is None else min(FORWARD_READ, end - log.offset)
-        data = log.read(log.offset, limit) if limit > 0 else b""
-        cut = data.rfind(b"\n") + 1
-        if not cut:
-            if len(data) == FORWARD_READ:   # a line longer than any batch: not an event
-                end = log.line_end(log.offset + FORWARD_READ, self.stopping)
-                return None if end is None else self._refused(
-                    log, Item(b"", end, log.read(log.offset, MAX_REJECT_RAW)),
-                    Rejected("forward_unreadable", "a line of %d bytes" % (end - log.offset)))
-            if not complete:
-                if not data:
-                    self._caught_up_at = read_at
+        data, whole = read_lines(log, log.offset, end)
+        if whole:
+            skipped, log.offset, items, refused = take_batch(
+                data[:whole - 1], log.offset, self.write_key, self.batch_events,
+                alone=self.sender.doubt is not None)
+            self.skipped += skipped   # rejects-log lines with no event to send again
+        elif len(data) == FORWARD_READ:   # a line longer than any batch: not an event
+            end = log.line_end(log.offset + FORWARD_READ, self.stopping)
+            if end is None:
                 return None
-            if data:   # a last line with no newline: a torn write from long ago
-                return self._refused(log, Item(b"", log.offset + len(data), data),
-                                     Rejected("forward_unreadable", "no newline"))
+            refused = end, [log.read(log.offset, MAX_REJECT_RAW)], Rejected(
+                "forward_unreadable", "a line of %d bytes" % (end - log.offset))
+        elif not complete:
+            if not data:
+                self._caught_up_at = read_at
+            return None
+        elif data:   # a last line with no newline: a torn write from long ago
+            refused = log.offset + len(data), [data], Rejected("forward_unreadable",
+                                                                "no newline")
+        else:
             if log.broken is not None:   # an archive that does not inflate to its end
                 problem = "%s cannot be read past byte %d (inflated): %s" % (
                     log.name, log.offset, log.broken)
                 log.broken = None
-                if not self._refuse(log, Item(b"", log.offset, b""),
+                if not self._refuse(log, log.offset, [b""],
                                     Rejected("forward_truncated", problem)):
                     return None
                 self.truncated.append(problem)
-            return self._finished(log)
-        skipped, start, key, items, offset, refused = take_batch(
-            data[:cut - 1], log.offset, self.write_key, self.batch_events,
-            alone=self.sender.doubt is not None)
-        if skipped:   # rejects-log lines with no event to send again
-            self.skipped += skipped
-            self.queue.lines_done += skipped
-            log.offset = start
+            self.queue.finish(log, self._save)
+            return ()
         if refused is not None:
-            return self._refused(log, *refused)
+            self._refuse(log, *refused)   # False: stop() came, which ends the loop
+            return ()
         if not items:
             self._save(log)
             return ()
-        ahead = () if self.sender.doubt is None else read_ahead(
-            log, end, complete, self.write_key, *self.sender.doubt[:2])
-        return log, key, items, read_at if end is not None and offset == end else None, ahead
+        return log, items, end, complete, read_at
 
-    def _write_off(self, log, end, rejection):
-        """Write the lines of `log` from its offset to `end` to the rejects log, refused
-        with `rejection`, and move past them."""
-        lines = log.read(log.offset, end - log.offset).split(b"\n")[:-1]
-        return self._refuse(log, Item(b"", end, b""), rejection, lines)
-
-    def _finished(self, log):
-        """`log` is sent to its end: on to the next file. The checkpoint names that one at
-        once, so that it never names a file --keep may now delete. Returns ()."""
-        following = self.queue.finish(log)
-        if following is not None:
-            self._save(following)
-        self.queue.close_finished(log)
-        return ()
-
-    def _acknowledge(self, log, items, sent):
+    def _acknowledge(self, log, items):
+        """`items` of `log` were taken: past them."""
         log.offset = items[-1].end
-        self.queue.lines_done += len(items)
-        if sent:
-            self.sent += len(items)
-            self.last_success = self.clock()
-        self._save(log)
+        self._save(log)   # then the counts: who sees them sees the checkpoint saved
+        self.sent += len(items)
+        self.last_success = self.clock()
         return True
 
-    def _refused(self, log, item, rejection):
-        """_refuse, as _next_batch answers: () to look again at once, None to stop."""
-        return () if self._refuse(log, item, rejection) else None
-
-    def _refuse(self, log, item, rejection, lines=None):
-        """Write `item` (or log `lines` ending at its end) to the rejects log with
-        `rejection`, then move past it. False if stop() came while the rejects log could not
-        be written: a line is tried again until it is written, never skipped."""
-        lines = [item.line] if lines is None else lines
-        for line in lines:   # one a write: a failed one is written again, alone
+    def _refuse(self, log, end, lines, rejection):
+        """Write log `lines`, ending at `end`, to the rejects log with `rejection`, each until
+        it is written, then move past them; False if stop() came first."""
+        for line in lines:
             record, failures = forward_reject_line(rejection, line, self.clock()), 0
             while not self.rejects.write([record]):
                 failures += 1
                 if self.stopping.wait(backoff_delay(failures, self.receiver.first_delay,
                                                     self.receiver.max_delay)):
                     return False
+        log.offset = end
+        self._save(log)
         self.refused.add(rejection.reason, len(lines))
-        self.queue.lines_done += len(lines) - 1
-        return self._acknowledge(log, [item], sent=False)
+        return True
 
     def _save(self, log, quiet=True):
-        extra = {} if self.queue.writer is not None else {"done": self.queue.done}
+        """Name `log` and its offset in the checkpoint; failing, say so once an interval,
+        or with quiet=False raise the OSError."""
+        head_bytes = min(log.offset, 4096)
+        document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
+                    "offset": log.offset, "head_bytes": head_bytes,
+                    "head": log.head(head_bytes), "updated": format_time(self.clock()),
+                    "target": self.receiver.url}
+        if self.queue.writer is None:
+            document["done"] = self.queue.done
         if self.queue.legacy_until is not None:
-            extra["legacy_until"] = self.queue.legacy_until
-        self.checkpoint.save(log, extra, quiet)
+            document["legacy_until"] = self.queue.legacy_until
+        try:
+            document["mtime_ns"] = log.mtime_ns()
+            write_checkpoint(self.checkpoint, document)
+        except OSError as error:
+            if not quiet:
+                raise
+            self.reporter.say("cannot write the checkpoint %s: %s; forwarding goes on, and "
+                              "after a restart the receiver may get events twice" % (
+                                  self.checkpoint, error.strerror or error), key="checkpoint")
 
     def status(self, for_metrics=False):
         """The forwarder's part of /health, and with `for_metrics` what /metrics adds."""
-        lines, size, files = self.queue.backlog()
+        lines, size, files = self.queue.backlog(self.sent + self.refused.total() + self.skipped)
         oldest = self.queue.oldest_unsent() if lines or size else None
         age = max(0.0, self.clock() - (oldest or self._caught_up_at)) if lines or size else 0.0
         receiver = self.receiver
         fault = self.sender.refusing_all or receiver.wrong_url
+        paused = receiver.paused_key is not None or fault is not None
         status = {"target": receiver.url, "sent": self.sent, "refused": self.refused.total(),
                   "lines_behind": lines, "bytes_behind": size, "files_behind": files,
                   "backlog_seconds": round(age, 3),
@@ -4929,11 +4866,9 @@ class Forwarder:
                   "failed_attempts": receiver.failed_attempts,
                   "backoff": round(receiver.backoff, 3), "last_error": receiver.last_error,
                   "paused_write_key": receiver.paused_key, "receiver_fault": fault,
-                  "degraded": receiver.paused_key is not None or fault is not None or
-                  age > self.alert}
+                  "degraded": paused or age > self.alert}
         if for_metrics:
-            status.update(paused=int(receiver.paused_key is not None or fault is not None),
-                          last_success_time=float(self.last_success or 0))
+            status.update(paused=int(paused), last_success_time=float(self.last_success or 0))
         return status
 
 
