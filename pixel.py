@@ -1,6 +1,16 @@
 #!/usr/bin/env python3
 """pixel: a Segment-compatible tracking-pixel server in one file, standard library only.
 
+Usage:
+    python3 pixel.py                        # http://127.0.0.1:8000/, ./events.jsonl
+    python3 pixel.py --help                 # every flag, its PIXEL_* variable and default
+    python3 pixel.py forward --to URL FILE  # send log files to a Segment-compatible API
+    python3 pixel.py report FILE            # count the events of a log by a field
+
+    import pixel                            # starts nothing
+    event = pixel.pixel_event("track", "writeKey=K&userId=u&event=Opened", received_at=0.0)
+    application = pixel.make_wsgi_app(log="events.jsonl")   # behind any WSGI server
+
 It answers Segment's Pixel API and HTTP Tracking API, and appends every accepted event to a
 JSON-lines log, on disk before the reply goes out:
 
@@ -9,23 +19,13 @@ JSON-lines log, on disk before the reply goes out:
     POST /v1/{identify,group,alias,page,screen,track,batch,import}   (JSON, optionally gzip)
     GET  /health, /metrics
 
-Every pixel route answers 200 with a 1x1 transparent GIF, even on error; a rejected request
-is written, with a named reason, to a second JSON-lines file, the rejects log.
-
-Usage:
-    python3 pixel.py                        # http://127.0.0.1:8000/, ./events.jsonl
-    python3 pixel.py --help                 # every flag, its PIXEL_* variable and default
-    python3 pixel.py forward --to URL FILE  # send log files to a Segment-compatible API
-
-    import pixel                            # starts nothing
-    event = pixel.pixel_event("track", "writeKey=K&userId=u&event=Opened", received_at=0.0)
-    application = pixel.make_wsgi_app(log="events.jsonl")   # behind any WSGI server
+A pixel route answers 200 with a 1x1 transparent GIF, even on error; a rejected request is
+written, with a named reason, to a second JSON-lines file, the rejects log.
 
 Log format: one JSON object per line, ASCII only (non-ASCII is \\u-escaped, so no character
-inside a value can split a line): the client's payload plus "type", "messageId",
-"receivedAt", "timestamp", "context.ip" and "context.userAgent". With --max-bytes the live
-file is renamed to <log>.<UTC stamp> before a line would take it past the size; rotated
-files are never renamed again.
+can split a line): the client's payload plus "type", "messageId", "receivedAt", "timestamp",
+"context.ip" and "context.userAgent". With --max-bytes the live file is renamed to
+<log>.<UTC stamp> before a line would take it past the size, and never renamed again.
 
 Copyright (c) 2026 the pixel authors. The MIT License; its text is in LICENSE.
 SPDX-License-Identifier: MIT
