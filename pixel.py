@@ -302,8 +302,8 @@ def json_depth(text):
 
 
 def _deeper_than(text, max_depth):
-    """Whether JSON text nests deeper than `max_depth`: cheap unless it holds that many
-    brackets. Checked before json's C scanner reads the text (see MAX_DEPTH)."""
+    """Whether JSON text nests deeper than `max_depth`; cheap unless it has that many
+    brackets. Asked before json's C scanner reads the text (see MAX_DEPTH)."""
     return text.count("{") + text.count("[") > max_depth and json_depth(text) > max_depth
 
 
