@@ -916,15 +916,11 @@ def anonymize_query(query):
         name, _, value = field.partition("=")
         try:
             name, value = _unquote(name), _unquote(value)
-        except UnicodeDecodeError:
+            payload = decode_data(value) if name == "data" else None
+        except (UnicodeDecodeError, Rejected):   # no telling what it holds
             left_out = True
             continue
         if name == "data":
-            try:
-                payload = decode_data(value)
-            except Rejected:   # no telling what it holds
-                left_out = True
-                continue
             safe, cut = anonymize_json(payload)
             left_out = left_out or cut
             if safe != payload:
