@@ -1,6 +1,16 @@
 #!/usr/bin/env python3
 """pixel: a Segment-compatible tracking-pixel server in one file, standard library only.
 
+Usage:
+    python3 pixel.py                        # http://127.0.0.1:8000/, ./events.jsonl
+    python3 pixel.py --help                 # every flag, its PIXEL_* variable and default
+    python3 pixel.py forward --to URL FILE  # send log files to a Segment-compatible API
+    python3 pixel.py report FILE            # count the events of a log by a field
+
+    import pixel                            # starts nothing
+    event = pixel.pixel_event("track", "writeKey=K&userId=u&event=Opened", received_at=0.0)
+    application = pixel.make_wsgi_app(log="events.jsonl")   # behind any WSGI server
+
 It answers Segment's Pixel API and HTTP Tracking API, and appends every accepted event to a
 JSON-lines log, on disk before the reply goes out:
 
@@ -9,23 +19,13 @@ JSON-lines log, on disk before the reply goes out:
     POST /v1/{identify,group,alias,page,screen,track,batch,import}   (JSON, optionally gzip)
     GET  /health, /metrics
 
-Every pixel route answers 200 with a 1x1 transparent GIF, even on error; a rejected request
-is written, with a named reason, to a second JSON-lines file, the rejects log.
-
-Usage:
-    python3 pixel.py                        # http://127.0.0.1:8000/, ./events.jsonl
-    python3 pixel.py --help                 # every flag, its PIXEL_* variable and default
-    python3 pixel.py forward --to URL FILE  # send log files to a Segment-compatible API
-
-    import pixel                            # starts nothing
-    event = pixel.pixel_event("track", "writeKey=K&userId=u&event=Opened", received_at=0.0)
-    application = pixel.make_wsgi_app(log="events.jsonl")   # behind any WSGI server
+A pixel route answers 200 with a 1x1 transparent GIF, even on error; a rejected request is
+written, with a named reason, to a second JSON-lines file, the rejects log.
 
 Log format: one JSON object per line, ASCII only (non-ASCII is \\u-escaped, so no character
-inside a value can split a line): the client's payload plus "type", "messageId",
-"receivedAt", "timestamp", "context.ip" and "context.userAgent". With --max-bytes the live
-file is renamed to <log>.<UTC stamp> before a line would take it past the size; rotated
-files are never renamed again.
+can split a line): the client's payload plus "type", "messageId", "receivedAt", "timestamp",
+"context.ip" and "context.userAgent". With --max-bytes the live file is renamed to
+<log>.<UTC stamp> before a line would take it past the size, and never renamed again.
 
 Copyright (c) 2026 the pixel authors. The MIT License; its text is in LICENSE.
 SPDX-License-Identifier: MIT
@@ -40,7 +40,6 @@ __all__ = ["GIF", "REASONS", "Rejected", "decode_query", "validate", "enrich", "
 import argparse
 import array
 import base64
-import binascii
 import bisect
 import collections
 import datetime
@@ -168,13 +167,12 @@ REASONS = (
 # The pure core: a query or a body in, events or a named rejection out. No I/O.
 
 class Rejected(ValueError):
-    """A request or event that breaks a rule; `reason` is a stable snake_case name."""
+    """A request or event that breaks a rule: `reason` is a stable snake_case name, `item`
+    the batch item at fault, if there is one."""
 
     def __init__(self, reason, detail="", item=None):
-        super().__init__(reason if not detail else "%s: %s" % (reason, detail))
-        self.reason = reason
-        self.detail = detail
-        self.item = item        # the batch item at fault, when there is one
+        super().__init__("%s: %s" % (reason, detail) if detail else reason)
+        self.reason, self.detail, self.item = reason, detail, item
 
 
 def decode_query(query):
@@ -199,19 +197,16 @@ def decode_query(query):
             data = value
     if size > MAX_PAYLOAD_BYTES:
         raise Rejected("payload_too_large")
-    if data is None:
-        return plain
-    payload = decode_data(data)
-    return _overlay(plain, payload) if plain else payload
+    return plain if data is None else _overlay(plain, decode_data(data))
 
 
-# "%XX" to its character, for the ASCII escapes that make up nearly every query.
+# "XX" of "%XX" to its character, for the ASCII escapes that make up nearly every query.
 _ASCII_ESCAPES = {form % code: chr(code) for code in range(128) for form in ("%02X", "%02x")}
 
 
 def _unquote(text):
-    """urllib.parse.unquote(text.replace("+", " "), errors="strict"), as parse_qsl reads a
-    field, in half the time when every escape is ASCII. Raises UnicodeDecodeError."""
+    """urllib.parse.unquote_plus(text, errors="strict"), as parse_qsl reads a field, in half
+    the time when every escape is ASCII. Raises UnicodeDecodeError."""
     if "+" in text:
         text = text.replace("+", " ")
     if "%" not in text:
@@ -228,8 +223,8 @@ def _unquote(text):
 
 
 def parse_pairs(query):
-    """urllib.parse.parse_qsl(query, keep_blank_values=True, errors="strict"), capped at
-    MAX_PARAMS fields, several times faster. Raises UnicodeDecodeError."""
+    """urllib.parse.parse_qsl(query, keep_blank_values=True, errors="strict"), several times
+    faster. Raises UnicodeDecodeError, and Rejected past MAX_PARAMS fields."""
     if query.count("&") >= MAX_PARAMS:
         raise Rejected("too_many_params")
     pairs = []
@@ -257,6 +252,7 @@ def _set_dotted(target, key, value):
 
 
 def _overlay(base, top):
+    """A copy of `base` with `top` laid over it, objects in both merged the same way."""
     merged = dict(base)
     for key, value in top.items():
         below = merged.get(key)
@@ -265,23 +261,19 @@ def _overlay(base, top):
     return merged
 
 
-_MAX_DATA_CHARS = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
+_MAX_DATA_CHARS = (MAX_PAYLOAD_BYTES + 2) // 3 * 4 + 2
 
 
 def decode_data(data):
     """A pixel's `data=` value, base64 of a UTF-8 JSON object, as a dict."""
-    if len(data) > _MAX_DATA_CHARS + 2:
+    if len(data) > _MAX_DATA_CHARS:
         raise Rejected("payload_too_large")
     # Senders disagree about the alphabet and the padding, and "+" often arrives as a space:
     # normalise to the standard alphabet, then decode strictly.
-    text = data.rstrip("=")
-    if "-" in text or "_" in text:
-        text = text.replace("-", "+").replace("_", "/")
-    if " " in text:
-        text = text.replace(" ", "+")
+    text = data.rstrip("=").replace("-", "+").replace("_", "/").replace(" ", "+")
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):   # bad characters, bad length, or not ASCII
+    except ValueError:   # binascii.Error too: bad characters, bad length, or not ASCII
         raise Rejected("invalid_base64") from None
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise Rejected("payload_too_large")
@@ -309,6 +301,12 @@ def json_depth(text):
     return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
 
 
+def _deeper_than(text, max_depth):
+    """Whether JSON text nests deeper than `max_depth`; cheap unless it has that many
+    brackets. Asked before json's C scanner reads the text (see MAX_DEPTH)."""
+    return text.count("{") + text.count("[") > max_depth and json_depth(text) > max_depth
+
+
 # A \uD800-\uDFFF escape, which json turns into a lone surrogate unless it pairs up.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -333,8 +331,7 @@ def parse_object(raw, max_depth=MAX_DEPTH):
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise Rejected("invalid_utf8") from None
-    # Counting brackets bounds the depth cheaply; only a payload with many pays the scan.
-    if text.count("{") + text.count("[") > max_depth and json_depth(text) > max_depth:
+    if _deeper_than(text, max_depth):
         raise Rejected("too_deep")
     try:
         payload = _decode_json(text)
@@ -396,15 +393,11 @@ _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
 def _string_id(payload, field):
     """The field as a non-empty string, None if absent or empty; numbers become strings."""
     value = payload.get(field)
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):   # 1e400 parses as inf, which must not be logged
-            raise Rejected("invalid_number", field)
+    if value is None or isinstance(value, str):
+        return value or None
+    if isinstance(value, float) and not math.isfinite(value):   # 1e400 parses as inf
+        raise Rejected("invalid_number", field)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     raise Rejected("id_not_string", field)
 
@@ -490,31 +483,22 @@ def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=N
     truncates `ip`) and drops one that is not an address. Without a timestamp it is
     derived as Segment does: receivedAt - (sentAt - originalTimestamp) with both, which
     corrects the client's clock; else originalTimestamp; else receivedAt."""
-    event = {"type": kind}
-    event.update(payload)
-    event["type"] = kind
+    event = {"type": kind, **payload, "type": kind}   # the route's type, first
     if not event.get("messageId"):
         event["messageId"] = message_id or new_message_id()
     received = event["receivedAt"] = format_time(received_at)
     if event.get("timestamp") is None:
         original, sent = event.get("originalTimestamp"), event.get("sentAt")
-        corrected = None
+        event["timestamp"] = received if original is None else original
         if original is not None and sent is not None:
             corrected = received_at - (parse_time(sent) - parse_time(original))
-        # format_time rounds to the millisecond: check what it will write.
-        if corrected is not None and 0 <= round(corrected, 3) < _LAST_SECOND:
-            event["timestamp"] = format_time(corrected)
-        else:
-            event["timestamp"] = original if original is not None else received
+            if 0 <= round(corrected, 3) < _LAST_SECOND:   # as format_time will round it
+                event["timestamp"] = format_time(corrected)
     context = dict(event.get("context") or ())
     if ip is None:
         context.pop("ip", None)
     elif anonymize and "ip" in context:
-        client_ip = anonymize_ip(context["ip"]) if isinstance(context["ip"], str) else None
-        if client_ip is None:
-            del context["ip"]
-        else:
-            context["ip"] = client_ip
+        _anonymize_context_ip(context)
     else:
         context.setdefault("ip", ip)
     if user_agent and "userAgent" not in context:
@@ -611,25 +595,24 @@ def _gunzip(body):
             return b"".join(parts)
 
 
-def _basic_auth_user(authorization):
-    """The user of an HTTP Basic credential: Segment's SDKs send `writeKey:`."""
+def request_write_key(authorization, query):
+    """The writeKey a request names outside its body: its Basic auth user (Segment's and
+    RudderStack's SDKs send `writeKey:`), else its query's writeKey (navigator.sendBeacon
+    cannot send Authorization); None if neither. Raises Rejected for a query with two, or
+    one that is not UTF-8."""
     scheme, _, credential = (authorization or "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        user = base64.b64decode(credential.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    return user.partition(":")[0] or None
-
-
-def query_write_key(query):
-    """A query's writeKey parameter, None without one. Raises Rejected for two, or one
-    that is not UTF-8."""
+    if scheme.lower() == "basic":
+        try:
+            credential = base64.b64decode(credential.strip(), validate=True).decode("utf-8")
+        except ValueError:   # not base64, or not UTF-8
+            credential = ""
+        user = credential.partition(":")[0]
+        if user:
+            return user
     write_key = None
-    for field in query.split("&"):
+    for field in (query or "").split("&"):
         name, _, value = field.partition("=")
-        if ("%" in name and urllib.parse.unquote(name, errors="replace") or name) != "writeKey":
+        if urllib.parse.unquote(name, errors="replace") != "writeKey":
             continue
         if write_key is not None:
             raise Rejected("duplicate_key", "writeKey")
@@ -638,12 +621,6 @@ def query_write_key(query):
         except UnicodeDecodeError:
             raise Rejected("invalid_utf8", "writeKey") from None
     return write_key or None
-
-
-def request_write_key(authorization, query):
-    """The writeKey a request names outside its body: its Basic auth user (Segment's and
-    RudderStack's SDKs), else its query's (navigator.sendBeacon cannot send Authorization)."""
-    return _basic_auth_user(authorization) or (query_write_key(query) if query else None)
 
 
 def api_payloads(route, body, *, authorization=None, query=""):
@@ -675,12 +652,10 @@ def api_payloads(route, body, *, authorization=None, query=""):
     # An item counts what it may inherit toward its 32 KB and its depth, so that a large
     # shared context is not copied into thousands of small items; and all the items
     # together may write only a small multiple of the body.
-    inherited = 0
-    for value in shared.values():
-        text = _encode_lenient(value)
-        inherited += len(text)
-        if json_depth(text) > MAX_DEPTH - 1:   # level 2 of every event that inherits it
-            raise Rejected("too_deep")
+    texts = [_encode_lenient(value) for value in shared.values()]
+    if any(json_depth(text) > MAX_DEPTH - 1 for text in texts):   # level 2 of every event
+        raise Rejected("too_deep")
+    inherited = sum(map(len, texts))
     limit, total, pairs = request_log_limit(len(body)), 0, []
     for item in items:
         if not isinstance(item, dict):
@@ -738,16 +713,12 @@ def client_ip(peer, forwarded_for, trusted_proxies):
     proxies we trust. An IPv4-mapped IPv6 peer (a `--host ::` socket) is read as IPv4."""
     if peer.startswith("::ffff:"):
         peer = str(_address(peer) or peer)
-    if not forwarded_for or not _trusted(peer, trusted_proxies):
-        return peer
     candidate = peer
-    for entry in reversed(forwarded_for.split(",")):
-        address = _address(entry.strip())
-        if address is None:
-            break   # a malformed hop: trust nothing left of it
-        candidate = str(address)
-        if not any(address in network for network in trusted_proxies):
+    for entry in reversed((forwarded_for or "").split(",")):
+        address = _address(entry.strip()) if _trusted(candidate, trusted_proxies) else None
+        if address is None:   # not sent by a proxy we trust, or malformed: trust no further
             break
+        candidate = str(address)
     return candidate
 
 
@@ -771,20 +742,30 @@ def anonymize_ip(text):
                .network_address)
 
 
+def _anonymize_context_ip(context):
+    """Truncate a client's context["ip"] by anonymize_ip, or drop it if it is not an
+    address (nothing to truncate, so nothing to keep); return whether it was dropped."""
+    address = context["ip"]
+    address = anonymize_ip(address) if isinstance(address, str) else None
+    if address is None:
+        del context["ip"]
+    else:
+        context["ip"] = address
+    return address is None
+
+
 # A run of the characters addresses are written with: found in one linear pass, whatever
 # stands beside it ("host.203.0.113.77", "ip:2001:db8::77").
 _ADDRESS_RUN = re.compile(r"[0-9A-Fa-fxX.:]+", re.ASCII)
-_HEX = frozenset("0123456789abcdefABCDEF")
+# A number as inet_aton reads one: 0xcb.0.113.77 is 203.0.113.77.
+_INET_NUMBER = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]+")
 
 
 def _dotted(group):
-    """`group` with each number past the third of every four or more dotted ones (decimal,
-    or inet_aton's 0x...: 0xcb.0.113.77 is 203.0.113.77) made 0."""
+    """`group` with each number past the third of every four or more dotted ones made 0."""
     parts, count = group.split("."), 0
     for index, part in enumerate(parts):
-        number = part.isdigit() or part[:2] in ("0x", "0X") and part[2:] and \
-            _HEX.issuperset(part[2:])
-        count = count + 1 if number else 0
+        count = count + 1 if _INET_NUMBER.fullmatch(part) else 0
         if count > 3:
             parts[index] = "0"
     return ".".join(parts)
@@ -827,11 +808,8 @@ def _base64_hides_address(text):
     for match in _BASE64_RUN.finditer(text):
         run = match.group().replace("-", "+").replace("_", "/")
         for start in range(4):   # the run may begin anywhere in a group of four
-            piece = run[start:len(run) - (len(run) - start) % 4]
-            try:
-                decoded = base64.b64decode(piece, validate=True).decode("latin-1")
-            except binascii.Error:
-                continue
+            piece = run[start:len(run) - (len(run) - start) % 4]   # whole groups only
+            decoded = base64.b64decode(piece, validate=True).decode("latin-1")
             if anonymize_addresses(decoded) != decoded:
                 return True
     return False
@@ -885,20 +863,19 @@ def anonymize_json(value, budget=MAX_REJECT_RAW):
     enrich keeps it. Truncating an address costs microseconds and a body can hold a
     hundred thousand, so only the first `budget` characters of its strings are looked at;
     the strings after them become ""."""
-    left_out = []
+    left_out = False
 
     def quote(text):
-        nonlocal budget
+        nonlocal budget, left_out
         if budget <= 0:
             return ""
         safe = anonymize_text(text, budget)
         budget -= len(text)
-        if safe is None:
-            left_out.append(text)
+        left_out = left_out or safe is None
         return safe
 
     def walk(value):
-        nonlocal budget
+        nonlocal budget, left_out
         budget -= 2 if isinstance(value, (str, list, dict)) else 1   # quotes, brackets
         if isinstance(value, str):
             return quote(value) or ""
@@ -914,17 +891,11 @@ def anonymize_json(value, budget=MAX_REJECT_RAW):
             if name is not None:
                 copy[name] = walk(item)
         context = copy.get("context")
-        if isinstance(context, dict) and "ip" in context:
-            address = context["ip"]
-            address = anonymize_ip(address) if isinstance(address, str) else None
-            if address is None:   # not an address: nothing to truncate, so not kept
-                del context["ip"]
-                left_out.append(True)
-            else:
-                context["ip"] = address
+        if isinstance(context, dict) and "ip" in context and _anonymize_context_ip(context):
+            left_out = True
         return copy
 
-    return walk(value), bool(left_out)   # nested at most MAX_DEPTH + 2: see parse_object
+    return walk(value), left_out   # nested at most MAX_DEPTH + 2: see parse_object
 
 
 # Printable ASCII but what delimits or escapes a query: kept as is in a rebuilt one.
@@ -945,15 +916,11 @@ def anonymize_query(query):
         name, _, value = field.partition("=")
         try:
             name, value = _unquote(name), _unquote(value)
-        except UnicodeDecodeError:
+            payload = decode_data(value) if name == "data" else None
+        except (UnicodeDecodeError, Rejected):   # no telling what it holds
             left_out = True
             continue
         if name == "data":
-            try:
-                payload = decode_data(value)
-            except Rejected:   # no telling what it holds
-                left_out = True
-                continue
             safe, cut = anonymize_json(payload)
             left_out = left_out or cut
             if safe != payload:
@@ -982,8 +949,7 @@ def anonymize_body(body):
     JSON could hold an address in any encoding: it is left out whole."""
     try:
         text = body.decode("utf-8")
-        if text.count("{") + text.count("[") > MAX_DEPTH + 2 and \
-                json_depth(text) > MAX_DEPTH + 2:   # json's C scanner must not go that deep
+        if _deeper_than(text, MAX_DEPTH + 2):
             return "", True
         document = json.loads(text)
     except ValueError:   # UnicodeDecodeError too
