@@ -499,15 +499,16 @@ class JsonDepth(unittest.TestCase):
             per_byte = []
             for size in (32 * 1024, 512 * 1024):
                 text = make(size).encode()
-                started = time.perf_counter()
-                for _ in range(3):
+                runs = []
+                for _ in range(5):   # this thread's CPU time, the best of 5: other work on
+                    started = time.thread_time()   # the machine does not count
                     with self.assertRaises(pixel.Rejected):
                         pixel.parse_object(text)
-                elapsed = time.perf_counter() - started
+                    runs.append(time.thread_time() - started)
                 # Seconds, not milliseconds, is what the quadratic scan took: fail now
                 # rather than wait minutes for the larger size.
-                self.assertLess(elapsed, 3.0, (number, size))
-                per_byte.append(elapsed / len(text))
+                self.assertLess(sum(runs), 5.0, (number, size))
+                per_byte.append(min(runs) / len(text))
             with self.subTest(number):
                 self.assertLess(per_byte[1], 4 * per_byte[0] + 2e-8, per_byte)
 
