@@ -1995,8 +1995,8 @@ _NO_LABELS = (None, None)
 @functools.lru_cache(maxsize=4096)
 def agent_labels(agent):
     """(mailClient, machine) that a User-Agent says alone, None for what it does not say.
-    Cached: nearly every open comes from a few dozen agents; the caller passes at most
-    MAX_USER_AGENT characters, so the cache holds at most 4 MiB."""
+    Cached: nearly every open comes from a few dozen agents, each of at most MAX_USER_AGENT
+    characters, so the cache holds at most 4 MiB."""
     if agent.endswith(_GMAIL_PREFETCH):
         return "gmail", "gmail_prefetch"
     for marker, mail_client in _MAIL_AGENTS:
@@ -2012,11 +2012,11 @@ def agent_labels(agent):
 
 
 def fetch_labels(agent, headers, address=None, ranges=None):
-    """(mailClient, machine) for one pixel fetch, each a name or None: from its User-Agent
-    `agent`, its `headers` (lower-case names), the client `address` pixel trusts (text) and
-    the operator's `ranges` (an AddressRanges, or None). apple_mpp needs both Apple's agent,
-    exactly "Mozilla/5.0", and an address in Apple's list: the list alone is iCloud Private
-    Relay, people browsing; the agent alone is any script."""
+    """(mailClient, machine), each a name or None, of one pixel fetch: its User-Agent, its
+    `headers` (lower-case names), the client `address` pixel trusts and the operator's
+    `ranges` (an AddressRanges, or None). apple_mpp needs both Apple's agent, exactly
+    "Mozilla/5.0", and an address in Apple's list: the list alone is iCloud Private Relay,
+    people browsing; the agent alone is any script."""
     labels = agent_labels(agent[:MAX_USER_AGENT]) if agent else _NO_LABELS
     if ranges and address:
         wanted = RANGE_LABELS if agent == "Mozilla/5.0" else () if labels[1] else ("scanner",)
@@ -2035,8 +2035,8 @@ def fetch_labels(agent, headers, address=None, ranges=None):
 
 
 def address_number(text):
-    """(4 or 6, an address as an int) for address text, IPv4-mapped IPv6 as IPv4; None for
-    text that is not an address. inet_pton: ipaddress takes ten times as long."""
+    """(4 or 6, the address as an int) of address text, IPv4-mapped IPv6 as IPv4; None for
+    text that is not one. inet_pton: ipaddress takes ten times as long."""
     try:
         if ":" not in text:
             return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
@@ -2048,8 +2048,7 @@ def address_number(text):
     return 6, number
 
 
-_U32 = "I" if array.array("I").itemsize == 4 else "L"   # array typecodes of 32 and 64 bits
-_U64 = "Q"
+_U32 = "I" if array.array("I").itemsize == 4 else "L"   # an array typecode of 32 bits
 _LOW64 = (1 << 64) - 1
 
 
@@ -2099,25 +2098,19 @@ def _holds_v6(table, number):
 
 
 def _range_key(field):
-    """(4 or 6, first address << 8 | host bits) for a CIDR (bytes; host bits set are masked
-    off, as --trusted-proxy reads them; a bare address is a /32 or /128). ValueError. Run
-    once a line of Apple's list, so it parses as address_number does, without its calls."""
+    """(4 or 6, first address << 8 | host bits) of a CIDR (bytes), host bits set masked off
+    as --trusted-proxy reads them, a bare address a /32 or /128. ValueError. It parses as
+    address_number does, inlined: it runs once a line of Apple's list."""
     text, slash, length = field.decode("ascii").partition("/")
+    family, width = (6, 128) if ":" in text else (4, 32)
     try:
-        if ":" in text:
-            family, width = 6, 128
-            number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
-        else:
-            family, width = 4, 32
-            number = int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+        number = int.from_bytes(socket.inet_pton(
+            socket.AF_INET6 if family == 6 else socket.AF_INET, text), "big")
     except OSError:
         raise ValueError("not an address") from None   # a NUL raises ValueError itself
-    if slash:
-        if not (length.isdigit() and length.isascii() and len(length) <= 3):
-            raise ValueError("not a prefix length")
-        prefix = int(length)
-    else:
-        prefix = width
+    if slash and not (length.isdigit() and length.isascii() and len(length) <= 3):
+        raise ValueError("not a prefix length")
+    prefix = int(length) if slash else width
     if family == 6 and number >> 32 == 0xFFFF:   # IPv4-mapped: the prefix counts 96 bits
         if prefix < 96:
             raise ValueError("an IPv4-mapped prefix shorter than /96")
@@ -2128,111 +2121,119 @@ def _range_key(field):
     return family, (number >> host << host) << 8 | host
 
 
-def read_ranges(path, into_v4, into_v6, limit=MAX_RANGES):
+def log_lines(read, limit=MAX_EVENT_LINE, size=1 << 20):
+    """The lines (bytes, without their newline) of what `read(size)` gives until b"", one
+    at a time, the last one even without a newline. A line over `limit` bytes comes as one
+    None as soon as it is that long, and is never held whole: a file with no newline
+    (/dev/zero) costs one block."""
+    rest, skipping = b"", False
+    while True:
+        block = read(size)
+        if not block:
+            if rest:
+                yield rest
+            return
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        if skipping:   # the rest of a long line, said already
+            if not lines:
+                rest = b""
+                continue
+            del lines[0]
+            skipping = False
+        for line in lines:
+            yield line if len(line) <= limit else None
+        if len(rest) > limit:
+            yield None
+            rest, skipping = b"", True
+
+
+def read_ranges(path, into_v4, into_v6, limit):
     """Append the range keys (_range_key) of the ranges file `path` to the two lists, at
-    most `limit` of them. Each line's first field, up to a comma or a space, is a CIDR:
-    Apple's egress-ip-ranges.csv (172.224.226.0/27,GB,GB-EN,London,) and lists such as
-    warmbly's (CIDR scope label) load as they are. Blank lines and # comments are skipped.
-    ValueError names the file and the line of the first one that is not a range; OSError
-    for a file that cannot be read. Read a block at a time: a line is at most
-    MAX_RANGES_LINE bytes, and the file is never held whole."""
+    most `limit` of them; return how many. Each line's first field, up to a comma or a
+    space, is a CIDR: Apple's egress-ip-ranges.csv (172.224.226.0/27,GB,GB-EN,London,) and
+    lists such as warmbly's (CIDR scope label) load as they are. Blank lines and # comments
+    are skipped. ValueError names the file and the line of the first one that is not a
+    range; OSError for a file that cannot be read."""
     fd = open_file(path)
+    added = 0
     try:
-        number, rest, first = 0, b"", True
-        while True:
-            block = os.read(fd, 1 << 20)
-            lines = (rest + block).split(b"\n")
-            rest = lines.pop() if block else b""
-            if first and lines and lines[0].startswith(b"\xef\xbb\xbf"):   # a UTF-8 BOM
-                lines[0] = lines[0][3:]
-            first = False
-            if lines and max(map(len, lines)) > MAX_RANGES_LINE:   # a block at a time: fast
-                long = next(index for index, line in enumerate(lines)
-                            if len(line) > MAX_RANGES_LINE)
-                lines[long:] = [None]
-            for line in lines:
-                number += 1
-                if line is None:
-                    raise ValueError("%s line %d: longer than %d bytes"
-                                     % (path, number, MAX_RANGES_LINE))
-                field = line.split(b",", 1)[0].split(None, 1)
-                if not field or field[0][:1] == b"#":
-                    continue
-                try:
-                    family, key = _range_key(field[0])
-                except ValueError as error:   # UnicodeDecodeError too
-                    raise ValueError("%s line %d: %r is not a CIDR (%s): each line starts "
-                                     "with one, such as 172.224.226.0/27 or 2a02:26f7::/48"
-                                     % (path, number, field[0].decode("ascii", "replace")[:80],
-                                        error if not isinstance(error, UnicodeError) else
-                                        "not ASCII")) from None
-                (into_v4 if family == 4 else into_v6).append(key)
-                limit -= 1
-                if limit < 0:
-                    raise ValueError("%s line %d: more than %d ranges in all the files"
-                                     % (path, number, MAX_RANGES))
-            if len(rest) > MAX_RANGES_LINE:
+        if os.read(fd, 3) != b"\xef\xbb\xbf":   # a UTF-8 BOM
+            os.lseek(fd, 0, os.SEEK_SET)
+        read = functools.partial(os.read, fd)
+        for number, line in enumerate(log_lines(read, MAX_RANGES_LINE), 1):
+            if line is None:
                 raise ValueError("%s line %d: longer than %d bytes"
-                                 % (path, number + 1, MAX_RANGES_LINE))
-            if not block:
-                return
+                                 % (path, number, MAX_RANGES_LINE))
+            field = line.split(b",", 1)[0].split(None, 1)
+            if not field or field[0][:1] == b"#":
+                continue
+            try:
+                family, key = _range_key(field[0])
+            except ValueError as error:   # UnicodeDecodeError too
+                raise ValueError("%s line %d: %r is not a CIDR (%s): each line starts "
+                                 "with one, such as 172.224.226.0/27 or 2a02:26f7::/48"
+                                 % (path, number, field[0].decode("ascii", "replace")[:80],
+                                    error if not isinstance(error, UnicodeError) else
+                                    "not ASCII")) from None
+            if added == limit:
+                raise ValueError("%s line %d: more than %d ranges in all the files"
+                                 % (path, number, MAX_RANGES))
+            (into_v4 if family == 4 else into_v6).append(key)
+            added += 1
     finally:
         os.close(fd)
+    return added
 
 
 def _merged(keys):
     """The disjoint (first, last) ranges of range keys (sorted here, in place), in order,
     overlapping and adjacent ones joined."""
     keys.sort()
-    current = None
+    first = last = None
     for key in keys:
-        host = key & 0xFF
-        first = key >> 8
-        last = first + (1 << host) - 1
-        if current is not None and first <= current[1] + 1:
-            if last > current[1]:
-                current = (current[0], last)
+        start = key >> 8
+        end = start + (1 << (key & 0xFF)) - 1
+        if last is not None and start <= last + 1:
+            last = max(last, end)
             continue
-        if current is not None:
-            yield current
-        current = (first, last)
-    if current is not None:
-        yield current
+        if last is not None:
+            yield first, last
+        first, last = start, end
+    if last is not None:
+        yield first, last
 
 
 def load_ranges(sources):
     """An AddressRanges of (label, path) `sources`; several files of one label are one set.
     ValueError (a file, a line, what is wrong) or OSError. While it loads it holds one int a
     line (Apple's list: about 16 MiB at the peak), then only the merged ranges' arrays."""
-    keys, counts = {}, {}
+    keys, total = {}, 0
     for label, path in sources:
-        v4, v6 = keys.setdefault(label, ([], []))
-        others = sum(len(a) + len(b) for name, (a, b) in keys.items() if name != label)
-        before = len(v4) + len(v6)
-        read_ranges(path, v4, v6, MAX_RANGES - others)
-        counts[label] = counts.get(label, 0) + len(v4) + len(v6) - before
-    tables = {}
+        total += read_ranges(path, *keys.setdefault(label, ([], [])), MAX_RANGES - total)
+    tables, counts = {}, {}
     for label, (v4, v6) in keys.items():
-        table = tuple(array.array(code) for code in (_U32, _U32, _U64, _U64, _U64, _U64))
+        counts[label] = len(v4) + len(v6)
+        table = tuple(array.array(code) for code in (_U32, _U32, "Q", "Q", "Q", "Q"))
         v4_firsts, v4_lasts, first_highs, first_lows, last_highs, last_lows = table
         for first, last in _merged(v4):
             v4_firsts.append(first)
             v4_lasts.append(last)
-        del v4[:]
+        v4.clear()
         for first, last in _merged(v6):
             first_highs.append(first >> 64)
             first_lows.append(first & _LOW64)
             last_highs.append(last >> 64)
             last_lows.append(last & _LOW64)
-        del v6[:]
+        v6.clear()
         tables[label] = table
     return AddressRanges(tables, counts)
 
 
 class Labeller:
-    """Labels the events of pixel fetches (context.mailClient, context.machine) through
-    fetch_labels, with the ranges of `sources` ((label, path) pairs), loaded now (ValueError
-    or OSError, in words) and again by reload() (SIGHUP)."""
+    """Labels pixel fetches' events (context.mailClient, context.machine) by fetch_labels,
+    with the ranges of `sources` ((label, path) pairs), loaded now (ValueError or OSError)
+    and again by reload() (SIGHUP)."""
 
     def __init__(self, sources=(), reporter=None):
         self.sources = tuple(sources)
@@ -2241,11 +2242,10 @@ class Labeller:
         self._reload_lock = threading.Lock()
 
     def label(self, context, request, address_of):
-        """Set the labels of the fetch `request` in an event's `context`, `address_of(request)`
-        giving the client's address, which is read only when there are ranges to look in.
-        The two fields are pixel's own observation of the fetch: one sent in the URL is
-        removed, seen or not, since a URL is written once per send and copied everywhere,
-        and cannot know what fetched it (nor should it make opens machines, or not)."""
+        """Set the labels of the fetch `request` in an event's `context`; the client's
+        address, `address_of(request)`, is asked only when there are ranges to look in. The
+        labels are pixel's own observation: ones sent in the URL are removed, since a URL is
+        written once per send, copied everywhere, and cannot know what fetched it."""
         ranges, headers = self.ranges, request.headers
         agent = headers.get("user-agent")
         if agent and not agent.isascii():
@@ -5717,30 +5717,6 @@ def report_records(tally):
             record["day"] = day
         record.update(zip(REPORT_COLUMNS, counts.values()))
         yield record
-
-
-def log_lines(read, limit=MAX_EVENT_LINE, size=1 << 20):
-    """The lines (bytes, without their newline) of what `read(size)` gives until b"", one
-    at a time, the last one even without a newline. A line over `limit` bytes comes as one
-    None, and is never held whole: a file with no newline (/dev/zero) costs one block."""
-    rest, skipping = b"", False
-    while True:
-        block = read(size)
-        if not block:
-            if skipping:
-                yield None
-            elif rest:
-                yield rest
-            return
-        lines = (rest + block).split(b"\n") if rest else block.split(b"\n")
-        rest = lines.pop()
-        if skipping and lines:   # the long line ends in this block
-            lines[0] = None
-            skipping = False
-        for line in lines:
-            yield line if line is None or len(line) <= limit else None
-        if len(rest) > limit:
-            rest, skipping = b"", True
 
 
 # --------------------------------------------------------------------------------------------
