@@ -5478,18 +5478,20 @@ def make_wsgi_app(**options):
 REPORT_COLUMNS = ("events", "users", "machine", "events_no_machine", "users_no_machine")
 REPORT_BAR = 40   # characters of the longest --daily bar
 _REPORT_KEY_CHARS = 60   # of a group's key, shown in a table
+# json's C scanner, which json.loads calls after checks a log line does not need.
+_scan_json = json.JSONDecoder().scan_once
 
 
 class _Counts:
-    """One row's counts: events, those labelled machine, distinct users, and the distinct
-    users with an event not labelled machine."""
+    """One row's counts: events, those labelled machine, distinct users, the distinct users
+    with an event not labelled machine; and a group's rows by day, with --daily."""
 
     __slots__ = ("events", "machine", "users", "people", "days")
 
     def __init__(self):
         self.events = self.machine = 0
         self.users, self.people = set(), set()
-        self.days = None   # a group's, with --daily: day -> _Counts
+        self.days = collections.defaultdict(_Counts)
 
     def add(self, user, machine):
         self.events += 1
@@ -5529,27 +5531,24 @@ def report_time(text, end=False):
 
 class Tally:
     """Counts of an events log's events grouped by a field (`by`, a dotted path such as
-    properties.campaign), those of type `kind` and named `event` only, received within
-    [since, until] (format_time text, inclusive), and with `daily`, by day too (UTC, by
+    properties.campaign): those of type `kind` and named `event` only, received within
+    [since, until] (format_time text, inclusive), and with `daily` by day too (UTC, by
     receivedAt, pixel's own clock). A user is the userId, else the anonymousId (never the
-    same user as a userId of the same text); a machine event one with a context.machine.
-    Memory grows with the groups, days and users, never with the lines: each is dropped
-    once counted."""
+    same user as a userId of the same text); a machine event has a context.machine. Memory
+    grows with the groups, days and users, never with the lines."""
 
     def __init__(self, by="event", event=None, kind=None, since=None, until=None,
                  daily=False):
-        self.by = by
-        self.path = tuple(by.split("."))
+        self.by, self.path = by, tuple(by.split("."))
         self.event, self.kind, self.since, self.until = event, kind, since, until
         self.daily = daily
-        self.groups = {}    # key -> _Counts, with its days' _Counts in its `days`
+        self.groups = collections.defaultdict(_Counts)   # the field's value -> _Counts
         self.skipped = 0    # lines that are not events
         self._timed = since is not None or until is not None or daily
 
     def add_lines(self, lines):
-        """Count each line (bytes or str) that is an event; count the others in `skipped`.
-        None stands for a line too long to have been read (see log_lines)."""
-        scan, add, kinds = _scan_json, self.add, EVENT_TYPES
+        """Count each line (bytes or str) that is an event, and the others in `skipped`;
+        None stands for a line too long to have been read (log_lines')."""
         for line in lines:
             if not line:
                 if line is None:
@@ -5559,22 +5558,18 @@ class Tally:
                 # Half json.loads's time: UTF-8 decoded here, json's C scanner called
                 # directly. What it does not take whole, json.loads reads as it would.
                 text = line.decode() if type(line) is bytes else line
-                event, end = scan(text, 0)
+                try:
+                    event, end = _scan_json(text, 0)
+                except StopIteration:   # no value where the line starts: a BOM, a space
+                    event, end = json.loads(line), len(text)
                 if end != len(text):
                     event = json.loads(text)
-            except StopIteration:   # the scanner finds no value where the line starts
-                try:
-                    event = json.loads(line)
-                except (ValueError, RecursionError):
-                    self.skipped += 1
-                    continue
             except (ValueError, RecursionError):   # torn, not JSON, not UTF-8, too deep
-                self.skipped += 1
-                continue
-            if type(event) is not dict or event.get("type") not in kinds:
+                event = None
+            if type(event) is dict and event.get("type") in EVENT_TYPES:
+                self.add(event)
+            else:
                 self.skipped += 1   # a checkpoint, a settings document, another log's line
-                continue
-            add(event)
 
     def add(self, event):
         """Count one event (a dict with a type)."""
@@ -5594,23 +5589,18 @@ class Tally:
         if value is not None and type(value) is not str:   # 1 and "1" are two groups
             value = (_encode_lenient(value),)
         user = event.get("userId")
-        if type(user) is not str or not user:
-            user = _other_user(user, event.get("anonymousId"))
+        if user is None or user == "":
+            user = event.get("anonymousId")
+            user = None if user is None or user == "" else ("anonymousId", str(user))
+        elif type(user) is not str:
+            user = str(user)   # a number, from another writer
         context = event.get("context")
         machine = type(context) is dict and bool(context.get("machine"))
-        counts = self.groups.get(value)
-        if counts is None:
-            counts = self.groups[value] = _Counts()
+        counts = self.groups[value]
         counts.add(user, machine)
         if self.daily:
-            days = counts.days
-            if days is None:
-                days = counts.days = {}
             day = received[:10] if received is not None else "(no date)"
-            counts = days.get(day)
-            if counts is None:
-                counts = days[day] = _Counts()
-            counts.add(user, machine)
+            counts.days[day].add(user, machine)
 
     @property
     def total(self):
@@ -5623,48 +5613,21 @@ class Tally:
             total.people |= counts.people
         return total
 
-    @property
-    def peak_day(self):
-        """The most events of any one row of a day."""
-        return max((day.events for counts in self.groups.values()
-                    for day in (counts.days or {}).values()), default=0)
-
     def rows(self):
-        """(key, day, counts) rows: each group, the most events first, with daily its days
-        after it, oldest first (day None on a group's row; "(no date)" for events with no
-        receivedAt to read)."""
-        def order(item):   # ties by key, with the events that have none last
-            return (-item[1].events, item[0] is None, _key_text(item[0]))
+        """(key, day, counts) rows: each group, the most events first (ties by key, the
+        events with no key last), with --daily its days after it, oldest first (day None on
+        a group's row; "(no date)" for events with no receivedAt to read)."""
         rows = []
-        for key, counts in sorted(self.groups.items(), key=order):
+        for key, counts in sorted(self.groups.items(), key=lambda item: (
+                -item[1].events, item[0] is None, _key_text(item[0]))):
             rows.append((key, None, counts))
-            rows.extend((key, day, day_counts) for day, day_counts in
-                        sorted((counts.days or {}).items()))
+            rows.extend((key, day, day_counts) for day, day_counts in sorted(counts.days.items()))
         return rows
-
-
-def _other_user(user_id, anonymous_id):
-    """The user of an event whose userId is not a non-empty string: the userId as text (a
-    number, from another writer), else the anonymousId, kept apart from userIds, else
-    None."""
-    if user_id is not None and user_id != "":
-        return str(user_id)
-    if anonymous_id is None or anonymous_id == "":
-        return None
-    return ("anonymousId", str(anonymous_id))
-
-
-# json's C scanner, which json.loads calls after checks a log line does not need.
-_scan_json = json.JSONDecoder().scan_once
 
 
 def _key_text(key):
     """A group's key as text: a string as it is, another value as JSON, none as (none)."""
     return "(none)" if key is None else key[0] if type(key) is tuple else key
-
-
-def _key_value(key):
-    return None if key is None else json.loads(key[0]) if type(key) is tuple else key
 
 
 def _printable(text, limit):
@@ -5677,7 +5640,7 @@ def _printable(text, limit):
 
 
 def _bar(counts, peak):
-    """A day's bar: its length its events against the busiest day's, "#" for events not
+    """A day's bar, as long against the busiest day's as its events: "#" for events not
     labelled machine, "." for machine ones."""
     if not counts.events or not peak:
         return ""
@@ -5689,15 +5652,14 @@ def _bar(counts, peak):
 def report_table(tally):
     """The report as aligned text: a header, a row a group (with --daily, a row a day under
     it with its bar), and a total row, whose users are distinct over all groups."""
-    peak = tally.peak_day
-    rows = [[_printable(_key_text(key), _REPORT_KEY_CHARS) if day is None else
-             "  " + day] + [str(value) for value in counts.values()] +
-            [_bar(counts, peak) if day is not None else ""]
-            for key, day, counts in tally.rows()]
-    header = [_printable(tally.by, _REPORT_KEY_CHARS)] + list(REPORT_COLUMNS) + [""]
-    total = ["total"] + [str(value) for value in tally.total.values()] + [""]
-    table = [header] + rows + [total]
-    widths = [max(len(row[column]) for row in table) for column in range(len(header) - 1)]
+    rows = tally.rows()
+    peak = max((counts.events for _, day, counts in rows if day is not None), default=0)
+    table = [[_printable(tally.by, _REPORT_KEY_CHARS)] + list(REPORT_COLUMNS) + [""]]
+    table += [[_printable(_key_text(key), _REPORT_KEY_CHARS) if day is None else "  " + day]
+              + [str(value) for value in counts.values()]
+              + [_bar(counts, peak) if day is not None else ""] for key, day, counts in rows]
+    table.append(["total"] + [str(value) for value in tally.total.values()] + [""])
+    widths = [max(len(row[column]) for row in table) for column in range(len(table[0]) - 1)]
     lines = []
     for row in table:
         cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
@@ -5712,7 +5674,8 @@ def report_records(tally):
     """The report as dicts, one a group (with --daily, one a day of a group too): key (the
     field's value; null where events have none), day (with --daily), and REPORT_COLUMNS."""
     for key, day, counts in tally.rows():
-        record = {"key": _key_value(key)}
+        record = {"key": None if key is None else json.loads(key[0]) if type(key) is tuple
+                  else key}
         if tally.daily:
             record["day"] = day
         record.update(zip(REPORT_COLUMNS, counts.values()))
