@@ -2290,26 +2290,20 @@ def _ranges_error(error):
 
 class DedupeWindow:
     """The dedupe_keys of the last `size` distinct events written, oldest forgotten first,
-    kept as 64-bit digests (hash(), keyed per process) in two arrays made once: a ring in
-    the order written, and an open-addressing table for lookups. A dict here, resized now
-    by one thread and now by another, left glibc's per-thread arenas holding some 80 MiB of
-    freed tables under SDK traffic (a new messageId each, 12k events a second, measured
-    RSS); these never move. Two keys with one digest (one chance in 2**64 / size) would be
-    taken for one. Not thread-safe."""
+    as 64-bit digests (hash(), keyed per process: two keys of one digest, one chance in
+    2**64 / size, are taken for one) in two arrays made once: a ring in the order written,
+    and an open-addressing table. A dict here, resized now by one thread and now by another,
+    left glibc's per-thread arenas holding some 80 MiB of freed tables under SDK traffic (a
+    new messageId each, 12k events a second, measured RSS); arrays never move. Not
+    thread-safe."""
 
     def __init__(self, size):
-        slots = 2
-        while slots < 2 * size:   # at most half full: short probes
-            slots *= 2
         self.size = size
+        slots = 1 << (2 * size - 1).bit_length()   # a power of two, at most half full
         self._mask = slots - 1
         self._table = array.array("q", bytes(8 * slots))   # 0: an empty slot
         self._ring = array.array("q", bytes(8 * size))
         self._next = self._count = 0
-
-    @staticmethod
-    def _digest(key):
-        return hash(key) or 1
 
     def _find(self, digest):
         """The slot holding `digest`, or the empty one where it would go."""
@@ -2320,13 +2314,13 @@ class DedupeWindow:
         return slot
 
     def __contains__(self, key):
-        return self._table[self._find(self._digest(key))] != 0
+        return self._table[self._find(hash(key) or 1)] != 0
 
     def __len__(self):
         return self._count
 
     def add(self, key):
-        digest = self._digest(key)
+        digest = hash(key) or 1   # 0 is an empty slot
         slot = self._find(digest)
         if self._table[slot]:
             return   # remembered already (a warm-up from a log that repeats one)
@@ -2384,40 +2378,31 @@ def quote_body(body, anonymize):
 
 
 def quote_item(item, anonymize):
-    left_out = False
-    if anonymize:
-        item, left_out = anonymize_json(item)
+    item, left_out = anonymize_json(item) if anonymize else (item, False)
     return _encode_lenient(item)[:MAX_REJECT_RAW], left_out
 
 
 def reject_line(rejection, request, received_at, ip, anonymize, quoted=None, redacted=False):
     """A rejects-log line, enough to find a broken campaign and replay it: a pixel's quotes
-    its query, an API request's its body (`quoted`) or the item at fault."""
+    its query, an API request's its body (`quoted`) or the item at fault. Fields that would
+    be empty are left out."""
     # The detail can quote a parameter's name, and the user agent is the client's too.
     detail, cut = quote_text(rejection.detail, anonymize)
     agent, cut_agent = quote_text(user_agent(request.headers) or "", anonymize, MAX_USER_AGENT)
-    record = {"reason": rejection.reason}
-    if detail:
-        record["detail"] = detail
-    record["method"] = request.method
-    record["path"] = request.path[:1024]
-    if quoted is not None:
-        record["body"] = quoted
-    else:
+    query = truncated = None
+    if quoted is None:
         query, cut_query = anonymize_query(request.query) if anonymize else \
             (request.query, False)
         cut = cut or cut_query
-        record["query"] = query[:MAX_REJECT_RAW]
-        if len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW:
-            record["queryTruncated"] = True
-    if redacted or cut or cut_agent:
-        record["redacted"] = True
-    if ip is not None:
-        record["ip"] = ip
-    if agent:
-        record["userAgent"] = agent
-    record["receivedAt"] = format_time(received_at)
-    return (_encode(record) + "\n").encode("ascii")
+        truncated = len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW
+        query = query[:MAX_REJECT_RAW]
+    record = {"reason": rejection.reason, "detail": detail or None, "method": request.method,
+              "path": request.path[:1024], "body": quoted, "query": query,
+              "queryTruncated": truncated or None,
+              "redacted": True if redacted or cut or cut_agent else None, "ip": ip,
+              "userAgent": agent or None, "receivedAt": format_time(received_at)}
+    return (_encode({name: value for name, value in record.items() if value is not None})
+            + "\n").encode("ascii")
 
 
 # What validate() refuses a writeKey for: with --write-key, an API request refused only for
@@ -2500,8 +2485,8 @@ class Recorder:
         return anonymize_ip(ip) if self.anonymize_ip else ip
 
     def true_client_ip(self, request):
-        """The client's address by the rules above, before --no-ip or --anonymize-ip: what
-        the machine ranges are matched against. None if none is known."""
+        """The client's address before --no-ip or --anonymize-ip, which the machine ranges
+        are matched against; None if none is known."""
         ip = request.peer
         if ip and (self.trusted_proxies or ip.startswith("::ffff:")):
             ip = client_ip(ip, request.headers.get("x-forwarded-for"), self.trusted_proxies)
@@ -2524,10 +2509,10 @@ class Recorder:
         self.write_events([line], [_client_id(payload, event)], [kind])
 
     def write_events(self, lines, client_ids, kinds):
-        """Write `lines` (events of `kinds`), but none whose writeKey and client-sent
-        messageId (`client_ids`, each a dedupe_key, or None for an id pixel made) were
-        written within the dedupe window: SDKs, browsers and networks repeat an event with
-        its messageId. True once all that was kept is on disk."""
+        """Write `lines` (events of `kinds`), but none whose `client_ids` entry (a dedupe_key
+        of a client-sent messageId; None for one pixel made) was written within the dedupe
+        window: SDKs, browsers and networks repeat an event with its messageId. True once
+        all that was kept is on disk."""
         if self.recent is None or not any(client_ids):
             written = self.events.write(lines)
         else:
@@ -2552,14 +2537,13 @@ class Recorder:
         return written
 
     def record_api(self, route, request, browser=False):
-        """Write the events of an HTTP API body; return the answer. 200 once they are on
-        disk; 400 for a body that is not one; 503 if the log could not be written, so that
-        SDKs (which retry a 5xx) send it again; with --write-key, 401 when every event was
-        refused for its key. Items that break a rule go to the rejects log, at most
-        MAX_REJECTS_PER_REQUEST lines of them, then a line that counts the rest. On the
-        `browser` routes an event's `timestamp` is the browser's clock: it becomes
-        originalTimestamp, and timestamp receivedAt - (sentAt - originalTimestamp), as
-        Segment does for client sources."""
+        """Write the events of an HTTP API body; return the answer: 200 once they are on
+        disk, 400 for a body that is not one, 503 if the log could not be written (SDKs
+        retry a 5xx), and with --write-key 401 when every event was refused for its key.
+        Items that break a rule go to the rejects log: at most MAX_REJECTS_PER_REQUEST
+        lines, then one that counts the rest. On `browser` routes an event's `timestamp` is
+        the browser's clock: it becomes originalTimestamp, and timestamp receivedAt -
+        (sentAt - originalTimestamp), as Segment does for client sources."""
         received_at = self.clock()
         ip = self.client_ip(request)
         agent = user_agent(request.headers)
@@ -2572,7 +2556,7 @@ class Recorder:
             return self._body_refused(rejection, request, received_at, ip, body)
         lines, client_ids, kinds, refused = [], [], [], []
         size, limit = 0, request_log_limit(len(body))
-        key_refused = key_taken = False   # was some event's writeKey refused? one's taken?
+        key_reason, key_taken = None, False   # the first writeKey refused; was one taken?
         for kind, payload in pairs:
             try:
                 if isinstance(payload, Rejected):   # an item that is not even an event
@@ -2586,12 +2570,11 @@ class Recorder:
                 line = encode_line(event)
             except Rejected as rejection:
                 refused.append((rejection, payload.item if payload is rejection else payload))
-                key_refused = key_refused or rejection.reason in _KEY_REASONS
-                # validate() checks the key first: a later reason means the key was taken.
-                key_taken = key_taken or payload is not rejection and \
-                    rejection.reason not in _KEY_REASONS
+                if rejection.reason in _KEY_REASONS:
+                    key_reason = key_reason or rejection.reason
+                elif payload is not rejection:   # validate() checks the key first
+                    key_taken = True
                 continue
-            key_taken = True
             size += len(line)
             if size > limit:   # with the user agent, ip and pixel's fields, once an event
                 return self._body_refused(Rejected("batch_too_large"), request, received_at,
@@ -2602,13 +2585,11 @@ class Recorder:
         written = self.write_events(lines, client_ids, kinds) if lines else True
         if refused:
             self._refuse_items(refused, request, received_at, ip)
-        if self.write_keys and key_refused and not key_taken:
+        if self.write_keys and key_reason and not key_taken and not lines:
             # Segment answers 200 to anything, and its users cannot tell a wrong key from a
             # right one; pixel knows its keys. A browser gets no challenge, which would make
             # it ask its user for a password.
-            reason = next(rejection.reason for rejection, _ in refused
-                          if rejection.reason in _KEY_REASONS)
-            return error_answer(401, reason, () if request.headers.get("origin") else
+            return error_answer(401, key_reason, () if request.headers.get("origin") else
                                 (("WWW-Authenticate", 'Basic realm="pixel"'),))
         return SUCCESS if written else error_answer(503, "write_failed")
 
@@ -2636,11 +2617,10 @@ class Recorder:
 
     def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
                redacted=False):
-        """Write one rejects-log line, enough to find a broken campaign and replay it: a
-        pixel's quotes its query, an API request's its body or the item at fault."""
+        """Write one rejects-log line (reject_line's); the request's time and address, if
+        not given, are now and its client's."""
         if received_at is None:
-            received_at = self.clock()
-            ip = self.client_ip(request)
+            received_at, ip = self.clock(), self.client_ip(request)
         self._write_rejects([reject_line(rejection, request, received_at, ip, self.anonymize_ip,
                                          quoted, redacted)], [rejection.reason])
 
@@ -2656,7 +2636,7 @@ class Recorder:
                                               self.anonymize_ip)
                 self.reject(Rejected("torn_tail", "%d byte(s) cut from %s" % (
                     writer.torn_tail_bytes, writer.path)), Request("", "", "", {}, "", b""),
-                    received_at=self.clock(), quoted=quoted, redacted=redacted)
+                    quoted=quoted, redacted=redacted)
 
     def reopen(self):
         """Open both logs afresh at their paths (SIGHUP)."""
@@ -2758,14 +2738,15 @@ class App:
             return NOT_FOUND
         if self.public_url:
             protocol, _, host = self.public_url.partition("://")
-            return json_answer(200, settings_document(write_key, protocol, host,
-                                                      request.prefix))
-        host = request.headers.get("host", "")
-        if not _ORIGIN.match("http://" + host):
-            return plain_answer(400)
-        protocol = request_scheme(request, self.recorder.trusted_proxies)
+            cache = ()
+        else:
+            host = request.headers.get("host", "")
+            if not _ORIGIN.match("http://" + host):
+                return plain_answer(400)
+            protocol = request_scheme(request, self.recorder.trusted_proxies)
+            cache = (("Cache-Control", "no-store"),)
         return json_answer(200, settings_document(write_key, protocol, host, request.prefix),
-                           (("Cache-Control", "no-store"),))
+                           cache)
 
     def source_config(self, request):
         """RudderStack's source configuration, for the writeKey the request names (Basic
