@@ -1989,7 +1989,6 @@ _APPLE_DEVICES = ("Macintosh", "iPhone", "iPad")
 # A browser's prefetch or prerender says so (Mautic's isRequestTrackable, warmbly).
 _PREFETCH_HEADERS = ("sec-purpose", "purpose", "x-purpose", "x-moz")
 _PREFETCH_WORDS = ("prefetch", "prerender", "preview")
-_NO_LABELS = (None, None)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -2008,7 +2007,7 @@ def agent_labels(agent):
     if "AppleWebKit/" in agent and "Safari/" not in agent and \
             any(device in agent for device in _APPLE_DEVICES):
         return "apple_mail", None
-    return _NO_LABELS
+    return None, None
 
 
 def fetch_labels(agent, headers, address=None, ranges=None):
@@ -2017,10 +2016,10 @@ def fetch_labels(agent, headers, address=None, ranges=None):
     `ranges` (an AddressRanges, or None). apple_mpp needs both Apple's agent, exactly
     "Mozilla/5.0", and an address in Apple's list: the list alone is iCloud Private Relay,
     people browsing; the agent alone is any script."""
-    labels = agent_labels(agent[:MAX_USER_AGENT]) if agent else _NO_LABELS
+    labels = agent_labels(agent[:MAX_USER_AGENT]) if agent else (None, None)
     if ranges and address:
         wanted = RANGE_LABELS if agent == "Mozilla/5.0" else () if labels[1] else ("scanner",)
-        found = ranges.find(address, wanted) if wanted else None
+        found = ranges.find(address, wanted)
         if found == "apple_mpp":
             return "apple_mail", "apple_mpp"
         if found == "scanner":
@@ -2035,8 +2034,8 @@ def fetch_labels(agent, headers, address=None, ranges=None):
 
 
 def address_number(text):
-    """(4 or 6, the address as an int) of address text, IPv4-mapped IPv6 as IPv4; None for
-    text that is not one. inet_pton: ipaddress takes ten times as long."""
+    """(4 or 6, the address as an int) of address text, IPv4-mapped IPv6 as IPv4, or None.
+    inet_pton: ipaddress takes ten times as long."""
     try:
         if ":" not in text:
             return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
@@ -2053,18 +2052,15 @@ _LOW64 = (1 << 64) - 1
 
 
 class AddressRanges:
-    """The operator's address ranges by label, immutable: for each label and family, the
-    ranges merged into disjoint ones, their first and last addresses in sorted arrays
-    searched with bisect (IPv6 as a high and a low 64-bit half). Apple's ~290,000 rows take
-    about 6 MB; a lookup a few bisects."""
+    """The operator's address ranges by label (load_ranges'), immutable: for each label and
+    family, disjoint ranges whose first and last addresses are in sorted arrays, searched
+    with bisect (IPv6 as a high and a low 64-bit half). Apple's ~290,000 rows take about
+    6 MB; a lookup a few bisects."""
 
-    def __init__(self, tables=None, counts=None):
-        self._tables = tables or {}   # label -> (v4 firsts, v4 lasts, v6 first highs,
-                                      #           v6 first lows, v6 last highs, v6 last lows)
-        self.counts = counts or {}    # label -> lines loaded
-
-    def __bool__(self):
-        return bool(self._tables)
+    def __init__(self, tables, counts):
+        self._tables = tables   # label -> (v4 firsts, v4 lasts, v6 first highs,
+                                #           v6 first lows, v6 last highs, v6 last lows)
+        self.counts = counts    # label -> lines loaded
 
     def find(self, address, labels=RANGE_LABELS):
         """The first of `labels` with a range holding `address` (text), or None."""
@@ -2072,10 +2068,9 @@ class AddressRanges:
         if parsed is None:
             return None
         family, number = parsed
+        holds = _holds_v4 if family == 4 else _holds_v6
         for label in labels:
-            table = self._tables.get(label)
-            if table is not None and (_holds_v4(table, number) if family == 4 else
-                                      _holds_v6(table, number)):
+            if label in self._tables and holds(self._tables[label], number):
                 return label
         return None
 
@@ -2149,12 +2144,11 @@ def log_lines(read, limit=MAX_EVENT_LINE, size=1 << 20):
 
 
 def read_ranges(path, into_v4, into_v6, limit):
-    """Append the range keys (_range_key) of the ranges file `path` to the two lists, at
-    most `limit` of them; return how many. Each line's first field, up to a comma or a
-    space, is a CIDR: Apple's egress-ip-ranges.csv (172.224.226.0/27,GB,GB-EN,London,) and
-    lists such as warmbly's (CIDR scope label) load as they are. Blank lines and # comments
-    are skipped. ValueError names the file and the line of the first one that is not a
-    range; OSError for a file that cannot be read."""
+    """Append the range keys (_range_key's) of the ranges file `path` to the two lists, at
+    most `limit` of them; return how many. A line's first field, up to a comma or a space,
+    is a CIDR, so Apple's egress-ip-ranges.csv (172.224.226.0/27,GB,GB-EN,London,) and
+    lists such as warmbly's (CIDR scope label) load as they are; blank lines and # comments
+    are skipped. ValueError names the file and line of the first that is not a range."""
     fd = open_file(path)
     added = 0
     try:
@@ -2171,11 +2165,11 @@ def read_ranges(path, into_v4, into_v6, limit):
             try:
                 family, key = _range_key(field[0])
             except ValueError as error:   # UnicodeDecodeError too
-                raise ValueError("%s line %d: %r is not a CIDR (%s): each line starts "
-                                 "with one, such as 172.224.226.0/27 or 2a02:26f7::/48"
-                                 % (path, number, field[0].decode("ascii", "replace")[:80],
-                                    error if not isinstance(error, UnicodeError) else
-                                    "not ASCII")) from None
+                why = "not ASCII" if isinstance(error, UnicodeError) else error
+                raise ValueError("%s line %d: %r is not a CIDR (%s): each line starts with "
+                                 "one, such as 172.224.226.0/27 or 2a02:26f7::/48" % (
+                                     path, number, field[0].decode("ascii", "replace")[:80],
+                                     why)) from None
             if added == limit:
                 raise ValueError("%s line %d: more than %d ranges in all the files"
                                  % (path, number, MAX_RANGES))
@@ -2187,7 +2181,7 @@ def read_ranges(path, into_v4, into_v6, limit):
 
 
 def _merged(keys):
-    """The disjoint (first, last) ranges of range keys (sorted here, in place), in order,
+    """The (first, last) ranges of range `keys` (sorted here, in place), in order,
     overlapping and adjacent ones joined."""
     keys.sort()
     first = last = None
@@ -2231,9 +2225,8 @@ def load_ranges(sources):
 
 
 class Labeller:
-    """Labels pixel fetches' events (context.mailClient, context.machine) by fetch_labels,
-    with the ranges of `sources` ((label, path) pairs), loaded now (ValueError or OSError)
-    and again by reload() (SIGHUP)."""
+    """Labels pixel fetches' events by fetch_labels, with the ranges of `sources` ((label,
+    path) pairs) loaded now (ValueError or OSError) and again by reload() (SIGHUP)."""
 
     def __init__(self, sources=(), reporter=None):
         self.sources = tuple(sources)
@@ -2242,10 +2235,9 @@ class Labeller:
         self._reload_lock = threading.Lock()
 
     def label(self, context, request, address_of):
-        """Set the labels of the fetch `request` in an event's `context`; the client's
-        address, `address_of(request)`, is asked only when there are ranges to look in. The
-        labels are pixel's own observation: ones sent in the URL are removed, since a URL is
-        written once per send, copied everywhere, and cannot know what fetched it."""
+        """Set the labels of the fetch `request` in its event's `context`, asking
+        `address_of(request)` only when there are ranges. Labels sent in the URL are
+        removed: a URL is written once per send and cannot know what fetched it."""
         ranges, headers = self.ranges, request.headers
         agent = headers.get("user-agent")
         if agent and not agent.isascii():
@@ -2291,11 +2283,9 @@ def _ranges_error(error):
 class DedupeWindow:
     """The dedupe_keys of the last `size` distinct events written, oldest forgotten first,
     as 64-bit digests (hash(), keyed per process: two keys of one digest, one chance in
-    2**64 / size, are taken for one) in two arrays made once: a ring in the order written,
-    and an open-addressing table. A dict here, resized now by one thread and now by another,
-    left glibc's per-thread arenas holding some 80 MiB of freed tables under SDK traffic (a
-    new messageId each, 12k events a second, measured RSS); arrays never move. Not
-    thread-safe."""
+    2**64 / size, are one) in a ring and an open-addressing table, two arrays made once. A
+    dict, resized now by one thread and now by another, left glibc's per-thread arenas
+    holding some 80 MiB of freed tables under SDK traffic (measured RSS). Not thread-safe."""
 
     def __init__(self, size):
         self.size = size
@@ -2359,27 +2349,16 @@ def _client_id(payload, event):
     return dedupe_key(event["writeKey"], event["messageId"])
 
 
-# What a rejects-log line quotes of the client's input, and whether part was left out: with
-# --anonymize-ip never raw text, which could hide an address in an encoding (base64,
-# percent-escapes, \u escapes, gzip), but what pixel decoded, with addresses truncated.
+# What a rejects-log line quotes of the client's input (text, a body, a batch item), and
+# whether part was left out: with --anonymize-ip never raw text, which could hide an address
+# in an encoding (base64, percent-escapes, \u escapes, gzip), but what pixel decoded, with
+# addresses truncated.
 
 def quote_text(text, anonymize, limit=None):
     if not anonymize:
         return text[:limit], False
     quoted = anonymize_text(text, limit)
     return ("", True) if quoted is None else (quoted, False)
-
-
-def quote_body(body, anonymize):
-    if not anonymize:
-        return body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False
-    quoted, left_out = anonymize_body(body)
-    return quoted[:MAX_REJECT_RAW], left_out
-
-
-def quote_item(item, anonymize):
-    item, left_out = anonymize_json(item) if anonymize else (item, False)
-    return _encode_lenient(item)[:MAX_REJECT_RAW], left_out
 
 
 def reject_line(rejection, request, received_at, ip, anonymize, quoted=None, redacted=False):
@@ -2598,9 +2577,9 @@ class Recorder:
         for rejection, item in refused:
             if len(records) == MAX_REJECTS_PER_REQUEST or size > MAX_REJECTS_BYTES_PER_REQUEST:
                 break
-            quoted, redacted = quote_item(item, self.anonymize_ip)
+            item, redacted = anonymize_json(item) if self.anonymize_ip else (item, False)
             records.append(reject_line(rejection, request, received_at, ip, self.anonymize_ip,
-                                       quoted, redacted))
+                                       _encode_lenient(item)[:MAX_REJECT_RAW], redacted))
             size += len(records[-1])
         if len(records) < len(refused):
             rest = Rejected("too_many_rejects", "%d more item(s) not quoted"
@@ -2610,9 +2589,12 @@ class Recorder:
 
     def _body_refused(self, rejection, request, received_at, ip, body):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""
-        quoted, redacted = quote_body(body, self.anonymize_ip)
-        self.reject(rejection, request, received_at=received_at, ip=ip, quoted=quoted,
-                    redacted=redacted)
+        if self.anonymize_ip:
+            quoted, redacted = anonymize_body(body)
+        else:
+            quoted, redacted = body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False
+        self.reject(rejection, request, received_at=received_at, ip=ip,
+                    quoted=quoted[:MAX_REJECT_RAW], redacted=redacted)
         return error_answer(400, rejection.reason)
 
     def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
@@ -3519,11 +3501,11 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 # WSGI: the same App behind any WSGI server, or mounted in an existing application
 
 class WsgiApp:
-    """A WSGI application over an App, with the built-in server's answers, GIF and
-    rejects lines, and every event on disk before the answer. Any other path is a 404, so
-    it can be mounted under a prefix. The client address is REMOTE_ADDR. HTTP framing,
-    keep-alive and head limits are the WSGI server's, and so is decoding the path: a route
-    is matched on PATH_INFO, which WSGI servers percent-decode."""
+    """A WSGI application over an App, with the built-in server's answers and rejects lines,
+    every event on disk before the answer. Any other path is a 404, so it can be mounted
+    under a prefix. The client address is REMOTE_ADDR. HTTP framing, keep-alive, head limits
+    and percent-decoding the path (PATH_INFO, which routes are matched on) are the WSGI
+    server's."""
 
     def __init__(self, app, close=None, config=None):
         self.app = app
@@ -3553,27 +3535,19 @@ class WsgiApp:
                 "transfer-encoding" not in headers else -1
             answer = self.app.early_answer(route, request, length)
             if answer is None:
-                body = _read_exactly(environ["wsgi.input"], length)
-                if len(body) < length:   # the client stopped sending: record nothing
-                    answer = plain_answer(400)
-                request = request._replace(body=body)
+                body = bytearray()
+                while len(body) < length:
+                    chunk = environ["wsgi.input"].read(length - len(body))
+                    if not chunk:   # the client stopped sending: record nothing
+                        answer = plain_answer(400)
+                        break
+                    body += chunk
+                request = request._replace(body=bytes(body))
         if answer is None:
             answer = self.app.answer(route, request)
         start_response("%d %s" % (answer.status, http.server.BaseHTTPRequestHandler.responses[
             answer.status][0]), list(answer.headers))
         return [b""] if method == "HEAD" else [answer.body]
-
-
-def _read_exactly(stream, length):
-    """`length` bytes of a WSGI input, fewer only if the client stopped sending."""
-    chunks, remaining = [], length
-    while remaining > 0:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
 
 
 # --------------------------------------------------------------------------------------------
