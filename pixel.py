@@ -2444,9 +2444,9 @@ class Recorder:
         metrics.problem(lambda: self.events.failing or self.rejects.failing)
 
     def remember_logged(self, max_bytes=MAX_WARM_BYTES):
-        """Refill the dedupe window from the end of the events log (the live file, then
-        rotated ones), so that a forwarder sending its last batch again after a crash on
-        either side is not written twice. Returns how many ids it read."""
+        """Refill the dedupe window from the events log's end (the live file, then rotated
+        ones), so that a forwarder sending its last batch again after a crash on either side
+        is not written twice. Returns how many ids it read."""
         if self.recent is None:
             return 0
         paths = [self.events.path] + self.events.rotated_files()[::-1]
@@ -2488,10 +2488,9 @@ class Recorder:
         self.write_events([line], [_client_id(payload, event)], [kind])
 
     def write_events(self, lines, client_ids, kinds):
-        """Write `lines` (events of `kinds`), but none whose `client_ids` entry (a dedupe_key
-        of a client-sent messageId; None for one pixel made) was written within the dedupe
-        window: SDKs, browsers and networks repeat an event with its messageId. True once
-        all that was kept is on disk."""
+        """Write `lines` (events of `kinds`) but those whose `client_ids` entry (dedupe_keys;
+        None for a messageId pixel made) is in the dedupe window: SDKs, browsers and
+        networks repeat an event with its messageId. True once what was kept is on disk."""
         if self.recent is None or not any(client_ids):
             written = self.events.write(lines)
         else:
@@ -2516,13 +2515,12 @@ class Recorder:
         return written
 
     def record_api(self, route, request, browser=False):
-        """Write the events of an HTTP API body; return the answer: 200 once they are on
-        disk, 400 for a body that is not one, 503 if the log could not be written (SDKs
-        retry a 5xx), and with --write-key 401 when every event was refused for its key.
-        Items that break a rule go to the rejects log: at most MAX_REJECTS_PER_REQUEST
-        lines, then one that counts the rest. On `browser` routes an event's `timestamp` is
-        the browser's clock: it becomes originalTimestamp, and timestamp receivedAt -
-        (sentAt - originalTimestamp), as Segment does for client sources."""
+        """Write an HTTP API body's events; return 200 once they are on disk, 400 for a body
+        that is not one, 503 if the log could not be written (SDKs retry a 5xx), or with
+        --write-key 401 when every event was refused for its key. Refused items go to the
+        rejects log (MAX_REJECTS_PER_REQUEST lines, then one counting the rest). On
+        `browser` routes `timestamp` is the browser's clock, so it becomes
+        originalTimestamp, as Segment does for client sources."""
         received_at = self.clock()
         ip = self.client_ip(request)
         agent = user_agent(request.headers)
@@ -2636,9 +2634,9 @@ class Recorder:
 
 
 class App:
-    """What a transport asks: the Answer to a Request at a Route (route_for's). It records
-    through the Recorder, and answers /health, /metrics, the SDKs' settings documents and
-    CORS itself; the built-in server and WSGI are two transports over one App."""
+    """The Answer to a Request at a Route (route_for's), which the built-in server and WSGI
+    both ask. It records through the Recorder and answers /health, /metrics, the SDKs'
+    settings documents and CORS itself."""
 
     def __init__(self, recorder, metrics, *, allow_origins=(), public_url=None,
                  metrics_token=None, serve_metrics=True):
