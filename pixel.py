@@ -2363,25 +2363,32 @@ def quote_text(text, anonymize, limit=None):
 
 def reject_line(rejection, request, received_at, ip, anonymize, quoted=None, redacted=False):
     """A rejects-log line, enough to find a broken campaign and replay it: a pixel's quotes
-    its query, an API request's its body (`quoted`) or the item at fault. Fields that would
-    be empty are left out."""
+    its query, an API request's its body (`quoted`) or the item at fault."""
     # The detail can quote a parameter's name, and the user agent is the client's too.
     detail, cut = quote_text(rejection.detail, anonymize)
     agent, cut_agent = quote_text(user_agent(request.headers) or "", anonymize, MAX_USER_AGENT)
-    query = truncated = None
-    if quoted is None:
+    record = {"reason": rejection.reason}
+    if detail:
+        record["detail"] = detail
+    record["method"] = request.method
+    record["path"] = request.path[:1024]
+    if quoted is not None:
+        record["body"] = quoted
+    else:
         query, cut_query = anonymize_query(request.query) if anonymize else \
             (request.query, False)
         cut = cut or cut_query
-        truncated = len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW
-        query = query[:MAX_REJECT_RAW]
-    record = {"reason": rejection.reason, "detail": detail or None, "method": request.method,
-              "path": request.path[:1024], "body": quoted, "query": query,
-              "queryTruncated": truncated or None,
-              "redacted": True if redacted or cut or cut_agent else None, "ip": ip,
-              "userAgent": agent or None, "receivedAt": format_time(received_at)}
-    return (_encode({name: value for name, value in record.items() if value is not None})
-            + "\n").encode("ascii")
+        record["query"] = query[:MAX_REJECT_RAW]
+        if len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW:
+            record["queryTruncated"] = True
+    if redacted or cut or cut_agent:
+        record["redacted"] = True
+    if ip is not None:
+        record["ip"] = ip
+    if agent:
+        record["userAgent"] = agent
+    record["receivedAt"] = format_time(received_at)
+    return (_encode(record) + "\n").encode("ascii")
 
 
 # What validate() refuses a writeKey for: with --write-key, an API request refused only for
