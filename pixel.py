@@ -1955,14 +1955,13 @@ _APPLE_DEVICES = ("Macintosh", "iPhone", "iPad")
 # A browser's prefetch or prerender says so (Mautic's isRequestTrackable, warmbly).
 _PREFETCH_HEADERS = ("sec-purpose", "purpose", "x-purpose", "x-moz")
 _PREFETCH_WORDS = ("prefetch", "prerender", "preview")
-_NO_LABELS = (None, None)
 
 
 @functools.lru_cache(maxsize=4096)
 def agent_labels(agent):
     """(mailClient, machine) that a User-Agent says alone, None for what it does not say.
-    Cached: nearly every open comes from a few dozen agents; the caller passes at most
-    MAX_USER_AGENT characters, so the cache holds at most 4 MiB."""
+    Cached: nearly every open comes from a few dozen agents, each of at most MAX_USER_AGENT
+    characters, so the cache holds at most 4 MiB."""
     if agent.endswith(_GMAIL_PREFETCH):
         return "gmail", "gmail_prefetch"
     for marker, mail_client in _MAIL_AGENTS:
@@ -1974,19 +1973,19 @@ def agent_labels(agent):
     if "AppleWebKit/" in agent and "Safari/" not in agent and \
             any(device in agent for device in _APPLE_DEVICES):
         return "apple_mail", None
-    return _NO_LABELS
+    return None, None
 
 
 def fetch_labels(agent, headers, address=None, ranges=None):
-    """(mailClient, machine) for one pixel fetch, each a name or None: from its User-Agent
-    `agent`, its `headers` (lower-case names), the client `address` pixel trusts (text) and
-    the operator's `ranges` (an AddressRanges, or None). apple_mpp needs both Apple's agent,
-    exactly "Mozilla/5.0", and an address in Apple's list: the list alone is iCloud Private
-    Relay, people browsing; the agent alone is any script."""
-    labels = agent_labels(agent[:MAX_USER_AGENT]) if agent else _NO_LABELS
+    """(mailClient, machine), each a name or None, of one pixel fetch: its User-Agent, its
+    `headers` (lower-case names), the client `address` pixel trusts and the operator's
+    `ranges` (an AddressRanges, or None). apple_mpp needs both Apple's agent, exactly
+    "Mozilla/5.0", and an address in Apple's list: the list alone is iCloud Private Relay,
+    people browsing; the agent alone is any script."""
+    labels = agent_labels(agent[:MAX_USER_AGENT]) if agent else (None, None)
     if ranges and address:
         wanted = RANGE_LABELS if agent == "Mozilla/5.0" else () if labels[1] else ("scanner",)
-        found = ranges.find(address, wanted) if wanted else None
+        found = ranges.find(address, wanted)
         if found == "apple_mpp":
             return "apple_mail", "apple_mpp"
         if found == "scanner":
@@ -2001,8 +2000,8 @@ def fetch_labels(agent, headers, address=None, ranges=None):
 
 
 def address_number(text):
-    """(4 or 6, an address as an int) for address text, IPv4-mapped IPv6 as IPv4; None for
-    text that is not an address. inet_pton: ipaddress takes ten times as long."""
+    """(4 or 6, the address as an int) of address text, IPv4-mapped IPv6 as IPv4, or None.
+    inet_pton: ipaddress takes ten times as long."""
     try:
         if ":" not in text:
             return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
@@ -2014,24 +2013,20 @@ def address_number(text):
     return 6, number
 
 
-_U32 = "I" if array.array("I").itemsize == 4 else "L"   # array typecodes of 32 and 64 bits
-_U64 = "Q"
+_U32 = "I" if array.array("I").itemsize == 4 else "L"   # an array typecode of 32 bits
 _LOW64 = (1 << 64) - 1
 
 
 class AddressRanges:
-    """The operator's address ranges by label, immutable: for each label and family, the
-    ranges merged into disjoint ones, their first and last addresses in sorted arrays
-    searched with bisect (IPv6 as a high and a low 64-bit half). Apple's ~290,000 rows take
-    about 6 MB; a lookup a few bisects."""
+    """The operator's address ranges by label (load_ranges'), immutable: for each label and
+    family, disjoint ranges whose first and last addresses are in sorted arrays, searched
+    with bisect (IPv6 as a high and a low 64-bit half). Apple's ~290,000 rows take about
+    6 MB; a lookup a few bisects."""
 
-    def __init__(self, tables=None, counts=None):
-        self._tables = tables or {}   # label -> (v4 firsts, v4 lasts, v6 first highs,
-                                      #           v6 first lows, v6 last highs, v6 last lows)
-        self.counts = counts or {}    # label -> lines loaded
-
-    def __bool__(self):
-        return bool(self._tables)
+    def __init__(self, tables, counts):
+        self._tables = tables   # label -> (v4 firsts, v4 lasts, v6 first highs,
+                                #           v6 first lows, v6 last highs, v6 last lows)
+        self.counts = counts    # label -> lines loaded
 
     def find(self, address, labels=RANGE_LABELS):
         """The first of `labels` with a range holding `address` (text), or None."""
@@ -2039,10 +2034,9 @@ class AddressRanges:
         if parsed is None:
             return None
         family, number = parsed
+        holds = _holds_v4 if family == 4 else _holds_v6
         for label in labels:
-            table = self._tables.get(label)
-            if table is not None and (_holds_v4(table, number) if family == 4 else
-                                      _holds_v6(table, number)):
+            if label in self._tables and holds(self._tables[label], number):
                 return label
         return None
 
@@ -2065,25 +2059,19 @@ def _holds_v6(table, number):
 
 
 def _range_key(field):
-    """(4 or 6, first address << 8 | host bits) for a CIDR (bytes; host bits set are masked
-    off, as --trusted-proxy reads them; a bare address is a /32 or /128). ValueError. Run
-    once a line of Apple's list, so it parses as address_number does, without its calls."""
+    """(4 or 6, first address << 8 | host bits) of a CIDR (bytes), host bits set masked off
+    as --trusted-proxy reads them, a bare address a /32 or /128. ValueError. It parses as
+    address_number does, inlined: it runs once a line of Apple's list."""
     text, slash, length = field.decode("ascii").partition("/")
+    family, width = (6, 128) if ":" in text else (4, 32)
     try:
-        if ":" in text:
-            family, width = 6, 128
-            number = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
-        else:
-            family, width = 4, 32
-            number = int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+        number = int.from_bytes(socket.inet_pton(
+            socket.AF_INET6 if family == 6 else socket.AF_INET, text), "big")
     except OSError:
         raise ValueError("not an address") from None   # a NUL raises ValueError itself
-    if slash:
-        if not (length.isdigit() and length.isascii() and len(length) <= 3):
-            raise ValueError("not a prefix length")
-        prefix = int(length)
-    else:
-        prefix = width
+    if slash and not (length.isdigit() and length.isascii() and len(length) <= 3):
+        raise ValueError("not a prefix length")
+    prefix = int(length) if slash else width
     if family == 6 and number >> 32 == 0xFFFF:   # IPv4-mapped: the prefix counts 96 bits
         if prefix < 96:
             raise ValueError("an IPv4-mapped prefix shorter than /96")
@@ -2094,111 +2082,117 @@ def _range_key(field):
     return family, (number >> host << host) << 8 | host
 
 
-def read_ranges(path, into_v4, into_v6, limit=MAX_RANGES):
-    """Append the range keys (_range_key) of the ranges file `path` to the two lists, at
-    most `limit` of them. Each line's first field, up to a comma or a space, is a CIDR:
-    Apple's egress-ip-ranges.csv (172.224.226.0/27,GB,GB-EN,London,) and lists such as
-    warmbly's (CIDR scope label) load as they are. Blank lines and # comments are skipped.
-    ValueError names the file and the line of the first one that is not a range; OSError
-    for a file that cannot be read. Read a block at a time: a line is at most
-    MAX_RANGES_LINE bytes, and the file is never held whole."""
+def log_lines(read, limit=MAX_EVENT_LINE, size=1 << 20):
+    """The lines (bytes, without their newline) of what `read(size)` gives until b"", one
+    at a time, the last one even without a newline. A line over `limit` bytes comes as one
+    None as soon as it is that long, and is never held whole: a file with no newline
+    (/dev/zero) costs one block."""
+    rest, skipping = b"", False
+    while True:
+        block = read(size)
+        if not block:
+            if rest:
+                yield rest
+            return
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        if skipping:   # the rest of a long line, said already
+            if not lines:
+                rest = b""
+                continue
+            del lines[0]
+            skipping = False
+        for line in lines:
+            yield line if len(line) <= limit else None
+        if len(rest) > limit:
+            yield None
+            rest, skipping = b"", True
+
+
+def read_ranges(path, into_v4, into_v6, limit):
+    """Append the range keys (_range_key's) of the ranges file `path` to the two lists, at
+    most `limit` of them; return how many. A line's first field, up to a comma or a space,
+    is a CIDR, so Apple's egress-ip-ranges.csv (172.224.226.0/27,GB,GB-EN,London,) and
+    lists such as warmbly's (CIDR scope label) load as they are; blank lines and # comments
+    are skipped. ValueError names the file and line of the first that is not a range."""
     fd = open_file(path)
+    added = 0
     try:
-        number, rest, first = 0, b"", True
-        while True:
-            block = os.read(fd, 1 << 20)
-            lines = (rest + block).split(b"\n")
-            rest = lines.pop() if block else b""
-            if first and lines and lines[0].startswith(b"\xef\xbb\xbf"):   # a UTF-8 BOM
-                lines[0] = lines[0][3:]
-            first = False
-            if lines and max(map(len, lines)) > MAX_RANGES_LINE:   # a block at a time: fast
-                long = next(index for index, line in enumerate(lines)
-                            if len(line) > MAX_RANGES_LINE)
-                lines[long:] = [None]
-            for line in lines:
-                number += 1
-                if line is None:
-                    raise ValueError("%s line %d: longer than %d bytes"
-                                     % (path, number, MAX_RANGES_LINE))
-                field = line.split(b",", 1)[0].split(None, 1)
-                if not field or field[0][:1] == b"#":
-                    continue
-                try:
-                    family, key = _range_key(field[0])
-                except ValueError as error:   # UnicodeDecodeError too
-                    raise ValueError("%s line %d: %r is not a CIDR (%s): each line starts "
-                                     "with one, such as 172.224.226.0/27 or 2a02:26f7::/48"
-                                     % (path, number, field[0].decode("ascii", "replace")[:80],
-                                        error if not isinstance(error, UnicodeError) else
-                                        "not ASCII")) from None
-                (into_v4 if family == 4 else into_v6).append(key)
-                limit -= 1
-                if limit < 0:
-                    raise ValueError("%s line %d: more than %d ranges in all the files"
-                                     % (path, number, MAX_RANGES))
-            if len(rest) > MAX_RANGES_LINE:
+        if os.read(fd, 3) != b"\xef\xbb\xbf":   # a UTF-8 BOM
+            os.lseek(fd, 0, os.SEEK_SET)
+        read = functools.partial(os.read, fd)
+        for number, line in enumerate(log_lines(read, MAX_RANGES_LINE), 1):
+            if line is None:
                 raise ValueError("%s line %d: longer than %d bytes"
-                                 % (path, number + 1, MAX_RANGES_LINE))
-            if not block:
-                return
+                                 % (path, number, MAX_RANGES_LINE))
+            field = line.split(b",", 1)[0].split(None, 1)
+            if not field or field[0][:1] == b"#":
+                continue
+            try:
+                family, key = _range_key(field[0])
+            except ValueError as error:   # UnicodeDecodeError too
+                why = "not ASCII" if isinstance(error, UnicodeError) else error
+                raise ValueError("%s line %d: %r is not a CIDR (%s): each line starts with "
+                                 "one, such as 172.224.226.0/27 or 2a02:26f7::/48" % (
+                                     path, number, field[0].decode("ascii", "replace")[:80],
+                                     why)) from None
+            if added == limit:
+                raise ValueError("%s line %d: more than %d ranges in all the files"
+                                 % (path, number, MAX_RANGES))
+            (into_v4 if family == 4 else into_v6).append(key)
+            added += 1
     finally:
         os.close(fd)
+    return added
 
 
 def _merged(keys):
-    """The disjoint (first, last) ranges of range keys (sorted here, in place), in order,
+    """The (first, last) ranges of range `keys` (sorted here, in place), in order,
     overlapping and adjacent ones joined."""
     keys.sort()
-    current = None
+    first = last = None
     for key in keys:
-        host = key & 0xFF
-        first = key >> 8
-        last = first + (1 << host) - 1
-        if current is not None and first <= current[1] + 1:
-            if last > current[1]:
-                current = (current[0], last)
+        start = key >> 8
+        end = start + (1 << (key & 0xFF)) - 1
+        if last is not None and start <= last + 1:
+            last = max(last, end)
             continue
-        if current is not None:
-            yield current
-        current = (first, last)
-    if current is not None:
-        yield current
+        if last is not None:
+            yield first, last
+        first, last = start, end
+    if last is not None:
+        yield first, last
 
 
 def load_ranges(sources):
     """An AddressRanges of (label, path) `sources`; several files of one label are one set.
     ValueError (a file, a line, what is wrong) or OSError. While it loads it holds one int a
     line (Apple's list: about 16 MiB at the peak), then only the merged ranges' arrays."""
-    keys, counts = {}, {}
+    keys, total = {}, 0
     for label, path in sources:
-        v4, v6 = keys.setdefault(label, ([], []))
-        others = sum(len(a) + len(b) for name, (a, b) in keys.items() if name != label)
-        before = len(v4) + len(v6)
-        read_ranges(path, v4, v6, MAX_RANGES - others)
-        counts[label] = counts.get(label, 0) + len(v4) + len(v6) - before
-    tables = {}
+        total += read_ranges(path, *keys.setdefault(label, ([], [])), MAX_RANGES - total)
+    tables, counts = {}, {}
     for label, (v4, v6) in keys.items():
-        table = tuple(array.array(code) for code in (_U32, _U32, _U64, _U64, _U64, _U64))
+        counts[label] = len(v4) + len(v6)
+        table = tuple(array.array(code) for code in (_U32, _U32, "Q", "Q", "Q", "Q"))
         v4_firsts, v4_lasts, first_highs, first_lows, last_highs, last_lows = table
         for first, last in _merged(v4):
             v4_firsts.append(first)
             v4_lasts.append(last)
-        del v4[:]
+        v4.clear()
         for first, last in _merged(v6):
             first_highs.append(first >> 64)
             first_lows.append(first & _LOW64)
             last_highs.append(last >> 64)
             last_lows.append(last & _LOW64)
-        del v6[:]
+        v6.clear()
         tables[label] = table
     return AddressRanges(tables, counts)
 
 
 class Labeller:
-    """Labels the events of pixel fetches (context.mailClient, context.machine) through
-    fetch_labels, with the ranges of `sources` ((label, path) pairs), loaded now (ValueError
-    or OSError, in words) and again by reload() (SIGHUP)."""
+    """Labels pixel fetches' events by fetch_labels, with the ranges of `sources` ((label,
+    path) pairs) loaded now (ValueError or OSError) and again by reload() (SIGHUP)."""
 
     def __init__(self, sources=(), reporter=None):
         self.sources = tuple(sources)
@@ -2207,11 +2201,9 @@ class Labeller:
         self._reload_lock = threading.Lock()
 
     def label(self, context, request, address_of):
-        """Set the labels of the fetch `request` in an event's `context`, `address_of(request)`
-        giving the client's address, which is read only when there are ranges to look in.
-        The two fields are pixel's own observation of the fetch: one sent in the URL is
-        removed, seen or not, since a URL is written once per send and copied everywhere,
-        and cannot know what fetched it (nor should it make opens machines, or not)."""
+        """Set the labels of the fetch `request` in its event's `context`, asking
+        `address_of(request)` only when there are ranges. Labels sent in the URL are
+        removed: a URL is written once per send and cannot know what fetched it."""
         ranges, headers = self.ranges, request.headers
         agent = headers.get("user-agent")
         if agent and not agent.isascii():
@@ -2256,26 +2248,18 @@ def _ranges_error(error):
 
 class DedupeWindow:
     """The dedupe_keys of the last `size` distinct events written, oldest forgotten first,
-    kept as 64-bit digests (hash(), keyed per process) in two arrays made once: a ring in
-    the order written, and an open-addressing table for lookups. A dict here, resized now
-    by one thread and now by another, left glibc's per-thread arenas holding some 80 MiB of
-    freed tables under SDK traffic (a new messageId each, 12k events a second, measured
-    RSS); these never move. Two keys with one digest (one chance in 2**64 / size) would be
-    taken for one. Not thread-safe."""
+    as 64-bit digests (hash(), keyed per process: two keys of one digest, one chance in
+    2**64 / size, are one) in a ring and an open-addressing table, two arrays made once. A
+    dict, resized now by one thread and now by another, left glibc's per-thread arenas
+    holding some 80 MiB of freed tables under SDK traffic (measured RSS). Not thread-safe."""
 
     def __init__(self, size):
-        slots = 2
-        while slots < 2 * size:   # at most half full: short probes
-            slots *= 2
         self.size = size
+        slots = 1 << (2 * size - 1).bit_length()   # a power of two, at most half full
         self._mask = slots - 1
         self._table = array.array("q", bytes(8 * slots))   # 0: an empty slot
         self._ring = array.array("q", bytes(8 * size))
         self._next = self._count = 0
-
-    @staticmethod
-    def _digest(key):
-        return hash(key) or 1
 
     def _find(self, digest):
         """The slot holding `digest`, or the empty one where it would go."""
@@ -2286,13 +2270,13 @@ class DedupeWindow:
         return slot
 
     def __contains__(self, key):
-        return self._table[self._find(self._digest(key))] != 0
+        return self._table[self._find(hash(key) or 1)] != 0
 
     def __len__(self):
         return self._count
 
     def add(self, key):
-        digest = self._digest(key)
+        digest = hash(key) or 1   # 0 is an empty slot
         slot = self._find(digest)
         if self._table[slot]:
             return   # remembered already (a warm-up from a log that repeats one)
@@ -2331,29 +2315,16 @@ def _client_id(payload, event):
     return dedupe_key(event["writeKey"], event["messageId"])
 
 
-# What a rejects-log line quotes of the client's input, and whether part was left out: with
-# --anonymize-ip never raw text, which could hide an address in an encoding (base64,
-# percent-escapes, \u escapes, gzip), but what pixel decoded, with addresses truncated.
+# What a rejects-log line quotes of the client's input (text, a body, a batch item), and
+# whether part was left out: with --anonymize-ip never raw text, which could hide an address
+# in an encoding (base64, percent-escapes, \u escapes, gzip), but what pixel decoded, with
+# addresses truncated.
 
 def quote_text(text, anonymize, limit=None):
     if not anonymize:
         return text[:limit], False
     quoted = anonymize_text(text, limit)
     return ("", True) if quoted is None else (quoted, False)
-
-
-def quote_body(body, anonymize):
-    if not anonymize:
-        return body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False
-    quoted, left_out = anonymize_body(body)
-    return quoted[:MAX_REJECT_RAW], left_out
-
-
-def quote_item(item, anonymize):
-    left_out = False
-    if anonymize:
-        item, left_out = anonymize_json(item)
-    return _encode_lenient(item)[:MAX_REJECT_RAW], left_out
 
 
 def reject_line(rejection, request, received_at, ip, anonymize, quoted=None, redacted=False):
@@ -2446,9 +2417,9 @@ class Recorder:
         metrics.problem(lambda: self.events.failing or self.rejects.failing)
 
     def remember_logged(self, max_bytes=MAX_WARM_BYTES):
-        """Refill the dedupe window from the end of the events log (the live file, then
-        rotated ones), so that a forwarder sending its last batch again after a crash on
-        either side is not written twice. Returns how many ids it read."""
+        """Refill the dedupe window from the events log's end (the live file, then rotated
+        ones), so that a forwarder sending its last batch again after a crash on either side
+        is not written twice. Returns how many ids it read."""
         if self.recent is None:
             return 0
         paths = [self.events.path] + self.events.rotated_files()[::-1]
@@ -2466,8 +2437,8 @@ class Recorder:
         return anonymize_ip(ip) if self.anonymize_ip else ip
 
     def true_client_ip(self, request):
-        """The client's address by the rules above, before --no-ip or --anonymize-ip: what
-        the machine ranges are matched against. None if none is known."""
+        """The client's address before --no-ip or --anonymize-ip, which the machine ranges
+        are matched against; None if none is known."""
         ip = request.peer
         if ip and (self.trusted_proxies or ip.startswith("::ffff:")):
             ip = client_ip(ip, request.headers.get("x-forwarded-for"), self.trusted_proxies)
@@ -2490,10 +2461,9 @@ class Recorder:
         self.write_events([line], [_client_id(payload, event)], [kind])
 
     def write_events(self, lines, client_ids, kinds):
-        """Write `lines` (events of `kinds`), but none whose writeKey and client-sent
-        messageId (`client_ids`, each a dedupe_key, or None for an id pixel made) were
-        written within the dedupe window: SDKs, browsers and networks repeat an event with
-        its messageId. True once all that was kept is on disk."""
+        """Write `lines` (events of `kinds`) but those whose `client_ids` entry (dedupe_keys;
+        None for a messageId pixel made) is in the dedupe window: SDKs, browsers and
+        networks repeat an event with its messageId. True once what was kept is on disk."""
         if self.recent is None or not any(client_ids):
             written = self.events.write(lines)
         else:
@@ -2518,14 +2488,12 @@ class Recorder:
         return written
 
     def record_api(self, route, request, browser=False):
-        """Write the events of an HTTP API body; return the answer. 200 once they are on
-        disk; 400 for a body that is not one; 503 if the log could not be written, so that
-        SDKs (which retry a 5xx) send it again; with --write-key, 401 when every event was
-        refused for its key. Items that break a rule go to the rejects log, at most
-        MAX_REJECTS_PER_REQUEST lines of them, then a line that counts the rest. On the
-        `browser` routes an event's `timestamp` is the browser's clock: it becomes
-        originalTimestamp, and timestamp receivedAt - (sentAt - originalTimestamp), as
-        Segment does for client sources."""
+        """Write an HTTP API body's events; return 200 once they are on disk, 400 for a body
+        that is not one, 503 if the log could not be written (SDKs retry a 5xx), or with
+        --write-key 401 when every event was refused for its key. Refused items go to the
+        rejects log (MAX_REJECTS_PER_REQUEST lines, then one counting the rest). On
+        `browser` routes `timestamp` is the browser's clock, so it becomes
+        originalTimestamp, as Segment does for client sources."""
         received_at = self.clock()
         ip = self.client_ip(request)
         agent = user_agent(request.headers)
@@ -2538,7 +2506,7 @@ class Recorder:
             return self._body_refused(rejection, request, received_at, ip, body)
         lines, client_ids, kinds, refused = [], [], [], []
         size, limit = 0, request_log_limit(len(body))
-        key_refused = key_taken = False   # was some event's writeKey refused? one's taken?
+        key_reason, key_taken = None, False   # the first writeKey refused; was one taken?
         for kind, payload in pairs:
             try:
                 if isinstance(payload, Rejected):   # an item that is not even an event
@@ -2552,12 +2520,11 @@ class Recorder:
                 line = encode_line(event)
             except Rejected as rejection:
                 refused.append((rejection, payload.item if payload is rejection else payload))
-                key_refused = key_refused or rejection.reason in _KEY_REASONS
-                # validate() checks the key first: a later reason means the key was taken.
-                key_taken = key_taken or payload is not rejection and \
-                    rejection.reason not in _KEY_REASONS
+                if rejection.reason in _KEY_REASONS:
+                    key_reason = key_reason or rejection.reason
+                elif payload is not rejection:   # validate() checks the key first
+                    key_taken = True
                 continue
-            key_taken = True
             size += len(line)
             if size > limit:   # with the user agent, ip and pixel's fields, once an event
                 return self._body_refused(Rejected("batch_too_large"), request, received_at,
@@ -2568,13 +2535,11 @@ class Recorder:
         written = self.write_events(lines, client_ids, kinds) if lines else True
         if refused:
             self._refuse_items(refused, request, received_at, ip)
-        if self.write_keys and key_refused and not key_taken:
+        if self.write_keys and key_reason and not key_taken and not lines:
             # Segment answers 200 to anything, and its users cannot tell a wrong key from a
             # right one; pixel knows its keys. A browser gets no challenge, which would make
             # it ask its user for a password.
-            reason = next(rejection.reason for rejection, _ in refused
-                          if rejection.reason in _KEY_REASONS)
-            return error_answer(401, reason, () if request.headers.get("origin") else
+            return error_answer(401, key_reason, () if request.headers.get("origin") else
                                 (("WWW-Authenticate", 'Basic realm="pixel"'),))
         return SUCCESS if written else error_answer(503, "write_failed")
 
@@ -2583,9 +2548,9 @@ class Recorder:
         for rejection, item in refused:
             if len(records) == MAX_REJECTS_PER_REQUEST or size > MAX_REJECTS_BYTES_PER_REQUEST:
                 break
-            quoted, redacted = quote_item(item, self.anonymize_ip)
+            item, redacted = anonymize_json(item) if self.anonymize_ip else (item, False)
             records.append(reject_line(rejection, request, received_at, ip, self.anonymize_ip,
-                                       quoted, redacted))
+                                       _encode_lenient(item)[:MAX_REJECT_RAW], redacted))
             size += len(records[-1])
         if len(records) < len(refused):
             rest = Rejected("too_many_rejects", "%d more item(s) not quoted"
@@ -2595,18 +2560,20 @@ class Recorder:
 
     def _body_refused(self, rejection, request, received_at, ip, body):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""
-        quoted, redacted = quote_body(body, self.anonymize_ip)
-        self.reject(rejection, request, received_at=received_at, ip=ip, quoted=quoted,
-                    redacted=redacted)
+        if self.anonymize_ip:
+            quoted, redacted = anonymize_body(body)
+        else:
+            quoted, redacted = body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False
+        self.reject(rejection, request, received_at=received_at, ip=ip,
+                    quoted=quoted[:MAX_REJECT_RAW], redacted=redacted)
         return error_answer(400, rejection.reason)
 
     def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
                redacted=False):
-        """Write one rejects-log line, enough to find a broken campaign and replay it: a
-        pixel's quotes its query, an API request's its body or the item at fault."""
+        """Write one rejects-log line (reject_line's); the request's time and address, if
+        not given, are now and its client's."""
         if received_at is None:
-            received_at = self.clock()
-            ip = self.client_ip(request)
+            received_at, ip = self.clock(), self.client_ip(request)
         self._write_rejects([reject_line(rejection, request, received_at, ip, self.anonymize_ip,
                                          quoted, redacted)], [rejection.reason])
 
@@ -2622,7 +2589,7 @@ class Recorder:
                                               self.anonymize_ip)
                 self.reject(Rejected("torn_tail", "%d byte(s) cut from %s" % (
                     writer.torn_tail_bytes, writer.path)), Request("", "", "", {}, "", b""),
-                    received_at=self.clock(), quoted=quoted, redacted=redacted)
+                    quoted=quoted, redacted=redacted)
 
     def reopen(self):
         """Open both logs afresh at their paths (SIGHUP)."""
@@ -2640,9 +2607,9 @@ class Recorder:
 
 
 class App:
-    """What a transport asks: the Answer to a Request at a Route (route_for's). It records
-    through the Recorder, and answers /health, /metrics, the SDKs' settings documents and
-    CORS itself; the built-in server and WSGI are two transports over one App."""
+    """The Answer to a Request at a Route (route_for's), which the built-in server and WSGI
+    both ask. It records through the Recorder and answers /health, /metrics, the SDKs'
+    settings documents and CORS itself."""
 
     def __init__(self, recorder, metrics, *, allow_origins=(), public_url=None,
                  metrics_token=None, serve_metrics=True):
@@ -2724,14 +2691,15 @@ class App:
             return NOT_FOUND
         if self.public_url:
             protocol, _, host = self.public_url.partition("://")
-            return json_answer(200, settings_document(write_key, protocol, host,
-                                                      request.prefix))
-        host = request.headers.get("host", "")
-        if not _ORIGIN.match("http://" + host):
-            return plain_answer(400)
-        protocol = request_scheme(request, self.recorder.trusted_proxies)
+            cache = ()
+        else:
+            host = request.headers.get("host", "")
+            if not _ORIGIN.match("http://" + host):
+                return plain_answer(400)
+            protocol = request_scheme(request, self.recorder.trusted_proxies)
+            cache = (("Cache-Control", "no-store"),)
         return json_answer(200, settings_document(write_key, protocol, host, request.prefix),
-                           (("Cache-Control", "no-store"),))
+                           cache)
 
     def source_config(self, request):
         """RudderStack's source configuration, for the writeKey the request names (Basic
@@ -3504,11 +3472,11 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 # WSGI: the same App behind any WSGI server, or mounted in an existing application
 
 class WsgiApp:
-    """A WSGI application over an App, with the built-in server's answers, GIF and
-    rejects lines, and every event on disk before the answer. Any other path is a 404, so
-    it can be mounted under a prefix. The client address is REMOTE_ADDR. HTTP framing,
-    keep-alive and head limits are the WSGI server's, and so is decoding the path: a route
-    is matched on PATH_INFO, which WSGI servers percent-decode."""
+    """A WSGI application over an App, with the built-in server's answers and rejects lines,
+    every event on disk before the answer. Any other path is a 404, so it can be mounted
+    under a prefix. The client address is REMOTE_ADDR. HTTP framing, keep-alive, head limits
+    and percent-decoding the path (PATH_INFO, which routes are matched on) are the WSGI
+    server's."""
 
     def __init__(self, app, close=None, config=None):
         self.app = app
@@ -3538,27 +3506,19 @@ class WsgiApp:
                 "transfer-encoding" not in headers else -1
             answer = self.app.early_answer(route, request, length)
             if answer is None:
-                body = _read_exactly(environ["wsgi.input"], length)
-                if len(body) < length:   # the client stopped sending: record nothing
-                    answer = plain_answer(400)
-                request = request._replace(body=body)
+                body = bytearray()
+                while len(body) < length:
+                    chunk = environ["wsgi.input"].read(length - len(body))
+                    if not chunk:   # the client stopped sending: record nothing
+                        answer = plain_answer(400)
+                        break
+                    body += chunk
+                request = request._replace(body=bytes(body))
         if answer is None:
             answer = self.app.answer(route, request)
         start_response("%d %s" % (answer.status, http.server.BaseHTTPRequestHandler.responses[
             answer.status][0]), list(answer.headers))
         return [b""] if method == "HEAD" else [answer.body]
-
-
-def _read_exactly(stream, length):
-    """`length` bytes of a WSGI input, fewer only if the client stopped sending."""
-    chunks, remaining = [], length
-    while remaining > 0:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -5288,18 +5248,20 @@ def make_wsgi_app(**options):
 REPORT_COLUMNS = ("events", "users", "machine", "events_no_machine", "users_no_machine")
 REPORT_BAR = 40   # characters of the longest --daily bar
 _REPORT_KEY_CHARS = 60   # of a group's key, shown in a table
+# json's C scanner, which json.loads calls after checks a log line does not need.
+_scan_json = json.JSONDecoder().scan_once
 
 
 class _Counts:
-    """One row's counts: events, those labelled machine, distinct users, and the distinct
-    users with an event not labelled machine."""
+    """One row's counts: events, those labelled machine, distinct users, the distinct users
+    with an event not labelled machine; and a group's rows by day, with --daily."""
 
     __slots__ = ("events", "machine", "users", "people", "days")
 
     def __init__(self):
         self.events = self.machine = 0
         self.users, self.people = set(), set()
-        self.days = None   # a group's, with --daily: day -> _Counts
+        self.days = collections.defaultdict(_Counts)
 
     def add(self, user, machine):
         self.events += 1
@@ -5339,27 +5301,24 @@ def report_time(text, end=False):
 
 class Tally:
     """Counts of an events log's events grouped by a field (`by`, a dotted path such as
-    properties.campaign), those of type `kind` and named `event` only, received within
-    [since, until] (format_time text, inclusive), and with `daily`, by day too (UTC, by
+    properties.campaign): those of type `kind` and named `event` only, received within
+    [since, until] (format_time text, inclusive), and with `daily` by day too (UTC, by
     receivedAt, pixel's own clock). A user is the userId, else the anonymousId (never the
-    same user as a userId of the same text); a machine event one with a context.machine.
-    Memory grows with the groups, days and users, never with the lines: each is dropped
-    once counted."""
+    same user as a userId of the same text); a machine event has a context.machine. Memory
+    grows with the groups, days and users, never with the lines."""
 
     def __init__(self, by="event", event=None, kind=None, since=None, until=None,
                  daily=False):
-        self.by = by
-        self.path = tuple(by.split("."))
+        self.by, self.path = by, tuple(by.split("."))
         self.event, self.kind, self.since, self.until = event, kind, since, until
         self.daily = daily
-        self.groups = {}    # key -> _Counts, with its days' _Counts in its `days`
+        self.groups = collections.defaultdict(_Counts)   # the field's value -> _Counts
         self.skipped = 0    # lines that are not events
         self._timed = since is not None or until is not None or daily
 
     def add_lines(self, lines):
-        """Count each line (bytes or str) that is an event; count the others in `skipped`.
-        None stands for a line too long to have been read (see log_lines)."""
-        scan, add, kinds = _scan_json, self.add, EVENT_TYPES
+        """Count each line (bytes or str) that is an event, and the others in `skipped`;
+        None stands for a line too long to have been read (log_lines')."""
         for line in lines:
             if not line:
                 if line is None:
@@ -5369,22 +5328,18 @@ class Tally:
                 # Half json.loads's time: UTF-8 decoded here, json's C scanner called
                 # directly. What it does not take whole, json.loads reads as it would.
                 text = line.decode() if type(line) is bytes else line
-                event, end = scan(text, 0)
+                try:
+                    event, end = _scan_json(text, 0)
+                except StopIteration:   # no value where the line starts: a BOM, a space
+                    event, end = json.loads(line), len(text)
                 if end != len(text):
                     event = json.loads(text)
-            except StopIteration:   # the scanner finds no value where the line starts
-                try:
-                    event = json.loads(line)
-                except (ValueError, RecursionError):
-                    self.skipped += 1
-                    continue
             except (ValueError, RecursionError):   # torn, not JSON, not UTF-8, too deep
-                self.skipped += 1
-                continue
-            if type(event) is not dict or event.get("type") not in kinds:
+                event = None
+            if type(event) is dict and event.get("type") in EVENT_TYPES:
+                self.add(event)
+            else:
                 self.skipped += 1   # a checkpoint, a settings document, another log's line
-                continue
-            add(event)
 
     def add(self, event):
         """Count one event (a dict with a type)."""
@@ -5404,23 +5359,18 @@ class Tally:
         if value is not None and type(value) is not str:   # 1 and "1" are two groups
             value = (_encode_lenient(value),)
         user = event.get("userId")
-        if type(user) is not str or not user:
-            user = _other_user(user, event.get("anonymousId"))
+        if user is None or user == "":
+            user = event.get("anonymousId")
+            user = None if user is None or user == "" else ("anonymousId", str(user))
+        elif type(user) is not str:
+            user = str(user)   # a number, from another writer
         context = event.get("context")
         machine = type(context) is dict and bool(context.get("machine"))
-        counts = self.groups.get(value)
-        if counts is None:
-            counts = self.groups[value] = _Counts()
+        counts = self.groups[value]
         counts.add(user, machine)
         if self.daily:
-            days = counts.days
-            if days is None:
-                days = counts.days = {}
             day = received[:10] if received is not None else "(no date)"
-            counts = days.get(day)
-            if counts is None:
-                counts = days[day] = _Counts()
-            counts.add(user, machine)
+            counts.days[day].add(user, machine)
 
     @property
     def total(self):
@@ -5433,48 +5383,21 @@ class Tally:
             total.people |= counts.people
         return total
 
-    @property
-    def peak_day(self):
-        """The most events of any one row of a day."""
-        return max((day.events for counts in self.groups.values()
-                    for day in (counts.days or {}).values()), default=0)
-
     def rows(self):
-        """(key, day, counts) rows: each group, the most events first, with daily its days
-        after it, oldest first (day None on a group's row; "(no date)" for events with no
-        receivedAt to read)."""
-        def order(item):   # ties by key, with the events that have none last
-            return (-item[1].events, item[0] is None, _key_text(item[0]))
+        """(key, day, counts) rows: each group, the most events first (ties by key, the
+        events with no key last), with --daily its days after it, oldest first (day None on
+        a group's row; "(no date)" for events with no receivedAt to read)."""
         rows = []
-        for key, counts in sorted(self.groups.items(), key=order):
+        for key, counts in sorted(self.groups.items(), key=lambda item: (
+                -item[1].events, item[0] is None, _key_text(item[0]))):
             rows.append((key, None, counts))
-            rows.extend((key, day, day_counts) for day, day_counts in
-                        sorted((counts.days or {}).items()))
+            rows.extend((key, day, day_counts) for day, day_counts in sorted(counts.days.items()))
         return rows
-
-
-def _other_user(user_id, anonymous_id):
-    """The user of an event whose userId is not a non-empty string: the userId as text (a
-    number, from another writer), else the anonymousId, kept apart from userIds, else
-    None."""
-    if user_id is not None and user_id != "":
-        return str(user_id)
-    if anonymous_id is None or anonymous_id == "":
-        return None
-    return ("anonymousId", str(anonymous_id))
-
-
-# json's C scanner, which json.loads calls after checks a log line does not need.
-_scan_json = json.JSONDecoder().scan_once
 
 
 def _key_text(key):
     """A group's key as text: a string as it is, another value as JSON, none as (none)."""
     return "(none)" if key is None else key[0] if type(key) is tuple else key
-
-
-def _key_value(key):
-    return None if key is None else json.loads(key[0]) if type(key) is tuple else key
 
 
 def _printable(text, limit):
@@ -5487,7 +5410,7 @@ def _printable(text, limit):
 
 
 def _bar(counts, peak):
-    """A day's bar: its length its events against the busiest day's, "#" for events not
+    """A day's bar, as long against the busiest day's as its events: "#" for events not
     labelled machine, "." for machine ones."""
     if not counts.events or not peak:
         return ""
@@ -5499,15 +5422,14 @@ def _bar(counts, peak):
 def report_table(tally):
     """The report as aligned text: a header, a row a group (with --daily, a row a day under
     it with its bar), and a total row, whose users are distinct over all groups."""
-    peak = tally.peak_day
-    rows = [[_printable(_key_text(key), _REPORT_KEY_CHARS) if day is None else
-             "  " + day] + [str(value) for value in counts.values()] +
-            [_bar(counts, peak) if day is not None else ""]
-            for key, day, counts in tally.rows()]
-    header = [_printable(tally.by, _REPORT_KEY_CHARS)] + list(REPORT_COLUMNS) + [""]
-    total = ["total"] + [str(value) for value in tally.total.values()] + [""]
-    table = [header] + rows + [total]
-    widths = [max(len(row[column]) for row in table) for column in range(len(header) - 1)]
+    rows = tally.rows()
+    peak = max((counts.events for _, day, counts in rows if day is not None), default=0)
+    table = [[_printable(tally.by, _REPORT_KEY_CHARS)] + list(REPORT_COLUMNS) + [""]]
+    table += [[_printable(_key_text(key), _REPORT_KEY_CHARS) if day is None else "  " + day]
+              + [str(value) for value in counts.values()]
+              + [_bar(counts, peak) if day is not None else ""] for key, day, counts in rows]
+    table.append(["total"] + [str(value) for value in tally.total.values()] + [""])
+    widths = [max(len(row[column]) for row in table) for column in range(len(table[0]) - 1)]
     lines = []
     for row in table:
         cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
@@ -5522,35 +5444,12 @@ def report_records(tally):
     """The report as dicts, one a group (with --daily, one a day of a group too): key (the
     field's value; null where events have none), day (with --daily), and REPORT_COLUMNS."""
     for key, day, counts in tally.rows():
-        record = {"key": _key_value(key)}
+        record = {"key": None if key is None else json.loads(key[0]) if type(key) is tuple
+                  else key}
         if tally.daily:
             record["day"] = day
         record.update(zip(REPORT_COLUMNS, counts.values()))
         yield record
-
-
-def log_lines(read, limit=MAX_EVENT_LINE, size=1 << 20):
-    """The lines (bytes, without their newline) of what `read(size)` gives until b"", one
-    at a time, the last one even without a newline. A line over `limit` bytes comes as one
-    None, and is never held whole: a file with no newline (/dev/zero) costs one block."""
-    rest, skipping = b"", False
-    while True:
-        block = read(size)
-        if not block:
-            if skipping:
-                yield None
-            elif rest:
-                yield rest
-            return
-        lines = (rest + block).split(b"\n") if rest else block.split(b"\n")
-        rest = lines.pop()
-        if skipping and lines:   # the long line ends in this block
-            lines[0] = None
-            skipping = False
-        for line in lines:
-            yield line if line is None or len(line) <= limit else None
-        if len(rest) > limit:
-            rest, skipping = b"", True
 
 
 # --------------------------------------------------------------------------------------------
