@@ -1008,9 +1008,9 @@ def user_agent(headers):
 Route = collections.namedtuple("Route", "kind name methods max_body browser",
                                defaults=(False,))
 Route.__doc__ = """What a path is: its `kind` ("pixel", "api", "metrics": a browser SDK's own,
-"settings", "prometheus" or "health"), its `name` (event type, API route or document), the
-`methods` it answers (others get a 405), the largest body it reads (0: a body is dropped),
-and whether only browsers post there, so that an event's clock is the browser's."""
+"settings", "prometheus" or "health"), `name` (event type, API route or document), the
+`methods` it answers (others get a 405), `max_body` (0: a body is dropped), and `browser`:
+whether only browsers post there, so that an event's clock is the browser's."""
 
 _GET_HEAD = ("GET", "HEAD")
 _POST_OPTIONS = ("POST", "OPTIONS")   # OPTIONS: a browser's CORS preflight
@@ -1041,7 +1041,7 @@ _WRITE_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}\Z", re.ASCII)
 
 
 def route_for(path):
-    """The Route for `path`: ROUTES', or the settings route's; None for any other path."""
+    """The Route for `path`, or None."""
     route = ROUTES.get(path)
     if route is None and path.startswith(SETTINGS_PREFIX) and path.endswith(SETTINGS_SUFFIX) \
             and _WRITE_KEY.match(path[len(SETTINGS_PREFIX):-len(SETTINGS_SUFFIX)]):
@@ -1257,10 +1257,9 @@ def parse_head(head):
 
 
 def spaced_pixel_target(words):
-    """A request line split at its spaces (`words`, more than three) as [method, target,
-    version] if it is a pixel URL with literal spaces in its query, as Segment's docs show
-    one (.../track?userId=user_123&event=Email Opened&...), its path whole in the first
-    word; else `words` as they came, to be refused. (parse_head checks the version.)"""
+    """A request line's `words` (more than three) as [method, target, version] if its target
+    is a pixel URL with literal spaces in its query, as Segment's docs show one
+    (.../track?userId=user_123&event=Email Opened&...); else as they came, to be refused."""
     method, version = words[0], words[-1]
     middle = [word for word in words[1:-1] if word]
     if method in _GET_HEAD and version.startswith("HTTP/1.") and middle and "?" in middle[0]:
@@ -1271,8 +1270,7 @@ def spaced_pixel_target(words):
 
 
 def _body_length(headers):
-    """Content-Length as an int, 0 without one, -1 for a chunked body, None for invalid
-    framing."""
+    """Content-Length as an int, 0 without one, -1 chunked, None for invalid framing."""
     if "content-length" not in headers:
         return -1 if "transfer-encoding" in headers else 0
     lengths = set(value.strip() for value in headers["content-length"].split(","))
@@ -1287,11 +1285,10 @@ def _body_length(headers):
 # What operators see: one-line messages on stderr, and the counts /health and /metrics show
 
 class Reporter:
-    """One-line messages for operators on `stream` (stderr by default), each "pixel: ...".
-    A message with a `key` is said at most once an `interval` for that key, so that a failing
-    disk or a flood of bad requests cannot bury the rest. A failed write to the stream
-    (stderr on that full disk) is counted in `lost`, never raised: a message for the
-    operator must not cost a client its answer."""
+    """One-line "pixel: ..." messages for operators on `stream` (default stderr). One with a
+    `key` is said at most once an `interval`, so that a failing disk or a flood of bad
+    requests cannot bury the rest. A failed write to the stream (stderr on that full disk)
+    is counted in `lost`, never raised: it must not cost a client its answer."""
 
     def __init__(self, stream=None, *, interval=ERROR_INTERVAL, clock=time.monotonic):
         self.stream = stream
@@ -1390,9 +1387,8 @@ class Metrics:
         self._problems = []      # calls that say why /health is degraded, or None
 
     def family(self, name, kind, help, samples):
-        """A metric family: `samples()` gives (suffix, labels, value) triples. Parts that
-        register one name (pixel_rejections_total: the recorder and the forwarder) are
-        summed, sample by sample."""
+        """A metric family: `samples()` gives (suffix, labels, value) triples. Families
+        registered under one name (pixel_rejections_total) are summed, sample by sample."""
         self._families.setdefault(name, (kind, help, []))[2].append(samples)
 
     def value(self, name, kind, help, read):
@@ -1507,10 +1503,9 @@ def _flock(fd, path):
 
 def state_path(log_path, role):
     """Where pixel keeps its `role` state ("forward": the live forwarder's checkpoint;
-    "backfill": pixel.py forward's) for the log at `log_path`: .pixel/<role>.<log>.json
-    beside it. Version 1.0's <log>.<role> matched the globs users write for the log's
-    files (events.jsonl*); no glob of the log's name reaches a dot folder, in a shell, Go
-    or Rust, and a name that starts with the role and ends in .json passes recursive ones."""
+    "backfill": pixel.py forward's) for the log at `log_path`. Version 1.0's <log>.<role>
+    matched the globs users write for the log's files (events.jsonl*); no glob of the log's
+    name reaches .pixel/<role>.<log>.json, in a shell, Go or Rust, nor a recursive one."""
     folder, name = os.path.split(os.path.abspath(log_path))
     return os.path.join(folder, STATE_FOLDER, "%s.%s.json" % (role, name))
 
@@ -1537,10 +1532,9 @@ def adopt_legacy_state(log_path, role, reporter):
 
 
 def cut_torn_tail(fd, path, size, reporter):
-    """(The first bytes of the last line, its length) if a log of `size` bytes open as
-    `fd` ends in a line with no newline (a kill -9 or a power cut mid-write), that line cut
-    off, since the next would be glued to it; (None, 0) if not. OSError for a last "line"
-    longer than one write leaves: no torn write, but a file that is not a pixel log."""
+    """Cut off the last line of a log of `size` bytes open as `fd` if it has no newline (a
+    kill -9 or a power cut mid-write), since the next would be glued to it: (its first
+    bytes, its length), or (None, 0). OSError if it is longer than one write leaves."""
     reader = os.open(path, os.O_RDONLY)   # the writer's own descriptor may be write-only
     try:
         if not size or os.pread(reader, 1, size - 1) == b"\n":
@@ -1591,16 +1585,14 @@ def prune_rotations(path, keep, held, reporter):
             if (status.st_dev, status.st_ino) in held:
                 reporter.say("keeping %s past --keep %d: the forwarder has not sent all of "
                              "it yet" % (old, keep), key="keep " + path)
-                continue
-            os.remove(old)
+            else:
+                os.remove(old)
+                reporter.say("deleted %s (--keep %d)" % (old, keep))
         except FileNotFoundError:
-            continue
+            pass
         except OSError as error:   # a folder of that name: not the write's failure
-            reporter.say("cannot delete %s (--keep %d): %s" % (old, keep,
-                                                               error.strerror or error),
-                         key="keep " + old)
-            continue
-        reporter.say("deleted %s (--keep %d)" % (old, keep))
+            reporter.say("cannot delete %s (--keep %d): %s"
+                         % (old, keep, error.strerror or error), key="keep " + old)
 
 
 def _chunks(lines, limit):
@@ -1790,10 +1782,9 @@ class LogWriter:
 
     def _follow_path(self, status):
         """Reopen the path if the open file is no longer at it (logrotate's create, an mv,
-        an rm); `status` is a stat from before the lock. A file renamed with nothing at its
+        an rm); `status`: the path's, from before the lock. A file renamed with nothing at its
         path yet is written MOVED_GRACE more: logrotate's create renames, then makes the new
-        file with O_EXCL, which fails if we made it first. A path that cannot be opened (its
-        folder renamed) leaves writing on the file it named."""
+        file with O_EXCL, which fails if we made it first."""
         if self._fd is None:
             return self._open()
         if status is not None and (status.st_dev, status.st_ino) == self._identity:
@@ -1819,9 +1810,8 @@ class LogWriter:
                                % (self.path, error.strerror or error), key="reopen " + self.path)
 
     def _append_linked(self, chunk):
-        """_append, then check that the file still has a name: a line written into a deleted
-        file vanishes with it, so it is taken out again (a shipper may still read that file)
-        and written to a fresh one at the path."""
+        """_append, and if the file has lost its name, the chunk, which would vanish with it,
+        taken out again (a shipper may still read that file) and written to a new one."""
         for _ in range(RELINK_ATTEMPTS):
             before = self._size
             self._append(chunk)
@@ -1867,7 +1857,6 @@ class LogWriter:
         return pixel_rotations(self.path)
 
 
-
 # Reading log lines back: the dedupe window's warm-up, and the forwarder. The raw bytes
 # "writeKey":" can only be a key, since a quote inside a JSON string is escaped.
 _WRITE_KEY_FIELD = re.compile(rb'"writeKey":"((?:[^"\\]|\\.)*)"')
@@ -1883,17 +1872,14 @@ def _depth_at(prefix):
 
 
 def _top_level_string(line, field):
-    """The match of `field` (a "<name>":"<value>" pattern) in a log line if it has exactly
-    one, at its top level, with no escape in it: then the line need not be parsed, which
-    would cost more than all the rest. None: parse the line."""
+    """The match of `field` (a "<name>":"<value>" pattern) if a log line has exactly one, at
+    its top level, with no escape in it, so that the line, costlier to parse, need not be."""
     matches = list(field.finditer(line))
-    if len(matches) != 1 or line[:1] != b"{" or line[-1:] != b"}":
-        return None
-    match = matches[0]
-    if b"\\" in match.group(1) or not match.group(1).isascii() or \
-            _depth_at(line[:match.start()]) != 1:
-        return None
-    return match
+    if len(matches) == 1 and line[:1] == b"{" and line[-1:] == b"}":
+        value = matches[0].group(1)
+        if b"\\" not in value and value.isascii() and _depth_at(line[:matches[0].start()]) == 1:
+            return matches[0]
+    return None
 
 
 def logged_client_id(line):
@@ -1906,47 +1892,45 @@ def logged_client_id(line):
         return None
     try:
         event = json.loads(line)
-    except (ValueError, RecursionError):
+        write_key, message_id = event["writeKey"], event["messageId"]
+    except (ValueError, RecursionError, TypeError, KeyError):   # TypeError: not an object
         return None
-    if not isinstance(event, dict):
-        return None
-    write_key, message_id = event.get("writeKey"), event.get("messageId")
-    if isinstance(write_key, str) and write_key and isinstance(message_id, str) and \
-            message_id:
+    if isinstance(write_key, str) and write_key and isinstance(message_id, str) and message_id:
         return dedupe_key(write_key, message_id)
     return None
 
 
-def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
-    """The dedupe_keys of the last `count` events in the log files `paths` (the newest
-    first), oldest first, reading at most `max_bytes` from their ends."""
-    found = []   # newest first
-    lines_left = 2 * count + 1024   # a log of pixel's has an id a line: garbage stops this
+def _lines_from_end(paths, max_bytes):
+    """The lines of the files `paths`, each file's from its end, reading at most `max_bytes`
+    in all."""
     for path in paths:
+        if max_bytes <= 0:
+            return
         try:
             fd = open_file(path)
         except OSError:   # rotated away or deleted since it was listed, or not a file
             continue
         try:
             end, partial = os.fstat(fd).st_size, b""
-            while end > 0 and len(found) < count and max_bytes > 0 and lines_left > 0:
+            while end > 0 and max_bytes > 0:
                 size = min(MAX_WRITE_BYTES, end, max_bytes)
                 end, max_bytes = end - size, max_bytes - size
                 lines = (os.pread(fd, size, end) + partial).split(b"\n")
                 partial = lines.pop(0) if end > 0 else b""   # may go on in the block before
-                for line in reversed(lines):
-                    client_id = logged_client_id(line) if line else None
-                    lines_left -= 1
-                    if client_id is not None:
-                        found.append(client_id)
-                    if len(found) == count or lines_left <= 0:
-                        break
+                yield from reversed(lines)
         finally:
             os.close(fd)
-        if len(found) >= count or max_bytes <= 0 or lines_left <= 0:
-            break
-    found.reverse()
-    return found
+
+
+def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
+    """The dedupe_keys of the last `count` events in the log files `paths` (the newest
+    first), oldest first, reading at most `max_bytes` from their ends."""
+    lines = _lines_from_end(paths, max_bytes)
+    # A log of pixel's has an id a line: a cap on the lines read stops at garbage.
+    ids = (logged_client_id(line) for line in itertools.islice(lines, 2 * count + 1024) if line)
+    found = list(itertools.islice((key for key in ids if key is not None), count))
+    lines.close()
+    return found[::-1]
 
 
 # --------------------------------------------------------------------------------------------
