@@ -1327,7 +1327,7 @@ class Counter:
     """A thread-safe count, by label value (None when it has no label)."""
 
     def __init__(self):
-        self._counts = collections.Counter()
+        self.counts = collections.Counter()
         self._lock = threading.Lock()
 
     def add(self, key=None, amount=1):
@@ -1336,16 +1336,16 @@ class Counter:
     def update(self, keys):
         """Add the keys of an iterable, or a mapping's values to its keys."""
         with self._lock:
-            self._counts.update(keys)
+            self.counts.update(keys)
 
     def total(self):
         with self._lock:
-            return sum(self._counts.values())
+            return sum(self.counts.values())
 
     def samples(self, label):
         """(suffix, labels, value) samples for Metrics.family, one a label value."""
         with self._lock:
-            counts = sorted(self._counts.items(), key=lambda item: str(item[0]))
+            counts = sorted(self.counts.items(), key=lambda item: str(item[0]))
         return [("", ((label, key),) if label else (), value) for key, value in counts]
 
 
