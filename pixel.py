@@ -1065,11 +1065,6 @@ def _answer(status, content_type, body, extra_headers=()):
                   + tuple(extra_headers), body)
 
 
-GIF_ANSWER = _answer(200, "image/gif", GIF, (
-    ("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache"),
-    ("Expires", "0")))
-
-
 def plain_answer(status, extra_headers=()):
     """A fixed text answer, the status's own phrase: never anything from the request."""
     phrase = http.server.BaseHTTPRequestHandler.responses[status][0]
@@ -1090,6 +1085,9 @@ def add_headers(answer, headers):
     return answer._replace(headers=answer.headers + tuple(headers)) if headers else answer
 
 
+GIF_ANSWER = _answer(200, "image/gif", GIF, (
+    ("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache"),
+    ("Expires", "0")))
 NOT_FOUND = plain_answer(404)
 SUCCESS = json_answer(200, {"success": True})
 LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required", "message":
@@ -1104,6 +1102,7 @@ def not_allowed(route):
 # Only such a value is ever echoed back; "null" (file:, sandboxed frames) is not one.
 _ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])"
                      r"(?::\d{1,5})?\Z", re.ASCII)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")   # RFC 9110's: a method, a header name
 
 
 def origin_allowed(origin, allowed):
@@ -1129,9 +1128,6 @@ def cors_headers(request, allowed):
         return None
     return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
             ("Access-Control-Allow-Credentials", "true"))
-
-
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 
 def preflight(route, request, cors):
