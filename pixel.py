@@ -1363,11 +1363,10 @@ class Histogram:
 
     def samples(self):
         with self._lock:
-            counts, total = list(self.counts), self.sum
-        running = list(itertools.accumulate(counts))
+            running, total = list(itertools.accumulate(self.counts)), self.sum
         bounds = [repr(bound) for bound in self.BOUNDS] + ["+Inf"]
-        return [("_bucket", (("le", bound),), count) for bound, count in zip(bounds, running)] \
-            + [("_sum", (), total), ("_count", (), running[-1])]
+        buckets = [("_bucket", (("le", bound),), count) for bound, count in zip(bounds, running)]
+        return buckets + [("_sum", (), total), ("_count", (), running[-1])]
 
 
 class Metrics:
