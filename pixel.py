@@ -973,11 +973,10 @@ def user_agent(headers):
 
 Route = collections.namedtuple("Route", "kind name methods max_body browser",
                                defaults=(False,))
-Route.__doc__ = """What a path is. `kind` is "pixel", "api", "metrics" (a browser SDK's own),
-"settings" (a document an SDK loads), "prometheus" (/metrics) or "health"; `name` the event
-type, API route or document; `methods` those it answers (others get a 405); `max_body` the
-largest body it reads (0: one is dropped); `browser` whether only browsers post there, so
-that an event's clock is the browser's."""
+Route.__doc__ = """What a path is: its `kind` ("pixel", "api", "metrics": a browser SDK's own,
+"settings", "prometheus" or "health"), `name` (event type, API route or document), the
+`methods` it answers (others get a 405), `max_body` (0: a body is dropped), and `browser`:
+whether only browsers post there, so that an event's clock is the browser's."""
 
 _GET_HEAD = ("GET", "HEAD")
 _POST_OPTIONS = ("POST", "OPTIONS")   # OPTIONS: a browser's CORS preflight
@@ -1008,7 +1007,7 @@ _WRITE_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}\Z", re.ASCII)
 
 
 def route_for(path):
-    """The Route for `path`: ROUTES', or the settings route's; None for any other path."""
+    """The Route for `path`, or None."""
     route = ROUTES.get(path)
     if route is None and path.startswith(SETTINGS_PREFIX) and path.endswith(SETTINGS_SUFFIX) \
             and _WRITE_KEY.match(path[len(SETTINGS_PREFIX):-len(SETTINGS_SUFFIX)]):
@@ -1026,22 +1025,21 @@ Answer = collections.namedtuple("Answer", "status headers body")
 Answer.__doc__ = """What a transport sends: a status, (name, value) header pairs, Content-Length
 among them, and the body, which goes out for every method but HEAD."""
 
-GIF_ANSWER = Answer(200, (("Content-Type", "image/gif"), ("Content-Length", str(len(GIF))),
-                          ("Cache-Control", "no-cache, no-store, must-revalidate"),
-                          ("Pragma", "no-cache"), ("Expires", "0")), GIF)
+
+def _answer(status, content_type, body, extra_headers=()):
+    return Answer(status, (("Content-Type", content_type), ("Content-Length", str(len(body))))
+                  + tuple(extra_headers), body)
 
 
 def plain_answer(status, extra_headers=()):
     """A fixed text answer, the status's own phrase: never anything from the request."""
-    body = http.server.BaseHTTPRequestHandler.responses[status][0].encode() + b"\n"
-    return Answer(status, (("Content-Type", "text/plain; charset=utf-8"),
-                           ("Content-Length", str(len(body)))) + tuple(extra_headers), body)
+    phrase = http.server.BaseHTTPRequestHandler.responses[status][0]
+    return _answer(status, "text/plain; charset=utf-8", phrase.encode() + b"\n", extra_headers)
 
 
 def json_answer(status, document, extra_headers=()):
     body = json.dumps(document).encode() + b"\n"
-    return Answer(status, (("Content-Type", "application/json"),
-                           ("Content-Length", str(len(body)))) + tuple(extra_headers), body)
+    return _answer(status, "application/json", body, extra_headers)
 
 
 def error_answer(status, error, extra_headers=()):
@@ -1053,6 +1051,9 @@ def add_headers(answer, headers):
     return answer._replace(headers=answer.headers + tuple(headers)) if headers else answer
 
 
+GIF_ANSWER = _answer(200, "image/gif", GIF, (
+    ("Cache-Control", "no-cache, no-store, must-revalidate"), ("Pragma", "no-cache"),
+    ("Expires", "0")))
 NOT_FOUND = plain_answer(404)
 SUCCESS = json_answer(200, {"success": True})
 LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required", "message":
@@ -1067,21 +1068,19 @@ def not_allowed(route):
 # Only such a value is ever echoed back; "null" (file:, sandboxed frames) is not one.
 _ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])"
                      r"(?::\d{1,5})?\Z", re.ASCII)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")   # RFC 9110's: a method, a header name
 
 
 def origin_allowed(origin, allowed):
     """Whether --allow-origin entries `allowed` allow `origin`: none allow any; an origin
     allows itself; "*.example.com" any subdomain of example.com, on any scheme and port."""
-    if not allowed:
-        return True
     origin = origin.lower()
-    if origin in allowed:
+    if not allowed or origin in allowed:
         return True
-    host = origin.partition("://")[2]
-    if host.startswith("["):   # an IPv6 address: exact entries only
-        return False
-    host = host.partition(":")[0]
-    return any(pattern.startswith("*.") and host.endswith(pattern[1:]) for pattern in allowed)
+    host = origin.partition("://")[2].partition(":")[0]
+    # An IPv6 address ("[" before its first colon) is allowed by exact entries only.
+    return not host.startswith("[") and any(
+        pattern.startswith("*.") and host.endswith(pattern[1:]) for pattern in allowed)
 
 
 def cors_headers(request, allowed):
@@ -1097,9 +1096,6 @@ def cors_headers(request, allowed):
             ("Access-Control-Allow-Credentials", "true"))
 
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-
-
 def preflight(route, request, cors):
     """A CORS preflight's answer: 204 allowing the route's methods and the headers asked
     for (Authorization, X-Retry-Count), cached for two hours, Chromium's cap; a 403 with no
@@ -1112,8 +1108,9 @@ def preflight(route, request, cors):
     methods = ", ".join(method for method in route.methods if method != "HEAD")
     headers = cors + (("Access-Control-Allow-Methods", methods),
                       ("Access-Control-Max-Age", "7200"))
-    return Answer(204, headers + ((("Access-Control-Allow-Headers", allowed),)
-                                  if allowed else ()), b"")
+    if allowed:
+        headers += (("Access-Control-Allow-Headers", allowed),)
+    return Answer(204, headers, b"")
 
 
 def settings_document(write_key, protocol, host, prefix):
@@ -1132,9 +1129,9 @@ def settings_document(write_key, protocol, host, prefix):
 
 
 def source_config(write_key):
-    """The source configuration RudderStack's browser SDK loads (`configUrl`): the source,
-    enabled, with no destinations and the SDK's own error and metrics reports off, so that
-    it sends events to its data plane (pixel) and nothing else."""
+    """The source configuration RudderStack's browser SDK loads (`configUrl`): the source
+    enabled, with no destinations and the SDK's own reports off, so that it sends events to
+    its data plane (pixel) and nothing else."""
     off = {"enabled": False}
     return {"source": {"id": write_key, "name": "pixel", "writeKey": write_key,
                        "enabled": True, "destinations": [],
@@ -1213,8 +1210,7 @@ def parse_head(head):
         if scheme.lower() not in ("http", "https") or not rest:
             raise HeadError(400, "bad_target", request_line)
         target = "/" + rest.partition("/")[2]
-    body_length = _body_length(headers) if (
-        "content-length" in headers or "transfer-encoding" in headers) else 0
+    body_length = _body_length(headers)
     if body_length is None:
         raise HeadError(400, "bad_framing", request_line)
     path, _, query = target.partition("?")
@@ -1223,25 +1219,20 @@ def parse_head(head):
 
 
 def spaced_pixel_target(words):
-    """A request line split at its spaces (`words`, more than three) as [method, target,
-    version] when it is a pixel URL with literal spaces in its query, as Segment's docs
-    show one (.../track?userId=user_123&event=Email Opened&...): a pixel route's method,
-    then the target, its path whole in the first word, then HTTP/1.x. The words between are
-    joined by single spaces. Anything else is given back as it came, to be refused."""
+    """A request line's `words` (more than three) as [method, target, version] if its target
+    is a pixel URL with literal spaces in its query, as Segment's docs show one
+    (.../track?userId=user_123&event=Email Opened&...); else as they came, to be refused."""
     method, version = words[0], words[-1]
     middle = [word for word in words[1:-1] if word]
-    if method not in _GET_HEAD or not version.startswith("HTTP/1.") or \
-            not _HTTP_VERSION.match(version) or not middle or middle[0][:1] != "/" or \
-            "?" not in middle[0]:
-        return words
-    route = route_for(middle[0].partition("?")[0])
-    if route is None or route.kind != "pixel":
-        return words
-    return [method, " ".join(middle), version]
+    if method in _GET_HEAD and version.startswith("HTTP/1.") and middle and "?" in middle[0]:
+        route = route_for(middle[0].partition("?")[0])
+        if route is not None and route.kind == "pixel":
+            return [method, " ".join(middle), version]
+    return words
 
 
 def _body_length(headers):
-    """Content-Length as an int, -1 for a chunked body, None for invalid framing."""
+    """Content-Length as an int, 0 without one, -1 chunked, None for invalid framing."""
     if "content-length" not in headers:
         return -1 if "transfer-encoding" in headers else 0
     lengths = set(value.strip() for value in headers["content-length"].split(","))
@@ -1256,11 +1247,10 @@ def _body_length(headers):
 # What operators see: one-line messages on stderr, and the counts /health and /metrics show
 
 class Reporter:
-    """One-line messages for operators on `stream` (stderr by default), each "pixel: ...".
-    A message given a `key` is said at most once per `interval` for that key, so that a
-    failing disk or a flood of bad requests cannot bury the rest. A failed write to the
-    stream itself (stderr on that full disk) is counted in `lost`, never raised: a message
-    for the operator must not cost a client its answer."""
+    """One-line "pixel: ..." messages for operators on `stream` (default stderr). One with a
+    `key` is said at most once an `interval`, so that a failing disk or a flood of bad
+    requests cannot bury the rest. A failed write to the stream (stderr on that full disk)
+    is counted in `lost`, never raised: it must not cost a client its answer."""
 
     def __init__(self, stream=None, *, interval=ERROR_INTERVAL, clock=time.monotonic):
         self.stream = stream
@@ -1303,10 +1293,10 @@ class Counter:
         self._lock = threading.Lock()
 
     def add(self, key=None, amount=1):
-        with self._lock:
-            self.counts[key] += amount
+        self.update({key: amount})
 
     def update(self, keys):
+        """Add the keys of an iterable, or a mapping's values to its keys."""
         with self._lock:
             self.counts.update(keys)
 
@@ -1339,20 +1329,16 @@ class Histogram:
 
     def samples(self):
         with self._lock:
-            counts, total = list(self.counts), self.sum
-        samples, running = [], 0
-        for bound, count in zip(self.BOUNDS + (None,), counts):
-            running += count
-            samples.append(("_bucket", (("le", "+Inf" if bound is None else repr(bound)),),
-                            running))
-        return samples + [("_sum", (), total), ("_count", (), running)]
+            running, total = list(itertools.accumulate(self.counts)), self.sum
+        bounds = [repr(bound) for bound in self.BOUNDS] + ["+Inf"]
+        buckets = [("_bucket", (("le", bound),), count) for bound, count in zip(bounds, running)]
+        return buckets + [("_sum", (), total), ("_count", (), running[-1])]
 
 
 class Metrics:
     """The registry each part of one pixel (the recorder, the HTTP server, the forwarder)
-    registers its counts into, and that /health and /metrics render: so no part reads
-    another's fields. A family's `samples` and a health field's `read` are called at
-    each render."""
+    registers its counts into, and that /health and /metrics render, so that no part reads
+    another's fields. The callables registered are called at each render."""
 
     def __init__(self, clock=time.time):
         self.started = time.monotonic()
@@ -1362,9 +1348,8 @@ class Metrics:
         self._problems = []      # calls that say why /health is degraded, or None
 
     def family(self, name, kind, help, samples):
-        """A metric family: `samples()` gives (suffix, labels, value) triples. Parts that
-        register one name (pixel_rejections_total: the recorder and the forwarder) are
-        summed, sample by sample."""
+        """A metric family: `samples()` gives (suffix, labels, value) triples. Families
+        registered under one name (pixel_rejections_total) are summed, sample by sample."""
         self._families.setdefault(name, (kind, help, []))[2].append(samples)
 
     def value(self, name, kind, help, read):
@@ -1388,20 +1373,20 @@ class Metrics:
 
     def render(self):
         """Prometheus's text exposition format 0.0.4."""
-        lines = []
+        build = (("version", __version__), ("python", sys.version.split()[0]))
         families = dict(self._families, pixel_build_info=(
-            "gauge", "pixel's version and the Python it runs on.",
-            [lambda: [("", (("version", __version__), ("python", sys.version.split()[0])), 1)]]),
+            "gauge", "pixel's version and the Python it runs on.", [lambda: [("", build, 1)]]),
             process_start_time_seconds=("gauge", "When the process started (Unix time).",
                                         [lambda: [("", (), float(self.started_at))]]))
+        lines = []
         for name, (kind, help, sources) in families.items():
             lines.append("# HELP %s %s" % (name, help.replace("\\", "\\\\")
                                            .replace("\n", "\\n")))
             lines.append("# TYPE %s %s" % (name, kind))
-            samples = {}
+            samples = collections.Counter()
             for source in sources:
                 for suffix, labels, value in source():
-                    samples[suffix, labels] = samples.get((suffix, labels), 0) + value
+                    samples[suffix, labels] += value
             for (suffix, labels), value in samples.items():
                 text = ",".join('%s="%s"' % (label, str(content).replace("\\", "\\\\")
                                              .replace('"', '\\"').replace("\n", "\\n"))
@@ -1415,8 +1400,8 @@ class Metrics:
 # --------------------------------------------------------------------------------------------
 # Log files: appending whole lines before the answer, rotating, and reading them back
 
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+# os.open's descriptors are close-on-exec already (PEP 446).
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 # A rotated file's suffix: pixel's own .<UTC stamp>[-N] (group 1 and 2), or logrotate's
 # .N and -DATE, which the forwarder follows too.
 _ROTATED = re.compile(r"(?:\.(\d{8}T\d{6}\.\d{3}Z)(?:-(\d+))?|\.\d{1,6}|-\d{8,14})\Z")
@@ -1430,7 +1415,11 @@ def file_kind(mode):
     return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
 
 
-def open_file(path, flags=_READ_FLAGS, devices=False):
+def _not_regular(path, mode):
+    return OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode), path)
+
+
+def open_file(path, flags=os.O_RDONLY, devices=False):
     """os.open() for a regular file (with `devices`, a character device such as /dev/full
     too); anything else is OSError(EINVAL, "not a regular file (a FIFO)"). The open cannot
     block: a FIFO would wait there for a peer before any signal could stop it, so it is
@@ -1445,12 +1434,11 @@ def open_file(path, flags=_READ_FLAGS, devices=False):
             mode = os.stat(path).st_mode
         except OSError:
             raise error from None
-        raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode),
-                      path) from None
+        raise _not_regular(path, mode) from None
     try:
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or devices and stat.S_ISCHR(mode)):
-            raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode), path)
+            raise _not_regular(path, mode)
         if nonblocking:
             os.set_blocking(fd, True)
     except BaseException:
@@ -1475,12 +1463,10 @@ def _flock(fd, path):
 
 
 def state_path(log_path, role):
-    """Where pixel keeps its `role` state for the log at `log_path` ("forward": the live
-    forwarder's checkpoint; "backfill": pixel.py forward's, after its first file). Version
-    1.0 wrote <log>.forward beside the log, where the globs users write for its files
-    (events.jsonl* for a shipper) took it for a log. In a folder of its own, .pixel/, no
-    glob of the log's name reaches it, in a shell, Go or Rust (whose `*` matches a leading
-    dot); a name that starts with the role and ends in .json passes recursive globs by."""
+    """Where pixel keeps its `role` state ("forward": the live forwarder's checkpoint;
+    "backfill": pixel.py forward's) for the log at `log_path`. Version 1.0's <log>.<role>
+    matched the globs users write for the log's files (events.jsonl*); no glob of the log's
+    name reaches .pixel/<role>.<log>.json, in a shell, Go or Rust, nor a recursive one."""
     folder, name = os.path.split(os.path.abspath(log_path))
     return os.path.join(folder, STATE_FOLDER, "%s.%s.json" % (role, name))
 
@@ -1507,31 +1493,26 @@ def adopt_legacy_state(log_path, role, reporter):
 
 
 def cut_torn_tail(fd, path, size, reporter):
-    """(The first bytes of the last line, its length) if a log of `size` bytes open as
-    `fd` ends in a line with no newline (a kill -9 or a power cut mid-write), that line cut
-    off, since the next would be glued to it; (None, 0) if not. OSError for a last "line"
-    longer than one write leaves: no torn write, but a file that is not a pixel log."""
-    reader = os.open(path, _READ_FLAGS)   # the writer's own descriptor may be write-only
+    """Cut off the last line of a log of `size` bytes open as `fd` if it has no newline (a
+    kill -9 or a power cut mid-write), since the next would be glued to it: (its first
+    bytes, its length), or (None, 0). OSError if it is longer than one write leaves."""
+    reader = os.open(path, os.O_RDONLY)   # the writer's own descriptor may be write-only
     try:
         if not size or os.pread(reader, 1, size - 1) == b"\n":
             return None, 0
-        start = size
-        while start > 0 and size - start <= MAX_WRITE_BYTES:   # a block at a time
-            block_start = max(0, start - RECV_SIZE)
-            newline = os.pread(reader, start - block_start, block_start).rfind(b"\n")
-            start = block_start + newline + 1 if newline >= 0 else block_start
-            if newline >= 0:
-                break
-        if size - start > MAX_WRITE_BYTES:
-            raise OSError(errno.EINVAL, "its last %d bytes have no newline, more than one "
-                                        "write leaves; is it a pixel log?" % (size - start))
-        kept = os.pread(reader, MAX_REJECT_RAW, start)
+        # The line's start is at most one write back: looked for that far and a block more.
+        window = max(0, size - MAX_WRITE_BYTES - RECV_SIZE)
+        tail = os.pread(reader, size - window, window)
     finally:
         os.close(reader)
+    start = window + tail.rfind(b"\n") + 1
+    if size - start > MAX_WRITE_BYTES:
+        raise OSError(errno.EINVAL, "its last %d bytes have no newline, more than one "
+                                    "write leaves; is it a pixel log?" % (size - start))
     os.ftruncate(fd, start)
     reporter.say("%s ended in a torn line (%d bytes, no newline): cut it"
                  % (path, size - start))
-    return kept, size - start
+    return tail[start - window:start - window + MAX_REJECT_RAW], size - start
 
 
 def pixel_rotations(path):
@@ -1565,16 +1546,14 @@ def prune_rotations(path, keep, held, reporter):
             if (status.st_dev, status.st_ino) in held:
                 reporter.say("keeping %s past --keep %d: the forwarder has not sent all of "
                              "it yet" % (old, keep), key="keep " + path)
-                continue
-            os.remove(old)
+            else:
+                os.remove(old)
+                reporter.say("deleted %s (--keep %d)" % (old, keep))
         except FileNotFoundError:
-            continue
+            pass
         except OSError as error:   # a folder of that name: not the write's failure
-            reporter.say("cannot delete %s (--keep %d): %s" % (old, keep,
-                                                               error.strerror or error),
-                         key="keep " + old)
-            continue
-        reporter.say("deleted %s (--keep %d)" % (old, keep))
+            reporter.say("cannot delete %s (--keep %d): %s"
+                         % (old, keep, error.strerror or error), key="keep " + old)
 
 
 def _chunks(lines, limit):
@@ -1611,9 +1590,8 @@ class LogWriter:
         self.created = not os.path.lexists(self.path)   # by this start: see discard()
         self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.Lock()
         self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
-        self._fd = self._identity = self._moved_at = None   # _moved_at: first seen renamed
-        self._size = self._unreported = 0   # where the last whole line ends; lines failed
-        self._torn = False          # a short write left bytes past _size not yet cut
+        self._fd = self._identity = None
+        self._unreported = 0        # lines failed since the last write that worked
         self._path_checked = float("-inf")
         self._changes = None        # the follower's: ("opened", fd, ...), ("renamed", ...)
         self._open()                # at start an OSError is the operator's to see
@@ -1668,33 +1646,30 @@ class LogWriter:
         return self._size if self._identity == identity else None
 
     def _open(self):
+        """Open the path (again), or OSError: then the file open until now stays open."""
         fd = open_file(self.path, self._flags, devices=True)   # /dev/null, /dev/full too
         try:
             status = os.fstat(fd)
-            if (status.st_dev, status.st_ino) == self._identity and self._fd is not None:
+            identity = (status.st_dev, status.st_ino)
+            if identity == self._identity and self._fd is not None:
                 os.close(fd)   # the file it has open (a SIGHUP with nothing renamed)
                 return
             _flock(fd, self.path)
             if self._changes is not None:   # under the lock: in the order written
-                self._changes.append(("opened", os.dup(fd), (status.st_dev, status.st_ino),
-                                      self.path))
-        except OSError:   # in use, out of descriptors: the file open until now stays
+                self._changes.append(("opened", os.dup(fd), identity, self.path))
+        except OSError:   # in use, out of descriptors
             os.close(fd)
             raise
-        self._fd, self._identity, self._size = fd, (status.st_dev, status.st_ino), status.st_size
-
-    def _reopen(self):   # the file open until now stays open if the path cannot be opened
-        old = self._fd
-        self._open()
-        if self._fd != old:
-            self._torn, self._moved_at = False, None
-            if old is not None:
-                os.close(old)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._identity, self._size = fd, identity, status.st_size
+        self._torn = False          # a short write left bytes past _size not yet cut
+        self._moved_at = None       # when the path was first seen naming another file
 
     def reopen(self):
         """Open the path afresh (SIGHUP, logrotate's convention), or OSError."""
         with self._lock:
-            self._reopen()
+            self._open()
 
     def close(self):
         with self._lock:
@@ -1708,12 +1683,13 @@ class LogWriter:
         that fails leaves the folder as it found it."""
         with self._lock:
             opened = os.fstat(self._fd) if self._fd is not None and self.created else None
-            try:
-                named = os.stat(self.path) if opened and not opened.st_size else None
-                if named and (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
-                    os.unlink(self.path)
-            except OSError as error:   # FileNotFoundError: removed already, by someone else
-                if not isinstance(error, FileNotFoundError):
+            if opened and not opened.st_size:
+                try:
+                    if os.path.samestat(os.stat(self.path), opened):
+                        os.unlink(self.path)
+                except FileNotFoundError:   # removed already, by someone else
+                    pass
+                except OSError as error:
                     self._reporter.say("cannot remove %s, made by a start that failed: %s"
                                        % (self.path, error.strerror or error))
         self.close()
@@ -1749,9 +1725,10 @@ class LogWriter:
                     self._append_linked(chunk)
                     done += count
             except OSError as error:
+                lost = len(lines) - done
                 self.written += done
-                self.failed += len(lines) - done
-                self._unreported += len(lines) - done
+                self.failed += lost
+                self._unreported += lost
                 self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still "
                                    "answering, will retry)" % (self.path, error.strerror or
                                                                error, self._unreported),
@@ -1766,15 +1743,14 @@ class LogWriter:
 
     def _follow_path(self, status):
         """Reopen the path if the open file is no longer at it (logrotate's create, an mv,
-        an rm); `status` is a stat from before the lock. A file renamed with nothing at its
+        an rm); `status`: the path's, from before the lock. A file renamed with nothing at its
         path yet is written MOVED_GRACE more: logrotate's create renames, then makes the new
-        file with O_EXCL, which fails if we made it first. A path that cannot be opened (its
-        folder renamed) leaves writing on the file it named."""
+        file with O_EXCL, which fails if we made it first."""
         if self._fd is None:
-            return self._reopen()
+            return self._open()
         if status is not None and (status.st_dev, status.st_ino) == self._identity:
             return
-        try:
+        try:   # again under the lock: another write may have reopened it since
             status = os.stat(self.path)
         except FileNotFoundError:
             status = None
@@ -1787,7 +1763,7 @@ class LogWriter:
             if now - self._moved_at < MOVED_GRACE:
                 return
         try:
-            self._reopen()
+            self._open()
         except OSError as error:
             if not os.fstat(self._fd).st_nlink:
                 raise
@@ -1795,9 +1771,8 @@ class LogWriter:
                                % (self.path, error.strerror or error), key="reopen " + self.path)
 
     def _append_linked(self, chunk):
-        """_append, then check that the file still has a name: a line written into a deleted
-        file vanishes with it, so it is taken out again (a shipper may still read that file)
-        and written to a fresh one at the path."""
+        """_append, and if the file has lost its name, the chunk, which would vanish with it,
+        taken out again (a shipper may still read that file) and written to a new one."""
         for _ in range(RELINK_ATTEMPTS):
             before = self._size
             self._append(chunk)
@@ -1805,7 +1780,7 @@ class LogWriter:
                 return
             os.ftruncate(self._fd, before)
             self._size = before
-            self._reopen()
+            self._open()
         raise OSError(errno.ENOENT, "deleted each time it was written, %d times"
                       % RELINK_ATTEMPTS)
 
@@ -1834,7 +1809,7 @@ class LogWriter:
             self._changes.append(("renamed", None, self._identity, target))
             self._park(self._identity, target)
         self.rotations += 1
-        self._reopen()
+        self._open()
         if self.keep:   # none the follower has not finished, or not yet taken
             held = self.pinned.union(change[2] for change in self._changes or ())
             prune_rotations(self.path, self.keep, held, self._reporter)
@@ -1858,17 +1833,14 @@ def _depth_at(prefix):
 
 
 def _top_level_string(line, field):
-    """The match of `field` (a "<name>":"<value>" pattern) in a log line if it has exactly
-    one, at its top level, with no escape in it: then the line need not be parsed, which
-    would cost more than all the rest. None: parse the line."""
+    """The match of `field` (a "<name>":"<value>" pattern) if a log line has exactly one, at
+    its top level, with no escape in it, so that the line, costlier to parse, need not be."""
     matches = list(field.finditer(line))
-    if len(matches) != 1 or line[:1] != b"{" or line[-1:] != b"}":
-        return None
-    match = matches[0]
-    if b"\\" in match.group(1) or not match.group(1).isascii() or \
-            _depth_at(line[:match.start()]) != 1:
-        return None
-    return match
+    if len(matches) == 1 and line[:1] == b"{" and line[-1:] == b"}":
+        value = matches[0].group(1)
+        if b"\\" not in value and value.isascii() and _depth_at(line[:matches[0].start()]) == 1:
+            return matches[0]
+    return None
 
 
 def logged_client_id(line):
@@ -1881,47 +1853,45 @@ def logged_client_id(line):
         return None
     try:
         event = json.loads(line)
-    except (ValueError, RecursionError):
+        write_key, message_id = event["writeKey"], event["messageId"]
+    except (ValueError, RecursionError, TypeError, KeyError):   # TypeError: not an object
         return None
-    if not isinstance(event, dict):
-        return None
-    write_key, message_id = event.get("writeKey"), event.get("messageId")
-    if isinstance(write_key, str) and write_key and isinstance(message_id, str) and \
-            message_id:
+    if isinstance(write_key, str) and write_key and isinstance(message_id, str) and message_id:
         return dedupe_key(write_key, message_id)
     return None
 
 
-def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
-    """The dedupe_keys of the last `count` events in the log files `paths` (the newest
-    first), oldest first, reading at most `max_bytes` from their ends."""
-    found = []   # newest first
-    lines_left = 2 * count + 1024   # a log of pixel's has an id a line: garbage stops this
+def _lines_from_end(paths, max_bytes):
+    """The lines of the files `paths`, each file's from its end, reading at most `max_bytes`
+    in all."""
     for path in paths:
+        if max_bytes <= 0:
+            return
         try:
             fd = open_file(path)
         except OSError:   # rotated away or deleted since it was listed, or not a file
             continue
         try:
             end, partial = os.fstat(fd).st_size, b""
-            while end > 0 and len(found) < count and max_bytes > 0 and lines_left > 0:
+            while end > 0 and max_bytes > 0:
                 size = min(MAX_WRITE_BYTES, end, max_bytes)
                 end, max_bytes = end - size, max_bytes - size
                 lines = (os.pread(fd, size, end) + partial).split(b"\n")
                 partial = lines.pop(0) if end > 0 else b""   # may go on in the block before
-                for line in reversed(lines):
-                    client_id = logged_client_id(line) if line else None
-                    lines_left -= 1
-                    if client_id is not None:
-                        found.append(client_id)
-                    if len(found) == count or lines_left <= 0:
-                        break
+                yield from reversed(lines)
         finally:
             os.close(fd)
-        if len(found) >= count or max_bytes <= 0 or lines_left <= 0:
-            break
-    found.reverse()
-    return found
+
+
+def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
+    """The dedupe_keys of the last `count` events in the log files `paths` (the newest
+    first), oldest first, reading at most `max_bytes` from their ends."""
+    lines = _lines_from_end(paths, max_bytes)
+    # A log of pixel's has an id a line: a cap on the lines read stops at garbage.
+    ids = (logged_client_id(line) for line in itertools.islice(lines, 2 * count + 1024) if line)
+    found = list(itertools.islice((key for key in ids if key is not None), count))
+    lines.close()
+    return found[::-1]
 
 
 # --------------------------------------------------------------------------------------------
