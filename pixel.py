@@ -6543,7 +6543,7 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None):
         with open(fd, "wb", closefd=False) as handle:
             if archive:
                 import gzip
-                with gzip.GzipFile(filename="", mode="wb", fileobj=handle,
+                with gzip.GzipFile(filename="", mode="wb", fileobj=handle, compresslevel=6,
                                    mtime=int(before.st_mtime)) as packed:
                     erasure.scan(packed.write)
             else:
