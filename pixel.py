@@ -46,6 +46,7 @@ import datetime
 import email.utils
 import errno
 import functools
+import hashlib
 import hmac
 import html
 import http.client
@@ -142,6 +143,7 @@ MAX_ANSWER_BYTES = 64 * 1024     # of a receiver's answer, read and quoted
 FORWARD_READ = MAX_BATCH_BYTES + MAX_EVENT_LINE   # log bytes read to build one batch
 MAX_FORWARD_ITEM = MAX_PAYLOAD_BYTES - 64   # what a receiver takes, with the batch's sentAt
 MAX_OPEN_LOG_FILES = 32          # files the forwarder holds open; later ones wait by name
+HOLD_WAIT = 20.0                 # seconds a post may go on when an erase holds the forwarder
 MAX_REFUSED_IN_A_ROW = 3         # events refused alone in a row before the receiver is doubted
 PROBES_A_ROUND = 100             # events then sent one at a time, at most, between waits
 SNIFF_LINES, SNIFF_BYTES = 8, 2 * MAX_EVENT_LINE   # looked at to tell an event log
@@ -802,16 +804,22 @@ _IDNA_MAPPED[0x3002] = "."   # the ideographic full stop (NFKC makes U+FF61 one)
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}")
 
 
-def _base64_hides_address(text):
-    """Whether a run of base64 in `text`, either alphabet, decodes to an address: a client
-    can encode any string so, not only data=."""
+def base64_decodings(text):
+    """What each run of base64 in `text`, either alphabet, decodes to (bytes): a client can
+    encode any string so, not only data=."""
     for match in _BASE64_RUN.finditer(text):
         run = match.group().replace("-", "+").replace("_", "/")
         for start in range(4):   # the run may begin anywhere in a group of four
             piece = run[start:len(run) - (len(run) - start) % 4]   # whole groups only
-            decoded = base64.b64decode(piece, validate=True).decode("latin-1")
-            if anonymize_addresses(decoded) != decoded:
-                return True
+            yield base64.b64decode(piece, validate=True)
+
+
+def _base64_hides_address(text):
+    """Whether a run of base64 in `text` decodes to an address."""
+    for raw in base64_decodings(text):
+        decoded = raw.decode("latin-1")
+        if anonymize_addresses(decoded) != decoded:
+            return True
     return False
 
 
@@ -1797,6 +1805,15 @@ class LogWriter:
         self._size += written
         self.written_bytes += written
 
+    def rotate_now(self):
+        """Rotate the file now if it holds a line (an erase asks: EraseDesk); the name it
+        got, or None. The descriptors a follower has not taken are closed (it is held: see
+        Forwarder.hold), so that no one holds the rotated file's flock."""
+        with self._lock:
+            self._drop_changes()
+            self._follow_path(None)
+            return self._rotate() if self._fd is not None and self._size else None
+
     def _rotate(self):
         target = rotation_target(self.path, self._clock())
         try:
@@ -1804,7 +1821,7 @@ class LogWriter:
         except OSError as error:   # keep writing to the live file rather than lose lines
             self._reporter.say("cannot rotate %s: %s; still writing to it"
                                % (self.path, error), key="write " + self.path)
-            return
+            return None
         if self._changes is not None:
             self._changes.append(("renamed", None, self._identity, target))
             self._park(self._identity, target)
@@ -1813,6 +1830,7 @@ class LogWriter:
         if self.keep:   # none the follower has not finished, or not yet taken
             held = self.pinned.union(change[2] for change in self._changes or ())
             prune_rotations(self.path, self.keep, held, self._reporter)
+        return target
 
     def rotated_files(self):
         return pixel_rotations(self.path)
@@ -2206,11 +2224,206 @@ class Labeller:
         return True
 
 
+def _people_error(error):
+    if isinstance(error, OSError):
+        return "cannot read %s: %s" % (error.filename or "the file", error.strerror or error)
+    return str(error)
+
+
 def _ranges_error(error):
     if isinstance(error, OSError):
         return "cannot read %s: %s" % (error.filename or "a ranges file",
                                         error.strerror or error)
     return str(error)
+
+
+# --------------------------------------------------------------------------------------------
+# People to forget: who --suppress and `pixel.py erase` name, and whether an event, a
+# payload or a client's raw input names one of them. No I/O but reading a list.
+
+MAX_PEOPLE = 1000000             # identifiers in a --suppress file
+MAX_IDENTIFIER = 1024            # characters of one
+MAX_RAW_VALUES = 4096            # values looked at in one raw input (its budget)
+_ID_FIELDS = ("userId", "anonymousId", "previousId")
+_EMAIL_PATHS = (("traits", "email"), ("context", "traits", "email"), ("properties", "email"))
+# What splits a client's raw input into the values it may hold: a query's and JSON's
+# punctuation, and white space. A value is looked at whole first, so an id with a space
+# in it is found too.
+_RAW_SEPARATORS = re.compile(r'[\s"&=,:;{}\[\]\\]+')
+
+
+def identifier_digest(text):
+    """sha256:<hex> of an identifier as matched (trimmed; an address lower-cased): how the
+    ledger names a person, and how a --suppress file may, to hold no plain ids."""
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _id_text(value):
+    """An id field's value as the log has it (numbers become strings), trimmed."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _json_values(value, found):
+    """Append the strings and numbers in parsed JSON to `found`, keys too."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found.append(key)
+            _json_values(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _json_values(item, found)
+    elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        found.append(value if isinstance(value, str) else str(value))
+
+
+def raw_values(text, rounds=MAX_DECODE_ROUNDS):
+    """The values a client's raw input (a query, a body, a line that is not JSON) may hold,
+    decoded as a client could have encoded them, `rounds` layers deep: the text, its
+    escapes undone (_reveal), its JSON strings, the pieces between its separators, and
+    what base64 among them decodes to. At most MAX_RAW_VALUES of them."""
+    seen, pending = set(), [(text, rounds)]
+    while pending and len(seen) < MAX_RAW_VALUES:
+        text, left = pending.pop()
+        if text in seen:
+            continue
+        seen.add(text)
+        yield text
+        if not left:
+            continue
+        found = [_reveal(text) or urllib.parse.unquote(text, errors="replace")]
+        try:
+            _json_values(json.loads(text), found)
+        except (ValueError, RecursionError):
+            pass
+        found.extend(_RAW_SEPARATORS.split(text))
+        found.extend(raw.decode("utf-8", "replace") for raw in base64_decodings(text))
+        pending.extend((value, left - 1) for value in found if value and value not in seen)
+
+
+class People:
+    """Whom to forget, by identifier. An entry with an @ is an email address, matched
+    trimmed and lower-cased against traits.email, context.traits.email and
+    properties.email, and against an id field that holds an address; any other is matched
+    exactly, after trimming, against userId, anonymousId and previousId. Either may be
+    written sha256:<hex> of the identifier (identifier_digest), so that a list need not
+    hold plain ids."""
+
+    def __init__(self, entries=()):
+        self.ids, self.emails, self.digests = set(), set(), set()
+        for entry in entries:
+            self.add(entry)
+
+    def __len__(self):
+        return len(self.ids) + len(self.emails) + len(self.digests)
+
+    def add(self, entry):
+        """Add one identifier; ValueError, in words, for one that is empty, too long, or a
+        sha256: that is not 64 hex digits."""
+        text = entry.strip()
+        if not text:
+            raise ValueError("an empty identifier")
+        if len(text) > MAX_IDENTIFIER:
+            raise ValueError("an identifier of %d characters (at most %d)"
+                             % (len(text), MAX_IDENTIFIER))
+        if text[:7].lower() == "sha256:":
+            digest = text[7:].lower()
+            if len(digest) != 64 or digest.strip("0123456789abcdef"):
+                raise ValueError("%r is not sha256: and 64 hex digits" % text[:80])
+            self.digests.add(digest)
+        elif "@" in text:
+            self.emails.add(text.lower())
+        else:
+            self.ids.add(text)
+
+    def digested(self):
+        """Every identifier as identifier_digest gives it, sorted: what the ledger holds."""
+        return sorted({identifier_digest(text) for text in self.ids | self.emails} |
+                      {"sha256:" + digest for digest in self.digests})
+
+    def _names(self, text, email=False):
+        """Whether a trimmed value names one: an `email` field's, or any value with an @,
+        compared lower-cased with the addresses."""
+        if not email and text in self.ids:
+            return True
+        lowered = text.lower() if email or "@" in text else None
+        if lowered is not None and lowered in self.emails:
+            return True
+        if self.digests:
+            for form in (lowered,) if email else (text, lowered):
+                if form is not None and hashlib.sha256(
+                        form.encode("utf-8", "surrogatepass")).hexdigest() in self.digests:
+                    return True
+        return False
+
+    def named_in(self, payload):
+        """Whether an event or a payload (a dict as sent: an id may be a number) names one,
+        by its id and email fields."""
+        for field in _ID_FIELDS:
+            text = _id_text(payload.get(field))
+            if text and self._names(text):
+                return True
+        for path in _EMAIL_PATHS:
+            node = payload
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, str) and node.strip() and self._names(node.strip(), True):
+                return True
+        return False
+
+    def named_in_raw(self, text):
+        """Whether a client's raw input names one: a value in it (raw_values) that is an
+        identifier, whole. Never a pattern: an id is only ever compared."""
+        for value in raw_values(text):
+            value = value.strip()
+            if value and self._names(value):
+                return True
+        return False
+
+    def named_in_reject(self, record):
+        """Whether a rejects-log line (a dict) names one: in the event it holds (a
+        forwarded one), or in what it quotes of a client's input."""
+        event = record.get("event")
+        if isinstance(event, dict) and (self.named_in(event) or
+                                        self.named_in_raw(_encode_lenient(event))):
+            return True
+        return any(isinstance(record.get(field), str) and self.named_in_raw(record[field])
+                   for field in ("query", "body", "line", "detail", "userAgent"))
+
+
+def read_people(path, limit=MAX_PEOPLE):
+    """The People of a --suppress file: one identifier a line, UTF-8; blank lines and lines
+    starting with # skipped. ValueError names the file and the line of the first bad one;
+    OSError for a file that cannot be read."""
+    people, number = People(), 0
+    fd = open_file(path)   # not a FIFO, which would block a SIGHUP
+    try:
+        with open(fd, "rb", closefd=False) as handle:
+            while True:
+                line = handle.readline(4 * MAX_IDENTIFIER + 2)   # UTF-8 and a CRLF
+                if not line:
+                    return people
+                number += 1
+                try:
+                    if len(line) > 4 * MAX_IDENTIFIER + 1 and not line.endswith(b"\n"):
+                        raise ValueError("longer than %d bytes" % (4 * MAX_IDENTIFIER))
+                    text = line.decode("utf-8").strip()
+                    if number == 1:
+                        text = text.lstrip("\ufeff")   # a byte-order mark
+                    if text and not text.startswith("#"):
+                        people.add(text)
+                except ValueError as error:   # UnicodeDecodeError too
+                    raise ValueError("%s line %d: %s" % (
+                        path, number, "not UTF-8" if isinstance(error, UnicodeError)
+                        else error)) from None
+                if len(people) > limit:
+                    raise ValueError("%s line %d: more than %d identifiers"
+                                     % (path, number, limit))
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -2339,9 +2552,10 @@ class Recorder:
 
     def __init__(self, events, rejects, *, write_keys=(), trusted_proxies=(), record_ip=True,
                  anonymize_ip=False, dedupe_window=DEFAULT_DEDUPE_WINDOW, metrics=None,
-                 clock=time.time, reporter=None, labeller=None):
+                 clock=time.time, reporter=None, labeller=None, people=None):
         self.events, self.rejects = events, rejects
         self.labeller = labeller or Labeller()
+        self.people = people or People()   # --suppress: replaced whole by a reload
         self.write_keys = frozenset(write_keys)
         self.trusted_proxies = tuple(ipaddress.ip_network(proxy, strict=False)
                                      for proxy in trusted_proxies)
@@ -2354,6 +2568,7 @@ class Recorder:
         self.rejected_by_reason = Counter()   # a line may count several (too_many_rejects)
         self.browser_metrics = Counter()      # browser SDKs' own posts, counted and dropped
         self.deduped = 0
+        self.suppressed = Counter()   # requests and items that named a suppressed person
         self._dedupe_lock = threading.Lock()
         self.metrics = metrics or Metrics(clock)
         self._register(self.metrics)
@@ -2375,6 +2590,9 @@ class Recorder:
         metrics.value("pixel_deduped_events_total", "counter", "Events not written: their "
                       "writeKey and messageId were written within the dedupe window.",
                       lambda: self.deduped)
+        metrics.value("pixel_suppressed_events_total", "counter", "Pixel requests and API "
+                      "items not recorded: they named a person of the --suppress list.",
+                      self.suppressed.total)
         metrics.value("pixel_browser_metrics_total", "counter", "Browser SDKs' own metrics "
                       "and error reports (/v1/m, /rsaMetrics), counted and dropped.",
                       self.browser_metrics.total)
@@ -2382,7 +2600,8 @@ class Recorder:
                             ("rejected", self.rejected_by_reason.total),
                             ("write_errors", lambda: self.events.failed + self.rejects.failed),
                             ("browser_metrics", self.browser_metrics.total),
-                            ("deduped", lambda: self.deduped)):
+                            ("deduped", lambda: self.deduped),
+                            ("suppressed", self.suppressed.total)):
             metrics.health(field, read)
         metrics.problem(lambda: self.events.failing or self.rejects.failing)
 
@@ -2419,6 +2638,8 @@ class Recorder:
         ip = self.client_ip(request)
         try:
             payload = decode_query(request.query)
+            if self.people and self.suppress(payload):
+                return
             event = build_event(kind, payload, received_at=received_at,
                                 write_keys=self.write_keys, ip=ip,
                                 user_agent=user_agent(request.headers),
@@ -2481,6 +2702,9 @@ class Recorder:
             try:
                 if isinstance(payload, Rejected):   # an item that is not even an event
                     raise payload
+                if self.people and self.suppress(payload):
+                    key_taken = True   # answered as if recorded
+                    continue
                 if browser and payload.get("timestamp") is not None and \
                         payload.get("originalTimestamp") is None:
                     payload = dict(payload, originalTimestamp=payload.pop("timestamp"))
@@ -2514,6 +2738,9 @@ class Recorder:
         return SUCCESS if written else error_answer(503, "write_failed")
 
     def _refuse_items(self, refused, request, received_at, ip):
+        if self.people:
+            refused = [(rejection, item) for rejection, item in refused
+                       if not self.suppress(raw=_encode_lenient(item))]
         records, size = [], 0
         for rejection, item in refused:
             if len(records) == MAX_REJECTS_PER_REQUEST or size > MAX_REJECTS_BYTES_PER_REQUEST:
@@ -2530,6 +2757,8 @@ class Recorder:
 
     def _body_refused(self, rejection, request, received_at, ip, body):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""
+        if self.people and self.suppress(raw=body[:MAX_BATCH_BYTES].decode("utf-8", "replace")):
+            return SUCCESS
         if self.anonymize_ip:
             quoted, redacted = anonymize_body(body)
         else:
@@ -2541,11 +2770,24 @@ class Recorder:
     def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
                redacted=False):
         """Write one rejects-log line (reject_line's); the request's time and address, if
-        not given, are now and its client's."""
+        not given, are now and its client's. Nothing of a --suppress'ed person's."""
+        if self.people and self.suppress(raw=request.query if quoted is None else quoted):
+            return
         if received_at is None:
             received_at, ip = self.clock(), self.client_ip(request)
         self._write_rejects([reject_line(rejection, request, received_at, ip, self.anonymize_ip,
                                          quoted, redacted)], [rejection.reason])
+
+    def suppress(self, payload=None, raw=None):
+        """Whether a payload (a dict as sent) or a client's `raw` input names a person of
+        the --suppress list: then it is counted, and nothing of it is written anywhere."""
+        if payload is not None and not isinstance(payload, dict):
+            payload, raw = None, _encode_lenient(payload)
+        if not (payload is not None and self.people.named_in(payload) or
+                raw is not None and self.people.named_in_raw(raw)):
+            return False
+        self.suppressed.add()
+        return True
 
     def _write_rejects(self, lines, reasons):
         self.rejected_by_reason.update(reasons)
@@ -4066,16 +4308,36 @@ def rotated_since(path, live, since):
     return opened
 
 
+def checkpoint_positions(checkpoint):
+    """Where `checkpoint` stands: (identity, offset, head_bytes, head), then, if an erase
+    is replacing that file (erase_file), where it stands in the new one."""
+    yield ((checkpoint["device"], checkpoint["inode"]), checkpoint["offset"],
+           checkpoint["head_bytes"], checkpoint.get("head"))
+    replaced = checkpoint.get("replaced")
+    if isinstance(replaced, dict) and all(type(replaced.get(field)) is int for field in
+                                          ("inode", "offset", "head_bytes")):
+        yield ((checkpoint["device"], replaced["inode"]), replaced["offset"],
+               replaced["head_bytes"], replaced.get("head"))
+
+
+def found_at(log, checkpoint):
+    """The offset in `log` where `checkpoint` stands, or None if it names another file."""
+    for identity, offset, head_bytes, head in checkpoint_positions(checkpoint):
+        if log.identity == identity and log.unpark() and log.head(head_bytes) == head:
+            return offset
+    return None
+
+
 def resume_at(checkpoint, files, live_end, reporter):
     """The index in `files` (those of a live log, the live one last, its committed end
     `live_end`) to start at from `checkpoint`, that file's offset set."""
     if checkpoint is None:
         return len(files) - 1
     for index, log in enumerate(files):
-        if log.identity == (checkpoint["device"], checkpoint["inode"]) and \
-                log.unpark() and log.head(checkpoint["head_bytes"]) == checkpoint["head"]:
+        offset = found_at(log, checkpoint)
+        if offset is not None:
             end = live_end if log is files[-1] else log.size()
-            log.offset = checkpoint["offset"]
+            log.offset = offset
             if log.offset > end:   # lost in a power cut after it was sent, or cut
                 reporter.say("%s is shorter than the checkpoint says (%d < %d bytes): "
                              "forwarding from its end" % (log.name, end, log.offset))
@@ -4175,9 +4437,8 @@ class LogQueue:
                 self._reporter.say("%s: sent up to byte %d before; sending what was "
                                    "written since" % (path, before))
                 log.offset = before
-            elif log.identity == (checkpoint["device"], checkpoint["inode"]) and \
-                    log.head(checkpoint["head_bytes"]) == checkpoint.get("head"):
-                log.offset = checkpoint["offset"]
+            elif found_at(log, checkpoint) is not None:
+                log.offset = found_at(log, checkpoint)
         self._counting = (list(self.files), None, 0)
 
     def _pull(self):
@@ -4546,6 +4807,7 @@ class Forwarder:
         self.skipped = 0             # rejects-log lines with no event to send again
         self.truncated = []          # a backfill's files it could not read to their end
         self.last_success = None     # clock time of the last 2xx
+        self.held = None             # while an erase is at work (hold): its last status
         self.sender = Sender(receiver, write_key, self._refuse, self._acknowledge,
                              self.reporter, clock)
         self._caught_up_at = clock()   # all lines written before this were sent
@@ -4610,6 +4872,35 @@ class Forwarder:
         if self.thread is None or not self.thread.is_alive():
             self.queue.close()
             self.receiver.close()
+
+    def hold(self):
+        """Stop at the end of the batch in flight (within HOLD_WAIT: then its post is cut,
+        and it is sent again), and close the files until resume(): an erase replaces them
+        meanwhile (EraseDesk). /health shows the status of that moment."""
+        self.held = dict(self.status(True), held=True)
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(HOLD_WAIT)
+            if self.thread.is_alive():
+                self.receiver.abort()
+                self.thread.join()
+        self.queue.close()
+
+    def resume(self):
+        """Forward again, from the checkpoint, which the erase moved into the new files. An
+        OSError (the checkpoint cannot be written) is said, and retried at the next look."""
+        writer = self.queue.writer
+        self.queue = LogQueue(self.reporter, self.stopping)
+        self.stopping.clear()
+        try:
+            self.follow(writer)
+        except OSError as error:
+            self.stopping.set()
+            self.queue.close()
+            raise OSError(error.errno, "cannot forward again after the erase: %s"
+                          % (error.strerror or error)) from None
+        self.held = None
+        self.start()
 
     def _run_on_thread(self):
         while not self.stopping.is_set():
@@ -4748,6 +5039,10 @@ class Forwarder:
 
     def status(self, for_metrics=False):
         """The forwarder's part of /health, and with `for_metrics` what /metrics adds."""
+        if self.held is not None:
+            return self.held if for_metrics else {
+                name: value for name, value in self.held.items()
+                if name not in ("paused", "last_success_time")}
         lines, size, files = self.queue.backlog(self.sent + self.refused.total() + self.skipped)
         oldest = self.queue.oldest_unsent() if lines or size else None
         age = max(0.0, self.clock() - (oldest or self._caught_up_at)) if lines or size else 0.0
@@ -4766,6 +5061,241 @@ class Forwarder:
         if for_metrics:
             status.update(paused=int(paused), last_success_time=float(self.last_success or 0))
         return status
+
+
+# --------------------------------------------------------------------------------------------
+# Erasing beside a running pixel: how `pixel.py erase` asks it to let go of a live log
+# (EraseRequest), and how the pixel answers (EraseDesk).
+
+ERASE_POLL = 0.2       # seconds between a running pixel's looks for an erase request
+ERASE_WAIT = 60.0      # seconds erase waits for a running pixel to answer (see HOLD_WAIT)
+MAX_STATE_BYTES = 64 * 1024   # of an erase request or answer
+
+
+def erase_request_path(log_path):
+    return state_path(log_path, "erase")
+
+
+def erase_answer_path(log_path):
+    return state_path(log_path, "erase-answer")
+
+
+def read_state(path):
+    """A small JSON object of the state folder, or None if there is none or it is not
+    one."""
+    try:
+        fd = open_file(path)
+    except OSError:
+        return None
+    try:
+        document = json.loads(os.read(fd, MAX_STATE_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+    return document if isinstance(document, dict) else None
+
+
+def process_started(pid):
+    """When process `pid` started (clock ticks since boot, in /proc), or None where that
+    cannot be read: with the pid, it names one process, which a reused pid does not."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_alive(pid, started):
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process: there
+        pass
+    return started is None or process_started(pid) in (None, started)
+
+
+def erase_at_work(log_path):
+    """Whether an erase is at work on the log at `log_path`: its request is there, and its
+    process alive."""
+    request = read_state(erase_request_path(log_path))
+    return request is not None and process_alive(request.get("pid"), request.get("started"))
+
+
+class EraseRequest:
+    """erase's side of asking a running pixel (its EraseDesk) to let go of the live log at
+    `log_path`, which its flock shows it writes: a request file in the log's state folder
+    (one erase at a time per log: made with O_EXCL), answered by the pixel in another."""
+
+    def __init__(self, log_path, reporter):
+        self.log_path = log_path
+        self.path, self.answer_path = erase_request_path(log_path), erase_answer_path(log_path)
+        self.reporter = reporter
+        self.document = {"id": os.urandom(8).hex(), "pid": os.getpid(),
+                         "started": process_started(os.getpid()), "state": "asked"}
+        self.answered = False
+
+    def claim(self):
+        """Make the request; OSError if another erase of this log runs, or it cannot."""
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder):
+            os.makedirs(folder, exist_ok=True)
+            owner = os.stat(self.log_path)   # the pixel must write its answer there
+            if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+                os.chown(folder, owner.st_uid, owner.st_gid)
+        written = "%s.%d" % (self.path, os.getpid())
+        write_checkpoint(written, self.document)
+        try:
+            for _ in range(2):
+                try:   # a link made whole, or none: never an empty request to misread
+                    os.link(written, self.path)
+                    return
+                except FileExistsError:
+                    other = read_state(self.path) or {}
+                    if process_alive(other.get("pid"), other.get("started")):
+                        raise OSError(errno.EBUSY, "another erase (pid %s) is at work on it"
+                                      % other.get("pid"), self.log_path) from None
+                    self._remove()   # a request left by an erase that died
+            raise OSError(errno.EBUSY, "cannot make the erase request %s" % self.path)
+        finally:
+            os.remove(written)
+
+    def wait_ready(self, gone):
+        """The name the running pixel rotated the log to (None: it was empty) once it
+        answers, or False if `gone()` says it has let go of the log meanwhile (ended);
+        OSError if it does neither within ERASE_WAIT seconds."""
+        deadline = time.monotonic() + ERASE_WAIT
+        while time.monotonic() < deadline:
+            if gone():
+                return False
+            answer = read_state(self.answer_path) or {}
+            if answer.get("id") == self.document["id"] and answer.get("state") == "ready":
+                self.answered = True
+                rotated = answer.get("rotated")
+                return rotated if isinstance(rotated, str) else None
+            time.sleep(0.05)
+        raise OSError(errno.ETIMEDOUT, "the pixel that writes it did not answer the erase "
+                      "request in %d s (is it older than 2.1?)" % ERASE_WAIT, self.log_path)
+
+    @staticmethod
+    def finish(requests):
+        """Say each erase request is done and, where a pixel answered, wait (a while) for
+        it to go on forwarding; then remove them. A pixel goes on once all its requests
+        are done."""
+        try:
+            for request in requests:
+                write_checkpoint(request.path, dict(request.document, state="done"))
+            deadline = time.monotonic() + ERASE_WAIT
+            for request in requests:
+                while request.answered and time.monotonic() < deadline:
+                    answer = read_state(request.answer_path) or {}
+                    if answer.get("id") != request.document["id"] or \
+                            answer.get("state") != "ready":
+                        break
+                    time.sleep(0.05)
+        finally:
+            for request in requests:
+                request._remove()
+
+    def _remove(self):
+        for path in (self.path, self.answer_path):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+
+class EraseDesk:
+    """A running pixel's side of `pixel.py erase`: a request beside either log
+    (EraseRequest) is answered by rotating that log, so that erase rewrites a file nobody
+    writes, and by holding the forwarder, whose files erase replaces, until the request
+    says done or the erase's process is gone. A thread looks every ERASE_POLL seconds."""
+
+    def __init__(self, writers, forwarder, reporter):
+        self.writers = {erase_request_path(writer.path): writer for writer in writers}
+        self.answers = {erase_request_path(writer.path): erase_answer_path(writer.path)
+                        for writer in writers}
+        self.forwarder, self.reporter = forwarder, reporter
+        self.stopping = threading.Event()
+        self.thread = None
+
+    def start(self):
+        """Start looking, and the forwarder, unless an erase is at work: then once it ends."""
+        if self.forwarder is not None:
+            if self._requests():
+                self.forwarder.hold()
+            else:
+                self.forwarder.start()
+        self.thread = threading.Thread(target=self._run, name="pixel-erase", daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(ERASE_WAIT)
+
+    def _requests(self):
+        """{request path: request} of the erases at work on this pixel's logs; a request
+        whose process is gone is removed."""
+        found = {}
+        for path in self.writers:
+            request = read_state(path)
+            if request is None:
+                continue
+            if process_alive(request.get("pid"), request.get("started")):
+                found[path] = request
+                continue
+            for stale in (path, self.answers[path]):
+                try:
+                    os.remove(stale)
+                except FileNotFoundError:
+                    pass
+            if request.get("state") != "done":
+                self.reporter.say("an erase (pid %s) ended before it was done: run it again"
+                                  % request.get("pid"))
+        return found
+
+    def _run(self):
+        while not self.stopping.wait(ERASE_POLL):
+            try:
+                if self._requests():
+                    self._serve()
+                elif self.forwarder is not None and self.forwarder.held is not None:
+                    self.forwarder.resume()   # held at start by an erase that has ended
+            except OSError as error:
+                self.reporter.say("cannot answer an erase request: %s" % (
+                    error.strerror or error), key="erase")
+
+    def _serve(self):
+        answered = {}
+        try:
+            while True:
+                requests = self._requests()
+                at_work = {path: request for path, request in requests.items()
+                           if request.get("state") != "done"}
+                if not at_work or self.stopping.is_set():
+                    return
+                if self.forwarder is not None and self.forwarder.held is None:
+                    self.forwarder.hold()
+                for path, request in at_work.items():
+                    if answered.get(path) != request.get("id"):
+                        writer = self.writers[path]
+                        write_checkpoint(self.answers[path], {
+                            "id": request.get("id"), "pid": os.getpid(), "state": "ready",
+                            "rotated": writer.rotate_now()})
+                        answered[path] = request.get("id")
+                self.stopping.wait(ERASE_POLL)
+        finally:
+            if self.forwarder is not None and self.forwarder.held is not None and \
+                    not self.stopping.is_set():
+                self.forwarder.resume()
+            for path, request_id in answered.items():
+                if os.path.exists(path):
+                    write_checkpoint(self.answers[path], {"id": request_id, "state": "resumed",
+                                                          "pid": os.getpid()})
 
 
 # --------------------------------------------------------------------------------------------
@@ -4944,6 +5474,9 @@ OPTIONS = (
            "pixel fetches from addresses in FILE as LABEL, apple_mpp (Apple's "
            "egress-ip-ranges.csv) or scanner; each line starts with a CIDR. Repeatable; "
            "reloaded on SIGHUP", many=True),
+    Option("suppress", "PIXEL_SUPPRESS", None, _nonempty, "a file of people whose events are "
+           "not recorded (one userId, anonymousId, email address or sha256:HEX a line); they "
+           "are answered as recorded and counted as suppressed. Reloaded on SIGHUP"),
     Option("metrics_token", "PIXEL_METRICS_TOKEN", None, _token, "require `Authorization: "
            "Bearer TOKEN` for /metrics. Unset, /metrics answers anyone who can reach it"),
     Option("forward", "PIXEL_FORWARD", None, _forward_url, "relay the events log, at least once "
@@ -5090,13 +5623,16 @@ def open_logs(log, rejects, *, busy, wait=0.0, **options):
                 writers.append(LogWriter(path, **options))
                 break
             except OSError as error:
-                if error.errno != errno.EBUSY or time.monotonic() >= deadline:
+                # Wait while another process holds it: a gunicorn reload, whose old worker
+                # lets go soon; an erase rewriting it (erase_at_work), until it is done.
+                if error.errno != errno.EBUSY or time.monotonic() >= deadline and \
+                        not erase_at_work(path):
                     for writer in writers:
                         writer.discard()
                     raise StartupError("cannot open %s: %s%s" % (
                         error.filename or path, error.strerror or error,
                         "; " + busy if error.errno == errno.EBUSY else "")) from None
-            time.sleep(0.05)   # a gunicorn reload: the old worker lets go soon
+            time.sleep(0.05)
         options["readable"] = False   # only the events log is followed
     return writers
 
@@ -5116,6 +5652,10 @@ class Pixel:
         except (OSError, ValueError) as error:
             raise StartupError("cannot load the machine ranges: %s"
                                % _ranges_error(error)) from None
+        try:
+            people = read_people(config.suppress) if config.suppress else None
+        except (OSError, ValueError) as error:
+            raise StartupError("cannot load --suppress: %s" % _people_error(error)) from None
         self.events, self.rejects = open_logs(
             config.log, config.rejects, max_bytes=config.max_bytes, keep=config.keep,
             clock=clock, reporter=self.reporter, readable=bool(config.forward), busy=busy,
@@ -5124,7 +5664,8 @@ class Pixel:
                                  trusted_proxies=config.trusted_proxy,
                                  record_ip=not config.no_ip, anonymize_ip=config.anonymize_ip,
                                  dedupe_window=config.dedupe_window, metrics=self.metrics,
-                                 clock=clock, reporter=self.reporter, labeller=self.labeller)
+                                 clock=clock, reporter=self.reporter, labeller=self.labeller,
+                                 people=people)
         self.app = App(self.recorder, self.metrics, allow_origins=config.allow_origin,
                        public_url=config.public_url, metrics_token=config.metrics_token,
                        serve_metrics=serve_metrics)
@@ -5151,18 +5692,31 @@ class Pixel:
                                                           error.strerror or error)) from None
         self.recorder.record_torn_tails()
         self.recorder.remember_logged()
+        self.desk = EraseDesk((self.events, self.rejects), self.forwarder, self.reporter)
 
     def start(self):
-        """Start what runs beside the requests: the forwarder's thread."""
-        if self.forwarder is not None:
-            self.forwarder.start()
+        """Start what runs beside the requests: the forwarder's thread, and the erase
+        desk's, which answers `pixel.py erase`."""
+        self.desk.start()
 
     def reopen(self):
-        """SIGHUP: both logs reopened at their paths, the machine ranges loaded again."""
+        """SIGHUP: both logs reopened at their paths, the machine ranges and the --suppress
+        list loaded again (one that fails keeps the one loaded before)."""
         self.recorder.reopen()
         self.labeller.reload()
+        if self.config.suppress:
+            try:
+                people = read_people(self.config.suppress)
+            except (OSError, ValueError) as error:
+                self.reporter.say("cannot reload --suppress, so the list loaded before "
+                                  "stays in use: %s" % _people_error(error))
+            else:
+                self.recorder.people = people
+                self.reporter.say("reloaded --suppress (SIGHUP): %d identifier(s)"
+                                  % len(people))
 
     def close(self):
+        self.desk.stop()
         if self.forwarder is not None:
             self.forwarder.stop(1.0)
             self.forwarder.close()
@@ -5423,6 +5977,318 @@ def report_records(tally):
 
 
 # --------------------------------------------------------------------------------------------
+# Erase: what `pixel.py erase` takes out of a log file, and how the file is replaced.
+
+ERASE_READ = 1 << 20   # bytes erase reads and writes at once
+MAX_USER_IDS_SHOWN = 1000     # userIds of erased events erase prints
+
+
+def line_names(people, line):
+    """(Whether a log line (bytes) names one of `people`, whether it parsed as JSON, the
+    line's userId if it is an event's): an event by its fields, a rejects-log line by what
+    it holds and quotes, anything else as a client's raw text."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):   # UnicodeDecodeError too
+        record = None
+    if not isinstance(record, dict):
+        return people.named_in_raw(line.decode("utf-8", "replace")), False, None
+    if "reason" in record and "type" not in record:
+        event = record.get("event")
+        return people.named_in_reject(record), True, \
+            _id_text(event.get("userId")) if isinstance(event, dict) else None
+    return people.named_in(record), True, _id_text(record.get("userId"))
+
+
+def _needles(people):
+    """What a line pixel wrote about one of `people` must hold: (ids, addresses lower-
+    cased), as bytes escaped as pixel writes them, for a first look that spares most lines
+    the JSON parse; None if no such look can be trusted: with a digest (whose id is not
+    known), or an address outside ASCII (whose case changes its \\u escape)."""
+    if people.digests or not all(email.isascii() for email in people.emails):
+        return None
+    escape = json.encoder.encode_basestring_ascii
+    return ([escape(text)[1:-1].encode("ascii") for text in people.ids],
+            [escape(text)[1:-1].encode("ascii") for text in people.emails])
+
+
+def _may_name(needles, line):
+    if line.startswith(b'{"reason"'):   # a rejects-log line quotes raw input: look closer
+        return True
+    ids, emails = needles
+    return any(needle in line for needle in ids) or \
+        bool(emails) and any(needle in line.lower() for needle in emails)
+
+
+def open_log_stream(path):
+    """(A binary stream of the log `path`, gzip inflated if it starts as gzip does; the
+    file under it, to close). "-" is stdin. Any file that can be read is taken, a pipe too
+    (<(zcat ...)). OSError."""
+    raw = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        start = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+    except OSError:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+        raise
+    if start == b"\x1f\x8b":
+        import gzip   # here: only a gzipped file pays for it
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    return raw, raw
+
+
+class FileErasure:
+    """One file's erase: its lines read once (scan), those naming one of `people` counted
+    and, given somewhere to write, the others written there, with where each erased line
+    stood kept so that an offset into the old file can be moved into the new (new_offset):
+    a checkpoint's, or a backfill's."""
+
+    def __init__(self, path, people, needles=None):
+        self.path, self.people, self.needles = path, people, needles
+        self.lines = self.erased = self.as_text = 0
+        self.user_ids = set()   # of the erased events, for the receivers' deletion APIs
+        self.first = b""        # the new file's first 4096 bytes (of its content)
+        self._starts, self._before = array.array("q"), array.array("q")
+
+    def scan(self, write=None):
+        """Read the file, calling `write(bytes)` with the lines kept. OSError, EOFError or zlib.error for one that cannot be read to its end."""
+        stream, raw = open_log_stream(self.path)
+        try:
+            self._scan(stream, write)
+        finally:
+            stream.close()
+            raw.close()
+
+    def _scan(self, lines, write):
+        offset = erased_bytes = kept_bytes = 0
+        kept = []
+        for line in lines:
+            self.lines += 1
+            named = False
+            if self.needles is None or _may_name(self.needles, line):
+                named, parsed, user_id = line_names(self.people, line)
+            if named:
+                self.erased += 1
+                self.as_text += not parsed
+                if user_id and len(self.user_ids) < MAX_USER_IDS_SHOWN:
+                    self.user_ids.add(user_id)
+                self._starts.append(offset)
+                erased_bytes += len(line)
+                self._before.append(erased_bytes)
+            elif write is not None:
+                if len(self.first) < 4096:
+                    self.first += line[:4096 - len(self.first)]
+                kept.append(line)
+                kept_bytes += len(line)
+                if kept_bytes >= ERASE_READ:
+                    write(b"".join(kept))
+                    kept, kept_bytes = [], 0
+            offset += len(line)
+        if kept:
+            write(b"".join(kept))
+
+    def new_offset(self, offset):
+        """Where a line that started at `offset` in the old file starts in the new one."""
+        index = bisect.bisect_left(self._starts, offset)
+        return offset - (self._before[index - 1] if index else 0)
+
+    def new_head(self, offset):
+        """(head_bytes, head) as a checkpoint at `offset` in the new file holds them."""
+        head_bytes = min(offset, 4096)
+        return head_bytes, "%08x" % zlib.crc32(self.first[:head_bytes])
+
+
+def linked_ids(paths, people):
+    """--follow: the anonymousIds the logs at `paths` link to one of `people` (identify
+    and track events that carry both) and the previousIds of their aliases: a Counter of
+    (field, id) to how many events link it. A file that cannot be read is skipped here;
+    its erase fails later, saying why."""
+    linked = collections.Counter()
+    for path in paths:
+        try:
+            stream, raw = open_log_stream(path)
+        except OSError:
+            continue
+        try:
+            for line in stream:
+                if b'"userId"' not in line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                field = {"identify": "anonymousId", "track": "anonymousId",
+                         "alias": "previousId"}.get(event.get("type"))
+                user_id = _id_text(event.get("userId"))
+                other = _id_text(event.get(field)) if field else None
+                if other and user_id and people._names(user_id):
+                    linked[(field, other)] += 1
+        except (OSError, EOFError, zlib.error):
+            continue
+        finally:
+            stream.close()
+            raw.close()
+    return linked
+
+
+def checkpoints_beside(paths):
+    """{path: document} of every checkpoint (the forwarder's, backfills') in the state
+    folders beside `paths`; one that cannot be read is left alone."""
+    found = {}
+    for folder in {os.path.join(os.path.dirname(os.path.abspath(path)), STATE_FOLDER)
+                   for path in paths}:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".json") and name.startswith(("forward.", "backfill.")):
+                try:
+                    document = read_checkpoint(os.path.join(folder, name))
+                except (OSError, ValueError):
+                    continue
+                if document is not None:
+                    found[os.path.join(folder, name)] = document
+    return found
+
+
+def replaced_checkpoint(document, old, new, erasure, new_path, archive):
+    """A checkpoint `document` for a file erase replaces (identity `old`, then `new`,
+    written at `new_path`), or None if it names neither: where it stands, and the files
+    a backfill sent, as they are in the new file, beside where they were in the old one
+    ("replaced", and the "done" entries added): until the rename, the old file is there;
+    after it, the new, and a kill -9 between leaves either found."""
+    document = json.loads(json.dumps(document))   # a copy
+    changed = False
+    if (document["device"], document["inode"]) == old:
+        offset = erasure.new_offset(document["offset"])
+        head_bytes, head = erasure.new_head(offset)
+        document["replaced"] = {"inode": new[1], "offset": offset, "head_bytes": head_bytes,
+                                "head": head}
+        changed = True
+    done = document.get("done")
+    prefix = "%d:%d:" % old
+    for entry in list(done) if isinstance(done, list) else ():
+        parts = entry.split(":") if isinstance(entry, str) else ()
+        if entry.startswith(prefix) and len(parts) == 4 and parts[2].isdigit():
+            if archive:   # LogFile.fingerprint: an archive's size and first bytes on disk
+                length = os.stat(new_path).st_size
+                with open(new_path, "rb") as handle:
+                    head = "%08x" % zlib.crc32(handle.read(min(length, 4096)))
+            else:
+                length = erasure.new_offset(int(parts[2]))
+                head = erasure.new_head(length)[1]
+            done.append("%d:%d:%d:%s" % (new + (length, head)))
+            changed = True
+    return document if changed else None
+
+
+def settled_checkpoint(document, old):
+    """A checkpoint after the rename: the new file only (see replaced_checkpoint)."""
+    document = dict(document)
+    replaced = document.pop("replaced", None)
+    if replaced is not None:
+        document.update(replaced)
+    if isinstance(document.get("done"), list):
+        prefix = "%d:%d:" % old
+        document["done"] = [entry for entry in document["done"]
+                            if not (isinstance(entry, str) and entry.startswith(prefix))]
+    return document
+
+
+def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None):
+    """Erase `people`'s lines from the file at `path`: with `apply`, a copy without them
+    written beside it (.<name>.erase-<pid>.tmp), synced, given the file's mode, owner and
+    times, then renamed over it and the folder synced: a crash leaves the old file whole
+    or the new one. `checkpoints` ({path: document}, updated here) follow the file. A file
+    where more than `max_share` of the lines match is left as it is. Returns the
+    FileErasure and a problem (None if none): OSError, EOFError or zlib.error otherwise."""
+    erasure = FileErasure(path, people, _needles(people))
+    before = os.stat(path)
+    if not stat.S_ISREG(before.st_mode):
+        return erasure, "not a regular file"
+    if not apply:
+        erasure.scan()
+        return erasure, _too_common(erasure, max_share)
+    folder, name = os.path.split(os.path.abspath(path))
+    _remove_left_behind(folder, name)
+    temporary = os.path.join(folder, ".%s.erase-%d.tmp" % (name, os.getpid()))
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                 0o600)
+    try:
+        with open(path, "rb") as handle:
+            archive = handle.read(2) == b"\x1f\x8b"
+        with open(fd, "wb", closefd=False) as handle:
+            if archive:
+                import gzip
+                with gzip.GzipFile(filename="", mode="wb", fileobj=handle, compresslevel=6,
+                                   mtime=int(before.st_mtime)) as packed:
+                    erasure.scan(packed.write)
+            else:
+                erasure.scan(handle.write)
+        problem = _too_common(erasure, max_share)
+        now = os.stat(path)
+        if (now.st_ino, now.st_size, now.st_mtime_ns) != \
+                (before.st_ino, before.st_size, before.st_mtime_ns):
+            problem = "it changed while it was read: is a process writing it?"
+        if problem is not None or not erasure.erased:
+            os.remove(temporary)
+            return erasure, problem
+        if os.geteuid() == 0 or before.st_uid == os.geteuid():
+            os.fchown(fd, before.st_uid, before.st_gid)
+        os.fchmod(fd, stat.S_IMODE(before.st_mode))
+        os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))   # the order of rotations
+        os.fsync(fd)
+        old, new = (before.st_dev, before.st_ino), (before.st_dev, os.fstat(fd).st_ino)
+        moved = {}
+        for where, document in (checkpoints or {}).items():
+            replaced = replaced_checkpoint(document, old, new, erasure, temporary, archive)
+            if replaced is not None:
+                write_checkpoint(where, replaced)
+                moved[where] = replaced
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.lexists(temporary):
+            os.remove(temporary)
+        raise
+    finally:
+        os.close(fd)
+    _sync_folder(folder)
+    for where, document in moved.items():
+        checkpoints[where] = settled_checkpoint(document, old)
+        write_checkpoint(where, checkpoints[where])
+    return erasure, None
+
+
+def _remove_left_behind(folder, name):
+    """Remove the copies of `name` an erase killed mid-way left (.<name>.erase-<pid>.tmp)."""
+    prefix = ".%s.erase-" % name
+    for entry in os.listdir(folder):
+        pid = entry[len(prefix):-4] if entry.startswith(prefix) and entry.endswith(".tmp") \
+            else ""
+        if pid.isdigit() and not process_alive(int(pid), None):
+            os.remove(os.path.join(folder, entry))
+
+
+def _too_common(erasure, max_share):
+    if erasure.lines and erasure.erased > max_share * erasure.lines:
+        return ("%d of its %d lines match, more than --max-share %g: not erased (an id "
+                "as common as that is likely a mistake)" % (erasure.erased, erasure.lines,
+                                                            max_share))
+    return None
+
+
+def _sync_folder(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
 # The command line
 
 def pin_cpu(choice):
@@ -5524,13 +6390,15 @@ def serve(server, pixel, pinned):
 
 
 def main(argv=None, environ=None):
-    """Run the server until SIGTERM or SIGINT, or a subcommand (forward, report) to its end;
+    """Run the server until SIGTERM or SIGINT, or a subcommand (forward, report, erase) to its end;
     return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["forward"]:
         return forward_files(argv[1:])
     if argv[:1] == ["report"]:
         return report_files(argv[1:])
+    if argv[:1] == ["erase"]:
+        return erase_command(argv[1:])
     config = parse_args(argv, environ)
     reporter = Reporter()
     server = pixel = None
@@ -5703,23 +6571,6 @@ def _report_time(text, end=False):
                                          % text) from None
 
 
-def _report_stream(path):
-    """(A binary stream of `path`, gzip inflated if it starts as gzip does; the file
-    under it, to close). "-" is stdin. Any file that can be read is taken, a pipe too
-    (<(zcat ...)). OSError."""
-    raw = sys.stdin.buffer if path == "-" else open(path, "rb")
-    try:
-        start = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
-    except OSError:
-        if raw is not sys.stdin.buffer:
-            raw.close()
-        raise
-    if start == b"\x1f\x8b":
-        import gzip   # here: only a report of a gzipped file pays for it
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
-    return raw, raw
-
-
 def report_files(argv=None, stdout=None):
     """`pixel.py report`: the counts of the events in FILEs, on stdout. 0; 1 if a file
     could not be read to its end (what was read is counted, and stderr says where it
@@ -5733,7 +6584,7 @@ def report_files(argv=None, stdout=None):
     for path in args.files:
         name = "stdin" if path == "-" else path
         try:
-            stream, raw = _report_stream(path)
+            stream, raw = open_log_stream(path)
         except OSError as error:
             reporter.say("report: cannot read %s: %s" % (name, error.strerror or error))
             status = 1
@@ -5788,6 +6639,215 @@ def _csv_cell(value):
     if type(text) is str and text.startswith(("=", "+", "-", "@", "\t", "\r")):
         return "'" + text
     return text
+
+
+
+def build_erase_parser():
+    parser = argparse.ArgumentParser(
+        prog="pixel.py erase",
+        description="Erase a person from pixel's log files (events and rejects logs, plain or "
+                    "gzipped, rotated or live, beside a running pixel or not): each file is "
+                    "replaced whole, without that person's lines. A dry run unless --apply.")
+    for flag, meta, help in (
+            ("--user-id", "ID", "a userId (also matched as anonymousId and previousId)"),
+            ("--anonymous-id", "ID", "an anonymousId (also matched as userId and previousId)"),
+            ("--email", "ADDRESS", "an email address, matched lower-cased against "
+             "traits.email, context.traits.email and properties.email")):
+        parser.add_argument(flag, action="append", default=[], metavar=meta,
+                            help=help + "; repeatable; sha256:HEX of it too")
+    parser.add_argument("--ledger", metavar="FILE", help="erase again everyone an erase "
+                        "ledger (.pixel/erase-ledger.json) names: after restoring a backup")
+    parser.add_argument("--follow", action="store_true", help="also erase the anonymousIds "
+                        "the logs link to a given userId (identify and track events with "
+                        "both) and the previousIds of its aliases")
+    parser.add_argument("--apply", action="store_true", help="erase; without it, only say "
+                        "what would go")
+    parser.add_argument("--max-share", type=_share, default=0.5, metavar="FRACTION",
+                        help="leave alone a file in which more than this share of the lines "
+                             "match (default: %(default)s)")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="log files: events.jsonl*, "
+                        "rejects.jsonl* ...")
+    return parser
+
+
+_share = _checker("_share", (int, float), float, lambda number: 0 < number <= 1,
+                  "must be above 0 and at most 1")
+
+
+def erase_command(argv=None, stdout=None):
+    """`pixel.py erase`: 0 when all that was asked is done, 1 if a file could not be (a
+    line each on stderr), 2 for a bad command line."""
+    parser = build_erase_parser()
+    args = parser.parse_args(argv)
+    stdout = stdout or sys.stdout
+    reporter = Reporter()
+    people, user_ids = People(), People()
+    try:
+        for value in args.user_id + args.anonymous_id + args.email:
+            people.add(value)
+        for value in args.user_id:
+            user_ids.add(value)
+        for value in args.email:
+            if "@" not in value:
+                raise ValueError("--email %r is not an address" % value[:80])
+        if args.ledger:
+            for value in ledger_ids(args.ledger):
+                people.add(value)
+    except (OSError, ValueError) as error:
+        parser.error(_people_error(error))
+    if not people:
+        parser.error("name someone: --user-id, --anonymous-id, --email or --ledger")
+    if args.follow and user_ids:
+        linked = linked_ids(args.files, user_ids)
+        for (field, other), count in sorted(linked.items()):
+            people.add(other)
+            stdout.write("--follow: %s %s (%d event(s))\n" % (field, other, count))
+    status = 0
+    requests, locks, files = [], {}, []
+    try:
+        for path in args.files:
+            try:
+                held = _hold_for_erase(path, requests, locks, reporter) \
+                    if args.apply else [path]
+            except OSError as error:
+                reporter.say("erase: %s: %s: not erased" % (path, error.strerror or error))
+                status = 1
+                continue
+            files += [name for name in held if name not in files]
+        if not files:
+            return status
+        ledger = _ledger_path(args.files[0])
+        if args.apply:
+            try:   # no erase without its record
+                _append_ledger(ledger, people, "started", [])
+            except OSError as error:
+                reporter.say("erase: cannot write the ledger %s: %s; nothing erased"
+                             % (ledger, error.strerror or error))
+                return 1
+        checkpoints = checkpoints_beside(files)
+        results, user_ids_seen = [], set()
+        for path in files:
+            try:
+                erasure, problem = erase_file(path, people, apply=args.apply,
+                                              max_share=args.max_share,
+                                              checkpoints=checkpoints)
+            except (OSError, EOFError, zlib.error) as error:
+                erasure, problem = None, "cannot erase it: %s" % (
+                    getattr(error, "strerror", None) or error)
+            if problem is not None:
+                reporter.say("erase: %s: %s" % (path, problem))
+                status = 1
+            if erasure is None:
+                results.append({"path": path, "status": "failed"})
+                continue
+            user_ids_seen |= erasure.user_ids
+            results.append({"path": path, "lines": erasure.lines, "erased": erasure.erased,
+                            "as_text": erasure.as_text,
+                            "status": "refused" if problem else "erased" if args.apply
+                            else "dry run"})
+            stdout.write("%s: %s %d of %d line(s)%s\n" % (
+                path, "erased" if args.apply and not problem else "would erase",
+                erasure.erased, erasure.lines, " (%d matched as text: not JSON)"
+                % erasure.as_text if erasure.as_text else ""))
+        if args.apply:
+            try:
+                _append_ledger(ledger, people, "done" if not status else "partial", results)
+                stdout.write("ledger: %s\n" % ledger)
+            except OSError as error:
+                reporter.say("erase: cannot write the ledger %s: %s; its last line says "
+                             "started" % (ledger, error.strerror or error))
+                status = 1
+        else:
+            stdout.write("dry run: nothing changed; --apply erases\n")
+        if user_ids_seen:
+            stdout.write("userIds to delete at Segment or RudderStack too (their deletion "
+                         "APIs take userIds): %s\n" % ", ".join(sorted(user_ids_seen)))
+    finally:
+        EraseRequest.finish(requests)
+        for fd in locks.values():
+            os.close(fd)
+    return status
+
+
+def _hold_for_erase(path, requests, locks, reporter, live=True):
+    """The files to erase for `path`, each held (its flock taken: a pixel starting
+    meanwhile waits): `path` itself; or, if a running pixel writes it, every rotated file
+    of that log (pixel_rotations), the last one rotated at erase's request (EraseRequest):
+    one rotated between the shell's glob and the erase is not missed. OSError for one
+    that cannot be held."""
+    if os.path.realpath(path) in locks:   # held already: a rotation of a live log given
+        return []
+    fd = open_file(path)
+    request = EraseRequest(path, reporter)   # one erase a file, and a pixel that starts
+    try:                                     # meanwhile waits for it (open_logs)
+        request.claim()
+        requests.append(request)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:   # a running pixel writes it
+        os.close(fd)
+        if not live:
+            raise OSError(errno.EBUSY, "a running pixel still writes it", path) from None
+        if request.wait_ready(lambda: _flock_free(path, locks)) is False:
+            return [path]   # the pixel ended meanwhile: the file is ours now
+        found = []
+        for rotated in pixel_rotations(path):
+            try:
+                found += _hold_for_erase(rotated, requests, locks, reporter, False)
+            except FileNotFoundError:   # --keep deleted it meanwhile
+                continue
+        return found
+    except OSError:
+        os.close(fd)
+        raise
+    locks[os.path.realpath(path)] = fd
+    return [path]
+
+
+def _flock_free(path, locks):
+    """Take the flock of `path` if it is free (kept in `locks`): True if taken."""
+    fd = open_file(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    locks[os.path.realpath(path)] = fd
+    return True
+
+
+def _ledger_path(first):
+    return os.path.join(os.path.dirname(os.path.abspath(first)), STATE_FOLDER,
+                        "erase-ledger.json")
+
+
+def _append_ledger(path, people, status, files):
+    """One line of the erase ledger: when, who (as digests only), what was done where."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    line = json.dumps({"time": format_time(time.time()), "pid": os.getpid(),
+                       "status": status, "ids": people.digested(), "files": files},
+                      sort_keys=True, ensure_ascii=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ledger_ids(path):
+    """The digests of everyone an erase ledger names. ValueError for a file that is not
+    one, OSError for one that cannot be read."""
+    found = set()
+    fd = open_file(path)
+    with open(fd, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                entry = json.loads(line)
+                found.update(entry["ids"])
+            except (ValueError, KeyError, TypeError):
+                raise ValueError("%s line %d: not an erase ledger line" % (path, number))
+    return sorted(value for value in found if isinstance(value, str))
 
 
 if __name__ == "__main__":

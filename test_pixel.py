@@ -1223,6 +1223,7 @@ class OneWiring(unittest.TestCase):
         "forward_alert": (["--forward-alert", "30"], 30, 30.0),
         "machine_ranges": (["--machine-ranges", "scanner=r.txt"], ["scanner=r.txt"],
                            [("scanner", "r.txt")]),
+        "suppress": (["--suppress", "s.txt"], "s.txt", "s.txt"),
     }
 
     def test_every_option_but_the_servers_is_make_wsgi_apps_too(self):
@@ -1251,6 +1252,8 @@ class OneWiring(unittest.TestCase):
                 if name == "machine_ranges":   # a file it loads at start
                     ranges = write_file(folder, "r.txt", "10.0.0.0/8\n")
                     options[name], held = ["scanner=" + ranges], [("scanner", ranges)]
+                if name == "suppress":
+                    options[name] = held = write_file(folder, "s.txt", "alice\n")
                 with unittest.mock.patch("sys.stderr", io.StringIO()):
                     app = pixel.make_wsgi_app(**dict(extra, **options))
                 app.close()
@@ -2252,15 +2255,18 @@ class RecorderAnonymizingIp(RecorderCase):
             with self.subTest(name):
                 count = (pixel.MAX_BATCH_BYTES - 40) // (len(inner) + 1)
                 text = '{"batch":1,"x":[' + ",".join([inner] * count) + "]}"
-                started = time.perf_counter()
-                document = json.loads(text)
-                parsed = time.perf_counter() - started
+                parsed, quoting = [], []
+                for _ in range(3):   # this thread's CPU time, the best of 3: a loaded
+                    started = time.thread_time()   # machine does not count
+                    document = json.loads(text)
+                    parsed.append(time.thread_time() - started)
+                    started = time.thread_time()
+                    quoted, _ = pixel.anonymize_body(text.encode())
+                    quoting.append(time.thread_time() - started)
                 copy, _ = pixel.anonymize_json(document)
                 self.assertLess(len(json.dumps(copy, separators=(",", ":"))),
                                 4 * pixel.MAX_REJECT_RAW)
-                started = time.perf_counter()
-                quoted, _ = pixel.anonymize_body(text.encode())
-                self.assertLess(time.perf_counter() - started, 5 * parsed + 0.05)
+                self.assertLess(min(quoting), 5 * min(parsed) + 0.05)
                 self.assertLess(len(quoted), 4 * pixel.MAX_REJECT_RAW)
 
     def test_the_worst_inputs_take_bounded_time(self):
@@ -9365,6 +9371,771 @@ class ReadmeOpens(unittest.TestCase):
                          ["ranges", "labels", "keepalive", "report"])
 
 
+# --------------------------------------------------------------------------------------------
+# Forgetting a person (issue 22): --suppress, and `pixel.py erase`
+
+def digest(text):
+    return "sha256:" + __import__("hashlib").sha256(text.encode()).hexdigest()
+
+
+PEOPLE_CASES = [
+    # name, entries, payload, named
+    ("a userId", ["alice"], {"userId": "alice"}, True),
+    ("trimmed on both sides", [" alice\t"], {"userId": "  alice "}, True),
+    ("exact: no other case", ["alice"], {"userId": "Alice"}, False),
+    ("exact: no substring", ["alice"], {"userId": "alice2"}, False),
+    ("an anonymousId", ["a-1"], {"anonymousId": "a-1"}, True),
+    ("an alias's previousId", ["old"], {"userId": "new", "previousId": "old"}, True),
+    ("a number id", ["123"], {"userId": 123}, True),
+    ("a float id, as the log has it", ["1.5"], {"userId": 1.5}, True),
+    ("true is no id", ["True"], {"userId": True}, False),
+    ("an address, lower-cased", ["Alice@Example.COM"],
+     {"userId": "u", "traits": {"email": " alice@example.com "}}, True),
+    ("an address in context.traits", ["alice@example.com"],
+     {"userId": "u", "context": {"traits": {"email": "ALICE@example.com"}}}, True),
+    ("an address in properties", ["alice@example.com"],
+     {"userId": "u", "properties": {"email": "Alice@Example.com"}}, True),
+    ("an address as the userId", ["alice@example.com"], {"userId": "Alice@Example.com"}, True),
+    ("an address elsewhere is not looked at", ["alice@example.com"],
+     {"userId": "u", "properties": {"contact": "alice@example.com"}}, False),
+    ("an id in an email field is not an id", ["alice"],
+     {"userId": "u", "traits": {"email": "alice"}}, False),
+    ("an id in properties is not looked at", ["alice"],
+     {"userId": "u", "properties": {"userId": "alice"}}, False),
+    ("a digest of an id", [digest("alice")], {"anonymousId": "alice"}, True),
+    ("a digest, its hex in capitals", [digest("alice").upper().replace("SHA256", "sha256")],
+     {"userId": "alice"}, True),
+    ("a digest of an address, lower-cased", [digest("alice@example.com")],
+     {"userId": "u", "traits": {"email": "ALICE@example.com"}}, True),
+    ("text that looks like JSON", ['{"userId":"x"}'], {"userId": '{"userId":"x"}'}, True),
+    ("a regular expression is only text", [".*"], {"userId": "alice"}, False),
+    ("a glob is only text", ["*"], {"userId": "alice"}, False),
+    ("null is only text", ["null"], {"userId": None}, False),
+    ("nobody", [], {"userId": "alice"}, False),
+]
+
+
+class PeopleMatching(unittest.TestCase):
+    def test_cases(self):
+        for name, entries, payload, named in PEOPLE_CASES:
+            with self.subTest(name):
+                self.assertEqual(pixel.People(entries).named_in(payload), named)
+
+    def test_bad_entries(self):
+        for entry, message in (("", "an empty identifier"), ("  \t", "an empty identifier"),
+                               ("x" * 1025, "an identifier of 1025 characters (at most 1024)"),
+                               ("sha256:abc", "is not sha256: and 64 hex digits"),
+                               ("sha256:" + "g" * 64, "is not sha256: and 64 hex digits")):
+            with self.subTest(entry=entry[:20]):
+                with self.assertRaises(ValueError) as caught:
+                    pixel.People([entry])
+                self.assertIn(message, str(caught.exception))
+
+    def test_digested_names_nobody_in_plain(self):
+        people = pixel.People(["alice", "Bob@Example.com", digest("carol")])
+        self.assertEqual(people.digested(), sorted([digest("alice"), digest("bob@example.com"),
+                                                    digest("carol")]))
+        self.assertEqual(pixel.identifier_digest("alice"), digest("alice"))
+
+    def test_raw_input_decoded_as_a_client_could_have_encoded_it(self):
+        people = pixel.People(["alice", "bob@example.com", "José"])
+        for raw, named in (
+                ("writeKey=k&userId=alice&evnt=x", True),
+                ("writeKey=k&userId=al%69ce", True),
+                ("writeKey=k&traits.email=BOB%40example.com", True),
+                ("data=" + b64({"writeKey": "k", "userId": "alice", "event": 5}), True),
+                ("data=" + b64({"userId": "alice"}, alphabet="urlsafe", pad=False), True),
+                ("data=" + urllib.parse.quote(b64({"userId": "Jos\u00e9"})), True),
+                ('{"batch":[{"userId":"alice"', True),   # JSON cut short
+                ('{"userId": "alice"}', True),
+                ("userId=alice2&event=x", False),
+                ("writeKey=alice-key&userId=u", False),
+                ("data=" + b64({"userId": "alicia"}), False),
+                ("", False)):
+            with self.subTest(raw=raw[:40]):
+                self.assertEqual(people.named_in_raw(raw), named)
+
+    def test_raw_input_is_bounded(self):
+        # Base64 inside base64 inside percent-escapes, 10,000 values: a budget, not a hang.
+        raw = "&".join("k%d=%s" % (number, b64({"v": b64({"w": number})}))
+                       for number in range(10000))
+        started = time.monotonic()
+        self.assertFalse(pixel.People(["alice"]).named_in_raw(raw))
+        self.assertLess(time.monotonic() - started, 5)
+
+    def test_a_rejects_line(self):
+        people = pixel.People(["alice"])
+        self.assertTrue(people.named_in_reject({"reason": "forward_rejected",
+                                                "event": {"userId": "alice"}}))
+        self.assertTrue(people.named_in_reject({"reason": "invalid_json",
+                                                "body": '{"userId":"alice",'}))
+        self.assertTrue(people.named_in_reject({"reason": "forward_unreadable",
+                                                "line": '{"type":"track","userId":"alice"'}))
+        self.assertFalse(people.named_in_reject({"reason": "invalid_json",
+                                                 "query": "userId=bob", "userAgent": "x"}))
+
+
+class SuppressFile(unittest.TestCase):
+    def setUp(self):
+        self.dir = temp_dir(self)
+
+    def test_one_identifier_a_line(self):
+        path = write_file(self.dir, "suppress.txt", b"\xef\xbb\xbf# people who asked\n\n"
+                          b"alice\r\n  Bob@Example.com  \n" + digest("carol").encode() + b"\n"
+                          b"# not: dave\n")
+        people = pixel.read_people(path)
+        self.assertEqual((people.ids, people.emails, len(people)),
+                         ({"alice"}, {"bob@example.com"}, 3))
+
+    def test_a_bad_line_is_named(self):
+        for content, message in ((b"alice\n\xff\xfe\n", "line 2: not UTF-8"),
+                                 (b"alice\nsha256:12\n", "line 2: 'sha256:12' is not sha256"),
+                                 (b"x" * 5000, "line 1: longer than 4096 bytes"),
+                                 (b"a\n" + b"y" * 1100 + b"\n", "line 2: an identifier of 1100")):
+            with self.subTest(message=message):
+                path = write_file(self.dir, "bad.txt", content)
+                with self.assertRaises(ValueError) as caught:
+                    pixel.read_people(path)
+                self.assertIn("%s %s" % (path, message), str(caught.exception))
+        with self.assertRaises(ValueError) as caught:
+            pixel.read_people(write_file(self.dir, "many.txt", b"a\nb\nc\n"), limit=2)
+        self.assertIn("line 3: more than 2 identifiers", str(caught.exception))
+        os.mkfifo(os.path.join(self.dir, "fifo"))
+        with self.assertRaises(OSError):   # never blocks on a FIFO
+            pixel.read_people(os.path.join(self.dir, "fifo"))
+
+
+class Suppressed(RecorderCase):
+    """--suppress through the one wiring: answered as recorded, written nowhere, counted."""
+
+    def setUp(self):
+        self.suppress = os.path.join(temp_dir(self), "suppress.txt")
+        with open(self.suppress, "w") as handle:
+            handle.write("alice\nbob@example.com\n")
+        self.recorder_options = {"suppress": self.suppress}
+        super().setUp()
+
+    def files(self):
+        return [self.lines(name) for name in ("events.jsonl", "rejects.jsonl")]
+
+    def health(self):
+        return json.loads(self.answer(path="/health").body)
+
+    def test_pixels_named_are_answered_and_written_nowhere(self):
+        for query in ("writeKey=k&userId=alice&event=Opened",
+                      "writeKey=k&userId=u&event=Opened&traits.email=BOB@example.com",
+                      "data=" + b64({"writeKey": "k", "anonymousId": " alice ", "event": "e"}),
+                      "writeKey=k&userId=alice",                 # would be event_not_defined
+                      "writeKey=k&userId=alice&a..b=1",           # would be invalid_key
+                      "data=" + b64({"userId": "alice"})[:-3] + "!!",   # invalid_base64
+                      "writeKey=k&userId=al%69ce&event=%ZZ"):
+            with self.subTest(query=query[:40]):
+                self.assertIs(self.answer(query=query), pixel.GIF_ANSWER)
+        self.assertIs(self.answer(query="writeKey=k&userId=carol&event=Opened"),
+                      pixel.GIF_ANSWER)
+        events, rejects = self.files()
+        self.assertEqual([event["userId"] for event in events], ["carol"])
+        self.assertEqual(rejects, [])
+        health = self.health()
+        self.assertEqual((health["suppressed"], health["accepted"], health["rejected"]),
+                         (7, 1, 0))
+        metrics = self.answer(path="/metrics").body.decode()
+        self.assertIn("\npixel_suppressed_events_total 7\n", metrics)
+
+    def test_api_batches_keep_everyone_else(self):
+        body = json.dumps({"writeKey": "k", "batch": [
+            {"type": "track", "userId": "alice", "event": "e"},
+            {"type": "track", "userId": "carol", "event": "e"},
+            {"type": "track", "userId": "dave"},                       # refused: no event
+            {"type": "track", "userId": "alice"},                      # suppressed, not refused
+            {"type": "identify", "userId": "u", "traits": {"email": "bob@example.com"}},
+            {"type": "nope", "userId": "alice"}]}).encode()
+        answer = self.answer(method="POST", path="/v1/batch", body=body,
+                             headers={"content-type": "application/json"})
+        self.assertEqual(answer.status, 200)
+        events, rejects = self.files()
+        self.assertEqual([event["userId"] for event in events], ["carol"])
+        self.assertEqual([(line["reason"], "alice" in json.dumps(line)) for line in rejects],
+                         [("event_not_defined", False)])
+        self.assertEqual(self.health()["suppressed"], 4)
+
+    def test_an_api_body_that_does_not_parse(self):
+        for body in (b'{"userId":"alice","type":"track"', b'{"userId":"alice"' + b"," * 10):
+            answer = self.answer(method="POST", path="/v1/track", body=body,
+                                 headers={"content-type": "application/json"})
+            self.assertEqual(answer.status, 200)
+        answer = self.answer(method="POST", path="/v1/track", body=b'{"userId":"carol"',
+                             headers={"content-type": "application/json"})
+        self.assertEqual(answer.status, 400)
+        self.assertEqual([line["reason"] for line in self.files()[1]], ["invalid_json"])
+
+    def test_never_in_the_dedupe_window(self):
+        query = "writeKey=k&userId=alice&event=e&messageId=m1"
+        self.assertIs(self.answer(query=query), pixel.GIF_ANSWER)
+        with open(self.suppress, "w") as handle:
+            handle.write("# nobody\n")
+        self.pixel.reopen()   # SIGHUP
+        self.assertIs(self.answer(query=query), pixel.GIF_ANSWER)
+        self.assertEqual([event["messageId"] for event in self.files()[0]], ["m1"])
+        self.assertEqual((self.health()["deduped"], self.health()["suppressed"]), (0, 1))
+
+    def test_a_reload_that_fails_keeps_the_list(self):
+        with open(self.suppress, "wb") as handle:
+            handle.write(b"carol\n\xff\n")
+        self.pixel.reopen()
+        self.assertIn("cannot reload --suppress, so the list loaded before stays in use: %s "
+                      "line 2: not UTF-8" % self.suppress, self.stderr.getvalue())
+        self.answer(query="writeKey=k&userId=alice&event=e")
+        self.answer(query="writeKey=k&userId=carol&event=e")
+        self.assertEqual([event["userId"] for event in self.files()[0]], ["carol"])
+        with open(self.suppress, "w") as handle:
+            handle.write("carol\n")
+        self.pixel.reopen()
+        self.assertIn("reloaded --suppress (SIGHUP): 1 identifier(s)", self.stderr.getvalue())
+        self.answer(query="writeKey=k&userId=alice&event=e")
+        self.answer(query="writeKey=k&userId=carol&event=e")
+        self.assertEqual([event["userId"] for event in self.files()[0]], ["carol", "alice"])
+
+    def test_browser_routes_and_anonymized_rejects(self):
+        body = json.dumps({"writeKey": "k", "userId": "alice", "event": "e",
+                           "context": {"ip": "203.0.113.9"}}).encode()
+        for path in ("/v1/t", "/v1/track"):
+            answer = self.answer(method="POST", path=path, body=body,
+                                 headers={"content-type": "text/plain",
+                                          "origin": "https://shop.example.com"})
+            self.assertEqual(answer.status, 200, path)
+        self.assertEqual(self.files(), [[], []])
+
+
+class SuppressedAnonymizing(Suppressed):
+    def setUp(self):
+        super().setUp()
+        self.pixel.close()
+        self.pixel = make_pixel(self, self.dir, reporter=pixel.Reporter(self.stderr),
+                                clock=lambda: T0, suppress=self.suppress, anonymize_ip=True)
+        self.recorder, self.app = self.pixel.recorder, self.pixel.app
+
+
+def person_lines(user, count, start=0, **fields):
+    """`count` event lines as pixel writes them, of `user`, messageIds <user>-<n>."""
+    return [pixel.encode_line(pixel.build_event("track", dict(
+        {"writeKey": "K", "userId": user, "event": "Email Opened",
+         "messageId": "%s-%d" % (user, number)}, **fields), received_at=T0 + number))
+        for number in range(start, start + count)]
+
+
+class EraseFiles(unittest.TestCase):
+    """`pixel.py erase` on files no pixel writes: plain, gzipped, rejects logs, a dry run,
+    the ledger, --follow, --max-share, and what it refuses."""
+
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-erase-")
+
+    def erase(self, *argv):
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with unittest.mock.patch("sys.stderr", stderr):
+            try:
+                status = pixel.erase_command(list(argv), stdout=stdout)
+            except SystemExit as exit:
+                status = exit.code
+        return status, stdout.getvalue(), stderr.getvalue()
+
+    def log(self, name, lines, compress=False):
+        return write_log(self.dir, name, [line.rstrip(b"\n") for line in lines],
+                         compress=compress)
+
+    def read(self, path):
+        with open(path, "rb") as handle:
+            data = handle.read()
+        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+    def test_dry_run_then_apply_on_plain_and_gzipped_files(self):
+        others = person_lines("bob", 30)
+        mixed = [line for pair in itertools.zip_longest(others, person_lines("alice", 10))
+                 for line in pair if line]
+        plain = self.log("events.jsonl.20261118T000000.000Z", mixed)
+        packed = self.log("events.jsonl.1.gz", mixed, compress=True)
+        os.chmod(plain, 0o640)
+        os.utime(plain, ns=(1_700_000_000_000_000_000, 1_700_000_000_123_456_789))
+        before = self.read(plain)
+        status, out, err = self.erase("--user-id", "alice", plain, packed)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, "%s: would erase 10 of 40 line(s)\n%s: would erase 10 of 40 "
+                              "line(s)\ndry run: nothing changed; --apply erases\nuserIds to "
+                              "delete at Segment or RudderStack too (their deletion APIs take "
+                              "userIds): alice\n" % (plain, packed))
+        self.assertEqual(self.read(plain), before)
+        identity = os.stat(plain).st_ino
+        status, out, err = self.erase("--user-id", "alice", "--apply", plain, packed)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("%s: erased 10 of 40 line(s)\n" % plain, out)
+        expected = b"".join(line for line in others)
+        self.assertEqual(self.read(plain), expected)
+        self.assertEqual(self.read(packed), expected)   # a whole, valid gzip
+        status = os.stat(plain)
+        self.assertNotEqual(status.st_ino, identity)   # replaced, not written over
+        self.assertEqual((oct(status.st_mode & 0o777), status.st_mtime_ns),
+                         ("0o640", 1_700_000_000_123_456_789))
+        self.assertEqual([name for name in os.listdir(self.dir) if name.startswith(".")],
+                         [".pixel"])   # no copy left behind
+        identity = os.stat(plain).st_ino
+        status, out, err = self.erase("--user-id", "alice", "--apply", plain)
+        self.assertIn("%s: erased 0 of 30 line(s)" % plain, out)
+        self.assertEqual(os.stat(plain).st_ino, identity)   # nothing to erase: not replaced
+
+    def test_the_ledger_holds_no_plain_id_and_erases_again_after_a_restore(self):
+        lines = person_lines("bob", 5) + person_lines("alice", 2, email="x") + [
+            pixel.encode_line(pixel.build_event("identify", {
+                "writeKey": "K", "userId": "u9", "traits": {"email": "Alice@Example.com"}},
+                received_at=T0))]
+        path = self.log("events.jsonl", lines)
+        backup = self.read(path)
+        status, out, err = self.erase("--user-id", "alice", "--email", "alice@example.com",
+                                      "--apply", path)
+        self.assertEqual((status, err), (0, ""))
+        ledger = os.path.join(self.dir, ".pixel", "erase-ledger.json")
+        with open(ledger) as handle:
+            text = handle.read()
+        self.assertNotIn("alice", text.lower())
+        started, done = [json.loads(line) for line in text.splitlines()]
+        self.assertEqual((started["status"], done["status"]), ("started", "done"))
+        self.assertEqual(done["ids"], sorted([digest("alice"), digest("alice@example.com")]))
+        self.assertEqual(done["files"], [{"path": path, "lines": 8, "erased": 3, "as_text": 0,
+                                          "status": "erased"}])
+        self.assertIn("userIds to delete at Segment or RudderStack too (their deletion APIs "
+                      "take userIds): alice, u9\n", out)
+        with open(path, "wb") as handle:   # a backup restored
+            handle.write(backup)
+        status, out, err = self.erase("--ledger", ledger, "--apply", path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(self.read(path), b"".join(person_lines("bob", 5)))
+
+    def test_rejects_logs_and_lines_that_are_not_json(self):
+        rejects = [
+            b'{"reason":"event_not_defined","method":"GET","path":"/v1/pixel/track",'
+            b'"query":"writeKey=k&userId=al%69ce","receivedAt":"2026-11-18T11:06:40.250Z"}',
+            b'{"reason":"invalid_json","method":"POST","path":"/v1/batch","body":"{\\"batch\\"'
+            b':[{\\"userId\\":\\"alice\\"","receivedAt":"2026-11-18T11:06:40.250Z"}',
+            b'{"reason":"invalid_base64","method":"GET","path":"/v1/pixel/track","query":'
+            b'"data=' + b64({"userId": "alice"}).encode() + b'!","receivedAt":"x"}',
+            b'{"reason":"forward_rejected","detail":"400","event":' + person_lines("alice", 1)[0]
+            .rstrip(b"\n") + b',"receivedAt":"x"}',
+            b'{"reason":"event_not_defined","method":"GET","path":"/v1/pixel/track",'
+            b'"query":"writeKey=k&userId=bob","receivedAt":"2026-11-18T11:06:40.250Z"}',
+            b'{"type":"track","userId":"alice","event":"torn',          # a torn line
+            b'{"type":"track","userId":"alicia","event":"torn'] + \
+            [line.rstrip(b"\n") for line in person_lines("bob", 6)]
+        path = self.log("rejects.jsonl.20261118T000000.000Z", rejects)
+        status, out, err = self.erase("--user-id", "alice", "--apply", path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("erased 5 of 13 line(s) (1 matched as text: not JSON)", out)
+        self.assertEqual(self.read(path).splitlines(), [rejects[4], rejects[6]] + rejects[7:])
+
+    def test_follow_links_anonymous_ids_and_aliases(self):
+        lines = [
+            logged("alice", kind="identify", anonymous="a-1"),
+            logged("alice", anonymous="a-2"),
+            logged(None, kind="page", anonymous="a-1"),         # only the anonymousId
+            logged("carol", kind="alias", previousId="a-3"),    # another person's alias
+            logged("alice", kind="alias", previousId="old-alice"),
+            logged(None, anonymous="old-alice"),
+            logged("bob", anonymous="a-9"),
+            logged(None, kind="page", anonymous="a-9")]
+        path = self.log("events.jsonl", lines)
+        status, out, err = self.erase("--user-id", "alice", "--follow", path)
+        self.assertEqual(out.splitlines()[:3], [
+            "--follow: anonymousId a-1 (1 event(s))", "--follow: anonymousId a-2 (1 event(s))",
+            "--follow: previousId old-alice (1 event(s))"])
+        self.assertIn("would erase 5 of 8 line(s)", out)
+        status, out, err = self.erase("--user-id", "alice", path)
+        self.assertIn("would erase 3 of 8 line(s)", out)
+
+    def test_max_share_leaves_a_file_alone(self):
+        path = self.log("events.jsonl", person_lines("null", 6) + person_lines("bob", 4))
+        before = self.read(path)
+        status, out, err = self.erase("--user-id", "null", "--apply", path)
+        self.assertEqual(status, 1)
+        self.assertEqual(err, "pixel: erase: %s: 6 of its 10 lines match, more than --max-share "
+                              "0.5: not erased (an id as common as that is likely a mistake)\n"
+                         % path)
+        self.assertEqual(self.read(path), before)
+        with open(os.path.join(self.dir, ".pixel", "erase-ledger.json")) as handle:
+            self.assertEqual(json.loads(handle.read().splitlines()[-1])["status"], "partial")
+        status, out, err = self.erase("--user-id", "null", "--apply", "--max-share", "0.6",
+                                      path)
+        self.assertEqual((status, err), (0, ""))
+
+    def test_hostile_names_and_command_lines(self):
+        path = self.log("events.jsonl", person_lines("bob", 4) + person_lines(".*", 1) +
+                        person_lines("*", 1) + person_lines('{"a":1}', 1))
+        for name in (".*", "*", '{"a":1}'):
+            status, out, err = self.erase("--user-id", name, path)
+            self.assertIn("would erase 1 of 7 line(s)", out, name)
+        for argv, message in (
+                (["--user-id", "", path], "an empty identifier"),
+                (["--user-id", "x" * 2000, path], "an identifier of 2000 characters"),
+                (["--email", "bob", path], "--email 'bob' is not an address"),
+                ([path], "name someone"),
+                (["--user-id", "u"], "the following arguments are required: FILE"),
+                (["--max-share", "0", "--user-id", "u", path], "must be above 0"),
+                (["--max-share", "nan", "--user-id", "u", path], "must be above 0"),
+                (["--ledger", path, path], "line 1: not an erase ledger line")):
+            with self.subTest(argv=argv[:2]):
+                status, out, err = self.erase(*argv)
+                self.assertEqual(status, 2)
+                self.assertIn(message, err)
+        status, out, err = self.erase("--user-id", "bob", "--apply", "--max-share", "1",
+                                      os.path.join(self.dir, "missing"), self.dir, path)
+        self.assertEqual(status, 1)
+        self.assertIn("missing: No such file or directory: not erased", err)
+        self.assertIn("%s: not a regular file (a directory): not erased" % self.dir, err)
+        self.assertIn("%s: erased 4 of 7 line(s)" % path, out)
+
+    def test_a_damaged_archive_is_left_as_it_is(self):
+        whole = gzip.compress(b"".join(person_lines("alice", 3000)))
+        path = write_file(self.dir, "events.jsonl.2.gz", whole[:len(whole) // 2])
+        status, out, err = self.erase("--user-id", "alice", "--apply", "--max-share", "1", path)
+        self.assertEqual(status, 1)
+        self.assertIn("%s: cannot erase it: " % path, err)
+        self.assertEqual(self.read_raw(path), whole[:len(whole) // 2])
+        self.assertEqual(sorted(os.listdir(self.dir)), [".pixel", "events.jsonl.2.gz"])
+
+    def read_raw(self, path):
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    def test_a_full_disk_leaves_the_file_as_it_is(self):
+        folder = mount_tmpfs(self, 256 * 1024)
+        path = write_log(folder, "events.jsonl", [line.rstrip(b"\n") for line in
+                                                  person_lines("bob", 300) +
+                                                  person_lines("alice", 10)])
+        before = self.read_raw(path)
+        filler = fill_disk(self, folder)
+        # Nothing can be written: not the request, not the ledger, not the copy.
+        status, out, err = self.erase("--user-id", "alice", "--apply", path)
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("%s: No space left on device: not erased\n" % path, err)
+        self.assertEqual(self.read_raw(path), before)
+        # Room for the request, but not for the copy; the ledger beside the first file.
+        with open(filler, "r+b") as handle:
+            handle.truncate(os.path.getsize(filler) - 32 * 1024)
+        first = self.log("events.jsonl", person_lines("bob", 2))
+        status, out, err = self.erase("--user-id", "alice", "--apply", first, path)
+        self.assertEqual(status, 1)
+        self.assertEqual(err, "pixel: erase: %s: cannot erase it: No space left on device\n"
+                         % path)
+        self.assertEqual(self.read_raw(path), before)
+        self.assertFalse([name for name in os.listdir(folder) if name.endswith(".tmp")])
+        with open(os.path.join(self.dir, ".pixel", "erase-ledger.json")) as handle:
+            done = json.loads(handle.read().splitlines()[-1])
+        self.assertEqual((done["status"], done["files"][1]),
+                         ("partial", {"path": path, "status": "failed"}))
+
+
+class EraseCheckpoints(ForwardingCase):
+    """A forwarder's checkpoint follows the files erase replaces: it goes on where it was,
+    in the new file, and sends every other event once."""
+
+    def test_a_forwarder_goes_on_in_the_new_file(self):
+        receiver = FakeReceiver(self)
+        writer = self.writer(max_bytes=4000)
+        forwarder = self.forwarder(receiver.url, writer, start=False)
+        lines = [line for pair in zip(person_lines("bob", 40), person_lines("alice", 40))
+                 for line in pair]
+        self.assertTrue(writer.write(lines[:20]))
+        forwarder.start()
+        self.assertTrue(wait_until(lambda: forwarder.sent == 20))   # taken, and checkpointed
+        forwarder.stop(5)
+        forwarder.close()
+        self.assertTrue(writer.write(lines[20:]))   # rotated past 4000 bytes, several times
+        writer.close()
+        files = [os.path.join(self.dir, name) for name in os.listdir(self.dir)
+                 if name.startswith("events.jsonl")]
+        stdout = io.StringIO()
+        with unittest.mock.patch("sys.stderr", io.StringIO()):
+            self.assertEqual(pixel.erase_command(["--user-id", "alice", "--apply",
+                                                  "--max-share", "1"] + files,
+                                                 stdout=stdout), 0)
+        writer = self.writer(max_bytes=4000)
+        self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 50))
+        time.sleep(0.3)
+        ids = receiver.ids()
+        self.assertEqual(ids[:20], ["%s-%d" % (user, number // 2) for number, user in
+                                    zip(range(20), itertools.cycle(("bob", "alice")))])
+        self.assertEqual(ids[20:], ["bob-%d" % number for number in range(10, 40)])
+
+
+class ErasePixelProcess(unittest.TestCase):
+    """`pixel.py erase --apply` beside a running pixel.py that takes traffic, rotates and
+    forwards: nobody else's answered event is lost or written twice, each is forwarded once,
+    and none of the erased person's is forwarded once the erase has begun; kill -9 of
+    either side."""
+
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-erase-")
+        self.log = os.path.join(self.dir, "events.jsonl")
+
+    def start(self, receiver, *argv, stderr=subprocess.DEVNULL):
+        process, port = start_pixel(self, "--log", self.log, "--forward", receiver.url,
+                                    "--forward-batch", "50", *argv, stderr=stderr)
+        return process, port
+
+    def erase(self, *argv, wait=True):
+        process = subprocess.Popen([sys.executable, PIXEL_PY, "erase"] + list(argv),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(process.stderr.close)
+        self.addCleanup(process.stdout.close)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        if not wait:
+            return process
+        out, err = process.communicate(timeout=120)
+        return process.returncode, out, err
+
+    def files(self):
+        return sorted(os.path.join(self.dir, name) for name in os.listdir(self.dir)
+                      if name.startswith(("events.jsonl", "rejects.jsonl")))
+
+    def logged_users(self):
+        found = collections.Counter()
+        for path in self.files():
+            if os.path.basename(path).startswith("events"):
+                with open(path, "rb") as handle:
+                    for line in handle:
+                        event = json.loads(line)
+                        found[(event["userId"], event["messageId"])] += 1
+        return found
+
+    def test_under_traffic_rotation_and_a_receiver_that_goes_away(self):
+        down = threading.Event()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (503, {}, b"later") if down.is_set() else (200, {}, b"{}")))
+        process, port = self.start(receiver, "--max-bytes", "20K")
+        answered, stop = [], threading.Event()
+
+        def traffic(user):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            number = 0
+            while not stop.is_set():
+                connection.request("GET", "/v1/pixel/track?writeKey=K&userId=%s&event=e&"
+                                   "messageId=%s-%d" % (user, user, number))
+                if connection.getresponse().read() == pixel.GIF:
+                    answered.append("%s-%d" % (user, number))
+                number += 1
+            connection.close()
+
+        def alice(first, count):
+            for number in range(first, first + count):
+                fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=alice&event=e&messageId="
+                          "alice-%d" % number)
+
+        senders = [threading.Thread(target=traffic, args=(user,)) for user in ("bob", "carol")]
+        for sender in senders:
+            sender.start()
+        alice(0, 20)   # forwarded before the erase: for the receiver's deletion API
+        self.assertTrue(wait_until(lambda: len(receiver.taken) > 300, 30))
+        down.set()     # from here a backlog grows, alice's events in it
+        alice(20, 20)
+        self.assertTrue(wait_until(lambda: len(answered) > len(receiver.taken) + 300, 30))
+        before = len(receiver.taken)
+        status, out, err = self.erase("--user-id", "alice", "--apply", *self.files())
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(sum(int(count) for count in re.findall(r"erased (\d+) of", out)), 40)
+        self.assertIn("(their deletion APIs take userIds): alice\n", out)
+        self.assertTrue(wait_until(lambda: len(answered) > before + 1000, 30))
+        stop.set()
+        for sender in senders:
+            sender.join()
+        down.clear()
+        logged = self.logged_users()
+        self.assertEqual(set(logged.values()), {1})   # nothing written twice
+        self.assertEqual({number for _, number in logged}, set(answered))   # none lost
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == len(answered) + 20, 60))
+        time.sleep(0.3)
+        ids = receiver.ids()
+        self.assertEqual(sorted(number for number in ids if not number.startswith("alice")),
+                         sorted(answered))   # every other event once
+        self.assertEqual(sorted(number for number in ids[:before] if
+                                number.startswith("alice")), sorted(
+            "alice-%d" % number for number in range(20)))
+        self.assertFalse([number for number in ids[before:] if number.startswith("alice")])
+
+    def test_kill_9_of_the_erase_mid_apply(self):
+        receiver = FakeReceiver(self)
+        process, port = self.start(receiver)
+        rotated = os.path.join(self.dir, "events.jsonl.20261118T000000.000Z")
+        lines = [line for pair in zip(person_lines("bob", 40000), person_lines("alice", 40000))
+                 for line in pair]
+        write_log(self.dir, os.path.basename(rotated), [line.rstrip(b"\n") for line in lines])
+        before = os.stat(rotated).st_ino
+        for number in range(10):
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=live%d" % number)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 10))
+        eraser = self.erase("--user-id", "alice", "--apply", self.log, rotated, wait=False)
+        temporary = os.path.join(self.dir, ".%s.erase-%d.tmp" % (os.path.basename(rotated),
+                                                                   eraser.pid))
+        self.assertTrue(wait_until(lambda: os.path.exists(temporary), 30))
+        eraser.kill()
+        eraser.wait()
+        with open(rotated, "rb") as handle:   # whole and old: the rename never came
+            self.assertEqual(handle.read(), b"".join(lines))
+        self.assertEqual(os.stat(rotated).st_ino, before)
+        # The pixel sees the erase gone, goes on forwarding, and says so.
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=after")
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 11, 10))
+        status, out, err = self.erase("--user-id", "alice", "--apply", rotated, "--max-share",
+                                      "0.5")
+        self.assertEqual((status, err), (0, ""))
+        self.assertFalse(os.path.exists(temporary))   # the copy left behind is removed
+        with open(rotated, "rb") as handle:
+            self.assertEqual(handle.read(), b"".join(person_lines("bob", 40000)))
+        self.assertEqual(len(receiver.taken), 11)   # the old file was never the live one
+
+    def test_kill_9_of_the_pixel_while_it_is_asked(self):
+        receiver = FakeReceiver(self)
+        process, port = self.start(receiver)
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=alice&event=e")
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=e")
+        os.kill(process.pid, signal.SIGSTOP)   # it cannot answer
+        eraser = self.erase("--user-id", "alice", "--apply", self.log, wait=False)
+        self.assertTrue(wait_until(lambda: os.path.exists(
+            pixel.erase_request_path(self.log)), 10))
+        process.kill()
+        out, err = eraser.communicate(timeout=30)
+        self.assertEqual((eraser.returncode, err), (0, ""))
+        self.assertIn("%s: erased 1 of 2 line(s)" % self.log, out)
+        self.assertFalse(os.path.exists(pixel.erase_request_path(self.log)))
+
+    def test_one_erase_at_a_time_and_requests_that_are_not(self):
+        receiver = FakeReceiver(self)
+        process, port = self.start(receiver, stderr=subprocess.PIPE)
+        self.addCleanup(process.stderr.close)
+        request = pixel.erase_request_path(self.log)
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=0")
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 1))
+        # What a running pixel finds where a request would be: none of it is one.
+        sleeper = subprocess.Popen(["sleep", "30"])
+        self.addCleanup(sleeper.wait)
+        self.addCleanup(sleeper.kill)
+        for content, stale in (
+                (b"{not json", False), (b"[1,2]", False), (b"x" * 200000, False),
+                (b'{"pid": "1"}', True),   # removed, as an erase's that has ended
+                (json.dumps({"pid": 1, "started": 1, "state": "asked"}).encode(), True),
+                (json.dumps({"pid": 999999999, "state": "asked"}).encode(), True),
+                (json.dumps({"pid": sleeper.pid, "started": 0}).encode(), True)):
+            with open(request, "wb") as handle:
+                handle.write(content)
+            count = len(receiver.taken)
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=x")
+            self.assertTrue(wait_until(lambda: len(receiver.taken) > count and
+                                       os.path.exists(request) != stale, 5), content[:20])
+        os.remove(request) if os.path.exists(request) else None
+        os.mkfifo(request)
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=fifo")
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 9, 5))
+        os.remove(request)
+        # Two erases at once: the second is refused, naming the first, and changes nothing.
+        first = self.erase("--user-id", "bob", "--apply", "--max-share", "1",
+                           self.log, wait=False)
+        self.assertTrue(wait_until(lambda: os.path.exists(request)))
+        first.send_signal(signal.SIGSTOP)
+        status, out, err = self.erase("--user-id", "bob", "--apply", self.log)
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, "pixel: erase: %s: another erase (pid %d) is at work on it: not "
+                              "erased\n" % (self.log, first.pid))
+        first.send_signal(signal.SIGCONT)
+        out_first, err_first = first.communicate(timeout=60)
+        self.assertEqual((first.returncode, err_first), (0, ""))
+        self.assertRegex(out_first, r"events\.jsonl\.\d{8}T\d{6}\.\d{3}Z: erased 9 of 9 ")
+        health = fetch_json(port, "/health")
+        self.assertNotIn("held", health["forward"])
+        process.kill()
+        said = process.stderr.read()
+        self.assertNotIn("Traceback", said)
+        self.assertEqual(said.count("pixel: an erase (pid "), 4, said)   # the stale ones
+
+    def test_a_pixel_started_during_an_erase_waits_for_it(self):
+        receiver = FakeReceiver(self)
+        lines = [line for pair in zip(person_lines("bob", 30000), person_lines("alice", 300))
+                 for line in pair] + person_lines("bob", 29700, start=300)
+        write_log(self.dir, "events.jsonl", [line.rstrip(b"\n") for line in lines])
+        eraser = self.erase("--user-id", "alice", "--apply", self.log, wait=False)
+        request = pixel.erase_request_path(self.log)
+        self.assertTrue(wait_until(lambda: os.path.exists(os.path.join(
+            self.dir, ".events.jsonl.erase-%d.tmp" % eraser.pid)), 30))
+        process, port = self.start(receiver)   # waits for the erase's flock, then starts
+        out, err = eraser.communicate(timeout=60)
+        self.assertEqual((eraser.returncode, err), (0, ""))
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&messageId=new&event=e")
+        self.assertFalse(os.path.exists(request))
+        with open(self.log, "rb") as handle:
+            kept = handle.read().splitlines(True)
+        self.assertEqual(b"".join(kept[:-1]), b"".join(person_lines("bob", 30000)))
+        self.assertEqual(json.loads(kept[-1])["messageId"], "new")
+
+
+class EraseUnderWsgi(unittest.TestCase):
+    """The erase desk runs in a WSGI worker too: an erase beside make_wsgi_app's files."""
+
+    def test_beside_the_wsgi_app(self):
+        folder = temp_dir(self)
+        receiver = FakeReceiver(self)
+        log = os.path.join(folder, "events.jsonl")
+        with unittest.mock.patch("sys.stderr", io.StringIO()):
+            app = pixel.make_wsgi_app(log=log, forward=receiver.url)
+        self.addCleanup(app.close)
+        server = wsgiref.simple_server.make_server("127.0.0.1", 0, app, handler_class=_QuietWsgiHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        port = server.server_address[1]
+        for user in ("alice", "bob", "alice", "carol"):
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=%s&event=e" % user)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 4))
+        stdout = io.StringIO()
+        with unittest.mock.patch("sys.stderr", io.StringIO()) as stderr:
+            status = pixel.erase_command(["--user-id", "alice", "--apply", log], stdout=stdout)
+        self.assertEqual((status, stderr.getvalue()), (0, ""))
+        rotated = re.search(r"^(\S+): erased 2 of 4 line\(s\)$", stdout.getvalue(), re.M)
+        self.assertIsNotNone(rotated, stdout.getvalue())
+        self.assertRegex(rotated.group(1), r"events\.jsonl\.\d{8}T\d{6}\.\d{3}Z$")
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=dave&event=e")
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 5))
+        self.assertEqual(receiver.taken[-1]["userId"], "dave")
+
+
+class SuppressProcess(unittest.TestCase):
+    """--suppress in pixel.py: a list that does not load stops the start, naming the file
+    and the line, and makes no file; SIGHUP loads it again."""
+
+    def test_a_start_that_cannot_load_it_and_a_sighup(self):
+        folder = temp_dir(self)
+        log = os.path.join(folder, "logs", "events.jsonl")
+        os.makedirs(os.path.dirname(log))
+        bad = write_file(folder, "suppress.txt", b"alice\n\xff\n")
+        result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none",
+                                 "--log", log, "--suppress", bad], capture_output=True,
+                                text=True, timeout=30)
+        self.assertEqual((result.returncode, result.stderr),
+                         (1, "pixel: cannot load --suppress: %s line 2: not UTF-8\n" % bad))
+        self.assertEqual(os.listdir(os.path.dirname(log)), [])
+        status, stderr = wsgi_start_error(self, log=log, suppress=bad)
+        self.assertEqual((status, stderr), (3, "pixel: make_wsgi_app: cannot load --suppress: "
+                                               "%s line 2: not UTF-8\n" % bad))
+        good = write_file(folder, "people.txt", "carol\n")
+        process, port = start_pixel(self, "--log", log, "--suppress", good,
+                                    stderr=subprocess.PIPE)
+        self.addCleanup(process.stderr.close)
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=alice&event=1")
+        os.replace(write_file(folder, "next.txt", "alice\n"), good)
+        process.send_signal(signal.SIGHUP)
+        said = [process.stderr.readline(), process.stderr.readline()]
+        self.assertIn("pixel: reloaded --suppress (SIGHUP): 1 identifier(s)\n", said)
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=alice&event=2")
+        self.assertEqual(fetch_json(port, "/health")["suppressed"], 1)
+        with open(log, "rb") as handle:
+            self.assertEqual([json.loads(line)["event"] for line in handle], ["1"])
+
+
 if __name__ == "__main__":
     unittest.main()
-
