@@ -7085,9 +7085,14 @@ class Process(unittest.TestCase):
         need(logrotate, "logrotate")
         process, port = self.start()
         config = os.path.join(self.dir, "logrotate.conf")
+        with open(os.path.join(HERE, "examples", "logrotate.conf")) as handle:
+            example = handle.read()   # the README's, with this test's files and process
+        self.assertIn("    create\n", example)
         with open(config, "w") as handle:
-            handle.write("%s {\n    create\n    rotate 1000\n    missingok\n    postrotate\n"
-                         "        kill -HUP %d\n    endscript\n}\n" % (self.log, process.pid))
+            handle.write(example.replace("/var/lib/pixel/events.jsonl", self.log)
+                         .replace("/var/lib/pixel/rejects.jsonl",
+                                  os.path.join(self.dir, "rejects.jsonl"))
+                         .replace("systemctl reload pixel", "kill -HUP %d" % process.pid))
         answered, lock, stop = set(), threading.Lock(), threading.Event()
 
         def client(worker):
@@ -8186,13 +8191,6 @@ class RsyslogShipping(unittest.TestCase):
     """rsyslog's imfile, a shipper that follows files by inode, reads pixel's events log
     while pixel rotates it under load: no event missing, none twice."""
 
-    CONFIG = """global(workDirectory="{work}" maxMessageSize="256k")
-module(load="imfile" mode="inotify")
-input(type="imfile" File="{log}" Tag="pixel" freshStartTail="off"
-      persistStateInterval="1" addMetadata="off")
-template(name="line" type="string" string="%msg%\\n")
-action(type="omfile" file="{out}" template="line")
-"""
 
     def test_imfile_reads_every_line_once_across_rotations(self):
         rsyslogd = shutil.which("rsyslogd") or shutil.which("rsyslogd", path="/usr/sbin")
@@ -8202,8 +8200,12 @@ action(type="omfile" file="{out}" template="line")
         os.mkdir(work)
         log, out = os.path.join(folder, "events.jsonl"), os.path.join(folder, "shipped.jsonl")
         config = os.path.join(folder, "rsyslog.conf")
+        with open(os.path.join(HERE, "examples", "rsyslog.conf")) as handle:
+            example = handle.read()   # the README's, with this test's files
         with open(config, "w") as handle:
-            handle.write(self.CONFIG.format(work=work, log=log, out=out))
+            handle.write('global(workDirectory="%s")\n' % work +
+                         example.replace("/var/lib/pixel/events.jsonl", log)
+                         .replace("/var/log/shipped/pixel.jsonl", out))
         process, port = start_pixel(self, "--log", log, "--max-bytes", "100K")
         shipper = subprocess.Popen([rsyslogd, "-n", "-f", config, "-i",
                                     os.path.join(folder, "rsyslogd.pid")],
