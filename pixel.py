@@ -2891,14 +2891,11 @@ _PLAIN_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset
 
 class PixelHandler(http.server.BaseHTTPRequestHandler):
     """One connection's requests: each read into one buffer within its deadline, its head
-    by parse_head, answered by the server's App, and sent in one write.
-
-    Of http.server's hooks these work as documented: `protocol_version` ("HTTP/1.0" closes
-    after every answer), `server_version` and `sys_version` (through version_string()),
-    `responses`, `send_error()`, `log_message()` (quiet: the event log is the record), and
-    handle() / handle_one_request(). There is no `rfile` or `wfile`, and `headers` is a
-    dict with lower-case names, not an email.message.Message.
-    """
+    by parse_head, answered by the server's App, and sent in one write. Of http.server's
+    hooks, `protocol_version` ("HTTP/1.0" closes after every answer), `server_version`,
+    `sys_version`, `responses`, send_error(), log_message() (quiet), handle() and
+    handle_one_request() work as documented. There is no `rfile` or `wfile`, and `headers`
+    is a dict with lower-case names, not an email.message.Message."""
 
     protocol_version = "HTTP/1.1"
     server_version = "pixel/" + __version__
@@ -2920,7 +2917,6 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self._served = 0
         self._recv_timeout = None
         self._kernel_timeouts = _KERNEL_TIMEOUTS and server.tls_context is None
-        self.close_connection = True
         self.command = self.path = self.requestline = ""
         self.request_version = self.protocol_version
         self.headers = {}
@@ -2947,9 +2943,8 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         return " ".join(part for part in (self.server_version, self.sys_version) if part)
 
     def _handshake(self, tls):
-        """Whether a TLS handshake ended within the request deadline (a Python timeout:
-        SO_RCVTIMEO does not bound one). A failure is counted, never printed; plain HTTP is
-        told in words."""
+        """Whether a TLS handshake ended within the request deadline; a failure is counted,
+        never printed, and plain HTTP is told in words."""
         raw = self.request
         self._pool.mark_idle(raw, False)   # evictable, as any connection its client holds up
         try:
@@ -3043,9 +3038,9 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         return body
 
     def _linger(self, until=None):
-        """Half-close, then read and drop what the client still sends until `until` (in a
-        second by default): closing with data unread would reset the connection before the
-        client reads our answer."""
+        """Half-close, then drop what the client still sends until `until` (default: in a
+        second): closing with data unread resets the connection before the client reads
+        our answer."""
         try:
             self.connection.shutdown(socket.SHUT_WR)
             until = time.monotonic() + 1.0 if until is None else until
@@ -3130,9 +3125,8 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
         self._send(answer)
 
     def _send(self, answer, started=None):
-        """Send `answer` in one write, with Server, Date and Connection added, once the
-        duration since `started` is counted: a client that has its answer, then asks
-        /metrics, finds it there."""
+        """Send `answer` in one write, with Server, Date and Connection added, once the time
+        since `started` is counted: a client that has its answer finds it in /metrics."""
         date = self.server.http_date()
         if answer is GIF_ANSWER and self.command == "GET" and not self.close_connection \
                 and self.request_version == "HTTP/1.1":   # what most requests get
@@ -3265,12 +3259,7 @@ class ConnectionPool:
 
     def _run(self, sock, client_address):
         while True:
-            try:
-                self._serve(sock, client_address)
-            except BaseException:
-                with self._lock:
-                    self._free(sock)
-                raise
+            self._serve(sock, client_address)   # process_request_thread: errors go to handle_error
             # Free the slot and wait for the next connection in one step, so that one that
             # comes once the slot is free finds this thread waiting.
             with self._lock:
@@ -3284,9 +3273,8 @@ class ConnectionPool:
 
     def stop(self):
         """Keep no connection alive: close those waiting between requests (HTTP lets a
-        client send again what it sent on a kept-alive connection closed under it); every
-        other ends after its next answer, and one still waiting for its first request is
-        waited for: it is somebody's request."""
+        client send again what it sent on a kept-alive connection closed under it); others
+        end after their next answer, or their first: that is somebody's request."""
         self.stopping = True
         for sock, kept_alive in list(self._idle.items()):
             if kept_alive and self._idle.pop(sock, None) is not None:
