@@ -2889,18 +2889,9 @@ _PLAIN_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset
                  b"This port speaks HTTPS: use https://.\n")
 
 
-class PixelHandler(http.server.BaseHTTPRequestHandler):
-    """One connection's requests: each read into one buffer within its deadline, its head
-    by parse_head, answered by the server's App, and sent in one write. Of http.server's
-    hooks, `protocol_version` ("HTTP/1.0" closes after every answer), `server_version`,
-    `sys_version`, `responses`, send_error(), log_message() (quiet), handle() and
-    handle_one_request() work as documented. There is no `rfile` or `wfile`, and `headers`
-    is a dict with lower-case names, not an email.message.Message."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "pixel/" + __version__
-    sys_version = ""
-    _gif = (None, b"")   # (Date, a kept-alive GET's whole GIF answer), built once a second
+class BufferedConnection(http.server.BaseHTTPRequestHandler):
+    """A client connection read into one buffer, each request within its deadline, evictable
+    (ConnectionPool) while it waits for its client, TLS if the server has it."""
 
     def setup(self):
         # No rfile or wfile: one buffer in, one sendall out, which also avoids the header and
@@ -2938,9 +2929,6 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):
         pass   # the event log is the record; stderr is for what operators must act on
-
-    def version_string(self):
-        return " ".join(part for part in (self.server_version, self.sys_version) if part)
 
     def _handshake(self, tls):
         """Whether a TLS handshake ended within the request deadline; a failure is counted,
@@ -3051,6 +3039,23 @@ class PixelHandler(http.server.BaseHTTPRequestHandler):
                 drained += len(self._buffer)
         except OSError:   # _Closed too
             return
+
+
+class PixelHandler(BufferedConnection):
+    """One connection's requests, as BufferedConnection reads them: each head parsed by
+    parse_head, answered by the server's App, and sent in one write. Of http.server's
+    hooks, `protocol_version` ("HTTP/1.0" closes after every answer), `server_version`,
+    `sys_version`, `responses`, send_error(), log_message() (quiet), handle() and
+    handle_one_request() work as documented. There is no `rfile` or `wfile`, and `headers`
+    is a dict with lower-case names, not an email.message.Message."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "pixel/" + __version__
+    sys_version = ""
+    _gif = (None, b"")   # (Date, a kept-alive GET's whole GIF answer), built once a second
+
+    def version_string(self):
+        return " ".join(part for part in (self.server_version, self.sys_version) if part)
 
     def handle_one_request(self):
         try:
