@@ -3158,7 +3158,7 @@ class PixelHandler(BufferedConnection):
 
 
 def _wake(sock):
-    """Half-close `sock` for reading, so that the thread waiting on it finds EOF and ends;
+    """Half-close `sock` for reading: the thread waiting on it wakes, finds EOF, and ends.
     False if it was closed already."""
     try:
         sock.shutdown(socket.SHUT_RD)
@@ -3266,7 +3266,7 @@ class ConnectionPool:
         while True:
             self._serve(sock, client_address)   # process_request_thread: errors go to handle_error
             # Free the slot and wait for the next connection in one step, so that one that
-            # comes once the slot is free finds this thread waiting.
+            # arrives once the slot is free finds this thread waiting.
             with self._lock:
                 self._free(sock)
                 self._waiting_threads += 1
@@ -3429,16 +3429,16 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.drain(timeout)
 
     def drain(self, timeout=None):
-        """The one stop sequence, after serve_forever() has returned: accept the connections
+        """The one stop sequence, after serve_forever() has returned: take the connections
         already in the listen queue, close the listening socket, and answer every connection
         taken, waiting at most `timeout` (by default the request timeout). Idempotent."""
         with self._drained:
             if self.socket.fileno() < 0:
                 return
             self.pool.stop()
-            # Accepted here, closing the listening socket does not reset them. One that comes
-            # between the last accept() and the close still is, unless Linux's
-            # net.ipv4.tcp_migrate_req hands it to another --reuse-port process.
+            # Accept what the kernel has queued, so that closing the listening socket does not
+            # reset it. One that arrives between the last accept() and the close still is,
+            # unless Linux's net.ipv4.tcp_migrate_req hands it to another --reuse-port process.
             self.socket.setblocking(False)
             while True:
                 try:
