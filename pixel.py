@@ -2951,7 +2951,7 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
         finally:
             self._pool.mark_busy(raw)
         self.server.tls_failures.add()
-        if first:
+        if first:   # plain HTTP
             try:
                 raw.sendall(_PLAIN_TO_TLS)
             except OSError:   # gone already
