@@ -2949,8 +2949,7 @@ _PEM_ENCRYPTED = (b"-----BEGIN ENCRYPTED PRIVATE KEY-----", b"Proc-Type: 4,ENCRY
 
 def _check_pem(path, kind):
     """ValueError, naming `path`, unless it is a readable regular file (a FIFO would block
-    the open for ever) with a PEM `kind` ("certificate", "private key") pixel can load:
-    not DER, not encrypted, not the other file of the pair."""
+    the open for ever) with a PEM `kind` ("certificate", "private key") pixel can load."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise ValueError("%s is not a regular file" % path)
@@ -2958,7 +2957,6 @@ def _check_pem(path, kind):
             data = handle.read(MAX_PEM_BYTES)
     except OSError as error:
         raise ValueError("cannot read %s: %s" % (path, error.strerror or error)) from None
-    other = "private key" if kind == "certificate" else "certificate"
     if not data.strip():
         raise ValueError("%s is empty" % path)
     if kind == "private key" and any(mark in data for mark in _PEM_ENCRYPTED):
@@ -2967,6 +2965,7 @@ def _check_pem(path, kind):
                          "and keep that file private" % (path, path))
     if _PEM_MARKS[kind] in data:
         return
+    other = "private key" if kind == "certificate" else "certificate"
     if _PEM_MARKS[other] in data:
         raise ValueError("%s holds a %s, not a %s: are --certfile and --keyfile swapped?"
                          % (path, other, kind))
@@ -3026,21 +3025,27 @@ def _timeval(seconds):
     return struct.pack("@ll", whole, micro if whole or micro else 1)
 
 
-class _Closed(Exception):
-    """The client closed, timed out, or the server is stopping: end the connection quietly."""
+class _Closed(OSError):
+    """The client closed or timed out, or the server is stopping: end the connection quietly."""
+
+
+_GIF_HEADER_LINES = "".join("%s: %s\r\n" % pair for pair in GIF_ANSWER.headers).encode()
+_PLAIN_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                 b"Content-Length: 38\r\nConnection: close\r\n\r\n"
+                 b"This port speaks HTTPS: use https://.\n")
 
 
 class BufferedConnection(http.server.BaseHTTPRequestHandler):
-    """A client connection read into one buffer: a deadline for each whole request, the
-    idle timeout between requests, evictable (ConnectionPool) while it waits for its
-    client, TLS if the server has it. PixelHandler serves the requests read."""
+    """A client connection read into one buffer, each request within its deadline, evictable
+    (ConnectionPool) while it waits for its client, TLS if the server has it."""
 
     def setup(self):
-        # No rfile or wfile: a request is read into one buffer and an answer goes out in one
-        # sendall, which also avoids the header/body split write that costs ~40 ms with
-        # Nagle (CPython gh-108736). Timeouts are the kernel's (SO_RCVTIMEO, SO_SNDTIMEO):
-        # settimeout() would add a poll() before every recv and send, each a turn of the
-        # GIL. Linux copies them, and TCP_NODELAY, from the listening socket.
+        # No rfile or wfile: one buffer in, one sendall out, which also avoids the header and
+        # body split write that costs ~40 ms with Nagle (CPython gh-108736). Timeouts are the
+        # kernel's (SO_RCVTIMEO, SO_SNDTIMEO): settimeout() would add a poll() before every
+        # recv and send, each a turn of the GIL. Linux copies them, and TCP_NODELAY, from the
+        # listening socket. A blocking TLS socket retries a read SO_RCVTIMEO ends, for ever:
+        # TLS keeps Python's timeouts.
         server = self.server
         self.connection = self.request
         self._pool = server.pool
@@ -3048,110 +3053,80 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
         self._buffer = bytearray()
         self._served = 0
         self._recv_timeout = None
-        self._kernel_timeouts = _KERNEL_TIMEOUTS
-        self._unread_body = False
-        self._started = None
-        self.close_connection = True
+        self._kernel_timeouts = _KERNEL_TIMEOUTS and server.tls_context is None
         self.command = self.path = self.requestline = ""
         self.request_version = self.protocol_version
         self.headers = {}
-        if server.tls_context is not None:
-            # A blocking TLS socket retries a read SO_RCVTIMEO ends, for ever: TLS keeps
-            # Python's timeouts.
-            self._kernel_timeouts = False
-            self.connection = self._handshake(server.tls_context)
-            if self.connection is None:
-                return
-        if server.options_inherited(self.connection) and self._kernel_timeouts:
-            self._recv_timeout = server.request_timeout
-        else:
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._set_recv_timeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
-            if self._kernel_timeouts:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                                           _timeval(server.request_timeout))
-
-    def _handshake(self, tls):
-        """The TLS socket, its handshake done within the request deadline (a Python one:
-        SO_RCVTIMEO does not bound a handshake), evictable meanwhile like any connection
-        that waits for its client; or None (counted, never printed). Plain HTTP gets a 400
-        saying so."""
-        raw = self.request
-        self._pool.mark_idle(raw, False)
-        try:
-            raw.settimeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
-            first = raw.recv(1, socket.MSG_PEEK)
-            if first and first != b"\x16":   # not a TLS handshake record
-                self._pool.mark_busy(raw)
-                self.server.count_tls_failure()
-                self._refuse_plain(raw)
-                return None
-            # Wrap a duplicate: wrap_socket detaches the socket it wraps, and the pool must
-            # keep a working one to close on an eviction or a stop.
-            connection = tls.wrap_socket(raw.dup(), server_side=True,
-                                         do_handshake_on_connect=False)
-            try:
-                connection.settimeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
-                connection.do_handshake()
-            except BaseException:
-                connection.close()
-                raise
-        except (OSError, ValueError):   # ssl.SSLError, a timeout, a reset, an eviction
-            self.server.count_tls_failure()
-            return None
-        finally:
-            self._pool.mark_busy(raw)
-        return connection
-
-    def _refuse_plain(self, raw):
-        """Answer plain HTTP on a TLS port, then linger: closing with its request unread
-        would reset the connection before the client reads the answer."""
-        try:
-            raw.sendall(_PLAIN_TO_TLS)
-        except OSError:   # gone already
-            return
-        self._linger(min(time.monotonic() + 1.0, self._deadline))
+        if not server.options_inherited(self.request):
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if _KERNEL_TIMEOUTS:
+                self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                        _timeval(server.request_timeout))
 
     def handle(self):
-        if self.connection is not None:   # None: a TLS handshake that failed
+        tls = self.server.tls_context
+        if tls is None or self._handshake(tls):
             super().handle()
 
     def finish(self):
         # The server closes the TCP socket in shutdown_request; a TLS one is a duplicate.
-        if self.connection is not None and self.connection is not self.request:
+        if self.connection is not self.request:
             self.connection.close()
 
     def log_message(self, format, *args):
         pass   # the event log is the record; stderr is for what operators must act on
 
-    def _set_recv_timeout(self, timeout):
-        if timeout <= 0:
-            raise _Closed("request timeout")
-        if self._kernel_timeouts:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
-        else:
-            self.connection.settimeout(timeout)
-        self._recv_timeout = timeout
+    def _handshake(self, tls):
+        """Whether a TLS handshake ended within the request deadline; a failure is counted,
+        never printed, and plain HTTP is told in words."""
+        raw = self.request
+        self._pool.mark_idle(raw, False)   # evictable, as any connection its client holds up
+        try:
+            raw.settimeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
+            first = raw.recv(1, socket.MSG_PEEK)
+            if first in (b"", b"\x16"):   # a TLS handshake record, or an error to come
+                # Wrap a duplicate: wrap_socket detaches the socket it wraps, and the pool
+                # must keep a working one to close on an eviction or a stop.
+                self.connection = tls.wrap_socket(raw.dup(), server_side=True,
+                                                  do_handshake_on_connect=False)
+                self.connection.settimeout(max(MIN_TIMEOUT, self._deadline - time.monotonic()))
+                self.connection.do_handshake()
+                return True
+        except (OSError, ValueError):   # ssl.SSLError, a timeout, a reset, an eviction
+            first = b""
+        finally:
+            self._pool.mark_busy(raw)
+        self.server.tls_failures.add()
+        if first:   # plain HTTP
+            try:
+                raw.sendall(_PLAIN_TO_TLS)
+            except OSError:   # gone already
+                return False
+            self._linger(min(time.monotonic() + 1.0, self._deadline))
+        return False
 
     def _recv(self, timeout):
         """Append what the client sends next to the buffer, waiting at most `timeout` s.
-        While it waits for its client (a first request, a next one, the rest of a head or a
-        body) the connection may be closed to make room (ConnectionPool.submit); while
-        pixel works on a request, it may not."""
+        Meanwhile the connection may be closed to make room (ConnectionPool.submit), and
+        between requests by a stop; while pixel works on a request, it may not."""
         if timeout != self._recv_timeout:
-            self._set_recv_timeout(timeout)
+            if timeout <= 0:
+                raise _Closed("request timeout")
+            if self._kernel_timeouts:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                           _timeval(timeout))
+            else:
+                self.connection.settimeout(timeout)
+            self._recv_timeout = timeout
         pool = self._pool
         kept_alive = self._served > 0 and not self._buffer
         pool.mark_idle(self.request, kept_alive)   # the TCP socket, under TLS too
-        # After marking: a stop either sees this connection idle and closes it, or is seen
-        # here. A client that has not sent its first request is waited for, stop or not.
-        if kept_alive and pool.stopping:
-            pool.mark_busy(self.request)
-            raise _Closed("stopping")
         try:
+            # After marking: a stop either sees this connection idle and closes it, or is
+            # seen here. A client that has not sent its first request is waited for.
+            if kept_alive and pool.stopping:
+                raise _Closed("stopping")
             chunk = self.connection.recv(RECV_SIZE)
-        except OSError as error:   # a timeout, a reset, or shut by a stop or an eviction
-            raise _Closed(str(error)) from None
         finally:
             pool.mark_busy(self.request)
         if not chunk:
@@ -3160,41 +3135,34 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
 
     def _read_head(self):
         """The next request head, without its blank line; bare LF line ends are accepted."""
-        buffer, server = self._buffer, self.server
-        if not buffer:
-            if self._served:   # kept alive: waits idle, then gets a fresh deadline
-                self._recv(server.idle_timeout)
-                self._deadline = time.monotonic() + server.request_timeout
-            else:
-                self._recv(self._deadline - time.monotonic())
-        elif self._served:
-            self._deadline = time.monotonic() + server.request_timeout
+        buffer = self._buffer
+        if self._served:   # kept alive: waits idle, then gets a fresh deadline
+            if not buffer:
+                self._recv(self.server.idle_timeout)
+            self._deadline = time.monotonic() + self.server.request_timeout
         start = skipped = 0
         while True:
             # RFC 9112 2.2: empty lines before a request line are ignored. They count toward
             # the head's limit, and go in one step, not a byte at a time.
-            if buffer[:1] in (b"\r", b"\n") and buffer:
+            if buffer[:1] in (b"\r", b"\n"):
                 blank = len(buffer) - len(buffer.lstrip(b"\r\n"))
                 del buffer[:blank]
                 skipped += blank
                 if skipped > MAX_HEAD_BYTES:
                     raise _Closed("only empty lines")
-            end = buffer.find(b"\n\r\n", start)
-            end_lf = buffer.find(b"\n\n", start, end if end >= 0 else len(buffer))
-            if end_lf >= 0:
-                head, size = bytes(buffer[:end_lf]), end_lf + 2
-                break
+            crlf = buffer.find(b"\n\r\n", start)
+            lf = buffer.find(b"\n\n", start, crlf if crlf >= 0 else len(buffer))
+            end, size = (lf, lf + 2) if lf >= 0 else (crlf, crlf + 3)
             if end >= 0:
-                head, size = bytes(buffer[:end]), end + 3
-                break
+                head = bytes(buffer[:end])
+                del buffer[:size]
+                return head
             if len(buffer) > MAX_LINE and buffer.find(b"\n", 0, MAX_LINE + 1) < 0:
                 raise HeadError(414, "uri_too_long", bytes(buffer[:MAX_LINE]))
             if len(buffer) + skipped > MAX_HEAD_BYTES:
                 raise HeadError(431, "headers_too_large", bytes(buffer[:MAX_LINE]))
             start = max(0, len(buffer) - 2)
             self._recv(self._deadline - time.monotonic())
-        del buffer[:size]
-        return head
 
     def _read_body(self, length):
         while len(self._buffer) < length:
@@ -3204,72 +3172,66 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
         return body
 
     def _linger(self, until=None):
-        """Half-close, and read what the client still sends for a moment (until `until`, by
-        default a second): closing with unread data would reset the connection before the
-        client reads our answer."""
+        """Half-close, then drop what the client still sends until `until` (default: in a
+        second): closing with data unread resets the connection before the client reads
+        our answer."""
         try:
             self.connection.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + 1.0 if until is None else until
+            until = time.monotonic() + 1.0 if until is None else until
             drained = 0
             while drained < MAX_HEAD_BYTES * 8:
                 self._buffer.clear()
-                self._recv(deadline - time.monotonic())
+                self._recv(until - time.monotonic())
                 drained += len(self._buffer)
-        except (_Closed, OSError):
+        except OSError:   # _Closed too
             return
 
 
 class PixelHandler(BufferedConnection):
-    """One connection's requests: each head read with a strict, bounded reader
-    (parse_head), the server's App answers, and the answer goes out in one write.
-
-    Of http.server's hooks these work as documented: `protocol_version` ("HTTP/1.0" closes
-    after every answer), `server_version` and `sys_version` (through version_string()),
-    `responses`, `send_error()`, `log_message()` (quiet: the event log is the record), and
-    handle() / handle_one_request(). There is no `rfile` or `wfile`, and `headers` is a
-    dict with lower-case names, not an email.message.Message.
-    """
+    """One connection's requests, as BufferedConnection reads them: each head parsed by
+    parse_head, answered by the server's App, and sent in one write. Of http.server's
+    hooks, `protocol_version` ("HTTP/1.0" closes after every answer), `server_version`,
+    `sys_version`, `responses`, send_error(), log_message() (quiet), handle() and
+    handle_one_request() work as documented. There is no `rfile` or `wfile`, and `headers`
+    is a dict with lower-case names, not an email.message.Message."""
 
     protocol_version = "HTTP/1.1"
     server_version = "pixel/" + __version__
     sys_version = ""
+    _gif = (None, b"")   # (Date, a kept-alive GET's whole GIF answer), built once a second
 
     def version_string(self):
         return " ".join(part for part in (self.server_version, self.sys_version) if part)
 
     def handle_one_request(self):
-        self.close_connection = True
         try:
             try:
                 head = parse_head(self._read_head())
             except HeadError as error:
                 return self._refuse(error)
             self._served += 1
-            self._started = time.monotonic()   # _send observes the duration
-            self._serve(head)
-            if self._unread_body:
-                self._linger()   # let the client finish sending and read our answer
-        except (_Closed, OSError):
-            # A timeout, a reset or a stop, perhaps mid-body: whatever the client sends
-            # after this must never be read as a request of its own.
+            self._serve(head, time.monotonic())
+        except OSError:
+            # A timeout, a reset or a stop (_Closed), perhaps mid-body: whatever the client
+            # sends after this must never be read as a request of its own.
             self.close_connection = True
-            return
-        if self._pool.stopping or self.protocol_version == "HTTP/1.0":
+        if self._pool.stopping:
             self.close_connection = True
 
-    def _serve(self, head):
+    def _serve(self, head, started):
         self.command, self.path, self.request_version = head.method, head.target, head.version
         self.headers = head.headers
-        self.close_connection = not head.keep_alive or self._pool.stopping
-        route = route_for(head.path)
-        app = self.server.app
+        self.close_connection = not head.keep_alive or self._pool.stopping or \
+            self.protocol_version == "HTTP/1.0"
+        route, app, unread = route_for(head.path), self.server.app, False
         request = Request(head.method, head.path, head.query, head.headers,
                           self.client_address[0], b"", "", self.server.scheme)
         if route is not None and route.max_body and head.method in route.methods:
             early = app.early_answer(route, request, head.body_length)
             if early is not None:   # the body is not read: the connection ends after this
-                self.close_connection = self._unread_body = True
-                return self._send(early)
+                self.close_connection = True
+                self._send(early, started)
+                return self._linger()
             if head.version == "HTTP/1.1" and len(self._buffer) < head.body_length and \
                     "100-continue" in head.headers.get("expect", "").lower():
                 self.connection.sendall(b"%s 100 Continue\r\n\r\n"
@@ -3278,27 +3240,29 @@ class PixelHandler(BufferedConnection):
         elif head.body_length == -1 or head.body_length > MAX_PAYLOAD_BYTES:
             # A body nobody asked for must not be taken for the next request: a small one is
             # read and dropped, a chunked or large one ends the connection.
-            self.close_connection = self._unread_body = True
+            self.close_connection = unread = True
         elif head.body_length:
             self._read_body(head.body_length)
-        self._send(app.answer(route, request))
+        self._send(app.answer(route, request), started)
+        if unread:
+            self._linger()   # let the client finish sending and read our answer
 
     def _refuse(self, error):
         """Answer a head the reader refused, then close: what follows it was never read
         as a request. Over a size limit, a pixel still gets its GIF."""
-        self.close_connection = True
         words = error.request_line.decode("latin-1").split(" ")
         target = words[1] if len(words) > 1 else ""
         path, _, query = target.partition("?")
         self.command, self.path, self.headers = words[0], target, {}
-        answer = plain_answer(error.status)
-        if error.status in (414, 431):
+        if error.status in (414, 431):   # the rest of the head may still be on its way
+            self.close_connection = True
             request = Request(words[0], path, query, {}, self.client_address[0], b"")
-            answer = self.server.app.refuse(route_for(path), request, error.reason,
-                                            error.status)
-        self._send(answer)
-        if error.status in (414, 431) or self._buffer:
-            self._linger()   # the rest of the head, or a body, may still be on its way
+            self._send(self.server.app.refuse(route_for(path), request, error.reason,
+                                              error.status))
+            return self._linger()
+        self.send_error(error.status)
+        if self._buffer:
+            self._linger()   # a body may still be on its way
 
     def send_error(self, code, message=None, explain=None):
         """http.server's hook: a plain-text answer (`message` or the status's phrase, never
@@ -3311,44 +3275,32 @@ class PixelHandler(BufferedConnection):
                 answer.headers[0], ("Content-Length", str(len(text)))))
         self._send(answer)
 
-    def _send(self, answer):
-        """Send `answer` in one write, with Server, Date and Connection added."""
-        server = self.server
-        date = server.http_date()
+    def _send(self, answer, started=None):
+        """Send `answer` in one write, with Server, Date and Connection added, once the time
+        since `started` is counted: a client that has its answer finds it in /metrics."""
+        date = self.server.http_date()
         if answer is GIF_ANSWER and self.command == "GET" and not self.close_connection \
-                and self.request_version == self.protocol_version == "HTTP/1.1":
-            data = server.kept_alive_gif(date, self)   # what most requests get, built once
-        else:                                          # a second
+                and self.request_version == "HTTP/1.1":   # what most requests get
+            if self._gif[0] is not date:
+                self._gif = (date, self._reply(answer, date))
+            data = self._gif[1]
+        else:
             data = self._reply(answer, date)
-        if self._started is not None:
-            # Counted before the answer goes: a client that has it, then asks /metrics,
-            # finds it counted.
-            server.durations.observe(time.monotonic() - self._started)
-            self._started = None
+        if started is not None:
+            self.server.durations.observe(time.monotonic() - started)
         self.connection.sendall(data)
 
     def _reply(self, answer, date):
-        """`answer`'s bytes, with Server, Date and Connection added."""
-        parts = [b"%s %d %s\r\nServer: %s\r\nDate: %s\r\n" % (
+        head = b"%s %d %s\r\nServer: %s\r\nDate: %s\r\n%s" % (
             self.protocol_version.encode(), answer.status,
-            self.responses[answer.status][0].encode(), self.version_string().encode(), date)]
-        parts.append(_GIF_HEADER_LINES if answer is GIF_ANSWER else
-                     "".join("%s: %s\r\n" % pair for pair in answer.headers).encode("latin-1"))
-        if self.close_connection or self.protocol_version == "HTTP/1.0":
-            parts.append(b"Connection: close\r\n")
+            self.responses[answer.status][0].encode(), self.version_string().encode(), date,
+            _GIF_HEADER_LINES if answer is GIF_ANSWER else
+            "".join("%s: %s\r\n" % pair for pair in answer.headers).encode("latin-1"))
+        if self.close_connection:
+            head += b"Connection: close\r\n"
         elif self.request_version == "HTTP/1.0":
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        if self.command != "HEAD":
-            parts.append(answer.body)
-        return b"".join(parts)
-
-
-_GIF_HEADER_LINES = "".join("%s: %s\r\n" % pair for pair in GIF_ANSWER.headers).encode()
-_PLAIN_TO_TLS_BODY = b"This port speaks HTTPS: use https://.\n"
-_PLAIN_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                 % (len(_PLAIN_TO_TLS_BODY), _PLAIN_TO_TLS_BODY))
+            head += b"Connection: keep-alive\r\n"
+        return head + b"\r\n" + (b"" if self.command == "HEAD" else answer.body)
 
 
 def _wake(sock):
@@ -3363,13 +3315,11 @@ def _wake(sock):
 
 class ConnectionPool:
     """Serves at most `size` connections at once, each start to end on one thread, as
-    ThreadingMixIn's thread per connection does. A thread whose connection has ended waits
-    up to `linger` seconds to be handed the next rather than exit: starting one costs
-    ~150 us, about as much as serving a whole request.
-
-    With every slot taken, submit() closes the connection that has waited longest for its
-    client (for a next request, as nginx reuses idle keep-alive connections, or the rest of
-    one: PixelHandler._recv), else waits for a slot; new connections wait in the backlog.
+    ThreadingMixIn's thread per connection does; a thread whose connection has ended waits
+    up to `linger` s to be handed the next, since starting one costs ~150 us, about as much
+    as serving a whole request. With every slot taken, submit() closes the connection that
+    has waited longest for its client (for a next request, as nginx reuses idle keep-alive
+    connections, or the rest of one), else waits for a slot; new ones wait in the backlog.
     """
 
     def __init__(self, size, serve, *, reporter, linger=WORKER_IDLE_SECONDS):
@@ -3425,7 +3375,8 @@ class ConnectionPool:
             threading.Thread(target=self._run, args=(sock, client_address),
                              daemon=True).start()
         except RuntimeError:   # can't start a new thread
-            self._release(sock)
+            with self._lock:
+                self._free(sock)
             self._reporter.say("cannot start a thread for a new connection; closed it",
                                key="threads")
             return False
@@ -3450,11 +3401,8 @@ class ConnectionPool:
                 self._evicted.add(sock)
                 return   # else busy again, or closed, meanwhile
 
-    def _release(self, sock):
-        with self._lock:
-            self._forget(sock)
-
-    def _forget(self, sock):
+    def _free(self, sock):
+        # Under the lock.
         self._live.discard(sock)
         self._evicted.discard(sock)
         self._idle.pop(sock, None)
@@ -3462,28 +3410,22 @@ class ConnectionPool:
 
     def _run(self, sock, client_address):
         while True:
-            try:
-                self._serve(sock, client_address)
-            except BaseException:
-                self._release(sock)
-                raise
+            self._serve(sock, client_address)   # process_request_thread: errors go to handle_error
             # Free the slot and wait for the next connection in one step, so that one that
             # arrives once the slot is free finds this thread waiting.
             with self._lock:
-                self._forget(sock)
+                self._free(sock)
                 self._waiting_threads += 1
-                while not self._handoff:
-                    if self.closing or not self._handed.wait(self._linger):
-                        if not self._handoff:
-                            self._waiting_threads -= 1
-                            return
+                self._handed.wait_for(lambda: self._handoff or self.closing, self._linger)
+                if not self._handoff:
+                    self._waiting_threads -= 1
+                    return
                 sock, client_address = self._handoff.popleft()
 
     def stop(self):
         """Keep no connection alive: close those waiting between requests (HTTP lets a
-        client send again what it sent on a kept-alive connection closed under it); every
-        other ends after its next answer. One still waiting for its first request is
-        waited for: it is somebody's request."""
+        client send again what it sent on a kept-alive connection closed under it); others
+        end after their next answer, or their first: that is somebody's request."""
         self.stopping = True
         for sock, kept_alive in list(self._idle.items()):
             if kept_alive and self._idle.pop(sock, None) is not None:
@@ -3507,13 +3449,10 @@ class ConnectionPool:
 
 class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     """The built-in HTTP transport: the listening socket, a ConnectionPool, the deadlines,
-    TLS and a graceful stop. What a request becomes is its App's business; the server may
-    be made (bound) before its App is given (serve_app), so that a start that cannot have
-    the port makes no file.
-
-    ThreadingMixIn's process_request, which starts a thread per connection, is replaced by
-    the pool, whose threads each run ThreadingMixIn.process_request_thread for one
-    connection at a time (so handle_error and shutdown_request work as documented).
+    TLS and a graceful stop. It may be made (bound) before it is given its App (serve_app),
+    so that a start that cannot have the port makes no file. The pool replaces
+    ThreadingMixIn's process_request: its threads each run process_request_thread for one
+    connection at a time, so handle_error and shutdown_request work as documented.
     """
 
     allow_reuse_address = True
@@ -3531,14 +3470,12 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.tls_files = tls              # (certfile, keyfile), or None for plain HTTP
         self.scheme = "https" if tls else "http"
         self.tls_context = load_tls(*tls) if tls else None
-        self.tls_failures = 0
+        self.tls_failures = Counter()
         self.durations = Histogram()
         self.pool = ConnectionPool(max_connections, self.process_request_thread,
                                    reporter=self.reporter)
         self._inherited = None            # whether accepted sockets inherit our options
-        self._gif_reply = (None, b"")     # (Date, a kept-alive GET's whole GIF answer)
         self._date = (0, b"")
-        self._lock = threading.Lock()
         self._reloading = threading.Lock()
         self._drained = threading.Lock()
         super().__init__(address, handler)
@@ -3551,11 +3488,11 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         pool, metrics = self.pool, app.metrics
         metrics.health("connections", pool.__len__)
         if self.tls_context is not None:
-            metrics.health("tls_handshake_failures", lambda: self.tls_failures)
+            metrics.health("tls_handshake_failures", self.tls_failures.total)
         for name, kind, help, read in (
                 ("pixel_tls_handshake_failures_total", "counter", "Connections to a TLS port "
                  "that did not end in TLS: a failed or stalled handshake, plain HTTP.",
-                 lambda: self.tls_failures),
+                 self.tls_failures.total),
                 ("pixel_open_connections", "gauge", "Connections being served.", pool.__len__),
                 ("pixel_idle_connections", "gauge", "Connections waiting for their client.",
                  pool.idle),
@@ -3566,14 +3503,6 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             metrics.value(name, kind, help, read)
         metrics.family("pixel_request_duration_seconds", "histogram", "From a request's "
                        "whole head to its answer, ready to send.", self.durations.samples)
-
-    @property
-    def stopping(self):
-        return self.pool.stopping
-
-    def count_tls_failure(self):
-        with self._lock:
-            self.tls_failures += 1
 
     def reload_tls(self):
         """Load the certificate and key again (SIGHUP: certbot's renew hook) for new
@@ -3612,20 +3541,12 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         return self._inherited
 
     def http_date(self):
-        """The Date header's value: one bytes object all second, which kept_alive_gif's
-        cache is checked against by identity."""
+        """The Date header's value: one bytes object all second (the handler's GIF answer
+        is cached against it by identity)."""
         now = int(self.app.clock())
         if self._date[0] != now:
             self._date = (now, email.utils.formatdate(now, usegmt=True).encode())
         return self._date[1]
-
-    def kept_alive_gif(self, date, handler):
-        """A kept-alive GET's whole GIF answer, as `handler` builds it, once a second."""
-        cached_date, data = self._gif_reply
-        if cached_date is not date:
-            data = handler._reply(GIF_ANSWER, date)
-            self._gif_reply = (date, data)
-        return data
 
     def process_request(self, request, client_address):
         if not self.pool.submit(request, client_address):
@@ -3661,23 +3582,19 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             if self.socket.fileno() < 0:
                 return
             self.pool.stop()
-            self._accept_queued()
+            # Accept what the kernel has queued, so that closing the listening socket does not
+            # reset it. One that arrives between the last accept() and the close still is,
+            # unless Linux's net.ipv4.tcp_migrate_req hands it to another --reuse-port process.
+            self.socket.setblocking(False)
+            while True:
+                try:
+                    request, client_address = self.socket.accept()
+                except OSError:   # BlockingIOError: the queue is empty; or EMFILE, ECONNABORTED
+                    break
+                request.setblocking(True)
+                self.process_request(request, client_address)
             self.server_close()
             self.pool.close(self.request_timeout if timeout is None else timeout)
-
-    def _accept_queued(self):
-        """Accept what the kernel has accepted for us, so that closing the listening socket
-        does not reset it. One that arrives between the last accept() and the close is
-        still reset, unless Linux's net.ipv4.tcp_migrate_req hands it to another
-        --reuse-port process."""
-        self.socket.setblocking(False)
-        while True:
-            try:
-                request, client_address = self.socket.accept()
-            except OSError:   # BlockingIOError: the queue is empty; or EMFILE, ECONNABORTED
-                return
-            request.setblocking(True)
-            self.process_request(request, client_address)
 
 
 # --------------------------------------------------------------------------------------------
