@@ -1642,7 +1642,8 @@ class LogWriter:
     failed or short write back to the last whole line, counted in `failed`. One process owns
     a log: an exclusive flock. A reader that must see every line (the forwarder, with
     `readable=True`) calls follow(), then takes the files opened since from changes();
-    `pinned` holds the files it has not finished, which `keep` must not delete."""
+    `pinned` holds the files it has not finished, which `keep` must not delete (None: all,
+    while no queue follows: see LogQueue.close)."""
 
     def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None,
                  readable=False):
@@ -1886,8 +1887,8 @@ class LogWriter:
             self._park(self._identity, target)
         self.rotations += 1
         self._reopen()
-        if self.keep:   # none the follower has not finished, or not yet taken
-            held = self.pinned.union(change[2] for change in self._changes or ())
+        if self.keep and self.pinned is not None:   # none the follower has not finished,
+            held = self.pinned.union(change[2] for change in self._changes or ())   # or taken
             prune_rotations(self.path, self.keep, held, self._reporter)
         return target
 
@@ -4598,7 +4599,7 @@ class LogQueue:
                 log.offset = found_at(log, checkpoint)
         self._counting = (list(self.files), None, 0)
 
-    def _pull(self):
+    def _pull(self, pin=True):
         """Take the files the followed writer opened or renamed since, and tell it which
         it must keep. Under the lock."""
         if self.writer is None:
@@ -4621,7 +4622,8 @@ class LogQueue:
             if log.named:
                 log.park()
                 open_files.remove(log)
-        self.writer.pinned = frozenset(log.identity for log in self.files)
+        if pin:
+            self.writer.pinned = frozenset(log.identity for log in self.files)
 
     def first(self):
         """(the file to send from, its committed end or None to read to its end, whether
@@ -4733,7 +4735,10 @@ class LogQueue:
             while self.files:
                 self.files.popleft().close()
             if self.writer is not None:
-                self._pull()   # descriptors handed over since
+                # Which files are sent is unknown from here: --keep deletes none (an erase
+                # holds the forwarder, and replaces them) until another queue follows.
+                self._pull(pin=False)   # descriptors handed over since
+                self.writer.pinned = None
                 while self.files:
                     self.files.popleft().close()
 

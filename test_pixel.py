@@ -9935,6 +9935,20 @@ class ErasePixelProcess(unittest.TestCase):
             "alice-%d" % number for number in range(20)))
         self.assertFalse([number for number in ids[before:] if number.startswith("alice")])
 
+    def test_keep_deletes_no_unsent_file_while_the_forwarder_is_held(self):
+        # --keep spares the rotated files the forwarder has not sent; an erase holds the
+        # forwarder, and its rotation must not take that as "all sent".
+        receiver = FakeReceiver(self, lambda receiver, user, events: (503, {}, b"later"))
+        process, port = self.start(receiver, "--max-bytes", "4K", "--keep", "1")
+        sent = ["bob-%d" % number for number in range(60)]
+        for number in sent:
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=e&messageId=" + number)
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=alice&event=e&messageId=alice-0")
+        self.assertGreater(len(self.files()), 3)   # kept past --keep 1: not sent yet
+        status, out, err = self.erase("--user-id", "alice", "--apply", self.log)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(sorted(number for _, number in self.logged_users()), sorted(sent))
+
     def test_kill_9_of_the_erase_mid_apply(self):
         receiver = FakeReceiver(self)
         process, port = self.start(receiver)
