@@ -7051,9 +7051,10 @@ def erase_command(argv=None, stdout=None):
     requests, locks, files = [], {}, []
     try:
         for path in args.files:
-            try:
-                held = _hold_for_erase(path, requests, locks, reporter) \
-                    if args.apply else [path]
+            real = os.path.realpath(path)   # a link is not replaced: the file it names is,
+            try:                            # and a pixel looks for requests beside that
+                held = _hold_for_erase(real, requests, locks, reporter) \
+                    if args.apply else [real]
             except OSError as error:
                 reporter.say("erase: %s: %s: not erased" % (path, error.strerror or error))
                 status = 1

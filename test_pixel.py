@@ -9766,6 +9766,20 @@ class EraseFiles(unittest.TestCase):
         self.assertIn("%s: not a regular file (a directory): not erased" % self.dir, err)
         self.assertIn("%s: erased 4 of 7 line(s)" % path, out)
 
+    def test_a_symlinked_log_is_erased_where_it_lives(self):
+        real = os.path.join(self.dir, "real")
+        os.mkdir(real)
+        target = write_log(real, "events.jsonl.1", [line.rstrip(b"\n") for line in
+                                                    person_lines("bob", 3) +
+                                                    person_lines("alice", 1)])
+        link = os.path.join(self.dir, "events.jsonl.1")
+        os.symlink(target, link)
+        status, out, err = self.erase("--user-id", "alice", "--apply", link)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("erased 1 of 4 line(s)", out)
+        self.assertTrue(os.path.islink(link))   # still the link the operator made
+        self.assertEqual(self.read(target), b"".join(person_lines("bob", 3)))
+
     def test_a_damaged_archive_is_left_as_it_is(self):
         whole = gzip.compress(b"".join(person_lines("alice", 3000)))
         path = write_file(self.dir, "events.jsonl.2.gz", whole[:len(whole) // 2])
@@ -9948,6 +9962,28 @@ class ErasePixelProcess(unittest.TestCase):
         status, out, err = self.erase("--user-id", "alice", "--apply", self.log)
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(sorted(number for _, number in self.logged_users()), sorted(sent))
+
+    def test_a_symlinked_live_log(self):
+        # The pixel writes where the link points (LogWriter: realpath), and looks for an
+        # erase's request beside that file.
+        real = os.path.join(self.dir, "real")
+        os.mkdir(real)
+        os.symlink(os.path.join(real, "events.jsonl"), self.log)
+        receiver = FakeReceiver(self)
+        process, port = self.start(receiver)
+        for user in ("alice", "bob"):
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=%s&event=e" % user)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 2))
+        eraser = self.erase("--user-id", "alice", "--apply", self.log, wait=False)
+        out, err = eraser.communicate(timeout=30)
+        self.assertEqual((eraser.returncode, err), (0, ""))
+        self.assertIn("erased 1 of 2 line(s)", out)
+        kept = [os.path.join(real, name) for name in os.listdir(real)
+                if name.startswith("events.jsonl.")]
+        with open(kept[0], "rb") as handle:
+            self.assertEqual([json.loads(line)["userId"] for line in handle], ["bob"])
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=carol&event=e")
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
 
     def test_kill_9_of_the_erase_mid_apply(self):
         receiver = FakeReceiver(self)
