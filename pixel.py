@@ -6305,6 +6305,10 @@ def log_lines(read, limit=MAX_EVENT_LINE, size=1 << 20):
 # Erase: what `pixel.py erase` takes out of a log file, and how the file is replaced.
 
 ERASE_READ = 1 << 20   # bytes erase reads and writes at once
+# How files packed by what logrotate's compresscmd may name start: erase reads plain and
+# gzip only, and read as text these would hold no line of anyone.
+_OTHER_PACKERS = ((b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"\x28\xb5\x2f\xfd", "zstd"),
+                  (b"\x04\x22\x4d\x18", "lz4"), (b"LZIP", "lzip"), (b"\x1f\x9d", "compress"))
 MAX_USER_IDS_SHOWN = 1000     # userIds of erased events erase prints
 
 
@@ -6534,6 +6538,12 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None):
     before = os.stat(path)
     if not stat.S_ISREG(before.st_mode):
         return erasure, "not a regular file"
+    with open(path, "rb") as handle:
+        start = handle.read(6)
+    for magic, packer in _OTHER_PACKERS:
+        if start.startswith(magic):
+            raise OSError(errno.EINVAL, "packed with %s, which erase does not read: unpack it, "
+                          "erase, pack it again" % packer)
     if not apply:
         erasure.scan()
         return erasure, _too_common(erasure, max_share)

@@ -9780,6 +9780,23 @@ class EraseFiles(unittest.TestCase):
         self.assertTrue(os.path.islink(link))   # still the link the operator made
         self.assertEqual(self.read(target), b"".join(person_lines("bob", 3)))
 
+    def test_a_file_compressed_but_not_with_gzip_is_not_called_done(self):
+        # logrotate's compresscmd may be xz, bzip2 or zstd: erase cannot read those, and
+        # must not report such a file as erased, its person still in it.
+        import bz2
+        import lzma
+        data = b"".join(person_lines("bob", 30) + person_lines("alice", 3))
+        for name, packed in (("events.jsonl.1.xz", lzma.compress(data)),
+                             ("events.jsonl.2.bz2", bz2.compress(data)),
+                             ("events.jsonl.3.zst", b"\x28\xb5\x2f\xfd" + os.urandom(200))):
+            path = write_file(self.dir, name, packed)
+            for apply in ((), ("--apply",)):
+                with self.subTest(name=name, apply=apply):
+                    status, out, err = self.erase("--user-id", "alice", *apply, path)
+                    self.assertEqual(status, 1)
+                    self.assertIn("pixel: erase: %s: cannot erase it: " % path, err)
+                    self.assertEqual(self.read_raw(path), packed)
+
     def test_a_damaged_archive_is_left_as_it_is(self):
         whole = gzip.compress(b"".join(person_lines("alice", 3000)))
         path = write_file(self.dir, "events.jsonl.2.gz", whole[:len(whole) // 2])
