@@ -2357,10 +2357,11 @@ def raw_values(text, rounds=MAX_DECODE_ROUNDS):
     """The values a client's raw input (a query, a body, a line that is not JSON) may hold,
     decoded as a client could have encoded them, `rounds` layers deep: the text, its
     escapes undone (_reveal), its JSON strings, the pieces between its separators, and
-    what base64 among them decodes to. At most MAX_RAW_VALUES of them."""
-    seen, pending = set(), [(text, rounds)]
+    what base64 among them decodes to. At most MAX_RAW_VALUES of them, a layer at a time
+    and each in order: a large body's first values, which its quote holds, come first."""
+    seen, pending = set(), collections.deque([(text, rounds)])
     while pending and len(seen) < MAX_RAW_VALUES:
-        text, left = pending.pop()
+        text, left = pending.popleft()
         if text in seen:
             continue
         seen.add(text)
