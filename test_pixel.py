@@ -9556,6 +9556,34 @@ class Suppressed(RecorderCase):
         self.assertEqual(self.files(), [[], []])
         self.assertEqual(self.health()["suppressed"], 2)
 
+    def test_a_refused_body_costs_about_what_an_accepted_one_does(self):
+        # The raw look runs with the GIL held, on what a client sends to be refused: it
+        # must cost about what recording a valid batch of that size does (within 3 times),
+        # not seconds.
+        def cost(body):
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                self.answer(method="POST", path="/v1/batch", body=body,
+                            headers={"content-type": "application/json"})
+                best = min(best, time.perf_counter() - started)
+            return best
+
+        valid = json.dumps({"writeKey": "k", "batch": [
+            {"type": "track", "userId": "u%d" % number, "event": "e"}
+            for number in range(7000)]}).encode()
+        nested = b'{"userId":"bob"}' * 13000
+        for _ in range(3):
+            nested = base64.b64encode(nested)
+        item = base64.b64encode(base64.b64encode(b"x" * 20)).decode()
+        for name, body in (
+                ("base64 in base64 in base64", nested),
+                ("items that are base64", json.dumps({"batch": [
+                    item + "%05d" % number for number in range(9000)]}).encode())):
+            with self.subTest(name):
+                self.assertLess(len(body), 512000)
+                self.assertLess(cost(body), 3 * cost(valid))
+
     def test_never_in_the_dedupe_window(self):
         query = "writeKey=k&userId=alice&event=e&messageId=m1"
         self.assertIs(self.answer(query=query), pixel.GIF_ANSWER)
