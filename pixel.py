@@ -6356,8 +6356,14 @@ def _may_name(needles, line):
     if line.startswith(b'{"reason"'):   # a rejects-log line quotes raw input: look closer
         return True
     ids, emails = needles
-    return any(needle in line for needle in ids) or \
-        bool(emails) and any(needle in line.lower() for needle in emails)
+    if any(needle in line for needle in ids):
+        return True
+    if not emails:
+        return False
+    lowered = line.lower()
+    # The KELVIN SIGN, the one letter outside ASCII that lower() makes ASCII (a k): an
+    # address written with it names the person to the parse, so the look lets it by.
+    return b"\\u212a" in lowered or any(needle in lowered for needle in emails)
 
 
 def open_log_stream(path):

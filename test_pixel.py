@@ -9765,6 +9765,19 @@ class EraseFiles(unittest.TestCase):
         status, out, err = self.erase("--user-id", "alice", path)
         self.assertIn("would erase 3 of 8 line(s)", out)
 
+    def test_the_first_look_agrees_with_the_parse(self):
+        # The KELVIN SIGN lower-cases to an ASCII k: the parse (and --suppress) take
+        # "\u212aate@example.com" for kate@example.com, so the look before it must too.
+        lines = person_lines("bob", 3) + person_lines(
+            "u7", 1, properties={"email": "\u212aate@Example.com"}) + person_lines(
+            "\u212aate@example.com", 1)
+        path = self.log("events.jsonl", lines)
+        people = pixel.People(["kate@example.com"])
+        self.assertEqual([pixel.line_names(people, line.rstrip(b"\n"))[0] for line in lines],
+                         [False] * 3 + [True, True])
+        status, out, err = self.erase("--email", "kate@example.com", path)
+        self.assertIn("would erase 2 of 5 line(s)", out)
+
     def test_max_share_leaves_a_file_alone(self):
         path = self.log("events.jsonl", person_lines("null", 6) + person_lines("bob", 4))
         before = self.read(path)
