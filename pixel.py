@@ -7060,7 +7060,7 @@ def erase_command(argv=None, stdout=None):
         for value in args.user_id:
             user_ids.add(value)
         for value in args.email:
-            if "@" not in value:
+            if "@" not in value and value.strip()[:7].lower() != "sha256:":
                 raise ValueError("--email %r is not an address" % value[:80])
         if args.ledger:
             for value in ledger_ids(args.ledger):

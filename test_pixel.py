@@ -9778,6 +9778,18 @@ class EraseFiles(unittest.TestCase):
         status, out, err = self.erase("--email", "kate@example.com", path)
         self.assertIn("would erase 2 of 5 line(s)", out)
 
+    def test_every_flag_takes_a_digest(self):
+        # --help: "sha256:HEX of it too", so that no plain address need be typed.
+        lines = person_lines("bob", 3) + person_lines("u7", 1, properties={
+            "email": "Alice@Example.com"})
+        path = self.log("events.jsonl", lines)
+        for flag, value in (("--email", "alice@example.com"), ("--user-id", "u7"),
+                            ("--anonymous-id", "u7")):
+            with self.subTest(flag):
+                status, out, err = self.erase(flag, digest(value), path)
+                self.assertEqual((status, err), (0, ""))
+                self.assertIn("would erase 1 of 4 line(s)", out)
+
     def test_max_share_leaves_a_file_alone(self):
         path = self.log("events.jsonl", person_lines("null", 6) + person_lines("bob", 4))
         before = self.read(path)
