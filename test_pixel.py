@@ -10067,6 +10067,36 @@ class ErasePixelProcess(unittest.TestCase):
         fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=carol&event=e")
         self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
 
+    def test_a_backfill_at_work_sends_nothing_erased_after_the_erase(self):
+        # pixel.py forward reads the files it was given through descriptors it holds: an
+        # erase that replaces them under it must not let it send the old copies on.
+        erased = threading.Event()
+        late = []
+
+        def respond(receiver, user, events):
+            if erased.is_set():
+                late.extend(event["messageId"] for event in events
+                            if event["userId"] == "alice")
+            time.sleep(0.05)
+            return 200, {}, b"{}"
+
+        receiver = FakeReceiver(self, respond)
+        lines = [line for pair in zip(person_lines("bob", 300), person_lines("alice", 300))
+                 for line in pair]
+        rotated = write_log(self.dir, "events.jsonl.20261118T000000.000Z",
+                            [line.rstrip(b"\n") for line in lines])
+        backfill = subprocess.Popen([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+                                     "--batch", "10", rotated], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: backfill.poll() is None and backfill.kill())
+        self.assertTrue(wait_until(lambda: len(receiver.posts) >= 2, 30))
+        status, out, err = self.erase("--user-id", "alice", "--apply", "--max-share", "0.5",
+                                      rotated)
+        if status == 0:
+            erased.set()
+        backfill.wait(120)
+        self.assertEqual(late, [], "sent after the erase said %r" % out)
+
     def test_kill_9_of_the_erase_mid_apply(self):
         receiver = FakeReceiver(self)
         process, port = self.start(receiver)
