@@ -7161,9 +7161,10 @@ def _hold_for_erase(path, requests, locks, reporter, live=True):
         os.close(fd)
         if not live:
             raise OSError(errno.EBUSY, "a running pixel still writes it", path) from None
-        if request.wait_ready(lambda: _flock_free(path, locks)) is False:
-            return [path]   # the pixel ended meanwhile: the file is ours now
-        found = []
+        # False: the pixel ended meanwhile, and the file is ours now; it may have rotated
+        # it first (answered or not), so its rotated files are looked for all the same.
+        found = [path] if request.wait_ready(lambda: _flock_free(path, locks)) is False \
+            else []
         for rotated in pixel_rotations(path):
             try:
                 found += _hold_for_erase(rotated, requests, locks, reporter, False)

@@ -10143,6 +10143,26 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertIn("%s: erased 1 of 2 line(s)" % self.log, out)
         self.assertFalse(os.path.exists(pixel.erase_request_path(self.log)))
 
+    def test_kill_9_of_the_pixel_after_it_rotated_for_the_erase(self):
+        receiver = FakeReceiver(self)
+        process, port = self.start(receiver)
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=alice&event=e")
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=e")
+        eraser = self.erase("--user-id", "alice", "--apply", self.log, wait=False)
+        self.assertTrue(wait_until(lambda: os.path.exists(
+            pixel.erase_request_path(self.log)), 10))
+        eraser.send_signal(signal.SIGSTOP)   # it has not read the answer yet
+        self.assertTrue(wait_until(lambda: (pixel.read_state(pixel.erase_answer_path(
+            self.log)) or {}).get("state") == "ready", 10))
+        process.kill()   # rotated, answered, and gone before erase looked
+        process.wait()
+        eraser.send_signal(signal.SIGCONT)
+        out, err = eraser.communicate(timeout=60)
+        self.assertEqual((eraser.returncode, err), (0, ""))
+        for path in self.files():
+            with open(path, "rb") as handle:
+                self.assertNotIn(b"alice", handle.read(), path)
+
     def test_one_erase_at_a_time_and_requests_that_are_not(self):
         receiver = FakeReceiver(self)
         process, port = self.start(receiver, stderr=subprocess.PIPE)
