@@ -1587,7 +1587,8 @@ class LogWriter:
     failed or short write back to the last whole line, counted in `failed`. One process owns
     a log: an exclusive flock. A reader that must see every line (the forwarder, with
     `readable=True`) calls follow(), then takes the files opened since from changes();
-    `pinned` holds the files it has not finished, which `keep` must not delete."""
+    `pinned` holds the files it has not finished, which `keep` must not delete (None: all,
+    while no queue follows: see LogQueue.close)."""
 
     def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None,
                  readable=False):
@@ -1827,8 +1828,8 @@ class LogWriter:
             self._park(self._identity, target)
         self.rotations += 1
         self._open()
-        if self.keep:   # none the follower has not finished, or not yet taken
-            held = self.pinned.union(change[2] for change in self._changes or ())
+        if self.keep and self.pinned is not None:   # none the follower has not finished,
+            held = self.pinned.union(change[2] for change in self._changes or ())   # or taken
             prune_rotations(self.path, self.keep, held, self._reporter)
         return target
 
@@ -2284,10 +2285,11 @@ def raw_values(text, rounds=MAX_DECODE_ROUNDS):
     """The values a client's raw input (a query, a body, a line that is not JSON) may hold,
     decoded as a client could have encoded them, `rounds` layers deep: the text, its
     escapes undone (_reveal), its JSON strings, the pieces between its separators, and
-    what base64 among them decodes to. At most MAX_RAW_VALUES of them."""
-    seen, pending = set(), [(text, rounds)]
+    what base64 among them decodes to. At most MAX_RAW_VALUES of them, a layer at a time
+    and each in order: a large body's first values, which its quote holds, come first."""
+    seen, pending = set(), collections.deque([(text, rounds)])
     while pending and len(seen) < MAX_RAW_VALUES:
-        text, left = pending.pop()
+        text, left = pending.popleft()
         if text in seen:
             continue
         seen.add(text)
@@ -2300,7 +2302,13 @@ def raw_values(text, rounds=MAX_DECODE_ROUNDS):
         except (ValueError, RecursionError):
             pass
         found.extend(_RAW_SEPARATORS.split(text))
-        found.extend(raw.decode("utf-8", "replace") for raw in base64_decodings(text))
+        for raw in base64_decodings(text):
+            decoded = raw.decode("utf-8", "replace")
+            # A client encodes text: what is mostly not (binary, or base64 read from the
+            # wrong place in a run, 3 in 4 of them) is no value, and decoding it again and
+            # again cost a hostile body seconds of the GIL.
+            if decoded.count("\ufffd") * 16 <= len(decoded):
+                found.append(decoded)
         pending.extend((value, left - 1) for value in found if value and value not in seen)
 
 
@@ -2738,22 +2746,27 @@ class Recorder:
         return SUCCESS if written else error_answer(503, "write_failed")
 
     def _refuse_items(self, refused, request, received_at, ip):
-        if self.people:
-            refused = [(rejection, item) for rejection, item in refused
-                       if not self.suppress(raw=_encode_lenient(item))]
-        records, size = [], 0
+        records, reasons, size, looked = [], [], 0, 0
         for rejection, item in refused:
             if len(records) == MAX_REJECTS_PER_REQUEST or size > MAX_REJECTS_BYTES_PER_REQUEST:
                 break
+            looked += 1
             item, redacted = anonymize_json(item) if self.anonymize_ip else (item, False)
+            quoted = _encode_lenient(item)[:MAX_REJECT_RAW]
+            # What a line quotes is what --suppress looks at: a batch of 10,000 refused items
+            # costs no more than the hundred quoted.
+            if self.people and self.suppress(raw=quoted):
+                continue
             records.append(reject_line(rejection, request, received_at, ip, self.anonymize_ip,
-                                       _encode_lenient(item)[:MAX_REJECT_RAW], redacted))
+                                       quoted, redacted))
+            reasons.append(rejection.reason)
             size += len(records[-1])
-        if len(records) < len(refused):
+        if looked < len(refused):
             rest = Rejected("too_many_rejects", "%d more item(s) not quoted"
-                            % (len(refused) - len(records)))
+                            % (len(refused) - looked))
             records.append(reject_line(rest, request, received_at, ip, self.anonymize_ip, ""))
-        self._write_rejects(records, [rejection.reason for rejection, _ in refused])
+            reasons += [rejection.reason for rejection, _ in refused[looked:]]
+        self._write_rejects(records, reasons)
 
     def _body_refused(self, rejection, request, received_at, ip, body):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""
@@ -4056,6 +4069,16 @@ class GzipReader:
         return b"".join(kept)
 
 
+def _flock_shared(fd):
+    """Take a shared flock of `fd`: False if another process holds it exclusively."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+    return True
+
+
 class LogFile:
     """One file of a log being forwarded, read through a descriptor of its own (its name may
     be renamed or deleted meanwhile); `offset` is where its unsent lines start. One whose
@@ -4065,7 +4088,7 @@ class LogFile:
 
     def __init__(self, fd, identity, name, offset=0, archive=False, stopping=None):
         self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
-        self.named = False
+        self.named = self.shared = False
         self.broken = None
         self.archive = GzipReader(fd, stopping) if archive else None
         self._inflated = b""   # an archive's bytes last read, up to its position
@@ -4085,6 +4108,14 @@ class LogFile:
         except BaseException:
             os.close(fd)
             raise
+
+    def share(self):
+        """Hold a shared flock on the file while it is open (a backfill's): `pixel.py erase`
+        refuses a file read through a descriptor, which would go on sending the copy it
+        replaced. False if another process holds it exclusively (an erase, or its pixel),
+        and then a later unpark does not ask again."""
+        self.shared = _flock_shared(self.fd)
+        return self.shared
 
     def park(self):
         if self.named and self.archive is None:
@@ -4114,6 +4145,9 @@ class LogFile:
             status = os.fstat(fd)
             if (status.st_dev, status.st_ino) == self.identity:
                 self.name = os.path.join(folder, name)
+                if self.shared and not _flock_shared(fd):   # being erased: gone for us
+                    os.close(fd)
+                    break
                 return fd
             os.close(fd)
         return None
@@ -4302,10 +4336,10 @@ class LogQueue:
             self._pull()
         self._counting = (files[start:], end, written)
 
-    def add_files(self, paths, checkpoint):
+    def add_files(self, paths, checkpoint, erasing=None):
         """The files at `paths`, in order, to send once from `checkpoint` (a document), but
-        those it lists as sent. OSError for one not a regular file, ValueError for one not
-        an event log."""
+        those it lists as sent. OSError for one not a regular file, or one that `erasing(path)`
+        says an erase holds; ValueError for one not an event log."""
         done = checkpoint.get("done")
         self.done = [entry for entry in done if isinstance(entry, str)] \
             if isinstance(done, list) else []
@@ -4330,6 +4364,9 @@ class LogQueue:
                 break
             log = LogFile.open(path, archive=None, stopping=self._stopping)
             self.files.append(log)   # closed by close(), whatever happens next
+            if not log.share() and erasing is not None and erasing(os.path.realpath(path)):
+                raise OSError(errno.EBUSY, "pixel.py erase is at work on it: send it when "
+                              "that is done", path)
             for size in (8192, SNIFF_BYTES):   # most logs show an event in 8 KiB
                 first = log.read(0, size)
                 problem = not_an_event_log(first, whole=len(first) < size)
@@ -4358,9 +4395,9 @@ class LogQueue:
                 log.offset = found_at(log, checkpoint)
         self._counting = (list(self.files), None, 0)
 
-    def _pull(self):
+    def _pull(self, pin=True):
         """Take the files the writer opened or renamed since, park those past
-        MAX_OPEN_LOG_FILES, and pin them all against --keep. Under the lock."""
+        MAX_OPEN_LOG_FILES, and (`pin`) pin them all against --keep. Under the lock."""
         if self.writer is None:
             return
         for change, fd, identity, path in self.writer.changes():
@@ -4381,7 +4418,8 @@ class LogQueue:
             if log.named:
                 log.park()
                 open_files.remove(log)
-        self.writer.pinned = frozenset(log.identity for log in self.files)
+        if pin:
+            self.writer.pinned = frozenset(log.identity for log in self.files)
 
     def first(self):
         """(the file to send from, its committed end or None to read to its end, whether
@@ -4477,9 +4515,13 @@ class LogQueue:
 
     def close(self):
         with self._lock:
-            self._pull()   # the descriptors handed over since, too
+            self._pull(pin=False)   # the descriptors handed over since, too
             while self.files:
                 self.files.popleft().close()
+            if self.writer is not None:
+                # Which files are sent is unknown from here: --keep deletes none (an erase
+                # holds the forwarder, and replaces them) until another queue follows.
+                self.writer.pinned = None
 
 
 Item = collections.namedtuple("Item", "data end line key")
@@ -4743,7 +4785,7 @@ class Forwarder:
         self.queue.follow(writer, checkpoint)
         self._save(self.queue.files[0], quiet=False)
 
-    def add_files(self, paths, checkpoint):
+    def add_files(self, paths, checkpoint, erasing=None):
         """Relay the files at `paths` once (a backfill), from the checkpoint file
         `checkpoint`; OSError or ValueError as LogQueue.add_files raises them."""
         self.checkpoint = checkpoint
@@ -4756,7 +4798,7 @@ class Forwarder:
             raise ValueError("the checkpoint %s is of files sent to %s: to send them to %s "
                              "too, give another --checkpoint" % (
                                  checkpoint, document["target"], self.receiver.url))
-        self.queue.add_files(paths, document)
+        self.queue.add_files(paths, document, erasing)
 
     def register(self, metrics):
         """Count the forwarder into `metrics`: /health's forward object, its problems,
@@ -5897,6 +5939,10 @@ def report_records(tally):
 # Erase: what `pixel.py erase` takes out of a log file, and how the file is replaced.
 
 ERASE_READ = 1 << 20   # bytes erase reads and writes at once
+# How files packed by what logrotate's compresscmd may name start: erase reads plain and
+# gzip only, and read as text these would hold no line of anyone.
+_OTHER_PACKERS = ((b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"\x28\xb5\x2f\xfd", "zstd"),
+                  (b"\x04\x22\x4d\x18", "lz4"), (b"LZIP", "lzip"), (b"\x1f\x9d", "compress"))
 MAX_USER_IDS_SHOWN = 1000     # userIds of erased events erase prints
 
 
@@ -5933,8 +5979,14 @@ def _may_name(needles, line):
     if line.startswith(b'{"reason"'):   # a rejects-log line quotes raw input: look closer
         return True
     ids, emails = needles
-    return any(needle in line for needle in ids) or \
-        bool(emails) and any(needle in line.lower() for needle in emails)
+    if any(needle in line for needle in ids):
+        return True
+    if not emails:
+        return False
+    lowered = line.lower()
+    # The KELVIN SIGN, the one letter outside ASCII that lower() makes ASCII (a k): an
+    # address written with it names the person to the parse, so the look lets it by.
+    return b"\\u212a" in lowered or any(needle in lowered for needle in emails)
 
 
 def open_log_stream(path):
@@ -6126,6 +6178,12 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None):
     before = os.stat(path)
     if not stat.S_ISREG(before.st_mode):
         return erasure, "not a regular file"
+    with open(path, "rb") as handle:
+        start = handle.read(6)
+    for magic, packer in _OTHER_PACKERS:
+        if start.startswith(magic):
+            raise OSError(errno.EINVAL, "packed with %s, which erase does not read: unpack it, "
+                          "erase, pack it again" % packer)
     if not apply:
         erasure.scan()
         return erasure, _too_common(erasure, max_share)
@@ -6416,7 +6474,7 @@ def forward_files(argv=None):
                 for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
-            forwarder.add_files(files, checkpoint)
+            forwarder.add_files(files, checkpoint, erase_at_work)
         except (OSError, ValueError) as error:   # not a file, not a log, a bad checkpoint
             reporter.say(str(error) if isinstance(error, ValueError) else "%s %s: %s" % (
                 "cannot read the checkpoint" if error.filename in (None, checkpoint)
@@ -6605,7 +6663,7 @@ def erase_command(argv=None, stdout=None):
         for value in args.user_id:
             user_ids.add(value)
         for value in args.email:
-            if "@" not in value:
+            if "@" not in value and value.strip()[:7].lower() != "sha256:":
                 raise ValueError("--email %r is not an address" % value[:80])
         if args.ledger:
             for value in ledger_ids(args.ledger):
@@ -6623,9 +6681,10 @@ def erase_command(argv=None, stdout=None):
     requests, locks, files = [], {}, []
     try:
         for path in args.files:
-            try:
-                held = _hold_for_erase(path, requests, locks, reporter) \
-                    if args.apply else [path]
+            real = os.path.realpath(path)   # a link is not replaced: the file it names is,
+            try:                            # and a pixel looks for requests beside that
+                held = _hold_for_erase(real, requests, locks, reporter) \
+                    if args.apply else [real]
             except OSError as error:
                 reporter.say("erase: %s: %s: not erased" % (path, error.strerror or error))
                 status = 1
@@ -6701,13 +6760,18 @@ def _hold_for_erase(path, requests, locks, reporter, live=True):
         requests.append(request)
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:   # a running pixel writes it
+    except BlockingIOError:   # a running pixel writes it, or a backfill reads it
+        shared = _flock_shared(fd)   # a backfill's (LogFile.share), not a pixel's
         os.close(fd)
+        if shared:
+            raise OSError(errno.EBUSY, "a pixel.py forward is sending it: erase it when "
+                          "that is done, or stop it first", path) from None
         if not live:
             raise OSError(errno.EBUSY, "a running pixel still writes it", path) from None
-        if request.wait_ready(lambda: _flock_free(path, locks)) is False:
-            return [path]   # the pixel ended meanwhile: the file is ours now
-        found = []
+        # False: the pixel ended meanwhile, and the file is ours now; it may have rotated
+        # it first (answered or not), so its rotated files are looked for all the same.
+        found = [path] if request.wait_ready(lambda: _flock_free(path, locks)) is False \
+            else []
         for rotated in pixel_rotations(path):
             try:
                 found += _hold_for_erase(rotated, requests, locks, reporter, False)

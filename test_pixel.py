@@ -9571,6 +9571,46 @@ class Suppressed(RecorderCase):
         self.assertEqual(answer.status, 400)
         self.assertEqual([line["reason"] for line in self.files()[1]], ["invalid_json"])
 
+    def test_a_large_item_or_body_that_names_them(self):
+        # Over 32 KB, refused whole: its thousands of values are more than the raw look's
+        # budget, and the rejects line would quote the person's id from its first bytes.
+        event = {"type": "track", "userId": "alice", "event": "Order Completed",
+                 "properties": {"products": ["sku-%05d" % number for number in range(5000)]}}
+        for path, body in (("/v1/batch", {"batch": [event]}), ("/v1/track", event)):
+            answer = self.answer(method="POST", path=path, body=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+            self.assertEqual(answer.status, 200, path)
+        self.assertEqual(self.files(), [[], []])
+        self.assertEqual(self.health()["suppressed"], 2)
+
+    def test_a_refused_body_costs_about_what_an_accepted_one_does(self):
+        # The raw look runs with the GIL held, on what a client sends to be refused: it
+        # must cost about what recording a valid batch of that size does (within 3 times),
+        # not seconds.
+        def cost(body):
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                self.answer(method="POST", path="/v1/batch", body=body,
+                            headers={"content-type": "application/json"})
+                best = min(best, time.perf_counter() - started)
+            return best
+
+        valid = json.dumps({"writeKey": "k", "batch": [
+            {"type": "track", "userId": "u%d" % number, "event": "e"}
+            for number in range(7000)]}).encode()
+        nested = b'{"userId":"bob"}' * 13000
+        for _ in range(3):
+            nested = base64.b64encode(nested)
+        item = base64.b64encode(base64.b64encode(b"x" * 20)).decode()
+        for name, body in (
+                ("base64 in base64 in base64", nested),
+                ("items that are base64", json.dumps({"batch": [
+                    item + "%05d" % number for number in range(9000)]}).encode())):
+            with self.subTest(name):
+                self.assertLess(len(body), 512000)
+                self.assertLess(cost(body), 3 * cost(valid))
+
     def test_never_in_the_dedupe_window(self):
         query = "writeKey=k&userId=alice&event=e&messageId=m1"
         self.assertIs(self.answer(query=query), pixel.GIF_ANSWER)
@@ -9752,6 +9792,31 @@ class EraseFiles(unittest.TestCase):
         status, out, err = self.erase("--user-id", "alice", path)
         self.assertIn("would erase 3 of 8 line(s)", out)
 
+    def test_the_first_look_agrees_with_the_parse(self):
+        # The KELVIN SIGN lower-cases to an ASCII k: the parse (and --suppress) take
+        # "\u212aate@example.com" for kate@example.com, so the look before it must too.
+        lines = person_lines("bob", 3) + person_lines(
+            "u7", 1, properties={"email": "\u212aate@Example.com"}) + person_lines(
+            "\u212aate@example.com", 1)
+        path = self.log("events.jsonl", lines)
+        people = pixel.People(["kate@example.com"])
+        self.assertEqual([pixel.line_names(people, line.rstrip(b"\n"))[0] for line in lines],
+                         [False] * 3 + [True, True])
+        status, out, err = self.erase("--email", "kate@example.com", path)
+        self.assertIn("would erase 2 of 5 line(s)", out)
+
+    def test_every_flag_takes_a_digest(self):
+        # --help: "sha256:HEX of it too", so that no plain address need be typed.
+        lines = person_lines("bob", 3) + person_lines("u7", 1, properties={
+            "email": "Alice@Example.com"})
+        path = self.log("events.jsonl", lines)
+        for flag, value in (("--email", "alice@example.com"), ("--user-id", "u7"),
+                            ("--anonymous-id", "u7")):
+            with self.subTest(flag):
+                status, out, err = self.erase(flag, digest(value), path)
+                self.assertEqual((status, err), (0, ""))
+                self.assertIn("would erase 1 of 4 line(s)", out)
+
     def test_max_share_leaves_a_file_alone(self):
         path = self.log("events.jsonl", person_lines("null", 6) + person_lines("bob", 4))
         before = self.read(path)
@@ -9792,6 +9857,37 @@ class EraseFiles(unittest.TestCase):
         self.assertIn("missing: No such file or directory: not erased", err)
         self.assertIn("%s: not a regular file (a directory): not erased" % self.dir, err)
         self.assertIn("%s: erased 4 of 7 line(s)" % path, out)
+
+    def test_a_symlinked_log_is_erased_where_it_lives(self):
+        real = os.path.join(self.dir, "real")
+        os.mkdir(real)
+        target = write_log(real, "events.jsonl.1", [line.rstrip(b"\n") for line in
+                                                    person_lines("bob", 3) +
+                                                    person_lines("alice", 1)])
+        link = os.path.join(self.dir, "events.jsonl.1")
+        os.symlink(target, link)
+        status, out, err = self.erase("--user-id", "alice", "--apply", link)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("erased 1 of 4 line(s)", out)
+        self.assertTrue(os.path.islink(link))   # still the link the operator made
+        self.assertEqual(self.read(target), b"".join(person_lines("bob", 3)))
+
+    def test_a_file_compressed_but_not_with_gzip_is_not_called_done(self):
+        # logrotate's compresscmd may be xz, bzip2 or zstd: erase cannot read those, and
+        # must not report such a file as erased, its person still in it.
+        import bz2
+        import lzma
+        data = b"".join(person_lines("bob", 30) + person_lines("alice", 3))
+        for name, packed in (("events.jsonl.1.xz", lzma.compress(data)),
+                             ("events.jsonl.2.bz2", bz2.compress(data)),
+                             ("events.jsonl.3.zst", b"\x28\xb5\x2f\xfd" + os.urandom(200))):
+            path = write_file(self.dir, name, packed)
+            for apply in ((), ("--apply",)):
+                with self.subTest(name=name, apply=apply):
+                    status, out, err = self.erase("--user-id", "alice", *apply, path)
+                    self.assertEqual(status, 1)
+                    self.assertIn("pixel: erase: %s: cannot erase it: " % path, err)
+                    self.assertEqual(self.read_raw(path), packed)
 
     def test_a_damaged_archive_is_left_as_it_is(self):
         whole = gzip.compress(b"".join(person_lines("alice", 3000)))
@@ -9962,6 +10058,101 @@ class ErasePixelProcess(unittest.TestCase):
             "alice-%d" % number for number in range(20)))
         self.assertFalse([number for number in ids[before:] if number.startswith("alice")])
 
+    def test_keep_deletes_no_unsent_file_while_the_forwarder_is_held(self):
+        # --keep spares the rotated files the forwarder has not sent; an erase holds the
+        # forwarder, and its rotation must not take that as "all sent".
+        receiver = FakeReceiver(self, lambda receiver, user, events: (503, {}, b"later"))
+        process, port = self.start(receiver, "--max-bytes", "4K", "--keep", "1")
+        sent = ["bob-%d" % number for number in range(60)]
+        for number in sent:
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=e&messageId=" + number)
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=alice&event=e&messageId=alice-0")
+        self.assertGreater(len(self.files()), 3)   # kept past --keep 1: not sent yet
+        status, out, err = self.erase("--user-id", "alice", "--apply", self.log)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(sorted(number for _, number in self.logged_users()), sorted(sent))
+
+    def test_a_symlinked_live_log(self):
+        # The pixel writes where the link points (LogWriter: realpath), and looks for an
+        # erase's request beside that file.
+        real = os.path.join(self.dir, "real")
+        os.mkdir(real)
+        os.symlink(os.path.join(real, "events.jsonl"), self.log)
+        receiver = FakeReceiver(self)
+        process, port = self.start(receiver)
+        for user in ("alice", "bob"):
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=%s&event=e" % user)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 2))
+        eraser = self.erase("--user-id", "alice", "--apply", self.log, wait=False)
+        out, err = eraser.communicate(timeout=30)
+        self.assertEqual((eraser.returncode, err), (0, ""))
+        self.assertIn("erased 1 of 2 line(s)", out)
+        kept = [os.path.join(real, name) for name in os.listdir(real)
+                if name.startswith("events.jsonl.")]
+        with open(kept[0], "rb") as handle:
+            self.assertEqual([json.loads(line)["userId"] for line in handle], ["bob"])
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=carol&event=e")
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
+
+    def test_a_backfill_does_not_start_on_a_file_being_erased(self):
+        rotated = write_log(self.dir, "events.jsonl.20261118T000000.000Z",
+                            [line.rstrip(b"\n") for line in person_lines("bob", 3)])
+        requests, locks = [], {}   # held as erase holds the files it works on
+        self.assertEqual(pixel._hold_for_erase(rotated, requests, locks, pixel.Reporter()),
+                         [rotated])
+        self.addCleanup(lambda: [os.close(fd) for fd in locks.values()])
+        self.addCleanup(pixel.EraseRequest.finish, requests)
+        run = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to",
+                              "http://127.0.0.1:9/", rotated], capture_output=True,
+                             text=True, timeout=60)
+        self.assertEqual(run.returncode, 1, run.stderr)
+        self.assertIn("pixel.py erase is at work on it", run.stderr)
+        pixel.EraseRequest.finish(requests)   # and once it is done, it is sent
+        [os.close(locks.pop(path)) for path in list(locks)]
+        receiver = FakeReceiver(self)
+        run = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+                              rotated], capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertEqual(len(receiver.taken), 3)
+
+    def test_a_backfill_at_work_sends_nothing_erased_after_the_erase(self):
+        # pixel.py forward reads the files it was given through descriptors it holds: an
+        # erase that replaces them under it must not let it send the old copies on.
+        erased = threading.Event()
+        late = []
+
+        def respond(receiver, user, events):
+            if erased.is_set():
+                late.extend(event["messageId"] for event in events
+                            if event["userId"] == "alice")
+            time.sleep(0.05)
+            return 200, {}, b"{}"
+
+        receiver = FakeReceiver(self, respond)
+        lines = [line for pair in zip(person_lines("bob", 300), person_lines("alice", 300))
+                 for line in pair]
+        rotated = write_log(self.dir, "events.jsonl.20261118T000000.000Z",
+                            [line.rstrip(b"\n") for line in lines])
+        backfill = subprocess.Popen([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+                                     "--batch", "10", rotated], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: backfill.poll() is None and backfill.kill())
+        self.assertTrue(wait_until(lambda: len(receiver.posts) >= 2, 30))
+        status, out, err = self.erase("--user-id", "alice", "--apply", "--max-share", "0.5",
+                                      rotated)
+        if status == 0:
+            erased.set()
+        backfill.wait(120)
+        self.assertEqual(late, [], "sent after the erase said %r" % out)
+        # It refuses, naming the backfill (its shared flock), and works once that ended.
+        self.assertEqual(status, 1, out)
+        self.assertIn("a pixel.py forward is sending it", err)
+        status, out, err = self.erase("--user-id", "alice", "--apply", "--max-share", "0.5",
+                                      rotated)
+        self.assertEqual((status, err), (0, ""), out)
+        with open(rotated, "rb") as handle:
+            self.assertNotIn(b"alice", handle.read())
+
     def test_kill_9_of_the_erase_mid_apply(self):
         receiver = FakeReceiver(self)
         process, port = self.start(receiver)
@@ -10007,6 +10198,26 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertEqual((eraser.returncode, err), (0, ""))
         self.assertIn("%s: erased 1 of 2 line(s)" % self.log, out)
         self.assertFalse(os.path.exists(pixel.erase_request_path(self.log)))
+
+    def test_kill_9_of_the_pixel_after_it_rotated_for_the_erase(self):
+        receiver = FakeReceiver(self)
+        process, port = self.start(receiver)
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=alice&event=e")
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=e")
+        eraser = self.erase("--user-id", "alice", "--apply", self.log, wait=False)
+        self.assertTrue(wait_until(lambda: os.path.exists(
+            pixel.erase_request_path(self.log)), 10))
+        eraser.send_signal(signal.SIGSTOP)   # it has not read the answer yet
+        self.assertTrue(wait_until(lambda: (pixel.read_state(pixel.erase_answer_path(
+            self.log)) or {}).get("state") == "ready", 10))
+        process.kill()   # rotated, answered, and gone before erase looked
+        process.wait()
+        eraser.send_signal(signal.SIGCONT)
+        out, err = eraser.communicate(timeout=60)
+        self.assertEqual((eraser.returncode, err), (0, ""))
+        for path in self.files():
+            with open(path, "rb") as handle:
+                self.assertNotIn(b"alice", handle.read(), path)
 
     def test_one_erase_at_a_time_and_requests_that_are_not(self):
         receiver = FakeReceiver(self)
