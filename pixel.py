@@ -1580,6 +1580,20 @@ def _chunks(lines, limit):
     return chunks
 
 
+def remove_if_empty(path, opened, reporter):
+    """Remove the file at `path` if it is `opened` (a stat) and empty: what a start that
+    failed made."""
+    if not opened.st_size:
+        try:
+            if os.path.samestat(os.stat(path), opened):
+                os.unlink(path)
+        except FileNotFoundError:   # removed already, by someone else
+            pass
+        except OSError as error:
+            reporter.say("cannot remove %s, made by a start that failed: %s"
+                         % (path, error.strerror or error))
+
+
 class LogWriter:
     """Appends whole lines to a file (O_APPEND), one os.write each, before the caller
     answers; rotates it past `max_bytes`, as RotatingFileHandler does, keeping `keep`;
@@ -1691,16 +1705,8 @@ class LogWriter:
         """Close, and remove the file if this writer made it, empty, at the path: a start
         that fails leaves the folder as it found it."""
         with self._lock:
-            opened = os.fstat(self._fd) if self._fd is not None and self.created else None
-            if opened and not opened.st_size:
-                try:
-                    if os.path.samestat(os.stat(self.path), opened):
-                        os.unlink(self.path)
-                except FileNotFoundError:   # removed already, by someone else
-                    pass
-                except OSError as error:
-                    self._reporter.say("cannot remove %s, made by a start that failed: %s"
-                                       % (self.path, error.strerror or error))
+            if self._fd is not None and self.created:
+                remove_if_empty(self.path, os.fstat(self._fd), self._reporter)
         self.close()
 
     def write(self, lines):
@@ -2553,6 +2559,41 @@ def reject_line(rejection, request, received_at, ip, anonymize, quoted=None, red
 _KEY_REASONS = ("no_write_key", "write_key_not_string", "invalid_write_key")
 
 
+def register_recorder(recorder, metrics):
+    """Count `recorder` into `metrics`: pixel_events_total and the other counters of what it
+    wrote, refused, deduped and suppressed, and /health's fields of them."""
+    logs = (("events", recorder.events), ("rejects", recorder.rejects))
+    metrics.family("pixel_events_total", "counter", "Events written to the events log, "
+                   "by type.", lambda: recorder.written_by_type.samples("type"))
+    metrics.family("pixel_rejections_total", "counter", "Requests, items and forwarded "
+                   "events refused, by the reason in the rejects log.",
+                   lambda: recorder.rejected_by_reason.samples("reason"))
+    for name, attribute, help in (
+            ("pixel_written_lines_total", "written", "Lines written, by log."),
+            ("pixel_written_bytes_total", "written_bytes", "Bytes written, by log."),
+            ("pixel_write_errors_total", "failed", "Lines that could not be written."),
+            ("pixel_rotations_total", "rotations", "Rotations, by log.")):
+        metrics.family(name, "counter", help, lambda attribute=attribute: [
+            ("", (("log", log),), getattr(writer, attribute)) for log, writer in logs])
+    metrics.value("pixel_deduped_events_total", "counter", "Events not written: their "
+                  "writeKey and messageId were written within the dedupe window.",
+                  lambda: recorder.deduped)
+    metrics.value("pixel_suppressed_events_total", "counter", "Pixel requests and API "
+                  "items not recorded: they named a person of the --suppress list.",
+                  recorder.suppressed.total)
+    metrics.value("pixel_browser_metrics_total", "counter", "Browser SDKs' own metrics "
+                  "and error reports (/v1/m, /rsaMetrics), counted and dropped.",
+                  recorder.browser_metrics.total)
+    for field, read in (("accepted", lambda: recorder.events.written),
+                        ("rejected", recorder.rejected_by_reason.total),
+                        ("write_errors", lambda: recorder.events.failed + recorder.rejects.failed),
+                        ("browser_metrics", recorder.browser_metrics.total),
+                        ("deduped", lambda: recorder.deduped),
+                        ("suppressed", recorder.suppressed.total)):
+        metrics.health(field, read)
+    metrics.problem(lambda: recorder.events.failing or recorder.rejects.failing)
+
+
 class Recorder:
     """Turns requests into log lines: events into the events log, refusals into the
     rejects log, each on disk, or counted as failed, before a method returns. It holds the
@@ -2579,39 +2620,7 @@ class Recorder:
         self.suppressed = Counter()   # requests and items that named a suppressed person
         self._dedupe_lock = threading.Lock()
         self.metrics = metrics or Metrics(clock)
-        self._register(self.metrics)
-
-    def _register(self, metrics):
-        logs = (("events", self.events), ("rejects", self.rejects))
-        metrics.family("pixel_events_total", "counter", "Events written to the events log, "
-                       "by type.", lambda: self.written_by_type.samples("type"))
-        metrics.family("pixel_rejections_total", "counter", "Requests, items and forwarded "
-                       "events refused, by the reason in the rejects log.",
-                       lambda: self.rejected_by_reason.samples("reason"))
-        for name, attribute, help in (
-                ("pixel_written_lines_total", "written", "Lines written, by log."),
-                ("pixel_written_bytes_total", "written_bytes", "Bytes written, by log."),
-                ("pixel_write_errors_total", "failed", "Lines that could not be written."),
-                ("pixel_rotations_total", "rotations", "Rotations, by log.")):
-            metrics.family(name, "counter", help, lambda attribute=attribute: [
-                ("", (("log", log),), getattr(writer, attribute)) for log, writer in logs])
-        metrics.value("pixel_deduped_events_total", "counter", "Events not written: their "
-                      "writeKey and messageId were written within the dedupe window.",
-                      lambda: self.deduped)
-        metrics.value("pixel_suppressed_events_total", "counter", "Pixel requests and API "
-                      "items not recorded: they named a person of the --suppress list.",
-                      self.suppressed.total)
-        metrics.value("pixel_browser_metrics_total", "counter", "Browser SDKs' own metrics "
-                      "and error reports (/v1/m, /rsaMetrics), counted and dropped.",
-                      self.browser_metrics.total)
-        for field, read in (("accepted", lambda: self.events.written),
-                            ("rejected", self.rejected_by_reason.total),
-                            ("write_errors", lambda: self.events.failed + self.rejects.failed),
-                            ("browser_metrics", self.browser_metrics.total),
-                            ("deduped", lambda: self.deduped),
-                            ("suppressed", self.suppressed.total)):
-            metrics.health(field, read)
-        metrics.problem(lambda: self.events.failing or self.rejects.failing)
+        register_recorder(self, self.metrics)
 
     def remember_logged(self, max_bytes=MAX_WARM_BYTES):
         """Refill the dedupe window from the events log's end (the live file, then rotated
@@ -3473,7 +3482,7 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     def __init__(self, address, app=None, *, max_connections=DEFAULT_MAX_CONNECTIONS,
                  request_timeout=10.0, idle_timeout=15.0, handler=PixelHandler, reporter=None,
-                 reuse_port=False, tls=None):
+                 reuse_port=False, tls=None, listening=True):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = None
         self.reporter = reporter or Reporter()
@@ -3491,7 +3500,16 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self._date = (0, b"")
         self._reloading = threading.Lock()
         self._drained = threading.Lock()
-        super().__init__(address, handler)
+        # Bound at once (a port in use is an error now), listening when `listening`, or at
+        # server_activate(): until then a connection is refused, not kept waiting.
+        super().__init__(address, handler, bind_and_activate=False)
+        try:
+            self.server_bind()
+            if listening:
+                self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
         if app is not None:
             self.serve_app(app)
 
@@ -4421,17 +4439,33 @@ class LogQueue:
         if pin:
             self.writer.pinned = frozenset(log.identity for log in self.files)
 
-    def first(self):
+    def first(self, save):
         """(the file to send from, its committed end or None to read to its end, whether
-        it is complete), or None if there is none. A file gone before its turn has no fd."""
-        with self._lock:
-            self._pull()
-            if not self.files:
-                return None
-            log, later = self.files[0], len(self.files) > 1
-            log.unpark()
-        live = not later and self.writer is not None and log.fd is not None
-        return log, self.writer.committed_end(log.identity) if live else None, not live
+        it is complete), or None if there is none. A file gone before its turn is said and
+        finished (`save` as finish takes it); one cut shorter is sent from its start."""
+        while True:
+            with self._lock:
+                self._pull()
+                if not self.files:
+                    return None
+                log, later = self.files[0], len(self.files) > 1
+                log.unpark()
+            if log.fd is not None:
+                break
+            self._reporter.say("%s (inode %d) is gone before the forwarder could send it: "
+                               "its unsent events are lost to the receiver"
+                               % (log.name, log.identity[1]))
+            self.finish(log, save)
+        size = log.size()
+        if size is not None and log.offset > size:
+            self._reporter.say("%s was cut shorter under the forwarder (copytruncate?): "
+                               "forwarding it from its start" % log.name)
+            log.offset = 0
+        if later or self.writer is None:
+            return log, None, True
+        # after a truncate from outside, the writer's count is stale
+        end = self.writer.committed_end(log.identity)
+        return log, end if end is None or size is None else min(end, size), False
 
     def finish(self, log, save):
         """`log` is sent to its end: `save` (the checkpoint) names the next file at once, never
@@ -4744,6 +4778,33 @@ FORWARD_METRICS = (
      "took a batch (Unix time; 0: never)."))
 
 
+def backfill_checkpoint(path, target):
+    """The backfill checkpoint at `path` (a document; empty if there is none) of files sent to
+    `target`: ValueError if it cannot be read, or is another target's."""
+    try:
+        document = read_checkpoint(path) or _NO_CHECKPOINT
+    except ValueError as error:
+        raise ValueError("cannot read the checkpoint %s: %s" % (path, error)) from None
+    if document.get("target", target) != target:
+        raise ValueError("the checkpoint %s is of files sent to %s: to send them to %s too, "
+                         "give another --checkpoint" % (path, document["target"], target))
+    return document
+
+
+def checkpoint_document(log, queue, target, now):
+    """The checkpoint naming `log` of `queue` and its offset, as of `now`; OSError if `log`
+    cannot be looked at."""
+    head_bytes = min(log.offset, 4096)
+    document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
+                "offset": log.offset, "head_bytes": head_bytes, "head": log.head(head_bytes),
+                "updated": format_time(now), "target": target, "mtime_ns": log.mtime_ns()}
+    if queue.writer is None:
+        document["done"] = queue.done
+    if queue.legacy_until is not None:
+        document["legacy_until"] = queue.legacy_until
+    return document
+
+
 class Forwarder:
     """Relays a log to a Receiver, in order and at least once: a LogQueue's files (follow: a
     live log; add_files: a backfill) in batches a Sender sends, and what cannot be sent to
@@ -4789,16 +4850,8 @@ class Forwarder:
         """Relay the files at `paths` once (a backfill), from the checkpoint file
         `checkpoint`; OSError or ValueError as LogQueue.add_files raises them."""
         self.checkpoint = checkpoint
-        try:
-            document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
-        except ValueError as error:
-            raise ValueError("cannot read the checkpoint %s: %s" % (checkpoint,
-                                                                     error)) from None
-        if document.get("target", self.receiver.url) != self.receiver.url:
-            raise ValueError("the checkpoint %s is of files sent to %s: to send them to %s "
-                             "too, give another --checkpoint" % (
-                                 checkpoint, document["target"], self.receiver.url))
-        self.queue.add_files(paths, document, erasing)
+        self.queue.add_files(paths, backfill_checkpoint(checkpoint, self.receiver.url),
+                             erasing)
 
     def register(self, metrics):
         """Count the forwarder into `metrics`: /health's forward object, its problems,
@@ -4895,23 +4948,10 @@ class Forwarder:
         """(file, items, its end, whether complete, the time of the read) to send; None when
         there is nothing to send now; () after something done without sending (a line
         refused, a file finished): look again at once."""
-        head = self.queue.first()
+        head = self.queue.first(self._save)
         if head is None:
             return None
         log, end, complete = head
-        if log.fd is None:
-            self.reporter.say("%s (inode %d) is gone before the forwarder could send it: its "
-                              "unsent events are lost to the receiver" % (log.name,
-                                                                          log.identity[1]))
-            self.queue.finish(log, self._save)
-            return ()
-        size = log.size()
-        if size is not None and log.offset > size:
-            self.reporter.say("%s was cut shorter under the forwarder (copytruncate?): "
-                              "forwarding it from its start" % log.name)
-            log.offset = 0
-        if end is not None:   # after a truncate from outside, the writer's count is stale
-            end = min(end, size)
         read_at = self.clock()
         data, whole = read_lines(log, log.offset, end)
         if whole:
@@ -4977,18 +5017,9 @@ class Forwarder:
     def _save(self, log, quiet=True):
         """Name `log` and its offset in the checkpoint; failing, say so once an interval,
         or with quiet=False raise the OSError."""
-        head_bytes = min(log.offset, 4096)
-        document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
-                    "offset": log.offset, "head_bytes": head_bytes,
-                    "head": log.head(head_bytes), "updated": format_time(self.clock()),
-                    "target": self.receiver.url}
-        if self.queue.writer is None:
-            document["done"] = self.queue.done
-        if self.queue.legacy_until is not None:
-            document["legacy_until"] = self.queue.legacy_until
         try:
-            document["mtime_ns"] = log.mtime_ns()
-            write_checkpoint(self.checkpoint, document)
+            write_checkpoint(self.checkpoint, checkpoint_document(
+                log, self.queue, self.receiver.url, self.clock()))
         except OSError as error:
             if not quiet:
                 raise
@@ -6284,7 +6315,7 @@ def pin_cpu(choice):
 
 def listen(config, reporter):
     """Pin to a CPU, raise the open-file limit and bind the port, before any file is made:
-    (PixelServer, the CPU or None)."""
+    (PixelServer, the CPU or None). It listens once serve() is ready to answer."""
     try:
         pinned = pin_cpu(config.cpu)
     except OSError as error:   # a CPU this process may not use
@@ -6312,7 +6343,7 @@ def listen(config, reporter):
         server = PixelServer((config.host, config.port), max_connections=connections,
                              request_timeout=config.request_timeout,
                              idle_timeout=config.idle_timeout, reporter=reporter,
-                             reuse_port=config.reuse_port, tls=tls)
+                             reuse_port=config.reuse_port, tls=tls, listening=False)
     except ValueError as error:   # load_tls, in words
         raise StartupError("cannot serve HTTPS: %s" % error) from None
     except AttributeError:   # no socket.SO_REUSEPORT on this system
@@ -6346,7 +6377,8 @@ def serve(server, pixel, pinned):
             if signum is not None:
                 previous[signum] = signal.signal(signum, handler)
     server.serve_app(pixel.app)
-    host, port = server.server_address[:2]
+    server.server_activate()   # only now: a client that connects is answered at once, not
+    host, port = server.server_address[:2]   # after the dedupe window's warm-up
     print("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s" % (
         __version__, server.scheme, "[%s]" % host if ":" in host else host, port,
         pixel.events.path, pixel.rejects.path,

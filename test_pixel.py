@@ -2245,6 +2245,7 @@ class RecorderAnonymizingIp(RecorderCase):
                     line = handle.read().splitlines()[-1]
                 self.assertEqual(resolver_addresses(line), set(), line)
 
+    @soak
     def test_a_body_is_not_walked_past_what_a_quote_can_show(self):
         # The budget counted strings' characters only: a 500 KB body of empty lists (or
         # numbers, or empty strings) was walked, copied and encoded whole for a quote of
@@ -2996,6 +2997,7 @@ class RangeFiles(unittest.TestCase):
                              str(address))
         self.assertGreater(sum(ranges.find(str(address)) is None for address in probes), 100)
 
+    @soak
     def test_an_apple_sized_list(self):
         rows = load_bench("opens").apple_like_rows(290000)
         path = write_file(self.dir, "egress-ip-ranges.csv", "\n".join(rows) + "\n")
@@ -3167,6 +3169,7 @@ class RangesReload(RecorderCase):
                               "stay in use: ", self.stderr.getvalue().splitlines()[-1])
                 self.assertIn(why, self.stderr.getvalue().splitlines()[-1])
 
+    @soak
     def test_lookups_while_reloading(self):
         texts = ("172.224.226.0/24\n", "10.0.0.0/8\n")
         stop, seen, failures = threading.Event(), collections.Counter(), []
@@ -3742,6 +3745,7 @@ class OddHttp(ServerCase):
         self.assertEqual([event["event"] for event in self.lines()], ["gone"])
         self.assertQuietStderr()
 
+    @soak
     def test_slow_request_is_cut_at_the_deadline(self):
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
@@ -3756,6 +3760,7 @@ class OddHttp(ServerCase):
         self.assertLess(time.monotonic() - started, 6.5)
         self.assertEqual(self.lines(), [])
 
+    @soak
     def test_idle_keep_alive_connection_is_closed(self):
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -4032,6 +4037,7 @@ class TrackingApi(ServerCase):
 class MaxConnections(ServerCase):
     server_options = {"max_connections": 2, "request_timeout": 1.0, "idle_timeout": 30.0}
 
+    @soak
     def test_an_idle_connection_makes_room(self):
         kept = []
         for _ in range(2):
@@ -4052,6 +4058,7 @@ class MaxConnections(ServerCase):
         self.assertEqual(closed, 1, "exactly one idle connection was closed to make room")
         self.assertIn("all 2 connection slots are busy", self.stderr.getvalue())
 
+    @soak
     def test_busy_slots_wait_for_the_request_deadline(self):
         slow = [socket.create_connection(("127.0.0.1", self.port)) for _ in range(2)]
         for sock in slow:
@@ -4455,6 +4462,7 @@ class StopWhileFull(ServerCase):
 
 
 class EvictionRace(unittest.TestCase):
+    @soak
     def test_eviction_while_connections_come_and_go(self):
         # mark_idle and mark_busy run without the pool's lock; _evict_one must not trip
         # over them. Switch threads as often as the interpreter allows, for a second.
@@ -5053,6 +5061,7 @@ class Forwarding(ForwardingCase):
         # One batch, then two halves per level down to each poisoned event: 2 x 2 x 7.
         self.assertLessEqual(len(receiver.posts), 1 + 2 * 2 * 7)
 
+    @soak
     def test_5xx_refused_connections_and_timeouts_are_retried_with_backoff(self):
         answers = iter([(500, {}, b"down"), ("hang", {}, b""), (503, {}, b"x" * 1000000),
                         (None, {}, b"")])
@@ -5078,6 +5087,7 @@ class Forwarding(ForwardingCase):
                                                  r"500 down; 1 failed attempt\(s\) in a row")
         self.assertIn("again, after 4 failed attempt(s)", self.stderr.getvalue())
 
+    @soak
     def test_429_waits_for_retry_after(self):
         times = []
 
@@ -5114,6 +5124,7 @@ class Forwarding(ForwardingCase):
         self.assertIsNone(forwarder.status()["paused_write_key"])
         self.assertEqual(self.rejects(), [])
 
+    @soak
     def test_kept_alive_connections_closed_by_the_receiver_cost_no_retry(self):
         receiver = FakeReceiver(self, lambda receiver, user, events: (
             200, {"then-close": "1"} if len(receiver.posts) % 2 else {}, b"{}"))
@@ -5347,6 +5358,7 @@ class ForwardingSeams(ForwardingCase):
                          {json.loads(line)["messageId"] for line in unsent.splitlines()},
                          {"m%d" % number for number in range(10, 15)})
 
+    @soak
     def test_a_run_longer_than_a_probe_round_does_not_stall_forwarding(self):
         # Without --write-key anyone can send events; 104 in a row that the receiver
         # refuses, each alone (its own rule, stricter than pixel's), are taken for a
@@ -5718,6 +5730,7 @@ class ForwardingAttacked(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.sent == 1))
         self.assertEqual(receiver.taken[0]["writeKey"], "key:with:colons")
 
+    @soak
     def test_a_dripping_answer_is_cut_at_the_timeout_and_a_stop_is_at_once(self):
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
@@ -5754,6 +5767,7 @@ class ForwardingAttacked(ForwardingCase):
         self.assertLess(time.monotonic() - started, 1.0)
         self.assertFalse(forwarder.thread.is_alive())
 
+    @soak
     def test_retry_after_0_is_not_a_loop(self):
         receiver = FakeReceiver(self, lambda receiver, user, events: (
             429, {"Retry-After": "0"}, b""))
@@ -6919,6 +6933,40 @@ class Process(unittest.TestCase):
         process.stdout.close()
         process.stderr.close()
 
+    def test_it_listens_once_it_can_answer(self):
+        # The dedupe window's warm-up reads the log's end at start (about a second for
+        # 40 MB here); a client that connects meanwhile is refused and retries, rather than
+        # connected and kept waiting for it.
+        with open(self.log, "wb") as handle:
+            handle.write(b"".join(b'{"type":"track","writeKey":"k","userId":"u","event":"e",'
+                                  b'"messageId":"m-%07d","receivedAt":"2026-11-18T11:06:40.'
+                                  b'250Z","context":{"ip":"203.0.113.7"}}\n' % number
+                                  for number in range(300000)))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        started = time.monotonic()
+        process = subprocess.Popen([sys.executable, PIXEL_PY, "--port", str(port), "--log",
+                                    self.log], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (process.kill(), process.wait()))
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                connection.connect()
+                break
+            except ConnectionRefusedError:
+                self.assertIsNone(process.poll())
+                time.sleep(0.005)
+        connected = time.monotonic()
+        connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e")
+        self.assertEqual(connection.getresponse().read(), pixel.GIF)
+        answered = time.monotonic()
+        connection.close()
+        self.assertLess(answered - connected, (connected - started) / 2,
+                        "connected %.2f s after the start, answered %.2f s later"
+                        % (connected - started, answered - connected))
+
     def test_kill_9_under_load_loses_no_answered_event(self):
         process, port = self.start()
         answered, lock, stop = set(), threading.Lock(), threading.Event()
@@ -7251,6 +7299,7 @@ class FailedStart(unittest.TestCase):
                                "--log", self.log] + list(argv),
                               capture_output=True, text=True, timeout=30)
 
+    @soak
     def test_each_failure_creates_no_file(self):
         elsewhere = temp_dir(self)
         not_pem = os.path.join(elsewhere, "cert.pem")
@@ -7614,6 +7663,7 @@ class Metrics(unittest.TestCase):
     """A pixel.py process that took traffic, rotated and forwarded, scraped; the answer
     checked by Prometheus's own promtool, and its counters against the logs."""
 
+    @soak
     def test_promtool_accepts_it_and_the_counters_match_the_logs(self):
         need(shutil.which("promtool"), "promtool (Debian's prometheus package)")
         folder = temp_dir(self, "pixel-metrics-")
@@ -7945,6 +7995,7 @@ class Tls(unittest.TestCase):
                     status, _, body, _ = read_response(sock.makefile("rb"))
                     self.assertEqual(status, 400)
 
+    @soak
     def test_tls_connections_are_evicted_and_stopped_like_plain_ones(self):
         process, port = self.start("--max-connections", "2", "--idle-timeout", "8",
                                    "--request-timeout", "1")
@@ -7986,6 +8037,7 @@ class Tls(unittest.TestCase):
             threads = int(re.search(r"Threads:\s+(\d+)", handle.read()).group(1))
         self.assertLess(threads, 8, "no reload left waiting")
 
+    @soak
     def test_a_stalled_handshake_holds_its_slot_no_longer_than_the_request_timeout(self):
         process, port = self.start("--request-timeout", "1")
         silent = socket.create_connection(("127.0.0.1", port))
@@ -8070,6 +8122,7 @@ class Tls(unittest.TestCase):
                           "cannot read %s: Permission denied" % unreadable))
         return cases
 
+    @soak
     def test_a_pair_that_cannot_load_says_which_file_and_why(self):
         for case, certfile, keyfile, said in self.bad_pairs():
             with self.subTest(case):
@@ -8491,6 +8544,7 @@ class Backfill(unittest.TestCase):
         self.assertEqual(len(receiver.taken), 300)
         self.assertFalse(os.path.exists(legacy))
 
+    @soak
     def test_files_that_are_not_event_logs_are_refused_before_anything_is_sent(self):
         receiver = FakeReceiver(self)
         checkpoint = os.path.join(self.dir, "checkpoint")
@@ -8581,6 +8635,7 @@ class Backfill(unittest.TestCase):
                 self.assertEqual((result.returncode, result.stderr),
                                  (1, "pixel: %s\n" % line))
 
+    @soak
     def test_a_sigterm_while_it_counts_a_huge_backlog_stops_it_at_once(self):
         if not os.path.exists("/proc/self/io"):
             self.skipTest("no /proc/<pid>/io here to see the count under way")
@@ -9070,6 +9125,7 @@ class ReportCommand(unittest.TestCase):
         self.assertEqual(stderr, b"pixel: report: stopped while reading /dev/zero; nothing "
                                  b"is reported\n")
 
+    @soak
     def test_memory_grows_with_users_not_lines(self):
         # The same 2,000 users in a 10 MB log and in a 60 MB one, and a 30 MB line with
         # no newline: the peak RSS of each run, in KiB.
@@ -9583,6 +9639,7 @@ class Suppressed(RecorderCase):
         self.assertEqual(self.files(), [[], []])
         self.assertEqual(self.health()["suppressed"], 2)
 
+    @soak
     def test_a_refused_body_costs_about_what_an_accepted_one_does(self):
         # The raw look runs with the GIL held, on what a client sends to be refused: it
         # must cost about what recording a valid batch of that size does (within 3 times),
@@ -10004,6 +10061,7 @@ class ErasePixelProcess(unittest.TestCase):
                         found[(event["userId"], event["messageId"])] += 1
         return found
 
+    @soak
     def test_under_traffic_rotation_and_a_receiver_that_goes_away(self):
         down = threading.Event()
         receiver = FakeReceiver(self, lambda receiver, user, events: (
@@ -10072,6 +10130,7 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(sorted(number for _, number in self.logged_users()), sorted(sent))
 
+    @soak
     def test_a_symlinked_live_log(self):
         # The pixel writes where the link points (LogWriter: realpath), and looks for an
         # erase's request beside that file.
@@ -10115,6 +10174,7 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assertEqual(len(receiver.taken), 3)
 
+    @soak
     def test_a_backfill_at_work_sends_nothing_erased_after_the_erase(self):
         # pixel.py forward reads the files it was given through descriptors it holds: an
         # erase that replaces them under it must not let it send the old copies on.
@@ -10153,6 +10213,7 @@ class ErasePixelProcess(unittest.TestCase):
         with open(rotated, "rb") as handle:
             self.assertNotIn(b"alice", handle.read())
 
+    @soak
     def test_kill_9_of_the_erase_mid_apply(self):
         receiver = FakeReceiver(self)
         process, port = self.start(receiver)
@@ -10219,6 +10280,7 @@ class ErasePixelProcess(unittest.TestCase):
             with open(path, "rb") as handle:
                 self.assertNotIn(b"alice", handle.read(), path)
 
+    @soak
     def test_one_erase_at_a_time_and_requests_that_are_not(self):
         receiver = FakeReceiver(self)
         process, port = self.start(receiver, stderr=subprocess.PIPE)
@@ -10267,6 +10329,7 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertNotIn("Traceback", said)
         self.assertEqual(said.count("pixel: an erase (pid "), 4, said)   # the stale ones
 
+    @soak
     def test_a_pixel_started_during_an_erase_waits_for_it(self):
         receiver = FakeReceiver(self)
         lines = [line for pair in zip(person_lines("bob", 30000), person_lines("alice", 300))
@@ -10290,6 +10353,7 @@ class ErasePixelProcess(unittest.TestCase):
 class EraseUnderWsgi(unittest.TestCase):
     """The erase desk runs in a WSGI worker too: an erase beside make_wsgi_app's files."""
 
+    @soak
     def test_beside_the_wsgi_app(self):
         folder = temp_dir(self)
         receiver = FakeReceiver(self)
