@@ -2088,6 +2088,14 @@ class RecorderWithoutIp(RecorderCase):
 class RecorderAnonymizingIp(RecorderCase):
     recorder_options = {"anonymize_ip": True, "trusted_proxy": ["10.0.0.0/8"]}
 
+    def rejects_line(self, **sent):
+        """The one rejects-log line that the request `sent` adds."""
+        before = self.recorder.rejects.written
+        self.answer(**sent)
+        self.assertEqual(self.recorder.rejects.written, before + 1)
+        with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+            return handle.read().splitlines()[-1]
+
     def test_the_table(self):
         for text, expected in (("203.0.113.7", "203.0.113.0"), ("10.1.2.255", "10.1.2.0"),
                                ("2001:db8:abcd:12:34::1", "2001:db8:abcd::"),
@@ -2182,11 +2190,7 @@ class RecorderAnonymizingIp(RecorderCase):
                 ("in the user agent", dict(query="writeKey=k",
                                            headers={"user-agent": "Bot/1 (+ip:%s)" % v6}))]:
             with self.subTest(case):
-                before = self.recorder.rejects.written
-                self.answer(**sent)
-                self.assertEqual(self.recorder.rejects.written, before + 1)
-                with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
-                    line = handle.read().splitlines()[-1]
+                line = self.rejects_line(**sent)
                 self.assertEqual(hidden_addresses(line) | verbatim_addresses(line), set(), line)
 
     def test_an_address_in_base64_is_not_quoted_from_any_field(self):
@@ -2206,11 +2210,7 @@ class RecorderAnonymizingIp(RecorderCase):
                 ("the user agent", dict(query="writeKey=k",
                                         headers={"user-agent": "Bot/1 (%s)" % encoded}))]:
             with self.subTest(case):
-                before = self.recorder.rejects.written
-                self.answer(**sent)
-                self.assertEqual(self.recorder.rejects.written, before + 1)
-                with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
-                    line = handle.read().splitlines()[-1]
+                line = self.rejects_line(**sent)
                 self.assertEqual(hidden_addresses(line), set(), line)
 
     def test_no_address_is_quoted_in_a_form_a_resolver_reads(self):
@@ -2238,11 +2238,7 @@ class RecorderAnonymizingIp(RecorderCase):
                                                        {"type": "bogus",
                                                         "host": "203.0.113.0x4d"}]}).encode()))]:
             with self.subTest(case):
-                before = self.recorder.rejects.written
-                self.answer(**sent)
-                self.assertEqual(self.recorder.rejects.written, before + 1)
-                with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
-                    line = handle.read().splitlines()[-1]
+                line = self.rejects_line(**sent)
                 self.assertEqual(resolver_addresses(line), set(), line)
 
     @soak
