@@ -9103,8 +9103,12 @@ class ReportCommand(unittest.TestCase):
                              b"device\n"))
 
     def test_sigint_stops_it_quietly(self):
+        # A shell's background job starts with SIGINT ignored, and Python keeps an ignored
+        # SIGINT ignored: the child gets the default, as a terminal's Ctrl-C finds it.
         process = subprocess.Popen([sys.executable, PIXEL_PY, "report", "/dev/zero"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                    signal.SIG_DFL))
         self.addCleanup(process.kill)
 
         def reading():   # /dev/zero among its open files: past start-up, in the read loop
