@@ -799,8 +799,9 @@ class Reporting(unittest.TestCase):
         self.assertEqual(reporter.lost, 2)
 
 
-# Issue 21: what fetched a pixel. User agents as the research found them (sources in
-# ../shared/research/machine-opens.md), and the ranges the label table loads.
+# Issue 21: what fetched a pixel. User agents as the research for issue 21 found them in
+# public sources (Mautic's and warmbly's lists, mail providers' pages), and the ranges the
+# label table loads.
 GMAIL_PROXY = ("Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com "
                "GoogleImageProxy)")
 GMAIL_PREFETCH = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
