@@ -7353,6 +7353,38 @@ class FailedStart(unittest.TestCase):
         self.assertEqual(os.listdir(self.dir), ["events.jsonl"])
         self.assertEqual(read_bytes(self.log), b'{"type":"track"}\n')
 
+    def test_a_port_taken_while_it_warms_up_fails_in_one_line_and_creates_no_file(self):
+        # The port is bound at start but listened on only after the dedupe window's warm-up.
+        # Another socket bound with SO_REUSEADDR and not yet listening (a second pixel
+        # starting) lets the bind by; if it listens first, pixel's own listen() is refused.
+        with open(self.log, "wb") as handle:
+            handle.write(b"".join(b'{"type":"track","writeKey":"k","userId":"u","event":"e",'
+                                  b'"messageId":"m-%07d"}\n' % number
+                                  for number in range(200000)))
+        before = read_bytes(self.log)
+        for name, argv in (("logging", []), ("forwarding", ["--forward", "http://127.0.0.1:9"])):
+            with self.subTest(name):
+                other = socket.socket()
+                self.addCleanup(other.close)
+                other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                other.bind(("127.0.0.1", 0))
+                process = subprocess.Popen(
+                    [sys.executable, PIXEL_PY, "--port", str(other.getsockname()[1]), "--cpu",
+                     "none", "--log", self.log] + argv, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
+                self.addCleanup(lambda: (process.kill(), process.communicate()))
+                rejects = os.path.join(self.dir, "rejects.jsonl")
+                # the rejects log is made after the bind and before the warm-up
+                self.assertTrue(wait_until(lambda: os.path.exists(rejects)))
+                other.listen()
+                stdout, stderr = process.communicate(timeout=30)
+                self.assertEqual(process.returncode, 1, stderr)
+                self.assertEqual(stdout, "")
+                self.assertRegex(stderr, r"\Apixel: cannot listen on 127.0.0.1 port \d+: "
+                                         r"Address already in use\n\Z")
+                self.assertEqual(os.listdir(self.dir), ["events.jsonl"])
+                self.assertEqual(read_bytes(self.log), before)
+
     def test_a_backfill_that_cannot_read_its_file_creates_no_rejects_log(self):
         result = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to",
                                  "http://127.0.0.1:9", os.path.join(self.dir, "gone.jsonl")],
