@@ -10207,6 +10207,33 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assertEqual(len(receiver.taken), 3)
 
+    def test_a_live_log_whose_one_rotated_file_a_backfill_sends_is_erased_but_that_one(self):
+        # Erasing a live log holds each of its rotated files; one a pixel.py forward holds
+        # (its shared flock) is refused, and the others are still erased: one archive being
+        # backfilled must not keep a person in all the rest.
+        receiver = FakeReceiver(self)
+        process, port = self.start(receiver)
+        sent, other = (os.path.join(self.dir, "events.jsonl.20261118T00000%d.000Z" % number)
+                       for number in (0, 1))
+        for path in (sent, other):
+            write_log(self.dir, os.path.basename(path), [line.rstrip(b"\n") for line in
+                                                         person_lines("bob", 3) +
+                                                         person_lines("alice", 1)])
+        backfill = pixel.LogFile.open(sent)   # as pixel.py forward holds what it sends
+        self.addCleanup(backfill.close)
+        self.assertTrue(backfill.share())
+        status, out, err = self.erase("--user-id", "alice", "--apply", self.log)
+        self.assertEqual(status, 1, out)
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertIn(os.path.basename(sent), err)
+        self.assertIn("a pixel.py forward is sending it", err)
+        self.assertNotIn(b"alice", read_bytes(other))
+        self.assertIn(b"alice", read_bytes(sent))
+        with open(os.path.join(self.dir, ".pixel", "erase-ledger.json")) as handle:
+            entry = json.loads(handle.read().splitlines()[-1])
+        self.assertEqual(entry["status"], "partial")
+        self.assertIn(other, [file["path"] for file in entry["files"]])
+
     @soak
     def test_a_backfill_at_work_sends_nothing_erased_after_the_erase(self):
         # pixel.py forward reads the files it was given through descriptors it holds: an
