@@ -6739,13 +6739,16 @@ def erase_command(argv=None, stdout=None):
     try:
         for path in args.files:
             real = os.path.realpath(path)   # a link is not replaced: the file it names is,
-            try:                            # and a pixel looks for requests beside that
-                held = _hold_for_erase(real, requests, locks, reporter) \
+            refused = []                    # and a pixel looks for requests beside that
+            try:
+                held = _hold_for_erase(real, requests, locks, reporter, refused=refused) \
                     if args.apply else [real]
             except OSError as error:
-                reporter.say("erase: %s: %s: not erased" % (path, error.strerror or error))
+                refused.append((path, error))
+                held = []
+            for name, error in refused:
+                reporter.say("erase: %s: %s: not erased" % (name, error.strerror or error))
                 status = 1
-                continue
             files += [name for name in held if name not in files]
         if not files:
             return status
@@ -6802,12 +6805,13 @@ def erase_command(argv=None, stdout=None):
     return status
 
 
-def _hold_for_erase(path, requests, locks, reporter, live=True):
+def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
     """The files to erase for `path`, each held (its flock taken: a pixel starting
     meanwhile waits): `path` itself; or, if a running pixel writes it, every rotated file
     of that log (pixel_rotations), the last one rotated at erase's request (EraseRequest):
     one rotated between the shell's glob and the erase is not missed. OSError for one
-    that cannot be held."""
+    that cannot be held; a rotated file of a live log that cannot be goes in `refused`
+    (path, OSError), and the others are held all the same."""
     if os.path.realpath(path) in locks:   # held already: a rotation of a live log given
         return []
     fd = open_file(path)
@@ -6834,6 +6838,10 @@ def _hold_for_erase(path, requests, locks, reporter, live=True):
                 found += _hold_for_erase(rotated, requests, locks, reporter, False)
             except FileNotFoundError:   # --keep deleted it meanwhile
                 continue
+            except OSError as error:   # a backfill sends it: it alone keeps the person
+                if refused is None:
+                    raise
+                refused.append((rotated, error))
         return found
     except OSError:
         os.close(fd)
