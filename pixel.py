@@ -4821,6 +4821,7 @@ class Forwarder:
         self.reporter, self.clock = reporter or Reporter(), clock
         self.queue = LogQueue(self.reporter, self.stopping)
         self.checkpoint = None       # its path
+        self.made_checkpoint = False   # by follow(): no checkpoint was there
         self.thread = None
         self.sent = 0                # events the receiver took
         self.refused = Counter()     # events written to the rejects log instead, by reason
@@ -4838,7 +4839,9 @@ class Forwarder:
         self.checkpoint = adopt_legacy_state(writer.path, "forward", self.reporter)
         try:
             checkpoint = read_checkpoint(self.checkpoint)
+            self.made_checkpoint = checkpoint is None
         except (OSError, ValueError) as error:
+            self.made_checkpoint = False
             self.reporter.say("cannot read the checkpoint %s (%s): forwarding every log "
                               "file from its start; the receiver may get events twice"
                               % (self.checkpoint, getattr(error, "strerror", None) or error))
@@ -5660,6 +5663,9 @@ class Pixel:
                        public_url=config.public_url, metrics_token=config.metrics_token,
                        serve_metrics=serve_metrics)
         self.forwarder = None
+        # What a start that fails after all (serve's listen) removes: see close(discard=True)
+        state_folder = os.path.dirname(state_path(config.log, "forward"))
+        self._made_state = not os.path.lexists(state_folder)
         try:
             if config.forward:
                 receiver = Receiver(
@@ -5705,13 +5711,24 @@ class Pixel:
                 self.reporter.say("reloaded --suppress (SIGHUP): %d identifier(s)"
                                   % len(people))
 
-    def close(self):
+    def close(self, discard=False):
+        """Stop and close it all; with `discard`, a start that failed after all, also remove
+        the logs it made, still empty."""
         self.desk.stop()
         if self.forwarder is not None:
             self.forwarder.stop(1.0)
             self.forwarder.close()
-        self.events.close()
-        self.rejects.close()
+        for writer in (self.events, self.rejects):
+            if discard:
+                writer.discard()
+            else:
+                writer.close()
+        if discard and self.forwarder is not None and self.forwarder.made_checkpoint:
+            try:
+                os.unlink(self.forwarder.checkpoint)
+            except FileNotFoundError:   # removed already, by someone else
+                pass
+            _remove_empty(os.path.dirname(self.forwarder.checkpoint), self._made_state)
 
 
 # What several WSGI worker processes are told when the second finds the logs held by the
@@ -6365,6 +6382,13 @@ def serve(server, pixel, pinned):
         # not wait there: shutdown() waits for serve_forever(), a reopen for a writer's lock.
         return lambda signum, frame: threading.Thread(target=work, daemon=True).start()
 
+    server.serve_app(pixel.app)
+    try:   # only now: a client that connects is answered at once, not after the warm-up
+        server.server_activate()
+    except OSError as error:   # bound beside a socket not yet listening (SO_REUSEADDR): a
+        raise StartupError("cannot listen on %s port %d: %s" % (   # second pixel starting
+            server.server_address[0], server.server_address[1],
+            error.strerror or error)) from None
     # Before the line that says we listen: whoever waits for it may signal at once. SIGUSR1,
     # SIGUSR2 and SIGQUIT from a supervisor or an operator must not take the service down.
     stop = in_a_thread(server.shutdown)
@@ -6376,9 +6400,7 @@ def serve(server, pixel, pinned):
             signum = getattr(signal, name, None)   # Windows has only some of them
             if signum is not None:
                 previous[signum] = signal.signal(signum, handler)
-    server.serve_app(pixel.app)
-    server.server_activate()   # only now: a client that connects is answered at once, not
-    host, port = server.server_address[:2]   # after the dedupe window's warm-up
+    host, port = server.server_address[:2]
     print("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s" % (
         __version__, server.scheme, "[%s]" % host if ":" in host else host, port,
         pixel.events.path, pixel.rejects.path,
@@ -6415,6 +6437,9 @@ def main(argv=None, environ=None):
         return serve(server, pixel, pinned)
     except StartupError as error:
         reporter.say(str(error))
+        if pixel is not None:   # serve() could not listen: the files made at start go too
+            pixel.close(discard=True)
+            pixel = None
         return 1
     finally:
         if pixel is not None:
@@ -6714,13 +6739,16 @@ def erase_command(argv=None, stdout=None):
     try:
         for path in args.files:
             real = os.path.realpath(path)   # a link is not replaced: the file it names is,
-            try:                            # and a pixel looks for requests beside that
-                held = _hold_for_erase(real, requests, locks, reporter) \
+            refused = []                    # and a pixel looks for requests beside that
+            try:
+                held = _hold_for_erase(real, requests, locks, reporter, refused=refused) \
                     if args.apply else [real]
             except OSError as error:
-                reporter.say("erase: %s: %s: not erased" % (path, error.strerror or error))
+                refused.append((path, error))
+                held = []
+            for name, error in refused:
+                reporter.say("erase: %s: %s: not erased" % (name, error.strerror or error))
                 status = 1
-                continue
             files += [name for name in held if name not in files]
         if not files:
             return status
@@ -6777,12 +6805,13 @@ def erase_command(argv=None, stdout=None):
     return status
 
 
-def _hold_for_erase(path, requests, locks, reporter, live=True):
+def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
     """The files to erase for `path`, each held (its flock taken: a pixel starting
     meanwhile waits): `path` itself; or, if a running pixel writes it, every rotated file
     of that log (pixel_rotations), the last one rotated at erase's request (EraseRequest):
     one rotated between the shell's glob and the erase is not missed. OSError for one
-    that cannot be held."""
+    that cannot be held; a rotated file of a live log that cannot be goes in `refused`
+    (path, OSError), and the others are held all the same."""
     if os.path.realpath(path) in locks:   # held already: a rotation of a live log given
         return []
     fd = open_file(path)
@@ -6809,6 +6838,10 @@ def _hold_for_erase(path, requests, locks, reporter, live=True):
                 found += _hold_for_erase(rotated, requests, locks, reporter, False)
             except FileNotFoundError:   # --keep deleted it meanwhile
                 continue
+            except OSError as error:   # a backfill sends it: it alone keeps the person
+                if refused is None:
+                    raise
+                refused.append((rotated, error))
         return found
     except OSError:
         os.close(fd)

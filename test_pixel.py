@@ -7353,6 +7353,38 @@ class FailedStart(unittest.TestCase):
         self.assertEqual(os.listdir(self.dir), ["events.jsonl"])
         self.assertEqual(read_bytes(self.log), b'{"type":"track"}\n')
 
+    def test_a_port_taken_while_it_warms_up_fails_in_one_line_and_creates_no_file(self):
+        # The port is bound at start but listened on only after the dedupe window's warm-up.
+        # Another socket bound with SO_REUSEADDR and not yet listening (a second pixel
+        # starting) lets the bind by; if it listens first, pixel's own listen() is refused.
+        with open(self.log, "wb") as handle:
+            handle.write(b"".join(b'{"type":"track","writeKey":"k","userId":"u","event":"e",'
+                                  b'"messageId":"m-%07d"}\n' % number
+                                  for number in range(200000)))
+        before = read_bytes(self.log)
+        for name, argv in (("logging", []), ("forwarding", ["--forward", "http://127.0.0.1:9"])):
+            with self.subTest(name):
+                other = socket.socket()
+                self.addCleanup(other.close)
+                other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                other.bind(("127.0.0.1", 0))
+                process = subprocess.Popen(
+                    [sys.executable, PIXEL_PY, "--port", str(other.getsockname()[1]), "--cpu",
+                     "none", "--log", self.log] + argv, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
+                self.addCleanup(lambda: (process.kill(), process.communicate()))
+                rejects = os.path.join(self.dir, "rejects.jsonl")
+                # the rejects log is made after the bind and before the warm-up
+                self.assertTrue(wait_until(lambda: os.path.exists(rejects)))
+                other.listen()
+                stdout, stderr = process.communicate(timeout=30)
+                self.assertEqual(process.returncode, 1, stderr)
+                self.assertEqual(stdout, "")
+                self.assertRegex(stderr, r"\Apixel: cannot listen on 127.0.0.1 port \d+: "
+                                         r"Address already in use\n\Z")
+                self.assertEqual(os.listdir(self.dir), ["events.jsonl"])
+                self.assertEqual(read_bytes(self.log), before)
+
     def test_a_backfill_that_cannot_read_its_file_creates_no_rejects_log(self):
         result = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to",
                                  "http://127.0.0.1:9", os.path.join(self.dir, "gone.jsonl")],
@@ -10174,6 +10206,33 @@ class ErasePixelProcess(unittest.TestCase):
                               rotated], capture_output=True, text=True, timeout=60)
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assertEqual(len(receiver.taken), 3)
+
+    def test_a_live_log_whose_one_rotated_file_a_backfill_sends_is_erased_but_that_one(self):
+        # Erasing a live log holds each of its rotated files; one a pixel.py forward holds
+        # (its shared flock) is refused, and the others are still erased: one archive being
+        # backfilled must not keep a person in all the rest.
+        receiver = FakeReceiver(self)
+        process, port = self.start(receiver)
+        sent, other = (os.path.join(self.dir, "events.jsonl.20261118T00000%d.000Z" % number)
+                       for number in (0, 1))
+        for path in (sent, other):
+            write_log(self.dir, os.path.basename(path), [line.rstrip(b"\n") for line in
+                                                         person_lines("bob", 3) +
+                                                         person_lines("alice", 1)])
+        backfill = pixel.LogFile.open(sent)   # as pixel.py forward holds what it sends
+        self.addCleanup(backfill.close)
+        self.assertTrue(backfill.share())
+        status, out, err = self.erase("--user-id", "alice", "--apply", self.log)
+        self.assertEqual(status, 1, out)
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertIn(os.path.basename(sent), err)
+        self.assertIn("a pixel.py forward is sending it", err)
+        self.assertNotIn(b"alice", read_bytes(other))
+        self.assertIn(b"alice", read_bytes(sent))
+        with open(os.path.join(self.dir, ".pixel", "erase-ledger.json")) as handle:
+            entry = json.loads(handle.read().splitlines()[-1])
+        self.assertEqual(entry["status"], "partial")
+        self.assertIn(other, [file["path"] for file in entry["files"]])
 
     @soak
     def test_a_backfill_at_work_sends_nothing_erased_after_the_erase(self):
