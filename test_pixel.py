@@ -4831,7 +4831,9 @@ class MainInAThread(unittest.TestCase):
                 ["--port", "0", "--log", os.path.join(folder, "e.jsonl"), "--cpu", "none"],
                 {})))
             runner.start()
-            self.assertTrue(wait_until(lambda: servers), "main() never built its server")
+            # It listens once it can answer, and says so: until then a connect is refused.
+            self.assertTrue(wait_until(lambda: "listening on" in stdout.getvalue()),
+                            "main() never listened")
             connection = http.client.HTTPConnection("127.0.0.1", servers[0].server_port)
             connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e")
             self.assertEqual(connection.getresponse().read(), pixel.GIF)
