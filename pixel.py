@@ -2368,8 +2368,7 @@ class People:
             return True
         if self.digests:
             for form in (lowered,) if email else (text, lowered):
-                if form is not None and hashlib.sha256(
-                        form.encode("utf-8", "surrogatepass")).hexdigest() in self.digests:
+                if form is not None and identifier_digest(form)[7:] in self.digests:
                     return True
         return False
 
@@ -2413,31 +2412,26 @@ def read_people(path, limit=MAX_PEOPLE):
     starting with # skipped. ValueError names the file and the line of the first bad one;
     OSError for a file that cannot be read."""
     people, number = People(), 0
-    fd = open_file(path)   # not a FIFO, which would block a SIGHUP
-    try:
-        with open(fd, "rb", closefd=False) as handle:
-            while True:
-                line = handle.readline(4 * MAX_IDENTIFIER + 2)   # UTF-8 and a CRLF
-                if not line:
-                    return people
-                number += 1
-                try:
-                    if len(line) > 4 * MAX_IDENTIFIER + 1 and not line.endswith(b"\n"):
-                        raise ValueError("longer than %d bytes" % (4 * MAX_IDENTIFIER))
-                    text = line.decode("utf-8").strip()
-                    if number == 1:
-                        text = text.lstrip("\ufeff")   # a byte-order mark
-                    if text and not text.startswith("#"):
-                        people.add(text)
-                except ValueError as error:   # UnicodeDecodeError too
-                    raise ValueError("%s line %d: %s" % (
-                        path, number, "not UTF-8" if isinstance(error, UnicodeError)
-                        else error)) from None
-                if len(people) > limit:
-                    raise ValueError("%s line %d: more than %d identifiers"
-                                     % (path, number, limit))
-    finally:
-        os.close(fd)
+    with open(open_file(path), "rb") as handle:   # not a FIFO, which would block a SIGHUP
+        while True:
+            line = handle.readline(4 * MAX_IDENTIFIER + 2)   # UTF-8 and a CRLF
+            if not line:
+                return people
+            number += 1
+            try:
+                if len(line) > 4 * MAX_IDENTIFIER + 1 and not line.endswith(b"\n"):
+                    raise ValueError("longer than %d bytes" % (4 * MAX_IDENTIFIER))
+                text = line.decode("utf-8").strip()
+                if number == 1:
+                    text = text.lstrip("\ufeff")   # a byte-order mark
+                if text and not text.startswith("#"):
+                    people.add(text)
+            except ValueError as error:   # UnicodeDecodeError too
+                raise ValueError("%s line %d: %s" % (
+                    path, number, "not UTF-8" if isinstance(error, UnicodeError)
+                    else error)) from None
+            if len(people) > limit:
+                raise ValueError("%s line %d: more than %d identifiers" % (path, number, limit))
 
 
 # --------------------------------------------------------------------------------------------
