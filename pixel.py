@@ -5072,15 +5072,21 @@ def read_state(path):
     one."""
     try:
         fd = open_file(path)
-    except OSError:
-        return None
-    try:
-        document = json.loads(os.read(fd, MAX_STATE_BYTES))
+        try:
+            document = json.loads(os.read(fd, MAX_STATE_BYTES))
+        finally:
+            os.close(fd)
     except (OSError, ValueError, RecursionError):
         return None
-    finally:
-        os.close(fd)
     return document if isinstance(document, dict) else None
+
+
+def _remove_files(*paths):
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
 
 
 def process_started(pid):
@@ -5145,7 +5151,7 @@ class EraseRequest:
                     if process_alive(other.get("pid"), other.get("started")):
                         raise OSError(errno.EBUSY, "another erase (pid %s) is at work on it"
                                       % other.get("pid"), self.log_path) from None
-                    self._remove()   # a request left by an erase that died
+                    _remove_files(self.path, self.answer_path)   # left by an erase that died
             raise OSError(errno.EBUSY, "cannot make the erase request %s" % self.path)
         finally:
             os.remove(written)
@@ -5158,14 +5164,20 @@ class EraseRequest:
         while time.monotonic() < deadline:
             if gone():
                 return False
-            answer = read_state(self.answer_path) or {}
-            if answer.get("id") == self.document["id"] and answer.get("state") == "ready":
+            answer = self._ready()
+            if answer is not None:
                 self.answered = True
                 rotated = answer.get("rotated")
                 return rotated if isinstance(rotated, str) else None
             time.sleep(0.05)
         raise OSError(errno.ETIMEDOUT, "the pixel that writes it did not answer the erase "
                       "request in %d s (is it older than 2.1?)" % ERASE_WAIT, self.log_path)
+
+    def _ready(self):
+        """The pixel's answer if it says it is ready for this request, else None."""
+        answer = read_state(self.answer_path) or {}
+        ready = (answer.get("id"), answer.get("state")) == (self.document["id"], "ready")
+        return answer if ready else None
 
     @staticmethod
     def finish(requests):
@@ -5177,22 +5189,11 @@ class EraseRequest:
                 write_checkpoint(request.path, dict(request.document, state="done"))
             deadline = time.monotonic() + ERASE_WAIT
             for request in requests:
-                while request.answered and time.monotonic() < deadline:
-                    answer = read_state(request.answer_path) or {}
-                    if answer.get("id") != request.document["id"] or \
-                            answer.get("state") != "ready":
-                        break
+                while request.answered and time.monotonic() < deadline and request._ready():
                     time.sleep(0.05)
         finally:
             for request in requests:
-                request._remove()
-
-    def _remove(self):
-        for path in (self.path, self.answer_path):
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                pass
+                _remove_files(request.path, request.answer_path)
 
 
 class EraseDesk:
@@ -5235,11 +5236,7 @@ class EraseDesk:
             if process_alive(request.get("pid"), request.get("started")):
                 found[path] = request
                 continue
-            for stale in (path, self.answers[path]):
-                try:
-                    os.remove(stale)
-                except FileNotFoundError:
-                    pass
+            _remove_files(path, self.answers[path])
             if request.get("state") != "done":
                 self.reporter.say("an erase (pid %s) ended before it was done: run it again"
                                   % request.get("pid"))
