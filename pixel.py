@@ -5204,8 +5204,8 @@ class EraseDesk:
 
     def __init__(self, writers, forwarder, reporter):
         self.writers = {erase_request_path(writer.path): writer for writer in writers}
-        self.answers = {erase_request_path(writer.path): erase_answer_path(writer.path)
-                        for writer in writers}
+        self.answers = {path: erase_answer_path(writer.path)
+                        for path, writer in self.writers.items()}
         self.forwarder, self.reporter = forwarder, reporter
         self.stopping = threading.Event()
         self.thread = None
@@ -5257,8 +5257,7 @@ class EraseDesk:
         answered = {}
         try:
             while True:
-                requests = self._requests()
-                at_work = {path: request for path, request in requests.items()
+                at_work = {path: request for path, request in self._requests().items()
                            if request.get("state") != "done"}
                 if not at_work or self.stopping.is_set():
                     return
@@ -5266,10 +5265,9 @@ class EraseDesk:
                     self.forwarder.hold()
                 for path, request in at_work.items():
                     if answered.get(path) != request.get("id"):
-                        writer = self.writers[path]
                         write_checkpoint(self.answers[path], {
                             "id": request.get("id"), "pid": os.getpid(), "state": "ready",
-                            "rotated": writer.rotate_now()})
+                            "rotated": self.writers[path].rotate_now()})
                         answered[path] = request.get("id")
                 self.stopping.wait(ERASE_POLL)
         finally:
@@ -6010,8 +6008,8 @@ def _needles(people):
     if people.digests or not all(email.isascii() for email in people.emails):
         return None
     escape = json.encoder.encode_basestring_ascii
-    return ([escape(text)[1:-1].encode("ascii") for text in people.ids],
-            [escape(text)[1:-1].encode("ascii") for text in people.emails])
+    return tuple([escape(text)[1:-1].encode("ascii") for text in texts]
+                 for texts in (people.ids, people.emails))
 
 
 def _may_name(needles, line):
@@ -6059,7 +6057,8 @@ class FileErasure:
         self._starts, self._before = array.array("q"), array.array("q")
 
     def scan(self, write=None):
-        """Read the file, calling `write(bytes)` with the lines kept. OSError, EOFError or zlib.error for one that cannot be read to its end."""
+        """Read the file, calling `write(bytes)` with the lines kept. OSError, EOFError or
+        zlib.error for one that cannot be read to its end."""
         stream, raw = open_log_stream(self.path)
         try:
             self._scan(stream, write)
@@ -6219,6 +6218,7 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None):
         return erasure, "not a regular file"
     with open(path, "rb") as handle:
         start = handle.read(6)
+    archive = start.startswith(b"\x1f\x8b")
     for magic, packer in _OTHER_PACKERS:
         if start.startswith(magic):
             raise OSError(errno.EINVAL, "packed with %s, which erase does not read: unpack it, "
@@ -6232,8 +6232,6 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None):
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                  0o600)
     try:
-        with open(path, "rb") as handle:
-            archive = handle.read(2) == b"\x1f\x8b"
         with open(fd, "wb", closefd=False) as handle:
             if archive:
                 import gzip
