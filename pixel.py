@@ -6702,12 +6702,9 @@ def erase_command(argv=None, stdout=None):
     args = parser.parse_args(argv)
     stdout = stdout or sys.stdout
     reporter = Reporter()
-    people, user_ids = People(), People()
     try:
-        for value in args.user_id + args.anonymous_id + args.email:
-            people.add(value)
-        for value in args.user_id:
-            user_ids.add(value)
+        people = People(args.user_id + args.anonymous_id + args.email)
+        user_ids = People(args.user_id)
         for value in args.email:
             if "@" not in value and value.strip()[:7].lower() != "sha256:":
                 raise ValueError("--email %r is not an address" % value[:80])
@@ -6741,7 +6738,8 @@ def erase_command(argv=None, stdout=None):
             files += [name for name in held if name not in files]
         if not files:
             return status
-        ledger = _ledger_path(args.files[0])
+        ledger = os.path.join(os.path.dirname(os.path.abspath(args.files[0])), STATE_FOLDER,
+                              "erase-ledger.json")
         if args.apply:
             try:   # no erase without its record
                 _append_ledger(ledger, people, "started", [])
@@ -6849,11 +6847,6 @@ def _flock_free(path, locks):
         return False
     locks[os.path.realpath(path)] = fd
     return True
-
-
-def _ledger_path(first):
-    return os.path.join(os.path.dirname(os.path.abspath(first)), STATE_FOLDER,
-                        "erase-ledger.json")
 
 
 def _append_ledger(path, people, status, files):
