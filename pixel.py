@@ -2375,10 +2375,9 @@ class People:
     def named_in(self, payload):
         """Whether an event or a payload (a dict as sent: an id may be a number) names one,
         by its id and email fields."""
-        for field in _ID_FIELDS:
-            text = _id_text(payload.get(field))
-            if text and self._names(text):
-                return True
+        ids = (_id_text(payload.get(field)) for field in _ID_FIELDS)
+        if any(self._names(text) for text in ids if text):
+            return True
         for path in _EMAIL_PATHS:
             node = payload
             for key in path:
@@ -2390,11 +2389,7 @@ class People:
     def named_in_raw(self, text):
         """Whether a client's raw input names one: a value in it (raw_values) that is an
         identifier, whole. Never a pattern: an id is only ever compared."""
-        for value in raw_values(text):
-            value = value.strip()
-            if value and self._names(value):
-                return True
-        return False
+        return any(self._names(value) for value in map(str.strip, raw_values(text)) if value)
 
     def named_in_reject(self, record):
         """Whether a rejects-log line (a dict) names one: in the event it holds (a
@@ -5068,8 +5063,7 @@ def erase_answer_path(log_path):
 
 
 def read_state(path):
-    """A small JSON object of the state folder, or None if there is none or it is not
-    one."""
+    """A small JSON object of the state folder; None if there is none or it is not one."""
     try:
         fd = open_file(path)
         try:
