@@ -6710,8 +6710,7 @@ def erase_command(argv=None, stdout=None):
     if not people:
         parser.error("name someone: --user-id, --anonymous-id, --email or --ledger")
     if args.follow and user_ids:
-        linked = linked_ids(args.files, user_ids)
-        for (field, other), count in sorted(linked.items()):
+        for (field, other), count in sorted(linked_ids(args.files, user_ids).items()):
             people.add(other)
             stdout.write("--follow: %s %s (%d event(s))\n" % (field, other, count))
     status = 0
@@ -6861,8 +6860,7 @@ def ledger_ids(path):
     """The digests of everyone an erase ledger names. ValueError for a file that is not
     one, OSError for one that cannot be read."""
     found = set()
-    fd = open_file(path)
-    with open(fd, "rb") as handle:
+    with open(open_file(path), "rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
                 entry = json.loads(line)
