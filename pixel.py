@@ -2231,17 +2231,14 @@ class Labeller:
         return True
 
 
+def _ranges_error(error, unnamed="a ranges file"):
+    if isinstance(error, OSError):
+        return "cannot read %s: %s" % (error.filename or unnamed, error.strerror or error)
+    return str(error)
+
+
 def _people_error(error):
-    if isinstance(error, OSError):
-        return "cannot read %s: %s" % (error.filename or "the file", error.strerror or error)
-    return str(error)
-
-
-def _ranges_error(error):
-    if isinstance(error, OSError):
-        return "cannot read %s: %s" % (error.filename or "a ranges file",
-                                        error.strerror or error)
-    return str(error)
+    return _ranges_error(error, "the file")
 
 
 # --------------------------------------------------------------------------------------------
