@@ -5960,7 +5960,7 @@ def report_table(tally):
     for row in table:
         cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
                                              zip(row[1:-1], widths[1:])]
-        lines.append(("  ".join(cells) + ("  " + row[-1] if row[-1] else "")).rstrip())
+        lines.append("  ".join(cells + row[-1:]).rstrip())   # no bar: no trailing spaces
     if tally.daily:
         lines.append("(bars: # events not labelled machine, . machine events)")
     return "\n".join(lines) + "\n"
@@ -6666,7 +6666,6 @@ def _csv_cell(value):
     if type(text) is str and text.startswith(("=", "+", "-", "@", "\t", "\r")):
         return "'" + text
     return text
-
 
 
 def build_erase_parser():
