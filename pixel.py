@@ -2142,8 +2142,8 @@ def read_ranges(path, into_v4, into_v6, limit):
 
 
 def _merged(keys):
-    """The (first, last) ranges of range `keys` (sorted here, in place), in order,
-    overlapping and adjacent ones joined."""
+    """The (first, last) ranges of range `keys` (sorted here, in place, and emptied at the
+    end to free them), in order, overlapping and adjacent ones joined."""
     keys.sort()
     first = last = None
     for key in keys:
@@ -2157,6 +2157,7 @@ def _merged(keys):
         first, last = start, end
     if last is not None:
         yield first, last
+    keys.clear()
 
 
 def load_ranges(sources):
@@ -2169,19 +2170,16 @@ def load_ranges(sources):
     tables, counts = {}, {}
     for label, (v4, v6) in keys.items():
         counts[label] = len(v4) + len(v6)
-        table = tuple(array.array(code) for code in (_U32, _U32, "Q", "Q", "Q", "Q"))
-        v4_firsts, v4_lasts, first_highs, first_lows, last_highs, last_lows = table
+        tables[label] = tuple(array.array(code) for code in (_U32, _U32, "Q", "Q", "Q", "Q"))
+        v4_firsts, v4_lasts, first_highs, first_lows, last_highs, last_lows = tables[label]
         for first, last in _merged(v4):
             v4_firsts.append(first)
             v4_lasts.append(last)
-        v4.clear()
         for first, last in _merged(v6):
             first_highs.append(first >> 64)
             first_lows.append(first & _LOW64)
             last_highs.append(last >> 64)
             last_lows.append(last & _LOW64)
-        v6.clear()
-        tables[label] = table
     return AddressRanges(tables, counts)
 
 
@@ -2231,17 +2229,14 @@ class Labeller:
         return True
 
 
+def _ranges_error(error, unnamed="a ranges file"):
+    if isinstance(error, OSError):
+        return "cannot read %s: %s" % (error.filename or unnamed, error.strerror or error)
+    return str(error)
+
+
 def _people_error(error):
-    if isinstance(error, OSError):
-        return "cannot read %s: %s" % (error.filename or "the file", error.strerror or error)
-    return str(error)
-
-
-def _ranges_error(error):
-    if isinstance(error, OSError):
-        return "cannot read %s: %s" % (error.filename or "a ranges file",
-                                        error.strerror or error)
-    return str(error)
+    return _ranges_error(error, "the file")
 
 
 # --------------------------------------------------------------------------------------------
@@ -5948,7 +5943,7 @@ def report_table(tally):
     for row in table:
         cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
                                              zip(row[1:-1], widths[1:])]
-        lines.append(("  ".join(cells) + ("  " + row[-1] if row[-1] else "")).rstrip())
+        lines.append("  ".join(cells + row[-1:]).rstrip())   # no bar: no trailing spaces
     if tally.daily:
         lines.append("(bars: # events not labelled machine, . machine events)")
     return "\n".join(lines) + "\n"
@@ -6654,7 +6649,6 @@ def _csv_cell(value):
     if type(text) is str and text.startswith(("=", "+", "-", "@", "\t", "\r")):
         return "'" + text
     return text
-
 
 
 def build_erase_parser():
