@@ -6167,8 +6167,8 @@ def replaced_checkpoint(document, old, new, erasure, new_path, archive):
     done = document.get("done")
     prefix = "%d:%d:" % old
     for entry in list(done) if isinstance(done, list) else ():
-        parts = entry.split(":") if isinstance(entry, str) else ()
-        if entry.startswith(prefix) and len(parts) == 4 and parts[2].isdigit():
+        parts = entry.split(":") if isinstance(entry, str) else ()   # a hand-edited one
+        if len(parts) == 4 and entry.startswith(prefix) and parts[2].isdigit():
             if archive:   # LogFile.fingerprint: an archive's size and first bytes on disk
                 length = os.stat(new_path).st_size
                 with open(new_path, "rb") as handle:

@@ -10026,6 +10026,14 @@ class EraseCheckpoints(ForwardingCase):
     """A forwarder's checkpoint follows the files erase replaces: it goes on where it was,
     in the new file, and sends every other event once."""
 
+    def test_a_checkpoint_whose_done_list_is_not_all_text(self):
+        # A backfill's checkpoint edited by hand, or written by something else: erase passes
+        # over what is not a fingerprint rather than stopping with a traceback.
+        document = {"device": 1, "inode": 2, "offset": 0,
+                    "done": [5, None, {"a": 1}, ["1:3"], "9:9:x:y"]}
+        self.assertIsNone(pixel.replaced_checkpoint(document, (1, 3), (1, 4), None,
+                                                    "/nonexistent", archive=False))
+
     def test_a_forwarder_goes_on_in_the_new_file(self):
         receiver = FakeReceiver(self)
         writer = self.writer(max_bytes=4000)
