@@ -65,6 +65,26 @@ soak = unittest.skipUnless(SOAK, "a soak test: PIXEL_SOAK=1 runs it (.ci/run doe
 EXAMPLES = 1 if SOAK else 0.25   # what share of the property and fuzz cases to run
 
 
+# pixel's files where a log is opened with no --log: a test that leaves them in the folder the
+# suite runs from forgot to give its own (every test's files belong in a temp_dir).
+DEFAULT_FILES = ("events.jsonl", "rejects.jsonl")
+_there_before = set()
+
+
+def setUpModule():
+    _there_before.update(name for name in DEFAULT_FILES if os.path.lexists(name))
+
+
+def tearDownModule():
+    left = [name for name in DEFAULT_FILES
+            if os.path.lexists(name) and name not in _there_before]
+    for name in left:
+        os.unlink(name)
+    if left:
+        raise AssertionError("a test left %s in %s: give it a log in a temp_dir"
+                             % (" and ".join(left), os.getcwd()))
+
+
 def temp_dir(test, prefix="pixel-test-"):
     """A fresh folder, removed with everything in it when `test` ends."""
     folder = tempfile.mkdtemp(prefix=prefix)
@@ -1248,7 +1268,7 @@ class OneWiring(unittest.TestCase):
                 options = {"log": os.path.join(folder, "e.jsonl"), name: value}
                 if name in ("log", "rejects"):
                     os.makedirs(os.path.join(folder, "x"))
-                    options = {name: os.path.join(folder, value)}
+                    options[name] = os.path.join(folder, value)   # the log in `folder` too
                     held = os.path.join(folder, held)
                 if name == "machine_ranges":   # a file it loads at start
                     ranges = write_file(folder, "r.txt", "10.0.0.0/8\n")
