@@ -5078,6 +5078,14 @@ def _remove_files(*paths):
             pass
 
 
+def _remove_empty(folder, made):
+    if made:
+        try:
+            os.rmdir(folder)
+        except OSError:   # not empty (a checkpoint moved in), or gone
+            pass
+
+
 def process_started(pid):
     """When process `pid` started (clock ticks since boot, in /proc), or None where that
     cannot be read: with the pid, it names one process, which a reused pid does not."""
@@ -5702,10 +5710,7 @@ class Pixel:
             else:
                 writer.close()
         if discard and self.forwarder is not None and self.forwarder.made_checkpoint:
-            try:
-                os.unlink(self.forwarder.checkpoint)
-            except FileNotFoundError:   # removed already, by someone else
-                pass
+            _remove_files(self.forwarder.checkpoint)
             _remove_empty(os.path.dirname(self.forwarder.checkpoint), self._made_state)
 
 
@@ -6454,14 +6459,6 @@ def build_forward_parser():
                         "log, which it holds)" % FORWARD_REJECTS_NAME)
     parser.add_argument("files", nargs="+", metavar="FILE")
     return parser
-
-
-def _remove_empty(folder, made):
-    if made:
-        try:
-            os.rmdir(folder)
-        except OSError:   # not empty (a checkpoint moved in), or gone
-            pass
 
 
 def forward_files(argv=None):

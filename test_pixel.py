@@ -85,6 +85,14 @@ def tearDownModule():
                              % (" and ".join(left), os.getcwd()))
 
 
+def usage_error(test, argv, environ):
+    """What pixel.parse_args says when it refuses `argv` and `environ`: (exit status, stderr)."""
+    stderr = io.StringIO()
+    with test.assertRaises(SystemExit) as caught, unittest.mock.patch("sys.stderr", stderr):
+        pixel.parse_args(argv, environ)
+    return caught.exception.code, stderr.getvalue()
+
+
 def temp_dir(test, prefix="pixel-test-"):
     """A fresh folder, removed with everything in it when `test` ends."""
     folder = tempfile.mkdtemp(prefix=prefix)
@@ -969,12 +977,9 @@ class MachineRangesOption(unittest.TestCase):
                 ([], {"PIXEL_MACHINE_RANGES": " , "}, "names nothing"),
                 ([], {"PIXEL_MACHINE_RANGES": "apple_mpp"}, "not LABEL=FILE")]:
             with self.subTest(argv=argv, environ=environ):
-                stderr = io.StringIO()
-                with self.assertRaises(SystemExit) as caught, \
-                        unittest.mock.patch("sys.stderr", stderr):
-                    pixel.parse_args(argv, environ)
-                self.assertEqual(caught.exception.code, 2)
-                self.assertIn(message, stderr.getvalue())
+                status, stderr = usage_error(self, argv, environ)
+                self.assertEqual(status, 2)
+                self.assertIn(message, stderr)
         with self.assertRaisesRegex(ValueError, "takes a list"):
             pixel.configure(machine_ranges="apple_mpp=/a.csv")
         for value in ([42], [("apple_mpp",)], [("apple_mpp", 3)], [{"apple_mpp": "/a"}]):
@@ -1368,13 +1373,10 @@ class CommandLine(unittest.TestCase):
                 (["--forward", "http://host", "--forward-ca", CA_BUNDLE], {},
                  "--forward-ca needs an https:// --forward URL")] * bool(CA_BUNDLE):
             with self.subTest(argv=argv, environ=environ):
-                stderr = io.StringIO()
-                with self.assertRaises(SystemExit) as caught, \
-                        unittest.mock.patch("sys.stderr", stderr):
-                    self.parse(argv, environ)
-                self.assertEqual(caught.exception.code, 2)
-                self.assertIn("usage: pixel.py", stderr.getvalue())
-                self.assertIn(message, stderr.getvalue())
+                status, stderr = usage_error(self, argv, environ)
+                self.assertEqual(status, 2)
+                self.assertIn("usage: pixel.py", stderr)
+                self.assertIn(message, stderr)
 
     def test_a_forward_url_given_with_its_endpoint_is_its_base(self):
         for given, base in (("https://host/v1/batch", "https://host"),
