@@ -3674,9 +3674,14 @@ _KEY_STATUSES = (401, 403)            # ... nor anything under this writeKey, un
 _NOTHING_THERE_STATUSES = (404, 405)  # ... nor anything at this URL (nor after a 3xx)
 
 
+def _gist(answer):
+    """A receiver's answer in one short line, for stderr."""
+    return " ".join(answer[:200].split())
+
+
 def backoff_delay(failures, first=BACKOFF_FIRST, maximum=BACKOFF_MAX):
-    """Seconds to wait after `failures` failed attempts in a row: 1, 2, 4 ... up to 60, with
-    up to half again of jitter, so that forwarders that failed together retry apart."""
+    """Seconds to wait after `failures` failed attempts in a row: 1, 2, 4 ... up to 60, plus
+    up to half again in jitter, so that forwarders that failed together retry apart."""
     base = min(maximum, first * 2 ** min(failures - 1, 16))
     return min(maximum, base * (1 + random.random() / 2))
 
@@ -3697,11 +3702,10 @@ def retry_after(value, now):
 
 
 class Receiver:
-    """A Segment-compatible HTTP Tracking API at `url`: batches go to <url>/v1/batch as
-    gzipped JSON with Basic auth `<writeKey>:`, as Segment's SDKs send them, over one
-    kept-alive connection (https verified against the system's CAs and `cafile`'s). A
-    refusal of one of `configured_keys`, the operator's, means a receiver set up wrong:
-    forwarding pauses (a backfill, which `gives_up`, stops)."""
+    """A Segment-compatible HTTP Tracking API at `url`: batches go to <url>/v1/batch gzipped,
+    with Basic auth `<writeKey>:` as Segment's SDKs send them, over one kept-alive connection
+    (https verified against the system's CAs and `cafile`'s). A refusal of one of
+    `configured_keys`, the operator's, pauses forwarding (stops a backfill, which `gives_up`)."""
 
     def __init__(self, url, *, cafile=None, timeout=DEFAULT_FORWARD_TIMEOUT,
                  configured_keys=(), backoff=(BACKOFF_FIRST, BACKOFF_MAX), gives_up=False,
@@ -3713,15 +3717,15 @@ class Receiver:
         self.first_delay, self.max_delay = backoff   # tests shorten them
         self.gives_up, self.reporter, self.clock = gives_up, reporter or Reporter(), clock
         self.stopping = threading.Event()
-        self._connect = functools.partial(http.client.HTTPConnection, parts.hostname,
-                                          parts.port, timeout=timeout)
+        connection, options = http.client.HTTPConnection, {}
         if parts.scheme == "https":
             import ssl   # here: only a forwarder over https pays for it
-            context = ssl.create_default_context()
+            connection, options = http.client.HTTPSConnection, {
+                "context": ssl.create_default_context()}
             if cafile:
-                context.load_verify_locations(cafile)
-            self._connect = functools.partial(http.client.HTTPSConnection, parts.hostname,
-                                              parts.port, timeout=timeout, context=context)
+                options["context"].load_verify_locations(cafile)
+        self._connect = functools.partial(connection, parts.hostname, parts.port,
+                                          timeout=timeout, **options)
         self.failed_attempts = 0     # posts that got no answer, or one to retry
         self.last_error = None
         self.backoff = 0.0           # the wait under way
@@ -3734,8 +3738,7 @@ class Receiver:
     def deliver(self, key, body):
         """(status, answer) once the receiver answers 2xx, 400, 413 or 422, or 401 or 403
         for a key not configured; (None, None) if stop() came first, or a backfill gave up.
-        Anything else is posted again after a wait: 429 as its Retry-After says, the rest
-        with backoff."""
+        Anything else is posted again: 429 after its Retry-After, the rest after backoff."""
         while not self.stopping.is_set():
             delay = fatal = None
             try:
@@ -3751,7 +3754,7 @@ class Receiver:
                     self._failing, self.backoff, self.paused_key, self.wrong_url = \
                         0, 0.0, None, None
                     return status, answer
-                problem = "%d %s" % (status, " ".join(answer[:200].split()))
+                problem = "%d %s" % (status, _gist(answer))
                 if status in _KEY_STATUSES:
                     delay = self.max_delay
                     fatal = "%s refused writeKey %s: %s" % (self.endpoint, key, problem)
@@ -3990,11 +3993,10 @@ def write_checkpoint(path, document):
 
 
 class GzipReader:
-    """A gzip file read forward from a descriptor as GzipFile reads one (members one after
-    another, zero padding after them), but for damage: where GzipFile drops what it had
-    inflated before a corrupt byte or the end of a file cut short, this hands it out, as
-    zcat does; then `damage` says what stopped it, and read() gives b"". A seek() forward
-    inflates all that lies between: `stopping` (an Event) cuts it with InterruptedError."""
+    """A gzip file read forward from a descriptor as GzipFile reads one (members in a row, zero
+    padding after them), but where GzipFile drops what it inflated before damage (a corrupt
+    byte, a cut-short end), this hands it out as zcat does, then `damage` says what stopped
+    it. seek() inflates all it passes: `stopping` (an Event) cuts it with InterruptedError."""
 
     CHUNK = 16 * 1024   # compressed bytes read at once
 
@@ -4083,10 +4085,9 @@ def _flock_shared(fd):
 
 class LogFile:
     """One file of a log being forwarded, read through a descriptor of its own (its name may
-    be renamed or deleted meanwhile); `offset` is where its unsent lines start. One whose
-    name is kept for good (`named`: pixel's rotated names) may be parked, its descriptor
-    closed, to be found again by name or identity. An `archive` (gzip) is read through a
-    GzipReader, `offset` counting inflated bytes; `broken` says why it ended early."""
+    change meanwhile) from `offset`, where its unsent lines start. One `named` for good
+    (pixel's rotated names) may be parked (closed), to be found again by name or identity.
+    An `archive` (gzip) counts `offset` in inflated bytes; `broken` says why it ended early."""
 
     def __init__(self, fd, identity, name, offset=0, archive=False, stopping=None):
         self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
@@ -4112,16 +4113,11 @@ class LogFile:
             raise
 
     def share(self):
-        """Hold a shared flock on the file while it is open (a backfill's): `pixel.py erase`
-        refuses a file read through a descriptor, which would go on sending the copy it
-        replaced. False if another process holds it exclusively (an erase, or its pixel),
-        and then a later unpark does not ask again."""
+        """Hold a shared flock while it is open (a backfill's), for `pixel.py erase` to refuse
+        it: we would go on sending the copy it replaced. False if another process holds it
+        exclusively (an erase, or its pixel); then a later unpark does not ask again."""
         self.shared = _flock_shared(self.fd)
         return self.shared
-
-    def park(self):
-        if self.named and self.archive is None:
-            self.close()
 
     def unpark(self):
         """Open a parked file again; False if it is gone."""
@@ -4130,8 +4126,7 @@ class LogFile:
         return self.fd is not None
 
     def duplicate(self):
-        """A descriptor of this file (not an archive), parked or not, for the caller to
-        close; None if it is gone."""
+        """A descriptor of this file, parked or not, for the caller to close; None if gone."""
         return os.dup(self.fd) if self.fd is not None else self._find()
 
     def _find(self):
@@ -4209,10 +4204,9 @@ class LogFile:
         return "%d:%d:%d:%s" % (self.identity + (length, self._disk_head(length)))
 
     def sent_before(self, entries):
-        """How many of its bytes on disk an earlier backfill sent, by the (bytes, head) pairs
-        `entries` of its list with this file's identity (None: version 1.0's, which named
-        the inode alone); None if none matches its size (a log's may have grown since) and
-        its first bytes."""
+        """How many of its bytes on disk an earlier backfill sent, by its list's (bytes, head)
+        `entries` for this identity (None: version 1.0's, the inode alone); None if none
+        matches its size (a log's may have grown since) and its first bytes."""
         size = os.fstat(self.fd).st_size
         for entry in entries:
             if entry is None:
@@ -4230,9 +4224,9 @@ class LogFile:
 
 
 def rotated_since(path, live, since):
-    """The rotated files of the log at `path` written to since `since` (mtime_ns; the
-    checkpoint's file among them), oldest first: by last write, then by name (pixel's stamps
-    sort in time order). Each is opened, or past MAX_OPEN_LOG_FILES parked."""
+    """The rotated files of the log at `path` written to since `since` (mtime_ns), oldest
+    first: by last write, then by name (pixel's stamps sort in time order). Each is opened,
+    or past MAX_OPEN_LOG_FILES parked."""
     folder, base = os.path.split(path)
     found = []
     for name in os.listdir(folder):
@@ -4261,23 +4255,18 @@ def rotated_since(path, live, since):
     return opened
 
 
-def checkpoint_positions(checkpoint):
-    """Where `checkpoint` stands: (identity, offset, head_bytes, head), then, if an erase
-    is replacing that file (erase_file), where it stands in the new one."""
-    yield ((checkpoint["device"], checkpoint["inode"]), checkpoint["offset"],
-           checkpoint["head_bytes"], checkpoint.get("head"))
+def found_at(log, checkpoint):
+    """The offset in `log` where `checkpoint` stands, or None if it names another file. An
+    erase replacing the file it names (erase_file) adds where it stands in the new one."""
+    positions = [checkpoint]
     replaced = checkpoint.get("replaced")
     if isinstance(replaced, dict) and all(type(replaced.get(field)) is int for field in
                                           ("inode", "offset", "head_bytes")):
-        yield ((checkpoint["device"], replaced["inode"]), replaced["offset"],
-               replaced["head_bytes"], replaced.get("head"))
-
-
-def found_at(log, checkpoint):
-    """The offset in `log` where `checkpoint` stands, or None if it names another file."""
-    for identity, offset, head_bytes, head in checkpoint_positions(checkpoint):
-        if log.identity == identity and log.unpark() and log.head(head_bytes) == head:
-            return offset
+        positions.append(dict(replaced, device=checkpoint["device"]))
+    for position in positions:
+        if log.identity == (position["device"], position["inode"]) and log.unpark() and \
+                log.head(position["head_bytes"]) == position.get("head"):
+            return position["offset"]
     return None
 
 
@@ -4290,11 +4279,10 @@ def resume_at(checkpoint, files, live_end, reporter):
         offset = found_at(log, checkpoint)
         if offset is not None:
             end = live_end if log is files[-1] else log.size()
-            log.offset = offset
-            if log.offset > end:   # lost in a power cut after it was sent, or cut
+            if offset > end:   # lost in a power cut after it was sent, or cut
                 reporter.say("%s is shorter than the checkpoint says (%d < %d bytes): "
-                             "forwarding from its end" % (log.name, end, log.offset))
-                log.offset = end
+                             "forwarding from its end" % (log.name, end, offset))
+            log.offset = min(offset, end)
             return index
     start = next(index for index, log in enumerate(files)
                  if log is files[-1] or log.fd is None or
@@ -4392,9 +4380,7 @@ class LogQueue:
             if before is not None:   # an append-only log that has grown since
                 self._reporter.say("%s: sent up to byte %d before; sending what was "
                                    "written since" % (path, before))
-                log.offset = before
-            elif found_at(log, checkpoint) is not None:
-                log.offset = found_at(log, checkpoint)
+            log.offset = before if before is not None else found_at(log, checkpoint) or 0
         self._counting = (list(self.files), None, 0)
 
     def _pull(self, pin=True):
@@ -4417,8 +4403,8 @@ class LogQueue:
         for log in open_files[1:-1]:   # never the one being read, nor the live one
             if len(open_files) <= MAX_OPEN_LOG_FILES:
                 break
-            if log.named:
-                log.park()
+            if log.named and log.archive is None:   # parked: found again by its name
+                log.close()
                 open_files.remove(log)
         if pin:
             self.writer.pinned = frozenset(log.identity for log in self.files)
@@ -4478,24 +4464,23 @@ class LogQueue:
         for log in files:
             offset, end = log.offset, live_end if log is files[-1] else None
             with self._lock:   # a descriptor of its own: a parked file is not opened meanwhile
-                fd = log.duplicate() if log.archive is None else None
-            if fd is None and log.archive is None:   # gone
+                fd = log.duplicate()
+            if fd is None:   # gone
                 continue
+            copy = LogFile(fd, log.identity, log.name, archive=log.archive is not None,
+                           stopping=self._stopping)
             try:
                 while end is None or offset < end:
                     if self._stopping.is_set():   # a backlog of terabytes takes a while
                         return
-                    size = MAX_WRITE_BYTES if end is None else min(MAX_WRITE_BYTES,
-                                                                   end - offset)
-                    block = log.read(offset, size) if fd is None else \
-                        os.pread(fd, size, offset)
+                    block = copy.read(offset, MAX_WRITE_BYTES if end is None else
+                                      min(MAX_WRITE_BYTES, end - offset))
                     if not block:
                         break
                     lines += block.count(b"\n")
                     offset += len(block)
             finally:
-                if fd is not None:
-                    os.close(fd)
+                copy.close()
         self._unsent, self._counting = lines - written, None
 
     def backlog(self, lines_done):
@@ -4506,11 +4491,9 @@ class LogQueue:
             self._pull()
             for log in self.files:
                 end = self.writer.committed_end(log.identity)
-                if end is None and log.fd is not None:
-                    end = log.size()
-                elif end is None:   # parked: by its name
+                if end is None:   # a parked file is looked at by its name
                     try:
-                        end = os.stat(log.name).st_size
+                        end = log.size() if log.fd is not None else os.stat(log.name).st_size
                     except OSError:
                         end = log.offset
                 size += max(0, end - log.offset)
@@ -4518,6 +4501,19 @@ class LogQueue:
         if self._unsent is None:
             return None, size, files
         return max(0, self._unsent + self.writer.written - lines_done), size, files
+
+    def checkpoint(self, log, target, now):
+        """The checkpoint naming `log` and its offset, as of `now`; OSError if `log` cannot
+        be looked at."""
+        head_bytes = min(log.offset, 4096)
+        document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
+                    "offset": log.offset, "head_bytes": head_bytes, "head": log.head(head_bytes),
+                    "updated": format_time(now), "target": target, "mtime_ns": log.mtime_ns()}
+        if self.writer is None:
+            document["done"] = self.done
+        if self.legacy_until is not None:
+            document["legacy_until"] = self.legacy_until
+        return document
 
     def oldest_unsent(self):
         """The receivedAt of the first line of a live log not yet sent, or None."""
@@ -4542,9 +4538,8 @@ class LogQueue:
                 self.writer.pinned = None
 
 
+# One event of a batch: its JSON, where its line ends in the log, the line, its writeKey.
 Item = collections.namedtuple("Item", "data end line key")
-Item.__doc__ = """One event of a batch: its JSON, where its line ends in the log, the line,
-the writeKey it goes under."""
 
 _BATCH_OPEN = b'{"batch":['
 _BATCH_CLOSE = b'],"sentAt":"%s"}'
@@ -4602,33 +4597,24 @@ def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
 def forward_reject_line(rejection, line, received_at):
     """The rejects-log line for a log `line` the forwarder could not send: the event whole,
     for `pixel.py forward` to send again, or the line's start if it is not one."""
-    received = format_time(received_at)
+    record = {"reason": rejection.reason, "detail": rejection.detail}
     try:
-        text = _encode({"reason": rejection.reason, "detail": rejection.detail,
-                        "event": json.loads(line), "receivedAt": received})
+        text = _encode(dict(record, event=json.loads(line), receivedAt=format_time(received_at)))
     except (ValueError, RecursionError):   # not JSON, 1e400, too deep: quote the line
-        text = _encode({"reason": rejection.reason, "detail": rejection.detail,
-                        "line": line[:MAX_REJECT_RAW].decode("utf-8", "replace"),
-                        "receivedAt": received})
+        text = _encode(dict(record, line=line[:MAX_REJECT_RAW].decode("utf-8", "replace"),
+                            receivedAt=format_time(received_at)))
     return (text + "\n").encode("ascii")
 
 
-def _gist(answer):
-    """A receiver's answer in one short line, for stderr."""
-    return " ".join(answer[:200].split())
-
-
 class Sender:
-    """Sends a Forwarder's batches. One refused with a 400, 413 or 422 is split until the
-    events refused are alone, and those go to the rejects log; one under a key nobody
-    configured, refused with a 401 or 403, goes there whole. Some receivers refuse every
-    event (a WAF, nginx answering plain HTTP sent to its HTTPS port): after
-    MAX_REFUSED_IN_A_ROW refusals in a row, taking nothing between, the receiver is doubted
-    and nothing more is written off. Each round, after a backoff, the first event held is
-    sent alone again, then 1, 2, 4 ... up to PROBES_A_ROUND after those held. The first
-    taken, all goes on; one after it taken, those before it were refused for themselves,
-    and are written off. `refuse(log, end, lines, rejection)` and `acknowledge(log, items)`
-    are the Forwarder's: True, or False if a stop came first."""
+    """Sends a Forwarder's batches. One refused with 400, 413 or 422 is split until the events
+    refused are alone, and those go to the rejects log; one refused with 401 or 403 under a
+    key nobody configured goes there whole. Some receivers refuse every event (a WAF, nginx
+    answering plain HTTP sent to its HTTPS port): after MAX_REFUSED_IN_A_ROW refusals in a
+    row the receiver is doubted, and nothing more is written off. Each round, after a
+    backoff, the first event held is sent alone again, then 1, 2, 4 ... up to PROBES_A_ROUND
+    after it: if the first is taken all goes on; if a later one is, those before it are
+    written off. `refuse` and `acknowledge` are the Forwarder's: False if a stop came first."""
 
     def __init__(self, receiver, write_key, refuse, acknowledge, reporter, clock):
         self.receiver, self.write_key = receiver, write_key
@@ -4762,40 +4748,10 @@ FORWARD_METRICS = (
      "took a batch (Unix time; 0: never)."))
 
 
-def backfill_checkpoint(path, target):
-    """The backfill checkpoint at `path` (a document; empty if there is none) of files sent to
-    `target`: ValueError if it cannot be read, or is another target's."""
-    try:
-        document = read_checkpoint(path) or _NO_CHECKPOINT
-    except ValueError as error:
-        raise ValueError("cannot read the checkpoint %s: %s" % (path, error)) from None
-    if document.get("target", target) != target:
-        raise ValueError("the checkpoint %s is of files sent to %s: to send them to %s too, "
-                         "give another --checkpoint" % (path, document["target"], target))
-    return document
-
-
-def checkpoint_document(log, queue, target, now):
-    """The checkpoint naming `log` of `queue` and its offset, as of `now`; OSError if `log`
-    cannot be looked at."""
-    head_bytes = min(log.offset, 4096)
-    document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
-                "offset": log.offset, "head_bytes": head_bytes, "head": log.head(head_bytes),
-                "updated": format_time(now), "target": target, "mtime_ns": log.mtime_ns()}
-    if queue.writer is None:
-        document["done"] = queue.done
-    if queue.legacy_until is not None:
-        document["legacy_until"] = queue.legacy_until
-    return document
-
-
 class Forwarder:
-    """Relays a log to a Receiver, in order and at least once: a LogQueue's files (follow: a
-    live log; add_files: a backfill) in batches a Sender sends, and what cannot be sent to
-    the rejects log. After each batch taken the checkpoint file is replaced atomically (the
-    file being sent, by identity and a checksum of its first bytes, as inodes are reused; the
-    offset of its first line not taken; a backfill's files sent): after a kill -9 at most
-    that batch is sent again."""
+    """Relays a LogQueue's files (follow: a live log; add_files: a backfill) to a Receiver in
+    order, at least once, in batches a Sender sends; what cannot be sent goes to the rejects
+    log. The checkpoint is replaced after each batch: a kill -9 sends at most that one again."""
 
     def __init__(self, receiver, rejects, *, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
                  alert=DEFAULT_FORWARD_ALERT, reporter=None, clock=time.time):
@@ -4834,11 +4790,18 @@ class Forwarder:
         self._save(self.queue.files[0], quiet=False)
 
     def add_files(self, paths, checkpoint, erasing=None):
-        """Relay the files at `paths` once (a backfill), from the checkpoint file
-        `checkpoint`; OSError or ValueError as LogQueue.add_files raises them."""
-        self.checkpoint = checkpoint
-        self.queue.add_files(paths, backfill_checkpoint(checkpoint, self.receiver.url),
-                             erasing)
+        """Relay the files at `paths` once (a backfill), from the checkpoint file `checkpoint`
+        (ValueError if unreadable, or of another target) or LogQueue.add_files's errors."""
+        self.checkpoint, target = checkpoint, self.receiver.url
+        try:
+            document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
+        except ValueError as error:
+            raise ValueError("cannot read the checkpoint %s: %s" % (checkpoint, error)) from None
+        if document.get("target", target) != target:
+            raise ValueError("the checkpoint %s is of files sent to %s: to send them to %s too, "
+                             "give another --checkpoint"
+                             % (checkpoint, document["target"], target))
+        self.queue.add_files(paths, document, erasing)
 
     def register(self, metrics):
         """Count the forwarder into `metrics`: /health's forward object, its problems,
@@ -4873,9 +4836,8 @@ class Forwarder:
             self.receiver.close()
 
     def hold(self):
-        """Stop at the end of the batch in flight (within HOLD_WAIT: then its post is cut,
-        and it is sent again), and close the files until resume(): an erase replaces them
-        meanwhile (EraseDesk). /health shows the status of that moment."""
+        """Stop after the batch in flight (or cut its post after HOLD_WAIT), and close the files
+        until resume(), as an erase replaces them (EraseDesk); /health shows this moment's."""
         self.held = dict(self.status(True), held=True)
         self.stopping.set()
         if self.thread is not None:
@@ -4911,8 +4873,7 @@ class Forwarder:
                 self.stopping.wait(self.receiver.max_delay)
 
     def run(self):
-        """Forward until stop(), or for a backfill until every file is sent; True if it
-        ended with everything sent."""
+        """Forward until stop(), or a backfill until all is sent; True if all was sent."""
         try:
             self.queue.count_lines()
             while not self.stopping.is_set():
@@ -4932,9 +4893,8 @@ class Forwarder:
         return False
 
     def _next_batch(self):
-        """(file, items, its end, whether complete, the time of the read) to send; None when
-        there is nothing to send now; () after something done without sending (a line
-        refused, a file finished): look again at once."""
+        """(file, items, its end, whether complete, the time of the read) to send; None if
+        nothing is to send now; () if a line was refused or a file finished: look again."""
         head = self.queue.first(self._save)
         if head is None:
             return None
@@ -5002,11 +4962,11 @@ class Forwarder:
         return True
 
     def _save(self, log, quiet=True):
-        """Name `log` and its offset in the checkpoint; failing, say so once an interval,
-        or with quiet=False raise the OSError."""
+        """Name `log` and its offset in the checkpoint; a failure is said (once an interval),
+        or with quiet=False raised."""
         try:
-            write_checkpoint(self.checkpoint, checkpoint_document(
-                log, self.queue, self.receiver.url, self.clock()))
+            write_checkpoint(self.checkpoint, self.queue.checkpoint(
+                log, self.receiver.url, self.clock()))
         except OSError as error:
             if not quiet:
                 raise
