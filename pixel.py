@@ -4001,8 +4001,7 @@ class GzipReader:
     CHUNK = 16 * 1024   # compressed bytes read at once
 
     def __init__(self, fd, stopping=None):
-        self.fd = fd
-        self.stopping = stopping
+        self.fd, self.stopping = fd, stopping
         self._rewind()
 
     def _rewind(self):
@@ -4010,6 +4009,7 @@ class GzipReader:
         self.damage = None
         self._blocks = self._inflate()
         self._ready = b""   # inflated, not yet handed out
+        self._last = b""    # what pread() handed out last, up to `position`
 
     def seek(self, offset):
         """Go to inflated byte `offset`: from the top if it lies behind, as GzipFile does."""
@@ -4021,6 +4021,22 @@ class GzipReader:
                                        % offset)
             if not self.read(min(offset - self.position, MAX_WRITE_BYTES)):
                 break
+
+    def pread(self, size, offset):
+        """Up to `size` inflated bytes from `offset`. The forwarder reads on from a little
+        before its last read ended: that read is kept, as gzip only goes back from the top."""
+        kept = offset - (self.position - len(self._last))
+        if 0 <= kept <= len(self._last):
+            self._last = self._last[kept:]
+        else:
+            self._last = b""
+            self.seek(offset)   # InterruptedError: a stop came first
+        while len(self._last) < size:
+            block = self.read(size - len(self._last))
+            if not block:
+                break
+            self._last += block
+        return self._last[:size]
 
     def read(self, size):
         """Up to `size` inflated bytes; b"" at the end, or at damage."""
@@ -4087,15 +4103,13 @@ class LogFile:
     """One file of a log being forwarded, read through a descriptor of its own (its name may
     change meanwhile) from `offset`, where its unsent lines start. One `named` for good
     (pixel's rotated names) may be parked (closed), to be found again by name or identity.
-    An `archive` (gzip) counts `offset` in inflated bytes; `broken` says why it ended early."""
+    An `archive` (a GzipReader) counts `offset` in inflated bytes."""
 
     def __init__(self, fd, identity, name, offset=0, archive=False, stopping=None):
         self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
         self.named = self.shared = False
-        self.broken = None
         self.archive = GzipReader(fd, stopping) if archive else None
-        self._inflated = b""   # an archive's bytes last read, up to its position
-        self._first = b""      # its first bytes, for head()
+        self._first = b""   # its first bytes, for head()
 
     @classmethod
     def open(cls, path, archive=False, stopping=None):
@@ -4152,21 +4166,7 @@ class LogFile:
     def read(self, offset, size):
         if self.archive is None:
             return os.pread(self.fd, size, offset)
-        # The forwarder reads on from where its last batch ended, a little before its last
-        # read ended: keep what was read, since gzip can only go back from the top.
-        kept = offset - (self.archive.position - len(self._inflated))
-        if 0 <= kept <= len(self._inflated):
-            self._inflated = self._inflated[kept:]
-        else:
-            self._inflated = b""
-            self.archive.seek(offset)   # InterruptedError: a stop came first
-        while len(self._inflated) < size:
-            block = self.archive.read(size - len(self._inflated))
-            if not block:
-                self.broken = self.archive.damage
-                break
-            self._inflated += block
-        return self._inflated[:size]
+        return self.archive.pread(size, offset)
 
     def line_end(self, offset, stopping):
         """Where the line going on at `offset` ends: past its newline, or at the file's end;
@@ -4284,14 +4284,11 @@ def resume_at(checkpoint, files, live_end, reporter):
                              "forwarding from its end" % (log.name, end, offset))
             log.offset = min(offset, end)
             return index
-    start = next(index for index, log in enumerate(files)
-                 if log is files[-1] or log.fd is None or
-                 log.mtime_ns() >= checkpoint["mtime_ns"])
-    if checkpoint["device"] != -1:
+    if checkpoint["device"] != -1:   # rotated_since gave only files written since
         reporter.say("the file the checkpoint names (%s, inode %d) is gone: forwarding "
                      "from %s, the oldest file written since; the receiver may get events "
-                     "twice" % (checkpoint.get("path"), checkpoint["inode"], files[start].name))
-    return start
+                     "twice" % (checkpoint.get("path"), checkpoint["inode"], files[0].name))
+    return 0
 
 
 class LogQueue:
@@ -4403,7 +4400,7 @@ class LogQueue:
         for log in open_files[1:-1]:   # never the one being read, nor the live one
             if len(open_files) <= MAX_OPEN_LOG_FILES:
                 break
-            if log.named and log.archive is None:   # parked: found again by its name
+            if log.named:   # parked: found again by its name (a live log has no archives)
                 log.close()
                 open_files.remove(log)
         if pin:
@@ -4920,10 +4917,10 @@ class Forwarder:
             refused = log.offset + len(data), [data], Rejected("forward_unreadable",
                                                                 "no newline")
         else:
-            if log.broken is not None:   # an archive that does not inflate to its end
+            damage = log.archive and log.archive.damage   # an archive that ended early
+            if damage is not None:
                 problem = "%s cannot be read past byte %d (inflated): %s" % (
-                    log.name, log.offset, log.broken)
-                log.broken = None
+                    log.name, log.offset, damage)
                 if not self._refuse(log, log.offset, [b""],
                                     Rejected("forward_truncated", problem)):
                     return None
