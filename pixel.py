@@ -4284,11 +4284,11 @@ def resume_at(checkpoint, files, live_end, reporter):
                              "forwarding from its end" % (log.name, end, offset))
             log.offset = min(offset, end)
             return index
-    if checkpoint["device"] != -1:   # rotated_since gave only files written since
+    if checkpoint["device"] != -1:
         reporter.say("the file the checkpoint names (%s, inode %d) is gone: forwarding "
                      "from %s, the oldest file written since; the receiver may get events "
                      "twice" % (checkpoint.get("path"), checkpoint["inode"], files[0].name))
-    return 0
+    return 0   # rotated_since gave only the files written since the checkpoint
 
 
 class LogQueue:
@@ -4488,7 +4488,7 @@ class LogQueue:
             self._pull()
             for log in self.files:
                 end = self.writer.committed_end(log.identity)
-                if end is None:   # a parked file is looked at by its name
+                if end is None:   # its size (a parked file's by its name)
                     try:
                         end = log.size() if log.fd is not None else os.stat(log.name).st_size
                     except OSError:
