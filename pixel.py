@@ -5643,19 +5643,17 @@ class Pixel:
                        serve_metrics=serve_metrics)
         self.forwarder = None
         # What a start that fails after all (serve's listen) removes: see close(discard=True)
-        state_folder = os.path.dirname(state_path(config.log, "forward"))
-        self._made_state = not os.path.lexists(state_folder)
+        self._made_state = not os.path.lexists(os.path.dirname(state_path(config.log, "forward")))
         try:
             if config.forward:
                 receiver = Receiver(
                     config.forward, cafile=config.forward_ca, timeout=config.forward_timeout,
                     configured_keys=set(config.write_key) | {config.forward_write_key} - {None},
                     reporter=self.reporter, clock=clock)
-                self.forwarder = Forwarder(receiver, self.rejects,
-                                           write_key=config.forward_write_key,
-                                           batch_events=config.forward_batch,
-                                           alert=config.forward_alert,
-                                           reporter=self.reporter, clock=clock)
+                self.forwarder = Forwarder(
+                    receiver, self.rejects, write_key=config.forward_write_key,
+                    batch_events=config.forward_batch, alert=config.forward_alert,
+                    reporter=self.reporter, clock=clock)
                 self.forwarder.follow(self.events)
                 self.forwarder.register(self.metrics)
         except OSError as error:
@@ -6352,12 +6350,12 @@ def serve(server, pixel, pinned):
         return lambda signum, frame: threading.Thread(target=work, daemon=True).start()
 
     server.serve_app(pixel.app)
+    host, port = server.server_address[:2]
     try:   # only now: a client that connects is answered at once, not after the warm-up
         server.server_activate()
-    except OSError as error:   # bound beside a socket not yet listening (SO_REUSEADDR): a
-        raise StartupError("cannot listen on %s port %d: %s" % (   # second pixel starting
-            server.server_address[0], server.server_address[1],
-            error.strerror or error)) from None
+    except OSError as error:   # a second pixel bound beside one not yet listening (SO_REUSEADDR)
+        raise StartupError("cannot listen on %s port %d: %s"
+                           % (host, port, error.strerror or error)) from None
     # Before the line that says we listen: whoever waits for it may signal at once. SIGUSR1,
     # SIGUSR2 and SIGQUIT from a supervisor or an operator must not take the service down.
     stop = in_a_thread(server.shutdown)
@@ -6369,7 +6367,6 @@ def serve(server, pixel, pinned):
             signum = getattr(signal, name, None)   # Windows has only some of them
             if signum is not None:
                 previous[signum] = signal.signal(signum, handler)
-    host, port = server.server_address[:2]
     print("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s" % (
         __version__, server.scheme, "[%s]" % host if ":" in host else host, port,
         pixel.events.path, pixel.rejects.path,
@@ -6432,9 +6429,8 @@ def build_forward_parser():
                         metavar="N", help="events per batch (default: %(default)s)")
     parser.add_argument("--ca", type=_ca_file, metavar="FILE",
                         help="a CA bundle to trust besides the system's")
-    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_FORWARD_TIMEOUT,
-                        metavar="S", help="seconds the receiver has to answer "
-                                          "(default: %(default)s)")
+    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_FORWARD_TIMEOUT, metavar="S",
+                        help="seconds the receiver has to answer (default: %(default)s)")
     parser.add_argument("--checkpoint", metavar="PATH", help="the checkpoint file "
                         "(default: .pixel/backfill.<first FILE>.json beside the first FILE)")
     parser.add_argument("--rejects", metavar="PATH", help="where refused events go "
@@ -6533,21 +6529,19 @@ def build_report_parser():
     parser.add_argument("--since", type=_report_time, metavar="DATE",
                         help="count only events received at or after DATE (YYYY-MM-DD, UTC, "
                              "or an ISO-8601 time)")
-    parser.add_argument("--until", type=lambda text: _report_time(text, end=True),
-                        metavar="DATE", help="count only events received up to DATE, a "
-                                             "date's whole day")
+    parser.add_argument("--until", type=lambda text: _report_time(text, end=True), metavar="DATE",
+                        help="count only events received up to DATE, a date's whole day")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="aligned text with a total row, CSV, or one JSON object a "
                              "row (default: %(default)s)")
     parser.add_argument("--daily", action="store_true",
-                        help="add a row a day (UTC, by receivedAt) under each group, with "
-                             "a bar")
+                        help="add a row a day (UTC, by receivedAt) under each group, with a bar")
     parser.add_argument("files", nargs="+", metavar="FILE")
     return parser
 
 
 def _field_path(text):
-    if not text or "" in text.split("."):
+    if "" in text.split("."):   # "" too
         raise argparse.ArgumentTypeError("not a dotted field path such as "
                                          "properties.campaign: %r" % text)
     return text
@@ -6717,8 +6711,7 @@ def erase_command(argv=None, stdout=None):
         for path in files:
             try:
                 erasure, problem = erase_file(path, people, apply=args.apply,
-                                              max_share=args.max_share,
-                                              checkpoints=checkpoints)
+                                              max_share=args.max_share, checkpoints=checkpoints)
             except (OSError, EOFError, zlib.error) as error:
                 erasure, problem = None, "cannot erase it: %s" % (
                     getattr(error, "strerror", None) or error)
@@ -6730,9 +6723,8 @@ def erase_command(argv=None, stdout=None):
                 continue
             user_ids_seen |= erasure.user_ids
             results.append({"path": path, "lines": erasure.lines, "erased": erasure.erased,
-                            "as_text": erasure.as_text,
-                            "status": "refused" if problem else "erased" if args.apply
-                            else "dry run"})
+                            "as_text": erasure.as_text, "status": "refused" if problem else
+                            "erased" if args.apply else "dry run"})
             stdout.write("%s: %s %d of %d line(s)%s\n" % (
                 path, "erased" if args.apply and not problem else "would erase",
                 erasure.erased, erasure.lines, " (%d matched as text: not JSON)"
