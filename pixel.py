@@ -5243,9 +5243,8 @@ class StartupError(Exception):
 
 
 def _checker(name, kind, convert, ok, problem):
-    """A check of a value as `kind`: as given, or converted from text (as a flag or variable
-    gives it), then `ok`. `name` is its __name__, which argparse shows for text `convert`
-    refuses: "invalid _port value: 'http'"."""
+    """A check of a `kind` value, given as it is or as text to `convert`, then `ok`. argparse
+    shows `name` for text that `convert` refuses: "invalid _port value: 'http'"."""
     def check(value):
         if isinstance(value, str):
             value = convert(value.strip())
@@ -5269,15 +5268,12 @@ _seconds = _checker("_seconds", (int, float), float,   # NaN fails both comparis
                     "must be between %g and %g seconds" % (MIN_TIMEOUT, MAX_TIMEOUT))
 _batch_size = _checker("_batch_size", int, int, lambda number: 1 <= number <= MAX_BATCH_ITEMS,
                        "must be between 1 and %d" % MAX_BATCH_ITEMS)
-_cpu_number = _checker("_cpu_number", int, lambda text: int(text) if text.isdigit() else text,
-                       lambda number: number >= 0, "not auto, none or a CPU number")
+_cpu = _checker("_cpu", (int, str), lambda text: int(text) if text.isdigit() else text,
+                lambda value: value in ("auto", "none") if isinstance(value, str) else value >= 0,
+                "not auto, none or a CPU number")
 _flag = _checker("_flag", bool, lambda text: _FLAG_WORDS.get(text.lower(), text),
                  lambda _: True, "not a yes/no value")
 _nonempty = _checker("_nonempty", str, str, bool, "must not be empty")
-
-
-def _cpu(value):
-    return value if value in ("auto", "none") else _cpu_number(value)
 
 
 def _size(value):
@@ -5330,10 +5326,7 @@ def _forward_url(value):
             parts.query or parts.fragment or not re.fullmatch(r"[!-~]*", parts.path):
         raise argparse.ArgumentTypeError("not an http(s) URL with no query or credentials: "
                                          "%r (try https://api.segment.io)" % text)
-    for endpoint in ("/v1/batch", "/v1"):
-        if text.endswith(endpoint):
-            return text[:-len(endpoint)].rstrip("/")
-    return text
+    return re.sub(r"/v1(/batch)?\Z", "", text).rstrip("/")
 
 
 def _ranges_source(value):
@@ -5607,19 +5600,17 @@ class Pixel:
                        serve_metrics=serve_metrics)
         self.forwarder = None
         # What a start that fails after all (serve's listen) removes: see close(discard=True)
-        state_folder = os.path.dirname(state_path(config.log, "forward"))
-        self._made_state = not os.path.lexists(state_folder)
+        self._made_state = not os.path.lexists(os.path.dirname(state_path(config.log, "forward")))
         try:
             if config.forward:
                 receiver = Receiver(
                     config.forward, cafile=config.forward_ca, timeout=config.forward_timeout,
                     configured_keys=set(config.write_key) | {config.forward_write_key} - {None},
                     reporter=self.reporter, clock=clock)
-                self.forwarder = Forwarder(receiver, self.rejects,
-                                           write_key=config.forward_write_key,
-                                           batch_events=config.forward_batch,
-                                           alert=config.forward_alert,
-                                           reporter=self.reporter, clock=clock)
+                self.forwarder = Forwarder(
+                    receiver, self.rejects, write_key=config.forward_write_key,
+                    batch_events=config.forward_batch, alert=config.forward_alert,
+                    reporter=self.reporter, clock=clock)
                 self.forwarder.follow(self.events)
                 self.forwarder.register(self.metrics)
         except OSError as error:
@@ -5662,19 +5653,15 @@ class Pixel:
             self.forwarder.stop(1.0)
             self.forwarder.close()
         for writer in (self.events, self.rejects):
-            if discard:
-                writer.discard()
-            else:
-                writer.close()
+            (writer.discard if discard else writer.close)()
         if discard and self.forwarder is not None and self.forwarder.made_checkpoint:
             _remove_files(self.forwarder.checkpoint)
             _remove_empty(os.path.dirname(self.forwarder.checkpoint), self._made_state)
 
 
-# What several WSGI worker processes are told when the second finds the logs held by the
-# first, after waiting this long for it to let go: a gunicorn reload starts the new worker
-# while the old one still finishes its requests, up to --graceful-timeout (30 s); and a
-# worker that takes longer than --timeout (30 s) to boot is killed.
+# How long a WSGI worker waits for another to let go of the logs: a gunicorn reload starts
+# the new worker while the old one ends its requests (--graceful-timeout, 30 s), and kills a
+# worker that takes over --timeout (30 s) to boot.
 WSGI_LOCK_WAIT = 25.0
 WSGI_BUSY = ("one process owns pixel's files, so serve it from one worker process with "
              "threads (gunicorn --workers 1 --threads 8), or give each worker process its "
@@ -5685,13 +5672,11 @@ _OLD_KEYWORDS = {"write_keys": "write_key", "trusted_proxies": "trusted_proxy",
 
 
 def make_wsgi_app(**options):
-    """A WSGI application taking every option that means something behind a WSGI server
-    (OPTIONS of scope "all" and "wsgi"), named as the flags are. It opens the logs now; one
-    process owns them, so serve it from one process (threads are fine). /metrics is served
-    with a `metrics_token`, to requests that send it, or with public_metrics=True; otherwise
-    it is a 404, as a WSGI app usually shares its port with a public site. An option it
-    cannot use or a file it cannot open: one line on stderr, then SystemExit(3), which
-    gunicorn takes for a worker that cannot boot, and does not start again and again."""
+    """A WSGI application of the OPTIONS of scope "all" and "wsgi", named as the flags are.
+    It opens the logs now, so serve it from one process (threads are fine). /metrics needs
+    `metrics_token` or public_metrics=True, else it is a 404: a WSGI app usually shares its
+    port with a public site. A bad option or file: one line on stderr, then SystemExit(3),
+    which gunicorn takes for a worker that cannot boot, not to be started again and again."""
     reporter = Reporter()
     for old, new in _OLD_KEYWORDS.items():
         if old in options:
@@ -5699,8 +5684,8 @@ def make_wsgi_app(**options):
     if "record_ip" in options:
         options["no_ip"] = not options.pop("record_ip")
     try:
-        server_only = [name for name in options if name in OPTION_NAMES and
-                       OPTIONS[OPTION_NAMES.index(name)].scope == "server"]
+        server_only = [option.name for option in OPTIONS
+                       if option.scope == "server" and option.name in options]
         if server_only:
             raise ValueError("%s: the WSGI server's to set, not pixel's" % ", ".join(server_only))
         config = configure(**options)
@@ -6255,10 +6240,9 @@ def _sync_folder(folder):
 # The command line
 
 def pin_cpu(choice):
-    """Pin this process, and the threads it starts later, to one CPU; return which, or
-    None. With the GIL one thread runs Python at a time, so a second core mostly adds
-    cross-core wake-ups each time the GIL changes hands (measured with wrk on 2 cores: +32%
-    requests/s kept alive, +53% with a connection per request). Before any thread starts."""
+    """Pin this process and the threads it starts later to one CPU, before any starts; return
+    which, or None. With the GIL a second core mostly adds wake-ups across cores each time the
+    GIL changes hands (wrk on 2 cores: +32% requests/s kept alive, +53% a connection each)."""
     if choice == "none" or not hasattr(os, "sched_setaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0))
@@ -6323,12 +6307,12 @@ def serve(server, pixel, pinned):
         return lambda signum, frame: threading.Thread(target=work, daemon=True).start()
 
     server.serve_app(pixel.app)
+    host, port = server.server_address[:2]
     try:   # only now: a client that connects is answered at once, not after the warm-up
         server.server_activate()
-    except OSError as error:   # bound beside a socket not yet listening (SO_REUSEADDR): a
-        raise StartupError("cannot listen on %s port %d: %s" % (   # second pixel starting
-            server.server_address[0], server.server_address[1],
-            error.strerror or error)) from None
+    except OSError as error:   # a second pixel bound beside one not yet listening (SO_REUSEADDR)
+        raise StartupError("cannot listen on %s port %d: %s"
+                           % (host, port, error.strerror or error)) from None
     # Before the line that says we listen: whoever waits for it may signal at once. SIGUSR1,
     # SIGUSR2 and SIGQUIT from a supervisor or an operator must not take the service down.
     stop = in_a_thread(server.shutdown)
@@ -6340,7 +6324,6 @@ def serve(server, pixel, pinned):
             signum = getattr(signal, name, None)   # Windows has only some of them
             if signum is not None:
                 previous[signum] = signal.signal(signum, handler)
-    host, port = server.server_address[:2]
     print("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s" % (
         __version__, server.scheme, "[%s]" % host if ":" in host else host, port,
         pixel.events.path, pixel.rejects.path,
@@ -6362,12 +6345,9 @@ def main(argv=None, environ=None):
     """Run the server until SIGTERM or SIGINT, or a subcommand (forward, report, erase) to its end;
     return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["forward"]:
-        return forward_files(argv[1:])
-    if argv[:1] == ["report"]:
-        return report_files(argv[1:])
-    if argv[:1] == ["erase"]:
-        return erase_command(argv[1:])
+    commands = {"forward": forward_files, "report": report_files, "erase": erase_command}
+    if argv and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
     config = parse_args(argv, environ)
     reporter = Reporter()
     server = pixel = None
@@ -6406,9 +6386,8 @@ def build_forward_parser():
                         metavar="N", help="events per batch (default: %(default)s)")
     parser.add_argument("--ca", type=_ca_file, metavar="FILE",
                         help="a CA bundle to trust besides the system's")
-    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_FORWARD_TIMEOUT,
-                        metavar="S", help="seconds the receiver has to answer "
-                                          "(default: %(default)s)")
+    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_FORWARD_TIMEOUT, metavar="S",
+                        help="seconds the receiver has to answer (default: %(default)s)")
     parser.add_argument("--checkpoint", metavar="PATH", help="the checkpoint file "
                         "(default: .pixel/backfill.<first FILE>.json beside the first FILE)")
     parser.add_argument("--rejects", metavar="PATH", help="where refused events go "
@@ -6507,21 +6486,19 @@ def build_report_parser():
     parser.add_argument("--since", type=_report_time, metavar="DATE",
                         help="count only events received at or after DATE (YYYY-MM-DD, UTC, "
                              "or an ISO-8601 time)")
-    parser.add_argument("--until", type=lambda text: _report_time(text, end=True),
-                        metavar="DATE", help="count only events received up to DATE, a "
-                                             "date's whole day")
+    parser.add_argument("--until", type=lambda text: _report_time(text, end=True), metavar="DATE",
+                        help="count only events received up to DATE, a date's whole day")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="aligned text with a total row, CSV, or one JSON object a "
                              "row (default: %(default)s)")
     parser.add_argument("--daily", action="store_true",
-                        help="add a row a day (UTC, by receivedAt) under each group, with "
-                             "a bar")
+                        help="add a row a day (UTC, by receivedAt) under each group, with a bar")
     parser.add_argument("files", nargs="+", metavar="FILE")
     return parser
 
 
 def _field_path(text):
-    if not text or "" in text.split("."):
+    if "" in text.split("."):   # "" too
         raise argparse.ArgumentTypeError("not a dotted field path such as "
                                          "properties.campaign: %r" % text)
     return text
@@ -6645,14 +6622,12 @@ def erase_command(argv=None, stdout=None):
     stdout = stdout or sys.stdout
     reporter = Reporter()
     try:
-        people = People(args.user_id + args.anonymous_id + args.email)
-        user_ids = People(args.user_id)
         for value in args.email:
             if "@" not in value and value.strip()[:7].lower() != "sha256:":
                 raise ValueError("--email %r is not an address" % value[:80])
-        if args.ledger:
-            for value in ledger_ids(args.ledger):
-                people.add(value)
+        user_ids = People(args.user_id)
+        people = People(args.user_id + args.anonymous_id + args.email +
+                        (ledger_ids(args.ledger) if args.ledger else []))
     except (OSError, ValueError) as error:
         parser.error(_people_error(error))
     if not people:
@@ -6693,8 +6668,7 @@ def erase_command(argv=None, stdout=None):
         for path in files:
             try:
                 erasure, problem = erase_file(path, people, apply=args.apply,
-                                              max_share=args.max_share,
-                                              checkpoints=checkpoints)
+                                              max_share=args.max_share, checkpoints=checkpoints)
             except (OSError, EOFError, zlib.error) as error:
                 erasure, problem = None, "cannot erase it: %s" % (
                     getattr(error, "strerror", None) or error)
@@ -6706,9 +6680,8 @@ def erase_command(argv=None, stdout=None):
                 continue
             user_ids_seen |= erasure.user_ids
             results.append({"path": path, "lines": erasure.lines, "erased": erasure.erased,
-                            "as_text": erasure.as_text,
-                            "status": "refused" if problem else "erased" if args.apply
-                            else "dry run"})
+                            "as_text": erasure.as_text, "status": "refused" if problem else
+                            "erased" if args.apply else "dry run"})
             stdout.write("%s: %s %d of %d line(s)%s\n" % (
                 path, "erased" if args.apply and not problem else "would erase",
                 erasure.erased, erasure.lines, " (%d matched as text: not JSON)"
@@ -6734,12 +6707,11 @@ def erase_command(argv=None, stdout=None):
 
 
 def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
-    """The files to erase for `path`, each held (its flock taken: a pixel starting
-    meanwhile waits): `path` itself; or, if a running pixel writes it, every rotated file
-    of that log (pixel_rotations), the last one rotated at erase's request (EraseRequest):
-    one rotated between the shell's glob and the erase is not missed. OSError for one
-    that cannot be held; a rotated file of a live log that cannot be goes in `refused`
-    (path, OSError), and the others are held all the same."""
+    """The files to erase for `path`, each held (flocked: a pixel starting meanwhile waits):
+    `path`; or, if a running pixel writes it, every rotated file of that log, the last one
+    rotated at erase's request (EraseRequest), so that none rotated since the shell's glob is
+    missed. OSError for one that cannot be held; but a live log's rotated file that cannot be
+    goes in `refused` as (path, OSError), and the others are held all the same."""
     if os.path.realpath(path) in locks:   # held already: a rotation of a live log given
         return []
     fd = open_file(path)
@@ -6811,8 +6783,7 @@ def ledger_ids(path):
     with open(open_file(path), "rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
-                entry = json.loads(line)
-                found.update(entry["ids"])
+                found.update(json.loads(line)["ids"])
             except (ValueError, KeyError, TypeError):
                 raise ValueError("%s line %d: not an erase ledger line" % (path, number))
     return sorted(value for value in found if isinstance(value, str))
