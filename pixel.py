@@ -2496,12 +2496,10 @@ def _client_id(payload, event):
     return dedupe_key(event["writeKey"], event["messageId"])
 
 
-# What a rejects-log line quotes of the client's input (text, a body, a batch item), and
-# whether part was left out: with --anonymize-ip never raw text, which could hide an address
-# in an encoding (base64, percent-escapes, \u escapes, gzip), but what pixel decoded, with
-# addresses truncated.
-
 def quote_text(text, anonymize, limit=None):
+    """(What a rejects line quotes of client text, whether part was left out): with
+    --anonymize-ip never raw text, which could hide an address in an encoding (base64,
+    percent-escapes, \\u escapes, gzip), but what pixel decoded, addresses truncated."""
     if not anonymize:
         return text[:limit], False
     quoted = anonymize_text(text, limit)
@@ -2522,8 +2520,7 @@ def reject_line(rejection, request, received_at, ip, anonymize, quoted=None, red
     if quoted is not None:
         record["body"] = quoted
     else:
-        query, cut_query = anonymize_query(request.query) if anonymize else \
-            (request.query, False)
+        query, cut_query = anonymize_query(request.query) if anonymize else (request.query, False)
         cut = cut or cut_query
         record["query"] = query[:MAX_REJECT_RAW]
         if len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW:
@@ -2538,8 +2535,7 @@ def reject_line(rejection, request, received_at, ip, anonymize, quoted=None, red
     return (_encode(record) + "\n").encode("ascii")
 
 
-# What validate() refuses a writeKey for: with --write-key, an API request refused only for
-# these is answered 401.
+# With --write-key, an API request refused only for these (validate()'s) is answered 401.
 _KEY_REASONS = ("no_write_key", "write_key_not_string", "invalid_write_key")
 
 
@@ -2662,14 +2658,13 @@ class Recorder:
             with self._dedupe_lock:   # two copies arriving at once are one write
                 kept, kept_kinds, ids = [], [], set()
                 for line, client_id, kind in zip(lines, client_ids, kinds):
-                    if client_id is not None and (client_id in self.recent or
-                                                  client_id in ids):
+                    if client_id is not None and (client_id in self.recent or client_id in ids):
                         self.deduped += 1
                         continue
                     kept.append(line)
                     kept_kinds.append(kind)
-                    if client_id is not None:
-                        ids.add(client_id)
+                    ids.add(client_id)
+                ids.discard(None)   # pixel's own messageIds, which never repeat
                 written = self.events.write(kept) if kept else True
                 if written:
                     for client_id in ids:
@@ -2683,9 +2678,8 @@ class Recorder:
         """Write an HTTP API body's events; return 200 once they are on disk, 400 for a body
         that is not one, 503 if the log could not be written (SDKs retry a 5xx), or with
         --write-key 401 when every event was refused for its key. Refused items go to the
-        rejects log (MAX_REJECTS_PER_REQUEST lines, then one counting the rest). On
-        `browser` routes `timestamp` is the browser's clock, so it becomes
-        originalTimestamp, as Segment does for client sources."""
+        rejects log (MAX_REJECTS_PER_REQUEST lines, then one counting the rest). On `browser`
+        routes `timestamp`, the browser's clock, becomes originalTimestamp, as in Segment."""
         received_at = self.clock()
         ip = self.client_ip(request)
         agent = user_agent(request.headers)
@@ -2731,9 +2725,8 @@ class Recorder:
         if refused:
             self._refuse_items(refused, request, received_at, ip)
         if self.write_keys and key_reason and not key_taken and not lines:
-            # Segment answers 200 to anything, and its users cannot tell a wrong key from a
-            # right one; pixel knows its keys. A browser gets no challenge, which would make
-            # it ask its user for a password.
+            # Segment answers 200 to anything, so its users cannot tell a wrong key; pixel
+            # knows its keys. No challenge to a browser: it would ask its user for a password.
             return error_answer(401, key_reason, () if request.headers.get("origin") else
                                 (("WWW-Authenticate", 'Basic realm="pixel"'),))
         return SUCCESS if written else error_answer(503, "write_failed")
@@ -2746,8 +2739,7 @@ class Recorder:
             looked += 1
             item, redacted = anonymize_json(item) if self.anonymize_ip else (item, False)
             quoted = _encode_lenient(item)[:MAX_REJECT_RAW]
-            # What a line quotes is what --suppress looks at: a batch of 10,000 refused items
-            # costs no more than the hundred quoted.
+            # --suppress looks at what is quoted: 10,000 refused items cost as much as 100.
             if self.people and self.suppress(raw=quoted):
                 continue
             records.append(reject_line(rejection, request, received_at, ip, self.anonymize_ip,
@@ -2759,16 +2751,15 @@ class Recorder:
                             % (len(refused) - looked))
             records.append(reject_line(rest, request, received_at, ip, self.anonymize_ip, ""))
             reasons += [rejection.reason for rejection, _ in refused[looked:]]
-        self._write_rejects(records, reasons)
+        self.rejected_by_reason.update(reasons)
+        self.rejects.write(records)
 
     def _body_refused(self, rejection, request, received_at, ip, body):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""
         if self.people and self.suppress(raw=body[:MAX_BATCH_BYTES].decode("utf-8", "replace")):
             return SUCCESS
-        if self.anonymize_ip:
-            quoted, redacted = anonymize_body(body)
-        else:
-            quoted, redacted = body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False
+        quoted, redacted = anonymize_body(body) if self.anonymize_ip else \
+            (body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False)
         self.reject(rejection, request, received_at=received_at, ip=ip,
                     quoted=quoted[:MAX_REJECT_RAW], redacted=redacted)
         return error_answer(400, rejection.reason)
@@ -2781,8 +2772,9 @@ class Recorder:
             return
         if received_at is None:
             received_at, ip = self.clock(), self.client_ip(request)
-        self._write_rejects([reject_line(rejection, request, received_at, ip, self.anonymize_ip,
-                                         quoted, redacted)], [rejection.reason])
+        self.rejected_by_reason.add(rejection.reason)
+        self.rejects.write([reject_line(rejection, request, received_at, ip, self.anonymize_ip,
+                                        quoted, redacted)])
 
     def suppress(self, payload=None, raw=None):
         """Whether a payload (a dict as sent) or a client's `raw` input names a person of
@@ -2794,10 +2786,6 @@ class Recorder:
             return False
         self.suppressed.add()
         return True
-
-    def _write_rejects(self, lines, reasons):
-        self.rejected_by_reason.update(reasons)
-        self.rejects.write(lines)
 
     def record_torn_tails(self):
         """A rejects line for each log whose torn last line its writer cut at start-up."""
@@ -2825,9 +2813,8 @@ class Recorder:
 
 
 class App:
-    """The Answer to a Request at a Route (route_for's), which the built-in server and WSGI
-    both ask. It records through the Recorder and answers /health, /metrics, the SDKs'
-    settings documents and CORS itself."""
+    """The Answer to a Request at a Route (route_for's), for either transport: it records
+    through the Recorder, and answers /health, /metrics, the SDKs' settings and CORS itself."""
 
     def __init__(self, recorder, metrics, *, allow_origins=(), public_url=None,
                  metrics_token=None, serve_metrics=True):
@@ -2940,9 +2927,8 @@ class App:
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                     token.strip().encode("latin-1", "replace"), self.metrics_token.encode()):
                 return plain_answer(401, (("WWW-Authenticate", 'Bearer realm="pixel"'),))
-        body = self.metrics.render().encode("utf-8")
-        return Answer(200, (("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
-                            ("Content-Length", str(len(body)))), body)
+        return _answer(200, "text/plain; version=0.0.4; charset=utf-8",
+                       self.metrics.render().encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -3019,8 +3005,7 @@ def load_tls(certfile, keyfile):
     return context
 
 
-# Kernel socket timeouts take a struct timeval on Linux and the BSDs; elsewhere (Windows)
-# the handler falls back to settimeout().
+# Kernel socket timeouts, a struct timeval, on Linux and the BSDs; elsewhere settimeout().
 _KERNEL_TIMEOUTS = sys.platform.startswith(("linux", "darwin", "freebsd", "openbsd", "netbsd"))
 
 
@@ -3046,12 +3031,11 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
     (ConnectionPool) while it waits for its client, TLS if the server has it."""
 
     def setup(self):
-        # No rfile or wfile: one buffer in, one sendall out, which also avoids the header and
-        # body split write that costs ~40 ms with Nagle (CPython gh-108736). Timeouts are the
-        # kernel's (SO_RCVTIMEO, SO_SNDTIMEO): settimeout() would add a poll() before every
-        # recv and send, each a turn of the GIL. Linux copies them, and TCP_NODELAY, from the
-        # listening socket. A blocking TLS socket retries a read SO_RCVTIMEO ends, for ever:
-        # TLS keeps Python's timeouts.
+        # No rfile or wfile: one buffer in, one sendall out (a split header and body write
+        # costs ~40 ms with Nagle, CPython gh-108736). Timeouts are the kernel's, which Linux
+        # copies with TCP_NODELAY from the listening socket: settimeout() adds a poll(), a turn
+        # of the GIL, to every recv and send. TLS keeps Python's: a blocking TLS socket
+        # retries a read SO_RCVTIMEO ends, for ever.
         server = self.server
         self.connection = self.request
         self._pool = server.pool
@@ -3178,9 +3162,8 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
         return body
 
     def _linger(self, until=None):
-        """Half-close, then drop what the client still sends until `until` (default: in a
-        second): closing with data unread resets the connection before the client reads
-        our answer."""
+        """Half-close, then drop what the client sends until `until` (default: in a second):
+        closing with data unread resets the connection before the client reads our answer."""
         try:
             self.connection.shutdown(socket.SHUT_WR)
             until = time.monotonic() + 1.0 if until is None else until
@@ -3218,8 +3201,7 @@ class PixelHandler(BufferedConnection):
             self._served += 1
             self._serve(head, time.monotonic())
         except OSError:
-            # A timeout, a reset or a stop (_Closed), perhaps mid-body: whatever the client
-            # sends after this must never be read as a request of its own.
+            # A timeout, reset or stop (_Closed), perhaps mid-body: what follows is no request.
             self.close_connection = True
         if self._pool.stopping:
             self.close_connection = True
@@ -3310,8 +3292,7 @@ class PixelHandler(BufferedConnection):
 
 
 def _wake(sock):
-    """Half-close `sock` for reading: the thread waiting on it wakes, finds EOF, and ends.
-    False if it was closed already."""
+    """Half-close `sock` for reading, so its thread wakes to EOF; False if it was closed."""
     try:
         sock.shutdown(socket.SHUT_RD)
     except OSError:
@@ -3321,12 +3302,11 @@ def _wake(sock):
 
 class ConnectionPool:
     """Serves at most `size` connections at once, each start to end on one thread, as
-    ThreadingMixIn's thread per connection does; a thread whose connection has ended waits
-    up to `linger` s to be handed the next, since starting one costs ~150 us, about as much
-    as serving a whole request. With every slot taken, submit() closes the connection that
-    has waited longest for its client (for a next request, as nginx reuses idle keep-alive
-    connections, or the rest of one), else waits for a slot; new ones wait in the backlog.
-    """
+    ThreadingMixIn does; a thread whose connection has ended waits up to `linger` s to be
+    handed the next, since starting one costs ~150 us, about a whole request. With every slot
+    taken, submit() closes the connection that has waited longest for its client (for a next
+    request, as nginx reuses idle keep-alive connections, or the rest of one), else waits for
+    a slot; new ones wait in the backlog."""
 
     def __init__(self, size, serve, *, reporter, linger=WORKER_IDLE_SECONDS):
         self.size = size
@@ -3340,8 +3320,7 @@ class ConnectionPool:
         self._changed = threading.Condition(self._lock)   # a slot freed, or one went idle
         self._handed = threading.Condition(self._lock)    # a connection for a waiting thread
         self._live = set()       # connections given a slot
-        self._idle = {}          # those waiting for their client, oldest first: True for a
-                                 # kept-alive one between requests
+        self._idle = {}          # waiting for their client, oldest first: True if kept alive
         self._evicted = set()    # closed to make room, their slots not yet free
         self._handoff = collections.deque()
         self._waiting_threads = 0
@@ -3354,8 +3333,7 @@ class ConnectionPool:
         return len(self._idle)
 
     def submit(self, sock, client_address):
-        """Serve `sock` once a slot is free; False if the pool is closing (the caller
-        closes the socket)."""
+        """Serve `sock` once a slot is free; False if the pool is closing (caller closes it)."""
         with self._lock:
             if len(self._live) >= self.size:
                 self.exhausted += 1
@@ -3378,8 +3356,7 @@ class ConnectionPool:
                 self._handed.notify()
                 return True
         try:
-            threading.Thread(target=self._run, args=(sock, client_address),
-                             daemon=True).start()
+            threading.Thread(target=self._run, args=(sock, client_address), daemon=True).start()
         except RuntimeError:   # can't start a new thread
             with self._lock:
                 self._free(sock)
@@ -3407,8 +3384,7 @@ class ConnectionPool:
                 self._evicted.add(sock)
                 return   # else busy again, or closed, meanwhile
 
-    def _free(self, sock):
-        # Under the lock.
+    def _free(self, sock):   # under the lock
         self._live.discard(sock)
         self._evicted.discard(sock)
         self._idle.pop(sock, None)
@@ -3455,11 +3431,10 @@ class ConnectionPool:
 
 class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     """The built-in HTTP transport: the listening socket, a ConnectionPool, the deadlines,
-    TLS and a graceful stop. It may be made (bound) before it is given its App (serve_app),
-    so that a start that cannot have the port makes no file. The pool replaces
-    ThreadingMixIn's process_request: its threads each run process_request_thread for one
-    connection at a time, so handle_error and shutdown_request work as documented.
-    """
+    TLS and a graceful stop. It may be bound before it is given its App (serve_app), so that
+    a start that cannot have the port makes no file. The pool replaces ThreadingMixIn's
+    process_request: its threads each run process_request_thread for one connection at a
+    time, so handle_error and shutdown_request work as documented."""
 
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
@@ -3543,12 +3518,10 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if _KERNEL_TIMEOUTS:
             for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-                self.socket.setsockopt(socket.SOL_SOCKET, option,
-                                       _timeval(self.request_timeout))
+                self.socket.setsockopt(socket.SOL_SOCKET, option, _timeval(self.request_timeout))
 
     def options_inherited(self, sock):
-        """Whether accepted sockets come with the listening one's TCP_NODELAY and timeouts
-        (Linux's do), looked at once, on the first."""
+        """Whether accepted sockets inherit TCP_NODELAY and timeouts (Linux's do); asked once."""
         if self._inherited is None:
             self._inherited = bool(_KERNEL_TIMEOUTS and sock.getsockopt(
                 socket.IPPROTO_TCP, socket.TCP_NODELAY) and sock.getsockopt(
@@ -3556,8 +3529,7 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         return self._inherited
 
     def http_date(self):
-        """The Date header's value: one bytes object all second (the handler's GIF answer
-        is cached against it by identity)."""
+        """The Date header: one bytes object all second (the GIF answer is cached by identity)."""
         now = int(self.app.clock())
         if self._date[0] != now:
             self._date = (now, email.utils.formatdate(now, usegmt=True).encode())
@@ -3617,10 +3589,9 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 class WsgiApp:
     """A WSGI application over an App, with the built-in server's answers and rejects lines,
-    every event on disk before the answer. Any other path is a 404, so it can be mounted
-    under a prefix. The client address is REMOTE_ADDR. HTTP framing, keep-alive, head limits
-    and percent-decoding the path (PATH_INFO, which routes are matched on) are the WSGI
-    server's."""
+    every event on disk before the answer. Any other path is a 404, so it can be mounted under
+    a prefix. The client address is REMOTE_ADDR. HTTP framing, keep-alive, head limits and
+    percent-decoding the path (PATH_INFO, which routes are matched on) are the server's."""
 
     def __init__(self, app, close=None, config=None):
         self.app = app
