@@ -149,8 +149,7 @@ PROBES_A_ROUND = 100             # events then sent one at a time, at most, betw
 SNIFF_LINES, SNIFF_BYTES = 8, 2 * MAX_EVENT_LINE   # looked at to tell an event log
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024   # a backfill's checkpoint lists every file sent
 
-# Every reason a rejects-log line can name. The README's table explains each, and a test
-# checks that table, this list and the code's rejections against one another.
+# Every reason a rejects-log line can name: a test checks it against the README and the code.
 REASONS = (
     "no_write_key", "write_key_not_string", "invalid_write_key", "no_user_anon_id",
     "id_not_string", "event_not_defined", "event_not_string", "group_id_not_defined",
@@ -169,8 +168,7 @@ REASONS = (
 # The pure core: a query or a body in, events or a named rejection out. No I/O.
 
 class Rejected(ValueError):
-    """A request or event that breaks a rule: `reason` is a stable snake_case name, `item`
-    the batch item at fault, if there is one."""
+    """A broken rule: `reason` is a stable snake_case name, `item` the batch item at fault."""
 
     def __init__(self, reason, detail="", item=None):
         super().__init__("%s: %s" % (reason, detail) if detail else reason)
@@ -178,10 +176,8 @@ class Rejected(ValueError):
 
 
 def decode_query(query):
-    """The payload a pixel's query carries. `data=` holds base64 JSON (either alphabet,
-    padded or not, a "+" arrived as a space); any other parameter is plain, a dot in its
-    name nesting ("properties.subject=Hi"), its value a string. Both forms merge, and the
-    fields inside `data` win."""
+    """The payload a pixel's query carries: its plain parameters ("properties.subject=Hi"
+    nests), with the base64 JSON object of `data=` laid over them."""
     if query.startswith("data=") and "&" not in query:   # the common pixel, fast
         return decode_data(urllib.parse.unquote(query[5:]) if "%" in query else query[5:])
     try:
@@ -294,9 +290,8 @@ _BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 def json_depth(text):
-    """How deep JSON text nests, in one linear pass, all but the final sum in C. Inside a
-    string a backslash escapes the next character, so dropping escaped backslashes, then
-    escaped quotes, leaves only quotes that open or close strings. (A regular expression
+    """How deep JSON text nests, in one linear pass. Dropping escaped backslashes, then
+    escaped quotes, leaves only the quotes that delimit strings. (A regular expression
     that skipped strings went quadratic on an unterminated one, with the GIL held.)"""
     unescaped = text.replace("\\\\", "").replace('\\"', "")
     brackets = _NOT_BRACKET.sub("", "".join(unescaped.split('"')[::2]))
@@ -304,8 +299,8 @@ def json_depth(text):
 
 
 def _deeper_than(text, max_depth):
-    """Whether JSON text nests deeper than `max_depth`; cheap unless it has that many
-    brackets. Asked before json's C scanner reads the text (see MAX_DEPTH)."""
+    """Whether JSON text nests deeper than `max_depth`, asked before json's C scanner reads
+    it (see MAX_DEPTH); cheap unless it has that many brackets."""
     return text.count("{") + text.count("[") > max_depth and json_depth(text) > max_depth
 
 
@@ -315,8 +310,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _replace_surrogates(value):
-    """`value` with each lone surrogate made U+FFFD: strict readers (serde_json, so
-    Vector) refuse a line holding one."""
+    """`value` with each lone surrogate made U+FFFD: serde_json (so Vector) refuses one."""
     if isinstance(value, str):
         return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
@@ -405,9 +399,8 @@ def _string_id(payload, field):
 
 
 def validate(kind, payload, write_keys=None):
-    """A copy of `payload` with its ids made strings, if it keeps Segment's rules for
-    `kind`; else Rejected, with Segment's code where it has one. `write_keys`, when given,
-    are the accepted keys; otherwise any non-empty one is."""
+    """A copy of `payload` with its ids made strings if it keeps Segment's rules for `kind`,
+    else Rejected. `write_keys`, if given, are the accepted keys; else any non-empty one is."""
     if kind not in EVENT_TYPES:
         raise Rejected("invalid_type", str(kind)[:40])
     write_key = payload.get("writeKey")
@@ -443,8 +436,7 @@ def validate(kind, payload, write_keys=None):
         for field, reason in _STRING_FIELDS.items():
             if payload.get(field) is not None and not isinstance(payload[field], str):
                 raise Rejected(reason)
-    # A null in one of these is taken as absent, and written as absent: a reader of
-    # event["properties"]["x"] must not meet a null.
+    # A null is taken, and written, as absent: event["properties"]["x"] must not meet one.
     for field, reason in _OBJECT_FIELDS.items():
         value = payload.get(field)
         if value is None:
@@ -479,11 +471,10 @@ def new_message_id():
 
 def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=None,
            anonymize=False):
-    """The event to log: the payload plus type, messageId, receivedAt, timestamp and
-    context.ip and context.userAgent, as Segment's API adds them. `ip=None` drops any
-    address, the client's too; `anonymize` truncates a client-sent context.ip (the caller
-    truncates `ip`) and drops one that is not an address. Without a timestamp it is
-    derived as Segment does: receivedAt - (sentAt - originalTimestamp) with both, which
+    """The payload plus type, messageId, receivedAt, timestamp, context.ip and
+    context.userAgent, as Segment adds them. `ip=None` drops any address, the client's too;
+    `anonymize` truncates a client's context.ip or drops a non-address (the caller truncates
+    `ip`). A missing timestamp is Segment's: receivedAt - (sentAt - originalTimestamp), which
     corrects the client's clock; else originalTimestamp; else receivedAt."""
     event = {"type": kind, **payload, "type": kind}   # the route's type, first
     if not event.get("messageId"):
@@ -524,10 +515,9 @@ def pixel_event(kind, query, *, received_at, write_keys=None, ip=None, user_agen
 
 def _make_encoder():
     """Compact ASCII JSON that refuses NaN and infinities. JSONEncoder.encode builds a C
-    encoder on every call; this builds one once, through json.encoder.c_make_encoder, a
-    private API: it saves ~3 us an event, and test_pixel.LineEncoding checks its output
-    against the documented encoder's. Where it is missing or its signature differs, the
-    documented encoder is used."""
+    encoder every call; building one once through the private c_make_encoder saves ~3 us
+    an event (test_pixel.LineEncoding compares the two). Where it is missing or differs, the
+    documented one."""
     encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
     try:   # the signature since CPython 3.11; objects from JSON cannot be cyclic
         scan = json.encoder.c_make_encoder(None, encoder.default,
@@ -626,13 +616,11 @@ def request_write_key(authorization, query):
 
 
 def api_payloads(route, body, *, authorization=None, query=""):
-    """An HTTP Tracking API body as (kind, payload) pairs, one an event. `route` is the last
-    path segment: an event type, "batch" or "import". A batch gives its context,
-    integrations, writeKey and sentAt to each item lacking them (merged into an item's own
-    context or integrations); an event with no writeKey of its own or its batch's takes
-    request_write_key's. Raises Rejected for a body that is not one (a 400); an item that
-    is not an event, or is over 32 KB with what it inherits, comes back as a Rejected
-    holding it, in place of its payload, so that the rest of the batch counts."""
+    """An HTTP Tracking API body as (kind, payload) pairs; `route` is an event type, "batch"
+    or "import". Items inherit the batch's context, integrations, sentAt and writeKey (objects
+    merge); an event still without a writeKey takes request_write_key's. Raises Rejected for
+    a bad body (a 400); a bad item, or one over 32 KB with what it inherits, comes back as a
+    Rejected in its place, so that the rest still count."""
     batch = route in BATCH_ROUTES
     document = parse_object(body, MAX_DEPTH + 2 if batch else MAX_DEPTH)   # {"batch": [{
     fallback_key = request_write_key(authorization, query)
@@ -651,9 +639,8 @@ def api_payloads(route, body, *, authorization=None, query=""):
                                                    "writeKey") if document.get(field)}
     if fallback_key and "writeKey" not in shared:
         shared["writeKey"] = fallback_key
-    # An item counts what it may inherit toward its 32 KB and its depth, so that a large
-    # shared context is not copied into thousands of small items; and all the items
-    # together may write only a small multiple of the body.
+    # What an item inherits counts toward its 32 KB and depth, so a large shared context is
+    # not copied into thousands of items; and together they write a small multiple of the body.
     texts = [_encode_lenient(value) for value in shared.values()]
     if any(json_depth(text) > MAX_DEPTH - 1 for text in texts):   # level 2 of every event
         raise Rejected("too_deep")
@@ -713,9 +700,7 @@ def client_ip(peer, forwarded_for, trusted_proxies):
     """The client's address: the peer, or with a trusted peer the right-most untrusted
     entry of X-Forwarded-For, read right to left since only the right end was written by
     proxies we trust. An IPv4-mapped IPv6 peer (a `--host ::` socket) is read as IPv4."""
-    if peer.startswith("::ffff:"):
-        peer = str(_address(peer) or peer)
-    candidate = peer
+    candidate = str(_address(peer) or peer) if peer.startswith("::ffff:") else peer
     for entry in reversed((forwarded_for or "").split(",")):
         address = _address(entry.strip()) if _trusted(candidate, trusted_proxies) else None
         if address is None:   # not sent by a proxy we trust, or malformed: trust no further
@@ -773,7 +758,10 @@ def _dotted(group):
     return ".".join(parts)
 
 
-def _truncate_run(run):
+def _truncate_run(match):
+    run = match.group()
+    if ":" not in run and "." not in run:   # no separator: not an address
+        return run
     core = run.strip(".")
     if core.startswith(":") and not core.startswith("::"):
         core = core[1:]
@@ -790,9 +778,7 @@ def anonymize_addresses(text):
     """`text` with each address in it truncated as anonymize_ip does, whatever stands
     beside it; and what could be read as one, though ipaddress refuses it, cut as far:
     dotted numbers past the third, IPv6-like groups past the third."""
-    return _ADDRESS_RUN.sub(lambda match: _truncate_run(match.group())
-                            if ":" in match.group() or "." in match.group()
-                            else match.group(), text)
+    return _ADDRESS_RUN.sub(_truncate_run, text)
 
 
 _UNICODE_ESCAPE = re.compile(r"[\\%]u([0-9A-Fa-f]{4})")   # JSON's \u002E, IIS's %u002E
@@ -812,15 +798,6 @@ def base64_decodings(text):
         for start in range(4):   # the run may begin anywhere in a group of four
             piece = run[start:len(run) - (len(run) - start) % 4]   # whole groups only
             yield base64.b64decode(piece, validate=True)
-
-
-def _base64_hides_address(text):
-    """Whether a run of base64 in `text` decodes to an address."""
-    for raw in base64_decodings(text):
-        decoded = raw.decode("latin-1")
-        if anonymize_addresses(decoded) != decoded:
-            return True
-    return False
 
 
 def _reveal(text):
@@ -859,18 +836,19 @@ def anonymize_text(text, limit=None):
         return None
     if cut:   # part of an address is no address, and would be quoted as it is
         revealed = revealed.rstrip("0123456789ABCDEFabcdefxX:.")
-    if _base64_hides_address(revealed):
-        return None
+    for raw in base64_decodings(revealed):
+        decoded = raw.decode("latin-1")
+        if anonymize_addresses(decoded) != decoded:
+            return None
     anonymized = anonymize_addresses(revealed)
     return text if anonymized == revealed and not cut else anonymized
 
 
 def anonymize_json(value, budget=MAX_REJECT_RAW):
     """(A copy of parsed JSON fit to quote under --anonymize-ip, whether anything was left
-    out): each string, keys too, through anonymize_text, and a context.ip kept only as
-    enrich keeps it. Truncating an address costs microseconds and a body can hold a
-    hundred thousand, so only the first `budget` characters of its strings are looked at;
-    the strings after them become ""."""
+    out): strings and keys through anonymize_text, context.ip as enrich keeps it. Strings
+    past the first `budget` characters become "": a body can hold 100,000 addresses, and
+    truncating one costs microseconds."""
     left_out = False
 
     def quote(text):
@@ -911,11 +889,9 @@ _QUERY_SAFE = "".join(chr(code) for code in range(0x21, 0x7f) if chr(code) not i
 
 
 def anonymize_query(query):
-    """(A pixel's query as a rejects line may quote it under --anonymize-ip, whether
-    anything was left out). A parameter stays as sent if no address can be read out of it
-    (data= decoded from base64 and JSON, any escapes undone), else it is rebuilt from what
-    it decodes to with every address truncated; one that does not decode is left out, and
-    so is what lies past the first MAX_REJECT_RAW characters."""
+    """(A pixel's query fit to quote under --anonymize-ip, whether anything was left out): a
+    parameter from which an address can be read (data= decoded too) is rebuilt with it
+    truncated; one that does not decode, and all past MAX_REJECT_RAW characters, is left out."""
     fields, left_out, budget = [], False, MAX_REJECT_RAW
     for field in query.split("&"):
         if budget <= 0:
@@ -934,27 +910,25 @@ def anonymize_query(query):
             if safe != payload:
                 data = base64.urlsafe_b64encode(_encode_lenient(safe).encode("ascii"))
                 field = "data=" + data.decode("ascii").rstrip("=")
-            fields.append(field)
-            continue
-        safe_name = anonymize_text(name, MAX_REJECT_RAW)
-        safe_value = anonymize_text(value, MAX_REJECT_RAW)
-        if name == "context.ip" and safe_value is not None:   # as enrich keeps it
-            safe_value = anonymize_ip(safe_value)
-        if safe_name is None or safe_value is None:
-            left_out = True
-            continue
-        if (safe_name, safe_value) != (name, value):
-            # A \u escape can make a lone surrogate, which UTF-8 cannot hold: "?".
-            field = "%s=%s" % (urllib.parse.quote(safe_name, _QUERY_SAFE, errors="replace"),
-                               urllib.parse.quote(safe_value, _QUERY_SAFE, errors="replace"))
+        else:
+            safe_name = anonymize_text(name, MAX_REJECT_RAW)
+            safe_value = anonymize_text(value, MAX_REJECT_RAW)
+            if name == "context.ip" and safe_value is not None:   # as enrich keeps it
+                safe_value = anonymize_ip(safe_value)
+            if safe_name is None or safe_value is None:
+                left_out = True
+                continue
+            if (safe_name, safe_value) != (name, value):
+                # A \u escape can make a lone surrogate, which UTF-8 cannot hold: "?".
+                field = "%s=%s" % (urllib.parse.quote(safe_name, _QUERY_SAFE, errors="replace"),
+                                   urllib.parse.quote(safe_value, _QUERY_SAFE, errors="replace"))
         fields.append(field)
     return "&".join(fields), left_out
 
 
 def anonymize_body(body):
-    """(An API body, gunzipped, as a rejects line may quote it under --anonymize-ip,
-    whether anything was left out): its JSON through anonymize_json. A body that is not
-    JSON could hold an address in any encoding: it is left out whole."""
+    """anonymize_json for an API body (gunzipped), as text. One that is not JSON could hold
+    an address in any encoding: it is left out whole."""
     try:
         text = body.decode("utf-8")
         if _deeper_than(text, MAX_DEPTH + 2):
@@ -1137,9 +1111,8 @@ def settings_document(write_key, protocol, host, prefix):
 
 
 def source_config(write_key):
-    """The source configuration RudderStack's browser SDK loads (`configUrl`): the source
-    enabled, with no destinations and the SDK's own reports off, so that it sends events to
-    its data plane (pixel) and nothing else."""
+    """The source configuration RudderStack's browser SDK loads (`configUrl`): enabled, no
+    destinations and its own reports off, so that it sends events to pixel and nothing else."""
     off = {"enabled": False}
     return {"source": {"id": write_key, "name": "pixel", "writeKey": write_key,
                        "enabled": True, "destinations": [],
