@@ -5792,12 +5792,11 @@ def report_time(text, end=False):
 
 
 class Tally:
-    """Counts of an events log's events grouped by a field (`by`, a dotted path such as
-    properties.campaign): those of type `kind` and named `event` only, received within
-    [since, until] (format_time text, inclusive), and with `daily` by day too (UTC, by
-    receivedAt, pixel's own clock). A user is the userId, else the anonymousId (never the
-    same user as a userId of the same text); a machine event has a context.machine. Memory
-    grows with the groups, days and users, never with the lines."""
+    """Counts of an events log's events by a field (`by`, a dotted path such as
+    properties.campaign), of type `kind` and named `event` only, received within [since, until]
+    (format_time text, inclusive); with `daily`, by UTC day of receivedAt too. A user is the
+    userId, else the anonymousId (never a userId of the same text); a machine event has a
+    context.machine. Memory grows with groups, days and users, never with lines."""
 
     def __init__(self, by="event", event=None, kind=None, since=None, until=None,
                  daily=False):
@@ -6072,10 +6071,9 @@ class FileErasure:
 
 
 def linked_ids(paths, people):
-    """--follow: the anonymousIds the logs at `paths` link to one of `people` (identify
-    and track events that carry both) and the previousIds of their aliases: a Counter of
-    (field, id) to how many events link it. A file that cannot be read is skipped here;
-    its erase fails later, saying why."""
+    """--follow: a Counter of (field, id) to how many events in the logs at `paths` link it
+    to one of `people`: the anonymousId of an identify or track, the previousId of an alias.
+    A file that cannot be read is skipped here; its erase fails later, saying why."""
     linked = collections.Counter()
     for path in paths:
         try:
@@ -6128,11 +6126,10 @@ def checkpoints_beside(paths):
 
 
 def replaced_checkpoint(document, old, new, erasure, new_path, archive):
-    """A checkpoint `document` for a file erase replaces (identity `old`, then `new`,
-    written at `new_path`), or None if it names neither: where it stands, and the files
-    a backfill sent, as they are in the new file, beside where they were in the old one
-    ("replaced", and the "done" entries added): until the rename, the old file is there;
-    after it, the new, and a kill -9 between leaves either found."""
+    """Checkpoint `document` for a file erase replaces (identity `old`, then `new`, written
+    at `new_path`), or None if it names neither. Where it stands and the files a backfill
+    sent are added as they are in the new file ("replaced", "done" entries) beside the old,
+    so that a kill -9 before or after the rename finds the file that is there."""
     document = json.loads(json.dumps(document))   # a copy
     changed = False
     if (document["device"], document["inode"]) == old:
