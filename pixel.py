@@ -1228,10 +1228,10 @@ def _body_length(headers):
 # What operators see: one-line messages on stderr, and the counts /health and /metrics show
 
 class Reporter:
-    """One-line "pixel: ..." messages for operators on `stream` (default stderr). One with a
-    `key` is said at most once an `interval`, so that a failing disk or a flood of bad
-    requests cannot bury the rest. A failed write to the stream (stderr on that full disk)
-    is counted in `lost`, never raised: it must not cost a client its answer."""
+    """One-line "pixel: ..." messages on `stream` (default stderr). One with a `key` is said at
+    most once an `interval`, so that a failing disk or a flood of bad requests cannot bury
+    the rest. A failed write (stderr on that full disk) is counted in `lost`, never raised:
+    it must not cost a client its answer."""
 
     def __init__(self, stream=None, *, interval=ERROR_INTERVAL, clock=time.monotonic):
         self.stream = stream
@@ -1444,10 +1444,9 @@ def _flock(fd, path):
 
 
 def state_path(log_path, role):
-    """Where pixel keeps its `role` state ("forward": the live forwarder's checkpoint;
-    "backfill": pixel.py forward's) for the log at `log_path`. Version 1.0's <log>.<role>
-    matched the globs users write for the log's files (events.jsonl*); no glob of the log's
-    name reaches .pixel/<role>.<log>.json, in a shell, Go or Rust, nor a recursive one."""
+    """Where pixel keeps its `role` state ("forward", "backfill", "erase") for the log at
+    `log_path`: .pixel/<role>.<log>.json, which no glob of the log's files (events.jsonl*,
+    in a shell, Go or Rust, recursive too) matches, as version 1.0's <log>.<role> did."""
     folder, name = os.path.split(os.path.abspath(log_path))
     return os.path.join(folder, STATE_FOLDER, "%s.%s.json" % (role, name))
 
@@ -1553,29 +1552,14 @@ def _chunks(lines, limit):
     return chunks
 
 
-def remove_if_empty(path, opened, reporter):
-    """Remove the file at `path` if it is `opened` (a stat) and empty: what a start that
-    failed made."""
-    if not opened.st_size:
-        try:
-            if os.path.samestat(os.stat(path), opened):
-                os.unlink(path)
-        except FileNotFoundError:   # removed already, by someone else
-            pass
-        except OSError as error:
-            reporter.say("cannot remove %s, made by a start that failed: %s"
-                         % (path, error.strerror or error))
-
-
 class LogWriter:
     """Appends whole lines to a file (O_APPEND), one os.write each, before the caller
-    answers; rotates it past `max_bytes`, as RotatingFileHandler does, keeping `keep`;
-    follows a rename of it by someone else, as WatchedFileHandler does, and a delete; cuts a
-    failed or short write back to the last whole line, counted in `failed`. One process owns
-    a log: an exclusive flock. A reader that must see every line (the forwarder, with
-    `readable=True`) calls follow(), then takes the files opened since from changes();
-    `pinned` holds the files it has not finished, which `keep` must not delete (None: all,
-    while no queue follows: see LogQueue.close)."""
+    answers; rotates past `max_bytes`, keeping `keep` (as RotatingFileHandler); follows a
+    rename or delete by someone else (as WatchedFileHandler); cuts a short or failed write
+    back to the last whole line, counted in `failed`; holds an exclusive flock, so that one
+    process owns a log. A reader of every line (the forwarder, `readable=True`) calls
+    follow(), then takes the files opened since from changes(); `keep` spares the files in
+    `pinned`, which it has not finished (None: all, while no queue follows: LogQueue.close)."""
 
     def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None,
                  readable=False):
@@ -1675,19 +1659,24 @@ class LogWriter:
             self._drop_changes()
 
     def discard(self):
-        """Close, and remove the file if this writer made it, empty, at the path: a start
-        that fails leaves the folder as it found it."""
+        """Close, and remove the file if this start made it and it is still empty."""
         with self._lock:
-            if self._fd is not None and self.created:
-                remove_if_empty(self.path, os.fstat(self._fd), self._reporter)
+            if self._fd is not None and self.created and not os.fstat(self._fd).st_size:
+                try:
+                    if os.path.samestat(os.stat(self.path), os.fstat(self._fd)):
+                        os.unlink(self.path)
+                except FileNotFoundError:   # removed already, by someone else
+                    pass
+                except OSError as error:
+                    self._reporter.say("cannot remove %s, made by a start that failed: %s"
+                                       % (self.path, error.strerror or error))
         self.close()
 
     def write(self, lines):
         """Append `lines` (bytes, each ending in a newline); True once all are on disk."""
-        # Whether the path still names the open file is looked at once a PATH_CHECK_INTERVAL,
-        # before the lock (a stat a write cost a system call and a turn of the GIL): lines
-        # go on meanwhile into a renamed file, which shippers and the forwarder read to its
-        # end. A delete is caught after every write (_append_linked).
+        # The path is checked once a PATH_CHECK_INTERVAL, before the lock (a stat a write
+        # cost a system call and a turn of the GIL); meanwhile lines go into a renamed file,
+        # which shippers and the forwarder read to its end. _append_linked catches a delete.
         now = self._clock()
         check = not 0 <= now - self._path_checked < PATH_CHECK_INTERVAL or self._fd is None
         status = None
@@ -1736,12 +1725,11 @@ class LogWriter:
         file with O_EXCL, which fails if we made it first."""
         if self._fd is None:
             return self._open()
-        if status is not None and (status.st_dev, status.st_ino) == self._identity:
-            return
-        try:   # again under the lock: another write may have reopened it since
-            status = os.stat(self.path)
-        except FileNotFoundError:
-            status = None
+        if status is None or (status.st_dev, status.st_ino) != self._identity:
+            try:   # again under the lock: another write may have reopened it since
+                status = os.stat(self.path)
+            except FileNotFoundError:
+                status = None
         if status is not None and (status.st_dev, status.st_ino) == self._identity:
             return
         if status is None and os.fstat(self._fd).st_nlink:
@@ -1986,10 +1974,9 @@ _LOW64 = (1 << 64) - 1
 
 
 class AddressRanges:
-    """The operator's address ranges by label (load_ranges'), immutable: for each label and
-    family, disjoint ranges whose first and last addresses are in sorted arrays, searched
-    with bisect (IPv6 as a high and a low 64-bit half). Apple's ~290,000 rows take about
-    6 MB; a lookup a few bisects."""
+    """The operator's address ranges by label (load_ranges'), immutable: disjoint ranges
+    whose first and last addresses are in sorted arrays, searched with bisect (IPv6 as a
+    high and a low 64-bit half). Apple's ~290,000 rows take about 6 MB."""
 
     def __init__(self, tables, counts):
         self._tables = tables   # label -> (v4 firsts, v4 lasts, v6 first highs,
@@ -2051,10 +2038,9 @@ def _range_key(field):
 
 
 def log_lines(read, limit=MAX_EVENT_LINE, size=1 << 20):
-    """The lines (bytes, without their newline) of what `read(size)` gives until b"", one
-    at a time, the last one even without a newline. A line over `limit` bytes comes as one
-    None as soon as it is that long, and is never held whole: a file with no newline
-    (/dev/zero) costs one block."""
+    """The lines (bytes, without their newline) of what `read(size)` gives until b"", the
+    last even without a newline. A line over `limit` bytes comes as one None as soon as it
+    is that long, never held whole: a file with no newline (/dev/zero) costs one block."""
     rest, skipping = b"", False
     while True:
         block = read(size)
@@ -2078,11 +2064,11 @@ def log_lines(read, limit=MAX_EVENT_LINE, size=1 << 20):
 
 
 def read_ranges(path, into_v4, into_v6, limit):
-    """Append the range keys (_range_key's) of the ranges file `path` to the two lists, at
-    most `limit` of them; return how many. A line's first field, up to a comma or a space,
-    is a CIDR, so Apple's egress-ip-ranges.csv (172.224.226.0/27,GB,GB-EN,London,) and
-    lists such as warmbly's (CIDR scope label) load as they are; blank lines and # comments
-    are skipped. ValueError names the file and line of the first that is not a range."""
+    """Append the _range_keys of the ranges file `path` to the two lists, at most `limit`;
+    return how many. A line's first field, up to a comma or a space, is a CIDR, so Apple's
+    egress-ip-ranges.csv (172.224.226.0/27,GB,GB-EN,London,) and warmbly's (CIDR scope
+    label) load as they are; blank lines and # comments are skipped. ValueError names the
+    file and line of the first that is not a range."""
     fd = open_file(path)
     added = 0
     try:
@@ -2118,17 +2104,15 @@ def _merged(keys):
     """The (first, last) ranges of range `keys` (sorted here, in place, and emptied at the
     end to free them), in order, overlapping and adjacent ones joined."""
     keys.sort()
-    first = last = None
+    first, last = None, -2   # no range yet: any start is past last + 1
     for key in keys:
         start = key >> 8
-        end = start + (1 << (key & 0xFF)) - 1
-        if last is not None and start <= last + 1:
-            last = max(last, end)
-            continue
-        if last is not None:
-            yield first, last
-        first, last = start, end
-    if last is not None:
+        if start > last + 1:
+            if first is not None:
+                yield first, last
+            first = start
+        last = max(last, start + (1 << (key & 0xFF)) - 1)
+    if first is not None:
         yield first, last
     keys.clear()
 
@@ -2287,12 +2271,11 @@ def raw_values(text, rounds=MAX_DECODE_ROUNDS):
 
 
 class People:
-    """Whom to forget, by identifier. An entry with an @ is an email address, matched
-    trimmed and lower-cased against traits.email, context.traits.email and
-    properties.email, and against an id field that holds an address; any other is matched
-    exactly, after trimming, against userId, anonymousId and previousId. Either may be
-    written sha256:<hex> of the identifier (identifier_digest), so that a list need not
-    hold plain ids."""
+    """Whom to forget, by identifier. An entry with an @ is an email address, matched trimmed
+    and lower-cased against traits.email, context.traits.email, properties.email and an id
+    field that holds an address; any other is matched exactly, after trimming, against
+    userId, anonymousId and previousId. Either may be written sha256:<hex> of the
+    identifier (identifier_digest), so that a list need not hold plain ids."""
 
     def __init__(self, entries=()):
         self.ids, self.emails, self.digests = set(), set(), set()
@@ -2371,9 +2354,8 @@ class People:
 
 
 def read_people(path, limit=MAX_PEOPLE):
-    """The People of a --suppress file: one identifier a line, UTF-8; blank lines and lines
-    starting with # skipped. ValueError names the file and the line of the first bad one;
-    OSError for a file that cannot be read."""
+    """The People of a --suppress file: one identifier a line, UTF-8; blank lines and # lines
+    skipped. ValueError names the file and line of the first bad one; OSError."""
     people, number = People(), 0
     with open(open_file(path), "rb") as handle:   # not a FIFO, which would block a SIGHUP
         while True:
@@ -4961,11 +4943,8 @@ def erase_answer_path(log_path):
 def read_state(path):
     """A small JSON object of the state folder; None if there is none or it is not one."""
     try:
-        fd = open_file(path)
-        try:
-            document = json.loads(os.read(fd, MAX_STATE_BYTES))
-        finally:
-            os.close(fd)
+        with open(open_file(path), "rb") as handle:
+            document = json.loads(handle.read(MAX_STATE_BYTES))
     except (OSError, ValueError, RecursionError):
         return None
     return document if isinstance(document, dict) else None
@@ -5017,9 +4996,9 @@ def erase_at_work(log_path):
 
 
 class EraseRequest:
-    """erase's side of asking a running pixel (its EraseDesk) to let go of the live log at
-    `log_path`, which its flock shows it writes: a request file in the log's state folder
-    (one erase at a time per log: made with O_EXCL), answered by the pixel in another."""
+    """erase's side of asking a running pixel (its EraseDesk), whose flock shows it writes
+    the log at `log_path`, to let go of it: a request file in the log's state folder (made
+    with O_EXCL: one erase of a log at a time), answered by the pixel in another."""
 
     def __init__(self, log_path, reporter):
         self.log_path = log_path
@@ -5079,9 +5058,8 @@ class EraseRequest:
 
     @staticmethod
     def finish(requests):
-        """Say each erase request is done and, where a pixel answered, wait (a while) for
-        it to go on forwarding; then remove them. A pixel goes on once all its requests
-        are done."""
+        """Say each erase request is done, wait (a while) for the pixels that answered to go
+        on forwarding, which each does once all its requests are done; remove them."""
         try:
             for request in requests:
                 write_checkpoint(request.path, dict(request.document, state="done"))
@@ -5095,10 +5073,10 @@ class EraseRequest:
 
 
 class EraseDesk:
-    """A running pixel's side of `pixel.py erase`: a request beside either log
-    (EraseRequest) is answered by rotating that log, so that erase rewrites a file nobody
-    writes, and by holding the forwarder, whose files erase replaces, until the request
-    says done or the erase's process is gone. A thread looks every ERASE_POLL seconds."""
+    """A running pixel's side of `pixel.py erase`: a request beside either log (EraseRequest)
+    is answered by rotating that log, so that erase rewrites a file nobody writes, and by
+    holding the forwarder, whose files erase replaces, until the request says done or the
+    erase's process is gone. A thread looks every ERASE_POLL seconds."""
 
     def __init__(self, writers, forwarder, reporter):
         self.writers = {erase_request_path(writer.path): writer for writer in writers}
@@ -5700,12 +5678,11 @@ def report_time(text, end=False):
 
 
 class Tally:
-    """Counts of an events log's events grouped by a field (`by`, a dotted path such as
-    properties.campaign): those of type `kind` and named `event` only, received within
-    [since, until] (format_time text, inclusive), and with `daily` by day too (UTC, by
-    receivedAt, pixel's own clock). A user is the userId, else the anonymousId (never the
-    same user as a userId of the same text); a machine event has a context.machine. Memory
-    grows with the groups, days and users, never with the lines."""
+    """Counts of an events log's events by a field (`by`, a dotted path such as
+    properties.campaign), of type `kind` and named `event` only, received within [since, until]
+    (format_time text, inclusive); with `daily`, by UTC day of receivedAt too. A user is the
+    userId, else the anonymousId (never a userId of the same text); a machine event has a
+    context.machine. Memory grows with groups, days and users, never with lines."""
 
     def __init__(self, by="event", event=None, kind=None, since=None, until=None,
                  daily=False):
@@ -5801,9 +5778,8 @@ def _key_text(key):
 
 
 def _printable(text, limit):
-    """`text` fit for a terminal: control and other unprintable characters escaped (a key
-    comes from a URL, and an escape sequence in it must not reach the operator's terminal),
-    at most `limit` characters."""
+    """`text`, at most `limit` characters, with unprintable characters escaped: a key comes
+    from a URL, and an escape sequence in it must not reach the operator's terminal."""
     if not text.isprintable():
         text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -5907,9 +5883,8 @@ def _may_name(needles, line):
 
 
 def open_log_stream(path):
-    """(A binary stream of the log `path`, gzip inflated if it starts as gzip does; the
-    file under it, to close). "-" is stdin. Any file that can be read is taken, a pipe too
-    (<(zcat ...)). OSError."""
+    """(A binary stream of the log `path`, "-" for stdin, a pipe too (<(zcat ...)), gzip
+    inflated if it starts as gzip does; the file under it, to close). OSError."""
     raw = sys.stdin.buffer if path == "-" else open(path, "rb")
     try:
         start = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
@@ -5925,9 +5900,8 @@ def open_log_stream(path):
 
 class FileErasure:
     """One file's erase: its lines read once (scan), those naming one of `people` counted
-    and, given somewhere to write, the others written there, with where each erased line
-    stood kept so that an offset into the old file can be moved into the new (new_offset):
-    a checkpoint's, or a backfill's."""
+    and the others written where it is told, keeping where each erased line stood so that
+    a checkpoint's or a backfill's offset can be moved into the new file (new_offset)."""
 
     def __init__(self, path, people, needles=None):
         self.path, self.people, self.needles = path, people, needles
@@ -5939,38 +5913,35 @@ class FileErasure:
     def scan(self, write=None):
         """Read the file, calling `write(bytes)` with the lines kept. OSError, EOFError or
         zlib.error for one that cannot be read to its end."""
+        offset = erased_bytes = kept_bytes = 0
+        kept = []
         stream, raw = open_log_stream(self.path)
         try:
-            self._scan(stream, write)
+            for line in stream:
+                self.lines += 1
+                named = False
+                if self.needles is None or _may_name(self.needles, line):
+                    named, parsed, user_id = line_names(self.people, line)
+                if named:
+                    self.erased += 1
+                    self.as_text += not parsed
+                    if user_id and len(self.user_ids) < MAX_USER_IDS_SHOWN:
+                        self.user_ids.add(user_id)
+                    self._starts.append(offset)
+                    erased_bytes += len(line)
+                    self._before.append(erased_bytes)
+                elif write is not None:
+                    if len(self.first) < 4096:
+                        self.first += line[:4096 - len(self.first)]
+                    kept.append(line)
+                    kept_bytes += len(line)
+                    if kept_bytes >= ERASE_READ:
+                        write(b"".join(kept))
+                        kept, kept_bytes = [], 0
+                offset += len(line)
         finally:
             stream.close()
             raw.close()
-
-    def _scan(self, lines, write):
-        offset = erased_bytes = kept_bytes = 0
-        kept = []
-        for line in lines:
-            self.lines += 1
-            named = False
-            if self.needles is None or _may_name(self.needles, line):
-                named, parsed, user_id = line_names(self.people, line)
-            if named:
-                self.erased += 1
-                self.as_text += not parsed
-                if user_id and len(self.user_ids) < MAX_USER_IDS_SHOWN:
-                    self.user_ids.add(user_id)
-                self._starts.append(offset)
-                erased_bytes += len(line)
-                self._before.append(erased_bytes)
-            elif write is not None:
-                if len(self.first) < 4096:
-                    self.first += line[:4096 - len(self.first)]
-                kept.append(line)
-                kept_bytes += len(line)
-                if kept_bytes >= ERASE_READ:
-                    write(b"".join(kept))
-                    kept, kept_bytes = [], 0
-            offset += len(line)
         if kept:
             write(b"".join(kept))
 
@@ -5986,10 +5957,9 @@ class FileErasure:
 
 
 def linked_ids(paths, people):
-    """--follow: the anonymousIds the logs at `paths` link to one of `people` (identify
-    and track events that carry both) and the previousIds of their aliases: a Counter of
-    (field, id) to how many events link it. A file that cannot be read is skipped here;
-    its erase fails later, saying why."""
+    """--follow: a Counter of (field, id) to how many events in the logs at `paths` link it
+    to one of `people`: the anonymousId of an identify or track, the previousId of an alias.
+    A file that cannot be read is skipped here; its erase fails later, saying why."""
     linked = collections.Counter()
     for path in paths:
         try:
@@ -6042,11 +6012,10 @@ def checkpoints_beside(paths):
 
 
 def replaced_checkpoint(document, old, new, erasure, new_path, archive):
-    """A checkpoint `document` for a file erase replaces (identity `old`, then `new`,
-    written at `new_path`), or None if it names neither: where it stands, and the files
-    a backfill sent, as they are in the new file, beside where they were in the old one
-    ("replaced", and the "done" entries added): until the rename, the old file is there;
-    after it, the new, and a kill -9 between leaves either found."""
+    """Checkpoint `document` for a file erase replaces (identity `old`, then `new`, written
+    at `new_path`), or None if it names neither. Where it stands and the files a backfill
+    sent are added as they are in the new file ("replaced", "done" entries) beside the old,
+    so that a kill -9 before or after the rename finds the file that is there."""
     document = json.loads(json.dumps(document))   # a copy
     changed = False
     if (document["device"], document["inode"]) == old:
