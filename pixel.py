@@ -1274,12 +1274,16 @@ class Counter:
         self._lock = threading.Lock()
 
     def add(self, key=None, amount=1):
-        self.update({key: amount})
+        with self._lock:
+            self.counts[key] += amount
 
     def update(self, keys):
-        """Add the keys of an iterable, or a mapping's values to its keys."""
+        """Add one for each of `keys` (a loop, not collections.Counter.update: its ABC check
+        costs more than the count, on every request)."""
         with self._lock:
-            self.counts.update(keys)
+            counts = self.counts
+            for key in keys:
+                counts[key] += 1
 
     def total(self):
         with self._lock:
@@ -3145,7 +3149,8 @@ class PixelHandler(BufferedConnection):
     _gif = (None, b"")   # (Date, a kept-alive GET's whole GIF answer), built once a second
 
     def version_string(self):
-        return " ".join(part for part in (self.server_version, self.sys_version) if part)
+        return self.server_version + " " + self.sys_version if self.sys_version else \
+            self.server_version
 
     def handle_one_request(self):
         try:
@@ -3353,7 +3358,8 @@ class ConnectionPool:
             with self._lock:
                 self._free(sock)
                 self._waiting_threads += 1
-                self._handed.wait_for(lambda: self._handoff or self.closing, self._linger)
+                if not (self._handoff or self.closing):   # woken only by a handoff or a close
+                    self._handed.wait(self._linger)
                 if not self._handoff:
                     self._waiting_threads -= 1
                     return
