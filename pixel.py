@@ -3149,8 +3149,8 @@ class PixelHandler(BufferedConnection):
     _gif = (None, b"")   # (Date, a kept-alive GET's whole GIF answer), built once a second
 
     def version_string(self):
-        return self.server_version + " " + self.sys_version if self.sys_version else \
-            self.server_version
+        return self.server_version + " " + self.sys_version if self.sys_version and \
+            self.server_version else self.server_version or self.sys_version
 
     def handle_one_request(self):
         try:

@@ -3368,6 +3368,15 @@ class PixelRoutes(ServerCase):
         self.assertEqual(headers["expires"], "0")
         self.assertIn("date", headers)
 
+    def test_version_string_is_the_versions_given(self):
+        # server_version and sys_version work as documented: either may be left empty,
+        # and the Server header then holds the other alone, with no stray space.
+        for server, system, expected in (("pixel/1", "", "pixel/1"), ("", "Py/3", "Py/3"),
+                                         ("pixel/1", "Py/3", "pixel/1 Py/3"), ("", "", "")):
+            handler = type("Handler", (pixel.PixelHandler,),
+                           {"server_version": server, "sys_version": system})
+            self.assertEqual(handler.version_string(object.__new__(handler)), expected)
+
     def test_wire_bytes_match_a_stock_http_server_response(self):
         # The fast path's single prebuilt write must be byte for byte what the stock
         # BaseHTTPRequestHandler builds with send_response, send_header and end_headers.
