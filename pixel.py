@@ -3358,8 +3358,9 @@ class ConnectionPool:
             with self._lock:
                 self._free(sock)
                 self._waiting_threads += 1
-                if not (self._handoff or self.closing):   # woken only by a handoff or a close
-                    self._handed.wait(self._linger)
+                while not self._handoff:   # woken with none left: a thread coming back took it
+                    if self.closing or not self._handed.wait(self._linger):
+                        break
                 if not self._handoff:
                     self._waiting_threads -= 1
                     return

@@ -4524,6 +4524,30 @@ class EvictionRace(unittest.TestCase):
         self.assertEqual(errors, [])
 
 
+class PoolThreads(unittest.TestCase):
+    def test_a_thread_whose_connection_another_took_waits_on_for_the_next(self):
+        # A thread woken for a connection that a thread coming back to the pool took first
+        # must wait on, not exit: else a busy server starts a thread (~150 us) for many of
+        # its connections. No thread exits within `linger`, so no more than `size` serve.
+        served, done = set(), threading.Semaphore(0)   # Thread objects held: none reused
+
+        def serve(sock, client_address):
+            served.add(threading.current_thread())
+            done.release()
+
+        pool = pixel.ConnectionPool(8, serve, reporter=pixel.Reporter(io.StringIO()),
+                                    linger=60)
+        self.addCleanup(pool.close, 5)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        self.addCleanup(sys.setswitchinterval, interval)
+        for _ in range(3000):
+            self.assertTrue(pool.submit(object(), ("127.0.0.1", 0)))
+        for _ in range(3000):
+            self.assertTrue(done.acquire(timeout=10))
+        self.assertLessEqual(len(served), 8)
+
+
 class InternalErrors(ServerCase):
     def test_one_line_per_interval_not_one_per_request(self):
         def broken(route, request):
