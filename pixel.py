@@ -6671,8 +6671,12 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
 
 
 def _flock_free(path, locks):
-    """Take the flock of `path` if it is free (kept in `locks`): True if taken."""
-    fd = open_file(path)
+    """Take the flock of `path` if it is free (kept in `locks`): True if taken. Nothing at
+    `path` is not free: the pixel is between renaming it and making the next (rotate_now)."""
+    try:
+        fd = open_file(path)
+    except FileNotFoundError:
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
