@@ -6,6 +6,7 @@ Usage:
     python3 pixel.py --help                 # every flag, its PIXEL_* variable and default
     python3 pixel.py forward --to URL FILE  # send log files to a Segment-compatible API
     python3 pixel.py report FILE            # count the events of a log by a field
+    python3 pixel.py erase --user-id U FILE # take a person out of log files (dry run)
 
     import pixel                            # starts nothing
     event = pixel.pixel_event("track", "writeKey=K&userId=u&event=Opened", received_at=0.0)
@@ -5415,7 +5416,8 @@ def build_parser(environ):
     parser = argparse.ArgumentParser(
         prog="pixel.py", description="Segment-compatible tracking-pixel server.",
         epilog="Each flag's environment variable is shown in brackets; lists in a variable "
-               "are comma-separated. `pixel.py forward --help`: sending log files.")
+               "are comma-separated. Commands of their own, each with --help: `pixel.py "
+               "forward` sends log files, `report` counts them, `erase` takes a person out.")
     parser.from_env = {}   # "append" would add a list's flags to its variable's list
     for option in OPTIONS:
         if option.scope == "wsgi":

@@ -61,7 +61,13 @@ T0 = 1795000000.25   # a fixed clock: 2026-11-18T11:06:40.250Z
 # .ci/run sets PIXEL_SOAK=1: the long fault, load and property runs. Without it, the suite
 # runs them short, or skips them (soak), to finish in about a minute.
 SOAK = os.environ.get("PIXEL_SOAK") == "1"
-soak = unittest.skipUnless(SOAK, "a soak test: PIXEL_SOAK=1 runs it (.ci/run does)")
+
+
+def soak(test):
+    test.soak = True   # counted against the README by ReadmeIsTrue
+    return unittest.skipUnless(SOAK, "a soak test: PIXEL_SOAK=1 runs it (.ci/run does)")(test)
+
+
 EXAMPLES = 1 if SOAK else 0.25   # what share of the property and fuzz cases to run
 
 
@@ -1397,6 +1403,20 @@ class CommandLine(unittest.TestCase):
             pixel.main(["--version"])
         self.assertEqual((caught.exception.code, stdout.getvalue()),
                          (0, "pixel %s\n" % pixel.__version__))
+
+    def test_help_and_the_docstring_name_every_command(self):
+        with open(PIXEL_PY, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        main = next(node for node in tree.body if getattr(node, "name", None) == "main")
+        (table,) = [node.value for node in ast.walk(main) if isinstance(node, ast.Assign) and
+                    getattr(node.targets[0], "id", None) == "commands"]
+        commands = [key.value for key in table.keys]
+        self.assertEqual(sorted(commands), ["erase", "forward", "report"])
+        epilog = " ".join(pixel.build_parser({}).epilog.split())
+        for command in commands:
+            with self.subTest(command):
+                self.assertIn("python3 pixel.py %s " % command, pixel.__doc__)
+                self.assertRegex(epilog, r"`(pixel\.py )?%s`" % command)
 
     def test_help_shows_every_variable(self):
         stdout = io.StringIO()
@@ -9294,6 +9314,23 @@ class ReadmeIsTrue(unittest.TestCase):
             pixel.pixel_event("track", reject["query"], received_at=T0)
         self.assertEqual(caught.exception.reason, reject["reason"])
 
+    def test_the_tour_shows_the_line_its_curl_writes(self):
+        tour = self.readme.split("## A 60-second tour")[1].split("\n## ")[0]
+        target = re.search(r"'http://127\.0\.0\.1:8000(/[^?]+)\?([^']+)'", tour)
+        shown = json.loads(tour.split("$ cat events.jsonl\n")[1].split("\n")[0])
+        folder = temp_dir(self)
+        made = make_pixel(self, folder)
+        made.app.answer(pixel.ROUTES[target.group(1)], request(
+            path=target.group(1), query=target.group(2), peer="127.0.0.1",
+            headers={"user-agent": shown["context"]["userAgent"]}))
+        with open(os.path.join(folder, "events.jsonl"), "rb") as handle:
+            (written,) = [json.loads(line) for line in handle]
+        for event in (written, shown):
+            for field in ("messageId", "receivedAt", "timestamp"):
+                event.pop(field)
+        self.assertEqual(list(written), list(shown))
+        self.assertEqual(written, shown)   # with curl's label: "machine": "scanner"
+
     def test_every_reason_is_documented_and_every_documented_reason_exists(self):
         section = self.readme.split("## The rejects log")[1].split("\n## ")[0]
         documented = set(re.findall(r"`([a-z0-9_]+)`", "\n".join(
@@ -9359,6 +9396,17 @@ class ReadmeIsTrue(unittest.TestCase):
                             ("--max-connections", args.max_connections)):
             row = next(row for row in rows if row[1].strip() == "`%s`" % flag)
             self.assertEqual(row[3].strip().strip("`"), str(value))
+
+    def test_the_soak_tests_counted(self):
+        tests, suites = [], [unittest.defaultTestLoader.loadTestsFromModule(
+            sys.modules[__name__])]
+        while suites:
+            for test in suites.pop():
+                (suites if isinstance(test, unittest.TestSuite) else tests).append(test)
+        count = sum(getattr(type(test), "soak", False) is True or getattr(
+            getattr(test, test._testMethodName), "soak", False) for test in tests)
+        said = re.search(r"`PIXEL_SOAK=1` adds (\d+) long", self.readme)
+        self.assertEqual(int(said.group(1)), count)
 
     def test_the_two_commands(self):
         self.assertIn("```sh\npython3 pixel.py\n```", self.readme)
