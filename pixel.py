@@ -1678,7 +1678,8 @@ class LogWriter:
         self.close()
 
     def write(self, lines):
-        """Append `lines` (bytes, each ending in a newline); True once all are on disk."""
+        """Append `lines` (bytes, each ending in a newline); how many of them are on disk:
+        all, or those of the pieces written before one failed (counted in `failed`)."""
         # The path is checked once a PATH_CHECK_INTERVAL, before the lock (a stat a write
         # cost a system call and a turn of the GIL); meanwhile lines go into a renamed file,
         # which shippers and the forwarder read to its end. _append_linked catches a delete.
@@ -1715,13 +1716,13 @@ class LogWriter:
                                    "answering, will retry)" % (self.path, error.strerror or
                                                                error, self._unreported),
                                    key="write " + self.path)
-                return False
+                return done
             self.written += done
             if self._unreported:
                 self._reporter.say("writing %s again after %d failed line(s)"
                                    % (self.path, self._unreported))
                 self._unreported = 0
-            return True
+            return done
 
     def _follow_path(self, status):
         """Reopen the path if the open file is no longer at it (logrotate's create, an mv,
@@ -2611,28 +2612,29 @@ class Recorder:
     def write_events(self, lines, client_ids, kinds):
         """Write `lines` (events of `kinds`) but those whose `client_ids` entry (dedupe_keys;
         None for a messageId pixel made) is in the dedupe window: SDKs, browsers and
-        networks repeat an event with its messageId. True once what was kept is on disk."""
+        networks repeat an event with its messageId. True once what was kept is on disk.
+        A write that failed part way keeps what it wrote, counted and in the window: the
+        client, answered 503, sends it all again, and only the rest is written then."""
         if self.recent is None or not any(client_ids):
             written = self.events.write(lines)
         else:
             with self._dedupe_lock:   # two copies arriving at once are one write
-                kept, kept_kinds, ids = [], [], set()
+                kept, kept_kinds, ids, taken = [], [], [], set()
                 for line, client_id, kind in zip(lines, client_ids, kinds):
-                    if client_id is not None and (client_id in self.recent or client_id in ids):
+                    if client_id is not None and (client_id in self.recent or client_id in taken):
                         self.deduped += 1
                         continue
                     kept.append(line)
                     kept_kinds.append(kind)
-                    ids.add(client_id)
-                ids.discard(None)   # pixel's own messageIds, which never repeat
-                written = self.events.write(kept) if kept else True
-                if written:
-                    for client_id in ids:
+                    ids.append(client_id)
+                    taken.add(client_id)
+                written = self.events.write(kept) if kept else 0
+                for client_id in ids[:written]:
+                    if client_id is not None:   # pixel's own messageIds never repeat
                         self.recent.add(client_id)
-            kinds = kept_kinds
-        if written:
-            self.written_by_type.update(kinds)
-        return written
+            lines, kinds = kept, kept_kinds
+        self.written_by_type.update(kinds[:written])
+        return written == len(lines)
 
     def record_api(self, route, request, browser=False):
         """Write an HTTP API body's events; return 200 once they are on disk, 400 for a body
