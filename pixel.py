@@ -2209,6 +2209,7 @@ def _people_error(error):
 MAX_PEOPLE = 1000000             # identifiers in a --suppress file
 MAX_IDENTIFIER = 1024            # characters of one
 MAX_RAW_VALUES = 4096            # values looked at in one raw input (its budget)
+MAX_QUOTE_VALUES = 4 * MAX_RAW_VALUES   # ... in one that is written: all of a 16 KiB quote's
 _ID_FIELDS = ("userId", "anonymousId", "previousId")
 _EMAIL_PATHS = (("traits", "email"), ("context", "traits", "email"), ("properties", "email"))
 # What splits a client's raw input into the values it may hold: a query's and JSON's
@@ -2245,14 +2246,14 @@ def _json_values(value, found):
         found.append(value if isinstance(value, str) else str(value))
 
 
-def raw_values(text, rounds=MAX_DECODE_ROUNDS):
+def raw_values(text, rounds=MAX_DECODE_ROUNDS, budget=MAX_RAW_VALUES):
     """The values a client's raw input (a query, a body, a line that is not JSON) may hold,
     decoded as a client could have encoded them, `rounds` layers deep: the text, its
     escapes undone (_reveal), its JSON strings, the pieces between its separators, and
-    what base64 among them decodes to. At most MAX_RAW_VALUES of them, a layer at a time
-    and each in order: a large body's first values, which its quote holds, come first."""
+    what base64 among them decodes to. At most `budget` of them, a layer at a time and each
+    in order; then None if some were left unlooked at."""
     seen, pending = set(), collections.deque([(text, rounds)])
-    while pending and len(seen) < MAX_RAW_VALUES:
+    while pending and len(seen) < budget:
         text, left = pending.popleft()
         if text in seen:
             continue
@@ -2274,6 +2275,8 @@ def raw_values(text, rounds=MAX_DECODE_ROUNDS):
             if decoded.count("\ufffd") * 16 <= len(decoded):
                 found.append(decoded)
         pending.extend((value, left - 1) for value in found if value and value not in seen)
+    if any(value not in seen for value, _ in pending):
+        yield None
 
 
 class People:
@@ -2343,19 +2346,27 @@ class People:
                 return True
         return False
 
-    def named_in_raw(self, text):
+    def named_in_raw(self, text, quoted=False):
         """Whether a client's raw input names one: a value in it (raw_values) that is an
-        identifier, whole. Never a pattern: an id is only ever compared."""
-        return any(self._names(value) for value in map(str.strip, raw_values(text)) if value)
+        identifier, whole. Never a pattern: an id is only ever compared. What is `quoted`
+        (written, or erased from a log) is looked at to MAX_QUOTE_VALUES, and past them
+        taken to name one: nothing not looked at is written, nor kept by an erase."""
+        for value in raw_values(text, budget=MAX_QUOTE_VALUES if quoted else MAX_RAW_VALUES):
+            if value is None:
+                return quoted
+            value = value.strip()
+            if value and self._names(value):
+                return True
+        return False
 
     def named_in_reject(self, record):
         """Whether a rejects-log line (a dict) names one: in the event it holds (a
         forwarded one), or in what it quotes of a client's input."""
         event = record.get("event")
         if isinstance(event, dict) and (self.named_in(event) or
-                                        self.named_in_raw(_encode_lenient(event))):
+                                        self.named_in_raw(_encode_lenient(event), True)):
             return True
-        return any(isinstance(record.get(field), str) and self.named_in_raw(record[field])
+        return any(isinstance(record.get(field), str) and self.named_in_raw(record[field], True)
                    for field in ("query", "body", "line", "detail", "userAgent"))
 
 
@@ -2467,6 +2478,13 @@ def quote_text(text, anonymize, limit=None):
     return ("", True) if quoted is None else (quoted, False)
 
 
+def quote_query(query, anonymize):
+    """(What a rejects line quotes of a query, whether an address in it was cut, whether
+    it was cut short)."""
+    text, cut = anonymize_query(query) if anonymize else (query, False)
+    return text[:MAX_REJECT_RAW], cut, max(len(query), len(text)) > MAX_REJECT_RAW
+
+
 def reject_line(rejection, request, received_at, ip, anonymize, quoted=None, redacted=False):
     """A rejects-log line, enough to find a broken campaign and replay it: a pixel's quotes
     its query, an API request's its body (`quoted`) or the item at fault."""
@@ -2481,10 +2499,9 @@ def reject_line(rejection, request, received_at, ip, anonymize, quoted=None, red
     if quoted is not None:
         record["body"] = quoted
     else:
-        query, cut_query = anonymize_query(request.query) if anonymize else (request.query, False)
+        record["query"], cut_query, truncated = quote_query(request.query, anonymize)
         cut = cut or cut_query
-        record["query"] = query[:MAX_REJECT_RAW]
-        if len(request.query) > MAX_REJECT_RAW or len(query) > MAX_REJECT_RAW:
+        if truncated:
             record["queryTruncated"] = True
     if redacted or cut or cut_agent:
         record["redacted"] = True
@@ -2702,7 +2719,7 @@ class Recorder:
             item, redacted = anonymize_json(item) if self.anonymize_ip else (item, False)
             quoted = _encode_lenient(item)[:MAX_REJECT_RAW]
             # --suppress looks at what is quoted: 10,000 refused items cost as much as 100.
-            if self.people and self.suppress(raw=quoted):
+            if self.people and self.suppress(raw=quoted, quoted=True):
                 continue
             records.append(reject_line(rejection, request, received_at, ip, self.anonymize_ip,
                                        quoted, redacted))
@@ -2722,29 +2739,35 @@ class Recorder:
             return SUCCESS
         quoted, redacted = anonymize_body(body) if self.anonymize_ip else \
             (body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False)
-        self.reject(rejection, request, received_at=received_at, ip=ip,
-                    quoted=quoted[:MAX_REJECT_RAW], redacted=redacted)
+        if not self.reject(rejection, request, received_at=received_at, ip=ip,
+                           quoted=quoted[:MAX_REJECT_RAW], redacted=redacted):
+            return SUCCESS
         return error_answer(400, rejection.reason)
 
     def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
                redacted=False):
         """Write one rejects-log line (reject_line's); the request's time and address, if
-        not given, are now and its client's. Nothing of a --suppress'ed person's."""
-        if self.people and self.suppress(raw=request.query if quoted is None else quoted):
-            return
+        not given, are now and its client's. Nothing of a --suppress'ed person's: False."""
+        if self.people:   # what is quoted, all of it, and a longer query as far as it goes
+            quote = quote_query(request.query, self.anonymize_ip)[0] if quoted is None else quoted
+            if quoted is None and quote != request.query and self.suppress(raw=request.query) \
+                    or self.suppress(raw=quote, quoted=True):
+                return False
         if received_at is None:
             received_at, ip = self.clock(), self.client_ip(request)
         self.rejected_by_reason.add(rejection.reason)
         self.rejects.write([reject_line(rejection, request, received_at, ip, self.anonymize_ip,
                                         quoted, redacted)])
+        return True
 
-    def suppress(self, payload=None, raw=None):
-        """Whether a payload (a dict as sent) or a client's `raw` input names a person of
-        the --suppress list: then it is counted, and nothing of it is written anywhere."""
+    def suppress(self, payload=None, raw=None, quoted=False):
+        """Whether a payload (a dict as sent) or a client's `raw` input (what a rejects line
+        would quote: `quoted`) names a person of the --suppress list: then it is counted,
+        and nothing of it is written anywhere."""
         if payload is not None and not isinstance(payload, dict):
             payload, raw = None, _encode_lenient(payload)
         if not (payload is not None and self.people.named_in(payload) or
-                raw is not None and self.people.named_in_raw(raw)):
+                raw is not None and self.people.named_in_raw(raw, quoted)):
             return False
         self.suppressed.add()
         return True
@@ -5859,7 +5882,7 @@ def line_names(people, line):
     except (ValueError, RecursionError):   # UnicodeDecodeError too
         record = None
     if not isinstance(record, dict):
-        return people.named_in_raw(line.decode("utf-8", "replace")), False, None
+        return people.named_in_raw(line.decode("utf-8", "replace"), True), False, None
     if "reason" in record and "type" not in record:
         event = record.get("event")
         return people.named_in_reject(record), True, \

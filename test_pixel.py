@@ -32,6 +32,7 @@ import shlex
 import shutil
 import signal
 import socket
+import string
 import struct
 import subprocess
 import sys
@@ -476,6 +477,15 @@ class ClientIpDualStack(unittest.TestCase):
         self.assertEqual(pixel.client_ip("127.0.0.1", "::ffff:6.6.6.6", trusted), "6.6.6.6")
         self.assertEqual(pixel.client_ip("::1", None, trusted), "::1")
         self.assertEqual(pixel.client_ip("::ffff:junk", None, ()), "::ffff:junk")
+
+
+def short_pairs(count):
+    """`count` query pairs of distinct 2- and 3-character names and values: many values in
+    few bytes (2,100 pairs, 4,200 values, in 13 KB)."""
+    characters = string.ascii_letters + string.digits
+    tokens = itertools.chain(*(map("".join, itertools.product(characters, repeat=size))
+                               for size in (2, 3)))
+    return "&".join("%s=%s" % (next(tokens), next(tokens)) for _ in range(count))
 
 
 def nested(depth):
@@ -9665,6 +9675,21 @@ class PeopleMatching(unittest.TestCase):
                     pixel.People([entry])
                 self.assertIn(message, str(caught.exception))
 
+    def test_all_of_a_quote_is_looked_at_or_it_is_taken_as_naming(self):
+        # A request is looked at to MAX_RAW_VALUES values, but a 16 KiB quote can hold more:
+        # what is written or kept by an erase is looked at to its end, else taken as naming.
+        many = short_pairs(2100)
+        text = many + "&userId=alice"
+        self.assertLess(len(text), pixel.MAX_REJECT_RAW)
+        people = pixel.People(["alice"])
+        self.assertTrue(people.named_in_raw(text, quoted=True))
+        self.assertTrue(people.named_in_reject({"reason": "too_many_params", "query": text}))
+        self.assertTrue(pixel.line_names(people, text.encode())[0])
+        self.assertFalse(people.named_in_raw(many, quoted=True))
+        with unittest.mock.patch("pixel.MAX_QUOTE_VALUES", 50):
+            self.assertTrue(people.named_in_raw(many, quoted=True))
+            self.assertFalse(people.named_in_raw(many))
+
     def test_digested_names_nobody_in_plain(self):
         people = pixel.People(["alice", "Bob@Example.com", digest("carol")])
         self.assertEqual(people.digested(), sorted([digest("alice"), digest("bob@example.com"),
@@ -9792,6 +9817,24 @@ class Suppressed(RecorderCase):
         self.assertEqual([(line["reason"], "alice" in json.dumps(line)) for line in rejects],
                          [("event_not_defined", False)])
         self.assertEqual(self.health()["suppressed"], 4)
+
+    def test_an_id_past_a_requests_first_values_but_inside_its_quote(self):
+        # More than MAX_RAW_VALUES values before the id, all inside the 16 KiB quoted.
+        many = short_pairs(2100)
+        self.assertIs(self.answer(query=many + "&writeKey=k&userId=alice&event=e"),
+                      pixel.GIF_ANSWER)   # too_many_params
+        # invalid_json, the body quoted; with --anonymize-ip such a body is left out whole
+        quoted = not self.recorder.anonymize_ip
+        for body in (many + "&userId=alice", many + "&userId=carol"):
+            answer = self.answer(method="POST", path="/v1/batch", body=body.encode(),
+                                 headers={"content-type": "application/json"})
+            self.assertEqual(answer.status, 200 if quoted and "alice" in body else 400)
+        events, rejects = self.files()
+        self.assertEqual((events, [line["reason"] for line in rejects]),
+                         ([], ["invalid_json"] * (2 - quoted)))
+        self.assertEqual(["carol" in line["body"] for line in rejects], [quoted] * (2 - quoted))
+        self.assertNotIn("alice", json.dumps(rejects))
+        self.assertEqual(self.health()["suppressed"], 1 + quoted)
 
     def test_an_api_body_that_does_not_parse(self):
         for body in (b'{"userId":"alice","type":"track"', b'{"userId":"alice"' + b"," * 10):
