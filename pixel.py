@@ -1500,22 +1500,32 @@ def cut_torn_tail(fd, path, size, reporter):
     return tail[start - window:start - window + MAX_REJECT_RAW], size - start
 
 
-def pixel_rotations(path):
-    """The files pixel's rotation made of the log at `path`, oldest first."""
+def _rotations(path):
+    """(stamp, serial, name) of each file pixel's rotation made of the log at `path`,
+    oldest first."""
     folder, base = os.path.split(path)
     found = []
-    for name in os.listdir(folder):
+    for name in os.listdir(folder or "."):
         match = _ROTATED.match(name, len(base)) if name.startswith(base) else None
         if match and match.group(1):
             found.append((match.group(1), int(match.group(2) or 0), name))
-    return [os.path.join(folder, name) for _, _, name in sorted(found)]
+    return sorted(found)
+
+
+def pixel_rotations(path):
+    """The files pixel's rotation made of the log at `path`, oldest first."""
+    return [os.path.join(os.path.dirname(path), name) for _, _, name in _rotations(path)]
 
 
 def rotation_target(path, now):
     """The name pixel's rotation gives the live file at `path`: <path>.<UTC stamp>, with
-    -1, -2 ... for two rotations in one millisecond."""
+    -1, -2 ... for two rotations in one millisecond, or after a clock set back: a name
+    always sorts after those made before, so that --keep deletes the oldest."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
-    target, serial = "%s.%s" % (path, stamp), 0
+    newest, serial = max(_rotations(path), default=None), 0
+    if newest is not None and newest[0] >= stamp:
+        stamp, serial = newest[0], newest[1] + 1
+    target = "%s.%s" % (path, stamp) + ("-%d" % serial if serial else "")
     while os.path.lexists(target):
         serial += 1
         target = "%s.%s-%d" % (path, stamp, serial)

@@ -4002,6 +4002,27 @@ class Keep(ServerCase):
                               if os.path.isfile(path)]), 2)
 
 
+class KeepAfterAClockSetBack(unittest.TestCase):
+    def test_the_oldest_are_deleted_all_the_same(self):
+        # Names were stamped from the clock alone: after NTP set it back an hour, each
+        # rotation's file sorted first, and --keep deleted the file it had just made.
+        now = [T0]
+        writer = pixel.LogWriter(os.path.join(temp_dir(self), "events.jsonl"), max_bytes=100,
+                                 keep=2, clock=lambda: now[0],
+                                 reporter=pixel.Reporter(io.StringIO()))
+        self.addCleanup(writer.close)
+        for number in range(8):
+            if number == 4:
+                now[0] -= 3600
+            self.assertTrue(writer.write([b'{"n":%d,"pad":"%s"}\n' % (number, b"x" * 80)]))
+            now[0] += 0.0004   # two rotations in one millisecond too
+        kept = []
+        for path in writer.rotated_files():
+            with open(path, "rb") as handle:
+                kept.append([json.loads(line)["n"] for line in handle])
+        self.assertEqual(kept, [[5], [6]])
+
+
 class ExternalMoves(ServerCase):
     def setUp(self):
         self.now = [T0]
