@@ -1688,8 +1688,7 @@ class LogWriter:
         self.close()
 
     def write(self, lines):
-        """Append `lines` (bytes, each ending in a newline); how many of them are on disk:
-        all, or those of the pieces written before one failed (counted in `failed`)."""
+        """Append `lines` (bytes, each ending in a newline); how many are now on disk."""
         # The path is checked once a PATH_CHECK_INTERVAL, before the lock (a stat a write
         # cost a system call and a turn of the GIL); meanwhile lines go into a renamed file,
         # which shippers and the forwarder read to its end. _append_linked catches a delete.
