@@ -5078,11 +5078,21 @@ class EraseRequest:
     def wait_ready(self, gone):
         """The name the running pixel rotated the log to (None: it was empty) once it
         answers, or False if `gone()` says it has let go of the log meanwhile (ended);
-        OSError if it does neither within ERASE_WAIT seconds."""
-        deadline = time.monotonic() + ERASE_WAIT
+        OSError if it does neither within ERASE_WAIT seconds. None too if `gone()` says
+        (None) for 5 * ERASE_POLL s that nothing is at the path: the pixel stopped between
+        renaming the log and making the next file; a rotated file it still holds is not
+        erased (_hold_for_erase)."""
+        deadline, missing_since = time.monotonic() + ERASE_WAIT, None
         while time.monotonic() < deadline:
-            if gone():
+            free, now = gone(), time.monotonic()
+            if free:
                 return False
+            missing_since = (missing_since or now) if free is None else None
+            if missing_since is not None and now - missing_since > 5 * ERASE_POLL:
+                self.reporter.say("erase: nothing has been at %s for %g s since the pixel "
+                                  "renamed it (did it stop?): erasing its rotated files"
+                                  % (self.log_path, 5 * ERASE_POLL))
+                return None
             answer = self._ready()
             if answer is not None:
                 self.answered = True
@@ -5107,8 +5117,9 @@ class EraseRequest:
                 write_checkpoint(request.path, dict(request.document, state="done"))
             deadline = time.monotonic() + ERASE_WAIT
             for request in requests:
-                while request.answered and time.monotonic() < deadline and request._ready():
-                    time.sleep(0.05)
+                while request.answered and time.monotonic() < deadline and \
+                        process_alive((request._ready() or {}).get("pid"), None):
+                    time.sleep(0.05)   # a pixel gone since its answer will not go on
         finally:
             for request in requests:
                 _remove_files(request.path, request.answer_path)
@@ -6679,6 +6690,7 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:   # a running pixel writes it, or a backfill reads it
         shared = _flock_shared(fd)   # a backfill's (LogFile.share), not a pixel's
+        status = os.fstat(fd)
         os.close(fd)
         if shared:
             raise OSError(errno.EBUSY, "a pixel.py forward is sending it: erase it when "
@@ -6687,8 +6699,9 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
             raise OSError(errno.EBUSY, "a running pixel still writes it", path) from None
         # False: the pixel ended meanwhile, and the file is ours now; it may have rotated
         # it first (answered or not), so its rotated files are looked for all the same.
-        found = [path] if request.wait_ready(lambda: _flock_free(path, locks)) is False \
-            else []
+        identity = (status.st_dev, status.st_ino)
+        found = [path] if request.wait_ready(lambda: _flock_free(path, identity, locks)) \
+            is False else []
         for rotated in pixel_rotations(path):
             try:
                 found += _hold_for_erase(rotated, requests, locks, reporter, False)
@@ -6706,14 +6719,18 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
     return [path]
 
 
-def _flock_free(path, locks):
-    """Take the flock of `path` if it is free (kept in `locks`): True if taken. Nothing at
-    `path` is not free: the pixel is between renaming it and making the next (rotate_now)."""
+def _flock_free(path, identity, locks):
+    """Take the flock of `path`, the file `identity` still, if it is free (kept in `locks`):
+    True if taken; False if held, or if another file is at `path` now (the pixel rotated
+    it, and answers); None if nothing is (it is between the rename and the next file)."""
     try:
         fd = open_file(path)
     except FileNotFoundError:
-        return False
+        return None
     try:
+        status = os.fstat(fd)
+        if (status.st_dev, status.st_ino) != identity:   # made, not yet flocked, by the pixel
+            raise BlockingIOError
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)

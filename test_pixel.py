@@ -10536,9 +10536,10 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertFalse(os.path.exists(pixel.erase_request_path(self.log)))
 
     def test_a_log_caught_between_its_rotation_and_the_next_file_is_waited_for(self):
-        # A pixel's rotate_now renames the log, then makes the next one: an erase that looked
-        # between the two found nothing at the path, and said "not erased" (1 time in ~40).
-        # Here the pixel's side is played slowly, so that every look falls in that gap.
+        # A pixel's rotate_now renames the log, then makes the next one, then flocks it: an
+        # erase that looked between the first two found nothing at the path, and said "not
+        # erased" (1 time in ~40); one between the last two would take the pixel's new file.
+        # Here the pixel's side is played slowly, so that erase's looks fall in those gaps.
         with open(self.log, "wb") as handle:
             handle.write(log_event(1, userId="alice"))
         held = [os.open(self.log, os.O_RDONLY)]   # the running pixel's flock
@@ -10549,7 +10550,8 @@ class ErasePixelProcess(unittest.TestCase):
 
         def answer(state):
             pixel.write_checkpoint(pixel.erase_answer_path(self.log), {
-                "id": pixel.read_state(request)["id"], "state": state, "rotated": rotated})
+                "id": pixel.read_state(request)["id"], "pid": os.getpid(), "state": state,
+                "rotated": rotated})
 
         def pixel_side():
             if not wait_until(lambda: os.path.exists(request), 10):
@@ -10558,7 +10560,11 @@ class ErasePixelProcess(unittest.TestCase):
             time.sleep(0.3)   # the gap, made wide: erase looks every 0.05 s
             looks.append(os.path.exists(self.log))
             held.append(os.open(self.log, os.O_WRONLY | os.O_CREAT, 0o644))
-            pixel.fcntl.flock(held[-1], pixel.fcntl.LOCK_EX)
+            time.sleep(0.3)   # ... and the next file made, not yet flocked: not erase's
+            try:
+                pixel.fcntl.flock(held[-1], pixel.fcntl.LOCK_EX | pixel.fcntl.LOCK_NB)
+            except BlockingIOError:
+                looks.append("erase took the pixel's new file")
             os.close(held.pop(0))   # the rotated file let go of, as _open does
             answer("ready")
             if wait_until(lambda: (pixel.read_state(request) or {}).get("state") == "done"):
@@ -10575,6 +10581,27 @@ class ErasePixelProcess(unittest.TestCase):
             side.join()
         self.assertEqual(looks, [False])
         self.assertEqual(found, [rotated])
+
+    def test_a_pixel_gone_between_its_rename_and_the_next_file(self):
+        # Nothing comes to the path (a kill -9 inside rotate_now): erase waited its 60 s,
+        # then blamed an old pixel. The rotated file, no longer held, is erased, and said.
+        with open(self.log, "wb") as handle:
+            handle.write(log_event(1, userId="alice") + log_event(2, userId="bob"))
+        held = os.open(self.log, os.O_RDONLY)
+        pixel.fcntl.flock(held, pixel.fcntl.LOCK_EX)
+        self.addCleanup(lambda: held is None or os.close(held))
+        rotated = pixel.rotation_target(self.log, time.time())
+        eraser = self.erase("--user-id", "alice", "--apply", self.log, wait=False)
+        self.assertTrue(wait_until(lambda: os.path.exists(pixel.erase_request_path(self.log))))
+        os.rename(self.log, rotated)
+        os.close(held)   # the pixel's end lets go of its flock
+        held = None
+        started = time.monotonic()
+        out, err = eraser.communicate(timeout=30)
+        self.assertLess(time.monotonic() - started, 5 * pixel.ERASE_POLL + 2)
+        self.assertEqual(eraser.returncode, 0, err)
+        self.assertIn("nothing has been at %s for 1 s since the pixel renamed it" % self.log, err)
+        self.assertIn("%s: erased 1 of 2 line(s)" % rotated, out)
 
     def test_kill_9_of_the_pixel_after_it_rotated_for_the_erase(self):
         receiver = FakeReceiver(self)
