@@ -2358,9 +2358,11 @@ class People:
     def named_in_raw(self, text, quoted=False):
         """Whether a client's raw input names one: a value in it (raw_values) that is an
         identifier, whole. Never a pattern: an id is only ever compared. What is `quoted`
-        (written, or erased from a log) is looked at to MAX_QUOTE_VALUES, and past them
-        taken to name one: nothing not looked at is written, nor kept by an erase."""
-        for value in raw_values(text, budget=MAX_QUOTE_VALUES if quoted else MAX_RAW_VALUES):
+        (written, or erased from a log) is looked at to MAX_QUOTE_VALUES or a value a
+        character, and past them taken to name one: nothing not looked at is written, nor
+        kept by an erase (the densest 16 KiB measured held 7,691 values)."""
+        budget = max(MAX_QUOTE_VALUES, len(text)) if quoted else MAX_RAW_VALUES
+        for value in raw_values(text, budget=budget):
             if value is None:
                 return quoted
             value = value.strip()

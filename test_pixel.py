@@ -9707,9 +9707,17 @@ class PeopleMatching(unittest.TestCase):
         self.assertTrue(people.named_in_reject({"reason": "too_many_params", "query": text}))
         self.assertTrue(pixel.line_names(people, text.encode())[0])
         self.assertFalse(people.named_in_raw(many, quoted=True))
-        with unittest.mock.patch("pixel.MAX_QUOTE_VALUES", 50):
+        self.assertIsNone(list(pixel.raw_values(many, budget=50))[-1])   # not all looked at
+        with unittest.mock.patch("pixel.raw_values", lambda text, budget: iter(["u", None])):
             self.assertTrue(people.named_in_raw(many, quoted=True))
             self.assertFalse(people.named_in_raw(many))
+        # A longer text than a quote (a forwarder's refused event, whole): a value a
+        # character. This one, 57 KB escaped, holds 16,566: carol's, never alice's.
+        compatibility = [chr(code) for code in range(0xF900, 0xFA6E)]   # NFKC changes them
+        tokens = compatibility + [chr(0x4E00 + number) for number in range(7804)]
+        event = {"type": "track", "userId": "carol", "event": "Search",
+                 "properties": {"tokens": " ".join(tokens)}}
+        self.assertFalse(people.named_in_reject({"reason": "forward_rejected", "event": event}))
 
     def test_digested_names_nobody_in_plain(self):
         people = pixel.People(["alice", "Bob@Example.com", digest("carol")])
