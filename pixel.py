@@ -130,6 +130,7 @@ ERROR_INTERVAL = 10.0            # at most one stderr line per kind of trouble p
 RELINK_ATTEMPTS = 3              # a log deleted under a write is made again this often
 MOVED_GRACE = 1.0                # seconds a log renamed away is still written to
 PATH_CHECK_INTERVAL = 0.1        # seconds between looks at whether a log is at its path
+MAX_CLOCK_STEP = 86400           # seconds a clock set back may be behind a rotated file's name
 MAX_WARM_BYTES = 64 * 1024 * 1024   # of the log's end, read at start to refill the window
 STATE_FOLDER = ".pixel"          # beside the log: checkpoints (see state_path)
 
@@ -1517,13 +1518,21 @@ def pixel_rotations(path):
     return [os.path.join(os.path.dirname(path), name) for _, _, name in _rotations(path)]
 
 
+def _stamp(now):
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
+
+
 def rotation_target(path, now):
     """The name pixel's rotation gives the live file at `path`: <path>.<UTC stamp>, with
-    -1, -2 ... for two rotations in one millisecond, or after a clock set back: a name
-    always sorts after those made before, so that --keep deletes the oldest."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
-    newest, serial = max(_rotations(path), default=None), 0
-    if newest is not None and newest[0] >= stamp:
+    -1, -2 ... for two rotations in one millisecond, or after a clock set back (up to
+    MAX_CLOCK_STEP): a name sorts after those made before, so that --keep deletes the oldest.
+    One named further ahead was named by a wrong clock, and a folder not listed is passed over."""
+    stamp = _stamp(now)
+    try:
+        newest, serial = max(_rotations(path), default=None), 0
+    except OSError:   # a folder pixel may write in, not list
+        newest, serial = None, 0
+    if newest is not None and stamp <= newest[0] <= _stamp(now + MAX_CLOCK_STEP):
         stamp, serial = newest[0], newest[1] + 1
     target = "%s.%s" % (path, stamp) + ("-%d" % serial if serial else "")
     while os.path.lexists(target):
@@ -1535,7 +1544,12 @@ def rotation_target(path, now):
 def prune_rotations(path, keep, held, reporter):
     """Delete the oldest files pixel rotated of the log at `path` past `keep`, but none
     whose identity is `held` (a forwarder has not sent it all), each said on stderr."""
-    for old in pixel_rotations(path)[:-keep]:
+    try:
+        rotated = pixel_rotations(path)
+    except OSError as error:   # a folder pixel may write in, not list
+        return reporter.say("cannot list %s's folder (--keep %d): %s" % (
+            path, keep, error.strerror or error), key="keep " + path)
+    for old in rotated[:-keep]:
         try:
             status = os.stat(old)
             if (status.st_dev, status.st_ino) in held:

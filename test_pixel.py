@@ -4022,6 +4022,27 @@ class KeepAfterAClockSetBack(unittest.TestCase):
                 kept.append([json.loads(line)["n"] for line in handle])
         self.assertEqual(kept, [[5], [6]])
 
+    def test_a_name_far_ahead_was_a_wrong_clock_and_a_folder_not_listed_is_passed_over(self):
+        folder = temp_dir(self)
+        path = os.path.join(folder, "events.jsonl")
+        ahead = pixel.rotation_target(path, T0 + 10 * 365 * 86400)   # a clock 10 years off
+        open(ahead, "w").close()
+        self.assertEqual(pixel.rotation_target(path, T0), path + ".20261118T110640.250Z")
+        self.assertEqual(pixel.rotation_target(path, T0 + 10 * 365 * 86400 - 3600),
+                         ahead + "-1")   # an hour behind it: named after it
+        stderr = io.StringIO()
+        writer = pixel.LogWriter(path, max_bytes=100, keep=1, clock=lambda: T0,
+                                 reporter=pixel.Reporter(stderr))
+        self.addCleanup(writer.close)
+        with unittest.mock.patch("pixel.os.listdir", side_effect=PermissionError(
+                errno.EACCES, "Permission denied")):
+            for number in range(3):   # rotates, and writes, all the same
+                self.assertEqual(writer.write([b'{"n":%d,"pad":"%s"}\n' % (number, b"x" * 80)]),
+                                 1)
+        self.assertEqual((writer.rotations, writer.failed), (2, 0))
+        self.assertIn("cannot list %s's folder (--keep 1): Permission denied" % path,
+                      stderr.getvalue())
+
 
 class ExternalMoves(ServerCase):
     def setUp(self):
