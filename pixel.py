@@ -6699,13 +6699,22 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
         return []
     fd = open_file(path)
     request = EraseRequest(path, reporter)   # one erase a file, and a pixel that starts
-    try:                                     # meanwhile waits for it (open_logs)
+    moved = False                            # meanwhile waits for it (open_logs)
+    try:
         request.claim()
         requests.append(request)
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Free, but renamed since it was opened (claim() syncs: milliseconds)? A pixel
+            # rotated it, and writes the file at the path now: that one is its live log.
+            try:
+                moved = live and not os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:   # between the pixel's rename and its next file
+                moved = True
+            if moved:
+                raise BlockingIOError
     except BlockingIOError:   # a running pixel writes it, or a backfill reads it
-        shared = _flock_shared(fd)   # a backfill's (LogFile.share), not a pixel's
+        shared = not moved and _flock_shared(fd)   # a backfill's (LogFile.share), not a pixel's
         status = os.fstat(fd)
         os.close(fd)
         if shared:
@@ -6736,16 +6745,18 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
 
 
 def _flock_free(path, identity, locks):
-    """Take the flock of `path`, the file `identity` still, if it is free (kept in `locks`):
-    True if taken; False if held, or if another file is at `path` now (the pixel rotated
-    it, and answers); None if nothing is (it is between the rename and the next file)."""
+    """Take the flock of `path` if it is free (kept in `locks`): True if taken; False if held,
+    or if another file than `identity` came to `path` in the last 5 * ERASE_POLL s (the
+    pixel rotated it, may not have flocked it yet, and answers); None if nothing is at it
+    (the pixel is between the rename and the next file). One older and free is no one's."""
     try:
         fd = open_file(path)
     except FileNotFoundError:
         return None
     try:
         status = os.fstat(fd)
-        if (status.st_dev, status.st_ino) != identity:   # made, not yet flocked, by the pixel
+        if (status.st_dev, status.st_ino) != identity and \
+                abs(time.time() - status.st_ctime) < 5 * ERASE_POLL:
             raise BlockingIOError
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -10611,6 +10611,88 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertEqual(looks, [False])
         self.assertEqual(found, [rotated])
 
+    def test_a_log_the_pixel_rotates_while_erase_claims_it_stays_the_pixels(self):
+        # erase opens the log, makes its request (syncs: milliseconds), then flocks what it
+        # opened. A rotation by --max-bytes meanwhile left that file free: erase took the
+        # pixel for gone and rewrote the file at the path, the one the pixel writes now
+        # (an attacker lost 8-10 answered events so). Played here: the pixel rotates inside
+        # erase's claim(), then answers the request, rotating again, as its EraseDesk does.
+        with open(self.log, "wb") as handle:
+            handle.write(log_event(1, userId="alice"))
+        held = [os.open(self.log, os.O_RDONLY)]
+        pixel.fcntl.flock(held[0], pixel.fcntl.LOCK_EX)
+        self.addCleanup(lambda: [os.close(fd) for fd in held])
+        request, rotated, now = pixel.erase_request_path(self.log), [], [time.time()]
+
+        def rotate():   # as LogWriter._rotate: rename, make the next file, flock it, let go
+            now[0] += 1
+            rotated.append(pixel.rotation_target(self.log, now[0]))
+            os.rename(self.log, rotated[-1])
+            held.append(os.open(self.log, os.O_WRONLY | os.O_CREAT, 0o644))
+            pixel.fcntl.flock(held[-1], pixel.fcntl.LOCK_EX)
+            os.close(held.pop(0))
+
+        def answer(state):
+            pixel.write_checkpoint(pixel.erase_answer_path(self.log), {
+                "id": pixel.read_state(request)["id"], "pid": os.getpid(), "state": state,
+                "rotated": rotated[-1]})
+
+        real_claim = pixel.EraseRequest.claim
+
+        def claim_while_the_pixel_rotates(request):
+            real_claim(request)
+            if not rotated:   # the live log's claim, not its rotated files'
+                rotate()   # by --max-bytes, not for erase
+
+        def desk():
+            if wait_until(lambda: os.path.exists(request) and len(rotated) == 1):
+                rotate()
+                answer("ready")
+                if wait_until(lambda: (pixel.read_state(request) or {}).get("state") == "done"):
+                    answer("resumed")
+
+        side = threading.Thread(target=desk)
+        side.start()
+        requests, locks = [], {}
+        self.addCleanup(lambda: [os.close(fd) for fd in locks.values()])
+        try:
+            with unittest.mock.patch("pixel.EraseRequest.claim", claim_while_the_pixel_rotates):
+                found = pixel._hold_for_erase(self.log, requests, locks, pixel.Reporter())
+        finally:
+            pixel.EraseRequest.finish(requests)
+            side.join()
+        self.assertEqual(found, rotated)   # never the live file the pixel writes
+        self.assertEqual(len(rotated), 2)
+
+    @unittest.mock.patch("pixel.ERASE_POLL", 0.02)
+    def test_a_pixel_gone_after_making_the_next_file_before_it_answered(self):
+        # A new file at the path, never flocked, and no answer: erase waited its 60 s and
+        # erased nothing. Once the file is 5 * ERASE_POLL old and free, it is no one's.
+        with open(self.log, "wb") as handle:
+            handle.write(log_event(1, userId="alice"))
+        held = os.open(self.log, os.O_RDONLY)
+        pixel.fcntl.flock(held, pixel.fcntl.LOCK_EX)
+        rotated = pixel.rotation_target(self.log, time.time())
+
+        def pixel_side():
+            if wait_until(lambda: os.path.exists(pixel.erase_request_path(self.log))):
+                os.rename(self.log, rotated)
+                os.close(os.open(self.log, os.O_WRONLY | os.O_CREAT, 0o644))
+            os.close(held)   # killed: its flock goes
+
+        side = threading.Thread(target=pixel_side)
+        side.start()
+        requests, locks = [], {}
+        self.addCleanup(lambda: [os.close(fd) for fd in locks.values()])
+        started = time.monotonic()
+        try:
+            found = pixel._hold_for_erase(self.log, requests, locks, pixel.Reporter())
+        finally:
+            side.join()
+            pixel.EraseRequest.finish(requests)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(found, [self.log, rotated])
+
     def test_a_pixel_gone_between_its_rename_and_the_next_file(self):
         # Nothing comes to the path (a kill -9 inside rotate_now): erase waited its 60 s,
         # then blamed an old pixel. The rotated file, no longer held, is erased, and said.
