@@ -130,7 +130,6 @@ ERROR_INTERVAL = 10.0            # at most one stderr line per kind of trouble p
 RELINK_ATTEMPTS = 3              # a log deleted under a write is made again this often
 MOVED_GRACE = 1.0                # seconds a log renamed away is still written to
 PATH_CHECK_INTERVAL = 0.1        # seconds between looks at whether a log is at its path
-MAX_CLOCK_STEP = 86400           # seconds a clock set back may be behind a rotated file's name
 MAX_WARM_BYTES = 64 * 1024 * 1024   # of the log's end, read at start to refill the window
 STATE_FOLDER = ".pixel"          # beside the log: checkpoints (see state_path)
 
@@ -1518,21 +1517,18 @@ def pixel_rotations(path):
     return [os.path.join(os.path.dirname(path), name) for _, _, name in _rotations(path)]
 
 
-def _stamp(now):
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
-
-
 def rotation_target(path, now):
     """The name pixel's rotation gives the live file at `path`: <path>.<UTC stamp>, with
-    -1, -2 ... for two rotations in one millisecond, or after a clock set back (up to
-    MAX_CLOCK_STEP): a name sorts after those made before, so that --keep deletes the oldest.
-    One named further ahead was named by a wrong clock, and a folder not listed is passed over."""
-    stamp = _stamp(now)
+    -1, -2 ... for two rotations in one millisecond, or after the clock was set back (by
+    any amount: a name far ahead may have been a wrong clock's, but --keep deletes by name,
+    and must delete the oldest): a name sorts after those made before. A folder pixel may
+    not list, the clock alone names."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
     try:
         newest, serial = max(_rotations(path), default=None), 0
     except OSError:   # a folder pixel may write in, not list
         newest, serial = None, 0
-    if newest is not None and stamp <= newest[0] <= _stamp(now + MAX_CLOCK_STEP):
+    if newest is not None and stamp <= newest[0]:
         stamp, serial = newest[0], newest[1] + 1
     target = "%s.%s" % (path, stamp) + ("-%d" % serial if serial else "")
     while os.path.lexists(target):

@@ -4022,14 +4022,17 @@ class KeepAfterAClockSetBack(unittest.TestCase):
                 kept.append([json.loads(line)["n"] for line in handle])
         self.assertEqual(kept, [[5], [6]])
 
-    def test_a_name_far_ahead_was_a_wrong_clock_and_a_folder_not_listed_is_passed_over(self):
+    def test_a_name_far_ahead_is_followed_and_a_folder_not_listed_is_passed_over(self):
+        # A clock ten years ahead once, then right: the names carry its stamp on (a second
+        # attacker's case: named by the clock, the right files sorted first, and --keep
+        # deleted them), until the clock passes it.
         folder = temp_dir(self)
         path = os.path.join(folder, "events.jsonl")
-        ahead = pixel.rotation_target(path, T0 + 10 * 365 * 86400)   # a clock 10 years off
+        ahead = pixel.rotation_target(path, T0 + 10 * 365 * 86400)
         open(ahead, "w").close()
-        self.assertEqual(pixel.rotation_target(path, T0), path + ".20261118T110640.250Z")
-        self.assertEqual(pixel.rotation_target(path, T0 + 10 * 365 * 86400 - 3600),
-                         ahead + "-1")   # an hour behind it: named after it
+        self.assertEqual(pixel.rotation_target(path, T0), ahead + "-1")
+        self.assertEqual(pixel.rotation_target(path, T0 + 11 * 365 * 86400),
+                         path + ".20371115T110640.250Z")
         stderr = io.StringIO()
         writer = pixel.LogWriter(path, max_bytes=100, keep=1, clock=lambda: T0,
                                  reporter=pixel.Reporter(stderr))
