@@ -5012,6 +5012,25 @@ def _remove_files(*paths):
             pass
 
 
+def sweep_erase_requests(folder):
+    """Remove what erases killed before their end left in `folder`'s state folder for files
+    gone since (--keep deleted them): requests, answers, and requests half made."""
+    state = os.path.join(folder, STATE_FOLDER)
+    try:
+        names = os.listdir(state)
+    except OSError:
+        return
+    for name in names:
+        match = re.fullmatch(r"erase\.(.+)\.json(?:\.(\d+))?", name)
+        if not match or os.path.lexists(os.path.join(folder, match.group(1))):
+            continue
+        request = {"pid": int(match.group(2))} if match.group(2) else \
+            read_state(os.path.join(state, name)) or {}
+        if not process_alive(request.get("pid"), request.get("started")):
+            _remove_files(os.path.join(state, name),
+                          os.path.join(state, "erase-answer.%s.json" % match.group(1)))
+
+
 def _remove_empty(folder, made):
     if made:
         try:
@@ -6617,6 +6636,9 @@ def erase_command(argv=None, stdout=None):
             stdout.write("--follow: %s %s (%d event(s))\n" % (field, other, count))
     status = 0
     requests, locks, files = [], {}, []
+    for folder in {os.path.dirname(os.path.realpath(path)) for path in args.files}:
+        if args.apply:   # what killed erases left behind
+            sweep_erase_requests(folder)
     try:
         for path in args.files:
             real = os.path.realpath(path)   # a link is not replaced: the file it names is,

@@ -10717,6 +10717,30 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertIn("nothing has been at %s for 1 s since the pixel renamed it" % self.log, err)
         self.assertIn("%s: erased 1 of 2 line(s)" % rotated, out)
 
+    def test_what_killed_erases_left_for_files_gone_since_is_swept(self):
+        # A kill -9 of erase leaves a request for each rotated file it held; once --keep
+        # deletes the file, no erase of it will ever come to remove that request.
+        with open(self.log, "wb") as handle:
+            handle.write(log_event(1, userId="alice") + log_event(2, userId="bob"))
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        state = os.path.join(self.dir, ".pixel")
+        os.makedirs(state)
+        left = {"erase.events.jsonl.20261201T000000.000Z.json": {"pid": dead.pid},
+                "erase-answer.events.jsonl.20261201T000000.000Z.json": {"pid": dead.pid},
+                "erase.events.jsonl.20261201T000001.000Z.json.%d" % dead.pid: {},
+                "erase.events.jsonl.20261201T000002.000Z.json": {"pid": os.getpid()},
+                "forward.events.jsonl.json": {}}
+        for name, document in left.items():
+            pixel.write_checkpoint(os.path.join(state, name), document)
+        self.assertEqual(self.erase("--user-id", "alice", self.log)[0], 0)   # a dry run
+        self.assertEqual(len(os.listdir(state)), 5)
+        status, _, err = self.erase("--user-id", "alice", "--apply", self.log)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(sorted(os.listdir(state)), [
+            "erase-ledger.json", "erase.events.jsonl.20261201T000002.000Z.json",
+            "forward.events.jsonl.json"])   # an erase alive still, and not erase's
+
     def test_kill_9_of_the_pixel_after_it_rotated_for_the_erase(self):
         receiver = FakeReceiver(self)
         process, port = self.start(receiver)
