@@ -4203,22 +4203,31 @@ class LogFile:
             self.fd = None
 
 
-def rotated_since(path, live, since):
+def rotated_since(path, live, since, sent=None):
     """The rotated files of the log at `path` written to since `since` (mtime_ns), oldest
-    first: by last write, then by name (pixel's stamps sort in time order). Each is opened,
-    or past MAX_OPEN_LOG_FILES parked."""
+    first: by last write, then by name. If all have pixel's names, which sort in the order
+    written whatever the clock did (rotation_target), by name, with `sent` (the identity
+    of the checkpoint's file) and all named after it. Each is opened, or past
+    MAX_OPEN_LOG_FILES parked."""
     folder, base = os.path.split(path)
     found = []
     for name in os.listdir(folder):
-        if name.startswith(base) and _ROTATED.match(name, len(base)):
+        match = _ROTATED.match(name, len(base)) if name.startswith(base) else None
+        if match:
             try:
                 status = os.stat(os.path.join(folder, name))
             except OSError:   # gone since listdir
                 continue
-            if (status.st_dev, status.st_ino) != live and status.st_mtime_ns >= since:
-                found.append((status.st_mtime_ns, name, (status.st_dev, status.st_ino)))
+            if (status.st_dev, status.st_ino) != live:
+                key = (match.group(1), int(match.group(2) or 0)) if match.group(1) else None
+                found.append((status.st_mtime_ns, key, name, (status.st_dev, status.st_ino)))
+    named = all(key is not None for _, key, _, _ in found)   # else a clock set back may
+    after = next((key for _, key, _, identity in found if identity == sent), None) \
+        if named else None                                    # skip some (mtime < since)
+    found = sorted((entry[1:3] if named else entry[::2], entry) for entry in found
+                   if entry[0] >= since or after is not None and entry[1] >= after)
     opened = []
-    for _, name, identity in sorted(found):
+    for _, (_, _, name, identity) in found:
         path = os.path.join(folder, name)
         if len(opened) >= MAX_OPEN_LOG_FILES:   # opened when its turn comes
             log = LogFile(None, identity, path)
@@ -4293,7 +4302,8 @@ class LogQueue:
         files, start = [LogFile(fd, identity, writer.path)], None
         try:
             if checkpoint is not None:
-                files[:0] = rotated_since(writer.path, identity, checkpoint["mtime_ns"])
+                files[:0] = rotated_since(writer.path, identity, checkpoint["mtime_ns"],
+                                          (checkpoint["device"], checkpoint["inode"]))
             start = resume_at(checkpoint, files, end, self._reporter)
         finally:
             for log in files[:start]:   # all of them if anything raised

@@ -5673,6 +5673,27 @@ class ForwardingRestarts(ForwardingCase):
         self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(40)])
 
+    def test_files_rotated_after_a_clock_set_back_are_not_skipped(self):
+        # A restart finds the files rotated since its checkpoint by mtime: after the clock
+        # was set back an hour, every one of them looked older than the checkpoint.
+        receiver = FakeReceiver(self)
+        writer = self.writer(max_bytes=2000)
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(10))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        forwarder.stop(5)
+        forwarder.close()
+        self.write(writer, range(10, 40))   # while no forwarder runs: several rotations
+        self.assertGreater(len(writer.rotated_files()), 2)
+        back = time.time() - 3600
+        for path in writer.rotated_files() + [writer.path]:
+            os.utime(path, (back, back))
+        second = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 40))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(40)])
+        self.assertNotIn("the file the checkpoint names", self.stderr.getvalue())
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
+
     def test_no_checkpoint_starts_at_the_live_files_first_line(self):
         receiver = FakeReceiver(self)
         writer = self.writer(max_bytes=2000)
