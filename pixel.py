@@ -6149,17 +6149,20 @@ def settled_checkpoint(document, old):
     return document
 
 
-def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None):
+def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, held=None):
     """Erase `people`'s lines from the file at `path`: with `apply`, a copy without them
     written beside it (.<name>.erase-<pid>.tmp), synced, given the file's mode, owner and
     times, then renamed over it and the folder synced: a crash leaves the old file whole
     or the new one. `checkpoints` ({path: document}, updated here) follow the file. A file
-    where more than `max_share` of the lines match is left as it is. Returns the
-    FileErasure and a problem (None if none): OSError, EOFError or zlib.error otherwise."""
+    where more than `max_share` of the lines match, or not the one `held` (a descriptor
+    erase flocked) or changed while read, is left as it is. Returns the FileErasure and a
+    problem (None if none): OSError, EOFError or zlib.error otherwise."""
     erasure = FileErasure(path, people, _needles(people))
     before = os.stat(path)
     if not stat.S_ISREG(before.st_mode):
         return erasure, "not a regular file"
+    if held is not None and not os.path.samestat(before, os.fstat(held)):
+        return erasure, "not the file erase holds, which a pixel renamed: run erase again"
     with open(path, "rb") as handle:
         start = handle.read(6)
     archive = start.startswith(b"\x1f\x8b")
@@ -6184,11 +6187,7 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None):
                     erasure.scan(packed.write)
             else:
                 erasure.scan(handle.write)
-        problem = _too_common(erasure, max_share)
-        now = os.stat(path)
-        if (now.st_ino, now.st_size, now.st_mtime_ns) != \
-                (before.st_ino, before.st_size, before.st_mtime_ns):
-            problem = "it changed while it was read: is a process writing it?"
+        problem = _too_common(erasure, max_share) or _changed(path, before, held)
         if problem is not None or not erasure.erased:
             os.remove(temporary)
             return erasure, problem
@@ -6197,6 +6196,10 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None):
         os.fchmod(fd, stat.S_IMODE(before.st_mode))
         os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))   # the order of rotations
         os.fsync(fd)
+        problem = _changed(path, before, held)   # again, after the slow part
+        if problem is not None:
+            os.remove(temporary)
+            return erasure, problem
         old, new = (before.st_dev, before.st_ino), (before.st_dev, os.fstat(fd).st_ino)
         moved = {}
         for where, document in (checkpoints or {}).items():
@@ -6216,6 +6219,15 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None):
         checkpoints[where] = settled_checkpoint(document, old)
         write_checkpoint(where, checkpoints[where])
     return erasure, None
+
+
+def _changed(path, before, held):
+    now = os.stat(path)
+    if (now.st_ino, now.st_size, now.st_mtime_ns) != \
+            (before.st_ino, before.st_size, before.st_mtime_ns) or \
+            held is not None and not os.path.samestat(now, os.fstat(held)):
+        return "it changed while it was read: is a process writing it?"
+    return None
 
 
 def _remove_left_behind(folder, name):
@@ -6679,7 +6691,8 @@ def erase_command(argv=None, stdout=None):
         for path in files:
             try:
                 erasure, problem = erase_file(path, people, apply=args.apply,
-                                              max_share=args.max_share, checkpoints=checkpoints)
+                                              max_share=args.max_share, checkpoints=checkpoints,
+                                              held=locks.get(os.path.realpath(path)))
             except (OSError, EOFError, zlib.error) as error:
                 erasure, problem = None, "cannot erase it: %s" % (
                     getattr(error, "strerror", None) or error)
@@ -6734,16 +6747,17 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # Free, but renamed since it was opened (claim() syncs: milliseconds)? A pixel
-            # rotated it, and writes the file at the path now: that one is its live log.
+            # rotated it, and writes the file at the path now: that one is its live log. Or
+            # free, but that pixel's next file, which it has yet to flock (_maybe_next)?
             try:
-                moved = live and not os.path.samestat(os.fstat(fd), os.stat(path))
+                moved = live and (not os.path.samestat(os.fstat(fd), os.stat(path)) or
+                                  _maybe_next(os.fstat(fd)))
             except FileNotFoundError:   # between the pixel's rename and its next file
                 moved = True
             if moved:
                 raise BlockingIOError
     except BlockingIOError:   # a running pixel writes it, or a backfill reads it
         shared = not moved and _flock_shared(fd)   # a backfill's (LogFile.share), not a pixel's
-        status = os.fstat(fd)
         os.close(fd)
         if shared:
             raise OSError(errno.EBUSY, "a pixel.py forward is sending it: erase it when "
@@ -6752,9 +6766,7 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
             raise OSError(errno.EBUSY, "a running pixel still writes it", path) from None
         # False: the pixel ended meanwhile, and the file is ours now; it may have rotated
         # it first (answered or not), so its rotated files are looked for all the same.
-        identity = (status.st_dev, status.st_ino)
-        found = [path] if request.wait_ready(lambda: _flock_free(path, identity, locks)) \
-            is False else []
+        found = [path] if request.wait_ready(lambda: _flock_free(path, locks)) is False else []
         for rotated in pixel_rotations(path):
             try:
                 found += _hold_for_erase(rotated, requests, locks, reporter, False)
@@ -6772,19 +6784,23 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
     return [path]
 
 
-def _flock_free(path, identity, locks):
-    """Take the flock of `path` if it is free (kept in `locks`): True if taken; False if held,
-    or if another file than `identity` came to `path` in the last 5 * ERASE_POLL s (the
-    pixel rotated it, may not have flocked it yet, and answers); None if nothing is at it
-    (the pixel is between the rename and the next file). One older and free is no one's."""
+def _maybe_next(status):
+    """Whether a file no one holds may be a pixel's next log, made by its rotation but not
+    flocked yet: empty, and made in the last 5 * ERASE_POLL s. One older (the pixel died),
+    or written to, is no one's."""
+    return not status.st_size and abs(time.time() - status.st_ctime) < 5 * ERASE_POLL
+
+
+def _flock_free(path, locks):
+    """Take the flock of `path` if it is free (kept in `locks`): True if taken; False if held
+    or _maybe_next; None if nothing is at it (the pixel is between the rename and the next
+    file)."""
     try:
         fd = open_file(path)
     except FileNotFoundError:
         return None
     try:
-        status = os.fstat(fd)
-        if (status.st_dev, status.st_ino) != identity and \
-                abs(time.time() - status.st_ctime) < 5 * ERASE_POLL:
+        if _maybe_next(os.fstat(fd)):
             raise BlockingIOError
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

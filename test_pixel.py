@@ -10717,6 +10717,65 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 5)
         self.assertEqual(found, [self.log, rotated])
 
+    def test_a_pixels_next_file_not_yet_flocked_is_not_taken(self):
+        # A third attacker stopped a pixel (SIGSTOP) inside its rotation, after it made its
+        # next file and before it flocked it: erase took that file as no one's at once,
+        # later rewrote the log by name, and lost answered events. An empty file made in
+        # the last second is waited for; erase_file erases only the file erase holds.
+        with open(self.log, "wb") as handle:
+            handle.write(log_event(1, userId="alice"))
+        held = [os.open(self.log, os.O_RDONLY)]
+        pixel.fcntl.flock(held[0], pixel.fcntl.LOCK_EX)
+        self.addCleanup(lambda: [os.close(fd) for fd in held])
+        now, rotated, looks = [time.time()], [], []
+        request = pixel.erase_request_path(self.log)
+
+        def rotate(flock=True):
+            now[0] += 1
+            rotated.append(pixel.rotation_target(self.log, now[0]))
+            os.rename(self.log, rotated[-1])
+            held.append(os.open(self.log, os.O_WRONLY | os.O_CREAT, 0o644))
+            if flock:
+                pixel.fcntl.flock(held[-1], pixel.fcntl.LOCK_EX)
+                os.close(held.pop(-2))
+
+        rotate(flock=False)   # stopped here, by --max-bytes
+
+        def pixel_side():
+            time.sleep(0.3)   # SIGCONT
+            try:
+                pixel.fcntl.flock(held[-1], pixel.fcntl.LOCK_EX | pixel.fcntl.LOCK_NB)
+            except BlockingIOError:
+                looks.append("erase took the pixel's next file")
+            os.close(held.pop(0))
+            if wait_until(lambda: os.path.exists(request)):   # its EraseDesk answers
+                rotate()
+                pixel.write_checkpoint(pixel.erase_answer_path(self.log), {
+                    "id": pixel.read_state(request)["id"], "pid": os.getpid(),
+                    "state": "ready", "rotated": rotated[-1]})
+
+        side = threading.Thread(target=pixel_side)
+        side.start()
+        requests, locks = [], {}
+        self.addCleanup(lambda: [os.close(fd) for fd in locks.values()])
+        try:
+            found = pixel._hold_for_erase(self.log, requests, locks, pixel.Reporter())
+        finally:
+            side.join()
+            for document in requests:
+                pixel._remove_files(document.path, document.answer_path)
+        self.assertEqual(looks, [])
+        self.assertEqual(found, rotated)
+        # ... and a file at the path that is not the one held is not erased by its name.
+        other = pixel.rotation_target(self.log, now[0] + 1)
+        with open(other, "wb") as handle:
+            handle.write(log_event(2, userId="alice") + log_event(3, userId="bob"))
+        erasure, problem = pixel.erase_file(other, pixel.People(["alice"]), apply=True,
+                                            held=locks[os.path.realpath(rotated[0])])
+        self.assertEqual(problem, "not the file erase holds, which a pixel renamed: run "
+                                  "erase again")
+        self.assertIn(b"alice", read_bytes(other))
+
     def test_a_pixel_gone_between_its_rename_and_the_next_file(self):
         # Nothing comes to the path (a kill -9 inside rotate_now): erase waited its 60 s,
         # then blamed an old pixel. The rotated file, no longer held, is erased, and said.
