@@ -5660,7 +5660,9 @@ class ForwardingThroughRotation(ForwardingCase):
 class ForwardingRestarts(ForwardingCase):
     """A new Forwarder over the same log resumes from the checkpoint."""
 
-    def test_resumes_where_the_checkpoint_says(self):
+    def sent_ten_then_thirty_more(self):
+        """(receiver, writer): 10 events sent, the forwarder stopped, 30 more written while
+        none runs (several rotations)."""
         receiver = FakeReceiver(self)
         writer = self.writer(max_bytes=2000)
         forwarder = self.forwarder(receiver.url, writer)
@@ -5668,7 +5670,11 @@ class ForwardingRestarts(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         forwarder.stop(5)
         forwarder.close()
-        self.write(writer, range(10, 40))   # while no forwarder runs: several rotations
+        self.write(writer, range(10, 40))
+        return receiver, writer
+
+    def test_resumes_where_the_checkpoint_says(self):
+        receiver, writer = self.sent_ten_then_thirty_more()
         second = self.forwarder(receiver.url, writer)
         self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(40)])
@@ -5676,14 +5682,7 @@ class ForwardingRestarts(ForwardingCase):
     def test_files_rotated_after_a_clock_set_back_are_not_skipped(self):
         # A restart finds the files rotated since its checkpoint by mtime: after the clock
         # was set back an hour, every one of them looked older than the checkpoint.
-        receiver = FakeReceiver(self)
-        writer = self.writer(max_bytes=2000)
-        forwarder = self.forwarder(receiver.url, writer)
-        self.write(writer, range(10))
-        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
-        forwarder.stop(5)
-        forwarder.close()
-        self.write(writer, range(10, 40))   # while no forwarder runs: several rotations
+        receiver, writer = self.sent_ten_then_thirty_more()
         self.assertGreater(len(writer.rotated_files()), 2)
         back = time.time() - 3600
         for path in writer.rotated_files() + [writer.path]:
@@ -10588,190 +10587,141 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertIn("%s: erased 1 of 2 line(s)" % self.log, out)
         self.assertFalse(os.path.exists(pixel.erase_request_path(self.log)))
 
-    def test_a_log_caught_between_its_rotation_and_the_next_file_is_waited_for(self):
-        # A pixel's rotate_now renames the log, then makes the next one, then flocks it: an
-        # erase that looked between the first two found nothing at the path, and said "not
-        # erased" (1 time in ~40); one between the last two would take the pixel's new file.
-        # Here the pixel's side is played slowly, so that erase's looks fall in those gaps.
+    # The next four play a running pixel's side on a thread, slowly, so that erase's looks
+    # fall in the gaps of its rotation (LogWriter._rotate: rename the log, make the next
+    # file, flock it, let go of the old one), and run erase's _hold_for_erase beside it.
+
+    def pixel_holding_the_log(self):
+        """Alice's line in the log, flocked as a running pixel holds it; its descriptors."""
         with open(self.log, "wb") as handle:
             handle.write(log_event(1, userId="alice"))
-        held = [os.open(self.log, os.O_RDONLY)]   # the running pixel's flock
-        pixel.fcntl.flock(held[0], pixel.fcntl.LOCK_EX)
-        self.addCleanup(lambda: [os.close(fd) for fd in held])
-        rotated = pixel.rotation_target(self.log, time.time())
-        looks, request = [], pixel.erase_request_path(self.log)
+        self.held, self.rotated = [os.open(self.log, os.O_RDONLY)], []
+        pixel.fcntl.flock(self.held[0], pixel.fcntl.LOCK_EX)
+        self.addCleanup(lambda: [os.close(fd) for fd in self.held])
 
-        def answer(state):
-            pixel.write_checkpoint(pixel.erase_answer_path(self.log), {
-                "id": pixel.read_state(request)["id"], "pid": os.getpid(), "state": state,
-                "rotated": rotated})
+    def rotate(self, gap=0.0, flock=True):
+        """The pixel's rotation, `gap` s between each step; False if erase took the next
+        file's flock before the pixel could."""
+        self.rotated.append(pixel.rotation_target(self.log, time.time() + len(self.rotated)))
+        os.rename(self.log, self.rotated[-1])
+        time.sleep(gap)
+        self.held.append(os.open(self.log, os.O_WRONLY | os.O_CREAT, 0o644))
+        time.sleep(gap)
+        return not flock or self.flock_next()
 
-        def pixel_side():
-            if not wait_until(lambda: os.path.exists(request), 10):
-                return
-            os.rename(self.log, rotated)
-            time.sleep(0.3)   # the gap, made wide: erase looks every 0.05 s
-            looks.append(os.path.exists(self.log))
-            held.append(os.open(self.log, os.O_WRONLY | os.O_CREAT, 0o644))
-            time.sleep(0.3)   # ... and the next file made, not yet flocked: not erase's
-            try:
-                pixel.fcntl.flock(held[-1], pixel.fcntl.LOCK_EX | pixel.fcntl.LOCK_NB)
-            except BlockingIOError:
-                looks.append("erase took the pixel's new file")
-            os.close(held.pop(0))   # the rotated file let go of, as _open does
-            answer("ready")
-            if wait_until(lambda: (pixel.read_state(request) or {}).get("state") == "done"):
-                answer("resumed")
+    def flock_next(self):
+        try:
+            pixel.fcntl.flock(self.held[-1], pixel.fcntl.LOCK_EX | pixel.fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.close(self.held.pop(-2))
+        return True
 
+    def answer_as_the_desk(self):
+        """Answer erase's request as the pixel's EraseDesk does, once erase has made it."""
+        request = pixel.erase_request_path(self.log)
+        answer = lambda state: pixel.write_checkpoint(pixel.erase_answer_path(self.log), {
+            "id": pixel.read_state(request)["id"], "pid": os.getpid(), "state": state,
+            "rotated": self.rotated[-1]})
+        answer("ready")
+        if wait_until(lambda: (pixel.read_state(request) or {}).get("state") == "done"):
+            answer("resumed")
+
+    def hold_beside(self, pixel_side):
+        """(_hold_for_erase's files for the log, the descriptors it holds), `pixel_side` on
+        a thread meanwhile."""
         side = threading.Thread(target=pixel_side)
         side.start()
         requests, locks = [], {}
         self.addCleanup(lambda: [os.close(fd) for fd in locks.values()])
         try:
-            found = pixel._hold_for_erase(self.log, requests, locks, pixel.Reporter())
+            return pixel._hold_for_erase(self.log, requests, locks, pixel.Reporter()), locks
         finally:
             pixel.EraseRequest.finish(requests)
             side.join()
-        self.assertEqual(looks, [False])
-        self.assertEqual(found, [rotated])
+
+    def requested(self):
+        return wait_until(lambda: os.path.exists(pixel.erase_request_path(self.log)))
+
+    def test_a_log_caught_between_its_rotation_and_the_next_file_is_waited_for(self):
+        # An erase that looked between the rename and the next file found nothing at the
+        # path, and said "not erased" (1 time in ~40); one between the next file and its
+        # flock would have taken the pixel's new file.
+        self.pixel_holding_the_log()
+        taken = []
+
+        def pixel_side():
+            if self.requested():
+                taken.append(not self.rotate(gap=0.3))   # erase looks every 0.05 s
+                self.answer_as_the_desk()
+
+        found, _ = self.hold_beside(pixel_side)
+        self.assertEqual((taken, found), ([False], self.rotated))
 
     def test_a_log_the_pixel_rotates_while_erase_claims_it_stays_the_pixels(self):
         # erase opens the log, makes its request (syncs: milliseconds), then flocks what it
         # opened. A rotation by --max-bytes meanwhile left that file free: erase took the
         # pixel for gone and rewrote the file at the path, the one the pixel writes now
-        # (an attacker lost 8-10 answered events so). Played here: the pixel rotates inside
-        # erase's claim(), then answers the request, rotating again, as its EraseDesk does.
-        with open(self.log, "wb") as handle:
-            handle.write(log_event(1, userId="alice"))
-        held = [os.open(self.log, os.O_RDONLY)]
-        pixel.fcntl.flock(held[0], pixel.fcntl.LOCK_EX)
-        self.addCleanup(lambda: [os.close(fd) for fd in held])
-        request, rotated, now = pixel.erase_request_path(self.log), [], [time.time()]
-
-        def rotate():   # as LogWriter._rotate: rename, make the next file, flock it, let go
-            now[0] += 1
-            rotated.append(pixel.rotation_target(self.log, now[0]))
-            os.rename(self.log, rotated[-1])
-            held.append(os.open(self.log, os.O_WRONLY | os.O_CREAT, 0o644))
-            pixel.fcntl.flock(held[-1], pixel.fcntl.LOCK_EX)
-            os.close(held.pop(0))
-
-        def answer(state):
-            pixel.write_checkpoint(pixel.erase_answer_path(self.log), {
-                "id": pixel.read_state(request)["id"], "pid": os.getpid(), "state": state,
-                "rotated": rotated[-1]})
-
+        # (an attacker lost 8-10 answered events so). Here the pixel rotates inside
+        # erase's claim(), then answers the request, rotating again.
+        self.pixel_holding_the_log()
         real_claim = pixel.EraseRequest.claim
 
         def claim_while_the_pixel_rotates(request):
             real_claim(request)
-            if not rotated:   # the live log's claim, not its rotated files'
-                rotate()   # by --max-bytes, not for erase
+            if not self.rotated:   # the live log's claim, not its rotated files'
+                self.rotate()
 
-        def desk():
-            if wait_until(lambda: os.path.exists(request) and len(rotated) == 1):
-                rotate()
-                answer("ready")
-                if wait_until(lambda: (pixel.read_state(request) or {}).get("state") == "done"):
-                    answer("resumed")
+        def pixel_side():
+            if wait_until(lambda: self.rotated):
+                self.rotate()
+                self.answer_as_the_desk()
 
-        side = threading.Thread(target=desk)
-        side.start()
-        requests, locks = [], {}
-        self.addCleanup(lambda: [os.close(fd) for fd in locks.values()])
-        try:
-            with unittest.mock.patch("pixel.EraseRequest.claim", claim_while_the_pixel_rotates):
-                found = pixel._hold_for_erase(self.log, requests, locks, pixel.Reporter())
-        finally:
-            pixel.EraseRequest.finish(requests)
-            side.join()
-        self.assertEqual(found, rotated)   # never the live file the pixel writes
-        self.assertEqual(len(rotated), 2)
+        with unittest.mock.patch("pixel.EraseRequest.claim", claim_while_the_pixel_rotates):
+            found, _ = self.hold_beside(pixel_side)
+        self.assertEqual(len(self.rotated), 2)
+        self.assertEqual(found, self.rotated)   # never the live file the pixel writes
 
     @unittest.mock.patch("pixel.ERASE_POLL", 0.02)
     def test_a_pixel_gone_after_making_the_next_file_before_it_answered(self):
         # A new file at the path, never flocked, and no answer: erase waited its 60 s and
         # erased nothing. Once the file is 5 * ERASE_POLL old and free, it is no one's.
-        with open(self.log, "wb") as handle:
-            handle.write(log_event(1, userId="alice"))
-        held = os.open(self.log, os.O_RDONLY)
-        pixel.fcntl.flock(held, pixel.fcntl.LOCK_EX)
-        rotated = pixel.rotation_target(self.log, time.time())
+        self.pixel_holding_the_log()
 
         def pixel_side():
-            if wait_until(lambda: os.path.exists(pixel.erase_request_path(self.log))):
-                os.rename(self.log, rotated)
-                os.close(os.open(self.log, os.O_WRONLY | os.O_CREAT, 0o644))
-            os.close(held)   # killed: its flock goes
+            if self.requested():
+                self.rotate(flock=False)
+            os.close(self.held.pop(0))   # killed: its flocks go
 
-        side = threading.Thread(target=pixel_side)
-        side.start()
-        requests, locks = [], {}
-        self.addCleanup(lambda: [os.close(fd) for fd in locks.values()])
         started = time.monotonic()
-        try:
-            found = pixel._hold_for_erase(self.log, requests, locks, pixel.Reporter())
-        finally:
-            side.join()
-            pixel.EraseRequest.finish(requests)
+        found, _ = self.hold_beside(pixel_side)
         self.assertLess(time.monotonic() - started, 5)
-        self.assertEqual(found, [self.log, rotated])
+        self.assertEqual(found, [self.log] + self.rotated)
 
     def test_a_pixels_next_file_not_yet_flocked_is_not_taken(self):
         # A third attacker stopped a pixel (SIGSTOP) inside its rotation, after it made its
         # next file and before it flocked it: erase took that file as no one's at once,
         # later rewrote the log by name, and lost answered events. An empty file made in
         # the last second is waited for; erase_file erases only the file erase holds.
-        with open(self.log, "wb") as handle:
-            handle.write(log_event(1, userId="alice"))
-        held = [os.open(self.log, os.O_RDONLY)]
-        pixel.fcntl.flock(held[0], pixel.fcntl.LOCK_EX)
-        self.addCleanup(lambda: [os.close(fd) for fd in held])
-        now, rotated, looks = [time.time()], [], []
-        request = pixel.erase_request_path(self.log)
-
-        def rotate(flock=True):
-            now[0] += 1
-            rotated.append(pixel.rotation_target(self.log, now[0]))
-            os.rename(self.log, rotated[-1])
-            held.append(os.open(self.log, os.O_WRONLY | os.O_CREAT, 0o644))
-            if flock:
-                pixel.fcntl.flock(held[-1], pixel.fcntl.LOCK_EX)
-                os.close(held.pop(-2))
-
-        rotate(flock=False)   # stopped here, by --max-bytes
+        self.pixel_holding_the_log()
+        self.rotate(flock=False)   # stopped here, by --max-bytes
+        taken = []
 
         def pixel_side():
             time.sleep(0.3)   # SIGCONT
-            try:
-                pixel.fcntl.flock(held[-1], pixel.fcntl.LOCK_EX | pixel.fcntl.LOCK_NB)
-            except BlockingIOError:
-                looks.append("erase took the pixel's next file")
-            os.close(held.pop(0))
-            if wait_until(lambda: os.path.exists(request)):   # its EraseDesk answers
-                rotate()
-                pixel.write_checkpoint(pixel.erase_answer_path(self.log), {
-                    "id": pixel.read_state(request)["id"], "pid": os.getpid(),
-                    "state": "ready", "rotated": rotated[-1]})
+            taken.append(not self.flock_next())
+            if self.requested():
+                self.rotate()
+                self.answer_as_the_desk()
 
-        side = threading.Thread(target=pixel_side)
-        side.start()
-        requests, locks = [], {}
-        self.addCleanup(lambda: [os.close(fd) for fd in locks.values()])
-        try:
-            found = pixel._hold_for_erase(self.log, requests, locks, pixel.Reporter())
-        finally:
-            side.join()
-            for document in requests:
-                pixel._remove_files(document.path, document.answer_path)
-        self.assertEqual(looks, [])
-        self.assertEqual(found, rotated)
+        found, locks = self.hold_beside(pixel_side)
+        self.assertEqual((taken, found), ([False], self.rotated))
         # ... and a file at the path that is not the one held is not erased by its name.
-        other = pixel.rotation_target(self.log, now[0] + 1)
+        other = pixel.rotation_target(self.log, time.time() + 10)
         with open(other, "wb") as handle:
             handle.write(log_event(2, userId="alice") + log_event(3, userId="bob"))
         erasure, problem = pixel.erase_file(other, pixel.People(["alice"]), apply=True,
-                                            held=locks[os.path.realpath(rotated[0])])
+                                            held=locks[os.path.realpath(self.rotated[0])])
         self.assertEqual(problem, "not the file erase holds, which a pixel renamed: run "
                                   "erase again")
         self.assertIn(b"alice", read_bytes(other))
