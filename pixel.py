@@ -1524,10 +1524,11 @@ def rotation_target(path, now):
     and must delete the oldest): a name sorts after those made before. A folder pixel may
     not list, the clock alone names."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
+    serial = 0
     try:
-        newest, serial = max(_rotations(path), default=None), 0
+        newest = max(_rotations(path), default=None)
     except OSError:   # a folder pixel may write in, not list
-        newest, serial = None, 0
+        newest = None
     if newest is not None and stamp <= newest[0]:
         stamp, serial = newest[0], newest[1] + 1
     target = "%s.%s" % (path, stamp) + ("-%d" % serial if serial else "")
@@ -4224,10 +4225,11 @@ def rotated_since(path, live, since, sent=None):
     named = all(key is not None for _, key, _, _ in found)   # else a clock set back may
     after = next((key for _, key, _, identity in found if identity == sent), None) \
         if named else None                                    # skip some (mtime < since)
-    found = sorted((entry[1:3] if named else entry[::2], entry) for entry in found
-                   if entry[0] >= since or after is not None and entry[1] >= after)
+    found = [entry for entry in found
+             if entry[0] >= since or after is not None and entry[1] >= after]
+    found.sort(key=lambda entry: entry[1:3] if named else entry[::2])   # name, or mtime
     opened = []
-    for _, (_, _, name, identity) in found:
+    for _, _, name, identity in found:
         path = os.path.join(folder, name)
         if len(opened) >= MAX_OPEN_LOG_FILES:   # opened when its turn comes
             log = LogFile(None, identity, path)
@@ -6750,8 +6752,9 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
             # rotated it, and writes the file at the path now: that one is its live log. Or
             # free, but that pixel's next file, which it has yet to flock (_maybe_next)?
             try:
-                moved = live and (not os.path.samestat(os.fstat(fd), os.stat(path)) or
-                                  _maybe_next(os.fstat(fd)))
+                status = os.fstat(fd)
+                moved = live and (not os.path.samestat(status, os.stat(path)) or
+                                  _maybe_next(status))
             except FileNotFoundError:   # between the pixel's rename and its next file
                 moved = True
             if moved:
