@@ -1196,6 +1196,8 @@ def parse_head(head):
     if body_length is None:
         raise HeadError(400, "bad_framing", request_line)
     path, _, query = target.partition("?")
+    if "%" in path:   # decoded, as a WSGI host decodes PATH_INFO, so that routes agree
+        path = urllib.parse.unquote(path, "latin-1")
     return Head(method, target, path, query, "HTTP/1." + minor, headers, body_length,
                 keep_alive)
 
