@@ -4213,23 +4213,27 @@ def rotated_since(path, live, since, sent=None):
     of the checkpoint's file) and all named after it. Each is opened, or past
     MAX_OPEN_LOG_FILES parked."""
     folder, base = os.path.split(path)
-    found = []
+    found, others = [], []
     for name in os.listdir(folder):
         match = _ROTATED.match(name, len(base)) if name.startswith(base) else None
-        if match:
-            try:
-                status = os.stat(os.path.join(folder, name))
-            except OSError:   # gone since listdir
-                continue
-            if (status.st_dev, status.st_ino) != live:
-                key = (match.group(1), int(match.group(2) or 0)) if match.group(1) else None
-                found.append((status.st_mtime_ns, key, name, (status.st_dev, status.st_ino)))
+        if not match:
+            others.append(name)
+            continue
+        try:
+            status = os.stat(os.path.join(folder, name))
+        except OSError:   # gone since listdir
+            continue
+        if (status.st_dev, status.st_ino) != live:
+            key = (match.group(1), int(match.group(2) or 0)) if match.group(1) else None
+            found.append((status.st_mtime_ns, key, name, (status.st_dev, status.st_ino)))
     named = all(key is not None for _, key, _, _ in found)   # else a clock set back may
     after = next((key for _, key, _, identity in found if identity == sent), None) \
         if named else None                                    # skip some (mtime < since)
     found = [entry for entry in found
              if entry[0] >= since or after is not None and entry[1] >= after]
     found.sort(key=lambda entry: entry[1:3] if named else entry[::2])   # name, or mtime
+    if sent not in (None, live) and all(entry[3] != sent for entry in found):
+        found[:0] = _moved_by_hand(folder, others, sent)
     opened = []
     for _, _, name, identity in found:
         path = os.path.join(folder, name)
@@ -4243,9 +4247,24 @@ def rotated_since(path, live, since, sent=None):
             if log.identity != identity:   # replaced since the stat
                 log.close()
                 continue
-        log.named = _ROTATED.match(name, len(base)).group(1) is not None
+        match = _ROTATED.match(name, len(base)) if name.startswith(base) else None
+        log.named = match is not None and match.group(1) is not None
         opened.append(log)
     return opened
+
+
+def _moved_by_hand(folder, names, identity):
+    """[entry] for the file among `names` in `folder` whose identity is the checkpoint's,
+    under a name no rotation gives (an outside mv, then a restart before it was all sent),
+    or []: it holds the oldest unsent lines."""
+    for name in names:
+        try:
+            status = os.stat(os.path.join(folder, name))
+        except OSError:
+            continue
+        if (status.st_dev, status.st_ino) == identity and stat.S_ISREG(status.st_mode):
+            return [(status.st_mtime_ns, None, name, identity)]
+    return []
 
 
 def found_at(log, checkpoint):
@@ -4278,9 +4297,10 @@ def resume_at(checkpoint, files, live_end, reporter):
             log.offset = min(offset, end)
             return index
     if checkpoint["device"] != -1:
-        reporter.say("the file the checkpoint names (%s, inode %d) is gone: forwarding "
-                     "from %s, the oldest file written since; the receiver may get events "
-                     "twice" % (checkpoint.get("path"), checkpoint["inode"], files[0].name))
+        reporter.say("the file the checkpoint names (%s, inode %d) is gone from its folder: "
+                     "forwarding from %s, the oldest file written since; the receiver may get "
+                     "events twice, and none of that file's unsent ones"
+                     % (checkpoint.get("path"), checkpoint["inode"], files[0].name))
     return 0   # rotated_since gave only the files written since the checkpoint
 
 

@@ -5693,6 +5693,53 @@ class ForwardingRestarts(ForwardingCase):
         self.assertNotIn("the file the checkpoint names", self.stderr.getvalue())
         self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
 
+    def test_the_checkpoints_file_moved_to_another_name_is_still_sent(self):
+        # An outside mv of the log to a name no rotation gives (then a kill -9 before the
+        # forwarder had sent it all): a restart finds that file by its identity, not its name.
+        receiver = FakeReceiver(self)
+        writer = self.writer(max_bytes=2000)
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(5))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        forwarder.stop(5)
+        forwarder.close()
+        self.write(writer, range(5, 10))   # unsent, in the checkpoint's file
+        writer.close()   # killed; moved meanwhile; started again
+        os.rename(writer.path, os.path.join(self.dir, "kept-by-hand.jsonl"))
+        writer = self.writer(max_bytes=2000)
+        self.write(writer, range(10, 40))
+        second = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(40)])
+        self.assertNotIn("the file the checkpoint names", self.stderr.getvalue())
+
+    def test_killed_after_an_outside_mv_it_sends_the_moved_file_when_started_again(self):
+        # Real processes: the receiver refuses (503) while pixel answers 5 pixels; an outside
+        # mv renames its log and makes a new one; 5 more; kill -9. Started again with the
+        # receiver taking them, all 10 arrive, the moved file's first.
+        down = threading.Event()
+        down.set()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        path = os.path.join(self.dir, "events.jsonl")
+        process, port = start_pixel(self, "--log", path, "--forward", receiver.url)
+        for number in range(10):
+            if number == 5:
+                os.rename(path, os.path.join(self.dir, "kept-by-hand.jsonl"))
+                open(path, "ab").close()
+                time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # pixel looks at its path this often
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e&messageId=m%d"
+                      % number)
+        self.assertTrue(wait_until(lambda: receiver.posts))   # refused, so none sent
+        process.kill()
+        process.wait()
+        with open(path, "rb") as handle:
+            self.assertEqual(len(handle.readlines()), 5)
+        down.clear()
+        start_pixel(self, "--log", path, "--forward", receiver.url)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 10, timeout=15))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(10)])
+
     def test_no_checkpoint_starts_at_the_live_files_first_line(self):
         receiver = FakeReceiver(self)
         writer = self.writer(max_bytes=2000)
