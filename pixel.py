@@ -6696,8 +6696,9 @@ def erase_command(argv=None, stdout=None):
                 refused.append((path, error))
                 held = []
             for name, error in refused:
-                reporter.say("erase: %s: %s: not erased" % (name, error.strerror or error))
-                status = 1
+                if not _deleted_rotation(name, error, reporter):
+                    reporter.say("erase: %s: %s: not erased" % (name, error.strerror or error))
+                    status = 1
             files += [name for name in held if name not in files]
         if not files:
             return status
@@ -6718,6 +6719,9 @@ def erase_command(argv=None, stdout=None):
                                               max_share=args.max_share, checkpoints=checkpoints,
                                               held=locks.get(os.path.realpath(path)))
             except (OSError, EOFError, zlib.error) as error:
+                if _deleted_rotation(path, error, reporter):
+                    results.append({"path": path, "status": "gone"})
+                    continue
                 erasure, problem = None, "cannot erase it: %s" % (
                     getattr(error, "strerror", None) or error)
             if problem is not None:
@@ -6752,6 +6756,17 @@ def erase_command(argv=None, stdout=None):
         for fd in locks.values():
             os.close(fd)
     return status
+
+
+def _deleted_rotation(path, error, reporter):
+    """Whether `error` says that a file named as pixel's rotation names one is gone: --keep
+    deleted it since the shell named it, and nothing in it is left to erase (said)."""
+    match = _ROTATED.search(os.path.basename(path))
+    if not isinstance(error, FileNotFoundError) or not match or not match.group(1):
+        return False
+    reporter.say("erase: %s: gone since it was named (--keep deletes the oldest): nothing "
+                 "in it to erase" % path)
+    return True
 
 
 def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):

@@ -10271,6 +10271,22 @@ class EraseFiles(unittest.TestCase):
         self.assertIn("%s: not a regular file (a directory): not erased" % self.dir, err)
         self.assertIn("%s: erased 4 of 7 line(s)" % path, out)
 
+    def test_a_rotated_file_deleted_since_the_shell_named_it_is_not_a_failure(self):
+        # --keep deletes the oldest rotated file between the shell's glob and erase's look:
+        # nothing of anyone is left in it, so `erase --apply events.jsonl*` still exits 0.
+        path = write_log(self.dir, "events.jsonl", [line.rstrip(b"\n") for line in
+                                                    person_lines("bob", 1) +
+                                                    person_lines("alice", 3)])
+        gone = os.path.join(self.dir, "events.jsonl.20261201T000000.000Z")
+        for apply in ([], ["--apply"]):
+            with self.subTest(apply=apply):
+                status, out, err = self.erase("--user-id", "bob", *apply, gone, path)
+                self.assertEqual(status, 0, err)
+                self.assertIn("%s: gone since it was named (--keep deletes the oldest): "
+                              "nothing in it to erase" % gone, err)
+                self.assertIn("%s: %s 1 of " % (path, "erased" if apply else "would erase"),
+                              out)
+
     def test_a_symlinked_log_is_erased_where_it_lives(self):
         real = os.path.join(self.dir, "real")
         os.mkdir(real)
