@@ -1195,11 +1195,16 @@ def parse_head(head):
     body_length = _body_length(headers)
     if body_length is None:
         raise HeadError(400, "bad_framing", request_line)
-    path, _, query = target.partition("?")
-    if "%" in path:   # decoded, as a WSGI host decodes PATH_INFO, so that routes agree
-        path = urllib.parse.unquote(path, "latin-1")
+    path, query = split_target(target)
     return Head(method, target, path, query, "HTTP/1." + minor, headers, body_length,
                 keep_alive)
+
+
+def split_target(target):
+    """A request target's path, percent-decoded as a WSGI host decodes PATH_INFO, so that
+    every transport routes alike, and its query as it came."""
+    path, _, query = target.partition("?")
+    return urllib.parse.unquote(path, "latin-1") if "%" in path else path, query
 
 
 def spaced_pixel_target(words):
@@ -1209,7 +1214,7 @@ def spaced_pixel_target(words):
     method, version = words[0], words[-1]
     middle = [word for word in words[1:-1] if word]
     if method in _GET_HEAD and version.startswith("HTTP/1.") and middle and "?" in middle[0]:
-        route = route_for(middle[0].partition("?")[0])
+        route = route_for(split_target(middle[0])[0])
         if route is not None and route.kind == "pixel":
             return [method, " ".join(middle), version]
     return words
@@ -3250,7 +3255,7 @@ class PixelHandler(BufferedConnection):
         as a request. Over a size limit, a pixel still gets its GIF."""
         words = error.request_line.decode("latin-1").split(" ")
         target = words[1] if len(words) > 1 else ""
-        path, _, query = target.partition("?")
+        path, query = split_target(target)
         self.command, self.path, self.headers = words[0], target, {}
         if error.status in (414, 431):   # the rest of the head may still be on its way
             self.close_connection = True
@@ -4206,12 +4211,12 @@ class LogFile:
             self.fd = None
 
 
-def rotated_since(path, live, since, sent=None):
-    """The rotated files of the log at `path` written to since `since` (mtime_ns), oldest
+def rotated_since(path, live, checkpoint):
+    """The rotated files of the log at `path` written to since `checkpoint` was, oldest
     first: by last write, then by name. If all have pixel's names, which sort in the order
-    written whatever the clock did (rotation_target), by name, with `sent` (the identity
-    of the checkpoint's file) and all named after it. Each is opened, or past
-    MAX_OPEN_LOG_FILES parked."""
+    written whatever the clock did (rotation_target), by name, with the checkpoint's file
+    and all named after it. Each is opened, or past MAX_OPEN_LOG_FILES parked."""
+    since, sent = checkpoint["mtime_ns"], (checkpoint["device"], checkpoint["inode"])
     folder, base = os.path.split(path)
     found, others = [], []
     for name in os.listdir(folder):
@@ -4232,8 +4237,8 @@ def rotated_since(path, live, since, sent=None):
     found = [entry for entry in found
              if entry[0] >= since or after is not None and entry[1] >= after]
     found.sort(key=lambda entry: entry[1:3] if named else entry[::2])   # name, or mtime
-    if sent not in (None, live) and all(entry[3] != sent for entry in found):
-        found[:0] = _moved_by_hand(folder, others, sent)
+    if sent != live and all(entry[3] != sent for entry in found):
+        found[:0] = _moved_by_hand(folder, others, checkpoint)
     opened = []
     for _, _, name, identity in found:
         path = os.path.join(folder, name)
@@ -4253,17 +4258,26 @@ def rotated_since(path, live, since, sent=None):
     return opened
 
 
-def _moved_by_hand(folder, names, identity):
-    """[entry] for the file among `names` in `folder` whose identity is the checkpoint's,
-    under a name no rotation gives (an outside mv, then a restart before it was all sent),
-    or []: it holds the oldest unsent lines."""
+def _moved_by_hand(folder, names, checkpoint):
+    """[entry] for the checkpoint's file if it is among `names` in `folder`, under a name no
+    rotation gives (an outside mv, then a restart before it was all sent), or []: found by
+    its identity and its head, as a file that took its inode since is not it."""
+    identity = (checkpoint["device"], checkpoint["inode"])
     for name in names:
         try:
             status = os.stat(os.path.join(folder, name))
         except OSError:
             continue
         if (status.st_dev, status.st_ino) == identity and stat.S_ISREG(status.st_mode):
-            return [(status.st_mtime_ns, None, name, identity)]
+            try:
+                log = LogFile.open(os.path.join(folder, name))
+            except OSError:
+                return []
+            try:
+                ours = found_at(log, checkpoint) is not None
+            finally:
+                log.close()
+            return [(status.st_mtime_ns, None, name, identity)] if ours else []
     return []
 
 
@@ -4326,8 +4340,7 @@ class LogQueue:
         files, start = [LogFile(fd, identity, writer.path)], None
         try:
             if checkpoint is not None:
-                files[:0] = rotated_since(writer.path, identity, checkpoint["mtime_ns"],
-                                          (checkpoint["device"], checkpoint["inode"]))
+                files[:0] = rotated_since(writer.path, identity, checkpoint)
             start = resume_at(checkpoint, files, end, self._reporter)
         finally:
             for log in files[:start]:   # all of them if anything raised
@@ -6681,7 +6694,7 @@ def erase_command(argv=None, stdout=None):
             people.add(other)
             stdout.write("--follow: %s %s (%d event(s))\n" % (field, other, count))
     status = 0
-    requests, locks, files = [], {}, []
+    requests, locks, files, gone = [], {}, [], []
     for folder in {os.path.dirname(os.path.realpath(path)) for path in args.files}:
         if args.apply:   # what killed erases left behind
             sweep_erase_requests(folder)
@@ -6696,7 +6709,9 @@ def erase_command(argv=None, stdout=None):
                 refused.append((path, error))
                 held = []
             for name, error in refused:
-                if not _deleted_rotation(name, error, reporter):
+                if _deleted_rotation(name, error, reporter):
+                    gone.append({"path": name, "status": "gone"})
+                else:
                     reporter.say("erase: %s: %s: not erased" % (name, error.strerror or error))
                     status = 1
             files += [name for name in held if name not in files]
@@ -6712,7 +6727,7 @@ def erase_command(argv=None, stdout=None):
                              % (ledger, error.strerror or error))
                 return 1
         checkpoints = checkpoints_beside(files)
-        results, user_ids_seen = [], set()
+        results, user_ids_seen = gone, set()
         for path in files:
             try:
                 erasure, problem = erase_file(path, people, apply=args.apply,
@@ -6759,10 +6774,17 @@ def erase_command(argv=None, stdout=None):
 
 
 def _deleted_rotation(path, error, reporter):
-    """Whether `error` says that a file named as pixel's rotation names one is gone: --keep
+    """Whether `error` says that a file a glob of a log's files could have named is gone:
+    named as pixel's rotation names one, beside that log or its other rotations. --keep
     deleted it since the shell named it, and nothing in it is left to erase (said)."""
     match = _ROTATED.search(os.path.basename(path))
     if not isinstance(error, FileNotFoundError) or not match or not match.group(1):
+        return False
+    log = path[:len(path) - len(match.group(0))]
+    try:
+        if not os.path.isfile(log) and not pixel_rotations(log):
+            return False
+    except OSError:   # no such folder
         return False
     reporter.say("erase: %s: gone since it was named (--keep deletes the oldest): nothing "
                  "in it to erase" % path)

@@ -1013,6 +1013,8 @@ SPACED_TARGET_CASES = [
     ("many spaces are one", b"GET  /v1/pixel/page?name=A    B   HTTP/1.1",
      ("/v1/pixel/page", "name=A B")),
     ("HEAD", b"HEAD /v1/pixel/track?event=A B HTTP/1.1", ("/v1/pixel/track", "event=A B")),
+    ("an escaped path", b"GET /v1/pixel/%74rack?event=A B HTTP/1.1",
+     ("/v1/pixel/track", "event=A B")),
     ("HTTP/1.0", b"GET /v1/pixel/track?event=A B HTTP/1.0", ("/v1/pixel/track", "event=A B")),
     ("HTTP/1.1 inside the target", b"GET /v1/pixel/track?event=A HTTP/1.1 B HTTP/1.1",
      ("/v1/pixel/track", "event=A HTTP/1.1 B")),
@@ -3731,6 +3733,10 @@ class OddHttp(ServerCase):
         self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
         self.assertEqual(self.lines(), [])
         self.assertEqual(self.lines("rejects.jsonl")[0]["reason"], "uri_too_long")
+        reply = self.raw(("GET /v1/pixel/%%74rack?%s HTTP/1.1\r\nHost: x\r\n\r\n"
+                          % long_query).encode())   # routed as decoded, as under WSGI
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
+        self.assertEqual(self.lines("rejects.jsonl")[1]["reason"], "uri_too_long")
         reply = self.raw(("GET /elsewhere?%s HTTP/1.1\r\nHost: x\r\n\r\n" % long_query).encode())
         self.assertTrue(reply.startswith(b"HTTP/1.1 414 "), reply[:40])
         self.assertQuietStderr()
@@ -5712,6 +5718,27 @@ class ForwardingRestarts(ForwardingCase):
         self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(40)])
         self.assertNotIn("the file the checkpoint names", self.stderr.getvalue())
+
+    def test_a_file_that_took_the_checkpoints_inode_is_not_sent(self):
+        # The checkpoint's file deleted (a cross-device mv is a copy and an rm), and another
+        # file in the folder given its inode, as ext4 does at once: found by identity, but
+        # its head is not the checkpoint's, so not one line of it goes to the receiver.
+        receiver, writer = self.sent_ten_then_thirty_more()
+        checkpoint_path = pixel.state_path(writer.path, "forward")
+        checkpoint = pixel.read_checkpoint(checkpoint_path)
+        for rotated in writer.rotated_files():
+            if os.stat(rotated).st_ino == checkpoint["inode"]:
+                os.remove(rotated)
+        notes = os.path.join(self.dir, "notes.jsonl")
+        with open(notes, "wb") as handle:
+            handle.write(log_event(99, userId="private") * 3)
+        status = os.stat(notes)
+        pixel.write_checkpoint(checkpoint_path, dict(checkpoint, device=status.st_dev,
+                                                     inode=status.st_ino))
+        second = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
+        self.assertNotIn("m99", receiver.ids())
+        self.assertIn("the file the checkpoint names", self.stderr.getvalue())
 
     def test_killed_after_an_outside_mv_it_sends_the_moved_file_when_started_again(self):
         # Real processes: the receiver refuses (503) while pixel answers 5 pixels; an outside
@@ -10286,6 +10313,18 @@ class EraseFiles(unittest.TestCase):
                               "nothing in it to erase" % gone, err)
                 self.assertIn("%s: %s 1 of " % (path, "erased" if apply else "would erase"),
                               out)
+        # A name no glob of a log here could have given is a mistake, said and exit 1.
+        for typo in (os.path.join(self.dir, "event.jsonl.20261201T000000.000Z"),
+                     os.path.join(self.dir + "-not", "events.jsonl.20261201T000000.000Z")):
+            for apply in ([], ["--apply"]):
+                with self.subTest(typo=typo, apply=apply):
+                    status, out, err = self.erase("--user-id", "bob", *apply, typo, path)
+                    self.assertEqual(status, 1, err)
+                    self.assertIn("No such file or directory", err)
+        with open(os.path.join(self.dir, ".pixel", "erase-ledger.json")) as handle:
+            ledger = [json.loads(line) for line in handle]
+        self.assertEqual(ledger[1]["files"][0], {"path": gone, "status": "gone"})
+        self.assertEqual(ledger[-1]["status"], "partial")
 
     def test_a_symlinked_log_is_erased_where_it_lives(self):
         real = os.path.join(self.dir, "real")
