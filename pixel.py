@@ -693,8 +693,13 @@ def _address(text):
 
 
 def _trusted(peer, trusted_proxies):
+    """Whether `peer` is among `trusted_proxies`: networks, and "unix", the peer of a unix
+    socket, which has no address (a WSGI server bound to one gives REMOTE_ADDR "")."""
+    if not peer:
+        return "unix" in trusted_proxies
     address = _address(peer) if trusted_proxies else None
-    return address is not None and any(address in network for network in trusted_proxies)
+    return address is not None and any(address in network for network in trusted_proxies
+                                       if network != "unix")
 
 
 def client_ip(peer, forwarded_for, trusted_proxies):
@@ -1191,7 +1196,6 @@ def parse_head(head):
         scheme, _, rest = target.partition("://")   # the absolute form, RFC 9112 3.2.2
         if scheme.lower() not in ("http", "https") or not rest:
             raise HeadError(400, "bad_target", request_line)
-        target = "/" + rest.partition("/")[2]
     body_length = _body_length(headers)
     if body_length is None:
         raise HeadError(400, "bad_framing", request_line)
@@ -1202,8 +1206,11 @@ def parse_head(head):
 
 def split_target(target):
     """A request target's path, percent-decoded as a WSGI host decodes PATH_INFO, so that
-    every transport routes alike, and its query as it came."""
+    every transport routes alike, and its query as it came. The absolute form's path is
+    its path (parse_head refuses one of another scheme first)."""
     path, _, query = target.partition("?")
+    if not path.startswith("/"):
+        path = "/" + path.partition("://")[2].partition("/")[2]
     return urllib.parse.unquote(path, "latin-1") if "%" in path else path, query
 
 
@@ -1213,7 +1220,8 @@ def spaced_pixel_target(words):
     (.../track?userId=user_123&event=Email Opened&...); else as they came, to be refused."""
     method, version = words[0], words[-1]
     middle = [word for word in words[1:-1] if word]
-    if method in _GET_HEAD and version.startswith("HTTP/1.") and middle and "?" in middle[0]:
+    if method in _GET_HEAD and version.startswith("HTTP/1.") and middle and "?" in middle[0] \
+            and middle[0].startswith("/"):
         route = route_for(split_target(middle[0])[0])
         if route is not None and route.kind == "pixel":
             return [method, " ".join(middle), version]
@@ -2593,7 +2601,8 @@ class Recorder:
         self.labeller = labeller or Labeller()
         self.people = people or People()   # --suppress: replaced whole by a reload
         self.write_keys = frozenset(write_keys)
-        self.trusted_proxies = tuple(ipaddress.ip_network(proxy, strict=False)
+        self.trusted_proxies = tuple(proxy if proxy == "unix" else
+                                     ipaddress.ip_network(proxy, strict=False)
                                      for proxy in trusted_proxies)
         self.record_ip = record_ip
         self.anonymize_ip = anonymize_ip and record_ip
@@ -2624,16 +2633,14 @@ class Recorder:
 
     def client_ip(self, request):
         """The address to record for `request`: None with --no-ip or none known."""
-        if not self.record_ip or not request.peer:
-            return None
-        ip = self.true_client_ip(request)
-        return anonymize_ip(ip) if self.anonymize_ip else ip
+        ip = self.true_client_ip(request) if self.record_ip else None
+        return anonymize_ip(ip) if ip and self.anonymize_ip else ip
 
     def true_client_ip(self, request):
         """The client's address before --no-ip or --anonymize-ip, which the machine ranges
         are matched against; None if none is known."""
         ip = request.peer
-        if ip and (self.trusted_proxies or ip.startswith("::ffff:")):
+        if self.trusted_proxies or ip.startswith("::ffff:"):
             ip = client_ip(ip, request.headers.get("x-forwarded-for"), self.trusted_proxies)
         return ip or None
 
@@ -5358,6 +5365,8 @@ def _origin_pattern(value):
 
 def _network(value):
     text = _nonempty(value)
+    if text == "unix":   # the peer of a unix socket (_trusted)
+        return text
     try:
         ipaddress.ip_network(text, strict=False)
     except ValueError:
@@ -5437,7 +5446,8 @@ OPTIONS = (
     Option("write_key", "PIXEL_WRITE_KEYS", (), _nonempty, "accept only this writeKey; "
            "repeatable. Unset, any non-empty key is accepted", many=True),
     Option("trusted_proxy", "PIXEL_TRUSTED_PROXIES", (), _network, "an address or network whose "
-           "X-Forwarded-For is believed; repeatable. Unset, none is", many=True),
+           "X-Forwarded-For is believed, or unix: a unix socket's peer (a WSGI server bound "
+           "to one); repeatable. Unset, none is", many=True),
     Option("allow_origin", "PIXEL_ALLOW_ORIGINS", (), _origin_pattern, "a website origin whose "
            "browsers may send to the HTTP API (https://shop.example.com, or *.example.com for "
            "its subdomains); repeatable. Unset, any origin may", many=True),

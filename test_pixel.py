@@ -463,7 +463,13 @@ class ClientIp(unittest.TestCase):
                  "6.6.6.6"),
                 ("proxy chain", "127.0.0.1", "6.6.6.6, 10.1.1.1", trusted, "6.6.6.6"),
                 ("malformed hop", "127.0.0.1", "6.6.6.6, junk, 10.1.1.1", trusted, "10.1.1.1"),
-                ("no header", "127.0.0.1", None, trusted, "127.0.0.1")]:
+                ("no header", "127.0.0.1", None, trusted, "127.0.0.1"),
+                # A WSGI server on a unix socket gives no peer address (REMOTE_ADDR "").
+                ("unix socket, trusted", "", "6.6.6.6", ("unix",), "6.6.6.6"),
+                ("unix socket, proxy chain", "", "6.6.6.6, 10.1.1.1", trusted + ("unix",),
+                 "6.6.6.6"),
+                ("unix socket, not trusted", "", "6.6.6.6", trusted, ""),
+                ("unix trusted, a TCP peer", "8.8.8.8", "6.6.6.6", ("unix",), "8.8.8.8")]:
             with self.subTest(name):
                 self.assertEqual(pixel.client_ip(peer, forwarded, proxies), expected)
 
@@ -3737,6 +3743,10 @@ class OddHttp(ServerCase):
                           % long_query).encode())   # routed as decoded, as under WSGI
         self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
         self.assertEqual(self.lines("rejects.jsonl")[1]["reason"], "uri_too_long")
+        reply = self.raw(("GET http://h.example/v1/pixel/track?%s HTTP/1.1\r\nHost: x\r\n\r\n"
+                          % long_query).encode())   # the absolute form's path
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF))
+        self.assertEqual(self.lines("rejects.jsonl")[2]["reason"], "uri_too_long")
         reply = self.raw(("GET /elsewhere?%s HTTP/1.1\r\nHost: x\r\n\r\n" % long_query).encode())
         self.assertTrue(reply.startswith(b"HTTP/1.1 414 "), reply[:40])
         self.assertQuietStderr()
@@ -6747,6 +6757,25 @@ class WsgiStart(unittest.TestCase):
                                  % re.escape(message))
                 self.assertEqual(os.listdir(folder), [])
 
+    def test_behind_a_proxy_on_a_unix_socket(self):
+        # gunicorn --bind unix:... gives REMOTE_ADDR "": trusted_proxy=["unix"] believes the
+        # proxy's X-Forwarded-For (and X-Forwarded-Proto) from that peer, as from a TCP one.
+        app = pixel.make_wsgi_app(log=self.log, trusted_proxy=["unix"])
+        self.addCleanup(app.close)
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/pixel/track",
+                   "QUERY_STRING": "writeKey=k&userId=u&event=e", "REMOTE_ADDR": "",
+                   "HTTP_X_FORWARDED_FOR": "203.0.113.7", "wsgi.url_scheme": "http"}
+        self.assertEqual(b"".join(app(environ, lambda status, headers: None)), pixel.GIF)
+        settings = json.loads(b"".join(app(dict(
+            environ, PATH_INFO="/v1/projects/k/settings", QUERY_STRING="",
+            HTTP_X_FORWARDED_PROTO="https", HTTP_HOST="h.example"),
+            lambda status, headers: None)))
+        self.assertEqual(settings["integrations"]["Segment.io"]["protocol"], "https")
+        with open(self.log) as handle:
+            self.assertEqual(json.loads(handle.readline())["context"]["ip"], "203.0.113.7")
+        self.assertRaisesRegex(ValueError, "not an IP address or network",
+                               pixel.configure, trusted_proxy=["unix2"])
+
     def test_a_torn_tail_is_kept_in_the_rejects_log(self):
         with open(self.log, "wb") as handle:
             handle.write(b'{"type":"track"}\n{"type":"tr')
@@ -9708,6 +9737,13 @@ class ReadmeWsgi(unittest.TestCase):
         argv, port = self.command("gunicorn ")
         argv[0] = gunicorn
         self.run_command(argv, port)
+        # A pixel's request line may be 64 KiB; gunicorn's own limit is 4 KiB unless told.
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.addCleanup(connection.close)
+        connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=long"
+                                  "&properties.pad=" + "x" * 10000)
+        self.assertEqual(connection.getresponse().read(), pixel.GIF)
+        self.assertEqual(self.logged()[-1]["properties"]["pad"], "x" * 10000)
 
 
 
