@@ -69,6 +69,23 @@ def soak(test):
     return unittest.skipUnless(SOAK, "a soak test: PIXEL_SOAK=1 runs it (.ci/run does)")(test)
 
 
+def _compiled_pixel():
+    """What the tests start as `python3 pixel.py` (pixel itself, its forward, report and erase
+    commands): the file itself under PIXEL_SOAK, as CI runs it; else the same file compiled
+    once for this run, under the same name (CPython runs a file that begins with its bytecode
+    header as bytecode): about 120 starts a run, each 0.1 s sooner without the compile."""
+    if SOAK:
+        return PIXEL_PY
+    import atexit
+    import py_compile
+    folder = tempfile.mkdtemp(prefix="pixel-compiled-")
+    atexit.register(shutil.rmtree, folder, True)
+    return py_compile.compile(PIXEL_PY, cfile=os.path.join(folder, "pixel.py"), doraise=True)
+
+
+PIXEL_RUN = _compiled_pixel()
+
+
 EXAMPLES = 1 if SOAK else 0.25   # what share of the property and fuzz cases to run
 
 
@@ -3304,7 +3321,7 @@ def read_response(stream):
 def start_pixel(test, *argv, stderr=subprocess.DEVNULL):
     """pixel.py as a process on a free port with `argv`, killed when `test` ends; returns
     the process and its port (read from the line that says where it listens)."""
-    process = subprocess.Popen([sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none"] +
+    process = subprocess.Popen([sys.executable, PIXEL_RUN, "--port", "0", "--cpu", "none"] +
                                list(argv), stdout=subprocess.PIPE, stderr=stderr, text=True)
 
     def stop():
@@ -5399,12 +5416,12 @@ class ForwardingSeams(ForwardingCase):
                          '{"reason":"forward_unreadable","detail":"not JSON","line":"x",'
                          '"receivedAt":"2026-11-26T12:40:13.178Z"}\n')
         accepted.add("junk")
-        same = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+        same = subprocess.run([sys.executable, PIXEL_RUN, "forward", "--to", receiver.url,
                                "--rejects", rejects, rejects], capture_output=True, text=True,
                               timeout=60)
         self.assertEqual(same.returncode, 2)   # its own refusals would be read back
         self.assertIn("give --rejects another file", same.stderr)
-        again = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+        again = subprocess.run([sys.executable, PIXEL_RUN, "forward", "--to", receiver.url,
                                 rejects], capture_output=True, text=True, timeout=60)
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertIn("1 event(s) sent", again.stdout)
@@ -7218,7 +7235,7 @@ class Process(unittest.TestCase):
         self.dir = temp_dir(self, "pixel-proc-")
         self.log = os.path.join(self.dir, "events.jsonl")
 
-    def start(self, *extra, interpreter_flags=(), program=(PIXEL_PY,), cwd=None):
+    def start(self, *extra, interpreter_flags=(), program=(PIXEL_RUN,), cwd=None):
         process = subprocess.Popen(
             [sys.executable] + list(interpreter_flags) + list(program) +
             ["--host", "127.0.0.1", "--port", "0", "--log", self.log,
@@ -7343,7 +7360,7 @@ class Process(unittest.TestCase):
         # Run as a script, pixel.py is compiled at each start, and the heap keeps what the
         # compiler used (about 15 MiB for this file): at most 45 MiB. Compiled once, as the
         # README installs it on a VM (py_compile, then python3 -m pixel), it takes 30.
-        script, _ = self.start(interpreter_flags=["-S"])
+        script, _ = self.start(interpreter_flags=["-S"], program=(PIXEL_PY,))   # compiles
         as_a_script = self.rss_mib(script)
         self.reap(script)
         app = temp_dir(self, "pixel-app-")
@@ -7696,7 +7713,7 @@ class FailedStart(unittest.TestCase):
                 self.assertEqual(read_bytes(self.log), before)
 
     def test_a_backfill_that_cannot_read_its_file_creates_no_rejects_log(self):
-        result = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to",
+        result = subprocess.run([sys.executable, PIXEL_RUN, "forward", "--to",
                                  "http://127.0.0.1:9", os.path.join(self.dir, "gone.jsonl")],
                                 capture_output=True, text=True, timeout=30)
         self.assertEqual(result.returncode, 1)
@@ -8157,7 +8174,7 @@ class ForwardingSeamsProcess(unittest.TestCase):
         return receiver
 
     def backfill(self, url, *argv):
-        return subprocess.Popen([sys.executable, PIXEL_PY, "forward", "--to", url] +
+        return subprocess.Popen([sys.executable, PIXEL_RUN, "forward", "--to", url] +
                                 list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
 
@@ -8656,7 +8673,7 @@ class Backfill(unittest.TestCase):
             self.files.append(path)
 
     def forward(self, url, *extra, **options):
-        return subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", url] +
+        return subprocess.run([sys.executable, PIXEL_RUN, "forward", "--to", url] +
                               list(extra) + self.files, capture_output=True, text=True,
                               timeout=60, **options)
 
@@ -8684,7 +8701,7 @@ class Backfill(unittest.TestCase):
             return 200, {}, b"{}"
 
         receiver = FakeReceiver(self, respond)
-        process = subprocess.Popen([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+        process = subprocess.Popen([sys.executable, PIXEL_RUN, "forward", "--to", receiver.url,
                                     "--batch", "50"] + self.files, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
         self.addCleanup(process.kill)
@@ -8711,14 +8728,14 @@ class Backfill(unittest.TestCase):
             with self.subTest(extra):
                 result = self.forward("http://127.0.0.1:9", *extra)
                 self.assertEqual(result.returncode, 2)
-        result = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to",
+        result = subprocess.run([sys.executable, PIXEL_RUN, "forward", "--to",
                                  "http://127.0.0.1:9", os.path.join(self.dir, "missing")],
                                 capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 1)
         self.assertIn("No such file", result.stderr)
 
     def forward_these(self, url, *argv, timeout=60):
-        return subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", url] + list(argv),
+        return subprocess.run([sys.executable, PIXEL_RUN, "forward", "--to", url] + list(argv),
                               capture_output=True, text=True, timeout=timeout)
 
     def write_log(self, path, numbers, mode="wb"):
@@ -8985,7 +9002,7 @@ class Backfill(unittest.TestCase):
             os.truncate(path, 1024 ** 4)   # sparse: a TiB of zeros to count lines in
         except OSError as error:
             self.skipTest("no sparse 1 TiB file here: %s" % error)
-        process = subprocess.Popen([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+        process = subprocess.Popen([sys.executable, PIXEL_RUN, "forward", "--to", receiver.url,
                                     path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True)
         self.addCleanup(process.wait)
@@ -9342,7 +9359,7 @@ class ReportCommand(unittest.TestCase):
                       for number in range(10)]
 
     def report(self, *argv, stdin=None):
-        result = subprocess.run([sys.executable, PIXEL_PY, "report"] + list(argv),
+        result = subprocess.run([sys.executable, PIXEL_RUN, "report"] + list(argv),
                                 input=stdin, capture_output=True, timeout=60, cwd=self.dir)
         return result.returncode, result.stdout.decode(), result.stderr.decode()
 
@@ -9426,7 +9443,7 @@ class ReportCommand(unittest.TestCase):
 
     def test_a_reader_that_stops_early(self):
         lines = [logged("u", event="e%d" % number) for number in range(20000)]
-        process = subprocess.Popen([sys.executable, PIXEL_PY, "report",
+        process = subprocess.Popen([sys.executable, PIXEL_RUN, "report",
                                     write_log(self.dir, "e.jsonl", lines)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         process.stdout.readline()
@@ -9439,7 +9456,7 @@ class ReportCommand(unittest.TestCase):
         log = write_log(self.dir, "e.jsonl", [logged("u", event="e%d" % number)
                                               for number in range(2000)])
         with open("/dev/full", "wb") as full:
-            result = subprocess.run([sys.executable, PIXEL_PY, "report", log], stdout=full,
+            result = subprocess.run([sys.executable, PIXEL_RUN, "report", log], stdout=full,
                                     stderr=subprocess.PIPE, timeout=60)
         self.assertEqual((result.returncode, result.stderr),
                          (1, b"pixel: report: cannot write the report: No space left on "
@@ -9448,7 +9465,7 @@ class ReportCommand(unittest.TestCase):
     def test_sigint_stops_it_quietly(self):
         # A shell's background job starts with SIGINT ignored, and Python keeps an ignored
         # SIGINT ignored: the child gets the default, as a terminal's Ctrl-C finds it.
-        process = subprocess.Popen([sys.executable, PIXEL_PY, "report", "/dev/zero"],
+        process = subprocess.Popen([sys.executable, PIXEL_RUN, "report", "/dev/zero"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    preexec_fn=lambda: signal.signal(signal.SIGINT,
                                                                     signal.SIG_DFL))
@@ -10492,7 +10509,7 @@ class ErasePixelProcess(unittest.TestCase):
         return process, port
 
     def erase(self, *argv, wait=True):
-        process = subprocess.Popen([sys.executable, PIXEL_PY, "erase"] + list(argv),
+        process = subprocess.Popen([sys.executable, PIXEL_RUN, "erase"] + list(argv),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.addCleanup(process.stderr.close)
         self.addCleanup(process.stdout.close)
@@ -10616,7 +10633,7 @@ class ErasePixelProcess(unittest.TestCase):
                          [rotated])
         self.addCleanup(lambda: [os.close(fd) for fd in locks.values()])
         self.addCleanup(pixel.EraseRequest.finish, requests)
-        run = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to",
+        run = subprocess.run([sys.executable, PIXEL_RUN, "forward", "--to",
                               "http://127.0.0.1:9/", rotated], capture_output=True,
                              text=True, timeout=60)
         self.assertEqual(run.returncode, 1, run.stderr)
@@ -10624,7 +10641,7 @@ class ErasePixelProcess(unittest.TestCase):
         pixel.EraseRequest.finish(requests)   # and once it is done, it is sent
         [os.close(locks.pop(path)) for path in list(locks)]
         receiver = FakeReceiver(self)
-        run = subprocess.run([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+        run = subprocess.run([sys.executable, PIXEL_RUN, "forward", "--to", receiver.url,
                               rotated], capture_output=True, text=True, timeout=60)
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assertEqual(len(receiver.taken), 3)
@@ -10675,7 +10692,7 @@ class ErasePixelProcess(unittest.TestCase):
                  for line in pair]
         rotated = write_log(self.dir, "events.jsonl.20261118T000000.000Z",
                             [line.rstrip(b"\n") for line in lines])
-        backfill = subprocess.Popen([sys.executable, PIXEL_PY, "forward", "--to", receiver.url,
+        backfill = subprocess.Popen([sys.executable, PIXEL_RUN, "forward", "--to", receiver.url,
                                      "--batch", "10", rotated], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
         self.addCleanup(lambda: backfill.poll() is None and backfill.kill())
