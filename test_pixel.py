@@ -5693,16 +5693,21 @@ class ForwardingThroughRotation(ForwardingCase):
 class ForwardingRestarts(ForwardingCase):
     """A new Forwarder over the same log resumes from the checkpoint."""
 
-    def sent_ten_then_thirty_more(self):
-        """(receiver, writer): 10 events sent, the forwarder stopped, 30 more written while
-        none runs (several rotations)."""
+    def sent_then_stopped(self, count):
+        """(receiver, writer): `count` events sent, then the forwarder stopped."""
         receiver = FakeReceiver(self)
         writer = self.writer(max_bytes=2000)
         forwarder = self.forwarder(receiver.url, writer)
-        self.write(writer, range(10))
+        self.write(writer, range(count))
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         forwarder.stop(5)
         forwarder.close()
+        return receiver, writer
+
+    def sent_ten_then_thirty_more(self):
+        """(receiver, writer): 10 events sent, the forwarder stopped, 30 more written while
+        none runs (several rotations)."""
+        receiver, writer = self.sent_then_stopped(10)
         self.write(writer, range(10, 40))
         return receiver, writer
 
@@ -5729,13 +5734,7 @@ class ForwardingRestarts(ForwardingCase):
     def test_the_checkpoints_file_moved_to_another_name_is_still_sent(self):
         # An outside mv of the log to a name no rotation gives (then a kill -9 before the
         # forwarder had sent it all): a restart finds that file by its identity, not its name.
-        receiver = FakeReceiver(self)
-        writer = self.writer(max_bytes=2000)
-        forwarder = self.forwarder(receiver.url, writer)
-        self.write(writer, range(5))
-        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
-        forwarder.stop(5)
-        forwarder.close()
+        receiver, writer = self.sent_then_stopped(5)
         self.write(writer, range(5, 10))   # unsent, in the checkpoint's file
         writer.close()   # killed; moved meanwhile; started again
         os.rename(writer.path, os.path.join(self.dir, "kept-by-hand.jsonl"))
