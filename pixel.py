@@ -695,8 +695,8 @@ def _address(text):
 def _trusted(peer, trusted_proxies):
     """Whether `peer` is among `trusted_proxies`: networks, and "unix", the peer of a unix
     socket, which has no address (a WSGI server bound to one gives REMOTE_ADDR "")."""
-    if not peer:
-        return "unix" in trusted_proxies
+    if not peer:   # None: a WSGI server that named no peer, which nothing vouches for
+        return peer == "" and "unix" in trusted_proxies
     address = _address(peer) if trusted_proxies else None
     return address is not None and any(address in network for network in trusted_proxies
                                        if network != "unix")
@@ -1006,8 +1006,9 @@ def route_for(path):
 Request = collections.namedtuple("Request", "method path query headers peer body prefix "
                                             "scheme", defaults=("", "http"))
 Request.__doc__ = """A request as plain values: `headers` a dict with lower-case names, `peer`
-the connection's address, `body` bytes, `prefix` the path an app is mounted under (WSGI's
-SCRIPT_NAME), `scheme` "https" when it came over TLS."""
+the connection's address ("" a unix socket's, None if a WSGI server named none), `body`
+bytes, `prefix` the path an app is mounted under (WSGI's SCRIPT_NAME), `scheme` "https"
+when it came over TLS."""
 
 Answer = collections.namedtuple("Answer", "status headers body")
 Answer.__doc__ = """What a transport sends: a status, (name, value) header pairs, Content-Length
@@ -2640,6 +2641,8 @@ class Recorder:
         """The client's address before --no-ip or --anonymize-ip, which the machine ranges
         are matched against; None if none is known."""
         ip = request.peer
+        if ip is None:   # a WSGI server named none
+            return None
         if self.trusted_proxies or ip.startswith("::ffff:"):
             ip = client_ip(ip, request.headers.get("x-forwarded-for"), self.trusted_proxies)
         return ip or None
@@ -3634,7 +3637,7 @@ class WsgiApp:
             if environ.get(name):
                 headers[name.replace("_", "-").lower()] = environ[name]
         route = route_for(path)
-        request = Request(method, path, query, headers, environ.get("REMOTE_ADDR") or "", b"",
+        request = Request(method, path, query, headers, environ.get("REMOTE_ADDR"), b"",
                           environ.get("SCRIPT_NAME", ""),
                           "https" if environ.get("wsgi.url_scheme") == "https" else "http")
         answer = None

@@ -6787,8 +6787,15 @@ class WsgiStart(unittest.TestCase):
             HTTP_X_FORWARDED_PROTO="https", HTTP_HOST="h.example"),
             lambda status, headers: None)))
         self.assertEqual(settings["integrations"]["Segment.io"]["protocol"], "https")
+        # No REMOTE_ADDR at all, or None (gunicorn's for a PROXY protocol LOCAL header on a
+        # TCP listener), is no peer known: not a unix socket's, and not trusted.
+        for remote in ({}, {"REMOTE_ADDR": None}):
+            without = {name: value for name, value in environ.items() if name != "REMOTE_ADDR"}
+            self.assertEqual(b"".join(app(dict(without, **remote),
+                                          lambda status, headers: None)), pixel.GIF)
         with open(self.log) as handle:
-            self.assertEqual(json.loads(handle.readline())["context"]["ip"], "203.0.113.7")
+            self.assertEqual([json.loads(line)["context"].get("ip") for line in handle],
+                             ["203.0.113.7", None, None])
         self.assertRaisesRegex(ValueError, "not an IP address or network",
                                pixel.configure, trusted_proxy=["unix2"])
 
