@@ -9528,6 +9528,32 @@ class ReadmeIsTrue(unittest.TestCase):
     def blocks(self, language):
         return re.findall(r"```%s\n(.*?)```" % language, self.readme, re.S)
 
+    def test_the_erase_commands_reach_every_file_pixel_writes(self):
+        # A backfill keeps the events its receiver refused, whole, in forward-rejects.jsonl:
+        # the README's globs must reach that file, and still match where there is none.
+        commands = [line for line in self.readme.splitlines()
+                    if line.startswith("python3 pixel.py erase ")]
+        self.assertEqual(len(commands), 2)
+        names = ["events.jsonl", "events.jsonl.20261201T000000.000Z", "rejects.jsonl"]
+        for extra in ([], ["forward-rejects.jsonl"]):
+            with self.subTest(extra=extra):
+                folder = temp_dir(self)
+                for name in names + extra:
+                    with open(os.path.join(folder, name), "w") as handle:
+                        for user in ("025pikachu025", "a", "b", "c"):
+                            handle.write(json.dumps({"type": "track", "userId": user,
+                                                     "event": "e", "writeKey": "K"}) + "\n")
+                for command in commands:
+                    result = subprocess.run(
+                        command.replace("/var/lib/pixel/", folder + "/").replace(
+                            "python3 pixel.py", "%s %s" % (shlex.quote(sys.executable),
+                                                           shlex.quote(PIXEL_RUN))),
+                        shell=True, capture_output=True, text=True, timeout=60)
+                    self.assertEqual(result.returncode, 0, result.stderr)
+                for name in names + extra:
+                    with open(os.path.join(folder, name)) as handle:
+                        self.assertNotIn("025pikachu025", handle.read(), name)
+
     def test_python_examples_run(self):
         ran = 0
         for block in self.blocks("python"):
