@@ -5216,9 +5216,8 @@ class EraseRequest:
 class EraseDesk:
     """A running pixel's side of `pixel.py erase`: a request beside either log (EraseRequest)
     is answered by rotating that log, so that erase rewrites a file nobody writes, and by
-    holding the forwarder, whose files erase replaces, until the request says done; if the
-    erase's process is gone first, until another erase of that log is done (or a restart). A
-    thread looks every ERASE_POLL seconds."""
+    holding the forwarder, whose files erase replaces, until the request says done or the
+    erase's process is gone. A thread looks every ERASE_POLL seconds."""
 
     def __init__(self, writers, forwarder, reporter):
         self.writers = {erase_request_path(writer.path): writer for writer in writers}
@@ -5227,7 +5226,6 @@ class EraseDesk:
         self.forwarder, self.reporter = forwarder, reporter
         self.stopping = threading.Event()
         self.thread = None
-        self.abandoned = set()   # request paths whose erase was killed before it was done
 
     def start(self):
         """Start looking, and the forwarder, unless an erase is at work: then once it ends."""
@@ -5254,29 +5252,19 @@ class EraseDesk:
                 continue
             if process_alive(request.get("pid"), request.get("started")):
                 found[path] = request
-                if request.get("state") == "done":
-                    self.abandoned.clear()
                 continue
             _remove_files(path, self.answers[path])
             if request.get("state") != "done":
-                waits = self.forwarder is not None and self.thread is not None   # not at start
-                if waits:
-                    self.abandoned.add(path)
-                self.reporter.say("an erase (pid %s) ended before it was done: run it again%s"
-                                  % (request.get("pid"), "; nothing is forwarded until one is "
-                                     "done (or pixel restarts)" if waits else ""))
+                self.reporter.say("an erase (pid %s) ended before it was done: run it again"
+                                  % request.get("pid"))
         return found
-
-    def _may_resume(self):
-        return self.forwarder is not None and self.forwarder.held is not None and \
-            not self.abandoned and not self.stopping.is_set()
 
     def _run(self):
         while not self.stopping.wait(ERASE_POLL):
             try:
                 if self._requests():
                     self._serve()
-                elif self._may_resume():
+                elif self.forwarder is not None and self.forwarder.held is not None:
                     self.forwarder.resume()   # held at start by an erase that has ended
             except OSError as error:
                 self.reporter.say("cannot answer an erase request: %s" % (
@@ -5300,7 +5288,8 @@ class EraseDesk:
                         answered[path] = request.get("id")
                 self.stopping.wait(ERASE_POLL)
         finally:
-            if self._may_resume():
+            if self.forwarder is not None and self.forwarder.held is not None and \
+                    not self.stopping.is_set():
                 self.forwarder.resume()
             for path, request_id in answered.items():
                 if os.path.exists(path):
