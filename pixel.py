@@ -5197,12 +5197,14 @@ class EraseRequest:
         return answer if ready else None
 
     @staticmethod
-    def finish(requests):
-        """Say each erase request is done, wait (a while) for the pixels that answered to go
-        on forwarding, which each does once all its requests are done; remove them."""
+    def finish(requests, done=True):
+        """Say each erase request is done (or, not `done`, stopped: a file refused, Ctrl-C),
+        wait (a while) for the pixels that answered to go on forwarding, which each does once
+        all its requests have ended; remove them."""
         try:
             for request in requests:
-                write_checkpoint(request.path, dict(request.document, state="done"))
+                write_checkpoint(request.path, dict(request.document,
+                                                    state="done" if done else "stopped"))
             deadline = time.monotonic() + ERASE_WAIT
             for request in requests:
                 while request.answered and time.monotonic() < deadline and \
@@ -5226,6 +5228,7 @@ class EraseDesk:
         self.forwarder, self.reporter = forwarder, reporter
         self.stopping = threading.Event()
         self.thread = None
+        self.said = set()   # (pid, start) of each erase said to have ended undone
 
     def start(self):
         """Start looking, and the forwarder, unless an erase is at work: then once it ends."""
@@ -5250,13 +5253,16 @@ class EraseDesk:
             request = read_state(path)
             if request is None:
                 continue
-            if process_alive(request.get("pid"), request.get("started")):
-                found[path] = request
-                continue
-            _remove_files(path, self.answers[path])
-            if request.get("state") != "done":
+            alive = process_alive(request.get("pid"), request.get("started"))
+            state, said = request.get("state"), (request.get("pid"), request.get("started"))
+            if (state == "stopped" or not alive and state != "done") and said not in self.said:
                 self.reporter.say("an erase (pid %s) ended before it was done: run it again"
                                   % request.get("pid"))
+                self.said.add(said)
+            if alive:
+                found[path] = request
+            else:
+                _remove_files(path, self.answers[path])
         return found
 
     def _run(self):
@@ -5275,7 +5281,7 @@ class EraseDesk:
         try:
             while True:
                 at_work = {path: request for path, request in self._requests().items()
-                           if request.get("state") != "done"}
+                           if request.get("state") not in ("done", "stopped")}
                 if not at_work or self.stopping.is_set():
                     return
                 if self.forwarder is not None and self.forwarder.held is None:
@@ -6707,7 +6713,7 @@ def erase_command(argv=None, stdout=None):
             people.add(other)
             stdout.write("--follow: %s %s (%d event(s))\n" % (field, other, count))
     status = 0
-    requests, locks, files, gone = [], {}, [], []
+    requests, locks, files, gone, finished = [], {}, [], [], False
     for folder in {os.path.dirname(os.path.realpath(path)) for path in args.files}:
         if args.apply:   # what killed erases left behind
             sweep_erase_requests(folder)
@@ -6779,8 +6785,9 @@ def erase_command(argv=None, stdout=None):
         if user_ids_seen:
             stdout.write("userIds to delete at Segment or RudderStack too (their deletion "
                          "APIs take userIds): %s\n" % ", ".join(sorted(user_ids_seen)))
+        finished = True
     finally:
-        EraseRequest.finish(requests)
+        EraseRequest.finish(requests, done=finished and not status)
         for fd in locks.values():
             os.close(fd)
     return status

@@ -10776,6 +10776,26 @@ class ErasePixelProcess(unittest.TestCase):
             self.assertEqual(handle.read(), b"".join(person_lines("bob", 40000)))
         self.assertEqual(len(receiver.taken), 11)   # the old file was never the live one
 
+    def test_an_erase_that_ends_undone_is_said_once_by_the_pixel(self):
+        # One that exits 1 (a file refused) ends as "stopped", not "done": the pixel goes on
+        # forwarding, as after a killed erase, and says to run it again, once for both logs.
+        receiver = FakeReceiver(self)
+        stderr = open(os.path.join(self.dir, "stderr"), "w+")
+        self.addCleanup(stderr.close)
+        process, port = self.start(receiver, stderr=stderr)
+        for user in ("alice", "alice", "bob"):
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=%s&event=e" % user)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
+        eraser = self.erase("--user-id", "alice", "--apply", "--max-share", "0.1", self.log,
+                            os.path.join(self.dir, "rejects.jsonl"), wait=False)
+        out, err = eraser.communicate(timeout=60)
+        self.assertEqual(eraser.returncode, 1, err)
+        said = "an erase (pid %d) ended before it was done: run it again" % eraser.pid
+        self.assertTrue(wait_until(lambda: said in read_text(stderr.name), 10))
+        fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=after")
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 4, 10))
+        self.assertEqual(read_text(stderr.name).count(said), 1)
+
     def test_kill_9_of_the_pixel_while_it_is_asked(self):
         receiver = FakeReceiver(self)
         process, port = self.start(receiver)
