@@ -6786,6 +6786,9 @@ def erase_command(argv=None, stdout=None):
             stdout.write("userIds to delete at Segment or RudderStack too (their deletion "
                          "APIs take userIds): %s\n" % ", ".join(sorted(user_ids_seen)))
         finished = True
+    except KeyboardInterrupt:   # Ctrl-C: a file replaced is whole, one being copied untouched
+        reporter.say("erase: stopped before it was done: run it again")
+        return 130
     finally:
         EraseRequest.finish(requests, done=finished and not status)
         for fd in locks.values():

@@ -10795,6 +10795,15 @@ class ErasePixelProcess(unittest.TestCase):
         fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=after")
         self.assertTrue(wait_until(lambda: len(receiver.taken) == 4, 10))
         self.assertEqual(read_text(stderr.name).count(said), 1)
+        # Ctrl-C mid-way: one line, no traceback, and the pixel says the same.
+        with unittest.mock.patch("pixel.erase_file", side_effect=KeyboardInterrupt), \
+                unittest.mock.patch("sys.stderr", io.StringIO()) as erase_stderr:
+            self.assertEqual(pixel.erase_command(["--user-id", "alice", "--apply", self.log],
+                                                 stdout=io.StringIO()), 130)
+        self.assertEqual(erase_stderr.getvalue(),
+                         "pixel: erase: stopped before it was done: run it again\n")
+        said = "an erase (pid %d) ended before it was done: run it again" % os.getpid()
+        self.assertTrue(wait_until(lambda: said in read_text(stderr.name), 10))
 
     def test_kill_9_of_the_pixel_while_it_is_asked(self):
         receiver = FakeReceiver(self)
