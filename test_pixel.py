@@ -7525,7 +7525,7 @@ class Process(unittest.TestCase):
             os.link(self.log, os.path.join(self.dir, "hard.jsonl"))
         for rejects, status, message in (("link.jsonl", 2, "different files"),
                                          ("hard.jsonl", 1, "are the same file")):
-            result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--log", self.log,
+            result = subprocess.run([sys.executable, PIXEL_RUN, "--port", "0", "--log", self.log,
                                      "--rejects", os.path.join(self.dir, rejects)],
                                     capture_output=True, text=True, timeout=30)
             self.assertEqual(result.returncode, status, result.stderr)
@@ -7533,7 +7533,7 @@ class Process(unittest.TestCase):
             self.assertEqual(result.stdout, "")
 
     def test_missing_log_folder_exits_before_listening(self):
-        result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--log",
+        result = subprocess.run([sys.executable, PIXEL_RUN, "--port", "0", "--log",
                                  os.path.join(self.dir, "missing", "events.jsonl")],
                                 capture_output=True, text=True, timeout=30)
         self.assertEqual(result.returncode, 1)
@@ -7545,7 +7545,7 @@ class Process(unittest.TestCase):
     def test_unwritable_log_folder_exits_before_listening(self):
         os.chmod(self.dir, 0o500)
         self.addCleanup(os.chmod, self.dir, 0o700)
-        result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--log", self.log],
+        result = subprocess.run([sys.executable, PIXEL_RUN, "--port", "0", "--log", self.log],
                                 capture_output=True, text=True, timeout=30)
         self.assertEqual(result.returncode, 1)
         self.assertIn("Permission denied", result.stderr)
@@ -7566,7 +7566,7 @@ class Process(unittest.TestCase):
         self.assertNotEqual(allowed(process), last)
 
     def test_cpu_that_is_not_allowed(self):
-        result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--log", self.log,
+        result = subprocess.run([sys.executable, PIXEL_RUN, "--port", "0", "--log", self.log,
                                  "--cpu", "4096"], capture_output=True, text=True, timeout=30)
         self.assertEqual(result.returncode, 1)
         self.assertRegex(result.stderr, r"^pixel: cannot pin to CPU 4096: ")
@@ -7603,7 +7603,7 @@ class Process(unittest.TestCase):
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
-            result = subprocess.run([sys.executable, PIXEL_PY, "--port",
+            result = subprocess.run([sys.executable, PIXEL_RUN, "--port",
                                      str(taken.getsockname()[1]), "--log", self.log],
                                     capture_output=True, text=True, timeout=30)
         self.assertEqual(result.returncode, 1)
@@ -7625,7 +7625,7 @@ class FailedStart(unittest.TestCase):
         self.taken = str(taken.getsockname()[1])
 
     def run_pixel(self, *argv):
-        return subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none",
+        return subprocess.run([sys.executable, PIXEL_RUN, "--port", "0", "--cpu", "none",
                                "--log", self.log] + list(argv),
                               capture_output=True, text=True, timeout=30)
 
@@ -8492,7 +8492,7 @@ class Tls(unittest.TestCase):
                     pixel.load_tls(certfile, keyfile)
                 self.assertIn(said, str(caught.exception))
                 result = subprocess.run(
-                    [sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none",
+                    [sys.executable, PIXEL_RUN, "--port", "0", "--cpu", "none",
                      "--log", os.path.join(self.dir, "events.jsonl"),
                      "--certfile", certfile, "--keyfile", keyfile],
                     capture_output=True, text=True, timeout=30)
@@ -9052,7 +9052,7 @@ class NotRegularFiles(unittest.TestCase):
                 (["--log", log, "--forward", "https://127.0.0.1:9", "--forward-ca",
                   self.fifo], 2, "not a regular file (a FIFO)")):
             with self.subTest(argv):
-                result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--cpu",
+                result = subprocess.run([sys.executable, PIXEL_RUN, "--port", "0", "--cpu",
                                          "none"] + argv, capture_output=True, text=True,
                                         timeout=20)
                 self.assertEqual(result.returncode, status)
@@ -9141,12 +9141,12 @@ class ReusePort(unittest.TestCase):
         folder = temp_dir(self, "pixel-reuse-")
         log = os.path.join(folder, "events.jsonl")
         first, port = start_pixel(self, "--reuse-port", "--log", log)
-        second = subprocess.run([sys.executable, PIXEL_PY, "--reuse-port", "--port", str(port),
+        second = subprocess.run([sys.executable, PIXEL_RUN, "--reuse-port", "--port", str(port),
                                  "--cpu", "none", "--log", log], capture_output=True,
                                 text=True, timeout=30)
         self.assertEqual(second.returncode, 1)
         self.assertIn("cannot open %s: another process writes it" % log, second.stderr)
-        third = subprocess.run([sys.executable, PIXEL_PY, "--reuse-port", "--port", str(port),
+        third = subprocess.run([sys.executable, PIXEL_RUN, "--reuse-port", "--port", str(port),
                                 "--cpu", "none", "--log", log + "-2"], capture_output=True,
                                text=True, timeout=30)   # its default rejects log: the same
         self.assertEqual(third.returncode, 1)
@@ -9286,7 +9286,7 @@ class MachineRangesProcess(unittest.TestCase):
                 (["--machine-ranges", "scanner=" + self.dir], {}, "a directory")):
             with self.subTest(argv=argv, environ=environ):
                 result = subprocess.run(
-                    [sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none", "--log",
+                    [sys.executable, PIXEL_RUN, "--port", "0", "--cpu", "none", "--log",
                      self.log] + argv, capture_output=True, text=True, timeout=30,
                     env=dict(os.environ, **environ))
                 self.assertEqual(result.returncode, 1, result.stderr)
@@ -11134,7 +11134,7 @@ class SuppressProcess(unittest.TestCase):
         log = os.path.join(folder, "logs", "events.jsonl")
         os.makedirs(os.path.dirname(log))
         bad = write_file(folder, "suppress.txt", b"alice\n\xff\n")
-        result = subprocess.run([sys.executable, PIXEL_PY, "--port", "0", "--cpu", "none",
+        result = subprocess.run([sys.executable, PIXEL_RUN, "--port", "0", "--cpu", "none",
                                  "--log", log, "--suppress", bad], capture_output=True,
                                 text=True, timeout=30)
         self.assertEqual((result.returncode, result.stderr),
