@@ -4250,7 +4250,7 @@ def rotated_since(path, live, checkpoint):
     if sent != live and all(entry[3] != sent for entry in found):
         found[:0] = _moved_by_hand(folder, others, checkpoint)
     opened = []
-    for _, _, name, identity in found:
+    for _, key, name, identity in found:
         path = os.path.join(folder, name)
         if len(opened) >= MAX_OPEN_LOG_FILES:   # opened when its turn comes
             log = LogFile(None, identity, path)
@@ -4262,8 +4262,7 @@ def rotated_since(path, live, checkpoint):
             if log.identity != identity:   # replaced since the stat
                 log.close()
                 continue
-        match = _ROTATED.match(name, len(base)) if name.startswith(base) else None
-        log.named = match is not None and match.group(1) is not None
+        log.named = key is not None   # a name pixel's rotation gave
         opened.append(log)
     return opened
 
