@@ -10899,14 +10899,16 @@ class ErasePixelProcess(unittest.TestCase):
         # erase's claim(), then answers the request, rotating again.
         self.pixel_holding_the_log()
         real_claim = pixel.EraseRequest.claim
+        rotated_once = threading.Event()   # not self.rotated: it grows before the rename
 
         def claim_while_the_pixel_rotates(request):
             real_claim(request)
             if not self.rotated:   # the live log's claim, not its rotated files'
                 self.rotate()
+                rotated_once.set()
 
         def pixel_side():
-            if wait_until(lambda: self.rotated):
+            if rotated_once.wait(10):
                 self.rotate()
                 self.answer_as_the_desk()
 
