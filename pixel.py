@@ -126,6 +126,7 @@ MIN_TIMEOUT, MAX_TIMEOUT = 0.001, 86400.0
 LISTEN_BACKLOG = 1024            # socketserver's 5 drops bursts of connections
 THREAD_STACK_SIZE = 512 * 1024   # 1024 threads reserve 512 MiB, not 8 GiB
 WORKER_IDLE_SECONDS = 30.0       # a thread with no connection to serve exits after this
+STOP_POLL = 0.1                  # seconds a SIGTERM waits, at most, for the accept loop to see it
 ERROR_INTERVAL = 10.0            # at most one stderr line per kind of trouble per interval
 RELINK_ATTEMPTS = 3              # a log deleted under a write is made again this often
 MOVED_GRACE = 1.0                # seconds a log renamed away is still written to
@@ -6405,7 +6406,7 @@ def serve(server, pixel, pinned):
         "" if pinned is None else " (on CPU %d)" % pinned), flush=True)
     pixel.start()
     try:
-        server.serve_forever()
+        server.serve_forever(STOP_POLL)
     finally:
         server.drain()
         for signum, handler in previous.items():
