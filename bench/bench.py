@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure pixel.py and reproduce the README's performance numbers, from a clone of this repo.
 
-    python3 bench/bench.py                       # every section, about 11 minutes
+    python3 bench/bench.py                       # every section, about 12 minutes
     python3 bench/bench.py --quick               # every section in about 10 s, to check that
                                                  # the bench still runs (numbers meaningless)
     python3 bench/bench.py --only throughput --rounds 3 --duration 8
@@ -28,6 +28,9 @@ throughput  pixel.py next to three peer servers on the same machine, load and re
             (wrk -H "Connection: close", 20 connections).
 scaling     pixel.py and the uvicorn peer at 1, 4, 10 and 50 keep-alive connections, to show
             where a thread per connection stops scaling.
+tail        pixel.py and the uvicorn peer, keep-alive with 50 connections on the docs' track
+            pixel: wrk's p50, p75, p90 and p99 latency, medians over the rounds, to show the
+            shape of the wait and not only its 99th percentile.
 forward     pixel.py alone and pixel.py --forward to a second pixel.py (pinned to the other
             CPU), keep-alive with 50 connections on the docs' track pixel, alternating each
             round: req/s, p99, the forwarder's backlog when wrk stops, and how long it then
@@ -109,11 +112,12 @@ THROUGHPUT_MODES = [
          TRACK_TARGET, 20, True),
 ]
 SCALING_CONNECTIONS = (1, 4, 10, 50)
-SECTIONS = ("core", "startup", "memory", "throughput", "scaling", "forward", "processes")
+SECTIONS = ("core", "startup", "memory", "throughput", "scaling", "tail", "forward",
+            "processes")
 # What each section needs beyond Python: Debian packages (by command) and the uvicorn venv.
-SECTION_COMMANDS = {"throughput": ("wrk", "nginx"), "scaling": ("wrk",), "forward": ("wrk",),
-                    "processes": ("wrk",)}
-SECTION_NEEDS_VENV = ("throughput", "scaling")
+SECTION_COMMANDS = {"throughput": ("wrk", "nginx"), "scaling": ("wrk",), "tail": ("wrk",),
+                    "forward": ("wrk",), "processes": ("wrk",)}
+SECTION_NEEDS_VENV = ("throughput", "scaling", "tail")
 
 VENV = os.path.join(tempfile.gettempdir(), "pixel-bench-uvicorn-venv")
 VENV_PACKAGES = ("uvicorn", "httptools", "uvloop")
@@ -375,7 +379,9 @@ def count_lines(path):
 # --------------------------------------------------------------------------------------------
 # wrk
 
-WrkResult = collections.namedtuple("WrkResult", "requests_per_second p99_ms requests problems")
+WrkResult = collections.namedtuple("WrkResult",
+                                   "requests_per_second p99_ms requests problems percentiles")
+PERCENTILES = ("50", "75", "90", "99")
 LATENCY_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 
@@ -385,7 +391,8 @@ def parse_wrk(output):
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
     if not rate:
         problems.append("no Requests/sec in wrk's output")
-    p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE)
+    percentiles = {share: float(value) * LATENCY_UNITS_MS[unit] for share, value, unit in
+                   re.findall(r"^\s*(\d+)%\s+([\d.]+)(us|ms|s|m|h)\s*$", output, re.MULTILINE)}
     completed = re.search(r"(\d+) requests in ", output)
     socket_errors = re.search(r"Socket errors: (.+)", output)
     if socket_errors:
@@ -394,10 +401,9 @@ def parse_wrk(output):
     if not_ok:
         problems.append(not_ok.group(1) + " non-2xx answers")
     return WrkResult(requests_per_second=float(rate.group(1)) if rate else 0.0,
-                     p99_ms=float(p99.group(1)) * LATENCY_UNITS_MS[p99.group(2)] if p99
-                     else float("nan"),
+                     p99_ms=percentiles.get("99", float("nan")),
                      requests=int(completed.group(1)) if completed else 0,
-                     problems=problems)
+                     problems=problems, percentiles=percentiles)
 
 
 def run_wrk(port, target, connections, duration, close=False):
@@ -641,6 +647,29 @@ def scaling(settings, folder, problems):
     sys.stdout.flush()
 
 
+def tail(settings, folder, problems):
+    names = ["pixel", "uvicorn"]
+    runs = [Mode("track pixel, keep-alive, 50 connections", "", TRACK_TARGET, 50, False)]
+    print("\n## tail\n\nkeep-alive, 50 connections, the docs' track pixel; wrk -t1 --latency, "
+          "%g s a run, %d round(s), medians" % (settings.duration, settings.rounds), flush=True)
+    results = measure_rounds(names, runs, settings, folder)
+    print("\n| server | req/s | %s |\n| --- | ---: |%s"
+          % (" | ".join("p%s ms" % share for share in PERCENTILES), " ---: |" * len(PERCENTILES)))
+    shares = {}
+    for name in names:
+        shares[name] = [statistics.median(result.percentiles.get(share, float("nan"))
+                                          for result in results[name, 0])
+                        for share in PERCENTILES]
+        print("| %s | %.0f | %s |" % (SERVER_LABELS[name], medians(results[name, 0])[0],
+                                      " | ".join("%.2f" % value for value in shares[name])))
+    print("| pixel.py over uvicorn | | %s |" % " | ".join(
+        "%.2f" % (mine / theirs) if theirs else "n/a"
+        for mine, theirs in zip(shares["pixel"], shares["uvicorn"])))
+    for line in report_problems(results, problems):
+        print("PROBLEM: " + line)
+    sys.stdout.flush()
+
+
 def forward_backlog(port):
     """The forwarder's lines_behind, from pixel.py's /health."""
     connection = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
@@ -831,6 +860,8 @@ def main(argv=None):
             throughput(settings, folder, problems)
         if "scaling" in sections:
             scaling(settings, folder, problems)
+        if "tail" in sections:
+            tail(settings, folder, problems)
         if "forward" in sections:
             forward(settings, folder, problems)
         if "processes" in sections:
