@@ -1534,14 +1534,17 @@ def pixel_rotations(path):
     return [os.path.join(os.path.dirname(path), name) for _, _, name in _rotations(path)]
 
 
+def _stamp(now):
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
+
+
 def rotation_target(path, now):
     """The name pixel's rotation gives the live file at `path`: <path>.<UTC stamp>, with
     -1, -2 ... for two rotations in one millisecond, or after the clock was set back (by
     any amount: a name far ahead may have been a wrong clock's, but --keep deletes by name,
     and must delete the oldest): a name sorts after those made before. A folder pixel may
     not list, the clock alone names."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
-    serial = 0
+    stamp, serial = _stamp(now), 0
     try:
         newest = max(_rotations(path), default=None)
     except OSError:   # a folder pixel may write in, not list
@@ -6798,16 +6801,21 @@ def erase_command(argv=None, stdout=None):
 
 def _deleted_rotation(path, error, reporter):
     """Whether `error` says that a file a glob of a log's files could have named is gone:
-    named as pixel's rotation names one, beside that log or its other rotations. --keep
-    deleted it since the shell named it, and nothing in it is left to erase (said)."""
+    named as pixel's rotation names one, beside that log or its other rotations, and older
+    than each of those left (and than now). --keep deleted it since the shell named it, the
+    oldest first, and nothing in it is left to erase (said). A name that sorts among the
+    files left, or after them, was never there: a mistake."""
     match = _ROTATED.search(os.path.basename(path))
     if not isinstance(error, FileNotFoundError) or not match or not match.group(1):
         return False
-    log = path[:len(path) - len(match.group(0))]
+    log, named = path[:len(path) - len(match.group(0))], (match.group(1), int(match.group(2) or 0))
     try:
-        if not os.path.isfile(log) and not pixel_rotations(log):
+        left = _rotations(log)
+        if not os.path.isfile(log) and not left:
             return False
     except OSError:   # no such folder
+        return False
+    if named >= (left[0][:2] if left else (_stamp(time.time()), 0)):
         return False
     reporter.say("erase: %s: gone since it was named (--keep deletes the oldest): nothing "
                  "in it to erase" % path)

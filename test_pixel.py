@@ -10389,7 +10389,7 @@ class EraseFiles(unittest.TestCase):
         path = write_log(self.dir, "events.jsonl", [line.rstrip(b"\n") for line in
                                                     person_lines("bob", 1) +
                                                     person_lines("alice", 3)])
-        gone = os.path.join(self.dir, "events.jsonl.20261201T000000.000Z")
+        gone = os.path.join(self.dir, "events.jsonl.20250101T000000.000Z")
         for apply in ([], ["--apply"]):
             with self.subTest(apply=apply):
                 status, out, err = self.erase("--user-id", "bob", *apply, gone, path)
@@ -10398,9 +10398,20 @@ class EraseFiles(unittest.TestCase):
                               "nothing in it to erase" % gone, err)
                 self.assertIn("%s: %s 1 of " % (path, "erased" if apply else "would erase"),
                               out)
-        # A name no glob of a log here could have given is a mistake, said and exit 1.
+        # A name no glob of a log here could have given is a mistake, said and exit 1: not
+        # beside a log, or in the future, or not older than every rotated file left (--keep
+        # deletes the oldest). Older than those left, it is gone.
+        stamp = lambda seconds: time.strftime("%Y%m%dT%H%M%S.000Z", time.gmtime(seconds))
+        write_log(self.dir, "events.jsonl." + stamp(time.time() - 86400), [b"{}"])
+        gone_too = os.path.join(self.dir, "events.jsonl." + stamp(time.time() - 2 * 86400))
+        status, out, err = self.erase("--user-id", "bob", gone_too, path)
+        self.assertEqual(status, 0, err)
+        self.assertIn("%s: gone since it was named" % gone_too, err)
         for typo in (os.path.join(self.dir, "event.jsonl.20261201T000000.000Z"),
-                     os.path.join(self.dir + "-not", "events.jsonl.20261201T000000.000Z")):
+                     os.path.join(self.dir + "-not", "events.jsonl.20261201T000000.000Z"),
+                     os.path.join(self.dir, "events.jsonl." + stamp(time.time() - 3600)),
+                     os.path.join(self.dir, "events.jsonl." + stamp(time.time() - 86400) + "-1"),
+                     os.path.join(self.dir, "events.jsonl." + stamp(time.time() + 86400))):
             for apply in ([], ["--apply"]):
                 with self.subTest(typo=typo, apply=apply):
                     status, out, err = self.erase("--user-id", "bob", *apply, typo, path)
