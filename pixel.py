@@ -1649,11 +1649,15 @@ class LogWriter:
 
     def changes(self):
         """Since the last call, in order: ("opened", fd, identity, path), the descriptor
-        now the caller's (None: parked), and ("renamed", None, identity, path), for good."""
+        now the caller's (None: parked), and ("renamed", None, identity, path), for good.
+        Each stays pinned until the caller sets `pinned` itself: a rotation in between
+        must not take a file handed over for one nobody holds (--keep)."""
         with self._lock:
             changes = self._changes or []
             if self._changes is not None:
                 self._changes = []
+                if self.pinned is not None:
+                    self.pinned = self.pinned.union(change[2] for change in changes)
             return changes
 
     def _park(self, identity, name):

@@ -4080,6 +4080,33 @@ class KeepAfterAClockSetBack(unittest.TestCase):
                       stderr.getvalue())
 
 
+    def test_files_handed_to_the_follower_are_kept_until_it_pins_them(self):
+        # A rotation between the follower's changes() and its setting `pinned` took the
+        # files handed over for no one's: with --keep, an erase's long hold and a slow
+        # receiver, an attacker lost 36-774 answered events of files never forwarded.
+        folder = temp_dir(self)
+        writer = pixel.LogWriter(os.path.join(folder, "events.jsonl"), max_bytes=100, keep=1,
+                                 reporter=pixel.Reporter(io.StringIO()), readable=True)
+        self.addCleanup(writer.close)
+        fd, live, _, _ = writer.follow()
+        os.close(fd)
+        writer.pinned = frozenset([live])   # as a follower that took nothing yet
+        line = lambda number: b'{"n":%d,"pad":"%s"}\n' % (number, b"x" * 80)
+        for number in range(4):
+            writer.write([line(number)])
+        handed = writer.changes()
+        for change in handed:
+            if change[1] is not None:
+                os.close(change[1])
+        rotated = writer.rotated_files()
+        self.assertEqual(len(rotated), 3)   # the first two past --keep 1: in changes
+        writer.write([line(4)])   # rotates before the follower pins what it took
+        self.assertEqual([path for path in rotated if not os.path.exists(path)], [])
+        writer.pinned = frozenset([live])   # it sent the others: the next rotation deletes
+        writer.write([line(5)])             # them, and keeps the first, still pinned
+        self.assertEqual([os.path.exists(path) for path in rotated], [True, False, False])
+
+
 class ExternalMoves(ServerCase):
     def setUp(self):
         self.now = [T0]
