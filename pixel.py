@@ -6378,8 +6378,9 @@ def listen(config, reporter):
     return server, pinned
 
 
-def serve(server, pixel, pinned):
-    """Serve `pixel` until SIGTERM or SIGINT; SIGHUP reopens the logs and reloads TLS."""
+def serve(server, pixel, pinned, previous):
+    """Serve `pixel` until SIGTERM or SIGINT; SIGHUP reopens the logs and reloads TLS. The
+    handlers replaced go in `previous`; from the stop on, those signals are ignored."""
     def reopen():
         pixel.reopen()
         server.reload_tls()
@@ -6401,7 +6402,6 @@ def serve(server, pixel, pinned):
     stop = in_a_thread(server.shutdown)
     handlers = {"SIGTERM": stop, "SIGINT": stop, "SIGHUP": in_a_thread(reopen),
                 "SIGUSR1": signal.SIG_IGN, "SIGUSR2": signal.SIG_IGN, "SIGQUIT": signal.SIG_IGN}
-    previous = {}
     if threading.current_thread() is threading.main_thread():
         for name, handler in handlers.items():
             signum = getattr(signal, name, None)   # Windows has only some of them
@@ -6415,9 +6415,11 @@ def serve(server, pixel, pinned):
     try:
         server.serve_forever(STOP_POLL)
     finally:
+        # The stop is under way: a second SIGTERM, a Ctrl-C or logrotate's SIGHUP must not
+        # kill it (-15, a traceback) while it answers what it took and closes the logs.
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
         server.drain()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     print("pixel stopped: %d events written, %d rejected, %d lines not written" % (
         pixel.events.written, pixel.recorder.rejected_by_reason.total(),
         pixel.events.failed + pixel.rejects.failed), flush=True)
@@ -6434,10 +6436,11 @@ def main(argv=None, environ=None):
     config = parse_args(argv, environ)
     reporter = Reporter()
     server = pixel = None
+    previous = {}
     try:
         server, pinned = listen(config, reporter)   # the port first: a start that cannot
         pixel = Pixel(config, reporter=reporter)    # have it makes no file
-        return serve(server, pixel, pinned)
+        return serve(server, pixel, pinned, previous)
     except StartupError as error:
         reporter.say(str(error))
         if pixel is not None:   # serve() could not listen: the files made at start go too
@@ -6449,6 +6452,9 @@ def main(argv=None, environ=None):
             pixel.close()
         if server is not None:
             server.server_close()
+        if __name__ != "__main__":   # imported: the caller's handlers back; run, none
+            for signum, handler in previous.items():   # until the process is gone
+                signal.signal(signum, handler)
 
 
 def build_forward_parser():

@@ -7437,6 +7437,38 @@ class Process(unittest.TestCase):
         self.assertEqual(process.stderr.read(), "")
         idle.close()
 
+    def test_signals_once_it_stops_are_ignored_until_it_exits(self):
+        # A second SIGTERM, a Ctrl-C or logrotate's SIGHUP while it closed its logs killed it
+        # (-15, -2 with a traceback, -1), the handlers put back too early.
+        process, port = self.start()
+        process.send_signal(signal.SIGTERM)
+        self.assertIn("pixel stopped", process.stdout.readline())
+        for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+            process.send_signal(getattr(signal, name))
+        self.assertEqual(process.wait(10), 0)
+        self.assertEqual(process.stderr.read(), "")
+
+    def test_main_imported_gives_the_callers_handlers_back(self):
+        mine = lambda signum, frame: None
+        for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+            self.addCleanup(signal.signal, getattr(signal, name),
+                            signal.signal(getattr(signal, name), mine))
+        stdout = io.StringIO()
+
+        def stop_once_it_listens():   # it says so once its handlers are in place
+            wait_until(lambda: "listening on" in stdout.getvalue())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        kill = threading.Thread(target=stop_once_it_listens)
+        kill.start()
+        with unittest.mock.patch("sys.stdout", stdout):
+            status = pixel.main(["--port", "0", "--log", self.log, "--cpu", "none"], {})
+        kill.join()
+        self.assertEqual(status, 0, stdout.getvalue())
+        self.assertIn("pixel stopped", stdout.getvalue())
+        for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+            self.assertIs(signal.getsignal(getattr(signal, name)), mine)
+
     def test_other_signals_do_not_stop_it_and_sighup_reopens(self):
         process, port = self.start()
         for name in ("SIGUSR1", "SIGUSR2", "SIGQUIT"):
