@@ -6814,7 +6814,8 @@ def _deleted_rotation(path, error, reporter):
     named as pixel's rotation names one, beside that log or its other rotations, and older
     than each of those left (and than now). --keep deleted it since the shell named it, the
     oldest first, and nothing in it is left to erase (said). A name that sorts among the
-    files left, or after them, was never there: a mistake."""
+    files left, or after them, was never there: a mistake. One gzipped since is not gone:
+    `error` is made to say so."""
     match = _ROTATED.search(os.path.basename(path))
     if not isinstance(error, FileNotFoundError) or not match or not match.group(1):
         return False
@@ -6826,6 +6827,9 @@ def _deleted_rotation(path, error, reporter):
     except OSError:   # no such folder
         return False
     if named >= (left[0][:2] if left else (_stamp(time.time()), 0)):
+        return False
+    if os.path.lexists(path + ".gz"):   # gzipped since (cron, logrotate): not gone
+        error.strerror = "gzipped since it was named: run erase again with %s.gz" % path
         return False
     reporter.say("erase: %s: gone since it was named (--keep deletes the oldest): nothing "
                  "in it to erase" % path)

@@ -10466,6 +10466,14 @@ class EraseFiles(unittest.TestCase):
         status, out, err = self.erase("--user-id", "bob", gone_too, path)
         self.assertEqual(status, 0, err)
         self.assertIn("%s: gone since it was named" % gone_too, err)
+        # Gzipped since the glob (a cron's gzip): the person is still in its .gz, not gone.
+        with open(gone_too + ".gz", "wb") as handle:
+            handle.write(gzip.compress(person_lines("bob", 1)[0]))
+        status, out, err = self.erase("--user-id", "bob", "--apply", gone_too, path)
+        self.assertEqual(status, 1, err)
+        self.assertIn("%s: gzipped since it was named: run erase again with %s.gz: not erased"
+                      % (gone_too, gone_too), err)
+        os.remove(gone_too + ".gz")
         for typo in (os.path.join(self.dir, "event.jsonl.20261201T000000.000Z"),
                      os.path.join(self.dir + "-not", "events.jsonl.20261201T000000.000Z"),
                      os.path.join(self.dir, "events.jsonl." + stamp(time.time() - 3600)),
