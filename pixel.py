@@ -6836,6 +6836,19 @@ def _deleted_rotation(path, error, reporter):
     return True
 
 
+def _open_rotating(path):
+    """open_file(path), waiting up to 5 * ERASE_POLL s for a log that has rotated files to
+    be at its path again: a running pixel renames it, then makes the next one (ms)."""
+    deadline = time.monotonic() + 5 * ERASE_POLL
+    while True:
+        try:
+            return open_file(path)
+        except FileNotFoundError:
+            if time.monotonic() > deadline or not pixel_rotations(path):
+                raise
+            time.sleep(0.01)
+
+
 def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
     """The files to erase for `path`, each held (flocked: a pixel starting meanwhile waits):
     `path`; or, if a running pixel writes it, every rotated file of that log, the last one
@@ -6844,7 +6857,7 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
     goes in `refused` as (path, OSError), and the others are held all the same."""
     if os.path.realpath(path) in locks:   # held already: a rotation of a live log given
         return []
-    fd = open_file(path)
+    fd = _open_rotating(path) if live else open_file(path)
     request = EraseRequest(path, reporter)   # one erase a file, and a pixel that starts
     moved = False                            # meanwhile waits for it (open_logs)
     try:

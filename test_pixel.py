@@ -11060,6 +11060,23 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertIn("nothing has been at %s for 1 s since the pixel renamed it" % self.log, err)
         self.assertIn("%s: erased 1 of 2 line(s)" % rotated, out)
 
+    def test_a_live_log_between_its_rename_and_the_next_file_is_waited_for(self):
+        # A glob taken under load named the live log in the instant a rotation had renamed it
+        # and not yet made the next file: erase said "No such file" and exited 1. A log with
+        # rotated files beside it is waited for (milliseconds; here 0.4 s, after erase looked).
+        rotated = pixel.rotation_target(self.log, time.time())
+        with open(rotated, "wb") as handle:
+            handle.write(log_event(0, userId="bob") + log_event(1, userId="alice"))
+        eraser = self.erase("--user-id", "alice", "--apply", self.log, rotated, wait=False)
+        time.sleep(0.4)
+        with open(self.log + ".next", "wb") as handle:
+            handle.write(log_event(2, userId="alice") + log_event(3, userId="bob"))
+        os.rename(self.log + ".next", self.log)
+        out, err = eraser.communicate(timeout=30)
+        self.assertEqual(eraser.returncode, 0, err)
+        self.assertIn("%s: erased 1 of 2 line(s)" % self.log, out)
+        self.assertIn("%s: erased 1 of 2 line(s)" % rotated, out)
+
     def test_what_killed_erases_left_for_files_gone_since_is_swept(self):
         # A kill -9 of erase leaves a request for each rotated file it held; once --keep
         # deletes the file, no erase of it will ever come to remove that request.
