@@ -1649,9 +1649,8 @@ class LogWriter:
 
     def changes(self):
         """Since the last call, in order: ("opened", fd, identity, path), the descriptor
-        now the caller's (None: parked), and ("renamed", None, identity, path), for good.
-        Each stays pinned until the caller sets `pinned` itself: a rotation in between
-        must not take a file handed over for one nobody holds (--keep)."""
+        now the caller's (None: parked), and ("renamed", None, identity, path), for good;
+        each pinned until the caller sets `pinned` (a rotation meanwhile would delete it)."""
         with self._lock:
             changes = self._changes or []
             if self._changes is not None:
@@ -1849,9 +1848,6 @@ class LogWriter:
             held = self.pinned.union(change[2] for change in self._changes or ())   # or taken
             prune_rotations(self.path, self.keep, held, self._reporter)
         return target
-
-    def rotated_files(self):
-        return pixel_rotations(self.path)
 
 
 # Reading log lines back: the dedupe window's warm-up, and the forwarder. The raw bytes
@@ -2633,7 +2629,7 @@ class Recorder:
         is not written twice. Returns how many ids it read."""
         if self.recent is None:
             return 0
-        paths = [self.events.path] + self.events.rotated_files()[::-1]
+        paths = [self.events.path] + pixel_rotations(self.events.path)[::-1]
         client_ids = logged_client_ids(paths, self.recent.size, max_bytes)
         with self._dedupe_lock:
             for client_id in client_ids:

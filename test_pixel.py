@@ -1921,8 +1921,8 @@ class DedupeAfterRestart(RecorderCase):
         writer = pixel.LogWriter(os.path.join(self.dir, "r.jsonl"), max_bytes=1000)
         self.addCleanup(writer.close)
         writer.write([log_event(number) for number in range(30)])
-        self.assertGreater(len(writer.rotated_files()), 3)
-        paths = [writer.path] + writer.rotated_files()[::-1]
+        self.assertGreater(len(pixel.pixel_rotations(writer.path)), 3)
+        paths = [writer.path] + pixel.pixel_rotations(writer.path)[::-1]
         self.assertEqual(pixel.logged_client_ids(paths, 25),
                          [pixel.dedupe_key("K", "m%d" % number) for number in range(5, 30)])
         single = os.path.join(self.dir, "single.jsonl")
@@ -3978,7 +3978,7 @@ class Rotation(ServerCase):
         stop.set()
         tailer.join()
 
-        rotated = self.events.rotated_files()
+        rotated = pixel.pixel_rotations(self.events.path)
         self.assertGreater(len(rotated), 10)
         ids = []
         for path in rotated + [self.events.path]:
@@ -3997,12 +3997,12 @@ class Rotation(ServerCase):
     def test_rotated_names_are_stable(self):
         for number in range(200):
             self.get("/v1/pixel/track?writeKey=k&userId=u&event=e%d&pad=%s" % (number, "x" * 60))
-        first = self.events.rotated_files()
+        first = pixel.pixel_rotations(self.events.path)
         with open(first[0], "rb") as handle:
             before = handle.read()
         for number in range(200):
             self.get("/v1/pixel/track?writeKey=k&userId=u&event=f%d&pad=%s" % (number, "x" * 60))
-        self.assertEqual(self.events.rotated_files()[:len(first)], first)
+        self.assertEqual(pixel.pixel_rotations(self.events.path)[:len(first)], first)
         with open(first[0], "rb") as handle:
             self.assertEqual(handle.read(), before, "a rotated file was written to again")
 
@@ -4013,7 +4013,7 @@ class Keep(ServerCase):
     def test_oldest_rotated_files_are_deleted_and_said(self):
         for number in range(60):
             self.get("/v1/pixel/track?writeKey=k&userId=u&event=e%d&pad=%s" % (number, "x" * 60))
-        self.assertEqual(len(self.events.rotated_files()), 2)
+        self.assertEqual(len(pixel.pixel_rotations(self.events.path)), 2)
         deleted = re.findall(r"deleted (\S+) \(--keep 2\)", self.stderr.getvalue())
         self.assertGreater(len(deleted), 0)
         self.assertFalse(any(os.path.exists(path) for path in deleted))
@@ -4031,7 +4031,7 @@ class Keep(ServerCase):
                          self.stderr.getvalue())
         self.assertIn("cannot delete %s.20200101T000000.000Z" % self.events.path,
                       self.stderr.getvalue())
-        self.assertEqual(len([path for path in self.events.rotated_files()
+        self.assertEqual(len([path for path in pixel.pixel_rotations(self.events.path)
                               if os.path.isfile(path)]), 2)
 
 
@@ -4050,7 +4050,7 @@ class KeepAfterAClockSetBack(unittest.TestCase):
             self.assertTrue(writer.write([b'{"n":%d,"pad":"%s"}\n' % (number, b"x" * 80)]))
             now[0] += 0.0004   # two rotations in one millisecond too
         kept = []
-        for path in writer.rotated_files():
+        for path in pixel.pixel_rotations(writer.path):
             with open(path, "rb") as handle:
                 kept.append([json.loads(line)["n"] for line in handle])
         self.assertEqual(kept, [[5], [6]])
@@ -4098,7 +4098,7 @@ class KeepAfterAClockSetBack(unittest.TestCase):
         for change in handed:
             if change[1] is not None:
                 os.close(change[1])
-        rotated = writer.rotated_files()
+        rotated = pixel.pixel_rotations(writer.path)
         self.assertEqual(len(rotated), 3)   # the first two past --keep 1: in changes
         writer.write([line(4)])   # rotates before the follower pins what it took
         self.assertEqual([path for path in rotated if not os.path.exists(path)], [])
@@ -5671,7 +5671,7 @@ class ForwardingThroughRotation(ForwardingCase):
         forwarder = self.forwarder(receiver.url, writer)
         for number in range(60):
             self.write(writer, [number])
-        rotated = writer.rotated_files()
+        rotated = pixel.pixel_rotations(writer.path)
         self.assertGreater(len(rotated), 5, "every unsent file is kept, past --keep 1")
         status = forwarder.status()
         self.assertEqual(status["lines_behind"], 60)
@@ -5685,7 +5685,7 @@ class ForwardingThroughRotation(ForwardingCase):
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(60)])
         self.write(writer, range(60, 70))   # the next rotations delete what was sent
         self.assertTrue(wait_until(lambda: forwarder.sent == 70))
-        self.assertLessEqual(len(writer.rotated_files()), 3)
+        self.assertLessEqual(len(pixel.pixel_rotations(writer.path)), 3)
         self.assertEqual(forwarder.status()["files_behind"], 0)
 
     def test_an_outside_mv_and_rm_of_the_live_log(self):
@@ -5748,9 +5748,9 @@ class ForwardingRestarts(ForwardingCase):
         # A restart finds the files rotated since its checkpoint by mtime: after the clock
         # was set back an hour, every one of them looked older than the checkpoint.
         receiver, writer = self.sent_ten_then_thirty_more()
-        self.assertGreater(len(writer.rotated_files()), 2)
+        self.assertGreater(len(pixel.pixel_rotations(writer.path)), 2)
         back = time.time() - 3600
-        for path in writer.rotated_files() + [writer.path]:
+        for path in pixel.pixel_rotations(writer.path) + [writer.path]:
             os.utime(path, (back, back))
         second = self.forwarder(receiver.url, writer)
         self.assertTrue(wait_until(lambda: len(receiver.taken) >= 40))
@@ -5779,7 +5779,7 @@ class ForwardingRestarts(ForwardingCase):
         receiver, writer = self.sent_ten_then_thirty_more()
         checkpoint_path = pixel.state_path(writer.path, "forward")
         checkpoint = pixel.read_checkpoint(checkpoint_path)
-        for rotated in writer.rotated_files():
+        for rotated in pixel.pixel_rotations(writer.path):
             if os.stat(rotated).st_ino == checkpoint["inode"]:
                 os.remove(rotated)
         notes = os.path.join(self.dir, "notes.jsonl")
@@ -5839,12 +5839,12 @@ class ForwardingRestarts(ForwardingCase):
         forwarder.stop(5)
         forwarder.close()
         self.write(writer, range(3, 30))
-        os.remove(writer.rotated_files()[0])   # the file the checkpoint names, rotated
+        os.remove(pixel.pixel_rotations(writer.path)[0])   # the file the checkpoint names, rotated
         second = self.forwarder(receiver.url, writer)
         self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
         self.assertIn("the file the checkpoint names", self.stderr.getvalue())
         remaining = []
-        for path in writer.rotated_files() + [writer.path]:
+        for path in pixel.pixel_rotations(writer.path) + [writer.path]:
             with open(path, "rb") as handle:
                 remaining += [json.loads(line)["messageId"] for line in handle]
         self.assertEqual(receiver.ids()[3:], remaining)
@@ -5924,7 +5924,7 @@ class ForwardingAttacked(ForwardingCase):
         forwarder = self.forwarder(receiver.url, writer)
         for number in range(150):   # a rotated file each, none of them sent
             self.write(writer, [number])
-        self.assertGreater(len(writer.rotated_files()), 100)
+        self.assertGreater(len(pixel.pixel_rotations(writer.path)), 100)
         # Every descriptor of the log's files in this process: the writer's own, those it
         # keeps for the forwarder to take, and the forwarder's, each bounded.
         held = [fd for fd in os.listdir("/proc/self/fd") if os.path.realpath(
@@ -6139,7 +6139,7 @@ class StateFiles(ForwardingCase):
         self.write(writer, range(30))
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         self.assertTrue(os.path.isfile(pixel.state_path(writer.path, "forward")))
-        logs = {os.path.basename(path) for path in writer.rotated_files() + [writer.path]}
+        logs = {os.path.basename(path) for path in pixel.pixel_rotations(writer.path) + [writer.path]}
         for pattern in LOG_GLOBS:
             with self.subTest(pattern):
                 self.assertLessEqual(files_a_glob_finds(self.dir, pattern),
