@@ -16,6 +16,7 @@ import base64
 import collections
 import errno
 import fnmatch
+import glob
 import gzip
 import html
 import http.client
@@ -10642,6 +10643,47 @@ class ErasePixelProcess(unittest.TestCase):
                         event = json.loads(line)
                         found[(event["userId"], event["messageId"])] += 1
         return found
+
+    @soak
+    def test_keep_deletes_no_unsent_file_under_load_through_an_erase(self):
+        # An attacker's run: --keep 1, a slow receiver, one erase. Files the writer had handed
+        # to the forwarder and it had yet to pin were deleted unsent: 36-774 answered events
+        # a run, reached neither the receiver nor the disk.
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            time.sleep(0.05), (200, {}, b"{}"))[1])
+        process, port = self.start(receiver, "--max-bytes", "2K", "--keep", "1",
+                                   "--forward-batch", "20")
+        answered, stop = [], threading.Event()
+
+        def client(tag):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            for number in itertools.count():
+                if stop.is_set():
+                    break
+                user = "%s-%d" % (tag, number)
+                connection.request("GET", "/v1/pixel/track?writeKey=K&userId=%s&event=e" % user)
+                if connection.getresponse().read() == pixel.GIF:
+                    answered.append(user)
+            connection.close()
+
+        clients = [threading.Thread(target=client, args=(tag,)) for tag in "ab"]
+        for thread in clients:
+            thread.start()
+        try:
+            self.assertTrue(wait_until(lambda: len(answered) > 4000, 60))
+            status, out, err = self.erase("--user-id", "a-5", "--apply",
+                                          *sorted(glob.glob(self.log + "*")))
+            self.assertTrue(wait_until(lambda: len(answered) > 8000, 60))
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join()
+        with receiver.lock:
+            forwarded = {event["userId"] for event in receiver.taken}
+        on_disk = {user for user, _ in self.logged_users()}   # no write now: no rotation
+        lost = [user for user in answered if user != "a-5" and user not in forwarded | on_disk]
+        self.assertEqual(lost, [])
+        self.assertEqual(status, 0, err)
 
     @soak
     def test_under_traffic_rotation_and_a_receiver_that_goes_away(self):
