@@ -6448,9 +6448,10 @@ def main(argv=None, environ=None):
             pixel.close()
         if server is not None:
             server.server_close()
-        if __name__ != "__main__":   # imported: the caller's handlers back; run, none
-            for signum, handler in previous.items():   # until the process is gone
-                signal.signal(signum, handler)
+        if __name__ != "__main__":   # imported: the caller's handlers back (None: one set
+            for signum, handler in previous.items():   # in C, not Python's to restore); run,
+                if handler is not None:                 # none until the process is gone
+                    signal.signal(signum, handler)
 
 
 def build_forward_parser():
