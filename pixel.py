@@ -3335,7 +3335,7 @@ class ConnectionPool:
     handed the next, since starting one costs ~150 us, about a whole request. With every slot
     taken, submit() closes the connection that has waited longest for its client (for a next
     request, as nginx reuses idle keep-alive connections, or the rest of one), else waits for
-    a slot; new ones wait in the backlog."""
+    a slot (once stopping, it serves it past `size`); new ones wait in the backlog."""
 
     def __init__(self, size, serve, *, reporter, linger=WORKER_IDLE_SECONDS):
         self.size = size
@@ -3369,7 +3369,7 @@ class ConnectionPool:
                 self._reporter.say("all %d connection slots are busy; new connections wait"
                                    % self.size, key="slots")
                 self._full = True
-                while len(self._live) >= self.size and not self.closing:
+                while len(self._live) >= self.size and not self.closing and not self.stopping:
                     # One at a time: a connection going idle while the one closed to make
                     # room still holds its slot must not be closed as well.
                     if not self._evicted:
@@ -3440,6 +3440,8 @@ class ConnectionPool:
         client send again what it sent on a kept-alive connection closed under it); others
         end after their next answer, or their first: that is somebody's request."""
         self.stopping = True
+        with self._lock:   # a submit() waiting for a slot that may never come serves its
+            self._changed.notify_all()   # connection all the same: it was taken
         for sock, kept_alive in list(self._idle.items()):
             if kept_alive and self._idle.pop(sock, None) is not None:
                 _wake(sock)
