@@ -1517,6 +1517,12 @@ def cut_torn_tail(fd, path, size, reporter):
     return tail[start - window:start - window + MAX_REJECT_RAW], size - start
 
 
+def _rotation_key(match):
+    """(stamp, serial) of a _ROTATED match, which sort in the order rotated; None if the
+    name is not one pixel's rotation gives (logrotate's .1, -20261201)."""
+    return (match.group(1), int(match.group(2) or 0)) if match.group(1) else None
+
+
 def _rotations(path):
     """(stamp, serial, name) of each file pixel's rotation made of the log at `path`,
     oldest first."""
@@ -1525,7 +1531,7 @@ def _rotations(path):
     for name in os.listdir(folder or "."):
         match = _ROTATED.match(name, len(base)) if name.startswith(base) else None
         if match and match.group(1):
-            found.append((match.group(1), int(match.group(2) or 0), name))
+            found.append(_rotation_key(match) + (name,))
     return sorted(found)
 
 
@@ -4245,7 +4251,7 @@ def rotated_since(path, live, checkpoint):
         except OSError:   # gone since listdir
             continue
         if (status.st_dev, status.st_ino) != live:
-            key = (match.group(1), int(match.group(2) or 0)) if match.group(1) else None
+            key = _rotation_key(match)
             found.append((status.st_mtime_ns, key, name, (status.st_dev, status.st_ino)))
     named = all(key is not None for _, key, _, _ in found)   # else a clock set back may
     after = next((key for _, key, _, identity in found if identity == sent), None) \
@@ -6818,7 +6824,7 @@ def _deleted_rotation(path, error, reporter):
     match = _ROTATED.search(os.path.basename(path))
     if not isinstance(error, FileNotFoundError) or not match or not match.group(1):
         return False
-    log, named = path[:len(path) - len(match.group(0))], (match.group(1), int(match.group(2) or 0))
+    log, named = path[:len(path) - len(match.group(0))], _rotation_key(match)
     try:
         left = _rotations(log)
         if not os.path.isfile(log) and not left:
