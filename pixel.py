@@ -5050,6 +5050,8 @@ class Forwarder:
 # (EraseRequest), and how the pixel answers (EraseDesk).
 
 ERASE_POLL = 0.2       # seconds between a running pixel's looks for an erase request
+NEXT_FILE_GRACE = 1.0  # seconds from a pixel's rename of its log to its flock of the
+                       # next file: erase takes an empty file this new as that pixel's
 ERASE_WAIT = 60.0      # seconds erase waits for a running pixel to answer (see HOLD_WAIT)
 MAX_STATE_BYTES = 64 * 1024   # of an erase request or answer
 
@@ -5178,7 +5180,7 @@ class EraseRequest:
         """The name the running pixel rotated the log to (None: it was empty) once it
         answers, or False if `gone()` says it has let go of the log meanwhile (ended);
         OSError if it does neither within ERASE_WAIT seconds. None too if `gone()` says
-        (None) for 5 * ERASE_POLL s that nothing is at the path: the pixel stopped between
+        (None) for NEXT_FILE_GRACE s that nothing is at the path: the pixel stopped between
         renaming the log and making the next file; a rotated file it still holds is not
         erased (_hold_for_erase)."""
         deadline, missing_since = time.monotonic() + ERASE_WAIT, None
@@ -5187,10 +5189,10 @@ class EraseRequest:
             if free:
                 return False
             missing_since = (missing_since or now) if free is None else None
-            if missing_since is not None and now - missing_since > 5 * ERASE_POLL:
+            if missing_since is not None and now - missing_since > NEXT_FILE_GRACE:
                 self.reporter.say("erase: nothing has been at %s for %g s since the pixel "
                                   "renamed it (did it stop?): erasing its rotated files"
-                                  % (self.log_path, 5 * ERASE_POLL))
+                                  % (self.log_path, NEXT_FILE_GRACE))
                 return None
             answer = self._ready()
             if answer is not None:
@@ -6842,9 +6844,9 @@ def _deleted_rotation(path, error, reporter):
 
 
 def _open_rotating(path):
-    """open_file(path), waiting up to 5 * ERASE_POLL s for a log that has rotated files to
+    """open_file(path), waiting up to NEXT_FILE_GRACE s for a log that has rotated files to
     be at its path again: a running pixel renames it, then makes the next one (ms)."""
-    deadline = time.monotonic() + 5 * ERASE_POLL
+    deadline = time.monotonic() + NEXT_FILE_GRACE
     while True:
         try:
             return open_file(path)
@@ -6911,9 +6913,9 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
 
 def _maybe_next(status):
     """Whether a file no one holds may be a pixel's next log, made by its rotation but not
-    flocked yet: empty, and made in the last 5 * ERASE_POLL s. One older (the pixel died),
+    flocked yet: empty, and made in the last NEXT_FILE_GRACE s. One older (the pixel died),
     or written to, is no one's."""
-    return not status.st_size and abs(time.time() - status.st_ctime) < 5 * ERASE_POLL
+    return not status.st_size and abs(time.time() - status.st_ctime) < NEXT_FILE_GRACE
 
 
 def _flock_free(path, locks):

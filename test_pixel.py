@@ -5178,6 +5178,11 @@ def state_file(log_path, role="forward"):
 
 class ForwardingCase(unittest.TestCase):
     def setUp(self):
+        # The forwarder looks at an idle log every FORWARD_POLL s; at 0.2 s each test here
+        # would wait out a few of them.
+        patcher = unittest.mock.patch("pixel.FORWARD_POLL", 0.02)
+        patcher.start()
+        self.addCleanup(patcher.stop)
         self.dir = temp_dir(self, "pixel-forward-")
         self.stderr = io.StringIO()
         self.reporter = pixel.Reporter(self.stderr)
@@ -7759,7 +7764,7 @@ class FailedStart(unittest.TestCase):
         with open(self.log, "wb") as handle:
             handle.write(b"".join(b'{"type":"track","writeKey":"k","userId":"u","event":"e",'
                                   b'"messageId":"m-%07d"}\n' % number
-                                  for number in range(200000)))
+                                  for number in range(100000)))
         before = read_bytes(self.log)
         for name, argv in (("logging", []), ("forwarding", ["--forward", "http://127.0.0.1:9"])):
             with self.subTest(name):
@@ -11043,10 +11048,10 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertEqual(len(self.rotated), 2)
         self.assertEqual(found, self.rotated)   # never the live file the pixel writes
 
-    @unittest.mock.patch("pixel.ERASE_POLL", 0.02)
+    @unittest.mock.patch("pixel.NEXT_FILE_GRACE", 0.1)
     def test_a_pixel_gone_after_making_the_next_file_before_it_answered(self):
         # A new file at the path, never flocked, and no answer: erase waited its 60 s and
-        # erased nothing. Once the file is 5 * ERASE_POLL old and free, it is no one's.
+        # erased nothing. Once the file is NEXT_FILE_GRACE old and free, it is no one's.
         self.pixel_holding_the_log()
 
         def pixel_side():
@@ -11103,7 +11108,7 @@ class ErasePixelProcess(unittest.TestCase):
         held = None
         started = time.monotonic()
         out, err = eraser.communicate(timeout=30)
-        self.assertLess(time.monotonic() - started, 5 * pixel.ERASE_POLL + 2)
+        self.assertLess(time.monotonic() - started, pixel.NEXT_FILE_GRACE + 2)
         self.assertEqual(eraser.returncode, 0, err)
         self.assertIn("nothing has been at %s for 1 s since the pixel renamed it" % self.log, err)
         self.assertIn("%s: erased 1 of 2 line(s)" % rotated, out)
