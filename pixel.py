@@ -145,6 +145,7 @@ MAX_ANSWER_BYTES = 64 * 1024     # of a receiver's answer, read and quoted
 FORWARD_READ = MAX_BATCH_BYTES + MAX_EVENT_LINE   # log bytes read to build one batch
 MAX_FORWARD_ITEM = MAX_PAYLOAD_BYTES - 64   # what a receiver takes, with the batch's sentAt
 MAX_OPEN_LOG_FILES = 32          # files the forwarder holds open; later ones wait by name
+MAX_MOVED_FILES = 1000           # live files moved by hand a checkpoint lists, unsent
 HOLD_WAIT = 20.0                 # seconds a post may go on when an erase holds the forwarder
 MAX_REFUSED_IN_A_ROW = 3         # events refused alone in a row before the receiver is doubted
 PROBES_A_ROUND = 100             # events then sent one at a time, at most, between waits
@@ -3742,6 +3743,7 @@ class Receiver:
         self.paused_key = None       # the configured writeKey a 401 or 403 stopped
         self.wrong_url = None        # its last answer saying nothing is at the URL
         self.gave_up = None          # why a backfill stopped for good
+        self.between = None          # called during a wait (see pause)
         self._failing = 0            # attempts failed in a row
         self._aborted, self._connection = False, None
 
@@ -3797,8 +3799,20 @@ class Receiver:
             self.reporter.say("forwarding to %s: %s; %d failed attempt(s) in a row, next in "
                               "%.1f s" % (self.endpoint, problem, self._failing, delay),
                               key="forward")
-            self.stopping.wait(delay)
+            self.pause(delay)
         return None, None
+
+    def pause(self, delay):
+        """Wait `delay` s, or until stop(): True if stopped. `between()`, the Forwarder's, is
+        called every FORWARD_POLL s of it: what a kill -9 meanwhile must not lose is saved."""
+        deadline = time.monotonic() + delay
+        while not self.stopping.is_set():
+            if self.between is not None:
+                self.between()
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stopping.wait(min(left, FORWARD_POLL)):
+                break
+        return self.stopping.is_set()
 
     def post(self, write_key, body):
         """POST one gzipped batch: (status, headers with lower-case names, the first
@@ -4260,7 +4274,11 @@ def rotated_since(path, live, checkpoint):
              if entry[0] >= since or after is not None and entry[1] >= after]
     found.sort(key=lambda entry: entry[1:3] if named else entry[::2])   # name, or mtime
     if sent != live and all(entry[3] != sent for entry in found):
-        found[:0] = _moved_by_hand(folder, others, checkpoint)
+        found[:0] = _moved_by_hand(folder, others, [checkpoint])
+    for entry in _moved_by_hand(folder, others, moved_files(checkpoint, live)):
+        # a live file moved by hand behind the checkpoint's: where its last write puts it
+        later = [index for index, other in enumerate(found) if other[0] > entry[0]]
+        found.insert(max(later[0] if later else len(found), 1 if found else 0), entry)
     opened = []
     for _, key, name, identity in found:
         path = os.path.join(folder, name)
@@ -4279,27 +4297,54 @@ def rotated_since(path, live, checkpoint):
     return opened
 
 
-def _moved_by_hand(folder, names, checkpoint):
-    """[entry] for the checkpoint's file if it is among `names` in `folder`, under a name no
-    rotation gives (an outside mv, then a restart before it was all sent), or []: found by
-    its identity and its head, as a file that took its inode since is not it."""
-    identity = (checkpoint["device"], checkpoint["inode"])
-    for name in names:
+def _moved_by_hand(folder, names, positions):
+    """[entry] for each file of `positions` (checkpoint-like documents) among `names` in
+    `folder`, under a name no rotation gives (an outside mv, then a restart before it was
+    all sent): found by its identity and its head, as a file that took its inode since is
+    not it."""
+    wanted = {(position["device"], position["inode"]): position for position in positions}
+    found = []
+    for name in names if wanted else ():
         try:
             status = os.stat(os.path.join(folder, name))
         except OSError:
             continue
-        if (status.st_dev, status.st_ino) == identity and stat.S_ISREG(status.st_mode):
+        position = wanted.pop((status.st_dev, status.st_ino), None)
+        if position is not None and stat.S_ISREG(status.st_mode):
             try:
                 log = LogFile.open(os.path.join(folder, name))
             except OSError:
-                return []
+                continue
             try:
-                ours = found_at(log, checkpoint) is not None
+                if found_at(log, position) is not None:
+                    found.append((status.st_mtime_ns, None, name, log.identity))
             finally:
                 log.close()
-            return [(status.st_mtime_ns, None, name, identity)] if ours else []
-    return []
+    return found
+
+
+def moved_entries(files):
+    """A document for each of a live log's `files` behind the first, but the live one, that
+    no rotation named (moved by hand): a restart finds them by identity (rotated_since)."""
+    entries = []
+    for log in list(files)[1:-1]:
+        if not log.named and log.fd is not None and len(entries) < MAX_MOVED_FILES:
+            length = min(log.size() or 0, 4096)
+            entries.append({"path": log.name, "device": log.identity[0],
+                            "inode": log.identity[1], "head_bytes": length,
+                            "head": log.head(length)})
+    return entries
+
+
+def moved_files(checkpoint, live=None):
+    """The checkpoint's "moved" entries (LogQueue.checkpoint) that are well formed, each as
+    a position at the start of its file; never the live file's."""
+    moved = checkpoint.get("moved")
+    return [dict(entry, offset=0) for entry in moved if isinstance(entry, dict) and all(
+        type(entry.get(field)) is int for field in ("device", "inode", "head_bytes")) and
+        0 <= entry["head_bytes"] <= 4096 and isinstance(entry.get("head"), str) and
+        (entry["device"], entry["inode"]) != live][:MAX_MOVED_FILES] \
+        if isinstance(moved, list) else []
 
 
 def found_at(log, checkpoint):
@@ -4339,6 +4384,20 @@ def resume_at(checkpoint, files, live_end, reporter):
     return 0   # rotated_since gave only the files written since the checkpoint
 
 
+def sent_files(done):
+    """(the entries, {"device:inode": [(bytes, head), or None for version 1.0's inode
+    alone]}) of a backfill checkpoint's "done" list (LogFile.fingerprint)."""
+    done = [entry for entry in done if isinstance(entry, str)] if isinstance(done, list) else []
+    sent = collections.defaultdict(list)
+    for entry in done:
+        parts = entry.split(":")
+        if len(parts) == 4 and parts[2].isdigit():
+            sent[":".join(parts[:2])].append((int(parts[2]), parts[3]))
+        elif len(parts) == 2:
+            sent[entry].append(None)
+    return done, sent
+
+
 class LogQueue:
     """The files a Forwarder sends, oldest first: a live log's (follow) or a backfill's
     (add_files). At most MAX_OPEN_LOG_FILES of them are open; the rest are parked."""
@@ -4352,6 +4411,7 @@ class LogQueue:
         self._lock = threading.Lock()
         self._counting = None      # what count_lines() counts: (files, live end, written)
         self._unsent = None        # lines unsent at the start, less writer.written then
+        self.moves_saved = []      # the files moved by hand the last checkpoint names
 
     def follow(self, writer, checkpoint):
         """The live log of `writer` from `checkpoint` (a document; None: from the live
@@ -4375,16 +4435,7 @@ class LogQueue:
         """The files at `paths`, in order, to send once from `checkpoint` (a document), but
         those it lists as sent. OSError for one not a regular file, or one that `erasing(path)`
         says an erase holds; ValueError for one not an event log."""
-        done = checkpoint.get("done")
-        self.done = [entry for entry in done if isinstance(entry, str)] \
-            if isinstance(done, list) else []
-        sent = collections.defaultdict(list)   # "device:inode" -> [(bytes, head) or None]
-        for entry in self.done:
-            parts = entry.split(":")
-            if len(parts) == 4 and parts[2].isdigit():
-                sent[":".join(parts[:2])].append((int(parts[2]), parts[3]))
-            elif len(parts) == 2:   # version 1.0's: the inode alone
-                sent[entry].append(None)
+        self.done, sent = sent_files(checkpoint.get("done"))
         # Version 1.0's entries name files it sent by its last save (kept apart, as later
         # saves move "updated" on): a file written since is a new one on a reused inode.
         self.legacy_until = checkpoint.get("legacy_until", checkpoint.get("updated")) \
@@ -4558,7 +4609,18 @@ class LogQueue:
             document["done"] = self.done
         if self.legacy_until is not None:
             document["legacy_until"] = self.legacy_until
+        with self._lock:
+            moved = moved_entries(self.files) if self.writer is not None else []
+        if moved:   # found by identity after a restart (rotated_since): no name finds them
+            document["moved"] = moved
+        self.moves_saved = moved
         return document
+
+    def moves_to_save(self):
+        """Whether files moved by hand were taken since the last checkpoint named them."""
+        with self._lock:
+            self._pull()
+            return self.writer is not None and moved_entries(self.files) != self.moves_saved
 
     def oldest_unsent(self):
         """The receivedAt of the first line of a live log not yet sent, or None."""
@@ -4774,7 +4836,7 @@ class Sender:
                               self.receiver.max_delay)
         self.receiver.failed_attempts += 1
         self.receiver.last_error, self.receiver.backoff = self.refusing_all, delay
-        return not self.receiver.stopping.wait(delay)
+        return not self.receiver.pause(delay)
 
 
 # The forwarder's /metrics: (name after pixel_forward_, type, its status() field, help).
@@ -4791,6 +4853,18 @@ FORWARD_METRICS = (
      "forwarding, or the receiver is at fault."),
     ("last_success_timestamp_seconds", "gauge", "last_success_time", "When the receiver last "
      "took a batch (Unix time; 0: never)."))
+
+
+def register_forwarder(forwarder, metrics):
+    """Count `forwarder` into `metrics`: /health's forward object, its problems,
+    pixel_forward_*, and its rejections into pixel_rejections_total."""
+    metrics.health("forward", forwarder.status)
+    metrics.problem(lambda: forwarder.status()["degraded"])
+    metrics.family("pixel_rejections_total", "counter", "",
+                   lambda: forwarder.refused.samples("reason"))
+    for name, kind, field, help in FORWARD_METRICS:
+        metrics.value("pixel_forward_" + name, kind, help,
+                      lambda field=field: forwarder.status(True)[field] or 0)
 
 
 class Forwarder:
@@ -4817,6 +4891,7 @@ class Forwarder:
         self.sender = Sender(receiver, write_key, self._refuse, self._acknowledge,
                              self.reporter, clock)
         self._caught_up_at = clock()   # all lines written before this were sent
+        receiver.between = self._save_moves
 
     def follow(self, writer):
         """Relay `writer`'s live log from its checkpoint, written at once (or OSError): a
@@ -4847,17 +4922,6 @@ class Forwarder:
                              "give another --checkpoint"
                              % (checkpoint, document["target"], target))
         self.queue.add_files(paths, document, erasing)
-
-    def register(self, metrics):
-        """Count the forwarder into `metrics`: /health's forward object, its problems,
-        pixel_forward_*, and its rejections into pixel_rejections_total."""
-        metrics.health("forward", self.status)
-        metrics.problem(lambda: self.status()["degraded"])
-        metrics.family("pixel_rejections_total", "counter", "",
-                       lambda: self.refused.samples("reason"))
-        for name, kind, field, help in FORWARD_METRICS:
-            metrics.value("pixel_forward_" + name, kind, help,
-                          lambda field=field: self.status(True)[field] or 0)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -4922,6 +4986,7 @@ class Forwarder:
         try:
             self.queue.count_lines()
             while not self.stopping.is_set():
+                self._save_moves()
                 batch = self._next_batch()
                 if batch is None:
                     if self.queue.writer is None and not self.queue.files:
@@ -5005,6 +5070,11 @@ class Forwarder:
         self._save(log)
         self.refused.add(rejection.reason, len(lines))
         return True
+
+    def _save_moves(self):
+        """Save the checkpoint at once when files moved by hand join the queue."""
+        if self.queue.moves_to_save() and self.queue.files:
+            self._save(self.queue.files[0])
 
     def _save(self, log, quiet=True):
         """Name `log` and its offset in the checkpoint; a failure is said (once an interval),
@@ -5698,7 +5768,7 @@ class Pixel:
                     batch_events=config.forward_batch, alert=config.forward_alert,
                     reporter=self.reporter, clock=clock)
                 self.forwarder.follow(self.events)
-                self.forwarder.register(self.metrics)
+                register_forwarder(self.forwarder, self.metrics)
         except OSError as error:
             if self.forwarder is not None:
                 self.forwarder.close()
@@ -6202,6 +6272,12 @@ def replaced_checkpoint(document, old, new, erasure, new_path, archive):
                 head = erasure.new_head(length)[1]
             done.append("%d:%d:%d:%s" % (new + (length, head)))
             changed = True
+    moved = document.get("moved")
+    for entry in list(moved) if isinstance(moved, list) else ():   # a live log's, by hand
+        if isinstance(entry, dict) and (entry.get("device"), entry.get("inode")) == old:
+            head_bytes, head = erasure.new_head(len(erasure.first))
+            moved.append(dict(entry, inode=new[1], head_bytes=head_bytes, head=head))
+            changed = True
     return document if changed else None
 
 
@@ -6215,6 +6291,9 @@ def settled_checkpoint(document, old):
         prefix = "%d:%d:" % old
         document["done"] = [entry for entry in document["done"]
                             if not (isinstance(entry, str) and entry.startswith(prefix))]
+    if isinstance(document.get("moved"), list):
+        document["moved"] = [entry for entry in document["moved"] if not (
+            isinstance(entry, dict) and (entry.get("device"), entry.get("inode")) == old)]
     return document
 
 

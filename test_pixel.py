@@ -5219,6 +5219,31 @@ class ForwardingCase(unittest.TestCase):
     def write(self, writer, numbers, **fields):
         self.assertTrue(writer.write([log_event(number, **fields) for number in numbers]))
 
+    def moved_behind_the_checkpoint(self, lines):
+        """(receiver, down, moved path): `lines` written (several rotations past 1000 bytes)
+        while the receiver refuses; the live file moved by hand before the last 5 and
+        named in the checkpoint; the forwarder and the writer stopped ("killed")."""
+        down = threading.Event()
+        down.set()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        writer = self.writer(max_bytes=1000)
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(writer.write(lines[:-5]))
+        moved = os.path.join(self.dir, "kept-by-hand.jsonl")
+        os.rename(writer.path, moved)
+        open(writer.path, "ab").close()
+        time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # the writer looks at its path this often
+        self.assertTrue(writer.write(lines[-5:]))
+        checkpoint = pixel.state_path(writer.path, "forward")
+        self.assertTrue(wait_until(lambda: [entry["inode"] for entry in pixel.read_checkpoint(
+            checkpoint).get("moved", ())] == [os.stat(moved).st_ino]))
+        self.assertGreater(len(pixel.pixel_rotations(writer.path)), 1)
+        forwarder.stop(5)
+        forwarder.close()
+        writer.close()
+        return receiver, down, moved
+
 
 class Forwarding(ForwardingCase):
     def test_batches_in_order_one_key_each_gzipped_with_basic_auth(self):
@@ -5825,6 +5850,73 @@ class ForwardingRestarts(ForwardingCase):
         start_pixel(self, "--log", path, "--forward", receiver.url)
         self.assertTrue(wait_until(lambda: len(receiver.taken) >= 10, timeout=15))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(10)])
+
+    def test_killed_after_an_outside_mv_behind_a_rotation_it_sends_the_moved_file_too(self):
+        # As above, but the checkpoint names an older file, rotated by --max-bytes: a restart
+        # found that one by its name and the files rotated since, but not the live file moved
+        # to a name no rotation gives, whose events the receiver never got.
+        down = threading.Event()
+        down.set()
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        path = os.path.join(self.dir, "events.jsonl")
+        process, port = start_pixel(self, "--log", path, "--forward", receiver.url,
+                                    "--max-bytes", "1000")
+        for number in range(12):
+            if number == 8:
+                os.rename(path, os.path.join(self.dir, "kept-by-hand.jsonl"))
+                open(path, "ab").close()
+                time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # pixel looks at its path this often
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e&messageId=m%d"
+                      % number)
+        self.assertTrue(wait_until(lambda: receiver.posts))   # refused, so none sent
+        self.assertTrue(pixel.pixel_rotations(path))
+        moved = os.path.join(self.dir, "kept-by-hand.jsonl")
+        self.assertIn(b'"m7"', read_bytes(moved))
+        # The checkpoint names it within a FORWARD_POLL of the writer taking the new file,
+        # though the receiver keeps refusing (a kill -9 sooner than that still loses it).
+        checkpoint = pixel.state_path(path, "forward")
+        self.assertTrue(wait_until(lambda: [entry["inode"] for entry in pixel.read_checkpoint(
+            checkpoint).get("moved", ())] == [os.stat(moved).st_ino], 5))
+        process.kill()
+        process.wait()
+        down.clear()
+        start_pixel(self, "--log", path, "--forward", receiver.url, "--max-bytes", "1000")
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 12, timeout=15))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(12)])
+
+    def test_a_live_file_moved_by_hand_behind_the_checkpoint_is_sent_in_its_place(self):
+        lines = [log_event(number) for number in range(30)]
+        receiver, down, moved = self.moved_behind_the_checkpoint(lines)
+        self.assertEqual(read_bytes(moved).count(b"\n"), 3)   # m22-m24: before the move
+        down.clear()
+        second = self.forwarder(receiver.url, self.writer(max_bytes=1000))
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(30)])
+        self.assertNotIn("gone", self.stderr.getvalue())
+
+    def test_moved_entries_that_name_nothing_or_another_file_send_nothing(self):
+        # Hand-edited, or an inode the moved file's deletion gave another file: passed over.
+        receiver, writer = self.sent_ten_then_thirty_more()
+        notes = os.path.join(self.dir, "notes.jsonl")
+        with open(notes, "wb") as handle:
+            handle.write(log_event(99, userId="private") * 3)
+        status = os.stat(notes)
+        checkpoint_path = pixel.state_path(writer.path, "forward")
+        checkpoint = pixel.read_checkpoint(checkpoint_path)
+        pixel.write_checkpoint(checkpoint_path, dict(checkpoint, moved=[
+            5, None, "x", {"device": "1"}, {"device": 1, "inode": 2, "head_bytes": 5000,
+                                            "head": ""},
+            {"device": status.st_dev, "inode": status.st_ino, "head_bytes": 10,
+             "head": "00000000"}]))
+        second = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(40)])
+        pixel.write_checkpoint(checkpoint_path, dict(checkpoint, moved={"a": 1}))
+        second.stop(5)
+        second.close()
+        self.forwarder(receiver.url, writer)   # not a list: no traceback either
+        self.assertNotIn("error", self.stderr.getvalue())
 
     def test_no_checkpoint_starts_at_the_live_files_first_line(self):
         receiver = FakeReceiver(self)
@@ -10613,6 +10705,29 @@ class EraseCheckpoints(ForwardingCase):
         self.assertEqual(ids[:20], ["%s-%d" % (user, number // 2) for number, user in
                                     zip(range(20), itertools.cycle(("bob", "alice")))])
         self.assertEqual(ids[20:], ["bob-%d" % number for number in range(10, 40)])
+
+
+    def test_a_file_moved_by_hand_that_erase_replaced_is_found_after_it(self):
+        lines = [line for pair in zip(person_lines("bob", 15), person_lines("alice", 15))
+                 for line in pair]
+        receiver, down, moved = self.moved_behind_the_checkpoint(lines)
+        files = [os.path.join(self.dir, name) for name in os.listdir(self.dir)
+                 if name.startswith("events.jsonl")] + [moved]
+        inode = os.stat(moved).st_ino
+        with unittest.mock.patch("sys.stderr", io.StringIO()):
+            self.assertEqual(pixel.erase_command(["--user-id", "alice", "--apply",
+                                                  "--max-share", "1"] + files,
+                                                 stdout=io.StringIO()), 0)
+        self.assertNotEqual(os.stat(moved).st_ino, inode)
+        checkpoint = pixel.read_checkpoint(pixel.state_path(os.path.join(
+            self.dir, "events.jsonl"), "forward"))
+        self.assertEqual([entry["inode"] for entry in checkpoint["moved"]],
+                         [os.stat(moved).st_ino])
+        down.clear()
+        writer = self.writer(max_bytes=1000)
+        second = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["bob-%d" % number for number in range(15)])
 
 
 class ErasePixelProcess(unittest.TestCase):
