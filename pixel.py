@@ -4278,7 +4278,8 @@ def rotated_since(path, live, checkpoint):
     for entry in _moved_by_hand(folder, others, moved_files(checkpoint, live)):
         # a live file moved by hand behind the checkpoint's: where its last write puts it
         later = [index for index, other in enumerate(found) if other[0] > entry[0]]
-        found.insert(max(later[0] if later else len(found), 1 if found else 0), entry)
+        behind = next((index + 1 for index, other in enumerate(found) if other[3] == sent), 0)
+        found.insert(max(later[0] if later else len(found), behind), entry)
     opened = []
     for _, key, name, identity in found:
         path = os.path.join(folder, name)

@@ -5895,6 +5895,30 @@ class ForwardingRestarts(ForwardingCase):
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(30)])
         self.assertNotIn("gone", self.stderr.getvalue())
 
+    def test_a_moved_file_is_never_put_before_the_checkpoints_file(self):
+        # Placed by its last write among the files found, but never ahead of the one the
+        # checkpoint names, whose predecessors a restart skips: an older mtime (a clock set
+        # back, a touch) must not make it one of those.
+        path, kept = (os.path.join(self.dir, name) for name in ("events.jsonl", "kept.jsonl"))
+        names = [pixel.rotation_target(path, T0 + number) for number in (0, 10)]
+        for number, name in enumerate(names + [path, kept]):
+            with open(name, "wb") as handle:
+                handle.write(log_event(number))
+        checkpoint_file, moved = os.stat(names[1]), os.stat(kept)
+        os.utime(names[0], ns=(checkpoint_file.st_mtime_ns + 10**9,) * 2)
+        os.utime(kept, ns=(checkpoint_file.st_mtime_ns - 5 * 10**9,) * 2)
+        head = "%08x" % zlib.crc32(read_bytes(kept)[:20])
+        checkpoint = {"device": checkpoint_file.st_dev, "inode": checkpoint_file.st_ino,
+                      "offset": 0, "head_bytes": 0, "head": "00000000",
+                      "mtime_ns": checkpoint_file.st_mtime_ns,
+                      "moved": [{"device": moved.st_dev, "inode": moved.st_ino,
+                                 "head_bytes": 20, "head": head}]}
+        live = os.stat(path)
+        files = pixel.rotated_since(path, (live.st_dev, live.st_ino), checkpoint)
+        self.addCleanup(lambda: [log.close() for log in files])
+        self.assertEqual([os.path.basename(log.name) for log in files],
+                         [os.path.basename(name) for name in names] + ["kept.jsonl"])
+
     def test_moved_entries_that_name_nothing_or_another_file_send_nothing(self):
         # Hand-edited, or an inode the moved file's deletion gave another file: passed over.
         receiver, writer = self.sent_ten_then_thirty_more()
