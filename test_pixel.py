@@ -5162,6 +5162,14 @@ class FakeReceiver:
             return [event["messageId"] for event in self.taken]
 
 
+def receiver_down(case):
+    """(a FakeReceiver answering 503, the Event that makes it: clear it and it takes all)."""
+    down = threading.Event()
+    down.set()
+    return FakeReceiver(case, lambda receiver, user, events: (
+        (503, {}, b"") if down.is_set() else (200, {}, b"{}"))), down
+
+
 def log_event(number, key="K", **fields):
     """A log line as pixel writes it, with messageId m<number>."""
     payload = dict({"writeKey": key, "userId": "u", "event": "e", "messageId": "m%d" % number},
@@ -5223,10 +5231,7 @@ class ForwardingCase(unittest.TestCase):
         """(receiver, down, moved path): `lines` written (several rotations past 1000 bytes)
         while the receiver refuses; the live file moved by hand before the last 5 and
         named in the checkpoint; the forwarder and the writer stopped ("killed")."""
-        down = threading.Event()
-        down.set()
-        receiver = FakeReceiver(self, lambda receiver, user, events: (
-            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        receiver, down = receiver_down(self)
         writer = self.writer(max_bytes=1000)
         forwarder = self.forwarder(receiver.url, writer)
         self.assertTrue(writer.write(lines[:-5]))
@@ -5694,10 +5699,7 @@ class ForwardingThroughRotation(ForwardingCase):
     rotation with --keep, an outside mv and an outside rm of the live log."""
 
     def test_rotation_with_keep_waits_for_the_forwarder(self):
-        down = threading.Event()
-        down.set()
-        receiver = FakeReceiver(self, lambda receiver, user, events: (
-            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        receiver, down = receiver_down(self)
         writer = self.writer(max_bytes=1000, keep=1)
         forwarder = self.forwarder(receiver.url, writer)
         for number in range(60):
@@ -5824,24 +5826,27 @@ class ForwardingRestarts(ForwardingCase):
         self.assertNotIn("m99", receiver.ids())
         self.assertIn("the file the checkpoint names", self.stderr.getvalue())
 
-    def test_killed_after_an_outside_mv_it_sends_the_moved_file_when_started_again(self):
-        # Real processes: the receiver refuses (503) while pixel answers 5 pixels; an outside
-        # mv renames its log and makes a new one; 5 more; kill -9. Started again with the
-        # receiver taking them, all 10 arrive, the moved file's first.
-        down = threading.Event()
-        down.set()
-        receiver = FakeReceiver(self, lambda receiver, user, events: (
-            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+    def answered_around_an_outside_mv(self, count, moved_at, *argv):
+        """(receiver, its `down` switch, process, log path): a real pixel answers `count`
+        pixels while the receiver refuses (503); an outside mv renames its log to
+        kept-by-hand.jsonl and makes a new one before the `moved_at`th."""
+        receiver, down = receiver_down(self)
         path = os.path.join(self.dir, "events.jsonl")
-        process, port = start_pixel(self, "--log", path, "--forward", receiver.url)
-        for number in range(10):
-            if number == 5:
+        process, port = start_pixel(self, "--log", path, "--forward", receiver.url, *argv)
+        for number in range(count):
+            if number == moved_at:
                 os.rename(path, os.path.join(self.dir, "kept-by-hand.jsonl"))
                 open(path, "ab").close()
                 time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # pixel looks at its path this often
             fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e&messageId=m%d"
                       % number)
         self.assertTrue(wait_until(lambda: receiver.posts))   # refused, so none sent
+        return receiver, down, process, path
+
+    def test_killed_after_an_outside_mv_it_sends_the_moved_file_when_started_again(self):
+        # 5 pixels, the mv, 5 more, kill -9. Started again with the receiver taking them,
+        # all 10 arrive, the moved file's first.
+        receiver, down, process, path = self.answered_around_an_outside_mv(10, 5)
         process.kill()
         process.wait()
         with open(path, "rb") as handle:
@@ -5855,21 +5860,8 @@ class ForwardingRestarts(ForwardingCase):
         # As above, but the checkpoint names an older file, rotated by --max-bytes: a restart
         # found that one by its name and the files rotated since, but not the live file moved
         # to a name no rotation gives, whose events the receiver never got.
-        down = threading.Event()
-        down.set()
-        receiver = FakeReceiver(self, lambda receiver, user, events: (
-            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
-        path = os.path.join(self.dir, "events.jsonl")
-        process, port = start_pixel(self, "--log", path, "--forward", receiver.url,
-                                    "--max-bytes", "1000")
-        for number in range(12):
-            if number == 8:
-                os.rename(path, os.path.join(self.dir, "kept-by-hand.jsonl"))
-                open(path, "ab").close()
-                time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # pixel looks at its path this often
-            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e&messageId=m%d"
-                      % number)
-        self.assertTrue(wait_until(lambda: receiver.posts))   # refused, so none sent
+        receiver, down, process, path = self.answered_around_an_outside_mv(
+            12, 8, "--max-bytes", "1000")
         self.assertTrue(pixel.pixel_rotations(path))
         moved = os.path.join(self.dir, "kept-by-hand.jsonl")
         self.assertIn(b'"m7"', read_bytes(moved))
@@ -5884,63 +5876,6 @@ class ForwardingRestarts(ForwardingCase):
         start_pixel(self, "--log", path, "--forward", receiver.url, "--max-bytes", "1000")
         self.assertTrue(wait_until(lambda: len(receiver.taken) >= 12, timeout=15))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(12)])
-
-    def test_a_live_file_moved_by_hand_behind_the_checkpoint_is_sent_in_its_place(self):
-        lines = [log_event(number) for number in range(30)]
-        receiver, down, moved = self.moved_behind_the_checkpoint(lines)
-        self.assertEqual(read_bytes(moved).count(b"\n"), 3)   # m22-m24: before the move
-        down.clear()
-        second = self.forwarder(receiver.url, self.writer(max_bytes=1000))
-        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(30)])
-        self.assertNotIn("gone", self.stderr.getvalue())
-
-    def test_a_moved_file_is_never_put_before_the_checkpoints_file(self):
-        # Placed by its last write among the files found, but never ahead of the one the
-        # checkpoint names, whose predecessors a restart skips: an older mtime (a clock set
-        # back, a touch) must not make it one of those.
-        path, kept = (os.path.join(self.dir, name) for name in ("events.jsonl", "kept.jsonl"))
-        names = [pixel.rotation_target(path, T0 + number) for number in (0, 10)]
-        for number, name in enumerate(names + [path, kept]):
-            with open(name, "wb") as handle:
-                handle.write(log_event(number))
-        checkpoint_file, moved = os.stat(names[1]), os.stat(kept)
-        os.utime(names[0], ns=(checkpoint_file.st_mtime_ns + 10**9,) * 2)
-        os.utime(kept, ns=(checkpoint_file.st_mtime_ns - 5 * 10**9,) * 2)
-        head = "%08x" % zlib.crc32(read_bytes(kept)[:20])
-        checkpoint = {"device": checkpoint_file.st_dev, "inode": checkpoint_file.st_ino,
-                      "offset": 0, "head_bytes": 0, "head": "00000000",
-                      "mtime_ns": checkpoint_file.st_mtime_ns,
-                      "moved": [{"device": moved.st_dev, "inode": moved.st_ino,
-                                 "head_bytes": 20, "head": head}]}
-        live = os.stat(path)
-        files = pixel.rotated_since(path, (live.st_dev, live.st_ino), checkpoint)
-        self.addCleanup(lambda: [log.close() for log in files])
-        self.assertEqual([os.path.basename(log.name) for log in files],
-                         [os.path.basename(name) for name in names] + ["kept.jsonl"])
-
-    def test_moved_entries_that_name_nothing_or_another_file_send_nothing(self):
-        # Hand-edited, or an inode the moved file's deletion gave another file: passed over.
-        receiver, writer = self.sent_ten_then_thirty_more()
-        notes = os.path.join(self.dir, "notes.jsonl")
-        with open(notes, "wb") as handle:
-            handle.write(log_event(99, userId="private") * 3)
-        status = os.stat(notes)
-        checkpoint_path = pixel.state_path(writer.path, "forward")
-        checkpoint = pixel.read_checkpoint(checkpoint_path)
-        pixel.write_checkpoint(checkpoint_path, dict(checkpoint, moved=[
-            5, None, "x", {"device": "1"}, {"device": 1, "inode": 2, "head_bytes": 5000,
-                                            "head": ""},
-            {"device": status.st_dev, "inode": status.st_ino, "head_bytes": 10,
-             "head": "00000000"}]))
-        second = self.forwarder(receiver.url, writer)
-        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(40)])
-        pixel.write_checkpoint(checkpoint_path, dict(checkpoint, moved={"a": 1}))
-        second.stop(5)
-        second.close()
-        self.forwarder(receiver.url, writer)   # not a list: no traceback either
-        self.assertNotIn("error", self.stderr.getvalue())
 
     def test_no_checkpoint_starts_at_the_live_files_first_line(self):
         receiver = FakeReceiver(self)
@@ -6017,10 +5952,7 @@ class ForwardingAttacked(ForwardingCase):
     """What an attacker pass against the forwarder found, each held by a test."""
 
     def test_a_restart_before_the_first_batch_loses_nothing(self):
-        down = threading.Event()
-        down.set()
-        receiver = FakeReceiver(self, lambda receiver, user, events: (
-            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        receiver, down = receiver_down(self)
         writer = self.writer(max_bytes=1000)
         first = self.forwarder(receiver.url, writer)
         self.write(writer, range(20))   # several rotations, none of it sent
@@ -6038,10 +5970,7 @@ class ForwardingAttacked(ForwardingCase):
             self.forwarder("http://127.0.0.1:9", writer, start=False)
 
     def test_a_long_backlog_of_small_files_holds_few_descriptors(self):
-        down = threading.Event()
-        down.set()
-        receiver = FakeReceiver(self, lambda receiver, user, events: (
-            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        receiver, down = receiver_down(self)
         writer = self.writer(max_bytes=200, keep=2)
         forwarder = self.forwarder(receiver.url, writer)
         for number in range(150):   # a rotated file each, none of them sent
@@ -6062,10 +5991,7 @@ class ForwardingAttacked(ForwardingCase):
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(150)])
 
     def test_a_restart_with_a_long_backlog_parks_what_it_cannot_hold(self):
-        down = threading.Event()
-        down.set()
-        receiver = FakeReceiver(self, lambda receiver, user, events: (
-            (503, {}, b"") if down.is_set() else (200, {}, b"{}")))
+        receiver, down = receiver_down(self)
         writer = self.writer(max_bytes=200)
         first = self.forwarder(receiver.url, writer)
         for number in range(100):
