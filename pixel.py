@@ -4132,6 +4132,7 @@ class LogFile:
     def __init__(self, fd, identity, name, offset=0, archive=False, stopping=None):
         self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
         self.named = self.shared = False
+        self.moved = None   # a parked moved file's (head_bytes, head), as the checkpoint had
         self.archive = GzipReader(fd, stopping) if archive else None
         self._first = b""   # its first bytes, for head()
 
@@ -4275,7 +4276,8 @@ def rotated_since(path, live, checkpoint):
     found.sort(key=lambda entry: entry[1:3] if named else entry[::2])   # name, or mtime
     if sent != live and all(entry[3] != sent for entry in found):
         found[:0] = _moved_by_hand(folder, others, [checkpoint])
-    for entry in _moved_by_hand(folder, others, moved_files(checkpoint, live)):
+    moved = moved_files(checkpoint, live)
+    for entry in _moved_by_hand(folder, others, moved):
         # a live file moved by hand behind the checkpoint's: where its last write puts it
         later = [index for index, other in enumerate(found) if other[0] > entry[0]]
         behind = next((index + 1 for index, other in enumerate(found) if other[3] == sent), 0)
@@ -4285,6 +4287,8 @@ def rotated_since(path, live, checkpoint):
         path = os.path.join(folder, name)
         if len(opened) >= MAX_OPEN_LOG_FILES:   # opened when its turn comes
             log = LogFile(None, identity, path)
+            log.moved = next(((position["head_bytes"], position["head"]) for position in moved
+                              if (position["device"], position["inode"]) == identity), None)
         else:
             try:
                 log = LogFile.open(path)
@@ -4325,15 +4329,22 @@ def _moved_by_hand(folder, names, positions):
 
 
 def moved_entries(files):
-    """A document for each of a live log's `files` behind the first, but the live one, that
-    no rotation named (moved by hand): a restart finds them by identity (rotated_since)."""
+    """A document for each of a live log's `files` behind the first that no rotation named,
+    the live one too: if moved by hand (before a restart, or during one) a restart finds
+    them by identity (rotated_since)."""
     entries = []
-    for log in list(files)[1:-1]:
-        if not log.named and log.fd is not None and len(entries) < MAX_MOVED_FILES:
+    for log in list(files)[1:]:
+        if log.named or len(entries) >= MAX_MOVED_FILES:
+            continue
+        if log.fd is not None:
             length = min(log.size() or 0, 4096)
-            entries.append({"path": log.name, "device": log.identity[0],
-                            "inode": log.identity[1], "head_bytes": length,
-                            "head": log.head(length)})
+            head = log.head(length)
+        elif log.moved is not None:   # parked at a restart: as the checkpoint had it
+            length, head = log.moved
+        else:
+            continue
+        entries.append({"path": log.name, "device": log.identity[0],
+                        "inode": log.identity[1], "head_bytes": length, "head": head})
     return entries
 
 
@@ -4365,9 +4376,18 @@ def found_at(log, checkpoint):
 
 def resume_at(checkpoint, files, live_end, reporter):
     """The index in `files` (those of a live log, the live one last, its committed end
-    `live_end`) to start at from `checkpoint`, that file's offset set."""
+    `live_end`) to start at from `checkpoint`, that file's offset set. What it lists as
+    moved by hand and `files` lack (deleted, moved away) is said to be lost."""
     if checkpoint is None:
         return len(files) - 1
+    found = {log.identity for log in files}
+    gone = [entry for entry in moved_files(checkpoint, files[-1].identity)
+            if (entry["device"], entry["inode"]) not in found]
+    if gone:
+        reporter.say("%d file(s) moved by hand from %s (inode %s) are gone from its folder, or "
+                     "replaced: their unsent events are lost to the receiver" % (
+                         len(gone), gone[0].get("path"),
+                         ", ".join(str(entry["inode"]) for entry in gone[:5])))
     for index, log in enumerate(files):
         offset = found_at(log, checkpoint)
         if offset is not None:

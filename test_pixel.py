@@ -5170,6 +5170,13 @@ def receiver_down(case):
         (503, {}, b"") if down.is_set() else (200, {}, b"{}"))), down
 
 
+def moved_inodes(path):
+    """The inodes of the files the forwarding checkpoint of the log at `path` lists to be
+    found by identity after a restart (moved by hand, or the live file behind a backlog)."""
+    checkpoint = pixel.read_checkpoint(pixel.state_path(path, "forward")) or {}
+    return [entry["inode"] for entry in checkpoint.get("moved", ())]
+
+
 def log_event(number, key="K", **fields):
     """A log line as pixel writes it, with messageId m<number>."""
     payload = dict({"writeKey": key, "userId": "u", "event": "e", "messageId": "m%d" % number},
@@ -5240,9 +5247,8 @@ class ForwardingCase(unittest.TestCase):
         open(writer.path, "ab").close()
         time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # the writer looks at its path this often
         self.assertTrue(writer.write(lines[-5:]))
-        checkpoint = pixel.state_path(writer.path, "forward")
-        self.assertTrue(wait_until(lambda: [entry["inode"] for entry in pixel.read_checkpoint(
-            checkpoint).get("moved", ())] == [os.stat(moved).st_ino]))
+        self.assertTrue(wait_until(lambda: moved_inodes(writer.path) == [
+            os.stat(moved).st_ino, os.stat(writer.path).st_ino]))
         self.assertGreater(len(pixel.pixel_rotations(writer.path)), 1)
         forwarder.stop(5)
         forwarder.close()
@@ -5865,11 +5871,28 @@ class ForwardingRestarts(ForwardingCase):
         self.assertTrue(pixel.pixel_rotations(path))
         moved = os.path.join(self.dir, "kept-by-hand.jsonl")
         self.assertIn(b'"m7"', read_bytes(moved))
-        # The checkpoint names it within a FORWARD_POLL of the writer taking the new file,
-        # though the receiver keeps refusing (a kill -9 sooner than that still loses it).
-        checkpoint = pixel.state_path(path, "forward")
-        self.assertTrue(wait_until(lambda: [entry["inode"] for entry in pixel.read_checkpoint(
-            checkpoint).get("moved", ())] == [os.stat(moved).st_ino], 5))
+        # The checkpoint names it within a FORWARD_POLL of the mv, though the receiver keeps
+        # refusing (a kill -9 sooner than that still loses it).
+        self.assertTrue(wait_until(lambda: moved_inodes(path) == [
+            os.stat(moved).st_ino, os.stat(path).st_ino], 5))
+        process.kill()
+        process.wait()
+        down.clear()
+        start_pixel(self, "--log", path, "--forward", receiver.url, "--max-bytes", "1000")
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 12, timeout=15))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(12)])
+
+    def test_killed_after_an_outside_mv_and_no_pixel_since_it_sends_the_moved_file(self):
+        # The mv with nothing at the path and no pixel after it: pixel goes on writing the
+        # moved file (MOVED_GRACE), and takes a new one only when the next pixel comes. The
+        # checkpoint listed files moved by hand only then, so a kill -9 before it lost their
+        # events; it now lists the live file too, behind a backlog, before any mv.
+        receiver, down, process, path = self.answered_around_an_outside_mv(
+            12, None, "--max-bytes", "1000")
+        self.assertTrue(pixel.pixel_rotations(path))
+        moved = os.path.join(self.dir, "kept-by-hand.jsonl")
+        self.assertTrue(wait_until(lambda: moved_inodes(path) == [os.stat(path).st_ino], 5))
+        os.rename(path, moved)
         process.kill()
         process.wait()
         down.clear()
@@ -5933,6 +5956,55 @@ class ForwardingRestarts(ForwardingCase):
         second.close()
         self.forwarder(receiver.url, writer)   # not a list: no traceback either
         self.assertNotIn("error", self.stderr.getvalue())
+
+    def test_a_live_file_moved_while_pixel_is_down_is_sent_after_the_restart(self):
+        # No process saw this mv: the checkpoint's list of the live file behind a backlog
+        # finds it (before, m25-m29 stayed on disk, unsent, with nothing said).
+        lines = [log_event(number) for number in range(30)]
+        receiver, down, _ = self.moved_behind_the_checkpoint(lines)
+        os.rename(os.path.join(self.dir, "events.jsonl"),
+                  os.path.join(self.dir, "moved-while-down.jsonl"))
+        down.clear()
+        second = self.forwarder(receiver.url, self.writer(max_bytes=1000))
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(30)])
+        self.assertNotIn("gone", self.stderr.getvalue())
+
+    def test_a_moved_file_parked_at_a_restart_is_still_named_by_its_checkpoint(self):
+        # A restart behind more than MAX_OPEN_LOG_FILES files parks the later ones, the moved
+        # one among them. The next save dropped it from the checkpoint, so a second restart
+        # (another kill -9) never found it.
+        lines = [log_event(number) for number in range(30)]
+        receiver, down, moved = self.moved_behind_the_checkpoint(lines)
+        with unittest.mock.patch.object(pixel, "MAX_OPEN_LOG_FILES", 1):
+            writer = self.writer(max_bytes=1000)
+            second = self.forwarder(receiver.url, writer)
+            self.assertEqual([os.path.basename(log.name) for log in second.queue.files
+                              if log.fd is None and not log.named], ["kept-by-hand.jsonl"])
+            second._save(second.queue.files[0])   # as a batch sent or a file finished would
+            second.stop(5)
+            second.close()
+            writer.close()
+        down.clear()
+        third = self.forwarder(receiver.url, self.writer(max_bytes=1000))
+        self.assertTrue(wait_until(lambda: third.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(30)])
+
+    def test_a_moved_file_gone_before_the_restart_is_said(self):
+        # Deleted, or moved out of the log's folder: its unsent events are lost to the
+        # receiver, and pixel says so as it does for the checkpoint's own file.
+        lines = [log_event(number) for number in range(30)]
+        receiver, down, moved = self.moved_behind_the_checkpoint(lines)
+        inode = os.stat(moved).st_ino
+        os.unlink(moved)
+        down.clear()
+        second = self.forwarder(receiver.url, self.writer(max_bytes=1000))
+        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(30)
+                                          if number not in (22, 23, 24)])
+        self.assertIn("1 file(s) moved by hand from %s (inode %d) are gone" % (
+            os.path.join(self.dir, "events.jsonl"), inode), self.stderr.getvalue())
+        self.assertIn("their unsent events are lost", self.stderr.getvalue())
 
     def test_no_checkpoint_starts_at_the_live_files_first_line(self):
         receiver = FakeReceiver(self)
@@ -10726,10 +10798,9 @@ class EraseCheckpoints(ForwardingCase):
                                                   "--max-share", "1"] + files,
                                                  stdout=io.StringIO()), 0)
         self.assertNotEqual(os.stat(moved).st_ino, inode)
-        checkpoint = pixel.read_checkpoint(pixel.state_path(os.path.join(
-            self.dir, "events.jsonl"), "forward"))
-        self.assertEqual([entry["inode"] for entry in checkpoint["moved"]],
-                         [os.stat(moved).st_ino])
+        live = os.path.join(self.dir, "events.jsonl")   # erased and listed too
+        self.assertEqual(sorted(moved_inodes(live)),
+                         sorted([os.stat(moved).st_ino, os.stat(live).st_ino]))
         down.clear()
         writer = self.writer(max_bytes=1000)
         second = self.forwarder(receiver.url, writer)
