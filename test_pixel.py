@@ -5849,18 +5849,22 @@ class ForwardingRestarts(ForwardingCase):
         self.assertTrue(wait_until(lambda: receiver.posts))   # refused, so none sent
         return receiver, down, process, path
 
+    def all_sent_after_a_kill_9(self, receiver, down, process, path, count, *argv):
+        """kill -9 of `process`; started again with the receiver taking all, the `count`
+        pixels answered arrive in order."""
+        process.kill()
+        process.wait()
+        down.clear()
+        start_pixel(self, "--log", path, "--forward", receiver.url, *argv)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= count, timeout=15))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(count)])
+
     def test_killed_after_an_outside_mv_it_sends_the_moved_file_when_started_again(self):
         # 5 pixels, the mv, 5 more, kill -9. Started again with the receiver taking them,
         # all 10 arrive, the moved file's first.
         receiver, down, process, path = self.answered_around_an_outside_mv(10, 5)
-        process.kill()
-        process.wait()
-        with open(path, "rb") as handle:
-            self.assertEqual(len(handle.readlines()), 5)
-        down.clear()
-        start_pixel(self, "--log", path, "--forward", receiver.url)
-        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 10, timeout=15))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(10)])
+        self.assertEqual(read_bytes(path).count(b"\n"), 5)
+        self.all_sent_after_a_kill_9(receiver, down, process, path, 10)
 
     def test_killed_after_an_outside_mv_behind_a_rotation_it_sends_the_moved_file_too(self):
         # As above, but the checkpoint names an older file, rotated by --max-bytes: a restart
@@ -5875,12 +5879,7 @@ class ForwardingRestarts(ForwardingCase):
         # refusing (a kill -9 sooner than that still loses it).
         self.assertTrue(wait_until(lambda: moved_inodes(path) == [
             os.stat(moved).st_ino, os.stat(path).st_ino], 5))
-        process.kill()
-        process.wait()
-        down.clear()
-        start_pixel(self, "--log", path, "--forward", receiver.url, "--max-bytes", "1000")
-        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 12, timeout=15))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(12)])
+        self.all_sent_after_a_kill_9(receiver, down, process, path, 12, "--max-bytes", "1000")
 
     def test_killed_after_an_outside_mv_and_no_pixel_since_it_sends_the_moved_file(self):
         # The mv with nothing at the path and no pixel after it: pixel goes on writing the
@@ -5893,12 +5892,7 @@ class ForwardingRestarts(ForwardingCase):
         moved = os.path.join(self.dir, "kept-by-hand.jsonl")
         self.assertTrue(wait_until(lambda: moved_inodes(path) == [os.stat(path).st_ino], 5))
         os.rename(path, moved)
-        process.kill()
-        process.wait()
-        down.clear()
-        start_pixel(self, "--log", path, "--forward", receiver.url, "--max-bytes", "1000")
-        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 12, timeout=15))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(12)])
+        self.all_sent_after_a_kill_9(receiver, down, process, path, 12, "--max-bytes", "1000")
 
     def test_a_live_file_moved_by_hand_behind_the_checkpoint_is_sent_in_its_place(self):
         lines = [log_event(number) for number in range(30)]
