@@ -5234,6 +5234,14 @@ class ForwardingCase(unittest.TestCase):
     def write(self, writer, numbers, **fields):
         self.assertTrue(writer.write([log_event(number, **fields) for number in numbers]))
 
+    def sent_after_a_restart(self, receiver, down, expected):
+        """A forwarder started again (a writer of 1000-byte files) with the receiver taking
+        all: it gets `expected` (messageIds)."""
+        down.clear()
+        forwarder = self.forwarder(receiver.url, self.writer(max_bytes=1000))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), expected)
+
     def moved_behind_the_checkpoint(self, lines):
         """(receiver, down, moved path): `lines` written (several rotations past 1000 bytes)
         while the receiver refuses; the live file moved by hand before the last 5 and
@@ -5898,10 +5906,7 @@ class ForwardingRestarts(ForwardingCase):
         lines = [log_event(number) for number in range(30)]
         receiver, down, moved = self.moved_behind_the_checkpoint(lines)
         self.assertEqual(read_bytes(moved).count(b"\n"), 3)   # m22-m24: before the move
-        down.clear()
-        second = self.forwarder(receiver.url, self.writer(max_bytes=1000))
-        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(30)])
+        self.sent_after_a_restart(receiver, down, ["m%d" % number for number in range(30)])
         self.assertNotIn("gone", self.stderr.getvalue())
 
     def test_a_moved_file_is_never_put_before_the_checkpoints_file(self):
@@ -5958,10 +5963,7 @@ class ForwardingRestarts(ForwardingCase):
         receiver, down, _ = self.moved_behind_the_checkpoint(lines)
         os.rename(os.path.join(self.dir, "events.jsonl"),
                   os.path.join(self.dir, "moved-while-down.jsonl"))
-        down.clear()
-        second = self.forwarder(receiver.url, self.writer(max_bytes=1000))
-        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(30)])
+        self.sent_after_a_restart(receiver, down, ["m%d" % number for number in range(30)])
         self.assertNotIn("gone", self.stderr.getvalue())
 
     def test_a_moved_file_parked_at_a_restart_is_still_named_by_its_checkpoint(self):
@@ -5979,10 +5981,7 @@ class ForwardingRestarts(ForwardingCase):
             second.stop(5)
             second.close()
             writer.close()
-        down.clear()
-        third = self.forwarder(receiver.url, self.writer(max_bytes=1000))
-        self.assertTrue(wait_until(lambda: third.status()["lines_behind"] == 0))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(30)])
+        self.sent_after_a_restart(receiver, down, ["m%d" % number for number in range(30)])
 
     def test_a_moved_file_gone_before_the_restart_is_said(self):
         # Deleted, or moved out of the log's folder: its unsent events are lost to the
@@ -5991,11 +5990,8 @@ class ForwardingRestarts(ForwardingCase):
         receiver, down, moved = self.moved_behind_the_checkpoint(lines)
         inode = os.stat(moved).st_ino
         os.unlink(moved)
-        down.clear()
-        second = self.forwarder(receiver.url, self.writer(max_bytes=1000))
-        self.assertTrue(wait_until(lambda: second.status()["lines_behind"] == 0))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(30)
-                                          if number not in (22, 23, 24)])
+        self.sent_after_a_restart(receiver, down, ["m%d" % number for number in range(30)
+                                                   if number not in (22, 23, 24)])
         self.assertIn("1 file(s) moved by hand from %s (inode %d) are gone" % (
             os.path.join(self.dir, "events.jsonl"), inode), self.stderr.getvalue())
         self.assertIn("their unsent events are lost", self.stderr.getvalue())
