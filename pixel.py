@@ -1423,6 +1423,14 @@ def _not_regular(path, mode):
     return OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode), path)
 
 
+def stat_or_none(path):
+    """os.stat(path), or None if nothing can be found there."""
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
 def open_file(path, flags=os.O_RDONLY, devices=False):
     """os.open() for a regular file (with `devices`, a character device such as /dev/full
     too); anything else is OSError(EINVAL, "not a regular file (a FIFO)"). The open cannot
@@ -1738,10 +1746,7 @@ class LogWriter:
         status = None
         if check:
             self._path_checked = now
-            try:
-                status = os.stat(self.path)
-            except OSError:
-                pass
+            status = stat_or_none(self.path)
         with self._lock:
             done = 0
             try:
@@ -1782,10 +1787,7 @@ class LogWriter:
         if self._fd is None:
             return self._open()
         if status is None or (status.st_dev, status.st_ino) != self._identity:
-            try:   # again under the lock: another write may have reopened it since
-                status = os.stat(self.path)
-            except FileNotFoundError:
-                status = None
+            status = stat_or_none(self.path)   # again under the lock: reopened since?
         if status is not None and (status.st_dev, status.st_ino) == self._identity:
             return
         if status is None and os.fstat(self._fd).st_nlink:
@@ -1843,6 +1845,9 @@ class LogWriter:
         try:
             os.rename(self.path, target)
         except OSError as error:   # keep writing to the live file rather than lose lines
+            if isinstance(error, FileNotFoundError) and os.path.isdir(os.path.dirname(self.path)):
+                self._open()   # moved by hand, written on for MOVED_GRACE: rotated already
+                return None
             self._reporter.say("cannot rotate %s: %s; still writing to it"
                                % (self.path, error), key="write " + self.path)
             return None

@@ -2732,6 +2732,23 @@ class PathsThatMove(unittest.TestCase):
             self.assertEqual(handle.read(), b"one\ntwo\nthree\n")
         self.assertEqual(stderr.getvalue().count("still writing to the file it named"), 1)
 
+    def test_past_max_bytes_within_the_grace_of_an_outside_mv_a_new_file_is_made(self):
+        # Nothing is at the path to rename: the mv was the rotation. The moved file was
+        # written on past the limit, with "cannot rotate ...: No such file or directory".
+        stderr, now = io.StringIO(), [T0]
+        path = os.path.join(self.dir, "events.jsonl")
+        writer = pixel.LogWriter(path, max_bytes=110, reporter=pixel.Reporter(stderr),
+                                 clock=lambda: now[0])
+        self.addCleanup(writer.close)
+        line = b'{"pad":"%s"}\n' % (b"x" * 40)   # 51 bytes: two to a file
+        self.assertTrue(writer.write([line]))
+        os.rename(path, path + ".moved")
+        now[0] += 2 * pixel.PATH_CHECK_INTERVAL
+        self.assertTrue(writer.write([line]))   # the grace begins: the moved file is written
+        self.assertTrue(writer.write([line]))   # past 110 bytes: a new file at the path
+        self.assertEqual((read_bytes(path + ".moved"), read_bytes(path)), (line * 2, line))
+        self.assertEqual(stderr.getvalue(), "")
+
     def test_reopen_keeps_the_old_file_if_the_path_cannot_be_opened(self):
         folder = os.path.join(self.dir, "logs")
         os.mkdir(folder)
