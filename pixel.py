@@ -6489,9 +6489,10 @@ def listen(config, reporter):
     return server, pinned
 
 
-def serve(server, pixel, pinned, previous):
-    """Serve `pixel` until SIGTERM or SIGINT; SIGHUP reopens the logs and reloads TLS. The
-    handlers replaced go in `previous`; from the stop on, those signals are ignored."""
+def serve(server, pixel, pinned, previous, stopped=()):
+    """Serve `pixel` until SIGTERM or SIGINT (one already in `stopped`: at once); SIGHUP
+    reopens the logs and reloads TLS. The handlers replaced go in `previous` (those there
+    kept); from the stop on, those signals are ignored."""
     def reopen():
         pixel.reopen()
         server.reload_tls()
@@ -6517,7 +6518,9 @@ def serve(server, pixel, pinned, previous):
         for name, handler in handlers.items():
             signum = getattr(signal, name, None)   # Windows has only some of them
             if signum is not None:
-                previous[signum] = signal.signal(signum, handler)
+                previous.setdefault(signum, signal.signal(signum, handler))
+    if stopped:   # during the start, while main() held the signals
+        stop(None, None)
     print("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s" % (
         __version__, server.scheme, "[%s]" % host if ":" in host else host, port,
         pixel.events.path, pixel.rejects.path,
@@ -6547,11 +6550,14 @@ def main(argv=None, environ=None):
     config = parse_args(argv, environ)
     reporter = Reporter()
     server = pixel = None
-    previous = {}
+    previous, stopped = {}, []
+    if threading.current_thread() is threading.main_thread():   # a stop during the start,
+        for signum in (signal.SIGTERM, signal.SIGINT):          # kept for serve(): not -15
+            previous[signum] = signal.signal(signum, lambda signum, frame: stopped.append(signum))
     try:
         server, pinned = listen(config, reporter)   # the port first: a start that cannot
         pixel = Pixel(config, reporter=reporter)    # have it makes no file
-        return serve(server, pixel, pinned, previous)
+        return serve(server, pixel, pinned, previous, stopped)
     except StartupError as error:
         reporter.say(str(error))
         if pixel is not None:   # serve() could not listen: the files made at start go too

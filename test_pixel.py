@@ -7659,6 +7659,35 @@ class Process(unittest.TestCase):
             self.assertIs(signal.getsignal(getattr(signal, name)), mine)
         self.assertIs(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
 
+    def test_a_sigterm_during_the_start_stops_it_once_it_listens(self):
+        # Before serve() took the signals, a SIGTERM killed pixel (-15) with its files made;
+        # main() now holds it from the start and serve() stops at once, exit 0. Here the
+        # caller's handler stands for the default action: it must not be the one called.
+        called = []
+        mine = lambda signum, frame: called.append(signum)
+        self.addCleanup(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, mine))
+        real, done = pixel.Pixel, threading.Event()
+
+        def signalled_start(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return real(*args, **kwargs)
+
+        def stop_if_it_serves():   # the old code served on: stop it, and fail below
+            if not done.wait(5):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        stopper = threading.Thread(target=stop_if_it_serves)
+        stopper.start()
+        stdout = io.StringIO()
+        with unittest.mock.patch("sys.stdout", stdout), \
+                unittest.mock.patch.object(pixel, "Pixel", signalled_start):
+            status = pixel.main(["--port", "0", "--log", self.log, "--cpu", "none"], {})
+        done.set()
+        stopper.join()
+        self.assertEqual((status, called), (0, []), stdout.getvalue())
+        self.assertIn("pixel stopped: 0 events written", stdout.getvalue())
+        self.assertIs(signal.getsignal(signal.SIGTERM), mine)
+
     def test_other_signals_do_not_stop_it_and_sighup_reopens(self):
         process, port = self.start()
         for name in ("SIGUSR1", "SIGUSR2", "SIGQUIT"):
