@@ -4175,16 +4175,21 @@ class LogFile:
 
     def _find(self):
         """A descriptor of this file, by its name, or else by its identity among its log's
-        files (an outside rename); None if it is gone."""
+        files (an outside rename; one moved by hand, under any name, its head checked);
+        None if it is gone."""
         folder, base = os.path.split(self.name)
         stem = _ROTATED.sub("", base, count=1)
-        for name in [base] + [name for name in os.listdir(folder) if name.startswith(stem)]:
+        for name in [base] + [name for name in os.listdir(folder)
+                              if name.startswith(stem) or self.moved is not None]:
             try:
                 fd = open_file(os.path.join(folder, name))
             except OSError:   # gone, unreadable, or not a file (a FIFO would block)
                 continue
             status = os.fstat(fd)
-            if (status.st_dev, status.st_ino) == self.identity:
+            same = (status.st_dev, status.st_ino) == self.identity
+            if same and self.moved is not None:   # a file on its reused inode is not it
+                same = "%08x" % zlib.crc32(os.pread(fd, self.moved[0], 0)) == self.moved[1]
+            if same:
                 self.name = os.path.join(folder, name)
                 if self.shared and not _flock_shared(fd):   # being erased: gone for us
                     os.close(fd)
@@ -4355,12 +4360,12 @@ def moved_entries(files):
 
 def moved_files(checkpoint, live=None):
     """The checkpoint's "moved" entries (LogQueue.checkpoint) that are well formed, each as
-    a position at the start of its file; never the live file's."""
-    moved = checkpoint.get("moved")
+    a position at the start of its file; never the live file's, nor the checkpoint's own."""
+    moved, own = checkpoint.get("moved"), (checkpoint.get("device"), checkpoint.get("inode"))
     return [dict(entry, offset=0) for entry in moved if isinstance(entry, dict) and all(
         type(entry.get(field)) is int for field in ("device", "inode", "head_bytes")) and
         0 <= entry["head_bytes"] <= 4096 and isinstance(entry.get("head"), str) and
-        (entry["device"], entry["inode"]) != live][:MAX_MOVED_FILES] \
+        (entry["device"], entry["inode"]) not in (live, own)][:MAX_MOVED_FILES] \
         if isinstance(moved, list) else []
 
 
@@ -4382,12 +4387,12 @@ def found_at(log, checkpoint):
 def resume_at(checkpoint, files, live_end, reporter):
     """The index in `files` (those of a live log, the live one last, its committed end
     `live_end`) to start at from `checkpoint`, that file's offset set. What it lists as
-    moved by hand and `files` lack (deleted, moved away) is said to be lost."""
+    moved by hand and `files` lack (deleted, moved away) is said to be lost; what it lists
+    found ahead of its own file is put just before that (they were unsent when listed)."""
     if checkpoint is None:
         return len(files) - 1
-    found = {log.identity for log in files}
-    gone = [entry for entry in moved_files(checkpoint, files[-1].identity)
-            if (entry["device"], entry["inode"]) not in found]
+    moved, found = moved_files(checkpoint, files[-1].identity), {log.identity for log in files}
+    gone = [entry for entry in moved if (entry["device"], entry["inode"]) not in found]
     if gone:
         reporter.say("%d file(s) moved by hand from %s (inode %s) are gone from its folder, or "
                      "replaced: their unsent events are lost to the receiver" % (
@@ -4401,7 +4406,12 @@ def resume_at(checkpoint, files, live_end, reporter):
                 reporter.say("%s is shorter than the checkpoint says (%d < %d bytes): "
                              "forwarding from its end" % (log.name, end, offset))
             log.offset = min(offset, end)
-            return index
+            # Ahead of it only if its file is the live one again (moved back while pixel
+            # was down, over the one listed): sent before it, not skipped.
+            listed = {(entry["device"], entry["inode"]) for entry in moved}
+            ahead = [other for other in files[:index] if other.identity in listed]
+            files[:index] = [other for other in files[:index] if other not in ahead] + ahead
+            return index - len(ahead)
     if checkpoint["device"] != -1:
         reporter.say("the file the checkpoint names (%s, inode %d) is gone from its folder: "
                      "forwarding from %s, the oldest file written since; the receiver may get "
@@ -4525,7 +4535,10 @@ class LogQueue:
         for log in open_files[1:-1]:   # never the one being read, nor the live one
             if len(open_files) <= MAX_OPEN_LOG_FILES:
                 break
-            if log.named:   # parked: found again by its name (a live log has no archives)
+            if not log.named and os.fstat(log.fd).st_nlink:   # moved by hand: found again
+                length = min(log.size(), 4096)                 # by identity and head
+                log.moved = (length, log.head(length))
+            if log.named or log.moved is not None:   # parked (a live log has no archives)
                 log.close()
                 open_files.remove(log)
         if pin:
@@ -5098,8 +5111,10 @@ class Forwarder:
         return True
 
     def _save_moves(self):
-        """Save the checkpoint at once when files moved by hand join the queue."""
-        if self.queue.moves_to_save() and self.queue.files:
+        """Save the checkpoint at once when files moved by hand join the queue (once the
+        one to send from is open: one parked is looked for when its turn comes)."""
+        if self.queue.moves_to_save() and self.queue.files and \
+                self.queue.files[0].fd is not None:
             self._save(self.queue.files[0])
 
     def _save(self, log, quiet=True):
