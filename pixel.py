@@ -1459,14 +1459,17 @@ def open_file(path, flags=os.O_RDONLY, devices=False):
     return fd
 
 
-def _flock(fd, path):
+def _flock(fd, path, ours=False):
     """An exclusive flock on a log: a second pixel process writing it would rotate it under
-    the first and lose lines. Where the file system has none, nothing is locked."""
+    the first and lose lines. Where the file system has none, nothing is locked; `ours` (a
+    file this process's forwarder holds, moved back to the log's name) is locked already."""
     if fcntl is None:
         return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        if ours:
+            return
         raise OSError(errno.EBUSY, "another process writes it (it holds its flock)",
                       path) from None
     except OSError as error:
@@ -1684,6 +1687,10 @@ class LogWriter:
                 os.close(fd)
                 self._changes[index] = (change, None, identity, name)
 
+    def _held(self):
+        """The files the follower has not finished, or not taken yet (each has a descriptor)."""
+        return (self.pinned or frozenset()).union(change[2] for change in self._changes or ())
+
     def committed_end(self, identity):
         """Where the last whole line of file `identity` ends if it is the open file, else
         None: past it, a short write may be about to be cut."""
@@ -1698,7 +1705,7 @@ class LogWriter:
             if identity == self._identity and self._fd is not None:
                 os.close(fd)   # the file it has open (a SIGHUP with nothing renamed)
                 return
-            _flock(fd, self.path)
+            _flock(fd, self.path, identity in self._held())
             if self._changes is not None:   # under the lock: in the order written
                 self._changes.append(("opened", os.dup(fd), identity, self.path))
         except OSError:   # in use, out of descriptors
@@ -1856,9 +1863,8 @@ class LogWriter:
             self._park(self._identity, target)
         self.rotations += 1
         self._open()
-        if self.keep and self.pinned is not None:   # none the follower has not finished,
-            held = self.pinned.union(change[2] for change in self._changes or ())   # or taken
-            prune_rotations(self.path, self.keep, held, self._reporter)
+        if self.keep and self.pinned is not None:
+            prune_rotations(self.path, self.keep, self._held(), self._reporter)
         return target
 
 
@@ -4525,11 +4531,12 @@ class LogQueue:
             if change == "renamed":
                 for log in known:
                     log.name, log.named = path, True
-            elif known:
+            elif known and known[-1] is self.files[-1]:
                 if fd is not None:
                     os.close(fd)   # it reopened the file it had (a SIGHUP): nothing new
-            else:
-                self.files.append(LogFile(fd, identity, path))
+            else:   # new; or one it had, moved back to the log's name: from its end on
+                offset = os.fstat(fd).st_size if known and fd is not None else 0
+                self.files.append(LogFile(fd, identity, path, offset))
                 self.files[-1].named = fd is None   # parked by the writer, by its name
         open_files = [log for log in self.files if log.fd is not None]
         for log in open_files[1:-1]:   # never the one being read, nor the live one

@@ -6209,6 +6209,32 @@ class ForwardingAttacked(ForwardingCase):
             self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(7)])
 
+    def test_a_file_moved_back_over_the_live_log_is_written_to(self):
+        # mv events.jsonl aside; a new live file; mv aside events.jsonl. The writer's reopen
+        # met the flock of the forwarder's own descriptor of that file: "another process
+        # writes it", and what was answered next was not written (20 of 30, an attack pass).
+        receiver, down = receiver_down(self)
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(5))
+        aside = os.path.join(self.dir, "aside.jsonl")
+        os.rename(writer.path, aside)
+        writer.reopen()
+        self.write(writer, range(5, 10))
+        forwarder.status()   # it takes the files from the writer
+        os.rename(aside, writer.path)
+        time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # the writer looks at its path this often
+        self.write(writer, range(10, 15))
+        self.assertEqual(read_bytes(writer.path).count(b"\n"), 10)
+        self.assertNotIn("another process", self.stderr.getvalue())
+        down.clear()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.write(writer, [15])   # sent too, though the file was sent to its end before
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 16))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in [0, 1, 2, 3, 4, 10, 11,
+                                                                         12, 13, 14, 5, 6, 7,
+                                                                         8, 9, 15]])
+
     def test_a_restart_with_a_long_backlog_parks_what_it_cannot_hold(self):
         receiver, down = receiver_down(self)
         writer = self.writer(max_bytes=200)
