@@ -5251,6 +5251,19 @@ class ForwardingCase(unittest.TestCase):
     def write(self, writer, numbers, **fields):
         self.assertTrue(writer.write([log_event(number, **fields) for number in numbers]))
 
+    def moved_aside_and_a_new_file(self):
+        """(receiver, down, writer, forwarder, aside path): the receiver refusing, m0-m4
+        written, the live file moved by hand to aside.jsonl, m5-m9 written to a new one."""
+        receiver, down = receiver_down(self)
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(5))
+        aside = os.path.join(self.dir, "aside.jsonl")
+        os.rename(writer.path, aside)
+        writer.reopen()
+        self.write(writer, range(5, 10))
+        return receiver, down, writer, forwarder, aside
+
     def sent_after_a_restart(self, receiver, down, expected):
         """A forwarder started again (a writer of 1000-byte files) with the receiver taking
         all: it gets `expected` (messageIds)."""
@@ -6029,15 +6042,7 @@ class ForwardingRestarts(ForwardingCase):
         # The live log moved aside, a new one written; then, pixel down, the new one moved
         # away and the old one put back: the checkpoint's file is the live one again, and
         # the file it listed, found ahead of it, was skipped (5 of 10 lost, nothing said).
-        receiver, down = receiver_down(self)
-        writer = self.writer()
-        forwarder = self.forwarder(receiver.url, writer)
-        self.write(writer, range(5))
-        aside = os.path.join(self.dir, "aside.jsonl")
-        os.rename(writer.path, aside)
-        open(writer.path, "ab").close()
-        time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # the writer looks at its path this often
-        self.write(writer, range(5, 10))
+        receiver, down, writer, forwarder, aside = self.moved_aside_and_a_new_file()
         self.assertTrue(wait_until(lambda: moved_inodes(writer.path) == [
             os.stat(writer.path).st_ino]))
         forwarder.stop(5)
@@ -6213,14 +6218,7 @@ class ForwardingAttacked(ForwardingCase):
         # mv events.jsonl aside; a new live file; mv aside events.jsonl. The writer's reopen
         # met the flock of the forwarder's own descriptor of that file: "another process
         # writes it", and what was answered next was not written (20 of 30, an attack pass).
-        receiver, down = receiver_down(self)
-        writer = self.writer()
-        forwarder = self.forwarder(receiver.url, writer)
-        self.write(writer, range(5))
-        aside = os.path.join(self.dir, "aside.jsonl")
-        os.rename(writer.path, aside)
-        writer.reopen()
-        self.write(writer, range(5, 10))
+        receiver, down, writer, forwarder, aside = self.moved_aside_and_a_new_file()
         forwarder.status()   # it takes the files from the writer
         os.rename(aside, writer.path)
         time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # the writer looks at its path this often
