@@ -6870,8 +6870,11 @@ def erase_command(argv=None, stdout=None):
     for folder in {os.path.dirname(os.path.realpath(path)) for path in args.files}:
         if args.apply:   # what killed erases left behind
             sweep_erase_requests(folder)
+    # A forwarding pixel's live logs first: its answer holds the forwarder, whose descriptors
+    # of files moved by hand (named anywhere in the list) keep the pixel's flock on them.
+    later = lambda path: not os.path.exists(state_path(os.path.realpath(path), "forward"))
     try:
-        for path in args.files:
+        for path in sorted(args.files, key=later):
             real = os.path.realpath(path)   # a link is not replaced: the file it names is,
             refused = []                    # and a pixel looks for requests beside that
             try:

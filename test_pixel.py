@@ -10991,6 +10991,29 @@ class ErasePixelProcess(unittest.TestCase):
                         found[(event["userId"], event["messageId"])] += 1
         return found
 
+    def test_a_log_moved_by_hand_named_before_the_live_log_is_erased_at_once(self):
+        # The pixel's forwarder still holds kept.jsonl, and its flock. Named first (a shell's
+        # glob may sort it so), erase asked for it a pixel that does not write it, waited
+        # 60 s for an answer, and exited 1 with it not erased.
+        receiver, _ = receiver_down(self)
+        process, port = self.start(receiver)
+        track = "/v1/pixel/track?writeKey=K&userId=%s&event=e"
+        for user in ("bob", "alice", "bob"):
+            fetch_gif(port, track % user)
+        kept = os.path.join(self.dir, "a-kept.jsonl")
+        os.rename(self.log, kept)
+        open(self.log, "ab").close()
+        time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # pixel looks at its path this often
+        for user in ("alice", "bob"):
+            fetch_gif(port, track % user)
+        started = time.monotonic()
+        status, out, err = self.erase("--user-id", "bob", "--apply", "--max-share", "1", kept,
+                                      self.log)
+        self.assertEqual(status, 0, err)
+        self.assertLess(time.monotonic() - started, 20)
+        self.assertEqual([json.loads(line)["userId"] for line in read_bytes(kept).splitlines()],
+                         ["alice"])
+
     @soak
     def test_keep_deletes_no_unsent_file_under_load_through_an_erase(self):
         # An attacker's run: --keep 1, a slow receiver, one erase. Files the writer had handed
