@@ -5318,8 +5318,10 @@ class EraseRequest:
                 rotated = answer.get("rotated")
                 return rotated if isinstance(rotated, str) else None
             time.sleep(0.05)
-        raise OSError(errno.ETIMEDOUT, "the pixel that writes it did not answer the erase "
-                      "request in %d s (is it older than 2.1?)" % ERASE_WAIT, self.log_path)
+        raise OSError(errno.ETIMEDOUT, "the pixel that holds it did not answer the erase "
+                      "request in %d s (is it older than 2.1? If the file was moved by hand and "
+                      "pixel still forwards it, name pixel's live log too)" % ERASE_WAIT,
+                      self.log_path)
 
     def _ready(self):
         """The pixel's answer if it says it is ready for this request, else None."""
