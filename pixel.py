@@ -6874,9 +6874,9 @@ def erase_command(argv=None, stdout=None):
             sweep_erase_requests(folder)
     # A forwarding pixel's live logs first: its answer holds the forwarder, whose descriptors
     # of files moved by hand (named anywhere in the list) keep the pixel's flock on them.
-    later = lambda path: not os.path.exists(state_path(os.path.realpath(path), "forward"))
     try:
-        for path in sorted(args.files, key=later):
+        for path in sorted(args.files, key=lambda path: not os.path.exists(
+                state_path(os.path.realpath(path), "forward"))):
             real = os.path.realpath(path)   # a link is not replaced: the file it names is,
             refused = []                    # and a pixel looks for requests beside that
             try:
