@@ -1787,10 +1787,9 @@ class LogWriter:
             return done
 
     def _follow_path(self, status):
-        """Reopen the path if the open file is no longer at it (logrotate's create, an mv,
-        an rm); `status`: the path's, from before the lock. A file renamed with nothing at its
-        path yet is written MOVED_GRACE more: logrotate's create renames, then makes the new
-        file with O_EXCL, which fails if we made it first."""
+        """Reopen the path if the open file is no longer at it (logrotate's create, an mv, an
+        rm; `status`: the path's, from before the lock). A file renamed with nothing at its path
+        is written MOVED_GRACE more: logrotate's create renames, then makes one with O_EXCL."""
         if self._fd is None:
             return self._open()
         if status is None or (status.st_dev, status.st_ino) != self._identity:
@@ -1848,13 +1847,14 @@ class LogWriter:
             return self._rotate() if self._fd is not None and self._size else None
 
     def _rotate(self):
+        status = stat_or_none(self.path)   # moved by hand since the last look: rotated already
+        if (status is None or (status.st_dev, status.st_ino) != self._identity) and \
+                os.path.isdir(os.path.dirname(self.path)):   # (else it says so, writing on)
+            return self._open()
         target = rotation_target(self.path, self._clock())
         try:
             os.rename(self.path, target)
         except OSError as error:   # keep writing to the live file rather than lose lines
-            if isinstance(error, FileNotFoundError) and os.path.isdir(os.path.dirname(self.path)):
-                self._open()   # moved by hand, written on for MOVED_GRACE: rotated already
-                return None
             self._reporter.say("cannot rotate %s: %s; still writing to it"
                                % (self.path, error), key="write " + self.path)
             return None
@@ -4187,6 +4187,9 @@ class LogFile:
         stem = _ROTATED.sub("", base, count=1)
         for name in [base] + [name for name in os.listdir(folder)
                               if name.startswith(stem) or self.moved is not None]:
+            status = stat_or_none(os.path.join(folder, name))   # no FIFO opened, no other file
+            if status is None or (status.st_dev, status.st_ino) != self.identity:
+                continue
             try:
                 fd = open_file(os.path.join(folder, name))
             except OSError:   # gone, unreadable, or not a file (a FIFO would block)
@@ -4564,9 +4567,10 @@ class LogQueue:
                 log.unpark()
             if log.fd is not None:
                 break
-            self._reporter.say("%s (inode %d) is gone before the forwarder could send it: "
-                               "its unsent events are lost to the receiver"
-                               % (log.name, log.identity[1]))
+            self._reporter.say("%s%s (inode %d) is gone before the forwarder could send it: "
+                               "its unsent events are lost to the receiver" % (
+                                   "" if log.named else "a file moved by hand, last seen as ",
+                                   log.name, log.identity[1]))
             self.finish(log, save)
         size = log.size()
         if size is not None and log.offset > size:
@@ -6578,6 +6582,8 @@ def main(argv=None, environ=None):
     if threading.current_thread() is threading.main_thread():   # a stop during the start,
         for signum in (signal.SIGTERM, signal.SIGINT):          # kept for serve(): not -15
             previous[signum] = signal.signal(signum, lambda signum, frame: stopped.append(signum))
+        if hasattr(signal, "SIGHUP"):   # a reopen then: the files are being opened anyway
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         server, pinned = listen(config, reporter)   # the port first: a start that cannot
         pixel = Pixel(config, reporter=reporter)    # have it makes no file

@@ -2749,6 +2749,25 @@ class PathsThatMove(unittest.TestCase):
         self.assertEqual((read_bytes(path + ".moved"), read_bytes(path)), (line * 2, line))
         self.assertEqual(stderr.getvalue(), "")
 
+    def test_a_rotation_just_after_an_outside_swap_renames_no_file_but_its_own(self):
+        # mv events.jsonl kept; a new file at the path (logrotate's create): a rotation before
+        # the writer's next look renamed the new file, and named it as the one written, so
+        # kept.jsonl was never known to be moved (an attack pass: 9 of 20 lost to kill -9).
+        stderr, now = io.StringIO(), [T0]
+        path = os.path.join(self.dir, "events.jsonl")
+        writer = pixel.LogWriter(path, max_bytes=110, reporter=pixel.Reporter(stderr),
+                                 clock=lambda: now[0])
+        self.addCleanup(writer.close)
+        line = b'{"pad":"%s"}\n' % (b"x" * 40)   # 51 bytes: two to a file
+        self.assertTrue(writer.write([line, line]))
+        os.rename(path, path + ".kept")
+        with open(path, "wb") as handle:
+            handle.write(b'{"other":1}\n')
+        self.assertTrue(writer.write([line]))   # within PATH_CHECK_INTERVAL: no look yet
+        self.assertEqual(read_bytes(path + ".kept"), line * 2)
+        self.assertEqual(pixel.pixel_rotations(path), [])
+        self.assertEqual(read_bytes(path), b'{"other":1}\n' + line)
+
     def test_reopen_keeps_the_old_file_if_the_path_cannot_be_opened(self):
         folder = os.path.join(self.dir, "logs")
         os.mkdir(folder)
@@ -6026,14 +6045,27 @@ class ForwardingRestarts(ForwardingCase):
                 with unittest.mock.patch.object(pixel, "MAX_OPEN_LOG_FILES", 1):
                     writer = self.writer(max_bytes=1000)
                     forwarder = self.forwarder(receiver.url, writer)
+                    inode = os.stat(moved).st_ino
                     if gone:
                         os.unlink(moved)
-                    elif change == "renamed":
+                    elif change == "renamed":   # beside another program's FIFO: not opened
                         os.rename(moved, os.path.join(self.dir, "renamed-again.jsonl"))
+                        fifo = os.path.join(self.dir, "a-fifo")
+                        os.mkfifo(fifo)
+                        writing = threading.Thread(target=lambda: open(fifo, "wb").close())
+                        writing.start()
+                        self.addCleanup(writing.join)
+                        self.addCleanup(lambda: os.close(os.open(fifo, os.O_RDONLY |
+                                                                 os.O_NONBLOCK)))
                     down.clear()
                     self.assertTrue(wait_until(
                         lambda: forwarder.status()["lines_behind"] == 0, 5))
                     forwarder.stop(5)
+                if change == "renamed":
+                    self.assertTrue(writing.is_alive(), "the FIFO was opened")
+                if gone:   # said as a moved file, under the name it was found by
+                    self.assertIn("a file moved by hand, last seen as %s (inode %d) is gone"
+                                  % (moved, inode), self.stderr.getvalue())
                 self.assertEqual(receiver.ids(), ["m%d" % number for number in range(30)
                                                   if not gone or number not in (22, 23, 24)])
                 self.assertNotIn("error", self.stderr.getvalue())
@@ -7770,12 +7802,15 @@ class Process(unittest.TestCase):
         # Before serve() took the signals, a SIGTERM killed pixel (-15) with its files made;
         # main() now holds it from the start and serve() stops at once, exit 0. Here the
         # caller's handler stands for the default action: it must not be the one called.
+        # A SIGHUP then (logrotate's) killed it too (-1).
         called = []
         mine = lambda signum, frame: called.append(signum)
-        self.addCleanup(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, mine))
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            self.addCleanup(signal.signal, signum, signal.signal(signum, mine))
         real, done = pixel.Pixel, threading.Event()
 
         def signalled_start(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGHUP)
             os.kill(os.getpid(), signal.SIGTERM)
             return real(*args, **kwargs)
 
