@@ -2696,6 +2696,9 @@ class TornTail(unittest.TestCase):
         self.assertEqual(writer.written, 3000)
 
 
+LINE_51 = b'{"pad":"%s"}\n' % (b"x" * 40)   # 51 bytes: two to a file of 110
+
+
 class PathsThatMove(unittest.TestCase):
     def setUp(self):
         self.dir = temp_dir(self)
@@ -2732,15 +2735,20 @@ class PathsThatMove(unittest.TestCase):
             self.assertEqual(handle.read(), b"one\ntwo\nthree\n")
         self.assertEqual(stderr.getvalue().count("still writing to the file it named"), 1)
 
-    def test_past_max_bytes_within_the_grace_of_an_outside_mv_a_new_file_is_made(self):
-        # Nothing is at the path to rename: the mv was the rotation. The moved file was
-        # written on past the limit, with "cannot rotate ...: No such file or directory".
+    def two_lines_a_file(self):
+        """(stderr, [its clock's now], a LogWriter rotating past 110 bytes, its path)."""
         stderr, now = io.StringIO(), [T0]
         path = os.path.join(self.dir, "events.jsonl")
         writer = pixel.LogWriter(path, max_bytes=110, reporter=pixel.Reporter(stderr),
                                  clock=lambda: now[0])
         self.addCleanup(writer.close)
-        line = b'{"pad":"%s"}\n' % (b"x" * 40)   # 51 bytes: two to a file
+        return stderr, now, writer, path
+
+    def test_past_max_bytes_within_the_grace_of_an_outside_mv_a_new_file_is_made(self):
+        # Nothing is at the path to rename: the mv was the rotation. The moved file was
+        # written on past the limit, with "cannot rotate ...: No such file or directory".
+        stderr, now, writer, path = self.two_lines_a_file()
+        line = LINE_51
         self.assertTrue(writer.write([line]))
         os.rename(path, path + ".moved")
         now[0] += 2 * pixel.PATH_CHECK_INTERVAL
@@ -2753,12 +2761,8 @@ class PathsThatMove(unittest.TestCase):
         # mv events.jsonl kept; a new file at the path (logrotate's create): a rotation before
         # the writer's next look renamed the new file, and named it as the one written, so
         # kept.jsonl was never known to be moved (an attack pass: 9 of 20 lost to kill -9).
-        stderr, now = io.StringIO(), [T0]
-        path = os.path.join(self.dir, "events.jsonl")
-        writer = pixel.LogWriter(path, max_bytes=110, reporter=pixel.Reporter(stderr),
-                                 clock=lambda: now[0])
-        self.addCleanup(writer.close)
-        line = b'{"pad":"%s"}\n' % (b"x" * 40)   # 51 bytes: two to a file
+        stderr, now, writer, path = self.two_lines_a_file()
+        line = LINE_51
         self.assertTrue(writer.write([line, line]))
         os.rename(path, path + ".kept")
         with open(path, "wb") as handle:
