@@ -4194,11 +4194,9 @@ class LogFile:
                 fd = open_file(os.path.join(folder, name))
             except OSError:   # gone, unreadable, or not a file (a FIFO would block)
                 continue
-            status = os.fstat(fd)
-            same = (status.st_dev, status.st_ino) == self.identity
-            if same and self.moved is not None:   # a file on its reused inode is not it
-                same = "%08x" % zlib.crc32(os.pread(fd, self.moved[0], 0)) == self.moved[1]
-            if same:
+            status = os.fstat(fd)   # a moved one's head too: a file on its reused inode is not it
+            if (status.st_dev, status.st_ino) == self.identity and (
+                    self.moved is None or disk_head(fd, self.moved[0]) == self.moved[1]):
                 self.name = os.path.join(folder, name)
                 if self.shared and not _flock_shared(fd):   # being erased: gone for us
                     os.close(fd)
@@ -4238,14 +4236,17 @@ class LogFile:
             self._first = self.read(0, 4096)
         return "%08x" % zlib.crc32(self._first[:length])
 
-    def _disk_head(self, length):
-        return "%08x" % zlib.crc32(os.pread(self.fd, min(length, 4096), 0))
+    def mark(self):
+        """(how many of its first bytes, up to 4096, their head()): what tells it from a
+        later file on its inode, for a checkpoint's list of files moved by hand."""
+        length = min(self.size() or 0, 4096)
+        return length, self.head(length)
 
     def fingerprint(self):
         """"device:inode:bytes:head", for a backfill's list of files sent: its bytes on disk
         sent (an archive's: all), and a checksum of their first 4096."""
         length = os.fstat(self.fd).st_size if self.archive else self.offset
-        return "%d:%d:%d:%s" % (self.identity + (length, self._disk_head(length)))
+        return "%d:%d:%d:%s" % (self.identity + (length, disk_head(self.fd, length)))
 
     def sent_before(self, entries):
         """How many of its bytes on disk an earlier backfill sent, by its list's (bytes, head)
@@ -4257,7 +4258,7 @@ class LogFile:
                 return size
             length, head = entry
             if (length == size or length < size and not self.archive) and \
-                    self._disk_head(length) == head:
+                    disk_head(self.fd, length) == head:
                 return length
         return None
 
@@ -4265,6 +4266,11 @@ class LogFile:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def disk_head(fd, length):
+    """LogFile.head() of the file open at `fd`, read from the disk now."""
+    return "%08x" % zlib.crc32(os.pread(fd, min(length, 4096), 0))
 
 
 def rotated_since(path, live, checkpoint):
@@ -4353,17 +4359,13 @@ def moved_entries(files):
     them by identity (rotated_since)."""
     entries = []
     for log in list(files)[1:]:
-        if log.named or len(entries) >= MAX_MOVED_FILES:
+        if log.named or log.fd is None and log.moved is None:
             continue
-        if log.fd is not None:
-            length = min(log.size() or 0, 4096)
-            head = log.head(length)
-        elif log.moved is not None:   # parked at a restart: as the checkpoint had it
-            length, head = log.moved
-        else:
-            continue
+        length, head = log.mark() if log.fd is not None else log.moved   # parked: as found
         entries.append({"path": log.name, "device": log.identity[0],
                         "inode": log.identity[1], "head_bytes": length, "head": head})
+        if len(entries) == MAX_MOVED_FILES:
+            break
     return entries
 
 
@@ -4400,7 +4402,9 @@ def resume_at(checkpoint, files, live_end, reporter):
     found ahead of its own file is put just before that (they were unsent when listed)."""
     if checkpoint is None:
         return len(files) - 1
-    moved, found = moved_files(checkpoint, files[-1].identity), {log.identity for log in files}
+    moved = moved_files(checkpoint, files[-1].identity)
+    listed = {(entry["device"], entry["inode"]) for entry in moved}
+    found = {log.identity for log in files}
     gone = [entry for entry in moved if (entry["device"], entry["inode"]) not in found]
     if gone:
         reporter.say("%d file(s) moved by hand from %s (inode %s) are gone from its folder, or "
@@ -4417,7 +4421,6 @@ def resume_at(checkpoint, files, live_end, reporter):
             log.offset = min(offset, end)
             # Ahead of it only if its file is the live one again (moved back while pixel
             # was down, over the one listed): sent before it, not skipped.
-            listed = {(entry["device"], entry["inode"]) for entry in moved}
             ahead = [other for other in files[:index] if other.identity in listed]
             files[:index] = [other for other in files[:index] if other not in ahead] + ahead
             return index - len(ahead)
@@ -4546,8 +4549,7 @@ class LogQueue:
             if len(open_files) <= MAX_OPEN_LOG_FILES:
                 break
             if not log.named and os.fstat(log.fd).st_nlink:   # moved by hand: found again
-                length = min(log.size(), 4096)                 # by identity and head
-                log.moved = (length, log.head(length))
+                log.moved = log.mark()                         # by identity and head
             if log.named or log.moved is not None:   # parked (a live log has no archives)
                 log.close()
                 open_files.remove(log)
