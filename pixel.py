@@ -4296,12 +4296,13 @@ def rotated_since(path, live, checkpoint):
     named = all(key is not None for _, key, _, _ in found)   # else a clock set back may
     after = next((key for _, key, _, identity in found if identity == sent), None) \
         if named else None                                    # skip some (mtime < since)
-    found = [entry for entry in found
-             if entry[0] >= since or after is not None and entry[1] >= after]
+    moved = moved_files(checkpoint, live)
+    listed = {(position["device"], position["inode"]) for position in moved}
+    found = [entry for entry in found if entry[0] >= since or entry[3] in listed or
+             after is not None and entry[1] >= after]
     found.sort(key=lambda entry: entry[1:3] if named else entry[::2])   # name, or mtime
     if sent != live and all(entry[3] != sent for entry in found):
         found[:0] = _moved_by_hand(folder, others, [checkpoint])
-    moved = moved_files(checkpoint, live)
     for entry in _moved_by_hand(folder, others, moved):
         # a live file moved by hand behind the checkpoint's: where its last write puts it
         later = [index for index, other in enumerate(found) if other[0] > entry[0]]
@@ -4356,10 +4357,13 @@ def _moved_by_hand(folder, names, positions):
 def moved_entries(files):
     """A document for each of a live log's `files` behind the first that no rotation named,
     the live one too: if moved by hand (before a restart, or during one) a restart finds
-    them by identity (rotated_since)."""
+    them by identity (rotated_since). Once the first is the live one again (moved back to
+    the log's name), rotated ones too: its last write is newer than theirs."""
+    files = list(files)
+    again = any(log.identity == files[0].identity for log in files[1:])
     entries = []
-    for log in list(files)[1:]:
-        if log.named or log.fd is None and log.moved is None:
+    for log in files[1:]:
+        if log.named and not again or log.fd is None and log.moved is None:
             continue
         length, head = log.mark() if log.fd is not None else log.moved   # parked: as found
         entries.append({"path": log.name, "device": log.identity[0],
