@@ -4146,6 +4146,7 @@ class LogFile:
         self.moved = None   # a parked moved file's (head_bytes, head), as the checkpoint had
         self.archive = GzipReader(fd, stopping) if archive else None
         self._first = b""   # its first bytes, for head()
+        self.counted = 0    # lines LogQueue.count_lines() found unsent in it
 
     @classmethod
     def open(cls, path, archive=False, stopping=None):
@@ -4577,6 +4578,8 @@ class LogQueue:
                                "its unsent events are lost to the receiver" % (
                                    "" if log.named else "a file moved by hand, last seen as ",
                                    log.name, log.identity[1]))
+            if self._unsent is not None:   # not behind any more
+                self._unsent -= log.counted
             self.finish(log, save)
         size = log.size()
         if size is not None and log.offset > size:
@@ -4629,10 +4632,11 @@ class LogQueue:
                                       min(MAX_WRITE_BYTES, end - offset))
                     if not block:
                         break
-                    lines += block.count(b"\n")
+                    log.counted += block.count(b"\n")
                     offset += len(block)
             finally:
                 copy.close()
+            lines += log.counted
         self._unsent, self._counting = lines - written, None
 
     def backlog(self, lines_done):
