@@ -4222,6 +4222,38 @@ class LogFile:
             offset += len(block)
         return None
 
+    def count(self, offset, end, stopping):
+        """The lines from `offset` to `end` (None: its end); None if `stopping` came first."""
+        lines = 0
+        while end is None or offset < end:
+            if stopping.is_set():
+                return None
+            block = self.read(offset, MAX_WRITE_BYTES if end is None else
+                              min(MAX_WRITE_BYTES, end - offset))
+            if not block:
+                break
+            lines += block.count(b"\n")
+            offset += len(block)
+        return lines
+
+    def not_an_event_log(self):
+        """not_an_event_log() of its first bytes: 8 KiB, where most logs show an event, or
+        else SNIFF_BYTES."""
+        for size in (8192, SNIFF_BYTES):
+            first = self.read(0, size)
+            problem = not_an_event_log(first, whole=len(first) < size)
+            if problem is None or len(first) < size:
+                break
+        return problem
+
+    def received_at(self, offset):
+        """The receivedAt of the line at `offset`, in seconds, or None."""
+        line = self.read(offset, MAX_EVENT_LINE).partition(b"\n")[0]
+        try:
+            return parse_time(json.loads(line).get("receivedAt"))
+        except (ValueError, AttributeError, TypeError, RecursionError):
+            return None
+
     def size(self):
         """How far it can be read: None for an archive (or a parked file)."""
         return os.fstat(self.fd).st_size if self.archive is None and self.fd is not None \
@@ -4506,11 +4538,7 @@ class LogQueue:
             if not log.share() and erasing is not None and erasing(os.path.realpath(path)):
                 raise OSError(errno.EBUSY, "pixel.py erase is at work on it: send it when "
                               "that is done", path)
-            for size in (8192, SNIFF_BYTES):   # most logs show an event in 8 KiB
-                first = log.read(0, size)
-                problem = not_an_event_log(first, whole=len(first) < size)
-                if problem is None or len(first) < size:
-                    break
+            problem = log.not_an_event_log()
             if problem is not None:
                 raise ValueError("cannot forward %s: not a pixel event log (%s)"
                                  % (path, problem))
@@ -4617,7 +4645,6 @@ class LogQueue:
         files, live_end, written = self._counting
         lines = 0
         for log in files:
-            offset, end = log.offset, live_end if log is files[-1] else None
             with self._lock:   # a descriptor of its own: a parked file is not opened meanwhile
                 fd = log.duplicate()
             if fd is None:   # gone
@@ -4625,17 +4652,12 @@ class LogQueue:
             copy = LogFile(fd, log.identity, log.name, archive=log.archive is not None,
                            stopping=self._stopping)
             try:
-                while end is None or offset < end:
-                    if self._stopping.is_set():   # a backlog of terabytes takes a while
-                        return
-                    block = copy.read(offset, MAX_WRITE_BYTES if end is None else
-                                      min(MAX_WRITE_BYTES, end - offset))
-                    if not block:
-                        break
-                    log.counted += block.count(b"\n")
-                    offset += len(block)
+                log.counted = copy.count(log.offset, live_end if log is files[-1] else None,
+                                         self._stopping)
             finally:
                 copy.close()
+            if log.counted is None:   # a stop: a backlog of terabytes takes a while
+                return
             lines += log.counted
         self._unsent, self._counting = lines - written, None
 
@@ -4686,13 +4708,7 @@ class LogQueue:
         """The receivedAt of the first line of a live log not yet sent, or None."""
         with self._lock:
             log = self.files[0] if self.files else None
-            if log is None or log.fd is None:
-                return None
-            line = log.read(log.offset, MAX_EVENT_LINE).partition(b"\n")[0]
-        try:
-            return parse_time(json.loads(line).get("receivedAt"))
-        except (ValueError, AttributeError, TypeError, RecursionError):
-            return None
+            return log.received_at(log.offset) if log is not None and log.fd else None
 
     def close(self):
         with self._lock:
