@@ -4147,6 +4147,7 @@ class LogFile:
         self.archive = GzipReader(fd, stopping) if archive else None
         self._first = b""   # its first bytes, for head()
         self.counted = 0    # lines LogQueue.count_lines() found unsent in it
+        self.until = None   # where it ends for this entry: moved back, a later one goes on
 
     @classmethod
     def open(cls, path, archive=False, stopping=None):
@@ -4497,6 +4498,7 @@ class LogQueue:
         self._counting = None      # what count_lines() counts: (files, live end, written)
         self._unsent = None        # lines unsent at the start, less writer.written then
         self.moves_saved = []      # the files moved by hand the last checkpoint names
+        self._sent_whole = {}      # identity: (offset, head bytes, head) of files finished
 
     def follow(self, writer, checkpoint):
         """The live log of `writer` from `checkpoint` (a document; None: from the live
@@ -4570,13 +4572,19 @@ class LogQueue:
             if change == "renamed":
                 for log in known:
                     log.name, log.named = path, True
-            elif known and known[-1] is self.files[-1]:
-                if fd is not None:
-                    os.close(fd)   # it reopened the file it had (a SIGHUP): nothing new
-            else:   # new; or one it had, moved back to the log's name: from its end on
-                offset = os.fstat(fd).st_size if known and fd is not None else 0
-                self.files.append(LogFile(fd, identity, path, offset))
-                self.files[-1].named = fd is None   # parked by the writer, by its name
+            elif known and (known[-1] is self.files[-1] or fd is None):
+                if fd is not None:   # it reopened the file it had (a SIGHUP): nothing new
+                    os.close(fd)     # (None: moved back, rotated since: read to its end)
+            else:   # new; or one it had, moved back to the log's name: on from its end
+                log = LogFile(fd, identity, path)
+                log.named = fd is None   # parked by the writer, by its name
+                sent = self._sent_whole.pop(identity, None) if fd is not None else None
+                if known:   # the earlier entry ends where this one starts
+                    end = self.writer.committed_end(identity)
+                    log.offset = known[-1].until = os.fstat(fd).st_size if end is None else end
+                elif sent is not None and log.head(sent[1]) == sent[2]:   # sent already
+                    log.offset = min(sent[0], log.size())
+                self.files.append(log)
         open_files = [log for log in self.files if log.fd is not None]
         for log in open_files[1:-1]:   # never the one being read, nor the live one
             if len(open_files) <= MAX_OPEN_LOG_FILES:
@@ -4615,7 +4623,7 @@ class LogQueue:
                                "forwarding it from its start" % log.name)
             log.offset = 0
         if later or self.writer is None:
-            return log, None, True
+            return log, log.until, True
         # after a truncate from outside, the writer's count is stale
         end = self.writer.committed_end(log.identity)
         return log, end if end is None or size is None else min(end, size), False
@@ -4625,6 +4633,10 @@ class LogQueue:
         one --keep may now delete; a backfill's names `log`, its fingerprint now in `done`."""
         with self._lock:
             self.files.popleft()
+            if self.writer is not None:   # moved back to the log's name, it goes on from here
+                self._sent_whole[log.identity] = (log.offset,) + log.mark()
+                if len(self._sent_whole) > MAX_OPEN_LOG_FILES:
+                    del self._sent_whole[next(iter(self._sent_whole))]
             if self.files:
                 self.files[0].unpark()
             self._pull()
@@ -4668,7 +4680,8 @@ class LogQueue:
         with self._lock:   # so that none of them is closed meanwhile
             self._pull()
             for log in self.files:
-                end = self.writer.committed_end(log.identity)
+                end = self.writer.committed_end(log.identity) if log.until is None \
+                    else log.until
                 if end is None:   # its size (a parked file's by its name)
                     try:
                         end = log.size() if log.fd is not None else os.stat(log.name).st_size

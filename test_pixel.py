@@ -6301,19 +6301,37 @@ class ForwardingAttacked(ForwardingCase):
         # met the flock of the forwarder's own descriptor of that file: "another process
         # writes it", and what was answered next was not written (20 of 30, an attack pass).
         receiver, down, writer, forwarder, aside = self.moved_aside_and_a_new_file()
+        # Its earlier entry was read to the file's end, events written after the move back
+        # too, and those were sent again from the later entry (11 and 7 of 30): it now ends
+        # where the later one starts.
         forwarder.status()   # it takes the files from the writer
         os.rename(aside, writer.path)
         time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # the writer looks at its path this often
-        self.write(writer, range(10, 15))
+        self.write(writer, [10])
+        forwarder.status()   # ... and the file moved back
+        self.write(writer, range(11, 15))
         self.assertEqual(read_bytes(writer.path).count(b"\n"), 10)
         self.assertNotIn("another process", self.stderr.getvalue())
         down.clear()
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         self.write(writer, [15])   # sent too, though the file was sent to its end before
         self.assertTrue(wait_until(lambda: len(receiver.taken) == 16))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in [0, 1, 2, 3, 4, 10, 11,
-                                                                         12, 13, 14, 5, 6, 7,
-                                                                         8, 9, 15]])
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in [0, 1, 2, 3, 4, 10, 5, 6,
+                                                                         7, 8, 9, 11, 12, 13,
+                                                                         14, 15]])
+
+    def test_a_file_sent_whole_then_moved_back_goes_on_from_its_end(self):
+        # Moved back once all of it was sent: it was sent again from its first line (2,001
+        # duplicates of 2,016 in an attack pass).
+        receiver, down, writer, forwarder, aside = self.moved_aside_and_a_new_file()
+        down.clear()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        os.rename(aside, writer.path)
+        time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # the writer looks at its path this often
+        self.write(writer, [10])
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 11))
+        time.sleep(0.3)   # and nothing again
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(11)])
 
     def test_a_restart_with_a_long_backlog_parks_what_it_cannot_hold(self):
         receiver, down = receiver_down(self)
