@@ -4261,7 +4261,20 @@ class LogFile:
             else None
 
     def mtime_ns(self):
-        return os.fstat(self.fd).st_mtime_ns
+        """Its last write, in ns (a parked file's by its name; 0 if gone)."""
+        try:
+            return os.stat(self.name if self.fd is None else self.fd).st_mtime_ns
+        except OSError:
+            return 0
+
+    def starts_with(self, length, head):
+        """Whether its first `length` bytes have the checksum `head`, parked or not."""
+        fd = self.duplicate()
+        try:
+            return fd is not None and disk_head(fd, length) == head
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def head(self, length):
         """A checksum of the first `length` (at most 4096) bytes: an inode number is reused
@@ -4458,8 +4471,10 @@ def resume_at(checkpoint, files, live_end, reporter):
                              "forwarding from its end" % (log.name, end, offset))
             log.offset = min(offset, end)
             # Ahead of it only if its file is the live one again (moved back while pixel
-            # was down, over the one listed): sent before it, not skipped.
-            ahead = [other for other in files[:index] if other.identity in listed]
+            # was down): those it lists, and those written since it was saved (rotated
+            # from the file live meanwhile), are unsent: sent before it, not skipped.
+            ahead = [other for other in files[:index] if other.identity in listed or
+                     log is files[-1] and other.mtime_ns() > checkpoint["mtime_ns"]]
             files[:index] = [other for other in files[:index] if other not in ahead] + ahead
             return index - len(ahead)
     if checkpoint["device"] != -1:
@@ -4578,12 +4593,12 @@ class LogQueue:
             else:   # new; or one it had, moved back to the log's name: on from its end
                 log = LogFile(fd, identity, path)
                 log.named = fd is None   # parked by the writer, by its name
-                sent = self._sent_whole.pop(identity, None) if fd is not None else None
+                sent = self._sent_whole.pop(identity, None)
                 if known:   # the earlier entry ends where this one starts
                     end = self.writer.committed_end(identity)
                     log.offset = known[-1].until = os.fstat(fd).st_size if end is None else end
-                elif sent is not None and log.head(sent[1]) == sent[2]:   # sent already
-                    log.offset = min(sent[0], log.size())
+                elif sent is not None and log.starts_with(*sent[1:]):   # sent already
+                    log.offset = sent[0]
                 self.files.append(log)
         open_files = [log for log in self.files if log.fd is not None]
         for log in open_files[1:-1]:   # never the one being read, nor the live one
@@ -4635,7 +4650,7 @@ class LogQueue:
             self.files.popleft()
             if self.writer is not None:   # moved back to the log's name, it goes on from here
                 self._sent_whole[log.identity] = (log.offset,) + log.mark()
-                if len(self._sent_whole) > MAX_OPEN_LOG_FILES:
+                if len(self._sent_whole) > MAX_MOVED_FILES:
                     del self._sent_whole[next(iter(self._sent_whole))]
             if self.files:
                 self.files[0].unpark()
