@@ -1691,10 +1691,10 @@ class LogWriter:
         """The files the follower has not finished, or not taken yet (each has a descriptor)."""
         return (self.pinned or frozenset()).union(change[2] for change in self._changes or ())
 
-    def committed_end(self, identity):
-        """Where the last whole line of file `identity` ends if it is the open file, else
-        None: past it, a short write may be about to be cut."""
-        return self._size if self._identity == identity else None
+    def committed(self):
+        """(the open file's identity, where its last whole line ends, lines written) at once."""
+        with self._lock:
+            return self._identity, self._size, self.written
 
     def _open(self):
         """Open the path (again), or OSError: then the file open until now stays open."""
@@ -4146,7 +4146,7 @@ class LogFile:
         self.moved = None   # a parked moved file's (head_bytes, head), as the checkpoint had
         self.archive = GzipReader(fd, stopping) if archive else None
         self._first = b""   # its first bytes, for head()
-        self.counted = 0    # lines LogQueue.count_lines() found unsent in it
+        self.counted = None   # lines LogQueue.count_lines() found unsent in it
         self.until = None   # where it ends for this entry: moved back, a later one goes on
 
     @classmethod
@@ -4260,12 +4260,17 @@ class LogFile:
         return os.fstat(self.fd).st_size if self.archive is None and self.fd is not None \
             else None
 
-    def mtime_ns(self):
-        """Its last write, in ns (a parked file's by its name; 0 if gone)."""
+    def status(self):
+        """Its os.stat_result (a parked file's by its name), or None if it is gone."""
         try:
-            return os.stat(self.name if self.fd is None else self.fd).st_mtime_ns
+            return os.stat(self.name if self.fd is None else self.fd)
         except OSError:
-            return 0
+            return None
+
+    def mtime_ns(self):
+        """Its last write, in ns; 0 if it is gone."""
+        status = self.status()
+        return 0 if status is None else status.st_mtime_ns
 
     def starts_with(self, length, head):
         """Whether its first `length` bytes have the checksum `head`, parked or not."""
@@ -4288,6 +4293,13 @@ class LogFile:
         later file on its inode, for a checkpoint's list of files moved by hand."""
         length = min(self.size() or 0, 4096)
         return length, self.head(length)
+
+    def position(self):
+        """Where it is sent up to, as a checkpoint names it (found_at, rotated_since)."""
+        head_bytes = min(self.offset, 4096)
+        return {"path": self.name, "device": self.identity[0], "inode": self.identity[1],
+                "offset": self.offset, "head_bytes": head_bytes, "head": self.head(head_bytes),
+                "mtime_ns": self.mtime_ns()}
 
     def fingerprint(self):
         """"device:inode:bytes:head", for a backfill's list of files sent: its bytes on disk
@@ -4485,9 +4497,11 @@ def resume_at(checkpoint, files, live_end, reporter):
     return 0   # rotated_since gave only the files written since the checkpoint
 
 
-def sent_files(done):
-    """(the entries, {"device:inode": [(bytes, head), or None for version 1.0's inode
-    alone]}) of a backfill checkpoint's "done" list (LogFile.fingerprint)."""
+def sent_files(checkpoint):
+    """Of a backfill checkpoint's "done" list (LogFile.fingerprint): (the entries,
+    {"device:inode": [(bytes, head), or None for version 1.0's inode alone]}, and when
+    version 1.0's among them were made, as text and in seconds (None, None: none))."""
+    done = checkpoint.get("done")
     done = [entry for entry in done if isinstance(entry, str)] if isinstance(done, list) else []
     sent = collections.defaultdict(list)
     for entry in done:
@@ -4496,7 +4510,14 @@ def sent_files(done):
             sent[":".join(parts[:2])].append((int(parts[2]), parts[3]))
         elif len(parts) == 2:
             sent[entry].append(None)
-    return done, sent
+    # Version 1.0's entries name files it sent by its last save (kept apart, as later
+    # saves move "updated" on): a file written since is a new one on a reused inode.
+    until = checkpoint.get("legacy_until", checkpoint.get("updated")) \
+        if any(None in entries for entries in sent.values()) else None
+    try:
+        return done, sent, until, parse_time(until)
+    except ValueError:
+        return done, sent, None, None
 
 
 class LogQueue:
@@ -4511,7 +4532,8 @@ class LogQueue:
         self._reporter, self._stopping = reporter, stopping
         self._lock = threading.Lock()
         self._counting = None      # what count_lines() counts: (files, live end, written)
-        self._unsent = None        # lines unsent at the start, less writer.written then
+        self._unsent = None        # lines unsent when counted, less writer.written then,
+        self._recount = False      # plus lines done then
         self.moves_saved = []      # the files moved by hand the last checkpoint names
         self._sent_whole = {}      # identity: (offset, head bytes, head) of files finished
 
@@ -4537,15 +4559,7 @@ class LogQueue:
         """The files at `paths`, in order, to send once from `checkpoint` (a document), but
         those it lists as sent. OSError for one not a regular file, or one that `erasing(path)`
         says an erase holds; ValueError for one not an event log."""
-        self.done, sent = sent_files(checkpoint.get("done"))
-        # Version 1.0's entries name files it sent by its last save (kept apart, as later
-        # saves move "updated" on): a file written since is a new one on a reused inode.
-        self.legacy_until = checkpoint.get("legacy_until", checkpoint.get("updated")) \
-            if any(None in entries for entries in sent.values()) else None
-        try:
-            legacy_until = parse_time(self.legacy_until)
-        except ValueError:
-            legacy_until = self.legacy_until = None
+        self.done, sent, self.legacy_until, legacy_until = sent_files(checkpoint)
         seen = set()
         for path in paths:
             if self._stopping.is_set():   # thousands of archives take a while to look at
@@ -4595,7 +4609,7 @@ class LogQueue:
                 log.named = fd is None   # parked by the writer, by its name
                 sent = self._sent_whole.pop(identity, None)
                 if known:   # the earlier entry ends where this one starts
-                    end = self.writer.committed_end(identity)
+                    end = self._end(identity)
                     log.offset = known[-1].until = os.fstat(fd).st_size if end is None else end
                 elif sent is not None and log.starts_with(*sent[1:]):   # sent already
                     log.offset = sent[0]
@@ -4611,6 +4625,12 @@ class LogQueue:
                 open_files.remove(log)
         if pin:
             self.writer.pinned = frozenset(log.identity for log in self.files)
+
+    def _end(self, identity):
+        """Where the writer's last whole line in file `identity` ends (past it, a short write
+        may be about to be cut); None if it is not the writer's file."""
+        current, end, _ = self.writer.committed()
+        return end if current == identity else None
 
     def first(self, save):
         """(the file to send from, its committed end or None to read to its end, whether
@@ -4629,8 +4649,10 @@ class LogQueue:
                                "its unsent events are lost to the receiver" % (
                                    "" if log.named else "a file moved by hand, last seen as ",
                                    log.name, log.identity[1]))
-            if self._unsent is not None:   # not behind any more
+            if log.counted is not None and self._unsent is not None:   # not behind any more
                 self._unsent -= log.counted
+            elif self.writer is not None:   # written since the count: counted again
+                self._unsent, self._recount = None, True
             self.finish(log, save)
         size = log.size()
         if size is not None and log.offset > size:
@@ -4640,7 +4662,7 @@ class LogQueue:
         if later or self.writer is None:
             return log, log.until, True
         # after a truncate from outside, the writer's count is stale
-        end = self.writer.committed_end(log.identity)
+        end = self._end(log.identity)
         return log, end if end is None or size is None else min(end, size), False
 
     def finish(self, log, save):
@@ -4665,8 +4687,15 @@ class LogQueue:
         with self._lock:   # not while backlog() reads it
             log.close()
 
-    def count_lines(self):
-        """Count the lines not yet sent, once; writer.written keeps the count current after."""
+    def count_lines(self, done):
+        """Count the lines not yet sent, `done` (sent, refused or skipped) so far: at the
+        start, and again after a file not counted was gone; writer.written keeps it current."""
+        if self._recount:
+            with self._lock:
+                self._pull()
+                current, end, written = self.writer.committed()
+                if self.files and self.files[-1].identity == current:   # else at the next look
+                    self._counting, self._recount = (list(self.files), end, written), False
         if self._counting is None:
             return
         files, live_end, written = self._counting
@@ -4679,14 +4708,14 @@ class LogQueue:
             copy = LogFile(fd, log.identity, log.name, archive=log.archive is not None,
                            stopping=self._stopping)
             try:
-                log.counted = copy.count(log.offset, live_end if log is files[-1] else None,
-                                         self._stopping)
+                log.counted = copy.count(log.offset, live_end if log is files[-1] else
+                                         log.until, self._stopping)
             finally:
                 copy.close()
             if log.counted is None:   # a stop: a backlog of terabytes takes a while
                 return
             lines += log.counted
-        self._unsent, self._counting = lines - written, None
+        self._unsent, self._counting = lines - written + done, None
 
     def backlog(self, lines_done):
         """(lines, bytes, files) of a live log not yet sent, `lines_done` (sent, refused or
@@ -4695,13 +4724,10 @@ class LogQueue:
         with self._lock:   # so that none of them is closed meanwhile
             self._pull()
             for log in self.files:
-                end = self.writer.committed_end(log.identity) if log.until is None \
-                    else log.until
+                end = self._end(log.identity) if log.until is None else log.until
                 if end is None:   # its size (a parked file's by its name)
-                    try:
-                        end = log.size() if log.fd is not None else os.stat(log.name).st_size
-                    except OSError:
-                        end = log.offset
+                    status = log.status()
+                    end = log.offset if status is None else status.st_size
                 size += max(0, end - log.offset)
             files = len(self.files) - 1   # the live one is not behind
         if self._unsent is None:
@@ -4711,10 +4737,7 @@ class LogQueue:
     def checkpoint(self, log, target, now):
         """The checkpoint naming `log` and its offset, as of `now`; OSError if `log` cannot
         be looked at."""
-        head_bytes = min(log.offset, 4096)
-        document = {"path": log.name, "device": log.identity[0], "inode": log.identity[1],
-                    "offset": log.offset, "head_bytes": head_bytes, "head": log.head(head_bytes),
-                    "updated": format_time(now), "target": target, "mtime_ns": log.mtime_ns()}
+        document = dict(log.position(), updated=format_time(now), target=target)
         if self.writer is None:
             document["done"] = self.done
         if self.legacy_until is not None:
@@ -5088,8 +5111,8 @@ class Forwarder:
     def run(self):
         """Forward until stop(), or a backfill until all is sent; True if all was sent."""
         try:
-            self.queue.count_lines()
             while not self.stopping.is_set():
+                self.queue.count_lines(self.sent + self.refused.total() + self.skipped)
                 self._save_moves()
                 batch = self._next_batch()
                 if batch is None:

@@ -6164,6 +6164,46 @@ class ForwardingRestarts(ForwardingCase):
                                                    list(range(5, 20)) + list(range(5))])
         self.assertNotIn("gone", self.stderr.getvalue())
 
+    def test_files_deleted_before_their_turn_leave_the_backlog(self):
+        # Rotated during the run, parked past MAX_OPEN_LOG_FILES, deleted by someone else
+        # before their turn: said gone, but lines_behind kept their lines for good (81 in an
+        # attack pass): only files there at the start were taken off.
+        receiver, down = receiver_down(self)
+        with unittest.mock.patch.object(pixel, "MAX_OPEN_LOG_FILES", 2):
+            writer = self.writer(max_bytes=300)   # an event a file
+            forwarder = self.forwarder(receiver.url, writer)
+            self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+            for number in range(10):
+                self.write(writer, [number])
+            self.assertEqual(forwarder.status()["lines_behind"], 10)
+            for path in pixel.pixel_rotations(writer.path)[2:6]:   # parked ones
+                os.unlink(path)
+            down.clear()
+            self.assertTrue(wait_until(lambda: len(receiver.taken) == 6))
+            self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+            self.write(writer, [10])
+            self.assertTrue(wait_until(lambda: len(receiver.taken) == 7))
+            self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(self.stderr.getvalue().count("is gone before"), 4)
+
+    def test_the_backlog_after_an_erase_holds_the_forwarder(self):
+        # resume() counts again in a new queue, but the lines done before it were taken off
+        # that count too: lines_behind read 0 with 3 unsent.
+        receiver, down = receiver_down(self)
+        down.clear()
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(5))
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 5))
+        forwarder.hold()
+        down.set()
+        forwarder.resume()
+        self.write(writer, range(5, 8))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 3))
+        down.clear()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(8)])
+
     def test_files_sent_whole_are_remembered_past_many_rotations(self):
         # Moved back after 40 rotations (the memory of files sent whole held 32), or once
         # the writer had closed its descriptor (rotated again before the forwarder looked):
