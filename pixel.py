@@ -4670,7 +4670,7 @@ class LogQueue:
         one --keep may now delete; a backfill's names `log`, its fingerprint now in `done`."""
         with self._lock:
             self.files.popleft()
-            if self.writer is not None:   # moved back to the log's name, it goes on from here
+            if self.writer is not None and log.fd is not None:   # moved back, on from here
                 self._sent_whole[log.identity] = (log.offset,) + log.mark()
                 if len(self._sent_whole) > MAX_MOVED_FILES:
                     del self._sent_whole[next(iter(self._sent_whole))]
