@@ -4627,8 +4627,7 @@ class LogQueue:
             self.writer.pinned = frozenset(log.identity for log in self.files)
 
     def _end(self, identity):
-        """Where the writer's last whole line in file `identity` ends (past it, a short write
-        may be about to be cut); None if it is not the writer's file."""
+        """The writer's committed end of file `identity` (a short write may follow); else None."""
         current, end, _ = self.writer.committed()
         return end if current == identity else None
 
@@ -4723,8 +4722,9 @@ class LogQueue:
         size = 0
         with self._lock:   # so that none of them is closed meanwhile
             self._pull()
+            current, live_end, _ = self.writer.committed()   # one look, not one a file
             for log in self.files:
-                end = self._end(log.identity) if log.until is None else log.until
+                end = live_end if log.until is None and log.identity == current else log.until
                 if end is None:   # its size (a parked file's by its name)
                     status = log.status()
                     end = log.offset if status is None else status.st_size
@@ -4759,7 +4759,7 @@ class LogQueue:
         """The receivedAt of the first line of a live log not yet sent, or None."""
         with self._lock:
             log = self.files[0] if self.files else None
-            return log.received_at(log.offset) if log is not None and log.fd else None
+            return None if log is None or log.fd is None else log.received_at(log.offset)
 
     def close(self):
         with self._lock:
