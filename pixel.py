@@ -4483,10 +4483,11 @@ def resume_at(checkpoint, files, live_end, reporter):
                              "forwarding from its end" % (log.name, end, offset))
             log.offset = min(offset, end)
             # Ahead of it only if its file is the live one again (moved back while pixel
-            # was down): those it lists, and those written since it was saved (rotated
-            # from the file live meanwhile), are unsent: sent before it, not skipped.
+            # was down): those it lists, and if it was not live when saved, those written
+            # since (rotated from the file live then), are unsent: sent before it.
+            again = log is files[-1] and checkpoint.get("live") is False
             ahead = [other for other in files[:index] if other.identity in listed or
-                     log is files[-1] and other.mtime_ns() > checkpoint["mtime_ns"]]
+                     again and other.mtime_ns() > checkpoint["mtime_ns"]]
             files[:index] = [other for other in files[:index] if other not in ahead] + ahead
             return index - len(ahead)
     if checkpoint["device"] != -1:
@@ -4740,6 +4741,8 @@ class LogQueue:
         document = dict(log.position(), updated=format_time(now), target=target)
         if self.writer is None:
             document["done"] = self.done
+        else:   # not the live file: if it is after a restart, it was moved back (resume_at)
+            document["live"] = bool(self.files) and log is self.files[-1]
         if self.legacy_until is not None:
             document["legacy_until"] = self.legacy_until
         with self._lock:

@@ -6204,6 +6204,41 @@ class ForwardingRestarts(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(8)])
 
+    def test_a_restart_resends_no_rotated_file_when_the_checkpoints_file_was_live(self):
+        # The rule above (files written since the checkpoint go first when its file is live
+        # again) also fired when its file was live when saved: a file moved back and only
+        # reopened (SIGHUP), or a sent rotated file's mtime in the future (touch -d, a clock
+        # set back), and a restart sent the rotated files again (an attack pass: 27, 9).
+        for case in ("moved back", "future mtime"):
+            with self.subTest(case=case):
+                self.dir = temp_dir(self)
+                receiver, down = receiver_down(self)
+                down.clear()
+                writer = self.writer(max_bytes=1000)
+                forwarder = self.forwarder(receiver.url, writer)
+                self.write(writer, range(3))
+                if case == "moved back":
+                    aside = os.path.join(self.dir, "aside.jsonl")
+                    os.rename(writer.path, aside)
+                    writer.reopen()
+                self.write(writer, range(3, 20))
+                self.assertGreaterEqual(len(pixel.pixel_rotations(writer.path)), 2)
+                self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+                if case == "moved back":
+                    os.rename(writer.path, os.path.join(self.dir, "newer.jsonl"))
+                    os.rename(aside, writer.path)
+                    writer.reopen()
+                    self.assertTrue(wait_until(lambda: pixel.read_checkpoint(pixel.state_path(
+                        writer.path, "forward"))["inode"] == os.stat(writer.path).st_ino))
+                forwarder.stop(5)
+                forwarder.close()
+                writer.close()
+                if case == "future mtime":
+                    later = time.time_ns() + 3600 * 10 ** 9
+                    os.utime(pixel.pixel_rotations(writer.path)[0], ns=(later, later))
+                self.sent_after_a_restart(receiver, down, ["m%d" % number
+                                                           for number in range(20)])
+
     def test_files_sent_whole_are_remembered_past_many_rotations(self):
         # Moved back after 40 rotations (the memory of files sent whole held 32), or once
         # the writer had closed its descriptor (rotated again before the forwarder looked):
