@@ -1357,8 +1357,9 @@ class Metrics:
         self._families.setdefault(name, (kind, help, []))[2].append(samples)
 
     def value(self, name, kind, help, read):
-        """A family of one unlabelled sample, `read()`."""
-        self.family(name, kind, help, lambda: [("", (), read())])
+        """A family of one unlabelled sample, `read()`; none while that is None (unknown)."""
+        self.family(name, kind, help, lambda: [("", (), value) for value in [read()]
+                                               if value is not None])
 
     def health(self, field, read):
         """A field of /health's document, `read()`."""
@@ -4651,7 +4652,7 @@ class LogQueue:
                                    log.name, log.identity[1]))
             if log.counted is not None and self._unsent is not None:   # not behind any more
                 self._unsent -= log.counted
-            elif self.writer is not None:   # written since the count: counted again
+            elif self.writer is not None:   # not counted, or written since: counted again
                 self._unsent, self._recount = None, True
             self.finish(log, save)
         size = log.size()
@@ -4708,13 +4709,14 @@ class LogQueue:
             copy = LogFile(fd, log.identity, log.name, archive=log.archive is not None,
                            stopping=self._stopping)
             try:
-                log.counted = copy.count(log.offset, live_end if log is files[-1] else
-                                         log.until, self._stopping)
+                counted = copy.count(log.offset, live_end if log is files[-1] else log.until,
+                                     self._stopping)
             finally:
                 copy.close()
-            if log.counted is None:   # a stop: a backlog of terabytes takes a while
+            if counted is None:   # a stop: a backlog of terabytes takes a while
                 return
-            lines += log.counted
+            lines += counted   # the live file's lines since are writer.written's, not its
+            log.counted = counted if log is not files[-1] or self.writer is None else None
         self._unsent, self._counting = lines - written + done, None
 
     def backlog(self, lines_done):
@@ -4994,7 +4996,7 @@ def register_forwarder(forwarder, metrics):
                    lambda: forwarder.refused.samples("reason"))
     for name, kind, field, help in FORWARD_METRICS:
         metrics.value("pixel_forward_" + name, kind, help,
-                      lambda field=field: forwarder.status(True)[field] or 0)
+                      lambda field=field: forwarder.status(True)[field])
 
 
 class Forwarder:
@@ -5021,7 +5023,7 @@ class Forwarder:
         self.sender = Sender(receiver, write_key, self._refuse, self._acknowledge,
                              self.reporter, clock)
         self._caught_up_at = clock()   # all lines written before this were sent
-        receiver.between = self._save_moves
+        receiver.between = self._look   # during a backoff too
 
     def follow(self, writer):
         """Relay `writer`'s live log from its checkpoint, written at once (or OSError): a
@@ -5115,8 +5117,7 @@ class Forwarder:
         """Forward until stop(), or a backfill until all is sent; True if all was sent."""
         try:
             while not self.stopping.is_set():
-                self.queue.count_lines(self.sent + self.refused.total() + self.skipped)
-                self._save_moves()
+                self._look()
                 batch = self._next_batch()
                 if batch is None:
                     if self.queue.writer is None and not self.queue.files:
@@ -5201,9 +5202,11 @@ class Forwarder:
         self.refused.add(rejection.reason, len(lines))
         return True
 
-    def _save_moves(self):
-        """Save the checkpoint at once when files moved by hand join the queue (once the
-        one to send from is open: one parked is looked for when its turn comes)."""
+    def _look(self):
+        """Count the backlog if it is to be (LogQueue.count_lines), and save the checkpoint at
+        once when files moved by hand join the queue (once the one to send from is open: one
+        parked is looked for when its turn comes)."""
+        self.queue.count_lines(self.sent + self.refused.total() + self.skipped)
         if self.queue.moves_to_save() and self.queue.files and \
                 self.queue.files[0].fd is not None:
             self._save(self.queue.files[0])

@@ -6186,6 +6186,43 @@ class ForwardingRestarts(ForwardingCase):
             self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         self.assertEqual(self.stderr.getvalue().count("is gone before"), 4)
 
+    def test_the_backlog_is_counted_again_during_an_outage(self):
+        # A file gone before its turn that was written since the count (the live file then)
+        # took off only the lines counted in it (an attack pass: 6 behind, none unsent); one
+        # never counted made the forwarder count again, but only between batches, so through
+        # an outage lines_behind was null, and /metrics' backlog 0.
+        taking = set()   # the first messageIds of the batches taken
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (200, {}, b"{}") if events[0]["messageId"] in taking else (503, {}, b"")))
+        patcher = unittest.mock.patch.object(pixel, "MAX_OPEN_LOG_FILES", 2)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        writer = self.writer(max_bytes=400)   # two events a file
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(3))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 3))
+        forwarder.stop(5)
+        forwarder.close()
+        forwarder = self.forwarder(receiver.url, writer)   # counts m2 in the live file
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 3))
+        for number in range(3, 12):
+            self.write(writer, [number])   # m3 into that file too, then it rotates
+        self.assertEqual(forwarder.status()["lines_behind"], 12)
+        os.unlink(pixel.pixel_rotations(writer.path)[1])   # m2, m3; parked
+        metrics = pixel.Metrics()
+        metrics.value("pixel_unknown", "gauge", "Not known yet.", lambda: None)
+        pixel.register_forwarder(forwarder, metrics)
+        taking.add("m0")
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 8 and
+                                   forwarder.receiver.failed_attempts > 1))
+        self.assertIn("\npixel_forward_backlog_events 8\n", metrics.render())
+        self.assertNotIn("\npixel_unknown ", metrics.render())   # no sample: not 0
+        taking.update("m%d" % number for number in range(4, 12))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in [0, 1] + list(
+            range(4, 12))])
+        self.assertEqual(self.stderr.getvalue().count("is gone before"), 1)
+
     def test_the_backlog_after_an_erase_holds_the_forwarder(self):
         # resume() counts again in a new queue, but the lines done before it were taken off
         # that count too: lines_behind read 0 with 3 unsent.
