@@ -4224,18 +4224,29 @@ class LogFile:
             offset += len(block)
         return None
 
-    def count(self, offset, end, stopping):
-        """The lines from `offset` to `end` (None: its end); None if `stopping` came first."""
-        lines = 0
-        while end is None or offset < end:
-            if stopping.is_set():
-                return None
-            block = self.read(offset, MAX_WRITE_BYTES if end is None else
-                              min(MAX_WRITE_BYTES, end - offset))
-            if not block:
-                break
-            lines += block.count(b"\n")
-            offset += len(block)
+    def count(self, end, lock, stopping):
+        """The lines from its offset to `end` (None: its end), read through a descriptor of its
+        own, taken under `lock` (a parked file is not opened meanwhile); 0 if it is gone, None
+        if `stopping` came first."""
+        with lock:
+            fd = self.duplicate()
+        if fd is None:
+            return 0
+        copy = LogFile(fd, self.identity, self.name, archive=self.archive is not None,
+                       stopping=stopping)
+        offset, lines = self.offset, 0
+        try:
+            while end is None or offset < end:
+                if stopping.is_set():
+                    return None
+                block = copy.read(offset, MAX_WRITE_BYTES if end is None else
+                                  min(MAX_WRITE_BYTES, end - offset))
+                if not block:
+                    break
+                lines += block.count(b"\n")
+                offset += len(block)
+        finally:
+            copy.close()
         return lines
 
     def not_an_event_log(self):
@@ -4702,17 +4713,8 @@ class LogQueue:
         files, live_end, written = self._counting
         lines = 0
         for log in files:
-            with self._lock:   # a descriptor of its own: a parked file is not opened meanwhile
-                fd = log.duplicate()
-            if fd is None:   # gone
-                continue
-            copy = LogFile(fd, log.identity, log.name, archive=log.archive is not None,
-                           stopping=self._stopping)
-            try:
-                counted = copy.count(log.offset, live_end if log is files[-1] else log.until,
-                                     self._stopping)
-            finally:
-                copy.close()
+            counted = log.count(live_end if log is files[-1] else log.until, self._lock,
+                                self._stopping)
             if counted is None:   # a stop: a backlog of terabytes takes a while
                 return
             lines += counted   # the live file's lines since are writer.written's, not its

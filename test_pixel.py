@@ -5248,8 +5248,9 @@ class ForwardingCase(unittest.TestCase):
         self.addCleanup(writer.close)
         return writer
 
-    def forwarder(self, url, writer, start=True, timeout=2, backoff=(0.05, 0.4),
+    def forwarder(self, url, writer, start=True, timeout=10, backoff=(0.05, 0.4),
                   configured_keys=(), **options):
+        # A timeout of 2 s on a loaded CI machine once retried a batch the receiver took.
         rejects = getattr(self, "rejects_writer", None)
         if rejects is None:   # one for the test: a restarted forwarder writes it on
             rejects = self.rejects_writer = pixel.LogWriter(
