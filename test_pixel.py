@@ -6277,6 +6277,42 @@ class ForwardingRestarts(ForwardingCase):
                 self.sent_after_a_restart(receiver, down, ["m%d" % number
                                                            for number in range(20)])
 
+    def test_a_file_gone_before_its_turn_is_not_remembered_as_sent_whole(self):
+        # A file moved back, rotated, parked, and gone before its turn was remembered as
+        # sent whole with a head of 0 bytes, which any file on its inode matched: a new file
+        # on the reused inode, at the log's name, was sent from the old offset (an attack
+        # pass: 9 lost). Here the gone file is moved out of the folder and comes back as
+        # that new file: file systems reuse inodes when they please.
+        receiver, down = receiver_down(self)
+        patcher = unittest.mock.patch.object(pixel, "MAX_OPEN_LOG_FILES", 2)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        writer = self.writer(max_bytes=300)   # an event a file
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, [0])
+        inode, aside = os.stat(writer.path).st_ino, os.path.join(self.dir, "aside.jsonl")
+        os.rename(writer.path, aside)
+        writer.reopen()
+        self.write(writer, [1])
+        os.rename(writer.path, os.path.join(self.dir, "b.jsonl"))
+        os.rename(aside, writer.path)
+        writer.reopen()   # on from its end
+        for number in range(2, 8):
+            self.write(writer, [number])   # rotated, then parked
+        away = os.path.join(temp_dir(self), "away.jsonl")
+        os.rename(next(path for path in pixel.pixel_rotations(writer.path)
+                       if os.stat(path).st_ino == inode), away)
+        down.clear()
+        self.assertTrue(wait_until(lambda: "is gone before" in self.stderr.getvalue() and
+                                   forwarder.status()["lines_behind"] == 0))
+        with open(away, "wb") as handle:   # the same inode, as a new file
+            handle.writelines(log_event(number) for number in range(100, 105))
+        os.rename(away, writer.path)
+        writer.reopen()
+        self.write(writer, [105])
+        self.assertTrue(wait_until(lambda: "m105" in receiver.ids()))
+        self.assertEqual(receiver.ids()[-6:], ["m%d" % number for number in range(100, 106)])
+
     def test_files_sent_whole_are_remembered_past_many_rotations(self):
         # Moved back after 40 rotations (the memory of files sent whole held 32), or once
         # the writer had closed its descriptor (rotated again before the forwarder looked):
