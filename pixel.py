@@ -1636,8 +1636,7 @@ class LogWriter:
         self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.Lock()
         self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
         self._fd = self._identity = None
-        self._unreported = 0        # lines failed since the last write that worked
-        self._path_checked = float("-inf")
+        self._unreported, self._path_checked = 0, float("-inf")   # lines failed since one worked
         self._changes = None        # the follower's: ("opened", fd, ...), ("renamed", ...)
         self._open()                # at start an OSError is the operator's to see
         try:
@@ -1652,12 +1651,12 @@ class LogWriter:
     def failing(self):
         return self._unreported > 0
 
-    def follow(self):
+    def follow(self, woken=None):
         """The open file's (descriptor, identity, committed end, lines written), of one
-        instant; descriptors of the files opened from now on go to changes()."""
+        instant; descriptors of the files opened from now on go to changes(), and set `woken`."""
         with self._lock:
             self._drop_changes()   # a follower before this one's
-            self._changes = []
+            self._changes, self._woken = [], woken or threading.Event()
             return os.dup(self._fd), self._identity, self._size, self.written
 
     def _drop_changes(self):
@@ -1709,6 +1708,7 @@ class LogWriter:
             _flock(fd, self.path, identity in self._held())
             if self._changes is not None:   # under the lock: in the order written
                 self._changes.append(("opened", os.dup(fd), identity, self.path))
+                self._woken.set()
         except OSError:   # in use, out of descriptors
             os.close(fd)
             raise
@@ -4145,6 +4145,7 @@ class LogFile:
         self.fd, self.identity, self.name, self.offset = fd, identity, name, offset
         self.named = self.shared = False
         self.moved = None   # a parked moved file's (head_bytes, head), as the checkpoint had
+        self.parked = None   # (head_bytes, head) when the queue parked it
         self.archive = GzipReader(fd, stopping) if archive else None
         self._first = b""   # its first bytes, for head()
         self.counted = None   # lines LogQueue.count_lines() found unsent in it
@@ -4178,6 +4179,28 @@ class LogFile:
             self.fd = self._find()
         return self.fd is not None
 
+    def holds(self, identity, fd=None, path=None):
+        """Whether it is the file `identity`, open at `fd`, or else at `path`: a parked one is
+        told by its head from a later file on its reused inode (one open keeps its inode)."""
+        head = self.moved or self.parked
+        if self.identity != identity or self.fd is not None or head is None or \
+                fd is None and path is None:
+            return self.identity == identity
+        try:
+            opened = os.dup(fd) if fd is not None else open_file(path)
+        except OSError:   # gone since: not this parked file
+            return False
+        try:
+            return disk_head(opened, head[0]) == head[1]
+        finally:
+            os.close(opened)
+
+    def park(self):
+        """Close it, to be found again by name or identity (unpark), its head kept: a later
+        file on its reused inode is not it."""
+        self.parked = self.mark()
+        self.close()
+
     def duplicate(self):
         """A descriptor of this file, parked or not, for the caller to close; None if gone."""
         return os.dup(self.fd) if self.fd is not None else self._find()
@@ -4197,9 +4220,8 @@ class LogFile:
                 fd = open_file(os.path.join(folder, name))
             except OSError:   # gone, unreadable, or not a file (a FIFO would block)
                 continue
-            status = os.fstat(fd)   # a moved one's head too: a file on its reused inode is not it
-            if (status.st_dev, status.st_ino) == self.identity and (
-                    self.moved is None or disk_head(fd, self.moved[0]) == self.moved[1]):
+            status = os.fstat(fd)
+            if self.holds((status.st_dev, status.st_ino), fd):
                 self.name = os.path.join(folder, name)
                 if self.shared and not _flock_shared(fd):   # being erased: gone for us
                     os.close(fd)
@@ -4319,14 +4341,17 @@ class LogFile:
         length = os.fstat(self.fd).st_size if self.archive else self.offset
         return "%d:%d:%d:%s" % (self.identity + (length, disk_head(self.fd, length)))
 
-    def sent_before(self, entries):
+    def sent_before(self, sent, legacy_until):
         """How many of its bytes on disk an earlier backfill sent, by its list's (bytes, head)
-        `entries` for this identity (None: version 1.0's, the inode alone); None if none
-        matches its size (a log's may have grown since) and its first bytes."""
+        entries in `sent` (sent_files), None: version 1.0's, the inode alone, for a file not
+        written since `legacy_until`; None if none matches its size (a log's may have grown
+        since) and its first bytes."""
         size = os.fstat(self.fd).st_size
-        for entry in entries:
+        for entry in sent["%d:%d" % self.identity]:
             if entry is None:
-                return size
+                if legacy_until is None or self.mtime_ns() <= (legacy_until + 1) * 1e9:
+                    return size
+                continue
             length, head = entry
             if (length == size or length < size and not self.archive) and \
                     disk_head(self.fd, length) == head:
@@ -4495,11 +4520,11 @@ def resume_at(checkpoint, files, live_end, reporter):
                              "forwarding from its end" % (log.name, end, offset))
             log.offset = min(offset, end)
             # Ahead of it only if its file is the live one again (moved back while pixel
-            # was down): those it lists, and if it was not live when saved, those written
-            # since (rotated from the file live then), are unsent: sent before it.
-            again = log is files[-1] and checkpoint.get("live") is False
+            # was down): those it lists, and those written since (rotated from the file
+            # live then) are unsent, sent before it. Since its last write; if it was live
+            # when saved, since the save (rotated before, and moved back and reopened since).
             ahead = [other for other in files[:index] if other.identity in listed or
-                     again and other.mtime_ns() > checkpoint["mtime_ns"]]
+                     log is files[-1] and other.mtime_ns() > _written_since(checkpoint, log)]
             files[:index] = [other for other in files[:index] if other not in ahead] + ahead
             return index - len(ahead)
     if checkpoint["device"] != -1:
@@ -4508,6 +4533,18 @@ def resume_at(checkpoint, files, live_end, reporter):
                      "events twice, and none of that file's unsent ones"
                      % (checkpoint.get("path"), checkpoint["inode"], files[0].name))
     return 0   # rotated_since gave only the files written since the checkpoint
+
+
+def _written_since(checkpoint, live):
+    """resume_at's: what a file's mtime must pass to be written since `checkpoint`: its
+    file's last write, or if that was the `live` log's when saved, the save (by an older
+    pixel, or hand-edited: the last write, the side of duplicates, not of losses)."""
+    try:
+        saved = parse_time(checkpoint.get("updated")) * 1e9
+    except ValueError:
+        saved = 0
+    was_live = checkpoint.get("live") is True and checkpoint.get("path") == live.name
+    return max(checkpoint["mtime_ns"], saved if was_live else 0)
 
 
 def sent_files(checkpoint):
@@ -4549,12 +4586,13 @@ class LogQueue:
         self._recount = False      # plus lines done then
         self.moves_saved = []      # the files moved by hand the last checkpoint names
         self._sent_whole = {}      # identity: (offset, head bytes, head) of files finished
+        self.woken = threading.Event()   # see wait()
 
     def follow(self, writer, checkpoint):
         """The live log of `writer` from `checkpoint` (a document; None: from the live
         file's first line), with the files rotated since it was written."""
         self.writer = writer
-        fd, identity, end, written = writer.follow()
+        fd, identity, end, written = writer.follow(self.woken)
         files, start = [LogFile(fd, identity, writer.path)], None
         try:
             if checkpoint is not None:
@@ -4588,10 +4626,7 @@ class LogQueue:
                                  % (path, problem))
             if path.endswith(".gz") and log.archive is None:
                 self._reporter.say("%s is not gzipped: sending it as it is" % path)
-            entries = sent["%d:%d" % log.identity]
-            if legacy_until is not None and log.mtime_ns() > (legacy_until + 1) * 1e9:
-                entries = [entry for entry in entries if entry is not None]
-            before = log.sent_before(entries)
+            before = log.sent_before(sent, legacy_until)
             if log.identity in seen or before is not None and \
                     before >= os.fstat(log.fd).st_size:
                 self._reporter.say("%s: already sent, skipped" % path)
@@ -4610,7 +4645,7 @@ class LogQueue:
         if self.writer is None:
             return
         for change, fd, identity, path in self.writer.changes():
-            known = [log for log in self.files if log.identity == identity]
+            known = [log for log in self.files if log.holds(identity, fd, path)]
             if change == "renamed":
                 for log in known:
                     log.name, log.named = path, True
@@ -4620,6 +4655,8 @@ class LogQueue:
             else:   # new; or one it had, moved back to the log's name: on from its end
                 log = LogFile(fd, identity, path)
                 log.named = fd is None   # parked by the writer, by its name
+                if fd is None and log.unpark():   # its head, while its name is sure to be it
+                    log.park()
                 sent = self._sent_whole.pop(identity, None)
                 if known:   # the earlier entry ends where this one starts
                     end = self._end(identity)
@@ -4634,7 +4671,7 @@ class LogQueue:
             if not log.named and os.fstat(log.fd).st_nlink:   # moved by hand: found again
                 log.moved = log.mark()                         # by identity and head
             if log.named or log.moved is not None:   # parked (a live log has no archives)
-                log.close()
+                log.park()
                 open_files.remove(log)
         if pin:
             self.writer.pinned = frozenset(log.identity for log in self.files)
@@ -4755,6 +4792,12 @@ class LogQueue:
             document["moved"] = moved
         self.moves_saved = moved
         return document
+
+    def wait(self, timeout):
+        """Wait `timeout` s, or until `woken`: by a stop, or the writer opening a file, which
+        the checkpoint is to name at once (a kill -9, then an mv of it while down, loses it)."""
+        if self.woken.wait(timeout):
+            self.woken.clear()
 
     def moves_to_save(self):
         """Whether files moved by hand were taken since the last checkpoint named them."""
@@ -5013,9 +5056,8 @@ class Forwarder:
         self.write_key, self.batch_events, self.alert = write_key, batch_events, alert
         self.reporter, self.clock = reporter or Reporter(), clock
         self.queue = LogQueue(self.reporter, self.stopping)
-        self.checkpoint = None       # its path
+        self.checkpoint = self.thread = None   # the checkpoint's path; the loop's thread
         self.made_checkpoint = False   # by follow(): no checkpoint was there
-        self.thread = None
         self.sent = 0                # events the receiver took
         self.refused = Counter()     # events written to the rejects log instead, by reason
         self.skipped = 0             # rejects-log lines with no event to send again
@@ -5068,6 +5110,7 @@ class Forwarder:
         """Stop the loop, waiting up to `timeout` for it. A batch in flight is cut: it is
         sent again after the restart, and a receiving pixel dedupes it."""
         self.receiver.stop()
+        self.queue.woken.set()
         if self.thread is not None:
             self.thread.join(timeout)
 
@@ -5083,6 +5126,7 @@ class Forwarder:
         until resume(), as an erase replaces them (EraseDesk); /health shows this moment's."""
         self.held = dict(self.status(True), held=True)
         self.stopping.set()
+        self.queue.woken.set()
         if self.thread is not None:
             self.thread.join(HOLD_WAIT)
             if self.thread.is_alive():
@@ -5124,7 +5168,7 @@ class Forwarder:
                 if batch is None:
                     if self.queue.writer is None and not self.queue.files:
                         return True
-                    self.stopping.wait(FORWARD_POLL)
+                    self.queue.wait(FORWARD_POLL)
                 elif batch:
                     log, items, end, complete, read_at = batch
                     if not self.sender.send(log, items, end, complete):
