@@ -4537,8 +4537,8 @@ def resume_at(checkpoint, files, live_end, reporter):
 
 def _written_since(checkpoint, live):
     """resume_at's: what a file's mtime must pass to be written since `checkpoint`: its
-    file's last write, or if that was the `live` log's when saved, the save (by an older
-    pixel, or hand-edited: the last write, the side of duplicates, not of losses)."""
+    file's last write (an older pixel's has no "live": the side of duplicates, not losses),
+    or if that was the `live` log's when saved, the save. One hand-edited to say so lies."""
     try:
         saved = parse_time(checkpoint.get("updated")) * 1e9
     except ValueError:
