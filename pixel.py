@@ -1358,8 +1358,10 @@ class Metrics:
 
     def value(self, name, kind, help, read):
         """A family of one unlabelled sample, `read()`; none while that is None (unknown)."""
-        self.family(name, kind, help, lambda: [("", (), value) for value in [read()]
-                                               if value is not None])
+        def samples():
+            value = read()
+            return [] if value is None else [("", (), value)]
+        self.family(name, kind, help, samples)
 
     def health(self, field, read):
         """A field of /health's document, `read()`."""
@@ -4183,9 +4185,10 @@ class LogFile:
         """Whether it is the file `identity`, open at `fd`, or else at `path`: a parked one is
         told by its head from a later file on its reused inode (one open keeps its inode)."""
         head = self.moved or self.parked
-        if self.identity != identity or self.fd is not None or head is None or \
-                fd is None and path is None:
-            return self.identity == identity
+        if self.identity != identity:
+            return False
+        if self.fd is not None or head is None or fd is None and path is None:
+            return True
         try:
             opened = os.dup(fd) if fd is not None else open_file(path)
         except OSError:   # gone since: not this parked file
@@ -4782,7 +4785,7 @@ class LogQueue:
         document = dict(log.position(), updated=format_time(now), target=target)
         if self.writer is None:
             document["done"] = self.done
-        else:   # not the live file: if it is after a restart, it was moved back (resume_at)
+        else:   # the live file: what was written since counts from the save (_written_since)
             document["live"] = bool(self.files) and log is self.files[-1]
         if self.legacy_until is not None:
             document["legacy_until"] = self.legacy_until
