@@ -12,6 +12,7 @@ with a deadline (wait_until), never a bare sleep, and share one temp-folder help
 
 import argparse
 import ast
+import atexit
 import base64
 import collections
 import errno
@@ -60,6 +61,7 @@ DOCS_PAYLOAD = {"writeKey": "YOUR_WRITE_KEY", "userId": "025pikachu025", "event"
                 "properties": {"subject": "The Electric Daily", "email": "peekAtMe@email.poke"}}
 ROTATED = re.compile(r"\.\d{8}T\d{6}\.\d{3}Z(-\d+)?\Z")
 T0 = 1795000000.25   # a fixed clock: 2026-11-18T11:06:40.250Z
+PROCESS_PATH_CHECK = pixel.PATH_CHECK_INTERVAL   # a pixel.py process's: no patch reaches it
 # .ci/run sets PIXEL_SOAK=1: the long fault, load and property runs. Without it, the suite
 # runs them short, or skips them (soak), to finish in about a minute.
 SOAK = os.environ.get("PIXEL_SOAK") == "1"
@@ -77,7 +79,6 @@ def _compiled_pixel():
     header as bytecode): about 120 starts a run, each 0.1 s sooner without the compile."""
     if SOAK:
         return PIXEL_PY
-    import atexit
     import py_compile
     folder = tempfile.mkdtemp(prefix="pixel-compiled-")
     atexit.register(shutil.rmtree, folder, True)
@@ -5239,11 +5240,12 @@ def state_file(log_path, role="forward"):
 
 class ForwardingCase(unittest.TestCase):
     def setUp(self):
-        # The forwarder looks at an idle log every FORWARD_POLL s; at 0.2 s each test here
-        # would wait out a few of them.
-        patcher = unittest.mock.patch("pixel.FORWARD_POLL", 0.02)
-        patcher.start()
-        self.addCleanup(patcher.stop)
+        # The forwarder looks at an idle log every FORWARD_POLL s, and the writer at its path
+        # every PATH_CHECK_INTERVAL; at 0.2 and 0.1 s each test here would wait out a few.
+        for name in ("FORWARD_POLL", "PATH_CHECK_INTERVAL"):
+            patcher = unittest.mock.patch("pixel." + name, 0.02)
+            patcher.start()
+            self.addCleanup(patcher.stop)
         self.dir = temp_dir(self, "pixel-forward-")
         self.stderr = io.StringIO()
         self.reporter = pixel.Reporter(self.stderr)
@@ -5917,7 +5919,7 @@ class ForwardingRestarts(ForwardingCase):
             if number == moved_at:
                 os.rename(path, os.path.join(self.dir, "kept-by-hand.jsonl"))
                 open(path, "ab").close()
-                time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # pixel looks at its path this often
+                time.sleep(2 * PROCESS_PATH_CHECK)   # pixel looks at its path this often
             fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e&messageId=m%d"
                       % number)
         self.assertTrue(wait_until(lambda: receiver.posts))   # refused, so none sent
@@ -5990,7 +5992,7 @@ class ForwardingRestarts(ForwardingCase):
                 os.rename(source, target)
             if not os.path.exists(path):
                 open(path, "ab").close()
-            time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # pixel looks at its path this often
+            time.sleep(2 * PROCESS_PATH_CHECK)   # pixel looks at its path this often
 
         answer(2)
         inode = os.stat(path).st_ino
@@ -8468,10 +8470,11 @@ class FailedStart(unittest.TestCase):
         # The port is bound at start but listened on only after the dedupe window's warm-up.
         # Another socket bound with SO_REUSEADDR and not yet listening (a second pixel
         # starting) lets the bind by; if it listens first, pixel's own listen() is refused.
+        # Lines enough for a warm-up of some 0.3 s (1 s under PIXEL_SOAK) on this machine.
         with open(self.log, "wb") as handle:
             handle.write(b"".join(b'{"type":"track","writeKey":"k","userId":"u","event":"e",'
                                   b'"messageId":"m-%07d"}\n' % number
-                                  for number in range(100000)))
+                                  for number in range(100000 if SOAK else 30000)))
         before = read_bytes(self.log)
         for name, argv in (("logging", []), ("forwarding", ["--forward", "http://127.0.0.1:9"])):
             with self.subTest(name):
@@ -8910,12 +8913,25 @@ def make_certificates(folder):
     return [os.path.join(folder, name) for name in ("ca.pem", "server.pem", "server.key")]
 
 
+_CERTIFICATES = []
+
+
+def copied_certificates(folder):
+    """make_certificates' three files copied into `folder`: made once a run (three openssl
+    runs a test otherwise), for tests that need a pair, not a new CA."""
+    if not _CERTIFICATES:
+        made = tempfile.mkdtemp(prefix="pixel-certificates-")
+        atexit.register(shutil.rmtree, made, True)
+        _CERTIFICATES.extend(make_certificates(made))
+    return [shutil.copy(path, folder) for path in _CERTIFICATES]
+
+
 class ForwardOverTls(unittest.TestCase):
     def test_a_receiver_with_a_private_ca(self):
         import ssl
         need(shutil.which("openssl"), "openssl")
         folder = temp_dir(self, "pixel-tls-")
-        ca, certificate, key = make_certificates(folder)
+        ca, certificate, key = copied_certificates(folder)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(certificate, key)
         receiver = FakeReceiver(self, context=context)
@@ -9052,7 +9068,7 @@ class Tls(unittest.TestCase):
         import ssl
         need(shutil.which("openssl"), "openssl")
         self.dir = temp_dir(self, "pixel-https-")
-        self.ca, certificate, key = make_certificates(self.dir)
+        self.ca, certificate, key = copied_certificates(self.dir)
         self.certfile = os.path.join(self.dir, "live.pem")
         self.keyfile = os.path.join(self.dir, "live.key")
         shutil.copy(certificate, self.certfile)
@@ -11396,7 +11412,7 @@ class ErasePixelProcess(unittest.TestCase):
         kept = os.path.join(self.dir, "a-kept.jsonl")
         os.rename(self.log, kept)
         open(self.log, "ab").close()
-        time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # pixel looks at its path this often
+        time.sleep(2 * PROCESS_PATH_CHECK)   # pixel looks at its path this often
         for user in ("alice", "bob"):
             fetch_gif(port, track % user)
         started = time.monotonic()
