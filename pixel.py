@@ -7142,12 +7142,13 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
         return []
     fd = _open_rotating(path) if live else open_file(path)
     request = EraseRequest(path, reporter)   # one erase a file, and a pixel that starts
-    moved = False                            # meanwhile waits for it (open_logs)
-    try:
+    try:                                     # meanwhile waits for it (open_logs)
         request.claim()
         requests.append(request)
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _flock_exclusive(fd) == "shared":
+                raise OSError(errno.EBUSY, "a pixel.py forward is sending it: erase it when "
+                              "that is done, or stop it first", path)
             # Free, but renamed since it was opened (claim() syncs: milliseconds)? A pixel
             # rotated it, and writes the file at the path now: that one is its live log. Or
             # free, but that pixel's next file, which it has yet to flock (_maybe_next)?
@@ -7159,12 +7160,8 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
                 moved = True
             if moved:
                 raise BlockingIOError
-    except BlockingIOError:   # a running pixel writes it, or a backfill reads it
-        shared = not moved and _flock_shared(fd)   # a backfill's (LogFile.share), not a pixel's
+    except BlockingIOError:   # a running pixel writes it, or has just rotated it
         os.close(fd)
-        if shared:
-            raise OSError(errno.EBUSY, "a pixel.py forward is sending it: erase it when "
-                          "that is done, or stop it first", path) from None
         if not live:
             raise OSError(errno.EBUSY, "a running pixel still writes it", path) from None
         # False: the pixel ended meanwhile, and the file is ours now; it may have rotated
@@ -7185,6 +7182,23 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
         raise
     locks[os.path.realpath(path)] = fd
     return [path]
+
+
+def _flock_exclusive(fd):
+    """Take an exclusive flock of `fd`: None when taken; BlockingIOError if another process
+    holds one (a running pixel); "shared" if others hold shared ones (pixel.py forward's,
+    LogFile.share). A holder that lets go between the looks is not taken for either."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        if not _flock_shared(fd):
+            raise
+    try:   # ours, shared now, becomes exclusive if no one else shares it
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return "shared"
 
 
 def _maybe_next(status):
