@@ -3757,7 +3757,8 @@ class Receiver:
         self.paused_key = None       # the configured writeKey a 401 or 403 stopped
         self.wrong_url = None        # its last answer saying nothing is at the URL
         self.gave_up = None          # why a backfill stopped for good
-        self.between = None          # called during a wait (see pause)
+        self.between = None          # called during a wait (see pause), and a post (_watch)
+        self.woken = threading.Event()   # a LogQueue's: its writer opened a file (see _watch)
         self._failing = 0            # attempts failed in a row
         self._aborted, self._connection = False, None
 
@@ -3818,14 +3819,17 @@ class Receiver:
 
     def pause(self, delay):
         """Wait `delay` s, or until stop(): True if stopped. `between()`, the Forwarder's, is
-        called every FORWARD_POLL s of it: what a kill -9 meanwhile must not lose is saved."""
+        called every FORWARD_POLL s of it, and at once when `woken`: what a kill -9 meanwhile
+        must not lose is saved."""
         deadline = time.monotonic() + delay
         while not self.stopping.is_set():
             if self.between is not None:
                 self.between()
             left = deadline - time.monotonic()
-            if left <= 0 or self.stopping.wait(min(left, FORWARD_POLL)):
+            if left <= 0:
                 break
+            if self.woken.wait(min(left, FORWARD_POLL)):   # the writer opened a file, or a stop
+                self.woken.clear()
         return self.stopping.is_set()
 
     def post(self, write_key, body):
@@ -3835,9 +3839,8 @@ class Receiver:
         credential = base64.b64encode((write_key + ":").encode("utf-8")).decode("ascii")
         headers = {"Content-Type": "application/json", "Content-Encoding": "gzip",
                    "Authorization": "Basic " + credential, "User-Agent": "pixel/" + __version__}
-        self._aborted = False
-        watchdog = threading.Timer(self.timeout, self.abort)
-        watchdog.daemon = True
+        self._aborted, done = False, threading.Event()
+        watchdog = threading.Thread(target=self._watch, args=(done,), daemon=True)
         watchdog.start()
         try:
             reused = self._connection is not None
@@ -3852,7 +3855,26 @@ class Receiver:
                 raise socket.timeout("no whole answer within %g s" % self.timeout) from None
             raise
         finally:
-            watchdog.cancel()
+            done.set()
+            self.woken.set()
+            watchdog.join()   # and so its `between`: one thread at a time saves
+
+    def _watch(self, done):
+        """A post's second thread: it cuts the post at its deadline, and meanwhile calls
+        `between` each time `woken` is set (a file the writer opened is to be named in the
+        checkpoint at once: a kill -9 before the post's end would lose it). The post's end
+        sets `woken` too, after `done`."""
+        deadline = time.monotonic() + self.timeout
+        while self.woken.wait(max(0.0, deadline - time.monotonic())):
+            self.woken.clear()
+            if done.is_set():
+                return
+            if self.stopping.is_set():   # stop() or hold(): the deadline is all that is left
+                break
+            if self.between is not None:
+                self.between()
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            self.abort()
 
     def _post(self, body, headers):
         if self._connection is None:
@@ -3881,6 +3903,7 @@ class Receiver:
 
     def stop(self):
         self.stopping.set()
+        self.woken.set()   # ends a pause
         self.abort()
 
     def close(self):
@@ -4577,7 +4600,7 @@ class LogQueue:
     """The files a Forwarder sends, oldest first: a live log's (follow) or a backfill's
     (add_files). At most MAX_OPEN_LOG_FILES of them are open; the rest are parked."""
 
-    def __init__(self, reporter, stopping):
+    def __init__(self, reporter, stopping, woken):
         self.files = collections.deque()   # the first is the one being sent
         self.writer = None         # the live log's LogWriter
         self.done = []             # a backfill's: LogFile.fingerprint() of each file sent
@@ -4589,7 +4612,7 @@ class LogQueue:
         self._recount = False      # plus lines done then
         self.moves_saved = []      # the files moved by hand the last checkpoint names
         self._sent_whole = {}      # identity: (offset, head bytes, head) of files finished
-        self.woken = threading.Event()   # see wait()
+        self.woken = woken         # see wait()
 
     def follow(self, writer, checkpoint):
         """The live log of `writer` from `checkpoint` (a document; None: from the live
@@ -5058,7 +5081,7 @@ class Forwarder:
         self.rejects = rejects       # a LogWriter, for events that are never sent
         self.write_key, self.batch_events, self.alert = write_key, batch_events, alert
         self.reporter, self.clock = reporter or Reporter(), clock
-        self.queue = LogQueue(self.reporter, self.stopping)
+        self.queue = LogQueue(self.reporter, self.stopping, self.receiver.woken)
         self.checkpoint = self.thread = None   # the checkpoint's path; the loop's thread
         self.made_checkpoint = False   # by follow(): no checkpoint was there
         self.sent = 0                # events the receiver took
@@ -5070,7 +5093,7 @@ class Forwarder:
         self.sender = Sender(receiver, write_key, self._refuse, self._acknowledge,
                              self.reporter, clock)
         self._caught_up_at = clock()   # all lines written before this were sent
-        receiver.between = self._look   # during a backoff too
+        receiver.between = self._look   # during a backoff or a post too
 
     def follow(self, writer):
         """Relay `writer`'s live log from its checkpoint, written at once (or OSError): a
@@ -5141,7 +5164,7 @@ class Forwarder:
         """Forward again, from the checkpoint, which the erase moved into the new files. An
         OSError (the checkpoint cannot be written) is said, and retried at the next look."""
         writer = self.queue.writer
-        self.queue = LogQueue(self.reporter, self.stopping)
+        self.queue = LogQueue(self.reporter, self.stopping, self.receiver.woken)
         self.stopping.clear()
         try:
             self.follow(writer)
@@ -5253,8 +5276,8 @@ class Forwarder:
 
     def _look(self):
         """Count the backlog if it is to be (LogQueue.count_lines), and save the checkpoint at
-        once when files moved by hand join the queue (once the one to send from is open: one
-        parked is looked for when its turn comes)."""
+        once when files moved by hand, or opened by the writer, join the queue (once the one
+        to send from is open: one parked is looked for when its turn comes)."""
         self.queue.count_lines(self.sent + self.refused.total() + self.skipped)
         if self.queue.moves_to_save() and self.queue.files and \
                 self.queue.files[0].fd is not None:

@@ -6069,6 +6069,55 @@ class ForwardingRestarts(ForwardingCase):
         self.forwarder(receiver.url, writer)   # not a list: no traceback either
         self.assertNotIn("error", self.stderr.getvalue())
 
+    def test_a_file_opened_during_a_post_is_named_before_the_post_ends(self):
+        # A kill -9 during a slow post, just after a rotation, then the new live file moved
+        # by hand while pixel was down: the checkpoint named that file only after the post
+        # (a save from the forwarder's thread), and a restart never found it.
+        posting, release = threading.Event(), threading.Event()
+
+        def slow(receiver, user, events):
+            posting.set()
+            release.wait(10)
+            return 200, {}, b"{}"
+        receiver = FakeReceiver(self, slow)
+        self.addCleanup(release.set)
+        writer = self.writer(max_bytes=1000)
+        forwarder = self.forwarder(receiver.url, writer, timeout=20)
+        self.write(writer, [0])
+        self.assertTrue(posting.wait(10))
+        for number in range(1, 15):   # past 1000 bytes: a rotated file and a new live one
+            self.write(writer, [number])
+        self.assertTrue(pixel.pixel_rotations(writer.path))
+        live = os.stat(writer.path).st_ino
+        self.assertTrue(wait_until(lambda: live in moved_inodes(writer.path), timeout=1),
+                        "not named while the post hangs")
+        checkpoint = pixel.state_path(writer.path, "forward")
+        killed = read_bytes(checkpoint)   # what a kill -9 now leaves
+        release.set()
+        forwarder.stop(5)
+        forwarder.close()
+        writer.close()
+        with open(checkpoint, "wb") as handle:
+            handle.write(killed)
+        os.rename(writer.path, os.path.join(self.dir, "aside.jsonl"))
+        self.sent_after_a_restart(["m%d" % number for number in range(15)])
+
+    def test_a_file_opened_during_a_backoff_is_named_at_once(self):
+        # In a backoff, the checkpoint was saved once a FORWARD_POLL: made long here.
+        receiver, down = receiver_down(self)
+        writer = self.writer(max_bytes=1000)
+        self.write(writer, [0])
+        with unittest.mock.patch("pixel.FORWARD_POLL", 30):
+            forwarder = self.forwarder(receiver.url, writer, backoff=(30, 30))
+            self.assertTrue(wait_until(lambda: forwarder.receiver.backoff == 30))
+            for number in range(1, 15):   # past 1000 bytes: a rotated file and a new live one
+                self.write(writer, [number])
+            live = os.stat(writer.path).st_ino
+            self.assertTrue(wait_until(lambda: live in moved_inodes(writer.path), timeout=1),
+                            "not named during the backoff")
+            forwarder.stop(5)
+            self.assertFalse(forwarder.thread.is_alive(), "a stop waits out the backoff")
+
     def test_a_live_file_moved_while_pixel_is_down_is_sent_after_the_restart(self):
         # No process saw this mv: the checkpoint's list of the live file behind a backlog
         # finds it (before, m25-m29 stayed on disk, unsent, with nothing said).
