@@ -3999,13 +3999,14 @@ class Rotation(ServerCase):
 
     def test_rotation_under_load_loses_and_duplicates_nothing(self):
         stop, seen = threading.Event(), []
+        each = 150 if SOAK else 70   # requests a connection: some 15 rotations at 70
         path = os.path.join(self.dir, "events.jsonl")
         tailer = threading.Thread(target=follow, args=(open(path, "rb"), path, stop, seen))
         tailer.start()
 
         def client(worker):
             connection = self.connect()
-            for number in range(150):
+            for number in range(each):
                 connection.request("GET", "/v1/pixel/page?writeKey=k&anonymousId=a&messageId="
                                           "%d-%d&properties.pad=%s" % (worker, number, "p" * 40))
                 self.assertEqual(connection.getresponse().read(), pixel.GIF)
@@ -4016,7 +4017,7 @@ class Rotation(ServerCase):
             thread.start()
         for thread in threads:
             thread.join()
-        expected = {"%d-%d" % (w, n) for w in range(8) for n in range(150)}
+        expected = {"%d-%d" % (w, n) for w in range(8) for n in range(each)}
         wait_until(lambda: len(seen) >= len(expected))
         stop.set()
         tailer.join()
@@ -9481,6 +9482,7 @@ class RsyslogShipping(unittest.TestCase):
         shipper = subprocess.Popen([rsyslogd, "-n", "-f", config, "-i",
                                     os.path.join(folder, "rsyslogd.pid")],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(shipper.stderr.close)   # last: after the wait
         self.addCleanup(shipper.wait)
         self.addCleanup(shipper.terminate)
         answered = []
