@@ -8562,13 +8562,13 @@ class FailedStart(unittest.TestCase):
         self.assertEqual(os.listdir(self.dir), [])
 
 
-def main_in_this_process(argv):
-    """(status, stdout, stderr) of pixel.main(argv) run here: a command's checks and output
-    without a process's start (0.1-0.2 s of CPU each)."""
+def main_in_this_process(argv, environ=None):
+    """(status, stdout, stderr) of pixel.main(argv, environ) run here: a command's checks and
+    output without a process's start (0.1-0.2 s of CPU each)."""
     stdout, stderr = io.StringIO(), io.StringIO()
     with unittest.mock.patch("sys.stdout", stdout), unittest.mock.patch("sys.stderr", stderr):
         try:
-            status = pixel.main(argv)
+            status = pixel.main(argv, environ)
         except SystemExit as exit:   # argparse's, for a bad command line
             status = exit.code
     return status, stdout.getvalue(), stderr.getvalue()
@@ -10148,14 +10148,11 @@ class MachineRangesProcess(unittest.TestCase):
                 ([], {"PIXEL_MACHINE_RANGES": "scanner=" + missing}, "cannot read %s" % missing),
                 (["--machine-ranges", "scanner=" + self.dir], {}, "a directory")):
             with self.subTest(argv=argv, environ=environ):
-                result = subprocess.run(
-                    [sys.executable, PIXEL_RUN, "--port", "0", "--cpu", "none", "--log",
-                     self.log] + argv, capture_output=True, text=True, timeout=30,
-                    env=dict(os.environ, **environ))
-                self.assertEqual(result.returncode, 1, result.stderr)
-                self.assertRegex(result.stderr, r"\Apixel: cannot load the machine ranges: "
-                                                r"[^\n]*\n\Z")
-                self.assertIn(message, result.stderr)
+                status, _, stderr = main_in_this_process(
+                    ["--port", "0", "--cpu", "none", "--log", self.log] + argv, environ)
+                self.assertEqual(status, 1, stderr)
+                self.assertRegex(stderr, r"\Apixel: cannot load the machine ranges: [^\n]*\n\Z")
+                self.assertIn(message, stderr)
                 self.assertEqual(os.listdir(os.path.dirname(self.log)), [])
         status, stderr = wsgi_start_error(self, log=self.log,
                                           machine_ranges=["apple_mpp=" + bad])
