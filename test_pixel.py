@@ -8027,6 +8027,7 @@ class Process(unittest.TestCase):
         process.stdout.close()
         process.stderr.close()
 
+    @soak   # over a second: a start's compile or warm-up, or a grace waited out
     def test_it_listens_once_it_can_answer(self):
         # The dedupe window's warm-up reads the log's end at start (about a second for
         # 40 MB here, 0.3 s for these 13 MB); a client that connects meanwhile is refused
@@ -8124,6 +8125,7 @@ class Process(unittest.TestCase):
         self.assertLess(peak, 200)
         self.assertEqual(cut, 400, "every dripping connection is cut after --request-timeout")
 
+    @soak   # over a second: a start's compile or warm-up, or a grace waited out
     def test_rss_at_rest_and_with_1000_idle_connections(self):
         # -S: pixel.py's own footprint, without what this machine's site-packages load at
         # every start (a .pth file here imports certifi: about 2 MiB in every process).
@@ -8520,15 +8522,15 @@ class FailedStart(unittest.TestCase):
         self.assertEqual(os.listdir(self.dir), ["events.jsonl"])
         self.assertEqual(read_bytes(self.log), b'{"type":"track"}\n')
 
+    @soak   # over a second: a start's compile or warm-up, or a grace waited out
     def test_a_port_taken_while_it_warms_up_fails_in_one_line_and_creates_no_file(self):
         # The port is bound at start but listened on only after the dedupe window's warm-up.
         # Another socket bound with SO_REUSEADDR and not yet listening (a second pixel
         # starting) lets the bind by; if it listens first, pixel's own listen() is refused.
-        # Lines enough for a warm-up of some 0.3 s (1 s under PIXEL_SOAK) on this machine.
         with open(self.log, "wb") as handle:
             handle.write(b"".join(b'{"type":"track","writeKey":"k","userId":"u","event":"e",'
                                   b'"messageId":"m-%07d"}\n' % number
-                                  for number in range(100000 if SOAK else 30000)))
+                                  for number in range(100000)))
         before = read_bytes(self.log)
         for name, argv in (("logging", []), ("forwarding", ["--forward", "http://127.0.0.1:9"])):
             with self.subTest(name):
@@ -11771,6 +11773,7 @@ class ErasePixelProcess(unittest.TestCase):
             self.assertEqual(handle.read(), b"".join(person_lines("bob", 40000)))
         self.assertEqual(len(receiver.taken), 11)   # the old file was never the live one
 
+    @soak   # over a second: a start's compile or warm-up, or a grace waited out
     def test_an_erase_that_ends_undone_is_said_once_by_the_pixel(self):
         # One that exits 1 (a file refused) ends as "stopped", not "done": the pixel goes on
         # forwarding, as after a killed erase, and says to run it again, once for both logs.
@@ -11956,6 +11959,7 @@ class ErasePixelProcess(unittest.TestCase):
                                   "erase again")
         self.assertIn(b"alice", read_bytes(other))
 
+    @soak   # over a second: a start's compile or warm-up, or a grace waited out
     def test_a_pixel_gone_between_its_rename_and_the_next_file(self):
         # Nothing comes to the path (a kill -9 inside rotate_now): erase waited its 60 s,
         # then blamed an old pixel. The rotated file, no longer held, is erased, and said.
