@@ -3871,8 +3871,11 @@ class Receiver:
                 return
             if self.stopping.is_set():   # stop() or hold(): the deadline is all that is left
                 break
-            if self.between is not None:
-                self.between()
+            try:
+                if self.between is not None:
+                    self.between()
+            except Exception as error:   # a bug: said, and the deadline still kept
+                self.reporter.say("forwarder error: %s" % _bug(error), key="forwarder error")
         if not done.wait(max(0.0, deadline - time.monotonic())):
             self.abort()
 

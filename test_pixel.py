@@ -5532,6 +5532,24 @@ class ForwardingSeams(ForwardingCase):
     """Issue 19: one tenant's key or one receiver's fault is not everyone's problem; every
     message names the URL posted to."""
 
+    def test_a_look_that_fails_during_a_post_is_said_in_one_line(self):
+        # The post's watchdog runs the forwarder's look when the writer opens a file; a bug
+        # there ended that thread with a traceback, and no deadline cut the post any more.
+        release = threading.Event()
+        self.addCleanup(release.set)
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            release.wait(10), (200, {}, b"{}"))[1])
+        sender = pixel.Receiver(receiver.url, timeout=0.3, reporter=self.reporter)
+        self.addCleanup(sender.close)
+        sender.between = lambda: 1 / 0
+        sender.woken.set()
+        with unittest.mock.patch("threading.excepthook") as traceback, \
+                self.assertRaises(socket.timeout):
+            sender.post("K", gzip.compress(b'{"batch":[]}'))
+        self.assertEqual(traceback.call_count, 0)
+        self.assertIn("pixel: forwarder error: ZeroDivisionError: division by zero",
+                      self.stderr.getvalue())
+
     def test_an_unconfigured_key_refused_is_set_aside_and_sent_again_later(self):
         accepted = {"K"}
         receiver = FakeReceiver(self, lambda receiver, user, events: (
