@@ -3865,7 +3865,8 @@ class Receiver:
         checkpoint at once: a kill -9 before the post's end would lose it). The post's end
         sets `woken` too, after `done`."""
         deadline = time.monotonic() + self.timeout
-        while self.woken.wait(max(0.0, deadline - time.monotonic())):
+        while self.woken.wait(max(0.0, deadline - time.monotonic())) and \
+                time.monotonic() < deadline:   # (a rotation storm keeps it set)
             self.woken.clear()
             if done.is_set():
                 return

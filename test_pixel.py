@@ -5532,6 +5532,23 @@ class ForwardingSeams(ForwardingCase):
     """Issue 19: one tenant's key or one receiver's fault is not everyone's problem; every
     message names the URL posted to."""
 
+    def test_a_post_is_cut_at_its_deadline_through_a_rotation_storm(self):
+        # Each file the writer opens wakes the post's watchdog to save the checkpoint; a
+        # rotation a few milliseconds kept it waking, and it never looked at the deadline.
+        release = threading.Event()
+        self.addCleanup(release.set)
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            release.wait(10), (200, {}, b"{}"))[1])
+        sender = pixel.Receiver(receiver.url, timeout=5, reporter=self.reporter)
+        self.addCleanup(sender.close)
+        sender.timeout = 0.3   # the post's deadline; its socket's own stays 5 s
+        sender.between = lambda: (time.sleep(0.005), sender.woken.set())
+        sender.woken.set()
+        started = time.monotonic()
+        with self.assertRaises(socket.timeout):
+            sender.post("K", gzip.compress(b'{"batch":[]}'))
+        self.assertLess(time.monotonic() - started, 2)
+
     def test_a_look_that_fails_during_a_post_is_said_in_one_line(self):
         # The post's watchdog runs the forwarder's look when the writer opens a file; a bug
         # there ended that thread with a traceback, and no deadline cut the post any more.
