@@ -5532,15 +5532,20 @@ class ForwardingSeams(ForwardingCase):
     """Issue 19: one tenant's key or one receiver's fault is not everyone's problem; every
     message names the URL posted to."""
 
-    def test_a_post_is_cut_at_its_deadline_through_a_rotation_storm(self):
-        # Each file the writer opens wakes the post's watchdog to save the checkpoint; a
-        # rotation a few milliseconds kept it waking, and it never looked at the deadline.
+    def receiver_that_holds_posts(self, timeout):
+        """A pixel.Receiver posting to a FakeReceiver that answers no post until the test ends."""
         release = threading.Event()
         self.addCleanup(release.set)
         receiver = FakeReceiver(self, lambda receiver, user, events: (
             release.wait(10), (200, {}, b"{}"))[1])
-        sender = pixel.Receiver(receiver.url, timeout=5, reporter=self.reporter)
+        sender = pixel.Receiver(receiver.url, timeout=timeout, reporter=self.reporter)
         self.addCleanup(sender.close)
+        return sender
+
+    def test_a_post_is_cut_at_its_deadline_through_a_rotation_storm(self):
+        # Each file the writer opens wakes the post's watchdog to save the checkpoint; a
+        # rotation a few milliseconds kept it waking, and it never looked at the deadline.
+        sender = self.receiver_that_holds_posts(timeout=5)
         sender.timeout = 0.3   # the post's deadline; its socket's own stays 5 s
         sender.between = lambda: (time.sleep(0.005), sender.woken.set())
         sender.woken.set()
@@ -5552,12 +5557,7 @@ class ForwardingSeams(ForwardingCase):
     def test_a_look_that_fails_during_a_post_is_said_in_one_line(self):
         # The post's watchdog runs the forwarder's look when the writer opens a file; a bug
         # there ended that thread with a traceback, and no deadline cut the post any more.
-        release = threading.Event()
-        self.addCleanup(release.set)
-        receiver = FakeReceiver(self, lambda receiver, user, events: (
-            release.wait(10), (200, {}, b"{}"))[1])
-        sender = pixel.Receiver(receiver.url, timeout=0.3, reporter=self.reporter)
-        self.addCleanup(sender.close)
+        sender = self.receiver_that_holds_posts(timeout=0.3)
         sender.between = lambda: 1 / 0
         sender.woken.set()
         with unittest.mock.patch("threading.excepthook") as traceback, \
