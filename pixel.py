@@ -7173,7 +7173,7 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
         request.claim()
         requests.append(request)
         if fcntl is not None:
-            if _flock_exclusive(fd) == "shared":
+            if not _flock_exclusive(fd):
                 raise OSError(errno.EBUSY, "a pixel.py forward is sending it: erase it when "
                               "that is done, or stop it first", path)
             # Free, but renamed since it was opened (claim() syncs: milliseconds)? A pixel
@@ -7212,20 +7212,20 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
 
 
 def _flock_exclusive(fd):
-    """Take an exclusive flock of `fd`: None when taken; BlockingIOError if another process
-    holds one (a running pixel); "shared" if others hold shared ones (pixel.py forward's,
+    """Take an exclusive flock of `fd`: True when taken; BlockingIOError if another process
+    holds one (a running pixel); False if others hold shared ones (pixel.py forward's,
     LogFile.share). A holder that lets go between the looks is not taken for either."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return None
+        return True
     except BlockingIOError:
         if not _flock_shared(fd):
             raise
     try:   # ours, shared now, becomes exclusive if no one else shares it
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return None
+        return True
     except BlockingIOError:
-        return "shared"
+        return False
 
 
 def _maybe_next(status):
