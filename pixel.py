@@ -190,12 +190,14 @@ def decode_query(query):
     data, plain, size = None, {}, 0
     for key, value in pairs:
         size += len(key) + len(value)
-        if key != "data":
-            _set_dotted(plain, key, value)
-        elif data is not None:
-            raise Rejected("duplicate_key", "data")
-        else:
+        if key == "data":
+            if data is not None:
+                raise Rejected("duplicate_key", "data")
             data = value
+        elif "." in key or not key or key in plain:
+            _set_dotted(plain, key, value)   # nests, or names the broken rule
+        else:   # the plain top-level field most parameters are
+            plain[key] = value
     if size > MAX_PAYLOAD_BYTES:
         raise Rejected("payload_too_large")
     return plain if data is None else _overlay(plain, decode_data(data))
@@ -232,7 +234,9 @@ def parse_pairs(query):
     for field in query.split("&"):
         if field:
             key, _, value = field.partition("=")
-            pairs.append((_unquote(key), _unquote(value)))
+            if "%" in field or "+" in field:
+                key, value = _unquote(key), _unquote(value)
+            pairs.append((key, value))
     return pairs
 
 
