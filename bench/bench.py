@@ -13,7 +13,9 @@ core        microseconds per event for decode + validate + enrich + serialise of
 startup     milliseconds from starting `python3 pixel.py` to its first accepted connection,
             with this interpreter and with /usr/bin/python3 if that is another one, each next
             to the interpreter's own start-up (`python3 -c pass`).
-memory      RSS of a pixel.py process at rest and with 1,000 idle keep-alive connections.
+memory      RSS of a pixel.py process at rest, with 1,000 idle keep-alive connections, and
+            under SDK-like traffic: 30 keep-alive connections, a fresh messageId a request
+            (which the dedupe window remembers), sampled each second for a minute.
 throughput  pixel.py next to three peer servers on the same machine, load and request:
               uvicorn + httptools + uvloop   bench/peers/asgi_pixel.py, what a Python
                                              developer would write
@@ -115,7 +117,7 @@ SCALING_CONNECTIONS = (1, 4, 10, 50)
 SECTIONS = ("core", "startup", "memory", "throughput", "scaling", "tail", "forward",
             "processes")
 # What each section needs beyond Python: Debian packages (by command) and the uvicorn venv.
-SECTION_COMMANDS = {"throughput": ("wrk", "nginx"), "scaling": ("wrk",), "tail": ("wrk",),
+SECTION_COMMANDS = {"memory": ("wrk",), "throughput": ("wrk", "nginx"), "scaling": ("wrk",), "tail": ("wrk",),
                     "forward": ("wrk",), "processes": ("wrk",)}
 SECTION_NEEDS_VENV = ("throughput", "scaling", "tail")
 
@@ -134,16 +136,18 @@ class BenchError(Exception):
 
 Settings = collections.namedtuple(
     "Settings", "rounds duration startup_rounds core_number core_repeat memory_connections "
-                "settle_seconds")
+                "settle_seconds unique_seconds")
 
 
 def settings_for(args):
     if args.quick:
         settings = Settings(rounds=1, duration=0.3, startup_rounds=3, core_number=2000,
-                            core_repeat=3, memory_connections=1000, settle_seconds=0.2)
+                            core_repeat=3, memory_connections=1000, settle_seconds=0.2,
+                            unique_seconds=2)
     else:
         settings = Settings(rounds=4, duration=8, startup_rounds=15, core_number=20000,
-                            core_repeat=5, memory_connections=1000, settle_seconds=0.5)
+                            core_repeat=5, memory_connections=1000, settle_seconds=0.5,
+                            unique_seconds=60)
     if args.rounds is not None:
         settings = settings._replace(rounds=args.rounds)
     if args.duration is not None:
@@ -598,6 +602,55 @@ def memory(settings, folder):
         stop_process(process)
     print("\n## memory\n\nRSS at rest: %.1f MiB\nRSS with %s idle keep-alive connections: "
           "%.1f MiB" % (at_rest, format(count, ","), loaded), flush=True)
+    unique_ids(settings, folder)
+
+
+# A request each with a messageId no other has, as every Segment SDK sends: the dedupe
+# window fills with them (issue 20 measured 91-112 MiB of RSS before it was made compact).
+UNIQUE_IDS_LUA = """
+local prefix = string.format("%x-%x-", os.time(), math.random(0, 2^30))
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/v1/pixel/track?writeKey=k&userId=u&event=Opened&messageId="
+                    .. prefix .. counter)
+end
+"""
+
+
+def unique_ids(settings, folder):
+    folder = os.path.join(folder, "unique-ids")   # start_pixel's output file is per folder
+    os.mkdir(folder)
+    script = os.path.join(folder, "unique-ids.lua")
+    with open(script, "w") as handle:
+        handle.write(UNIQUE_IDS_LUA)
+    process, port = start_pixel(folder, os.path.join(folder, "unique.jsonl"))
+    samples = []
+    try:
+        wrk = subprocess.Popen(
+            [find_command("wrk"), "-t1", "-c30", "-d%ds" % settings.unique_seconds, "-s", script,
+             "http://%s:%d/" % (LOOPBACK, port)], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_end_with_bench)
+        try:
+            while wrk.poll() is None:
+                samples.append(rss_mib(process.pid))
+                time.sleep(1.0)
+            output, errors = wrk.communicate(timeout=30)
+        finally:
+            if wrk.poll() is None:
+                wrk.kill()
+                wrk.wait()
+        events = count_lines(os.path.join(folder, "unique.jsonl"))
+    finally:
+        stop_process(process)
+    if wrk.returncode != 0 or not samples:
+        raise BenchError("memory: wrk with unique messageIds failed (%d): %s"
+                         % (wrk.returncode, errors.strip()[-500:]))
+    rate = parse_wrk(output).requests_per_second
+    print("RSS under %d s of 30 keep-alive connections, a fresh messageId each request "
+          "(%s req/s, %s events): %.1f MiB at the end, %.1f at the most (a sample a second)"
+          % (settings.unique_seconds, format(round(rate or 0), ","), format(events, ","),
+             samples[-1], max(samples)), flush=True)
 
 
 def throughput(settings, folder, problems):
