@@ -2862,7 +2862,7 @@ class Recorder:
             else:
                 reopened.append(writer.path)
         if reopened:
-            self.reporter.say("reopened %s (SIGHUP)" % " and ".join(reopened))
+            self.reporter.say("reopened %s (SIGHUP)" % " and ".join(reopened), key="reopened")
 
 
 class App:
@@ -4484,22 +4484,30 @@ def _moved_by_hand(folder, names, positions):
     return found
 
 
-def moved_entries(files):
+def moved_entries(files, reporter=None):
     """A document for each of a live log's `files` behind the first that no rotation named,
     the live one too: if moved by hand (before a restart, or during one) a restart finds
     them by identity (rotated_since). Once the first is the live one again (moved back to
-    the log's name), rotated ones too: its last write is newer than theirs."""
+    the log's name), rotated ones too: its last write is newer than theirs. Past
+    MAX_MOVED_FILES, the later ones are left out, and `reporter` says so."""
     files = list(files)
     again = any(log.identity == files[0].identity for log in files[1:])
-    entries = []
+    entries, left_out = [], 0
     for log in files[1:]:
         if log.named and not again or log.fd is None and log.moved is None:
+            continue
+        if len(entries) == MAX_MOVED_FILES:
+            left_out += 1
             continue
         length, head = log.mark() if log.fd is not None else log.moved   # parked: as found
         entries.append({"path": log.name, "device": log.identity[0],
                         "inode": log.identity[1], "head_bytes": length, "head": head})
-        if len(entries) == MAX_MOVED_FILES:
-            break
+    if left_out and reporter is not None:
+        reporter.say("the checkpoint lists %d of the %d unsent files of %s that no rotation "
+                     "named (moved by hand): after a kill -9 the other %d, if moved by hand, "
+                     "are not forwarded (they stay on disk; `pixel.py forward` sends them)" % (
+                         MAX_MOVED_FILES, len(entries) + left_out, files[0].name, left_out),
+                     key="moved files")
     return entries
 
 
@@ -4821,7 +4829,7 @@ class LogQueue:
         if self.legacy_until is not None:
             document["legacy_until"] = self.legacy_until
         with self._lock:
-            moved = moved_entries(self.files) if self.writer is not None else []
+            moved = moved_entries(self.files, self._reporter) if self.writer is not None else []
         if moved:   # found by identity after a restart (rotated_since): no name finds them
             document["moved"] = moved
         self.moves_saved = moved

@@ -4185,6 +4185,14 @@ class ExternalMoves(ServerCase):
                              ["before", "within"])
         self.assertEqual([event["event"] for event in self.lines()], ["after"])
 
+    def test_a_storm_of_sighups_says_reopened_once_an_interval(self):
+        # 130 SIGHUPs a second printed 1,100 lines in 8 s (an attack pass).
+        stream = io.StringIO()
+        made = make_pixel(self, temp_dir(self), reporter=pixel.Reporter(stream))
+        for _ in range(50):
+            made.reopen()
+        self.assertEqual(stream.getvalue().count("reopened"), 1)
+
     def test_reopen_after_an_external_delete(self):
         self.get("/v1/pixel/track?writeKey=k&userId=u&event=before")
         os.remove(os.path.join(self.dir, "events.jsonl"))
@@ -6672,6 +6680,31 @@ class ForwardingAttacked(ForwardingCase):
             down.clear()
             self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(7)])
+
+    def test_files_moved_by_hand_past_the_checkpoint_s_list_are_said(self):
+        # 1,269 files moved by hand in an outage, then a kill -9: the 269 past the list were
+        # never sent, and nothing said so (an attack pass).
+        receiver, down = receiver_down(self)
+        with unittest.mock.patch.object(pixel, "MAX_MOVED_FILES", 3):
+            writer = self.writer()
+            forwarder = self.forwarder(receiver.url, writer)
+            for number in range(5):
+                self.write(writer, [number])
+                os.rename(writer.path, os.path.join(self.dir, "by-hand-%d.jsonl" % number))
+                writer.reopen()
+            self.write(writer, [5])
+            forwarder.status()   # it takes the files from the writer
+            self.assertTrue(wait_until(lambda: "the checkpoint lists 3 of the 5 unsent files"
+                                       in self.stderr.getvalue()))
+            self.assertIn("the other 2, if moved by hand, are not forwarded",
+                          self.stderr.getvalue())
+            self.assertEqual([entry["inode"] for entry in
+                              pixel.read_state(forwarder.checkpoint)["moved"]],
+                             [os.stat(os.path.join(self.dir, "by-hand-%d.jsonl" % number))
+                              .st_ino for number in range(1, 4)])   # 0: the checkpoint's
+            down.clear()
+            self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(6)])
 
     def test_a_file_moved_back_over_the_live_log_is_written_to(self):
         # mv events.jsonl aside; a new live file; mv aside events.jsonl. The writer's reopen
