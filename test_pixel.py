@@ -6663,17 +6663,22 @@ class ForwardingAttacked(ForwardingCase):
                                    timeout=30))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(files)])
 
+    def moved_by_hand(self, writer, count):
+        """`count` files of a line each moved by hand to by-hand-N.jsonl, then a line in the
+        live file: events m0 to m<count>."""
+        for number in range(count):
+            self.write(writer, [number])
+            os.rename(writer.path, os.path.join(self.dir, "by-hand-%d.jsonl" % number))
+            writer.reopen()
+        self.write(writer, [count])
+
     def test_files_moved_by_hand_in_an_outage_are_parked_too(self):
         # Each kept a descriptor open until it was sent: 40 mvs, 40 more (an attack pass).
         receiver, down = receiver_down(self)
         with unittest.mock.patch.object(pixel, "MAX_OPEN_LOG_FILES", 2):
             writer = self.writer()
             forwarder = self.forwarder(receiver.url, writer)
-            for number in range(6):
-                self.write(writer, [number])
-                os.rename(writer.path, os.path.join(self.dir, "by-hand-%d.jsonl" % number))
-                writer.reopen()
-            self.write(writer, [6])
+            self.moved_by_hand(writer, 6)
             forwarder.status()   # it takes the files from the writer
             self.assertEqual(len([log for log in forwarder.queue.files if log.fd is not None]), 2)
             os.rename(os.path.join(self.dir, "by-hand-3.jsonl"), os.path.join(self.dir, "x"))
@@ -6688,20 +6693,16 @@ class ForwardingAttacked(ForwardingCase):
         with unittest.mock.patch.object(pixel, "MAX_MOVED_FILES", 3):
             writer = self.writer()
             forwarder = self.forwarder(receiver.url, writer)
-            for number in range(5):
-                self.write(writer, [number])
-                os.rename(writer.path, os.path.join(self.dir, "by-hand-%d.jsonl" % number))
-                writer.reopen()
-            self.write(writer, [5])
+            self.moved_by_hand(writer, 5)
             forwarder.status()   # it takes the files from the writer
             self.assertTrue(wait_until(lambda: "the checkpoint lists 3 of the 5 unsent files"
                                        in self.stderr.getvalue()))
             self.assertIn("the other 2, if moved by hand, are not forwarded",
                           self.stderr.getvalue())
-            self.assertEqual([entry["inode"] for entry in
-                              pixel.read_state(forwarder.checkpoint)["moved"]],
-                             [os.stat(os.path.join(self.dir, "by-hand-%d.jsonl" % number))
-                              .st_ino for number in range(1, 4)])   # 0: the checkpoint's
+            listed = [os.stat(os.path.join(self.dir, "by-hand-%d.jsonl" % number)).st_ino
+                      for number in range(1, 4)]   # 0: the checkpoint's own file
+            self.assertTrue(wait_until(lambda: [entry["inode"] for entry in (pixel.read_state(
+                forwarder.checkpoint) or {}).get("moved", ())] == listed))   # said, then saved
             down.clear()
             self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(6)])
