@@ -4621,8 +4621,7 @@ class LogQueue:
         self.writer = None         # the live log's LogWriter
         self.done = []             # a backfill's: LogFile.fingerprint() of each file sent
         self.legacy_until = None   # ... and when version 1.0's entries among them were made
-        self._reporter, self._stopping = reporter, stopping
-        self._lock = threading.Lock()
+        self._reporter, self._stopping, self._lock = reporter, stopping, threading.Lock()
         self._counting = None      # what count_lines() counts: (files, live end, written)
         self._unsent = None        # lines unsent when counted, less writer.written then,
         self._recount = False      # plus lines done then
@@ -4845,7 +4844,8 @@ class LogQueue:
         """Whether files moved by hand were taken since the last checkpoint named them."""
         with self._lock:
             self._pull()
-            return self.writer is not None and moved_entries(self.files) != self.moves_saved
+            return self.writer is not None and \
+                moved_entries(self.files, self._reporter) != self.moves_saved
 
     def oldest_unsent(self):
         """The receivedAt of the first line of a live log not yet sent, or None."""

@@ -6693,16 +6693,24 @@ class ForwardingAttacked(ForwardingCase):
         with unittest.mock.patch.object(pixel, "MAX_MOVED_FILES", 3):
             writer = self.writer()
             forwarder = self.forwarder(receiver.url, writer)
-            self.moved_by_hand(writer, 5)
+            self.moved_by_hand(writer, 3)
             forwarder.status()   # it takes the files from the writer
-            self.assertTrue(wait_until(lambda: "the checkpoint lists 3 of the 5 unsent files"
-                                       in self.stderr.getvalue()))
-            self.assertIn("the other 2, if moved by hand, are not forwarded",
-                          self.stderr.getvalue())
-            listed = [os.stat(os.path.join(self.dir, "by-hand-%d.jsonl" % number)).st_ino
-                      for number in range(1, 4)]   # 0: the checkpoint's own file
-            self.assertTrue(wait_until(lambda: [entry["inode"] for entry in (pixel.read_state(
-                forwarder.checkpoint) or {}).get("moved", ())] == listed))   # said, then saved
+
+            def listed():
+                return [entry["inode"] for entry in (pixel.read_state(
+                    forwarder.checkpoint) or {}).get("moved", ())]
+            live = os.stat(writer.path).st_ino   # listed, 0 being the checkpoint's own
+            self.assertTrue(wait_until(lambda: len(listed()) == 3 and listed()[-1] == live))
+            for number in (3, 4):   # the live file, then the next, moved as well: the list
+                os.rename(writer.path, os.path.join(self.dir, "by-hand-%d.jsonl" % number))
+                writer.reopen()     # is full, so it does not change and no save says so
+                self.write(writer, [number + 1])
+            forwarder.status()
+            self.assertTrue(wait_until(lambda: re.search(   # once an interval: 4 files or 5
+                r"the checkpoint lists 3 of the [45] unsent files .* the other [12], if moved "
+                r"by hand, are not forwarded", self.stderr.getvalue())))
+            self.assertEqual(listed(), [os.stat(os.path.join(
+                self.dir, "by-hand-%d.jsonl" % number)).st_ino for number in (1, 2, 3)])
             down.clear()
             self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(6)])
