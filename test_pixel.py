@@ -6695,12 +6695,9 @@ class ForwardingAttacked(ForwardingCase):
             forwarder = self.forwarder(receiver.url, writer)
             self.moved_by_hand(writer, 3)
             forwarder.status()   # it takes the files from the writer
-
-            def listed():
-                return [entry["inode"] for entry in (pixel.read_state(
-                    forwarder.checkpoint) or {}).get("moved", ())]
             live = os.stat(writer.path).st_ino   # listed, 0 being the checkpoint's own
-            self.assertTrue(wait_until(lambda: len(listed()) == 3 and listed()[-1] == live))
+            self.assertTrue(wait_until(lambda: len(moved_inodes(writer.path)) == 3 and
+                                       moved_inodes(writer.path)[-1] == live))
             for number in (3, 4):   # the live file, then the next, moved as well: the list
                 os.rename(writer.path, os.path.join(self.dir, "by-hand-%d.jsonl" % number))
                 writer.reopen()     # is full, so it does not change and no save says so
@@ -6709,7 +6706,7 @@ class ForwardingAttacked(ForwardingCase):
             self.assertTrue(wait_until(lambda: re.search(   # once an interval: 4 files or 5
                 r"the checkpoint lists 3 of the [45] unsent files .* the other [12], if moved "
                 r"by hand, are not forwarded", self.stderr.getvalue())))
-            self.assertEqual(listed(), [os.stat(os.path.join(
+            self.assertEqual(moved_inodes(writer.path), [os.stat(os.path.join(
                 self.dir, "by-hand-%d.jsonl" % number)).st_ino for number in (1, 2, 3)])
             down.clear()
             self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
