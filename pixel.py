@@ -296,12 +296,17 @@ _NOT_BRACKET = re.compile(r'[^\[\]{}]+')
 _BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
-def json_depth(text):
-    """How deep JSON text nests, in one linear pass. Dropping escaped backslashes, then
+def _outside_strings(text):
+    """JSON text without its strings, in one linear pass. Dropping escaped backslashes, then
     escaped quotes, leaves only the quotes that delimit strings. (A regular expression
     that skipped strings went quadratic on an unterminated one, with the GIL held.)"""
     unescaped = text.replace("\\\\", "").replace('\\"', "")
-    brackets = _NOT_BRACKET.sub("", "".join(unescaped.split('"')[::2]))
+    return "".join(unescaped.split('"')[::2])
+
+
+def json_depth(text):
+    """How deep JSON text nests, in one linear pass."""
+    brackets = _NOT_BRACKET.sub("", _outside_strings(text))
     return max(itertools.accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
 
 
@@ -1883,10 +1888,8 @@ _MESSAGE_ID_FIELD = re.compile(rb'"messageId":"((?:[^"\\]|\\.)*)"')
 
 def _depth_at(prefix):
     """How many brackets are open at the end of `prefix`, the start of a JSON text."""
-    text = prefix.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside = b"".join(text.split(b'"')[::2])
-    return outside.count(b"{") + outside.count(b"[") - outside.count(b"}") - \
-        outside.count(b"]")
+    outside = _outside_strings(prefix.decode("latin-1"))
+    return outside.count("{") + outside.count("[") - outside.count("}") - outside.count("]")
 
 
 def _top_level_string(line, field):
