@@ -1452,13 +1452,10 @@ def open_file(path, flags=os.O_RDONLY, devices=False):
     try:
         fd = os.open(path, flags | nonblocking, 0o644)
     except OSError as error:   # a FIFO with no reader opened to write: ENXIO
-        if error.errno not in (errno.ENXIO, errno.EISDIR):
+        status = stat_or_none(path) if error.errno in (errno.ENXIO, errno.EISDIR) else None
+        if status is None:
             raise
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            raise error from None
-        raise _not_regular(path, mode) from None
+        raise _not_regular(path, status.st_mode) from None
     try:
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISREG(mode) or devices and stat.S_ISCHR(mode)):
