@@ -1540,20 +1540,17 @@ def cut_torn_tail(fd, path, size, reporter):
 
 def _rotation_key(match):
     """(stamp, serial) of a _ROTATED match, which sort in the order rotated; None if the
-    name is not one pixel's rotation gives (logrotate's .1, -20261201)."""
-    return (match.group(1), int(match.group(2) or 0)) if match.group(1) else None
+    name is not one pixel's rotation gives (logrotate's .1, -20261201), or not a match."""
+    return (match.group(1), int(match.group(2) or 0)) if match and match.group(1) else None
 
 
 def _rotations(path):
     """(stamp, serial, name) of each file pixel's rotation made of the log at `path`,
     oldest first."""
     folder, base = os.path.split(path)
-    found = []
-    for name in os.listdir(folder or "."):
-        match = _ROTATED.match(name, len(base)) if name.startswith(base) else None
-        if match and match.group(1):
-            found.append(_rotation_key(match) + (name,))
-    return sorted(found)
+    names = [name for name in os.listdir(folder or ".") if name.startswith(base)]
+    keys = [_rotation_key(_ROTATED.match(name, len(base))) for name in names]
+    return sorted(key + (name,) for key, name in zip(keys, names) if key)
 
 
 def pixel_rotations(path):
