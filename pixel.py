@@ -2137,13 +2137,11 @@ def read_ranges(path, into_v4, into_v6, limit):
     egress-ip-ranges.csv (172.224.226.0/27,GB,GB-EN,London,) and warmbly's (CIDR scope
     label) load as they are; blank lines and # comments are skipped. ValueError names the
     file and line of the first that is not a range."""
-    fd = open_file(path)
     added = 0
-    try:
-        if os.read(fd, 3) != b"\xef\xbb\xbf":   # a UTF-8 BOM
-            os.lseek(fd, 0, os.SEEK_SET)
-        read = functools.partial(os.read, fd)
-        for number, line in enumerate(log_lines(read, MAX_RANGES_LINE), 1):
+    with open(open_file(path), "rb") as handle:   # open_file: never a FIFO, which would block
+        if handle.read(3) != b"\xef\xbb\xbf":   # a UTF-8 BOM
+            handle.seek(0)
+        for number, line in enumerate(log_lines(handle.read, MAX_RANGES_LINE), 1):
             if line is None:
                 raise ValueError("%s line %d: longer than %d bytes"
                                  % (path, number, MAX_RANGES_LINE))
@@ -2163,8 +2161,6 @@ def read_ranges(path, into_v4, into_v6, limit):
                                  % (path, number, MAX_RANGES))
             (into_v4 if family == 4 else into_v6).append(key)
             added += 1
-    finally:
-        os.close(fd)
     return added
 
 
