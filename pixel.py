@@ -2593,15 +2593,14 @@ def register_recorder(recorder, metrics):
             ("pixel_rotations_total", "rotations", "Rotations, by log.")):
         metrics.family(name, "counter", help, lambda attribute=attribute: [
             ("", (("log", log),), getattr(writer, attribute)) for log, writer in logs])
-    metrics.value("pixel_deduped_events_total", "counter", "Events not written: their "
-                  "writeKey and messageId were written within the dedupe window.",
-                  lambda: recorder.deduped)
-    metrics.value("pixel_suppressed_events_total", "counter", "Pixel requests and API "
-                  "items not recorded: they named a person of the --suppress list.",
-                  recorder.suppressed.total)
-    metrics.value("pixel_browser_metrics_total", "counter", "Browser SDKs' own metrics "
-                  "and error reports (/v1/m, /rsaMetrics), counted and dropped.",
-                  recorder.browser_metrics.total)
+    for name, help, read in (
+            ("pixel_deduped_events_total", "Events not written: their writeKey and messageId "
+             "were written within the dedupe window.", lambda: recorder.deduped),
+            ("pixel_suppressed_events_total", "Pixel requests and API items not recorded: "
+             "they named a person of the --suppress list.", recorder.suppressed.total),
+            ("pixel_browser_metrics_total", "Browser SDKs' own metrics and error reports "
+             "(/v1/m, /rsaMetrics), counted and dropped.", recorder.browser_metrics.total)):
+        metrics.value(name, "counter", help, read)
     for field, read in (("accepted", lambda: recorder.events.written),
                         ("rejected", recorder.rejected_by_reason.total),
                         ("write_errors", lambda: recorder.events.failed + recorder.rejects.failed),
