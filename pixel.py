@@ -2824,8 +2824,6 @@ class Recorder:
         """Whether a payload (a dict as sent) or a client's `raw` input (what a rejects line
         would quote: `quoted`) names a person of the --suppress list: then it is counted,
         and nothing of it is written anywhere."""
-        if payload is not None and not isinstance(payload, dict):
-            payload, raw = None, _encode_lenient(payload)
         if not (payload is not None and self.people.named_in(payload) or
                 raw is not None and self.people.named_in_raw(raw, quoted)):
             return False
