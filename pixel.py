@@ -2433,13 +2433,10 @@ class People:
 def read_people(path, limit=MAX_PEOPLE):
     """The People of a --suppress file: one identifier a line, UTF-8; blank lines and # lines
     skipped. ValueError names the file and line of the first bad one; OSError."""
-    people, number = People(), 0
+    people = People()
     with open(open_file(path), "rb") as handle:   # not a FIFO, which would block a SIGHUP
-        while True:
-            line = handle.readline(4 * MAX_IDENTIFIER + 2)   # UTF-8 and a CRLF
-            if not line:
-                return people
-            number += 1
+        read_line = functools.partial(handle.readline, 4 * MAX_IDENTIFIER + 2)   # UTF-8, CRLF
+        for number, line in enumerate(iter(read_line, b""), 1):
             try:
                 if len(line) > 4 * MAX_IDENTIFIER + 1 and not line.endswith(b"\n"):
                     raise ValueError("longer than %d bytes" % (4 * MAX_IDENTIFIER))
@@ -2454,6 +2451,7 @@ def read_people(path, limit=MAX_PEOPLE):
                     else error)) from None
             if len(people) > limit:
                 raise ValueError("%s line %d: more than %d identifiers" % (path, number, limit))
+    return people
 
 
 # --------------------------------------------------------------------------------------------
