@@ -3749,7 +3749,7 @@ class Receiver:
         self.paused_key = None       # the configured writeKey a 401 or 403 stopped
         self.wrong_url = None        # its last answer saying nothing is at the URL
         self.gave_up = None          # why a backfill stopped for good
-        self.between = None          # called during a wait (see pause), and a post (_watch)
+        self.between = lambda: None  # called during a wait (see pause), and a post (_watch)
         self.woken = threading.Event()   # a LogQueue's: its writer opened a file (see _watch)
         self._failing = 0            # attempts failed in a row
         self._aborted, self._connection = False, None
@@ -3815,8 +3815,7 @@ class Receiver:
         must not lose is saved."""
         deadline = time.monotonic() + delay
         while not self.stopping.is_set():
-            if self.between is not None:
-                self.between()
+            self.between()
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -3865,8 +3864,7 @@ class Receiver:
             if self.stopping.is_set():   # stop() or hold(): the deadline is all that is left
                 break
             try:
-                if self.between is not None:
-                    self.between()
+                self.between()
             except Exception as error:   # a bug: said, and the deadline still kept
                 self.reporter.say("forwarder error: %s" % _bug(error), key="forwarder error")
         if not done.wait(max(0.0, deadline - time.monotonic())):
