@@ -4402,9 +4402,8 @@ def rotated_since(path, live, checkpoint):
         if not match:
             others.append(name)
             continue
-        try:
-            status = os.stat(os.path.join(folder, name))
-        except OSError:   # gone since listdir
+        status = stat_or_none(os.path.join(folder, name))
+        if status is None:   # gone since listdir
             continue
         if (status.st_dev, status.st_ino) != live:
             key = _rotation_key(match)
@@ -4452,9 +4451,8 @@ def _moved_by_hand(folder, names, positions):
     wanted = {(position["device"], position["inode"]): position for position in positions}
     found = []
     for name in names if wanted else ():
-        try:
-            status = os.stat(os.path.join(folder, name))
-        except OSError:
+        status = stat_or_none(os.path.join(folder, name))
+        if status is None:
             continue
         position = wanted.pop((status.st_dev, status.st_ino), None)
         if position is not None and stat.S_ISREG(status.st_mode):
