@@ -5135,8 +5135,7 @@ class Forwarder:
     def stop(self, timeout=None):
         """Stop the loop, waiting up to `timeout` for it. A batch in flight is cut: it is
         sent again after the restart, and a receiving pixel dedupes it."""
-        self.receiver.stop()
-        self.queue.woken.set()
+        self.receiver.stop()   # which sets receiver.woken, the queue's too: run() wakes
         if self.thread is not None:
             self.thread.join(timeout)
 
