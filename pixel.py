@@ -4611,7 +4611,7 @@ class LogQueue:
         self._recount = False      # plus lines done then
         self.moves_saved = []      # the files moved by hand the last checkpoint names
         self._sent_whole = {}      # identity: (offset, head bytes, head) of files finished
-        self.woken = woken         # see wait()
+        self.woken = woken         # set by a stop, or the writer opening a file
 
     def follow(self, writer, checkpoint):
         """The live log of `writer` from `checkpoint` (a document; None: from the live
@@ -4817,12 +4817,6 @@ class LogQueue:
             document["moved"] = moved
         self.moves_saved = moved
         return document
-
-    def wait(self, timeout):
-        """Wait `timeout` s, or until `woken`: by a stop, or the writer opening a file, which
-        the checkpoint is to name at once (a kill -9, then an mv of it while down, loses it)."""
-        if self.woken.wait(timeout):
-            self.woken.clear()
 
     def moves_to_save(self):
         """Whether files moved by hand were taken since the last checkpoint named them."""
@@ -5193,7 +5187,8 @@ class Forwarder:
                 if batch is None:
                     if self.queue.writer is None and not self.queue.files:
                         return True
-                    self.queue.wait(FORWARD_POLL)
+                    if self.queue.woken.wait(FORWARD_POLL):   # a stop, or a new file to _look at
+                        self.queue.woken.clear()
                 elif batch:
                     log, items, end, complete, read_at = batch
                     if not self.sender.send(log, items, end, complete):
