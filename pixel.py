@@ -4216,8 +4216,7 @@ class LogFile:
             os.close(opened)
 
     def park(self):
-        """Close it, to be found again by name or identity (unpark), its head kept: a later
-        file on its reused inode is not it."""
+        """Close it, its head kept (see holds), to be found again by name or identity (unpark)."""
         self.parked = self.mark()
         self.close()
 
