@@ -4259,9 +4259,9 @@ class LogFile:
         None if `stopping` came first (a "line" may be gigabytes long)."""
         while not stopping.is_set():
             block = self.read(offset, MAX_WRITE_BYTES)
-            newline = block.find(b"\n")
-            if newline >= 0 or not block:
-                return offset + (newline + 1 if newline >= 0 else len(block))
+            past = block.find(b"\n") + 1   # 0: no newline in it
+            if past or not block:
+                return offset + past
             offset += len(block)
         return None
 
