@@ -2625,7 +2625,9 @@ class Recorder:
                                      ipaddress.ip_network(proxy, strict=False)
                                      for proxy in trusted_proxies)
         self.record_ip = record_ip
-        self.anonymize_ip = anonymize_ip and record_ip
+        # What the rejects log quotes of client text has its addresses truncated under
+        # --no-ip too: an event then holds none, and a quote must not hold more.
+        self.anonymize_ip = anonymize_ip or not record_ip
         self.recent = DedupeWindow(dedupe_window) if dedupe_window else None
         self.clock = clock
         self.reporter = reporter or Reporter()
@@ -6593,8 +6595,8 @@ def _remove_left_behind(folder, name):
 def _too_common(erasure, max_share):
     if erasure.lines and erasure.erased > max_share * erasure.lines:
         return ("%d of its %d lines match, more than --max-share %g: not erased (an id "
-                "as common as that is likely a mistake)" % (erasure.erased, erasure.lines,
-                                                            max_share))
+                "as common as that is likely a mistake; if all are this person's, "
+                "--max-share 1 erases them)" % (erasure.erased, erasure.lines, max_share))
     return None
 
 
@@ -7080,10 +7082,11 @@ def erase_command(argv=None, stdout=None):
             results.append({"path": path, "lines": erasure.lines, "erased": erasure.erased,
                             "as_text": erasure.as_text, "status": "refused" if problem else
                             "erased" if args.apply else "dry run"})
+            # Not "would erase" for a file an --apply run leaves alone (a newcomer's find).
             stdout.write("%s: %s %d of %d line(s)%s\n" % (
-                path, "erased" if args.apply and not problem else "would erase",
-                erasure.erased, erasure.lines, " (%d matched as text: not JSON)"
-                % erasure.as_text if erasure.as_text else ""))
+                path, "left alone (see stderr), matching" if problem else "erased"
+                if args.apply else "would erase", erasure.erased, erasure.lines,
+                " (%d matched as text: not JSON)" % erasure.as_text if erasure.as_text else ""))
         if args.apply:
             try:
                 _append_ledger(ledger, people, "done" if not status else "partial", results)

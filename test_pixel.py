@@ -2166,6 +2166,38 @@ class RecorderWithoutIp(RecorderCase):
         self.assertNotIn("ip", self.lines("rejects.jsonl")[0])
 
 
+class RecorderWithNoIp(RecorderCase):
+    """--no-ip records no address in an event, and the rejects log quotes none whole: what it
+    quotes of client text is truncated as under --anonymize-ip (a newcomer found it raw)."""
+    recorder_options = {"no_ip": True}
+
+    def test_no_address_in_an_event_nor_whole_in_a_quote(self):
+        self.answer(query="writeKey=k&userId=u&event=e&context.ip=198.51.100.23",
+                    peer="203.0.113.7")
+        self.answer(query="writeKey=K&userId=u&evnt=E&context.ip=203.0.113.7")
+        self.answer(query="data=" + b64({"userId": "u", "context": {"ip": "203.0.113.8"}}))
+        self.answer(path="/v1/track", method="POST", body=json.dumps(
+            {"writeKey": "K", "userId": "u", "context": {"ip": "203.0.113.9"}}).encode())
+        (event,) = self.lines()
+        self.assertNotIn("ip", event["context"])
+        rejected = self.lines("rejects.jsonl")
+        self.assertEqual(len(rejected), 3)
+        self.assertTrue(all("ip" not in line for line in rejected), rejected)
+        self.assertEqual(rejected[0]["query"], "writeKey=K&userId=u&evnt=E&context.ip=203.0.113.0")
+        self.assertFalse(re.search(r"203\.0\.113\.[789]\b", json.dumps(rejected)), rejected)
+        for case, send in hidden_address_cases():
+            with self.subTest(case):
+                with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+                    before = len(handle.read().splitlines())
+                sent = send(self.app)
+                self.assertTrue(hidden_addresses(sent), "the case hides no address: " + case)
+                with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+                    written = handle.read().splitlines()[before:]
+                self.assertTrue(written, "nothing was rejected")
+                for line in written:
+                    self.assertEqual(hidden_addresses(line), set(), line)
+
+
 class RecorderAnonymizingIp(RecorderCase):
     recorder_options = {"anonymize_ip": True, "trusted_proxy": ["10.0.0.0/8"]}
 
@@ -11279,6 +11311,8 @@ class EraseFiles(unittest.TestCase):
         self.assertEqual(out.splitlines()[:3], [
             "--follow: anonymousId a-1 (1 event(s))", "--follow: anonymousId a-2 (1 event(s))",
             "--follow: previousId old-alice (1 event(s))"])
+        self.assertIn("left alone (see stderr), matching 5 of 8 line(s)", out)   # > 0.5
+        status, out, err = self.erase("--user-id", "alice", "--follow", "--max-share", "1", path)
         self.assertIn("would erase 5 of 8 line(s)", out)
         status, out, err = self.erase("--user-id", "alice", path)
         self.assertIn("would erase 3 of 8 line(s)", out)
@@ -11314,8 +11348,9 @@ class EraseFiles(unittest.TestCase):
         status, out, err = self.erase("--user-id", "null", "--apply", path)
         self.assertEqual(status, 1)
         self.assertEqual(err, "pixel: erase: %s: 6 of its 10 lines match, more than --max-share "
-                              "0.5: not erased (an id as common as that is likely a mistake)\n"
-                         % path)
+                              "0.5: not erased (an id as common as that is likely a mistake; if "
+                              "all are this person's, --max-share 1 erases them)\n" % path)
+        self.assertIn("%s: left alone (see stderr), matching 6 of 10 line(s)" % path, out)
         self.assertEqual(self.read(path), before)
         with open(os.path.join(self.dir, ".pixel", "erase-ledger.json")) as handle:
             self.assertEqual(json.loads(handle.read().splitlines()[-1])["status"], "partial")
