@@ -1898,8 +1898,10 @@ def _top_level_string(line, field):
 
 
 def logged_client_id(line):
-    """The dedupe_key of a log line (bytes), from its writeKey and messageId, or None."""
-    key_match = _top_level_string(line, _WRITE_KEY_FIELD)
+    """The dedupe_key of a log line (bytes), from its writeKey and messageId, or None; None
+    for an event labelled machine too, as _client_id has it."""
+    # A line that says "machine" anywhere is parsed: what stands where is the parse's to say.
+    key_match = _top_level_string(line, _WRITE_KEY_FIELD) if b'"machine"' not in line else None
     id_match = _top_level_string(line, _MESSAGE_ID_FIELD) if key_match is not None else None
     if id_match is not None:
         return dedupe_key(key_match.group(1).decode("ascii"), id_match.group(1).decode("ascii"))
@@ -1908,7 +1910,10 @@ def logged_client_id(line):
     try:
         event = json.loads(line)
         write_key, message_id = event["writeKey"], event["messageId"]
+        context = event.get("context")
     except (ValueError, RecursionError, TypeError, KeyError):   # TypeError: not an object
+        return None
+    if isinstance(context, dict) and context.get("machine"):
         return None
     if isinstance(write_key, str) and write_key and isinstance(message_id, str) and message_id:
         return dedupe_key(write_key, message_id)
@@ -2520,8 +2525,13 @@ class DedupeWindow:
 
 
 def _client_id(payload, event):
-    """The event's dedupe_key if the client sent its messageId: pixel's own never repeat."""
+    """The event's dedupe_key if the client sent its messageId: pixel's own never repeat.
+    None for an event labelled machine: a scanner's or Apple's fetch of an email's pixel
+    comes first, and the person's open after it, with the same URL, is no retry of it."""
     if payload.get("messageId") in (None, ""):
+        return None
+    context = event.get("context")
+    if context and context.get("machine"):
         return None
     return dedupe_key(event["writeKey"], event["messageId"])
 

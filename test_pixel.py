@@ -1882,6 +1882,37 @@ class MetricsDocument(RecorderCase):
                         pixel.parse_args(["--metrics-token", token], {})
 
 
+class DedupeAndMachineOpens(RecorderCase):
+    """A fetch labelled machine neither is taken for a retry nor makes one: a scanner's or
+    Apple's fetch of an email's pixel comes before the person's open of the same URL (the
+    README's unique opens), which an attack pass found dropped as its retry."""
+    recorder_options = {"dedupe_window": 10}
+    QUERY = "writeKey=k&userId=u&event=Email%20Opened&messageId=send-42"
+
+    def test_the_persons_open_after_a_scanners_is_written_once(self):
+        for agent in ("Barracuda Sentinel (EE)", "Barracuda Sentinel (EE)", CHROME, CHROME):
+            self.answer(query=self.QUERY, headers={"user-agent": agent})
+        self.assertEqual([event["context"].get("machine") for event in self.lines()],
+                         ["scanner", "scanner", None])
+        self.assertEqual(self.recorder.deduped, 1)
+        # After a restart, the window refilled from the log agrees.
+        restarted = app_over(self.recorder.events, self.recorder.rejects, dedupe_window=10,
+                             clock=lambda: T0)
+        self.assertEqual(restarted.recorder.remember_logged(), 1)
+        for agent in ("Barracuda Sentinel (EE)", CHROME):
+            restarted.answer(pixel.ROUTES["/v1/pixel/track"], request(
+                query=self.QUERY, headers={"user-agent": agent}))
+        self.assertEqual(restarted.recorder.deduped, 1)
+        self.assertEqual(len(self.lines()), 4)
+
+    def test_the_log_is_read_as_the_recorder_decides(self):
+        for machine, expected in ((None, True), ("scanner", False), ("", True)):
+            event = {"type": "track", "writeKey": "k", "userId": "u", "messageId": "m",
+                     "properties": {"machine": "x"}, "context": {"machine": machine}}
+            line = json.dumps(event, separators=(",", ":")).encode()
+            self.assertEqual(pixel.logged_client_id(line) is not None, expected, machine)
+
+
 class DedupeAfterRestart(RecorderCase):
     """A new Recorder over an old log refills its dedupe window from the log's end."""
 
