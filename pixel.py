@@ -2351,11 +2351,12 @@ class People:
 
     def __init__(self, entries=()):
         self.ids, self.emails, self.digests = set(), set(), set()
+        self.followed = None   # follow()'s People
         for entry in entries:
             self.add(entry)
 
     def __len__(self):
-        return len(self.ids) + len(self.emails) + len(self.digests)
+        return len(self.ids) + len(self.emails) + len(self.digests) + len(self.followed or ())
 
     def add(self, entry):
         """Add one identifier; ValueError, in words, for one that is empty, too long, or a
@@ -2376,8 +2377,17 @@ class People:
         else:
             self.ids.add(text)
 
+    def follow(self, entry):
+        """Add an id that names an event with no userId only: erase --follow's, an
+        anonymousId or previousId the logs link to a userId. A browser two people shared
+        links both, and the other one's events with her userId are hers to keep."""
+        if self.followed is None:
+            self.followed = People()
+        self.followed.add(entry)
+
     def digested(self):
-        """Every identifier as identifier_digest gives it, sorted: what the ledger holds."""
+        """Every identifier as identifier_digest gives it, sorted: what the ledger holds (the
+        followed ones apart, in followed.digested())."""
         return sorted({identifier_digest(text) for text in self.ids | self.emails} |
                       {"sha256:" + digest for digest in self.digests})
 
@@ -2398,8 +2408,11 @@ class People:
     def named_in(self, payload):
         """Whether an event or a payload (a dict as sent: an id may be a number) names one,
         by its id and email fields."""
-        ids = (_id_text(payload.get(field)) for field in _ID_FIELDS)
+        ids = [_id_text(payload.get(field)) for field in _ID_FIELDS]
         if any(self._names(text) for text in ids if text):
+            return True
+        if self.followed and not ids[0] and any(self.followed._names(text)
+                                                 for text in ids[1:] if text):
             return True
         for path in _EMAIL_PATHS:
             node = payload
@@ -2420,7 +2433,7 @@ class People:
             if value is None:
                 return quoted
             value = value.strip()
-            if value and self._names(value):
+            if value and (self._names(value) or self.followed and self.followed._names(value)):
                 return True
         return False
 
@@ -6298,9 +6311,10 @@ def line_names(people, line):
     if not isinstance(record, dict):
         return people.named_in_raw(line.decode("utf-8", "replace"), True), False, None
     if "reason" in record and "type" not in record:
-        event = record.get("event")
+        event = record.get("event")   # its userId only if the event itself names one
         return people.named_in_reject(record), True, \
-            _id_text(event.get("userId")) if isinstance(event, dict) else None
+            _id_text(event.get("userId")) if isinstance(event, dict) and \
+            people.named_in(event) else None
     return people.named_in(record), True, _id_text(record.get("userId"))
 
 
@@ -6309,11 +6323,13 @@ def _needles(people):
     cased), as bytes escaped as pixel writes them, for a first look that spares most lines
     the JSON parse; None if no such look can be trusted: with a digest (whose id is not
     known), or an address outside ASCII (whose case changes its \\u escape)."""
-    if people.digests or not all(email.isascii() for email in people.emails):
+    followed = people.followed or People()
+    if people.digests or followed.digests or \
+            not all(email.isascii() for email in people.emails | followed.emails):
         return None
     escape = json.encoder.encode_basestring_ascii
     return tuple([escape(text)[1:-1].encode("ascii") for text in texts]
-                 for texts in (people.ids, people.emails))
+                 for texts in (people.ids | followed.ids, people.emails | followed.emails))
 
 
 def _may_name(needles, line):
@@ -7023,16 +7039,22 @@ def erase_command(argv=None, stdout=None):
             if "@" not in value and value.strip()[:7].lower() != "sha256:":
                 raise ValueError("--email %r is not an address" % value[:80])
         user_ids = People(args.user_id)
-        people = People(args.user_id + args.anonymous_id + args.email +
-                        (ledger_ids(args.ledger) if args.ledger else []))
+        named, followed = ledger_ids(args.ledger) if args.ledger else ((), ())
+        people = People(args.user_id + args.anonymous_id + args.email + list(named))
+        for digest in followed:
+            people.follow(digest)
     except (OSError, ValueError) as error:
         parser.error(_people_error(error))
     if not people:
         parser.error("name someone: --user-id, --anonymous-id, --email or --ledger")
     if args.follow and user_ids:
-        for (field, other), count in sorted(linked_ids(args.files, user_ids).items()):
-            people.add(other)
+        linked = sorted(linked_ids(args.files, user_ids).items())
+        for (field, other), count in linked:
+            people.follow(other)
             stdout.write("--follow: %s %s (%d event(s))\n" % (field, other, count))
+        if linked:
+            stdout.write("--follow: an event with another userId is kept, whatever its "
+                         "anonymousId or previousId\n")
     status = 0
     requests, locks, files, gone, finished = [], {}, [], [], False
     for folder in {os.path.dirname(os.path.realpath(path)) for path in args.files}:
@@ -7260,7 +7282,8 @@ def _append_ledger(path, people, status, files):
     """One line of the erase ledger: when, who (as digests only), what was done where."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     line = json.dumps({"time": format_time(time.time()), "pid": os.getpid(),
-                       "status": status, "ids": people.digested(), "files": files},
+                       "status": status, "ids": people.digested(), "files": files,
+                       "followed": people.followed.digested() if people.followed else []},
                       sort_keys=True, ensure_ascii=True) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
@@ -7271,16 +7294,19 @@ def _append_ledger(path, people, status, files):
 
 
 def ledger_ids(path):
-    """The digests of everyone an erase ledger names. ValueError for a file that is not
-    one, OSError for one that cannot be read."""
-    found = set()
+    """(The digests of everyone an erase ledger names, those of the ids --follow added).
+    ValueError for a file that is not one, OSError for one that cannot be read."""
+    found, followed = set(), set()
     with open(open_file(path), "rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
-                found.update(json.loads(line)["ids"])
-            except (ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                found.update(entry["ids"])
+                followed.update(entry.get("followed", ()))
+            except (ValueError, KeyError, TypeError):   # TypeError: not an object
                 raise ValueError("%s line %d: not an erase ledger line" % (path, number))
-    return sorted(value for value in found if isinstance(value, str))
+    return tuple(sorted(value for value in values if isinstance(value, str))
+                 for values in (found, followed))
 
 
 if __name__ == "__main__":

@@ -11348,6 +11348,37 @@ class EraseFiles(unittest.TestCase):
         status, out, err = self.erase("--user-id", "alice", path)
         self.assertIn("would erase 3 of 8 line(s)", out)
 
+    def test_follow_keeps_another_persons_events_on_a_shared_browser(self):
+        # The attack pass: alice and bob on one browser (no reset() between them). Following
+        # alice's anonymousId must not erase bob's identified events, nor list bob for
+        # deletion upstream, nor put browser-1 in the ledger as a full id for --ledger.
+        lines = [logged("alice", kind="identify", anonymous="browser-1"),
+                 logged("alice", anonymous="browser-1"),
+                 logged("bob", kind="identify", anonymous="browser-1"),
+                 logged("bob", event="Order Completed", anonymous="browser-1"),
+                 logged(None, kind="page", anonymous="browser-1"),
+                 logged("carol", anonymous="browser-2")]
+        path = self.log("events.jsonl", lines)
+        status, out, err = self.erase("--user-id", "alice", "--follow", "--apply",
+                                      "--max-share", "1", path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("--follow: an event with another userId is kept", out)
+        self.assertIn("erased 3 of 6 line(s)", out)
+        self.assertIn("take userIds): alice\n", out)
+        kept = [json.loads(line) for line in self.read(path).splitlines()]
+        self.assertEqual([(event.get("userId"), event["type"]) for event in kept],
+                         [("bob", "identify"), ("bob", "track"), ("carol", "track")])
+        ledger = os.path.join(self.dir, ".pixel", "erase-ledger.json")
+        with open(ledger) as handle:
+            last = json.loads(handle.read().splitlines()[-1])
+        self.assertEqual((last["ids"], last["followed"]), ([digest("alice")],
+                                                            [digest("browser-1")]))
+        # A backup restored, then erased again from the ledger: the same lines go.
+        self.assertEqual(self.log("events.jsonl", lines), path)
+        status, out, err = self.erase("--ledger", ledger, "--apply", "--max-share", "1", path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual([json.loads(line) for line in self.read(path).splitlines()], kept)
+
     def test_the_first_look_agrees_with_the_parse(self):
         # The KELVIN SIGN lower-cases to an ASCII k: the parse (and --suppress) take
         # "\u212aate@example.com" for kate@example.com, so the look before it must too.
