@@ -761,15 +761,17 @@ def _anonymize_context_ip(context):
 # A run of the characters addresses are written with: found in one linear pass, whatever
 # stands beside it ("host.203.0.113.77", "ip:2001:db8::77").
 _ADDRESS_RUN = re.compile(r"[0-9A-Fa-fxX.:]+", re.ASCII)
-# A number as inet_aton reads one: 0xcb.0.113.77 is 203.0.113.77.
-_INET_NUMBER = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]+")
+# A part of a run that may be a number of an address: one as inet_aton reads it (0xcb.0.113.77
+# is 203.0.113.77), or one with hex letters beside it ("cafe203.0.113.77abc"), as the run
+# takes them in.
+_DIGIT = re.compile(r"[0-9]")
 
 
 def _dotted(group):
     """`group` with each number past the third of every four or more dotted ones made 0."""
     parts, count = group.split("."), 0
     for index, part in enumerate(parts):
-        count = count + 1 if _INET_NUMBER.fullmatch(part) else 0
+        count = count + 1 if _DIGIT.search(part) else 0
         if count > 3:
             parts[index] = "0"
     return ".".join(parts)
@@ -813,8 +815,11 @@ def base64_decodings(text):
     for match in _BASE64_RUN.finditer(text):
         run = match.group().replace("-", "+").replace("_", "/")
         for start in range(4):   # the run may begin anywhere in a group of four
-            piece = run[start:len(run) - (len(run) - start) % 4]   # whole groups only
-            yield base64.b64decode(piece, validate=True)
+            piece = run[start:]
+            if len(piece) % 4 == 1:   # a last character alone holds no whole byte
+                piece = piece[:-1]
+            # Its last group too, unpadded: a payload's last bytes may hold an id.
+            yield base64.b64decode(piece + "=" * (-len(piece) % 4), validate=True)
 
 
 def _reveal(text):
@@ -2279,6 +2284,7 @@ _EMAIL_PATHS = (("traits", "email"), ("context", "traits", "email"), ("propertie
 # punctuation, and white space. A value is looked at whole first, so an id with a space
 # in it is found too.
 _RAW_SEPARATORS = re.compile(r'[\s"&=,:;{}\[\]\\]+')
+_RAW_FIELDS = re.compile(r'["&=,:;{}\[\]\\]+')   # ... but spaces: "userId=John Smith&"
 
 
 def identifier_digest(text):
@@ -2329,6 +2335,10 @@ def raw_values(text, rounds=MAX_DECODE_ROUNDS, budget=MAX_RAW_VALUES):
             _json_values(json.loads(text), found)
         except (ValueError, RecursionError):
             pass
+        if "+" in text:   # a query's space
+            found.append(text.replace("+", " "))
+        if " " in text:
+            found.extend(_RAW_FIELDS.split(text))
         found.extend(_RAW_SEPARATORS.split(text))
         for raw in base64_decodings(text):
             decoded = raw.decode("utf-8", "replace")
@@ -2549,6 +2559,19 @@ def _client_id(payload, event):
     return dedupe_key(event["writeKey"], event["messageId"])
 
 
+@functools.lru_cache(maxsize=1024)   # ~90 us to look through an agent; most recur
+def _anonymized_agent(agent):
+    return anonymize_text(agent, MAX_USER_AGENT)
+
+
+def recorded_agent(headers, anonymize):
+    """The user agent an event records: under --anonymize-ip (or --no-ip) as the rejects log
+    quotes it, an address in it truncated; none if it cannot be decoded far enough to tell.
+    An attack pass found a proxy's agent, "(for 203.0.113.77)", logged whole."""
+    agent = user_agent(headers)
+    return (_anonymized_agent(agent) or None) if agent and anonymize else agent
+
+
 def quote_text(text, anonymize, limit=None):
     """(What a rejects line quotes of client text, whether part was left out): with
     --anonymize-ip never raw text, which could hide an address in an encoding (base64,
@@ -2700,7 +2723,7 @@ class Recorder:
                 return
             event = build_event(kind, payload, received_at=received_at,
                                 write_keys=self.write_keys, ip=ip,
-                                user_agent=user_agent(request.headers),
+                                user_agent=recorded_agent(request.headers, self.anonymize_ip),
                                 anonymize=self.anonymize_ip)
             self.labeller.label(event["context"], request, self.true_client_ip)
             line = encode_line(event)
@@ -2744,7 +2767,7 @@ class Recorder:
         routes `timestamp`, the browser's clock, becomes originalTimestamp, as in Segment."""
         received_at = self.clock()
         ip = self.client_ip(request)
-        agent = user_agent(request.headers)
+        agent = recorded_agent(request.headers, self.anonymize_ip)
         body = request.body
         try:
             body = decode_body(body, request.headers.get("content-encoding"))

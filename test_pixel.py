@@ -2267,6 +2267,18 @@ class RecorderAnonymizingIp(RecorderCase):
                           "2001:db8:1::"])
         self.assertEqual(self.lines("rejects.jsonl")[0]["ip"], "192.0.2.0")
 
+    def test_an_address_in_the_user_agent_of_an_event(self):
+        # An attack pass: the rejects log truncated it, the event kept it whole.
+        for path, body in (("/v1/pixel/track", None), ("/v1/track", b'{"writeKey": "k", '
+                                                       b'"userId": "u", "event": "e"}')):
+            self.answer(path=path, method="POST" if body else "GET", body=body or b"",
+                        query="" if body else "writeKey=k&userId=u&event=e",
+                        headers={"user-agent": "Proxy-Client/2 (for 203.0.113.77)"})
+        self.answer(query="writeKey=k&userId=u&event=e",
+                    headers={"user-agent": "Bot/1 (%s)" % quote_all(b64(b"ip 203.0.113.77"))})
+        self.assertEqual([event["context"].get("userAgent") for event in self.lines()],
+                         ["Proxy-Client/2 (for 203.0.113.0)"] * 2 + [None])
+
     def test_addresses_in_the_request_a_rejects_line_quotes(self):
         self.answer(query="userId=u&event=e&context.ip=198.51.100.77&v=12:30:45")
         self.answer(path="/v1/batch", method="POST", body=json.dumps({"batch": [
@@ -2505,6 +2517,10 @@ def hidden_address_cases():
         ("fullwidth digits", get("writeKey=k&userId=u&properties.a=" +
                                    urllib.parse.quote(fullwidth))),
         ("a parameter's name", get("writeKey=k&userId=u&%s.=1" % v4.replace(".", "%2E"))),
+        ("base64 whose last group is partial", get("writeKey=k&userId=u&properties.n=" +
+                                                    b64(("x " + v4).encode(), pad=False))),
+        ("beside hex letters", get("writeKey=k&userId=u&properties.seen=cafe%s&"
+                                   "properties.via=%sabc" % (v4, v4))),
         ("the user agent", get("writeKey=k", {"user-agent": "Bot/1 (%s)" % v4})),
         ("the user agent, escaped", get("writeKey=k", {"user-agent": "Bot/1 (%s)" %
                                                           v4.replace(".", "%2E")})),
@@ -11032,6 +11048,22 @@ class Suppressed(RecorderCase):
 
     def health(self):
         return json.loads(self.answer(path="/health").body)
+
+    def test_what_a_refused_query_hides_its_id_in_is_looked_through(self):
+        # The attack pass: a query's + for a space, a request line's literal spaces, and the
+        # last, unpadded base64 group of a data= that is not JSON leaked the person.
+        with open(self.suppress, "a") as handle:
+            handle.write("John Smith\n")
+        self.pixel.reopen()
+        partial = base64.b64encode(b'{"writeKey":"K","event":"Email Opened", "userId":"alice"')
+        for query in ("writeKey=K&userId=John+Smith&event=Opened&event=Opened",
+                      "writeKey=K&userId=John Smith&event=Email Opened&event=Email Opened",
+                      "writeKey=K&properties.a..b=1&userId=+alice+",
+                      "data=" + partial.decode().rstrip("=")):
+            with self.subTest(query=query):
+                self.assertIs(self.answer(query=query), pixel.GIF_ANSWER)
+        self.assertEqual(self.files(), [[], []])
+        self.assertEqual(self.health()["suppressed"], 4)
 
     def test_pixels_named_are_answered_and_written_nowhere(self):
         for query in ("writeKey=k&userId=alice&event=Opened",
