@@ -1563,6 +1563,19 @@ def pixel_rotations(path):
     return [os.path.join(os.path.dirname(path), name) for _, _, name in _rotations(path)]
 
 
+def rotated_files(path):
+    """Every plain file rotated from the log at `path`, pixel's and logrotate's (.1,
+    -20261201; not a compressed one), the last modified first."""
+    folder, base = os.path.split(path)
+    found = []
+    for name in os.listdir(folder or "."):
+        if name.startswith(base) and _ROTATED.match(name, len(base)):
+            status = stat_or_none(os.path.join(folder, name))
+            if status is not None:   # gone since the listing
+                found.append((status.st_mtime_ns, name))
+    return [os.path.join(folder, name) for _, name in sorted(found, reverse=True)]
+
+
 def _stamp(now):
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + ".%03dZ" % (now % 1 * 1000)
 
@@ -2688,11 +2701,11 @@ class Recorder:
 
     def remember_logged(self, max_bytes=MAX_WARM_BYTES):
         """Refill the dedupe window from the events log's end (the live file, then rotated
-        ones), so that a forwarder sending its last batch again after a crash on either side
+        ones, logrotate's too), so that a forwarder sending its last batch again after a crash on either side
         is not written twice. Returns how many ids it read."""
         if self.recent is None:
             return 0
-        paths = [self.events.path] + pixel_rotations(self.events.path)[::-1]
+        paths = [self.events.path] + rotated_files(self.events.path)
         client_ids = logged_client_ids(paths, self.recent.size, max_bytes)
         with self._dedupe_lock:
             for client_id in client_ids:

@@ -1935,6 +1935,23 @@ class DedupeAfterRestart(RecorderCase):
         self.assertEqual(restarted.recorder.deduped, 1)
         self.assertEqual(self.lines()[-1]["messageId"], "m89")
 
+    def test_the_window_is_filled_from_logrotates_files_too(self):
+        # An attack pass: after logrotate's rename and a reload, a restart read only the
+        # nearly empty live file, and an SDK's retry was written twice.
+        self.recorder.events.write([log_event(number) for number in range(5)])
+        path = self.recorder.events.path
+        os.rename(path, path + "-20261203")
+        self.recorder.reopen()
+        self.recorder.events.write([log_event(5)])
+        with open(path + ".2.gz", "wb") as handle:   # compressed: not read
+            handle.write(gzip.compress(log_event(9)))
+        restarted = app_over(self.recorder.events, self.recorder.rejects,
+                             dedupe_window=10, clock=lambda: T0)
+        self.assertEqual(restarted.recorder.remember_logged(), 6)
+        window = restarted.recorder.recent
+        self.assertEqual([pixel.dedupe_key("K", "m%d" % number) in window
+                          for number in (0, 4, 5, 9)], [True, True, True, False])
+
     def test_the_window_refilled_from_the_log_is_per_write_key(self):
         self.recorder.events.write([log_event(1, key="K1"), log_event(2, key="K2")])
         restarted = app_over(self.recorder.events, self.recorder.rejects,
