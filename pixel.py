@@ -506,6 +506,10 @@ def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=N
         _anonymize_context_ip(context)
     else:
         context.setdefault("ip", ip)
+    if anonymize and isinstance(context.get("userAgent"), str):   # a client's own
+        context["userAgent"] = anonymized_agent(context["userAgent"])
+        if context["userAgent"] is None:
+            del context["userAgent"]
     if user_agent and "userAgent" not in context:
         context["userAgent"] = user_agent[:MAX_USER_AGENT]
     event["context"] = context
@@ -681,14 +685,17 @@ def api_payloads(route, body, *, authorization=None, query=""):
     return pairs
 
 
-def dedupe_key(write_key, message_id):
+def dedupe_key(write_key, message_id, machine=False):
     """What the dedupe window knows an event by: its writeKey and messageId, since Segment
-    de-duplicates per source. None if either is over MAX_DEDUPE_ID bytes."""
+    de-duplicates per source, and whether it is labelled `machine`: a scanner's or Apple's
+    fetch of an email's pixel comes first, and the person's open of the same URL is no retry
+    of it (a forwarding pixel's labelled events are deduped among themselves all the same).
+    None if either text is over MAX_DEDUPE_ID bytes."""
     for text in (write_key, message_id):
         if len(text) > MAX_DEDUPE_ID or not text.isascii() and \
                 len(text.encode("utf-8", "replace")) > MAX_DEDUPE_ID:
             return None
-    return "%d:%s:%s" % (len(write_key), write_key, message_id)
+    return "%s%d:%s:%s" % ("m" if machine else "", len(write_key), write_key, message_id)
 
 
 # --------------------------------------------------------------------------------------------
@@ -864,6 +871,18 @@ def anonymize_text(text, limit=None):
             return None
     anonymized = anonymize_addresses(revealed)
     return text if anonymized == revealed and not cut else anonymized
+
+
+@functools.lru_cache(maxsize=1024)   # ~90 us to look through an agent; most recur
+def _anonymized_agent(agent):
+    return anonymize_text(agent)
+
+
+def anonymized_agent(agent):
+    """A user agent an event records under --anonymize-ip, an address in it truncated, or
+    None if it cannot be decoded far enough to tell. An attack pass found a proxy's agent,
+    "(for 203.0.113.77)", logged whole; the cache holds agents of MAX_USER_AGENT at most."""
+    return (_anonymized_agent if len(agent) <= MAX_USER_AGENT else anonymize_text)(agent)
 
 
 def anonymize_json(value, budget=MAX_REJECT_RAW):
@@ -1916,8 +1935,8 @@ def _top_level_string(line, field):
 
 
 def logged_client_id(line):
-    """The dedupe_key of a log line (bytes), from its writeKey and messageId, or None; None
-    for an event labelled machine too, as _client_id has it."""
+    """The dedupe_key of a log line (bytes), from its writeKey, messageId and machine label,
+    or None."""
     # A line that says "machine" anywhere is parsed: what stands where is the parse's to say.
     key_match = _top_level_string(line, _WRITE_KEY_FIELD) if b'"machine"' not in line else None
     id_match = _top_level_string(line, _MESSAGE_ID_FIELD) if key_match is not None else None
@@ -1931,10 +1950,9 @@ def logged_client_id(line):
         context = event.get("context")
     except (ValueError, RecursionError, TypeError, KeyError):   # TypeError: not an object
         return None
-    if isinstance(context, dict) and context.get("machine"):
-        return None
     if isinstance(write_key, str) and write_key and isinstance(message_id, str) and message_id:
-        return dedupe_key(write_key, message_id)
+        return dedupe_key(write_key, message_id,
+                          isinstance(context, dict) and bool(context.get("machine")))
     return None
 
 
@@ -2348,10 +2366,6 @@ def raw_values(text, rounds=MAX_DECODE_ROUNDS, budget=MAX_RAW_VALUES):
             _json_values(json.loads(text), found)
         except (ValueError, RecursionError):
             pass
-        if "+" in text:   # a query's space
-            found.append(text.replace("+", " "))
-        if " " in text:
-            found.extend(_RAW_FIELDS.split(text))
         found.extend(_RAW_SEPARATORS.split(text))
         for raw in base64_decodings(text):
             decoded = raw.decode("utf-8", "replace")
@@ -2361,6 +2375,12 @@ def raw_values(text, rounds=MAX_DECODE_ROUNDS, budget=MAX_RAW_VALUES):
             if decoded.count("\ufffd") * 16 <= len(decoded):
                 found.append(decoded)
         pending.extend((value, left - 1) for value in found if value and value not in seen)
+        if "+" in text or " " in text:   # an id with a space: "userId=John+Smith&", or sent raw
+            # Each such field, a query's + read as a space, looked at whole only: decoded
+            # further, its words would be looked at as ids (a base64 run's "+42+"), and its
+            # pieces cost a hostile body ten times the time.
+            pending.extend((piece.replace("+", " "), 0) for piece in _RAW_FIELDS.split(text)
+                           if ("+" in piece or " " in piece) and len(piece) <= MAX_IDENTIFIER)
     if any(value not in seen for value, _ in pending):
         yield None
 
@@ -2445,7 +2465,7 @@ class People:
                 return True
         return False
 
-    def named_in_raw(self, text, quoted=False):
+    def named_in_raw(self, text, quoted=False, followed=True):
         """Whether a client's raw input names one: a value in it (raw_values) that is an
         identifier, whole. Never a pattern: an id is only ever compared. What is `quoted`
         (written, or erased from a log) is looked at to MAX_QUOTE_VALUES or a value a
@@ -2456,16 +2476,17 @@ class People:
             if value is None:
                 return quoted
             value = value.strip()
-            if value and (self._names(value) or self.followed and self.followed._names(value)):
+            if value and (self._names(value) or followed and self.followed and
+                          self.followed._names(value)):
                 return True
         return False
 
     def named_in_reject(self, record):
         """Whether a rejects-log line (a dict) names one: in the event it holds (a
         forwarded one), or in what it quotes of a client's input."""
-        event = record.get("event")
-        if isinstance(event, dict) and (self.named_in(event) or
-                                        self.named_in_raw(_encode_lenient(event), True)):
+        event = record.get("event")   # a forwarded event: its userId rules out followed ids
+        if isinstance(event, dict) and (self.named_in(event) or self.named_in_raw(
+                _encode_lenient(event), True, followed=False)):
             return True
         return any(isinstance(record.get(field), str) and self.named_in_raw(record[field], True)
                    for field in ("query", "body", "line", "detail", "userAgent"))
@@ -2561,28 +2582,19 @@ class DedupeWindow:
 
 
 def _client_id(payload, event):
-    """The event's dedupe_key if the client sent its messageId: pixel's own never repeat.
-    None for an event labelled machine: a scanner's or Apple's fetch of an email's pixel
-    comes first, and the person's open after it, with the same URL, is no retry of it."""
+    """The event's dedupe_key if the client sent its messageId: pixel's own never repeat."""
     if payload.get("messageId") in (None, ""):
         return None
     context = event.get("context")
-    if context and context.get("machine"):
-        return None
-    return dedupe_key(event["writeKey"], event["messageId"])
-
-
-@functools.lru_cache(maxsize=1024)   # ~90 us to look through an agent; most recur
-def _anonymized_agent(agent):
-    return anonymize_text(agent, MAX_USER_AGENT)
+    return dedupe_key(event["writeKey"], event["messageId"],
+                      bool(context and context.get("machine")))
 
 
 def recorded_agent(headers, anonymize):
     """The user agent an event records: under --anonymize-ip (or --no-ip) as the rejects log
-    quotes it, an address in it truncated; none if it cannot be decoded far enough to tell.
-    An attack pass found a proxy's agent, "(for 203.0.113.77)", logged whole."""
+    quotes it, an address in it truncated (anonymized_agent)."""
     agent = user_agent(headers)
-    return (_anonymized_agent(agent) or None) if agent and anonymize else agent
+    return anonymized_agent(agent[:MAX_USER_AGENT]) if agent and anonymize else agent
 
 
 def quote_text(text, anonymize, limit=None):
@@ -2701,8 +2713,8 @@ class Recorder:
 
     def remember_logged(self, max_bytes=MAX_WARM_BYTES):
         """Refill the dedupe window from the events log's end (the live file, then rotated
-        ones, logrotate's too), so that a forwarder sending its last batch again after a crash on either side
-        is not written twice. Returns how many ids it read."""
+        ones, logrotate's too), so that a forwarder sending its last batch again after a
+        crash on either side is not written twice. Returns how many ids it read."""
         if self.recent is None:
             return 0
         paths = [self.events.path] + rotated_files(self.events.path)
@@ -7086,11 +7098,13 @@ def erase_command(argv=None, stdout=None):
     if args.follow and user_ids:
         linked = sorted(linked_ids(args.files, user_ids).items())
         for (field, other), count in linked:
-            people.follow(other)
+            # An alias's previousId was the person's own userId, named whatever else an event
+            # holds; an anonymousId, a browser's, may be another person's too (People.follow).
+            (people.add if field == "previousId" else people.follow)(other)
             stdout.write("--follow: %s %s (%d event(s))\n" % (field, other, count))
-        if linked:
+        if any(field == "anonymousId" for (field, _), _ in linked):
             stdout.write("--follow: an event with another userId is kept, whatever its "
-                         "anonymousId or previousId\n")
+                         "anonymousId\n")
     status = 0
     requests, locks, files, gone, finished = [], {}, [], [], False
     for folder in {os.path.dirname(os.path.realpath(path)) for path in args.files}:
@@ -7337,8 +7351,11 @@ def ledger_ids(path):
         for number, line in enumerate(handle, 1):
             try:
                 entry = json.loads(line)
-                found.update(entry["ids"])
-                followed.update(entry.get("followed", ()))
+                ids, more = entry["ids"], entry.get("followed", [])
+                if not isinstance(ids, list) or not isinstance(more, list):   # a string's
+                    raise TypeError   # letters would each be an id
+                found.update(ids)
+                followed.update(more)
             except (ValueError, KeyError, TypeError):   # TypeError: not an object
                 raise ValueError("%s line %d: not an erase ledger line" % (path, number))
     return tuple(sorted(value for value in values if isinstance(value, str))

@@ -1883,9 +1883,9 @@ class MetricsDocument(RecorderCase):
 
 
 class DedupeAndMachineOpens(RecorderCase):
-    """A fetch labelled machine neither is taken for a retry nor makes one: a scanner's or
-    Apple's fetch of an email's pixel comes before the person's open of the same URL (the
-    README's unique opens), which an attack pass found dropped as its retry."""
+    """A fetch labelled machine and the person's are told apart: a scanner's or Apple's fetch
+    of an email's pixel comes before the person's open of the same URL (the README's unique
+    opens), which an attack pass found dropped as its retry. Each is deduped among its own."""
     recorder_options = {"dedupe_window": 10}
     QUERY = "writeKey=k&userId=u&event=Email%20Opened&messageId=send-42"
 
@@ -1893,24 +1893,37 @@ class DedupeAndMachineOpens(RecorderCase):
         for agent in ("Barracuda Sentinel (EE)", "Barracuda Sentinel (EE)", CHROME, CHROME):
             self.answer(query=self.QUERY, headers={"user-agent": agent})
         self.assertEqual([event["context"].get("machine") for event in self.lines()],
-                         ["scanner", "scanner", None])
-        self.assertEqual(self.recorder.deduped, 1)
+                         ["scanner", None])
+        self.assertEqual(self.recorder.deduped, 2)
         # After a restart, the window refilled from the log agrees.
         restarted = app_over(self.recorder.events, self.recorder.rejects, dedupe_window=10,
                              clock=lambda: T0)
-        self.assertEqual(restarted.recorder.remember_logged(), 1)
+        self.assertEqual(restarted.recorder.remember_logged(), 2)
         for agent in ("Barracuda Sentinel (EE)", CHROME):
             restarted.answer(pixel.ROUTES["/v1/pixel/track"], request(
                 query=self.QUERY, headers={"user-agent": agent}))
-        self.assertEqual(restarted.recorder.deduped, 1)
-        self.assertEqual(len(self.lines()), 4)
+        self.assertEqual(restarted.recorder.deduped, 2)
+        self.assertEqual(len(self.lines()), 2)
+
+    def test_a_forwarding_pixels_labelled_events_sent_again_are_written_once(self):
+        # The attack pass on the first fix: labelled events a pixel forwards to another
+        # pixel's /v1/batch, sent again after a crash, were written twice there.
+        body = json.dumps({"writeKey": "k", "batch": [
+            {"type": "track", "userId": "u", "event": "e", "messageId": "m1",
+             "context": {"machine": "scanner"}},
+            {"type": "track", "userId": "u", "event": "e", "messageId": "m1"}]}).encode()
+        for _ in range(2):
+            self.assertEqual(self.answer(method="POST", path="/v1/batch", body=body).status, 200)
+        self.assertEqual(len(self.lines()), 2)
+        self.assertEqual(self.recorder.deduped, 2)
 
     def test_the_log_is_read_as_the_recorder_decides(self):
-        for machine, expected in ((None, True), ("scanner", False), ("", True)):
+        for machine, labelled in ((None, False), ("scanner", True), ("", False), (1, True)):
             event = {"type": "track", "writeKey": "k", "userId": "u", "messageId": "m",
                      "properties": {"machine": "x"}, "context": {"machine": machine}}
             line = json.dumps(event, separators=(",", ":")).encode()
-            self.assertEqual(pixel.logged_client_id(line) is not None, expected, machine)
+            self.assertEqual(pixel.logged_client_id(line), pixel.dedupe_key("k", "m", labelled))
+        self.assertNotEqual(pixel.dedupe_key("k", "m", True), pixel.dedupe_key("k", "m"))
 
 
 class DedupeAfterRestart(RecorderCase):
@@ -2299,8 +2312,19 @@ class RecorderAnonymizingIp(RejectsQuoteNoAddress, RecorderCase):
                         headers={"user-agent": "Proxy-Client/2 (for 203.0.113.77)"})
         self.answer(query="writeKey=k&userId=u&event=e",
                     headers={"user-agent": "Bot/1 (%s)" % quote_all(b64(b"ip 203.0.113.77"))})
+        agent = "Proxy-Client/2 (for 203.0.113.77)"
+        self.answer(query="writeKey=k&userId=u&event=e&context.userAgent=" + agent)
+        self.answer(path="/v1/batch", method="POST", body=json.dumps({"writeKey": "k", "batch": [
+            {"type": "track", "userId": "u", "event": "e", "context": {"userAgent": agent}}]}
+        ).encode())
         self.assertEqual([event["context"].get("userAgent") for event in self.lines()],
-                         ["Proxy-Client/2 (for 203.0.113.0)"] * 2 + [None])
+                         ["Proxy-Client/2 (for 203.0.113.0)"] * 2 + [None] +
+                         ["Proxy-Client/2 (for 203.0.113.0)"] * 2)
+        # The cache holds agents of MAX_USER_AGENT characters at most: 64 KB ones are not kept.
+        pixel._anonymized_agent.cache_clear()
+        for number in range(3):
+            pixel.anonymized_agent("%d" % number + "\U0001f600" * 20000)
+        self.assertEqual(pixel._anonymized_agent.cache_info().currsize, 0)
 
     def test_addresses_in_the_request_a_rejects_line_quotes(self):
         self.answer(query="userId=u&event=e&context.ip=198.51.100.77&v=12:30:45")
@@ -11074,6 +11098,11 @@ class Suppressed(RecorderCase):
                 self.assertIs(self.answer(query=query), pixel.GIF_ANSWER)
         self.assertEqual(self.files(), [[], []])
         self.assertEqual(self.health()["suppressed"], 4)
+        # A + between a base64 run's pieces, or before a time zone, names nobody.
+        people = pixel.People(["42", "Zx9a"])
+        for text in ("sig=kQ7v+42+Zx9a&x=1", "t=12:00+42:00"):
+            self.assertFalse(people.named_in_raw(text, True), text)
+        self.assertTrue(pixel.People(["John Smith"]).named_in_raw("a=b&userId=John+Smith&c=d"))
 
     def test_pixels_named_are_answered_and_written_nowhere(self):
         for query in ("writeKey=k&userId=alice&event=Opened",
@@ -11394,27 +11423,44 @@ class EraseFiles(unittest.TestCase):
         # The attack pass: alice and bob on one browser (no reset() between them). Following
         # alice's anonymousId must not erase bob's identified events, nor list bob for
         # deletion upstream, nor put browser-1 in the ledger as a full id for --ledger.
+        # An alias's previousId is alice's own former userId: its events go whatever else
+        # they hold (the attack pass on the first version of this fix).
+        bobs_refused = json.dumps({"reason": "forward_rejected", "event": json.loads(
+            logged("bob", event="Refused", anonymous="browser-1"))}).encode()
         lines = [logged("alice", kind="identify", anonymous="browser-1"),
                  logged("alice", anonymous="browser-1"),
                  logged("bob", kind="identify", anonymous="browser-1"),
                  logged("bob", event="Order Completed", anonymous="browser-1"),
                  logged(None, kind="page", anonymous="browser-1"),
+                 logged("alice", kind="alias", previousId="old-alice"),
+                 logged("old-alice", anonymous="browser-9"),
                  logged("carol", anonymous="browser-2")]
         path = self.log("events.jsonl", lines)
+        rejects = self.log("rejects.jsonl", [bobs_refused])
         status, out, err = self.erase("--user-id", "alice", "--follow", "--apply",
-                                      "--max-share", "1", path)
+                                      "--max-share", "1", path, rejects)
         self.assertEqual((status, err), (0, ""))
         self.assertIn("--follow: an event with another userId is kept", out)
-        self.assertIn("erased 3 of 6 line(s)", out)
-        self.assertIn("take userIds): alice\n", out)
+        self.assertIn("events.jsonl: erased 5 of 8 line(s)", out)
+        self.assertIn("rejects.jsonl: erased 0 of 1 line(s)", out)
+        self.assertIn("take userIds): alice, old-alice\n", out)
         kept = [json.loads(line) for line in self.read(path).splitlines()]
         self.assertEqual([(event.get("userId"), event["type"]) for event in kept],
                          [("bob", "identify"), ("bob", "track"), ("carol", "track")])
         ledger = os.path.join(self.dir, ".pixel", "erase-ledger.json")
         with open(ledger) as handle:
             last = json.loads(handle.read().splitlines()[-1])
-        self.assertEqual((last["ids"], last["followed"]), ([digest("alice")],
-                                                            [digest("browser-1")]))
+        self.assertEqual((last["ids"], last["followed"]), (
+            sorted([digest("alice"), digest("old-alice")]), [digest("browser-1")]))
+        # A hand-made ledger line whose ids are a string, not a list, is refused, not read a
+        # letter at a time.
+        bad = os.path.join(self.dir, "bad-ledger.json")
+        for field in ("ids", "followed"):
+            with open(bad, "w") as handle:
+                handle.write(json.dumps(dict(last, **{field: digest("alice")})) + "\n")
+            status, out, err = self.erase("--ledger", bad, path)
+            self.assertEqual(status, 2, field)
+            self.assertIn("bad-ledger.json line 1: not an erase ledger line", err)
         # A backup restored, then erased again from the ledger: the same lines go.
         self.assertEqual(self.log("events.jsonl", lines), path)
         status, out, err = self.erase("--ledger", ledger, "--apply", "--max-share", "1", path)
