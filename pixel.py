@@ -1302,8 +1302,9 @@ class Reporter:
                 if last is not None and now - last < self.interval:
                     return False
                 self._said[key] = now
-            try:
-                print("pixel: " + message, file=self.stream or sys.stderr, flush=True)
+            try:   # the newline in the same write: a reader never sees half a line
+                print("pixel: %s\n" % message, end="", file=self.stream or sys.stderr,
+                      flush=True)
             except (OSError, ValueError):   # a full disk, a closed pipe, a closed stream
                 self.lost += 1
                 return False
