@@ -506,10 +506,13 @@ def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=N
         _anonymize_context_ip(context)
     else:
         context.setdefault("ip", ip)
-    if anonymize and isinstance(context.get("userAgent"), str):   # a client's own
-        context["userAgent"] = anonymized_agent(context["userAgent"])
-        if context["userAgent"] is None:
+    agent = context.get("userAgent")
+    if anonymize and agent is not None:   # a client's own, whatever it is
+        agent = anonymized_agent(agent) if isinstance(agent, str) else anonymize_json(agent)[0]
+        if agent is None:
             del context["userAgent"]
+        else:
+            context["userAgent"] = agent
     if user_agent and "userAgent" not in context:
         context["userAgent"] = user_agent[:MAX_USER_AGENT]
     event["context"] = context
@@ -6471,8 +6474,9 @@ class FileErasure:
 
 def linked_ids(paths, people):
     """--follow: a Counter of (field, id) to how many events in the logs at `paths` link it
-    to one of `people`: the anonymousId of an identify or track, the previousId of an alias.
-    A file that cannot be read is skipped here; its erase fails later, saying why."""
+    to one of `people`: the anonymousId of any event of theirs; an alias's previousId, or its
+    userId if the previousId is theirs (a person's former and new userIds). A file that
+    cannot be read is skipped here; its erase fails later, saying why."""
     linked = collections.Counter()
     for path in paths:
         try:
@@ -6489,12 +6493,15 @@ def linked_ids(paths, people):
                     continue
                 if not isinstance(event, dict):
                     continue
-                field = {"identify": "anonymousId", "track": "anonymousId",
-                         "alias": "previousId"}.get(event.get("type"))
                 user_id = _id_text(event.get("userId"))
-                other = _id_text(event.get(field)) if field else None
-                if other and user_id and people._names(user_id):
+                if not user_id or event.get("type") not in EVENT_TYPES:
+                    continue
+                field = "previousId" if event["type"] == "alias" else "anonymousId"
+                other = _id_text(event.get(field))
+                if other and people._names(user_id):
                     linked[(field, other)] += 1
+                elif other and field == "previousId" and people._names(other):
+                    linked[("userId", user_id)] += 1
         except (OSError, EOFError, zlib.error):
             continue
         finally:
@@ -7099,9 +7106,9 @@ def erase_command(argv=None, stdout=None):
     if args.follow and user_ids:
         linked = sorted(linked_ids(args.files, user_ids).items())
         for (field, other), count in linked:
-            # An alias's previousId was the person's own userId, named whatever else an event
+            # An alias's ids are the person's own userIds, named whatever else an event
             # holds; an anonymousId, a browser's, may be another person's too (People.follow).
-            (people.add if field == "previousId" else people.follow)(other)
+            (people.follow if field == "anonymousId" else people.add)(other)
             stdout.write("--follow: %s %s (%d event(s))\n" % (field, other, count))
         if any(field == "anonymousId" for (field, _), _ in linked):
             stdout.write("--follow: an event with another userId is kept, whatever its "

@@ -2328,6 +2328,13 @@ class RecorderAnonymizingIp(RejectsQuoteNoAddress, RecorderCase):
         self.assertEqual([event["context"].get("userAgent") for event in self.lines()],
                          ["Proxy-Client/2 (for 203.0.113.0)"] * 2 + [None] +
                          ["Proxy-Client/2 (for 203.0.113.0)"] * 2)
+        # A client's agent that is not a string (the second attack pass) is truncated too.
+        for agent in ({"s": "Proxy (for 203.0.113.77)"}, ["Proxy (for 203.0.113.77)"]):
+            self.answer(path="/v1/track", method="POST", body=json.dumps({
+                "writeKey": "k", "userId": "u", "event": "e", "context": {"userAgent": agent}}
+            ).encode())
+        self.assertEqual([event["context"]["userAgent"] for event in self.lines()[-2:]],
+                         [{"s": "Proxy (for 203.0.113.0)"}, ["Proxy (for 203.0.113.0)"]])
         # The cache holds agents of MAX_USER_AGENT characters at most: 64 KB ones are not kept.
         pixel._anonymized_agent.cache_clear()
         for number in range(3):
@@ -11429,6 +11436,22 @@ class EraseFiles(unittest.TestCase):
         self.assertIn("would erase 5 of 8 line(s)", out)
         status, out, err = self.erase("--user-id", "alice", path)
         self.assertIn("would erase 3 of 8 line(s)", out)
+
+    def test_follow_reads_every_event_type_and_aliases_both_ways(self):
+        # The second attack pass: a page with both ids linked nothing, and an alias to a new
+        # userId was erased, its userId listed for deletion, but that userId's events kept.
+        lines = [logged("alice", kind="page", anonymous="anon-P"),
+                 logged(None, kind="page", anonymous="anon-P"),
+                 logged("new-alice", kind="alias", previousId="alice"),
+                 logged("new-alice", event="Later"),
+                 logged("bob")]
+        path = self.log("events.jsonl", lines)
+        status, out, err = self.erase("--user-id", "alice", "--follow", "--max-share", "1", path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out.splitlines()[:2], ["--follow: anonymousId anon-P (1 event(s))",
+                                                "--follow: userId new-alice (1 event(s))"])
+        self.assertIn("would erase 4 of 5 line(s)", out)
+        self.assertIn("take userIds): alice, new-alice\n", out)
 
     def test_follow_keeps_another_persons_events_on_a_shared_browser(self):
         # The attack pass: alice and bob on one browser (no reset() between them). Following
