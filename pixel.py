@@ -6350,6 +6350,7 @@ ERASE_READ = 1 << 20   # bytes erase reads and writes at once
 _OTHER_PACKERS = ((b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"\x28\xb5\x2f\xfd", "zstd"),
                   (b"\x04\x22\x4d\x18", "lz4"), (b"LZIP", "lzip"), (b"\x1f\x9d", "compress"))
 MAX_USER_IDS_SHOWN = 1000     # userIds of erased events erase prints
+MAX_FOLLOW_ROUNDS = 4         # reads of the logs for --follow: aliases of aliases
 
 
 def line_names(people, line):
@@ -7104,7 +7105,22 @@ def erase_command(argv=None, stdout=None):
     if not people:
         parser.error("name someone: --user-id, --anonymous-id, --email or --ledger")
     if args.follow and user_ids:
-        linked = sorted(linked_ids(args.files, user_ids).items())
+        links = {}   # id: (field, events), from the logs read again while an alias adds one
+        for _ in range(MAX_FOLLOW_ROUNDS):
+            more = False
+            for (field, other), count in linked_ids(args.files, user_ids).items():
+                if other in links:
+                    links[other] = (links[other][0], max(count, links[other][1]))
+                    continue
+                if field != "anonymousId" and user_ids._names(other):   # the person's own
+                    continue
+                links[other] = (field, count)
+                if field != "anonymousId":   # a former or new userId: its links count too
+                    user_ids.add(other)
+                    more = True
+            if not more:
+                break
+        linked = sorted(((field, other), count) for other, (field, count) in links.items())
         for (field, other), count in linked:
             # An alias's ids are the person's own userIds, named whatever else an event
             # holds; an anonymousId, a browser's, may be another person's too (People.follow).

@@ -11437,21 +11437,36 @@ class EraseFiles(unittest.TestCase):
         status, out, err = self.erase("--user-id", "alice", path)
         self.assertIn("would erase 3 of 8 line(s)", out)
 
-    def test_follow_reads_every_event_type_and_aliases_both_ways(self):
-        # The second attack pass: a page with both ids linked nothing, and an alias to a new
-        # userId was erased, its userId listed for deletion, but that userId's events kept.
-        lines = [logged("alice", kind="page", anonymous="anon-P"),
-                 logged(None, kind="page", anonymous="anon-P"),
-                 logged("new-alice", kind="alias", previousId="alice"),
-                 logged("new-alice", event="Later"),
-                 logged("bob")]
+    def follow_alice(self, lines):
+        """erase --user-id alice --follow's dry run over `lines`: its stdout."""
         path = self.log("events.jsonl", lines)
         status, out, err = self.erase("--user-id", "alice", "--follow", "--max-share", "1", path)
         self.assertEqual((status, err), (0, ""))
+        return out
+
+    def test_follow_reads_every_event_type_and_aliases_both_ways(self):
+        # The second attack pass: a page with both ids linked nothing, and an alias to a new
+        # userId was erased, its userId listed for deletion, but that userId's events kept.
+        out = self.follow_alice([logged("alice", kind="page", anonymous="anon-P"),
+                                 logged(None, kind="page", anonymous="anon-P"),
+                                 logged("new-alice", kind="alias", previousId="alice"),
+                                 logged("new-alice", event="Later"),
+                                 logged("bob")])
         self.assertEqual(out.splitlines()[:2], ["--follow: anonymousId anon-P (1 event(s))",
                                                 "--follow: userId new-alice (1 event(s))"])
         self.assertIn("would erase 4 of 5 line(s)", out)
         self.assertIn("take userIds): alice, new-alice\n", out)
+
+    def test_follow_goes_on_through_a_former_userid(self):
+        # The second attack pass: an anonymousId linked to a former userId that an alias
+        # names was not followed, so that browser's anonymous events stayed.
+        out = self.follow_alice([logged("alice", kind="alias", previousId="old-alice"),
+                                 logged("old-alice", anonymous="anon-OLD"),
+                                 logged(None, kind="page", anonymous="anon-OLD"),
+                                 logged("bob", anonymous="anon-B")])
+        self.assertEqual(out.splitlines()[:2], ["--follow: anonymousId anon-OLD (1 event(s))",
+                                                "--follow: previousId old-alice (1 event(s))"])
+        self.assertIn("would erase 3 of 4 line(s)", out)
 
     def test_follow_keeps_another_persons_events_on_a_shared_browser(self):
         # The attack pass: alice and bob on one browser (no reset() between them). Following
@@ -11484,8 +11499,9 @@ class EraseFiles(unittest.TestCase):
         ledger = os.path.join(self.dir, ".pixel", "erase-ledger.json")
         with open(ledger) as handle:
             last = json.loads(handle.read().splitlines()[-1])
-        self.assertEqual((last["ids"], last["followed"]), (
-            sorted([digest("alice"), digest("old-alice")]), [digest("browser-1")]))
+        self.assertEqual((last["ids"], last["followed"]), (   # old-alice's browser too
+            sorted([digest("alice"), digest("old-alice")]),
+            sorted([digest("browser-1"), digest("browser-9")])))
         # A hand-made ledger line whose ids are a string, not a list, is refused, not read a
         # letter at a time.
         bad = os.path.join(self.dir, "bad-ledger.json")
