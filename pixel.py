@@ -486,8 +486,9 @@ def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=N
     """The payload plus type, messageId, receivedAt, timestamp, context.ip and
     context.userAgent, as Segment adds them. `ip=None` drops any address, the client's too;
     `anonymize` truncates a client's context.ip or drops a non-address (the caller truncates
-    `ip`). A missing timestamp is Segment's: receivedAt - (sentAt - originalTimestamp), which
-    corrects the client's clock; else originalTimestamp; else receivedAt."""
+    `ip`), and the addresses in context.userAgent (anonymized_agent). A missing timestamp is
+    Segment's: receivedAt - (sentAt - originalTimestamp), which corrects the client's clock;
+    else originalTimestamp; else receivedAt."""
     event = {"type": kind, **payload, "type": kind}   # the route's type, first
     if not event.get("messageId"):
         event["messageId"] = message_id or new_message_id()
@@ -506,15 +507,15 @@ def enrich(kind, payload, *, received_at, ip=None, user_agent=None, message_id=N
         _anonymize_context_ip(context)
     else:
         context.setdefault("ip", ip)
-    agent = context.get("userAgent")
-    if anonymize and agent is not None:   # a client's own, whatever it is
+    if user_agent and "userAgent" not in context:
+        context["userAgent"] = user_agent[:MAX_USER_AGENT]
+    if anonymize and context.get("userAgent") is not None:   # the client's or the header's
+        agent = context["userAgent"]
         agent = anonymized_agent(agent) if isinstance(agent, str) else anonymize_json(agent)[0]
         if agent is None:
             del context["userAgent"]
         else:
             context["userAgent"] = agent
-    if user_agent and "userAgent" not in context:
-        context["userAgent"] = user_agent[:MAX_USER_AGENT]
     event["context"] = context
     return event
 
@@ -2594,13 +2595,6 @@ def _client_id(payload, event):
                       bool(context and context.get("machine")))
 
 
-def recorded_agent(headers, anonymize):
-    """The user agent an event records: under --anonymize-ip (or --no-ip) as the rejects log
-    quotes it, an address in it truncated (anonymized_agent)."""
-    agent = user_agent(headers)
-    return anonymized_agent(agent[:MAX_USER_AGENT]) if agent and anonymize else agent
-
-
 def quote_text(text, anonymize, limit=None):
     """(What a rejects line quotes of client text, whether part was left out): with
     --anonymize-ip never raw text, which could hide an address in an encoding (base64,
@@ -2752,7 +2746,7 @@ class Recorder:
                 return
             event = build_event(kind, payload, received_at=received_at,
                                 write_keys=self.write_keys, ip=ip,
-                                user_agent=recorded_agent(request.headers, self.anonymize_ip),
+                                user_agent=user_agent(request.headers),
                                 anonymize=self.anonymize_ip)
             self.labeller.label(event["context"], request, self.true_client_ip)
             line = encode_line(event)
@@ -2796,7 +2790,7 @@ class Recorder:
         routes `timestamp`, the browser's clock, becomes originalTimestamp, as in Segment."""
         received_at = self.clock()
         ip = self.client_ip(request)
-        agent = recorded_agent(request.headers, self.anonymize_ip)
+        agent = user_agent(request.headers)
         body = request.body
         try:
             body = decode_body(body, request.headers.get("content-encoding"))
@@ -6501,7 +6495,7 @@ def linked_ids(paths, people):
                 other = _id_text(event.get(field))
                 if other and people._names(user_id):
                     linked[(field, other)] += 1
-                elif other and field == "previousId" and people._names(other):
+                if other and field == "previousId" and people._names(other):
                     linked[("userId", user_id)] += 1
         except (OSError, EOFError, zlib.error):
             continue
@@ -7105,22 +7099,17 @@ def erase_command(argv=None, stdout=None):
     if not people:
         parser.error("name someone: --user-id, --anonymous-id, --email or --ledger")
     if args.follow and user_ids:
-        links = {}   # id: (field, events), from the logs read again while an alias adds one
-        for _ in range(MAX_FOLLOW_ROUNDS):
-            more = False
-            for (field, other), count in linked_ids(args.files, user_ids).items():
-                if other in links:
-                    links[other] = (links[other][0], max(count, links[other][1]))
-                    continue
-                if field != "anonymousId" and user_ids._names(other):   # the person's own
-                    continue
-                links[other] = (field, count)
-                if field != "anonymousId":   # a former or new userId: its links count too
-                    user_ids.add(other)
-                    more = True
+        own = People(args.user_id)
+        for _ in range(MAX_FOLLOW_ROUNDS):   # a former or new userId an alias adds links on
+            linked = sorted((link, count) for link, count in linked_ids(
+                args.files, user_ids).items() if link[0] == "anonymousId" or
+                not own._names(link[1]))
+            more = [other for (field, other), _ in linked
+                    if field != "anonymousId" and not user_ids._names(other)]
+            for other in more:
+                user_ids.add(other)
             if not more:
                 break
-        linked = sorted(((field, other), count) for other, (field, count) in links.items())
         for (field, other), count in linked:
             # An alias's ids are the person's own userIds, named whatever else an event
             # holds; an anonymousId, a browser's, may be another person's too (People.follow).
