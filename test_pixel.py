@@ -10607,7 +10607,10 @@ class ReadmeIsTrue(unittest.TestCase):
                     if line.startswith("python3 pixel.py erase ")]
         self.assertEqual(len(commands), 2)
         names = ["events.jsonl", "events.jsonl.20261201T000000.000Z", "rejects.jsonl"]
-        for extra in ([], ["forward-rejects.jsonl"]):
+        # and a pixel@ unit's files, each process's own (Install on a VM)
+        for extra in ([], ["forward-rejects.jsonl"],
+                      ["events-0.jsonl", "events-1.jsonl.20261201T000000.000Z",
+                       "rejects-0.jsonl"]):
             with self.subTest(extra=extra):
                 folder = temp_dir(self)
                 for name in names + extra:
