@@ -7365,14 +7365,18 @@ def ledger_ids(path):
             try:
                 entry = json.loads(line)
                 ids, more = entry["ids"], entry.get("followed", [])
-                if not isinstance(ids, list) or not isinstance(more, list):   # a string's
-                    raise TypeError   # letters would each be an id
-                found.update(ids)
-                followed.update(more)
+                if not isinstance(ids, list) or not isinstance(more, list) or \
+                        not all(isinstance(value, str) for value in ids + more):
+                    raise TypeError   # a string's letters would each be an id
             except (ValueError, KeyError, TypeError):   # TypeError: not an object
                 raise ValueError("%s line %d: not an erase ledger line" % (path, number))
-    return tuple(sorted(value for value in values if isinstance(value, str))
-                 for values in (found, followed))
+            try:
+                People(ids + more)   # each one erase takes from the command line
+            except ValueError as error:
+                raise ValueError("%s line %d: %s" % (path, number, error))
+            found.update(ids)
+            followed.update(more)
+    return sorted(found), sorted(followed)
 
 
 if __name__ == "__main__":

@@ -11514,6 +11514,16 @@ class EraseFiles(unittest.TestCase):
             status, out, err = self.erase("--ledger", bad, path)
             self.assertEqual(status, 2, field)
             self.assertIn("bad-ledger.json line 1: not an erase ledger line", err)
+        # ... and one that holds an empty id, a number or a bad digest names its line too.
+        for field, value, message in (
+                ("followed", [""], "line 2: an empty identifier"),
+                ("ids", [digest("alice"), 7], "line 2: not an erase ledger line"),
+                ("ids", ["sha256:00"], "line 2: 'sha256:00' is not sha256: and 64 hex")):
+            with open(bad, "w") as handle:
+                handle.write(json.dumps(last) + "\n" + json.dumps(dict(last, **{field: value})))
+            status, out, err = self.erase("--ledger", bad, path)
+            self.assertEqual(status, 2, field)
+            self.assertIn("bad-ledger.json " + message, err)
         # A backup restored, then erased again from the ledger: the same lines go.
         self.assertEqual(self.log("events.jsonl", lines), path)
         status, out, err = self.erase("--ledger", ledger, "--apply", "--max-share", "1", path)
