@@ -2493,8 +2493,26 @@ class People:
         if isinstance(event, dict) and (self.named_in(event) or self.named_in_raw(
                 _encode_lenient(event), True, followed=False)):
             return True
-        return any(isinstance(record.get(field), str) and self.named_in_raw(record[field], True)
+        # A refused query or body with a userId is that person's, as an event would be.
+        followed = bool(self.followed) and not _quoted_user_id(record)
+        return any(isinstance(record.get(field), str) and
+                   self.named_in_raw(record[field], True, followed=followed)
                    for field in ("query", "body", "line", "detail", "userAgent"))
+
+
+def _quoted_user_id(record):
+    """The userId of what a rejects line quotes, a pixel's query or an API body, if it
+    decodes to a payload with one, else None."""
+    try:
+        if isinstance(record.get("query"), str):
+            payload = decode_query(record["query"])
+        elif isinstance(record.get("body"), str):
+            payload = parse_object(record["body"].encode("utf-8", "surrogatepass"))
+        else:
+            return None
+    except (ValueError, RecursionError):   # Rejected, and UnicodeEncodeError, are ValueErrors
+        return None
+    return _id_text(payload.get("userId"))
 
 
 def read_people(path, limit=MAX_PEOPLE):

@@ -11488,13 +11488,22 @@ class EraseFiles(unittest.TestCase):
                  logged("old-alice", anonymous="browser-9"),
                  logged("carol", anonymous="browser-2")]
         path = self.log("events.jsonl", lines)
-        rejects = self.log("rejects.jsonl", [bobs_refused])
+        # So is a refused pixel query or API body of bob's that quotes the browser's id; one
+        # with no userId is the browser's, and goes.
+        refused = [json.dumps({"reason": "event_not_defined", field: quoted}).encode()
+                   for field, quoted in (
+                       ("query", "userId=bob&anonymousId=browser-1&writeKey=K"),
+                       ("body", '{"userId": "bob", "anonymousId": "browser-1"}'),
+                       ("query", "anonymousId=browser-1&writeKey=K"))]
+        rejects = self.log("rejects.jsonl", [bobs_refused] + refused)
         status, out, err = self.erase("--user-id", "alice", "--follow", "--apply",
                                       "--max-share", "1", path, rejects)
         self.assertEqual((status, err), (0, ""))
         self.assertIn("--follow: an event with another userId is kept", out)
         self.assertIn("events.jsonl: erased 5 of 8 line(s)", out)
-        self.assertIn("rejects.jsonl: erased 0 of 1 line(s)", out)
+        self.assertIn("rejects.jsonl: erased 1 of 4 line(s)", out)
+        self.assertEqual(self.read(rejects).splitlines(),
+                         [bobs_refused] + refused[:2])
         self.assertIn("take userIds): alice, old-alice\n", out)
         kept = [json.loads(line) for line in self.read(path).splitlines()]
         self.assertEqual([(event.get("userId"), event["type"]) for event in kept],
