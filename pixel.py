@@ -1523,11 +1523,23 @@ def state_path(log_path, role):
     return os.path.join(folder, STATE_FOLDER, "%s.%s.json" % (role, name))
 
 
+def make_state_folder(path):
+    """Make the folder of state file `path` if there is none, owned as the log's folder is:
+    a `pixel.py forward` or erase run as root must not leave a .pixel that the service's
+    user cannot write its checkpoint in. Raises OSError."""
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        os.makedirs(folder, exist_ok=True)
+        owner = os.stat(os.path.dirname(folder))
+        if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+            os.chown(folder, owner.st_uid, owner.st_gid)
+
+
 def adopt_legacy_state(log_path, role, reporter):
     """state_path(), its folder made, and version 1.0's <log>.<role> moved there, so that an
     upgrade goes on where the old version stopped. Raises OSError."""
     path = state_path(log_path, role)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make_state_folder(path)
     legacy = os.path.abspath(log_path) + "." + role
     for old in (legacy, legacy + ".tmp"):   # .tmp: what a kill -9 mid-write leaves
         try:
@@ -5512,12 +5524,7 @@ class EraseRequest:
 
     def claim(self):
         """Make the request; OSError if another erase of this log runs, or it cannot."""
-        folder = os.path.dirname(self.path)
-        if not os.path.isdir(folder):
-            os.makedirs(folder, exist_ok=True)
-            owner = os.stat(self.log_path)   # the pixel must write its answer there
-            if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
-                os.chown(folder, owner.st_uid, owner.st_gid)
+        make_state_folder(self.path)   # the pixel must write its answer there
         written = "%s.%d" % (self.path, os.getpid())
         write_checkpoint(written, self.document)
         try:
@@ -7361,7 +7368,7 @@ def _flock_free(path, locks):
 
 def _append_ledger(path, people, status, files):
     """One line of the erase ledger: when, who (as digests only), what was done where."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make_state_folder(path)
     line = json.dumps({"time": format_time(time.time()), "pid": os.getpid(),
                        "status": status, "ids": people.digested(), "files": files,
                        "followed": people.followed.digested() if people.followed else []},

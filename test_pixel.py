@@ -9810,6 +9810,23 @@ class Backfill(unittest.TestCase):
         self.assertEqual(status, 1)
         self.assertIn("No such file", stderr)
 
+    @unittest.skipIf(os.geteuid() != 0, "only root can give a folder away")
+    def test_run_as_root_it_leaves_a_state_folder_the_services_user_can_write_in(self):
+        # The newcomer: a backfill run with sudo made .pixel root's, and the service,
+        # started as its own user with --forward, could not save its checkpoint and exited.
+        # erase's ledger and request make the folder the same way.
+        receiver = FakeReceiver(self)
+        os.chown(self.dir, 65534, 65534)
+        result = self.forward(receiver.url)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        folder = os.path.join(self.dir, pixel.STATE_FOLDER)
+        self.assertEqual(os.stat(folder)[4:6], (65534, 65534))
+        shutil.rmtree(folder)
+        status, _, stderr = main_in_this_process(["erase", "--user-id", "nobody-at-all",
+                                                  "--apply", self.files[0]])
+        self.assertEqual(status, 0, stderr)
+        self.assertEqual(os.stat(folder)[4:6], (65534, 65534))
+
     def forward_these(self, url, *argv, timeout=60):
         return subprocess.run([sys.executable, PIXEL_RUN, "forward", "--to", url] + list(argv),
                               capture_output=True, text=True, timeout=timeout)
