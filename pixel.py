@@ -5972,6 +5972,15 @@ def build_parser(environ):
                                 default, action="append" if option.many else "store",
                                 metavar=option.name.upper(), help=help)
     parser.add_argument("--version", action="version", version="pixel " + __version__)
+    # PIXEL_WRITE_KEY, as the flag is named, would leave the allowlist off without a word.
+    known = [option.env for option in OPTIONS if option.env]
+    for name in sorted(name for name in environ if name.startswith("PIXEL_")):
+        if name not in known:
+            import difflib   # here: only a name pixel does not know costs its import
+            near = difflib.get_close_matches(name, known, 1, 0.85)
+            if near:
+                parser.error("%s is not one of pixel's variables: did you mean %s?"
+                             % (name, near[0]))
     return parser
 
 

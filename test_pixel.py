@@ -1406,6 +1406,11 @@ class CommandLine(unittest.TestCase):
                 ([], {"PIXEL_HOST": ""}, "PIXEL_HOST is set but empty"),
                 ([], {"PIXEL_TRUSTED_PROXIES": ""}, "PIXEL_TRUSTED_PROXIES is set but empty"),
                 ([], {"PIXEL_LOG": " "}, "PIXEL_LOG is set but empty"),
+                # ... nor a misspelt one, named as its flag is (the newcomer).
+                ([], {"PIXEL_WRITE_KEY": "K"}, "did you mean PIXEL_WRITE_KEYS?"),
+                ([], {"PIXEL_TRUSTED_PROXY": "10.0.0.1"}, "did you mean PIXEL_TRUSTED_PROXIES"),
+                ([], {"PIXEL_ALLOW_ORIGIN": "https://a"}, "did you mean PIXEL_ALLOW_ORIGINS"),
+                ([], {"PIXEL_MATRICS_TOKEN": "t"}, "did you mean PIXEL_METRICS_TOKEN"),
                 (["--log", "/tmp", "--rejects", "/tmp/../tmp"], {}, "different files"),
                 (["--forward", "ftp://host"], {}, "not an http(s) URL"),
                 (["--forward", "http://127.0.0.1:9/a b"], {}, "not an http(s) URL"),
