@@ -3865,6 +3865,10 @@ class Receiver:
                 status, headers, answer = self.post(key, body)
             except (OSError, http.client.HTTPException) as error:
                 problem = "%s: %s" % (type(error).__name__, error)
+                if getattr(error, "verify_code", None) is not None:   # ssl's: no CA vouches
+                    problem += " (for a private CA's certificate: %s FILE)" % (
+                        "--ca" if self.gives_up else "--forward-ca")
+                    fatal = "%s: %s" % (self.endpoint, problem)
             else:
                 if 200 <= status < 300 or status in _REFUSED_STATUSES or \
                         status in _KEY_STATUSES and key not in self.configured_keys:
@@ -3895,6 +3899,7 @@ class Receiver:
                     delay = retry_after(headers.get("retry-after"), self.clock())
                     delay = None if delay is None else max(delay, self.first_delay)
             if fatal is not None and self.gives_up:   # a backfill: waiting will not fix it
+                # (a certificate may, but not in a run from the command line)
                 self.gave_up = fatal
                 self.stopping.set()
             if self.stopping.is_set():   # stop()'s own cut of the post, or a backfill gave up
@@ -6007,7 +6012,7 @@ def open_logs(log, rejects, *, busy, wait=0.0, **options):
     if os.path.exists(log) and os.path.exists(rejects) and os.path.samefile(log, rejects):
         raise StartupError("the events log and the rejects log are the same file: %s"
                            % os.path.realpath(log))
-    writers = []
+    writers, waited = [], None
     deadline = time.monotonic() + wait
     for path in (log, rejects):
         while True:
@@ -6024,6 +6029,11 @@ def open_logs(log, rejects, *, busy, wait=0.0, **options):
                     raise StartupError("cannot open %s: %s%s" % (
                         error.filename or path, error.strerror or error,
                         "; " + busy if error.errno == errno.EBUSY else "")) from None
+                if waited is None:   # a wait of seconds must not look like a hang
+                    waited = options["reporter"].say("%s: %s" % (
+                        path, "pixel.py erase is rewriting it; waiting for it to end"
+                        if erase_at_work(path) else "another process holds it; waiting up "
+                        "to %.0f s for it to let go" % wait))
             time.sleep(0.05)
         options["readable"] = False   # only the events log is followed
     return writers
@@ -6138,7 +6148,7 @@ def make_wsgi_app(**options):
     """A WSGI application of the OPTIONS of scope "all" and "wsgi", named as the flags are.
     It opens the logs now, so serve it from one process (threads are fine). /metrics needs
     `metrics_token` or public_metrics=True, else it is a 404: a WSGI app usually shares its
-    port with a public site. A bad option or file: one line on stderr, then SystemExit(3),
+    port with a public site. A bad option or file: a line on stderr, then SystemExit(3),
     which gunicorn takes for a worker that cannot boot, not to be started again and again."""
     reporter = Reporter()
     for old, new in _OLD_KEYWORDS.items():

@@ -7684,7 +7684,10 @@ class WsgiStart(unittest.TestCase):
         self.addCleanup(first.close)
         status, stderr = wsgi_start_error(self, log=self.log)
         self.assertEqual(status, 3)
-        self.assertEqual(stderr.count("\n"), 1, stderr)
+        # The wait said at once (the newcomer's 25 s of nothing), then why it ended.
+        self.assertEqual(stderr.count("\n"), 2, stderr)
+        self.assertTrue(stderr.startswith("pixel: %s: another process holds it; waiting up to "
+                                          "0 s for it to let go\n" % self.log), stderr)
         self.assertIn("pixel: make_wsgi_app: cannot open %s: another process writes it" %
                       self.log, stderr)
         self.assertIn("gunicorn --workers 1 --threads 8", stderr)
@@ -9230,8 +9233,23 @@ class ForwardOverTls(unittest.TestCase):
 
         self.assertTrue(wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in
                                    (forward_state()["last_error"] or "")))
+        self.assertIn("for a private CA's certificate: --forward-ca FILE",
+                      forward_state()["last_error"])
         self.assertEqual(forward_state()["lines_behind"], 1)
         self.assertEqual(receiver.ids(), ["tls-%d" % trusting_port])
+        # A backfill stops at once, saying how (the newcomer's retried for ever), and is
+        # sent by the same command with --ca.
+        backfill = [sys.executable, PIXEL_RUN, "forward", "--to", receiver.url,
+                    os.path.join(folder, "u.jsonl")]
+        result = subprocess.run(backfill, capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn("CERTIFICATE_VERIFY_FAILED", result.stderr)
+        self.assertIn("for a private CA's certificate: --ca FILE", result.stderr)
+        result = subprocess.run(backfill + ["--ca", ca], capture_output=True, text=True,
+                                timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(sorted(receiver.ids()), sorted(["tls-%d" % trusting_port,
+                                                         "tls-%d" % port]))
 
 
 class ForwardingSeamsProcess(unittest.TestCase):
