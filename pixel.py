@@ -7106,8 +7106,9 @@ def build_erase_parser():
     parser.add_argument("--ledger", metavar="FILE", help="erase again everyone an erase "
                         "ledger (.pixel/erase-ledger.json) names: after restoring a backup")
     parser.add_argument("--follow", action="store_true", help="also erase the anonymousIds "
-                        "the logs link to a given userId (identify and track events with "
-                        "both) and the previousIds of its aliases")
+                        "the logs link to a given userId (its events of any type that carry "
+                        "both), in events with no other userId, and the ids its aliases link "
+                        "it to, theirs in turn")
     parser.add_argument("--apply", action="store_true", help="erase; without it, only say "
                         "what would go")
     parser.add_argument("--max-share", type=_share, default=0.5, metavar="FRACTION",
