@@ -126,6 +126,7 @@ MIN_TIMEOUT, MAX_TIMEOUT = 0.001, 86400.0
 LISTEN_BACKLOG = 1024            # socketserver's 5 drops bursts of connections
 THREAD_STACK_SIZE = 512 * 1024   # 1024 threads reserve 512 MiB, not 8 GiB
 WORKER_IDLE_SECONDS = 30.0       # a thread with no connection to serve exits after this
+ACCEPT_PAUSE = 0.1               # seconds between accept()s that find no file descriptor
 STOP_POLL = 0.1                  # seconds a SIGTERM waits, at most, for the accept loop to see it
 ERROR_INTERVAL = 10.0            # at most one stderr line per kind of trouble per interval
 RELINK_ATTEMPTS = 3              # a log deleted under a write is made again this often
@@ -3682,6 +3683,19 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             self._date = (now, email.utils.formatdate(now, usegmt=True).encode())
         return self._date[1]
 
+    def get_request(self):
+        try:
+            return self.socket.accept()
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE):
+                # socketserver would try again at once, for ever: a CPU spent. The client
+                # waits in the listen queue while a connection ends and frees a descriptor.
+                self.reporter.say("cannot accept a connection: %s; it waits (raise the "
+                                  "open-file limit, LimitNOFILE=, or lower --max-connections)"
+                                  % error.strerror, key="accept")
+                time.sleep(ACCEPT_PAUSE)
+            raise
+
     def process_request(self, request, client_address):
         if not self.pool.submit(request, client_address):
             self.shutdown_request(request)
@@ -6755,17 +6769,18 @@ def listen(config, reporter):
     except OSError as error:   # a CPU this process may not use
         raise StartupError("cannot pin to CPU %s: %s" % (config.cpu,
                                                          error.strerror or error)) from None
-    # A connection holds a socket, and 64 files are kept for the logs, the listener and stdio
-    # (a soft limit of 1024 would not fit --max-connections). Under a lower hard limit fewer
-    # are served at once, the others waiting in the backlog: accept()'s EMFILE would spin.
-    connections, needed = config.max_connections, config.max_connections + 64
+    # A connection holds a socket (two under TLS: see _handshake), and 64 files are kept for
+    # the logs, the listener and stdio (a soft limit of 1024 would not fit --max-connections).
+    # Under a lower hard limit fewer are served at once, the others waiting in the backlog.
+    per = 2 if config.certfile else 1
+    connections, needed = config.max_connections, per * config.max_connections + 64
     if resource is not None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and soft < needed:
             soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
             if soft < needed:
-                connections = max(1, soft - 64)
+                connections = max(1, (soft - 64) // per)
                 reporter.say("the open-file limit is %d, so at most %d connections are "
                              "served at once, not --max-connections %d"
                              % (soft, connections, config.max_connections))

@@ -4868,6 +4868,34 @@ class PoolThreads(unittest.TestCase):
         self.assertLessEqual(len(served), 8)
 
 
+class OutOfDescriptors(unittest.TestCase):
+    def test_accept_out_of_descriptors_waits_instead_of_spinning(self):
+        # socketserver tries a failed accept() again at once: with EMFILE, for ever, at
+        # 100% CPU (the attack pass). The client waits in the listen queue meanwhile.
+        stderr = io.StringIO()
+        server = pixel.PixelServer(("127.0.0.1", 0), reporter=pixel.Reporter(stderr))
+        self.addCleanup(server.server_close)
+        listener, calls = server.socket, []
+
+        class Exhausted:
+            def accept(self):
+                calls.append(time.monotonic())
+                raise OSError(errno.EMFILE, "Too many open files")
+
+            def __getattr__(self, name):
+                return getattr(listener, name)
+
+        server.socket = Exhausted()
+        self.addCleanup(setattr, server, "socket", listener)
+        for _ in range(3):
+            server._handle_request_noblock()
+        self.assertEqual(len(calls), 3)
+        self.assertGreaterEqual(calls[2] - calls[0], 2 * pixel.ACCEPT_PAUSE * 0.9)
+        self.assertEqual(stderr.getvalue().count("\n"), 1, "said once an interval")
+        self.assertIn("cannot accept a connection: Too many open files; it waits (raise the "
+                      "open-file limit", stderr.getvalue())
+
+
 class InternalErrors(ServerCase):
     def test_one_line_per_interval_not_one_per_request(self):
         def broken(route, request):
@@ -9406,6 +9434,48 @@ class Tls(unittest.TestCase):
         self.assertEqual((health["accepted"], health["tls_handshake_failures"]), (1, 1))
         with open(os.path.join(self.dir, "events.jsonl")) as handle:
             self.assertEqual(len(handle.readlines()), 1)
+
+    @unittest.skipUnless(os.path.exists("/proc/self/stat"), "reads /proc")
+    def test_connections_fit_the_open_file_limit_with_two_descriptors_each(self):
+        # The attack pass: a TLS connection holds two descriptors, but the cap was counted
+        # at one. 79 idle clients took every descriptor of 164, below the 100 slots, so none
+        # was evicted: accept() failed in a loop at 100% CPU and new clients timed out.
+        process = subprocess.Popen(
+            [sys.executable, "-c", "import resource, runpy, sys; resource.setrlimit("
+             "resource.RLIMIT_NOFILE, (100, 164)); sys.argv = sys.argv[1:]; "
+             "runpy.run_path(sys.argv[0], run_name='__main__')", PIXEL_PY, "--port", "0",
+             "--cpu", "none", "--log", os.path.join(self.dir, "events.jsonl"), "--certfile",
+             self.certfile, "--keyfile", self.keyfile, "--max-connections", "100",
+             "--idle-timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        self.addCleanup(Process.reap, process)
+        port = int(re.search(r":(\d+)/", process.stdout.readline()).group(1))
+        context = self.ssl.create_default_context(cafile=self.ca)
+        held = []
+        for number in range(90):   # past the 50 slots: the longest idle are closed for them
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+            held[-1].sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e&messageId=m%d "
+                             b"HTTP/1.1\r\nHost: x\r\n\r\n" % number)
+            self.assertTrue(held[-1].recv(4096).startswith(b"HTTP/1.1 200 OK"), number)
+        self.addCleanup(lambda: [sock.close() for sock in held])
+
+        def cpu_seconds():
+            with open("/proc/%d/stat" % process.pid) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu_seconds()
+        self.assertEqual(self.https(port, "/v1/pixel/track?writeKey=k&userId=u&event=e&"
+                                          "messageId=last"), (200, pixel.GIF))
+        time.sleep(0.5)   # a spinning accept() would spend all of it
+        self.assertLess(cpu_seconds() - before, 0.3)
+        process.terminate()
+        self.assertEqual(process.wait(10), 0)
+        self.assertIn("the open-file limit is 164, so at most 50 connections are served at "
+                      "once", process.stderr.read())
+        with open(os.path.join(self.dir, "events.jsonl")) as handle:
+            self.assertEqual(len(handle.readlines()), 91)
 
     def test_the_settings_document_over_https_says_https(self):
         process, port = self.start()
