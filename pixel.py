@@ -3577,6 +3577,10 @@ class ConnectionPool:
             return self._changed.wait_for(lambda: not self._live, 1.0)
 
 
+class StopAsked(Exception):
+    """serve_forever() ends: a signal set PixelServer.stop_asked."""
+
+
 class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     """The built-in HTTP transport: the listening socket, a ConnectionPool, the deadlines,
     TLS and a graceful stop. It may be bound before it is given its App (serve_app), so that
@@ -3607,6 +3611,8 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self._date = (0, b"")
         self._reloading = threading.Lock()
         self._drained = threading.Lock()
+        self.deferred = []                # work a signal left (see service_actions)
+        self.stop_asked = False           # by a signal: serve_forever() raises StopAsked
         # Bound at once (a port in use is an error now), listening when `listening`, or at
         # server_activate(): until then a connection is refused, not kept waiting.
         super().__init__(address, handler, bind_and_activate=False)
@@ -3682,6 +3688,21 @@ class PixelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         if self._date[0] != now:
             self._date = (now, email.utils.formatdate(now, usegmt=True).encode())
         return self._date[1]
+
+    def service_actions(self):
+        # serve_forever() calls this each poll and after each connection it takes: a stop a
+        # signal asked for (shutdown() would wait for this very loop), then the work it
+        # left, each on a thread of its own (a reopen waits for a writer's lock).
+        if self.stop_asked:
+            raise StopAsked
+        while self.deferred:
+            try:
+                threading.Thread(target=self.deferred[0], daemon=True).start()
+            except RuntimeError:   # at a thread limit: TasksMax, RLIMIT_NPROC, memory
+                self.reporter.say("cannot start a thread; trying again each %g s"
+                                  % STOP_POLL, key="deferred")
+                return
+            del self.deferred[0]
 
     def get_request(self):
         try:
@@ -6811,10 +6832,19 @@ def serve(server, pixel, pinned, previous, stopped=()):
         pixel.reopen()
         server.reload_tls()
 
-    def in_a_thread(work):
-        # A handler runs on this thread, between two bytecodes of serve_forever(), and must
-        # not wait there: shutdown() waits for serve_forever(), a reopen for a writer's lock.
-        return lambda signum, frame: threading.Thread(target=work, daemon=True).start()
+    def say(line):   # stdout: a supervisor's pipe, which may be gone or full
+        try:
+            print(line, flush=True)
+        except (OSError, ValueError):
+            pixel.reporter.lost += 1
+
+    # A handler runs on this thread, between two bytecodes of serve_forever(), maybe inside
+    # a lock it holds (starting a thread takes one): it only leaves word for service_actions.
+    def reopen_soon(signum, frame):
+        server.deferred.append(reopen)
+
+    def stop(signum, frame):
+        server.stop_asked = True
 
     server.serve_app(pixel.app)
     host, port = server.server_address[:2]
@@ -6825,8 +6855,7 @@ def serve(server, pixel, pinned, previous, stopped=()):
                            % (host, port, error.strerror or error)) from None
     # Before the line that says we listen: whoever waits for it may signal at once. SIGUSR1,
     # SIGUSR2 and SIGQUIT from a supervisor or an operator must not take the service down.
-    stop = in_a_thread(server.shutdown)
-    handlers = {"SIGTERM": stop, "SIGINT": stop, "SIGHUP": in_a_thread(reopen),
+    handlers = {"SIGTERM": stop, "SIGINT": stop, "SIGHUP": reopen_soon,
                 "SIGUSR1": signal.SIG_IGN, "SIGUSR2": signal.SIG_IGN, "SIGQUIT": signal.SIG_IGN}
     if threading.current_thread() is threading.main_thread():
         for name, handler in handlers.items():
@@ -6835,22 +6864,24 @@ def serve(server, pixel, pinned, previous, stopped=()):
                 previous.setdefault(signum, signal.signal(signum, handler))
     if stopped:   # during the start, while main() held the signals
         stop(None, None)
-    print("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s" % (
+    say("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s" % (
         __version__, server.scheme, "[%s]" % host if ":" in host else host, port,
         pixel.events.path, pixel.rejects.path,
-        "" if pinned is None else " (on CPU %d)" % pinned), flush=True)
+        "" if pinned is None else " (on CPU %d)" % pinned))
     pixel.start()
     try:
         server.serve_forever(STOP_POLL)
+    except StopAsked:
+        pass
     finally:
         # The stop is under way: a second SIGTERM, a Ctrl-C or logrotate's SIGHUP must not
         # kill it (-15, a traceback) while it answers what it took and closes the logs.
         for signum in previous:
             signal.signal(signum, signal.SIG_IGN)
         server.drain()
-    print("pixel stopped: %d events written, %d rejected, %d lines not written" % (
+    say("pixel stopped: %d events written, %d rejected, %d lines not written" % (
         pixel.events.written, pixel.recorder.rejected_by_reason.total(),
-        pixel.events.failed + pixel.rejects.failed), flush=True)
+        pixel.events.failed + pixel.rejects.failed))
     return 0
 
 

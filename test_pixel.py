@@ -4868,7 +4868,34 @@ class PoolThreads(unittest.TestCase):
         self.assertLessEqual(len(served), 8)
 
 
-class OutOfDescriptors(unittest.TestCase):
+class AtLimits(unittest.TestCase):
+    """The accept loop out of file descriptors, and signals at a thread limit."""
+
+    def test_a_signals_work_waits_for_a_thread_and_a_stop_needs_none(self):
+        # The attack pass: at a thread limit, SIGHUP's handler raised RuntimeError out of
+        # serve_forever (a traceback, exit 1), and a SIGTERM would have too.
+        stderr = io.StringIO()
+        server = pixel.PixelServer(("127.0.0.1", 0), reporter=pixel.Reporter(stderr))
+        self.addCleanup(server.server_close)
+        ran = threading.Event()
+        server.deferred.append(ran.set)   # as SIGHUP's handler leaves it
+        with unittest.mock.patch("threading.Thread.start",
+                                 side_effect=RuntimeError("can't start new thread")):
+            server.service_actions()
+            server.service_actions()
+        self.assertFalse(ran.is_set())
+        self.assertEqual(stderr.getvalue(),
+                         "pixel: cannot start a thread; trying again each 0.1 s\n")
+        server.service_actions()
+        self.assertTrue(ran.wait(10))
+        self.assertEqual(server.deferred, [])
+        server.stop_asked = True   # as SIGTERM's handler leaves it
+        with unittest.mock.patch("threading.Thread.start", side_effect=RuntimeError):
+            started = time.monotonic()
+            with self.assertRaises(pixel.StopAsked):
+                server.serve_forever(0.05)
+        self.assertLess(time.monotonic() - started, 5)
+
     def test_accept_out_of_descriptors_waits_instead_of_spinning(self):
         # socketserver tries a failed accept() again at once: with EMFILE, for ever, at
         # 100% CPU (the attack pass). The client waits in the listen queue meanwhile.
@@ -8673,6 +8700,30 @@ class Process(unittest.TestCase):
         self.assertIn("the open-file limit is 164, so at most 100 connections are served at "
                       "once, not --max-connections 1024", probe.stderr.read())
 
+    def test_a_stdout_gone_or_full_is_no_reason_to_stop_or_fail(self):
+        # The attack pass: its reader gone (`pixel.py | head -1`), the "stopped" line raised
+        # BrokenPipeError at SIGTERM (a traceback, exit 1); on /dev/full, the "listening"
+        # line did at start, and pixel never served.
+        process, _ = self.start()
+        process.stdout.close()
+        process.terminate()
+        self.assertEqual(process.wait(10), 0)
+        self.assertNotIn("Traceback", process.stderr.read())
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with open(os.devnull if not os.path.exists("/dev/full") else "/dev/full", "w") as full:
+            process = subprocess.Popen([sys.executable, PIXEL_RUN, "--port", str(port),
+                                        "--log", self.log, "--cpu", "none"], stdout=full,
+                                       stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        self.assertTrue(wait_until(lambda: process.poll() is not None or
+                                   _answers(port, "/health")))
+        process.terminate()
+        self.assertEqual(process.wait(10), 0)
+        self.assertNotIn("Traceback", process.stderr.read())
+        process.stderr.close()
+
     def test_port_in_use(self):
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
@@ -8871,6 +8922,18 @@ def fetch_gif(port, target):
         connection.close()
     assert body == pixel.GIF, body
     return body
+
+
+def _answers(port, target):
+    """Whether a server on `port` answers GET `target` with 200."""
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", target)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
 
 
 def fetch_json(port, target):
