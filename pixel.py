@@ -108,7 +108,6 @@ MAX_REQUEST_LOG_BYTES = 16 * MAX_BATCH_BYTES   # what one request's events may a
 MAX_REJECTS_PER_REQUEST = 100    # item lines one request may add to the rejects log,
 MAX_REJECTS_BYTES_PER_REQUEST = 64 * 1024   # ... and their bytes
 MAX_WRITE_BYTES = 1024 * 1024    # the most one write() hands the kernel
-MAX_DEDUPE_ID = 128              # bytes: a longer messageId or writeKey is not remembered
 MAX_PEM_BYTES = 1024 * 1024
 # HTTP heads: http.client's and http.server's limits (_MAXLINE, _MAXHEADERS), and a total.
 MAX_LINE = 65536
@@ -695,11 +694,7 @@ def dedupe_key(write_key, message_id, machine=False):
     de-duplicates per source, and whether it is labelled `machine`: a scanner's or Apple's
     fetch of an email's pixel comes first, and the person's open of the same URL is no retry
     of it (a forwarding pixel's labelled events are deduped among themselves all the same).
-    None if either text is over MAX_DEDUPE_ID bytes."""
-    for text in (write_key, message_id):
-        if len(text) > MAX_DEDUPE_ID or not text.isascii() and \
-                len(text.encode("utf-8", "replace")) > MAX_DEDUPE_ID:
-            return None
+    Of any length: the window keeps a digest of it."""
     return "%s%d:%s:%s" % ("m" if machine else "", len(write_key), write_key, message_id)
 
 
@@ -1273,7 +1268,9 @@ def _body_length(headers):
     """Content-Length as an int, 0 without one, -1 chunked, None for invalid framing."""
     if "content-length" not in headers:
         return -1 if "transfer-encoding" in headers else 0
-    lengths = set(value.strip() for value in headers["content-length"].split(","))
+    # Spaces and tabs only around the digits (RFC 9110): str.strip() would take VT, FF,
+    # NEL and NBSP too, which a proxy may read otherwise, and a body would be smuggled.
+    lengths = set(value.strip(" \t") for value in headers["content-length"].split(","))
     if "transfer-encoding" in headers or len(lengths) != 1:
         return None
     length = lengths.pop()

@@ -806,6 +806,13 @@ PARSE_HEAD_CASES = [
     ("length and chunked", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
                            b"Transfer-Encoding: chunked", (400, "bad_framing")),
     ("negative length", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1", (400, "bad_framing")),
+    ("a length with a tab", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\t, 3 ",
+     ("POST", "/", "", "HTTP/1.1", 3, True)),
+] + [
+    # Only spaces and tabs around a length (the attack pass): these are not whitespace there.
+    ("a length after %r" % blank, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:" + blank +
+     b"34", (400, "bad_framing")) for blank in (b"\x0b", b"\x0c", b"\x1f", b"\x85", b"\xa0")
+] + [
     ("request line over 64 KiB", b"GET /" + b"x" * pixel.MAX_LINE + b" HTTP/1.1",
      (414, "uri_too_long")),
     ("header over 64 KiB", b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"v" * pixel.MAX_LINE,
@@ -1826,15 +1833,17 @@ class Dedupe(RecorderCase):
                           ("a", "bc"), ("a:1", "x"), ("a", "1:x")])
         self.assertEqual(self.recorder.deduped, 4)
 
-    def test_long_ids_in_bytes_are_not_remembered(self):
-        astral = "\U0001f600" * 40   # 40 characters, 160 bytes of UTF-8
-        self.answer(method="POST", path="/v1/track", body=json.dumps(
-            {"writeKey": "k", "userId": "u", "event": "e", "messageId": astral}).encode())
-        self.assertEqual(len(self.recorder.recent), 0)
-        event = {"writeKey": "k", "messageId": "x" * 128}
-        self.assertEqual(pixel._client_id(event, event), pixel.dedupe_key("k", "x" * 128))
-        event = {"writeKey": "k" * 129, "messageId": "x"}   # nor long keys
-        self.assertIsNone(pixel._client_id(event, event))
+    def test_long_ids_are_remembered(self):
+        # The attack pass: an id over 128 bytes was not remembered, so an SDK's retry of it
+        # was written twice. The window keeps a digest, whatever the id's length.
+        for message_id, write_key in (("\U0001f600" * 40, "k"), ("x" * 5000, "k"),
+                                      ("x", "k" * 129)):
+            body = json.dumps({"writeKey": write_key, "userId": "u", "event": "e",
+                               "messageId": message_id}).encode()
+            for _ in range(2):
+                self.answer(method="POST", path="/v1/track", body=body)
+        self.assertEqual(len(self.recorder.recent), 3)
+        self.assertEqual(self.recorder.deduped, 3)
 
     def test_an_id_that_was_not_written_is_not_remembered(self):
         events = pixel.LogWriter("/dev/full", reporter=pixel.Reporter(io.StringIO()))
