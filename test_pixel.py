@@ -5072,6 +5072,25 @@ class BrowserRoutes(ServerCase):
         self.assertNotIn("access-control-allow-origin", headers)
 
 
+class BrowserRoutesAnyOrigin(ServerCase):
+    """With no --allow-origin, any origin: "null" too (a sandboxed frame, a file: page)."""
+
+    event, post = BrowserRoutes.event, BrowserRoutes.post
+
+    def test_any_well_formed_origin_and_null_get_in(self):
+        for origin in ("null", "https://evil.example"):
+            with self.subTest(origin):
+                status, headers, _ = self.post("t", self.event(), origin=origin)
+                self.assertEqual((status, headers["access-control-allow-origin"]),
+                                 (200, origin))
+        for origin in ("https://shop.example.com/", "javascript:alert(1)", "Null"):
+            with self.subTest(origin):
+                status, headers, body = self.post("t", self.event(), origin=origin)
+                self.assertEqual((status, json.loads(body)["error"]),
+                                 (403, "origin_not_allowed"))
+        self.assertEqual(len(self.lines()), 1, "the second is a retry of the first")
+
+
 class SettingsDocument(ServerCase):
     recorder_options = {"write_key": ["K"], "public_url": "https://pixel.example.com/"}
 
