@@ -6242,7 +6242,9 @@ class _Counts:
 
 def _received_text(value):
     """receivedAt as format_time writes it, for comparing as text; None if it is no time."""
-    if isinstance(value, str) and len(value) == 24 and value[10] == "T" and value[23] == "Z":
+    if isinstance(value, str) and len(value) == 24 and value[10] == "T" and \
+            value[23] == "Z" and value[:10].isascii() and value[4::3] == "--" and \
+            value[:10].replace("-", "").isdigit():   # --daily prints its first ten
         return value   # pixel's own form, nearly always: no parsing
     try:
         seconds = parse_time(value)
@@ -6405,8 +6407,9 @@ def report_records(tally):
     """The report as dicts, one a group (with --daily, one a day of a group too): key (the
     field's value; null where events have none), day (with --daily), and REPORT_COLUMNS."""
     for key, day, counts in tally.rows():
-        record = {"key": None if key is None else json.loads(key[0]) if type(key) is tuple
-                  else key}
+        # NaN as "NaN": a number json's scanner takes, which no JSON reader does
+        record = {"key": None if key is None else json.loads(key[0], parse_constant=str)
+                  if type(key) is tuple else key}
         if tally.daily:
             record["day"] = day
         record.update(zip(REPORT_COLUMNS, counts.values()))

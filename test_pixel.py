@@ -1213,13 +1213,25 @@ class ReportTally(unittest.TestCase):
         self.assertEqual(lines[4].split()[1:], ["1", "1", "0", "1", "1", "#" * 20])
         self.assertEqual(lines[5].split(), ["total", "3", "3", "1", "2", "2"])
         self.assertEqual(len({len(lines[index]) for index in (0, 1, 3, 5)}), 1, table)
+        # A crafted receivedAt of pixel's shape is no day: it never reaches a terminal either
+        # (the attack pass), nor one of another's digits.
+        tally = pixel.Tally(daily=True)
+        for received in ("\x1b[2J\x1b[1mXXT000000000000Z", "\u0662026-11-18T10:00:00.000Z"):
+            tally.add_lines([json.dumps({"type": "track", "event": "E", "userId": "u",
+                                         "receivedAt": received})])
+        table = pixel.report_table(tally)
+        self.assertNotIn("\x1b", table)
+        self.assertEqual(table.splitlines()[2].split()[:3], ["(no", "date)", "2"])
 
     def test_records(self):
         tally = pixel.Tally(by="properties.n")
-        tally.add_lines([logged("a", properties={"n": 2}), logged("b")])
+        tally.add_lines([logged("a", properties={"n": 2}), logged("b"),
+                         b'{"type":"track","userId":"c","properties":{"n":NaN}}'])
         self.assertEqual(list(pixel.report_records(tally)), [
             {"key": 2, "events": 1, "users": 1, "machine": 0, "events_no_machine": 1,
              "users_no_machine": 1},
+            {"key": "NaN", "events": 1, "users": 1, "machine": 0, "events_no_machine": 1,
+             "users_no_machine": 1},   # not NaN, which no JSON reader takes (the attack pass)
             {"key": None, "events": 1, "users": 1, "machine": 0, "events_no_machine": 1,
              "users_no_machine": 1}])
 
