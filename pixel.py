@@ -164,6 +164,7 @@ REASONS = (
     "too_many_params", "uri_too_long", "header_too_long", "too_many_headers",
     "headers_too_large", "invalid_type", "batch_not_array", "too_many_items",
     "body_too_large", "batch_too_large", "too_many_rejects", "origin_not_allowed",
+    "length_required",
     "torn_tail", "invalid_gzip", "unsupported_encoding", "forward_rejected",
     "forward_unauthorized", "forward_unreadable", "forward_truncated")
 
@@ -3000,8 +3001,12 @@ class App:
     def early_answer(self, route, request, length):
         """The answer, before reading it, to a body `route` would read, of Content-Length
         `length` (-1: none to trust, chunked); None: read it and ask answer()."""
-        if length == -1:
-            return add_headers(LENGTH_REQUIRED, cors_headers(request, self.allow_origins))
+        if length == -1:   # a rejects line as every refusal has (Segment's Android SDK
+            cors = cors_headers(request, self.allow_origins)   # sends chunked bodies)
+            if cors is None:
+                return self._origin_refused(request)
+            self.recorder.reject(Rejected("length_required"), request, quoted="")
+            return add_headers(LENGTH_REQUIRED, cors)
         if length > route.max_body:
             return self.refuse(route, request, "body_too_large", 400)
         return None

@@ -4391,6 +4391,9 @@ class TrackingApi(ServerCase):
         status, _, answer = self.get("/v1/track", {"Transfer-Encoding": "chunked"}, "POST",
                                      iter([b'{"a": 1}']))
         self.assertEqual((status, json.loads(answer)["error"]), (411, "length_required"))
+        # ... with its rejects line (the attack pass: Segment's Android SDK sends chunked)
+        self.assertEqual([(record["reason"], record["path"]) for record in
+                          self.lines("rejects.jsonl")][-1], ("length_required", "/v1/track"))
 
     def test_expect_100_continue(self):
         body = b'{"writeKey":"k","userId":"u","event":"e"}'
