@@ -164,7 +164,7 @@ REASONS = (
     "too_many_params", "uri_too_long", "header_too_long", "too_many_headers",
     "headers_too_large", "invalid_type", "batch_not_array", "too_many_items",
     "body_too_large", "batch_too_large", "too_many_rejects", "origin_not_allowed",
-    "length_required",
+    "length_required", "bad_header", "bad_host", "bad_framing",
     "torn_tail", "invalid_gzip", "unsupported_encoding", "forward_rejected",
     "forward_unauthorized", "forward_unreadable", "forward_truncated")
 
@@ -1162,6 +1162,10 @@ def source_config(write_key):
     return {"source": {"id": write_key, "name": "pixel", "writeKey": write_key,
                        "enabled": True, "destinations": [],
                        "config": {"statsCollection": {"errors": off, "metrics": off}}}}
+
+
+# What HeadError may say of a head whose request line was read whole: it goes to its route.
+_ROUTED_HEAD_ERRORS = ("bad_header", "bad_host", "bad_framing")
 
 
 class HeadError(Exception):
@@ -3385,20 +3389,20 @@ class PixelHandler(BufferedConnection):
 
     def _refuse(self, error):
         """Answer a head the reader refused, then close: what follows it was never read
-        as a request. Over a size limit, a pixel still gets its GIF."""
+        as a request. Where its request line was read whole, a pixel still gets its GIF,
+        and the rejects log a line (App.refuse)."""
         words = error.request_line.decode("latin-1").split(" ")
         target = words[1] if len(words) > 1 else ""
         path, query = split_target(target)
         self.command, self.path, self.headers = words[0], target, {}
-        if error.status in (414, 431):   # the rest of the head may still be on its way
+        if error.status not in (414, 431) and error.reason not in _ROUTED_HEAD_ERRORS:
+            self.send_error(error.status)   # no request line to trust: no route to ask
+        else:
             self.close_connection = True
             request = Request(words[0], path, query, {}, self.client_address[0], b"")
             self._send(self.server.app.refuse(route_for(path), request, error.reason,
                                               error.status))
-            return self._linger()
-        self.send_error(error.status)
-        if self._buffer:
-            self._linger()   # a body may still be on its way
+        self._linger()   # the rest of the head, or a body, may still be on its way
 
     def send_error(self, code, message=None, explain=None):
         """http.server's hook: a plain-text answer (`message` or the status's phrase, never

@@ -1599,7 +1599,7 @@ class ForwardItems(unittest.TestCase):
                  (b'{"messageId":"m1","x":1}', None), (b'{"writeKey":"K"}', None),
                  (b"not json", None), (b"[1]", None), (b'{"writeKey":"K","messageId":5}', None),
                  (b'{"writeKey":"K","properties":{"messageId":"p"}}', None),
-                 (b'{"writeKey":"%s","messageId":"m"}' % (b"k" * 129), None)]
+                 (b'{"writeKey":"%s","messageId":"m"}' % (b"k" * 129), ("k" * 129, "m"))]
         for line, expected in cases:
             with self.subTest(line):
                 self.assertEqual(pixel.logged_client_id(line),
@@ -4616,11 +4616,17 @@ class HeadLimits(ServerCase):
 
     def test_numbers_in_headers_are_ascii_digits(self):
         for length in ("\u00b2", "1\u00b3", "\u0661"):
-            with self.subTest(length):
-                reply = self.raw(("GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\n"
-                                  "Host: x\r\nContent-Length: %s\r\n\r\n" % length)
-                                 .encode("utf-8" if length == "\u0661" else "latin-1"))
-                self.assertTrue(reply.startswith(b"HTTP/1.1 400 "), reply[:40])
+            for target, status in (("/health", 400), ("/v1/pixel/track?writeKey=k&userId=u&"
+                                                      "event=e", 200)):
+                with self.subTest(length=length, target=target):
+                    reply = self.raw(("GET %s HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n"
+                                      "\r\n" % (target, length)).encode(
+                                          "utf-8" if length == "\u0661" else "latin-1"))
+                    self.assertTrue(reply.startswith(b"HTTP/1.1 %d " % status), reply[:40])
+        # A pixel still gets its GIF, and the rejects log says why (the attack pass).
+        self.assertEqual(self.lines(), [])
+        self.assertEqual([record["reason"] for record in self.lines("rejects.jsonl")],
+                         ["bad_framing"] * 3)
         self.assertQuietStderr()
 
     def test_bare_cr_nul_and_host_rules(self):
@@ -8230,16 +8236,20 @@ class RawSpaces(ServerCase):
         self.assertEqual(self.lines("rejects.jsonl")[-1]["reason"], "uri_too_long")
 
     def test_the_smuggling_rules_still_hold(self):
-        for name, head, status in (
-                ("two framings", b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", 400),
-                ("two lengths", b"Content-Length: 5\r\nContent-Length: 6\r\n", 400),
-                ("obs-fold", b"X-A: b\r\n c\r\n", 400),
-                ("a space before a colon", b"X-A : b\r\n", 400)):
+        # A pixel's head HTTP/1.1 refuses: the GIF, a rejects line, and nothing after it read.
+        for name, head, reason in (
+                ("two framings", b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                 "bad_framing"),
+                ("two lengths", b"Content-Length: 5\r\nContent-Length: 6\r\n", "bad_framing"),
+                ("obs-fold", b"X-A: b\r\n c\r\n", "bad_header"),
+                ("a space before a colon", b"X-A : b\r\n", "bad_header")):
             with self.subTest(name):
                 reply = self.raw(SEED_LINE + b"\r\nHost: x\r\n" + head + b"\r\nGET /health "
                                  b"HTTP/1.1\r\nHost: x\r\n\r\n")
-                self.assertTrue(reply.startswith(b"HTTP/1.1 %d " % status), reply[:60])
+                self.assertTrue(reply.startswith(b"HTTP/1.1 200 ") and
+                                reply.endswith(pixel.GIF), reply[:60])
                 self.assertEqual(reply.count(b"HTTP/1.1 "), 1)
+                self.assertEqual(self.lines("rejects.jsonl")[-1]["reason"], reason)
         # A small body nobody asked for is read and dropped, never taken for a request.
         body = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
         reply = self.raw(SEED_LINE + b"\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) +
@@ -10930,7 +10940,9 @@ class ReadmeIsTrue(unittest.TestCase):
                     named.add(reason.value)
                 else:
                     forwarded.append(ast.unparse(reason) if hasattr(ast, "unparse") else "")
-            elif node.func.id == "HeadError" and node.args[0].value in (414, 431):
+            elif node.func.id == "HeadError" and (node.args[0].value in (414, 431) or
+                                                  node.args[1].value in
+                                                  pixel._ROUTED_HEAD_ERRORS):
                 named.add(node.args[1].value)
             elif node.func.id == "HeadError":
                 self.assertIn(node.args[0].value, (400, 505))
