@@ -3428,7 +3428,11 @@ class PixelHandler(BufferedConnection):
             data = self._reply(answer, date)
         if started is not None:
             self.server.durations.observe(time.monotonic() - started)
+        # While its client does not read the answer, the connection waits for it as for a
+        # request: it may be closed to make room (four that read 8 KB/s held four slots).
+        self._pool.mark_idle(self.request, SENDING)
         self.connection.sendall(data)
+        self._pool.mark_busy(self.request)
 
     def _reply(self, answer, date):
         head = b"%s %d %s\r\nServer: %s\r\nDate: %s\r\n%s" % (
@@ -3443,10 +3447,14 @@ class PixelHandler(BufferedConnection):
         return head + b"\r\n" + (b"" if self.command == "HEAD" else answer.body)
 
 
-def _wake(sock):
-    """Half-close `sock` for reading, so its thread wakes to EOF; False if it was closed."""
+SENDING = "sending"   # ConnectionPool.mark_idle's: waiting for a client to read its answer
+
+
+def _wake(sock, how=socket.SHUT_RD):
+    """Half-close `sock` for reading, so its thread wakes to EOF (SHUT_RDWR: from a send
+    too); False if it was closed."""
     try:
-        sock.shutdown(socket.SHUT_RD)
+        sock.shutdown(how)
     except OSError:
         return False
     return True
@@ -3518,8 +3526,8 @@ class ConnectionPool:
         return True
 
     def mark_idle(self, sock, kept_alive=True):
-        """`sock` waits for its client (for a next request if `kept_alive`): it may be
-        closed to make room, and a kept-alive one by a stop."""
+        """`sock` waits for its client (for a next request if `kept_alive`; SENDING: to
+        read its answer): it may be closed to make room, and a kept-alive one by a stop."""
         self._idle[sock] = kept_alive
         if self._full:   # set before submit() looks for one to close: no lost wake-up
             with self._lock:
@@ -3532,7 +3540,9 @@ class ConnectionPool:
         # mark_idle and mark_busy change _idle without the lock (once a request): iterate
         # over a copy, and take each socket out with pop(), which says if it was still in.
         for sock in list(self._idle):
-            if self._idle.pop(sock, None) is not None and _wake(sock):
+            state = self._idle.pop(sock, None)
+            if state is not None and _wake(sock, socket.SHUT_RDWR if state == SENDING
+                                           else socket.SHUT_RD):
                 self._evicted.add(sock)
                 return   # else busy again, or closed, meanwhile
 
@@ -3566,7 +3576,7 @@ class ConnectionPool:
         with self._lock:   # a submit() waiting for a slot that may never come serves its
             self._changed.notify_all()   # connection all the same: it was taken
         for sock, kept_alive in list(self._idle.items()):
-            if kept_alive and self._idle.pop(sock, None) is not None:
+            if kept_alive is True and self._idle.pop(sock, None) is not None:
                 _wake(sock)
 
     def close(self, timeout):

@@ -4430,6 +4430,50 @@ class MaxConnections(ServerCase):
         self.assertEqual(closed, 1, "exactly one idle connection was closed to make room")
         self.assertIn("all 2 connection slots are busy", self.stderr.getvalue())
 
+    def test_a_client_that_does_not_read_its_answers_makes_room(self):
+        # The attack pass: clients that pipeline requests and read their answers slowly
+        # (8 KB/s) held every slot, their threads in sendall, never idle, so never closed
+        # to make room: a new client waited as long as they liked.
+        done = threading.Event()
+        self.addCleanup(done.set)
+
+        def feed(sock, stalled):   # until pixel reads no more: it is stuck answering
+            requests = memoryview(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 1000)
+            left = requests
+            try:
+                while not done.is_set():
+                    try:
+                        left = left[sock.send(left):] or requests
+                    except socket.timeout:
+                        stalled.set()
+            except OSError:
+                pass   # closed to make room
+
+        def trickle(sock):   # each send of pixel's goes on within --request-timeout
+            try:
+                while not done.wait(0.4) and sock.recv(8192):   # all it holds, each time
+                    pass
+            except OSError:
+                pass
+
+        stalls = []
+        for _ in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", self.port))
+            sock.settimeout(0.5)
+            self.addCleanup(sock.close)
+            stalls.append(threading.Event())
+            threading.Thread(target=feed, args=(sock, stalls[-1]), daemon=True).start()
+            threading.Thread(target=trickle, args=(sock,), daemon=True).start()
+        for stalled in stalls:
+            self.assertTrue(stalled.wait(30))
+        started = time.monotonic()
+        status, _, body = self.get("/v1/pixel/track?writeKey=k&userId=u&event=third")
+        self.assertEqual((status, body), (200, pixel.GIF))
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual([event["event"] for event in self.lines()], ["third"])
+
     @soak
     def test_busy_slots_wait_for_the_request_deadline(self):
         slow = [socket.create_connection(("127.0.0.1", self.port)) for _ in range(2)]
@@ -4817,18 +4861,19 @@ class StopWhileFull(ServerCase):
     server_options = {"max_connections": 1, "request_timeout": 30.0, "idle_timeout": 30.0}
 
     def test_stop_returns_while_a_connection_waits_for_a_slot(self):
-        # The only slot is held by a client that pipelines requests and never reads the
-        # answers, so its thread blocks in sendall (not evictable: it is answering); a
-        # second client then waits for a slot in the accept loop.
+        # The only slot is held by a request pixel is at work on (not evictable), here held
+        # up in the app; a second client then waits for a slot in the accept loop.
+        release, answer = threading.Event(), self.app.answer
+        self.addCleanup(release.set)
+
+        def held(route, request):
+            release.wait(30)
+            return answer(route, request)
+
+        self.app.answer = held
         busy = socket.create_connection(("127.0.0.1", self.port))
         self.addCleanup(busy.close)
-        busy.setblocking(False)
-        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-        try:
-            for _ in range(100000):
-                busy.send(request * 100)
-        except BlockingIOError:
-            pass   # both directions' buffers are full: the server is stuck answering
+        busy.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(wait_until(lambda: len(self.server.pool) == 1))
         waiting = socket.create_connection(("127.0.0.1", self.port))
         self.addCleanup(waiting.close)
