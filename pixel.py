@@ -5642,8 +5642,13 @@ class EraseRequest:
         all its requests have ended; remove them."""
         try:
             for request in requests:
-                write_checkpoint(request.path, dict(request.document,
-                                                    state="done" if done else "stopped"))
+                try:
+                    write_checkpoint(request.path, dict(request.document,
+                                                        state="done" if done else "stopped"))
+                except OSError as error:   # a full disk: the pixel goes on once it sees the
+                    request.answered = False   # request gone, or this process ended
+                    request.reporter.say("erase: cannot write %s: %s" % (
+                        request.path, error.strerror or error))
             deadline = time.monotonic() + ERASE_WAIT
             for request in requests:
                 while request.answered and time.monotonic() < deadline and \
@@ -7460,9 +7465,13 @@ def _append_ledger(path, people, status, files):
                        "status": status, "ids": people.digested(), "files": files,
                        "followed": people.followed.digested() if people.followed else []},
                       sort_keys=True, ensure_ascii=True) + "\n"
+    data = line.encode("ascii")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, line.encode("ascii"))
+        size = os.fstat(fd).st_size
+        if os.write(fd, data) != len(data):   # a full disk takes what fits: cut it off, or
+            os.ftruncate(fd, size)            # the next line is glued to it, and --ledger
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)   # refuses it all
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -11586,6 +11586,49 @@ class EraseFiles(unittest.TestCase):
             data = handle.read()
         return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
 
+    def test_a_ledger_line_the_disk_cuts_short_is_cut_off(self):
+        # The attack pass: a nearly full disk took part of a ledger line; the next run's line
+        # was glued to it, and `erase --ledger` refused the whole ledger for good. Here the
+        # disk is RLIMIT_FSIZE, in a child, with SIGXFSZ ignored.
+        ledger = os.path.join(self.dir, ".pixel", "erase-ledger.json")
+        pixel._append_ledger(ledger, pixel.People(["alice"]), "done", [])
+        size = os.path.getsize(ledger)
+        script = (
+            "import errno, os, resource, signal, sys; sys.path.insert(0, %r); import pixel\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (%d, resource.RLIM_INFINITY))\n"
+            "try:\n"
+            "    pixel._append_ledger(%r, pixel.People(['bob']), 'started', ['f'] * 100)\n"
+            "except OSError as error:\n"
+            "    print(errno.errorcode[error.errno])\n" % (HERE, size + 100, ledger))
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                text=True, timeout=30)
+        self.assertEqual(result.stdout.strip(), "ENOSPC", result.stderr)
+        self.assertEqual(os.path.getsize(ledger), size)
+        pixel._append_ledger(ledger, pixel.People(["carol"]), "done", [])
+        self.assertEqual(pixel.ledger_ids(ledger)[0], sorted(
+            pixel.identifier_digest(name) for name in ("alice", "carol")))
+
+    def test_a_full_disk_at_the_end_of_an_erase_is_said_not_a_traceback(self):
+        # The attack pass: the "done" state of a request, written when the disk was full,
+        # raised out of erase_command; the request is removed all the same, so the pixel
+        # holding its forwarder for it goes on.
+        folder = mount_tmpfs(self, 64 * 1024)
+        log = os.path.join(folder, "events.jsonl")
+        with open(log, "w"):
+            pass
+        stderr = io.StringIO()
+        request = pixel.EraseRequest(log, pixel.Reporter(stderr))
+        request.claim()
+        with open(os.path.join(folder, "filler"), "wb", buffering=0) as handle:
+            with self.assertRaises(OSError):   # ENOSPC, once full
+                while True:
+                    handle.write(b"x" * 4096)
+        pixel.EraseRequest.finish([request])
+        self.assertIn("erase: cannot write %s: No space left on device" % request.path,
+                      stderr.getvalue())
+        self.assertFalse(os.path.exists(request.path))
+
     def test_a_holder_that_lets_go_between_its_looks_is_not_taken_for_a_backfill(self):
         # Erase tries an exclusive flock, then a shared one to tell a backfill (shared) from a
         # pixel (exclusive). A pixel that let go in between was reported as "a pixel.py
