@@ -7243,11 +7243,24 @@ def erase_command(argv=None, stdout=None):
     # A forwarding pixel's live logs first: its answer holds the forwarder, whose descriptors
     # of files moved by hand (named anywhere in the list) keep the pixel's flock on them.
     try:
+        # A rotated file named alone, of a log a running pixel writes: that pixel's forwarder
+        # must wait, as for its live log (which is not erased unless named), or the files it
+        # has parked come back replaced, unknown to it (the attack pass: 2,880 events lost).
+        named = {os.path.realpath(path) for path in args.files}
+        held_up = {}   # live log -> the OSError of a pixel that did not let it go
+        for log in sorted({_running_log(path) for path in named} - {None} - named) \
+                if args.apply else ():
+            try:
+                _hold_for_erase(log, requests, locks, reporter, refused=[])
+            except OSError as error:
+                held_up[log] = error
         for path in sorted(args.files, key=lambda path: not os.path.exists(
                 state_path(os.path.realpath(path), "forward"))):
             real = os.path.realpath(path)   # a link is not replaced: the file it names is,
             refused = []                    # and a pixel looks for requests beside that
             try:
+                if _running_log(real) in held_up:
+                    raise held_up[_running_log(real)]
                 held = _hold_for_erase(real, requests, locks, reporter, refused=refused) \
                     if args.apply else [real]
             except OSError as error:
@@ -7370,7 +7383,7 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
     missed. OSError for one that cannot be held; but a live log's rotated file that cannot be
     goes in `refused` as (path, OSError), and the others are held all the same."""
     if os.path.realpath(path) in locks:   # held already: a rotation of a live log given
-        return []
+        return [path]
     fd = _open_rotating(path) if live else open_file(path)
     request = EraseRequest(path, reporter)   # one erase a file, and a pixel that starts
     try:                                     # meanwhile waits for it (open_logs)
@@ -7413,6 +7426,28 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
         raise
     locks[os.path.realpath(path)] = fd
     return [path]
+
+
+def _running_log(path):
+    """The log that `path` is a rotated file of (pixel's or logrotate's name), if a running
+    pixel writes it (holds its flock); else None."""
+    match = _ROTATED.search(os.path.basename(path))
+    if match is None or fcntl is None:
+        return None
+    log = path[:len(path) - len(match.group(0))]
+    try:
+        fd = open_file(log)
+    except OSError:   # none, or not a file
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None   # free: nobody writes it (a backfill's shared flock is no writer)
+    except BlockingIOError:
+        return log
+    except OSError:   # no flock on this file system
+        return None
+    finally:
+        os.close(fd)
 
 
 def _flock_exclusive(fd):

@@ -12146,6 +12146,41 @@ class ErasePixelProcess(unittest.TestCase):
                         found[(event["userId"], event["messageId"])] += 1
         return found
 
+    @unittest.skipUnless(os.path.isdir("/proc/self/fd"), "reads /proc")
+    def test_rotated_files_named_alone_hold_the_forwarder_too(self):
+        # The attack pass: behind more than MAX_OPEN_LOG_FILES rotated files, the forwarder
+        # closes (parks) some, to find again by inode. Erase named those alone, found them
+        # free, replaced them without the pixel holding its forwarder, and their unsent events
+        # of everyone else were never sent (2,880 of 4,761). Held files waited 60 s each.
+        receiver, down = receiver_down(self)
+        process, port = self.start(receiver, "--max-bytes", "1000")
+        users = ("alice", "bob", "carol")
+        for number in range(300):
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=%s&event=e&messageId=m%d"
+                      % (users[number % 3], number))
+        rotated = [path for path in self.files() if ".jsonl.2" in path]
+        self.assertGreater(len(rotated), pixel.MAX_OPEN_LOG_FILES + 4)
+
+        def held():
+            folder = "/proc/%d/fd" % process.pid
+            return {os.path.realpath(os.path.join(folder, fd)) for fd in os.listdir(folder)}
+
+        self.assertTrue(wait_until(lambda: len(set(rotated) - held()) > 2))
+        parked = sorted(set(rotated) - held())
+        status, out, err = self.erase("--user-id", "bob", "--apply", "--max-share", "1",
+                                      *(parked + sorted(set(rotated) & held())[:2]))
+        self.assertEqual(status, 0, err)
+        self.assertEqual(out.count(": erased "), len(parked) + 2)
+        down.clear()
+        wanted = {"m%d" % number for number in range(300) if number % 3 != 1}
+        self.assertTrue(wait_until(lambda: wanted <= set(receiver.ids()), 60))
+        ids = receiver.ids()
+        self.assertEqual(len(ids), len(set(ids)), "none twice")
+        sent_bobs = {int(name[1:]) for name in set(ids) - wanted}
+        erased = [number for number in sent_bobs if any(
+            "m%d\"" % number in read_bytes(path).decode() for path in parked)]
+        self.assertEqual(erased, [], "none of bob's from the files erased")
+
     def test_a_log_moved_by_hand_named_before_the_live_log_is_erased_at_once(self):
         # The pixel's forwarder still holds kept.jsonl, and its flock. Named first (a shell's
         # glob may sort it so), erase asked for it a pixel that does not write it, waited
