@@ -12146,6 +12146,7 @@ class ErasePixelProcess(unittest.TestCase):
                         found[(event["userId"], event["messageId"])] += 1
         return found
 
+    @soak
     @unittest.skipUnless(os.path.isdir("/proc/self/fd"), "reads /proc")
     def test_rotated_files_named_alone_hold_the_forwarder_too(self):
         # The attack pass: behind more than MAX_OPEN_LOG_FILES rotated files, the forwarder
@@ -12153,9 +12154,9 @@ class ErasePixelProcess(unittest.TestCase):
         # free, replaced them without the pixel holding its forwarder, and their unsent events
         # of everyone else were never sent (2,880 of 4,761). Held files waited 60 s each.
         receiver, down = receiver_down(self)
-        process, port = self.start(receiver, "--max-bytes", "1000")
+        process, port = self.start(receiver, "--max-bytes", "100")   # a line a file
         users = ("alice", "bob", "carol")
-        for number in range(300):
+        for number in range(60):
             fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=%s&event=e&messageId=m%d"
                       % (users[number % 3], number))
         rotated = [path for path in self.files() if ".jsonl.2" in path]
@@ -12172,7 +12173,7 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertEqual(status, 0, err)
         self.assertEqual(out.count(": erased "), len(parked) + 2)
         down.clear()
-        wanted = {"m%d" % number for number in range(300) if number % 3 != 1}
+        wanted = {"m%d" % number for number in range(60) if number % 3 != 1}
         self.assertTrue(wait_until(lambda: wanted <= set(receiver.ids()), 60))
         ids = receiver.ids()
         self.assertEqual(len(ids), len(set(ids)), "none twice")
