@@ -4877,10 +4877,13 @@ class LogQueue:
                 log.unpark()
             if log.fd is not None:
                 break
+            gzipped = os.path.exists(log.name + ".gz")   # by cron, or logrotate's compress
             self._reporter.say("%s%s (inode %d) is gone before the forwarder could send it: "
-                               "its unsent events are lost to the receiver" % (
+                               "its unsent events are lost to the receiver%s" % (
                                    "" if log.named else "a file moved by hand, last seen as ",
-                                   log.name, log.identity[1]))
+                                   log.name, log.identity[1], "" if not gzipped else
+                                   " (gzipped since: `pixel.py forward --to URL %s.gz` sends "
+                                   "it, from its start)" % log.name))
             if log.counted is not None and self._unsent is not None:   # not behind any more
                 self._unsent -= log.counted
             elif self.writer is not None:   # not counted, or written since: counted again

@@ -6565,8 +6565,13 @@ class ForwardingRestarts(ForwardingCase):
             for number in range(10):
                 self.write(writer, [number])
             self.assertEqual(forwarder.status()["lines_behind"], 10)
-            for path in pixel.pixel_rotations(writer.path)[2:6]:   # parked ones
+            parked = pixel.pixel_rotations(writer.path)[2:6]
+            for path in parked[:3]:
                 os.unlink(path)
+            with open(parked[3], "rb") as plain:   # gzipped, as cron or logrotate would
+                with gzip.open(parked[3] + ".gz", "wb") as packed:
+                    packed.write(plain.read())
+            os.unlink(parked[3])
             down.clear()
             self.assertTrue(wait_until(lambda: len(receiver.taken) == 6))
             self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
@@ -6574,6 +6579,10 @@ class ForwardingRestarts(ForwardingCase):
             self.assertTrue(wait_until(lambda: len(receiver.taken) == 7))
             self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         self.assertEqual(self.stderr.getvalue().count("is gone before"), 4)
+        # The gzipped one is said to be, with how to send it (the attack pass).
+        self.assertEqual(self.stderr.getvalue().count(
+            "(gzipped since: `pixel.py forward --to URL %s.gz` sends it, from its start)"
+            % parked[3]), 1)
 
     def test_a_parked_file_is_told_from_a_later_one_on_its_reused_inode(self):
         for live in (True, False):
