@@ -1824,6 +1824,9 @@ class LogWriter:
             try:
                 if check:
                     self._follow_path(status)
+                    size = os.fstat(self._fd).st_size
+                    if size < self._size:   # cut under us (copytruncate): the committed end,
+                        self._size = size   # which the forwarder's backlog counts to, follows
                 if self._torn:   # an earlier cut failed: never extend the file with it
                     if os.fstat(self._fd).st_size > self._size:
                         os.ftruncate(self._fd, self._size)

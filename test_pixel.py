@@ -6157,6 +6157,14 @@ class ForwardingThroughRotation(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.sent == 6))
         self.assertIn("was cut shorter under the forwarder (copytruncate?)",
                       self.stderr.getvalue())
+        # The writer's committed end follows the cut (the attack pass: /health said 11,110
+        # lines behind for good), at its next look at the path.
+        time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # what is tested is that look
+        self.write(writer, [6])
+        self.assertTrue(wait_until(lambda: forwarder.sent == 7))
+        self.assertEqual(writer.committed()[1], os.path.getsize(writer.path))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0 and
+                                   forwarder.status()["bytes_behind"] == 0))
 
 
 class ForwardingRestarts(ForwardingCase):
