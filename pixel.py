@@ -1905,6 +1905,13 @@ class LogWriter:
         self._size += written
         self.written_bytes += written
 
+    def prune(self):
+        """Delete the rotated files past --keep that no forwarder holds now: a forwarder that
+        has sent one asks, since on a full disk no rotation would come to."""
+        with self._lock:
+            if self.keep and self.pinned is not None:
+                prune_rotations(self.path, self.keep, self._held(), self._reporter)
+
     def rotate_now(self):
         """Rotate the file now if it holds a line (an erase asks: EraseDesk); the name it
         got, or None. The descriptors a follower has not taken are closed (it is held: see
@@ -4922,6 +4929,8 @@ class LogQueue:
             save(log)
         elif self.files and self.files[0].fd is not None:
             save(self.files[0])
+        if self.writer is not None and log.named:   # a rotated file --keep may delete now
+            self.writer.prune()
         with self._lock:   # not while backlog() reads it
             log.close()
 
