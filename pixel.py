@@ -1681,6 +1681,18 @@ def _chunks(lines, limit):
     return chunks
 
 
+def park_change(changes, identity, name):
+    """Few descriptors for a follower that has not taken its `changes` (it may not, for hours
+    of an outage): past MAX_OPEN_LOG_FILES, file `identity`'s, renamed for good to `name`,
+    is closed, to be opened by that name in its turn (a LogWriter's changes())."""
+    held = [index for index, change in enumerate(changes) if change[1] is not None]
+    for index in held if len(held) > MAX_OPEN_LOG_FILES else ():
+        change, fd, known, _ = changes[index]
+        if known == identity:
+            os.close(fd)
+            changes[index] = (change, None, identity, name)
+
+
 class LogWriter:
     """Appends whole lines to a file (O_APPEND), one os.write each, before the caller
     answers; rotates past `max_bytes`, keeping `keep` (as RotatingFileHandler); follows a
@@ -1741,23 +1753,16 @@ class LogWriter:
                     self.pinned = self.pinned.union(change[2] for change in changes)
             return changes
 
-    def _park(self, identity, name):
-        """Few descriptors for a follower that has not taken them (it may not, for hours of
-        an outage): one renamed for good is closed, to be opened by `name` in its turn."""
-        held = [index for index, change in enumerate(self._changes) if change[1] is not None]
-        for index in held if len(held) > MAX_OPEN_LOG_FILES else ():
-            change, fd, known, _ = self._changes[index]
-            if known == identity:
-                os.close(fd)
-                self._changes[index] = (change, None, identity, name)
-
     def _held(self):
         """The files the follower has not finished, or not taken yet (each has a descriptor)."""
         return (self.pinned or frozenset()).union(change[2] for change in self._changes or ())
 
     def committed(self):
-        """(the open file's identity, where its last whole line ends, lines written) at once."""
+        """(the open file's identity, where its last whole line ends, lines written) at once;
+        the end follows a cut made under it (copytruncate), as the forwarder's backlog must."""
         with self._lock:
+            if self._fd is not None:
+                self._size = min(self._size, os.fstat(self._fd).st_size)
             return self._identity, self._size, self.written
 
     def _open(self):
@@ -1824,9 +1829,6 @@ class LogWriter:
             try:
                 if check:
                     self._follow_path(status)
-                    size = os.fstat(self._fd).st_size
-                    if size < self._size:   # cut under us (copytruncate): the committed end,
-                        self._size = size   # which the forwarder's backlog counts to, follows
                 if self._torn:   # an earlier cut failed: never extend the file with it
                     if os.fstat(self._fd).st_size > self._size:
                         os.ftruncate(self._fd, self._size)
@@ -1906,16 +1908,14 @@ class LogWriter:
         self.written_bytes += written
 
     def prune(self):
-        """Delete the rotated files past --keep that no forwarder holds now: a forwarder that
-        has sent one asks, since on a full disk no rotation would come to."""
+        """--keep now: a forwarder that has sent a file asks (a full disk makes no rotation)."""
         with self._lock:
             if self.keep and self.pinned is not None:
                 prune_rotations(self.path, self.keep, self._held(), self._reporter)
 
     def rotate_now(self):
-        """Rotate the file now if it holds a line (an erase asks: EraseDesk); the name it
-        got, or None. The descriptors a follower has not taken are closed (it is held: see
-        Forwarder.hold), so that no one holds the rotated file's flock."""
+        """Rotate the file now if it holds a line (an erase asks: EraseDesk); its new name, or
+        None. Descriptors no follower took are closed (see Forwarder.hold): no flock stays."""
         with self._lock:
             self._drop_changes()
             self._follow_path(None)
@@ -1935,7 +1935,7 @@ class LogWriter:
             return None
         if self._changes is not None:
             self._changes.append(("renamed", None, self._identity, target))
-            self._park(self._identity, target)
+            park_change(self._changes, self._identity, target)
         self.rotations += 1
         self._open()
         if self.keep and self.pinned is not None:
