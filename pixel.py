@@ -3515,7 +3515,7 @@ class ConnectionPool:
                     # room still holds its slot must not be closed as well.
                     if not self._evicted:
                         self._evict_one()
-                    self._changed.wait()
+                    self._changed.wait(STOP_POLL)   # a signal's stop sets stopping alone
                 self._full = False
             if self.closing:
                 return False
@@ -6884,8 +6884,8 @@ def serve(server, pixel, pinned, previous, stopped=()):
     def reopen_soon(signum, frame):
         server.deferred.append(reopen)
 
-    def stop(signum, frame):
-        server.stop_asked = True
+    def stop(signum, frame):   # answers from now on close their connections
+        server.stop_asked = server.pool.stopping = True
 
     server.serve_app(pixel.app)
     host, port = server.server_address[:2]

@@ -4971,6 +4971,23 @@ class AtLimits(unittest.TestCase):
                 server.serve_forever(0.05)
         self.assertLess(time.monotonic() - started, 5)
 
+    def test_a_stop_a_signal_asks_for_frees_a_submit_waiting_for_a_slot(self):
+        # A signal's handler only sets pool.stopping (no lock: the main thread, which it
+        # interrupts, may hold it); accept's submit(), waiting for a slot on that thread,
+        # must see it without a notify, or SIGTERM waits for a slot that may never come.
+        release = threading.Event()
+        pool = pixel.ConnectionPool(1, lambda sock, address: release.wait(30),
+                                    reporter=pixel.Reporter(io.StringIO()))
+        self.addCleanup(pool.close, 1)
+        self.addCleanup(release.set)
+        self.assertTrue(pool.submit(object(), ("127.0.0.1", 0)))   # busy, never idle
+        waiting = threading.Thread(target=pool.submit, args=(object(), ("127.0.0.1", 0)))
+        waiting.start()
+        self.assertTrue(wait_until(lambda: pool._full))
+        pool.stopping = True   # as serve()'s handler does
+        waiting.join(5)
+        self.assertFalse(waiting.is_alive())
+
     def test_accept_out_of_descriptors_waits_instead_of_spinning(self):
         # socketserver tries a failed accept() again at once: with EMFILE, for ever, at
         # 100% CPU (the attack pass). The client waits in the listen queue meanwhile.
