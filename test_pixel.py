@@ -7665,7 +7665,7 @@ class WsgiUnderGunicorn(unittest.TestCase):
                                   get_status(port, "/metrics",
                                              {"Authorization": "Bearer t0ken"})[0]), statuses)
 
-    def test_two_workers_on_one_log_stop_gunicorn_with_one_line(self):
+    def test_two_workers_on_one_log_stop_gunicorn_with_one_reason(self):
         process, _, output = start_gunicorn(self, self.dir,
                                             "pixel:make_wsgi_app(log=%r)" % self.log,
                                             "--workers", "2")
@@ -7673,8 +7673,11 @@ class WsgiUnderGunicorn(unittest.TestCase):
         output.seek(0)
         text = output.read()
         self.assertNotIn("Traceback", text)
+        # The wait said as it starts, then why the worker cannot boot.
         self.assertEqual([line for line in text.splitlines() if "pixel" in line],
-                         ["pixel: make_wsgi_app: cannot open %s: another process writes it (it "
+                         ["pixel: %s: another process holds it; waiting up to %.0f s for it to "
+                          "let go" % (self.log, pixel.WSGI_LOCK_WAIT),
+                          "pixel: make_wsgi_app: cannot open %s: another process writes it (it "
                           "holds its flock); %s" % (self.log, pixel.WSGI_BUSY)], text)
 
     def test_a_reload_keeps_serving(self):
