@@ -4474,6 +4474,43 @@ class MaxConnections(ServerCase):
         self.assertLess(time.monotonic() - started, 5)
         self.assertEqual([event["event"] for event in self.lines()], ["third"])
 
+    def test_an_answer_that_goes_at_once_is_never_cut_to_make_room(self):
+        # The attack pass on the fix above: every answer marked its connection closable while
+        # it was sent, so a full pool cut answers whose events were written: a client sends
+        # those again (1,676 written twice in 8 s). Only an answer that cannot go at once is.
+        done, answered, lock = threading.Event(), set(), threading.Lock()
+
+        def client(name, keep_alive):
+            connection, number = None, 0
+            while not done.is_set():
+                number += 1
+                try:
+                    if connection is None:
+                        connection = self.connect()
+                    connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e&"
+                                       "messageId=%s-%d" % (name, number))
+                    if connection.getresponse().read() == pixel.GIF:
+                        with lock:
+                            answered.add("%s-%d" % (name, number))
+                except (OSError, http.client.HTTPException):
+                    pass   # closed to make room: sent again, under a new id
+                if not keep_alive or connection is not None and connection.sock is None:
+                    connection.close()
+                    connection = None
+
+        threads = [threading.Thread(target=client, args=("k%d" % n, True)) for n in range(2)]
+        threads += [threading.Thread(target=client, args=("n%d" % n, False)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)   # load for a while: what is tested is that none is cut meanwhile
+        done.set()
+        for thread in threads:
+            thread.join(10)
+        written = [event["messageId"] for event in self.lines()]
+        self.assertGreater(len(written), 100)
+        self.assertEqual(sorted(set(written) - answered), [], "written, never answered")
+        self.assertEqual(len(written), len(set(written)))
+
     @soak
     def test_busy_slots_wait_for_the_request_deadline(self):
         slow = [socket.create_connection(("127.0.0.1", self.port)) for _ in range(2)]
