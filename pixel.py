@@ -1453,6 +1453,9 @@ class Metrics:
 
 # os.open's descriptors are close-on-exec already (PEP 446).
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+# State and ledger files: the log folder's user may have put a link to /etc/passwd at one's
+# name, and `pixel.py erase` or forward, run as root, would write through it.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # A rotated file's suffix: pixel's own .<UTC stamp>[-N] (group 1 and 2), or logrotate's
 # .N and -DATE, which the forwarder follows too.
 _ROTATED = re.compile(r"(?:\.(\d{8}T\d{6}\.\d{3}Z)(?:-(\d+))?|\.\d{1,6}|-\d{8,14})\Z")
@@ -1530,15 +1533,22 @@ def state_path(log_path, role):
 
 
 def make_state_folder(path):
-    """Make the folder of state file `path` if there is none, owned as the log's folder is:
-    a `pixel.py forward` or erase run as root must not leave a .pixel that the service's
-    user cannot write its checkpoint in. Raises OSError."""
+    """Make the folder of state file `path` if there is none, owned, and with the mode, of
+    the log's folder: a `pixel.py forward` or erase run as root must not leave a .pixel that
+    the service's user (or group) cannot write its checkpoint in. Raises OSError."""
     folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        os.makedirs(folder, exist_ok=True)
-        owner = os.stat(os.path.dirname(folder))
-        if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
-            os.chown(folder, owner.st_uid, owner.st_gid)
+    if os.path.isdir(folder):
+        return
+    os.makedirs(folder, exist_ok=True)
+    owner = os.stat(os.path.dirname(folder))
+    if getattr(os, "geteuid", lambda: -1)() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+        # By descriptor, never by name: that user may have put a link to /etc there since.
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
+        try:
+            os.fchown(fd, owner.st_uid, owner.st_gid)
+            os.fchmod(fd, stat.S_IMODE(owner.st_mode))
+        finally:
+            os.close(fd)
 
 
 def adopt_legacy_state(log_path, role, reporter):
@@ -4223,7 +4233,7 @@ def write_checkpoint(path, document):
     it, the folder fsynced): a kill -9 or a power cut leaves the old one or the new one."""
     temporary = path + ".tmp"
     data = (json.dumps(document, sort_keys=True) + "\n").encode("ascii")
-    fd = open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+    fd = open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW |
                    getattr(os, "O_CLOEXEC", 0))   # a FIFO put there would block
     try:
         with open(fd, "wb", buffering=0) as handle:
@@ -7541,7 +7551,7 @@ def _append_ledger(path, people, status, files):
                        "followed": people.followed.digested() if people.followed else []},
                       sort_keys=True, ensure_ascii=True) + "\n"
     data = line.encode("ascii")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
     try:
         size = os.fstat(fd).st_size
         if os.write(fd, data) != len(data):   # a full disk takes what fits: cut it off, or

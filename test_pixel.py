@@ -10157,6 +10157,31 @@ class Backfill(unittest.TestCase):
                                                   "--apply", self.files[0]])
         self.assertEqual(status, 0, stderr)
         self.assertEqual(os.stat(folder)[4:6], (65534, 65534))
+        # A folder root owns and a group writes (2775): the group can write in .pixel too (the
+        # attack pass: the service, in that group, could not).
+        shutil.rmtree(folder)
+        os.chown(self.dir, 0, 65534)
+        os.chmod(self.dir, 0o2775)
+        self.assertEqual(self.forward(receiver.url).returncode, 0)
+        self.assertEqual((os.stat(folder).st_gid, os.stat(folder).st_mode & 0o7777),
+                         (65534, 0o2775))
+        # Root writes no state through a link that folder's user put at its name: the ledger
+        # and a checkpoint's temporary file, linked to a file of root's, are refused.
+        precious = os.path.join(temp_dir(self), "passwd")
+        with open(precious, "w") as handle:
+            handle.write("root:x:0:0\n")
+        os.remove(os.path.join(folder, "backfill.events.jsonl.0.json"))   # to send again
+        for name in ("erase-ledger.json", "backfill.events.jsonl.0.json.tmp"):
+            os.symlink(precious, os.path.join(folder, name))
+        status, _, stderr = main_in_this_process(["erase", "--user-id", "nobody-at-all",
+                                                  "--apply", self.files[0]])
+        self.assertEqual(status, 1)
+        self.assertIn("cannot write the ledger", stderr)
+        result = self.forward(receiver.url, "--write-key", "K")
+        self.assertIn("cannot write the checkpoint %s: Too many levels of symbolic links"
+                      % os.path.join(folder, "backfill.events.jsonl.0.json"), result.stderr)
+        with open(precious) as handle:
+            self.assertEqual(handle.read(), "root:x:0:0\n")
 
     def forward_these(self, url, *argv, timeout=60):
         return subprocess.run([sys.executable, PIXEL_RUN, "forward", "--to", url] + list(argv),
