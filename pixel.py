@@ -6085,15 +6085,12 @@ def build_parser(environ):
                                 default, action="append" if option.many else "store",
                                 metavar=option.name.upper(), help=help)
     parser.add_argument("--version", action="version", version="pixel " + __version__)
-    # PIXEL_WRITE_KEY, as the flag is named, would leave the allowlist off without a word.
-    known = [option.env for option in OPTIONS if option.env]
-    for name in sorted(name for name in environ if name.startswith("PIXEL_")):
-        if name not in known:
-            import difflib   # here: only a name pixel does not know costs its import
-            near = difflib.get_close_matches(name, known, 1, 0.85)
-            if near:
-                parser.error("%s is not one of pixel's variables: did you mean %s?"
-                             % (name, near[0]))
+    # PIXEL_WRITE_KEY, named as the flag is, would leave the allowlist off without a word.
+    for option in OPTIONS:
+        flag_named = "PIXEL_" + option.name.upper()
+        if option.env and option.env != flag_named and flag_named in environ:
+            parser.error("%s is not one of pixel's variables: did you mean %s?"
+                         % (flag_named, option.env))
     return parser
 
 

@@ -1405,6 +1405,10 @@ class CommandLine(unittest.TestCase):
                           True, 7, 3.0, 4.0))
         self.assertEqual(self.parse(["--write-key", "z", "--port", "1"], environ).write_key,
                          ["z"], "a flag replaces its variable")
+        # Another program's variables are not pixel's to refuse (the attack pass on the first
+        # check: PIXEL_LOGIN exited 2, "did you mean PIXEL_LOG?").
+        for other in ("PIXEL_LOGIN", "PIXEL_FORWARD_KEY", "PIXEL_SOAK", "PIXEL_LOGS"):
+            self.assertEqual(self.parse([], {other: "x"}).port, 8000, other)
 
     def test_bad_flags_and_variables_exit_with_usage(self):
         for argv, environ, message in [
@@ -1429,7 +1433,6 @@ class CommandLine(unittest.TestCase):
                 ([], {"PIXEL_WRITE_KEY": "K"}, "did you mean PIXEL_WRITE_KEYS?"),
                 ([], {"PIXEL_TRUSTED_PROXY": "10.0.0.1"}, "did you mean PIXEL_TRUSTED_PROXIES"),
                 ([], {"PIXEL_ALLOW_ORIGIN": "https://a"}, "did you mean PIXEL_ALLOW_ORIGINS"),
-                ([], {"PIXEL_MATRICS_TOKEN": "t"}, "did you mean PIXEL_METRICS_TOKEN"),
                 (["--log", "/tmp", "--rejects", "/tmp/../tmp"], {}, "different files"),
                 (["--forward", "ftp://host"], {}, "not an http(s) URL"),
                 (["--forward", "http://127.0.0.1:9/a b"], {}, "not an http(s) URL"),
