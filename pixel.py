@@ -2550,6 +2550,11 @@ def _quoted_user_id(record):
             return None
     except (ValueError, RecursionError):   # Rejected, and UnicodeEncodeError, are ValueErrors
         return None
+    items = payload.get("batch")
+    if isinstance(items, list) and items:   # a batch is theirs if each item names one
+        ids = [_id_text(item.get("userId")) if isinstance(item, dict) else None
+               for item in items]
+        return ids[0] if all(ids) else None
     return _id_text(payload.get("userId"))
 
 

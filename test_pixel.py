@@ -11916,6 +11916,7 @@ class EraseFiles(unittest.TestCase):
                    for field, quoted in (
                        ("query", "userId=bob&anonymousId=browser-1&writeKey=K"),
                        ("body", '{"userId": "bob", "anonymousId": "browser-1"}'),
+                       ("body", '{"batch": [{"userId": "bob", "anonymousId": "browser-1"}]}'),
                        ("query", "anonymousId=browser-1&writeKey=K"))]
         rejects = self.log("rejects.jsonl", [bobs_refused] + refused)
         status, out, err = self.erase("--user-id", "alice", "--follow", "--apply",
@@ -11923,9 +11924,9 @@ class EraseFiles(unittest.TestCase):
         self.assertEqual((status, err), (0, ""))
         self.assertIn("--follow: an event with another userId is kept", out)
         self.assertIn("events.jsonl: erased 5 of 8 line(s)", out)
-        self.assertIn("rejects.jsonl: erased 1 of 4 line(s)", out)
+        self.assertIn("rejects.jsonl: erased 1 of 5 line(s)", out)
         self.assertEqual(self.read(rejects).splitlines(),
-                         [bobs_refused] + refused[:2])
+                         [bobs_refused] + refused[:3])
         self.assertIn("take userIds): alice, old-alice\n", out)
         kept = [json.loads(line) for line in self.read(path).splitlines()]
         self.assertEqual([(event.get("userId"), event["type"]) for event in kept],
