@@ -3418,6 +3418,8 @@ class PixelHandler(BufferedConnection):
         as a request. Where its request line was read whole, a pixel still gets its GIF,
         and the rejects log a line (App.refuse)."""
         words = error.request_line.decode("latin-1").split(" ")
+        if len(words) > 3:   # Segment's docs' literal spaces: the query whole in the line
+            words = spaced_pixel_target(words)
         target = words[1] if len(words) > 1 else ""
         path, query = split_target(target)
         self.command, self.path, self.headers = words[0], target, {}

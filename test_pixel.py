@@ -4711,6 +4711,12 @@ class HeadLimits(ServerCase):
         self.assertEqual(self.lines(), [])
         self.assertEqual([record["reason"] for record in self.lines("rejects.jsonl")],
                          ["bad_framing"] * 3)
+        # ... quoting a query with Segment's docs' literal spaces whole.
+        reply = self.raw(b"GET /v1/pixel/track?writeKey=k&event=Email Opened&userId=u HTTP/1.1"
+                         b"\r\n\r\n")   # no Host
+        self.assertTrue(reply.endswith(pixel.GIF), reply[:40])
+        self.assertEqual(self.lines("rejects.jsonl")[-1]["query"],
+                         "writeKey=k&event=Email Opened&userId=u")
         self.assertQuietStderr()
 
     def test_bare_cr_nul_and_host_rules(self):
