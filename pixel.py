@@ -1532,11 +1532,22 @@ def state_path(log_path, role):
     return os.path.join(folder, STATE_FOLDER, "%s.%s.json" % (role, name))
 
 
+def refuse_root_link(path):
+    """OSError if this process is root and `path` is a symbolic link another user made: the
+    log folder's user may have put it there, to /etc, for `pixel.py erase` or forward to
+    write through."""
+    if getattr(os, "geteuid", lambda: -1)() == 0 and os.path.islink(path) and \
+            os.lstat(path).st_uid != 0:
+        raise OSError(errno.ELOOP, "a symbolic link another user made, which pixel run as "
+                      "root does not write through: name the file it links to", path)
+
+
 def make_state_folder(path):
     """Make the folder of state file `path` if there is none, owned, and with the mode, of
     the log's folder: a `pixel.py forward` or erase run as root must not leave a .pixel that
     the service's user (or group) cannot write its checkpoint in. Raises OSError."""
     folder = os.path.dirname(path)
+    refuse_root_link(folder)
     if os.path.isdir(folder):
         return
     os.makedirs(folder, exist_ok=True)
@@ -7057,6 +7068,10 @@ def forward_files(argv=None):
     if os.path.realpath(rejects_path) in map(os.path.realpath, files):
         parser.error("%s is one of the files to send: give --rejects another file for "
                      "what is refused this time" % rejects_path)
+    try:
+        refuse_root_link(rejects_path)
+    except OSError as error:
+        parser.error("--rejects %s: %s" % (rejects_path, error.strerror))
     folder = os.path.dirname(state_path(files[0], "backfill"))
     made = args.checkpoint is None and not os.path.lexists(folder)   # removed on a failure
     try:
@@ -7313,6 +7328,8 @@ def erase_command(argv=None, stdout=None):
             real = os.path.realpath(path)   # a link is not replaced: the file it names is,
             refused = []                    # and a pixel looks for requests beside that
             try:
+                if args.apply:
+                    refuse_root_link(path)
                 if _running_log(real) in held_up:
                     raise held_up[_running_log(real)]
                 held = _hold_for_erase(real, requests, locks, reporter, refused=refused) \
