@@ -1929,12 +1929,6 @@ class LogWriter:
         self._size += written
         self.written_bytes += written
 
-    def prune(self):
-        """--keep now: a forwarder that has sent a file asks (a full disk makes no rotation)."""
-        with self._lock:
-            if self.keep and self.pinned is not None:
-                prune_rotations(self.path, self.keep, self._held(), self._reporter)
-
     def rotate_now(self):
         """Rotate the file now if it holds a line (an erase asks: EraseDesk); its new name, or
         None. Descriptors no follower took are closed (see Forwarder.hold): no flock stays."""
@@ -4982,8 +4976,6 @@ class LogQueue:
             save(log)
         elif self.files and self.files[0].fd is not None:
             save(self.files[0])
-        if self.writer is not None and log.named:   # a rotated file --keep may delete now
-            self.writer.prune()
         with self._lock:   # not while backlog() reads it
             log.close()
 
