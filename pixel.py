@@ -7322,8 +7322,9 @@ def erase_command(argv=None, stdout=None):
             try:
                 if args.apply:
                     refuse_root_link(path)
-                if _running_log(real) in held_up:
-                    raise held_up[_running_log(real)]
+                log = _running_log(real) if held_up else None   # a look at the file: once
+                if log in held_up:
+                    raise held_up[log]
                 held = _hold_for_erase(real, requests, locks, reporter, refused=refused) \
                     if args.apply else [real]
             except OSError as error:
