@@ -1240,7 +1240,7 @@ def parse_head(head):
         scheme, _, rest = target.partition("://")   # the absolute form, RFC 9112 3.2.2
         if scheme.lower() not in ("http", "https") or not rest:
             raise HeadError(400, "bad_target", request_line)
-    body_length = _body_length(headers)
+    body_length = _body_length(headers, minor)
     if body_length is None:
         raise HeadError(400, "bad_framing", request_line)
     path, query = split_target(target)
@@ -1272,14 +1272,19 @@ def spaced_pixel_target(words):
     return words
 
 
-def _body_length(headers):
+def _body_length(headers, minor):
     """Content-Length as an int, 0 without one, -1 chunked, None for invalid framing."""
+    if "transfer-encoding" in headers:
+        # Chunked alone, in HTTP/1.1 (RFC 9112 6.1): another coding, or a length beside it,
+        # may frame the body otherwise at a proxy.
+        return -1 if headers["transfer-encoding"].lower() == "chunked" and minor != "0" \
+            and "content-length" not in headers else None
     if "content-length" not in headers:
-        return -1 if "transfer-encoding" in headers else 0
+        return 0
     # Spaces and tabs only around the digits (RFC 9110): str.strip() would take VT, FF,
     # NEL and NBSP too, which a proxy may read otherwise, and a body would be smuggled.
     lengths = set(value.strip(" \t") for value in headers["content-length"].split(","))
-    if "transfer-encoding" in headers or len(lengths) != 1:
+    if len(lengths) != 1:
         return None
     length = lengths.pop()
     # ASCII digits only: "\u00b2" passes str.isdigit() but not int().
@@ -3035,9 +3040,10 @@ class App:
 
     def early_answer(self, route, request, length):
         """The answer, before reading it, to a body `route` would read, of Content-Length
-        `length` (-1: none to trust, chunked); None: read it and ask answer()."""
-        if length == -1:   # a rejects line as every refusal has (Segment's Android SDK
-            cors = cors_headers(request, self.allow_origins)   # sends chunked bodies)
+        `length` (-1: chunked, read up to the cap; None: a size the host cannot end); None:
+        read it and ask answer()."""
+        if length is None:   # a rejects line, as every refusal has
+            cors = cors_headers(request, self.allow_origins)
             if cors is None:
                 return self._origin_refused(request)
             self.recorder.reject(Rejected("length_required"), request, quoted="")
@@ -3202,6 +3208,19 @@ class _Closed(OSError):
     """The client closed or timed out, or the server is stopping: end the connection quietly."""
 
 
+class _BadBody(Exception):
+    """A request body that cannot be read as framed: its `reason` for the rejects log."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# A chunk's size line: hex digits (int(x, 16) alone would take "0x1f", "1_0" and " 1f"), then
+# any extensions, which are dropped.
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,8})(?:[ \t]*;|\Z)")
+
+
 _GIF_HEADER_LINES = "".join("%s: %s\r\n" % pair for pair in GIF_ANSWER.headers).encode()
 _PLAIN_TO_TLS = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
                  b"Content-Length: 38\r\nConnection: close\r\n\r\n"
@@ -3343,6 +3362,56 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
         del self._buffer[:length]
         return body
 
+    def _read_chunked(self, cap):
+        """A chunked body (RFC 9112 7.1) decoded, its trailers dropped, or _BadBody: past
+        `cap` bytes ("body_too_large"), or framed other than by strict CRLF lines
+        ("bad_framing", as a proxy that reads lines otherwise may have smuggled a request
+        in). Chunk lines may take MAX_LINE bytes and a 16th of `cap`: a chunk costs a turn
+        of this loop, and 4 KB chunks (Java's) take 125 lines for 500 KB."""
+        buffer, body, spare = self._buffer, bytearray(), MAX_LINE + cap // 16
+        while True:
+            line = self._chunk_line()
+            spare -= len(line) + 2
+            match = _CHUNK_SIZE.match(line)
+            if match is None or spare < 0:
+                raise _BadBody("bad_framing")
+            size = int(match.group(1), 16)
+            if not size:
+                break
+            if len(body) + size > cap:
+                raise _BadBody("body_too_large")
+            while len(buffer) < size + 2:
+                self._recv(self._deadline - time.monotonic())
+            if buffer[size:size + 2] != b"\r\n":
+                raise _BadBody("bad_framing")
+            body += buffer[:size]
+            del buffer[:size + 2]
+        for _ in range(MAX_HEADERS + 1):   # the trailer section, up to its blank line
+            line = self._chunk_line()
+            spare -= len(line) + 2
+            if not line:
+                return bytes(body)
+            if spare < 0:
+                break
+        raise _BadBody("bad_framing")
+
+    def _chunk_line(self):
+        """The next CRLF line of a chunked body, without its CRLF; a bare CR or LF in it,
+        or more than MAX_LINE bytes, is _BadBody."""
+        buffer, start = self._buffer, 0
+        while True:
+            end = buffer.find(b"\r\n", start, MAX_LINE + 2)
+            if end >= 0:
+                line = bytes(buffer[:end])
+                del buffer[:end + 2]
+                if b"\r" in line or b"\n" in line:
+                    raise _BadBody("bad_framing")
+                return line
+            if len(buffer) > MAX_LINE + 1:
+                raise _BadBody("bad_framing")
+            start = max(0, len(buffer) - 1)
+            self._recv(self._deadline - time.monotonic())
+
     def _linger(self, until=None):
         """Half-close, then drop what the client sends until `until` (default: in a second):
         closing with data unread resets the connection before the client reads our answer."""
@@ -3403,11 +3472,20 @@ class PixelHandler(BufferedConnection):
                 self.close_connection = True
                 self._send(early, started)
                 return self._linger()
-            if head.version == "HTTP/1.1" and len(self._buffer) < head.body_length and \
+            waiting = len(self._buffer) < head.body_length if head.body_length != -1 else \
+                not self._buffer
+            if head.version == "HTTP/1.1" and waiting and \
                     "100-continue" in head.headers.get("expect", "").lower():
                 self.connection.sendall(b"%s 100 Continue\r\n\r\n"
                                         % self.protocol_version.encode())
-            request = request._replace(body=self._read_body(head.body_length))
+            try:   # Segment's Android SDK sends its batches chunked
+                body = self._read_chunked(route.max_body) if head.body_length == -1 else \
+                    self._read_body(head.body_length)
+            except _BadBody as error:   # nothing after it can be read as a request
+                self.close_connection = True
+                self._send(app.refuse(route, request, error.reason, 400), started)
+                return self._linger()
+            request = request._replace(body=body)
         elif head.body_length == -1 or head.body_length > MAX_PAYLOAD_BYTES:
             # A body nobody asked for must not be taken for the next request: a small one is
             # read and dropped, a chunked or large one ends the connection.
@@ -3873,18 +3951,24 @@ class WsgiApp:
         answer = None
         if route is not None and route.max_body and method in route.methods:
             length = environ.get("CONTENT_LENGTH") or "0"
-            # WSGI gives no safe way to read a body of unknown size: that is a 411.
-            length = int(length) if length.isascii() and length.isdigit() and \
-                "transfer-encoding" not in headers else -1
+            if "transfer-encoding" in headers:   # a chunked body, which the host decodes:
+                # its end is known only where the host says so (gunicorn, mod_wsgi), else 411
+                length = -1 if environ.get("wsgi.input_terminated") else None
+            elif length.isascii() and length.isdigit():
+                length = int(length)
+            else:
+                length = None
             answer = self.app.early_answer(route, request, length)
             if answer is None:
-                body = bytearray()
-                while len(body) < length:
-                    chunk = environ["wsgi.input"].read(length - len(body))
+                body, want = bytearray(), length if length != -1 else route.max_body + 1
+                while len(body) < want:
+                    chunk = environ["wsgi.input"].read(want - len(body))
                     if not chunk:   # the client stopped sending: record nothing
-                        answer = plain_answer(400)
+                        answer = plain_answer(400) if length != -1 else None
                         break
                     body += chunk
+                if length == -1 and len(body) > route.max_body:
+                    answer = self.app.refuse(route, request, "body_too_large", 400)
                 request = request._replace(body=bytes(body))
         if answer is None:
             answer = self.app.answer(route, request)

@@ -790,8 +790,14 @@ PARSE_HEAD_CASES = [
      ("POST", "/v1/track", "", "HTTP/1.1", 12, True)),
     ("same length twice", b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3",
      ("POST", "/v1/track", "", "HTTP/1.1", 3, True)),
-    ("chunked", b"POST /v1/track HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked",
+    ("chunked", b"POST /v1/track HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked",
      ("POST", "/v1/track", "", "HTTP/1.1", -1, True)),
+    ("chunked in HTTP/1.0", b"POST /v1/track HTTP/1.0\r\nTransfer-Encoding: chunked",
+     (400, "bad_framing")),
+    ("a coding before chunked", b"POST /v1/track HTTP/1.1\r\nHost: x\r\n"
+                                b"Transfer-Encoding: gzip, chunked", (400, "bad_framing")),
+    ("chunked twice", b"POST /v1/track HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                      b"Transfer-Encoding: chunked", (400, "bad_framing")),
     ("non-ASCII target is quoted", "GET /v1/pixel/track?u=\u00e9 HTTP/1.1\r\nHost: x".encode("latin-1"),
      ("GET", "/v1/pixel/track", "u=%E9", "HTTP/1.1", 0, True)),
     ("HTTP/0.9", b"GET /v1/pixel/track", (400, "bad_request_line")),
@@ -4391,12 +4397,12 @@ class TrackingApi(ServerCase):
         self.assertEqual(self.post("track", b"{nope"), (400, {"success": False,
                                                               "error": "invalid_json"}))
         self.assertEqual(self.post("batch", {"batch": [{"a": "x" * 1000}] * 600})[0], 400)
-        status, _, answer = self.get("/v1/track", {"Transfer-Encoding": "chunked"}, "POST",
-                                     iter([b'{"a": 1}']))
-        self.assertEqual((status, json.loads(answer)["error"]), (411, "length_required"))
-        # ... with its rejects line (the attack pass: Segment's Android SDK sends chunked)
-        self.assertEqual([(record["reason"], record["path"]) for record in
-                          self.lines("rejects.jsonl")][-1], ("length_required", "/v1/track"))
+        # A chunked body (Segment's Android SDK sends them) is read too, and answered alike.
+        for body in (b'{"a": 1}', iter([b'{"a": ', b'1}'])):
+            status, _, answer = self.get("/v1/track", {}, "POST", body)
+            self.assertEqual((status, json.loads(answer)), (200, {"success": True}))
+        self.assertEqual([(record["reason"], record["body"]) for record in
+                          self.lines("rejects.jsonl")][-2:], [("no_write_key", '{"a":1}')] * 2)
 
     def test_expect_100_continue(self):
         body = b'{"writeKey":"k","userId":"u","event":"e"}'
@@ -4673,6 +4679,117 @@ class Smuggling(ServerCase):
                 answer = b""
         self.assertEqual(answer, b"")
         self.assertEqual(self.lines(), [])
+
+
+def chunked(body, size=5, extension=b""):
+    """`body` in chunks of `size` bytes, each size line with `extension`, then the last chunk."""
+    return b"".join(b"%x%s\r\n%s\r\n" % (len(body[i:i + size]), extension, body[i:i + size])
+                    for i in range(0, len(body), size)) + b"0\r\n\r\n"
+
+
+class ChunkedBodies(ServerCase):
+    """Chunked request bodies (Segment's Android SDK sends its batches so): read up to the
+    route's cap, framed by strict CRLF lines; anything else refused, named, and the
+    connection closed, so that nothing after it is read as a request."""
+
+    server_options = {"request_timeout": 0.3}
+    HEAD = b"POST /v1/import HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    BATCH = json.dumps({"writeKey": "k", "batch": [
+        {"type": "track", "userId": "u", "event": "Opened", "messageId": "m1"}]}).encode()
+
+    def test_chunks_extensions_and_trailers_then_the_next_request(self):
+        body = chunked(self.BATCH, 7, b";name=value").replace(b"0\r\n\r\n", b"0\r\nX-T: 1\r\n\r\n")
+        reply = self.raw(self.HEAD + b"\r\n" + body + b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                         b"Connection: close\r\n\r\n")
+        self.assertEqual(re.findall(rb"HTTP/1\.1 (\d{3}) ", reply), [b"200", b"200"])
+        self.assertIn(b'{"success": true}\n', reply)
+        self.assertEqual([event["messageId"] for event in self.lines()], ["m1"])
+
+    def test_gzip_in_chunks_and_100_continue(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(self.HEAD + b"Content-Encoding: gzip\r\nExpect: 100-continue\r\n\r\n")
+            self.assertEqual(sock.recv(100), b"HTTP/1.1 100 Continue\r\n\r\n")
+            sock.sendall(chunked(gzip.compress(self.BATCH), 3))
+            self.assertIn(b'{"success": true}', sock.recv(1000))
+        self.assertEqual(len(self.lines()), 1)
+
+    def test_bad_framing_is_refused_and_nothing_after_it_is_read(self):
+        smuggled = (b"GET /v1/pixel/track?writeKey=k&userId=u&event=smuggled HTTP/1.1\r\n"
+                    b"Host: x\r\n\r\n")
+        for name, body in [
+                ("0x before the size", b"0x5\r\nhello\r\n0\r\n\r\n"),
+                ("an underscore in it", b"1_0\r\n" + b"a" * 16 + b"\r\n0\r\n\r\n"),
+                ("a space before it", b" 5\r\nhello\r\n0\r\n\r\n"),
+                ("a sign", b"+5\r\nhello\r\n0\r\n\r\n"),
+                ("a space after it", b"5 \r\nhello\r\n0\r\n\r\n"),
+                ("nine digits", b"000000005\r\nhello\r\n0\r\n\r\n"),
+                ("a bare LF after the size", b"5\nhello\r\n0\r\n\r\n"),
+                ("a bare LF in an extension", b"5;a\nb\r\nhello\r\n0\r\n\r\n"),
+                ("data longer than its size", b"3\r\nhello\r\n0\r\n\r\n"),
+                ("no CRLF after the data", b"5\r\nhello0\r\n\r\n"),
+                ("a size line over MAX_LINE", b"5;" + b"e" * pixel.MAX_LINE + b"\r\n"),
+                ("too many trailers", b"0\r\n" + b"X: y\r\n" * (pixel.MAX_HEADERS + 1) + b"\r\n"),
+                ("a bare LF in a trailer", b"0\r\nX: y\nZ: w\r\n\r\n")]:
+            with self.subTest(name):
+                reply = self.raw(self.HEAD + b"\r\n" + body + smuggled)
+                self.assertEqual(re.findall(rb"HTTP/1\.1 (\d{3}) ", reply), [b"400"], reply[:300])
+                self.assertIn(b'"error": "bad_framing"', reply)
+                self.assertEqual(self.lines("rejects.jsonl")[-1]["reason"], "bad_framing")
+        self.assertEqual(self.lines(), [])
+        self.assertQuietStderr()
+
+    def test_the_cap_is_the_decoded_size_and_lines_are_bounded(self):
+        padded = self.BATCH[:-1] + b" " * (pixel.MAX_BATCH_BYTES - len(self.BATCH)) + b"}"
+        reply = self.raw(self.HEAD + b"Connection: close\r\n\r\n" + chunked(padded, 65536))
+        self.assertIn(b'{"success": true}', reply)   # exactly the cap
+        self.assertEqual(len(self.lines()), 1)
+        for name, body, reason in [
+                ("one byte over", chunked(padded + b" ", 65536), "body_too_large"),
+                ("a size over the cap, its data never sent",
+                 b"%x\r\n" % (pixel.MAX_BATCH_BYTES + 1), "body_too_large"),
+                # many tiny chunks: their lines may take a line and a 16th of the cap
+                ("lines past their share", b"1;" + b"e" * 32000 + b"\r\n \r\n" * 4,
+                 "bad_framing")]:
+            with self.subTest(name):
+                reply = self.raw(self.HEAD + b"\r\n" + body)
+                self.assertIn(b'"error": "%s"' % reason.encode(), reply)
+                self.assertEqual(self.lines("rejects.jsonl")[-1]["reason"], reason)
+        self.assertEqual(len(self.lines()), 1)
+
+    def test_half_finished_and_slow_bodies_record_nothing(self):
+        for name, cut in [("cut in a size line", b"1"), ("cut in a chunk", b"a\r\nhel"),
+                          ("cut before the trailers end", chunked(self.BATCH)[:-2])]:
+            for half_close in (True, False):   # else: silent past the request timeout
+                with self.subTest(name, half_close=half_close), socket.create_connection(
+                        ("127.0.0.1", self.port), timeout=5) as sock:
+                    sock.sendall(self.HEAD + b"\r\n" + cut)
+                    if half_close:
+                        sock.shutdown(socket.SHUT_WR)
+                    started = time.monotonic()
+                    self.assertEqual(sock.recv(100), b"")   # closed, unanswered
+                    self.assertLess(time.monotonic() - started, 0.2 if half_close else 3)
+        self.assertEqual((self.lines(), self.lines("rejects.jsonl")), ([], []))
+        self.assertQuietStderr()
+
+    def test_many_clients_each_event_once(self):
+        def client(n):
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                for i in range(20):   # kept alive, one after another
+                    body = json.dumps({"writeKey": "k", "batch": [{
+                        "type": "track", "userId": "u", "event": "e",
+                        "messageId": "c%d-%d" % (n, i)}]}).encode()
+                    sock.sendall(self.HEAD + b"\r\n" + chunked(body, 1 + i))
+                    reply = b""
+                    while not reply.endswith(b'{"success": true}\n'):
+                        reply += sock.recv(1000)
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        ids = [event["messageId"] for event in self.lines()]
+        self.assertEqual(sorted(ids), sorted("c%d-%d" % (n, i) for n in range(8)
+                                             for i in range(20)))
 
 
 class HeadLimits(ServerCase):
@@ -5181,10 +5298,11 @@ class BrowserRoutes(ServerCase):
         self.assertEqual(json.loads(self.get("/health")[2])["browser_metrics"], 1)
 
     def test_early_refusals_carry_cors_headers_too(self):
-        headers = {"Origin": self.ORIGIN, "Transfer-Encoding": "chunked"}
-        status, answer_headers, _ = self.get("/v1/t", headers, "POST", iter([b"{}"]))
-        self.assertEqual((status, answer_headers["access-control-allow-origin"]),
-                         (411, self.ORIGIN))
+        status, answer_headers, body = self.get("/v1/t", {"Origin": self.ORIGIN}, "POST", iter(
+            [b" " * pixel.MAX_BATCH_BYTES, b"{}"]))
+        self.assertEqual((status, json.loads(body)["error"],
+                          answer_headers["access-control-allow-origin"]),
+                         (400, "body_too_large", self.ORIGIN))
         status, answer_headers, body = self.get("/v1/b", {"Origin": self.ORIGIN}, "POST",
                                                 b" " * (pixel.MAX_BATCH_BYTES + 1))
         self.assertEqual((status, json.loads(body)["error"],
@@ -7537,6 +7655,40 @@ class Contract:
         self.assertEqual((health["status"], health["accepted"], health["rejected"]),
                          ("ok", 6, 5))
 
+    chunked = True   # whether the transport reads a chunked body (wsgiref cannot end one)
+
+    def post_chunked(self, target, body, headers=b""):
+        """POST `body` in chunks, and the status and JSON answer. A transport that refuses
+        chunked bodies is sent the head alone: it answers and closes before reading one."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=20) as sock:
+            sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                         b"Transfer-Encoding: chunked\r\n%s\r\n%s" % (
+                             target, headers, chunked(body, 8192) if self.chunked else b""))
+            reply = b""
+            while not reply.endswith(b"}\n"):
+                reply += sock.recv(65536) or self.fail("closed after %r" % reply)
+        return int(reply[9:12]), json.loads(reply.partition(b"\r\n\r\n")[2])
+
+    def test_a_chunked_batch_as_segments_android_sdk_sends_it(self):
+        # POST /v1/import, gzip, chunked: analytics-android's ConnectionFactory.upload().
+        batch = _gzip_json({"batch": [{"type": "track", "userId": "u", "event": "Opened",
+                                       "messageId": "android-1"}]})
+        status, answer = self.post_chunked(b"/v1/import", batch, b"Authorization: %s\r\n"
+                                           b"Content-Encoding: gzip\r\n" % BASIC_K.encode())
+        if self.chunked:
+            self.assertEqual((status, answer), (200, {"success": True}))
+            self.assertEqual((self.count(self.events_path), self.count(self.rejects_path)),
+                             (1, 0))
+        else:   # refused in words, and the refusal on record
+            self.assertEqual((status, answer["error"]), (411, "length_required"))
+        # Over the cap once decoded from its chunks
+        status, answer = self.post_chunked(b"/v1/batch", b" " * pixel.MAX_BATCH_BYTES + b"{}")
+        self.assertEqual((status, answer["error"]), (400, "body_too_large") if self.chunked
+                         else (411, "length_required"))
+        with open(self.rejects_path, "rb") as handle:
+            self.assertEqual([json.loads(line)["reason"] for line in handle],
+                             ["body_too_large"] if self.chunked else ["length_required"] * 2)
+
     def test_rudderstack_routes_and_the_query_key(self):
         # The same on every transport: what RudderStack's browser SDK sends, and a writeKey
         # taken from the query when neither the body nor Basic auth names one.
@@ -7622,6 +7774,8 @@ class _QuietWsgiHandler(wsgiref.simple_server.WSGIRequestHandler):
 
 
 class ContractWsgiref(Contract, unittest.TestCase):
+    chunked = False
+
     def start_transport(self):
         events = os.path.join(self.dir, "events.jsonl")
         app = pixel.make_wsgi_app(log=events)
