@@ -1082,8 +1082,6 @@ GIF_ANSWER = _answer(200, "image/gif", GIF, (
     ("Expires", "0")))
 NOT_FOUND = plain_answer(404)
 SUCCESS = json_answer(200, {"success": True})
-LENGTH_REQUIRED = json_answer(411, {"success": False, "error": "length_required", "message":
-                                    "send a Content-Length; chunked bodies are not accepted"})
 
 
 def not_allowed(route):
@@ -3042,12 +3040,8 @@ class App:
         """The answer, before reading it, to a body `route` would read, of Content-Length
         `length` (-1: chunked, read up to the cap; None: a size the host cannot end); None:
         read it and ask answer()."""
-        if length is None:   # a rejects line, as every refusal has
-            cors = cors_headers(request, self.allow_origins)
-            if cors is None:
-                return self._origin_refused(request)
-            self.recorder.reject(Rejected("length_required"), request, quoted="")
-            return add_headers(LENGTH_REQUIRED, cors)
+        if length is None:
+            return self.refuse(route, request, "length_required", 411)
         if length > route.max_body:
             return self.refuse(route, request, "body_too_large", 400)
         return None

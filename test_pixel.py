@@ -8157,6 +8157,34 @@ class WsgiStart(unittest.TestCase):
         self.assertRaisesRegex(ValueError, "not an IP address or network",
                                pixel.configure, trusted_proxy=["unix2"])
 
+    def test_chunked_bodies_where_the_host_ends_them(self):
+        # Without wsgi.input_terminated a chunked body has no known end: 411, with CORS
+        # headers for an allowed origin; with it, read up to the cap as the server does.
+        app = pixel.make_wsgi_app(log=self.log, allow_origin=["https://shop.example"])
+        self.addCleanup(app.close)
+        event = b'{"writeKey":"k","userId":"u","event":"e"}'
+        for origin, terminated, body, expected in [
+                ("https://shop.example", False, event, ("411 Length Required", "length_required")),
+                ("https://evil.example", False, event, ("403 Forbidden", "origin_not_allowed")),
+                ("https://shop.example", True, event, ("200 OK", None)),
+                ("https://shop.example", True, b" " * pixel.MAX_BATCH_BYTES + event,
+                 ("400 Bad Request", "body_too_large"))]:
+            answers = []
+            body = b"".join(app({
+                "REQUEST_METHOD": "POST", "PATH_INFO": "/v1/t", "REMOTE_ADDR": "127.0.0.1",
+                "HTTP_TRANSFER_ENCODING": "chunked", "HTTP_ORIGIN": origin,
+                "wsgi.input": io.BytesIO(body), "wsgi.input_terminated": terminated},
+                lambda status, headers: answers.append((status, dict(headers)))))
+            status, headers = answers[0]
+            self.assertEqual((status, json.loads(body).get("error")), expected)
+            self.assertEqual(headers.get("Access-Control-Allow-Origin"),
+                             None if "evil" in origin else origin)
+        with open(self.log) as handle:
+            self.assertEqual([json.loads(line)["event"] for line in handle], ["e"])
+        with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
+            self.assertEqual([json.loads(line)["reason"] for line in handle], [
+                "length_required", "origin_not_allowed", "body_too_large"])
+
     def test_a_torn_tail_is_kept_in_the_rejects_log(self):
         with open(self.log, "wb") as handle:
             handle.write(b'{"type":"track"}\n{"type":"tr')
