@@ -4713,6 +4713,17 @@ class ChunkedBodies(ServerCase):
             self.assertIn(b'{"success": true}', sock.recv(1000))
         self.assertEqual(len(self.lines()), 1)
 
+    def test_as_analytics_kotlin_sends(self):
+        # Segment's newer Android SDK: POST {apiHost}/b, text/plain, gzip, chunked, the key
+        # in the batch, no Origin.
+        reply = self.raw(b"POST /v1/b HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                         b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"
+                         b"Connection: close\r\n\r\n" + chunked(gzip.compress(self.BATCH), 4096))
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 ") and
+                        reply.endswith(b'{"success": true}\n'), reply)
+        self.assertEqual([(event["writeKey"], event["event"]) for event in self.lines()],
+                         [("k", "Opened")])
+
     def test_bad_framing_is_refused_and_nothing_after_it_is_read(self):
         smuggled = (b"GET /v1/pixel/track?writeKey=k&userId=u&event=smuggled HTTP/1.1\r\n"
                     b"Host: x\r\n\r\n")
