@@ -11301,9 +11301,12 @@ class ReadmeIsTrue(unittest.TestCase):
                   node.targets[0].id in ("_OBJECT_FIELDS", "_STRING_FIELDS")}
         named, forwarded = set(), []
         for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr == "refuse" and isinstance(node.args[2], ast.Constant):
+                named.add(node.args[2].value)   # App.refuse(route, request, reason, status)
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
                 continue
-            if node.func.id == "Rejected":
+            if node.func.id in ("Rejected", "_BadBody"):
                 reason = node.args[0]
                 if isinstance(reason, ast.Constant):
                     named.add(reason.value)
