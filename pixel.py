@@ -3212,7 +3212,7 @@ class _BadBody(Exception):
 
 # A chunk's size line: hex digits (int(x, 16) alone would take "0x1f", "1_0" and " 1f"), then
 # any extensions, which are dropped.
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,8})(?:[ \t]*;|\Z)")
+_CHUNK_SIZE = re.compile(rb"0*([0-9A-Fa-f]{1,8})(?:[ \t]*;|\Z)")
 
 
 _GIF_HEADER_LINES = "".join("%s: %s\r\n" % pair for pair in GIF_ANSWER.headers).encode()
@@ -3290,10 +3290,11 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
             self._linger(min(time.monotonic() + 1.0, self._deadline))
         return False
 
-    def _recv(self, timeout):
+    def _recv(self, timeout, between=False):
         """Append what the client sends next to the buffer, waiting at most `timeout` s.
-        Meanwhile the connection may be closed to make room (ConnectionPool.submit), and
-        between requests by a stop; while pixel works on a request, it may not."""
+        Meanwhile the connection may be closed to make room (ConnectionPool.submit), first
+        if it is `between` requests (kept alive, or answered and closing); then also by a
+        stop. Within a request, even at a chunk's end with nothing buffered, it is not."""
         if timeout != self._recv_timeout:
             if timeout <= 0:
                 raise _Closed("request timeout")
@@ -3304,12 +3305,11 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
                 self.connection.settimeout(timeout)
             self._recv_timeout = timeout
         pool = self._pool
-        kept_alive = self._served > 0 and not self._buffer
-        pool.mark_idle(self.request, kept_alive)   # the TCP socket, under TLS too
+        pool.mark_idle(self.request, between)   # the TCP socket, under TLS too
         try:
             # After marking: a stop either sees this connection idle and closes it, or is
             # seen here. A client that has not sent its first request is waited for.
-            if kept_alive and pool.stopping:
+            if between and pool.stopping:
                 raise _Closed("stopping")
             chunk = self.connection.recv(RECV_SIZE)
         finally:
@@ -3323,7 +3323,7 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
         buffer = self._buffer
         if self._served:   # kept alive: waits idle, then gets a fresh deadline
             if not buffer:
-                self._recv(self.server.idle_timeout)
+                self._recv(self.server.idle_timeout, between=True)
             self._deadline = time.monotonic() + self.server.request_timeout
         start = skipped = 0
         while True:
@@ -3385,23 +3385,23 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
             spare -= len(line) + 2
             if not line:
                 return bytes(body)
-            if spare < 0:
+            if spare < 0 or b":" not in line or line[:1] in b" \t:":   # as a head's line
                 break
         raise _BadBody("bad_framing")
 
     def _chunk_line(self):
-        """The next CRLF line of a chunked body, without its CRLF; a bare CR or LF in it,
-        or more than MAX_LINE bytes, is _BadBody."""
+        """The next CRLF line of a chunked body, without its CRLF; a bare CR or LF in it
+        (seen as soon as it comes), a NUL, or more than MAX_LINE bytes, is _BadBody."""
         buffer, start = self._buffer, 0
         while True:
             end = buffer.find(b"\r\n", start, MAX_LINE + 2)
             if end >= 0:
                 line = bytes(buffer[:end])
                 del buffer[:end + 2]
-                if b"\r" in line or b"\n" in line:
+                if b"\r" in line or b"\n" in line or b"\0" in line:
                     raise _BadBody("bad_framing")
                 return line
-            if len(buffer) > MAX_LINE + 1:
+            if len(buffer) > MAX_LINE + 1 or buffer.find(b"\n", start, MAX_LINE + 2) >= 0:
                 raise _BadBody("bad_framing")
             start = max(0, len(buffer) - 1)
             self._recv(self._deadline - time.monotonic())
@@ -3415,7 +3415,7 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
             drained = 0
             while drained < MAX_HEAD_BYTES * 8:
                 self._buffer.clear()
-                self._recv(until - time.monotonic())
+                self._recv(until - time.monotonic(), between=self._served > 0)
                 drained += len(self._buffer)
         except OSError:   # _Closed too
             return
@@ -3945,30 +3945,40 @@ class WsgiApp:
         answer = None
         if route is not None and route.max_body and method in route.methods:
             length = environ.get("CONTENT_LENGTH") or "0"
-            if "transfer-encoding" in headers:   # a chunked body, which the host decodes:
-                # its end is known only where the host says so (gunicorn, mod_wsgi), else 411
-                length = -1 if environ.get("wsgi.input_terminated") else None
-            elif length.isascii() and length.isdigit():
-                length = int(length)
-            else:
-                length = None
-            answer = self.app.early_answer(route, request, length)
+            framing = headers.get("transfer-encoding")
+            if framing is not None and (framing.lower() != "chunked" or "content-length" in
+                                        headers) or not (length.isascii() and length.isdigit()):
+                answer = self.app.refuse(route, request, "bad_framing", 400)   # as parse_head
+            else:   # a chunked body's end is known where the host says (gunicorn, mod_wsgi)
+                length = int(length) if framing is None else \
+                    -1 if environ.get("wsgi.input_terminated") else None
+                answer = self.app.early_answer(route, request, length)
             if answer is None:
-                body, want = bytearray(), length if length != -1 else route.max_body + 1
-                while len(body) < want:
-                    chunk = environ["wsgi.input"].read(want - len(body))
-                    if not chunk:   # the client stopped sending: record nothing
-                        answer = plain_answer(400) if length != -1 else None
-                        break
-                    body += chunk
-                if length == -1 and len(body) > route.max_body:
-                    answer = self.app.refuse(route, request, "body_too_large", 400)
-                request = request._replace(body=bytes(body))
+                answer, body = self._read(environ["wsgi.input"], route, request, length)
+                request = request._replace(body=body)
         if answer is None:
             answer = self.app.answer(route, request)
         start_response("%d %s" % (answer.status, http.server.BaseHTTPRequestHandler.responses[
             answer.status][0]), list(answer.headers))
         return [b""] if method == "HEAD" else [answer.body]
+
+    def _read(self, stream, route, request, length):
+        """(an answer or None, the body): `length` bytes, or a chunked body (-1) to its end,
+        refused past the route's cap or where the host's decoder refuses its framing."""
+        body, want = bytearray(), length if length != -1 else route.max_body + 1
+        try:
+            while len(body) < want:
+                chunk = stream.read(want - len(body))
+                if not chunk:   # the client stopped sending: record nothing
+                    return (plain_answer(400) if length != -1 else None), bytes(body)
+                body += chunk
+        except OSError:   # gunicorn's and werkzeug's chunk decoders (a length's is the host's)
+            if length != -1:
+                raise
+            return self.app.refuse(route, request, "bad_framing", 400), b""
+        if length == -1 and len(body) > route.max_body:
+            return self.app.refuse(route, request, "body_too_large", 400), b""
+        return None, bytes(body)
 
 
 # --------------------------------------------------------------------------------------------

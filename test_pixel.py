@@ -4699,6 +4699,7 @@ class ChunkedBodies(ServerCase):
 
     def test_chunks_extensions_and_trailers_then_the_next_request(self):
         body = chunked(self.BATCH, 7, b";name=value").replace(b"0\r\n\r\n", b"0\r\nX-T: 1\r\n\r\n")
+        body = b"00000000" + body   # leading zeros, as RFC 9112 allows
         reply = self.raw(self.HEAD + b"\r\n" + body + b"GET /health HTTP/1.1\r\nHost: x\r\n"
                          b"Connection: close\r\n\r\n")
         self.assertEqual(re.findall(rb"HTTP/1\.1 (\d{3}) ", reply), [b"200", b"200"])
@@ -4733,7 +4734,11 @@ class ChunkedBodies(ServerCase):
                 ("a space before it", b" 5\r\nhello\r\n0\r\n\r\n"),
                 ("a sign", b"+5\r\nhello\r\n0\r\n\r\n"),
                 ("a space after it", b"5 \r\nhello\r\n0\r\n\r\n"),
-                ("nine digits", b"000000005\r\nhello\r\n0\r\n\r\n"),
+                ("nine digits", b"100000005\r\nhello\r\n0\r\n\r\n"),
+                ("bare LFs only, no CRLF to wait for", b"5\nhello\n0\n\n"),
+                ("a NUL in an extension", b"5;a\0\r\nhello\r\n0\r\n\r\n"),
+                ("a trailer with no colon", b"0\r\ngarbage\r\n\r\n"),
+                ("a folded trailer", b"0\r\nX: y\r\n z\r\n\r\n"),
                 ("a bare LF after the size", b"5\nhello\r\n0\r\n\r\n"),
                 ("a bare LF in an extension", b"5;a\nb\r\nhello\r\n0\r\n\r\n"),
                 ("data longer than its size", b"3\r\nhello\r\n0\r\n\r\n"),
@@ -8059,6 +8064,13 @@ def get_status(port, target, headers=None):
         connection.close()
 
 
+class BrokenStream:
+    """A WSGI host's wsgi.input whose chunk decoder refuses what the client sent."""
+
+    def read(self, size=-1):
+        raise OSError("Missing chunk terminating newline")   # werkzeug's words
+
+
 class WsgiStart(unittest.TestCase):
     """make_wsgi_app's start, on files: one line and SystemExit(3) for what it cannot use,
     nothing left behind, and the command line's start-up repairs."""
@@ -8179,13 +8191,23 @@ class WsgiStart(unittest.TestCase):
                 ("https://evil.example", False, event, ("403 Forbidden", "origin_not_allowed")),
                 ("https://shop.example", True, event, ("200 OK", None)),
                 ("https://shop.example", True, b" " * pixel.MAX_BATCH_BYTES + event,
-                 ("400 Bad Request", "body_too_large"))]:
-            answers = []
-            body = b"".join(app({
+                 ("400 Bad Request", "body_too_large")),
+                # The host's decoder refuses the framing (werkzeug and gunicorn raise OSError)
+                ("https://shop.example", True, None, ("400 Bad Request", "bad_framing")),
+                # Framings parse_head refuses are refused alike (the attack pass)
+                ("https://shop.example", "gzip, chunked", event, ("400 Bad Request", "bad_framing")),
+                ("https://shop.example", "length too", event, ("400 Bad Request", "bad_framing"))]:
+            answers, environ = [], {
                 "REQUEST_METHOD": "POST", "PATH_INFO": "/v1/t", "REMOTE_ADDR": "127.0.0.1",
                 "HTTP_TRANSFER_ENCODING": "chunked", "HTTP_ORIGIN": origin,
-                "wsgi.input": io.BytesIO(body), "wsgi.input_terminated": terminated},
-                lambda status, headers: answers.append((status, dict(headers)))))
+                "wsgi.input": io.BytesIO(body) if body else BrokenStream(),
+                "wsgi.input_terminated": terminated}
+            if terminated == "gzip, chunked":
+                environ["HTTP_TRANSFER_ENCODING"] = terminated
+            elif terminated == "length too":
+                environ["CONTENT_LENGTH"] = str(len(body))
+            body = b"".join(app(environ, lambda status, headers: answers.append(
+                (status, dict(headers)))))
             status, headers = answers[0]
             self.assertEqual((status, json.loads(body).get("error")), expected)
             self.assertEqual(headers.get("Access-Control-Allow-Origin"),
@@ -8194,7 +8216,7 @@ class WsgiStart(unittest.TestCase):
             self.assertEqual([json.loads(line)["event"] for line in handle], ["e"])
         with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
             self.assertEqual([json.loads(line)["reason"] for line in handle], [
-                "length_required", "origin_not_allowed", "body_too_large"])
+                "length_required", "origin_not_allowed", "body_too_large"] + ["bad_framing"] * 3)
 
     def test_a_torn_tail_is_kept_in_the_rejects_log(self):
         with open(self.log, "wb") as handle:
@@ -10798,6 +10820,35 @@ class GracefulStop(unittest.TestCase):
             events = [json.loads(line)["event"] for line in handle]
         self.assertEqual(sorted(events), ["kept"] + ["queued"] * 30 + ["silent"])
 
+
+    def test_an_upload_waiting_between_two_chunks_is_finished(self):
+        # The attack pass: a body read with nothing buffered, at a chunk's end, was taken
+        # for a connection kept alive between requests, and a stop cut it.
+        folder = temp_dir(self, "pixel-stop-")
+        log = os.path.join(folder, "events.jsonl")
+        process, port = start_pixel(self, "--log", log, "--request-timeout", "8")
+        body = json.dumps({"writeKey": "k", "batch": [
+            {"type": "track", "userId": "u", "event": "uploaded"}]}).encode()
+
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+                         b"\r\n\r\n" + chunked(body[:20])[:-5])   # not its last chunk
+            process.send_signal(signal.SIGTERM)
+            self.assertTrue(wait_until(lambda: not listening()))   # the stop is under way
+            sock.sendall(chunked(body[20:]))
+            status, headers, answer, _ = read_response(sock.makefile("rb"))
+        self.assertEqual((status, answer, headers["connection"]),
+                         (200, b'{"success": true}\n', "close"))
+        self.assertEqual(process.wait(20), 0)
+        with open(log) as handle:
+            self.assertEqual([json.loads(line)["event"] for line in handle], ["uploaded"])
 
 class ReusePort(unittest.TestCase):
     """Two processes on one port (--reuse-port), each with its own log."""
