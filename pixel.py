@@ -3347,7 +3347,8 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
             if len(buffer) + skipped > MAX_HEAD_BYTES:
                 raise HeadError(431, "headers_too_large", bytes(buffer[:MAX_LINE]))
             start = max(0, len(buffer) - 2)
-            self._recv(self._deadline - time.monotonic())
+            # Only empty lines since the last answer: still between requests (the attack pass)
+            self._recv(self._deadline - time.monotonic(), between=self._served > 0 and not buffer)
 
     def _read_body(self, length):
         while len(self._buffer) < length:
@@ -3944,7 +3945,7 @@ class WsgiApp:
                           "https" if environ.get("wsgi.url_scheme") == "https" else "http")
         answer = None
         if route is not None and route.max_body and method in route.methods:
-            length = environ.get("CONTENT_LENGTH") or "0"
+            length = (environ.get("CONTENT_LENGTH") or "0").strip(" \t")   # wsgiref's is raw
             framing = headers.get("transfer-encoding")
             if framing is not None and (framing.lower() != "chunked" or "content-length" in
                                         headers) or not (length.isascii() and length.isdigit()):
@@ -3972,7 +3973,9 @@ class WsgiApp:
                 if not chunk:   # the client stopped sending: record nothing
                     return (plain_answer(400) if length != -1 else None), bytes(body)
                 body += chunk
-        except OSError:   # gunicorn's and werkzeug's chunk decoders (a length's is the host's)
+        # The host's chunk decoder refused the framing: werkzeug raises OSError, gunicorn its
+        # ParseException (Exception). A Content-Length body's errors are the host's to handle.
+        except Exception:
             if length != -1:
                 raise
             return self.app.refuse(route, request, "bad_framing", 400), b""

@@ -7673,13 +7673,15 @@ class Contract:
 
     chunked = True   # whether the transport reads a chunked body (wsgiref cannot end one)
 
-    def post_chunked(self, target, body, headers=b""):
-        """POST `body` in chunks, and the status and JSON answer. A transport that refuses
-        chunked bodies is sent the head alone: it answers and closes before reading one."""
+    def post_chunked(self, target, body, headers=b"", framed=None):
+        """POST `body` in chunks (or as `framed`), and the status and JSON answer. A
+        transport that refuses chunked bodies is sent the head alone: it answers and closes
+        before reading one."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=20) as sock:
             sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                          b"Transfer-Encoding: chunked\r\n%s\r\n%s" % (
-                             target, headers, chunked(body, 8192) if self.chunked else b""))
+                             target, headers, b"" if not self.chunked else
+                             framed or chunked(body, 8192)))
             reply = b""
             while not reply.endswith(b"}\n"):
                 reply += sock.recv(65536) or self.fail("closed after %r" % reply)
@@ -7701,9 +7703,14 @@ class Contract:
         status, answer = self.post_chunked(b"/v1/batch", b" " * pixel.MAX_BATCH_BYTES + b"{}")
         self.assertEqual((status, answer["error"]), (400, "body_too_large") if self.chunked
                          else (411, "length_required"))
+        # Framing the server refuses: refused alike, by the host's decoder under WSGI
+        status, answer = self.post_chunked(b"/v1/track", None, framed=b"0x5\r\nhello\r\n0\r\n\r\n")
+        self.assertEqual((status, answer["error"]), (400, "bad_framing") if self.chunked
+                         else (411, "length_required"))
         with open(self.rejects_path, "rb") as handle:
             self.assertEqual([json.loads(line)["reason"] for line in handle],
-                             ["body_too_large"] if self.chunked else ["length_required"] * 2)
+                             ["body_too_large", "bad_framing"] if self.chunked
+                             else ["length_required"] * 3)
 
     def test_rudderstack_routes_and_the_query_key(self):
         # The same on every transport: what RudderStack's browser SDK sends, and a writeKey
@@ -8065,10 +8072,14 @@ def get_status(port, target, headers=None):
 
 
 class BrokenStream:
-    """A WSGI host's wsgi.input whose chunk decoder refuses what the client sent."""
+    """A WSGI host's wsgi.input whose chunk decoder refuses what the client sent, as
+    werkzeug's does (OSError) or gunicorn's (its ParseException, an Exception)."""
+
+    def __init__(self, error):
+        self.error = error
 
     def read(self, size=-1):
-        raise OSError("Missing chunk terminating newline")   # werkzeug's words
+        raise self.error
 
 
 class WsgiStart(unittest.TestCase):
@@ -8192,20 +8203,27 @@ class WsgiStart(unittest.TestCase):
                 ("https://shop.example", True, event, ("200 OK", None)),
                 ("https://shop.example", True, b" " * pixel.MAX_BATCH_BYTES + event,
                  ("400 Bad Request", "body_too_large")),
-                # The host's decoder refuses the framing (werkzeug and gunicorn raise OSError)
-                ("https://shop.example", True, None, ("400 Bad Request", "bad_framing")),
+                # The host's decoder refuses the framing
+                ("https://shop.example", True, OSError("Missing chunk terminating newline"),
+                 ("400 Bad Request", "bad_framing")),
+                ("https://shop.example", True, Exception("Invalid chunk size: '0x5'"),
+                 ("400 Bad Request", "bad_framing")),
                 # Framings parse_head refuses are refused alike (the attack pass)
                 ("https://shop.example", "gzip, chunked", event, ("400 Bad Request", "bad_framing")),
-                ("https://shop.example", "length too", event, ("400 Bad Request", "bad_framing"))]:
+                ("https://shop.example", "length too", event, ("400 Bad Request", "bad_framing")),
+                ("https://shop.example", "spaced length", event, ("200 OK", None))]:
             answers, environ = [], {
                 "REQUEST_METHOD": "POST", "PATH_INFO": "/v1/t", "REMOTE_ADDR": "127.0.0.1",
                 "HTTP_TRANSFER_ENCODING": "chunked", "HTTP_ORIGIN": origin,
-                "wsgi.input": io.BytesIO(body) if body else BrokenStream(),
+                "wsgi.input": io.BytesIO(body) if isinstance(body, bytes) else BrokenStream(body),
                 "wsgi.input_terminated": terminated}
             if terminated == "gzip, chunked":
                 environ["HTTP_TRANSFER_ENCODING"] = terminated
             elif terminated == "length too":
                 environ["CONTENT_LENGTH"] = str(len(body))
+            elif terminated == "spaced length":   # as wsgiref hands on "Content-Length: 41 "
+                del environ["HTTP_TRANSFER_ENCODING"]
+                environ["CONTENT_LENGTH"] = "%d \t" % len(body)
             body = b"".join(app(environ, lambda status, headers: answers.append(
                 (status, dict(headers)))))
             status, headers = answers[0]
@@ -8213,10 +8231,10 @@ class WsgiStart(unittest.TestCase):
             self.assertEqual(headers.get("Access-Control-Allow-Origin"),
                              None if "evil" in origin else origin)
         with open(self.log) as handle:
-            self.assertEqual([json.loads(line)["event"] for line in handle], ["e"])
+            self.assertEqual([json.loads(line)["event"] for line in handle], ["e", "e"])
         with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
             self.assertEqual([json.loads(line)["reason"] for line in handle], [
-                "length_required", "origin_not_allowed", "body_too_large"] + ["bad_framing"] * 3)
+                "length_required", "origin_not_allowed", "body_too_large"] + ["bad_framing"] * 4)
 
     def test_a_torn_tail_is_kept_in_the_rejects_log(self):
         with open(self.log, "wb") as handle:
@@ -10849,6 +10867,27 @@ class GracefulStop(unittest.TestCase):
         self.assertEqual(process.wait(20), 0)
         with open(log) as handle:
             self.assertEqual([json.loads(line)["event"] for line in handle], ["uploaded"])
+
+    def test_a_kept_alive_connection_that_sent_empty_lines_is_closed_at_once(self):
+        # The attack pass: after a stray CRLF (which some clients send after a body), a
+        # kept-alive connection waited as if inside a request, and a stop waited it out.
+        folder = temp_dir(self, "pixel-stop-")
+        log = os.path.join(folder, "events.jsonl")
+        process, port = start_pixel(self, "--log", log, "--request-timeout", "8")
+        idle = []
+        for number in range(3):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\n"
+                         b"Host: x\r\n\r\n" + b"\r\n" * (number + 1))
+            self.assertEqual(read_response(sock.makefile("rb"))[2], pixel.GIF)
+            idle.append(sock)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        self.assertEqual(process.wait(20), 0)
+        self.assertLess(time.monotonic() - started, 4)   # not the request timeout (8 s)
+        for sock in idle:
+            self.assertEqual(sock.recv(10), b"")
+            sock.close()
 
 class ReusePort(unittest.TestCase):
     """Two processes on one port (--reuse-port), each with its own log."""
