@@ -4511,7 +4511,8 @@ class MaxConnections(ServerCase):
         threads += [threading.Thread(target=client, args=("n%d" % n, False)) for n in range(2)]
         for thread in threads:
             thread.start()
-        time.sleep(1.5)   # load for a while: what is tested is that none is cut meanwhile
+        # Load for a while (what is tested is that none is cut meanwhile): 1,500 answers
+        wait_until(lambda: len(answered) >= 1500, timeout=10)
         done.set()
         for thread in threads:
             thread.join(10)
