@@ -3363,7 +3363,7 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
         ("bad_framing", as a proxy that reads lines otherwise may have smuggled a request
         in). Chunk lines may take MAX_LINE bytes and a 16th of `cap`: a chunk costs a turn
         of this loop, and 4 KB chunks (Java's) take 125 lines for 500 KB."""
-        buffer, body, spare = self._buffer, bytearray(), MAX_LINE + cap // 16
+        body, spare = bytearray(), MAX_LINE + cap // 16
         while True:
             line = self._chunk_line()
             spare -= len(line) + 2
@@ -3375,12 +3375,10 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
                 break
             if len(body) + size > cap:
                 raise _BadBody("body_too_large")
-            while len(buffer) < size + 2:
-                self._recv(self._deadline - time.monotonic())
-            if buffer[size:size + 2] != b"\r\n":
+            data = self._read_body(size + 2)
+            if data[size:] != b"\r\n":
                 raise _BadBody("bad_framing")
-            body += buffer[:size]
-            del buffer[:size + 2]
+            body += data[:size]
         for _ in range(MAX_HEADERS + 1):   # the trailer section, up to its blank line
             line = self._chunk_line()
             spare -= len(line) + 2
@@ -3945,14 +3943,12 @@ class WsgiApp:
                           "https" if environ.get("wsgi.url_scheme") == "https" else "http")
         answer = None
         if route is not None and route.max_body and method in route.methods:
-            length = (environ.get("CONTENT_LENGTH") or "0").strip(" \t")   # wsgiref's is raw
-            framing = headers.get("transfer-encoding")
-            if framing is not None and (framing.lower() != "chunked" or "content-length" in
-                                        headers) or not (length.isascii() and length.isdigit()):
-                answer = self.app.refuse(route, request, "bad_framing", 400)   # as parse_head
+            length = _body_length(headers, "1")   # the framing parse_head takes, no other
+            if length is None:
+                answer = self.app.refuse(route, request, "bad_framing", 400)
             else:   # a chunked body's end is known where the host says (gunicorn, mod_wsgi)
-                length = int(length) if framing is None else \
-                    -1 if environ.get("wsgi.input_terminated") else None
+                if length == -1 and not environ.get("wsgi.input_terminated"):
+                    length = None
                 answer = self.app.early_answer(route, request, length)
             if answer is None:
                 answer, body = self._read(environ["wsgi.input"], route, request, length)
