@@ -10871,9 +10871,10 @@ class GracefulStop(unittest.TestCase):
             process.send_signal(signal.SIGTERM)
             self.assertTrue(wait_until(lambda: not listening()))   # the stop is under way
             sock.sendall(chunked(body[20:]))
-            status, headers, answer, _ = read_response(sock.makefile("rb"))
-        self.assertEqual((status, answer, headers["connection"]),
-                         (200, b'{"success": true}\n', "close"))
+            status, _, answer, _ = read_response(sock.makefile("rb"))
+        # (Whether it says Connection: close depends on whether its head was read before the
+        # signal: a race of this test's, not what it tests.)
+        self.assertEqual((status, answer), (200, b'{"success": true}\n'))
         self.assertEqual(process.wait(20), 0)
         with open(log) as handle:
             self.assertEqual([json.loads(line)["event"] for line in handle], ["uploaded"])
