@@ -93,9 +93,12 @@ GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
 EVENT_TYPES = ("identify", "group", "alias", "page", "screen", "track")
 BATCH_ROUTES = ("batch", "import")
 
-# Segment's own limits: 32 KB an event, 500 KB a batch request.
+# Segment's own limits: 32 KB an event, 500 KB a batch request (what the forwarder sends).
 MAX_PAYLOAD_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
+# What pixel takes: analytics-rust posts batches of up to 512 KiB (batcher.rs) with their
+# envelope, and Ruby's, .NET's and Flutter's may pass 500 KB by that envelope.
+MAX_BODY_BYTES = 576 * 1024
 MAX_BATCH_ITEMS = 10000
 # Our own caps. JSON nesting stays far below the recursion limit, so that json's C scanner
 # never recurses deep on a small thread stack.
@@ -553,6 +556,7 @@ def _make_encoder():
 _encode = _make_encoder()
 # For what a rejects line only quotes, where 1e400 may appear.
 _encode_lenient = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+_encode_utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def encode_line(event):
@@ -575,7 +579,7 @@ def decode_body(body, content_encoding=None):
         body = _gunzip(body)
     elif coding != "identity":
         raise Rejected("unsupported_encoding")
-    if len(body) > MAX_BATCH_BYTES:
+    if len(body) > MAX_BODY_BYTES:
         raise Rejected("body_too_large")
     return body
 
@@ -595,11 +599,11 @@ def _gunzip(body):
     while True:
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            part = inflater.decompress(body, MAX_BATCH_BYTES + 1 - size)
+            part = inflater.decompress(body, MAX_BODY_BYTES + 1 - size)
         except zlib.error:   # not gzip, corrupt, or a CRC or length that does not match
             raise Rejected("invalid_gzip") from None
         size += len(part)
-        if inflater.unconsumed_tail or size > MAX_BATCH_BYTES:
+        if inflater.unconsumed_tail or size > MAX_BODY_BYTES:
             raise Rejected("body_too_large")
         if not inflater.eof:   # cut short: no trailer, so nothing was checked
             raise Rejected("invalid_gzip")
@@ -676,7 +680,7 @@ def api_payloads(route, body, *, authorization=None, query=""):
         total += size
         if total > limit:
             raise Rejected("batch_too_large")
-        if size > MAX_PAYLOAD_BYTES:
+        if size > MAX_PAYLOAD_BYTES and _utf8_size(item) + inherited > MAX_PAYLOAD_BYTES:
             pairs.append((item.get("type"), Rejected("payload_too_large", item=item)))
             continue
         payload = dict(item)
@@ -689,6 +693,12 @@ def api_payloads(route, body, *, authorization=None, query=""):
         pairs.append((kind, payload if kind in EVENT_TYPES else
                       Rejected("invalid_type", item=item)))
     return pairs
+
+
+def _utf8_size(document):
+    """The size of `document` as compact UTF-8 JSON: how SDKs measure their 32 KB (Ruby's,
+    Java's, Go's and Rust's caps), where pixel's ASCII log escapes a character to 6 or 12."""
+    return len(_encode_utf8(document).encode("utf-8", "surrogatepass"))
 
 
 def dedupe_key(write_key, message_id, machine=False):
@@ -1015,14 +1025,14 @@ _DOCUMENT = ("GET", "HEAD", "OPTIONS")
 ROUTES = {"/health": Route("health", "health", _GET_HEAD, 0),
           "/metrics": Route("prometheus", "metrics", _GET_HEAD, 0),
           "/v1/m": Route("metrics", "m", _POST_OPTIONS, MAX_PAYLOAD_BYTES, True),
-          "/rsaMetrics": Route("metrics", "rsaMetrics", _POST_OPTIONS, MAX_BATCH_BYTES, True),
-          "/beacon/v1/batch": Route("api", "batch", _POST_OPTIONS, MAX_BATCH_BYTES, True),
+          "/rsaMetrics": Route("metrics", "rsaMetrics", _POST_OPTIONS, MAX_BODY_BYTES, True),
+          "/beacon/v1/batch": Route("api", "batch", _POST_OPTIONS, MAX_BODY_BYTES, True),
           "/sourceConfig": Route("settings", "sourceConfig", _DOCUMENT, 0),
           "/sourceConfig/": Route("settings", "sourceConfig", _DOCUMENT, 0)}
 ROUTES.update(("/v1/pixel/" + kind, Route("pixel", kind, _GET_HEAD, 0)) for kind in EVENT_TYPES)
-ROUTES.update(("/v1/" + name, Route("api", name, _POST_OPTIONS, MAX_BATCH_BYTES))
+ROUTES.update(("/v1/" + name, Route("api", name, _POST_OPTIONS, MAX_BODY_BYTES))
               for name in EVENT_TYPES + BATCH_ROUTES)
-ROUTES.update(("/v1/" + name[0], Route("api", name, _POST_OPTIONS, MAX_BATCH_BYTES, True))
+ROUTES.update(("/v1/" + name[0], Route("api", name, _POST_OPTIONS, MAX_BODY_BYTES, True))
               for name in EVENT_TYPES + ("batch",))
 
 # GET /v1/projects/<writeKey>/settings: what analytics.js fetches from its CDN.
@@ -1032,8 +1042,12 @@ _WRITE_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}\Z", re.ASCII)
 
 
 def route_for(path):
-    """The Route for `path`, or None."""
+    """The Route for `path`, or None. An API path may end in a slash: analytics-java's
+    default is /v1/import/."""
     route = ROUTES.get(path)
+    if route is None and path.endswith("/"):
+        route = ROUTES.get(path[:-1])
+        route = route if route is not None and route.kind == "api" else None
     if route is None and path.startswith(SETTINGS_PREFIX) and path.endswith(SETTINGS_SUFFIX) \
             and _WRITE_KEY.match(path[len(SETTINGS_PREFIX):-len(SETTINGS_SUFFIX)]):
         return SETTINGS_ROUTE
@@ -3950,6 +3964,10 @@ class WsgiApp:
                 if length == -1 and not environ.get("wsgi.input_terminated"):
                     length = None
                 answer = self.app.early_answer(route, request, length)
+                if answer is not None and 0 < (length or 0) <= 4 * route.max_body:
+                    # Read, not left: wsgiref closes on a body unread, and the reset that
+                    # sends may reach the client before the answer does.
+                    self._read(environ["wsgi.input"], route, request, length)
             if answer is None:
                 answer, body = self._read(environ["wsgi.input"], route, request, length)
                 request = request._replace(body=body)
@@ -5162,6 +5180,16 @@ def read_lines(log, start, end):
     return data, data.rfind(b"\n") + 1
 
 
+def _unescaped(item):
+    """A batch item (JSON bytes, escaped to ASCII as logged) as UTF-8 JSON, as SDKs send and
+    receivers count it (a character escaped is 6 or 12 bytes); as it was if it cannot be."""
+    try:
+        return json.dumps(json.loads(item), ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
+    except (ValueError, RecursionError):   # not JSON, 1e400, a lone surrogate
+        return item
+
+
 def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
                alone=False):
     """A batch from `data`, log lines from byte `offset` without the last newline: (rejects-
@@ -5188,6 +5216,8 @@ def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
             key = write_key or key
             if key is None:
                 raise Rejected("forward_unreadable", "no writeKey")
+            if len(item) > MAX_FORWARD_ITEM:   # as logged, escaped: in UTF-8 it may fit
+                item = _unescaped(item)
             if len(item) > MAX_FORWARD_ITEM:
                 raise Rejected("forward_unreadable", "an event of %d bytes: Segment-"
                                "compatible receivers take at most 32 KB" % len(item))

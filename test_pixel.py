@@ -658,6 +658,36 @@ class BatchBounds(unittest.TestCase):
         self.assertEqual(large_payload.reason, "payload_too_large")
         self.assertEqual(large_payload.item["properties"]["p"], "y" * 13000)
 
+    def test_an_item_is_measured_as_sdks_send_it_in_utf8(self):
+        # Ruby, Java, Go and Rust cap a message at 32 KB of UTF-8; pixel's ASCII log escapes
+        # a Cyrillic letter to 6 bytes and an emoji to 12, and refused such items, answered
+        # 200 (analytics-go's 11,330-byte message of Cyrillic was lost).
+        def batch(text):
+            return json.dumps({"writeKey": "k", "batch": [
+                {"type": "track", "userId": "u", "event": "e", "properties": {"t": text}}]},
+                ensure_ascii=False).encode()
+        for name, text, taken in [("Cyrillic, 30 KB", "\u0416" * 15000, True),
+                                  ("emoji, 32,000 bytes", "\U0001F600" * 8000, True),
+                                  ("Cyrillic, 34 KB", "\u0416" * 17000, False),
+                                  ("ASCII, 33 KB", "x" * 33000, False)]:
+            with self.subTest(name):
+                (_, payload), = pixel.api_payloads("batch", batch(text))
+                self.assertEqual(isinstance(payload, dict), taken)
+                if taken:   # and its line, escaped, fits the log's
+                    self.assertEqual(json.loads(pixel.encode_line(payload))["properties"]["t"],
+                                     text)
+
+    def test_a_body_as_large_as_analytics_rusts_largest_batch_is_taken(self):
+        # batcher.rs: MAX_BATCH_SIZE = 1024 * 512 for the items, and the envelope beside it.
+        item = {"type": "track", "userId": "u", "event": "e", "properties": {"p": "x" * 32600}}
+        body = json.dumps({"batch": [item] * 16, "sentAt": "2026-12-04T00:00:00Z",
+                           "writeKey": "k"}).encode()
+        self.assertGreater(len(body), 520000)   # Segment's 500 KB is 512,000
+        self.assertEqual(len(pixel.api_payloads("batch", pixel.decode_body(body))), 16)
+        with self.assertRaises(pixel.Rejected) as caught:
+            pixel.decode_body(b" " * (pixel.MAX_BODY_BYTES + 1))
+        self.assertEqual(caught.exception.reason, "body_too_large")
+
     def test_a_context_bomb_is_refused_whole(self):
         started = time.monotonic()
         body = json.dumps({"writeKey": "k", "context": {"pad": "x" * 120000},
@@ -2490,7 +2520,7 @@ class RecorderAnonymizingIp(RejectsQuoteNoAddress, RecorderCase):
         for name, inner in (("empty lists", "[]"), ("nested lists", "[" * 30 + "]" * 30),
                             ("objects", '{"a":{}}'), ("numbers", "0"), ("empty strings", '""')):
             with self.subTest(name):
-                count = (pixel.MAX_BATCH_BYTES - 40) // (len(inner) + 1)
+                count = (pixel.MAX_BODY_BYTES - 40) // (len(inner) + 1)
                 text = '{"batch":1,"x":[' + ",".join([inner] * count) + "]}"
                 parsed, quoting = [], []
                 for _ in range(3):   # this thread's CPU time, the best of 3: a loaded
@@ -2511,7 +2541,7 @@ class RecorderAnonymizingIp(RejectsQuoteNoAddress, RecorderCase):
         many = " ".join("2001:db8:%x::1" % number for number in range(60000))
         for name, send in [
                 ("a body", lambda: self.answer(method="POST", path="/v1/batch", body=json.dumps(
-                    {"batch": many[:pixel.MAX_BATCH_BYTES - 100]}).encode())),
+                    {"batch": many[:pixel.MAX_BODY_BYTES - 100]}).encode())),
                 ("items", lambda: self.answer(method="POST", path="/v1/batch", body=json.dumps(
                     {"batch": [{"type": "bogus", "a": many[:30000]}] * 15}).encode())),
                 ("a query", lambda: self.answer(query="a=" + urllib.parse.quote(
@@ -4762,14 +4792,14 @@ class ChunkedBodies(ServerCase):
         self.assertEqual(self.lines("rejects.jsonl")[-1]["reason"], "bad_framing")
 
     def test_the_cap_is_the_decoded_size_and_lines_are_bounded(self):
-        padded = self.BATCH[:-1] + b" " * (pixel.MAX_BATCH_BYTES - len(self.BATCH)) + b"}"
+        padded = self.BATCH[:-1] + b" " * (pixel.MAX_BODY_BYTES - len(self.BATCH)) + b"}"
         reply = self.raw(self.HEAD + b"Connection: close\r\n\r\n" + chunked(padded, 65536))
         self.assertIn(b'{"success": true}', reply)   # exactly the cap
         self.assertEqual(len(self.lines()), 1)
         for name, body, reason in [
                 ("one byte over", chunked(padded + b" ", 65536), "body_too_large"),
                 ("a size over the cap, its data never sent",
-                 b"%x\r\n" % (pixel.MAX_BATCH_BYTES + 1), "body_too_large"),
+                 b"%x\r\n" % (pixel.MAX_BODY_BYTES + 1), "body_too_large"),
                 # many tiny chunks: their lines may take a line and a 16th of the cap
                 ("lines past their share", b"1;" + b"e" * 32000 + b"\r\n \r\n" * 4,
                  "bad_framing")]:
@@ -5325,17 +5355,17 @@ class BrowserRoutes(ServerCase):
 
     def test_early_refusals_carry_cors_headers_too(self):
         status, answer_headers, body = self.get("/v1/t", {"Origin": self.ORIGIN}, "POST", iter(
-            [b" " * pixel.MAX_BATCH_BYTES, b"{}"]))
+            [b" " * pixel.MAX_BODY_BYTES, b"{}"]))
         self.assertEqual((status, json.loads(body)["error"],
                           answer_headers["access-control-allow-origin"]),
                          (400, "body_too_large", self.ORIGIN))
         status, answer_headers, body = self.get("/v1/b", {"Origin": self.ORIGIN}, "POST",
-                                                b" " * (pixel.MAX_BATCH_BYTES + 1))
+                                                b" " * (pixel.MAX_BODY_BYTES + 1))
         self.assertEqual((status, json.loads(body)["error"],
                           answer_headers["access-control-allow-origin"]),
                          (400, "body_too_large", self.ORIGIN))
         status, answer_headers, body = self.get("/v1/b", {"Origin": "https://evil.example"},
-                                                "POST", b" " * (pixel.MAX_BATCH_BYTES + 1))
+                                                "POST", b" " * (pixel.MAX_BODY_BYTES + 1))
         self.assertEqual((status, json.loads(body)["error"]), (403, "origin_not_allowed"))
         self.assertNotIn("access-control-allow-origin", answer_headers)
 
@@ -5864,16 +5894,21 @@ class Forwarding(ForwardingCase):
                                    start=False)
         self.write(writer, range(100), key="A", properties={"pad": "x" * 14000})
         self.write(writer, [100], key="A", properties={"pad": "x" * 40000})
+        # 30 KB of Cyrillic, as SDKs send it, 90 KB as logged: sent as UTF-8 JSON, 30 KB.
+        self.write(writer, [101], key="A", properties={"pad": "\u0416" * 15000})
         forwarder.start()
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         for _, user, document, headers in receiver.posts:
             self.assertEqual(user, "ALL")
             self.assertTrue(all("writeKey" not in event for event in document["batch"]))
-            self.assertLessEqual(len(json.dumps(document, separators=(",", ":"))),
+            self.assertLessEqual(len(json.dumps(document, separators=(",", ":"),
+                                                ensure_ascii=False).encode()),
                                  pixel.MAX_BATCH_BYTES)
         self.assertGreater(len(receiver.posts), 2)
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(100)])
-        # Over 32 KB as logged: Segment-compatible receivers refuse it, so it is not sent.
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(100)] + ["m101"])
+        self.assertEqual(receiver.posts[-1][2]["batch"][-1]["properties"]["pad"],
+                         "\u0416" * 15000)
+        # Over 32 KB in UTF-8: Segment-compatible receivers refuse it, so it is not sent.
         self.assertEqual([(line["reason"], line["event"]["messageId"])
                           for line in self.rejects()], [("forward_unreadable", "m100")])
         self.assertIn("at most 32 KB", self.rejects()[0]["detail"])
@@ -7612,8 +7647,8 @@ CONTRACT_CASES = [
     ("API body that is not JSON", "POST", "/v1/track", {"Content-Type": "application/json"},
      b"{nope", 400, "application/json", 0, 1,
      b'{"success": false, "error": "invalid_json"}\n'),
-    ("API body over 500 KB", "POST", "/v1/batch", {"Content-Type": "application/json"},
-     b" " * (pixel.MAX_BATCH_BYTES + 1), 400, "application/json", 0, 1,
+    ("API body over 576 KiB", "POST", "/v1/batch", {"Content-Type": "application/json"},
+     b" " * (pixel.MAX_BODY_BYTES + 1), 400, "application/json", 0, 1,
      b'{"success": false, "error": "body_too_large"}\n'),
     ("GET to the API", "GET", "/v1/track", {}, None,
      405, "text/plain; charset=utf-8", 0, 0, b"Method Not Allowed\n"),
@@ -7681,6 +7716,26 @@ class Contract:
         self.assertEqual((health["status"], health["accepted"], health["rejected"]),
                          ("ok", 6, 5))
 
+    def test_a_path_with_a_trailing_slash_as_analytics_java_sends_it(self):
+        # Analytics.java's default path is "/v1/import/", and AnalyticsClient gives up on a
+        # 404: every batch it sent was lost.
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        self.addCleanup(connection.close)
+        body = json.dumps({"batch": [{"type": "track", "userId": "u", "event": "e",
+                                      "messageId": "java-1"}], "sentAt": "2026-12-04T00:00:00Z",
+                           "writeKey": "K", "sequence": 1}).encode()
+        for method, target, headers in [
+                ("POST", "/v1/import/", {"Content-Type": "application/json; charset=UTF-8",
+                                         "Authorization": BASIC_K}),
+                ("POST", "/v1/track/", {"Content-Type": "application/json"})]:
+            with self.subTest(target):
+                connection.request(method, target, body=body if "import" in target else
+                                   b'{"writeKey":"K","userId":"u","event":"e"}', headers=headers)
+                response = connection.getresponse()
+                response.read()
+                self.assertEqual(response.status, 200)
+        self.assertEqual((self.count(self.events_path), self.count(self.rejects_path)), (2, 0))
+
     chunked = True   # whether the transport reads a chunked body (wsgiref cannot end one)
 
     def post_chunked(self, target, body, headers=b"", framed=None):
@@ -7710,7 +7765,7 @@ class Contract:
         else:   # refused in words, and the refusal on record
             self.assertEqual((status, answer["error"]), (411, "length_required"))
         # Over the cap once decoded from its chunks
-        status, answer = self.post_chunked(b"/v1/batch", b" " * pixel.MAX_BATCH_BYTES + b"{}")
+        status, answer = self.post_chunked(b"/v1/batch", b" " * pixel.MAX_BODY_BYTES + b"{}")
         self.assertEqual((status, answer["error"]), (400, "body_too_large") if self.chunked
                          else (411, "length_required"))
         # Framing the server refuses: refused alike, by the host's decoder under WSGI
@@ -8211,7 +8266,7 @@ class WsgiStart(unittest.TestCase):
                 ("https://shop.example", False, event, ("411 Length Required", "length_required")),
                 ("https://evil.example", False, event, ("403 Forbidden", "origin_not_allowed")),
                 ("https://shop.example", True, event, ("200 OK", None)),
-                ("https://shop.example", True, b" " * pixel.MAX_BATCH_BYTES + event,
+                ("https://shop.example", True, b" " * pixel.MAX_BODY_BYTES + event,
                  ("400 Bad Request", "body_too_large")),
                 # The host's decoder refuses the framing
                 ("https://shop.example", True, OSError("Missing chunk terminating newline"),
