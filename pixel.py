@@ -131,6 +131,7 @@ THREAD_STACK_SIZE = 512 * 1024   # 1024 threads reserve 512 MiB, not 8 GiB
 WORKER_IDLE_SECONDS = 30.0       # a thread with no connection to serve exits after this
 ACCEPT_PAUSE = 0.1               # seconds between accept()s that find no file descriptor
 STOP_POLL = 0.1                  # seconds a SIGTERM waits, at most, for the accept loop to see it
+SUPPRESS_RELOAD_WAIT = 2.0       # seconds a --suppress reload waits for requests on the old list
 ERROR_INTERVAL = 10.0            # at most one stderr line per kind of trouble per interval
 RELINK_ATTEMPTS = 3              # a log deleted under a write is made again this often
 MOVED_GRACE = 1.0                # seconds a log renamed away is still written to
@@ -2380,7 +2381,9 @@ _EMAIL_PATHS = (("traits", "email"), ("context", "traits", "email"), ("propertie
 # punctuation, and white space. A value is looked at whole first, so an id with a space
 # in it is found too.
 _RAW_SEPARATORS = re.compile(r'[\s"&=,:;{}\[\]\\]+')
-_RAW_FIELDS = re.compile(r'["&=,:;{}\[\]\\]+')   # ... but spaces: "userId=John Smith&"
+# ... but for a query's fields and JSON's strings: "userId=John+Smith&", "urn:user:42".
+_RAW_FIELDS = re.compile(r'["&={}\[\]\\]+')
+_JOINED = re.compile(r"[\s+,:;]")   # what the first splits at and the second does not
 
 
 def identifier_digest(text):
@@ -2440,12 +2443,12 @@ def raw_values(text, rounds=MAX_DECODE_ROUNDS, budget=MAX_RAW_VALUES):
             if decoded.count("\ufffd") * 16 <= len(decoded):
                 found.append(decoded)
         pending.extend((value, left - 1) for value in found if value and value not in seen)
-        if "+" in text or " " in text:   # an id with a space: "userId=John+Smith&", or sent raw
+        if _JOINED.search(text):   # an id with a space, a colon, a comma: "Smith, John"
             # Each such field, a query's + read as a space, looked at whole only: decoded
             # further, its words would be looked at as ids (a base64 run's "+42+"), and its
             # pieces cost a hostile body ten times the time.
             pending.extend((piece.replace("+", " "), 0) for piece in _RAW_FIELDS.split(text)
-                           if ("+" in piece or " " in piece) and len(piece) <= MAX_IDENTIFIER)
+                           if len(piece) <= MAX_IDENTIFIER and _JOINED.search(piece))
     if any(value not in seen for value, _ in pending):
         yield None
 
@@ -2460,6 +2463,7 @@ class People:
     def __init__(self, entries=()):
         self.ids, self.emails, self.digests = set(), set(), set()
         self.followed = None   # follow()'s People
+        self.judging = collections.deque()   # requests judged by it now, for a reload to wait
         for entry in entries:
             self.add(entry)
 
@@ -2771,7 +2775,7 @@ class Recorder:
                  clock=time.time, reporter=None, labeller=None, people=None):
         self.events, self.rejects = events, rejects
         self.labeller = labeller or Labeller()
-        self.people = people or People()   # --suppress: replaced whole by a reload
+        self.people = people   # --suppress's list, or None; replaced whole by a reload
         self.write_keys = frozenset(write_keys)
         self.trusted_proxies = tuple(proxy if proxy == "unix" else
                                      ipaddress.ip_network(proxy, strict=False)
@@ -2821,11 +2825,26 @@ class Recorder:
         return ip or None
 
     def record_pixel(self, kind, request):
+        self._judged(self._record_pixel, kind, request)
+
+    def _judged(self, record, *args):
+        """record(people, *args) with --suppress's list as it is now, whole, which a reload
+        waits for (Pixel.reopen): after it says so, nothing is written by the old list."""
+        people = self.people
+        if people is None:
+            return record(people, *args)
+        people.judging.append(None)
+        try:
+            return record(people, *args)
+        finally:
+            people.judging.pop()
+
+    def _record_pixel(self, people, kind, request):
         received_at = self.clock()
         ip = self.client_ip(request)
         try:
             payload = decode_query(request.query)
-            if self.people and self.suppress(payload):
+            if people and self.suppress(people, payload):
                 return
             event = build_event(kind, payload, received_at=received_at,
                                 write_keys=self.write_keys, ip=ip,
@@ -2834,7 +2853,7 @@ class Recorder:
             self.labeller.label(event["context"], request, self.true_client_ip)
             line = encode_line(event)
         except Rejected as rejection:
-            self.reject(rejection, request, received_at=received_at, ip=ip)
+            self.reject(rejection, request, received_at=received_at, ip=ip, people=people)
             return
         self.write_events([line], [_client_id(payload, event)], [kind])
 
@@ -2871,6 +2890,9 @@ class Recorder:
         --write-key 401 when every event was refused for its key. Refused items go to the
         rejects log (MAX_REJECTS_PER_REQUEST lines, then one counting the rest). On `browser`
         routes `timestamp`, the browser's clock, becomes originalTimestamp, as in Segment."""
+        return self._judged(self._record_api, route, request, browser)
+
+    def _record_api(self, people, route, request, browser):
         received_at = self.clock()
         ip = self.client_ip(request)
         agent = user_agent(request.headers)
@@ -2880,7 +2902,7 @@ class Recorder:
             pairs = api_payloads(route, body, authorization=request.headers.get("authorization"),
                                  query=request.query)
         except Rejected as rejection:   # quote the body as received, or as gunzipped
-            return self._body_refused(rejection, request, received_at, ip, body)
+            return self._body_refused(rejection, request, received_at, ip, body, people)
         lines, client_ids, kinds, refused = [], [], [], []
         size, limit = 0, request_log_limit(len(body))
         key_reason, key_taken = None, False   # the first writeKey refused; was one taken?
@@ -2888,7 +2910,7 @@ class Recorder:
             try:
                 if isinstance(payload, Rejected):   # an item that is not even an event
                     raise payload
-                if self.people and self.suppress(payload):
+                if people and self.suppress(people, payload):
                     key_taken = True   # answered as if recorded
                     continue
                 if browser and payload.get("timestamp") is not None and \
@@ -2908,13 +2930,13 @@ class Recorder:
             size += len(line)
             if size > limit:   # with the user agent, ip and pixel's fields, once an event
                 return self._body_refused(Rejected("batch_too_large"), request, received_at,
-                                          ip, body)
+                                          ip, body, people)
             lines.append(line)
             client_ids.append(_client_id(payload, event))
             kinds.append(kind)
         written = self.write_events(lines, client_ids, kinds) if lines else True
         if refused:
-            self._refuse_items(refused, request, received_at, ip)
+            self._refuse_items(refused, request, received_at, ip, people)
         if self.write_keys and key_reason and not key_taken and not lines:
             # Segment answers 200 to anything, so its users cannot tell a wrong key; pixel
             # knows its keys. No challenge to a browser: it would ask its user for a password.
@@ -2922,17 +2944,19 @@ class Recorder:
                                 (("WWW-Authenticate", 'Basic realm="pixel"'),))
         return SUCCESS if written else error_answer(503, "write_failed")
 
-    def _refuse_items(self, refused, request, received_at, ip):
+    def _refuse_items(self, refused, request, received_at, ip, people):
         records, reasons, size, looked = [], [], 0, 0
         for rejection, item in refused:
             if len(records) == MAX_REJECTS_PER_REQUEST or size > MAX_REJECTS_BYTES_PER_REQUEST:
                 break
             looked += 1
+            # --suppress looks at the item and at what is quoted, before its addresses are
+            # truncated: 10,000 refused items cost as much as 100.
+            if people and self.suppress(people, item if isinstance(item, dict) else None,
+                                        _encode_lenient(item)[:MAX_REJECT_RAW], True):
+                continue
             item, redacted = anonymize_json(item) if self.anonymize_ip else (item, False)
             quoted = _encode_lenient(item)[:MAX_REJECT_RAW]
-            # --suppress looks at what is quoted: 10,000 refused items cost as much as 100.
-            if self.people and self.suppress(raw=quoted, quoted=True):
-                continue
             records.append(reject_line(rejection, request, received_at, ip, self.anonymize_ip,
                                        quoted, redacted))
             reasons.append(rejection.reason)
@@ -2945,25 +2969,28 @@ class Recorder:
         self.rejected_by_reason.update(reasons)
         self.rejects.write(records)
 
-    def _body_refused(self, rejection, request, received_at, ip, body):
+    def _body_refused(self, rejection, request, received_at, ip, body, people):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""
-        if self.people and self.suppress(raw=body[:MAX_BATCH_BYTES].decode("utf-8", "replace")):
+        if people and self.suppress(people, raw=body[:MAX_BODY_BYTES].decode("utf-8", "replace")):
             return SUCCESS
         quoted, redacted = anonymize_body(body) if self.anonymize_ip else \
             (body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False)
         if not self.reject(rejection, request, received_at=received_at, ip=ip,
-                           quoted=quoted[:MAX_REJECT_RAW], redacted=redacted):
+                           quoted=quoted[:MAX_REJECT_RAW], redacted=redacted, people=people):
             return SUCCESS
         return error_answer(400, rejection.reason)
 
     def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
-               redacted=False):
+               redacted=False, people=None):
         """Write one rejects-log line (reject_line's); the request's time and address, if
-        not given, are now and its client's. Nothing of a --suppress'ed person's: False."""
-        if self.people:   # what is quoted, all of it, and a longer query as far as it goes
+        not given, are now and its client's. Nothing of a --suppress'ed person's (`people`,
+        else the list now): False."""
+        people = self.people if people is None else people
+        if people:   # what is quoted, all of it, and a longer query as far as it goes
             quote = quote_query(request.query, self.anonymize_ip)[0] if quoted is None else quoted
-            if quoted is None and quote != request.query and self.suppress(raw=request.query) \
-                    or self.suppress(raw=quote, quoted=True):
+            if quoted is None and quote != request.query and \
+                    self.suppress(people, raw=request.query) or \
+                    self.suppress(people, raw=quote, quoted=True):
                 return False
         if received_at is None:
             received_at, ip = self.clock(), self.client_ip(request)
@@ -2972,39 +2999,26 @@ class Recorder:
                                         quoted, redacted)])
         return True
 
-    def suppress(self, payload=None, raw=None, quoted=False):
+    def suppress(self, people, payload=None, raw=None, quoted=False):
         """Whether a payload (a dict as sent) or a client's `raw` input (what a rejects line
-        would quote: `quoted`) names a person of the --suppress list: then it is counted,
-        and nothing of it is written anywhere."""
-        if not (payload is not None and self.people.named_in(payload) or
-                raw is not None and self.people.named_in_raw(raw, quoted)):
+        would quote: `quoted`) names one of `people`, the --suppress list: then it is
+        counted, and nothing of it is written anywhere."""
+        if not (payload is not None and people.named_in(payload) or
+                raw is not None and people.named_in_raw(raw, quoted)):
             return False
         self.suppressed.add()
         return True
 
-    def record_torn_tails(self):
-        """A rejects line for each log whose torn last line its writer cut at start-up."""
-        for writer in (self.events, self.rejects):
-            if writer.torn_tail is not None:
-                quoted, redacted = quote_text(writer.torn_tail.decode("utf-8", "replace"),
-                                              self.anonymize_ip)
-                self.reject(Rejected("torn_tail", "%d byte(s) cut from %s" % (
-                    writer.torn_tail_bytes, writer.path)), Request("", "", "", {}, "", b""),
-                    quoted=quoted, redacted=redacted)
 
-    def reopen(self):
-        """Open both logs afresh at their paths (SIGHUP)."""
-        reopened = []
-        for writer in (self.events, self.rejects):
-            try:
-                writer.reopen()
-            except OSError as error:   # the next write tries again, and reports it
-                self.reporter.say("cannot reopen %s: %s" % (
-                    writer.path, error.strerror or error), key="reopen " + writer.path)
-            else:
-                reopened.append(writer.path)
-        if reopened:
-            self.reporter.say("reopened %s (SIGHUP)" % " and ".join(reopened), key="reopened")
+def record_torn_tails(recorder):
+    """A rejects line for each log whose torn last line its writer cut at start-up."""
+    for writer in (recorder.events, recorder.rejects):
+        if writer.torn_tail is not None:
+            quoted, redacted = quote_text(writer.torn_tail.decode("utf-8", "replace"),
+                                          recorder.anonymize_ip)
+            recorder.reject(Rejected("torn_tail", "%d byte(s) cut from %s" % (
+                writer.torn_tail_bytes, writer.path)), Request("", "", "", {}, "", b""),
+                quoted=quoted, redacted=redacted)
 
 
 class App:
@@ -6325,7 +6339,7 @@ class Pixel:
             self.rejects.discard()
             raise StartupError("cannot forward %s: %s" % (error.filename or config.log,
                                                           error.strerror or error)) from None
-        self.recorder.record_torn_tails()
+        record_torn_tails(self.recorder)
         self.recorder.remember_logged()
         self.desk = EraseDesk((self.events, self.rejects), self.forwarder, self.reporter)
 
@@ -6337,7 +6351,17 @@ class Pixel:
     def reopen(self):
         """SIGHUP: both logs reopened at their paths, the machine ranges and the --suppress
         list loaded again (one that fails keeps the one loaded before)."""
-        self.recorder.reopen()
+        reopened = []
+        for writer in (self.events, self.rejects):
+            try:
+                writer.reopen()
+            except OSError as error:   # the next write tries again, and reports it
+                self.reporter.say("cannot reopen %s: %s" % (
+                    writer.path, error.strerror or error), key="reopen " + writer.path)
+            else:
+                reopened.append(writer.path)
+        if reopened:
+            self.reporter.say("reopened %s (SIGHUP)" % " and ".join(reopened), key="reopened")
         self.labeller.reload()
         if self.config.suppress:
             try:
@@ -6346,9 +6370,13 @@ class Pixel:
                 self.reporter.say("cannot reload --suppress, so the list loaded before "
                                   "stays in use: %s" % _people_error(error))
             else:
-                self.recorder.people = people
-                self.reporter.say("reloaded --suppress (SIGHUP): %d identifier(s)"
-                                  % len(people))
+                before, self.recorder.people = self.recorder.people, people
+                deadline = time.monotonic() + SUPPRESS_RELOAD_WAIT
+                while before is not None and before.judging and time.monotonic() < deadline:
+                    time.sleep(STOP_POLL / 10)   # requests judged by the old list, to their end
+                self.reporter.say("reloaded --suppress (SIGHUP): %d identifier(s)%s" % (
+                    len(people), ", some requests judged by the list before still running"
+                    if before is not None and before.judging else ""))
 
     def close(self, discard=False):
         """Stop and close it all; with `discard`, a start that failed after all, also remove
@@ -6658,11 +6686,16 @@ def _needles(people):
                  for texts in (people.ids | followed.ids, people.emails | followed.emails))
 
 
+# An escape pixel's encoder never writes (an ASCII character's, upper-case hex, "\/"): a line
+# another tool wrote again (jq, PHP), whose ids the needles may not find as they stand.
+_FOREIGN_ESCAPE = re.compile(rb"\\(?:/|u00[2-7]|u[0-9a-f]{0,3}[A-F])")
+
+
 def _may_name(needles, line):
     if line.startswith(b'{"reason"'):   # a rejects-log line quotes raw input: look closer
         return True
     ids, emails = needles
-    if any(needle in line for needle in ids):
+    if any(needle in line for needle in ids) or _FOREIGN_ESCAPE.search(line):
         return True
     if not emails:
         return False

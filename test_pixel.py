@@ -2027,7 +2027,7 @@ class DedupeAfterRestart(RecorderCase):
         self.recorder.events.write([log_event(number) for number in range(5)])
         path = self.recorder.events.path
         os.rename(path, path + "-20261203")
-        self.recorder.reopen()
+        self.recorder.events.reopen()
         self.recorder.events.write([log_event(5)])
         with open(path + ".2.gz", "wb") as handle:   # compressed: not read
             handle.write(gzip.compress(log_event(9)))
@@ -2830,7 +2830,7 @@ class TornTail(unittest.TestCase):
         rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"))
         self.addCleanup(rejects.close)
         recorder = pixel.Recorder(self.writer(), rejects, clock=lambda: T0)
-        recorder.record_torn_tails()
+        pixel.record_torn_tails(recorder)
         with open(rejects.path, "rb") as handle:
             (record,) = [json.loads(line) for line in handle]
         self.assertEqual((record["reason"], record["body"]), ("torn_tail", '{"torn'))
@@ -2842,7 +2842,7 @@ class TornTail(unittest.TestCase):
         rejects = pixel.LogWriter(os.path.join(self.dir, "rejects.jsonl"))
         self.addCleanup(rejects.close)
         recorder = pixel.Recorder(self.writer(), rejects, clock=lambda: T0, anonymize_ip=True)
-        recorder.record_torn_tails()
+        pixel.record_torn_tails(recorder)
         (line,) = read_text(rejects.path).splitlines()
         self.assertEqual(json.loads(line)["body"], '{"context":{"ip":"203.0.113.0"')
         self.assertEqual(hidden_addresses(line), set())
@@ -11882,6 +11882,73 @@ class Suppressed(RecorderCase):
             self.assertFalse(people.named_in_raw(text, True), text)
         self.assertTrue(pixel.People(["John Smith"]).named_in_raw("a=b&userId=John+Smith&c=d"))
 
+    def test_an_id_with_a_colon_comma_or_semicolon_in_a_refused_request(self):
+        # The attack pass: a raw value was looked at only between every separator, so
+        # "urn:user:42", "Smith, John" and "k;v" sent unencoded were quoted in rejects.jsonl,
+        # and `pixel.py erase` could not find them there either.
+        with open(self.suppress, "a") as handle:
+            handle.write("urn:user:42\nSmith, John\nk;v\n")
+        self.pixel.reopen()
+        for query in ("writeKey=K&userId=urn:user:42&properties.a=1&properties.a=2",
+                      "writeKey=K&userId=Smith,+John&event=e&event=e",
+                      "writeKey=K&a..b=1&anonymousId=k;v"):
+            with self.subTest(query=query):
+                self.assertIs(self.answer(query=query), pixel.GIF_ANSWER)
+        answer = self.answer(method="POST", path="/v1/track",
+                             body=b'{"writeKey":"K","userId":"urn:user:42","event":"e",')
+        self.assertEqual(answer.status, 200)   # as if recorded
+        self.assertEqual(self.files(), [[], []])
+        self.assertEqual(self.health()["suppressed"], 4)
+        people = pixel.People(["urn:user:42"])
+        for line in (b'{"reason":"duplicate_key","query":"userId=urn:user:42&a=1&a=2"}',
+                     b'{"reason":"invalid_json","body":"{\\"userId\\":\\"urn:user:42\\",x"}'):
+            self.assertTrue(pixel.line_names(people, line)[0], line)
+        self.assertFalse(people.named_in_raw("userId=urn:user:420&x=urn:user", True))
+
+    def test_a_refused_batch_item_is_looked_at_whole_not_only_its_quote(self):
+        # The attack pass: an item over 32 KB, or of no valid type, was looked at only in its
+        # 16 KiB quote, which did not reach alice's userId after her properties.
+        for item in ({"type": "track", "event": "e", "properties": {"p": "x" * 33000},
+                      "userId": "alice"},
+                     {"type": "bogus", "properties": {"p": "x" * 20000}, "userId": "alice"},
+                     {"type": "bogus", "userId": "u", "properties": {
+                         "p": "x" * 20000, "email": "BOB@example.com"}}):
+            with self.subTest(item=str(item)[:40]):
+                body = json.dumps({"writeKey": "K", "batch": [item]}).encode()
+                self.assertEqual(self.answer(method="POST", path="/v1/batch", body=body).status,
+                                 200)
+        self.assertEqual(self.files(), [[], []])
+        self.assertEqual(self.health()["suppressed"], 3)
+
+    def test_a_request_is_judged_by_one_list_and_a_reload_waits_for_it(self):
+        # The attack pass: a batch judged while SIGHUP replaced the list was written in part
+        # (1,591 of 4,000 items), and after "reloaded" more of the victim's events came.
+        recorder, victim = self.recorder, pixel.People(["victim"])
+        before = recorder.people
+
+        class Replaced(pixel.People):   # the reload lands while the first item is judged
+            def named_in(self, payload):
+                recorder.people = victim
+                return before.named_in(payload)
+        recorder.people = Replaced(["alice"])
+        body = json.dumps({"writeKey": "K", "batch": [
+            {"type": "track", "event": "e", "userId": "victim", "messageId": "v%d" % number}
+            for number in range(5)]}).encode()
+        self.assertEqual(self.answer(method="POST", path="/v1/batch", body=body).status, 200)
+        self.assertEqual(len(self.lines()), 5)   # all by the list it began with
+        self.assertIs(self.answer(query="writeKey=K&userId=victim&event=e"), pixel.GIF_ANSWER)
+        self.assertEqual(len(self.lines()), 5)   # the next request, by the new one
+        # Pixel.reopen says "reloaded" once the requests judged by the list before are done.
+        recorder.people = before
+        before.judging.append(None)   # one under way
+        reload = threading.Thread(target=self.pixel.reopen)
+        reload.start()
+        self.assertFalse(wait_until(lambda: "reloaded --suppress" in self.stderr.getvalue(),
+                                    timeout=0.3))
+        before.judging.pop()
+        reload.join(5)
+        self.assertIn("reloaded --suppress (SIGHUP): 2 identifier(s)\n", self.stderr.getvalue())
+
     def test_pixels_named_are_answered_and_written_nowhere(self):
         for query in ("writeKey=k&userId=alice&event=Opened",
                       "writeKey=k&userId=u&event=Opened&traits.email=BOB@example.com",
@@ -12068,6 +12135,19 @@ class EraseFiles(unittest.TestCase):
         with open(path, "rb") as handle:
             data = handle.read()
         return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+    def test_lines_another_tool_wrote_again_are_parsed_not_passed_by(self):
+        # The attack pass: the first look searched for an id as pixel escapes it, so a copy
+        # of a log jq or PHP wrote again ("al\u0069ce", "a\/b", "\u00E9") kept its lines.
+        lines = person_lines("carol", 3) + [
+            b'{"type":"track","userId":"al\\u0069ce","event":"e"}\n',
+            b'{"type":"track","userId":"dan\\/1","event":"e"}\n',
+            b'{"type":"track","userId":"\\u00C9ve","event":"e"}\n']
+        path = self.log("copy.jsonl", lines)
+        status, _, stderr = self.erase("--user-id", "alice", "--user-id", "dan/1",
+                                       "--user-id", "\u00c9ve", "--apply", path)
+        self.assertEqual(status, 0, stderr)
+        self.assertEqual(self.read(path), b"".join(person_lines("carol", 3)))
 
     def test_a_ledger_line_the_disk_cuts_short_is_cut_off(self):
         # The attack pass: a nearly full disk took part of a ledger line; the next run's line
