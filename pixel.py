@@ -1264,7 +1264,10 @@ def parse_head(head):
 def split_target(target):
     """A request target's path, percent-decoded as a WSGI host decodes PATH_INFO, so that
     every transport routes alike, and its query as it came. The absolute form's path is
-    its path (parse_head refuses one of another scheme first)."""
+    its path (parse_head refuses one of another scheme first). A fragment, which no
+    browser sends, is dropped, as WSGI hosts drop it."""
+    if "#" in target:
+        target = target.partition("#")[0]
     path, _, query = target.partition("?")
     if not path.startswith("/"):
         path = "/" + path.partition("://")[2].partition("/")[2]
@@ -7368,9 +7371,14 @@ def _csv_cell(value):
     if value is None:
         return ""
     text = value if type(value) in (str, int) else json.dumps(value, ensure_ascii=True)
-    if type(text) is str and text.startswith(("=", "+", "-", "@", "\t", "\r")):
-        return "'" + text
-    return text
+    if type(text) is not str:
+        return text
+    # A control character (ESC ...) escaped, as in the table: a key may reach a terminal.
+    text = _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def build_erase_parser():

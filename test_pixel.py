@@ -810,6 +810,9 @@ PARSE_HEAD_CASES = [
     ("plain GET", b"GET /v1/pixel/track?a=1 HTTP/1.1\r\nHost: x",
      ("GET", "/v1/pixel/track", "a=1", "HTTP/1.1", 0, True)),
     ("bare LF", b"GET /health HTTP/1.1\nHost: x", ("GET", "/health", "", "HTTP/1.1", 0, True)),
+    ("a fragment dropped, as WSGI hosts drop it",
+     b"GET /v1/pixel/track?event=a#x=1 HTTP/1.1\r\nHost: x",
+     ("GET", "/v1/pixel/track", "event=a", "HTTP/1.1", 0, True)),
     ("close", b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close", ("GET", "/", "", "HTTP/1.1", 0, False)),
     ("HTTP/1.0 closes", b"GET / HTTP/1.0", ("GET", "/", "", "HTTP/1.0", 0, False)),
     ("HTTP/1.0 keep-alive", b"GET / HTTP/1.0\r\nConnection: Keep-Alive",
@@ -11229,12 +11232,13 @@ class ReportCommand(unittest.TestCase):
         # A campaign name a pixel URL made up is not a formula in a spreadsheet.
         hostile = write_log(self.dir, "hostile.jsonl", [
             logged("u", properties={"campaign": name}) for name in
-            ("=HYPERLINK(\"http://x\")", "+1", "-1", "@SUM(A1)", "\tx", "plain")])
+            ("=HYPERLINK(\"http://x\")", "+1", "-1", "@SUM(A1)", "\tx", "plain",
+             "\x1b[31mred", "=\x1b[2J")])   # ... nor an escape sequence on a terminal
         status, out, err = self.report("--format", "csv", "--by", "properties.campaign", hostile)
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(sorted(line.split(",")[0] for line in out.splitlines()[1:]),
-                         ['"\'=HYPERLINK(""http://x"")"', "'\tx", "'+1", "'-1", "'@SUM(A1)",
-                          "plain"])
+                         sorted(['"\'=HYPERLINK(""http://x"")"', "'=\\x1b[2J", "'\tx", "'+1",
+                                 "'-1", "'@SUM(A1)", "\\x1b[31mred", "plain"]))
         status, out, err = self.report("--type", "page", "--until", "2026-11-29", log)
         self.assertEqual([line.split() for line in out.splitlines()[1:]],
                          [["total", "0", "0", "0", "0", "0"]])
