@@ -32,7 +32,7 @@ Copyright (c) 2026 the pixel authors. The MIT License; its text is in LICENSE.
 SPDX-License-Identifier: MIT
 """
 
-__version__ = "2.0.0"
+__version__ = "2.1.0"
 
 __all__ = ["GIF", "REASONS", "Rejected", "decode_query", "validate", "enrich", "build_event",
            "pixel_event", "encode_line", "api_payloads", "LogWriter", "Recorder", "App",
@@ -4113,7 +4113,8 @@ class Receiver:
                 problem = "%d %s" % (status, _gist(answer))
                 if status in _KEY_STATUSES:
                     delay = self.max_delay
-                    fatal = "%s refused writeKey %s: %s" % (self.endpoint, key, problem)
+                    fatal = "%s refused writeKey %s: %s; check --write-key or the receiver's " \
+                        "keys" % (self.endpoint, key, problem)
                     if not self.gives_up and self.paused_key != key:
                         self.paused_key = key
                         self.reporter.say(
@@ -5325,10 +5326,12 @@ class Sender:
         key = items[0].key
         if status in _KEY_STATUSES:
             self.reporter.say("forwarding to %s: it refused writeKey %s (%d %s), which is not "
-                              "one of --write-key or --forward-write-key: its events go to "
-                              "the rejects log as forward_unauthorized, for `pixel.py forward` "
-                              "to send again once the key works" % (
-                                  self.receiver.endpoint, key, status, _gist(answer)),
+                              "one of %s: its events go to the rejects log as "
+                              "forward_unauthorized, for `pixel.py forward` to send again once "
+                              "the key works" % (
+                                  self.receiver.endpoint, key, status, _gist(answer),
+                                  "--write-key" if self.receiver.gives_up else
+                                  "--write-key or --forward-write-key"),
                               key="forward_unauthorized " + key)
         self._in_a_row += 1
         if self._in_a_row <= MAX_REFUSED_IN_A_ROW:
@@ -6094,13 +6097,13 @@ OPTIONS = (
            "repeatable. Unset, any non-empty key is accepted", many=True),
     Option("trusted_proxy", "PIXEL_TRUSTED_PROXIES", (), _network, "an address or network whose "
            "X-Forwarded-For is believed, or unix: a unix socket's peer (a WSGI server bound "
-           "to one); repeatable. Unset, none is", many=True),
+           "to one); repeatable. Unset, none is believed", many=True),
     Option("allow_origin", "PIXEL_ALLOW_ORIGINS", (), _origin_pattern, "a website origin whose "
            "browsers may send to the HTTP API (https://shop.example.com, or *.example.com for "
-           "its subdomains); repeatable. Unset, any origin may", many=True),
+           "its subdomains); repeatable. Unset, any origin may send", many=True),
     Option("public_url", "PIXEL_PUBLIC_URL", None, _public_url, "the URL browsers reach this "
            "server at, such as https://pixel.example.com behind a proxy; the settings document "
-           "points analytics.js there. Unset, the request's Host and scheme"),
+           "points analytics.js there. Unset, the request's Host and scheme are used"),
     Option("dedupe_window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, _count, "client-sent "
            "messageIds to remember, per writeKey; an event whose key and messageId were "
            "written among the last N is dropped as a retry. 0 turns it off"),
@@ -6124,7 +6127,7 @@ OPTIONS = (
     Option("forward_write_key", "PIXEL_FORWARD_WRITE_KEY", None, _nonempty, "forward every "
            "event under this writeKey, instead of each under its own"),
     Option("forward_batch", "PIXEL_FORWARD_BATCH", DEFAULT_FORWARD_BATCH, _batch_size, "events "
-           "per forwarded batch; a batch is also at most 500 KB"),
+           "per forwarded batch, 1 to %d; a batch is also at most 500 KB" % MAX_BATCH_ITEMS),
     Option("forward_ca", "PIXEL_FORWARD_CA", None, _ca_file, "a CA bundle (PEM) to trust for "
            "--forward, besides the system's: for a receiver with a private CA"),
     Option("forward_timeout", "PIXEL_FORWARD_TIMEOUT", DEFAULT_FORWARD_TIMEOUT, _seconds,
@@ -6219,9 +6222,9 @@ def build_parser(environ):
                 parser.error("%s%s %s" % (option.env, "=%r:" % text if text.strip() else "",
                                           error))
             parser.from_env[option.name] = default
-        help = "%s [%s%s] (default: %s)" % (option.help, option.env,
-                                             "=1" if option.check is _flag else "",
-                                             "none" if option.many else "%(default)s")
+        help = "%s [%s%s]%s" % (option.help, option.env, "=1" if option.check is _flag else "",
+                                "" if option.many or default is None else   # unset: see help
+                                " (default: %(default)s)")
         if option.check is _flag:
             parser.add_argument(flag, action="store_true", default=default, help=help)
         else:
@@ -7250,8 +7253,9 @@ def forward_files(argv=None):
             signal.signal(signum, handler)
         forwarder.close()
         rejects.close()
-    print("pixel forward: %d event(s) sent to %s, %d refused (written to %s)%s%s%s" % (
-        forwarder.sent, args.to, forwarder.refused.total(), rejects_path,
+    refused = forwarder.refused.total()
+    print("pixel forward: %d event(s) sent to %s, %d refused%s%s%s%s" % (
+        forwarder.sent, args.to, refused, " (written to %s)" % rejects_path if refused else "",
         ", %d rejects-log line(s) with no event to send skipped" % forwarder.skipped
         if forwarder.skipped else "",
         "; %d file(s) could not be read to their end" % len(forwarder.truncated)

@@ -703,6 +703,9 @@ class BatchBounds(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 5)
 
 
+# Its examples and caches in a temporary folder, not a .hypothesis/ left in the checkout.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
+                      os.path.join(tempfile.gettempdir(), "pixel-hypothesis"))
 try:
     import hypothesis
     from hypothesis import strategies
@@ -1543,6 +1546,15 @@ class CommandLine(unittest.TestCase):
         flags = [action for action in pixel.build_parser({})._actions
                  if action.option_strings[0] not in ("-h", "--version")]
         self.assertEqual(len(re.findall(r"\[PIXEL_[A-Z_]+", stdout.getvalue())), len(flags))
+        # The newcomer pass: "(default: none)" for an --allow-origin unset, where any origin
+        # may send, and for a --trusted-proxy unset, where none is believed. Unset is said
+        # in words, and a range where there is one.
+        text = " ".join(stdout.getvalue().split())
+        self.assertNotRegex(text, r"\(default: [Nn]one\)")
+        for said in ("Unset, any origin may send [PIXEL_ALLOW_ORIGINS]",
+                     "Unset, none is believed [PIXEL_TRUSTED_PROXIES]",
+                     "batch, 1 to 10000; a batch"):
+            self.assertIn(said, text)
 
 
 FORWARD_ITEM_CASES = [
@@ -8332,7 +8344,7 @@ def need(available, what):
     if not available:
         if REQUIRE_TOOLS:
             raise AssertionError("%s is missing, and PIXEL_REQUIRE_TOOLS=1" % what)
-        raise unittest.SkipTest("%s is not installed (.ci/run installs it)" % what)
+        raise unittest.SkipTest("not installed: %s (.ci/run installs it)" % what)
 
 
 class BrowserSdk(unittest.TestCase):
@@ -9901,7 +9913,9 @@ class ForwardingSeamsProcess(unittest.TestCase):
                                  path)
         stdout, stderr = backfill.communicate(timeout=60)
         self.assertEqual(backfill.returncode, 0, stderr)
-        self.assertIn("2 event(s) sent to %s, 1 refused" % receiver.url, stdout)
+        self.assertIn("2 event(s) sent to %s, 1 refused (written to %s)" % (
+            receiver.url, os.path.join(self.dir, "r.jsonl")), stdout)
+        self.assertIn("which is not one of --write-key: its events", stderr)   # the flag it has
         self.assertEqual(receiver.ids()[-2:], ["m10", "m12"])
         with open(os.path.join(self.dir, "r.jsonl")) as handle:
             self.assertEqual([(line["reason"], line["event"]["messageId"]) for line in
@@ -10393,8 +10407,8 @@ class Backfill(unittest.TestCase):
         receiver = FakeReceiver(self)
         result = self.forward(receiver.url, "--batch", "40")
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertIn("pixel forward: 300 event(s) sent to %s, 0 refused" % receiver.url,
-                      result.stdout)
+        self.assertIn("pixel forward: 300 event(s) sent to %s, 0 refused\n" % receiver.url,
+                      result.stdout)   # and no "written to" a file it did not write
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(300)])
         self.assertEqual(max(len(document["batch"]) for _, _, document, _ in receiver.posts),
                          40)
@@ -10432,7 +10446,8 @@ class Backfill(unittest.TestCase):
         receiver = FakeReceiver(self, lambda receiver, user, events: (403, {}, b"forbidden"))
         result = self.forward(receiver.url, "--write-key", "K")   # configured: the run stops
         self.assertEqual(result.returncode, 1)
-        self.assertIn("refused writeKey K: 403 forbidden", result.stderr)
+        self.assertIn("refused writeKey K: 403 forbidden; check --write-key or the receiver's keys",
+                      result.stderr)
         self.assertIn("run the same command again", result.stdout)
 
     def test_bad_arguments(self):
@@ -11442,6 +11457,27 @@ class ReadmeIsTrue(unittest.TestCase):
                 event.pop(field)
         self.assertEqual(list(written), list(shown))
         self.assertEqual(written, shown)   # with curl's label: "machine": "scanner"
+
+    def test_the_tours_count_is_what_its_loop_writes(self):
+        # The newcomer pass: the tour counted curl's fetches, labelled scanner, as people.
+        tour = self.readme.split("## A 60-second tour")[1].split("\n## ")[0]
+        agent = re.search(r"\$ mail='([^']+)'", tour).group(1)
+        users = re.search(r"for user in ([^;]+);", tour).group(1).split()
+        path, query = re.search(r'"http://127\.0\.0\.1:8000(/[^?]+)\?([^"]+)"', tour).groups()
+        shown = int(tour.split("events.jsonl\n")[-1].split("\n")[0])
+        folder = temp_dir(self)
+        made = make_pixel(self, folder)
+        for user in users + ["curl"]:   # and one that is no person
+            made.app.answer(pixel.ROUTES[path], request(
+                path=path, query=query.replace("$user", user),
+                headers={"user-agent": agent if user != "curl" else "curl/7.88.1"}))
+        with open(os.path.join(folder, "events.jsonl"), "rb") as handle:
+            events = [json.loads(line) for line in handle]
+        self.assertEqual(len(events), 4)
+        people = {event["userId"] for event in events if event["properties"]["campaign"] ==
+                  "spring-sale" and event["context"].get("machine") is None}
+        self.assertEqual(len(people), shown)   # the jq line's filter, in Python
+        self.assertIn(".context.machine == null", tour)
 
     def test_every_reason_is_documented_and_every_documented_reason_exists(self):
         section = self.readme.split("## The rejects log")[1].split("\n## ")[0]
