@@ -8401,6 +8401,15 @@ class BrowserSdk(unittest.TestCase):
     def test_batching_delivery_flushed_on_pagehide(self):
         self.assertEachCallOnce(*self.run_sdk("batching"))
 
+    def test_settings_loaded_from_pixel_as_the_readme_says(self):
+        # AnalyticsBrowser.load({writeKey, cdnURL: pixel}): the other modes give the SDK its
+        # settings inline, so pixel's settings document was never what a browser followed.
+        report, events, rejects = self.run_sdk("cdn")
+        self.assertEachCallOnce(report, events, rejects)
+        self.assertIn(("GET", "/v1/projects/AJS_NEXT_KEY/settings", 200),
+                      [(request["method"], request["path"], request["status"])
+                       for request in report["requests"]])
+
     def test_an_origin_that_is_not_allowed_writes_nothing(self):
         report, events, rejects = self.run_sdk("disallowed", allowed=False)
         self.assertEqual(events, [])

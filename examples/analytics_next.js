@@ -1,16 +1,19 @@
 // Runs Segment's browser SDK, @segment/analytics-next (its UMD bundle from npm), in headless
 // Chromium on a page from a second local origin, and has it send all six calls to a pixel.py:
-//   node examples/analytics_next.js http://127.0.0.1:8000 standard|batching|disallowed [PAGE_PORT]
+//   node examples/analytics_next.js http://127.0.0.1:8000 standard|batching|cdn|disallowed [PAGE_PORT]
 // PAGE_PORT is where the page is served from (http://127.0.0.1:PAGE_PORT, the origin to give
 // pixel's --allow-origin); without it, any free port.
 // standard:   the default delivery, one fetch per call to /v1/{i,t,p,s,g,a};
 // batching:   deliveryStrategy 'batching' (credentials: 'include'), with a size and timeout
 //             that never flush on their own, then a real navigation away, so the SDK's
 //             pagehide handler sends the batch to /v1/b with a keepalive fetch;
+// cdn:        as the README has it, AnalyticsBrowser.load({writeKey, cdnURL: pixel}): the SDK
+//             loads its settings from pixel's /v1/projects/KEY/settings, and sends where
+//             they say;
 // disallowed: as standard, for a pixel started with an --allow-origin that leaves the page
 //             out (every request should fail CORS and nothing be written).
-// The SDK gets its settings inline (cdnSettings), so it never asks a CDN for anything, and
-// its own metrics go to pixel's /v1/m. It prints one JSON object: mode, calls (those made),
+// But in cdn mode the SDK gets its settings inline (cdnSettings), so it never asks a CDN for
+// anything, and its own metrics go to pixel's /v1/m. It prints one JSON object: mode, calls,
 // consoleErrors, failedRequests (with Chromium's corsError), sdkVersion, and more: requests
 // (each the page made to pixel as DevTools saw it, with the messageIds in its body; the
 // keepalive batch sent while the page unloads is not reported there), pixelAccepted (the
@@ -31,7 +34,7 @@ const MODULES = process.env.PIXEL_NODE_MODULES || '/tmp/ajs/node_modules'
 const CHROMIUM = process.env.PIXEL_CHROMIUM || 'chromium'
 const TIMEOUT_MS = Number(process.env.PIXEL_BROWSER_TIMEOUT_MS || 20000)
 const QUIET_MS = 750        // no request to pixel in flight for this long: the page is done
-const MODES = ['standard', 'batching', 'disallowed']
+const MODES = ['standard', 'batching', 'cdn', 'disallowed']
 const WRITE_KEY = 'AJS_NEXT_KEY'
 
 const started = Date.now()
@@ -90,7 +93,10 @@ const CALLS = [
 ]
 
 function pageHtml (origin) {
-  const config = JSON.stringify({ writeKey: WRITE_KEY, cdnSettings, loadOptions, calls: CALLS })
+  const config = JSON.stringify(mode === 'cdn'
+    ? { writeKey: WRITE_KEY, cdnURL: pixelOrigin + pixel.pathname.replace(/\/+$/, ''),
+        loadOptions: {}, calls: CALLS }
+    : { writeKey: WRITE_KEY, cdnSettings, loadOptions, calls: CALLS })
     .replace(/</g, '\\u003c')
   return `<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>analytics-next to pixel</title>
@@ -108,8 +114,9 @@ function pageHtml (origin) {
   const report = (error) => window.pixelReport(JSON.stringify({ calls: done, error }))
   try {
     if (!window.AnalyticsNext) throw new Error('the UMD bundle did not define AnalyticsNext')
-    const [analytics] = await window.AnalyticsNext.AnalyticsBrowser.load(
-      { writeKey: config.writeKey, cdnSettings: config.cdnSettings }, config.loadOptions)
+    const [analytics] = await window.AnalyticsNext.AnalyticsBrowser.load(config.cdnURL
+      ? { writeKey: config.writeKey, cdnURL: config.cdnURL }
+      : { writeKey: config.writeKey, cdnSettings: config.cdnSettings }, config.loadOptions)
     for (const [name, args] of config.calls) {
       await analytics[name](...args)   // resolves once the Segment.io destination has it
       done.push(name)
