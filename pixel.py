@@ -672,6 +672,8 @@ def api_payloads(route, body, *, authorization=None, query=""):
     if any(json_depth(text) > MAX_DEPTH - 1 for text in texts):   # level 2 of every event
         raise Rejected("too_deep")
     inherited = sum(map(len, texts))
+    inherited_utf8 = sum(map(_utf8_size, shared.values())) if any(
+        "\\u" in text for text in texts) else inherited
     limit, total, pairs = request_log_limit(len(body)), 0, []
     for item in items:
         if not isinstance(item, dict):
@@ -681,7 +683,7 @@ def api_payloads(route, body, *, authorization=None, query=""):
         total += size
         if total > limit:
             raise Rejected("batch_too_large")
-        if size > MAX_PAYLOAD_BYTES and _utf8_size(item) + inherited > MAX_PAYLOAD_BYTES:
+        if size > MAX_PAYLOAD_BYTES and _utf8_size(item) + inherited_utf8 > MAX_PAYLOAD_BYTES:
             pairs.append((item.get("type"), Rejected("payload_too_large", item=item)))
             continue
         payload = dict(item)
@@ -2837,6 +2839,10 @@ class Recorder:
         if people is None:
             return record(people, *args)
         people.judging.append(None)
+        while people is not self.people:   # replaced meanwhile, maybe unseen: the new one
+            people.judging.pop()
+            people = self.people
+            people.judging.append(None)
         try:
             return record(people, *args)
         finally:
@@ -2987,8 +2993,11 @@ class Recorder:
                redacted=False, people=None):
         """Write one rejects-log line (reject_line's); the request's time and address, if
         not given, are now and its client's. Nothing of a --suppress'ed person's (`people`,
-        else the list now): False."""
-        people = self.people if people is None else people
+        else the list now, which _judged holds): False."""
+        if people is None and self.people is not None:
+            return self._judged(lambda people: self.reject(
+                rejection, request, received_at=received_at, ip=ip, quoted=quoted,
+                redacted=redacted, people=people))
         if people:   # what is quoted, all of it, and a longer query as far as it goes
             quote = quote_query(request.query, self.anonymize_ip)[0] if quoted is None else quoted
             if quoted is None and quote != request.query and \
@@ -6301,6 +6310,7 @@ class Pixel:
         self.config = config
         self.reporter = reporter or Reporter()
         self.metrics = Metrics(clock)
+        self._reloading, self._retired = threading.Lock(), []   # --suppress lists replaced
         try:   # before any file is made: a start that fails here leaves none
             self.labeller = Labeller(config.machine_ranges, self.reporter)
         except (OSError, ValueError) as error:
@@ -6376,13 +6386,17 @@ class Pixel:
                 self.reporter.say("cannot reload --suppress, so the list loaded before "
                                   "stays in use: %s" % _people_error(error))
             else:
-                before, self.recorder.people = self.recorder.people, people
-                deadline = time.monotonic() + SUPPRESS_RELOAD_WAIT
-                while before is not None and before.judging and time.monotonic() < deadline:
-                    time.sleep(STOP_POLL / 10)   # requests judged by the old list, to their end
-                self.reporter.say("reloaded --suppress (SIGHUP): %d identifier(s)%s" % (
-                    len(people), ", some requests judged by the list before still running"
-                    if before is not None and before.judging else ""))
+                with self._reloading:   # one at a time, each waiting for every older list
+                    self._retired.append(self.recorder.people)
+                    self.recorder.people = people
+                    deadline = time.monotonic() + SUPPRESS_RELOAD_WAIT
+                    while any(old.judging for old in self._retired) and \
+                            time.monotonic() < deadline:
+                        time.sleep(STOP_POLL / 10)   # requests judged by them, to their end
+                    self._retired = [old for old in self._retired if old.judging]
+                    self.reporter.say("reloaded --suppress (SIGHUP): %d identifier(s)%s" % (
+                        len(people), ", some requests judged by a list before still running"
+                        if self._retired else ""))
 
     def close(self, discard=False):
         """Stop and close it all; with `discard`, a start that failed after all, also remove
@@ -6692,9 +6706,9 @@ def _needles(people):
                  for texts in (people.ids | followed.ids, people.emails | followed.emails))
 
 
-# An escape pixel's encoder never writes (an ASCII character's, upper-case hex, "\/"): a line
-# another tool wrote again (jq, PHP), whose ids the needles may not find as they stand.
-_FOREIGN_ESCAPE = re.compile(rb"\\(?:/|u00[2-7]|u[0-9a-f]{0,3}[A-F])")
+# What pixel's encoder never writes (an ASCII character escaped, upper-case hex, "\/", a byte
+# outside ASCII): a line another tool wrote again (jq, PHP), which the needles may not find.
+_FOREIGN_ESCAPE = re.compile(rb"\\(?:/|u00[2-7]|u[0-9a-f]{0,3}[A-F])|[\x80-\xff]")
 
 
 def _may_name(needles, line):
@@ -7377,12 +7391,12 @@ def _csv_cell(value):
     text = value if type(value) in (str, int) else json.dumps(value, ensure_ascii=True)
     if type(text) is not str:
         return text
-    # A control character (ESC ...) escaped, as in the table: a key may reach a terminal.
-    text = _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+    # What is not printable (ESC, a right-to-left override) escaped, as in the table: a key
+    # may reach a terminal. Tab, CR and LF the csv module quotes.
+    if not text.isprintable():
+        text = "".join(char if char.isprintable() or char in "\t\r\n" else
+                       repr(char)[1:-1] for char in text)
     return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def build_erase_parser():

@@ -676,6 +676,12 @@ class BatchBounds(unittest.TestCase):
                 if taken:   # and its line, escaped, fits the log's
                     self.assertEqual(json.loads(pixel.encode_line(payload))["properties"]["t"],
                                      text)
+        # ... and what an item inherits, as the second attack pass found: 12 KB in all.
+        body = json.dumps({"writeKey": "k", "context": {"page": {"title": "\u0436" * 6000}},
+                           "batch": [{"type": "track", "userId": "u", "event": "e"}]},
+                          ensure_ascii=False).encode()
+        (_, payload), = pixel.api_payloads("batch", body)
+        self.assertEqual(payload["context"]["page"]["title"], "\u0436" * 6000)
 
     def test_a_body_as_large_as_analytics_rusts_largest_batch_is_taken(self):
         # batcher.rs: MAX_BATCH_SIZE = 1024 * 512 for the items, and the envelope beside it.
@@ -11257,12 +11263,13 @@ class ReportCommand(unittest.TestCase):
         hostile = write_log(self.dir, "hostile.jsonl", [
             logged("u", properties={"campaign": name}) for name in
             ("=HYPERLINK(\"http://x\")", "+1", "-1", "@SUM(A1)", "\tx", "plain",
-             "\x1b[31mred", "=\x1b[2J")])   # ... nor an escape sequence on a terminal
+             "\x1b[31mred", "=\x1b[2J", "ok\u202egnp.exe")])   # ... nor a terminal's escape
         status, out, err = self.report("--format", "csv", "--by", "properties.campaign", hostile)
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(sorted(line.split(",")[0] for line in out.splitlines()[1:]),
                          sorted(['"\'=HYPERLINK(""http://x"")"', "'=\\x1b[2J", "'\tx", "'+1",
-                                 "'-1", "'@SUM(A1)", "\\x1b[31mred", "plain"]))
+                                 "'-1", "'@SUM(A1)", "\\x1b[31mred", "plain",
+                                 "ok\\u202egnp.exe"]))
         status, out, err = self.report("--type", "page", "--until", "2026-11-29", log)
         self.assertEqual([line.split() for line in out.splitlines()[1:]],
                          [["total", "0", "0", "0", "0", "0"]])
@@ -11998,6 +12005,33 @@ class Suppressed(RecorderCase):
         reload.join(5)
         self.assertIn("reloaded --suppress (SIGHUP): 2 identifier(s)\n", self.stderr.getvalue())
 
+    def test_a_second_reload_waits_for_every_older_list_and_none_is_missed(self):
+        # The second attack pass: two SIGHUPs 50 ms apart, and the second said "reloaded" at
+        # once, waiting only for the list just before it, while a batch judged by the first
+        # was still writing; and a reload between a request's reading the list and marking
+        # itself went unseen.
+        first = self.recorder.people
+        first.judging.append(None)   # a request judged by the first list, under way
+        reloads = [threading.Thread(target=self.pixel.reopen) for _ in range(2)]
+        for reload in reloads:
+            reload.start()
+        self.assertFalse(wait_until(lambda: "reloaded --suppress" in self.stderr.getvalue(),
+                                    timeout=0.3))
+        first.judging.pop()
+        for reload in reloads:
+            reload.join(5)
+        self.assertEqual(self.stderr.getvalue().count("reloaded --suppress (SIGHUP): 2 "
+                                                      "identifier(s)\n"), 2)
+        recorder, victim = self.recorder, pixel.People(["victim"])
+
+        class ReloadedBetween(collections.deque):   # the reload lands just before the mark
+            def append(self, item):
+                recorder.people = victim
+                super().append(item)
+        recorder.people.judging = ReloadedBetween()
+        self.assertIs(self.answer(query="writeKey=K&userId=victim&event=e"), pixel.GIF_ANSWER)
+        self.assertEqual(self.files(), [[], []])   # judged by the list that then stood
+
     def test_pixels_named_are_answered_and_written_nowhere(self):
         for query in ("writeKey=k&userId=alice&event=Opened",
                       "writeKey=k&userId=u&event=Opened&traits.email=BOB@example.com",
@@ -12188,15 +12222,17 @@ class EraseFiles(unittest.TestCase):
     def test_lines_another_tool_wrote_again_are_parsed_not_passed_by(self):
         # The attack pass: the first look searched for an id as pixel escapes it, so a copy
         # of a log jq or PHP wrote again ("al\u0069ce", "a\/b", "\u00E9") kept its lines.
-        lines = person_lines("carol", 3) + [
+        lines = person_lines("carol", 5) + [
             b'{"type":"track","userId":"al\\u0069ce","event":"e"}\n',
             b'{"type":"track","userId":"dan\\/1","event":"e"}\n',
-            b'{"type":"track","userId":"\\u00C9ve","event":"e"}\n']
+            b'{"type":"track","userId":"\\u00C9ve","event":"e"}\n',
+            '{"type":"track","userId":"jos\u00e9","event":"e"}\n'.encode()]   # jq -c: UTF-8
         path = self.log("copy.jsonl", lines)
         status, _, stderr = self.erase("--user-id", "alice", "--user-id", "dan/1",
-                                       "--user-id", "\u00c9ve", "--apply", path)
+                                       "--user-id", "\u00c9ve", "--user-id", "jos\u00e9",
+                                       "--apply", path)
         self.assertEqual(status, 0, stderr)
-        self.assertEqual(self.read(path), b"".join(person_lines("carol", 3)))
+        self.assertEqual(self.read(path), b"".join(person_lines("carol", 5)))
 
     def test_a_ledger_line_the_disk_cuts_short_is_cut_off(self):
         # The attack pass: a nearly full disk took part of a ledger line; the next run's line
