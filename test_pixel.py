@@ -15,6 +15,7 @@ import ast
 import atexit
 import base64
 import collections
+import contextlib
 import errno
 import fcntl
 import fnmatch
@@ -46,6 +47,7 @@ import unittest
 import unittest.mock
 import unicodedata
 import urllib.parse
+import urllib.request
 import wsgiref.simple_server
 import zlib
 
@@ -7971,6 +7973,26 @@ class WsgiUnderGunicorn(unittest.TestCase):
                                   get_status(port, "/metrics",
                                              {"Authorization": "Bearer t0ken"})[0]), statuses)
 
+    def test_a_worker_forked_after_the_app_was_made_says_what_does_not_work(self):
+        # The WSGI host pass: under gunicorn --preload (and uWSGI without --lazy-apps) the
+        # app is made before the fork, threads do not cross it, and `pixel.py erase` did
+        # nothing, silently. Events are still written; the worker says what does not work.
+        _, port, output = start_gunicorn(self, self.dir, "pixel:make_wsgi_app(log=%r)"
+                                         % self.log, "--workers", "1", "--preload")
+        wait_for_gunicorn(self, port, output)
+        self.assertEqual(get_status(port, "/v1/pixel/track?writeKey=K&userId=u&event=e")[0],
+                         200)
+        self.assertTrue(wait_until(lambda: "was forked from it (gunicorn --preload" in
+                                   read_text(output.name)))
+        self.assertEqual(len(read_text(self.log).splitlines()), 1)
+        # Made in the worker, as without --preload: nothing to say.
+        folder = temp_dir(self)
+        _, port, output = start_gunicorn(self, folder, "pixel:make_wsgi_app(log=%r)" %
+                                         os.path.join(folder, "events.jsonl"), "--workers", "1")
+        wait_for_gunicorn(self, port, output)
+        get_status(port, "/v1/pixel/track?writeKey=K&userId=u&event=e")
+        self.assertNotIn("forked", read_text(output.name))
+
     def test_two_workers_on_one_log_stop_gunicorn_with_one_reason(self):
         process, _, output = start_gunicorn(self, self.dir,
                                             "pixel:make_wsgi_app(log=%r)" % self.log,
@@ -8321,6 +8343,29 @@ class WsgiStart(unittest.TestCase):
         with open(os.path.join(self.dir, "rejects.jsonl")) as handle:
             self.assertEqual([json.loads(line)["reason"] for line in handle], [
                 "length_required", "origin_not_allowed", "body_too_large"] + ["bad_framing"] * 4)
+
+    def test_what_uwsgi_hands_over(self):
+        # The WSGI host pass: with a large buffer, uWSGI's http-socket drops QUERY_STRING for
+        # a 30-40 KB pixel URL and keeps REQUEST_URI (the event was lost, a no_write_key line);
+        # and a Content-Length body cut short raises OSError from its wsgi.input, which gave
+        # a traceback and a 500.
+        app = pixel.make_wsgi_app(log=self.log)
+        self.addCleanup(app.close)
+        query = "writeKey=K&userId=u&event=e&properties.pad=" + "x" * 30000
+        answers = []
+        for environ in ({"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/pixel/track",
+                         "REQUEST_URI": "/v1/pixel/track?" + query, "REMOTE_ADDR": "127.0.0.1"},
+                        {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/track",
+                         "CONTENT_LENGTH": "41", "REMOTE_ADDR": "127.0.0.1",
+                         "wsgi.input": BrokenStream(OSError("error during read(41) on "
+                                                            "wsgi.input"))}):
+            b"".join(app(environ, lambda status, headers: answers.append(status)))
+        self.assertEqual(answers, ["200 OK", "400 Bad Request"])
+        with open(self.log) as handle:
+            self.assertEqual([len(json.loads(line)["properties"]["pad"]) for line in handle],
+                             [30000])
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "rejects.jsonl")) and
+                         read_text(os.path.join(self.dir, "rejects.jsonl")))
 
     def test_a_torn_tail_is_kept_in_the_rejects_log(self):
         with open(self.log, "wb") as handle:
@@ -9232,6 +9277,41 @@ class Process(unittest.TestCase):
         self.assertEqual(process.wait(10), 0)
         self.assertNotIn("Traceback", process.stderr.read())
         process.stderr.close()
+
+    def test_a_stderr_and_stdout_no_one_reads_never_hold_the_server(self):
+        # The attack pass: a pipe whose reader stopped (a stalled journald or supervisor)
+        # blocked the first message for ever, under the reporter's lock; the accept loop,
+        # saying its slots were full, blocked behind it, and SIGTERM could not stop pixel.
+        # With stdout full, the "listening" line blocked after the socket was listening.
+        def full_pipe():
+            read, write = os.pipe()
+            self.addCleanup(os.close, read)
+            fcntl.fcntl(write, fcntl.F_SETFL, os.O_NONBLOCK)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(write, b"x" * 4096)
+            fcntl.fcntl(write, fcntl.F_SETFL, 0)
+            return write
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        stdout, stderr = full_pipe(), full_pipe()
+        process = subprocess.Popen([sys.executable, PIXEL_RUN, "--port", str(port), "--log",
+                                    self.log, "--cpu", "none", "--max-connections", "2"],
+                                   stdout=stdout, stderr=stderr)
+        os.close(stdout)
+        os.close(stderr)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+        self.assertTrue(wait_until(lambda: _answers(port, "/health")))
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        time.sleep(0.2)   # the third waits for a slot: the accept loop says so, to no one
+        for sock in held:
+            sock.close()
+        self.assertTrue(wait_until(lambda: _answers(port, "/health"), timeout=5))
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as answer:
+            self.assertIn("pixel_connection_slots_exhausted_total 1", answer.read().decode())
+        process.terminate()
+        self.assertEqual(process.wait(10), 0)
 
     def test_port_in_use(self):
         with socket.socket() as taken:
@@ -10194,7 +10274,13 @@ class Tls(unittest.TestCase):
         with open(text, "w") as handle:
             handle.write("not a certificate\n")
         missing = os.path.join(folder, "missing.key")
+        huge = os.path.join(folder, "huge.key")   # OpenSSL read all 130 MB, at every SIGHUP
+        with open(huge, "wb") as handle:
+            handle.write(b"-----BEGIN PRIVATE KEY-----\n")
+            handle.truncate(pixel.MAX_PEM_BYTES + 1)
         cases = [("not PEM", text, self.keyfile, text + " is not a PEM certificate"),
+                 ("huge", self.certfile, huge, "%s is %d bytes, more than a PEM private key "
+                  "needs" % (huge, pixel.MAX_PEM_BYTES + 1)),
                  ("DER", der, self.keyfile, der + " is DER, not PEM"),
                  ("mismatch", self.certfile, other_key, "the key %s does not match the "
                   "certificate %s" % (other_key, self.certfile)),
@@ -12000,7 +12086,7 @@ class Suppressed(RecorderCase):
         reload = threading.Thread(target=self.pixel.reopen)
         reload.start()
         self.assertFalse(wait_until(lambda: "reloaded --suppress" in self.stderr.getvalue(),
-                                    timeout=0.3))
+                                    timeout=0.2))
         before.judging.pop()
         reload.join(5)
         self.assertIn("reloaded --suppress (SIGHUP): 2 identifier(s)\n", self.stderr.getvalue())
@@ -12016,7 +12102,7 @@ class Suppressed(RecorderCase):
         for reload in reloads:
             reload.start()
         self.assertFalse(wait_until(lambda: "reloaded --suppress" in self.stderr.getvalue(),
-                                    timeout=0.3))
+                                    timeout=0.2))
         first.judging.pop()
         for reload in reloads:
             reload.join(5)
@@ -13507,6 +13593,53 @@ class SuppressProcess(unittest.TestCase):
         self.assertEqual(fetch_json(port, "/health")["suppressed"], 1)
         with open(log, "rb") as handle:
             self.assertEqual([json.loads(line)["event"] for line in handle], ["1"])
+
+    def test_usr1_usr2_and_quit_during_the_start_are_ignored(self):
+        # The attack pass: they were ignored only once serving, so while a long list loaded
+        # they killed pixel (-10, -12, -3), which the README says they never do.
+        folder = temp_dir(self)
+        people = write_file(folder, "people.txt", "".join("person-%d\n" % number
+                                                          for number in range(100000)))
+        process = subprocess.Popen([sys.executable, PIXEL_RUN, "--port", "0", "--cpu", "none",
+                                    "--log", os.path.join(folder, "events.jsonl"),
+                                    "--suppress", people], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(process.stdout.close)
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+
+        def hup_ignored():   # SigIgn in /proc, bit signum - 1: main() runs, the list loads
+            with open("/proc/%d/status" % process.pid) as handle:
+                mask = int(re.search(r"SigIgn:\s*([0-9a-f]+)", handle.read()).group(1), 16)
+            return mask >> (signal.SIGHUP - 1) & 1
+        self.assertTrue(wait_until(hup_ignored))
+        for signum in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
+            process.send_signal(signum)
+        line = process.stdout.readline()
+        self.assertIn("listening", line, "ended with %s" % process.poll())
+        port = int(re.search(r":(\d+)/", line).group(1))
+        self.assertTrue(_answers(port, "/health"))
+        process.terminate()
+        self.assertEqual(process.wait(10), 0)
+
+    def test_a_storm_of_sighups_costs_a_reload_or_two(self):
+        # The attack pass: each SIGHUP ran a reload of its own, each on a thread reading
+        # the whole list: 50 in a second cut answers by 95% and left 320 MiB more RSS.
+        folder = temp_dir(self)
+        people = write_file(folder, "people.txt", "".join("person-%d\n" % number
+                                                          for number in range(30000)))
+        process, port = start_pixel(self, "--log", os.path.join(folder, "events.jsonl"),
+                                    "--suppress", people, stderr=subprocess.PIPE)
+        self.addCleanup(process.stderr.close)
+        said = []
+        reader = threading.Thread(target=lambda: said.extend(process.stderr), daemon=True)
+        reader.start()
+        self.addCleanup(reader.join, 10)   # first: the reader ends at the stderr's end
+        self.addCleanup(lambda: process.kill() or process.wait())
+        for _ in range(30):
+            process.send_signal(signal.SIGHUP)
+        reloaded = lambda: len([line for line in said if "reloaded --suppress" in line])
+        self.assertTrue(wait_until(lambda: reloaded() >= 1))
+        self.assertFalse(wait_until(lambda: reloaded() > 2, timeout=0.3), said)
+        self.assertTrue(_answers(port, "/health"))
 
 
 if __name__ == "__main__":
