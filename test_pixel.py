@@ -13602,7 +13602,9 @@ class SuppressProcess(unittest.TestCase):
                                                           for number in range(100000)))
         process = subprocess.Popen([sys.executable, PIXEL_RUN, "--port", "0", "--cpu", "none",
                                     "--log", os.path.join(folder, "events.jsonl"),
-                                    "--suppress", people], stdout=subprocess.PIPE, text=True)
+                                    "--suppress", people], stdout=subprocess.PIPE, text=True,
+                                   # not ignored already: under nohup, SIGHUP is from the start
+                                   preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
         self.addCleanup(process.stdout.close)
         self.addCleanup(lambda: process.poll() is None and process.kill())
 
