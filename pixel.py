@@ -2850,26 +2850,23 @@ class Recorder:
             ip = client_ip(ip, request.headers.get("x-forwarded-for"), self.trusted_proxies)
         return ip or None
 
-    def record_pixel(self, kind, request):
-        self._judged(self._record_pixel, kind, request)
-
-    def _judged(self, record, *args):
-        """record(people, *args) with --suppress's list as it is now, whole, which a reload
-        waits for (Pixel.reopen): after it says so, nothing is written by the old list."""
+    def _judged(self, record):
+        """record(people) with --suppress's list as it is now, whole, which a reload waits
+        for (Pixel.reopen): after it says so, nothing is written by the old list."""
         people = self.people
-        if people is None:
-            return record(people, *args)
         people.judging.append(None)
         while people is not self.people:   # replaced meanwhile, maybe unseen: the new one
             people.judging.pop()
             people = self.people
             people.judging.append(None)
         try:
-            return record(people, *args)
+            return record(people)
         finally:
             people.judging.pop()
 
-    def _record_pixel(self, people, kind, request):
+    def record_pixel(self, kind, request, people=None):
+        if people is None and self.people is not None:   # with --suppress: one list
+            return self._judged(lambda people: self.record_pixel(kind, request, people))
         received_at = self.clock()
         ip = self.client_ip(request)
         try:
@@ -2914,15 +2911,14 @@ class Recorder:
         self.written_by_type.update(kinds[:written])
         return written == len(lines)
 
-    def record_api(self, route, request, browser=False):
+    def record_api(self, route, request, browser=False, people=None):
         """Write an HTTP API body's events; return 200 once they are on disk, 400 for a body
         that is not one, 503 if the log could not be written (SDKs retry a 5xx), or with
         --write-key 401 when every event was refused for its key. Refused items go to the
         rejects log (MAX_REJECTS_PER_REQUEST lines, then one counting the rest). On `browser`
         routes `timestamp`, the browser's clock, becomes originalTimestamp, as in Segment."""
-        return self._judged(self._record_api, route, request, browser)
-
-    def _record_api(self, people, route, request, browser):
+        if people is None and self.people is not None:   # with --suppress: one list
+            return self._judged(lambda people: self.record_api(route, request, browser, people))
         received_at = self.clock()
         ip = self.client_ip(request)
         agent = user_agent(request.headers)
