@@ -2976,13 +2976,15 @@ class Recorder:
             if len(records) == MAX_REJECTS_PER_REQUEST or size > MAX_REJECTS_BYTES_PER_REQUEST:
                 break
             looked += 1
+            quoted, redacted = _encode_lenient(item)[:MAX_REJECT_RAW], False
             # --suppress looks at the item and at what is quoted, before its addresses are
             # truncated: 10,000 refused items cost as much as 100.
             if people and self.suppress(people, item if isinstance(item, dict) else None,
-                                        _encode_lenient(item)[:MAX_REJECT_RAW], True):
+                                        quoted, True):
                 continue
-            item, redacted = anonymize_json(item) if self.anonymize_ip else (item, False)
-            quoted = _encode_lenient(item)[:MAX_REJECT_RAW]
+            if self.anonymize_ip:
+                item, redacted = anonymize_json(item)
+                quoted = _encode_lenient(item)[:MAX_REJECT_RAW]
             records.append(reject_line(rejection, request, received_at, ip, self.anonymize_ip,
                                        quoted, redacted))
             reasons.append(rejection.reason)
@@ -6647,12 +6649,14 @@ def _key_text(key):
     return "(none)" if key is None else key[0] if type(key) is tuple else key
 
 
-def _printable(text, limit):
-    """`text`, at most `limit` characters, with unprintable characters escaped: a key comes
-    from a URL, and an escape sequence in it must not reach the operator's terminal."""
+def _printable(text, limit=None, keep=""):
+    """`text`, at most `limit` characters, with unprintable characters but those in `keep`
+    escaped: a key comes from a URL, and an escape sequence in it (ESC, a right-to-left
+    override) must not reach the operator's terminal."""
     if not text.isprintable():
-        text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+        text = "".join(char if char.isprintable() or char in keep else repr(char)[1:-1]
+                       for char in text)
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _bar(counts, peak):
@@ -7436,11 +7440,7 @@ def _csv_cell(value):
     text = value if type(value) in (str, int) else json.dumps(value, ensure_ascii=True)
     if type(text) is not str:
         return text
-    # What is not printable (ESC, a right-to-left override) escaped, as in the table: a key
-    # may reach a terminal. Tab, CR and LF the csv module quotes.
-    if not text.isprintable():
-        text = "".join(char if char.isprintable() or char in "\t\r\n" else
-                       repr(char)[1:-1] for char in text)
+    text = _printable(text, keep="\t\r\n")   # as the table does; these the csv module quotes
     return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
 
 
