@@ -1576,11 +1576,15 @@ def state_path(log_path, role):
     return os.path.join(folder, STATE_FOLDER, "%s.%s.json" % (role, name))
 
 
+def _root():
+    return getattr(os, "geteuid", lambda: -1)() == 0
+
+
 def refuse_root_link(path):
     """OSError if this process is root and `path` is a symbolic link another user made: the
     log folder's user may have put it there, to /etc, for `pixel.py erase` or forward to
     write through."""
-    if getattr(os, "geteuid", lambda: -1)() == 0 and os.path.islink(path) and \
+    if _root() and os.path.islink(path) and \
             os.lstat(path).st_uid != 0:
         raise OSError(errno.ELOOP, "a symbolic link another user made, which pixel run as "
                       "root does not write through: name the file it links to", path)
@@ -1596,7 +1600,7 @@ def make_state_folder(path):
         return
     os.makedirs(folder, exist_ok=True)
     owner = os.stat(os.path.dirname(folder))
-    if getattr(os, "geteuid", lambda: -1)() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+    if _root() and (owner.st_uid, owner.st_gid) != (0, 0):
         # By descriptor, never by name: that user may have put a link to /etc there since.
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
         try:
@@ -6993,7 +6997,7 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
         if problem is not None or not erasure.erased:
             os.remove(temporary)
             return erasure, problem
-        if os.geteuid() == 0 or before.st_uid == os.geteuid():
+        if _root() or before.st_uid == os.geteuid():
             os.fchown(fd, before.st_uid, before.st_gid)
         os.fchmod(fd, stat.S_IMODE(before.st_mode))
         os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))   # the order of rotations
