@@ -2106,9 +2106,11 @@ _MAIL_AGENTS = (("GoogleImageProxy", "gmail"),    # "... (via ggpht.com GoogleIm
 # Gmail's prefetch, seconds after a send, is Edge 12's agent with a second "Mozilla/5.0"
 # after it, which no browser sends (GMass and Bird on Gmail's false opens; Keila matches it).
 _GMAIL_PREFETCH = "Edge/12.246 Mozilla/5.0"
-# Mail scanners and scripts, lower case (warmbly's markers): "bot/" and "bot;", since a bare
-# "bot" is in the agents of Cubot's phones.
+# Mail scanners, scripts and link previews, lower case (warmbly's markers): "bot/" and "bot;",
+# since a bare "bot" is in the agents of Cubot's phones.
 _SCANNER_AGENTS = ("barracuda", "mimecast", "proofpoint", "urldefense", "safelinks", "curl/",
+                   "wget/", "python-requests/", "python-urllib/", "go-http-client/", "okhttp/",
+                   "java/", "libwww-perl/", "facebookexternalhit/", "slackbot", "bingpreview/",
                    "bot/", "bot;")
 # Apple Mail fetching for itself (Privacy Protection off) sends WebKit's agent without the
 # "Safari/" a browser adds (jenssegers/agent#144).
