@@ -53,6 +53,7 @@ import html
 import http.client
 import http.server
 import ipaddress
+import io
 import itertools
 import json
 import math
@@ -374,7 +375,7 @@ def parse_time(value):
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     moment = datetime.datetime(int(year), int(month), int(day), int(hour or 0),
                                int(minute or 0), int(second or 0), tzinfo=datetime.timezone.utc)
-    seconds = moment.timestamp() + float("0." + (fraction or "0"))
+    seconds = moment.timestamp() + float("0." + (fraction or "0")[:3])   # as Date: no rounding
     if zone and zone not in "Zz":
         digits = zone[1:].replace(":", "")
         offset = int(digits[:2]) * 3600 + int(digits[2:] or 0) * 60
@@ -6534,7 +6535,7 @@ class _Counts:
 def _received_text(value):
     """receivedAt as format_time writes it, for comparing as text; None if it is no time."""
     if isinstance(value, str) and len(value) == 24 and value[10] == "T" and \
-            value[23] == "Z" and value[:10].isascii() and value[4::3] == "--" and \
+            value[23] == "Z" and value[:10].isascii() and value[4:8:3] == "--" and \
             value[:10].replace("-", "").isdigit():   # --daily prints its first ten
         return value   # pixel's own form, nearly always: no parsing
     try:
@@ -6772,20 +6773,60 @@ def _may_name(needles, line):
     return b"\\u212a" in lowered or any(needle in lowered for needle in emails)
 
 
-def open_log_stream(path):
+def _refuse_packed(start):
+    """OSError if a file starting with the bytes `start` was packed by another tool than gzip."""
+    for magic, packer in _OTHER_PACKERS:
+        if start.startswith(magic):
+            raise OSError(errno.EINVAL, "packed with %s, which pixel does not read: unpack it "
+                          "first, or (report) pipe it in with -" % packer)
+
+
+class _Replayed(io.RawIOBase):
+    """A pipe's bytes from its start, after its first bytes `head` were read from it."""
+
+    def __init__(self, head, pipe):
+        self.head, self.pipe = head, pipe
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if self.head:
+            data, self.head = self.head[:len(buffer)], self.head[len(buffer):]
+        else:
+            data = self.pipe.read1(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def open_raw(path):
+    """The log `path` opened to read bytes, "-" for stdin. OSError."""
+    if path == "-" and sys.stdin is None:
+        raise OSError(errno.EBADF, "stdin is closed")
+    return sys.stdin.buffer if path == "-" else open(path, "rb")
+
+
+def open_log_stream(path, raw=None):
     """(A binary stream of the log `path`, "-" for stdin, a pipe too (<(zcat ...)), gzip
-    inflated if it starts as gzip does; the file under it, to close). OSError."""
-    raw = sys.stdin.buffer if path == "-" else open(path, "rb")
+    inflated if it starts as gzip does; the file under it, to close: `raw` if it was opened
+    already). OSError, for a file another tool packed too."""
+    raw = open_raw(path) if raw is None else raw
     try:
-        start = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+        start = raw.read(6)   # all six: a pipe may hand over one byte first
+        _refuse_packed(start)
+        if raw.seekable():
+            raw.seek(-len(start), io.SEEK_CUR)
+            stream = raw
+        else:
+            stream = io.BufferedReader(_Replayed(start, raw), 1 << 20)
     except OSError:
         if raw is not sys.stdin.buffer:
             raw.close()
         raise
-    if start == b"\x1f\x8b":
+    if start.startswith(b"\x1f\x8b"):
         import gzip   # here: only a gzipped file pays for it
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
-    return raw, raw
+        return gzip.GzipFile(fileobj=stream, mode="rb"), raw
+    return stream, raw
 
 
 class FileErasure:
@@ -6974,10 +7015,7 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
     with open(path, "rb") as handle:
         start = handle.read(6)
     archive = start.startswith(b"\x1f\x8b")
-    for magic, packer in _OTHER_PACKERS:
-        if start.startswith(magic):
-            raise OSError(errno.EINVAL, "packed with %s, which erase does not read: unpack it, "
-                          "erase, pack it again" % packer)
+    _refuse_packed(start)
     if not apply:
         erasure.scan()
         return erasure, _too_common(erasure, max_share)
@@ -7384,15 +7422,41 @@ def report_files(argv=None, stdout=None):
     could not be read to its end (what was read is counted, and stderr says where it
     stopped); 2 for a bad command line; 130 if SIGINT stopped it."""
     args = build_report_parser().parse_args(argv)
-    stdout = stdout or sys.stdout
-    reporter = Reporter()
+    if stdout is None and hasattr(sys.stdout, "reconfigure"):   # an ASCII-only locale: é as \xe9
+        sys.stdout.reconfigure(errors="backslashreplace")
+    stdout, reporter = stdout or sys.stdout, Reporter()
+    if stdout is None:
+        reporter.say("report: stdout is closed: nowhere to write the report")
+        return 1
     tally = Tally(args.by, event=args.event, kind=args.type, since=args.since,
                   until=args.until, daily=args.daily)
-    status = 0
+    status, opened, seen = 0, [], {}
+    if resource is not None and len(args.files) > 256:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = len(args.files) + 64 if hard == resource.RLIM_INFINITY else hard
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    # Every file opened before any is read: a logrotate meanwhile (events.jsonl to .1, .1 to
+    # .2) renames the files, and would have one read twice and another never.
     for path in args.files:
         name = "stdin" if path == "-" else path
         try:
-            stream, raw = open_log_stream(path)
+            raw = open_raw(path)
+            found = os.fstat(raw.fileno())
+        except OSError as error:
+            reporter.say("report: cannot read %s: %s" % (name, error.strerror or error))
+            status = 1
+            continue
+        identity = (found.st_dev, found.st_ino)
+        if identity in seen and stat.S_ISREG(found.st_mode):
+            reporter.say("report: %s is %s again: counted once" % (name, seen[identity]))
+            raw.close()
+            continue
+        seen[identity] = name
+        opened.append((name, raw))
+    for number, (name, raw) in enumerate(opened):
+        try:
+            stream, raw = open_log_stream(name, raw)
         except OSError as error:
             reporter.say("report: cannot read %s: %s" % (name, error.strerror or error))
             status = 1
@@ -7407,6 +7471,9 @@ def report_files(argv=None, stdout=None):
             status = 1
         except KeyboardInterrupt:   # Ctrl-C on a long log, or on /dev/zero: no traceback
             reporter.say("report: stopped while reading %s; nothing is reported" % name)
+            for _, later in opened[number + 1:]:
+                if later is not sys.stdin.buffer:
+                    later.close()
             return 130
         finally:
             if stream is not raw:
@@ -7439,15 +7506,15 @@ def report_files(argv=None, stdout=None):
 
 def _csv_cell(value):
     """A CSV cell: counts as they are, no value as nothing, any other as JSON; text that a
-    spreadsheet would run as a formula (=, +, -, @, a tab or CR first: a key is whatever
-    a pixel URL said) starts with a quote, as OWASP advises."""
+    spreadsheet would run as a formula (=, +, -, @, a tab first: a key is whatever a pixel
+    URL said) starts with a quote, as OWASP advises; a CR is escaped, as a row may end in it."""
     if value is None:
         return ""
     text = value if type(value) in (str, int) else json.dumps(value, ensure_ascii=True)
     if type(text) is not str:
         return text
-    text = _printable(text, keep="\t\r\n")   # as the table does; these the csv module quotes
-    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
+    text = _printable(text, keep="\t\n")   # as the table does; these two csv quotes
+    return "'" + text if text.startswith(("=", "+", "-", "@", "\t")) else text
 
 
 def build_erase_parser():

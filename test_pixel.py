@@ -11452,6 +11452,113 @@ class ReportCommand(unittest.TestCase):
         self.assertEqual(stderr, b"pixel: report: stopped while reading /dev/zero; nothing "
                                  b"is reported\n")
 
+    def test_a_cr_in_a_key_is_no_row_of_its_own(self):
+        # The report attack: csv quotes \n but not \r, and a row split at a bare CR put a
+        # formula first on a row of its own, past the quote that guards a cell's start.
+        import csv
+        log = write_log(self.dir, "e.jsonl", [logged("u", properties={"campaign": name})
+                                              for name in ("spring\r=2+5", "\r=1", "a\nb")])
+        status, out, err = self.report("--format", "csv", "--by", "properties.campaign", log)
+        self.assertEqual((status, err), (0, ""))
+        self.assertNotIn("\r", out)
+        rows = list(csv.reader(io.StringIO(out)))
+        self.assertEqual(sorted(row[0] for row in rows[1:]), ["\\r=1", "a\nb", "spring\\r=2+5"])
+
+    def test_files_renamed_while_it_reads_are_each_counted_once(self):
+        # logrotate (events.jsonl to .1, .1 to .2) while a report of events.jsonl* ran: the
+        # live file was read twice, and the old .1 never. Every file is opened before one is
+        # read; here a FIFO first holds the read back while the test rotates the other two.
+        fifo = os.path.join(self.dir, "first")
+        os.mkfifo(fifo)
+        live = write_log(self.dir, "events.jsonl", [logged("live%d" % n) for n in range(3)])
+        old = write_log(self.dir, "events.jsonl.1", [logged("old%d" % n) for n in range(2)])
+        process = subprocess.Popen([sys.executable, PIXEL_RUN, "report", "--format", "json",
+                                    fifo, live, old], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+        self.addCleanup(process.kill)
+        writer = os.open(fifo, os.O_WRONLY)   # the report's open of the FIFO returns
+
+        def holds(path):
+            folder = "/proc/%d/fd" % process.pid
+            try:
+                return any(os.readlink(os.path.join(folder, fd)) == path
+                           for fd in os.listdir(folder))
+            except OSError:
+                return False
+        self.assertTrue(wait_until(lambda: holds(old), timeout=10))
+        os.replace(live, old)
+        write_log(self.dir, "events.jsonl", [])
+        os.write(writer, logged("fifo") + b"\n")
+        os.close(writer)
+        out, err = process.communicate(timeout=30)
+        self.assertEqual((process.returncode, err), (0, b""))
+        self.assertEqual((json.loads(out)["events"], json.loads(out)["users"]), (6, 6))
+        # A file named twice, or by a link, is one file.
+        link = os.path.join(self.dir, "link")
+        os.symlink(old, link)
+        status, out, err = self.report("--format", "json", old, link, old)
+        self.assertEqual((status, json.loads(out)["events"]), (0, 3))
+        self.assertEqual(err, "pixel: report: %s is %s again: counted once\n" * 2
+                         % (link, old, old, old))
+
+    def test_what_it_cannot_read_is_said_and_never_counted_as_nothing(self):
+        import bz2
+        import lzma
+        data = b"".join(logged("u%d" % n) + b"\n" for n in range(500))
+        for name, packed in (("e.xz", lzma.compress(data)), ("e.bz2", bz2.compress(data)),
+                             ("e.zst", b"\x28\xb5\x2f\xfd" + os.urandom(50))):
+            with self.subTest(name):
+                path = write_file(self.dir, name, packed)
+                status, out, err = self.report(path)
+                self.assertEqual(status, 1)
+                self.assertIn("cannot read %s: packed with " % path, err)
+        # A pipe that hands over gzip's first byte alone was read as text: 0 of 500, exit 0.
+        for packed in (gzip.compress(data), data):
+            process = subprocess.Popen([sys.executable, PIXEL_RUN, "report", "--format", "json",
+                                        "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+            self.addCleanup(process.kill)
+            process.stdin.write(packed[:1])
+            process.stdin.flush()
+            time.sleep(0.3)   # the report's first read takes the one byte
+            out, err = process.communicate(packed[1:], timeout=30)
+            self.assertEqual((process.returncode, err), (0, b""))
+            self.assertEqual(json.loads(out)["events"], 500)
+        # No stdin, no stdout, an ASCII stdout: a line each, no traceback.
+        log = write_log(self.dir, "e.jsonl", [logged("u", properties={"campaign": "caf\u00e9"})])
+        for shell, environ, wanted in (
+                ('"$@" report - <&-', {}, "cannot read stdin: stdin is closed"),
+                ('"$@" report %s >&-' % log, {}, "stdout is closed"),
+                ('"$@" report --by properties.campaign %s' % log, {"PYTHONIOENCODING": "ascii"},
+                 "")):
+            with self.subTest(shell):
+                result = subprocess.run(["bash", "-c", shell, "bash", sys.executable, PIXEL_RUN],
+                                        capture_output=True, timeout=30,
+                                        env=dict(os.environ, **environ))
+                self.assertNotIn(b"Traceback", result.stderr)
+                self.assertIn(wanted.encode(), result.stderr)
+                self.assertEqual(result.returncode, 1 if wanted else 0)
+        self.assertIn(b"caf\\xe9", result.stdout)
+
+    def test_times_finer_than_a_millisecond_are_cut_as_dates_cut_them(self):
+        log = write_log(self.dir, "e.jsonl", [
+            logged("late", receivedAt="2026-12-01T23:59:59.9996Z"),
+            logged("next", receivedAt="2026-12-02T00:00:00.000Z")])
+        for argv, users in ((["--until", "2026-12-01"], 1),
+                            (["--until", "2026-12-01T23:59:59.9995Z"], 1),
+                            (["--since", "2026-12-02"], 1)):
+            with self.subTest(argv):
+                status, out, err = self.report("--format", "json", *argv, log)
+                self.assertEqual((status, err), (0, ""))
+                self.assertEqual(json.loads(out)["users"], users)
+        status, out, err = self.report("--format", "json", "--daily", log)
+        self.assertEqual([json.loads(line)["day"] for line in out.splitlines()],
+                         [None, "2026-12-01", "2026-12-02"])
+        # pixel's own receivedAt is compared as text, unparsed (half the speed otherwise).
+        with unittest.mock.patch.object(pixel, "parse_time", side_effect=AssertionError):
+            self.assertEqual(pixel._received_text("2026-12-01T23:59:59.999Z"),
+                             "2026-12-01T23:59:59.999Z")
+
     @soak
     def test_memory_grows_with_users_not_lines(self):
         # The same 2,000 users in a 10 MB log and in a 60 MB one, and a 30 MB line with
