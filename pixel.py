@@ -71,6 +71,7 @@ import threading
 import time
 import unicodedata
 import urllib.parse
+import weakref
 import zlib
 
 try:
@@ -125,6 +126,7 @@ DEFAULT_LOG = "events.jsonl"
 DEFAULT_REJECTS_NAME = "rejects.jsonl"
 FORWARD_REJECTS_NAME = "forward-rejects.jsonl"   # pixel.py forward's
 DEFAULT_DEDUPE_WINDOW = 65536
+MAX_DEDUPE_WINDOW = 1 << 22   # 96 MiB of digests: more could fail the start on memory
 DEFAULT_MAX_CONNECTIONS = 1024
 MIN_TIMEOUT, MAX_TIMEOUT = 0.001, 86400.0
 LISTEN_BACKLOG = 1024            # socketserver's 5 drops bursts of connections
@@ -422,12 +424,15 @@ def validate(kind, payload, write_keys=None):
     else Rejected. `write_keys`, if given, are the accepted keys; else any non-empty one is."""
     if kind not in EVENT_TYPES:
         raise Rejected("invalid_type", str(kind)[:40])
+    if type(payload) is not dict:   # a caller's JSON array, say: as the routes refuse it
+        raise Rejected("payload_not_object")
     write_key = payload.get("writeKey")
     if write_key is None or write_key == "":
         raise Rejected("no_write_key")
     if not isinstance(write_key, str):
         raise Rejected("write_key_not_string")
-    if write_keys and write_key not in write_keys:
+    if write_keys and write_key not in write_keys or \
+            type(write_keys) is str and write_key != write_keys:   # one key, not a substring
         raise Rejected("invalid_write_key")
     event = dict(payload)
     for field in ("userId", "anonymousId", "messageId"):
@@ -1764,6 +1769,9 @@ def park_change(changes, identity, name):
             changes[index] = (change, None, identity, name)
 
 
+WRITTEN_HERE = set()   # the paths this process's LogWriters hold: a clash here waits for nothing
+
+
 class LogWriter:
     """Appends whole lines to a file (O_APPEND), one os.write each, before the caller
     answers; rotates past `max_bytes`, keeping `keep` (as RotatingFileHandler); follows a
@@ -1785,6 +1793,7 @@ class LogWriter:
         self._fd = self._identity = None
         self._unreported, self._path_checked = 0, float("-inf")   # lines failed since one worked
         self._changes = None        # the follower's: ("opened", fd, ...), ("renamed", ...)
+        self.closed = False         # by close(): a write after it is refused, never reopens
         self._open()                # at start an OSError is the operator's to see
         try:
             self.torn_tail, self.torn_tail_bytes = cut_torn_tail(
@@ -1793,6 +1802,7 @@ class LogWriter:
             self.close()
             raise
         self._size -= self.torn_tail_bytes
+        WRITTEN_HERE.add(self.path)
 
     @property
     def failing(self):
@@ -1869,6 +1879,8 @@ class LogWriter:
                 os.close(self._fd)
                 self._fd = None
             self._drop_changes()
+            self.closed = True
+            WRITTEN_HERE.discard(self.path)
 
     def discard(self):
         """Close, and remove the file if this start made it and it is still empty."""
@@ -1932,6 +1944,8 @@ class LogWriter:
         rm; `status`: the path's, from before the lock). A file renamed with nothing at its path
         is written MOVED_GRACE more: logrotate's create renames, then makes one with O_EXCL."""
         if self._fd is None:
+            if self.closed:   # a request that came after the end (WsgiApp.close)
+                raise OSError(errno.EBADF, "closed: this pixel was stopped")
             return self._open()
         if status is None or (status.st_dev, status.st_ino) != self._identity:
             status = stat_or_none(self.path)   # again under the lock: reopened since?
@@ -3993,11 +4007,22 @@ class WsgiApp:
 
     def __init__(self, app, close=None, config=None):
         self.app = app
-        self.close = close or (lambda: None)   # what closes the files and the forwarder
         self.config = config                   # what it was made with, if it is known
+        self.closed = False
         self._pid = os.getpid()                # where its threads run (see _forked)
+        # close(), or when the app is collected: the threads hold the files, not the app.
+        self._close = weakref.finalize(self, close or (lambda: None))
+
+    def close(self):
+        """Stop the forwarder and erase's desk, and close the files, once: a request after
+        this is answered 503 (a write would open the files again, and hold them)."""
+        self.closed = True
+        self._close()
 
     def __call__(self, environ, start_response):
+        if self.closed:
+            start_response("503 Service Unavailable", list(plain_answer(503).headers))
+            return [plain_answer(503).body]
         if self._pid != os.getpid():
             self._forked()
         method = environ["REQUEST_METHOD"]
@@ -6024,6 +6049,8 @@ def _checker(name, kind, convert, ok, problem):
 _FLAG_WORDS = {"1": True, "true": True, "yes": True, "on": True, "": False, "0": False,
                "false": False, "no": False, "off": False}
 _count = _checker("_count", int, int, lambda number: number >= 0, "must be 0 or more")
+_window = _checker("_window", int, int, lambda number: 0 <= number <= MAX_DEDUPE_WINDOW,
+                   "must be between 0 and %d" % MAX_DEDUPE_WINDOW)
 _connections = _checker("_connections", int, int, lambda number: number > 0,
                         "must be greater than 0")
 _port = _checker("_port", int, int, lambda number: 0 <= number <= 65535,
@@ -6159,7 +6186,7 @@ OPTIONS = (
     Option("public_url", "PIXEL_PUBLIC_URL", None, _public_url, "the URL browsers reach this "
            "server at, such as https://pixel.example.com behind a proxy; the settings document "
            "points analytics.js there. Unset, the request's Host and scheme are used"),
-    Option("dedupe_window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, _count, "client-sent "
+    Option("dedupe_window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, _window, "client-sent "
            "messageIds to remember, per writeKey; an event whose key and messageId were "
            "written among the last N is dropped as a retry. 0 turns it off"),
     Option("no_ip", "PIXEL_NO_IP", False, _flag, "record no IP address, not even a client-sent "
@@ -6222,13 +6249,17 @@ def configure(**options):
         raise ValueError("no such option: %s" % ", ".join(sorted(unknown)))
     values = {}
     for option in OPTIONS:
-        value = options.get(option.name, option.default)
+        value = options.get(option.name)
+        value = option.default if value is None else os.fspath(value) if isinstance(
+            value, os.PathLike) else value   # None: as if left out; a pathlib.Path as text
         try:
             if option.many:
                 if isinstance(value, (str, bytes)):   # would be read a letter at a time
                     raise ValueError("takes a list, not a string: %r" % (value,))
+                if value is not option.default and not value:   # as PIXEL_WRITE_KEYS=","
+                    raise ValueError("names nothing; to leave it unset, leave it out")
                 value = [option.check(item) for item in value or ()]
-            elif value is not None and value is not option.default:
+            elif value is not option.default:
                 value = option.check(value)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as error:
             raise ValueError("%s: %s" % (option.name, error)) from None
@@ -6329,13 +6360,16 @@ def open_logs(log, rejects, *, busy, wait=0.0, **options):
             except OSError as error:
                 # Wait while another process holds it: a gunicorn reload, whose old worker
                 # lets go soon; an erase rewriting it (erase_at_work), until it is done.
-                if error.errno != errno.EBUSY or time.monotonic() >= deadline and \
+                here = error.errno == errno.EBUSY and os.path.realpath(path) in WRITTEN_HERE
+                if error.errno != errno.EBUSY or here or time.monotonic() >= deadline and \
                         not erase_at_work(path):
                     for writer in writers:
                         writer.discard()
-                    raise StartupError("cannot open %s: %s%s" % (
-                        error.filename or path, error.strerror or error,
-                        "; " + busy if error.errno == errno.EBUSY else "")) from None
+                    raise StartupError("cannot open %s: %s" % (
+                        error.filename or path, "this process writes it already (another "
+                        "make_wsgi_app or pixel in it): give each its own log and rejects"
+                        if here else (error.strerror or error) + (
+                            "; " + busy if error.errno == errno.EBUSY else ""))) from None
                 if waited is None:   # a wait of seconds must not look like a hang
                     waited = options["reporter"].say("%s: %s" % (
                         path, "pixel.py erase is rewriting it; waiting for it to end"

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import fnmatch
+import gc
 import glob
 import gzip
 import html
@@ -29,6 +30,7 @@ import ipaddress
 import itertools
 import json
 import os
+import pathlib
 import queue
 import random
 import re
@@ -1345,6 +1347,23 @@ class LogLines(unittest.TestCase):
 CA_BUNDLE = next((path for path in ("/etc/ssl/certs/ca-certificates.crt",
                                     "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
                   if os.path.exists(path)), None)
+
+
+class PureFunctionsCalledFromPython(unittest.TestCase):
+    """What a user's own code may hand the documented pure functions (the importer pass)."""
+
+    def test_a_payload_that_is_no_object_and_one_key_as_a_string(self):
+        event = {"writeKey": "PROD_KEY", "userId": "u", "event": "e"}
+        for payload, keys, reason in (([1], None, "payload_not_object"),
+                                      (None, None, "payload_not_object"),
+                                      (dict(event, writeKey="K"), "PROD_KEY", "invalid_write_key"),
+                                      (dict(event, writeKey="KEY"), "PROD_KEY",
+                                       "invalid_write_key")):
+            with self.subTest(payload=payload, keys=keys):
+                with self.assertRaises(pixel.Rejected) as caught:
+                    pixel.validate("track", payload, keys)
+                self.assertEqual(caught.exception.reason, reason)
+        self.assertEqual(pixel.validate("track", event, "PROD_KEY")["writeKey"], "PROD_KEY")
 
 
 class OneWiring(unittest.TestCase):
@@ -8216,8 +8235,9 @@ class WsgiStart(unittest.TestCase):
 
     @unittest.mock.patch("pixel.WSGI_LOCK_WAIT", 0.2)
     def test_files_another_worker_holds(self):
-        first = pixel.make_wsgi_app(log=self.log)
-        self.addCleanup(first.close)
+        held = os.open(self.log, os.O_WRONLY | os.O_CREAT)   # flocked as a worker's would be
+        self.addCleanup(os.close, held)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         status, stderr = wsgi_start_error(self, log=self.log)
         self.assertEqual(status, 3)
         # The wait said at once (the newcomer's 25 s of nothing), then why it ended.
@@ -8374,6 +8394,72 @@ class WsgiStart(unittest.TestCase):
                              [30000])
         self.assertFalse(os.path.exists(os.path.join(self.dir, "rejects.jsonl")) and
                          read_text(os.path.join(self.dir, "rejects.jsonl")))
+
+    def test_two_apps_of_one_process_on_one_file_are_refused_at_once(self):
+        # The importer: two apps, each with its own log, share the default rejects.jsonl.
+        # The second waited 25 s for "another process", itself, then exited.
+        first = pixel.make_wsgi_app(log=self.log)
+        self.addCleanup(first.close)
+        started = time.monotonic()
+        status, stderr = wsgi_start_error(self, log=os.path.join(self.dir, "web.jsonl"))
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(status, 3)
+        self.assertEqual(stderr, "pixel: make_wsgi_app: cannot open %s: this process writes "
+                                 "it already (another make_wsgi_app or pixel in it): give "
+                                 "each its own log and rejects\n"
+                         % os.path.join(self.dir, "rejects.jsonl"))
+        self.assertEqual(sorted(os.listdir(self.dir)), ["events.jsonl", "rejects.jsonl"])
+
+    def test_closed_or_dropped_an_app_lets_go_of_its_files(self):
+        # The importer: a request after close() was answered and opened the log again, which
+        # it then held; an app dropped unclosed kept its threads and files for good.
+        pixel_get = {"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/pixel/track",
+                     "QUERY_STRING": "writeKey=k&userId=u&event=e", "REMOTE_ADDR": "192.0.2.1"}
+        app = pixel.make_wsgi_app(log=self.log)
+        app.close()
+        answers = []
+        self.assertEqual(b"".join(app(pixel_get, lambda status, headers: answers.append(
+            status))), b"Service Unavailable\n")
+        self.assertEqual(answers, ["503 Service Unavailable"])
+        app.close()   # twice: nothing more
+        threads = threading.active_count()
+        for _ in range(3):   # each one opens at once: the one before let go
+            app = pixel.make_wsgi_app(log=self.log, forward="http://127.0.0.1:9")
+            self.assertEqual(b"".join(app(pixel_get, lambda status, headers: None)),
+                             pixel.GIF)
+            del app
+            gc.collect()
+        self.assertTrue(wait_until(lambda: threading.active_count() <= threads))
+        self.assertEqual(pixel.WRITTEN_HERE, set())
+        with open(self.log) as handle:
+            self.assertEqual(len(handle.readlines()), 3)
+        # A writer closed by its app refuses a write that comes late, and reopens nothing.
+        writer = pixel.LogWriter(self.log)
+        writer.close()
+        with unittest.mock.patch("sys.stderr", io.StringIO()):
+            self.assertEqual(writer.write([b"{}\n"]), 0)
+        self.assertEqual((writer.failed, writer._fd), (1, None))
+
+    def test_python_values_a_flag_cannot_give(self):
+        # The importer: None skipped the checks (forward_alert=None made /health a 500,
+        # dedupe_window=None turned dedupe off), a pathlib.Path was "empty", write_key=[]
+        # allowed any key, and a window of 10**9 died of MemoryError at start.
+        config = pixel.configure(log=pathlib.Path(self.log), forward_alert=None,
+                                 dedupe_window=None, rejects=None, write_key=None)
+        self.assertEqual((config.log, config.forward_alert, config.dedupe_window,
+                          config.write_key), (self.log, {option.name: option.default for option in pixel.OPTIONS}["forward_alert"],
+                                              pixel.DEFAULT_DEDUPE_WINDOW, []))
+        for options, message in (({"write_key": []}, "write_key: names nothing"),
+                                 ({"allow_origin": []}, "allow_origin: names nothing"),
+                                 ({"dedupe_window": 10 ** 9}, "dedupe_window: must be between "
+                                                              "0 and 4194304")):
+            with self.subTest(options):
+                status, stderr = wsgi_start_error(self, log=self.log, **options)
+                self.assertEqual(status, 3)
+                self.assertIn(message, stderr)
+        status, out, err = main_in_this_process(["--dedupe-window", "100000000"])
+        self.assertEqual(status, 2)
+        self.assertIn("must be between 0 and 4194304", err)
 
     def test_a_torn_tail_is_kept_in_the_rejects_log(self):
         with open(self.log, "wb") as handle:
