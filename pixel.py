@@ -1769,17 +1769,37 @@ def park_change(changes, identity, name):
             changes[index] = (change, None, identity, name)
 
 
+def _room(fd, size):
+    """Whether the file system of `fd` says `size` more bytes fit (root's reserve counted)."""
+    try:
+        status = os.fstatvfs(fd)
+    except OSError:
+        return True
+    return (status.f_bfree if _root() else status.f_bavail) * status.f_frsize >= size
+
+
+def _remove_if_empty(path, fd, reporter):
+    """Remove `path` if it still names the empty file open at `fd` (made by a failed start)."""
+    try:
+        if not os.fstat(fd).st_size and os.path.samestat(os.stat(path), os.fstat(fd)):
+            os.unlink(path)
+    except FileNotFoundError:   # removed already, by someone else
+        pass
+    except OSError as error:
+        reporter.say("cannot remove %s, made by a start that failed: %s"
+                     % (path, error.strerror or error))
+
+
 WRITTEN_HERE = set()   # the paths this process's LogWriters hold: a clash here waits for nothing
 
 
 class LogWriter:
-    """Appends whole lines to a file (O_APPEND), one os.write each, before the caller
-    answers; rotates past `max_bytes`, keeping `keep` (as RotatingFileHandler); follows a
-    rename or delete by someone else (as WatchedFileHandler); cuts a short or failed write
-    back to the last whole line, counted in `failed`; holds an exclusive flock, so that one
-    process owns a log. A reader of every line (the forwarder, `readable=True`) calls
-    follow(), then takes the files opened since from changes(); `keep` spares the files in
-    `pinned`, which it has not finished (None: all, while no queue follows: LogQueue.close)."""
+    """Appends whole lines to a file (O_APPEND) before the caller answers; rotates past
+    `max_bytes`, keeping `keep` (as RotatingFileHandler); follows a rename or delete by someone
+    else (as WatchedFileHandler); takes a failed write back whole, counted in `failed`; holds
+    an exclusive flock: one process owns a log. A reader of every line (the forwarder,
+    `readable=True`) calls follow(), then takes the files opened since from changes(); `keep`
+    spares those in `pinned` (None: all, while no queue follows: LogQueue.close)."""
 
     def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None,
                  readable=False):
@@ -1791,7 +1811,7 @@ class LogWriter:
         self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.Lock()
         self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
         self._fd = self._identity = None
-        self._unreported, self._path_checked = 0, float("-inf")   # lines failed since one worked
+        self.failing, self._path_checked = 0, float("-inf")   # lines failed since one worked
         self._changes = None        # the follower's: ("opened", fd, ...), ("renamed", ...)
         self.closed = False         # by close(): a write after it is refused, never reopens
         self._open()                # at start an OSError is the operator's to see
@@ -1803,10 +1823,6 @@ class LogWriter:
             raise
         self._size -= self.torn_tail_bytes
         WRITTEN_HERE.add(self.path)
-
-    @property
-    def failing(self):
-        return self._unreported > 0
 
     def follow(self, woken=None):
         """The open file's (descriptor, identity, committed end, lines written), of one
@@ -1885,22 +1901,15 @@ class LogWriter:
     def discard(self):
         """Close, and remove the file if this start made it and it is still empty."""
         with self._lock:
-            if self._fd is not None and self.created and not os.fstat(self._fd).st_size:
-                try:
-                    if os.path.samestat(os.stat(self.path), os.fstat(self._fd)):
-                        os.unlink(self.path)
-                except FileNotFoundError:   # removed already, by someone else
-                    pass
-                except OSError as error:
-                    self._reporter.say("cannot remove %s, made by a start that failed: %s"
-                                       % (self.path, error.strerror or error))
+            if self._fd is not None and self.created:
+                _remove_if_empty(self.path, self._fd, self._reporter)
         self.close()
 
     def write(self, lines):
-        """Append `lines` (bytes, each ending in a newline); how many are now on disk."""
-        # The path is checked once a PATH_CHECK_INTERVAL, before the lock (a stat a write
-        # cost a system call and a turn of the GIL); meanwhile lines go into a renamed file,
-        # which shippers and the forwarder read to its end. _append_linked catches a delete.
+        """Append `lines` (bytes, each ending in a newline); how many are on disk: all, or after
+        a failure none but those in a file rotated away meanwhile: sent again, each is once."""
+        # The path is checked once a PATH_CHECK_INTERVAL, before the lock (a stat costs a turn
+        # of the GIL); till then lines go into a renamed file. _append_linked catches a delete.
         now = self._clock()
         check = not 0 <= now - self._path_checked < PATH_CHECK_INTERVAL or self._fd is None
         status = None
@@ -1908,7 +1917,8 @@ class LogWriter:
             self._path_checked = now
             status = stat_or_none(self.path)
         with self._lock:
-            done = 0
+            done = kept = 0
+            first = start = None
             try:
                 if check:
                     self._follow_path(status)
@@ -1916,27 +1926,38 @@ class LogWriter:
                     if os.fstat(self._fd).st_size > self._size:
                         os.ftruncate(self._fd, self._size)
                     self._torn = False
+                if self.failing and not _room(self._fd, sum(map(len, lines))):
+                    # Not written at all: a line cut back each time is a tail -F's flood.
+                    raise OSError(errno.ENOSPC, "no space left (the file system says so)")
                 for chunk, count in _chunks(lines, min(self.max_bytes or MAX_WRITE_BYTES,
                                                        MAX_WRITE_BYTES)):
                     if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
                         self._rotate()
+                    if first != self._identity:   # what a failure takes back: this file's
+                        first, start, kept = self._identity, self._size, done
                     self._append_linked(chunk)
                     done += count
             except OSError as error:
+                if done > kept and first == self._identity and self._fd is not None:
+                    done, self._size = kept, start   # the lines of this call, taken back
+                    try:
+                        os.ftruncate(self._fd, start)
+                    except OSError:
+                        self._torn = True   # cut at the next write
                 lost = len(lines) - done
                 self.written += done
                 self.failed += lost
-                self._unreported += lost
+                self.failing += lost
                 self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still "
                                    "answering, will retry)" % (self.path, error.strerror or
-                                                               error, self._unreported),
+                                                               error, self.failing),
                                    key="write " + self.path)
                 return done
             self.written += done
-            if self._unreported:
+            if self.failing:
                 self._reporter.say("writing %s again after %d failed line(s)"
-                                   % (self.path, self._unreported))
-                self._unreported = 0
+                                   % (self.path, self.failing))
+                self.failing = 0
             return done
 
     def _follow_path(self, status):
@@ -2809,7 +2830,7 @@ def register_recorder(recorder, metrics):
                         ("deduped", lambda: recorder.deduped),
                         ("suppressed", recorder.suppressed.total)):
         metrics.health(field, read)
-    metrics.problem(lambda: recorder.events.failing or recorder.rejects.failing)
+    metrics.problem(lambda: recorder.events.failing > 0 or recorder.rejects.failing > 0)
 
 
 class Recorder:
@@ -2981,9 +3002,10 @@ class Recorder:
             lines.append(line)
             client_ids.append(_client_id(payload, event))
             kinds.append(kind)
+        # The rejects lines first: a 503 for them, with no event written, is sent again whole.
+        if refused and not self._refuse_items(refused, request, received_at, ip, people):
+            return error_answer(503, "write_failed")
         written = self.write_events(lines, client_ids, kinds) if lines else True
-        if refused:
-            self._refuse_items(refused, request, received_at, ip, people)
         if self.write_keys and key_reason and not key_taken and not lines:
             # Segment answers 200 to anything, so its users cannot tell a wrong key; pixel
             # knows its keys. No challenge to a browser: it would ask its user for a password.
@@ -3016,7 +3038,7 @@ class Recorder:
             records.append(reject_line(rest, request, received_at, ip, self.anonymize_ip, ""))
             reasons += [rejection.reason for rejection, _ in refused[looked:]]
         self.rejected_by_reason.update(reasons)
-        self.rejects.write(records)
+        return self.rejects.write(records) == len(records)
 
     def _body_refused(self, rejection, request, received_at, ip, body, people):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""
@@ -3024,16 +3046,18 @@ class Recorder:
             return SUCCESS
         quoted, redacted = anonymize_body(body) if self.anonymize_ip else \
             (body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False)
-        if not self.reject(rejection, request, received_at=received_at, ip=ip,
-                           quoted=quoted[:MAX_REJECT_RAW], redacted=redacted, people=people):
+        written = self.reject(rejection, request, received_at=received_at, ip=ip,
+                              quoted=quoted[:MAX_REJECT_RAW], redacted=redacted, people=people)
+        if written is None:   # a --suppress'ed person's
             return SUCCESS
-        return error_answer(400, rejection.reason)
+        return error_answer(400, rejection.reason) if written else \
+            error_answer(503, "write_failed")   # sent again, it leaves its line then
 
     def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
                redacted=False, people=None):
         """Write one rejects-log line (reject_line's); the request's time and address, if
-        not given, are now and its client's. Nothing of a --suppress'ed person's (`people`,
-        else the list now, which _judged holds): False."""
+        not given, are now and its client's; whether it is on disk. Nothing of a --suppress'ed
+        person's (`people`, else the list now, which _judged holds): None."""
         if people is None and self.people is not None:
             return self._judged(lambda people: self.reject(
                 rejection, request, received_at=received_at, ip=ip, quoted=quoted,
@@ -3043,13 +3067,12 @@ class Recorder:
             if quoted is None and quote != request.query and \
                     self.suppress(people, raw=request.query) or \
                     self.suppress(people, raw=quote, quoted=True):
-                return False
+                return None
         if received_at is None:
             received_at, ip = self.clock(), self.client_ip(request)
         self.rejected_by_reason.add(rejection.reason)
-        self.rejects.write([reject_line(rejection, request, received_at, ip, self.anonymize_ip,
-                                        quoted, redacted)])
-        return True
+        return self.rejects.write([reject_line(rejection, request, received_at, ip,
+                                               self.anonymize_ip, quoted, redacted)]) == 1
 
     def suppress(self, people, payload=None, raw=None, quoted=False):
         """Whether a payload (a dict as sent) or a client's `raw` input (what a rejects line
@@ -3138,7 +3161,8 @@ class App:
                 cors = cors_headers(request, self.allow_origins)
                 if cors is None:
                     return self._origin_refused(request)
-                self.recorder.reject(Rejected(reason), request, quoted="")
+                if self.recorder.reject(Rejected(reason), request, quoted="") is False:
+                    return error_answer(503, "write_failed", cors)   # its line, when sent again
                 return error_answer(status, reason, cors)
         return plain_answer(status)
 
@@ -5499,6 +5523,19 @@ def register_forwarder(forwarder, metrics):
                       lambda field=field: forwarder.status(True)[field])
 
 
+def backfill_checkpoint(path, target):
+    """The document of a backfill's checkpoint at `path`; ValueError if it cannot be read, or
+    is of files sent to another `target`."""
+    try:
+        document = read_checkpoint(path) or _NO_CHECKPOINT
+    except ValueError as error:
+        raise ValueError("cannot read the checkpoint %s: %s" % (path, error)) from None
+    if document.get("target", target) != target:
+        raise ValueError("the checkpoint %s is of files sent to %s: to send them to %s too, "
+                         "give another --checkpoint" % (path, document["target"], target))
+    return document
+
+
 class Forwarder:
     """Relays a LogQueue's files (follow: a live log; add_files: a backfill) to a Receiver in
     order, at least once, in batches a Sender sends; what cannot be sent goes to the rejects
@@ -5519,6 +5556,7 @@ class Forwarder:
         self.truncated = []          # a backfill's files it could not read to their end
         self.last_success = None     # clock time of the last 2xx
         self.held = None             # while an erase is at work (hold): its last status
+        self.unsaved = False         # the checkpoint could not be written: nothing is sent
         self.sender = Sender(receiver, write_key, self._refuse, self._acknowledge,
                              self.reporter, clock)
         self._caught_up_at = clock()   # all lines written before this were sent
@@ -5542,17 +5580,9 @@ class Forwarder:
 
     def add_files(self, paths, checkpoint, erasing=None):
         """Relay the files at `paths` once (a backfill), from the checkpoint file `checkpoint`
-        (ValueError if unreadable, or of another target) or LogQueue.add_files's errors."""
-        self.checkpoint, target = checkpoint, self.receiver.url
-        try:
-            document = read_checkpoint(checkpoint) or _NO_CHECKPOINT
-        except ValueError as error:
-            raise ValueError("cannot read the checkpoint %s: %s" % (checkpoint, error)) from None
-        if document.get("target", target) != target:
-            raise ValueError("the checkpoint %s is of files sent to %s: to send them to %s too, "
-                             "give another --checkpoint"
-                             % (checkpoint, document["target"], target))
-        self.queue.add_files(paths, document, erasing)
+        (backfill_checkpoint's ValueError) or LogQueue.add_files's errors."""
+        self.checkpoint = checkpoint
+        self.queue.add_files(paths, backfill_checkpoint(checkpoint, self.receiver.url), erasing)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -5637,6 +5667,8 @@ class Forwarder:
     def _next_batch(self):
         """(file, items, its end, whether complete, the time of the read) to send; None if
         nothing is to send now; () if a line was refused or a file finished: look again."""
+        if self.unsaved and self.queue.files and not self._save(self.queue.files[0]):
+            return None
         head = self.queue.first(self._save)
         if head is None:
             return None
@@ -5713,17 +5745,22 @@ class Forwarder:
             self._save(self.queue.files[0])
 
     def _save(self, log, quiet=True):
-        """Name `log` and its offset in the checkpoint; a failure is said (once an interval),
-        or with quiet=False raised."""
+        """Name `log` and its offset in the checkpoint; whether it did. A failure is said (once
+        an interval), or with quiet=False raised; a full disk holds _next_batch till it works."""
         try:
             write_checkpoint(self.checkpoint, self.queue.checkpoint(
                 log, self.receiver.url, self.clock()))
         except OSError as error:
-            if not quiet:
+            self.unsaved = error.errno in (errno.ENOSPC, errno.EDQUOT)   # till there is room
+            if not quiet and not self.unsaved:
                 raise
-            self.reporter.say("cannot write the checkpoint %s: %s; forwarding goes on, and "
-                              "after a restart the receiver may get events twice" % (
-                                  self.checkpoint, error.strerror or error), key="checkpoint")
+            self.reporter.say("cannot write the checkpoint %s: %s; %s" % (
+                self.checkpoint, error.strerror or error, "forwarding waits until it can, or a "
+                "restart would send again all sent since" if self.unsaved else "forwarding goes "
+                "on, and after a restart the receiver may get events twice"), key="checkpoint")
+            return False
+        self.unsaved = False
+        return True
 
     def status(self, for_metrics=False):
         """The forwarder's part of /health, and with `for_metrics` what /metrics adds."""

@@ -3038,7 +3038,7 @@ class FailingDisk(unittest.TestCase):
         self.addCleanup(writer.close)
         for _ in range(5):
             self.assertFalse(writer.write([b"{}\n"]))
-        self.assertEqual((writer.failed, writer.written, writer.failing), (5, 0, True))
+        self.assertEqual((writer.failed, writer.written, writer.failing), (5, 0, 5))
         self.assertEqual(stderr.getvalue().count("cannot write /dev/full"), 1)
         self.assertIn("No space left on device", stderr.getvalue())
 
@@ -5624,6 +5624,87 @@ class DiskFull(ServerCase):
         self.assertGif(*self.get("/v1/pixel/track?writeKey=k&userId=u&event=e"))
 
 
+class DiskFullRejects(ServerCase):
+    """The durability pass on a full disk: an API answer is 200, or a 400 that names its
+    reason, only once the rejects line is written too; a request written in part is taken
+    back whole; and a follower of the log is not flooded with lines cut back."""
+
+    def setUp(self):
+        self.dir = mount_tmpfs(self, 4 << 20)
+        self.stderr = io.StringIO()
+        self.start_server()
+
+    def test_an_api_refusal_is_a_503_until_its_line_is_written(self):
+        # The events log has room in its last page, rejects.jsonl none: the valid event was
+        # written and answered 200, the refused items' lines lost; a 400 had no line at all.
+        self.assertEqual(self.get("/v1/track", {}, "POST",
+                                  b'{"writeKey":"k","userId":"u","event":"first"}')[0], 200)
+        filler = fill_disk(self, self.dir)
+        requests = (("/v1/batch", b'{"writeKey":"k","batch":[{"type":"track","userId":"u",'
+                                  b'"event":"kept"},{"type":"track","userId":"u"}]}', 200),
+                    ("/v1/track", b'{"writeKey":"k","userId":"u"}', 200),   # as Segment
+                    ("/v1/batch", b'{"writeKey":"k","batch":[', 400))
+        for path, body, _ in requests:
+            with self.subTest(path=path, body=body):
+                status, _, answer = self.get(path, {}, "POST", body)
+                self.assertEqual((status, json.loads(answer)["error"]), (503, "write_failed"))
+        self.assertEqual([event["event"] for event in self.lines()], ["first"])
+        os.remove(filler)
+        for path, body, wanted in requests:   # sent again, as SDKs send a 503 again
+            self.assertEqual(self.get(path, {}, "POST", body)[0], wanted)
+        self.assertEqual([event["event"] for event in self.lines()], ["first", "kept"])
+        self.assertEqual([line["reason"] for line in self.lines("rejects.jsonl")],
+                         ["event_not_defined", "event_not_defined", "invalid_json"])
+
+    def test_a_request_written_in_part_is_taken_back_whole(self):
+        # 4,000 events with no messageId, over 1 MiB of lines: three writes. The disk filled
+        # after the first, which stayed: the client's retry wrote those events twice.
+        batch = [{"type": "track", "userId": "u%d" % number, "event": "e", "pad": "x" * 80}
+                 for number in range(4000)]
+        body = json.dumps({"writeKey": "k", "batch": batch}).encode()
+        filler = fill_disk(self, self.dir)
+        os.truncate(filler, os.stat(filler).st_size - (1100 << 10))
+        status, _, answer = self.get("/v1/batch", {}, "POST", body)
+        self.assertEqual(status, 503, answer)
+        self.assertEqual(os.path.getsize(os.path.join(self.dir, "events.jsonl")), 0)
+        os.remove(filler)
+        self.assertEqual(self.get("/v1/batch", {}, "POST", body)[0], 200)
+        self.assertEqual(sorted(event["userId"] for event in self.lines()),
+                         sorted(event["userId"] for event in batch))
+
+    def test_a_forwarding_pixel_starts_on_a_full_disk(self):
+        # It exited 1 ("cannot forward ...: No space left on device"): every client refused,
+        # and under systemd's Restart=always a loop, for as long as the disk was full.
+        argv = ("--log", os.path.join(self.dir, "fwd.jsonl"), "--rejects",
+                os.path.join(self.dir, "fwd-rejects.jsonl"), "--forward", "http://127.0.0.1:9")
+        process, _ = start_pixel(self, *argv)
+        process.kill()
+        process.wait()
+        fill_disk(self, self.dir)
+        process, port = start_pixel(self, *argv, stderr=subprocess.PIPE)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.addCleanup(connection.close)
+        connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e")
+        self.assertEqual(connection.getresponse().read(), pixel.GIF)
+        process.terminate()
+        self.assertIn("cannot write the checkpoint", process.communicate(timeout=30)[1])
+
+    def test_a_full_disk_writes_no_line_to_cut_back_again_and_again(self):
+        # A follower (tail -F) saw a part line and a truncation for each request, 524 times:
+        # the log's last page had room for part of each line.
+        self.assertGif(*self.get("/v1/pixel/track?writeKey=k&userId=u&event=first"))
+        fill_disk(self, self.dir)
+        cuts = []
+        with unittest.mock.patch("os.ftruncate", side_effect=lambda fd, size: cuts.append(size)
+                                 or os.truncate("/proc/self/fd/%d" % fd, size)):
+            for number in range(20):
+                self.assertGif(*self.get("/v1/pixel/track?writeKey=k&userId=u&event=e%d&pad=%s"
+                                         % (number, "x" * 3000)))
+        self.assertEqual(len(cuts), 1)   # the first failure's, then no write to cut
+        self.assertEqual(len(self.lines()) + self.events.failed, 21)
+        self.assertLessEqual(len(self.lines()), 2)
+
+
 class DiskFullPartWay(ServerCase):
     """A batch written in pieces (--max-bytes) that the disk fills in the middle of."""
     writer_options = {"max_bytes": 16 * 1024}
@@ -7180,7 +7261,9 @@ class ForwardingRestarts(ForwardingCase):
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(20)])
         self.assertIn("cannot read the checkpoint", self.stderr.getvalue())
 
-    def test_a_full_disk_for_the_checkpoint_does_not_stop_forwarding(self):
+    def test_a_full_disk_for_the_checkpoint_holds_forwarding_until_it_can_be_saved(self):
+        # The durability pass: forwarding went on with the checkpoint frozen, and a restart
+        # then sent 1,341 events again. A batch is sent only with the one before it saved.
         folder = mount_tmpfs(self, 256 * 1024)
         hold, held = threading.Event(), threading.Event()
 
@@ -7195,20 +7278,27 @@ class ForwardingRestarts(ForwardingCase):
                                  reporter=self.reporter)
         self.addCleanup(writer.close)
         self.write(writer, range(5))
-        forwarder = self.forwarder(receiver.url, writer)
+        forwarder = self.forwarder(receiver.url, writer, batch_events=1)
         self.assertTrue(wait_until(lambda: forwarder.sent == 5))
-        self.write(writer, [5])
+        self.write(writer, range(5, 10))
         self.assertTrue(held.wait(10))
-        fill_disk(self, folder)   # the line is on disk, the checkpoint for it will not fit
+        filler = fill_disk(self, folder)   # the lines are on disk, the checkpoint won't fit
         hold.set()
         self.assertTrue(wait_until(lambda: forwarder.sent == 6))
         self.assertTrue(wait_until(lambda: "cannot write the checkpoint" in
                                    self.stderr.getvalue()))
+        self.assertIn("forwarding waits until it can", self.stderr.getvalue())
+        self.assertFalse(wait_until(lambda: forwarder.sent > 6, timeout=0.5))
         checkpoint = pixel.state_path(writer.path, "forward")
         self.assertEqual(pixel.read_checkpoint(checkpoint)["offset"],
                          len(b"".join(log_event(number) for number in range(5))))
         self.assertNotIn(os.path.basename(checkpoint) + ".tmp",
                          os.listdir(os.path.dirname(checkpoint)))
+        os.remove(filler)
+        self.assertTrue(wait_until(lambda: forwarder.sent == 10))
+        self.assertTrue(wait_until(lambda: pixel.read_checkpoint(checkpoint)["offset"] ==
+                                   len(b"".join(log_event(number) for number in range(10)))))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(10)])
 
 
 class ForwardingAttacked(ForwardingCase):
