@@ -8514,11 +8514,12 @@ class WsgiStart(unittest.TestCase):
         app.close()   # twice: nothing more
         threads = threading.active_count()
         for _ in range(3):   # each one opens at once: the one before let go
-            app = pixel.make_wsgi_app(log=self.log, forward="http://127.0.0.1:9")
-            self.assertEqual(b"".join(app(pixel_get, lambda status, headers: None)),
-                             pixel.GIF)
-            del app
-            gc.collect()
+            with unittest.mock.patch("sys.stderr", io.StringIO()):   # nothing at port 9
+                app = pixel.make_wsgi_app(log=self.log, forward="http://127.0.0.1:9")
+                self.assertEqual(b"".join(app(pixel_get, lambda status, headers: None)),
+                                 pixel.GIF)
+                del app
+                gc.collect()
         self.assertTrue(wait_until(lambda: threading.active_count() <= threads))
         self.assertEqual(pixel.WRITTEN_HERE, set())
         with open(self.log) as handle:
