@@ -431,8 +431,8 @@ def validate(kind, payload, write_keys=None):
         raise Rejected("no_write_key")
     if not isinstance(write_key, str):
         raise Rejected("write_key_not_string")
-    if write_keys and write_key not in write_keys or \
-            type(write_keys) is str and write_key != write_keys:   # one key, not a substring
+    if write_keys and (write_key not in write_keys or   # one key as a string: not a part
+                       type(write_keys) is str and write_key != write_keys):
         raise Rejected("invalid_write_key")
     event = dict(payload)
     for field in ("userId", "anonymousId", "messageId"):
@@ -1918,7 +1918,7 @@ class LogWriter:
             status = stat_or_none(self.path)
         with self._lock:
             done = kept = 0
-            first = start = None
+            first = start = None   # the file a failure takes this call's lines back in
             try:
                 if check:
                     self._follow_path(status)
@@ -1929,11 +1929,11 @@ class LogWriter:
                 if self.failing and not _room(self._fd, sum(map(len, lines))):
                     # Not written at all: a line cut back each time is a tail -F's flood.
                     raise OSError(errno.ENOSPC, "no space left (the file system says so)")
+                first, start = self._identity, self._size
                 for chunk, count in _chunks(lines, min(self.max_bytes or MAX_WRITE_BYTES,
                                                        MAX_WRITE_BYTES)):
                     if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
                         self._rotate()
-                    if first != self._identity:   # what a failure takes back: this file's
                         first, start, kept = self._identity, self._size, done
                     self._append_linked(chunk)
                     done += count
