@@ -7410,14 +7410,6 @@ def forward_files(argv=None):
         reporter.say("cannot start: %s" % error)
         _remove_empty(folder, made)
         return 1
-    sent = sent_by_a_pixel(files, receiver.url) if args.checkpoint is None else None
-    if sent is not None:   # each event would reach the receiver twice
-        reporter.say("cannot forward %s: a pixel's --forward sends it to %s (its checkpoint "
-                     "%s); to send it again all the same, give a --checkpoint of its own"
-                     % (sent[0], receiver.url, sent[1]))
-        rejects.discard()
-        _remove_empty(folder, made)
-        return 1
     forwarder = Forwarder(receiver, rejects, write_key=args.write_key,
                           batch_events=args.batch, reporter=reporter)
     # Before any file is opened: a stop must be heard while a FIFO or a huge backlog waits.
@@ -7453,30 +7445,6 @@ def forward_files(argv=None):
     for problem in forwarder.truncated:
         reporter.say("%s; every whole line before that was sent" % problem)
     return 0 if complete and not forwarder.truncated else 1
-
-
-def sent_by_a_pixel(paths, target):
-    """(the first of `paths` that a pixel's --forward to `target` sends: its live log or a
-    file rotated from it, the forward checkpoint beside it that says so), or None."""
-    for path in paths:
-        folder, name = os.path.split(os.path.abspath(path))
-        try:
-            states = os.listdir(os.path.join(folder, STATE_FOLDER))
-        except OSError:   # no state folder: no pixel forwards from here
-            continue
-        for state in states:
-            base = state[8:-5] if state.startswith("forward.") and state.endswith(".json") \
-                else None
-            if base and name.startswith(base) and (name == base or _ROTATED.match(name,
-                                                                                   len(base))):
-                checkpoint = os.path.join(folder, STATE_FOLDER, state)
-                try:
-                    document = read_checkpoint(checkpoint) or {}
-                except (OSError, ValueError):   # its forwarder starts from the top: it sends
-                    document = {"target": target}
-                if document.get("target") == target:
-                    return path, checkpoint
-    return None
 
 
 def build_report_parser():

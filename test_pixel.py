@@ -10112,10 +10112,8 @@ class ForwardOverTls(unittest.TestCase):
         self.assertEqual(forward_state()["lines_behind"], 1)
         self.assertEqual(receiver.ids(), ["tls-%d" % trusting_port])
         # A backfill stops at once, saying how (the newcomer's retried for ever), and is
-        # sent by the same command with --ca (a checkpoint of its own: the pixel forwards
-        # this file to that receiver too, stuck as it is).
+        # sent by the same command with --ca.
         backfill = [sys.executable, PIXEL_RUN, "forward", "--to", receiver.url,
-                    "--checkpoint", os.path.join(folder, "backfill.json"),
                     os.path.join(folder, "u.jsonl")]
         result = subprocess.run(backfill, capture_output=True, text=True, timeout=60)
         self.assertEqual(result.returncode, 1, result.stderr)
@@ -10713,30 +10711,6 @@ class Backfill(unittest.TestCase):
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertIn("0 event(s) sent", again.stdout)
         self.assertEqual(again.stderr.count("already sent, skipped"), 2)
-        self.assertEqual(len(receiver.taken), 300)
-
-    def test_files_a_forwarding_pixel_sends_are_not_sent_twice(self):
-        # The durability pass: a backfill of events.jsonl* beside a pixel that forwards them
-        # to the same receiver exited 0, and the receiver had every event twice.
-        receiver = FakeReceiver(self)
-        checkpoint = pixel.state_path(os.path.join(self.dir, "events.jsonl"), "forward")
-        os.makedirs(os.path.dirname(checkpoint))
-        pixel.write_checkpoint(checkpoint, {"device": 1, "inode": 2, "offset": 3,
-                                            "mtime_ns": 4, "head_bytes": 0, "head": "",
-                                            "target": receiver.url})
-        result = self.forward(receiver.url)
-        self.assertEqual(result.returncode, 1)
-        self.assertIn("cannot forward %s: a pixel's --forward sends it to %s (its checkpoint "
-                      "%s)" % (self.files[0], receiver.url, checkpoint), result.stderr)
-        self.assertEqual(receiver.taken, [])
-        self.assertEqual(sorted(os.listdir(os.path.dirname(checkpoint))),
-                         [os.path.basename(checkpoint)])
-        # Sent elsewhere by the pixel, or sent again on purpose, with a checkpoint of its own.
-        other = FakeReceiver(self)
-        self.assertEqual(self.forward(other.url).returncode, 0)
-        self.assertEqual(len(other.taken), 300)
-        own = os.path.join(temp_dir(self), "again.json")
-        self.assertEqual(self.forward(receiver.url, "--checkpoint", own).returncode, 0)
         self.assertEqual(len(receiver.taken), 300)
 
     def test_interrupted_it_goes_on_where_it_stopped(self):
