@@ -126,7 +126,7 @@ DEFAULT_LOG = "events.jsonl"
 DEFAULT_REJECTS_NAME = "rejects.jsonl"
 FORWARD_REJECTS_NAME = "forward-rejects.jsonl"   # pixel.py forward's
 DEFAULT_DEDUPE_WINDOW = 65536
-MAX_DEDUPE_WINDOW = 1 << 22   # 96 MiB of digests: more could fail the start on memory
+MAX_DEDUPE_WINDOW = 1 << 24   # 384 MiB of digests: 10**8 failed the start on memory
 DEFAULT_MAX_CONNECTIONS = 1024
 MIN_TIMEOUT, MAX_TIMEOUT = 0.001, 86400.0
 LISTEN_BACKLOG = 1024            # socketserver's 5 drops bursts of connections
@@ -424,7 +424,7 @@ def validate(kind, payload, write_keys=None):
     else Rejected. `write_keys`, if given, are the accepted keys; else any non-empty one is."""
     if kind not in EVENT_TYPES:
         raise Rejected("invalid_type", str(kind)[:40])
-    if type(payload) is not dict:   # a caller's JSON array, say: as the routes refuse it
+    if not isinstance(payload, dict):   # a caller's JSON array, say: as the routes refuse it
         raise Rejected("payload_not_object")
     write_key = payload.get("writeKey")
     if write_key is None or write_key == "":
@@ -1770,12 +1770,15 @@ def park_change(changes, identity, name):
 
 
 def _room(fd, size):
-    """Whether the file system of `fd` says `size` more bytes fit (root's reserve counted)."""
+    """Whether `size` more bytes fit in the regular file at `fd`: its last block's slack, and
+    the blocks its file system has free (root's reserve too, for root)."""
     try:
-        status = os.fstatvfs(fd)
+        status, space = os.fstat(fd), os.fstatvfs(fd)
     except OSError:
         return True
-    return (status.f_bfree if _root() else status.f_bavail) * status.f_frsize >= size
+    slack = status.st_blocks * 512 - status.st_size if hasattr(status, "st_blocks") else 0
+    free = (space.f_bfree if _root() else space.f_bavail) * space.f_frsize
+    return not stat.S_ISREG(status.st_mode) or free + max(0, slack) >= size
 
 
 def _remove_if_empty(path, fd, reporter):
@@ -1940,8 +1943,9 @@ class LogWriter:
             except OSError as error:
                 if done > kept and first == self._identity and self._fd is not None:
                     done, self._size = kept, start   # the lines of this call, taken back
-                    try:
-                        os.ftruncate(self._fd, start)
+                    try:   # not past the real end: a copytruncate may have cut under it
+                        self._size = min(start, os.fstat(self._fd).st_size)
+                        os.ftruncate(self._fd, self._size)
                     except OSError:
                         self._torn = True   # cut at the next write
                 lost = len(lines) - done
@@ -2930,8 +2934,8 @@ class Recorder:
         """Write `lines` (events of `kinds`) but those whose `client_ids` entry (dedupe_keys;
         None for a messageId pixel made) is in the dedupe window: SDKs, browsers and
         networks repeat an event with its messageId. True once what was kept is on disk.
-        A write that failed part way keeps what it wrote, counted and in the window: the
-        client, answered 503, sends it all again, and only the rest is written then."""
+        A write that failed keeps none of it (LogWriter.write), but for lines in a file rotated
+        away meanwhile: those are counted and in the window, so the client's retry skips them."""
         if self.recent is None or not any(client_ids):
             written = self.events.write(lines)
         else:
@@ -3002,10 +3006,9 @@ class Recorder:
             lines.append(line)
             client_ids.append(_client_id(payload, event))
             kinds.append(kind)
-        # The rejects lines first: a 503 for them, with no event written, is sent again whole.
-        if refused and not self._refuse_items(refused, request, received_at, ip, people):
-            return error_answer(503, "write_failed")
         written = self.write_events(lines, client_ids, kinds) if lines else True
+        if refused:   # a line that cannot be written is counted, and holds no event back
+            self._refuse_items(refused, request, received_at, ip, people)
         if self.write_keys and key_reason and not key_taken and not lines:
             # Segment answers 200 to anything, so its users cannot tell a wrong key; pixel
             # knows its keys. No challenge to a browser: it would ask its user for a password.
@@ -3038,7 +3041,7 @@ class Recorder:
             records.append(reject_line(rest, request, received_at, ip, self.anonymize_ip, ""))
             reasons += [rejection.reason for rejection, _ in refused[looked:]]
         self.rejected_by_reason.update(reasons)
-        return self.rejects.write(records) == len(records)
+        self.rejects.write(records)
 
     def _body_refused(self, rejection, request, received_at, ip, body, people):
         """A 400 for an API body as a whole, and its rejects line quoting the body."""
@@ -3046,18 +3049,16 @@ class Recorder:
             return SUCCESS
         quoted, redacted = anonymize_body(body) if self.anonymize_ip else \
             (body[:MAX_REJECT_RAW].decode("utf-8", "replace"), False)
-        written = self.reject(rejection, request, received_at=received_at, ip=ip,
-                              quoted=quoted[:MAX_REJECT_RAW], redacted=redacted, people=people)
-        if written is None:   # a --suppress'ed person's
+        if not self.reject(rejection, request, received_at=received_at, ip=ip,
+                           quoted=quoted[:MAX_REJECT_RAW], redacted=redacted, people=people):
             return SUCCESS
-        return error_answer(400, rejection.reason) if written else \
-            error_answer(503, "write_failed")   # sent again, it leaves its line then
+        return error_answer(400, rejection.reason)   # sent again, it would be refused again
 
     def reject(self, rejection, request, *, received_at=None, ip=None, quoted=None,
                redacted=False, people=None):
         """Write one rejects-log line (reject_line's); the request's time and address, if
-        not given, are now and its client's; whether it is on disk. Nothing of a --suppress'ed
-        person's (`people`, else the list now, which _judged holds): None."""
+        not given, are now and its client's. Nothing of a --suppress'ed person's (`people`,
+        else the list now, which _judged holds): False."""
         if people is None and self.people is not None:
             return self._judged(lambda people: self.reject(
                 rejection, request, received_at=received_at, ip=ip, quoted=quoted,
@@ -3067,12 +3068,13 @@ class Recorder:
             if quoted is None and quote != request.query and \
                     self.suppress(people, raw=request.query) or \
                     self.suppress(people, raw=quote, quoted=True):
-                return None
+                return False
         if received_at is None:
             received_at, ip = self.clock(), self.client_ip(request)
         self.rejected_by_reason.add(rejection.reason)
-        return self.rejects.write([reject_line(rejection, request, received_at, ip,
-                                               self.anonymize_ip, quoted, redacted)]) == 1
+        self.rejects.write([reject_line(rejection, request, received_at, ip, self.anonymize_ip,
+                                        quoted, redacted)])
+        return True
 
     def suppress(self, people, payload=None, raw=None, quoted=False):
         """Whether a payload (a dict as sent) or a client's `raw` input (what a rejects line
@@ -3161,8 +3163,7 @@ class App:
                 cors = cors_headers(request, self.allow_origins)
                 if cors is None:
                     return self._origin_refused(request)
-                if self.recorder.reject(Rejected(reason), request, quoted="") is False:
-                    return error_answer(503, "write_failed", cors)   # its line, when sent again
+                self.recorder.reject(Rejected(reason), request, quoted="")
                 return error_answer(status, reason, cors)
         return plain_answer(status)
 
@@ -5751,13 +5752,13 @@ class Forwarder:
             write_checkpoint(self.checkpoint, self.queue.checkpoint(
                 log, self.receiver.url, self.clock()))
         except OSError as error:
-            self.unsaved = error.errno in (errno.ENOSPC, errno.EDQUOT)   # till there is room
+            full = error.errno in (errno.ENOSPC, errno.EDQUOT)   # a live log's forwarder waits
+            self.unsaved = full and self.queue.writer is not None   # (a backfill ends: goes on)
             if not quiet and not self.unsaved:
                 raise
-            self.reporter.say("cannot write the checkpoint %s: %s; %s" % (
-                self.checkpoint, error.strerror or error, "forwarding waits until it can, or a "
-                "restart would send again all sent since" if self.unsaved else "forwarding goes "
-                "on, and after a restart the receiver may get events twice"), key="checkpoint")
+            self.reporter.say("cannot write the checkpoint %s: %s; forwarding %s" % (
+                self.checkpoint, error.strerror or error, "waits until it can" if self.unsaved else
+                "goes on, and after a restart may send some events again"), key="checkpoint")
             return False
         self.unsaved = False
         return True
@@ -6293,8 +6294,6 @@ def configure(**options):
             if option.many:
                 if isinstance(value, (str, bytes)):   # would be read a letter at a time
                     raise ValueError("takes a list, not a string: %r" % (value,))
-                if value is not option.default and not value:   # as PIXEL_WRITE_KEYS=","
-                    raise ValueError("names nothing; to leave it unset, leave it out")
                 value = [option.check(item) for item in value or ()]
             elif value is not option.default:
                 value = option.check(value)
@@ -6849,7 +6848,7 @@ def _refuse_packed(start):
     for magic, packer in _OTHER_PACKERS:
         if start.startswith(magic):
             raise OSError(errno.EINVAL, "packed with %s, which pixel does not read: unpack it "
-                          "first, or (report) pipe it in with -" % packer)
+                          "first" % packer)
 
 
 class _Replayed(io.RawIOBase):
@@ -7501,56 +7500,69 @@ def report_files(argv=None, stdout=None):
         return 1
     tally = Tally(args.by, event=args.event, kind=args.type, since=args.since,
                   until=args.until, daily=args.daily)
-    status, opened, seen = 0, [], {}
-    if resource is not None and len(args.files) > 256:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = len(args.files) + 64 if hard == resource.RLIM_INFINITY else hard
-        if soft != resource.RLIM_INFINITY and soft < wanted:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    # Every file opened before any is read: a logrotate meanwhile (events.jsonl to .1, .1 to
-    # .2) renames the files, and would have one read twice and another never.
-    for path in args.files:
+    status, seen, failed = 0, {}, []
+
+    def take(path):
+        """The file at `path`, open, or None: it cannot be opened, or was taken already."""
         name = "stdin" if path == "-" else path
         try:
             raw = open_raw(path)
             found = os.fstat(raw.fileno())
         except OSError as error:
             reporter.say("report: cannot read %s: %s" % (name, error.strerror or error))
-            status = 1
-            continue
+            return failed.append(path)
         identity = (found.st_dev, found.st_ino)
         if identity in seen and stat.S_ISREG(found.st_mode):
             reporter.say("report: %s is %s again: counted once" % (name, seen[identity]))
-            raw.close()
-            continue
-        seen[identity] = name
-        opened.append((name, raw))
-    for number, (name, raw) in enumerate(opened):
-        try:
-            stream, raw = open_log_stream(name, raw)
-        except OSError as error:
-            reporter.say("report: cannot read %s: %s" % (name, error.strerror or error))
-            status = 1
-            continue
-        try:
-            # read1: what one read of the file gives. A GzipFile's read() gathers, and drops
-            # all it gathered when it meets damage.
-            tally.add_lines(log_lines(stream.read1))
-        except (OSError, EOFError, zlib.error) as error:   # gzip's damage is one of these
-            reporter.say("report: cannot read %s to its end: %s; what was read before is "
-                         "counted" % (name, getattr(error, "strerror", None) or error))
-            status = 1
-        except KeyboardInterrupt:   # Ctrl-C on a long log, or on /dev/zero: no traceback
-            reporter.say("report: stopped while reading %s; nothing is reported" % name)
-            for _, later in opened[number + 1:]:
-                if later is not sys.stdin.buffer:
-                    later.close()
-            return 130
-        finally:
-            if stream is not raw:
-                stream.close()   # a GzipFile, which leaves the file under it open
-            if raw is not sys.stdin.buffer:
+            return raw.close()
+        seen[identity] = path
+        return raw
+
+    # Every file opened before one is read, as many as the open-file limit holds: a logrotate
+    # meanwhile (events.jsonl to .1, .1 to .2) would have one read twice and another never.
+    room = len(args.files) + 32
+    if resource is not None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft < room:
+            soft = room if hard == resource.RLIM_INFINITY else min(room, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        room = room if soft == resource.RLIM_INFINITY else soft
+    opened, name = [], "the files"
+    try:
+        for number, path in enumerate(args.files):
+            opened.append([path, take(path) if number < room - 32 else ()])
+        for entry in opened:
+            name, raw = "stdin" if entry[0] == "-" else entry[0], entry[1]
+            if raw == ():   # past the limit: opened now
+                raw = entry[1] = take(entry[0])
+            if raw is None:
+                continue
+            try:
+                stream, raw = open_log_stream(name, raw)
+            except OSError as error:
+                reporter.say("report: cannot read %s: %s" % (name, error.strerror or error))
+                status = 1
+                continue
+            try:
+                # read1: what one read of the file gives. A GzipFile's read() gathers, and
+                # drops all it gathered when it meets damage.
+                tally.add_lines(log_lines(stream.read1))
+            except (OSError, EOFError, zlib.error) as error:   # gzip's damage is one of these
+                reporter.say("report: cannot read %s to its end: %s; what was read before is "
+                             "counted" % (name, getattr(error, "strerror", None) or error))
+                status = 1
+            finally:
+                if stream is not raw:
+                    stream.close()   # a GzipFile, which leaves the file under it open
+                if raw is not sys.stdin.buffer:
+                    raw.close()
+    except KeyboardInterrupt:   # Ctrl-C on a long log, on /dev/zero, or a FIFO: no traceback
+        reporter.say("report: stopped while reading %s; nothing is reported" % name)
+        for _, raw in opened:
+            if raw and raw is not sys.stdin.buffer:
                 raw.close()
+        return 130
+    status = 1 if failed else status
     if tally.skipped:
         reporter.say("report: skipped %d line(s) that are not events (torn, not JSON, or "
                      "not an event: a checkpoint, say)" % tally.skipped)

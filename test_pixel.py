@@ -1364,6 +1364,9 @@ class PureFunctionsCalledFromPython(unittest.TestCase):
                     pixel.validate("track", payload, keys)
                 self.assertEqual(caught.exception.reason, reason)
         self.assertEqual(pixel.validate("track", event, "PROD_KEY")["writeKey"], "PROD_KEY")
+        # A dict of another class is a dict; no key, or an empty string, is any key.
+        self.assertEqual(pixel.validate("track", collections.OrderedDict(event))["event"], "e")
+        self.assertEqual(pixel.validate("track", dict(event, writeKey="K"), "")["writeKey"], "K")
 
 
 class OneWiring(unittest.TestCase):
@@ -3176,6 +3179,18 @@ class DiskFullWriter(unittest.TestCase):
     def fill(self):
         return fill_disk(self, self.dir)
 
+    def test_after_a_failure_a_line_that_fits_the_last_block_is_written(self):
+        # The attack on the room check: it asked for free blocks only, and refused lines that
+        # fit in what the file's last block has left.
+        writer = pixel.LogWriter(os.path.join(self.dir, "direct.jsonl"),
+                                 reporter=pixel.Reporter(self.stderr))
+        self.addCleanup(writer.close)
+        self.assertEqual(writer.write([b"x" * 249 + b"\n"]), 1)
+        self.fill()
+        self.assertEqual(writer.write([b"y" * 20000 + b"\n"]), 0)
+        self.assertEqual([writer.write([b"z" * 99 + b"\n"]) for _ in range(3)], [1, 1, 1])
+        self.assertEqual(os.path.getsize(writer.path), 250 + 300)
+
     def test_short_write_is_cut_back_to_a_whole_line(self):
         writer = pixel.LogWriter(os.path.join(self.dir, "direct.jsonl"),
                                  reporter=pixel.Reporter(self.stderr))
@@ -3188,6 +3203,34 @@ class DiskFullWriter(unittest.TestCase):
             data = handle.read()
         self.assertEqual(len(data), results.count(True) * len(line))
         self.assertTrue(data == b"" or data.endswith(b"\n"))
+
+
+class TakenBack(unittest.TestCase):
+    """LogWriter.write takes a failed call's lines back: only its own, never past the end."""
+
+    def test_a_copytruncate_between_two_chunks_leaves_no_zeros(self):
+        # The attack on the take-back: it truncated to where the call began, past the end of
+        # a file emptied between its chunks, and filled 8,000 bytes with NULs.
+        path = os.path.join(temp_dir(self), "events.jsonl")
+        writer = pixel.LogWriter(path, reporter=pixel.Reporter(io.StringIO()))
+        self.addCleanup(writer.close)
+        writer.write([b"{}\n"] * 4000)
+        real, calls = writer._append_linked, []
+
+        def append(chunk):
+            calls.append(len(chunk))
+            if len(calls) == 2:
+                os.truncate(path, 0)   # a copytruncate, between the chunks
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(chunk)
+        writer._append_linked = append
+        self.assertEqual(writer.write([b"x" * 999 + b"\n"] * 1500), 0)   # two chunks
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(os.path.getsize(path), 0)
+        writer._append_linked = real
+        self.assertEqual(writer.write([b"{}\n"]), 1)
+        with open(path, "rb") as handle:
+            self.assertEqual(handle.read(), b"{}\n")
 
 
 def write_file(folder, name, text):
@@ -5634,27 +5677,24 @@ class DiskFullRejects(ServerCase):
         self.stderr = io.StringIO()
         self.start_server()
 
-    def test_an_api_refusal_is_a_503_until_its_line_is_written(self):
-        # The events log has room in its last page, rejects.jsonl none: the valid event was
-        # written and answered 200, the refused items' lines lost; a 400 had no line at all.
+    def test_a_rejects_line_that_cannot_be_written_holds_nothing_back(self):
+        # The events log has room in its last page, rejects.jsonl none. A first fix wrote the
+        # rejects lines first and answered 503 when they failed: valid events were held back,
+        # and a body that can never be taken was sent again and again (the attack on it).
         self.assertEqual(self.get("/v1/track", {}, "POST",
                                   b'{"writeKey":"k","userId":"u","event":"first"}')[0], 200)
-        filler = fill_disk(self, self.dir)
-        requests = (("/v1/batch", b'{"writeKey":"k","batch":[{"type":"track","userId":"u",'
-                                  b'"event":"kept"},{"type":"track","userId":"u"}]}', 200),
-                    ("/v1/track", b'{"writeKey":"k","userId":"u"}', 200),   # as Segment
-                    ("/v1/batch", b'{"writeKey":"k","batch":[', 400))
-        for path, body, _ in requests:
+        fill_disk(self, self.dir)
+        for path, body, wanted in (
+                ("/v1/batch", b'{"writeKey":"k","batch":[{"type":"track","userId":"u",'
+                              b'"event":"kept"},{"type":"track","userId":"u"}]}', 200),
+                ("/v1/track", b'{"writeKey":"k","userId":"u"}', 200),   # as Segment
+                ("/v1/batch", b'{"writeKey":"k","batch":[', 400)):
             with self.subTest(path=path, body=body):
-                status, _, answer = self.get(path, {}, "POST", body)
-                self.assertEqual((status, json.loads(answer)["error"]), (503, "write_failed"))
-        self.assertEqual([event["event"] for event in self.lines()], ["first"])
-        os.remove(filler)
-        for path, body, wanted in requests:   # sent again, as SDKs send a 503 again
-            self.assertEqual(self.get(path, {}, "POST", body)[0], wanted)
+                self.assertEqual(self.get(path, {}, "POST", body)[0], wanted)
         self.assertEqual([event["event"] for event in self.lines()], ["first", "kept"])
-        self.assertEqual([line["reason"] for line in self.lines("rejects.jsonl")],
-                         ["event_not_defined", "event_not_defined", "invalid_json"])
+        self.assertEqual(self.rejects.failed, 3)   # counted, and said on stderr
+        self.assertIn("cannot write %s" % self.rejects.path, self.stderr.getvalue())
+        self.assertEqual(json.loads(self.get("/health")[2])["status"], "degraded")
 
     def test_a_request_written_in_part_is_taken_back_whole(self):
         # 4,000 events with no messageId, over 1 MiB of lines: three writes. The disk filled
@@ -5671,6 +5711,19 @@ class DiskFullRejects(ServerCase):
         self.assertEqual(self.get("/v1/batch", {}, "POST", body)[0], 200)
         self.assertEqual(sorted(event["userId"] for event in self.lines()),
                          sorted(event["userId"] for event in batch))
+
+    def test_a_backfill_from_a_full_disk_ends(self):
+        # The attack on the forwarder's hold for a full disk: a backfill, whose checkpoint
+        # lives beside its files, sent them all, then waited for room for ever.
+        receiver = FakeReceiver(self)
+        path = write_file(self.dir, "old.jsonl", b"".join(log_event(n) for n in range(50)))
+        os.makedirs(os.path.join(self.dir, ".pixel"))
+        fill_disk(self, self.dir)
+        result = subprocess.run([sys.executable, PIXEL_RUN, "forward", "--to", receiver.url,
+                                 path], capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(len(receiver.taken), 50)
+        self.assertIn("forwarding goes on", result.stderr)
 
     def test_a_forwarding_pixel_starts_on_a_full_disk(self):
         # It exited 1 ("cannot forward ...: No space left on device"): every client refused,
@@ -8535,22 +8588,22 @@ class WsgiStart(unittest.TestCase):
         # The importer: None skipped the checks (forward_alert=None made /health a 500,
         # dedupe_window=None turned dedupe off), a pathlib.Path was "empty", write_key=[]
         # allowed any key, and a window of 10**9 died of MemoryError at start.
+        defaults = {option.name: option.default for option in pixel.OPTIONS}
         config = pixel.configure(log=pathlib.Path(self.log), forward_alert=None,
                                  dedupe_window=None, rejects=None, write_key=None)
         self.assertEqual((config.log, config.forward_alert, config.dedupe_window,
-                          config.write_key), (self.log, {option.name: option.default for option in pixel.OPTIONS}["forward_alert"],
+                          config.write_key), (self.log, defaults["forward_alert"],
                                               pixel.DEFAULT_DEDUPE_WINDOW, []))
-        for options, message in (({"write_key": []}, "write_key: names nothing"),
-                                 ({"allow_origin": []}, "allow_origin: names nothing"),
-                                 ({"dedupe_window": 10 ** 9}, "dedupe_window: must be between "
-                                                              "0 and 4194304")):
-            with self.subTest(options):
-                status, stderr = wsgi_start_error(self, log=self.log, **options)
-                self.assertEqual(status, 3)
-                self.assertIn(message, stderr)
+        # An empty list is a list left out, as it was (the attack on the first fix: code
+        # that built one from an unset variable stopped starting).
+        self.assertEqual(pixel.configure(write_key=[], trusted_proxy=[]).write_key, [])
+        self.assertEqual(pixel.configure(dedupe_window=10 ** 7).dedupe_window, 10 ** 7)
+        status, stderr = wsgi_start_error(self, log=self.log, dedupe_window=10 ** 9)
+        self.assertEqual(status, 3)
+        self.assertIn("dedupe_window: must be between 0 and 16777216", stderr)
         status, out, err = main_in_this_process(["--dedupe-window", "100000000"])
         self.assertEqual(status, 2)
-        self.assertIn("must be between 0 and 4194304", err)
+        self.assertIn("must be between 0 and 16777216", err)
 
     def test_a_torn_tail_is_kept_in_the_rejects_log(self):
         with open(self.log, "wb") as handle:
@@ -11716,6 +11769,20 @@ class ReportCommand(unittest.TestCase):
                 self.assertIn(wanted.encode(), result.stderr)
                 self.assertEqual(result.returncode, 1 if wanted else 0)
         self.assertIn(b"caf\\xe9", result.stdout)
+
+    def test_more_files_than_the_open_file_limit(self):
+        # The attack on opening every file first: under ulimit -n 128, 200 files gave 124
+        # counted and 76 "Too many open files". Past the limit a file is opened when read.
+        import resource
+        paths = [write_log(self.dir, "e.%d" % number, [logged("u%d" % number)])
+                 for number in range(200)]
+        result = subprocess.run(
+            [sys.executable, PIXEL_RUN, "report", "--format", "json"] + paths + paths[-1:],
+            capture_output=True, text=True, timeout=60,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 128)))
+        self.assertEqual(result.stderr, "pixel: report: %s is %s again: counted once\n"
+                         % (paths[-1], paths[-1]))
+        self.assertEqual((result.returncode, json.loads(result.stdout)["events"]), (0, 200))
 
     def test_times_finer_than_a_millisecond_are_cut_as_dates_cut_them(self):
         log = write_log(self.dir, "e.jsonl", [
