@@ -1814,7 +1814,7 @@ class LogWriter:
         self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.Lock()
         self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
         self._fd = self._identity = None
-        self.failing, self._path_checked = 0, float("-inf")   # lines failed since one worked
+        self.failing, self._path_checked, self._failed_at = 0, float("-inf"), float("-inf")
         self._changes = None        # the follower's: ("opened", fd, ...), ("renamed", ...)
         self.closed = False         # by close(): a write after it is refused, never reopens
         self._open()                # at start an OSError is the operator's to see
@@ -1920,8 +1920,7 @@ class LogWriter:
             self._path_checked = now
             status = stat_or_none(self.path)
         with self._lock:
-            done = kept = 0
-            first = start = None   # the file a failure takes this call's lines back in
+            done, kept, here, first = 0, 0, 0, None   # `here`: bytes of this call in `first`
             try:
                 if check:
                     self._follow_path(status)
@@ -1929,29 +1928,31 @@ class LogWriter:
                     if os.fstat(self._fd).st_size > self._size:
                         os.ftruncate(self._fd, self._size)
                     self._torn = False
-                if self.failing and not _room(self._fd, sum(map(len, lines))):
-                    # Not written at all: a line cut back each time is a tail -F's flood.
+                if self.failing and now - self._failed_at < 1 and not _room(  # a try a second
+                        self._fd, sum(map(len, lines))):   # no part line to cut back: tail -F
                     raise OSError(errno.ENOSPC, "no space left (the file system says so)")
-                first, start = self._identity, self._size
+                first = self._identity
                 for chunk, count in _chunks(lines, min(self.max_bytes or MAX_WRITE_BYTES,
                                                        MAX_WRITE_BYTES)):
                     if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
                         self._rotate()
-                        first, start, kept = self._identity, self._size, done
                     self._append_linked(chunk)
+                    if self._identity != first:   # a rotation or a relink: a new file
+                        first, here, kept = self._identity, 0, done
+                    here += len(chunk)
                     done += count
             except OSError as error:
                 if done > kept and first == self._identity and self._fd is not None:
-                    done, self._size = kept, start   # the lines of this call, taken back
-                    try:   # not past the real end: a copytruncate may have cut under it
-                        self._size = min(start, os.fstat(self._fd).st_size)
+                    done, self._size = kept, max(0, self._size - here)   # taken back
+                    try:   # from the real end: a copytruncate may have cut under it
+                        self._size = max(0, os.fstat(self._fd).st_size - here)
                         os.ftruncate(self._fd, self._size)
                     except OSError:
                         self._torn = True   # cut at the next write
                 lost = len(lines) - done
                 self.written += done
                 self.failed += lost
-                self.failing += lost
+                self.failing, self._failed_at = self.failing + lost, now
                 self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still "
                                    "answering, will retry)" % (self.path, error.strerror or
                                                                error, self.failing),
@@ -3007,7 +3008,7 @@ class Recorder:
             client_ids.append(_client_id(payload, event))
             kinds.append(kind)
         written = self.write_events(lines, client_ids, kinds) if lines else True
-        if refused:   # a line that cannot be written is counted, and holds no event back
+        if refused and written:   # else the retry writes them; one that fails is counted
             self._refuse_items(refused, request, received_at, ip, people)
         if self.write_keys and key_reason and not key_taken and not lines:
             # Segment answers 200 to anything, so its users cannot tell a wrong key; pixel
@@ -7502,18 +7503,22 @@ def report_files(argv=None, stdout=None):
                   until=args.until, daily=args.daily)
     status, seen, failed = 0, {}, []
 
-    def take(path):
-        """The file at `path`, open, or None: it cannot be opened, or was taken already."""
+    def take(path, now=False):
+        """The file at `path`, open, or None: it cannot be opened, or is open already; ()
+        for later, at the open-file limit (unless `now`)."""
         name = "stdin" if path == "-" else path
         try:
             raw = open_raw(path)
             found = os.fstat(raw.fileno())
         except OSError as error:
+            if error.errno == errno.EMFILE and not now:
+                return ()
             reporter.say("report: cannot read %s: %s" % (name, error.strerror or error))
             return failed.append(path)
         identity = (found.st_dev, found.st_ino)
-        if identity in seen and stat.S_ISREG(found.st_mode):
-            reporter.say("report: %s is %s again: counted once" % (name, seen[identity]))
+        first = seen.get(identity) or seen.get(identity + (found.st_ctime_ns,))
+        if first and stat.S_ISREG(found.st_mode):
+            reporter.say("report: %s is %s again: counted once" % (name, first))
             return raw.close()
         seen[identity] = path
         return raw
@@ -7529,14 +7534,18 @@ def report_files(argv=None, stdout=None):
         room = room if soft == resource.RLIM_INFINITY else soft
     opened, name = [], "the files"
     try:
-        for number, path in enumerate(args.files):
-            opened.append([path, take(path) if number < room - 32 else ()])
+        for path in args.files:
+            later = len(opened) >= room - 32 or bool(opened) and opened[-1][1] == ()
+            opened.append([path, () if later else take(path)])
         for entry in opened:
             name, raw = "stdin" if entry[0] == "-" else entry[0], entry[1]
             if raw == ():   # past the limit: opened now
-                raw = entry[1] = take(entry[0])
+                raw = entry[1] = take(entry[0], now=True)
             if raw is None:
                 continue
+            found = os.fstat(raw.fileno())   # once closed, its inode may name another file: the
+            identity = (found.st_dev, found.st_ino)   # time of its last change tells them apart
+            seen[identity + (found.st_ctime_ns,)] = seen.pop(identity, None)
             try:
                 stream, raw = open_log_stream(name, raw)
             except OSError as error:

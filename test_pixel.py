@@ -3232,6 +3232,26 @@ class TakenBack(unittest.TestCase):
         with open(path, "rb") as handle:
             self.assertEqual(handle.read(), b"{}\n")
 
+    def test_a_copytruncate_before_a_call_is_no_place_to_take_back_to(self):
+        # The second attack: the writer's end was the one from before a copytruncate between
+        # two calls, and a take-back to it cut the call's first chunk mid-line (a torn line,
+        # and 206 events twice after the retry).
+        path = os.path.join(temp_dir(self), "events.jsonl")
+        writer = pixel.LogWriter(path, reporter=pixel.Reporter(io.StringIO()))
+        self.addCleanup(writer.close)
+        writer.write([b"{}\n"] * 100000)
+        os.truncate(path, 0)   # a copytruncate, between two calls
+        real, calls = writer._append_linked, []
+
+        def append(chunk):
+            calls.append(len(chunk))
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(chunk)
+        writer._append_linked = append
+        self.assertEqual(writer.write([b"x" * 999 + b"\n"] * 1500), 0)
+        self.assertEqual(os.path.getsize(path), 0)
+
 
 def write_file(folder, name, text):
     path = os.path.join(folder, name)
@@ -5695,6 +5715,19 @@ class DiskFullRejects(ServerCase):
         self.assertEqual(self.rejects.failed, 3)   # counted, and said on stderr
         self.assertIn("cannot write %s" % self.rejects.path, self.stderr.getvalue())
         self.assertEqual(json.loads(self.get("/health")[2])["status"], "degraded")
+
+    def test_refused_items_are_written_once_when_their_batch_is_sent_again(self):
+        # The second attack: the rejects lines of a batch answered 503 were written, and
+        # written again by each retry (5 lines for one bad item after 4 retries).
+        body = (b'{"writeKey":"k","batch":[{"type":"track","userId":"u","event":"kept"},'
+                b'{"type":"track","userId":"u"}]}')
+        with unittest.mock.patch.object(self.events, "write", return_value=0):
+            for _ in range(3):
+                self.assertEqual(self.get("/v1/batch", {}, "POST", body)[0], 503)
+        self.assertEqual(self.get("/v1/batch", {}, "POST", body)[0], 200)
+        self.assertEqual([event["event"] for event in self.lines()], ["kept"])
+        self.assertEqual([line["reason"] for line in self.lines("rejects.jsonl")],
+                         ["event_not_defined"])
 
     def test_a_request_written_in_part_is_taken_back_whole(self):
         # 4,000 events with no messageId, over 1 MiB of lines: three writes. The disk filled
@@ -11783,6 +11816,15 @@ class ReportCommand(unittest.TestCase):
         self.assertEqual(result.stderr, "pixel: report: %s is %s again: counted once\n"
                          % (paths[-1], paths[-1]))
         self.assertEqual((result.returncode, json.loads(result.stdout)["events"]), (0, 200))
+        # ... nor with 50 descriptors its caller handed down (129 counted, 21 errors).
+        inherited = [os.open(paths[0], os.O_RDONLY) for _ in range(50)]
+        self.addCleanup(lambda: [os.close(fd) for fd in inherited])
+        result = subprocess.run(
+            [sys.executable, PIXEL_RUN, "report", "--format", "json"] + paths,
+            capture_output=True, text=True, timeout=60, pass_fds=inherited,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        self.assertEqual(json.loads(result.stdout)["events"], 200)
 
     def test_times_finer_than_a_millisecond_are_cut_as_dates_cut_them(self):
         log = write_log(self.dir, "e.jsonl", [
