@@ -1793,6 +1793,25 @@ def _remove_if_empty(path, fd, reporter):
                      % (path, error.strerror or error))
 
 
+def _take_back(fd, size, lead):
+    """Cut the last `size` bytes of the file at `fd`, if they are a call's, which begin with
+    `lead`: measured from the real end (a copytruncate may have cut under them), and left
+    where another process appended since (echo >>). The new end, or None: they stay."""
+    try:
+        end = os.fstat(fd).st_size - size
+        reader = os.open("/proc/self/fd/%d" % fd, os.O_RDONLY)   # `fd` is write-only (Linux)
+        try:
+            ours = end >= 0 and os.pread(reader, min(len(lead), 4096), end) == lead[:4096]
+        finally:
+            os.close(reader)
+        if ours:
+            os.ftruncate(fd, end)
+            return end
+    except OSError:   # they stay, counted as written: a client that sends again dedupes them
+        return None
+    return None
+
+
 WRITTEN_HERE = set()   # the paths this process's LogWriters hold: a clash here waits for nothing
 
 
@@ -1920,7 +1939,7 @@ class LogWriter:
             self._path_checked = now
             status = stat_or_none(self.path)
         with self._lock:
-            done, kept, here, first = 0, 0, 0, None   # `here`: bytes of this call in `first`
+            done, kept, here, first, lead, skipped = 0, 0, 0, None, None, False
             try:
                 if check:
                     self._follow_path(status)
@@ -1928,8 +1947,9 @@ class LogWriter:
                     if os.fstat(self._fd).st_size > self._size:
                         os.ftruncate(self._fd, self._size)
                     self._torn = False
-                if self.failing and now - self._failed_at < 1 and not _room(  # a try a second
-                        self._fd, sum(map(len, lines))):   # no part line to cut back: tail -F
+                skipped = self.failing and now - self._failed_at < 1 and not _room(
+                    self._fd, sum(map(len, lines)))   # a try a second, else no part line to cut
+                if skipped:                            # back each request (a tail -F's flood)
                     raise OSError(errno.ENOSPC, "no space left (the file system says so)")
                 first = self._identity
                 for chunk, count in _chunks(lines, min(self.max_bytes or MAX_WRITE_BYTES,
@@ -1937,22 +1957,20 @@ class LogWriter:
                     if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
                         self._rotate()
                     self._append_linked(chunk)
-                    if self._identity != first:   # a rotation or a relink: a new file
-                        first, here, kept = self._identity, 0, done
-                    here += len(chunk)
+                    if self._identity != first or lead is None:   # a rotation, a relink: anew
+                        first, here, kept, lead = self._identity, 0, done, chunk   # `here`: bytes
+                    here += len(chunk)   # of this call in file `first`, which begin with `lead`
                     done += count
             except OSError as error:
-                if done > kept and first == self._identity and self._fd is not None:
-                    done, self._size = kept, max(0, self._size - here)   # taken back
-                    try:   # from the real end: a copytruncate may have cut under it
-                        self._size = max(0, os.fstat(self._fd).st_size - here)
-                        os.ftruncate(self._fd, self._size)
-                    except OSError:
-                        self._torn = True   # cut at the next write
+                end = _take_back(self._fd, here, lead) if done > kept and \
+                    first == self._identity and self._fd is not None else None
+                if end is not None:
+                    done, self._size = kept, end
                 lost = len(lines) - done
                 self.written += done
                 self.failed += lost
-                self.failing, self._failed_at = self.failing + lost, now
+                self.failing += lost
+                self._failed_at = self._failed_at if skipped else now
                 self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still "
                                    "answering, will retry)" % (self.path, error.strerror or
                                                                error, self.failing),
@@ -7516,9 +7534,8 @@ def report_files(argv=None, stdout=None):
             reporter.say("report: cannot read %s: %s" % (name, error.strerror or error))
             return failed.append(path)
         identity = (found.st_dev, found.st_ino)
-        first = seen.get(identity) or seen.get(identity + (found.st_ctime_ns,))
-        if first and stat.S_ISREG(found.st_mode):
-            reporter.say("report: %s is %s again: counted once" % (name, first))
+        if identity in seen and stat.S_ISREG(found.st_mode):
+            reporter.say("report: %s is %s again: counted once" % (name, seen[identity]))
             return raw.close()
         seen[identity] = path
         return raw
@@ -7534,18 +7551,22 @@ def report_files(argv=None, stdout=None):
         room = room if soft == resource.RLIM_INFINITY else soft
     opened, name = [], "the files"
     try:
+        import gzip   # now: at the open-file limit, an import could not open its module
         for path in args.files:
             later = len(opened) >= room - 32 or bool(opened) and opened[-1][1] == ()
             opened.append([path, () if later else take(path)])
+            previous = opened[-2][1] if len(opened) > 1 and opened[-1][1] == () else None
+            if previous and previous is not sys.stdin.buffer:   # closed again: a descriptor
+                found = os.fstat(previous.fileno())              # free for what reading opens
+                seen.pop((found.st_dev, found.st_ino), None)
+                previous.close()
+                opened[-2][1] = ()
         for entry in opened:
             name, raw = "stdin" if entry[0] == "-" else entry[0], entry[1]
             if raw == ():   # past the limit: opened now
                 raw = entry[1] = take(entry[0], now=True)
             if raw is None:
                 continue
-            found = os.fstat(raw.fileno())   # once closed, its inode may name another file: the
-            identity = (found.st_dev, found.st_ino)   # time of its last change tells them apart
-            seen[identity + (found.st_ctime_ns,)] = seen.pop(identity, None)
             try:
                 stream, raw = open_log_stream(name, raw)
             except OSError as error:

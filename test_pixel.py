@@ -3224,13 +3224,59 @@ class TakenBack(unittest.TestCase):
                 raise OSError(errno.ENOSPC, "No space left on device")
             real(chunk)
         writer._append_linked = append
-        self.assertEqual(writer.write([b"x" * 999 + b"\n"] * 1500), 0)   # two chunks
+        # The first chunk's 1,048 lines went into the copy: they stay, counted as written.
+        self.assertEqual(writer.write([b"x" * 999 + b"\n"] * 1500), 1048)   # two chunks
         self.assertEqual(len(calls), 2)
         self.assertEqual(os.path.getsize(path), 0)
         writer._append_linked = real
         self.assertEqual(writer.write([b"{}\n"]), 1)
         with open(path, "rb") as handle:
             self.assertEqual(handle.read(), b"{}\n")
+
+    def test_a_line_another_process_appended_is_never_cut(self):
+        # The third attack: an `echo >>` between two chunks, then a failure: the take-back
+        # cut the echoed line and left a torn piece of the first chunk.
+        path = os.path.join(temp_dir(self), "events.jsonl")
+        writer = pixel.LogWriter(path, reporter=pixel.Reporter(io.StringIO()))
+        self.addCleanup(writer.close)
+        real, calls = writer._append_linked, []
+
+        def append(chunk):
+            calls.append(len(chunk))
+            if len(calls) == 2:
+                with open(path, "ab") as handle:
+                    handle.write(b'{"marker":1}\n')
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(chunk)
+        writer._append_linked = append
+        self.assertEqual(writer.write([b'{"x":"' + b"x" * 991 + b'"}\n'] * 1500), 1048)
+        with open(path, "rb") as handle:
+            lines = handle.read().split(b"\n")
+        self.assertEqual((len(lines), lines[-2], lines[-1]), (1050, b'{"marker":1}', b""))
+        self.assertTrue(all(json.loads(line) for line in lines[:-1]))
+
+    def test_after_a_failure_a_write_is_tried_once_a_second_under_steady_traffic(self):
+        # The third attack: each write the room check skipped counted as a failure, so under
+        # requests less than 1 s apart none was tried again (a reserve fstatvfs cannot see).
+        clock = [100.0]
+        writer = pixel.LogWriter(os.path.join(temp_dir(self), "e.jsonl"), clock=lambda: clock[0],
+                                 reporter=pixel.Reporter(io.StringIO()))
+        self.addCleanup(writer.close)
+        real, tried = writer._append_linked, []
+
+        def append(chunk):
+            tried.append(clock[0])
+            if len(tried) == 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(chunk)
+        writer._append_linked = append
+        results = []
+        with unittest.mock.patch.object(pixel, "_room", return_value=False):
+            for step in range(6):   # every 0.3 s
+                clock[0] = 100.0 + 0.3 * step
+                results.append(writer.write([b"{}\n"]))
+        self.assertEqual(results, [0, 0, 0, 0, 1, 1])
+        self.assertEqual(tried, [100.0, 101.2, 101.5])
 
     def test_a_copytruncate_before_a_call_is_no_place_to_take_back_to(self):
         # The second attack: the writer's end was the one from before a copytruncate between
@@ -11825,6 +11871,43 @@ class ReportCommand(unittest.TestCase):
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))
         self.assertEqual((result.returncode, result.stderr), (0, ""))
         self.assertEqual(json.loads(result.stdout)["events"], 200)
+        # ... nor, with the limit reached, a gzipped file first (the third attack: gzip's
+        # import found no descriptor free, and the file was not read).
+        packed = write_log(self.dir, "a.jsonl.gz", [logged("z%d" % n) for n in range(10)],
+                           compress=True)
+        result = subprocess.run(
+            [sys.executable, PIXEL_RUN, "report", "--format", "json", packed] + paths[:30],
+            capture_output=True, text=True, timeout=60, pass_fds=inherited,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        self.assertEqual(json.loads(result.stdout)["events"], 40)
+
+    def test_a_file_read_then_renamed_to_one_opened_later_is_counted_once(self):
+        # The third attack: past the open-file limit, a file read and closed was remembered by
+        # its ctime, which a rename changes: renamed to a later name, it was counted twice.
+        import resource
+        live = write_log(self.dir, "events.jsonl", [logged("live%d" % n) for n in range(10)])
+        fillers = [write_log(self.dir, "f%02d" % n, [logged("f%d" % n)]) for n in range(7)]
+        fifo = os.path.join(self.dir, "pause")
+        os.mkfifo(fifo)
+        rotated = write_log(self.dir, "events.jsonl.1", [logged("old%d" % n) for n in range(5)])
+        process = subprocess.Popen(   # 8 opened at once; the FIFO and .1 when read
+            [sys.executable, PIXEL_RUN, "report", "--format", "json", live] + fillers +
+            [fifo, rotated], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)))
+        self.addCleanup(process.kill)
+
+        writer = []   # its open returns once the report opens the FIFO: the eight are read
+        opener = threading.Thread(target=lambda: writer.append(os.open(fifo, os.O_WRONLY)))
+        opener.start()
+        opener.join(30)
+        self.addCleanup(lambda: writer or os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)))
+        self.assertTrue(writer, "the report never reached the FIFO")
+        os.replace(live, rotated)   # a rotation: the old .1 is gone, the read live file is .1
+        os.close(writer[0])
+        out, err = process.communicate(timeout=30)
+        self.assertEqual((process.returncode, json.loads(out)["events"]), (0, 17), err)
+        self.assertIn("%s is %s again: counted once" % (rotated, live), err)
 
     def test_times_finer_than_a_millisecond_are_cut_as_dates_cut_them(self):
         log = write_log(self.dir, "e.jsonl", [
