@@ -1793,12 +1793,13 @@ def _remove_if_empty(path, fd, reporter):
                      % (path, error.strerror or error))
 
 
-def _take_back(fd, size, lead):
-    """Cut the last `size` bytes of the file at `fd`, if they are a call's, which begin with
-    `lead`: measured from the real end (a copytruncate may have cut under them), and left
-    where another process appended since (echo >>). The new end, or None: they stay."""
+def _take_back(fd, lines):
+    """Cut `lines`, a call's last, from the end of the file at `fd`: measured from the real end
+    (a copytruncate may have cut under them), and only if they are there, not where another
+    process appended since (echo >>). The new end, or None: they stay."""
+    lead = lines[0]
     try:
-        end = os.fstat(fd).st_size - size
+        end = os.fstat(fd).st_size - sum(map(len, lines))
         reader = os.open("/proc/self/fd/%d" % fd, os.O_RDONLY)   # `fd` is write-only (Linux)
         try:
             ours = end >= 0 and os.pread(reader, min(len(lead), 4096), end) == lead[:4096]
@@ -1939,7 +1940,7 @@ class LogWriter:
             self._path_checked = now
             status = stat_or_none(self.path)
         with self._lock:
-            done, kept, here, first, lead, skipped = 0, 0, 0, None, None, False
+            done, kept, first, skipped = 0, 0, None, False   # lines[kept:done]: file `first`'s
             try:
                 if check:
                     self._follow_path(status)
@@ -1957,12 +1958,11 @@ class LogWriter:
                     if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
                         self._rotate()
                     self._append_linked(chunk)
-                    if self._identity != first or lead is None:   # a rotation, a relink: anew
-                        first, here, kept, lead = self._identity, 0, done, chunk   # `here`: bytes
-                    here += len(chunk)   # of this call in file `first`, which begin with `lead`
+                    if self._identity != first:   # a rotation or a relink: a new file
+                        first, kept = self._identity, done
                     done += count
             except OSError as error:
-                end = _take_back(self._fd, here, lead) if done > kept and \
+                end = _take_back(self._fd, lines[kept:done]) if done > kept and \
                     first == self._identity and self._fd is not None else None
                 if end is not None:
                     done, self._size = kept, end
