@@ -4065,8 +4065,9 @@ class WsgiApp:
 
     def __call__(self, environ, start_response):
         if self.closed:
-            start_response("503 Service Unavailable", list(plain_answer(503).headers))
-            return [plain_answer(503).body]
+            answer = plain_answer(503)
+            start_response("503 Service Unavailable", list(answer.headers))
+            return [answer.body]
         if self._pid != os.getpid():
             self._forked()
         method = environ["REQUEST_METHOD"]
@@ -7552,15 +7553,11 @@ def report_files(argv=None, stdout=None):
     opened, name = [], "the files"
     try:
         import gzip   # now: at the open-file limit, an import could not open its module
-        for path in args.files:
-            later = len(opened) >= room - 32 or bool(opened) and opened[-1][1] == ()
-            opened.append([path, () if later else take(path)])
-            previous = opened[-2][1] if len(opened) > 1 and opened[-1][1] == () else None
-            if previous and previous is not sys.stdin.buffer:   # closed again: a descriptor
-                found = os.fstat(previous.fileno())              # free for what reading opens
-                seen.pop((found.st_dev, found.st_ino), None)
-                previous.close()
-                opened[-2][1] = ()
+        for number, path in enumerate(args.files):
+            opened.append([path, take(path) if number < room - 32 else ()])
+            if opened[-1][1] == ():   # at the limit: this one and the rest opened when read
+                opened += [[later, ()] for later in args.files[number + 1:]]
+                break
         for entry in opened:
             name, raw = "stdin" if entry[0] == "-" else entry[0], entry[1]
             if raw == ():   # past the limit: opened now
