@@ -7125,7 +7125,6 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
                 erasure.scan(handle.write)
         problem = _too_common(erasure, max_share) or _changed(path, before, held)
         if problem is not None or not erasure.erased:
-            os.remove(temporary)
             return erasure, problem
         if _root() or before.st_uid == os.geteuid():
             os.fchown(fd, before.st_uid, before.st_gid)
@@ -7134,7 +7133,6 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
         os.fsync(fd)
         problem = _changed(path, before, held)   # again, after the slow part
         if problem is not None:
-            os.remove(temporary)
             return erasure, problem
         old, new = (before.st_dev, before.st_ino), (before.st_dev, os.fstat(fd).st_ino)
         moved = {}
@@ -7144,12 +7142,10 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
                 write_checkpoint(where, replaced)
                 moved[where] = replaced
         os.replace(temporary, path)
-    except BaseException:
-        if os.path.lexists(temporary):
-            os.remove(temporary)
-        raise
     finally:
         os.close(fd)
+        if os.path.lexists(temporary):   # not renamed over the file: refused, or an error
+            os.remove(temporary)
     _sync_folder(folder)
     for where, document in moved.items():
         checkpoints[where] = settled_checkpoint(document, old)
