@@ -6996,9 +6996,7 @@ def linked_ids(paths, people):
                     event = json.loads(line)
                 except (ValueError, RecursionError):
                     continue
-                if not isinstance(event, dict):
-                    continue
-                user_id = _id_text(event.get("userId"))
+                user_id = _id_text(event.get("userId")) if isinstance(event, dict) else None
                 if not user_id or event.get("type") not in EVENT_TYPES:
                     continue
                 field = "previousId" if event["type"] == "alias" else "anonymousId"
@@ -7399,7 +7397,7 @@ def forward_files(argv=None):
         try:
             mode = os.stat(path).st_mode
             if not stat.S_ISREG(mode):   # /dev/zero would be read for ever, a FIFO block
-                raise OSError(errno.EINVAL, "not a regular file (%s)" % file_kind(mode))
+                raise _not_regular(path, mode)
         except OSError as error:
             reporter.say("cannot forward %s: %s" % (path, error.strerror or error))
             return 1
@@ -7546,13 +7544,12 @@ def report_files(argv=None, stdout=None):
             soft = room if hard == resource.RLIM_INFINITY else min(room, hard)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         room = room if soft == resource.RLIM_INFINITY else soft
-    opened, name = [], "the files"
+    opened, name = [[path, ()] for path in args.files], "the files"   # (): opened when read
     try:
         import gzip   # now: at the open-file limit, an import could not open its module
-        for number, path in enumerate(args.files):
-            opened.append([path, take(path) if number < room - 32 else ()])
-            if opened[-1][1] == ():   # at the limit: this one and the rest opened when read
-                opened += [[later, ()] for later in args.files[number + 1:]]
+        for entry in opened[:max(0, room - 32)]:
+            entry[1] = take(entry[0])
+            if entry[1] == ():   # at the limit: this one and the rest opened when read
                 break
         for entry in opened:
             name, raw = "stdin" if entry[0] == "-" else entry[0], entry[1]
@@ -7661,8 +7658,7 @@ def erase_command(argv=None, stdout=None):
     line each on stderr), 2 for a bad command line."""
     parser = build_erase_parser()
     args = parser.parse_args(argv)
-    stdout = stdout or sys.stdout
-    reporter = Reporter()
+    stdout, reporter = stdout or sys.stdout, Reporter()
     try:
         for value in args.email:
             if "@" not in value and value.strip()[:7].lower() != "sha256:":
@@ -7696,8 +7692,7 @@ def erase_command(argv=None, stdout=None):
         if any(field == "anonymousId" for (field, _), _ in linked):
             stdout.write("--follow: an event with another userId is kept, whatever its "
                          "anonymousId\n")
-    status = 0
-    requests, locks, files, gone, finished = [], {}, [], [], False
+    status, requests, locks, files, gone, finished = 0, [], {}, [], [], False
     for folder in {os.path.dirname(os.path.realpath(path)) for path in args.files}:
         if args.apply:   # what killed erases left behind
             sweep_erase_requests(folder)
@@ -7903,11 +7898,8 @@ def _running_log(path):
         fd = open_file(log)
     except OSError:   # none, or not a file
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None   # free: nobody writes it (a backfill's shared flock is no writer)
-    except BlockingIOError:
-        return log
+    try:   # free: nobody writes it (a backfill's shared flock is no writer)
+        return None if _flock_shared(fd) else log
     except OSError:   # no flock on this file system
         return None
     finally:
