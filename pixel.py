@@ -6759,8 +6759,6 @@ def _printable(text, limit=None, keep=""):
 def _bar(counts, peak):
     """A day's bar, as long against the busiest day's as its events: "#" for events not
     labelled machine, "." for machine ones."""
-    if not counts.events or not peak:
-        return ""
     width = max(1, round(REPORT_BAR * counts.events / peak))
     dots = round(width * counts.machine / counts.events)
     return "#" * (width - dots) + "." * dots
