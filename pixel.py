@@ -2749,16 +2749,14 @@ class DedupeWindow:
         """Empty `digest`'s slot, moving later entries of its probe run back into the hole,
         so that no lookup stops short at it (deletion without tombstones)."""
         table, mask = self._table, self._mask
-        hole = self._find(digest)
-        slot = hole
+        hole = slot = self._find(digest)
         while True:
             slot = (slot + 1) & mask
             entry = table[slot]
             if not entry:
                 break
             home = entry & mask   # where its probe run starts: it may move back to the hole
-            if (hole < slot and not hole < home <= slot) or \
-                    (hole > slot and slot < home <= hole):
+            if (hole < slot and not hole < home <= slot) or (hole > slot and slot < home <= hole):
                 table[hole] = entry
                 hole = slot
         table[hole] = 0
@@ -2884,17 +2882,16 @@ class Recorder:
         self.deduped = 0
         self.suppressed = Counter()   # requests and items that named a suppressed person
         self._dedupe_lock = threading.Lock()
-        self.metrics = metrics or Metrics(clock)
-        register_recorder(self, self.metrics)
+        register_recorder(self, metrics or Metrics(clock))
 
-    def remember_logged(self, max_bytes=MAX_WARM_BYTES):
+    def remember_logged(self):
         """Refill the dedupe window from the events log's end (the live file, then rotated
         ones, logrotate's too), so that a forwarder sending its last batch again after a
         crash on either side is not written twice. Returns how many ids it read."""
         if self.recent is None:
             return 0
         paths = [self.events.path] + rotated_files(self.events.path)
-        client_ids = logged_client_ids(paths, self.recent.size, max_bytes)
+        client_ids = logged_client_ids(paths, self.recent.size)
         with self._dedupe_lock:
             for client_id in client_ids:
                 self.recent.add(client_id)
@@ -2938,9 +2935,8 @@ class Recorder:
             payload = decode_query(request.query)
             if people and self.suppress(people, payload):
                 return
-            event = build_event(kind, payload, received_at=received_at,
-                                write_keys=self.write_keys, ip=ip,
-                                user_agent=user_agent(request.headers),
+            event = build_event(kind, payload, received_at=received_at, write_keys=self.write_keys,
+                                ip=ip, user_agent=user_agent(request.headers),
                                 anonymize=self.anonymize_ip)
             self.labeller.label(event["context"], request, self.true_client_ip)
             line = encode_line(event)
@@ -3640,12 +3636,8 @@ class PixelHandler(BufferedConnection):
         """http.server's hook: a plain-text answer (`message` or the status's phrase, never
         HTML) that closes the connection; `explain` is ignored."""
         self.close_connection = True
-        answer = plain_answer(code)
-        if message is not None:
-            text = message.encode("latin-1", "replace") + b"\n"
-            answer = answer._replace(body=text, headers=(
-                answer.headers[0], ("Content-Length", str(len(text)))))
-        self._send(answer)
+        self._send(plain_answer(code) if message is None else _answer(
+            code, "text/plain; charset=utf-8", message.encode("latin-1", "replace") + b"\n"))
 
     def _send(self, answer, started=None):
         """Send `answer` in one write, with Server, Date and Connection added, once the time
