@@ -2782,8 +2782,7 @@ def quote_text(text, anonymize, limit=None):
 
 
 def quote_query(query, anonymize):
-    """(What a rejects line quotes of a query, whether an address in it was cut, whether
-    it was cut short)."""
+    """(What a rejects line quotes of a query, whether an address was cut, whether truncated)."""
     text, cut = anonymize_query(query) if anonymize else (query, False)
     return text[:MAX_REJECT_RAW], cut, max(len(query), len(text)) > MAX_REJECT_RAW
 
@@ -2821,8 +2820,7 @@ _KEY_REASONS = ("no_write_key", "write_key_not_string", "invalid_write_key")
 
 
 def register_recorder(recorder, metrics):
-    """Count `recorder` into `metrics`: pixel_events_total and the other counters of what it
-    wrote, refused, deduped and suppressed, and /health's fields of them."""
+    """Count `recorder` into `metrics`: its counters for /metrics, and /health's fields of them."""
     logs = (("events", recorder.events), ("rejects", recorder.rejects))
     metrics.family("pixel_events_total", "counter", "Events written to the events log, "
                    "by type.", lambda: recorder.written_by_type.samples("type"))
