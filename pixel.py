@@ -1406,7 +1406,7 @@ class Counter:
         """(suffix, labels, value) samples for Metrics.family, one a label value."""
         with self._lock:
             counts = sorted(self.counts.items(), key=lambda item: str(item[0]))
-        return [("", ((label, key),) if label else (), value) for key, value in counts]
+        return [("", ((label, key),), value) for key, value in counts]
 
 
 class Histogram:
@@ -2656,8 +2656,7 @@ class People:
 
 
 def _quoted_user_id(record):
-    """The userId of what a rejects line quotes, a pixel's query or an API body, if it
-    decodes to a payload with one, else None."""
+    """The userId of the pixel query or API body a rejects line quotes, if any, else None."""
     try:
         if isinstance(record.get("query"), str):
             payload = decode_query(record["query"])
