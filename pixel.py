@@ -4234,8 +4234,7 @@ class Receiver:
                         self.reporter.say(
                             "forwarding to %s is PAUSED: it refused writeKey %s (%s). Check "
                             "--forward-write-key or the receiver's keys; nothing is dropped, "
-                            "retrying every %d s" % (self.endpoint, key, problem,
-                                                     self.max_delay))
+                            "retrying every %d s" % (self.endpoint, key, problem, self.max_delay))
                 elif status in _NOTHING_THERE_STATUSES or 300 <= status < 400:
                     location = headers.get("location")   # a redirect is never followed
                     problem += "%s: nothing at this URL takes batches; check the URL" % (
@@ -4763,8 +4762,7 @@ class LogFile:
 
     def size(self):
         """How far it can be read: None for an archive (or a parked file)."""
-        return os.fstat(self.fd).st_size if self.archive is None and self.fd is not None \
-            else None
+        return os.fstat(self.fd).st_size if self.archive is None and self.fd is not None else None
 
     def status(self):
         """Its os.stat_result (a parked file's by its name), or None if it is gone."""
@@ -5099,13 +5097,11 @@ class LogQueue:
                               "that is done", path)
             problem = log.not_an_event_log()
             if problem is not None:
-                raise ValueError("cannot forward %s: not a pixel event log (%s)"
-                                 % (path, problem))
+                raise ValueError("cannot forward %s: not a pixel event log (%s)" % (path, problem))
             if path.endswith(".gz") and log.archive is None:
                 self._reporter.say("%s is not gzipped: sending it as it is" % path)
             before = log.sent_before(sent, legacy_until)
-            if log.identity in seen or before is not None and \
-                    before >= os.fstat(log.fd).st_size:
+            if log.identity in seen or before is not None and before >= os.fstat(log.fd).st_size:
                 self._reporter.say("%s: already sent, skipped" % path)
                 self.files.pop().close()
                 continue
@@ -5322,8 +5318,7 @@ def _unescaped(item):
         return item
 
 
-def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
-               alone=False):
+def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH, alone=False):
     """A batch from `data`, log lines from byte `offset` without the last newline: (rejects-
     log lines with no event to send, skipped; the offset after them; the items; None, or if
     there are none, the first line, refused: (its end, [it], the Rejected)). One writeKey a
@@ -5412,8 +5407,7 @@ class Sender:
         body = _BATCH_OPEN + b",".join(item.data for item in items) + _BATCH_CLOSE % \
             format_time(self.clock()).encode("ascii")
         compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-        return self.receiver.deliver(items[0].key,
-                                     compressor.compress(body) + compressor.flush())
+        return self.receiver.deliver(items[0].key, compressor.compress(body) + compressor.flush())
 
     def _rejection(self, status, answer, key):
         if status in _KEY_STATUSES:   # deliver() returns these only for a key not configured
@@ -5462,8 +5456,7 @@ class Sender:
     def _probe(self, log, first, end, complete):
         start, rounds = self.doubt[:2]
         data, whole = read_lines(log, start, end)
-        ahead = take_batch(data[:whole - 1], start, self.write_key, alone=True)[2] \
-            if whole else []
+        ahead = take_batch(data[:whole - 1], start, self.write_key, alone=True)[2] if whole else []
         exhausted = not ahead and complete
         for item in [first] + ahead[:min(2 ** (rounds + 1), PROBES_A_ROUND)]:
             status, answer = self._post([item])
@@ -5701,8 +5694,7 @@ class Forwarder:
                 self._caught_up_at = read_at
             return None
         elif data:   # a last line with no newline: a torn write from long ago
-            refused = log.offset + len(data), [data], Rejected("forward_unreadable",
-                                                                "no newline")
+            refused = log.offset + len(data), [data], Rejected("forward_unreadable", "no newline")
         else:
             damage = log.archive and log.archive.damage   # an archive that ended early
             if damage is not None:
@@ -5750,8 +5742,7 @@ class Forwarder:
         once when files moved by hand, or opened by the writer, join the queue (once the one
         to send from is open: one parked is looked for when its turn comes)."""
         self.queue.count_lines(self.sent + self.refused.total() + self.skipped)
-        if self.queue.moves_to_save() and self.queue.files and \
-                self.queue.files[0].fd is not None:
+        if self.queue.moves_to_save() and self.queue.files and self.queue.files[0].fd is not None:
             self._save(self.queue.files[0])
 
     def _save(self, log, quiet=True):
