@@ -4477,8 +4477,7 @@ def read_checkpoint(path):
 
 
 def write_checkpoint(path, document):
-    """Replace `path` with `document` atomically (<path>.tmp written, fsynced, renamed over
-    it, the folder fsynced): a kill -9 or a power cut leaves the old one or the new one."""
+    """Replace `path` with `document`, fsynced: a kill -9 or power cut leaves old or new."""
     temporary = path + ".tmp"
     data = (json.dumps(document, sort_keys=True) + "\n").encode("ascii")
     fd = open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW |
@@ -5515,8 +5514,7 @@ FORWARD_METRICS = (
 
 
 def register_forwarder(forwarder, metrics):
-    """Count `forwarder` into `metrics`: /health's forward object, its problems,
-    pixel_forward_*, and its rejections into pixel_rejections_total."""
+    """Count `forwarder` into `metrics`: /health, its problems, pixel_forward_*, its rejections."""
     metrics.health("forward", forwarder.status)
     metrics.problem(lambda: forwarder.status()["degraded"])
     metrics.family("pixel_rejections_total", "counter", "",
@@ -5571,13 +5569,12 @@ class Forwarder:
         self.checkpoint = adopt_legacy_state(writer.path, "forward", self.reporter)
         try:
             checkpoint = read_checkpoint(self.checkpoint)
-            self.made_checkpoint = checkpoint is None
         except (OSError, ValueError) as error:
-            self.made_checkpoint = False
             self.reporter.say("cannot read the checkpoint %s (%s): forwarding every log "
                               "file from its start; the receiver may get events twice"
                               % (self.checkpoint, getattr(error, "strerror", None) or error))
             checkpoint = _NO_CHECKPOINT
+        self.made_checkpoint = checkpoint is None
         self.queue.follow(writer, checkpoint)
         self._save(self.queue.files[0], quiet=False)
 
