@@ -4765,10 +4765,7 @@ class LogFile:
 
     def status(self):
         """Its os.stat_result (a parked file's by its name), or None if it is gone."""
-        try:
-            return os.stat(self.name if self.fd is None else self.fd)
-        except OSError:
-            return None
+        return stat_or_none(self.name if self.fd is None else self.fd)
 
     def mtime_ns(self):
         """Its last write, in ns; 0 if it is gone."""
