@@ -4341,11 +4341,8 @@ class Receiver:
         """Cut the post under way, from another thread (its deadline, or a stop)."""
         self._aborted = True
         sock = getattr(self._connection, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)   # wakes a recv or send blocked on it
-            except OSError:   # closed meanwhile: the post is over anyway
-                pass
+        if sock is not None:   # a recv or send blocked on it wakes (closed: the post is over)
+            _wake(sock, socket.SHUT_RDWR)
 
     def stop(self):
         self.stopping.set()
