@@ -5573,8 +5573,7 @@ class Forwarder:
         self._save(self.queue.files[0], quiet=False)
 
     def add_files(self, paths, checkpoint, erasing=None):
-        """Relay the files at `paths` once (a backfill), from the checkpoint file `checkpoint`
-        (backfill_checkpoint's ValueError) or LogQueue.add_files's errors."""
+        """Relay the files at `paths` once (a backfill), from the checkpoint file `checkpoint`."""
         self.checkpoint = checkpoint
         self.queue.add_files(paths, backfill_checkpoint(checkpoint, self.receiver.url), erasing)
 
