@@ -5344,8 +5344,7 @@ def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH,
         except Rejected as rejection:
             return skipped, start, items, None if items else (line_end, [line], rejection)
         if items and (len(items) == PROBES_A_ROUND if alone else key != items[-1].key or
-                      len(items) == batch_events or
-                      batch_size + len(item) + 1 > MAX_BATCH_BYTES):
+                      len(items) == batch_events or batch_size + len(item) + 1 > MAX_BATCH_BYTES):
             break
         items.append(Item(item, line_end, line, key))
         batch_size += len(item) + 1
