@@ -6106,9 +6106,13 @@ def _size(value):
 
 
 def _public_url(value):
+    """An http(s) URL of a host, and the path a proxy mounts pixel under, if any
+    (https://shop.example.com/collect): the settings document's apiHost starts with both."""
     text = _nonempty(value).rstrip("/")
-    if not _ORIGIN.match(text):
-        raise argparse.ArgumentTypeError("not an http(s) URL of a host: %r (try "
+    _, slash, path = text.partition("://")[2].partition("/")
+    if not _ORIGIN.match(text[:len(text) - len(slash + path)]) or \
+            not re.fullmatch(r"[\w.~!$&'()*+,;=:@%/-]*", path, re.ASCII):   # RFC 3986 pchars
+        raise argparse.ArgumentTypeError("not an http(s) URL of a host, with no query: %r (try "
                                          "https://pixel.example.com)" % text)
     return text
 
@@ -6211,8 +6215,9 @@ OPTIONS = (
            "browsers may send to the HTTP API (https://shop.example.com, or *.example.com for "
            "its subdomains); repeatable. Unset, any origin may send", many=True),
     Option("public_url", "PIXEL_PUBLIC_URL", None, _public_url, "the URL browsers reach this "
-           "server at, such as https://pixel.example.com behind a proxy; the settings document "
-           "points analytics.js there. Unset, the request's Host and scheme are used"),
+           "server at, such as https://pixel.example.com or https://shop.example.com/collect "
+           "behind a proxy; the settings document points analytics.js there. Unset, the "
+           "request's Host and scheme are used"),
     Option("dedupe_window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, _window, "client-sent "
            "messageIds to remember, per writeKey; an event whose key and messageId were "
            "written among the last N is dropped as a retry. 0 turns it off"),

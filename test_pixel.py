@@ -5592,6 +5592,23 @@ class SettingsDocument(ServerCase):
         self.assertEqual(destination["apiHost"], "site.example/collect/v1")
         self.assertEqual(app.app.recorder.recent.size, 10)
 
+    def test_a_public_url_with_the_path_a_proxy_mounts_pixel_under(self):
+        # nginx's `location /collect/ { proxy_pass http://127.0.0.1:8000/; }` strips the path:
+        # only --public-url can tell analytics.js to post to /collect/v1/...
+        metrics = pixel.Metrics()
+        app = pixel.App(pixel.Recorder(self.events, self.rejects, metrics=metrics), metrics,
+                        public_url=pixel.configure(public_url="https://shop.example/collect/")
+                        .public_url)
+        answer = app.answer(pixel.route_for("/v1/projects/K/settings"), request(
+            path="/v1/projects/K/settings", headers={"host": "127.0.0.1:8000"}))
+        destination = json.loads(answer.body)["integrations"]["Segment.io"]
+        self.assertEqual((destination["apiHost"], destination["protocol"]),
+                         ("shop.example/collect/v1", "https"))
+        for bad in ("https://shop.example/collect?x=1", "https://shop.example/a b",
+                    "https://shop.example/<b>", "https://user@shop.example/collect"):
+            with self.subTest(bad), self.assertRaisesRegex(ValueError, "public_url: not an"):
+                pixel.configure(public_url=bad)
+
     def test_from_the_host_header_without_a_public_url(self):
         recorder = app_over(self.events, self.rejects)
         answer = recorder.answer(pixel.route_for("/v1/projects/K/settings"), request(
@@ -10745,6 +10762,84 @@ class SystemdUnits(unittest.TestCase):
             self.assertIn("WorkingDirectory=/opt/pixel\n", unit)   # where -m finds it
             args = pixel.parse_args(command[3:], {})   # the flags pixel.py would be given
             self.assertTrue(args.log.startswith("/var/lib/pixel/"))
+
+
+class NginxInFront(unittest.TestCase):
+    """examples/nginx.conf, the README's proxy, in front of pixel over TLS: the client's own
+    address recorded (not one it put in X-Forwarded-For), a 64 KiB pixel URL taken, a HEAD
+    not made an open, a gzipped batch posted, and the settings document at --public-url."""
+
+    def test_the_example_config_in_front_of_pixel(self):
+        nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+        need(nginx, "nginx (Debian's nginx package)")
+        need(shutil.which("openssl"), "openssl")
+        folder = temp_dir(self, "pixel-nginx-")
+        authority, certificate, key = make_certificates(folder)
+        log = os.path.join(folder, "events.jsonl")
+        _, port = start_pixel(self, "--log", log, "--trusted-proxy", "127.0.0.1",
+                              "--public-url", "https://pixel.example.com")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            front = probe.getsockname()[1]
+        with open(os.path.join(HERE, "examples", "nginx.conf")) as handle:
+            example = handle.read()   # the README's, with this test's port and certificate
+        example = example.replace("127.0.0.1:8000", "127.0.0.1:%d" % port).replace(
+            "listen 443", "listen 127.0.0.1:%d" % front).replace(
+            "/etc/letsencrypt/live/pixel.example.com/fullchain.pem", certificate).replace(
+            "/etc/letsencrypt/live/pixel.example.com/privkey.pem", key)
+        temporary = " ".join("%s_temp_path %s;" % (kind, os.path.join(folder, kind))
+                             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        with open(os.path.join(folder, "nginx.conf"), "w") as handle:
+            handle.write("%spid nginx.pid;\nevents {}\nhttp {\naccess_log off; %s\n%s}\n" % (
+                "user root;\n" if os.geteuid() == 0 else "", temporary, example))
+        import ssl
+        server = subprocess.Popen([nginx, "-p", folder, "-c", "nginx.conf", "-e", "error.log",
+                                   "-g", "daemon off;"], stderr=subprocess.PIPE, text=True)
+        self.addCleanup(server.stderr.close)   # last: after the wait
+        self.addCleanup(server.wait)
+        self.addCleanup(server.terminate)
+        context = ssl.create_default_context(cafile=authority)
+
+        def ask(method, path, body=None, headers=()):
+            # From 127.0.0.5, a client address that is neither the proxy's nor its claim.
+            connection = http.client.HTTPSConnection("127.0.0.1", front, timeout=10,
+                                                     context=context,
+                                                     source_address=("127.0.0.5", 0))
+            try:
+                connection.request(method, path, body, dict(headers))
+                response = connection.getresponse()
+                return response.status, response.read()
+            finally:
+                connection.close()
+
+        def listening():
+            try:
+                return ask("GET", "/health")[0] == 200
+            except OSError:
+                self.assertIsNone(server.poll(), "nginx exited")
+                return False
+
+        wait_until(listening, timeout=20)
+        pad = "%78" * 20000   # a URL of 60 KB (nginx's default takes 8 KB), an event of 20
+        self.assertEqual(ask("GET", "/v1/pixel/track?writeKey=K&userId=u1&event=Email%20Opened&"
+                                    "messageId=m1&properties.pad=" + pad,
+                             headers={"X-Forwarded-For": "9.9.9.9"}), (200, pixel.GIF))
+        self.assertEqual(ask("HEAD", "/v1/pixel/track?writeKey=K&userId=u2&event=e&"
+                                     "messageId=m2")[0], 200)
+        batch = gzip.compress(json.dumps({"batch": [
+            {"type": "track", "userId": "u3", "event": "e", "messageId": "m3"}]}).encode())
+        self.assertEqual(ask("POST", "/v1/batch", batch, {
+            "Content-Type": "application/json", "Content-Encoding": "gzip",
+            "Authorization": "Basic " + base64.b64encode(b"K:").decode()})[0], 200)
+        status, body = ask("GET", "/v1/projects/K/settings")
+        self.assertEqual((status, json.loads(body)["integrations"]["Segment.io"]["apiHost"]),
+                         (200, "pixel.example.com/v1"))
+        with open(log) as handle:
+            events = [json.loads(line) for line in handle]
+        self.assertEqual([event["messageId"] for event in events], ["m1", "m3"],
+                         "the HEAD is no open, and nothing is logged twice")
+        self.assertEqual([event["context"]["ip"] for event in events], ["127.0.0.5"] * 2)
+        self.assertEqual(events[0]["properties"]["pad"], "x" * 20000)
 
 
 @soak
