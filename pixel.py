@@ -3187,23 +3187,24 @@ class App:
         return not self.recorder.write_keys or write_key in self.recorder.write_keys
 
     def settings(self, request):
-        """analytics.js's settings document, pointing at --public-url if set, else at the
-        Host and scheme the request came by (then never cached: a shared cache must not
-        hand one visitor's Host to everyone). An unknown writeKey is a 404."""
+        """analytics.js's settings document, pointing at --public-url if set (and the WSGI
+        mount's prefix, unless the URL has a path), else at the Host and scheme the request
+        came by (then never cached: a shared cache must not hand one visitor's Host to
+        everyone). An unknown writeKey is a 404."""
         write_key = request.path[len(SETTINGS_PREFIX):-len(SETTINGS_SUFFIX)]
         if not self._known(write_key):
             return NOT_FOUND
+        prefix = request.prefix
         if self.public_url:
             protocol, _, host = self.public_url.partition("://")
-            cache = ()
+            prefix, cache = "" if "/" in host else prefix, ()   # a path in it: the whole way
         else:
             host = request.headers.get("host", "")
             if not _ORIGIN.match("http://" + host):
                 return plain_answer(400)
             protocol = request_scheme(request, self.recorder.trusted_proxies)
             cache = (("Cache-Control", "no-store"),)
-        return json_answer(200, settings_document(write_key, protocol, host, request.prefix),
-                           cache)
+        return json_answer(200, settings_document(write_key, protocol, host, prefix), cache)
 
     def source_config(self, request):
         """RudderStack's source configuration, for the writeKey the request names (Basic

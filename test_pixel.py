@@ -5591,6 +5591,12 @@ class SettingsDocument(ServerCase):
         destination = json.loads(b"".join(body))["integrations"]["Segment.io"]
         self.assertEqual(destination["apiHost"], "site.example/collect/v1")
         self.assertEqual(app.app.recorder.recent.size, 10)
+        app.app.public_url = "https://site.example/collect"   # the whole way: not twice
+        body = app({"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/collect",
+                    "PATH_INFO": "/v1/projects/K/settings", "HTTP_HOST": "site.example",
+                    "wsgi.input": io.BytesIO()}, lambda status, headers: None)
+        destination = json.loads(b"".join(body))["integrations"]["Segment.io"]
+        self.assertEqual(destination["apiHost"], "site.example/collect/v1")
 
     def test_a_public_url_with_the_path_a_proxy_mounts_pixel_under(self):
         # nginx's `location /collect/ { proxy_pass http://127.0.0.1:8000/; }` strips the path:
