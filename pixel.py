@@ -5568,6 +5568,10 @@ class Forwarder:
                               "file from its start; the receiver may get events twice"
                               % (self.checkpoint, getattr(error, "strerror", None) or error))
             checkpoint = _NO_CHECKPOINT
+        if checkpoint is not None and "live" not in checkpoint:   # 2.0's lists no moves
+            self.reporter.say("the checkpoint %s is an older pixel's: a log file it moved "
+                              "by hand is not forwarded (`pixel.py forward FILE` sends it)"
+                              % self.checkpoint)
         self.made_checkpoint = checkpoint is None
         self.queue.follow(writer, checkpoint)
         self._save(self.queue.files[0], quiet=False)

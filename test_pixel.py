@@ -7269,6 +7269,23 @@ class ForwardingRestarts(ForwardingCase):
                 self.assertEqual(sorted(receiver.ids()), sorted("m%d" % number
                                                                 for number in range(20)))
 
+    def test_an_older_pixels_checkpoint_is_said_to_list_no_file_moved_by_hand(self):
+        # The upgrade pass: 1.0's and early 2.0's checkpoints list no log file moved by hand
+        # (one moved aside with a SIGHUP), so 2.1 started on one never sent it, silently.
+        writer = self.writer()
+        self.write(writer, range(2))
+        forwarder = self.forwarder(FakeReceiver(self).url, writer)
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        forwarder.stop(5)
+        forwarder.close()
+        self.assertNotIn("older pixel's", self.stderr.getvalue())
+        path = pixel.state_path(writer.path, "forward")
+        checkpoint = pixel.read_checkpoint(path)
+        del checkpoint["live"]
+        pixel.write_checkpoint(path, checkpoint)
+        self.forwarder(FakeReceiver(self).url, writer)
+        self.assertIn("the checkpoint %s is an older pixel's" % path, self.stderr.getvalue())
+
     def test_a_new_file_is_in_the_checkpoint_before_the_next_look(self):
         # A file the writer opened (a rotation here) joined the checkpoint at the forwarder's
         # next look, FORWARD_POLL later: a kill -9 meanwhile, then that file moved away while
