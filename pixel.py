@@ -5568,7 +5568,8 @@ class Forwarder:
                               "file from its start; the receiver may get events twice"
                               % (self.checkpoint, getattr(error, "strerror", None) or error))
             checkpoint = _NO_CHECKPOINT
-        if checkpoint is not None and "live" not in checkpoint:   # 2.0's lists no moves
+        if checkpoint is not None and checkpoint is not _NO_CHECKPOINT and \
+                "live" not in checkpoint and "moved" not in checkpoint:   # 1.0's, early 2.0's
             self.reporter.say("the checkpoint %s is an older pixel's: a log file it moved "
                               "by hand is not forwarded (`pixel.py forward FILE` sends it)"
                               % self.checkpoint)
@@ -7118,9 +7119,11 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
                 moved[where] = replaced
         os.replace(temporary, path)
     finally:
-        os.close(fd)
-        if os.path.lexists(temporary):   # not renamed over the file: refused, or an error
-            os.remove(temporary)
+        try:
+            os.close(fd)
+        finally:
+            if os.path.lexists(temporary):   # not renamed over the file: refused, or an error
+                os.remove(temporary)
     _sync_folder(folder)
     for where, document in moved.items():
         checkpoints[where] = settled_checkpoint(document, old)

@@ -7282,9 +7282,24 @@ class ForwardingRestarts(ForwardingCase):
         path = pixel.state_path(writer.path, "forward")
         checkpoint = pixel.read_checkpoint(path)
         del checkpoint["live"]
-        pixel.write_checkpoint(path, checkpoint)
-        self.forwarder(FakeReceiver(self).url, writer)
-        self.assertIn("the checkpoint %s is an older pixel's" % path, self.stderr.getvalue())
+        for name, document in (("a checkpoint that lists moved files", dict(
+                checkpoint, moved=[])), ("one it cannot read", "{garbage"), ("1.0's", None)):
+            with self.subTest(name):
+                self.stderr.seek(0)
+                self.stderr.truncate()
+                if document is None:
+                    pixel.write_checkpoint(path, checkpoint)
+                elif isinstance(document, dict):
+                    pixel.write_checkpoint(path, document)
+                else:
+                    with open(path, "w") as handle:
+                        handle.write(document)
+                forwarder = self.forwarder(FakeReceiver(self).url, writer)
+                forwarder.stop(5)
+                forwarder.close()
+                said = "the checkpoint %s is an older pixel's" % path
+                (self.assertIn if document is None else self.assertNotIn)(
+                    said, self.stderr.getvalue())
 
     def test_a_new_file_is_in_the_checkpoint_before_the_next_look(self):
         # A file the writer opened (a rotation here) joined the checkpoint at the forwarder's
@@ -10790,7 +10805,8 @@ class SystemdUnits(unittest.TestCase):
 class NginxInFront(unittest.TestCase):
     """examples/nginx.conf, the README's proxy, in front of pixel over TLS: the client's own
     address recorded (not one it put in X-Forwarded-For), a 64 KiB pixel URL taken, a HEAD
-    not made an open, a gzipped batch posted, and the settings document at --public-url."""
+    not made an open, a gzipped batch posted, the settings document by the Host and scheme
+    nginx passes on, and nginx's own access log left empty."""
 
     def test_the_example_config_in_front_of_pixel(self):
         nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
@@ -10799,8 +10815,7 @@ class NginxInFront(unittest.TestCase):
         folder = temp_dir(self, "pixel-nginx-")
         authority, certificate, key = make_certificates(folder)
         log = os.path.join(folder, "events.jsonl")
-        _, port = start_pixel(self, "--log", log, "--trusted-proxy", "127.0.0.1",
-                              "--public-url", "https://pixel.example.com")
+        _, port = start_pixel(self, "--log", log, "--trusted-proxy", "127.0.0.1")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             front = probe.getsockname()[1]
@@ -10813,8 +10828,8 @@ class NginxInFront(unittest.TestCase):
         temporary = " ".join("%s_temp_path %s;" % (kind, os.path.join(folder, kind))
                              for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         with open(os.path.join(folder, "nginx.conf"), "w") as handle:
-            handle.write("%spid nginx.pid;\nevents {}\nhttp {\naccess_log off; %s\n%s}\n" % (
-                "user root;\n" if os.geteuid() == 0 else "", temporary, example))
+            handle.write("%spid nginx.pid;\nevents {}\nhttp {\naccess_log access.log; %s\n%s}\n"
+                         % ("user root;\n" if os.geteuid() == 0 else "", temporary, example))
         import ssl
         server = subprocess.Popen([nginx, "-p", folder, "-c", "nginx.conf", "-e", "error.log",
                                    "-g", "daemon off;"], stderr=subprocess.PIPE, text=True)
@@ -10854,15 +10869,18 @@ class NginxInFront(unittest.TestCase):
         self.assertEqual(ask("POST", "/v1/batch", batch, {
             "Content-Type": "application/json", "Content-Encoding": "gzip",
             "Authorization": "Basic " + base64.b64encode(b"K:").decode()})[0], 200)
-        status, body = ask("GET", "/v1/projects/K/settings")
-        self.assertEqual((status, json.loads(body)["integrations"]["Segment.io"]["apiHost"]),
-                         (200, "pixel.example.com/v1"))
+        status, body = ask("GET", "/v1/projects/K/settings")   # by Host and X-Forwarded-Proto
+        destination = json.loads(body)["integrations"]["Segment.io"]
+        self.assertEqual((status, destination["apiHost"], destination["protocol"]),
+                         (200, "127.0.0.1/v1", "https"))
         with open(log) as handle:
             events = [json.loads(line) for line in handle]
         self.assertEqual([event["messageId"] for event in events], ["m1", "m3"],
                          "the HEAD is no open, and nothing is logged twice")
         self.assertEqual([event["context"]["ip"] for event in events], ["127.0.0.5"] * 2)
         self.assertEqual(events[0]["properties"]["pad"], "x" * 20000)
+        self.assertEqual(os.path.getsize(os.path.join(folder, "access.log")), 0,
+                         "nginx's own log would keep the pixels' ids")
 
 
 @soak
@@ -12915,6 +12933,23 @@ class EraseFiles(unittest.TestCase):
         with open(path, "rb") as handle:
             data = handle.read()
         return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+    def test_a_copy_whose_close_fails_is_removed_all_the_same(self):
+        # The attack on a simplification: the copy was removed after its close, which an NFS
+        # or FUSE write-back error can fail, leaving a copy of everyone else's lines behind.
+        path = self.log("events.jsonl", person_lines("alice", 3) + person_lines("bob", 1))
+        close = os.close
+
+        def failing_close(fd):
+            copy = os.readlink("/proc/self/fd/%d" % fd).endswith(".tmp")
+            close(fd)
+            if copy:
+                raise OSError(errno.EIO, "write-back failed")
+
+        with unittest.mock.patch("os.close", failing_close):   # alice is 3 of 4: refused
+            status, out, err = self.erase("--user-id", "alice", "--apply", path)
+        self.assertEqual(status, 1, (out, err))
+        self.assertEqual([name for name in os.listdir(self.dir) if name.endswith(".tmp")], [])
 
     def test_lines_another_tool_wrote_again_are_parsed_not_passed_by(self):
         # The attack pass: the first look searched for an id as pixel escapes it, so a copy
