@@ -4453,6 +4453,13 @@ _NO_CHECKPOINT = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, "head_b
                   "head": ""}
 
 
+def _lists_no_moves(checkpoint):
+    """Whether a live log's checkpoint is 1.0's or early 2.0's, which name no file moved by
+    hand (LogQueue.checkpoint's "moved"; "live" came later, always written)."""
+    return checkpoint is not None and checkpoint is not _NO_CHECKPOINT and \
+        "live" not in checkpoint and "moved" not in checkpoint
+
+
 def read_checkpoint(path):
     """The checkpoint document at `path`, or None if there is none. Raises OSError, or
     ValueError for a file that is not a checkpoint."""
@@ -5568,10 +5575,9 @@ class Forwarder:
                               "file from its start; the receiver may get events twice"
                               % (self.checkpoint, getattr(error, "strerror", None) or error))
             checkpoint = _NO_CHECKPOINT
-        if checkpoint is not None and checkpoint is not _NO_CHECKPOINT and \
-                "live" not in checkpoint and "moved" not in checkpoint:   # 1.0's, early 2.0's
-            self.reporter.say("the checkpoint %s is an older pixel's: a log file it moved "
-                              "by hand is not forwarded (`pixel.py forward FILE` sends it)"
+        if _lists_no_moves(checkpoint):
+            self.reporter.say("the checkpoint %s is an older pixel's: a log file it moved by "
+                              "hand is not forwarded (`pixel.py forward FILE` sends it)"
                               % self.checkpoint)
         self.made_checkpoint = checkpoint is None
         self.queue.follow(writer, checkpoint)

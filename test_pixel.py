@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import pathlib
+import pydoc
 import queue
 import random
 import re
@@ -12088,6 +12089,38 @@ class ReportCommand(unittest.TestCase):
 
 # ---------------------------------------------------------------------------------------------
 # The README, checked against the code
+
+
+class Shape(unittest.TestCase):
+    """What issue 20 asks of the file's shape, held: no class over 250 lines, an __all__ of
+    at most 20 names, help(pixel) under 1,000 lines, no line over 99 characters, and
+    nothing imported from outside the standard library."""
+
+    def setUp(self):
+        with open(pixel.__file__, encoding="utf-8") as handle:
+            self.source = handle.read()
+
+    def test_classes_and_lines(self):
+        tree = ast.parse(self.source)
+        long = [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
+                if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno >= 250]
+        self.assertEqual(long, [])
+        self.assertEqual([number for number, line in enumerate(self.source.splitlines(), 1)
+                          if len(line) > 99], [])
+
+    def test_surface(self):
+        self.assertLessEqual(len(pixel.__all__), 20)
+        self.assertEqual([name for name in pixel.__all__ if not hasattr(pixel, name)], [])
+        self.assertLess(len(pydoc.render_doc(pixel, renderer=pydoc.plaintext).splitlines()),
+                        1000)
+
+    @unittest.skipIf(sys.version_info < (3, 10), "sys.stdlib_module_names is 3.10's")
+    def test_stdlib_only(self):
+        imported = {alias.name.partition(".")[0] for node in ast.walk(ast.parse(self.source))
+                    if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module.partition(".")[0] for node in ast.walk(ast.parse(self.source))
+                     if isinstance(node, ast.ImportFrom) and node.module}
+        self.assertEqual(imported - sys.stdlib_module_names, set())
 
 
 class ReadmeIsTrue(unittest.TestCase):
