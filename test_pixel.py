@@ -1909,12 +1909,21 @@ class Dedupe(RecorderCase):
     def test_a_batch_of_distinct_ids_holds_the_lock_briefly(self):
         # Checking each id against the batch's own ids was a list scan: 50 million
         # comparisons, half a second with the lock held, for 10,000 items.
-        recorder = app_over(self.recorder.events, self.recorder.rejects).recorder
-        lines = [b'{"n":%d}\n' % number for number in range(10000)]
+        # Timed against a tenth of the batch, the best of three each, so that a loaded machine
+        # (CI's 0.29 s against an absolute 0.2) moves both: linear is 10 times, that was 100.
+        def best(count):
+            lines = [b'{"n":%d}\n' % number for number in range(count)]
+            times = []
+            for _ in range(3):
+                recorder = app_over(self.recorder.events, self.recorder.rejects).recorder
+                ids = ["ajs-next-%d-%d" % (len(times), number) for number in range(count)]
+                started = time.perf_counter()
+                self.assertTrue(recorder.write_events(lines, ids, ["track"] * count))
+                times.append(time.perf_counter() - started)
+            return min(times)
+
+        self.assertLess(best(10000), 30 * best(1000))
         ids = ["ajs-next-%d" % number for number in range(10000)]
-        started = time.perf_counter()
-        self.assertTrue(recorder.write_events(lines, ids, ["track"] * len(lines)))
-        self.assertLess(time.perf_counter() - started, 0.2)
         window = pixel.DedupeWindow(1000)
         for client_id in ids:
             window.add(client_id)
