@@ -7835,6 +7835,8 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
         request.claim()
         requests.append(request)
         if fcntl is not None:
+            if live and _maybe_next(os.fstat(fd)):   # a pixel's next file: not flocked here,
+                raise BlockingIOError                # or the pixel's own flock fails
             if not _flock_exclusive(fd):
                 raise OSError(errno.EBUSY, "a pixel.py forward is sending it: erase it when "
                               "that is done, or stop it first", path)
@@ -7884,8 +7886,10 @@ def _running_log(path):
         fd = open_file(log)
     except OSError:   # none, or not a file
         return None
-    try:   # free: nobody writes it (a backfill's shared flock is no writer)
-        return None if _flock_shared(fd) else log
+    try:   # free: nobody writes it (a backfill's shared flock is no writer). A pixel's next
+        # file is not flocked here: its own flock, taken a moment later, would fail, and the
+        # lines it writes then (answered pixels) with it
+        return log if _maybe_next(os.fstat(fd)) or not _flock_shared(fd) else None
     except OSError:   # no flock on this file system
         return None
     finally:

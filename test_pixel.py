@@ -13761,6 +13761,41 @@ class ErasePixelProcess(unittest.TestCase):
         fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=carol&event=e")
         self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
 
+    @unittest.skipIf(pixel.fcntl is None, "flock")
+    def test_erase_takes_no_flock_of_a_pixels_next_file(self):
+        # Under load, erase's looks at the live log (_running_log: one for each file named,
+        # hundreds) flocked the file a pixel's rotation had just made, before the pixel did:
+        # the pixel's own flock failed, and the lines it wrote then with it (answered pixels,
+        # 1-28 a run, neither on disk nor forwarded).
+        rotated = write_log(self.dir, "events.jsonl.20261118T000000.000Z",
+                            [line.rstrip(b"\n") for line in person_lines("bob", 3)])
+        open(self.log, "ab").close()   # made by the pixel's rotation; its flock comes next
+        pixels = os.open(self.log, os.O_RDWR)
+        self.addCleanup(os.close, pixels)
+        real, refused = fcntl.flock, []
+
+        def flock(fd, operation):   # the pixel takes its flock while erase holds one
+            real(fd, operation)
+            if fd != pixels and not operation & fcntl.LOCK_UN and \
+                    os.path.samestat(os.fstat(fd), os.fstat(pixels)):
+                try:
+                    pixel._flock(pixels, self.log)
+                except OSError as error:
+                    refused.append(error)
+                else:
+                    real(pixels, fcntl.LOCK_UN)
+
+        requests, locks = [], {}
+        self.addCleanup(lambda: [os.close(fd) for fd in locks.values()])
+        self.addCleanup(pixel.EraseRequest.finish, requests)
+        with unittest.mock.patch.object(pixel.fcntl, "flock", flock), \
+                unittest.mock.patch.object(pixel, "NEXT_FILE_GRACE", 60), \
+                unittest.mock.patch.object(pixel.EraseRequest, "wait_ready", lambda *_: None):
+            self.assertEqual(pixel._running_log(rotated), self.log)
+            self.assertEqual(pixel._hold_for_erase(self.log, requests, locks, pixel.Reporter()),
+                             [rotated])   # as the pixel answers (mocked here)
+        self.assertEqual(refused, [])
+
     def test_a_backfill_does_not_start_on_a_file_being_erased(self):
         rotated = write_log(self.dir, "events.jsonl.20261118T000000.000Z",
                             [line.rstrip(b"\n") for line in person_lines("bob", 3)])
