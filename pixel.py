@@ -7932,7 +7932,9 @@ def _flock_free(path, locks):
         if _maybe_next(os.fstat(fd)):
             raise BlockingIOError
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        if not os.path.samestat(os.fstat(fd), os.stat(path)):   # rotated (and let go of) since
+            raise BlockingIOError                                # it was opened: not the log
+    except (BlockingIOError, FileNotFoundError):
         os.close(fd)
         return False
     locks[os.path.realpath(path)] = fd

@@ -13796,6 +13796,29 @@ class ErasePixelProcess(unittest.TestCase):
                              [rotated])   # as the pixel answers (mocked here)
         self.assertEqual(refused, [])
 
+    @unittest.skipIf(pixel.fcntl is None, "flock")
+    def test_a_log_rotated_under_erases_look_is_not_taken_for_free(self):
+        # wait_ready asks _flock_free whether the pixel has let go of its log. It opened the
+        # live file, the pixel rotated it (and let go of it), and the flock it took then was
+        # read as "the pixel has ended": erase held that rotated file as the live log, then
+        # refused both, "a running pixel still writes it" (exit 1; once in 40 runs under load).
+        write_log(self.dir, "events.jsonl", [line.rstrip(b"\n") for line in
+                                             person_lines("bob", 3)])
+        rotated, real_open = self.log + ".20261118T000000.000Z", pixel.open_file
+
+        def open_file(path, *args, **kwargs):
+            fd = real_open(path, *args, **kwargs)
+            if path == self.log and not os.path.exists(rotated):   # the pixel's rotation
+                os.rename(self.log, rotated)
+                open(self.log, "ab").close()
+            return fd
+
+        locks = {}
+        self.addCleanup(lambda: [os.close(fd) for fd in locks.values()])
+        with unittest.mock.patch.object(pixel, "open_file", open_file):
+            self.assertFalse(pixel._flock_free(self.log, locks))
+        self.assertEqual(locks, {})
+
     def test_a_backfill_does_not_start_on_a_file_being_erased(self):
         rotated = write_log(self.dir, "events.jsonl.20261118T000000.000Z",
                             [line.rstrip(b"\n") for line in person_lines("bob", 3)])
