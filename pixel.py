@@ -1567,6 +1567,19 @@ def _flock(fd, path, ours=False):
     except BlockingIOError:
         if ours:
             return
+        # Held shared: by a reader, let go of in a moment (erase's look at a file a rotation
+        # has just made, a backfill refusing it), where failing would lose what is written.
+        for _ in range(100):   # 0.5 s at most
+            try:   # refused at once while a second pixel holds its exclusive flock
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                break
+            time.sleep(0.005)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                continue
         raise OSError(errno.EBUSY, "another process writes it (it holds its flock)",
                       path) from None
     except OSError as error:

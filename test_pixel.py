@@ -3179,6 +3179,41 @@ def mount_tmpfs(test, size):
     return folder
 
 
+@unittest.skipIf(pixel.fcntl is None, "flock")
+class ReadersFlock(unittest.TestCase):
+    """A log's flock against other processes' (here other descriptors'): a reader's shared
+    one is waited out, a writer's exclusive one refused at once."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.path = os.path.join(self.dir, "events.jsonl")
+        open(self.path, "ab").close()   # as a rotation makes the next file
+        self.other = os.open(self.path, os.O_RDONLY)
+        self.addCleanup(os.close, self.other)
+
+    def test_a_readers_shared_flock_is_waited_out(self):
+        # A backfill (or an erase's look) took a shared flock of the file a rotation had just
+        # made: the pixel's flock failed, and the pixels it answered then were lost.
+        fcntl.flock(self.other, fcntl.LOCK_SH)
+        timer = threading.Timer(0.1, fcntl.flock, (self.other, fcntl.LOCK_UN))
+        timer.start()
+        self.addCleanup(timer.join)   # before the descriptor's close
+        started = time.monotonic()
+        writer = pixel.LogWriter(self.path)
+        self.addCleanup(writer.close)
+        self.assertGreaterEqual(time.monotonic() - started, 0.09)
+        self.assertEqual(writer.write([b'{"n":1}\n']), 1)
+        with self.assertRaises(BlockingIOError):   # exclusive, as a writer's
+            fcntl.flock(self.other, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+    def test_a_writers_exclusive_flock_is_refused_at_once(self):
+        fcntl.flock(self.other, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with self.assertRaisesRegex(OSError, "another process writes it"):
+            pixel.LogWriter(self.path)
+        self.assertLess(time.monotonic() - started, 0.05)
+
+
 class DiskFullWriter(unittest.TestCase):
     """The LogWriter alone on a real, full 256 KiB tmpfs."""
 
