@@ -6134,8 +6134,9 @@ def _public_url(value):
     """An http(s) URL of a host, and the path a proxy mounts pixel under, if any
     (https://shop.example.com/collect): the settings document's apiHost starts with both."""
     text = _nonempty(value).rstrip("/")
-    _, slash, path = text.partition("://")[2].partition("/")
-    if not _ORIGIN.match(text[:len(text) - len(slash + path)]) or \
+    scheme, _, rest = text.partition("://")
+    host, _, path = rest.partition("/")
+    if not _ORIGIN.match("%s://%s" % (scheme, host)) or \
             not re.fullmatch(r"[\w.~!$&'()*+,;=:@%/-]*", path, re.ASCII):   # RFC 3986 pchars
         raise argparse.ArgumentTypeError("not an http(s) URL of a host, with no query: %r (try "
                                          "https://pixel.example.com)" % text)
