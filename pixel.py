@@ -1770,16 +1770,35 @@ def _chunks(lines, limit):
     return chunks
 
 
-def park_change(changes, identity, name):
-    """Few descriptors for a follower that has not taken its `changes` (it may not, for hours
-    of an outage): past MAX_OPEN_LOG_FILES, file `identity`'s, renamed for good to `name`,
-    is closed, to be opened by that name in its turn (a LogWriter's changes())."""
-    held = [index for index, change in enumerate(changes) if change[1] is not None]
+def record_rename(changes, at, identity, name):
+    """Put file `identity`'s rename, for good, to `name` at `at` in a follower's `changes`
+    (a LogWriter's changes(): before the next file's "opened"). Few descriptors for a follower
+    that has not taken them (it may not, for hours of an outage): past MAX_OPEN_LOG_FILES
+    held before `at`, the file's is closed, to be opened by that name in its turn."""
+    changes.insert(at, ("renamed", None, identity, name))
+    held = [index for index, change in enumerate(changes[:at]) if change[1] is not None]
     for index in held if len(held) > MAX_OPEN_LOG_FILES else ():
         change, fd, known, _ = changes[index]
         if known == identity:
             os.close(fd)
             changes[index] = (change, None, identity, name)
+
+
+def _put_back(moved, path):
+    """Whether the file renamed to `moved` is at `path` again: by a hard link, which never
+    replaces a file made there meanwhile, or where links cannot be made (a tmpfs counts each
+    as an inode), by a rename if nothing is there."""
+    try:
+        os.link(moved, path)
+    except FileExistsError:
+        return False
+    except OSError:
+        try:
+            return not os.path.lexists(path) and os.rename(moved, path) is None
+        except OSError:
+            return False
+    os.remove(moved)
+    return True
 
 
 def _room(fd, size):
@@ -1841,13 +1860,13 @@ class LogWriter:
                  readable=False):
         self.path = os.path.realpath(path)   # rotating a symlink would rename the link
         self.max_bytes, self.keep = max_bytes, keep
-        self.written = self.written_bytes = self.failed = self.rotations = 0
+        self.written = self.written_bytes = self.failed = self.rotations = self.failing = 0
         self.pinned = frozenset()
         self.created = not os.path.lexists(self.path)   # by this start: see discard()
         self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.Lock()
         self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
         self._fd = self._identity = None
-        self.failing, self._path_checked, self._failed_at = 0, float("-inf"), float("-inf")
+        self._path_checked = self._failed_at = self._rotate_failed_at = float("-inf")
         self._changes = None        # the follower's: ("opened", fd, ...), ("renamed", ...)
         self.closed = False         # by close(): a write after it is refused, never reopens
         self._open()                # at start an OSError is the operator's to see
@@ -1869,9 +1888,8 @@ class LogWriter:
             return os.dup(self._fd), self._identity, self._size, self.written
 
     def _drop_changes(self):
-        for change in self._changes or ():
-            if change[1] is not None:
-                os.close(change[1])
+        for fd in (change[1] for change in self._changes or () if change[1] is not None):
+            os.close(fd)
         self._changes = None
 
     def changes(self):
@@ -1968,8 +1986,15 @@ class LogWriter:
                 first = self._identity
                 for chunk, count in _chunks(lines, min(self.max_bytes or MAX_WRITE_BYTES,
                                                        MAX_WRITE_BYTES)):
-                    if self.max_bytes and self._size and self._size + len(chunk) > self.max_bytes:
-                        self._rotate()
+                    if self.max_bytes and self._size and self._size + len(chunk) > \
+                            self.max_bytes and not 0 <= now - self._rotate_failed_at < 1:
+                        try:
+                            self._rotate()
+                        except OSError as error:   # a try a second; the lines go on
+                            self._rotate_failed_at = now
+                            self._reporter.say("cannot rotate %s: %s; writing on past "
+                                               "--max-bytes" % (self.path, error.strerror or
+                                                                error), key="rotate " + self.path)
                     self._append_linked(chunk)
                     if self._identity != first:   # a rotation or a relink: a new file
                         first, kept = self._identity, done
@@ -1981,8 +2006,7 @@ class LogWriter:
                     done, self._size = kept, end
                 lost = len(lines) - done
                 self.written += done
-                self.failed += lost
-                self.failing += lost
+                self.failed, self.failing = self.failed + lost, self.failing + lost
                 self._failed_at = self._failed_at if skipped else now
                 self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still "
                                    "answering, will retry)" % (self.path, error.strerror or
@@ -2010,8 +2034,7 @@ class LogWriter:
             return
         if status is None and os.fstat(self._fd).st_nlink:
             now = self._clock()
-            if self._moved_at is None or now < self._moved_at:
-                self._moved_at = now
+            self._moved_at = now if self._moved_at is None else min(self._moved_at, now)
             if now - self._moved_at < MOVED_GRACE:
                 return
         try:
@@ -2041,39 +2064,36 @@ class LogWriter:
         if written != len(chunk):
             # The disk filled mid-line: cut back to the last whole line, measured from the
             # real end (after a copytruncate, a cut to _size would add zeros).
-            self._size = os.fstat(self._fd).st_size - written
-            self._torn = True
+            self._size, self._torn = os.fstat(self._fd).st_size - written, True
             os.ftruncate(self._fd, self._size)
             self._torn = False
             raise OSError(errno.ENOSPC, "short write (%d of %d bytes)" % (written, len(chunk)))
-        self._size += written
-        self.written_bytes += written
+        self._size, self.written_bytes = self._size + written, self.written_bytes + written
 
     def rotate_now(self):
-        """Rotate the file now if it holds a line (an erase asks: EraseDesk); its new name, or
-        None. Descriptors no follower took are closed (see Forwarder.hold): no flock stays."""
+        """Rotate the file now if it holds a line (an erase asks: EraseDesk); its new name, None
+        if empty, or OSError. Descriptors no follower took are closed (Forwarder.hold)."""
         with self._lock:
             self._drop_changes()
             self._follow_path(None)
             return self._rotate() if self._fd is not None and self._size else None
 
     def _rotate(self):
+        """Rename the file and open a new one: its new name, or OSError, the file still open."""
         status = stat_or_none(self.path)   # moved by hand since the last look: rotated already
         if (status is None or (status.st_dev, status.st_ino) != self._identity) and \
                 os.path.isdir(os.path.dirname(self.path)):   # (else it says so, writing on)
             return self._open()
         target = rotation_target(self.path, self._clock())
+        os.rename(self.path, target)
+        identity, at = self._identity, len(self._changes or ())
         try:
-            os.rename(self.path, target)
-        except OSError as error:   # keep writing to the live file rather than lose lines
-            self._reporter.say("cannot rotate %s: %s; still writing to it"
-                               % (self.path, error), key="write " + self.path)
-            return None
-        if self._changes is not None:
-            self._changes.append(("renamed", None, self._identity, target))
-            park_change(self._changes, self._identity, target)
+            self._open()   # or OSError (no inode or descriptor left): the file, written on,
+        finally:           # is put back at its path if it can be, else kept by its new name
+            if (self._identity != identity or not _put_back(target, self.path)) and \
+                    self._changes is not None:   # before the new file's "opened"
+                record_rename(self._changes, at, identity, target)
         self.rotations += 1
-        self._open()
         if self.keep and self.pinned is not None:
             prune_rotations(self.path, self.keep, self._held(), self._reporter)
         return target

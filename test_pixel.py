@@ -3168,10 +3168,11 @@ def fill_disk(test, folder):
     return filler
 
 
-def mount_tmpfs(test, size):
+def mount_tmpfs(test, size, inodes=None):
     folder = temp_dir(test, "pixel-tmpfs-")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d" % size, "tmpfs", folder],
-                            capture_output=True, text=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%d" % size + (
+        ",nr_inodes=%d" % inodes if inodes else ""), "tmpfs", folder], capture_output=True,
+        text=True)
     if result.returncode:
         test.skipTest("cannot mount a tmpfs here (%s); FailingDisk uses /dev/full instead"
                       % result.stderr.strip())
@@ -3248,6 +3249,118 @@ class DiskFullWriter(unittest.TestCase):
             data = handle.read()
         self.assertEqual(len(data), results.count(True) * len(line))
         self.assertTrue(data == b"" or data.endswith(b"\n"))
+
+
+def use_up_inodes(test, folder):
+    """Make empty files in `folder` until its file system has no inode left; their paths."""
+    made = []
+    while True:
+        try:
+            os.close(os.open(os.path.join(folder, "inode%d" % len(made)), os.O_CREAT))
+        except OSError as error:
+            test.assertEqual(error.errno, errno.ENOSPC)
+            return made
+        made.append(os.path.join(folder, "inode%d" % len(made)))
+
+
+class NoNewFile(unittest.TestCase):
+    """A rotation with no inode left for the next file (a real tmpfs, nr_inodes): the renamed
+    file is put back and written on, past --max-bytes, and rotated once one is free."""
+
+    def setUp(self):
+        self.dir = mount_tmpfs(self, 4 << 20, inodes=16)
+        self.path = os.path.join(self.dir, "events.jsonl")
+        self.stderr, self.now = io.StringIO(), [1000.0]
+        self.writer = pixel.LogWriter(self.path, max_bytes=1000, reporter=pixel.Reporter(
+            self.stderr), clock=lambda: self.now[0], readable=True)
+        self.addCleanup(self.writer.close)
+        self.fillers = use_up_inodes(self, self.dir)
+
+    def logged(self):
+        return sorted(name for name in os.listdir(self.dir) if name.startswith("events"))
+
+    def test_the_lines_stay_in_the_file_put_back_till_a_new_one_can_be_made(self):
+        # They were lost: the rename came first, then the open failed, and each write after it
+        # tried again, while every pixel was answered.
+        line = b'{"n":"%s"}\n' % (b"x" * 90)
+        self.assertEqual([self.writer.write([line]) for _ in range(30)], [1] * 30)
+        self.assertEqual(self.logged(), ["events.jsonl"])
+        self.assertEqual(os.path.getsize(self.path), 30 * len(line))
+        self.assertEqual(self.stderr.getvalue().count("cannot rotate %s: No space left on "
+                                                      "device; writing on past --max-bytes"
+                                                      % self.path), 1)
+        self.assertEqual(self.writer.failed, 0)
+        os.remove(self.fillers.pop())
+        self.assertEqual(self.writer.write([line]), 1)   # tried again a second later, not yet
+        self.assertEqual(self.logged(), ["events.jsonl"])
+        self.now[0] += 1
+        self.assertEqual(self.writer.write([line]), 1)
+        rotated = [name for name in self.logged() if name != "events.jsonl"]
+        self.assertEqual(len(rotated), 1)
+        self.assertEqual(os.path.getsize(os.path.join(self.dir, rotated[0])), 31 * len(line))
+        self.assertEqual(os.path.getsize(self.path), len(line))
+
+    def test_an_erase_is_told_the_rotation_failed_not_that_the_log_was_empty(self):
+        # rotate_now said None ("empty") when its rename failed: erase then left the live
+        # log, and the person in it, alone.
+        self.assertEqual(self.writer.write([b'{"userId":"u"}\n']), 1)
+        with self.assertRaises(OSError):
+            self.writer.rotate_now()
+        self.assertEqual(self.logged(), ["events.jsonl"])
+        self.assertEqual(self.writer.write([b'{"userId":"v"}\n']), 1)
+        self.assertEqual(os.path.getsize(self.path), 30)
+
+    def test_a_file_that_cannot_be_put_back_is_written_on_by_its_new_name(self):
+        fd, identity = self.writer.follow()[:2]
+        os.close(fd)
+        line = b'{"n":"%s"}\n' % (b"x" * 90)
+        with unittest.mock.patch("os.link", side_effect=FileExistsError(errno.EEXIST, "made")):
+            self.assertEqual([self.writer.write([line]) for _ in range(12)], [1] * 12)
+        renamed = [name for name in self.logged() if name != "events.jsonl"]
+        self.assertEqual(len(renamed), 1)
+        self.assertFalse(os.path.exists(self.path))
+        self.assertEqual(os.path.getsize(os.path.join(self.dir, renamed[0])), 12 * len(line))
+        self.assertEqual(self.writer.changes(), [("renamed", None, identity,
+                                                  os.path.join(self.dir, renamed[0]))])
+
+
+class NoNewFileProcess(unittest.TestCase):
+    def test_every_answered_pixel_is_on_disk_through_a_kill(self):
+        folder = mount_tmpfs(self, 4 << 20, inodes=24)
+        log = os.path.join(folder, "events.jsonl")
+        process = subprocess.Popen(
+            [sys.executable, PIXEL_RUN, "--host", "127.0.0.1", "--port", "0", "--log", log,
+             "--max-bytes", "2000", "--cpu", "none"], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        self.addCleanup(Process.reap, process)
+        port = int(re.search(r":(\d+)/", process.stdout.readline()).group(1))
+        fillers = use_up_inodes(self, folder)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.addCleanup(connection.close)
+
+        sent = []
+
+        def send(count):
+            for _ in range(count):
+                connection.request("GET", "/v1/pixel/track?writeKey=k&userId=u&event=e%d&p=%s"
+                                   % (len(sent), "x" * 200))
+                response = connection.getresponse()
+                self.assertEqual((response.status, response.read()), (200, pixel.GIF))
+                sent.append("e%d" % len(sent))
+            return [name for name in os.listdir(folder) if name.startswith("events.jsonl.")]
+        self.assertEqual(send(40), [])
+        os.remove(fillers.pop())
+        self.assertTrue(wait_until(lambda: send(1)))   # tried again a second after a failure
+        send(5)
+        process.kill()
+        process.wait()
+        events = []
+        for name in os.listdir(folder):
+            if name.startswith("events"):
+                with open(os.path.join(folder, name), "rb") as handle:
+                    events += [json.loads(line)["event"] for line in handle]
+        self.assertEqual(sorted(events), sorted(sent))
+        self.assertIn("cannot rotate %s: No space left on device" % log, process.stderr.read())
 
 
 class TakenBack(unittest.TestCase):
