@@ -754,6 +754,18 @@ def client_ip(peer, forwarded_for, trusted_proxies):
     return candidate
 
 
+def hint_trusted_proxy(peer, reporter):
+    """Say, if `peer` is a private address (a proxy's, likely), that its X-Forwarded-For is
+    ignored for want of --trusted-proxy; whether it said so."""
+    address = _address(peer or "")
+    if address is None or not (address.is_private or address.is_loopback):
+        return False   # a client's own header (a corporate proxy's), or a unix socket's peer
+    reporter.say("requests from %s carry X-Forwarded-For, which is ignored: its address is "
+                 "recorded, not the client's. If it is a proxy of yours, start pixel with "
+                 "--trusted-proxy %s" % (peer, address))
+    return True
+
+
 def request_scheme(request, trusted_proxies):
     """"https" or "http": how the client reached us; a trusted proxy that ends TLS in
     front of pixel says so in X-Forwarded-Proto."""
@@ -2899,7 +2911,7 @@ class Recorder:
         self.trusted_proxies = tuple(proxy if proxy == "unix" else
                                      ipaddress.ip_network(proxy, strict=False)
                                      for proxy in trusted_proxies)
-        self.record_ip = record_ip
+        self.record_ip, self.proxy_hinted = record_ip, not record_ip   # (hint: said once)
         # What the rejects log quotes of client text has its addresses truncated under
         # --no-ip too: an event then holds none, and a quote must not hold more.
         self.anonymize_ip = anonymize_ip or not record_ip
@@ -2940,6 +2952,9 @@ class Recorder:
             return None
         if self.trusted_proxies or ip.startswith("::ffff:"):
             ip = client_ip(ip, request.headers.get("x-forwarded-for"), self.trusted_proxies)
+        if not (self.trusted_proxies or self.proxy_hinted) and "x-forwarded-for" in \
+                request.headers:   # behind a proxy, without --trusted-proxy: said once
+            self.proxy_hinted = hint_trusted_proxy(ip, self.reporter)
         return ip or None
 
     def _judged(self, record):
@@ -6156,10 +6171,15 @@ def _public_url(value):
     text = _nonempty(value).rstrip("/")
     scheme, _, rest = text.partition("://")
     host, _, path = rest.partition("/")
-    if not _ORIGIN.match("%s://%s" % (scheme, host)) or \
-            not re.fullmatch(r"[\w.~!$&'()*+,;=:@%/-]*", path, re.ASCII):   # RFC 3986 pchars
+    segments = path.split("/") if path else []   # each RFC 3986 pchars, not . or ..
+    if not _ORIGIN.match("%s://%s" % (scheme, host)) or not all(re.fullmatch(
+            r"(?:[\w.~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+", part, re.ASCII) and part.strip(".")
+            for part in segments):
         raise argparse.ArgumentTypeError("not an http(s) URL of a host, with no query: %r (try "
                                          "https://pixel.example.com)" % text)
+    if segments[-1:] == ["v1"]:
+        raise argparse.ArgumentTypeError("%r ends in /v1, which pixel adds (try %s)"
+                                         % (text, text[:-3]))
     return text
 
 

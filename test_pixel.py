@@ -4128,8 +4128,27 @@ class PixelRoutes(ServerCase):
         self.assertTrue(record["queryTruncated"])
 
     def test_x_forwarded_for_is_ignored_by_default(self):
-        self.get("/v1/pixel/track?writeKey=k&userId=u&event=e", {"X-Forwarded-For": "6.6.6.6"})
-        self.assertEqual(self.lines()[0]["context"]["ip"], "127.0.0.1")
+        self.get("/v1/pixel/track?writeKey=k&userId=u&event=e")
+        self.assertNotIn("X-Forwarded-For", self.stderr.getvalue())
+        for _ in range(3):
+            self.get("/v1/pixel/track?writeKey=k&userId=u&event=e",
+                     {"X-Forwarded-For": "6.6.6.6"})
+        self.assertEqual([line["context"]["ip"] for line in self.lines()], ["127.0.0.1"] * 4)
+        # ... and said once: a proxy on this host without --trusted-proxy (a helper's pass
+        # behind nginx: every event had the proxy's address, and nothing said why).
+        self.assertEqual(self.stderr.getvalue().count(
+            "requests from 127.0.0.1 carry X-Forwarded-For, which is ignored: its address is "
+            "recorded, not the client's. If it is a proxy of yours, start pixel with "
+            "--trusted-proxy 127.0.0.1\n"), 1)
+
+    def test_no_hint_for_a_public_clients_own_x_forwarded_for(self):
+        stderr = io.StringIO()
+        for peer in ("8.8.8.8", "2001:4860:4860::8888", "", "not an address"):
+            self.assertFalse(pixel.hint_trusted_proxy(peer, pixel.Reporter(stderr)))
+        self.assertTrue(pixel.hint_trusted_proxy("::ffff:10.1.2.3", pixel.Reporter(stderr)))
+        self.assertIn("requests from ::ffff:10.1.2.3 carry X-Forwarded-For, which is ignored",
+                      stderr.getvalue())
+        self.assertIn("--trusted-proxy 10.1.2.3", stderr.getvalue())
 
     def test_no_log_injection(self):
         self.get("/v1/pixel/track?writeKey=k&userId=u%0A%7B%22forged%22%3A1%7D&event=%E2%80%A8",
@@ -4232,6 +4251,7 @@ class TrustedProxy(ServerCase):
         self.get("/v1/pixel/track?writeKey=k&userId=u&event=e",
                  {"X-Forwarded-For": "1.1.1.1, 6.6.6.6"})
         self.assertEqual(self.lines()[0]["context"]["ip"], "6.6.6.6")
+        self.assertNotIn("X-Forwarded-For", self.stderr.getvalue())
 
 
 class WriteKeyAllowList(ServerCase):
@@ -5769,9 +5789,17 @@ class SettingsDocument(ServerCase):
         self.assertEqual((destination["apiHost"], destination["protocol"]),
                          ("shop.example/collect/v1", "https"))
         for bad in ("https://shop.example/collect?x=1", "https://shop.example/a b",
-                    "https://shop.example/<b>", "https://user@shop.example/collect"):
+                    "https://shop.example/<b>", "https://user@shop.example/collect",
+                    "https://shop.example/a//b", "https://shop.example/%zz",
+                    "https://shop.example/a/../b", "https://shop.example/."):
             with self.subTest(bad), self.assertRaisesRegex(ValueError, "public_url: not an"):
                 pixel.configure(public_url=bad)
+        # The attack: /v1 at the end gave analytics.js .../v1/v1/t, a 404 for every event.
+        with self.assertRaisesRegex(ValueError, r"ends in /v1, which pixel adds \(try "
+                                                r"https://shop\.example/collect\)"):
+            pixel.configure(public_url="https://shop.example/collect/v1/")
+        self.assertEqual(pixel.configure(public_url="https://shop.example/a%2Fb/.well-known")
+                         .public_url, "https://shop.example/a%2Fb/.well-known")
 
     def test_from_the_host_header_without_a_public_url(self):
         recorder = app_over(self.events, self.rejects)
