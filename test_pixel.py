@@ -3325,6 +3325,7 @@ class NoNewFile(unittest.TestCase):
 
 
 class NoNewFileProcess(unittest.TestCase):
+    @soak   # a second: the next rotation is tried a second after a failed one
     def test_every_answered_pixel_is_on_disk_through_a_kill(self):
         folder = mount_tmpfs(self, 4 << 20, inodes=24)
         log = os.path.join(folder, "events.jsonl")
