@@ -5985,6 +5985,9 @@ class EraseRequest:
             answer = self._ready()
             if answer is not None:
                 self.answered = True
+                if answer["state"] == "failed":   # erasing the rest would leave the person
+                    raise OSError(errno.EIO, "the pixel that writes it %s" % answer.get("error"),
+                                  self.log_path)
                 rotated = answer.get("rotated")
                 return rotated if isinstance(rotated, str) else None
             time.sleep(0.05)
@@ -5994,9 +5997,11 @@ class EraseRequest:
                       self.log_path)
 
     def _ready(self):
-        """The pixel's answer if it says it is ready for this request, else None."""
+        """The pixel's answer if it says it is ready for this request (or has failed to be),
+        else None."""
         answer = read_state(self.answer_path) or {}
-        ready = (answer.get("id"), answer.get("state")) == (self.document["id"], "ready")
+        ready = answer.get("id") == self.document["id"] and answer.get("state") in (
+            "ready", "failed")
         return answer if ready else None
 
     @staticmethod
@@ -6073,6 +6078,16 @@ class EraseDesk:
                 _remove_files(path, self.answers[path])
         return found
 
+    def _rotate(self, path):
+        """The answer to the erase request `path`: ready, the log rotated to a new name (None:
+        it was empty), or failed, and why: the live log, which erase leaves alone, keeps all."""
+        writer = self.writers[path]
+        try:
+            return {"state": "ready", "rotated": writer.rotate_now()}
+        except OSError as error:   # no inode or descriptor for the next file, say
+            return {"state": "failed", "error": "cannot rotate %s: %s" % (
+                writer.path, error.strerror or error)}
+
     def _run(self):
         while not self.stopping.wait(ERASE_POLL):
             try:
@@ -6096,9 +6111,8 @@ class EraseDesk:
                     self.forwarder.hold()
                 for path, request in at_work.items():
                     if answered.get(path) != request.get("id"):
-                        write_checkpoint(self.answers[path], {
-                            "id": request.get("id"), "pid": os.getpid(), "state": "ready",
-                            "rotated": self.writers[path].rotate_now()})
+                        write_checkpoint(self.answers[path], dict(
+                            self._rotate(path), id=request.get("id"), pid=os.getpid()))
                         answered[path] = request.get("id")
                 self.stopping.wait(ERASE_POLL)
         finally:
