@@ -6078,15 +6078,17 @@ class EraseDesk:
                 _remove_files(path, self.answers[path])
         return found
 
-    def _rotate(self, path):
-        """The answer to the erase request `path`: ready, the log rotated to a new name (None:
-        it was empty), or failed, and why: the live log, which erase leaves alone, keeps all."""
+    def _rotate(self, path, request):
+        """The answer to erase request `path`: ready, the log rotated to a new name (None: it
+        was empty), or failed, and why: the live log, which erase leaves alone, keeps all."""
         writer = self.writers[path]
         try:
             return {"state": "ready", "rotated": writer.rotate_now()}
-        except OSError as error:   # no inode or descriptor for the next file, say
-            return {"state": "failed", "error": "cannot rotate %s: %s" % (
-                writer.path, error.strerror or error)}
+        except OSError as error:   # no inode or descriptor for the next file, a mount point
+            why = "cannot rotate %s: %s" % (writer.path, error.strerror or error)
+            self.said.add((request.get("pid"), request.get("started")))   # not "run it again"
+            self.reporter.say("an erase (pid %s) stops: %s" % (request.get("pid"), why))
+            return {"state": "failed", "error": why}
 
     def _run(self):
         while not self.stopping.wait(ERASE_POLL):
@@ -6112,7 +6114,7 @@ class EraseDesk:
                 for path, request in at_work.items():
                     if answered.get(path) != request.get("id"):
                         write_checkpoint(self.answers[path], dict(
-                            self._rotate(path), id=request.get("id"), pid=os.getpid()))
+                            self._rotate(path, request), id=request.get("id"), pid=os.getpid()))
                         answered[path] = request.get("id")
                 self.stopping.wait(ERASE_POLL)
         finally:
@@ -6475,11 +6477,13 @@ def open_logs(log, rejects, *, busy, wait=0.0, **options):
                         not erase_at_work(path):
                     for writer in writers:
                         writer.discard()
-                    raise StartupError("cannot open %s: %s" % (
-                        error.filename or path, "this process writes it already (another "
-                        "make_wsgi_app or pixel in it): give each its own log and rejects"
-                        if here else (error.strerror or error) + (
-                            "; " + busy if error.errno == errno.EBUSY else ""))) from None
+                    advice = {errno.EBUSY: "; " + busy, errno.ENOENT: "; make its folder first"}
+                    why = "%s%s" % (error.strerror or error, advice.get(error.errno, ""))
+                    if here:
+                        why = ("this process writes it already (another make_wsgi_app or pixel "
+                               "in it): give each its own log and rejects")
+                    raise StartupError("cannot open %s: %s" % (error.filename or path, why)) \
+                        from None
                 if waited is None:   # a wait of seconds must not look like a hang
                     waited = options["reporter"].say("%s: %s" % (
                         path, "pixel.py erase is rewriting it; waiting for it to end"
@@ -6607,8 +6611,8 @@ class Pixel:
 # worker that takes over --timeout (30 s) to boot.
 WSGI_LOCK_WAIT = 25.0
 WSGI_BUSY = ("one process owns pixel's files, so serve it from one worker process with "
-             "threads (gunicorn --workers 1 --threads 8), or give each worker process its "
-             "own make_wsgi_app(log=..., rejects=...)")
+             "threads (gunicorn --workers 1 --threads 8; flask run --debug --no-reload), or "
+             "give each worker process its own make_wsgi_app(log=..., rejects=...)")
 # make_wsgi_app's keywords of version 1.0, and the options they are now.
 _OLD_KEYWORDS = {"write_keys": "write_key", "trusted_proxies": "trusted_proxy",
                  "allow_origins": "allow_origin"}
@@ -7295,9 +7299,14 @@ def listen(config, reporter):
     except AttributeError:   # no socket.SO_REUSEPORT on this system
         raise StartupError("--reuse-port: this system has no SO_REUSEPORT") from None
     except OSError as error:
-        raise StartupError("cannot listen on %s port %d: %s" % (
-            config.host, config.port, error.strerror or error)) from None
+        raise _cannot_listen(config.host, config.port, error) from None
     return server, pinned
+
+
+def _cannot_listen(host, port, error):
+    return StartupError("cannot listen on %s port %d: %s%s" % (
+        host, port, error.strerror or error, "; another process has it: stop it, or give "
+        "another --port" if error.errno == errno.EADDRINUSE else ""))
 
 
 def serve(server, pixel, pinned, previous, stopped=()):
@@ -7333,8 +7342,7 @@ def serve(server, pixel, pinned, previous, stopped=()):
     try:   # only now: a client that connects is answered at once, not after the warm-up
         server.server_activate()
     except OSError as error:   # a second pixel bound beside one not yet listening (SO_REUSEADDR)
-        raise StartupError("cannot listen on %s port %d: %s"
-                           % (host, port, error.strerror or error)) from None
+        raise _cannot_listen(host, port, error) from None
     # Before the line that says we listen: whoever waits for it may signal at once. SIGUSR1,
     # SIGUSR2 and SIGQUIT from a supervisor or an operator must not take the service down.
     handlers = {"SIGTERM": stop, "SIGINT": stop, "SIGHUP": reopen_soon,

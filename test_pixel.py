@@ -8694,7 +8694,7 @@ class WsgiStart(unittest.TestCase):
             self, log=self.log, rejects=os.path.join(self.dir, "missing", "rejects.jsonl"))
         self.assertEqual(status, 3)
         self.assertRegex(stderr, r"\Apixel: make_wsgi_app: cannot open .*missing/rejects\.jsonl:"
-                                 r" No such file or directory\n\Z")
+                                 r" No such file or directory; make its folder first\n\Z")
         self.assertEqual(os.listdir(self.dir), [])
 
     @unittest.mock.patch("pixel.WSGI_LOCK_WAIT", 0.2)
@@ -9753,7 +9753,7 @@ class Process(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertEqual(result.stdout, "")
         self.assertRegex(result.stderr, r"^pixel: cannot open .*missing/events\.jsonl: "
-                                        r"No such file or directory\n$")
+                                        r"No such file or directory; make its folder first\n$")
 
     @unittest.skipIf(os.geteuid() == 0, "root can write anywhere")
     def test_unwritable_log_folder_exits_before_listening(self):
@@ -9882,7 +9882,8 @@ class Process(unittest.TestCase):
                                     capture_output=True, text=True, timeout=30)
         self.assertEqual(result.returncode, 1)
         self.assertRegex(result.stderr, r"^pixel: cannot listen on 127\.0\.0\.1 port \d+: "
-                                        r"Address already in use\n$")
+                                        r"Address already in use; another process has it: "
+                                        r"stop it, or give another --port\n$")
 
 
 class FailedStart(unittest.TestCase):
@@ -9989,7 +9990,8 @@ class FailedStart(unittest.TestCase):
                 self.assertEqual(process.returncode, 1, stderr)
                 self.assertEqual(stdout, "")
                 self.assertRegex(stderr, r"\Apixel: cannot listen on 127.0.0.1 port \d+: "
-                                         r"Address already in use\n\Z")
+                                         r"Address already in use; another process has it: "
+                                         r"stop it, or give another --port\n\Z")
                 self.assertEqual(os.listdir(self.dir), ["events.jsonl"])
                 self.assertEqual(read_bytes(self.log), before)
 
@@ -13735,18 +13737,25 @@ class EraseUnrotatable(unittest.TestCase):
         if result.returncode:
             self.skipTest("cannot bind-mount here (%s)" % result.stderr.strip())
         self.addCleanup(subprocess.run, ["umount", "-l", log])
-        _, port = start_pixel(self, "--log", log)
+        process, port = start_pixel(self, "--log", log, stderr=subprocess.PIPE)
         for user in ("alice", "bob"):
             fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=%s&event=e" % user)
-        erase = subprocess.run([sys.executable, PIXEL_RUN, "erase", "--user-id", "alice",
-                                "--apply", log], capture_output=True, text=True, timeout=60)
-        self.assertEqual(erase.returncode, 1, erase.stderr)
+        erase = subprocess.Popen([sys.executable, PIXEL_RUN, "erase", "--user-id", "alice",
+                                  "--apply", log], stderr=subprocess.PIPE, text=True,
+                                 stdout=subprocess.DEVNULL)
+        erased = erase.communicate(timeout=60)[1]
+        self.assertEqual(erase.returncode, 1, erased)
         self.assertIn("the pixel that writes it cannot rotate %s: Device or resource busy"
-                      % log, erase.stderr)
+                      % log, erased)
         fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=carol&event=e")
         with open(log, "rb") as handle:
             self.assertEqual([json.loads(line)["userId"] for line in handle],
                              ["alice", "bob", "carol"])
+        process.terminate()
+        said = process.communicate(timeout=30)[1]
+        self.assertIn("an erase (pid %d) stops: cannot rotate %s: Device or resource busy"
+                      % (erase.pid, log), said)
+        self.assertNotIn("run it again", said)   # it would fail again: a newcomer's pass
 
 
 class ErasePixelProcess(unittest.TestCase):
