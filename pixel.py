@@ -1796,6 +1796,15 @@ def record_rename(changes, at, identity, name):
             changes[index] = (change, None, identity, name)
 
 
+def _probe_new_file(path):
+    """OSError if no file can be made beside `path` now (no inode or descriptor is left): a
+    rotation looks before it renames a log it would have to put back (tail -F reads a file
+    that comes back whole)."""
+    probe = os.path.join(os.path.dirname(path), ".%s.probe" % os.path.basename(path))
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o600))
+    os.remove(probe)
+
+
 def _put_back(moved, path):
     """Whether the file renamed to `moved` is at `path` again: by a hard link, which never
     replaces a file made there meanwhile, or where links cannot be made (a tmpfs counts each
@@ -2097,6 +2106,7 @@ class LogWriter:
                 os.path.isdir(os.path.dirname(self.path)):   # (else it says so, writing on)
             return self._open()
         target = rotation_target(self.path, self._clock())
+        _probe_new_file(self.path)   # else the log would be renamed and put back each second
         os.rename(self.path, target)
         identity, at = self._identity, len(self._changes or ())
         try:

@@ -3264,8 +3264,9 @@ def use_up_inodes(test, folder):
 
 
 class NoNewFile(unittest.TestCase):
-    """A rotation with no inode left for the next file (a real tmpfs, nr_inodes): the renamed
-    file is put back and written on, past --max-bytes, and rotated once one is free."""
+    """A rotation with no inode left for the next file (a real tmpfs, nr_inodes): the log is
+    not renamed (or, if the inode went between the look and the open, is put back), written
+    on past --max-bytes, and rotated once one is free."""
 
     def setUp(self):
         self.dir = mount_tmpfs(self, 4 << 20, inodes=16)
@@ -3279,13 +3280,19 @@ class NoNewFile(unittest.TestCase):
     def logged(self):
         return sorted(name for name in os.listdir(self.dir) if name.startswith("events"))
 
-    def test_the_lines_stay_in_the_file_put_back_till_a_new_one_can_be_made(self):
+    def test_the_lines_stay_in_the_log_till_a_new_file_can_be_made(self):
         # They were lost: the rename came first, then the open failed, and each write after it
         # tried again, while every pixel was answered.
         line = b'{"n":"%s"}\n' % (b"x" * 90)
-        self.assertEqual([self.writer.write([line]) for _ in range(30)], [1] * 30)
+        with unittest.mock.patch("os.rename", wraps=os.rename) as rename:
+            self.assertEqual([self.writer.write([line]) for _ in range(30)], [1] * 30)
+            self.now[0] += 1
+            self.assertEqual(self.writer.write([line]), 1)
+        # Not renamed and put back, a second later again: tail -F read the whole file anew
+        # at each (an attack: 555 lines printed for 150 written).
+        self.assertEqual(rename.call_count, 0)
         self.assertEqual(self.logged(), ["events.jsonl"])
-        self.assertEqual(os.path.getsize(self.path), 30 * len(line))
+        self.assertEqual(os.path.getsize(self.path), 31 * len(line))
         self.assertEqual(self.stderr.getvalue().count("cannot rotate %s: No space left on "
                                                       "device; writing on past --max-bytes"
                                                       % self.path), 1)
@@ -3297,8 +3304,17 @@ class NoNewFile(unittest.TestCase):
         self.assertEqual(self.writer.write([line]), 1)
         rotated = [name for name in self.logged() if name != "events.jsonl"]
         self.assertEqual(len(rotated), 1)
-        self.assertEqual(os.path.getsize(os.path.join(self.dir, rotated[0])), 31 * len(line))
+        self.assertEqual(os.path.getsize(os.path.join(self.dir, rotated[0])), 32 * len(line))
         self.assertEqual(os.path.getsize(self.path), len(line))
+
+    def test_an_inode_taken_between_the_look_and_the_open_puts_the_log_back(self):
+        line = b'{"n":"%s"}\n' % (b"x" * 90)
+        with unittest.mock.patch.object(pixel, "_probe_new_file"):   # it found one free
+            self.assertEqual([self.writer.write([line]) for _ in range(12)], [1] * 12)
+        self.assertEqual(self.logged(), ["events.jsonl"])   # linked back, or renamed (a tmpfs)
+        self.assertEqual(os.path.getsize(self.path), 12 * len(line))
+        self.assertIn("cannot rotate %s: No space left on device" % self.path,
+                      self.stderr.getvalue())
 
     def test_an_erase_is_told_the_rotation_failed_not_that_the_log_was_empty(self):
         # rotate_now said None ("empty") when its rename failed: erase then left the live
@@ -3314,7 +3330,8 @@ class NoNewFile(unittest.TestCase):
         fd, identity = self.writer.follow()[:2]
         os.close(fd)
         line = b'{"n":"%s"}\n' % (b"x" * 90)
-        with unittest.mock.patch("os.link", side_effect=FileExistsError(errno.EEXIST, "made")):
+        with unittest.mock.patch("os.link", side_effect=FileExistsError(errno.EEXIST, "made")), \
+                unittest.mock.patch.object(pixel, "_probe_new_file"):
             self.assertEqual([self.writer.write([line]) for _ in range(12)], [1] * 12)
         renamed = [name for name in self.logged() if name != "events.jsonl"]
         self.assertEqual(len(renamed), 1)
