@@ -757,12 +757,12 @@ def client_ip(peer, forwarded_for, trusted_proxies):
 def hint_trusted_proxy(peer, reporter):
     """Say, if `peer` is a private address (a proxy's, likely), that its X-Forwarded-For is
     ignored for want of --trusted-proxy; whether it said so."""
-    address = _address(peer or "")
-    if address is None or not (address.is_private or address.is_loopback):
-        return False   # a client's own header (a corporate proxy's), or a unix socket's peer
-    reporter.say("requests from %s carry X-Forwarded-For, which is ignored: its address is "
-                 "recorded, not the client's. If it is a proxy of yours, start pixel with "
-                 "--trusted-proxy %s" % (peer, address))
+    address = "unix" if peer == "" else _address(peer or "")   # "": a unix socket's (WSGI)
+    if address is None or address != "unix" and not (address.is_private or address.is_loopback):
+        return False   # a client's own header (a corporate proxy's)
+    reporter.say("requests from %s carry X-Forwarded-For, which is ignored: the client's "
+                 "address is not recorded. If it is a proxy of yours, start pixel with "
+                 "--trusted-proxy %s" % (peer or "a unix socket", address))
     return True
 
 

@@ -4155,14 +4155,19 @@ class PixelRoutes(ServerCase):
         # ... and said once: a proxy on this host without --trusted-proxy (a helper's pass
         # behind nginx: every event had the proxy's address, and nothing said why).
         self.assertEqual(self.stderr.getvalue().count(
-            "requests from 127.0.0.1 carry X-Forwarded-For, which is ignored: its address is "
-            "recorded, not the client's. If it is a proxy of yours, start pixel with "
+            "requests from 127.0.0.1 carry X-Forwarded-For, which is ignored: the client's "
+            "address is not recorded. If it is a proxy of yours, start pixel with "
             "--trusted-proxy 127.0.0.1\n"), 1)
 
     def test_no_hint_for_a_public_clients_own_x_forwarded_for(self):
         stderr = io.StringIO()
-        for peer in ("8.8.8.8", "2001:4860:4860::8888", "", "not an address"):
+        for peer in ("8.8.8.8", "2001:4860:4860::8888", None, "not an address"):
             self.assertFalse(pixel.hint_trusted_proxy(peer, pixel.Reporter(stderr)))
+        self.assertEqual(stderr.getvalue(), "")
+        self.assertTrue(pixel.hint_trusted_proxy("", pixel.Reporter(stderr)))   # WSGI's unix
+        self.assertIn("requests from a unix socket carry X-Forwarded-For, which is ignored: "
+                      "the client's address is not recorded. If it is a proxy of yours, start "
+                      "pixel with --trusted-proxy unix", stderr.getvalue())
         self.assertTrue(pixel.hint_trusted_proxy("::ffff:10.1.2.3", pixel.Reporter(stderr)))
         self.assertIn("requests from ::ffff:10.1.2.3 carry X-Forwarded-For, which is ignored",
                       stderr.getvalue())
