@@ -1799,9 +1799,11 @@ def record_rename(changes, at, identity, name):
 def _probe_new_file(path):
     """OSError if no file can be made beside `path` now (no inode or descriptor is left): a
     rotation looks before it renames a log it would have to put back (tail -F reads a file
-    that comes back whole)."""
-    probe = os.path.join(os.path.dirname(path), ".%s.probe" % os.path.basename(path))
-    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o600))
+    that comes back whole). The probe's name is its own (O_EXCL): whatever else is in the
+    folder (a FIFO, a folder, another log) is never opened or removed."""
+    probe = os.path.join(os.path.dirname(path), ".%s.%d-%s.probe" % (
+        os.path.basename(path), os.getpid(), os.urandom(4).hex()))
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     os.remove(probe)
 
 
@@ -6197,15 +6199,19 @@ def _public_url(value):
     text = _nonempty(value).rstrip("/")
     scheme, _, rest = text.partition("://")
     host, _, path = rest.partition("/")
-    segments = path.split("/") if path else []   # each RFC 3986 pchars, not . or ..
-    if not _ORIGIN.match("%s://%s" % (scheme, host)) or not all(re.fullmatch(
-            r"(?:[\w.~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+", part, re.ASCII) and part.strip(".")
-            for part in segments):
+    if not _ORIGIN.match("%s://%s" % (scheme, host)):
         raise argparse.ArgumentTypeError("not an http(s) URL of a host, with no query: %r (try "
                                          "https://pixel.example.com)" % text)
+    segments = [urllib.parse.unquote(part) if re.fullmatch(   # RFC 3986 pchars, escapes whole
+        r"(?:[\w.~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+", part, re.ASCII) else "" for part in (
+            path.split("/") if path else ())]
+    if not all(part not in ("", ".", "..") for part in segments):   # %2e%2e is .. to a browser
+        raise argparse.ArgumentTypeError("not an http(s) URL of a host and the path a proxy "
+                                         "mounts pixel under (no query, no empty, . or .. "
+                                         "segment): %r" % text)
     if segments[-1:] == ["v1"]:
         raise argparse.ArgumentTypeError("%r ends in /v1, which pixel adds (try %s)"
-                                         % (text, text[:-3]))
+                                         % (text, text.rpartition("/")[0]))
     return text
 
 

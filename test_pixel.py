@@ -3341,6 +3341,50 @@ class NoNewFile(unittest.TestCase):
                                                   os.path.join(self.dir, renamed[0]))])
 
 
+class RotationProbe(unittest.TestCase):
+    """The look for room before a rotation (_probe_new_file) against what else may be in the
+    log's folder, at its first name, .LOG.probe (an attack on it: each case below failed)."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.log = os.path.join(self.dir, "x")
+        self.writer = pixel.LogWriter(self.log, max_bytes=100,
+                                      reporter=pixel.Reporter(io.StringIO()))
+        self.addCleanup(self.writer.close)
+
+    def fill(self):
+        return [self.writer.write([b'{"e":"%s"}\n' % (b"a" * 60)]) for _ in range(4)]
+
+    def test_a_fifo_there_holds_nothing(self):
+        # Opened without O_NONBLOCK, it waited for a reader under the writer's lock: every
+        # request hung, and SIGTERM could not stop pixel.
+        os.mkfifo(os.path.join(self.dir, ".x.probe"))
+        done = []
+        thread = threading.Thread(target=lambda: done.append(self.fill()), daemon=True)
+        thread.start()
+        thread.join(10)
+        self.assertEqual(done, [[1, 1, 1, 1]])
+        self.assertEqual(self.writer.rotations, 3)
+
+    def test_another_file_there_is_never_removed(self):
+        # Another pixel's live log at that name lost its answered events at this one's
+        # rotation.
+        other = pixel.LogWriter(os.path.join(self.dir, ".x.probe"))
+        self.addCleanup(other.close)
+        self.assertEqual(other.write([b'{"answered":1}\n']), 1)
+        self.assertEqual(self.fill(), [1, 1, 1, 1])
+        self.assertEqual(self.writer.rotations, 3)
+        with open(os.path.join(self.dir, ".x.probe"), "rb") as handle:
+            self.assertEqual(handle.read(), b'{"answered":1}\n')
+        self.assertEqual(sorted(name for name in os.listdir(self.dir) if "probe" in name),
+                         [".x.probe"])   # its own probes are gone
+
+    def test_a_folder_there_does_not_stop_rotation(self):
+        os.mkdir(os.path.join(self.dir, ".x.probe"))
+        self.assertEqual(self.fill(), [1, 1, 1, 1])
+        self.assertEqual(self.writer.rotations, 3)
+
+
 class NoNewFileProcess(unittest.TestCase):
     @soak   # a second: the next rotation is tried a second after a failed one
     def test_every_answered_pixel_is_on_disk_through_a_kill(self):
@@ -5823,6 +5867,15 @@ class SettingsDocument(ServerCase):
             pixel.configure(public_url="https://shop.example/collect/v1/")
         self.assertEqual(pixel.configure(public_url="https://shop.example/a%2Fb/.well-known")
                          .public_url, "https://shop.example/a%2Fb/.well-known")
+        # The attack on that check: %2e%2e is .. to a browser, %76%31 is v1; ... is a name.
+        for bad in ("https://shop.example/a/%2e%2e", "https://shop.example/a/.%2E"):
+            with self.subTest(bad), self.assertRaisesRegex(ValueError, "public_url: not an"):
+                pixel.configure(public_url=bad)
+        with self.assertRaisesRegex(ValueError, r"ends in /v1, which pixel adds \(try "
+                                                r"https://shop\.example\)"):
+            pixel.configure(public_url="https://shop.example/%76%31")
+        self.assertEqual(pixel.configure(public_url="https://shop.example/.../p").public_url,
+                         "https://shop.example/.../p")
 
     def test_from_the_host_header_without_a_public_url(self):
         recorder = app_over(self.events, self.rejects)
