@@ -1796,15 +1796,28 @@ def record_rename(changes, at, identity, name):
             changes[index] = (change, None, identity, name)
 
 
-def _probe_new_file(path):
-    """OSError if no file can be made beside `path` now (no inode or descriptor is left): a
-    rotation looks before it renames a log it would have to put back (tail -F reads a file
-    that comes back whole). The probe's name is its own (O_EXCL): whatever else is in the
-    folder (a FIFO, a folder, another log) is never opened or removed."""
-    probe = os.path.join(os.path.dirname(path), ".%s.%d-%s.probe" % (
-        os.path.basename(path), os.getpid(), os.urandom(4).hex()))
-    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    os.remove(probe)
+def _probe_new_file(path, descriptors=1):
+    """OSError if no file can be made beside `path` now, with `descriptors` for it (no inode or
+    descriptor is left): a rotation looks before it renames a log it would have to put back
+    (tail -F reads a file that comes back whole). The probe has no name (O_TMPFILE), so none
+    is left by a kill -9; where a file system cannot, a name of its own (O_EXCL), so that
+    nothing else in the folder (a FIFO, a folder, another log) is opened or removed."""
+    folder, fd = os.path.dirname(path), None
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            fd = os.open(folder, os.O_TMPFILE | os.O_WRONLY, 0o600)
+        except OSError as error:   # a file system without it: EOPNOTSUPP (old kernels: EISDIR)
+            if error.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+    if fd is None:
+        probe = os.path.join(folder, ".pixel-probe.%d-%s" % (os.getpid(), os.urandom(4).hex()))
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.remove(probe)
+    try:
+        for _ in range(descriptors - 1):   # the forwarder's copy of the next file's
+            os.close(os.dup(fd))
+    finally:
+        os.close(fd)
 
 
 def _put_back(moved, path):
@@ -2108,7 +2121,7 @@ class LogWriter:
                 os.path.isdir(os.path.dirname(self.path)):   # (else it says so, writing on)
             return self._open()
         target = rotation_target(self.path, self._clock())
-        _probe_new_file(self.path)   # else the log would be renamed and put back each second
+        _probe_new_file(self.path, 1 + (self._changes is not None))   # before any rename
         os.rename(self.path, target)
         identity, at = self._identity, len(self._changes or ())
         try:
