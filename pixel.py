@@ -1829,10 +1829,13 @@ def _put_back(moved, path):
     except FileExistsError:
         return False
     except OSError:
+        if os.path.lexists(path):
+            return False
         try:
-            return not os.path.lexists(path) and os.rename(moved, path) is None
+            os.rename(moved, path)
         except OSError:
             return False
+        return True
     os.remove(moved)
     return True
 
@@ -6215,14 +6218,13 @@ def _public_url(value):
     if not _ORIGIN.match("%s://%s" % (scheme, host)):
         raise argparse.ArgumentTypeError("not an http(s) URL of a host, with no query: %r (try "
                                          "https://pixel.example.com)" % text)
-    segments = [urllib.parse.unquote(part) if re.fullmatch(   # RFC 3986 pchars, escapes whole
-        r"(?:[\w.~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+", part, re.ASCII) else "" for part in (
-            path.split("/") if path else ())]
-    if not all(part not in ("", ".", "..") for part in segments):   # %2e%2e is .. to a browser
+    segments = path.split("/") if path else []   # RFC 3986 pchars, %2e%2e is .. to a browser
+    if not all(re.fullmatch(r"(?:[\w.~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+", part, re.ASCII) and
+               urllib.parse.unquote(part) not in (".", "..") for part in segments):
         raise argparse.ArgumentTypeError("not an http(s) URL of a host and the path a proxy "
                                          "mounts pixel under (no query, no empty, . or .. "
                                          "segment): %r" % text)
-    if segments[-1:] == ["v1"]:
+    if segments and urllib.parse.unquote(segments[-1]) == "v1":
         raise argparse.ArgumentTypeError("%r ends in /v1, which pixel adds (try %s)"
                                          % (text, text.rpartition("/")[0]))
     return text
