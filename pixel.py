@@ -1840,6 +1840,28 @@ def _put_back(moved, path):
     return True
 
 
+def remove_second_name(path, identity, reporter):
+    """Remove a name pixel's rotation gives (rotation_target) that the live file at `path`
+    (`identity`) also has: a kill -9 between _put_back's link and its remove leaves one, and
+    `report events.jsonl*` would count each line twice, the forwarder's backfill send it twice."""
+    try:
+        rotated = pixel_rotations(path)
+    except OSError:   # a folder pixel may write in, not list: a rotation there says so
+        return
+    for other in rotated:
+        try:
+            status = os.lstat(other)
+            if (status.st_dev, status.st_ino) == identity:
+                os.remove(other)
+                reporter.say("removed %s, a second name of %s: a rotation was stopped as it put "
+                             "the log back" % (other, path))
+        except FileNotFoundError:   # gone since the listing
+            pass
+        except OSError as error:
+            reporter.say("cannot remove %s, a second name of %s: %s"
+                         % (other, path, error.strerror or error))
+
+
 def _room(fd, size):
     """Whether `size` more bytes fit in the regular file at `fd`: its last block's slack, and
     the blocks its file system has free (root's reserve too, for root)."""
@@ -1898,9 +1920,8 @@ class LogWriter:
     def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None,
                  readable=False):
         self.path = os.path.realpath(path)   # rotating a symlink would rename the link
-        self.max_bytes, self.keep = max_bytes, keep
+        self.max_bytes, self.keep, self.pinned = max_bytes, keep, frozenset()
         self.written = self.written_bytes = self.failed = self.rotations = self.failing = 0
-        self.pinned = frozenset()
         self.created = not os.path.lexists(self.path)   # by this start: see discard()
         self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.Lock()
         self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
@@ -1916,6 +1937,7 @@ class LogWriter:
             self.close()
             raise
         self._size -= self.torn_tail_bytes
+        remove_second_name(self.path, self._identity, self._reporter)
         WRITTEN_HERE.add(self.path)
 
     def follow(self, woken=None):

@@ -3475,6 +3475,34 @@ class NoNewFileProcess(unittest.TestCase):
         self.assertIn("cannot rotate %s: No space left on device" % log, process.stderr.read())
 
 
+class SecondName(unittest.TestCase):
+    def test_a_kill_between_the_put_backs_link_and_remove_is_undone_at_the_next_start(self):
+        # The live log was left with a rotated name too: `report events.jsonl*` counted its
+        # lines twice, and a backfill of rotated files sent them again.
+        folder = temp_dir(self)
+        log = os.path.join(folder, "events.jsonl")
+        with open(log, "wb") as handle:
+            handle.write(b"".join(log_event(number) for number in range(3)))
+        os.link(log, log + ".20261205T000000.000Z")
+        older = log + ".20261204T000000.000Z"
+        with open(older, "wb") as handle:
+            handle.write(log_event(3))
+        process, port = start_pixel(self, "--log", log, stderr=subprocess.PIPE)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.addCleanup(connection.close)
+        connection.request("GET", "/v1/pixel/track?writeKey=K&userId=u&event=e")
+        self.assertEqual(connection.getresponse().read(), pixel.GIF)
+        process.kill()
+        process.wait()
+        self.assertIn("removed %s.20261205T000000.000Z, a second name of %s: a rotation was "
+                      "stopped as it put the log back\n" % (log, log), process.stderr.read())
+        process.stderr.close()
+        names = sorted(glob.glob(log + "*"))
+        self.assertEqual(names, [log, older])
+        status, out, err = main_in_this_process(["report", "--format", "json"] + names)
+        self.assertEqual((status, json.loads(out)["events"]), (0, 5), err)
+
+
 class TakenBack(unittest.TestCase):
     """LogWriter.write takes a failed call's lines back: only its own, never past the end."""
 
