@@ -6246,9 +6246,12 @@ def _public_url(value):
         raise argparse.ArgumentTypeError("not an http(s) URL of a host and the path a proxy "
                                          "mounts pixel under (no query, no empty, . or .. "
                                          "segment): %r" % text)
-    if segments and urllib.parse.unquote(segments[-1]) == "v1":
-        raise argparse.ArgumentTypeError("%r ends in /v1, which pixel adds (try %s)"
-                                         % (text, text.rpartition("/")[0]))
+    names = [urllib.parse.unquote(part) for part in segments]
+    for at in range(len(names)):   # a client adds /v1 and the route: /v1/v1/t is a 404
+        tail = "/" + "/".join(names[at:])
+        if tail == "/v1" or route_for(tail) is not None:
+            raise argparse.ArgumentTypeError("%r ends in %s, which pixel adds (try %s)" % (
+                text, tail, "/".join([scheme + ":/", host] + segments[:at])))
     return text
 
 

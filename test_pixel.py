@@ -5954,6 +5954,18 @@ class SettingsDocument(ServerCase):
             pixel.configure(public_url="https://shop.example/%76%31")
         self.assertEqual(pixel.configure(public_url="https://shop.example/.../p").public_url,
                          "https://shop.example/.../p")
+        # A route's URL pasted whole: analytics.js sent to .../v1/batch/v1/b.
+        for bad, tail, base in (("https://shop.example/v1/batch", "/v1/batch", ""),
+                                ("https://shop.example/c/v1/pixel/track/", "/v1/pixel/track", "/c"),
+                                ("https://shop.example/c/%76%31/t", "/v1/t", "/c"),
+                                ("https://shop.example/c/v1/projects/K/settings",
+                                 "/v1/projects/K/settings", "/c")):
+            with self.subTest(bad), self.assertRaisesRegex(ValueError, r"ends in %s, which pixel "
+                                                           r"adds \(try https://shop\.example%s\)"
+                                                           % (tail, base)):
+                pixel.configure(public_url=bad)
+        self.assertEqual(pixel.configure(public_url="https://shop.example/v1/c").public_url,
+                         "https://shop.example/v1/c")
 
     def test_from_the_host_header_without_a_public_url(self):
         recorder = app_over(self.events, self.rejects)
