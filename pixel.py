@@ -2228,6 +2228,15 @@ def _lines_from_end(paths, max_bytes):
             os.close(fd)
 
 
+def _log_and_rotations(path):
+    """The log at `path`, then its rotated files (rotated_files), newest first: the live file
+    alone in a folder pixel may write in, not list."""
+    try:
+        return [path] + rotated_files(path)
+    except OSError:
+        return [path]
+
+
 def logged_client_ids(paths, count, max_bytes=MAX_WARM_BYTES):
     """The dedupe_keys of the last `count` events in the log files `paths` (the newest
     first), oldest first, reading at most `max_bytes` from their ends."""
@@ -2982,8 +2991,7 @@ class Recorder:
         crash on either side is not written twice. Returns how many ids it read."""
         if self.recent is None:
             return 0
-        paths = [self.events.path] + rotated_files(self.events.path)
-        client_ids = logged_client_ids(paths, self.recent.size)
+        client_ids = logged_client_ids(_log_and_rotations(self.events.path), self.recent.size)
         with self._dedupe_lock:
             for client_id in client_ids:
                 self.recent.add(client_id)

@@ -2085,6 +2085,21 @@ class DedupeAfterRestart(RecorderCase):
         self.assertEqual(restarted.recorder.deduped, 1)
         self.assertEqual(self.lines()[-1]["messageId"], "m89")
 
+    def test_a_folder_it_may_write_in_but_not_list_fills_it_from_the_live_file(self):
+        # An attack pass: a start in a folder of mode 0333 ended in a PermissionError's
+        # traceback, raised by the listing of rotated files for this window.
+        self.recorder.events.write([log_event(number) for number in range(5)])
+        folder = os.path.dirname(self.recorder.events.path)
+        listdir = os.listdir
+
+        def refused(path="."):
+            if os.path.realpath(path) == os.path.realpath(folder):
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return listdir(path)
+        self.pixel.close()
+        with unittest.mock.patch("os.listdir", refused):
+            self.assertEqual(make_pixel(self, self.dir).recorder.remember_logged(), 5)
+
     def test_the_window_is_filled_from_logrotates_files_too(self):
         # An attack pass: after logrotate's rename and a reload, a restart read only the
         # nearly empty live file, and an SDK's retry was written twice.
