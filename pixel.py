@@ -6254,12 +6254,17 @@ def _public_url(value):
         raise argparse.ArgumentTypeError("not an http(s) URL of a host and the path a proxy "
                                          "mounts pixel under (no query, no empty, . or .. "
                                          "segment): %r" % text)
-    names = [urllib.parse.unquote(part) for part in segments]
-    for at in range(len(names)):   # a client adds /v1 and the route: /v1/v1/t is a 404
-        tail = "/" + "/".join(names[at:])
-        if tail == "/v1" or route_for(tail) is not None:
-            raise argparse.ArgumentTypeError("%r ends in %s, which pixel adds (try %s)" % (
-                text, tail, "/".join([scheme + ":/", host] + segments[:at])))
+    names, keep = [urllib.parse.unquote(part) for part in segments], len(segments)
+    while True:   # pixel's settings add /v1, a client the route (/v1/t): here either is a 404
+        ends = [at for at in range(max(0, keep - 4), keep) if names[at] == "v1" and (
+            at == keep - 1 or route_for("/" + "/".join(names[at:keep])))]   # 4: the longest
+        if not ends:
+            break
+        keep = ends[0]
+    if keep < len(segments):
+        raise argparse.ArgumentTypeError("%r ends in /%s, which pixel and its clients add "
+                                         "(try %s)" % (text, "/".join(names[keep:]), "/".join(
+                                             [scheme + ":/", host] + segments[:keep])))
     return text
 
 

@@ -5955,7 +5955,7 @@ class SettingsDocument(ServerCase):
             with self.subTest(bad), self.assertRaisesRegex(ValueError, "public_url: not an"):
                 pixel.configure(public_url=bad)
         # The attack: /v1 at the end gave analytics.js .../v1/v1/t, a 404 for every event.
-        with self.assertRaisesRegex(ValueError, r"ends in /v1, which pixel adds \(try "
+        with self.assertRaisesRegex(ValueError, r"ends in /v1, which pixel and its clients add \(try "
                                                 r"https://shop\.example/collect\)"):
             pixel.configure(public_url="https://shop.example/collect/v1/")
         self.assertEqual(pixel.configure(public_url="https://shop.example/a%2Fb/.well-known")
@@ -5964,23 +5964,35 @@ class SettingsDocument(ServerCase):
         for bad in ("https://shop.example/a/%2e%2e", "https://shop.example/a/.%2E"):
             with self.subTest(bad), self.assertRaisesRegex(ValueError, "public_url: not an"):
                 pixel.configure(public_url=bad)
-        with self.assertRaisesRegex(ValueError, r"ends in /v1, which pixel adds \(try "
+        with self.assertRaisesRegex(ValueError, r"ends in /v1, which pixel and its clients add \(try "
                                                 r"https://shop\.example\)"):
             pixel.configure(public_url="https://shop.example/%76%31")
         self.assertEqual(pixel.configure(public_url="https://shop.example/.../p").public_url,
                          "https://shop.example/.../p")
-        # A route's URL pasted whole: analytics.js sent to .../v1/batch/v1/b.
+        # A route's URL pasted whole: analytics.js sent to .../v1/batch/v1/b. The URL it
+        # suggests is taken (the attack: /x/v1/v1/batch suggested /x/v1, then refused it).
         for bad, tail, base in (("https://shop.example/v1/batch", "/v1/batch", ""),
                                 ("https://shop.example/c/v1/pixel/track/", "/v1/pixel/track", "/c"),
                                 ("https://shop.example/c/%76%31/t", "/v1/t", "/c"),
                                 ("https://shop.example/c/v1/projects/K/settings",
-                                 "/v1/projects/K/settings", "/c")):
-            with self.subTest(bad), self.assertRaisesRegex(ValueError, r"ends in %s, which pixel "
-                                                           r"adds \(try https://shop\.example%s\)"
-                                                           % (tail, base)):
+                                 "/v1/projects/K/settings", "/c"),
+                                ("https://shop.example/v1/v1/batch", "/v1/v1/batch", ""),
+                                ("https://shop.example/health/v1/t", "/v1/t", "/health")):
+            with self.subTest(bad), self.assertRaisesRegex(
+                    ValueError, r"ends in %s, which pixel and its clients add \(try "
+                                r"https://shop\.example%s\)" % (tail, base)):
                 pixel.configure(public_url=bad)
-        self.assertEqual(pixel.configure(public_url="https://shop.example/v1/c").public_url,
-                         "https://shop.example/v1/c")
+            self.assertEqual(pixel.configure(public_url="https://shop.example" + base)
+                             .public_url, "https://shop.example" + base)
+        # Only what a client adds: a proxy may mount pixel at /v1/c, /health or /sourceConfig.
+        for good in ("https://shop.example/v1/c", "https://shop.example/analytics/health",
+                     "https://shop.example/sourceConfig"):
+            self.assertEqual(pixel.configure(public_url=good).public_url, good)
+        # Each tail is checked once: 65,000 segments took 15 s.
+        started = time.process_time()
+        with self.assertRaisesRegex(ValueError, r"ends in /v1, which"):
+            pixel.configure(public_url="https://shop.example" + "/a" * 65000 + "/v1")
+        self.assertLess(time.process_time() - started, 2)
 
     def test_from_the_host_header_without_a_public_url(self):
         recorder = app_over(self.events, self.rejects)
