@@ -1843,7 +1843,7 @@ def _put_back(moved, path):
 def remove_second_name(path, identity, reporter):
     """Remove a name pixel's rotation gives (rotation_target) that the live file at `path`
     (`identity`) also has: a kill -9 between _put_back's link and its remove leaves one, and
-    `report events.jsonl*` would count each line twice, the forwarder's backfill send it twice."""
+    `cat events.jsonl*` reads each line twice, and an erase of both names (second_names)."""
     try:
         rotated = pixel_rotations(path)
     except OSError:   # a folder pixel may write in, not list: a rotation there says so
@@ -1860,6 +1860,26 @@ def remove_second_name(path, identity, reporter):
         except OSError as error:
             reporter.say("cannot remove %s, a second name of %s: %s"
                          % (other, path, error.strerror or error))
+
+
+def second_names(paths):
+    """{path: log} for those of `paths` that name the same file as `log`, another of them,
+    by a name pixel's rotation gives (remove_second_name): erased by both names, the file
+    would be split in two."""
+    by_file = {}
+    for path in paths:
+        status = stat_or_none(path)
+        if status is not None:
+            by_file.setdefault((status.st_dev, status.st_ino), []).append(path)
+    return {name: log for names in by_file.values() for name in names for log in names
+            if _is_rotation_of(name, log)}
+
+
+def _is_rotation_of(name, log):
+    folder, base = os.path.split(os.path.realpath(name))
+    log_folder, log_base = os.path.split(os.path.realpath(log))
+    return folder == log_folder and base != log_base and base.startswith(log_base) and \
+        _rotation_key(_ROTATED.match(base, len(log_base))) is not None
 
 
 def _room(fd, size):
@@ -7824,6 +7844,9 @@ def erase_command(argv=None, stdout=None):
             stdout.write("--follow: an event with another userId is kept, whatever its "
                          "anonymousId\n")
     status, requests, locks, files, gone, finished = 0, [], {}, [], [], False
+    for name, log in sorted(second_names(args.files).items()):   # _hold_for_erase removes it
+        reporter.say("erase: %s is a second name of %s: erased once, as that" % (name, log))
+        args.files.remove(name)
     for folder in {os.path.dirname(os.path.realpath(path)) for path in args.files}:
         if args.apply:   # what killed erases left behind
             sweep_erase_requests(folder)
@@ -7996,6 +8019,8 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
                 moved = True
             if moved:
                 raise BlockingIOError
+            if live:   # no pixel writes it, or starts till erase ends: a rotation's name goes
+                remove_second_name(path, (status.st_dev, status.st_ino), reporter)
     except BlockingIOError:   # a running pixel writes it, or has just rotated it
         os.close(fd)
         if not live:

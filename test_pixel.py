@@ -3491,9 +3491,47 @@ class NoNewFileProcess(unittest.TestCase):
 
 
 class SecondName(unittest.TestCase):
+    """A kill -9 between _put_back's link and its remove leaves the live log with a rotated
+    name too: `cat events.jsonl*` read its lines twice (report and the forwarder count a file
+    once), and an erase split it into two files, one still holding the person."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.log = os.path.join(self.dir, "events.jsonl")
+        with open(self.log, "wb") as handle:
+            handle.write(b"".join(log_event(number, userId="u%d" % number)
+                                  for number in range(3)))
+        self.second = self.log + ".20261205T000000.000Z"
+        os.link(self.log, self.second)
+
+    def erase(self, *names):
+        return main_in_this_process(["erase", "--user-id", "u1", "--apply"] + list(names))
+
+    def test_an_erase_of_both_names_erases_the_file_once_and_removes_the_second(self):
+        # It waited 60 s for a pixel that was not there (erase's own flock, by the other
+        # name), exited 1, and left the person in the second name, now a file of its own.
+        status, out, err = self.erase(self.log, self.second)
+        self.assertEqual(status, 0, err)
+        self.assertIn("events.jsonl: erased 1 of 3 line(s)", out)
+        self.assertIn("erase: %s is a second name of %s: erased once, as that\n"
+                      % (self.second, self.log), err)
+        self.assertEqual(sorted(glob.glob(self.log + "*")), [self.log])
+        self.assertEqual([json.loads(line)["userId"] for line in read_bytes(
+            self.log).splitlines()], ["u0", "u2"])
+
+    def test_an_erase_of_the_live_log_alone_removes_its_second_name(self):
+        status, _, err = self.erase(self.log)
+        self.assertEqual(status, 0, err)
+        self.assertIn("removed %s, a second name of %s" % (self.second, self.log), err)
+        self.assertEqual(sorted(glob.glob(self.log + "*")), [self.log])
+
+    def test_a_dry_run_counts_the_file_once_and_changes_nothing(self):
+        status, out, err = main_in_this_process(["erase", "--user-id", "u1", self.log,
+                                                 self.second])
+        self.assertEqual((status, out.count("would erase 1 of 3")), (0, 1), err)
+        self.assertTrue(os.path.samefile(self.log, self.second))
+
     def test_a_kill_between_the_put_backs_link_and_remove_is_undone_at_the_next_start(self):
-        # The live log was left with a rotated name too: `report events.jsonl*` counted its
-        # lines twice, and a backfill of rotated files sent them again.
         folder = temp_dir(self)
         log = os.path.join(folder, "events.jsonl")
         with open(log, "wb") as handle:
