@@ -2678,6 +2678,7 @@ class People:
     def __init__(self, entries=()):
         self.ids, self.emails, self.digests = set(), set(), set()
         self.followed = None   # follow()'s People
+        self._truncated = False   # truncated()'s, till one is added
         self.judging = collections.deque()   # requests judged by it now, for a reload to wait
         for entry in entries:
             self.add(entry)
@@ -2688,7 +2689,7 @@ class People:
     def add(self, entry):
         """Add one identifier; ValueError, in words, for one that is empty, too long, or a
         sha256: that is not 64 hex digits."""
-        text = entry.strip()
+        text, self._truncated = entry.strip(), False
         if not text:
             raise ValueError("an empty identifier")
         if len(text) > MAX_IDENTIFIER:
@@ -2711,6 +2712,20 @@ class People:
         if self.followed is None:
             self.followed = People()
         self.followed.add(entry)
+        self._truncated = False
+
+    def truncated(self):
+        """The identifiers with an address in them as --anonymize-ip quotes them in a rejects
+        line, truncated (erin.10.4.4.4@x.com as erin.10.4.4.0@x.com), as People, or None if
+        none has one. Such a form may name another's refused line too: an erase takes it."""
+        if self._truncated is False:
+            forms = {text: anonymize_addresses(text) for text in self.ids | self.emails}
+            followed = self.followed.truncated() if self.followed else None
+            self._truncated = People(form for text, form in forms.items() if form != text)
+            if followed:
+                self._truncated.followed = followed
+            self._truncated = self._truncated or None
+        return self._truncated
 
     def digested(self):
         """Every identifier as identifier_digest gives it, sorted: what the ledger holds (the
@@ -2774,9 +2789,11 @@ class People:
             return True
         # A refused query or body with a userId is that person's, as an event would be.
         followed = bool(self.followed) and not _quoted_user_id(record)
+        truncated = self.truncated()
         return any(isinstance(record.get(field), str) and
                    self.named_in_raw(record[field], True, followed=followed)
-                   for field in ("query", "body", "line", "detail", "userAgent"))
+                   for field in ("query", "body", "line", "detail", "userAgent")) or \
+            truncated is not None and truncated.named_in_reject(record)
 
 
 def _quoted_user_id(record):
@@ -6955,6 +6972,8 @@ _OTHER_PACKERS = ((b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"\x28\xb5\x2f\xf
                   (b"\x04\x22\x4d\x18", "lz4"), (b"LZIP", "lzip"), (b"\x1f\x9d", "compress"))
 MAX_USER_IDS_SHOWN = 1000     # userIds of erased events erase prints
 MAX_FOLLOW_ROUNDS = 4         # reads of the logs for --follow: aliases of aliases
+MIN_SHARE_LINES = 10          # --max-share judges a file of as many lines: a share of fewer
+                              # says little (2 of 3: the live log an erase has just rotated)
 
 
 def line_names(people, line):
@@ -6980,13 +6999,16 @@ def _needles(people):
     cased), as bytes escaped as pixel writes them, for a first look that spares most lines
     the JSON parse; None if no such look can be trusted: with a digest (whose id is not
     known), or an address outside ASCII (whose case changes its \\u escape)."""
-    followed = people.followed or People()
-    if people.digests or followed.digests or \
-            not all(email.isascii() for email in people.emails | followed.emails):
+    everyone = [people, people.followed, people.truncated()]   # each may be None
+    everyone += [more.followed for more in everyone[2:] if more is not None]
+    everyone = [more for more in everyone if more is not None]
+    ids = set().union(*(more.ids for more in everyone))
+    emails = set().union(*(more.emails for more in everyone))
+    if any(more.digests for more in everyone) or not all(map(str.isascii, emails)):
         return None
     escape = json.encoder.encode_basestring_ascii
     return tuple([escape(text)[1:-1].encode("ascii") for text in texts]
-                 for texts in (people.ids | followed.ids, people.emails | followed.emails))
+                 for texts in (ids, emails))
 
 
 # What pixel's encoder never writes (an ASCII character escaped, upper-case hex, "\/", a byte
@@ -7318,7 +7340,7 @@ def _remove_left_behind(folder, name):
 
 
 def _too_common(erasure, max_share):
-    if erasure.lines and erasure.erased > max_share * erasure.lines:
+    if erasure.lines >= MIN_SHARE_LINES and erasure.erased > max_share * erasure.lines:
         return ("%d of its %d lines match, more than --max-share %g: not erased (an id "
                 "as common as that is likely a mistake; if all are this person's, "
                 "--max-share 1 erases them)" % (erasure.erased, erasure.lines, max_share))

@@ -13403,7 +13403,7 @@ class EraseFiles(unittest.TestCase):
     def test_a_copy_whose_close_fails_is_removed_all_the_same(self):
         # The attack on a simplification: the copy was removed after its close, which an NFS
         # or FUSE write-back error can fail, leaving a copy of everyone else's lines behind.
-        path = self.log("events.jsonl", person_lines("alice", 3) + person_lines("bob", 1))
+        path = self.log("events.jsonl", person_lines("alice", 6) + person_lines("bob", 4))
         close = os.close
 
         def failing_close(fd):
@@ -13412,7 +13412,7 @@ class EraseFiles(unittest.TestCase):
             if copy:
                 raise OSError(errno.EIO, "write-back failed")
 
-        with unittest.mock.patch("os.close", failing_close):   # alice is 3 of 4: refused
+        with unittest.mock.patch("os.close", failing_close):   # alice is 6 of 10: refused
             status, out, err = self.erase("--user-id", "alice", "--apply", path)
         self.assertEqual(status, 1, (out, err))
         self.assertEqual([name for name in os.listdir(self.dir) if name.endswith(".tmp")], [])
@@ -13591,17 +13591,18 @@ class EraseFiles(unittest.TestCase):
             logged("alice", kind="alias", previousId="old-alice"),
             logged(None, anonymous="old-alice"),
             logged("bob", anonymous="a-9"),
-            logged(None, kind="page", anonymous="a-9")]
+            logged(None, kind="page", anonymous="a-9"),
+            logged("alice"), logged("alice")]
         path = self.log("events.jsonl", lines)
         status, out, err = self.erase("--user-id", "alice", "--follow", path)
         self.assertEqual(out.splitlines()[:3], [
             "--follow: anonymousId a-1 (1 event(s))", "--follow: anonymousId a-2 (1 event(s))",
             "--follow: previousId old-alice (1 event(s))"])
-        self.assertIn("left alone (see stderr), matching 5 of 8 line(s)", out)   # > 0.5
+        self.assertIn("left alone (see stderr), matching 7 of 10 line(s)", out)   # > 0.5
         status, out, err = self.erase("--user-id", "alice", "--follow", "--max-share", "1", path)
-        self.assertIn("would erase 5 of 8 line(s)", out)
+        self.assertIn("would erase 7 of 10 line(s)", out)
         status, out, err = self.erase("--user-id", "alice", path)
-        self.assertIn("would erase 3 of 8 line(s)", out)
+        self.assertIn("would erase 5 of 10 line(s)", out)
 
     def follow_alice(self, lines):
         """erase --user-id alice --follow's dry run over `lines`: its stdout."""
@@ -13743,6 +13744,45 @@ class EraseFiles(unittest.TestCase):
         status, out, err = self.erase("--user-id", "null", "--apply", "--max-share", "0.6",
                                       path)
         self.assertEqual((status, err), (0, ""))
+
+    def test_an_id_with_an_address_in_it_is_erased_as_anonymize_ip_quotes_it(self):
+        # An attack pass: with --anonymize-ip a rejects line quotes alice.10.1.2.3@example.com
+        # as alice.10.1.2.0@example.com, and an erase of her found nothing and exited 0.
+        made = make_pixel(self, self.dir, anonymize_ip=True)
+        track = pixel.ROUTES["/v1/pixel/track"]
+        for user in ["alice.10.1.2.3@example.com"] + ["bob"] * 8:
+            made.app.answer(track, request(query="writeKey=K&userId=%s&evnt=x" % user))
+        body = json.dumps({"writeKey": "K", "batch": [{
+            "type": "track", "userId": "u1", "event": "e", "timestamp": "bad",
+            "properties": {"email": "erin.10.4.4.4@example.com"}}]}).encode()
+        made.app.answer(pixel.ROUTES["/v1/batch"], request(
+            "POST", "/v1/batch", body=body, headers={"content-type": "application/json"}))
+        made.close()
+        rejects = os.path.join(self.dir, "rejects.jsonl")
+        quoted = self.read(rejects)
+        self.assertEqual((quoted.count(b"alice.10.1.2.0@"), quoted.count(b"erin.10.4.4.0@"),
+                          quoted.count(b".3@"), quoted.count(b".4@")), (1, 1, 0, 0))
+        status, out, err = self.erase("--user-id", "alice.10.1.2.3@example.com", "--email",
+                                      "erin.10.4.4.4@example.com", "--apply", rejects)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("erased 2 of 10 line(s)", out)
+        self.assertEqual([pixel.decode_query(json.loads(line)["query"])["userId"]
+                          for line in self.read(rejects).splitlines()], ["bob"] * 8)
+
+    def test_a_file_of_fewer_lines_than_min_share_lines_is_not_judged_by_its_share(self):
+        # An attack pass: the live log an erase had just rotated held 3 lines, 2 of them the
+        # person's, and was left alone; --max-share 1, the only way past, lifts the guard
+        # from every file.
+        # A file of MIN_SHARE_LINES is judged: test_max_share_leaves_a_file_alone.
+        self.assertEqual(pixel.MIN_SHARE_LINES, 10)
+        rotated = self.log("events.jsonl.20261118T000000.000Z", person_lines("alice", 5) +
+                           person_lines("bob", 4))
+        live = self.log("events.jsonl", person_lines("alice", 2, start=5) +
+                        person_lines("bob", 1, start=4))
+        status, out, err = self.erase("--user-id", "alice", "--apply", rotated, live)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("%s: erased 5 of 9 line(s)" % rotated, out)
+        self.assertIn("%s: erased 2 of 3 line(s)" % live, out)
 
     def test_hostile_names_and_command_lines(self):
         path = self.log("events.jsonl", person_lines("bob", 4) + person_lines(".*", 1) +
