@@ -8714,6 +8714,7 @@ class WsgiUnderGunicorn(unittest.TestCase):
         get_status(port, "/v1/pixel/track?writeKey=K&userId=u&event=e")
         self.assertNotIn("forked", read_text(output.name))
 
+    @soak   # 25 s: the second worker waits WSGI_LOCK_WAIT for the log before it gives up
     def test_two_workers_on_one_log_stop_gunicorn_with_one_reason(self):
         process, _, output = start_gunicorn(self, self.dir,
                                             "pixel:make_wsgi_app(log=%r)" % self.log,
@@ -8762,6 +8763,7 @@ class WsgiUnderGunicorn(unittest.TestCase):
             self.assertEqual([json.loads(line)["event"] for line in handle],
                              ["before", "during", "after"])
 
+    @soak   # 18 s: a client slower than the old 5 s wait, then a wait for no exit
     def test_a_reload_during_a_slow_request_keeps_serving(self):
         # gunicorn lets the old worker finish its requests for up to --graceful-timeout
         # (30 s); a mobile client, or anyone, can take longer than WSGI_LOCK_WAIT (5 s) to
