@@ -5325,8 +5325,10 @@ class LogQueue:
             self.finish(log, save)
         size = log.size()
         if size is not None and log.offset > size:
-            self._reporter.say("%s was cut shorter under the forwarder (copytruncate?): "
-                               "forwarding it from its start" % log.name)
+            self._reporter.say("%s was cut shorter under the forwarder (copytruncate?): what "
+                               "it held past byte %d, as far as was sent, is in the copy alone "
+                               "(`pixel.py forward --to URL COPY` sends the copy, from its "
+                               "start); forwarding it from its start" % (log.name, log.offset))
             log.offset = 0
         if later or self.writer is None:
             return log, log.until, True

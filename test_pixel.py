@@ -7101,8 +7101,10 @@ class ForwardingThroughRotation(ForwardingCase):
         os.truncate(writer.path, 0)   # logrotate's copytruncate, after its copy
         self.write(writer, [5])
         self.assertTrue(wait_until(lambda: forwarder.sent == 6))
-        self.assertIn("was cut shorter under the forwarder (copytruncate?)",
-                      self.stderr.getvalue())
+        self.assertIn("%s was cut shorter under the forwarder (copytruncate?): what it held "
+                      "past byte %d, as far as was sent, is in the copy alone (`pixel.py forward "
+                      "--to URL COPY` sends the copy, from its start)" % (
+                          writer.path, 5 * len(log_event(0))), self.stderr.getvalue())
         # The writer's committed end follows the cut (the attack pass: /health said 11,110
         # lines behind for good), at its next look at the path.
         time.sleep(2 * pixel.PATH_CHECK_INTERVAL)   # what is tested is that look
