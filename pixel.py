@@ -1845,6 +1845,8 @@ def remove_second_name(path, identity, reporter):
     (`identity`) also has: a kill -9 between _put_back's link and its remove leaves one, and
     `cat events.jsonl*` reads each line twice, and an erase of both names (second_names)."""
     try:
+        if os.lstat(path).st_nlink < 2:   # the file has no other name
+            return
         rotated = pixel_rotations(path)
     except OSError:   # a folder pixel may write in, not list: a rotation there says so
         return
@@ -7847,6 +7849,10 @@ def erase_command(argv=None, stdout=None):
         parser.error(_people_error(error))
     if not people:
         parser.error("name someone: --user-id, --anonymous-id, --email or --ledger")
+    second = second_names(args.files)
+    for name, log in sorted(second.items()):   # _hold_for_erase removes it
+        reporter.say("erase: %s is a second name of %s: erased once, as that" % (name, log))
+    args.files = [path for path in args.files if path not in second]
     if args.follow and user_ids:
         own = People(args.user_id)
         for _ in range(MAX_FOLLOW_ROUNDS):   # a former or new userId an alias adds links on
@@ -7868,9 +7874,6 @@ def erase_command(argv=None, stdout=None):
             stdout.write("--follow: an event with another userId is kept, whatever its "
                          "anonymousId\n")
     status, requests, locks, files, gone, finished = 0, [], {}, [], [], False
-    for name, log in sorted(second_names(args.files).items()):   # _hold_for_erase removes it
-        reporter.say("erase: %s is a second name of %s: erased once, as that" % (name, log))
-        args.files.remove(name)
     for folder in {os.path.dirname(os.path.realpath(path)) for path in args.files}:
         if args.apply:   # what killed erases left behind
             sweep_erase_requests(folder)
@@ -8022,6 +8025,11 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
     if os.path.realpath(path) in locks:   # held already: a rotation of a live log given
         return [path]
     fd = _open_rotating(path) if live else open_file(path)
+    status = os.fstat(fd)
+    if status.st_nlink > 1 and any(os.path.samestat(status, os.fstat(other))
+                                   for other in locks.values()):   # held by another name
+        os.close(fd)
+        raise _hard_links(path, status)
     request = EraseRequest(path, reporter)   # one erase a file, and a pixel that starts
     try:                                     # meanwhile waits for it (open_logs)
         request.claim()
@@ -8045,6 +8053,8 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
                 raise BlockingIOError
             if live:   # no pixel writes it, or starts till erase ends: a rotation's name goes
                 remove_second_name(path, (status.st_dev, status.st_ino), reporter)
+            if os.fstat(fd).st_nlink > 1:   # replaced by one name, it would stay by the others
+                raise _hard_links(path, os.fstat(fd))
     except BlockingIOError:   # a running pixel writes it, or has just rotated it
         os.close(fd)
         if not live:
@@ -8067,6 +8077,13 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
         raise
     locks[os.path.realpath(path)] = fd
     return [path]
+
+
+def _hard_links(path, status):
+    return OSError(errno.EMLINK, "it has %d names (hard links): erased by one, it would stay "
+                   "whole by the others; remove those (`find %s -samefile %s` lists the ones "
+                   "beside it), then erase again" % (
+                       status.st_nlink, os.path.dirname(os.path.abspath(path)), path), path)
 
 
 def _running_log(path):

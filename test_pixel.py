@@ -3525,6 +3525,34 @@ class SecondName(unittest.TestCase):
         self.assertIn("removed %s, a second name of %s" % (self.second, self.log), err)
         self.assertEqual(sorted(glob.glob(self.log + "*")), [self.log])
 
+    def test_the_second_name_given_twice_or_first_is_still_erased_once(self):
+        # The attack on the fix: list.remove took one of two copies, and the 60 s came back.
+        status, out, err = self.erase(self.second, self.second, self.log)
+        self.assertEqual(status, 0, err)
+        self.assertIn("events.jsonl: erased 1 of 3 line(s)", out)
+        self.assertEqual(sorted(glob.glob(self.log + "*")), [self.log])
+
+    def test_a_file_with_other_names_is_refused_at_once_not_split(self):
+        # The attack on the fix: erased by one name (the second alone, two rotated names of
+        # one file, a logrotate name linked by hand), a file was replaced by that name and
+        # stayed whole by the others: the person kept, the rest written twice; or, by its
+        # own flock through the other name, erase waited 60 s for a pixel that was not there.
+        os.remove(self.log)
+        other = self.log + ".1"
+        os.link(self.second, other)
+        for names in ([self.second], [self.second, other]):
+            with self.subTest(names):
+                started = time.monotonic()
+                status, out, err = self.erase(*names)
+                self.assertLess(time.monotonic() - started, pixel.NEXT_FILE_GRACE + 5)
+                self.assertEqual(status, 1)
+                self.assertIn("erase: %s: it has 2 names (hard links): erased by one, it would "
+                              "stay whole by the others; remove those (`find %s -samefile %s` "
+                              "lists the ones beside it), then erase again: not erased\n"
+                              % (self.second, self.dir, self.second), err)
+                self.assertTrue(os.path.samefile(self.second, other))
+                self.assertEqual(len(read_bytes(other).splitlines()), 3)
+
     def test_a_dry_run_counts_the_file_once_and_changes_nothing(self):
         status, out, err = main_in_this_process(["erase", "--user-id", "u1", self.log,
                                                  self.second])
