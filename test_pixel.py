@@ -14477,9 +14477,9 @@ class ErasePixelProcess(unittest.TestCase):
         stderr = open(os.path.join(self.dir, "stderr"), "w+")
         self.addCleanup(stderr.close)
         process, port = self.start(receiver, stderr=stderr)
-        for user in ("alice", "alice", "bob"):
+        for user in ["alice"] * 2 + ["bob"] * (pixel.MIN_SHARE_LINES - 2):   # a share judged
             fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=%s&event=e" % user)
-        self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == pixel.MIN_SHARE_LINES))
         eraser = self.erase("--user-id", "alice", "--apply", "--max-share", "0.1", self.log,
                             os.path.join(self.dir, "rejects.jsonl"), wait=False)
         out, err = eraser.communicate(timeout=60)
@@ -14487,7 +14487,8 @@ class ErasePixelProcess(unittest.TestCase):
         said = "an erase (pid %d) ended before it was done: run it again" % eraser.pid
         self.assertTrue(wait_until(lambda: said in read_text(stderr.name), 10))
         fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=bob&event=after")
-        self.assertTrue(wait_until(lambda: len(receiver.taken) == 4, 10))
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == pixel.MIN_SHARE_LINES + 1,
+                                   10))
         self.assertEqual(read_text(stderr.name).count(said), 1)
         # Ctrl-C mid-way: one line, no traceback, and the pixel says the same.
         with unittest.mock.patch("pixel.erase_file", side_effect=KeyboardInterrupt), \
