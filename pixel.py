@@ -6297,8 +6297,9 @@ def _public_url(value):
                                          "segment): %r" % text)
     names, keep = [urllib.parse.unquote(part) for part in segments], len(segments)
     while True:   # pixel's settings add /v1, a client the route (/v1/t): here either is a 404
-        ends = [at for at in range(max(0, keep - 4), keep) if names[at] == "v1" and (
-            at == keep - 1 or route_for("/" + "/".join(names[at:keep])))]   # 4: the longest
+        tails = ["/" + "/".join(names[at:keep]) for at in range(max(0, keep - 4), keep)]
+        ends = [keep - len(tails) + index for index, tail in enumerate(tails) if tail == "/v1"
+                or "/v1/" in tail and route_for(tail)]   # 4: the longest route, /beacon/v1/b
         if not ends:
             break
         keep = ends[0]

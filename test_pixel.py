@@ -6043,7 +6043,9 @@ class SettingsDocument(ServerCase):
                                 ("https://shop.example/c/v1/projects/K/settings",
                                  "/v1/projects/K/settings", "/c"),
                                 ("https://shop.example/v1/v1/batch", "/v1/v1/batch", ""),
-                                ("https://shop.example/health/v1/t", "/v1/t", "/health")):
+                                ("https://shop.example/health/v1/t", "/v1/t", "/health"),
+                                ("https://shop.example/c/beacon/v1/batch", "/beacon/v1/batch",
+                                 "/c")):
             with self.subTest(bad), self.assertRaisesRegex(
                     ValueError, r"ends in %s, which pixel and its clients add \(try "
                                 r"https://shop\.example%s\)" % (tail, base)):
