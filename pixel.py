@@ -1845,7 +1845,7 @@ def remove_second_name(path, identity, reporter):
     (`identity`) also has: a kill -9 between _put_back's link and its remove leaves one, and
     `cat events.jsonl*` reads each line twice, and an erase of both names (second_names)."""
     try:
-        if os.lstat(path).st_nlink < 2:   # the file has no other name
+        if os.lstat(path).st_nlink != 2:   # no other name, or more than a rotation leaves
             return
         rotated = pixel_rotations(path)
     except OSError:   # a folder pixel may write in, not list: a rotation there says so
@@ -7258,14 +7258,16 @@ def settled_checkpoint(document, old):
     return document
 
 
-def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, held=None):
+def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, held=None,
+               names=1):
     """Erase `people`'s lines from the file at `path`: with `apply`, a copy without them
     written beside it (.<name>.erase-<pid>.tmp), synced, given the file's mode, owner and
     times, then renamed over it and the folder synced: a crash leaves the old file whole
     or the new one. `checkpoints` ({path: document}, updated here) follow the file. A file
     where more than `max_share` of the lines match, or not the one `held` (a descriptor
-    erase flocked) or changed while read, is left as it is. Returns the FileErasure and a
-    problem (None if none): OSError, EOFError or zlib.error otherwise."""
+    erase flocked) or changed while read, or of more than `names` names (hard links: a dry
+    run's count has a second name erase will remove), is left as it is. Returns the
+    FileErasure and a problem (None if none): OSError, EOFError or zlib.error otherwise."""
     erasure = FileErasure(path, people, _needles(people))
     before = os.stat(path)
     if not stat.S_ISREG(before.st_mode):
@@ -7278,7 +7280,8 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
     _refuse_packed(start)
     if not apply:
         erasure.scan()
-        return erasure, _too_common(erasure, max_share)
+        return erasure, _too_common(erasure, max_share) or (
+            _hard_links(path, before, names) if erasure.erased else None)
     folder, name = os.path.split(os.path.abspath(path))
     _remove_left_behind(folder, name)
     temporary = os.path.join(folder, ".%s.erase-%d.tmp" % (name, os.getpid()))
@@ -7293,7 +7296,8 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
                     erasure.scan(packed.write)
             else:
                 erasure.scan(handle.write)
-        problem = _too_common(erasure, max_share) or _changed(path, before, held)
+        problem = _too_common(erasure, max_share) or _changed(path, before, held) or (
+            _hard_links(path, before, names) if erasure.erased else None)
         if problem is not None or not erasure.erased:
             return erasure, problem
         if _root() or before.st_uid == os.geteuid():
@@ -7312,6 +7316,10 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
                 write_checkpoint(where, replaced)
                 moved[where] = replaced
         os.replace(temporary, path)
+        if held is not None and os.fstat(held).st_nlink:   # a name made since the look
+            problem = "a name was given it while it was erased, which keeps the old file " \
+                      "whole: remove that name (`find %s -inum %d` finds it), then erase " \
+                      "again" % (folder, before.st_ino)
     finally:
         try:
             os.close(fd)
@@ -7322,7 +7330,16 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
     for where, document in moved.items():
         checkpoints[where] = settled_checkpoint(document, old)
         write_checkpoint(where, checkpoints[where])
-    return erasure, None
+    return erasure, problem
+
+
+def _hard_links(path, status, names=1):
+    """Why a file of more names than `names` is not replaced, else None."""
+    if status.st_nlink <= names:
+        return None
+    return "it has %d names (hard links): erased by one, it would stay whole by the others; " \
+        "remove those (`find %s -samefile %s` lists the ones beside it), then erase again" % (
+            status.st_nlink, os.path.dirname(os.path.abspath(path)), path)
 
 
 def _changed(path, before, held):
@@ -7497,7 +7514,11 @@ def main(argv=None, environ=None):
     argv = sys.argv[1:] if argv is None else argv
     commands = {"forward": forward_files, "report": report_files, "erase": erase_command}
     if argv and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
+        try:
+            return commands[argv[0]](argv[1:])
+        except KeyboardInterrupt:   # a second Ctrl-C, in a command's own clean-up
+            Reporter().say("%s: stopped before it was done: run it again" % argv[0])
+            return 130
     config = parse_args(argv, environ)
     reporter = Reporter()
     server = pixel = None
@@ -7929,9 +7950,10 @@ def erase_command(argv=None, stdout=None):
         results, user_ids_seen = gone, set()
         for path in files:
             try:
-                erasure, problem = erase_file(path, people, apply=args.apply,
-                                              max_share=args.max_share, checkpoints=checkpoints,
-                                              held=locks.get(os.path.realpath(path)))
+                erasure, problem = erase_file(
+                    path, people, apply=args.apply, max_share=args.max_share,
+                    checkpoints=checkpoints, held=locks.get(os.path.realpath(path)),
+                    names=1 + (not args.apply) * list(second.values()).count(path))
             except (OSError, EOFError, zlib.error) as error:
                 if _deleted_rotation(path, error, reporter):
                     results.append({"path": path, "status": "gone"})
@@ -8027,10 +8049,12 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
         return [path]
     fd = _open_rotating(path) if live else open_file(path)
     status = os.fstat(fd)
-    if status.st_nlink > 1 and any(os.path.samestat(status, os.fstat(other))
-                                   for other in locks.values()):   # held by another name
+    held = [other for other, other_fd in locks.items() if status.st_nlink > 1 and
+            os.path.samestat(status, os.fstat(other_fd))]
+    if held:   # erase's own flock would be taken for a running pixel's: a wait for nothing
         os.close(fd)
-        raise _hard_links(path, status)
+        reporter.say("erase: %s is %s by another name: erased once, as that" % (path, held[0]))
+        return []
     request = EraseRequest(path, reporter)   # one erase a file, and a pixel that starts
     try:                                     # meanwhile waits for it (open_logs)
         request.claim()
@@ -8054,8 +8078,6 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
                 raise BlockingIOError
             if live:   # no pixel writes it, or starts till erase ends: a rotation's name goes
                 remove_second_name(path, (status.st_dev, status.st_ino), reporter)
-            if os.fstat(fd).st_nlink > 1:   # replaced by one name, it would stay by the others
-                raise _hard_links(path, os.fstat(fd))
     except BlockingIOError:   # a running pixel writes it, or has just rotated it
         os.close(fd)
         if not live:
@@ -8078,13 +8100,6 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
         raise
     locks[os.path.realpath(path)] = fd
     return [path]
-
-
-def _hard_links(path, status):
-    return OSError(errno.EMLINK, "it has %d names (hard links): erased by one, it would stay "
-                   "whole by the others; remove those (`find %s -samefile %s` lists the ones "
-                   "beside it), then erase again" % (
-                       status.st_nlink, os.path.dirname(os.path.abspath(path)), path), path)
 
 
 def _running_log(path):

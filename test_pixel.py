@@ -3532,7 +3532,7 @@ class SecondName(unittest.TestCase):
         self.assertIn("events.jsonl: erased 1 of 3 line(s)", out)
         self.assertEqual(sorted(glob.glob(self.log + "*")), [self.log])
 
-    def test_a_file_with_other_names_is_refused_at_once_not_split(self):
+    def test_a_file_with_other_names_is_left_whole_not_split(self):
         # The attack on the fix: erased by one name (the second alone, two rotated names of
         # one file, a logrotate name linked by hand), a file was replaced by that name and
         # stayed whole by the others: the person kept, the rest written twice; or, by its
@@ -3540,18 +3540,52 @@ class SecondName(unittest.TestCase):
         os.remove(self.log)
         other = self.log + ".1"
         os.link(self.second, other)
+        said = ("erase: %s: it has 2 names (hard links): erased by one, it would stay whole by "
+                "the others; remove those (`find %s -samefile %s` lists the ones beside it), "
+                "then erase again\n" % (self.second, self.dir, self.second))
         for names in ([self.second], [self.second, other]):
             with self.subTest(names):
                 started = time.monotonic()
                 status, out, err = self.erase(*names)
                 self.assertLess(time.monotonic() - started, pixel.NEXT_FILE_GRACE + 5)
                 self.assertEqual(status, 1)
-                self.assertIn("erase: %s: it has 2 names (hard links): erased by one, it would "
-                              "stay whole by the others; remove those (`find %s -samefile %s` "
-                              "lists the ones beside it), then erase again: not erased\n"
-                              % (self.second, self.dir, self.second), err)
+                self.assertIn(said, err)
+                self.assertIn("left alone (see stderr), matching 1 of 3", out)
                 self.assertTrue(os.path.samefile(self.second, other))
                 self.assertEqual(len(read_bytes(other).splitlines()), 3)
+        self.assertIn("erase: %s is %s by another name: erased once, as that\n"
+                      % (other, self.second), err)
+        # A dry run says so too; a file with none of the person's lines is no failure.
+        status, out, err = main_in_this_process(["erase", "--user-id", "u1", self.second])
+        self.assertEqual((status, err), (1, "pixel: " + said))
+        status, out, err = main_in_this_process(["erase", "--user-id", "nobody", "--apply",
+                                                 self.second])
+        self.assertEqual(status, 0, err)
+
+    def test_a_second_ctrl_c_in_its_clean_up_is_one_line_not_a_traceback(self):
+        # The attack pass: 3 of 11 interrupts under load landed in EraseRequest.finish.
+        with unittest.mock.patch("pixel.EraseRequest.finish", side_effect=KeyboardInterrupt):
+            status, out, err = self.erase(self.log)
+        self.assertEqual(status, 130)
+        self.assertTrue(err.endswith("\npixel: erase: stopped before it was done: run it "
+                                     "again\n"), err)
+
+    def test_a_name_given_while_erase_runs_is_said(self):
+        # The attack on that: a link made after erase's look (a cp -al backup) kept the
+        # person by its name, and erase said it was done.
+        link = os.path.join(self.dir, "backup.jsonl")
+        replace = os.replace
+
+        def linked_first(source, target):
+            if target == self.log:
+                os.link(self.log, link)
+            return replace(source, target)
+        with unittest.mock.patch("os.replace", linked_first):
+            status, out, err = self.erase(self.log)
+        self.assertEqual(status, 1)
+        self.assertIn("erase: %s: a name was given it while it was erased, which keeps the old "
+                      "file whole: remove that name (`find %s -inum " % (self.log, self.dir), err)
+        self.assertEqual(len(read_bytes(link).splitlines()), 3)
 
     def test_a_dry_run_counts_the_file_once_and_changes_nothing(self):
         status, out, err = main_in_this_process(["erase", "--user-id", "u1", self.log,
