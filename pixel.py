@@ -7953,7 +7953,8 @@ def erase_command(argv=None, stdout=None):
                 erasure, problem = erase_file(
                     path, people, apply=args.apply, max_share=args.max_share,
                     checkpoints=checkpoints, held=locks.get(os.path.realpath(path)),
-                    names=1 + (not args.apply) * list(second.values()).count(path))
+                    names=1 + (not args.apply) * list(map(os.path.realpath, second.values()))
+                    .count(os.path.realpath(path)))
             except (OSError, EOFError, zlib.error) as error:
                 if _deleted_rotation(path, error, reporter):
                     results.append({"path": path, "status": "gone"})

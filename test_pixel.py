@@ -3588,10 +3588,14 @@ class SecondName(unittest.TestCase):
         self.assertEqual(len(read_bytes(link).splitlines()), 3)
 
     def test_a_dry_run_counts_the_file_once_and_changes_nothing(self):
-        status, out, err = main_in_this_process(["erase", "--user-id", "u1", self.log,
-                                                 self.second])
-        self.assertEqual((status, out.count("would erase 1 of 3")), (0, 1), err)
-        self.assertTrue(os.path.samefile(self.log, self.second))
+        here = os.getcwd()
+        self.addCleanup(os.chdir, here)
+        os.chdir(self.dir)   # the names as a shell's glob gives them, and absolute
+        for names in ([self.log, self.second], glob.glob("events.jsonl*")):
+            with self.subTest(names):
+                status, out, err = main_in_this_process(["erase", "--user-id", "u1"] + names)
+                self.assertEqual((status, out.count("would erase 1 of 3")), (0, 1), err)
+                self.assertTrue(os.path.samefile(self.log, self.second))
 
     def test_a_kill_between_the_put_backs_link_and_remove_is_undone_at_the_next_start(self):
         folder = temp_dir(self)
