@@ -1871,7 +1871,7 @@ def second_names(paths):
     by_file = {}
     for path in paths:
         status = stat_or_none(path)
-        if status is not None:
+        if status is not None and status.st_nlink == 2:   # as remove_second_name
             by_file.setdefault((status.st_dev, status.st_ino), []).append(path)
     return {name: log for names in by_file.values() for name in names for log in names
             if _is_rotation_of(name, log)}
@@ -7099,6 +7099,7 @@ class FileErasure:
     def __init__(self, path, people, needles=None):
         self.path, self.people, self.needles = path, people, needles
         self.lines = self.erased = self.as_text = 0
+        self.replaced = False   # by a copy without them (erase_file)
         self.user_ids = set()   # of the erased events, for the receivers' deletion APIs
         self.first = b""        # the new file's first 4096 bytes (of its content)
         self._starts, self._before = array.array("q"), array.array("q")
@@ -7316,10 +7317,11 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
                 write_checkpoint(where, replaced)
                 moved[where] = replaced
         os.replace(temporary, path)
+        erasure.replaced = True
         if held is not None and os.fstat(held).st_nlink:   # a name made since the look
-            problem = "a name was given it while it was erased, which keeps the old file " \
-                      "whole: remove that name (`find %s -inum %d` finds it), then erase " \
-                      "again" % (folder, before.st_ino)
+            problem = "erased, but a name given it meanwhile keeps the old file, person " \
+                      "included: erase that name too (inode %d on the file system of %s: " \
+                      "`find MOUNT -xdev -inum %d`)" % (before.st_ino, folder, before.st_ino)
     finally:
         try:
             os.close(fd)
@@ -7517,7 +7519,7 @@ def main(argv=None, environ=None):
         try:
             return commands[argv[0]](argv[1:])
         except KeyboardInterrupt:   # a second Ctrl-C, in a command's own clean-up
-            Reporter().say("%s: stopped before it was done: run it again" % argv[0])
+            Reporter().say("%s: stopped" % argv[0])
             return 130
     config = parse_args(argv, environ)
     reporter = Reporter()
@@ -7956,7 +7958,13 @@ def erase_command(argv=None, stdout=None):
                     names=1 + (not args.apply) * list(map(os.path.realpath, second.values()))
                     .count(os.path.realpath(path)))
             except (OSError, EOFError, zlib.error) as error:
-                if _deleted_rotation(path, error, reporter):
+                held = locks.get(os.path.realpath(path))
+                if held is not None and isinstance(error, FileNotFoundError) and \
+                        os.fstat(held).st_nlink:   # --keep deleted this name, not the file
+                    error.strerror = "deleted by this name since, but another name keeps it " \
+                        "(inode %d: `find MOUNT -xdev -inum %d`): erase that one" % (
+                            os.fstat(held).st_ino, os.fstat(held).st_ino)
+                elif _deleted_rotation(path, error, reporter):
                     results.append({"path": path, "status": "gone"})
                     continue
                 erasure, problem = None, "cannot erase it: %s" % (
@@ -7968,12 +7976,13 @@ def erase_command(argv=None, stdout=None):
                 results.append({"path": path, "status": "failed"})
                 continue
             user_ids_seen |= erasure.user_ids
+            left = problem is not None and not erasure.replaced
             results.append({"path": path, "lines": erasure.lines, "erased": erasure.erased,
-                            "as_text": erasure.as_text, "status": "refused" if problem else
+                            "as_text": erasure.as_text, "status": "refused" if left else
                             "erased" if args.apply else "dry run"})
             # Not "would erase" for a file an --apply run leaves alone (a newcomer's find).
             stdout.write("%s: %s %d of %d line(s)%s\n" % (
-                path, "left alone (see stderr), matching" if problem else "erased"
+                path, "left alone (see stderr), matching" if left else "erased"
                 if args.apply else "would erase", erasure.erased, erasure.lines,
                 " (%d matched as text: not JSON)" % erasure.as_text if erasure.as_text else ""))
         if args.apply:
@@ -8050,12 +8059,10 @@ def _hold_for_erase(path, requests, locks, reporter, live=True, refused=None):
         return [path]
     fd = _open_rotating(path) if live else open_file(path)
     status = os.fstat(fd)
-    held = [other for other, other_fd in locks.items() if status.st_nlink > 1 and
-            os.path.samestat(status, os.fstat(other_fd))]
-    if held:   # erase's own flock would be taken for a running pixel's: a wait for nothing
-        os.close(fd)
-        reporter.say("erase: %s is %s by another name: erased once, as that" % (path, held[0]))
-        return []
+    if status.st_nlink > 1 and any(os.path.samestat(status, os.fstat(other))
+                                   for other in locks.values()):   # held by another name:
+        os.close(fd)   # erase's own flock is no running pixel's; erase_file judges the names
+        return [path]
     request = EraseRequest(path, reporter)   # one erase a file, and a pixel that starts
     try:                                     # meanwhile waits for it (open_logs)
         request.claim()

@@ -3553,8 +3553,7 @@ class SecondName(unittest.TestCase):
                 self.assertIn("left alone (see stderr), matching 1 of 3", out)
                 self.assertTrue(os.path.samefile(self.second, other))
                 self.assertEqual(len(read_bytes(other).splitlines()), 3)
-        self.assertIn("erase: %s is %s by another name: erased once, as that\n"
-                      % (other, self.second), err)
+        self.assertIn("erase: %s: it has 2 names" % other, err)   # held by the other: judged
         # A dry run says so too; a file with none of the person's lines is no failure.
         status, out, err = main_in_this_process(["erase", "--user-id", "u1", self.second])
         self.assertEqual((status, err), (1, "pixel: " + said))
@@ -3567,8 +3566,22 @@ class SecondName(unittest.TestCase):
         with unittest.mock.patch("pixel.EraseRequest.finish", side_effect=KeyboardInterrupt):
             status, out, err = self.erase(self.log)
         self.assertEqual(status, 130)
-        self.assertTrue(err.endswith("\npixel: erase: stopped before it was done: run it "
-                                     "again\n"), err)
+        self.assertTrue(err.endswith("\npixel: erase: stopped\n"), err)
+
+    def test_a_file_of_three_names_is_no_stopped_rotation_and_keeps_them(self):
+        # The attack: a dry run took both rotation names for second names and said "would
+        # erase", while --apply, which removes a name only from a file of two, refused.
+        third = self.log + ".20261206T000000.000Z"
+        os.link(self.log, third)
+        names = sorted(glob.glob(self.log + "*"))
+        for apply in ([], ["--apply"]):
+            with self.subTest(apply=apply):
+                status, out, err = main_in_this_process(["erase", "--user-id", "u1"] + apply +
+                                                        names)
+                self.assertEqual((status, err.count("it has 3 names")), (1, 3), err)
+                self.assertNotIn("removed", err)
+        self.assertTrue(os.path.samefile(self.log, third) and
+                        os.path.samefile(self.log, self.second))
 
     def test_a_name_given_while_erase_runs_is_said(self):
         # The attack on that: a link made after erase's look (a cp -al backup) kept the
@@ -3583,9 +3596,33 @@ class SecondName(unittest.TestCase):
         with unittest.mock.patch("os.replace", linked_first):
             status, out, err = self.erase(self.log)
         self.assertEqual(status, 1)
-        self.assertIn("erase: %s: a name was given it while it was erased, which keeps the old "
-                      "file whole: remove that name (`find %s -inum " % (self.log, self.dir), err)
+        self.assertIn("erase: %s: erased, but a name given it meanwhile keeps the old file, "
+                      "person included: erase that name too (inode %d on the file system of %s"
+                      % (self.log, os.stat(link).st_ino, self.dir), err)
         self.assertEqual(len(read_bytes(link).splitlines()), 3)
+        # Said as erased, not "left alone" (the attack after it): its path holds the new file.
+        self.assertIn("events.jsonl: erased 1 of 3 line(s)", out)
+        self.assertEqual(len(read_bytes(self.log).splitlines()), 2)
+
+    def test_a_held_file_deleted_by_its_name_meanwhile_but_kept_by_another_is_said(self):
+        # The attack: --keep deleted a rotated file erase held (its own rotation request made
+        # room), and erase called it "gone", exit 0, while a backup's hard link kept it.
+        backup = os.path.join(self.dir, "backup.jsonl")
+        os.link(self.second, backup)
+        erase_file = pixel.erase_file
+
+        def deleted_first(path, *args, **kwargs):
+            if path == self.second:
+                os.remove(self.second)
+            return erase_file(path, *args, **kwargs)
+        os.remove(self.log)
+        with unittest.mock.patch("pixel.erase_file", deleted_first):
+            status, out, err = self.erase(self.second)
+        self.assertEqual(status, 1)
+        self.assertIn("erase: %s: cannot erase it: deleted by this name since, but another "
+                      "name keeps it (inode %d: `find MOUNT -xdev -inum %d`): erase that one\n" % (
+                          self.second, os.stat(backup).st_ino, os.stat(backup).st_ino), err)
+        self.assertNotIn("gone since", err)
 
     def test_a_dry_run_counts_the_file_once_and_changes_nothing(self):
         here = os.getcwd()
