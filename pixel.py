@@ -2730,9 +2730,12 @@ class People:
         return self._truncated
 
     def digested(self):
-        """Every identifier as identifier_digest gives it, sorted: what the ledger holds (the
-        followed ones apart, in followed.digested())."""
-        return sorted({identifier_digest(text) for text in self.ids | self.emails} |
+        """Every identifier as identifier_digest gives it, and its truncated() form, sorted:
+        what the ledger holds, for an erase again (the followed ones apart, in
+        followed.digested()). A digest has no truncated form: its id is not known."""
+        truncated = self.truncated() or People()
+        return sorted({identifier_digest(text) for text in
+                       self.ids | self.emails | truncated.ids | truncated.emails} |
                       {"sha256:" + digest for digest in self.digests})
 
     def _names(self, text, email=False):
@@ -7279,6 +7282,9 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
         start = handle.read(6)
     archive = start.startswith(b"\x1f\x8b")
     _refuse_packed(start)
+    if not archive and os.path.lexists(path + ".gz"):   # gzip makes it, then removes this
+        return erasure, "%s.gz is beside it: a gzip of it may be under way; erase %s.gz once " \
+            "it is done (and this, if it is still here)" % (path, path)
     if not apply:
         erasure.scan()
         return erasure, _too_common(erasure, max_share) or (
@@ -7318,6 +7324,9 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
                 moved[where] = replaced
         os.replace(temporary, path)
         erasure.replaced = True
+        if not archive and os.path.lexists(path + ".gz"):   # a gzip began meanwhile, and will
+            problem = "erased, but a gzip of it began meanwhile, from the old file: erase " \
+                      "%s.gz once it is done" % path   # remove this name when it is
         if held is not None and os.fstat(held).st_nlink:   # a name made since the look
             problem = "erased, but a name given it meanwhile keeps the old file, person " \
                       "included: erase that name too (inode %d on the file system of %s: " \

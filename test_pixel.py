@@ -3568,6 +3568,31 @@ class SecondName(unittest.TestCase):
         self.assertEqual(status, 130)
         self.assertTrue(err.endswith("\npixel: erase: stopped\n"), err)
 
+    def test_a_gzip_beside_it_is_said_not_raced(self):
+        # The attack: a cron's gzip began on a rotated file just before erase; it wrote the
+        # .gz from the old file, person included, and removed erase's new one: exit 0.
+        os.remove(self.second)
+        with open(self.log + ".gz", "wb") as handle:   # under way: it removes the file last
+            handle.write(gzip.compress(b""))
+        status, out, err = self.erase(self.log)
+        self.assertEqual(status, 1)
+        self.assertIn("erase: %s: %s.gz is beside it: a gzip of it may be under way; erase "
+                      "%s.gz once it is done" % (self.log, self.log, self.log), err)
+        self.assertEqual(len(read_bytes(self.log).splitlines()), 3)
+        os.remove(self.log + ".gz")
+        replace = os.replace
+
+        def gzip_began(source, target):
+            if target == self.log:
+                with open(self.log + ".gz", "wb") as handle:
+                    handle.write(gzip.compress(read_bytes(self.log)))
+            return replace(source, target)
+        with unittest.mock.patch("os.replace", gzip_began):
+            status, out, err = self.erase(self.log)
+        self.assertEqual(status, 1)
+        self.assertIn("erase: %s: erased, but a gzip of it began meanwhile, from the old file: "
+                      "erase %s.gz once it is done" % (self.log, self.log), err)
+
     def test_a_file_of_three_names_is_no_stopped_rotation_and_keeps_them(self):
         # The attack: a dry run took both rotation names for second names and said "would
         # erase", while --apply, which removes a name only from a file of two, refused.
@@ -13877,6 +13902,15 @@ class EraseFiles(unittest.TestCase):
         self.assertIn("erased 2 of 10 line(s)", out)
         self.assertEqual([pixel.decode_query(json.loads(line)["query"])["userId"]
                           for line in self.read(rejects).splitlines()], ["bob"] * 8)
+        # The README's erase again after restoring a backup, from the ledger's digests alone:
+        # they hold the truncated forms too (the attack: 0 of 10, exit 0).
+        with open(rejects, "wb") as handle:
+            handle.write(quoted)
+        status, out, err = self.erase("--ledger", os.path.join(self.dir, ".pixel",
+                                                               "erase-ledger.json"),
+                                      "--apply", rejects)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("erased 2 of 10 line(s)", out)
 
     def test_a_file_of_fewer_lines_than_min_share_lines_is_not_judged_by_its_share(self):
         # An attack pass: the live log an erase had just rotated held 3 lines, 2 of them the
