@@ -5133,6 +5133,7 @@ class MaxConnections(ServerCase):
         self.assertEqual(closed, 1, "exactly one idle connection was closed to make room")
         self.assertIn("all 2 connection slots are busy", self.stderr.getvalue())
 
+    @soak   # 1.4-1.7 s: two clients must stall pixel's sends first
     def test_a_client_that_does_not_read_its_answers_makes_room(self):
         # The attack pass: clients that pipeline requests and read their answers slowly
         # (8 KB/s) held every slot, their threads in sendall, never idle, so never closed
@@ -5743,6 +5744,7 @@ class DualStack(unittest.TestCase):
 class StopWhileFull(ServerCase):
     server_options = {"max_connections": 1, "request_timeout": 30.0, "idle_timeout": 30.0}
 
+    @soak   # 1.3 s of waiting on a full pool
     def test_stop_returns_while_a_connection_waits_for_a_slot(self):
         # The only slot is held by a request pixel is at work on (not evictable), here held
         # up in the app; a second client then waits for a slot in the accept loop.
@@ -11253,6 +11255,7 @@ class Tls(unittest.TestCase):
                                  ["pixel: cannot serve HTTPS: " + str(caught.exception)])
                 self.assertNotIn("PEM lib", result.stderr)
 
+    @soak   # 1.3 s: a SIGHUP and a look for each of its bad pairs
     def test_a_pair_that_cannot_load_on_sighup_says_which_file_and_why(self):
         process, port = self.start()
         good = {path: read_text(path) for path in (self.certfile, self.keyfile)}
