@@ -1695,9 +1695,14 @@ def _rotations(path):
     """(stamp, serial, name) of each file pixel's rotation made of the log at `path`,
     oldest first."""
     folder, base = os.path.split(path)
-    names = [name for name in os.listdir(folder or ".") if name.startswith(base)]
-    keys = [_rotation_key(_ROTATED.match(name, len(base))) for name in names]
+    names = os.listdir(folder or ".")
+    keys = [_rotation_of(base, name) for name in names]
     return sorted(key + (name,) for key, name in zip(keys, names) if key)
+
+
+def _rotation_of(base, name):
+    """_rotation_key of `name` if pixel's rotation gives it to the log named `base`, else None."""
+    return _rotation_key(_ROTATED.match(name, len(base))) if name.startswith(base) else None
 
 
 def pixel_rotations(path):
@@ -1880,8 +1885,7 @@ def second_names(paths):
 def _is_rotation_of(name, log):
     folder, base = os.path.split(os.path.realpath(name))
     log_folder, log_base = os.path.split(os.path.realpath(log))
-    return folder == log_folder and base != log_base and base.startswith(log_base) and \
-        _rotation_key(_ROTATED.match(base, len(log_base))) is not None
+    return folder == log_folder and _rotation_of(log_base, base) is not None
 
 
 def _room(fd, size):
@@ -2721,12 +2725,10 @@ class People:
         line, truncated (erin.10.4.4.4@x.com as erin.10.4.4.0@x.com), as People, or None if
         none has one. Such a form may name another's refused line too: an erase takes it."""
         if self._truncated is False:
-            forms = {text: anonymize_addresses(text) for text in self.ids | self.emails}
-            followed = self.followed.truncated() if self.followed else None
-            self._truncated = People(form for text, form in forms.items() if form != text)
-            if followed:
-                self._truncated.followed = followed
-            self._truncated = self._truncated or None
+            pairs = ((text, anonymize_addresses(text)) for text in self.ids | self.emails)
+            truncated = People(form for text, form in pairs if form != text)
+            truncated.followed = self.followed.truncated() if self.followed else None
+            self._truncated = truncated or None
         return self._truncated
 
     def digested(self):
@@ -7007,9 +7009,9 @@ def _needles(people):
     cased), as bytes escaped as pixel writes them, for a first look that spares most lines
     the JSON parse; None if no such look can be trusted: with a digest (whose id is not
     known), or an address outside ASCII (whose case changes its \\u escape)."""
-    everyone = [people, people.followed, people.truncated()]   # each may be None
-    everyone += [more.followed for more in everyone[2:] if more is not None]
-    everyone = [more for more in everyone if more is not None]
+    followed = people.followed
+    everyone = [more for more in (people, followed, people.truncated(),
+                                  followed and followed.truncated()) if more]
     ids = set().union(*(more.ids for more in everyone))
     emails = set().union(*(more.emails for more in everyone))
     if any(more.digests for more in everyone) or not all(map(str.isascii, emails)):
@@ -7886,6 +7888,9 @@ def erase_command(argv=None, stdout=None):
     for name, log in sorted(second.items()):   # _hold_for_erase removes it
         reporter.say("erase: %s is a second name of %s: erased once, as that" % (name, log))
     args.files = [path for path in args.files if path not in second]
+    # A dry run leaves them: a log may have as many names more (erase_file's `names`).
+    second_of = collections.Counter(os.path.realpath(log) for log in second.values()
+                                    if not args.apply)
     if args.follow and user_ids:
         own = People(args.user_id)
         for _ in range(MAX_FOLLOW_ROUNDS):   # a former or new userId an alias adds links on
@@ -7964,15 +7969,14 @@ def erase_command(argv=None, stdout=None):
                 erasure, problem = erase_file(
                     path, people, apply=args.apply, max_share=args.max_share,
                     checkpoints=checkpoints, held=locks.get(os.path.realpath(path)),
-                    names=1 + (not args.apply) * list(map(os.path.realpath, second.values()))
-                    .count(os.path.realpath(path)))
+                    names=1 + second_of[os.path.realpath(path)])
             except (OSError, EOFError, zlib.error) as error:
                 held = locks.get(os.path.realpath(path))
-                if held is not None and isinstance(error, FileNotFoundError) and \
-                        os.fstat(held).st_nlink:   # --keep deleted this name, not the file
+                kept = os.fstat(held) if held is not None else None
+                if kept is not None and kept.st_nlink and isinstance(error, FileNotFoundError):
                     error.strerror = "deleted by this name since, but another name keeps it " \
                         "(inode %d: `find MOUNT -xdev -inum %d`): erase that one" % (
-                            os.fstat(held).st_ino, os.fstat(held).st_ino)
+                            kept.st_ino, kept.st_ino)   # --keep deleted this name, not the file
                 elif _deleted_rotation(path, error, reporter):
                     results.append({"path": path, "status": "gone"})
                     continue
