@@ -1948,12 +1948,11 @@ class LogWriter:
         self.path = os.path.realpath(path)   # rotating a symlink would rename the link
         self.max_bytes, self.keep, self.pinned = max_bytes, keep, frozenset()
         self.written = self.written_bytes = self.failed = self.rotations = self.failing = 0
-        self.created = not os.path.lexists(self.path)   # by this start: see discard()
-        self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.Lock()
+        self.created = not os.path.lexists(self.path)   # by this start: see close()
+        self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.RLock()
         self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
-        self._fd = self._identity = None
         self._path_checked = self._failed_at = self._rotate_failed_at = float("-inf")
-        self._changes = None        # the follower's: ("opened", fd, ...), ("renamed", ...)
+        self._fd = self._identity = self._changes = None   # _changes: the follower's, changes()
         self.closed = False         # by close(): a write after it is refused, never reopens
         self._open()                # at start an OSError is the operator's to see
         try:
@@ -2030,21 +2029,17 @@ class LogWriter:
         with self._lock:
             self._open()
 
-    def close(self):
+    def close(self, discard=False):
+        """Close; with `discard`, remove the file first if this start made it and it is empty."""
         with self._lock:
             if self._fd is not None:
+                if discard and self.created:
+                    _remove_if_empty(self.path, self._fd, self._reporter)
                 os.close(self._fd)
                 self._fd = None
             self._drop_changes()
             self.closed = True
             WRITTEN_HERE.discard(self.path)
-
-    def discard(self):
-        """Close, and remove the file if this start made it and it is still empty."""
-        with self._lock:
-            if self._fd is not None and self.created:
-                _remove_if_empty(self.path, self._fd, self._reporter)
-        self.close()
 
     def write(self, lines):
         """Append `lines` (bytes, each ending in a newline); how many are on disk: all, or after
@@ -2095,10 +2090,9 @@ class LogWriter:
                 self.written += done
                 self.failed, self.failing = self.failed + lost, self.failing + lost
                 self._failed_at = self._failed_at if skipped else now
-                self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still "
-                                   "answering, will retry)" % (self.path, error.strerror or
-                                                               error, self.failing),
-                                   key="write " + self.path)
+                self._reporter.say("cannot write %s: %s (%d line(s) lost so far; still answering,"
+                                   " will retry)" % (self.path, error.strerror or error,
+                                                     self.failing), key="write " + self.path)
                 return done
             self.written += done
             if self.failing:
@@ -2143,8 +2137,7 @@ class LogWriter:
             os.ftruncate(self._fd, before)
             self._size = before
             self._open()
-        raise OSError(errno.ENOENT, "deleted each time it was written, %d times"
-                      % RELINK_ATTEMPTS)
+        raise OSError(errno.ENOENT, "deleted each time it was written, %d times" % RELINK_ATTEMPTS)
 
     def _append(self, chunk):
         written = os.write(self._fd, chunk)
@@ -2182,9 +2175,14 @@ class LogWriter:
                     self._changes is not None:   # before the new file's "opened"
                 record_rename(self._changes, at, identity, target)
         self.rotations += 1
-        if self.keep and self.pinned is not None:
-            prune_rotations(self.path, self.keep, self._held(), self._reporter)
+        self.prune()
         return target
+
+    def prune(self):
+        """Delete the rotated files past `keep` no follower holds (one it finished, too)."""
+        with self._lock:   # (an RLock: _rotate holds it)
+            if self.keep and self.pinned is not None:
+                prune_rotations(self.path, self.keep, self._held(), self._reporter)
 
 
 # Reading log lines back: the dedupe window's warm-up, and the forwarder. The raw bytes
@@ -4631,26 +4629,55 @@ def read_checkpoint(path):
     return document
 
 
-def write_checkpoint(path, document):
-    """Replace `path` with `document`, fsynced: a kill -9 or power cut leaves old or new."""
+def write_checkpoint(path, document, in_place=False):
+    """Replace `path` with `document`, fsynced: a kill -9 or power cut leaves old or new. With
+    `in_place` and no room for a new file, the old one is written over, in the blocks it has:
+    on a full disk a forwarder must save to send, and only what it sends can --keep delete."""
     temporary = path + ".tmp"
     data = (json.dumps(document, sort_keys=True) + "\n").encode("ascii")
-    fd = open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW |
-                   getattr(os, "O_CLOEXEC", 0))   # a FIFO put there would block
     try:
-        with open(fd, "wb", buffering=0) as handle:
-            if handle.write(data) != len(data):
-                raise OSError(errno.ENOSPC, "short write")
-            os.fsync(fd)
-        os.replace(temporary, path)
-    except OSError:   # no .tmp left behind to pass for state
-        os.remove(temporary)
-        raise
+        fd = open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW |
+                       getattr(os, "O_CLOEXEC", 0))   # a FIFO put there would block
+        try:
+            with open(fd, "wb", buffering=0) as handle:
+                if handle.write(data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write")
+                os.fsync(fd)
+            os.replace(temporary, path)
+        except OSError:   # no .tmp left behind to pass for state
+            os.remove(temporary)
+            raise
+    except OSError as error:
+        if not in_place or error.errno not in (errno.ENOSPC, errno.EDQUOT) or \
+                not _write_over(path, data):
+            raise
+        return
     folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _write_over(path, data):
+    """Write `data` over the file at `path` if the blocks it has hold it (JSON may end in
+    spaces: it keeps its size); whether it did. A kill -9 leaves old or new; a power cut in
+    the write (which a full disk alone asks for) may leave neither."""
+    try:
+        fd = open_file(path, os.O_WRONLY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return False
+    try:
+        status = os.fstat(fd)
+        if len(data) > max(status.st_size, status.st_blocks * 512):
+            return False
+        data += b" " * (status.st_size - len(data))
+        if os.pwrite(fd, data, 0) != len(data):
+            raise OSError(errno.ENOSPC, "short write")
+        os.fsync(fd)
+        return True
+    finally:
+        os.close(fd)
 
 
 class GzipReader:
@@ -5344,8 +5371,9 @@ class LogQueue:
         return log, end if end is None or size is None else min(end, size), False
 
     def finish(self, log, save):
-        """`log` is sent to its end: `save` (the checkpoint) names the next file at once, never
-        one --keep may now delete; a backfill's names `log`, its fingerprint now in `done`."""
+        """`log` is sent to its end: `save` (the checkpoint) names the next file at once, then
+        --keep deletes what it may (a full disk rotates nothing, where it would); a backfill's
+        checkpoint names `log`, its fingerprint now in `done`."""
         with self._lock:
             self.files.popleft()
             if self.writer is not None and log.fd is not None:   # moved back, on from here
@@ -5360,8 +5388,8 @@ class LogQueue:
             self.done = [entry for entry in self.done if entry != same and
                          not entry.startswith(same + ":")] + [log.fingerprint()]
             save(log)
-        elif self.files and self.files[0].fd is not None:
-            save(self.files[0])
+        elif self.files and self.files[0].fd is not None and save(self.files[0]):
+            self.writer.prune()
         with self._lock:   # not while backlog() reads it
             log.close()
 
@@ -5903,7 +5931,7 @@ class Forwarder:
         an interval), or with quiet=False raised; a full disk holds _next_batch till it works."""
         try:
             write_checkpoint(self.checkpoint, self.queue.checkpoint(
-                log, self.receiver.url, self.clock()))
+                log, self.receiver.url, self.clock()), in_place=True)
         except OSError as error:
             full = error.errno in (errno.ENOSPC, errno.EDQUOT)   # a live log's forwarder waits
             self.unsaved = full and self.queue.writer is not None   # (a backfill ends: goes on)
@@ -6592,7 +6620,7 @@ def open_logs(log, rejects, *, busy, wait=0.0, **options):
                 if error.errno != errno.EBUSY or here or time.monotonic() >= deadline and \
                         not erase_at_work(path):
                     for writer in writers:
-                        writer.discard()
+                        writer.close(discard=True)
                     advice = {errno.EBUSY: "; " + busy, errno.ENOENT: "; make its folder first"}
                     why = "%s%s" % (error.strerror or error, advice.get(error.errno, ""))
                     if here:
@@ -6661,8 +6689,8 @@ class Pixel:
         except OSError as error:
             if self.forwarder is not None:
                 self.forwarder.close()
-            self.events.discard()
-            self.rejects.discard()
+            self.events.close(discard=True)
+            self.rejects.close(discard=True)
             raise StartupError("cannot forward %s: %s" % (error.filename or config.log,
                                                           error.strerror or error)) from None
         record_torn_tails(self.recorder)
@@ -7647,7 +7675,7 @@ def forward_files(argv=None):
             reporter.say(str(error) if isinstance(error, ValueError) else "%s %s: %s" % (
                 "cannot read the checkpoint" if error.filename in (None, checkpoint)
                 else "cannot forward", error.filename or checkpoint, error.strerror or error))
-            rejects.discard()   # nothing was sent: leave no empty rejects log behind
+            rejects.close(discard=True)   # nothing was sent: leave no empty rejects log behind
             _remove_empty(folder, made)
             return 1
         complete = forwarder.run()

@@ -6384,6 +6384,7 @@ class DiskFullRejects(ServerCase):
         process, _ = start_pixel(self, *argv)
         process.kill()
         process.wait()
+        os.remove(pixel.state_path(argv[1], "forward"))   # none to write over in place
         fill_disk(self, self.dir)
         process, port = start_pixel(self, *argv, stderr=subprocess.PIPE)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -7999,9 +8000,9 @@ class ForwardingRestarts(ForwardingCase):
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(20)])
         self.assertIn("cannot read the checkpoint", self.stderr.getvalue())
 
-    def test_a_full_disk_for_the_checkpoint_holds_forwarding_until_it_can_be_saved(self):
-        # The durability pass: forwarding went on with the checkpoint frozen, and a restart
-        # then sent 1,341 events again. A batch is sent only with the one before it saved.
+    def full_disk_at_m5(self, before_filling=lambda checkpoint: None):
+        """(receiver, writer, forwarder, checkpoint path, filler): m0-m4 sent, m5-m9 written,
+        and the tmpfs filled (after `before_filling(checkpoint)`) as m5's batch is answered."""
         folder = mount_tmpfs(self, 256 * 1024)
         hold, held = threading.Event(), threading.Event()
 
@@ -8020,16 +8021,23 @@ class ForwardingRestarts(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.sent == 5))
         self.write(writer, range(5, 10))
         self.assertTrue(held.wait(10))
-        filler = fill_disk(self, folder)   # the lines are on disk, the checkpoint won't fit
+        checkpoint = pixel.state_path(writer.path, "forward")
+        before_filling(checkpoint)
+        filler = fill_disk(self, folder)   # the lines are on disk, a new checkpoint won't fit
         hold.set()
+        return receiver, writer, forwarder, checkpoint, filler
+
+    def test_a_full_disk_for_the_checkpoint_holds_forwarding_until_it_can_be_saved(self):
+        # The durability pass: forwarding went on with the checkpoint frozen, and a restart
+        # then sent 1,341 events again. A batch is sent only with the one before it saved:
+        # here no checkpoint is left to write over (removed by hand), and no new one fits.
+        receiver, writer, forwarder, checkpoint, filler = self.full_disk_at_m5(os.remove)
         self.assertTrue(wait_until(lambda: forwarder.sent == 6))
         self.assertTrue(wait_until(lambda: "cannot write the checkpoint" in
                                    self.stderr.getvalue()))
         self.assertIn("forwarding waits until it can", self.stderr.getvalue())
         self.assertFalse(wait_until(lambda: forwarder.sent > 6, timeout=0.5))
-        checkpoint = pixel.state_path(writer.path, "forward")
-        self.assertEqual(pixel.read_checkpoint(checkpoint)["offset"],
-                         len(b"".join(log_event(number) for number in range(5))))
+        self.assertIsNone(pixel.read_checkpoint(checkpoint))
         self.assertNotIn(os.path.basename(checkpoint) + ".tmp",
                          os.listdir(os.path.dirname(checkpoint)))
         os.remove(filler)
@@ -8037,6 +8045,68 @@ class ForwardingRestarts(ForwardingCase):
         self.assertTrue(wait_until(lambda: pixel.read_checkpoint(checkpoint)["offset"] ==
                                    len(b"".join(log_event(number) for number in range(10)))))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(10)])
+
+    def test_a_full_disk_takes_the_checkpoint_written_over_in_place(self):
+        # It waited for space, and with --keep none came: the backlog filling the disk was the
+        # files it would have sent. The old checkpoint's blocks hold the new one.
+        receiver, writer, forwarder, checkpoint, filler = self.full_disk_at_m5()
+        inode = os.stat(checkpoint).st_ino
+        self.assertTrue(wait_until(lambda: forwarder.sent == 10))
+        self.assertTrue(wait_until(lambda: pixel.read_checkpoint(checkpoint)["offset"] ==
+                                   len(b"".join(log_event(number) for number in range(10)))))
+        self.assertEqual(os.stat(checkpoint).st_ino, inode)   # written over, not replaced
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(10)])
+        self.assertNotIn("cannot write the checkpoint", self.stderr.getvalue())
+        with open(filler, "ab", buffering=0) as handle, self.assertRaises(OSError) as raised:
+            handle.write(b"\0" * 4096)   # the disk is still full
+        self.assertEqual(raised.exception.errno, errno.ENOSPC)
+
+    def test_a_checkpoint_is_written_over_only_within_the_blocks_it_has(self):
+        folder = mount_tmpfs(self, 256 * 1024)
+        path = os.path.join(folder, "checkpoint.json")
+        pixel.write_checkpoint(path, {"offset": 1, "names": "x" * 100})
+        fill_disk(self, folder)
+        with self.assertRaises(OSError):   # a forwarder's alone: an erase's states are replaced
+            pixel.write_checkpoint(path, {"offset": 2})
+
+        def write(path, document):
+            pixel.write_checkpoint(path, document, in_place=True)
+
+        write(path, {"offset": 2})   # shorter: padded with spaces
+        with open(path) as handle:
+            self.assertEqual(json.load(handle), {"offset": 2})
+        write(path, {"offset": 3, "names": "y" * 3000})   # the page holds it
+        with self.assertRaises(OSError) as raised:   # past its one page: old or new, never torn
+            write(path, {"offset": 4, "names": "z" * 5000})
+        self.assertEqual(raised.exception.errno, errno.ENOSPC)
+        with open(path) as handle:
+            self.assertEqual(json.load(handle), {"offset": 3, "names": "y" * 3000})
+        self.assertEqual(sorted(os.listdir(folder)), ["checkpoint.json", "filler"])   # no .tmp
+
+    def test_a_backlog_that_filled_the_disk_is_deleted_as_it_is_sent(self):
+        # --keep deleted only at a rotation, and a full disk rotates nothing (a small live
+        # file, each write refused): sent at last, the backlog stayed, and so did the full disk.
+        folder = mount_tmpfs(self, 256 * 1024)
+        receiver, down = receiver_down(self)
+        writer = pixel.LogWriter(os.path.join(folder, "events.jsonl"), readable=True,
+                                 reporter=self.reporter, max_bytes=16384, keep=1)
+        self.addCleanup(writer.close)
+        forwarder = self.forwarder(receiver.url, writer)
+        lines = 4 * (16384 // len(log_event(0))) + 1   # 4 files rotated, a line in the live one
+        self.write(writer, range(lines))
+        self.assertEqual(len(pixel.pixel_rotations(writer.path)), 4)   # none sent: kept
+        fill_disk(self, folder)
+        while writer.write([log_event(lines)]):   # till the live file's last page is full:
+            lines += 1                            # far from --max-bytes, no rotation
+        self.assertLess(os.path.getsize(writer.path), 8192)
+        down.clear()
+        self.assertTrue(wait_until(lambda: forwarder.sent == lines))
+        self.assertTrue(wait_until(lambda: len(pixel.pixel_rotations(writer.path)) == 1))
+        self.assertIn("(--keep 1)", self.stderr.getvalue())
+        self.assertEqual(writer.write([log_event(lines + 1)]), 1)   # room again
+        self.assertTrue(wait_until(lambda: forwarder.sent == lines + 1))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(lines)] +
+                         ["m%d" % (lines + 1)])
 
 
 class ForwardingAttacked(ForwardingCase):
