@@ -1960,6 +1960,7 @@ class LogWriter:
         self.path = os.path.realpath(path)   # rotating a symlink would rename the link
         self.max_bytes, self.keep, self.pinned = max_bytes, keep, frozenset()
         self.written = self.written_bytes = self.failed = self.rotations = self.failing = 0
+        self.cuts = 0   # of the open file, by someone else (copytruncate): see committed()
         self.created = not os.path.lexists(self.path)   # by this start: see close()
         self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.RLock()
         self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
@@ -2011,7 +2012,8 @@ class LogWriter:
         the end follows a cut made under it (copytruncate), as the forwarder's backlog must."""
         with self._lock:
             if self._fd is not None:
-                self._size = min(self._size, os.fstat(self._fd).st_size)
+                size = os.fstat(self._fd).st_size
+                self.cuts, self._size = self.cuts + (size < self._size), min(self._size, size)
             return self._identity, self._size, self.written
 
     def _open(self):
@@ -5249,6 +5251,7 @@ class LogQueue:
         self._counting = None      # what count_lines() counts: (files, live end, written)
         self._unsent = None        # lines unsent when counted, less writer.written then,
         self._recount = False      # plus lines done then
+        self._cuts = 0             # the writer's cuts when last counted
         self.moves_saved = []      # the files moved by hand the last checkpoint names
         self._sent_whole = {}      # identity: (offset, head bytes, head) of files finished
         self.woken = woken         # set by a stop, or the writer opening a file
@@ -5408,12 +5411,13 @@ class LogQueue:
     def count_lines(self, done):
         """Count the lines not yet sent, `done` (sent, refused or skipped) so far: at the
         start, and again after a file not counted was gone; writer.written keeps it current."""
-        if self._recount:
-            with self._lock:
+        if self._recount or self.writer is not None and self.writer.cuts != self._cuts:
+            with self._lock:   # (a cut: the lines it took are in the copy, not behind)
                 self._pull()
                 current, end, written = self.writer.committed()
                 if self.files and self.files[-1].identity == current:   # else at the next look
                     self._counting, self._recount = (list(self.files), end, written), False
+                    self._unsent, self._cuts = None, self.writer.cuts
         if self._counting is None:
             return
         files, live_end, written = self._counting

@@ -7269,6 +7269,26 @@ class ForwardingThroughRotation(ForwardingCase):
                                    forwarder.status()["bytes_behind"] == 0))
 
 
+    def test_a_copytruncate_takes_its_unsent_lines_out_of_the_backlog(self):
+        # m5-m14, unsent, went with the cut to the copy (as it says), and /health said 10
+        # lines behind for good, with nothing left to send.
+        receiver, down = receiver_down(self)
+        down.clear()
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer, batch_events=1)
+        self.write(writer, range(5))
+        self.assertTrue(wait_until(lambda: forwarder.sent == 5))
+        down.set()
+        self.write(writer, range(5, 15))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 10))
+        os.truncate(writer.path, 0)   # logrotate's copytruncate, after its copy
+        self.write(writer, [15, 16])
+        down.clear()
+        self.assertTrue(wait_until(lambda: forwarder.sent == 7))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0 and
+                                   forwarder.status()["bytes_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in (*range(5), 15, 16)])
+
 class ForwardingRestarts(ForwardingCase):
     """A new Forwarder over the same log resumes from the checkpoint."""
 
