@@ -1137,7 +1137,7 @@ def not_allowed(route):
 
 # An origin as browsers send it: scheme, host (a name, or an IPv6 address in brackets), port.
 # Only such a value is ever echoed back; "null" (file:, sandboxed frames) is not one.
-_ORIGIN = re.compile(r"https?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])"
+_ORIGIN = re.compile(r"https?://(?:[\w-]+(?:\.[\w-]+)*|\[[0-9A-Fa-f:.]+\])"   # docker_host too
                      r"(?::\d{1,5})?\Z", re.ASCII)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")   # RFC 9110's: a method, a header name
 
@@ -6322,10 +6322,10 @@ def _size(value):
 def _public_url(value):
     """An http(s) URL of a host, and the path a proxy mounts pixel under, if any
     (https://shop.example.com/collect): the settings document's apiHost starts with both."""
-    text = _nonempty(value).rstrip("/")
-    scheme, _, rest = text.partition("://")
+    scheme, _, rest = _nonempty(value).rstrip("/").partition("://")
+    text, scheme = scheme.lower() + "://" + rest, scheme.lower()   # HTTPS:// is https://
     host, _, path = rest.partition("/")
-    if not _ORIGIN.match("%s://%s" % (scheme, host)):
+    if not _ORIGIN.match("%s://%s" % (scheme, host)) or not _port_or_none(host):
         raise argparse.ArgumentTypeError("not an http(s) URL of a host, with no query: %r (try "
                                          "https://pixel.example.com)" % text)
     segments = path.split("/") if path else []   # RFC 3986 pchars, %2e%2e is .. to a browser
@@ -6350,10 +6350,10 @@ def _public_url(value):
 
 
 def _origin_pattern(value):
-    text = _nonempty(value)
+    text = _nonempty(value).lower()   # as browsers send an Origin
     if text.startswith("*.") and "." in text[2:] and _ORIGIN.match("https://" + text[2:]) \
-            or _ORIGIN.match(text):
-        return text.lower()
+            or _ORIGIN.match(text) and _port_or_none(text.partition("://")[2]):
+        return text
     raise argparse.ArgumentTypeError("not an origin (https://shop.example.com) or a pattern "
                                      "(*.example.com): %r" % text)
 
@@ -6369,17 +6369,21 @@ def _network(value):
     return text
 
 
+def _port_or_none(netloc):
+    """Whether `netloc` (host:port, [address]:port) names a port from 1 to 65535, or none."""
+    port = netloc.rpartition("]")[2].partition(":")[2]
+    return not port or port.isdigit() and 0 < int(port) < 65536
+
+
 def _forward_url(value):
     """An http(s) base URL, to which /v1/batch is added: one given with /v1/batch or /v1
     already is taken as meant, not posted to at /v1/batch/v1/batch."""
     text = _nonempty(value).rstrip("/")
-    parts = urllib.parse.urlsplit(text)
-    try:
-        parts.port   # a port that is not a number, or over 65535, raises here
-    except ValueError:
-        parts = None
+    parts = urllib.parse.urlsplit(text)   # its scheme lower-cased: HTTPS:// is https://
+    text = parts.scheme + text[len(parts.scheme):]
     # _ORIGIN: a scheme and a host, with no user or password before it.
-    if parts is None or not _ORIGIN.match("%s://%s" % (parts.scheme, parts.netloc)) or \
+    if not _port_or_none(parts.netloc) or not _ORIGIN.match("%s://%s" % (parts.scheme,
+                                                                         parts.netloc)) or \
             parts.query or parts.fragment or not re.fullmatch(r"[!-~]*", parts.path):
         raise argparse.ArgumentTypeError("not an http(s) URL with no query or credentials: "
                                          "%r (try https://api.segment.io)" % text)

@@ -6182,6 +6182,31 @@ class SettingsDocument(ServerCase):
             pixel.configure(public_url="https://shop.example" + "/a" * 65000 + "/v1")
         self.assertLess(time.process_time() - started, 2)
 
+    def test_urls_are_taken_as_browsers_take_them(self):
+        # The attack pass: https://x:99999 was taken, and HTTPS:// and a docker_host refused,
+        # by --public-url, --forward and --allow-origin alike.
+        for option in ("public_url", "forward", "allow_origin"):
+            def configured(url):
+                value = getattr(pixel.configure(**{option: [url] if option == "allow_origin"
+                                                   else url}), option)
+                return value[0] if option == "allow_origin" else value
+
+            for bad in ("https://shop.example:99999", "https://shop.example:0",
+                        "https://[::1]:65536", "https://shop.example:8a"):
+                with self.subTest(option=option, url=bad), self.assertRaises(ValueError):
+                    configured(bad)
+            for url, taken in (("HTTPS://shop.example", "https://shop.example"),
+                               ("http://docker_host:8000", "http://docker_host:8000"),
+                               ("https://[::1]:65535", "https://[::1]:65535")):
+                with self.subTest(option=option, url=url):
+                    self.assertEqual(configured(url), taken)
+        app = pixel.App(pixel.Recorder(self.events, self.rejects), pixel.Metrics(),
+                        public_url=pixel.configure(public_url="HTTPS://shop.example").public_url)
+        answer = app.answer(pixel.route_for("/v1/projects/K/settings"), request(
+            path="/v1/projects/K/settings", headers={"host": "127.0.0.1:8000"}))
+        self.assertEqual(json.loads(answer.body)["integrations"]["Segment.io"]["protocol"],
+                         "https")
+
     def test_from_the_host_header_without_a_public_url(self):
         recorder = app_over(self.events, self.rejects)
         answer = recorder.answer(pixel.route_for("/v1/projects/K/settings"), request(
