@@ -6648,6 +6648,27 @@ def open_logs(log, rejects, *, busy, wait=0.0, **options):
     return writers
 
 
+class SuppressingRejects:
+    """A rejects log for the forwarder that drops the lines of people --suppress names now:
+    an event logged before its entry was added, then refused by the receiver, is written
+    nowhere (counted as suppressed), as a suppressed request is not."""
+
+    def __init__(self, writer, recorder):
+        self.writer, self.recorder = writer, recorder
+
+    def write(self, lines):
+        """How many of `lines` are done with: written, or dropped."""
+        people = self.recorder.people
+        kept = [line for line in lines if people is None or not self._names(people, line)]
+        return len(lines) - len(kept) + (self.writer.write(kept) if kept else 0)
+
+    def _names(self, people, line):
+        record = json.loads(line)
+        event = record.get("event")
+        return self.recorder.suppress(people, event if isinstance(event, dict) else None,
+                                      record.get("line"), True)
+
+
 class Pixel:
     """One pixel made from a Config: its log files, Recorder, App, metrics and, with
     `forward`, its Forwarder; the one wiring there is. StartupError for what cannot be
@@ -6691,7 +6712,8 @@ class Pixel:
                     configured_keys=set(config.write_key) | {config.forward_write_key} - {None},
                     reporter=self.reporter, clock=clock)
                 self.forwarder = Forwarder(
-                    receiver, self.rejects, write_key=config.forward_write_key,
+                    receiver, SuppressingRejects(self.rejects, self.recorder),
+                    write_key=config.forward_write_key,
                     batch_events=config.forward_batch, alert=config.forward_alert,
                     reporter=self.reporter, clock=clock)
                 self.forwarder.follow(self.events)

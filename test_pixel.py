@@ -13630,6 +13630,43 @@ class Suppressed(RecorderCase):
         self.assertEqual(self.files(), [[], []])
 
 
+class SuppressedWhileForwarding(unittest.TestCase):
+    def test_an_event_refused_after_its_person_was_suppressed_is_written_nowhere(self):
+        # The attack pass: alice's event, logged before she was listed, then refused by the
+        # receiver, was written to rejects.jsonl after the list said to record nothing of her.
+        folder, listed, refused = temp_dir(self), threading.Event(), threading.Event()
+        suppress = write_file(folder, "suppress.txt", b"nobody\n")
+
+        def respond(receiver, user, events):
+            if any(event["userId"] == "alice" for event in events):
+                refused.set()
+                listed.wait(10)
+                return 400, {}, b'{"error":"no alice"}'
+            return 200, {}, b"{}"
+
+        receiver = FakeReceiver(self, respond)
+        made = make_pixel(self, folder, forward=receiver.url, suppress=suppress,
+                          forward_batch=1)
+        made.start()
+        answer = made.app.answer(pixel.ROUTES["/v1/pixel/track"], request(
+            query="writeKey=K&userId=alice&event=Opened"))
+        self.assertIs(answer, pixel.GIF_ANSWER)
+        self.assertTrue(refused.wait(10))
+        write_file(folder, "suppress.txt", b"alice\n")
+        made.reopen()   # a SIGHUP
+        listed.set()
+        made.app.answer(pixel.ROUTES["/v1/pixel/track"], request(
+            query="writeKey=K&userId=bob&event=Opened"))
+        self.assertTrue(wait_until(lambda: receiver.ids() and len(receiver.taken) == 1))
+        self.assertEqual(receiver.taken[0]["userId"], "bob")
+        self.assertTrue(wait_until(lambda: made.forwarder.status()["lines_behind"] == 0))
+        self.assertFalse(os.path.exists(os.path.join(folder, "rejects.jsonl")) and
+                         os.path.getsize(os.path.join(folder, "rejects.jsonl")))
+        health = json.loads(made.app.answer(pixel.ROUTES["/health"], request(path="/health"))
+                            .body)
+        self.assertEqual(health["suppressed"], 1)
+
+
 class SuppressedAnonymizing(Suppressed):
     def setUp(self):
         super().setUp()
