@@ -6776,7 +6776,7 @@ class Pixel:
             self.forwarder.stop(1.0)
             self.forwarder.close()
         for writer in (self.events, self.rejects):
-            (writer.discard if discard else writer.close)()
+            writer.close(discard=discard)
         if discard and self.forwarder is not None and self.forwarder.made_checkpoint:
             _remove_files(self.forwarder.checkpoint)
             _remove_empty(os.path.dirname(self.forwarder.checkpoint), self._made_state)
