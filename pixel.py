@@ -567,28 +567,16 @@ _encode_utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encod
 
 
 def encode_line(event):
-    """The event as one log line: compact ASCII JSON and a newline. Rejected("event_too_large")
-    past what a Segment-compatible receiver takes (32 KB in UTF-8), or MAX_EVENT_LINE."""
+    """The event as one log line: compact ASCII JSON and a newline."""
     try:
         line = _encode(event)
     except ValueError:   # a float out of range, such as 1e400 parsed to inf
         raise Rejected("invalid_number") from None
     except RecursionError:   # only an object built in Python can nest this deep
         raise Rejected("too_deep") from None
-    if len(line) >= MAX_EVENT_LINE or len(line) > MAX_FORWARD_ITEM and \
-            len(_unescaped(line)) > MAX_FORWARD_ITEM:   # past what a receiver takes
+    if len(line) >= MAX_EVENT_LINE:
         raise Rejected("event_too_large")
     return (line + "\n").encode("ascii")
-
-
-def _unescaped(item):
-    """A batch item (JSON bytes, escaped to ASCII as logged) as UTF-8 JSON, as SDKs send and
-    receivers count it (a character escaped is 6 or 12 bytes); as it was if it cannot be."""
-    try:
-        return json.dumps(json.loads(item), ensure_ascii=False, allow_nan=False,
-                          separators=(",", ":")).encode("utf-8")
-    except (ValueError, RecursionError):   # not JSON, 1e400, a lone surrogate
-        return item
 
 
 def decode_body(body, content_encoding=None):
@@ -5503,6 +5491,16 @@ def read_lines(log, start, end):
     limit = FORWARD_READ if end is None else min(FORWARD_READ, end - start)
     data = log.read(start, limit) if limit > 0 else b""
     return data, data.rfind(b"\n") + 1
+
+
+def _unescaped(item):
+    """A batch item (JSON bytes, escaped to ASCII as logged) as UTF-8 JSON, as SDKs send and
+    receivers count it (a character escaped is 6 or 12 bytes); as it was if it cannot be."""
+    try:
+        return json.dumps(json.loads(item), ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
+    except (ValueError, RecursionError):   # not JSON, 1e400, a lone surrogate
+        return item
 
 
 def take_batch(data, offset, write_key=None, batch_events=DEFAULT_FORWARD_BATCH, alone=False):

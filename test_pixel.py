@@ -5098,24 +5098,6 @@ class TrackingApi(ServerCase):
         self.assertEqual([(record["reason"], record["body"]) for record in
                           self.lines("rejects.jsonl")][-2:], [("no_write_key", '{"a":1}')] * 2)
 
-    def test_an_event_a_receiver_would_refuse_is_refused_on_both_transports(self):
-        # Under 32 KB as sent, over it with pixel's fields (messageId, receivedAt, context):
-        # answered, logged, then set aside by the forwarder (forward_unreadable), unsent.
-        pad = "x" * (pixel.MAX_PAYLOAD_BYTES - 200)
-        event = {"writeKey": "k", "userId": "u", "event": "e", "properties": {"pad": pad}}
-        self.assertEqual(self.post("track", event), (200, {"success": True}))   # as any item
-        items = [dict(event, type="track"), dict(event, type="track", properties={})]
-        self.assertEqual(self.post("batch", {"batch": items}), (200, {"success": True}))
-        self.assertGif(*self.get("/v1/pixel/track?writeKey=k&userId=u&event=e&properties.pad="
-                                 + pad))
-        self.assertEqual([line["properties"] for line in self.lines()], [{}])
-        self.assertEqual([line["reason"] for line in self.lines("rejects.jsonl")],
-                         ["event_too_large"] * 3)
-        shorter = dict(event, properties={"pad": pad[:-300]})   # fits, and is sent whole
-        self.assertEqual(self.post("track", shorter), (200, {"success": True}))
-        line = json.dumps(self.lines()[-1], separators=(",", ":")).encode()
-        self.assertLessEqual(len(pixel.forward_item(line, strip=True)[1]), pixel.MAX_FORWARD_ITEM)
-
     def test_expect_100_continue(self):
         body = b'{"writeKey":"k","userId":"u","event":"e"}'
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
@@ -6773,10 +6755,7 @@ class Forwarding(ForwardingCase):
         forwarder = self.forwarder(receiver.url, writer, write_key="ALL", batch_events=100,
                                    start=False)
         self.write(writer, range(100), key="A", properties={"pad": "x" * 14000})
-        big = pixel.build_event("track", {"writeKey": "A", "userId": "u", "event": "e",
-                                          "messageId": "m100", "properties": {"pad": "x" * 40000}},
-                                received_at=T0)   # as pixel logged it before encode_line refused it
-        self.assertTrue(writer.write([json.dumps(big, separators=(",", ":")).encode() + b"\n"]))
+        self.write(writer, [100], key="A", properties={"pad": "x" * 40000})
         # 30 KB of Cyrillic, as SDKs send it, 90 KB as logged: sent as UTF-8 JSON, 30 KB.
         self.write(writer, [101], key="A", properties={"pad": "\u0416" * 15000})
         forwarder.start()
