@@ -159,6 +159,7 @@ MAX_REFUSED_IN_A_ROW = 3         # events refused alone in a row before the rece
 PROBES_A_ROUND = 100             # events then sent one at a time, at most, between waits
 SNIFF_LINES, SNIFF_BYTES = 8, 2 * MAX_EVENT_LINE   # looked at to tell an event log
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024   # a backfill's checkpoint lists every file sent
+CHECKPOINT_SLACK = 16 * 1024     # spaces after a forwarder's: room to grow on a full disk
 
 # Every reason a rejects-log line can name: a test checks it against the README and the code.
 REASONS = (
@@ -4634,15 +4635,17 @@ def read_checkpoint(path):
 def write_checkpoint(path, document, in_place=False):
     """Replace `path` with `document`, fsynced: a kill -9 or power cut leaves old or new. With
     `in_place` and no room for a new file, the old one is written over, in the blocks it has:
-    on a full disk a forwarder must save to send, and only what it sends can --keep delete."""
+    on a full disk a forwarder must save to send, and only what it sends can --keep delete.
+    (Its CHECKPOINT_SLACK holds about 150 more files moved by hand meanwhile.)"""
     temporary = path + ".tmp"
     data = (json.dumps(document, sort_keys=True) + "\n").encode("ascii")
+    written = data + b" " * CHECKPOINT_SLACK if in_place else data   # JSON may end in spaces
     try:
         fd = open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW |
                        getattr(os, "O_CLOEXEC", 0))   # a FIFO put there would block
         try:
             with open(fd, "wb", buffering=0) as handle:
-                if handle.write(data) != len(data):
+                if handle.write(written) != len(written):
                     raise OSError(errno.ENOSPC, "short write")
                 os.fsync(fd)
             os.replace(temporary, path)
@@ -4662,8 +4665,8 @@ def write_checkpoint(path, document, in_place=False):
 
 
 def _write_over(path, data):
-    """Write `data` over the file at `path` if the blocks it has hold it (JSON may end in
-    spaces: it keeps its size); whether it did. A kill -9 leaves old or new; a power cut in
+    """Write `data` over the file at `path` if the blocks it has hold it (padded with spaces,
+    it keeps its size); whether it did. A kill -9 leaves old or new; a power cut in
     the write (which a full disk alone asks for) may leave neither."""
     try:
         fd = open_file(path, os.O_WRONLY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0))

@@ -8128,6 +8128,19 @@ class ForwardingRestarts(ForwardingCase):
             self.assertEqual(json.load(handle), {"offset": 3, "names": "y" * 3000})
         self.assertEqual(sorted(os.listdir(folder)), ["checkpoint.json", "filler"])   # no .tmp
 
+    def test_a_forwarders_checkpoint_has_room_to_grow_on_a_full_disk(self):
+        # The attack pass: 40 files moved by hand (mv, then a SIGHUP) during an outage on a
+        # full disk grew the checkpoint's list of them past its one page: forwarding stopped.
+        folder = mount_tmpfs(self, 256 * 1024)
+        path = os.path.join(folder, "checkpoint.json")
+        pixel.write_checkpoint(path, {"offset": 1}, in_place=True)
+        fill_disk(self, folder)
+        moved = [{"inode": number, "name": "/var/lib/pixel/moved-%d.jsonl" % number}
+                 for number in range(150)]   # 9 KB
+        pixel.write_checkpoint(path, {"offset": 2, "moved": moved}, in_place=True)
+        with open(path) as handle:
+            self.assertEqual(json.load(handle), {"offset": 2, "moved": moved})
+
     def test_a_backlog_that_filled_the_disk_is_deleted_as_it_is_sent(self):
         # --keep deleted only at a rotation, and a full disk rotates nothing (a small live
         # file, each write refused): sent at last, the backlog stayed, and so did the full disk.
