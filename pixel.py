@@ -5011,6 +5011,21 @@ class LogFile:
                 return length
         return None
 
+    def say_gone(self, reporter):
+        """Say it is gone before the forwarder could send it all (with its .gz, if any)."""
+        gzipped = os.path.exists(self.name + ".gz")   # by cron, or logrotate's compress
+        reporter.say("%s%s (inode %d) is gone before the forwarder could send it: its unsent "
+                     "events are lost to the receiver%s" % (
+                         "" if self.named else "a file moved by hand, last seen as ", self.name,
+                         self.identity[1], "" if not gzipped else " (gzipped since: `pixel.py "
+                         "forward --to URL %s.gz` sends it, from its start)" % self.name))
+
+    def say_cut(self, reporter):
+        reporter.say("%s was cut shorter under the forwarder (copytruncate?): what it held past "
+                     "byte %d, as far as was sent, is in the copy alone (`pixel.py forward --to "
+                     "URL COPY` sends the copy, from its start); forwarding it from its start"
+                     % (self.name, self.offset))
+
     def close(self):
         if self.fd is not None:
             os.close(self.fd)
@@ -5250,7 +5265,7 @@ class LogQueue:
     def follow(self, writer, checkpoint):
         """The live log of `writer` from `checkpoint` (a document; None: from the live
         file's first line), with the files rotated since it was written."""
-        self.writer = writer
+        self.writer, self._cuts = writer, writer.cuts
         fd, identity, end, written = writer.follow(self.woken)
         files, start = [LogFile(fd, identity, writer.path)], None
         try:
@@ -5351,29 +5366,21 @@ class LogQueue:
                 log.unpark()
             if log.fd is not None:
                 break
-            gzipped = os.path.exists(log.name + ".gz")   # by cron, or logrotate's compress
-            self._reporter.say("%s%s (inode %d) is gone before the forwarder could send it: "
-                               "its unsent events are lost to the receiver%s" % (
-                                   "" if log.named else "a file moved by hand, last seen as ",
-                                   log.name, log.identity[1], "" if not gzipped else
-                                   " (gzipped since: `pixel.py forward --to URL %s.gz` sends "
-                                   "it, from its start)" % log.name))
+            log.say_gone(self._reporter)
             if log.counted is not None and self._unsent is not None:   # not behind any more
                 self._unsent -= log.counted
             elif self.writer is not None:   # not counted, or written since: counted again
                 self._unsent, self._recount = None, True
             self.finish(log, save)
-        size = log.size()
-        if size is not None and log.offset > size:
-            self._reporter.say("%s was cut shorter under the forwarder (copytruncate?): what "
-                               "it held past byte %d, as far as was sent, is in the copy alone "
-                               "(`pixel.py forward --to URL COPY` sends the copy, from its "
-                               "start); forwarding it from its start" % (log.name, log.offset))
-            log.offset = 0
+        # The live file's end is the writer's, which saw a cut (copytruncate), grown since or not
+        size, end = log.size(), None if later or self.writer is None else self._end(log.identity)
+        if size is not None and (log.offset > size or end is not None and
+                                 self.writer.cuts != self._cuts):
+            log.say_cut(self._reporter)   # then its backlog is counted again
+            log.offset, self._unsent, self._recount = 0, None, self.writer is not None
+            self._cuts = self.writer.cuts if self.writer is not None else 0
         if later or self.writer is None:
             return log, log.until, True
-        # after a truncate from outside, the writer's count is stale
-        end = self._end(log.identity)
         return log, end if end is None or size is None else min(end, size), False
 
     def finish(self, log, save):
@@ -5402,13 +5409,16 @@ class LogQueue:
     def count_lines(self, done):
         """Count the lines not yet sent, `done` (sent, refused or skipped) so far: at the
         start, and again after a file not counted was gone; writer.written keeps it current."""
-        if self._recount or self.writer is not None and self.writer.cuts != self._cuts:
-            with self._lock:   # (a cut: the lines it took are in the copy, not behind)
+        if self._recount:
+            with self._lock:
                 self._pull()
                 current, end, written = self.writer.committed()
                 if self.files and self.files[-1].identity == current:   # else at the next look
                     self._counting, self._recount = (list(self.files), end, written), False
-                    self._unsent, self._cuts = None, self.writer.cuts
+        elif self._counting is None and self.writer is not None and len(self.files) == 1:
+            current, end, written = self.writer.committed()   # all sent: none behind, whatever
+            if self.files[0].identity == current and self.files[0].offset == end:   # was said
+                self._unsent = done - written
         if self._counting is None:
             return
         files, live_end, written = self._counting

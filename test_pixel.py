@@ -7293,6 +7293,69 @@ class ForwardingThroughRotation(ForwardingCase):
                                    forwarder.status()["bytes_behind"] == 0))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in (*range(5), 15, 16)])
 
+    def test_a_copytruncate_the_file_outgrew_before_the_forwarder_looked_loses_nothing(self):
+        # The attack pass: grown past the forwarder's offset again (m6-m25 after m0-m5), the
+        # file was taken as uncut, and sent from that offset: m6-m11, never sent, nor said.
+        held, hold = threading.Event(), threading.Event()
+
+        def respond(receiver, user, events):
+            if events[0]["messageId"] == "m5":
+                held.set()
+                hold.wait(10)
+            return 200, {}, b"{}"
+
+        receiver = FakeReceiver(self, respond)
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer, batch_events=1)
+        self.write(writer, range(6))
+        self.assertTrue(held.wait(10))   # m5 in flight
+        os.truncate(writer.path, 0)   # logrotate's copytruncate, after its copy
+        self.write(writer, range(6, 26))
+        hold.set()
+        self.assertTrue(wait_until(lambda: forwarder.sent == 26))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(26)])
+        self.assertIn("was cut shorter under the forwarder", self.stderr.getvalue())
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+
+    def test_a_copytruncate_under_a_batch_in_flight_counts_it_behind(self):
+        # The attack pass on ef2e8b4: the batch read before the cut (m0-m9) is sent from memory;
+        # counted again at the cut, /health said 0 behind while 13 were, and for good after.
+        receiver, down = receiver_down(self)
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(10))
+        self.assertTrue(wait_until(lambda: receiver.posts))   # read, and refused
+        os.truncate(writer.path, 0)
+        self.write(writer, range(10, 13))
+        self.assertFalse(wait_until(lambda: forwarder.status()["lines_behind"] != 13,
+                                    timeout=0.3))
+        down.clear()
+        self.assertTrue(wait_until(lambda: forwarder.sent == 13))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(13)])
+        self.write(writer, [13])
+        self.assertTrue(wait_until(lambda: forwarder.sent == 14))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertFalse(wait_until(lambda: forwarder.status()["lines_behind"] != 0,
+                                    timeout=0.3))
+
+    def test_a_rotated_file_cut_by_hand_leaves_no_count_behind_once_all_is_sent(self):
+        # The attack pass: 20 unsent lines of a rotated file truncated by hand stayed in
+        # /health's lines_behind for good. Once all is sent, nothing is behind, whatever.
+        receiver, down = receiver_down(self)
+        writer = self.writer(max_bytes=1000)
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(12))   # rotated twice or more
+        rotated = pixel.pixel_rotations(writer.path)
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 12))
+        os.truncate(rotated[-1], 0)
+        down.clear()
+        self.assertTrue(wait_until(lambda: forwarder.status()["bytes_behind"] == 0))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        sent = forwarder.sent
+        self.write(writer, [12])
+        self.assertTrue(wait_until(lambda: forwarder.sent == sent + 1))
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+
 class ForwardingRestarts(ForwardingCase):
     """A new Forwarder over the same log resumes from the checkpoint."""
 
