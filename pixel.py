@@ -1126,9 +1126,28 @@ def not_allowed(route):
 
 # An origin as browsers send it: scheme, host (a name, or an IPv6 address in brackets), port.
 # Only such a value is ever echoed back; "null" (file:, sandboxed frames) is not one.
-_ORIGIN = re.compile(r"https?://(?:[\w-]+(?:\.[\w-]+)*|\[[0-9A-Fa-f:.]+\])"   # docker_host too
+_ORIGIN = re.compile(r"https?://(?:[\w-]+(?:\.[\w-]+)*\.?|\[[0-9A-Fa-f:.]+\])"   # docker_host
                      r"(?::\d{1,5})?\Z", re.ASCII)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")   # RFC 9110's: a method, a header name
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_ok(origin):
+    """Whether `origin` is scheme://host[:port] (the scheme lower-case) as a browser may reach
+    it: a host name (docker_host, and a trailing dot, too) or an IPv6 literal, a port of
+    1 to 65535 if any."""
+    if not _ORIGIN.match(origin):
+        return False
+    host = origin.partition("://")[2]
+    literal, bracket, port = host[1:].partition("]") if host.startswith("[") else ("", "", host)
+    try:
+        literal and ipaddress.IPv6Address(literal)
+    except ValueError:
+        return False
+    port = port.partition(":")[2]
+    return not port or 0 < int(port) < 65536
 
 
 def origin_allowed(origin, allowed):
@@ -1152,7 +1171,7 @@ def cors_headers(request, allowed):
         return ()
     # "null": a sandboxed frame's or a file: page's, which only "any origin" (no
     # --allow-origin) lets in: the attack pass's 403 lost those pages' events.
-    if not (_ORIGIN.match(origin) or origin == "null") or not origin_allowed(origin, allowed):
+    if not (origin_ok(origin) or origin == "null") or not origin_allowed(origin, allowed):
         return None
     return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
             ("Access-Control-Allow-Credentials", "true"))
@@ -3351,7 +3370,7 @@ class App:
             prefix, cache = "" if "/" in host else prefix, ()   # a path in it: the whole way
         else:
             host = request.headers.get("host", "")
-            if not _ORIGIN.match("http://" + host):
+            if not origin_ok("http://" + host):
                 return plain_answer(400)
             protocol = request_scheme(request, self.recorder.trusted_proxies)
             cache = (("Cache-Control", "no-store"),)
@@ -6336,7 +6355,7 @@ def _public_url(value):
     scheme, _, rest = _nonempty(value).rstrip("/").partition("://")
     text, scheme = scheme.lower() + "://" + rest, scheme.lower()   # HTTPS:// is https://
     host, _, path = rest.partition("/")
-    if not _ORIGIN.match("%s://%s" % (scheme, host)) or not _port_or_none(host):
+    if not origin_ok("%s://%s" % (scheme, host)):
         raise argparse.ArgumentTypeError("not an http(s) URL of a host, with no query: %r (try "
                                          "https://pixel.example.com)" % text)
     segments = path.split("/") if path else []   # RFC 3986 pchars, %2e%2e is .. to a browser
@@ -6362,9 +6381,13 @@ def _public_url(value):
 
 def _origin_pattern(value):
     text = _nonempty(value).lower()   # as browsers send an Origin
-    if text.startswith("*.") and "." in text[2:] and _ORIGIN.match("https://" + text[2:]) \
-            or _ORIGIN.match(text) and _port_or_none(text.partition("://")[2]):
+    if text.startswith("*.") and "." in text[2:].rstrip(".") and origin_ok("https://" + text[2:]):
         return text
+    if origin_ok(text):   # the port as browsers send it: none for the scheme's own, no 0s
+        parts = urllib.parse.urlsplit(text)
+        host = "[%s]" % parts.hostname if ":" in parts.hostname else parts.hostname
+        port = "" if parts.port in (None, _DEFAULT_PORTS[parts.scheme]) else ":%d" % parts.port
+        return "%s://%s%s" % (parts.scheme, host, port)
     raise argparse.ArgumentTypeError("not an origin (https://shop.example.com) or a pattern "
                                      "(*.example.com): %r" % text)
 
@@ -6380,22 +6403,15 @@ def _network(value):
     return text
 
 
-def _port_or_none(netloc):
-    """Whether `netloc` (host:port, [address]:port) names a port from 1 to 65535, or none."""
-    port = netloc.rpartition("]")[2].partition(":")[2]
-    return not port or port.isdigit() and 0 < int(port) < 65536
-
-
 def _forward_url(value):
     """An http(s) base URL, to which /v1/batch is added: one given with /v1/batch or /v1
     already is taken as meant, not posted to at /v1/batch/v1/batch."""
-    text = _nonempty(value).rstrip("/")
-    parts = urllib.parse.urlsplit(text)   # its scheme lower-cased: HTTPS:// is https://
-    text = parts.scheme + text[len(parts.scheme):]
-    # _ORIGIN: a scheme and a host, with no user or password before it.
-    if not _port_or_none(parts.netloc) or not _ORIGIN.match("%s://%s" % (parts.scheme,
-                                                                         parts.netloc)) or \
-            parts.query or parts.fragment or not re.fullmatch(r"[!-~]*", parts.path):
+    scheme, _, rest = _nonempty(value).rstrip("/").partition("://")
+    text = scheme.lower() + "://" + rest   # HTTPS:// is https://
+    parts = urllib.parse.urlsplit(text)
+    # origin_ok: a scheme and a host, with no user or password before it.
+    if not re.fullmatch(r"[!-~]+", text) or "?" in text or "#" in text or \
+            not origin_ok("%s://%s" % (parts.scheme, parts.netloc)):
         raise argparse.ArgumentTypeError("not an http(s) URL with no query or credentials: "
                                          "%r (try https://api.segment.io)" % text)
     return re.sub(r"/v1(/batch)?\Z", "", text).rstrip("/")
@@ -6674,10 +6690,17 @@ class SuppressingRejects:
         return len(lines) - len(kept) + (self.writer.write(kept) if kept else 0)
 
     def _names(self, people, line):
-        record = json.loads(line)
-        event = record.get("event")
-        return self.recorder.suppress(people, event if isinstance(event, dict) else None,
-                                      record.get("line"), True)
+        """Whether a rejects line (forward_reject_line's) names one: by its event's fields, or
+        else by the values of what it quotes: a line not JSON, JSON not an object."""
+        try:
+            record = json.loads(line)
+            event = record.get("event")
+            if isinstance(event, dict):
+                return self.recorder.suppress(people, event)
+            quoted = record["line"] if "line" in record else _encode_lenient(event)
+        except RecursionError:   # a line pixel did not write, nested past what json reads here
+            quoted = line.decode("utf-8", "replace")
+        return self.recorder.suppress(people, None, quoted, True)
 
 
 class Pixel:

@@ -6174,7 +6174,8 @@ class SettingsDocument(ServerCase):
                 return value[0] if option == "allow_origin" else value
 
             for bad in ("https://shop.example:99999", "https://shop.example:0",
-                        "https://[::1]:65536", "https://shop.example:8a"):
+                        "https://[::1]:65536", "https://shop.example:8a", "http://[1.2.3.4]",
+                        "http://[:::]", "http://shop.example:\u00b2", "ht\ttp://shop.example"):
                 with self.subTest(option=option, url=bad), self.assertRaises(ValueError):
                     configured(bad)
             for url, taken in (("HTTPS://shop.example", "https://shop.example"),
@@ -6182,6 +6183,17 @@ class SettingsDocument(ServerCase):
                                ("https://[::1]:65535", "https://[::1]:65535")):
                 with self.subTest(option=option, url=url):
                     self.assertEqual(configured(url), taken)
+        # The second attack: browsers send http://a_b, not :080, and https://x, not :443.
+        for entry, origin in (("http://a_b:080", "http://a_b"), ("https://x:443", "https://x"),
+                              ("HTTPS://Shop.Example:8443", "https://shop.example:8443")):
+            self.assertEqual(pixel.configure(allow_origin=[entry]).allow_origin, [origin])
+        for bad in ("*.example.com:99999", "*.example.com:0"):
+            with self.subTest(bad), self.assertRaises(ValueError):
+                pixel.configure(allow_origin=[bad])
+        for bad in ("http://shop.example#", "http://shop.example?", "http://shop.example/a b"):
+            with self.subTest(bad), self.assertRaises(ValueError):
+                pixel.configure(forward=bad)
+        self.assertTrue(pixel.origin_ok("https://shop.example.com."))   # a trailing dot
         app = pixel.App(pixel.Recorder(self.events, self.rejects), pixel.Metrics(),
                         public_url=pixel.configure(public_url="HTTPS://shop.example").public_url)
         answer = app.answer(pixel.route_for("/v1/projects/K/settings"), request(
@@ -13720,6 +13732,38 @@ class SuppressedWhileForwarding(unittest.TestCase):
         health = json.loads(made.app.answer(pixel.ROUTES["/health"], request(path="/health"))
                             .body)
         self.assertEqual(health["suppressed"], 1)
+
+
+    def test_what_the_forwarder_sets_aside_is_looked_through_however_it_is_made(self):
+        # The attack pass: a line nested 980 deep (pixel writes none: a log made by hand or by
+        # an older version) raised RecursionError here, and the forwarder stopped for good; a
+        # line that is JSON but no object ("alice") was written whole.
+        folder = temp_dir(self)
+        made = make_pixel(self, folder, suppress=write_file(folder, "s.txt", b"alice\n"))
+        rejects = pixel.SuppressingRejects(made.rejects, made.recorder)
+        refused = pixel.Rejected("forward_rejected", "400")
+        def parses(depth):
+            try:
+                return json.loads("[" * depth + "]" * depth) is not None
+            except RecursionError:
+                return False
+
+        most = max(depth for depth in range(100, 5000, 100) if parses(depth))
+        most = max(depth for depth in range(most, most + 100) if parses(depth))
+        lines = []
+        for depth in (*range(most - 4, most + 2), 5000):   # the rejects line is a level more
+            deep = '{"userId":"%s","properties":' + "[" * depth + "1" + "]" * depth + "}"
+            lines += [(deep % "alice").encode(), (deep % "bob").encode()]
+        lines += [b'"alice"', b'["alice",1]', b'"bob"']
+        for line in lines:
+            with self.subTest(line=line[:30]):
+                self.assertEqual(rejects.write([pixel.forward_reject_line(refused, line, T0)]),
+                                 1)
+        with open(os.path.join(folder, "rejects.jsonl"), "rb") as handle:
+            written = handle.read().splitlines()
+        self.assertEqual(len(written), 8)   # bob's seven, and "bob"
+        self.assertFalse([line for line in written if b"alice" in line])
+        self.assertEqual(made.recorder.suppressed.total(), 9)
 
 
 class SuppressedAnonymizing(Suppressed):
