@@ -5436,7 +5436,8 @@ class LogQueue:
                     self._counting, self._recount = (list(self.files), end, written), False
         elif self._counting is None and self.writer is not None and len(self.files) == 1:
             current, end, written = self.writer.committed()   # all sent: none behind, whatever
-            if self.files[0].identity == current and self.files[0].offset == end:   # was said
+            if self.files[0].identity == current and self.files[0].offset == end and \
+                    self.writer.cuts == self._cuts:   # (a cut under a batch: first() counts)
                 self._unsent = done - written
         if self._counting is None:
             return

@@ -6614,6 +6614,20 @@ def receiver_down(case):
         (503, {}, b"") if down.is_set() else (200, {}, b"{}"))), down
 
 
+def receiver_holding(case, message_id):
+    """(a FakeReceiver taking all, Event set once the batch of `message_id` is in, Event that
+    lets it be answered)."""
+    held, hold = threading.Event(), threading.Event()
+
+    def respond(receiver, user, events):
+        if events[0]["messageId"] == message_id:
+            held.set()
+            hold.wait(10)
+        return 200, {}, b"{}"
+
+    return FakeReceiver(case, respond), held, hold
+
+
 def moved_inodes(path):
     """The inodes of the files the forwarding checkpoint of the log at `path` lists to be
     found by identity after a restart (moved by hand, or the live file behind a backlog)."""
@@ -7308,15 +7322,7 @@ class ForwardingThroughRotation(ForwardingCase):
     def test_a_copytruncate_the_file_outgrew_before_the_forwarder_looked_loses_nothing(self):
         # The attack pass: grown past the forwarder's offset again (m6-m25 after m0-m5), the
         # file was taken as uncut, and sent from that offset: m6-m11, never sent, nor said.
-        held, hold = threading.Event(), threading.Event()
-
-        def respond(receiver, user, events):
-            if events[0]["messageId"] == "m5":
-                held.set()
-                hold.wait(10)
-            return 200, {}, b"{}"
-
-        receiver = FakeReceiver(self, respond)
+        receiver, held, hold = receiver_holding(self, "m5")
         writer = self.writer()
         forwarder = self.forwarder(receiver.url, writer, batch_events=1)
         self.write(writer, range(6))
@@ -7338,6 +7344,9 @@ class ForwardingThroughRotation(ForwardingCase):
         self.write(writer, range(10))
         self.assertTrue(wait_until(lambda: receiver.posts))   # read, and refused
         os.truncate(writer.path, 0)
+        # Its looks during the backoff see the cut file, sent to its end so far as it knows
+        # (a soak run here: /health then said 3 behind).
+        self.assertTrue(wait_until(lambda: writer.cuts == 1))
         self.write(writer, range(10, 13))
         self.assertFalse(wait_until(lambda: forwarder.status()["lines_behind"] != 13,
                                     timeout=0.3))
@@ -8124,15 +8133,7 @@ class ForwardingRestarts(ForwardingCase):
         """(receiver, writer, forwarder, checkpoint path, filler): m0-m4 sent, m5-m9 written,
         and the tmpfs filled (after `before_filling(checkpoint)`) as m5's batch is answered."""
         folder = mount_tmpfs(self, 256 * 1024)
-        hold, held = threading.Event(), threading.Event()
-
-        def respond(receiver, user, events):
-            if events[0]["messageId"] == "m5":
-                held.set()
-                hold.wait(10)
-            return 200, {}, b"{}"
-
-        receiver = FakeReceiver(self, respond)
+        receiver, held, hold = receiver_holding(self, "m5")
         writer = pixel.LogWriter(os.path.join(folder, "events.jsonl"), readable=True,
                                  reporter=self.reporter)
         self.addCleanup(writer.close)
