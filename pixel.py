@@ -4824,7 +4824,7 @@ class LogFile:
         self.parked = None   # (head_bytes, head) when the queue parked it
         self.archive = GzipReader(fd, stopping) if archive else None
         self._first = b""   # its first bytes, for head()
-        self.counted = None   # lines LogQueue.count_lines() found unsent in it
+        self.counted = None   # lines LogQueue.count_lines() found unsent in it (count_unsent)
         self.until = None   # where it ends for this entry: moved back, a later one goes on
 
     @classmethod
@@ -4922,31 +4922,6 @@ class LogFile:
             offset += len(block)
         return None
 
-    def count(self, end, lock, stopping):
-        """The lines from its offset to `end` (None: its end), read through a descriptor of its
-        own, taken under `lock` (a parked file is not opened meanwhile); 0 if it is gone, None
-        if `stopping` came first."""
-        with lock:
-            fd = self.duplicate()
-        if fd is None:
-            return 0
-        copy = LogFile(fd, self.identity, self.name, archive=self.archive is not None,
-                       stopping=stopping)
-        offset, lines = self.offset, 0
-        try:
-            while end is None or offset < end:
-                if stopping.is_set():
-                    return None
-                block = copy.read(offset, MAX_WRITE_BYTES if end is None else
-                                  min(MAX_WRITE_BYTES, end - offset))
-                if not block:
-                    break
-                lines += block.count(b"\n")
-                offset += len(block)
-        finally:
-            copy.close()
-        return lines
-
     def not_an_event_log(self):
         """not_an_event_log() of its first bytes: 8 KiB, where most logs show an event, or
         else SNIFF_BYTES."""
@@ -4988,11 +4963,26 @@ class LogFile:
                 os.close(fd)
 
     def head(self, length):
-        """A checksum of the first `length` (at most 4096) bytes: an inode number is reused
-        by a new file once the old one is deleted, its first line is not."""
+        """A checksum of the first `length` (at most 4096) bytes: an inode is reused, a first
+        line is not. Those read to be sent (saw; an archive's: all) are kept: a line past them
+        may yet be taken back (a short write), and a head taken with it found nothing again."""
         if len(self._first) < length:   # read once for an archive, where it costs most
-            self._first = self.read(0, 4096)
+            data = self.read(0, 4096)
+            self._first = data if self.archive is not None else self._first
+            return "%08x" % zlib.crc32(data[:length])
         return "%08x" % zlib.crc32(self._first[:length])
+
+    def saw(self, offset, data):
+        """Keep the first 4096 bytes as they were read to be sent, for head() and replaced()."""
+        if self.archive is None and offset == len(self._first) < 4096:
+            self._first += data[:4096 - offset]
+
+    def replaced(self):
+        """Whether what was sent of it is not on disk now: cut shorter (copytruncate), and
+        maybe written past the offset again, as the head of what was read to be sent shows."""
+        length = min(self.offset, len(self._first))
+        return self.archive is None and (os.fstat(self.fd).st_size < self.offset or (
+            length > 0 and disk_head(self.fd, length) != self.head(length)))
 
     def mark(self):
         """(how many of its first bytes, up to 4096, their head()): what tells it from a
@@ -5039,16 +5029,44 @@ class LogFile:
                          self.identity[1], "" if not gzipped else " (gzipped since: `pixel.py "
                          "forward --to URL %s.gz` sends it, from its start)" % self.name))
 
-    def say_cut(self, reporter):
+    def cut(self, reporter):
+        """Say it was cut shorter (copytruncate), and send it again from its start."""
         reporter.say("%s was cut shorter under the forwarder (copytruncate?): what it held past "
                      "byte %d, as far as was sent, is in the copy alone (`pixel.py forward --to "
                      "URL COPY` sends the copy, from its start); forwarding it from its start"
                      % (self.name, self.offset))
+        self.offset, self._first = 0, b""
 
     def close(self):
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def count_unsent(log, end, lock, stopping):
+    """The lines of LogFile `log` from its offset to `end` (None: its end), read through a
+    descriptor of its own, taken under `lock` (a parked file is not opened meanwhile); 0 if
+    it is gone, None if `stopping` came first."""
+    with lock:
+        fd = log.duplicate()
+    if fd is None:
+        return 0
+    copy = LogFile(fd, log.identity, log.name, archive=log.archive is not None,
+                   stopping=stopping)
+    offset, lines = log.offset, 0
+    try:
+        while end is None or offset < end:
+            if stopping.is_set():
+                return None
+            block = copy.read(offset, MAX_WRITE_BYTES if end is None else
+                              min(MAX_WRITE_BYTES, end - offset))
+            if not block:
+                break
+            lines += block.count(b"\n")
+            offset += len(block)
+    finally:
+        copy.close()
+    return lines
 
 
 def disk_head(fd, length):
@@ -5391,12 +5409,12 @@ class LogQueue:
             elif self.writer is not None:   # not counted, or written since: counted again
                 self._unsent, self._recount = None, True
             self.finish(log, save)
-        # The live file's end is the writer's, which saw a cut (copytruncate), grown since or not
+        # A cut (copytruncate), grown since or not: its head, or the writer's end saw it
         size, end = log.size(), None if later or self.writer is None else self._end(log.identity)
-        if size is not None and (log.offset > size or end is not None and
+        if size is not None and (log.replaced() or end is not None and
                                  self.writer.cuts != self._cuts):
-            log.say_cut(self._reporter)   # then its backlog is counted again
-            log.offset, self._unsent, self._recount = 0, None, self.writer is not None
+            log.cut(self._reporter)   # then its backlog is counted again
+            self._unsent, self._recount = None, self.writer is not None
             self._cuts = self.writer.cuts if self.writer is not None else 0
         if later or self.writer is None:
             return log, log.until, True
@@ -5444,8 +5462,8 @@ class LogQueue:
         files, live_end, written = self._counting
         lines = 0
         for log in files:
-            counted = log.count(live_end if log is files[-1] else log.until, self._lock,
-                                self._stopping)
+            counted = count_unsent(log, live_end if log is files[-1] else log.until,
+                                   self._lock, self._stopping)
             if counted is None:   # a stop: a backlog of terabytes takes a while
                 return
             lines += counted   # the live file's lines since are writer.written's, not its
@@ -5523,6 +5541,7 @@ def read_lines(log, start, end):
     how many of them are whole lines (0: no newline)."""
     limit = FORWARD_READ if end is None else min(FORWARD_READ, end - start)
     data = log.read(start, limit) if limit > 0 else b""
+    log.saw(start, data)
     return data, data.rfind(b"\n") + 1
 
 

@@ -7377,6 +7377,45 @@ class ForwardingThroughRotation(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.sent == sent + 1))
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
 
+    def test_a_copytruncate_then_a_rotation_before_the_forwarder_looked_loses_nothing(self):
+        # The third attack pass: cut while m10 was in flight, then written past its offset and
+        # rotated by pixel before the forwarder looked: sent on from its offset as a rotated
+        # file, m11-m21 were never sent, nor said.
+        receiver, held, hold = receiver_holding(self, "m10")
+        writer = self.writer(max_bytes=4000)
+        forwarder = self.forwarder(receiver.url, writer, batch_events=1)
+        self.write(writer, range(10))
+        self.assertTrue(wait_until(lambda: forwarder.sent == 10))
+        self.write(writer, [10])
+        self.assertTrue(held.wait(10))
+        os.truncate(writer.path, 0)
+        for number in range(11, 40):
+            self.write(writer, [number])
+        self.assertTrue(pixel.pixel_rotations(writer.path))
+        hold.set()
+        self.assertTrue(wait_until(lambda: forwarder.sent == 40))
+        self.assertEqual(sorted(receiver.ids(), key=lambda id: int(id[1:])),
+                         ["m%d" % number for number in range(40)])
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+
+    def test_a_head_read_past_what_was_sent_is_not_kept(self):
+        # The third attack pass: a file's head, read while a short write's lines were in it
+        # (taken back a moment later), was kept; parked, the file was not found again by it,
+        # said to be gone, its unsent events lost, and --keep deleted it.
+        lines = b"".join(log_event(number) for number in range(20))   # past 4096 bytes
+        path = write_file(self.dir, "events.jsonl.20261205T000000.000Z", lines[:3000])
+        log = pixel.LogFile(os.open(path, os.O_RDONLY), (os.stat(path).st_dev,
+                                                         os.stat(path).st_ino), path, 1000)
+        self.addCleanup(log.close)
+        with open(path, "ab") as handle:   # a short write's, under the writer's lock
+            handle.write(b'{"taken back":"' + b"x" * 2000)
+        log.head(min(os.path.getsize(path), 4096))   # a look at it meanwhile
+        os.truncate(path, 3000)
+        with open(path, "ab") as handle:
+            handle.write(lines[3000:])
+        log.park()
+        self.assertTrue(log.unpark())   # found again by its name: its head is its own
+
 class ForwardingRestarts(ForwardingCase):
     """A new Forwarder over the same log resumes from the checkpoint."""
 
