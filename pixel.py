@@ -5202,6 +5202,7 @@ def found_at(log, checkpoint):
     for position in positions:
         if log.identity == (position["device"], position["inode"]) and log.unpark() and \
                 log.head(position["head_bytes"]) == position.get("head"):
+            log.saw(0, log.read(0, position["head_bytes"]))   # as sent: for replaced()
             return position["offset"]
     return None
 

@@ -7398,6 +7398,28 @@ class ForwardingThroughRotation(ForwardingCase):
                          ["m%d" % number for number in range(40)])
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
 
+    def test_a_copytruncate_then_a_rotation_after_a_restart_loses_nothing(self):
+        # The fourth attack pass: resumed from its checkpoint, the file's head as sent was not
+        # known, and the same cut and rotation lost m11-m21 again.
+        writer = self.writer(max_bytes=4000)
+        first = self.forwarder(FakeReceiver(self).url, writer, batch_events=1)
+        self.write(writer, range(10))
+        self.assertTrue(wait_until(lambda: first.sent == 10))
+        first.stop(5)
+        first.close()
+        receiver, held, hold = receiver_holding(self, "m10")
+        second = self.forwarder(receiver.url, writer, batch_events=1)
+        self.write(writer, [10])
+        self.assertTrue(held.wait(10))
+        os.truncate(writer.path, 0)
+        for number in range(11, 40):
+            self.write(writer, [number])
+        self.assertTrue(pixel.pixel_rotations(writer.path))
+        hold.set()
+        self.assertTrue(wait_until(lambda: second.sent == 30))
+        self.assertEqual(sorted(receiver.ids(), key=lambda id: int(id[1:])),
+                         ["m%d" % number for number in range(10, 40)])
+
     def test_a_head_read_past_what_was_sent_is_not_kept(self):
         # The third attack pass: a file's head, read while a short write's lines were in it
         # (taken back a moment later), was kept; parked, the file was not found again by it,
