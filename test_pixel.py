@@ -7377,15 +7377,18 @@ class ForwardingThroughRotation(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.sent == sent + 1))
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
 
-    def test_a_copytruncate_then_a_rotation_before_the_forwarder_looked_loses_nothing(self):
-        # The third attack pass: cut while m10 was in flight, then written past its offset and
-        # rotated by pixel before the forwarder looked: sent on from its offset as a rotated
-        # file, m11-m21 were never sent, nor said.
+    def cut_and_rotated_under_m10(self, restart):
+        """(receiver, forwarder): m0-m9 sent (by a forwarder stopped since, with `restart`), m10
+        in flight as the file is cut, m11-m39 written after it, rotating it, then m10 taken."""
         receiver, held, hold = receiver_holding(self, "m10")
         writer = self.writer(max_bytes=4000)
         forwarder = self.forwarder(receiver.url, writer, batch_events=1)
         self.write(writer, range(10))
         self.assertTrue(wait_until(lambda: forwarder.sent == 10))
+        if restart:
+            forwarder.stop(5)
+            forwarder.close()
+            forwarder = self.forwarder(receiver.url, writer, batch_events=1)
         self.write(writer, [10])
         self.assertTrue(held.wait(10))
         os.truncate(writer.path, 0)
@@ -7393,6 +7396,13 @@ class ForwardingThroughRotation(ForwardingCase):
             self.write(writer, [number])
         self.assertTrue(pixel.pixel_rotations(writer.path))
         hold.set()
+        return receiver, forwarder
+
+    def test_a_copytruncate_then_a_rotation_before_the_forwarder_looked_loses_nothing(self):
+        # The third attack pass: cut while m10 was in flight, then written past its offset and
+        # rotated by pixel before the forwarder looked: sent on from its offset as a rotated
+        # file, m11-m21 were never sent, nor said.
+        receiver, forwarder = self.cut_and_rotated_under_m10(restart=False)
         self.assertTrue(wait_until(lambda: forwarder.sent == 40))
         self.assertEqual(sorted(receiver.ids(), key=lambda id: int(id[1:])),
                          ["m%d" % number for number in range(40)])
@@ -7401,24 +7411,10 @@ class ForwardingThroughRotation(ForwardingCase):
     def test_a_copytruncate_then_a_rotation_after_a_restart_loses_nothing(self):
         # The fourth attack pass: resumed from its checkpoint, the file's head as sent was not
         # known, and the same cut and rotation lost m11-m21 again.
-        writer = self.writer(max_bytes=4000)
-        first = self.forwarder(FakeReceiver(self).url, writer, batch_events=1)
-        self.write(writer, range(10))
-        self.assertTrue(wait_until(lambda: first.sent == 10))
-        first.stop(5)
-        first.close()
-        receiver, held, hold = receiver_holding(self, "m10")
-        second = self.forwarder(receiver.url, writer, batch_events=1)
-        self.write(writer, [10])
-        self.assertTrue(held.wait(10))
-        os.truncate(writer.path, 0)
-        for number in range(11, 40):
-            self.write(writer, [number])
-        self.assertTrue(pixel.pixel_rotations(writer.path))
-        hold.set()
-        self.assertTrue(wait_until(lambda: second.sent == 30))
+        receiver, forwarder = self.cut_and_rotated_under_m10(restart=True)
+        self.assertTrue(wait_until(lambda: forwarder.sent == 30))
         self.assertEqual(sorted(receiver.ids(), key=lambda id: int(id[1:])),
-                         ["m%d" % number for number in range(10, 40)])
+                         ["m%d" % number for number in range(40)])
 
     def test_a_head_read_past_what_was_sent_is_not_kept(self):
         # The third attack pass: a file's head, read while a short write's lines were in it
