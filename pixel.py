@@ -4968,7 +4968,8 @@ class LogFile:
         may yet be taken back (a short write), and a head taken with it found nothing again."""
         if len(self._first) < length:   # read once for an archive, where it costs most
             data = self.read(0, 4096)
-            self._first = data if self.archive is not None else self._first
+            if self.archive is not None:
+                self._first = data
             return "%08x" % zlib.crc32(data[:length])
         return "%08x" % zlib.crc32(self._first[:length])
 
@@ -5200,9 +5201,11 @@ def found_at(log, checkpoint):
                                           ("inode", "offset", "head_bytes")):
         positions.append(dict(replaced, device=checkpoint["device"]))
     for position in positions:
-        if log.identity == (position["device"], position["inode"]) and log.unpark() and \
-                log.head(position["head_bytes"]) == position.get("head"):
-            log.saw(0, log.read(0, position["head_bytes"]))   # as sent: for replaced()
+        if log.identity != (position["device"], position["inode"]) or not log.unpark():
+            continue
+        first = log.read(0, min(position["head_bytes"], 4096))   # read once: head() and saw()
+        if "%08x" % zlib.crc32(first) == position.get("head"):
+            log.saw(0, first)   # as sent: what replaced() compares with
             return position["offset"]
     return None
 
@@ -6374,7 +6377,8 @@ def _public_url(value):
     """An http(s) URL of a host, and the path a proxy mounts pixel under, if any
     (https://shop.example.com/collect): the settings document's apiHost starts with both."""
     scheme, _, rest = _nonempty(value).rstrip("/").partition("://")
-    text, scheme = scheme.lower() + "://" + rest, scheme.lower()   # HTTPS:// is https://
+    scheme = scheme.lower()   # HTTPS:// is https://
+    text = scheme + "://" + rest
     host, _, path = rest.partition("/")
     if not origin_ok("%s://%s" % (scheme, host)):
         raise argparse.ArgumentTypeError("not an http(s) URL of a host, with no query: %r (try "
@@ -6699,7 +6703,7 @@ def open_logs(log, rejects, *, busy, wait=0.0, **options):
 class SuppressingRejects:
     """A rejects log for the forwarder that drops the lines of people --suppress names now:
     an event logged before its entry was added, then refused by the receiver, is written
-    nowhere (counted as suppressed), as a suppressed request is not."""
+    nowhere (counted as suppressed), as a suppressed request is written nowhere."""
 
     def __init__(self, writer, recorder):
         self.writer, self.recorder = writer, recorder
