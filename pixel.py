@@ -5044,10 +5044,10 @@ class LogFile:
             self.fd = None
 
 
-def count_unsent(log, end, lock, stopping):
+def count_unsent(log, end, lock, stopping, between):
     """The lines of LogFile `log` from its offset to `end` (None: its end), read through a
-    descriptor of its own, taken under `lock` (a parked file is not opened meanwhile); 0 if
-    it is gone, None if `stopping` came first."""
+    descriptor of its own, taken under `lock` (a parked file is not opened meanwhile), with
+    `between()` called before each block; 0 if it is gone, None if `stopping` came first."""
     with lock:
         fd = log.duplicate()
     if fd is None:
@@ -5057,6 +5057,7 @@ def count_unsent(log, end, lock, stopping):
     offset, lines = log.offset, 0
     try:
         while end is None or offset < end:
+            between()
             if stopping.is_set():
                 return None
             block = copy.read(offset, MAX_WRITE_BYTES if end is None else
@@ -5447,9 +5448,10 @@ class LogQueue:
         with self._lock:   # not while backlog() reads it
             log.close()
 
-    def count_lines(self, done):
+    def count_lines(self, done, between):
         """Count the lines not yet sent, `done` (sent, refused or skipped) so far: at the
-        start, and again after a file not counted was gone; writer.written keeps it current."""
+        start, and again after a file not counted was gone; writer.written keeps it current.
+        `between()` is called as it reads: a first count of a large backlog takes seconds."""
         if self._recount:
             with self._lock:
                 self._pull()
@@ -5467,7 +5469,7 @@ class LogQueue:
         lines = 0
         for log in files:
             counted = count_unsent(log, live_end if log is files[-1] else log.until,
-                                   self._lock, self._stopping)
+                                   self._lock, self._stopping, between)
             if counted is None:   # a stop: a backlog of terabytes takes a while
                 return
             lines += counted   # the live file's lines since are writer.written's, not its
@@ -5828,8 +5830,6 @@ class Forwarder:
         self.checkpoint = checkpoint
         self.queue.add_files(paths, backfill_checkpoint(checkpoint, self.receiver.url), erasing)
 
-    # -- the loop -------------------------------------------------------------------------
-
     def start(self):
         self.thread = threading.Thread(target=self._run_on_thread, name="pixel-forwarder",
                                        daemon=True)
@@ -5978,13 +5978,15 @@ class Forwarder:
         self.refused.add(rejection.reason, len(lines))
         return True
 
-    def _look(self):
-        """Count the backlog if it is to be (LogQueue.count_lines), and save the checkpoint at
-        once when files moved by hand, or opened by the writer, join the queue (once the one
-        to send from is open: one parked is looked for when its turn comes)."""
-        self.queue.count_lines(self.sent + self.refused.total() + self.skipped)
+    def _look(self, count=True):
+        """Save the checkpoint when files moved by hand, or opened by the writer, join the queue
+        (the one to send from open: one parked is looked for in its turn), then (`count`) count
+        the backlog as it is to be, looking again as it reads (a count can take seconds)."""
         if self.queue.moves_to_save() and self.queue.files and self.queue.files[0].fd is not None:
             self._save(self.queue.files[0])
+        if count:
+            self.queue.count_lines(self.sent + self.refused.total() + self.skipped,
+                                   lambda: self._look(count=False))
 
     def _save(self, log, quiet=True):
         """Name `log` and its offset in the checkpoint; whether it did. A failure is said (once

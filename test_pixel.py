@@ -7729,6 +7729,40 @@ class ForwardingRestarts(ForwardingCase):
         self.sent_after_a_restart(["m%d" % number for number in range(30)])
         self.assertNotIn("gone", self.stderr.getvalue())
 
+    def test_a_file_opened_while_the_backlog_is_counted_is_saved_before_the_count_ends(self):
+        # A start counts the backlog first: seconds, over thousands of files. The checkpoint
+        # named a file the writer opened meanwhile only after the count, so a kill -9 in it
+        # lost that file, if it was moved by hand, whole (an attack's storm of mv and kill -9:
+        # 6,525 of 25,129 events). Here the kill -9 comes after the count's first file.
+        receiver, down = receiver_down(self)
+        writer = self.writer(max_bytes=1000)
+        self.forwarder(receiver.url, writer, start=False).close()   # saved: the first file
+        for number in range(30):
+            self.write(writer, [number])
+        self.assertGreaterEqual(len(pixel.pixel_rotations(writer.path)), 2)
+        forwarder = self.forwarder(receiver.url, writer, start=False)
+        checkpoint, saved, count = pixel.state_path(writer.path, "forward"), [], pixel.count_unsent
+
+        def counting(*args):
+            if not saved:   # an mv and a SIGHUP: a new live file, written to
+                self.move_aside(writer)
+                self.write(writer, [30])
+            saved.append(read_bytes(checkpoint))
+            return count(*args)
+
+        with unittest.mock.patch("pixel.count_unsent", counting):
+            forwarder._look()
+        self.assertGreaterEqual(len(saved), 3)
+        forwarder.close()
+        with open(checkpoint, "wb") as handle:   # as a kill -9 after the first file left it
+            handle.write(saved[1])
+        os.rename(writer.path, os.path.join(self.dir, "aside-too.jsonl"))   # moved by hand too
+        writer.reopen()
+        down.clear()
+        self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 31))
+        self.assertEqual(sorted(receiver.ids()), sorted("m%d" % number for number in range(31)))
+
     def test_a_moved_file_parked_at_a_restart_is_still_named_by_its_checkpoint(self):
         # A restart behind more than MAX_OPEN_LOG_FILES files parks the later ones, the moved
         # one among them. The next save dropped it from the checkpoint, so a second restart
