@@ -4887,8 +4887,13 @@ class LogFile:
         None if it is gone."""
         folder, base = os.path.split(self.name)
         stem = _ROTATED.sub("", base, count=1)
-        for name in [base] + [name for name in os.listdir(folder)
-                              if name.startswith(stem) or self.moved is not None]:
+
+        def names():   # the folder is listed only if the name is not it: a restart behind
+            yield base  # thousands of files parked them all, and listed it for each
+            yield from (name for name in os.listdir(folder)
+                        if name.startswith(stem) or self.moved is not None)
+
+        for name in names():
             status = stat_or_none(os.path.join(folder, name))   # no FIFO opened, no other file
             if status is None or (status.st_dev, status.st_ino) != self.identity:
                 continue
@@ -5069,6 +5074,22 @@ def count_unsent(log, end, lock, stopping, between):
     finally:
         copy.close()
     return lines
+
+
+def on_new_files(writer, look, interval=0.02):
+    """`look`, for a count to call as it reads (count_unsent), made cheap: it runs only once
+    `writer` (None: a backfill's, never) has opened another file since it last ran, as a
+    rotation or a file moved by hand does, and at most once an `interval`: it walks the
+    queue, and a restart behind thousands of files called it for each."""
+    last = [None if writer is None else writer.committed()[0], -interval]
+
+    def maybe():
+        if writer is not None and time.monotonic() - last[1] >= interval:
+            identity = writer.committed()[0]
+            if identity != last[0]:
+                last[:] = identity, time.monotonic()
+                look()
+    return maybe
 
 
 def disk_head(fd, length):
@@ -5985,8 +6006,8 @@ class Forwarder:
         if self.queue.moves_to_save() and self.queue.files and self.queue.files[0].fd is not None:
             self._save(self.queue.files[0])
         if count:
-            self.queue.count_lines(self.sent + self.refused.total() + self.skipped,
-                                   lambda: self._look(count=False))
+            self.queue.count_lines(self.sent + self.refused.total() + self.skipped, on_new_files(
+                self.queue.writer, lambda: self._look(count=False)))
 
     def _save(self, log, quiet=True):
         """Name `log` and its offset in the checkpoint; whether it did. A failure is said (once
