@@ -5076,19 +5076,21 @@ def count_unsent(log, end, lock, stopping, between):
     return lines
 
 
-def on_new_files(writer, look, interval=0.02):
+def on_new_files(writer, look, share=0.1, clock=time.monotonic):
     """`look`, for a count to call as it reads (count_unsent), made cheap: it runs only once
     `writer` (None: a backfill's, never) has opened another file since it last ran, as a
-    rotation or a file moved by hand does, and at most once an `interval`: it walks the
-    queue, and a restart behind thousands of files called it for each."""
-    last = [None if writer is None else writer.committed()[0], -interval]
+    rotation or a file moved by hand does, and then takes at most a `share` of the time: it
+    walks the queue, which a restart behind thousands of files called it for each, and a
+    rotation storm over them for each rotation, so the count never ended."""
+    last = [None if writer is None else writer.committed()[0], 0.0]   # and when it may run
 
     def maybe():
-        if writer is not None and time.monotonic() - last[1] >= interval:
-            identity = writer.committed()[0]
+        if writer is not None and clock() >= last[1]:
+            identity, started = writer.committed()[0], clock()
             if identity != last[0]:
-                last[:] = identity, time.monotonic()
                 look()
+                ended = clock()
+                last[:] = identity, ended + max(0.02, (ended - started) * (1 - share) / share)
     return maybe
 
 

@@ -46,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import unittest
 import unittest.mock
 import unicodedata
@@ -7787,6 +7788,25 @@ class ForwardingRestarts(ForwardingCase):
         self.assertEqual(forwarder.status()["lines_behind"], 600)
         self.assertLessEqual(len(looks), 2)
         self.assertLessEqual(len(listings), 2)
+
+    def test_a_rotation_storm_takes_a_tenth_of_a_counts_time_in_looks(self):
+        # Under load, --max-bytes 2000 opened a file every few ms, and each look walked a
+        # queue of thousands: a restart's count, which holds forwarding, was not done after
+        # 60 s (an attack's); 2.0 and 5.2 s now. Here a look takes 50 ms, the count 3 s.
+        now, looks, files = [0.0], [], itertools.count()
+        writer = types.SimpleNamespace(committed=lambda: (next(files), 0, 0))
+
+        def look():
+            looks.append(now[0])
+            now[0] += 0.05
+
+        maybe = pixel.on_new_files(writer, look, clock=lambda: now[0])
+        for _ in range(3000):
+            maybe()
+            now[0] += 0.001
+        self.assertEqual(looks[0], 0.0)   # the first file opened is saved at once
+        self.assertLessEqual(len(looks) * 0.05 / now[0], 0.12)
+        self.assertGreaterEqual(len(looks), 2)
 
     def test_a_moved_file_parked_at_a_restart_is_still_named_by_its_checkpoint(self):
         # A restart behind more than MAX_OPEN_LOG_FILES files parks the later ones, the moved
