@@ -5077,12 +5077,12 @@ def count_unsent(log, end, lock, stopping, between):
 
 
 def on_new_files(writer, look, share=0.1, clock=time.monotonic):
-    """`look`, for a count to call as it reads (count_unsent), made cheap: it runs only once
-    `writer` (None: a backfill's, never) has opened another file since it last ran, as a
-    rotation or a file moved by hand does, and then takes at most a `share` of the time: it
-    walks the queue, which a restart behind thousands of files called it for each, and a
-    rotation storm over them for each rotation, so the count never ended."""
-    last = [None if writer is None else writer.committed()[0], 0.0]   # and when it may run
+    """`look`, for a count to call as it reads (count_unsent), made cheap: it runs at once,
+    then only when `writer` (None: a backfill's, never) has opened another file since, as a
+    rotation or a file moved by hand does, and takes at most a `share` of the time: it walks
+    the queue, which a restart behind thousands of files called it for each, and a rotation
+    storm over them for each rotation, so the count never ended."""
+    last = [None, 0.0]   # the writer's file when it last ran, and when it may run again
 
     def maybe():
         if writer is not None and clock() >= last[1]:
