@@ -7808,6 +7808,22 @@ class ForwardingRestarts(ForwardingCase):
         self.assertLessEqual(len(looks) * 0.05 / now[0], 0.12)
         self.assertGreaterEqual(len(looks), 2)
 
+    def test_a_count_looks_at_once_then_only_for_a_new_file(self):
+        # A file the writer opened between _look's own check and the count's start was named
+        # in the checkpoint only after the next file, or the count's end.
+        now, looks, identity = [0.0], [], [1]
+        writer = types.SimpleNamespace(committed=lambda: (identity[0], 0, 0))
+        maybe = pixel.on_new_files(writer, lambda: looks.append(identity[0]),
+                                   clock=lambda: now[0])
+        maybe()
+        now[0] += 1
+        maybe()
+        self.assertEqual(looks, [1])
+        identity[0] = 2
+        now[0] += 1
+        maybe()
+        self.assertEqual(looks, [1, 2])
+
     def test_a_moved_file_parked_at_a_restart_is_still_named_by_its_checkpoint(self):
         # A restart behind more than MAX_OPEN_LOG_FILES files parks the later ones, the moved
         # one among them. The next save dropped it from the checkpoint, so a second restart
