@@ -4971,12 +4971,12 @@ class LogFile:
         """A checksum of the first `length` (at most 4096) bytes: an inode is reused, a first
         line is not. Those read to be sent (saw; an archive's: all) are kept: a line past them
         may yet be taken back (a short write), and a head taken with it found nothing again."""
-        if len(self._first) < length:   # read once for an archive, where it costs most
+        data = self._first
+        if len(data) < length:   # read once for an archive, where it costs most
             data = self.read(0, 4096)
             if self.archive is not None:
                 self._first = data
-            return "%08x" % zlib.crc32(data[:length])
-        return "%08x" % zlib.crc32(self._first[:length])
+        return head_of(data[:length])
 
     def saw(self, offset, data):
         """Keep the first 4096 bytes as they were read to be sent, for head() and replaced()."""
@@ -5077,26 +5077,30 @@ def count_unsent(log, end, lock, stopping, between):
 
 
 def on_new_files(writer, look, share=0.1, clock=time.monotonic):
-    """`look`, for a count to call as it reads (count_unsent), made cheap: it runs at once,
-    then only when `writer` (None: a backfill's, never) has opened another file since, as a
-    rotation or a file moved by hand does, and takes at most a `share` of the time: it walks
-    the queue, which a restart behind thousands of files called it for each, and a rotation
-    storm over them for each rotation, so the count never ended."""
+    """`look` (it walks the queue), for a count to call as it reads (count_unsent): run at
+    once, then only when `writer` (None: a backfill's, never) has opened another file, as a
+    rotation or a move by hand does, and for at most a `share` of the time: run for each
+    block, or each rotation of a storm, it held a count behind thousands of files for ever."""
     last = [None, 0.0]   # the writer's file when it last ran, and when it may run again
 
     def maybe():
-        if writer is not None and clock() >= last[1]:
+        if clock() >= last[1]:
             identity, started = writer.committed()[0], clock()
             if identity != last[0]:
                 look()
                 ended = clock()
                 last[:] = identity, ended + max(0.02, (ended - started) * (1 - share) / share)
-    return maybe
+    return (lambda: None) if writer is None else maybe
+
+
+def head_of(first):
+    """The checksum that tells a file by its `first` bytes (up to 4096) in checkpoints."""
+    return "%08x" % zlib.crc32(first)
 
 
 def disk_head(fd, length):
     """LogFile.head() of the file open at `fd`, read from the disk now."""
-    return "%08x" % zlib.crc32(os.pread(fd, min(length, 4096), 0))
+    return head_of(os.pread(fd, min(length, 4096), 0))
 
 
 def rotated_since(path, live, checkpoint):
@@ -5228,7 +5232,7 @@ def found_at(log, checkpoint):
         if log.identity != (position["device"], position["inode"]) or not log.unpark():
             continue
         first = log.read(0, min(position["head_bytes"], 4096))   # read once: head() and saw()
-        if "%08x" % zlib.crc32(first) == position.get("head"):
+        if head_of(first) == position.get("head"):
             log.saw(0, first)   # as sent: what replaced() compares with
             return position["offset"]
     return None
@@ -7296,7 +7300,7 @@ class FileErasure:
     def new_head(self, offset):
         """(head_bytes, head) as a checkpoint at `offset` in the new file holds them."""
         head_bytes = min(offset, 4096)
-        return head_bytes, "%08x" % zlib.crc32(self.first[:head_bytes])
+        return head_bytes, head_of(self.first[:head_bytes])
 
 
 def linked_ids(paths, people):
@@ -7377,7 +7381,7 @@ def replaced_checkpoint(document, old, new, erasure, new_path, archive):
             if archive:   # LogFile.fingerprint: an archive's size and first bytes on disk
                 length = os.stat(new_path).st_size
                 with open(new_path, "rb") as handle:
-                    head = "%08x" % zlib.crc32(handle.read(min(length, 4096)))
+                    head = head_of(handle.read(min(length, 4096)))
             else:
                 length = erasure.new_offset(int(parts[2]))
                 head = erasure.new_head(length)[1]
