@@ -6963,6 +6963,40 @@ class ForwardingSeams(ForwardingCase):
         self.addCleanup(sender.close)
         return sender
 
+    def test_a_refused_event_waits_for_room_in_the_rejects_log_and_is_set_aside_once(self):
+        # A receiver refused m3 while the rejects log's disk was full: no test had reached
+        # that wait. m3 must neither be dropped nor passed by the checkpoint; what follows
+        # it waits, in order; a stop ends the wait, and a restart sets m3 aside once.
+        full = mount_tmpfs(self, 1 << 20)
+        self.rejects_writer = pixel.LogWriter(os.path.join(full, "rejects.jsonl"),
+                                              reporter=self.reporter)
+        self.addCleanup(self.rejects_writer.close)
+        filler = fill_disk(self, full)
+        receiver = FakeReceiver(self, lambda receiver, user, events: (
+            (400, {}, b'{"error":"no"}') if any(event["messageId"] == "m3" for event in events)
+            else (200, {}, b"{}")))
+        writer = self.writer()
+        self.write(writer, range(10))
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: self.rejects_writer.failed >= 3))
+        self.assertEqual(receiver.ids(), ["m0", "m1", "m2"])
+        self.assertEqual(forwarder.status()["lines_behind"], 7)
+        offset = forward_checkpoint(writer.path)[1]
+        self.assertLess(offset, os.path.getsize(writer.path))
+        self.assertIn("cannot write %s" % self.rejects_writer.path, self.stderr.getvalue())
+        started = time.monotonic()
+        forwarder.stop(5)   # mid-wait: at once, the checkpoint still before m3
+        self.assertLess(time.monotonic() - started, 1.0)
+        forwarder.close()
+        self.assertEqual(forward_checkpoint(writer.path)[1], offset)
+        os.remove(filler)
+        restarted = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: restarted.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(10) if number != 3])
+        with open(self.rejects_writer.path) as handle:
+            self.assertEqual([(line["reason"], line["event"]["messageId"]) for line in
+                              map(json.loads, handle)], [("forward_rejected", "m3")])
+
     def test_a_post_is_cut_at_its_deadline_through_a_rotation_storm(self):
         # Each file the writer opens wakes the post's watchdog to save the checkpoint; a
         # rotation a few milliseconds kept it waking, and it never looked at the deadline.
