@@ -35,6 +35,7 @@ import pydoc
 import queue
 import random
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -52,6 +53,7 @@ import unittest.mock
 import unicodedata
 import urllib.parse
 import urllib.request
+import warnings
 import wsgiref.simple_server
 import zlib
 
@@ -3356,6 +3358,57 @@ class NoNewFile(unittest.TestCase):
         self.assertEqual(self.writer.changes(), [("renamed", None, identity,
                                                   os.path.join(self.dir, renamed[0]))])
 
+    def test_a_deleted_log_with_no_inode_for_a_new_one_fails_the_write_and_says_so(self):
+        # An rm of the log, its inode still held (by the writer): no file can be made at the
+        # path. Writing on into the deleted file would lose the line; the write fails, said
+        # as such (not "still writing to the file it named"), and the next write makes one.
+        self.assertEqual(self.writer.write([b'{"n":0}\n']), 1)
+        os.remove(self.path)
+        self.now[0] += 1   # past PATH_CHECK_INTERVAL: the write looks at the path first
+        self.assertEqual(self.writer.write([b'{"n":1}\n']), 0)
+        self.assertEqual((self.writer.written, self.writer.failed), (1, 1))
+        self.assertIn("cannot write %s: No space left on device" % self.path,
+                      self.stderr.getvalue())
+        self.assertNotIn("still writing to the file it named", self.stderr.getvalue())
+        os.remove(self.fillers.pop())
+        self.now[0] += 1
+        self.assertEqual(self.writer.write([b'{"n":2}\n']), 1)
+        with open(self.path, "rb") as handle:
+            self.assertEqual(handle.read(), b'{"n":2}\n')
+
+
+class NoDescriptorForTheNextFile(unittest.TestCase):
+    def test_a_log_put_back_by_a_link_keeps_no_second_name(self):
+        # Out of descriptors (RLIMIT_NOFILE, in a child) between the rotation's look and its
+        # open of the next file: the log, renamed, is linked back at its path, its rotated
+        # name removed: left, `cat events.jsonl*` would read each line twice (SecondName).
+        folder = temp_dir(self)
+        path = os.path.join(folder, "events.jsonl")
+        script = (
+            "import os, resource, sys, unittest.mock; sys.path.insert(0, %r); import pixel\n"
+            "writer = pixel.LogWriter(%r, max_bytes=100, clock=lambda: 1000.0)\n"
+            "line = b'{\"n\":\"' + b'x' * 40 + b'\"}\\n'\n"
+            "print(writer.write([line, line]))\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(\n"
+            "    resource.RLIMIT_NOFILE)[1]))\n"
+            "held = []\n"
+            "try:\n"
+            "    while True:\n"
+            "        held.append(os.open('/dev/null', os.O_RDONLY))\n"
+            "except OSError:\n"
+            "    pass\n"
+            "with unittest.mock.patch.object(pixel, '_probe_new_file'):   # it found one\n"
+            "    print(writer.write([line]))\n" % (HERE, path))
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                text=True, timeout=30)
+        self.assertEqual(result.stdout.split(), ["2", "1"], result.stderr)
+        self.assertEqual(result.stderr, "pixel: cannot rotate %s: Too many open files; writing "
+                         "on past --max-bytes\n" % path)
+        self.assertEqual(os.listdir(folder), ["events.jsonl"])
+        self.assertEqual(os.stat(path).st_nlink, 1)
+        with open(path, "rb") as handle:
+            self.assertEqual(handle.read(), (b'{"n":"' + b"x" * 40 + b'"}\n') * 3)
+
 
 class RotationProbe(unittest.TestCase):
     """The look for room before a rotation (_probe_new_file) against what else may be in the
@@ -3777,6 +3830,106 @@ class TakenBack(unittest.TestCase):
         writer._append_linked = append
         self.assertEqual(writer.write([b"x" * 999 + b"\n"] * 1500), 0)
         self.assertEqual(os.path.getsize(path), 0)
+
+
+def chattr(test, flag, path):
+    """Set the file attribute `flag` ("a": append-only, "i": immutable) of the file at `path`,
+    undone at cleanup: a real file system refuses to cut, rename or remove it (EPERM), as no
+    mock could. Skips where chattr or the attribute is missing (.ci/run installs chattr)."""
+    try:
+        result = subprocess.run(["chattr", "+" + flag, path], capture_output=True, text=True)
+    except FileNotFoundError:
+        test.skipTest("no chattr here (Debian's e2fsprogs)")
+    if result.returncode:
+        test.skipTest("cannot chattr +%s %s (%s)" % (flag, path, result.stderr.strip()))
+    test.addCleanup(subprocess.run, ["chattr", "-" + flag, path], capture_output=True)
+
+
+def append_only(test, path):
+    """Make the file at `path` append-only (chattr +a): it is written, never cut, renamed or
+    removed (EPERM); undone at cleanup."""
+    chattr(test, "a", path)
+
+
+class AppendOnlyLog(unittest.TestCase):
+    """The cuts a LogWriter makes to take back what a failed write left (a torn line, a failed
+    call's lines), refused by the file system: an append-only file on a real, full tmpfs."""
+
+    def setUp(self):
+        self.dir = mount_tmpfs(self, 4 << 20)
+        self.path = os.path.join(self.dir, "events.jsonl")
+        self.stderr, self.now = io.StringIO(), [T0]
+        self.writer = pixel.LogWriter(self.path, reporter=pixel.Reporter(self.stderr),
+                                      clock=lambda: self.now[0])
+        self.addCleanup(self.writer.close)
+
+    def read(self):
+        with open(self.path, "rb") as handle:
+            return handle.read()
+
+    def test_a_torn_line_that_could_not_be_cut_is_cut_before_the_next_line_is_written(self):
+        # A short write on a full disk, and its cut refused: the next write must not glue
+        # its line to the torn piece (one garbled line, the event in it lost to readers).
+        self.assertEqual(self.writer.write([b'{"n":0}\n']), 1)
+        filler = fill_disk(self, self.dir)
+        append_only(self, self.path)
+        self.assertEqual(self.writer.write([b'{"pad":"' + b"x" * 8000 + b'"}\n']), 0)
+        self.assertGreater(os.path.getsize(self.path), 8, "a torn piece is left")
+        self.assertIn("cannot write %s: Operation not permitted" % self.path,
+                      self.stderr.getvalue())
+        subprocess.run(["chattr", "-a", self.path], check=True)
+        os.remove(filler)
+        self.now[0] += 1
+        self.assertEqual(self.writer.write([b'{"n":2}\n']), 1)
+        self.assertEqual(self.read(), b'{"n":0}\n{"n":2}\n')
+        self.assertEqual((self.writer.written, self.writer.failed), (2, 1))
+
+    def test_lines_of_a_failed_call_that_cannot_be_taken_back_are_counted_as_written(self):
+        # The first chunk (1 MiB) fits, the second finds the disk full, and the first cannot
+        # be cut: its lines are on disk, so write() says so (the recorder puts them in the
+        # dedupe window, and the client's retry writes only the rest), not 0.
+        append_only(self, self.path)
+        filler = fill_disk(self, self.dir)
+        os.truncate(filler, os.path.getsize(filler) - pixel.MAX_WRITE_BYTES)   # 256 pages free
+        lines = [b'{"n":%04d,"pad":"%s"}\n' % (number, b"x" * 4076) for number in range(260)]
+        self.assertEqual({len(line) for line in lines}, {4096})
+        self.assertEqual(self.writer.write(lines), 256)
+        self.assertEqual(self.read(), b"".join(lines[:256]))
+        self.assertEqual((self.writer.written, self.writer.failed), (256, 4))
+        self.assertIn("cannot write %s: No space left on device (4 line(s) lost so far"
+                      % self.path, self.stderr.getvalue())
+
+    def test_a_second_name_that_cannot_be_removed_is_said_and_the_log_still_starts(self):
+        # remove_second_name at start: a pixel that could not remove it refused to start.
+        self.writer.write([log_event(0)])
+        self.writer.close()
+        second = self.path + ".20261205T000000.000Z"
+        os.link(self.path, second)
+        append_only(self, self.path)   # both names: one inode
+        writer = pixel.LogWriter(self.path, reporter=pixel.Reporter(self.stderr))
+        self.addCleanup(writer.close)
+        self.assertIn("cannot remove %s, a second name of %s: Operation not permitted"
+                      % (second, self.path), self.stderr.getvalue())
+        self.assertEqual(writer.write([log_event(1)]), 1)
+        self.assertEqual(self.read(), log_event(0) + log_event(1))
+        self.assertTrue(os.path.samefile(self.path, second))
+
+    def test_an_empty_log_a_failed_start_cannot_remove_or_finds_gone_is_no_new_error(self):
+        # close(discard=True) runs as a start fails: an error of its own hid the start's.
+        self.writer.close(discard=True)
+        self.assertFalse(os.path.exists(self.path))
+        kept = pixel.LogWriter(self.path, reporter=pixel.Reporter(self.stderr))
+        append_only(self, self.path)
+        kept.close(discard=True)
+        self.assertTrue(os.path.exists(self.path))
+        self.assertEqual(self.stderr.getvalue(), "pixel: cannot remove %s, made by a start "
+                         "that failed: Operation not permitted\n" % self.path)
+        subprocess.run(["chattr", "-a", self.path], check=True)
+        os.remove(self.path)
+        gone = pixel.LogWriter(self.path, reporter=pixel.Reporter(self.stderr))
+        os.remove(self.path)   # by someone else, before the failed start's clean-up
+        gone.close(discard=True)
+        self.assertEqual(self.stderr.getvalue().count("cannot remove"), 1)
 
 
 def write_file(folder, name, text):
@@ -7267,6 +7420,47 @@ class ForwardingSeams(ForwardingCase):
         self.assertEqual((self.stderr.getvalue(), forwarder.receiver.failed_attempts,
                           forwarder.receiver.last_error), ("", 0, None))
 
+    def test_a_bug_in_the_loop_is_said_and_forwarding_starts_again(self):
+        # _run_on_thread: an exception no branch expects ended the thread, and forwarding
+        # with it, while /health still said a forwarder ran.
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        self.write(writer, range(5))
+        forwarder = self.forwarder(receiver.url, writer, start=False, backoff=(0.01, 0.05))
+        real, calls = forwarder._next_batch, []
+
+        def next_batch():
+            calls.append(None)
+            return 1 / 0 if len(calls) == 1 else real()
+        forwarder._next_batch = next_batch
+        forwarder.start()
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 5, timeout=5))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(5)])
+        self.assertRegex(self.stderr.getvalue(), r"\Apixel: forwarder error: ZeroDivisionError: "
+                         r"division by zero \(line \d+\); retrying in 0 s\n\Z")
+        self.assertTrue(forwarder.thread.is_alive())
+
+    def test_a_hold_cuts_a_post_that_runs_past_hold_wait_and_it_is_sent_again(self):
+        # An erase holds the forwarder: a post still unanswered after HOLD_WAIT is cut, the
+        # files closed, and the batch, never acknowledged, sent again after resume().
+        receiver, held, hold = receiver_holding(self, "m0")
+        self.addCleanup(hold.set)
+        writer = self.writer()
+        self.write(writer, range(5))
+        forwarder = self.forwarder(receiver.url, writer, timeout=10)
+        self.assertTrue(held.wait(10))
+        with unittest.mock.patch("pixel.HOLD_WAIT", 0.1):
+            started = time.monotonic()
+            forwarder.hold()
+            self.assertLess(time.monotonic() - started, 1.0)
+        self.assertFalse(forwarder.thread.is_alive())
+        self.assertEqual(forward_checkpoint(writer.path)[1], 0)   # not past the cut batch
+        hold.set()   # the cut post's handler takes it all the same
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 5))
+        forwarder.resume()
+        self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(5)] * 2)
+
 
 class ForwardingThroughRotation(ForwardingCase):
     """Everything written reaches the receiver once and in order, through pixel's own
@@ -8425,6 +8619,35 @@ class ForwardingRestarts(ForwardingCase):
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(lines)] +
                          ["m%d" % (lines + 1)])
 
+    def test_a_log_cut_shorter_than_its_checkpoint_loses_nothing_written_after_the_cut(self):
+        # A power cut lost the log's last lines after they were sent: the checkpoint stands
+        # past the file's end. Forwarding goes on from the end, and sends each line written
+        # there since; from the old offset it would skip them, or read from mid-line.
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        self.write(writer, range(40))
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forward_checkpoint(writer.path)[1] ==
+                                   os.path.getsize(writer.path)))
+        forwarder.stop(5)
+        forwarder.close()
+        writer.close()
+        cut = len(b"".join(log_event(number) for number in range(30)))
+        self.assertGreater(cut, 4096)   # the checkpoint's head is all still there
+        os.truncate(writer.path, cut)
+        writer = self.writer()
+        restarted = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: "shorter than the checkpoint" in
+                                   self.stderr.getvalue()))
+        self.assertIn("pixel: %s is shorter than the checkpoint says (%d < %d bytes): "
+                      "forwarding from its end\n" % (writer.path, cut, len(b"".join(
+                          log_event(number) for number in range(40)))), self.stderr.getvalue())
+        self.write(writer, range(40, 50))
+        self.assertTrue(wait_until(lambda: restarted.status()["lines_behind"] == 0 and
+                                   len(receiver.taken) == 50))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(50)])
+        self.assertEqual(self.rejects(), [])
+
 
 class ForwardingAttacked(ForwardingCase):
     """What an attacker pass against the forwarder found, each held by a test."""
@@ -8725,6 +8948,57 @@ class ForwardingAttacked(ForwardingCase):
                     json.dump(dict(base, **{field: value}), handle)
                 with self.assertRaises(ValueError):
                     pixel.read_checkpoint(path)
+
+    def test_what_only_has_a_rotated_files_name_is_passed_over_at_a_restart(self):
+        # A folder and a FIFO named as pixel's rotation names its files, made after the
+        # checkpoint: the restart opened each as a file to send, and the forwarder did not
+        # start (a FIFO would have blocked it).
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        self.write(writer, range(5))
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forward_checkpoint(writer.path)[1] ==
+                                   os.path.getsize(writer.path)))
+        forwarder.stop(5)
+        forwarder.close()
+        os.mkdir(writer.path + ".20261118T110640.250Z")
+        os.mkfifo(writer.path + ".20261118T110640.251Z")
+        self.write(writer, range(5, 10))
+        restarted = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: restarted.status()["lines_behind"] == 0 and
+                                   len(receiver.taken) == 10))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(10)])
+        self.assertEqual(self.stderr.getvalue(), "")
+
+    def test_a_stop_while_a_line_of_gigabytes_is_measured_comes_at_once(self):
+        # 16 GiB of NULs with no newline (a hole: no disk used) appended to the live file
+        # after m0-m2, then a rotation: the forwarder measures that "line", a MiB a read, to
+        # set it aside (seconds). A stop must end the measuring at once, the checkpoint still
+        # before it, nothing of it sent or set aside.
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(3))
+        start = os.path.getsize(writer.path)
+        self.assertTrue(wait_until(lambda: forward_checkpoint(writer.path)[1] == start))
+        try:
+            os.truncate(writer.path, start + (16 << 30))
+        except OSError as error:
+            self.skipTest("no sparse 16 GiB file here: %s" % error)
+        with open(writer.path, "ab") as handle:   # as an `echo >>`, past the hole
+            handle.write(b"\n" + log_event(3))
+        rotated = writer.rotate_now()
+        self.write(writer, range(4, 6))
+        time.sleep(0.2)   # into the measuring, which takes seconds
+        self.assertEqual(receiver.ids(), ["m0", "m1", "m2"])
+        started = time.monotonic()
+        forwarder.stop(5)
+        self.assertLess(time.monotonic() - started, 0.5)
+        self.assertFalse(forwarder.thread.is_alive())
+        self.assertEqual(forward_checkpoint(writer.path), (os.stat(rotated).st_ino, start))
+        self.assertEqual(receiver.ids(), ["m0", "m1", "m2"])
+        self.assertEqual(self.stderr.getvalue(), "")
+        self.assertEqual(os.path.getsize(self.rejects_writer.path), 0)
 
 
 # The globs users write for a log's files (a shipper's, the README's backfill), and a
@@ -9141,6 +9415,62 @@ class ContractWsgiref(Contract, unittest.TestCase):
         self.addCleanup(thread.join, 10)
         self.addCleanup(server.shutdown)
         return server.server_address[1], events, os.path.join(self.dir, "rejects.jsonl")
+
+
+class WsgiForked(unittest.TestCase):
+    @unittest.skipUnless(hasattr(os, "fork"), "fork")
+    def test_a_process_forked_after_the_app_was_made_writes_and_says_so_once(self):
+        # As gunicorn --preload forks its workers (WsgiUnderGunicorn, where gunicorn is):
+        # the child's events are written, and it says once, not at each request, that its
+        # forwarder and erase's desk stayed in the parent; the parent says nothing.
+        events = os.path.join(temp_dir(self), "events.jsonl")
+        app = pixel.make_wsgi_app(log=events)
+        self.addCleanup(app.close)
+
+        def get(number):
+            environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/pixel/track",
+                       "QUERY_STRING": "writeKey=K&userId=u&event=e&messageId=m%d" % number,
+                       "REMOTE_ADDR": "192.0.2.1", "wsgi.input": io.BytesIO()}
+            statuses = []
+            body = b"".join(app(environ, lambda status, headers: statuses.append(status)))
+            return statuses[0], body
+
+        read_end, write_end = os.pipe()
+        with warnings.catch_warnings():   # 3.12's: fork() with the app's erase thread running
+            warnings.simplefilter("ignore", DeprecationWarning)
+            child = os.fork()
+        if child == 0:   # the worker: its stderr is the pipe
+            try:
+                os.close(read_end)
+                sys.stderr = open(write_end, "w", buffering=1)
+                answers = [get(number) for number in range(3)]
+                os._exit(0 if answers == [("200 OK", pixel.GIF)] * 3 else 3)
+            finally:
+                os._exit(4)
+        os.close(write_end)
+        said, deadline = b"", time.monotonic() + 30
+        while time.monotonic() < deadline:   # a child that hangs must not hang the suite
+            if select.select([read_end], [], [], deadline - time.monotonic())[0]:
+                chunk = os.read(read_end, 65536)
+                if not chunk:
+                    break
+                said += chunk
+        else:
+            os.kill(child, signal.SIGKILL)
+        os.close(read_end)
+        said = said.decode()
+        self.assertEqual(os.waitpid(child, 0)[1], 0)
+        self.assertEqual(said, "pixel: make_wsgi_app ran in process %d, and this worker %d was "
+                         "forked from it (gunicorn --preload, uWSGI without --lazy-apps): "
+                         "forwarding and `pixel.py erase` do not work here; build the app in "
+                         "the worker\n" % (os.getpid(), child))
+        stderr = io.StringIO()
+        with unittest.mock.patch("sys.stderr", stderr):
+            self.assertEqual(get(3), ("200 OK", pixel.GIF))
+        self.assertEqual(stderr.getvalue(), "")
+        with open(events) as handle:
+            self.assertEqual([json.loads(line)["messageId"] for line in handle],
+                             ["m0", "m1", "m2", "m3"])
 
 
 def gunicorn_command():
@@ -14047,6 +14377,78 @@ class EraseFiles(unittest.TestCase):
         self.assertEqual(pixel.ledger_ids(ledger)[0], sorted(
             pixel.identifier_digest(name) for name in ("alice", "carol")))
 
+    def test_an_erase_whose_done_line_the_disk_cuts_short_says_its_ledger_says_started(self):
+        # The erase is done, but its ledger's "done" line does not fit (RLIMIT_FSIZE, in a
+        # child, as above): said, exit 1, and the ledger ends with the whole "started" line,
+        # which names the person (`erase --ledger` reads it), never with a piece of a line.
+        path = self.log("events.jsonl", person_lines("alice", 3) + person_lines("bob", 2))
+        ledger = os.path.join(self.dir, ".pixel", "erase-ledger.json")
+        pixel._append_ledger(ledger, pixel.People(["carol"]), "done", [
+            {"path": "/var/lib/pixel/events.jsonl.%d" % number, "status": "erased"}
+            for number in range(60)])   # a ledger larger than the log, which is copied
+        size = os.path.getsize(ledger)
+        started = os.path.join(temp_dir(self), "started.json")
+        pixel._append_ledger(started, pixel.People(["bob"]), "started", [])
+        script = (
+            "import resource, signal, sys; sys.path.insert(0, %r); import pixel\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (%d, resource.RLIM_INFINITY))\n"
+            "sys.exit(pixel.main(['erase', '--user-id', 'bob', '--apply', %r]))\n" % (
+                HERE, size + os.path.getsize(started) + 16, path))   # a pid's digits may differ
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                text=True, timeout=60)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(result.stderr, "pixel: erase: cannot write the ledger %s: No space "
+                         "left on device; its last line says started\n" % ledger)
+        self.assertEqual(self.read(path), b"".join(person_lines("alice", 3)))
+        with open(ledger, "rb") as handle:
+            lines = handle.read().split(b"\n")
+        self.assertEqual(lines[-1], b"")
+        self.assertEqual([json.loads(line)["status"] for line in lines[:-1]], ["done", "started"])
+        self.assertEqual(pixel.ledger_ids(ledger)[0], sorted(
+            pixel.identifier_digest(name) for name in ("bob", "carol")))
+
+    @unittest.skipIf(pixel.fcntl is None, "flock")
+    def test_a_rotated_file_is_not_erased_while_its_pixel_cannot_be_held(self):
+        # A rotated file named alone, of a log a running pixel writes (a LogWriter's flock
+        # here): that pixel's forwarder must be held first. Another erase at work on the live
+        # log (its request, of a live process) keeps it from being asked: the rotated file is
+        # refused, whole, not erased behind the forwarder's back (which would send it again).
+        log = self.log("events.jsonl", person_lines("alice", 2))
+        rotated = self.log("events.jsonl.20261118T000000.000Z",
+                           person_lines("bob", 2) + person_lines("alice", 2))
+        writer = pixel.LogWriter(log)
+        self.addCleanup(writer.close)
+        other = pixel.EraseRequest(log, pixel.Reporter(io.StringIO()))
+        other.claim()
+        self.addCleanup(pixel.EraseRequest.finish, [other])
+        status, out, err = self.erase("--user-id", "bob", "--apply", rotated)
+        self.assertEqual(status, 1, (out, err))
+        self.assertEqual(err, "pixel: erase: %s: another erase (pid %d) is at work on it: not "
+                         "erased\n" % (rotated, os.getpid()))
+        self.assertEqual(self.read(rotated), b"".join(person_lines("bob", 2) +
+                                                      person_lines("alice", 2)))
+
+    @unittest.skipIf(pixel.fcntl is None, "flock")
+    def test_a_log_whose_pixel_never_answers_is_refused_after_the_wait_not_erased(self):
+        # A pixel older than 2.1 (here a LogWriter's flock, and no EraseDesk) writes the log:
+        # after ERASE_WAIT the log is refused, whole, and erase exits 1; never rewritten
+        # under a pixel that still appends to it (its lines would go to the replaced file).
+        log = self.log("events.jsonl", person_lines("alice", 2) + person_lines("bob", 2))
+        writer = pixel.LogWriter(log)
+        self.addCleanup(writer.close)
+        with unittest.mock.patch("pixel.ERASE_WAIT", 0.1):
+            status, out, err = self.erase("--user-id", "bob", "--apply", log)
+        self.assertEqual(status, 1, (out, err))
+        self.assertEqual(err, "pixel: erase: %s: the pixel that holds it did not answer the "
+                         "erase request in 0 s (is it older than 2.1? If the file was moved by "
+                         "hand and pixel still forwards it, name pixel's live log too): not "
+                         "erased\n" % log)
+        self.assertEqual(self.read(log), b"".join(person_lines("alice", 2) +
+                                                  person_lines("bob", 2)))
+        self.assertEqual(writer.write([b'{"n":1}\n']), 1)
+        self.assertFalse(os.path.exists(pixel.erase_request_path(log)))
+
     def test_a_full_disk_at_the_end_of_an_erase_is_said_not_a_traceback(self):
         # The attack pass: the "done" state of a request, written when the disk was full,
         # raised out of erase_command; the request is removed all the same, so the pixel
@@ -14533,6 +14935,53 @@ class EraseFiles(unittest.TestCase):
 class EraseCheckpoints(ForwardingCase):
     """A forwarder's checkpoint follows the files erase replaces: it goes on where it was,
     in the new file, and sends every other event once."""
+
+    def held_by_an_erase_at_start(self):
+        """(receiver, writer, forwarder, erase request): m0-m4 written; a pixel's forwarder
+        and EraseDesk started while an erase (this process) is at work on the log."""
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        self.write(writer, range(5))
+        request = pixel.EraseRequest(writer.path, self.reporter)
+        request.claim()
+        self.addCleanup(pixel.EraseRequest.finish, [request])
+        forwarder = self.forwarder(receiver.url, writer, start=False)
+        desk = pixel.EraseDesk([writer], forwarder, self.reporter)
+        with unittest.mock.patch("pixel.ERASE_POLL", 0.5):   # its first look: after this
+            desk.start()
+        self.addCleanup(desk.stop)
+        return receiver, writer, forwarder, request
+
+    def test_a_pixel_started_during_an_erase_forwards_only_once_the_erase_has_ended(self):
+        # EraseDesk.start holds the forwarder while an erase replaces its files; the erase
+        # ending before the desk's first look must still let it go (else: held for ever).
+        receiver, writer, forwarder, request = self.held_by_an_erase_at_start()
+        self.assertTrue(forwarder.status()["held"])
+        self.assertEqual(receiver.posts, [])
+        pixel.EraseRequest.finish([request])   # before the desk's first look
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 5, timeout=5))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(5)])
+        self.assertTrue(wait_until(lambda: forwarder.held is None))
+        self.assertEqual(pixel.pixel_rotations(writer.path), [])   # it answered no request
+        self.assertEqual(self.stderr.getvalue(), "")
+
+    def test_a_resume_whose_checkpoint_cannot_be_written_is_said_and_tried_again(self):
+        # The checkpoint made immutable (chattr +i): resume() cannot save where it starts,
+        # says so, stays held with its files closed, and resumes at a later look.
+        receiver, writer, forwarder, request = self.held_by_an_erase_at_start()
+        checkpoint = pixel.state_path(writer.path, "forward")
+        chattr(self, "i", checkpoint)
+        pixel.EraseRequest.finish([request])
+        self.assertTrue(wait_until(lambda: "cannot answer" in self.stderr.getvalue()))
+        self.assertEqual(self.stderr.getvalue(), "pixel: cannot answer an erase request: "
+                         "cannot forward again after the erase: Operation not permitted\n")
+        self.assertIsNotNone(forwarder.held)
+        self.assertEqual(receiver.posts, [])
+        subprocess.run(["chattr", "-i", checkpoint], check=True)
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 5, timeout=5))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(5)])
+        self.assertTrue(wait_until(lambda: forward_checkpoint(writer.path)[1] ==
+                                   os.path.getsize(writer.path)))
 
     def test_a_checkpoint_whose_done_list_is_not_all_text(self):
         # A backfill's checkpoint edited by hand, or written by something else: erase passes
