@@ -5355,6 +5355,8 @@ class MaxConnections(ServerCase):
                 if not keep_alive or connection is not None and connection.sock is None:
                     connection.close()
                     connection = None
+            if connection is not None:
+                connection.close()
 
         threads = [threading.Thread(target=client, args=("k%d" % n, True)) for n in range(2)]
         threads += [threading.Thread(target=client, args=("n%d" % n, False)) for n in range(2)]
