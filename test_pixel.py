@@ -9148,6 +9148,7 @@ class ForwardingAttacked(ForwardingCase):
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(10)])
         self.assertEqual(self.stderr.getvalue(), "")
 
+    @soak
     def test_a_stop_while_a_line_of_gigabytes_is_measured_comes_at_once(self):
         # 16 GiB of NULs with no newline (a hole: no disk used) appended to the live file
         # after m0-m2, then a rotation: the forwarder measures that "line", a MiB a read, to
@@ -15316,6 +15317,7 @@ class EraseCheckpoints(ForwardingCase):
         self.addCleanup(desk.stop)
         return receiver, writer, forwarder, request
 
+    @soak
     def test_a_pixel_started_during_an_erase_forwards_only_once_the_erase_has_ended(self):
         # EraseDesk.start holds the forwarder while an erase replaces its files; the erase
         # ending before the desk's first look must still let it go (else: held for ever).
@@ -15329,6 +15331,7 @@ class EraseCheckpoints(ForwardingCase):
         self.assertEqual(pixel.pixel_rotations(writer.path), [])   # it answered no request
         self.assertEqual(self.stderr.getvalue(), "")
 
+    @soak
     def test_a_resume_whose_checkpoint_cannot_be_written_is_said_and_tried_again(self):
         # The checkpoint made immutable (chattr +i): resume() cannot save where it starts,
         # says so, stays held with its files closed, and resumes at a later look.
