@@ -7039,6 +7039,19 @@ class ForwardingCase(unittest.TestCase):
         writer.reopen()
         return aside
 
+    def forwarded_then_stopped(self, numbers):
+        """(receiver, writer): `numbers` written and forwarded to a FakeReceiver, its
+        checkpoint at the file's end, then the forwarder stopped and closed."""
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        self.write(writer, numbers)
+        forwarder = self.forwarder(receiver.url, writer)
+        self.assertTrue(wait_until(lambda: forward_checkpoint(writer.path)[1] ==
+                                   os.path.getsize(writer.path)))
+        forwarder.stop(5)
+        forwarder.close()
+        return receiver, writer
+
     def moved_aside_and_a_new_file(self):
         """(receiver, down, writer, forwarder, aside path): the receiver refusing, m0-m4
         written, the live file moved by hand to aside.jsonl, m5-m9 written to a new one."""
@@ -8801,14 +8814,7 @@ class ForwardingRestarts(ForwardingCase):
         # A power cut lost the log's last lines after they were sent: the checkpoint stands
         # past the file's end. Forwarding goes on from the end, and sends each line written
         # there since; from the old offset it would skip them, or read from mid-line.
-        receiver = FakeReceiver(self)
-        writer = self.writer()
-        self.write(writer, range(40))
-        forwarder = self.forwarder(receiver.url, writer)
-        self.assertTrue(wait_until(lambda: forward_checkpoint(writer.path)[1] ==
-                                   os.path.getsize(writer.path)))
-        forwarder.stop(5)
-        forwarder.close()
+        receiver, writer = self.forwarded_then_stopped(range(40))
         writer.close()
         cut = len(b"".join(log_event(number) for number in range(30)))
         self.assertGreater(cut, 4096)   # the checkpoint's head is all still there
@@ -9131,14 +9137,7 @@ class ForwardingAttacked(ForwardingCase):
         # A folder and a FIFO named as pixel's rotation names its files, made after the
         # checkpoint: the restart opened each as a file to send, and the forwarder did not
         # start (a FIFO would have blocked it).
-        receiver = FakeReceiver(self)
-        writer = self.writer()
-        self.write(writer, range(5))
-        forwarder = self.forwarder(receiver.url, writer)
-        self.assertTrue(wait_until(lambda: forward_checkpoint(writer.path)[1] ==
-                                   os.path.getsize(writer.path)))
-        forwarder.stop(5)
-        forwarder.close()
+        receiver, writer = self.forwarded_then_stopped(range(5))
         os.mkdir(writer.path + ".20261118T110640.250Z")
         os.mkfifo(writer.path + ".20261118T110640.251Z")
         self.write(writer, range(5, 10))
