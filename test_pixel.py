@@ -3940,12 +3940,6 @@ def chattr(test, flag, path):
     test.addCleanup(subprocess.run, ["chattr", "-" + flag, path], capture_output=True)
 
 
-def append_only(test, path):
-    """Make the file at `path` append-only (chattr +a): it is written, never cut, renamed or
-    removed (EPERM); undone at cleanup."""
-    chattr(test, "a", path)
-
-
 class AppendOnlyLog(unittest.TestCase):
     """The cuts a LogWriter makes to take back what a failed write left (a torn line, a failed
     call's lines), refused by the file system: an append-only file on a real, full tmpfs."""
@@ -3967,7 +3961,7 @@ class AppendOnlyLog(unittest.TestCase):
         # its line to the torn piece (one garbled line, the event in it lost to readers).
         self.assertEqual(self.writer.write([b'{"n":0}\n']), 1)
         filler = fill_disk(self, self.dir)
-        append_only(self, self.path)
+        chattr(self, "a", self.path)
         self.assertEqual(self.writer.write([b'{"pad":"' + b"x" * 8000 + b'"}\n']), 0)
         self.assertGreater(os.path.getsize(self.path), 8, "a torn piece is left")
         self.assertIn("cannot write %s: Operation not permitted" % self.path,
@@ -3983,7 +3977,7 @@ class AppendOnlyLog(unittest.TestCase):
         # The first chunk (1 MiB) fits, the second finds the disk full, and the first cannot
         # be cut: its lines are on disk, so write() says so (the recorder puts them in the
         # dedupe window, and the client's retry writes only the rest), not 0.
-        append_only(self, self.path)
+        chattr(self, "a", self.path)
         filler = fill_disk(self, self.dir)
         os.truncate(filler, os.path.getsize(filler) - pixel.MAX_WRITE_BYTES)   # 256 pages free
         lines = [b'{"n":%04d,"pad":"%s"}\n' % (number, b"x" * 4076) for number in range(260)]
@@ -4000,7 +3994,7 @@ class AppendOnlyLog(unittest.TestCase):
         self.writer.close()
         second = self.path + ".20261205T000000.000Z"
         os.link(self.path, second)
-        append_only(self, self.path)   # both names: one inode
+        chattr(self, "a", self.path)   # both names: one inode
         writer = pixel.LogWriter(self.path, reporter=pixel.Reporter(self.stderr))
         self.addCleanup(writer.close)
         self.assertIn("cannot remove %s, a second name of %s: Operation not permitted"
@@ -4014,7 +4008,7 @@ class AppendOnlyLog(unittest.TestCase):
         self.writer.close(discard=True)
         self.assertFalse(os.path.exists(self.path))
         kept = pixel.LogWriter(self.path, reporter=pixel.Reporter(self.stderr))
-        append_only(self, self.path)
+        chattr(self, "a", self.path)
         kept.close(discard=True)
         self.assertTrue(os.path.exists(self.path))
         self.assertEqual(self.stderr.getvalue(), "pixel: cannot remove %s, made by a start "
@@ -4930,35 +4924,24 @@ class OddHttp(ServerCase):
         reply = self.raw(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n")
         self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:40])
 
-    def unfinished(self, data):
-        """Send `data` and nothing more, the socket left open: all the server sends before it
-        closes (at once, or at its request_timeout of 1 s: no answer, a 408 at most)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(data)
-            chunks = []
-            with contextlib.suppress(ConnectionResetError):   # the answer read, the rest not
-                while chunk := sock.recv(65536):
-                    chunks.append(chunk)
-        return b"".join(chunks)
-
     def test_a_request_line_is_refused_once_over_64_kib_not_when_its_end_arrives(self):
         line = b"GET /v1/pixel/track?writeKey=k&userId=u&event=e&pad=" + b"x" * 70000
-        reply = self.unfinished(line)
+        reply = self.raw(line)
         self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF),
                         reply[:40])
         self.assertEqual(self.lines("rejects.jsonl")[0]["reason"], "uri_too_long")
-        reply = self.unfinished(b"GET /elsewhere?pad=" + b"x" * 70000)
+        reply = self.raw(b"GET /elsewhere?pad=" + b"x" * 70000)
         self.assertTrue(reply.startswith(b"HTTP/1.1 414 "), reply[:40])
         self.assertQuietStderr()
 
     def test_a_head_is_refused_once_over_128_kib_not_when_its_blank_line_arrives(self):
         headers = b"".join(b"X-%d: %s\r\n" % (number, b"v" * 2000) for number in range(70))
-        reply = self.unfinished(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\n"
+        reply = self.raw(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\n"
                                 b"Host: x\r\n" + headers)
         self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(pixel.GIF),
                         reply[:40])
         self.assertEqual(self.lines("rejects.jsonl")[0]["reason"], "headers_too_large")
-        reply = self.unfinished(b"GET /health HTTP/1.1\r\nHost: x\r\n" + headers)
+        reply = self.raw(b"GET /health HTTP/1.1\r\nHost: x\r\n" + headers)
         self.assertTrue(reply.startswith(b"HTTP/1.1 431 "), reply[:40])
         self.assertEqual(self.lines(), [])
         self.assertQuietStderr()
