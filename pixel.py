@@ -1957,11 +1957,10 @@ WRITTEN_HERE = set()   # the paths this process's LogWriters hold: a clash here 
 
 class LogWriter:
     """Appends whole lines to a file (O_APPEND) before the caller answers; rotates past
-    `max_bytes`, keeping `keep` (as RotatingFileHandler); follows a rename or delete by someone
-    else (as WatchedFileHandler); takes a failed write back whole, counted in `failed`; holds
-    an exclusive flock: one process owns a log. A reader of every line (the forwarder,
-    `readable=True`) calls follow(), then takes the files opened since from changes(); `keep`
-    spares those in `pinned` (None: all, while no queue follows: LogQueue.close)."""
+    `max_bytes`, keeping `keep` (as RotatingFileHandler); follows a rename or delete by others
+    (as WatchedFileHandler); takes a failed write back whole (`failed`); flocks the file: one
+    process owns a log. A reader of every line (the forwarder, `readable=True`) calls follow(),
+    then takes files opened since from changes(); `keep` spares those in `pinned` (None: all)."""
 
     def __init__(self, path, *, max_bytes=0, keep=0, clock=time.time, reporter=None,
                  readable=False):
@@ -2017,7 +2016,7 @@ class LogWriter:
 
     def committed(self):
         """(the open file's identity, where its last whole line ends, lines written) at once;
-        the end follows a cut made under it (copytruncate), as the forwarder's backlog must."""
+        the end follows a cut made under it (copytruncate), as the backlog and rotation must."""
         with self._lock:
             if self._fd is not None:
                 size = os.fstat(self._fd).st_size
@@ -2090,8 +2089,9 @@ class LogWriter:
                 first = self._identity
                 for chunk, count in _chunks(lines, min(self.max_bytes or MAX_WRITE_BYTES,
                                                        MAX_WRITE_BYTES)):
-                    if self.max_bytes and self._size and self._size + len(chunk) > \
-                            self.max_bytes and not 0 <= now - self._rotate_failed_at < 1:
+                    if self.max_bytes and self._size + len(chunk) > self.max_bytes and not \
+                            0 <= now - self._rotate_failed_at < 1 and self.committed()[1] and \
+                            self._size + len(chunk) > self.max_bytes:   # by its real size
                         try:
                             self._rotate()
                         except OSError as error:   # a try a second; the lines go on
@@ -2178,7 +2178,7 @@ class LogWriter:
         with self._lock:
             self._drop_changes()
             self._follow_path(None)
-            return self._rotate() if self._fd is not None and self._size else None
+            return self._rotate() if self._fd is not None and self.committed()[1] else None
 
     def _rotate(self):
         """Rename the file and open a new one: its new name, or OSError, the file still open."""

@@ -3129,6 +3129,23 @@ class PathsThatMove(unittest.TestCase):
         self.assertEqual((read_bytes(path + ".moved"), read_bytes(path)), (line * 2, line))
         self.assertEqual(stderr.getvalue(), "")
 
+    def test_a_copytruncate_leaves_no_empty_file_to_rotate(self):
+        # A known seam until 2026-12-05: without --forward nothing measured the file after a
+        # copytruncate, so the next write, by the size it had been, renamed the emptied file.
+        stderr, now, writer, path = self.two_lines_a_file()
+        self.assertEqual(writer.write([LINE_51, LINE_51]), 2)
+        os.truncate(path, 0)   # logrotate's copytruncate, after its copy
+        self.assertEqual(writer.write([LINE_51]), 1)
+        self.assertEqual((pixel.pixel_rotations(path), read_bytes(path), writer.cuts),
+                         ([], LINE_51, 1))
+        self.assertEqual((writer.write([LINE_51]), writer.write([LINE_51])), (1, 1))   # past 110
+        self.assertEqual([read_bytes(name) for name in pixel.pixel_rotations(path)],
+                         [LINE_51 * 2])
+        self.assertEqual((read_bytes(path), stderr.getvalue()), (LINE_51, ""))
+        os.truncate(path, 0)
+        self.assertIsNone(writer.rotate_now())   # an erase's: nothing to rotate in it
+        self.assertEqual(len(pixel.pixel_rotations(path)), 1)
+
     def test_a_rotation_just_after_an_outside_swap_renames_no_file_but_its_own(self):
         # mv events.jsonl kept; a new file at the path (logrotate's create): a rotation before
         # the writer's next look renamed the new file, and named it as the one written, so
