@@ -28,6 +28,12 @@ can split a line): the client's payload plus "type", "messageId", "receivedAt", 
 "context.ip" and "context.userAgent". With --max-bytes the live file is renamed to
 <log>.<UTC stamp> before a line would take it past the size, and never renamed again.
 
+The file reads top to bottom, each section under a "# ----" rule, calling only the ones above
+it: constants; the pure core (decode, validate, enrich, encode, addresses); HTTP as plain
+values; what operators see (stderr, /health, /metrics); log files; machine opens; people to
+forget; the recorder and its App; the HTTP transport; WSGI; the forwarder; erasing beside a
+running pixel; configuration; wiring; report; erase; the command line.
+
 Copyright (c) 2026 the pixel authors. The MIT License; its text is in LICENSE.
 SPDX-License-Identifier: MIT
 """
@@ -720,8 +726,8 @@ def dedupe_key(write_key, message_id, machine=False):
     return "%s%d:%s:%s" % ("m" if machine else "", len(write_key), write_key, message_id)
 
 
-# --------------------------------------------------------------------------------------------
-# Addresses: which one a request came from, and how --anonymize-ip truncates it
+# Addresses, of the same pure core: which one a request came from, and how --anonymize-ip
+# truncates it (enrich above calls these; these call the decoding above).
 
 def _address(text):
     """An ip_address, IPv4-mapped IPv6 read as IPv4; None if `text` is not an address."""

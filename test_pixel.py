@@ -14,6 +14,7 @@ import argparse
 import ast
 import atexit
 import base64
+import bisect
 import collections
 import contextlib
 import errno
@@ -13644,8 +13645,8 @@ class ReportCommand(unittest.TestCase):
 
 class Shape(unittest.TestCase):
     """What issue 20 asks of the file's shape, held: no class over 250 lines, an __all__ of
-    at most 20 names, help(pixel) under 1,000 lines, no line over 99 characters, and
-    nothing imported from outside the standard library."""
+    at most 20 names, help(pixel) under 1,000 lines, no line over 99 characters, sections
+    that call only those above them, and nothing imported from outside the standard library."""
 
     def setUp(self):
         with open(pixel.__file__, encoding="utf-8") as handle:
@@ -13664,6 +13665,28 @@ class Shape(unittest.TestCase):
         self.assertEqual([name for name in pixel.__all__ if not hasattr(pixel, name)], [])
         self.assertLess(len(pydoc.render_doc(pixel, renderer=pydoc.plaintext).splitlines()),
                         1000)
+
+    def test_each_section_calls_only_the_ones_above_it(self):
+        # Issue 20: "nothing earlier calling into a later section", as the docstring says.
+        lines = self.source.splitlines()
+        rules = [number for number, line in enumerate(lines, 1) if line.startswith("# ----")]
+        tree = ast.parse(self.source)
+        section = {}   # a top-level name: the number of its section
+        for node in tree.body:
+            for target in ([node] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else
+                           getattr(node, "targets", [])):
+                section[getattr(target, "name", getattr(target, "id", None))] = \
+                    bisect.bisect(rules, node.lineno)
+        later = []
+        for node in tree.body:
+            local = {sub.arg for sub in ast.walk(node) if isinstance(sub, ast.arg)} | {
+                sub.id for sub in ast.walk(node)   # a parameter or variable of that name
+                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store)}
+            here = bisect.bisect(rules, node.lineno)
+            later += [(sub.lineno, sub.id) for sub in ast.walk(node) if isinstance(sub, ast.Name)
+                      and section.get(sub.id, 0) > here and sub.id not in local]
+        self.assertGreater(len(rules), 15)
+        self.assertEqual(later, [])
 
     @unittest.skipIf(sys.version_info < (3, 10), "sys.stdlib_module_names is 3.10's")
     def test_stdlib_only(self):
