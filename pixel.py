@@ -7438,9 +7438,9 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
         start = handle.read(6)
     archive = start.startswith(b"\x1f\x8b")
     _refuse_packed(start)
-    if not archive and os.path.lexists(path + ".gz"):   # gzip makes it, then removes this
-        return erasure, "%s.gz is beside it: a gzip of it may be under way; erase %s.gz once " \
-            "it is done (and this, if it is still here)" % (path, path)
+    problem = _gzip_beside(path, archive)
+    if problem is not None:
+        return erasure, problem
     if not apply:
         erasure.scan()
         return erasure, _too_common(erasure, max_share) or (
@@ -7468,7 +7468,9 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
         os.fchmod(fd, stat.S_IMODE(before.st_mode))
         os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))   # the order of rotations
         os.fsync(fd)
-        problem = _changed(path, before, held)   # again, after the slow part
+        # Again, after the slow part, in which a gzip may have begun: done, it would remove
+        # the new file by its name, and leave its .gz of the old one.
+        problem = _changed(path, before, held) or _gzip_beside(path, archive)
         if problem is not None:
             return erasure, problem
         old, new = (before.st_dev, before.st_ino), (before.st_dev, os.fstat(fd).st_ino)
@@ -7507,6 +7509,15 @@ def _hard_links(path, status, names=1):
     return "it has %d names (hard links): erased by one, it would stay whole by the others; " \
         "remove those (`find %s -samefile %s` lists the ones beside it), then erase again" % (
             status.st_nlink, os.path.dirname(os.path.abspath(path)), path)
+
+
+def _gzip_beside(path, archive):
+    """Why a plain file with a .gz beside it is not replaced, else None: gzip makes the .gz,
+    fills it from the file it opened, then removes the file by its name, whichever is there."""
+    if archive or not os.path.lexists(path + ".gz"):
+        return None
+    return "%s.gz is beside it: a gzip of it may be under way; erase %s.gz once it is done " \
+        "(and this, if it is still here)" % (path, path)
 
 
 def _changed(path, before, held):
@@ -8002,9 +8013,9 @@ def build_erase_parser():
     parser.add_argument("--ledger", metavar="FILE", help="erase again everyone an erase "
                         "ledger (.pixel/erase-ledger.json) names: after restoring a backup")
     parser.add_argument("--follow", action="store_true", help="also erase the anonymousIds "
-                        "the logs link to a given userId (its events of any type that carry "
-                        "both), in events with no other userId, and the ids its aliases link "
-                        "it to, theirs in turn")
+                        "the logs link to a given userId, or an id of --ledger's (its events "
+                        "of any type that carry both), in events with no other userId, and "
+                        "the ids its aliases link it to, theirs in turn")
     parser.add_argument("--apply", action="store_true", help="erase; without it, only say "
                         "what would go")
     parser.add_argument("--max-share", type=_share, default=0.5, metavar="FRACTION",
@@ -8029,8 +8040,10 @@ def erase_command(argv=None, stdout=None):
         for value in args.email:
             if "@" not in value and value.strip()[:7].lower() != "sha256:":
                 raise ValueError("--email %r is not an address" % value[:80])
-        user_ids = People(args.user_id)
         named, followed = ledger_ids(args.ledger) if args.ledger else ((), ())
+        # --follow starts from a ledger's ids too (it does not say which were userIds): a
+        # former userId, whose alias an earlier erase took, links what came since only so.
+        user_ids = People(args.user_id + list(named))
         people = People(args.user_id + args.anonymous_id + args.email + list(named))
         for digest in followed:
             people.follow(digest)
@@ -8046,7 +8059,7 @@ def erase_command(argv=None, stdout=None):
     second_of = collections.Counter(os.path.realpath(log) for log in second.values()
                                     if not args.apply)
     if args.follow and user_ids:
-        own = People(args.user_id)
+        own = People(args.user_id + list(named))
         for _ in range(MAX_FOLLOW_ROUNDS):   # a former or new userId an alias adds links on
             linked = sorted((link, count) for link, count in linked_ids(
                 args.files, user_ids).items() if link[0] == "anonymousId" or
@@ -8183,8 +8196,13 @@ def _deleted_rotation(path, error, reporter):
     oldest first, and nothing in it is left to erase (said). A name that sorts among the
     files left, or after them, was never there: a mistake. One gzipped since is not gone:
     `error` is made to say so."""
+    if not isinstance(error, FileNotFoundError):
+        return False
+    if os.path.lexists(path + ".gz"):   # gzipped since (cron, logrotate): not gone
+        error.strerror = "gzipped since it was named: run erase again with %s.gz" % path
+        return False
     match = _ROTATED.search(os.path.basename(path))
-    if not isinstance(error, FileNotFoundError) or not match or not match.group(1):
+    if not match or not match.group(1):
         return False
     log, named = path[:len(path) - len(match.group(0))], _rotation_key(match)
     try:
@@ -8194,9 +8212,6 @@ def _deleted_rotation(path, error, reporter):
     except OSError:   # no such folder
         return False
     if named >= (left[0][:2] if left else (_stamp(time.time()), 0)):
-        return False
-    if os.path.lexists(path + ".gz"):   # gzipped since (cron, logrotate): not gone
-        error.strerror = "gzipped since it was named: run erase again with %s.gz" % path
         return False
     reporter.say("erase: %s: gone since it was named (--keep deletes the oldest): nothing "
                  "in it to erase" % path)

@@ -15467,6 +15467,277 @@ class EraseUnrotatable(unittest.TestCase):
         self.assertNotIn("run it again", said)   # it would fail again: a newcomer's pass
 
 
+class EraseBesideAGzip(unittest.TestCase):
+    """A gzip of a rotated file (logrotate's compress, a cron, an operator) at each moment of
+    an erase of it, run where the erase is then (a hook in a call erase makes): the real
+    gzip; and, where one must be caught between its steps, those steps as gzip 1.12 takes
+    them (the .gz made, filled from the file it opened, then the file removed by its name,
+    whichever file is there by then). At every moment, a file erase calls erased holds none
+    of the person, no one else's line is lost from the file and its .gz together, and a file
+    not done exits 1, named."""
+
+    MOMENTS = ("after erase held it, before its look", "as erase opens it to copy",
+               "just before the replace", "just after the replace")
+
+    def setUp(self):
+        if shutil.which("gzip") is None:
+            self.skipTest("needs gzip")
+        self.lines = person_lines("bob", 6) + person_lines("alice", 4)
+        random.Random(5).shuffle(self.lines)
+        self.whole = b"".join(self.lines)
+        self.bobs = b"".join(line for line in self.lines if b'"bob"' in line)
+        self.finish = lambda: None
+
+    def write(self):
+        self.dir = temp_dir(self, "pixel-erase-")
+        self.path = os.path.join(self.dir, "events.jsonl.20261118T000000.000Z")
+        with open(self.path, "wb") as handle:
+            handle.write(self.whole)
+
+    def gzip(self):
+        subprocess.run(["gzip", self.path], check=True, capture_output=True, timeout=30)
+
+    def begin_gzip(self):
+        """gzip's first step: the file opened, its .gz made (O_EXCL); the rest (finish)
+        once the erase has returned."""
+        source = open(self.path, "rb")
+        self.addCleanup(source.close)
+        packed = open(self.path + ".gz", "xb")
+        self.addCleanup(packed.close)
+
+        def finish():
+            packed.write(gzip.compress(source.read()))
+            packed.close()
+            os.remove(self.path)   # by its name: the new file, if erase put one there
+        self.finish = finish
+
+    def erase(self, moment, gzip_then):
+        """erase --apply of the file with `gzip_then` run at `moment`: (status, stdout,
+        stderr, whether the file held the person when erase returned)."""
+        erase_file, open_log_stream, replace = (
+            pixel.erase_file, pixel.open_log_stream, os.replace)
+
+        def before_the_look(*args, **options):
+            gzip_then()
+            return erase_file(*args, **options)
+
+        def opened_to_copy(*args):
+            opened = open_log_stream(*args)
+            gzip_then()
+            return opened
+
+        def replacing(source, target):
+            if target == self.path and moment == "just before the replace":
+                gzip_then()
+            replace(source, target)
+            if target == self.path and moment == "just after the replace":
+                gzip_then()
+
+        hook = dict(zip(self.MOMENTS, (
+            ("pixel.erase_file", before_the_look), ("pixel.open_log_stream", opened_to_copy),
+            ("os.replace", replacing), ("os.replace", replacing))))[moment]
+        with unittest.mock.patch(*hook):
+            status, out, err = main_in_this_process(["erase", "--user-id", "alice", "--apply",
+                                                     self.path])
+        held = os.path.exists(self.path) and b'"alice"' in read_bytes(self.path)
+        return status, out, err, held
+
+    def files(self):
+        """(The file, its .gz unpacked), None for one not there."""
+        return tuple(unpack(read_bytes(path)) if os.path.exists(path) else None
+                     for path, unpack in ((self.path, bytes),
+                                          (self.path + ".gz", gzip.decompress)))
+
+    def assert_kept_and_said(self, status, out, err, held):
+        """What holds at every moment (see the class)."""
+        self.assertNotIn("Traceback", err)
+        left = collections.Counter(line for data in self.files() if data
+                                   for line in data.splitlines(keepends=True))
+        for line in self.bobs.splitlines(keepends=True):
+            self.assertGreaterEqual(left[line], 1, "bob's line lost")
+        if "%s: erased" % self.path in out:
+            self.assertFalse(held, "said erased, but the file held alice")
+        if any(b'"alice"' in line for line in left):
+            self.assertEqual(status, 1, (out, err))
+            self.assertIn("erase: %s: " % self.path, err)
+        self.assertEqual([name for name in os.listdir(self.dir) if name.endswith(".tmp")], [])
+        ledger = os.path.join(self.dir, ".pixel", "erase-ledger.json")
+        if os.path.exists(ledger):
+            with open(ledger) as handle:
+                last = json.loads(handle.read().splitlines()[-1])
+            self.assertEqual(last["status"], "partial" if status else "done")
+
+    def test_a_whole_gzip_at_each_moment_of_an_erase(self):
+        # Done before the look, or during the copy: the file is gone, its .gz whole. Done
+        # before the replace: erase's copy is put at the name gzip removed, beside the .gz.
+        # Done after it: the .gz is of the new file, but erase cannot tell, and says so.
+        gzipped = "gzipped since it was named: run erase again with %s.gz"
+        began = "erased, but a gzip of it began meanwhile, from the old file: erase %s.gz once"
+        whole, bobs = self.whole, self.bobs
+        for moment, said, files in zip(self.MOMENTS, (gzipped, gzipped, began, began), (
+                (None, whole), (None, whole), (bobs, whole), (None, bobs))):
+            with self.subTest(moment):
+                self.write()
+                status, out, err, held = self.erase(moment, self.gzip)
+                self.assert_kept_and_said(status, out, err, held)
+                self.assertEqual(status, 1)
+                self.assertIn(said % self.path, err)
+                self.assertEqual(self.files(), files)
+
+    def test_a_gzip_begun_at_each_moment_of_an_erase(self):
+        # Begun before the replace's last look, the file is left whole: once the gzip is
+        # done, its .gz is all there is, person included, and erase said not erased.
+        # Begun between that look and the rename, or after it, erase says the gzip began.
+        beside = "%s.gz is beside it: a gzip of it may be under way"
+        began = "%s: erased, but a gzip of it began meanwhile, from the old file"
+        for moment, said, packed in zip(self.MOMENTS, (beside, beside, began, began), (
+                self.whole, self.whole, self.whole, self.bobs)):
+            with self.subTest(moment):
+                self.write()
+                status, out, err, held = self.erase(moment, self.begin_gzip)
+                self.assert_kept_and_said(status, out, err, held)
+                self.finish()
+                self.assert_kept_and_said(status, out, err, held)
+                self.assertEqual(status, 1)
+                self.assertIn(said % self.path, err)
+                if said == beside:
+                    self.assertIn("%s: left alone (see stderr)" % self.path, out)
+                self.assertEqual(self.files(), (None, packed))
+
+    def test_erase_and_gzip_as_processes_one_after_the_other(self):
+        # gzip done between the shell's glob and erase: said, exit 1, then erased as the
+        # .gz. And gzip of a file erase has just replaced: the .gz holds no one erased.
+        self.write()
+        self.gzip()
+        erase = [sys.executable, PIXEL_RUN, "erase", "--user-id", "alice", "--apply"]
+        result = subprocess.run(erase + [self.path], capture_output=True, text=True,
+                                timeout=60)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(result.stderr, "pixel: erase: %s: gzipped since it was named: run "
+                         "erase again with %s.gz: not erased\n" % (self.path, self.path))
+        self.assertEqual(self.files(), (None, self.whole))
+        result = subprocess.run(erase + [self.path + ".gz"], capture_output=True, text=True,
+                                timeout=60)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        self.assertEqual(self.files(), (None, self.bobs))
+        self.write()
+        result = subprocess.run(erase + [self.path], capture_output=True, text=True,
+                                timeout=60)
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        self.gzip()
+        self.assertEqual(self.files(), (None, self.bobs))
+
+
+class EraseFollowedAgain(unittest.TestCase):
+    """`erase --follow` run again with the ledger of the first: after more was logged (the
+    ledger holds digests only: it follows on from those), and after a first one killed."""
+
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-erase-")
+        self.first = [logged("alice", kind="identify", anonymous="a-1"),
+                      logged(None, kind="page", anonymous="a-1"),
+                      logged("alice", kind="alias", previousId="old-alice"),
+                      logged("old-alice", anonymous="b-9"), logged(None, anonymous="b-9"),
+                      logged("bob", anonymous="x"), logged("carol")]
+        # Logged since: alice's browsers, new and old, old-alice's new browser (the alias
+        # that named old-alice erased), and alice's new userId, whose browser is new too.
+        self.since = [logged("alice", anonymous="a-2"), logged(None, anonymous="a-2"),
+                      logged(None, anonymous="a-1"), logged("old-alice", anonymous="b-7"),
+                      logged(None, anonymous="b-7"),
+                      logged("alice-new", kind="alias", previousId="alice"),
+                      logged("alice-new", anonymous="a-3"), logged(None, anonymous="a-3"),
+                      logged("dave", anonymous="d")]
+        self.ledger = os.path.join(self.dir, ".pixel", "erase-ledger.json")
+
+    def ledger_lines(self):
+        with open(self.ledger) as handle:
+            return [json.loads(line) for line in handle]
+
+    def test_a_second_run_follows_on_from_the_ids_the_first_found(self):
+        path = write_log(self.dir, "events.jsonl", self.first)
+        status, out, err = main_in_this_process(["erase", "--user-id", "alice", "--follow",
+                                                 "--apply", "--max-share", "1", path])
+        self.assertEqual((status, err), (0, ""))
+        first = self.ledger_lines()[-1]
+        self.assertEqual((first["ids"], first["followed"]), (
+            sorted(map(digest, ["alice", "old-alice"])), sorted(map(digest, ["a-1", "b-9"]))))
+        with open(path, "ab") as handle:
+            handle.write(b"".join(line + b"\n" for line in self.since))
+        kept = [logged("bob", anonymous="x"), logged("carol"), logged("dave", anonymous="d")]
+        for again in (["--ledger", self.ledger], ["--ledger", self.ledger, "--user-id", "alice"]):
+            with self.subTest(again):
+                copy = write_file(temp_dir(self), "events.jsonl", read_bytes(path))
+                status, out, err = main_in_this_process(
+                    ["erase", "--follow", "--apply", "--max-share", "1"] + again + [copy])
+                self.assertEqual((status, err), (0, ""))
+                self.assertIn("%s: erased 8 of 11 line(s)" % copy, out)
+                self.assertEqual(read_bytes(copy).splitlines(), kept)
+                self.assertIn("--follow: anonymousId b-7 (1 event(s))", out)
+                self.assertIn("(their deletion APIs take userIds): alice, alice-new, "
+                              "old-alice\n", out)
+                ledger = os.path.join(os.path.dirname(copy), ".pixel", "erase-ledger.json")
+                with open(ledger) as handle:
+                    started, done = [json.loads(line) for line in handle]
+                self.assertEqual([started["status"], done["status"]], ["started", "done"])
+                for line in (started, done):
+                    self.assertEqual((line["ids"], line["followed"]), (
+                        sorted(map(digest, ["alice", "alice-new", "old-alice"])),
+                        sorted(map(digest, ["a-1", "a-2", "a-3", "b-7", "b-9"]))))
+                self.assertEqual(done["files"], [{"path": copy, "lines": 11, "erased": 8,
+                                                  "as_text": 0, "status": "erased"}])
+
+    def test_a_run_again_after_a_kill_9_before_the_replace_finishes_the_job(self):
+        # Killed with its copy of the second file written and synced, before the rename:
+        # the first file erased, the second whole, the ledger's last line "started". The
+        # run again from that ledger alone erases the rest and says done.
+        names = [write_log(self.dir, "events.jsonl.2026111%dT000000.000Z" % day, lines)
+                 for day, lines in ((7, self.first), (8, self.since))]
+        stopped = os.path.join(self.dir, "stopped")
+        script = (
+            "import os, sys, time; sys.path.insert(0, %r); import pixel\n"
+            "replace = os.replace\n"
+            "def stop_before(source, target):\n"
+            "    if target == %r:\n"
+            "        open(%r, 'w').close()\n"
+            "        time.sleep(60)\n"
+            "    replace(source, target)\n"
+            "os.replace = stop_before\n"
+            "sys.exit(pixel.main(['erase', '--user-id', 'alice', '--follow', '--apply',\n"
+            "                     '--max-share', '1', %r, %r]))\n" % (
+                HERE, names[1], stopped, names[0], names[1]))
+        eraser = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        self.addCleanup(eraser.wait)
+        self.addCleanup(eraser.kill)
+        self.assertTrue(wait_until(lambda: os.path.exists(stopped), 30))
+        eraser.kill()
+        eraser.wait()
+        copy = os.path.join(self.dir, ".%s.erase-%d.tmp" % (os.path.basename(names[1]),
+                                                            eraser.pid))
+        self.assertTrue(os.path.exists(copy))
+        self.assertEqual(read_bytes(names[0]).splitlines(),
+                         [logged("bob", anonymous="x"), logged("carol")])
+        self.assertEqual(read_bytes(names[1]).splitlines(), self.since)
+        killed = self.ledger_lines()
+        self.assertEqual([line["status"] for line in killed], ["started"])
+        status, out, err = main_in_this_process(["erase", "--ledger", self.ledger, "--follow",
+                                                 "--apply", "--max-share", "1"] + names)
+        self.assertEqual((status, err), (0, ""))
+        self.assertFalse(os.path.exists(copy))
+        self.assertEqual(read_bytes(names[0]).splitlines(),
+                         [logged("bob", anonymous="x"), logged("carol")])
+        self.assertEqual(read_bytes(names[1]).splitlines(), [logged("dave", anonymous="d")])
+        lines = self.ledger_lines()
+        self.assertEqual([line["status"] for line in lines], ["started", "started", "done"])
+        self.assertEqual(lines[1]["pid"], lines[2]["pid"])
+        self.assertNotEqual(lines[0]["pid"], lines[2]["pid"])
+        self.assertEqual([(entry["path"], entry["erased"], entry["status"])
+                          for entry in lines[2]["files"]],
+                         [(names[0], 0, "erased"), (names[1], 8, "erased")])
+        self.assertEqual(lines[2]["ids"], sorted(map(digest, ["alice", "alice-new",
+                                                              "old-alice"])))
+
+
 class ErasePixelProcess(unittest.TestCase):
     """`pixel.py erase --apply` beside a running pixel.py that takes traffic, rotates and
     forwards: nobody else's answered event is lost or written twice, each is forwarded once,
