@@ -7258,7 +7258,7 @@ class FileErasure:
     def __init__(self, path, people, needles=None):
         self.path, self.people, self.needles = path, people, needles
         self.lines = self.erased = self.as_text = 0
-        self.replaced = False   # by a copy without them (erase_file)
+        self.replaced = self.scanned = False   # by a copy without them (erase_file); read
         self.user_ids = set()   # of the erased events, for the receivers' deletion APIs
         self.first = b""        # the new file's first 4096 bytes (of its content)
         self._starts, self._before = array.array("q"), array.array("q")
@@ -7267,7 +7267,7 @@ class FileErasure:
         """Read the file, calling `write(bytes)` with the lines kept. OSError, EOFError or
         zlib.error for one that cannot be read to its end."""
         offset = erased_bytes = kept_bytes = 0
-        kept = []
+        kept, self.scanned = [], True
         stream, raw = open_log_stream(self.path)
         try:
             for line in stream:
@@ -8160,11 +8160,13 @@ def erase_command(argv=None, stdout=None):
             results.append({"path": path, "lines": erasure.lines, "erased": erasure.erased,
                             "as_text": erasure.as_text, "status": "refused" if left else
                             "erased" if args.apply else "dry run"})
-            # Not "would erase" for a file an --apply run leaves alone (a newcomer's find).
+            # Not "would erase" for a file an --apply run leaves alone (a newcomer's find), nor
+            # "0 of 0" for one left before it was read (a .gz beside it, not the file held).
             stdout.write("%s: %s %d of %d line(s)%s\n" % (
                 path, "left alone (see stderr), matching" if left else "erased"
                 if args.apply else "would erase", erasure.erased, erasure.lines,
-                " (%d matched as text: not JSON)" % erasure.as_text if erasure.as_text else ""))
+                " (%d matched as text: not JSON)" % erasure.as_text if erasure.as_text else "")
+                if erasure.scanned else "%s: left alone (see stderr), unread\n" % path)
         if args.apply:
             try:
                 _append_ledger(ledger, people, "done" if not status else "partial", results)
