@@ -1958,6 +1958,16 @@ def _take_back(fd, lines):
     return None
 
 
+def why_not_rotated(error):
+    """The OSError a rotation's rename met, in words. EBUSY: the log is a mount point (a file
+    bind-mounted into a container), which no rename or delete can move; only the folder's
+    mount lets a rotation or logrotate work."""
+    if error.errno == errno.EBUSY:
+        return "%s (a file mounted on its own cannot be renamed: mount its folder)" % (
+            error.strerror or error)
+    return error.strerror or error
+
+
 WRITTEN_HERE = set()   # the paths this process's LogWriters hold: a clash here waits for nothing
 
 
@@ -2103,8 +2113,8 @@ class LogWriter:
                         except OSError as error:   # a try a second; the lines go on
                             self._rotate_failed_at = now
                             self._reporter.say("cannot rotate %s: %s; writing on past "
-                                               "--max-bytes" % (self.path, error.strerror or
-                                                                error), key="rotate " + self.path)
+                                               "--max-bytes" % (self.path, why_not_rotated(
+                                                   error)), key="rotate " + self.path)
                     self._append_linked(chunk)
                     if self._identity != first:   # a rotation or a relink: a new file
                         first, kept = self._identity, done
@@ -5800,6 +5810,17 @@ def register_forwarder(forwarder, metrics):
                       lambda field=field: forwarder.status(True)[field])
 
 
+def unsecret(status, write_key):
+    """A forwarder's `status` with --forward-write-key's `write_key` named, not shown: unlike
+    --write-key's, which a pixel's HTML holds, it lets whoever has it send to the receiver,
+    and /health answers anyone (a 401 pauses it: paused_write_key; an answer may quote it)."""
+    if not write_key:
+        return status
+    return dict(status, **{name: status[name].replace(write_key, "(--forward-write-key)")
+                           for name in ("paused_write_key", "last_error", "receiver_fault")
+                           if isinstance(status.get(name), str)})
+
+
 def backfill_checkpoint(path, target):
     """The document of a backfill's checkpoint at `path`; ValueError if it cannot be read, or
     is of files sent to another `target`."""
@@ -6062,7 +6083,7 @@ class Forwarder:
                   "degraded": paused or age > self.alert}
         if for_metrics:
             status.update(paused=int(paused), last_success_time=float(self.last_success or 0))
-        return status
+        return unsecret(status, self.write_key)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4887,7 +4887,9 @@ class WriteKeyAllowList(ServerCase):
         self.addCleanup(forwarder.close)
         self.addCleanup(forwarder.stop, 5)
         forwarder.start()
-        self.assertTrue(wait_until(lambda: forwarder.status()["paused_write_key"] == "wrong"))
+        self.assertTrue(wait_until(lambda: forwarder.receiver.paused_key == "wrong"))
+        # --forward-write-key's: /health names it, never shows it (PublicHealth)
+        self.assertEqual(forwarder.status()["paused_write_key"], "(--forward-write-key)")
         self.assertIn("401", forwarder.status()["last_error"])
         self.assertEqual((forwarder.sent, self.lines()), (0, []))
 
@@ -11727,6 +11729,360 @@ class Metrics(unittest.TestCase):
                                     timeout=60)
             self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertEqual(len(re.findall(r"^\s+- alert: ", rules, re.M)), 3)
+
+
+def bind_mount(test, source, target):
+    """mount --bind `source` onto `target` (a file onto a file, or a folder onto a folder),
+    undone at cleanup even when the test fails: a real mount point, whose rename or unlink
+    the kernel refuses (EBUSY), and from which a rename is cross-device (EXDEV: mv copies
+    and deletes), as no mock could. Skips where mount is missing or not permitted."""
+    try:
+        result = subprocess.run(["mount", "--bind", source, target], capture_output=True,
+                                text=True, timeout=30)
+    except FileNotFoundError:
+        test.skipTest("no mount here (util-linux)")
+    if result.returncode:
+        test.skipTest("cannot mount --bind here (%s)" % result.stderr.strip())
+    test.addCleanup(subprocess.run, ["umount", "-l", target], capture_output=True)
+
+
+def made_folder(*parts):
+    path = os.path.join(*parts)
+    os.makedirs(path)
+    return path
+
+
+class BindMounts(unittest.TestCase):
+    """A log that a container or host bind-mounts, as a file or a folder, under a real
+    pixel.py process that rotates (--max-bytes) and forwards; and the mv of a log onto or
+    off such a mount, which crosses devices (EXDEV): mv copies the file, then deletes it."""
+
+    def setUp(self):
+        self.dir = temp_dir(self, "pixel-bind-")
+        self.stderr_path = os.path.join(self.dir, "stderr.txt")
+
+    def start(self, log, receiver, *argv):
+        with open(self.stderr_path, "a") as stderr:
+            return start_pixel(self, "--log", log, "--max-bytes", "1000", "--forward",
+                               receiver.url, *argv, stderr=stderr)
+
+    def said(self):
+        return read_text(self.stderr_path).splitlines()
+
+    def answer(self, port, numbers):
+        for number in numbers:
+            fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e&messageId=m%d"
+                      % number)
+
+    def hup(self, process, count):
+        """SIGHUP, and wait for the `count`th "reopened" line: the logs reopened."""
+        process.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: sum("reopened" in line for line in self.said())
+                                   == count, 5))
+
+    def ids_in(self, paths):
+        return sorted((event["messageId"] for path in paths
+                       for event in map(json.loads, read_bytes(path).splitlines())),
+                      key=lambda id: int(id[1:]))
+
+    def test_a_bind_mounted_log_file_is_written_on_and_forwarded_saying_so_once(self):
+        # A file mounted on its own can be neither renamed nor removed (EBUSY): each rotation
+        # fails. pixel writes on past --max-bytes, says so once (not a traceback, not a line
+        # a request), and through a SIGHUP and a restart forwards every answered event once.
+        source, logs = made_folder(self.dir, "disk"), made_folder(self.dir, "logs")
+        log = os.path.join(logs, "events.jsonl")
+        open(os.path.join(source, "events.jsonl"), "ab").close()
+        open(log, "ab").close()
+        bind_mount(self, os.path.join(source, "events.jsonl"), log)
+        receiver = FakeReceiver(self)
+        process, port = self.start(log, receiver)
+        self.answer(port, range(10))
+        self.hup(process, 1)
+        self.answer(port, range(10, 20))
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 20, 5))
+        process.terminate()
+        self.assertEqual(process.wait(10), 0)
+        process, port = self.start(log, receiver)   # it starts on the mount point, too
+        self.answer(port, range(20, 25))
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 25, 5))
+        self.assertEqual(fetch_json(port, "/health")["write_errors"], 0)
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(25)])
+        self.assertEqual(self.ids_in([os.path.join(source, "events.jsonl")]),
+                         ["m%d" % number for number in range(25)])
+        self.assertGreater(os.path.getsize(log), 4000)   # past --max-bytes: never rotated
+        self.assertEqual(pixel.pixel_rotations(log), [])
+        busy = "pixel: cannot rotate %s: Device or resource busy (a file mounted on its own " \
+            "cannot be renamed: mount its folder); writing on past --max-bytes" % log
+        self.assertEqual(self.said(), [
+            busy, "pixel: reopened %s and %s (SIGHUP)" % (log, os.path.join(logs,
+                                                                            "rejects.jsonl")),
+            busy])   # once a start: at most once in 10 s (BindMountedWriter)
+
+    def moved_across_a_mount(self, log, moved_to):
+        """A pixel writing `log` answers 24 pixels while its receiver holds the first batch;
+        after the 12th, `mv` moves its live file to `moved_to`, across a mount (a copy, then a
+        delete of the original); after the 18th, a SIGHUP. Then the receiver takes all: each
+        event arrives once, in order, and each is on disk once, in `moved_to` or the log's."""
+        receiver, held, hold = receiver_holding(self, "m0")
+        process, port = self.start(log, receiver)
+        self.answer(port, range(12))
+        self.assertTrue(held.wait(5))   # m1-m11 wait in the file mv deletes
+        inode = os.stat(log).st_ino
+        moved = subprocess.run(["mv", log, moved_to], capture_output=True, text=True)
+        self.assertEqual((moved.returncode, moved.stderr), (0, ""))
+        self.assertNotEqual(os.stat(moved_to).st_ino, inode)   # copied: EXDEV, not renamed
+        self.answer(port, range(12, 18))
+        self.hup(process, 1)
+        self.answer(port, range(18, 24))
+        hold.set()
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 24, 5))
+        time.sleep(0.2)   # nothing more, nor again
+        expected = ["m%d" % number for number in range(24)]
+        self.assertEqual(receiver.ids(), expected)
+        self.assertGreaterEqual(len(pixel.pixel_rotations(log)), 2)
+        self.assertEqual(self.ids_in([moved_to, log] + pixel.pixel_rotations(log)), expected)
+        self.assertEqual([line for line in self.said() if "reopened" not in line], [])
+        self.assertEqual(fetch_json(port, "/health")["write_errors"], 0)
+
+    def test_a_log_moved_off_a_bind_mounted_folder_is_sent_whole_once(self):
+        # In a bind-mounted folder, rotation works as in any folder. mv of the live file off
+        # the mount is a copy and a delete: the events written before the delete are sent
+        # from pixel's descriptor of the deleted file, those after it go to a new file.
+        source, logs = made_folder(self.dir, "disk"), made_folder(self.dir, "logs")
+        bind_mount(self, source, logs)
+        self.moved_across_a_mount(os.path.join(logs, "events.jsonl"),
+                                  os.path.join(made_folder(self.dir, "aside"), "moved.jsonl"))
+
+    def test_a_log_moved_onto_a_bind_mounted_folder_is_sent_whole_once(self):
+        source, mounted = made_folder(self.dir, "disk"), made_folder(self.dir, "mounted")
+        bind_mount(self, source, mounted)
+        self.moved_across_a_mount(os.path.join(made_folder(self.dir, "logs"), "events.jsonl"),
+                                  os.path.join(mounted, "moved.jsonl"))
+
+
+class BindMountedWriter(unittest.TestCase):
+    """The LogWriter alone on a file bind-mounted on its own, whose rename fails each time."""
+
+    def test_a_rotation_that_cannot_rename_is_said_once_an_interval(self):
+        # 200 writes, a clock's half second apart, all past --max-bytes: each second a
+        # rotation is tried, and fails; 100 s say it 10 times, not 100 or 200.
+        folder = temp_dir(self, "pixel-bind-")
+        path, source = os.path.join(folder, "events.jsonl"), os.path.join(folder, "disk.jsonl")
+        for name in (path, source):
+            open(name, "ab").close()
+        bind_mount(self, source, path)
+        now, stderr = [T0], io.StringIO()
+        writer = pixel.LogWriter(path, max_bytes=300, clock=lambda: now[0],
+                                 reporter=pixel.Reporter(stderr, clock=lambda: now[0]))
+        self.addCleanup(writer.close)
+        renames = []
+        real_rename = os.rename
+
+        def rename(*args):
+            renames.append(args)
+            return real_rename(*args)
+
+        with unittest.mock.patch("os.rename", rename):
+            for number in range(200):
+                self.assertEqual(writer.write([log_event(number)]), 1)
+                now[0] += 0.5
+        self.assertEqual(read_bytes(source).count(b"\n"), 200)
+        self.assertEqual((len(renames), writer.rotations), (100, 0))
+        lines = stderr.getvalue().splitlines()
+        self.assertEqual(len(lines), 10)
+        self.assertTrue(all("Device or resource busy (a file mounted on its own" in line
+                            for line in lines), lines)
+
+
+_PROMETHEUS_SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)'
+                                r'(\{[a-zA-Z_]\w*="(?:[^"\\\n]|\\[\\"n])*"'
+                                r'(?:,[a-zA-Z_]\w*="(?:[^"\\\n]|\\[\\"n])*")*\})? (\S+)\Z')
+
+
+def prometheus_samples(test, text):
+    """{(name, labels): value} of `text`, checked against Prometheus's text format 0.0.4:
+    one HELP and TYPE a family, before its samples; each sample of a family declared, its
+    labels quoted and escaped, its value a number, no series twice."""
+    test.assertTrue(text.endswith("\n"), text[-200:])
+    kinds, samples = {}, {}
+    for line in text[:-1].split("\n"):
+        if line.startswith("# HELP "):
+            test.assertRegex(line, r"\A# HELP [a-zA-Z_:][a-zA-Z0-9_:]* ")
+        elif line.startswith("# TYPE "):
+            name, kind = line[len("# TYPE "):].split(" ")
+            test.assertNotIn(name, kinds)
+            test.assertIn(kind, ("counter", "gauge", "histogram", "summary", "untyped"))
+            kinds[name] = kind
+        else:
+            match = _PROMETHEUS_SAMPLE.match(line)
+            test.assertIsNotNone(match, line)
+            name, labels, value = match.groups()
+            family = name if name in kinds else re.sub(r"_(bucket|sum|count)\Z", "", name)
+            test.assertIn(family, kinds, line)
+            test.assertNotIn((name, labels), samples, line)
+            samples[name, labels] = float(value)   # a ValueError if no number
+    return samples
+
+
+def exchange(port, data, timeout=5):
+    """(status, headers, body) of the one answer a server on `port` sends to `data` on a
+    fresh connection, read to its close, with nothing after it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        stream = sock.makefile("rb")
+        status, headers, body, _ = read_response(stream)
+        rest = stream.read()
+        stream.close()
+    if rest:
+        raise AssertionError("more after the answer: %r" % rest[:200])
+    return status, headers, body
+
+
+class PublicHealth(unittest.TestCase):
+    """/health (always open) and /metrics (open unless --metrics-token) of a pixel.py
+    exposed to anyone, attacked: what they show, and what hostile requests get back."""
+
+    SECRETS = ("S3cretForwardKey", "t0k3n-for-metrics")   # --forward-write-key, --metrics-token
+
+    def start(self, receiver, *argv, stderr=subprocess.DEVNULL):
+        self.dir = temp_dir(self, "pixel-health-")
+        return start_pixel(self, "--log", os.path.join(self.dir, "events.jsonl"), "--forward",
+                           receiver.url, "--forward-write-key", self.SECRETS[0],
+                           "--metrics-token", self.SECRETS[1], "--write-key", "K", *argv,
+                           stderr=stderr)
+
+    def assertNoSecret(self, data):
+        for secret in self.SECRETS:
+            self.assertNotIn(secret.encode(), data)
+
+    def test_the_forward_write_key_is_named_never_shown(self):
+        # A receiver that refuses --forward-write-key (401: paused) or is no receiver (404:
+        # receiver_fault), quoting the key: /health answered anyone with the key itself, in
+        # paused_write_key and last_error. Segment's server source takes events under it.
+        secret = self.SECRETS[0]
+        for status, field in ((401, "paused_write_key"), (404, "receiver_fault")):
+            with self.subTest(status=status):
+                receiver = FakeReceiver(self, lambda receiver, user, events, status=status: (
+                    status, {}, b"no source for writeKey " + user.encode()))
+                _, port = self.start(receiver)
+                fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e")
+                self.assertTrue(wait_until(lambda: fetch_json(port, "/health")["forward"][
+                    field], 5))
+                self.assertEqual(receiver.posts[0][1], secret)   # sent under it, still
+                forward = fetch_json(port, "/health")["forward"]
+                self.assertIn("no source for writeKey (--forward-write-key)",
+                              forward["last_error"])
+                if status == 401:
+                    self.assertEqual(forward["paused_write_key"], "(--forward-write-key)")
+                for request in (b"GET /health", b"HEAD /health", b"GET /metrics"):
+                    answer = exchange(port, request + b" HTTP/1.1\r\nHost: a\r\nConnection: "
+                                      b"close\r\nAuthorization: Bearer %s\r\n\r\n"
+                                      % self.SECRETS[1].encode())
+                    self.assertEqual(answer[0], 200)
+                    self.assertNoSecret(b"%r" % (answer,))
+
+    def test_hostile_requests_during_rotations_and_a_sighup_get_well_formed_answers(self):
+        # Four clients send each request below over and over, while slow clients hold
+        # connections open, pixels rotate the log and a SIGHUP reopens it: each answer is
+        # whole, /health's JSON, /metrics' Prometheus text, any other a fixed text; none
+        # quotes a secret; stderr says nothing but the SIGHUP's line.
+        receiver = FakeReceiver(self)
+        stderr = tempfile.TemporaryFile("w+")
+        self.addCleanup(stderr.close)
+        process, port = self.start(receiver, "--max-bytes", "1000", stderr=stderr)
+        bearer = b"Authorization: Bearer %s\r\n" % self.SECRETS[1].encode()
+        close = b"Host: a\r\nConnection: close\r\n"
+        cases = [   # (request, status, what the body is)
+            (b"GET /health HTTP/1.1\r\n" + close + b"\r\n", 200, "health"),
+            (b"GET /health?x HTTP/1.1\r\n" + close + b"\r\n", 200, "health"),
+            (b"GET /health?" + b"%00%ff%22%0d%0a<x>&a=b&a=" * 300 + b" HTTP/1.1\r\n" + close
+             + b"\r\n", 200, "health"),
+            (b"GET /health HTTP/1.1\r\n" + close + b"User-Agent: \xff\xfe<x>" + b"u" * 8000
+             + b"\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n", 200, "health"),
+            (b"GET http://elsewhere/health HTTP/1.1\r\n" + close + b"\r\n", 200, "health"),
+            (b"GET /health HTTP/1.0\r\n\r\n", 200, "health"),
+            (b"HEAD /health HTTP/1.1\r\n" + close + b"\r\n", 200, ""),
+            (b"GET /metrics HTTP/1.1\r\n" + close + bearer + b"\r\n", 200, "metrics"),
+            (b"GET /metrics?x=%22} HTTP/1.1\r\n" + close + bearer + b"\r\n", 200, "metrics"),
+            (b"HEAD /metrics HTTP/1.1\r\n" + close + bearer + b"\r\n", 200, ""),
+            (b"GET /metrics HTTP/1.1\r\n" + close + b"\r\n", 401, "Unauthorized"),
+            (b"GET /metrics HTTP/1.1\r\n" + close + bearer[:-2] + b"X\r\n\r\n", 401,
+             "Unauthorized"),
+            (b"GET /health/ HTTP/1.1\r\n" + close + b"\r\n", 404, "Not Found"),
+            (b"GET /x/../health HTTP/1.1\r\n" + close + b"\r\n", 404, "Not Found"),
+            (b"POST /health HTTP/1.1\r\n" + close + b"Content-Length: 2\r\n\r\nab", 405,
+             "Method Not Allowed"),
+            (b"OPTIONS /metrics HTTP/1.1\r\n" + close + b"\r\n", 405, "Method Not Allowed"),
+            (b"TRACE /health HTTP/1.1\r\n" + close + b"\r\n", 405, "Method Not Allowed"),
+            (b"GET /health?" + b"a" * 70000 + b" HTTP/1.1\r\n" + close + b"\r\n", 414,
+             "Request-URI Too Long"),
+            (b"GET /health HTTP/1.1\r\n" + close + b"X: " + b"y" * 70000 + b"\r\n\r\n", 431,
+             "Request Header Fields Too Large"),
+            (b"GET /health HTTP/1.1\r\n" + close + b"X: y\r\n" * 500 + b"\r\n", 431,
+             "Request Header Fields Too Large"),
+            (b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n", 400,
+             "Bad Request"),
+            (b"GET /health\r\n\r\n", 400, "Bad Request"),
+        ]
+        slow = []
+        for _ in range(5):   # a head begun, never ended
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            self.addCleanup(sock.close)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\n")
+            slow.append(sock)
+        problems, rounds, done = [], [], threading.Event()
+
+        def check(request, expected, body_is):
+            status, headers, body = exchange(port, request)
+            self.assertEqual(status, expected)
+            self.assertNoSecret(b"%r%r" % (headers, body))
+            if body_is == "health":
+                self.assertIn(json.loads(body)["status"], ("ok", "degraded"))
+            elif body_is == "metrics":
+                prometheus_samples(self, body.decode("utf-8"))
+            else:   # a HEAD's empty body, or the status's own phrase
+                self.assertEqual(body, body_is.encode() + b"\n" if body_is else b"")
+                self.assertGreater(int(headers["content-length"]), 0)
+
+        def client():
+            while True:   # each request at least once
+                for case in cases:
+                    try:
+                        check(*case)
+                    except (AssertionError, OSError, ValueError) as error:
+                        problems.append((case[0][:40], repr(error)[:300]))
+                rounds.append(1)
+                if done.is_set():
+                    return
+
+        clients = [threading.Thread(target=client) for _ in range(4)]
+        for thread in clients:
+            thread.start()
+        try:
+            for number in range(30):
+                fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=u&event=e&messageId=m%d"
+                          % number)
+                if number == 15:
+                    process.send_signal(signal.SIGHUP)
+        finally:
+            done.set()
+            for thread in clients:
+                thread.join(30)
+        self.assertEqual(problems, [])
+        self.assertGreaterEqual(len(rounds), 4)
+        self.assertGreaterEqual(len(pixel.pixel_rotations(os.path.join(self.dir,
+                                                                       "events.jsonl"))), 3)
+        self.assertTrue(wait_until(lambda: prometheus_samples(self, exchange(
+            port, cases[7][0])[2].decode())["pixel_forward_sent_events_total", None] == 30, 5))
+        self.assertEqual(len(receiver.taken), 30)
+
+        def said():
+            stderr.seek(0)
+            return stderr.read().splitlines()
+
+        self.assertTrue(wait_until(said, 5))
+        self.assertEqual(len(said()), 1, said())
+        self.assertRegex(said()[0], r"\Apixel: reopened .* \(SIGHUP\)\Z")
 
 
 def make_certificates(folder):
