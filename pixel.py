@@ -1958,6 +1958,20 @@ def _take_back(fd, lines):
     return None
 
 
+def _whole_end(fd, ours, torn):
+    """The end of the file at `fd`: shorter than `ours` (where our lines end) if cut under us
+    (copytruncate); longer by the whole lines another process appended (echo >>), else the
+    forwarder, which reads to it, would leave as many bytes of ours unsent; never by a torn
+    tail of ours (`torn`), nor half a line, nor at all if `fd` is write-only (unread)."""
+    end = os.fstat(fd).st_size
+    if end <= ours or torn:
+        return min(end, ours)
+    try:
+        return end if os.pread(fd, 1, end - 1) == b"\n" else ours
+    except OSError:   # EBADF: write-only
+        return ours
+
+
 def why_not_rotated(error):
     """The OSError a rotation's rename met, in words. EBUSY: the log is a mount point (a file
     bind-mounted into a container), which no rename or delete can move; only the folder's
@@ -2032,11 +2046,11 @@ class LogWriter:
 
     def committed(self):
         """(the open file's identity, where its last whole line ends, lines written) at once;
-        the end follows a cut made under it (copytruncate), as the backlog and rotation must."""
+        the end follows a cut (copytruncate), and whole lines others append (_whole_end)."""
         with self._lock:
             if self._fd is not None:
-                size = os.fstat(self._fd).st_size
-                self.cuts, self._size = self.cuts + (size < self._size), min(self._size, size)
+                size = _whole_end(self._fd, self._size, self._torn)
+                self.cuts, self._size = self.cuts + (size < self._size), size
             return self._identity, self._size, self.written
 
     def _open(self):
@@ -4325,9 +4339,15 @@ _KEY_STATUSES = (401, 403)            # ... nor anything under this writeKey, un
 _NOTHING_THERE_STATUSES = (404, 405)  # ... nor anything at this URL (nor after a 3xx)
 
 
-def _gist(answer):
-    """A receiver's answer in one short line, for stderr."""
-    return " ".join(answer[:200].split())
+def named_secret(text, secret):
+    """`text` with --forward-write-key's `secret` in it named, not shown."""
+    return text.replace(secret, "(--forward-write-key)") if secret else text
+
+
+def _gist(answer, secret=None):
+    """A receiver's answer in one short line, for stderr and /health: `secret` (its
+    --forward-write-key), which it may quote, named before it is cut (unsecret)."""
+    return " ".join(named_secret(answer, secret)[:200].split())
 
 
 def backoff_delay(failures, first=BACKOFF_FIRST, maximum=BACKOFF_MAX):
@@ -4381,6 +4401,7 @@ class Receiver:
         self.last_error = None
         self.backoff = 0.0           # the wait under way
         self.paused_key = None       # the configured writeKey a 401 or 403 stopped
+        self.secret = None           # --forward-write-key, never quoted (the Forwarder's)
         self.wrong_url = None        # its last answer saying nothing is at the URL
         self.gave_up = None          # why a backfill stopped for good
         self.between = lambda: None  # called during a wait (see pause), and a post (_watch)
@@ -4411,7 +4432,7 @@ class Receiver:
                     self._failing, self.backoff, self.paused_key, self.wrong_url = \
                         0, 0.0, None, None
                     return status, answer
-                problem = "%d %s" % (status, _gist(answer))
+                problem = "%d %s" % (status, _gist(answer, self.secret))
                 if status in _KEY_STATUSES:
                     delay = self.max_delay
                     fatal = "%s refused writeKey %s: %s; check --write-key or the receiver's " \
@@ -5679,7 +5700,7 @@ class Sender:
     def refusing_all(self):
         """Why the receiver, not the events, seems at fault; None while it is trusted."""
         return None if self.doubt is None else "it refuses every event, each alone: %d %s" % (
-            self.doubt[2], _gist(self.doubt[3]))
+            self.doubt[2], _gist(self.doubt[3], self.write_key))
 
     def send(self, log, items, end=None, complete=False):
         """Send `items` of `log` under the first one's key, or while the receiver is doubted
@@ -5816,7 +5837,7 @@ def unsecret(status, write_key):
     and /health answers anyone (a 401 pauses it: paused_write_key; an answer may quote it)."""
     if not write_key:
         return status
-    return dict(status, **{name: status[name].replace(write_key, "(--forward-write-key)")
+    return dict(status, **{name: named_secret(status[name], write_key)
                            for name in ("paused_write_key", "last_error", "receiver_fault")
                            if isinstance(status.get(name), str)})
 
@@ -5858,7 +5879,7 @@ class Forwarder:
         self.sender = Sender(receiver, write_key, self._refuse, self._acknowledge,
                              self.reporter, clock)
         self._caught_up_at = clock()   # all lines written before this were sent
-        receiver.between = self._look   # during a backoff or a post too
+        receiver.between, receiver.secret = self._look, write_key   # between: during a backoff
 
     def follow(self, writer):
         """Relay `writer`'s live log from its checkpoint, written at once (or OSError): a
@@ -6333,7 +6354,7 @@ class EraseDesk:
         try:
             return {"state": "ready", "rotated": writer.rotate_now()}
         except OSError as error:   # no inode or descriptor for the next file, a mount point
-            why = "cannot rotate %s: %s" % (writer.path, error.strerror or error)
+            why = "cannot rotate %s: %s" % (writer.path, why_not_rotated(error))
             self.said.add((request.get("pid"), request.get("started")))   # not "run it again"
             self.reporter.say("an erase (pid %s) stops: %s" % (request.get("pid"), why))
             return {"state": "failed", "error": why}

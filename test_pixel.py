@@ -7239,6 +7239,27 @@ class Forwarding(ForwardingCase):
         self.assertIsNone(forwarder.status()["paused_write_key"])
         self.assertEqual(self.rejects(), [])
 
+    def test_an_answer_cut_in_the_forward_write_key_shows_none_of_it(self):
+        # The attack pass on a298b2d: the answer quoted the key across the 200 characters
+        # last_error keeps of it, and the part shown, not the whole key, went unreplaced:
+        # /health showed anyone the key's first 15 characters (and a key with a space in it
+        # whole, as the answer's runs of spaces were made one first).
+        secret = "S3cretForwardKey  longer"
+        for status, field in ((401, "last_error"), (404, "receiver_fault")):
+            with self.subTest(status=status):
+                receiver = FakeReceiver(self, lambda receiver, user, events, status=status: (
+                    status, {}, b"x" * 170 + b" no source for " + user.encode()))
+                self.dir = temp_dir(self, "pixel-forward-")
+                writer = self.writer()
+                self.write(writer, [0])
+                forwarder = self.forwarder(receiver.url, writer, batch_events=1,
+                                           write_key=secret)
+                self.assertTrue(wait_until(lambda: forwarder.status()[field]))
+                shown = json.dumps(forwarder.status())
+                self.assertIn("no source for (--forward-w", shown)   # named, cut after
+                self.assertNotIn(secret[:4], shown)
+                forwarder.stop(5)
+
     @soak
     def test_kept_alive_connections_closed_by_the_receiver_cost_no_retry(self):
         receiver = FakeReceiver(self, lambda receiver, user, events: (
@@ -7721,6 +7742,28 @@ class ForwardingThroughRotation(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0 and
                                    forwarder.status()["bytes_behind"] == 0))
 
+
+    def test_a_line_another_process_appended_leaves_none_of_ours_unsent(self):
+        # The attack pass on a298b2d: the writer's end counted its own bytes alone, and the
+        # forwarder read the live file only to it: after an `echo >>` of one line, m8-m9,
+        # answered, were not sent until the next write, and that write's lines in turn.
+        receiver = FakeReceiver(self)
+        writer = self.writer(max_bytes=100000)
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(5))
+        self.assertTrue(wait_until(lambda: forwarder.sent == 5))
+        with open(writer.path, "ab") as handle:   # another process: echo >>
+            handle.write(log_event(100))
+        self.write(writer, range(5, 10))
+        self.assertTrue(wait_until(lambda: forwarder.sent == 11))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in (*range(5), 100,
+                                                                         *range(5, 10))])
+        end = os.path.getsize(writer.path)
+        self.assertEqual(writer.committed()[1], end)
+        with open(writer.path, "ab") as handle:   # half a line, no line: not to be sent yet
+            handle.write(b'{"half a')
+        self.assertEqual(writer.committed()[1], end)
+        self.assertFalse(wait_until(lambda: forwarder.status()["bytes_behind"], timeout=0.2))
 
     def test_a_copytruncate_takes_its_unsent_lines_out_of_the_backlog(self):
         # m5-m14, unsent, went with the cut to the copy (as it says), and /health said 10
@@ -15813,8 +15856,9 @@ class EraseUnrotatable(unittest.TestCase):
                                  stdout=subprocess.DEVNULL)
         erased = erase.communicate(timeout=60)[1]
         self.assertEqual(erase.returncode, 1, erased)
-        self.assertIn("the pixel that writes it cannot rotate %s: Device or resource busy"
-                      % log, erased)
+        # ... and why (the attack pass on a298b2d: said for a write's rotation, not this one)
+        self.assertIn("the pixel that writes it cannot rotate %s: Device or resource busy (a "
+                      "file mounted on its own cannot be renamed: mount its folder)" % log, erased)
         fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=carol&event=e")
         with open(log, "rb") as handle:
             self.assertEqual([json.loads(line)["userId"] for line in handle],
