@@ -2781,11 +2781,11 @@ class People:
             self._truncated = truncated or None
         return self._truncated
 
-    def digested(self):
+    def digested(self, truncated=True):
         """Every identifier as identifier_digest gives it, and its truncated() form, sorted:
         what the ledger holds, for an erase again (the followed ones apart, in
         followed.digested()). A digest has no truncated form: its id is not known."""
-        truncated = self.truncated() or People()
+        truncated = truncated and self.truncated() or People()
         return sorted({identifier_digest(text) for text in
                        self.ids | self.emails | truncated.ids | truncated.emails} |
                       {"sha256:" + digest for digest in self.digests})
@@ -8055,7 +8055,7 @@ def build_erase_parser():
     parser.add_argument("--ledger", metavar="FILE", help="erase again everyone an erase "
                         "ledger (.pixel/erase-ledger.json) names: after restoring a backup")
     parser.add_argument("--follow", action="store_true", help="also erase the anonymousIds "
-                        "the logs link to a given userId, or an id of --ledger's (its events "
+                        "the logs link to a given userId, or one --ledger names (its events "
                         "of any type that carry both), in events with no other userId, and "
                         "the ids its aliases link it to, theirs in turn")
     parser.add_argument("--apply", action="store_true", help="erase; without it, only say "
@@ -8082,10 +8082,11 @@ def erase_command(argv=None, stdout=None):
         for value in args.email:
             if "@" not in value and value.strip()[:7].lower() != "sha256:":
                 raise ValueError("--email %r is not an address" % value[:80])
-        named, followed = ledger_ids(args.ledger) if args.ledger else ((), ())
-        # --follow starts from a ledger's ids too (it does not say which were userIds): a
-        # former userId, whose alias an earlier erase took, links what came since only so.
-        user_ids = People(args.user_id + list(named))
+        named, followed, users = ledger_ids(args.ledger) if args.ledger else ((), (), ())
+        # --follow starts from a ledger's userIds too: a former userId, whose alias an earlier
+        # erase took, links what came since only so. Not from its other ids: an anonymousId
+        # or an address (or its truncated form, another's) would reach past that erase.
+        user_ids = People(args.user_id + list(users))
         people = People(args.user_id + args.anonymous_id + args.email + list(named))
         for digest in followed:
             people.follow(digest)
@@ -8101,7 +8102,7 @@ def erase_command(argv=None, stdout=None):
     second_of = collections.Counter(os.path.realpath(log) for log in second.values()
                                     if not args.apply)
     if args.follow and user_ids:
-        own = People(args.user_id + list(named))
+        own = People(args.user_id + list(users))
         for _ in range(MAX_FOLLOW_ROUNDS):   # a former or new userId an alias adds links on
             linked = sorted((link, count) for link, count in linked_ids(
                 args.files, user_ids).items() if link[0] == "anonymousId" or
@@ -8166,7 +8167,7 @@ def erase_command(argv=None, stdout=None):
                               "erase-ledger.json")
         if args.apply:
             try:   # no erase without its record
-                _append_ledger(ledger, people, "started", [])
+                _append_ledger(ledger, people, "started", [], user_ids)
             except OSError as error:
                 reporter.say("erase: cannot write the ledger %s: %s; nothing erased"
                              % (ledger, error.strerror or error))
@@ -8211,7 +8212,8 @@ def erase_command(argv=None, stdout=None):
                 if erasure.scanned else "%s: left alone (see stderr), unread\n" % path)
         if args.apply:
             try:
-                _append_ledger(ledger, people, "done" if not status else "partial", results)
+                _append_ledger(ledger, people, "done" if not status else "partial", results,
+                               user_ids)
                 stdout.write("ledger: %s\n" % ledger)
             except OSError as error:
                 reporter.say("erase: cannot write the ledger %s: %s; its last line says "
@@ -8402,12 +8404,14 @@ def _flock_free(path, locks):
     return True
 
 
-def _append_ledger(path, people, status, files):
-    """One line of the erase ledger: when, who (as digests only), what was done where."""
+def _append_ledger(path, people, status, files, user_ids=None):
+    """One line of the erase ledger: when, who (as digests only), what was done where; which
+    of them are `user_ids`, those a --follow again starts from."""
     make_state_folder(path)
     line = json.dumps({"time": format_time(time.time()), "pid": os.getpid(),
                        "status": status, "ids": people.digested(), "files": files,
-                       "followed": people.followed.digested() if people.followed else []},
+                       "followed": people.followed.digested() if people.followed else [],
+                       "user_ids": user_ids.digested(False) if user_ids else []},
                       sort_keys=True, ensure_ascii=True) + "\n"
     data = line.encode("ascii")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
@@ -8422,26 +8426,28 @@ def _append_ledger(path, people, status, files):
 
 
 def ledger_ids(path):
-    """(The digests of everyone an erase ledger names, those of the ids --follow added).
-    ValueError for a file that is not one, OSError for one that cannot be read."""
-    found, followed = set(), set()
+    """(The digests of everyone an erase ledger names, those of the ids --follow added, those
+    of its userIds: none in an older ledger). ValueError for a file that is not one,
+    OSError for one that cannot be read."""
+    found, followed, users = set(), set(), set()
     with open(open_file(path), "rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
                 entry = json.loads(line)
-                ids, more = entry["ids"], entry.get("followed", [])
-                if not isinstance(ids, list) or not isinstance(more, list) or \
-                        not all(isinstance(value, str) for value in ids + more):
+                ids, more, own = entry["ids"], entry.get("followed", []), entry.get("user_ids", [])
+                if not all(isinstance(field, list) for field in (ids, more, own)) or \
+                        not all(isinstance(value, str) for value in ids + more + own):
                     raise TypeError   # a string's letters would each be an id
             except (ValueError, KeyError, TypeError):   # TypeError: not an object
                 raise ValueError("%s line %d: not an erase ledger line" % (path, number))
             try:
-                People(ids + more)   # each one erase takes from the command line
+                People(ids + more + own)   # each one erase takes from the command line
             except ValueError as error:
                 raise ValueError("%s line %d: %s" % (path, number, error))
             found.update(ids)
             followed.update(more)
-    return sorted(found), sorted(followed)
+            users.update(own)
+    return sorted(found), sorted(followed), sorted(users)
 
 
 if __name__ == "__main__":

@@ -7742,11 +7742,11 @@ class ForwardingThroughRotation(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0 and
                                    forwarder.status()["bytes_behind"] == 0))
 
-
     def test_a_line_another_process_appended_leaves_none_of_ours_unsent(self):
-        # The attack pass on a298b2d: the writer's end counted its own bytes alone, and the
-        # forwarder read the live file only to it: after an `echo >>` of one line, m8-m9,
-        # answered, were not sent until the next write, and that write's lines in turn.
+        # Found by the attack pass on a298b2d, older than it: the writer's end counted its own
+        # bytes alone, and the forwarder read the live file only to it: after an `echo >>` of
+        # one line, m8-m9, answered, were not sent until the next write, and that write's
+        # lines in turn.
         receiver = FakeReceiver(self)
         writer = self.writer(max_bytes=100000)
         forwarder = self.forwarder(receiver.url, writer)
@@ -15161,7 +15161,7 @@ class EraseFiles(unittest.TestCase):
             for number in range(60)])   # a ledger larger than the log, which is copied
         size = os.path.getsize(ledger)
         started = os.path.join(temp_dir(self), "started.json")
-        pixel._append_ledger(started, pixel.People(["bob"]), "started", [])
+        pixel._append_ledger(started, pixel.People(["bob"]), "started", [], pixel.People(["bob"]))
         script = (
             "import resource, signal, sys; sys.path.insert(0, %r); import pixel\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
@@ -16090,6 +16090,36 @@ class EraseFollowedAgain(unittest.TestCase):
                         sorted(map(digest, ["a-1", "a-2", "a-3", "b-7", "b-9"]))))
                 self.assertEqual(done["files"], [{"path": copy, "lines": 11, "erased": 8,
                                                   "as_text": 0, "status": "erased"}])
+
+    def test_a_run_again_follows_from_the_userids_alone_never_past_the_first(self):
+        # The attack pass on f269f42, which followed from every id a ledger names: an
+        # --anonymous-id's rerun with --follow took bob's events through an alias whose
+        # previousId was that id, which the first erase had not followed. A ledger now names
+        # its userIds apart, and an older one, without them, starts --follow from none.
+        lines = [logged(None, anonymous="anon-fam"), logged(None, anonymous="anon-fam"),
+                 logged("bob", kind="alias", previousId="anon-fam"),
+                 logged("bob", anonymous="phone"), logged(None, anonymous="phone"),
+                 logged("carol")]
+        path = write_log(self.dir, "events.jsonl", lines)
+        erase = ["erase", "--follow", "--apply", "--max-share", "1"]
+        status, out, err = main_in_this_process(erase + ["--anonymous-id", "anon-fam", path])
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("%s: erased 3 of 6 line(s)" % path, out)   # the alias names it too
+        with open(self.ledger) as handle:
+            entries = [json.loads(line) for line in handle]
+        self.assertEqual([entry["user_ids"] for entry in entries], [[], []])
+        older = os.path.join(self.dir, "older.json")   # as 2.1.0 wrote it
+        with open(older, "w") as handle:
+            for entry in entries:
+                handle.write(json.dumps({key: value for key, value in entry.items()
+                                         if key != "user_ids"}) + "\n")
+        for ledger in (self.ledger, older):
+            with self.subTest(ledger=os.path.basename(ledger)):
+                write_log(self.dir, "events.jsonl", lines)   # a backup restored
+                status, out, err = main_in_this_process(erase + ["--ledger", ledger, path])
+                self.assertEqual((status, err), (0, ""))
+                self.assertIn("%s: erased 3 of 6 line(s)" % path, out)
+                self.assertEqual(read_bytes(path).splitlines(), lines[3:])
 
     def test_a_run_again_after_a_kill_9_before_the_replace_finishes_the_job(self):
         # Killed with its copy of the second file written and synced, before the rename:
