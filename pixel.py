@@ -2735,6 +2735,7 @@ class People:
         self.ids, self.emails, self.digests = set(), set(), set()
         self.followed = None   # follow()'s People
         self._truncated = False   # truncated()'s, till one is added
+        self.truncated_digests = set()   # "sha256:..." of truncated() forms a ledger names
         self.judging = collections.deque()   # requests judged by it now, for a reload to wait
         for entry in entries:
             self.add(entry)
@@ -2776,7 +2777,8 @@ class People:
         none has one. Such a form may name another's refused line too: an erase takes it."""
         if self._truncated is False:
             pairs = ((text, anonymize_addresses(text)) for text in self.ids | self.emails)
-            truncated = People(form for text, form in pairs if form != text)
+            truncated = People([form for text, form in pairs if form != text] +
+                               sorted(self.truncated_digests))
             truncated.followed = self.followed.truncated() if self.followed else None
             self._truncated = truncated or None
         return self._truncated
@@ -8082,7 +8084,8 @@ def erase_command(argv=None, stdout=None):
         for value in args.email:
             if "@" not in value and value.strip()[:7].lower() != "sha256:":
                 raise ValueError("--email %r is not an address" % value[:80])
-        named, followed, users = ledger_ids(args.ledger) if args.ledger else ((), (), ())
+        ledger = ledger_ids(args.ledger) if args.ledger else dict.fromkeys(LEDGER_IDS, ())
+        named, followed, users = ledger["ids"], ledger["followed"], ledger["user_ids"]
         # --follow starts from a ledger's userIds too: a former userId, whose alias an earlier
         # erase took, links what came since only so. Not from its other ids: an anonymousId
         # or an address (or its truncated form, another's) would reach past that erase.
@@ -8090,6 +8093,7 @@ def erase_command(argv=None, stdout=None):
         people = People(args.user_id + args.anonymous_id + args.email + list(named))
         for digest in followed:
             people.follow(digest)
+        people.truncated_digests.update(ledger["truncated"])   # in what is quoted alone
     except (OSError, ValueError) as error:
         parser.error(_people_error(error))
     if not people:
@@ -8409,7 +8413,8 @@ def _append_ledger(path, people, status, files, user_ids=None):
     of them are `user_ids`, those a --follow again starts from."""
     make_state_folder(path)
     line = json.dumps({"time": format_time(time.time()), "pid": os.getpid(),
-                       "status": status, "ids": people.digested(), "files": files,
+                       "status": status, "ids": people.digested(False), "files": files,
+                       "truncated": sorted(set(people.digested()) - set(people.digested(False))),
                        "followed": people.followed.digested() if people.followed else [],
                        "user_ids": user_ids.digested(False) if user_ids else []},
                       sort_keys=True, ensure_ascii=True) + "\n"
@@ -8425,29 +8430,34 @@ def _append_ledger(path, people, status, files, user_ids=None):
         os.close(fd)
 
 
+LEDGER_IDS = ("ids", "followed", "user_ids", "truncated")   # what a ledger line names
+
+
 def ledger_ids(path):
-    """(The digests of everyone an erase ledger names, those of the ids --follow added, those
-    of its userIds: none in an older ledger). ValueError for a file that is not one,
+    """{field of LEDGER_IDS: the digests an erase ledger's lines name in it}: everyone named,
+    the ids --follow added, the userIds among them, and the truncated forms (People.truncated)
+    of their addresses, to be matched in what is quoted alone (an older ledger holds no
+    user_ids, and its truncated forms among the ids). ValueError for a file that is not one,
     OSError for one that cannot be read."""
-    found, followed, users = set(), set(), set()
+    found = {field: set() for field in LEDGER_IDS}
     with open(open_file(path), "rb") as handle:
         for number, line in enumerate(handle, 1):
             try:
                 entry = json.loads(line)
-                ids, more, own = entry["ids"], entry.get("followed", []), entry.get("user_ids", [])
-                if not all(isinstance(field, list) for field in (ids, more, own)) or \
-                        not all(isinstance(value, str) for value in ids + more + own):
+                lists = {field: entry[field] if field == "ids" else entry.get(field, [])
+                         for field in LEDGER_IDS}
+                if not all(isinstance(value, list) and all(isinstance(text, str) for text in
+                                                           value) for value in lists.values()):
                     raise TypeError   # a string's letters would each be an id
             except (ValueError, KeyError, TypeError):   # TypeError: not an object
                 raise ValueError("%s line %d: not an erase ledger line" % (path, number))
             try:
-                People(ids + more + own)   # each one erase takes from the command line
+                People(sum(lists.values(), []))   # each one erase takes from the command line
             except ValueError as error:
                 raise ValueError("%s line %d: %s" % (path, number, error))
-            found.update(ids)
-            followed.update(more)
-            users.update(own)
-    return sorted(found), sorted(followed), sorted(users)
+            for field, values in lists.items():
+                found[field].update(values)
+    return {field: sorted(values) for field, values in found.items()}
 
 
 if __name__ == "__main__":
