@@ -8084,8 +8084,8 @@ def erase_command(argv=None, stdout=None):
         for value in args.email:
             if "@" not in value and value.strip()[:7].lower() != "sha256:":
                 raise ValueError("--email %r is not an address" % value[:80])
-        ledger = ledger_ids(args.ledger) if args.ledger else dict.fromkeys(LEDGER_IDS, ())
-        named, followed, users = ledger["ids"], ledger["followed"], ledger["user_ids"]
+        earlier = ledger_ids(args.ledger) if args.ledger else dict.fromkeys(LEDGER_IDS, ())
+        named, followed, users = earlier["ids"], earlier["followed"], earlier["user_ids"]
         # --follow starts from a ledger's userIds too: a former userId, whose alias an earlier
         # erase took, links what came since only so. Not from its other ids: an anonymousId
         # or an address (or its truncated form, another's) would reach past that erase.
@@ -8093,7 +8093,7 @@ def erase_command(argv=None, stdout=None):
         people = People(args.user_id + args.anonymous_id + args.email + list(named))
         for digest in followed:
             people.follow(digest)
-        people.truncated_digests.update(ledger["truncated"])   # in what is quoted alone
+        people.truncated_digests.update(earlier["truncated"])   # in what is quoted alone
     except (OSError, ValueError) as error:
         parser.error(_people_error(error))
     if not people:
