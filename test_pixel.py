@@ -8773,8 +8773,10 @@ class ForwardingRestarts(ForwardingCase):
         self.assertIn("forwarding waits until it can", self.stderr.getvalue())
         self.assertFalse(wait_until(lambda: forwarder.sent > 6, timeout=0.5))
         self.assertIsNone(pixel.read_checkpoint(checkpoint))
-        self.assertNotIn(os.path.basename(checkpoint) + ".tmp",
-                         os.listdir(os.path.dirname(checkpoint)))
+        # No copy left: a retry's may be there for an instant (CI on 3.13 caught one), never
+        # for good.
+        self.assertTrue(wait_until(lambda: os.path.basename(checkpoint) + ".tmp" not in
+                                   os.listdir(os.path.dirname(checkpoint))))
         os.remove(filler)
         self.assertTrue(wait_until(lambda: forwarder.sent == 10))
         self.assertTrue(wait_until(lambda: pixel.read_checkpoint(checkpoint)["offset"] ==
@@ -12060,7 +12062,7 @@ class PublicHealth(unittest.TestCase):
             (b"OPTIONS /metrics HTTP/1.1\r\n" + close + b"\r\n", 405, "Method Not Allowed"),
             (b"TRACE /health HTTP/1.1\r\n" + close + b"\r\n", 405, "Method Not Allowed"),
             (b"GET /health?" + b"a" * 70000 + b" HTTP/1.1\r\n" + close + b"\r\n", 414,
-             "Request-URI Too Long"),
+             http.HTTPStatus(414).phrase),   # "URI Too Long" from Python 3.13
             (b"GET /health HTTP/1.1\r\n" + close + b"X: " + b"y" * 70000 + b"\r\n\r\n", 431,
              "Request Header Fields Too Large"),
             (b"GET /health HTTP/1.1\r\n" + close + b"X: y\r\n" * 500 + b"\r\n", 431,
