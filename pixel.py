@@ -4342,13 +4342,15 @@ _NOTHING_THERE_STATUSES = (404, 405)  # ... nor anything at this URL (nor after 
 
 
 def named_secret(text, secret):
-    """`text` with --forward-write-key's `secret` in it named, not shown."""
+    """`text` with --forward-write-key's `secret` in it named, not shown: unlike --write-key's
+    keys, which a pixel's HTML holds, it lets its holder send to the receiver, and /health
+    answers anyone."""
     return text.replace(secret, "(--forward-write-key)") if secret else text
 
 
 def _gist(answer, secret=None):
     """A receiver's answer in one short line, for stderr and /health: `secret` (its
-    --forward-write-key), which it may quote, named before it is cut (unsecret)."""
+    --forward-write-key), which it may quote, named before it is cut."""
     return " ".join(named_secret(answer, secret)[:200].split())
 
 
@@ -5833,17 +5835,6 @@ def register_forwarder(forwarder, metrics):
                       lambda field=field: forwarder.status(True)[field])
 
 
-def unsecret(status, write_key):
-    """A forwarder's `status` with --forward-write-key's `write_key` named, not shown: unlike
-    --write-key's, which a pixel's HTML holds, it lets whoever has it send to the receiver,
-    and /health answers anyone (a 401 pauses it: paused_write_key; an answer may quote it)."""
-    if not write_key:
-        return status
-    return dict(status, **{name: named_secret(status[name], write_key)
-                           for name in ("paused_write_key", "last_error", "receiver_fault")
-                           if isinstance(status.get(name), str)})
-
-
 def backfill_checkpoint(path, target):
     """The document of a backfill's checkpoint at `path`; ValueError if it cannot be read, or
     is of files sent to another `target`."""
@@ -6097,16 +6088,16 @@ class Forwarder:
         paused = receiver.paused_key is not None or fault is not None
         status = {"target": receiver.url, "sent": self.sent, "refused": self.refused.total(),
                   "lines_behind": lines, "bytes_behind": size, "files_behind": files,
-                  "backlog_seconds": round(age, 3),
+                  "backlog_seconds": round(age, 3), "failed_attempts": receiver.failed_attempts,
                   "last_success": None if self.last_success is None
                   else format_time(self.last_success),
-                  "failed_attempts": receiver.failed_attempts,
                   "backoff": round(receiver.backoff, 3), "last_error": receiver.last_error,
-                  "paused_write_key": receiver.paused_key, "receiver_fault": fault,
-                  "degraded": paused or age > self.alert}
+                  "paused_write_key": receiver.paused_key and named_secret(   # as _gist does
+                      receiver.paused_key, self.write_key),
+                  "receiver_fault": fault, "degraded": paused or age > self.alert}
         if for_metrics:
             status.update(paused=int(paused), last_success_time=float(self.last_success or 0))
-        return unsecret(status, self.write_key)
+        return status
 
 
 # --------------------------------------------------------------------------------------------
