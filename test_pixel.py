@@ -136,6 +136,11 @@ def temp_dir(test, prefix="pixel-test-"):
     return folder
 
 
+# A test's server loop looks this often for a stop: shutdown() waits for its next look, and a
+# test stops a server or two: a 0.05 s poll cost the suite 18 s of its 64.
+SERVE_POLL = 0.002
+
+
 def wait_until(condition, timeout=10.0):
     """Poll `condition` until it is true or `timeout` seconds pass; return its last value."""
     deadline = time.monotonic() + timeout
@@ -4472,7 +4477,7 @@ def start_pixel(test, *argv, stderr=subprocess.DEVNULL):
 
 def serve_in_thread(test, server):
     """Run `server` (a PixelServer) on a thread until `test` ends; return its port."""
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(SERVE_POLL,), daemon=True)
     thread.start()
     test.addCleanup(thread.join, 10)
     test.addCleanup(server.stop, 5)
@@ -6893,7 +6898,7 @@ def serve_quietly(test, handler, context=None):
     server = QuietServer(("127.0.0.1", 0), handler)
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(SERVE_POLL,), daemon=True).start()
     test.addCleanup(server.server_close)
     test.addCleanup(server.shutdown)
     return server
@@ -9635,7 +9640,7 @@ class ContractWsgiref(Contract, unittest.TestCase):
         self.addCleanup(app.close)
         server = wsgiref.simple_server.make_server("127.0.0.1", 0, app,
                                                    handler_class=_QuietWsgiHandler)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(SERVE_POLL,), daemon=True)
         thread.start()
         self.addCleanup(server.server_close)
         self.addCleanup(thread.join, 10)
@@ -9940,7 +9945,7 @@ class WsgiMetrics(unittest.TestCase):
         self.addCleanup(app.close)
         server = wsgiref.simple_server.make_server("127.0.0.1", 0, app,
                                                    handler_class=_QuietWsgiHandler)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(SERVE_POLL,), daemon=True)
         thread.start()
         self.addCleanup(server.server_close)
         self.addCleanup(thread.join, 10)
@@ -10701,7 +10706,7 @@ class RawSpacesUnderWsgi(unittest.TestCase):
         self.addCleanup(app.close)
         server = wsgiref.simple_server.make_server("127.0.0.1", 0, app,
                                                    handler_class=_QuietWsgiHandler)
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread = threading.Thread(target=server.serve_forever, args=(SERVE_POLL,), daemon=True)
         thread.start()
         self.addCleanup(server.server_close)
         self.addCleanup(thread.join, 10)
@@ -16960,7 +16965,7 @@ class EraseUnderWsgi(unittest.TestCase):
             app = pixel.make_wsgi_app(log=log, forward=receiver.url)
         self.addCleanup(app.close)
         server = wsgiref.simple_server.make_server("127.0.0.1", 0, app, handler_class=_QuietWsgiHandler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(SERVE_POLL,), daemon=True).start()
         self.addCleanup(server.server_close)
         self.addCleanup(server.shutdown)
         port = server.server_address[1]
