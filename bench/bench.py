@@ -10,6 +10,10 @@ Sections (--only picks one; repeat it for several):
 
 core        microseconds per event for decode + validate + enrich + serialise of the docs'
             example, in this process (best of several timeit runs).
+opcodes     Python bytecodes one kept-alive GET runs, from pixel's handler reading it to its
+            answer sent, for the docs' track pixel and the page pixel, and the functions that
+            run the most (sys.settrace): unlike a time, nearly the same on every run of one
+            Python version, so a change to the request path can be judged on a noisy machine.
 startup     milliseconds from starting `python3 pixel.py` to its first accepted connection,
             with this interpreter and with /usr/bin/python3 if that is another one, each next
             to the interpreter's own start-up (`python3 -c pass`).
@@ -72,6 +76,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import timeit
 
@@ -114,8 +119,9 @@ THROUGHPUT_MODES = [
          TRACK_TARGET, 20, True),
 ]
 SCALING_CONNECTIONS = (1, 4, 10, 50)
-SECTIONS = ("core", "startup", "memory", "throughput", "scaling", "tail", "forward",
+SECTIONS = ("core", "opcodes", "startup", "memory", "throughput", "scaling", "tail", "forward",
             "processes")
+OPCODE_REQUESTS = 100   # kept-alive GETs traced a target
 # What each section needs beyond Python: Debian packages (by command) and the uvicorn venv.
 SECTION_COMMANDS = {"memory": ("wrk",), "throughput": ("wrk", "nginx"), "scaling": ("wrk",), "tail": ("wrk",),
                     "forward": ("wrk",), "processes": ("wrk",)}
@@ -513,6 +519,63 @@ def core(settings, problems):
           "(best of %d × %d)" % (best, settings.core_repeat, settings.core_number), flush=True)
 
 
+def opcodes(folder, problems):
+    sys.path.insert(0, PROJECT)
+    import pixel
+    print("\n## opcodes\n\n| request | bytecodes a request | in pixel.py | where most run |\n"
+          "| --- | ---: | ---: | --- |", flush=True)
+    for number, (name, target) in enumerate((("docs' track pixel", TRACK_TARGET),
+                                             ("dot-notation page pixel", PAGE_TARGET))):
+        made = pixel.Pixel(pixel.configure(log=os.path.join(folder, "opcodes-%d.jsonl" % number)))
+        server = pixel.PixelServer(("127.0.0.1", 0), made.app)
+        try:
+            counts, answered = traced_requests(server, target, OPCODE_REQUESTS)
+        finally:
+            server.server_close()
+            made.close()
+        if answered != OPCODE_REQUESTS:
+            problems.append("opcodes: %d of %d requests answered 200" % (answered,
+                                                                         OPCODE_REQUESTS))
+        total = sum(counts.values()) / OPCODE_REQUESTS
+        own = sum(count for (file, _), count in counts.items() if file == "pixel.py")
+        most = ", ".join("%s %.0f" % (function, count / OPCODE_REQUESTS)
+                         for (_, function), count in counts.most_common(5))
+        print("| %s | %.0f | %.0f | %s |" % (name, total, own / OPCODE_REQUESTS, most), flush=True)
+
+
+def traced_requests(server, target, requests):
+    """(Counter of bytecodes by (file, function), 200s answered) for `requests` kept-alive
+    GETs of `target` sent at once on one connection, served by `server`'s handler on this
+    thread while a second thread reads the answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    connection, address = listener.accept()
+    listener.close()
+    client.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % target.encode() * requests)
+    client.shutdown(socket.SHUT_WR)
+    answers = []
+    reader = threading.Thread(target=lambda: answers.extend(iter(lambda: client.recv(65536), b"")))
+    reader.start()
+    counts = collections.Counter()
+
+    def trace(frame, event, arg):
+        if event == "call":
+            frame.f_trace_opcodes = True
+        elif event == "opcode":
+            counts[os.path.basename(frame.f_code.co_filename), frame.f_code.co_name] += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        server.RequestHandlerClass(connection, address, server)   # to the client's EOF
+    finally:
+        sys.settrace(None)
+        connection.close()
+        reader.join(10)
+        client.close()
+    return counts, b"".join(answers).count(b" 200 OK\r\n")
+
+
 def interpreters():
     """This interpreter, plus the system's python3 when it is a different one: the start-up
     target is for `python3 pixel.py`, and a VM's python3 is usually the distribution's."""
@@ -905,6 +968,8 @@ def main(argv=None):
         sys.stdout.flush()
         if "core" in sections:
             core(settings, problems)
+        if "opcodes" in sections:
+            opcodes(folder, problems)
         if "startup" in sections:
             startup(settings, folder)
         if "memory" in sections:
