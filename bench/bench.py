@@ -10,8 +10,8 @@ Sections (--only picks one; repeat it for several):
 
 core        microseconds per event for decode + validate + enrich + serialise of the docs'
             example, in this process (best of several timeit runs).
-opcodes     Python bytecodes one kept-alive GET runs, from pixel's handler reading it to its
-            answer sent, for the docs' track pixel and the page pixel, and the functions that
+opcodes     Python bytecodes one kept-alive GET runs, from pixel's handler waiting for it to
+            its answer sent, for the docs' track pixel and the page pixel, and the functions that
             run the most (sys.settrace): unlike a time, nearly the same on every run of one
             Python version, so a change to the request path can be judged on a noisy machine.
 startup     milliseconds from starting `python3 pixel.py` to its first accepted connection,
@@ -529,13 +529,13 @@ def opcodes(folder, problems):
         made = pixel.Pixel(pixel.configure(log=os.path.join(folder, "opcodes-%d.jsonl" % number)))
         server = pixel.PixelServer(("127.0.0.1", 0), made.app)
         try:
-            counts, answered = traced_requests(server, target, OPCODE_REQUESTS)
+            counts, answered = traced_requests(server, target, OPCODE_REQUESTS, pixel.GIF)
         finally:
             server.server_close()
             made.close()
         if answered != OPCODE_REQUESTS:
-            problems.append("opcodes: %d of %d requests answered 200" % (answered,
-                                                                         OPCODE_REQUESTS))
+            problems.append("opcodes: %d of %d requests answered with the GIF"
+                            % (answered, OPCODE_REQUESTS))
         total = sum(counts.values()) / OPCODE_REQUESTS
         own = sum(count for (file, _), count in counts.items() if file == "pixel.py")
         most = ", ".join("%s %.0f" % (function, count / OPCODE_REQUESTS)
@@ -543,19 +543,29 @@ def opcodes(folder, problems):
         print("| %s | %.0f | %.0f | %s |" % (name, total, own / OPCODE_REQUESTS, most), flush=True)
 
 
-def traced_requests(server, target, requests):
-    """(Counter of bytecodes by (file, function), 200s answered) for `requests` kept-alive
-    GETs of `target` sent at once on one connection, served by `server`'s handler on this
-    thread while a second thread reads the answers."""
+def traced_requests(server, target, requests, gif):
+    """(Counter of bytecodes by (file, function), GIF answers read) for `requests` GETs of
+    `target` on one kept-alive connection, each sent once the answer before it is read,
+    served by `server`'s handler on this thread."""
     listener = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(listener.getsockname())
     connection, address = listener.accept()
     listener.close()
-    client.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % target.encode() * requests)
-    client.shutdown(socket.SHUT_WR)
-    answers = []
-    reader = threading.Thread(target=lambda: answers.extend(iter(lambda: client.recv(65536), b"")))
-    reader.start()
+    request = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % target.encode()
+    answers = bytearray()
+
+    def send_each():
+        for sent in range(1, requests + 1):
+            client.sendall(request)
+            while answers.count(gif) < sent:
+                data = client.recv(65536)
+                if not data:
+                    return
+                answers.extend(data)
+        client.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send_each)
+    sender.start()
     counts = collections.Counter()
 
     def trace(frame, event, arg):
@@ -571,9 +581,9 @@ def traced_requests(server, target, requests):
     finally:
         sys.settrace(None)
         connection.close()
-        reader.join(10)
+        sender.join(10)
         client.close()
-    return counts, b"".join(answers).count(b" 200 OK\r\n")
+    return counts, answers.count(gif)
 
 
 def interpreters():
