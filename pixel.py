@@ -8403,9 +8403,10 @@ def _append_ledger(path, people, status, files, user_ids=None):
     """One line of the erase ledger: when, who (as digests only), what was done where; which
     of them are `user_ids`, those a --follow again starts from."""
     make_state_folder(path)
+    ids = people.digested(False)
     line = json.dumps({"time": format_time(time.time()), "pid": os.getpid(),
-                       "status": status, "ids": people.digested(False), "files": files,
-                       "truncated": sorted(set(people.digested()) - set(people.digested(False))),
+                       "status": status, "ids": ids, "files": files,
+                       "truncated": sorted(set(people.digested()).difference(ids)),
                        "followed": people.followed.digested() if people.followed else [],
                        "user_ids": user_ids.digested(False) if user_ids else []},
                       sort_keys=True, ensure_ascii=True) + "\n"
