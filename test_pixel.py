@@ -726,6 +726,35 @@ class BatchBounds(unittest.TestCase):
         (_, payload), = pixel.api_payloads("batch", body)
         self.assertEqual(payload["context"]["page"]["title"], "\u0436" * 6000)
 
+    def test_a_single_event_is_measured_as_a_batch_item_is(self):
+        # The same event, 12 KB of UTF-8 sent with json.dumps's \u escapes (36 KB of body),
+        # was taken in a batch and refused alone on /v1/track.
+        event = {"writeKey": "k", "userId": "u", "event": "e",
+                 "properties": {"t": "\u00e9" * 6000}}
+        body = json.dumps(event).encode()
+        self.assertGreater(len(body), pixel.MAX_PAYLOAD_BYTES)
+        (_, batched), = pixel.api_payloads("batch", json.dumps(
+            {"batch": [dict(event, type="track")]}).encode())
+        self.assertIsInstance(batched, dict)
+        (_, payload), = pixel.api_payloads("track", body)
+        self.assertEqual(payload["properties"]["t"], "\u00e9" * 6000)
+        with self.assertRaises(pixel.Rejected) as caught:   # over 32 KB as it is sent
+            pixel.api_payloads("track", json.dumps({"a": "\u0416" * 17000},
+                                                   ensure_ascii=False).encode())
+        self.assertEqual(caught.exception.reason, "payload_too_large")
+
+    def test_a_pixels_data_counts_decoded_beside_other_parameters(self):
+        # A 26 KB payload in data= was taken alone and refused with a cache buster beside it:
+        # its 35 KB of base64 counted toward the 32 KB.
+        payload = {"writeKey": "k", "userId": "u", "event": "e", "properties": {"s": "x" * 26000}}
+        for query in ("data=" + b64(payload), "data=" + b64(payload) + "&cb=1",
+                      "cb=1&data=" + b64(payload, pad=False)):
+            with self.subTest(query[-8:]):
+                self.assertEqual(pixel.decode_query(query)["properties"]["s"], "x" * 26000)
+        with self.assertRaises(pixel.Rejected) as caught:   # together still at most 32 KB
+            pixel.decode_query("cb=" + "y" * 7000 + "&data=" + b64(payload))
+        self.assertEqual(caught.exception.reason, "payload_too_large")
+
     def test_a_body_as_large_as_analytics_rusts_largest_batch_is_taken(self):
         # batcher.rs: MAX_BATCH_SIZE = 1024 * 512 for the items, and the envelope beside it.
         item = {"type": "track", "userId": "u", "event": "e", "properties": {"p": "x" * 32600}}
@@ -1865,6 +1894,27 @@ class RecorderCase(unittest.TestCase):
         path = os.path.join(self.dir, name)
         with open(path, "rb") as handle:
             return [json.loads(line) for line in handle]
+
+
+class ProxyHintOnce(RecorderCase):
+    def test_requests_coming_together_say_it_once(self):
+        # The first requests through a proxy came on several threads at once, and each
+        # said it (7 lines of 16 requests, measured): a check, then a say, then a set.
+        class SlowStream(io.StringIO):
+            def write(self, text):
+                time.sleep(0.05)
+                return super().write(text)
+
+        stream = SlowStream()
+        self.recorder.reporter = pixel.Reporter(stream)
+        proxied = request(peer="10.0.0.1", headers={"x-forwarded-for": "203.0.113.7"})
+        threads = [threading.Thread(target=self.recorder.true_client_ip, args=(proxied,))
+                   for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(stream.getvalue().count("carry X-Forwarded-For"), 1)
 
 
 class RecorderWithoutSockets(RecorderCase):
@@ -5838,6 +5888,17 @@ class HeadLimits(ServerCase):
                                           b"Connection: close\r\n\r\n")
         self.assertTrue(reply.startswith(b"HTTP/1.1 200 "), reply[:40])
         self.assertLess(time.monotonic() - started, 2.0)
+
+    def test_a_head_over_the_cap_is_refused_however_it_arrives(self):
+        # The cap was looked at only before a read: a 180 KiB head in one send was taken.
+        lines = b"".join(b"X-%d: %s\r\n" % (number, b"a" * 2000) for number in range(90))
+        reply = self.raw(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e HTTP/1.1\r\n"
+                         b"Host: x\r\n" + lines + b"\r\n")
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(pixel.GIF),
+                        reply[:40])
+        self.assertEqual(self.lines(), [])
+        self.assertEqual([record["reason"] for record in self.lines("rejects.jsonl")],
+                         ["headers_too_large"])
 
     def test_endless_blank_lines_are_cut_off(self):
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
@@ -10714,6 +10775,27 @@ class RawSpacesUnderWsgi(unittest.TestCase):
         reply = self.send(server.server_address[1])
         self.assertTrue(reply.startswith(b"HTTP/1.0 400 Bad request syntax"), reply[:60])
         self.assertEqual(read_bytes(self.log), b"")
+
+    def test_a_fragment_is_dropped_as_the_built_in_server_drops_it(self):
+        # wsgiref hands "...#frag&userId=x" over in QUERY_STRING: the pixel was refused
+        # (duplicate_key) there and logged by the built-in server.
+        app = pixel.make_wsgi_app(log=self.log)
+        self.addCleanup(app.close)
+        server = wsgiref.simple_server.make_server("127.0.0.1", 0, app,
+                                                   handler_class=_QuietWsgiHandler)
+        thread = threading.Thread(target=server.serve_forever, args=(SERVE_POLL,), daemon=True)
+        thread.start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(thread.join, 10)
+        self.addCleanup(server.shutdown)
+        port = server.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e#top&userId=v "
+                         b"HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = sock.makefile("rb").read()
+        self.assertTrue(reply.endswith(pixel.GIF), reply[:60])
+        (event,) = [json.loads(line) for line in read_bytes(self.log).splitlines()]
+        self.assertEqual((event["userId"], event["event"]), ("u", "e"))
 
     def test_gunicorn(self):
         _, port, output = start_gunicorn(self, self.dir, "pixel:make_wsgi_app(log=%r)" % self.log,
