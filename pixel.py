@@ -773,7 +773,8 @@ def hint_trusted_proxy(peer, reporter):
         return False   # a client's own header (a corporate proxy's)
     reporter.say("requests from %s carry X-Forwarded-For, which is ignored: the client's "
                  "address is not recorded. If it is a proxy of yours, start pixel with "
-                 "--trusted-proxy %s" % (peer or "a unix socket", address))
+                 "--trusted-proxy %s (a WSGI app: trusted_proxy=[\"%s\"])"
+                 % (peer or "a unix socket", address, address))
     return True
 
 
@@ -8425,7 +8426,11 @@ def _append_ledger(path, people, status, files, user_ids=None):
     data = line.encode("ascii")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
     try:
-        size = os.fstat(fd).st_size
+        made = os.fstat(fd)
+        size = made.st_size
+        if _root() and not size and made.st_nlink == 1:   # new: the service's user's, as
+            owner = os.stat(os.path.dirname(path))        # make_state_folder makes .pixel
+            os.fchown(fd, owner.st_uid, owner.st_gid)
         if os.write(fd, data) != len(data):   # a full disk takes what fits: cut it off, or
             os.ftruncate(fd, size)            # the next line is glued to it, and --ledger
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)   # refuses it all

@@ -4776,7 +4776,7 @@ class PixelRoutes(ServerCase):
         self.assertEqual(self.stderr.getvalue().count(
             "requests from 127.0.0.1 carry X-Forwarded-For, which is ignored: the client's "
             "address is not recorded. If it is a proxy of yours, start pixel with "
-            "--trusted-proxy 127.0.0.1\n"), 1)
+            "--trusted-proxy 127.0.0.1 (a WSGI app: trusted_proxy=[\"127.0.0.1\"])\n"), 1)
 
     def test_no_hint_for_a_public_clients_own_x_forwarded_for(self):
         stderr = io.StringIO()
@@ -13076,6 +13076,10 @@ class Backfill(unittest.TestCase):
                                                   "--apply", self.files[0]])
         self.assertEqual(status, 0, stderr)
         self.assertEqual(os.stat(folder)[4:6], (65534, 65534))
+        # Its ledger too (the newcomer: root's, 0600, so the service's user's erase could
+        # neither append to it nor read it with --ledger).
+        self.assertEqual(os.stat(os.path.join(folder, "erase-ledger.json"))[4:6],
+                         (65534, 65534))
         # A folder root owns and a group writes (2775): the group can write in .pixel too (the
         # attack pass: the service, in that group, could not).
         shutil.rmtree(folder)
