@@ -1818,6 +1818,12 @@ def _chunks(lines, limit):
     return chunks
 
 
+def _close_untaken(changes):
+    """Close the descriptors a follower did not take from `changes` (LogWriter's); None."""
+    for fd in (change[1] for change in changes or () if change[1] is not None):
+        os.close(fd)
+
+
 def record_rename(changes, at, identity, name):
     """Put file `identity`'s rename, for good, to `name` at `at` in a follower's `changes`
     (a LogWriter's changes(): before the next file's "opened"). Few descriptors for a follower
@@ -2007,7 +2013,7 @@ class LogWriter:
         self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.RLock()
         self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
         self._path_checked = self._failed_at = self._rotate_failed_at = float("-inf")
-        self._fd = self._identity = self._changes = None   # _changes: the follower's, changes()
+        self._fd = self._identity = self._changes = self._left = None   # changes(), follow()
         self.closed = False         # by close(): a write after it is refused, never reopens
         self._open()                # at start an OSError is the operator's to see
         try:
@@ -2021,17 +2027,14 @@ class LogWriter:
         WRITTEN_HERE.add(self.path)
 
     def follow(self, woken=None):
-        """The open file's (descriptor, identity, committed end, lines written), of one
-        instant; descriptors of the files opened from now on go to changes(), and set `woken`."""
+        """The open file's (descriptor, identity, committed end, lines written), of one instant,
+        and the files left while rotate_now() held the follower, [(identity, path, first bytes)];
+        descriptors of the files opened from now on go to changes(), and set `woken`."""
         with self._lock:
-            self._drop_changes()   # a follower before this one's
-            self._changes, self._woken = [], woken or threading.Event()
-            return os.dup(self._fd), self._identity, self._size, self.written
-
-    def _drop_changes(self):
-        for fd in (change[1] for change in self._changes or () if change[1] is not None):
-            os.close(fd)
-        self._changes = None
+            _close_untaken(self._changes)   # a follower before this one's
+            self._changes, self._woken, left, self._left = [], woken or threading.Event(), \
+                self._left or [], None
+            return os.dup(self._fd), self._identity, self._size, self.written, left
 
     def changes(self):
         """Since the last call, in order: ("opened", fd, identity, path), the descriptor
@@ -2058,7 +2061,7 @@ class LogWriter:
                 self.cuts, self._size = self.cuts + (size < self._size), size
             return self._identity, self._size, self.written
 
-    def _open(self):
+    def _open(self, rotated=False):
         """Open the path (again), or OSError: then the file open until now stays open."""
         fd = open_file(self.path, self._flags, devices=True)   # /dev/null, /dev/full too
         try:
@@ -2075,6 +2078,8 @@ class LogWriter:
             os.close(fd)
             raise
         if self._fd is not None:
+            if self._left is not None and not rotated:   # no descriptor: an erase flocks it
+                self._left.append((self._identity, self.path, os.pread(self._fd, 4096, 0)))
             os.close(self._fd)
         self._fd, self._identity, self._size = fd, identity, status.st_size
         self._torn = False          # a short write left bytes past _size not yet cut
@@ -2093,7 +2098,7 @@ class LogWriter:
                     _remove_if_empty(self.path, self._fd, self._reporter)
                 os.close(self._fd)
                 self._fd = None
-            self._drop_changes()
+            self._changes = _close_untaken(self._changes)
             self.closed = True
             WRITTEN_HERE.discard(self.path)
 
@@ -2104,10 +2109,9 @@ class LogWriter:
         # of the GIL); till then lines go into a renamed file. _append_linked catches a delete.
         now = self._clock()
         check = not 0 <= now - self._path_checked < PATH_CHECK_INTERVAL or self._fd is None
-        status = None
         if check:
             self._path_checked = now
-            status = stat_or_none(self.path)
+        status = stat_or_none(self.path) if check else None
         with self._lock:
             done, kept, first, skipped = 0, 0, None, False   # lines[kept:done]: file `first`'s
             try:
@@ -2210,8 +2214,9 @@ class LogWriter:
     def rotate_now(self):
         """Rotate the file now if it holds a line (an erase asks: EraseDesk); its new name, None
         if empty, or OSError. Descriptors no follower took are closed (Forwarder.hold)."""
-        with self._lock:
-            self._drop_changes()
+        with self._lock:   # the files left till follow() are listed: one moved by hand has no
+            self._left = [] if self._changes is not None else self._left   # other trace
+            self._changes = _close_untaken(self._changes)
             self._follow_path(None)
             return self._rotate() if self._fd is not None and self.committed()[1] else None
 
@@ -2226,8 +2231,8 @@ class LogWriter:
         os.rename(self.path, target)
         identity, at = self._identity, len(self._changes or ())
         try:
-            self._open()   # or OSError (no inode or descriptor left): the file, written on,
-        finally:           # is put back at its path if it can be, else kept by its new name
+            self._open(rotated=True)   # or OSError (no inode or descriptor left): the file,
+        finally:   # written on, is put back at its path if it can be, else kept by its new name
             if (self._identity != identity or not _put_back(target, self.path)) and \
                     self._changes is not None:   # before the new file's "opened"
                 record_rename(self._changes, at, identity, target)
@@ -5274,6 +5279,19 @@ def moved_files(checkpoint, live=None):
         if isinstance(moved, list) else []
 
 
+def with_files_left(checkpoint, left):
+    """`checkpoint` with the files a writer left while an erase held its forwarder, `left`
+    (LogWriter.follow), among those moved by hand: one moved by hand meanwhile has no name a
+    rotation gives, and rotated_since() finds it by its identity and head only."""
+    moved = checkpoint.get("moved") if isinstance(checkpoint.get("moved"), list) else []
+    known = {(entry.get("device"), entry.get("inode")) for entry in moved
+             if isinstance(entry, dict)}
+    added = [{"path": path, "device": identity[0], "inode": identity[1],
+              "head_bytes": len(first), "head": head_of(first)}
+             for identity, path, first in left if identity not in known]
+    return dict(checkpoint, moved=moved + added) if added else checkpoint
+
+
 def found_at(log, checkpoint):
     """The offset in `log` where `checkpoint` stands, or None if it names another file. An
     erase replacing the file it names (erase_file) adds where it stands in the new one."""
@@ -5389,10 +5407,11 @@ class LogQueue:
         """The live log of `writer` from `checkpoint` (a document; None: from the live
         file's first line), with the files rotated since it was written."""
         self.writer, self._cuts = writer, writer.cuts
-        fd, identity, end, written = writer.follow(self.woken)
+        fd, identity, end, written, left = writer.follow(self.woken)
         files, start = [LogFile(fd, identity, writer.path)], None
         try:
             if checkpoint is not None:
+                checkpoint = with_files_left(checkpoint, left)
                 files[:0] = rotated_since(writer.path, identity, checkpoint)
             start = resume_at(checkpoint, files, end, self._reporter)
         finally:
@@ -5912,8 +5931,7 @@ class Forwarder:
         self.queue.add_files(paths, backfill_checkpoint(checkpoint, self.receiver.url), erasing)
 
     def start(self):
-        self.thread = threading.Thread(target=self._run_on_thread, name="pixel-forwarder",
-                                       daemon=True)
+        self.thread = threading.Thread(None, self._run_on_thread, "pixel-forwarder", daemon=True)
         self.thread.start()
 
     def stop(self, timeout=None):
@@ -5941,7 +5959,8 @@ class Forwarder:
             if self.thread.is_alive():
                 self.receiver.abort()
                 self.thread.join()
-        self.queue.close()
+        self._look(count=False)   # the checkpoint names files moved by hand: the erase moves
+        self.queue.close()        # it into their new files, and resume() follows it
 
     def resume(self):
         """Forward again, from the checkpoint, which the erase moved into the new files. An
