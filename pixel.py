@@ -1819,9 +1819,15 @@ def _chunks(lines, limit):
 
 
 def _close_untaken(changes):
-    """Close the descriptors a follower did not take from `changes` (LogWriter's); None."""
+    """Close the descriptors a follower did not take from `changes` (LogWriter's); the files
+    of those no rotation renamed since, [(identity, path, first 4 KiB)]: one moved by hand,
+    while an erase held the follower, has no other trace (LogWriter.follow)."""
+    renamed = {identity for change, _, identity, _ in changes or () if change == "renamed"}
+    left = [(identity, path, os.pread(fd, 4096, 0)) for _, fd, identity, path in changes or ()
+            if fd is not None and identity not in renamed]
     for fd in (change[1] for change in changes or () if change[1] is not None):
         os.close(fd)
+    return left
 
 
 def record_rename(changes, at, identity, name):
@@ -2031,9 +2037,8 @@ class LogWriter:
         and the files left while rotate_now() held the follower, [(identity, path, first bytes)];
         descriptors of the files opened from now on go to changes(), and set `woken`."""
         with self._lock:
-            _close_untaken(self._changes)   # a follower before this one's
-            self._changes, self._woken, left, self._left = [], woken or threading.Event(), \
-                self._left or [], None
+            left = (self._left or []) + _close_untaken(self._changes)   # the follower before
+            self._changes, self._woken, self._left = [], woken or threading.Event(), None
             return os.dup(self._fd), self._identity, self._size, self.written, left
 
     def changes(self):
@@ -2098,8 +2103,8 @@ class LogWriter:
                     _remove_if_empty(self.path, self._fd, self._reporter)
                 os.close(self._fd)
                 self._fd = None
-            self._changes = _close_untaken(self._changes)
-            self.closed = True
+            _close_untaken(self._changes)
+            self._changes, self.closed = None, True
             WRITTEN_HERE.discard(self.path)
 
     def write(self, lines):
@@ -2214,9 +2219,10 @@ class LogWriter:
     def rotate_now(self):
         """Rotate the file now if it holds a line (an erase asks: EraseDesk); its new name, None
         if empty, or OSError. Descriptors no follower took are closed (Forwarder.hold)."""
-        with self._lock:   # the files left till follow() are listed: one moved by hand has no
-            self._left = [] if self._changes is not None else self._left   # other trace
-            self._changes = _close_untaken(self._changes)
+        with self._lock:
+            if self._changes is not None:   # the files left till follow() are listed
+                self._left = (self._left or []) + _close_untaken(self._changes)
+            self._changes = None
             self._follow_path(None)
             return self._rotate() if self._fd is not None and self.committed()[1] else None
 
