@@ -10828,7 +10828,8 @@ class RawSpacesUnderWsgi(unittest.TestCase):
             sock.sendall(SEED_LINE + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
             return sock.makefile("rb").read()
 
-    def test_wsgiref(self):
+    def wsgiref_port(self):
+        """The port of a wsgiref server of pixel's app, stopped at the end."""
         app = pixel.make_wsgi_app(log=self.log)
         self.addCleanup(app.close)
         server = wsgiref.simple_server.make_server("127.0.0.1", 0, app,
@@ -10838,24 +10839,17 @@ class RawSpacesUnderWsgi(unittest.TestCase):
         self.addCleanup(server.server_close)
         self.addCleanup(thread.join, 10)
         self.addCleanup(server.shutdown)
-        reply = self.send(server.server_address[1])
+        return server.server_address[1]
+
+    def test_wsgiref(self):
+        reply = self.send(self.wsgiref_port())
         self.assertTrue(reply.startswith(b"HTTP/1.0 400 Bad request syntax"), reply[:60])
         self.assertEqual(read_bytes(self.log), b"")
 
     def test_a_fragment_is_dropped_as_the_built_in_server_drops_it(self):
         # wsgiref hands "...#frag&userId=x" over in QUERY_STRING: the pixel was refused
         # (duplicate_key) there and logged by the built-in server.
-        app = pixel.make_wsgi_app(log=self.log)
-        self.addCleanup(app.close)
-        server = wsgiref.simple_server.make_server("127.0.0.1", 0, app,
-                                                   handler_class=_QuietWsgiHandler)
-        thread = threading.Thread(target=server.serve_forever, args=(SERVE_POLL,), daemon=True)
-        thread.start()
-        self.addCleanup(server.server_close)
-        self.addCleanup(thread.join, 10)
-        self.addCleanup(server.shutdown)
-        port = server.server_address[1]
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with socket.create_connection(("127.0.0.1", self.wsgiref_port()), timeout=10) as sock:
             sock.sendall(b"GET /v1/pixel/track?writeKey=k&userId=u&event=e#top&userId=v "
                          b"HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             reply = sock.makefile("rb").read()
