@@ -2114,9 +2114,10 @@ class LogWriter:
         # of the GIL); till then lines go into a renamed file. _append_linked catches a delete.
         now = self._clock()
         check = not 0 <= now - self._path_checked < PATH_CHECK_INTERVAL or self._fd is None
+        status = None
         if check:
             self._path_checked = now
-        status = stat_or_none(self.path) if check else None
+            status = stat_or_none(self.path)
         with self._lock:
             done, kept, first, skipped = 0, 0, None, False   # lines[kept:done]: file `first`'s
             try:
@@ -3682,9 +3683,7 @@ class BufferedConnection(http.server.BaseHTTPRequestHandler):
             crlf = buffer.find(b"\n\r\n", start)
             lf = buffer.find(b"\n\n", start, crlf if crlf >= 0 else len(buffer))
             end, size = (lf, lf + 2) if lf >= 0 else (crlf, crlf + 3)
-            if end >= 0 and end + skipped > MAX_HEAD_BYTES:   # whole in a read past the cap
-                raise HeadError(431, "headers_too_large", bytes(buffer[:MAX_LINE]))
-            if end >= 0:
+            if end >= 0 and end + skipped <= MAX_HEAD_BYTES:   # else refused below, though whole
                 head = bytes(buffer[:end])
                 del buffer[:size]
                 return head
