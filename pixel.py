@@ -2019,7 +2019,7 @@ class LogWriter:
         self._clock, self._reporter, self._lock = clock, reporter or Reporter(), threading.RLock()
         self._flags = _OPEN_FLAGS & ~os.O_WRONLY | os.O_RDWR if readable else _OPEN_FLAGS
         self._path_checked = self._failed_at = self._rotate_failed_at = float("-inf")
-        self._fd = self._identity = self._changes = self._left = None   # changes(), follow()
+        self._fd = self._identity = self._changes = self.left = None   # changes(), follow()
         self.closed = False         # by close(): a write after it is refused, never reopens
         self._open()                # at start an OSError is the operator's to see
         try:
@@ -2033,13 +2033,13 @@ class LogWriter:
         WRITTEN_HERE.add(self.path)
 
     def follow(self, woken=None):
-        """The open file's (descriptor, identity, committed end, lines written), of one instant,
-        and the files left while rotate_now() held the follower, [(identity, path, first bytes)];
-        descriptors of the files opened from now on go to changes(), and set `woken`."""
+        """The open file's (descriptor, identity, committed end, lines written) of one instant,
+        and `left`, files left while held, [(identity, path, first bytes)], till a follower saves
+        (and sets it to None); descriptors of files opened from now on go to changes()."""
         with self._lock:
-            left = (self._left or []) + _close_untaken(self._changes)   # the follower before
-            self._changes, self._woken, self._left = [], woken or threading.Event(), None
-            return os.dup(self._fd), self._identity, self._size, self.written, left
+            fd, left = os.dup(self._fd), (self.left or []) + _close_untaken(self._changes)
+            self._changes, self._woken, self.left = [], woken or threading.Event(), left
+            return fd, self._identity, self._size, self.written, list(left)
 
     def changes(self):
         """Since the last call, in order: ("opened", fd, identity, path), the descriptor
@@ -2083,8 +2083,8 @@ class LogWriter:
             os.close(fd)
             raise
         if self._fd is not None:
-            if self._left is not None and not rotated:   # no descriptor: an erase flocks it
-                self._left.append((self._identity, self.path, os.pread(self._fd, 4096, 0)))
+            if self.left is not None and not rotated:   # no descriptor: an erase flocks it
+                self.left.append((self._identity, self.path, os.pread(self._fd, 4096, 0)))
             os.close(self._fd)
         self._fd, self._identity, self._size = fd, identity, status.st_size
         self._torn = False          # a short write left bytes past _size not yet cut
@@ -2222,7 +2222,7 @@ class LogWriter:
         if empty, or OSError. Descriptors no follower took are closed (Forwarder.hold)."""
         with self._lock:
             if self._changes is not None:   # the files left till follow() are listed
-                self._left = (self._left or []) + _close_untaken(self._changes)
+                self.left = (self.left or []) + _close_untaken(self._changes)
             self._changes = None
             self._follow_path(None)
             return self._rotate() if self._fd is not None and self.committed()[1] else None
@@ -4687,11 +4687,13 @@ _NO_CHECKPOINT = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, "head_b
                   "head": ""}
 
 
-def _lists_no_moves(checkpoint):
-    """Whether a live log's checkpoint is 1.0's or early 2.0's, which name no file moved by
-    hand (LogQueue.checkpoint's "moved"; "live" came later, always written)."""
-    return checkpoint is not None and checkpoint is not _NO_CHECKPOINT and \
-        "live" not in checkpoint and "moved" not in checkpoint
+def _say_if_no_moves(checkpoint, path, reporter):
+    """Say so if a live log's checkpoint (at `path`) is 1.0's or early 2.0's, which name no
+    file moved by hand (LogQueue.checkpoint's "moved"; "live" came later, always written)."""
+    if checkpoint is not None and checkpoint is not _NO_CHECKPOINT and \
+            "live" not in checkpoint and "moved" not in checkpoint:
+        reporter.say("the checkpoint %s is an older pixel's: a log file it moved by hand is "
+                     "not forwarded (`pixel.py forward FILE` sends it)" % path)
 
 
 def read_checkpoint(path):
@@ -5287,13 +5289,14 @@ def moved_files(checkpoint, live=None):
 def with_files_left(checkpoint, left):
     """`checkpoint` with the files a writer left while an erase held its forwarder, `left`
     (LogWriter.follow), among those moved by hand: one moved by hand meanwhile has no name a
-    rotation gives, and rotated_since() finds it by its identity and head only."""
+    rotation gives, and rotated_since() finds it by its identity and head only. One left
+    empty has nothing to send, and an empty head would pass any file on its inode for it."""
     moved = checkpoint.get("moved") if isinstance(checkpoint.get("moved"), list) else []
     known = {(entry.get("device"), entry.get("inode")) for entry in moved
              if isinstance(entry, dict)}
     added = [{"path": path, "device": identity[0], "inode": identity[1],
               "head_bytes": len(first), "head": head_of(first)}
-             for identity, path, first in left if identity not in known]
+             for identity, path, first in left if first and identity not in known]
     return dict(checkpoint, moved=moved + added) if added else checkpoint
 
 
@@ -5922,13 +5925,11 @@ class Forwarder:
                               "file from its start; the receiver may get events twice"
                               % (self.checkpoint, getattr(error, "strerror", None) or error))
             checkpoint = _NO_CHECKPOINT
-        if _lists_no_moves(checkpoint):
-            self.reporter.say("the checkpoint %s is an older pixel's: a log file it moved by "
-                              "hand is not forwarded (`pixel.py forward FILE` sends it)"
-                              % self.checkpoint)
+        _say_if_no_moves(checkpoint, self.checkpoint, self.reporter)
         self.made_checkpoint = checkpoint is None
         self.queue.follow(writer, checkpoint)
-        self._save(self.queue.files[0], quiet=False)
+        self._save(self.queue.files[0], quiet=False)   # or OSError: the writer keeps its files
+        writer.left = None                             # left for the next follow()
 
     def add_files(self, paths, checkpoint, erasing=None):
         """Relay the files at `paths` once (a backfill), from the checkpoint file `checkpoint`."""

@@ -8620,6 +8620,70 @@ class ForwardingRestarts(ForwardingCase):
                                    forwarder.status()["lines_behind"] == 0))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(9)])
 
+    def test_a_file_moved_by_hand_while_held_is_sent_after_a_resume_that_failed(self):
+        # A resume() that failed (its checkpoint could not be written; a dup() out of
+        # descriptors) had taken the writer's files left, and dropped them: the one moved by
+        # hand was never sent once a later resume() worked (an attack pass: 21 of 81 lost).
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(3))
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
+        forwarder.hold()
+        writer.rotate_now()               # the erase's request (EraseDesk._rotate)
+        self.write(writer, range(3, 6))   # into the next live file ...
+        self.move_aside(writer)           # ... moved by hand, and a new live file
+        self.write(writer, range(6, 9))
+        blocker = pixel.state_path(writer.path, "forward") + ".tmp"
+        os.mkdir(blocker)                 # the checkpoint cannot be written
+        with self.assertRaises(OSError):
+            forwarder.resume()
+        os.rmdir(blocker)
+        with unittest.mock.patch("os.dup", side_effect=OSError(errno.EMFILE, "too many")):
+            with self.assertRaises(OSError):
+                forwarder.resume()
+        self.write(writer, range(9, 12))
+        forwarder.resume()
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 12 and
+                                   forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(12)])
+        self.assertIsNone(writer.left)    # forgotten once saved: nothing sent twice
+
+    def test_an_empty_file_left_while_held_is_neither_lost_nor_another_file(self):
+        # An empty file the writer left while held (reopened, then moved by hand) was listed
+        # with an empty head: deleted, it was said lost; another file on its inode, here an
+        # operator's copy of a sent log, was sent whole (an attack pass: 21 events twice).
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(3))
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
+        forwarder.hold()
+        sent = writer.rotate_now()        # the erase's request (EraseDesk._rotate)
+        self.write(writer, range(3, 6))
+        self.move_aside(writer)           # a new live file, left empty:
+        empty = os.path.join(self.dir, "empty.jsonl")
+        os.rename(writer.path, empty)
+        writer.reopen()
+        inode = os.stat(empty).st_ino
+        os.remove(empty)
+        with open(sent, "rb") as handle:
+            copy = handle.read()
+        for number in range(300):         # the inode taken again, if the file system will
+            path = os.path.join(self.dir, "copy-%d.jsonl" % number)
+            with open(path, "wb") as handle:
+                handle.write(copy)
+            if os.stat(path).st_ino == inode:
+                break
+            os.remove(path)
+        self.write(writer, range(6, 9))
+        forwarder.resume()
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 9 and
+                                   forwarder.status()["lines_behind"] == 0))
+        time.sleep(0.2)
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(9)])
+        self.assertNotIn("moved by hand", self.stderr.getvalue())
+
     def test_a_live_log_moved_by_hand_just_before_an_erase_holds_the_forwarder_is_sent(self):
         # The same for a file the writer opened, and that was moved by hand, after the
         # forwarder's last save and before the hold: hold() closed the queue that knew of
