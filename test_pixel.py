@@ -8574,6 +8574,22 @@ class ForwardingRestarts(ForwardingCase):
         self.assertTrue(wait_until(lambda: forwarder.status()["lines_behind"] == 0))
         self.assertEqual(receiver.ids(), ["m%d" % number for number in range(8)])
 
+    def held(self):
+        """A forwarder that has sent m0 to m2 of a writer's, then held as an erase holds it:
+        (receiver, writer, forwarder)."""
+        receiver = FakeReceiver(self)
+        writer = self.writer()
+        forwarder = self.forwarder(receiver.url, writer)
+        self.write(writer, range(3))
+        self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
+        forwarder.hold()
+        return receiver, writer, forwarder
+
+    def assert_all_sent(self, receiver, forwarder, count):
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= count and
+                                   forwarder.status()["lines_behind"] == 0))
+        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(count)])
+
     def test_a_live_log_moved_by_hand_while_an_erase_holds_the_forwarder_is_sent(self):
         # The files the writer opened while an erase held the forwarder were known nowhere:
         # rotate_now() dropped the writer's list of them, and the checkpoint was older. One
@@ -8594,9 +8610,7 @@ class ForwardingRestarts(ForwardingCase):
         pixel.erase_file(rotated, pixel.People(["alice"]), apply=True,
                          checkpoints=pixel.checkpoints_beside([rotated]))
         forwarder.resume()
-        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 9 and
-                                   forwarder.status()["lines_behind"] == 0))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(9)])
+        self.assert_all_sent(receiver, forwarder, 9)
         self.assertNotIn("moved by hand", self.stderr.getvalue())
 
     def test_a_file_moved_by_hand_while_held_without_a_rotation_is_sent(self):
@@ -8604,32 +8618,20 @@ class ForwardingRestarts(ForwardingCase):
         # holds the forwarder and asks for no rotation: the files the writer opened meanwhile
         # were dropped at resume, and one of them moved by hand never sent (the attack's load
         # run again: 470 to 787 events, in 3 to 5 whole files).
-        receiver = FakeReceiver(self)
-        writer = self.writer()
-        forwarder = self.forwarder(receiver.url, writer)
-        self.write(writer, range(3))
-        self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
-        forwarder.hold()
+        receiver, writer, forwarder = self.held()
         self.move_aside(writer)           # the checkpoint's file: found by its identity
         self.write(writer, range(3, 6))   # into a file opened while held ...
         os.rename(writer.path, os.path.join(self.dir, "aside-2.jsonl"))   # ... moved by hand
         writer.reopen()
         self.write(writer, range(6, 9))
         forwarder.resume()
-        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 9 and
-                                   forwarder.status()["lines_behind"] == 0))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(9)])
+        self.assert_all_sent(receiver, forwarder, 9)
 
     def test_a_file_moved_by_hand_while_held_is_sent_after_a_resume_that_failed(self):
         # A resume() that failed (its checkpoint could not be written; a dup() out of
         # descriptors) had taken the writer's files left, and dropped them: the one moved by
         # hand was never sent once a later resume() worked (an attack pass: 21 of 81 lost).
-        receiver = FakeReceiver(self)
-        writer = self.writer()
-        forwarder = self.forwarder(receiver.url, writer)
-        self.write(writer, range(3))
-        self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
-        forwarder.hold()
+        receiver, writer, forwarder = self.held()
         writer.rotate_now()               # the erase's request (EraseDesk._rotate)
         self.write(writer, range(3, 6))   # into the next live file ...
         self.move_aside(writer)           # ... moved by hand, and a new live file
@@ -8644,21 +8646,14 @@ class ForwardingRestarts(ForwardingCase):
                 forwarder.resume()
         self.write(writer, range(9, 12))
         forwarder.resume()
-        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 12 and
-                                   forwarder.status()["lines_behind"] == 0))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(12)])
+        self.assert_all_sent(receiver, forwarder, 12)
         self.assertIsNone(writer.left)    # forgotten once saved: nothing sent twice
 
     def test_an_empty_file_left_while_held_is_neither_lost_nor_another_file(self):
         # An empty file the writer left while held (reopened, then moved by hand) was listed
         # with an empty head: deleted, it was said lost; another file on its inode, here an
         # operator's copy of a sent log, was sent whole (an attack pass: 21 events twice).
-        receiver = FakeReceiver(self)
-        writer = self.writer()
-        forwarder = self.forwarder(receiver.url, writer)
-        self.write(writer, range(3))
-        self.assertTrue(wait_until(lambda: len(receiver.taken) == 3))
-        forwarder.hold()
+        receiver, writer, forwarder = self.held()
         sent = writer.rotate_now()        # the erase's request (EraseDesk._rotate)
         self.write(writer, range(3, 6))
         self.move_aside(writer)           # a new live file, left empty:
@@ -8700,9 +8695,7 @@ class ForwardingRestarts(ForwardingCase):
         forwarder.hold()
         writer.rotate_now()               # the erase's request (EraseDesk._rotate)
         forwarder.resume()
-        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 9 and
-                                   forwarder.status()["lines_behind"] == 0))
-        self.assertEqual(receiver.ids(), ["m%d" % number for number in range(9)])
+        self.assert_all_sent(receiver, forwarder, 9)
 
     def test_a_file_moved_back_and_reopened_is_not_followed_by_its_rotated_files_again(self):
         # The rule above (files written since the checkpoint go first when its file is live
