@@ -199,23 +199,31 @@ def decode_query(query):
     nests), with the base64 JSON object of `data=` laid over them."""
     if query.startswith("data=") and "&" not in query:   # the common pixel, fast
         return decode_data(urllib.parse.unquote(query[5:]) if "%" in query else query[5:])
-    try:
-        pairs = parse_pairs(query)
-    except UnicodeDecodeError:
-        raise Rejected("invalid_utf8", "query") from None
+    if query.count("&") >= MAX_PARAMS:
+        raise Rejected("too_many_params")
     data, plain, size = None, {}, 0
-    for key, value in pairs:
+    measure = len(query) > MAX_PAYLOAD_BYTES   # decoding only shortens: else it fits
+    for field in query.split("&"):   # as parse_qsl(query, keep_blank_values=True) reads it
+        key, _, value = field.partition("=")
+        if "%" in field or "+" in field:
+            try:
+                key, value = _unquote(key), _unquote(value)
+            except UnicodeDecodeError:
+                raise Rejected("invalid_utf8", "query") from None
         if key == "data":
             if data is not None:
                 raise Rejected("duplicate_key", "data")
             data = value
             # What it decodes to counts, not its base64 (4/3 as long): with a cache buster
             # beside it, a 24 KB payload was refused though one of 32 KB alone is taken.
-            size += len(value.rstrip("=")) * 3 // 4
+            if measure:
+                size += len(value.rstrip("=")) * 3 // 4
             continue
-        size += len(key) + len(value)
+        if measure:
+            size += len(key) + len(value)
         if "." in key or not key or key in plain:
-            _set_dotted(plain, key, value)   # nests, or names the broken rule
+            if field:   # "a&&b" has no empty field, as parse_qsl reads it
+                _set_dotted(plain, key, value)   # nests, or names the broken rule
         else:   # the plain top-level field most parameters are
             plain[key] = value
     if size > MAX_PAYLOAD_BYTES:
@@ -234,46 +242,27 @@ def _unquote(text):
         text = text.replace("+", " ")
     if "%" not in text:
         return text
-    pieces = text.split("%")
-    decoded = [pieces[0]]
-    for piece in itertools.islice(pieces, 1, None):
-        character = _ASCII_ESCAPES.get(piece[:2])
-        if character is None:   # UTF-8, or not an escape at all: the general way
-            return urllib.parse.unquote(text, errors="strict")
-        decoded.append(character)
-        decoded.append(piece[2:])
-    return "".join(decoded)
-
-
-def parse_pairs(query):
-    """urllib.parse.parse_qsl(query, keep_blank_values=True, errors="strict"), several times
-    faster. Raises UnicodeDecodeError, and Rejected past MAX_PARAMS fields."""
-    if query.count("&") >= MAX_PARAMS:
-        raise Rejected("too_many_params")
-    pairs = []
-    for field in query.split("&"):
-        if field:
-            key, _, value = field.partition("=")
-            if "%" in field or "+" in field:
-                key, value = _unquote(key), _unquote(value)
-            pairs.append((key, value))
-    return pairs
+    first, *pieces = text.split("%")
+    try:
+        return first + "".join([_ASCII_ESCAPES[piece[:2]] + piece[2:] for piece in pieces])
+    except KeyError:   # UTF-8, or not an escape at all: the general way
+        return urllib.parse.unquote(text, errors="strict")
 
 
 def _set_dotted(target, key, value):
     parts = key.split(".")
     if "" in parts or len(parts) > MAX_DEPTH:
         raise Rejected("invalid_key", key[:100])
-    node = target
-    for part in parts[:-1]:
+    last, node = parts.pop(), target
+    for part in parts:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise Rejected("key_conflict", key[:100])
-    if isinstance(node.get(parts[-1]), dict):
-        raise Rejected("key_conflict", key[:100])
-    if parts[-1] in node:
+    if last in node:
+        if isinstance(node[last], dict):
+            raise Rejected("key_conflict", key[:100])
         raise Rejected("duplicate_key", key[:100])
-    node[parts[-1]] = value
+    node[last] = value
 
 
 def _overlay(base, top):
@@ -416,6 +405,8 @@ _OBJECT_FIELDS = {"properties": "properties_not_object", "traits": "traits_not_o
                   "context": "context_not_object", "integrations": "integrations_not_object"}
 _STRING_FIELDS = {"name": "name_not_string", "category": "category_not_string"}
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
+_MADE_STRINGS = ("userId", "anonymousId", "messageId")
+_STR_OR_NONE, _DICT_OR_NONE = {str, type(None)}, {dict, type(None)}
 
 
 def _string_id(payload, field):
@@ -446,10 +437,12 @@ def validate(kind, payload, write_keys=None):
                        type(write_keys) is str and write_key != write_keys):
         raise Rejected("invalid_write_key")
     event = dict(payload)
-    for field in ("userId", "anonymousId", "messageId"):
-        value = _string_id(payload, field)
-        if value is not None:
-            event[field] = value
+    # Each type check first runs in C, over map(); only a payload it fails walks the fields.
+    if not _STR_OR_NONE.issuperset(map(type, map(payload.get, _MADE_STRINGS))):
+        for field in _MADE_STRINGS:
+            value = _string_id(payload, field)
+            if value is not None:
+                event[field] = value
     if event.get("userId") in (None, "") and event.get("anonymousId") in (None, ""):
         raise Rejected("no_user_anon_id")
     if kind == "track":
@@ -467,26 +460,27 @@ def validate(kind, payload, write_keys=None):
             raise Rejected("previous_id_not_defined")
         if event.get("userId") in (None, ""):
             raise Rejected("user_id_not_defined")
-    elif kind in ("page", "screen"):
+    elif kind in ("page", "screen") and not _STR_OR_NONE.issuperset(
+            map(type, map(payload.get, _STRING_FIELDS))):
         for field, reason in _STRING_FIELDS.items():
             if payload.get(field) is not None and not isinstance(payload[field], str):
                 raise Rejected(reason)
+    if not _DICT_OR_NONE.issuperset(map(type, map(payload.get, _OBJECT_FIELDS))):
+        for field, reason in _OBJECT_FIELDS.items():
+            if payload.get(field) is not None and not isinstance(payload[field], dict):
+                raise Rejected(reason)
     # A null is taken, and written, as absent: event["properties"]["x"] must not meet one.
-    for field, reason in _OBJECT_FIELDS.items():
-        value = payload.get(field)
-        if value is None:
-            event.pop(field, None)
-        elif not isinstance(value, dict):
-            raise Rejected(reason)
-    for field in _STRING_FIELDS:
-        if field in payload and payload[field] is None:
-            del event[field]
-    for field in _TIME_FIELDS:
-        if payload.get(field) is not None:
-            try:
-                parse_time(payload[field])
-            except ValueError:   # a day or an hour out of range too
-                raise Rejected("invalid_timestamp", field) from None
+    if None in payload.values():
+        for field in (*_OBJECT_FIELDS, *_STRING_FIELDS):
+            if field in payload and payload[field] is None:
+                del event[field]
+    if not payload.keys().isdisjoint(_TIME_FIELDS):
+        for field in _TIME_FIELDS:
+            if payload.get(field) is not None:
+                try:
+                    parse_time(payload[field])
+                except ValueError:   # a day or an hour out of range too
+                    raise Rejected("invalid_timestamp", field) from None
     return event
 
 
