@@ -405,8 +405,6 @@ _OBJECT_FIELDS = {"properties": "properties_not_object", "traits": "traits_not_o
                   "context": "context_not_object", "integrations": "integrations_not_object"}
 _STRING_FIELDS = {"name": "name_not_string", "category": "category_not_string"}
 _TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
-_MADE_STRINGS = ("userId", "anonymousId", "messageId")
-_STR_OR_NONE, _DICT_OR_NONE = {str, type(None)}, {dict, type(None)}
 
 
 def _string_id(payload, field):
@@ -437,12 +435,10 @@ def validate(kind, payload, write_keys=None):
                        type(write_keys) is str and write_key != write_keys):
         raise Rejected("invalid_write_key")
     event = dict(payload)
-    # Each type check first runs in C, over map(); only a payload it fails walks the fields.
-    if not _STR_OR_NONE.issuperset(map(type, map(payload.get, _MADE_STRINGS))):
-        for field in _MADE_STRINGS:
-            value = _string_id(payload, field)
-            if value is not None:
-                event[field] = value
+    for field in ("userId", "anonymousId", "messageId"):
+        value = _string_id(payload, field)
+        if value is not None:
+            event[field] = value
     if event.get("userId") in (None, "") and event.get("anonymousId") in (None, ""):
         raise Rejected("no_user_anon_id")
     if kind == "track":
@@ -460,27 +456,26 @@ def validate(kind, payload, write_keys=None):
             raise Rejected("previous_id_not_defined")
         if event.get("userId") in (None, ""):
             raise Rejected("user_id_not_defined")
-    elif kind in ("page", "screen") and not _STR_OR_NONE.issuperset(
-            map(type, map(payload.get, _STRING_FIELDS))):
+    elif kind in ("page", "screen"):
         for field, reason in _STRING_FIELDS.items():
             if payload.get(field) is not None and not isinstance(payload[field], str):
                 raise Rejected(reason)
-    if not _DICT_OR_NONE.issuperset(map(type, map(payload.get, _OBJECT_FIELDS))):
-        for field, reason in _OBJECT_FIELDS.items():
-            if payload.get(field) is not None and not isinstance(payload[field], dict):
-                raise Rejected(reason)
     # A null is taken, and written, as absent: event["properties"]["x"] must not meet one.
-    if None in payload.values():
-        for field in (*_OBJECT_FIELDS, *_STRING_FIELDS):
-            if field in payload and payload[field] is None:
-                del event[field]
-    if not payload.keys().isdisjoint(_TIME_FIELDS):
-        for field in _TIME_FIELDS:
-            if payload.get(field) is not None:
-                try:
-                    parse_time(payload[field])
-                except ValueError:   # a day or an hour out of range too
-                    raise Rejected("invalid_timestamp", field) from None
+    for field, reason in _OBJECT_FIELDS.items():
+        value = payload.get(field)
+        if value is None:
+            event.pop(field, None)
+        elif not isinstance(value, dict):
+            raise Rejected(reason)
+    for field in _STRING_FIELDS:
+        if field in payload and payload[field] is None:
+            del event[field]
+    for field in _TIME_FIELDS:
+        if payload.get(field) is not None:
+            try:
+                parse_time(payload[field])
+            except ValueError:   # a day or an hour out of range too
+                raise Rejected("invalid_timestamp", field) from None
     return event
 
 
