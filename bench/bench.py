@@ -9,11 +9,13 @@
 Sections (--only picks one; repeat it for several):
 
 core        microseconds per event for decode + validate + enrich + serialise of the docs'
-            example, in this process (best of several timeit runs).
+            track pixel and the page pixel, in this process (best of several timeit runs).
 opcodes     Python bytecodes one kept-alive GET runs, from pixel's handler waiting for it to
             its answer sent, for the docs' track pixel and the page pixel, and the functions that
             run the most (sys.settrace): unlike a time, nearly the same on every run of one
             Python version, so a change to the request path can be judged on a noisy machine.
+            Time it with `core` too: a bytecode that calls C (map, a set method) can cost
+            more than the several it replaces.
 startup     milliseconds from starting `python3 pixel.py` to its first accepted connection,
             with this interpreter and with /usr/bin/python3 if that is another one, each next
             to the interpreter's own start-up (`python3 -c pass`).
@@ -508,15 +510,19 @@ def core(settings, problems):
         print("\n## core\nskipped: " + problems[-1])
         return
     received_at = time.time()
+    print("\n## core\n\ndecode + validate + enrich + serialise (best of %d × %d):\n"
+          % (settings.core_repeat, settings.core_number), flush=True)
+    for name, target in (("docs' track pixel", TRACK_TARGET), ("dot-notation page pixel",
+                                                                PAGE_TARGET)):
+        kind, _, query = target.rpartition("/")[2].partition("?")
 
-    def one_event():
-        pixel.encode_line(pixel.pixel_event("track", DOCS_QUERY, received_at=received_at,
-                                            ip="127.0.0.1", user_agent="Mail/1"))
+        def one_event():
+            pixel.encode_line(pixel.pixel_event(kind, query, received_at=received_at,
+                                                ip="127.0.0.1", user_agent="Mail/1"))
 
-    best = min(timeit.repeat(one_event, number=settings.core_number,
-                             repeat=settings.core_repeat)) / settings.core_number * 1e6
-    print("\n## core\n\ndecode + validate + enrich + serialise, docs' example: %.1f µs per event "
-          "(best of %d × %d)" % (best, settings.core_repeat, settings.core_number), flush=True)
+        best = min(timeit.repeat(one_event, number=settings.core_number,
+                                 repeat=settings.core_repeat)) / settings.core_number * 1e6
+        print("- %s: %.1f µs per event" % (name, best), flush=True)
 
 
 def opcodes(folder, problems):
