@@ -53,6 +53,7 @@ import datetime
 import email.utils
 import errno
 import functools
+import gc
 import hashlib
 import hmac
 import html
@@ -421,7 +422,8 @@ def _string_id(payload, field):
 
 def validate(kind, payload, write_keys=None):
     """A copy of `payload` with its ids made strings if it keeps Segment's rules for `kind`,
-    else Rejected. `write_keys`, if given, are the accepted keys; else any non-empty one is."""
+    else Rejected. `write_keys`, if given, are the accepted keys; else any non-empty one is.
+    The copy is shallow: `properties` and the like are the caller's objects, as in the event."""
     if kind not in EVENT_TYPES:
         raise Rejected("invalid_type", str(kind)[:40])
     if not isinstance(payload, dict):   # a caller's JSON array, say: as the routes refuse it
@@ -1991,6 +1993,18 @@ def why_not_rotated(error):
 WRITTEN_HERE = set()   # the paths this process's LogWriters hold: a clash here waits for nothing
 
 
+def _first_open(writer):
+    """A LogWriter's first open; a file this process's own flock holds is said to be so, not
+    "another process" (the importer's own LogWriter beside a make_wsgi_app on its log)."""
+    try:
+        writer._open()
+    except OSError as error:
+        if error.errno == errno.EBUSY and writer.path in WRITTEN_HERE:
+            raise OSError(errno.EBUSY, "this process writes it already (another LogWriter, "
+                          "make_wsgi_app or pixel in it)", writer.path) from None
+        raise
+
+
 class LogWriter:
     """Appends whole lines to a file (O_APPEND) before the caller answers; rotates past
     `max_bytes`, keeping `keep` (as RotatingFileHandler); follows a rename or delete by others
@@ -2010,7 +2024,7 @@ class LogWriter:
         self._path_checked = self._failed_at = self._rotate_failed_at = float("-inf")
         self._fd = self._identity = self._changes = self.left = None   # changes(), follow()
         self.closed = False         # by close(): a write after it is refused, never reopens
-        self._open()                # at start an OSError is the operator's to see
+        _first_open(self)           # at start an OSError is the operator's to see
         try:
             self.torn_tail, self.torn_tail_bytes = cut_torn_tail(
                 self._fd, self.path, self._size, self._reporter)
@@ -3136,6 +3150,7 @@ class Recorder:
             people.judging.pop()
 
     def record_pixel(self, kind, request, people=None):
+        """Write a pixel.Request's event of `kind`, or its rejects line, before it returns."""
         if people is None and self.people is not None:   # with --suppress: one list
             return self._judged(lambda people: self.record_pixel(kind, request, people))
         received_at = self.clock()
@@ -3182,8 +3197,8 @@ class Recorder:
         return written == len(lines)
 
     def record_api(self, route, request, browser=False, people=None):
-        """Write an HTTP API body's events; return 200 once they are on disk, 400 for a body
-        that is not one, 503 if the log could not be written (SDKs retry a 5xx), or with
+        """Write a pixel.Request's body's events; answer 200 once they are on disk, 400 for a
+        body that is not one, 503 if the log could not be written (SDKs retry a 5xx), or with
         --write-key 401 when every event was refused for its key. Refused items go to the
         rejects log (MAX_REJECTS_PER_REQUEST lines, then one counting the rest). On `browser`
         routes `timestamp`, the browser's clock, becomes originalTimestamp, as in Segment."""
@@ -6424,14 +6439,25 @@ class StartupError(Exception):
     """What stops pixel from starting, in one line: an option, a log, a CPU, a port."""
 
 
+_KIND_WORDS = {int: "a whole number", float: "a number", str: "text", bool: "True or False"}
+
+
 def _checker(name, kind, convert, ok, problem):
     """A check of a `kind` value, given as it is or as text to `convert`, then `ok`. argparse
     shows `name` for text that `convert` refuses: "invalid _port value: 'http'"."""
+    several = kind if isinstance(kind, tuple) else (kind,)
+    kinds = " or ".join(sorted({_KIND_WORDS[one] for one in several
+                                if not (one is int and float in several)}))
+
     def check(value):
-        if isinstance(value, str):
+        text = isinstance(value, str)
+        if text:
             value = convert(value.strip())
-        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool or \
-                not ok(value):
+        if not text and (not isinstance(value, kind) or isinstance(value, bool) and
+                         kind is not bool):   # from Python: "must not be empty: 123" misled
+            raise argparse.ArgumentTypeError("takes %s, not %s: %r" % (
+                kinds, type(value).__name__, value))
+        if not isinstance(value, kind) or not ok(value):
             raise argparse.ArgumentTypeError("%s: %r" % (problem, value))
         return value
     check.__name__ = name
@@ -6468,6 +6494,16 @@ def _size(value):
             raise argparse.ArgumentTypeError("not a size: %r (try 10485760 or 10M)" % value)
         value = int(match.group(1)) * 1024 ** " kmg".index(match.group(2).lower() or " ")
     return _count(value)
+
+
+def _write_key(value):
+    """A writeKey: a comma is PIXEL_WRITE_KEYS's separator, so "K1,K2" given once is a mistake
+    that would refuse every event, not a key."""
+    text = _nonempty(value)
+    if "," in text:
+        raise argparse.ArgumentTypeError("one key each, no comma (repeat --write-key, or give "
+                                         "a list): %r" % text)
+    return text
 
 
 def _public_url(value):
@@ -6591,7 +6627,7 @@ OPTIONS = (
            "this size (K, M, G suffixes); 0 never rotates"),
     Option("keep", "PIXEL_KEEP", 0, _count, "rotated files to keep per log, the oldest deleted "
            "first; 0 keeps them all"),
-    Option("write_key", "PIXEL_WRITE_KEYS", (), _nonempty, "accept only this writeKey; "
+    Option("write_key", "PIXEL_WRITE_KEYS", (), _write_key, "accept only this writeKey; "
            "repeatable. Unset, any non-empty key is accepted", many=True),
     Option("trusted_proxy", "PIXEL_TRUSTED_PROXIES", (), _network, "an address or network whose "
            "X-Forwarded-For is believed, or unix: a unix socket's peer (a WSGI server bound "
@@ -6765,7 +6801,7 @@ def open_logs(log, rejects, *, busy, wait=0.0, **options):
     if os.path.exists(log) and os.path.exists(rejects) and os.path.samefile(log, rejects):
         raise StartupError("the events log and the rejects log are the same file: %s"
                            % os.path.realpath(log))
-    writers, waited = [], None
+    writers, waited, collected = [], None, False
     deadline = time.monotonic() + wait
     for path in (log, rejects):
         while True:
@@ -6776,6 +6812,12 @@ def open_logs(log, rejects, *, busy, wait=0.0, **options):
                 # Wait while another process holds it: a gunicorn reload, whose old worker
                 # lets go soon; an erase rewriting it (erase_at_work), until it is done.
                 here = error.errno == errno.EBUSY and os.path.realpath(path) in WRITTEN_HERE
+                if here and not collected:
+                    # An app dropped in a reference cycle (a Flask app's, a test's) holds
+                    # its files until the collector runs its finalizer: run it now, once.
+                    collected = True
+                    gc.collect()
+                    continue
                 if error.errno != errno.EBUSY or here or time.monotonic() >= deadline and \
                         not erase_at_work(path):
                     for writer in writers:

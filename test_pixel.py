@@ -1594,6 +1594,8 @@ class CommandLine(unittest.TestCase):
                 (["--log", "same", "--rejects", "same"], {}, "different files"),
                 (["--bogus"], {}, "unrecognized arguments"),
                 (["--cpu", "fast"], {}, "not auto, none or a CPU number"),
+                # PIXEL_WRITE_KEYS's comma given to the flag was one key no event had.
+                (["--write-key", "K1,K2"], {}, "one key each, no comma"),
                 ([], {"PIXEL_PORT": "x"}, "PIXEL_PORT='x'"),
                 ([], {"PIXEL_NO_IP": "maybe"}, "PIXEL_NO_IP"),
                 # Empty variables must not mean wider access than unset ones.
@@ -10450,6 +10452,54 @@ class WsgiStart(unittest.TestCase):
         with unittest.mock.patch("sys.stderr", io.StringIO()):
             self.assertEqual(writer.write([b"{}\n"]), 0)
         self.assertEqual((writer.failed, writer._fd), (1, None))
+
+    def test_a_value_of_the_wrong_python_type_is_named_as_such(self):
+        # The newcomer: log=123 was "must not be empty: 123", max_bytes=1.5e6 "must be 0 or
+        # more: 1500000.0", no_ip=1 "not a yes/no value: 1".
+        for options, message in (({"log": 123}, "log: takes text, not int: 123"),
+                                 ({"write_key": ["K", 7]}, "write_key: takes text, not int: 7"),
+                                 ({"max_bytes": 1.5e6}, "max_bytes: takes a whole number, "
+                                                        "not float: 1500000.0"),
+                                 ({"no_ip": 1}, "no_ip: takes True or False, not int: 1"),
+                                 ({"forward_timeout": True}, "forward_timeout: takes a number, "
+                                                             "not bool: True"),
+                                 # Text keeps the check's own words.
+                                 ({"no_ip": "maybe"}, "no_ip: not a yes/no value: 'maybe'"),
+                                 ({"keep": "-1"}, "keep: must be 0 or more: -1")):
+            with self.subTest(options):
+                with self.assertRaises(ValueError) as caught:
+                    pixel.configure(**options)
+                self.assertEqual(str(caught.exception), message)
+
+    def test_a_writer_on_a_log_this_process_writes_says_so(self):
+        # The newcomer's own LogWriter beside a mounted app, on its log: the error blamed
+        # "another process".
+        app = pixel.make_wsgi_app(log=self.log)
+        self.addCleanup(app.close)
+        with self.assertRaises(OSError) as caught:
+            pixel.LogWriter(self.log)
+        self.assertEqual(caught.exception.errno, errno.EBUSY)
+        self.assertIn("this process writes it already", str(caught.exception))
+        self.assertNotIn("another process", str(caught.exception))
+
+    def test_an_app_dropped_in_a_reference_cycle_lets_go_for_the_next(self):
+        # The newcomer's app factory under unittest: each test's Flask app (a cycle) mounts
+        # pixel on the same log; the one dropped was still held, so the next was refused.
+        class Site:
+            def __init__(site, log):
+                site.me, site.pixel = site, pixel.make_wsgi_app(log=log)
+
+        gc.disable()   # the collector's own run must not hide it
+        self.addCleanup(gc.enable)
+        Site(self.log)
+        site = Site(self.log)
+        self.addCleanup(site.pixel.close)
+        self.assertEqual(b"".join(site.pixel(
+            {"REQUEST_METHOD": "GET", "PATH_INFO": "/v1/pixel/track", "REMOTE_ADDR": "192.0.2.1",
+             "QUERY_STRING": "writeKey=k&userId=u&event=e"}, lambda status, headers: None)),
+            pixel.GIF)
+        with open(self.log) as handle:
+            self.assertEqual(len(handle.readlines()), 1)
 
     def test_python_values_a_flag_cannot_give(self):
         # The importer: None skipped the checks (forward_alert=None made /health a 500,

@@ -1,6 +1,8 @@
 // Sends all six Segment calls to a pixel.py through Segment's own Node SDK,
 // @segment/analytics-node. Used by test_pixel.NodeSdk (which .ci/run makes required):
 //   node examples/node_sdk.js http://127.0.0.1:8000
+// Under a WSGI prefix the SDK drops the host's path (new URL(path, host)): give it as `path`:
+//   node examples/node_sdk.js http://127.0.0.1:8000 /collect/v1/batch
 // Prints the SDK's version; exits 1 if the SDK reports any error.
 const { Analytics } = require('@segment/analytics-node')
 const { version } = require('@segment/analytics-node/package.json')
@@ -10,6 +12,7 @@ async function main () {
   const analytics = new Analytics({
     writeKey: 'NODE_KEY',
     host: process.argv[2],
+    path: process.argv[3] || '/v1/batch',
     maxEventsInBatch: 3,
     maxRetries: 0
   })
