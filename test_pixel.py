@@ -1818,6 +1818,19 @@ class ForwardPolicy(unittest.TestCase):
             for _ in range(50):
                 self.assertTrue(low <= pixel.backoff_delay(failures) <= high, failures)
 
+    def test_the_forward_write_key_is_named_in_a_receivers_words(self):
+        # A one-letter --forward-write-key was named inside every word of an error text.
+        for secret, answer, expected in (
+                ("a", "no source for writeKey a, and a path", "no source for writeKey "
+                 "(--forward-write-key), and (--forward-write-key) path"),
+                ("a", "bad auth: 'a' at /v1/batch", "bad auth: '(--forward-write-key)' at "
+                 "/v1/batch"),
+                ("k-1", "key k-1x or k-1", "key k-1x or (--forward-write-key)"),
+                ("K" * 32, "key=%s;x%sx" % ("K" * 32, "K" * 32),
+                 "key=(--forward-write-key);x(--forward-write-key)x")):
+            with self.subTest(secret=secret, answer=answer):
+                self.assertEqual(pixel.named_secret(answer, secret), expected)
+
     def test_retry_after(self):
         now = 1795000000.0
         for value, expected in (("3", 3.0), (" 0 ", 0.0), ("86400", pixel.MAX_RETRY_AFTER),
