@@ -6147,6 +6147,33 @@ class Forwarder:
         return status
 
 
+def unsent_forward_files(writer):
+    """(the forward checkpoint's path, the identities of the files it has not sent) if a run
+    with --forward left one for `writer`'s log that names events not yet sent: its file, a
+    rotation of the log or the live one, from its offset on, and every file after it; else
+    None. Started without --forward, pixel keeps those past --keep: they are the backlog that
+    the next run with --forward sends (files rotated since, it deletes as before)."""
+    path = state_path(writer.path, "forward")
+    try:
+        checkpoint = read_checkpoint(path)
+        rotated = pixel_rotations(writer.path)
+    except (OSError, ValueError):   # unreadable: nothing it could vouch for
+        return None
+    if checkpoint is None:
+        return None
+    named = (checkpoint["device"], checkpoint["inode"])
+    live, end, _ = writer.committed()
+    if named == live:
+        return None if checkpoint["offset"] >= end else (path, frozenset([live]))
+    identities = []
+    for rotation in rotated:
+        status = stat_or_none(rotation)
+        identities.append(status and (status.st_dev, status.st_ino))
+    if named not in identities:   # gone: the forwarder says so when it runs again
+        return None
+    return path, frozenset(identities[identities.index(named):] + [live]) - {None}
+
+
 # --------------------------------------------------------------------------------------------
 # Erasing beside a running pixel: how `pixel.py erase` asks it to let go of a live log
 # (EraseRequest), and how the pixel answers (EraseDesk).
@@ -6420,6 +6447,9 @@ class EraseDesk:
                     return
                 if self.forwarder is not None and self.forwarder.held is None:
                     self.forwarder.hold()
+                for writer in self.writers.values():   # a backlog kept with no forwarder
+                    if self.forwarder is None and writer.pinned:   # (unsent_forward_files):
+                        writer.pinned = None   # its files are replaced: --keep deletes none
                 for path, request in at_work.items():
                     if answered.get(path) != request.get("id"):
                         write_checkpoint(self.answers[path], dict(
@@ -6430,6 +6460,10 @@ class EraseDesk:
             if self.forwarder is not None and self.forwarder.held is not None and \
                     not self.stopping.is_set():
                 self.forwarder.resume()
+            for writer in self.writers.values():   # the backlog by its files' new identities
+                if self.forwarder is None and writer.pinned is None:
+                    backlog = unsent_forward_files(writer)
+                    writer.pinned = frozenset() if backlog is None else backlog[1]
             for path, request_id in answered.items():
                 if os.path.exists(path):
                     write_checkpoint(self.answers[path], {"id": request_id, "state": "resumed",
@@ -6896,6 +6930,13 @@ class Pixel:
             config.log, config.rejects, max_bytes=config.max_bytes, keep=config.keep,
             clock=clock, reporter=self.reporter, readable=bool(config.forward), busy=busy,
             wait=wait)
+        backlog = None if config.forward or not config.keep else \
+            unsent_forward_files(self.events)
+        if backlog is not None:   # --forward left out for a while: its backlog is not --keep's
+            self.events.pinned = backlog[1]
+            self.reporter.say("keeping %d file(s) of %s past --keep %d: %s names events not yet "
+                              "forwarded (start with --forward to send them, or remove it)"
+                              % (len(backlog[1]), config.log, config.keep, backlog[0]))
         self.recorder = Recorder(self.events, self.rejects, write_keys=config.write_key,
                                  trusted_proxies=config.trusted_proxy,
                                  record_ip=not config.no_ip, anonymize_ip=config.anonymize_ip,

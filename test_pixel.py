@@ -15213,6 +15213,86 @@ class Suppressed(RecorderCase):
         self.assertEqual(self.files(), [[], []])
 
 
+class KeepWithoutForward(unittest.TestCase):
+    def open(self, made, first, count):
+        for number in range(first, first + count):
+            made.app.answer(pixel.ROUTES["/v1/pixel/track"], request(
+                query="writeKey=K&userId=u&event=Opened&messageId=m%d" % number))
+
+    def test_a_start_without_forward_keeps_the_backlog_a_forwarding_run_left(self):
+        # The attack pass: a pixel run with --forward while its receiver was down, then
+        # started once without --forward (with --keep 1): its first rotation deleted every
+        # unsent file, and the next run with --forward lost 20 of 25 events, saying they
+        # were "moved by hand".
+        folder = temp_dir(self)
+        receiver, down = receiver_down(self)
+        options = dict(max_bytes=1000, keep=1)
+        made = make_pixel(self, folder, forward=receiver.url, **options)
+        made.start()
+        self.open(made, 0, 20)
+        self.assertGreater(len(pixel.pixel_rotations(made.events.path)), 2)
+        made.close()
+        stderr = io.StringIO()
+        made = make_pixel(self, folder, reporter=pixel.Reporter(stderr), **options)
+        self.open(made, 20, 20)   # rotates: --keep deletes what was rotated since, not more
+        made.close()
+        made = make_pixel(self, folder, forward=receiver.url, **options)
+        made.start()
+        down.clear()
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 20, timeout=15))
+        self.assertEqual(receiver.ids()[:20], ["m%d" % number for number in range(20)])
+        self.assertIn("names events not yet forwarded", stderr.getvalue())
+
+    def test_an_erase_meanwhile_keeps_the_backlog_all_the_same(self):
+        # Its files replaced by an erase (new inodes), the backlog was no longer known by
+        # identity, and --keep deleted it: 4 of 16 events were left for the receiver.
+        folder = temp_dir(self)
+        receiver, down = receiver_down(self)
+        options = dict(max_bytes=1000, keep=1)
+        made = make_pixel(self, folder, forward=receiver.url, **options)
+        made.start()
+        for number in range(20):
+            made.app.answer(pixel.ROUTES["/v1/pixel/track"], request(
+                query="writeKey=K&userId=%s&event=Opened&messageId=m%d"
+                % ("gone" if number % 5 == 0 else "u", number)))
+        made.close()
+        made = make_pixel(self, folder, **options)
+        made.start()
+        erase = subprocess.run([sys.executable, PIXEL_RUN, "erase", "--user-id", "gone",
+                                "--apply"] + sorted(glob.glob(made.events.path + "*")),
+                               capture_output=True, text=True, timeout=120)
+        self.assertEqual(erase.returncode, 0, erase.stderr)
+        # Once the erase is done, the backlog is known again by its new files: --keep
+        # deletes what is rotated from here on, and none of it.
+        self.assertTrue(wait_until(lambda: made.events.pinned is not None))
+        backlog = len(pixel.pixel_rotations(made.events.path))
+        self.assertEqual(len(made.events.pinned), backlog + 1)   # and the live file
+        self.open(made, 20, 20)   # the old live file stays (backlog), one more (--keep 1)
+        self.assertEqual(len(pixel.pixel_rotations(made.events.path)), backlog + 2)
+        made.close()
+        made = make_pixel(self, folder, forward=receiver.url, **options)
+        made.start()
+        down.clear()
+        kept = ["m%d" % number for number in range(20) if number % 5]
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 16, timeout=15))
+        self.assertEqual(receiver.ids()[:16], kept)
+
+    def test_a_caught_up_checkpoint_keeps_nothing_more(self):
+        folder = temp_dir(self)
+        receiver = FakeReceiver(self)
+        options = dict(max_bytes=1000, keep=1)
+        made = make_pixel(self, folder, forward=receiver.url, **options)
+        made.start()
+        self.open(made, 0, 20)
+        self.assertTrue(wait_until(lambda: made.forwarder.status()["lines_behind"] == 0))
+        made.close()
+        stderr = io.StringIO()
+        made = make_pixel(self, folder, reporter=pixel.Reporter(stderr), **options)
+        self.open(made, 20, 20)
+        self.assertNotIn("not yet forwarded", stderr.getvalue())
+        self.assertEqual(len(pixel.pixel_rotations(made.events.path)), 1)
+
+
 class SuppressedWhileForwarding(unittest.TestCase):
     def test_an_event_refused_after_its_person_was_suppressed_is_written_nowhere(self):
         # The attack pass: alice's event, logged before she was listed, then refused by the
