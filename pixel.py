@@ -6679,8 +6679,8 @@ OPTIONS = (
            "behind a proxy; the settings document points analytics.js there. Unset, the "
            "request's Host and scheme are used"),
     Option("dedupe_window", "PIXEL_DEDUPE_WINDOW", DEFAULT_DEDUPE_WINDOW, _window, "client-sent "
-           "messageIds to remember, per writeKey; an event whose key and messageId were "
-           "written among the last N is dropped as a retry. 0 turns it off"),
+           "messageIds to remember, one window for all writeKeys; an event whose key and "
+           "messageId were written among the last N is dropped as a retry. 0 turns it off"),
     Option("no_ip", "PIXEL_NO_IP", False, _flag, "record no IP address, not even a client-sent "
            "context.ip"),
     Option("anonymize_ip", "PIXEL_ANONYMIZE_IP", False, _flag, "record IP addresses truncated "
