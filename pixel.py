@@ -4372,12 +4372,18 @@ def named_secret(text, secret):
     """`text` with --forward-write-key's `secret` in it named, not shown: unlike --write-key's
     keys, which a pixel's HTML holds, it lets its holder send to the receiver, and /health
     answers anyone. A short key (a test's "k") is named only where it stands alone: named
-    inside every word, it made the text unreadable, and such a key is no secret."""
+    inside every word, it made the text unreadable, and such a key is no secret. A longer
+    one is named as a receiver may quote it too: in JSON, or as the Basic credential sent."""
     if not secret:
         return text
-    if len(secret) >= 8:
-        return text.replace(secret, "(--forward-write-key)")
-    return re.sub(r"(?<![\w-])%s(?![\w-])" % re.escape(secret), "(--forward-write-key)", text)
+    if len(secret) < 8:
+        return re.sub(r"(?<![\w-])%s(?![\w-])" % re.escape(secret), "(--forward-write-key)",
+                      text)
+    credential = base64.b64encode((secret + ":").encode("utf-8")).decode("ascii")
+    for form in dict.fromkeys((secret, json.dumps(secret)[1:-1], credential, json.dumps(
+            secret, ensure_ascii=False)[1:-1], credential.rstrip("="))):   # each once
+        text = text.replace(form, "(--forward-write-key)")
+    return text
 
 
 def _gist(answer, secret=None):
@@ -4471,14 +4477,17 @@ class Receiver:
                 problem = "%d %s" % (status, _gist(answer, self.secret))
                 if status in _KEY_STATUSES:
                     delay = self.max_delay
+                    # The operator's key named, as in /health (a short one is no secret)
+                    named = key if len(key) < 8 else named_secret(key, self.secret)
                     fatal = "%s refused writeKey %s: %s; check --write-key or the receiver's " \
-                        "keys" % (self.endpoint, key, problem)
+                        "keys" % (self.endpoint, named, problem)
                     if not self.gives_up and self.paused_key != key:
                         self.paused_key = key
                         self.reporter.say(
                             "forwarding to %s is PAUSED: it refused writeKey %s (%s). Check "
                             "--forward-write-key or the receiver's keys; nothing is dropped, "
-                            "retrying every %d s" % (self.endpoint, key, problem, self.max_delay))
+                            "retrying every %d s" % (self.endpoint, named, problem,
+                                                     self.max_delay))
                 elif status in _NOTHING_THERE_STATUSES or 300 <= status < 400:
                     location = headers.get("location")   # a redirect is never followed
                     problem += "%s: nothing at this URL takes batches; check the URL" % (
@@ -6152,7 +6161,10 @@ def unsent_forward_files(writer):
     with --forward left one for `writer`'s log that names events not yet sent: its file, a
     rotation of the log or the live one, from its offset on, and every file after it; else
     None. Started without --forward, pixel keeps those past --keep: they are the backlog that
-    the next run with --forward sends (files rotated since, it deletes as before)."""
+    the next run with --forward sends (files rotated since, it deletes as before). As that
+    run finds them (rotated_since, found_at): its file by the inode an erase killed mid-way
+    gave it too ("replaced"), and if it is gone or moved by hand, every rotation written
+    since it was saved."""
     path = state_path(writer.path, "forward")
     try:
         checkpoint = read_checkpoint(path)
@@ -6161,17 +6173,22 @@ def unsent_forward_files(writer):
         return None
     if checkpoint is None:
         return None
-    named = (checkpoint["device"], checkpoint["inode"])
+    positions = {(checkpoint["device"], checkpoint["inode"]): checkpoint["offset"]}
+    replaced = checkpoint.get("replaced")
+    if isinstance(replaced, dict) and all(type(replaced.get(field)) is int
+                                          for field in ("inode", "offset")):
+        positions[checkpoint["device"], replaced["inode"]] = replaced["offset"]
     live, end, _ = writer.committed()
-    if named == live:
-        return None if checkpoint["offset"] >= end else (path, frozenset([live]))
-    identities = []
-    for rotation in rotated:
-        status = stat_or_none(rotation)
-        identities.append(status and (status.st_dev, status.st_ino))
-    if named not in identities:   # gone: the forwarder says so when it runs again
+    if live in positions:
+        return None if positions[live] >= end else (path, frozenset([live]))
+    statuses = [stat_or_none(rotation) for rotation in rotated]
+    first = next((index for index, status in enumerate(statuses) if status is not None and (
+        (status.st_dev, status.st_ino) in positions or
+        status.st_mtime_ns >= checkpoint["mtime_ns"])), None)
+    if first is None:   # gone, and nothing written since: the forwarder says so when it runs
         return None
-    return path, frozenset(identities[identities.index(named):] + [live]) - {None}
+    return path, frozenset([(status.st_dev, status.st_ino) for status in statuses[first:]
+                            if status is not None] + [live])
 
 
 # --------------------------------------------------------------------------------------------
@@ -7728,9 +7745,9 @@ def listen(config, reporter):
     (PixelServer, the CPU or None). It listens once serve() is ready to answer."""
     try:
         pinned = pin_cpu(config.cpu)
-    except OSError as error:   # a CPU this process may not use
-        raise StartupError("cannot pin to CPU %s: %s" % (config.cpu,
-                                                         error.strerror or error)) from None
+    except (OSError, OverflowError) as error:   # a CPU this process may not use, or a
+        raise StartupError("cannot pin to CPU %s: %s" % (   # number past a C long's
+            config.cpu, getattr(error, "strerror", None) or error)) from None
     # A connection holds a socket (two under TLS: see _handshake), and 64 files are kept for
     # the logs, the listener and stdio (a soft limit of 1024 would not fit --max-connections).
     # Under a lower hard limit fewer are served at once, the others waiting in the backlog.

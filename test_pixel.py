@@ -1827,7 +1827,17 @@ class ForwardPolicy(unittest.TestCase):
                  "/v1/batch"),
                 ("k-1", "key k-1x or k-1", "key k-1x or (--forward-write-key)"),
                 ("K" * 32, "key=%s;x%sx" % ("K" * 32, "K" * 32),
-                 "key=(--forward-write-key);x(--forward-write-key)x")):
+                 "key=(--forward-write-key);x(--forward-write-key)x"),
+                # The attack pass: quoted as it was sent (Basic auth), or in JSON, it was
+                # shown to anyone by /health.
+                ("S3cretForwardKey", "bad Authorization: Basic UzNjcmV0Rm9yd2FyZEtleTo=",
+                 "bad Authorization: Basic (--forward-write-key)"),
+                ("S3cretForwardKey", "credential UzNjcmV0Rm9yd2FyZEtleTo refused",
+                 "credential (--forward-write-key) refused"),
+                ("cl\u00e9-secr\u00e8te", json.dumps({"writeKey": "cl\u00e9-secr\u00e8te"}),
+                 '{"writeKey": "(--forward-write-key)"}'),
+                ('k\\ey"12345', json.dumps({"writeKey": 'k\\ey"12345'}),
+                 '{"writeKey": "(--forward-write-key)"}')):
             with self.subTest(secret=secret, answer=answer):
                 self.assertEqual(pixel.named_secret(answer, secret), expected)
 
@@ -7331,6 +7341,18 @@ class Forwarding(ForwardingCase):
         self.assertIsNone(forwarder.status()["paused_write_key"])
         self.assertEqual(self.rejects(), [])
 
+    def test_a_pause_for_the_forward_write_key_names_it_on_stderr_too(self):
+        # The attack pass: /health named it, but the PAUSED line on stderr showed it.
+        secret = "S3cretForwardKey"
+        receiver = FakeReceiver(self, lambda receiver, user, events: (401, {}, b"bad key"))
+        writer = self.writer()
+        self.write(writer, [0])
+        forwarder = self.forwarder(receiver.url, writer, write_key=secret)
+        self.assertTrue(wait_until(lambda: forwarder.receiver.paused_key == secret))
+        self.assertIn("is PAUSED: it refused writeKey (--forward-write-key) (401 bad key)",
+                      self.stderr.getvalue())
+        self.assertNotIn(secret, self.stderr.getvalue())
+
     def test_an_answer_cut_in_the_forward_write_key_shows_none_of_it(self):
         # The attack pass on a298b2d: the answer quoted the key across the 200 characters
         # last_error keeps of it, and the part shown, not the whole key, went unreplaced:
@@ -11413,10 +11435,13 @@ class Process(unittest.TestCase):
         self.assertEqual(os.sched_getaffinity(0), {max(allowed)})
 
     def test_cpu_that_is_not_allowed(self):
-        result = subprocess.run([sys.executable, PIXEL_RUN, "--port", "0", "--log", self.log,
-                                 "--cpu", "4096"], capture_output=True, text=True, timeout=30)
-        self.assertEqual(result.returncode, 1)
-        self.assertRegex(result.stderr, r"^pixel: cannot pin to CPU 4096: ")
+        # The attack pass: a number past a C long was a traceback (OverflowError).
+        for cpu in ("4096", "1180591620717411303424"):
+            result = subprocess.run([sys.executable, PIXEL_RUN, "--port", "0", "--log",
+                                     self.log, "--cpu", cpu], capture_output=True, text=True,
+                                    timeout=30)
+            self.assertEqual(result.returncode, 1)
+            self.assertRegex(result.stderr, r"^pixel: cannot pin to CPU %s: [^\n]*\n$" % cpu)
 
     @unittest.skipUnless(os.path.exists("/proc/self/limits"), "reads /proc")
     def test_open_file_limit_is_raised_for_max_connections(self):
@@ -15291,6 +15316,57 @@ class KeepWithoutForward(unittest.TestCase):
         self.open(made, 20, 20)
         self.assertNotIn("not yet forwarded", stderr.getvalue())
         self.assertEqual(len(pixel.pixel_rotations(made.events.path)), 1)
+
+    def backlog_left(self, receiver, options):
+        """The folder of a forwarding run whose receiver was down, and its checkpoint's file."""
+        folder = temp_dir(self)
+        made = make_pixel(self, folder, forward=receiver.url, **options)
+        made.start()
+        self.open(made, 0, 20)
+        made.close()
+        checkpoint = pixel.read_checkpoint(pixel.state_path(made.events.path, "forward"))
+        first, = [path for path in pixel.pixel_rotations(made.events.path)
+                  if os.stat(path).st_ino == checkpoint["inode"]]
+        return folder, first
+
+    def sent_after_a_run_without_forward(self, folder, receiver, down, options):
+        made = make_pixel(self, folder, **options)
+        self.open(made, 20, 20)   # rotates: --keep deletes what was rotated since, not more
+        made.close()
+        made = make_pixel(self, folder, forward=receiver.url, **options)
+        made.start()
+        down.clear()
+        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 20, timeout=15))
+        return receiver.ids()[:20]
+
+    def test_the_checkpoints_own_file_moved_by_hand_keeps_the_rest_of_the_backlog(self):
+        # The attack pass: its file moved aside (an outside mv) while pixel was down, the
+        # checkpoint named no rotation, and --keep deleted all the files after it, which the
+        # next run with --forward would have sent (it finds a file moved by hand): 18 of 20.
+        receiver, down = receiver_down(self)
+        options = dict(max_bytes=1000, keep=1)
+        folder, first = self.backlog_left(receiver, options)
+        os.rename(first, os.path.join(folder, "aside.jsonl"))
+        self.assertEqual(self.sent_after_a_run_without_forward(folder, receiver, down, options),
+                         ["m%d" % number for number in range(20)])
+
+    def test_an_erase_killed_after_its_rename_keeps_the_backlog(self):
+        # The attack pass: a kill -9 of erase between its rename and the checkpoint's last
+        # save leaves the old inode named, the new one "replaced": all 20 were deleted.
+        receiver, down = receiver_down(self)
+        options = dict(max_bytes=1000, keep=1)
+        folder, first = self.backlog_left(receiver, options)
+        where = pixel.state_path(os.path.join(os.path.realpath(folder), "events.jsonl"),
+                                 "forward")
+        checkpoint = pixel.read_checkpoint(where)
+        shutil.copy2(first, first + ".new")
+        os.replace(first + ".new", first)   # the erase's new file: another inode
+        checkpoint["replaced"] = dict(
+            inode=os.stat(first).st_ino, offset=checkpoint["offset"],
+            head_bytes=checkpoint["head_bytes"], head=checkpoint["head"])
+        pixel.write_checkpoint(where, checkpoint)
+        self.assertEqual(self.sent_after_a_run_without_forward(folder, receiver, down, options),
+                         ["m%d" % number for number in range(20)])
 
 
 class SuppressedWhileForwarding(unittest.TestCase):
