@@ -15249,23 +15249,14 @@ class KeepWithoutForward(unittest.TestCase):
         # started once without --forward (with --keep 1): its first rotation deleted every
         # unsent file, and the next run with --forward lost 20 of 25 events, saying they
         # were "moved by hand".
-        folder = temp_dir(self)
         receiver, down = receiver_down(self)
         options = dict(max_bytes=1000, keep=1)
-        made = make_pixel(self, folder, forward=receiver.url, **options)
-        made.start()
-        self.open(made, 0, 20)
-        self.assertGreater(len(pixel.pixel_rotations(made.events.path)), 2)
-        made.close()
+        folder, _ = self.backlog_left(receiver, options)
+        self.assertGreater(len(glob.glob(os.path.join(folder, "events.jsonl?*"))), 2)
         stderr = io.StringIO()
-        made = make_pixel(self, folder, reporter=pixel.Reporter(stderr), **options)
-        self.open(made, 20, 20)   # rotates: --keep deletes what was rotated since, not more
-        made.close()
-        made = make_pixel(self, folder, forward=receiver.url, **options)
-        made.start()
-        down.clear()
-        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 20, timeout=15))
-        self.assertEqual(receiver.ids()[:20], ["m%d" % number for number in range(20)])
+        self.assertEqual(self.sent_after_a_run_without_forward(
+            folder, receiver, down, options, pixel.Reporter(stderr)),
+            ["m%d" % number for number in range(20)])
         self.assertIn("names events not yet forwarded", stderr.getvalue())
 
     def test_an_erase_meanwhile_keeps_the_backlog_all_the_same(self):
@@ -15329,8 +15320,8 @@ class KeepWithoutForward(unittest.TestCase):
                   if os.stat(path).st_ino == checkpoint["inode"]]
         return folder, first
 
-    def sent_after_a_run_without_forward(self, folder, receiver, down, options):
-        made = make_pixel(self, folder, **options)
+    def sent_after_a_run_without_forward(self, folder, receiver, down, options, reporter=None):
+        made = make_pixel(self, folder, reporter=reporter, **options)
         self.open(made, 20, 20)   # rotates: --keep deletes what was rotated since, not more
         made.close()
         made = make_pixel(self, folder, forward=receiver.url, **options)
