@@ -49,6 +49,7 @@ import array
 import base64
 import bisect
 import collections
+import contextlib
 import datetime
 import email.utils
 import errno
@@ -6179,16 +6180,42 @@ def unsent_forward_files(writer):
                                           for field in ("inode", "offset")):
         positions[checkpoint["device"], replaced["inode"]] = replaced["offset"]
     live, end, _ = writer.committed()
+    if positions.get(live, -1) >= end:   # sent to its end
+        return None
+    last = _backlog_end(writer, checkpoint, live)
     if live in positions:
-        return None if positions[live] >= end else (path, frozenset([live]))
+        return path, frozenset([live])
     statuses = [stat_or_none(rotation) for rotation in rotated]
     first = next((index for index, status in enumerate(statuses) if status is not None and (
         (status.st_dev, status.st_ino) in positions or
         status.st_mtime_ns >= checkpoint["mtime_ns"])), None)
     if first is None:   # gone, and nothing written since: the forwarder says so when it runs
         return None
-    return path, frozenset([(status.st_dev, status.st_ino) for status in statuses[first:]
-                            if status is not None] + [live])
+    kept = [(status.st_dev, status.st_ino) for status in statuses[first:] if status]
+    if last in kept:   # the file live when forwarding stopped: those after are --keep's
+        return path, frozenset(kept[:kept.index(last) + 1])
+    return path, frozenset(kept + [live])
+
+
+def _backlog_end(writer, checkpoint, live):
+    """The identity of the file that was live when a run without --forward first met
+    `checkpoint`, saved in its "kept" state: the backlog ends in it (else each restart kept
+    --keep's newest files too). A run with --forward removes the state. One that cannot be
+    read, or names other progress (an erase rewrote the checkpoint's file), is `live`, the
+    file live now, which keeps more, never less."""
+    path = state_path(writer.path, "kept")
+    mark = [checkpoint["device"], checkpoint["inode"], checkpoint["offset"]]
+    try:
+        with open(open_file(path), "rb") as handle:
+            saved = json.loads(handle.read(4096))
+    except (OSError, ValueError, RecursionError):   # none yet, or not one: measured below
+        saved = None
+    if isinstance(saved, dict) and saved.get("checkpoint") == mark and \
+            isinstance(saved.get("live"), list):
+        return tuple(saved["live"])
+    with contextlib.suppress(OSError):   # unsaved, the next start measures: it keeps more
+        write_checkpoint(path, {"checkpoint": mark, "live": list(live)})
+    return live
 
 
 # --------------------------------------------------------------------------------------------
@@ -6968,6 +6995,7 @@ class Pixel:
         self._made_state = not os.path.lexists(os.path.dirname(state_path(config.log, "forward")))
         try:
             if config.forward:
+                _remove_files(state_path(self.events.path, "kept"))   # see _backlog_end
                 receiver = Receiver(
                     config.forward, cafile=config.forward_ca, timeout=config.forward_timeout,
                     configured_keys=set(config.write_key) | {config.forward_write_key} - {None},

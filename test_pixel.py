@@ -15330,6 +15330,23 @@ class KeepWithoutForward(unittest.TestCase):
         self.assertTrue(wait_until(lambda: len(receiver.taken) >= 20, timeout=15))
         return receiver.ids()[:20]
 
+    def test_restarts_without_forward_keep_the_backlog_and_no_more(self):
+        # The attack on 6ea743e: each restart kept --keep's newest files of the run before
+        # too, 2 more a restart. The backlog ends in the file live when forwarding stopped.
+        receiver, down = receiver_down(self)
+        options = dict(max_bytes=1000, keep=1)
+        folder, _ = self.backlog_left(receiver, options)
+        backlog = len(glob.glob(os.path.join(folder, "events.jsonl?*"))) + 1   # and the live
+        for run in range(3):
+            made = make_pixel(self, folder, **options)
+            self.open(made, 100 + 20 * run, 20)
+            made.close()
+            with self.subTest(run=run):   # the backlog, and the newest rotation (--keep 1)
+                self.assertEqual(len(glob.glob(os.path.join(folder, "events.jsonl?*"))),
+                                 backlog + 1)
+        self.assertEqual(self.sent_after_a_run_without_forward(folder, receiver, down, options),
+                         ["m%d" % number for number in range(20)])
+
     def test_the_checkpoints_own_file_moved_by_hand_keeps_the_rest_of_the_backlog(self):
         # The attack pass: its file moved aside (an outside mv) while pixel was down, the
         # checkpoint named no rotation, and --keep deleted all the files after it, which the
