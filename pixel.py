@@ -6160,15 +6160,19 @@ class Forwarder:
 def unsent_forward_files(writer):
     """(the forward checkpoint's path, the identities of the files it has not sent) if a run
     with --forward left one for `writer`'s log that names events not yet sent: its file, a
-    rotation of the log or the live one, from its offset on, and every file after it; else
-    None. Started without --forward, pixel keeps those past --keep: they are the backlog that
-    the next run with --forward sends (files rotated since, it deletes as before). As that
-    run finds them (rotated_since, found_at): its file by the inode an erase killed mid-way
-    gave it too ("replaced"), and if it is gone or moved by hand, every rotation written
-    since it was saved."""
-    path = state_path(writer.path, "forward")
+    rotation of the log or the live one, from its offset on, and every file after it up to
+    the backlog's end (_backlog_end); else None. Started without --forward, pixel keeps
+    those past --keep: the next run with --forward sends them. As that run finds them
+    (rotated_since, found_at): its file by the inode an erase killed mid-way gave it too
+    ("replaced"), and if it is gone or moved by hand, every rotation written since it was
+    saved. A checkpoint where 1.0 kept it (<log>.forward) counts first, as there."""
+    path, legacy = state_path(writer.path, "forward"), os.path.abspath(writer.path) + ".forward"
     try:
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_checkpoint(legacy)
+        if checkpoint is None:
+            checkpoint = read_checkpoint(path)
+        else:
+            path = legacy
         rotated = pixel_rotations(writer.path)
     except (OSError, ValueError):   # unreadable: nothing it could vouch for
         return None
@@ -6182,40 +6186,60 @@ def unsent_forward_files(writer):
     live, end, _ = writer.committed()
     if positions.get(live, -1) >= end:   # sent to its end
         return None
-    last = _backlog_end(writer, checkpoint, live)
-    if live in positions:
-        return path, frozenset([live])
     statuses = [stat_or_none(rotation) for rotation in rotated]
-    first = next((index for index, status in enumerate(statuses) if status is not None and (
-        (status.st_dev, status.st_ino) in positions or
-        status.st_mtime_ns >= checkpoint["mtime_ns"])), None)
+    first = len(statuses) if live in positions else next((
+        index for index, status in enumerate(statuses) if status is not None and (
+            (status.st_dev, status.st_ino) in positions or
+            status.st_mtime_ns >= checkpoint["mtime_ns"])), None)
     if first is None:   # gone, and nothing written since: the forwarder says so when it runs
         return None
-    kept = [(status.st_dev, status.st_ino) for status in statuses[first:] if status]
-    if last in kept:   # the file live when forwarding stopped: those after are --keep's
-        return path, frozenset(kept[:kept.index(last) + 1])
-    return path, frozenset(kept + [live])
+    files = [(rotation, (status.st_dev, status.st_ino))
+             for rotation, status in zip(rotated[first:], statuses[first:]) if status]
+    files.append((writer.path, live))
+    last = _backlog_end(writer.path, checkpoint, files)
+    return path, frozenset(identity for _, identity in files[:None if last is None else last + 1])
 
 
-def _backlog_end(writer, checkpoint, live):
-    """The identity of the file that was live when a run without --forward first met
-    `checkpoint`, saved in its "kept" state: the backlog ends in it (else each restart kept
-    --keep's newest files too). A run with --forward removes the state. One that cannot be
-    read, or names other progress (an erase rewrote the checkpoint's file), is `live`, the
-    file live now, which keeps more, never less."""
-    path = state_path(writer.path, "kept")
+def _first_bytes(path):
+    """The first 4096 bytes of the file at `path`; none if it cannot be read."""
+    try:
+        fd = open_file(path)
+    except OSError:
+        return b""
+    try:
+        return os.pread(fd, 4096, 0)
+    finally:
+        os.close(fd)
+
+
+def _backlog_end(log, checkpoint, files):
+    """The index in `files` ([(path, identity)], oldest first, the live file last) of the
+    backlog's last file: the newest with a line when a run without --forward first met
+    `checkpoint` (else each restart kept --keep's newest files too). Saved in the "kept"
+    state by identity and first bytes (an inode freed by an erase or an rm is given again);
+    a run with --forward removes it. None, keeping every file, if no file with a line is
+    found or the one saved is not (an erase rewrote its first line): more, never less."""
+    path = state_path(log, "kept")
     mark = [checkpoint["device"], checkpoint["inode"], checkpoint["offset"]]
     try:
         with open(open_file(path), "rb") as handle:
             saved = json.loads(handle.read(4096))
     except (OSError, ValueError, RecursionError):   # none yet, or not one: measured below
         saved = None
-    if isinstance(saved, dict) and saved.get("checkpoint") == mark and \
-            isinstance(saved.get("live"), list):
-        return tuple(saved["live"])
-    with contextlib.suppress(OSError):   # unsaved, the next start measures: it keeps more
-        write_checkpoint(path, {"checkpoint": mark, "live": list(live)})
-    return live
+    if not isinstance(saved, dict) or saved.get("checkpoint") != mark:
+        ends = [(name, identity, _first_bytes(name)) for name, identity in reversed(files)]
+        name, identity, first = next((end for end in ends if end[2]), (None, None, b""))
+        if not first:
+            return None
+        saved = {"checkpoint": mark, "file": list(identity), "head_bytes": len(first),
+                 "head": head_of(first)}
+        with contextlib.suppress(OSError):   # unsaved, the next start measures: keeps more
+            write_checkpoint(path, saved)
+    for index, (name, identity) in enumerate(files):
+        if list(identity) == saved.get("file") and type(saved.get("head_bytes")) is int and \
+                head_of(_first_bytes(name)[:saved["head_bytes"]]) == saved.get("head"):
+            return index
+    return None
 
 
 # --------------------------------------------------------------------------------------------

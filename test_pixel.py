@@ -15281,10 +15281,10 @@ class KeepWithoutForward(unittest.TestCase):
         # Once the erase is done, the backlog is known again by its new files: --keep
         # deletes what is rotated from here on, and none of it.
         self.assertTrue(wait_until(lambda: made.events.pinned is not None))
-        backlog = len(pixel.pixel_rotations(made.events.path))
-        self.assertEqual(len(made.events.pinned), backlog + 1)   # and the live file
-        self.open(made, 20, 20)   # the old live file stays (backlog), one more (--keep 1)
-        self.assertEqual(len(pixel.pixel_rotations(made.events.path)), backlog + 2)
+        backlog = len(pixel.pixel_rotations(made.events.path))   # the erase rotated the
+        self.assertEqual(len(made.events.pinned), backlog)   # live file, the backlog's end
+        self.open(made, 20, 20)   # the backlog stays, and one more (--keep 1)
+        self.assertEqual(len(pixel.pixel_rotations(made.events.path)), backlog + 1)
         made.close()
         made = make_pixel(self, folder, forward=receiver.url, **options)
         made.start()
@@ -15344,6 +15344,40 @@ class KeepWithoutForward(unittest.TestCase):
             with self.subTest(run=run):   # the backlog, and the newest rotation (--keep 1)
                 self.assertEqual(len(glob.glob(os.path.join(folder, "events.jsonl?*"))),
                                  backlog + 1)
+        self.assertEqual(self.sent_after_a_run_without_forward(folder, receiver, down, options),
+                         ["m%d" % number for number in range(20)])
+
+    def test_an_inode_given_again_does_not_end_the_backlog_early(self):
+        # The attack on f042100: the kept state named the backlog's end by inode alone. An
+        # erase (or an rm) frees that number, and a later erase's copy of an EARLIER rotation
+        # may get it: the backlog ended there, and --keep deleted 26 of 30 unsent events.
+        # The state now holds the file's first bytes too: here it names an earlier file's
+        # inode with the end's bytes, as such a reuse would leave it.
+        receiver, down = receiver_down(self)
+        options = dict(max_bytes=1000, keep=1)
+        folder, first = self.backlog_left(receiver, options)
+        made = make_pixel(self, folder, **options)   # saves the kept state
+        made.close()
+        kept = pixel.state_path(made.events.path, "kept")
+        with open(kept) as handle:
+            state = json.load(handle)
+        earlier = os.stat(first)
+        self.assertNotEqual(state["file"], [earlier.st_dev, earlier.st_ino])
+        state["file"] = [earlier.st_dev, earlier.st_ino]
+        pixel.write_checkpoint(kept, state)
+        self.assertEqual(self.sent_after_a_run_without_forward(folder, receiver, down, options),
+                         ["m%d" % number for number in range(20)])
+
+    def test_a_checkpoint_where_version_1_0_kept_it_keeps_the_backlog_too(self):
+        # The attack on f042100: a backlog left by version 1.0's forwarder, its checkpoint
+        # <log>.forward beside the log, which only the next run with --forward adopts: a start
+        # without --forward after the upgrade found no checkpoint in .pixel/, --keep 1 deleted
+        # the backlog, and the receiver got none of its 20 events.
+        receiver, down = receiver_down(self)
+        options = dict(max_bytes=1000, keep=1)
+        folder, _ = self.backlog_left(receiver, options)
+        log = os.path.join(folder, "events.jsonl")
+        os.replace(pixel.state_path(log, "forward"), log + ".forward")
         self.assertEqual(self.sent_after_a_run_without_forward(folder, receiver, down, options),
                          ["m%d" % number for number in range(20)])
 
