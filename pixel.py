@@ -6227,7 +6227,7 @@ def _backlog_end(log, checkpoint, files):
     except (OSError, ValueError, RecursionError):   # none yet, or not one: measured below
         saved = None
     if not isinstance(saved, dict) or saved.get("checkpoint") != mark:
-        ends = [(name, identity, _first_bytes(name)) for name, identity in reversed(files)]
+        ends = ((name, identity, _first_bytes(name)) for name, identity in reversed(files))
         name, identity, first = next((end for end in ends if end[2]), (None, None, b""))
         if not first:
             return None

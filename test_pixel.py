@@ -15239,6 +15239,8 @@ class Suppressed(RecorderCase):
 
 
 class KeepWithoutForward(unittest.TestCase):
+    OPTIONS = dict(max_bytes=1000, keep=1)
+
     def open(self, made, first, count):
         for number in range(first, first + count):
             made.app.answer(pixel.ROUTES["/v1/pixel/track"], request(
@@ -15249,14 +15251,10 @@ class KeepWithoutForward(unittest.TestCase):
         # started once without --forward (with --keep 1): its first rotation deleted every
         # unsent file, and the next run with --forward lost 20 of 25 events, saying they
         # were "moved by hand".
-        receiver, down = receiver_down(self)
-        options = dict(max_bytes=1000, keep=1)
-        folder, _ = self.backlog_left(receiver, options)
+        folder, _ = self.backlog_left()
         self.assertGreater(len(glob.glob(os.path.join(folder, "events.jsonl?*"))), 2)
         stderr = io.StringIO()
-        self.assertEqual(self.sent_after_a_run_without_forward(
-            folder, receiver, down, options, pixel.Reporter(stderr)),
-            ["m%d" % number for number in range(20)])
+        self.assert_backlog_sent(folder, pixel.Reporter(stderr))
         self.assertIn("names events not yet forwarded", stderr.getvalue())
 
     def test_an_erase_meanwhile_keeps_the_backlog_all_the_same(self):
@@ -15264,7 +15262,7 @@ class KeepWithoutForward(unittest.TestCase):
         # identity, and --keep deleted it: 4 of 16 events were left for the receiver.
         folder = temp_dir(self)
         receiver, down = receiver_down(self)
-        options = dict(max_bytes=1000, keep=1)
+        options = self.OPTIONS
         made = make_pixel(self, folder, forward=receiver.url, **options)
         made.start()
         for number in range(20):
@@ -15296,7 +15294,7 @@ class KeepWithoutForward(unittest.TestCase):
     def test_a_caught_up_checkpoint_keeps_nothing_more(self):
         folder = temp_dir(self)
         receiver = FakeReceiver(self)
-        options = dict(max_bytes=1000, keep=1)
+        options = self.OPTIONS
         made = make_pixel(self, folder, forward=receiver.url, **options)
         made.start()
         self.open(made, 0, 20)
@@ -15308,10 +15306,12 @@ class KeepWithoutForward(unittest.TestCase):
         self.assertNotIn("not yet forwarded", stderr.getvalue())
         self.assertEqual(len(pixel.pixel_rotations(made.events.path)), 1)
 
-    def backlog_left(self, receiver, options):
-        """The folder of a forwarding run whose receiver was down, and its checkpoint's file."""
+    def backlog_left(self):
+        """The folder of a forwarding run whose receiver (self.receiver) was down, and its
+        checkpoint's file."""
         folder = temp_dir(self)
-        made = make_pixel(self, folder, forward=receiver.url, **options)
+        self.receiver, self.down = receiver_down(self)
+        made = make_pixel(self, folder, forward=self.receiver.url, **self.OPTIONS)
         made.start()
         self.open(made, 0, 20)
         made.close()
@@ -15320,32 +15320,30 @@ class KeepWithoutForward(unittest.TestCase):
                   if os.stat(path).st_ino == checkpoint["inode"]]
         return folder, first
 
-    def sent_after_a_run_without_forward(self, folder, receiver, down, options, reporter=None):
-        made = make_pixel(self, folder, reporter=reporter, **options)
+    def assert_backlog_sent(self, folder, reporter=None):
+        """After a run without --forward, then one with it: the receiver got the backlog."""
+        made = make_pixel(self, folder, reporter=reporter, **self.OPTIONS)
         self.open(made, 20, 20)   # rotates: --keep deletes what was rotated since, not more
         made.close()
-        made = make_pixel(self, folder, forward=receiver.url, **options)
+        made = make_pixel(self, folder, forward=self.receiver.url, **self.OPTIONS)
         made.start()
-        down.clear()
-        self.assertTrue(wait_until(lambda: len(receiver.taken) >= 20, timeout=15))
-        return receiver.ids()[:20]
+        self.down.clear()
+        self.assertTrue(wait_until(lambda: len(self.receiver.taken) >= 20, timeout=15))
+        self.assertEqual(self.receiver.ids()[:20], ["m%d" % number for number in range(20)])
 
     def test_restarts_without_forward_keep_the_backlog_and_no_more(self):
         # The attack on 6ea743e: each restart kept --keep's newest files of the run before
         # too, 2 more a restart. The backlog ends in the file live when forwarding stopped.
-        receiver, down = receiver_down(self)
-        options = dict(max_bytes=1000, keep=1)
-        folder, _ = self.backlog_left(receiver, options)
+        folder, _ = self.backlog_left()
         backlog = len(glob.glob(os.path.join(folder, "events.jsonl?*"))) + 1   # and the live
         for run in range(3):
-            made = make_pixel(self, folder, **options)
+            made = make_pixel(self, folder, **self.OPTIONS)
             self.open(made, 100 + 20 * run, 20)
             made.close()
             with self.subTest(run=run):   # the backlog, and the newest rotation (--keep 1)
                 self.assertEqual(len(glob.glob(os.path.join(folder, "events.jsonl?*"))),
                                  backlog + 1)
-        self.assertEqual(self.sent_after_a_run_without_forward(folder, receiver, down, options),
-                         ["m%d" % number for number in range(20)])
+        self.assert_backlog_sent(folder)
 
     def test_an_inode_given_again_does_not_end_the_backlog_early(self):
         # The attack on f042100: the kept state named the backlog's end by inode alone. An
@@ -15353,10 +15351,8 @@ class KeepWithoutForward(unittest.TestCase):
         # may get it: the backlog ended there, and --keep deleted 26 of 30 unsent events.
         # The state now holds the file's first bytes too: here it names an earlier file's
         # inode with the end's bytes, as such a reuse would leave it.
-        receiver, down = receiver_down(self)
-        options = dict(max_bytes=1000, keep=1)
-        folder, first = self.backlog_left(receiver, options)
-        made = make_pixel(self, folder, **options)   # saves the kept state
+        folder, first = self.backlog_left()
+        made = make_pixel(self, folder, **self.OPTIONS)   # saves the kept state
         made.close()
         kept = pixel.state_path(made.events.path, "kept")
         with open(kept) as handle:
@@ -15365,39 +15361,30 @@ class KeepWithoutForward(unittest.TestCase):
         self.assertNotEqual(state["file"], [earlier.st_dev, earlier.st_ino])
         state["file"] = [earlier.st_dev, earlier.st_ino]
         pixel.write_checkpoint(kept, state)
-        self.assertEqual(self.sent_after_a_run_without_forward(folder, receiver, down, options),
-                         ["m%d" % number for number in range(20)])
+        self.assert_backlog_sent(folder)
 
     def test_a_checkpoint_where_version_1_0_kept_it_keeps_the_backlog_too(self):
         # The attack on f042100: a backlog left by version 1.0's forwarder, its checkpoint
         # <log>.forward beside the log, which only the next run with --forward adopts: a start
         # without --forward after the upgrade found no checkpoint in .pixel/, --keep 1 deleted
         # the backlog, and the receiver got none of its 20 events.
-        receiver, down = receiver_down(self)
-        options = dict(max_bytes=1000, keep=1)
-        folder, _ = self.backlog_left(receiver, options)
+        folder, _ = self.backlog_left()
         log = os.path.join(folder, "events.jsonl")
         os.replace(pixel.state_path(log, "forward"), log + ".forward")
-        self.assertEqual(self.sent_after_a_run_without_forward(folder, receiver, down, options),
-                         ["m%d" % number for number in range(20)])
+        self.assert_backlog_sent(folder)
 
     def test_the_checkpoints_own_file_moved_by_hand_keeps_the_rest_of_the_backlog(self):
         # The attack pass: its file moved aside (an outside mv) while pixel was down, the
         # checkpoint named no rotation, and --keep deleted all the files after it, which the
         # next run with --forward would have sent (it finds a file moved by hand): 18 of 20.
-        receiver, down = receiver_down(self)
-        options = dict(max_bytes=1000, keep=1)
-        folder, first = self.backlog_left(receiver, options)
+        folder, first = self.backlog_left()
         os.rename(first, os.path.join(folder, "aside.jsonl"))
-        self.assertEqual(self.sent_after_a_run_without_forward(folder, receiver, down, options),
-                         ["m%d" % number for number in range(20)])
+        self.assert_backlog_sent(folder)
 
     def test_an_erase_killed_after_its_rename_keeps_the_backlog(self):
         # The attack pass: a kill -9 of erase between its rename and the checkpoint's last
         # save leaves the old inode named, the new one "replaced": all 20 were deleted.
-        receiver, down = receiver_down(self)
-        options = dict(max_bytes=1000, keep=1)
-        folder, first = self.backlog_left(receiver, options)
+        folder, first = self.backlog_left()
         where = pixel.state_path(os.path.join(os.path.realpath(folder), "events.jsonl"),
                                  "forward")
         checkpoint = pixel.read_checkpoint(where)
@@ -15407,8 +15394,7 @@ class KeepWithoutForward(unittest.TestCase):
             inode=os.stat(first).st_ino, offset=checkpoint["offset"],
             head_bytes=checkpoint["head_bytes"], head=checkpoint["head"])
         pixel.write_checkpoint(where, checkpoint)
-        self.assertEqual(self.sent_after_a_run_without_forward(folder, receiver, down, options),
-                         ["m%d" % number for number in range(20)])
+        self.assert_backlog_sent(folder)
 
 
 class SuppressedWhileForwarding(unittest.TestCase):
