@@ -595,16 +595,14 @@ def decode_body(body, content_encoding=None):
 
 
 def request_log_limit(body_size):
-    """The most one API request of `body_size` bytes may add to the log: 16 times its body,
-    at least 500 KB, at most MAX_REQUEST_LOG_BYTES. Ten thousand two-field items would
-    otherwise write 40 times their body once each has a user agent and pixel's fields."""
+    """The most one API request of `body_size` bytes may add to the log: uncapped, ten thousand
+    two-field items write 40 times their body once each has a user agent and pixel's fields."""
     return min(MAX_REQUEST_LOG_BYTES, max(MAX_BATCH_BYTES, 16 * body_size))
 
 
 def _gunzip(body):
-    """Every gzip member of `body` (gzip -c a b > c makes several), each checked against
-    its trailer, inflating no further than one byte past the cap: a bomb of a few KB can
-    inflate to gigabytes."""
+    """Every gzip member of `body` (gzip -c a b > c makes several), each checked by its trailer,
+    inflated no further than a byte past the cap: a bomb of a few KB can inflate to gigabytes."""
     parts, size = [], 0
     while True:
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -625,9 +623,8 @@ def _gunzip(body):
 
 def request_write_key(authorization, query):
     """The writeKey a request names outside its body: its Basic auth user (Segment's and
-    RudderStack's SDKs send `writeKey:`), else its query's writeKey (navigator.sendBeacon
-    cannot send Authorization); None if neither. Raises Rejected for a query with two, or
-    one that is not UTF-8."""
+    RudderStack's SDKs send `writeKey:`), else its query's (navigator.sendBeacon cannot send
+    Authorization); None if neither. Raises Rejected for a query with two, or one not UTF-8."""
     scheme, _, credential = (authorization or "").partition(" ")
     if scheme.lower() == "basic":
         try:
@@ -714,11 +711,10 @@ def _utf8_size(document):
 
 
 def dedupe_key(write_key, message_id, machine=False):
-    """What the dedupe window knows an event by: its writeKey and messageId, since Segment
-    de-duplicates per source, and whether it is labelled `machine`: a scanner's or Apple's
-    fetch of an email's pixel comes first, and the person's open of the same URL is no retry
-    of it (a forwarding pixel's labelled events are deduped among themselves all the same).
-    Of any length: the window keeps a digest of it."""
+    """What the dedupe window knows an event by: its writeKey and messageId, as Segment dedupes per
+    source, and whether it is labelled `machine`: a scanner's or Apple's fetch of an email's pixel
+    comes first, and the person's open of the same URL is no retry of it (a forwarding pixel's
+    labelled events still dedupe among themselves). Of any length: the window keeps its digest."""
     return "%s%d:%s:%s" % ("m" if machine else "", len(write_key), write_key, message_id)
 
 
@@ -786,15 +782,13 @@ def anonymize_ip(text):
     if address is None:
         return None
     prefix = 24 if address.version == 4 else 40 if address.sixtofour is not None else 48
-    return str(ipaddress.ip_network("%s/%d" % (address, prefix), strict=False)
-               .network_address)
+    return str(ipaddress.ip_network("%s/%d" % (address, prefix), strict=False).network_address)
 
 
 def _anonymize_context_ip(context):
-    """Truncate a client's context["ip"] by anonymize_ip, or drop it if it is not an
-    address (nothing to truncate, so nothing to keep); return whether it was dropped."""
-    address = context["ip"]
-    address = anonymize_ip(address) if isinstance(address, str) else None
+    """Truncate a client's context["ip"] by anonymize_ip, or drop a non-address (nothing to
+    truncate, so nothing to keep); return whether it was dropped."""
+    address = anonymize_ip(context["ip"]) if isinstance(context["ip"], str) else None
     if address is None:
         del context["ip"]
     else:
@@ -833,8 +827,7 @@ def _truncate_run(match):
     address = anonymize_ip(core) if ":" in core else None
     if address is not None:
         return run.replace(core, address, 1)
-    groups = run.split(":")[:3]   # not an address: what could be one keeps its first 48 bits
-    return ":".join(_dotted(group) for group in groups)
+    return ":".join(map(_dotted, run.split(":")[:3]))   # not an address: its first 48 bits
 
 
 def anonymize_addresses(text):
@@ -910,9 +903,8 @@ def anonymize_text(text, limit=None):
     return text if anonymized == revealed and not cut else anonymized
 
 
-@functools.lru_cache(maxsize=1024)   # ~90 us to look through an agent; most recur
-def _anonymized_agent(agent):
-    return anonymize_text(agent)
+# anonymize_text, cached for user agents: ~90 us to look through one, and most recur.
+_anonymized_agent = functools.lru_cache(maxsize=1024)(anonymize_text)
 
 
 def anonymized_agent(agent):
@@ -923,10 +915,9 @@ def anonymized_agent(agent):
 
 
 def anonymize_json(value, budget=MAX_REJECT_RAW):
-    """(A copy of parsed JSON fit to quote under --anonymize-ip, whether anything was left
-    out): strings and keys through anonymize_text, context.ip as enrich keeps it. Strings
-    past the first `budget` characters become "": a body can hold 100,000 addresses, and
-    truncating one costs microseconds."""
+    """(A copy of parsed JSON fit to quote under --anonymize-ip, whether anything was left out):
+    strings and keys through anonymize_text, context.ip as enrich keeps it. Strings past `budget`
+    characters become "": a body can hold 100,000 addresses, each microseconds to truncate."""
     left_out = False
 
     def quote(text):
@@ -1081,10 +1072,9 @@ def route_for(path):
 
 Request = collections.namedtuple("Request", "method path query headers peer body prefix "
                                             "scheme", defaults=("", "http"))
-Request.__doc__ = """A request as plain values: `headers` a dict with lower-case names, `peer`
-the connection's address ("" a unix socket's, None if a WSGI server named none), `body`
-bytes, `prefix` the path an app is mounted under (WSGI's SCRIPT_NAME), `scheme` "https"
-when it came over TLS."""
+Request.__doc__ = """A request as plain values: `headers` a dict with lower-case names, `peer` the
+connection's address ("" a unix socket's, None if a WSGI server named none), `body` bytes, `prefix`
+the path an app is mounted under (WSGI's SCRIPT_NAME), `scheme` "https" when it came over TLS."""
 
 Answer = collections.namedtuple("Answer", "status headers body")
 Answer.__doc__ = """What a transport sends: a status, (name, value) header pairs, Content-Length
@@ -1132,15 +1122,12 @@ def not_allowed(route):
 _ORIGIN = re.compile(r"https?://(?:[\w-]+(?:\.[\w-]+)*\.?|\[[0-9A-Fa-f:.]+\])"   # docker_host
                      r"(?::\d{1,5})?\Z", re.ASCII)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")   # RFC 9110's: a method, a header name
-
-
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def origin_ok(origin):
-    """Whether `origin` is scheme://host[:port] (the scheme lower-case) as a browser may reach
-    it: a host name (docker_host, and a trailing dot, too) or an IPv6 literal, a port of
-    1 to 65535 if any."""
+    """Whether `origin` is scheme://host[:port] (the scheme lower-case) as a browser may reach it:
+    a host name (docker_host, a trailing dot too) or an IPv6 literal, port 1 to 65535 if any."""
     if not _ORIGIN.match(origin):
         return False
     host = origin.partition("://")[2]
@@ -1354,10 +1341,9 @@ def _body_length(headers, minor):
 # What operators see: one-line messages on stderr, and the counts /health and /metrics show
 
 class Reporter:
-    """One-line "pixel: ..." messages on `stream` (default stderr). One with a `key` is said at
-    most once an `interval`, so that a failing disk or a flood of bad requests cannot bury
-    the rest. A failed write (stderr on that full disk) is counted in `lost`, never raised:
-    it must not cost a client its answer."""
+    """One-line "pixel: ..." messages on `stream` (default stderr); one with a `key` at most once
+    an `interval`, lest a failing disk or a flood of bad requests bury the rest. A failed write
+    (stderr on that full disk) counts in `lost`, never raises: no client loses its answer to it."""
 
     def __init__(self, stream=None, *, interval=ERROR_INTERVAL, clock=time.monotonic):
         self.stream = stream
@@ -1371,8 +1357,7 @@ class Reporter:
         """Print `message`, unless its `key` was said within the interval; True if printed."""
         with self._lock:
             if key is not None:
-                now = self._clock()
-                last = self._said.get(key)
+                now, last = self._clock(), self._said.get(key)
                 if last is not None and now - last < self.interval:
                     return False
                 self._said[key] = now
@@ -1516,9 +1501,8 @@ class Metrics:
                                         [lambda: [("", (), float(self.started_at))]]))
         lines = []
         for name, (kind, help, sources) in families.items():
-            lines.append("# HELP %s %s" % (name, help.replace("\\", "\\\\")
-                                           .replace("\n", "\\n")))
-            lines.append("# TYPE %s %s" % (name, kind))
+            lines += ["# HELP %s %s" % (name, help.replace("\\", "\\\\").replace("\n", "\\n")),
+                      "# TYPE %s %s" % (name, kind)]
             samples = collections.Counter()
             for source in sources:
                 for suffix, labels, value in source():
@@ -1610,11 +1594,9 @@ def _flock(fd, path, ours=False):
             except BlockingIOError:
                 break
             time.sleep(0.005)
-            try:
+            with contextlib.suppress(BlockingIOError):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
-            except BlockingIOError:
-                continue
         raise OSError(errno.EBUSY, "another process writes it (it holds its flock)",
                       path) from None
     except OSError as error:
@@ -1635,11 +1617,9 @@ def _root():
 
 
 def refuse_root_link(path):
-    """OSError if this process is root and `path` is a symbolic link another user made: the
-    log folder's user may have put it there, to /etc, for `pixel.py erase` or forward to
-    write through."""
-    if _root() and os.path.islink(path) and \
-            os.lstat(path).st_uid != 0:
+    """OSError if running as root and `path` is a symbolic link another user made: the log folder's
+    user may have put it there, to /etc, for `pixel.py erase` or forward to write through."""
+    if _root() and os.path.islink(path) and os.lstat(path).st_uid != 0:
         raise OSError(errno.ELOOP, "a symbolic link another user made, which pixel run as "
                       "root does not write through: name the file it links to", path)
 
@@ -1715,12 +1695,10 @@ def _rotation_key(match):
 
 
 def _rotations(path):
-    """(stamp, serial, name) of each file pixel's rotation made of the log at `path`,
-    oldest first."""
+    """(stamp, serial, name) of each file pixel's rotation made of the log `path`, oldest first."""
     folder, base = os.path.split(path)
-    names = os.listdir(folder or ".")
-    keys = [_rotation_of(base, name) for name in names]
-    return sorted(key + (name,) for key, name in zip(keys, names) if key)
+    keys = ((_rotation_of(base, name), name) for name in os.listdir(folder or "."))
+    return sorted(key + (name,) for key, name in keys if key)
 
 
 def _rotation_of(base, name):
@@ -1751,11 +1729,10 @@ def _stamp(now):
 
 
 def rotation_target(path, now):
-    """The name pixel's rotation gives the live file at `path`: <path>.<UTC stamp>, with
-    -1, -2 ... for two rotations in one millisecond, or after the clock was set back (by
-    any amount: a name far ahead may have been a wrong clock's, but --keep deletes by name,
-    and must delete the oldest): a name sorts after those made before. A folder pixel may
-    not list, the clock alone names."""
+    """The name pixel's rotation gives the log `path`: <path>.<UTC stamp>, with -1, -2 ... for two
+    rotations in one millisecond, or after the clock was set back (by any amount: a name far ahead
+    may have been a wrong clock's, but --keep deletes by name, and must delete the oldest): a name
+    sorts after those made before. A folder pixel may not list, the clock alone names."""
     stamp, serial = _stamp(now), 0
     try:
         newest = max(_rotations(path), default=None)
@@ -1905,9 +1882,8 @@ def remove_second_name(path, identity, reporter):
 
 
 def second_names(paths):
-    """{path: log} for those of `paths` that name the same file as `log`, another of them,
-    by a name pixel's rotation gives (remove_second_name): erased by both names, the file
-    would be split in two."""
+    """{path: log} for those of `paths` that name the same file as `log`, another of them, by a
+    name pixel's rotation gives (remove_second_name): erased by both, it would split in two."""
     by_file = {}
     for path in paths:
         status = stat_or_none(path)
@@ -2282,8 +2258,7 @@ def _top_level_string(line, field):
 
 
 def logged_client_id(line):
-    """The dedupe_key of a log line (bytes), from its writeKey, messageId and machine label,
-    or None."""
+    """A log line's (bytes) dedupe_key, from its writeKey, messageId and machine label, or None."""
     # A line that says "machine" anywhere is parsed: what stands where is the parse's to say.
     key_match = _top_level_string(line, _WRITE_KEY_FIELD) if b'"machine"' not in line else None
     id_match = _top_level_string(line, _MESSAGE_ID_FIELD) if key_match is not None else None
@@ -2304,8 +2279,7 @@ def logged_client_id(line):
 
 
 def _lines_from_end(paths, max_bytes):
-    """The lines of the files `paths`, each file's from its end, reading at most `max_bytes`
-    in all."""
+    """The lines of the files `paths`, each from its end, reading at most `max_bytes` in all."""
     for path in paths:
         if max_bytes <= 0:
             return
@@ -2446,8 +2420,7 @@ class AddressRanges:
     high and a low 64-bit half). Apple's ~290,000 rows take about 6 MB."""
 
     def __init__(self, tables, counts):
-        self._tables = tables   # label -> (v4 firsts, v4 lasts, v6 first highs,
-                                #           v6 first lows, v6 last highs, v6 last lows)
+        self._tables = tables   # label -> v4 firsts, lasts; v6 first highs, lows, last highs, lows
         self.counts = counts    # label -> lines loaded
 
     def find(self, address, labels=RANGE_LABELS):
@@ -2669,9 +2642,8 @@ MAX_RAW_VALUES = 4096            # values looked at in one raw input (its budget
 MAX_QUOTE_VALUES = 4 * MAX_RAW_VALUES   # ... in one that is written: all of a 16 KiB quote's
 _ID_FIELDS = ("userId", "anonymousId", "previousId")
 _EMAIL_PATHS = (("traits", "email"), ("context", "traits", "email"), ("properties", "email"))
-# What splits a client's raw input into the values it may hold: a query's and JSON's
-# punctuation, and white space. A value is looked at whole first, so an id with a space
-# in it is found too.
+# What splits a client's raw input into the values it may hold: a query's and JSON's punctuation,
+# and white space. A value is looked at whole first, so an id with a space in it is found too.
 _RAW_SEPARATORS = re.compile(r'[\s"&=,:;{}\[\]\\]+')
 # ... but for a query's fields and JSON's strings: "userId=John+Smith&", "urn:user:42".
 _RAW_FIELDS = re.compile(r'["&={}\[\]\\]+')
@@ -2765,8 +2737,7 @@ class People:
         return len(self.ids) + len(self.emails) + len(self.digests) + len(self.followed or ())
 
     def add(self, entry):
-        """Add one identifier; ValueError, in words, for one that is empty, too long, or a
-        sha256: that is not 64 hex digits."""
+        """Add one identifier; ValueError, in words, if it is empty, too long or a bad sha256:."""
         text, self._truncated = entry.strip(), False
         if not text:
             raise ValueError("an empty identifier")
@@ -2889,8 +2860,7 @@ def _quoted_user_id(record):
         return None
     items = payload.get("batch")
     if isinstance(items, list) and items:   # a batch is theirs if each item names one
-        ids = [_id_text(item.get("userId")) if isinstance(item, dict) else None
-               for item in items]
+        ids = [_id_text(item.get("userId")) if isinstance(item, dict) else None for item in items]
         return ids[0] if all(ids) else None
     return _id_text(payload.get("userId"))
 
@@ -2900,10 +2870,9 @@ def read_people(path, limit=MAX_PEOPLE):
     skipped. ValueError names the file and line of the first bad one; OSError."""
     people = People()
     with open(open_file(path), "rb") as handle:   # not a FIFO, which would block a SIGHUP
-        read_line = functools.partial(handle.readline, 4 * MAX_IDENTIFIER + 2)   # UTF-8, CRLF
-        for number, line in enumerate(iter(read_line, b""), 1):
+        for number, line in enumerate(log_lines(handle.read, 4 * MAX_IDENTIFIER + 1), 1):
             try:
-                if len(line) > 4 * MAX_IDENTIFIER + 1 and not line.endswith(b"\n"):
+                if line is None:   # at 4 bytes a character (UTF-8), and a CR
                     raise ValueError("longer than %d bytes" % (4 * MAX_IDENTIFIER))
                 text = line.decode("utf-8").strip()
                 if number == 1:
@@ -4378,8 +4347,7 @@ def named_secret(text, secret):
     if not secret:
         return text
     if len(secret) < 8:
-        return re.sub(r"(?<![\w-])%s(?![\w-])" % re.escape(secret), "(--forward-write-key)",
-                      text)
+        return re.sub(r"(?<![\w-])%s(?![\w-])" % re.escape(secret), "(--forward-write-key)", text)
     credential = base64.b64encode((secret + ":").encode("utf-8")).decode("ascii")
     for form in dict.fromkeys((secret, json.dumps(secret)[1:-1], credential, json.dumps(
             secret, ensure_ascii=False)[1:-1], credential.rstrip("="))):   # each once
@@ -4401,8 +4369,7 @@ def backoff_delay(failures, first=BACKOFF_FIRST, maximum=BACKOFF_MAX):
 
 
 def retry_after(value, now):
-    """Seconds a Retry-After header (seconds, or an HTTP date) asks for, at most
-    MAX_RETRY_AFTER; None if it is missing or unreadable."""
+    """Seconds a Retry-After (seconds, or an HTTP date) asks, at most MAX_RETRY_AFTER; or None."""
     value = (value or "").strip()
     if value.isascii() and value.isdigit():
         return min(float(value), MAX_RETRY_AFTER)
@@ -4517,8 +4484,7 @@ class Receiver:
 
     def pause(self, delay):
         """Wait `delay` s, or until stop(): True if stopped. `between()`, the Forwarder's, is
-        called every FORWARD_POLL s of it, and at once when `woken`: what a kill -9 meanwhile
-        must not lose is saved."""
+        called every FORWARD_POLL s and when `woken`, to save what a kill -9 must not lose."""
         deadline = time.monotonic() + delay
         while not self.stopping.is_set():
             self.between()
@@ -4557,10 +4523,9 @@ class Receiver:
             watchdog.join()   # and so its `between`: one thread at a time saves
 
     def _watch(self, done):
-        """A post's second thread: it cuts the post at its deadline, and meanwhile calls
-        `between` each time `woken` is set (a file the writer opened is to be named in the
-        checkpoint at once: a kill -9 before the post's end would lose it). The post's end
-        sets `woken` too, after `done`."""
+        """A post's second thread: it cuts the post at its deadline, and meanwhile calls `between`
+        each time `woken` is set (a file the writer opened is to be named in the checkpoint at
+        once: a kill -9 before the post's end would lose it). Its end sets it too, after `done`."""
         deadline = time.monotonic() + self.timeout
         while self.woken.wait(max(0.0, deadline - time.monotonic())) and \
                 time.monotonic() < deadline:   # (a rotation storm keeps it set)
@@ -4610,10 +4575,9 @@ class Receiver:
 
 
 def forward_item(line, strip=False):
-    """A log line (without its newline) as a batch item: (its writeKey or None, the event as
-    JSON bytes). With `strip` its writeKey is taken out, for the batch's to apply; else it
-    stays, as Basic auth cannot carry a key with a colon. Rejected("forward_unreadable")
-    for a line that is not a JSON object."""
+    """A log line (no newline) as a batch item: (its writeKey or None, the event as JSON bytes).
+    With `strip` its writeKey is taken out, for the batch's to apply; else it stays, as Basic auth
+    cannot carry a key with a colon. Rejected("forward_unreadable") if not a JSON object."""
     match = _top_level_string(line, _WRITE_KEY_FIELD)
     if match is not None:
         key = match.group(1).decode("ascii")
@@ -4706,18 +4670,8 @@ _NO_CHECKPOINT = {"device": -1, "inode": -1, "offset": 0, "mtime_ns": 0, "head_b
                   "head": ""}
 
 
-def _say_if_no_moves(checkpoint, path, reporter):
-    """Say so if a live log's checkpoint (at `path`) is 1.0's or early 2.0's, which name no
-    file moved by hand (LogQueue.checkpoint's "moved"; "live" came later, always written)."""
-    if checkpoint is not None and checkpoint is not _NO_CHECKPOINT and \
-            "live" not in checkpoint and "moved" not in checkpoint:
-        reporter.say("the checkpoint %s is an older pixel's: a log file it moved by hand is "
-                     "not forwarded (`pixel.py forward FILE` sends it)" % path)
-
-
 def read_checkpoint(path):
-    """The checkpoint document at `path`, or None if there is none. Raises OSError, or
-    ValueError for a file that is not a checkpoint."""
+    """The checkpoint at `path`, or None if there is none; OSError, or ValueError if not one."""
     try:
         fd = open_file(path)
     except FileNotFoundError:
@@ -4967,9 +4921,8 @@ class LogFile:
         return os.dup(self.fd) if self.fd is not None else self._find()
 
     def _find(self):
-        """A descriptor of this file, by its name, or else by its identity among its log's
-        files (an outside rename; one moved by hand, under any name, its head checked);
-        None if it is gone."""
+        """A descriptor of this file, by its name, else by its identity among its log's files
+        (an outside rename; one moved by hand, under any name, its head checked); None if gone."""
         folder, base = os.path.split(self.name)
         stem = _ROTATED.sub("", base, count=1)
 
@@ -5013,8 +4966,7 @@ class LogFile:
         return None
 
     def not_an_event_log(self):
-        """not_an_event_log() of its first bytes: 8 KiB, where most logs show an event, or
-        else SNIFF_BYTES."""
+        """not_an_event_log() of its first 8 KiB (where most logs show one), else SNIFF_BYTES."""
         for size in (8192, SNIFF_BYTES):
             first = self.read(0, size)
             problem = not_an_event_log(first, whole=len(first) < size)
@@ -5040,8 +4992,7 @@ class LogFile:
 
     def mtime_ns(self):
         """Its last write, in ns; 0 if it is gone."""
-        status = self.status()
-        return 0 if status is None else status.st_mtime_ns
+        return getattr(self.status(), "st_mtime_ns", 0)
 
     def starts_with(self, length, head):
         """Whether its first `length` bytes have the checksum `head`, parked or not."""
@@ -5095,10 +5046,9 @@ class LogFile:
         return "%d:%d:%d:%s" % (self.identity + (length, disk_head(self.fd, length)))
 
     def sent_before(self, sent, legacy_until):
-        """How many of its bytes on disk an earlier backfill sent, by its list's (bytes, head)
-        entries in `sent` (sent_files), None: version 1.0's, the inode alone, for a file not
-        written since `legacy_until`; None if none matches its size (a log's may have grown
-        since) and its first bytes."""
+        """How many of its bytes on disk an earlier backfill sent, by the (bytes, head) entries in
+        `sent` (sent_files; None: 1.0's, by inode alone, for a file not written since
+        `legacy_until`); None if none matches its size (a log's may grow) and first bytes."""
         size = os.fstat(self.fd).st_size
         for entry in sent["%d:%d" % self.identity]:
             if entry is None:
@@ -5142,8 +5092,7 @@ def count_unsent(log, end, lock, stopping, between):
         fd = log.duplicate()
     if fd is None:
         return 0
-    copy = LogFile(fd, log.identity, log.name, archive=log.archive is not None,
-                   stopping=stopping)
+    copy = LogFile(fd, log.identity, log.name, archive=log.archive is not None, stopping=stopping)
     offset, lines = log.offset, 0
     try:
         while end is None or offset < end:
@@ -5201,10 +5150,8 @@ def rotated_since(path, live, checkpoint):
         if not match:
             others.append(name)
             continue
-        status = stat_or_none(os.path.join(folder, name))
-        if status is None:   # gone since listdir
-            continue
-        if (status.st_dev, status.st_ino) != live:
+        status = stat_or_none(os.path.join(folder, name))   # None: gone since listdir
+        if status is not None and (status.st_dev, status.st_ino) != live:
             key = _rotation_key(match)
             found.append((status.st_mtime_ns, key, name, (status.st_dev, status.st_ino)))
     named = all(key is not None for _, key, _, _ in found)   # else a clock set back may
@@ -5243,17 +5190,14 @@ def rotated_since(path, live, checkpoint):
 
 
 def _moved_by_hand(folder, names, positions):
-    """[entry] for each file of `positions` (checkpoint-like documents) among `names` in
-    `folder`, under a name no rotation gives (an outside mv, then a restart before it was
-    all sent): found by its identity and its head, as a file that took its inode since is
-    not it."""
+    """[entry] for each file of `positions` (checkpoint-like documents) among `names` in `folder`,
+    under a name no rotation gives (an outside mv, then a restart before it was all sent): found by
+    its identity and its head, as a file that took its inode since is not it."""
     wanted = {(position["device"], position["inode"]): position for position in positions}
     found = []
     for name in names if wanted else ():
         status = stat_or_none(os.path.join(folder, name))
-        if status is None:
-            continue
-        position = wanted.pop((status.st_dev, status.st_ino), None)
+        position = status and wanted.pop((status.st_dev, status.st_ino), None)
         if position is not None and stat.S_ISREG(status.st_mode):
             try:
                 log = LogFile.open(os.path.join(folder, name))
@@ -5613,8 +5557,7 @@ class LogQueue:
             for log in self.files:
                 end = live_end if log.until is None and log.identity == current else log.until
                 if end is None:   # its size (a parked file's by its name)
-                    status = log.status()
-                    end = log.offset if status is None else status.st_size
+                    end = getattr(log.status(), "st_size", log.offset)
                 size += max(0, end - log.offset)
             files = len(self.files) - 1   # the live one is not behind
         if self._unsent is None:
@@ -5622,8 +5565,7 @@ class LogQueue:
         return max(0, self._unsent + self.writer.written - lines_done), size, files
 
     def checkpoint(self, log, target, now):
-        """The checkpoint naming `log` and its offset, as of `now`; OSError if `log` cannot
-        be looked at."""
+        """`log` and its offset as a checkpoint, as of `now`; OSError if it cannot be looked at."""
         document = dict(log.position(), updated=format_time(now), target=target)
         if self.writer is None:
             document["done"] = self.done
@@ -5752,9 +5694,8 @@ class Sender:
     written off. `refuse` and `acknowledge` are the Forwarder's: False if a stop came first."""
 
     def __init__(self, receiver, write_key, refuse, acknowledge, reporter, clock):
-        self.receiver, self.write_key = receiver, write_key
-        self.refuse, self.acknowledge = refuse, acknowledge
-        self.reporter, self.clock = reporter, clock
+        self.receiver, self.write_key, self.reporter = receiver, write_key, reporter
+        self.refuse, self.acknowledge, self.clock = refuse, acknowledge, clock
         self.doubt = None     # while the receiver is doubted: [where the events not yet sent
                               # alone start, rounds, its last refusal's status and answer]
         self._in_a_row = 0    # refusals in a row, taking nothing between
@@ -5802,10 +5743,9 @@ class Sender:
     def _refused(self, log, items, status, answer):
         key = items[0].key
         if status in _KEY_STATUSES:
-            self.reporter.say("forwarding to %s: it refused writeKey %s (%d %s), which is not "
-                              "one of %s: its events go to the rejects log as "
-                              "forward_unauthorized, for `pixel.py forward` to send again once "
-                              "the key works" % (
+            self.reporter.say("forwarding to %s: it refused writeKey %s (%d %s), which is not one "
+                              "of %s: its events go to the rejects log as forward_unauthorized, "
+                              "for `pixel.py forward` to send again once the key works" % (
                                   self.receiver.endpoint, key, status, _gist(answer),
                                   "--write-key" if self.receiver.gives_up else
                                   "--write-key or --forward-write-key"),
@@ -5895,8 +5835,7 @@ def register_forwarder(forwarder, metrics):
 
 
 def backfill_checkpoint(path, target):
-    """The document of a backfill's checkpoint at `path`; ValueError if it cannot be read, or
-    is of files sent to another `target`."""
+    """A backfill's checkpoint at `path`; ValueError if unreadable, or sent to another `target`."""
     try:
         document = read_checkpoint(path) or _NO_CHECKPOINT
     except ValueError as error:
@@ -5944,7 +5883,11 @@ class Forwarder:
                               "file from its start; the receiver may get events twice"
                               % (self.checkpoint, getattr(error, "strerror", None) or error))
             checkpoint = _NO_CHECKPOINT
-        _say_if_no_moves(checkpoint, self.checkpoint, self.reporter)
+        else:   # 1.0's or early 2.0's ("live" came later, always written)
+            if checkpoint and not {"live", "moved"} & checkpoint.keys():
+                self.reporter.say("the checkpoint %s is an older pixel's: a log file it moved "
+                                  "by hand is not forwarded (`pixel.py forward FILE` sends it)"
+                                  % self.checkpoint)
         self.made_checkpoint = checkpoint is None
         self.queue.follow(writer, checkpoint)
         self._save(self.queue.files[0], quiet=False)   # or OSError: the writer keeps its files
@@ -6014,7 +5957,7 @@ class Forwarder:
 
     def run(self):
         """Forward until stop(), or a backfill until all is sent; True if all was sent."""
-        try:
+        with contextlib.suppress(InterruptedError):   # a stop, while inflating an archive
             while not self.stopping.is_set():
                 self._look()
                 batch = self._next_batch()
@@ -6029,8 +5972,6 @@ class Forwarder:
                         break
                     if log.offset == items[-1].end == end:   # all there was, taken
                         self._caught_up_at = read_at
-        except InterruptedError:   # a stop, in the middle of inflating an archive
-            pass
         return False
 
     def _next_batch(self):
@@ -6158,14 +6099,13 @@ class Forwarder:
 
 
 def unsent_forward_files(writer):
-    """(the forward checkpoint's path, the identities of the files it has not sent) if a run
-    with --forward left one for `writer`'s log that names events not yet sent: its file, a
-    rotation of the log or the live one, from its offset on, and every file after it up to
-    the backlog's end (_backlog_end); else None. Started without --forward, pixel keeps
-    those past --keep: the next run with --forward sends them. As that run finds them
-    (rotated_since, found_at): its file by the inode an erase killed mid-way gave it too
-    ("replaced"), and if it is gone or moved by hand, every rotation written since it was
-    saved. A checkpoint where 1.0 kept it (<log>.forward) counts first, as there."""
+    """(the forward checkpoint's path, the identities of the files it has not sent) if a run with
+    --forward left one for `writer`'s log that names events not yet sent: its file, a rotation or
+    the live log, from its offset on, and every file after it up to the backlog's end
+    (_backlog_end); else None. Started without --forward, pixel keeps those past --keep: the next
+    run with --forward sends them. As that run finds them (rotated_since, found_at): its file by
+    the inode an erase killed mid-way gave it too ("replaced"), and if it is gone or moved by hand,
+    every rotation since its save. 1.0's checkpoint (<log>.forward) counts first, as there."""
     path, legacy = state_path(writer.path, "forward"), os.path.abspath(writer.path) + ".forward"
     try:
         checkpoint = read_checkpoint(legacy)
@@ -6203,13 +6143,10 @@ def unsent_forward_files(writer):
 def _first_bytes(path):
     """The first 4096 bytes of the file at `path`; none if it cannot be read."""
     try:
-        fd = open_file(path)
+        with open(open_file(path), "rb") as handle:
+            return handle.read(4096)
     except OSError:
         return b""
-    try:
-        return os.pread(fd, 4096, 0)
-    finally:
-        os.close(fd)
 
 
 def _backlog_end(log, checkpoint, files):
@@ -6273,10 +6210,8 @@ def read_state(path):
 
 def _remove_files(*paths):
     for path in paths:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(path)
-        except FileNotFoundError:
-            pass
 
 
 def sweep_erase_requests(folder):
@@ -6300,10 +6235,8 @@ def sweep_erase_requests(folder):
 
 def _remove_empty(folder, made):
     if made:
-        try:
+        with contextlib.suppress(OSError):   # not empty (a checkpoint moved in), or gone
             os.rmdir(folder)
-        except OSError:   # not empty (a checkpoint moved in), or gone
-            pass
 
 
 def process_started(pid):
@@ -6329,8 +6262,7 @@ def process_alive(pid, started):
 
 
 def erase_at_work(log_path):
-    """Whether an erase is at work on the log at `log_path`: its request is there, and its
-    process alive."""
+    """Whether an erase is at work on `log_path`: its request is there, its process alive."""
     request = read_state(erase_request_path(log_path))
     return request is not None and process_alive(request.get("pid"), request.get("started"))
 
@@ -6341,9 +6273,8 @@ class EraseRequest:
     with O_EXCL: one erase of a log at a time), answered by the pixel in another."""
 
     def __init__(self, log_path, reporter):
-        self.log_path = log_path
+        self.log_path, self.reporter = log_path, reporter
         self.path, self.answer_path = erase_request_path(log_path), erase_answer_path(log_path)
-        self.reporter = reporter
         self.document = {"id": os.urandom(8).hex(), "pid": os.getpid(),
                          "started": process_started(os.getpid()), "state": "asked"}
         self.answered = False
@@ -6369,12 +6300,11 @@ class EraseRequest:
             os.remove(written)
 
     def wait_ready(self, gone):
-        """The name the running pixel rotated the log to (None: it was empty) once it
-        answers, or False if `gone()` says it has let go of the log meanwhile (ended);
-        OSError if it does neither within ERASE_WAIT seconds. None too if `gone()` says
-        (None) for NEXT_FILE_GRACE s that nothing is at the path: the pixel stopped between
-        renaming the log and making the next file; a rotated file it still holds is not
-        erased (_hold_for_erase)."""
+        """The name the running pixel rotated the log to (None: it was empty) once it answers, or
+        False if `gone()` says it has let go of the log meanwhile (ended); OSError if it does
+        neither within ERASE_WAIT seconds. None too if `gone()` says (None) for NEXT_FILE_GRACE s
+        that nothing is at the path: the pixel stopped between renaming the log and making the next
+        file; a rotated file it still holds is not erased (_hold_for_erase)."""
         deadline, missing_since = time.monotonic() + ERASE_WAIT, None
         while time.monotonic() < deadline:
             free, now = gone(), time.monotonic()
@@ -6401,8 +6331,7 @@ class EraseRequest:
                       self.log_path)
 
     def _ready(self):
-        """The pixel's answer if it says it is ready for this request (or has failed to be),
-        else None."""
+        """The pixel's answer if it is ready for this request (or failed to be), else None."""
         answer = read_state(self.answer_path) or {}
         ready = answer.get("id") == self.document["id"] and answer.get("state") in (
             "ready", "failed")
@@ -6443,8 +6372,7 @@ class EraseDesk:
         self.answers = {path: erase_answer_path(writer.path)
                         for path, writer in self.writers.items()}
         self.forwarder, self.reporter = forwarder, reporter
-        self.stopping = threading.Event()
-        self.thread = None
+        self.stopping, self.thread = threading.Event(), None
         self.said = set()   # (pid, start) of each erase said to have ended undone
 
     def start(self):
@@ -6557,11 +6485,10 @@ def _checker(name, kind, convert, ok, problem):
                                 if not (one is int and float in several)}))
 
     def check(value):
-        text = isinstance(value, str)
-        if text:
+        if isinstance(value, str):
             value = convert(value.strip())
-        if not text and (not isinstance(value, kind) or isinstance(value, bool) and
-                         kind is not bool):   # from Python: "must not be empty: 123" misled
+        elif not isinstance(value, kind) or isinstance(value, bool) and \
+                kind is not bool:   # from Python: "must not be empty: 123" misled
             raise argparse.ArgumentTypeError("takes %s, not %s: %r" % (
                 kinds, type(value).__name__, value))
         if not isinstance(value, kind) or not ok(value):
@@ -6754,10 +6681,9 @@ OPTIONS = (
     Option("anonymize_ip", "PIXEL_ANONYMIZE_IP", False, _flag, "record IP addresses truncated "
            "to their /24 (IPv4) or /48 (IPv6): the peer's, X-Forwarded-For's, a client-sent "
            "context.ip, and in the rejects log"),
-    Option("machine_ranges", "PIXEL_MACHINE_RANGES", (), _ranges_source, "LABEL=FILE: label "
-           "pixel fetches from addresses in FILE as LABEL, apple_mpp (Apple's "
-           "egress-ip-ranges.csv) or scanner; each line starts with a CIDR. Repeatable; "
-           "reloaded on SIGHUP", many=True),
+    Option("machine_ranges", "PIXEL_MACHINE_RANGES", (), _ranges_source, "LABEL=FILE: label pixel "
+           "fetches from addresses in FILE as LABEL, apple_mpp (Apple's egress-ip-ranges.csv) or "
+           "scanner; each line starts with a CIDR. Repeatable; reloaded on SIGHUP", many=True),
     Option("suppress", "PIXEL_SUPPRESS", None, _nonempty, "a file of people whose events are "
            "not recorded (one userId, anonymousId, email address or sha256:HEX a line); they "
            "are answered as recorded and counted as suppressed. Reloaded on SIGHUP"),
@@ -6849,8 +6775,7 @@ def build_parser(environ):
     for option in OPTIONS:
         if option.scope == "wsgi":
             continue
-        flag = "--" + option.name.replace("_", "-")
-        default = option.default
+        flag, default = "--" + option.name.replace("_", "-"), option.default
         if option.env in environ:
             text = environ[option.env]
             try:
@@ -6886,8 +6811,7 @@ def build_parser(environ):
 
 
 def parse_args(argv=None, environ=None):
-    """The command line's Config: flags, then PIXEL_* variables, then defaults. A bad one
-    exits with usage, status 2."""
+    """The command line's Config: flags, then PIXEL_* variables, then defaults; bad ones exit 2."""
     parser = build_parser(os.environ if environ is None else environ)
     flags = {name: value for name, value in vars(parser.parse_args(argv)).items()
              if value is not None}   # a list's flags not given, or an option unset
@@ -6930,17 +6854,15 @@ def open_logs(log, rejects, *, busy, wait=0.0, **options):
                     for writer in writers:
                         writer.close(discard=True)
                     advice = {errno.EBUSY: "; " + busy, errno.ENOENT: "; make its folder first"}
-                    why = "%s%s" % (error.strerror or error, advice.get(error.errno, ""))
-                    if here:
-                        why = ("this process writes it already (another make_wsgi_app or pixel "
-                               "in it): give each its own log and rejects")
+                    why = ("this process writes it already (another make_wsgi_app or pixel in "
+                           "it): give each its own log and rejects") if here else "%s%s" % (
+                        error.strerror or error, advice.get(error.errno, ""))
                     raise StartupError("cannot open %s: %s" % (error.filename or path, why)) \
                         from None
                 if waited is None:   # a wait of seconds must not look like a hang
-                    waited = options["reporter"].say("%s: %s" % (
-                        path, "pixel.py erase is rewriting it; waiting for it to end"
-                        if erase_at_work(path) else "another process holds it; waiting up "
-                        "to %.0f s for it to let go" % wait))
+                    waited = options["reporter"].say("%s: %s" % (path, "pixel.py erase is "
+                        "rewriting it; waiting for it to end" if erase_at_work(path) else
+                        "another process holds it; waiting up to %.0f s for it to let go" % wait))
             time.sleep(0.05)
         options["readable"] = False   # only the events log is followed
     return writers
@@ -6995,22 +6917,19 @@ class Pixel:
         except (OSError, ValueError) as error:
             raise StartupError("cannot load --suppress: %s" % _people_error(error)) from None
         self.events, self.rejects = open_logs(
-            config.log, config.rejects, max_bytes=config.max_bytes, keep=config.keep,
-            clock=clock, reporter=self.reporter, readable=bool(config.forward), busy=busy,
-            wait=wait)
-        backlog = None if config.forward or not config.keep else \
-            unsent_forward_files(self.events)
+            config.log, config.rejects, max_bytes=config.max_bytes, keep=config.keep, clock=clock,
+            reporter=self.reporter, readable=bool(config.forward), busy=busy, wait=wait)
+        backlog = None if config.forward or not config.keep else unsent_forward_files(self.events)
         if backlog is not None:   # --forward left out for a while: its backlog is not --keep's
             self.events.pinned = backlog[1]
             self.reporter.say("keeping %d file(s) of %s past --keep %d: %s names events not yet "
                               "forwarded (start with --forward to send them, or remove it)"
                               % (len(backlog[1]), config.log, config.keep, backlog[0]))
-        self.recorder = Recorder(self.events, self.rejects, write_keys=config.write_key,
-                                 trusted_proxies=config.trusted_proxy,
-                                 record_ip=not config.no_ip, anonymize_ip=config.anonymize_ip,
-                                 dedupe_window=config.dedupe_window, metrics=self.metrics,
-                                 clock=clock, reporter=self.reporter, labeller=self.labeller,
-                                 people=people)
+        self.recorder = Recorder(
+            self.events, self.rejects, write_keys=config.write_key, record_ip=not config.no_ip,
+            trusted_proxies=config.trusted_proxy, anonymize_ip=config.anonymize_ip, people=people,
+            dedupe_window=config.dedupe_window, metrics=self.metrics, clock=clock,
+            reporter=self.reporter, labeller=self.labeller)
         self.app = App(self.recorder, self.metrics, allow_origins=config.allow_origin,
                        public_url=config.public_url, metrics_token=config.metrics_token,
                        serve_metrics=serve_metrics)
@@ -7026,9 +6945,8 @@ class Pixel:
                     reporter=self.reporter, clock=clock)
                 self.forwarder = Forwarder(
                     receiver, SuppressingRejects(self.rejects, self.recorder),
-                    write_key=config.forward_write_key,
-                    batch_events=config.forward_batch, alert=config.forward_alert,
-                    reporter=self.reporter, clock=clock)
+                    write_key=config.forward_write_key, batch_events=config.forward_batch,
+                    alert=config.forward_alert, reporter=self.reporter, clock=clock)
                 self.forwarder.follow(self.events)
                 register_forwarder(self.forwarder, self.metrics)
         except OSError as error:
@@ -7102,9 +7020,6 @@ WSGI_LOCK_WAIT = 25.0
 WSGI_BUSY = ("one process owns pixel's files, so serve it from one worker process with "
              "threads (gunicorn --workers 1 --threads 8; flask run --debug --no-reload), or "
              "give each worker process its own make_wsgi_app(log=..., rejects=...)")
-# make_wsgi_app's keywords of version 1.0, and the options they are now.
-_OLD_KEYWORDS = {"write_keys": "write_key", "trusted_proxies": "trusted_proxy",
-                 "allow_origins": "allow_origin"}
 
 
 def make_wsgi_app(**options):
@@ -7114,7 +7029,8 @@ def make_wsgi_app(**options):
     port with a public site. A bad option or file: a line on stderr, then SystemExit(3),
     which gunicorn takes for a worker that cannot boot, not to be started again and again."""
     reporter = Reporter()
-    for old, new in _OLD_KEYWORDS.items():
+    for old, new in (("write_keys", "write_key"), ("trusted_proxies", "trusted_proxy"),
+                     ("allow_origins", "allow_origin")):   # version 1.0's keywords, and now
         if old in options:
             options[new] = options.pop(old)
     if "record_ip" in options:
@@ -7157,8 +7073,7 @@ class _Counts:
 
     def add(self, user, machine):
         self.events += 1
-        if machine:
-            self.machine += 1
+        self.machine += machine
         if user is not None:
             self.users.add(user)
             if not machine:
@@ -7200,11 +7115,9 @@ class Tally:
     userId, else the anonymousId (never a userId of the same text); a machine event has a
     context.machine. Memory grows with groups, days and users, never with lines."""
 
-    def __init__(self, by="event", event=None, kind=None, since=None, until=None,
-                 daily=False):
-        self.by, self.path = by, tuple(by.split("."))
+    def __init__(self, by="event", event=None, kind=None, since=None, until=None, daily=False):
+        self.by, self.path, self.daily = by, tuple(by.split(".")), daily
         self.event, self.kind, self.since, self.until = event, kind, since, until
-        self.daily = daily
         self.groups = collections.defaultdict(_Counts)   # the field's value -> _Counts
         self.skipped = 0    # lines that are not events
         self._timed = since is not None or until is not None or daily
@@ -7322,11 +7235,8 @@ def report_table(tally):
               + [_bar(counts, peak) if day is not None else ""] for key, day, counts in rows]
     table.append(["total"] + [str(value) for value in tally.total.values()] + [""])
     widths = [max(len(row[column]) for row in table) for column in range(len(table[0]) - 1)]
-    lines = []
-    for row in table:
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in
-                                             zip(row[1:-1], widths[1:])]
-        lines.append("  ".join(cells + row[-1:]).rstrip())   # no bar: no trailing spaces
+    lines = ["  ".join([row[0].ljust(widths[0])] + list(map(str.rjust, row[1:-1], widths[1:]))
+                       + row[-1:]).rstrip() for row in table]   # no bar: no trailing spaces
     if tally.daily:
         lines.append("(bars: # events not labelled machine, . machine events)")
     return "\n".join(lines) + "\n"
@@ -7371,9 +7281,8 @@ def line_names(people, line):
         return people.named_in_raw(line.decode("utf-8", "replace"), True), False, None
     if "reason" in record and "type" not in record:
         event = record.get("event")   # its userId only if the event itself names one
-        return people.named_in_reject(record), True, \
-            _id_text(event.get("userId")) if isinstance(event, dict) and \
-            people.named_in(event) else None
+        return people.named_in_reject(record), True, _id_text(event.get("userId")) \
+            if isinstance(event, dict) and people.named_in(event) else None
     return people.named_in(record), True, _id_text(record.get("userId"))
 
 
@@ -7390,8 +7299,7 @@ def _needles(people):
     if any(more.digests for more in everyone) or not all(map(str.isascii, emails)):
         return None
     escape = json.encoder.encode_basestring_ascii
-    return tuple([escape(text)[1:-1].encode("ascii") for text in texts]
-                 for texts in (ids, emails))
+    return tuple([escape(text)[1:-1].encode("ascii") for text in texts] for texts in (ids, emails))
 
 
 # What pixel's encoder never writes (an ASCII character escaped, upper-case hex, "\/", a byte
@@ -7637,8 +7545,7 @@ def settled_checkpoint(document, old):
     return document
 
 
-def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, held=None,
-               names=1):
+def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, held=None, names=1):
     """Erase `people`'s lines from the file at `path`: with `apply`, a copy without them
     written beside it (.<name>.erase-<pid>.tmp), synced, given the file's mode, owner and
     times, then renamed over it and the folder synced: a crash leaves the old file whole
@@ -7665,8 +7572,12 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
         return erasure, _too_common(erasure, max_share) or (
             _hard_links(path, before, names) if erasure.erased else None)
     folder, name = os.path.split(os.path.abspath(path))
-    _remove_left_behind(folder, name)
-    temporary = os.path.join(folder, ".%s.erase-%d.tmp" % (name, os.getpid()))
+    prefix = ".%s.erase-" % name
+    for entry in os.listdir(folder):   # the copies erases killed mid-way left: removed
+        pid = entry[len(prefix):-4] if entry.startswith(prefix) and entry.endswith(".tmp") else ""
+        if pid.isdigit() and not process_alive(int(pid), None):
+            os.remove(os.path.join(folder, entry))
+    temporary = os.path.join(folder, "%s%d.tmp" % (prefix, os.getpid()))
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                  0o600)
     try:
@@ -7714,7 +7625,11 @@ def erase_file(path, people, *, apply=False, max_share=0.5, checkpoints=None, he
         finally:
             if os.path.lexists(temporary):   # not renamed over the file: refused, or an error
                 os.remove(temporary)
-    _sync_folder(folder)
+    fd = os.open(folder, os.O_RDONLY)   # the rename synced
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     for where, document in moved.items():
         checkpoints[where] = settled_checkpoint(document, old)
         write_checkpoint(where, checkpoints[where])
@@ -7748,30 +7663,12 @@ def _changed(path, before, held):
     return None
 
 
-def _remove_left_behind(folder, name):
-    """Remove the copies of `name` an erase killed mid-way left (.<name>.erase-<pid>.tmp)."""
-    prefix = ".%s.erase-" % name
-    for entry in os.listdir(folder):
-        pid = entry[len(prefix):-4] if entry.startswith(prefix) and entry.endswith(".tmp") \
-            else ""
-        if pid.isdigit() and not process_alive(int(pid), None):
-            os.remove(os.path.join(folder, entry))
-
-
 def _too_common(erasure, max_share):
     if erasure.lines >= MIN_SHARE_LINES and erasure.erased > max_share * erasure.lines:
         return ("%d of its %d lines match, more than --max-share %g: not erased (an id "
                 "as common as that is likely a mistake; if all are this person's, "
                 "--max-share 1 erases them)" % (erasure.erased, erasure.lines, max_share))
     return None
-
-
-def _sync_folder(folder):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -7792,6 +7689,18 @@ def pin_cpu(choice):
     return choice
 
 
+def _raise_file_limit(needed):
+    """Raise the soft open-file limit toward `needed`: how many of `needed` it allows now."""
+    if resource is None:
+        return needed
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return needed
+    soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
+
+
 def listen(config, reporter):
     """Pin to a CPU, raise the open-file limit and bind the port, before any file is made:
     (PixelServer, the CPU or None). It listens once serve() is ready to answer."""
@@ -7805,16 +7714,11 @@ def listen(config, reporter):
     # Under a lower hard limit fewer are served at once, the others waiting in the backlog.
     per = 2 if config.certfile else 1
     connections, needed = config.max_connections, per * config.max_connections + 64
-    if resource is not None:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and soft < needed:
-            soft = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            if soft < needed:
-                connections = max(1, (soft - 64) // per)
-                reporter.say("the open-file limit is %d, so at most %d connections are "
-                             "served at once, not --max-connections %d"
-                             % (soft, connections, config.max_connections))
+    soft = _raise_file_limit(needed)
+    if soft < needed:
+        connections = max(1, (soft - 64) // per)
+        reporter.say("the open-file limit is %d, so at most %d connections are served at once, "
+                     "not --max-connections %d" % (soft, connections, config.max_connections))
     # A small stack is enough: the deepest path is json's C scanner on a payload whose
     # depth the core has capped at MAX_DEPTH.
     threading.stack_size(THREAD_STACK_SIZE)
@@ -7886,8 +7790,7 @@ def serve(server, pixel, pinned, previous, stopped=()):
         stop(None, None)
     say("pixel %s listening on %s://%s:%d/ writing events to %s and rejects to %s%s" % (
         __version__, server.scheme, "[%s]" % host if ":" in host else host, port,
-        pixel.events.path, pixel.rejects.path,
-        "" if pinned is None else " (on CPU %d)" % pinned))
+        pixel.events.path, pixel.rejects.path, "" if pinned is None else " (on CPU %d)" % pinned))
     pixel.start()
     try:
         server.serve_forever(STOP_POLL)
@@ -7917,9 +7820,8 @@ def main(argv=None, environ=None):
             Reporter().say("%s: stopped" % argv[0])
             return 130
     config = parse_args(argv, environ)
-    reporter = Reporter()
+    reporter, previous, stopped = Reporter(), {}, []
     server = pixel = None
-    previous, stopped = {}, []
     if threading.current_thread() is threading.main_thread():   # a stop during the start,
         for signum in (signal.SIGTERM, signal.SIGINT):          # kept for serve(): not -15
             previous[signum] = signal.signal(signum, lambda signum, frame: stopped.append(signum))
@@ -7949,19 +7851,17 @@ def main(argv=None, environ=None):
 
 
 def build_forward_parser():
-    parser = argparse.ArgumentParser(
-        prog="pixel.py forward",
-        description="Send pixel log files (rotated ones, gzipped archives, a rejects log's "
-                    "refused events) to a Segment-compatible API once, in order, and exit. A "
-                    "checkpoint records what the receiver took: the same command run again "
-                    "goes on from there, skipping files already sent.")
+    parser = argparse.ArgumentParser(prog="pixel.py forward", description=(
+        "Send pixel log files (rotated ones, gzipped archives, a rejects log's refused events) "
+        "to a Segment-compatible API once, in order, and exit. A checkpoint records what the "
+        "receiver took: the same command run again goes on from there, skipping files already "
+        "sent."))
     parser.add_argument("--to", required=True, type=_forward_url, metavar="URL",
                         help="the API's base URL; batches go to URL/v1/batch (a URL given "
                              "with /v1/batch or /v1 at its end is taken without it)")
-    parser.add_argument("--write-key", type=_nonempty, metavar="KEY",
-                        help="send every event under this writeKey, not its own; refused, "
-                             "it stops the run. Each event's own key refused, its events go "
-                             "to the rejects log and the run goes on")
+    parser.add_argument("--write-key", type=_nonempty, metavar="KEY", help=(
+        "send every event under this writeKey, not its own; refused, it stops the run. Each "
+        "event's own key refused, its events go to the rejects log and the run goes on"))
     parser.add_argument("--batch", type=_batch_size, default=DEFAULT_FORWARD_BATCH,
                         metavar="N", help="events per batch (default: %(default)s)")
     parser.add_argument("--ca", type=_ca_file, metavar="FILE",
@@ -7983,8 +7883,7 @@ def forward_files(argv=None):
     or was given one that is not an event log."""
     parser = build_forward_parser()
     args = parser.parse_args(argv)
-    reporter = Reporter()
-    files = args.files
+    reporter, files = Reporter(), args.files
     if args.checkpoint is None:   # version 1.0's checkpoint, which a glob may have passed
         legacy = os.path.abspath(files[0]) + ".backfill"
         files = [path for path in files if not (
@@ -8057,25 +7956,20 @@ def forward_files(argv=None):
 
 
 def build_report_parser():
-    parser = argparse.ArgumentParser(
-        prog="pixel.py report",
-        description="Count the events of pixel's events logs by a field: events, distinct "
-                    "users (userId, else anonymousId), those labelled machine "
-                    "(context.machine), and both again without machines. Reads plain and "
-                    "gzipped files and - (stdin), a line at a time.")
-    parser.add_argument("--by", type=_field_path, default="event", metavar="FIELD",
-                        help="the field to group by, a dotted path such as "
-                             "properties.campaign (default: %(default)s)")
+    parser = argparse.ArgumentParser(prog="pixel.py report", description=(
+        "Count the events of pixel's events logs by a field: events, distinct users (userId, "
+        "else anonymousId), those labelled machine (context.machine), and both again without "
+        "machines. Reads plain and gzipped files and - (stdin), a line at a time."))
+    parser.add_argument("--by", type=_field_path, default="event", metavar="FIELD", help=(
+        "the field to group by, a dotted path such as properties.campaign (default: %(default)s)"))
     parser.add_argument("--event", metavar="NAME", help="count only events of this name")
     parser.add_argument("--type", choices=EVENT_TYPES, help="count only events of this type")
-    parser.add_argument("--since", type=_report_time, metavar="DATE",
-                        help="count only events received at or after DATE (YYYY-MM-DD, UTC, "
-                             "or an ISO-8601 time)")
+    parser.add_argument("--since", type=_report_time, metavar="DATE", help="count only events "
+                        "received at or after DATE (YYYY-MM-DD, UTC, or an ISO-8601 time)")
     parser.add_argument("--until", type=lambda text: _report_time(text, end=True), metavar="DATE",
                         help="count only events received up to DATE, a date's whole day")
-    parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
-                        help="aligned text with a total row, CSV, or one JSON object a "
-                             "row (default: %(default)s)")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help=(
+        "aligned text with a total row, CSV, or one JSON object a row (default: %(default)s)"))
     parser.add_argument("--daily", action="store_true",
                         help="add a row a day (UTC, by receivedAt) under each group, with a bar")
     parser.add_argument("files", nargs="+", metavar="FILE")
@@ -8133,13 +8027,7 @@ def report_files(argv=None, stdout=None):
 
     # Every file opened before one is read, as many as the open-file limit holds: a logrotate
     # meanwhile (events.jsonl to .1, .1 to .2) would have one read twice and another never.
-    room = len(args.files) + 32
-    if resource is not None:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and soft < room:
-            soft = room if hard == resource.RLIM_INFINITY else min(room, hard)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        room = room if soft == resource.RLIM_INFINITY else soft
+    room = _raise_file_limit(len(args.files) + 32)
     opened, name = [[path, ()] for path in args.files], "the files"   # (): opened when read
     try:
         import gzip   # now: at the open-file limit, an import could not open its module
@@ -8192,8 +8080,7 @@ def report_files(argv=None, stdout=None):
             import csv   # here: only --format csv pays for it
             writer = csv.writer(stdout, lineterminator="\n")
             writer.writerow(["key"] + ["day"] * tally.daily + list(REPORT_COLUMNS))
-            for record in report_records(tally):
-                writer.writerow([_csv_cell(value) for value in record.values()])
+            writer.writerows(map(_csv_cell, record.values()) for record in report_records(tally))
         stdout.flush()
     except OSError as error:   # | head (EPIPE): the reader has what it wanted; or a full disk
         if error.errno != errno.EPIPE:
@@ -8207,21 +8094,18 @@ def _csv_cell(value):
     """A CSV cell: counts as they are, no value as nothing, any other as JSON; text that a
     spreadsheet would run as a formula (=, +, -, @, a tab first: a key is whatever a pixel
     URL said) starts with a quote, as OWASP advises; a CR is escaped, as a row may end in it."""
-    if value is None:
-        return ""
-    text = value if type(value) in (str, int) else json.dumps(value, ensure_ascii=True)
-    if type(text) is not str:
-        return text
+    if value is None or type(value) is int:
+        return "" if value is None else value
+    text = value if type(value) is str else json.dumps(value, ensure_ascii=True)
     text = _printable(text, keep="\t\n")   # as the table does; these two csv quotes
     return "'" + text if text.startswith(("=", "+", "-", "@", "\t")) else text
 
 
 def build_erase_parser():
-    parser = argparse.ArgumentParser(
-        prog="pixel.py erase",
-        description="Erase a person from pixel's log files (events and rejects logs, plain or "
-                    "gzipped, rotated or live, beside a running pixel or not): each file is "
-                    "replaced whole, without that person's lines. A dry run unless --apply.")
+    parser = argparse.ArgumentParser(prog="pixel.py erase", description=(
+        "Erase a person from pixel's log files (events and rejects logs, plain or gzipped, "
+        "rotated or live, beside a running pixel or not): each file is replaced whole, without "
+        "that person's lines. A dry run unless --apply."))
     for flag, meta, help in (
             ("--user-id", "ID", "a userId (also matched as anonymousId and previousId)"),
             ("--anonymous-id", "ID", "an anonymousId (also matched as userId and previousId)"),
@@ -8260,13 +8144,12 @@ def erase_command(argv=None, stdout=None):
             if "@" not in value and value.strip()[:7].lower() != "sha256:":
                 raise ValueError("--email %r is not an address" % value[:80])
         earlier = ledger_ids(args.ledger) if args.ledger else dict.fromkeys(LEDGER_IDS, ())
-        named, followed, users = earlier["ids"], earlier["followed"], earlier["user_ids"]
         # --follow starts from a ledger's userIds too: a former userId, whose alias an earlier
         # erase took, links what came since only so. Not from its other ids: an anonymousId
         # or an address (or its truncated form, another's) would reach past that erase.
-        user_ids = People(args.user_id + list(users))
-        people = People(args.user_id + args.anonymous_id + args.email + list(named))
-        for digest in followed:
+        user_ids = People(args.user_id + list(earlier["user_ids"]))
+        people = People(args.user_id + args.anonymous_id + args.email + list(earlier["ids"]))
+        for digest in earlier["followed"]:
             people.follow(digest)
         people.truncated_digests.update(earlier["truncated"])   # in what is quoted alone
     except (OSError, ValueError) as error:
@@ -8281,7 +8164,7 @@ def erase_command(argv=None, stdout=None):
     second_of = collections.Counter(os.path.realpath(log) for log in second.values()
                                     if not args.apply)
     if args.follow and user_ids:
-        own = People(args.user_id + list(users))
+        own = People(args.user_id + list(earlier["user_ids"]))
         for _ in range(MAX_FOLLOW_ROUNDS):   # a former or new userId an alias adds links on
             linked = sorted((link, count) for link, count in linked_ids(
                 args.files, user_ids).items() if link[0] == "anonymousId" or
@@ -8300,7 +8183,7 @@ def erase_command(argv=None, stdout=None):
         if any(field == "anonymousId" for (field, _), _ in linked):
             stdout.write("--follow: an event with another userId is kept, whatever its "
                          "anonymousId\n")
-    status, requests, locks, files, gone, finished = 0, [], {}, [], [], False
+    status, requests, locks, files, results, finished = 0, [], {}, [], [], False
     for folder in {os.path.dirname(os.path.realpath(path)) for path in args.files}:
         if args.apply:   # what killed erases left behind
             sweep_erase_requests(folder)
@@ -8335,7 +8218,7 @@ def erase_command(argv=None, stdout=None):
                 held = []
             for name, error in refused:
                 if _deleted_rotation(name, error, reporter):
-                    gone.append({"path": name, "status": "gone"})
+                    results.append({"path": name, "status": "gone"})
                 else:
                     reporter.say("erase: %s: %s: not erased" % (name, error.strerror or error))
                     status = 1
@@ -8352,15 +8235,14 @@ def erase_command(argv=None, stdout=None):
                              % (ledger, error.strerror or error))
                 return 1
         checkpoints = checkpoints_beside(files)
-        results, user_ids_seen = gone, set()
+        user_ids_seen = set()
         for path in files:
+            held = locks.get(os.path.realpath(path))
             try:
                 erasure, problem = erase_file(
-                    path, people, apply=args.apply, max_share=args.max_share,
-                    checkpoints=checkpoints, held=locks.get(os.path.realpath(path)),
-                    names=1 + second_of[os.path.realpath(path)])
+                    path, people, apply=args.apply, max_share=args.max_share, held=held,
+                    checkpoints=checkpoints, names=1 + second_of[os.path.realpath(path)])
             except (OSError, EOFError, zlib.error) as error:
-                held = locks.get(os.path.realpath(path))
                 kept = os.fstat(held) if held is not None else None
                 if kept is not None and kept.st_nlink and isinstance(error, FileNotFoundError):
                     error.strerror = "deleted by this name since, but another name keeps it " \
@@ -8391,8 +8273,7 @@ def erase_command(argv=None, stdout=None):
                 if erasure.scanned else "%s: left alone (see stderr), unread\n" % path)
         if args.apply:
             try:
-                _append_ledger(ledger, people, "done" if not status else "partial", results,
-                               user_ids)
+                _append_ledger(ledger, people, "partial" if status else "done", results, user_ids)
                 stdout.write("ledger: %s\n" % ledger)
             except OSError as error:
                 reporter.say("erase: cannot write the ledger %s: %s; its last line says "
@@ -8415,12 +8296,11 @@ def erase_command(argv=None, stdout=None):
 
 
 def _deleted_rotation(path, error, reporter):
-    """Whether `error` says that a file a glob of a log's files could have named is gone:
-    named as pixel's rotation names one, beside that log or its other rotations, and older
-    than each of those left (and than now). --keep deleted it since the shell named it, the
-    oldest first, and nothing in it is left to erase (said). A name that sorts among the
-    files left, or after them, was never there: a mistake. One gzipped since is not gone:
-    `error` is made to say so."""
+    """Whether `error` says that a file a glob of a log's files could have named is gone: named as
+    pixel's rotation names one, beside that log or its other rotations, and older than each of
+    those left (and than now). --keep deleted it since the shell named it, the oldest first, and
+    nothing in it is left to erase (said). A name that sorts among the files left, or after them,
+    was never there: a mistake. One gzipped since is not gone: `error` is made to say so."""
     if not isinstance(error, FileNotFoundError):
         return False
     if os.path.lexists(path + ".gz"):   # gzipped since (cron, logrotate): not gone
@@ -8563,9 +8443,8 @@ def _maybe_next(status):
 
 
 def _flock_free(path, locks):
-    """Take the flock of `path` if it is free (kept in `locks`): True if taken; False if held
-    or _maybe_next; None if nothing is at it (the pixel is between the rename and the next
-    file)."""
+    """Take the flock of `path` if it is free (kept in `locks`): True if taken; False if held or
+    _maybe_next; None if nothing is at it (the pixel is between the rename and the next file)."""
     try:
         fd = open_file(path)
     except FileNotFoundError:
@@ -8588,22 +8467,20 @@ def _append_ledger(path, people, status, files, user_ids=None):
     of them are `user_ids`, those a --follow again starts from."""
     make_state_folder(path)
     ids = people.digested(False)
-    line = json.dumps({"time": format_time(time.time()), "pid": os.getpid(),
-                       "status": status, "ids": ids, "files": files,
-                       "truncated": sorted(set(people.digested()).difference(ids)),
-                       "followed": people.followed.digested() if people.followed else [],
-                       "user_ids": user_ids.digested(False) if user_ids else []},
-                      sort_keys=True, ensure_ascii=True) + "\n"
-    data = line.encode("ascii")
+    data = (json.dumps({"time": format_time(time.time()), "pid": os.getpid(),
+                        "status": status, "ids": ids, "files": files,
+                        "truncated": sorted(set(people.digested()).difference(ids)),
+                        "followed": people.followed.digested() if people.followed else [],
+                        "user_ids": user_ids.digested(False) if user_ids else []},
+                       sort_keys=True, ensure_ascii=True) + "\n").encode("ascii")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
     try:
         made = os.fstat(fd)
-        size = made.st_size
-        if _root() and not size and made.st_nlink == 1:   # new: the service's user's, as
-            owner = os.stat(os.path.dirname(path))        # make_state_folder makes .pixel
+        if _root() and not made.st_size and made.st_nlink == 1:   # new: the service's user's,
+            owner = os.stat(os.path.dirname(path))   # as make_state_folder makes .pixel
             os.fchown(fd, owner.st_uid, owner.st_gid)
         if os.write(fd, data) != len(data):   # a full disk takes what fits: cut it off, or
-            os.ftruncate(fd, size)            # the next line is glued to it, and --ledger
+            os.ftruncate(fd, made.st_size)    # the next line is glued to it, and --ledger
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)   # refuses it all
         os.fsync(fd)
     finally:
@@ -8614,11 +8491,10 @@ LEDGER_IDS = ("ids", "followed", "user_ids", "truncated")   # what a ledger line
 
 
 def ledger_ids(path):
-    """{field of LEDGER_IDS: the digests an erase ledger's lines name in it}: everyone named,
-    the ids --follow added, the userIds among them, and the truncated forms (People.truncated)
-    of their addresses, to be matched in what is quoted alone (an older ledger holds no
-    user_ids, and its truncated forms among the ids). ValueError for a file that is not one,
-    OSError for one that cannot be read."""
+    """{field of LEDGER_IDS: the digests an erase ledger's lines name}: everyone named, the ids
+    --follow added, the userIds among them, and the truncated forms (People.truncated) of their
+    addresses, to be matched in what is quoted alone (an older ledger has no user_ids, and its
+    truncated forms among the ids). ValueError for a file that is not one; OSError."""
     found = {field: set() for field in LEDGER_IDS}
     with open(open_file(path), "rb") as handle:
         for number, line in enumerate(handle, 1):
