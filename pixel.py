@@ -6239,13 +6239,21 @@ def _remove_empty(folder, made):
             os.rmdir(folder)
 
 
+def _process_stat(pid):
+    """The fields of /proc/<pid>/stat after the command's name (the state first), or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def process_started(pid):
     """When process `pid` started (clock ticks since boot, in /proc), or None where that
     cannot be read: with the pid, it names one process, which a reused pid does not."""
     try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            return int(handle.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
+        return int(_process_stat(pid)[19])
+    except (TypeError, ValueError, IndexError):
         return None
 
 
@@ -6258,6 +6266,9 @@ def process_alive(pid, started):
         return False
     except PermissionError:   # another user's process: there
         pass
+    fields = _process_stat(pid)
+    if fields and fields[0] in (b"Z", b"X"):   # killed, its parent not yet told: gone, but
+        return False                         # kill(pid, 0) finds it (erase waited 60 s)
     return started is None or process_started(pid) in (None, started)
 
 

@@ -4561,6 +4561,15 @@ def start_pixel(test, *argv, stderr=subprocess.DEVNULL):
     return process, int(re.search(r":(\d+)/", process.stdout.readline()).group(1))
 
 
+def process_state(pid):
+    """The state letter /proc gives process `pid` (R, S, Z ...), or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
+
+
 def serve_in_thread(test, server):
     """Run `server` (a PixelServer) on a thread until `test` ends; return its port."""
     thread = threading.Thread(target=server.serve_forever, args=(SERVE_POLL,), daemon=True)
@@ -17338,7 +17347,13 @@ class ErasePixelProcess(unittest.TestCase):
             "erase-ledger.json", "erase.events.jsonl.20261201T000002.000Z.json",
             "forward.events.jsonl.json"])   # an erase alive still, and not erase's
 
+    @unittest.skipUnless(os.path.exists("/proc/self/stat"), "reads /proc")
     def test_kill_9_of_the_pixel_after_it_rotated_for_the_erase(self):
+        for reaped in (True, False):
+            with self.subTest(reaped=reaped):
+                self.kill_the_pixel_after_it_rotated(reaped)
+
+    def kill_the_pixel_after_it_rotated(self, reaped):
         receiver = FakeReceiver(self)
         process, port = self.start(receiver)
         fetch_gif(port, "/v1/pixel/track?writeKey=K&userId=alice&event=e")
@@ -17350,9 +17365,12 @@ class ErasePixelProcess(unittest.TestCase):
         self.assertTrue(wait_until(lambda: (pixel.read_state(pixel.erase_answer_path(
             self.log)) or {}).get("state") == "ready", 10))
         process.kill()   # rotated, answered, and gone before erase looked
-        process.wait()
-        eraser.send_signal(signal.SIGCONT)
-        out, err = eraser.communicate(timeout=60)
+        if reaped:
+            process.wait()
+        else:   # a zombie until its parent waits, which kill(pid, 0) still finds: erase
+            self.assertTrue(wait_until(lambda: process_state(process.pid) == "Z"))   # waited
+        eraser.send_signal(signal.SIGCONT)   # ERASE_WAIT (60 s) for it to answer again
+        out, err = eraser.communicate(timeout=pixel.ERASE_WAIT / 4)
         self.assertEqual((eraser.returncode, err), (0, ""))
         for path in self.files():
             with open(path, "rb") as handle:
