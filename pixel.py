@@ -6141,12 +6141,15 @@ def unsent_forward_files(writer):
 
 
 def _first_bytes(path):
-    """The first 4096 bytes of the file at `path`; none if it cannot be read."""
+    """The first 4096 bytes of the file at `path` (none if it is gone); None if it cannot be
+    read."""
     try:
         with open(open_file(path), "rb") as handle:
             return handle.read(4096)
-    except OSError:
+    except FileNotFoundError:
         return b""
+    except OSError:
+        return None
 
 
 def _backlog_end(log, checkpoint, files):
@@ -6155,7 +6158,8 @@ def _backlog_end(log, checkpoint, files):
     `checkpoint` (else each restart kept --keep's newest files too). Saved in the "kept"
     state by identity and first bytes (an inode freed by an erase or an rm is given again);
     a run with --forward removes it. None, keeping every file, if no file with a line is
-    found or the one saved is not (an erase rewrote its first line): more, never less."""
+    found, one newer cannot be read, or the one saved is not (an erase rewrote its first
+    line): more, never less."""
     path = state_path(log, "kept")
     mark = [checkpoint["device"], checkpoint["inode"], checkpoint["offset"]]
     try:
@@ -6165,8 +6169,8 @@ def _backlog_end(log, checkpoint, files):
         saved = None
     if not isinstance(saved, dict) or saved.get("checkpoint") != mark:
         ends = ((name, identity, _first_bytes(name)) for name, identity in reversed(files))
-        name, identity, first = next((end for end in ends if end[2]), (None, None, b""))
-        if not first:
+        name, identity, first = next((end for end in ends if end[2] != b""), (None,) * 3)
+        if not first:   # none with a line, or the newest with any unreadable
             return None
         saved = {"checkpoint": mark, "file": list(identity), "head_bytes": len(first),
                  "head": head_of(first)}
@@ -6174,7 +6178,7 @@ def _backlog_end(log, checkpoint, files):
             write_checkpoint(path, saved)
     for index, (name, identity) in enumerate(files):
         if list(identity) == saved.get("file") and type(saved.get("head_bytes")) is int and \
-                head_of(_first_bytes(name)[:saved["head_bytes"]]) == saved.get("head"):
+                head_of((_first_bytes(name) or b"")[:saved["head_bytes"]]) == saved.get("head"):
             return index
     return None
 

@@ -15372,6 +15372,18 @@ class KeepWithoutForward(unittest.TestCase):
         pixel.write_checkpoint(kept, state)
         self.assert_backlog_sent(folder)
 
+    def test_a_file_that_cannot_be_read_keeps_the_whole_backlog(self):
+        # The review of 5edf985: the newest file, unreadable (EIO), counted as one with no
+        # line, so the backlog ended in an older file and --keep deleted the newer's unsent
+        # events. A file that cannot be read now keeps every file: more, never less.
+        self.assertIsNone(pixel._first_bytes("/proc/self/mem"))   # a read at 0: EIO
+        self.assertEqual(pixel._first_bytes(os.path.join(temp_dir(self), "gone")), b"")
+        folder, _ = self.backlog_left()
+        first_bytes = pixel._first_bytes
+        with unittest.mock.patch("pixel._first_bytes", lambda path: None if os.path.basename(
+                path) == "events.jsonl" else first_bytes(path)):
+            self.assert_backlog_sent(folder)
+
     def test_a_checkpoint_where_version_1_0_kept_it_keeps_the_backlog_too(self):
         # The attack on f042100: a backlog left by version 1.0's forwarder, its checkpoint
         # <log>.forward beside the log, which only the next run with --forward adopts: a start
