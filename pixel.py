@@ -2642,6 +2642,8 @@ MAX_RAW_VALUES = 4096            # values looked at in one raw input (its budget
 MAX_QUOTE_VALUES = 4 * MAX_RAW_VALUES   # ... in one that is written: all of a 16 KiB quote's
 _ID_FIELDS = ("userId", "anonymousId", "previousId")
 _EMAIL_PATHS = (("traits", "email"), ("context", "traits", "email"), ("properties", "email"))
+# ... those that say whose an event is: properties.email may be whom it is about (an invite).
+_OWN_EMAIL_PATHS = _EMAIL_PATHS[:2]
 # What splits a client's raw input into the values it may hold: a query's and JSON's punctuation,
 # and white space. A value is looked at whole first, so an id with a space in it is found too.
 _RAW_SEPARATORS = re.compile(r'[\s"&=,:;{}\[\]\\]+')
@@ -2798,16 +2800,20 @@ class People:
                     return True
         return False
 
-    def named_in(self, payload):
+    def named_in(self, payload, paths=_EMAIL_PATHS):
         """Whether an event or a payload (a dict as sent: an id may be a number) names one,
-        by its id and email fields."""
+        by its id fields and the email fields at `paths`."""
         ids = [_id_text(payload.get(field)) for field in _ID_FIELDS]
         if any(self._names(text) for text in ids if text):
             return True
         if self.followed and not ids[0] and any(self.followed._names(text)
                                                  for text in ids[1:] if text):
             return True
-        for path in _EMAIL_PATHS:
+        return self.named_by_email(payload, paths)
+
+    def named_by_email(self, payload, paths=_EMAIL_PATHS):
+        """Whether an address at one of `paths` in `payload` names one."""
+        for path in paths:
             node = payload
             for key in path:
                 node = node.get(key) if isinstance(node, dict) else None
@@ -2865,6 +2871,11 @@ def _quoted_user_id(record):
     return _id_text(payload.get("userId"))
 
 
+# A comment after an entry: refused, as "victim1  # ticket 123" suppressed nobody (the
+# attack pass), and cutting it would suppress "order" for a userId "order #123".
+_INLINE_COMMENT = re.compile(r"\s#")
+
+
 def read_people(path, limit=MAX_PEOPLE):
     """The People of a --suppress file: one identifier a line, UTF-8; blank lines and # lines
     skipped. ValueError names the file and line of the first bad one; OSError."""
@@ -2877,6 +2888,9 @@ def read_people(path, limit=MAX_PEOPLE):
                 text = line.decode("utf-8").strip()
                 if number == 1:
                     text = text.lstrip("\ufeff")   # a byte-order mark
+                if _INLINE_COMMENT.search(text) and not text.startswith("#"):
+                    raise ValueError("a # after white space: a comment goes on a line of its "
+                                     "own (an id with one: write its sha256:)")
                 if text and not text.startswith("#"):
                     people.add(text)
             except ValueError as error:   # UnicodeDecodeError too
@@ -6535,6 +6549,7 @@ _flag = _checker("_flag", bool, lambda text: _FLAG_WORDS.get(text.lower(), text)
 _nonempty = _checker("_nonempty", str, str, bool, "must not be empty")
 
 
+
 def _size(value):
     """A byte count, with an optional K, M or G suffix (powers of 1024)."""
     if isinstance(value, str):
@@ -7279,7 +7294,7 @@ ERASE_READ = 1 << 20   # bytes erase reads and writes at once
 _OTHER_PACKERS = ((b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"\x28\xb5\x2f\xfd", "zstd"),
                   (b"\x04\x22\x4d\x18", "lz4"), (b"LZIP", "lzip"), (b"\x1f\x9d", "compress"))
 MAX_USER_IDS_SHOWN = 1000     # userIds of erased events erase prints
-MAX_FOLLOW_ROUNDS = 4         # reads of the logs for --follow: aliases of aliases
+MAX_FOLLOW_ROUNDS = 16        # reads of the logs for --follow: aliases of aliases
 MIN_SHARE_LINES = 10          # --max-share judges a file of as many lines: a share of fewer
                               # says little (2 of 3: the live log an erase has just rotated)
 
@@ -7294,11 +7309,15 @@ def line_names(people, line):
         record = None
     if not isinstance(record, dict):
         return people.named_in_raw(line.decode("utf-8", "replace"), True), False, None
+    # Its userId (for deletion upstream) only where the event is theirs by an id or their
+    # own traits: listed for an invite she sent to the address, carol would be deleted too.
     if "reason" in record and "type" not in record:
         event = record.get("event")   # its userId only if the event itself names one
         return people.named_in_reject(record), True, _id_text(event.get("userId")) \
-            if isinstance(event, dict) and people.named_in(event) else None
-    return people.named_in(record), True, _id_text(record.get("userId"))
+            if isinstance(event, dict) and people.named_in(event, _OWN_EMAIL_PATHS) else None
+    named = people.named_in(record)
+    return named, True, _id_text(record.get("userId")) \
+        if named and people.named_in(record, _OWN_EMAIL_PATHS) else None
 
 
 def _needles(people):
@@ -7451,11 +7470,13 @@ class FileErasure:
         return head_bytes, head_of(self.first[:head_bytes])
 
 
-def linked_ids(paths, people):
+def linked_ids(paths, people, emails=None):
     """--follow: a Counter of (field, id) to how many events in the logs at `paths` link it
     to one of `people`: the anonymousId of any event of theirs; an alias's previousId, or its
-    userId if the previousId is theirs (a person's former and new userIds). A file that
-    cannot be read is skipped here; its erase fails later, saying why."""
+    userId if the previousId is theirs (a person's former and new userIds); the userId of an
+    event whose traits hold an address of `emails` (People; not properties.email, which may
+    be whom a person wrote to). A file that cannot be read is skipped here; its erase fails
+    later, saying why."""
     linked = collections.Counter()
     for path in paths:
         try:
@@ -7477,7 +7498,8 @@ def linked_ids(paths, people):
                 other = _id_text(event.get(field))
                 if other and people._names(user_id):
                     linked[(field, other)] += 1
-                if other and field == "previousId" and people._names(other):
+                if other and field == "previousId" and people._names(other) or \
+                        emails is not None and emails.named_by_email(event, _OWN_EMAIL_PATHS):
                     linked[("userId", user_id)] += 1
         except (OSError, EOFError, zlib.error):
             continue
@@ -8178,11 +8200,17 @@ def erase_command(argv=None, stdout=None):
     # A dry run leaves them: a log may have as many names more (erase_file's `names`).
     second_of = collections.Counter(os.path.realpath(log) for log in second.values()
                                     if not args.apply)
-    if args.follow and user_ids:
+    # An address's events give its userIds (an identify's traits.email), followed on: the
+    # attack pass's `--email E --follow` erased the identify alone, and with it the link.
+    emails = People(args.email) if args.email else None
+    if args.follow and not (user_ids or emails):
+        stdout.write("--follow: nothing to follow from: it follows --user-id, --email and "
+                     "a --ledger's userIds\n")
+    elif args.follow:
         own = People(args.user_id + list(earlier["user_ids"]))
         for _ in range(MAX_FOLLOW_ROUNDS):   # a former or new userId an alias adds links on
             linked = sorted((link, count) for link, count in linked_ids(
-                args.files, user_ids).items() if link[0] == "anonymousId" or
+                args.files, user_ids, emails).items() if link[0] == "anonymousId" or
                 not own._names(link[1]))
             more = [other for (field, other), _ in linked
                     if field != "anonymousId" and not user_ids._names(other)]
@@ -8190,6 +8218,11 @@ def erase_command(argv=None, stdout=None):
                 user_ids.add(other)
             if not more:
                 break
+        else:   # an erase that stopped here would take the links to the rest with it
+            reporter.say("erase: --follow: aliases link on past %d rounds (to %s): nothing "
+                         "erased; name those too with --user-id" % (
+                             MAX_FOLLOW_ROUNDS, ", ".join(more[:10])))
+            return 1
         for (field, other), count in linked:
             # An alias's ids are the person's own userIds, named whatever else an event
             # holds; an anonymousId, a browser's, may be another person's too (People.follow).

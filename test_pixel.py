@@ -14957,7 +14957,10 @@ class SuppressFile(unittest.TestCase):
         for content, message in ((b"alice\n\xff\xfe\n", "line 2: not UTF-8"),
                                  (b"alice\nsha256:12\n", "line 2: 'sha256:12' is not sha256"),
                                  (b"x" * 5000, "line 1: longer than 4096 bytes"),
-                                 (b"a\n" + b"y" * 1100 + b"\n", "line 2: an identifier of 1100")):
+                                 (b"a\n" + b"y" * 1100 + b"\n", "line 2: an identifier of 1100"),
+                                 # The attack pass: each whole line was one id, who was nobody.
+                                 (b"victim1   # GDPR ticket 123\n", "line 1: a # after white"),
+                                 (b"# ok\nv@x.com\t# 124\n", "line 2: a # after white")):
             with self.subTest(message=message):
                 path = write_file(self.dir, "bad.txt", content)
                 with self.assertRaises(ValueError) as caught:
@@ -15914,10 +15917,11 @@ class EraseFiles(unittest.TestCase):
         self.assertEqual([line.split(": cannot erase it: ")[0] for line in err.splitlines()],
                          ["pixel: erase: " + damaged, "pixel: erase: " + missing])
 
-    def follow_alice(self, lines):
-        """erase --user-id alice --follow's dry run over `lines`: its stdout."""
+    def follow_alice(self, lines, *who):
+        """erase --user-id alice (or `who`) --follow's dry run over `lines`: its stdout."""
         path = self.log("events.jsonl", lines)
-        status, out, err = self.erase("--user-id", "alice", "--follow", "--max-share", "1", path)
+        status, out, err = self.erase(*(who or ("--user-id", "alice")), "--follow",
+                                      "--max-share", "1", path)
         self.assertEqual((status, err), (0, ""))
         return out
 
@@ -15944,6 +15948,54 @@ class EraseFiles(unittest.TestCase):
         self.assertEqual(out.splitlines()[:2], ["--follow: anonymousId anon-OLD (1 event(s))",
                                                 "--follow: previousId old-alice (1 event(s))"])
         self.assertIn("would erase 3 of 4 line(s)", out)
+
+    def test_follow_takes_a_long_alias_chain_whole_or_erases_nothing(self):
+        # The attack pass: after 4 rounds --follow stopped, silently: erasing c8 of anon0 ->
+        # c1 -> ... -> c8 took c4-c8 only, and the alias c3 -> c4 with them, so that no run
+        # after could find the rest. It now follows 16 rounds, and past them erases nothing.
+        def chain(length):
+            lines, previous = [logged(None, anonymous="anon0")], "anon0"
+            for number in range(1, length + 1):
+                lines += [logged("c%d" % number, kind="alias", previousId=previous),
+                          logged("c%d" % number)]
+                previous = "c%d" % number
+            return lines + [logged("bob%d" % number) for number in range(2 * length + 1)]
+
+        path = self.log("events.jsonl", chain(8))
+        status, out, err = self.erase("--user-id", "c8", "--follow", "--apply", path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("erased 17 of 34 line(s)", out)
+        self.assertNotIn(b"anon0", self.read(path))
+        path = self.log("events.jsonl", chain(pixel.MAX_FOLLOW_ROUNDS + 2))
+        before = self.read(path)
+        status, out, err = self.erase("--user-id", "c18", "--follow", "--apply", path)
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, "pixel: erase: --follow: aliases link on past 16 rounds (to c2): "
+                              "nothing erased; name those too with --user-id\n")
+        self.assertEqual(self.read(path), before)
+
+    def test_follow_goes_on_from_an_addresss_userid(self):
+        # The attack pass: --email E --follow erased the identify with E in its traits and
+        # nothing else (--follow followed userIds only), though it printed the identify's
+        # userId for deletion upstream: that person's other events stayed, their one link
+        # to E gone. An address in properties.email is whom an event is about: not followed.
+        out = self.follow_alice([logged("u9", kind="identify", anonymous="anon9",
+                                        traits={"email": "Bob@X.com"}),
+                                 logged("u9"), logged(None, kind="page", anonymous="anon9"),
+                                 logged("u9", kind="alias", previousId="anon9"),
+                                 logged("carol", event="Invite Sent",
+                                        properties={"email": "bob@x.com"}),
+                                 logged("carol"), logged("dave")], "--email", "bob@x.com")
+        self.assertEqual(out.splitlines()[:3], ["--follow: anonymousId anon9 (1 event(s))",
+                                                "--follow: previousId anon9 (1 event(s))",
+                                                "--follow: userId u9 (2 event(s))"])
+        self.assertIn("would erase 5 of 7 line(s)", out)   # u9's four and carol's invite
+        self.assertIn("(their deletion APIs take userIds): u9\n", out)   # not carol
+        path = self.log("events.jsonl", [logged("u9"), logged(None, anonymous="anon9")])
+        status, out, err = self.erase("--anonymous-id", "anon9", "--follow", path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out.splitlines()[0], "--follow: nothing to follow from: it follows "
+                                              "--user-id, --email and a --ledger's userIds")
 
     def test_follow_keeps_another_persons_events_on_a_shared_browser(self):
         # The attack pass: alice and bob on one browser (no reset() between them). Following
