@@ -6549,6 +6549,17 @@ _flag = _checker("_flag", bool, lambda text: _FLAG_WORDS.get(text.lower(), text)
 _nonempty = _checker("_nonempty", str, str, bool, "must not be empty")
 
 
+def _host_name(text):
+    """Whether sockets take `text` as a host: they encode it by IDNA first, and a traceback
+    ("encoding of hostname failed") was all a '\u202e' or a 64-letter label got."""
+    try:
+        return bool(text.encode("idna"))
+    except UnicodeError:
+        return False
+
+
+_host = _checker("_host", str, str, _host_name, "is not an address or a host name")
+
 
 def _size(value):
     """A byte count, with an optional K, M or G suffix (powers of 1024)."""
@@ -6681,7 +6692,7 @@ its PIXEL_* variable; `check` converts and checks a value; `scope` where it mean
 "all", "server" (the built-in server's listening and process only), "wsgi"; `many` a list."""
 
 OPTIONS = (
-    Option("host", "PIXEL_HOST", "127.0.0.1", _nonempty, "address to listen on; 0.0.0.0 or :: "
+    Option("host", "PIXEL_HOST", "127.0.0.1", _host, "address to listen on; 0.0.0.0 or :: "
            "for every interface", "server"),
     Option("port", "PIXEL_PORT", 8000, _port, "port to listen on; 0 picks a free one", "server"),
     Option("log", "PIXEL_LOG", DEFAULT_LOG, _nonempty, "the event log, one JSON object per line"),

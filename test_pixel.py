@@ -1564,6 +1564,18 @@ class CommandLine(unittest.TestCase):
                          (0, 10 * 1024 * 1024, 3, ["a", "b"], ["10.0.0.0/8"], True,
                           "/tmp/x/rejects.jsonl"))
 
+    def test_a_host_sockets_cannot_encode_is_refused_in_words(self):
+        # The attack pass: socket's IDNA encoding refused these, and `bind` gave a traceback
+        # ("encoding of hostname failed"); 'é' alone got its one line from bind already.
+        for host in ("\u202e", "é" * 70, "a." + "b" * 64):
+            with self.subTest(host=host[:10]), contextlib.redirect_stderr(io.StringIO()) as err:
+                with self.assertRaises(SystemExit) as caught:
+                    self.parse(["--host", host])
+                self.assertEqual(caught.exception.code, 2)
+                self.assertIn("argument --host: is not an address or a host name: ",
+                              err.getvalue())
+        self.assertEqual(self.parse(["--host", "é"]).host, "é")
+
     def test_environment(self):
         environ = {"PIXEL_HOST": "::", "PIXEL_PORT": "9", "PIXEL_LOG": "a.jsonl",
                    "PIXEL_REJECTS": "b.jsonl", "PIXEL_MAX_BYTES": "1K", "PIXEL_KEEP": "2",
@@ -11586,6 +11598,8 @@ class FailedStart(unittest.TestCase):
                 ("port in use, forwarding", ["--port", self.taken, "--forward",
                                              "http://127.0.0.1:9"], 1, "cannot listen", None),
                 ("a CPU it may not use", ["--cpu", "4096"], 1, "cannot pin to CPU 4096", None),
+                ("a host sockets cannot encode", ["--host", "\u202e"], 2,
+                 "is not an address or a host name", None),
                 ("a certificate that does not load", ["--certfile", not_pem, "--keyfile",
                                                       not_pem], 1, not_pem, None),
                 ("a forwarder that cannot start", ["--forward", "http://127.0.0.1:9"], 1,
