@@ -5168,13 +5168,16 @@ def rotated_since(path, live, checkpoint):
         if status is not None and (status.st_dev, status.st_ino) != live:
             key = _rotation_key(match)
             found.append((status.st_mtime_ns, key, name, (status.st_dev, status.st_ino)))
-    named = all(key is not None for _, key, _, _ in found)   # else a clock set back may
-    after = next((key for _, key, _, identity in found if identity == sent), None) \
-        if named else None                                    # skip some (mtime < since)
+    # By last write a clock set back skips files (mtime < since): the checkpoint's own file
+    # is kept whatever its mtime, and pixel's names after its name are, whatever other names
+    # stand beside them (the attack pass: an old logrotate .1 beside lost 4 of 9 events).
+    after = next((key for _, key, _, identity in found if identity == sent), None)
     moved = moved_files(checkpoint, live)
     listed = {(position["device"], position["inode"]) for position in moved}
     found = [entry for entry in found if entry[0] >= since or entry[3] in listed or
-             after is not None and entry[1] >= after]
+             entry[3] == sent or after is not None and entry[1] is not None and
+             entry[1] >= after]
+    named = all(key is not None for _, key, _, _ in found)
     found.sort(key=lambda entry: entry[1:3] if named else entry[::2])   # name, or mtime
     if sent != live and all(entry[3] != sent for entry in found):
         found[:0] = _moved_by_hand(folder, others, [checkpoint])
@@ -5860,6 +5863,14 @@ def backfill_checkpoint(path, target):
     return document
 
 
+def _backlog_age(now, oldest, caught_up_at, caught_up_monotonic):
+    """Seconds the oldest unsent event has waited, by its receivedAt (else since all was
+    sent). With the wall clock set back past it (NTP), by the monotonic clock since all was
+    sent: /health said ok through an outage for as long as the step (the attack pass)."""
+    age = now - (oldest or caught_up_at)
+    return age if age >= 0 else max(0.0, time.monotonic() - caught_up_monotonic)
+
+
 class Forwarder:
     """Relays a LogQueue's files (follow: a live log; add_files: a backfill) to a Receiver in
     order, at least once, in batches a Sender sends; what cannot be sent goes to the rejects
@@ -5883,7 +5894,7 @@ class Forwarder:
         self.unsaved = False         # the checkpoint could not be written: nothing is sent
         self.sender = Sender(receiver, write_key, self._refuse, self._acknowledge,
                              self.reporter, clock)
-        self._caught_up_at = clock()   # all lines written before this were sent
+        self._caught_up_at = clock(), time.monotonic()   # all written before this was sent
         receiver.between, receiver.secret = self._look, write_key   # between: during a backoff
 
     def follow(self, writer):
@@ -5985,7 +5996,7 @@ class Forwarder:
                     if not self.sender.send(log, items, end, complete):
                         break
                     if log.offset == items[-1].end == end:   # all there was, taken
-                        self._caught_up_at = read_at
+                        self._caught_up_at = read_at, time.monotonic()
         return False
 
     def _next_batch(self):
@@ -6012,7 +6023,7 @@ class Forwarder:
                 "forward_unreadable", "a line of %d bytes" % (end - log.offset))
         elif not complete:
             if not data:
-                self._caught_up_at = read_at
+                self._caught_up_at = read_at, time.monotonic()
             return None
         elif data:   # a last line with no newline: a torn write from long ago
             refused = log.offset + len(data), [data], Rejected("forward_unreadable", "no newline")
@@ -6094,7 +6105,7 @@ class Forwarder:
                 if name not in ("paused", "last_success_time")}
         lines, size, files = self.queue.backlog(self.sent + self.refused.total() + self.skipped)
         oldest = self.queue.oldest_unsent() if lines or size else None
-        age = max(0.0, self.clock() - (oldest or self._caught_up_at)) if lines or size else 0.0
+        age = _backlog_age(self.clock(), oldest, *self._caught_up_at) if lines or size else 0.0
         receiver = self.receiver
         fault = self.sender.refusing_all or receiver.wrong_url
         paused = receiver.paused_key is not None or fault is not None
