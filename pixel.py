@@ -2885,9 +2885,8 @@ def read_people(path, limit=MAX_PEOPLE):
             try:
                 if line is None:   # at 4 bytes a character (UTF-8), and a CR
                     raise ValueError("longer than %d bytes" % (4 * MAX_IDENTIFIER))
-                text = line.decode("utf-8").strip()
-                if number == 1:
-                    text = text.lstrip("\ufeff")   # a byte-order mark
+                text = line.decode("utf-8").lstrip("\ufeff" if number == 1 else "")   # a BOM
+                text = text.strip()
                 if _INLINE_COMMENT.search(text) and not text.startswith("#"):
                     raise ValueError("a # after white space: a comment goes on a line of its "
                                      "own (an id with one: write its sha256:)")
@@ -5179,6 +5178,11 @@ def rotated_since(path, live, checkpoint):
              entry[1] >= after]
     named = all(key is not None for _, key, _, _ in found)
     found.sort(key=lambda entry: entry[1:3] if named else entry[::2])   # name, or mtime
+    if not named and after is not None:   # ... and pixel's after its file, in name order
+        later = sorted(entry for entry in found if entry[1] is not None and entry[1] > after)
+        found = [entry for entry in found if entry not in later]
+        at = next(index for index, entry in enumerate(found) if entry[3] == sent) + 1
+        found[at:at] = later
     if sent != live and all(entry[3] != sent for entry in found):
         found[:0] = _moved_by_hand(folder, others, [checkpoint])
     for entry in _moved_by_hand(folder, others, moved):
@@ -7495,10 +7499,10 @@ class FileErasure:
 def linked_ids(paths, people, emails=None):
     """--follow: a Counter of (field, id) to how many events in the logs at `paths` link it
     to one of `people`: the anonymousId of any event of theirs; an alias's previousId, or its
-    userId if the previousId is theirs (a person's former and new userIds); the userId of an
-    event whose traits hold an address of `emails` (People; not properties.email, which may
-    be whom a person wrote to). A file that cannot be read is skipped here; its erase fails
-    later, saying why."""
+    userId if the previousId is theirs (a person's former and new userIds); the userId, else
+    the anonymousId (a sign-up before its account), of an event whose traits hold an address
+    of `emails` (People; not properties.email, which may be whom a person wrote to). A file
+    that cannot be read is skipped here; its erase fails later, saying why."""
     linked = collections.Counter()
     for path in paths:
         try:
@@ -7507,14 +7511,19 @@ def linked_ids(paths, people, emails=None):
             continue
         try:
             for line in stream:
-                if b'"userId"' not in line:
+                if b'"userId"' not in line and (emails is None or b'"email"' not in line):
                     continue
                 try:
                     event = json.loads(line)
                 except (ValueError, RecursionError):
                     continue
-                user_id = _id_text(event.get("userId")) if isinstance(event, dict) else None
-                if not user_id or event.get("type") not in EVENT_TYPES:
+                if not isinstance(event, dict) or event.get("type") not in EVENT_TYPES:
+                    continue
+                user_id, anonymous_id = (_id_text(event.get(field)) for field in _ID_FIELDS[:2])
+                if not user_id:
+                    if anonymous_id and emails is not None and \
+                            emails.named_by_email(event, _OWN_EMAIL_PATHS):
+                        linked[("anonymousId", anonymous_id)] += 1
                     continue
                 field = "previousId" if event["type"] == "alias" else "anonymousId"
                 other = _id_text(event.get(field))
@@ -7529,6 +7538,17 @@ def linked_ids(paths, people, emails=None):
             stream.close()
             raw.close()
     return linked
+
+
+def _entry(text):
+    """An id the logs hold as People take it: itself, or where it cannot be one (over
+    MAX_IDENTIFIER, or "sha256:" and not a digest, which any client may send as its id: a
+    traceback of --follow), its digest, which matches it."""
+    try:
+        People().add(text)
+    except ValueError:
+        return identifier_digest(text.strip())
+    return text
 
 
 def checkpoints_beside(paths):
@@ -8230,14 +8250,14 @@ def erase_command(argv=None, stdout=None):
                      "a --ledger's userIds\n")
     elif args.follow:
         own = People(args.user_id + list(earlier["user_ids"]))
-        for _ in range(MAX_FOLLOW_ROUNDS):   # a former or new userId an alias adds links on
+        for _ in range(MAX_FOLLOW_ROUNDS + 1):   # a new userId links on; the last: nothing?
             linked = sorted((link, count) for link, count in linked_ids(
                 args.files, user_ids, emails).items() if link[0] == "anonymousId" or
                 not own._names(link[1]))
             more = [other for (field, other), _ in linked
                     if field != "anonymousId" and not user_ids._names(other)]
             for other in more:
-                user_ids.add(other)
+                user_ids.add(_entry(other))
             if not more:
                 break
         else:   # an erase that stopped here would take the links to the rest with it
@@ -8248,7 +8268,7 @@ def erase_command(argv=None, stdout=None):
         for (field, other), count in linked:
             # An alias's ids are the person's own userIds, named whatever else an event
             # holds; an anonymousId, a browser's, may be another person's too (People.follow).
-            (people.follow if field == "anonymousId" else people.add)(other)
+            (people.follow if field == "anonymousId" else people.add)(_entry(other))
             stdout.write("--follow: %s %s (%d event(s))\n" % (field, other, count))
         if any(field == "anonymousId" for (field, _), _ in linked):
             stdout.write("--follow: an event with another userId is kept, whatever its "

@@ -14975,7 +14975,7 @@ class SuppressFile(unittest.TestCase):
         self.dir = temp_dir(self)
 
     def test_one_identifier_a_line(self):
-        path = write_file(self.dir, "suppress.txt", b"\xef\xbb\xbf# people who asked\n\n"
+        path = write_file(self.dir, "suppress.txt", b"\xef\xbb\xbf  # people who asked\n\n"
                           b"alice\r\n  Bob@Example.com  \n" + digest("carol").encode() + b"\n"
                           b"# not: dave\n")
         people = pixel.read_people(path)
@@ -15326,6 +15326,27 @@ class ClockSetBack(unittest.TestCase):
         self.run_pixel(3, 3)
         os.rename(self.log, self.log + ".1")
         self.assert_all_sent(6)
+
+    def test_pixels_own_rotations_beside_a_newer_logrotate_file(self):
+        # The attack on the fix: the log renamed .1 by logrotate once the clock had passed
+        # the step, pixel's rotations after the checkpoint's file were sorted by last write
+        # before it, and dropped with what it had sent: 15 of 30 lost.
+        made = make_pixel(self, self.folder, forward=self.receiver.url, max_bytes=1000)
+        made.start()
+        self.open(made, 0, 1)
+        self.assertTrue(wait_until(lambda: len(self.receiver.taken) == 1))
+        self.down.set()
+        self.open(made, 1, 29)
+        made.close()
+        os.rename(self.log, self.log + ".1")
+        checkpoint = pixel.read_checkpoint(pixel.state_path(self.log, "forward"))
+        rotations = pixel.pixel_rotations(self.log)
+        self.assertGreater(len(rotations), 2)
+        now = time.time() - 60
+        for number, path in enumerate(rotations):
+            mine = os.stat(path).st_ino == checkpoint["inode"]
+            os.utime(path, ((now if mine else now - 3600 + number),) * 2)
+        self.assert_all_sent(30, max_bytes=1000)
 
     def test_pixels_own_rotations_beside_an_old_logrotate_file(self):
         # One name not pixel's (an old logrotate .1) made every file be judged by its last
@@ -16048,17 +16069,18 @@ class EraseFiles(unittest.TestCase):
                 previous = "c%d" % number
             return lines + [logged("bob%d" % number) for number in range(2 * length + 1)]
 
-        path = self.log("events.jsonl", chain(8))
-        status, out, err = self.erase("--user-id", "c8", "--follow", "--apply", path)
+        # 16 links, anon0 the last: the attack on the fix found it refused, one round short.
+        path = self.log("events.jsonl", chain(16))
+        status, out, err = self.erase("--user-id", "c16", "--follow", "--apply", path)
         self.assertEqual((status, err), (0, ""))
-        self.assertIn("erased 17 of 34 line(s)", out)
+        self.assertIn("erased 33 of 66 line(s)", out)
         self.assertNotIn(b"anon0", self.read(path))
-        path = self.log("events.jsonl", chain(pixel.MAX_FOLLOW_ROUNDS + 2))
+        path = self.log("events.jsonl", chain(17))
         before = self.read(path)
-        status, out, err = self.erase("--user-id", "c18", "--follow", "--apply", path)
+        status, out, err = self.erase("--user-id", "c17", "--follow", "--apply", path)
         self.assertEqual((status, out), (1, ""))
-        self.assertEqual(err, "pixel: erase: --follow: aliases link on past 16 rounds (to c2): "
-                              "nothing erased; name those too with --user-id\n")
+        self.assertEqual(err, "pixel: erase: --follow: aliases link on past 16 rounds (to "
+                              "anon0): nothing erased; name those too with --user-id\n")
         self.assertEqual(self.read(path), before)
 
     def test_follow_goes_on_from_an_addresss_userid(self):
@@ -16078,6 +16100,19 @@ class EraseFiles(unittest.TestCase):
                                                 "--follow: userId u9 (2 event(s))"])
         self.assertIn("would erase 5 of 7 line(s)", out)   # u9's four and carol's invite
         self.assertIn("(their deletion APIs take userIds): u9\n", out)   # not carol
+        # The attack on the fix: a sign-up before its account (an identify with the address
+        # and an anonymousId alone) was erased, and its anonymousId's events kept; a userId
+        # People cannot hold as such ("sha256:abc", which any client may send) raised.
+        out = self.follow_alice([logged(None, kind="identify", anonymous="anZ",
+                                        traits={"email": "zoe@x.com"}),
+                                 logged(None, kind="page", anonymous="anZ"),
+                                 logged("sha256:abc", kind="identify",
+                                        context={"traits": {"email": "zoe@x.com"}}),
+                                 logged("sha256:abc"), logged("u%s" % ("x" * 1500),
+                                                             kind="alias", previousId="sha256:abc"),
+                                 logged("u%s" % ("x" * 1500)), logged("dave")],
+                                "--email", "zoe@x.com")
+        self.assertIn("would erase 6 of 7 line(s)", out)
         path = self.log("events.jsonl", [logged("u9"), logged(None, anonymous="anon9")])
         status, out, err = self.erase("--anonymous-id", "anon9", "--follow", path)
         self.assertEqual((status, err), (0, ""))
