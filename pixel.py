@@ -5179,7 +5179,8 @@ def rotated_since(path, live, checkpoint):
     named = all(key is not None for _, key, _, _ in found)
     found.sort(key=lambda entry: entry[1:3] if named else entry[::2])   # name, or mtime
     if not named and after is not None:   # ... and pixel's after its file, in name order
-        later = sorted(entry for entry in found if entry[1] is not None and entry[1] > after)
+        later = sorted((entry for entry in found if entry[1] is not None and entry[1] > after),
+                       key=lambda entry: entry[1:3])
         found = [entry for entry in found if entry not in later]
         at = next(index for index, entry in enumerate(found) if entry[3] == sent) + 1
         found[at:at] = later

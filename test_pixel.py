@@ -15342,11 +15342,12 @@ class ClockSetBack(unittest.TestCase):
         checkpoint = pixel.read_checkpoint(pixel.state_path(self.log, "forward"))
         rotations = pixel.pixel_rotations(self.log)
         self.assertGreater(len(rotations), 2)
-        now = time.time() - 60
+        now = time.time() - 60   # the later, the earlier their writes: stepped back twice
         for number, path in enumerate(rotations):
             mine = os.stat(path).st_ino == checkpoint["inode"]
-            os.utime(path, ((now if mine else now - 3600 + number),) * 2)
+            os.utime(path, ((now if mine else now - 3600 - number),) * 2)
         self.assert_all_sent(30, max_bytes=1000)
+        self.assertEqual(self.receiver.ids()[:30], ["m%d" % number for number in range(30)])
 
     def test_pixels_own_rotations_beside_an_old_logrotate_file(self):
         # One name not pixel's (an old logrotate .1) made every file be judged by its last
