@@ -2885,8 +2885,8 @@ def read_people(path, limit=MAX_PEOPLE):
             try:
                 if line is None:   # at 4 bytes a character (UTF-8), and a CR
                     raise ValueError("longer than %d bytes" % (4 * MAX_IDENTIFIER))
-                text = line.decode("utf-8").lstrip("\ufeff" if number == 1 else "")   # a BOM
-                text = text.strip()
+                # A BOM on any line (files joined by cat), before its comment is looked for.
+                text = line.decode("utf-8").strip().lstrip("\ufeff").strip()
                 if _INLINE_COMMENT.search(text) and not text.startswith("#"):
                     raise ValueError("a # after white space: a comment goes on a line of its "
                                      "own (an id with one: write its sha256:)")
@@ -5157,7 +5157,7 @@ def rotated_since(path, live, checkpoint):
     and all named after it. Each is opened, or past MAX_OPEN_LOG_FILES parked."""
     since, sent = checkpoint["mtime_ns"], (checkpoint["device"], checkpoint["inode"])
     folder, base = os.path.split(path)
-    found, others = [], []
+    by_identity, others = {}, []
     for name in os.listdir(folder):
         match = _ROTATED.match(name, len(base)) if name.startswith(base) else None
         if not match:
@@ -5166,7 +5166,11 @@ def rotated_since(path, live, checkpoint):
         status = stat_or_none(os.path.join(folder, name))   # None: gone since listdir
         if status is not None and (status.st_dev, status.st_ino) != live:
             key = _rotation_key(match)
-            found.append((status.st_mtime_ns, key, name, (status.st_dev, status.st_ino)))
+            entry = (status.st_mtime_ns, key, name, (status.st_dev, status.st_ino))
+            kept = by_identity.get(entry[3])   # one name a file, pixel's if a hard link
+            if kept is None or kept[1] is None:   # gives two (the attack pass: sent twice)
+                by_identity[entry[3]] = entry
+    found = list(by_identity.values())
     # By last write a clock set back skips files (mtime < since): the checkpoint's own file
     # is kept whatever its mtime, and pixel's names after its name are, whatever other names
     # stand beside them (the attack pass: an old logrotate .1 beside lost 4 of 9 events).
@@ -7542,13 +7546,13 @@ def linked_ids(paths, people, emails=None):
 
 
 def _entry(text):
-    """An id the logs hold as People take it: itself, or where it cannot be one (over
-    MAX_IDENTIFIER, or "sha256:" and not a digest, which any client may send as its id: a
-    traceback of --follow), its digest, which matches it."""
-    try:
-        People().add(text)
-    except ValueError:
-        return identifier_digest(text.strip())
+    """An id the logs hold, as People take it to match it: itself, or its digest where People
+    would read it otherwise (sha256:..., which any client may send as its id: a digest of
+    nothing it matched, so --follow went round to its limit) or refuse it (over
+    MAX_IDENTIFIER: a traceback)."""
+    text = text.strip()
+    if not text or text[:7].lower() == "sha256:" or len(text) > MAX_IDENTIFIER:
+        return identifier_digest(text)
     return text
 
 
