@@ -5167,8 +5167,12 @@ def rotated_since(path, live, checkpoint):
         if status is not None and (status.st_dev, status.st_ino) != live:
             key = _rotation_key(match)
             entry = (status.st_mtime_ns, key, name, (status.st_dev, status.st_ino))
-            kept = by_identity.get(entry[3])   # one name a file, pixel's if a hard link
-            if kept is None or kept[1] is None:   # gives two (the attack pass: sent twice)
+            # One name a file (each name was sent), pixel's where a hard link gives it one:
+            # the checkpoint's file by its first, any other by its last, so that no second
+            # name puts a file unsent before the checkpoint's (the attack pass: 8 of 15 lost).
+            kept = by_identity.get(entry[3])
+            if kept is None or kept[1] is None or key is not None and \
+                    (key < kept[1]) == (entry[3] == sent):
                 by_identity[entry[3]] = entry
     found = list(by_identity.values())
     # By last write a clock set back skips files (mtime < since): the checkpoint's own file
