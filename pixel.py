@@ -5151,10 +5151,11 @@ def disk_head(fd, length):
 
 
 def rotated_since(path, live, checkpoint):
-    """The rotated files of the log at `path` written to since `checkpoint` was, oldest
-    first: by last write, then by name. If all have pixel's names, which sort in the order
-    written whatever the clock did (rotation_target), by name, with the checkpoint's file
-    and all named after it. Each is opened, or past MAX_OPEN_LOG_FILES parked."""
+    """The rotated files of the log at `path` written to since `checkpoint` was, each once,
+    oldest first: by last write, then by name; the checkpoint's file whatever its last write,
+    and after it those with pixel's names after its own, in name order (they sort in the
+    order written whatever the clock did: rotation_target). If all have pixel's names, by
+    name. Each is opened, or past MAX_OPEN_LOG_FILES parked."""
     since, sent = checkpoint["mtime_ns"], (checkpoint["device"], checkpoint["inode"])
     folder, base = os.path.split(path)
     by_identity, others = {}, []
@@ -5187,11 +5188,11 @@ def rotated_since(path, live, checkpoint):
     named = all(key is not None for _, key, _, _ in found)
     found.sort(key=lambda entry: entry[1:3] if named else entry[::2])   # name, or mtime
     if not named and after is not None:   # ... and pixel's after its file, in name order
-        later = sorted((entry for entry in found if entry[1] is not None and entry[1] > after),
+        newer = sorted((entry for entry in found if entry[1] is not None and entry[1] > after),
                        key=lambda entry: entry[1:3])
-        found = [entry for entry in found if entry not in later]
+        found = [entry for entry in found if entry not in newer]
         at = next(index for index, entry in enumerate(found) if entry[3] == sent) + 1
-        found[at:at] = later
+        found[at:at] = newer
     if sent != live and all(entry[3] != sent for entry in found):
         found[:0] = _moved_by_hand(folder, others, [checkpoint])
     for entry in _moved_by_hand(folder, others, moved):
