@@ -15354,52 +15354,51 @@ class ClockSetBack(unittest.TestCase):
         self.assert_all_sent(30, max_bytes=1000)
         self.assertEqual(self.receiver.ids()[:30], ["m%d" % number for number in range(30)])
 
-    def test_a_hard_link_of_the_checkpoints_file_under_logrotate_names(self):
-        # The attack on the fix: the checkpoint's file found first by a logrotate name lost
-        # its place by pixel's names (8 of 15 lost), and each name was sent (4 twice).
-        def made(name, mtime):
-            path = write_file(self.folder, name, b"{}\n")
-            os.utime(path, (mtime, mtime))
-            return path
+    def made(self, name, mtime):
+        """A rotated file of one line, last written at `mtime`: its path."""
+        path = write_file(self.folder, name, b"{}\n")
+        os.utime(path, (mtime, mtime))
+        return path
 
-        now = time.time() - 60
-        checkpoint = made("events.jsonl.20261206T090000.000Z", now)
-        made("events.jsonl.20261206T090001.000Z", now - 3600)   # rotated after the step
-        for name in ("events.jsonl.5", "events.jsonl.7", "events.jsonl-20261206"):
-            os.link(checkpoint, os.path.join(self.folder, name))
-        live, status = os.stat(made("events.jsonl", time.time())), os.stat(checkpoint)
+    def rotated_since(self, checkpoint):
+        """rotated_since's names for a checkpoint at the end of the file `checkpoint`."""
+        live, status = os.stat(self.made("events.jsonl", time.time())), os.stat(checkpoint)
         found = pixel.rotated_since(self.log, (live.st_dev, live.st_ino), {
             "device": status.st_dev, "inode": status.st_ino, "offset": 1, "head_bytes": 0,
             "head": "00000000", "mtime_ns": status.st_mtime_ns})
-        self.addCleanup(lambda: [log.close() for log in found])
-        self.assertEqual([os.path.basename(log.name) for log in found], [
+        for log in found:
+            log.close()
+        return [os.path.basename(log.name) for log in found]
+
+    def test_a_hard_link_of_the_checkpoints_file_under_logrotate_names(self):
+        # The attack on the fix: the checkpoint's file found first by a logrotate name lost
+        # its place by pixel's names (8 of 15 lost), and each name was sent (4 twice).
+        now = time.time() - 60
+        checkpoint = self.made("events.jsonl.20261206T090000.000Z", now)
+        self.made("events.jsonl.20261206T090001.000Z", now - 3600)   # rotated after the step
+        for name in ("events.jsonl.5", "events.jsonl.7", "events.jsonl-20261206"):
+            os.link(checkpoint, os.path.join(self.folder, name))
+        self.assertEqual(self.rotated_since(checkpoint), [
             "events.jsonl.20261206T090000.000Z", "events.jsonl.20261206T090001.000Z"])
 
     def test_a_second_name_of_pixels_puts_no_file_unsent_before_the_checkpoints(self):
         # The attack on the last fix: a file with two of pixel's names was placed by the one
         # listdir gave first: the checkpoint's file under a later name went after the files
         # made since (8 of 15 lost), a later file under an earlier name before it (4 of 15).
-        def made(name, mtime):
-            path = write_file(self.folder, name, b"{}\n")
-            os.utime(path, (mtime, mtime))
-            return path
-
         now = time.time() - 60
-        checkpoint = made("events.jsonl.20261206T090000.000Z", now)
-        later = made("events.jsonl.20261206T090001.000Z", now + 1)
+        checkpoint = self.made("events.jsonl.20261206T090000.000Z", now)
+        later = self.made("events.jsonl.20261206T090001.000Z", now + 1)
         os.link(checkpoint, os.path.join(self.folder, "events.jsonl.20991231T235959.000Z"))
         os.link(later, os.path.join(self.folder, "events.jsonl.20000101T000000.000Z"))
-        live, status = os.stat(made("events.jsonl", time.time())), os.stat(checkpoint)
         listdir = os.listdir
         for order in (sorted, lambda names: sorted(names, reverse=True)):
             with self.subTest(order=order), unittest.mock.patch(
                     "os.listdir", lambda folder: order(listdir(folder))):
-                found = pixel.rotated_since(self.log, (live.st_dev, live.st_ino), {
-                    "device": status.st_dev, "inode": status.st_ino, "offset": 1,
-                    "head_bytes": 0, "head": "00000000", "mtime_ns": status.st_mtime_ns})
-                self.addCleanup(lambda found=found: [log.close() for log in found])
-                self.assertEqual([log.identity for log in found], [
-                    (status.st_dev, status.st_ino), (os.stat(later).st_dev, os.stat(later).st_ino)])
+                names = self.rotated_since(checkpoint)
+                self.assertEqual(len(names), 2)
+                self.assertEqual([os.stat(os.path.join(self.folder, name)).st_ino
+                                  for name in names],
+                                 [os.stat(checkpoint).st_ino, os.stat(later).st_ino])
 
     def test_pixels_own_rotations_beside_an_old_logrotate_file(self):
         # One name not pixel's (an old logrotate .1) made every file be judged by its last
