@@ -2756,6 +2756,16 @@ class People:
         else:
             self.ids.add(text)
 
+    @staticmethod
+    def literal(text):
+        """An id as the logs hold it, as add() takes it to match that id: itself, or its digest
+        where add() would read it otherwise (sha256:..., which any client may send as its id:
+        --follow went round to its limit) or refuse it (over MAX_IDENTIFIER: a traceback)."""
+        text = text.strip()
+        if not text or text[:7].lower() == "sha256:" or len(text) > MAX_IDENTIFIER:
+            return identifier_digest(text)
+        return text
+
     def follow(self, entry):
         """Add an id that names an event with no userId only: erase --follow's, an
         anonymousId or previousId the logs link to a userId. A browser two people shared
@@ -2887,10 +2897,10 @@ def read_people(path, limit=MAX_PEOPLE):
                     raise ValueError("longer than %d bytes" % (4 * MAX_IDENTIFIER))
                 # A BOM on any line (files joined by cat), before its comment is looked for.
                 text = line.decode("utf-8").strip().lstrip("\ufeff").strip()
-                if _INLINE_COMMENT.search(text) and not text.startswith("#"):
-                    raise ValueError("a # after white space: a comment goes on a line of its "
-                                     "own (an id with one: write its sha256:)")
                 if text and not text.startswith("#"):
+                    if _INLINE_COMMENT.search(text):
+                        raise ValueError("a # after white space: a comment goes on a line of "
+                                         "its own (an id with one: write its sha256:)")
                     people.add(text)
             except ValueError as error:   # UnicodeDecodeError too
                 raise ValueError("%s line %d: %s" % (
@@ -5190,7 +5200,7 @@ def rotated_since(path, live, checkpoint):
     if not named and after is not None:   # ... and pixel's after its file, in name order
         newer = sorted((entry for entry in found if entry[1] is not None and entry[1] > after),
                        key=lambda entry: entry[1:3])
-        found = [entry for entry in found if entry not in newer]
+        found = [entry for entry in found if entry[1] is None or entry[1] <= after]
         at = next(index for index, entry in enumerate(found) if entry[3] == sent) + 1
         found[at:at] = newer
     if sent != live and all(entry[3] != sent for entry in found):
@@ -6291,11 +6301,12 @@ def _process_stat(pid):
         return None
 
 
-def process_started(pid):
-    """When process `pid` started (clock ticks since boot, in /proc), or None where that
-    cannot be read: with the pid, it names one process, which a reused pid does not."""
+def process_started(pid, fields=None):
+    """When process `pid` started (clock ticks since boot, in /proc; `fields` its
+    _process_stat if read already), or None where that cannot be read: with the pid, it
+    names one process, which a reused pid does not."""
     try:
-        return int(_process_stat(pid)[19])
+        return int((fields or _process_stat(pid))[19])
     except (TypeError, ValueError, IndexError):
         return None
 
@@ -6312,7 +6323,7 @@ def process_alive(pid, started):
     fields = _process_stat(pid)
     if fields and fields[0] in (b"Z", b"X"):   # killed, its parent not yet told: gone, but
         return False                         # kill(pid, 0) finds it (erase waited 60 s)
-    return started is None or process_started(pid) in (None, started)
+    return started is None or process_started(pid, fields) in (None, started)
 
 
 def erase_at_work(log_path):
@@ -7351,9 +7362,9 @@ def line_names(people, line):
         event = record.get("event")   # its userId only if the event itself names one
         return people.named_in_reject(record), True, _id_text(event.get("userId")) \
             if isinstance(event, dict) and people.named_in(event, _OWN_EMAIL_PATHS) else None
-    named = people.named_in(record)
-    return named, True, _id_text(record.get("userId")) \
-        if named and people.named_in(record, _OWN_EMAIL_PATHS) else None
+    own = people.named_in(record, _OWN_EMAIL_PATHS)
+    return own or people.named_by_email(record), True, \
+        _id_text(record.get("userId")) if own else None
 
 
 def _needles(people):
@@ -7548,17 +7559,6 @@ def linked_ids(paths, people, emails=None):
             stream.close()
             raw.close()
     return linked
-
-
-def _entry(text):
-    """An id the logs hold, as People take it to match it: itself, or its digest where People
-    would read it otherwise (sha256:..., which any client may send as its id: a digest of
-    nothing it matched, so --follow went round to its limit) or refuse it (over
-    MAX_IDENTIFIER: a traceback)."""
-    text = text.strip()
-    if not text or text[:7].lower() == "sha256:" or len(text) > MAX_IDENTIFIER:
-        return identifier_digest(text)
-    return text
 
 
 def checkpoints_beside(paths):
@@ -8267,7 +8267,7 @@ def erase_command(argv=None, stdout=None):
             more = [other for (field, other), _ in linked
                     if field != "anonymousId" and not user_ids._names(other)]
             for other in more:
-                user_ids.add(_entry(other))
+                user_ids.add(People.literal(other))
             if not more:
                 break
         else:   # an erase that stopped here would take the links to the rest with it
@@ -8278,7 +8278,8 @@ def erase_command(argv=None, stdout=None):
         for (field, other), count in linked:
             # An alias's ids are the person's own userIds, named whatever else an event
             # holds; an anonymousId, a browser's, may be another person's too (People.follow).
-            (people.follow if field == "anonymousId" else people.add)(_entry(other))
+            (people.follow if field == "anonymousId" else people.add)(
+                People.literal(other))
             stdout.write("--follow: %s %s (%d event(s))\n" % (field, other, count))
         if any(field == "anonymousId" for (field, _), _ in linked):
             stdout.write("--follow: an event with another userId is kept, whatever its "
